@@ -1,0 +1,122 @@
+// Command tessera runs a Tessera node: an etcd-v3-API key-value store.
+//
+// With no flags it is a single node serving clients on 127.0.0.1:2379 with its
+// data in ./tessera.data, so plain etcdctl works against it. Flags follow etcd's
+// names where etcd has them.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/tesserakv/tessera/server"
+)
+
+func main() {
+	cfg, err := parseFlags(os.Args[1:], os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "tessera: %v\n", err)
+		os.Exit(2)
+	}
+	srv, err := server.Start(cfg)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "tessera: %v\n", err)
+		os.Exit(1)
+	}
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM)
+	sig := <-sigc
+	cfg.Logger.Info("shutting down", "signal", sig.String())
+	srv.Close()
+}
+
+// parseFlags turns the command line into a validated server.Config.
+func parseFlags(args []string, out io.Writer) (server.Config, error) {
+	cfg := server.DefaultConfig()
+	fs := flag.NewFlagSet("tessera", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.Usage = func() {
+		fmt.Fprintf(out, "Usage: tessera [flags]\n\nRuns a Tessera node, an etcd-v3-API key-value store. With no flags: one node,\nclients on %s, data in ./%s.\n\nFlags:\n", server.DefaultClientURL, server.DefaultDataDir)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&cfg.Name, "name", cfg.Name, "human-readable name of this member; must appear in --initial-cluster")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "path to the data directory")
+	listenClient := fs.String("listen-client-urls", server.DefaultClientURL, "comma-separated URLs to serve clients on")
+	advertiseClient := fs.String("advertise-client-urls", "", "comma-separated client URLs to advertise to the rest of the cluster (default: --listen-client-urls)")
+	listenPeer := fs.String("listen-peer-urls", server.DefaultPeerURL, "URL to listen on for Raft traffic from peers")
+	advertisePeer := fs.String("initial-advertise-peer-urls", "", "this member's peer URL as the rest of the cluster reaches it (default: --listen-peer-urls)")
+	initialCluster := fs.String("initial-cluster", "", "initial cluster configuration, name=peerURL,... (default: --name=first --initial-advertise-peer-urls)")
+	fs.StringVar(&cfg.InitialClusterState, "initial-cluster-state", cfg.InitialClusterState, "initial cluster state (\"new\" or \"existing\")")
+	fs.IntVar(&cfg.MaxRequestBytes, "max-request-bytes", cfg.MaxRequestBytes, "maximum client request size in bytes the server will accept")
+	fs.IntVar(&cfg.MaxTxnOps, "max-txn-ops", cfg.MaxTxnOps, "maximum number of operations permitted in a transaction")
+	fs.Int64Var(&cfg.QuotaBackendBytes, "quota-backend-bytes", cfg.QuotaBackendBytes, "raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB)")
+	heartbeatMS := fs.Uint64("heartbeat-interval", server.DefaultHeartbeatMS, "time (in milliseconds) of a heartbeat interval")
+	electionMS := fs.Uint64("election-timeout", server.DefaultElectionMS, "time (in milliseconds) for an election to timeout")
+	fs.StringVar(&cfg.AutoCompactionMode, "auto-compaction-mode", cfg.AutoCompactionMode, "interpret --auto-compaction-retention as \"periodic\" (duration) or \"revision\" (count)")
+	fs.StringVar(&cfg.AutoCompactionRetention, "auto-compaction-retention", cfg.AutoCompactionRetention, "auto compaction retention for mvcc key value store; 0 means disable auto compaction")
+	fs.Uint64Var(&cfg.LogDBShards, "raft-logdb-shards", cfg.LogDBShards, "shards of the Raft log store (one fsync each per write cycle; keep small on one disk)")
+	logLevel := fs.String("log-level", "warn", "log level: debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q (flags start with --)", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return cfg, fmt.Errorf("--log-level %q: want debug, info, warn or error", *logLevel)
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	cfg.ListenClientURLs = splitList(*listenClient)
+	cfg.AdvertiseClientURLs = cfg.ListenClientURLs
+	if *advertiseClient != "" {
+		cfg.AdvertiseClientURLs = splitList(*advertiseClient)
+	}
+	cfg.ListenPeerURLs = splitList(*listenPeer)
+	cfg.InitialAdvertisePeerURLs = cfg.ListenPeerURLs
+	if *advertisePeer != "" {
+		cfg.InitialAdvertisePeerURLs = splitList(*advertisePeer)
+	}
+	if *initialCluster != "" {
+		members, err := server.ParseInitialCluster(*initialCluster)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.InitialCluster = members
+	} else if len(cfg.InitialAdvertisePeerURLs) > 0 {
+		cfg.InitialCluster = []server.Member{{Name: cfg.Name, PeerURL: cfg.InitialAdvertisePeerURLs[0]}}
+	}
+	if cfg.QuotaBackendBytes == 0 {
+		cfg.QuotaBackendBytes = server.DefaultQuotaBackendBytes
+	}
+	if set["heartbeat-interval"] || set["election-timeout"] {
+		cfg.HeartbeatInterval = time.Duration(*heartbeatMS) * time.Millisecond
+		cfg.ElectionTimeout = time.Duration(*electionMS) * time.Millisecond
+	}
+	return cfg, cfg.Validate()
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

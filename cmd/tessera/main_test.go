@@ -1,0 +1,68 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"io"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseFlagsDefaults(t *testing.T) {
+	cfg, err := parseFlags(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.DataDir != "tessera.data" || cfg.ListenClientURLs[0] != "http://127.0.0.1:2379" || cfg.Name != "default" {
+		t.Fatalf("defaults = %+v", cfg)
+	}
+	if cfg.MaxRequestBytes != 1536*1024 || cfg.ElectionTimeout != time.Second || cfg.HeartbeatInterval != 100*time.Millisecond {
+		t.Fatalf("defaults = %+v", cfg)
+	}
+}
+
+func TestParseFlagsErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--no-such-flag"}, "flag provided but not defined"},
+		{[]string{"--max-request-bytes=lots"}, "invalid value"},
+		{[]string{"--heartbeat-interval=500", "--election-timeout=1000"}, "--election-timeout"},
+		{[]string{"--listen-client-urls=https://127.0.0.1:2379"}, "TLS is not supported"},
+		{[]string{"--listen-client-urls=127.0.0.1:2379"}, "--listen-client-urls"},
+		{[]string{"--initial-cluster=a=http://127.0.0.1:2380", "--name=b"}, "no member named \"b\""},
+		{[]string{"--initial-cluster=a"}, "not name=peerURL"},
+		{[]string{"--auto-compaction-mode=daily"}, "--auto-compaction-mode"},
+		{[]string{"--auto-compaction-retention=soon"}, "--auto-compaction-retention"},
+		{[]string{"--initial-cluster-state=old"}, "--initial-cluster-state"},
+		{[]string{"--log-level=loud"}, "--log-level"},
+		{[]string{"stray"}, "unexpected argument"},
+	} {
+		_, err := parseFlags(tc.args, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("parseFlags(%q) error = %v, want one containing %q", tc.args, err, tc.want)
+		}
+	}
+	if _, err := parseFlags([]string{"--help"}, io.Discard); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("--help: %v", err)
+	}
+}
+
+func TestParseFlagsCluster(t *testing.T) {
+	cfg, err := parseFlags([]string{
+		"--name=n2",
+		"--initial-cluster=n1=http://127.0.0.1:12380,n2=http://127.0.0.1:22380,n3=http://127.0.0.1:32380",
+		"--listen-peer-urls=http://127.0.0.1:22380",
+		"--listen-client-urls=http://127.0.0.1:22379",
+		"--heartbeat-interval=50", "--election-timeout=500",
+		"--auto-compaction-mode=revision", "--auto-compaction-retention=1000",
+	}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.InitialCluster) != 3 || cfg.InitialAdvertisePeerURLs[0] != "http://127.0.0.1:22380" || cfg.ElectionTimeout != 500*time.Millisecond {
+		t.Fatalf("cfg = %+v", cfg)
+	}
+}

@@ -1,0 +1,54 @@
+package router
+
+import (
+	"context"
+	"errors"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/tesserakv/tessera/shard"
+	"github.com/tesserakv/tessera/statemachine"
+)
+
+// errorMap pairs our sentinel errors with etcd's gRPC errors, in one place.
+var errorMap = []struct {
+	err  error
+	grpc error
+}{
+	{statemachine.ErrCompacted, rpctypes.ErrGRPCCompacted},
+	{statemachine.ErrFutureRev, rpctypes.ErrGRPCFutureRev},
+	{statemachine.ErrLeaseNotFound, rpctypes.ErrGRPCLeaseNotFound},
+	{statemachine.ErrLeaseExists, rpctypes.ErrGRPCLeaseExist},
+	{statemachine.ErrKeyNotFound, rpctypes.ErrGRPCKeyNotFound},
+	{statemachine.ErrDuplicateKey, rpctypes.ErrGRPCDuplicateKey},
+	{statemachine.ErrEmptyKey, rpctypes.ErrGRPCEmptyKey},
+	{shard.ErrTimeout, rpctypes.ErrGRPCTimeout},
+	{shard.ErrNotLeader, rpctypes.ErrGRPCNoLeader},
+	{shard.ErrNoLeader, rpctypes.ErrGRPCNoLeader},
+	{shard.ErrStopped, rpctypes.ErrGRPCStopped},
+	{statemachine.ErrStaleRevision, rpctypes.ErrGRPCLeaderChanged},
+}
+
+// ToGRPC maps an internal error to the gRPC error etcd would return.
+func ToGRPC(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	for _, m := range errorMap {
+		if errors.Is(err, m.err) {
+			return m.grpc
+		}
+	}
+	switch {
+	case errors.Is(err, context.Canceled):
+		return rpctypes.ErrGRPCCanceled
+	case errors.Is(err, context.DeadlineExceeded):
+		return rpctypes.ErrGRPCDeadlineExceeded
+	}
+	return status.Error(codes.Unknown, err.Error())
+}

@@ -1,0 +1,184 @@
+package server
+
+import (
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Config of one node. cmd/tessera fills it from etcd-named flags; Validate
+// reports problems naming the flag.
+type Config struct {
+	Name    string
+	DataDir string
+
+	ListenClientURLs         []string
+	AdvertiseClientURLs      []string
+	ListenPeerURLs           []string
+	InitialAdvertisePeerURLs []string
+	// InitialCluster lists every member as name=peerURL, in flag order; a
+	// member's replica ID is its position (from 1).
+	InitialCluster      []Member
+	InitialClusterState string // "new" or "existing"
+
+	MaxRequestBytes   int
+	MaxTxnOps         int
+	QuotaBackendBytes int64
+
+	HeartbeatInterval time.Duration
+	ElectionTimeout   time.Duration
+
+	AutoCompactionMode      string // "periodic" or "revision"
+	AutoCompactionRetention string
+
+	// LogDBShards is Dragonboat's LogDB shard count (one fsync each per cycle).
+	LogDBShards uint64
+
+	Logger *slog.Logger
+}
+
+// Member of the initial cluster.
+type Member struct {
+	Name    string
+	PeerURL string
+}
+
+// Defaults as etcd has them, except the data directory.
+const (
+	DefaultName              = "default"
+	DefaultDataDir           = "tessera.data"
+	DefaultClientURL         = "http://127.0.0.1:2379"
+	DefaultPeerURL           = "http://localhost:2380"
+	DefaultMaxRequestBytes   = 1536 * 1024
+	DefaultMaxTxnOps         = 128
+	DefaultQuotaBackendBytes = 2 * 1024 * 1024 * 1024
+	DefaultHeartbeatMS       = 100
+	DefaultElectionMS        = 1000
+)
+
+// DefaultConfig is a single node on 127.0.0.1:2379 with data in ./tessera.data.
+func DefaultConfig() Config {
+	return Config{
+		Name:                     DefaultName,
+		DataDir:                  DefaultDataDir,
+		ListenClientURLs:         []string{DefaultClientURL},
+		AdvertiseClientURLs:      []string{DefaultClientURL},
+		ListenPeerURLs:           []string{DefaultPeerURL},
+		InitialAdvertisePeerURLs: []string{DefaultPeerURL},
+		InitialCluster:           []Member{{Name: DefaultName, PeerURL: DefaultPeerURL}},
+		InitialClusterState:      "new",
+		MaxRequestBytes:          DefaultMaxRequestBytes,
+		MaxTxnOps:                DefaultMaxTxnOps,
+		QuotaBackendBytes:        DefaultQuotaBackendBytes,
+		HeartbeatInterval:        DefaultHeartbeatMS * time.Millisecond,
+		ElectionTimeout:          DefaultElectionMS * time.Millisecond,
+		AutoCompactionMode:       "periodic",
+		AutoCompactionRetention:  "0",
+		LogDBShards:              1,
+	}
+}
+
+// ParseInitialCluster parses etcd's --initial-cluster value.
+func ParseInitialCluster(s string) ([]Member, error) {
+	var out []Member
+	seen := map[string]bool{}
+	for _, part := range strings.Split(s, ",") {
+		name, u, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok || name == "" || u == "" {
+			return nil, fmt.Errorf("--initial-cluster: %q is not name=peerURL", part)
+		}
+		if seen[name] {
+			return nil, fmt.Errorf("--initial-cluster: member %q appears twice", name)
+		}
+		seen[name] = true
+		if _, err := hostPortOf(u); err != nil {
+			return nil, fmt.Errorf("--initial-cluster: member %q: %w", name, err)
+		}
+		out = append(out, Member{Name: name, PeerURL: u})
+	}
+	return out, nil
+}
+
+// hostPortOf returns host:port of an http URL.
+func hostPortOf(raw string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", fmt.Errorf("invalid URL %q: %v", raw, err)
+	}
+	switch u.Scheme {
+	case "http":
+	case "https", "unixs":
+		return "", fmt.Errorf("URL %q: TLS is not supported yet; use http://", raw)
+	default:
+		return "", fmt.Errorf("URL %q: scheme must be http", raw)
+	}
+	if u.Port() == "" || u.Hostname() == "" {
+		return "", fmt.Errorf("URL %q must have a host and a port", raw)
+	}
+	return u.Host, nil
+}
+
+// Validate checks the configuration, naming the flag at fault.
+func (c *Config) Validate() error {
+	if c.Name == "" {
+		return fmt.Errorf("--name must not be empty")
+	}
+	if c.DataDir == "" {
+		return fmt.Errorf("--data-dir must not be empty")
+	}
+	for flag, urls := range map[string][]string{
+		"--listen-client-urls":          c.ListenClientURLs,
+		"--advertise-client-urls":       c.AdvertiseClientURLs,
+		"--listen-peer-urls":            c.ListenPeerURLs,
+		"--initial-advertise-peer-urls": c.InitialAdvertisePeerURLs,
+	} {
+		if len(urls) == 0 {
+			return fmt.Errorf("%s must name at least one URL", flag)
+		}
+		for _, u := range urls {
+			if _, err := hostPortOf(u); err != nil {
+				return fmt.Errorf("%s: %w", flag, err)
+			}
+		}
+	}
+	if _, ok := c.replicaID(); !ok {
+		return fmt.Errorf("--initial-cluster has no member named %q (--name)", c.Name)
+	}
+	if c.InitialClusterState != "new" && c.InitialClusterState != "existing" {
+		return fmt.Errorf("--initial-cluster-state must be \"new\" or \"existing\", not %q", c.InitialClusterState)
+	}
+	if c.MaxRequestBytes <= 0 {
+		return fmt.Errorf("--max-request-bytes must be positive")
+	}
+	if c.MaxTxnOps <= 0 {
+		return fmt.Errorf("--max-txn-ops must be positive")
+	}
+	if c.QuotaBackendBytes < 0 {
+		return fmt.Errorf("--quota-backend-bytes must not be negative")
+	}
+	if c.HeartbeatInterval < time.Millisecond {
+		return fmt.Errorf("--heartbeat-interval must be at least 1 (ms)")
+	}
+	if c.ElectionTimeout < 5*c.HeartbeatInterval {
+		return fmt.Errorf("--election-timeout (%v) must be at least 5 times --heartbeat-interval (%v)", c.ElectionTimeout, c.HeartbeatInterval)
+	}
+	if _, err := parseCompaction(c.AutoCompactionMode, c.AutoCompactionRetention); err != nil {
+		return err
+	}
+	if c.LogDBShards == 0 {
+		return fmt.Errorf("--raft-logdb-shards must be at least 1")
+	}
+	return nil
+}
+
+// replicaID is this node's position in --initial-cluster, from 1.
+func (c *Config) replicaID() (uint64, bool) {
+	for i, m := range c.InitialCluster {
+		if m.Name == c.Name {
+			return uint64(i + 1), true
+		}
+	}
+	return 0, false
+}

@@ -1,0 +1,39 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/lni/dragonboat/v4/logger"
+)
+
+var dragonboatLoggerOnce sync.Once
+
+// quietDragonboat routes Dragonboat's logs to slog at warning level and above.
+// Dragonboat allows setting its logger factory once per process.
+func quietDragonboat(base *slog.Logger) {
+	dragonboatLoggerOnce.Do(func() {
+		logger.SetLoggerFactory(func(pkg string) logger.ILogger {
+			return &dragonboatSlog{log: base.With("component", "dragonboat", "pkg", pkg)}
+		})
+	})
+}
+
+type dragonboatSlog struct{ log *slog.Logger }
+
+func (d *dragonboatSlog) SetLevel(logger.LogLevel)      {}
+func (d *dragonboatSlog) Debugf(string, ...interface{}) {}
+func (d *dragonboatSlog) Infof(string, ...interface{})  {}
+func (d *dragonboatSlog) Warningf(f string, a ...interface{}) {
+	d.log.Log(context.Background(), slog.LevelWarn, fmt.Sprintf(f, a...))
+}
+func (d *dragonboatSlog) Errorf(f string, a ...interface{}) {
+	d.log.Log(context.Background(), slog.LevelError, fmt.Sprintf(f, a...))
+}
+func (d *dragonboatSlog) Panicf(f string, a ...interface{}) {
+	msg := fmt.Sprintf(f, a...)
+	d.log.Error(msg)
+	panic(msg)
+}

@@ -1,0 +1,379 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"math"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lni/dragonboat/v4"
+	dbconfig "github.com/lni/dragonboat/v4/config"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/tesserakv/tessera/placement"
+	"github.com/tesserakv/tessera/proto/tesserapb"
+	"github.com/tesserakv/tessera/router"
+	"github.com/tesserakv/tessera/shard"
+	"github.com/tesserakv/tessera/statemachine"
+)
+
+// firstRangeID is the Raft shard ID of the range covering the whole keyspace.
+const firstRangeID = 1
+
+// grpcOverheadBytes is the room etcd leaves above --max-request-bytes for the
+// gRPC envelope.
+const grpcOverheadBytes = 512 * 1024
+
+// Server is a running node.
+type Server struct {
+	cfg       Config
+	log       *slog.Logger
+	replicaID uint64
+	clusterID uint64
+
+	store   *statemachine.Store
+	nh      *dragonboat.NodeHost
+	replica *shard.Replica
+	router  *router.Router
+	grpc    *grpc.Server
+
+	listeners []net.Listener
+
+	// spaceExceeded is true while the store is larger than --quota-backend-bytes.
+	spaceExceeded atomic.Bool
+
+	stopc     chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// Start opens the node's storage, joins its Raft group(s) and serves clients.
+func Start(cfg Config) (*Server, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	replicaID, _ := cfg.replicaID()
+	s := &Server{cfg: cfg, log: cfg.Logger, replicaID: replicaID, clusterID: clusterID(cfg.InitialCluster), stopc: make(chan struct{})}
+	quietDragonboat(cfg.Logger)
+
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("--data-dir %q: %w", cfg.DataDir, err)
+	}
+	if err := checkHostname(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	// Listen before starting Raft so a taken port fails fast and changes nothing.
+	for _, u := range cfg.ListenClientURLs {
+		hp, _ := hostPortOf(u)
+		ln, err := net.Listen("tcp", hp)
+		if err != nil {
+			s.closeListeners()
+			return nil, fmt.Errorf("--listen-client-urls: %w", err)
+		}
+		s.listeners = append(s.listeners, ln)
+	}
+
+	var err error
+	if s.store, err = statemachine.OpenStore(filepath.Join(cfg.DataDir, "kv"), statemachine.StoreOptions{}); err != nil {
+		s.closeListeners()
+		return nil, fmt.Errorf("opening store in %s: %w", cfg.DataDir, err)
+	}
+	if err := s.startRaft(); err != nil {
+		s.closeListeners()
+		_ = s.store.Close()
+		return nil, err
+	}
+
+	oracle := placement.NewLocalOracle(1)
+	s.replica = shard.New(shard.Config{RangeID: firstRangeID, ReplicaID: replicaID, Logger: s.log}, s.nh, s.store, oracle)
+	s.router = router.New(router.Config{
+		ClusterID:          s.clusterID,
+		MemberID:           replicaID,
+		MaxRequestBytes:    cfg.MaxRequestBytes,
+		MaxTxnOps:          cfg.MaxTxnOps,
+		MinLeaseTTLSeconds: minLeaseTTLSeconds(cfg),
+		SpaceExceeded:      s.spaceExceeded.Load,
+		Logger:             s.log,
+	}, s.replica)
+
+	s.grpc = grpc.NewServer(
+		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes+grpcOverheadBytes),
+		grpc.MaxSendMsgSize(math.MaxInt32),
+		grpc.MaxConcurrentStreams(math.MaxUint32),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+	)
+	pb.RegisterKVServer(s.grpc, s.router)
+	pb.RegisterLeaseServer(s.grpc, s.router)
+	pb.RegisterMaintenanceServer(s.grpc, &maintenance{s: s})
+	pb.RegisterClusterServer(s.grpc, &cluster{s: s})
+	pb.RegisterWatchServer(s.grpc, unimplementedWatch{})
+	pb.RegisterAuthServer(s.grpc, unimplementedAuth{})
+	for _, ln := range s.listeners {
+		s.goTask(func() {
+			if err := s.grpc.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				s.log.Error("client listener stopped", "addr", ln.Addr().String(), "err", err)
+			}
+		})
+	}
+	s.goTask(s.publishMemberAttrs)
+	s.checkSpace()
+	s.goTask(s.watchSpace)
+	if policy, _ := parseCompaction(cfg.AutoCompactionMode, cfg.AutoCompactionRetention); policy.enabled() {
+		s.goTask(func() { s.runCompactor(policy) })
+	}
+	s.log.Info("tessera serving", "name", cfg.Name, "replica", replicaID, "clients", cfg.ListenClientURLs, "data-dir", cfg.DataDir)
+	return s, nil
+}
+
+func (s *Server) startRaft() error {
+	cfg := s.cfg
+	raftAddr, _ := hostPortOf(cfg.InitialAdvertisePeerURLs[0])
+	listenAddr, _ := hostPortOf(cfg.ListenPeerURLs[0])
+	logDB := dbconfig.GetTinyMemLogDBConfig()
+	logDB.Shards = cfg.LogDBShards
+	rtt := uint64(cfg.HeartbeatInterval / time.Millisecond)
+	nhc := dbconfig.NodeHostConfig{
+		NodeHostDir:    filepath.Join(cfg.DataDir, "raft"),
+		RTTMillisecond: rtt,
+		RaftAddress:    raftAddr,
+		ListenAddress:  listenAddr,
+		Expert:         dbconfig.ExpertConfig{LogDB: logDB},
+	}
+	nh, err := dragonboat.NewNodeHost(nhc)
+	if err != nil {
+		return explainNodeHostError(err, cfg)
+	}
+	s.nh = nh
+	members := map[uint64]dragonboat.Target{}
+	for i, m := range cfg.InitialCluster {
+		addr, _ := hostPortOf(m.PeerURL)
+		members[uint64(i+1)] = addr
+	}
+	rc := dbconfig.Config{
+		ShardID:            firstRangeID,
+		ReplicaID:          s.replicaID,
+		ElectionRTT:        uint64(cfg.ElectionTimeout / cfg.HeartbeatInterval),
+		HeartbeatRTT:       1,
+		CheckQuorum:        true,
+		PreVote:            true,
+		SnapshotEntries:    10000,
+		CompactionOverhead: 5000,
+	}
+	if err := nh.StartOnDiskReplica(members, false, s.store.CreateStateMachine, rc); err != nil {
+		nh.Close()
+		return fmt.Errorf("starting range %d: %w", firstRangeID, err)
+	}
+	return nil
+}
+
+// explainNodeHostError names the cause when Dragonboat refuses a data
+// directory made with other settings (its errors live in an internal package,
+// so they are recognised by text).
+func explainNodeHostError(err error, cfg Config) error {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "not the owner of the data directory"):
+		return fmt.Errorf("data in %s belongs to another peer address than %v (--initial-advertise-peer-urls must not change once data exists): %w", cfg.DataDir, cfg.InitialAdvertisePeerURLs, err)
+	case strings.Contains(msg, "failed to lock data directory"):
+		return fmt.Errorf("--data-dir %s is in use by another running process: %w", cfg.DataDir, err)
+	default:
+		return fmt.Errorf("starting Raft in %s: %w", cfg.DataDir, err)
+	}
+}
+
+// hostFile records the host name a data directory was created on. Dragonboat
+// keeps its Raft log under a directory named after the host, so on a renamed
+// host it would silently find no log; this file turns that into a clear error.
+const hostFile = "hostname"
+
+func checkHostname(dataDir string) error {
+	host, err := os.Hostname()
+	if err != nil {
+		return fmt.Errorf("reading host name: %w", err)
+	}
+	path := filepath.Join(dataDir, hostFile)
+	recorded, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return os.WriteFile(path, []byte(host+"\n"), 0o600)
+	case err != nil:
+		return err
+	}
+	if was := strings.TrimSpace(string(recorded)); was != host {
+		return fmt.Errorf("data in %s was created on host %q but this host is %q; the Raft log is kept under the host name, so start Tessera on a host named %q (or move the data to a new member)", dataDir, was, host, was)
+	}
+	return nil
+}
+
+// minLeaseTTLSeconds is etcd's minimum lease TTL: 1.5 election timeouts, rounded up.
+func minLeaseTTLSeconds(cfg Config) int64 {
+	min := 3 * cfg.ElectionTimeout / 2
+	return int64((min + time.Second - 1) / time.Second)
+}
+
+// clusterID derives a stable cluster ID from the initial cluster.
+func clusterID(members []Member) uint64 {
+	h := fnv.New64a()
+	for _, m := range members {
+		fmt.Fprintf(h, "%s=%s,", m.Name, m.PeerURL)
+	}
+	return h.Sum64() >> 1
+}
+
+func (s *Server) goTask(fn func()) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		fn()
+	}()
+}
+
+// ClientAddrs returns the addresses the node serves clients on.
+func (s *Server) ClientAddrs() []string {
+	var out []string
+	for _, ln := range s.listeners {
+		out = append(out, ln.Addr().String())
+	}
+	return out
+}
+
+// IsLeader reports whether this node leads its range.
+func (s *Server) IsLeader() bool { return s.replica.IsLeader() }
+
+// TransferLeadership asks the range to move its leader to the replica of the
+// given node (position in --initial-cluster, from 1).
+func (s *Server) TransferLeadership(replicaID uint64) error {
+	return s.nh.RequestLeaderTransfer(firstRangeID, replicaID)
+}
+
+// publishMemberAttrs records this node's client and peer URLs in the range
+// (like etcd's member attribute publish), retrying until it lands.
+func (s *Server) publishMemberAttrs() {
+	attrs := &tesserapb.MemberAttrs{ReplicaId: s.replicaID, Name: s.cfg.Name, PeerUrls: s.cfg.InitialAdvertisePeerURLs, ClientUrls: s.cfg.AdvertiseClientURLs}
+	cmd := &tesserapb.Command{Op: &tesserapb.Command_MemberAttrs{MemberAttrs: &tesserapb.MemberAttrsCommand{Attrs: attrs}}}
+	for attempt := 0; ; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := s.writeAnywhere(ctx, cmd)
+		cancel()
+		if err == nil {
+			return
+		}
+		s.log.Debug("publishing member attributes", "attempt", attempt, "err", err)
+		select {
+		case <-s.stopc:
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// writeAnywhere proposes a command that needs no revision. Such commands may be
+// proposed by any replica, so it goes through Dragonboat directly.
+func (s *Server) writeAnywhere(ctx context.Context, cmd *tesserapb.Command) error {
+	if s.replica.IsLeader() {
+		_, err := s.replica.Write(ctx, cmd, false)
+		return err
+	}
+	data, err := marshal(cmd)
+	if err != nil {
+		return err
+	}
+	_, err = s.nh.SyncPropose(ctx, s.nh.GetNoOPSession(firstRangeID), data)
+	return err
+}
+
+func (s *Server) runCompactor(policy compactionPolicy) {
+	c := &compactor{policy: policy}
+	tick := time.NewTicker(policy.interval())
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.stopc:
+			return
+		case now := <-tick.C:
+			if !s.replica.IsLeader() {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			resp, err := s.router.Range(ctx, &pb.RangeRequest{Key: []byte{0}, CountOnly: true, Serializable: true})
+			if err == nil {
+				if target := c.observe(now, resp.Header.Revision); target > 0 {
+					if _, err := s.router.Compact(ctx, &pb.CompactionRequest{Revision: target}); err != nil {
+						s.log.Warn("auto-compaction failed", "revision", target, "err", err)
+					} else {
+						s.log.Info("auto-compacted", "revision", target)
+					}
+				}
+			}
+			cancel()
+		}
+	}
+}
+
+// checkSpace compares the store's size with --quota-backend-bytes.
+func (s *Server) checkSpace() {
+	exceeded := s.store.DiskSizeBytes() > s.cfg.QuotaBackendBytes
+	if exceeded && !s.spaceExceeded.Load() {
+		s.log.Warn("backend quota exceeded; refusing writes that add data", "quota-backend-bytes", s.cfg.QuotaBackendBytes)
+	}
+	s.spaceExceeded.Store(exceeded)
+}
+
+func (s *Server) watchSpace() {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.stopc:
+			return
+		case <-tick.C:
+			s.checkSpace()
+		}
+	}
+}
+
+func (s *Server) closeListeners() {
+	for _, ln := range s.listeners {
+		_ = ln.Close()
+	}
+}
+
+// Close shuts the node down gracefully: clients first, then background tasks,
+// Raft, and the store last.
+func (s *Server) Close() {
+	s.closeOnce.Do(func() {
+		close(s.stopc)
+		done := make(chan struct{})
+		go func() {
+			s.grpc.GracefulStop()
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(3 * time.Second):
+			s.grpc.Stop()
+			<-done
+		}
+		s.wg.Wait()
+		s.replica.Stop()
+		s.router.Close()
+		s.nh.Close()
+		if err := s.store.Close(); err != nil {
+			s.log.Warn("closing store", "err", err)
+		}
+	})
+}

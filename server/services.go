@@ -1,0 +1,156 @@
+package server
+
+import (
+	"context"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tesserakv/tessera/proto/tesserapb"
+	"github.com/tesserakv/tessera/router"
+	"github.com/tesserakv/tessera/statemachine"
+)
+
+// APIVersion is the etcd API level Tessera implements. kube-apiserver reads it
+// from Status and turns off consistent and streaming lists below 3.5.13.
+const APIVersion = "3.7.3"
+
+func marshal(cmd *tesserapb.Command) ([]byte, error) { return proto.Marshal(cmd) }
+
+// maintenance serves Maintenance.Status; the rest answers Unimplemented.
+type maintenance struct {
+	pb.UnimplementedMaintenanceServer
+	s *Server
+}
+
+func (m *maintenance) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusResponse, error) {
+	s := m.s
+	leader, term, _ := s.replica.Leader()
+	out, err := s.replica.Read(ctx, false, func(v *statemachine.View) (any, error) {
+		return [2]uint64{uint64(v.Revision()), v.AppliedIndex()}, nil
+	})
+	if err != nil {
+		return nil, router.ToGRPC(err)
+	}
+	revApplied := out.([2]uint64)
+	size := s.store.DiskSizeBytes()
+	return &pb.StatusResponse{
+		Header:           &pb.ResponseHeader{ClusterId: s.clusterID, MemberId: s.replicaID, Revision: int64(revApplied[0]), RaftTerm: term},
+		Version:          APIVersion,
+		DbSize:           size,
+		DbSizeInUse:      size,
+		DbSizeQuota:      s.cfg.QuotaBackendBytes,
+		Leader:           leader,
+		RaftIndex:        revApplied[1],
+		RaftTerm:         term,
+		RaftAppliedIndex: revApplied[1],
+		StorageVersion:   "3.7.0",
+	}, nil
+}
+
+// Alarm lists the NOSPACE alarm while the store exceeds its quota; it clears
+// itself once the store is back under the quota (etcd needs a disarm).
+func (m *maintenance) Alarm(_ context.Context, req *pb.AlarmRequest) (*pb.AlarmResponse, error) {
+	if req.Action == pb.AlarmRequest_ACTIVATE {
+		return nil, status.Error(codes.Unimplemented, "tessera: raising alarms by hand is not implemented")
+	}
+	resp := &pb.AlarmResponse{Header: &pb.ResponseHeader{ClusterId: m.s.clusterID, MemberId: m.s.replicaID}}
+	if req.Action == pb.AlarmRequest_GET && m.s.spaceExceeded.Load() {
+		resp.Alarms = append(resp.Alarms, &pb.AlarmMember{MemberID: m.s.replicaID, Alarm: pb.AlarmType_NOSPACE})
+	}
+	return resp, nil
+}
+
+func (m *maintenance) Defragment(context.Context, *pb.DefragmentRequest) (*pb.DefragmentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "tessera: defragment is not implemented (Pebble compacts on its own)")
+}
+
+func (m *maintenance) Hash(context.Context, *pb.HashRequest) (*pb.HashResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "tessera: Hash is not implemented yet")
+}
+
+func (m *maintenance) HashKV(context.Context, *pb.HashKVRequest) (*pb.HashKVResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "tessera: HashKV is not implemented yet")
+}
+
+func (m *maintenance) Snapshot(*pb.SnapshotRequest, pb.Maintenance_SnapshotServer) error {
+	return status.Error(codes.Unimplemented, "tessera: snapshot is not implemented yet")
+}
+
+func (m *maintenance) MoveLeader(context.Context, *pb.MoveLeaderRequest) (*pb.MoveLeaderResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "tessera: move-leader is not implemented yet")
+}
+
+func (m *maintenance) Downgrade(context.Context, *pb.DowngradeRequest) (*pb.DowngradeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "tessera: downgrade is not supported")
+}
+
+// cluster serves Cluster.MemberList from the static --initial-cluster and the
+// client URLs each member has published; membership changes answer Unimplemented.
+type cluster struct {
+	pb.UnimplementedClusterServer
+	s *Server
+}
+
+func (c *cluster) MemberList(ctx context.Context, _ *pb.MemberListRequest) (*pb.MemberListResponse, error) {
+	s := c.s
+	out, err := s.replica.Read(ctx, false, func(v *statemachine.View) (any, error) { return v.Members() })
+	if err != nil {
+		return nil, router.ToGRPC(err)
+	}
+	published := map[uint64]*tesserapb.MemberAttrs{}
+	for _, m := range out.([]*tesserapb.MemberAttrs) {
+		published[m.ReplicaId] = m
+	}
+	_, term, _ := s.replica.Leader()
+	resp := &pb.MemberListResponse{Header: &pb.ResponseHeader{ClusterId: s.clusterID, MemberId: s.replicaID, RaftTerm: term}}
+	for i, m := range s.cfg.InitialCluster {
+		id := uint64(i + 1)
+		member := &pb.Member{ID: id, PeerURLs: []string{m.PeerURL}}
+		if p, ok := published[id]; ok {
+			// As in etcd, a member that has not published yet has no name.
+			member.Name = p.Name
+			member.ClientURLs = p.ClientUrls
+			member.PeerURLs = p.PeerUrls
+		}
+		resp.Members = append(resp.Members, member)
+	}
+	return resp, nil
+}
+
+func (c *cluster) MemberAdd(context.Context, *pb.MemberAddRequest) (*pb.MemberAddResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "tessera: membership changes are not implemented yet (static --initial-cluster only)")
+}
+
+func (c *cluster) MemberRemove(context.Context, *pb.MemberRemoveRequest) (*pb.MemberRemoveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "tessera: membership changes are not implemented yet (static --initial-cluster only)")
+}
+
+func (c *cluster) MemberUpdate(context.Context, *pb.MemberUpdateRequest) (*pb.MemberUpdateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "tessera: membership changes are not implemented yet (static --initial-cluster only)")
+}
+
+func (c *cluster) MemberPromote(context.Context, *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "tessera: learners are not implemented yet")
+}
+
+// unimplementedWatch answers every watch with Unimplemented, naming the gap.
+type unimplementedWatch struct{ pb.UnimplementedWatchServer }
+
+func (unimplementedWatch) Watch(pb.Watch_WatchServer) error {
+	return status.Error(codes.Unimplemented, "tessera: Watch is not implemented yet (the watch hub comes in a later release)")
+}
+
+// unimplementedAuth: authentication is not implemented; AuthStatus reports it
+// disabled so clients that only ask can proceed.
+type unimplementedAuth struct{ pb.UnimplementedAuthServer }
+
+func (unimplementedAuth) AuthStatus(context.Context, *pb.AuthStatusRequest) (*pb.AuthStatusResponse, error) {
+	return &pb.AuthStatusResponse{Enabled: false}, nil
+}
+
+func (unimplementedAuth) Authenticate(context.Context, *pb.AuthenticateRequest) (*pb.AuthenticateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "tessera: authentication is not implemented yet")
+}

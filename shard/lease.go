@@ -1,0 +1,105 @@
+package shard
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/tesserakv/tessera/proto/tesserapb"
+	"github.com/tesserakv/tessera/statemachine"
+)
+
+// GrantLease records a lease through Raft and starts its timer on this leader.
+func (r *Replica) GrantLease(ctx context.Context, id, ttlSeconds int64) (*tesserapb.Result, error) {
+	cmd := &tesserapb.Command{Op: &tesserapb.Command_LeaseGrant{LeaseGrant: &tesserapb.LeaseGrantCommand{Id: id, TtlSeconds: ttlSeconds}}}
+	res, err := r.Write(ctx, cmd, false)
+	if err == nil {
+		r.leases.grant(id, ttlSeconds, time.Now())
+	}
+	return res, err
+}
+
+// RevokeLease deletes a lease and every key attached to it, at one revision.
+func (r *Replica) RevokeLease(ctx context.Context, id int64) (*tesserapb.Result, error) {
+	cmd := &tesserapb.Command{Op: &tesserapb.Command_LeaseRevoke{LeaseRevoke: &tesserapb.LeaseRevokeCommand{Id: id}}}
+	res, err := r.Write(ctx, cmd, true)
+	if err == nil || errors.Is(err, statemachine.ErrLeaseNotFound) {
+		r.leases.remove(id)
+	}
+	return res, err
+}
+
+// RenewLease restarts a lease's timer; only the range leader can. It returns the
+// lease's TTL, or statemachine.ErrLeaseNotFound.
+func (r *Replica) RenewLease(ctx context.Context, id int64) (int64, error) {
+	if err := r.leaderReady(ctx); err != nil {
+		return 0, err
+	}
+	ttl, ok := r.leases.renew(id, time.Now())
+	if !ok {
+		return 0, statemachine.ErrLeaseNotFound
+	}
+	return ttl, nil
+}
+
+// LeaseRemaining returns the seconds left on a lease as the leader's clock
+// has them; only the range leader knows.
+func (r *Replica) LeaseRemaining(ctx context.Context, id int64) (int64, error) {
+	if err := r.leaderReady(ctx); err != nil {
+		return 0, err
+	}
+	left, ok := r.leases.remaining(id, time.Now())
+	if !ok {
+		return 0, statemachine.ErrLeaseNotFound
+	}
+	return left, nil
+}
+
+// leaderReady returns nil once this replica leads the range and has applied
+// its leadership barrier (so its lease clock is loaded).
+func (r *Replica) leaderReady(ctx context.Context) error {
+	leader, term, ok := r.Leader()
+	if !ok || leader != r.cfg.ReplicaID {
+		return r.notLeader()
+	}
+	if r.readyTerm.Load() == term {
+		return nil
+	}
+	// A barrier makes this replica ready; proposing one through the queue does it.
+	_, err := r.Write(ctx, &tesserapb.Command{Op: &tesserapb.Command_Barrier{Barrier: &tesserapb.BarrierCommand{}}}, false)
+	return err
+}
+
+// leaseLoop revokes expired leases while this replica leads the range.
+func (r *Replica) leaseLoop() {
+	defer r.wg.Done()
+	tick := time.NewTicker(r.cfg.LeaseCheckInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-r.stopc:
+			return
+		case <-tick.C:
+		}
+		if !r.IsLeader() {
+			r.leases.demote()
+			continue
+		}
+		if !r.leases.isActive() {
+			// Becoming ready loads the clock; do it even without client writes.
+			ctx, cancel := context.WithTimeout(context.Background(), r.cfg.RequestTimeout)
+			_ = r.leaderReady(ctx)
+			cancel()
+			continue
+		}
+		for _, id := range r.leases.expired(time.Now()) {
+			ctx, cancel := context.WithTimeout(context.Background(), r.cfg.RequestTimeout)
+			_, err := r.RevokeLease(ctx, id)
+			cancel()
+			if err != nil && !errors.Is(err, statemachine.ErrLeaseNotFound) {
+				r.cfg.Logger.Warn("revoking expired lease failed", "range", r.cfg.RangeID, "lease", id, "err", err)
+				break
+			}
+		}
+	}
+}

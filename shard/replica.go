@@ -1,0 +1,425 @@
+package shard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lni/dragonboat/v4"
+	"github.com/lni/dragonboat/v4/client"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tesserakv/tessera/proto/tesserapb"
+	"github.com/tesserakv/tessera/statemachine"
+)
+
+// Oracle hands out revisions; shard needs only these two methods of it.
+type Oracle interface {
+	// Next returns a revision above every revision handed out before the call.
+	Next(ctx context.Context) (int64, error)
+	// Observe tells the oracle that rev has been written.
+	Observe(rev int64)
+}
+
+// Config of one replica. Zero fields take the defaults below.
+type Config struct {
+	RangeID   uint64
+	ReplicaID uint64
+	// MaxInFlight bounds the proposals of this replica that are queued or not
+	// yet applied. Default 4096.
+	MaxInFlight int
+	// RequestTimeout bounds one proposal or ReadIndex round. Default 5s.
+	RequestTimeout time.Duration
+	// LeaseCheckInterval is how often the leader looks for expired leases.
+	// Default 500ms.
+	LeaseCheckInterval time.Duration
+	Logger             *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = 4096
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = 5 * time.Second
+	}
+	if c.LeaseCheckInterval <= 0 {
+		c.LeaseCheckInterval = 500 * time.Millisecond
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// retryBackoff is the pause before retry number attempt (from 1); the pauses
+// add up to about two election timeouts.
+func retryBackoff(attempt int) time.Duration { return time.Duration(attempt) * 50 * time.Millisecond }
+
+// maxAttempts bounds the retries of a proposal refused for a stale revision or
+// dropped during a leader change.
+const maxAttempts = 8
+
+// Replica is one range replica on this node. The Raft replica itself is started
+// by the caller (node assembly) with Store.CreateStateMachine; Replica drives it.
+type Replica struct {
+	cfg     Config
+	nh      *dragonboat.NodeHost
+	store   *statemachine.Store
+	oracle  Oracle
+	session *client.Session
+
+	// inflight is a semaphore of Config.MaxInFlight slots.
+	inflight chan struct{}
+	// queue feeds proposeLoop, the only goroutine that takes revisions and
+	// proposes; its order is the log order.
+	queue chan *proposal
+
+	// readyTerm is the leader term in which this replica applied its
+	// leadership barrier; 0 if none. Written only by proposeLoop.
+	readyTerm atomic.Uint64
+
+	leases *leaseClock
+
+	stopc    chan struct{}
+	stopOnce sync.Once
+	wg       sync.WaitGroup
+}
+
+type proposal struct {
+	ctx context.Context
+	cmd *tesserapb.Command
+	// writesKeys: the command needs a revision from the oracle.
+	writesKeys bool
+	done       chan proposed
+}
+
+type proposed struct {
+	rs  *dragonboat.RequestState
+	err error
+}
+
+// New returns a driver for the replica of cfg.RangeID on nh and starts its
+// background goroutines; Stop ends them.
+func New(cfg Config, nh *dragonboat.NodeHost, store *statemachine.Store, oracle Oracle) *Replica {
+	cfg.setDefaults()
+	r := &Replica{
+		cfg:      cfg,
+		nh:       nh,
+		store:    store,
+		oracle:   oracle,
+		session:  nh.GetNoOPSession(cfg.RangeID),
+		inflight: make(chan struct{}, cfg.MaxInFlight),
+		queue:    make(chan *proposal, 256),
+		leases:   newLeaseClock(),
+		stopc:    make(chan struct{}),
+	}
+	r.wg.Add(2)
+	go r.proposeLoop()
+	go r.leaseLoop()
+	return r
+}
+
+// Stop ends the replica's goroutines; it does not stop the Raft replica.
+func (r *Replica) Stop() {
+	r.stopOnce.Do(func() { close(r.stopc) })
+	r.wg.Wait()
+}
+
+// RangeID of this replica.
+func (r *Replica) RangeID() uint64 { return r.cfg.RangeID }
+
+// ReplicaID of this replica.
+func (r *Replica) ReplicaID() uint64 { return r.cfg.ReplicaID }
+
+// Leader returns the leader's replica ID and term as this replica knows them.
+func (r *Replica) Leader() (leaderReplicaID, term uint64, ok bool) {
+	id, term, valid, err := r.nh.GetLeaderID(r.cfg.RangeID)
+	if err != nil || !valid {
+		return 0, term, false
+	}
+	return id, term, true
+}
+
+// IsLeader reports whether this replica currently leads its range.
+func (r *Replica) IsLeader() bool {
+	id, _, ok := r.Leader()
+	return ok && id == r.cfg.ReplicaID
+}
+
+// notLeader returns the error a request needing the leader gets here.
+func (r *Replica) notLeader() error {
+	id, _, ok := r.Leader()
+	if !ok {
+		return &NotLeaderError{}
+	}
+	return &NotLeaderError{LeaderReplicaID: id}
+}
+
+// Write proposes cmd (its Revision is assigned here when writesKeys) and waits
+// for the state machine's result. A result carrying a state-machine error is
+// returned as that error (statemachine.ErrorFromResult).
+func (r *Replica) Write(ctx context.Context, cmd *tesserapb.Command, writesKeys bool) (*tesserapb.Result, error) {
+	select {
+	case r.inflight <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-r.stopc:
+		return nil, ErrStopped
+	}
+	defer func() { <-r.inflight }()
+
+	var lastErr error
+	for attempt := range maxAttempts {
+		if attempt > 0 {
+			if err := r.sleep(ctx, retryBackoff(attempt)); err != nil {
+				return nil, err
+			}
+		}
+		res, err, retry := r.writeOnce(ctx, cmd, writesKeys)
+		if !retry {
+			return res, err
+		}
+		lastErr = err
+	}
+	return nil, lastErr
+}
+
+func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesKeys bool) (res *tesserapb.Result, err error, retry bool) {
+	p := &proposal{ctx: ctx, cmd: proto.CloneOf(cmd), writesKeys: writesKeys, done: make(chan proposed, 1)}
+	select {
+	case r.queue <- p:
+	case <-ctx.Done():
+		return nil, ctx.Err(), false
+	case <-r.stopc:
+		return nil, ErrStopped, false
+	}
+	var out proposed
+	select {
+	case out = <-p.done:
+	case <-r.stopc:
+		return nil, ErrStopped, false
+	}
+	if out.err != nil {
+		var nl *NotLeaderError
+		if errors.As(out.err, &nl) && nl.LeaderReplicaID == 0 {
+			// No leader yet (an election is under way): wait for one.
+			return nil, ErrNoLeader, true
+		}
+		if errors.Is(out.err, dragonboat.ErrSystemBusy) || errors.Is(out.err, dragonboat.ErrShardNotReady) {
+			return nil, out.err, true
+		}
+		return nil, out.err, false
+	}
+	defer out.rs.Release()
+	var rr dragonboat.RequestResult
+	select {
+	case rr = <-out.rs.ResultC():
+	case <-ctx.Done():
+		return nil, ctx.Err(), false
+	case <-r.stopc:
+		return nil, ErrStopped, false
+	}
+	switch {
+	case rr.Completed():
+		res, err := statemachine.DecodeResult(rr.GetResult())
+		if err != nil {
+			return nil, err, false
+		}
+		if err := statemachine.ErrorFromResult(res); err != nil {
+			if errors.Is(err, statemachine.ErrStaleRevision) {
+				// Someone else wrote at or above our revision: our leadership
+				// barrier is out of date. Redo it and take a new revision.
+				r.readyTerm.Store(0)
+				return nil, err, true
+			}
+			return res, err, false
+		}
+		return res, nil, false
+	case rr.Dropped():
+		return nil, &NotLeaderError{}, true
+	case rr.Timeout():
+		return nil, ErrTimeout, false
+	case rr.Terminated(), rr.Aborted():
+		return nil, ErrStopped, false
+	default:
+		return nil, fmt.Errorf("shard: proposal rejected on range %d", r.cfg.RangeID), false
+	}
+}
+
+func (r *Replica) sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-r.stopc:
+		return ErrStopped
+	}
+}
+
+// proposeLoop is the single proposer: it takes each write's revision and
+// proposes it before taking the next one, so log order is revision order.
+func (r *Replica) proposeLoop() {
+	defer r.wg.Done()
+	for {
+		select {
+		case <-r.stopc:
+			return
+		case p := <-r.queue:
+			rs, err := r.propose(p)
+			p.done <- proposed{rs: rs, err: err}
+		}
+	}
+}
+
+func (r *Replica) propose(p *proposal) (*dragonboat.RequestState, error) {
+	if err := p.ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := r.ensureLeaderReady(); err != nil {
+		return nil, err
+	}
+	if p.writesKeys {
+		rev, err := r.oracle.Next(p.ctx)
+		if err != nil {
+			return nil, err
+		}
+		p.cmd.Revision = rev
+	}
+	data, err := proto.Marshal(p.cmd)
+	if err != nil {
+		return nil, err
+	}
+	return r.nh.Propose(r.session, data, r.cfg.RequestTimeout)
+}
+
+// ensureLeaderReady returns nil when this replica leads its range and has
+// applied a barrier in its current term, so that every entry of earlier terms
+// is applied and the oracle has observed every revision written.
+func (r *Replica) ensureLeaderReady() error {
+	leader, term, ok := r.Leader()
+	if !ok {
+		return &NotLeaderError{}
+	}
+	if leader != r.cfg.ReplicaID {
+		r.readyTerm.Store(0)
+		r.leases.demote()
+		return &NotLeaderError{LeaderReplicaID: leader}
+	}
+	if r.readyTerm.Load() == term {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.RequestTimeout)
+	defer cancel()
+	data, err := proto.Marshal(&tesserapb.Command{Op: &tesserapb.Command_Barrier{Barrier: &tesserapb.BarrierCommand{}}})
+	if err != nil {
+		return err
+	}
+	if _, err := r.nh.SyncPropose(ctx, r.session, data); err != nil {
+		if errors.Is(err, dragonboat.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) {
+			return ErrTimeout
+		}
+		return &NotLeaderError{}
+	}
+	ttls := map[int64]int64{}
+	err = r.withView(func(v *statemachine.View) error {
+		r.oracle.Observe(max(v.Revision(), v.LastCommandRevision()))
+		recs, err := v.Leases()
+		if err != nil {
+			return err
+		}
+		for _, rec := range recs {
+			ttls[rec.Id] = rec.TtlSeconds
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	r.leases.promote(ttls, time.Now())
+	r.readyTerm.Store(term)
+	r.cfg.Logger.Debug("range leader ready", "range", r.cfg.RangeID, "replica", r.cfg.ReplicaID, "term", term)
+	return nil
+}
+
+func (r *Replica) withView(fn func(*statemachine.View) error) error {
+	rsm := r.store.Range(r.cfg.RangeID)
+	if rsm == nil {
+		return ErrStopped
+	}
+	v, err := rsm.View()
+	if err != nil {
+		return err
+	}
+	defer v.Close()
+	return fn(v)
+}
+
+// Read runs fn on a view of the range's state. A linearizable read first
+// confirms through ReadIndex that this replica has applied everything committed
+// before the call; a serializable read uses the local state as it is.
+func (r *Replica) Read(ctx context.Context, linearizable bool, fn func(*statemachine.View) (any, error)) (any, error) {
+	if !linearizable {
+		var out any
+		err := r.withView(func(v *statemachine.View) error {
+			var err error
+			out, err = fn(v)
+			return err
+		})
+		return out, err
+	}
+	var lastErr error
+	for attempt := range maxAttempts {
+		if attempt > 0 {
+			if err := r.sleep(ctx, retryBackoff(attempt)); err != nil {
+				return nil, err
+			}
+		}
+		out, err, retry := r.readOnce(ctx, fn)
+		if !retry {
+			return out, err
+		}
+		lastErr = err
+	}
+	return nil, lastErr
+}
+
+func (r *Replica) readOnce(ctx context.Context, fn func(*statemachine.View) (any, error)) (out any, err error, retry bool) {
+	timeout := r.cfg.RequestTimeout
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
+		timeout = time.Until(dl)
+	}
+	rs, err := r.nh.ReadIndex(r.cfg.RangeID, timeout)
+	if err != nil {
+		if errors.Is(err, dragonboat.ErrSystemBusy) || errors.Is(err, dragonboat.ErrShardNotReady) {
+			return nil, err, true
+		}
+		return nil, err, false
+	}
+	defer rs.Release()
+	var rr dragonboat.RequestResult
+	select {
+	case rr = <-rs.ResultC():
+	case <-ctx.Done():
+		return nil, ctx.Err(), false
+	case <-r.stopc:
+		return nil, ErrStopped, false
+	}
+	switch {
+	case rr.Completed():
+		v, err := r.nh.ReadLocalNode(rs, fn)
+		return v, err, false
+	case rr.Dropped():
+		return nil, ErrNoLeader, true
+	case rr.Timeout():
+		return nil, ErrTimeout, false
+	default:
+		return nil, ErrStopped, false
+	}
+}

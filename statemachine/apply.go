@@ -1,0 +1,81 @@
+package statemachine
+
+import (
+	"github.com/cockroachdb/pebble/v2"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tesserakv/tessera/proto/tesserapb"
+)
+
+// applier applies commands of one Update call into its batch. state is the
+// working copy of the range's state; a command's changes to it are kept only
+// when the command succeeds.
+type applier struct {
+	rangeID uint64
+	b       *pebble.Batch
+	state   rangeState
+	bounds  bounds
+}
+
+// apply applies one encoded command. A returned error wrapping a sentinel is
+// the command's failure (nothing written, state unchanged); any other error is
+// fatal.
+func (a *applier) apply(data []byte) (response []byte, err error) {
+	cmd := &tesserapb.Command{}
+	if err := proto.Unmarshal(data, cmd); err != nil {
+		return nil, errorf(ErrInvalidCommand, "cannot decode the command (%d bytes)", len(data))
+	}
+	rev := cmd.GetRevision()
+	if rev < 0 {
+		return nil, errorf(ErrInvalidCommand, "negative revision %d", rev)
+	}
+	// The revision rule: a command carrying a revision must carry one above
+	// every revision this range applied, or it is refused, changing nothing.
+	if rev > 0 && rev <= max(a.state.lastCmdRev, a.state.currentRev) {
+		return nil, errorf(ErrStaleRevision, "revision %d, last applied %d", rev, max(a.state.lastCmdRev, a.state.currentRev))
+	}
+	saved := a.state
+	var msg proto.Message
+	changed := false
+	switch op := cmd.GetOp().(type) {
+	case *tesserapb.Command_Txn:
+		if rev == 0 {
+			return nil, errorf(ErrInvalidCommand, "txn without a revision")
+		}
+		req := &pb.TxnRequest{}
+		if err := proto.Unmarshal(op.Txn.GetRequest(), req); err != nil {
+			return nil, errorf(ErrInvalidCommand, "cannot decode the txn request (%d bytes)", len(op.Txn.GetRequest()))
+		}
+		msg, changed, err = a.applyTxn(rev, req)
+	case *tesserapb.Command_Compact:
+		msg, err = a.applyCompact(op.Compact.GetRevision())
+	case *tesserapb.Command_LeaseGrant:
+		msg, err = a.applyLeaseGrant(op.LeaseGrant)
+	case *tesserapb.Command_LeaseRevoke:
+		if rev == 0 {
+			return nil, errorf(ErrInvalidCommand, "lease revoke without a revision")
+		}
+		msg, changed, err = a.applyLeaseRevoke(rev, op.LeaseRevoke.GetId())
+	case *tesserapb.Command_Barrier:
+		msg = nil
+	case *tesserapb.Command_MemberAttrs:
+		msg, err = a.applyMemberAttrs(op.MemberAttrs.GetAttrs())
+	default:
+		return nil, errorf(ErrInvalidCommand, "command without an operation")
+	}
+	if err != nil {
+		a.state = saved
+		return nil, err
+	}
+	if rev > 0 {
+		a.state.lastCmdRev = rev
+	}
+	if changed {
+		a.state.currentRev = rev
+	}
+	if msg == nil {
+		return nil, nil
+	}
+	return proto.Marshal(msg)
+}

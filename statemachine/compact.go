@@ -1,0 +1,71 @@
+package statemachine
+
+import (
+	"bytes"
+
+	"github.com/cockroachdb/pebble/v2"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+)
+
+// Compaction at C (etcd's semantics, DESIGN.md "Storage layout"): C above the
+// current revision is ErrFutureRev, C at or below the last compaction is
+// ErrCompacted; otherwise compactedRev becomes C, reads below C fail with
+// ErrCompacted from then on, and per key every version older than the newest
+// one <= C is deleted, and that one too when it is a tombstone. The deletes
+// go into the Update's batch with the new compactedRev.
+
+// applyCompact records the compaction at compactRev and removes the versions
+// it makes unreachable.
+func (a *applier) applyCompact(compactRev int64) (*pb.CompactionResponse, error) {
+	if compactRev > a.state.currentRev {
+		return nil, errorf(ErrFutureRev, "compact at %d, current revision %d", compactRev, a.state.currentRev)
+	}
+	if compactRev <= a.state.compactedRev {
+		return nil, errorf(ErrCompacted, "compact at %d, compacted at %d", compactRev, a.state.compactedRev)
+	}
+	if err := compact(a.b, a.bounds.span(), compactRev); err != nil {
+		return nil, err
+	}
+	a.state.compactedRev = compactRev
+	return &pb.CompactionResponse{Header: &pb.ResponseHeader{Revision: a.state.currentRev}}, nil
+}
+
+// compact removes the versions that compaction at compactRev makes
+// unreachable from the keys in s.
+func compact(b *pebble.Batch, s keySpan, compactRev int64) error {
+	lower, upper := dataSpanBounds(s)
+	it, err := b.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	if err != nil {
+		return err
+	}
+	defer closeQuietly(it)
+	var curPrefix []byte
+	kept := false
+	for valid := it.First(); valid; valid = it.Next() {
+		k := it.Key()
+		if p := dataVersionsPrefix(k); !bytes.Equal(p, curPrefix) {
+			curPrefix = bytes.Clone(p)
+			kept = false
+		}
+		if dataKeyRev(k) > compactRev {
+			continue
+		}
+		if kept {
+			if err := b.Delete(bytes.Clone(k), nil); err != nil {
+				return err
+			}
+			continue
+		}
+		kept = true
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return err
+		}
+		if len(v) == 0 {
+			if err := b.Delete(bytes.Clone(k), nil); err != nil {
+				return err
+			}
+		}
+	}
+	return it.Error()
+}

@@ -1,0 +1,599 @@
+package statemachine
+
+import (
+	"bytes"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/cockroachdb/datadriven"
+	"github.com/cockroachdb/pebble/v2"
+	sm "github.com/lni/dragonboat/v4/statemachine"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/protobuf/encoding/prototext"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tesserakv/tessera/proto/tesserapb"
+)
+
+const testRangeID = 7
+
+// harness drives one RangeSM the way Dragonboat does: commands become entries
+// with increasing indexes, handed to Update in batches.
+type harness struct {
+	t       testing.TB
+	dir     string
+	store   *Store
+	rsm     *RangeSM
+	index   uint64 // last Raft index handed to Update
+	lastRev int64  // highest revision handed out
+	saved   []byte // last snapshot taken by snapshot-save
+}
+
+func newHarness(t testing.TB) *harness {
+	h := &harness{t: t, lastRev: 1} // revision 1 is the empty store's
+	h.openStore(t.TempDir())
+	t.Cleanup(h.close)
+	return h
+}
+
+func (h *harness) openStore(dir string) {
+	h.t.Helper()
+	s, err := OpenStore(dir, StoreOptions{CacheSizeBytes: 1 << 20})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.dir, h.store = dir, s
+	h.rsm = s.CreateStateMachine(testRangeID, 1).(*RangeSM)
+	idx, err := h.rsm.Open(nil)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.index = idx
+}
+
+func (h *harness) close() {
+	if h.store == nil {
+		return
+	}
+	if err := h.rsm.Close(); err != nil {
+		h.t.Error(err)
+	}
+	if err := h.store.Close(); err != nil {
+		h.t.Error(err)
+	}
+	h.store = nil
+}
+
+// restart closes the store and opens it again from disk.
+func (h *harness) restart() {
+	dir := h.dir
+	h.close()
+	h.openStore(dir)
+}
+
+func (h *harness) nextRev() int64 {
+	h.lastRev++
+	return h.lastRev
+}
+
+// update hands cmds to Update as one batch and returns the decoded results.
+func (h *harness) update(cmds ...[]byte) []*tesserapb.Result {
+	h.t.Helper()
+	entries := make([]sm.Entry, len(cmds))
+	for i, c := range cmds {
+		h.index++
+		entries[i] = sm.Entry{Index: h.index, Cmd: c}
+	}
+	out, err := h.rsm.Update(entries)
+	if err != nil {
+		h.t.Fatalf("Update: %v", err)
+	}
+	results := make([]*tesserapb.Result, len(out))
+	for i, e := range out {
+		res, err := DecodeResult(e.Result)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		if uint64(res.Code) != e.Result.Value {
+			h.t.Fatalf("result value %d, code %d", e.Result.Value, res.Code)
+		}
+		results[i] = res
+	}
+	return results
+}
+
+func (h *harness) view() *View {
+	h.t.Helper()
+	v, err := h.rsm.View()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return v
+}
+
+func mustMarshal(t testing.TB, m proto.Message) []byte {
+	t.Helper()
+	b, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func txnCmd(t testing.TB, rev int64, req *pb.TxnRequest) []byte {
+	return mustMarshal(t, &tesserapb.Command{Revision: rev, Op: &tesserapb.Command_Txn{
+		Txn: &tesserapb.TxnCommand{Request: mustMarshal(t, req)},
+	}})
+}
+
+// ---- datadriven ----
+
+func TestDataDriven(t *testing.T) {
+	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
+		h := newHarness(t)
+		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
+			return h.run(t, d)
+		})
+	})
+}
+
+// unq decodes Go escapes in an argument value (e.g. end=\x00).
+func unq(t testing.TB, s string) []byte {
+	u, err := strconv.Unquote(`"` + s + `"`)
+	if err != nil {
+		t.Fatalf("bad value %q: %v", s, err)
+	}
+	return []byte(u)
+}
+
+func argBytes(t testing.TB, d *datadriven.TestData, key string) []byte {
+	if !d.HasArg(key) {
+		return nil
+	}
+	var s string
+	d.ScanArgs(t, key, &s)
+	return unq(t, s)
+}
+
+func argInt(t testing.TB, d *datadriven.TestData, key string, def int64) int64 {
+	if !d.HasArg(key) {
+		return def
+	}
+	var v int64
+	d.ScanArgs(t, key, &v)
+	return v
+}
+
+// cmdRev is the revision a directive's command carries: rev= when given,
+// otherwise a fresh one for writing commands and 0 for the others.
+func (h *harness) cmdRev(t testing.TB, d *datadriven.TestData, writes bool) int64 {
+	if d.HasArg("rev") {
+		r := argInt(t, d, "rev", 0)
+		h.lastRev = max(h.lastRev, r)
+		return r
+	}
+	if writes {
+		return h.nextRev()
+	}
+	return 0
+}
+
+// command builds the command of an update directive; kind says how to print
+// its response.
+func (h *harness) command(t testing.TB, d *datadriven.TestData) (cmd []byte, kind string) {
+	switch d.Cmd {
+	case "put":
+		req := &pb.PutRequest{
+			Key:         argBytes(t, d, "k"),
+			Value:       argBytes(t, d, "v"),
+			Lease:       argInt(t, d, "lease", 0),
+			PrevKv:      d.HasArg("prev-kv"),
+			IgnoreValue: d.HasArg("ignore-value"),
+			IgnoreLease: d.HasArg("ignore-lease"),
+		}
+		return txnCmd(t, h.cmdRev(t, d, true), &pb.TxnRequest{Success: []*pb.RequestOp{
+			{Request: &pb.RequestOp_RequestPut{RequestPut: req}},
+		}}), "op"
+	case "del":
+		req := &pb.DeleteRangeRequest{
+			Key:      argBytes(t, d, "k"),
+			RangeEnd: argBytes(t, d, "end"),
+			PrevKv:   d.HasArg("prev-kv"),
+		}
+		return txnCmd(t, h.cmdRev(t, d, true), &pb.TxnRequest{Success: []*pb.RequestOp{
+			{Request: &pb.RequestOp_RequestDeleteRange{RequestDeleteRange: req}},
+		}}), "op"
+	case "txn":
+		req := &pb.TxnRequest{}
+		if err := prototext.Unmarshal([]byte(d.Input), req); err != nil {
+			t.Fatalf("%s: bad txn: %v", d.Pos, err)
+		}
+		return txnCmd(t, h.cmdRev(t, d, true), req), "txn"
+	case "compact":
+		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, false), Op: &tesserapb.Command_Compact{
+			Compact: &tesserapb.CompactCommand{Revision: argInt(t, d, "at", 0)},
+		}}), "compact"
+	case "lease-grant":
+		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, false), Op: &tesserapb.Command_LeaseGrant{
+			LeaseGrant: &tesserapb.LeaseGrantCommand{Id: argInt(t, d, "id", 0), TtlSeconds: argInt(t, d, "ttl", 0)},
+		}}), "lease-grant"
+	case "lease-revoke":
+		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, true), Op: &tesserapb.Command_LeaseRevoke{
+			LeaseRevoke: &tesserapb.LeaseRevokeCommand{Id: argInt(t, d, "id", 0)},
+		}}), "lease-revoke"
+	case "barrier":
+		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, false), Op: &tesserapb.Command_Barrier{
+			Barrier: &tesserapb.BarrierCommand{},
+		}}), "none"
+	case "member":
+		attrs := &tesserapb.MemberAttrs{ReplicaId: uint64(argInt(t, d, "id", 0))}
+		if d.HasArg("name") {
+			d.ScanArgs(t, "name", &attrs.Name)
+		}
+		if a, ok := d.Arg("peer"); ok {
+			attrs.PeerUrls = a.Vals
+		}
+		if a, ok := d.Arg("client"); ok {
+			attrs.ClientUrls = a.Vals
+		}
+		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, false), Op: &tesserapb.Command_MemberAttrs{
+			MemberAttrs: &tesserapb.MemberAttrsCommand{Attrs: attrs},
+		}}), "none"
+	case "garbage":
+		return []byte{0xff, 0xff, 0xff}, "none"
+	}
+	return nil, ""
+}
+
+func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
+	if cmd, kind := h.command(t, d); cmd != nil {
+		res := h.update(cmd)[0]
+		return formatResult(t, res, kind)
+	}
+	switch d.Cmd {
+	case "batch":
+		// Each input line is an update directive; all go to Update at once.
+		var cmds [][]byte
+		var kinds []string
+		for _, line := range strings.Split(strings.TrimSpace(d.Input), "\n") {
+			cmdName, args, err := datadriven.ParseLine(line)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sub := &datadriven.TestData{Pos: d.Pos, Cmd: cmdName, CmdArgs: args}
+			cmd, kind := h.command(t, sub)
+			if cmd == nil {
+				t.Fatalf("%s: %q is not an update directive", d.Pos, line)
+			}
+			cmds = append(cmds, cmd)
+			kinds = append(kinds, kind)
+		}
+		var b strings.Builder
+		for i, res := range h.update(cmds...) {
+			fmt.Fprintf(&b, "%d: %s", i, formatResult(t, res, kinds[i]))
+		}
+		return b.String()
+	case "get", "stream":
+		req := rangeRequest(t, d)
+		v := h.view()
+		defer v.Close()
+		if d.Cmd == "get" {
+			resp, err := v.Range(req)
+			if err != nil {
+				return fmt.Sprintf("error: %v\n", err)
+			}
+			var b strings.Builder
+			formatRange(&b, "", resp)
+			return b.String()
+		}
+		var b strings.Builder
+		count, more, err := v.RangeStream(req, int(argInt(t, d, "chunk", 2)), func(kvs []*mvccpb.KeyValue) error {
+			fmt.Fprintf(&b, "chunk\n")
+			for _, kv := range kvs {
+				fmt.Fprintf(&b, "  %s\n", formatKV(kv))
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Sprintf("error: %v\n", err)
+		}
+		fmt.Fprintf(&b, "count=%d more=%t\n", count, more)
+		return b.String()
+	case "status":
+		v := h.view()
+		defer v.Close()
+		return fmt.Sprintf("rev=%d compacted=%d applied=%d last-cmd-rev=%d\n",
+			v.Revision(), v.CompactRevision(), v.AppliedIndex(), v.LastCommandRevision())
+	case "lease":
+		v := h.view()
+		defer v.Close()
+		rec, keys, err := v.Lease(argInt(t, d, "id", 0))
+		if err != nil {
+			return fmt.Sprintf("error: %v\n", err)
+		}
+		var b strings.Builder
+		fmt.Fprintf(&b, "lease %d ttl=%d keys=[", rec.Id, rec.TtlSeconds)
+		for i, k := range keys {
+			if i > 0 {
+				b.WriteString(" ")
+			}
+			b.WriteString(strconv.Quote(string(k)))
+		}
+		b.WriteString("]\n")
+		return b.String()
+	case "leases", "members":
+		v := h.view()
+		defer v.Close()
+		var b strings.Builder
+		for _, line := range strings.SplitAfter(dumpLeasesMembers(t, v), "\n") {
+			if strings.HasPrefix(line, strings.TrimSuffix(d.Cmd, "s")) || line == "none\n" {
+				b.WriteString(line)
+			}
+		}
+		return b.String()
+	case "dump":
+		return h.dump(t)
+	case "restart":
+		h.restart()
+		return h.run(t, &datadriven.TestData{Cmd: "status"})
+	case "snapshot-save":
+		h.saved = h.saveSnapshot(t)
+		return "saved " + h.run(t, &datadriven.TestData{Cmd: "status"})
+	case "snapshot-recover":
+		// Recover the last saved snapshot into the current range (which may
+		// hold other data); the dump must equal the one taken at save time.
+		if err := h.rsm.RecoverFromSnapshot(bytes.NewReader(h.saved), nil); err != nil {
+			t.Fatal(err)
+		}
+		v := h.view()
+		h.index = v.AppliedIndex() // Dragonboat carries on after the snapshot's index
+		v.Close()
+		again := h.saveSnapshot(t)
+		eq := "identical to the saved one"
+		if !bytes.Equal(again, h.saved) {
+			eq = "DIFFERENT from the saved one"
+		}
+		return fmt.Sprintf("recovered; a new snapshot is %s\n%s", eq, h.dump(t))
+	case "new-store":
+		h.close()
+		h.openStore(t.TempDir())
+		return h.run(t, &datadriven.TestData{Cmd: "status"})
+	}
+	t.Fatalf("%s: unknown directive %q", d.Pos, d.Cmd)
+	return ""
+}
+
+func (h *harness) saveSnapshot(t testing.TB) []byte {
+	prepared, err := h.rsm.PrepareSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := h.rsm.SaveSnapshot(prepared, &buf, nil); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func rangeRequest(t testing.TB, d *datadriven.TestData) *pb.RangeRequest {
+	req := &pb.RangeRequest{
+		Key:               argBytes(t, d, "k"),
+		RangeEnd:          argBytes(t, d, "end"),
+		Revision:          argInt(t, d, "rev", 0),
+		Limit:             argInt(t, d, "limit", 0),
+		KeysOnly:          d.HasArg("keys-only"),
+		CountOnly:         d.HasArg("count-only"),
+		MinModRevision:    argInt(t, d, "min-mod", 0),
+		MaxModRevision:    argInt(t, d, "max-mod", 0),
+		MinCreateRevision: argInt(t, d, "min-create", 0),
+		MaxCreateRevision: argInt(t, d, "max-create", 0),
+	}
+	if a, ok := d.Arg("sort"); ok {
+		target, order := a.TwoVals(t)
+		req.SortTarget = pb.RangeRequest_SortTarget(pb.RangeRequest_SortTarget_value[strings.ToUpper(target)])
+		req.SortOrder = pb.RangeRequest_SortOrder(pb.RangeRequest_SortOrder_value[strings.ToUpper(order)])
+	}
+	return req
+}
+
+// ---- formatting ----
+
+func formatKV(kv *mvccpb.KeyValue) string {
+	s := fmt.Sprintf("%q = %q (c=%d m=%d v=%d", kv.Key, kv.Value, kv.CreateRevision, kv.ModRevision, kv.Version)
+	if kv.Lease != 0 {
+		s += fmt.Sprintf(" lease=%d", kv.Lease)
+	}
+	return s + ")"
+}
+
+func hdrRev(h *pb.ResponseHeader) string {
+	if h == nil {
+		return "none"
+	}
+	return strconv.FormatInt(h.Revision, 10)
+}
+
+func formatResult(t testing.TB, res *tesserapb.Result, kind string) string {
+	if err := ErrorFromResult(res); err != nil {
+		return fmt.Sprintf("error (code %d): %v\n", res.Code, err)
+	}
+	var b strings.Builder
+	unmarshalTo := func(m proto.Message) {
+		if err := proto.Unmarshal(res.Response, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	switch kind {
+	case "op":
+		tr := &pb.TxnResponse{}
+		unmarshalTo(tr)
+		if len(tr.Responses) != 1 {
+			t.Fatalf("want one response, got %v", tr)
+		}
+		formatOp(&b, "", tr.Responses[0])
+		if hdrRev(tr.Header) != hdrRevOf(tr.Responses[0]) {
+			fmt.Fprintf(&b, "top header rev=%s\n", hdrRev(tr.Header))
+		}
+	case "txn":
+		tr := &pb.TxnResponse{}
+		unmarshalTo(tr)
+		formatTxn(&b, "", tr)
+	case "compact":
+		cr := &pb.CompactionResponse{}
+		unmarshalTo(cr)
+		fmt.Fprintf(&b, "compacted; header rev=%s\n", hdrRev(cr.Header))
+	case "lease-grant":
+		lr := &pb.LeaseGrantResponse{}
+		unmarshalTo(lr)
+		fmt.Fprintf(&b, "granted %d ttl=%d; header rev=%s\n", lr.ID, lr.TTL, hdrRev(lr.Header))
+	case "lease-revoke":
+		lr := &pb.LeaseRevokeResponse{}
+		unmarshalTo(lr)
+		fmt.Fprintf(&b, "revoked; header rev=%s\n", hdrRev(lr.Header))
+	default:
+		if len(res.Response) != 0 {
+			t.Fatalf("unexpected response %x", res.Response)
+		}
+		b.WriteString("ok\n")
+	}
+	return b.String()
+}
+
+func hdrRevOf(op *pb.ResponseOp) string {
+	switch r := op.Response.(type) {
+	case *pb.ResponseOp_ResponsePut:
+		return hdrRev(r.ResponsePut.Header)
+	case *pb.ResponseOp_ResponseDeleteRange:
+		return hdrRev(r.ResponseDeleteRange.Header)
+	case *pb.ResponseOp_ResponseRange:
+		return hdrRev(r.ResponseRange.Header)
+	}
+	return ""
+}
+
+func formatTxn(b *strings.Builder, indent string, tr *pb.TxnResponse) {
+	fmt.Fprintf(b, "%stxn succeeded=%t header rev=%s\n", indent, tr.Succeeded, hdrRev(tr.Header))
+	for _, op := range tr.Responses {
+		formatOp(b, indent+"  ", op)
+	}
+}
+
+func formatOp(b *strings.Builder, indent string, op *pb.ResponseOp) {
+	switch r := op.Response.(type) {
+	case *pb.ResponseOp_ResponsePut:
+		fmt.Fprintf(b, "%sput rev=%s\n", indent, hdrRev(r.ResponsePut.Header))
+		if r.ResponsePut.PrevKv != nil {
+			fmt.Fprintf(b, "%s  prev %s\n", indent, formatKV(r.ResponsePut.PrevKv))
+		}
+	case *pb.ResponseOp_ResponseDeleteRange:
+		dr := r.ResponseDeleteRange
+		fmt.Fprintf(b, "%sdelete rev=%s deleted=%d\n", indent, hdrRev(dr.Header), dr.Deleted)
+		for _, kv := range dr.PrevKvs {
+			fmt.Fprintf(b, "%s  prev %s\n", indent, formatKV(kv))
+		}
+	case *pb.ResponseOp_ResponseRange:
+		formatRange(b, indent, r.ResponseRange)
+	case *pb.ResponseOp_ResponseTxn:
+		formatTxn(b, indent, r.ResponseTxn)
+	default:
+		fmt.Fprintf(b, "%s<empty response>\n", indent)
+	}
+}
+
+func formatRange(b *strings.Builder, indent string, rr *pb.RangeResponse) {
+	fmt.Fprintf(b, "%srange", indent)
+	if rr.Header != nil {
+		fmt.Fprintf(b, " rev=%d", rr.Header.Revision)
+	}
+	fmt.Fprintf(b, " count=%d more=%t\n", rr.Count, rr.More)
+	for _, kv := range rr.Kvs {
+		fmt.Fprintf(b, "%s  %s\n", indent, formatKV(kv))
+	}
+}
+
+func dumpLeasesMembers(t testing.TB, v *View) string {
+	var b strings.Builder
+	leases, err := v.Leases()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range leases {
+		_, keys, err := v.Lease(l.Id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "lease %d ttl=%d keys=%q\n", l.Id, l.TtlSeconds, keys)
+	}
+	members, err := v.Members()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range members {
+		fmt.Fprintf(&b, "member %d name=%q peers=%q clients=%q\n", m.ReplicaId, m.Name, m.PeerUrls, m.ClientUrls)
+	}
+	if b.Len() == 0 {
+		return "none\n"
+	}
+	return b.String()
+}
+
+// dump prints everything the range stores: state, leases, members, the lease
+// index, and every stored version.
+func (h *harness) dump(t testing.TB) string {
+	v := h.view()
+	defer v.Close()
+	var b strings.Builder
+	fmt.Fprintf(&b, "rev=%d compacted=%d applied=%d last-cmd-rev=%d\n",
+		v.Revision(), v.CompactRevision(), v.AppliedIndex(), v.LastCommandRevision())
+	b.WriteString(dumpLeasesMembers(t, v))
+	for _, ver := range rawVersions(t, v.snap) {
+		b.WriteString(ver.String() + "\n")
+	}
+	return b.String()
+}
+
+// rawVersion is one stored data entry.
+type rawVersion struct {
+	key string
+	rev int64
+	kv  *mvccpb.KeyValue // nil for a tombstone
+}
+
+func (r rawVersion) String() string {
+	if r.kv == nil {
+		return fmt.Sprintf("%q@%d <tombstone>", r.key, r.rev)
+	}
+	return fmt.Sprintf("%q@%d %s", r.key, r.rev, formatKV(r.kv))
+}
+
+func rawVersions(t testing.TB, r pebble.Reader) []rawVersion {
+	var out []rawVersion
+	err := iterPrefix(r, []byte{prefixData}, func(k, v []byte) error {
+		userKey, rev, err := decodeDataKey(k)
+		if err != nil {
+			return err
+		}
+		kv, err := decodeVersion(userKey, v)
+		if err != nil {
+			return err
+		}
+		out = append(out, rawVersion{key: string(userKey), rev: rev, kv: kv})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sort.SliceIsSorted(out, func(i, j int) bool {
+		if out[i].key != out[j].key {
+			return out[i].key < out[j].key
+		}
+		return out[i].rev > out[j].rev
+	}) {
+		t.Fatal("stored versions are not in (key, revision descending) order")
+	}
+	return out
+}

@@ -1,0 +1,191 @@
+package statemachine
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/cockroachdb/pebble/v2"
+	"google.golang.org/protobuf/proto"
+)
+
+// rangeState is a range's scalar metadata, stored under metaState in the same
+// batch as the data each Update writes.
+type rangeState struct {
+	// appliedIndex is the Raft index of the last entry applied.
+	appliedIndex uint64
+	// lastCmdRev is the highest Command.revision applied successfully. A
+	// command with revision r > 0 is refused (ErrStaleRevision) unless
+	// r > max(lastCmdRev, currentRev).
+	lastCmdRev int64
+	// currentRev is etcd's revision for this range: the last revision at which
+	// a key was written; 1 for a range that never wrote (as etcd's empty
+	// store). It only advances, and only to a command's revision.
+	currentRev int64
+	// compactedRev is the revision of the last compaction, 0 if none. Reads
+	// below it fail with ErrCompacted. compactedRev <= currentRev.
+	compactedRev int64
+}
+
+func initialState() rangeState { return rangeState{currentRev: 1} }
+
+const stateEncodingVersion = 1
+
+func (s rangeState) encode() []byte {
+	b := []byte{stateEncodingVersion}
+	b = binary.BigEndian.AppendUint64(b, s.appliedIndex)
+	b = binary.BigEndian.AppendUint64(b, uint64(s.lastCmdRev))
+	b = binary.BigEndian.AppendUint64(b, uint64(s.currentRev))
+	b = binary.BigEndian.AppendUint64(b, uint64(s.compactedRev))
+	return b
+}
+
+func decodeState(b []byte) (rangeState, error) {
+	if len(b) != 1+4*8 || b[0] != stateEncodingVersion {
+		return rangeState{}, fmt.Errorf("statemachine: malformed range state (%d bytes)", len(b))
+	}
+	u := func(i int) uint64 { return binary.BigEndian.Uint64(b[1+8*i:]) }
+	return rangeState{
+		appliedIndex: u(0),
+		lastCmdRev:   int64(u(1)),
+		currentRev:   int64(u(2)),
+		compactedRev: int64(u(3)),
+	}, nil
+}
+
+// keySpan is a set of user keys: the single key start (point), or
+// [start, end) with end == nil meaning "to the end of the keyspace".
+type keySpan struct {
+	start []byte
+	end   []byte
+	point bool
+}
+
+// spanOf interprets etcd's key/range_end pair: empty range_end is the single
+// key, "\x00" is every key >= key, anything else is [key, range_end).
+func spanOf(key, rangeEnd []byte) keySpan {
+	switch {
+	case len(rangeEnd) == 0:
+		return keySpan{start: key, point: true}
+	case len(rangeEnd) == 1 && rangeEnd[0] == 0:
+		return keySpan{start: key}
+	default:
+		return keySpan{start: key, end: rangeEnd}
+	}
+}
+
+func (s keySpan) contains(k []byte) bool {
+	if s.point {
+		return bytes.Equal(k, s.start)
+	}
+	return bytes.Compare(k, s.start) >= 0 && (s.end == nil || bytes.Compare(k, s.end) < 0)
+}
+
+// bounds are a range's keys: [start, end), end == nil meaning unbounded.
+type bounds struct {
+	start []byte
+	end   []byte
+}
+
+func (b bounds) span() keySpan { return keySpan{start: b.start, end: b.end} }
+
+func (b bounds) containsKey(k []byte) bool {
+	return bytes.Compare(k, b.start) >= 0 && (b.end == nil || bytes.Compare(k, b.end) < 0)
+}
+
+// containsSpan reports whether every key of s lies within b. An empty span
+// ([k, e) with e <= k) is contained when its start is.
+func (b bounds) containsSpan(s keySpan) bool {
+	if s.point {
+		return b.containsKey(s.start)
+	}
+	if bytes.Compare(s.start, b.start) < 0 {
+		return false
+	}
+	if b.end == nil {
+		return true
+	}
+	if s.end == nil {
+		return false
+	}
+	return bytes.Compare(s.end, b.end) <= 0 || bytes.Compare(s.end, s.start) <= 0 && b.containsKey(s.start)
+}
+
+const boundsEncodingVersion = 1
+
+func (b bounds) encode() []byte {
+	out := []byte{boundsEncodingVersion}
+	out = binary.AppendUvarint(out, uint64(len(b.start)))
+	out = append(out, b.start...)
+	if b.end == nil {
+		return append(out, 0)
+	}
+	out = append(out, 1)
+	return append(out, b.end...)
+}
+
+func decodeBounds(v []byte) (bounds, error) {
+	bad := fmt.Errorf("statemachine: malformed range bounds")
+	if len(v) < 1 || v[0] != boundsEncodingVersion {
+		return bounds{}, bad
+	}
+	n, w := binary.Uvarint(v[1:])
+	if w <= 0 || uint64(len(v)-1-w) < n+1 {
+		return bounds{}, bad
+	}
+	rest := v[1+w:]
+	b := bounds{start: bytes.Clone(rest[:n])}
+	switch rest[n] {
+	case 0:
+	case 1:
+		b.end = append([]byte{}, rest[n+1:]...)
+	default:
+		return bounds{}, bad
+	}
+	return b, nil
+}
+
+// getValue reads key from r; found is false when it is absent.
+func getValue(r pebble.Reader, key []byte) (value []byte, found bool, err error) {
+	v, closer, err := r.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	defer closeQuietly(closer)
+	return bytes.Clone(v), true, nil
+}
+
+func closeQuietly(c io.Closer) { _ = c.Close() }
+
+// loadMeta reads rangeID's state and bounds from r, with the defaults of a
+// range that never applied anything (whole keyspace).
+func loadMeta(r pebble.Reader, rangeID uint64) (rangeState, bounds, error) {
+	st := initialState()
+	v, found, err := getValue(r, metaKey(rangeID, metaState))
+	if err != nil {
+		return st, bounds{}, err
+	}
+	if found {
+		if st, err = decodeState(v); err != nil {
+			return st, bounds{}, err
+		}
+	}
+	bnds := bounds{start: []byte{}}
+	v, found, err = getValue(r, metaKey(rangeID, metaBounds))
+	if err != nil {
+		return st, bounds{}, err
+	}
+	if found {
+		if bnds, err = decodeBounds(v); err != nil {
+			return st, bounds{}, err
+		}
+	}
+	return st, bnds, nil
+}
+
+func unmarshal(b []byte, m proto.Message) error { return proto.Unmarshal(b, m) }

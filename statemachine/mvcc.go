@@ -1,0 +1,164 @@
+package statemachine
+
+import (
+	"bytes"
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// The MVCC rules, stated once:
+//
+//   - A key's version at revision r is the newest stored entry with revision
+//     <= r; the key is absent at r when that entry is a tombstone (empty value)
+//     or there is none.
+//   - A put at revision r writes KeyValue{create_revision: the live version's
+//     create_revision, or r when the key is absent; mod_revision: r; version:
+//     live version + 1, or 1}. A delete writes a tombstone at r.
+//   - No command writes the same key twice (the duplicate-key check in txn.go),
+//     so (key, revision) identifies one entry.
+//   - Compaction at C removes, per key, every entry older than the newest
+//     entry <= C, and that entry too when it is a tombstone, so every read at
+//     a revision >= C sees what it saw before.
+
+// mvccReader reads MVCC data from a Pebble snapshot or an indexed batch.
+type mvccReader struct {
+	r pebble.Reader
+}
+
+// decodeVersion decodes a stored value (KeyValue without its key). It returns
+// nil for a tombstone.
+func decodeVersion(userKey, value []byte) (*mvccpb.KeyValue, error) {
+	if len(value) == 0 {
+		return nil, nil
+	}
+	kv := &mvccpb.KeyValue{}
+	if err := proto.Unmarshal(value, kv); err != nil {
+		return nil, fmt.Errorf("statemachine: corrupt version of %q: %w", userKey, err)
+	}
+	kv.Key = userKey
+	return kv, nil
+}
+
+// get returns userKey's live version at atRev, nil when absent.
+func (m mvccReader) get(userKey []byte, atRev int64) (*mvccpb.KeyValue, error) {
+	var out *mvccpb.KeyValue
+	err := m.scan(keySpan{start: userKey, point: true}, atRev, func(k, v []byte) (bool, error) {
+		var err error
+		out, err = decodeVersion(k, v)
+		return false, err
+	})
+	return out, err
+}
+
+// scan calls visit with the user key and stored value of every key in s that
+// is live at atRev, in key order, until visit returns false. The slices are
+// only valid during the call (userKey is a fresh copy and may be kept).
+func (m mvccReader) scan(s keySpan, atRev int64, visit func(userKey, value []byte) (bool, error)) error {
+	lower, upper := dataSpanBounds(s)
+	if bytes.Compare(lower, upper) >= 0 {
+		return nil
+	}
+	it, err := m.r.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	if err != nil {
+		return err
+	}
+	defer closeQuietly(it)
+	valid := it.First()
+	for valid {
+		k := it.Key()
+		if len(k) < 1+2+revSuffixLen {
+			return errBadKey
+		}
+		userKey, rev, err := decodeDataKey(k)
+		if err != nil {
+			return err
+		}
+		if rev > atRev {
+			// Newer than the read: jump to the newest version <= atRev.
+			valid = it.SeekGE(dataKey(userKey, atRev))
+			continue
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return err
+		}
+		if len(v) > 0 {
+			more, err := visit(userKey, v)
+			if err != nil || !more {
+				return err
+			}
+		}
+		valid = skipVersions(it, userKey)
+	}
+	return it.Error()
+}
+
+// skipVersions moves it past the remaining (older) versions of userKey: a
+// few Next calls for the common case of few versions, then a seek.
+func skipVersions(it *pebble.Iterator, userKey []byte) bool {
+	prefix := dataKeyPrefix(userKey)
+	for i := 0; i < 4; i++ {
+		if !it.Next() {
+			return false
+		}
+		if !bytes.Equal(dataVersionsPrefix(it.Key()), prefix) {
+			return true
+		}
+	}
+	return it.SeekGE(dataKeyPastVersions(userKey))
+}
+
+// mvccWriter writes versions at one revision into an indexed batch.
+type mvccWriter struct {
+	b   *pebble.Batch
+	rev int64
+}
+
+// put writes userKey's new version given its live version prev (nil when
+// absent), maintains the lease index, and returns the new version.
+func (w mvccWriter) put(userKey, value []byte, leaseID int64, prev *mvccpb.KeyValue) (*mvccpb.KeyValue, error) {
+	kv := &mvccpb.KeyValue{
+		CreateRevision: w.rev,
+		ModRevision:    w.rev,
+		Version:        1,
+		Value:          value,
+		Lease:          leaseID,
+	}
+	if prev != nil {
+		kv.CreateRevision = prev.CreateRevision
+		kv.Version = prev.Version + 1
+	}
+	enc, err := proto.Marshal(kv)
+	if err != nil {
+		return nil, err
+	}
+	if err := w.b.Set(dataKey(userKey, w.rev), enc, nil); err != nil {
+		return nil, err
+	}
+	if prev != nil && prev.Lease != 0 && prev.Lease != leaseID {
+		if err := w.b.Delete(leaseIndexKey(prev.Lease, userKey), nil); err != nil {
+			return nil, err
+		}
+	}
+	if leaseID != 0 && (prev == nil || prev.Lease != leaseID) {
+		if err := w.b.Set(leaseIndexKey(leaseID, userKey), nil, nil); err != nil {
+			return nil, err
+		}
+	}
+	kv.Key = userKey
+	return kv, nil
+}
+
+// delete writes a tombstone for userKey, whose live version is prev.
+func (w mvccWriter) delete(userKey []byte, prev *mvccpb.KeyValue) error {
+	if err := w.b.Set(dataKey(userKey, w.rev), nil, nil); err != nil {
+		return err
+	}
+	if prev.Lease != 0 {
+		return w.b.Delete(leaseIndexKey(prev.Lease, userKey), nil)
+	}
+	return nil
+}

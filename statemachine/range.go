@@ -1,0 +1,237 @@
+package statemachine
+
+import (
+	"bytes"
+	"math"
+	"sort"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+)
+
+// Range follows etcd's (server/etcdserver/txn/range.go, v3.7) rules:
+//
+//   - revision 0 reads the current revision; above it is ErrFutureRev; below
+//     the compacted revision is ErrCompacted.
+//   - count is the number of keys in [key, range_end) live at the revision,
+//     before the revision filters and regardless of limit.
+//   - with the default ordering (NONE, or KEY ASCEND) and no revision filters
+//     the store stops after limit+1 keys; otherwise it reads everything, then
+//     filters, sorts, and truncates. more is "something was cut by limit".
+//   - sort order NONE with a target other than KEY means ASCEND. etcd still
+//     counts that as the default ordering when it decides the store limit, so
+//     with a limit and no filters it sorts only the first limit+1 keys (in
+//     key order) and truncates; we keep that quirk, clients may see it.
+//   - count_only returns no kvs and more=false; keys_only drops values.
+
+// readRev resolves a request's revision against the range's state.
+func readRev(reqRev, currentRev, compactedRev int64) (int64, error) {
+	if reqRev > currentRev {
+		return 0, ErrFutureRev
+	}
+	if reqRev <= 0 {
+		reqRev = currentRev
+	}
+	if reqRev < compactedRev {
+		return 0, ErrCompacted
+	}
+	return reqRev, nil
+}
+
+func isDefaultOrdering(r *pb.RangeRequest) bool {
+	return r.SortOrder == pb.RangeRequest_NONE ||
+		(r.SortTarget == pb.RangeRequest_KEY && r.SortOrder == pb.RangeRequest_ASCEND)
+}
+
+func hasRevisionFilters(r *pb.RangeRequest) bool {
+	return r.MinModRevision != 0 || r.MaxModRevision != 0 ||
+		r.MinCreateRevision != 0 || r.MaxCreateRevision != 0
+}
+
+// keyOrdered reports whether the result is in plain key order (no sort).
+func keyOrdered(r *pb.RangeRequest) bool {
+	return r.SortTarget == pb.RangeRequest_KEY &&
+		(r.SortOrder == pb.RangeRequest_NONE || r.SortOrder == pb.RangeRequest_ASCEND)
+}
+
+// storeLimit is how many kvs to collect before filtering: 0 for all.
+func storeLimit(r *pb.RangeRequest) int64 {
+	if !isDefaultOrdering(r) || hasRevisionFilters(r) {
+		return 0
+	}
+	if r.Limit > 0 && r.Limit < math.MaxInt64 {
+		return r.Limit + 1
+	}
+	return r.Limit
+}
+
+// executeRange runs req against m. currentRev/compactedRev are the reading
+// context's (the view's, or inside a txn the txn's). Header is left nil.
+func executeRange(m mvccReader, req *pb.RangeRequest, currentRev, compactedRev int64) (*pb.RangeResponse, error) {
+	if len(req.Key) == 0 {
+		return nil, ErrEmptyKey
+	}
+	rev, err := readRev(req.Revision, currentRev, compactedRev)
+	if err != nil {
+		return nil, err
+	}
+	limit := storeLimit(req)
+	var kvs []*mvccpb.KeyValue
+	var count int64
+	err = m.scan(spanOf(req.Key, req.RangeEnd), rev, func(k, v []byte) (bool, error) {
+		count++
+		if req.CountOnly || (limit > 0 && int64(len(kvs)) >= limit) {
+			return true, nil
+		}
+		kv, err := decodeVersion(k, v)
+		if err != nil {
+			return false, err
+		}
+		kvs = append(kvs, kv)
+		return true, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	kvs = filterKVs(kvs, req)
+	sortKVs(kvs, req)
+	resp := &pb.RangeResponse{Count: count, Kvs: kvs}
+	if req.Limit > 0 && int64(len(kvs)) > req.Limit {
+		resp.Kvs = kvs[:req.Limit]
+		resp.More = true
+	}
+	if req.KeysOnly {
+		for _, kv := range resp.Kvs {
+			kv.Value = nil
+		}
+	}
+	if resp.Kvs == nil {
+		resp.Kvs = []*mvccpb.KeyValue{}
+	}
+	return resp, nil
+}
+
+func filterKVs(kvs []*mvccpb.KeyValue, r *pb.RangeRequest) []*mvccpb.KeyValue {
+	if !hasRevisionFilters(r) {
+		return kvs
+	}
+	out := kvs[:0]
+	for _, kv := range kvs {
+		switch {
+		case r.MaxModRevision != 0 && kv.ModRevision > r.MaxModRevision:
+		case r.MinModRevision != 0 && kv.ModRevision < r.MinModRevision:
+		case r.MaxCreateRevision != 0 && kv.CreateRevision > r.MaxCreateRevision:
+		case r.MinCreateRevision != 0 && kv.CreateRevision < r.MinCreateRevision:
+		default:
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// sortKVs sorts key-ordered kvs as the request asks. The sort is stable, so
+// ties keep key order and the result is deterministic.
+func sortKVs(kvs []*mvccpb.KeyValue, r *pb.RangeRequest) {
+	order := r.SortOrder
+	if r.SortTarget != pb.RangeRequest_KEY && order == pb.RangeRequest_NONE {
+		order = pb.RangeRequest_ASCEND
+	}
+	if order == pb.RangeRequest_NONE || (r.SortTarget == pb.RangeRequest_KEY && order == pb.RangeRequest_ASCEND) {
+		return
+	}
+	var cmp func(a, b *mvccpb.KeyValue) int
+	switch r.SortTarget {
+	case pb.RangeRequest_VERSION:
+		cmp = func(a, b *mvccpb.KeyValue) int { return cmpInt64(a.Version, b.Version) }
+	case pb.RangeRequest_CREATE:
+		cmp = func(a, b *mvccpb.KeyValue) int { return cmpInt64(a.CreateRevision, b.CreateRevision) }
+	case pb.RangeRequest_MOD:
+		cmp = func(a, b *mvccpb.KeyValue) int { return cmpInt64(a.ModRevision, b.ModRevision) }
+	case pb.RangeRequest_VALUE:
+		cmp = func(a, b *mvccpb.KeyValue) int { return bytes.Compare(a.Value, b.Value) }
+	default:
+		cmp = func(a, b *mvccpb.KeyValue) int { return bytes.Compare(a.Key, b.Key) }
+	}
+	if order == pb.RangeRequest_DESCEND {
+		asc := cmp
+		cmp = func(a, b *mvccpb.KeyValue) int { return -asc(a, b) }
+	}
+	sort.SliceStable(kvs, func(i, j int) bool { return cmp(kvs[i], kvs[j]) < 0 })
+}
+
+func cmpInt64(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// defaultStreamChunk is RangeStream's chunk size when the caller gives none.
+const defaultStreamChunk = 512
+
+// streamRange is RangeStream's implementation (see View.RangeStream).
+func streamRange(m mvccReader, req *pb.RangeRequest, currentRev, compactedRev int64, chunkSize int,
+	emit func([]*mvccpb.KeyValue) error,
+) (count int64, more bool, err error) {
+	if chunkSize <= 0 {
+		chunkSize = defaultStreamChunk
+	}
+	if !keyOrdered(req) || hasRevisionFilters(req) {
+		// Sorting and filtering need the whole result; stream it afterwards.
+		resp, err := executeRange(m, req, currentRev, compactedRev)
+		if err != nil {
+			return 0, false, err
+		}
+		for kvs := resp.Kvs; len(kvs) > 0; {
+			n := min(chunkSize, len(kvs))
+			if err := emit(kvs[:n]); err != nil {
+				return 0, false, err
+			}
+			kvs = kvs[n:]
+		}
+		return resp.Count, resp.More, nil
+	}
+	if len(req.Key) == 0 {
+		return 0, false, ErrEmptyKey
+	}
+	rev, err := readRev(req.Revision, currentRev, compactedRev)
+	if err != nil {
+		return 0, false, err
+	}
+	var emitted int64
+	chunk := make([]*mvccpb.KeyValue, 0, chunkSize)
+	err = m.scan(spanOf(req.Key, req.RangeEnd), rev, func(k, v []byte) (bool, error) {
+		count++
+		if req.CountOnly || (req.Limit > 0 && emitted >= req.Limit) {
+			return true, nil
+		}
+		kv, err := decodeVersion(k, v)
+		if err != nil {
+			return false, err
+		}
+		if req.KeysOnly {
+			kv.Value = nil
+		}
+		chunk = append(chunk, kv)
+		emitted++
+		if len(chunk) == chunkSize {
+			if err := emit(chunk); err != nil {
+				return false, err
+			}
+			chunk = make([]*mvccpb.KeyValue, 0, chunkSize)
+		}
+		return true, nil
+	})
+	if err != nil {
+		return 0, false, err
+	}
+	if len(chunk) > 0 {
+		if err := emit(chunk); err != nil {
+			return 0, false, err
+		}
+	}
+	return count, !req.CountOnly && req.Limit > 0 && count > req.Limit, nil
+}

@@ -1,0 +1,176 @@
+package statemachine
+
+import (
+	"bytes"
+	"fmt"
+	"sync"
+
+	"github.com/cockroachdb/pebble/v2"
+	sm "github.com/lni/dragonboat/v4/statemachine"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tesserakv/tessera/proto/tesserapb"
+)
+
+// RangeSM is one range's IOnDiskStateMachine.
+//
+// Dragonboat serialises Open, Update, Sync, PrepareSnapshot,
+// RecoverFromSnapshot and Close; View/Lookup and SaveSnapshot run
+// concurrently with them and read Pebble snapshots only.
+type RangeSM struct {
+	store     *Store
+	rangeID   uint64
+	replicaID uint64
+
+	// state and bounds are the range's metadata as last committed; they are
+	// only used by the update path (Views read their own from the snapshot).
+	// Written only by Open, Update and RecoverFromSnapshot.
+	state  rangeState
+	bounds bounds
+
+	mu sync.RWMutex
+	// unavailable says why Views are refused ("" when they are not). Set
+	// under mu held for writing, so a View's Pebble snapshot is taken either
+	// entirely before recovery starts or after it ends. Guarded by mu.
+	unavailable string
+	// publicBounds is bounds for Bounds(). Guarded by mu.
+	publicBounds bounds
+}
+
+const (
+	unavailableClosed     = "closed"
+	unavailableRecovering = "recovering from a snapshot"
+)
+
+var _ sm.IOnDiskStateMachine = (*RangeSM)(nil)
+
+// RangeID returns the range's ID.
+func (r *RangeSM) RangeID() uint64 { return r.rangeID }
+
+// Bounds returns the range's bounds [start, end); end nil is unbounded.
+func (r *RangeSM) Bounds() (start, end []byte) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return bytes.Clone(r.publicBounds.start), bytes.Clone(r.publicBounds.end)
+}
+
+func (r *RangeSM) markUnavailable(why string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.unavailable = why
+}
+
+func (r *RangeSM) setMeta(st rangeState, b bounds) {
+	r.state, r.bounds = st, b
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.publicBounds = b
+}
+
+// Open reads the range's persisted metadata and returns its applied index.
+func (r *RangeSM) Open(stopc <-chan struct{}) (uint64, error) {
+	st, b, err := loadMeta(r.store.db, r.rangeID)
+	if err != nil {
+		return 0, err
+	}
+	r.setMeta(st, b)
+	return st.appliedIndex, nil
+}
+
+// Update applies entries in one Pebble batch that also records the applied
+// index and the range's state, committed without sync (Dragonboat's log is
+// the durable record; Sync makes it durable).
+func (r *RangeSM) Update(entries []sm.Entry) ([]sm.Entry, error) {
+	if len(entries) == 0 {
+		return entries, nil
+	}
+	b := r.store.db.NewIndexedBatch()
+	defer closeQuietly(b)
+	a := &applier{rangeID: r.rangeID, b: b, state: r.state, bounds: r.bounds}
+	for i := range entries {
+		response, err := a.apply(entries[i].Cmd)
+		if err != nil && !isCommandError(err) {
+			return nil, fmt.Errorf("statemachine: range %d applying index %d: %w", r.rangeID, entries[i].Index, err)
+		}
+		res, merr := encodeResult(response, err)
+		if merr != nil {
+			return nil, merr
+		}
+		entries[i].Result = res
+		a.state.appliedIndex = entries[i].Index
+	}
+	if err := b.Set(metaKey(r.rangeID, metaState), a.state.encode(), nil); err != nil {
+		return nil, err
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return nil, fmt.Errorf("statemachine: range %d committing batch: %w", r.rangeID, err)
+	}
+	r.state = a.state
+	return entries, nil
+}
+
+func encodeResult(response []byte, err error) (sm.Result, error) {
+	res := &tesserapb.Result{Code: ErrorCode(err), Response: response}
+	if err != nil {
+		res.Message = err.Error()
+	}
+	data, merr := proto.Marshal(res)
+	if merr != nil {
+		return sm.Result{}, merr
+	}
+	return sm.Result{Value: uint64(uint32(res.Code)), Data: data}, nil
+}
+
+// DecodeResult decodes what Update returned for one entry.
+func DecodeResult(r sm.Result) (*tesserapb.Result, error) {
+	res := &tesserapb.Result{}
+	if err := proto.Unmarshal(r.Data, res); err != nil {
+		return nil, fmt.Errorf("statemachine: decoding result: %w", err)
+	}
+	return res, nil
+}
+
+// Lookup runs q, which must be a func(*View) (any, error), on a fresh View
+// and closes the view afterwards.
+func (r *RangeSM) Lookup(q any) (any, error) {
+	fn, ok := q.(func(*View) (any, error))
+	if !ok {
+		return nil, fmt.Errorf("statemachine: Lookup wants a func(*View) (any, error), got %T", q)
+	}
+	v, err := r.View()
+	if err != nil {
+		return nil, err
+	}
+	defer v.Close()
+	return fn(v)
+}
+
+// Sync makes every committed Update durable (a synced write to Pebble's WAL).
+func (r *RangeSM) Sync() error {
+	return r.store.db.LogData(nil, pebble.Sync)
+}
+
+// Close releases the RangeSM; the shared Pebble stays open.
+func (r *RangeSM) Close() error {
+	r.markUnavailable(unavailableClosed)
+	r.store.unregister(r)
+	return nil
+}
+
+// View returns a consistent point-in-time read view of the range. Close it.
+func (r *RangeSM) View() (*View, error) {
+	r.mu.RLock()
+	if r.unavailable != "" {
+		why := r.unavailable
+		r.mu.RUnlock()
+		return nil, errorf(ErrUnavailable, "range %d is %s", r.rangeID, why)
+	}
+	snap := r.store.db.NewSnapshot()
+	r.mu.RUnlock()
+	st, b, err := loadMeta(snap, r.rangeID)
+	if err != nil {
+		closeQuietly(snap)
+		return nil, err
+	}
+	return &View{snap: snap, rangeID: r.rangeID, state: st, bounds: b}, nil
+}

@@ -1,0 +1,267 @@
+package statemachine
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+
+	sm "github.com/lni/dragonboat/v4/statemachine"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+
+	"github.com/tesserakv/tessera/proto/tesserapb"
+)
+
+func putCmd(t testing.TB, rev int64, key, value string) []byte {
+	return txnCmd(t, rev, &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{
+		RequestPut: &pb.PutRequest{Key: []byte(key), Value: []byte(value)},
+	}}}})
+}
+
+// TestRestart: applied state survives closing and reopening the Store, and
+// Open returns the persisted applied index.
+func TestRestart(t *testing.T) {
+	h := newHarness(t)
+	for i := 0; i < 10; i++ {
+		h.update(putCmd(t, h.nextRev(), fmt.Sprintf("k%d", i), "v"), putCmd(t, h.nextRev(), "same", fmt.Sprint(i)))
+	}
+	if err := h.rsm.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	before := h.dump(t)
+	h.restart()
+	if h.index != 20 {
+		t.Fatalf("Open returned applied index %d, want 20", h.index)
+	}
+	if after := h.dump(t); after != before {
+		t.Fatalf("after restart:\n%s\nbefore:\n%s", after, before)
+	}
+	// And it carries on.
+	res := h.update(putCmd(t, h.nextRev(), "same", "after"))
+	if err := ErrorFromResult(res[0]); err != nil {
+		t.Fatal(err)
+	}
+	v := h.view()
+	defer v.Close()
+	if v.AppliedIndex() != 21 || v.Revision() != h.lastRev {
+		t.Fatalf("applied %d rev %d", v.AppliedIndex(), v.Revision())
+	}
+}
+
+// TestRangesShareStore: two ranges in one Pebble keep their metadata apart,
+// and Store.Range finds the running ones.
+func TestRangesShareStore(t *testing.T) {
+	s, err := OpenStore(t.TempDir(), StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r1 := s.CreateStateMachine(1, 1).(*RangeSM)
+	r2 := s.CreateStateMachine(2, 1).(*RangeSM)
+	for _, r := range []*RangeSM{r1, r2} {
+		if _, err := r.Open(nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s.Range(1) != r1 || s.Range(2) != r2 || s.Range(3) != nil {
+		t.Fatal("Store.Range does not find the running ranges")
+	}
+	if _, err := r1.Update([]sm.Entry{{Index: 5, Cmd: putCmd(t, 9, "a", "1")}}); err != nil {
+		t.Fatal(err)
+	}
+	v2, err := r2.View()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v2.AppliedIndex() != 0 || v2.Revision() != 1 {
+		t.Fatalf("range 2 sees range 1's metadata: applied %d rev %d", v2.AppliedIndex(), v2.Revision())
+	}
+	v2.Close()
+	if err := r1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s.Range(1) != nil {
+		t.Fatal("closed range still registered")
+	}
+	if _, err := r1.View(); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("View after Close: %v", err)
+	}
+	if s.DiskSizeBytes() <= 0 {
+		t.Fatal("DiskSizeBytes is not positive")
+	}
+}
+
+// TestLookup: Lookup runs a func(*View) on a fresh view and refuses anything
+// else.
+func TestLookup(t *testing.T) {
+	h := newHarness(t)
+	h.update(putCmd(t, h.nextRev(), "a", "1"))
+	out, err := h.rsm.Lookup(func(v *View) (any, error) {
+		return v.Range(&pb.RangeRequest{Key: []byte("a")})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp := out.(*pb.RangeResponse); len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "1" {
+		t.Fatalf("Lookup: %v", resp)
+	}
+	if _, err := h.rsm.Lookup("get a"); err == nil {
+		t.Fatal("Lookup accepted a string")
+	}
+}
+
+// TestViewsAreConsistentDuringUpdates reads while batches are applied: every
+// view must see both keys of each batch or neither (run with -race).
+func TestViewsAreConsistentDuringUpdates(t *testing.T) {
+	h := newHarness(t)
+	const batches = 200
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	errc := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			v, err := h.rsm.View()
+			if err != nil {
+				errc <- err
+				return
+			}
+			resp, err := v.Range(&pb.RangeRequest{Key: []byte("x"), RangeEnd: []byte("z")})
+			v.Close()
+			if err != nil {
+				errc <- err
+				return
+			}
+			if len(resp.Kvs) == 2 && !bytes.Equal(resp.Kvs[0].Value, resp.Kvs[1].Value) {
+				errc <- fmt.Errorf("half-applied batch: %v", resp.Kvs)
+				return
+			}
+			if resp.Kvs != nil && len(resp.Kvs) == 1 {
+				errc <- fmt.Errorf("half-applied batch: %v", resp.Kvs)
+				return
+			}
+		}
+	}()
+	for i := 0; i < batches; i++ {
+		h.update(putCmd(t, h.nextRev(), "x", fmt.Sprint(i)), putCmd(t, h.nextRev(), "y", fmt.Sprint(i)))
+	}
+	close(stop)
+	wg.Wait()
+	select {
+	case err := <-errc:
+		t.Fatal(err)
+	default:
+	}
+}
+
+// TestSnapshotStopped: SaveSnapshot and RecoverFromSnapshot honour done.
+func TestSnapshotStopped(t *testing.T) {
+	h := newHarness(t)
+	for i := 0; i < 3000; i++ {
+		h.update(putCmd(t, h.nextRev(), fmt.Sprintf("k%05d", i), "v"))
+	}
+	done := make(chan struct{})
+	close(done)
+	prepared, err := h.rsm.PrepareSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := h.rsm.SaveSnapshot(prepared, &buf, done); !errors.Is(err, sm.ErrSnapshotStopped) {
+		t.Fatalf("SaveSnapshot with done closed: %v", err)
+	}
+	full := h.saveSnapshot(t)
+	if err := h.rsm.RecoverFromSnapshot(bytes.NewReader(full), done); !errors.Is(err, sm.ErrSnapshotStopped) {
+		t.Fatalf("RecoverFromSnapshot with done closed: %v", err)
+	}
+	if _, err := h.rsm.View(); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("View during an interrupted recovery: %v", err)
+	}
+	// A crash here would leave no state: Open reports index 0.
+	h.restart()
+	if h.index != 0 {
+		t.Fatalf("after an interrupted recovery Open returned %d", h.index)
+	}
+	if err := h.rsm.RecoverFromSnapshot(bytes.NewReader(full), nil); err != nil {
+		t.Fatal(err)
+	}
+	if again := h.saveSnapshot(t); !bytes.Equal(again, full) {
+		t.Fatal("recovered state differs from the snapshot")
+	}
+	// A truncated snapshot is an error, not a panic.
+	if err := h.rsm.RecoverFromSnapshot(bytes.NewReader(full[:len(full)/2]), nil); err == nil {
+		t.Fatal("truncated snapshot accepted")
+	}
+}
+
+// TestErrorCodes: each sentinel has its own stable code and survives the
+// Result round trip.
+func TestErrorCodes(t *testing.T) {
+	want := map[error]int32{
+		ErrCompacted: 1, ErrFutureRev: 2, ErrLeaseNotFound: 3, ErrLeaseExists: 4,
+		ErrKeyNotFound: 5, ErrDuplicateKey: 6, ErrStaleRevision: 7, ErrEmptyKey: 8,
+		ErrWrongRange: 9, ErrInvalidCommand: 10, ErrUnavailable: 11,
+	}
+	for err, code := range want {
+		if got := ErrorCode(err); got != code {
+			t.Errorf("ErrorCode(%v) = %d, want %d", err, got, code)
+		}
+		wrapped := errorf(err, "detail")
+		res := &tesserapb.Result{Code: ErrorCode(wrapped), Message: wrapped.Error()}
+		back := ErrorFromResult(res)
+		if !errors.Is(back, err) || back.Error() != wrapped.Error() {
+			t.Errorf("round trip of %v gave %v", wrapped, back)
+		}
+	}
+	if ErrorCode(nil) != 0 || ErrorFromResult(&tesserapb.Result{}) != nil {
+		t.Error("success is not code 0")
+	}
+	if ErrorCode(errors.New("disk on fire")) != CodeUnknown {
+		t.Error("a foreign error got a sentinel's code")
+	}
+}
+
+// TestBounds: a range with bounds refuses requests outside them.
+func TestBounds(t *testing.T) {
+	h := newHarness(t)
+	start, end := h.rsm.Bounds()
+	if len(start) != 0 || end != nil {
+		t.Fatalf("default bounds [%q, %q)", start, end)
+	}
+	// Splits come later; set bounds directly as a split would.
+	b := bounds{start: []byte("b"), end: []byte("m")}
+	if err := h.store.db.Set(metaKey(testRangeID, metaBounds), b.encode(), nil); err != nil {
+		t.Fatal(err)
+	}
+	h.restart()
+	if start, end := h.rsm.Bounds(); string(start) != "b" || string(end) != "m" {
+		t.Fatalf("bounds [%q, %q)", start, end)
+	}
+	for _, tc := range []struct {
+		key, end string
+		want     error
+	}{
+		{"c", "", nil}, {"b", "m", nil}, {"a", "", ErrWrongRange}, {"m", "", ErrWrongRange},
+		{"c", "\x00", ErrWrongRange}, {"c", "n", ErrWrongRange},
+	} {
+		res := h.update(txnCmd(t, h.nextRev(), &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestDeleteRange{
+			RequestDeleteRange: &pb.DeleteRangeRequest{Key: []byte(tc.key), RangeEnd: []byte(tc.end)},
+		}}}}))
+		if err := ErrorFromResult(res[0]); !errors.Is(err, tc.want) || (tc.want == nil && err != nil) {
+			t.Errorf("delete [%q, %q): %v, want %v", tc.key, tc.end, err, tc.want)
+		}
+		v := h.view()
+		_, err := v.Range(&pb.RangeRequest{Key: []byte(tc.key), RangeEnd: []byte(tc.end)})
+		v.Close()
+		if !errors.Is(err, tc.want) || (tc.want == nil && err != nil) {
+			t.Errorf("range [%q, %q): %v, want %v", tc.key, tc.end, err, tc.want)
+		}
+	}
+}

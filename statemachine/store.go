@@ -1,0 +1,114 @@
+package statemachine
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/cockroachdb/pebble/v2"
+	sm "github.com/lni/dragonboat/v4/statemachine"
+)
+
+// StoreOptions configures a node's Pebble. The zero value is usable.
+type StoreOptions struct {
+	// CacheSizeBytes is Pebble's block cache size; 0 means 64 MiB.
+	CacheSizeBytes int64
+	// MemTableSizeBytes is Pebble's memtable size; 0 means Pebble's default.
+	MemTableSizeBytes uint64
+	// Logger receives Pebble's log; nil means errors only, to the standard
+	// logger (Pebble's informational messages are dropped).
+	Logger pebble.Logger
+}
+
+// quietLogger drops Pebble's informational messages.
+type quietLogger struct{}
+
+func (quietLogger) Infof(string, ...any) {}
+func (quietLogger) Errorf(format string, args ...any) {
+	pebble.DefaultLogger.Errorf(format, args...)
+}
+func (quietLogger) Fatalf(format string, args ...any) {
+	pebble.DefaultLogger.Fatalf(format, args...)
+}
+
+const defaultCacheSizeBytes = 64 << 20
+
+// Store is one node's Pebble, shared by every range replica on the node.
+type Store struct {
+	db *pebble.DB
+
+	mu sync.Mutex
+	// ranges holds the RangeSM created for each range and not yet closed.
+	// Guarded by mu.
+	ranges map[uint64]*RangeSM
+	// closed is set by Close. Guarded by mu.
+	closed bool
+}
+
+// OpenStore opens (creating if needed) the Pebble in dir.
+func OpenStore(dir string, opts StoreOptions) (*Store, error) {
+	cacheSize := opts.CacheSizeBytes
+	if cacheSize <= 0 {
+		cacheSize = defaultCacheSizeBytes
+	}
+	cache := pebble.NewCache(cacheSize)
+	defer cache.Unref()
+	po := &pebble.Options{Cache: cache, Logger: opts.Logger}
+	if po.Logger == nil {
+		po.Logger = quietLogger{}
+	}
+	if opts.MemTableSizeBytes > 0 {
+		po.MemTableSize = opts.MemTableSizeBytes
+	}
+	db, err := pebble.Open(dir, po)
+	if err != nil {
+		return nil, fmt.Errorf("statemachine: opening pebble in %s: %w", dir, err)
+	}
+	return &Store{db: db, ranges: make(map[uint64]*RangeSM)}, nil
+}
+
+// Close closes the Pebble. Close the NodeHost (so every RangeSM is closed)
+// and every View first.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	for _, r := range s.ranges {
+		r.markUnavailable(unavailableClosed)
+	}
+	s.mu.Unlock()
+	return s.db.Close()
+}
+
+// DiskSizeBytes is Pebble's on-disk size (etcd's Status dbSize).
+func (s *Store) DiskSizeBytes() int64 {
+	return int64(s.db.Metrics().DiskSpaceUsage())
+}
+
+// CreateStateMachine creates range rangeID's state machine (rangeID is
+// Dragonboat's shard ID). Pass it as a method value to
+// NodeHost.StartOnDiskReplica. It replaces any RangeSM registered for the range.
+func (s *Store) CreateStateMachine(rangeID, replicaID uint64) sm.IOnDiskStateMachine {
+	r := &RangeSM{store: s, rangeID: rangeID, replicaID: replicaID}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ranges[rangeID] = r
+	return r
+}
+
+// Range returns the running RangeSM of rangeID, nil if none.
+func (s *Store) Range(rangeID uint64) *RangeSM {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ranges[rangeID]
+}
+
+func (s *Store) unregister(r *RangeSM) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ranges[r.rangeID] == r {
+		delete(s.ranges, r.rangeID)
+	}
+}

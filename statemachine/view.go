@@ -1,0 +1,112 @@
+package statemachine
+
+import (
+	"sync"
+
+	"github.com/cockroachdb/pebble/v2"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+
+	"github.com/tesserakv/tessera/proto/tesserapb"
+)
+
+// View is one consistent point-in-time read view of a range: a Pebble
+// snapshot, and the range's metadata read from that same snapshot. It is safe
+// for concurrent use and concurrent with Update. Close it when done.
+type View struct {
+	snap    *pebble.Snapshot
+	rangeID uint64
+	state   rangeState
+	bounds  bounds
+
+	closeOnce sync.Once
+}
+
+// Close releases the view's Pebble snapshot.
+func (v *View) Close() {
+	v.closeOnce.Do(func() { closeQuietly(v.snap) })
+}
+
+// Revision is etcd's current revision for this range: the last revision at
+// which a key was written, 1 for a range that never wrote.
+func (v *View) Revision() int64 { return v.state.currentRev }
+
+// CompactRevision is the revision of the last compaction, 0 if none.
+func (v *View) CompactRevision() int64 { return v.state.compactedRev }
+
+// AppliedIndex is the Raft index of the last entry applied.
+func (v *View) AppliedIndex() uint64 { return v.state.appliedIndex }
+
+// LastCommandRevision is the highest command revision applied: a command
+// must carry a revision above max(LastCommandRevision, Revision).
+func (v *View) LastCommandRevision() int64 { return v.state.lastCmdRev }
+
+// Bounds returns the range's bounds as of the view; end nil is unbounded.
+func (v *View) Bounds() (start, end []byte) { return v.bounds.start, v.bounds.end }
+
+func (v *View) reader() mvccReader { return mvccReader{r: v.snap} }
+
+func (v *View) checkSpan(key, rangeEnd []byte) error {
+	if len(key) == 0 {
+		return ErrEmptyKey
+	}
+	if !v.bounds.containsSpan(spanOf(key, rangeEnd)) {
+		return errorf(ErrWrongRange, "key %q range_end %q", key, rangeEnd)
+	}
+	return nil
+}
+
+// Range answers req as etcd would (see range.go). The response's Header is
+// nil: the caller fills it.
+func (v *View) Range(req *pb.RangeRequest) (*pb.RangeResponse, error) {
+	if err := v.checkSpan(req.Key, req.RangeEnd); err != nil {
+		return nil, err
+	}
+	return executeRange(v.reader(), req, v.state.currentRev, v.state.compactedRev)
+}
+
+// RangeStream calls emit with successive chunks (at most chunkSize kvs each;
+// chunkSize <= 0 means a default) of exactly what Range would return for req,
+// in order, and returns count and more as Range would. With the default
+// ordering and no revision filters nothing is materialised beyond one chunk;
+// otherwise (sorting and filtering need the whole result) the result is built
+// first. emit may keep the chunk; an error from emit stops the stream and is
+// returned.
+func (v *View) RangeStream(req *pb.RangeRequest, chunkSize int, emit func([]*mvccpb.KeyValue) error) (count int64, more bool, err error) {
+	if err := v.checkSpan(req.Key, req.RangeEnd); err != nil {
+		return 0, false, err
+	}
+	return streamRange(v.reader(), req, v.state.currentRev, v.state.compactedRev, chunkSize, emit)
+}
+
+// Lease returns lease id's record and the keys of this range attached to it,
+// sorted; ErrLeaseNotFound when the range has no such lease.
+func (v *View) Lease(id int64) (*tesserapb.LeaseRecord, [][]byte, error) {
+	val, found, err := getValue(v.snap, metaLeaseKey(v.rangeID, id))
+	if err != nil {
+		return nil, nil, err
+	}
+	if !found {
+		return nil, nil, errorf(ErrLeaseNotFound, "lease %d", id)
+	}
+	rec := &tesserapb.LeaseRecord{}
+	if err := unmarshal(val, rec); err != nil {
+		return nil, nil, err
+	}
+	keys, err := leaseKeys(v.snap, id, v.bounds)
+	if err != nil {
+		return nil, nil, err
+	}
+	return rec, keys, nil
+}
+
+// Leases returns every lease record of the range, ordered by ID as an
+// unsigned number.
+func (v *View) Leases() ([]*tesserapb.LeaseRecord, error) {
+	return loadLeases(v.snap, v.rangeID)
+}
+
+// Members returns the recorded member attributes, ordered by replica ID.
+func (v *View) Members() ([]*tesserapb.MemberAttrs, error) {
+	return loadMembers(v.snap, v.rangeID)
+}

@@ -1,0 +1,143 @@
+package tests
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/tesserakv/tessera/internal/testcluster"
+)
+
+var (
+	binOnce sync.Once
+	binDir  string
+	binErr  error
+)
+
+// binaries builds tessera and etcdctl (v3.7.3, from the module's tool line)
+// once per test run and returns the directory holding them.
+func binaries(t *testing.T) string {
+	t.Helper()
+	binOnce.Do(func() {
+		binDir, binErr = os.MkdirTemp("", "tessera-bin-")
+		if binErr != nil {
+			return
+		}
+		for _, pkg := range []string{"github.com/tesserakv/tessera/cmd/tessera", "go.etcd.io/etcd/etcdctl/v3"} {
+			name := filepath.Base(strings.TrimSuffix(pkg, "/v3"))
+			out, err := exec.Command("go", "build", "-o", filepath.Join(binDir, name), pkg).CombinedOutput()
+			if err != nil {
+				binErr = fmt.Errorf("building %s: %v\n%s", pkg, err, out)
+				return
+			}
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binDir
+}
+
+// process is a tessera server running as a subprocess.
+type process struct {
+	t         *testing.T
+	args      []string
+	clientURL string
+	cmd       *exec.Cmd
+	stderr    *bytes.Buffer
+}
+
+func startProcess(t *testing.T, dataDir string) *process {
+	t.Helper()
+	clientURL := fmt.Sprintf("http://127.0.0.1:%d", testcluster.FreePort(t))
+	peerURL := fmt.Sprintf("http://127.0.0.1:%d", testcluster.FreePort(t))
+	p := &process{t: t, clientURL: clientURL, args: []string{
+		"--data-dir", dataDir,
+		"--listen-client-urls", clientURL,
+		"--listen-peer-urls", peerURL,
+	}}
+	p.start()
+	t.Cleanup(p.kill)
+	return p
+}
+
+func (p *process) start() {
+	p.t.Helper()
+	p.stderr = &bytes.Buffer{}
+	p.cmd = exec.Command(filepath.Join(binaries(p.t), "tessera"), p.args...)
+	p.cmd.Stderr = p.stderr
+	if err := p.cmd.Start(); err != nil {
+		p.t.Fatal(err)
+	}
+	p.waitReady()
+}
+
+// waitReady waits until the server accepts a write.
+func (p *process) waitReady() {
+	p.t.Helper()
+	cli := p.client()
+	defer cli.Close()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := cli.Put(ctx, "__ready", "1")
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("tessera not ready after 30s: %v\nstderr:\n%s", err, p.stderr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (p *process) client() *clientv3.Client {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{p.clientURL}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return cli
+}
+
+// kill sends SIGKILL and reaps the process.
+func (p *process) kill() {
+	if p.cmd != nil && p.cmd.Process != nil && p.cmd.ProcessState == nil {
+		_ = p.cmd.Process.Signal(syscall.SIGKILL)
+		_ = p.cmd.Wait()
+	}
+}
+
+// stop sends SIGTERM and waits for a graceful exit.
+func (p *process) stop() error {
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		return err
+	}
+	return p.cmd.Wait()
+}
+
+// etcdctl runs etcdctl against the given endpoint and returns its stdout.
+func etcdctl(t *testing.T, endpoint, stdin string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(binaries(t), "etcdctl"), append([]string{"--endpoints", endpoint}, args...)...)
+	cmd.Env = append(os.Environ(), "ETCDCTL_API=3")
+	cmd.Stdin = strings.NewReader(stdin)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if err != nil {
+		return stdout.String(), fmt.Errorf("etcdctl %s: %v: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	return stdout.String(), nil
+}

@@ -1,0 +1,141 @@
+package tests
+
+import (
+	"testing"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tesserakv/tessera/internal/testcluster"
+)
+
+func TestLeaseLifecycle(t *testing.T) {
+	c := testcluster.Start(t, 1)
+	cli := c.Client()
+	ctx := ctxT(t)
+
+	grant, err := cli.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if grant.ID <= 0 || grant.TTL != 60 {
+		t.Fatalf("grant = %+v", grant)
+	}
+	if _, err := cli.Put(ctx, "l/1", "v", clientv3.WithLease(grant.ID)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, "l/2", "v", clientv3.WithLease(grant.ID)); err != nil {
+		t.Fatal(err)
+	}
+	ttl, err := cli.TimeToLive(ctx, grant.ID, clientv3.WithAttachedKeys())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ttl.GrantedTTL != 60 || ttl.TTL <= 0 || ttl.TTL > 60 || len(ttl.Keys) != 2 {
+		t.Fatalf("time to live = %+v", ttl)
+	}
+	leases, err := cli.Leases(ctx)
+	if err != nil || len(leases.Leases) != 1 || leases.Leases[0].ID != grant.ID {
+		t.Fatalf("leases = %+v %v", leases, err)
+	}
+	ka, err := cli.KeepAliveOnce(ctx, grant.ID)
+	if err != nil || ka.TTL != 60 {
+		t.Fatalf("keep alive once = %+v %v", ka, err)
+	}
+	if _, err := cli.Revoke(ctx, grant.ID); err != nil {
+		t.Fatal(err)
+	}
+	get, err := cli.Get(ctx, "l/", clientv3.WithPrefix())
+	if err != nil || len(get.Kvs) != 0 {
+		t.Fatalf("keys of a revoked lease remain: %v %v", get.Kvs, err)
+	}
+	_, err = cli.Revoke(ctx, grant.ID)
+	errIs(t, err, rpctypes.ErrGRPCLeaseNotFound)
+	gone, err := cli.TimeToLive(ctx, grant.ID)
+	if err != nil || gone.TTL != -1 {
+		t.Fatalf("time to live of a revoked lease = %+v %v (want TTL -1)", gone, err)
+	}
+	_, err = cli.KeepAliveOnce(ctx, grant.ID)
+	errIs(t, err, rpctypes.ErrGRPCLeaseNotFound)
+
+	// Client-chosen IDs; a taken ID is refused.
+	raw := pb.NewLeaseClient(cli.ActiveConnection())
+	chosen, err := raw.LeaseGrant(ctx, &pb.LeaseGrantRequest{ID: 777, TTL: 30})
+	if err != nil || chosen.ID != 777 {
+		t.Fatalf("grant with a chosen ID: %+v %v", chosen, err)
+	}
+	_, err = raw.LeaseGrant(ctx, &pb.LeaseGrantRequest{ID: 777, TTL: 30})
+	errIs(t, err, rpctypes.ErrGRPCLeaseExist)
+	_, err = cli.Grant(ctx, 9_000_000_001)
+	errIs(t, err, rpctypes.ErrGRPCLeaseTTLTooLarge)
+}
+
+func TestLeaseExpiryDeletesKeys(t *testing.T) {
+	c := testcluster.Start(t, 1)
+	cli := c.Client()
+	ctx := ctxT(t)
+	grant, err := cli.Grant(ctx, 1) // raised to the minimum TTL
+	if err != nil {
+		t.Fatal(err)
+	}
+	if grant.TTL < 1 {
+		t.Fatalf("granted TTL %d", grant.TTL)
+	}
+	if _, err := cli.Put(ctx, "exp", "v", clientv3.WithLease(grant.ID)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Duration(grant.TTL+10) * time.Second)
+	for time.Now().Before(deadline) {
+		get, err := cli.Get(ctx, "exp")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(get.Kvs) == 0 {
+			ttl, err := cli.TimeToLive(ctx, grant.ID)
+			if err != nil || ttl.TTL != -1 {
+				t.Fatalf("expired lease time to live = %+v %v", ttl, err)
+			}
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatal("key of an expired lease still present")
+}
+
+func TestLeaseKeepAliveStream(t *testing.T) {
+	c := testcluster.Start(t, 1)
+	cli := c.Client()
+	ctx := ctxT(t)
+	grant, err := cli.Grant(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, "kept", "v", clientv3.WithLease(grant.ID)); err != nil {
+		t.Fatal(err)
+	}
+	ch, err := cli.KeepAlive(ctx, grant.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Kept alive for well past its TTL, the key stays.
+	end := time.Now().Add(4 * time.Second)
+	for time.Now().Before(end) {
+		select {
+		case resp, ok := <-ch:
+			if !ok {
+				t.Fatal("keep-alive channel closed")
+			}
+			if resp.TTL <= 0 {
+				t.Fatalf("keep-alive TTL %d", resp.TTL)
+			}
+		case <-time.After(3 * time.Second):
+			t.Fatal("no keep-alive response")
+		}
+	}
+	get, err := cli.Get(ctx, "kept")
+	if err != nil || len(get.Kvs) != 1 {
+		t.Fatalf("kept-alive key: %v %v", get, err)
+	}
+}
