@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -34,21 +35,36 @@ func (p *peers) close() {
 	}
 }
 
+// memberWait bounds how long conn waits for a just-started member to publish
+// its client address.
+const memberWait = 2 * time.Second
+
 // conn returns a connection to the node holding replicaID.
 func (p *peers) conn(ctx context.Context, replicaID uint64) (*grpc.ClientConn, error) {
-	out, err := p.rng.Read(ctx, false, func(v *statemachine.View) (any, error) { return v.Members() })
-	if err != nil {
-		return nil, err
-	}
 	var target string
-	for _, m := range out.([]*tesserapb.MemberAttrs) {
-		if m.ReplicaId == replicaID && len(m.ClientUrls) > 0 {
-			target = hostPort(m.ClientUrls[0])
+	deadline := time.Now().Add(memberWait)
+	for target == "" {
+		out, err := p.rng.Read(ctx, false, func(v *statemachine.View) (any, error) { return v.Members() })
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range out.([]*tesserapb.MemberAttrs) {
+			if m.ReplicaId == replicaID && len(m.ClientUrls) > 0 {
+				target = hostPort(m.ClientUrls[0])
+				break
+			}
+		}
+		if target != "" {
 			break
 		}
-	}
-	if target == "" {
-		return nil, fmt.Errorf("router: no client address known for replica %d", replicaID)
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("router: no client address known for replica %d", replicaID)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -16,18 +16,29 @@ var dragonboatLoggerOnce sync.Once
 func quietDragonboat(base *slog.Logger) {
 	dragonboatLoggerOnce.Do(func() {
 		logger.SetLoggerFactory(func(pkg string) logger.ILogger {
-			return &dragonboatSlog{log: base.With("component", "dragonboat", "pkg", pkg)}
+			warn := slog.LevelWarn
+			if pkg == "raft" {
+				// Dragonboat's raft package reports every election step as a
+				// warning; they are routine, so they go out at info.
+				warn = slog.LevelInfo
+			}
+			return &dragonboatSlog{log: base.With("component", "dragonboat", "pkg", pkg), warn: warn}
 		})
 	})
 }
 
-type dragonboatSlog struct{ log *slog.Logger }
+type dragonboatSlog struct {
+	log  *slog.Logger
+	warn slog.Level // the level Dragonboat's warnings are logged at
+}
 
 func (d *dragonboatSlog) SetLevel(logger.LogLevel)      {}
 func (d *dragonboatSlog) Debugf(string, ...interface{}) {}
 func (d *dragonboatSlog) Infof(string, ...interface{})  {}
 func (d *dragonboatSlog) Warningf(f string, a ...interface{}) {
-	d.log.Log(context.Background(), slog.LevelWarn, fmt.Sprintf(f, a...))
+	if d.log.Enabled(context.Background(), d.warn) {
+		d.log.Log(context.Background(), d.warn, fmt.Sprintf(f, a...))
+	}
 }
 func (d *dragonboatSlog) Errorf(f string, a ...interface{}) {
 	d.log.Log(context.Background(), slog.LevelError, fmt.Sprintf(f, a...))

@@ -131,7 +131,6 @@ func (p *process) stop() error {
 func etcdctl(t *testing.T, endpoint, stdin string, args ...string) (string, error) {
 	t.Helper()
 	cmd := exec.Command(filepath.Join(binaries(t), "etcdctl"), append([]string{"--endpoints", endpoint}, args...)...)
-	cmd.Env = append(os.Environ(), "ETCDCTL_API=3")
 	cmd.Stdin = strings.NewReader(stdin)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

@@ -57,9 +57,9 @@ func TestEtcdctl(t *testing.T) {
 	expect(run("", "get", "a", "--rev", itoa(firstRev)), "a\n1")
 
 	// txn from stdin: compares, blank line, success ops, blank line, failure ops.
-	expect(run("value(\"a\") = \"2\"\n\nput t yes\n\nput t no\n", "txn"), "SUCCESS\n\nOK")
+	expect(run("value(\"a\") = \"2\"\n\nput t yes\n\nput t no\n\n", "txn"), "SUCCESS\n\nOK")
 	expect(run("", "get", "t", "--print-value-only"), "yes")
-	expect(run("value(\"a\") = \"9\"\n\nput t yes\n\nput t no\n", "txn"), "FAILURE\n\nOK")
+	expect(run("value(\"a\") = \"9\"\n\nput t yes\n\nput t no\n\n", "txn"), "FAILURE\n\nOK")
 	expect(run("", "get", "t", "--print-value-only"), "no")
 
 	expect(run("", "del", "p/", "--prefix"), "3")
