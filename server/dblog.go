@@ -17,9 +17,10 @@ func quietDragonboat(base *slog.Logger) {
 	dragonboatLoggerOnce.Do(func() {
 		logger.SetLoggerFactory(func(pkg string) logger.ILogger {
 			warn := slog.LevelWarn
-			if pkg == "raft" {
-				// Dragonboat's raft package reports every election step as a
-				// warning; they are routine, so they go out at info.
+			if pkg == "raft" || pkg == "config" {
+				// Dragonboat's raft package reports every election step, and
+				// its config package the plain-TCP transport, as warnings;
+				// both are routine, so they go out at info.
 				warn = slog.LevelInfo
 			}
 			return &dragonboatSlog{log: base.With("component", "dragonboat", "pkg", pkg), warn: warn}

@@ -422,3 +422,14 @@ func (t *txnApplier) deleteRange(d *pb.DeleteRangeRequest) (*pb.DeleteRangeRespo
 	}
 	return resp, nil
 }
+
+// CheckTxnWrites applies the duplicate-key rule (checkWrites) to both branches
+// of req, so the API edge refuses what the state machine would, before
+// anything is proposed. It returns ErrDuplicateKey or nil.
+func CheckTxnWrites(req *pb.TxnRequest) error {
+	if _, err := checkWrites(req.GetSuccess()); err != nil {
+		return err
+	}
+	_, err := checkWrites(req.GetFailure())
+	return err
+}
