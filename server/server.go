@@ -251,6 +251,9 @@ func (s *Server) ClientAddrs() []string {
 	return out
 }
 
+// SnapshotsRecovered counts the range snapshots this node has installed.
+func (s *Server) SnapshotsRecovered() int64 { return s.store.SnapshotsRecovered() }
+
 // IsLeader reports whether this node leads its range.
 func (s *Server) IsLeader() bool { return s.replica.IsLeader() }
 

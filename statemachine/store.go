@@ -3,6 +3,7 @@ package statemachine
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
 	sm "github.com/lni/dragonboat/v4/statemachine"
@@ -42,7 +43,14 @@ type Store struct {
 	ranges map[uint64]*RangeSM
 	// closed is set by Close. Guarded by mu.
 	closed bool
+
+	// snapshotsRecovered counts snapshots installed by RecoverFromSnapshot.
+	snapshotsRecovered atomic.Int64
 }
+
+// SnapshotsRecovered returns how many range snapshots this store has
+// installed since it was opened (a replica that fell behind the leader's log).
+func (s *Store) SnapshotsRecovered() int64 { return s.snapshotsRecovered.Load() }
 
 // OpenStore opens (creating if needed) the Pebble in dir.
 func OpenStore(dir string, opts StoreOptions) (*Store, error) {

@@ -1,0 +1,108 @@
+package tests
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tesserakv/tessera/internal/testcluster"
+)
+
+// TestFollowerCatchesUpBySnapshot: a follower that misses more writes than the
+// leader keeps in its log is sent a snapshot of the range, and afterwards
+// serves all the data itself.
+func TestFollowerCatchesUpBySnapshot(t *testing.T) {
+	c := testcluster.Start(t, 3)
+	ctx := ctxT(t)
+	leader := c.Leader()
+	var follower *testcluster.Node
+	for _, n := range c.Nodes {
+		if n != leader {
+			follower = n
+			break
+		}
+	}
+	c.StopNode(follower)
+
+	// More entries than SnapshotEntries + CompactionOverhead, so the leader
+	// compacts the log the follower would need.
+	const keys = 24000
+	cli := c.Client(leader.ClientURL)
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for w := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < keys; i += 64 {
+				if _, err := cli.Put(ctx, fmt.Sprintf("snap/%05d", i), fmt.Sprint(i)); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	lease, err := cli.Grant(ctx, 300)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, "snap/leased", "v", clientv3.WithLease(lease.ID)); err != nil {
+		t.Fatal(err)
+	}
+
+	c.StartNode(follower)
+	fcli := c.Client(follower.ClientURL)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		get, err := fcli.Get(rctx, "snap/", clientv3.WithPrefix(), clientv3.WithCountOnly(), clientv3.WithSerializable())
+		cancel()
+		if err == nil && get.Count == keys+1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("follower did not catch up: %v %v", get, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := follower.Server.SnapshotsRecovered(); n == 0 {
+		t.Fatal("the follower caught up without installing a snapshot; the test does not test what it says")
+	}
+	get, err := fcli.Get(ctx, "snap/12345", clientv3.WithSerializable())
+	if err != nil || len(get.Kvs) != 1 || string(get.Kvs[0].Value) != "12345" {
+		t.Fatalf("follower value: %v %v", get, err)
+	}
+	ttl, err := fcli.TimeToLive(ctx, lease.ID, clientv3.WithAttachedKeys())
+	if err != nil || len(ttl.Keys) != 1 {
+		t.Fatalf("lease on the follower after the snapshot: %+v %v", ttl, err)
+	}
+	// The caught-up follower can lead.
+	if err := c.Leader().Server.TransferLeadership(followerReplicaID(c, follower)); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for !follower.Server.IsLeader() && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := fcli.Put(ctx, "snap/after", "v"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func followerReplicaID(c *testcluster.Cluster, n *testcluster.Node) uint64 {
+	for i, m := range c.Nodes {
+		if m == n {
+			return uint64(i + 1)
+		}
+	}
+	return 0
+}
