@@ -215,13 +215,9 @@ func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesK
 		return nil, out.err, false
 	}
 	defer out.rs.Release()
-	var rr dragonboat.RequestResult
-	select {
-	case rr = <-out.rs.ResultC():
-	case <-ctx.Done():
-		return nil, ctx.Err(), false
-	case <-r.stopc:
-		return nil, ErrStopped, false
+	rr, err := r.await(ctx, out.rs)
+	if err != nil {
+		return nil, err, false
 	}
 	switch {
 	case rr.Completed():
@@ -247,6 +243,18 @@ func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesK
 		return nil, ErrStopped, false
 	default:
 		return nil, fmt.Errorf("shard: proposal rejected on range %d", r.cfg.RangeID), false
+	}
+}
+
+// await waits for a request's outcome, the caller giving up, or Stop.
+func (r *Replica) await(ctx context.Context, rs *dragonboat.RequestState) (dragonboat.RequestResult, error) {
+	select {
+	case rr := <-rs.ResultC():
+		return rr, nil
+	case <-ctx.Done():
+		return dragonboat.RequestResult{}, ctx.Err()
+	case <-r.stopc:
+		return dragonboat.RequestResult{}, ErrStopped
 	}
 }
 
@@ -403,13 +411,9 @@ func (r *Replica) readOnce(ctx context.Context, fn func(*statemachine.View) (any
 		return nil, err, false
 	}
 	defer rs.Release()
-	var rr dragonboat.RequestResult
-	select {
-	case rr = <-rs.ResultC():
-	case <-ctx.Done():
-		return nil, ctx.Err(), false
-	case <-r.stopc:
-		return nil, ErrStopped, false
+	rr, err := r.await(ctx, rs)
+	if err != nil {
+		return nil, err, false
 	}
 	switch {
 	case rr.Completed():

@@ -123,7 +123,12 @@ func loadLeases(r pebble.Reader, rangeID uint64) ([]*tesserapb.LeaseRecord, erro
 
 // iterPrefix calls fn with every key/value under prefix, in order.
 func iterPrefix(r pebble.Reader, prefix []byte, fn func(k, v []byte) error) error {
-	it, err := r.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	return iterSpan(r, prefix, prefixEnd(prefix), fn)
+}
+
+// iterSpan calls fn with every key/value in [lower, upper), in order.
+func iterSpan(r pebble.Reader, lower, upper []byte, fn func(k, v []byte) error) error {
+	it, err := r.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
 	if err != nil {
 		return err
 	}

@@ -129,21 +129,8 @@ func writeSnapshot(snap *pebble.Snapshot, rangeID uint64, w io.Writer, done <-ch
 		return err
 	}
 	lower, upper := dataSpanBounds(bnds.span())
-	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	err = iterSpan(snap, lower, upper, func(k, v []byte) error { return sw.record(recData, k, v) })
 	if err != nil {
-		return err
-	}
-	defer closeQuietly(it)
-	for valid := it.First(); valid; valid = it.Next() {
-		v, err := it.ValueAndErr()
-		if err != nil {
-			return err
-		}
-		if err := sw.record(recData, it.Key(), v); err != nil {
-			return err
-		}
-	}
-	if err := it.Error(); err != nil {
 		return err
 	}
 	if err := sw.record(recEnd, nil, binary.AppendUvarint(nil, sw.count)); err != nil {

@@ -73,14 +73,6 @@ func TestClusterSurvivesLeaderLoss(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got := map[string]string{}
-		for _, kv := range get.Kvs {
-			got[string(kv.Key)] = string(kv.Value)
-		}
-		for k, v := range acked {
-			if got[k] != v {
-				t.Fatalf("%s: acknowledged %s=%s reads %q", url, k, v, got[k])
-			}
-		}
+		requireAcked(t, url, get.Kvs, acked)
 	}
 }

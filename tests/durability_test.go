@@ -71,22 +71,7 @@ func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := make(map[string]string, len(get.Kvs))
-	for _, kv := range get.Kvs {
-		got[string(kv.Key)] = string(kv.Value)
-	}
-	lost := 0
-	for k, v := range acked {
-		if got[k] != v {
-			if lost < 5 {
-				t.Errorf("acknowledged %s=%s lost (reads %q)", k, v, got[k])
-			}
-			lost++
-		}
-	}
-	if lost > 0 {
-		t.Fatalf("%d of %d acknowledged writes lost after kill -9", lost, len(acked))
-	}
+	requireAcked(t, "after kill -9", get.Kvs, acked)
 	t.Logf("%d acknowledged writes survived kill -9", len(acked))
 
 	// A graceful stop and restart keeps them too.

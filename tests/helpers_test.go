@@ -1,7 +1,10 @@
 package tests
 
 import (
+	"testing"
+
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tesserakv/tessera/server"
@@ -19,4 +22,26 @@ func pbKV(cli *clientv3.Client) pb.KVClient { return pb.NewKVClient(cli.ActiveCo
 // rangeReq is a prefix range request with a limit.
 func rangeReq(prefix string, limit int64) *pb.RangeRequest {
 	return &pb.RangeRequest{Key: []byte(prefix), RangeEnd: []byte(clientv3.GetPrefixRangeEnd(prefix)), Limit: limit}
+}
+
+// requireAcked fails the test unless every acknowledged key reads back with
+// its acknowledged value in kvs. who names the node or process read.
+func requireAcked(t *testing.T, who string, kvs []*mvccpb.KeyValue, acked map[string]string) {
+	t.Helper()
+	got := make(map[string]string, len(kvs))
+	for _, kv := range kvs {
+		got[string(kv.Key)] = string(kv.Value)
+	}
+	lost := 0
+	for k, v := range acked {
+		if got[k] != v {
+			if lost < 5 {
+				t.Errorf("%s: acknowledged %s=%s reads %q", who, k, v, got[k])
+			}
+			lost++
+		}
+	}
+	if lost > 0 {
+		t.Fatalf("%s: %d of %d acknowledged writes lost", who, lost, len(acked))
+	}
 }

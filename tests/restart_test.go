@@ -146,15 +146,7 @@ func TestClusterLeaderLossUnderLoad(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got := map[string]string{}
-		for _, kv := range get.Kvs {
-			got[string(kv.Key)] = string(kv.Value)
-		}
-		for k, v := range acked {
-			if got[k] != v {
-				t.Fatalf("%s: acknowledged %s=%s reads %q", node.Config.Name, k, v, got[k])
-			}
-		}
+		requireAcked(t, node.Config.Name, get.Kvs, acked)
 	}
 	t.Logf("%d acknowledged writes intact on all nodes", len(acked))
 }
