@@ -4,10 +4,14 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/tesserakv/tessera/internal/testcluster"
 )
@@ -378,5 +382,108 @@ func TestQuotaNoSpace(t *testing.T) {
 	alarms, err := cli.AlarmList(ctx)
 	if err != nil || len(alarms.Alarms) != 1 || alarms.Alarms[0].Alarm.String() != "NOSPACE" {
 		t.Fatalf("alarm list = %+v %v", alarms, err)
+	}
+}
+
+func TestAutoCompactionPeriodic(t *testing.T) {
+	c := testcluster.Start(t, 1, func(cfg *serverConfig) {
+		cfg.AutoCompactionMode = "periodic"
+		cfg.AutoCompactionRetention = "2s"
+	})
+	cli := c.Client()
+	ctx := ctxT(t)
+	first, err := cli.Put(ctx, "auto", "0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Keep writing; within a few retention periods the first revision is
+	// compacted away, as etcd's periodic compactor does.
+	deadline := time.Now().Add(20 * time.Second)
+	for i := 1; time.Now().Before(deadline); i++ {
+		if _, err := cli.Put(ctx, "auto", fmt.Sprint(i)); err != nil {
+			t.Fatal(err)
+		}
+		_, err := cli.Get(ctx, "auto", clientv3.WithRev(first.Header.Revision))
+		if err != nil {
+			errIs(t, err, rpctypes.ErrGRPCCompacted)
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatal("revision not compacted by periodic auto-compaction within 20s")
+}
+
+func TestKVMoreEdgeCases(t *testing.T) {
+	c := testcluster.Start(t, 1)
+	cli := c.Client()
+	ctx := ctxT(t)
+	lease, err := cli.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, "e/1", "one", clientv3.WithLease(lease.ID)); err != nil {
+		t.Fatal(err)
+	}
+	// ignore_lease keeps the lease; ignore_value keeps the value.
+	if _, err := cli.Put(ctx, "e/1", "uno", clientv3.WithIgnoreLease()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, "e/1", "", clientv3.WithIgnoreValue(), clientv3.WithIgnoreLease()); err != nil {
+		t.Fatal(err)
+	}
+	get, err := cli.Get(ctx, "e/1")
+	if err != nil || string(get.Kvs[0].Value) != "uno" || get.Kvs[0].Lease != int64(lease.ID) || get.Kvs[0].Version != 3 {
+		t.Fatalf("after ignore_lease/ignore_value: %+v %v", get.Kvs, err)
+	}
+	// A Txn comparing the lease and reading in its branch.
+	txn, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.LeaseValue("e/1"), "=", lease.ID)).
+		Then(clientv3.OpGet("e/1"), clientv3.OpPut("e/2", "two")).Commit()
+	if err != nil || !txn.Succeeded || len(txn.Responses) != 2 || string(txn.Responses[0].GetResponseRange().Kvs[0].Value) != "uno" {
+		t.Fatalf("lease compare txn: %+v %v", txn, err)
+	}
+	// A read-only Txn changes nothing.
+	before, _ := cli.Get(ctx, "e/", clientv3.WithPrefix())
+	ro, err := cli.Txn(ctx).Then(clientv3.OpGet("e/", clientv3.WithPrefix())).Commit()
+	if err != nil || len(ro.Responses[0].GetResponseRange().Kvs) != 2 {
+		t.Fatalf("read-only txn: %+v %v", ro, err)
+	}
+	after, _ := cli.Get(ctx, "e/", clientv3.WithPrefix())
+	if after.Kvs[1].ModRevision != before.Kvs[1].ModRevision {
+		t.Fatal("read-only txn changed a key")
+	}
+	// Revision filters: keys created after a revision.
+	created, err := cli.Get(ctx, "e/", clientv3.WithPrefix(), clientv3.WithMinCreateRev(txn.Header.Revision))
+	if err != nil || len(created.Kvs) != 1 || string(created.Kvs[0].Key) != "e/2" {
+		t.Fatalf("min create revision: %+v %v", created.Kvs, err)
+	}
+	// RangeStream honours count_only and keys_only.
+	stream, err := pbKV(cli).RangeStream(ctx, &pb.RangeRequest{Key: []byte("e/"), RangeEnd: []byte("e0"), CountOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := stream.Recv()
+	if err != nil || msg.RangeResponse.Count != 2 || len(msg.RangeResponse.Kvs) != 0 {
+		t.Fatalf("RangeStream count_only: %+v %v", msg, err)
+	}
+	stream, err = pbKV(cli).RangeStream(ctx, &pb.RangeRequest{Key: []byte("e/"), RangeEnd: []byte("e0"), KeysOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err = stream.Recv()
+	if err != nil || len(msg.RangeResponse.Kvs) != 2 || len(msg.RangeResponse.Kvs[0].Value) != 0 {
+		t.Fatalf("RangeStream keys_only: %+v %v", msg, err)
+	}
+	// A custom sort order is refused on RangeStream, as etcd does.
+	stream, err = pbKV(cli).RangeStream(ctx, &pb.RangeRequest{Key: []byte("e/"), SortOrder: pb.RangeRequest_DESCEND})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.Unimplemented {
+		t.Fatalf("RangeStream with a sort order: %v", err)
+	}
+	// Status names the API level and the leader.
+	st, err := cli.Status(ctx, c.Nodes[0].ClientURL)
+	if err != nil || st.Version != "3.7.3" || st.Leader == 0 || st.RaftIndex == 0 || st.DbSize == 0 {
+		t.Fatalf("status: %+v %v", st, err)
 	}
 }

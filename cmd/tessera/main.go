@@ -21,7 +21,7 @@ import (
 )
 
 func main() {
-	cfg, err := parseFlags(os.Args[1:], os.Stderr)
+	cfg, err := parseFlags(os.Args[1:], os.Stdout, os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
 	}
@@ -41,12 +41,20 @@ func main() {
 	srv.Close()
 }
 
-// parseFlags turns the command line into a validated server.Config.
-func parseFlags(args []string, out io.Writer) (server.Config, error) {
+// parseFlags turns the command line into a validated server.Config. Help and
+// version go to stdout, flag errors to stderr.
+func parseFlags(args []string, stdout, stderr io.Writer) (server.Config, error) {
 	cfg := server.DefaultConfig()
 	fs := flag.NewFlagSet("tessera", flag.ContinueOnError)
-	fs.SetOutput(out)
+	fs.SetOutput(stderr)
+	out := stdout
+	for _, a := range args {
+		if a == "--help" || a == "-help" || a == "-h" || a == "--h" {
+			fs.SetOutput(stdout)
+		}
+	}
 	fs.Usage = func() {
+		out := fs.Output()
 		fmt.Fprintf(out, "Usage: tessera [flags]\n\nRuns a Tessera node, an etcd-v3-API key-value store. With no flags: one node,\nclients on %s, data in ./%s.\n\nFlags:\n", server.DefaultClientURL, server.DefaultDataDir)
 		fs.PrintDefaults()
 	}
@@ -67,8 +75,13 @@ func parseFlags(args []string, out io.Writer) (server.Config, error) {
 	fs.StringVar(&cfg.AutoCompactionRetention, "auto-compaction-retention", cfg.AutoCompactionRetention, "auto compaction retention for mvcc key value store; 0 means disable auto compaction")
 	fs.Uint64Var(&cfg.LogDBShards, "raft-logdb-shards", cfg.LogDBShards, "shards of the Raft log store (one fsync each per write cycle; keep small on one disk)")
 	logLevel := fs.String("log-level", "warn", "log level: debug, info, warn or error")
+	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
+	}
+	if *version {
+		fmt.Fprintf(out, "tessera: etcd API version %s\n", server.APIVersion)
+		return cfg, flag.ErrHelp
 	}
 	if fs.NArg() > 0 {
 		return cfg, fmt.Errorf("unexpected argument %q (flags start with --)", fs.Arg(0))

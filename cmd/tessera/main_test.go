@@ -10,7 +10,7 @@ import (
 )
 
 func TestParseFlagsDefaults(t *testing.T) {
-	cfg, err := parseFlags(nil, io.Discard)
+	cfg, err := parseFlags(nil, io.Discard, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,13 +40,17 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"--log-level=loud"}, "--log-level"},
 		{[]string{"stray"}, "unexpected argument"},
 	} {
-		_, err := parseFlags(tc.args, io.Discard)
+		_, err := parseFlags(tc.args, io.Discard, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("parseFlags(%q) error = %v, want one containing %q", tc.args, err, tc.want)
 		}
 	}
-	if _, err := parseFlags([]string{"--help"}, io.Discard); !errors.Is(err, flag.ErrHelp) {
+	if _, err := parseFlags([]string{"--help"}, io.Discard, io.Discard); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("--help: %v", err)
+	}
+	var out strings.Builder
+	if _, err := parseFlags([]string{"--version"}, &out, io.Discard); !errors.Is(err, flag.ErrHelp) || !strings.Contains(out.String(), "3.7") {
+		t.Errorf("--version: %v, printed %q", err, out.String())
 	}
 }
 
@@ -58,7 +62,7 @@ func TestParseFlagsCluster(t *testing.T) {
 		"--listen-client-urls=http://127.0.0.1:22379",
 		"--heartbeat-interval=50", "--election-timeout=500",
 		"--auto-compaction-mode=revision", "--auto-compaction-retention=1000",
-	}, io.Discard)
+	}, io.Discard, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
