@@ -1,11 +1,19 @@
-// Package placement owns where ranges live and the global revision oracle.
+// Package placement owns the meta range and the global revision oracle.
 //
-// This first version holds only the oracle, and only a node-local one: with a
-// single range, the range's leader is the only writer, so a counter that the
-// leader raises to the range's last applied revision whenever it takes office is
-// strictly increasing across leaders. The meta range (its own Raft group, with a
-// persisted high-water mark and leadership-confirmed batches, DESIGN.md
-// "Revisions" 1) replaces it when the keyspace is split into many ranges; shard
-// sees only the small Oracle interface it declares, so that swap touches no
-// caller.
+// The meta range is its own Raft group (a Dragonboat in-memory state machine,
+// MetaSM) holding the range descriptors, the node registry, and the oracle's
+// high-water mark. The oracle follows DESIGN.md "Revisions" 1:
+//
+//   - The meta leader hands out strictly increasing revisions (Allocator). It
+//     persists a high-water mark through the meta log before handing out any
+//     number below it, so a new leader starts above everything ever issued,
+//     and it confirms its leadership with a ReadIndex after choosing a batch
+//     and before handing it out, so a deposed leader never hands out numbers
+//     below ones its successor gave.
+//   - Every node has one OracleClient, which batches the callers waiting right
+//     now into one request — never the ones to come: a caller always gets a
+//     number fetched after it asked (no prefetching).
+//
+// LocalOracle, a plain counter, remains for tests of components that need
+// increasing numbers and nothing else.
 package placement

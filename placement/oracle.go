@@ -41,3 +41,12 @@ func (o *LocalOracle) Observe(rev int64) {
 		}
 	}
 }
+
+// NextN returns the first of count consecutive revisions, all above every
+// revision handed out or observed before the call.
+func (o *LocalOracle) NextN(ctx context.Context, count int64) (int64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	return o.last.Add(count) - count + 1, nil
+}

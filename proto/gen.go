@@ -1,8 +1,8 @@
 // Package proto holds Tessera's own protobuf definitions and their generated code.
 //
-// Regenerate with Debian's protobuf-compiler and protoc-gen-go on PATH:
+// Regenerate with Debian's protobuf-compiler, protoc-gen-go and protoc-gen-go-grpc on PATH:
 //
 //	go generate ./proto/
 package proto
 
-//go:generate protoc --go_out=. --go_opt=paths=source_relative tesserapb/tessera.proto
+//go:generate protoc --go_out=. --go_opt=paths=source_relative --go-grpc_out=. --go-grpc_opt=paths=source_relative tesserapb/tessera.proto tesserapb/meta.proto

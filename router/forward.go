@@ -2,89 +2,15 @@ package router
 
 import (
 	"context"
-	"fmt"
-	"strings"
-	"sync"
-	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
-
-	"github.com/tesserakv/tessera/proto/tesserapb"
-	"github.com/tesserakv/tessera/statemachine"
 )
 
-// peers keeps client connections to the other nodes, found through the member
-// attributes each node records in the range (MemberAttrsCommand).
-type peers struct {
-	rng Range
-
-	mu    sync.Mutex
-	conns map[string]*grpc.ClientConn // by target address; guarded by mu
-}
-
-func newPeers(rng Range) *peers { return &peers{rng: rng, conns: map[string]*grpc.ClientConn{}} }
-
-func (p *peers) close() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for target, cc := range p.conns {
-		_ = cc.Close()
-		delete(p.conns, target)
-	}
-}
-
-// memberWait bounds how long conn waits for a just-started member to publish
-// its client address.
-const memberWait = 2 * time.Second
-
-// conn returns a connection to the node holding replicaID.
-func (p *peers) conn(ctx context.Context, replicaID uint64) (*grpc.ClientConn, error) {
-	var target string
-	deadline := time.Now().Add(memberWait)
-	for target == "" {
-		out, err := p.rng.Read(ctx, false, func(v *statemachine.View) (any, error) { return v.Members() })
-		if err != nil {
-			return nil, err
-		}
-		for _, m := range out.([]*tesserapb.MemberAttrs) {
-			if m.ReplicaId == replicaID && len(m.ClientUrls) > 0 {
-				target = hostPort(m.ClientUrls[0])
-				break
-			}
-		}
-		if target != "" {
-			break
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("router: no client address known for replica %d", replicaID)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if cc, ok := p.conns[target]; ok {
-		return cc, nil
-	}
-	cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, err
-	}
-	p.conns[target] = cc
-	return cc, nil
-}
-
-// hostPort strips the scheme of a client URL ("http://127.0.0.1:2379").
-func hostPort(url string) string {
-	if i := strings.Index(url, "://"); i >= 0 {
-		url = url[i+3:]
-	}
-	return strings.TrimSuffix(url, "/")
+// Nodes finds other nodes; the router needs only a connection to a node.
+// A range replica's ID is its node's ID.
+type Nodes interface {
+	Conn(ctx context.Context, nodeID uint64) (*grpc.ClientConn, error)
 }
 
 // forwardedContext marks an outgoing call as forwarded.
@@ -100,7 +26,7 @@ func forward[T any](r *Router, ctx context.Context, err error, call func(context
 	if !ok {
 		return resp, err, false
 	}
-	cc, cerr := r.peers.conn(ctx, leader)
+	cc, cerr := r.nodes.Conn(ctx, leader)
 	if cerr != nil {
 		return resp, err, false
 	}

@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"fmt"
+	"io"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -14,22 +15,27 @@ import (
 	"github.com/tesserakv/tessera/statemachine"
 )
 
-// Range serves etcd's KV.Range.
+// Range serves etcd's KV.Range. A linearizable read runs on the range leader
+// at a fresh oracle revision R and answers with header revision R; a
+// serializable one reads the local replica, with its own latest revision.
 func (r *Router) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeResponse, error) {
 	if err := checkRange(req); err != nil {
 		return nil, err
 	}
-	out, err := r.rng.Read(ctx, !req.Serializable, func(v *statemachine.View) (any, error) {
+	out, err := r.read(ctx, req.Serializable, req.Revision, func(v *statemachine.View) (any, error) {
 		resp, err := v.Range(req)
 		if err != nil {
 			return nil, err
 		}
-		// etcd's header carries the store's current revision, whatever
-		// revision the range was read at.
 		resp.Header = r.header(v.Revision())
 		return resp, nil
 	})
 	if err != nil {
+		if fresp, ferr, ok := forward(r, ctx, err, func(ctx context.Context, cc *grpc.ClientConn) (*pb.RangeResponse, error) {
+			return pb.NewKVClient(cc).Range(ctx, req)
+		}); ok {
+			return fresp, ferr
+		}
 		return nil, ToGRPC(err)
 	}
 	return out.(*pb.RangeResponse), nil
@@ -40,17 +46,20 @@ func (r *Router) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeResp
 const rangeStreamChunkKVs = 256
 
 // RangeStream serves etcd 3.7's streaming Range: the result in chunks, with
-// header, count and more on the last one; all chunks read one view.
+// header, count and more on the last one; all chunks read one view, at one
+// revision.
 func (r *Router) RangeStream(req *pb.RangeRequest, stream pb.KV_RangeStreamServer) error {
 	if err := checkRangeStream(req); err != nil {
 		return err
 	}
 	ctx := stream.Context()
-	_, err := r.rng.Read(ctx, !req.Serializable, func(v *statemachine.View) (any, error) {
+	sent := false
+	_, err := r.read(ctx, req.Serializable, req.Revision, func(v *statemachine.View) (any, error) {
 		// Hold back one chunk so the last one can carry header, count and more.
 		var pending []*mvccpb.KeyValue
 		count, more, err := v.RangeStream(req, rangeStreamChunkKVs, func(kvs []*mvccpb.KeyValue) error {
 			if pending != nil {
+				sent = true
 				if err := stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Kvs: pending}}); err != nil {
 					return err
 				}
@@ -61,10 +70,38 @@ func (r *Router) RangeStream(req *pb.RangeRequest, stream pb.KV_RangeStreamServe
 		if err != nil {
 			return nil, err
 		}
+		sent = true
 		last := &pb.RangeResponse{Header: r.header(v.Revision()), Kvs: pending, Count: count, More: more}
 		return nil, stream.Send(&pb.RangeStreamResponse{RangeResponse: last})
 	})
+	if err != nil && !sent {
+		if _, ferr, ok := forward(r, ctx, err, func(ctx context.Context, cc *grpc.ClientConn) (struct{}, error) {
+			return struct{}{}, relayRangeStream(ctx, cc, req, stream)
+		}); ok {
+			return ferr
+		}
+	}
 	return ToGRPC(err)
+}
+
+// relayRangeStream serves a RangeStream from another node's answer.
+func relayRangeStream(ctx context.Context, cc *grpc.ClientConn, req *pb.RangeRequest, stream pb.KV_RangeStreamServer) error {
+	up, err := pb.NewKVClient(cc).RangeStream(ctx, req)
+	if err != nil {
+		return err
+	}
+	for {
+		msg, err := up.Recv()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(msg); err != nil {
+			return err
+		}
+	}
 }
 
 // Put serves KV.Put as a one-operation Txn.
@@ -150,10 +187,19 @@ func (r *Router) txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse, 
 }
 
 // Compact serves KV.Compact: every range applies the compaction before it is
-// answered.
+// answered. A revision above a fresh oracle revision is in the future; the
+// range leader's fence is raised to the compaction revision first, so no
+// write at or below it can reach the range after it.
 func (r *Router) Compact(ctx context.Context, req *pb.CompactionRequest) (*pb.CompactionResponse, error) {
 	cmd := &tesserapb.Command{Op: &tesserapb.Command_Compact{Compact: &tesserapb.CompactCommand{Revision: req.Revision}}}
-	res, err := r.rng.Write(ctx, cmd, false)
+	_, err := r.readRevision(ctx, req.Revision)
+	if err == nil {
+		err = r.rng.Fence(ctx, req.Revision)
+	}
+	var res *tesserapb.Result
+	if err == nil {
+		res, err = r.rng.Write(ctx, cmd, false)
+	}
 	if err != nil {
 		if fresp, ferr, ok := forward(r, ctx, err, func(ctx context.Context, cc *grpc.ClientConn) (*pb.CompactionResponse, error) {
 			return pb.NewKVClient(cc).Compact(ctx, req)

@@ -138,7 +138,7 @@ func (r *Router) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 			return ToGRPC(err)
 		}
 		if relay == nil {
-			cc, cerr := r.peers.conn(ctx, leader)
+			cc, cerr := r.nodes.Conn(ctx, leader)
 			if cerr != nil {
 				return ToGRPC(err)
 			}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/tesserakv/tessera/proto/tesserapb"
@@ -19,10 +20,20 @@ type Range interface {
 	Leader() (leaderReplicaID, term uint64, ok bool)
 	Write(ctx context.Context, cmd *tesserapb.Command, writesKeys bool) (*tesserapb.Result, error)
 	Read(ctx context.Context, linearizable bool, fn func(*statemachine.View) (any, error)) (any, error)
+	ReadAt(ctx context.Context, rev int64, fn func(*statemachine.View) (any, error)) (any, error)
+	Fence(ctx context.Context, rev int64) error
 	GrantLease(ctx context.Context, id, ttlSeconds int64) (*tesserapb.Result, error)
 	RevokeLease(ctx context.Context, id int64) (*tesserapb.Result, error)
 	RenewLease(ctx context.Context, id int64) (int64, error)
 	LeaseRemaining(ctx context.Context, id int64) (int64, error)
+}
+
+// Oracle knows the global revision; the router asks it for the current
+// revision once per linearizable read and per compaction.
+type Oracle interface {
+	// Current returns a revision at or above every revision handed out before
+	// the call began.
+	Current(ctx context.Context) (int64, error)
 }
 
 // Config of the router.
@@ -47,26 +58,22 @@ type Router struct {
 	pb.UnimplementedKVServer
 	pb.UnimplementedLeaseServer
 
-	cfg   Config
-	rng   Range
-	peers *peers
+	cfg    Config
+	rng    Range
+	nodes  Nodes
+	oracle Oracle
 }
 
-// New returns a router over rng.
-func New(cfg Config, rng Range) *Router {
+// New returns a router over rng, forwarding to other nodes found by nodes.
+func New(cfg Config, rng Range, nodes Nodes, oracle Oracle) *Router {
 	if cfg.MaxTxnOps <= 0 {
 		cfg.MaxTxnOps = 128
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	r := &Router{cfg: cfg, rng: rng}
-	r.peers = newPeers(rng)
-	return r
+	return &Router{cfg: cfg, rng: rng, nodes: nodes, oracle: oracle}
 }
-
-// Close releases connections to other nodes.
-func (r *Router) Close() { r.peers.close() }
 
 // header returns an etcd response header at revision rev.
 func (r *Router) header(rev int64) *pb.ResponseHeader {
@@ -111,4 +118,33 @@ func hasPut(ops ...[]*pb.RequestOp) bool {
 		}
 	}
 	return false
+}
+
+// readRevision is the revision a linearizable read (or a compaction) works
+// at: the oracle's current revision, at or above every write acknowledged
+// before the request arrived; reads take no revision of their own, so as in
+// etcd they do not move it. A requested revision above it is in the future.
+func (r *Router) readRevision(ctx context.Context, requested int64) (int64, error) {
+	rev, err := r.oracle.Current(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if requested > rev {
+		return 0, rpctypes.ErrGRPCFutureRev
+	}
+	return rev, nil
+}
+
+// read runs fn on the range: serializable reads on the local replica as it
+// is, linearizable ones at a fresh oracle revision on the range leader. It
+// returns the revision read at (for the header) with fn's result.
+func (r *Router) read(ctx context.Context, serializable bool, requested int64, fn func(*statemachine.View) (any, error)) (any, error) {
+	if serializable {
+		return r.rng.Read(ctx, false, fn)
+	}
+	rev, err := r.readRevision(ctx, requested)
+	if err != nil {
+		return nil, err
+	}
+	return r.rng.ReadAt(ctx, rev, fn)
 }

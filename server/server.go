@@ -28,8 +28,9 @@ import (
 	"github.com/tesserakv/tessera/statemachine"
 )
 
-// firstRangeID is the Raft shard ID of the range covering the whole keyspace.
-const firstRangeID = 1
+// firstRangeID is the Raft shard ID of the first data range, the one covering
+// the whole keyspace in a new cluster (placement.MetaRangeID is 1).
+const firstRangeID = 2
 
 // grpcOverheadBytes is the room etcd leaves above --max-request-bytes for the
 // gRPC envelope.
@@ -42,11 +43,15 @@ type Server struct {
 	replicaID uint64
 	clusterID uint64
 
-	store   *statemachine.Store
-	nh      *dragonboat.NodeHost
-	replica *shard.Replica
-	router  *router.Router
-	grpc    *grpc.Server
+	store     *statemachine.Store
+	nh        *dragonboat.NodeHost
+	meta      *placement.MetaReplica
+	directory *placement.Directory
+	oracle    *placement.OracleClient
+	internal  *placement.InternalServer
+	replica   *shard.Replica
+	router    *router.Router
+	grpc      *grpc.Server
 
 	listeners []net.Listener
 
@@ -98,8 +103,12 @@ func Start(cfg Config) (*Server, error) {
 		return nil, err
 	}
 
-	oracle := placement.NewLocalOracle(1)
-	s.replica = shard.New(shard.Config{RangeID: firstRangeID, ReplicaID: replicaID, Logger: s.log}, s.nh, s.store, oracle)
+	s.meta = placement.NewMetaReplica(s.nh, replicaID)
+	s.directory = placement.NewDirectory(s.meta)
+	allocator := placement.NewAllocator(s.meta)
+	s.oracle = placement.NewOracleClient(s.meta, allocator, s.directory)
+	s.internal = placement.NewInternalServer(allocator)
+	s.replica = shard.New(shard.Config{RangeID: firstRangeID, ReplicaID: replicaID, Logger: s.log}, s.nh, s.store, s.oracle)
 	s.router = router.New(router.Config{
 		ClusterID:          s.clusterID,
 		MemberID:           replicaID,
@@ -108,7 +117,7 @@ func Start(cfg Config) (*Server, error) {
 		MinLeaseTTLSeconds: minLeaseTTLSeconds(cfg),
 		SpaceExceeded:      s.spaceExceeded.Load,
 		Logger:             s.log,
-	}, s.replica)
+	}, s.replica, s.directory, s.oracle)
 
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes+grpcOverheadBytes),
@@ -122,6 +131,7 @@ func Start(cfg Config) (*Server, error) {
 	pb.RegisterClusterServer(s.grpc, &cluster{s: s})
 	pb.RegisterWatchServer(s.grpc, unimplementedWatch{})
 	pb.RegisterAuthServer(s.grpc, unimplementedAuth{})
+	tesserapb.RegisterInternalServer(s.grpc, s.internal)
 	for _, ln := range s.listeners {
 		s.goTask(func() {
 			if err := s.grpc.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
@@ -129,7 +139,7 @@ func Start(cfg Config) (*Server, error) {
 			}
 		})
 	}
-	s.goTask(s.publishMemberAttrs)
+	s.goTask(s.registerNode)
 	s.checkSpace()
 	s.goTask(s.watchSpace)
 	if policy, _ := parseCompaction(cfg.AutoCompactionMode, cfg.AutoCompactionRetention); policy.enabled() {
@@ -162,6 +172,20 @@ func (s *Server) startRaft() error {
 	for i, m := range cfg.InitialCluster {
 		addr, _ := hostPortOf(m.PeerURL)
 		members[uint64(i+1)] = addr
+	}
+	metaConfig := dbconfig.Config{
+		ShardID:            placement.MetaRangeID,
+		ReplicaID:          s.replicaID,
+		ElectionRTT:        uint64(cfg.ElectionTimeout / cfg.HeartbeatInterval),
+		HeartbeatRTT:       1,
+		CheckQuorum:        true,
+		PreVote:            true,
+		SnapshotEntries:    10000,
+		CompactionOverhead: 5000,
+	}
+	if err := nh.StartReplica(members, false, placement.NewMetaSM, metaConfig); err != nil {
+		nh.Close()
+		return fmt.Errorf("starting the meta range: %w", err)
 	}
 	rc := dbconfig.Config{
 		ShardID:            firstRangeID,
@@ -254,6 +278,17 @@ func (s *Server) ClientAddrs() []string {
 // SnapshotsRecovered counts the range snapshots this node has installed.
 func (s *Server) SnapshotsRecovered() int64 { return s.store.SnapshotsRecovered() }
 
+// TransferMetaLeadership asks the meta range to move its leader to the given node.
+func (s *Server) TransferMetaLeadership(nodeID uint64) error {
+	return s.nh.RequestLeaderTransfer(placement.MetaRangeID, nodeID)
+}
+
+// MetaLeader returns the meta range leader's node ID as this node knows it.
+func (s *Server) MetaLeader() uint64 {
+	id, _, _ := s.meta.Leader()
+	return id
+}
+
 // IsLeader reports whether this node leads its range.
 func (s *Server) IsLeader() bool { return s.replica.IsLeader() }
 
@@ -263,40 +298,25 @@ func (s *Server) TransferLeadership(replicaID uint64) error {
 	return s.nh.RequestLeaderTransfer(firstRangeID, replicaID)
 }
 
-// publishMemberAttrs records this node's client and peer URLs in the range
-// (like etcd's member attribute publish), retrying until it lands.
-func (s *Server) publishMemberAttrs() {
-	attrs := &tesserapb.MemberAttrs{ReplicaId: s.replicaID, Name: s.cfg.Name, PeerUrls: s.cfg.InitialAdvertisePeerURLs, ClientUrls: s.cfg.AdvertiseClientURLs}
-	cmd := &tesserapb.Command{Op: &tesserapb.Command_MemberAttrs{MemberAttrs: &tesserapb.MemberAttrsCommand{Attrs: attrs}}}
-	for attempt := 0; ; attempt++ {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err := s.writeAnywhere(ctx, cmd)
-		cancel()
-		if err == nil {
-			return
-		}
-		s.log.Debug("publishing member attributes", "attempt", attempt, "err", err)
+// registerNode records this node's addresses in the meta range's node
+// registry (like etcd's member attribute publish), retrying until it lands.
+func (s *Server) registerNode() {
+	node := &tesserapb.NodeInfo{NodeId: s.replicaID, Name: s.cfg.Name, ClientUrls: s.cfg.AdvertiseClientURLs}
+	if len(s.cfg.InitialAdvertisePeerURLs) > 0 {
+		node.RaftAddress, _ = hostPortOf(s.cfg.InitialAdvertisePeerURLs[0])
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
 		select {
 		case <-s.stopc:
-			return
-		case <-time.After(200 * time.Millisecond):
+			cancel()
+		case <-ctx.Done():
 		}
+	}()
+	if err := s.directory.Register(ctx, node); err != nil && ctx.Err() == nil {
+		s.log.Warn("registering this node in the meta range failed", "err", err)
 	}
-}
-
-// writeAnywhere proposes a command that needs no revision. Such commands may be
-// proposed by any replica, so it goes through Dragonboat directly.
-func (s *Server) writeAnywhere(ctx context.Context, cmd *tesserapb.Command) error {
-	if s.replica.IsLeader() {
-		_, err := s.replica.Write(ctx, cmd, false)
-		return err
-	}
-	data, err := marshal(cmd)
-	if err != nil {
-		return err
-	}
-	_, err = s.nh.SyncPropose(ctx, s.nh.GetNoOPSession(firstRangeID), data)
-	return err
 }
 
 func (s *Server) runCompactor(policy compactionPolicy) {
@@ -373,7 +393,9 @@ func (s *Server) Close() {
 		}
 		s.wg.Wait()
 		s.replica.Stop()
-		s.router.Close()
+		s.oracle.Stop()
+		s.internal.Stop()
+		s.directory.Close()
 		s.nh.Close()
 		if err := s.store.Close(); err != nil {
 			s.log.Warn("closing store", "err", err)

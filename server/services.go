@@ -6,7 +6,6 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/router"
@@ -16,8 +15,6 @@ import (
 // APIVersion is the etcd API level Tessera implements. kube-apiserver reads it
 // from Status and turns off consistent and streaming lists below 3.5.13.
 const APIVersion = "3.7.3"
-
-func marshal(cmd *tesserapb.Command) ([]byte, error) { return proto.Marshal(cmd) }
 
 // maintenance serves Maintenance.Status; the rest answers Unimplemented.
 type maintenance struct {
@@ -96,24 +93,23 @@ type cluster struct {
 
 func (c *cluster) MemberList(ctx context.Context, _ *pb.MemberListRequest) (*pb.MemberListResponse, error) {
 	s := c.s
-	out, err := s.replica.Read(ctx, false, func(v *statemachine.View) (any, error) { return v.Members() })
+	nodes, err := s.directory.Nodes(ctx)
 	if err != nil {
 		return nil, router.ToGRPC(err)
 	}
-	published := map[uint64]*tesserapb.MemberAttrs{}
-	for _, m := range out.([]*tesserapb.MemberAttrs) {
-		published[m.ReplicaId] = m
+	registered := map[uint64]*tesserapb.NodeInfo{}
+	for _, n := range nodes {
+		registered[n.NodeId] = n
 	}
 	_, term, _ := s.replica.Leader()
 	resp := &pb.MemberListResponse{Header: &pb.ResponseHeader{ClusterId: s.clusterID, MemberId: s.replicaID, RaftTerm: term}}
 	for i, m := range s.cfg.InitialCluster {
 		id := uint64(i + 1)
 		member := &pb.Member{ID: id, PeerURLs: []string{m.PeerURL}}
-		if p, ok := published[id]; ok {
+		if n, ok := registered[id]; ok {
 			// As in etcd, a member that has not published yet has no name.
-			member.Name = p.Name
-			member.ClientURLs = p.ClientUrls
-			member.PeerURLs = p.PeerUrls
+			member.Name = n.Name
+			member.ClientURLs = n.ClientUrls
 		}
 		resp.Members = append(resp.Members, member)
 	}

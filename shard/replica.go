@@ -19,8 +19,9 @@ import (
 
 // Oracle hands out revisions; shard needs only these two methods of it.
 type Oracle interface {
-	// Next returns a revision above every revision handed out before the call.
-	Next(ctx context.Context) (int64, error)
+	// NextN returns the first of count consecutive revisions, all above every
+	// revision handed out before the call.
+	NextN(ctx context.Context, count int64) (int64, error)
 	// Observe tells the oracle that rev has been written.
 	Observe(rev int64)
 }
@@ -82,6 +83,9 @@ type Replica struct {
 	// leadership barrier; 0 if none. Written only by proposeLoop.
 	readyTerm atomic.Uint64
 
+	// fence is the read/write fence over the revisions of this range.
+	fence *fence
+
 	leases *leaseClock
 
 	stopc    chan struct{}
@@ -94,11 +98,14 @@ type proposal struct {
 	cmd *tesserapb.Command
 	// writesKeys: the command needs a revision from the oracle.
 	writesKeys bool
-	done       chan proposed
+	// done receives the proposal's final outcome; buffered, 1.
+	done chan outcome
 }
 
-type proposed struct {
-	rs  *dragonboat.RequestState
+// outcome is how a proposal ended: err when it was never proposed, otherwise
+// Dragonboat's result.
+type outcome struct {
+	rr  dragonboat.RequestResult
 	err error
 }
 
@@ -115,6 +122,7 @@ func New(cfg Config, nh *dragonboat.NodeHost, store *statemachine.Store, oracle 
 		inflight: make(chan struct{}, cfg.MaxInFlight),
 		queue:    make(chan *proposal, 256),
 		leases:   newLeaseClock(),
+		fence:    newFence(),
 		stopc:    make(chan struct{}),
 	}
 	r.wg.Add(2)
@@ -189,7 +197,7 @@ func (r *Replica) Write(ctx context.Context, cmd *tesserapb.Command, writesKeys 
 }
 
 func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesKeys bool) (res *tesserapb.Result, err error, retry bool) {
-	p := &proposal{ctx: ctx, cmd: proto.CloneOf(cmd), writesKeys: writesKeys, done: make(chan proposed, 1)}
+	p := &proposal{ctx: ctx, cmd: proto.CloneOf(cmd), writesKeys: writesKeys, done: make(chan outcome, 1)}
 	select {
 	case r.queue <- p:
 	case <-ctx.Done():
@@ -197,9 +205,12 @@ func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesK
 	case <-r.stopc:
 		return nil, ErrStopped, false
 	}
-	var out proposed
+	var out outcome
 	select {
 	case out = <-p.done:
+	case <-ctx.Done():
+		// The proposal goes on; its outcome is tracked for the fence.
+		return nil, ctx.Err(), false
 	case <-r.stopc:
 		return nil, ErrStopped, false
 	}
@@ -214,11 +225,7 @@ func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesK
 		}
 		return nil, out.err, false
 	}
-	defer out.rs.Release()
-	rr, err := r.await(ctx, out.rs)
-	if err != nil {
-		return nil, err, false
-	}
+	rr := out.rr
 	switch {
 	case rr.Completed():
 		res, err := statemachine.DecodeResult(rr.GetResult())
@@ -271,40 +278,131 @@ func (r *Replica) sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// proposeLoop is the single proposer: it takes each write's revision and
-// proposes it before taking the next one, so log order is revision order.
+// maxProposalBatch bounds how many queued proposals share one oracle call.
+const maxProposalBatch = 512
+
+// proposeLoop is the single proposer: it takes the queued proposals in
+// batches, takes their revisions from the oracle in one call, and proposes
+// them in revision order, so log order is revision order.
 func (r *Replica) proposeLoop() {
 	defer r.wg.Done()
+	batch := make([]*proposal, 0, maxProposalBatch)
 	for {
+		batch = batch[:0]
 		select {
 		case <-r.stopc:
 			return
 		case p := <-r.queue:
-			rs, err := r.propose(p)
-			p.done <- proposed{rs: rs, err: err}
+			batch = append(batch, p)
 		}
+	drain:
+		for len(batch) < maxProposalBatch {
+			select {
+			case p := <-r.queue:
+				batch = append(batch, p)
+			default:
+				break drain
+			}
+		}
+		r.proposeBatch(batch)
 	}
 }
 
-func (r *Replica) propose(p *proposal) (*dragonboat.RequestState, error) {
-	if err := p.ctx.Err(); err != nil {
-		return nil, err
+func (r *Replica) proposeBatch(batch []*proposal) {
+	live := batch[:0:0]
+	for _, p := range batch {
+		if err := p.ctx.Err(); err != nil {
+			p.done <- outcome{err: err}
+			continue
+		}
+		live = append(live, p)
+	}
+	if len(live) == 0 {
+		return
+	}
+	fail := func(err error) {
+		for _, p := range live {
+			p.done <- outcome{err: err}
+		}
 	}
 	if err := r.ensureLeaderReady(); err != nil {
-		return nil, err
+		fail(err)
+		return
 	}
-	if p.writesKeys {
-		rev, err := r.oracle.Next(p.ctx)
-		if err != nil {
-			return nil, err
+	var writers []*proposal
+	for _, p := range live {
+		if p.writesKeys {
+			writers = append(writers, p)
 		}
-		p.cmd.Revision = rev
 	}
-	data, err := proto.Marshal(p.cmd)
-	if err != nil {
-		return nil, err
+	// Take the writers' revisions and admit them past the fence; a read that
+	// raised the fence above them meanwhile makes them take new ones.
+	var ids []uint64
+	for len(writers) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.RequestTimeout)
+		first, err := r.oracle.NextN(ctx, int64(len(writers)))
+		cancel()
+		if err != nil {
+			fail(fmt.Errorf("shard: taking revisions: %w", err))
+			return
+		}
+		var ok bool
+		if ids, ok = r.fence.admit(first, len(writers)); ok {
+			for i, p := range writers {
+				p.cmd.Revision = first + int64(i)
+			}
+			break
+		}
 	}
-	return r.nh.Propose(r.session, data, r.cfg.RequestTimeout)
+	next := 0
+	for _, p := range live {
+		var id uint64
+		if p.writesKeys {
+			id = ids[next]
+			next++
+		}
+		data, err := proto.Marshal(p.cmd)
+		var rs *dragonboat.RequestState
+		if err == nil {
+			rs, err = r.nh.Propose(r.session, data, r.cfg.RequestTimeout)
+		}
+		if err != nil {
+			if id != 0 {
+				r.fence.settle(id)
+			}
+			p.done <- outcome{err: err}
+			continue
+		}
+		r.wg.Add(1)
+		go r.follow(p, id, rs)
+	}
+}
+
+// follow waits for a proposal's outcome, settles it in the fence and hands it
+// to the caller. A proposal that timed out may still be applied: it is settled
+// only after a barrier proposed behind it has been applied (or has failed, in
+// which case leadership moved and fenced reads retry).
+func (r *Replica) follow(p *proposal, id uint64, rs *dragonboat.RequestState) {
+	defer r.wg.Done()
+	var rr dragonboat.RequestResult
+	select {
+	case rr = <-rs.ResultC():
+	case <-r.stopc:
+		if id != 0 {
+			r.fence.settle(id)
+		}
+		return
+	}
+	rs.Release()
+	if id != 0 {
+		if rr.Timeout() {
+			ctx, cancel := context.WithTimeout(context.Background(), r.cfg.RequestTimeout)
+			_, _, _ = r.writeOnce(ctx, &tesserapb.Command{Op: &tesserapb.Command_Barrier{Barrier: &tesserapb.BarrierCommand{}}}, false)
+			cancel()
+		}
+		r.fence.settle(id)
+	}
+	p.done <- outcome{rr: rr}
 }
 
 // ensureLeaderReady returns nil when this replica leads its range and has

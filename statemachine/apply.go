@@ -32,8 +32,9 @@ func (a *applier) apply(data []byte) (response []byte, err error) {
 	}
 	// The revision rule: a command carrying a revision must carry one above
 	// every revision this range applied, or it is refused, changing nothing.
-	if rev > 0 && rev <= max(a.state.lastCmdRev, a.state.currentRev) {
-		return nil, errorf(ErrStaleRevision, "revision %d, last applied %d", rev, max(a.state.lastCmdRev, a.state.currentRev))
+	// Compaction counts too: a write below a compaction would be lost to it.
+	if floor := max(a.state.lastCmdRev, a.state.currentRev, a.state.compactedRev); rev > 0 && rev <= floor {
+		return nil, errorf(ErrStaleRevision, "revision %d, last applied %d", rev, floor)
 	}
 	saved := a.state
 	var msg proto.Message

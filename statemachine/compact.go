@@ -7,19 +7,22 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 )
 
-// Compaction at C (etcd's semantics, DESIGN.md "Storage layout"): C above the
-// current revision is ErrFutureRev, C at or below the last compaction is
-// ErrCompacted; otherwise compactedRev becomes C, reads below C fail with
+// Compaction at C (etcd's semantics, DESIGN.md "Storage layout" and
+// "Revisions" 5): C at or below the last compaction is ErrCompacted;
+// otherwise compactedRev becomes C, reads below C fail with
 // ErrCompacted from then on, and per key every version older than the newest
 // one <= C is deleted, and that one too when it is a tombstone. The deletes
 // go into the Update's batch with the new compactedRev.
+//
+// C may be above this range's last write: revisions are global, and other
+// ranges wrote the ones in between. Whether C is in the future is decided by
+// the router against the oracle; the range leader raises its fence to C
+// before proposing, and from then on this range refuses any write at or
+// below C (the revision rule in apply.go counts compactedRev).
 
 // applyCompact records the compaction at compactRev and removes the versions
 // it makes unreachable.
 func (a *applier) applyCompact(compactRev int64) (*pb.CompactionResponse, error) {
-	if compactRev > a.state.currentRev {
-		return nil, errorf(ErrFutureRev, "compact at %d, current revision %d", compactRev, a.state.currentRev)
-	}
 	if compactRev <= a.state.compactedRev {
 		return nil, errorf(ErrCompacted, "compact at %d, compacted at %d", compactRev, a.state.compactedRev)
 	}

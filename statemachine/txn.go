@@ -24,13 +24,22 @@ import (
 // Responses are etcd's: every nested Put/DeleteRange/Range response carries a
 // Header with only the revision etcd puts there, nested TxnResponses an empty
 // Header, and the top-level Header the command's revision when anything
-// changed, the current revision otherwise.
+// changed, the revision before it (cmdRev-1) otherwise. With one global
+// revision counter that is what keeps headers from going backwards for a
+// client: cmdRev was taken after every write the client saw had been
+// acknowledged.
 
 // txnApplier applies one Txn command.
 type txnApplier struct {
 	a         *applier
 	cmdRev    int64
-	startRev  int64 // the range's current revision before the command
+	// startRev is the revision the command's reads and compares see before it
+	// writes anything: cmdRev-1. Every write to this range below cmdRev has
+	// been applied before this command (revisions are proposed in log order
+	// and lower ones are refused after higher ones), so the state now is the
+	// state at cmdRev-1, even when the range's last write is older: other
+	// ranges took the revisions in between.
+	startRev  int64
 	compacted int64
 	reader    mvccReader
 	writer    mvccWriter
@@ -52,7 +61,7 @@ func (a *applier) applyTxn(cmdRev int64, req *pb.TxnRequest) (*pb.TxnResponse, b
 	t := &txnApplier{
 		a:         a,
 		cmdRev:    cmdRev,
-		startRev:  a.state.currentRev,
+		startRev:  cmdRev - 1,
 		compacted: a.state.compactedRev,
 		reader:    mvccReader{r: a.b},
 		writer:    mvccWriter{b: a.b, rev: cmdRev},

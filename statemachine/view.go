@@ -44,6 +44,16 @@ func (v *View) LastCommandRevision() int64 { return v.state.lastCmdRev }
 // Bounds returns the range's bounds as of the view; end nil is unbounded.
 func (v *View) Bounds() (start, end []byte) { return v.bounds.start, v.bounds.end }
 
+// AssumeClosed makes every revision up to closedRev readable in this view,
+// and Revision() report at least closedRev. The caller (the range leader)
+// vouches that no write at or below closedRev can still be applied to this
+// range: it raised its fence to closedRev and every proposal at or below it
+// has been applied or has failed. The range's state is then the state at
+// closedRev even when its own last write is older.
+func (v *View) AssumeClosed(closedRev int64) {
+	v.state.currentRev = max(v.state.currentRev, closedRev)
+}
+
 func (v *View) reader() mvccReader { return mvccReader{r: v.snap} }
 
 func (v *View) checkSpan(key, rangeEnd []byte) error {

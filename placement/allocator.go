@@ -1,0 +1,81 @@
+package placement
+
+import (
+	"context"
+	"sync"
+
+	"github.com/tesserakv/tessera/proto/tesserapb"
+)
+
+// highWaterReserve is how far above the numbers it hands out the leader
+// raises the persisted high-water mark in one proposal, so most batches need
+// no proposal, only a leadership check.
+const highWaterReserve = 100_000
+
+// Allocator hands out revisions on the meta range leader.
+type Allocator struct {
+	meta metaRaft
+
+	mu sync.Mutex
+	// term is the meta term in which next and limit are valid; 0 forces a
+	// reload from the persisted high-water mark. Guarded by mu.
+	term uint64
+	// next is the next revision to hand out; every revision handed out is
+	// below next. Guarded by mu.
+	next int64
+	// limit is the persisted high-water mark: next <= limit always, and no
+	// number at or above limit has been handed out by anyone. Guarded by mu.
+	limit int64
+}
+
+// NewAllocator returns an allocator over this node's meta replica.
+func NewAllocator(meta metaRaft) *Allocator { return &Allocator{meta: meta} }
+
+// Allocate returns the first of count consecutive revisions, all above every
+// revision handed out (by any leader) before the call began. With count 0 it
+// hands out nothing and returns the next revision it would hand out. It fails with a
+// *NotMetaLeaderError on a node that does not lead the meta range.
+func (a *Allocator) Allocate(ctx context.Context, count int64) (int64, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	leader, term, ok := a.meta.Leader()
+	if !ok {
+		return 0, ErrNoMetaLeader
+	}
+	if leader != a.meta.NodeID() {
+		return 0, &NotMetaLeaderError{LeaderNodeID: leader}
+	}
+	if term != a.term {
+		// A new term: the previous leader may have handed out anything below
+		// the persisted mark. A linearizable read sees every entry committed
+		// before it, the previous terms' included.
+		out, err := a.meta.Read(ctx, true, func(st *tesserapb.MetaState) (any, error) { return st.HighWater, nil })
+		if err != nil {
+			return 0, err
+		}
+		hw := out.(int64)
+		a.term, a.next, a.limit = term, hw, hw
+	}
+	first := a.next
+	if first+count > a.limit {
+		limit := first + count + highWaterReserve
+		cmd := &tesserapb.MetaCommand{Op: &tesserapb.MetaCommand_SetHighWater{SetHighWater: &tesserapb.SetHighWaterCommand{Revision: limit}}}
+		if err := a.meta.Propose(ctx, cmd); err != nil {
+			// The mark may or may not have moved; reload it next time.
+			a.term = 0
+			return 0, err
+		}
+		a.limit = limit
+	}
+	// Confirm leadership after choosing the batch and before handing it out.
+	if _, err := a.meta.Read(ctx, true, func(*tesserapb.MetaState) (any, error) { return nil, nil }); err != nil {
+		a.term = 0
+		return 0, err
+	}
+	if _, now, _ := a.meta.Leader(); now != term {
+		a.term = 0
+		return 0, ErrNoMetaLeader
+	}
+	a.next = first + count
+	return first, nil
+}

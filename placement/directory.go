@@ -1,0 +1,106 @@
+package placement
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/tesserakv/tessera/proto/tesserapb"
+)
+
+// registryWait bounds how long Conn waits for a just-started node to register
+// its address.
+const registryWait = 2 * time.Second
+
+// Directory finds other nodes through the node registry of the meta range
+// and keeps one client connection per node.
+type Directory struct {
+	meta metaRaft
+
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn // by target address; guarded by mu
+}
+
+// NewDirectory returns a directory over this node's meta replica.
+func NewDirectory(meta metaRaft) *Directory {
+	return &Directory{meta: meta, conns: map[string]*grpc.ClientConn{}}
+}
+
+// Register records this node's addresses in the meta range, retrying until
+// it lands or ctx ends.
+func (d *Directory) Register(ctx context.Context, node *tesserapb.NodeInfo) error {
+	cmd := &tesserapb.MetaCommand{Op: &tesserapb.MetaCommand_RegisterNode{RegisterNode: &tesserapb.RegisterNodeCommand{Node: node}}}
+	return withRetries(ctx, func() error { return d.meta.Propose(ctx, cmd) })
+}
+
+// Nodes returns the registered nodes as this replica knows them.
+func (d *Directory) Nodes(ctx context.Context) ([]*tesserapb.NodeInfo, error) {
+	st, err := State(ctx, d.meta, false)
+	if err != nil {
+		return nil, err
+	}
+	return st.Nodes, nil
+}
+
+// Conn returns a client connection to a node, waiting briefly for a node
+// that has just started to register.
+func (d *Directory) Conn(ctx context.Context, nodeID uint64) (*grpc.ClientConn, error) {
+	deadline := time.Now().Add(registryWait)
+	var target string
+	for {
+		nodes, err := d.Nodes(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range nodes {
+			if n.NodeId == nodeID && len(n.ClientUrls) > 0 {
+				target = HostPort(n.ClientUrls[0])
+			}
+		}
+		if target != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("%w: node %d", ErrUnknownNode, nodeID)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if cc, ok := d.conns[target]; ok {
+		return cc, nil
+	}
+	cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	d.conns[target] = cc
+	return cc, nil
+}
+
+// Close closes every connection.
+func (d *Directory) Close() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for target, cc := range d.conns {
+		_ = cc.Close()
+		delete(d.conns, target)
+	}
+}
+
+// HostPort strips the scheme of a URL ("http://127.0.0.1:2379").
+func HostPort(url string) string {
+	if i := strings.Index(url, "://"); i >= 0 {
+		url = url[i+3:]
+	}
+	return strings.TrimSuffix(url, "/")
+}

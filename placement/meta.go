@@ -1,0 +1,119 @@
+package placement
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/lni/dragonboat/v4"
+	"github.com/lni/dragonboat/v4/client"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tesserakv/tessera/proto/tesserapb"
+)
+
+// MetaRangeID is the Raft shard ID of the meta range.
+const MetaRangeID = 1
+
+// metaRaft is what the allocator and the directory need of the meta range
+// replica on this node.
+type metaRaft interface {
+	NodeID() uint64
+	Leader() (leaderNodeID, term uint64, ok bool)
+	Propose(ctx context.Context, cmd *tesserapb.MetaCommand) error
+	// Read runs fn on the state; linearizable reads first confirm through
+	// ReadIndex that this replica has applied everything committed before.
+	Read(ctx context.Context, linearizable bool, fn func(*tesserapb.MetaState) (any, error)) (any, error)
+}
+
+// MetaReplica drives this node's replica of the meta range. A node's ID is
+// its replica ID in every Raft group.
+type MetaReplica struct {
+	nh      *dragonboat.NodeHost
+	nodeID  uint64
+	session *client.Session
+}
+
+// NewMetaReplica returns a driver for the meta replica already started on nh.
+func NewMetaReplica(nh *dragonboat.NodeHost, nodeID uint64) *MetaReplica {
+	return &MetaReplica{nh: nh, nodeID: nodeID, session: nh.GetNoOPSession(MetaRangeID)}
+}
+
+// NodeID of this node.
+func (m *MetaReplica) NodeID() uint64 { return m.nodeID }
+
+// Leader returns the meta leader's node ID and term as this replica knows them.
+func (m *MetaReplica) Leader() (uint64, uint64, bool) {
+	id, term, valid, err := m.nh.GetLeaderID(MetaRangeID)
+	if err != nil || !valid {
+		return 0, term, false
+	}
+	return id, term, true
+}
+
+// Propose proposes cmd and waits until it is applied.
+func (m *MetaReplica) Propose(ctx context.Context, cmd *tesserapb.MetaCommand) error {
+	data, err := proto.Marshal(cmd)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
+	_, err = m.nh.SyncPropose(ctx, m.session, data)
+	return err
+}
+
+// Read runs fn on the meta state.
+func (m *MetaReplica) Read(ctx context.Context, linearizable bool, fn func(*tesserapb.MetaState) (any, error)) (any, error) {
+	if !linearizable {
+		return m.nh.StaleRead(MetaRangeID, fn)
+	}
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
+	return m.nh.SyncRead(ctx, MetaRangeID, fn)
+}
+
+// withDefaultTimeout gives ctx a deadline when it has none: Dragonboat's
+// Sync* calls require one.
+func withDefaultTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, batchTimeout)
+}
+
+// State returns a copy of the meta state as this replica has applied it.
+func State(ctx context.Context, meta metaRaft, linearizable bool) (*tesserapb.MetaState, error) {
+	out, err := meta.Read(ctx, linearizable, func(st *tesserapb.MetaState) (any, error) {
+		return proto.CloneOf(st), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out.(*tesserapb.MetaState), nil
+}
+
+// retryable reports whether a meta request failed for a reason that a retry
+// after a short pause may cure (an election, a busy replica).
+func retryable(err error) bool {
+	var nl *NotMetaLeaderError
+	return errors.As(err, &nl) || errors.Is(err, ErrNoMetaLeader) ||
+		errors.Is(err, dragonboat.ErrShardNotReady) || errors.Is(err, dragonboat.ErrSystemBusy) ||
+		errors.Is(err, dragonboat.ErrTimeout) || errors.Is(err, dragonboat.ErrAborted)
+}
+
+// withRetries calls fn until it succeeds, fails for good, or ctx ends.
+func withRetries(ctx context.Context, fn func() error) error {
+	var err error
+	for attempt := 0; ; attempt++ {
+		if err = fn(); err == nil || !retryable(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+		case <-time.After(time.Duration(min(attempt+1, 10)) * 20 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,124 @@
+package placement
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+
+	sm "github.com/lni/dragonboat/v4/statemachine"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tesserakv/tessera/proto/tesserapb"
+)
+
+// InitialHighWater is the high-water mark of a new cluster: every revision
+// handed out is below the high-water mark, and a new store's revision is 1
+// (as etcd's), so the first write gets 2.
+const InitialHighWater = 2
+
+// MetaSM is the meta range's state machine. All of its state is in memory and
+// small (descriptors and nodes); Dragonboat snapshots it to disk.
+type MetaSM struct {
+	mu sync.RWMutex
+	// state is guarded by mu. Its ranges are kept sorted by start key and its
+	// nodes by node ID.
+	state *tesserapb.MetaState
+}
+
+var _ sm.IStateMachine = (*MetaSM)(nil)
+
+// NewMetaSM is Dragonboat's CreateStateMachineFunc for the meta range.
+func NewMetaSM(shardID, replicaID uint64) sm.IStateMachine {
+	return &MetaSM{state: &tesserapb.MetaState{HighWater: InitialHighWater}}
+}
+
+// Update applies one meta command. Commands never fail; stale ones (a lower
+// high-water mark, an older descriptor generation) are ignored.
+func (m *MetaSM) Update(e sm.Entry) (sm.Result, error) {
+	cmd := &tesserapb.MetaCommand{}
+	if err := proto.Unmarshal(e.Cmd, cmd); err != nil {
+		return sm.Result{}, fmt.Errorf("placement: decoding meta command at index %d: %w", e.Index, err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	applyMeta(m.state, cmd)
+	return sm.Result{Value: 1}, nil
+}
+
+// applyMeta is the meta range's whole transition function.
+func applyMeta(st *tesserapb.MetaState, cmd *tesserapb.MetaCommand) {
+	switch op := cmd.Op.(type) {
+	case *tesserapb.MetaCommand_SetHighWater:
+		st.HighWater = max(st.HighWater, op.SetHighWater.GetRevision())
+	case *tesserapb.MetaCommand_RegisterNode:
+		n := op.RegisterNode.GetNode()
+		i := sort.Search(len(st.Nodes), func(i int) bool { return st.Nodes[i].NodeId >= n.GetNodeId() })
+		if i < len(st.Nodes) && st.Nodes[i].NodeId == n.GetNodeId() {
+			st.Nodes[i] = n
+			return
+		}
+		st.Nodes = append(st.Nodes, nil)
+		copy(st.Nodes[i+1:], st.Nodes[i:])
+		st.Nodes[i] = n
+	case *tesserapb.MetaCommand_PutRange:
+		d := op.PutRange.GetRange()
+		for i, cur := range st.Ranges {
+			if cur.RangeId == d.GetRangeId() {
+				if cur.Generation >= d.GetGeneration() {
+					return
+				}
+				st.Ranges = append(st.Ranges[:i], st.Ranges[i+1:]...)
+				break
+			}
+		}
+		i := sort.Search(len(st.Ranges), func(i int) bool { return bytes.Compare(st.Ranges[i].StartKey, d.GetStartKey()) >= 0 })
+		st.Ranges = append(st.Ranges, nil)
+		copy(st.Ranges[i+1:], st.Ranges[i:])
+		st.Ranges[i] = d
+	}
+}
+
+// Lookup runs q, a func(*tesserapb.MetaState) (any, error), on the state. q
+// must not keep or modify what it is given.
+func (m *MetaSM) Lookup(q any) (any, error) {
+	fn, ok := q.(func(*tesserapb.MetaState) (any, error))
+	if !ok {
+		return nil, fmt.Errorf("placement: meta Lookup wants a func(*tesserapb.MetaState) (any, error), got %T", q)
+	}
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return fn(m.state)
+}
+
+// SaveSnapshot writes the whole state.
+func (m *MetaSM) SaveSnapshot(w io.Writer, _ sm.ISnapshotFileCollection, _ <-chan struct{}) error {
+	m.mu.RLock()
+	data, err := proto.Marshal(m.state)
+	m.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(data)
+	return err
+}
+
+// RecoverFromSnapshot replaces the state with a saved one.
+func (m *MetaSM) RecoverFromSnapshot(r io.Reader, _ []sm.SnapshotFile, _ <-chan struct{}) error {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	st := &tesserapb.MetaState{}
+	if err := proto.Unmarshal(data, st); err != nil {
+		return fmt.Errorf("placement: decoding meta snapshot: %w", err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.state = st
+	return nil
+}
+
+// Close releases nothing; the state is in memory.
+func (m *MetaSM) Close() error { return nil }

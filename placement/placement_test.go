@@ -1,0 +1,217 @@
+package placement
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"sync"
+	"testing"
+
+	sm "github.com/lni/dragonboat/v4/statemachine"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tesserakv/tessera/proto/tesserapb"
+)
+
+// fakeMeta is an in-memory meta range replica whose leadership the test
+// controls; it is for testing the allocator's rules, not Raft.
+type fakeMeta struct {
+	mu       sync.Mutex
+	nodeID   uint64
+	leader   uint64
+	term     uint64
+	state    *tesserapb.MetaState
+	failRead bool
+	// onConfirm runs at each linearizable read (the leadership check).
+	onConfirm func()
+}
+
+func (f *fakeMeta) NodeID() uint64 { return f.nodeID }
+func (f *fakeMeta) Leader() (uint64, uint64, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.leader, f.term, f.leader != 0
+}
+func (f *fakeMeta) Propose(_ context.Context, cmd *tesserapb.MetaCommand) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	applyMeta(f.state, cmd)
+	return nil
+}
+func (f *fakeMeta) Read(_ context.Context, linearizable bool, fn func(*tesserapb.MetaState) (any, error)) (any, error) {
+	if linearizable && f.onConfirm != nil {
+		f.onConfirm()
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if linearizable && f.failRead {
+		return nil, errors.New("read index failed")
+	}
+	return fn(f.state)
+}
+
+func newFake(nodeID uint64) *fakeMeta {
+	return &fakeMeta{nodeID: nodeID, leader: nodeID, term: 1, state: &tesserapb.MetaState{HighWater: InitialHighWater}}
+}
+
+func TestAllocatorIncreasingAndPersisted(t *testing.T) {
+	ctx := context.Background()
+	f := newFake(1)
+	a := NewAllocator(f)
+	first, err := a.Allocate(ctx, 3)
+	if err != nil || first != InitialHighWater {
+		t.Fatalf("first allocation = %d, %v; want %d", first, err, InitialHighWater)
+	}
+	second, err := a.Allocate(ctx, 1)
+	if err != nil || second != first+3 {
+		t.Fatalf("second allocation = %d, %v; want %d", second, err, first+3)
+	}
+	if f.state.HighWater <= second {
+		t.Fatalf("high-water %d not above handed-out %d", f.state.HighWater, second)
+	}
+}
+
+func TestAllocatorNewLeaderStartsAboveEverything(t *testing.T) {
+	ctx := context.Background()
+	f1 := newFake(1)
+	a1 := NewAllocator(f1)
+	last, _ := a1.Allocate(ctx, 10)
+	last += 9
+	// Node 2 takes over with the same replicated state in a later term.
+	f2 := &fakeMeta{nodeID: 2, leader: 2, term: 2, state: proto.CloneOf(f1.state)}
+	a2 := NewAllocator(f2)
+	got, err := a2.Allocate(ctx, 1)
+	if err != nil || got <= last {
+		t.Fatalf("new leader's first revision = %d, %v; want above %d", got, err, last)
+	}
+	// The old leader, deposed, hands out nothing.
+	f1.mu.Lock()
+	f1.leader, f1.term = 2, 2
+	f1.mu.Unlock()
+	var nl *NotMetaLeaderError
+	if _, err := a1.Allocate(ctx, 1); !errors.As(err, &nl) || nl.LeaderNodeID != 2 {
+		t.Fatalf("deposed leader allocated: %v", err)
+	}
+}
+
+func TestAllocatorDeposedDuringConfirmation(t *testing.T) {
+	ctx := context.Background()
+	f := newFake(1)
+	a := NewAllocator(f)
+	if _, err := a.Allocate(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	// Leadership moves while the batch is being confirmed: nothing is handed out.
+	f.onConfirm = func() {
+		f.mu.Lock()
+		f.term = 5
+		f.mu.Unlock()
+	}
+	if _, err := a.Allocate(ctx, 1); err == nil {
+		t.Fatal("allocated across a term change")
+	}
+	f.onConfirm = nil
+	f.failRead = true
+	if _, err := a.Allocate(ctx, 1); err == nil {
+		t.Fatal("allocated without confirming leadership")
+	}
+}
+
+func TestBatcherCombinesWaitingCallers(t *testing.T) {
+	var (
+		mu      sync.Mutex
+		next    int64 = 100
+		fetches int
+	)
+	release := make(chan struct{})
+	b := newRevisionBatcher(func(_ context.Context, n int64) (int64, error) {
+		<-release
+		mu.Lock()
+		defer mu.Unlock()
+		fetches++
+		first := next
+		next += n
+		return first, nil
+	})
+	defer b.stop()
+	const callers = 50
+	got := make(chan int64, callers)
+	var wg sync.WaitGroup
+	for range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := b.get(context.Background(), 1)
+			if err != nil {
+				t.Error(err)
+			}
+			got <- r
+		}()
+	}
+	// Let the first fetch start, then release all fetches.
+	close(release)
+	wg.Wait()
+	close(got)
+	seen := map[int64]bool{}
+	for r := range got {
+		if r < 100 || r >= 100+callers || seen[r] {
+			t.Fatalf("revision %d duplicated or out of [100, %d)", r, 100+callers)
+		}
+		seen[r] = true
+	}
+	if fetches > callers {
+		t.Fatalf("%d fetches for %d callers", fetches, callers)
+	}
+}
+
+func TestMetaSMApplyAndSnapshot(t *testing.T) {
+	m := NewMetaSM(MetaRangeID, 1).(*MetaSM)
+	apply := func(cmd *tesserapb.MetaCommand) {
+		t.Helper()
+		data, _ := proto.Marshal(cmd)
+		if _, err := m.Update(sm.Entry{Index: 1, Cmd: data}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hw := func(r int64) *tesserapb.MetaCommand {
+		return &tesserapb.MetaCommand{Op: &tesserapb.MetaCommand_SetHighWater{SetHighWater: &tesserapb.SetHighWaterCommand{Revision: r}}}
+	}
+	put := func(id uint64, start string, gen uint64) *tesserapb.MetaCommand {
+		return &tesserapb.MetaCommand{Op: &tesserapb.MetaCommand_PutRange{PutRange: &tesserapb.PutRangeCommand{Range: &tesserapb.RangeDescriptor{RangeId: id, StartKey: []byte(start), Generation: gen}}}}
+	}
+	apply(hw(50))
+	apply(hw(40)) // lower: ignored
+	apply(put(2, "", 1))
+	apply(put(3, "m", 1))
+	apply(put(2, "zzz", 1)) // same generation: ignored
+	apply(&tesserapb.MetaCommand{Op: &tesserapb.MetaCommand_RegisterNode{RegisterNode: &tesserapb.RegisterNodeCommand{Node: &tesserapb.NodeInfo{NodeId: 2, Name: "b"}}}})
+	apply(&tesserapb.MetaCommand{Op: &tesserapb.MetaCommand_RegisterNode{RegisterNode: &tesserapb.RegisterNodeCommand{Node: &tesserapb.NodeInfo{NodeId: 1, Name: "a"}}}})
+	if m.state.HighWater != 50 || len(m.state.Ranges) != 2 || string(m.state.Ranges[1].StartKey) != "m" || m.state.Nodes[0].Name != "a" {
+		t.Fatalf("state = %v", m.state)
+	}
+	var buf bytes.Buffer
+	if err := m.SaveSnapshot(&buf, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	m2 := NewMetaSM(MetaRangeID, 2).(*MetaSM)
+	if err := m2.RecoverFromSnapshot(&buf, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(m.state, m2.state) {
+		t.Fatalf("recovered %v, want %v", m2.state, m.state)
+	}
+}
+
+func TestAllocatorCurrentTakesNothing(t *testing.T) {
+	ctx := context.Background()
+	a := NewAllocator(newFake(1))
+	first, _ := a.Allocate(ctx, 5)
+	peek, err := a.Allocate(ctx, 0)
+	if err != nil || peek != first+5 {
+		t.Fatalf("Allocate(0) = %d, %v; want %d", peek, err, first+5)
+	}
+	again, _ := a.Allocate(ctx, 1)
+	if again != peek {
+		t.Fatalf("a peek consumed a revision: next allocation %d, want %d", again, peek)
+	}
+}

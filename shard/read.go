@@ -1,0 +1,84 @@
+package shard
+
+import (
+	"context"
+	"errors"
+
+	"github.com/tesserakv/tessera/statemachine"
+)
+
+// ReadAt is a linearizable read of this range at revision rev, a revision the
+// caller took from the oracle after its request arrived (DESIGN.md
+// "Revisions" 3). On the range leader it raises the fence to rev, waits until
+// every write this leader admitted at or below rev is settled, confirms
+// leadership with a ReadIndex, and runs fn on a view in which rev is readable
+// (View.AssumeClosed). If leadership moved meanwhile, it retries; elsewhere it
+// fails with a *NotLeaderError so the caller can go to the leader.
+func (r *Replica) ReadAt(ctx context.Context, rev int64, fn func(*statemachine.View) (any, error)) (any, error) {
+	var lastErr error
+	for attempt := range maxAttempts {
+		if attempt > 0 {
+			if err := r.sleep(ctx, retryBackoff(attempt)); err != nil {
+				return nil, err
+			}
+		}
+		out, err, retry := r.readAtOnce(ctx, rev, fn)
+		if !retry {
+			return out, err
+		}
+		lastErr = err
+	}
+	return nil, lastErr
+}
+
+func (r *Replica) readAtOnce(ctx context.Context, rev int64, fn func(*statemachine.View) (any, error)) (out any, err error, retry bool) {
+	if err := r.leaderReady(ctx); err != nil {
+		var nl *NotLeaderError
+		if errors.As(err, &nl) && nl.LeaderReplicaID == 0 {
+			return nil, ErrNoLeader, true
+		}
+		return nil, err, false
+	}
+	_, term, _ := r.Leader()
+	if err := r.waitSettled(ctx, r.fence.raise(rev)); err != nil {
+		return nil, err, false
+	}
+	out, err, retry = r.readOnce(ctx, func(v *statemachine.View) (any, error) {
+		v.AssumeClosed(rev)
+		return fn(v)
+	})
+	if err != nil {
+		return nil, err, retry
+	}
+	// The ReadIndex must have been confirmed by this replica as leader in the
+	// term the fence was raised in; otherwise another leader may have taken
+	// writes at or below rev.
+	if leader, now, ok := r.Leader(); !ok || leader != r.cfg.ReplicaID || now != term {
+		return nil, ErrNoLeader, true
+	}
+	return out, nil, false
+}
+
+// Fence raises this leader's fence to rev without reading: from then on every
+// write to the range takes a revision above rev. A compaction at rev does this
+// before it is proposed.
+func (r *Replica) Fence(ctx context.Context, rev int64) error {
+	if err := r.leaderReady(ctx); err != nil {
+		return err
+	}
+	r.fence.raise(rev)
+	return nil
+}
+
+func (r *Replica) waitSettled(ctx context.Context, waits []<-chan struct{}) error {
+	for _, w := range waits {
+		select {
+		case <-w:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-r.stopc:
+			return ErrStopped
+		}
+	}
+	return nil
+}
