@@ -31,8 +31,8 @@ import (
 
 // txnApplier applies one Txn command.
 type txnApplier struct {
-	a         *applier
-	cmdRev    int64
+	a      *applier
+	cmdRev int64
 	// startRev is the revision the command's reads and compares see before it
 	// writes anything: cmdRev-1. Every write to this range below cmdRev has
 	// been applied before this command (revisions are proposed in log order
