@@ -42,6 +42,7 @@ type Command struct {
 	//	*Command_LeaseRevoke
 	//	*Command_Barrier
 	//	*Command_MemberAttrs
+	//	*Command_Split
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -145,6 +146,15 @@ func (x *Command) GetMemberAttrs() *MemberAttrsCommand {
 	return nil
 }
 
+func (x *Command) GetSplit() *SplitCommand {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Split); ok {
+			return x.Split
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -173,6 +183,10 @@ type Command_MemberAttrs struct {
 	MemberAttrs *MemberAttrsCommand `protobuf:"bytes,7,opt,name=member_attrs,json=memberAttrs,proto3,oneof"`
 }
 
+type Command_Split struct {
+	Split *SplitCommand `protobuf:"bytes,8,opt,name=split,proto3,oneof"`
+}
+
 func (*Command_Txn) isCommand_Op() {}
 
 func (*Command_Compact) isCommand_Op() {}
@@ -184,6 +198,63 @@ func (*Command_LeaseRevoke) isCommand_Op() {}
 func (*Command_Barrier) isCommand_Op() {}
 
 func (*Command_MemberAttrs) isCommand_Op() {}
+
+func (*Command_Split) isCommand_Op() {}
+
+// SplitCommand splits the range at split_key: the range keeps
+// [start, split_key) and a new range new_range_id gets [split_key, end), with
+// the same replicas. No data moves: data keys are not prefixed by range.
+type SplitCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SplitKey      []byte                 `protobuf:"bytes,1,opt,name=split_key,json=splitKey,proto3" json:"split_key,omitempty"`
+	NewRangeId    uint64                 `protobuf:"varint,2,opt,name=new_range_id,json=newRangeId,proto3" json:"new_range_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SplitCommand) Reset() {
+	*x = SplitCommand{}
+	mi := &file_tesserapb_tessera_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SplitCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SplitCommand) ProtoMessage() {}
+
+func (x *SplitCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_tessera_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SplitCommand.ProtoReflect.Descriptor instead.
+func (*SplitCommand) Descriptor() ([]byte, []int) {
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SplitCommand) GetSplitKey() []byte {
+	if x != nil {
+		return x.SplitKey
+	}
+	return nil
+}
+
+func (x *SplitCommand) GetNewRangeId() uint64 {
+	if x != nil {
+		return x.NewRangeId
+	}
+	return 0
+}
 
 // TxnCommand carries every key write: a Put or DeleteRange is proposed as a Txn
 // with no compares and one operation.
@@ -197,7 +268,7 @@ type TxnCommand struct {
 
 func (x *TxnCommand) Reset() {
 	*x = TxnCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[1]
+	mi := &file_tesserapb_tessera_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -209,7 +280,7 @@ func (x *TxnCommand) String() string {
 func (*TxnCommand) ProtoMessage() {}
 
 func (x *TxnCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[1]
+	mi := &file_tesserapb_tessera_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -222,7 +293,7 @@ func (x *TxnCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnCommand.ProtoReflect.Descriptor instead.
 func (*TxnCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{1}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *TxnCommand) GetRequest() []byte {
@@ -241,7 +312,7 @@ type CompactCommand struct {
 
 func (x *CompactCommand) Reset() {
 	*x = CompactCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[2]
+	mi := &file_tesserapb_tessera_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -253,7 +324,7 @@ func (x *CompactCommand) String() string {
 func (*CompactCommand) ProtoMessage() {}
 
 func (x *CompactCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[2]
+	mi := &file_tesserapb_tessera_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -266,7 +337,7 @@ func (x *CompactCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactCommand.ProtoReflect.Descriptor instead.
 func (*CompactCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{2}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CompactCommand) GetRevision() int64 {
@@ -286,7 +357,7 @@ type LeaseGrantCommand struct {
 
 func (x *LeaseGrantCommand) Reset() {
 	*x = LeaseGrantCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[3]
+	mi := &file_tesserapb_tessera_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -298,7 +369,7 @@ func (x *LeaseGrantCommand) String() string {
 func (*LeaseGrantCommand) ProtoMessage() {}
 
 func (x *LeaseGrantCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[3]
+	mi := &file_tesserapb_tessera_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -311,7 +382,7 @@ func (x *LeaseGrantCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseGrantCommand.ProtoReflect.Descriptor instead.
 func (*LeaseGrantCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{3}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *LeaseGrantCommand) GetId() int64 {
@@ -337,7 +408,7 @@ type LeaseRevokeCommand struct {
 
 func (x *LeaseRevokeCommand) Reset() {
 	*x = LeaseRevokeCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[4]
+	mi := &file_tesserapb_tessera_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -349,7 +420,7 @@ func (x *LeaseRevokeCommand) String() string {
 func (*LeaseRevokeCommand) ProtoMessage() {}
 
 func (x *LeaseRevokeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[4]
+	mi := &file_tesserapb_tessera_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -362,7 +433,7 @@ func (x *LeaseRevokeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeCommand.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{4}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *LeaseRevokeCommand) GetId() int64 {
@@ -382,7 +453,7 @@ type BarrierCommand struct {
 
 func (x *BarrierCommand) Reset() {
 	*x = BarrierCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[5]
+	mi := &file_tesserapb_tessera_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -394,7 +465,7 @@ func (x *BarrierCommand) String() string {
 func (*BarrierCommand) ProtoMessage() {}
 
 func (x *BarrierCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[5]
+	mi := &file_tesserapb_tessera_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -407,7 +478,7 @@ func (x *BarrierCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BarrierCommand.ProtoReflect.Descriptor instead.
 func (*BarrierCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{5}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{6}
 }
 
 // MemberAttrsCommand records how clients and peers reach one replica's node.
@@ -420,7 +491,7 @@ type MemberAttrsCommand struct {
 
 func (x *MemberAttrsCommand) Reset() {
 	*x = MemberAttrsCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[6]
+	mi := &file_tesserapb_tessera_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -432,7 +503,7 @@ func (x *MemberAttrsCommand) String() string {
 func (*MemberAttrsCommand) ProtoMessage() {}
 
 func (x *MemberAttrsCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[6]
+	mi := &file_tesserapb_tessera_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -445,7 +516,7 @@ func (x *MemberAttrsCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberAttrsCommand.ProtoReflect.Descriptor instead.
 func (*MemberAttrsCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{6}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *MemberAttrsCommand) GetAttrs() *MemberAttrs {
@@ -467,7 +538,7 @@ type MemberAttrs struct {
 
 func (x *MemberAttrs) Reset() {
 	*x = MemberAttrs{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[7]
+	mi := &file_tesserapb_tessera_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -479,7 +550,7 @@ func (x *MemberAttrs) String() string {
 func (*MemberAttrs) ProtoMessage() {}
 
 func (x *MemberAttrs) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[7]
+	mi := &file_tesserapb_tessera_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -492,7 +563,7 @@ func (x *MemberAttrs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberAttrs.ProtoReflect.Descriptor instead.
 func (*MemberAttrs) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{7}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *MemberAttrs) GetReplicaId() uint64 {
@@ -538,7 +609,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[8]
+	mi := &file_tesserapb_tessera_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -550,7 +621,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[8]
+	mi := &file_tesserapb_tessera_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -563,7 +634,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{8}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Result) GetCode() int32 {
@@ -598,7 +669,7 @@ type LeaseRecord struct {
 
 func (x *LeaseRecord) Reset() {
 	*x = LeaseRecord{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[9]
+	mi := &file_tesserapb_tessera_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -610,7 +681,7 @@ func (x *LeaseRecord) String() string {
 func (*LeaseRecord) ProtoMessage() {}
 
 func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[9]
+	mi := &file_tesserapb_tessera_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -623,7 +694,7 @@ func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRecord.ProtoReflect.Descriptor instead.
 func (*LeaseRecord) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{9}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LeaseRecord) GetId() int64 {
@@ -644,7 +715,7 @@ var File_tesserapb_tessera_proto protoreflect.FileDescriptor
 
 const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\n" +
-	"\x17tesserapb/tessera.proto\x12\ttesserapb\"\x8d\x03\n" +
+	"\x17tesserapb/tessera.proto\x12\ttesserapb\"\xbe\x03\n" +
 	"\aCommand\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12)\n" +
 	"\x03txn\x18\x02 \x01(\v2\x15.tesserapb.TxnCommandH\x00R\x03txn\x125\n" +
@@ -653,8 +724,13 @@ const file_tesserapb_tessera_proto_rawDesc = "" +
 	"leaseGrant\x12B\n" +
 	"\flease_revoke\x18\x05 \x01(\v2\x1d.tesserapb.LeaseRevokeCommandH\x00R\vleaseRevoke\x125\n" +
 	"\abarrier\x18\x06 \x01(\v2\x19.tesserapb.BarrierCommandH\x00R\abarrier\x12B\n" +
-	"\fmember_attrs\x18\a \x01(\v2\x1d.tesserapb.MemberAttrsCommandH\x00R\vmemberAttrsB\x04\n" +
-	"\x02op\"&\n" +
+	"\fmember_attrs\x18\a \x01(\v2\x1d.tesserapb.MemberAttrsCommandH\x00R\vmemberAttrs\x12/\n" +
+	"\x05split\x18\b \x01(\v2\x17.tesserapb.SplitCommandH\x00R\x05splitB\x04\n" +
+	"\x02op\"M\n" +
+	"\fSplitCommand\x12\x1b\n" +
+	"\tsplit_key\x18\x01 \x01(\fR\bsplitKey\x12 \n" +
+	"\fnew_range_id\x18\x02 \x01(\x04R\n" +
+	"newRangeId\"&\n" +
 	"\n" +
 	"TxnCommand\x12\x18\n" +
 	"\arequest\x18\x01 \x01(\fR\arequest\",\n" +
@@ -697,32 +773,34 @@ func file_tesserapb_tessera_proto_rawDescGZIP() []byte {
 	return file_tesserapb_tessera_proto_rawDescData
 }
 
-var file_tesserapb_tessera_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_tesserapb_tessera_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_tesserapb_tessera_proto_goTypes = []any{
 	(*Command)(nil),            // 0: tesserapb.Command
-	(*TxnCommand)(nil),         // 1: tesserapb.TxnCommand
-	(*CompactCommand)(nil),     // 2: tesserapb.CompactCommand
-	(*LeaseGrantCommand)(nil),  // 3: tesserapb.LeaseGrantCommand
-	(*LeaseRevokeCommand)(nil), // 4: tesserapb.LeaseRevokeCommand
-	(*BarrierCommand)(nil),     // 5: tesserapb.BarrierCommand
-	(*MemberAttrsCommand)(nil), // 6: tesserapb.MemberAttrsCommand
-	(*MemberAttrs)(nil),        // 7: tesserapb.MemberAttrs
-	(*Result)(nil),             // 8: tesserapb.Result
-	(*LeaseRecord)(nil),        // 9: tesserapb.LeaseRecord
+	(*SplitCommand)(nil),       // 1: tesserapb.SplitCommand
+	(*TxnCommand)(nil),         // 2: tesserapb.TxnCommand
+	(*CompactCommand)(nil),     // 3: tesserapb.CompactCommand
+	(*LeaseGrantCommand)(nil),  // 4: tesserapb.LeaseGrantCommand
+	(*LeaseRevokeCommand)(nil), // 5: tesserapb.LeaseRevokeCommand
+	(*BarrierCommand)(nil),     // 6: tesserapb.BarrierCommand
+	(*MemberAttrsCommand)(nil), // 7: tesserapb.MemberAttrsCommand
+	(*MemberAttrs)(nil),        // 8: tesserapb.MemberAttrs
+	(*Result)(nil),             // 9: tesserapb.Result
+	(*LeaseRecord)(nil),        // 10: tesserapb.LeaseRecord
 }
 var file_tesserapb_tessera_proto_depIdxs = []int32{
-	1, // 0: tesserapb.Command.txn:type_name -> tesserapb.TxnCommand
-	2, // 1: tesserapb.Command.compact:type_name -> tesserapb.CompactCommand
-	3, // 2: tesserapb.Command.lease_grant:type_name -> tesserapb.LeaseGrantCommand
-	4, // 3: tesserapb.Command.lease_revoke:type_name -> tesserapb.LeaseRevokeCommand
-	5, // 4: tesserapb.Command.barrier:type_name -> tesserapb.BarrierCommand
-	6, // 5: tesserapb.Command.member_attrs:type_name -> tesserapb.MemberAttrsCommand
-	7, // 6: tesserapb.MemberAttrsCommand.attrs:type_name -> tesserapb.MemberAttrs
-	7, // [7:7] is the sub-list for method output_type
-	7, // [7:7] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	2, // 0: tesserapb.Command.txn:type_name -> tesserapb.TxnCommand
+	3, // 1: tesserapb.Command.compact:type_name -> tesserapb.CompactCommand
+	4, // 2: tesserapb.Command.lease_grant:type_name -> tesserapb.LeaseGrantCommand
+	5, // 3: tesserapb.Command.lease_revoke:type_name -> tesserapb.LeaseRevokeCommand
+	6, // 4: tesserapb.Command.barrier:type_name -> tesserapb.BarrierCommand
+	7, // 5: tesserapb.Command.member_attrs:type_name -> tesserapb.MemberAttrsCommand
+	1, // 6: tesserapb.Command.split:type_name -> tesserapb.SplitCommand
+	8, // 7: tesserapb.MemberAttrsCommand.attrs:type_name -> tesserapb.MemberAttrs
+	8, // [8:8] is the sub-list for method output_type
+	8, // [8:8] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_tesserapb_tessera_proto_init() }
@@ -737,6 +815,7 @@ func file_tesserapb_tessera_proto_init() {
 		(*Command_LeaseRevoke)(nil),
 		(*Command_Barrier)(nil),
 		(*Command_MemberAttrs)(nil),
+		(*Command_Split)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -744,7 +823,7 @@ func file_tesserapb_tessera_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tesserapb_tessera_proto_rawDesc), len(file_tesserapb_tessera_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
