@@ -64,6 +64,23 @@ func (m *MetaReplica) Propose(ctx context.Context, cmd *tesserapb.MetaCommand) e
 	return err
 }
 
+// AllocateRangeID hands out a new range ID through the meta log.
+func (m *MetaReplica) AllocateRangeID(ctx context.Context) (uint64, error) {
+	data, err := proto.Marshal(&tesserapb.MetaCommand{Op: &tesserapb.MetaCommand_AllocateRangeId{AllocateRangeId: &tesserapb.AllocateRangeIdCommand{}}})
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
+	var id uint64
+	err = withRetries(ctx, func() error {
+		res, err := m.nh.SyncPropose(ctx, m.session, data)
+		id = res.Value
+		return err
+	})
+	return id, err
+}
+
 // Read runs fn on the meta state.
 func (m *MetaReplica) Read(ctx context.Context, linearizable bool, fn func(*tesserapb.MetaState) (any, error)) (any, error) {
 	if !linearizable {

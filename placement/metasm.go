@@ -43,13 +43,21 @@ func (m *MetaSM) Update(e sm.Entry) (sm.Result, error) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	applyMeta(m.state, cmd)
-	return sm.Result{Value: 1}, nil
+	return sm.Result{Value: applyMeta(m.state, cmd)}, nil
 }
 
-// applyMeta is the meta range's whole transition function.
-func applyMeta(st *tesserapb.MetaState, cmd *tesserapb.MetaCommand) {
+// FirstAllocatedRangeID is the first range ID handed out for ranges made by
+// splits: 1 is the meta range, 2 the first data range.
+const FirstAllocatedRangeID = 3
+
+// applyMeta is the meta range's whole transition function. It returns the
+// entry's result value: the new range ID for AllocateRangeId, 1 otherwise.
+func applyMeta(st *tesserapb.MetaState, cmd *tesserapb.MetaCommand) uint64 {
 	switch op := cmd.Op.(type) {
+	case *tesserapb.MetaCommand_AllocateRangeId:
+		id := max(st.NextRangeId, FirstAllocatedRangeID)
+		st.NextRangeId = id + 1
+		return id
 	case *tesserapb.MetaCommand_SetHighWater:
 		st.HighWater = max(st.HighWater, op.SetHighWater.GetRevision())
 	case *tesserapb.MetaCommand_RegisterNode:
@@ -57,7 +65,7 @@ func applyMeta(st *tesserapb.MetaState, cmd *tesserapb.MetaCommand) {
 		i := sort.Search(len(st.Nodes), func(i int) bool { return st.Nodes[i].NodeId >= n.GetNodeId() })
 		if i < len(st.Nodes) && st.Nodes[i].NodeId == n.GetNodeId() {
 			st.Nodes[i] = n
-			return
+			return 1
 		}
 		st.Nodes = append(st.Nodes, nil)
 		copy(st.Nodes[i+1:], st.Nodes[i:])
@@ -67,7 +75,7 @@ func applyMeta(st *tesserapb.MetaState, cmd *tesserapb.MetaCommand) {
 		for i, cur := range st.Ranges {
 			if cur.RangeId == d.GetRangeId() {
 				if cur.Generation >= d.GetGeneration() {
-					return
+					return 1
 				}
 				st.Ranges = append(st.Ranges[:i], st.Ranges[i+1:]...)
 				break
@@ -78,6 +86,7 @@ func applyMeta(st *tesserapb.MetaState, cmd *tesserapb.MetaCommand) {
 		copy(st.Ranges[i+1:], st.Ranges[i:])
 		st.Ranges[i] = d
 	}
+	return 1
 }
 
 // Lookup runs q, a func(*tesserapb.MetaState) (any, error), on the state. q

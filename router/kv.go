@@ -2,12 +2,13 @@ package router
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
@@ -15,108 +16,336 @@ import (
 	"github.com/tesserakv/tessera/statemachine"
 )
 
-// Range serves etcd's KV.Range. A linearizable read runs on the range leader
-// at a fresh oracle revision R and answers with header revision R; a
-// serializable one reads the local replica, with its own latest revision.
+// Range serves etcd's KV.Range over one or many ranges. A linearizable read
+// takes the oracle's current revision R once, reads every range it touches at
+// R on that range's leader, and answers with header revision R; a
+// serializable one reads the local replicas as they are.
 func (r *Router) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeResponse, error) {
 	if err := checkRange(req); err != nil {
 		return nil, err
 	}
-	out, err := r.read(ctx, req.Serializable, req.Revision, func(v *statemachine.View) (any, error) {
+	resp, err := r.rangeAll(ctx, req)
+	if err != nil {
+		return nil, ToGRPC(err)
+	}
+	return resp, nil
+}
+
+// readRevision is the revision a linearizable read (or a compaction) works
+// at: the oracle's current revision, at or above every write acknowledged
+// before the request arrived; reads take no revision of their own, so as in
+// etcd they do not move it. A requested revision above it is in the future.
+func (r *Router) readRevision(ctx context.Context, requested int64) (int64, error) {
+	rev, err := r.oracle.Current(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if requested > rev {
+		return 0, statemachine.ErrFutureRev
+	}
+	return rev, nil
+}
+
+// rangeAll runs a Range over every range it touches and merges the answers
+// as one store would give them.
+func (r *Router) rangeAll(ctx context.Context, req *pb.RangeRequest) (*pb.RangeResponse, error) {
+	var headerRev int64
+	sub := proto.CloneOf(req)
+	if !req.Serializable {
+		rev, err := r.readRevision(ctx, req.Revision)
+		if err != nil {
+			return nil, err
+		}
+		headerRev = rev
+		if sub.Revision == 0 {
+			sub.Revision = rev
+		}
+	}
+	for attempt := 0; ; attempt++ {
+		spans, err := r.spansOf(req.Key, req.RangeEnd)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := r.mergeSpans(ctx, sub, spans, headerRev)
+		if errors.Is(err, statemachine.ErrWrongRange) && attempt < maxRouteAttempts {
+			r.ranges.Refresh()
+			continue
+		}
+		return resp, err
+	}
+}
+
+// ordered reports whether a Range's result is in key order (ascending or
+// descending), so ranges can be read one after another with the limit.
+func ordered(req *pb.RangeRequest) (ok, descending bool) {
+	if req.SortTarget != pb.RangeRequest_KEY {
+		return req.SortOrder == pb.RangeRequest_NONE, false
+	}
+	return true, req.SortOrder == pb.RangeRequest_DESCEND
+}
+
+func (r *Router) mergeSpans(ctx context.Context, req *pb.RangeRequest, spans []span, headerRev int64) (*pb.RangeResponse, error) {
+	out := &pb.RangeResponse{}
+	inKeyOrder, descending := ordered(req)
+	if descending {
+		spans = slices.Clone(spans)
+		slices.Reverse(spans)
+	}
+	var localRev int64
+	for _, sp := range spans {
+		sub := proto.CloneOf(req)
+		sub.Key, sub.RangeEnd = sp.key, sp.end
+		filled := req.Limit > 0 && int64(len(out.Kvs)) >= req.Limit
+		switch {
+		case !inKeyOrder:
+			sub.Limit = 0 // sorted below, over all ranges
+		case filled:
+			sub.Limit = 1 // only to learn the count, and whether more match
+		case req.Limit > 0:
+			sub.Limit = req.Limit - int64(len(out.Kvs))
+		}
+		resp, rev, err := r.readSpan(ctx, sp.rng, sub)
+		if err != nil {
+			return nil, err
+		}
+		localRev = max(localRev, rev)
+		out.Count += resp.Count
+		if filled {
+			out.More = out.More || len(resp.Kvs) > 0
+			continue
+		}
+		out.Kvs = append(out.Kvs, resp.Kvs...)
+		out.More = out.More || resp.More
+	}
+	if !inKeyOrder && len(spans) > 1 {
+		sortKVs(out.Kvs, req.SortTarget, req.SortOrder)
+		if req.Limit > 0 && int64(len(out.Kvs)) > req.Limit {
+			out.Kvs, out.More = out.Kvs[:req.Limit], true
+		}
+	}
+	if req.CountOnly {
+		out.Kvs, out.More = nil, false
+	}
+	if headerRev == 0 {
+		headerRev = localRev
+	}
+	var first Range
+	if len(spans) > 0 {
+		first = spans[0].rng
+	}
+	out.Header = r.header(first, headerRev)
+	return out, nil
+}
+
+// sortKVs sorts a merged result as etcd sorts one store's (stable over key order).
+func sortKVs(kvs []*mvccpb.KeyValue, target pb.RangeRequest_SortTarget, order pb.RangeRequest_SortOrder) {
+	cmp := func(a, b *mvccpb.KeyValue) int {
+		switch target {
+		case pb.RangeRequest_VERSION:
+			return compareInt(a.Version, b.Version)
+		case pb.RangeRequest_CREATE:
+			return compareInt(a.CreateRevision, b.CreateRevision)
+		case pb.RangeRequest_MOD:
+			return compareInt(a.ModRevision, b.ModRevision)
+		case pb.RangeRequest_VALUE:
+			return compareBytes(a.Value, b.Value)
+		default:
+			return compareBytes(a.Key, b.Key)
+		}
+	}
+	if order == pb.RangeRequest_DESCEND {
+		slices.SortStableFunc(kvs, func(a, b *mvccpb.KeyValue) int { return cmp(b, a) })
+		return
+	}
+	slices.SortStableFunc(kvs, cmp)
+}
+
+func compareInt(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func compareBytes(a, b []byte) int { return slices.Compare(a, b) }
+
+// readSpan reads one range's part of a Range: locally as it is for a
+// serializable read, otherwise at req.Revision on the range's leader (here, or
+// through KV.Range on the leader's node). It returns the revision the answer
+// is good for.
+func (r *Router) readSpan(ctx context.Context, rng Range, req *pb.RangeRequest) (*pb.RangeResponse, int64, error) {
+	fn := func(v *statemachine.View) (any, error) {
 		resp, err := v.Range(req)
 		if err != nil {
 			return nil, err
 		}
-		resp.Header = r.header(v.Revision())
-		return resp, nil
-	})
-	if err != nil {
-		if fresp, ferr, ok := forward(r, ctx, err, func(ctx context.Context, cc *grpc.ClientConn) (*pb.RangeResponse, error) {
-			return pb.NewKVClient(cc).Range(ctx, req)
-		}); ok {
-			return fresp, ferr
-		}
-		return nil, ToGRPC(err)
+		return [2]any{resp, v.Revision()}, nil
 	}
-	return out.(*pb.RangeResponse), nil
+	var out any
+	var err error
+	if req.Serializable {
+		out, err = rng.Read(ctx, false, fn)
+	} else {
+		out, err = rng.ReadAt(ctx, req.Revision, fn)
+	}
+	if err == nil {
+		pair := out.([2]any)
+		return pair[0].(*pb.RangeResponse), pair[1].(int64), nil
+	}
+	resp, ferr, ok := forward(r, ctx, err, func(ctx context.Context, cc *grpc.ClientConn) (*pb.RangeResponse, error) {
+		return pb.NewKVClient(cc).Range(ctx, req)
+	})
+	if !ok {
+		return nil, 0, err
+	}
+	if ferr != nil {
+		return nil, 0, ferr
+	}
+	return resp, req.Revision, nil
 }
 
 // rangeStreamChunkKVs is how many key-values one RangeStream message carries
 // at most.
 const rangeStreamChunkKVs = 256
 
-// RangeStream serves etcd 3.7's streaming Range: the result in chunks, with
-// header, count and more on the last one; all chunks read one view, at one
-// revision.
+// RangeStream serves etcd 3.7's streaming Range: the keys range by range, in
+// chunks, all at one revision, then a last message with header, count and
+// more. It never holds more than a chunk in memory.
 func (r *Router) RangeStream(req *pb.RangeRequest, stream pb.KV_RangeStreamServer) error {
 	if err := checkRangeStream(req); err != nil {
 		return err
 	}
 	ctx := stream.Context()
-	sent := false
-	_, err := r.read(ctx, req.Serializable, req.Revision, func(v *statemachine.View) (any, error) {
-		// Hold back one chunk so the last one can carry header, count and more.
-		var pending []*mvccpb.KeyValue
-		count, more, err := v.RangeStream(req, rangeStreamChunkKVs, func(kvs []*mvccpb.KeyValue) error {
-			if pending != nil {
-				sent = true
-				if err := stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Kvs: pending}}); err != nil {
-					return err
-				}
-			}
-			pending = kvs
-			return nil
-		})
+	sub := proto.CloneOf(req)
+	var headerRev int64
+	if !req.Serializable {
+		rev, err := r.readRevision(ctx, req.Revision)
 		if err != nil {
-			return nil, err
+			return ToGRPC(err)
 		}
-		sent = true
-		last := &pb.RangeResponse{Header: r.header(v.Revision()), Kvs: pending, Count: count, More: more}
-		return nil, stream.Send(&pb.RangeStreamResponse{RangeResponse: last})
-	})
-	if err != nil && !sent {
-		if _, ferr, ok := forward(r, ctx, err, func(ctx context.Context, cc *grpc.ClientConn) (struct{}, error) {
-			return struct{}{}, relayRangeStream(ctx, cc, req, stream)
-		}); ok {
-			return ferr
+		headerRev = rev
+		if sub.Revision == 0 {
+			sub.Revision = rev
 		}
 	}
-	return ToGRPC(err)
+	spans, err := r.spansOf(req.Key, req.RangeEnd)
+	if err != nil {
+		return ToGRPC(err)
+	}
+	var count, sent int64
+	more := false
+	for _, sp := range spans {
+		part := proto.CloneOf(sub)
+		part.Key, part.RangeEnd = sp.key, sp.end
+		filled := req.Limit > 0 && sent >= req.Limit
+		if filled || req.CountOnly {
+			part.CountOnly = true
+		} else if req.Limit > 0 {
+			part.Limit = req.Limit - sent
+		}
+		n, c, m, rev, err := r.streamSpan(ctx, sp.rng, part, stream)
+		if err != nil {
+			return ToGRPC(err)
+		}
+		sent += n
+		count += c
+		if filled {
+			more = more || c > 0
+		} else {
+			more = more || m
+		}
+		if headerRev == 0 {
+			headerRev = rev
+		}
+	}
+	if req.CountOnly {
+		more = false
+	}
+	var first Range
+	if len(spans) > 0 {
+		first = spans[0].rng
+	}
+	last := &pb.RangeResponse{Header: r.header(first, headerRev), Count: count, More: more}
+	return stream.Send(&pb.RangeStreamResponse{RangeResponse: last})
 }
 
-// relayRangeStream serves a RangeStream from another node's answer.
-func relayRangeStream(ctx context.Context, cc *grpc.ClientConn, req *pb.RangeRequest, stream pb.KV_RangeStreamServer) error {
+// streamSpan streams one range's part of a RangeStream as chunks of kvs
+// (headers, counts and more withheld) and returns how many kvs it sent, the
+// part's count and more, and the revision read.
+func (r *Router) streamSpan(ctx context.Context, rng Range, req *pb.RangeRequest, stream pb.KV_RangeStreamServer) (sent, count int64, more bool, rev int64, err error) {
+	fn := func(v *statemachine.View) (any, error) {
+		rev = v.Revision()
+		if req.CountOnly {
+			resp, err := v.Range(req)
+			if err != nil {
+				return nil, err
+			}
+			count = resp.Count
+			return nil, nil
+		}
+		c, m, err := v.RangeStream(req, rangeStreamChunkKVs, func(kvs []*mvccpb.KeyValue) error {
+			sent += int64(len(kvs))
+			return stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Kvs: kvs}})
+		})
+		count, more = c, m
+		return nil, err
+	}
+	if req.Serializable {
+		_, err = rng.Read(ctx, false, fn)
+	} else {
+		_, err = rng.ReadAt(ctx, req.Revision, fn)
+	}
+	if err == nil || sent > 0 {
+		return sent, count, more, rev, err
+	}
+	_, ferr, ok := forward(r, ctx, err, func(ctx context.Context, cc *grpc.ClientConn) (struct{}, error) {
+		sent, count, more, err = relayRangeStream(ctx, cc, req, stream)
+		return struct{}{}, err
+	})
+	if !ok {
+		return 0, 0, false, 0, err
+	}
+	return sent, count, more, req.Revision, ferr
+}
+
+// relayRangeStream streams another node's answer to a RangeStream, passing
+// the kvs on and keeping the last message's count and more.
+func relayRangeStream(ctx context.Context, cc *grpc.ClientConn, req *pb.RangeRequest, stream pb.KV_RangeStreamServer) (sent, count int64, more bool, err error) {
 	up, err := pb.NewKVClient(cc).RangeStream(ctx, req)
 	if err != nil {
-		return err
+		return 0, 0, false, err
 	}
 	for {
 		msg, err := up.Recv()
 		if err == io.EOF {
-			return nil
+			return sent, count, more, nil
 		}
 		if err != nil {
-			return err
+			return sent, count, more, err
 		}
-		if err := stream.Send(msg); err != nil {
-			return err
+		rr := msg.GetRangeResponse()
+		if rr.GetHeader() != nil {
+			count, more = rr.Count, rr.More
+		}
+		if len(rr.GetKvs()) > 0 {
+			sent += int64(len(rr.Kvs))
+			if err := stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Kvs: rr.Kvs}}); err != nil {
+				return sent, count, more, err
+			}
 		}
 	}
 }
 
-// Put serves KV.Put as a one-operation Txn.
+// Put serves KV.Put as a one-operation Txn on the range holding the key.
 func (r *Router) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, error) {
 	if err := checkPut(req); err != nil {
 		return nil, err
 	}
-	txn := &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: req}}}}
-	resp, err := r.txn(ctx, txn)
+	_, resp, err := r.txnOn(ctx, &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: req}}}})
 	if err != nil {
-		if fresp, ferr, ok := forward(r, ctx, err, func(ctx context.Context, cc *grpc.ClientConn) (*pb.PutResponse, error) {
-			return pb.NewKVClient(cc).Put(ctx, req)
-		}); ok {
-			return fresp, ferr
-		}
 		return nil, ToGRPC(err)
 	}
 	put := resp.Responses[0].GetResponsePut()
@@ -124,19 +353,14 @@ func (r *Router) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, 
 	return put, nil
 }
 
-// DeleteRange serves KV.DeleteRange as a one-operation Txn.
+// DeleteRange serves KV.DeleteRange as a one-operation Txn; a delete spanning
+// ranges is refused (no multi-range atomic writes yet).
 func (r *Router) DeleteRange(ctx context.Context, req *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
 	if err := checkDelete(req); err != nil {
 		return nil, err
 	}
-	txn := &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestDeleteRange{RequestDeleteRange: req}}}}
-	resp, err := r.txn(ctx, txn)
+	_, resp, err := r.txnOn(ctx, &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestDeleteRange{RequestDeleteRange: req}}}})
 	if err != nil {
-		if fresp, ferr, ok := forward(r, ctx, err, func(ctx context.Context, cc *grpc.ClientConn) (*pb.DeleteRangeResponse, error) {
-			return pb.NewKVClient(cc).DeleteRange(ctx, req)
-		}); ok {
-			return fresp, ferr
-		}
 		return nil, ToGRPC(err)
 	}
 	del := resp.Responses[0].GetResponseDeleteRange()
@@ -144,74 +368,47 @@ func (r *Router) DeleteRange(ctx context.Context, req *pb.DeleteRangeRequest) (*
 	return del, nil
 }
 
-// Txn serves KV.Txn.
+// Txn serves KV.Txn on the one range holding all its keys.
 func (r *Router) Txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse, error) {
 	if err := checkTxn(req, r.cfg.MaxTxnOps); err != nil {
 		return nil, err
 	}
-	resp, err := r.txn(ctx, req)
+	_, resp, err := r.txnOn(ctx, req)
 	if err != nil {
-		if fresp, ferr, ok := forward(r, ctx, err, func(ctx context.Context, cc *grpc.ClientConn) (*pb.TxnResponse, error) {
-			return pb.NewKVClient(cc).Txn(ctx, req)
-		}); ok {
-			return fresp, ferr
-		}
 		return nil, ToGRPC(err)
 	}
-	return resp, nil
-}
-
-// txn proposes a checked TxnRequest and returns its response with a full header.
-func (r *Router) txn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse, error) {
-	body, err := proto.Marshal(req)
-	if err != nil {
-		return nil, err
-	}
-	if r.cfg.MaxRequestBytes > 0 && len(body) > r.cfg.MaxRequestBytes {
-		return nil, rpctypes.ErrGRPCRequestTooLarge
-	}
-	if r.noSpace() && hasPut(req.Success, req.Failure) {
-		return nil, rpctypes.ErrGRPCNoSpace
-	}
-	cmd := &tesserapb.Command{Op: &tesserapb.Command_Txn{Txn: &tesserapb.TxnCommand{Request: body}}}
-	res, err := r.rng.Write(ctx, cmd, true)
-	if err != nil {
-		return nil, err
-	}
-	resp := &pb.TxnResponse{}
-	if err := proto.Unmarshal(res.Response, resp); err != nil {
-		return nil, fmt.Errorf("router: decoding txn response: %w", err)
-	}
-	resp.Header = r.header(resp.GetHeader().GetRevision())
 	return resp, nil
 }
 
 // Compact serves KV.Compact: every range applies the compaction before it is
-// answered. A revision above a fresh oracle revision is in the future; the
-// range leader's fence is raised to the compaction revision first, so no
-// write at or below it can reach the range after it.
+// answered. A revision above the oracle's current one is in the future; each
+// range leader raises its fence to the compaction revision before proposing
+// it, so no write at or below it can reach the range afterwards.
 func (r *Router) Compact(ctx context.Context, req *pb.CompactionRequest) (*pb.CompactionResponse, error) {
-	cmd := &tesserapb.Command{Op: &tesserapb.Command_Compact{Compact: &tesserapb.CompactCommand{Revision: req.Revision}}}
-	_, err := r.readRevision(ctx, req.Revision)
-	if err == nil {
-		err = r.rng.Fence(ctx, req.Revision)
-	}
-	var res *tesserapb.Result
-	if err == nil {
-		res, err = r.rng.Write(ctx, cmd, false)
-	}
+	current, err := r.readRevision(ctx, req.Revision)
 	if err != nil {
-		if fresp, ferr, ok := forward(r, ctx, err, func(ctx context.Context, cc *grpc.ClientConn) (*pb.CompactionResponse, error) {
-			return pb.NewKVClient(cc).Compact(ctx, req)
-		}); ok {
-			return fresp, ferr
-		}
 		return nil, ToGRPC(err)
 	}
-	resp := &pb.CompactionResponse{}
-	if err := proto.Unmarshal(res.Response, resp); err != nil {
-		return nil, ToGRPC(fmt.Errorf("router: decoding compaction response: %w", err))
+	cmd := &tesserapb.Command{Op: &tesserapb.Command_Compact{Compact: &tesserapb.CompactCommand{Revision: req.Revision}}}
+	var firstErr error
+	compacted := 0
+	ranges := r.ranges.list()
+	for _, rng := range ranges {
+		_, err := r.writeTo(ctx, rng, cmd, false, req.Revision)
+		switch {
+		case errors.Is(err, statemachine.ErrCompacted):
+			compacted++
+		case err != nil && firstErr == nil:
+			firstErr = err
+		}
 	}
-	resp.Header = r.header(resp.GetHeader().GetRevision())
-	return resp, nil
+	// Every range already compacted at or above: etcd's "compacted" error. A
+	// range that had (a retry after a partial failure) counts as done.
+	if compacted == len(ranges) {
+		return nil, ToGRPC(statemachine.ErrCompacted)
+	}
+	if firstErr != nil {
+		return nil, ToGRPC(fmt.Errorf("router: compaction at %d: %w", req.Revision, firstErr))
+	}
+	return &pb.CompactionResponse{Header: r.header(nil, current)}, nil
 }

@@ -17,6 +17,15 @@ import (
 	"github.com/tesserakv/tessera/statemachine"
 )
 
+// Leases, until they move to the meta range: every range keeps the record of
+// every lease (so a Put with a lease is checked by the range it lands in), and
+// the home range (the one holding the lowest keys) keeps the clock: its leader
+// answers KeepAlive and TimeToLive and expires leases. Grant goes to the home
+// range first, then to the others; revocation goes to the other ranges first
+// and to the home range last, so a failure part-way leaves the lease alive in
+// the home range, which expires (or revokes again) everywhere later. Each range
+// deletes its keys at its own revision (etcd uses one).
+
 // MaxLeaseTTLSeconds is etcd's largest lease TTL.
 const MaxLeaseTTLSeconds = 9_000_000_000
 
@@ -32,17 +41,18 @@ func (r *Router) LeaseGrant(ctx context.Context, req *pb.LeaseGrantRequest) (*pb
 		// etcd lease IDs are positive; a negative one could never be renewed by clientv3.
 		return nil, rpctypes.ErrGRPCLeaseNotFound
 	}
+	home, err := r.home()
+	if err != nil {
+		return nil, ToGRPC(err)
+	}
 	ttl := max(req.TTL, r.cfg.MinLeaseTTLSeconds)
 	id, chosen := req.ID, req.ID == 0
-	var (
-		res *tesserapb.Result
-		err error
-	)
+	var res *tesserapb.Result
 	for range 3 {
 		if chosen {
 			id = newLeaseID()
 		}
-		res, err = r.rng.GrantLease(ctx, id, ttl)
+		res, err = home.GrantLease(ctx, id, ttl)
 		if !chosen || !errors.Is(err, statemachine.ErrLeaseExists) {
 			break
 		}
@@ -55,11 +65,20 @@ func (r *Router) LeaseGrant(ctx context.Context, req *pb.LeaseGrantRequest) (*pb
 		}
 		return nil, ToGRPC(err)
 	}
+	grant := &tesserapb.Command{Op: &tesserapb.Command_LeaseGrant{LeaseGrant: &tesserapb.LeaseGrantCommand{Id: id, TtlSeconds: ttl}}}
+	for _, rng := range r.ranges.list() {
+		if rng.RangeID() == home.RangeID() {
+			continue
+		}
+		if _, err := r.writeTo(ctx, rng, grant, false, 0); err != nil && !errors.Is(err, statemachine.ErrLeaseExists) {
+			return nil, ToGRPC(fmt.Errorf("router: granting lease %x on range %d: %w", id, rng.RangeID(), err))
+		}
+	}
 	resp := &pb.LeaseGrantResponse{}
 	if err := proto.Unmarshal(res.Response, resp); err != nil {
 		return nil, ToGRPC(fmt.Errorf("router: decoding lease grant response: %w", err))
 	}
-	resp.Header = r.header(r.currentRevision(ctx))
+	resp.Header = r.header(home, r.localRevision(ctx, home))
 	return resp, nil
 }
 
@@ -74,37 +93,79 @@ func newLeaseID() int64 {
 	return id
 }
 
-// currentRevision is the local replica's revision, for headers of responses
+// localRevision is a range replica's own revision, for headers of responses
 // that write no key.
-func (r *Router) currentRevision(ctx context.Context) int64 {
-	out, err := r.rng.Read(ctx, false, func(v *statemachine.View) (any, error) { return v.Revision(), nil })
+func (r *Router) localRevision(ctx context.Context, rng Range) int64 {
+	out, err := rng.Read(ctx, false, func(v *statemachine.View) (any, error) { return v.Revision(), nil })
 	if err != nil {
 		return 0
 	}
 	return out.(int64)
 }
 
-// LeaseRevoke serves Lease.LeaseRevoke: the lease and its keys go at one revision.
+// LeaseRevoke serves Lease.LeaseRevoke: the lease's keys are deleted range by
+// range, the home range last.
 func (r *Router) LeaseRevoke(ctx context.Context, req *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
-	res, err := r.rng.RevokeLease(ctx, req.ID)
+	home, err := r.home()
 	if err != nil {
-		if fresp, ferr, ok := forward(r, ctx, err, func(ctx context.Context, cc *grpc.ClientConn) (*pb.LeaseRevokeResponse, error) {
+		return nil, ToGRPC(err)
+	}
+	if _, lerr := home.LeaseRemaining(ctx, req.ID); lerr != nil && !errors.Is(lerr, statemachine.ErrLeaseNotFound) {
+		// Only the home range's leader revokes: forward there.
+		if fresp, ferr, ok := forward(r, ctx, lerr, func(ctx context.Context, cc *grpc.ClientConn) (*pb.LeaseRevokeResponse, error) {
 			return pb.NewLeaseClient(cc).LeaseRevoke(ctx, req)
 		}); ok {
 			return fresp, ferr
 		}
+		return nil, ToGRPC(lerr)
+	}
+	rev, err := r.RevokeEverywhere(ctx, req.ID)
+	if err != nil {
 		return nil, ToGRPC(err)
 	}
-	resp := &pb.LeaseRevokeResponse{}
-	if err := proto.Unmarshal(res.Response, resp); err != nil {
-		return nil, ToGRPC(fmt.Errorf("router: decoding lease revoke response: %w", err))
-	}
-	resp.Header = r.header(resp.GetHeader().GetRevision())
-	return resp, nil
+	return &pb.LeaseRevokeResponse{Header: r.header(home, rev)}, nil
 }
 
-// LeaseKeepAlive serves the keep-alive stream. Renewals need the range leader;
-// on another node the stream is relayed to the leader's node.
+// RevokeEverywhere revokes a lease on every range, the home range last, and
+// returns the highest revision a range deleted its keys at. It is what the
+// home range's leader runs when a lease expires.
+func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) {
+	home, err := r.home()
+	if err != nil {
+		return 0, err
+	}
+	revoke := &tesserapb.Command{Op: &tesserapb.Command_LeaseRevoke{LeaseRevoke: &tesserapb.LeaseRevokeCommand{Id: id}}}
+	var rev int64
+	for _, rng := range r.ranges.list() {
+		if rng.RangeID() == home.RangeID() {
+			continue
+		}
+		res, err := r.writeTo(ctx, rng, revoke, true, 0)
+		if errors.Is(err, statemachine.ErrLeaseNotFound) {
+			continue
+		}
+		if err != nil {
+			return 0, fmt.Errorf("router: revoking lease %x on range %d: %w", id, rng.RangeID(), err)
+		}
+		rev = max(rev, revokedAt(res))
+	}
+	res, err := home.RevokeLease(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	return max(rev, revokedAt(res)), nil
+}
+
+func revokedAt(res *tesserapb.Result) int64 {
+	resp := &pb.LeaseRevokeResponse{}
+	if res == nil || proto.Unmarshal(res.Response, resp) != nil {
+		return 0
+	}
+	return resp.GetHeader().GetRevision()
+}
+
+// LeaseKeepAlive serves the keep-alive stream. Renewals need the home range's
+// leader; on another node the stream is relayed to the leader's node.
 func (r *Router) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 	ctx := stream.Context()
 	var relay pb.Lease_LeaseKeepAliveClient
@@ -121,13 +182,17 @@ func (r *Router) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 		if err != nil {
 			return err
 		}
-		ttl, err := r.rng.RenewLease(ctx, req.ID)
+		home, err := r.home()
+		if err != nil {
+			return ToGRPC(err)
+		}
+		ttl, err := home.RenewLease(ctx, req.ID)
 		if errors.Is(err, statemachine.ErrLeaseNotFound) {
 			// etcd answers an unknown lease with TTL 0, not an error.
 			ttl, err = 0, nil
 		}
 		if err == nil {
-			resp := &pb.LeaseKeepAliveResponse{Header: r.header(r.currentRevision(ctx)), ID: req.ID, TTL: ttl}
+			resp := &pb.LeaseKeepAliveResponse{Header: r.header(home, r.localRevision(ctx, home)), ID: req.ID, TTL: ttl}
 			if err := stream.Send(resp); err != nil {
 				return err
 			}
@@ -161,9 +226,13 @@ func (r *Router) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 }
 
 // LeaseTimeToLive serves Lease.LeaseTimeToLive. An unknown lease gets TTL -1,
-// as in etcd.
+// as in etcd. The attached keys are gathered from every range.
 func (r *Router) LeaseTimeToLive(ctx context.Context, req *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
-	left, err := r.rng.LeaseRemaining(ctx, req.ID)
+	home, err := r.home()
+	if err != nil {
+		return nil, ToGRPC(err)
+	}
+	left, err := home.LeaseRemaining(ctx, req.ID)
 	if err != nil && !errors.Is(err, statemachine.ErrLeaseNotFound) {
 		if fresp, ferr, ok := forward(r, ctx, err, func(ctx context.Context, cc *grpc.ClientConn) (*pb.LeaseTimeToLiveResponse, error) {
 			return pb.NewLeaseClient(cc).LeaseTimeToLive(ctx, req)
@@ -172,40 +241,50 @@ func (r *Router) LeaseTimeToLive(ctx context.Context, req *pb.LeaseTimeToLiveReq
 		}
 		return nil, ToGRPC(err)
 	}
-	type lease struct {
-		rec  *tesserapb.LeaseRecord
-		keys [][]byte
-		rev  int64
-	}
-	out, rerr := r.rng.Read(ctx, true, func(v *statemachine.View) (any, error) {
-		rec, keys, err := v.Lease(req.ID)
-		if err != nil {
-			return nil, err
+	clockKnows := err == nil
+	resp := &pb.LeaseTimeToLiveResponse{Header: r.header(home, r.localRevision(ctx, home)), ID: req.ID, TTL: left}
+	found := false
+	// Each range's records and keys are read linearizably on the local
+	// replica (ReadIndex works on followers); they need not be one snapshot.
+	for _, rng := range r.ranges.list() {
+		out, err := rng.Read(ctx, true, func(v *statemachine.View) (any, error) {
+			rec, keys, err := v.Lease(req.ID)
+			if err != nil {
+				return nil, err
+			}
+			return [2]any{rec, keys}, nil
+		})
+		if errors.Is(err, statemachine.ErrLeaseNotFound) {
+			continue
 		}
-		return lease{rec: rec, keys: keys, rev: v.Revision()}, nil
-	})
-	if errors.Is(rerr, statemachine.ErrLeaseNotFound) || (rerr == nil && errors.Is(err, statemachine.ErrLeaseNotFound)) {
-		return &pb.LeaseTimeToLiveResponse{Header: r.header(r.currentRevision(ctx)), ID: req.ID, TTL: -1}, nil
+		if err != nil {
+			return nil, ToGRPC(err)
+		}
+		pair := out.([2]any)
+		found = true
+		resp.GrantedTTL = pair[0].(*tesserapb.LeaseRecord).TtlSeconds
+		if req.Keys {
+			resp.Keys = append(resp.Keys, pair[1].([][]byte)...)
+		}
 	}
-	if rerr != nil {
-		return nil, ToGRPC(rerr)
-	}
-	l := out.(lease)
-	resp := &pb.LeaseTimeToLiveResponse{Header: r.header(l.rev), ID: req.ID, TTL: left, GrantedTTL: l.rec.TtlSeconds}
-	if req.Keys {
-		resp.Keys = l.keys
+	if !found || !clockKnows {
+		return &pb.LeaseTimeToLiveResponse{Header: resp.Header, ID: req.ID, TTL: -1}, nil
 	}
 	return resp, nil
 }
 
-// LeaseLeases serves Lease.LeaseLeases.
+// LeaseLeases serves Lease.LeaseLeases from the home range.
 func (r *Router) LeaseLeases(ctx context.Context, _ *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
-	out, err := r.rng.Read(ctx, true, func(v *statemachine.View) (any, error) {
+	home, err := r.home()
+	if err != nil {
+		return nil, ToGRPC(err)
+	}
+	out, err := home.Read(ctx, true, func(v *statemachine.View) (any, error) {
 		recs, err := v.Leases()
 		if err != nil {
 			return nil, err
 		}
-		resp := &pb.LeaseLeasesResponse{Header: r.header(v.Revision())}
+		resp := &pb.LeaseLeasesResponse{Header: r.header(home, v.Revision())}
 		for _, rec := range recs {
 			resp.Leases = append(resp.Leases, &pb.LeaseStatus{ID: rec.Id})
 		}

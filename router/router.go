@@ -6,7 +6,6 @@ import (
 	"log/slog"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/tesserakv/tessera/proto/tesserapb"
@@ -16,7 +15,11 @@ import (
 
 // Range is what the router needs of a range replica on this node.
 type Range interface {
+	RangeID() uint64
 	ReplicaID() uint64
+	// Bounds are the range's keys [start, end) as this replica has applied
+	// them; end nil is the end of the keyspace.
+	Bounds() (start, end []byte)
 	Leader() (leaderReplicaID, term uint64, ok bool)
 	Write(ctx context.Context, cmd *tesserapb.Command, writesKeys bool) (*tesserapb.Result, error)
 	Read(ctx context.Context, linearizable bool, fn func(*statemachine.View) (any, error)) (any, error)
@@ -52,34 +55,71 @@ type Config struct {
 	Logger        *slog.Logger
 }
 
-// Router serves etcd's KV and Lease services for one range covering the
-// whole keyspace.
+// Router serves etcd's KV and Lease services over the ranges of this node.
 type Router struct {
 	pb.UnimplementedKVServer
 	pb.UnimplementedLeaseServer
 
 	cfg    Config
-	rng    Range
+	ranges *RangeCache
 	nodes  Nodes
 	oracle Oracle
 }
 
-// New returns a router over rng, forwarding to other nodes found by nodes.
-func New(cfg Config, rng Range, nodes Nodes, oracle Oracle) *Router {
+// New returns a router over the ranges in the cache, forwarding to other
+// nodes found by nodes.
+func New(cfg Config, ranges *RangeCache, nodes Nodes, oracle Oracle) *Router {
 	if cfg.MaxTxnOps <= 0 {
 		cfg.MaxTxnOps = 128
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Router{cfg: cfg, rng: rng, nodes: nodes, oracle: oracle}
+	return &Router{cfg: cfg, ranges: ranges, nodes: nodes, oracle: oracle}
 }
 
-// header returns an etcd response header at revision rev.
-func (r *Router) header(rev int64) *pb.ResponseHeader {
-	_, term, _ := r.rng.Leader()
+// header returns an etcd response header at revision rev, with the term of
+// the range that answered.
+func (r *Router) header(rng Range, rev int64) *pb.ResponseHeader {
+	var term uint64
+	if rng != nil {
+		_, term, _ = rng.Leader()
+	}
 	return &pb.ResponseHeader{ClusterId: r.cfg.ClusterID, MemberId: r.cfg.MemberID, Revision: rev, RaftTerm: term}
 }
+
+// ErrNoRange: no local range holds a key (the node is starting, or a range
+// created by a split is not started yet). Retryable.
+var ErrNoRange = errors.New("router: no range holds the key yet")
+
+// rangeFor returns the range holding key, refreshing the cache once if needed.
+func (r *Router) rangeFor(key []byte) (Range, error) {
+	if rng := r.ranges.lookup(key); rng != nil {
+		return rng, nil
+	}
+	r.ranges.Refresh()
+	if rng := r.ranges.lookup(key); rng != nil {
+		return rng, nil
+	}
+	return nil, ErrNoRange
+}
+
+// spansOf returns the ranges holding etcd's interval [key, rangeEnd),
+// refreshing the cache once if needed.
+func (r *Router) spansOf(key, rangeEnd []byte) ([]span, error) {
+	if spans, ok := r.ranges.overlapping(key, rangeEnd); ok {
+		return spans, nil
+	}
+	r.ranges.Refresh()
+	if spans, ok := r.ranges.overlapping(key, rangeEnd); ok {
+		return spans, nil
+	}
+	return nil, ErrNoRange
+}
+
+// home is the range holding the lowest keys, which never changes ID (a split
+// keeps the left part): it keeps the lease clocks.
+func (r *Router) home() (Range, error) { return r.rangeFor(nil) }
 
 // forwardedKey marks a request that one node already forwarded to another, so
 // a node that is not the leader either does not forward it again.
@@ -118,33 +158,4 @@ func hasPut(ops ...[]*pb.RequestOp) bool {
 		}
 	}
 	return false
-}
-
-// readRevision is the revision a linearizable read (or a compaction) works
-// at: the oracle's current revision, at or above every write acknowledged
-// before the request arrived; reads take no revision of their own, so as in
-// etcd they do not move it. A requested revision above it is in the future.
-func (r *Router) readRevision(ctx context.Context, requested int64) (int64, error) {
-	rev, err := r.oracle.Current(ctx)
-	if err != nil {
-		return 0, err
-	}
-	if requested > rev {
-		return 0, rpctypes.ErrGRPCFutureRev
-	}
-	return rev, nil
-}
-
-// read runs fn on the range: serializable reads on the local replica as it
-// is, linearizable ones at a fresh oracle revision on the range leader. It
-// returns the revision read at (for the header) with fn's result.
-func (r *Router) read(ctx context.Context, serializable bool, requested int64, fn func(*statemachine.View) (any, error)) (any, error) {
-	if serializable {
-		return r.rng.Read(ctx, false, fn)
-	}
-	rev, err := r.readRevision(ctx, requested)
-	if err != nil {
-		return nil, err
-	}
-	return r.rng.ReadAt(ctx, rev, fn)
 }

@@ -49,9 +49,17 @@ type Server struct {
 	directory *placement.Directory
 	oracle    *placement.OracleClient
 	internal  *placement.InternalServer
-	replica   *shard.Replica
 	router    *router.Router
 	grpc      *grpc.Server
+
+	// ranges are this node's data range replicas; cache indexes them by key
+	// for the router.
+	rangesMu sync.Mutex
+	ranges   map[uint64]*shard.Replica // guarded by rangesMu
+	cache    *router.RangeCache
+	// raftMembers is every node's Raft address by node ID: each range has a
+	// replica on every node.
+	raftMembers map[uint64]dragonboat.Target
 
 	listeners []net.Listener
 
@@ -72,7 +80,8 @@ func Start(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	replicaID, _ := cfg.replicaID()
-	s := &Server{cfg: cfg, log: cfg.Logger, replicaID: replicaID, clusterID: clusterID(cfg.InitialCluster), stopc: make(chan struct{})}
+	s := &Server{cfg: cfg, log: cfg.Logger, replicaID: replicaID, clusterID: clusterID(cfg.InitialCluster), stopc: make(chan struct{}),
+		ranges: map[uint64]*shard.Replica{}, cache: router.NewRangeCache()}
 	quietDragonboat(cfg.Logger)
 
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
@@ -93,7 +102,7 @@ func Start(cfg Config) (*Server, error) {
 	}
 
 	var err error
-	if s.store, err = statemachine.OpenStore(filepath.Join(cfg.DataDir, "kv"), statemachine.StoreOptions{}); err != nil {
+	if s.store, err = statemachine.OpenStore(filepath.Join(cfg.DataDir, "kv"), statemachine.StoreOptions{OnSplit: s.onSplit}); err != nil {
 		s.closeListeners()
 		return nil, fmt.Errorf("opening store in %s: %w", cfg.DataDir, err)
 	}
@@ -108,7 +117,6 @@ func Start(cfg Config) (*Server, error) {
 	allocator := placement.NewAllocator(s.meta)
 	s.oracle = placement.NewOracleClient(s.meta, allocator, s.directory)
 	s.internal = placement.NewInternalServer(allocator)
-	s.replica = shard.New(shard.Config{RangeID: firstRangeID, ReplicaID: replicaID, Logger: s.log}, s.nh, s.store, s.oracle)
 	s.router = router.New(router.Config{
 		ClusterID:          s.clusterID,
 		MemberID:           replicaID,
@@ -117,7 +125,13 @@ func Start(cfg Config) (*Server, error) {
 		MinLeaseTTLSeconds: minLeaseTTLSeconds(cfg),
 		SpaceExceeded:      s.spaceExceeded.Load,
 		Logger:             s.log,
-	}, s.replica, s.directory, s.oracle)
+	}, s.cache, s.directory, s.oracle)
+	if err := s.startRanges(); err != nil {
+		s.closeListeners()
+		s.nh.Close()
+		_ = s.store.Close()
+		return nil, err
+	}
 
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes+grpcOverheadBytes),
@@ -131,7 +145,7 @@ func Start(cfg Config) (*Server, error) {
 	pb.RegisterClusterServer(s.grpc, &cluster{s: s})
 	pb.RegisterWatchServer(s.grpc, unimplementedWatch{})
 	pb.RegisterAuthServer(s.grpc, unimplementedAuth{})
-	tesserapb.RegisterInternalServer(s.grpc, s.internal)
+	tesserapb.RegisterInternalServer(s.grpc, &internalService{InternalServer: s.internal, s: s})
 	for _, ln := range s.listeners {
 		s.goTask(func() {
 			if err := s.grpc.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
@@ -168,38 +182,14 @@ func (s *Server) startRaft() error {
 		return explainNodeHostError(err, cfg)
 	}
 	s.nh = nh
-	members := map[uint64]dragonboat.Target{}
+	s.raftMembers = map[uint64]dragonboat.Target{}
 	for i, m := range cfg.InitialCluster {
 		addr, _ := hostPortOf(m.PeerURL)
-		members[uint64(i+1)] = addr
+		s.raftMembers[uint64(i+1)] = addr
 	}
-	metaConfig := dbconfig.Config{
-		ShardID:            placement.MetaRangeID,
-		ReplicaID:          s.replicaID,
-		ElectionRTT:        uint64(cfg.ElectionTimeout / cfg.HeartbeatInterval),
-		HeartbeatRTT:       1,
-		CheckQuorum:        true,
-		PreVote:            true,
-		SnapshotEntries:    10000,
-		CompactionOverhead: 5000,
-	}
-	if err := nh.StartReplica(members, false, placement.NewMetaSM, metaConfig); err != nil {
+	if err := nh.StartReplica(s.raftMembers, false, placement.NewMetaSM, s.raftConfig(placement.MetaRangeID)); err != nil {
 		nh.Close()
 		return fmt.Errorf("starting the meta range: %w", err)
-	}
-	rc := dbconfig.Config{
-		ShardID:            firstRangeID,
-		ReplicaID:          s.replicaID,
-		ElectionRTT:        uint64(cfg.ElectionTimeout / cfg.HeartbeatInterval),
-		HeartbeatRTT:       1,
-		CheckQuorum:        true,
-		PreVote:            true,
-		SnapshotEntries:    10000,
-		CompactionOverhead: 5000,
-	}
-	if err := nh.StartOnDiskReplica(members, false, s.store.CreateStateMachine, rc); err != nil {
-		nh.Close()
-		return fmt.Errorf("starting range %d: %w", firstRangeID, err)
 	}
 	return nil
 }
@@ -275,6 +265,16 @@ func (s *Server) ClientAddrs() []string {
 	return out
 }
 
+// SplitRange splits the range holding key at key (what `tessera ctl split`
+// does through Internal.SplitRange).
+func (s *Server) SplitRange(ctx context.Context, key string) error {
+	_, err := (&internalService{InternalServer: s.internal, s: s}).SplitRange(ctx, &tesserapb.SplitRangeRequest{SplitKey: []byte(key)})
+	return err
+}
+
+// RangeCount is the number of data ranges this node runs.
+func (s *Server) RangeCount() int { return len(s.rangeList()) }
+
 // SnapshotsRecovered counts the range snapshots this node has installed.
 func (s *Server) SnapshotsRecovered() int64 { return s.store.SnapshotsRecovered() }
 
@@ -289,13 +289,22 @@ func (s *Server) MetaLeader() uint64 {
 	return id
 }
 
-// IsLeader reports whether this node leads its range.
-func (s *Server) IsLeader() bool { return s.replica.IsLeader() }
+// IsLeader reports whether this node leads the first data range.
+func (s *Server) IsLeader() bool {
+	home := s.rangeByID(firstRangeID)
+	return home != nil && home.IsLeader()
+}
 
-// TransferLeadership asks the range to move its leader to the replica of the
-// given node (position in --initial-cluster, from 1).
-func (s *Server) TransferLeadership(replicaID uint64) error {
-	return s.nh.RequestLeaderTransfer(firstRangeID, replicaID)
+// TransferLeadership asks every data range to move its leader to the replica
+// of the given node (position in --initial-cluster, from 1).
+func (s *Server) TransferLeadership(nodeID uint64) error {
+	var firstErr error
+	for _, r := range s.rangeList() {
+		if err := s.nh.RequestLeaderTransfer(r.RangeID(), nodeID); err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	return firstErr
 }
 
 // registerNode records this node's addresses in the meta range's node
@@ -328,13 +337,13 @@ func (s *Server) runCompactor(policy compactionPolicy) {
 		case <-s.stopc:
 			return
 		case now := <-tick.C:
-			if !s.replica.IsLeader() {
+			if !s.IsLeader() {
 				continue
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			resp, err := s.router.Range(ctx, &pb.RangeRequest{Key: []byte{0}, CountOnly: true, Serializable: true})
+			current, err := s.oracle.Current(ctx)
 			if err == nil {
-				if target := c.observe(now, resp.Header.Revision); target > 0 {
+				if target := c.observe(now, current); target > 0 {
 					if _, err := s.router.Compact(ctx, &pb.CompactionRequest{Revision: target}); err != nil {
 						s.log.Warn("auto-compaction failed", "revision", target, "err", err)
 					} else {
@@ -392,7 +401,9 @@ func (s *Server) Close() {
 			<-done
 		}
 		s.wg.Wait()
-		s.replica.Stop()
+		for _, r := range s.rangeList() {
+			r.Stop()
+		}
 		s.oracle.Stop()
 		s.internal.Stop()
 		s.directory.Close()

@@ -9,6 +9,7 @@ import (
 
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/router"
+	"github.com/tesserakv/tessera/shard"
 	"github.com/tesserakv/tessera/statemachine"
 )
 
@@ -24,14 +25,22 @@ type maintenance struct {
 
 func (m *maintenance) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusResponse, error) {
 	s := m.s
-	leader, term, _ := s.replica.Leader()
-	out, err := s.replica.Read(ctx, false, func(v *statemachine.View) (any, error) {
+	home := s.rangeByID(firstRangeID)
+	if home == nil {
+		return nil, router.ToGRPC(shard.ErrStopped)
+	}
+	// Raft figures are the first data range's; the revision is the cluster's.
+	leader, term, _ := home.Leader()
+	out, err := home.Read(ctx, false, func(v *statemachine.View) (any, error) {
 		return [2]uint64{uint64(v.Revision()), v.AppliedIndex()}, nil
 	})
 	if err != nil {
 		return nil, router.ToGRPC(err)
 	}
 	revApplied := out.([2]uint64)
+	if current, err := s.oracle.Current(ctx); err == nil {
+		revApplied[0] = uint64(current)
+	}
 	size := s.store.DiskSizeBytes()
 	return &pb.StatusResponse{
 		Header:           &pb.ResponseHeader{ClusterId: s.clusterID, MemberId: s.replicaID, Revision: int64(revApplied[0]), RaftTerm: term},
@@ -101,7 +110,10 @@ func (c *cluster) MemberList(ctx context.Context, _ *pb.MemberListRequest) (*pb.
 	for _, n := range nodes {
 		registered[n.NodeId] = n
 	}
-	_, term, _ := s.replica.Leader()
+	var term uint64
+	if home := s.rangeByID(firstRangeID); home != nil {
+		_, term, _ = home.Leader()
+	}
 	resp := &pb.MemberListResponse{Header: &pb.ResponseHeader{ClusterId: s.clusterID, MemberId: s.replicaID, RaftTerm: term}}
 	for i, m := range s.cfg.InitialCluster {
 		id := uint64(i + 1)

@@ -81,7 +81,7 @@ func (r *Replica) leaseLoop() {
 			return
 		case <-tick.C:
 		}
-		if !r.IsLeader() {
+		if !r.cfg.ExpireLeases || !r.IsLeader() {
 			r.leases.demote()
 			continue
 		}
@@ -94,7 +94,12 @@ func (r *Replica) leaseLoop() {
 		}
 		for _, id := range r.leases.expired(time.Now()) {
 			ctx, cancel := context.WithTimeout(context.Background(), r.cfg.RequestTimeout)
-			_, err := r.RevokeLease(ctx, id)
+			var err error
+			if r.cfg.RevokeExpired != nil {
+				err = r.cfg.RevokeExpired(ctx, id)
+			} else {
+				_, err = r.RevokeLease(ctx, id)
+			}
 			cancel()
 			if err != nil && !errors.Is(err, statemachine.ErrLeaseNotFound) {
 				r.cfg.Logger.Warn("revoking expired lease failed", "range", r.cfg.RangeID, "lease", id, "err", err)

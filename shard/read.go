@@ -15,20 +15,7 @@ import (
 // (View.AssumeClosed). If leadership moved meanwhile, it retries; elsewhere it
 // fails with a *NotLeaderError so the caller can go to the leader.
 func (r *Replica) ReadAt(ctx context.Context, rev int64, fn func(*statemachine.View) (any, error)) (any, error) {
-	var lastErr error
-	for attempt := range maxAttempts {
-		if attempt > 0 {
-			if err := r.sleep(ctx, retryBackoff(attempt)); err != nil {
-				return nil, err
-			}
-		}
-		out, err, retry := r.readAtOnce(ctx, rev, fn)
-		if !retry {
-			return out, err
-		}
-		lastErr = err
-	}
-	return nil, lastErr
+	return retrying(r, ctx, func() (any, error, bool) { return r.readAtOnce(ctx, rev, fn) })
 }
 
 func (r *Replica) readAtOnce(ctx context.Context, rev int64, fn func(*statemachine.View) (any, error)) (out any, err error, retry bool) {

@@ -38,7 +38,13 @@ type Config struct {
 	// LeaseCheckInterval is how often the leader looks for expired leases.
 	// Default 500ms.
 	LeaseCheckInterval time.Duration
-	Logger             *slog.Logger
+	// ExpireLeases: this range's leader keeps the lease clock and expires
+	// leases (the home range); other ranges only hold lease records.
+	ExpireLeases bool
+	// RevokeExpired revokes an expired lease; nil revokes it on this range
+	// only. The home range's node revokes it on every range.
+	RevokeExpired func(ctx context.Context, id int64) error
+	Logger        *slog.Logger
 }
 
 func (c *Config) setDefaults() {
@@ -56,13 +62,22 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// retryBackoff is the pause before retry number attempt (from 1); the pauses
-// add up to about two election timeouts.
-func retryBackoff(attempt int) time.Duration { return time.Duration(attempt) * 50 * time.Millisecond }
-
-// maxAttempts bounds the retries of a proposal refused for a stale revision or
-// dropped during a leader change.
-const maxAttempts = 8
+// retrying calls once until it succeeds, fails for good, or has tried for
+// Config.RequestTimeout (several election timeouts: long enough for a range
+// made by a split, or one that lost its leader, to elect one), pausing a
+// little longer each time.
+func retrying[T any](r *Replica, ctx context.Context, once func() (T, error, bool)) (T, error) {
+	deadline := time.Now().Add(r.cfg.RequestTimeout)
+	for attempt := 1; ; attempt++ {
+		out, err, retry := once()
+		if !retry || time.Now().After(deadline) {
+			return out, err
+		}
+		if err := r.sleep(ctx, min(time.Duration(attempt)*25*time.Millisecond, 250*time.Millisecond)); err != nil {
+			return out, err
+		}
+	}
+}
 
 // Replica is one range replica on this node. The Raft replica itself is started
 // by the caller (node assembly) with Store.CreateStateMachine; Replica drives it.
@@ -140,6 +155,16 @@ func (r *Replica) Stop() {
 // RangeID of this replica.
 func (r *Replica) RangeID() uint64 { return r.cfg.RangeID }
 
+// Bounds are the range's keys [start, end) as this replica has applied them;
+// end nil is the end of the keyspace. Nil, nil while the replica is not open.
+func (r *Replica) Bounds() (start, end []byte) {
+	rsm := r.store.Range(r.cfg.RangeID)
+	if rsm == nil {
+		return nil, nil
+	}
+	return rsm.Bounds()
+}
+
 // ReplicaID of this replica.
 func (r *Replica) ReplicaID() uint64 { return r.cfg.ReplicaID }
 
@@ -180,20 +205,7 @@ func (r *Replica) Write(ctx context.Context, cmd *tesserapb.Command, writesKeys 
 	}
 	defer func() { <-r.inflight }()
 
-	var lastErr error
-	for attempt := range maxAttempts {
-		if attempt > 0 {
-			if err := r.sleep(ctx, retryBackoff(attempt)); err != nil {
-				return nil, err
-			}
-		}
-		res, err, retry := r.writeOnce(ctx, cmd, writesKeys)
-		if !retry {
-			return res, err
-		}
-		lastErr = err
-	}
-	return nil, lastErr
+	return retrying(r, ctx, func() (*tesserapb.Result, error, bool) { return r.writeOnce(ctx, cmd, writesKeys) })
 }
 
 func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesKeys bool) (res *tesserapb.Result, err error, retry bool) {
@@ -480,20 +492,7 @@ func (r *Replica) Read(ctx context.Context, linearizable bool, fn func(*statemac
 		})
 		return out, err
 	}
-	var lastErr error
-	for attempt := range maxAttempts {
-		if attempt > 0 {
-			if err := r.sleep(ctx, retryBackoff(attempt)); err != nil {
-				return nil, err
-			}
-		}
-		out, err, retry := r.readOnce(ctx, fn)
-		if !retry {
-			return out, err
-		}
-		lastErr = err
-	}
-	return nil, lastErr
+	return retrying(r, ctx, func() (any, error, bool) { return r.readOnce(ctx, fn) })
 }
 
 func (r *Replica) readOnce(ctx context.Context, fn func(*statemachine.View) (any, error)) (out any, err error, retry bool) {

@@ -10,12 +10,16 @@ import (
 
 // applier applies commands of one Update call into its batch. state is the
 // working copy of the range's state; a command's changes to it are kept only
-// when the command succeeds.
+// when the command succeeds. bounds is the working copy of the range's
+// bounds: a split shrinks it, and later commands of the batch see that.
 type applier struct {
 	rangeID uint64
 	b       *pebble.Batch
 	state   rangeState
 	bounds  bounds
+	// splits lists the child range IDs of the splits applied in this batch,
+	// in order, for StoreOptions.OnSplit once the batch has committed.
+	splits []uint64
 }
 
 // apply applies one encoded command. A returned error wrapping a sentinel is
@@ -62,6 +66,11 @@ func (a *applier) apply(data []byte) (response []byte, err error) {
 		msg = nil
 	case *tesserapb.Command_MemberAttrs:
 		msg, err = a.applyMemberAttrs(op.MemberAttrs.GetAttrs())
+	case *tesserapb.Command_Split:
+		if rev != 0 {
+			return nil, errorf(ErrInvalidCommand, "split with revision %d", rev)
+		}
+		err = a.applySplit(op.Split)
 	default:
 		return nil, errorf(ErrInvalidCommand, "command without an operation")
 	}

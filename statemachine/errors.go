@@ -24,6 +24,7 @@ const (
 	CodeWrongRange     int32 = 9
 	CodeInvalidCommand int32 = 10
 	CodeUnavailable    int32 = 11
+	CodeInvalidSplit   int32 = 12
 	CodeUnknown        int32 = -1 // an error that is none of this package's sentinels
 )
 
@@ -66,12 +67,17 @@ var (
 	// ErrUnavailable is returned by reads while the range is closed or is
 	// recovering from a snapshot (codes.Unavailable at the edge; retry).
 	ErrUnavailable error = &cmdError{CodeUnavailable, "tessera: range state machine is closed or recovering from a snapshot"}
+	// ErrInvalidSplit has no etcd counterpart (codes.FailedPrecondition at
+	// the edge; the splitter re-reads the descriptor): the split key is not
+	// strictly inside the range, or the new range ID is zero, the range's own
+	// or already taken in this store. Nothing changed.
+	ErrInvalidSplit error = &cmdError{CodeInvalidSplit, "tessera: invalid split: the split key is outside the range or on its boundary, or the new range ID is not free"}
 )
 
 var sentinels = []error{
 	ErrCompacted, ErrFutureRev, ErrLeaseNotFound, ErrLeaseExists, ErrKeyNotFound,
 	ErrDuplicateKey, ErrStaleRevision, ErrEmptyKey, ErrWrongRange, ErrInvalidCommand,
-	ErrUnavailable,
+	ErrUnavailable, ErrInvalidSplit,
 }
 
 // ErrorCode returns the code of err's sentinel: 0 for nil, CodeUnknown for an

@@ -21,46 +21,128 @@ import (
 
 const testRangeID = 7
 
-// harness drives one RangeSM the way Dragonboat does: commands become entries
-// with increasing indexes, handed to Update in batches.
+// harness drives RangeSMs of one Store the way Dragonboat does: commands
+// become entries with increasing indexes (per range), handed to Update in
+// batches. Range testRangeID is always open (rsm, index); others are opened
+// by splits (from StoreOptions.OnSplit, as the node does) or by a snapshot
+// recovery into a range the store does not run yet.
 type harness struct {
 	t       testing.TB
 	dir     string
 	store   *Store
 	rsm     *RangeSM
-	index   uint64 // last Raft index handed to Update
-	lastRev int64  // highest revision handed out
-	saved   []byte // last snapshot taken by snapshot-save
+	index   uint64            // last Raft index handed to rsm's Update
+	others  map[uint64]*other // the other open ranges, by range ID
+	lastRev int64             // highest revision handed out (one oracle for all ranges)
+	saved   map[string][]byte // snapshots taken by snapshot-save, by name
+	// splitLog holds a line per OnSplit call not yet printed.
+	splitLog []string
+}
+
+// other is an open range other than testRangeID.
+type other struct {
+	rsm   *RangeSM
+	index uint64
 }
 
 func newHarness(t testing.TB) *harness {
-	h := &harness{t: t, lastRev: 1} // revision 1 is the empty store's
-	h.openStore(t.TempDir())
+	h := &harness{t: t, lastRev: 1, saved: map[string][]byte{}} // revision 1 is the empty store's
+	h.openStore(t.TempDir(), nil)
 	t.Cleanup(h.close)
 	return h
 }
 
-func (h *harness) openStore(dir string) {
+// openStore opens the store in dir, and in it range testRangeID and the
+// ranges otherIDs.
+func (h *harness) openStore(dir string, otherIDs []uint64) {
 	h.t.Helper()
-	s, err := OpenStore(dir, StoreOptions{CacheSizeBytes: 1 << 20})
+	s, err := OpenStore(dir, StoreOptions{CacheSizeBytes: 1 << 20, OnSplit: h.onSplit})
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	h.dir, h.store = dir, s
-	h.rsm = s.CreateStateMachine(testRangeID, 1).(*RangeSM)
-	idx, err := h.rsm.Open(nil)
+	h.dir, h.store, h.others = dir, s, map[uint64]*other{}
+	h.rsm, h.index = h.startRange(testRangeID)
+	for _, id := range otherIDs {
+		h.addRange(id)
+	}
+}
+
+// startRange creates and opens a range's state machine in the store.
+func (h *harness) startRange(rangeID uint64) (*RangeSM, uint64) {
+	h.t.Helper()
+	rsm := h.store.CreateStateMachine(rangeID, 1).(*RangeSM)
+	idx, err := rsm.Open(nil)
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	h.index = idx
+	return rsm, idx
+}
+
+func (h *harness) addRange(rangeID uint64) *other {
+	rsm, idx := h.startRange(rangeID)
+	o := &other{rsm: rsm, index: idx}
+	h.others[rangeID] = o
+	return o
+}
+
+// onSplit is StoreOptions.OnSplit: it checks that the split has committed
+// (the child's metadata is readable, the parent's bounds already shrunk) and
+// starts the child as the node would.
+func (h *harness) onSplit(parentID, childID uint64) {
+	childBounds, found, err := storedBounds(h.store.db, childID)
+	if err != nil || !found {
+		h.t.Errorf("OnSplit(%d, %d): the child's metadata is not committed (%v)", parentID, childID, err)
+		return
+	}
+	parentStart, parentEnd := h.rangeSM(parentID).Bounds()
+	if !bytes.Equal(parentEnd, childBounds.start) {
+		h.t.Errorf("OnSplit(%d, %d): parent bounds [%q, %q) do not end where the child %s starts",
+			parentID, childID, parentStart, parentEnd, childBounds)
+	}
+	o := h.addRange(childID)
+	h.splitLog = append(h.splitLog, fmt.Sprintf("on-split %d -> %d: child opened at applied index %d, bounds %s",
+		parentID, childID, o.index, childBounds))
+}
+
+// rangeSM returns an open range's state machine.
+func (h *harness) rangeSM(rangeID uint64) *RangeSM {
+	if rangeID == testRangeID {
+		return h.rsm
+	}
+	if o := h.others[rangeID]; o != nil {
+		return o.rsm
+	}
+	h.t.Fatalf("range %d is not open", rangeID)
+	return nil
+}
+
+// indexOf points at the last index handed to an open range's Update.
+func (h *harness) indexOf(rangeID uint64) *uint64 {
+	if rangeID == testRangeID {
+		return &h.index
+	}
+	h.rangeSM(rangeID)
+	return &h.others[rangeID].index
+}
+
+// openRanges returns the IDs of the open ranges, ascending.
+func (h *harness) openRanges() []uint64 {
+	ids := []uint64{testRangeID}
+	for id := range h.others {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	return ids
 }
 
 func (h *harness) close() {
 	if h.store == nil {
 		return
 	}
-	if err := h.rsm.Close(); err != nil {
-		h.t.Error(err)
+	for _, id := range h.openRanges() {
+		if err := h.rangeSM(id).Close(); err != nil {
+			h.t.Error(err)
+		}
 	}
 	if err := h.store.Close(); err != nil {
 		h.t.Error(err)
@@ -68,11 +150,18 @@ func (h *harness) close() {
 	h.store = nil
 }
 
-// restart closes the store and opens it again from disk.
+// restart closes the store and opens it again from disk, with the same
+// ranges open.
 func (h *harness) restart() {
 	dir := h.dir
+	var otherIDs []uint64
+	for _, id := range h.openRanges() {
+		if id != testRangeID {
+			otherIDs = append(otherIDs, id)
+		}
+	}
 	h.close()
-	h.openStore(dir)
+	h.openStore(dir, otherIDs)
 }
 
 func (h *harness) nextRev() int64 {
@@ -80,15 +169,23 @@ func (h *harness) nextRev() int64 {
 	return h.lastRev
 }
 
-// update hands cmds to Update as one batch and returns the decoded results.
+// update hands cmds to range testRangeID's Update as one batch and returns
+// the decoded results.
 func (h *harness) update(cmds ...[]byte) []*tesserapb.Result {
 	h.t.Helper()
+	return h.updateOn(testRangeID, cmds...)
+}
+
+// updateOn hands cmds to rangeID's Update as one batch.
+func (h *harness) updateOn(rangeID uint64, cmds ...[]byte) []*tesserapb.Result {
+	h.t.Helper()
+	rsm, index := h.rangeSM(rangeID), h.indexOf(rangeID)
 	entries := make([]sm.Entry, len(cmds))
 	for i, c := range cmds {
-		h.index++
-		entries[i] = sm.Entry{Index: h.index, Cmd: c}
+		*index++
+		entries[i] = sm.Entry{Index: *index, Cmd: c}
 	}
-	out, err := h.rsm.Update(entries)
+	out, err := rsm.Update(entries)
 	if err != nil {
 		h.t.Fatalf("Update: %v", err)
 	}
@@ -108,7 +205,12 @@ func (h *harness) update(cmds ...[]byte) []*tesserapb.Result {
 
 func (h *harness) view() *View {
 	h.t.Helper()
-	v, err := h.rsm.View()
+	return h.viewOf(testRangeID)
+}
+
+func (h *harness) viewOf(rangeID uint64) *View {
+	h.t.Helper()
+	v, err := h.rangeSM(rangeID).View()
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -243,16 +345,57 @@ func (h *harness) command(t testing.TB, d *datadriven.TestData) (cmd []byte, kin
 		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, false), Op: &tesserapb.Command_MemberAttrs{
 			MemberAttrs: &tesserapb.MemberAttrsCommand{Attrs: attrs},
 		}}), "none"
+	case "split":
+		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, false), Op: &tesserapb.Command_Split{
+			Split: &tesserapb.SplitCommand{SplitKey: argBytes(t, d, "at"), NewRangeId: uint64(argInt(t, d, "id", 0))},
+		}}), "none"
 	case "garbage":
 		return []byte{0xff, 0xff, 0xff}, "none"
 	}
 	return nil, ""
 }
 
+// rangeArg is the range a directive addresses: range=N, testRangeID by
+// default.
+func rangeArg(t testing.TB, d *datadriven.TestData) uint64 {
+	return uint64(argInt(t, d, "range", testRangeID))
+}
+
+// flushSplitLog returns the OnSplit lines not yet printed.
+func (h *harness) flushSplitLog() string {
+	var b strings.Builder
+	for _, line := range h.splitLog {
+		b.WriteString(line + "\n")
+	}
+	h.splitLog = nil
+	return b.String()
+}
+
+// status is one range's status line.
+func (h *harness) status(rangeID uint64) string {
+	v := h.viewOf(rangeID)
+	defer v.Close()
+	return fmt.Sprintf("rev=%d compacted=%d applied=%d last-cmd-rev=%d\n",
+		v.Revision(), v.CompactRevision(), v.AppliedIndex(), v.LastCommandRevision())
+}
+
+// rangesStatus lists every open range: bounds, generation and status.
+func (h *harness) rangesStatus() string {
+	var b strings.Builder
+	for _, id := range h.openRanges() {
+		v := h.viewOf(id)
+		start, end := v.Bounds()
+		fmt.Fprintf(&b, "range %d %s: %s", id, bounds{start: start, end: end, generation: v.Generation()}, h.status(id))
+		v.Close()
+	}
+	return b.String()
+}
+
 func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
+	rangeID := rangeArg(t, d)
 	if cmd, kind := h.command(t, d); cmd != nil {
-		res := h.update(cmd)[0]
-		return formatResult(t, res, kind)
+		res := h.updateOn(rangeID, cmd)[0]
+		return formatResult(t, res, kind) + h.flushSplitLog()
 	}
 	switch d.Cmd {
 	case "batch":
@@ -273,13 +416,13 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 			kinds = append(kinds, kind)
 		}
 		var b strings.Builder
-		for i, res := range h.update(cmds...) {
+		for i, res := range h.updateOn(rangeID, cmds...) {
 			fmt.Fprintf(&b, "%d: %s", i, formatResult(t, res, kinds[i]))
 		}
-		return b.String()
+		return b.String() + h.flushSplitLog()
 	case "get", "stream":
 		req := rangeRequest(t, d)
-		v := h.view()
+		v := h.viewOf(rangeID)
 		defer v.Close()
 		if d.Cmd == "get" {
 			resp, err := v.Range(req)
@@ -304,12 +447,11 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 		fmt.Fprintf(&b, "count=%d more=%t\n", count, more)
 		return b.String()
 	case "status":
-		v := h.view()
-		defer v.Close()
-		return fmt.Sprintf("rev=%d compacted=%d applied=%d last-cmd-rev=%d\n",
-			v.Revision(), v.CompactRevision(), v.AppliedIndex(), v.LastCommandRevision())
+		return h.status(rangeID)
+	case "ranges":
+		return h.rangesStatus()
 	case "lease":
-		v := h.view()
+		v := h.viewOf(rangeID)
 		defer v.Close()
 		rec, keys, err := v.Lease(argInt(t, d, "id", 0))
 		if err != nil {
@@ -326,7 +468,7 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 		b.WriteString("]\n")
 		return b.String()
 	case "leases", "members":
-		v := h.view()
+		v := h.viewOf(rangeID)
 		defer v.Close()
 		var b strings.Builder
 		for _, line := range strings.SplitAfter(dumpLeasesMembers(t, v), "\n") {
@@ -336,44 +478,72 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 		}
 		return b.String()
 	case "dump":
-		return h.dump(t)
+		return h.dumpOf(t, rangeID)
+	case "dump-store":
+		return dumpStore(t, h.store.db)
 	case "restart":
 		h.restart()
-		return h.run(t, &datadriven.TestData{Cmd: "status"})
+		if len(h.others) == 0 {
+			return h.status(testRangeID)
+		}
+		return h.rangesStatus()
 	case "snapshot-save":
-		h.saved = h.saveSnapshot(t)
-		return "saved " + h.run(t, &datadriven.TestData{Cmd: "status"})
+		// snapshot-save [range=N] [name=S]
+		var name string
+		if d.HasArg("name") {
+			d.ScanArgs(t, "name", &name)
+		}
+		h.saved[name] = h.saveSnapshotOf(t, h.rangeSM(rangeID))
+		return "saved " + h.status(rangeID)
 	case "snapshot-recover":
-		// Recover the last saved snapshot into the current range (which may
-		// hold other data); the dump must equal the one taken at save time.
-		if err := h.rsm.RecoverFromSnapshot(bytes.NewReader(h.saved), nil); err != nil {
+		// snapshot-recover [range=N] [name=S]: recover a saved snapshot into
+		// the range (which may hold other data; a range the store does not
+		// run yet is created first, as a replica added to this node); the
+		// dump must equal the one taken at save time.
+		var name string
+		if d.HasArg("name") {
+			d.ScanArgs(t, "name", &name)
+		}
+		saved, ok := h.saved[name]
+		if !ok {
+			t.Fatalf("%s: no snapshot named %q", d.Pos, name)
+		}
+		if rangeID != testRangeID && h.others[rangeID] == nil {
+			h.addRange(rangeID)
+		}
+		rsm := h.rangeSM(rangeID)
+		if err := rsm.RecoverFromSnapshot(bytes.NewReader(saved), nil); err != nil {
 			t.Fatal(err)
 		}
-		v := h.view()
-		h.index = v.AppliedIndex() // Dragonboat carries on after the snapshot's index
+		v := h.viewOf(rangeID)
+		*h.indexOf(rangeID) = v.AppliedIndex() // Dragonboat carries on after the snapshot's index
 		v.Close()
-		again := h.saveSnapshot(t)
+		again := h.saveSnapshotOf(t, rsm)
 		eq := "identical to the saved one"
-		if !bytes.Equal(again, h.saved) {
+		if !bytes.Equal(again, saved) {
 			eq = "DIFFERENT from the saved one"
 		}
-		return fmt.Sprintf("recovered; a new snapshot is %s\n%s", eq, h.dump(t))
+		return fmt.Sprintf("recovered; a new snapshot is %s\n%s", eq, h.dumpOf(t, rangeID))
 	case "new-store":
 		h.close()
-		h.openStore(t.TempDir())
-		return h.run(t, &datadriven.TestData{Cmd: "status"})
+		h.openStore(t.TempDir(), nil)
+		return h.status(testRangeID)
 	}
 	t.Fatalf("%s: unknown directive %q", d.Pos, d.Cmd)
 	return ""
 }
 
 func (h *harness) saveSnapshot(t testing.TB) []byte {
-	prepared, err := h.rsm.PrepareSnapshot()
+	return h.saveSnapshotOf(t, h.rsm)
+}
+
+func (h *harness) saveSnapshotOf(t testing.TB, rsm *RangeSM) []byte {
+	prepared, err := rsm.PrepareSnapshot()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	if err := h.rsm.SaveSnapshot(prepared, &buf, nil); err != nil {
+	if err := rsm.SaveSnapshot(prepared, &buf, nil); err != nil {
 		t.Fatal(err)
 	}
 	return buf.Bytes()
@@ -541,17 +711,53 @@ func dumpLeasesMembers(t testing.TB, v *View) string {
 	return b.String()
 }
 
-// dump prints everything the range stores: state, leases, members, the lease
-// index, and every stored version.
+// dump prints everything range testRangeID stores: state, leases, members,
+// the lease index, and every stored version within its bounds.
 func (h *harness) dump(t testing.TB) string {
-	v := h.view()
+	return h.dumpOf(t, testRangeID)
+}
+
+func (h *harness) dumpOf(t testing.TB, rangeID uint64) string {
+	v := h.viewOf(rangeID)
 	defer v.Close()
 	var b strings.Builder
 	fmt.Fprintf(&b, "rev=%d compacted=%d applied=%d last-cmd-rev=%d\n",
 		v.Revision(), v.CompactRevision(), v.AppliedIndex(), v.LastCommandRevision())
 	b.WriteString(dumpLeasesMembers(t, v))
 	for _, ver := range rawVersions(t, v.snap) {
+		if v.bounds.containsKey([]byte(ver.key)) {
+			b.WriteString(ver.String() + "\n")
+		}
+	}
+	return b.String()
+}
+
+// dumpStore prints what the store holds whoever owns it: every range's
+// stored bounds, every stored version and every lease index entry.
+func dumpStore(t testing.TB, db *pebble.DB) string {
+	var b strings.Builder
+	snap := db.NewSnapshot()
+	defer closeQuietly(snap)
+	ranges, err := storedRanges(snap, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range ranges {
+		fmt.Fprintf(&b, "range %d %s\n", r.rangeID, r.bounds)
+	}
+	for _, ver := range rawVersions(t, snap) {
 		b.WriteString(ver.String() + "\n")
+	}
+	err = iterPrefix(snap, []byte{prefixLeaseIndex}, func(k, _ []byte) error {
+		leaseID, userKey, err := decodeLeaseIndexKey(k)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "lease-index %d %q\n", leaseID, userKey)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 	return b.String()
 }

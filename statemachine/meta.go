@@ -83,11 +83,29 @@ func (s keySpan) contains(k []byte) bool {
 	return bytes.Compare(k, s.start) >= 0 && (s.end == nil || bytes.Compare(k, s.end) < 0)
 }
 
-// bounds are a range's keys: [start, end), end == nil meaning unbounded.
+// bounds are a range's keys: [start, end), end == nil meaning unbounded,
+// and the generation of that pair.
+//
+// Invariants (enforced by applySplit, the only writer besides snapshot
+// recovery):
+//   - start < end when end != nil; bounds only ever shrink, at the end
+//     (a split keeps [start, splitKey) and gives [splitKey, end) to a child).
+//   - generation starts at 1 (a range without a bounds record, or one written
+//     before generations existed, has generation 1) and is incremented by
+//     every split of the range. The child of a split starts at the parent's
+//     new generation, not at 1, so that of two overlapping bounds ever
+//     published (by whichever ranges) the one with the higher generation is
+//     the newer: a descriptor cache can resolve overlaps without knowing the
+//     split history.
 type bounds struct {
-	start []byte
-	end   []byte
+	start      []byte
+	end        []byte
+	generation uint64
 }
+
+// wholeKeyspace is the bounds of a range that never split and never
+// received a snapshot.
+func wholeKeyspace() bounds { return bounds{start: []byte{}, generation: 1} }
 
 func (b bounds) span() keySpan { return keySpan{start: b.start, end: b.end} }
 
@@ -113,10 +131,17 @@ func (b bounds) containsSpan(s keySpan) bool {
 	return bytes.Compare(s.end, b.end) <= 0 || bytes.Compare(s.end, s.start) <= 0 && b.containsKey(s.start)
 }
 
-const boundsEncodingVersion = 1
+// Bounds encodings: version 1 (before generations; decoded as generation 1)
+// is 1 uvarint(len start) start (0 | 1 end); version 2, the one written, is
+// 2 uvarint(generation) followed by version 1's body.
+const (
+	boundsEncodingV1      = 1
+	boundsEncodingVersion = 2
+)
 
 func (b bounds) encode() []byte {
 	out := []byte{boundsEncodingVersion}
+	out = binary.AppendUvarint(out, b.generation)
 	out = binary.AppendUvarint(out, uint64(len(b.start)))
 	out = append(out, b.start...)
 	if b.end == nil {
@@ -128,15 +153,27 @@ func (b bounds) encode() []byte {
 
 func decodeBounds(v []byte) (bounds, error) {
 	bad := fmt.Errorf("statemachine: malformed range bounds")
-	if len(v) < 1 || v[0] != boundsEncodingVersion {
+	if len(v) < 1 {
 		return bounds{}, bad
 	}
-	n, w := binary.Uvarint(v[1:])
-	if w <= 0 || uint64(len(v)-1-w) < n+1 {
+	generation, rest := uint64(1), v[1:]
+	switch v[0] {
+	case boundsEncodingV1:
+	case boundsEncodingVersion:
+		g, w := binary.Uvarint(rest)
+		if w <= 0 {
+			return bounds{}, bad
+		}
+		generation, rest = g, rest[w:]
+	default:
 		return bounds{}, bad
 	}
-	rest := v[1+w:]
-	b := bounds{start: bytes.Clone(rest[:n])}
+	n, w := binary.Uvarint(rest)
+	if w <= 0 || uint64(len(rest)-w) < n+1 {
+		return bounds{}, bad
+	}
+	rest = rest[w:]
+	b := bounds{start: bytes.Clone(rest[:n]), generation: generation}
 	switch rest[n] {
 	case 0:
 	case 1:
@@ -175,7 +212,7 @@ func loadMeta(r pebble.Reader, rangeID uint64) (rangeState, bounds, error) {
 			return st, bounds{}, err
 		}
 	}
-	bnds := bounds{start: []byte{}}
+	bnds := wholeKeyspace()
 	v, found, err = getValue(r, metaKey(rangeID, metaBounds))
 	if err != nil {
 		return st, bounds{}, err
@@ -189,3 +226,35 @@ func loadMeta(r pebble.Reader, rangeID uint64) (rangeState, bounds, error) {
 }
 
 func unmarshal(b []byte, m proto.Message) error { return proto.Unmarshal(b, m) }
+
+// hasMeta reports whether rangeID has any metadata in r: a range that was
+// ever opened and applied something, recovered a snapshot, or was created by
+// a split.
+func hasMeta(r pebble.Reader, rangeID uint64) (bool, error) {
+	p := metaPrefix(rangeID)
+	it, err := r.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
+	if err != nil {
+		return false, err
+	}
+	defer closeQuietly(it)
+	found := it.First()
+	return found, it.Error()
+}
+
+// storedBounds returns the bounds rangeID has in r: its bounds record, the
+// whole keyspace when it has metadata but no bounds record (a range that
+// never split nor recovered), found false when it has no metadata at all.
+func storedBounds(r pebble.Reader, rangeID uint64) (b bounds, found bool, err error) {
+	v, found, err := getValue(r, metaKey(rangeID, metaBounds))
+	if err != nil {
+		return bounds{}, false, err
+	}
+	if found {
+		b, err = decodeBounds(v)
+		return b, err == nil, err
+	}
+	if found, err = hasMeta(r, rangeID); err != nil || !found {
+		return bounds{}, false, err
+	}
+	return wholeKeyspace(), true, nil
+}

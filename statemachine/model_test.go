@@ -505,7 +505,7 @@ func runRandom(t *testing.T, seed int64, iterations int) {
 		case 1:
 			snap := h.saveSnapshot(t)
 			h.close()
-			h.openStore(t.TempDir())
+			h.openStore(t.TempDir(), nil)
 			if err := h.rsm.RecoverFromSnapshot(bytes.NewReader(snap), nil); err != nil {
 				t.Fatal(err)
 			}

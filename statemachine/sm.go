@@ -24,7 +24,9 @@ type RangeSM struct {
 
 	// state and bounds are the range's metadata as last committed; they are
 	// only used by the update path (Views read their own from the snapshot).
-	// Written only by Open, Update and RecoverFromSnapshot.
+	// Written only by Open, Update (bounds: when it applied a split) and
+	// RecoverFromSnapshot, each time after the batch recording them has
+	// committed.
 	state  rangeState
 	bounds bounds
 
@@ -33,7 +35,7 @@ type RangeSM struct {
 	// under mu held for writing, so a View's Pebble snapshot is taken either
 	// entirely before recovery starts or after it ends. Guarded by mu.
 	unavailable string
-	// publicBounds is bounds for Bounds(). Guarded by mu.
+	// publicBounds is bounds for Bounds() and Generation(). Guarded by mu.
 	publicBounds bounds
 }
 
@@ -52,6 +54,16 @@ func (r *RangeSM) Bounds() (start, end []byte) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	return bytes.Clone(r.publicBounds.start), bytes.Clone(r.publicBounds.end)
+}
+
+// Generation returns the generation of the range's bounds: 1 for a range
+// that never split, incremented by every split; a split's child starts at
+// its parent's new generation. Of two overlapping bounds (of any ranges), the
+// one with the higher generation is the newer.
+func (r *RangeSM) Generation() uint64 {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.publicBounds.generation
 }
 
 func (r *RangeSM) markUnavailable(why string) {
@@ -79,7 +91,8 @@ func (r *RangeSM) Open(stopc <-chan struct{}) (uint64, error) {
 
 // Update applies entries in one Pebble batch that also records the applied
 // index and the range's state, committed without sync (Dragonboat's log is
-// the durable record; Sync makes it durable).
+// the durable record; Sync makes it durable). After the commit it calls
+// StoreOptions.OnSplit once per split applied, in log order.
 func (r *RangeSM) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	if len(entries) == 0 {
 		return entries, nil
@@ -105,7 +118,16 @@ func (r *RangeSM) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return nil, fmt.Errorf("statemachine: range %d committing batch: %w", r.rangeID, err)
 	}
-	r.state = a.state
+	if len(a.splits) == 0 {
+		r.state = a.state
+		return entries, nil
+	}
+	r.setMeta(a.state, a.bounds)
+	if onSplit := r.store.onSplit; onSplit != nil {
+		for _, childID := range a.splits {
+			onSplit(r.rangeID, childID)
+		}
+	}
 	return entries, nil
 }
 

@@ -207,7 +207,7 @@ func TestErrorCodes(t *testing.T) {
 	want := map[error]int32{
 		ErrCompacted: 1, ErrFutureRev: 2, ErrLeaseNotFound: 3, ErrLeaseExists: 4,
 		ErrKeyNotFound: 5, ErrDuplicateKey: 6, ErrStaleRevision: 7, ErrEmptyKey: 8,
-		ErrWrongRange: 9, ErrInvalidCommand: 10, ErrUnavailable: 11,
+		ErrWrongRange: 9, ErrInvalidCommand: 10, ErrUnavailable: 11, ErrInvalidSplit: 12,
 	}
 	for err, code := range want {
 		if got := ErrorCode(err); got != code {
@@ -235,14 +235,14 @@ func TestBounds(t *testing.T) {
 	if len(start) != 0 || end != nil {
 		t.Fatalf("default bounds [%q, %q)", start, end)
 	}
-	// Splits come later; set bounds directly as a split would.
-	b := bounds{start: []byte("b"), end: []byte("m")}
+	// Set bounds directly (as a snapshot of a split range would).
+	b := bounds{start: []byte("b"), end: []byte("m"), generation: 3}
 	if err := h.store.db.Set(metaKey(testRangeID, metaBounds), b.encode(), nil); err != nil {
 		t.Fatal(err)
 	}
 	h.restart()
-	if start, end := h.rsm.Bounds(); string(start) != "b" || string(end) != "m" {
-		t.Fatalf("bounds [%q, %q)", start, end)
+	if start, end := h.rsm.Bounds(); string(start) != "b" || string(end) != "m" || h.rsm.Generation() != 3 {
+		t.Fatalf("bounds [%q, %q) gen %d", start, end, h.rsm.Generation())
 	}
 	for _, tc := range []struct {
 		key, end string

@@ -139,27 +139,76 @@ func writeSnapshot(snap *pebble.Snapshot, rangeID uint64, w io.Writer, done <-ch
 	return sw.w.Flush()
 }
 
-// clearRange deletes the range's data and lease index entries within bnds.
-func clearRange(db *pebble.DB, b *pebble.Batch, bnds bounds) error {
-	lower, upper := dataSpanBounds(bnds.span())
-	if err := b.DeleteRange(lower, upper, nil); err != nil {
-		return err
+// clearSpans deletes the data and lease index entries of the user keys in
+// spans.
+func clearSpans(db *pebble.DB, b *pebble.Batch, spans []bounds) error {
+	if len(spans) == 0 {
+		return nil
+	}
+	for _, s := range spans {
+		lower, upper := dataSpanBounds(s.span())
+		if err := b.DeleteRange(lower, upper, nil); err != nil {
+			return err
+		}
 	}
 	return iterPrefix(db, []byte{prefixLeaseIndex}, func(k, _ []byte) error {
 		_, userKey, err := decodeLeaseIndexKey(k)
 		if err != nil {
 			return err
 		}
-		if !bnds.containsKey(userKey) {
-			return nil
+		for _, s := range spans {
+			if s.containsKey(userKey) {
+				return b.Delete(bytes.Clone(k), nil)
+			}
 		}
-		return b.Delete(bytes.Clone(k), nil)
+		return nil
 	})
 }
 
+// spansToClear decides which user keys a recovery of rangeID to newBounds
+// deletes before loading the snapshot:
+//
+//   - all of newBounds: the snapshot is the truth about those keys. Dragonboat
+//     only installs a snapshot newer than what the replica applied and bounds
+//     never grow, so no other range of the store owns keys in them — at most
+//     a stale ancestor replica still claims them, until it applies the split
+//     (or a snapshot) that narrows it;
+//   - and the part of the replica's old bounds outside newBounds, minus the
+//     bounds stored for every other range of the store. Old bounds wider
+//     than the snapshot's mean the snapshot was taken after splits this
+//     replica never applied: those keys belong to the children. A child
+//     replica already in this store (its metadata is there, whether or not
+//     its RangeSM is open) owns them, and they are kept; keys no range here
+//     owns are the parent's stale copy and are deleted. (A child replica
+//     added to this store later recovers from its own snapshot, which
+//     clears its bounds first.)
+//
+// A replica with no metadata in the store has no old bounds: its default
+// bounds (the whole keyspace) are not a claim on anything, and clearing them
+// would wipe every other range of the node.
+//
+// The caller holds Store.clearMu until the deletion has committed.
+func spansToClear(r pebble.Reader, rangeID uint64, newBounds bounds) ([]bounds, error) {
+	spans := []bounds{newBounds}
+	old, found, err := storedBounds(r, rangeID)
+	if err != nil || !found {
+		return spans, err
+	}
+	others, err := storedRanges(r, rangeID)
+	if err != nil {
+		return nil, err
+	}
+	holes := []bounds{newBounds}
+	for _, o := range others {
+		holes = append(holes, o.bounds)
+	}
+	return append(spans, subtractBounds(old, holes)...), nil
+}
+
 // RecoverFromSnapshot replaces the range's state by the snapshot's: it clears
-// the range's metadata and its keys (within both its current bounds and the
-// snapshot's), then loads the snapshot in batches. Views are refused while it
+// the range's metadata and its keys (the snapshot's bounds, and what the
+// replica owned beyond them and no other range of the store owns: see
+// spansToClear), then loads the snapshot in batches. Views are refused while it
 // runs. A crash part way leaves no state record, so Open reports applied
 // index 0 and Dragonboat recovers from the snapshot again.
 func (r *RangeSM) RecoverFromSnapshot(rd io.Reader, done <-chan struct{}) error {
@@ -197,19 +246,8 @@ func (r *RangeSM) recoverFromSnapshot(rd io.Reader, done <-chan struct{}) error 
 	// Clear, and record the new bounds, in one batch.
 	b := db.NewBatch()
 	defer func() { closeQuietly(b) }()
-	for _, bnds := range []bounds{r.bounds, newBounds} {
-		if err := clearRange(db, b, bnds); err != nil {
-			return err
-		}
-	}
 	mp := metaPrefix(r.rangeID)
-	if err := b.DeleteRange(mp, prefixEnd(mp), nil); err != nil {
-		return err
-	}
-	if err := b.Set(metaKey(r.rangeID, metaBounds), newBounds.encode(), nil); err != nil {
-		return err
-	}
-	if err := b.Commit(pebble.NoSync); err != nil {
+	if err := r.clearForRecovery(b, newBounds); err != nil {
 		return err
 	}
 	closeQuietly(b)
@@ -273,6 +311,36 @@ func (r *RangeSM) recoverFromSnapshot(rd io.Reader, done <-chan struct{}) error 
 			b = db.NewBatch()
 		}
 	}
+}
+
+// clearForRecovery deletes, in b, the range's metadata and the keys
+// spansToClear names, records newBounds, and commits b; under Store.clearMu
+// so that the other ranges' bounds it read are still the truth when the
+// deletion lands.
+func (r *RangeSM) clearForRecovery(b *pebble.Batch, newBounds bounds) error {
+	db := r.store.db
+	r.store.clearMu.Lock()
+	defer r.store.clearMu.Unlock()
+	// One point in time for every range's bounds: a range splitting now
+	// hands its keys to its child in one batch, and the Pebble snapshot sees
+	// the range either before (owning them) or after (the child owning them).
+	snap := db.NewSnapshot()
+	spans, err := spansToClear(snap, r.rangeID, newBounds)
+	closeQuietly(snap)
+	if err != nil {
+		return err
+	}
+	if err := clearSpans(db, b, spans); err != nil {
+		return err
+	}
+	mp := metaPrefix(r.rangeID)
+	if err := b.DeleteRange(mp, prefixEnd(mp), nil); err != nil {
+		return err
+	}
+	if err := b.Set(metaKey(r.rangeID, metaBounds), newBounds.encode(), nil); err != nil {
+		return err
+	}
+	return b.Commit(pebble.NoSync)
 }
 
 func readRecord(br *bufio.Reader) (kind byte, k, v []byte, err error) {

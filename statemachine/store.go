@@ -18,6 +18,17 @@ type StoreOptions struct {
 	// Logger receives Pebble's log; nil means errors only, to the standard
 	// logger (Pebble's informational messages are dropped).
 	Logger pebble.Logger
+	// OnSplit, when not nil, is called by RangeSM.Update once per split it
+	// applied, in log order, after the batch that applied it has committed:
+	// the child's metadata is then readable, and CreateStateMachine(childID,
+	// …) followed by Open returns applied index 0 and sees the child's keys.
+	// It is called synchronously on Dragonboat's apply goroutine for the
+	// parent, so it must not block: no Raft calls, no waiting on the parent.
+	// The node starts the child's Raft group from it in a goroutine of its
+	// own. It is not called again for a split already applied (a restart
+	// replays nothing below the persisted applied index), so the node must
+	// also start, at boot, every range whose metadata is in the store.
+	OnSplit func(parentRangeID, childRangeID uint64)
 }
 
 // quietLogger drops Pebble's informational messages.
@@ -36,6 +47,14 @@ const defaultCacheSizeBytes = 64 << 20
 // Store is one node's Pebble, shared by every range replica on the node.
 type Store struct {
 	db *pebble.DB
+	// onSplit is StoreOptions.OnSplit. Immutable.
+	onSplit func(parentRangeID, childRangeID uint64)
+
+	// clearMu serialises the clearing step of snapshot recoveries (deciding
+	// what to delete from the other ranges' stored bounds, and committing
+	// the deletion), so that one recovery never deletes keys another has
+	// just claimed; see RangeSM.recoverFromSnapshot.
+	clearMu sync.Mutex
 
 	mu sync.Mutex
 	// ranges holds the RangeSM created for each range and not yet closed.
@@ -71,7 +90,7 @@ func OpenStore(dir string, opts StoreOptions) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("statemachine: opening pebble in %s: %w", dir, err)
 	}
-	return &Store{db: db, ranges: make(map[uint64]*RangeSM)}, nil
+	return &Store{db: db, onSplit: opts.OnSplit, ranges: make(map[uint64]*RangeSM)}, nil
 }
 
 // Close closes the Pebble. Close the NodeHost (so every RangeSM is closed)

@@ -44,6 +44,10 @@ func (v *View) LastCommandRevision() int64 { return v.state.lastCmdRev }
 // Bounds returns the range's bounds as of the view; end nil is unbounded.
 func (v *View) Bounds() (start, end []byte) { return v.bounds.start, v.bounds.end }
 
+// Generation is the generation of the range's bounds as of the view; see
+// RangeSM.Generation.
+func (v *View) Generation() uint64 { return v.bounds.generation }
+
 // AssumeClosed makes every revision up to closedRev readable in this view,
 // and Revision() report at least closedRev. The caller (the range leader)
 // vouches that no write at or below closedRev can still be applied to this

@@ -130,13 +130,25 @@ func (p *process) stop() error {
 // etcdctl runs etcdctl against the given endpoint and returns its stdout.
 func etcdctl(t *testing.T, endpoint, stdin string, args ...string) (string, error) {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(binaries(t), "etcdctl"), append([]string{"--endpoints", endpoint}, args...)...)
+	return runBinaryStdin(t, "etcdctl", stdin, append([]string{"--endpoints", endpoint}, args...)...)
+}
+
+// runBinary runs one of the built binaries and returns its stdout; the error
+// carries its stderr.
+func runBinary(t *testing.T, name string, args ...string) (string, error) {
+	t.Helper()
+	return runBinaryStdin(t, name, "", args...)
+}
+
+func runBinaryStdin(t *testing.T, name, stdin string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(binaries(t), name), args...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
 	if err != nil {
-		return stdout.String(), fmt.Errorf("etcdctl %s: %v: %s", strings.Join(args, " "), err, stderr.String())
+		return stdout.String(), fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, stderr.String())
 	}
 	return stdout.String(), nil
 }

@@ -21,6 +21,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "ctl" {
+		os.Exit(runCtl(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	cfg, err := parseFlags(os.Args[1:], os.Stdout, os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
@@ -55,7 +58,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (server.Config, error) 
 	}
 	fs.Usage = func() {
 		out := fs.Output()
-		fmt.Fprintf(out, "Usage: tessera [flags]\n\nRuns a Tessera node, an etcd-v3-API key-value store. With no flags: one node,\nclients on %s, data in ./%s.\n\nFlags:\n", server.DefaultClientURL, server.DefaultDataDir)
+		fmt.Fprintf(out, "Usage: tessera [flags]\n       tessera ctl [flags] COMMAND (tessera ctl --help)\n\nRuns a Tessera node, an etcd-v3-API key-value store. With no flags: one node,\nclients on %s, data in ./%s.\n\nFlags:\n", server.DefaultClientURL, server.DefaultDataDir)
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&cfg.Name, "name", cfg.Name, "human-readable name of this member; must appear in --initial-cluster")

@@ -33,6 +33,7 @@ type MetaCommand struct {
 	//	*MetaCommand_SetHighWater
 	//	*MetaCommand_RegisterNode
 	//	*MetaCommand_PutRange
+	//	*MetaCommand_AllocateRangeId
 	Op            isMetaCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -102,6 +103,15 @@ func (x *MetaCommand) GetPutRange() *PutRangeCommand {
 	return nil
 }
 
+func (x *MetaCommand) GetAllocateRangeId() *AllocateRangeIdCommand {
+	if x != nil {
+		if x, ok := x.Op.(*MetaCommand_AllocateRangeId); ok {
+			return x.AllocateRangeId
+		}
+	}
+	return nil
+}
+
 type isMetaCommand_Op interface {
 	isMetaCommand_Op()
 }
@@ -118,11 +128,54 @@ type MetaCommand_PutRange struct {
 	PutRange *PutRangeCommand `protobuf:"bytes,3,opt,name=put_range,json=putRange,proto3,oneof"`
 }
 
+type MetaCommand_AllocateRangeId struct {
+	AllocateRangeId *AllocateRangeIdCommand `protobuf:"bytes,4,opt,name=allocate_range_id,json=allocateRangeId,proto3,oneof"`
+}
+
 func (*MetaCommand_SetHighWater) isMetaCommand_Op() {}
 
 func (*MetaCommand_RegisterNode) isMetaCommand_Op() {}
 
 func (*MetaCommand_PutRange) isMetaCommand_Op() {}
+
+func (*MetaCommand_AllocateRangeId) isMetaCommand_Op() {}
+
+// AllocateRangeIdCommand hands out a new range ID (the entry's result value).
+type AllocateRangeIdCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AllocateRangeIdCommand) Reset() {
+	*x = AllocateRangeIdCommand{}
+	mi := &file_tesserapb_meta_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AllocateRangeIdCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AllocateRangeIdCommand) ProtoMessage() {}
+
+func (x *AllocateRangeIdCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AllocateRangeIdCommand.ProtoReflect.Descriptor instead.
+func (*AllocateRangeIdCommand) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{1}
+}
 
 // SetHighWaterCommand raises the oracle's high-water mark: no revision at or
 // above it has been handed out. Lower values are ignored.
@@ -135,7 +188,7 @@ type SetHighWaterCommand struct {
 
 func (x *SetHighWaterCommand) Reset() {
 	*x = SetHighWaterCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[1]
+	mi := &file_tesserapb_meta_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -147,7 +200,7 @@ func (x *SetHighWaterCommand) String() string {
 func (*SetHighWaterCommand) ProtoMessage() {}
 
 func (x *SetHighWaterCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[1]
+	mi := &file_tesserapb_meta_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -160,7 +213,7 @@ func (x *SetHighWaterCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetHighWaterCommand.ProtoReflect.Descriptor instead.
 func (*SetHighWaterCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{1}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *SetHighWaterCommand) GetRevision() int64 {
@@ -179,7 +232,7 @@ type RegisterNodeCommand struct {
 
 func (x *RegisterNodeCommand) Reset() {
 	*x = RegisterNodeCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[2]
+	mi := &file_tesserapb_meta_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -191,7 +244,7 @@ func (x *RegisterNodeCommand) String() string {
 func (*RegisterNodeCommand) ProtoMessage() {}
 
 func (x *RegisterNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[2]
+	mi := &file_tesserapb_meta_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -204,7 +257,7 @@ func (x *RegisterNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeCommand.ProtoReflect.Descriptor instead.
 func (*RegisterNodeCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{2}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RegisterNodeCommand) GetNode() *NodeInfo {
@@ -225,7 +278,7 @@ type PutRangeCommand struct {
 
 func (x *PutRangeCommand) Reset() {
 	*x = PutRangeCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[3]
+	mi := &file_tesserapb_meta_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -237,7 +290,7 @@ func (x *PutRangeCommand) String() string {
 func (*PutRangeCommand) ProtoMessage() {}
 
 func (x *PutRangeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[3]
+	mi := &file_tesserapb_meta_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -250,7 +303,7 @@ func (x *PutRangeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRangeCommand.ProtoReflect.Descriptor instead.
 func (*PutRangeCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{3}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PutRangeCommand) GetRange() *RangeDescriptor {
@@ -273,7 +326,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_tesserapb_meta_proto_msgTypes[4]
+	mi := &file_tesserapb_meta_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -285,7 +338,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[4]
+	mi := &file_tesserapb_meta_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -298,7 +351,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{4}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *NodeInfo) GetNodeId() uint64 {
@@ -345,7 +398,7 @@ type RangeDescriptor struct {
 
 func (x *RangeDescriptor) Reset() {
 	*x = RangeDescriptor{}
-	mi := &file_tesserapb_meta_proto_msgTypes[5]
+	mi := &file_tesserapb_meta_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -357,7 +410,7 @@ func (x *RangeDescriptor) String() string {
 func (*RangeDescriptor) ProtoMessage() {}
 
 func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[5]
+	mi := &file_tesserapb_meta_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -370,7 +423,7 @@ func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDescriptor.ProtoReflect.Descriptor instead.
 func (*RangeDescriptor) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{5}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RangeDescriptor) GetRangeId() uint64 {
@@ -410,17 +463,19 @@ func (x *RangeDescriptor) GetGeneration() uint64 {
 
 // MetaState is the whole meta range state (its snapshot).
 type MetaState struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	HighWater     int64                  `protobuf:"varint,1,opt,name=high_water,json=highWater,proto3" json:"high_water,omitempty"`
-	Nodes         []*NodeInfo            `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
-	Ranges        []*RangeDescriptor     `protobuf:"bytes,3,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	HighWater int64                  `protobuf:"varint,1,opt,name=high_water,json=highWater,proto3" json:"high_water,omitempty"`
+	Nodes     []*NodeInfo            `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Ranges    []*RangeDescriptor     `protobuf:"bytes,3,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	// next_range_id is the next range ID to hand out (0 = FirstAllocatedRangeID).
+	NextRangeId   uint64 `protobuf:"varint,4,opt,name=next_range_id,json=nextRangeId,proto3" json:"next_range_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MetaState) Reset() {
 	*x = MetaState{}
-	mi := &file_tesserapb_meta_proto_msgTypes[6]
+	mi := &file_tesserapb_meta_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -432,7 +487,7 @@ func (x *MetaState) String() string {
 func (*MetaState) ProtoMessage() {}
 
 func (x *MetaState) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[6]
+	mi := &file_tesserapb_meta_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -445,7 +500,7 @@ func (x *MetaState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaState.ProtoReflect.Descriptor instead.
 func (*MetaState) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{6}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *MetaState) GetHighWater() int64 {
@@ -469,6 +524,406 @@ func (x *MetaState) GetRanges() []*RangeDescriptor {
 	return nil
 }
 
+func (x *MetaState) GetNextRangeId() uint64 {
+	if x != nil {
+		return x.NextRangeId
+	}
+	return 0
+}
+
+type RangeWriteRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	RangeId uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	// command is a marshalled Command.
+	Command []byte `protobuf:"bytes,2,opt,name=command,proto3" json:"command,omitempty"`
+	// writes_keys: the command takes a revision from the oracle.
+	WritesKeys bool `protobuf:"varint,3,opt,name=writes_keys,json=writesKeys,proto3" json:"writes_keys,omitempty"`
+	// fence_revision, when positive, is raised on the leader's fence before
+	// the command is proposed (a compaction).
+	FenceRevision int64 `protobuf:"varint,4,opt,name=fence_revision,json=fenceRevision,proto3" json:"fence_revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RangeWriteRequest) Reset() {
+	*x = RangeWriteRequest{}
+	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangeWriteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangeWriteRequest) ProtoMessage() {}
+
+func (x *RangeWriteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangeWriteRequest.ProtoReflect.Descriptor instead.
+func (*RangeWriteRequest) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *RangeWriteRequest) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+func (x *RangeWriteRequest) GetCommand() []byte {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+func (x *RangeWriteRequest) GetWritesKeys() bool {
+	if x != nil {
+		return x.WritesKeys
+	}
+	return false
+}
+
+func (x *RangeWriteRequest) GetFenceRevision() int64 {
+	if x != nil {
+		return x.FenceRevision
+	}
+	return 0
+}
+
+type RangeWriteResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Result        *Result                `protobuf:"bytes,1,opt,name=result,proto3" json:"result,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RangeWriteResponse) Reset() {
+	*x = RangeWriteResponse{}
+	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangeWriteResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangeWriteResponse) ProtoMessage() {}
+
+func (x *RangeWriteResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangeWriteResponse.ProtoReflect.Descriptor instead.
+func (*RangeWriteResponse) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *RangeWriteResponse) GetResult() *Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+type SplitRangeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SplitKey      []byte                 `protobuf:"bytes,1,opt,name=split_key,json=splitKey,proto3" json:"split_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SplitRangeRequest) Reset() {
+	*x = SplitRangeRequest{}
+	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SplitRangeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SplitRangeRequest) ProtoMessage() {}
+
+func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
+func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *SplitRangeRequest) GetSplitKey() []byte {
+	if x != nil {
+		return x.SplitKey
+	}
+	return nil
+}
+
+type SplitRangeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Left          *RangeInfo             `protobuf:"bytes,1,opt,name=left,proto3" json:"left,omitempty"`
+	Right         *RangeInfo             `protobuf:"bytes,2,opt,name=right,proto3" json:"right,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SplitRangeResponse) Reset() {
+	*x = SplitRangeResponse{}
+	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SplitRangeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SplitRangeResponse) ProtoMessage() {}
+
+func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
+func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SplitRangeResponse) GetLeft() *RangeInfo {
+	if x != nil {
+		return x.Left
+	}
+	return nil
+}
+
+func (x *SplitRangeResponse) GetRight() *RangeInfo {
+	if x != nil {
+		return x.Right
+	}
+	return nil
+}
+
+type ListRangesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRangesRequest) Reset() {
+	*x = ListRangesRequest{}
+	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRangesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRangesRequest) ProtoMessage() {}
+
+func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRangesRequest.ProtoReflect.Descriptor instead.
+func (*ListRangesRequest) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{12}
+}
+
+type ListRangesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ranges        []*RangeInfo           `protobuf:"bytes,1,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRangesResponse) Reset() {
+	*x = ListRangesResponse{}
+	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRangesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRangesResponse) ProtoMessage() {}
+
+func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRangesResponse.ProtoReflect.Descriptor instead.
+func (*ListRangesResponse) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ListRangesResponse) GetRanges() []*RangeInfo {
+	if x != nil {
+		return x.Ranges
+	}
+	return nil
+}
+
+// RangeInfo is a range as `tessera ctl ranges` shows it.
+type RangeInfo struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	RangeId        uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	StartKey       []byte                 `protobuf:"bytes,2,opt,name=start_key,json=startKey,proto3" json:"start_key,omitempty"`
+	EndKey         []byte                 `protobuf:"bytes,3,opt,name=end_key,json=endKey,proto3" json:"end_key,omitempty"`
+	ReplicaNodeIds []uint64               `protobuf:"varint,4,rep,packed,name=replica_node_ids,json=replicaNodeIds,proto3" json:"replica_node_ids,omitempty"`
+	LeaderNodeId   uint64                 `protobuf:"varint,5,opt,name=leader_node_id,json=leaderNodeId,proto3" json:"leader_node_id,omitempty"`
+	SizeBytes      int64                  `protobuf:"varint,6,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	Qps            float64                `protobuf:"fixed64,7,opt,name=qps,proto3" json:"qps,omitempty"`
+	Generation     uint64                 `protobuf:"varint,8,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RangeInfo) Reset() {
+	*x = RangeInfo{}
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangeInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangeInfo) ProtoMessage() {}
+
+func (x *RangeInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
+func (*RangeInfo) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RangeInfo) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+func (x *RangeInfo) GetStartKey() []byte {
+	if x != nil {
+		return x.StartKey
+	}
+	return nil
+}
+
+func (x *RangeInfo) GetEndKey() []byte {
+	if x != nil {
+		return x.EndKey
+	}
+	return nil
+}
+
+func (x *RangeInfo) GetReplicaNodeIds() []uint64 {
+	if x != nil {
+		return x.ReplicaNodeIds
+	}
+	return nil
+}
+
+func (x *RangeInfo) GetLeaderNodeId() uint64 {
+	if x != nil {
+		return x.LeaderNodeId
+	}
+	return 0
+}
+
+func (x *RangeInfo) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *RangeInfo) GetQps() float64 {
+	if x != nil {
+		return x.Qps
+	}
+	return 0
+}
+
+func (x *RangeInfo) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
 type GetRevisionsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Count         int64                  `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
@@ -478,7 +933,7 @@ type GetRevisionsRequest struct {
 
 func (x *GetRevisionsRequest) Reset() {
 	*x = GetRevisionsRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[7]
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -490,7 +945,7 @@ func (x *GetRevisionsRequest) String() string {
 func (*GetRevisionsRequest) ProtoMessage() {}
 
 func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[7]
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -503,7 +958,7 @@ func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*GetRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{7}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetRevisionsRequest) GetCount() int64 {
@@ -524,7 +979,7 @@ type GetRevisionsResponse struct {
 
 func (x *GetRevisionsResponse) Reset() {
 	*x = GetRevisionsResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -536,7 +991,7 @@ func (x *GetRevisionsResponse) String() string {
 func (*GetRevisionsResponse) ProtoMessage() {}
 
 func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -549,7 +1004,7 @@ func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*GetRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{8}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetRevisionsResponse) GetFirst() int64 {
@@ -570,12 +1025,14 @@ var File_tesserapb_meta_proto protoreflect.FileDescriptor
 
 const file_tesserapb_meta_proto_rawDesc = "" +
 	"\n" +
-	"\x14tesserapb/meta.proto\x12\ttesserapb\"\xdd\x01\n" +
+	"\x14tesserapb/meta.proto\x12\ttesserapb\x1a\x17tesserapb/tessera.proto\"\xae\x02\n" +
 	"\vMetaCommand\x12F\n" +
 	"\x0eset_high_water\x18\x01 \x01(\v2\x1e.tesserapb.SetHighWaterCommandH\x00R\fsetHighWater\x12E\n" +
 	"\rregister_node\x18\x02 \x01(\v2\x1e.tesserapb.RegisterNodeCommandH\x00R\fregisterNode\x129\n" +
-	"\tput_range\x18\x03 \x01(\v2\x1a.tesserapb.PutRangeCommandH\x00R\bputRangeB\x04\n" +
-	"\x02op\"1\n" +
+	"\tput_range\x18\x03 \x01(\v2\x1a.tesserapb.PutRangeCommandH\x00R\bputRange\x12O\n" +
+	"\x11allocate_range_id\x18\x04 \x01(\v2!.tesserapb.AllocateRangeIdCommandH\x00R\x0fallocateRangeIdB\x04\n" +
+	"\x02op\"\x18\n" +
+	"\x16AllocateRangeIdCommand\"1\n" +
 	"\x13SetHighWaterCommand\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\">\n" +
 	"\x13RegisterNodeCommand\x12'\n" +
@@ -595,19 +1052,54 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\x10replica_node_ids\x18\x04 \x03(\x04R\x0ereplicaNodeIds\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x05 \x01(\x04R\n" +
-	"generation\"\x89\x01\n" +
+	"generation\"\xad\x01\n" +
 	"\tMetaState\x12\x1d\n" +
 	"\n" +
 	"high_water\x18\x01 \x01(\x03R\thighWater\x12)\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x13.tesserapb.NodeInfoR\x05nodes\x122\n" +
-	"\x06ranges\x18\x03 \x03(\v2\x1a.tesserapb.RangeDescriptorR\x06ranges\"+\n" +
+	"\x06ranges\x18\x03 \x03(\v2\x1a.tesserapb.RangeDescriptorR\x06ranges\x12\"\n" +
+	"\rnext_range_id\x18\x04 \x01(\x04R\vnextRangeId\"\x90\x01\n" +
+	"\x11RangeWriteRequest\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x18\n" +
+	"\acommand\x18\x02 \x01(\fR\acommand\x12\x1f\n" +
+	"\vwrites_keys\x18\x03 \x01(\bR\n" +
+	"writesKeys\x12%\n" +
+	"\x0efence_revision\x18\x04 \x01(\x03R\rfenceRevision\"?\n" +
+	"\x12RangeWriteResponse\x12)\n" +
+	"\x06result\x18\x01 \x01(\v2\x11.tesserapb.ResultR\x06result\"0\n" +
+	"\x11SplitRangeRequest\x12\x1b\n" +
+	"\tsplit_key\x18\x01 \x01(\fR\bsplitKey\"j\n" +
+	"\x12SplitRangeResponse\x12(\n" +
+	"\x04left\x18\x01 \x01(\v2\x14.tesserapb.RangeInfoR\x04left\x12*\n" +
+	"\x05right\x18\x02 \x01(\v2\x14.tesserapb.RangeInfoR\x05right\"\x13\n" +
+	"\x11ListRangesRequest\"B\n" +
+	"\x12ListRangesResponse\x12,\n" +
+	"\x06ranges\x18\x01 \x03(\v2\x14.tesserapb.RangeInfoR\x06ranges\"\xfd\x01\n" +
+	"\tRangeInfo\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x1b\n" +
+	"\tstart_key\x18\x02 \x01(\fR\bstartKey\x12\x17\n" +
+	"\aend_key\x18\x03 \x01(\fR\x06endKey\x12(\n" +
+	"\x10replica_node_ids\x18\x04 \x03(\x04R\x0ereplicaNodeIds\x12$\n" +
+	"\x0eleader_node_id\x18\x05 \x01(\x04R\fleaderNodeId\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x06 \x01(\x03R\tsizeBytes\x12\x10\n" +
+	"\x03qps\x18\a \x01(\x01R\x03qps\x12\x1e\n" +
+	"\n" +
+	"generation\x18\b \x01(\x04R\n" +
+	"generation\"+\n" +
 	"\x13GetRevisionsRequest\x12\x14\n" +
 	"\x05count\x18\x01 \x01(\x03R\x05count\"B\n" +
 	"\x14GetRevisionsResponse\x12\x14\n" +
 	"\x05first\x18\x01 \x01(\x03R\x05first\x12\x14\n" +
-	"\x05count\x18\x02 \x01(\x03R\x05count2[\n" +
+	"\x05count\x18\x02 \x01(\x03R\x05count2\xbc\x02\n" +
 	"\bInternal\x12O\n" +
-	"\fGetRevisions\x12\x1e.tesserapb.GetRevisionsRequest\x1a\x1f.tesserapb.GetRevisionsResponseB.Z,github.com/tesserakv/tessera/proto/tesserapbb\x06proto3"
+	"\fGetRevisions\x12\x1e.tesserapb.GetRevisionsRequest\x1a\x1f.tesserapb.GetRevisionsResponse\x12I\n" +
+	"\n" +
+	"RangeWrite\x12\x1c.tesserapb.RangeWriteRequest\x1a\x1d.tesserapb.RangeWriteResponse\x12I\n" +
+	"\n" +
+	"SplitRange\x12\x1c.tesserapb.SplitRangeRequest\x1a\x1d.tesserapb.SplitRangeResponse\x12I\n" +
+	"\n" +
+	"ListRanges\x12\x1c.tesserapb.ListRangesRequest\x1a\x1d.tesserapb.ListRangesResponseB.Z,github.com/tesserakv/tessera/proto/tesserapbb\x06proto3"
 
 var (
 	file_tesserapb_meta_proto_rawDescOnce sync.Once
@@ -621,33 +1113,53 @@ func file_tesserapb_meta_proto_rawDescGZIP() []byte {
 	return file_tesserapb_meta_proto_rawDescData
 }
 
-var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_tesserapb_meta_proto_goTypes = []any{
-	(*MetaCommand)(nil),          // 0: tesserapb.MetaCommand
-	(*SetHighWaterCommand)(nil),  // 1: tesserapb.SetHighWaterCommand
-	(*RegisterNodeCommand)(nil),  // 2: tesserapb.RegisterNodeCommand
-	(*PutRangeCommand)(nil),      // 3: tesserapb.PutRangeCommand
-	(*NodeInfo)(nil),             // 4: tesserapb.NodeInfo
-	(*RangeDescriptor)(nil),      // 5: tesserapb.RangeDescriptor
-	(*MetaState)(nil),            // 6: tesserapb.MetaState
-	(*GetRevisionsRequest)(nil),  // 7: tesserapb.GetRevisionsRequest
-	(*GetRevisionsResponse)(nil), // 8: tesserapb.GetRevisionsResponse
+	(*MetaCommand)(nil),            // 0: tesserapb.MetaCommand
+	(*AllocateRangeIdCommand)(nil), // 1: tesserapb.AllocateRangeIdCommand
+	(*SetHighWaterCommand)(nil),    // 2: tesserapb.SetHighWaterCommand
+	(*RegisterNodeCommand)(nil),    // 3: tesserapb.RegisterNodeCommand
+	(*PutRangeCommand)(nil),        // 4: tesserapb.PutRangeCommand
+	(*NodeInfo)(nil),               // 5: tesserapb.NodeInfo
+	(*RangeDescriptor)(nil),        // 6: tesserapb.RangeDescriptor
+	(*MetaState)(nil),              // 7: tesserapb.MetaState
+	(*RangeWriteRequest)(nil),      // 8: tesserapb.RangeWriteRequest
+	(*RangeWriteResponse)(nil),     // 9: tesserapb.RangeWriteResponse
+	(*SplitRangeRequest)(nil),      // 10: tesserapb.SplitRangeRequest
+	(*SplitRangeResponse)(nil),     // 11: tesserapb.SplitRangeResponse
+	(*ListRangesRequest)(nil),      // 12: tesserapb.ListRangesRequest
+	(*ListRangesResponse)(nil),     // 13: tesserapb.ListRangesResponse
+	(*RangeInfo)(nil),              // 14: tesserapb.RangeInfo
+	(*GetRevisionsRequest)(nil),    // 15: tesserapb.GetRevisionsRequest
+	(*GetRevisionsResponse)(nil),   // 16: tesserapb.GetRevisionsResponse
+	(*Result)(nil),                 // 17: tesserapb.Result
 }
 var file_tesserapb_meta_proto_depIdxs = []int32{
-	1, // 0: tesserapb.MetaCommand.set_high_water:type_name -> tesserapb.SetHighWaterCommand
-	2, // 1: tesserapb.MetaCommand.register_node:type_name -> tesserapb.RegisterNodeCommand
-	3, // 2: tesserapb.MetaCommand.put_range:type_name -> tesserapb.PutRangeCommand
-	4, // 3: tesserapb.RegisterNodeCommand.node:type_name -> tesserapb.NodeInfo
-	5, // 4: tesserapb.PutRangeCommand.range:type_name -> tesserapb.RangeDescriptor
-	4, // 5: tesserapb.MetaState.nodes:type_name -> tesserapb.NodeInfo
-	5, // 6: tesserapb.MetaState.ranges:type_name -> tesserapb.RangeDescriptor
-	7, // 7: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
-	8, // 8: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
-	8, // [8:9] is the sub-list for method output_type
-	7, // [7:8] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	2,  // 0: tesserapb.MetaCommand.set_high_water:type_name -> tesserapb.SetHighWaterCommand
+	3,  // 1: tesserapb.MetaCommand.register_node:type_name -> tesserapb.RegisterNodeCommand
+	4,  // 2: tesserapb.MetaCommand.put_range:type_name -> tesserapb.PutRangeCommand
+	1,  // 3: tesserapb.MetaCommand.allocate_range_id:type_name -> tesserapb.AllocateRangeIdCommand
+	5,  // 4: tesserapb.RegisterNodeCommand.node:type_name -> tesserapb.NodeInfo
+	6,  // 5: tesserapb.PutRangeCommand.range:type_name -> tesserapb.RangeDescriptor
+	5,  // 6: tesserapb.MetaState.nodes:type_name -> tesserapb.NodeInfo
+	6,  // 7: tesserapb.MetaState.ranges:type_name -> tesserapb.RangeDescriptor
+	17, // 8: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
+	14, // 9: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
+	14, // 10: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
+	14, // 11: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
+	15, // 12: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
+	8,  // 13: tesserapb.Internal.RangeWrite:input_type -> tesserapb.RangeWriteRequest
+	10, // 14: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
+	12, // 15: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
+	16, // 16: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
+	9,  // 17: tesserapb.Internal.RangeWrite:output_type -> tesserapb.RangeWriteResponse
+	11, // 18: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
+	13, // 19: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
+	16, // [16:20] is the sub-list for method output_type
+	12, // [12:16] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_tesserapb_meta_proto_init() }
@@ -655,10 +1167,12 @@ func file_tesserapb_meta_proto_init() {
 	if File_tesserapb_meta_proto != nil {
 		return
 	}
+	file_tesserapb_tessera_proto_init()
 	file_tesserapb_meta_proto_msgTypes[0].OneofWrappers = []any{
 		(*MetaCommand_SetHighWater)(nil),
 		(*MetaCommand_RegisterNode)(nil),
 		(*MetaCommand_PutRange)(nil),
+		(*MetaCommand_AllocateRangeId)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -666,7 +1180,7 @@ func file_tesserapb_meta_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tesserapb_meta_proto_rawDesc), len(file_tesserapb_meta_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,9 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	Internal_GetRevisions_FullMethodName = "/tesserapb.Internal/GetRevisions"
+	Internal_RangeWrite_FullMethodName   = "/tesserapb.Internal/RangeWrite"
+	Internal_SplitRange_FullMethodName   = "/tesserapb.Internal/SplitRange"
+	Internal_ListRanges_FullMethodName   = "/tesserapb.Internal/ListRanges"
 )
 
 // InternalClient is the client API for Internal service.
@@ -36,6 +39,13 @@ type InternalClient interface {
 	// revision handed out before the call began. Only the meta range leader
 	// serves it; others answer FailedPrecondition naming the leader.
 	GetRevisions(ctx context.Context, in *GetRevisionsRequest, opts ...grpc.CallOption) (*GetRevisionsResponse, error)
+	// RangeWrite proposes a command to a range on the node holding its leader.
+	// Others answer FailedPrecondition.
+	RangeWrite(ctx context.Context, in *RangeWriteRequest, opts ...grpc.CallOption) (*RangeWriteResponse, error)
+	// SplitRange splits the range holding split_key at split_key (admin).
+	SplitRange(ctx context.Context, in *SplitRangeRequest, opts ...grpc.CallOption) (*SplitRangeResponse, error)
+	// ListRanges describes the ranges as this node knows them (admin).
+	ListRanges(ctx context.Context, in *ListRangesRequest, opts ...grpc.CallOption) (*ListRangesResponse, error)
 }
 
 type internalClient struct {
@@ -56,6 +66,36 @@ func (c *internalClient) GetRevisions(ctx context.Context, in *GetRevisionsReque
 	return out, nil
 }
 
+func (c *internalClient) RangeWrite(ctx context.Context, in *RangeWriteRequest, opts ...grpc.CallOption) (*RangeWriteResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RangeWriteResponse)
+	err := c.cc.Invoke(ctx, Internal_RangeWrite_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *internalClient) SplitRange(ctx context.Context, in *SplitRangeRequest, opts ...grpc.CallOption) (*SplitRangeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SplitRangeResponse)
+	err := c.cc.Invoke(ctx, Internal_SplitRange_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *internalClient) ListRanges(ctx context.Context, in *ListRangesRequest, opts ...grpc.CallOption) (*ListRangesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRangesResponse)
+	err := c.cc.Invoke(ctx, Internal_ListRanges_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InternalServer is the server API for Internal service.
 // All implementations must embed UnimplementedInternalServer
 // for forward compatibility.
@@ -66,6 +106,13 @@ type InternalServer interface {
 	// revision handed out before the call began. Only the meta range leader
 	// serves it; others answer FailedPrecondition naming the leader.
 	GetRevisions(context.Context, *GetRevisionsRequest) (*GetRevisionsResponse, error)
+	// RangeWrite proposes a command to a range on the node holding its leader.
+	// Others answer FailedPrecondition.
+	RangeWrite(context.Context, *RangeWriteRequest) (*RangeWriteResponse, error)
+	// SplitRange splits the range holding split_key at split_key (admin).
+	SplitRange(context.Context, *SplitRangeRequest) (*SplitRangeResponse, error)
+	// ListRanges describes the ranges as this node knows them (admin).
+	ListRanges(context.Context, *ListRangesRequest) (*ListRangesResponse, error)
 	mustEmbedUnimplementedInternalServer()
 }
 
@@ -78,6 +125,15 @@ type UnimplementedInternalServer struct{}
 
 func (UnimplementedInternalServer) GetRevisions(context.Context, *GetRevisionsRequest) (*GetRevisionsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetRevisions not implemented")
+}
+func (UnimplementedInternalServer) RangeWrite(context.Context, *RangeWriteRequest) (*RangeWriteResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RangeWrite not implemented")
+}
+func (UnimplementedInternalServer) SplitRange(context.Context, *SplitRangeRequest) (*SplitRangeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SplitRange not implemented")
+}
+func (UnimplementedInternalServer) ListRanges(context.Context, *ListRangesRequest) (*ListRangesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRanges not implemented")
 }
 func (UnimplementedInternalServer) mustEmbedUnimplementedInternalServer() {}
 func (UnimplementedInternalServer) testEmbeddedByValue()                  {}
@@ -118,6 +174,60 @@ func _Internal_GetRevisions_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Internal_RangeWrite_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RangeWriteRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InternalServer).RangeWrite(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Internal_RangeWrite_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InternalServer).RangeWrite(ctx, req.(*RangeWriteRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Internal_SplitRange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SplitRangeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InternalServer).SplitRange(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Internal_SplitRange_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InternalServer).SplitRange(ctx, req.(*SplitRangeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Internal_ListRanges_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRangesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InternalServer).ListRanges(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Internal_ListRanges_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InternalServer).ListRanges(ctx, req.(*ListRangesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Internal_ServiceDesc is the grpc.ServiceDesc for Internal service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -128,6 +238,18 @@ var Internal_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetRevisions",
 			Handler:    _Internal_GetRevisions_Handler,
+		},
+		{
+			MethodName: "RangeWrite",
+			Handler:    _Internal_RangeWrite_Handler,
+		},
+		{
+			MethodName: "SplitRange",
+			Handler:    _Internal_SplitRange_Handler,
+		},
+		{
+			MethodName: "ListRanges",
+			Handler:    _Internal_ListRanges_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

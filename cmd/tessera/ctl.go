@@ -1,0 +1,176 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/tesserakv/tessera/proto/tesserapb"
+)
+
+const ctlUsage = `Usage: tessera ctl [flags] COMMAND [ARGS]
+
+Administers a running Tessera cluster.
+
+Commands:
+  ranges [--json]   list the ranges: id, start, end, replicas, leader, size, QPS
+  split KEY         split the range holding KEY at KEY
+
+Flags:
+`
+
+// runCtl runs `tessera ctl ...` and returns the process exit code.
+func runCtl(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("tessera ctl", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	endpoints := fs.String("endpoints", "127.0.0.1:2379", "comma-separated gRPC endpoints (host:port or http://host:port)")
+	timeout := fs.Duration("command-timeout", 10*time.Second, "timeout for the command")
+	asJSON := fs.Bool("json", false, "print JSON (ranges)")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), ctlUsage)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	rest := fs.Args()
+	// Flags may follow the command, as in etcdctl (`ranges --json`).
+	if len(rest) > 1 {
+		if err := fs.Parse(rest[1:]); err != nil {
+			return 2
+		}
+		rest = append(rest[:1], fs.Args()...)
+	}
+	if len(rest) == 0 {
+		fs.Usage()
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	var firstErr error
+	for _, ep := range strings.Split(*endpoints, ",") {
+		ep = strings.TrimSpace(ep)
+		if i := strings.Index(ep, "://"); i >= 0 {
+			ep = ep[i+3:]
+		}
+		cc, err := grpc.NewClient(ep, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			firstErr = err
+			continue
+		}
+		code, err := ctlCommand(ctx, tesserapb.NewInternalClient(cc), rest, *asJSON, stdout)
+		cc.Close()
+		if err == nil {
+			return code
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+		if st, ok := status.FromError(err); ok && st.Code().String() != "Unavailable" {
+			break // an answer, not a dead endpoint: do not try others
+		}
+	}
+	fmt.Fprintf(stderr, "Error: %v\n", describeErr(firstErr))
+	return 1
+}
+
+func describeErr(err error) string {
+	if st, ok := status.FromError(err); ok {
+		return st.Message()
+	}
+	return err.Error()
+}
+
+func ctlCommand(ctx context.Context, c tesserapb.InternalClient, args []string, asJSON bool, out io.Writer) (int, error) {
+	switch args[0] {
+	case "ranges":
+		resp, err := c.ListRanges(ctx, &tesserapb.ListRangesRequest{})
+		if err != nil {
+			return 1, err
+		}
+		if asJSON {
+			return 0, printRangesJSON(out, resp.Ranges)
+		}
+		printRangesTable(out, resp.Ranges)
+		return 0, nil
+	case "split":
+		if len(args) != 2 {
+			return 2, fmt.Errorf("split takes one argument, the key to split at")
+		}
+		resp, err := c.SplitRange(ctx, &tesserapb.SplitRangeRequest{SplitKey: []byte(args[1])})
+		if err != nil {
+			return 1, err
+		}
+		fmt.Fprintf(out, "split range %d at %q: range %d [%q, %q) and range %d [%q, %q)\n",
+			resp.Left.GetRangeId(), args[1],
+			resp.Left.GetRangeId(), resp.Left.GetStartKey(), endOrInf(resp.Left.GetEndKey()),
+			resp.Right.GetRangeId(), resp.Right.GetStartKey(), endOrInf(resp.Right.GetEndKey()))
+		return 0, nil
+	default:
+		return 2, fmt.Errorf("unknown command %q (want ranges or split)", args[0])
+	}
+}
+
+func endOrInf(end []byte) string {
+	if len(end) == 0 {
+		return "∞"
+	}
+	return string(end)
+}
+
+// rangeJSON is one range in `tessera ctl ranges --json`.
+type rangeJSON struct {
+	ID         uint64   `json:"id"`
+	Start      string   `json:"start"`
+	End        string   `json:"end"`
+	Replicas   []uint64 `json:"replicas"`
+	Leader     uint64   `json:"leader"`
+	SizeBytes  int64    `json:"size_bytes"`
+	QPS        float64  `json:"qps"`
+	Generation uint64   `json:"generation"`
+}
+
+func printRangesJSON(out io.Writer, ranges []*tesserapb.RangeInfo) error {
+	list := make([]rangeJSON, 0, len(ranges))
+	for _, r := range ranges {
+		list = append(list, rangeJSON{ID: r.RangeId, Start: string(r.StartKey), End: string(r.EndKey), Replicas: r.ReplicaNodeIds,
+			Leader: r.LeaderNodeId, SizeBytes: r.SizeBytes, QPS: r.Qps, Generation: r.Generation})
+	}
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(list)
+}
+
+func printRangesTable(out io.Writer, ranges []*tesserapb.RangeInfo) {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTART\tEND\tREPLICAS\tLEADER\tSIZE\tQPS")
+	for _, r := range ranges {
+		var reps []string
+		for _, id := range r.ReplicaNodeIds {
+			reps = append(reps, strconv.FormatUint(id, 10))
+		}
+		fmt.Fprintf(tw, "%d\t%q\t%s\t%s\t%d\t%d\t%.1f\n", r.RangeId, r.StartKey, quoteEnd(r.EndKey), strings.Join(reps, ","), r.LeaderNodeId, r.SizeBytes, r.Qps)
+	}
+	tw.Flush()
+}
+
+func quoteEnd(end []byte) string {
+	if len(end) == 0 {
+		return "∞"
+	}
+	return strconv.Quote(string(end))
+}

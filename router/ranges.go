@@ -1,0 +1,161 @@
+package router
+
+import (
+	"bytes"
+	"sync"
+
+	"github.com/google/btree"
+)
+
+// RangeCache maps keys to the range replicas of this node, ordered by start
+// key (a google/btree). It is rebuilt from the replicas' own bounds whenever
+// the node's set of ranges or their bounds change (a split), and on demand
+// when a range answers that a key is no longer its own.
+type RangeCache struct {
+	mu sync.RWMutex
+	// tree holds one entry per range, by start key. Guarded by mu.
+	tree *btree.BTreeG[rangeEntry]
+	// all lists the replicas the tree was built from. Guarded by mu.
+	all []Range
+}
+
+type rangeEntry struct {
+	start, end []byte // end nil: to the end of the keyspace
+	rng        Range
+}
+
+func lessByStart(a, b rangeEntry) bool { return bytes.Compare(a.start, b.start) < 0 }
+
+// NewRangeCache returns an empty cache.
+func NewRangeCache() *RangeCache {
+	return &RangeCache{tree: btree.NewG(8, lessByStart)}
+}
+
+// Set replaces the cache's replicas and rebuilds the index from their bounds.
+func (c *RangeCache) Set(ranges []Range) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.all = append([]Range(nil), ranges...)
+	c.rebuildLocked()
+}
+
+// Refresh rebuilds the index from the replicas' current bounds.
+func (c *RangeCache) Refresh() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.rebuildLocked()
+}
+
+func (c *RangeCache) rebuildLocked() {
+	c.tree.Clear(false)
+	for _, r := range c.all {
+		start, end := r.Bounds()
+		c.tree.ReplaceOrInsert(rangeEntry{start: start, end: end, rng: r})
+	}
+}
+
+// byID returns the replica of a range, or nil.
+func (c *RangeCache) byID(rangeID uint64) Range {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for _, r := range c.all {
+		if r.RangeID() == rangeID {
+			return r
+		}
+	}
+	return nil
+}
+
+// list returns the cache's replicas.
+func (c *RangeCache) list() []Range {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return append([]Range(nil), c.all...)
+}
+
+// lookup returns the range holding key, or nil.
+func (c *RangeCache) lookup(key []byte) Range {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	var found Range
+	c.tree.DescendLessOrEqual(rangeEntry{start: key}, func(e rangeEntry) bool {
+		if e.end == nil || bytes.Compare(key, e.end) < 0 {
+			found = e.rng
+		}
+		return false
+	})
+	return found
+}
+
+// span is one range's part of a key interval.
+type span struct {
+	rng        Range
+	key, end   []byte // the part in etcd's form: end nil for a single key, "\x00" for to the end
+	rangeStart []byte
+}
+
+// overlapping returns the ranges that hold keys of etcd's interval [key,
+// rangeEnd) in key order, each with the interval clipped to its bounds. ok is
+// false when some part of the interval has no range (the cache is being
+// rebuilt); the caller refreshes and retries.
+func (c *RangeCache) overlapping(key, rangeEnd []byte) (spans []span, ok bool) {
+	if len(rangeEnd) == 0 {
+		r := c.lookup(key)
+		if r == nil {
+			return nil, false
+		}
+		start, _ := r.Bounds()
+		return []span{{rng: r, key: key, rangeStart: start}}, true
+	}
+	toEnd := len(rangeEnd) == 1 && rangeEnd[0] == 0
+	if !toEnd && bytes.Compare(key, rangeEnd) >= 0 {
+		// An empty interval: whichever range holds key answers it (nothing).
+		r := c.lookup(key)
+		if r == nil {
+			return nil, false
+		}
+		return []span{{rng: r, key: key, end: rangeEnd}}, true
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	// Start from the range holding key.
+	from := rangeEntry{start: key}
+	c.tree.DescendLessOrEqual(from, func(e rangeEntry) bool {
+		from = e
+		return false
+	})
+	next := key
+	ok = true
+	c.tree.AscendGreaterOrEqual(from, func(e rangeEntry) bool {
+		if e.end != nil && bytes.Compare(e.end, next) <= 0 {
+			return true // ends before the part still to cover
+		}
+		if !toEnd && bytes.Compare(e.start, rangeEnd) >= 0 {
+			return false
+		}
+		if bytes.Compare(e.start, next) > 0 {
+			ok = false // a hole
+			return false
+		}
+		sp := span{rng: e.rng, key: next, rangeStart: e.start}
+		switch {
+		case e.end == nil:
+			sp.end = rangeEnd
+		case toEnd || bytes.Compare(e.end, rangeEnd) < 0:
+			sp.end = e.end
+		default:
+			sp.end = rangeEnd
+		}
+		spans = append(spans, sp)
+		if e.end == nil || (!toEnd && bytes.Compare(e.end, rangeEnd) >= 0) {
+			next = nil
+			return false
+		}
+		next = e.end
+		return true
+	})
+	if next != nil {
+		ok = false
+	}
+	return spans, ok && len(spans) > 0
+}

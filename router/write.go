@@ -1,0 +1,199 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tesserakv/tessera/proto/tesserapb"
+	"github.com/tesserakv/tessera/shard"
+	"github.com/tesserakv/tessera/statemachine"
+)
+
+// maxRouteAttempts bounds the retries of a request that met a stale range
+// cache (a split) or a moving leader.
+const maxRouteAttempts = 5
+
+// writeTo proposes cmd to rng on its leader: here when this replica leads,
+// otherwise through Internal.RangeWrite on the leader's node. fenceRev, when
+// positive, is raised on the leader's fence first (compaction).
+func (r *Router) writeTo(ctx context.Context, rng Range, cmd *tesserapb.Command, writesKeys bool, fenceRev int64) (*tesserapb.Result, error) {
+	var err error
+	for attempt := range maxRouteAttempts {
+		if attempt > 0 {
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(time.Duration(attempt) * 50 * time.Millisecond):
+			}
+		}
+		var res *tesserapb.Result
+		if fenceRev > 0 {
+			err = rng.Fence(ctx, fenceRev)
+		}
+		if err == nil {
+			res, err = rng.Write(ctx, cmd, writesKeys)
+		}
+		leader, forwardable := leaderToForward(ctx, err)
+		if !forwardable {
+			return res, err
+		}
+		cc, cerr := r.nodes.Conn(ctx, leader)
+		if cerr != nil {
+			return nil, err
+		}
+		body, merr := proto.Marshal(cmd)
+		if merr != nil {
+			return nil, merr
+		}
+		resp, ferr := tesserapb.NewInternalClient(cc).RangeWrite(forwardedContext(ctx), &tesserapb.RangeWriteRequest{
+			RangeId: rng.RangeID(), Command: body, WritesKeys: writesKeys, FenceRevision: fenceRev,
+		})
+		if ferr != nil {
+			if status.Code(ferr) == codes.FailedPrecondition {
+				err = ferr // the leader moved on; ask again
+				continue
+			}
+			return nil, ferr
+		}
+		return resp.Result, statemachine.ErrorFromResult(resp.Result)
+	}
+	return nil, err
+}
+
+// ProposeTo proposes a command that takes no revision (a split, a barrier)
+// to a range on its leader, wherever that is.
+func (r *Router) ProposeTo(ctx context.Context, rng Range, cmd *tesserapb.Command) (*tesserapb.Result, error) {
+	return r.writeTo(ctx, rng, cmd, false, 0)
+}
+
+// RangeWrite serves Internal.RangeWrite: a write another node forwards to the
+// range leader here.
+func (r *Router) RangeWrite(ctx context.Context, req *tesserapb.RangeWriteRequest) (*tesserapb.RangeWriteResponse, error) {
+	rng := r.ranges.byID(req.RangeId)
+	if rng == nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "tessera: range %d is not on this node", req.RangeId)
+	}
+	cmd := &tesserapb.Command{}
+	if err := proto.Unmarshal(req.Command, cmd); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "tessera: bad command: %v", err)
+	}
+	var err error
+	if req.FenceRevision > 0 {
+		err = rng.Fence(ctx, req.FenceRevision)
+	}
+	var res *tesserapb.Result
+	if err == nil {
+		res, err = rng.Write(ctx, cmd, req.WritesKeys)
+	}
+	if res != nil {
+		// A state machine's answer, error or not, goes back as it is.
+		return &tesserapb.RangeWriteResponse{Result: res}, nil
+	}
+	if errors.Is(err, shard.ErrNotLeader) || errors.Is(err, shard.ErrNoLeader) {
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return nil, ToGRPC(err)
+}
+
+// txnOn proposes a checked TxnRequest to the one range that holds all its
+// keys, retrying when a split moved keys to another range meanwhile.
+func (r *Router) txnOn(ctx context.Context, req *pb.TxnRequest) (Range, *pb.TxnResponse, error) {
+	body, err := proto.Marshal(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	if r.cfg.MaxRequestBytes > 0 && len(body) > r.cfg.MaxRequestBytes {
+		return nil, nil, rpctypes.ErrGRPCRequestTooLarge
+	}
+	if r.noSpace() && hasPut(req.Success, req.Failure) {
+		return nil, nil, rpctypes.ErrGRPCNoSpace
+	}
+	cmd := &tesserapb.Command{Op: &tesserapb.Command_Txn{Txn: &tesserapb.TxnCommand{Request: body}}}
+	for attempt := 0; ; attempt++ {
+		rng, err := r.singleRange(txnIntervals(req))
+		if err != nil {
+			return nil, nil, err
+		}
+		res, err := r.writeTo(ctx, rng, cmd, true, 0)
+		if errors.Is(err, statemachine.ErrWrongRange) && attempt < maxRouteAttempts {
+			r.ranges.Refresh()
+			continue
+		}
+		if err != nil {
+			return rng, nil, err
+		}
+		resp := &pb.TxnResponse{}
+		if err := proto.Unmarshal(res.Response, resp); err != nil {
+			return rng, nil, fmt.Errorf("router: decoding txn response: %w", err)
+		}
+		resp.Header = r.header(rng, resp.GetHeader().GetRevision())
+		return rng, resp, nil
+	}
+}
+
+// singleRange returns the one range holding every interval, or a
+// FailedPrecondition error naming the ranges when they are several: writes
+// spanning ranges are refused until two-phase commit exists, never
+// half-applied.
+func (r *Router) singleRange(intervals [][2][]byte) (Range, error) {
+	var found Range
+	ids := map[uint64]bool{}
+	for _, iv := range intervals {
+		spans, err := r.spansOf(iv[0], iv[1])
+		if err != nil {
+			return nil, err
+		}
+		for _, sp := range spans {
+			ids[sp.rng.RangeID()] = true
+			found = sp.rng
+		}
+	}
+	if len(ids) > 1 {
+		var list []string
+		for id := range ids {
+			list = append(list, fmt.Sprint(id))
+		}
+		sort.Strings(list)
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"tessera: the request touches keys in ranges %s; writes spanning ranges are not supported yet (no two-phase commit)", strings.Join(list, ", "))
+	}
+	if found == nil {
+		// A Txn with no keys at all (etcd allows it): any range answers.
+		return r.home()
+	}
+	return found, nil
+}
+
+// txnIntervals lists every key interval a Txn reads or writes, in etcd's
+// form (end nil for one key), nested Txns included.
+func txnIntervals(req *pb.TxnRequest) [][2][]byte {
+	var out [][2][]byte
+	for _, c := range req.Compare {
+		out = append(out, [2][]byte{c.Key, c.RangeEnd})
+	}
+	for _, branch := range [][]*pb.RequestOp{req.Success, req.Failure} {
+		for _, op := range branch {
+			switch o := op.Request.(type) {
+			case *pb.RequestOp_RequestRange:
+				out = append(out, [2][]byte{o.RequestRange.Key, o.RequestRange.RangeEnd})
+			case *pb.RequestOp_RequestPut:
+				out = append(out, [2][]byte{o.RequestPut.Key, nil})
+			case *pb.RequestOp_RequestDeleteRange:
+				out = append(out, [2][]byte{o.RequestDeleteRange.Key, o.RequestDeleteRange.RangeEnd})
+			case *pb.RequestOp_RequestTxn:
+				out = append(out, txnIntervals(o.RequestTxn)...)
+			}
+		}
+	}
+	return out
+}

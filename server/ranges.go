@@ -1,0 +1,212 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	dbconfig "github.com/lni/dragonboat/v4/config"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/tesserakv/tessera/placement"
+	"github.com/tesserakv/tessera/proto/tesserapb"
+	"github.com/tesserakv/tessera/router"
+	"github.com/tesserakv/tessera/shard"
+	"github.com/tesserakv/tessera/statemachine"
+)
+
+// raftConfig is the Raft configuration of every range (and the meta range).
+func (s *Server) raftConfig(rangeID uint64) dbconfig.Config {
+	return dbconfig.Config{
+		ShardID:            rangeID,
+		ReplicaID:          s.replicaID,
+		ElectionRTT:        uint64(s.cfg.ElectionTimeout / s.cfg.HeartbeatInterval),
+		HeartbeatRTT:       1,
+		CheckQuorum:        true,
+		PreVote:            true,
+		SnapshotEntries:    10000,
+		CompactionOverhead: 5000,
+	}
+}
+
+// startRanges starts the replicas of every data range this node holds: the
+// first range of a new node, and on a restart also every range a split made.
+func (s *Server) startRanges() error {
+	ids, err := s.store.RangeIDs()
+	if err != nil {
+		return err
+	}
+	if len(ids) == 0 || ids[0] != firstRangeID {
+		ids = append([]uint64{firstRangeID}, ids...)
+	}
+	for _, id := range ids {
+		if err := s.startRange(id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startRange starts this node's replica of a data range and adds it to the
+// router's cache. Starting a range twice is a no-op.
+func (s *Server) startRange(rangeID uint64) error {
+	s.rangesMu.Lock()
+	defer s.rangesMu.Unlock()
+	if _, ok := s.ranges[rangeID]; ok {
+		return nil
+	}
+	if err := s.nh.StartOnDiskReplica(s.raftMembers, false, s.store.CreateStateMachine, s.raftConfig(rangeID)); err != nil {
+		return fmt.Errorf("starting range %d: %w", rangeID, err)
+	}
+	cfg := shard.Config{RangeID: rangeID, ReplicaID: s.replicaID, Logger: s.log}
+	if rangeID == firstRangeID {
+		cfg.ExpireLeases = true
+		cfg.RevokeExpired = func(ctx context.Context, id int64) error {
+			_, err := s.router.RevokeEverywhere(ctx, id)
+			return err
+		}
+	}
+	s.ranges[rangeID] = shard.New(cfg, s.nh, s.store, s.oracle)
+	list := make([]router.Range, 0, len(s.ranges))
+	for _, r := range s.ranges {
+		list = append(list, r)
+	}
+	s.cache.Set(list)
+	return nil
+}
+
+// onSplit is the store's split callback: it runs in the state machine's apply
+// path, so it only starts the child's replica in the background.
+func (s *Server) onSplit(parentID, childID uint64) {
+	s.goTask(func() {
+		select {
+		case <-s.stopc:
+			return
+		default:
+		}
+		if err := s.startRange(childID); err != nil {
+			s.log.Error("starting a range made by a split", "parent", parentID, "range", childID, "err", err)
+			return
+		}
+		s.cache.Refresh()
+		s.log.Info("range split", "parent", parentID, "range", childID)
+	})
+}
+
+func (s *Server) rangeByID(id uint64) *shard.Replica {
+	s.rangesMu.Lock()
+	defer s.rangesMu.Unlock()
+	return s.ranges[id]
+}
+
+// rangeList returns the data range replicas in ID order.
+func (s *Server) rangeList() []*shard.Replica {
+	s.rangesMu.Lock()
+	defer s.rangesMu.Unlock()
+	out := make([]*shard.Replica, 0, len(s.ranges))
+	for _, r := range s.ranges {
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].RangeID() < out[j].RangeID() })
+	return out
+}
+
+// rangeInfo describes one replica as `tessera ctl ranges` shows it.
+func (s *Server) rangeInfo(r *shard.Replica) *tesserapb.RangeInfo {
+	start, end := r.Bounds()
+	info := &tesserapb.RangeInfo{RangeId: r.RangeID(), StartKey: start, EndKey: end}
+	for id := range s.raftMembers {
+		info.ReplicaNodeIds = append(info.ReplicaNodeIds, id)
+	}
+	sort.Slice(info.ReplicaNodeIds, func(i, j int) bool { return info.ReplicaNodeIds[i] < info.ReplicaNodeIds[j] })
+	if leader, _, ok := r.Leader(); ok {
+		info.LeaderNodeId = leader
+	}
+	if rsm := s.store.Range(r.RangeID()); rsm != nil {
+		info.SizeBytes = rsm.SizeBytes()
+		info.Generation = rsm.Generation()
+	}
+	return info
+}
+
+// internalService is the node's tesserapb.Internal: the oracle's
+// GetRevisions from placement, range writes from the router, and the admin
+// calls here.
+type internalService struct {
+	*placement.InternalServer
+	s *Server
+}
+
+func (i *internalService) RangeWrite(ctx context.Context, req *tesserapb.RangeWriteRequest) (*tesserapb.RangeWriteResponse, error) {
+	return i.s.router.RangeWrite(ctx, req)
+}
+
+func (i *internalService) ListRanges(context.Context, *tesserapb.ListRangesRequest) (*tesserapb.ListRangesResponse, error) {
+	resp := &tesserapb.ListRangesResponse{}
+	for _, r := range i.s.rangeList() {
+		resp.Ranges = append(resp.Ranges, i.s.rangeInfo(r))
+	}
+	sort.Slice(resp.Ranges, func(a, b int) bool { return bytes.Compare(resp.Ranges[a].StartKey, resp.Ranges[b].StartKey) < 0 })
+	return resp, nil
+}
+
+// SplitRange splits the range holding split_key at split_key.
+func (i *internalService) SplitRange(ctx context.Context, req *tesserapb.SplitRangeRequest) (*tesserapb.SplitRangeResponse, error) {
+	s := i.s
+	if len(req.SplitKey) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "tessera: split key must not be empty (the keyspace starts there)")
+	}
+	var parent *shard.Replica
+	for _, r := range s.rangeList() {
+		start, end := r.Bounds()
+		if bytes.Compare(req.SplitKey, start) >= 0 && (end == nil || bytes.Compare(req.SplitKey, end) < 0) {
+			parent = r
+		}
+	}
+	if parent == nil {
+		return nil, status.Errorf(codes.Unavailable, "tessera: no range holds %q on this node yet", req.SplitKey)
+	}
+	if start, _ := parent.Bounds(); bytes.Equal(start, req.SplitKey) {
+		return nil, status.Errorf(codes.FailedPrecondition, "tessera: %q is already a range boundary (the start of range %d)", req.SplitKey, parent.RangeID())
+	}
+	childID, err := s.meta.AllocateRangeID(ctx)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "tessera: allocating a range ID: %v", err)
+	}
+	cmd := &tesserapb.Command{Op: &tesserapb.Command_Split{Split: &tesserapb.SplitCommand{SplitKey: req.SplitKey, NewRangeId: childID}}}
+	if _, err := s.router.ProposeTo(ctx, parent, cmd); err != nil {
+		if errors.Is(err, statemachine.ErrInvalidSplit) {
+			return nil, status.Errorf(codes.FailedPrecondition, "tessera: cannot split range %d at %q: %v", parent.RangeID(), req.SplitKey, err)
+		}
+		return nil, router.ToGRPC(err)
+	}
+	// A linearizable read waits until this replica has applied the split too;
+	// then the child starts here (onSplit).
+	if _, err := parent.Read(ctx, true, func(*statemachine.View) (any, error) { return nil, nil }); err != nil {
+		return nil, router.ToGRPC(err)
+	}
+	child := s.waitRange(ctx, childID)
+	resp := &tesserapb.SplitRangeResponse{Left: s.rangeInfo(parent)}
+	if child != nil {
+		resp.Right = s.rangeInfo(child)
+	}
+	return resp, nil
+}
+
+// waitRange waits for this node's replica of a range to be running.
+func (s *Server) waitRange(ctx context.Context, rangeID uint64) *shard.Replica {
+	for {
+		if r := s.rangeByID(rangeID); r != nil {
+			return r
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,295 @@
+package tests
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/tesserakv/tessera/internal/testcluster"
+)
+
+// splitAt splits through a node, waiting for every node to run the new range.
+func splitAt(t *testing.T, c *testcluster.Cluster, via *testcluster.Node, key string) {
+	t.Helper()
+	if err := via.Server.SplitRange(ctxT(t), key); err != nil {
+		t.Fatalf("split at %q: %v", key, err)
+	}
+}
+
+func waitRanges(t *testing.T, c *testcluster.Cluster, want int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for _, n := range c.Nodes {
+		for n.Server != nil && n.Server.RangeCount() < want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s runs %d ranges, want %d", n.Config.Name, n.Server.RangeCount(), want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// TestSplitsUnderWrites: manual splits while clients write through every node;
+// afterwards every acknowledged key reads back, in key order, under one header
+// revision, and a multi-range list agrees with per-range reads.
+func TestSplitsUnderWrites(t *testing.T) {
+	c := testcluster.Start(t, 3)
+	ctx := ctxT(t)
+	var (
+		mu    sync.Mutex
+		acked = map[string]string{}
+		wg    sync.WaitGroup
+		stop  = make(chan struct{})
+	)
+	for w := range 6 {
+		cli := c.Client(c.Nodes[w%3].ClientURL)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 3000; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				k := fmt.Sprintf("k/%c/%04d", 'a'+byte((i*7+w)%26), i*6+w)
+				if _, err := cli.Put(ctx, k, k); err != nil {
+					continue
+				}
+				mu.Lock()
+				acked[k] = k
+				mu.Unlock()
+			}
+		}()
+	}
+	splits := []string{"k/m", "k/d", "k/t", "k/g", "k/p", "k/w", "k/b", "k/j"}
+	for i, key := range splits {
+		time.Sleep(100 * time.Millisecond)
+		splitAt(t, c, c.Nodes[i%3], key)
+	}
+	// Keep writing into the new ranges for a while.
+	time.Sleep(1500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	waitRanges(t, c, len(splits)+1)
+
+	for _, node := range c.Nodes {
+		cli := c.Client(node.ClientURL)
+		get, err := cli.Get(ctx, "k/", clientv3.WithPrefix())
+		if err != nil {
+			t.Fatal(err)
+		}
+		requireAcked(t, node.Config.Name, get.Kvs, acked)
+		if !sort.SliceIsSorted(get.Kvs, func(i, j int) bool { return bytes.Compare(get.Kvs[i].Key, get.Kvs[j].Key) < 0 }) {
+			t.Fatalf("%s: a list across ranges is not in key order", node.Config.Name)
+		}
+		if int(get.Count) != len(get.Kvs) {
+			t.Fatalf("%s: count %d, %d kvs", node.Config.Name, get.Count, len(get.Kvs))
+		}
+	}
+	t.Logf("%d acknowledged writes across %d ranges", len(acked), len(splits)+1)
+
+	// Limits, more and count across ranges, ascending and descending, and
+	// pagination the way kube-apiserver lists.
+	cli := c.Client()
+	all, err := cli.Get(ctx, "k/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, err := cli.Get(ctx, "k/", clientv3.WithPrefix(), clientv3.WithLimit(10))
+	if err != nil || len(page.Kvs) != 10 || !page.More || page.Count != all.Count {
+		t.Fatalf("limit 10 across ranges: %d kvs more=%v count=%d (want %d), %v", len(page.Kvs), page.More, page.Count, all.Count, err)
+	}
+	desc, err := cli.Get(ctx, "k/", clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend), clientv3.WithLimit(3))
+	if err != nil || !bytes.Equal(desc.Kvs[0].Key, all.Kvs[len(all.Kvs)-1].Key) {
+		t.Fatalf("descending across ranges: %v %v", desc, err)
+	}
+	var listed []string
+	rev := int64(0)
+	next := "k/"
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(clientv3.GetPrefixRangeEnd("k/")), clientv3.WithLimit(997)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := cli.Get(ctx, next, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		for _, kv := range resp.Kvs {
+			listed = append(listed, string(kv.Key))
+		}
+		if !resp.More {
+			break
+		}
+		next = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+	if len(listed) != len(all.Kvs) {
+		t.Fatalf("paginated list found %d keys, want %d", len(listed), len(all.Kvs))
+	}
+	// RangeStream across ranges.
+	stream, err := pbKV(cli).RangeStream(ctx, rangeReq("k/", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var streamed int
+	var last *pb.RangeResponse
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			break
+		}
+		streamed += len(msg.RangeResponse.Kvs)
+		last = msg.RangeResponse
+	}
+	if streamed != len(all.Kvs) || last == nil || last.Count != all.Count || last.Header == nil {
+		t.Fatalf("RangeStream across ranges: %d kvs, last %v", streamed, last)
+	}
+}
+
+// TestMultiRangeWritesRefused: a write spanning ranges is refused with
+// FailedPrecondition naming the ranges, and changes nothing.
+func TestMultiRangeWritesRefused(t *testing.T) {
+	c := testcluster.Start(t, 1)
+	ctx := ctxT(t)
+	cli := c.Client()
+	for _, k := range []string{"a", "m", "z"} {
+		if _, err := cli.Put(ctx, k, "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	splitAt(t, c, c.Nodes[0], "m")
+	waitRanges(t, c, 2)
+	_, err := cli.Delete(ctx, "a", clientv3.WithRange("zz"))
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "ranges") {
+		t.Fatalf("multi-range delete: %v", err)
+	}
+	_, err = cli.Txn(ctx).Then(clientv3.OpPut("a", "1"), clientv3.OpPut("z", "1")).Commit()
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("multi-range txn: %v", err)
+	}
+	get, err := cli.Get(ctx, "", clientv3.WithFromKey())
+	if err != nil || get.Count != 3 || string(get.Kvs[0].Value) != "v" {
+		t.Fatalf("after refused writes: %+v %v", get, err)
+	}
+	// Single-range writes on both sides work.
+	if _, err := cli.Delete(ctx, "m", clientv3.WithRange("zz")); err != nil {
+		t.Fatal(err)
+	}
+	// A split at an existing boundary or at the empty key is refused.
+	if err := c.Nodes[0].Server.SplitRange(ctx, "m"); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("split at a boundary: %v", err)
+	}
+	if err := c.Nodes[0].Server.SplitRange(ctx, ""); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("split at the empty key: %v", err)
+	}
+	waitRanges(t, c, 2)
+}
+
+// TestLeasesAcrossRanges: a lease's keys in two ranges are both deleted when it
+// is revoked and when it expires; keep-alive and time-to-live see all keys.
+func TestLeasesAcrossRanges(t *testing.T) {
+	c := testcluster.Start(t, 3)
+	ctx := ctxT(t)
+	cli := c.Client()
+	splitAt(t, c, c.Nodes[1], "m")
+	waitRanges(t, c, 2)
+	lease, err := cli.Grant(ctx, 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"a", "z"} {
+		if _, err := cli.Put(ctx, k, "v", clientv3.WithLease(lease.ID)); err != nil {
+			t.Fatalf("put %s with a lease: %v", k, err)
+		}
+	}
+	ttl, err := cli.TimeToLive(ctx, lease.ID, clientv3.WithAttachedKeys())
+	if err != nil || len(ttl.Keys) != 2 {
+		t.Fatalf("time to live across ranges: %+v %v", ttl, err)
+	}
+	if _, err := cli.Revoke(ctx, lease.ID); err != nil {
+		t.Fatal(err)
+	}
+	if get, _ := cli.Get(ctx, "", clientv3.WithFromKey()); get.Count != 0 {
+		t.Fatalf("keys of a revoked lease remain: %v", get.Kvs)
+	}
+	short, err := cli.Grant(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"b", "y"} {
+		if _, err := cli.Put(ctx, k, "v", clientv3.WithLease(short.ID)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		get, err := cli.Get(ctx, "", clientv3.WithFromKey())
+		if err == nil && get.Count == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("keys of an expired lease remain in some range: %v %v", get, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestCtlRanges: `tessera ctl ranges --json` and `tessera ctl split` against a
+// running binary agree with the data.
+func TestCtlRanges(t *testing.T) {
+	p := startProcess(t, t.TempDir())
+	cli := p.client()
+	defer cli.Close()
+	ctx := ctxT(t)
+	for _, k := range []string{"apple", "mango", "zebra"} {
+		if _, err := cli.Put(ctx, k, "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctl := func(args ...string) (string, error) {
+		return runBinary(t, "tessera", append([]string{"ctl", "--endpoints", p.clientURL}, args...)...)
+	}
+	if out, err := ctl("split", "m"); err != nil || !strings.Contains(out, "split range") {
+		t.Fatalf("ctl split: %q %v", out, err)
+	}
+	if out, err := ctl("split", "m"); err == nil || !strings.Contains(err.Error(), "already a range boundary") {
+		t.Fatalf("ctl split at a boundary: %q %v", out, err)
+	}
+	out, err := ctl("ranges", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ranges []struct {
+		ID     uint64 `json:"id"`
+		Start  string `json:"start"`
+		End    string `json:"end"`
+		Leader uint64 `json:"leader"`
+	}
+	if err := json.Unmarshal([]byte(out), &ranges); err != nil {
+		t.Fatalf("ctl ranges --json: %v\n%s", err, out)
+	}
+	if len(ranges) != 2 || ranges[0].Start != "" || ranges[0].End != "m" || ranges[1].Start != "m" || ranges[1].End != "" || ranges[0].Leader == 0 {
+		t.Fatalf("ranges = %+v", ranges)
+	}
+	get, err := cli.Get(ctx, "a", clientv3.WithFromKey())
+	if err != nil || get.Count != 3 {
+		t.Fatalf("keys after the split: %v %v", get, err)
+	}
+	if out, err := ctl("ranges"); err != nil || !strings.Contains(out, "LEADER") {
+		t.Fatalf("ctl ranges: %q %v", out, err)
+	}
+}
