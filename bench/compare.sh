@@ -1,0 +1,255 @@
+#!/usr/bin/env bash
+# bench/compare.sh: Tessera and etcd v3.7.3 side by side, on this machine, in
+# one run.
+#
+# Builds etcd v3.7.3 from the Go module proxy into a cache outside the
+# repository (nothing of etcd is committed), builds tessera and tessbench,
+# starts etcd and Tessera in the same topologies (1 node, then 3 nodes on
+# 127.0.0.1) with their data in a temporary directory, runs every workload
+# against each in alternation (plus the empty-handler ceiling,
+# `tessbench null-server`, for the KV workloads), and writes results.md (the
+# Markdown tables), one JSON file per run and SVG plots. Everything it starts
+# is stopped when it exits, however it exits.
+#
+# Usage: bench/compare.sh [--quick] [--topologies "1 3"] [--out DIR]
+#   --quick       small counts (a couple of minutes; for development and tests)
+#   --topologies  which cluster sizes to run (default "1 3")
+#   --out DIR     where results go (default: $CACHE/results/<date>)
+# Environment:
+#   TESSERA_BENCH_CACHE      cache for the etcd build (default ~/.cache/tessera-bench)
+#   TESSERA_BENCH_PORT_BASE  first of the 127.0.0.1 ports used (default 14000;
+#                            uses BASE..BASE+250)
+set -euo pipefail
+
+ETCD_VERSION=v3.7.3
+QUICK=0
+TOPOLOGIES="1 3"
+OUT=""
+ARGS="$*"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --topologies) TOPOLOGIES="$2"; shift ;;
+    --out) OUT="$2"; shift ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "compare.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CACHE=${TESSERA_BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tessera-bench}
+PORT_BASE=${TESSERA_BENCH_PORT_BASE:-14000}
+OUT=${OUT:-$CACHE/results/$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/tessera-compare.XXXXXX")
+
+log() { printf '%s compare: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "$*"; exit 1; }
+
+# --- processes: every one started is recorded and stopped on exit ---------
+PIDS=()
+stop_pids() {
+  local pid
+  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "$@"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+}
+cleanup() {
+  local rc=$?
+  if [ ${#PIDS[@]} -gt 0 ]; then stop_pids "${PIDS[@]}"; fi
+  rm -rf "$WORK"
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+start() { # start NAME CMD...: run in the background, log to $WORK/NAME.log
+  local name=$1; shift
+  "$@" >"$WORK/$name.log" 2>&1 &
+  PIDS+=($!)
+  LAST_PID=$!
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# --- builds ------------------------------------------------------------------
+ETCD_DIR=$CACHE/etcd-$ETCD_VERSION
+ETCD=$ETCD_DIR/etcd
+if [ ! -x "$ETCD" ]; then
+  # etcd's server module is its main package; its go.mod has replace
+  # directives, so `go install …@version` refuses it: build it from a
+  # throwaway module that requires it.
+  log "building etcd $ETCD_VERSION from the module proxy into $ETCD_DIR"
+  mkdir -p "$ETCD_DIR/src"
+  (
+    cd "$ETCD_DIR/src"
+    [ -f go.mod ] || GOFLAGS= go mod init tessera-bench/etcd-build >/dev/null 2>&1
+    GOFLAGS=-mod=mod GOWORK=off go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+    GOFLAGS=-mod=mod GOWORK=off go build -o "$ETCD.tmp" go.etcd.io/etcd/server/v3
+    mv "$ETCD.tmp" "$ETCD"
+  )
+fi
+case "$("$ETCD" --version)" in
+  *"etcd Version: ${ETCD_VERSION#v}"*) ;;
+  *) die "$ETCD is not etcd $ETCD_VERSION (remove it to rebuild)" ;;
+esac
+log "building tessera and tessbench"
+(cd "$ROOT" && go build -o "$WORK/bin/tessera" ./cmd/tessera && go build -o "$WORK/bin/tessbench" ./cmd/tessbench)
+TESSERA=$WORK/bin/tessera
+TESSBENCH=$WORK/bin/tessbench
+
+# --- servers -----------------------------------------------------------------
+# Ports: etcd BASE+10i (client) / +1 (peer), Tessera BASE+100+10i, null BASE+200.
+QUOTA=$((8 << 30)) # both: room for the 1M-key and list loads without NOSPACE
+ENDPOINTS=""
+SERVER_PIDS=""
+
+start_cluster() { # start_cluster etcd|tessera N: sets ENDPOINTS, SERVER_PIDS
+  local kind=$1 n=$2 offset=0 i cluster="" clients=() pids=()
+  [ "$kind" = tessera ] && offset=100
+  for i in $(seq "$n"); do
+    cluster+="${cluster:+,}m$i=http://127.0.0.1:$((PORT_BASE + offset + 10 * i + 1))"
+  done
+  for i in $(seq "$n"); do
+    local client=$((PORT_BASE + offset + 10 * i)) peer=$((PORT_BASE + offset + 10 * i + 1))
+    port_free "$client" && port_free "$peer" || die "port $client or $peer on 127.0.0.1 is taken (set TESSERA_BENCH_PORT_BASE)"
+    local common=(--name "m$i" --data-dir "$WORK/data/$kind-$n/m$i"
+      --listen-client-urls "http://127.0.0.1:$client" --advertise-client-urls "http://127.0.0.1:$client"
+      --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer"
+      --initial-cluster "$cluster" --initial-cluster-state new --quota-backend-bytes "$QUOTA" --log-level error)
+    if [ "$kind" = etcd ]; then
+      start "$kind-$n-m$i" "$ETCD" "${common[@]}" --initial-cluster-token tessbench
+    else
+      start "$kind-$n-m$i" "$TESSERA" "${common[@]}"
+    fi
+    pids+=("$LAST_PID")
+    clients+=("127.0.0.1:$client")
+  done
+  ENDPOINTS=$(IFS=,; echo "${clients[*]}")
+  SERVER_PIDS=$(IFS=,; echo "${pids[*]}")
+  # Ready when every member takes a write.
+  local ep deadline=$((SECONDS + 60))
+  for ep in "${clients[@]}"; do
+    until "$TESSBENCH" put --endpoints "$ep" --clients 1 --conns 1 --total 1 --key-space 1 >/dev/null 2>&1; do
+      [ $SECONDS -lt $deadline ] || die "$kind $n-node: $ep not serving after 60s; logs in $WORK"
+      sleep 0.5
+    done
+  done
+  log "$kind $n-node up: $ENDPOINTS (pids $SERVER_PIDS)"
+}
+
+stop_cluster() { # stop_cluster PIDS(comma-separated) KIND N
+  local pids
+  IFS=, read -ra pids <<<"$1"
+  stop_pids "${pids[@]}"
+  rm -rf "$WORK/data/$2-$3"
+}
+
+# --- workloads ---------------------------------------------------------------
+# One case per line: NAME|WORKLOAD ARGS|TOPOLOGIES|null (run against the
+# empty-handler server too). All with 100 clients over 10 connections.
+if [ $QUICK = 1 ]; then
+  CASES="
+put|put --total 5000 --sequential-keys --key-space 0|1 3|null
+put-mem|put --total 20000 --sequential-keys --key-space 0|1|
+range-linearizable|range --total 5000 --key-space 1000|1 3|null
+range-serializable|range --total 5000 --key-space 1000 --consistency s|1 3|
+txn-put|txn-put --total 5000|1 3|null
+watch|watch --total 1000 --watchers 100 --watch-streams 10|1 3|
+lease|lease --total 2000|1 3|
+k8s|k8s --total 2000 --k8s-objects 500|1 3|
+list|list --objects 2000 --value-size 4096|1|"
+else
+  CASES="
+put|put --total 100000 --sequential-keys --key-space 0|1 3|null
+put-1M|put --total 1000000 --sequential-keys --key-space 0|1|
+range-linearizable|range --total 100000 --key-space 1000|1 3|null
+range-serializable|range --total 100000 --key-space 1000 --consistency s|1 3|
+txn-put|txn-put --total 100000|1 3|null
+watch|watch --total 5000 --rate 1000 --watchers 100 --watch-streams 10|1 3|
+lease|lease --total 20000|1 3|
+k8s|k8s --total 20000 --k8s-objects 2000|1 3|
+list|list --objects 100000 --value-size 4096|1|"
+fi
+
+FAILURES=$WORK/failures
+: >"$FAILURES"
+RUN=0
+bench() { # bench TARGET TOPOLOGY CASE ENDPOINTS PIDS WORKLOAD ARGS...
+  local target=$1 topo=$2 name=$3 eps=$4 pids=$5; shift 5
+  RUN=$((RUN + 1))
+  # Numbered so the report lists cases in the order they ran.
+  local file rc=0
+  file=$(printf '%s/%02d-%s-%s-%s.json' "$OUT" "$RUN" "$topo" "$name" "$target")
+  log "$topo $name: $target"
+  "$TESSBENCH" "$@" --clients 100 --conns 10 --endpoints "$eps" --server-pids "$pids" \
+    --case "$name" --target "$target" --topology "$topo" --json >"$file" 2>"$WORK/tessbench.err" || rc=$?
+  case $rc in
+    0) ;;
+    3) log "  not supported by $target: $(jq -r .unsupported "$file" 2>/dev/null || cat "$WORK/tessbench.err")" ;;
+    *) rm -f "$file"
+       echo "- $topo $name against $target failed: $(tr '\n' ' ' <"$WORK/tessbench.err")" >>"$FAILURES"
+       log "  FAILED: $(cat "$WORK/tessbench.err")" ;;
+  esac
+}
+
+NULL_PORT=$((PORT_BASE + 200))
+port_free "$NULL_PORT" || die "port $NULL_PORT on 127.0.0.1 is taken (set TESSERA_BENCH_PORT_BASE)"
+start null "$TESSBENCH" null-server --listen "127.0.0.1:$NULL_PORT"
+NULL_PID=$LAST_PID
+
+for n in $TOPOLOGIES; do
+  topo="$n-node"
+  start_cluster etcd "$n"; ETCD_EPS=$ENDPOINTS; ETCD_PIDS=$SERVER_PIDS
+  start_cluster tessera "$n"; TESS_EPS=$ENDPOINTS; TESS_PIDS=$SERVER_PIDS
+  i=0
+  while IFS='|' read -r name args topos null; do
+    [ -n "$name" ] || continue
+    case " $topos " in *" $n "*) ;; *) continue ;; esac
+    # shellcheck disable=SC2086 # args is a word list
+    set -- $args
+    # Alternate which server goes first, so drift on the machine (page
+    # cache, frequency, a neighbour's load) does not favour one.
+    if [ $((i % 2)) = 0 ]; then
+      bench etcd "$topo" "$name" "$ETCD_EPS" "$ETCD_PIDS" "$@"
+      bench tessera "$topo" "$name" "$TESS_EPS" "$TESS_PIDS" "$@"
+    else
+      bench tessera "$topo" "$name" "$TESS_EPS" "$TESS_PIDS" "$@"
+      bench etcd "$topo" "$name" "$ETCD_EPS" "$ETCD_PIDS" "$@"
+    fi
+    if [ "$null" = null ]; then
+      bench null "$topo" "$name" "127.0.0.1:$NULL_PORT" "$NULL_PID" "$@"
+    fi
+    i=$((i + 1))
+  done <<<"$CASES"
+  stop_cluster "$ETCD_PIDS" etcd "$n"
+  stop_cluster "$TESS_PIDS" tessera "$n"
+done
+
+# --- report ------------------------------------------------------------------
+{
+  echo "# Tessera vs etcd $ETCD_VERSION"
+  echo
+  echo "Run $(date -u +%Y-%m-%dT%H:%MZ) by \`bench/compare.sh $ARGS\` at Tessera $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '(no git)')$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo ' (with local changes)')."
+  echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, Linux $(uname -r), $(go version | cut -d' ' -f3)."
+  echo "Clients and servers share the machine. 100 clients over 10 connections; values 256 B unless stated."
+  echo "ops/s counts completed requests (watch: Puts, with every watcher seeing each; lease: grant+keepalive+revoke cycles; list: loaded objects);"
+  echo "latency is per request (watch: from a Put's response to each watcher's event)."
+  echo
+  "$TESSBENCH" report --out "$OUT" "$OUT"/*.json
+  if [ -s "$FAILURES" ]; then
+    echo "### Failed runs"
+    echo
+    cat "$FAILURES"
+    echo
+  fi
+  echo "Plots: $(cd "$OUT" && ls ./*.svg | tr '\n' ' ')"
+} >"$OUT/results.md.tmp" 2>"$WORK/report.err" || { cat "$WORK/report.err" >&2; die "report failed"; }
+mv "$OUT/results.md.tmp" "$OUT/results.md"
+cat "$OUT/results.md"
+log "results in $OUT"
