@@ -29,6 +29,7 @@ var errorMap = []struct {
 	{shard.ErrNoLeader, rpctypes.ErrGRPCNoLeader},
 	{shard.ErrStopped, rpctypes.ErrGRPCStopped},
 	{statemachine.ErrStaleRevision, rpctypes.ErrGRPCLeaderChanged},
+	{ErrNoRange, status.Error(codes.Unavailable, "tessera: no range holds the key on this node yet (a split is being applied); retry")},
 }
 
 // ToGRPC maps an internal error to the gRPC error etcd would return.

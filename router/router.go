@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc/metadata"
@@ -92,29 +93,48 @@ func (r *Router) header(rng Range, rev int64) *pb.ResponseHeader {
 // created by a split is not started yet). Retryable.
 var ErrNoRange = errors.New("router: no range holds the key yet")
 
-// rangeFor returns the range holding key, refreshing the cache once if needed.
+// holeWait bounds how long a request waits for a range that a split has just
+// made to start on this node.
+const holeWait = 3 * time.Second
+
+// rangeFor returns the range holding key, refreshing the cache and waiting
+// briefly if a split has just handed the key to a range not started here yet.
 func (r *Router) rangeFor(key []byte) (Range, error) {
-	if rng := r.ranges.lookup(key); rng != nil {
-		return rng, nil
-	}
-	r.ranges.Refresh()
-	if rng := r.ranges.lookup(key); rng != nil {
-		return rng, nil
-	}
-	return nil, ErrNoRange
+	var found Range
+	err := r.untilCovered(func() bool {
+		found = r.ranges.lookup(key)
+		return found != nil
+	})
+	return found, err
 }
 
-// spansOf returns the ranges holding etcd's interval [key, rangeEnd),
-// refreshing the cache once if needed.
+// spansOf returns the ranges holding etcd's interval [key, rangeEnd), as
+// rangeFor does for one key.
 func (r *Router) spansOf(key, rangeEnd []byte) ([]span, error) {
-	if spans, ok := r.ranges.overlapping(key, rangeEnd); ok {
-		return spans, nil
+	var spans []span
+	err := r.untilCovered(func() bool {
+		var ok bool
+		spans, ok = r.ranges.overlapping(key, rangeEnd)
+		return ok
+	})
+	return spans, err
+}
+
+func (r *Router) untilCovered(covered func() bool) error {
+	if covered() {
+		return nil
 	}
-	r.ranges.Refresh()
-	if spans, ok := r.ranges.overlapping(key, rangeEnd); ok {
-		return spans, nil
+	deadline := time.Now().Add(holeWait)
+	for {
+		r.ranges.Refresh()
+		if covered() {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return ErrNoRange
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	return nil, ErrNoRange
 }
 
 // home is the range holding the lowest keys, which never changes ID (a split

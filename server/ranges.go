@@ -160,41 +160,71 @@ func (i *internalService) SplitRange(ctx context.Context, req *tesserapb.SplitRa
 	if len(req.SplitKey) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "tessera: split key must not be empty (the keyspace starts there)")
 	}
-	var parent *shard.Replica
-	for _, r := range s.rangeList() {
-		start, end := r.Bounds()
-		if bytes.Compare(req.SplitKey, start) >= 0 && (end == nil || bytes.Compare(req.SplitKey, end) < 0) {
-			parent = r
+	var childID uint64
+	for attempt := 0; ; attempt++ {
+		parent, err := s.currentRangeFor(ctx, req.SplitKey)
+		if err != nil {
+			return nil, router.ToGRPC(err)
+		}
+		if start, _ := parent.Bounds(); bytes.Equal(start, req.SplitKey) {
+			return nil, status.Errorf(codes.FailedPrecondition, "tessera: %q is already a range boundary (the start of range %d)", req.SplitKey, parent.RangeID())
+		}
+		if childID == 0 {
+			if childID, err = s.meta.AllocateRangeID(ctx); err != nil {
+				return nil, status.Errorf(codes.Unavailable, "tessera: allocating a range ID: %v", err)
+			}
+		}
+		cmd := &tesserapb.Command{Op: &tesserapb.Command_Split{Split: &tesserapb.SplitCommand{SplitKey: req.SplitKey, NewRangeId: childID}}}
+		_, err = s.router.ProposeTo(ctx, parent, cmd)
+		if errors.Is(err, statemachine.ErrInvalidSplit) && attempt < 5 {
+			// Another split moved the bounds since this replica looked.
+			continue
+		}
+		if err != nil {
+			return nil, router.ToGRPC(err)
+		}
+		// Catch this replica up past the split: the child then starts here.
+		if _, err := s.currentRangeFor(ctx, req.SplitKey); err != nil {
+			return nil, router.ToGRPC(err)
+		}
+		child := s.waitRange(ctx, childID)
+		resp := &tesserapb.SplitRangeResponse{Left: s.rangeInfo(parent)}
+		if child != nil {
+			resp.Right = s.rangeInfo(child)
+		}
+		return resp, nil
+	}
+}
+
+// currentRangeFor returns this node's replica of the range holding key, with
+// bounds caught up to everything committed (a linearizable read on it first,
+// repeated when the bounds moved meanwhile).
+func (s *Server) currentRangeFor(ctx context.Context, key []byte) (*shard.Replica, error) {
+	for {
+		var found *shard.Replica
+		for _, r := range s.rangeList() {
+			start, end := r.Bounds()
+			if bytes.Compare(key, start) >= 0 && (end == nil || bytes.Compare(key, end) < 0) {
+				found = r
+			}
+		}
+		if found == nil {
+			// A split handed the key to a range not started here yet.
+			select {
+			case <-ctx.Done():
+				return nil, router.ErrNoRange
+			case <-time.After(10 * time.Millisecond):
+			}
+			continue
+		}
+		gen := found.Generation()
+		if _, err := found.Read(ctx, true, func(*statemachine.View) (any, error) { return nil, nil }); err != nil {
+			return nil, err
+		}
+		if found.Generation() == gen {
+			return found, nil
 		}
 	}
-	if parent == nil {
-		return nil, status.Errorf(codes.Unavailable, "tessera: no range holds %q on this node yet", req.SplitKey)
-	}
-	if start, _ := parent.Bounds(); bytes.Equal(start, req.SplitKey) {
-		return nil, status.Errorf(codes.FailedPrecondition, "tessera: %q is already a range boundary (the start of range %d)", req.SplitKey, parent.RangeID())
-	}
-	childID, err := s.meta.AllocateRangeID(ctx)
-	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "tessera: allocating a range ID: %v", err)
-	}
-	cmd := &tesserapb.Command{Op: &tesserapb.Command_Split{Split: &tesserapb.SplitCommand{SplitKey: req.SplitKey, NewRangeId: childID}}}
-	if _, err := s.router.ProposeTo(ctx, parent, cmd); err != nil {
-		if errors.Is(err, statemachine.ErrInvalidSplit) {
-			return nil, status.Errorf(codes.FailedPrecondition, "tessera: cannot split range %d at %q: %v", parent.RangeID(), req.SplitKey, err)
-		}
-		return nil, router.ToGRPC(err)
-	}
-	// A linearizable read waits until this replica has applied the split too;
-	// then the child starts here (onSplit).
-	if _, err := parent.Read(ctx, true, func(*statemachine.View) (any, error) { return nil, nil }); err != nil {
-		return nil, router.ToGRPC(err)
-	}
-	child := s.waitRange(ctx, childID)
-	resp := &tesserapb.SplitRangeResponse{Left: s.rangeInfo(parent)}
-	if child != nil {
-		resp.Right = s.rangeInfo(child)
-	}
-	return resp, nil
 }
 
 // waitRange waits for this node's replica of a range to be running.

@@ -165,6 +165,16 @@ func (r *Replica) Bounds() (start, end []byte) {
 	return rsm.Bounds()
 }
 
+// Generation of the range's bounds as this replica has applied them (it grows
+// with every split); 0 while the replica is not open.
+func (r *Replica) Generation() uint64 {
+	rsm := r.store.Range(r.cfg.RangeID)
+	if rsm == nil {
+		return 0
+	}
+	return rsm.Generation()
+}
+
 // ReplicaID of this replica.
 func (r *Replica) ReplicaID() uint64 { return r.cfg.ReplicaID }
 

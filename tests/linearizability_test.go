@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tesserakv/tessera/internal/testcluster"
@@ -86,13 +87,60 @@ var registerModel = porcupine.Model{
 // leader is restarted; porcupine checks the history, and every client must see
 // revisions that never go backwards.
 func TestLinearizable(t *testing.T) {
+	c := testcluster.Start(t, 3)
+	runLinearizability(t, c, 4, false, func(round int) {
+		leader := c.Leader()
+		if round == 1 {
+			c.StopNode(leader)
+			time.Sleep(time.Second)
+			c.StartNode(leader)
+			return
+		}
+		_ = leader.Server.TransferLeadership(uint64((round+1)%3 + 1))
+	})
+}
+
+// TestLinearizableManyRanges: the same over 8 ranges and more made by splits
+// during the run, with leader transfers, plus multi-range lists: each list must
+// be exactly the state at its header revision on every range.
+func TestLinearizableManyRanges(t *testing.T) {
+	c := testcluster.Start(t, 3)
+	for i, key := range []string{"lin/02", "lin/04", "lin/06", "lin/08", "lin/10", "lin/12", "lin/14"} {
+		splitAt(t, c, c.Nodes[i%3], key)
+	}
+	waitRanges(t, c, 8)
+	runLinearizability(t, c, 16, true, func(round int) {
+		switch round {
+		case 0:
+			splitAt(t, c, c.Nodes[1], "lin/01")
+		case 1:
+			_ = c.Nodes[0].Server.TransferLeadership(2)
+		case 2:
+			splitAt(t, c, c.Nodes[2], "lin/09")
+			_ = c.Nodes[0].Server.TransferMetaLeadership(3)
+		}
+	})
+}
+
+// listResult is a multi-range list seen by a client, checked against the
+// writes' own responses.
+type listResult struct {
+	rev int64
+	kvs map[string]*mvccpb.KeyValue
+}
+
+// writeRecord is a write whose revision the client saw (acknowledged).
+type writeRecord struct {
+	key, value string
+	rev        int64
+}
+
+func runLinearizability(t *testing.T, c *testcluster.Cluster, keys int, lists bool, disturb func(round int)) {
 	seed := time.Now().UnixNano()
 	t.Logf("seed %d", seed)
-	c := testcluster.Start(t, 3)
 	const (
 		clients      = 8
 		opsPerClient = 250
-		keys         = 4
 	)
 	start := time.Now()
 	now := func() int64 { return time.Since(start).Nanoseconds() }
@@ -100,6 +148,8 @@ func TestLinearizable(t *testing.T) {
 	var (
 		mu      sync.Mutex
 		history []porcupine.Operation
+		listed  []listResult
+		writes  []writeRecord
 		wg      sync.WaitGroup
 	)
 	for id := range clients {
@@ -110,7 +160,7 @@ func TestLinearizable(t *testing.T) {
 			defer wg.Done()
 			lastRev := int64(0)
 			for i := range opsPerClient {
-				key := fmt.Sprintf("lin/%d", rng.Intn(keys))
+				key := fmt.Sprintf("lin/%02d", rng.Intn(keys))
 				in := kvInput{key: key, value: fmt.Sprintf("c%d-%d", id, i)}
 				ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 				call := now()
@@ -120,6 +170,23 @@ func TestLinearizable(t *testing.T) {
 					err error
 				)
 				switch r := rng.Intn(10); {
+				case lists && r == 0:
+					var resp *clientv3.GetResponse
+					if resp, err = cli.Get(ctx, "lin/", clientv3.WithPrefix()); err == nil {
+						res := listResult{rev: resp.Header.Revision, kvs: map[string]*mvccpb.KeyValue{}}
+						for _, kv := range resp.Kvs {
+							res.kvs[string(kv.Key)] = kv
+						}
+						mu.Lock()
+						listed = append(listed, res)
+						mu.Unlock()
+						if resp.Header.Revision < lastRev {
+							t.Errorf("client %d: list revision went back from %d to %d", id, lastRev, resp.Header.Revision)
+						}
+						lastRev = resp.Header.Revision
+					}
+					cancel()
+					continue
 				case r < 4:
 					in.op = "get"
 					var resp *clientv3.GetResponse
@@ -167,22 +234,16 @@ func TestLinearizable(t *testing.T) {
 				}
 				mu.Lock()
 				history = append(history, porcupine.Operation{ClientId: id, Input: in, Call: call, Output: out, Return: ret})
+				if !out.unknown && (in.op == "put" || (in.op == "cas" && out.ok)) {
+					writes = append(writes, writeRecord{key: key, value: in.value, rev: rev})
+				}
 				mu.Unlock()
 			}
 		}()
 	}
-	// Disturb leadership while the clients run.
 	for round := range 3 {
 		time.Sleep(300 * time.Millisecond)
-		leader := c.Leader()
-		if round == 1 {
-			c.StopNode(leader)
-			time.Sleep(time.Second)
-			c.StartNode(leader)
-			continue
-		}
-		target := uint64((round+1)%3 + 1)
-		_ = leader.Server.TransferLeadership(target)
+		disturb(round)
 	}
 	wg.Wait()
 
@@ -194,7 +255,42 @@ func TestLinearizable(t *testing.T) {
 		}
 		t.Fatalf("history of %d operations is not linearizable (seed %d)", len(history), seed)
 	}
-	t.Logf("%d operations checked: %s", len(history), res)
+	t.Logf("%d operations checked: %s; %d lists", len(history), res, len(listed))
+	// Failed reads are left out of the history; a store that failed most of
+	// them would pass vacuously.
+	if len(history) < clients*opsPerClient*6/10 || (lists && len(listed) < clients*opsPerClient/20) {
+		t.Fatalf("too few operations succeeded to judge: %d of %d, %d lists", len(history), clients*opsPerClient, len(listed))
+	}
+	checkLists(t, listed, writes)
+}
+
+// checkLists: a list at revision R must show, for every key, the acknowledged
+// write with the highest revision <= R (or a write at least that new whose
+// acknowledgement was lost), and nothing written after R.
+func checkLists(t *testing.T, listed []listResult, writes []writeRecord) {
+	t.Helper()
+	for _, l := range listed {
+		newest := map[string]writeRecord{}
+		for _, w := range writes {
+			if w.rev <= l.rev && w.rev > newest[w.key].rev {
+				newest[w.key] = w
+			}
+		}
+		for key, w := range newest {
+			kv, ok := l.kvs[key]
+			if !ok || kv.ModRevision < w.rev {
+				t.Fatalf("list at revision %d misses %s=%s written at %d (saw %v)", l.rev, key, w.value, w.rev, kv)
+			}
+			if kv.ModRevision == w.rev && string(kv.Value) != w.value {
+				t.Fatalf("list at revision %d: %s=%q at %d, but the write at %d was %q", l.rev, key, kv.Value, kv.ModRevision, w.rev, w.value)
+			}
+		}
+		for key, kv := range l.kvs {
+			if kv.ModRevision > l.rev {
+				t.Fatalf("list at revision %d shows %s written later, at %d", l.rev, key, kv.ModRevision)
+			}
+		}
+	}
 }
 
 // lastValueSeen returns the value of key in the latest recorded successful
