@@ -36,6 +36,12 @@ type Config struct {
 	// LogDBShards is Dragonboat's LogDB shard count (one fsync each per cycle).
 	LogDBShards uint64
 
+	// RangeMaxBytes: a range larger than this on disk is split in half.
+	RangeMaxBytes int64
+	// SplitCheckInterval is how often range leaders check their size
+	// (default 10s; not a flag).
+	SplitCheckInterval time.Duration
+
 	Logger *slog.Logger
 }
 
@@ -56,6 +62,7 @@ const (
 	DefaultQuotaBackendBytes = 2 * 1024 * 1024 * 1024
 	DefaultHeartbeatMS       = 100
 	DefaultElectionMS        = 1000
+	DefaultRangeMaxBytes     = 64 * 1024 * 1024
 )
 
 // DefaultConfig is a single node on 127.0.0.1:2379 with data in ./tessera.data.
@@ -77,6 +84,7 @@ func DefaultConfig() Config {
 		AutoCompactionMode:       "periodic",
 		AutoCompactionRetention:  "0",
 		LogDBShards:              1,
+		RangeMaxBytes:            DefaultRangeMaxBytes,
 	}
 }
 
@@ -166,6 +174,9 @@ func (c *Config) Validate() error {
 	}
 	if _, err := parseCompaction(c.AutoCompactionMode, c.AutoCompactionRetention); err != nil {
 		return err
+	}
+	if c.RangeMaxBytes < 1024 {
+		return fmt.Errorf("--range-max-bytes must be at least 1024")
 	}
 	if c.LogDBShards == 0 {
 		return fmt.Errorf("--raft-logdb-shards must be at least 1")

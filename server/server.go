@@ -156,6 +156,7 @@ func Start(cfg Config) (*Server, error) {
 	s.goTask(s.registerNode)
 	s.checkSpace()
 	s.goTask(s.watchSpace)
+	s.goTask(s.runSplitter)
 	if policy, _ := parseCompaction(cfg.AutoCompactionMode, cfg.AutoCompactionRetention); policy.enabled() {
 		s.goTask(func() { s.runCompactor(policy) })
 	}
@@ -270,6 +271,16 @@ func (s *Server) ClientAddrs() []string {
 func (s *Server) SplitRange(ctx context.Context, key string) error {
 	_, err := (&internalService{InternalServer: s.internal, s: s}).SplitRange(ctx, &tesserapb.SplitRangeRequest{SplitKey: []byte(key)})
 	return err
+}
+
+// Ranges describes this node's ranges in key order (what `tessera ctl ranges`
+// shows).
+func (s *Server) Ranges(ctx context.Context) ([]*tesserapb.RangeInfo, error) {
+	resp, err := (&internalService{InternalServer: s.internal, s: s}).ListRanges(ctx, &tesserapb.ListRangesRequest{})
+	if err != nil {
+		return nil, err
+	}
+	return resp.Ranges, nil
 }
 
 // RangeCount is the number of data ranges this node runs.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 
@@ -263,5 +264,40 @@ func TestBounds(t *testing.T) {
 		if !errors.Is(err, tc.want) || (tc.want == nil && err != nil) {
 			t.Errorf("range [%q, %q): %v, want %v", tc.key, tc.end, err, tc.want)
 		}
+	}
+}
+
+func TestMidKey(t *testing.T) {
+	h := newHarness(t)
+	midKey := func() []byte {
+		t.Helper()
+		v := h.view()
+		defer v.Close()
+		mid, err := v.MidKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return mid
+	}
+	put := func(key, value string) {
+		t.Helper()
+		req := &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: []byte(key), Value: []byte(value)}}}}}
+		if res := h.update(txnCmd(t, h.nextRev(), req)); res[0].Code != 0 {
+			t.Fatalf("put %s: %s", key, res[0].Message)
+		}
+	}
+	if mid := midKey(); mid != nil {
+		t.Fatalf("MidKey of an empty range = %q", mid)
+	}
+	put("a", strings.Repeat("v", 10))
+	if mid := midKey(); mid != nil {
+		t.Fatalf("MidKey of a one-key range = %q", mid)
+	}
+	for i := 0; i < 100; i++ {
+		put(fmt.Sprintf("k%03d", i), strings.Repeat("v", 100))
+	}
+	mid := string(midKey())
+	if mid < "k045" || mid > "k055" {
+		t.Fatalf("MidKey = %q, want about k050", mid)
 	}
 }

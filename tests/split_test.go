@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math/rand"
 	"sort"
 	"strings"
 	"sync"
@@ -292,4 +293,94 @@ func TestCtlRanges(t *testing.T) {
 	if out, err := ctl("ranges"); err != nil || !strings.Contains(out, "LEADER") {
 		t.Fatalf("ctl ranges: %q %v", out, err)
 	}
+}
+
+// TestSizeTriggeredSplits: with a small --range-max-bytes, writing makes the
+// ranges split on their own; afterwards the ranges partition the keyspace,
+// every acknowledged key reads back, and each key is in exactly one range.
+func TestSizeTriggeredSplits(t *testing.T) {
+	c := testcluster.Start(t, 1, func(cfg *serverConfig) {
+		cfg.RangeMaxBytes = 1 << 20
+		cfg.SplitCheckInterval = 200 * time.Millisecond
+	})
+	ctx := ctxT(t)
+	cli := c.Client()
+	var (
+		mu    sync.Mutex
+		acked = map[string]string{}
+		wg    sync.WaitGroup
+	)
+	for w := range 16 {
+		rng := rand.New(rand.NewSource(int64(w)))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < 16000; i += 16 {
+				// Incompressible values: the limit is on bytes on disk.
+				buf := make([]byte, 1024)
+				for j := range buf {
+					buf[j] = 'a' + byte(rng.Intn(26))
+				}
+				value := string(buf)
+				k := fmt.Sprintf("size/%06d", (i*7919)%16000)
+				if _, err := cli.Put(ctx, k, value); err != nil {
+					t.Errorf("put %s: %v", k, err)
+					return
+				}
+				mu.Lock()
+				acked[k] = value
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	deadline := time.Now().Add(20 * time.Second)
+	for c.Nodes[0].Server.RangeCount() < 3 {
+		if time.Now().After(deadline) {
+			ranges, _ := c.Nodes[0].Server.Ranges(ctx)
+			t.Fatalf("only %d ranges after writing 16 MiB with --range-max-bytes=1MiB: %v", c.Nodes[0].Server.RangeCount(), ranges)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	ranges, err := c.Nodes[0].Server.Ranges(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The ranges partition the keyspace: each starts where the previous ended.
+	var prevEnd []byte
+	for i, r := range ranges {
+		if !bytes.Equal(r.StartKey, prevEnd) {
+			t.Fatalf("range %d starts at %q, the previous one ends at %q", r.RangeId, r.StartKey, prevEnd)
+		}
+		prevEnd = r.EndKey
+		if i == len(ranges)-1 && len(r.EndKey) != 0 {
+			t.Fatalf("the last range ends at %q, not at the end of the keyspace", r.EndKey)
+		}
+	}
+	get, err := cli.Get(ctx, "size/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	requireAcked(t, "after size splits", get.Kvs, acked)
+	// Each key in exactly one range: per-range reads add up to the whole.
+	var total int64
+	for _, r := range ranges {
+		end := r.EndKey
+		if len(end) == 0 {
+			end = []byte{0}
+		}
+		start := r.StartKey
+		if len(start) == 0 {
+			start = []byte{0} // no key is empty
+		}
+		resp, err := cli.Get(ctx, string(start), clientv3.WithRange(string(end)), clientv3.WithCountOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += resp.Count
+	}
+	if all, _ := cli.Get(ctx, "", clientv3.WithFromKey(), clientv3.WithCountOnly()); total != all.Count {
+		t.Fatalf("per-range counts add up to %d, the whole keyspace has %d", total, all.Count)
+	}
+	t.Logf("%d ranges after %d writes", len(ranges), len(acked))
 }
