@@ -49,8 +49,11 @@ func (c *RangeCache) Refresh() {
 func (c *RangeCache) rebuildLocked() {
 	c.tree.Clear(false)
 	for _, r := range c.all {
-		start, end := r.Bounds()
-		c.tree.ReplaceOrInsert(rangeEntry{start: start, end: end, rng: r})
+		// A replica not open yet has no bounds; its keys are a hole until it
+		// opens and the cache is refreshed.
+		if start, end, ok := r.Bounds(); ok {
+			c.tree.ReplaceOrInsert(rangeEntry{start: start, end: end, rng: r})
+		}
 	}
 }
 
@@ -104,7 +107,7 @@ func (c *RangeCache) overlapping(key, rangeEnd []byte) (spans []span, ok bool) {
 		if r == nil {
 			return nil, false
 		}
-		start, _ := r.Bounds()
+		start, _, _ := r.Bounds()
 		return []span{{rng: r, key: key, rangeStart: start}}, true
 	}
 	toEnd := len(rangeEnd) == 1 && rangeEnd[0] == 0

@@ -18,11 +18,11 @@ type boundsOnly struct {
 
 func (b *boundsOnly) RangeID() uint64   { return b.id }
 func (b *boundsOnly) ReplicaID() uint64 { return 1 }
-func (b *boundsOnly) Bounds() ([]byte, []byte) {
+func (b *boundsOnly) Bounds() ([]byte, []byte, bool) {
 	if b.end == "" {
-		return []byte(b.start), nil
+		return []byte(b.start), nil, true
 	}
-	return []byte(b.start), []byte(b.end)
+	return []byte(b.start), []byte(b.end), true
 }
 func (b *boundsOnly) Leader() (uint64, uint64, bool) { return 1, 1, true }
 func (b *boundsOnly) Write(context.Context, *tesserapb.Command, bool) (*tesserapb.Result, error) {

@@ -19,8 +19,9 @@ type Range interface {
 	RangeID() uint64
 	ReplicaID() uint64
 	// Bounds are the range's keys [start, end) as this replica has applied
-	// them; end nil is the end of the keyspace.
-	Bounds() (start, end []byte)
+	// them; end nil is the end of the keyspace; ok false while the replica is
+	// not open.
+	Bounds() (start, end []byte, ok bool)
 	Leader() (leaderReplicaID, term uint64, ok bool)
 	Write(ctx context.Context, cmd *tesserapb.Command, writesKeys bool) (*tesserapb.Result, error)
 	Read(ctx context.Context, linearizable bool, fn func(*statemachine.View) (any, error)) (any, error)
@@ -153,8 +154,17 @@ func isForwarded(ctx context.Context) bool {
 // leaderToForward returns the leader's replica ID when err says this replica is
 // not the leader, the leader is known, and the request was not forwarded here.
 func leaderToForward(ctx context.Context, err error) (uint64, bool) {
+	if isForwarded(ctx) {
+		return 0, false
+	}
+	return leaderOf(err)
+}
+
+// leaderOf returns the leader's replica (= node) ID when err says this
+// replica is not the leader and the leader is known.
+func leaderOf(err error) (uint64, bool) {
 	var nl *shard.NotLeaderError
-	if !errors.As(err, &nl) || nl.LeaderReplicaID == 0 || isForwarded(ctx) {
+	if !errors.As(err, &nl) || nl.LeaderReplicaID == 0 {
 		return 0, false
 	}
 	return nl.LeaderReplicaID, true

@@ -43,7 +43,9 @@ func (r *Router) writeTo(ctx context.Context, rng Range, cmd *tesserapb.Command,
 		if err == nil {
 			res, err = rng.Write(ctx, cmd, writesKeys)
 		}
-		leader, forwardable := leaderToForward(ctx, err)
+		// RangeWrite never forwards again, so even a request that was itself
+		// forwarded here may forward a write for a range led elsewhere.
+		leader, forwardable := leaderOf(err)
 		if !forwardable {
 			return res, err
 		}

@@ -92,6 +92,15 @@ func (s *Server) onSplit(parentID, childID uint64) {
 			s.log.Error("starting a range made by a split", "parent", parentID, "range", childID, "err", err)
 			return
 		}
+		// Dragonboat opens the child's state machine in the background; the
+		// router sees the child's keys once it is open.
+		for s.store.Range(childID) == nil {
+			select {
+			case <-s.stopc:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
 		s.cache.Refresh()
 		s.log.Info("range split", "parent", parentID, "range", childID)
 	})
@@ -117,7 +126,7 @@ func (s *Server) rangeList() []*shard.Replica {
 
 // rangeInfo describes one replica as `tessera ctl ranges` shows it.
 func (s *Server) rangeInfo(r *shard.Replica) *tesserapb.RangeInfo {
-	start, end := r.Bounds()
+	start, end, _ := r.Bounds()
 	info := &tesserapb.RangeInfo{RangeId: r.RangeID(), StartKey: start, EndKey: end}
 	for id := range s.raftMembers {
 		info.ReplicaNodeIds = append(info.ReplicaNodeIds, id)
@@ -166,7 +175,7 @@ func (i *internalService) SplitRange(ctx context.Context, req *tesserapb.SplitRa
 		if err != nil {
 			return nil, router.ToGRPC(err)
 		}
-		if start, _ := parent.Bounds(); bytes.Equal(start, req.SplitKey) {
+		if start, _, _ := parent.Bounds(); bytes.Equal(start, req.SplitKey) {
 			return nil, status.Errorf(codes.FailedPrecondition, "tessera: %q is already a range boundary (the start of range %d)", req.SplitKey, parent.RangeID())
 		}
 		if childID == 0 {
@@ -203,8 +212,8 @@ func (s *Server) currentRangeFor(ctx context.Context, key []byte) (*shard.Replic
 	for {
 		var found *shard.Replica
 		for _, r := range s.rangeList() {
-			start, end := r.Bounds()
-			if bytes.Compare(key, start) >= 0 && (end == nil || bytes.Compare(key, end) < 0) {
+			start, end, open := r.Bounds()
+			if open && bytes.Compare(key, start) >= 0 && (end == nil || bytes.Compare(key, end) < 0) {
 				found = r
 			}
 		}

@@ -70,7 +70,8 @@ func (r *Replica) leaderReady(ctx context.Context) error {
 	return err
 }
 
-// leaseLoop revokes expired leases while this replica leads the range.
+// leaseLoop revokes expired leases while this replica leads the range. It runs
+// only on a range configured to keep the lease clock (Config.ExpireLeases).
 func (r *Replica) leaseLoop() {
 	defer r.wg.Done()
 	tick := time.NewTicker(r.cfg.LeaseCheckInterval)
@@ -81,8 +82,11 @@ func (r *Replica) leaseLoop() {
 			return
 		case <-tick.C:
 		}
-		if !r.cfg.ExpireLeases || !r.IsLeader() {
+		if !r.IsLeader() {
+			// The clock is loaded again, with full TTLs, by the barrier of
+			// the next term this replica leads in.
 			r.leases.demote()
+			r.readyTerm.Store(0)
 			continue
 		}
 		if !r.leases.isActive() {

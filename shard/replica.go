@@ -95,7 +95,9 @@ type Replica struct {
 	queue chan *proposal
 
 	// readyTerm is the leader term in which this replica applied its
-	// leadership barrier; 0 if none. Written only by proposeLoop.
+	// leadership barrier; 0 if none. Set by the proposer after the barrier;
+	// reset to 0 by whoever sees leadership lost or a stale revision, which
+	// forces a new barrier (and, on the home range, reloads the lease clock).
 	readyTerm atomic.Uint64
 
 	// fence is the read/write fence over the revisions of this range.
@@ -140,9 +142,12 @@ func New(cfg Config, nh *dragonboat.NodeHost, store *statemachine.Store, oracle 
 		fence:    newFence(),
 		stopc:    make(chan struct{}),
 	}
-	r.wg.Add(2)
+	r.wg.Add(1)
 	go r.proposeLoop()
-	go r.leaseLoop()
+	if cfg.ExpireLeases {
+		r.wg.Add(1)
+		go r.leaseLoop()
+	}
 	return r
 }
 
@@ -156,13 +161,15 @@ func (r *Replica) Stop() {
 func (r *Replica) RangeID() uint64 { return r.cfg.RangeID }
 
 // Bounds are the range's keys [start, end) as this replica has applied them;
-// end nil is the end of the keyspace. Nil, nil while the replica is not open.
-func (r *Replica) Bounds() (start, end []byte) {
+// end nil is the end of the keyspace. ok is false while the replica's state
+// machine is not open yet (Dragonboat opens it in the background).
+func (r *Replica) Bounds() (start, end []byte, ok bool) {
 	rsm := r.store.Range(r.cfg.RangeID)
 	if rsm == nil {
-		return nil, nil
+		return nil, nil, false
 	}
-	return rsm.Bounds()
+	start, end = rsm.Bounds()
+	return start, end, true
 }
 
 // Generation of the range's bounds as this replica has applied them (it grows
@@ -470,7 +477,9 @@ func (r *Replica) ensureLeaderReady() error {
 	if err != nil {
 		return err
 	}
-	r.leases.promote(ttls, time.Now())
+	if r.cfg.ExpireLeases {
+		r.leases.promote(ttls, time.Now())
+	}
 	r.readyTerm.Store(term)
 	r.cfg.Logger.Debug("range leader ready", "range", r.cfg.RangeID, "replica", r.cfg.ReplicaID, "term", term)
 	return nil

@@ -37,6 +37,9 @@ type RangeSM struct {
 	unavailable string
 	// publicBounds is bounds for Bounds() and Generation(). Guarded by mu.
 	publicBounds bounds
+	// opened is set once Open has loaded the range's metadata; before that
+	// the range is not served (Store.Range returns nil). Guarded by mu.
+	opened bool
 }
 
 const (
@@ -77,6 +80,13 @@ func (r *RangeSM) setMeta(st rangeState, b bounds) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.publicBounds = b
+	r.opened = true
+}
+
+func (r *RangeSM) isOpen() bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.opened
 }
 
 // Open reads the range's persisted metadata and returns its applied index.

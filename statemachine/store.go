@@ -128,8 +128,14 @@ func (s *Store) CreateStateMachine(rangeID, replicaID uint64) sm.IOnDiskStateMac
 // Range returns the running RangeSM of rangeID, nil if none.
 func (s *Store) Range(rangeID uint64) *RangeSM {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.ranges[rangeID]
+	r := s.ranges[rangeID]
+	s.mu.Unlock()
+	// Until Open has loaded its metadata a RangeSM knows neither its bounds
+	// nor its revisions: it is not handed out.
+	if r == nil || !r.isOpen() {
+		return nil
+	}
+	return r
 }
 
 func (s *Store) unregister(r *RangeSM) {

@@ -219,13 +219,13 @@ func TestLeasesAcrossRanges(t *testing.T) {
 	}
 	ttl, err := cli.TimeToLive(ctx, lease.ID, clientv3.WithAttachedKeys())
 	if err != nil || len(ttl.Keys) != 2 {
-		t.Fatalf("time to live across ranges: %+v %v", ttl, err)
+		t.Fatalf("time to live across ranges: TTL %d granted %d keys %q, %v", ttl.TTL, ttl.GrantedTTL, ttl.Keys, err)
 	}
 	if _, err := cli.Revoke(ctx, lease.ID); err != nil {
 		t.Fatal(err)
 	}
-	if get, _ := cli.Get(ctx, "", clientv3.WithFromKey()); get.Count != 0 {
-		t.Fatalf("keys of a revoked lease remain: %v", get.Kvs)
+	if get, err := cli.Get(ctx, "", clientv3.WithFromKey()); err != nil || get.Count != 0 {
+		t.Fatalf("keys of a revoked lease remain: %v %v", get, err)
 	}
 	short, err := cli.Grant(ctx, 1)
 	if err != nil {
