@@ -173,9 +173,14 @@ func (i *internalService) SplitRange(ctx context.Context, req *tesserapb.SplitRa
 	for attempt := 0; ; attempt++ {
 		parent, err := s.currentRangeFor(ctx, req.SplitKey)
 		if err != nil {
+			s.log.Warn("split: finding the range", "key", string(req.SplitKey), "err", err)
 			return nil, router.ToGRPC(err)
 		}
 		if start, _, _ := parent.Bounds(); bytes.Equal(start, req.SplitKey) {
+			if childID != 0 && parent.RangeID() == childID {
+				// An earlier attempt whose answer was lost did split here.
+				return &tesserapb.SplitRangeResponse{Right: s.rangeInfo(parent)}, nil
+			}
 			return nil, status.Errorf(codes.FailedPrecondition, "tessera: %q is already a range boundary (the start of range %d)", req.SplitKey, parent.RangeID())
 		}
 		if childID == 0 {
@@ -185,15 +190,19 @@ func (i *internalService) SplitRange(ctx context.Context, req *tesserapb.SplitRa
 		}
 		cmd := &tesserapb.Command{Op: &tesserapb.Command_Split{Split: &tesserapb.SplitCommand{SplitKey: req.SplitKey, NewRangeId: childID}}}
 		_, err = s.router.ProposeTo(ctx, parent, cmd)
-		if errors.Is(err, statemachine.ErrInvalidSplit) && attempt < 5 {
-			// Another split moved the bounds since this replica looked.
+		if (errors.Is(err, statemachine.ErrInvalidSplit) || errors.Is(err, shard.ErrTimeout)) && attempt < 5 {
+			// Another split moved the bounds since this replica looked, or
+			// the outcome is unknown: look again (a split that did happen
+			// shows as the key starting the new range).
 			continue
 		}
 		if err != nil {
+			s.log.Warn("split: proposing", "range", parent.RangeID(), "key", string(req.SplitKey), "err", err)
 			return nil, router.ToGRPC(err)
 		}
 		// Catch this replica up past the split: the child then starts here.
 		if _, err := s.currentRangeFor(ctx, req.SplitKey); err != nil {
+			s.log.Warn("split: catching up", "key", string(req.SplitKey), "err", err)
 			return nil, router.ToGRPC(err)
 		}
 		child := s.waitRange(ctx, childID)

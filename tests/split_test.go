@@ -20,9 +20,17 @@ import (
 )
 
 // splitAt splits through a node, waiting for every node to run the new range.
+// An Unavailable answer (leaders moving) is retried, as an operator would.
 func splitAt(t *testing.T, c *testcluster.Cluster, via *testcluster.Node, key string) {
 	t.Helper()
-	if err := via.Server.SplitRange(ctxT(t), key); err != nil {
+	var err error
+	for range 5 {
+		if err = via.Server.SplitRange(ctxT(t), key); status.Code(err) != codes.Unavailable {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err != nil {
 		t.Fatalf("split at %q: %v", key, err)
 	}
 }
