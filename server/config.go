@@ -36,6 +36,10 @@ type Config struct {
 	// LogDBShards is Dragonboat's LogDB shard count (one fsync each per cycle).
 	LogDBShards uint64
 
+	// ListenMetricsURLs serve /health and, with EnablePprof, /debug/pprof.
+	ListenMetricsURLs []string
+	EnablePprof       bool
+
 	// RangeMaxBytes: a range larger than this on disk is split in half.
 	RangeMaxBytes int64
 	// SplitCheckInterval is how often range leaders check their size
@@ -150,6 +154,14 @@ func (c *Config) Validate() error {
 				return fmt.Errorf("%s: %w", flag, err)
 			}
 		}
+	}
+	for _, u := range c.ListenMetricsURLs {
+		if _, err := hostPortOf(u); err != nil {
+			return fmt.Errorf("--listen-metrics-urls: %w", err)
+		}
+	}
+	if c.EnablePprof && len(c.ListenMetricsURLs) == 0 {
+		return fmt.Errorf("--enable-pprof needs --listen-metrics-urls (profiles are served there)")
 	}
 	if _, ok := c.replicaID(); !ok {
 		return fmt.Errorf("--initial-cluster has no member named %q (--name)", c.Name)

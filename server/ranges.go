@@ -30,6 +30,9 @@ func (s *Server) raftConfig(rangeID uint64) dbconfig.Config {
 		PreVote:            true,
 		SnapshotEntries:    10000,
 		CompactionOverhead: 5000,
+		// An idle range stops heartbeating (Dragonboat's quiesce), so a node
+		// with many ranges does not burn CPU while they are idle.
+		Quiesce: rangeID != placement.MetaRangeID,
 	}
 }
 
@@ -200,9 +203,11 @@ func (i *internalService) SplitRange(ctx context.Context, req *tesserapb.SplitRa
 			s.log.Warn("split: proposing", "range", parent.RangeID(), "key", string(req.SplitKey), "err", err)
 			return nil, router.ToGRPC(err)
 		}
-		// Catch this replica up past the split: the child then starts here.
-		if _, err := s.currentRangeFor(ctx, req.SplitKey); err != nil {
-			s.log.Warn("split: catching up", "key", string(req.SplitKey), "err", err)
+		// Catch this replica of the parent up past the split (a ReadIndex on
+		// the parent: the child may have no leader yet); the child then
+		// starts here.
+		if _, err := parent.Read(ctx, true, func(*statemachine.View) (any, error) { return nil, nil }); err != nil {
+			s.log.Warn("split: catching up", "range", parent.RangeID(), "err", err)
 			return nil, router.ToGRPC(err)
 		}
 		child := s.waitRange(ctx, childID)

@@ -154,6 +154,10 @@ func Start(cfg Config) (*Server, error) {
 		})
 	}
 	s.goTask(s.registerNode)
+	if err := s.startMetrics(); err != nil {
+		s.Close()
+		return nil, err
+	}
 	s.checkSpace()
 	s.goTask(s.watchSpace)
 	s.goTask(s.runSplitter)

@@ -78,6 +78,8 @@ func parseFlags(args []string, stdout, stderr io.Writer) (server.Config, error) 
 	fs.StringVar(&cfg.AutoCompactionRetention, "auto-compaction-retention", cfg.AutoCompactionRetention, "auto compaction retention for mvcc key value store; 0 means disable auto compaction")
 	fs.Int64Var(&cfg.RangeMaxBytes, "range-max-bytes", cfg.RangeMaxBytes, "split a range in half when its data on disk grows past this many bytes")
 	fs.Uint64Var(&cfg.LogDBShards, "raft-logdb-shards", cfg.LogDBShards, "shards of the Raft log store (one fsync each per write cycle; keep small on one disk)")
+	listenMetrics := fs.String("listen-metrics-urls", "", "comma-separated http URLs to serve /health (and, with --enable-pprof, /debug/pprof) on")
+	fs.BoolVar(&cfg.EnablePprof, "enable-pprof", false, "serve runtime profiles under /debug/pprof on --listen-metrics-urls")
 	logLevel := fs.String("log-level", "warn", "log level: debug, info, warn or error")
 	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -99,6 +101,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (server.Config, error) 
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
+	cfg.ListenMetricsURLs = splitList(*listenMetrics)
 	cfg.ListenClientURLs = splitList(*listenClient)
 	cfg.AdvertiseClientURLs = cfg.ListenClientURLs
 	if *advertiseClient != "" {

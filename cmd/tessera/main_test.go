@@ -70,3 +70,16 @@ func TestParseFlagsCluster(t *testing.T) {
 		t.Fatalf("cfg = %+v", cfg)
 	}
 }
+
+func TestParseFlagsMetrics(t *testing.T) {
+	if _, err := parseFlags([]string{"--enable-pprof"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "--listen-metrics-urls") {
+		t.Fatalf("--enable-pprof without a metrics listener: %v", err)
+	}
+	cfg, err := parseFlags([]string{"--enable-pprof", "--listen-metrics-urls=http://127.0.0.1:2381", "--range-max-bytes=1048576"}, io.Discard, io.Discard)
+	if err != nil || !cfg.EnablePprof || cfg.ListenMetricsURLs[0] != "http://127.0.0.1:2381" || cfg.RangeMaxBytes != 1<<20 {
+		t.Fatalf("cfg = %+v, %v", cfg, err)
+	}
+	if _, err := parseFlags([]string{"--range-max-bytes=10"}, io.Discard, io.Discard); err == nil {
+		t.Fatal("a tiny --range-max-bytes was accepted")
+	}
+}
