@@ -140,12 +140,17 @@ func (c *Config) Validate() error {
 	if c.DataDir == "" {
 		return fmt.Errorf("--data-dir must not be empty")
 	}
-	for flag, urls := range map[string][]string{
-		"--listen-client-urls":          c.ListenClientURLs,
-		"--advertise-client-urls":       c.AdvertiseClientURLs,
-		"--listen-peer-urls":            c.ListenPeerURLs,
-		"--initial-advertise-peer-urls": c.InitialAdvertisePeerURLs,
+	// In flag order, so the error names the flag the user set first.
+	for _, f := range []struct {
+		flag string
+		urls []string
+	}{
+		{"--listen-client-urls", c.ListenClientURLs},
+		{"--advertise-client-urls", c.AdvertiseClientURLs},
+		{"--listen-peer-urls", c.ListenPeerURLs},
+		{"--initial-advertise-peer-urls", c.InitialAdvertisePeerURLs},
 	} {
+		flag, urls := f.flag, f.urls
 		if len(urls) == 0 {
 			return fmt.Errorf("%s must name at least one URL", flag)
 		}
