@@ -250,11 +250,14 @@ func (s *Server) currentRangeFor(ctx context.Context, key []byte) (*shard.Replic
 	}
 }
 
-// waitRange waits for this node's replica of a range to be running.
+// waitRange waits for this node's replica of a range to be running, its
+// state machine open.
 func (s *Server) waitRange(ctx context.Context, rangeID uint64) *shard.Replica {
 	for {
 		if r := s.rangeByID(rangeID); r != nil {
-			return r
+			if _, _, open := r.Bounds(); open {
+				return r
+			}
 		}
 		select {
 		case <-ctx.Done():
