@@ -74,3 +74,39 @@ func BenchmarkRangeLinearizable(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkPut64Clients16Ranges is BenchmarkPut64Clients with the keyspace cut
+// into 16 ranges and the keys spread over all of them: many ranges must not be
+// slower than one.
+func BenchmarkPut64Clients16Ranges(b *testing.B) {
+	c := testcluster.Start(b, 1)
+	for i := 1; i < 16; i++ {
+		if err := c.Nodes[0].Server.SplitRange(context.Background(), fmt.Sprintf("bench/%02d", i)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	conns := make([]*clientv3.Client, 10)
+	for i := range conns {
+		conns[i] = c.Client()
+	}
+	ctx := context.Background()
+	// Let the new ranges elect their leaders before the clock starts.
+	for i := range 16 {
+		if _, err := conns[0].Put(ctx, fmt.Sprintf("bench/%02d/warmup", i), benchValue); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var seq atomic.Int64
+	b.SetParallelism(32)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		cli := conns[int(seq.Add(1))%len(conns)]
+		for pb.Next() {
+			n := seq.Add(1)
+			if _, err := cli.Put(ctx, fmt.Sprintf("bench/%02d/%012d", n%16, n), benchValue); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
