@@ -78,8 +78,9 @@ func (r *Router) rangeAll(ctx context.Context, req *pb.RangeRequest) (*pb.RangeR
 // ordered reports whether a Range's result is in key order (ascending or
 // descending), so ranges can be read one after another with the limit.
 func ordered(req *pb.RangeRequest) (ok, descending bool) {
+	// Any other target sorts by it (NONE meaning ascending), as one store does.
 	if req.SortTarget != pb.RangeRequest_KEY {
-		return req.SortOrder == pb.RangeRequest_NONE, false
+		return false, false
 	}
 	return true, req.SortOrder == pb.RangeRequest_DESCEND
 }
@@ -95,7 +96,9 @@ func (r *Router) mergeSpans(ctx context.Context, req *pb.RangeRequest, spans []s
 	for _, sp := range spans {
 		sub := proto.CloneOf(req)
 		sub.Key, sub.RangeEnd = sp.key, sp.end
-		filled := req.Limit > 0 && int64(len(out.Kvs)) >= req.Limit
+		// In key order, ranges after the limit is filled only count; sorted
+		// by another target, every range's keys compete for the limit.
+		filled := inKeyOrder && req.Limit > 0 && int64(len(out.Kvs)) >= req.Limit
 		switch {
 		case !inKeyOrder:
 			sub.Limit = 0 // sorted below, over all ranges
@@ -118,7 +121,7 @@ func (r *Router) mergeSpans(ctx context.Context, req *pb.RangeRequest, spans []s
 		out.More = out.More || resp.More
 	}
 	if !inKeyOrder && len(spans) > 1 {
-		sortKVs(out.Kvs, req.SortTarget, req.SortOrder)
+		statemachine.SortKVs(out.Kvs, req)
 		if req.Limit > 0 && int64(len(out.Kvs)) > req.Limit {
 			out.Kvs, out.More = out.Kvs[:req.Limit], true
 		}
@@ -136,41 +139,6 @@ func (r *Router) mergeSpans(ctx context.Context, req *pb.RangeRequest, spans []s
 	out.Header = r.header(first, headerRev)
 	return out, nil
 }
-
-// sortKVs sorts a merged result as etcd sorts one store's (stable over key order).
-func sortKVs(kvs []*mvccpb.KeyValue, target pb.RangeRequest_SortTarget, order pb.RangeRequest_SortOrder) {
-	cmp := func(a, b *mvccpb.KeyValue) int {
-		switch target {
-		case pb.RangeRequest_VERSION:
-			return compareInt(a.Version, b.Version)
-		case pb.RangeRequest_CREATE:
-			return compareInt(a.CreateRevision, b.CreateRevision)
-		case pb.RangeRequest_MOD:
-			return compareInt(a.ModRevision, b.ModRevision)
-		case pb.RangeRequest_VALUE:
-			return compareBytes(a.Value, b.Value)
-		default:
-			return compareBytes(a.Key, b.Key)
-		}
-	}
-	if order == pb.RangeRequest_DESCEND {
-		slices.SortStableFunc(kvs, func(a, b *mvccpb.KeyValue) int { return cmp(b, a) })
-		return
-	}
-	slices.SortStableFunc(kvs, cmp)
-}
-
-func compareInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
-func compareBytes(a, b []byte) int { return slices.Compare(a, b) }
 
 // readSpan reads one range's part of a Range: locally as it is for a
 // serializable read, otherwise at req.Revision on the range's leader (here, or

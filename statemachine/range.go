@@ -129,6 +129,11 @@ func filterKVs(kvs []*mvccpb.KeyValue, r *pb.RangeRequest) []*mvccpb.KeyValue {
 	return out
 }
 
+// SortKVs sorts key-ordered kvs as the request asks, as one range's Range
+// does; the router uses it to merge the answers of several ranges. The sort is
+// stable, so ties keep key order and the result is deterministic.
+func SortKVs(kvs []*mvccpb.KeyValue, r *pb.RangeRequest) { sortKVs(kvs, r) }
+
 // sortKVs sorts key-ordered kvs as the request asks. The sort is stable, so
 // ties keep key order and the result is deterministic.
 func sortKVs(kvs []*mvccpb.KeyValue, r *pb.RangeRequest) {

@@ -167,31 +167,41 @@ type storedRange struct {
 // except (0: none), ordered by range ID. It visits each range's metadata
 // with a seek, not a scan of its lease records.
 func storedRanges(r pebble.Reader, except uint64) ([]storedRange, error) {
+	var out []storedRange
+	err := forEachStoredRange(r, func(rangeID uint64) error {
+		if rangeID == except {
+			return nil
+		}
+		b, found, err := storedBounds(r, rangeID)
+		if err == nil && found {
+			out = append(out, storedRange{rangeID: rangeID, bounds: b})
+		}
+		return err
+	})
+	return out, err
+}
+
+// forEachStoredRange calls fn with the ID of every range that has any
+// metadata in r, in ID order.
+func forEachStoredRange(r pebble.Reader, fn func(rangeID uint64) error) error {
 	it, err := r.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixMeta}, UpperBound: []byte{prefixMeta + 1}})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer closeQuietly(it)
-	var out []storedRange
 	for valid := it.First(); valid; {
 		k := it.Key()
 		if len(k) < 1+8 {
-			return nil, errBadKey
+			return errBadKey
 		}
 		rangeID := binary.BigEndian.Uint64(k[1:9])
-		if rangeID != except {
-			b, found, err := storedBounds(r, rangeID)
-			if err != nil {
-				return nil, err
-			}
-			if found {
-				out = append(out, storedRange{rangeID: rangeID, bounds: b})
-			}
+		if err := fn(rangeID); err != nil {
+			return err
 		}
 		if rangeID == math.MaxUint64 {
 			break
 		}
 		valid = it.SeekGE(metaPrefix(rangeID + 1))
 	}
-	return out, it.Error()
+	return it.Error()
 }

@@ -392,3 +392,35 @@ func TestSizeTriggeredSplits(t *testing.T) {
 	}
 	t.Logf("%d ranges after %d writes", len(ranges), len(acked))
 }
+
+// TestSortAcrossRanges: sorting by a target other than the key, with a limit,
+// over keys in three ranges gives what one store gives.
+func TestSortAcrossRanges(t *testing.T) {
+	c := testcluster.Start(t, 1)
+	ctx := ctxT(t)
+	cli := c.Client()
+	values := map[string]string{"s/a": "9", "s/b": "1", "s/m": "5", "s/n": "3", "s/x": "7", "s/y": "2"}
+	for _, k := range []string{"s/a", "s/b", "s/m", "s/n", "s/x", "s/y"} {
+		if _, err := cli.Put(ctx, k, values[k]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	splitAt(t, c, c.Nodes[0], "s/m")
+	splitAt(t, c, c.Nodes[0], "s/x")
+	waitRanges(t, c, 3)
+	get, err := cli.Get(ctx, "s/", clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByValue, clientv3.SortAscend), clientv3.WithLimit(3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, kv := range get.Kvs {
+		got = append(got, string(kv.Key))
+	}
+	if strings.Join(got, ",") != "s/b,s/y,s/n" || !get.More || get.Count != 6 {
+		t.Fatalf("sorted by value across ranges: %v more=%v count=%d", got, get.More, get.Count)
+	}
+	byMod, err := cli.Get(ctx, "s/", clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByModRevision, clientv3.SortDescend), clientv3.WithLimit(2))
+	if err != nil || string(byMod.Kvs[0].Key) != "s/y" || string(byMod.Kvs[1].Key) != "s/x" {
+		t.Fatalf("sorted by mod revision, descending, across ranges: %v %v", byMod, err)
+	}
+}
