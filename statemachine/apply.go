@@ -64,8 +64,6 @@ func (a *applier) apply(data []byte) (response []byte, err error) {
 		msg, changed, err = a.applyLeaseRevoke(rev, op.LeaseRevoke.GetId())
 	case *tesserapb.Command_Barrier:
 		msg = nil
-	case *tesserapb.Command_MemberAttrs:
-		msg, err = a.applyMemberAttrs(op.MemberAttrs.GetAttrs())
 	case *tesserapb.Command_Split:
 		if rev != 0 {
 			return nil, errorf(ErrInvalidCommand, "split with revision %d", rev)

@@ -8,8 +8,8 @@
 //     deletions, and physical compaction.
 //   - The range's metadata: applied Raft index, the highest command revision
 //     applied (lastCmdRev), the etcd-visible current revision, the compacted
-//     revision, the range bounds and their generation, lease records, the
-//     lease -> keys index and the members' attributes.
+//     revision, the range bounds and their generation, lease records and
+//     the lease -> keys index.
 //   - Splits (split.go): a SplitCommand shrinks the range to [start, splitKey)
 //     and creates the child range [splitKey, end) in the same Pebble batch:
 //     its bounds, its state (applied index 0, the parent's revisions) and a

@@ -331,20 +331,6 @@ func (h *harness) command(t testing.TB, d *datadriven.TestData) (cmd []byte, kin
 		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, false), Op: &tesserapb.Command_Barrier{
 			Barrier: &tesserapb.BarrierCommand{},
 		}}), "none"
-	case "member":
-		attrs := &tesserapb.MemberAttrs{ReplicaId: uint64(argInt(t, d, "id", 0))}
-		if d.HasArg("name") {
-			d.ScanArgs(t, "name", &attrs.Name)
-		}
-		if a, ok := d.Arg("peer"); ok {
-			attrs.PeerUrls = a.Vals
-		}
-		if a, ok := d.Arg("client"); ok {
-			attrs.ClientUrls = a.Vals
-		}
-		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, false), Op: &tesserapb.Command_MemberAttrs{
-			MemberAttrs: &tesserapb.MemberAttrsCommand{Attrs: attrs},
-		}}), "none"
 	case "split":
 		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, false), Op: &tesserapb.Command_Split{
 			Split: &tesserapb.SplitCommand{SplitKey: argBytes(t, d, "at"), NewRangeId: uint64(argInt(t, d, "id", 0))},
@@ -467,7 +453,7 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 		}
 		b.WriteString("]\n")
 		return b.String()
-	case "leases", "members":
+	case "leases":
 		v := h.viewOf(rangeID)
 		defer v.Close()
 		var b strings.Builder
@@ -697,13 +683,6 @@ func dumpLeasesMembers(t testing.TB, v *View) string {
 			t.Fatal(err)
 		}
 		fmt.Fprintf(&b, "lease %d ttl=%d keys=%q\n", l.Id, l.TtlSeconds, keys)
-	}
-	members, err := v.Members()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range members {
-		fmt.Fprintf(&b, "member %d name=%q peers=%q clients=%q\n", m.ReplicaId, m.Name, m.PeerUrls, m.ClientUrls)
 	}
 	if b.Len() == 0 {
 		return "none\n"

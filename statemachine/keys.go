@@ -166,7 +166,6 @@ const (
 	metaState  byte = 's' // rangeState
 	metaBounds byte = 'b' // bounds, with their generation
 	metaLease  byte = 'l' // + BE(leaseID) -> tesserapb.LeaseRecord
-	metaMember byte = 'r' // + BE(replicaID) -> tesserapb.MemberAttrs
 )
 
 // metaPrefix is the prefix of every metadata key of rangeID.
@@ -181,10 +180,6 @@ func metaKey(rangeID uint64, kind byte, suffix ...byte) []byte {
 
 func metaLeaseKey(rangeID uint64, leaseID int64) []byte {
 	return binary.BigEndian.AppendUint64(metaKey(rangeID, metaLease), uint64(leaseID))
-}
-
-func metaMemberKey(rangeID uint64, replicaID uint64) []byte {
-	return binary.BigEndian.AppendUint64(metaKey(rangeID, metaMember), replicaID)
 }
 
 // prefixEnd returns the smallest key greater than every key with prefix p

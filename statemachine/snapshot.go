@@ -17,7 +17,7 @@ import (
 //	kind(1) uvarint(len key) key uvarint(len value) value
 //
 // in this order: one 'B' (bounds), one 'S' (state), 'M' metadata entries
-// (key relative to the range's metadata prefix: leases, members), 'I' lease
+// (key relative to the range's metadata prefix: leases), 'I' lease
 // index entries and 'D' data entries (full Pebble keys, within the bounds),
 // and one 'E' whose value is the uvarint number of records before it.
 const snapshotMagic = "TESSNAP1"

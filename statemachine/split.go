@@ -22,8 +22,7 @@ import (
 //     lastCmdRev, currentRev and compactedRev}, and a copy of every lease
 //     record of the parent (each range keeps the records of all leases; the
 //     lease -> key index is global and read between bounds, so it needs no
-//     copy). Member attributes are not copied: the child's replicas announce
-//     themselves through its own log.
+//     copy).
 //
 // No data key moves: data and lease index keys carry no range ID, so the keys
 // in [splitKey, end) simply become the child's. The child inherits the

@@ -119,8 +119,3 @@ func (v *View) Lease(id int64) (*tesserapb.LeaseRecord, [][]byte, error) {
 func (v *View) Leases() ([]*tesserapb.LeaseRecord, error) {
 	return loadLeases(v.snap, v.rangeID)
 }
-
-// Members returns the recorded member attributes, ordered by replica ID.
-func (v *View) Members() ([]*tesserapb.MemberAttrs, error) {
-	return loadMembers(v.snap, v.rangeID)
-}

@@ -30,7 +30,7 @@ const (
 type Command struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// revision is the global revision this command writes at. Zero for commands
-	// that write no keys (barrier, lease grant, member attributes, compaction).
+	// that write no keys (barrier, lease grant, compaction, split).
 	// The state machine refuses a writing command whose revision is not above the
 	// range's last applied revision.
 	Revision int64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
@@ -41,7 +41,6 @@ type Command struct {
 	//	*Command_LeaseGrant
 	//	*Command_LeaseRevoke
 	//	*Command_Barrier
-	//	*Command_MemberAttrs
 	//	*Command_Split
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
@@ -137,15 +136,6 @@ func (x *Command) GetBarrier() *BarrierCommand {
 	return nil
 }
 
-func (x *Command) GetMemberAttrs() *MemberAttrsCommand {
-	if x != nil {
-		if x, ok := x.Op.(*Command_MemberAttrs); ok {
-			return x.MemberAttrs
-		}
-	}
-	return nil
-}
-
 func (x *Command) GetSplit() *SplitCommand {
 	if x != nil {
 		if x, ok := x.Op.(*Command_Split); ok {
@@ -179,11 +169,8 @@ type Command_Barrier struct {
 	Barrier *BarrierCommand `protobuf:"bytes,6,opt,name=barrier,proto3,oneof"`
 }
 
-type Command_MemberAttrs struct {
-	MemberAttrs *MemberAttrsCommand `protobuf:"bytes,7,opt,name=member_attrs,json=memberAttrs,proto3,oneof"`
-}
-
 type Command_Split struct {
+	// 7 was member attributes, now kept in the meta range's node registry.
 	Split *SplitCommand `protobuf:"bytes,8,opt,name=split,proto3,oneof"`
 }
 
@@ -196,8 +183,6 @@ func (*Command_LeaseGrant) isCommand_Op() {}
 func (*Command_LeaseRevoke) isCommand_Op() {}
 
 func (*Command_Barrier) isCommand_Op() {}
-
-func (*Command_MemberAttrs) isCommand_Op() {}
 
 func (*Command_Split) isCommand_Op() {}
 
@@ -481,119 +466,6 @@ func (*BarrierCommand) Descriptor() ([]byte, []int) {
 	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{6}
 }
 
-// MemberAttrsCommand records how clients and peers reach one replica's node.
-type MemberAttrsCommand struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Attrs         *MemberAttrs           `protobuf:"bytes,1,opt,name=attrs,proto3" json:"attrs,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *MemberAttrsCommand) Reset() {
-	*x = MemberAttrsCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[7]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *MemberAttrsCommand) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*MemberAttrsCommand) ProtoMessage() {}
-
-func (x *MemberAttrsCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[7]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use MemberAttrsCommand.ProtoReflect.Descriptor instead.
-func (*MemberAttrsCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{7}
-}
-
-func (x *MemberAttrsCommand) GetAttrs() *MemberAttrs {
-	if x != nil {
-		return x.Attrs
-	}
-	return nil
-}
-
-type MemberAttrs struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ReplicaId     uint64                 `protobuf:"varint,1,opt,name=replica_id,json=replicaId,proto3" json:"replica_id,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	PeerUrls      []string               `protobuf:"bytes,3,rep,name=peer_urls,json=peerUrls,proto3" json:"peer_urls,omitempty"`
-	ClientUrls    []string               `protobuf:"bytes,4,rep,name=client_urls,json=clientUrls,proto3" json:"client_urls,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *MemberAttrs) Reset() {
-	*x = MemberAttrs{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[8]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *MemberAttrs) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*MemberAttrs) ProtoMessage() {}
-
-func (x *MemberAttrs) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[8]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use MemberAttrs.ProtoReflect.Descriptor instead.
-func (*MemberAttrs) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{8}
-}
-
-func (x *MemberAttrs) GetReplicaId() uint64 {
-	if x != nil {
-		return x.ReplicaId
-	}
-	return 0
-}
-
-func (x *MemberAttrs) GetName() string {
-	if x != nil {
-		return x.Name
-	}
-	return ""
-}
-
-func (x *MemberAttrs) GetPeerUrls() []string {
-	if x != nil {
-		return x.PeerUrls
-	}
-	return nil
-}
-
-func (x *MemberAttrs) GetClientUrls() []string {
-	if x != nil {
-		return x.ClientUrls
-	}
-	return nil
-}
-
 // Result is what applying a Command returns (in sm.Result.Data).
 type Result struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -609,7 +481,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[9]
+	mi := &file_tesserapb_tessera_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -621,7 +493,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[9]
+	mi := &file_tesserapb_tessera_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -634,7 +506,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{9}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Result) GetCode() int32 {
@@ -669,7 +541,7 @@ type LeaseRecord struct {
 
 func (x *LeaseRecord) Reset() {
 	*x = LeaseRecord{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[10]
+	mi := &file_tesserapb_tessera_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -681,7 +553,7 @@ func (x *LeaseRecord) String() string {
 func (*LeaseRecord) ProtoMessage() {}
 
 func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[10]
+	mi := &file_tesserapb_tessera_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -694,7 +566,7 @@ func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRecord.ProtoReflect.Descriptor instead.
 func (*LeaseRecord) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{10}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *LeaseRecord) GetId() int64 {
@@ -715,7 +587,7 @@ var File_tesserapb_tessera_proto protoreflect.FileDescriptor
 
 const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\n" +
-	"\x17tesserapb/tessera.proto\x12\ttesserapb\"\xbe\x03\n" +
+	"\x17tesserapb/tessera.proto\x12\ttesserapb\"\x80\x03\n" +
 	"\aCommand\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12)\n" +
 	"\x03txn\x18\x02 \x01(\v2\x15.tesserapb.TxnCommandH\x00R\x03txn\x125\n" +
@@ -723,10 +595,9 @@ const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\vlease_grant\x18\x04 \x01(\v2\x1c.tesserapb.LeaseGrantCommandH\x00R\n" +
 	"leaseGrant\x12B\n" +
 	"\flease_revoke\x18\x05 \x01(\v2\x1d.tesserapb.LeaseRevokeCommandH\x00R\vleaseRevoke\x125\n" +
-	"\abarrier\x18\x06 \x01(\v2\x19.tesserapb.BarrierCommandH\x00R\abarrier\x12B\n" +
-	"\fmember_attrs\x18\a \x01(\v2\x1d.tesserapb.MemberAttrsCommandH\x00R\vmemberAttrs\x12/\n" +
+	"\abarrier\x18\x06 \x01(\v2\x19.tesserapb.BarrierCommandH\x00R\abarrier\x12/\n" +
 	"\x05split\x18\b \x01(\v2\x17.tesserapb.SplitCommandH\x00R\x05splitB\x04\n" +
-	"\x02op\"M\n" +
+	"\x02opJ\x04\b\a\x10\b\"M\n" +
 	"\fSplitCommand\x12\x1b\n" +
 	"\tsplit_key\x18\x01 \x01(\fR\bsplitKey\x12 \n" +
 	"\fnew_range_id\x18\x02 \x01(\x04R\n" +
@@ -742,16 +613,7 @@ const file_tesserapb_tessera_proto_rawDesc = "" +
 	"ttlSeconds\"$\n" +
 	"\x12LeaseRevokeCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\"\x10\n" +
-	"\x0eBarrierCommand\"B\n" +
-	"\x12MemberAttrsCommand\x12,\n" +
-	"\x05attrs\x18\x01 \x01(\v2\x16.tesserapb.MemberAttrsR\x05attrs\"~\n" +
-	"\vMemberAttrs\x12\x1d\n" +
-	"\n" +
-	"replica_id\x18\x01 \x01(\x04R\treplicaId\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1b\n" +
-	"\tpeer_urls\x18\x03 \x03(\tR\bpeerUrls\x12\x1f\n" +
-	"\vclient_urls\x18\x04 \x03(\tR\n" +
-	"clientUrls\"R\n" +
+	"\x0eBarrierCommand\"R\n" +
 	"\x06Result\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1a\n" +
@@ -773,7 +635,7 @@ func file_tesserapb_tessera_proto_rawDescGZIP() []byte {
 	return file_tesserapb_tessera_proto_rawDescData
 }
 
-var file_tesserapb_tessera_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_tesserapb_tessera_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_tesserapb_tessera_proto_goTypes = []any{
 	(*Command)(nil),            // 0: tesserapb.Command
 	(*SplitCommand)(nil),       // 1: tesserapb.SplitCommand
@@ -782,10 +644,8 @@ var file_tesserapb_tessera_proto_goTypes = []any{
 	(*LeaseGrantCommand)(nil),  // 4: tesserapb.LeaseGrantCommand
 	(*LeaseRevokeCommand)(nil), // 5: tesserapb.LeaseRevokeCommand
 	(*BarrierCommand)(nil),     // 6: tesserapb.BarrierCommand
-	(*MemberAttrsCommand)(nil), // 7: tesserapb.MemberAttrsCommand
-	(*MemberAttrs)(nil),        // 8: tesserapb.MemberAttrs
-	(*Result)(nil),             // 9: tesserapb.Result
-	(*LeaseRecord)(nil),        // 10: tesserapb.LeaseRecord
+	(*Result)(nil),             // 7: tesserapb.Result
+	(*LeaseRecord)(nil),        // 8: tesserapb.LeaseRecord
 }
 var file_tesserapb_tessera_proto_depIdxs = []int32{
 	2, // 0: tesserapb.Command.txn:type_name -> tesserapb.TxnCommand
@@ -793,14 +653,12 @@ var file_tesserapb_tessera_proto_depIdxs = []int32{
 	4, // 2: tesserapb.Command.lease_grant:type_name -> tesserapb.LeaseGrantCommand
 	5, // 3: tesserapb.Command.lease_revoke:type_name -> tesserapb.LeaseRevokeCommand
 	6, // 4: tesserapb.Command.barrier:type_name -> tesserapb.BarrierCommand
-	7, // 5: tesserapb.Command.member_attrs:type_name -> tesserapb.MemberAttrsCommand
-	1, // 6: tesserapb.Command.split:type_name -> tesserapb.SplitCommand
-	8, // 7: tesserapb.MemberAttrsCommand.attrs:type_name -> tesserapb.MemberAttrs
-	8, // [8:8] is the sub-list for method output_type
-	8, // [8:8] is the sub-list for method input_type
-	8, // [8:8] is the sub-list for extension type_name
-	8, // [8:8] is the sub-list for extension extendee
-	0, // [0:8] is the sub-list for field type_name
+	1, // 5: tesserapb.Command.split:type_name -> tesserapb.SplitCommand
+	6, // [6:6] is the sub-list for method output_type
+	6, // [6:6] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_tesserapb_tessera_proto_init() }
@@ -814,7 +672,6 @@ func file_tesserapb_tessera_proto_init() {
 		(*Command_LeaseGrant)(nil),
 		(*Command_LeaseRevoke)(nil),
 		(*Command_Barrier)(nil),
-		(*Command_MemberAttrs)(nil),
 		(*Command_Split)(nil),
 	}
 	type x struct{}
@@ -823,7 +680,7 @@ func file_tesserapb_tessera_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tesserapb_tessera_proto_rawDesc), len(file_tesserapb_tessera_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
