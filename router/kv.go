@@ -94,6 +94,7 @@ func (r *Router) mergeSpans(ctx context.Context, req *pb.RangeRequest, spans []s
 	}
 	var localRev int64
 	for _, sp := range spans {
+		sp.rng.RecordLoad(sp.key)
 		sub := proto.CloneOf(req)
 		sub.Key, sub.RangeEnd = sp.key, sp.end
 		// In key order, ranges after the limit is filled only count; sorted
@@ -206,6 +207,7 @@ func (r *Router) RangeStream(req *pb.RangeRequest, stream pb.KV_RangeStreamServe
 	var count, sent int64
 	more := false
 	for _, sp := range spans {
+		sp.rng.RecordLoad(sp.key)
 		part := proto.CloneOf(sub)
 		part.Key, part.RangeEnd = sp.key, sp.end
 		filled := req.Limit > 0 && sent >= req.Limit

@@ -25,6 +25,7 @@ func (b *boundsOnly) Bounds() ([]byte, []byte, bool) {
 	return []byte(b.start), []byte(b.end), true
 }
 func (b *boundsOnly) Leader() (uint64, uint64, bool) { return 1, 1, true }
+func (b *boundsOnly) RecordLoad([]byte)              {}
 func (b *boundsOnly) Write(context.Context, *tesserapb.Command, bool) (*tesserapb.Result, error) {
 	return nil, nil
 }

@@ -22,6 +22,8 @@ type Range interface {
 	// them; end nil is the end of the keyspace; ok false while the replica is
 	// not open.
 	Bounds() (start, end []byte, ok bool)
+	// RecordLoad counts a request routed to the range (for load-based splits).
+	RecordLoad(key []byte)
 	Leader() (leaderReplicaID, term uint64, ok bool)
 	Write(ctx context.Context, cmd *tesserapb.Command, writesKeys bool) (*tesserapb.Result, error)
 	Read(ctx context.Context, linearizable bool, fn func(*statemachine.View) (any, error)) (any, error)

@@ -122,9 +122,13 @@ func (r *Router) txnOn(ctx context.Context, req *pb.TxnRequest) (Range, *pb.TxnR
 	}
 	cmd := &tesserapb.Command{Op: &tesserapb.Command_Txn{Txn: &tesserapb.TxnCommand{Request: body}}}
 	for attempt := 0; ; attempt++ {
-		rng, err := r.singleRange(txnIntervals(req))
+		intervals := txnIntervals(req)
+		rng, err := r.singleRange(intervals)
 		if err != nil {
 			return nil, nil, err
+		}
+		if attempt == 0 && len(intervals) > 0 {
+			rng.RecordLoad(intervals[0][0])
 		}
 		res, err := r.writeTo(ctx, rng, cmd, true, 0)
 		if errors.Is(err, statemachine.ErrWrongRange) && attempt < maxRouteAttempts {

@@ -59,3 +59,29 @@ func TestCompactorRevision(t *testing.T) {
 		t.Fatalf("repeated target = %d, want 0 (already compacted)", got)
 	}
 }
+
+func TestSplitPlanner(t *testing.T) {
+	p := &splitPlanner{maxBytes: 1000, maxQPS: 100, hot: map[uint64]int{}}
+	if got := p.observe(1, 2000, 0); got != splitBySize {
+		t.Fatalf("over the size limit: %v", got)
+	}
+	// Load must be sustained: three hot intervals in a row.
+	for i, want := range []splitReason{noSplit, noSplit, splitByLoad, noSplit} {
+		if got := p.observe(2, 10, 500); got != want {
+			t.Fatalf("hot interval %d: %v, want %v", i+1, got, want)
+		}
+	}
+	// A cool interval resets the count.
+	p.observe(3, 10, 500)
+	p.observe(3, 10, 500)
+	p.observe(3, 10, 5)
+	if got := p.observe(3, 10, 500); got != noSplit {
+		t.Fatalf("after a cool interval: %v", got)
+	}
+	off := &splitPlanner{maxBytes: 1000, hot: map[uint64]int{}}
+	for range 5 {
+		if got := off.observe(4, 10, 1e9); got != noSplit {
+			t.Fatalf("load-based splits off, yet %v", got)
+		}
+	}
+}

@@ -42,8 +42,12 @@ type Config struct {
 
 	// RangeMaxBytes: a range larger than this on disk is split in half.
 	RangeMaxBytes int64
-	// SplitCheckInterval is how often range leaders check their size
-	// (default 10s; not a flag).
+	// RangeSplitQPS: a range that serves more requests per second than this
+	// for three check intervals in a row is split at the key halving its
+	// load; 0 turns load-based splits off.
+	RangeSplitQPS float64
+	// SplitCheckInterval is how often range leaders check their size and
+	// load (default 10s; not a flag).
 	SplitCheckInterval time.Duration
 
 	Logger *slog.Logger
@@ -67,6 +71,7 @@ const (
 	DefaultHeartbeatMS       = 100
 	DefaultElectionMS        = 1000
 	DefaultRangeMaxBytes     = 64 * 1024 * 1024
+	DefaultRangeSplitQPS     = 2500
 )
 
 // DefaultConfig is a single node on 127.0.0.1:2379 with data in ./tessera.data.
@@ -89,6 +94,7 @@ func DefaultConfig() Config {
 		AutoCompactionRetention:  "0",
 		LogDBShards:              1,
 		RangeMaxBytes:            DefaultRangeMaxBytes,
+		RangeSplitQPS:            DefaultRangeSplitQPS,
 	}
 }
 
@@ -194,6 +200,9 @@ func (c *Config) Validate() error {
 	}
 	if c.RangeMaxBytes < 1024 {
 		return fmt.Errorf("--range-max-bytes must be at least 1024")
+	}
+	if c.RangeSplitQPS < 0 {
+		return fmt.Errorf("--range-split-qps must not be negative (0 turns load-based splits off)")
 	}
 	if c.LogDBShards == 0 {
 		return fmt.Errorf("--raft-logdb-shards must be at least 1")

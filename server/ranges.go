@@ -138,6 +138,7 @@ func (s *Server) rangeInfo(r *shard.Replica) *tesserapb.RangeInfo {
 	if leader, _, ok := r.Leader(); ok {
 		info.LeaderNodeId = leader
 	}
+	info.Qps = r.QPS()
 	if rsm := s.store.Range(r.RangeID()); rsm != nil {
 		info.SizeBytes = rsm.SizeBytes()
 		info.Generation = rsm.Generation()

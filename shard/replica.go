@@ -103,6 +103,9 @@ type Replica struct {
 	// fence is the read/write fence over the revisions of this range.
 	fence *fence
 
+	// load measures requests routed to this range, for load-based splits.
+	load *loadTracker
+
 	leases *leaseClock
 
 	stopc    chan struct{}
@@ -140,6 +143,7 @@ func New(cfg Config, nh *dragonboat.NodeHost, store *statemachine.Store, oracle 
 		queue:    make(chan *proposal, 256),
 		leases:   newLeaseClock(),
 		fence:    newFence(),
+		load:     newLoadTracker(time.Now(), cfg.RangeID),
 		stopc:    make(chan struct{}),
 	}
 	r.wg.Add(1)
@@ -170,6 +174,25 @@ func (r *Replica) Bounds() (start, end []byte, ok bool) {
 	}
 	start, end = rsm.Bounds()
 	return start, end, true
+}
+
+// RecordLoad counts a request routed to this range that touches key.
+func (r *Replica) RecordLoad(key []byte) { r.load.record(key) }
+
+// RollLoad ends the current load window and returns its requests per second.
+func (r *Replica) RollLoad(now time.Time) float64 { return r.load.roll(now) }
+
+// QPS is the request rate of the last finished load window.
+func (r *Replica) QPS() float64 { return r.load.rate() }
+
+// LoadSplitKey returns a key that would put about half of the last window's
+// requests on each side of a split, or nil if there is none.
+func (r *Replica) LoadSplitKey() []byte {
+	start, _, ok := r.Bounds()
+	if !ok {
+		return nil
+	}
+	return r.load.splitKey(start)
 }
 
 // Generation of the range's bounds as this replica has applied them (it grows

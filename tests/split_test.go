@@ -424,3 +424,66 @@ func TestSortAcrossRanges(t *testing.T) {
 		t.Fatalf("sorted by mod revision, descending, across ranges: %v %v", byMod, err)
 	}
 }
+
+// TestLoadTriggeredSplit: a range that serves more than --range-split-qps for
+// several intervals in a row splits at a key inside the load, and `ranges`
+// reports the request rates.
+func TestLoadTriggeredSplit(t *testing.T) {
+	c := testcluster.Start(t, 1, func(cfg *serverConfig) {
+		cfg.RangeSplitQPS = 50
+		cfg.SplitCheckInterval = 200 * time.Millisecond
+	})
+	ctx := ctxT(t)
+	cli := c.Client()
+	for i := range 100 {
+		if _, err := cli.Put(ctx, fmt.Sprintf("load/%02d", i), "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				_, _ = cli.Get(ctx, fmt.Sprintf("load/%02d", (i*13+w*7)%100))
+			}
+		}()
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	var sawQPS bool
+	for c.Nodes[0].Server.RangeCount() < 2 {
+		if ranges, err := c.Nodes[0].Server.Ranges(ctx); err == nil && len(ranges) > 0 && ranges[0].Qps > 50 {
+			sawQPS = true
+		}
+		if time.Now().After(deadline) {
+			close(stop)
+			wg.Wait()
+			t.Fatal("no load-based split within 20s of sustained load")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	ranges, err := c.Nodes[0].Server.Ranges(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	split := string(ranges[1].StartKey)
+	if split <= "load/00" || split > "load/99" {
+		t.Fatalf("load split at %q, outside the keys under load", split)
+	}
+	if !sawQPS {
+		t.Error("ranges never reported the request rate")
+	}
+	get, err := cli.Get(ctx, "load/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || get.Count != 100 {
+		t.Fatalf("after the load split: %v %v", get, err)
+	}
+}
