@@ -33,6 +33,10 @@ type Config struct {
 	AutoCompactionMode      string // "periodic" or "revision"
 	AutoCompactionRetention string
 
+	// AfterRevisionsTaken, for tests only, is passed to every range replica
+	// (see shard.Config.AfterRevisionsTaken).
+	AfterRevisionsTaken func(rangeID uint64, first int64)
+
 	// LogDBShards is Dragonboat's LogDB shard count (one fsync each per cycle).
 	LogDBShards uint64
 

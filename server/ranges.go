@@ -66,6 +66,9 @@ func (s *Server) startRange(rangeID uint64) error {
 		return fmt.Errorf("starting range %d: %w", rangeID, err)
 	}
 	cfg := shard.Config{RangeID: rangeID, ReplicaID: s.replicaID, Logger: s.log}
+	if hook := s.cfg.AfterRevisionsTaken; hook != nil {
+		cfg.AfterRevisionsTaken = func(first int64) { hook(rangeID, first) }
+	}
 	if rangeID == firstRangeID {
 		cfg.ExpireLeases = true
 		cfg.RevokeExpired = func(ctx context.Context, id int64) error {

@@ -44,7 +44,11 @@ type Config struct {
 	// RevokeExpired revokes an expired lease; nil revokes it on this range
 	// only. The home range's node revokes it on every range.
 	RevokeExpired func(ctx context.Context, id int64) error
-	Logger        *slog.Logger
+	// AfterRevisionsTaken, for tests only, runs after a batch of writes took
+	// its revisions from the oracle and before they pass the fence (it may
+	// block, to force the race of DESIGN.md "Revisions" 3).
+	AfterRevisionsTaken func(first int64)
+	Logger              *slog.Logger
 }
 
 func (c *Config) setDefaults() {
@@ -397,6 +401,9 @@ func (r *Replica) proposeBatch(batch []*proposal) {
 		if err != nil {
 			fail(fmt.Errorf("shard: taking revisions: %w", err))
 			return
+		}
+		if hook := r.cfg.AfterRevisionsTaken; hook != nil {
+			hook(first)
 		}
 		var ok bool
 		if ids, ok = r.fence.admit(first, len(writers)); ok {

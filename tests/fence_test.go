@@ -1,0 +1,104 @@
+package tests
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tesserakv/tessera/internal/testcluster"
+)
+
+// TestFenceRaceAcrossRanges forces DESIGN.md "Revisions" 3's race on a live
+// node: a write to one range takes its revision W from the oracle and is held
+// (a test hook) before it reaches its range; meanwhile a linearizable read
+// over two ranges takes R > W and completes. The write, released, must end up
+// with a revision above R, and reading at R again must show the same state:
+// no write at or below R appears after a read at R.
+func TestFenceRaceAcrossRanges(t *testing.T) {
+	var (
+		hold     atomic.Bool
+		heldRev  atomic.Int64
+		held     = make(chan struct{}, 1)
+		release  = make(chan struct{})
+		holdOnce sync.Once
+	)
+	c := testcluster.Start(t, 1, func(cfg *serverConfig) {
+		cfg.AfterRevisionsTaken = func(rangeID uint64, first int64) {
+			if rangeID == 2 && hold.Load() {
+				holdOnce.Do(func() {
+					heldRev.Store(first)
+					held <- struct{}{}
+					<-release
+				})
+			}
+		}
+	})
+	ctx := ctxT(t)
+	cli := c.Client()
+	splitAt(t, c, c.Nodes[0], "m")
+	waitRanges(t, c, 2)
+	// Both ranges have a leader that has applied its barrier.
+	for _, k := range []string{"a", "z"} {
+		if _, err := cli.Put(ctx, k, "before"); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	hold.Store(true)
+	type putResult struct {
+		rev int64
+		err error
+	}
+	putDone := make(chan putResult, 1)
+	go func() {
+		resp, err := cli.Put(ctx, "a", "racing")
+		if err != nil {
+			putDone <- putResult{err: err}
+			return
+		}
+		putDone <- putResult{rev: resp.Header.Revision}
+	}()
+	select {
+	case <-held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the write never took its revision")
+	}
+	// The write holds revision W. A read over both ranges now takes R >= W.
+	readCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	read, err := cli.Get(readCtx, "", clientv3.WithFromKey())
+	cancel()
+	if err != nil {
+		close(release)
+		t.Fatalf("the read waited for a write that had not reached its range: %v", err)
+	}
+	R, W := read.Header.Revision, heldRev.Load()
+	if R < W {
+		close(release)
+		t.Fatalf("read revision %d below the held write's %d: the race was not forced", R, W)
+	}
+	close(release)
+	res := <-putDone
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	if res.rev <= R {
+		t.Fatalf("the write that took revision %d before the read at %d landed at %d, not above the read", W, R, res.rev)
+	}
+	again, err := cli.Get(ctx, "", clientv3.WithFromKey(), clientv3.WithRev(R))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again.Kvs) != len(read.Kvs) {
+		t.Fatalf("state at %d changed after the read: %d keys, then %d", R, len(read.Kvs), len(again.Kvs))
+	}
+	for i := range read.Kvs {
+		if string(read.Kvs[i].Value) != string(again.Kvs[i].Value) || read.Kvs[i].ModRevision != again.Kvs[i].ModRevision {
+			t.Fatalf("state at %d changed after the read: %v, then %v", R, read.Kvs[i], again.Kvs[i])
+		}
+	}
+	t.Logf("write took %d, read at %d, write landed at %d", W, R, res.rev)
+}
