@@ -67,7 +67,9 @@ func storeLimit(r *pb.RangeRequest) int64 {
 
 // executeRange runs req against m. currentRev/compactedRev are the reading
 // context's (the view's, or inside a txn the txn's). Header is left nil.
-func executeRange(m mvccReader, req *pb.RangeRequest, currentRev, compactedRev int64) (*pb.RangeResponse, error) {
+// counts, when not nil, is the node's count cache (views only, see
+// countcache.go).
+func executeRange(m mvccReader, req *pb.RangeRequest, currentRev, compactedRev int64, counts *countCache) (*pb.RangeResponse, error) {
 	if len(req.Key) == 0 {
 		return nil, ErrEmptyKey
 	}
@@ -78,9 +80,24 @@ func executeRange(m mvccReader, req *pb.RangeRequest, currentRev, compactedRev i
 	limit := storeLimit(req)
 	var kvs []*mvccpb.KeyValue
 	var count int64
+	// Once only counting, a checkpoint of an earlier count at this revision
+	// ends the scan (countcache.go); a scan that reaches the end records
+	// checkpoints for later pages.
+	checkpoints := counts.lookup(rev, req.RangeEnd)
+	var recorder countRecorder
+	cutShort := false
 	err = m.scan(spanOf(req.Key, req.RangeEnd), rev, func(k, v []byte) (bool, error) {
+		counting := req.CountOnly || (limit > 0 && int64(len(kvs)) >= limit)
+		if counting {
+			if cpKey, countFrom, ok := checkpoints.next(k); ok && bytes.Equal(cpKey, k) {
+				count += countFrom
+				cutShort = true
+				return false, nil
+			}
+		}
+		recorder.visit(count, k)
 		count++
-		if req.CountOnly || (limit > 0 && int64(len(kvs)) >= limit) {
+		if counting {
 			return true, nil
 		}
 		kv, err := decodeVersion(k, v)
@@ -92,6 +109,9 @@ func executeRange(m mvccReader, req *pb.RangeRequest, currentRev, compactedRev i
 	})
 	if err != nil {
 		return nil, err
+	}
+	if counts != nil && !cutShort && len(req.RangeEnd) > 0 {
+		counts.store(rev, req.RangeEnd, recorder.finish(count))
 	}
 	kvs = filterKVs(kvs, req)
 	sortKVs(kvs, req)
@@ -186,7 +206,7 @@ func streamRange(m mvccReader, req *pb.RangeRequest, currentRev, compactedRev in
 	}
 	if !keyOrdered(req) || hasRevisionFilters(req) {
 		// Sorting and filtering need the whole result; stream it afterwards.
-		resp, err := executeRange(m, req, currentRev, compactedRev)
+		resp, err := executeRange(m, req, currentRev, compactedRev, nil)
 		if err != nil {
 			return 0, false, err
 		}

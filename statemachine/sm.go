@@ -204,5 +204,5 @@ func (r *RangeSM) View() (*View, error) {
 		closeQuietly(snap)
 		return nil, err
 	}
-	return &View{snap: snap, rangeID: r.rangeID, state: st, bounds: b}, nil
+	return &View{snap: snap, rangeID: r.rangeID, state: st, bounds: b, counts: r.store.counts}, nil
 }

@@ -63,6 +63,9 @@ type Store struct {
 	// closed is set by Close. Guarded by mu.
 	closed bool
 
+	// counts makes counts of paginated lists cheap (countcache.go).
+	counts *countCache
+
 	// snapshotsRecovered counts snapshots installed by RecoverFromSnapshot.
 	snapshotsRecovered atomic.Int64
 }
@@ -90,7 +93,7 @@ func OpenStore(dir string, opts StoreOptions) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("statemachine: opening pebble in %s: %w", dir, err)
 	}
-	return &Store{db: db, onSplit: opts.OnSplit, ranges: make(map[uint64]*RangeSM)}, nil
+	return &Store{db: db, onSplit: opts.OnSplit, ranges: make(map[uint64]*RangeSM), counts: newCountCache()}, nil
 }
 
 // Close closes the Pebble. Close the NodeHost (so every RangeSM is closed)

@@ -349,7 +349,7 @@ func (t *txnApplier) execute(req *pb.TxnRequest, path []bool, resp *pb.TxnRespon
 		var out pb.ResponseOp
 		switch tv := op.GetRequest().(type) {
 		case *pb.RequestOp_RequestRange:
-			rr, err := executeRange(t.reader, tv.RequestRange, t.readRevNow(), t.compacted)
+			rr, err := executeRange(t.reader, tv.RequestRange, t.readRevNow(), t.compacted, nil)
 			if err != nil {
 				return 0, err
 			}

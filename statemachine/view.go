@@ -18,6 +18,8 @@ type View struct {
 	rangeID uint64
 	state   rangeState
 	bounds  bounds
+	// counts is the node's count cache (countcache.go).
+	counts *countCache
 
 	closeOnce sync.Once
 }
@@ -76,7 +78,7 @@ func (v *View) Range(req *pb.RangeRequest) (*pb.RangeResponse, error) {
 	if err := v.checkSpan(req.Key, req.RangeEnd); err != nil {
 		return nil, err
 	}
-	return executeRange(v.reader(), req, v.state.currentRev, v.state.compactedRev)
+	return executeRange(v.reader(), req, v.state.currentRev, v.state.compactedRev, v.counts)
 }
 
 // RangeStream calls emit with successive chunks (at most chunkSize kvs each;
