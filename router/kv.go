@@ -200,13 +200,20 @@ func (r *Router) RangeStream(req *pb.RangeRequest, stream pb.KV_RangeStreamServe
 			sub.Revision = rev
 		}
 	}
-	spans, err := r.spansOf(req.Key, req.RangeEnd)
-	if err != nil {
-		return ToGRPC(err)
-	}
-	var count, sent int64
-	more := false
-	for _, sp := range spans {
+	var (
+		count, sent int64
+		more        bool
+		first       Range
+		next        = req.Key
+	)
+	// Range by range, each looked up afresh from where the last one ended: a
+	// split during the stream (stale cache) is retried for the part not sent.
+	for attempt := 0; ; {
+		spans, err := r.spansOf(next, req.RangeEnd)
+		if err != nil {
+			return ToGRPC(err)
+		}
+		sp := spans[0]
 		sp.rng.RecordLoad(sp.key)
 		part := proto.CloneOf(sub)
 		part.Key, part.RangeEnd = sp.key, sp.end
@@ -217,8 +224,16 @@ func (r *Router) RangeStream(req *pb.RangeRequest, stream pb.KV_RangeStreamServe
 			part.Limit = req.Limit - sent
 		}
 		n, c, m, rev, err := r.streamSpan(ctx, sp.rng, part, stream)
+		if errors.Is(err, statemachine.ErrWrongRange) && n == 0 && attempt < maxRouteAttempts {
+			attempt++
+			r.ranges.Refresh()
+			continue
+		}
 		if err != nil {
 			return ToGRPC(err)
+		}
+		if first == nil {
+			first = sp.rng
 		}
 		sent += n
 		count += c
@@ -230,13 +245,13 @@ func (r *Router) RangeStream(req *pb.RangeRequest, stream pb.KV_RangeStreamServe
 		if headerRev == 0 {
 			headerRev = rev
 		}
+		if len(spans) == 1 {
+			break
+		}
+		next = spans[1].key
 	}
 	if req.CountOnly {
 		more = false
-	}
-	var first Range
-	if len(spans) > 0 {
-		first = spans[0].rng
 	}
 	last := &pb.RangeResponse{Header: r.header(first, headerRev), Count: count, More: more}
 	return stream.Send(&pb.RangeStreamResponse{RangeResponse: last})

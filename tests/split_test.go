@@ -487,3 +487,60 @@ func TestLoadTriggeredSplit(t *testing.T) {
 		t.Fatalf("after the load split: %v %v", get, err)
 	}
 }
+
+// TestRangeStreamDuringSplits: streams over the whole keyspace while the
+// ranges split under them each deliver every key, in order, once.
+func TestRangeStreamDuringSplits(t *testing.T) {
+	c := testcluster.Start(t, 1)
+	ctx := ctxT(t)
+	cli := c.Client()
+	const n = 3000
+	for i := range n {
+		if _, err := cli.Put(ctx, fmt.Sprintf("rs/%05d", i), "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 1; i <= 8; i++ {
+			time.Sleep(100 * time.Millisecond)
+			splitAt(t, c, c.Nodes[0], fmt.Sprintf("rs/%05d", i*n/9))
+		}
+	}()
+	streams := 0
+	for {
+		select {
+		case <-done:
+			if streams == 0 {
+				t.Fatal("no stream ran during the splits")
+			}
+			t.Logf("%d streams during 8 splits", streams)
+			return
+		default:
+		}
+		stream, err := pbKV(cli).RangeStream(ctx, rangeReq("rs/", 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var keys []string
+		var last *pb.RangeResponse
+		for {
+			msg, err := stream.Recv()
+			if err != nil {
+				if err.Error() != "EOF" {
+					t.Fatalf("stream %d failed during splits: %v", streams, err)
+				}
+				break
+			}
+			for _, kv := range msg.RangeResponse.Kvs {
+				keys = append(keys, string(kv.Key))
+			}
+			last = msg.RangeResponse
+		}
+		if len(keys) != n || last == nil || last.Count != n || !sort.StringsAreSorted(keys) {
+			t.Fatalf("stream %d: %d keys (count %v), want %d in order", streams, len(keys), last, n)
+		}
+		streams++
+	}
+}
