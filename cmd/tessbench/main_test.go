@@ -16,15 +16,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// Dragonboat and Pebble keep a few process-wide goroutines.
-		goleak.IgnoreAnyFunction("github.com/lni/goutils/syncutil.(*Stopper).RunWorker.func1"),
-		goleak.IgnoreTopFunction("github.com/cockroachdb/pebble/v2.(*tableCacheShard).releaseLoop"),
-		goleak.IgnoreTopFunction("github.com/golang/glog.(*fileSink).flushDaemon"),
-		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
-		goleak.IgnoreAnyFunction("github.com/lni/dragonboat/v4/internal/transport.(*TCPTransport).Start.func1"),
-		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
-	)
+	goleak.VerifyTestMain(m, testcluster.LeakOptions()...)
 }
 
 // The fields every JSON result must carry.
