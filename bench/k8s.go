@@ -163,13 +163,9 @@ func runK8s(ctx context.Context, e *env, res *Result) error {
 		prefixes = append(prefixes, "/registry/"+r+"/")
 	}
 	res.Watch = &WatchResult{Watchers: len(prefixes), Streams: 1}
-	ws, err := e.startWatchers(ctx, prefixes, 1)
-	if err != nil {
-		if msg, ok := unsupported(err); ok {
-			res.Unsupported = "Watch: " + msg
-			return nil
-		}
-		return fmt.Errorf("starting watchers: %w", err)
+	ws, err := e.startWatchersFor(ctx, res, prefixes, 1)
+	if ws == nil {
+		return err
 	}
 	defer ws.stop()
 	pre := e.run(ctx, loop{name: "preload", total: int64(cfg.K8sObjects), do: func(ctx context.Context, c *client, seq int64) outcome {

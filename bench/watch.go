@@ -43,6 +43,21 @@ const watchStreamMetadata = "tessbench-watch-stream"
 // startWatchers opens one watcher per prefix entry over streams streams,
 // spread over the connections, and waits until every watch is created. If
 // the target refuses, the returned error is the refusal.
+// startWatchersFor starts the watchers of a workload. When the target lacks
+// Watch it records that in res and returns no watchers and no error (the
+// workload ends there); any other failure is returned.
+func (e *env) startWatchersFor(ctx context.Context, res *Result, prefixes []string, streams int) (*watchSet, error) {
+	ws, err := e.startWatchers(ctx, prefixes, streams)
+	if err != nil {
+		if msg, ok := unsupported(err); ok {
+			res.Unsupported = "Watch: " + msg
+			return nil, nil
+		}
+		return nil, fmt.Errorf("starting watchers: %w", err)
+	}
+	return ws, nil
+}
+
 func (e *env) startWatchers(ctx context.Context, prefixes []string, streams int) (*watchSet, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	ws := &watchSet{cancel: cancel}
@@ -161,13 +176,9 @@ func runWatch(ctx context.Context, e *env, res *Result) error {
 		prefixes[i] = "w/"
 	}
 	res.Watch = &WatchResult{Watchers: cfg.Watchers, Streams: cfg.WatchStreams}
-	ws, err := e.startWatchers(ctx, prefixes, cfg.WatchStreams)
-	if err != nil {
-		if msg, ok := unsupported(err); ok {
-			res.Unsupported = "Watch: " + msg
-			return nil
-		}
-		return fmt.Errorf("starting watchers: %w", err)
+	ws, err := e.startWatchersFor(ctx, res, prefixes, cfg.WatchStreams)
+	if ws == nil {
+		return err
 	}
 	defer ws.stop()
 	keys := KeyGen{Prefix: "w/", SizeBytes: cfg.KeySizeBytes, Space: cfg.KeySpace, Sequential: cfg.SequentialKeys}

@@ -13,7 +13,4 @@
 //   - Every node has one OracleClient, which batches the callers waiting right
 //     now into one request — never the ones to come: a caller always gets a
 //     number fetched after it asked (no prefetching).
-//
-// LocalOracle, a plain counter, remains for tests of components that need
-// increasing numbers and nothing else.
 package placement

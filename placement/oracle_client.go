@@ -48,9 +48,6 @@ func (c *OracleClient) Current(ctx context.Context) (int64, error) {
 	return first - 1, err
 }
 
-// Observe is a no-op: the global oracle never goes backwards.
-func (c *OracleClient) Observe(int64) {}
-
 func (c *OracleClient) fetch(ctx context.Context, count int64) (int64, error) {
 	var first int64
 	err := withRetries(ctx, func() error {

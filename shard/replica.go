@@ -22,8 +22,6 @@ type Oracle interface {
 	// NextN returns the first of count consecutive revisions, all above every
 	// revision handed out before the call.
 	NextN(ctx context.Context, count int64) (int64, error)
-	// Observe tells the oracle that rev has been written.
-	Observe(rev int64)
 }
 
 // Config of one replica. Zero fields take the defaults below.
@@ -494,7 +492,6 @@ func (r *Replica) ensureLeaderReady() error {
 	}
 	ttls := map[int64]int64{}
 	err = r.withView(func(v *statemachine.View) error {
-		r.oracle.Observe(max(v.Revision(), v.LastCommandRevision()))
 		recs, err := v.Leases()
 		if err != nil {
 			return err
