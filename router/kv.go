@@ -67,8 +67,7 @@ func (r *Router) rangeAll(ctx context.Context, req *pb.RangeRequest) (*pb.RangeR
 			return nil, err
 		}
 		resp, err := r.mergeSpans(ctx, sub, spans, headerRev)
-		if errors.Is(err, statemachine.ErrWrongRange) && attempt < maxRouteAttempts {
-			r.ranges.Refresh()
+		if r.reroute(ctx, err, attempt) {
 			continue
 		}
 		return resp, err
@@ -224,14 +223,14 @@ func (r *Router) RangeStream(req *pb.RangeRequest, stream pb.KV_RangeStreamServe
 			part.Limit = req.Limit - sent
 		}
 		n, c, m, rev, err := r.streamSpan(ctx, sp.rng, part, stream)
-		if errors.Is(err, statemachine.ErrWrongRange) && n == 0 && attempt < maxRouteAttempts {
+		if n == 0 && r.reroute(ctx, err, attempt) {
 			attempt++
-			r.ranges.Refresh()
 			continue
 		}
 		if err != nil {
 			return ToGRPC(err)
 		}
+		attempt = 0 // each range gets its own retries
 		if first == nil {
 			first = sp.rng
 		}

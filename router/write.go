@@ -23,6 +23,26 @@ import (
 // cache (a split) or a moving leader.
 const maxRouteAttempts = 5
 
+// reroute reports whether a request that failed with err should be routed
+// again: a range answered that its bounds no longer hold the request's keys
+// (a split the cache has not caught up with). It refreshes the cache and,
+// after the first retry, pauses a little longer each time, so a split still
+// being applied has time to finish.
+func (r *Router) reroute(ctx context.Context, err error, attempt int) bool {
+	if !errors.Is(err, statemachine.ErrWrongRange) || attempt >= maxRouteAttempts {
+		return false
+	}
+	if attempt > 0 {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(time.Duration(attempt) * 20 * time.Millisecond):
+		}
+	}
+	r.ranges.Refresh()
+	return true
+}
+
 // writeTo proposes cmd to rng on its leader: here when this replica leads,
 // otherwise through Internal.RangeWrite on the leader's node. fenceRev, when
 // positive, is raised on the leader's fence first (compaction).
@@ -131,8 +151,7 @@ func (r *Router) txnOn(ctx context.Context, req *pb.TxnRequest) (Range, *pb.TxnR
 			rng.RecordLoad(intervals[0][0])
 		}
 		res, err := r.writeTo(ctx, rng, cmd, true, 0)
-		if errors.Is(err, statemachine.ErrWrongRange) && attempt < maxRouteAttempts {
-			r.ranges.Refresh()
+		if r.reroute(ctx, err, attempt) {
 			continue
 		}
 		if err != nil {

@@ -76,11 +76,27 @@ func (r *RangeSM) markUnavailable(why string) {
 }
 
 func (r *RangeSM) setMeta(st rangeState, b bounds) {
-	r.state, r.bounds = st, b
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.setMetaLocked(st, b)
+}
+
+func (r *RangeSM) setMetaLocked(st rangeState, b bounds) {
+	r.state, r.bounds = st, b
 	r.publicBounds = b
 	r.opened = true
+}
+
+// commitMeta commits batch and sets the range's metadata while holding mu,
+// so no View's snapshot falls between the two.
+func (r *RangeSM) commitMeta(batch *pebble.Batch, st rangeState, b bounds) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := batch.Commit(pebble.NoSync); err != nil {
+		return fmt.Errorf("statemachine: range %d committing batch: %w", r.rangeID, err)
+	}
+	r.setMetaLocked(st, b)
+	return nil
 }
 
 func (r *RangeSM) isOpen() bool {
@@ -125,14 +141,20 @@ func (r *RangeSM) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	if err := b.Set(metaKey(r.rangeID, metaState), a.state.encode(), nil); err != nil {
 		return nil, err
 	}
-	if err := b.Commit(pebble.NoSync); err != nil {
-		return nil, fmt.Errorf("statemachine: range %d committing batch: %w", r.rangeID, err)
-	}
 	if len(a.splits) == 0 {
+		if err := b.Commit(pebble.NoSync); err != nil {
+			return nil, fmt.Errorf("statemachine: range %d committing batch: %w", r.rangeID, err)
+		}
 		r.state = a.state
 		return entries, nil
 	}
-	r.setMeta(a.state, a.bounds)
+	// The batch changes the bounds: commit it and publish them as one step
+	// for View (which snapshots under mu), so a View that sees the new
+	// bounds implies Bounds() reports them too and a router that refreshes
+	// after ErrWrongRange routes by them.
+	if err := r.commitMeta(b, a.state, a.bounds); err != nil {
+		return nil, err
+	}
 	if onSplit := r.store.onSplit; onSplit != nil {
 		for _, childID := range a.splits {
 			onSplit(r.rangeID, childID)

@@ -183,3 +183,59 @@ func TestBoundsEncoding(t *testing.T) {
 		t.Error("unknown version accepted")
 	}
 }
+
+// TestViewBoundsNeverAheadOfBounds: while splits are applied, a View that
+// sees a split's new bounds is never followed by Bounds()/Generation()
+// reporting older ones. The router relies on this: after a range refuses a
+// request with ErrWrongRange, refreshing its cache from Bounds() must route
+// by the bounds that refused it.
+func TestViewBoundsNeverAheadOfBounds(t *testing.T) {
+	h := newHarness(t)
+	rsm := h.rangeSM(testRangeID)
+	const splits = 200
+	done, stop := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range splits {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			// Each split cuts the parent lower, so its bounds change every time.
+			key := fmt.Sprintf("k%04d", splits-i)
+			if err := ErrorFromResult(h.update(splitCmd(t, key, uint64(100+i)))[0]); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	var bad string
+	views := 0
+	for running := true; running && bad == ""; views++ {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		v, err := rsm.View()
+		if err != nil {
+			bad = err.Error()
+			break
+		}
+		seen := v.Generation()
+		v.Close()
+		if now := rsm.Generation(); now < seen {
+			bad = fmt.Sprintf("a View saw generation %d, then Generation() said %d", seen, now)
+		}
+	}
+	close(stop)
+	<-done
+	if bad != "" {
+		t.Fatal(bad)
+	}
+	if g := rsm.Generation(); g != splits+1 {
+		t.Fatalf("parent generation %d after %d splits", g, splits)
+	}
+	t.Logf("%d views during %d splits", views, splits)
+}
