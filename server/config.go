@@ -33,6 +33,10 @@ type Config struct {
 	AutoCompactionMode      string // "periodic" or "revision"
 	AutoCompactionRetention string
 
+	// WatchProgressNotifyInterval is how often watches that asked for
+	// progress notifications get one (etcd's default: 10 minutes).
+	WatchProgressNotifyInterval time.Duration
+
 	// AfterRevisionsTaken, for tests only, is passed to every range replica
 	// (see shard.Config.AfterRevisionsTaken).
 	AfterRevisionsTaken func(rangeID uint64, first int64)

@@ -20,6 +20,9 @@ type applier struct {
 	// splits lists the child range IDs of the splits applied in this batch,
 	// in order, for StoreOptions.OnSplit once the batch has committed.
 	splits []uint64
+	// log collects the batch's events for StoreOptions.OnApply; nil when
+	// nobody listens.
+	log *eventLog
 }
 
 // apply applies one encoded command. A returned error wrapping a sentinel is
@@ -37,10 +40,10 @@ func (a *applier) apply(data []byte) (response []byte, err error) {
 	// The revision rule: a command carrying a revision must carry one above
 	// every revision this range applied, or it is refused, changing nothing.
 	// Compaction counts too: a write below a compaction would be lost to it.
-	if floor := max(a.state.lastCmdRev, a.state.currentRev, a.state.compactedRev); rev > 0 && rev <= floor {
+	if floor := a.state.floor(); rev > 0 && rev <= floor {
 		return nil, errorf(ErrStaleRevision, "revision %d, last applied %d", rev, floor)
 	}
-	saved := a.state
+	saved, logged := a.state, a.log.mark()
 	var msg proto.Message
 	changed := false
 	switch op := cmd.GetOp().(type) {
@@ -74,8 +77,10 @@ func (a *applier) apply(data []byte) (response []byte, err error) {
 	}
 	if err != nil {
 		a.state = saved
+		a.log.rollback(logged)
 		return nil, err
 	}
+	a.log.sortFrom(logged)
 	if rev > 0 {
 		a.state.lastCmdRev = rev
 	}

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/cockroachdb/datadriven"
@@ -37,6 +38,25 @@ type harness struct {
 	saved   map[string][]byte // snapshots taken by snapshot-save, by name
 	// splitLog holds a line per OnSplit call not yet printed.
 	splitLog []string
+	// appliedMu guards applied.
+	appliedMu sync.Mutex
+	// applied holds what StoreOptions.OnApply received, in order.
+	applied []Applied
+}
+
+func (h *harness) onApply(a Applied) {
+	h.appliedMu.Lock()
+	defer h.appliedMu.Unlock()
+	h.applied = append(h.applied, a)
+}
+
+// takeApplied returns what OnApply received since the last call.
+func (h *harness) takeApplied() []Applied {
+	h.appliedMu.Lock()
+	defer h.appliedMu.Unlock()
+	out := h.applied
+	h.applied = nil
+	return out
 }
 
 // other is an open range other than testRangeID.
@@ -56,7 +76,7 @@ func newHarness(t testing.TB) *harness {
 // ranges otherIDs.
 func (h *harness) openStore(dir string, otherIDs []uint64) {
 	h.t.Helper()
-	s, err := OpenStore(dir, StoreOptions{CacheSizeBytes: 1 << 20, OnSplit: h.onSplit})
+	s, err := OpenStore(dir, StoreOptions{CacheSizeBytes: 1 << 20, OnSplit: h.onSplit, OnApply: h.onApply})
 	if err != nil {
 		h.t.Fatal(err)
 	}

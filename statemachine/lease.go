@@ -60,7 +60,7 @@ func (a *applier) applyLeaseRevoke(rev, leaseID int64) (*pb.LeaseRevokeResponse,
 	if err != nil {
 		return nil, false, err
 	}
-	r, w := mvccReader{r: a.b}, mvccWriter{b: a.b, rev: rev}
+	r, w := mvccReader{r: a.b}, mvccWriter{b: a.b, rev: rev, log: a.log}
 	changed := false
 	for _, k := range keys {
 		prev, err := r.get(k, a.state.currentRev)

@@ -394,6 +394,7 @@ func runRandom(t *testing.T, seed int64, iterations int) {
 	h := newHarness(t)
 	m := newModel()
 	rev := int64(1) // the oracle
+	floor := int64(1) // the range's floor before the iteration's Update
 	type pending struct {
 		cmd    []byte
 		expect func(res *tesserapb.Result) string // "" when as expected
@@ -462,11 +463,15 @@ func runRandom(t *testing.T, seed int64, iterations int) {
 		for i, p := range batch {
 			cmds[i] = p.cmd
 		}
+		floorBefore := floor
+		floor = max(m.lastCmdRev, m.currentRev, m.compacted)
+		h.takeApplied()
 		for i, res := range h.update(cmds...) {
 			if msg := batch[i].expect(res); msg != "" {
 				t.Fatalf("iteration %d command %d: %s", it, i, msg)
 			}
 		}
+		checkPublished(t, h, it, floorBefore, floor, m.compacted)
 		// Reads at random revisions, through Range and RangeStream.
 		v := h.view()
 		if v.Revision() != m.currentRev || v.CompactRevision() != m.compacted {
@@ -510,5 +515,40 @@ func runRandom(t *testing.T, seed int64, iterations int) {
 				t.Fatal(err)
 			}
 		}
+	}
+}
+
+// checkPublished: what the range published for one Update (OnApply) is its
+// floor and exactly the events that History reads back for the revisions
+// the Update covered, previous versions included.
+func checkPublished(t *testing.T, h *harness, it int, floorBefore, floor, compacted int64) {
+	t.Helper()
+	applied := h.takeApplied()
+	if len(applied) != 1 || applied[0].Reset || applied[0].Floor != floor || applied[0].RangeID != testRangeID {
+		t.Fatalf("iteration %d: published %+v, want one Applied with floor %d", it, applied, floor)
+	}
+	if floorBefore+1 <= compacted {
+		return // the window's oldest versions may be compacted away
+	}
+	hist, covered, err := h.store.History([]byte{0}, []byte{0}, floorBefore+1, floor, 1000)
+	if err != nil || covered != floor {
+		t.Fatalf("iteration %d: History(%d, %d) covered %d: %v", it, floorBefore+1, floor, covered, err)
+	}
+	want := &pb.WatchResponse{Events: applied[0].Events}
+	if got := (&pb.WatchResponse{Events: hist}); !proto.Equal(got, want) {
+		t.Fatalf("iteration %d: History(%d, %d)\n%v\npublished\n%v", it, floorBefore+1, floor, got, want)
+	}
+	// The same window read two events at a time (whole revisions).
+	var paged []*mvccpb.Event
+	for from := floorBefore + 1; from <= floor; {
+		evs, covered, err := h.store.History([]byte{0}, []byte{0}, from, floor, 2)
+		if err != nil || covered < from || (len(evs) > 2 && evs[0].Kv.ModRevision != evs[len(evs)-1].Kv.ModRevision) {
+			t.Fatalf("iteration %d: History(%d, %d, 2) = %d events, covered %d: %v", it, from, floor, len(evs), covered, err)
+		}
+		paged = append(paged, evs...)
+		from = covered + 1
+	}
+	if got := (&pb.WatchResponse{Events: paged}); !proto.Equal(got, want) {
+		t.Fatalf("iteration %d: History(%d, %d) two at a time\n%v\npublished\n%v", it, floorBefore+1, floor, got, want)
 	}
 }

@@ -115,6 +115,8 @@ func skipVersions(it *pebble.Iterator, userKey []byte) bool {
 type mvccWriter struct {
 	b   *pebble.Batch
 	rev int64
+	// log, when not nil, records the events written.
+	log *eventLog
 }
 
 // put writes userKey's new version given its live version prev (nil when
@@ -149,6 +151,7 @@ func (w mvccWriter) put(userKey, value []byte, leaseID int64, prev *mvccpb.KeyVa
 		}
 	}
 	kv.Key = userKey
+	w.log.put(kv, prev)
 	return kv, nil
 }
 
@@ -157,6 +160,7 @@ func (w mvccWriter) delete(userKey []byte, prev *mvccpb.KeyValue) error {
 	if err := w.b.Set(dataKey(userKey, w.rev), nil, nil); err != nil {
 		return err
 	}
+	w.log.delete(userKey, w.rev, prev)
 	if prev.Lease != 0 {
 		return w.b.Delete(leaseIndexKey(prev.Lease, userKey), nil)
 	}

@@ -112,6 +112,7 @@ func (r *RangeSM) Open(stopc <-chan struct{}) (uint64, error) {
 		return 0, err
 	}
 	r.setMeta(st, b)
+	r.publish(nil, st.floor(), true)
 	return st.appliedIndex, nil
 }
 
@@ -126,6 +127,9 @@ func (r *RangeSM) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	b := r.store.db.NewIndexedBatch()
 	defer closeQuietly(b)
 	a := &applier{rangeID: r.rangeID, b: b, state: r.state, bounds: r.bounds}
+	if r.store.onApply != nil {
+		a.log = &eventLog{}
+	}
 	for i := range entries {
 		response, err := a.apply(entries[i].Cmd)
 		if err != nil && !isCommandError(err) {
@@ -146,6 +150,7 @@ func (r *RangeSM) Update(entries []sm.Entry) ([]sm.Entry, error) {
 			return nil, fmt.Errorf("statemachine: range %d committing batch: %w", r.rangeID, err)
 		}
 		r.state = a.state
+		r.publish(a.log.all(), a.state.floor(), false)
 		return entries, nil
 	}
 	// The batch changes the bounds: commit it and publish them as one step
@@ -155,6 +160,7 @@ func (r *RangeSM) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	if err := r.commitMeta(b, a.state, a.bounds); err != nil {
 		return nil, err
 	}
+	r.publish(a.log.all(), a.state.floor(), false)
 	if onSplit := r.store.onSplit; onSplit != nil {
 		for _, childID := range a.splits {
 			onSplit(r.rangeID, childID)

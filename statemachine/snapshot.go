@@ -296,6 +296,7 @@ func (r *RangeSM) recoverFromSnapshot(rd io.Reader, done <-chan struct{}) error 
 				return err
 			}
 			r.setMeta(st, newBounds)
+			r.publish(nil, st.floor(), true)
 			return nil
 		default:
 			return fmt.Errorf("statemachine: unknown snapshot record kind %q", kind)

@@ -29,6 +29,11 @@ type StoreOptions struct {
 	// replays nothing below the persisted applied index), so the node must
 	// also start, at boot, every range whose metadata is in the store.
 	OnSplit func(parentRangeID, childRangeID uint64)
+	// OnApply, when not nil, receives every range's applied events and
+	// revision floor (see Applied): from Update after its batch has
+	// committed, and with Reset from Open and from snapshot recovery. It is
+	// called on Dragonboat's goroutines for the range, so it must not block.
+	OnApply func(Applied)
 }
 
 // quietLogger drops Pebble's informational messages.
@@ -49,6 +54,8 @@ type Store struct {
 	db *pebble.DB
 	// onSplit is StoreOptions.OnSplit. Immutable.
 	onSplit func(parentRangeID, childRangeID uint64)
+	// onApply is StoreOptions.OnApply. Immutable.
+	onApply func(Applied)
 
 	// clearMu serialises the clearing step of snapshot recoveries (deciding
 	// what to delete from the other ranges' stored bounds, and committing
@@ -93,7 +100,7 @@ func OpenStore(dir string, opts StoreOptions) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("statemachine: opening pebble in %s: %w", dir, err)
 	}
-	return &Store{db: db, onSplit: opts.OnSplit, ranges: make(map[uint64]*RangeSM), counts: newCountCache()}, nil
+	return &Store{db: db, onSplit: opts.OnSplit, onApply: opts.OnApply, ranges: make(map[uint64]*RangeSM), counts: newCountCache()}, nil
 }
 
 // Close closes the Pebble. Close the NodeHost (so every RangeSM is closed)

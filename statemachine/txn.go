@@ -64,7 +64,7 @@ func (a *applier) applyTxn(cmdRev int64, req *pb.TxnRequest) (*pb.TxnResponse, b
 		startRev:  cmdRev - 1,
 		compacted: a.state.compactedRev,
 		reader:    mvccReader{r: a.b},
-		writer:    mvccWriter{b: a.b, rev: cmdRev},
+		writer:    mvccWriter{b: a.b, rev: cmdRev, log: a.log},
 	}
 	path, err := t.path(req)
 	if err != nil {
