@@ -393,7 +393,7 @@ func runRandom(t *testing.T, seed int64, iterations int) {
 	rng := rand.New(rand.NewSource(seed))
 	h := newHarness(t)
 	m := newModel()
-	rev := int64(1) // the oracle
+	rev := int64(1)   // the oracle
 	floor := int64(1) // the range's floor before the iteration's Update
 	type pending struct {
 		cmd    []byte
