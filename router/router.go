@@ -191,3 +191,36 @@ func hasPut(ops ...[]*pb.RequestOp) bool {
 	}
 	return false
 }
+
+// Header returns a response header at rev, for the Watch service.
+func (r *Router) Header(rev int64) *pb.ResponseHeader { return r.header(nil, rev) }
+
+// CurrentRevision returns the highest revision the oracle has issued.
+func (r *Router) CurrentRevision(ctx context.Context) (int64, error) { return r.oracle.Current(ctx) }
+
+// RangesOf returns the IDs of this node's ranges holding keys of etcd's
+// interval [key, rangeEnd), in key order, without waiting; ok is false
+// while part of it has no open range.
+func (r *Router) RangesOf(key, rangeEnd []byte) (ids []uint64, ok bool) {
+	spans, ok := r.ranges.overlapping(key, rangeEnd)
+	if !ok {
+		return nil, false
+	}
+	ids = make([]uint64, len(spans))
+	for i, sp := range spans {
+		ids[i] = sp.rng.RangeID()
+	}
+	return ids, true
+}
+
+// CloseRange has a range apply a barrier carrying a revision taken from the
+// oracle now, through its leader (here or on another node): every revision
+// issued before the call is then closed on that range (its floor passed it).
+func (r *Router) CloseRange(ctx context.Context, rangeID uint64) error {
+	rng := r.ranges.byID(rangeID)
+	if rng == nil {
+		return ErrNoRange
+	}
+	_, err := r.writeTo(ctx, rng, &tesserapb.Command{Op: &tesserapb.Command_Barrier{Barrier: &tesserapb.BarrierCommand{}}}, true, 0)
+	return err
+}

@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/tesserakv/tessera/watchhub"
 )
 
 // Config of one node. cmd/tessera fills it from etcd-named flags; Validate
@@ -103,6 +105,8 @@ func DefaultConfig() Config {
 		LogDBShards:              1,
 		RangeMaxBytes:            DefaultRangeMaxBytes,
 		RangeSplitQPS:            DefaultRangeSplitQPS,
+
+		WatchProgressNotifyInterval: watchhub.DefaultProgressNotifyInterval,
 	}
 }
 
@@ -214,6 +218,9 @@ func (c *Config) Validate() error {
 	}
 	if c.LogDBShards == 0 {
 		return fmt.Errorf("--raft-logdb-shards must be at least 1")
+	}
+	if c.WatchProgressNotifyInterval < 0 {
+		return fmt.Errorf("--watch-progress-notify-interval must not be negative")
 	}
 	return nil
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/tesserakv/tessera/router"
 	"github.com/tesserakv/tessera/shard"
 	"github.com/tesserakv/tessera/statemachine"
+	"github.com/tesserakv/tessera/watchhub"
 )
 
 // firstRangeID is the Raft shard ID of the first data range, the one covering
@@ -50,6 +51,7 @@ type Server struct {
 	oracle    *placement.OracleClient
 	internal  *placement.InternalServer
 	router    *router.Router
+	hub       *watchhub.Hub
 	grpc      *grpc.Server
 
 	// ranges are this node's data range replicas; cache indexes them by key
@@ -102,11 +104,20 @@ func Start(cfg Config) (*Server, error) {
 	}
 
 	var err error
-	if s.store, err = statemachine.OpenStore(filepath.Join(cfg.DataDir, "kv"), statemachine.StoreOptions{OnSplit: s.onSplit}); err != nil {
+	// The hub takes every range's applied events from the moment ranges
+	// open; it reads through the store and the router once they exist.
+	s.hub = watchhub.New(hubSource{s}, watchhub.Config{
+		ProgressNotifyInterval: cfg.WatchProgressNotifyInterval,
+		MaxRequestBytes:        cfg.MaxRequestBytes,
+		Logger:                 s.log,
+	})
+	if s.store, err = statemachine.OpenStore(filepath.Join(cfg.DataDir, "kv"), statemachine.StoreOptions{OnSplit: s.onSplit, OnApply: s.hub.Publish}); err != nil {
+		s.hub.Stop()
 		s.closeListeners()
 		return nil, fmt.Errorf("opening store in %s: %w", cfg.DataDir, err)
 	}
 	if err := s.startRaft(); err != nil {
+		s.hub.Stop()
 		s.closeListeners()
 		_ = s.store.Close()
 		return nil, err
@@ -127,6 +138,7 @@ func Start(cfg Config) (*Server, error) {
 		Logger:             s.log,
 	}, s.cache, s.directory, s.oracle)
 	if err := s.startRanges(); err != nil {
+		s.hub.Stop()
 		s.closeListeners()
 		s.nh.Close()
 		_ = s.store.Close()
@@ -143,7 +155,7 @@ func Start(cfg Config) (*Server, error) {
 	pb.RegisterLeaseServer(s.grpc, s.router)
 	pb.RegisterMaintenanceServer(s.grpc, &maintenance{s: s})
 	pb.RegisterClusterServer(s.grpc, &cluster{s: s})
-	pb.RegisterWatchServer(s.grpc, unimplementedWatch{})
+	pb.RegisterWatchServer(s.grpc, s.hub)
 	pb.RegisterAuthServer(s.grpc, unimplementedAuth{})
 	tesserapb.RegisterInternalServer(s.grpc, &internalService{InternalServer: s.internal, s: s})
 	for _, ln := range s.listeners {
@@ -404,6 +416,7 @@ func (s *Server) closeListeners() {
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
 		close(s.stopc)
+		s.hub.Stop() // ends the watch streams, which a graceful stop would wait for
 		done := make(chan struct{})
 		go func() {
 			s.grpc.GracefulStop()

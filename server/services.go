@@ -4,6 +4,7 @@ import (
 	"context"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -144,12 +145,27 @@ func (c *cluster) MemberPromote(context.Context, *pb.MemberPromoteRequest) (*pb.
 	return nil, status.Error(codes.Unimplemented, "tessera: learners are not implemented yet")
 }
 
-// unimplementedWatch answers every watch with Unimplemented, naming the gap.
-type unimplementedWatch struct{ pb.UnimplementedWatchServer }
+// hubSource is what the watch hub reads through: the store's history and
+// the router's ranges and oracle.
+type hubSource struct{ s *Server }
 
-func (unimplementedWatch) Watch(pb.Watch_WatchServer) error {
-	return status.Error(codes.Unimplemented, "tessera: Watch is not implemented yet (the watch hub comes in a later release)")
+func (h hubSource) History(key, rangeEnd []byte, fromRev, toRev int64, maxEvents int) ([]*mvccpb.Event, int64, error) {
+	return h.s.store.History(key, rangeEnd, fromRev, toRev, maxEvents)
 }
+
+func (h hubSource) RangesOf(key, rangeEnd []byte) ([]uint64, bool) {
+	return h.s.router.RangesOf(key, rangeEnd)
+}
+
+func (h hubSource) CloseRange(ctx context.Context, rangeID uint64) error {
+	return h.s.router.CloseRange(ctx, rangeID)
+}
+
+func (h hubSource) CurrentRevision(ctx context.Context) (int64, error) {
+	return h.s.router.CurrentRevision(ctx)
+}
+
+func (h hubSource) Header(rev int64) *pb.ResponseHeader { return h.s.router.Header(rev) }
 
 // unimplementedAuth: authentication is not implemented; AuthStatus reports it
 // disabled so clients that only ask can proceed.

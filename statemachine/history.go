@@ -3,6 +3,7 @@ package statemachine
 import (
 	"bytes"
 	"cmp"
+	"fmt"
 	"slices"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -34,7 +35,7 @@ func (s *Store) History(key, rangeEnd []byte, fromRev, toRev int64, maxEvents in
 		return nil, 0, err
 	}
 	if fromRev < compacted {
-		return nil, 0, errorf(ErrCompacted, "revision %d, compacted at %d", fromRev, compacted)
+		return nil, 0, &CompactedError{CompactRevision: compacted}
 	}
 	if toRev < fromRev {
 		return nil, toRev, nil
@@ -46,6 +47,18 @@ func (s *Store) History(key, rangeEnd []byte, fromRev, toRev int64, maxEvents in
 	h.trim(h.max)
 	return h.events, h.toRev, nil
 }
+
+// CompactedError is History's answer for a window that starts below a
+// compaction: errors.Is(err, ErrCompacted), and it says the compacted
+// revision, which etcd's watch reports.
+type CompactedError struct{ CompactRevision int64 }
+
+func (e *CompactedError) Error() string {
+	return fmt.Sprintf("%v (compacted at %d)", ErrCompacted, e.CompactRevision)
+}
+
+// Is makes errors.Is(err, ErrCompacted) hold.
+func (e *CompactedError) Is(target error) bool { return target == ErrCompacted }
 
 // compactedOver returns the highest compacted revision of the stored ranges
 // whose bounds overlap span.

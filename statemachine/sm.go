@@ -112,7 +112,10 @@ func (r *RangeSM) Open(stopc <-chan struct{}) (uint64, error) {
 		return 0, err
 	}
 	r.setMeta(st, b)
-	r.publish(nil, st.floor(), true)
+	// A range that never applied anything (a split's child) continues its
+	// parent's published events; one that did may have applied events
+	// nobody saw published.
+	r.publish(nil, st.floor(), st.appliedIndex > 0)
 	return st.appliedIndex, nil
 }
 

@@ -158,8 +158,19 @@ func TestEveryWorkloadAgainstTessera(t *testing.T) {
 				opCount(t, r, "list-page", 3)
 				opCount(t, r, "range-stream", 1)
 			}},
-		{name: "watch", workload: "watch", wantUnsupported: "Watch", args: []string{"--total", "100", "--watchers", "4", "--watch-streams", "2"}},
-		{name: "k8s", workload: "k8s", wantUnsupported: "Watch", args: []string{"--total", "100", "--k8s-objects", "50"}},
+		{name: "watch", workload: "watch", requests: 100, args: []string{"--total", "100", "--watchers", "4", "--watch-streams", "2"},
+			check: func(t *testing.T, r *bench.Result) {
+				// Every watcher sees every put.
+				if w := r.Watch; w == nil || w.Watchers != 4 || w.EventsExpected != 400 || w.EventsReceived != w.EventsExpected {
+					t.Fatalf("watch %+v", w)
+				}
+			}},
+		{name: "k8s", workload: "k8s", requests: -1, args: []string{"--total", "100", "--k8s-objects", "50"},
+			check: func(t *testing.T, r *bench.Result) {
+				if w := r.Watch; w == nil || w.EventsExpected <= 0 || w.EventsReceived != w.EventsExpected {
+					t.Fatalf("k8s watch %+v", w)
+				}
+			}},
 	})
 
 	// The comparison report reads the results back.
@@ -168,7 +179,7 @@ func TestEveryWorkloadAgainstTessera(t *testing.T) {
 	if code := bench.Main(append([]string{"report", "--out", out}, files...), &stdout, &stderr); code != bench.ExitOK {
 		t.Fatalf("report: exit %d: %s", code, stderr.String())
 	}
-	for _, want := range []string{"| put-seq |", "| list |", "not supported by target: Watch"} {
+	for _, want := range []string{"| put-seq |", "| list |", "| watch |"} {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, stdout.String())
 		}

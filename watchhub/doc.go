@@ -1,0 +1,33 @@
+// Package watchhub is Tessera's etcd Watch service: the events of every range
+// replica on this node, merged into the one global revision order etcd's
+// clients expect.
+//
+// How it keeps etcd's guarantees across ranges (DESIGN.md, Revisions 4):
+//
+//   - Every range replica publishes, after each applied batch, its events and
+//     its floor: the revision at and below which it has applied every command
+//     it ever will (the state machine refuses a command whose revision is not
+//     above it). A range's floor is its closed revision on this node.
+//   - A watch over [key, end) may release the events up to the lowest floor
+//     of the ranges holding that interval: no event at or below it can still
+//     appear. Events wait in one buffer, ordered by revision, until then.
+//   - An idle range's floor does not move by itself. When events or a
+//     progress request wait on it, the hub closes it: it proposes a barrier
+//     through the range's leader, which takes a revision from the oracle like
+//     any write, so applying it lifts the range's floor above every revision
+//     issued before. Busy ranges close as they apply.
+//   - A watcher that starts in the past, or whose stream cannot keep up (its
+//     bounded send queue is full), is unsynced: it catches up from the MVCC
+//     history in bounded windows (statemachine.Store.History), then rejoins
+//     the live buffer once the buffer still holds everything after the
+//     revision it reached. A start below the compacted revision gets etcd's
+//     compacted answer and is cancelled.
+//   - Progress notifications (progress_notify, RequestProgress) report a
+//     revision R only once every event at or below R on the watched ranges
+//     has been queued, after closing the ranges up to the revision current
+//     when the request arrived.
+//
+// Every node runs every range's replica (static clusters), so a node serves
+// any watch from its own replicas; the floors of follower replicas move as
+// they apply the leader's log.
+package watchhub

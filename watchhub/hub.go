@@ -1,0 +1,455 @@
+package watchhub
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+
+	"github.com/tesserakv/tessera/statemachine"
+)
+
+// Source is what the hub needs from its node.
+type Source interface {
+	// History reads a window of events back from MVCC (see
+	// statemachine.Store.History).
+	History(key, rangeEnd []byte, fromRev, toRev int64, maxEvents int) ([]*mvccpb.Event, int64, error)
+	// RangesOf returns the IDs of the node's ranges holding keys of etcd's
+	// interval [key, rangeEnd); ok is false while part of it has no range
+	// (a split's child not open yet).
+	RangesOf(key, rangeEnd []byte) (ids []uint64, ok bool)
+	// CloseRange has the range apply a command carrying a revision taken
+	// from the oracle after the call began (a barrier), so the range's floor
+	// passes every revision issued before.
+	CloseRange(ctx context.Context, rangeID uint64) error
+	// CurrentRevision returns the highest revision issued so far.
+	CurrentRevision(ctx context.Context) (int64, error)
+	// Header returns a response header at rev.
+	Header(rev int64) *pb.ResponseHeader
+}
+
+// Config tunes a Hub.
+type Config struct {
+	// ProgressNotifyInterval is how often watches with progress_notify get a
+	// progress notification (etcd's --watch-progress-notify-interval); 0
+	// means etcd's default, 10 minutes.
+	ProgressNotifyInterval time.Duration
+	// MaxRequestBytes: a response to a watch that asked for fragments is
+	// split into fragments no larger than this (etcd's --max-request-bytes).
+	MaxRequestBytes int
+	Logger          *slog.Logger
+}
+
+// DefaultProgressNotifyInterval is etcd's default.
+const DefaultProgressNotifyInterval = 10 * time.Minute
+
+const (
+	// streamQueueEvents bounds the events queued for one gRPC stream and not
+	// yet sent: a live watcher whose events do not fit is unsynced and
+	// catches up from history later, so a stream that does not read holds at
+	// most this much.
+	streamQueueEvents = 4096
+	// catchUpEvents bounds the events one history read gathers.
+	catchUpEvents = 1000
+	// closeTimeout bounds one attempt to close a range.
+	closeTimeout = 5 * time.Second
+	// closeRetryPause spaces the attempts to close a range that failed.
+	closeRetryPause = 100 * time.Millisecond
+)
+
+// Hub merges the node's range events for the Watch service.
+type Hub struct {
+	pb.UnimplementedWatchServer
+
+	src   Source
+	cfg   Config
+	log   *slog.Logger
+	kick  chan struct{}
+	stopc chan struct{}
+	done  chan struct{}
+	// closers counts the goroutines closing ranges, for Stop.
+	closers sync.WaitGroup
+
+	mu sync.Mutex
+	// floors holds each range's published floor. Guarded by mu.
+	floors map[uint64]int64
+	// maxFloor is the highest floor published. Guarded by mu.
+	maxFloor int64
+	// continuousFrom: every event above it was published (or will be) by a
+	// range that had published everything before it. Ranges that open with
+	// history, or install a snapshot, raise it. Guarded by mu.
+	continuousFrom int64
+	// buf holds the published events above bufBase not yet released to
+	// every live watcher, in revision order. Guarded by mu.
+	buf     []*mvccpb.Event
+	bufBase int64
+	// groups holds the live (synced) watchers by interval. Guarded by mu.
+	groups map[interval]*group
+	// streams are the open Watch streams. Guarded by mu.
+	streams map[*stream]struct{}
+	// closing marks ranges with a close in flight. Guarded by mu.
+	closing map[uint64]bool
+	// changed is closed and replaced after every round, waking catch-ups.
+	// Guarded by mu.
+	changed chan struct{}
+}
+
+// group is the live watchers of one interval: they share its safe revision.
+type group struct {
+	iv       interval
+	watchers map[*watcher]struct{}
+}
+
+// New returns a running hub; Stop it.
+func New(src Source, cfg Config) *Hub {
+	if cfg.ProgressNotifyInterval <= 0 {
+		cfg.ProgressNotifyInterval = DefaultProgressNotifyInterval
+	}
+	if cfg.MaxRequestBytes <= 0 {
+		cfg.MaxRequestBytes = 1536 * 1024
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	h := &Hub{
+		src: src, cfg: cfg, log: log,
+		kick:    make(chan struct{}, 1),
+		stopc:   make(chan struct{}),
+		done:    make(chan struct{}),
+		floors:  map[uint64]int64{},
+		groups:  map[interval]*group{},
+		streams: map[*stream]struct{}{},
+		closing: map[uint64]bool{},
+		changed: make(chan struct{}),
+	}
+	go h.run()
+	return h
+}
+
+// Stop ends the hub's work; open streams end with their contexts.
+func (h *Hub) Stop() {
+	select {
+	case <-h.stopc:
+	default:
+		close(h.stopc)
+	}
+	<-h.done
+	h.closers.Wait()
+}
+
+// Publish takes what a range replica applied (statemachine.StoreOptions.OnApply).
+// It does not block on watchers.
+func (h *Hub) Publish(a statemachine.Applied) {
+	h.mu.Lock()
+	if a.Floor > h.floors[a.RangeID] {
+		h.floors[a.RangeID] = a.Floor
+	}
+	h.maxFloor = max(h.maxFloor, a.Floor)
+	if a.Reset && a.Floor > h.continuousFrom {
+		h.continuousFrom = a.Floor
+		// Live watchers behind it may have missed events: they catch up.
+		for _, g := range h.groups {
+			for w := range g.watchers {
+				if w.sentRev < a.Floor {
+					h.unsyncLocked(w)
+				}
+			}
+		}
+	}
+	h.insertLocked(a.Events)
+	h.mu.Unlock()
+	h.poke()
+}
+
+// insertLocked adds one range's events (in revision order) to the buffer,
+// keeping it in revision order; events at or below bufBase are dropped (no
+// live watcher needs them, and a joining one reads them from history).
+func (h *Hub) insertLocked(events []*mvccpb.Event) {
+	i := 0
+	for i < len(events) && events[i].Kv.ModRevision <= h.bufBase {
+		i++
+	}
+	events = events[i:]
+	if len(events) == 0 {
+		return
+	}
+	first := events[0].Kv.ModRevision
+	n := len(h.buf)
+	h.buf = append(h.buf, events...)
+	if n == 0 || h.buf[n-1].Kv.ModRevision <= first {
+		return
+	}
+	// Another range published higher revisions first: merge. One revision's
+	// events all come from one range, so a stable sort keeps them together
+	// and in their order.
+	from, _ := slices.BinarySearchFunc(h.buf[:n], first, func(e *mvccpb.Event, rev int64) int {
+		return compareRev(e.Kv.ModRevision, rev+1)
+	})
+	slices.SortStableFunc(h.buf[from:], func(a, b *mvccpb.Event) int {
+		return compareRev(a.Kv.ModRevision, b.Kv.ModRevision)
+	})
+}
+
+func compareRev(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// poke asks for a round.
+func (h *Hub) poke() {
+	select {
+	case h.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (h *Hub) run() {
+	defer close(h.done)
+	tick := time.NewTicker(h.cfg.ProgressNotifyInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-h.stopc:
+			return
+		case <-h.kick:
+		case <-tick.C:
+			h.progressDue()
+		}
+		h.round()
+	}
+}
+
+// progressDue asks a progress notification of every live watcher that wants
+// them, at the highest revision published so far.
+func (h *Hub) progressDue() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, g := range h.groups {
+		for w := range g.watchers {
+			if w.progressNotify {
+				w.progressTarget = max(w.progressTarget, h.maxFloor)
+			}
+		}
+	}
+}
+
+// round releases to every live watcher the buffered events up to its
+// interval's safe revision, answers the progress requests that can be, asks
+// lagging ranges to close, and trims the buffer.
+func (h *Hub) round() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	minSent, anyLive := int64(0), false
+	for _, g := range h.groups {
+		safe, ids, ok := h.safeLocked(g.iv)
+		var want int64 // the revision the group's ranges should close to
+		for w := range g.watchers {
+			if ok && safe > w.sentRev {
+				if evs := h.eventsLocked(g.iv, w.sentRev, safe); len(evs) > 0 && !w.deliver(evs, safe, false) {
+					h.unsyncLocked(w)
+					continue
+				}
+				w.sentRev = safe
+			}
+			if t := w.progressTarget; t > 0 {
+				if w.sentRev >= t {
+					if w.s.offer(w.progressResponse(w.sentRev), 0) {
+						w.progressTarget = 0
+					}
+				} else {
+					want = max(want, t)
+				}
+			}
+			if t := w.s.progressTarget; t > w.sentRev {
+				want = max(want, t)
+			}
+			if !anyLive || w.sentRev < minSent {
+				minSent, anyLive = w.sentRev, true
+			}
+		}
+		if len(g.watchers) == 0 {
+			delete(h.groups, g.iv)
+			continue
+		}
+		if ok {
+			want = max(want, h.pendingLocked(g.iv, safe))
+			if want > safe {
+				h.closeLocked(ids, want)
+			}
+		}
+	}
+	for s := range h.streams {
+		h.answerProgressLocked(s)
+	}
+	// Trim: no live watcher needs events at or below the lowest revision
+	// sent; with none live, nothing buffered is needed.
+	base := h.maxFloor
+	if anyLive {
+		base = min(base, minSent)
+	}
+	if base > h.bufBase {
+		i, _ := slices.BinarySearchFunc(h.buf, base, func(e *mvccpb.Event, rev int64) int {
+			return compareRev(e.Kv.ModRevision, rev+1)
+		})
+		clear(h.buf[:i])
+		h.buf = h.buf[i:]
+		h.bufBase = base
+	}
+	close(h.changed)
+	h.changed = make(chan struct{})
+}
+
+// safeLocked returns the lowest floor of the ranges holding iv's keys, and
+// their IDs; ok is false when some part of iv has no range, or a range has
+// not published yet.
+func (h *Hub) safeLocked(iv interval) (safe int64, ids []uint64, ok bool) {
+	ids, ok = h.src.RangesOf(iv.keyBytes(), iv.endBytes())
+	if !ok || len(ids) == 0 {
+		return 0, nil, false
+	}
+	for i, id := range ids {
+		f, known := h.floors[id]
+		if !known {
+			return 0, nil, false
+		}
+		if i == 0 || f < safe {
+			safe = f
+		}
+	}
+	return safe, ids, true
+}
+
+// eventsLocked returns the buffered events of iv in (after, upTo].
+func (h *Hub) eventsLocked(iv interval, after, upTo int64) []*mvccpb.Event {
+	i, _ := slices.BinarySearchFunc(h.buf, after, func(e *mvccpb.Event, rev int64) int {
+		return compareRev(e.Kv.ModRevision, rev+1)
+	})
+	var out []*mvccpb.Event
+	for ; i < len(h.buf) && h.buf[i].Kv.ModRevision <= upTo; i++ {
+		if iv.contains(h.buf[i].Kv.Key) {
+			out = append(out, h.buf[i])
+		}
+	}
+	return out
+}
+
+// pendingLocked returns the highest revision of a buffered event of iv above
+// safe, or 0.
+func (h *Hub) pendingLocked(iv interval, safe int64) int64 {
+	for i := len(h.buf) - 1; i >= 0 && h.buf[i].Kv.ModRevision > safe; i-- {
+		if iv.contains(h.buf[i].Kv.Key) {
+			return h.buf[i].Kv.ModRevision
+		}
+	}
+	return 0
+}
+
+// closeLocked closes, in the background, the ranges among ids whose floor is
+// below target and that have no close in flight.
+func (h *Hub) closeLocked(ids []uint64, target int64) {
+	for _, id := range ids {
+		if h.floors[id] >= target || h.closing[id] {
+			continue
+		}
+		h.closing[id] = true
+		h.closers.Add(1)
+		go h.closeRange(id)
+	}
+}
+
+func (h *Hub) closeRange(id uint64) {
+	defer h.closers.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+	go func() {
+		select {
+		case <-h.stopc:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	err := h.src.CloseRange(ctx, id)
+	cancel()
+	if err != nil {
+		h.log.Debug("closing a range for watches", "range", id, "err", err)
+		select {
+		case <-h.stopc:
+		case <-time.After(closeRetryPause):
+		}
+	}
+	h.mu.Lock()
+	delete(h.closing, id)
+	h.mu.Unlock()
+	h.poke()
+}
+
+// joinLocked makes w live: it receives buffered events after w.sentRev.
+// The caller checked that the buffer holds them (w.sentRev >= bufBase and
+// >= continuousFrom).
+func (h *Hub) joinLocked(w *watcher) {
+	g := h.groups[w.iv]
+	if g == nil {
+		g = &group{iv: w.iv, watchers: map[*watcher]struct{}{}}
+		h.groups[w.iv] = g
+	}
+	g.watchers[w] = struct{}{}
+	w.live = true
+}
+
+// canJoinLocked reports whether the buffer holds every event w needs next.
+func (h *Hub) canJoinLocked(w *watcher) bool {
+	return w.sentRev >= h.bufBase && w.sentRev >= h.continuousFrom
+}
+
+// unsyncLocked takes a live watcher out of the live groups; its stream's
+// catch-up brings it back.
+func (h *Hub) unsyncLocked(w *watcher) {
+	if !w.live {
+		return
+	}
+	if g := h.groups[w.iv]; g != nil {
+		delete(g.watchers, w)
+	}
+	w.live = false
+	w.s.wakeCatchUp()
+}
+
+// removeLocked forgets w.
+func (h *Hub) removeLocked(w *watcher) {
+	h.unsyncLocked(w)
+	w.removed = true
+}
+
+// answerProgressLocked answers s's RequestProgress once every watcher on it
+// is live and has been sent everything up to the revision current when the
+// request came.
+func (h *Hub) answerProgressLocked(s *stream) {
+	t := s.progressTarget
+	if t == 0 {
+		return
+	}
+	rev := int64(-1)
+	for _, w := range s.watchers {
+		if !w.live || w.sentRev < t {
+			return
+		}
+		if rev < 0 || w.sentRev < rev {
+			rev = w.sentRev
+		}
+	}
+	if rev < 0 {
+		rev = t
+	}
+	if s.offer(&pb.WatchResponse{Header: h.src.Header(rev), WatchId: -1}, 0) {
+		s.progressTarget = 0
+	}
+}

@@ -1,0 +1,387 @@
+package watchhub
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+
+	"github.com/tesserakv/tessera/statemachine"
+)
+
+// etcd's answers to a create request it refuses (mvcc package errors).
+var (
+	errDuplicateWatchID = errors.New("mvcc: duplicate watch ID provided on the WatchStream")
+	errEmptyWatchRange  = errors.New("mvcc: watcher range is empty")
+)
+
+// catchUpPause is how long a catch-up waits for the hub when it cannot make
+// progress yet (its ranges are closing).
+const catchUpPause = 50 * time.Millisecond
+
+// stream is one Watch gRPC stream: its watchers, its bounded send queue, its
+// catch-up of unsynced watchers.
+type stream struct {
+	hub *Hub
+	srv pb.Watch_WatchServer
+	ctx context.Context
+
+	// watchers by ID, nextID for server-chosen IDs, and progressTarget (a
+	// RequestProgress waiting, at the revision current when it came) are
+	// guarded by hub.mu.
+	watchers       map[int64]*watcher
+	nextID         int64
+	progressTarget int64
+
+	// qmu guards the send queue.
+	qmu      chan struct{} // a one-slot semaphore, so waiters can select
+	queue    []*pb.WatchResponse
+	queued   []int // events in each queued response
+	qEvents  int   // events queued in all
+	sendable chan struct{}
+	drained  chan struct{}
+
+	catchUp chan struct{}
+}
+
+// Watch serves etcd's Watch RPC.
+func (h *Hub) Watch(srv pb.Watch_WatchServer) error {
+	ctx, cancel := context.WithCancel(srv.Context())
+	defer cancel()
+	s := &stream{
+		hub: h, srv: srv, ctx: ctx,
+		watchers: map[int64]*watcher{},
+		qmu:      make(chan struct{}, 1),
+		sendable: make(chan struct{}, 1),
+		drained:  make(chan struct{}, 1),
+		catchUp:  make(chan struct{}, 1),
+	}
+	h.mu.Lock()
+	h.streams[s] = struct{}{}
+	h.mu.Unlock()
+	defer func() {
+		h.mu.Lock()
+		for _, w := range s.watchers {
+			h.removeLocked(w)
+		}
+		delete(h.streams, s)
+		h.mu.Unlock()
+	}()
+	errc := make(chan error, 3)
+	go func() { errc <- s.sendLoop() }()
+	go s.catchUpLoop()
+	go func() {
+		err := s.recvLoop()
+		if err != nil {
+			errc <- err
+		}
+		// io.EOF: the client sends no more requests but still reads.
+	}()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-h.stopc:
+		return nil
+	}
+}
+
+func (s *stream) recvLoop() error {
+	for {
+		req, err := s.srv.Recv()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		switch r := req.RequestUnion.(type) {
+		case *pb.WatchRequest_CreateRequest:
+			s.create(r.CreateRequest)
+		case *pb.WatchRequest_CancelRequest:
+			s.cancel(r.CancelRequest.GetWatchId())
+		case *pb.WatchRequest_ProgressRequest:
+			s.requestProgress()
+		}
+	}
+}
+
+// currentRevision is the revision a new watch starts after, and the header
+// of control responses: the oracle's, or the highest floor seen when the
+// oracle cannot be reached.
+func (s *stream) currentRevision() int64 {
+	ctx, cancel := context.WithTimeout(s.ctx, closeTimeout)
+	defer cancel()
+	rev, err := s.hub.src.CurrentRevision(ctx)
+	s.hub.mu.Lock()
+	defer s.hub.mu.Unlock()
+	if err != nil {
+		return s.hub.maxFloor
+	}
+	return max(rev, s.hub.maxFloor)
+}
+
+func (s *stream) create(c *pb.WatchCreateRequest) {
+	h := s.hub
+	key, end := c.Key, c.RangeEnd
+	if len(key) == 0 {
+		key = []byte{0} // the smallest key, as etcd does
+	}
+	current := s.currentRevision()
+	refuse := func(err error) {
+		s.offer(&pb.WatchResponse{Header: h.src.Header(current), WatchId: -1, Created: true, Canceled: true, CancelReason: err.Error()}, 0)
+	}
+	if len(end) > 0 && !(len(end) == 1 && end[0] == 0) && bytes.Compare(key, end) >= 0 {
+		refuse(errEmptyWatchRange)
+		return
+	}
+	w := &watcher{
+		s: s, iv: newInterval(key, end),
+		prevKV: c.PrevKv, fragment: c.Fragment, progressNotify: c.ProgressNotify,
+		sentRev: current,
+	}
+	for _, f := range c.Filters {
+		switch f {
+		case pb.WatchCreateRequest_NOPUT:
+			w.noPut = true
+		case pb.WatchCreateRequest_NODELETE:
+			w.noDelete = true
+		}
+	}
+	if c.StartRevision > 0 {
+		w.sentRev = c.StartRevision - 1
+	}
+	h.mu.Lock()
+	if c.WatchId != 0 {
+		if _, used := s.watchers[c.WatchId]; used {
+			h.mu.Unlock()
+			refuse(errDuplicateWatchID)
+			return
+		}
+		w.id = c.WatchId
+	} else {
+		for s.watchers[s.nextID] != nil {
+			s.nextID++
+		}
+		w.id = s.nextID
+		s.nextID++
+	}
+	s.watchers[w.id] = w
+	// The created answer goes first; events can only be queued after it.
+	s.offer(&pb.WatchResponse{Header: h.src.Header(current), WatchId: w.id, Created: true}, 0)
+	if h.canJoinLocked(w) {
+		h.joinLocked(w)
+	} else {
+		s.wakeCatchUp()
+	}
+	h.mu.Unlock()
+	h.poke()
+}
+
+func (s *stream) cancel(id int64) {
+	h := s.hub
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	w := s.watchers[id]
+	if w == nil {
+		return // etcd answers nothing for an unknown ID
+	}
+	h.removeLocked(w)
+	delete(s.watchers, id)
+	s.offer(&pb.WatchResponse{Header: h.src.Header(max(w.sentRev, 0)), WatchId: id, Canceled: true}, 0)
+}
+
+func (s *stream) requestProgress() {
+	rev := s.currentRevision()
+	s.hub.mu.Lock()
+	s.progressTarget = max(s.progressTarget, rev)
+	s.hub.mu.Unlock()
+	s.hub.poke()
+}
+
+// lock and unlock guard the send queue.
+func (s *stream) lock()   { s.qmu <- struct{}{} }
+func (s *stream) unlock() { <-s.qmu }
+
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// offer queues one response carrying events events; false when they do not
+// fit. Responses without events always fit.
+func (s *stream) offer(resp *pb.WatchResponse, events int) bool {
+	return s.offerAll([]*pb.WatchResponse{resp}, events)
+}
+
+// offerAll queues responses (fragments of one delivery, events events in
+// all) together or not at all.
+func (s *stream) offerAll(resps []*pb.WatchResponse, events int) bool {
+	s.lock()
+	defer s.unlock()
+	if events > 0 && s.qEvents > 0 && s.qEvents+events > streamQueueEvents {
+		return false
+	}
+	for i, r := range resps {
+		s.queue = append(s.queue, r)
+		n := 0
+		if i == 0 {
+			n = events
+		}
+		s.queued = append(s.queued, n)
+	}
+	s.qEvents += events
+	signal(s.sendable)
+	return true
+}
+
+// offerWait queues responses, waiting for room; false when the stream ends.
+func (s *stream) offerWait(resps []*pb.WatchResponse, events int) bool {
+	for !s.offerAll(resps, events) {
+		select {
+		case <-s.ctx.Done():
+			return false
+		case <-s.drained:
+		}
+	}
+	return true
+}
+
+func (s *stream) sendLoop() error {
+	for {
+		select {
+		case <-s.ctx.Done():
+			return nil
+		case <-s.sendable:
+		}
+		for {
+			s.lock()
+			if len(s.queue) == 0 {
+				s.unlock()
+				break
+			}
+			resp, n := s.queue[0], s.queued[0]
+			s.queue[0] = nil
+			s.queue, s.queued = s.queue[1:], s.queued[1:]
+			s.unlock()
+			if err := s.srv.Send(resp); err != nil {
+				return err
+			}
+			s.lock()
+			s.qEvents -= n
+			s.unlock()
+			signal(s.drained)
+		}
+	}
+}
+
+func (s *stream) wakeCatchUp() { signal(s.catchUp) }
+
+// catchUpLoop brings the stream's unsynced watchers up to date from history,
+// one at a time, until each can join the live buffer.
+func (s *stream) catchUpLoop() {
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-s.catchUp:
+		}
+		for {
+			w := s.nextUnsynced()
+			if w == nil {
+				break
+			}
+			if !s.catchUpOne(w) {
+				return
+			}
+		}
+	}
+}
+
+// nextUnsynced returns a watcher of the stream that is neither live nor
+// removed, or nil.
+func (s *stream) nextUnsynced() *watcher {
+	s.hub.mu.Lock()
+	defer s.hub.mu.Unlock()
+	var next *watcher
+	for _, w := range s.watchers {
+		if !w.live && !w.removed && (next == nil || w.sentRev < next.sentRev) {
+			next = w
+		}
+	}
+	return next
+}
+
+// catchUpOne reads w's events from history until it can join the live
+// buffer, or is cancelled (compacted start). False when the stream ended.
+func (s *stream) catchUpOne(w *watcher) bool {
+	h := s.hub
+	for {
+		h.mu.Lock()
+		if w.removed {
+			h.mu.Unlock()
+			return true
+		}
+		if h.canJoinLocked(w) {
+			h.joinLocked(w)
+			h.mu.Unlock()
+			h.poke()
+			return true
+		}
+		safe, ids, ok := h.safeLocked(w.iv)
+		from := w.sentRev + 1
+		if !ok || safe < from {
+			// Nothing readable yet: have the ranges close up to where the
+			// buffer continues, and wait for the hub.
+			if ok {
+				h.closeLocked(ids, max(h.bufBase, h.continuousFrom, from))
+			}
+			changed := h.changed
+			h.mu.Unlock()
+			select {
+			case <-s.ctx.Done():
+				return false
+			case <-changed:
+			case <-time.After(catchUpPause):
+			}
+			continue
+		}
+		h.mu.Unlock()
+		events, covered, err := h.src.History(w.iv.keyBytes(), w.iv.endBytes(), from, safe, catchUpEvents)
+		var compacted *statemachine.CompactedError
+		switch {
+		case errors.As(err, &compacted):
+			h.mu.Lock()
+			h.removeLocked(w)
+			delete(s.watchers, w.id)
+			h.mu.Unlock()
+			s.offer(&pb.WatchResponse{
+				Header: h.src.Header(safe), WatchId: w.id,
+				CompactRevision: compacted.CompactRevision, Canceled: true,
+			}, 0)
+			return true
+		case err != nil:
+			h.log.Warn("reading watch history", "key", w.iv.key, "from", from, "err", err)
+			select {
+			case <-s.ctx.Done():
+				return false
+			case <-time.After(catchUpPause):
+			}
+			continue
+		}
+		if !w.deliver(events, covered, true) {
+			return false
+		}
+		h.mu.Lock()
+		if !w.removed {
+			w.sentRev = covered
+		}
+		h.mu.Unlock()
+	}
+}

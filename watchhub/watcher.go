@@ -1,0 +1,127 @@
+package watchhub
+
+import (
+	"bytes"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// interval is a watch's keys in etcd's form: end nil for the single key,
+// "\x00" for every key from key on, otherwise [key, end). Comparable, so it
+// keys the live groups.
+type interval struct {
+	key, end string
+	single   bool
+}
+
+func newInterval(key, rangeEnd []byte) interval {
+	return interval{key: string(key), end: string(rangeEnd), single: len(rangeEnd) == 0}
+}
+
+func (iv interval) keyBytes() []byte { return []byte(iv.key) }
+
+// endBytes returns the interval's end in etcd's form (nil: single key).
+func (iv interval) endBytes() []byte {
+	if iv.single {
+		return nil
+	}
+	return []byte(iv.end)
+}
+
+func (iv interval) contains(k []byte) bool {
+	if iv.single {
+		return string(k) == iv.key
+	}
+	if bytes.Compare(k, []byte(iv.key)) < 0 {
+		return false
+	}
+	return iv.end == "\x00" || bytes.Compare(k, []byte(iv.end)) < 0
+}
+
+// watcher is one watch of a stream. Its fields after the options are
+// guarded by the hub's mu.
+type watcher struct {
+	id             int64
+	s              *stream
+	iv             interval
+	noPut          bool
+	noDelete       bool
+	prevKV         bool
+	fragment       bool
+	progressNotify bool
+
+	// sentRev: every event of the watch at or below it has been queued.
+	sentRev int64
+	// live: in the hub's groups, fed from the buffer; otherwise the
+	// stream's catch-up feeds it from history.
+	live bool
+	// removed: cancelled; nothing more is sent.
+	removed bool
+	// progressTarget, when positive: a progress notification is due once
+	// sentRev reaches it.
+	progressTarget int64
+}
+
+// view returns the events as this watch sends them: filtered, and without
+// previous key-values unless it asked for them.
+func (w *watcher) view(events []*mvccpb.Event) []*mvccpb.Event {
+	out := make([]*mvccpb.Event, 0, len(events))
+	for _, ev := range events {
+		if (ev.Type == mvccpb.PUT && w.noPut) || (ev.Type == mvccpb.DELETE && w.noDelete) {
+			continue
+		}
+		if !w.prevKV && ev.PrevKv != nil {
+			ev = &mvccpb.Event{Type: ev.Type, Kv: ev.Kv}
+		}
+		out = append(out, ev)
+	}
+	return out
+}
+
+// deliver queues events (whole revisions, all at or below rev) on the
+// watch's stream; wait says whether to wait for room (catch-up) or give up
+// when the stream's queue is full (live). It reports whether they were
+// queued; filtered-out events need no room.
+func (w *watcher) deliver(events []*mvccpb.Event, rev int64, wait bool) bool {
+	events = w.view(events)
+	if len(events) == 0 {
+		return true
+	}
+	responses := w.responses(events, rev)
+	if wait {
+		return w.s.offerWait(responses, len(events))
+	}
+	return w.s.offerAll(responses, len(events))
+}
+
+// responses puts events in one response, or in fragments when the watch
+// asked for them and the response is over the size limit (as etcd does).
+func (w *watcher) responses(events []*mvccpb.Event, rev int64) []*pb.WatchResponse {
+	header := w.s.hub.src.Header(rev)
+	whole := &pb.WatchResponse{Header: header, WatchId: w.id, Events: events}
+	limit := w.s.hub.cfg.MaxRequestBytes
+	if !w.fragment || len(events) < 2 || proto.Size(whole) < limit {
+		return []*pb.WatchResponse{whole}
+	}
+	var (
+		out  []*pb.WatchResponse
+		cur  []*mvccpb.Event
+		size int
+	)
+	for _, ev := range events {
+		n := proto.Size(ev)
+		if len(cur) > 0 && size+n > limit {
+			out = append(out, &pb.WatchResponse{Header: header, WatchId: w.id, Events: cur, Fragment: true})
+			cur, size = nil, 0
+		}
+		cur = append(cur, ev)
+		size += n
+	}
+	return append(out, &pb.WatchResponse{Header: header, WatchId: w.id, Events: cur})
+}
+
+func (w *watcher) progressResponse(rev int64) *pb.WatchResponse {
+	return &pb.WatchResponse{Header: w.s.hub.src.Header(rev), WatchId: w.id}
+}
