@@ -1,0 +1,296 @@
+package watchhub
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/tesserakv/tessera/statemachine"
+)
+
+// fakeNode stands in for a node: two ranges split at "m", an oracle, and a
+// history of every event published. Closing a range publishes a barrier's
+// floor, as a range applying one would.
+type fakeNode struct {
+	hub *Hub
+
+	mu        sync.Mutex
+	rev       int64 // the oracle's last revision
+	history   []*mvccpb.Event
+	compacted int64
+	closes    map[uint64]int
+}
+
+func newFakeNode(t *testing.T) (*fakeNode, pb.WatchClient) {
+	n := &fakeNode{rev: 1, closes: map[uint64]int{}}
+	n.hub = New(n, Config{ProgressNotifyInterval: time.Hour})
+	n.hub.Publish(statemachine.Applied{RangeID: 1, Floor: 1, Reset: true})
+	n.hub.Publish(statemachine.Applied{RangeID: 2, Floor: 1, Reset: true})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	pb.RegisterWatchServer(srv, n.hub)
+	go func() { _ = srv.Serve(ln) }()
+	cc, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cc.Close()
+		n.hub.Stop()
+		srv.Stop()
+	})
+	return n, pb.NewWatchClient(cc)
+}
+
+func rangeOf(key []byte) uint64 {
+	if bytes.Compare(key, []byte("m")) < 0 {
+		return 1
+	}
+	return 2
+}
+
+func (n *fakeNode) next() int64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.rev++
+	return n.rev
+}
+
+// put takes a revision and returns a PUT event of key at it, not published.
+func (n *fakeNode) put(key, value string) *mvccpb.Event {
+	rev := n.next()
+	return &mvccpb.Event{Type: mvccpb.PUT, Kv: &mvccpb.KeyValue{Key: []byte(key), Value: []byte(value), ModRevision: rev, CreateRevision: rev, Version: 1}}
+}
+
+// apply publishes events as their range would, with the range's floor at the
+// last of them, and records them in the history.
+func (n *fakeNode) apply(events ...*mvccpb.Event) {
+	n.mu.Lock()
+	n.history = append(n.history, events...)
+	n.mu.Unlock()
+	last := events[len(events)-1]
+	n.hub.Publish(statemachine.Applied{RangeID: rangeOf(last.Kv.Key), Events: events, Floor: last.Kv.ModRevision})
+}
+
+func (n *fakeNode) History(key, rangeEnd []byte, fromRev, toRev int64, maxEvents int) ([]*mvccpb.Event, int64, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if fromRev < n.compacted {
+		return nil, 0, &statemachine.CompactedError{CompactRevision: n.compacted}
+	}
+	iv := newInterval(key, rangeEnd)
+	var out []*mvccpb.Event
+	for _, ev := range n.history { // history is in revision order
+		rev := ev.Kv.ModRevision
+		if rev < fromRev || rev > toRev || !iv.contains(ev.Kv.Key) {
+			continue
+		}
+		if len(out) >= maxEvents && out[len(out)-1].Kv.ModRevision != rev {
+			return out, out[len(out)-1].Kv.ModRevision, nil
+		}
+		out = append(out, ev)
+	}
+	return out, toRev, nil
+}
+
+func (n *fakeNode) RangesOf(key, rangeEnd []byte) ([]uint64, bool) {
+	iv := newInterval(key, rangeEnd)
+	switch {
+	case iv.single:
+		return []uint64{rangeOf(key)}, true
+	case rangeOf(key) == 2:
+		return []uint64{2}, true
+	case iv.end != "\x00" && iv.end <= "m":
+		return []uint64{1}, true
+	}
+	return []uint64{1, 2}, true
+}
+
+func (n *fakeNode) CloseRange(ctx context.Context, rangeID uint64) error {
+	rev := n.next()
+	n.mu.Lock()
+	n.closes[rangeID]++
+	n.mu.Unlock()
+	n.hub.Publish(statemachine.Applied{RangeID: rangeID, Floor: rev})
+	return nil
+}
+
+func (n *fakeNode) CurrentRevision(context.Context) (int64, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.rev, nil
+}
+
+func (n *fakeNode) Header(rev int64) *pb.ResponseHeader { return &pb.ResponseHeader{Revision: rev} }
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// watchFrom opens a stream with one watch and returns it after the created
+// answer.
+func watchFrom(t *testing.T, ctx context.Context, wc pb.WatchClient, create *pb.WatchCreateRequest) pb.Watch_WatchClient {
+	t.Helper()
+	st, err := wc.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: create}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := st.Recv()
+	if err != nil || !resp.Created || resp.Canceled {
+		t.Fatalf("create: %v %v", resp, err)
+	}
+	return st
+}
+
+// recvEvents reads responses until it has n events.
+func recvEvents(t *testing.T, st pb.Watch_WatchClient, n int) []*mvccpb.Event {
+	t.Helper()
+	var out []*mvccpb.Event
+	for len(out) < n {
+		resp, err := st.Recv()
+		if err != nil {
+			t.Fatalf("after %d of %d events: %v", len(out), n, err)
+		}
+		out = append(out, resp.Events...)
+	}
+	return out
+}
+
+func requireRevisions(t *testing.T, got []*mvccpb.Event, want []*mvccpb.Event) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%d events, want %d", len(got), len(want))
+	}
+	for i := range got {
+		if got[i].Kv.ModRevision != want[i].Kv.ModRevision || !bytes.Equal(got[i].Kv.Key, want[i].Kv.Key) {
+			t.Fatalf("event %d: %s@%d, want %s@%d", i, got[i].Kv.Key, got[i].Kv.ModRevision, want[i].Kv.Key, want[i].Kv.ModRevision)
+		}
+	}
+}
+
+// TestMergeWaitsForEveryRange: an event of one range is held until the
+// other range covered by the watch has closed past it (the hub closes it),
+// and events published out of revision order by two ranges arrive in order.
+func TestMergeWaitsForEveryRange(t *testing.T) {
+	n, wc := newFakeNode(t)
+	ctx := ctxT(t)
+	st := watchFrom(t, ctx, wc, &pb.WatchCreateRequest{Key: []byte("a"), RangeEnd: []byte{0}})
+	z := n.put("z", "1") // range 2; range 1 is idle at floor 1
+	n.apply(z)
+	requireRevisions(t, recvEvents(t, st, 1), []*mvccpb.Event{z})
+	n.mu.Lock()
+	closes := n.closes[1]
+	n.mu.Unlock()
+	if closes == 0 {
+		t.Fatal("the idle range was never closed")
+	}
+	// Two ranges take revisions in one order and publish in the other.
+	b, y := n.put("b", "2"), n.put("y", "3")
+	n.apply(y)
+	n.apply(b)
+	requireRevisions(t, recvEvents(t, st, 2), []*mvccpb.Event{b, y})
+}
+
+// TestSlowStreamCatchesUp: a stream that does not read while many events
+// pass falls out of the live buffer and catches up from history: it gets
+// every event once, in order, as does a stream that kept reading.
+func TestSlowStreamCatchesUp(t *testing.T) {
+	n, wc := newFakeNode(t)
+	ctx := ctxT(t)
+	slow := watchFrom(t, ctx, wc, &pb.WatchCreateRequest{Key: []byte("k"), RangeEnd: []byte("l")})
+	fast := watchFrom(t, ctx, wc, &pb.WatchCreateRequest{Key: []byte("k"), RangeEnd: []byte("l")})
+	const total = 3 * streamQueueEvents
+	value := string(bytes.Repeat([]byte("v"), 1024))
+	var want []*mvccpb.Event
+	got := make(chan []*mvccpb.Event, 1)
+	go func() { got <- recvEvents(t, fast, total) }()
+	for i := range total {
+		ev := n.put(fmt.Sprintf("k%05d", i), value)
+		want = append(want, ev)
+		n.apply(ev)
+	}
+	requireRevisions(t, <-got, want)
+	requireRevisions(t, recvEvents(t, slow, total), want)
+}
+
+// TestCompactedStart: a watch starting below the compacted revision is
+// created, then cancelled with the compacted revision, as etcd does.
+func TestCompactedStart(t *testing.T) {
+	n, wc := newFakeNode(t)
+	ctx := ctxT(t)
+	for range 3 {
+		n.apply(n.put("a", "x"))
+	}
+	n.mu.Lock()
+	n.compacted = 3
+	n.mu.Unlock()
+	st := watchFrom(t, ctx, wc, &pb.WatchCreateRequest{Key: []byte("a"), StartRevision: 2})
+	resp, err := st.Recv()
+	if err != nil || !resp.Canceled || resp.CompactRevision != 3 {
+		t.Fatalf("got %v %v, want a cancel with compact_revision 3", resp, err)
+	}
+}
+
+// TestRequestProgress: RequestProgress on a stream watching an idle range
+// answers once the range has closed past the revision current at the
+// request, with watch ID -1.
+func TestRequestProgress(t *testing.T) {
+	n, wc := newFakeNode(t)
+	ctx := ctxT(t)
+	st := watchFrom(t, ctx, wc, &pb.WatchCreateRequest{Key: []byte("a")})
+	n.apply(n.put("z", "1")) // moves the oracle; range 1 stays idle
+	current, _ := n.CurrentRevision(ctx)
+	if err := st.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_ProgressRequest{ProgressRequest: &pb.WatchProgressRequest{}}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := st.Recv()
+	if err != nil || resp.WatchId != -1 || len(resp.Events) != 0 || resp.Header.Revision < current {
+		t.Fatalf("got %v %v, want a progress notification at >= %d", resp, err, current)
+	}
+}
+
+// TestCreateRefusals: a duplicate client-chosen ID and an empty interval are
+// refused as etcd refuses them; cancel answers with the watch's ID.
+func TestCreateRefusals(t *testing.T) {
+	_, wc := newFakeNode(t)
+	ctx := ctxT(t)
+	st := watchFrom(t, ctx, wc, &pb.WatchCreateRequest{Key: []byte("a"), WatchId: 7})
+	for _, c := range []struct {
+		req  *pb.WatchCreateRequest
+		want string
+	}{
+		{&pb.WatchCreateRequest{Key: []byte("b"), WatchId: 7}, errDuplicateWatchID.Error()},
+		{&pb.WatchCreateRequest{Key: []byte("b"), RangeEnd: []byte("a")}, errEmptyWatchRange.Error()},
+	} {
+		if err := st.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: c.req}}); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := st.Recv()
+		if err != nil || !resp.Created || !resp.Canceled || resp.WatchId != -1 || resp.CancelReason != c.want {
+			t.Fatalf("create %v: got %v %v, want refusal %q", c.req, resp, err, c.want)
+		}
+	}
+	if err := st.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CancelRequest{CancelRequest: &pb.WatchCancelRequest{WatchId: 7}}}); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := st.Recv(); err != nil || !resp.Canceled || resp.WatchId != 7 {
+		t.Fatalf("cancel: %v %v", resp, err)
+	}
+}
