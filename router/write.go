@@ -20,8 +20,12 @@ import (
 )
 
 // maxRouteAttempts bounds the retries of a request that met a stale range
-// cache (a split) or a moving leader.
+// cache (a split).
 const maxRouteAttempts = 5
+
+// leaderMoveBudget bounds how long a write keeps looking for a range's
+// leader while leadership moves.
+const leaderMoveBudget = 3 * time.Second
 
 // reroute reports whether a request that failed with err should be routed
 // again: a range answered that its bounds no longer hold the request's keys
@@ -48,12 +52,15 @@ func (r *Router) reroute(ctx context.Context, err error, attempt int) bool {
 // positive, is raised on the leader's fence first (compaction).
 func (r *Router) writeTo(ctx context.Context, rng Range, cmd *tesserapb.Command, writesKeys bool, fenceRev int64) (*tesserapb.Result, error) {
 	var err error
-	for attempt := range maxRouteAttempts {
+	// A leader that moves (a transfer, an election) takes a moment to be
+	// ready to write: keep asking, for a bounded time.
+	deadline := time.Now().Add(leaderMoveBudget)
+	for attempt := 0; attempt == 0 || time.Now().Before(deadline); attempt++ {
 		if attempt > 0 {
 			select {
 			case <-ctx.Done():
 				return nil, ctx.Err()
-			case <-time.After(time.Duration(attempt) * 50 * time.Millisecond):
+			case <-time.After(time.Duration(min(attempt, 4)) * 50 * time.Millisecond):
 			}
 		}
 		var res *tesserapb.Result

@@ -153,6 +153,10 @@ func (h hubSource) History(key, rangeEnd []byte, fromRev, toRev int64, maxEvents
 	return h.s.store.History(key, rangeEnd, fromRev, toRev, maxEvents)
 }
 
+func (h hubSource) CompactedRevision(key, rangeEnd []byte) (int64, error) {
+	return h.s.store.CompactedRevision(key, rangeEnd)
+}
+
 func (h hubSource) RangesOf(key, rangeEnd []byte) ([]uint64, bool) {
 	return h.s.router.RangesOf(key, rangeEnd)
 }

@@ -60,6 +60,14 @@ func (e *CompactedError) Error() string {
 // Is makes errors.Is(err, ErrCompacted) hold.
 func (e *CompactedError) Is(target error) bool { return target == ErrCompacted }
 
+// CompactedRevision returns the highest compacted revision of the ranges
+// holding keys of etcd's interval [key, rangeEnd).
+func (s *Store) CompactedRevision(key, rangeEnd []byte) (int64, error) {
+	snap := s.db.NewSnapshot()
+	defer closeQuietly(snap)
+	return compactedOver(snap, spanOf(key, rangeEnd))
+}
+
 // compactedOver returns the highest compacted revision of the stored ranges
 // whose bounds overlap span.
 func compactedOver(r pebble.Reader, span keySpan) (int64, error) {

@@ -310,6 +310,9 @@ func TestWatchGuarantees(t *testing.T) {
 				switch r := rng.Intn(10); {
 				case r < 5:
 					key := keyOf(rng.Intn(6))
+					if rng.Intn(5) == 0 { // the keys of the single-key watches
+						key = []string{"wc/5/00", "wc/3/07"}[rng.Intn(2)]
+					}
 					rec = wcWrite{op: "put", keys: []string{key}, values: []string{value}}
 					resp, err := cli.Put(opCtx, key, value)
 					if rec.state = writeState(err); err == nil {
@@ -632,7 +635,9 @@ func TestWatchCompacted(t *testing.T) {
 	}
 
 	for _, from := range []int64{compactRev, compactRev + 1} {
-		wch := cli.Watch(wctx, "cp/", clientv3.WithPrefix(), clientv3.WithRev(from))
+		// A stream each: several history watches on one stream are
+		// TestWatchHistoryOnOneStream's subject.
+		wch := c.Client().Watch(wctx, "cp/", clientv3.WithPrefix(), clientv3.WithRev(from))
 		var want []int64
 		for _, r := range revs {
 			if r >= from {
@@ -655,6 +660,53 @@ func TestWatchCompacted(t *testing.T) {
 	resp := raw.next(t, "the compacted response")
 	if resp.WatchId != created.WatchId || resp.CompactRevision != compactRev || !resp.Canceled || len(resp.Events) != 0 {
 		t.Fatalf("raw watch from %d: got %+v, want watch_id %d, compact_revision %d, canceled", compactRev-1, resp, created.WatchId, compactRev)
+	}
+}
+
+// TestWatchHistoryOnOneStream: watches from old revisions opened one after
+// another on one clientv3 stream (as kube-apiserver multiplexes its watches),
+// some cancelled along the way, on an idle node with two ranges: each must
+// deliver its history (the puts from its start revision) within 10s, and the
+// ones still open a later put.
+func TestWatchHistoryOnOneStream(t *testing.T) {
+	c := testcluster.Start(t, 1)
+	splitAt(t, c, c.Nodes[0], "hs/m")
+	waitRanges(t, c, 2)
+	ctx := ctxT(t)
+	cli := c.Client()
+	var revs []int64
+	for i := range 6 {
+		resp, err := cli.Put(ctx, []string{"hs/a", "hs/z"}[i%2], fmt.Sprint(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		revs = append(revs, resp.Header.Revision)
+	}
+	var open []clientv3.WatchChan
+	for i := range 4 {
+		wctx, wcancel := context.WithCancel(ctx)
+		defer wcancel()
+		wch := cli.Watch(wctx, "hs/", clientv3.WithPrefix(), clientv3.WithRev(revs[i]))
+		evs := collectEvents(t, wch, len(revs)-i, fmt.Sprintf("watch %d on the stream, from %d (after %d earlier watches, every other one cancelled)", i, revs[i], i))
+		for j, ev := range evs {
+			if ev.Kv.ModRevision != revs[i+j] {
+				t.Fatalf("watch %d from %d: event %d at %d, want %d", i, revs[i], j, ev.Kv.ModRevision, revs[i+j])
+			}
+		}
+		if i%2 == 0 {
+			wcancel()
+		} else {
+			open = append(open, wch)
+		}
+	}
+	last, err := cli.Put(ctx, "hs/m", "last")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, wch := range open {
+		if evs := collectEvents(t, wch, 1, fmt.Sprintf("open watch %d, the put at %d", i, last.Header.Revision)); evs[0].Kv.ModRevision != last.Header.Revision {
+			t.Fatalf("open watch %d: event at %d, want the put at %d", i, evs[0].Kv.ModRevision, last.Header.Revision)
+		}
 	}
 }
 
@@ -803,12 +855,14 @@ func TestWatchSlowReader(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			keyOf := func(i int) string { return fmt.Sprintf("sl/%d/%03d", (w+i)%10, i%50) }
 			for i := range perWriter {
-				key := fmt.Sprintf("sl/%d/%03d", (w+i)%10, i%50)
+				key := keyOf(i)
 				v := fmt.Sprintf("w%d-%d-%s", w, i, value)
 				opCtx, opCancel := context.WithTimeout(ctx, 5*time.Second)
 				rec := wcWrite{op: "put", keys: []string{key}, values: []string{v}}
-				if i%10 == 9 {
+				if i%10 == 9 { // delete what this writer put five operations ago
+					key = keyOf(i - 5)
 					rec = wcWrite{op: "delete", del: intervalOf(key, "")}
 					resp, err := cli.Delete(opCtx, key, clientv3.WithPrevKV())
 					if rec.state = writeState(err); err == nil {
@@ -887,7 +941,14 @@ func TestWatchSlowReader(t *testing.T) {
 		}
 	}
 	events, _ := slowLog.eventCount()
-	t.Logf("slow watcher caught up %d events in %d responses in %v", events, len(slowLog.resps), time.Since(readStart).Round(time.Millisecond))
+	batches := 0 // responses holding several revisions: catch-up from history
+	for _, r := range slowLog.resps {
+		if len(r.events) > 1 && r.events[0].Kv.ModRevision != r.events[len(r.events)-1].Kv.ModRevision {
+			batches++
+		}
+	}
+	t.Logf("slow watcher caught up %d events in %d responses (%d of them with several revisions) in %v",
+		events, len(slowLog.resps), batches, time.Since(readStart).Round(time.Millisecond))
 	reportProblems(t, "slow watcher", checkWatchLogs(append(logs, slowLog), writes))
 }
 

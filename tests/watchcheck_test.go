@@ -241,7 +241,7 @@ func (h *wcHistory) checkLog(l *watchLog) []string {
 	for i, r := range l.resps {
 		if r.progress {
 			if r.headerRev < progress {
-				bad("progress notification went back from %d to %d (response %d)", progress, r.headerRev, i)
+				bad("progress notification went back from %d to %d (response %d); clientv3 resumes a broken stream from the last progress + 1, so it would deliver events again", progress, r.headerRev, i)
 			}
 			if r.headerRev < lastRev {
 				bad("progress notification at %d (response %d) is below an event already delivered at %d", r.headerRev, i, lastRev)

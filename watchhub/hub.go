@@ -18,6 +18,9 @@ type Source interface {
 	// History reads a window of events back from MVCC (see
 	// statemachine.Store.History).
 	History(key, rangeEnd []byte, fromRev, toRev int64, maxEvents int) ([]*mvccpb.Event, int64, error)
+	// CompactedRevision returns the highest compacted revision of the ranges
+	// holding keys of etcd's interval [key, rangeEnd).
+	CompactedRevision(key, rangeEnd []byte) (int64, error)
 	// RangesOf returns the IDs of the node's ranges holding keys of etcd's
 	// interval [key, rangeEnd); ok is false while part of it has no range
 	// (a split's child not open yet).
@@ -55,6 +58,11 @@ const (
 	streamQueueEvents = 4096
 	// catchUpEvents bounds the events one history read gathers.
 	catchUpEvents = 1000
+	// maxBuffered bounds the events the hub buffers for watchers.
+	maxBuffered = 1 << 16
+	// maxResponseEvents bounds the events of one response (whole revisions
+	// only, so a bigger revision goes whole, or in fragments when asked).
+	maxResponseEvents = 1000
 	// closeTimeout bounds one attempt to close a range.
 	closeTimeout = 5 * time.Second
 	// closeRetryPause spaces the attempts to close a range that failed.
@@ -73,6 +81,11 @@ type Hub struct {
 	done  chan struct{}
 	// closers counts the goroutines closing ranges, for Stop.
 	closers sync.WaitGroup
+
+	// inMu guards inbox: what ranges published since the last round. The
+	// apply path only ever waits for inMu, never for a round.
+	inMu  sync.Mutex
+	inbox []statemachine.Applied
 
 	mu sync.Mutex
 	// floors holds each range's published floor. Guarded by mu.
@@ -143,9 +156,26 @@ func (h *Hub) Stop() {
 }
 
 // Publish takes what a range replica applied (statemachine.StoreOptions.OnApply).
-// It does not block on watchers.
+// It does not wait for watchers: the next round takes it.
 func (h *Hub) Publish(a statemachine.Applied) {
-	h.mu.Lock()
+	h.inMu.Lock()
+	h.inbox = append(h.inbox, a)
+	h.inMu.Unlock()
+	h.poke()
+}
+
+// takeInboxLocked applies what ranges published since the last round.
+func (h *Hub) takeInboxLocked() {
+	h.inMu.Lock()
+	in := h.inbox
+	h.inbox = nil
+	h.inMu.Unlock()
+	for _, a := range in {
+		h.applyLocked(a)
+	}
+}
+
+func (h *Hub) applyLocked(a statemachine.Applied) {
 	if a.Floor > h.floors[a.RangeID] {
 		h.floors[a.RangeID] = a.Floor
 	}
@@ -162,8 +192,6 @@ func (h *Hub) Publish(a statemachine.Applied) {
 		}
 	}
 	h.insertLocked(a.Events)
-	h.mu.Unlock()
-	h.poke()
 }
 
 // insertLocked adds one range's events (in revision order) to the buffer,
@@ -249,6 +277,7 @@ func (h *Hub) progressDue() {
 func (h *Hub) round() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.takeInboxLocked()
 	minSent, anyLive := int64(0), false
 	for _, g := range h.groups {
 		safe, ids, ok := h.safeLocked(g.iv)
@@ -264,7 +293,7 @@ func (h *Hub) round() {
 			if t := w.progressTarget; t > 0 {
 				if w.sentRev >= t {
 					if w.s.offer(w.progressResponse(w.sentRev), 0) {
-						w.progressTarget = 0
+						w.progressTarget, w.progressRev = 0, w.sentRev
 					}
 				} else {
 					want = max(want, t)
@@ -291,13 +320,31 @@ func (h *Hub) round() {
 	for s := range h.streams {
 		h.answerProgressLocked(s)
 	}
-	// Trim: no live watcher needs events at or below the lowest revision
-	// sent; with none live, nothing buffered is needed.
-	base := h.maxFloor
+	// Trim what no watcher can need: live ones have been sent everything up
+	// to their sentRev, and one joining reads history up to its ranges'
+	// floors, never below the lowest floor of all. (Trimming above that
+	// would make joiners chase a base that their own ranges' closings
+	// raise.) Idle ranges hold the lowest floor back: when the buffer grows,
+	// they are closed; past a bound on memory the oldest events go anyway,
+	// and live watchers behind them catch up from history.
+	base := h.lowestFloorLocked()
 	if anyLive {
 		base = min(base, minSent)
 	}
+	if len(h.buf) > maxBuffered/2 {
+		h.closeLaggingLocked(h.buf[len(h.buf)/2].Kv.ModRevision)
+	}
+	if over := len(h.buf) - maxBuffered; over > 0 {
+		base = max(base, h.buf[over-1].Kv.ModRevision)
+	}
 	if base > h.bufBase {
+		for _, g := range h.groups {
+			for w := range g.watchers {
+				if w.sentRev < base {
+					h.unsyncLocked(w)
+				}
+			}
+		}
 		i, _ := slices.BinarySearchFunc(h.buf, base, func(e *mvccpb.Event, rev int64) int {
 			return compareRev(e.Kv.ModRevision, rev+1)
 		})
@@ -307,6 +354,29 @@ func (h *Hub) round() {
 	}
 	close(h.changed)
 	h.changed = make(chan struct{})
+}
+
+// lowestFloorLocked returns the lowest floor of all ranges.
+func (h *Hub) lowestFloorLocked() int64 {
+	lowest, first := int64(0), true
+	for _, f := range h.floors {
+		if first || f < lowest {
+			lowest, first = f, false
+		}
+	}
+	return lowest
+}
+
+// closeLaggingLocked closes every range whose floor is below rev up to the
+// highest floor.
+func (h *Hub) closeLaggingLocked(rev int64) {
+	var ids []uint64
+	for id, f := range h.floors {
+		if f < rev {
+			ids = append(ids, id)
+		}
+	}
+	h.closeLocked(ids, h.maxFloor)
 }
 
 // safeLocked returns the lowest floor of the ranges holding iv's keys, and
@@ -437,7 +507,7 @@ func (h *Hub) answerProgressLocked(s *stream) {
 	if t == 0 {
 		return
 	}
-	rev := int64(-1)
+	rev, told := int64(-1), int64(0)
 	for _, w := range s.watchers {
 		if !w.live || w.sentRev < t {
 			return
@@ -445,11 +515,21 @@ func (h *Hub) answerProgressLocked(s *stream) {
 		if rev < 0 || w.sentRev < rev {
 			rev = w.sentRev
 		}
+		told = max(told, w.progressRev)
 	}
 	if rev < 0 {
 		rev = t
 	}
+	if rev < told {
+		// A watch of the stream was told more already: wait until every
+		// watch has been sent that far.
+		s.progressTarget = told
+		return
+	}
 	if s.offer(&pb.WatchResponse{Header: h.src.Header(rev), WatchId: -1}, 0) {
 		s.progressTarget = 0
+		for _, w := range s.watchers {
+			w.progressRev = rev
+		}
 	}
 }

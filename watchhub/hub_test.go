@@ -105,6 +105,12 @@ func (n *fakeNode) History(key, rangeEnd []byte, fromRev, toRev int64, maxEvents
 	return out, toRev, nil
 }
 
+func (n *fakeNode) CompactedRevision([]byte, []byte) (int64, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.compacted, nil
+}
+
 func (n *fakeNode) RangesOf(key, rangeEnd []byte) ([]uint64, bool) {
 	iv := newInterval(key, rangeEnd)
 	switch {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
 	"github.com/tesserakv/tessera/statemachine"
 )
@@ -16,6 +17,7 @@ import (
 var (
 	errDuplicateWatchID = errors.New("mvcc: duplicate watch ID provided on the WatchStream")
 	errEmptyWatchRange  = errors.New("mvcc: watcher range is empty")
+	errCompacted        = errors.New(rpctypes.ErrorDesc(rpctypes.ErrGRPCCompacted))
 )
 
 // catchUpPause is how long a catch-up waits for the hub when it cannot make
@@ -139,6 +141,10 @@ func (s *stream) create(c *pb.WatchCreateRequest) {
 		refuse(errEmptyWatchRange)
 		return
 	}
+	if c.StartRevision < 0 {
+		refuse(errCompacted) // etcd's answer to a negative start
+		return
+	}
 	w := &watcher{
 		s: s, iv: newInterval(key, end),
 		prevKV: c.PrevKv, fragment: c.Fragment, progressNotify: c.ProgressNotify,
@@ -173,7 +179,12 @@ func (s *stream) create(c *pb.WatchCreateRequest) {
 	s.watchers[w.id] = w
 	// The created answer goes first; events can only be queued after it.
 	s.offer(&pb.WatchResponse{Header: h.src.Header(current), WatchId: w.id, Created: true}, 0)
-	if h.canJoinLocked(w) {
+	if c.StartRevision > 0 {
+		// From the past: the catch-up checks the start against compaction
+		// (and reads history if need be) before the watch joins.
+		w.checkCompacted = true
+		s.wakeCatchUp()
+	} else if h.canJoinLocked(w) {
 		h.joinLocked(w)
 	} else {
 		s.wakeCatchUp()
@@ -283,8 +294,9 @@ func (s *stream) sendLoop() error {
 
 func (s *stream) wakeCatchUp() { signal(s.catchUp) }
 
-// catchUpLoop brings the stream's unsynced watchers up to date from history,
-// one at a time, until each can join the live buffer.
+// catchUpLoop brings the stream's unsynced watchers up to date from history
+// until each can join the live buffer: one step (one window of history) for
+// each in turn, so one that has to wait for its ranges holds up no other.
 func (s *stream) catchUpLoop() {
 	for {
 		select {
@@ -293,95 +305,125 @@ func (s *stream) catchUpLoop() {
 		case <-s.catchUp:
 		}
 		for {
-			w := s.nextUnsynced()
-			if w == nil {
+			s.hub.mu.Lock()
+			changed := s.hub.changed
+			var behind []*watcher
+			for _, w := range s.watchers {
+				if !w.live && !w.removed {
+					behind = append(behind, w)
+				}
+			}
+			s.hub.mu.Unlock()
+			if len(behind) == 0 {
 				break
 			}
-			if !s.catchUpOne(w) {
-				return
+			waiting := true
+			for _, w := range behind {
+				switch s.catchUpStep(w) {
+				case stepEnded:
+					return
+				case stepWait:
+				default:
+					waiting = false
+				}
+			}
+			if waiting {
+				select {
+				case <-s.ctx.Done():
+					return
+				case <-changed:
+				case <-time.After(catchUpPause):
+				}
 			}
 		}
 	}
 }
 
-// nextUnsynced returns a watcher of the stream that is neither live nor
-// removed, or nil.
-func (s *stream) nextUnsynced() *watcher {
-	s.hub.mu.Lock()
-	defer s.hub.mu.Unlock()
-	var next *watcher
-	for _, w := range s.watchers {
-		if !w.live && !w.removed && (next == nil || w.sentRev < next.sentRev) {
-			next = w
-		}
-	}
-	return next
-}
+// What one catch-up step did.
+type stepResult int
 
-// catchUpOne reads w's events from history until it can join the live
-// buffer, or is cancelled (compacted start). False when the stream ended.
-func (s *stream) catchUpOne(w *watcher) bool {
+const (
+	stepDone  stepResult = iota // joined the live buffer, or removed
+	stepMoved                   // read and sent a window of history
+	stepWait                    // nothing readable yet
+	stepEnded                   // the stream ended
+)
+
+// catchUpStep moves w on: it checks a new watch's start against
+// compaction, joins it to the live buffer when the buffer holds what it
+// needs next, or reads and sends the next window of its history.
+func (s *stream) catchUpStep(w *watcher) stepResult {
 	h := s.hub
-	for {
-		h.mu.Lock()
-		if w.removed {
-			h.mu.Unlock()
-			return true
-		}
-		if h.canJoinLocked(w) {
-			h.joinLocked(w)
-			h.mu.Unlock()
-			h.poke()
-			return true
-		}
-		safe, ids, ok := h.safeLocked(w.iv)
-		from := w.sentRev + 1
-		if !ok || safe < from {
-			// Nothing readable yet: have the ranges close up to where the
-			// buffer continues, and wait for the hub.
-			if ok {
-				h.closeLocked(ids, max(h.bufBase, h.continuousFrom, from))
-			}
-			changed := h.changed
-			h.mu.Unlock()
-			select {
-			case <-s.ctx.Done():
-				return false
-			case <-changed:
-			case <-time.After(catchUpPause):
-			}
-			continue
-		}
+	h.mu.Lock()
+	if w.removed {
 		h.mu.Unlock()
-		events, covered, err := h.src.History(w.iv.keyBytes(), w.iv.endBytes(), from, safe, catchUpEvents)
-		var compacted *statemachine.CompactedError
-		switch {
-		case errors.As(err, &compacted):
-			h.mu.Lock()
-			h.removeLocked(w)
-			delete(s.watchers, w.id)
-			h.mu.Unlock()
-			s.offer(&pb.WatchResponse{
-				Header: h.src.Header(safe), WatchId: w.id,
-				CompactRevision: compacted.CompactRevision, Canceled: true,
-			}, 0)
-			return true
-		case err != nil:
-			h.log.Warn("reading watch history", "key", w.iv.key, "from", from, "err", err)
-			select {
-			case <-s.ctx.Done():
-				return false
-			case <-time.After(catchUpPause):
-			}
-			continue
-		}
-		if !w.deliver(events, covered, true) {
-			return false
-		}
-		h.mu.Lock()
-		if !w.removed {
-			w.sentRev = covered
-		}
-		h.mu.Unlock()
+		return stepDone
 	}
+	if w.checkCompacted {
+		h.mu.Unlock()
+		compacted, err := h.src.CompactedRevision(w.iv.keyBytes(), w.iv.endBytes())
+		if err != nil {
+			h.log.Warn("reading the compacted revision", "err", err)
+			return stepWait
+		}
+		h.mu.Lock()
+		w.checkCompacted = false
+		if w.sentRev+1 < compacted {
+			h.mu.Unlock()
+			s.compacted(w, compacted)
+			return stepDone
+		}
+	}
+	if h.canJoinLocked(w) {
+		h.joinLocked(w)
+		h.mu.Unlock()
+		h.poke()
+		return stepDone
+	}
+	safe, ids, ok := h.safeLocked(w.iv)
+	from := w.sentRev + 1
+	if !ok || safe < from {
+		// Nothing readable yet: have the ranges close up to where the
+		// buffer continues.
+		if ok {
+			h.closeLocked(ids, max(h.bufBase, h.continuousFrom, from))
+		}
+		h.mu.Unlock()
+		return stepWait
+	}
+	h.mu.Unlock()
+	events, covered, err := h.src.History(w.iv.keyBytes(), w.iv.endBytes(), from, safe, catchUpEvents)
+	var compacted *statemachine.CompactedError
+	switch {
+	case errors.As(err, &compacted):
+		s.compacted(w, compacted.CompactRevision)
+		return stepDone
+	case err != nil:
+		h.log.Warn("reading watch history", "key", w.iv.key, "from", from, "err", err)
+		return stepWait
+	}
+	if !w.deliver(events, covered, true) {
+		return stepEnded
+	}
+	h.mu.Lock()
+	if !w.removed {
+		w.sentRev = covered
+	}
+	h.mu.Unlock()
+	return stepMoved
+}
+
+// compacted cancels w, whose start is below the compacted revision, with
+// etcd's answer.
+func (s *stream) compacted(w *watcher, compactRev int64) {
+	h := s.hub
+	h.mu.Lock()
+	h.removeLocked(w)
+	delete(s.watchers, w.id)
+	current := max(h.maxFloor, w.sentRev)
+	h.mu.Unlock()
+	s.offer(&pb.WatchResponse{
+		Header: h.src.Header(current), WatchId: w.id,
+		CompactRevision: compactRev, Canceled: true,
+	}, 0)
 }

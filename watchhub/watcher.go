@@ -59,9 +59,15 @@ type watcher struct {
 	live bool
 	// removed: cancelled; nothing more is sent.
 	removed bool
+	// checkCompacted: the start is still to be checked against compaction.
+	checkCompacted bool
 	// progressTarget, when positive: a progress notification is due once
 	// sentRev reaches it.
 	progressTarget int64
+	// progressRev is the highest progress revision the watch was told, by
+	// its own notifications or by its stream's (clientv3 hands those to
+	// every watch of the stream): a later one must not be lower.
+	progressRev int64
 }
 
 // view returns the events as this watch sends them: filtered, and without
@@ -96,20 +102,45 @@ func (w *watcher) deliver(events []*mvccpb.Event, rev int64, wait bool) bool {
 	return w.s.offerAll(responses, len(events))
 }
 
-// responses puts events in one response, or in fragments when the watch
-// asked for them and the response is over the size limit (as etcd does).
+// responses puts events (at or below rev) in responses of whole revisions,
+// at most maxResponseEvents events or MaxRequestBytes each unless one
+// revision alone is bigger; such a revision is split into fragments when the
+// watch asked for them (as etcd does), else sent whole. The last response's
+// header is at rev, the others' at their last event's revision.
 func (w *watcher) responses(events []*mvccpb.Event, rev int64) []*pb.WatchResponse {
-	header := w.s.hub.src.Header(rev)
-	whole := &pb.WatchResponse{Header: header, WatchId: w.id, Events: events}
 	limit := w.s.hub.cfg.MaxRequestBytes
-	if !w.fragment || len(events) < 2 || proto.Size(whole) < limit {
-		return []*pb.WatchResponse{whole}
+	var out []*pb.WatchResponse
+	start, size := 0, 0
+	for i, ev := range events {
+		boundary := i > 0 && ev.Kv.ModRevision != events[i-1].Kv.ModRevision
+		if boundary && (i-start >= maxResponseEvents || size >= limit) {
+			out = w.appendChunk(out, events[start:i], events[i-1].Kv.ModRevision, size)
+			start, size = i, 0
+		}
+		size += approxSize(ev)
 	}
-	var (
-		out  []*pb.WatchResponse
-		cur  []*mvccpb.Event
-		size int
-	)
+	return w.appendChunk(out, events[start:], rev, size)
+}
+
+// approxSize is about the encoded size of an event, cheaply.
+func approxSize(ev *mvccpb.Event) int {
+	n := 32 + len(ev.Kv.Key) + len(ev.Kv.Value)
+	if ev.PrevKv != nil {
+		n += 32 + len(ev.PrevKv.Key) + len(ev.PrevKv.Value)
+	}
+	return n
+}
+
+// appendChunk appends one response of events (whole revisions) at rev, or
+// its fragments.
+func (w *watcher) appendChunk(out []*pb.WatchResponse, events []*mvccpb.Event, rev int64, size int) []*pb.WatchResponse {
+	header := w.s.hub.src.Header(rev)
+	limit := w.s.hub.cfg.MaxRequestBytes
+	if !w.fragment || len(events) < 2 || size < limit {
+		return append(out, &pb.WatchResponse{Header: header, WatchId: w.id, Events: events})
+	}
+	var cur []*mvccpb.Event
+	size = 0
 	for _, ev := range events {
 		n := proto.Size(ev)
 		if len(cur) > 0 && size+n > limit {
