@@ -64,6 +64,7 @@ func (r *Router) writeTo(ctx context.Context, rng Range, cmd *tesserapb.Command,
 			}
 		}
 		var res *tesserapb.Result
+		err = nil // each attempt starts afresh (the last one's error is kept only to return it)
 		if fenceRev > 0 {
 			err = rng.Fence(ctx, fenceRev)
 		}
@@ -78,7 +79,10 @@ func (r *Router) writeTo(ctx context.Context, rng Range, cmd *tesserapb.Command,
 		}
 		cc, cerr := r.nodes.Conn(ctx, leader)
 		if cerr != nil {
-			return nil, err
+			// The leader's address is not known here yet (the node
+			// registry's own leader may be moving): ask again.
+			r.cfg.Logger.Debug("no connection to the range leader", "range", rng.RangeID(), "leader", leader, "err", cerr)
+			continue
 		}
 		body, merr := proto.Marshal(cmd)
 		if merr != nil {
