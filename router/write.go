@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -51,7 +53,10 @@ func (r *Router) reroute(ctx context.Context, err error, attempt int) bool {
 // otherwise through Internal.RangeWrite on the leader's node. fenceRev, when
 // positive, is raised on the leader's fence first (compaction).
 func (r *Router) writeTo(ctx context.Context, rng Range, cmd *tesserapb.Command, writesKeys bool, fenceRev int64) (*tesserapb.Result, error) {
-	var err error
+	var (
+		err  error
+		hint uint64 // the leader another node named, if any
+	)
 	// A leader that moves (a transfer, an election) takes a moment to be
 	// ready to write: keep asking, for a bounded time.
 	deadline := time.Now().Add(leaderMoveBudget)
@@ -63,20 +68,25 @@ func (r *Router) writeTo(ctx context.Context, rng Range, cmd *tesserapb.Command,
 			case <-time.After(time.Duration(min(attempt, 4)) * 50 * time.Millisecond):
 			}
 		}
-		var res *tesserapb.Result
-		err = nil // each attempt starts afresh (the last one's error is kept only to return it)
-		if fenceRev > 0 {
-			err = rng.Fence(ctx, fenceRev)
+		leader := hint
+		if leader == 0 || leader == rng.ReplicaID() {
+			var res *tesserapb.Result
+			err = nil // each attempt starts afresh (the last one's error is kept only to return it)
+			if fenceRev > 0 {
+				err = rng.Fence(ctx, fenceRev)
+			}
+			if err == nil {
+				res, err = rng.Write(ctx, cmd, writesKeys)
+			}
+			// RangeWrite never forwards again, so even a request that was
+			// itself forwarded here may forward a write for a range led
+			// elsewhere.
+			var forwardable bool
+			if leader, forwardable = leaderOf(err); !forwardable {
+				return res, err
+			}
 		}
-		if err == nil {
-			res, err = rng.Write(ctx, cmd, writesKeys)
-		}
-		// RangeWrite never forwards again, so even a request that was itself
-		// forwarded here may forward a write for a range led elsewhere.
-		leader, forwardable := leaderOf(err)
-		if !forwardable {
-			return res, err
-		}
+		hint = 0
 		cc, cerr := r.nodes.Conn(ctx, leader)
 		if cerr != nil {
 			// The leader's address is not known here yet (the node
@@ -93,12 +103,22 @@ func (r *Router) writeTo(ctx context.Context, rng Range, cmd *tesserapb.Command,
 		})
 		if ferr != nil {
 			if status.Code(ferr) == codes.FailedPrecondition {
-				err = ferr // the leader moved on; ask again
+				// The leader moved on. The node asked may know where to
+				// (this node's own view can lag): try there next.
+				err = ferr
+				if h := leaderHint(ferr); h != leader {
+					hint = h
+				}
 				continue
 			}
 			return nil, ferr
 		}
 		return resp.Result, statemachine.ErrorFromResult(resp.Result)
+	}
+	if status.Code(err) == codes.FailedPrecondition {
+		// The nodes kept naming leaders that were not (yet) ready: to the
+		// client that is etcd's "no leader", which it retries.
+		return nil, fmt.Errorf("%w: %v", shard.ErrNoLeader, status.Convert(err).Message())
 	}
 	return nil, err
 }
@@ -232,4 +252,22 @@ func txnIntervals(req *pb.TxnRequest) [][2][]byte {
 		}
 	}
 	return out
+}
+
+// leaderHintPattern finds the leader a node named in its not-leader answer
+// (shard.NotLeaderError's text, carried by a FailedPrecondition status).
+var leaderHintPattern = regexp.MustCompile(`leader is replica (\d+)`)
+
+// leaderHint returns the replica a forwarded write's refusal names as the
+// leader, or 0.
+func leaderHint(err error) uint64 {
+	m := leaderHintPattern.FindStringSubmatch(status.Convert(err).Message())
+	if m == nil {
+		return 0
+	}
+	id, perr := strconv.ParseUint(m[1], 10, 64)
+	if perr != nil {
+		return 0
+	}
+	return id
 }
