@@ -11,10 +11,13 @@
 # Markdown tables), one JSON file per run and SVG plots. Everything it starts
 # is stopped when it exits, however it exits.
 #
-# Usage: bench/compare.sh [--quick] [--topologies "1 3"] [--out DIR]
+# Usage: bench/compare.sh [--quick] [--topologies "1 3"] [--only REGEX] [--out DIR]
 #   --quick       small counts (a couple of minutes; for development and tests)
 #   --topologies  which cluster sizes to run (default "1 3")
+#   --only REGEX  run only the cases whose name matches (grep -E), e.g.
+#                 --only '^watch' for the watch fan-out cases
 #   --out DIR     where results go (default: $CACHE/results/<date>)
+# Tessera's watch prefix "w/" is split into 4 ranges before the cases run.
 # Environment:
 #   TESSERA_BENCH_CACHE      cache for the etcd build (default ~/.cache/tessera-bench)
 #   TESSERA_BENCH_PORT_BASE  first of the 127.0.0.1 ports used (default 14000;
@@ -23,6 +26,7 @@ set -euo pipefail
 
 ETCD_VERSION=v3.7.3
 QUICK=0
+ONLY=""
 TOPOLOGIES="1 3"
 OUT=""
 ARGS="$*"
@@ -30,6 +34,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --topologies) TOPOLOGIES="$2"; shift ;;
+    --only) ONLY="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -172,6 +177,10 @@ range-linearizable|range --total 100000 --key-space 1000|1 3|null
 range-serializable|range --total 100000 --key-space 1000 --consistency s|1 3|
 txn-put|txn-put --total 100000|1 3|null
 watch|watch --total 5000 --rate 1000 --watchers 100 --watch-streams 10|1 3|
+watch-10k-at-10|watch --duration 20s --rate 10 --watchers 10000 --watch-streams 100|1|
+watch-1k-at-100|watch --duration 20s --rate 100 --watchers 1000 --watch-streams 100|1|
+watch-1k-at-190|watch --duration 20s --rate 190 --watchers 1000 --watch-streams 100|1|
+watch-1k-at-300|watch --duration 20s --rate 300 --watchers 1000 --watch-streams 100|1|
 lease|lease --total 20000|1 3|
 k8s|k8s --total 20000 --k8s-objects 2000|1 3|
 list|list --objects 100000 --value-size 4096|1|"
@@ -207,10 +216,15 @@ for n in $TOPOLOGIES; do
   topo="$n-node"
   start_cluster etcd "$n"; ETCD_EPS=$ENDPOINTS; ETCD_PIDS=$SERVER_PIDS
   start_cluster tessera "$n"; TESS_EPS=$ENDPOINTS; TESS_PIDS=$SERVER_PIDS
+  # The watch workload's keys (w/ + 14 digits) over 4 ranges.
+  for k in 25000 50000 75000; do
+    "$TESSERA" ctl --endpoints "${TESS_EPS%%,*}" split "$(printf 'w/%014d' "$k")" >/dev/null
+  done
   i=0
   while IFS='|' read -r name args topos null; do
     [ -n "$name" ] || continue
     case " $topos " in *" $n "*) ;; *) continue ;; esac
+    if [ -n "$ONLY" ] && ! grep -qE "$ONLY" <<<"$name"; then continue; fi
     # shellcheck disable=SC2086 # args is a word list
     set -- $args
     # Alternate which server goes first, so drift on the machine (page

@@ -213,14 +213,27 @@ func (r *Router) RangesOf(key, rangeEnd []byte) (ids []uint64, ok bool) {
 	return ids, true
 }
 
-// CloseRange has a range apply a barrier carrying a revision taken from the
-// oracle now, through its leader (here or on another node): every revision
-// issued before the call is then closed on that range (its floor passed it).
-func (r *Router) CloseRange(ctx context.Context, rangeID uint64) error {
+// CloseRange makes this node's replica of a range hold every write at or
+// below a revision at least as high as every revision issued before the
+// call, and returns that revision (0 when the replica's published floor
+// carries it). When this replica leads the range that is a fenced read at
+// the oracle's current revision — no Raft write: the fence makes every later
+// write take a higher revision and the read waits for the lower ones to
+// apply here. Otherwise the range's leader applies a barrier carrying a new
+// revision, which lifts the replica's floor when it applies it.
+func (r *Router) CloseRange(ctx context.Context, rangeID uint64) (int64, error) {
 	rng := r.ranges.byID(rangeID)
 	if rng == nil {
-		return ErrNoRange
+		return 0, ErrNoRange
+	}
+	if leader, _, ok := rng.Leader(); ok && leader == rng.ReplicaID() {
+		rev, err := r.oracle.Current(ctx)
+		if err == nil {
+			if _, err = rng.ReadAt(ctx, rev, func(*statemachine.View) (any, error) { return nil, nil }); err == nil {
+				return rev, nil
+			}
+		}
 	}
 	_, err := r.writeTo(ctx, rng, &tesserapb.Command{Op: &tesserapb.Command_Barrier{Barrier: &tesserapb.BarrierCommand{}}}, true, 0)
-	return err
+	return 0, err
 }

@@ -161,7 +161,7 @@ func (h hubSource) RangesOf(key, rangeEnd []byte) ([]uint64, bool) {
 	return h.s.router.RangesOf(key, rangeEnd)
 }
 
-func (h hubSource) CloseRange(ctx context.Context, rangeID uint64) error {
+func (h hubSource) CloseRange(ctx context.Context, rangeID uint64) (int64, error) {
 	return h.s.router.CloseRange(ctx, rangeID)
 }
 

@@ -25,10 +25,13 @@ type Source interface {
 	// interval [key, rangeEnd); ok is false while part of it has no range
 	// (a split's child not open yet).
 	RangesOf(key, rangeEnd []byte) (ids []uint64, ok bool)
-	// CloseRange has the range apply a command carrying a revision taken
-	// from the oracle after the call began (a barrier), so the range's floor
-	// passes every revision issued before.
-	CloseRange(ctx context.Context, rangeID uint64) error
+	// CloseRange makes this node's replica of the range hold every write at
+	// or below a revision at least as high as every revision issued before
+	// the call. It returns that revision when the replica has applied them
+	// and published their events already (a fenced read on the leader), or
+	// 0 when the replica's published floor will show it (a barrier applied
+	// through the range's leader).
+	CloseRange(ctx context.Context, rangeID uint64) (int64, error)
 	// CurrentRevision returns the highest revision issued so far.
 	CurrentRevision(ctx context.Context) (int64, error)
 	// Header returns a response header at rev.
@@ -282,9 +285,17 @@ func (h *Hub) round() {
 	for _, g := range h.groups {
 		safe, ids, ok := h.safeLocked(g.iv)
 		var want int64 // the revision the group's ranges should close to
+		// The group's watchers are mostly at the same revision: find the
+		// events after each revision once.
+		after := map[int64][]*mvccpb.Event{}
 		for w := range g.watchers {
 			if ok && safe > w.sentRev {
-				if evs := h.eventsLocked(g.iv, w.sentRev, safe); len(evs) > 0 && !w.deliver(evs, safe, false) {
+				evs, found := after[w.sentRev]
+				if !found {
+					evs = h.eventsLocked(g.iv, w.sentRev, safe)
+					after[w.sentRev] = evs
+				}
+				if len(evs) > 0 && !w.deliver(evs, safe, false) {
 					h.unsyncLocked(w)
 					continue
 				}
@@ -447,8 +458,19 @@ func (h *Hub) closeRange(id uint64) {
 		case <-ctx.Done():
 		}
 	}()
-	err := h.src.CloseRange(ctx, id)
+	closed, err := h.src.CloseRange(ctx, id)
 	cancel()
+	if closed > 0 {
+		// Every event at or below closed is in the inbox already (ranges
+		// publish before their writes complete): the next round takes the
+		// inbox before it uses this floor.
+		h.mu.Lock()
+		if closed > h.floors[id] {
+			h.floors[id] = closed
+			h.maxFloor = max(h.maxFloor, closed)
+		}
+		h.mu.Unlock()
+	}
 	if err != nil {
 		h.log.Debug("closing a range for watches", "range", id, "err", err)
 		select {

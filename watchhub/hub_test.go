@@ -124,13 +124,18 @@ func (n *fakeNode) RangesOf(key, rangeEnd []byte) ([]uint64, bool) {
 	return []uint64{1, 2}, true
 }
 
-func (n *fakeNode) CloseRange(ctx context.Context, rangeID uint64) error {
+// CloseRange closes even ranges by a barrier (a floor published later),
+// odd ones as a leader's fenced read does (the closed revision returned).
+func (n *fakeNode) CloseRange(ctx context.Context, rangeID uint64) (int64, error) {
 	rev := n.next()
 	n.mu.Lock()
 	n.closes[rangeID]++
 	n.mu.Unlock()
+	if rangeID%2 == 1 {
+		return rev, nil
+	}
 	n.hub.Publish(statemachine.Applied{RangeID: rangeID, Floor: rev})
-	return nil
+	return 0, nil
 }
 
 func (n *fakeNode) CurrentRevision(context.Context) (int64, error) {
