@@ -1,6 +1,7 @@
 package watchhub
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"slices"
@@ -201,11 +202,7 @@ func (h *Hub) applyLocked(a statemachine.Applied) {
 // keeping it in revision order; events at or below bufBase are dropped (no
 // live watcher needs them, and a joining one reads them from history).
 func (h *Hub) insertLocked(events []*mvccpb.Event) {
-	i := 0
-	for i < len(events) && events[i].Kv.ModRevision <= h.bufBase {
-		i++
-	}
-	events = events[i:]
+	events = events[firstAfter(events, h.bufBase):]
 	if len(events) == 0 {
 		return
 	}
@@ -218,22 +215,19 @@ func (h *Hub) insertLocked(events []*mvccpb.Event) {
 	// Another range published higher revisions first: merge. One revision's
 	// events all come from one range, so a stable sort keeps them together
 	// and in their order.
-	from, _ := slices.BinarySearchFunc(h.buf[:n], first, func(e *mvccpb.Event, rev int64) int {
-		return compareRev(e.Kv.ModRevision, rev+1)
-	})
+	from := firstAfter(h.buf[:n], first)
 	slices.SortStableFunc(h.buf[from:], func(a, b *mvccpb.Event) int {
-		return compareRev(a.Kv.ModRevision, b.Kv.ModRevision)
+		return cmp.Compare(a.Kv.ModRevision, b.Kv.ModRevision)
 	})
 }
 
-func compareRev(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
+// firstAfter returns the index of the first event of events (in revision
+// order) above rev.
+func firstAfter(events []*mvccpb.Event, rev int64) int {
+	i, _ := slices.BinarySearchFunc(events, rev, func(e *mvccpb.Event, rev int64) int {
+		return cmp.Compare(e.Kv.ModRevision, rev+1)
+	})
+	return i
 }
 
 // poke asks for a round.
@@ -356,9 +350,7 @@ func (h *Hub) round() {
 				}
 			}
 		}
-		i, _ := slices.BinarySearchFunc(h.buf, base, func(e *mvccpb.Event, rev int64) int {
-			return compareRev(e.Kv.ModRevision, rev+1)
-		})
+		i := firstAfter(h.buf, base)
 		clear(h.buf[:i])
 		h.buf = h.buf[i:]
 		h.bufBase = base
@@ -412,9 +404,7 @@ func (h *Hub) safeLocked(iv interval) (safe int64, ids []uint64, ok bool) {
 
 // eventsLocked returns the buffered events of iv in (after, upTo].
 func (h *Hub) eventsLocked(iv interval, after, upTo int64) []*mvccpb.Event {
-	i, _ := slices.BinarySearchFunc(h.buf, after, func(e *mvccpb.Event, rev int64) int {
-		return compareRev(e.Kv.ModRevision, rev+1)
-	})
+	i := firstAfter(h.buf, after)
 	var out []*mvccpb.Event
 	for ; i < len(h.buf) && h.buf[i].Kv.ModRevision <= upTo; i++ {
 		if iv.contains(h.buf[i].Kv.Key) {
