@@ -254,16 +254,18 @@ func (h *Hub) run() {
 	}
 }
 
-// progressDue asks a progress notification of every live watcher that wants
-// them, at the highest revision published so far.
+// progressDue asks a progress notification, at the highest revision
+// published so far, of every live watcher that wants them and was sent no
+// events since the last tick (as etcd does).
 func (h *Hub) progressDue() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, g := range h.groups {
 		for w := range g.watchers {
-			if w.progressNotify {
+			if w.progressNotify && !w.sentSinceTick {
 				w.progressTarget = max(w.progressTarget, h.maxFloor)
 			}
+			w.sentSinceTick = false
 		}
 	}
 }
@@ -289,9 +291,12 @@ func (h *Hub) round() {
 					evs = h.eventsLocked(g.iv, w.sentRev, safe)
 					after[w.sentRev] = evs
 				}
-				if len(evs) > 0 && !w.deliver(evs, safe, false) {
-					h.unsyncLocked(w)
-					continue
+				if len(evs) > 0 {
+					if !w.deliver(evs, safe, false) {
+						h.unsyncLocked(w)
+						continue
+					}
+					w.sentSinceTick = true
 				}
 				w.sentRev = safe
 			}

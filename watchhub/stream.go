@@ -408,6 +408,7 @@ func (s *stream) catchUpStep(w *watcher) stepResult {
 	h.mu.Lock()
 	if !w.removed {
 		w.sentRev = covered
+		w.sentSinceTick = w.sentSinceTick || len(events) > 0
 	}
 	h.mu.Unlock()
 	return stepMoved

@@ -61,6 +61,8 @@ type watcher struct {
 	removed bool
 	// checkCompacted: the start is still to be checked against compaction.
 	checkCompacted bool
+	// sentSinceTick: events were queued since the last progress tick.
+	sentSinceTick bool
 	// progressTarget, when positive: a progress notification is due once
 	// sentRev reaches it.
 	progressTarget int64
