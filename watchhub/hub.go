@@ -62,8 +62,9 @@ const (
 	streamQueueEvents = 4096
 	// catchUpEvents bounds the events one history read gathers.
 	catchUpEvents = 1000
-	// maxBuffered bounds the events the hub buffers for watchers.
-	maxBuffered = 1 << 16
+	// maxBufferedBytes bounds the events the hub buffers for watchers (by
+	// approxSize).
+	maxBufferedBytes = 64 << 20
 	// maxResponseEvents bounds the events of one response (whole revisions
 	// only, so a bigger revision goes whole, or in fragments when asked).
 	maxResponseEvents = 1000
@@ -104,6 +105,8 @@ type Hub struct {
 	// every live watcher, in revision order. Guarded by mu.
 	buf     []*mvccpb.Event
 	bufBase int64
+	// bufBytes is the approxSize of buf's events. Guarded by mu.
+	bufBytes int
 	// groups holds the live (synced) watchers by interval. Guarded by mu.
 	groups map[interval]*group
 	// streams are the open Watch streams. Guarded by mu.
@@ -209,6 +212,9 @@ func (h *Hub) insertLocked(events []*mvccpb.Event) {
 	first := events[0].Kv.ModRevision
 	n := len(h.buf)
 	h.buf = append(h.buf, events...)
+	for _, ev := range events {
+		h.bufBytes += approxSize(ev)
+	}
 	if n == 0 || h.buf[n-1].Kv.ModRevision <= first {
 		return
 	}
@@ -334,18 +340,24 @@ func (h *Hub) round() {
 	// to their sentRev, and one joining reads history up to its ranges'
 	// floors, never below the lowest floor of all. (Trimming above that
 	// would make joiners chase a base that their own ranges' closings
-	// raise.) Idle ranges hold the lowest floor back: when the buffer grows,
-	// they are closed; past a bound on memory the oldest events go anyway,
-	// and live watchers behind them catch up from history.
+	// raise.) Idle ranges hold the lowest floor back: when the buffer grows
+	// while watchers are live, they are closed; past a bound on memory the
+	// oldest events go anyway, and watchers behind them catch up from
+	// history.
 	base := h.lowestFloorLocked()
 	if anyLive {
 		base = min(base, minSent)
+		if h.bufBytes > maxBufferedBytes/2 {
+			h.closeLaggingLocked(h.buf[len(h.buf)/2].Kv.ModRevision)
+		}
 	}
-	if len(h.buf) > maxBuffered/2 {
-		h.closeLaggingLocked(h.buf[len(h.buf)/2].Kv.ModRevision)
-	}
-	if over := len(h.buf) - maxBuffered; over > 0 {
-		base = max(base, h.buf[over-1].Kv.ModRevision)
+	if over := h.bufBytes - maxBufferedBytes; over > 0 {
+		for _, ev := range h.buf {
+			base = max(base, ev.Kv.ModRevision)
+			if over -= approxSize(ev); over <= 0 {
+				break
+			}
+		}
 	}
 	if base > h.bufBase {
 		for _, g := range h.groups {
@@ -356,6 +368,9 @@ func (h *Hub) round() {
 			}
 		}
 		i := firstAfter(h.buf, base)
+		for _, ev := range h.buf[:i] {
+			h.bufBytes -= approxSize(ev)
+		}
 		clear(h.buf[:i])
 		h.buf = h.buf[i:]
 		h.bufBase = base

@@ -305,3 +305,29 @@ func TestCreateRefusals(t *testing.T) {
 		t.Fatalf("cancel: %v %v", resp, err)
 	}
 }
+
+// TestBufferBounded: with a range idle (its floor holding the buffer back)
+// and nobody watching, the buffer keeps at most maxBufferedBytes; a watch
+// that starts afterwards from the first revision still gets every event,
+// the dropped ones from history.
+func TestBufferBounded(t *testing.T) {
+	n, wc := newFakeNode(t)
+	ctx := ctxT(t)
+	big := string(bytes.Repeat([]byte("v"), 1<<20))
+	const total = 100 // about 100 MiB by approxSize
+	var want []*mvccpb.Event
+	for i := range total {
+		ev := n.put(fmt.Sprintf("z%03d", i), big) // range 2; range 1 stays at floor 1
+		want = append(want, ev)
+		n.apply(ev)
+	}
+	n.hub.round()
+	n.hub.mu.Lock()
+	buffered, bytesHeld := len(n.hub.buf), n.hub.bufBytes
+	n.hub.mu.Unlock()
+	if bytesHeld > maxBufferedBytes || buffered >= total {
+		t.Fatalf("%d events (%d bytes) buffered after %d published, bound %d bytes", buffered, bytesHeld, total, maxBufferedBytes)
+	}
+	st := watchFrom(t, ctx, wc, &pb.WatchCreateRequest{Key: []byte("z"), RangeEnd: []byte("z\xff"), StartRevision: 2})
+	requireRevisions(t, recvEvents(t, st, total), want)
+}
