@@ -81,9 +81,7 @@ func BenchmarkRangeLinearizable(b *testing.B) {
 func BenchmarkPut64Clients16Ranges(b *testing.B) {
 	c := testcluster.Start(b, 1)
 	for i := 1; i < 16; i++ {
-		if err := c.Nodes[0].Server.SplitRange(context.Background(), fmt.Sprintf("bench/%02d", i)); err != nil {
-			b.Fatal(err)
-		}
+		splitAt(b, c, c.Nodes[0], fmt.Sprintf("bench/%02d", i))
 	}
 	conns := make([]*clientv3.Client, 10)
 	for i := range conns {

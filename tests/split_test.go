@@ -21,7 +21,7 @@ import (
 
 // splitAt splits through a node, waiting for every node to run the new range.
 // An Unavailable answer (leaders moving) is retried, as an operator would.
-func splitAt(t *testing.T, c *testcluster.Cluster, via *testcluster.Node, key string) {
+func splitAt(t testing.TB, c *testcluster.Cluster, via *testcluster.Node, key string) {
 	t.Helper()
 	var err error
 	for range 5 {
