@@ -252,16 +252,24 @@ func (s *stream) offerAll(resps []*pb.WatchResponse, events int) bool {
 	return true
 }
 
-// offerWait queues responses, waiting for room; false when the stream ends.
-func (s *stream) offerWait(resps []*pb.WatchResponse, events int) bool {
-	for !s.offerAll(resps, events) {
+// offerWait queues responses of w, waiting for room; false when the stream
+// ends. Nothing is queued once w is cancelled: the check and the queueing
+// happen under the hub's lock, as the cancel answer's queueing does, so no
+// event follows that answer.
+func (s *stream) offerWait(w *watcher, resps []*pb.WatchResponse, events int) bool {
+	for {
+		s.hub.mu.Lock()
+		queued := w.removed || s.offerAll(resps, events)
+		s.hub.mu.Unlock()
+		if queued {
+			return true
+		}
 		select {
 		case <-s.ctx.Done():
 			return false
 		case <-s.drained:
 		}
 	}
-	return true
 }
 
 func (s *stream) sendLoop() error {

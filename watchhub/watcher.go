@@ -99,7 +99,7 @@ func (w *watcher) deliver(events []*mvccpb.Event, rev int64, wait bool) bool {
 	}
 	responses := w.responses(events, rev)
 	if wait {
-		return w.s.offerWait(responses, len(events))
+		return w.s.offerWait(w, responses, len(events))
 	}
 	return w.s.offerAll(responses, len(events))
 }
