@@ -171,6 +171,11 @@ func (h hubSource) CurrentRevision(ctx context.Context) (int64, error) {
 
 func (h hubSource) Header(rev int64) *pb.ResponseHeader { return h.s.router.Header(rev) }
 
+func (h hubSource) HasLeader() bool {
+	_, _, ok := h.s.meta.Leader()
+	return ok
+}
+
 // unimplementedAuth: authentication is not implemented; AuthStatus reports it
 // disabled so clients that only ask can proceed.
 type unimplementedAuth struct{ pb.UnimplementedAuthServer }

@@ -37,6 +37,9 @@ type Source interface {
 	CurrentRevision(ctx context.Context) (int64, error)
 	// Header returns a response header at rev.
 	Header(rev int64) *pb.ResponseHeader
+	// HasLeader reports whether the node knows a leader of the revision
+	// oracle (for watches that require one, as etcdctl's do).
+	HasLeader() bool
 }
 
 // Config tunes a Hub.

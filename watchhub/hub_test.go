@@ -11,8 +11,12 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/tesserakv/tessera/statemachine"
 )
@@ -28,6 +32,8 @@ type fakeNode struct {
 	history   []*mvccpb.Event
 	compacted int64
 	closes    map[uint64]int
+	// leaderless: the node knows no oracle leader.
+	leaderless bool
 }
 
 func newFakeNode(t *testing.T) (*fakeNode, pb.WatchClient) {
@@ -145,6 +151,12 @@ func (n *fakeNode) CurrentRevision(context.Context) (int64, error) {
 }
 
 func (n *fakeNode) Header(rev int64) *pb.ResponseHeader { return &pb.ResponseHeader{Revision: rev} }
+
+func (n *fakeNode) HasLeader() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return !n.leaderless
+}
 
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -330,4 +342,26 @@ func TestBufferBounded(t *testing.T) {
 	}
 	st := watchFrom(t, ctx, wc, &pb.WatchCreateRequest{Key: []byte("z"), RangeEnd: []byte("z\xff"), StartRevision: 2})
 	requireRevisions(t, recvEvents(t, st, total), want)
+}
+
+// TestRequireLeader: a watch stream that requires a leader (etcdctl's do) is
+// refused with etcd's "no leader" while the node knows none, and served
+// once it does.
+func TestRequireLeader(t *testing.T) {
+	n, wc := newFakeNode(t)
+	n.mu.Lock()
+	n.leaderless = true
+	n.mu.Unlock()
+	ctx := metadata.AppendToOutgoingContext(ctxT(t), rpctypes.MetadataRequireLeaderKey, rpctypes.MetadataHasLeader)
+	st, err := wc.Watch(ctx)
+	if err == nil {
+		_, err = st.Recv()
+	}
+	if status.Code(err) != codes.Unavailable || status.Convert(err).Message() != rpctypes.ErrorDesc(rpctypes.ErrGRPCNoLeader) {
+		t.Fatalf("got %v, want etcd's no leader", err)
+	}
+	n.mu.Lock()
+	n.leaderless = false
+	n.mu.Unlock()
+	watchFrom(t, ctx, wc, &pb.WatchCreateRequest{Key: []byte("a")})
 }

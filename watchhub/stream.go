@@ -9,6 +9,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/tesserakv/tessera/statemachine"
 )
@@ -51,6 +52,9 @@ type stream struct {
 
 // Watch serves etcd's Watch RPC.
 func (h *Hub) Watch(srv pb.Watch_WatchServer) error {
+	if requiresLeader(srv.Context()) && !h.src.HasLeader() {
+		return rpctypes.ErrGRPCNoLeader // as etcd answers such a watch
+	}
 	ctx, cancel := context.WithCancel(srv.Context())
 	defer cancel()
 	s := &stream{
@@ -435,4 +439,19 @@ func (s *stream) compacted(w *watcher, compactRev int64) {
 		Header: h.src.Header(current), WatchId: w.id,
 		CompactRevision: compactRev, Canceled: true,
 	}, 0)
+}
+
+// requiresLeader reports whether the client asked that the watch be served
+// only by a member with a leader (clientv3.WithRequireLeader).
+func requiresLeader(ctx context.Context) bool {
+	md, ok := metadata.FromIncomingContext(ctx)
+	if !ok {
+		return false
+	}
+	for _, v := range md.Get(rpctypes.MetadataRequireLeaderKey) {
+		if v == rpctypes.MetadataHasLeader {
+			return true
+		}
+	}
+	return false
 }
