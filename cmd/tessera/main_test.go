@@ -38,6 +38,8 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"--auto-compaction-retention=soon"}, "--auto-compaction-retention"},
 		{[]string{"--initial-cluster-state=old"}, "--initial-cluster-state"},
 		{[]string{"--log-level=loud"}, "--log-level"},
+		{[]string{"--watch-progress-notify-interval=-1s"}, "--watch-progress-notify-interval"},
+		{[]string{"--watch-progress-notify-interval=often"}, "invalid value"},
 		{[]string{"stray"}, "unexpected argument"},
 	} {
 		_, err := parseFlags(tc.args, io.Discard, io.Discard)
@@ -81,5 +83,17 @@ func TestParseFlagsMetrics(t *testing.T) {
 	}
 	if _, err := parseFlags([]string{"--range-max-bytes=10"}, io.Discard, io.Discard); err == nil {
 		t.Fatal("a tiny --range-max-bytes was accepted")
+	}
+}
+
+// TestParseFlagsWatchProgress: etcd's default interval, and a given one.
+func TestParseFlagsWatchProgress(t *testing.T) {
+	cfg, err := parseFlags(nil, io.Discard, io.Discard)
+	if err != nil || cfg.WatchProgressNotifyInterval != 10*time.Minute {
+		t.Fatalf("default: %v, %v", cfg.WatchProgressNotifyInterval, err)
+	}
+	cfg, err = parseFlags([]string{"--watch-progress-notify-interval=30s"}, io.Discard, io.Discard)
+	if err != nil || cfg.WatchProgressNotifyInterval != 30*time.Second {
+		t.Fatalf("30s: %v, %v", cfg.WatchProgressNotifyInterval, err)
 	}
 }
