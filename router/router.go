@@ -204,7 +204,12 @@ func (r *Router) CurrentRevision(ctx context.Context) (int64, error) { return r.
 func (r *Router) RangesOf(key, rangeEnd []byte) (ids []uint64, ok bool) {
 	spans, ok := r.ranges.overlapping(key, rangeEnd)
 	if !ok {
-		return nil, false
+		// A replica that opened since the cache was built (a restart
+		// opens them in the background) fills the hole.
+		r.ranges.Refresh()
+		if spans, ok = r.ranges.overlapping(key, rangeEnd); !ok {
+			return nil, false
+		}
 	}
 	ids = make([]uint64, len(spans))
 	for i, sp := range spans {

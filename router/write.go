@@ -102,6 +102,13 @@ func (r *Router) writeTo(ctx context.Context, rng Range, cmd *tesserapb.Command,
 			RangeId: rng.RangeID(), Command: body, WritesKeys: writesKeys, FenceRevision: fenceRev,
 		})
 		if ferr != nil {
+			if neverSent(ferr) {
+				// The leader's node is down (stopped, restarting): the
+				// request never left, so asking again is safe; the replicas
+				// here elect or learn a new leader meanwhile.
+				err = fmt.Errorf("%w: %v", shard.ErrNoLeader, status.Convert(ferr).Message())
+				continue
+			}
 			if status.Code(ferr) == codes.FailedPrecondition {
 				// The leader moved on. The node asked may know where to
 				// (this node's own view can lag): try there next.
@@ -270,4 +277,11 @@ func leaderHint(err error) uint64 {
 		return 0
 	}
 	return id
+}
+
+// neverSent reports whether a forwarded request failed before it was sent:
+// gRPC could not connect to the node. (An Unavailable from a connection
+// that broke mid-request is not: the write may have been applied.)
+func neverSent(err error) bool {
+	return status.Code(err) == codes.Unavailable && strings.Contains(status.Convert(err).Message(), "while dialing")
 }

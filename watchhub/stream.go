@@ -9,7 +9,9 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/tesserakv/tessera/statemachine"
 )
@@ -19,6 +21,7 @@ var (
 	errDuplicateWatchID = errors.New("mvcc: duplicate watch ID provided on the WatchStream")
 	errEmptyWatchRange  = errors.New("mvcc: watcher range is empty")
 	errCompacted        = errors.New(rpctypes.ErrorDesc(rpctypes.ErrGRPCCompacted))
+	errMemberStopping   = status.Error(codes.Unavailable, "tessera: the member is stopping; resume the watch")
 )
 
 // catchUpPause is how long a catch-up waits for the hub when it cannot make
@@ -92,7 +95,9 @@ func (h *Hub) Watch(srv pb.Watch_WatchServer) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-h.stopc:
-		return nil
+		// Unavailable, so clients resume the watches elsewhere (or here
+		// after a restart) from the revision after their last event.
+		return errMemberStopping
 	}
 }
 
@@ -183,6 +188,13 @@ func (s *stream) create(c *pb.WatchCreateRequest) {
 	s.watchers[w.id] = w
 	// The created answer goes first; events can only be queued after it.
 	s.offer(&pb.WatchResponse{Header: h.src.Header(current), WatchId: w.id, Created: true}, 0)
+	// This member's replicas may lag (a follower just restarted, its ranges
+	// quiesced): have the watched ranges close up to the revision current
+	// now, so everything up to it reaches this member without waiting for
+	// the next write.
+	if ids, ok := h.src.RangesOf(w.iv.keyBytes(), w.iv.endBytes()); ok {
+		h.closeLocked(ids, current)
+	}
 	if c.StartRevision > 0 {
 		// From the past: the catch-up checks the start against compaction
 		// (and reads history if need be) before the watch joins.
