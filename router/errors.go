@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/tesserakv/tessera/placement"
 	"github.com/tesserakv/tessera/shard"
 	"github.com/tesserakv/tessera/statemachine"
 )
@@ -31,6 +32,7 @@ var errorMap = []struct {
 	{statemachine.ErrStaleRevision, rpctypes.ErrGRPCLeaderChanged},
 	{statemachine.ErrWrongRange, status.Error(codes.Unavailable, "tessera: the range's bounds changed (a split) while the request was routed; retry")},
 	{ErrNoRange, status.Error(codes.Unavailable, "tessera: no range holds the key on this node yet (a split is being applied); retry")},
+	{placement.ErrUnknownNode, status.Error(codes.Unavailable, "tessera: another member's address is not known here yet (it is starting); retry")},
 }
 
 // ToGRPC maps an internal error to the gRPC error etcd would return.

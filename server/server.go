@@ -299,6 +299,16 @@ func (s *Server) Ranges(ctx context.Context) ([]*tesserapb.RangeInfo, error) {
 	return resp.Ranges, nil
 }
 
+// RegisteredNodes is how many nodes this node's replica of the registry
+// knows the addresses of (0 when it cannot read it).
+func (s *Server) RegisteredNodes(ctx context.Context) int {
+	nodes, err := s.directory.Nodes(ctx)
+	if err != nil {
+		return 0
+	}
+	return len(nodes)
+}
+
 // RangeCount is the number of data ranges this node runs.
 func (s *Server) RangeCount() int { return len(s.rangeList()) }
 

@@ -4,6 +4,7 @@
 package testcluster
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -80,7 +81,24 @@ func Start(t testing.TB, n int, opts ...Options) *Cluster {
 	}
 	t.Cleanup(c.Close)
 	c.Leader()
+	c.waitRegistered()
 	return c
+}
+
+// waitRegistered waits, up to 10s, until every node knows every node's
+// address: until then a node forwarding to another (the oracle's leader,
+// say) fails with "node not registered".
+func (c *Cluster) waitRegistered() {
+	c.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for _, node := range c.Nodes {
+		for node.Server.RegisteredNodes(context.Background()) < len(c.Nodes) {
+			if time.Now().After(deadline) {
+				c.t.Fatalf("%s knows %d of %d nodes after 10s", node.Config.Name, node.Server.RegisteredNodes(context.Background()), len(c.Nodes))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 }
 
 // StartNode (re)starts a node with its config.
