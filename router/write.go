@@ -56,6 +56,7 @@ func (r *Router) writeTo(ctx context.Context, rng Range, cmd *tesserapb.Command,
 	var (
 		err  error
 		hint uint64 // the leader another node named, if any
+		body []byte // cmd encoded, once, for forwarding
 	)
 	// A leader that moves (a transfer, an election) takes a moment to be
 	// ready to write: keep asking, for a bounded time.
@@ -94,9 +95,11 @@ func (r *Router) writeTo(ctx context.Context, rng Range, cmd *tesserapb.Command,
 			r.cfg.Logger.Debug("no connection to the range leader", "range", rng.RangeID(), "leader", leader, "err", cerr)
 			continue
 		}
-		body, merr := proto.Marshal(cmd)
-		if merr != nil {
-			return nil, merr
+		if body == nil {
+			var merr error
+			if body, merr = proto.Marshal(cmd); merr != nil {
+				return nil, merr
+			}
 		}
 		resp, ferr := tesserapb.NewInternalClient(cc).RangeWrite(forwardedContext(ctx), &tesserapb.RangeWriteRequest{
 			RangeId: rng.RangeID(), Command: body, WritesKeys: writesKeys, FenceRevision: fenceRev,
@@ -106,7 +109,7 @@ func (r *Router) writeTo(ctx context.Context, rng Range, cmd *tesserapb.Command,
 				// The leader's node is down (stopped, restarting): the
 				// request never left, so asking again is safe; the replicas
 				// here elect or learn a new leader meanwhile.
-				err = fmt.Errorf("%w: %v", shard.ErrNoLeader, status.Convert(ferr).Message())
+				err = ferr
 				continue
 			}
 			if status.Code(ferr) == codes.FailedPrecondition {
@@ -122,9 +125,10 @@ func (r *Router) writeTo(ctx context.Context, rng Range, cmd *tesserapb.Command,
 		}
 		return resp.Result, statemachine.ErrorFromResult(resp.Result)
 	}
-	if status.Code(err) == codes.FailedPrecondition {
-		// The nodes kept naming leaders that were not (yet) ready: to the
-		// client that is etcd's "no leader", which it retries.
+	if status.Code(err) == codes.FailedPrecondition || neverSent(err) {
+		// The nodes kept naming leaders that were not (yet) ready, or the
+		// leader's node stayed unreachable: to the client that is etcd's
+		// "no leader", which it retries.
 		return nil, fmt.Errorf("%w: %v", shard.ErrNoLeader, status.Convert(err).Message())
 	}
 	return nil, err

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"sync"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -43,7 +44,7 @@ type stream struct {
 	progressTarget int64
 
 	// qmu guards the send queue.
-	qmu      chan struct{} // a one-slot semaphore, so waiters can select
+	qmu      sync.Mutex
 	queue    []*pb.WatchResponse
 	queued   []int // events in each queued response
 	qEvents  int   // events queued in all
@@ -63,7 +64,6 @@ func (h *Hub) Watch(srv pb.Watch_WatchServer) error {
 	s := &stream{
 		hub: h, srv: srv, ctx: ctx,
 		watchers: map[int64]*watcher{},
-		qmu:      make(chan struct{}, 1),
 		sendable: make(chan struct{}, 1),
 		drained:  make(chan struct{}, 1),
 		catchUp:  make(chan struct{}, 1),
@@ -230,10 +230,6 @@ func (s *stream) requestProgress() {
 	s.hub.poke()
 }
 
-// lock and unlock guard the send queue.
-func (s *stream) lock()   { s.qmu <- struct{}{} }
-func (s *stream) unlock() { <-s.qmu }
-
 func signal(c chan struct{}) {
 	select {
 	case c <- struct{}{}:
@@ -250,8 +246,8 @@ func (s *stream) offer(resp *pb.WatchResponse, events int) bool {
 // offerAll queues responses (fragments of one delivery, events events in
 // all) together or not at all.
 func (s *stream) offerAll(resps []*pb.WatchResponse, events int) bool {
-	s.lock()
-	defer s.unlock()
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
 	if events > 0 && s.qEvents > 0 && s.qEvents+events > streamQueueEvents {
 		return false
 	}
@@ -296,21 +292,21 @@ func (s *stream) sendLoop() error {
 		case <-s.sendable:
 		}
 		for {
-			s.lock()
+			s.qmu.Lock()
 			if len(s.queue) == 0 {
-				s.unlock()
+				s.qmu.Unlock()
 				break
 			}
 			resp, n := s.queue[0], s.queued[0]
 			s.queue[0] = nil
 			s.queue, s.queued = s.queue[1:], s.queued[1:]
-			s.unlock()
+			s.qmu.Unlock()
 			if err := s.srv.Send(resp); err != nil {
 				return err
 			}
-			s.lock()
+			s.qmu.Lock()
 			s.qEvents -= n
-			s.unlock()
+			s.qmu.Unlock()
 			signal(s.drained)
 		}
 	}
