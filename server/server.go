@@ -194,7 +194,17 @@ func (s *Server) startRaft() error {
 		ListenAddress:  listenAddr,
 		Expert:         dbconfig.ExpertConfig{LogDB: logDB},
 	}
+	nhc.Expert.Engine = dbconfig.GetDefaultEngineConfig()
+	nhc.Expert.Engine.ExecShards = cfg.RaftStepWorkers
+	tuneDragonboat()
 	nh, err := dragonboat.NewNodeHost(nhc)
+	if err != nil && hardSettingsChanged(err) && cfg.RaftStepWorkers == DefaultRaftStepWorkers {
+		// A data directory made before --raft-step-workers existed was made
+		// with Dragonboat's default, which it records and insists on.
+		s.log.Info("data directory made with Dragonboat's default Raft step workers; keeping them", "workers", legacyRaftStepWorkers)
+		nhc.Expert.Engine.ExecShards = legacyRaftStepWorkers
+		nh, err = dragonboat.NewNodeHost(nhc)
+	}
 	if err != nil {
 		return explainNodeHostError(err, cfg)
 	}
@@ -219,11 +229,24 @@ func explainNodeHostError(err error, cfg Config) error {
 	switch {
 	case strings.Contains(msg, "not the owner of the data directory"):
 		return fmt.Errorf("data in %s belongs to another peer address than %v (--initial-advertise-peer-urls must not change once data exists): %w", cfg.DataDir, cfg.InitialAdvertisePeerURLs, err)
+	case hardSettingsChanged(err):
+		return fmt.Errorf("data in %s was made with other --raft-step-workers or --raft-logdb-shards (they cannot change once data exists): %w", cfg.DataDir, err)
 	case strings.Contains(msg, "failed to lock data directory"):
 		return fmt.Errorf("--data-dir %s is in use by another running process: %w", cfg.DataDir, err)
 	default:
 		return fmt.Errorf("starting Raft in %s: %w", cfg.DataDir, err)
 	}
+}
+
+// legacyRaftStepWorkers is Dragonboat's default step worker count, which data
+// directories made before --raft-step-workers existed were made with.
+const legacyRaftStepWorkers = 16
+
+// hardSettingsChanged reports Dragonboat's refusal of a data directory made
+// with another step worker or LogDB shard count.
+func hardSettingsChanged(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "hard setting changed") || strings.Contains(msg, "hard.go settings changed")
 }
 
 // hostFile records the host name a data directory was created on. Dragonboat

@@ -565,7 +565,13 @@ func (r *Replica) readOnce(ctx context.Context, fn func(*statemachine.View) (any
 	case rr.Dropped():
 		return nil, ErrNoLeader, true
 	case rr.Timeout():
-		return nil, ErrTimeout, false
+		// A read has no effect, so asking again is safe (retrying gives up
+		// at its own deadline). Dragonboat also times out at once a
+		// ReadIndex made on a replica that has not yet seen its first tick
+		// (its deadline counts from the replica's tick, still 0, and is
+		// checked against the node's), which a range just made by a split
+		// meets.
+		return nil, ErrTimeout, true
 	default:
 		return nil, ErrStopped, false
 	}

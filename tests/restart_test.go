@@ -66,6 +66,36 @@ func TestRestartChangedPeerAddress(t *testing.T) {
 	c.Leader()
 }
 
+// TestRestartStepWorkers: Dragonboat records its step worker count in the
+// data directory and refuses another. A directory made with Dragonboat's
+// default (as every one was before --raft-step-workers existed) still starts
+// under the default flag, with its data; an explicit other count is refused
+// with an error naming the flag.
+func TestRestartStepWorkers(t *testing.T) {
+	c := testcluster.Start(t, 1, func(cfg *server.Config) { cfg.RaftStepWorkers = 16 })
+	ctx := ctxT(t)
+	if _, err := c.Client().Put(ctx, "made-with", "16 workers"); err != nil {
+		t.Fatal(err)
+	}
+	node := c.Nodes[0]
+	c.StopNode(node)
+	cfg := node.Config
+	cfg.RaftStepWorkers = 3
+	if srv, err := server.Start(cfg); err == nil {
+		srv.Close()
+		t.Fatal("started with another --raft-step-workers")
+	} else if !strings.Contains(err.Error(), "--raft-step-workers") {
+		t.Fatalf("error does not name the flag: %v", err)
+	}
+	node.Config.RaftStepWorkers = server.DefaultRaftStepWorkers
+	c.StartNode(node)
+	c.Leader()
+	get, err := c.Client().Get(ctx, "made-with")
+	if err != nil || len(get.Kvs) != 1 || string(get.Kvs[0].Value) != "16 workers" {
+		t.Fatalf("after restart with the default: %v %v", get, err)
+	}
+}
+
 // TestRestartChangedHostname: data written on a host with another name is
 // refused with an error naming the cause, not started empty.
 func TestRestartChangedHostname(t *testing.T) {

@@ -40,6 +40,7 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"--log-level=loud"}, "--log-level"},
 		{[]string{"--watch-progress-notify-interval=-1s"}, "--watch-progress-notify-interval"},
 		{[]string{"--watch-progress-notify-interval=often"}, "invalid value"},
+		{[]string{"--raft-step-workers=0"}, "--raft-step-workers"},
 		{[]string{"stray"}, "unexpected argument"},
 	} {
 		_, err := parseFlags(tc.args, io.Discard, io.Discard)

@@ -1,0 +1,58 @@
+package server
+
+import (
+	"sync"
+	_ "unsafe" // for go:linkname
+)
+
+// Dragonboat sizes every Raft group's queues from "soft settings" that it
+// reads once, at package init, from a dragonboat-soft-settings.json in the
+// process's working directory; there is no API for them. Its defaults are
+// sized for a few busy groups: each group preallocates a receive queue of
+// 2×1,024 messages, a proposal queue of 2×2,048 entries, a ReadIndex queue of
+// 2×4,096 requests and 16 pending-proposal shards, each with its own lock and
+// random source. That is about 0.6 MB per group before any traffic (1,000
+// ranges cost 450–650 MB of heap), and the shards are all swept on every tick,
+// quiesced or not.
+//
+// A Tessera range needs much less: its replica has a single goroutine
+// proposing (so one pending-proposal shard has no contention), Raft messages
+// and proposals are drained on every step, and a full queue is not fatal
+// (a proposal refused as busy is retried; a dropped Raft message is resent).
+// So the package variables that Dragonboat copies the settings into are set
+// here, before the first NodeHost starts. They are bound by name: if a
+// Dragonboat upgrade renames them, the build fails at link time rather than
+// silently losing the setting.
+
+//go:linkname dbReceiveQueueLen github.com/lni/dragonboat/v4.receiveQueueLen
+var dbReceiveQueueLen uint64
+
+//go:linkname dbIncomingProposalsMaxLen github.com/lni/dragonboat/v4.incomingProposalsMaxLen
+var dbIncomingProposalsMaxLen uint64
+
+//go:linkname dbIncomingReadIndexMaxLen github.com/lni/dragonboat/v4.incomingReadIndexMaxLen
+var dbIncomingReadIndexMaxLen uint64
+
+//go:linkname dbPendingProposalShards github.com/lni/dragonboat/v4.pendingProposalShards
+var dbPendingProposalShards uint64
+
+// Per-group queue sizes (Dragonboat's defaults in brackets).
+const (
+	receiveQueueLen       = 128 // [1024] Raft messages received between two steps
+	proposalQueueLen      = 256 // [2048] proposals made between two steps
+	readIndexQueueLen     = 512 // [4096] ReadIndex requests made between two steps
+	pendingProposalShards = 1   // [16]
+)
+
+var tuneDragonboatOnce sync.Once
+
+// tuneDragonboat sets Dragonboat's per-group queue sizes; every NodeHost
+// start calls it first (groups read the sizes when they start).
+func tuneDragonboat() {
+	tuneDragonboatOnce.Do(func() {
+		dbReceiveQueueLen = receiveQueueLen
+		dbIncomingProposalsMaxLen = proposalQueueLen
+		dbIncomingReadIndexMaxLen = readIndexQueueLen
+		dbPendingProposalShards = pendingProposalShards
+	})
+}
