@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -109,7 +110,30 @@ func (s *Server) onSplit(parentID, childID uint64) {
 		}
 		s.cache.Refresh()
 		s.log.Info("range split", "parent", parentID, "range", childID)
+		// The parent's new bounds can be recorded now; the child's once it
+		// has a leader (whose node records it).
+		s.recordRangesSoon()
+		s.awaitLeader(childID, 10*s.cfg.ElectionTimeout)
+		s.recordRangesSoon()
 	})
+}
+
+// awaitLeader waits, at most for the given time, until this node's replica
+// of a range knows a leader.
+func (s *Server) awaitLeader(rangeID uint64, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		if r := s.rangeByID(rangeID); r != nil {
+			if _, _, ok := r.Leader(); ok {
+				return
+			}
+		}
+		select {
+		case <-s.stopc:
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 func (s *Server) rangeByID(id uint64) *shard.Replica {
@@ -132,21 +156,27 @@ func (s *Server) rangeList() []*shard.Replica {
 
 // rangeInfo describes one replica as `tessera ctl ranges` shows it.
 func (s *Server) rangeInfo(r *shard.Replica) *tesserapb.RangeInfo {
-	start, end, _ := r.Bounds()
-	info := &tesserapb.RangeInfo{RangeId: r.RangeID(), StartKey: start, EndKey: end}
-	for id := range s.raftMembers {
-		info.ReplicaNodeIds = append(info.ReplicaNodeIds, id)
-	}
-	sort.Slice(info.ReplicaNodeIds, func(i, j int) bool { return info.ReplicaNodeIds[i] < info.ReplicaNodeIds[j] })
+	info := &tesserapb.RangeInfo{RangeId: r.RangeID(), ReplicaNodeIds: s.replicaNodeIDs()}
 	if leader, _, ok := r.Leader(); ok {
 		info.LeaderNodeId = leader
 	}
 	info.Qps = r.QPS()
 	if rsm := s.store.Range(r.RangeID()); rsm != nil {
+		info.StartKey, info.EndKey, info.Generation = rsm.VersionedBounds()
 		info.SizeBytes = rsm.SizeBytes()
-		info.Generation = rsm.Generation()
 	}
 	return info
+}
+
+// replicaNodeIDs lists the nodes holding a replica of every range (all the
+// members, for now), in order.
+func (s *Server) replicaNodeIDs() []uint64 {
+	ids := make([]uint64, 0, len(s.raftMembers))
+	for id := range s.raftMembers {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
 }
 
 // internalService is the node's tesserapb.Internal: the oracle's

@@ -68,9 +68,11 @@ type Server struct {
 	// spaceExceeded is true while the store is larger than --quota-backend-bytes.
 	spaceExceeded atomic.Bool
 
-	stopc     chan struct{}
-	wg        sync.WaitGroup
-	closeOnce sync.Once
+	stopc chan struct{}
+	// rangesChanged pokes runDescriptorSync (a split made a range here).
+	rangesChanged chan struct{}
+	wg            sync.WaitGroup
+	closeOnce     sync.Once
 }
 
 // Start opens the node's storage, joins its Raft group(s) and serves clients.
@@ -82,7 +84,7 @@ func Start(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	replicaID, _ := cfg.replicaID()
-	s := &Server{cfg: cfg, log: cfg.Logger, replicaID: replicaID, clusterID: clusterID(cfg.InitialCluster), stopc: make(chan struct{}),
+	s := &Server{cfg: cfg, log: cfg.Logger, replicaID: replicaID, clusterID: clusterID(cfg.InitialCluster), stopc: make(chan struct{}), rangesChanged: make(chan struct{}, 1),
 		ranges: map[uint64]*shard.Replica{}, cache: router.NewRangeCache()}
 	quietDragonboat(cfg.Logger)
 
@@ -173,6 +175,7 @@ func Start(cfg Config) (*Server, error) {
 	s.checkSpace()
 	s.goTask(s.watchSpace)
 	s.goTask(s.runSplitter)
+	s.goTask(s.runDescriptorSync)
 	if policy, _ := parseCompaction(cfg.AutoCompactionMode, cfg.AutoCompactionRetention); policy.enabled() {
 		s.goTask(func() { s.runCompactor(policy) })
 	}

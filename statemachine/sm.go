@@ -59,6 +59,16 @@ func (r *RangeSM) Bounds() (start, end []byte) {
 	return bytes.Clone(r.publicBounds.start), bytes.Clone(r.publicBounds.end)
 }
 
+// VersionedBounds returns the range's bounds and their generation, read
+// together (a split between two separate calls could pair old bounds with a
+// new generation).
+func (r *RangeSM) VersionedBounds() (start, end []byte, generation uint64) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	b := r.publicBounds
+	return bytes.Clone(b.start), bytes.Clone(b.end), b.generation
+}
+
 // Generation returns the generation of the range's bounds: 1 for a range
 // that never split, incremented by every split; a split's child starts at
 // its parent's new generation. Of two overlapping bounds (of any ranges), the

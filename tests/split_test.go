@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tesserakv/tessera/internal/testcluster"
+	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
 // splitAt splits through a node, waiting for every node to run the new range.
@@ -46,6 +47,48 @@ func waitRanges(t *testing.T, c *testcluster.Cluster, want int) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
+}
+
+// waitRecordedRanges waits until the meta range records exactly the ranges
+// every node runs (ids, bounds, generations, replicas), as each range's
+// leader records them after a split.
+func waitRecordedRanges(t *testing.T, c *testcluster.Cluster) {
+	t.Helper()
+	ctx := ctxT(t)
+	deadline := time.Now().Add(20 * time.Second)
+	for _, n := range c.Nodes {
+		for {
+			recorded, rerr := n.Server.RecordedRanges(ctx)
+			running, err := n.Server.Ranges(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			diff := describeRanges(running) != describeDescriptors(recorded)
+			if rerr == nil && !diff {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the meta range records\n%s(err %v)\nbut the ranges are\n%s", n.Config.Name, describeDescriptors(recorded), rerr, describeRanges(running))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
+
+func describeRanges(rs []*tesserapb.RangeInfo) string {
+	var b strings.Builder
+	for _, r := range rs {
+		fmt.Fprintf(&b, "%d [%q, %q) gen %d replicas %v\n", r.RangeId, r.StartKey, r.EndKey, r.Generation, r.ReplicaNodeIds)
+	}
+	return b.String()
+}
+
+func describeDescriptors(ds []*tesserapb.RangeDescriptor) string {
+	var b strings.Builder
+	for _, d := range ds {
+		fmt.Fprintf(&b, "%d [%q, %q) gen %d replicas %v\n", d.RangeId, d.StartKey, d.EndKey, d.Generation, d.ReplicaNodeIds)
+	}
+	return b.String()
 }
 
 // TestSplitsUnderWrites: manual splits while clients write through every node;
@@ -91,6 +134,7 @@ func TestSplitsUnderWrites(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	waitRanges(t, c, len(splits)+1)
+	waitRecordedRanges(t, c)
 
 	for _, node := range c.Nodes {
 		cli := c.Client(node.ClientURL)

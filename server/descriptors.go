@@ -1,0 +1,83 @@
+package server
+
+import (
+	"context"
+	"time"
+
+	"github.com/tesserakv/tessera/placement"
+	"github.com/tesserakv/tessera/proto/tesserapb"
+)
+
+// descriptorSyncInterval is how often a node checks that the meta range
+// records the ranges it leads, besides right after a split.
+const descriptorSyncInterval = 5 * time.Second
+
+// runDescriptorSync keeps the meta range's range descriptors current. Each
+// node records the ranges whose replica here leads: after a split here
+// (recordRangesSoon), and every descriptorSyncInterval, which also covers a
+// record that failed to land and a child range whose leader was elected
+// after the split's pass.
+func (s *Server) runDescriptorSync() {
+	tick := time.NewTicker(descriptorSyncInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.stopc:
+			return
+		case <-tick.C:
+		case <-s.rangesChanged:
+		}
+		s.recordRanges()
+	}
+}
+
+// recordRangesSoon asks runDescriptorSync for a pass.
+func (s *Server) recordRangesSoon() {
+	select {
+	case s.rangesChanged <- struct{}{}:
+	default:
+	}
+}
+
+// recordRanges records the descriptors of the ranges led here that the meta
+// range lacks or holds in an older generation.
+func (s *Server) recordRanges() {
+	var ds []*tesserapb.RangeDescriptor
+	for _, r := range s.rangeList() {
+		rsm := s.store.Range(r.RangeID())
+		if rsm == nil || !r.IsLeader() {
+			continue
+		}
+		start, end, gen := rsm.VersionedBounds()
+		ds = append(ds, &tesserapb.RangeDescriptor{
+			RangeId: r.RangeID(), StartKey: start, EndKey: end,
+			ReplicaNodeIds: s.replicaNodeIDs(), Generation: gen,
+		})
+	}
+	if len(ds) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), descriptorSyncInterval)
+	defer cancel()
+	go func() { // a stopping server does not wait for the timeout
+		select {
+		case <-s.stopc:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	n, err := placement.RecordRanges(ctx, s.meta, ds)
+	if err != nil {
+		s.log.Debug("recording range descriptors", "recorded", n, "err", err)
+		return
+	}
+	if n > 0 {
+		s.log.Debug("recorded range descriptors", "recorded", n)
+	}
+}
+
+// RecordedRanges returns the range descriptors the meta range records, in
+// key order (a linearizable read).
+func (s *Server) RecordedRanges(ctx context.Context) ([]*tesserapb.RangeDescriptor, error) {
+	return placement.Ranges(ctx, s.meta, true)
+}
