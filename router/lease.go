@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -66,13 +67,16 @@ func (r *Router) LeaseGrant(ctx context.Context, req *pb.LeaseGrantRequest) (*pb
 		return nil, ToGRPC(err)
 	}
 	grant := &tesserapb.Command{Op: &tesserapb.Command_LeaseGrant{LeaseGrant: &tesserapb.LeaseGrantCommand{Id: id, TtlSeconds: ttl}}}
-	for _, rng := range r.ranges.list() {
-		if rng.RangeID() == home.RangeID() {
-			continue
+	r.awaitApplied(ctx, home, res)
+	err = r.everyRange(ctx, map[uint64]bool{home.RangeID(): true}, func(rng Range) (*tesserapb.Result, error) {
+		gres, err := r.writeTo(ctx, rng, grant, false, 0)
+		if err != nil && !errors.Is(err, statemachine.ErrLeaseExists) {
+			return nil, fmt.Errorf("router: granting lease %x on range %d: %w", id, rng.RangeID(), err)
 		}
-		if _, err := r.writeTo(ctx, rng, grant, false, 0); err != nil && !errors.Is(err, statemachine.ErrLeaseExists) {
-			return nil, ToGRPC(fmt.Errorf("router: granting lease %x on range %d: %w", id, rng.RangeID(), err))
-		}
+		return gres, nil
+	})
+	if err != nil {
+		return nil, ToGRPC(err)
 	}
 	resp := &pb.LeaseGrantResponse{}
 	if err := proto.Unmarshal(res.Response, resp); err != nil {
@@ -136,24 +140,97 @@ func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) 
 	}
 	revoke := &tesserapb.Command{Op: &tesserapb.Command_LeaseRevoke{LeaseRevoke: &tesserapb.LeaseRevokeCommand{Id: id}}}
 	var rev int64
-	for _, rng := range r.ranges.list() {
-		if rng.RangeID() == home.RangeID() {
-			continue
-		}
+	revokeOn := func(rng Range) (*tesserapb.Result, error) {
 		res, err := r.writeTo(ctx, rng, revoke, true, 0)
-		if errors.Is(err, statemachine.ErrLeaseNotFound) {
-			continue
-		}
-		if err != nil {
-			return 0, fmt.Errorf("router: revoking lease %x on range %d: %w", id, rng.RangeID(), err)
+		if err != nil && !errors.Is(err, statemachine.ErrLeaseNotFound) {
+			return nil, fmt.Errorf("router: revoking lease %x on range %d: %w", id, rng.RangeID(), err)
 		}
 		rev = max(rev, revokedAt(res))
+		return res, nil
+	}
+	// The home range, which holds the lease's clock, goes last: until it
+	// has revoked, a failed revocation can be tried again.
+	done := map[uint64]bool{home.RangeID(): true}
+	if err := r.everyRange(ctx, done, revokeOn); err != nil {
+		return 0, err
 	}
 	res, err := home.RevokeLease(ctx, id)
 	if err != nil {
 		return 0, err
 	}
-	return max(rev, revokedAt(res)), nil
+	rev = max(rev, revokedAt(res))
+	// Ranges the home range split off before its revocation applied.
+	r.awaitApplied(ctx, home, res)
+	if err := r.everyRange(ctx, done, revokeOn); err != nil {
+		return 0, err
+	}
+	return rev, nil
+}
+
+// everyRange runs do (a lease grant or revocation) once on every range not
+// in done, adding each to done, including the ranges that split off one of
+// them before the command applied there. A split copies the parent's lease
+// records to the child, so a command the parent applies after a split never
+// reaches the child by itself. The command's result carries the generation
+// of the bounds it applied under: once this node's replica has applied as
+// much, and the range cache is current (rebuilt from those bounds, with the
+// ranges the split made open here), the cache lists every such child; ranges
+// not done yet get the command too, until a pass adds none.
+func (r *Router) everyRange(ctx context.Context, done map[uint64]bool, do func(Range) (*tesserapb.Result, error)) error {
+	for {
+		for _, rng := range r.ranges.list() {
+			if done[rng.RangeID()] {
+				continue
+			}
+			res, err := do(rng)
+			if err != nil {
+				return err
+			}
+			done[rng.RangeID()] = true
+			r.awaitApplied(ctx, rng, res)
+		}
+		if err := r.awaitCurrentCache(ctx); err != nil {
+			return err
+		}
+		more := false
+		for _, rng := range r.ranges.list() {
+			more = more || !done[rng.RangeID()]
+		}
+		if !more {
+			return nil
+		}
+	}
+}
+
+// awaitApplied waits (bounded by ctx) until this node's replica of rng has
+// applied bounds at least as new as those a command's result res was
+// applied under.
+func (r *Router) awaitApplied(ctx context.Context, rng Range, res *tesserapb.Result) {
+	for res != nil && rng.Generation() < res.Generation {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// awaitCurrentCache waits until the range cache is current: built from the
+// bounds the replicas have applied, covering every key (the ranges a split
+// makes are opened in the background).
+func (r *Router) awaitCurrentCache(ctx context.Context) error {
+	for !r.ranges.current() {
+		r.ranges.Refresh()
+		if r.ranges.current() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return nil
 }
 
 func revokedAt(res *tesserapb.Result) int64 {

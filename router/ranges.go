@@ -21,6 +21,7 @@ type RangeCache struct {
 
 type rangeEntry struct {
 	start, end []byte // end nil: to the end of the keyspace
+	gen        uint64 // the generation of start and end
 	rng        Range
 }
 
@@ -51,10 +52,31 @@ func (c *RangeCache) rebuildLocked() {
 	for _, r := range c.all {
 		// A replica not open yet has no bounds; its keys are a hole until it
 		// opens and the cache is refreshed.
+		gen := r.Generation()
 		if start, end, ok := r.Bounds(); ok {
-			c.tree.ReplaceOrInsert(rangeEntry{start: start, end: end, rng: r})
+			c.tree.ReplaceOrInsert(rangeEntry{start: start, end: end, gen: gen, rng: r})
 		}
 	}
+}
+
+// current reports whether the index covers the whole keyspace with the
+// bounds every replica has applied: no replica's bounds changed since the
+// index was built (a split applied here) and no keys lack a range (the
+// range a split made is open here).
+func (c *RangeCache) current() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	next := []byte{}
+	ok := true
+	c.tree.Ascend(func(e rangeEntry) bool {
+		if !bytes.Equal(e.start, next) || e.rng.Generation() != e.gen {
+			ok = false
+			return false
+		}
+		next = e.end
+		return next != nil
+	})
+	return ok && next == nil
 }
 
 // byID returns the replica of a range, or nil.

@@ -26,6 +26,7 @@ func (b *boundsOnly) Bounds() ([]byte, []byte, bool) {
 }
 func (b *boundsOnly) Leader() (uint64, uint64, bool) { return 1, 1, true }
 func (b *boundsOnly) RecordLoad([]byte)              {}
+func (b *boundsOnly) Generation() uint64             { return 1 }
 func (b *boundsOnly) Write(context.Context, *tesserapb.Command, bool) (*tesserapb.Result, error) {
 	return nil, nil
 }

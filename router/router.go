@@ -22,6 +22,9 @@ type Range interface {
 	// them; end nil is the end of the keyspace; ok false while the replica is
 	// not open.
 	Bounds() (start, end []byte, ok bool)
+	// Generation of the bounds this replica has applied (each split raises
+	// it); 0 while the replica is not open.
+	Generation() uint64
 	// RecordLoad counts a request routed to the range (for load-based splits).
 	RecordLoad(key []byte)
 	Leader() (leaderReplicaID, term uint64, ok bool)

@@ -1,10 +1,12 @@
 package router
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -213,17 +215,22 @@ func (r *Router) txnOn(ctx context.Context, req *pb.TxnRequest) (Range, *pb.TxnR
 // spanning ranges are refused until two-phase commit exists, never
 // half-applied.
 func (r *Router) singleRange(intervals [][2][]byte) (Range, error) {
-	var found Range
-	ids := map[uint64]bool{}
-	for _, iv := range intervals {
-		spans, err := r.spansOf(iv[0], iv[1])
-		if err != nil {
-			return nil, err
+	var (
+		found Range
+		ids   map[uint64]bool
+		err   error
+	)
+	for attempt := 0; attempt < 2; attempt++ {
+		if found, ids, err = r.rangesOfIntervals(intervals); err != nil || len(ids) <= 1 {
+			break
 		}
-		for _, sp := range spans {
-			ids[sp.rng.RangeID()] = true
-			found = sp.rng
-		}
+		// The lookups may have straddled a rebuild of the cache (a split's
+		// child opening here), placing keys of one range in two: look
+		// again before refusing.
+		r.ranges.Refresh()
+	}
+	if err != nil {
+		return nil, err
 	}
 	if len(ids) > 1 {
 		var list []string
@@ -239,6 +246,30 @@ func (r *Router) singleRange(intervals [][2][]byte) (Range, error) {
 		return r.home()
 	}
 	return found, nil
+}
+
+// rangesOfIntervals returns the ranges holding the intervals (by ID) and one
+// of them. Repeated intervals (a Txn comparing, writing and reading one key)
+// are looked up once.
+func (r *Router) rangesOfIntervals(intervals [][2][]byte) (Range, map[uint64]bool, error) {
+	var found Range
+	ids := map[uint64]bool{}
+	for i, iv := range intervals {
+		if slices.ContainsFunc(intervals[:i], func(o [2][]byte) bool {
+			return bytes.Equal(o[0], iv[0]) && bytes.Equal(o[1], iv[1])
+		}) {
+			continue
+		}
+		spans, err := r.spansOf(iv[0], iv[1])
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, sp := range spans {
+			ids[sp.rng.RangeID()] = true
+			found = sp.rng
+		}
+	}
+	return found, ids, nil
 }
 
 // txnIntervals lists every key interval a Txn reads or writes, in etcd's

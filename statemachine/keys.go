@@ -194,3 +194,32 @@ func prefixEnd(p []byte) []byte {
 	}
 	return nil
 }
+
+// splitVersion is the Pebble comparer's Split: the length of the part of a
+// storage key that every version of one user key shares. For a data key that
+// is all but the revision suffix; any other key (including a data key's
+// prefix alone, as iterator bounds use) is all prefix. A data key is
+// recognised by its terminator right before the suffix: the escaping leaves
+// no other 0x00 0x01 in an encoded user key.
+func splitVersion(k []byte) int {
+	n := len(k) - revSuffixLen
+	if n >= 3 && k[0] == prefixData && k[n-2] == escByte && k[n-1] == escTerm {
+		return n
+	}
+	return len(k)
+}
+
+// immediateSuccessor is the Pebble comparer's ImmediateSuccessor: the
+// smallest prefix key above prefix a, which must also sort after every key
+// with prefix a (NextPrefix seeks there). For a data-key prefix that is the
+// key just past its versions (the terminator's last byte raised, as in
+// dataKeyPastVersions); an unversioned key has no versions, so a 0x00
+// appended is next.
+func immediateSuccessor(dst, a []byte) []byte {
+	if n := len(a); n >= 3 && a[0] == prefixData && a[n-2] == escByte && a[n-1] == escTerm {
+		dst = append(dst, a...)
+		dst[len(dst)-1] = escTerm + 1
+		return dst
+	}
+	return append(append(dst, a...), 0)
+}

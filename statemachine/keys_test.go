@@ -62,3 +62,48 @@ func TestLeaseIndexKey(t *testing.T) {
 		}
 	}
 }
+
+// TestSplitVersion: the comparer's Split gives every version of a user key
+// the same prefix (its data-key prefix), keeps every other key whole
+// (including the data-key prefixes and past-versions keys iterators use as
+// bounds, which NextPrefix requires to be unversioned), and satisfies
+// Pebble's ordering rules: a prefix alone sorts before its versions, and
+// keys ordered bytewise have prefixes ordered the same way.
+func TestSplitVersion(t *testing.T) {
+	users := [][]byte{{}, {0}, {0, 1}, {0, 0xff}, {1}, []byte("a"), []byte("a\x00\x01"), []byte("/registry/pods/default/web-0"),
+		{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}}
+	revs := []int64{1, 255, 256, 1 << 40, 0x0001000100010001}
+	var all [][]byte
+	for _, u := range users {
+		prefix := dataKeyPrefix(u)
+		if next := immediateSuccessor(nil, prefix); !bytes.Equal(next, dataKeyPastVersions(u)) {
+			t.Errorf("%q: immediate successor %x, want the key past its versions %x", u, next, dataKeyPastVersions(u))
+		}
+		for _, k := range [][]byte{prefix, dataKeyPastVersions(u), leaseIndexKey(7, u), metaKey(3, metaState)} {
+			if got := splitVersion(k); got != len(k) {
+				t.Errorf("split(%x) = %d, want the whole key (%d)", k, got, len(k))
+			}
+			all = append(all, k)
+		}
+		for _, r := range revs {
+			k := dataKey(u, r)
+			if got := splitVersion(k); got != len(prefix) {
+				t.Errorf("split(%q@%d) = %d, want %d", u, r, got, len(prefix))
+			}
+			if bytes.Compare(k[:splitVersion(k)], k) >= 0 {
+				t.Errorf("%q@%d: its prefix does not sort before it", u, r)
+			}
+			if next := immediateSuccessor(nil, prefix); bytes.Compare(next, k) <= 0 || splitVersion(next) != len(next) {
+				t.Errorf("%q@%d: the prefix's immediate successor %x does not sort after it or is versioned", u, r, next)
+			}
+			all = append(all, k)
+		}
+	}
+	sort.Slice(all, func(i, j int) bool { return bytes.Compare(all[i], all[j]) < 0 })
+	for i := 1; i < len(all); i++ {
+		a, b := all[i-1], all[i]
+		if bytes.Compare(a[:splitVersion(a)], b[:splitVersion(b)]) > 0 {
+			t.Errorf("%x sorts before %x but its prefix sorts after", a, b)
+		}
+	}
+}

@@ -96,19 +96,10 @@ func (m mvccReader) scan(s keySpan, atRev int64, visit func(userKey, value []byt
 	return it.Error()
 }
 
-// skipVersions moves it past the remaining (older) versions of userKey: a
-// few Next calls for the common case of few versions, then a seek.
+// skipVersions moves it past the remaining (older) versions of userKey (all
+// of which share its Pebble prefix; see splitVersion).
 func skipVersions(it *pebble.Iterator, userKey []byte) bool {
-	prefix := dataKeyPrefix(userKey)
-	for i := 0; i < 4; i++ {
-		if !it.Next() {
-			return false
-		}
-		if !bytes.Equal(dataVersionsPrefix(it.Key()), prefix) {
-			return true
-		}
-	}
-	return it.SeekGE(dataKeyPastVersions(userKey))
+	return it.NextPrefix()
 }
 
 // mvccWriter writes versions at one revision into an indexed batch.

@@ -148,7 +148,7 @@ func (r *RangeSM) Update(entries []sm.Entry) ([]sm.Entry, error) {
 		if err != nil && !isCommandError(err) {
 			return nil, fmt.Errorf("statemachine: range %d applying index %d: %w", r.rangeID, entries[i].Index, err)
 		}
-		res, merr := encodeResult(response, err)
+		res, merr := encodeResult(response, err, a.bounds.generation)
 		if merr != nil {
 			return nil, merr
 		}
@@ -182,8 +182,8 @@ func (r *RangeSM) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	return entries, nil
 }
 
-func encodeResult(response []byte, err error) (sm.Result, error) {
-	res := &tesserapb.Result{Code: ErrorCode(err), Response: response}
+func encodeResult(response []byte, err error, generation uint64) (sm.Result, error) {
+	res := &tesserapb.Result{Code: ErrorCode(err), Response: response, Generation: generation}
 	if err != nil {
 		res.Message = err.Error()
 	}

@@ -81,6 +81,23 @@ type Store struct {
 // installed since it was opened (a replica that fell behind the leader's log).
 func (s *Store) SnapshotsRecovered() int64 { return s.snapshotsRecovered.Load() }
 
+// comparer orders keys bytewise, as Pebble's default comparer does and under
+// its name (so stores made before it open unchanged), and adds Split
+// (splitVersion): the versions of one user key then share a Pebble prefix, so
+// sstables keep the values of older versions in value blocks and a scan steps
+// over a key's older versions with NextPrefix without reading their values.
+// ImmediateSuccessor of a data-key prefix must then sort past its versions.
+// Separator and Successor keep keys whole (the default shortens the keys of
+// index blocks, which could make keys that look like data keys but are not).
+var comparer = func() *pebble.Comparer {
+	c := *pebble.DefaultComparer
+	c.Split = splitVersion
+	c.ImmediateSuccessor = immediateSuccessor
+	c.Separator = func(dst, a, _ []byte) []byte { return append(dst, a...) }
+	c.Successor = func(dst, a []byte) []byte { return append(dst, a...) }
+	return &c
+}()
+
 // OpenStore opens (creating if needed) the Pebble in dir.
 func OpenStore(dir string, opts StoreOptions) (*Store, error) {
 	cacheSize := opts.CacheSizeBytes
@@ -89,7 +106,10 @@ func OpenStore(dir string, opts StoreOptions) (*Store, error) {
 	}
 	cache := pebble.NewCache(cacheSize)
 	defer cache.Unref()
-	po := &pebble.Options{Cache: cache, Logger: opts.Logger}
+	po := &pebble.Options{Cache: cache, Logger: opts.Logger, Comparer: comparer}
+	// Values of a key's older versions go to separate value blocks of an
+	// sstable, so a scan stepping over them does not read them.
+	po.Experimental.EnableValueBlocks = func() bool { return true }
 	if po.Logger == nil {
 		po.Logger = quietLogger{}
 	}

@@ -474,7 +474,10 @@ type Result struct {
 	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
 	// response is a marshalled etcd response (TxnResponse, LeaseGrantResponse, ...)
 	// whose type follows from the command.
-	Response      []byte `protobuf:"bytes,3,opt,name=response,proto3" json:"response,omitempty"`
+	Response []byte `protobuf:"bytes,3,opt,name=response,proto3" json:"response,omitempty"`
+	// generation is the generation of the range's bounds when the command
+	// applied (after any split earlier in the log).
+	Generation    uint64 `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -528,6 +531,13 @@ func (x *Result) GetResponse() []byte {
 		return x.Response
 	}
 	return nil
+}
+
+func (x *Result) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
 }
 
 // LeaseRecord is a lease as the state machine stores it.
@@ -613,11 +623,14 @@ const file_tesserapb_tessera_proto_rawDesc = "" +
 	"ttlSeconds\"$\n" +
 	"\x12LeaseRevokeCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\"\x10\n" +
-	"\x0eBarrierCommand\"R\n" +
+	"\x0eBarrierCommand\"r\n" +
 	"\x06Result\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1a\n" +
-	"\bresponse\x18\x03 \x01(\fR\bresponse\">\n" +
+	"\bresponse\x18\x03 \x01(\fR\bresponse\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x04 \x01(\x04R\n" +
+	"generation\">\n" +
 	"\vLeaseRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
