@@ -20,6 +20,8 @@
 # Tessera's watch prefix "w/" is split into 4 ranges before the cases run.
 # Environment:
 #   TESSERA_BENCH_CACHE      cache for the etcd build (default ~/.cache/tessera-bench)
+#   TESSERA_FLAGS            extra flags for every Tessera server (e.g.
+#                            "--raft-step-workers 16"; split on spaces)
 #   TESSERA_BENCH_PORT_BASE  first of the 127.0.0.1 ports used (default 14000;
 #                            uses BASE..BASE+250)
 set -euo pipefail
@@ -130,7 +132,8 @@ start_cluster() { # start_cluster etcd|tessera N: sets ENDPOINTS, SERVER_PIDS
     if [ "$kind" = etcd ]; then
       start "$kind-$n-m$i" "$ETCD" "${common[@]}" --initial-cluster-token tessbench
     else
-      start "$kind-$n-m$i" "$TESSERA" "${common[@]}"
+      # shellcheck disable=SC2086 # TESSERA_FLAGS is split on purpose
+      start "$kind-$n-m$i" "$TESSERA" "${common[@]}" ${TESSERA_FLAGS:-}
     fi
     pids+=("$LAST_PID")
     clients+=("127.0.0.1:$client")
@@ -249,7 +252,7 @@ done
 {
   echo "# Tessera vs etcd $ETCD_VERSION"
   echo
-  echo "Run $(date -u +%Y-%m-%dT%H:%MZ) by \`bench/compare.sh $ARGS\` at Tessera $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '(no git)')$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo ' (with local changes)')."
+  echo "Run $(date -u +%Y-%m-%dT%H:%MZ) by \`bench/compare.sh $ARGS\` at Tessera $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '(no git)')${TESSERA_FLAGS:+ with Tessera flags \`$TESSERA_FLAGS\`}$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo ' (with local changes)')."
   echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, Linux $(uname -r), $(go version | cut -d' ' -f3)."
   echo "Clients and servers share the machine. 100 clients over 10 connections; values 256 B unless stated."
   echo "ops/s counts completed requests (watch: Puts, with every watcher seeing each; lease: grant+keepalive+revoke cycles; list: loaded objects);"
