@@ -38,8 +38,8 @@ var dbPendingProposalShards uint64
 
 // Per-group queue sizes (Dragonboat's defaults in brackets).
 const (
-	receiveQueueLen       = 128 // [1024] Raft messages received between two steps
-	proposalQueueLen      = 256 // [2048] proposals made between two steps
+	receiveQueueLen       = 64  // [1024] Raft messages received between two steps
+	proposalQueueLen      = 128 // [2048] proposals made between two steps
 	readIndexQueueLen     = 512 // [4096] ReadIndex requests made between two steps
 	pendingProposalShards = 1   // [16]
 )
