@@ -28,11 +28,11 @@ func Ranges(ctx context.Context, meta metaRaft, linearizable bool) ([]*tesserapb
 }
 
 // RecordRanges records in the meta range each of ds that is newer than the
-// record there (missing, or of a lower generation: a descriptor's every
-// change raises its generation, and PutRange keeps the higher). It reads this replica's copy of the meta state to decide,
-// so a record that landed a moment ago may be written again, which is
-// harmless (PutRange keeps the higher generation). It returns how many it
-// wrote.
+// record there: missing, or of a lower generation (every change of a
+// descriptor raises its generation). It decides from this replica's copy of
+// the meta state, so a record that landed a moment ago may be proposed
+// again, which is harmless: PutRange keeps the higher generation. It returns
+// how many it wrote.
 func RecordRanges(ctx context.Context, meta metaRaft, ds []*tesserapb.RangeDescriptor) (int, error) {
 	out, err := meta.Read(ctx, false, func(st *tesserapb.MetaState) (any, error) {
 		recorded := make(map[uint64]*tesserapb.RangeDescriptor, len(st.Ranges))

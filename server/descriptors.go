@@ -43,6 +43,7 @@ func (s *Server) recordRangesSoon() {
 // range lacks or holds in an older generation.
 func (s *Server) recordRanges() {
 	var ds []*tesserapb.RangeDescriptor
+	replicas := s.replicaNodeIDs()
 	for _, r := range s.rangeList() {
 		rsm := s.store.Range(r.RangeID())
 		if rsm == nil || !r.IsLeader() {
@@ -51,7 +52,7 @@ func (s *Server) recordRanges() {
 		start, end, gen := rsm.VersionedBounds()
 		ds = append(ds, &tesserapb.RangeDescriptor{
 			RangeId: r.RangeID(), StartKey: start, EndKey: end,
-			ReplicaNodeIds: s.replicaNodeIDs(), Generation: gen,
+			ReplicaNodeIds: replicas, Generation: gen,
 		})
 	}
 	if len(ds) == 0 {
