@@ -157,7 +157,7 @@ func (r *Router) readSpan(ctx context.Context, rng Range, req *pb.RangeRequest) 
 	if req.Serializable {
 		out, err = rng.Read(ctx, false, fn)
 	} else {
-		out, err = rng.ReadAt(ctx, req.Revision, fn)
+		out, err = r.readAt(ctx, rng, req.Revision, fn)
 	}
 	if err == nil {
 		pair := out.([2]any)
@@ -280,7 +280,7 @@ func (r *Router) streamSpan(ctx context.Context, rng Range, req *pb.RangeRequest
 	if req.Serializable {
 		_, err = rng.Read(ctx, false, fn)
 	} else {
-		_, err = rng.ReadAt(ctx, req.Revision, fn)
+		_, err = r.readAt(ctx, rng, req.Revision, fn)
 	}
 	if err == nil || sent > 0 {
 		return sent, count, more, rev, err

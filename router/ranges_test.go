@@ -37,6 +37,12 @@ func (b *boundsOnly) ReadAt(context.Context, int64, func(*statemachine.View) (an
 	return nil, nil
 }
 func (b *boundsOnly) Fence(context.Context, int64) error { return nil }
+func (b *boundsOnly) FenceIndex(context.Context, int64) (uint64, error) {
+	return 0, nil
+}
+func (b *boundsOnly) ReadAfter(context.Context, uint64, int64, func(*statemachine.View) (any, error)) (any, error) {
+	return nil, nil
+}
 func (b *boundsOnly) GrantLease(context.Context, int64, int64) (*tesserapb.Result, error) {
 	return nil, nil
 }

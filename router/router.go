@@ -31,6 +31,12 @@ type Range interface {
 	Write(ctx context.Context, cmd *tesserapb.Command, writesKeys bool) (*tesserapb.Result, error)
 	Read(ctx context.Context, linearizable bool, fn func(*statemachine.View) (any, error)) (any, error)
 	ReadAt(ctx context.Context, rev int64, fn func(*statemachine.View) (any, error)) (any, error)
+	// FenceIndex is the leader's half of a read at rev served by another
+	// replica: the applied index that holds every write at or below rev.
+	FenceIndex(ctx context.Context, rev int64) (uint64, error)
+	// ReadAfter reads at rev once this replica has applied index, what
+	// the leader's FenceIndex answered for rev or a higher revision.
+	ReadAfter(ctx context.Context, index uint64, rev int64, fn func(*statemachine.View) (any, error)) (any, error)
 	Fence(ctx context.Context, rev int64) error
 	GrantLease(ctx context.Context, id, ttlSeconds int64) (*tesserapb.Result, error)
 	RevokeLease(ctx context.Context, id int64) (*tesserapb.Result, error)
@@ -71,6 +77,7 @@ type Router struct {
 	ranges *RangeCache
 	nodes  Nodes
 	oracle Oracle
+	fences fenceCalls
 }
 
 // New returns a router over the ranges in the cache, forwarding to other
@@ -224,22 +231,20 @@ func (r *Router) RangesOf(key, rangeEnd []byte) (ids []uint64, ok bool) {
 // CloseRange makes this node's replica of a range hold every write at or
 // below a revision at least as high as every revision issued before the
 // call, and returns that revision (0 when the replica's published floor
-// carries it). When this replica leads the range that is a fenced read at
-// the oracle's current revision — no Raft write: the fence makes every later
-// write take a higher revision and the read waits for the lower ones to
-// apply here. Otherwise the range's leader applies a barrier carrying a new
-// revision, which lifts the replica's floor when it applies it.
+// carries it). That is a fenced read at the oracle's current revision (no
+// Raft write): on this replica when it leads the range, otherwise here once
+// it has applied what the leader's FenceRange answered. The fence makes every
+// later write take a higher revision. When the leader cannot be asked, the
+// range's leader applies a barrier carrying a new revision, which lifts the
+// replica's floor when it applies it.
 func (r *Router) CloseRange(ctx context.Context, rangeID uint64) (int64, error) {
 	rng := r.ranges.byID(rangeID)
 	if rng == nil {
 		return 0, ErrNoRange
 	}
-	if leader, _, ok := rng.Leader(); ok && leader == rng.ReplicaID() {
-		rev, err := r.oracle.Current(ctx)
-		if err == nil {
-			if _, err = rng.ReadAt(ctx, rev, func(*statemachine.View) (any, error) { return nil, nil }); err == nil {
-				return rev, nil
-			}
+	if rev, err := r.oracle.Current(ctx); err == nil {
+		if _, err = r.readAt(ctx, rng, rev, func(*statemachine.View) (any, error) { return nil, nil }); err == nil {
+			return rev, nil
 		}
 	}
 	_, err := r.writeTo(ctx, rng, &tesserapb.Command{Op: &tesserapb.Command_Barrier{Barrier: &tesserapb.BarrierCommand{}}}, true, 0)

@@ -68,6 +68,15 @@ func (p *peer) RangeWrite(context.Context, *tesserapb.RangeWriteRequest) (*tesse
 type peers map[uint64]*grpc.ClientConn
 
 func startPeers(t *testing.T, byID map[uint64]*peer) peers {
+	servers := map[uint64]tesserapb.InternalServer{}
+	for id, p := range byID {
+		servers[id] = p
+	}
+	return startPeersOf(t, servers)
+}
+
+// startPeersOf is startPeers for any Internal services.
+func startPeersOf(t *testing.T, byID map[uint64]tesserapb.InternalServer) peers {
 	out := peers{}
 	for id, p := range byID {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")

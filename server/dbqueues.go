@@ -36,12 +36,26 @@ var dbIncomingReadIndexMaxLen uint64
 //go:linkname dbPendingProposalShards github.com/lni/dragonboat/v4.pendingProposalShards
 var dbPendingProposalShards uint64
 
+//go:linkname dbEntrySliceSize github.com/lni/dragonboat/v4/internal/raft.entrySliceSize
+var dbEntrySliceSize uint64
+
+//go:linkname dbMinEntrySliceSize github.com/lni/dragonboat/v4/internal/raft.minEntrySliceSize
+var dbMinEntrySliceSize uint64
+
 // Per-group queue sizes (Dragonboat's defaults in brackets).
 const (
 	receiveQueueLen       = 64  // [1024] Raft messages received between two steps
 	proposalQueueLen      = 128 // [2048] proposals made between two steps
 	readIndexQueueLen     = 512 // [4096] ReadIndex requests made between two steps
 	pendingProposalShards = 1   // [16]
+	// A group's in-memory Raft log is a slice of entries that is replaced
+	// by a new one of entrySliceSize entries (80 bytes each) whenever what
+	// is left after applying is nearly empty or short of minEntrySliceSize
+	// free slots: with Dragonboat's 512, a range that applies a few entries
+	// per step allocates and clears 40 KB per step, and every idle range
+	// holds one such slice. A step's batch larger than this just grows it.
+	entrySliceSize    = 64 // [512]
+	minEntrySliceSize = 16 // [96]
 )
 
 var tuneDragonboatOnce sync.Once
@@ -54,5 +68,7 @@ func tuneDragonboat() {
 		dbIncomingProposalsMaxLen = proposalQueueLen
 		dbIncomingReadIndexMaxLen = readIndexQueueLen
 		dbPendingProposalShards = pendingProposalShards
+		dbEntrySliceSize = entrySliceSize
+		dbMinEntrySliceSize = minEntrySliceSize
 	})
 }

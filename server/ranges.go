@@ -191,6 +191,10 @@ func (i *internalService) RangeWrite(ctx context.Context, req *tesserapb.RangeWr
 	return i.s.router.RangeWrite(ctx, req)
 }
 
+func (i *internalService) FenceRange(ctx context.Context, req *tesserapb.FenceRangeRequest) (*tesserapb.FenceRangeResponse, error) {
+	return i.s.router.FenceRange(ctx, req)
+}
+
 func (i *internalService) ListRanges(context.Context, *tesserapb.ListRangesRequest) (*tesserapb.ListRangesResponse, error) {
 	resp := &tesserapb.ListRangesResponse{}
 	for _, r := range i.s.rangeList() {

@@ -46,6 +46,45 @@ func (r *Replica) readAtOnce(ctx context.Context, rev int64, fn func(*statemachi
 	return out, nil, false
 }
 
+// FenceIndex is the leader's half of a read at rev that another replica of
+// the range serves (ReadAfter there): what ReadAt does before reading, and
+// it returns the applied index of a view in which every write at or below
+// rev is applied. Elsewhere it fails with a *NotLeaderError.
+func (r *Replica) FenceIndex(ctx context.Context, rev int64) (uint64, error) {
+	out, err := r.ReadAt(ctx, rev, func(v *statemachine.View) (any, error) { return v.AppliedIndex(), nil })
+	if err != nil {
+		return 0, err
+	}
+	return out.(uint64), nil
+}
+
+// ReadAfter is a linearizable read at rev on any replica: index is what the
+// range leader's FenceIndex answered for a revision at or above rev, taken
+// after the request arrived. Once this replica has applied index it holds
+// every write at or below rev, and every write it applies later is above
+// rev, so fn runs on a view in which rev is readable (View.AssumeClosed).
+func (r *Replica) ReadAfter(ctx context.Context, index uint64, rev int64, fn func(*statemachine.View) (any, error)) (any, error) {
+	rsm := r.store.Range(r.cfg.RangeID)
+	if rsm == nil {
+		return nil, ErrStopped
+	}
+	if err := rsm.WaitApplied(ctx, index); err != nil {
+		return nil, err
+	}
+	var out any
+	err := r.withView(func(v *statemachine.View) error {
+		if v.AppliedIndex() < index {
+			// A snapshot being installed replaced the state meanwhile.
+			return ErrTimeout
+		}
+		v.AssumeClosed(rev)
+		var err error
+		out, err = fn(v)
+		return err
+	})
+	return out, err
+}
+
 // Fence raises this leader's fence to rev without reading: from then on every
 // write to the range takes a revision above rev. A compaction at rev does this
 // before it is proposed.

@@ -40,6 +40,10 @@ type RangeSM struct {
 	// opened is set once Open has loaded the range's metadata; before that
 	// the range is not served (Store.Range returns nil). Guarded by mu.
 	opened bool
+
+	// applied is the applied index for WaitApplied, moved once an Update's
+	// batch is committed and its events published.
+	applied appliedWaiter
 }
 
 const (
@@ -126,6 +130,7 @@ func (r *RangeSM) Open(stopc <-chan struct{}) (uint64, error) {
 	// parent's published events; one that did may have applied events
 	// nobody saw published.
 	r.publish(nil, st.floor(), st.appliedIndex > 0)
+	r.applied.advance(st.appliedIndex)
 	return st.appliedIndex, nil
 }
 
@@ -164,6 +169,7 @@ func (r *RangeSM) Update(entries []sm.Entry) ([]sm.Entry, error) {
 		}
 		r.state = a.state
 		r.publish(a.log.all(), a.state.floor(), false)
+		r.applied.advance(a.state.appliedIndex)
 		return entries, nil
 	}
 	// The batch changes the bounds: commit it and publish them as one step
@@ -174,6 +180,7 @@ func (r *RangeSM) Update(entries []sm.Entry) ([]sm.Entry, error) {
 		return nil, err
 	}
 	r.publish(a.log.all(), a.state.floor(), false)
+	r.applied.advance(a.state.appliedIndex)
 	if onSplit := r.store.onSplit; onSplit != nil {
 		for _, childID := range a.splits {
 			onSplit(r.rangeID, childID)
@@ -226,6 +233,7 @@ func (r *RangeSM) Sync() error {
 // Close releases the RangeSM; the shared Pebble stays open.
 func (r *RangeSM) Close() error {
 	r.markUnavailable(unavailableClosed)
+	r.applied.close()
 	r.store.unregister(r)
 	return nil
 }

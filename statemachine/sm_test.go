@@ -2,11 +2,13 @@ package statemachine
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -367,4 +369,44 @@ func TestPaginatedCounts(t *testing.T) {
 	now := v.Revision()
 	v.Close()
 	walk(now, n-(n+6)/7+1)
+}
+
+// TestWaitApplied: a reader waiting for an applied index returns once an
+// Update applied it, with the batch's events already published, and gets
+// ErrUnavailable when the range closes first.
+func TestWaitApplied(t *testing.T) {
+	h := newHarness(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	h.update(putCmd(t, h.nextRev(), "a", "1"))
+	h.takeApplied()
+	applied := *h.indexOf(testRangeID)
+	if err := h.rsm.WaitApplied(ctx, applied); err != nil {
+		t.Fatalf("waiting for the applied index %d: %v", applied, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- h.rsm.WaitApplied(ctx, applied+2) }()
+	h.update(putCmd(t, h.nextRev(), "b", "2"))
+	select {
+	case err := <-done:
+		t.Fatalf("returned (%v) before index %d was applied", err, applied+2)
+	case <-time.After(50 * time.Millisecond):
+	}
+	h.update(putCmd(t, h.nextRev(), "c", "3"))
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if events := len(h.takeApplied()); events != 2 {
+		t.Fatalf("%d applies published, want 2", events)
+	}
+	short, stop := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer stop()
+	if err := h.rsm.WaitApplied(short, applied+3); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("waiting past the log: %v", err)
+	}
+	go func() { done <- h.rsm.WaitApplied(ctx, applied+3) }()
+	h.close()
+	if err := <-done; !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("waiting on a closed range: %v, want ErrUnavailable", err)
+	}
 }

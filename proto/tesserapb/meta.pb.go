@@ -647,6 +647,102 @@ func (x *RangeWriteResponse) GetResult() *Result {
 	return nil
 }
 
+type FenceRangeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RangeId       uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	Revision      int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FenceRangeRequest) Reset() {
+	*x = FenceRangeRequest{}
+	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FenceRangeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FenceRangeRequest) ProtoMessage() {}
+
+func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FenceRangeRequest.ProtoReflect.Descriptor instead.
+func (*FenceRangeRequest) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *FenceRangeRequest) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+func (x *FenceRangeRequest) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type FenceRangeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AppliedIndex  uint64                 `protobuf:"varint,1,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FenceRangeResponse) Reset() {
+	*x = FenceRangeResponse{}
+	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FenceRangeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FenceRangeResponse) ProtoMessage() {}
+
+func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FenceRangeResponse.ProtoReflect.Descriptor instead.
+func (*FenceRangeResponse) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *FenceRangeResponse) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
 type SplitRangeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	SplitKey      []byte                 `protobuf:"bytes,1,opt,name=split_key,json=splitKey,proto3" json:"split_key,omitempty"`
@@ -656,7 +752,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	mi := &file_tesserapb_meta_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -668,7 +764,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	mi := &file_tesserapb_meta_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -681,7 +777,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{10}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SplitRangeRequest) GetSplitKey() []byte {
@@ -701,7 +797,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	mi := &file_tesserapb_meta_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -713,7 +809,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	mi := &file_tesserapb_meta_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -726,7 +822,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{11}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SplitRangeResponse) GetLeft() *RangeInfo {
@@ -751,7 +847,7 @@ type ListRangesRequest struct {
 
 func (x *ListRangesRequest) Reset() {
 	*x = ListRangesRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -763,7 +859,7 @@ func (x *ListRangesRequest) String() string {
 func (*ListRangesRequest) ProtoMessage() {}
 
 func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -776,7 +872,7 @@ func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesRequest.ProtoReflect.Descriptor instead.
 func (*ListRangesRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{12}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
 }
 
 type ListRangesResponse struct {
@@ -788,7 +884,7 @@ type ListRangesResponse struct {
 
 func (x *ListRangesResponse) Reset() {
 	*x = ListRangesResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -800,7 +896,7 @@ func (x *ListRangesResponse) String() string {
 func (*ListRangesResponse) ProtoMessage() {}
 
 func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -813,7 +909,7 @@ func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesResponse.ProtoReflect.Descriptor instead.
 func (*ListRangesResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{13}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListRangesResponse) GetRanges() []*RangeInfo {
@@ -840,7 +936,7 @@ type RangeInfo struct {
 
 func (x *RangeInfo) Reset() {
 	*x = RangeInfo{}
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -852,7 +948,7 @@ func (x *RangeInfo) String() string {
 func (*RangeInfo) ProtoMessage() {}
 
 func (x *RangeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -865,7 +961,7 @@ func (x *RangeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
 func (*RangeInfo) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RangeInfo) GetRangeId() uint64 {
@@ -933,7 +1029,7 @@ type GetRevisionsRequest struct {
 
 func (x *GetRevisionsRequest) Reset() {
 	*x = GetRevisionsRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -945,7 +1041,7 @@ func (x *GetRevisionsRequest) String() string {
 func (*GetRevisionsRequest) ProtoMessage() {}
 
 func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -958,7 +1054,7 @@ func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*GetRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetRevisionsRequest) GetCount() int64 {
@@ -979,7 +1075,7 @@ type GetRevisionsResponse struct {
 
 func (x *GetRevisionsResponse) Reset() {
 	*x = GetRevisionsResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -991,7 +1087,7 @@ func (x *GetRevisionsResponse) String() string {
 func (*GetRevisionsResponse) ProtoMessage() {}
 
 func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1004,7 +1100,7 @@ func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*GetRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetRevisionsResponse) GetFirst() int64 {
@@ -1066,7 +1162,12 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"writesKeys\x12%\n" +
 	"\x0efence_revision\x18\x04 \x01(\x03R\rfenceRevision\"?\n" +
 	"\x12RangeWriteResponse\x12)\n" +
-	"\x06result\x18\x01 \x01(\v2\x11.tesserapb.ResultR\x06result\"0\n" +
+	"\x06result\x18\x01 \x01(\v2\x11.tesserapb.ResultR\x06result\"J\n" +
+	"\x11FenceRangeRequest\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"9\n" +
+	"\x12FenceRangeResponse\x12#\n" +
+	"\rapplied_index\x18\x01 \x01(\x04R\fappliedIndex\"0\n" +
 	"\x11SplitRangeRequest\x12\x1b\n" +
 	"\tsplit_key\x18\x01 \x01(\fR\bsplitKey\"j\n" +
 	"\x12SplitRangeResponse\x12(\n" +
@@ -1091,11 +1192,13 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\x05count\x18\x01 \x01(\x03R\x05count\"B\n" +
 	"\x14GetRevisionsResponse\x12\x14\n" +
 	"\x05first\x18\x01 \x01(\x03R\x05first\x12\x14\n" +
-	"\x05count\x18\x02 \x01(\x03R\x05count2\xbc\x02\n" +
+	"\x05count\x18\x02 \x01(\x03R\x05count2\x87\x03\n" +
 	"\bInternal\x12O\n" +
 	"\fGetRevisions\x12\x1e.tesserapb.GetRevisionsRequest\x1a\x1f.tesserapb.GetRevisionsResponse\x12I\n" +
 	"\n" +
 	"RangeWrite\x12\x1c.tesserapb.RangeWriteRequest\x1a\x1d.tesserapb.RangeWriteResponse\x12I\n" +
+	"\n" +
+	"FenceRange\x12\x1c.tesserapb.FenceRangeRequest\x1a\x1d.tesserapb.FenceRangeResponse\x12I\n" +
 	"\n" +
 	"SplitRange\x12\x1c.tesserapb.SplitRangeRequest\x1a\x1d.tesserapb.SplitRangeResponse\x12I\n" +
 	"\n" +
@@ -1113,7 +1216,7 @@ func file_tesserapb_meta_proto_rawDescGZIP() []byte {
 	return file_tesserapb_meta_proto_rawDescData
 }
 
-var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_tesserapb_meta_proto_goTypes = []any{
 	(*MetaCommand)(nil),            // 0: tesserapb.MetaCommand
 	(*AllocateRangeIdCommand)(nil), // 1: tesserapb.AllocateRangeIdCommand
@@ -1125,14 +1228,16 @@ var file_tesserapb_meta_proto_goTypes = []any{
 	(*MetaState)(nil),              // 7: tesserapb.MetaState
 	(*RangeWriteRequest)(nil),      // 8: tesserapb.RangeWriteRequest
 	(*RangeWriteResponse)(nil),     // 9: tesserapb.RangeWriteResponse
-	(*SplitRangeRequest)(nil),      // 10: tesserapb.SplitRangeRequest
-	(*SplitRangeResponse)(nil),     // 11: tesserapb.SplitRangeResponse
-	(*ListRangesRequest)(nil),      // 12: tesserapb.ListRangesRequest
-	(*ListRangesResponse)(nil),     // 13: tesserapb.ListRangesResponse
-	(*RangeInfo)(nil),              // 14: tesserapb.RangeInfo
-	(*GetRevisionsRequest)(nil),    // 15: tesserapb.GetRevisionsRequest
-	(*GetRevisionsResponse)(nil),   // 16: tesserapb.GetRevisionsResponse
-	(*Result)(nil),                 // 17: tesserapb.Result
+	(*FenceRangeRequest)(nil),      // 10: tesserapb.FenceRangeRequest
+	(*FenceRangeResponse)(nil),     // 11: tesserapb.FenceRangeResponse
+	(*SplitRangeRequest)(nil),      // 12: tesserapb.SplitRangeRequest
+	(*SplitRangeResponse)(nil),     // 13: tesserapb.SplitRangeResponse
+	(*ListRangesRequest)(nil),      // 14: tesserapb.ListRangesRequest
+	(*ListRangesResponse)(nil),     // 15: tesserapb.ListRangesResponse
+	(*RangeInfo)(nil),              // 16: tesserapb.RangeInfo
+	(*GetRevisionsRequest)(nil),    // 17: tesserapb.GetRevisionsRequest
+	(*GetRevisionsResponse)(nil),   // 18: tesserapb.GetRevisionsResponse
+	(*Result)(nil),                 // 19: tesserapb.Result
 }
 var file_tesserapb_meta_proto_depIdxs = []int32{
 	2,  // 0: tesserapb.MetaCommand.set_high_water:type_name -> tesserapb.SetHighWaterCommand
@@ -1143,20 +1248,22 @@ var file_tesserapb_meta_proto_depIdxs = []int32{
 	6,  // 5: tesserapb.PutRangeCommand.range:type_name -> tesserapb.RangeDescriptor
 	5,  // 6: tesserapb.MetaState.nodes:type_name -> tesserapb.NodeInfo
 	6,  // 7: tesserapb.MetaState.ranges:type_name -> tesserapb.RangeDescriptor
-	17, // 8: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
-	14, // 9: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
-	14, // 10: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
-	14, // 11: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
-	15, // 12: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
+	19, // 8: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
+	16, // 9: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
+	16, // 10: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
+	16, // 11: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
+	17, // 12: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
 	8,  // 13: tesserapb.Internal.RangeWrite:input_type -> tesserapb.RangeWriteRequest
-	10, // 14: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
-	12, // 15: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
-	16, // 16: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
-	9,  // 17: tesserapb.Internal.RangeWrite:output_type -> tesserapb.RangeWriteResponse
-	11, // 18: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
-	13, // 19: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
-	16, // [16:20] is the sub-list for method output_type
-	12, // [12:16] is the sub-list for method input_type
+	10, // 14: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
+	12, // 15: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
+	14, // 16: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
+	18, // 17: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
+	9,  // 18: tesserapb.Internal.RangeWrite:output_type -> tesserapb.RangeWriteResponse
+	11, // 19: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
+	13, // 20: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
+	15, // 21: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
+	17, // [17:22] is the sub-list for method output_type
+	12, // [12:17] is the sub-list for method input_type
 	12, // [12:12] is the sub-list for extension type_name
 	12, // [12:12] is the sub-list for extension extendee
 	0,  // [0:12] is the sub-list for field type_name
@@ -1180,7 +1287,7 @@ func file_tesserapb_meta_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tesserapb_meta_proto_rawDesc), len(file_tesserapb_meta_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Internal_GetRevisions_FullMethodName = "/tesserapb.Internal/GetRevisions"
 	Internal_RangeWrite_FullMethodName   = "/tesserapb.Internal/RangeWrite"
+	Internal_FenceRange_FullMethodName   = "/tesserapb.Internal/FenceRange"
 	Internal_SplitRange_FullMethodName   = "/tesserapb.Internal/SplitRange"
 	Internal_ListRanges_FullMethodName   = "/tesserapb.Internal/ListRanges"
 )
@@ -42,6 +43,13 @@ type InternalClient interface {
 	// RangeWrite proposes a command to a range on the node holding its leader.
 	// Others answer FailedPrecondition.
 	RangeWrite(ctx context.Context, in *RangeWriteRequest, opts ...grpc.CallOption) (*RangeWriteResponse, error)
+	// FenceRange is a range leader's half of a linearizable read that another
+	// replica serves: the leader raises its fence to revision (every later
+	// write to the range takes a higher one), waits until every write at or
+	// below it is applied, confirms its leadership (ReadIndex) and answers its
+	// applied index. A replica that has applied as much holds every write at
+	// or below revision. Others answer FailedPrecondition.
+	FenceRange(ctx context.Context, in *FenceRangeRequest, opts ...grpc.CallOption) (*FenceRangeResponse, error)
 	// SplitRange splits the range holding split_key at split_key (admin).
 	SplitRange(ctx context.Context, in *SplitRangeRequest, opts ...grpc.CallOption) (*SplitRangeResponse, error)
 	// ListRanges describes the ranges as this node knows them (admin).
@@ -70,6 +78,16 @@ func (c *internalClient) RangeWrite(ctx context.Context, in *RangeWriteRequest, 
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RangeWriteResponse)
 	err := c.cc.Invoke(ctx, Internal_RangeWrite_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *internalClient) FenceRange(ctx context.Context, in *FenceRangeRequest, opts ...grpc.CallOption) (*FenceRangeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FenceRangeResponse)
+	err := c.cc.Invoke(ctx, Internal_FenceRange_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -109,6 +127,13 @@ type InternalServer interface {
 	// RangeWrite proposes a command to a range on the node holding its leader.
 	// Others answer FailedPrecondition.
 	RangeWrite(context.Context, *RangeWriteRequest) (*RangeWriteResponse, error)
+	// FenceRange is a range leader's half of a linearizable read that another
+	// replica serves: the leader raises its fence to revision (every later
+	// write to the range takes a higher one), waits until every write at or
+	// below it is applied, confirms its leadership (ReadIndex) and answers its
+	// applied index. A replica that has applied as much holds every write at
+	// or below revision. Others answer FailedPrecondition.
+	FenceRange(context.Context, *FenceRangeRequest) (*FenceRangeResponse, error)
 	// SplitRange splits the range holding split_key at split_key (admin).
 	SplitRange(context.Context, *SplitRangeRequest) (*SplitRangeResponse, error)
 	// ListRanges describes the ranges as this node knows them (admin).
@@ -128,6 +153,9 @@ func (UnimplementedInternalServer) GetRevisions(context.Context, *GetRevisionsRe
 }
 func (UnimplementedInternalServer) RangeWrite(context.Context, *RangeWriteRequest) (*RangeWriteResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RangeWrite not implemented")
+}
+func (UnimplementedInternalServer) FenceRange(context.Context, *FenceRangeRequest) (*FenceRangeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FenceRange not implemented")
 }
 func (UnimplementedInternalServer) SplitRange(context.Context, *SplitRangeRequest) (*SplitRangeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SplitRange not implemented")
@@ -192,6 +220,24 @@ func _Internal_RangeWrite_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Internal_FenceRange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FenceRangeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InternalServer).FenceRange(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Internal_FenceRange_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InternalServer).FenceRange(ctx, req.(*FenceRangeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Internal_SplitRange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(SplitRangeRequest)
 	if err := dec(in); err != nil {
@@ -242,6 +288,10 @@ var Internal_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RangeWrite",
 			Handler:    _Internal_RangeWrite_Handler,
+		},
+		{
+			MethodName: "FenceRange",
+			Handler:    _Internal_FenceRange_Handler,
 		},
 		{
 			MethodName: "SplitRange",
