@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -28,22 +29,46 @@ import (
 // fenceCallTimeout bounds one FenceRange call, which serves many readers.
 const fenceCallTimeout = 5 * time.Second
 
-// readAt runs fn on a view of rng in which rev is readable and complete: on
-// this replica when it leads the range, otherwise here after the leader's
-// FenceRange. It returns the replica's *NotLeaderError (for the caller to
-// forward the request) when the leader cannot be asked.
-func (r *Router) readAt(ctx context.Context, rng Range, rev int64, fn func(*statemachine.View) (any, error)) (any, error) {
-	out, err := rng.ReadAt(ctx, rev, fn)
+// viewAt builds the read a caller runs once it knows the revision it reads
+// at.
+type viewAt func(rev int64) func(*statemachine.View) (any, error)
+
+// readAt runs read(rev) on a view of rng in which revision rev is readable
+// and complete, and returns rev. A rev of 0 reads at the oracle's current
+// revision taken after the call began: when a leader elsewhere is known,
+// that leader takes it as part of its FenceRange (one round trip instead of
+// two). The read runs on this replica when it leads the range, otherwise
+// here after the leader's FenceRange. It returns the replica's
+// *NotLeaderError (for the caller to forward the request) when the leader
+// cannot be asked.
+func (r *Router) readAt(ctx context.Context, rng Range, rev int64, read viewAt) (any, int64, error) {
+	if rev == 0 {
+		if leader, _, ok := rng.Leader(); ok && leader != rng.ReplicaID() {
+			index, fenced, err := r.fences.fence(ctx, r, rng.RangeID(), leader, 0, true)
+			if err == nil {
+				out, err := rng.ReadAfter(ctx, index, fenced, read(fenced))
+				return out, fenced, err
+			}
+			r.cfg.Logger.Debug("fencing a range on its leader", "range", rng.RangeID(), "leader", leader, "err", err)
+		}
+		cur, err := r.oracle.Current(ctx)
+		if err != nil {
+			return nil, 0, err
+		}
+		rev = cur
+	}
+	out, err := rng.ReadAt(ctx, rev, read(rev))
 	leader, ok := leaderOf(err)
 	if !ok {
-		return out, err
+		return out, rev, err
 	}
-	index, ferr := r.fences.fence(ctx, r, rng.RangeID(), leader, rev)
+	index, _, ferr := r.fences.fence(ctx, r, rng.RangeID(), leader, rev, false)
 	if ferr != nil {
 		r.cfg.Logger.Debug("fencing a range on its leader", "range", rng.RangeID(), "leader", leader, "err", ferr)
-		return nil, err
+		return nil, rev, err
 	}
-	return rng.ReadAfter(ctx, index, rev, fn)
+	out, err = rng.ReadAfter(ctx, index, rev, read(rev))
+	return out, rev, err
 }
 
 // FenceRange serves Internal.FenceRange on the range's leader.
@@ -52,17 +77,25 @@ func (r *Router) FenceRange(ctx context.Context, req *tesserapb.FenceRangeReques
 	if rng == nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "tessera: range %d is not on this node", req.RangeId)
 	}
-	if req.Revision <= 0 {
-		return nil, status.Errorf(codes.InvalidArgument, "tessera: fence revision %d", req.Revision)
+	rev := req.Revision
+	if req.Current {
+		cur, err := r.oracle.Current(ctx)
+		if err != nil {
+			return nil, ToGRPC(err)
+		}
+		rev = max(rev, cur)
 	}
-	index, err := rng.FenceIndex(ctx, req.Revision)
+	if rev <= 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "tessera: fence revision %d", rev)
+	}
+	index, err := rng.FenceIndex(ctx, rev)
 	if err != nil {
 		if errors.Is(err, shard.ErrNotLeader) || errors.Is(err, shard.ErrNoLeader) {
 			return nil, status.Error(codes.FailedPrecondition, err.Error())
 		}
 		return nil, ToGRPC(err)
 	}
-	return &tesserapb.FenceRangeResponse{AppliedIndex: index}, nil
+	return &tesserapb.FenceRangeResponse{AppliedIndex: index, Revision: rev}, nil
 }
 
 // fenceCalls batches FenceRange calls per range: one call runs at a time,
@@ -78,16 +111,19 @@ type rangeFences struct {
 }
 
 type fenceBatch struct {
-	rev    int64  // the highest revision of its readers
-	leader uint64 // the node to ask
-	done   chan struct{}
-	index  uint64
-	err    error
+	rev     int64  // the highest revision of its readers
+	current bool   // a reader wants the oracle's current revision
+	leader  uint64 // the node to ask
+	done    chan struct{}
+	index   uint64
+	fenced  int64 // the revision the leader fenced
+	err     error
 }
 
 // fence returns the applied index the leader of range id answers for a
-// revision at or above rev, asked after the call began.
-func (f *fenceCalls) fence(ctx context.Context, r *Router, id, leader uint64, rev int64) (uint64, error) {
+// revision at or above rev (and, with current, at or above the oracle's
+// current revision), asked after the call began, and the revision fenced.
+func (f *fenceCalls) fence(ctx context.Context, r *Router, id, leader uint64, rev int64, current bool) (index uint64, fenced int64, err error) {
 	f.mu.Lock()
 	if f.byRange == nil {
 		f.byRange = map[uint64]*rangeFences{}
@@ -102,6 +138,7 @@ func (f *fenceCalls) fence(ctx context.Context, r *Router, id, leader uint64, re
 	}
 	b := rf.next
 	b.rev = max(b.rev, rev)
+	b.current = b.current || current
 	b.leader = leader
 	if !rf.running {
 		rf.running = true
@@ -110,9 +147,9 @@ func (f *fenceCalls) fence(ctx context.Context, r *Router, id, leader uint64, re
 	f.mu.Unlock()
 	select {
 	case <-b.done:
-		return b.index, b.err
+		return b.index, b.fenced, b.err
 	case <-ctx.Done():
-		return 0, ctx.Err()
+		return 0, 0, ctx.Err()
 	}
 }
 
@@ -130,20 +167,23 @@ func (f *fenceCalls) run(r *Router, id uint64, rf *rangeFences) {
 		rf.next = nil
 		f.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), fenceCallTimeout)
-		b.index, b.err = r.callFenceRange(ctx, id, b.leader, b.rev)
+		b.index, b.fenced, b.err = r.callFenceRange(ctx, id, b)
 		cancel()
 		close(b.done)
 	}
 }
 
-func (r *Router) callFenceRange(ctx context.Context, id, leader uint64, rev int64) (uint64, error) {
-	cc, err := r.nodes.Conn(ctx, leader)
+func (r *Router) callFenceRange(ctx context.Context, id uint64, b *fenceBatch) (uint64, int64, error) {
+	cc, err := r.nodes.Conn(ctx, b.leader)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	resp, err := tesserapb.NewInternalClient(cc).FenceRange(forwardedContext(ctx), &tesserapb.FenceRangeRequest{RangeId: id, Revision: rev})
+	resp, err := tesserapb.NewInternalClient(cc).FenceRange(forwardedContext(ctx), &tesserapb.FenceRangeRequest{RangeId: id, Revision: b.rev, Current: b.current})
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return resp.AppliedIndex, nil
+	if resp.Revision < b.rev {
+		return 0, 0, fmt.Errorf("router: range %d fenced at %d, asked %d", id, resp.Revision, b.rev)
+	}
+	return resp.AppliedIndex, resp.Revision, nil
 }

@@ -38,11 +38,21 @@ func (l *fencingLeader) FenceRange(_ context.Context, req *tesserapb.FenceRangeR
 	if l.refuse {
 		return nil, status.Error(codes.FailedPrecondition, (&shard.NotLeaderError{}).Error())
 	}
+	rev := req.Revision
+	if req.Current {
+		rev = max(rev, currentRevision)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.revs = append(l.revs, req.Revision)
-	return &tesserapb.FenceRangeResponse{AppliedIndex: uint64(100 + len(l.revs))}, nil
+	l.revs = append(l.revs, rev)
+	return &tesserapb.FenceRangeResponse{AppliedIndex: uint64(100 + len(l.revs)), Revision: rev}, nil
 }
+
+// currentRevision is the oracle's current revision on the leader's node.
+const currentRevision = 50
+
+// noRead is a read that reads nothing.
+func noRead(int64) func(*statemachine.View) (any, error) { return nil }
 
 // followerRange is a replica of range 5 that names replica 2 as leader and
 // records the reads it serves after a fence.
@@ -79,8 +89,8 @@ func TestFollowerReadsShareFenceCalls(t *testing.T) {
 	var wg sync.WaitGroup
 	read := func(rev int64) {
 		defer wg.Done()
-		if out, err := r.readAt(ctx, rng, rev, nil); err != nil || out != rev {
-			t.Errorf("read at %d: %v, %v", rev, out, err)
+		if out, at, err := r.readAt(ctx, rng, rev, noRead); err != nil || out != rev || at != rev {
+			t.Errorf("read at %d: %v at %d, %v", rev, out, at, err)
 		}
 	}
 	wg.Add(1)
@@ -124,7 +134,7 @@ func TestFollowerReadLeaderRefuses(t *testing.T) {
 	rng := &followerRange{notLeaderRange: notLeaderRange{boundsOnly{id: 5}}, reads: map[int64]uint64{}}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err := r.readAt(ctx, rng, 7, nil)
+	_, _, err := r.readAt(ctx, rng, 7, noRead)
 	if id, ok := leaderOf(err); !ok || id != 2 {
 		t.Fatalf("got %v, want the replica's not-leader error naming 2", err)
 	}
@@ -140,5 +150,23 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met in 10 s")
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestFollowerReadAtCurrentRevision: a read that has no revision yet has the
+// leader take the oracle's current one while fencing (no oracle call here),
+// and reads at it.
+func TestFollowerReadAtCurrentRevision(t *testing.T) {
+	leader := &fencingLeader{}
+	r := New(Config{}, NewRangeCache(), startPeersOf(t, map[uint64]tesserapb.InternalServer{2: leader}), nil)
+	rng := &followerRange{notLeaderRange: notLeaderRange{boundsOnly{id: 5}}, reads: map[int64]uint64{}}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, at, err := r.readAt(ctx, rng, 0, noRead)
+	if err != nil || at != currentRevision || out != int64(currentRevision) {
+		t.Fatalf("read at the current revision: %v at %d, %v; want %d", out, at, err, currentRevision)
+	}
+	if rng.reads[currentRevision] != 101 {
+		t.Fatalf("reads %v, want revision %d after index 101", rng.reads, currentRevision)
 	}
 }

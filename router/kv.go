@@ -47,24 +47,27 @@ func (r *Router) readRevision(ctx context.Context, requested int64) (int64, erro
 }
 
 // rangeAll runs a Range over every range it touches and merges the answers
-// as one store would give them.
+// as one store would give them. A linearizable read of one range at the
+// current revision leaves taking the revision to readAt (on a follower, the
+// range leader takes it while fencing); a read of several ranges takes it
+// here, once, for all of them.
 func (r *Router) rangeAll(ctx context.Context, req *pb.RangeRequest) (*pb.RangeResponse, error) {
 	var headerRev int64
 	sub := proto.CloneOf(req)
-	if !req.Serializable {
-		rev, err := r.readRevision(ctx, req.Revision)
-		if err != nil {
-			return nil, err
-		}
-		headerRev = rev
-		if sub.Revision == 0 {
-			sub.Revision = rev
-		}
-	}
 	for attempt := 0; ; attempt++ {
 		spans, err := r.spansOf(req.Key, req.RangeEnd)
 		if err != nil {
 			return nil, err
+		}
+		if !req.Serializable && headerRev == 0 && (req.Revision != 0 || len(spans) > 1) {
+			rev, err := r.readRevision(ctx, req.Revision)
+			if err != nil {
+				return nil, err
+			}
+			headerRev = rev
+			if sub.Revision == 0 {
+				sub.Revision = rev
+			}
 		}
 		resp, err := r.mergeSpans(ctx, sub, spans, headerRev)
 		if r.reroute(ctx, err, attempt) {
@@ -141,23 +144,33 @@ func (r *Router) mergeSpans(ctx context.Context, req *pb.RangeRequest, spans []s
 }
 
 // readSpan reads one range's part of a Range: locally as it is for a
-// serializable read, otherwise at req.Revision on the range's leader (here, or
-// through KV.Range on the leader's node). It returns the revision the answer
-// is good for.
+// serializable read, otherwise at req.Revision (0: the current revision)
+// after the range leader's fence (here, or through FenceRange or KV.Range on
+// the leader's node). It returns the revision the answer is good for.
 func (r *Router) readSpan(ctx context.Context, rng Range, req *pb.RangeRequest) (*pb.RangeResponse, int64, error) {
-	fn := func(v *statemachine.View) (any, error) {
-		resp, err := v.Range(req)
-		if err != nil {
-			return nil, err
+	read := func(rev int64) func(*statemachine.View) (any, error) {
+		return func(v *statemachine.View) (any, error) {
+			at := req
+			if rev != req.Revision {
+				at = proto.CloneOf(req)
+				at.Revision = rev
+			}
+			resp, err := v.Range(at)
+			if err != nil {
+				return nil, err
+			}
+			return [2]any{resp, v.Revision()}, nil
 		}
-		return [2]any{resp, v.Revision()}, nil
 	}
 	var out any
 	var err error
 	if req.Serializable {
-		out, err = rng.Read(ctx, false, fn)
+		out, err = rng.Read(ctx, false, read(req.Revision))
 	} else {
-		out, err = r.readAt(ctx, rng, req.Revision, fn)
+		var rev int64
+		if out, rev, err = r.readAt(ctx, rng, req.Revision, read); err == nil {
+			return out.([2]any)[0].(*pb.RangeResponse), rev, nil
+		}
 	}
 	if err == nil {
 		pair := out.([2]any)
@@ -171,6 +184,9 @@ func (r *Router) readSpan(ctx context.Context, rng Range, req *pb.RangeRequest) 
 	}
 	if ferr != nil {
 		return nil, 0, ferr
+	}
+	if req.Revision == 0 {
+		return resp, resp.GetHeader().GetRevision(), nil
 	}
 	return resp, req.Revision, nil
 }
@@ -280,7 +296,7 @@ func (r *Router) streamSpan(ctx context.Context, rng Range, req *pb.RangeRequest
 	if req.Serializable {
 		_, err = rng.Read(ctx, false, fn)
 	} else {
-		_, err = r.readAt(ctx, rng, req.Revision, fn)
+		_, _, err = r.readAt(ctx, rng, req.Revision, func(int64) func(*statemachine.View) (any, error) { return fn })
 	}
 	if err == nil || sent > 0 {
 		return sent, count, more, rev, err

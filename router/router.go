@@ -242,10 +242,11 @@ func (r *Router) CloseRange(ctx context.Context, rangeID uint64) (int64, error) 
 	if rng == nil {
 		return 0, ErrNoRange
 	}
-	if rev, err := r.oracle.Current(ctx); err == nil {
-		if _, err = r.readAt(ctx, rng, rev, func(*statemachine.View) (any, error) { return nil, nil }); err == nil {
-			return rev, nil
-		}
+	noop := func(int64) func(*statemachine.View) (any, error) {
+		return func(*statemachine.View) (any, error) { return nil, nil }
+	}
+	if _, rev, err := r.readAt(ctx, rng, 0, noop); err == nil {
+		return rev, nil
 	}
 	_, err := r.writeTo(ctx, rng, &tesserapb.Command{Op: &tesserapb.Command_Barrier{Barrier: &tesserapb.BarrierCommand{}}}, true, 0)
 	return 0, err

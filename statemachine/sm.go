@@ -22,11 +22,11 @@ type RangeSM struct {
 	rangeID   uint64
 	replicaID uint64
 
-	// state and bounds are the range's metadata as last committed; they are
-	// only used by the update path (Views read their own from the snapshot).
-	// Written only by Open, Update (bounds: when it applied a split) and
-	// RecoverFromSnapshot, each time after the batch recording them has
-	// committed.
+	// state and bounds are the range's metadata as last committed, for the
+	// update path and for Views. Written only by Open, Update and
+	// RecoverFromSnapshot, under mu held for writing together with the
+	// commit of the batch recording them (the update path reads them
+	// without mu: Dragonboat serialises it with the writers).
 	state  rangeState
 	bounds bounds
 
@@ -163,24 +163,19 @@ func (r *RangeSM) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	if err := b.Set(metaKey(r.rangeID, metaState), a.state.encode(), nil); err != nil {
 		return nil, err
 	}
-	if len(a.splits) == 0 {
-		if err := b.Commit(pebble.NoSync); err != nil {
-			return nil, fmt.Errorf("statemachine: range %d committing batch: %w", r.rangeID, err)
-		}
-		r.state = a.state
-		r.publish(a.log.all(), a.state.floor(), false)
-		r.applied.advance(a.state.appliedIndex)
-		return entries, nil
-	}
-	// The batch changes the bounds: commit it and publish them as one step
-	// for View (which snapshots under mu), so a View that sees the new
-	// bounds implies Bounds() reports them too and a router that refreshes
-	// after ErrWrongRange routes by them.
+	// The batch and the metadata it records are published as one step for
+	// View (which snapshots under mu and takes the metadata from memory);
+	// when the batch changes the bounds, a View that sees the new bounds
+	// implies Bounds() reports them too and a router that refreshes after
+	// ErrWrongRange routes by them.
 	if err := r.commitMeta(b, a.state, a.bounds); err != nil {
 		return nil, err
 	}
 	r.publish(a.log.all(), a.state.floor(), false)
 	r.applied.advance(a.state.appliedIndex)
+	if len(a.splits) == 0 {
+		return entries, nil
+	}
 	if onSplit := r.store.onSplit; onSplit != nil {
 		for _, childID := range a.splits {
 			onSplit(r.rangeID, childID)
@@ -247,11 +242,16 @@ func (r *RangeSM) View() (*View, error) {
 		return nil, errorf(ErrUnavailable, "range %d is %s", r.rangeID, why)
 	}
 	snap := r.store.db.NewSnapshot()
+	// The metadata committed with the snapshot's last batch (see
+	// commitMeta); read from the snapshot only before Open loaded it.
+	st, b, opened := r.state, r.bounds, r.opened
 	r.mu.RUnlock()
-	st, b, err := loadMeta(snap, r.rangeID)
-	if err != nil {
-		closeQuietly(snap)
-		return nil, err
+	if !opened {
+		var err error
+		if st, b, err = loadMeta(snap, r.rangeID); err != nil {
+			closeQuietly(snap)
+			return nil, err
+		}
 	}
 	return &View{snap: snap, rangeID: r.rangeID, state: st, bounds: b, counts: r.store.counts}, nil
 }

@@ -648,9 +648,13 @@ func (x *RangeWriteResponse) GetResult() *Result {
 }
 
 type FenceRangeRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RangeId       uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
-	Revision      int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	RangeId  uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	Revision int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// current: fence at the oracle's current revision (or revision, if
+	// higher), which the leader takes after the call arrives: a read that
+	// has not taken its revision yet saves a round trip to the oracle.
+	Current       bool `protobuf:"varint,3,opt,name=current,proto3" json:"current,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -699,9 +703,18 @@ func (x *FenceRangeRequest) GetRevision() int64 {
 	return 0
 }
 
+func (x *FenceRangeRequest) GetCurrent() bool {
+	if x != nil {
+		return x.Current
+	}
+	return false
+}
+
 type FenceRangeResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	AppliedIndex  uint64                 `protobuf:"varint,1,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	AppliedIndex uint64                 `protobuf:"varint,1,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	// revision is the revision fenced.
+	Revision      int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -739,6 +752,13 @@ func (*FenceRangeResponse) Descriptor() ([]byte, []int) {
 func (x *FenceRangeResponse) GetAppliedIndex() uint64 {
 	if x != nil {
 		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *FenceRangeResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
 	}
 	return 0
 }
@@ -1162,12 +1182,14 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"writesKeys\x12%\n" +
 	"\x0efence_revision\x18\x04 \x01(\x03R\rfenceRevision\"?\n" +
 	"\x12RangeWriteResponse\x12)\n" +
-	"\x06result\x18\x01 \x01(\v2\x11.tesserapb.ResultR\x06result\"J\n" +
+	"\x06result\x18\x01 \x01(\v2\x11.tesserapb.ResultR\x06result\"d\n" +
 	"\x11FenceRangeRequest\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"9\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x18\n" +
+	"\acurrent\x18\x03 \x01(\bR\acurrent\"U\n" +
 	"\x12FenceRangeResponse\x12#\n" +
-	"\rapplied_index\x18\x01 \x01(\x04R\fappliedIndex\"0\n" +
+	"\rapplied_index\x18\x01 \x01(\x04R\fappliedIndex\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"0\n" +
 	"\x11SplitRangeRequest\x12\x1b\n" +
 	"\tsplit_key\x18\x01 \x01(\fR\bsplitKey\"j\n" +
 	"\x12SplitRangeResponse\x12(\n" +
