@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -139,13 +140,18 @@ func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) 
 		return 0, err
 	}
 	revoke := &tesserapb.Command{Op: &tesserapb.Command_LeaseRevoke{LeaseRevoke: &tesserapb.LeaseRevokeCommand{Id: id}}}
-	var rev int64
+	var (
+		mu  sync.Mutex
+		rev int64
+	)
 	revokeOn := func(rng Range) (*tesserapb.Result, error) {
 		res, err := r.writeTo(ctx, rng, revoke, true, 0)
 		if err != nil && !errors.Is(err, statemachine.ErrLeaseNotFound) {
 			return nil, fmt.Errorf("router: revoking lease %x on range %d: %w", id, rng.RangeID(), err)
 		}
+		mu.Lock()
 		rev = max(rev, revokedAt(res))
+		mu.Unlock()
 		return res, nil
 	}
 	// The home range, which holds the lease's clock, goes last: until it
@@ -158,7 +164,9 @@ func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) 
 	if err != nil {
 		return 0, err
 	}
+	mu.Lock()
 	rev = max(rev, revokedAt(res))
+	mu.Unlock()
 	// Ranges the home range split off before its revocation applied.
 	r.awaitApplied(ctx, home, res)
 	if err := r.everyRange(ctx, done, revokeOn); err != nil {
@@ -176,18 +184,35 @@ func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) 
 // much, and the range cache is current (rebuilt from those bounds, with the
 // ranges the split made open here), the cache lists every such child; ranges
 // not done yet get the command too, until a pass adds none.
+//
+// The ranges of one pass get the command concurrently (each is its own Raft
+// group), so a grant costs about one write's latency however many ranges
+// there are.
 func (r *Router) everyRange(ctx context.Context, done map[uint64]bool, do func(Range) (*tesserapb.Result, error)) error {
 	for {
+		var todo []Range
 		for _, rng := range r.ranges.list() {
-			if done[rng.RangeID()] {
-				continue
+			if !done[rng.RangeID()] {
+				todo = append(todo, rng)
 			}
-			res, err := do(rng)
-			if err != nil {
-				return err
+		}
+		errs := make([]error, len(todo))
+		var wg sync.WaitGroup
+		for i, rng := range todo {
+			wg.Go(func() {
+				res, err := do(rng)
+				if err == nil {
+					r.awaitApplied(ctx, rng, res)
+				}
+				errs[i] = err
+			})
+		}
+		wg.Wait()
+		for i, rng := range todo {
+			if errs[i] != nil {
+				return errs[i]
 			}
 			done[rng.RangeID()] = true
-			r.awaitApplied(ctx, rng, res)
 		}
 		if err := r.awaitCurrentCache(ctx); err != nil {
 			return err
