@@ -68,7 +68,7 @@ func (a *Allocator) Allocate(ctx context.Context, count int64) (int64, error) {
 		a.limit = limit
 	}
 	// Confirm leadership after choosing the batch and before handing it out.
-	if _, err := a.meta.Read(ctx, true, func(*tesserapb.MetaState) (any, error) { return nil, nil }); err != nil {
+	if err := a.meta.ConfirmLeader(ctx); err != nil {
 		a.term = 0
 		return 0, err
 	}

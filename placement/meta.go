@@ -25,6 +25,9 @@ type metaRaft interface {
 	// Read runs fn on the state; linearizable reads first confirm through
 	// ReadIndex that this replica has applied everything committed before.
 	Read(ctx context.Context, linearizable bool, fn func(*tesserapb.MetaState) (any, error)) (any, error)
+	// ConfirmLeader returns nil if this replica led the meta range at some
+	// point after the call began (a ReadIndex round).
+	ConfirmLeader(ctx context.Context) error
 }
 
 // MetaReplica drives this node's replica of the meta range. A node's ID is
@@ -32,12 +35,15 @@ type metaRaft interface {
 type MetaReplica struct {
 	nh      *dragonboat.NodeHost
 	nodeID  uint64
+	sole    bool
 	session *client.Session
 }
 
-// NewMetaReplica returns a driver for the meta replica already started on nh.
-func NewMetaReplica(nh *dragonboat.NodeHost, nodeID uint64) *MetaReplica {
-	return &MetaReplica{nh: nh, nodeID: nodeID, session: nh.GetNoOPSession(MetaRangeID)}
+// NewMetaReplica returns a driver for the meta replica already started on
+// nh. sole says the meta range has no other replica (a one-node cluster,
+// whose membership cannot change).
+func NewMetaReplica(nh *dragonboat.NodeHost, nodeID uint64, sole bool) *MetaReplica {
+	return &MetaReplica{nh: nh, nodeID: nodeID, sole: sole, session: nh.GetNoOPSession(MetaRangeID)}
 }
 
 // NodeID of this node.
@@ -89,6 +95,17 @@ func (m *MetaReplica) Read(ctx context.Context, linearizable bool, fn func(*tess
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
 	return m.nh.SyncRead(ctx, MetaRangeID, fn)
+}
+
+// ConfirmLeader implements metaRaft. A sole replica needs no round: no
+// other replica exists to be elected in its place (its leadership ends only
+// with the process, and the caller checks the term it led in).
+func (m *MetaReplica) ConfirmLeader(ctx context.Context) error {
+	if m.sole {
+		return nil
+	}
+	_, err := m.Read(ctx, true, func(*tesserapb.MetaState) (any, error) { return nil, nil })
+	return err
 }
 
 // withDefaultTimeout gives ctx a deadline when it has none: Dragonboat's

@@ -50,6 +50,11 @@ func (f *fakeMeta) Read(_ context.Context, linearizable bool, fn func(*tesserapb
 	return fn(f.state)
 }
 
+func (f *fakeMeta) ConfirmLeader(ctx context.Context) error {
+	_, err := f.Read(ctx, true, func(*tesserapb.MetaState) (any, error) { return nil, nil })
+	return err
+}
+
 func newFake(nodeID uint64) *fakeMeta {
 	return &fakeMeta{nodeID: nodeID, leader: nodeID, term: 1, state: &tesserapb.MetaState{HighWater: InitialHighWater}}
 }

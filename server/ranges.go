@@ -66,7 +66,7 @@ func (s *Server) startRange(rangeID uint64) error {
 	if err := s.nh.StartOnDiskReplica(s.raftMembers, false, s.store.CreateStateMachine, s.raftConfig(rangeID)); err != nil {
 		return fmt.Errorf("starting range %d: %w", rangeID, err)
 	}
-	cfg := shard.Config{RangeID: rangeID, ReplicaID: s.replicaID, Logger: s.log}
+	cfg := shard.Config{RangeID: rangeID, ReplicaID: s.replicaID, SoleReplica: len(s.raftMembers) == 1, Logger: s.log}
 	if hook := s.cfg.AfterRevisionsTaken; hook != nil {
 		cfg.AfterRevisionsTaken = func(first int64) { hook(rangeID, first) }
 	}

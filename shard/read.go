@@ -30,7 +30,7 @@ func (r *Replica) readAtOnce(ctx context.Context, rev int64, fn func(*statemachi
 	if err := r.waitSettled(ctx, r.fence.raise(rev)); err != nil {
 		return nil, err, false
 	}
-	out, err, retry = r.readOnce(ctx, func(v *statemachine.View) (any, error) {
+	out, err, retry = r.confirmedRead(ctx, func(v *statemachine.View) (any, error) {
 		v.AssumeClosed(rev)
 		return fn(v)
 	})

@@ -42,6 +42,11 @@ type Config struct {
 	// RevokeExpired revokes an expired lease; nil revokes it on this range
 	// only. The home range's node revokes it on every range.
 	RevokeExpired func(ctx context.Context, id int64) error
+	// SoleReplica: the range has no other replica (a one-node cluster, whose
+	// membership cannot change), so no other leader can exist: once this
+	// replica's leadership barrier is applied, everything acknowledged is
+	// applied here, and a linearizable read needs no ReadIndex round.
+	SoleReplica bool
 	// AfterRevisionsTaken, for tests only, runs after a batch of writes took
 	// its revisions from the oracle and before they pass the fence (it may
 	// block, to force the race of DESIGN.md "Revisions" 3).
@@ -538,7 +543,26 @@ func (r *Replica) Read(ctx context.Context, linearizable bool, fn func(*statemac
 		})
 		return out, err
 	}
-	return retrying(r, ctx, func() (any, error, bool) { return r.readOnce(ctx, fn) })
+	return retrying(r, ctx, func() (any, error, bool) { return r.confirmedRead(ctx, fn) })
+}
+
+// confirmedRead runs fn on a view that holds everything committed before
+// the call: after a ReadIndex round, or at once on a sole replica that is
+// ready as leader (see Config.SoleReplica).
+func (r *Replica) confirmedRead(ctx context.Context, fn func(*statemachine.View) (any, error)) (out any, err error, retry bool) {
+	if !r.cfg.SoleReplica {
+		return r.readOnce(ctx, fn)
+	}
+	if err := r.leaderReady(ctx); err != nil {
+		var nl *NotLeaderError
+		return nil, err, errors.As(err, &nl) && nl.LeaderReplicaID == 0
+	}
+	err = r.withView(func(v *statemachine.View) error {
+		var err error
+		out, err = fn(v)
+		return err
+	})
+	return out, err, false
 }
 
 func (r *Replica) readOnce(ctx context.Context, fn func(*statemachine.View) (any, error)) (out any, err error, retry bool) {

@@ -122,6 +122,20 @@ func TestLinearizableManyRanges(t *testing.T) {
 	})
 }
 
+// TestLinearizableOneNode: the same on one node, where every range has a
+// sole replica and linearizable reads skip the ReadIndex round (the fence
+// and the leadership barrier alone make them linearizable), over ranges
+// that split during the run.
+func TestLinearizableOneNode(t *testing.T) {
+	c := testcluster.Start(t, 1)
+	for _, key := range []string{"lin/04", "lin/08", "lin/12"} {
+		splitAt(t, c, c.Nodes[0], key)
+	}
+	runLinearizability(t, c, 16, true, func(round int) {
+		splitAt(t, c, c.Nodes[0], fmt.Sprintf("lin/%02d", 2*round+1))
+	})
+}
+
 // listResult is a multi-range list seen by a client, checked against the
 // writes' own responses.
 type listResult struct {
