@@ -11,7 +11,7 @@ import (
 // list: load Objects objects of ValueSizeBytes under "l/", then time, one
 // after the other, a paginated list (PageLimit per page, every page after
 // the first at the first page's revision, as kube-apiserver pages), one
-// unpaginated Range and one RangeStream of the whole prefix. With
+// RangeStream and one unpaginated Range of the whole prefix. With
 // --server-pids it records the server's RSS after the load and its peak
 // during each list.
 func runList(ctx context.Context, e *env, res *Result) error {
@@ -85,18 +85,12 @@ func runList(ctx context.Context, e *env, res *Result) error {
 	}
 	l.PaginatedSeconds, l.RSSPeakPagedBytes = d.Seconds(), peak()
 
-	d, err = listOp("range", func() error {
-		resp, err := cli.Get(ctx, keys.Prefix, clientv3.WithRange(end))
-		if err == nil {
-			l.RangeKeys = int64(len(resp.Kvs))
-		}
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("range: %w", err)
+	// The stream goes before the one Range: the Range holds the whole
+	// result in the server's memory, which the Go runtime keeps for
+	// minutes after, and would hide what the stream itself costs.
+	if sampler != nil {
+		l.RSSBeforeStreamBytes = sampler.resetPeak()
 	}
-	l.RangeSeconds, l.RSSPeakRangeBytes = d.Seconds(), peak()
-
 	d, err = listOp("range-stream", func() error {
 		stream, err := cli.GetStream(ctx, keys.Prefix, clientv3.WithRange(end))
 		if err != nil {
@@ -118,6 +112,18 @@ func runList(ctx context.Context, e *env, res *Result) error {
 		return fmt.Errorf("range stream: %w", err)
 	}
 	l.StreamSeconds, l.RSSPeakStreamBytes = d.Seconds(), peak()
+
+	d, err = listOp("range", func() error {
+		resp, err := cli.Get(ctx, keys.Prefix, clientv3.WithRange(end))
+		if err == nil {
+			l.RangeKeys = int64(len(resp.Kvs))
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("range: %w", err)
+	}
+	l.RangeSeconds, l.RSSPeakRangeBytes = d.Seconds(), peak()
 	res.fillOps(rec.ops)
 	return nil
 }

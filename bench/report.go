@@ -178,7 +178,7 @@ func (c *Comparison) writeListTable(w io.Writer) {
 	}
 	fmt.Fprintln(w, "### Large lists")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| topology | target | objects × size | paginated list | one Range | one RangeStream | RSS after load | RSS peak: paginated / Range / RangeStream |")
+	fmt.Fprintln(w, "| topology | target | objects × size | paginated list | one RangeStream | one Range | RSS after load | RSS peak: paginated / RangeStream (start → peak) / Range |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
 		l := r.List
@@ -186,9 +186,9 @@ func (c *Comparison) writeListTable(w io.Writer) {
 		if l.StreamUnsupported != "" {
 			stream = "not supported"
 		}
-		fmt.Fprintf(w, "| %s | %s | %d × %d B | %.2f s (%d pages) | %.2f s | %s | %s | %s / %s / %s |\n", r.Topology, r.Target,
-			l.Objects, l.ObjectSizeBytes, l.PaginatedSeconds, l.Pages, l.RangeSeconds, stream, formatBytes(l.RSSAfterLoadBytes),
-			formatBytes(l.RSSPeakPagedBytes), formatBytes(l.RSSPeakRangeBytes), formatBytes(l.RSSPeakStreamBytes))
+		fmt.Fprintf(w, "| %s | %s | %d × %d B | %.2f s (%d pages) | %s | %.2f s | %s | %s / %s → %s / %s |\n", r.Topology, r.Target,
+			l.Objects, l.ObjectSizeBytes, l.PaginatedSeconds, l.Pages, stream, l.RangeSeconds, formatBytes(l.RSSAfterLoadBytes),
+			formatBytes(l.RSSPeakPagedBytes), formatBytes(l.RSSBeforeStreamBytes), formatBytes(l.RSSPeakStreamBytes), formatBytes(l.RSSPeakRangeBytes))
 	}
 	fmt.Fprintln(w)
 }

@@ -81,11 +81,13 @@ type ListResult struct {
 	// StreamUnsupported is set when the target has no RangeStream.
 	StreamUnsupported string `json:"stream_unsupported"`
 	// Server RSS (sum over --server-pids; 0 without them): after the load,
-	// and the peak while serving each list.
-	RSSAfterLoadBytes  int64 `json:"rss_after_load_bytes"`
-	RSSPeakPagedBytes  int64 `json:"rss_peak_paginated_bytes"`
-	RSSPeakRangeBytes  int64 `json:"rss_peak_range_bytes"`
-	RSSPeakStreamBytes int64 `json:"rss_peak_stream_bytes"`
+	// when the RangeStream starts (it runs after the paginated list), and
+	// the peak while serving each list.
+	RSSAfterLoadBytes    int64 `json:"rss_after_load_bytes"`
+	RSSBeforeStreamBytes int64 `json:"rss_before_stream_bytes"`
+	RSSPeakPagedBytes    int64 `json:"rss_peak_paginated_bytes"`
+	RSSPeakRangeBytes    int64 `json:"rss_peak_range_bytes"`
+	RSSPeakStreamBytes   int64 `json:"rss_peak_stream_bytes"`
 }
 
 // WriteSummary prints the human summary.
@@ -127,7 +129,7 @@ func (r *Result) WriteSummary(w io.Writer) {
 		if l.StreamUnsupported != "" {
 			fmt.Fprintf(w, "    one RangeStream:      not supported by target: %s\n", l.StreamUnsupported)
 		} else {
-			fmt.Fprintf(w, "    one RangeStream:      %.3fs, %d keys in %d chunks, server RSS peak %s\n", l.StreamSeconds, l.StreamKeys, l.StreamChunks, formatBytes(l.RSSPeakStreamBytes))
+			fmt.Fprintf(w, "    one RangeStream:      %.3fs, %d keys in %d chunks, server RSS %s at its start, peak %s\n", l.StreamSeconds, l.StreamKeys, l.StreamChunks, formatBytes(l.RSSBeforeStreamBytes), formatBytes(l.RSSPeakStreamBytes))
 		}
 		fmt.Fprintf(w, "    server RSS after load: %s\n", formatBytes(l.RSSAfterLoadBytes))
 	}
