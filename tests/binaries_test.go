@@ -58,15 +58,15 @@ type process struct {
 	stderr    *bytes.Buffer
 }
 
-func startProcess(t *testing.T, dataDir string) *process {
+func startProcess(t *testing.T, dataDir string, flags ...string) *process {
 	t.Helper()
 	clientURL := fmt.Sprintf("http://127.0.0.1:%d", testcluster.FreePort(t))
 	peerURL := fmt.Sprintf("http://127.0.0.1:%d", testcluster.FreePort(t))
-	p := &process{t: t, clientURL: clientURL, args: []string{
+	p := &process{t: t, clientURL: clientURL, args: append([]string{
 		"--data-dir", dataDir,
 		"--listen-client-urls", clientURL,
 		"--listen-peer-urls", peerURL,
-	}}
+	}, flags...)}
 	p.start()
 	t.Cleanup(p.kill)
 	return p
