@@ -21,11 +21,22 @@ import (
 )
 
 // raftConfig is the Raft configuration of every range (and the meta range).
+// soloElectionRTT is the election timeout, in heartbeat intervals, of a
+// Raft group with a single member (a one-node cluster): it has nobody to
+// wait for, and a range a split has just made serves nothing until it has
+// elected itself, so it goes as fast as Dragonboat allows (more than two
+// heartbeat intervals; randomised up to twice that).
+const soloElectionRTT = 3
+
 func (s *Server) raftConfig(rangeID uint64) dbconfig.Config {
+	electionRTT := uint64(s.cfg.ElectionTimeout / s.cfg.HeartbeatInterval)
+	if len(s.raftMembers) == 1 {
+		electionRTT = min(electionRTT, soloElectionRTT)
+	}
 	return dbconfig.Config{
 		ShardID:            rangeID,
 		ReplicaID:          s.replicaID,
-		ElectionRTT:        uint64(s.cfg.ElectionTimeout / s.cfg.HeartbeatInterval),
+		ElectionRTT:        electionRTT,
 		HeartbeatRTT:       1,
 		CheckQuorum:        true,
 		PreVote:            true,
