@@ -190,15 +190,15 @@ func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) 
 // there are.
 func (r *Router) everyRange(ctx context.Context, done map[uint64]bool, do func(Range) (*tesserapb.Result, error)) error {
 	for {
-		var todo []Range
+		var left []Range
 		for _, rng := range r.ranges.list() {
 			if !done[rng.RangeID()] {
-				todo = append(todo, rng)
+				left = append(left, rng)
 			}
 		}
-		errs := make([]error, len(todo))
+		errs := make([]error, len(left))
 		var wg sync.WaitGroup
-		for i, rng := range todo {
+		for i, rng := range left {
 			wg.Go(func() {
 				res, err := do(rng)
 				if err == nil {
@@ -208,7 +208,7 @@ func (r *Router) everyRange(ctx context.Context, done map[uint64]bool, do func(R
 			})
 		}
 		wg.Wait()
-		for i, rng := range todo {
+		for i, rng := range left {
 			if errs[i] != nil {
 				return errs[i]
 			}
