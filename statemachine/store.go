@@ -13,7 +13,7 @@ import (
 type StoreOptions struct {
 	// CacheSizeBytes is Pebble's block cache size; 0 means 64 MiB.
 	CacheSizeBytes int64
-	// MemTableSizeBytes is Pebble's memtable size; 0 means Pebble's default.
+	// MemTableSizeBytes is Pebble's memtable size; 0 means 16 MiB.
 	MemTableSizeBytes uint64
 	// Logger receives Pebble's log; nil means errors only, to the standard
 	// logger (Pebble's informational messages are dropped).
@@ -48,6 +48,15 @@ func (quietLogger) Fatalf(format string, args ...any) {
 }
 
 const defaultCacheSizeBytes = 64 << 20
+
+// defaultMemTableSizeBytes is four times Pebble's default. Values written at
+// random keys are rewritten into the bottom level by every compaction of a
+// flushed memtable, so larger flushes mean fewer rewrites: 20,000 Puts of 4
+// KiB at random keys wrote 660–690 MiB to disk instead of 910–960 MiB, at
+// 6,642–7,200 Puts/s instead of 5,555–5,599, while a million sequential
+// 256-byte Puts did not change measurably (README "Where Tessera is
+// behind"). 64 MiB saved more bytes but slowed the sequential load.
+const defaultMemTableSizeBytes = 16 << 20
 
 // Store is one node's Pebble, shared by every range replica on the node.
 type Store struct {
@@ -113,6 +122,7 @@ func OpenStore(dir string, opts StoreOptions) (*Store, error) {
 	if po.Logger == nil {
 		po.Logger = quietLogger{}
 	}
+	po.MemTableSize = defaultMemTableSizeBytes
 	if opts.MemTableSizeBytes > 0 {
 		po.MemTableSize = opts.MemTableSizeBytes
 	}
