@@ -28,9 +28,13 @@ import (
 // heartbeat intervals; randomised up to twice that).
 const soloElectionRTT = 3
 
+// soleNode reports whether the cluster is this one node (its membership
+// cannot change), so every Raft group here has a single member.
+func (s *Server) soleNode() bool { return len(s.raftMembers) == 1 }
+
 func (s *Server) raftConfig(rangeID uint64) dbconfig.Config {
 	electionRTT := uint64(s.cfg.ElectionTimeout / s.cfg.HeartbeatInterval)
-	if len(s.raftMembers) == 1 {
+	if s.soleNode() {
 		electionRTT = min(electionRTT, soloElectionRTT)
 	}
 	return dbconfig.Config{
@@ -77,7 +81,7 @@ func (s *Server) startRange(rangeID uint64) error {
 	if err := s.nh.StartOnDiskReplica(s.raftMembers, false, s.store.CreateStateMachine, s.raftConfig(rangeID)); err != nil {
 		return fmt.Errorf("starting range %d: %w", rangeID, err)
 	}
-	cfg := shard.Config{RangeID: rangeID, ReplicaID: s.replicaID, SoleReplica: len(s.raftMembers) == 1, Logger: s.log}
+	cfg := shard.Config{RangeID: rangeID, ReplicaID: s.replicaID, SoleReplica: s.soleNode(), Logger: s.log}
 	if hook := s.cfg.AfterRevisionsTaken; hook != nil {
 		cfg.AfterRevisionsTaken = func(first int64) { hook(rangeID, first) }
 	}

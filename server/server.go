@@ -125,7 +125,7 @@ func Start(cfg Config) (*Server, error) {
 		return nil, err
 	}
 
-	s.meta = placement.NewMetaReplica(s.nh, replicaID, len(s.raftMembers) == 1)
+	s.meta = placement.NewMetaReplica(s.nh, replicaID, s.soleNode())
 	s.directory = placement.NewDirectory(s.meta)
 	allocator := placement.NewAllocator(s.meta)
 	s.oracle = placement.NewOracleClient(s.meta, allocator, s.directory)

@@ -71,18 +71,14 @@ func (r *Replica) ReadAfter(ctx context.Context, index uint64, rev int64, fn fun
 	if err := rsm.WaitApplied(ctx, index); err != nil {
 		return nil, err
 	}
-	var out any
-	err := r.withView(func(v *statemachine.View) error {
+	return r.localRead(func(v *statemachine.View) (any, error) {
 		if v.AppliedIndex() < index {
 			// A snapshot being installed replaced the state meanwhile.
-			return ErrTimeout
+			return nil, ErrTimeout
 		}
 		v.AssumeClosed(rev)
-		var err error
-		out, err = fn(v)
-		return err
+		return fn(v)
 	})
-	return out, err
 }
 
 // Fence raises this leader's fence to rev without reading: from then on every

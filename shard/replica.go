@@ -517,6 +517,17 @@ func (r *Replica) ensureLeaderReady() error {
 	return nil
 }
 
+// localRead runs fn on a view of this replica's state as it is.
+func (r *Replica) localRead(fn func(*statemachine.View) (any, error)) (any, error) {
+	var out any
+	err := r.withView(func(v *statemachine.View) error {
+		var err error
+		out, err = fn(v)
+		return err
+	})
+	return out, err
+}
+
 func (r *Replica) withView(fn func(*statemachine.View) error) error {
 	rsm := r.store.Range(r.cfg.RangeID)
 	if rsm == nil {
@@ -535,13 +546,7 @@ func (r *Replica) withView(fn func(*statemachine.View) error) error {
 // before the call; a serializable read uses the local state as it is.
 func (r *Replica) Read(ctx context.Context, linearizable bool, fn func(*statemachine.View) (any, error)) (any, error) {
 	if !linearizable {
-		var out any
-		err := r.withView(func(v *statemachine.View) error {
-			var err error
-			out, err = fn(v)
-			return err
-		})
-		return out, err
+		return r.localRead(fn)
 	}
 	return retrying(r, ctx, func() (any, error, bool) { return r.confirmedRead(ctx, fn) })
 }
@@ -557,11 +562,7 @@ func (r *Replica) confirmedRead(ctx context.Context, fn func(*statemachine.View)
 		var nl *NotLeaderError
 		return nil, err, errors.As(err, &nl) && nl.LeaderReplicaID == 0
 	}
-	err = r.withView(func(v *statemachine.View) error {
-		var err error
-		out, err = fn(v)
-		return err
-	})
+	out, err = r.localRead(fn)
 	return out, err, false
 }
 
