@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"time"
 
@@ -19,13 +20,15 @@ import (
 	"github.com/tesserakv/tessera/statemachine"
 )
 
-// Leases, until they move to the meta range: every range keeps the record of
-// every lease (so a Put with a lease is checked by the range it lands in), and
-// the home range (the one holding the lowest keys) keeps the clock: its leader
-// answers KeepAlive and TimeToLive and expires leases. Grant goes to the home
-// range first, then to the others; revocation goes to the other ranges first
-// and to the home range last, so a failure part-way leaves the lease alive in
-// the home range, which expires (or revokes again) everywhere later. Each range
+// Leases (DESIGN.md "Leases", statemachine/lease.go): the home range (the one
+// holding the lowest keys) keeps every lease's record and the clock: its
+// leader answers KeepAlive and TimeToLive and expires leases. A grant is one
+// write to the home range. Another range learns of a lease when a Put there
+// first names it: the range answers lease-not-found, the router proves the
+// lease on the home range and attaches it to the range (attachLeases), and the
+// Put goes again. Revocation marks the lease on the home range, revokes it on
+// every other range, then on the home range; a failure part-way leaves the
+// mark, and the home range's clock tries the revocation again. Each range
 // deletes its keys at its own revision (etcd uses one).
 
 // MaxLeaseTTLSeconds is etcd's largest lease TTL.
@@ -65,18 +68,6 @@ func (r *Router) LeaseGrant(ctx context.Context, req *pb.LeaseGrantRequest) (*pb
 		}); ok {
 			return fresp, ferr
 		}
-		return nil, ToGRPC(err)
-	}
-	grant := &tesserapb.Command{Op: &tesserapb.Command_LeaseGrant{LeaseGrant: &tesserapb.LeaseGrantCommand{Id: id, TtlSeconds: ttl}}}
-	r.awaitApplied(ctx, home, res)
-	err = r.everyRange(ctx, map[uint64]bool{home.RangeID(): true}, func(rng Range) (*tesserapb.Result, error) {
-		gres, err := r.writeTo(ctx, rng, grant, false, 0)
-		if err != nil && !errors.Is(err, statemachine.ErrLeaseExists) {
-			return nil, fmt.Errorf("router: granting lease %x on range %d: %w", id, rng.RangeID(), err)
-		}
-		return gres, nil
-	})
-	if err != nil {
 		return nil, ToGRPC(err)
 	}
 	resp := &pb.LeaseGrantResponse{}
@@ -131,12 +122,22 @@ func (r *Router) LeaseRevoke(ctx context.Context, req *pb.LeaseRevokeRequest) (*
 	return &pb.LeaseRevokeResponse{Header: r.header(home, rev)}, nil
 }
 
-// RevokeEverywhere revokes a lease on every range, the home range last, and
-// returns the highest revision a range deleted its keys at. It is what the
-// home range's leader runs when a lease expires.
+// revokeRetryAfter is how long after a revocation began the home range's
+// clock tries it again (in case it stopped part-way).
+const revokeRetryAfter = 30 * time.Second
+
+// RevokeEverywhere marks a lease on the home range, revokes it on every
+// range, the home range last, and returns the highest revision a range
+// deleted its keys at. It is what the home range's leader runs when a lease
+// expires.
 func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) {
 	home, err := r.home()
 	if err != nil {
+		return 0, err
+	}
+	// The mark first: from then on no range can be given the lease's record,
+	// so the revocations below leave none behind.
+	if err := home.MarkLease(ctx, id, revokeRetryAfter); err != nil {
 		return 0, err
 	}
 	revoke := &tesserapb.Command{Op: &tesserapb.Command_LeaseRevoke{LeaseRevoke: &tesserapb.LeaseRevokeCommand{Id: id}}}
@@ -145,8 +146,10 @@ func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) 
 		rev int64
 	)
 	revokeOn := func(rng Range) (*tesserapb.Result, error) {
+		// Every range applies it, with or without the lease's record: that
+		// raises its lease floor above any attach proved before the mark.
 		res, err := r.writeTo(ctx, rng, revoke, true, 0)
-		if err != nil && !errors.Is(err, statemachine.ErrLeaseNotFound) {
+		if err != nil {
 			return nil, fmt.Errorf("router: revoking lease %x on range %d: %w", id, rng.RangeID(), err)
 		}
 		mu.Lock()
@@ -175,7 +178,7 @@ func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) 
 	return rev, nil
 }
 
-// everyRange runs do (a lease grant or revocation) once on every range not
+// everyRange runs do (a lease revocation) once on every range not
 // in done, adding each to done, including the ranges that split off one of
 // them before the command applied there. A split copies the parent's lease
 // records to the child, so a command the parent applies after a split never
@@ -388,7 +391,9 @@ func (r *Router) LeaseLeases(ctx context.Context, _ *pb.LeaseLeasesRequest) (*pb
 		}
 		resp := &pb.LeaseLeasesResponse{Header: r.header(home, v.Revision())}
 		for _, rec := range recs {
-			resp.Leases = append(resp.Leases, &pb.LeaseStatus{ID: rec.Id})
+			if !rec.Revoking {
+				resp.Leases = append(resp.Leases, &pb.LeaseStatus{ID: rec.Id})
+			}
 		}
 		return resp, nil
 	})
@@ -396,4 +401,77 @@ func (r *Router) LeaseLeases(ctx context.Context, _ *pb.LeaseLeasesRequest) (*pb
 		return nil, ToGRPC(err)
 	}
 	return out.(*pb.LeaseLeasesResponse), nil
+}
+
+// maxLeaseAttaches bounds the rounds of attaching a write's leases to its
+// range and trying the write again (a split or a revocation on the range in
+// between makes another round).
+const maxLeaseAttaches = 5
+
+// attachLeases gives rng the record of every lease req's Puts name that rng
+// does not know (statemachine/lease.go): for each, it takes the oracle's
+// current revision P, reads the lease on the home range linearizably, and
+// proposes a LeaseAttachCommand proved at P. A lease the home range does not
+// have, or is revoking, is ErrLeaseNotFound.
+func (r *Router) attachLeases(ctx context.Context, rng Range, req *pb.TxnRequest) error {
+	home, err := r.home()
+	if err != nil {
+		return err
+	}
+	if home.RangeID() == rng.RangeID() {
+		// The home range has every lease: not found there is not found.
+		return statemachine.ErrLeaseNotFound
+	}
+	for _, id := range txnLeases(req) {
+		for attempt := 0; ; attempt++ {
+			proof, err := r.oracle.Current(ctx)
+			if err != nil {
+				return err
+			}
+			out, err := home.Read(ctx, true, func(v *statemachine.View) (any, error) {
+				rec, _, err := v.Lease(id)
+				return rec, err
+			})
+			if err != nil {
+				return err
+			}
+			if hook := r.cfg.AfterLeaseProof; hook != nil {
+				hook(id, proof)
+			}
+			rec := out.(*tesserapb.LeaseRecord)
+			attach := &tesserapb.Command{Op: &tesserapb.Command_LeaseAttach{LeaseAttach: &tesserapb.LeaseAttachCommand{
+				Id: id, TtlSeconds: rec.TtlSeconds, ProofRevision: proof,
+			}}}
+			_, err = r.writeTo(ctx, rng, attach, false, 0)
+			if errors.Is(err, statemachine.ErrLeaseProofOld) && attempt < maxLeaseAttaches {
+				continue // a revocation applied there since the proof: prove again
+			}
+			if err != nil {
+				return err
+			}
+			break
+		}
+	}
+	return nil
+}
+
+// txnLeases returns the distinct lease IDs the Puts of a Txn (nested Txns
+// too) attach keys to.
+func txnLeases(req *pb.TxnRequest) []int64 {
+	var ids []int64
+	var walk func(ops []*pb.RequestOp)
+	walk = func(ops []*pb.RequestOp) {
+		for _, op := range ops {
+			if put := op.GetRequestPut(); put != nil && put.Lease != 0 && !slices.Contains(ids, put.Lease) {
+				ids = append(ids, put.Lease)
+			}
+			if txn := op.GetRequestTxn(); txn != nil {
+				walk(txn.Success)
+				walk(txn.Failure)
+			}
+		}
+	}
+	walk(req.Success)
+	walk(req.Failure)
+	return ids
 }

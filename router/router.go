@@ -40,6 +40,7 @@ type Range interface {
 	Fence(ctx context.Context, rev int64) error
 	GrantLease(ctx context.Context, id, ttlSeconds int64) (*tesserapb.Result, error)
 	RevokeLease(ctx context.Context, id int64) (*tesserapb.Result, error)
+	MarkLease(ctx context.Context, id int64, retryAfter time.Duration) error
 	RenewLease(ctx context.Context, id int64) (int64, error)
 	LeaseRemaining(ctx context.Context, id int64) (int64, error)
 }
@@ -66,6 +67,10 @@ type Config struct {
 	// Txn with a Put, LeaseGrant) with etcd's "database space exceeded".
 	SpaceExceeded func() bool
 	Logger        *slog.Logger
+	// AfterLeaseProof, for tests only, runs when attaching a lease to a range
+	// has proved it (taken the proof revision, then read the lease on the
+	// home range), before it proposes the attach.
+	AfterLeaseProof func(leaseID, proof int64)
 }
 
 // Router serves etcd's KV and Lease services over the ranges of this node.

@@ -185,6 +185,7 @@ func (r *Router) txnOn(ctx context.Context, req *pb.TxnRequest) (Range, *pb.TxnR
 		return nil, nil, rpctypes.ErrGRPCNoSpace
 	}
 	cmd := &tesserapb.Command{Op: &tesserapb.Command_Txn{Txn: &tesserapb.TxnCommand{Request: body}}}
+	attaches := 0
 	for attempt := 0; ; attempt++ {
 		intervals := txnIntervals(req)
 		rng, err := r.singleRange(intervals)
@@ -197,6 +198,14 @@ func (r *Router) txnOn(ctx context.Context, req *pb.TxnRequest) (Range, *pb.TxnR
 		res, err := r.writeTo(ctx, rng, cmd, true, 0)
 		if r.reroute(ctx, err, attempt) {
 			continue
+		}
+		if errors.Is(err, statemachine.ErrLeaseNotFound) && attaches < maxLeaseAttaches {
+			// The range may not know the lease yet: give it the record
+			// if the home range has the lease, and write again.
+			attaches++
+			if err = r.attachLeases(ctx, rng, req); err == nil {
+				continue
+			}
 		}
 		if err != nil {
 			return rng, nil, err

@@ -42,6 +42,9 @@ type Config struct {
 	// AfterRevisionsTaken, for tests only, is passed to every range replica
 	// (see shard.Config.AfterRevisionsTaken).
 	AfterRevisionsTaken func(rangeID uint64, first int64)
+	// AfterLeaseProof, for tests only, is the router's hook (see
+	// router.Config.AfterLeaseProof).
+	AfterLeaseProof func(leaseID, proof int64)
 
 	// LogDBShards is Dragonboat's LogDB shard count (one fsync each per cycle).
 	LogDBShards uint64

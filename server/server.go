@@ -138,6 +138,7 @@ func Start(cfg Config) (*Server, error) {
 		MinLeaseTTLSeconds: minLeaseTTLSeconds(cfg),
 		SpaceExceeded:      s.spaceExceeded.Load,
 		Logger:             s.log,
+		AfterLeaseProof:    cfg.AfterLeaseProof,
 	}, s.cache, s.directory, s.oracle)
 	if err := s.startRanges(); err != nil {
 		s.hub.Stop()

@@ -29,6 +29,22 @@ func (r *Replica) RevokeLease(ctx context.Context, id int64) (*tesserapb.Result,
 	return res, err
 }
 
+// MarkLease marks a lease as being revoked (on the home range), so that no
+// key attaches to it and no range is given its record any more; its timer
+// stops being renewed and falls due again after retryAfter, for the case
+// the revocation stops part-way. An unknown lease's timer is dropped.
+func (r *Replica) MarkLease(ctx context.Context, id int64, retryAfter time.Duration) error {
+	cmd := &tesserapb.Command{Op: &tesserapb.Command_LeaseMark{LeaseMark: &tesserapb.LeaseMarkCommand{Id: id}}}
+	_, err := r.Write(ctx, cmd, false)
+	switch {
+	case err == nil:
+		r.leases.revoking(id, time.Now().Add(retryAfter))
+	case errors.Is(err, statemachine.ErrLeaseNotFound):
+		r.leases.remove(id)
+	}
+	return err
+}
+
 // RenewLease restarts a lease's timer; only the range leader can. It returns the
 // lease's TTL, or statemachine.ErrLeaseNotFound.
 func (r *Replica) RenewLease(ctx context.Context, id int64) (int64, error) {

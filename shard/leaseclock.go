@@ -4,6 +4,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
 // leaseClock is the leader's in-memory view of when each lease expires. It has
@@ -23,18 +25,37 @@ type leaseClock struct {
 type leaseTimer struct {
 	ttlSeconds int64
 	deadline   time.Time
+	// revoking: the lease's revocation has begun; it is not renewed, and at
+	// its deadline the revocation is tried again (in case it stopped).
+	revoking bool
 }
 
 func newLeaseClock() *leaseClock { return &leaseClock{leases: map[int64]leaseTimer{}} }
 
-// promote activates the clock with every lease's full TTL from now.
-func (c *leaseClock) promote(ttls map[int64]int64, now time.Time) {
+// promote activates the clock with every lease's full TTL from now; the
+// leases whose revocation had begun are due at once.
+func (c *leaseClock) promote(recs []*tesserapb.LeaseRecord, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.active = true
-	c.leases = make(map[int64]leaseTimer, len(ttls))
-	for id, ttl := range ttls {
-		c.leases[id] = leaseTimer{ttlSeconds: ttl, deadline: now.Add(time.Duration(ttl) * time.Second)}
+	c.leases = make(map[int64]leaseTimer, len(recs))
+	for _, rec := range recs {
+		t := leaseTimer{ttlSeconds: rec.TtlSeconds, deadline: now.Add(time.Duration(rec.TtlSeconds) * time.Second)}
+		if rec.Revoking {
+			t.revoking, t.deadline = true, now
+		}
+		c.leases[rec.Id] = t
+	}
+}
+
+// revoking records that a lease's revocation has begun: it is no longer
+// renewed or reported, and falls due again at retryAt.
+func (c *leaseClock) revoking(id int64, retryAt time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t, found := c.leases[id]; found && c.active {
+		t.revoking, t.deadline = true, retryAt
+		c.leases[id] = t
 	}
 }
 
@@ -67,7 +88,7 @@ func (c *leaseClock) renew(id int64, now time.Time) (ttlSeconds int64, ok bool) 
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	t, found := c.leases[id]
-	if !c.active || !found || !now.Before(t.deadline) {
+	if !c.active || !found || t.revoking || !now.Before(t.deadline) {
 		return 0, false
 	}
 	t.deadline = now.Add(time.Duration(t.ttlSeconds) * time.Second)
@@ -88,7 +109,7 @@ func (c *leaseClock) remaining(id int64, now time.Time) (seconds int64, ok bool)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	t, found := c.leases[id]
-	if !c.active || !found {
+	if !c.active || !found || t.revoking {
 		return 0, false
 	}
 	left := t.deadline.Sub(now)

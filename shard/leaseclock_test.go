@@ -4,6 +4,8 @@ import (
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
 func TestLeaseClock(t *testing.T) {
@@ -13,7 +15,7 @@ func TestLeaseClock(t *testing.T) {
 	if _, ok := c.renew(1, t0); ok {
 		t.Fatal("inactive clock renewed a lease")
 	}
-	c.promote(map[int64]int64{1: 10, 2: 5}, t0)
+	c.promote([]*tesserapb.LeaseRecord{{Id: 1, TtlSeconds: 10}, {Id: 2, TtlSeconds: 5}}, t0)
 	if got := c.expired(t0.Add(4 * time.Second)); len(got) != 0 {
 		t.Fatalf("expired at +4s = %v, want none", got)
 	}
@@ -39,6 +41,26 @@ func TestLeaseClock(t *testing.T) {
 	c.grant(3, 7, t0)
 	if left, ok := c.remaining(3, t0.Add(time.Second)); !ok || left != 6 {
 		t.Fatalf("remaining(3) = %d,%v want 6,true", left, ok)
+	}
+	// A lease whose revocation began is neither renewed nor reported, and
+	// falls due again at the retry time given.
+	c.revoking(3, t0.Add(3*time.Second))
+	if _, ok := c.renew(3, t0.Add(time.Second)); ok {
+		t.Fatal("renewed a lease being revoked")
+	}
+	if _, ok := c.remaining(3, t0.Add(time.Second)); ok {
+		t.Fatal("reported a lease being revoked")
+	}
+	if got := c.expired(t0.Add(3 * time.Second)); !reflect.DeepEqual(got, []int64{3}) {
+		t.Fatalf("expired at +3s = %v, want [3]", got)
+	}
+	// A new leader finds the marked record: due at once.
+	c.promote([]*tesserapb.LeaseRecord{{Id: 4, TtlSeconds: 60, Revoking: true}, {Id: 5, TtlSeconds: 60}}, t0)
+	if got := c.expired(t0); !reflect.DeepEqual(got, []int64{4}) {
+		t.Fatalf("expired after promote = %v, want [4]", got)
+	}
+	if _, ok := c.renew(4, t0); ok {
+		t.Fatal("renewed a marked lease after promote")
 	}
 	c.demote()
 	if c.isActive() || len(c.expired(t0.Add(time.Hour))) != 0 {

@@ -495,22 +495,17 @@ func (r *Replica) ensureLeaderReady() error {
 		}
 		return &NotLeaderError{}
 	}
-	ttls := map[int64]int64{}
+	var recs []*tesserapb.LeaseRecord
 	err = r.withView(func(v *statemachine.View) error {
-		recs, err := v.Leases()
-		if err != nil {
-			return err
-		}
-		for _, rec := range recs {
-			ttls[rec.Id] = rec.TtlSeconds
-		}
-		return nil
+		var err error
+		recs, err = v.Leases()
+		return err
 	})
 	if err != nil {
 		return err
 	}
 	if r.cfg.ExpireLeases {
-		r.leases.promote(ttls, time.Now())
+		r.leases.promote(recs, time.Now())
 	}
 	r.readyTerm.Store(term)
 	r.cfg.Logger.Debug("range leader ready", "range", r.cfg.RangeID, "replica", r.cfg.ReplicaID, "term", term)

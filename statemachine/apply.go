@@ -65,6 +65,16 @@ func (a *applier) apply(data []byte) (response []byte, err error) {
 			return nil, errorf(ErrInvalidCommand, "lease revoke without a revision")
 		}
 		msg, changed, err = a.applyLeaseRevoke(rev, op.LeaseRevoke.GetId())
+	case *tesserapb.Command_LeaseAttach:
+		if rev != 0 {
+			return nil, errorf(ErrInvalidCommand, "lease attach with revision %d", rev)
+		}
+		err = a.applyLeaseAttach(op.LeaseAttach)
+	case *tesserapb.Command_LeaseMark:
+		if rev != 0 {
+			return nil, errorf(ErrInvalidCommand, "lease mark with revision %d", rev)
+		}
+		err = a.applyLeaseMark(op.LeaseMark.GetId())
 	case *tesserapb.Command_Barrier:
 		msg = nil
 	case *tesserapb.Command_Split:

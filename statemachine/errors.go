@@ -25,6 +25,7 @@ const (
 	CodeInvalidCommand int32 = 10
 	CodeUnavailable    int32 = 11
 	CodeInvalidSplit   int32 = 12
+	CodeLeaseProofOld  int32 = 13
 	CodeUnknown        int32 = -1 // an error that is none of this package's sentinels
 )
 
@@ -72,12 +73,16 @@ var (
 	// strictly inside the range, or the new range ID is zero, the range's own
 	// or already taken in this store. Nothing changed.
 	ErrInvalidSplit error = &cmdError{CodeInvalidSplit, "tessera: invalid split: the split key is outside the range or on its boundary, or the new range ID is not free"}
+	// ErrLeaseProofOld has no etcd counterpart: a lease attach was proved at
+	// a revision at or below a lease revocation the range applied since.
+	// Nothing changed; the router proves the lease again.
+	ErrLeaseProofOld error = &cmdError{CodeLeaseProofOld, "tessera: lease attach refused: the range revoked a lease after the attach's proof revision"}
 )
 
 var sentinels = []error{
 	ErrCompacted, ErrFutureRev, ErrLeaseNotFound, ErrLeaseExists, ErrKeyNotFound,
 	ErrDuplicateKey, ErrStaleRevision, ErrEmptyKey, ErrWrongRange, ErrInvalidCommand,
-	ErrUnavailable, ErrInvalidSplit,
+	ErrUnavailable, ErrInvalidSplit, ErrLeaseProofOld,
 }
 
 // ErrorCode returns the code of err's sentinel: 0 for nil, CodeUnknown for an

@@ -347,6 +347,14 @@ func (h *harness) command(t testing.TB, d *datadriven.TestData) (cmd []byte, kin
 		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, true), Op: &tesserapb.Command_LeaseRevoke{
 			LeaseRevoke: &tesserapb.LeaseRevokeCommand{Id: argInt(t, d, "id", 0)},
 		}}), "lease-revoke"
+	case "lease-attach":
+		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, false), Op: &tesserapb.Command_LeaseAttach{
+			LeaseAttach: &tesserapb.LeaseAttachCommand{Id: argInt(t, d, "id", 0), TtlSeconds: argInt(t, d, "ttl", 0), ProofRevision: argInt(t, d, "proof", 0)},
+		}}), "none"
+	case "lease-mark":
+		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, false), Op: &tesserapb.Command_LeaseMark{
+			LeaseMark: &tesserapb.LeaseMarkCommand{Id: argInt(t, d, "id", 0)},
+		}}), "none"
 	case "barrier":
 		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, false), Op: &tesserapb.Command_Barrier{
 			Barrier: &tesserapb.BarrierCommand{},
@@ -381,8 +389,18 @@ func (h *harness) flushSplitLog() string {
 func (h *harness) status(rangeID uint64) string {
 	v := h.viewOf(rangeID)
 	defer v.Close()
-	return fmt.Sprintf("rev=%d compacted=%d applied=%d last-cmd-rev=%d\n",
+	return statusLine(v)
+}
+
+// statusLine is a view's revisions and applied index (and its lease floor,
+// once a revocation raised it).
+func statusLine(v *View) string {
+	line := fmt.Sprintf("rev=%d compacted=%d applied=%d last-cmd-rev=%d",
 		v.Revision(), v.CompactRevision(), v.AppliedIndex(), v.LastCommandRevision())
+	if f := v.state.leaseFloor; f != 0 {
+		line += fmt.Sprintf(" lease-floor=%d", f)
+	}
+	return line + "\n"
 }
 
 // rangesStatus lists every open range: bounds, generation and status.
@@ -698,11 +716,15 @@ func dumpLeasesMembers(t testing.TB, v *View) string {
 		t.Fatal(err)
 	}
 	for _, l := range leases {
-		_, keys, err := v.Lease(l.Id)
+		keys, err := leaseKeys(v.snap, l.Id, v.bounds)
 		if err != nil {
 			t.Fatal(err)
 		}
-		fmt.Fprintf(&b, "lease %d ttl=%d keys=%q\n", l.Id, l.TtlSeconds, keys)
+		mark := ""
+		if l.GetRevoking() {
+			mark = " revoking"
+		}
+		fmt.Fprintf(&b, "lease %d ttl=%d%s keys=%q\n", l.Id, l.TtlSeconds, mark, keys)
 	}
 	if b.Len() == 0 {
 		return "none\n"
@@ -720,8 +742,7 @@ func (h *harness) dumpOf(t testing.TB, rangeID uint64) string {
 	v := h.viewOf(rangeID)
 	defer v.Close()
 	var b strings.Builder
-	fmt.Fprintf(&b, "rev=%d compacted=%d applied=%d last-cmd-rev=%d\n",
-		v.Revision(), v.CompactRevision(), v.AppliedIndex(), v.LastCommandRevision())
+	b.WriteString(statusLine(v))
 	b.WriteString(dumpLeasesMembers(t, v))
 	for _, ver := range rawVersions(t, v.snap) {
 		if v.bounds.containsKey([]byte(ver.key)) {

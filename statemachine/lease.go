@@ -2,6 +2,7 @@ package statemachine
 
 import (
 	"bytes"
+	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -10,33 +11,64 @@ import (
 	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
-// Leases: a range keeps the records of the leases its keys may attach to
-// (under its metadata) and an index lease -> attached key (keyed by lease ID
-// then user key, no range ID, so a range finds its keys of a lease by
-// reading the lease's entries between its bounds). The index holds exactly
-// the live keys whose current version carries the lease.
+// Leases (DESIGN.md "Leases"): the home range (the one holding the lowest
+// keys) keeps the record of every lease granted; any other range keeps the
+// records of the leases its keys were attached to (LeaseAttachCommand, which
+// the router proposes when a Put names a lease the range does not know). A
+// range keeps an index lease -> attached key (keyed by lease ID then user key,
+// no range ID, so a range finds its keys of a lease by reading the lease's
+// entries between its bounds). The index holds exactly the live keys whose
+// current version carries the lease.
+//
+// Revocation marks the lease on the home range (LeaseMarkCommand), then
+// revokes it on every range, the home range last. An attach races with that:
+// it carries a proof revision P taken before a linearizable read of the home
+// range saw the lease granted and unmarked, so the mark committed after that
+// read, and every range's revocation, proposed after the mark, applies at a
+// revision above P. Each range keeps the revision of the last revocation it
+// applied (rangeState.leaseFloor) and refuses an attach with P at or below
+// it: a lease's record never comes back to a range after its revocation.
 
+// leaseRecord returns the range's record of a lease.
+func (a *applier) leaseRecord(leaseID int64) (*tesserapb.LeaseRecord, bool, error) {
+	v, found, err := getValue(a.b, metaLeaseKey(a.rangeID, leaseID))
+	if err != nil || !found {
+		return nil, false, err
+	}
+	rec := &tesserapb.LeaseRecord{}
+	if err := proto.Unmarshal(v, rec); err != nil {
+		return nil, false, fmt.Errorf("statemachine: corrupt lease record %d: %w", leaseID, err)
+	}
+	return rec, true, nil
+}
+
+func (a *applier) putLeaseRecord(rec *tesserapb.LeaseRecord) error {
+	v, err := proto.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	return a.b.Set(metaLeaseKey(a.rangeID, rec.GetId()), v, nil)
+}
+
+// leaseExists reports whether keys may attach to the lease here: the range
+// has its record and no revocation of it has begun.
 func (a *applier) leaseExists(leaseID int64) (bool, error) {
-	_, found, err := getValue(a.b, metaLeaseKey(a.rangeID, leaseID))
-	return found, err
+	rec, found, err := a.leaseRecord(leaseID)
+	return found && !rec.GetRevoking(), err
 }
 
 func (a *applier) applyLeaseGrant(g *tesserapb.LeaseGrantCommand) (*pb.LeaseGrantResponse, error) {
 	if g.GetId() == 0 {
 		return nil, errorf(ErrInvalidCommand, "lease grant without an ID")
 	}
-	found, err := a.leaseExists(g.GetId())
+	_, found, err := a.leaseRecord(g.GetId())
 	if err != nil {
 		return nil, err
 	}
 	if found {
 		return nil, errorf(ErrLeaseExists, "lease %d", g.GetId())
 	}
-	v, err := proto.Marshal(&tesserapb.LeaseRecord{Id: g.GetId(), TtlSeconds: g.GetTtlSeconds()})
-	if err != nil {
-		return nil, err
-	}
-	if err := a.b.Set(metaLeaseKey(a.rangeID, g.GetId()), v, nil); err != nil {
+	if err := a.putLeaseRecord(&tesserapb.LeaseRecord{Id: g.GetId(), TtlSeconds: g.GetTtlSeconds()}); err != nil {
 		return nil, err
 	}
 	return &pb.LeaseGrantResponse{
@@ -46,16 +78,49 @@ func (a *applier) applyLeaseGrant(g *tesserapb.LeaseGrantCommand) (*pb.LeaseGran
 	}, nil
 }
 
-// applyLeaseRevoke deletes every key attached to the lease at rev, then the
-// lease record.
-func (a *applier) applyLeaseRevoke(rev, leaseID int64) (*pb.LeaseRevokeResponse, bool, error) {
-	found, err := a.leaseExists(leaseID)
+// applyLeaseAttach gives the range a lease's record unless a revocation
+// applied here at or above the attach's proof revision.
+func (a *applier) applyLeaseAttach(c *tesserapb.LeaseAttachCommand) error {
+	if c.GetId() == 0 {
+		return errorf(ErrInvalidCommand, "lease attach without an ID")
+	}
+	if c.GetProofRevision() <= a.state.leaseFloor {
+		return errorf(ErrLeaseProofOld, "lease %d proved at revision %d, a lease was revoked here at %d", c.GetId(), c.GetProofRevision(), a.state.leaseFloor)
+	}
+	rec, found, err := a.leaseRecord(c.GetId())
 	if err != nil {
-		return nil, false, err
+		return err
+	}
+	if found {
+		if rec.GetRevoking() {
+			return errorf(ErrLeaseNotFound, "lease %d is being revoked", c.GetId())
+		}
+		return nil
+	}
+	return a.putLeaseRecord(&tesserapb.LeaseRecord{Id: c.GetId(), TtlSeconds: c.GetTtlSeconds()})
+}
+
+// applyLeaseMark marks a lease as being revoked (on the home range).
+func (a *applier) applyLeaseMark(leaseID int64) error {
+	rec, found, err := a.leaseRecord(leaseID)
+	if err != nil {
+		return err
 	}
 	if !found {
-		return nil, false, errorf(ErrLeaseNotFound, "lease %d", leaseID)
+		return errorf(ErrLeaseNotFound, "lease %d", leaseID)
 	}
+	if rec.GetRevoking() {
+		return nil
+	}
+	rec.Revoking = true
+	return a.putLeaseRecord(rec)
+}
+
+// applyLeaseRevoke deletes every key of the range attached to the lease at
+// rev, and the lease's record, and raises the range's lease floor to rev. A
+// range without the lease's record (none of its keys ever attached to it)
+// applies it too, for the floor.
+func (a *applier) applyLeaseRevoke(rev, leaseID int64) (*pb.LeaseRevokeResponse, bool, error) {
 	keys, err := leaseKeys(a.b, leaseID, a.bounds)
 	if err != nil {
 		return nil, false, err
@@ -78,6 +143,7 @@ func (a *applier) applyLeaseRevoke(rev, leaseID int64) (*pb.LeaseRevokeResponse,
 	if err := a.b.Delete(metaLeaseKey(a.rangeID, leaseID), nil); err != nil {
 		return nil, false, err
 	}
+	a.state.leaseFloor = rev
 	hdrRev := a.state.currentRev
 	if changed {
 		hdrRev = rev

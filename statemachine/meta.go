@@ -27,11 +27,17 @@ type rangeState struct {
 	// compactedRev is the revision of the last compaction, 0 if none. Reads
 	// below it fail with ErrCompacted. compactedRev <= currentRev.
 	compactedRev int64
+	// leaseFloor is the revision of the last lease revocation applied (0 if
+	// none): a LeaseAttachCommand proved at or below it is refused, since
+	// the lease it names may be one revoked since (lease.go).
+	leaseFloor int64
 }
 
 func initialState() rangeState { return rangeState{currentRev: 1} }
 
-const stateEncodingVersion = 1
+// stateEncodingVersion 2 added leaseFloor; version 1 (without it, so 0) is
+// still read.
+const stateEncodingVersion = 2
 
 func (s rangeState) encode() []byte {
 	b := []byte{stateEncodingVersion}
@@ -39,20 +45,26 @@ func (s rangeState) encode() []byte {
 	b = binary.BigEndian.AppendUint64(b, uint64(s.lastCmdRev))
 	b = binary.BigEndian.AppendUint64(b, uint64(s.currentRev))
 	b = binary.BigEndian.AppendUint64(b, uint64(s.compactedRev))
+	b = binary.BigEndian.AppendUint64(b, uint64(s.leaseFloor))
 	return b
 }
 
 func decodeState(b []byte) (rangeState, error) {
-	if len(b) != 1+4*8 || b[0] != stateEncodingVersion {
+	fields := map[byte]int{1: 4, 2: 5}
+	if len(b) == 0 || fields[b[0]] == 0 || len(b) != 1+8*fields[b[0]] {
 		return rangeState{}, fmt.Errorf("statemachine: malformed range state (%d bytes)", len(b))
 	}
 	u := func(i int) uint64 { return binary.BigEndian.Uint64(b[1+8*i:]) }
-	return rangeState{
+	st := rangeState{
 		appliedIndex: u(0),
 		lastCmdRev:   int64(u(1)),
 		currentRev:   int64(u(2)),
 		compactedRev: int64(u(3)),
-	}, nil
+	}
+	if b[0] >= 2 {
+		st.leaseFloor = int64(u(4))
+	}
+	return st, nil
 }
 
 // keySpan is a set of user keys: the single key start (point), or

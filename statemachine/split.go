@@ -19,10 +19,10 @@ import (
 //     increment their generation;
 //   - write the child's initial metadata: bounds [splitKey, end) at the
 //     parent's new generation, state {appliedIndex 0, and the parent's
-//     lastCmdRev, currentRev and compactedRev}, and a copy of every lease
-//     record of the parent (each range keeps the records of all leases; the
-//     lease -> key index is global and read between bounds, so it needs no
-//     copy).
+//     lastCmdRev, currentRev, compactedRev and leaseFloor}, and a copy of
+//     every lease record of the parent (the child's keys may be attached to
+//     any of them; the lease -> key index is global and read between bounds,
+//     so it needs no copy).
 //
 // No data key moves: data and lease index keys carry no range ID, so the keys
 // in [splitKey, end) simply become the child's. The child inherits the
@@ -74,6 +74,7 @@ func (a *applier) applySplit(s *tesserapb.SplitCommand) error {
 		lastCmdRev:   a.state.lastCmdRev,
 		currentRev:   a.state.currentRev,
 		compactedRev: a.state.compactedRev,
+		leaseFloor:   a.state.leaseFloor,
 	}
 	// Collect the lease records before writing: an iterator over a batch
 	// being written to is not required to see those writes, or not to.

@@ -96,7 +96,8 @@ func (v *View) RangeStream(req *pb.RangeRequest, chunkSize int, emit func([]*mvc
 }
 
 // Lease returns lease id's record and the keys of this range attached to it,
-// sorted; ErrLeaseNotFound when the range has no such lease.
+// sorted; ErrLeaseNotFound when the range has no such lease or its
+// revocation has begun.
 func (v *View) Lease(id int64) (*tesserapb.LeaseRecord, [][]byte, error) {
 	val, found, err := getValue(v.snap, metaLeaseKey(v.rangeID, id))
 	if err != nil {
@@ -109,6 +110,9 @@ func (v *View) Lease(id int64) (*tesserapb.LeaseRecord, [][]byte, error) {
 	if err := unmarshal(val, rec); err != nil {
 		return nil, nil, err
 	}
+	if rec.GetRevoking() {
+		return nil, nil, errorf(ErrLeaseNotFound, "lease %d is being revoked", id)
+	}
 	keys, err := leaseKeys(v.snap, id, v.bounds)
 	if err != nil {
 		return nil, nil, err
@@ -116,8 +120,8 @@ func (v *View) Lease(id int64) (*tesserapb.LeaseRecord, [][]byte, error) {
 	return rec, keys, nil
 }
 
-// Leases returns every lease record of the range, ordered by ID as an
-// unsigned number.
+// Leases returns every lease record of the range (those being revoked too),
+// ordered by ID as an unsigned number.
 func (v *View) Leases() ([]*tesserapb.LeaseRecord, error) {
 	return loadLeases(v.snap, v.rangeID)
 }

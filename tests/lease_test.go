@@ -1,6 +1,8 @@
 package tests
 
 import (
+	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -137,5 +139,87 @@ func TestLeaseKeepAliveStream(t *testing.T) {
 	get, err := cli.Get(ctx, "kept")
 	if err != nil || len(get.Kvs) != 1 {
 		t.Fatalf("kept-alive key: %v %v", get, err)
+	}
+}
+
+// TestLeaseAttachRacesRevocation forces the race statemachine/lease.go
+// guards against: a Put with a lease lands on a range that does not know the
+// lease, so the router proves the lease on the home range and attaches it to
+// that range; a test hook holds the attach after the proof while the lease is
+// revoked everywhere. The attach must then be refused (the range's lease
+// floor is above its proof), and the Put must fail with etcd's
+// lease-not-found, leaving no key behind. A lease that is not revoked is
+// attached once and its keys go with it.
+func TestLeaseAttachRacesRevocation(t *testing.T) {
+	var (
+		revokeNext atomic.Int64 // the lease to revoke when its attach is proved
+		proofs     atomic.Int64
+		cli        *clientv3.Client
+		ctx        = ctxT(t)
+	)
+	c := testcluster.Start(t, 1, func(cfg *serverConfig) {
+		cfg.AfterLeaseProof = func(leaseID, proof int64) {
+			proofs.Add(1)
+			if revokeNext.CompareAndSwap(leaseID, 0) {
+				if _, err := cli.Revoke(ctx, clientv3.LeaseID(leaseID)); err != nil {
+					t.Errorf("revoke during the attach: %v", err)
+				}
+			}
+		}
+	})
+	cli = c.Client()
+	splitAt(t, c, c.Nodes[0], "m")
+	waitRanges(t, c, 2)
+
+	// Not revoked: attached to the range of "z" once, revoked with its keys.
+	kept, err := cli.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"a", "x", "z"} {
+		if _, err := cli.Put(ctx, k, "v", clientv3.WithLease(kept.ID)); err != nil {
+			t.Fatalf("put %s with a lease: %v", k, err)
+		}
+	}
+	if n := proofs.Load(); n != 1 {
+		t.Errorf("the lease was proved %d times for three Puts in two ranges, want once (for the range without it)", n)
+	}
+	ttl, err := cli.TimeToLive(ctx, kept.ID, clientv3.WithAttachedKeys())
+	if err != nil || len(ttl.Keys) != 3 || ttl.GrantedTTL != 60 {
+		t.Fatalf("time to live: granted %d keys %q, %v", ttl.GrantedTTL, ttl.Keys, err)
+	}
+	if _, err := cli.Revoke(ctx, kept.ID); err != nil {
+		t.Fatal(err)
+	}
+	if get, err := cli.Get(ctx, "", clientv3.WithFromKey()); err != nil || get.Count != 0 {
+		t.Fatalf("keys of a revoked lease remain: %v %v", get, err)
+	}
+
+	// Revoked between the proof and the attach.
+	doomed, err := cli.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	revokeNext.Store(int64(doomed.ID))
+	_, err = cli.Put(ctx, "y", "v", clientv3.WithLease(doomed.ID))
+	if revokeNext.Load() != 0 {
+		t.Fatal("the hook did not revoke the lease")
+	}
+	if !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		t.Fatalf("put with a lease revoked while it was being attached: %v, want %v", err, rpctypes.ErrLeaseNotFound)
+	}
+	if get, err := cli.Get(ctx, "y"); err != nil || get.Count != 0 {
+		t.Fatalf("a key attached to a revoked lease exists: %v %v", get, err)
+	}
+	if ttl, err := cli.TimeToLive(ctx, doomed.ID); err != nil || ttl.TTL != -1 {
+		t.Fatalf("time to live of the revoked lease: %v %v", ttl, err)
+	}
+	// The range goes on attaching other leases.
+	later, err := cli.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, "y", "v", clientv3.WithLease(later.ID)); err != nil {
+		t.Fatalf("put with a new lease after the race: %v", err)
 	}
 }

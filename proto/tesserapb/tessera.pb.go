@@ -42,6 +42,8 @@ type Command struct {
 	//	*Command_LeaseRevoke
 	//	*Command_Barrier
 	//	*Command_Split
+	//	*Command_LeaseAttach
+	//	*Command_LeaseMark
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -145,6 +147,24 @@ func (x *Command) GetSplit() *SplitCommand {
 	return nil
 }
 
+func (x *Command) GetLeaseAttach() *LeaseAttachCommand {
+	if x != nil {
+		if x, ok := x.Op.(*Command_LeaseAttach); ok {
+			return x.LeaseAttach
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetLeaseMark() *LeaseMarkCommand {
+	if x != nil {
+		if x, ok := x.Op.(*Command_LeaseMark); ok {
+			return x.LeaseMark
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -174,6 +194,14 @@ type Command_Split struct {
 	Split *SplitCommand `protobuf:"bytes,8,opt,name=split,proto3,oneof"`
 }
 
+type Command_LeaseAttach struct {
+	LeaseAttach *LeaseAttachCommand `protobuf:"bytes,9,opt,name=lease_attach,json=leaseAttach,proto3,oneof"`
+}
+
+type Command_LeaseMark struct {
+	LeaseMark *LeaseMarkCommand `protobuf:"bytes,10,opt,name=lease_mark,json=leaseMark,proto3,oneof"`
+}
+
 func (*Command_Txn) isCommand_Op() {}
 
 func (*Command_Compact) isCommand_Op() {}
@@ -185,6 +213,10 @@ func (*Command_LeaseRevoke) isCommand_Op() {}
 func (*Command_Barrier) isCommand_Op() {}
 
 func (*Command_Split) isCommand_Op() {}
+
+func (*Command_LeaseAttach) isCommand_Op() {}
+
+func (*Command_LeaseMark) isCommand_Op() {}
 
 // SplitCommand splits the range at split_key: the range keeps
 // [start, split_key) and a new range new_range_id gets [split_key, end), with
@@ -384,6 +416,9 @@ func (x *LeaseGrantCommand) GetTtlSeconds() int64 {
 	return 0
 }
 
+// LeaseRevokeCommand deletes the range's keys attached to the lease and its
+// record (if the range has them), and raises the range's lease floor to the
+// command's revision, so that no attach proved before it applies later.
 type LeaseRevokeCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -428,6 +463,117 @@ func (x *LeaseRevokeCommand) GetId() int64 {
 	return 0
 }
 
+// LeaseAttachCommand gives a range the record of a lease granted on the home
+// range, so that its keys may attach to it. proof_revision is a revision
+// taken before a linearizable read of the home range saw the lease granted
+// and not being revoked; the range refuses the command when it applied a
+// revocation at or above that revision since.
+type LeaseAttachCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	TtlSeconds    int64                  `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	ProofRevision int64                  `protobuf:"varint,3,opt,name=proof_revision,json=proofRevision,proto3" json:"proof_revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseAttachCommand) Reset() {
+	*x = LeaseAttachCommand{}
+	mi := &file_tesserapb_tessera_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseAttachCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseAttachCommand) ProtoMessage() {}
+
+func (x *LeaseAttachCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_tessera_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseAttachCommand.ProtoReflect.Descriptor instead.
+func (*LeaseAttachCommand) Descriptor() ([]byte, []int) {
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *LeaseAttachCommand) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LeaseAttachCommand) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+func (x *LeaseAttachCommand) GetProofRevision() int64 {
+	if x != nil {
+		return x.ProofRevision
+	}
+	return 0
+}
+
+// LeaseMarkCommand marks a lease as being revoked on the home range: from then
+// on no key attaches to it and no range can be given its record.
+type LeaseMarkCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseMarkCommand) Reset() {
+	*x = LeaseMarkCommand{}
+	mi := &file_tesserapb_tessera_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseMarkCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseMarkCommand) ProtoMessage() {}
+
+func (x *LeaseMarkCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_tessera_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseMarkCommand.ProtoReflect.Descriptor instead.
+func (*LeaseMarkCommand) Descriptor() ([]byte, []int) {
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *LeaseMarkCommand) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
 // BarrierCommand writes nothing; once applied, every entry proposed before it
 // through the same queue has been applied or never will be.
 type BarrierCommand struct {
@@ -438,7 +584,7 @@ type BarrierCommand struct {
 
 func (x *BarrierCommand) Reset() {
 	*x = BarrierCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[6]
+	mi := &file_tesserapb_tessera_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -450,7 +596,7 @@ func (x *BarrierCommand) String() string {
 func (*BarrierCommand) ProtoMessage() {}
 
 func (x *BarrierCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[6]
+	mi := &file_tesserapb_tessera_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -463,7 +609,7 @@ func (x *BarrierCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BarrierCommand.ProtoReflect.Descriptor instead.
 func (*BarrierCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{6}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{8}
 }
 
 // Result is what applying a Command returns (in sm.Result.Data).
@@ -484,7 +630,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[7]
+	mi := &file_tesserapb_tessera_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -496,7 +642,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[7]
+	mi := &file_tesserapb_tessera_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -509,7 +655,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{7}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Result) GetCode() int32 {
@@ -542,16 +688,18 @@ func (x *Result) GetGeneration() uint64 {
 
 // LeaseRecord is a lease as the state machine stores it.
 type LeaseRecord struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	TtlSeconds    int64                  `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Id         int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	TtlSeconds int64                  `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	// revoking is set on the home range once a revocation has begun.
+	Revoking      bool `protobuf:"varint,3,opt,name=revoking,proto3" json:"revoking,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LeaseRecord) Reset() {
 	*x = LeaseRecord{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[8]
+	mi := &file_tesserapb_tessera_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -563,7 +711,7 @@ func (x *LeaseRecord) String() string {
 func (*LeaseRecord) ProtoMessage() {}
 
 func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[8]
+	mi := &file_tesserapb_tessera_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -576,7 +724,7 @@ func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRecord.ProtoReflect.Descriptor instead.
 func (*LeaseRecord) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{8}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LeaseRecord) GetId() int64 {
@@ -593,11 +741,18 @@ func (x *LeaseRecord) GetTtlSeconds() int64 {
 	return 0
 }
 
+func (x *LeaseRecord) GetRevoking() bool {
+	if x != nil {
+		return x.Revoking
+	}
+	return false
+}
+
 var File_tesserapb_tessera_proto protoreflect.FileDescriptor
 
 const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\n" +
-	"\x17tesserapb/tessera.proto\x12\ttesserapb\"\x80\x03\n" +
+	"\x17tesserapb/tessera.proto\x12\ttesserapb\"\x82\x04\n" +
 	"\aCommand\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12)\n" +
 	"\x03txn\x18\x02 \x01(\v2\x15.tesserapb.TxnCommandH\x00R\x03txn\x125\n" +
@@ -606,7 +761,11 @@ const file_tesserapb_tessera_proto_rawDesc = "" +
 	"leaseGrant\x12B\n" +
 	"\flease_revoke\x18\x05 \x01(\v2\x1d.tesserapb.LeaseRevokeCommandH\x00R\vleaseRevoke\x125\n" +
 	"\abarrier\x18\x06 \x01(\v2\x19.tesserapb.BarrierCommandH\x00R\abarrier\x12/\n" +
-	"\x05split\x18\b \x01(\v2\x17.tesserapb.SplitCommandH\x00R\x05splitB\x04\n" +
+	"\x05split\x18\b \x01(\v2\x17.tesserapb.SplitCommandH\x00R\x05split\x12B\n" +
+	"\flease_attach\x18\t \x01(\v2\x1d.tesserapb.LeaseAttachCommandH\x00R\vleaseAttach\x12<\n" +
+	"\n" +
+	"lease_mark\x18\n" +
+	" \x01(\v2\x1b.tesserapb.LeaseMarkCommandH\x00R\tleaseMarkB\x04\n" +
 	"\x02opJ\x04\b\a\x10\b\"M\n" +
 	"\fSplitCommand\x12\x1b\n" +
 	"\tsplit_key\x18\x01 \x01(\fR\bsplitKey\x12 \n" +
@@ -622,6 +781,13 @@ const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
 	"ttlSeconds\"$\n" +
 	"\x12LeaseRevokeCommand\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\"l\n" +
+	"\x12LeaseAttachCommand\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x1f\n" +
+	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
+	"ttlSeconds\x12%\n" +
+	"\x0eproof_revision\x18\x03 \x01(\x03R\rproofRevision\"\"\n" +
+	"\x10LeaseMarkCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\"\x10\n" +
 	"\x0eBarrierCommand\"r\n" +
 	"\x06Result\x12\x12\n" +
@@ -630,11 +796,12 @@ const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\bresponse\x18\x03 \x01(\fR\bresponse\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x04 \x01(\x04R\n" +
-	"generation\">\n" +
+	"generation\"Z\n" +
 	"\vLeaseRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
-	"ttlSecondsB.Z,github.com/tesserakv/tessera/proto/tesserapbb\x06proto3"
+	"ttlSeconds\x12\x1a\n" +
+	"\brevoking\x18\x03 \x01(\bR\brevokingB.Z,github.com/tesserakv/tessera/proto/tesserapbb\x06proto3"
 
 var (
 	file_tesserapb_tessera_proto_rawDescOnce sync.Once
@@ -648,7 +815,7 @@ func file_tesserapb_tessera_proto_rawDescGZIP() []byte {
 	return file_tesserapb_tessera_proto_rawDescData
 }
 
-var file_tesserapb_tessera_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_tesserapb_tessera_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_tesserapb_tessera_proto_goTypes = []any{
 	(*Command)(nil),            // 0: tesserapb.Command
 	(*SplitCommand)(nil),       // 1: tesserapb.SplitCommand
@@ -656,22 +823,26 @@ var file_tesserapb_tessera_proto_goTypes = []any{
 	(*CompactCommand)(nil),     // 3: tesserapb.CompactCommand
 	(*LeaseGrantCommand)(nil),  // 4: tesserapb.LeaseGrantCommand
 	(*LeaseRevokeCommand)(nil), // 5: tesserapb.LeaseRevokeCommand
-	(*BarrierCommand)(nil),     // 6: tesserapb.BarrierCommand
-	(*Result)(nil),             // 7: tesserapb.Result
-	(*LeaseRecord)(nil),        // 8: tesserapb.LeaseRecord
+	(*LeaseAttachCommand)(nil), // 6: tesserapb.LeaseAttachCommand
+	(*LeaseMarkCommand)(nil),   // 7: tesserapb.LeaseMarkCommand
+	(*BarrierCommand)(nil),     // 8: tesserapb.BarrierCommand
+	(*Result)(nil),             // 9: tesserapb.Result
+	(*LeaseRecord)(nil),        // 10: tesserapb.LeaseRecord
 }
 var file_tesserapb_tessera_proto_depIdxs = []int32{
 	2, // 0: tesserapb.Command.txn:type_name -> tesserapb.TxnCommand
 	3, // 1: tesserapb.Command.compact:type_name -> tesserapb.CompactCommand
 	4, // 2: tesserapb.Command.lease_grant:type_name -> tesserapb.LeaseGrantCommand
 	5, // 3: tesserapb.Command.lease_revoke:type_name -> tesserapb.LeaseRevokeCommand
-	6, // 4: tesserapb.Command.barrier:type_name -> tesserapb.BarrierCommand
+	8, // 4: tesserapb.Command.barrier:type_name -> tesserapb.BarrierCommand
 	1, // 5: tesserapb.Command.split:type_name -> tesserapb.SplitCommand
-	6, // [6:6] is the sub-list for method output_type
-	6, // [6:6] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	6, // 6: tesserapb.Command.lease_attach:type_name -> tesserapb.LeaseAttachCommand
+	7, // 7: tesserapb.Command.lease_mark:type_name -> tesserapb.LeaseMarkCommand
+	8, // [8:8] is the sub-list for method output_type
+	8, // [8:8] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_tesserapb_tessera_proto_init() }
@@ -686,6 +857,8 @@ func file_tesserapb_tessera_proto_init() {
 		(*Command_LeaseRevoke)(nil),
 		(*Command_Barrier)(nil),
 		(*Command_Split)(nil),
+		(*Command_LeaseAttach)(nil),
+		(*Command_LeaseMark)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -693,7 +866,7 @@ func file_tesserapb_tessera_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tesserapb_tessera_proto_rawDesc), len(file_tesserapb_tessera_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
