@@ -1,6 +1,7 @@
 package router
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -24,12 +25,13 @@ import (
 // holding the lowest keys) keeps every lease's record and the clock: its
 // leader answers KeepAlive and TimeToLive and expires leases. A grant is one
 // write to the home range. Another range learns of a lease when a Put there
-// first names it: the range answers lease-not-found, the router proves the
-// lease on the home range and attaches it to the range (attachLeases), and the
-// Put goes again. Revocation marks the lease on the home range, revokes it on
-// every other range, then on the home range; a failure part-way leaves the
-// mark, and the home range's clock tries the revocation again. Each range
-// deletes its keys at its own revision (etcd uses one).
+// first names it: the range answers lease-not-found, the router registers the
+// range's span with the lease on the home range and attaches the lease to the
+// range (attachLeases), and the Put goes again. Revocation marks the lease on
+// the home range, revokes it on the other ranges overlapping its registered
+// spans, then on the home range; a failure part-way leaves the mark, and the
+// home range's clock tries the revocation again. Each range deletes its keys
+// at its own revision (etcd uses one).
 
 // MaxLeaseTTLSeconds is etcd's largest lease TTL.
 const MaxLeaseTTLSeconds = 9_000_000_000
@@ -127,7 +129,7 @@ func (r *Router) LeaseRevoke(ctx context.Context, req *pb.LeaseRevokeRequest) (*
 const revokeRetryAfter = 30 * time.Second
 
 // RevokeEverywhere marks a lease on the home range, revokes it on every
-// range, the home range last, and returns the highest revision a range
+// range its spans overlap, the home range last, and returns the highest revision a range
 // deleted its keys at. It is what the home range's leader runs when a lease
 // expires.
 func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) {
@@ -137,8 +139,20 @@ func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) 
 	}
 	// The mark first: from then on no range can be given the lease's record,
 	// so the revocations below leave none behind.
-	if err := home.MarkLease(ctx, id, revokeRetryAfter); err != nil {
+	rec, err := home.MarkLease(ctx, id, revokeRetryAfter)
+	if err != nil {
 		return 0, err
+	}
+	// The ranges given the lease's record, and the ranges split off them
+	// since, are those overlapping its spans.
+	holds := func(rng Range) bool {
+		if !rec.GetSpansTracked() {
+			return true
+		}
+		start, end, ok := rng.Bounds()
+		return !ok || slices.ContainsFunc(rec.GetSpans(), func(s *tesserapb.KeySpan) bool {
+			return spansOverlap(start, end, s.GetStart(), s.GetEnd())
+		})
 	}
 	revoke := &tesserapb.Command{Op: &tesserapb.Command_LeaseRevoke{LeaseRevoke: &tesserapb.LeaseRevokeCommand{Id: id}}}
 	var (
@@ -146,7 +160,7 @@ func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) 
 		rev int64
 	)
 	revokeOn := func(rng Range) (*tesserapb.Result, error) {
-		// Every range applies it, with or without the lease's record: that
+		// A range applies it with or without the lease's record: that
 		// raises its lease floor above any attach proved before the mark.
 		res, err := r.writeTo(ctx, rng, revoke, true, 0)
 		if err != nil {
@@ -160,7 +174,7 @@ func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) 
 	// The home range, which holds the lease's clock, goes last: until it
 	// has revoked, a failed revocation can be tried again.
 	done := map[uint64]bool{home.RangeID(): true}
-	if err := r.everyRange(ctx, done, revokeOn); err != nil {
+	if err := r.everyRange(ctx, done, holds, revokeOn); err != nil {
 		return 0, err
 	}
 	res, err := home.RevokeLease(ctx, id)
@@ -172,14 +186,14 @@ func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) 
 	mu.Unlock()
 	// Ranges the home range split off before its revocation applied.
 	r.awaitApplied(ctx, home, res)
-	if err := r.everyRange(ctx, done, revokeOn); err != nil {
+	if err := r.everyRange(ctx, done, holds, revokeOn); err != nil {
 		return 0, err
 	}
 	return rev, nil
 }
 
-// everyRange runs do (a lease revocation) once on every range not
-// in done, adding each to done, including the ranges that split off one of
+// everyRange runs do (a lease revocation) once on every range that want
+// accepts (nil: every range) not in done, adding each to done, including the ranges that split off one of
 // them before the command applied there. A split copies the parent's lease
 // records to the child, so a command the parent applies after a split never
 // reaches the child by itself. The command's result carries the generation
@@ -191,11 +205,12 @@ func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) 
 // The ranges of one pass get the command concurrently (each is its own Raft
 // group), so a grant costs about one write's latency however many ranges
 // there are.
-func (r *Router) everyRange(ctx context.Context, done map[uint64]bool, do func(Range) (*tesserapb.Result, error)) error {
+func (r *Router) everyRange(ctx context.Context, done map[uint64]bool, want func(Range) bool, do func(Range) (*tesserapb.Result, error)) error {
+	pending := func(rng Range) bool { return !done[rng.RangeID()] && (want == nil || want(rng)) }
 	for {
 		var left []Range
 		for _, rng := range r.ranges.list() {
-			if !done[rng.RangeID()] {
+			if pending(rng) {
 				left = append(left, rng)
 			}
 		}
@@ -222,7 +237,7 @@ func (r *Router) everyRange(ctx context.Context, done map[uint64]bool, do func(R
 		}
 		more := false
 		for _, rng := range r.ranges.list() {
-			more = more || !done[rng.RangeID()]
+			more = more || pending(rng)
 		}
 		if !more {
 			return nil
@@ -410,9 +425,9 @@ const maxLeaseAttaches = 5
 
 // attachLeases gives rng the record of every lease req's Puts name that rng
 // does not know (statemachine/lease.go): for each, it takes the oracle's
-// current revision P, reads the lease on the home range linearizably, and
-// proposes a LeaseAttachCommand proved at P. A lease the home range does not
-// have, or is revoking, is ErrLeaseNotFound.
+// current revision P, registers rng's span with the lease on the home range,
+// and proposes a LeaseAttachCommand proved at P. A lease the home range does
+// not have, or is revoking, is ErrLeaseNotFound.
 func (r *Router) attachLeases(ctx context.Context, rng Range, req *pb.TxnRequest) error {
 	home, err := r.home()
 	if err != nil {
@@ -428,17 +443,21 @@ func (r *Router) attachLeases(ctx context.Context, rng Range, req *pb.TxnRequest
 			if err != nil {
 				return err
 			}
-			out, err := home.Read(ctx, true, func(v *statemachine.View) (any, error) {
-				rec, _, err := v.Lease(id)
-				return rec, err
-			})
+			start, end, _ := rng.Bounds()
+			register := &tesserapb.Command{Op: &tesserapb.Command_LeaseRegister{LeaseRegister: &tesserapb.LeaseRegisterCommand{
+				Id: id, Span: &tesserapb.KeySpan{Start: start, End: end},
+			}}}
+			res, err := r.writeTo(ctx, home, register, false, 0)
 			if err != nil {
 				return err
+			}
+			rec := &tesserapb.LeaseRecord{}
+			if err := proto.Unmarshal(res.GetResponse(), rec); err != nil {
+				return fmt.Errorf("router: decoding the record of lease %x: %w", id, err)
 			}
 			if hook := r.cfg.AfterLeaseProof; hook != nil {
 				hook(id, proof)
 			}
-			rec := out.(*tesserapb.LeaseRecord)
 			attach := &tesserapb.Command{Op: &tesserapb.Command_LeaseAttach{LeaseAttach: &tesserapb.LeaseAttachCommand{
 				Id: id, TtlSeconds: rec.TtlSeconds, ProofRevision: proof,
 			}}}
@@ -474,4 +493,10 @@ func txnLeases(req *pb.TxnRequest) []int64 {
 	walk(req.Success)
 	walk(req.Failure)
 	return ids
+}
+
+// spansOverlap reports whether the key spans [s1, e1) and [s2, e2) share a
+// key; an empty end is the end of the keyspace.
+func spansOverlap(s1, e1, s2, e2 []byte) bool {
+	return (len(e2) == 0 || bytes.Compare(s1, e2) < 0) && (len(e1) == 0 || bytes.Compare(s2, e1) < 0)
 }

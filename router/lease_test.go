@@ -75,7 +75,7 @@ func TestEveryRangeReachesSplitChildren(t *testing.T) {
 			}
 			return &tesserapb.Result{Generation: rng.Generation()}, nil
 		}
-		if err := r.everyRange(ctx, map[uint64]bool{}, do); err != nil {
+		if err := r.everyRange(ctx, map[uint64]bool{}, nil, do); err != nil {
 			t.Fatal(err)
 		}
 		mu.Lock()

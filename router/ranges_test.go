@@ -47,7 +47,9 @@ func (b *boundsOnly) ReadAfter(context.Context, uint64, int64, func(*statemachin
 func (b *boundsOnly) GrantLease(context.Context, int64, int64) (*tesserapb.Result, error) {
 	return nil, nil
 }
-func (b *boundsOnly) MarkLease(context.Context, int64, time.Duration) error { return nil }
+func (b *boundsOnly) MarkLease(context.Context, int64, time.Duration) (*tesserapb.LeaseRecord, error) {
+	return nil, nil
+}
 func (b *boundsOnly) RevokeLease(context.Context, int64) (*tesserapb.Result, error) {
 	return nil, nil
 }

@@ -40,7 +40,7 @@ type Range interface {
 	Fence(ctx context.Context, rev int64) error
 	GrantLease(ctx context.Context, id, ttlSeconds int64) (*tesserapb.Result, error)
 	RevokeLease(ctx context.Context, id int64) (*tesserapb.Result, error)
-	MarkLease(ctx context.Context, id int64, retryAfter time.Duration) error
+	MarkLease(ctx context.Context, id int64, retryAfter time.Duration) (*tesserapb.LeaseRecord, error)
 	RenewLease(ctx context.Context, id int64) (int64, error)
 	LeaseRemaining(ctx context.Context, id int64) (int64, error)
 }

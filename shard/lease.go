@@ -3,7 +3,10 @@ package shard
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/statemachine"
@@ -30,19 +33,25 @@ func (r *Replica) RevokeLease(ctx context.Context, id int64) (*tesserapb.Result,
 }
 
 // MarkLease marks a lease as being revoked (on the home range), so that no
-// key attaches to it and no range is given its record any more; its timer
-// stops being renewed and falls due again after retryAfter, for the case
-// the revocation stops part-way. An unknown lease's timer is dropped.
-func (r *Replica) MarkLease(ctx context.Context, id int64, retryAfter time.Duration) error {
+// key attaches to it and no range is given its record any more, and returns
+// its record; its timer stops being renewed and falls due again after
+// retryAfter, for the case the revocation stops part-way. An unknown lease's
+// timer is dropped.
+func (r *Replica) MarkLease(ctx context.Context, id int64, retryAfter time.Duration) (*tesserapb.LeaseRecord, error) {
 	cmd := &tesserapb.Command{Op: &tesserapb.Command_LeaseMark{LeaseMark: &tesserapb.LeaseMarkCommand{Id: id}}}
-	_, err := r.Write(ctx, cmd, false)
-	switch {
-	case err == nil:
-		r.leases.revoking(id, time.Now().Add(retryAfter))
-	case errors.Is(err, statemachine.ErrLeaseNotFound):
+	res, err := r.Write(ctx, cmd, false)
+	if errors.Is(err, statemachine.ErrLeaseNotFound) {
 		r.leases.remove(id)
 	}
-	return err
+	if err != nil {
+		return nil, err
+	}
+	r.leases.revoking(id, time.Now().Add(retryAfter))
+	rec := &tesserapb.LeaseRecord{}
+	if err := proto.Unmarshal(res.GetResponse(), rec); err != nil {
+		return nil, fmt.Errorf("shard: decoding the record of lease %d: %w", id, err)
+	}
+	return rec, nil
 }
 
 // RenewLease restarts a lease's timer; only the range leader can. It returns the

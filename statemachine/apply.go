@@ -74,7 +74,12 @@ func (a *applier) apply(data []byte) (response []byte, err error) {
 		if rev != 0 {
 			return nil, errorf(ErrInvalidCommand, "lease mark with revision %d", rev)
 		}
-		err = a.applyLeaseMark(op.LeaseMark.GetId())
+		msg, err = a.applyLeaseMark(op.LeaseMark.GetId())
+	case *tesserapb.Command_LeaseRegister:
+		if rev != 0 {
+			return nil, errorf(ErrInvalidCommand, "lease register with revision %d", rev)
+		}
+		msg, err = a.applyLeaseRegister(op.LeaseRegister)
 	case *tesserapb.Command_Barrier:
 		msg = nil
 	case *tesserapb.Command_Split:

@@ -354,7 +354,11 @@ func (h *harness) command(t testing.TB, d *datadriven.TestData) (cmd []byte, kin
 	case "lease-mark":
 		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, false), Op: &tesserapb.Command_LeaseMark{
 			LeaseMark: &tesserapb.LeaseMarkCommand{Id: argInt(t, d, "id", 0)},
-		}}), "none"
+		}}), "lease-record"
+	case "lease-register":
+		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, false), Op: &tesserapb.Command_LeaseRegister{
+			LeaseRegister: &tesserapb.LeaseRegisterCommand{Id: argInt(t, d, "id", 0), Span: &tesserapb.KeySpan{Start: argBytes(t, d, "start"), End: argBytes(t, d, "end")}},
+		}}), "lease-record"
 	case "barrier":
 		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, false), Op: &tesserapb.Command_Barrier{
 			Barrier: &tesserapb.BarrierCommand{},
@@ -648,6 +652,17 @@ func formatResult(t testing.TB, res *tesserapb.Result, kind string) string {
 		lr := &pb.LeaseRevokeResponse{}
 		unmarshalTo(lr)
 		fmt.Fprintf(&b, "revoked; header rev=%s\n", hdrRev(lr.Header))
+	case "lease-record":
+		rec := &tesserapb.LeaseRecord{}
+		unmarshalTo(rec)
+		fmt.Fprintf(&b, "lease %d ttl=%d revoking=%t tracked=%t spans=[", rec.Id, rec.TtlSeconds, rec.Revoking, rec.SpansTracked)
+		for i, sp := range rec.Spans {
+			if i > 0 {
+				b.WriteString(" ")
+			}
+			fmt.Fprintf(&b, "[%q, %q)", sp.Start, sp.End)
+		}
+		b.WriteString("]\n")
 	default:
 		if len(res.Response) != 0 {
 			t.Fatalf("unexpected response %x", res.Response)

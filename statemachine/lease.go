@@ -3,6 +3,7 @@ package statemachine
 import (
 	"bytes"
 	"fmt"
+	"slices"
 
 	"github.com/cockroachdb/pebble/v2"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -20,11 +21,15 @@ import (
 // entries between its bounds). The index holds exactly the live keys whose
 // current version carries the lease.
 //
-// Revocation marks the lease on the home range (LeaseMarkCommand), then
-// revokes it on every range, the home range last. An attach races with that:
-// it carries a proof revision P taken before a linearizable read of the home
-// range saw the lease granted and unmarked, so the mark committed after that
-// read, and every range's revocation, proposed after the mark, applies at a
+// Before a range is given a lease's record, the router registers the range's
+// span with the lease on the home range (LeaseRegisterCommand); the home
+// range's record keeps those spans and its own bounds at the grant. Revocation
+// marks the lease on the home range (LeaseMarkCommand, after which
+// registrations are refused), then revokes it on every range overlapping its
+// spans (split-off children of those ranges included: a split copies the
+// records), the home range last. An attach races with that: it carries a
+// proof revision P taken before its registration, so the mark applied after
+// P was issued, and every revocation, proposed after the mark, applies at a
 // revision above P. Each range keeps the revision of the last revocation it
 // applied (rangeState.leaseFloor) and refuses an attach with P at or below
 // it: a lease's record never comes back to a range after its revocation.
@@ -68,7 +73,11 @@ func (a *applier) applyLeaseGrant(g *tesserapb.LeaseGrantCommand) (*pb.LeaseGran
 	if found {
 		return nil, errorf(ErrLeaseExists, "lease %d", g.GetId())
 	}
-	if err := a.putLeaseRecord(&tesserapb.LeaseRecord{Id: g.GetId(), TtlSeconds: g.GetTtlSeconds()}); err != nil {
+	rec := &tesserapb.LeaseRecord{
+		Id: g.GetId(), TtlSeconds: g.GetTtlSeconds(), SpansTracked: true,
+		Spans: []*tesserapb.KeySpan{{Start: a.bounds.start, End: a.bounds.end}},
+	}
+	if err := a.putLeaseRecord(rec); err != nil {
 		return nil, err
 	}
 	return &pb.LeaseGrantResponse{
@@ -100,20 +109,61 @@ func (a *applier) applyLeaseAttach(c *tesserapb.LeaseAttachCommand) error {
 	return a.putLeaseRecord(&tesserapb.LeaseRecord{Id: c.GetId(), TtlSeconds: c.GetTtlSeconds()})
 }
 
-// applyLeaseMark marks a lease as being revoked (on the home range).
-func (a *applier) applyLeaseMark(leaseID int64) error {
+// applyLeaseMark marks a lease as being revoked (on the home range) and
+// returns its record.
+func (a *applier) applyLeaseMark(leaseID int64) (*tesserapb.LeaseRecord, error) {
 	rec, found, err := a.leaseRecord(leaseID)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !found {
-		return errorf(ErrLeaseNotFound, "lease %d", leaseID)
+		return nil, errorf(ErrLeaseNotFound, "lease %d", leaseID)
 	}
 	if rec.GetRevoking() {
-		return nil
+		return rec, nil
 	}
 	rec.Revoking = true
-	return a.putLeaseRecord(rec)
+	return rec, a.putLeaseRecord(rec)
+}
+
+// applyLeaseRegister adds a span to a lease's spans (on the home range)
+// unless its revocation has begun, and returns its record.
+func (a *applier) applyLeaseRegister(c *tesserapb.LeaseRegisterCommand) (*tesserapb.LeaseRecord, error) {
+	rec, found, err := a.leaseRecord(c.GetId())
+	if err != nil {
+		return nil, err
+	}
+	if !found || rec.GetRevoking() {
+		return nil, errorf(ErrLeaseNotFound, "lease %d", c.GetId())
+	}
+	if !rec.GetSpansTracked() {
+		return rec, nil // revoked on every range anyway
+	}
+	rec.Spans = addSpan(rec.Spans, c.GetSpan())
+	return rec, a.putLeaseRecord(rec)
+}
+
+// addSpan returns spans (sorted, disjoint, adjacent ones merged) with s
+// added, likewise. An empty end is the end of the keyspace.
+func addSpan(spans []*tesserapb.KeySpan, s *tesserapb.KeySpan) []*tesserapb.KeySpan {
+	endAfter := func(a, b []byte) bool { // a > b as ends, empty = infinity
+		return (len(a) == 0 && len(b) != 0) || (len(b) != 0 && bytes.Compare(a, b) > 0)
+	}
+	all := append(slices.Clone(spans), &tesserapb.KeySpan{Start: bytes.Clone(s.GetStart()), End: bytes.Clone(s.GetEnd())})
+	slices.SortFunc(all, func(x, y *tesserapb.KeySpan) int { return bytes.Compare(x.GetStart(), y.GetStart()) })
+	out := all[:1]
+	for _, sp := range all[1:] {
+		last := out[len(out)-1]
+		// Overlapping or adjacent: last reaches sp's start.
+		if len(last.GetEnd()) == 0 || bytes.Compare(last.GetEnd(), sp.GetStart()) >= 0 {
+			if endAfter(sp.GetEnd(), last.GetEnd()) {
+				last.End = sp.GetEnd()
+			}
+			continue
+		}
+		out = append(out, sp)
+	}
+	return out
 }
 
 // applyLeaseRevoke deletes every key of the range attached to the lease at

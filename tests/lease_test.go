@@ -144,9 +144,9 @@ func TestLeaseKeepAliveStream(t *testing.T) {
 
 // TestLeaseAttachRacesRevocation forces the race statemachine/lease.go
 // guards against: a Put with a lease lands on a range that does not know the
-// lease, so the router proves the lease on the home range and attaches it to
-// that range; a test hook holds the attach after the proof while the lease is
-// revoked everywhere. The attach must then be refused (the range's lease
+// lease, so the router registers the range with the lease on the home range
+// and attaches the lease to it; a test hook holds the attach after the
+// registration while the lease is revoked everywhere. The attach must then be refused (the range's lease
 // floor is above its proof), and the Put must fail with etcd's
 // lease-not-found, leaving no key behind. A lease that is not revoked is
 // attached once and its keys go with it.
@@ -182,7 +182,7 @@ func TestLeaseAttachRacesRevocation(t *testing.T) {
 		}
 	}
 	if n := proofs.Load(); n != 1 {
-		t.Errorf("the lease was proved %d times for three Puts in two ranges, want once (for the range without it)", n)
+		t.Errorf("the lease was registered %d times for three Puts in two ranges, want once (for the range without it)", n)
 	}
 	ttl, err := cli.TimeToLive(ctx, kept.ID, clientv3.WithAttachedKeys())
 	if err != nil || len(ttl.Keys) != 3 || ttl.GrantedTTL != 60 {
@@ -221,5 +221,45 @@ func TestLeaseAttachRacesRevocation(t *testing.T) {
 	}
 	if _, err := cli.Put(ctx, "y", "v", clientv3.WithLease(later.ID)); err != nil {
 		t.Fatalf("put with a new lease after the race: %v", err)
+	}
+}
+
+// TestLeaseRevocationReachesSplitChildren: a revocation goes to the ranges
+// overlapping the spans the home range recorded for the lease (its own
+// bounds at the grant, and each range's span given the lease since), which
+// include the ranges split off those ranges after the keys were attached.
+func TestLeaseRevocationReachesSplitChildren(t *testing.T) {
+	c := testcluster.Start(t, 1)
+	ctx := ctxT(t)
+	cli := c.Client()
+	splitAt(t, c, c.Nodes[0], "m")
+	splitAt(t, c, c.Nodes[0], "t")
+	waitRanges(t, c, 3)
+	lease, err := cli.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"e", "p"} {
+		if _, err := cli.Put(ctx, k, "v", clientv3.WithLease(lease.ID)); err != nil {
+			t.Fatalf("put %s with a lease: %v", k, err)
+		}
+	}
+	if _, err := cli.Put(ctx, "z", "no lease"); err != nil {
+		t.Fatal(err)
+	}
+	// "e" moves to a child of the home range, "p" to a child of the range
+	// that was given the lease.
+	splitAt(t, c, c.Nodes[0], "d")
+	splitAt(t, c, c.Nodes[0], "o")
+	waitRanges(t, c, 5)
+	if _, err := cli.Revoke(ctx, lease.ID); err != nil {
+		t.Fatal(err)
+	}
+	get, err := cli.Get(ctx, "", clientv3.WithFromKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if get.Count != 1 || string(get.Kvs[0].Key) != "z" {
+		t.Fatalf("after the revocation: %d keys %v, want only z", get.Count, get.Kvs)
 	}
 }

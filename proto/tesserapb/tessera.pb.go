@@ -44,6 +44,7 @@ type Command struct {
 	//	*Command_Split
 	//	*Command_LeaseAttach
 	//	*Command_LeaseMark
+	//	*Command_LeaseRegister
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -165,6 +166,15 @@ func (x *Command) GetLeaseMark() *LeaseMarkCommand {
 	return nil
 }
 
+func (x *Command) GetLeaseRegister() *LeaseRegisterCommand {
+	if x != nil {
+		if x, ok := x.Op.(*Command_LeaseRegister); ok {
+			return x.LeaseRegister
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -202,6 +212,10 @@ type Command_LeaseMark struct {
 	LeaseMark *LeaseMarkCommand `protobuf:"bytes,10,opt,name=lease_mark,json=leaseMark,proto3,oneof"`
 }
 
+type Command_LeaseRegister struct {
+	LeaseRegister *LeaseRegisterCommand `protobuf:"bytes,11,opt,name=lease_register,json=leaseRegister,proto3,oneof"`
+}
+
 func (*Command_Txn) isCommand_Op() {}
 
 func (*Command_Compact) isCommand_Op() {}
@@ -217,6 +231,8 @@ func (*Command_Split) isCommand_Op() {}
 func (*Command_LeaseAttach) isCommand_Op() {}
 
 func (*Command_LeaseMark) isCommand_Op() {}
+
+func (*Command_LeaseRegister) isCommand_Op() {}
 
 // SplitCommand splits the range at split_key: the range keeps
 // [start, split_key) and a new range new_range_id gets [split_key, end), with
@@ -529,7 +545,8 @@ func (x *LeaseAttachCommand) GetProofRevision() int64 {
 }
 
 // LeaseMarkCommand marks a lease as being revoked on the home range: from then
-// on no key attaches to it and no range can be given its record.
+// on no key attaches to it and no range can be given its record. Its response
+// is the lease's LeaseRecord (with the spans to revoke it on).
 type LeaseMarkCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -574,6 +591,116 @@ func (x *LeaseMarkCommand) GetId() int64 {
 	return 0
 }
 
+// LeaseRegisterCommand records on the home range that a range holding span is
+// about to be given the lease's record, so that the lease's revocation goes
+// there. Refused (lease not found) once the lease is marked. Its response is
+// the lease's LeaseRecord.
+type LeaseRegisterCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Span          *KeySpan               `protobuf:"bytes,2,opt,name=span,proto3" json:"span,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseRegisterCommand) Reset() {
+	*x = LeaseRegisterCommand{}
+	mi := &file_tesserapb_tessera_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseRegisterCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseRegisterCommand) ProtoMessage() {}
+
+func (x *LeaseRegisterCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_tessera_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseRegisterCommand.ProtoReflect.Descriptor instead.
+func (*LeaseRegisterCommand) Descriptor() ([]byte, []int) {
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *LeaseRegisterCommand) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LeaseRegisterCommand) GetSpan() *KeySpan {
+	if x != nil {
+		return x.Span
+	}
+	return nil
+}
+
+// KeySpan is the user keys [start, end); an empty end is the end of the
+// keyspace.
+type KeySpan struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Start         []byte                 `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
+	End           []byte                 `protobuf:"bytes,2,opt,name=end,proto3" json:"end,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeySpan) Reset() {
+	*x = KeySpan{}
+	mi := &file_tesserapb_tessera_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeySpan) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeySpan) ProtoMessage() {}
+
+func (x *KeySpan) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_tessera_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeySpan.ProtoReflect.Descriptor instead.
+func (*KeySpan) Descriptor() ([]byte, []int) {
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *KeySpan) GetStart() []byte {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *KeySpan) GetEnd() []byte {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
 // BarrierCommand writes nothing; once applied, every entry proposed before it
 // through the same queue has been applied or never will be.
 type BarrierCommand struct {
@@ -584,7 +711,7 @@ type BarrierCommand struct {
 
 func (x *BarrierCommand) Reset() {
 	*x = BarrierCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[8]
+	mi := &file_tesserapb_tessera_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -596,7 +723,7 @@ func (x *BarrierCommand) String() string {
 func (*BarrierCommand) ProtoMessage() {}
 
 func (x *BarrierCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[8]
+	mi := &file_tesserapb_tessera_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -609,7 +736,7 @@ func (x *BarrierCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BarrierCommand.ProtoReflect.Descriptor instead.
 func (*BarrierCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{8}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{10}
 }
 
 // Result is what applying a Command returns (in sm.Result.Data).
@@ -630,7 +757,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[9]
+	mi := &file_tesserapb_tessera_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -642,7 +769,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[9]
+	mi := &file_tesserapb_tessera_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -655,7 +782,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{9}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Result) GetCode() int32 {
@@ -692,14 +819,22 @@ type LeaseRecord struct {
 	Id         int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
 	TtlSeconds int64                  `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
 	// revoking is set on the home range once a revocation has begun.
-	Revoking      bool `protobuf:"varint,3,opt,name=revoking,proto3" json:"revoking,omitempty"`
+	Revoking bool `protobuf:"varint,3,opt,name=revoking,proto3" json:"revoking,omitempty"`
+	// spans_tracked: on the home range, spans covers every range given the
+	// lease's record (the home range's own bounds at the grant, and every
+	// registered span), so the lease's revocation need only go to the ranges
+	// overlapping them. A record written before spans were tracked has it
+	// false: its revocation goes to every range.
+	SpansTracked bool `protobuf:"varint,4,opt,name=spans_tracked,json=spansTracked,proto3" json:"spans_tracked,omitempty"`
+	// spans are sorted and disjoint, adjacent spans merged.
+	Spans         []*KeySpan `protobuf:"bytes,5,rep,name=spans,proto3" json:"spans,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LeaseRecord) Reset() {
 	*x = LeaseRecord{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[10]
+	mi := &file_tesserapb_tessera_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -711,7 +846,7 @@ func (x *LeaseRecord) String() string {
 func (*LeaseRecord) ProtoMessage() {}
 
 func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[10]
+	mi := &file_tesserapb_tessera_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -724,7 +859,7 @@ func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRecord.ProtoReflect.Descriptor instead.
 func (*LeaseRecord) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{10}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *LeaseRecord) GetId() int64 {
@@ -748,11 +883,25 @@ func (x *LeaseRecord) GetRevoking() bool {
 	return false
 }
 
+func (x *LeaseRecord) GetSpansTracked() bool {
+	if x != nil {
+		return x.SpansTracked
+	}
+	return false
+}
+
+func (x *LeaseRecord) GetSpans() []*KeySpan {
+	if x != nil {
+		return x.Spans
+	}
+	return nil
+}
+
 var File_tesserapb_tessera_proto protoreflect.FileDescriptor
 
 const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\n" +
-	"\x17tesserapb/tessera.proto\x12\ttesserapb\"\x82\x04\n" +
+	"\x17tesserapb/tessera.proto\x12\ttesserapb\"\xcc\x04\n" +
 	"\aCommand\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12)\n" +
 	"\x03txn\x18\x02 \x01(\v2\x15.tesserapb.TxnCommandH\x00R\x03txn\x125\n" +
@@ -765,7 +914,8 @@ const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\flease_attach\x18\t \x01(\v2\x1d.tesserapb.LeaseAttachCommandH\x00R\vleaseAttach\x12<\n" +
 	"\n" +
 	"lease_mark\x18\n" +
-	" \x01(\v2\x1b.tesserapb.LeaseMarkCommandH\x00R\tleaseMarkB\x04\n" +
+	" \x01(\v2\x1b.tesserapb.LeaseMarkCommandH\x00R\tleaseMark\x12H\n" +
+	"\x0elease_register\x18\v \x01(\v2\x1f.tesserapb.LeaseRegisterCommandH\x00R\rleaseRegisterB\x04\n" +
 	"\x02opJ\x04\b\a\x10\b\"M\n" +
 	"\fSplitCommand\x12\x1b\n" +
 	"\tsplit_key\x18\x01 \x01(\fR\bsplitKey\x12 \n" +
@@ -788,7 +938,13 @@ const file_tesserapb_tessera_proto_rawDesc = "" +
 	"ttlSeconds\x12%\n" +
 	"\x0eproof_revision\x18\x03 \x01(\x03R\rproofRevision\"\"\n" +
 	"\x10LeaseMarkCommand\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\x03R\x02id\"\x10\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\"N\n" +
+	"\x14LeaseRegisterCommand\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12&\n" +
+	"\x04span\x18\x02 \x01(\v2\x12.tesserapb.KeySpanR\x04span\"1\n" +
+	"\aKeySpan\x12\x14\n" +
+	"\x05start\x18\x01 \x01(\fR\x05start\x12\x10\n" +
+	"\x03end\x18\x02 \x01(\fR\x03end\"\x10\n" +
 	"\x0eBarrierCommand\"r\n" +
 	"\x06Result\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
@@ -796,12 +952,14 @@ const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\bresponse\x18\x03 \x01(\fR\bresponse\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x04 \x01(\x04R\n" +
-	"generation\"Z\n" +
+	"generation\"\xa9\x01\n" +
 	"\vLeaseRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
 	"ttlSeconds\x12\x1a\n" +
-	"\brevoking\x18\x03 \x01(\bR\brevokingB.Z,github.com/tesserakv/tessera/proto/tesserapbb\x06proto3"
+	"\brevoking\x18\x03 \x01(\bR\brevoking\x12#\n" +
+	"\rspans_tracked\x18\x04 \x01(\bR\fspansTracked\x12(\n" +
+	"\x05spans\x18\x05 \x03(\v2\x12.tesserapb.KeySpanR\x05spansB.Z,github.com/tesserakv/tessera/proto/tesserapbb\x06proto3"
 
 var (
 	file_tesserapb_tessera_proto_rawDescOnce sync.Once
@@ -815,34 +973,39 @@ func file_tesserapb_tessera_proto_rawDescGZIP() []byte {
 	return file_tesserapb_tessera_proto_rawDescData
 }
 
-var file_tesserapb_tessera_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_tesserapb_tessera_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_tesserapb_tessera_proto_goTypes = []any{
-	(*Command)(nil),            // 0: tesserapb.Command
-	(*SplitCommand)(nil),       // 1: tesserapb.SplitCommand
-	(*TxnCommand)(nil),         // 2: tesserapb.TxnCommand
-	(*CompactCommand)(nil),     // 3: tesserapb.CompactCommand
-	(*LeaseGrantCommand)(nil),  // 4: tesserapb.LeaseGrantCommand
-	(*LeaseRevokeCommand)(nil), // 5: tesserapb.LeaseRevokeCommand
-	(*LeaseAttachCommand)(nil), // 6: tesserapb.LeaseAttachCommand
-	(*LeaseMarkCommand)(nil),   // 7: tesserapb.LeaseMarkCommand
-	(*BarrierCommand)(nil),     // 8: tesserapb.BarrierCommand
-	(*Result)(nil),             // 9: tesserapb.Result
-	(*LeaseRecord)(nil),        // 10: tesserapb.LeaseRecord
+	(*Command)(nil),              // 0: tesserapb.Command
+	(*SplitCommand)(nil),         // 1: tesserapb.SplitCommand
+	(*TxnCommand)(nil),           // 2: tesserapb.TxnCommand
+	(*CompactCommand)(nil),       // 3: tesserapb.CompactCommand
+	(*LeaseGrantCommand)(nil),    // 4: tesserapb.LeaseGrantCommand
+	(*LeaseRevokeCommand)(nil),   // 5: tesserapb.LeaseRevokeCommand
+	(*LeaseAttachCommand)(nil),   // 6: tesserapb.LeaseAttachCommand
+	(*LeaseMarkCommand)(nil),     // 7: tesserapb.LeaseMarkCommand
+	(*LeaseRegisterCommand)(nil), // 8: tesserapb.LeaseRegisterCommand
+	(*KeySpan)(nil),              // 9: tesserapb.KeySpan
+	(*BarrierCommand)(nil),       // 10: tesserapb.BarrierCommand
+	(*Result)(nil),               // 11: tesserapb.Result
+	(*LeaseRecord)(nil),          // 12: tesserapb.LeaseRecord
 }
 var file_tesserapb_tessera_proto_depIdxs = []int32{
-	2, // 0: tesserapb.Command.txn:type_name -> tesserapb.TxnCommand
-	3, // 1: tesserapb.Command.compact:type_name -> tesserapb.CompactCommand
-	4, // 2: tesserapb.Command.lease_grant:type_name -> tesserapb.LeaseGrantCommand
-	5, // 3: tesserapb.Command.lease_revoke:type_name -> tesserapb.LeaseRevokeCommand
-	8, // 4: tesserapb.Command.barrier:type_name -> tesserapb.BarrierCommand
-	1, // 5: tesserapb.Command.split:type_name -> tesserapb.SplitCommand
-	6, // 6: tesserapb.Command.lease_attach:type_name -> tesserapb.LeaseAttachCommand
-	7, // 7: tesserapb.Command.lease_mark:type_name -> tesserapb.LeaseMarkCommand
-	8, // [8:8] is the sub-list for method output_type
-	8, // [8:8] is the sub-list for method input_type
-	8, // [8:8] is the sub-list for extension type_name
-	8, // [8:8] is the sub-list for extension extendee
-	0, // [0:8] is the sub-list for field type_name
+	2,  // 0: tesserapb.Command.txn:type_name -> tesserapb.TxnCommand
+	3,  // 1: tesserapb.Command.compact:type_name -> tesserapb.CompactCommand
+	4,  // 2: tesserapb.Command.lease_grant:type_name -> tesserapb.LeaseGrantCommand
+	5,  // 3: tesserapb.Command.lease_revoke:type_name -> tesserapb.LeaseRevokeCommand
+	10, // 4: tesserapb.Command.barrier:type_name -> tesserapb.BarrierCommand
+	1,  // 5: tesserapb.Command.split:type_name -> tesserapb.SplitCommand
+	6,  // 6: tesserapb.Command.lease_attach:type_name -> tesserapb.LeaseAttachCommand
+	7,  // 7: tesserapb.Command.lease_mark:type_name -> tesserapb.LeaseMarkCommand
+	8,  // 8: tesserapb.Command.lease_register:type_name -> tesserapb.LeaseRegisterCommand
+	9,  // 9: tesserapb.LeaseRegisterCommand.span:type_name -> tesserapb.KeySpan
+	9,  // 10: tesserapb.LeaseRecord.spans:type_name -> tesserapb.KeySpan
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_tesserapb_tessera_proto_init() }
@@ -859,6 +1022,7 @@ func file_tesserapb_tessera_proto_init() {
 		(*Command_Split)(nil),
 		(*Command_LeaseAttach)(nil),
 		(*Command_LeaseMark)(nil),
+		(*Command_LeaseRegister)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -866,7 +1030,7 @@ func file_tesserapb_tessera_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tesserapb_tessera_proto_rawDesc), len(file_tesserapb_tessera_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
