@@ -17,10 +17,12 @@ import (
 	"github.com/tesserakv/tessera/statemachine"
 )
 
-// Oracle hands out revisions; shard needs only these two methods of it.
+// Oracle hands out revisions; shard needs only this method of it.
 type Oracle interface {
 	// NextN returns the first of count consecutive revisions, all above every
-	// revision handed out before the call.
+	// revision handed out before the call. It fails, rather than waits, when
+	// the oracle cannot answer for a while (placement.OracleClient gives up
+	// after its batchTimeout): the proposer calls it without a deadline.
 	NextN(ctx context.Context, count int64) (int64, error)
 }
 
@@ -115,9 +117,13 @@ type Replica struct {
 
 	leases *leaseClock
 
-	stopc    chan struct{}
-	stopOnce sync.Once
-	wg       sync.WaitGroup
+	stopc chan struct{}
+	// stopCtx is done once Stop is called: the context of calls bounded
+	// otherwise (a context with a deadline costs a timer per call).
+	stopCtx       context.Context
+	stopCtxCancel context.CancelFunc
+	stopOnce      sync.Once
+	wg            sync.WaitGroup
 }
 
 type proposal struct {
@@ -153,6 +159,7 @@ func New(cfg Config, nh *dragonboat.NodeHost, store *statemachine.Store, oracle 
 		load:     newLoadTracker(time.Now(), cfg.RangeID),
 		stopc:    make(chan struct{}),
 	}
+	r.stopCtx, r.stopCtxCancel = context.WithCancel(context.Background())
 	r.wg.Add(1)
 	go r.proposeLoop()
 	if cfg.ExpireLeases {
@@ -164,7 +171,10 @@ func New(cfg Config, nh *dragonboat.NodeHost, store *statemachine.Store, oracle 
 
 // Stop ends the replica's goroutines; it does not stop the Raft replica.
 func (r *Replica) Stop() {
-	r.stopOnce.Do(func() { close(r.stopc) })
+	r.stopOnce.Do(func() {
+		close(r.stopc)
+		r.stopCtxCancel()
+	})
 	r.wg.Wait()
 }
 
@@ -398,9 +408,8 @@ func (r *Replica) proposeBatch(batch []*proposal) {
 	// raised the fence above them meanwhile makes them take new ones.
 	var ids []uint64
 	for len(writers) > 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.RequestTimeout)
-		first, err := r.oracle.NextN(ctx, int64(len(writers)))
-		cancel()
+		// The oracle bounds its own calls (placement's batchTimeout).
+		first, err := r.oracle.NextN(r.stopCtx, int64(len(writers)))
 		if err != nil {
 			fail(fmt.Errorf("shard: taking revisions: %w", err))
 			return
