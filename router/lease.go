@@ -145,15 +145,7 @@ func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) 
 	}
 	// The ranges given the lease's record, and the ranges split off them
 	// since, are those overlapping its spans.
-	holds := func(rng Range) bool {
-		if !rec.GetSpansTracked() {
-			return true
-		}
-		start, end, ok := rng.Bounds()
-		return !ok || slices.ContainsFunc(rec.GetSpans(), func(s *tesserapb.KeySpan) bool {
-			return spansOverlap(start, end, s.GetStart(), s.GetEnd())
-		})
-	}
+	holds := holdsLease(rec)
 	revoke := &tesserapb.Command{Op: &tesserapb.Command_LeaseRevoke{LeaseRevoke: &tesserapb.LeaseRevokeCommand{Id: id}}}
 	var (
 		mu  sync.Mutex
@@ -346,7 +338,8 @@ func (r *Router) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 }
 
 // LeaseTimeToLive serves Lease.LeaseTimeToLive. An unknown lease gets TTL -1,
-// as in etcd. The attached keys are gathered from every range.
+// as in etcd. The attached keys are gathered from the ranges that may hold
+// some (holdsLease).
 func (r *Router) LeaseTimeToLive(ctx context.Context, req *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
 	home, err := r.home()
 	if err != nil {
@@ -361,36 +354,68 @@ func (r *Router) LeaseTimeToLive(ctx context.Context, req *pb.LeaseTimeToLiveReq
 		}
 		return nil, ToGRPC(err)
 	}
-	clockKnows := err == nil
 	resp := &pb.LeaseTimeToLiveResponse{Header: r.header(home, r.localRevision(ctx, home)), ID: req.ID, TTL: left}
-	found := false
-	// Each range's records and keys are read linearizably on the local
-	// replica (ReadIndex works on followers); they need not be one snapshot.
-	for _, rng := range r.ranges.list() {
+	if err != nil {
+		// Not on the clock: unknown, expired, or being revoked.
+		return &pb.LeaseTimeToLiveResponse{Header: resp.Header, ID: req.ID, TTL: -1}, nil
+	}
+	// The home range has the lease's record, its keys there and the spans of
+	// the other ranges that may hold keys of it. Each range is read
+	// linearizably on the local replica (ReadIndex works on followers); the
+	// reads need not be one snapshot.
+	leaseOn := func(rng Range) (*tesserapb.LeaseRecord, [][]byte, error) {
 		out, err := rng.Read(ctx, true, func(v *statemachine.View) (any, error) {
 			rec, keys, err := v.Lease(req.ID)
-			if err != nil {
-				return nil, err
-			}
-			return [2]any{rec, keys}, nil
+			return [2]any{rec, keys}, err
 		})
+		if err != nil {
+			return nil, nil, err
+		}
+		pair := out.([2]any)
+		return pair[0].(*tesserapb.LeaseRecord), pair[1].([][]byte), nil
+	}
+	rec, keys, err := leaseOn(home)
+	if errors.Is(err, statemachine.ErrLeaseNotFound) {
+		return &pb.LeaseTimeToLiveResponse{Header: resp.Header, ID: req.ID, TTL: -1}, nil
+	}
+	if err != nil {
+		return nil, ToGRPC(err)
+	}
+	resp.GrantedTTL = rec.TtlSeconds
+	if !req.Keys {
+		return resp, nil
+	}
+	resp.Keys = keys
+	holds := holdsLease(rec)
+	for _, rng := range r.ranges.list() {
+		if rng.RangeID() == home.RangeID() || !holds(rng) {
+			continue
+		}
+		_, keys, err := leaseOn(rng)
 		if errors.Is(err, statemachine.ErrLeaseNotFound) {
 			continue
 		}
 		if err != nil {
 			return nil, ToGRPC(err)
 		}
-		pair := out.([2]any)
-		found = true
-		resp.GrantedTTL = pair[0].(*tesserapb.LeaseRecord).TtlSeconds
-		if req.Keys {
-			resp.Keys = append(resp.Keys, pair[1].([][]byte)...)
-		}
-	}
-	if !found || !clockKnows {
-		return &pb.LeaseTimeToLiveResponse{Header: resp.Header, ID: req.ID, TTL: -1}, nil
+		resp.Keys = append(resp.Keys, keys...)
 	}
 	return resp, nil
+}
+
+// holdsLease returns whether a range may hold keys of the lease whose home
+// record is rec: it overlaps one of the record's spans (every range, for a
+// record written before spans were tracked).
+func holdsLease(rec *tesserapb.LeaseRecord) func(Range) bool {
+	return func(rng Range) bool {
+		if !rec.GetSpansTracked() {
+			return true
+		}
+		start, end, ok := rng.Bounds()
+		return !ok || slices.ContainsFunc(rec.GetSpans(), func(s *tesserapb.KeySpan) bool {
+			return spansOverlap(start, end, s.GetStart(), s.GetEnd())
+		})
+	}
 }
 
 // LeaseLeases serves Lease.LeaseLeases from the home range.

@@ -2,6 +2,7 @@ package tests
 
 import (
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -224,10 +225,11 @@ func TestLeaseAttachRacesRevocation(t *testing.T) {
 	}
 }
 
-// TestLeaseRevocationReachesSplitChildren: a revocation goes to the ranges
-// overlapping the spans the home range recorded for the lease (its own
-// bounds at the grant, and each range's span given the lease since), which
-// include the ranges split off those ranges after the keys were attached.
+// TestLeaseRevocationReachesSplitChildren: time-to-live and a revocation go to
+// the ranges overlapping the spans the home range recorded for the lease (its
+// own bounds at the grant, and each range's span given the lease since),
+// which include the ranges split off those ranges after the keys were
+// attached.
 func TestLeaseRevocationReachesSplitChildren(t *testing.T) {
 	c := testcluster.Start(t, 1)
 	ctx := ctxT(t)
@@ -252,6 +254,10 @@ func TestLeaseRevocationReachesSplitChildren(t *testing.T) {
 	splitAt(t, c, c.Nodes[0], "d")
 	splitAt(t, c, c.Nodes[0], "o")
 	waitRanges(t, c, 5)
+	ttl, err := cli.TimeToLive(ctx, lease.ID, clientv3.WithAttachedKeys())
+	if err != nil || fmt.Sprintf("%q", ttl.Keys) != `["e" "p"]` || ttl.GrantedTTL != 60 || ttl.TTL <= 0 {
+		t.Fatalf("time to live after the splits: TTL %d granted %d keys %q, %v", ttl.TTL, ttl.GrantedTTL, ttl.Keys, err)
+	}
 	if _, err := cli.Revoke(ctx, lease.ID); err != nil {
 		t.Fatal(err)
 	}
