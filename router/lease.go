@@ -400,6 +400,7 @@ func (r *Router) LeaseTimeToLive(ctx context.Context, req *pb.LeaseTimeToLiveReq
 		}
 		resp.Keys = append(resp.Keys, keys...)
 	}
+	slices.SortFunc(resp.Keys, bytes.Compare)
 	return resp, nil
 }
 
