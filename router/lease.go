@@ -129,7 +129,7 @@ func (r *Router) LeaseRevoke(ctx context.Context, req *pb.LeaseRevokeRequest) (*
 const revokeRetryAfter = 30 * time.Second
 
 // RevokeEverywhere marks a lease on the home range, revokes it on every
-// range its spans overlap, the home range last, and returns the highest revision a range
+// range its spans overlap, then deletes its record, and returns the highest revision a range
 // deleted its keys at. It is what the home range's leader runs when a lease
 // expires.
 func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) {
@@ -144,17 +144,28 @@ func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) 
 		return 0, err
 	}
 	// The ranges given the lease's record, and the ranges split off them
-	// since, are those overlapping its spans.
+	// since, are those overlapping its spans. Each applies the revocation
+	// with or without the lease's record: that raises its lease floor above
+	// any attach proved before the mark. The home range keeps its (marked)
+	// record until every range is done, so that a revocation stopped
+	// part-way is tried again from the lease clock.
 	holds := holdsLease(rec)
-	revoke := &tesserapb.Command{Op: &tesserapb.Command_LeaseRevoke{LeaseRevoke: &tesserapb.LeaseRevokeCommand{Id: id}}}
+	revokeCmd := func(keepRecord bool) *tesserapb.Command {
+		return &tesserapb.Command{Op: &tesserapb.Command_LeaseRevoke{LeaseRevoke: &tesserapb.LeaseRevokeCommand{
+			Id: id, WithoutRecord: true, KeepRecord: keepRecord,
+		}}}
+	}
+	revoke, revokeHome := revokeCmd(false), revokeCmd(true)
 	var (
 		mu  sync.Mutex
 		rev int64
 	)
 	revokeOn := func(rng Range) (*tesserapb.Result, error) {
-		// A range applies it with or without the lease's record: that
-		// raises its lease floor above any attach proved before the mark.
-		res, err := r.writeTo(ctx, rng, revoke, true, 0)
+		cmd := revoke
+		if rng.RangeID() == home.RangeID() {
+			cmd = revokeHome
+		}
+		res, err := r.writeTo(ctx, rng, cmd, true, 0)
 		if err != nil {
 			return nil, fmt.Errorf("router: revoking lease %x on range %d: %w", id, rng.RangeID(), err)
 		}
@@ -163,22 +174,12 @@ func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) 
 		mu.Unlock()
 		return res, nil
 	}
-	// The home range, which holds the lease's clock, goes last: until it
-	// has revoked, a failed revocation can be tried again.
-	done := map[uint64]bool{home.RangeID(): true}
-	if err := r.everyRange(ctx, done, holds, revokeOn); err != nil {
+	if err := r.everyRange(ctx, map[uint64]bool{}, holds, revokeOn); err != nil {
 		return 0, err
 	}
-	res, err := home.RevokeLease(ctx, id)
-	if err != nil {
-		return 0, err
-	}
-	mu.Lock()
-	rev = max(rev, revokedAt(res))
-	mu.Unlock()
-	// Ranges the home range split off before its revocation applied.
-	r.awaitApplied(ctx, home, res)
-	if err := r.everyRange(ctx, done, holds, revokeOn); err != nil {
+	// Every range holding keys of it is done: the record goes (and the
+	// lease leaves the clock).
+	if _, err := home.RevokeLease(ctx, id); err != nil {
 		return 0, err
 	}
 	return rev, nil

@@ -14,7 +14,7 @@ import (
 
 // GrantLease records a lease through Raft and starts its timer on this leader.
 func (r *Replica) GrantLease(ctx context.Context, id, ttlSeconds int64) (*tesserapb.Result, error) {
-	cmd := &tesserapb.Command{Op: &tesserapb.Command_LeaseGrant{LeaseGrant: &tesserapb.LeaseGrantCommand{Id: id, TtlSeconds: ttlSeconds}}}
+	cmd := &tesserapb.Command{Op: &tesserapb.Command_LeaseGrant{LeaseGrant: &tesserapb.LeaseGrantCommand{Id: id, TtlSeconds: ttlSeconds, TrackSpans: true}}}
 	res, err := r.Write(ctx, cmd, false)
 	if err == nil {
 		r.leases.grant(id, ttlSeconds, time.Now())
@@ -22,9 +22,11 @@ func (r *Replica) GrantLease(ctx context.Context, id, ttlSeconds int64) (*tesser
 	return res, err
 }
 
-// RevokeLease deletes a lease and every key attached to it, at one revision.
+// RevokeLease deletes a lease's record on this range and every key of the
+// range attached to it, at one revision, and drops the lease from the clock.
+// A range without the record applies it too.
 func (r *Replica) RevokeLease(ctx context.Context, id int64) (*tesserapb.Result, error) {
-	cmd := &tesserapb.Command{Op: &tesserapb.Command_LeaseRevoke{LeaseRevoke: &tesserapb.LeaseRevokeCommand{Id: id}}}
+	cmd := &tesserapb.Command{Op: &tesserapb.Command_LeaseRevoke{LeaseRevoke: &tesserapb.LeaseRevokeCommand{Id: id, WithoutRecord: true}}}
 	res, err := r.Write(ctx, cmd, true)
 	if err == nil || errors.Is(err, statemachine.ErrLeaseNotFound) {
 		r.leases.remove(id)

@@ -64,7 +64,7 @@ func (a *applier) apply(data []byte) (response []byte, err error) {
 		if rev == 0 {
 			return nil, errorf(ErrInvalidCommand, "lease revoke without a revision")
 		}
-		msg, changed, err = a.applyLeaseRevoke(rev, op.LeaseRevoke.GetId())
+		msg, changed, err = a.applyLeaseRevoke(rev, op.LeaseRevoke)
 	case *tesserapb.Command_LeaseAttach:
 		if rev != 0 {
 			return nil, errorf(ErrInvalidCommand, "lease attach with revision %d", rev)

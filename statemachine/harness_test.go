@@ -341,11 +341,11 @@ func (h *harness) command(t testing.TB, d *datadriven.TestData) (cmd []byte, kin
 		}}), "compact"
 	case "lease-grant":
 		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, false), Op: &tesserapb.Command_LeaseGrant{
-			LeaseGrant: &tesserapb.LeaseGrantCommand{Id: argInt(t, d, "id", 0), TtlSeconds: argInt(t, d, "ttl", 0)},
+			LeaseGrant: &tesserapb.LeaseGrantCommand{Id: argInt(t, d, "id", 0), TtlSeconds: argInt(t, d, "ttl", 0), TrackSpans: d.HasArg("track")},
 		}}), "lease-grant"
 	case "lease-revoke":
 		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, true), Op: &tesserapb.Command_LeaseRevoke{
-			LeaseRevoke: &tesserapb.LeaseRevokeCommand{Id: argInt(t, d, "id", 0)},
+			LeaseRevoke: &tesserapb.LeaseRevokeCommand{Id: argInt(t, d, "id", 0), WithoutRecord: d.HasArg("without-record"), KeepRecord: d.HasArg("keep")},
 		}}), "lease-revoke"
 	case "lease-attach":
 		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, false), Op: &tesserapb.Command_LeaseAttach{

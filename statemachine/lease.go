@@ -73,9 +73,10 @@ func (a *applier) applyLeaseGrant(g *tesserapb.LeaseGrantCommand) (*pb.LeaseGran
 	if found {
 		return nil, errorf(ErrLeaseExists, "lease %d", g.GetId())
 	}
-	rec := &tesserapb.LeaseRecord{
-		Id: g.GetId(), TtlSeconds: g.GetTtlSeconds(), SpansTracked: true,
-		Spans: []*tesserapb.KeySpan{{Start: a.bounds.start, End: a.bounds.end}},
+	rec := &tesserapb.LeaseRecord{Id: g.GetId(), TtlSeconds: g.GetTtlSeconds()}
+	if g.GetTrackSpans() {
+		rec.SpansTracked = true
+		rec.Spans = []*tesserapb.KeySpan{{Start: a.bounds.start, End: a.bounds.end}}
 	}
 	if err := a.putLeaseRecord(rec); err != nil {
 		return nil, err
@@ -167,10 +168,20 @@ func addSpan(spans []*tesserapb.KeySpan, s *tesserapb.KeySpan) []*tesserapb.KeyS
 }
 
 // applyLeaseRevoke deletes every key of the range attached to the lease at
-// rev, and the lease's record, and raises the range's lease floor to rev. A
-// range without the lease's record (none of its keys ever attached to it)
-// applies it too, for the floor.
-func (a *applier) applyLeaseRevoke(rev, leaseID int64) (*pb.LeaseRevokeResponse, bool, error) {
+// rev, and the lease's record unless c.keep_record, and raises the range's
+// lease floor to rev. A range without the lease's record (none of its keys
+// ever attached to it) applies it too, for the floor, when c.without_record.
+func (a *applier) applyLeaseRevoke(rev int64, c *tesserapb.LeaseRevokeCommand) (*pb.LeaseRevokeResponse, bool, error) {
+	leaseID := c.GetId()
+	if !c.GetWithoutRecord() {
+		_, found, err := a.leaseRecord(leaseID)
+		if err != nil {
+			return nil, false, err
+		}
+		if !found {
+			return nil, false, errorf(ErrLeaseNotFound, "lease %d", leaseID)
+		}
+	}
 	keys, err := leaseKeys(a.b, leaseID, a.bounds)
 	if err != nil {
 		return nil, false, err
@@ -190,8 +201,10 @@ func (a *applier) applyLeaseRevoke(rev, leaseID int64) (*pb.LeaseRevokeResponse,
 		}
 		changed = true
 	}
-	if err := a.b.Delete(metaLeaseKey(a.rangeID, leaseID), nil); err != nil {
-		return nil, false, err
+	if !c.GetKeepRecord() {
+		if err := a.b.Delete(metaLeaseKey(a.rangeID, leaseID), nil); err != nil {
+			return nil, false, err
+		}
 	}
 	a.state.leaseFloor = rev
 	hdrRev := a.state.currentRev

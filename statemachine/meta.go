@@ -50,8 +50,11 @@ func (s rangeState) encode() []byte {
 }
 
 func decodeState(b []byte) (rangeState, error) {
-	fields := map[byte]int{1: 4, 2: 5}
-	if len(b) == 0 || fields[b[0]] == 0 || len(b) != 1+8*fields[b[0]] {
+	fields := 0 // version 1: 4 fields; 2: 5
+	if len(b) > 0 && (b[0] == 1 || b[0] == 2) {
+		fields = 3 + int(b[0])
+	}
+	if fields == 0 || len(b) != 1+8*fields {
 		return rangeState{}, fmt.Errorf("statemachine: malformed range state (%d bytes)", len(b))
 	}
 	u := func(i int) uint64 { return binary.BigEndian.Uint64(b[1+8*i:]) }

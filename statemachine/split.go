@@ -8,6 +8,7 @@ import (
 	"strconv"
 
 	"github.com/cockroachdb/pebble/v2"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tesserakv/tessera/proto/tesserapb"
 )
@@ -20,9 +21,9 @@ import (
 //   - write the child's initial metadata: bounds [splitKey, end) at the
 //     parent's new generation, state {appliedIndex 0, and the parent's
 //     lastCmdRev, currentRev, compactedRev and leaseFloor}, and a copy of
-//     every lease record of the parent (the child's keys may be attached to
-//     any of them; the lease -> key index is global and read between bounds,
-//     so it needs no copy).
+//     every lease record of the parent not being revoked (the child's keys
+//     may be attached to any of them; the lease -> key index is global and
+//     read between bounds, so it needs no copy).
 //
 // No data key moves: data and lease index keys carry no range ID, so the keys
 // in [splitKey, end) simply become the child's. The child inherits the
@@ -78,10 +79,19 @@ func (a *applier) applySplit(s *tesserapb.SplitCommand) error {
 	}
 	// Collect the lease records before writing: an iterator over a batch
 	// being written to is not required to see those writes, or not to.
+	// Records of leases being revoked stay behind: no key may attach to
+	// them, the revocation finds the child's keys by the lease index, and a
+	// stale copy would refuse the lease if its ID were granted again.
 	var leases [][2][]byte
 	err = iterPrefix(a.b, metaKey(a.rangeID, metaLease), func(k, v []byte) error {
-		id := k[len(k)-8:]
-		leases = append(leases, [2][]byte{bytes.Clone(id), bytes.Clone(v)})
+		rec := &tesserapb.LeaseRecord{}
+		if err := proto.Unmarshal(v, rec); err != nil {
+			return fmt.Errorf("statemachine: corrupt lease record under %q: %w", k, err)
+		}
+		if !rec.GetRevoking() {
+			id := k[len(k)-8:]
+			leases = append(leases, [2][]byte{bytes.Clone(id), bytes.Clone(v)})
+		}
 		return nil
 	})
 	if err != nil {

@@ -381,9 +381,14 @@ func (x *CompactCommand) GetRevision() int64 {
 }
 
 type LeaseGrantCommand struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	TtlSeconds    int64                  `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Id         int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	TtlSeconds int64                  `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	// track_spans: the record tracks the spans of the ranges given the lease
+	// (LeaseRecord.spans). Grants proposed before spans were tracked (when
+	// every range got every grant) lack it, and their leases are revoked on
+	// every range.
+	TrackSpans    bool `protobuf:"varint,3,opt,name=track_spans,json=trackSpans,proto3" json:"track_spans,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -432,12 +437,27 @@ func (x *LeaseGrantCommand) GetTtlSeconds() int64 {
 	return 0
 }
 
+func (x *LeaseGrantCommand) GetTrackSpans() bool {
+	if x != nil {
+		return x.TrackSpans
+	}
+	return false
+}
+
 // LeaseRevokeCommand deletes the range's keys attached to the lease and its
 // record (if the range has them), and raises the range's lease floor to the
 // command's revision, so that no attach proved before it applies later.
 type LeaseRevokeCommand struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// without_record: applied (for the floor) by a range without the lease's
+	// record too; otherwise such a range refuses it (lease not found), as
+	// revocations proposed before leases were tracked did.
+	WithoutRecord bool `protobuf:"varint,2,opt,name=without_record,json=withoutRecord,proto3" json:"without_record,omitempty"`
+	// keep_record: the range deletes the lease's keys but keeps its record (the
+	// home range, whose marked record lets a revocation stopped part-way be
+	// tried again, until a last revocation without it).
+	KeepRecord    bool `protobuf:"varint,3,opt,name=keep_record,json=keepRecord,proto3" json:"keep_record,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -477,6 +497,20 @@ func (x *LeaseRevokeCommand) GetId() int64 {
 		return x.Id
 	}
 	return 0
+}
+
+func (x *LeaseRevokeCommand) GetWithoutRecord() bool {
+	if x != nil {
+		return x.WithoutRecord
+	}
+	return false
+}
+
+func (x *LeaseRevokeCommand) GetKeepRecord() bool {
+	if x != nil {
+		return x.KeepRecord
+	}
+	return false
 }
 
 // LeaseAttachCommand gives a range the record of a lease granted on the home
@@ -925,13 +959,18 @@ const file_tesserapb_tessera_proto_rawDesc = "" +
 	"TxnCommand\x12\x18\n" +
 	"\arequest\x18\x01 \x01(\fR\arequest\",\n" +
 	"\x0eCompactCommand\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x03R\brevision\"D\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\"e\n" +
 	"\x11LeaseGrantCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
-	"ttlSeconds\"$\n" +
+	"ttlSeconds\x12\x1f\n" +
+	"\vtrack_spans\x18\x03 \x01(\bR\n" +
+	"trackSpans\"l\n" +
 	"\x12LeaseRevokeCommand\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\x03R\x02id\"l\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12%\n" +
+	"\x0ewithout_record\x18\x02 \x01(\bR\rwithoutRecord\x12\x1f\n" +
+	"\vkeep_record\x18\x03 \x01(\bR\n" +
+	"keepRecord\"l\n" +
 	"\x12LeaseAttachCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
