@@ -32,35 +32,17 @@ const soloElectionRTT = 3
 // cannot change), so every Raft group here has a single member.
 func (s *Server) soleNode() bool { return len(s.raftMembers) == 1 }
 
-// raftConfig is the Raft configuration of a replica. firstToCampaign marks
-// the replica of a range a split has just made on the node that led the
-// parent: nobody leads the new range yet, and it campaigns after the short
-// election timeout of a one-node cluster, while the other replicas keep the
-// usual one, so the new range has a leader in a fraction of a second rather
-// than one to two. It does so without CheckQuorum: leading with a short
-// CheckQuorum window would step down on any 300 ms hiccup. Its elections
-// cannot disrupt a live leader, as the other replicas (with CheckQuorum)
-// refuse votes while they hear from one; a leader without CheckQuorum cut
-// off from the others keeps its role until it hears a newer term, but
-// commits nothing, and its reads confirm leadership with a quorum
-// (ReadIndex). The replica runs with the usual configuration from the next
-// restart.
-func (s *Server) raftConfig(rangeID uint64, firstToCampaign bool) dbconfig.Config {
+func (s *Server) raftConfig(rangeID uint64) dbconfig.Config {
 	electionRTT := uint64(s.cfg.ElectionTimeout / s.cfg.HeartbeatInterval)
-	checkQuorum := true
-	switch {
-	case s.soleNode():
+	if s.soleNode() {
 		electionRTT = min(electionRTT, soloElectionRTT)
-	case firstToCampaign:
-		electionRTT = min(electionRTT, soloElectionRTT)
-		checkQuorum = false
 	}
 	return dbconfig.Config{
 		ShardID:            rangeID,
 		ReplicaID:          s.replicaID,
 		ElectionRTT:        electionRTT,
 		HeartbeatRTT:       1,
-		CheckQuorum:        checkQuorum,
+		CheckQuorum:        true,
 		PreVote:            true,
 		SnapshotEntries:    10000,
 		CompactionOverhead: 5000,
@@ -81,7 +63,7 @@ func (s *Server) startRanges() error {
 		ids = append([]uint64{firstRangeID}, ids...)
 	}
 	for _, id := range ids {
-		if err := s.startRange(id, false); err != nil {
+		if err := s.startRange(id); err != nil {
 			return err
 		}
 	}
@@ -89,15 +71,14 @@ func (s *Server) startRanges() error {
 }
 
 // startRange starts this node's replica of a data range and adds it to the
-// router's cache. Starting a range twice is a no-op. firstToCampaign: see
-// raftConfig.
-func (s *Server) startRange(rangeID uint64, firstToCampaign bool) error {
+// router's cache. Starting a range twice is a no-op.
+func (s *Server) startRange(rangeID uint64) error {
 	s.rangesMu.Lock()
 	defer s.rangesMu.Unlock()
 	if _, ok := s.ranges[rangeID]; ok {
 		return nil
 	}
-	if err := s.nh.StartOnDiskReplica(s.raftMembers, false, s.store.CreateStateMachine, s.raftConfig(rangeID, firstToCampaign)); err != nil {
+	if err := s.nh.StartOnDiskReplica(s.raftMembers, false, s.store.CreateStateMachine, s.raftConfig(rangeID)); err != nil {
 		return fmt.Errorf("starting range %d: %w", rangeID, err)
 	}
 	cfg := shard.Config{RangeID: rangeID, ReplicaID: s.replicaID, SoleReplica: s.soleNode(), Logger: s.log}
@@ -129,7 +110,7 @@ func (s *Server) onSplit(parentID, childID uint64) {
 			return
 		default:
 		}
-		if err := s.startRange(childID, s.leads(parentID)); err != nil {
+		if err := s.startRange(childID); err != nil {
 			s.log.Error("starting a range made by a split", "parent", parentID, "range", childID, "err", err)
 			return
 		}
@@ -150,14 +131,6 @@ func (s *Server) onSplit(parentID, childID uint64) {
 		s.awaitLeader(childID, 10*s.cfg.ElectionTimeout)
 		s.recordRangesSoon()
 	})
-}
-
-// leads reports whether this node's replica of a range is its leader.
-func (s *Server) leads(rangeID uint64) bool {
-	s.rangesMu.Lock()
-	r := s.ranges[rangeID]
-	s.rangesMu.Unlock()
-	return r != nil && r.IsLeader()
 }
 
 // awaitLeader waits, at most for the given time, until this node's replica

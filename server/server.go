@@ -218,7 +218,7 @@ func (s *Server) startRaft() error {
 		addr, _ := hostPortOf(m.PeerURL)
 		s.raftMembers[uint64(i+1)] = addr
 	}
-	if err := nh.StartReplica(s.raftMembers, false, placement.NewMetaSM, s.raftConfig(placement.MetaRangeID, false)); err != nil {
+	if err := nh.StartReplica(s.raftMembers, false, placement.NewMetaSM, s.raftConfig(placement.MetaRangeID)); err != nil {
 		nh.Close()
 		return fmt.Errorf("starting the meta range: %w", err)
 	}
