@@ -27,14 +27,34 @@ func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
 // (more than 10,000 entries): the state machines commit without syncing, so
 // every range, the ones split off included, must come back from what its
 // store kept plus what the Raft log applies again. (A RangeSM.Sync that made
-// nothing durable fails it: checked by hand.)
+// nothing durable fails it: checked by hand.) A lease granted before the kill,
+// with keys in the home range and in a range given its record, comes back
+// with both keys, and its revocation deletes both.
 func TestKill9AcrossSplits(t *testing.T) {
 	p := startProcess(t, t.TempDir())
 	tessera := filepath.Join(binaries(t), "tessera")
+	var lease clientv3.LeaseID
+	leased := []string{"lease/a", "w13/lease"} // the home range, and the last split's range
 	killUnderWrites(t, p, 3000, func() {
 		for _, key := range []string{"w04", "w08", "w12"} {
 			if out, err := exec.Command(tessera, "ctl", "--endpoints", p.clientURL, "split", key).CombinedOutput(); err != nil {
 				t.Errorf("tessera ctl split %s: %v\n%s", key, err, out)
+			}
+		}
+		// A lease with keys in two ranges (the second one given the lease's
+		// record) must come back too, and revoke both keys afterwards.
+		cli := p.client()
+		defer cli.Close()
+		ctx := ctxT(t)
+		grant, err := cli.Grant(ctx, 600)
+		if err != nil {
+			t.Errorf("grant: %v", err)
+			return
+		}
+		lease = grant.ID
+		for _, k := range leased {
+			if _, err := cli.Put(ctx, k, "v", clientv3.WithLease(lease)); err != nil {
+				t.Errorf("put %s with a lease: %v", k, err)
 			}
 		}
 	})
@@ -50,6 +70,21 @@ func TestKill9AcrossSplits(t *testing.T) {
 	}
 	if len(ranges) != 4 {
 		t.Fatalf("%d ranges after the restarts, want 4", len(ranges))
+	}
+	cli := p.client()
+	defer cli.Close()
+	ctx := ctxT(t)
+	ttl, err := cli.TimeToLive(ctx, lease, clientv3.WithAttachedKeys())
+	if err != nil || fmt.Sprintf("%q", ttl.Keys) != fmt.Sprintf("%q", leased) || ttl.TTL <= 0 {
+		t.Fatalf("the lease after the restarts: TTL %d keys %q, %v", ttl.TTL, ttl.Keys, err)
+	}
+	if _, err := cli.Revoke(ctx, lease); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range leased {
+		if get, err := cli.Get(ctx, k); err != nil || get.Count != 0 {
+			t.Fatalf("%s after the lease's revocation: %v %v", k, get, err)
+		}
 	}
 }
 
