@@ -129,9 +129,9 @@ func (r *Router) LeaseRevoke(ctx context.Context, req *pb.LeaseRevokeRequest) (*
 const revokeRetryAfter = 30 * time.Second
 
 // RevokeEverywhere marks a lease on the home range, revokes it on every
-// range its spans overlap, then deletes its record, and returns the highest revision a range
-// deleted its keys at. It is what the home range's leader runs when a lease
-// expires.
+// range its spans overlap, then deletes its record, and returns the highest
+// revision a range deleted its keys at. It is what the home range's leader
+// runs when a lease expires.
 func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) {
 	home, err := r.home()
 	if err != nil {
@@ -186,9 +186,10 @@ func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) 
 }
 
 // everyRange runs do (a lease revocation) once on every range that want
-// accepts (nil: every range) not in done, adding each to done, including the ranges that split off one of
-// them before the command applied there. A split copies the parent's lease
-// records to the child, so a command the parent applies after a split never
+// accepts (nil: every range) not in done, adding each to done, including the
+// ranges that split off one of them before the command applied there. A
+// split gives the child its share of the parent's keys (and a copy of its
+// lease records), so a command the parent applies after a split never
 // reaches the child by itself. The command's result carries the generation
 // of the bounds it applied under: once this node's replica has applied as
 // much, and the range cache is current (rebuilt from those bounds, with the
@@ -196,8 +197,8 @@ func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) 
 // not done yet get the command too, until a pass adds none.
 //
 // The ranges of one pass get the command concurrently (each is its own Raft
-// group), so a grant costs about one write's latency however many ranges
-// there are.
+// group), so a revocation costs about one write's latency however many
+// ranges it goes to.
 func (r *Router) everyRange(ctx context.Context, done map[uint64]bool, want func(Range) bool, do func(Range) (*tesserapb.Result, error)) error {
 	pending := func(rng Range) bool { return !done[rng.RangeID()] && (want == nil || want(rng)) }
 	for {
