@@ -124,9 +124,8 @@ func (r *Router) LeaseRevoke(ctx context.Context, req *pb.LeaseRevokeRequest) (*
 	return &pb.LeaseRevokeResponse{Header: r.header(home, rev)}, nil
 }
 
-// revokeRetryAfter is how long after a revocation began the home range's
-// clock tries it again (in case it stopped part-way).
-const revokeRetryAfter = 30 * time.Second
+// defaultRevokeRetryAfter is Config.RevokeRetryAfter's default.
+const defaultRevokeRetryAfter = 30 * time.Second
 
 // RevokeEverywhere marks a lease on the home range, revokes it on every
 // range its spans overlap, then deletes its record, and returns the highest
@@ -139,9 +138,18 @@ func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) 
 	}
 	// The mark first: from then on no range can be given the lease's record,
 	// so the revocations below leave none behind.
-	rec, err := home.MarkLease(ctx, id, revokeRetryAfter)
+	retryAfter := r.cfg.RevokeRetryAfter
+	if retryAfter <= 0 {
+		retryAfter = defaultRevokeRetryAfter
+	}
+	rec, err := home.MarkLease(ctx, id, retryAfter)
 	if err != nil {
 		return 0, err
+	}
+	if hook := r.cfg.AfterLeaseMark; hook != nil {
+		if err := hook(id); err != nil {
+			return 0, err
+		}
 	}
 	// The ranges given the lease's record, and the ranges split off them
 	// since, are those overlapping its spans. Each applies the revocation

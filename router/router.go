@@ -71,6 +71,12 @@ type Config struct {
 	// has proved it (taken the proof revision, then read the lease on the
 	// home range), before it proposes the attach.
 	AfterLeaseProof func(leaseID, proof int64)
+	// RevokeRetryAfter is how long after a revocation began the home range's
+	// lease clock tries it again, in case it stopped part-way; 0 means 30 s.
+	RevokeRetryAfter time.Duration
+	// AfterLeaseMark, for tests only, runs when a revocation has marked the
+	// lease on the home range; an error stops the revocation there.
+	AfterLeaseMark func(leaseID int64) error
 }
 
 // Router serves etcd's KV and Lease services over the ranges of this node.

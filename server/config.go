@@ -45,6 +45,10 @@ type Config struct {
 	// AfterLeaseProof, for tests only, is the router's hook (see
 	// router.Config.AfterLeaseProof).
 	AfterLeaseProof func(leaseID, proof int64)
+	// RevokeRetryAfter and AfterLeaseMark, for tests only, are the router's
+	// (see router.Config).
+	RevokeRetryAfter time.Duration
+	AfterLeaseMark   func(leaseID int64) error
 
 	// LogDBShards is Dragonboat's LogDB shard count (one fsync each per cycle).
 	LogDBShards uint64

@@ -139,6 +139,8 @@ func Start(cfg Config) (*Server, error) {
 		SpaceExceeded:      s.spaceExceeded.Load,
 		Logger:             s.log,
 		AfterLeaseProof:    cfg.AfterLeaseProof,
+		RevokeRetryAfter:   cfg.RevokeRetryAfter,
+		AfterLeaseMark:     cfg.AfterLeaseMark,
 	}, s.cache, s.directory, s.oracle)
 	if err := s.startRanges(); err != nil {
 		s.hub.Stop()

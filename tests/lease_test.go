@@ -269,3 +269,61 @@ func TestLeaseRevocationReachesSplitChildren(t *testing.T) {
 		t.Fatalf("after the revocation: %d keys %v, want only z", get.Count, get.Kvs)
 	}
 }
+
+// TestLeaseRevocationStoppedPartWay: a revocation that stops after marking
+// the lease (a test hook fails it there, as a crash or a timeout would) has
+// deleted nothing yet; the lease is no longer usable or renewable, and the
+// home range's lease clock tries the revocation again, which deletes the
+// lease's keys in every range.
+func TestLeaseRevocationStoppedPartWay(t *testing.T) {
+	var stopNext atomic.Int64
+	c := testcluster.Start(t, 1, func(cfg *serverConfig) {
+		cfg.RevokeRetryAfter = time.Second
+		cfg.AfterLeaseMark = func(leaseID int64) error {
+			if stopNext.CompareAndSwap(leaseID, 0) {
+				return errors.New("test: revocation stopped after the mark")
+			}
+			return nil
+		}
+	})
+	ctx := ctxT(t)
+	cli := c.Client()
+	splitAt(t, c, c.Nodes[0], "m")
+	waitRanges(t, c, 2)
+	lease, err := cli.Grant(ctx, 600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"a", "z"} {
+		if _, err := cli.Put(ctx, k, "v", clientv3.WithLease(lease.ID)); err != nil {
+			t.Fatalf("put %s with a lease: %v", k, err)
+		}
+	}
+	stopNext.Store(int64(lease.ID))
+	if _, err := cli.Revoke(ctx, lease.ID); err == nil {
+		t.Fatal("the revocation the hook stopped succeeded")
+	}
+	if get, err := cli.Get(ctx, "", clientv3.WithFromKey()); err != nil || get.Count != 2 {
+		t.Fatalf("keys right after the stopped revocation: %v %v, want both", get, err)
+	}
+	if _, err := cli.Put(ctx, "b", "v", clientv3.WithLease(lease.ID)); !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		t.Fatalf("put with a lease being revoked: %v, want %v", err, rpctypes.ErrLeaseNotFound)
+	}
+	if ka, err := cli.KeepAliveOnce(ctx, lease.ID); !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		t.Fatalf("keep-alive of a lease being revoked: %v %v, want %v", ka, err, rpctypes.ErrLeaseNotFound)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		get, err := cli.Get(ctx, "", clientv3.WithFromKey())
+		if err == nil && get.Count == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the lease clock did not finish the revocation: %v %v", get, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if leases, err := cli.Leases(ctx); err != nil || len(leases.Leases) != 0 {
+		t.Fatalf("leases after the retried revocation: %v %v", leases, err)
+	}
+}
