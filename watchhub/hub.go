@@ -293,6 +293,7 @@ func (h *Hub) round() {
 		// The group's watchers are mostly at the same revision: find the
 		// events after each revision once.
 		after := map[int64][]*mvccpb.Event{}
+		shared := map[deliveryShape][]encodedResponse{}
 		for w := range g.watchers {
 			if ok && safe > w.sentRev {
 				evs, found := after[w.sentRev]
@@ -301,7 +302,7 @@ func (h *Hub) round() {
 					after[w.sentRev] = evs
 				}
 				if len(evs) > 0 {
-					if !w.deliver(evs, safe, false) {
+					if !w.deliver(evs, safe, false, shared) {
 						h.unsyncLocked(w)
 						continue
 					}

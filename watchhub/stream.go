@@ -422,7 +422,7 @@ func (s *stream) catchUpStep(w *watcher) stepResult {
 		h.log.Warn("reading watch history", "key", w.iv.key, "from", from, "err", err)
 		return stepWait
 	}
-	if !w.deliver(events, covered, true) {
+	if !w.deliver(events, covered, true, nil) {
 		return stepEnded
 	}
 	h.mu.Lock()

@@ -5,6 +5,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -91,20 +92,82 @@ func (w *watcher) view(events []*mvccpb.Event) []*mvccpb.Event {
 // deliver queues events (whole revisions, all at or below rev) on the
 // watch's stream; wait says whether to wait for room (catch-up) or give up
 // when the stream's queue is full (live). It reports whether they were
-// queued; filtered-out events need no room.
-func (w *watcher) deliver(events []*mvccpb.Event, rev int64, wait bool) bool {
-	events = w.view(events)
-	if len(events) == 0 {
+// queued; filtered-out events need no room. shared, when not nil, holds the
+// deliveries already made of the same events (the live watchers of a group
+// that were at the same revision): a watch with the same options takes
+// their encoded responses instead of encoding the events again.
+func (w *watcher) deliver(events []*mvccpb.Event, rev int64, wait bool, shared map[deliveryShape][]encodedResponse) bool {
+	shape := deliveryShape{sentRev: w.sentRev, noPut: w.noPut, noDelete: w.noDelete, prevKV: w.prevKV, fragment: w.fragment}
+	encoded, found := shared[shape]
+	if !found {
+		if view := w.view(events); len(view) > 0 {
+			encoded = encodeResponses(w.responses(view, rev))
+		}
+		if shared != nil {
+			shared[shape] = encoded
+		}
+	}
+	if len(encoded) == 0 {
 		return true
 	}
-	responses := w.responses(events, rev)
-	if wait {
-		return w.s.offerWait(w, responses, len(events))
+	responses := make([]*pb.WatchResponse, len(encoded))
+	n := 0
+	for i, e := range encoded {
+		responses[i] = e.forWatch(w.id)
+		n += e.events
 	}
-	return w.s.offerAll(responses, len(events))
+	if wait {
+		return w.s.offerWait(w, responses, n)
+	}
+	return w.s.offerAll(responses, n)
 }
 
-// responses puts events (at or below rev) in responses of whole revisions,
+// deliveryShape is what makes two watches' responses to the same events
+// equal but for the watch ID.
+type deliveryShape struct {
+	sentRev                           int64
+	noPut, noDelete, prevKV, fragment bool
+}
+
+// encodedResponse is a watch response without its watch ID, its events
+// already encoded (as the response's field 11, in protobuf's wire format):
+// one encoding serves every watch it goes to.
+type encodedResponse struct {
+	header   *pb.ResponseHeader
+	fragment bool
+	events   int
+	encoded  []byte
+}
+
+// eventsField is WatchResponse.events' field number.
+const eventsField = 11
+
+func encodeResponses(resps []*pb.WatchResponse) []encodedResponse {
+	out := make([]encodedResponse, 0, len(resps))
+	for _, r := range resps {
+		e := encodedResponse{header: r.Header, fragment: r.Fragment, events: len(r.Events)}
+		for _, ev := range r.Events {
+			e.encoded = protowire.AppendTag(e.encoded, eventsField, protowire.BytesType)
+			e.encoded = protowire.AppendVarint(e.encoded, uint64(proto.Size(ev)))
+			// Marshalling an event built by this package cannot fail.
+			e.encoded, _ = proto.MarshalOptions{}.MarshalAppend(e.encoded, ev)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// forWatch is the response for one watch: its events ride as unknown
+// fields, which protobuf marshals verbatim, so the client reads them as
+// the events field (fields may come in any order).
+func (e encodedResponse) forWatch(id int64) *pb.WatchResponse {
+	r := &pb.WatchResponse{Header: e.header, WatchId: id, Fragment: e.fragment}
+	r.ProtoReflect().SetUnknown(e.encoded)
+	return r
+}
+
+// responses puts events (at or below rev) in responses of whole revisions
+// (without the watch ID: see encodedResponse),
 // at most maxResponseEvents events or MaxRequestBytes each unless one
 // revision alone is bigger; such a revision is split into fragments when the
 // watch asked for them (as etcd does), else sent whole. The last response's
@@ -139,20 +202,20 @@ func (w *watcher) appendChunk(out []*pb.WatchResponse, events []*mvccpb.Event, r
 	header := w.s.hub.src.Header(rev)
 	limit := w.s.hub.cfg.MaxRequestBytes
 	if !w.fragment || len(events) < 2 || size < limit {
-		return append(out, &pb.WatchResponse{Header: header, WatchId: w.id, Events: events})
+		return append(out, &pb.WatchResponse{Header: header, Events: events})
 	}
 	var cur []*mvccpb.Event
 	size = 0
 	for _, ev := range events {
 		n := proto.Size(ev)
 		if len(cur) > 0 && size+n > limit {
-			out = append(out, &pb.WatchResponse{Header: header, WatchId: w.id, Events: cur, Fragment: true})
+			out = append(out, &pb.WatchResponse{Header: header, Events: cur, Fragment: true})
 			cur, size = nil, 0
 		}
 		cur = append(cur, ev)
 		size += n
 	}
-	return append(out, &pb.WatchResponse{Header: header, WatchId: w.id, Events: cur})
+	return append(out, &pb.WatchResponse{Header: header, Events: cur})
 }
 
 func (w *watcher) progressResponse(rev int64) *pb.WatchResponse {
