@@ -26,12 +26,13 @@ import (
 // leader answers KeepAlive and TimeToLive and expires leases. A grant is one
 // write to the home range. Another range learns of a lease when a Put there
 // first names it: the range answers lease-not-found, the router registers the
-// range's span with the lease on the home range and attaches the lease to the
-// range (attachLeases), and the Put goes again. Revocation marks the lease on
-// the home range, revokes it on the other ranges overlapping its registered
-// spans, then on the home range; a failure part-way leaves the mark, and the
-// home range's clock tries the revocation again. Each range deletes its keys
-// at its own revision (etcd uses one).
+// range's span with the lease on the home range (proveLeases), and the Put
+// goes again carrying the lease's record for the range. Revocation marks the
+// lease on the home range, revokes it on every range overlapping its
+// registered spans (the home range keeping its marked record), then drops the
+// record; a failure part-way leaves the mark, and the home range's clock
+// tries the revocation again. Each range deletes its keys at its own revision
+// (etcd uses one).
 
 // MaxLeaseTTLSeconds is etcd's largest lease TTL.
 const MaxLeaseTTLSeconds = 9_000_000_000
@@ -454,60 +455,51 @@ func (r *Router) LeaseLeases(ctx context.Context, _ *pb.LeaseLeasesRequest) (*pb
 	return out.(*pb.LeaseLeasesResponse), nil
 }
 
-// maxLeaseAttaches bounds the rounds of attaching a write's leases to its
-// range and trying the write again (a split or a revocation on the range in
-// between makes another round).
+// maxLeaseAttaches bounds the rounds of proving a write's leases and
+// writing again (a split, or a revocation on the range refusing the proof,
+// makes another round).
 const maxLeaseAttaches = 5
 
-// attachLeases gives rng the record of every lease req's Puts name that rng
-// does not know (statemachine/lease.go): for each, it takes the oracle's
-// current revision P, registers rng's span with the lease on the home range,
-// and proposes a LeaseAttachCommand proved at P. A lease the home range does
-// not have, or is revoking, is ErrLeaseNotFound.
-func (r *Router) attachLeases(ctx context.Context, rng Range, req *pb.TxnRequest) error {
+// proveLeases proves, for a write to rng that rng refused for a lease it
+// does not know, every lease req's Puts name (statemachine/lease.go): for
+// each it takes the oracle's current revision P and registers rng's span with
+// the lease on the home range. The write goes again carrying the attachments
+// (TxnCommand.attach), which the range refuses, with the write, if it applied
+// a revocation at or above P since. A lease the home range does not have, or
+// is revoking, is ErrLeaseNotFound.
+func (r *Router) proveLeases(ctx context.Context, rng Range, req *pb.TxnRequest) ([]*tesserapb.LeaseAttach, error) {
 	home, err := r.home()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if home.RangeID() == rng.RangeID() {
 		// The home range has every lease: not found there is not found.
-		return statemachine.ErrLeaseNotFound
+		return nil, statemachine.ErrLeaseNotFound
 	}
+	var attach []*tesserapb.LeaseAttach
 	for _, id := range txnLeases(req) {
-		for attempt := 0; ; attempt++ {
-			proof, err := r.oracle.Current(ctx)
-			if err != nil {
-				return err
-			}
-			start, end, _ := rng.Bounds()
-			register := &tesserapb.Command{Op: &tesserapb.Command_LeaseRegister{LeaseRegister: &tesserapb.LeaseRegisterCommand{
-				Id: id, Span: &tesserapb.KeySpan{Start: start, End: end},
-			}}}
-			res, err := r.writeTo(ctx, home, register, false, 0)
-			if err != nil {
-				return err
-			}
-			rec := &tesserapb.LeaseRecord{}
-			if err := proto.Unmarshal(res.GetResponse(), rec); err != nil {
-				return fmt.Errorf("router: decoding the record of lease %x: %w", id, err)
-			}
-			if hook := r.cfg.AfterLeaseProof; hook != nil {
-				hook(id, proof)
-			}
-			attach := &tesserapb.Command{Op: &tesserapb.Command_LeaseAttach{LeaseAttach: &tesserapb.LeaseAttachCommand{
-				Id: id, TtlSeconds: rec.TtlSeconds, ProofRevision: proof,
-			}}}
-			_, err = r.writeTo(ctx, rng, attach, false, 0)
-			if errors.Is(err, statemachine.ErrLeaseProofOld) && attempt < maxLeaseAttaches {
-				continue // a revocation applied there since the proof: prove again
-			}
-			if err != nil {
-				return err
-			}
-			break
+		proof, err := r.oracle.Current(ctx)
+		if err != nil {
+			return nil, err
 		}
+		start, end, _ := rng.Bounds()
+		register := &tesserapb.Command{Op: &tesserapb.Command_LeaseRegister{LeaseRegister: &tesserapb.LeaseRegisterCommand{
+			Id: id, Span: &tesserapb.KeySpan{Start: start, End: end},
+		}}}
+		res, err := r.writeTo(ctx, home, register, false, 0)
+		if err != nil {
+			return nil, err
+		}
+		rec := &tesserapb.LeaseRecord{}
+		if err := proto.Unmarshal(res.GetResponse(), rec); err != nil {
+			return nil, fmt.Errorf("router: decoding the record of lease %x: %w", id, err)
+		}
+		if hook := r.cfg.AfterLeaseProof; hook != nil {
+			hook(id, proof)
+		}
+		attach = append(attach, &tesserapb.LeaseAttach{Id: id, TtlSeconds: rec.TtlSeconds, ProofRevision: proof})
 	}
-	return nil
+	return attach, nil
 }
 
 // txnLeases returns the distinct lease IDs the Puts of a Txn (nested Txns

@@ -199,11 +199,14 @@ func (r *Router) txnOn(ctx context.Context, req *pb.TxnRequest) (Range, *pb.TxnR
 		if r.reroute(ctx, err, attempt) {
 			continue
 		}
-		if errors.Is(err, statemachine.ErrLeaseNotFound) && attaches < maxLeaseAttaches {
-			// The range may not know the lease yet: give it the record
-			// if the home range has the lease, and write again.
+		if (errors.Is(err, statemachine.ErrLeaseNotFound) || errors.Is(err, statemachine.ErrLeaseProofOld)) && attaches < maxLeaseAttaches {
+			// The range may not know the lease yet (or refused the
+			// proof of an earlier round): prove the lease on the home
+			// range and write again, giving the range its record.
 			attaches++
-			if err = r.attachLeases(ctx, rng, req); err == nil {
+			var attach []*tesserapb.LeaseAttach
+			if attach, err = r.proveLeases(ctx, rng, req); err == nil {
+				cmd = &tesserapb.Command{Op: &tesserapb.Command_Txn{Txn: &tesserapb.TxnCommand{Request: body, Attach: attach}}}
 				continue
 			}
 		}

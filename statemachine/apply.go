@@ -23,6 +23,9 @@ type applier struct {
 	// log collects the batch's events for StoreOptions.OnApply; nil when
 	// nobody listens.
 	log *eventLog
+	// attaching holds the lease records the Txn being applied gives the
+	// range (checkAttaches); written once it has applied.
+	attaching map[int64]*tesserapb.LeaseRecord
 }
 
 // apply applies one encoded command. A returned error wrapping a sentinel is
@@ -55,7 +58,13 @@ func (a *applier) apply(data []byte) (response []byte, err error) {
 		if err := proto.Unmarshal(op.Txn.GetRequest(), req); err != nil {
 			return nil, errorf(ErrInvalidCommand, "cannot decode the txn request (%d bytes)", len(op.Txn.GetRequest()))
 		}
-		msg, changed, err = a.applyTxn(rev, req)
+		if a.attaching, err = a.checkAttaches(op.Txn.GetAttach()); err == nil {
+			msg, changed, err = a.applyTxn(rev, req)
+		}
+		if err == nil {
+			err = a.writeAttached(a.attaching)
+		}
+		a.attaching = nil
 	case *tesserapb.Command_Compact:
 		msg, err = a.applyCompact(op.Compact.GetRevision())
 	case *tesserapb.Command_LeaseGrant:
@@ -65,11 +74,6 @@ func (a *applier) apply(data []byte) (response []byte, err error) {
 			return nil, errorf(ErrInvalidCommand, "lease revoke without a revision")
 		}
 		msg, changed, err = a.applyLeaseRevoke(rev, op.LeaseRevoke)
-	case *tesserapb.Command_LeaseAttach:
-		if rev != 0 {
-			return nil, errorf(ErrInvalidCommand, "lease attach with revision %d", rev)
-		}
-		err = a.applyLeaseAttach(op.LeaseAttach)
 	case *tesserapb.Command_LeaseMark:
 		if rev != 0 {
 			return nil, errorf(ErrInvalidCommand, "lease mark with revision %d", rev)

@@ -317,8 +317,15 @@ func (h *harness) command(t testing.TB, d *datadriven.TestData) (cmd []byte, kin
 			IgnoreValue: d.HasArg("ignore-value"),
 			IgnoreLease: d.HasArg("ignore-lease"),
 		}
-		return txnCmd(t, h.cmdRev(t, d, true), &pb.TxnRequest{Success: []*pb.RequestOp{
-			{Request: &pb.RequestOp_RequestPut{RequestPut: req}},
+		txn := &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: req}}}}
+		if !d.HasArg("attach-proof") {
+			return txnCmd(t, h.cmdRev(t, d, true), txn), "op"
+		}
+		// The Put gives the range the lease's record (TxnCommand.attach).
+		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, true), Op: &tesserapb.Command_Txn{
+			Txn: &tesserapb.TxnCommand{Request: mustMarshal(t, txn), Attach: []*tesserapb.LeaseAttach{{
+				Id: req.Lease, TtlSeconds: argInt(t, d, "attach-ttl", 0), ProofRevision: argInt(t, d, "attach-proof", 0),
+			}}},
 		}}), "op"
 	case "del":
 		req := &pb.DeleteRangeRequest{
@@ -347,10 +354,6 @@ func (h *harness) command(t testing.TB, d *datadriven.TestData) (cmd []byte, kin
 		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, true), Op: &tesserapb.Command_LeaseRevoke{
 			LeaseRevoke: &tesserapb.LeaseRevokeCommand{Id: argInt(t, d, "id", 0), WithoutRecord: d.HasArg("without-record"), KeepRecord: d.HasArg("keep")},
 		}}), "lease-revoke"
-	case "lease-attach":
-		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, false), Op: &tesserapb.Command_LeaseAttach{
-			LeaseAttach: &tesserapb.LeaseAttachCommand{Id: argInt(t, d, "id", 0), TtlSeconds: argInt(t, d, "ttl", 0), ProofRevision: argInt(t, d, "proof", 0)},
-		}}), "none"
 	case "lease-mark":
 		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, false), Op: &tesserapb.Command_LeaseMark{
 			LeaseMark: &tesserapb.LeaseMarkCommand{Id: argInt(t, d, "id", 0)},

@@ -14,15 +14,16 @@ import (
 
 // Leases (DESIGN.md "Leases"): the home range (the one holding the lowest
 // keys) keeps the record of every lease granted; any other range keeps the
-// records of the leases its keys were attached to (LeaseAttachCommand, which
-// the router proposes when a Put names a lease the range does not know). A
+// records of the leases its keys were attached to (the router attaches a
+// lease to a range when a Put there names a lease the range does not know). A
 // range keeps an index lease -> attached key (keyed by lease ID then user key,
 // no range ID, so a range finds its keys of a lease by reading the lease's
 // entries between its bounds). The index holds exactly the live keys whose
 // current version carries the lease.
 //
-// Before a range is given a lease's record, the router registers the range's
-// span with the lease on the home range (LeaseRegisterCommand); the home
+// Before a range is given a lease's record (TxnCommand.attach, with the Put
+// that names the lease), the router registers the range's span with the lease
+// on the home range (LeaseRegisterCommand); the home
 // range's record keeps those spans and its own bounds at the grant. Revocation
 // marks the lease on the home range (LeaseMarkCommand, after which
 // registrations are refused), then revokes it on every range overlapping its
@@ -58,6 +59,9 @@ func (a *applier) putLeaseRecord(rec *tesserapb.LeaseRecord) error {
 // leaseExists reports whether keys may attach to the lease here: the range
 // has its record and no revocation of it has begun.
 func (a *applier) leaseExists(leaseID int64) (bool, error) {
+	if _, ok := a.attaching[leaseID]; ok {
+		return true, nil
+	}
 	rec, found, err := a.leaseRecord(leaseID)
 	return found && !rec.GetRevoking(), err
 }
@@ -88,26 +92,44 @@ func (a *applier) applyLeaseGrant(g *tesserapb.LeaseGrantCommand) (*pb.LeaseGran
 	}, nil
 }
 
-// applyLeaseAttach gives the range a lease's record unless a revocation
-// applied here at or above the attach's proof revision.
-func (a *applier) applyLeaseAttach(c *tesserapb.LeaseAttachCommand) error {
-	if c.GetId() == 0 {
-		return errorf(ErrInvalidCommand, "lease attach without an ID")
-	}
-	if c.GetProofRevision() <= a.state.leaseFloor {
-		return errorf(ErrLeaseProofOld, "lease %d proved at revision %d, a lease was revoked here at %d", c.GetId(), c.GetProofRevision(), a.state.leaseFloor)
-	}
-	rec, found, err := a.leaseRecord(c.GetId())
-	if err != nil {
-		return err
-	}
-	if found {
-		if rec.GetRevoking() {
-			return errorf(ErrLeaseNotFound, "lease %d is being revoked", c.GetId())
+// checkAttaches checks a Txn's lease attachments (none is proved at or
+// below the range's lease floor, none names a lease being revoked) and
+// returns the records the range lacks, to be written once the Txn has
+// applied; until then leaseExists counts them (applier.attaching).
+func (a *applier) checkAttaches(attach []*tesserapb.LeaseAttach) (map[int64]*tesserapb.LeaseRecord, error) {
+	var out map[int64]*tesserapb.LeaseRecord
+	for _, c := range attach {
+		if c.GetId() == 0 {
+			return nil, errorf(ErrInvalidCommand, "lease attach without an ID")
 		}
-		return nil
+		if c.GetProofRevision() <= a.state.leaseFloor {
+			return nil, errorf(ErrLeaseProofOld, "lease %d proved at revision %d, a lease was revoked here at %d", c.GetId(), c.GetProofRevision(), a.state.leaseFloor)
+		}
+		rec, found, err := a.leaseRecord(c.GetId())
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case found && rec.GetRevoking():
+			return nil, errorf(ErrLeaseNotFound, "lease %d is being revoked", c.GetId())
+		case !found:
+			if out == nil {
+				out = map[int64]*tesserapb.LeaseRecord{}
+			}
+			out[c.GetId()] = &tesserapb.LeaseRecord{Id: c.GetId(), TtlSeconds: c.GetTtlSeconds()}
+		}
 	}
-	return a.putLeaseRecord(&tesserapb.LeaseRecord{Id: c.GetId(), TtlSeconds: c.GetTtlSeconds()})
+	return out, nil
+}
+
+// writeAttached writes the records a Txn's attachments gave the range.
+func (a *applier) writeAttached(recs map[int64]*tesserapb.LeaseRecord) error {
+	for _, rec := range recs {
+		if err := a.putLeaseRecord(rec); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // applyLeaseMark marks a lease as being revoked (on the home range) and

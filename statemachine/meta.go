@@ -28,8 +28,9 @@ type rangeState struct {
 	// below it fail with ErrCompacted. compactedRev <= currentRev.
 	compactedRev int64
 	// leaseFloor is the revision of the last lease revocation applied (0 if
-	// none): a LeaseAttachCommand proved at or below it is refused, since
-	// the lease it names may be one revoked since (lease.go).
+	// none): a lease attachment (TxnCommand.attach) proved at or below it
+	// is refused, since the lease it names may be one revoked since
+	// (lease.go).
 	leaseFloor int64
 }
 

@@ -42,7 +42,6 @@ type Command struct {
 	//	*Command_LeaseRevoke
 	//	*Command_Barrier
 	//	*Command_Split
-	//	*Command_LeaseAttach
 	//	*Command_LeaseMark
 	//	*Command_LeaseRegister
 	Op            isCommand_Op `protobuf_oneof:"op"`
@@ -148,15 +147,6 @@ func (x *Command) GetSplit() *SplitCommand {
 	return nil
 }
 
-func (x *Command) GetLeaseAttach() *LeaseAttachCommand {
-	if x != nil {
-		if x, ok := x.Op.(*Command_LeaseAttach); ok {
-			return x.LeaseAttach
-		}
-	}
-	return nil
-}
-
 func (x *Command) GetLeaseMark() *LeaseMarkCommand {
 	if x != nil {
 		if x, ok := x.Op.(*Command_LeaseMark); ok {
@@ -204,10 +194,6 @@ type Command_Split struct {
 	Split *SplitCommand `protobuf:"bytes,8,opt,name=split,proto3,oneof"`
 }
 
-type Command_LeaseAttach struct {
-	LeaseAttach *LeaseAttachCommand `protobuf:"bytes,9,opt,name=lease_attach,json=leaseAttach,proto3,oneof"`
-}
-
 type Command_LeaseMark struct {
 	LeaseMark *LeaseMarkCommand `protobuf:"bytes,10,opt,name=lease_mark,json=leaseMark,proto3,oneof"`
 }
@@ -227,8 +213,6 @@ func (*Command_LeaseRevoke) isCommand_Op() {}
 func (*Command_Barrier) isCommand_Op() {}
 
 func (*Command_Split) isCommand_Op() {}
-
-func (*Command_LeaseAttach) isCommand_Op() {}
 
 func (*Command_LeaseMark) isCommand_Op() {}
 
@@ -294,7 +278,11 @@ func (x *SplitCommand) GetNewRangeId() uint64 {
 type TxnCommand struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// request is a marshalled etcdserverpb.TxnRequest.
-	Request       []byte `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	Request []byte `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	// attach gives the range the records of leases its Puts name, before the
+	// Txn runs; refused with the Txn (nothing changed) when one is proved at
+	// or below the range's lease floor.
+	Attach        []*LeaseAttach `protobuf:"bytes,2,rep,name=attach,proto3" json:"attach,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -332,6 +320,13 @@ func (*TxnCommand) Descriptor() ([]byte, []int) {
 func (x *TxnCommand) GetRequest() []byte {
 	if x != nil {
 		return x.Request
+	}
+	return nil
+}
+
+func (x *TxnCommand) GetAttach() []*LeaseAttach {
+	if x != nil {
+		return x.Attach
 	}
 	return nil
 }
@@ -513,12 +508,12 @@ func (x *LeaseRevokeCommand) GetKeepRecord() bool {
 	return false
 }
 
-// LeaseAttachCommand gives a range the record of a lease granted on the home
-// range, so that its keys may attach to it. proof_revision is a revision
-// taken before a linearizable read of the home range saw the lease granted
-// and not being revoked; the range refuses the command when it applied a
-// revocation at or above that revision since.
-type LeaseAttachCommand struct {
+// LeaseAttach gives a range the record of a lease granted on the home range,
+// so that its keys may attach to it. proof_revision is a revision taken
+// before the range's span was registered with the lease on the home range
+// (LeaseRegisterCommand, refused once the lease is marked); the range refuses
+// it when it applied a revocation at or above that revision since.
+type LeaseAttach struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
 	TtlSeconds    int64                  `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
@@ -527,20 +522,20 @@ type LeaseAttachCommand struct {
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *LeaseAttachCommand) Reset() {
-	*x = LeaseAttachCommand{}
+func (x *LeaseAttach) Reset() {
+	*x = LeaseAttach{}
 	mi := &file_tesserapb_tessera_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *LeaseAttachCommand) String() string {
+func (x *LeaseAttach) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*LeaseAttachCommand) ProtoMessage() {}
+func (*LeaseAttach) ProtoMessage() {}
 
-func (x *LeaseAttachCommand) ProtoReflect() protoreflect.Message {
+func (x *LeaseAttach) ProtoReflect() protoreflect.Message {
 	mi := &file_tesserapb_tessera_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -552,26 +547,26 @@ func (x *LeaseAttachCommand) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use LeaseAttachCommand.ProtoReflect.Descriptor instead.
-func (*LeaseAttachCommand) Descriptor() ([]byte, []int) {
+// Deprecated: Use LeaseAttach.ProtoReflect.Descriptor instead.
+func (*LeaseAttach) Descriptor() ([]byte, []int) {
 	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{6}
 }
 
-func (x *LeaseAttachCommand) GetId() int64 {
+func (x *LeaseAttach) GetId() int64 {
 	if x != nil {
 		return x.Id
 	}
 	return 0
 }
 
-func (x *LeaseAttachCommand) GetTtlSeconds() int64 {
+func (x *LeaseAttach) GetTtlSeconds() int64 {
 	if x != nil {
 		return x.TtlSeconds
 	}
 	return 0
 }
 
-func (x *LeaseAttachCommand) GetProofRevision() int64 {
+func (x *LeaseAttach) GetProofRevision() int64 {
 	if x != nil {
 		return x.ProofRevision
 	}
@@ -935,7 +930,7 @@ var File_tesserapb_tessera_proto protoreflect.FileDescriptor
 
 const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\n" +
-	"\x17tesserapb/tessera.proto\x12\ttesserapb\"\xcc\x04\n" +
+	"\x17tesserapb/tessera.proto\x12\ttesserapb\"\x8e\x04\n" +
 	"\aCommand\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12)\n" +
 	"\x03txn\x18\x02 \x01(\v2\x15.tesserapb.TxnCommandH\x00R\x03txn\x125\n" +
@@ -944,20 +939,21 @@ const file_tesserapb_tessera_proto_rawDesc = "" +
 	"leaseGrant\x12B\n" +
 	"\flease_revoke\x18\x05 \x01(\v2\x1d.tesserapb.LeaseRevokeCommandH\x00R\vleaseRevoke\x125\n" +
 	"\abarrier\x18\x06 \x01(\v2\x19.tesserapb.BarrierCommandH\x00R\abarrier\x12/\n" +
-	"\x05split\x18\b \x01(\v2\x17.tesserapb.SplitCommandH\x00R\x05split\x12B\n" +
-	"\flease_attach\x18\t \x01(\v2\x1d.tesserapb.LeaseAttachCommandH\x00R\vleaseAttach\x12<\n" +
+	"\x05split\x18\b \x01(\v2\x17.tesserapb.SplitCommandH\x00R\x05split\x12<\n" +
 	"\n" +
 	"lease_mark\x18\n" +
 	" \x01(\v2\x1b.tesserapb.LeaseMarkCommandH\x00R\tleaseMark\x12H\n" +
 	"\x0elease_register\x18\v \x01(\v2\x1f.tesserapb.LeaseRegisterCommandH\x00R\rleaseRegisterB\x04\n" +
-	"\x02opJ\x04\b\a\x10\b\"M\n" +
+	"\x02opJ\x04\b\a\x10\bJ\x04\b\t\x10\n" +
+	"\"M\n" +
 	"\fSplitCommand\x12\x1b\n" +
 	"\tsplit_key\x18\x01 \x01(\fR\bsplitKey\x12 \n" +
 	"\fnew_range_id\x18\x02 \x01(\x04R\n" +
-	"newRangeId\"&\n" +
+	"newRangeId\"V\n" +
 	"\n" +
 	"TxnCommand\x12\x18\n" +
-	"\arequest\x18\x01 \x01(\fR\arequest\",\n" +
+	"\arequest\x18\x01 \x01(\fR\arequest\x12.\n" +
+	"\x06attach\x18\x02 \x03(\v2\x16.tesserapb.LeaseAttachR\x06attach\",\n" +
 	"\x0eCompactCommand\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\"e\n" +
 	"\x11LeaseGrantCommand\x12\x0e\n" +
@@ -970,8 +966,8 @@ const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12%\n" +
 	"\x0ewithout_record\x18\x02 \x01(\bR\rwithoutRecord\x12\x1f\n" +
 	"\vkeep_record\x18\x03 \x01(\bR\n" +
-	"keepRecord\"l\n" +
-	"\x12LeaseAttachCommand\x12\x0e\n" +
+	"keepRecord\"e\n" +
+	"\vLeaseAttach\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
 	"ttlSeconds\x12%\n" +
@@ -1020,7 +1016,7 @@ var file_tesserapb_tessera_proto_goTypes = []any{
 	(*CompactCommand)(nil),       // 3: tesserapb.CompactCommand
 	(*LeaseGrantCommand)(nil),    // 4: tesserapb.LeaseGrantCommand
 	(*LeaseRevokeCommand)(nil),   // 5: tesserapb.LeaseRevokeCommand
-	(*LeaseAttachCommand)(nil),   // 6: tesserapb.LeaseAttachCommand
+	(*LeaseAttach)(nil),          // 6: tesserapb.LeaseAttach
 	(*LeaseMarkCommand)(nil),     // 7: tesserapb.LeaseMarkCommand
 	(*LeaseRegisterCommand)(nil), // 8: tesserapb.LeaseRegisterCommand
 	(*KeySpan)(nil),              // 9: tesserapb.KeySpan
@@ -1035,9 +1031,9 @@ var file_tesserapb_tessera_proto_depIdxs = []int32{
 	5,  // 3: tesserapb.Command.lease_revoke:type_name -> tesserapb.LeaseRevokeCommand
 	10, // 4: tesserapb.Command.barrier:type_name -> tesserapb.BarrierCommand
 	1,  // 5: tesserapb.Command.split:type_name -> tesserapb.SplitCommand
-	6,  // 6: tesserapb.Command.lease_attach:type_name -> tesserapb.LeaseAttachCommand
-	7,  // 7: tesserapb.Command.lease_mark:type_name -> tesserapb.LeaseMarkCommand
-	8,  // 8: tesserapb.Command.lease_register:type_name -> tesserapb.LeaseRegisterCommand
+	7,  // 6: tesserapb.Command.lease_mark:type_name -> tesserapb.LeaseMarkCommand
+	8,  // 7: tesserapb.Command.lease_register:type_name -> tesserapb.LeaseRegisterCommand
+	6,  // 8: tesserapb.TxnCommand.attach:type_name -> tesserapb.LeaseAttach
 	9,  // 9: tesserapb.LeaseRegisterCommand.span:type_name -> tesserapb.KeySpan
 	9,  // 10: tesserapb.LeaseRecord.spans:type_name -> tesserapb.KeySpan
 	11, // [11:11] is the sub-list for method output_type
@@ -1059,7 +1055,6 @@ func file_tesserapb_tessera_proto_init() {
 		(*Command_LeaseRevoke)(nil),
 		(*Command_Barrier)(nil),
 		(*Command_Split)(nil),
-		(*Command_LeaseAttach)(nil),
 		(*Command_LeaseMark)(nil),
 		(*Command_LeaseRegister)(nil),
 	}
