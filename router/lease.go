@@ -506,20 +506,11 @@ func (r *Router) proveLeases(ctx context.Context, rng Range, req *pb.TxnRequest)
 // too) attach keys to.
 func txnLeases(req *pb.TxnRequest) []int64 {
 	var ids []int64
-	var walk func(ops []*pb.RequestOp)
-	walk = func(ops []*pb.RequestOp) {
-		for _, op := range ops {
-			if put := op.GetRequestPut(); put != nil && put.Lease != 0 && !slices.Contains(ids, put.Lease) {
-				ids = append(ids, put.Lease)
-			}
-			if txn := op.GetRequestTxn(); txn != nil {
-				walk(txn.Success)
-				walk(txn.Failure)
-			}
+	for put := range txnPuts(req.Success, req.Failure) {
+		if put.Lease != 0 && !slices.Contains(ids, put.Lease) {
+			ids = append(ids, put.Lease)
 		}
 	}
-	walk(req.Success)
-	walk(req.Failure)
 	return ids
 }
 

@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"errors"
+	"iter"
 	"log/slog"
 	"time"
 
@@ -198,19 +199,32 @@ func (r *Router) noSpace() bool { return r.cfg.SpaceExceeded != nil && r.cfg.Spa
 
 // hasPut reports whether any branch of a Txn, nested ones included, puts a key.
 func hasPut(ops ...[]*pb.RequestOp) bool {
-	for _, branch := range ops {
-		for _, op := range branch {
-			switch req := op.Request.(type) {
-			case *pb.RequestOp_RequestPut:
-				return true
-			case *pb.RequestOp_RequestTxn:
-				if hasPut(req.RequestTxn.Success, req.RequestTxn.Failure) {
-					return true
+	for range txnPuts(ops...) {
+		return true
+	}
+	return false
+}
+
+// txnPuts yields the Puts of Txn branches, those of nested Txns included.
+func txnPuts(ops ...[]*pb.RequestOp) iter.Seq[*pb.PutRequest] {
+	return func(yield func(*pb.PutRequest) bool) {
+		for _, branch := range ops {
+			for _, op := range branch {
+				switch req := op.Request.(type) {
+				case *pb.RequestOp_RequestPut:
+					if !yield(req.RequestPut) {
+						return
+					}
+				case *pb.RequestOp_RequestTxn:
+					for put := range txnPuts(req.RequestTxn.Success, req.RequestTxn.Failure) {
+						if !yield(put) {
+							return
+						}
+					}
 				}
 			}
 		}
 	}
-	return false
 }
 
 // Header returns a response header at rev, for the Watch service.

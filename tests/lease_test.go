@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -173,23 +174,15 @@ func TestLeaseAttachRacesRevocation(t *testing.T) {
 	waitRanges(t, c, 2)
 
 	// Not revoked: attached to the range of "z" once, revoked with its keys.
-	kept, err := cli.Grant(ctx, 60)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range []string{"a", "x", "z"} {
-		if _, err := cli.Put(ctx, k, "v", clientv3.WithLease(kept.ID)); err != nil {
-			t.Fatalf("put %s with a lease: %v", k, err)
-		}
-	}
+	kept := grantWithKeys(t, ctx, cli, 60, "a", "x", "z")
 	if n := proofs.Load(); n != 1 {
 		t.Errorf("the lease was registered %d times for three Puts in two ranges, want once (for the range without it)", n)
 	}
-	ttl, err := cli.TimeToLive(ctx, kept.ID, clientv3.WithAttachedKeys())
+	ttl, err := cli.TimeToLive(ctx, kept, clientv3.WithAttachedKeys())
 	if err != nil || len(ttl.Keys) != 3 || ttl.GrantedTTL != 60 {
 		t.Fatalf("time to live: granted %d keys %q, %v", ttl.GrantedTTL, ttl.Keys, err)
 	}
-	if _, err := cli.Revoke(ctx, kept.ID); err != nil {
+	if _, err := cli.Revoke(ctx, kept); err != nil {
 		t.Fatal(err)
 	}
 	if get, err := cli.Get(ctx, "", clientv3.WithFromKey()); err != nil || get.Count != 0 {
@@ -237,15 +230,7 @@ func TestLeaseRevocationReachesSplitChildren(t *testing.T) {
 	splitAt(t, c, c.Nodes[0], "m")
 	splitAt(t, c, c.Nodes[0], "t")
 	waitRanges(t, c, 3)
-	lease, err := cli.Grant(ctx, 60)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range []string{"e", "p"} {
-		if _, err := cli.Put(ctx, k, "v", clientv3.WithLease(lease.ID)); err != nil {
-			t.Fatalf("put %s with a lease: %v", k, err)
-		}
-	}
+	lease := grantWithKeys(t, ctx, cli, 60, "e", "p")
 	if _, err := cli.Put(ctx, "z", "no lease"); err != nil {
 		t.Fatal(err)
 	}
@@ -254,11 +239,11 @@ func TestLeaseRevocationReachesSplitChildren(t *testing.T) {
 	splitAt(t, c, c.Nodes[0], "d")
 	splitAt(t, c, c.Nodes[0], "o")
 	waitRanges(t, c, 5)
-	ttl, err := cli.TimeToLive(ctx, lease.ID, clientv3.WithAttachedKeys())
+	ttl, err := cli.TimeToLive(ctx, lease, clientv3.WithAttachedKeys())
 	if err != nil || fmt.Sprintf("%q", ttl.Keys) != `["e" "p"]` || ttl.GrantedTTL != 60 || ttl.TTL <= 0 {
 		t.Fatalf("time to live after the splits: TTL %d granted %d keys %q, %v", ttl.TTL, ttl.GrantedTTL, ttl.Keys, err)
 	}
-	if _, err := cli.Revoke(ctx, lease.ID); err != nil {
+	if _, err := cli.Revoke(ctx, lease); err != nil {
 		t.Fatal(err)
 	}
 	get, err := cli.Get(ctx, "", clientv3.WithFromKey())
@@ -290,26 +275,18 @@ func TestLeaseRevocationStoppedPartWay(t *testing.T) {
 	cli := c.Client()
 	splitAt(t, c, c.Nodes[0], "m")
 	waitRanges(t, c, 2)
-	lease, err := cli.Grant(ctx, 600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range []string{"a", "z"} {
-		if _, err := cli.Put(ctx, k, "v", clientv3.WithLease(lease.ID)); err != nil {
-			t.Fatalf("put %s with a lease: %v", k, err)
-		}
-	}
-	stopNext.Store(int64(lease.ID))
-	if _, err := cli.Revoke(ctx, lease.ID); err == nil {
+	lease := grantWithKeys(t, ctx, cli, 600, "a", "z")
+	stopNext.Store(int64(lease))
+	if _, err := cli.Revoke(ctx, lease); err == nil {
 		t.Fatal("the revocation the hook stopped succeeded")
 	}
 	if get, err := cli.Get(ctx, "", clientv3.WithFromKey()); err != nil || get.Count != 2 {
 		t.Fatalf("keys right after the stopped revocation: %v %v, want both", get, err)
 	}
-	if _, err := cli.Put(ctx, "b", "v", clientv3.WithLease(lease.ID)); !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+	if _, err := cli.Put(ctx, "b", "v", clientv3.WithLease(lease)); !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		t.Fatalf("put with a lease being revoked: %v, want %v", err, rpctypes.ErrLeaseNotFound)
 	}
-	if ka, err := cli.KeepAliveOnce(ctx, lease.ID); !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+	if ka, err := cli.KeepAliveOnce(ctx, lease); !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		t.Fatalf("keep-alive of a lease being revoked: %v %v, want %v", ka, err, rpctypes.ErrLeaseNotFound)
 	}
 	deadline := time.Now().Add(15 * time.Second)
@@ -326,4 +303,19 @@ func TestLeaseRevocationStoppedPartWay(t *testing.T) {
 	if leases, err := cli.Leases(ctx); err != nil || len(leases.Leases) != 0 {
 		t.Fatalf("leases after the retried revocation: %v %v", leases, err)
 	}
+}
+
+// grantWithKeys grants a lease of ttl seconds and puts each key with it.
+func grantWithKeys(t *testing.T, ctx context.Context, cli *clientv3.Client, ttl int64, keys ...string) clientv3.LeaseID {
+	t.Helper()
+	grant, err := cli.Grant(ctx, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if _, err := cli.Put(ctx, k, "v", clientv3.WithLease(grant.ID)); err != nil {
+			t.Fatalf("put %s with a lease: %v", k, err)
+		}
+	}
+	return grant.ID
 }

@@ -260,34 +260,18 @@ func TestLeasesAcrossRanges(t *testing.T) {
 	cli := c.Client()
 	splitAt(t, c, c.Nodes[1], "m")
 	waitRanges(t, c, 2)
-	lease, err := cli.Grant(ctx, 30)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range []string{"a", "z"} {
-		if _, err := cli.Put(ctx, k, "v", clientv3.WithLease(lease.ID)); err != nil {
-			t.Fatalf("put %s with a lease: %v", k, err)
-		}
-	}
-	ttl, err := cli.TimeToLive(ctx, lease.ID, clientv3.WithAttachedKeys())
+	lease := grantWithKeys(t, ctx, cli, 30, "a", "z")
+	ttl, err := cli.TimeToLive(ctx, lease, clientv3.WithAttachedKeys())
 	if err != nil || len(ttl.Keys) != 2 {
 		t.Fatalf("time to live across ranges: TTL %d granted %d keys %q, %v", ttl.TTL, ttl.GrantedTTL, ttl.Keys, err)
 	}
-	if _, err := cli.Revoke(ctx, lease.ID); err != nil {
+	if _, err := cli.Revoke(ctx, lease); err != nil {
 		t.Fatal(err)
 	}
 	if get, err := cli.Get(ctx, "", clientv3.WithFromKey()); err != nil || get.Count != 0 {
 		t.Fatalf("keys of a revoked lease remain: %v %v", get, err)
 	}
-	short, err := cli.Grant(ctx, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range []string{"b", "y"} {
-		if _, err := cli.Put(ctx, k, "v", clientv3.WithLease(short.ID)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	grantWithKeys(t, ctx, cli, 1, "b", "y")
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		get, err := cli.Get(ctx, "", clientv3.WithFromKey())
