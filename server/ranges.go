@@ -114,6 +114,9 @@ func (s *Server) onSplit(parentID, childID uint64) {
 			s.log.Error("starting a range made by a split", "parent", parentID, "range", childID, "err", err)
 			return
 		}
+		if parent := s.rangeByID(parentID); parent != nil && parent.IsLeader() {
+			s.goTask(func() { s.hastenElection(childID) })
+		}
 		// Dragonboat opens the child's state machine in the background; the
 		// router sees the child's keys once it is open.
 		for s.store.Range(childID) == nil {
@@ -131,6 +134,53 @@ func (s *Server) onSplit(parentID, childID uint64) {
 		s.awaitLeader(childID, 10*s.cfg.ElectionTimeout)
 		s.recordRangesSoon()
 	})
+}
+
+// campaignRetry is how long hastenElection waits for a leader before it
+// makes the replica campaign again.
+const campaignRetry = 50 * time.Millisecond
+
+// hastenElection makes this node's replica of a range that a split has just
+// made stand for election early, instead of after an election timeout
+// (randomised between one and two, 1–2 s by default, during which the range
+// serves nothing). It runs on the node that led the parent range when the
+// split applied, so only one replica campaigns early.
+//
+// It first waits one and a half heartbeat intervals: Dragonboat times a
+// proposal out against the replica's clock, which starts at zero and jumps
+// to the node's at the replica's first tick (within one heartbeat interval
+// of its start), so a leader elected before that tick would see its first
+// proposals time out at once. The other members apply the split moments
+// after this node, and a vote request reaching a member that has not started
+// the range yet is dropped, so the campaign is repeated every campaignRetry
+// while no leader is known, for at most one election timeout; one member
+// granting its vote makes a majority of three.
+func (s *Server) hastenElection(rangeID uint64) {
+	t := s.raftNet.Transport()
+	if t == nil {
+		return
+	}
+	deadline := time.Now().Add(s.cfg.ElectionTimeout)
+	select {
+	case <-s.stopc:
+		return
+	case <-time.After(s.cfg.HeartbeatInterval * 3 / 2):
+	}
+	for time.Now().Before(deadline) {
+		r := s.rangeByID(rangeID)
+		if r == nil {
+			return
+		}
+		if _, _, ok := r.Leader(); ok {
+			return
+		}
+		t.Campaign(rangeID, s.replicaID)
+		select {
+		case <-s.stopc:
+			return
+		case <-time.After(campaignRetry):
+		}
+	}
 }
 
 // awaitLeader waits, at most for the given time, until this node's replica

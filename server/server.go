@@ -24,6 +24,7 @@ import (
 	"github.com/tesserakv/tessera/placement"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/router"
+	"github.com/tesserakv/tessera/server/raftnet"
 	"github.com/tesserakv/tessera/shard"
 	"github.com/tesserakv/tessera/statemachine"
 	"github.com/tesserakv/tessera/watchhub"
@@ -46,6 +47,7 @@ type Server struct {
 
 	store     *statemachine.Store
 	nh        *dragonboat.NodeHost
+	raftNet   *raftnet.Factory // made nh's Raft transport (for Campaign)
 	meta      *placement.MetaReplica
 	directory *placement.Directory
 	oracle    *placement.OracleClient
@@ -202,6 +204,8 @@ func (s *Server) startRaft() error {
 	}
 	nhc.Expert.Engine = dbconfig.GetDefaultEngineConfig()
 	nhc.Expert.Engine.ExecShards = cfg.RaftStepWorkers
+	s.raftNet = &raftnet.Factory{Log: s.log}
+	nhc.Expert.TransportFactory = s.raftNet
 	tuneDragonboat()
 	nh, err := dragonboat.NewNodeHost(nhc)
 	if err != nil && hardSettingsChanged(err) && cfg.RaftStepWorkers == DefaultRaftStepWorkers {

@@ -498,8 +498,19 @@ func (r *Replica) ensureLeaderReady() error {
 	if err != nil {
 		return err
 	}
-	if _, err := r.nh.SyncPropose(ctx, r.session, data); err != nil {
+	for {
+		_, err := r.nh.SyncPropose(ctx, r.session, data)
+		if err == nil {
+			break
+		}
 		if errors.Is(err, dragonboat.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) {
+			// The barrier changes nothing, so it can be proposed again.
+			// Dragonboat times out at once a proposal made on a replica
+			// that has not ticked yet (see hastenElection in server), which
+			// a range just made by a split can meet.
+			if ctx.Err() == nil {
+				continue
+			}
 			return ErrTimeout
 		}
 		return &NotLeaderError{}
