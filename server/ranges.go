@@ -144,7 +144,8 @@ const campaignRetry = 50 * time.Millisecond
 // made stand for election early, instead of after an election timeout
 // (randomised between one and two, 1–2 s by default, during which the range
 // serves nothing). It runs on the node that led the parent range when the
-// split applied, so only one replica campaigns early.
+// split applied, so only one replica campaigns early; and on member 1 of a
+// new cluster for the meta range and the first range (startRaft).
 //
 // It first waits one and a half heartbeat intervals: Dragonboat times a
 // proposal out against the replica's clock, which starts at zero and jumps
@@ -167,11 +168,7 @@ func (s *Server) hastenElection(rangeID uint64) {
 	case <-time.After(s.cfg.HeartbeatInterval * 3 / 2):
 	}
 	for time.Now().Before(deadline) {
-		r := s.rangeByID(rangeID)
-		if r == nil {
-			return
-		}
-		if _, _, ok := r.Leader(); ok {
+		if _, _, known, err := s.nh.GetLeaderID(rangeID); err != nil || known {
 			return
 		}
 		t.Campaign(rangeID, s.replicaID)

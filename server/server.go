@@ -120,6 +120,8 @@ func Start(cfg Config) (*Server, error) {
 		s.closeListeners()
 		return nil, fmt.Errorf("opening store in %s: %w", cfg.DataDir, err)
 	}
+	_, statErr := os.Stat(filepath.Join(cfg.DataDir, "raft"))
+	newCluster := errors.Is(statErr, os.ErrNotExist)
 	if err := s.startRaft(); err != nil {
 		s.hub.Stop()
 		s.closeListeners()
@@ -173,6 +175,12 @@ func Start(cfg Config) (*Server, error) {
 		})
 	}
 	s.goTask(s.registerNode)
+	if newCluster && replicaID == 1 && !s.soleNode() {
+		// Every member of a new cluster starts with empty groups; member 1
+		// gets the first elections over with (see hastenElection).
+		s.goTask(func() { s.hastenElection(placement.MetaRangeID) })
+		s.goTask(func() { s.hastenElection(firstRangeID) })
+	}
 	if err := s.startMetrics(); err != nil {
 		s.Close()
 		return nil, err
