@@ -175,9 +175,10 @@ func Start(cfg Config) (*Server, error) {
 		})
 	}
 	s.goTask(s.registerNode)
-	if newCluster && replicaID == 1 && !s.soleNode() {
+	if newCluster && replicaID == 1 {
 		// Every member of a new cluster starts with empty groups; member 1
-		// gets the first elections over with (see hastenElection).
+		// (the only one, on one node) gets the first elections over with
+		// (see hastenElection).
 		s.goTask(func() { s.hastenElection(placement.MetaRangeID) })
 		s.goTask(func() { s.hastenElection(firstRangeID) })
 	}
