@@ -115,7 +115,7 @@ func (s *Server) onSplit(parentID, childID uint64) {
 			return
 		}
 		if parent := s.rangeByID(parentID); parent != nil && parent.IsLeader() {
-			s.goTask(func() { s.hastenElection(childID) })
+			s.goTask(func() { s.electNewRange(childID) })
 		}
 		// Dragonboat opens the child's state machine in the background; the
 		// router sees the child's keys once it is open.
@@ -134,6 +134,80 @@ func (s *Server) onSplit(parentID, childID uint64) {
 		s.awaitLeader(childID, 10*s.cfg.ElectionTimeout)
 		s.recordRangesSoon()
 	})
+}
+
+// electNewRange gets a range that a split has just made its first leader
+// quickly, on the member that leads the fewest ranges (this node on a tie),
+// so that splits spread leadership over the members instead of leaving every
+// range led where its parent was. It runs on the node that led the parent
+// when the split applied; if the chosen member cannot be asked, this node's
+// replica campaigns.
+func (s *Server) electNewRange(rangeID uint64) {
+	target := s.leastLeadingMember(rangeID)
+	if target != s.replicaID {
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ElectionTimeout)
+		err := s.askToCampaign(ctx, target, rangeID)
+		cancel()
+		if err == nil {
+			return
+		}
+		s.log.Debug("asking a member to lead a new range failed; campaigning here", "range", rangeID, "member", target, "err", err)
+	}
+	s.hastenElection(rangeID)
+}
+
+// leastLeadingMember returns the member leading the fewest data ranges other
+// than skip, as far as this node's replicas know their leaders: this node if
+// it is among them, else the one with the lowest ID.
+func (s *Server) leastLeadingMember(skip uint64) uint64 {
+	led := make(map[uint64]int, len(s.raftMembers))
+	for id := range s.raftMembers {
+		led[id] = 0
+	}
+	for _, r := range s.rangeList() {
+		if r.RangeID() == skip {
+			continue
+		}
+		if leader, _, ok := r.Leader(); ok {
+			if _, member := led[leader]; member {
+				led[leader]++
+			}
+		}
+	}
+	best := s.replicaID
+	for id, n := range led {
+		if n < led[best] || (n == led[best] && best != s.replicaID && id < best) {
+			best = id
+		}
+	}
+	return best
+}
+
+func (s *Server) askToCampaign(ctx context.Context, member, rangeID uint64) error {
+	cc, err := s.directory.Conn(ctx, member)
+	if err != nil {
+		return err
+	}
+	_, err = tesserapb.NewInternalClient(cc).CampaignRange(ctx, &tesserapb.CampaignRangeRequest{RangeId: rangeID})
+	return err
+}
+
+// campaignWhenStarted is CampaignRange's background half: it waits (at most
+// an election timeout) until this node has started its replica of the
+// range, then hastens the range's election.
+func (s *Server) campaignWhenStarted(rangeID uint64) {
+	deadline := time.Now().Add(s.cfg.ElectionTimeout)
+	for s.rangeByID(rangeID) == nil {
+		if time.Now().After(deadline) {
+			return
+		}
+		select {
+		case <-s.stopc:
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	s.hastenElection(rangeID)
 }
 
 // campaignRetry is how long hastenElection waits for a leader before it
@@ -264,6 +338,16 @@ func (i *internalService) ListRanges(context.Context, *tesserapb.ListRangesReque
 	}
 	sort.Slice(resp.Ranges, func(a, b int) bool { return bytes.Compare(resp.Ranges[a].StartKey, resp.Ranges[b].StartKey) < 0 })
 	return resp, nil
+}
+
+// CampaignRange makes this node's replica of a range a split has just made
+// stand for election early (see electNewRange).
+func (i *internalService) CampaignRange(_ context.Context, req *tesserapb.CampaignRangeRequest) (*tesserapb.CampaignRangeResponse, error) {
+	if req.RangeId == 0 || req.RangeId == placement.MetaRangeID {
+		return nil, status.Errorf(codes.InvalidArgument, "tessera: range %d is not a data range", req.RangeId)
+	}
+	i.s.goTask(func() { i.s.campaignWhenStarted(req.RangeId) })
+	return &tesserapb.CampaignRangeResponse{}, nil
 }
 
 // SplitRange splits the range holding split_key at split_key.

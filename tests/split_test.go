@@ -572,3 +572,36 @@ func TestRangeStreamDuringSplits(t *testing.T) {
 		streams++
 	}
 }
+
+// TestSplitsSpreadLeadership: on three nodes, each range a split makes is
+// elected at once on the member leading the fewest ranges, so after a run of
+// splits every member leads some; none waits out an election timeout, which
+// is set to a minute here so that a range left to Raft's own timers would
+// have no leader for the whole test.
+func TestSplitsSpreadLeadership(t *testing.T) {
+	c := testcluster.Start(t, 3, func(cfg *serverConfig) { cfg.ElectionTimeout = time.Minute })
+	ctx := ctxT(t)
+	cli := c.Client(c.Endpoints()...)
+	const splits = 6
+	for i := range splits {
+		key := fmt.Sprintf("k%02d", i)
+		splitAt(t, c, c.Nodes[i%3], key)
+		waitRanges(t, c, i+2)
+		if _, err := cli.Put(ctx, key+"x", "v"); err != nil {
+			t.Fatalf("put into the range split at %q: %v", key, err)
+		}
+	}
+	ranges, err := c.Nodes[0].Server.Ranges(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	led := map[uint64]int{}
+	for _, r := range ranges {
+		led[r.LeaderNodeId]++
+	}
+	for id := uint64(1); id <= 3; id++ {
+		if led[id] == 0 {
+			t.Errorf("member %d leads no range after %d splits: leaders %v", id, splits, led)
+		}
+	}
+}

@@ -531,6 +531,86 @@ func (x *MetaState) GetNextRangeId() uint64 {
 	return 0
 }
 
+type CampaignRangeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RangeId       uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CampaignRangeRequest) Reset() {
+	*x = CampaignRangeRequest{}
+	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CampaignRangeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CampaignRangeRequest) ProtoMessage() {}
+
+func (x *CampaignRangeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CampaignRangeRequest.ProtoReflect.Descriptor instead.
+func (*CampaignRangeRequest) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *CampaignRangeRequest) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+type CampaignRangeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CampaignRangeResponse) Reset() {
+	*x = CampaignRangeResponse{}
+	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CampaignRangeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CampaignRangeResponse) ProtoMessage() {}
+
+func (x *CampaignRangeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CampaignRangeResponse.ProtoReflect.Descriptor instead.
+func (*CampaignRangeResponse) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{9}
+}
+
 type RangeWriteRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	RangeId uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
@@ -547,7 +627,7 @@ type RangeWriteRequest struct {
 
 func (x *RangeWriteRequest) Reset() {
 	*x = RangeWriteRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	mi := &file_tesserapb_meta_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -559,7 +639,7 @@ func (x *RangeWriteRequest) String() string {
 func (*RangeWriteRequest) ProtoMessage() {}
 
 func (x *RangeWriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	mi := &file_tesserapb_meta_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -572,7 +652,7 @@ func (x *RangeWriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteRequest.ProtoReflect.Descriptor instead.
 func (*RangeWriteRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{8}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RangeWriteRequest) GetRangeId() uint64 {
@@ -612,7 +692,7 @@ type RangeWriteResponse struct {
 
 func (x *RangeWriteResponse) Reset() {
 	*x = RangeWriteResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	mi := &file_tesserapb_meta_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -624,7 +704,7 @@ func (x *RangeWriteResponse) String() string {
 func (*RangeWriteResponse) ProtoMessage() {}
 
 func (x *RangeWriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	mi := &file_tesserapb_meta_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -637,7 +717,7 @@ func (x *RangeWriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteResponse.ProtoReflect.Descriptor instead.
 func (*RangeWriteResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{9}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RangeWriteResponse) GetResult() *Result {
@@ -661,7 +741,7 @@ type FenceRangeRequest struct {
 
 func (x *FenceRangeRequest) Reset() {
 	*x = FenceRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	mi := &file_tesserapb_meta_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -673,7 +753,7 @@ func (x *FenceRangeRequest) String() string {
 func (*FenceRangeRequest) ProtoMessage() {}
 
 func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	mi := &file_tesserapb_meta_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -686,7 +766,7 @@ func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeRequest.ProtoReflect.Descriptor instead.
 func (*FenceRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{10}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *FenceRangeRequest) GetRangeId() uint64 {
@@ -721,7 +801,7 @@ type FenceRangeResponse struct {
 
 func (x *FenceRangeResponse) Reset() {
 	*x = FenceRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	mi := &file_tesserapb_meta_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -733,7 +813,7 @@ func (x *FenceRangeResponse) String() string {
 func (*FenceRangeResponse) ProtoMessage() {}
 
 func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	mi := &file_tesserapb_meta_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -746,7 +826,7 @@ func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeResponse.ProtoReflect.Descriptor instead.
 func (*FenceRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{11}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *FenceRangeResponse) GetAppliedIndex() uint64 {
@@ -772,7 +852,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -784,7 +864,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -797,7 +877,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{12}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SplitRangeRequest) GetSplitKey() []byte {
@@ -817,7 +897,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -829,7 +909,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -842,7 +922,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{13}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SplitRangeResponse) GetLeft() *RangeInfo {
@@ -867,7 +947,7 @@ type ListRangesRequest struct {
 
 func (x *ListRangesRequest) Reset() {
 	*x = ListRangesRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +959,7 @@ func (x *ListRangesRequest) String() string {
 func (*ListRangesRequest) ProtoMessage() {}
 
 func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +972,7 @@ func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesRequest.ProtoReflect.Descriptor instead.
 func (*ListRangesRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
 }
 
 type ListRangesResponse struct {
@@ -904,7 +984,7 @@ type ListRangesResponse struct {
 
 func (x *ListRangesResponse) Reset() {
 	*x = ListRangesResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -916,7 +996,7 @@ func (x *ListRangesResponse) String() string {
 func (*ListRangesResponse) ProtoMessage() {}
 
 func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -929,7 +1009,7 @@ func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesResponse.ProtoReflect.Descriptor instead.
 func (*ListRangesResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListRangesResponse) GetRanges() []*RangeInfo {
@@ -956,7 +1036,7 @@ type RangeInfo struct {
 
 func (x *RangeInfo) Reset() {
 	*x = RangeInfo{}
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -968,7 +1048,7 @@ func (x *RangeInfo) String() string {
 func (*RangeInfo) ProtoMessage() {}
 
 func (x *RangeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -981,7 +1061,7 @@ func (x *RangeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
 func (*RangeInfo) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RangeInfo) GetRangeId() uint64 {
@@ -1049,7 +1129,7 @@ type GetRevisionsRequest struct {
 
 func (x *GetRevisionsRequest) Reset() {
 	*x = GetRevisionsRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1061,7 +1141,7 @@ func (x *GetRevisionsRequest) String() string {
 func (*GetRevisionsRequest) ProtoMessage() {}
 
 func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1074,7 +1154,7 @@ func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*GetRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetRevisionsRequest) GetCount() int64 {
@@ -1095,7 +1175,7 @@ type GetRevisionsResponse struct {
 
 func (x *GetRevisionsResponse) Reset() {
 	*x = GetRevisionsResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1107,7 +1187,7 @@ func (x *GetRevisionsResponse) String() string {
 func (*GetRevisionsResponse) ProtoMessage() {}
 
 func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1120,7 +1200,7 @@ func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*GetRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetRevisionsResponse) GetFirst() int64 {
@@ -1174,7 +1254,10 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"high_water\x18\x01 \x01(\x03R\thighWater\x12)\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x13.tesserapb.NodeInfoR\x05nodes\x122\n" +
 	"\x06ranges\x18\x03 \x03(\v2\x1a.tesserapb.RangeDescriptorR\x06ranges\x12\"\n" +
-	"\rnext_range_id\x18\x04 \x01(\x04R\vnextRangeId\"\x90\x01\n" +
+	"\rnext_range_id\x18\x04 \x01(\x04R\vnextRangeId\"1\n" +
+	"\x14CampaignRangeRequest\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\"\x17\n" +
+	"\x15CampaignRangeResponse\"\x90\x01\n" +
 	"\x11RangeWriteRequest\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x18\n" +
 	"\acommand\x18\x02 \x01(\fR\acommand\x12\x1f\n" +
@@ -1214,7 +1297,7 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\x05count\x18\x01 \x01(\x03R\x05count\"B\n" +
 	"\x14GetRevisionsResponse\x12\x14\n" +
 	"\x05first\x18\x01 \x01(\x03R\x05first\x12\x14\n" +
-	"\x05count\x18\x02 \x01(\x03R\x05count2\x87\x03\n" +
+	"\x05count\x18\x02 \x01(\x03R\x05count2\xdb\x03\n" +
 	"\bInternal\x12O\n" +
 	"\fGetRevisions\x12\x1e.tesserapb.GetRevisionsRequest\x1a\x1f.tesserapb.GetRevisionsResponse\x12I\n" +
 	"\n" +
@@ -1224,7 +1307,8 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\n" +
 	"SplitRange\x12\x1c.tesserapb.SplitRangeRequest\x1a\x1d.tesserapb.SplitRangeResponse\x12I\n" +
 	"\n" +
-	"ListRanges\x12\x1c.tesserapb.ListRangesRequest\x1a\x1d.tesserapb.ListRangesResponseB.Z,github.com/tesserakv/tessera/proto/tesserapbb\x06proto3"
+	"ListRanges\x12\x1c.tesserapb.ListRangesRequest\x1a\x1d.tesserapb.ListRangesResponse\x12R\n" +
+	"\rCampaignRange\x12\x1f.tesserapb.CampaignRangeRequest\x1a .tesserapb.CampaignRangeResponseB.Z,github.com/tesserakv/tessera/proto/tesserapbb\x06proto3"
 
 var (
 	file_tesserapb_meta_proto_rawDescOnce sync.Once
@@ -1238,7 +1322,7 @@ func file_tesserapb_meta_proto_rawDescGZIP() []byte {
 	return file_tesserapb_meta_proto_rawDescData
 }
 
-var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_tesserapb_meta_proto_goTypes = []any{
 	(*MetaCommand)(nil),            // 0: tesserapb.MetaCommand
 	(*AllocateRangeIdCommand)(nil), // 1: tesserapb.AllocateRangeIdCommand
@@ -1248,18 +1332,20 @@ var file_tesserapb_meta_proto_goTypes = []any{
 	(*NodeInfo)(nil),               // 5: tesserapb.NodeInfo
 	(*RangeDescriptor)(nil),        // 6: tesserapb.RangeDescriptor
 	(*MetaState)(nil),              // 7: tesserapb.MetaState
-	(*RangeWriteRequest)(nil),      // 8: tesserapb.RangeWriteRequest
-	(*RangeWriteResponse)(nil),     // 9: tesserapb.RangeWriteResponse
-	(*FenceRangeRequest)(nil),      // 10: tesserapb.FenceRangeRequest
-	(*FenceRangeResponse)(nil),     // 11: tesserapb.FenceRangeResponse
-	(*SplitRangeRequest)(nil),      // 12: tesserapb.SplitRangeRequest
-	(*SplitRangeResponse)(nil),     // 13: tesserapb.SplitRangeResponse
-	(*ListRangesRequest)(nil),      // 14: tesserapb.ListRangesRequest
-	(*ListRangesResponse)(nil),     // 15: tesserapb.ListRangesResponse
-	(*RangeInfo)(nil),              // 16: tesserapb.RangeInfo
-	(*GetRevisionsRequest)(nil),    // 17: tesserapb.GetRevisionsRequest
-	(*GetRevisionsResponse)(nil),   // 18: tesserapb.GetRevisionsResponse
-	(*Result)(nil),                 // 19: tesserapb.Result
+	(*CampaignRangeRequest)(nil),   // 8: tesserapb.CampaignRangeRequest
+	(*CampaignRangeResponse)(nil),  // 9: tesserapb.CampaignRangeResponse
+	(*RangeWriteRequest)(nil),      // 10: tesserapb.RangeWriteRequest
+	(*RangeWriteResponse)(nil),     // 11: tesserapb.RangeWriteResponse
+	(*FenceRangeRequest)(nil),      // 12: tesserapb.FenceRangeRequest
+	(*FenceRangeResponse)(nil),     // 13: tesserapb.FenceRangeResponse
+	(*SplitRangeRequest)(nil),      // 14: tesserapb.SplitRangeRequest
+	(*SplitRangeResponse)(nil),     // 15: tesserapb.SplitRangeResponse
+	(*ListRangesRequest)(nil),      // 16: tesserapb.ListRangesRequest
+	(*ListRangesResponse)(nil),     // 17: tesserapb.ListRangesResponse
+	(*RangeInfo)(nil),              // 18: tesserapb.RangeInfo
+	(*GetRevisionsRequest)(nil),    // 19: tesserapb.GetRevisionsRequest
+	(*GetRevisionsResponse)(nil),   // 20: tesserapb.GetRevisionsResponse
+	(*Result)(nil),                 // 21: tesserapb.Result
 }
 var file_tesserapb_meta_proto_depIdxs = []int32{
 	2,  // 0: tesserapb.MetaCommand.set_high_water:type_name -> tesserapb.SetHighWaterCommand
@@ -1270,22 +1356,24 @@ var file_tesserapb_meta_proto_depIdxs = []int32{
 	6,  // 5: tesserapb.PutRangeCommand.range:type_name -> tesserapb.RangeDescriptor
 	5,  // 6: tesserapb.MetaState.nodes:type_name -> tesserapb.NodeInfo
 	6,  // 7: tesserapb.MetaState.ranges:type_name -> tesserapb.RangeDescriptor
-	19, // 8: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
-	16, // 9: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
-	16, // 10: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
-	16, // 11: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
-	17, // 12: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
-	8,  // 13: tesserapb.Internal.RangeWrite:input_type -> tesserapb.RangeWriteRequest
-	10, // 14: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
-	12, // 15: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
-	14, // 16: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
-	18, // 17: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
-	9,  // 18: tesserapb.Internal.RangeWrite:output_type -> tesserapb.RangeWriteResponse
-	11, // 19: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
-	13, // 20: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
-	15, // 21: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
-	17, // [17:22] is the sub-list for method output_type
-	12, // [12:17] is the sub-list for method input_type
+	21, // 8: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
+	18, // 9: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
+	18, // 10: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
+	18, // 11: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
+	19, // 12: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
+	10, // 13: tesserapb.Internal.RangeWrite:input_type -> tesserapb.RangeWriteRequest
+	12, // 14: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
+	14, // 15: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
+	16, // 16: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
+	8,  // 17: tesserapb.Internal.CampaignRange:input_type -> tesserapb.CampaignRangeRequest
+	20, // 18: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
+	11, // 19: tesserapb.Internal.RangeWrite:output_type -> tesserapb.RangeWriteResponse
+	13, // 20: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
+	15, // 21: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
+	17, // 22: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
+	9,  // 23: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
+	18, // [18:24] is the sub-list for method output_type
+	12, // [12:18] is the sub-list for method input_type
 	12, // [12:12] is the sub-list for extension type_name
 	12, // [12:12] is the sub-list for extension extendee
 	0,  // [0:12] is the sub-list for field type_name
@@ -1309,7 +1397,7 @@ func file_tesserapb_meta_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tesserapb_meta_proto_rawDesc), len(file_tesserapb_meta_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,11 +23,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Internal_GetRevisions_FullMethodName = "/tesserapb.Internal/GetRevisions"
-	Internal_RangeWrite_FullMethodName   = "/tesserapb.Internal/RangeWrite"
-	Internal_FenceRange_FullMethodName   = "/tesserapb.Internal/FenceRange"
-	Internal_SplitRange_FullMethodName   = "/tesserapb.Internal/SplitRange"
-	Internal_ListRanges_FullMethodName   = "/tesserapb.Internal/ListRanges"
+	Internal_GetRevisions_FullMethodName  = "/tesserapb.Internal/GetRevisions"
+	Internal_RangeWrite_FullMethodName    = "/tesserapb.Internal/RangeWrite"
+	Internal_FenceRange_FullMethodName    = "/tesserapb.Internal/FenceRange"
+	Internal_SplitRange_FullMethodName    = "/tesserapb.Internal/SplitRange"
+	Internal_ListRanges_FullMethodName    = "/tesserapb.Internal/ListRanges"
+	Internal_CampaignRange_FullMethodName = "/tesserapb.Internal/CampaignRange"
 )
 
 // InternalClient is the client API for Internal service.
@@ -54,6 +55,12 @@ type InternalClient interface {
 	SplitRange(ctx context.Context, in *SplitRangeRequest, opts ...grpc.CallOption) (*SplitRangeResponse, error)
 	// ListRanges describes the ranges as this node knows them (admin).
 	ListRanges(ctx context.Context, in *ListRangesRequest, opts ...grpc.CallOption) (*ListRangesResponse, error)
+	// CampaignRange asks the node to make its replica of a range a split has
+	// just made stand for election early (the node that led the parent picks
+	// the member leading the fewest ranges). It answers at once; the
+	// campaign runs in the background, waiting for the split to reach the
+	// node if it has not yet.
+	CampaignRange(ctx context.Context, in *CampaignRangeRequest, opts ...grpc.CallOption) (*CampaignRangeResponse, error)
 }
 
 type internalClient struct {
@@ -114,6 +121,16 @@ func (c *internalClient) ListRanges(ctx context.Context, in *ListRangesRequest, 
 	return out, nil
 }
 
+func (c *internalClient) CampaignRange(ctx context.Context, in *CampaignRangeRequest, opts ...grpc.CallOption) (*CampaignRangeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CampaignRangeResponse)
+	err := c.cc.Invoke(ctx, Internal_CampaignRange_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InternalServer is the server API for Internal service.
 // All implementations must embed UnimplementedInternalServer
 // for forward compatibility.
@@ -138,6 +155,12 @@ type InternalServer interface {
 	SplitRange(context.Context, *SplitRangeRequest) (*SplitRangeResponse, error)
 	// ListRanges describes the ranges as this node knows them (admin).
 	ListRanges(context.Context, *ListRangesRequest) (*ListRangesResponse, error)
+	// CampaignRange asks the node to make its replica of a range a split has
+	// just made stand for election early (the node that led the parent picks
+	// the member leading the fewest ranges). It answers at once; the
+	// campaign runs in the background, waiting for the split to reach the
+	// node if it has not yet.
+	CampaignRange(context.Context, *CampaignRangeRequest) (*CampaignRangeResponse, error)
 	mustEmbedUnimplementedInternalServer()
 }
 
@@ -162,6 +185,9 @@ func (UnimplementedInternalServer) SplitRange(context.Context, *SplitRangeReques
 }
 func (UnimplementedInternalServer) ListRanges(context.Context, *ListRangesRequest) (*ListRangesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListRanges not implemented")
+}
+func (UnimplementedInternalServer) CampaignRange(context.Context, *CampaignRangeRequest) (*CampaignRangeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CampaignRange not implemented")
 }
 func (UnimplementedInternalServer) mustEmbedUnimplementedInternalServer() {}
 func (UnimplementedInternalServer) testEmbeddedByValue()                  {}
@@ -274,6 +300,24 @@ func _Internal_ListRanges_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Internal_CampaignRange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CampaignRangeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InternalServer).CampaignRange(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Internal_CampaignRange_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InternalServer).CampaignRange(ctx, req.(*CampaignRangeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Internal_ServiceDesc is the grpc.ServiceDesc for Internal service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -300,6 +344,10 @@ var Internal_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListRanges",
 			Handler:    _Internal_ListRanges_Handler,
+		},
+		{
+			MethodName: "CampaignRange",
+			Handler:    _Internal_CampaignRange_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
