@@ -70,6 +70,9 @@ type Config struct {
 	// SplitCheckInterval is how often range leaders check their size and
 	// load (default 10s; not a flag).
 	SplitCheckInterval time.Duration
+	// LeaderBalanceInterval is how often a node checks whether it leads more
+	// data ranges than its share (default 30s; negative: never; not a flag).
+	LeaderBalanceInterval time.Duration
 
 	Logger *slog.Logger
 }

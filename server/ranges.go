@@ -160,6 +160,12 @@ func (s *Server) electNewRange(rangeID uint64) {
 // than skip, as far as this node's replicas know their leaders: this node if
 // it is among them, else the one with the lowest ID.
 func (s *Server) leastLeadingMember(skip uint64) uint64 {
+	return leastLeading(s.leadershipCounts(skip), s.replicaID)
+}
+
+// leadershipCounts counts, for every member, the data ranges other than skip
+// that it leads as far as this node's replicas know.
+func (s *Server) leadershipCounts(skip uint64) map[uint64]int {
 	led := make(map[uint64]int, len(s.raftMembers))
 	for id := range s.raftMembers {
 		led[id] = 0
@@ -174,9 +180,15 @@ func (s *Server) leastLeadingMember(skip uint64) uint64 {
 			}
 		}
 	}
-	best := s.replicaID
+	return led
+}
+
+// leastLeading returns the member with the lowest count: self if it is
+// among them, else the lowest ID.
+func leastLeading(led map[uint64]int, self uint64) uint64 {
+	best := self
 	for id, n := range led {
-		if n < led[best] || (n == led[best] && best != s.replicaID && id < best) {
+		if n < led[best] || (n == led[best] && best != self && id < best) {
 			best = id
 		}
 	}

@@ -189,6 +189,7 @@ func Start(cfg Config) (*Server, error) {
 	s.checkSpace()
 	s.goTask(s.watchSpace)
 	s.goTask(s.runSplitter)
+	s.goTask(s.runLeaderBalancer)
 	s.goTask(s.runDescriptorSync)
 	if policy, _ := parseCompaction(cfg.AutoCompactionMode, cfg.AutoCompactionRetention); policy.enabled() {
 		s.goTask(func() { s.runCompactor(policy) })

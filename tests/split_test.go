@@ -605,3 +605,54 @@ func TestSplitsSpreadLeadership(t *testing.T) {
 		}
 	}
 }
+
+// TestLeaderBalancer: after every range's leadership is moved to one member
+// (as a failover can leave them), the balancer's checks hand ranges to the
+// others until no member leads two more than another. The periodic
+// balancer is off here; the test runs its checks itself.
+func TestLeaderBalancer(t *testing.T) {
+	c := testcluster.Start(t, 3, func(cfg *serverConfig) { cfg.LeaderBalanceInterval = -1 })
+	ctx := ctxT(t)
+	cli := c.Client(c.Endpoints()...)
+	const splits = 6
+	for i := range splits {
+		key := fmt.Sprintf("k%02d", i)
+		splitAt(t, c, c.Nodes[0], key)
+		waitRanges(t, c, i+2)
+		if _, err := cli.Put(ctx, key+"x", "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	leaders := func() map[uint64]int {
+		ranges, err := c.Nodes[0].Server.Ranges(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		led := map[uint64]int{}
+		for _, r := range ranges {
+			led[r.LeaderNodeId]++
+		}
+		return led
+	}
+	waitFor := func(what string, cond func(map[uint64]int) bool, step func()) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for led := leaders(); !cond(led); led = leaders() {
+			if time.Now().After(deadline) {
+				t.Fatalf("waiting for %s: leaders %v", what, led)
+			}
+			step()
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	waitFor("every range led by member 1", func(led map[uint64]int) bool { return led[1] == splits+1 }, func() {
+		_ = c.Nodes[0].Server.TransferLeadership(1)
+	})
+	waitFor("the leaders evened out", func(led map[uint64]int) bool {
+		return led[1] <= 3 && led[2] >= 2 && led[3] >= 2
+	}, func() {
+		for _, n := range c.Nodes {
+			n.Server.BalanceLeadersOnce()
+		}
+	})
+}

@@ -1,0 +1,83 @@
+package server
+
+import (
+	"cmp"
+	"slices"
+	"time"
+
+	"github.com/tesserakv/tessera/shard"
+)
+
+// defaultLeaderBalanceInterval is how often a node checks whether it leads
+// more data ranges than its share.
+const defaultLeaderBalanceInterval = 30 * time.Second
+
+// runLeaderBalancer moves leaderships off this node while it leads at least
+// two data ranges more than the member leading the fewest: one range per
+// check, to that member. Splits already spread leadership (electNewRange);
+// this brings it back after a member restarts or a failover gathered ranges
+// on one node. Every node runs it and only gives its own leaderships away,
+// so the moves never cross.
+func (s *Server) runLeaderBalancer() {
+	interval := s.cfg.LeaderBalanceInterval
+	if interval < 0 || s.soleNode() {
+		return
+	}
+	if interval == 0 {
+		interval = defaultLeaderBalanceInterval
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.stopc:
+			return
+		case <-tick.C:
+			s.BalanceLeadersOnce()
+		}
+	}
+}
+
+// BalanceLeadersOnce is one check of the leader balancer (runLeaderBalancer):
+// it asks for at most one of this node's leaderships to move, and reports
+// whether it did.
+func (s *Server) BalanceLeadersOnce() bool {
+	id, to, ok := planLeaderMove(s.leadershipCounts(0), s.replicaID, s.rangeList())
+	if !ok {
+		return false
+	}
+	if err := s.nh.RequestLeaderTransfer(id, to); err != nil {
+		s.log.Debug("moving a range's leadership failed", "range", id, "to", to, "err", err)
+		return false
+	}
+	s.log.Info("moving a range's leadership to even out leaders", "range", id, "to", to)
+	return true
+}
+
+// rangeLeader is what planLeaderMove needs of a replica.
+type rangeLeader interface {
+	RangeID() uint64
+	IsLeader() bool
+}
+
+var _ rangeLeader = (*shard.Replica)(nil)
+
+// planLeaderMove picks the range this node (self) should hand to another
+// member, given every member's count of led data ranges: none unless self
+// leads at least two more than the least-leading member, which gets it. The
+// range is the newest self leads, never the first range (its leader keeps
+// the lease clock, and a new one restarts every lease's TTL).
+func planLeaderMove[R rangeLeader](led map[uint64]int, self uint64, ranges []R) (rangeID, to uint64, ok bool) {
+	to = leastLeading(led, self)
+	if to == self || led[self]-led[to] < 2 {
+		return 0, 0, false
+	}
+	ranges = slices.Clone(ranges)
+	slices.SortFunc(ranges, func(a, b R) int { return cmp.Compare(b.RangeID(), a.RangeID()) })
+	for _, r := range ranges {
+		if r.RangeID() != firstRangeID && r.IsLeader() {
+			return r.RangeID(), to, true
+		}
+	}
+	return 0, 0, false
+}
