@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"sort"
 	"time"
@@ -153,7 +154,7 @@ func (s *Server) electNewRange(rangeID uint64) {
 		}
 		s.log.Debug("asking a member to lead a new range failed; campaigning here", "range", rangeID, "member", target, "err", err)
 	}
-	s.hastenElection(rangeID)
+	s.hastenElection(rangeID, s.majorityStarted)
 }
 
 // leastLeadingMember returns the member leading the fewest data ranges other
@@ -219,51 +220,113 @@ func (s *Server) campaignWhenStarted(rangeID uint64) {
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
-	s.hastenElection(rangeID)
+	s.hastenElection(rangeID, s.majorityStarted)
 }
 
-// campaignRetry is how long hastenElection waits for a leader before it
-// makes the replica campaign again.
-const campaignRetry = 50 * time.Millisecond
+// bootstrapTerm is the term Dragonboat starts a new Raft group at.
+const bootstrapTerm = 1
+
+// startedPoll is how often hastenElection looks again for a majority of
+// members running a new range.
+const startedPoll = 20 * time.Millisecond
 
 // hastenElection makes this node's replica of a range that a split has just
 // made stand for election early, instead of after an election timeout
 // (randomised between one and two, 1–2 s by default, during which the range
-// serves nothing). It runs on the node that led the parent range when the
-// split applied, so only one replica campaigns early; and on member 1 of a
-// new cluster for the meta range and the first range (startRaft).
+// serves nothing). One replica per split does this: the one electNewRange
+// picks. Member 1 of a new cluster also runs it at start for the meta range
+// and the first range.
 //
-// It first waits one and a half heartbeat intervals: Dragonboat times a
+// It waits one and a half heartbeat intervals first: Dragonboat times a
 // proposal out against the replica's clock, which starts at zero and jumps
 // to the node's at the replica's first tick (within one heartbeat interval
 // of its start), so a leader elected before that tick would see its first
-// proposals time out at once. The other members apply the split moments
-// after this node, and a vote request reaching a member that has not started
-// the range yet is dropped, so the campaign is repeated every campaignRetry
-// while no leader is known, for at most one election timeout; one member
-// granting its vote makes a majority of three.
-func (s *Server) hastenElection(rangeID uint64) {
+// proposals time out at once. Then it waits until a majority of the members
+// (this one included) run the range, as majorityReady judges (recording the
+// members it found ready in its map): a vote request reaching a member that
+// has not started it is dropped, and a candidate whose requests were dropped
+// waits out its own election timeout (Dragonboat's followers take TimeoutNow,
+// its candidates ignore it), so the campaign is made once, when it can win.
+// It campaigns only while the replica is still at term 1, where Dragonboat
+// starts a new group (the first election is for term 2): a campaign then
+// reaches term 2 at most, which cannot depose a leader (a leader's term is
+// at least 2, and the votes of term 2 are cast by then), and a replica that
+// has heard from any candidate or leader is left alone. It gives up after
+// one election timeout; Raft's own timers take over then.
+func (s *Server) hastenElection(rangeID uint64, majorityReady func(rangeID uint64, ready map[uint64]bool) bool) {
 	t := s.raftNet.Transport()
 	if t == nil {
 		return
 	}
 	deadline := time.Now().Add(s.cfg.ElectionTimeout)
-	select {
-	case <-s.stopc:
-		return
-	case <-time.After(s.cfg.HeartbeatInterval * 3 / 2):
-	}
-	for time.Now().Before(deadline) {
-		if _, _, known, err := s.nh.GetLeaderID(rangeID); err != nil || known {
-			return
-		}
-		t.Campaign(rangeID, s.replicaID)
+	wait := s.cfg.HeartbeatInterval * 3 / 2
+	started := map[uint64]bool{s.replicaID: true}
+	for {
 		select {
 		case <-s.stopc:
 			return
-		case <-time.After(campaignRetry):
+		case <-time.After(wait):
+		}
+		if time.Now().After(deadline) {
+			return
+		}
+		wait = startedPoll
+		if majorityReady(rangeID, started) {
+			break
 		}
 	}
+	if _, term, known, err := s.nh.GetLeaderID(rangeID); err != nil || known || term > bootstrapTerm {
+		return
+	}
+	t.Campaign(rangeID, s.replicaID)
+}
+
+// majorityListening is hastenElection's test at a new cluster's start, when
+// the members' client addresses are not known yet (the node registry lives
+// in the meta range): a majority of the members (this one included) accept
+// connections on their Raft addresses, which they open just before starting
+// their replicas.
+func (s *Server) majorityListening(_ uint64, ready map[uint64]bool) bool {
+	need := len(s.raftMembers)/2 + 1
+	for id, addr := range s.raftMembers {
+		if len(ready) >= need {
+			return true
+		}
+		if ready[id] {
+			continue
+		}
+		if c, err := net.DialTimeout("tcp", addr, s.cfg.HeartbeatInterval); err == nil {
+			_ = c.Close()
+			ready[id] = true
+		}
+	}
+	return len(ready) >= need
+}
+
+// majorityStarted reports whether a majority of the members run their
+// replica of a range, asking the members not yet known to (started, which
+// it updates) until there is one.
+func (s *Server) majorityStarted(rangeID uint64, started map[uint64]bool) bool {
+	need := len(s.raftMembers)/2 + 1
+	for id := range s.raftMembers {
+		if len(started) >= need {
+			return true
+		}
+		if started[id] {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HeartbeatInterval)
+		cc, err := s.directory.Conn(ctx, id)
+		if err == nil {
+			var resp *tesserapb.RangeStartedResponse
+			resp, err = tesserapb.NewInternalClient(cc).RangeStarted(ctx, &tesserapb.RangeStartedRequest{RangeId: rangeID})
+			if err == nil && resp.Started {
+				started[id] = true
+			}
+		}
+		cancel()
+	}
+	return len(started) >= need
 }
 
 // awaitLeader waits, at most for the given time, until this node's replica
@@ -350,6 +413,11 @@ func (i *internalService) ListRanges(context.Context, *tesserapb.ListRangesReque
 	}
 	sort.Slice(resp.Ranges, func(a, b int) bool { return bytes.Compare(resp.Ranges[a].StartKey, resp.Ranges[b].StartKey) < 0 })
 	return resp, nil
+}
+
+// RangeStarted reports whether this node runs its replica of a range.
+func (i *internalService) RangeStarted(_ context.Context, req *tesserapb.RangeStartedRequest) (*tesserapb.RangeStartedResponse, error) {
+	return &tesserapb.RangeStartedResponse{Started: i.s.rangeByID(req.RangeId) != nil}, nil
 }
 
 // CampaignRange makes this node's replica of a range a split has just made

@@ -177,10 +177,9 @@ func Start(cfg Config) (*Server, error) {
 	s.goTask(s.registerNode)
 	if newCluster && replicaID == 1 {
 		// Every member of a new cluster starts with empty groups; member 1
-		// (the only one, on one node) gets the first elections over with
-		// (see hastenElection).
-		s.goTask(func() { s.hastenElection(placement.MetaRangeID) })
-		s.goTask(func() { s.hastenElection(firstRangeID) })
+		// gets the first elections over with (see hastenElection).
+		s.goTask(func() { s.hastenElection(placement.MetaRangeID, s.majorityListening) })
+		s.goTask(func() { s.hastenElection(firstRangeID, s.majorityListening) })
 	}
 	if err := s.startMetrics(); err != nil {
 		s.Close()

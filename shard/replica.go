@@ -503,12 +503,15 @@ func (r *Replica) ensureLeaderReady() error {
 		if err == nil {
 			break
 		}
-		if errors.Is(err, dragonboat.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) {
-			// The barrier changes nothing, so it can be proposed again.
-			// Dragonboat times out at once a proposal made on a replica
-			// that has not ticked yet (see hastenElection in server), which
-			// a range just made by a split can meet.
-			if ctx.Err() == nil {
+		if errors.Is(err, dragonboat.ErrTimeout) || errors.Is(err, dragonboat.ErrTimeoutTooSmall) ||
+			errors.Is(err, dragonboat.ErrInvalidDeadline) || errors.Is(err, context.DeadlineExceeded) {
+			// The barrier changes nothing, so it can be proposed again
+			// while this replica still leads in the same term and time
+			// is left. Dragonboat times out at once a proposal made on a
+			// replica that has not ticked yet (see hastenElection in
+			// server), which a range just made by a split can meet.
+			if id, t, ok := r.Leader(); ok && id == r.cfg.ReplicaID && t == term && ctx.Err() == nil &&
+				errors.Is(err, dragonboat.ErrTimeout) {
 				continue
 			}
 			return ErrTimeout

@@ -2,6 +2,7 @@ package tests
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand"
@@ -575,11 +576,11 @@ func TestRangeStreamDuringSplits(t *testing.T) {
 
 // TestSplitsSpreadLeadership: on three nodes, each range a split makes is
 // elected at once on the member leading the fewest ranges, so after a run of
-// splits every member leads some; none waits out an election timeout, which
-// is set to a minute here so that a range left to Raft's own timers would
-// have no leader for the whole test.
+// splits every member leads some. The election timeout is 3 s here, so a
+// range left to Raft's own timers would have no leader for at least 3 s;
+// each Put into a new range is given 2.5 s.
 func TestSplitsSpreadLeadership(t *testing.T) {
-	c := testcluster.Start(t, 3, func(cfg *serverConfig) { cfg.ElectionTimeout = time.Minute })
+	c := testcluster.Start(t, 3, func(cfg *serverConfig) { cfg.ElectionTimeout = 3 * time.Second })
 	ctx := ctxT(t)
 	cli := c.Client(c.Endpoints()...)
 	const splits = 6
@@ -587,7 +588,10 @@ func TestSplitsSpreadLeadership(t *testing.T) {
 		key := fmt.Sprintf("k%02d", i)
 		splitAt(t, c, c.Nodes[i%3], key)
 		waitRanges(t, c, i+2)
-		if _, err := cli.Put(ctx, key+"x", "v"); err != nil {
+		pctx, cancel := context.WithTimeout(ctx, 2500*time.Millisecond)
+		_, err := cli.Put(pctx, key+"x", "v")
+		cancel()
+		if err != nil {
 			t.Fatalf("put into the range split at %q: %v", key, err)
 		}
 	}

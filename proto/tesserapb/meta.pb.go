@@ -531,6 +531,94 @@ func (x *MetaState) GetNextRangeId() uint64 {
 	return 0
 }
 
+type RangeStartedRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RangeId       uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RangeStartedRequest) Reset() {
+	*x = RangeStartedRequest{}
+	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangeStartedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangeStartedRequest) ProtoMessage() {}
+
+func (x *RangeStartedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangeStartedRequest.ProtoReflect.Descriptor instead.
+func (*RangeStartedRequest) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *RangeStartedRequest) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+type RangeStartedResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Started       bool                   `protobuf:"varint,1,opt,name=started,proto3" json:"started,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RangeStartedResponse) Reset() {
+	*x = RangeStartedResponse{}
+	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangeStartedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangeStartedResponse) ProtoMessage() {}
+
+func (x *RangeStartedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangeStartedResponse.ProtoReflect.Descriptor instead.
+func (*RangeStartedResponse) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *RangeStartedResponse) GetStarted() bool {
+	if x != nil {
+		return x.Started
+	}
+	return false
+}
+
 type CampaignRangeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	RangeId       uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
@@ -540,7 +628,7 @@ type CampaignRangeRequest struct {
 
 func (x *CampaignRangeRequest) Reset() {
 	*x = CampaignRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	mi := &file_tesserapb_meta_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -552,7 +640,7 @@ func (x *CampaignRangeRequest) String() string {
 func (*CampaignRangeRequest) ProtoMessage() {}
 
 func (x *CampaignRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	mi := &file_tesserapb_meta_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -565,7 +653,7 @@ func (x *CampaignRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRangeRequest.ProtoReflect.Descriptor instead.
 func (*CampaignRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{8}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CampaignRangeRequest) GetRangeId() uint64 {
@@ -583,7 +671,7 @@ type CampaignRangeResponse struct {
 
 func (x *CampaignRangeResponse) Reset() {
 	*x = CampaignRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	mi := &file_tesserapb_meta_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -595,7 +683,7 @@ func (x *CampaignRangeResponse) String() string {
 func (*CampaignRangeResponse) ProtoMessage() {}
 
 func (x *CampaignRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	mi := &file_tesserapb_meta_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -608,7 +696,7 @@ func (x *CampaignRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRangeResponse.ProtoReflect.Descriptor instead.
 func (*CampaignRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{9}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{11}
 }
 
 type RangeWriteRequest struct {
@@ -627,7 +715,7 @@ type RangeWriteRequest struct {
 
 func (x *RangeWriteRequest) Reset() {
 	*x = RangeWriteRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	mi := &file_tesserapb_meta_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -639,7 +727,7 @@ func (x *RangeWriteRequest) String() string {
 func (*RangeWriteRequest) ProtoMessage() {}
 
 func (x *RangeWriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	mi := &file_tesserapb_meta_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -652,7 +740,7 @@ func (x *RangeWriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteRequest.ProtoReflect.Descriptor instead.
 func (*RangeWriteRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{10}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RangeWriteRequest) GetRangeId() uint64 {
@@ -692,7 +780,7 @@ type RangeWriteResponse struct {
 
 func (x *RangeWriteResponse) Reset() {
 	*x = RangeWriteResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	mi := &file_tesserapb_meta_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -704,7 +792,7 @@ func (x *RangeWriteResponse) String() string {
 func (*RangeWriteResponse) ProtoMessage() {}
 
 func (x *RangeWriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	mi := &file_tesserapb_meta_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -717,7 +805,7 @@ func (x *RangeWriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteResponse.ProtoReflect.Descriptor instead.
 func (*RangeWriteResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{11}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RangeWriteResponse) GetResult() *Result {
@@ -741,7 +829,7 @@ type FenceRangeRequest struct {
 
 func (x *FenceRangeRequest) Reset() {
 	*x = FenceRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -753,7 +841,7 @@ func (x *FenceRangeRequest) String() string {
 func (*FenceRangeRequest) ProtoMessage() {}
 
 func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -766,7 +854,7 @@ func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeRequest.ProtoReflect.Descriptor instead.
 func (*FenceRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{12}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *FenceRangeRequest) GetRangeId() uint64 {
@@ -801,7 +889,7 @@ type FenceRangeResponse struct {
 
 func (x *FenceRangeResponse) Reset() {
 	*x = FenceRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -813,7 +901,7 @@ func (x *FenceRangeResponse) String() string {
 func (*FenceRangeResponse) ProtoMessage() {}
 
 func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -826,7 +914,7 @@ func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeResponse.ProtoReflect.Descriptor instead.
 func (*FenceRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{13}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *FenceRangeResponse) GetAppliedIndex() uint64 {
@@ -852,7 +940,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -864,7 +952,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -877,7 +965,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SplitRangeRequest) GetSplitKey() []byte {
@@ -897,7 +985,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -909,7 +997,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -922,7 +1010,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SplitRangeResponse) GetLeft() *RangeInfo {
@@ -947,7 +1035,7 @@ type ListRangesRequest struct {
 
 func (x *ListRangesRequest) Reset() {
 	*x = ListRangesRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -959,7 +1047,7 @@ func (x *ListRangesRequest) String() string {
 func (*ListRangesRequest) ProtoMessage() {}
 
 func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -972,7 +1060,7 @@ func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesRequest.ProtoReflect.Descriptor instead.
 func (*ListRangesRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
 }
 
 type ListRangesResponse struct {
@@ -984,7 +1072,7 @@ type ListRangesResponse struct {
 
 func (x *ListRangesResponse) Reset() {
 	*x = ListRangesResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -996,7 +1084,7 @@ func (x *ListRangesResponse) String() string {
 func (*ListRangesResponse) ProtoMessage() {}
 
 func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1009,7 +1097,7 @@ func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesResponse.ProtoReflect.Descriptor instead.
 func (*ListRangesResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListRangesResponse) GetRanges() []*RangeInfo {
@@ -1036,7 +1124,7 @@ type RangeInfo struct {
 
 func (x *RangeInfo) Reset() {
 	*x = RangeInfo{}
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1048,7 +1136,7 @@ func (x *RangeInfo) String() string {
 func (*RangeInfo) ProtoMessage() {}
 
 func (x *RangeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1061,7 +1149,7 @@ func (x *RangeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
 func (*RangeInfo) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RangeInfo) GetRangeId() uint64 {
@@ -1129,7 +1217,7 @@ type GetRevisionsRequest struct {
 
 func (x *GetRevisionsRequest) Reset() {
 	*x = GetRevisionsRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[19]
+	mi := &file_tesserapb_meta_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1141,7 +1229,7 @@ func (x *GetRevisionsRequest) String() string {
 func (*GetRevisionsRequest) ProtoMessage() {}
 
 func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[19]
+	mi := &file_tesserapb_meta_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1154,7 +1242,7 @@ func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*GetRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetRevisionsRequest) GetCount() int64 {
@@ -1175,7 +1263,7 @@ type GetRevisionsResponse struct {
 
 func (x *GetRevisionsResponse) Reset() {
 	*x = GetRevisionsResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[20]
+	mi := &file_tesserapb_meta_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1187,7 +1275,7 @@ func (x *GetRevisionsResponse) String() string {
 func (*GetRevisionsResponse) ProtoMessage() {}
 
 func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[20]
+	mi := &file_tesserapb_meta_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1200,7 +1288,7 @@ func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*GetRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetRevisionsResponse) GetFirst() int64 {
@@ -1254,7 +1342,11 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"high_water\x18\x01 \x01(\x03R\thighWater\x12)\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x13.tesserapb.NodeInfoR\x05nodes\x122\n" +
 	"\x06ranges\x18\x03 \x03(\v2\x1a.tesserapb.RangeDescriptorR\x06ranges\x12\"\n" +
-	"\rnext_range_id\x18\x04 \x01(\x04R\vnextRangeId\"1\n" +
+	"\rnext_range_id\x18\x04 \x01(\x04R\vnextRangeId\"0\n" +
+	"\x13RangeStartedRequest\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\"0\n" +
+	"\x14RangeStartedResponse\x12\x18\n" +
+	"\astarted\x18\x01 \x01(\bR\astarted\"1\n" +
 	"\x14CampaignRangeRequest\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\"\x17\n" +
 	"\x15CampaignRangeResponse\"\x90\x01\n" +
@@ -1297,7 +1389,7 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\x05count\x18\x01 \x01(\x03R\x05count\"B\n" +
 	"\x14GetRevisionsResponse\x12\x14\n" +
 	"\x05first\x18\x01 \x01(\x03R\x05first\x12\x14\n" +
-	"\x05count\x18\x02 \x01(\x03R\x05count2\xdb\x03\n" +
+	"\x05count\x18\x02 \x01(\x03R\x05count2\xac\x04\n" +
 	"\bInternal\x12O\n" +
 	"\fGetRevisions\x12\x1e.tesserapb.GetRevisionsRequest\x1a\x1f.tesserapb.GetRevisionsResponse\x12I\n" +
 	"\n" +
@@ -1308,7 +1400,8 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"SplitRange\x12\x1c.tesserapb.SplitRangeRequest\x1a\x1d.tesserapb.SplitRangeResponse\x12I\n" +
 	"\n" +
 	"ListRanges\x12\x1c.tesserapb.ListRangesRequest\x1a\x1d.tesserapb.ListRangesResponse\x12R\n" +
-	"\rCampaignRange\x12\x1f.tesserapb.CampaignRangeRequest\x1a .tesserapb.CampaignRangeResponseB.Z,github.com/tesserakv/tessera/proto/tesserapbb\x06proto3"
+	"\rCampaignRange\x12\x1f.tesserapb.CampaignRangeRequest\x1a .tesserapb.CampaignRangeResponse\x12O\n" +
+	"\fRangeStarted\x12\x1e.tesserapb.RangeStartedRequest\x1a\x1f.tesserapb.RangeStartedResponseB.Z,github.com/tesserakv/tessera/proto/tesserapbb\x06proto3"
 
 var (
 	file_tesserapb_meta_proto_rawDescOnce sync.Once
@@ -1322,7 +1415,7 @@ func file_tesserapb_meta_proto_rawDescGZIP() []byte {
 	return file_tesserapb_meta_proto_rawDescData
 }
 
-var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_tesserapb_meta_proto_goTypes = []any{
 	(*MetaCommand)(nil),            // 0: tesserapb.MetaCommand
 	(*AllocateRangeIdCommand)(nil), // 1: tesserapb.AllocateRangeIdCommand
@@ -1332,20 +1425,22 @@ var file_tesserapb_meta_proto_goTypes = []any{
 	(*NodeInfo)(nil),               // 5: tesserapb.NodeInfo
 	(*RangeDescriptor)(nil),        // 6: tesserapb.RangeDescriptor
 	(*MetaState)(nil),              // 7: tesserapb.MetaState
-	(*CampaignRangeRequest)(nil),   // 8: tesserapb.CampaignRangeRequest
-	(*CampaignRangeResponse)(nil),  // 9: tesserapb.CampaignRangeResponse
-	(*RangeWriteRequest)(nil),      // 10: tesserapb.RangeWriteRequest
-	(*RangeWriteResponse)(nil),     // 11: tesserapb.RangeWriteResponse
-	(*FenceRangeRequest)(nil),      // 12: tesserapb.FenceRangeRequest
-	(*FenceRangeResponse)(nil),     // 13: tesserapb.FenceRangeResponse
-	(*SplitRangeRequest)(nil),      // 14: tesserapb.SplitRangeRequest
-	(*SplitRangeResponse)(nil),     // 15: tesserapb.SplitRangeResponse
-	(*ListRangesRequest)(nil),      // 16: tesserapb.ListRangesRequest
-	(*ListRangesResponse)(nil),     // 17: tesserapb.ListRangesResponse
-	(*RangeInfo)(nil),              // 18: tesserapb.RangeInfo
-	(*GetRevisionsRequest)(nil),    // 19: tesserapb.GetRevisionsRequest
-	(*GetRevisionsResponse)(nil),   // 20: tesserapb.GetRevisionsResponse
-	(*Result)(nil),                 // 21: tesserapb.Result
+	(*RangeStartedRequest)(nil),    // 8: tesserapb.RangeStartedRequest
+	(*RangeStartedResponse)(nil),   // 9: tesserapb.RangeStartedResponse
+	(*CampaignRangeRequest)(nil),   // 10: tesserapb.CampaignRangeRequest
+	(*CampaignRangeResponse)(nil),  // 11: tesserapb.CampaignRangeResponse
+	(*RangeWriteRequest)(nil),      // 12: tesserapb.RangeWriteRequest
+	(*RangeWriteResponse)(nil),     // 13: tesserapb.RangeWriteResponse
+	(*FenceRangeRequest)(nil),      // 14: tesserapb.FenceRangeRequest
+	(*FenceRangeResponse)(nil),     // 15: tesserapb.FenceRangeResponse
+	(*SplitRangeRequest)(nil),      // 16: tesserapb.SplitRangeRequest
+	(*SplitRangeResponse)(nil),     // 17: tesserapb.SplitRangeResponse
+	(*ListRangesRequest)(nil),      // 18: tesserapb.ListRangesRequest
+	(*ListRangesResponse)(nil),     // 19: tesserapb.ListRangesResponse
+	(*RangeInfo)(nil),              // 20: tesserapb.RangeInfo
+	(*GetRevisionsRequest)(nil),    // 21: tesserapb.GetRevisionsRequest
+	(*GetRevisionsResponse)(nil),   // 22: tesserapb.GetRevisionsResponse
+	(*Result)(nil),                 // 23: tesserapb.Result
 }
 var file_tesserapb_meta_proto_depIdxs = []int32{
 	2,  // 0: tesserapb.MetaCommand.set_high_water:type_name -> tesserapb.SetHighWaterCommand
@@ -1356,24 +1451,26 @@ var file_tesserapb_meta_proto_depIdxs = []int32{
 	6,  // 5: tesserapb.PutRangeCommand.range:type_name -> tesserapb.RangeDescriptor
 	5,  // 6: tesserapb.MetaState.nodes:type_name -> tesserapb.NodeInfo
 	6,  // 7: tesserapb.MetaState.ranges:type_name -> tesserapb.RangeDescriptor
-	21, // 8: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
-	18, // 9: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
-	18, // 10: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
-	18, // 11: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
-	19, // 12: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
-	10, // 13: tesserapb.Internal.RangeWrite:input_type -> tesserapb.RangeWriteRequest
-	12, // 14: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
-	14, // 15: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
-	16, // 16: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
-	8,  // 17: tesserapb.Internal.CampaignRange:input_type -> tesserapb.CampaignRangeRequest
-	20, // 18: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
-	11, // 19: tesserapb.Internal.RangeWrite:output_type -> tesserapb.RangeWriteResponse
-	13, // 20: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
-	15, // 21: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
-	17, // 22: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
-	9,  // 23: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
-	18, // [18:24] is the sub-list for method output_type
-	12, // [12:18] is the sub-list for method input_type
+	23, // 8: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
+	20, // 9: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
+	20, // 10: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
+	20, // 11: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
+	21, // 12: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
+	12, // 13: tesserapb.Internal.RangeWrite:input_type -> tesserapb.RangeWriteRequest
+	14, // 14: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
+	16, // 15: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
+	18, // 16: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
+	10, // 17: tesserapb.Internal.CampaignRange:input_type -> tesserapb.CampaignRangeRequest
+	8,  // 18: tesserapb.Internal.RangeStarted:input_type -> tesserapb.RangeStartedRequest
+	22, // 19: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
+	13, // 20: tesserapb.Internal.RangeWrite:output_type -> tesserapb.RangeWriteResponse
+	15, // 21: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
+	17, // 22: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
+	19, // 23: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
+	11, // 24: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
+	9,  // 25: tesserapb.Internal.RangeStarted:output_type -> tesserapb.RangeStartedResponse
+	19, // [19:26] is the sub-list for method output_type
+	12, // [12:19] is the sub-list for method input_type
 	12, // [12:12] is the sub-list for extension type_name
 	12, // [12:12] is the sub-list for extension extendee
 	0,  // [0:12] is the sub-list for field type_name
@@ -1397,7 +1494,7 @@ func file_tesserapb_meta_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tesserapb_meta_proto_rawDesc), len(file_tesserapb_meta_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

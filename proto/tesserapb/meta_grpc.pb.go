@@ -29,6 +29,7 @@ const (
 	Internal_SplitRange_FullMethodName    = "/tesserapb.Internal/SplitRange"
 	Internal_ListRanges_FullMethodName    = "/tesserapb.Internal/ListRanges"
 	Internal_CampaignRange_FullMethodName = "/tesserapb.Internal/CampaignRange"
+	Internal_RangeStarted_FullMethodName  = "/tesserapb.Internal/RangeStarted"
 )
 
 // InternalClient is the client API for Internal service.
@@ -57,10 +58,14 @@ type InternalClient interface {
 	ListRanges(ctx context.Context, in *ListRangesRequest, opts ...grpc.CallOption) (*ListRangesResponse, error)
 	// CampaignRange asks the node to make its replica of a range a split has
 	// just made stand for election early (the node that led the parent picks
-	// the member leading the fewest ranges). It answers at once; the
-	// campaign runs in the background, waiting for the split to reach the
-	// node if it has not yet.
+	// the member leading the fewest ranges). It answers at once; in the
+	// background the node waits until it and a majority of the members run
+	// the range, then campaigns once, if its replica is still at the term a new
+	// group starts at.
 	CampaignRange(ctx context.Context, in *CampaignRangeRequest, opts ...grpc.CallOption) (*CampaignRangeResponse, error)
+	// RangeStarted reports whether this node runs its replica of a range (a
+	// member about to campaign for a new range asks the others first).
+	RangeStarted(ctx context.Context, in *RangeStartedRequest, opts ...grpc.CallOption) (*RangeStartedResponse, error)
 }
 
 type internalClient struct {
@@ -131,6 +136,16 @@ func (c *internalClient) CampaignRange(ctx context.Context, in *CampaignRangeReq
 	return out, nil
 }
 
+func (c *internalClient) RangeStarted(ctx context.Context, in *RangeStartedRequest, opts ...grpc.CallOption) (*RangeStartedResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RangeStartedResponse)
+	err := c.cc.Invoke(ctx, Internal_RangeStarted_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InternalServer is the server API for Internal service.
 // All implementations must embed UnimplementedInternalServer
 // for forward compatibility.
@@ -157,10 +172,14 @@ type InternalServer interface {
 	ListRanges(context.Context, *ListRangesRequest) (*ListRangesResponse, error)
 	// CampaignRange asks the node to make its replica of a range a split has
 	// just made stand for election early (the node that led the parent picks
-	// the member leading the fewest ranges). It answers at once; the
-	// campaign runs in the background, waiting for the split to reach the
-	// node if it has not yet.
+	// the member leading the fewest ranges). It answers at once; in the
+	// background the node waits until it and a majority of the members run
+	// the range, then campaigns once, if its replica is still at the term a new
+	// group starts at.
 	CampaignRange(context.Context, *CampaignRangeRequest) (*CampaignRangeResponse, error)
+	// RangeStarted reports whether this node runs its replica of a range (a
+	// member about to campaign for a new range asks the others first).
+	RangeStarted(context.Context, *RangeStartedRequest) (*RangeStartedResponse, error)
 	mustEmbedUnimplementedInternalServer()
 }
 
@@ -188,6 +207,9 @@ func (UnimplementedInternalServer) ListRanges(context.Context, *ListRangesReques
 }
 func (UnimplementedInternalServer) CampaignRange(context.Context, *CampaignRangeRequest) (*CampaignRangeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CampaignRange not implemented")
+}
+func (UnimplementedInternalServer) RangeStarted(context.Context, *RangeStartedRequest) (*RangeStartedResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RangeStarted not implemented")
 }
 func (UnimplementedInternalServer) mustEmbedUnimplementedInternalServer() {}
 func (UnimplementedInternalServer) testEmbeddedByValue()                  {}
@@ -318,6 +340,24 @@ func _Internal_CampaignRange_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Internal_RangeStarted_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RangeStartedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InternalServer).RangeStarted(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Internal_RangeStarted_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InternalServer).RangeStarted(ctx, req.(*RangeStartedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Internal_ServiceDesc is the grpc.ServiceDesc for Internal service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -348,6 +388,10 @@ var Internal_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CampaignRange",
 			Handler:    _Internal_CampaignRange_Handler,
+		},
+		{
+			MethodName: "RangeStarted",
+			Handler:    _Internal_RangeStarted_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

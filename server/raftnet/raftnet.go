@@ -378,7 +378,9 @@ func (c *conn) send(kind byte, m marshaler, limit int) error {
 	buf[0], buf[1], buf[2], buf[3] = magic0, magic1, kind, 0
 	binary.BigEndian.PutUint32(buf[4:8], uint32(n))
 	binary.BigEndian.PutUint32(buf[8:12], crc32.Checksum(payload, castagnoli))
-	if err := c.c.SetWriteDeadline(time.Now().Add(writeTimeout)); err != nil {
+	// Ten seconds, and one more per MiB: a large batch on a slow link is
+	// slow, not dead.
+	if err := c.c.SetWriteDeadline(time.Now().Add(writeTimeout + time.Duration(n>>20)*time.Second)); err != nil {
 		return err
 	}
 	_, err = c.c.Write(buf[:headerLen+n])
