@@ -42,7 +42,10 @@ func (s *Server) runLeaderBalancer() {
 // it asks for at most one of this node's leaderships to move, and reports
 // whether it did.
 func (s *Server) BalanceLeadersOnce() bool {
-	id, to, ok := planLeaderMove(s.leadershipCounts(0), s.replicaID, s.rangeList())
+	s.picksMu.Lock()
+	led := s.leadershipCounts(0)
+	s.picksMu.Unlock()
+	id, to, ok := planLeaderMove(led, s.replicaID, s.rangeList())
 	if !ok {
 		return false
 	}

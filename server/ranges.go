@@ -144,7 +144,10 @@ func (s *Server) onSplit(parentID, childID uint64) {
 // when the split applied; if the chosen member cannot be asked, this node's
 // replica campaigns.
 func (s *Server) electNewRange(rangeID uint64) {
-	target := s.leastLeadingMember(rangeID)
+	s.picksMu.Lock()
+	target := leastLeading(s.leadershipCounts(rangeID), s.replicaID)
+	s.picks[rangeID] = pick{member: target, at: time.Now()}
+	s.picksMu.Unlock()
 	if target != s.replicaID {
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ElectionTimeout)
 		err := s.askToCampaign(ctx, target, rangeID)
@@ -157,28 +160,44 @@ func (s *Server) electNewRange(rangeID uint64) {
 	s.hastenElection(rangeID, s.majorityStarted)
 }
 
-// leastLeadingMember returns the member leading the fewest data ranges other
-// than skip, as far as this node's replicas know their leaders: this node if
-// it is among them, else the one with the lowest ID.
-func (s *Server) leastLeadingMember(skip uint64) uint64 {
-	return leastLeading(s.leadershipCounts(skip), s.replicaID)
+// pick is electNewRange's choice of the member to lead a new range.
+type pick struct {
+	member uint64
+	at     time.Time
 }
 
+// pickMemory is how long a pick counts for its member while the range has
+// no known leader (its election is under way).
+const pickMemory = 5 * time.Second
+
 // leadershipCounts counts, for every member, the data ranges other than skip
-// that it leads as far as this node's replicas know.
+// that it leads as far as this node's replicas know, counting a range with
+// no known leader for the member electNewRange picked for it lately (so that
+// splits made together do not all pick the same member).
 func (s *Server) leadershipCounts(skip uint64) map[uint64]int {
 	led := make(map[uint64]int, len(s.raftMembers))
 	for id := range s.raftMembers {
 		led[id] = 0
 	}
+	now := time.Now()
 	for _, r := range s.rangeList() {
-		if r.RangeID() == skip {
+		id := r.RangeID()
+		if id == skip {
 			continue
 		}
-		if leader, _, ok := r.Leader(); ok {
-			if _, member := led[leader]; member {
-				led[leader]++
-			}
+		member, _, ok := r.Leader()
+		if ok {
+			delete(s.picks, id)
+		} else if p, picked := s.picks[id]; picked && now.Sub(p.at) < pickMemory {
+			member, ok = p.member, true
+		}
+		if _, isMember := led[member]; ok && isMember {
+			led[member]++
+		}
+	}
+	for id, p := range s.picks {
+		if now.Sub(p.at) >= pickMemory {
+			delete(s.picks, id)
 		}
 	}
 	return led

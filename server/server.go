@@ -58,6 +58,11 @@ type Server struct {
 
 	// ranges are this node's data range replicas; cache indexes them by key
 	// for the router.
+	// picksMu guards picks: electNewRange's recent choices of a member
+	// to lead a new range, by range ID (see leadershipCounts).
+	picksMu sync.Mutex
+	picks   map[uint64]pick
+
 	rangesMu sync.Mutex
 	ranges   map[uint64]*shard.Replica // guarded by rangesMu
 	cache    *router.RangeCache
@@ -87,7 +92,7 @@ func Start(cfg Config) (*Server, error) {
 	}
 	replicaID, _ := cfg.replicaID()
 	s := &Server{cfg: cfg, log: cfg.Logger, replicaID: replicaID, clusterID: clusterID(cfg.InitialCluster), stopc: make(chan struct{}), rangesChanged: make(chan struct{}, 1),
-		ranges: map[uint64]*shard.Replica{}, cache: router.NewRangeCache()}
+		ranges: map[uint64]*shard.Replica{}, picks: map[uint64]pick{}, cache: router.NewRangeCache()}
 	quietDragonboat(cfg.Logger)
 
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
