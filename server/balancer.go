@@ -26,16 +26,7 @@ func (s *Server) runLeaderBalancer() {
 	if interval == 0 {
 		interval = defaultLeaderBalanceInterval
 	}
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-s.stopc:
-			return
-		case <-tick.C:
-			s.BalanceLeadersOnce()
-		}
-	}
+	s.every(interval, func(time.Time) { s.BalanceLeadersOnce() })
 }
 
 // BalanceLeadersOnce is one check of the leader balancer (runLeaderBalancer):

@@ -450,14 +450,19 @@ func (s *Server) checkSpace() {
 }
 
 func (s *Server) watchSpace() {
-	tick := time.NewTicker(time.Second)
+	s.every(time.Second, func(time.Time) { s.checkSpace() })
+}
+
+// every calls f with the time every interval until the server stops.
+func (s *Server) every(interval time.Duration, f func(now time.Time)) {
+	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
 		select {
 		case <-s.stopc:
 			return
-		case <-tick.C:
-			s.checkSpace()
+		case now := <-tick.C:
+			f(now)
 		}
 	}
 }

@@ -60,30 +60,23 @@ func (s *Server) runSplitter() {
 		interval = defaultSplitCheckInterval
 	}
 	planner := &splitPlanner{maxBytes: s.cfg.RangeMaxBytes, maxQPS: s.cfg.RangeSplitQPS, hot: map[uint64]int{}}
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-s.stopc:
-			return
-		case now := <-tick.C:
-			for _, r := range s.rangeList() {
-				qps := r.RollLoad(now)
-				rsm := s.store.Range(r.RangeID())
-				if rsm == nil || !r.IsLeader() {
-					continue
-				}
-				switch planner.observe(r.RangeID(), rsm.SizeBytes(), qps) {
-				case splitBySize:
-					s.splitAtMiddle(r)
-				case splitByLoad:
-					if key := r.LoadSplitKey(); key != nil {
-						s.split(r, key, "load", "qps", qps)
-					}
+	s.every(interval, func(now time.Time) {
+		for _, r := range s.rangeList() {
+			qps := r.RollLoad(now)
+			rsm := s.store.Range(r.RangeID())
+			if rsm == nil || !r.IsLeader() {
+				continue
+			}
+			switch planner.observe(r.RangeID(), rsm.SizeBytes(), qps) {
+			case splitBySize:
+				s.splitAtMiddle(r)
+			case splitByLoad:
+				if key := r.LoadSplitKey(); key != nil {
+					s.split(r, key, "load", "qps", qps)
 				}
 			}
 		}
-	}
+	})
 }
 
 // splitAtMiddle splits a range at the key that halves its data.

@@ -574,28 +574,28 @@ func TestRangeStreamDuringSplits(t *testing.T) {
 	}
 }
 
-// TestSplitsSpreadLeadership: on three nodes, each range a split makes is
-// elected at once on the member leading the fewest ranges, so after a run of
-// splits every member leads some. The election timeout is 3 s here, so a
-// range left to Raft's own timers would have no leader for at least 3 s;
-// each Put into a new range is given 2.5 s.
-func TestSplitsSpreadLeadership(t *testing.T) {
-	c := testcluster.Start(t, 3, func(cfg *serverConfig) { cfg.ElectionTimeout = 3 * time.Second })
-	ctx := ctxT(t)
+// splitAndPut splits the keyspace at k00, k01, …, through the nodes in turn,
+// and after each split writes a key into the new range within putTimeout.
+func splitAndPut(t *testing.T, c *testcluster.Cluster, splits int, putTimeout time.Duration) {
+	t.Helper()
 	cli := c.Client(c.Endpoints()...)
-	const splits = 6
 	for i := range splits {
 		key := fmt.Sprintf("k%02d", i)
-		splitAt(t, c, c.Nodes[i%3], key)
+		splitAt(t, c, c.Nodes[i%len(c.Nodes)], key)
 		waitRanges(t, c, i+2)
-		pctx, cancel := context.WithTimeout(ctx, 2500*time.Millisecond)
-		_, err := cli.Put(pctx, key+"x", "v")
+		ctx, cancel := context.WithTimeout(ctxT(t), putTimeout)
+		_, err := cli.Put(ctx, key+"x", "v")
 		cancel()
 		if err != nil {
 			t.Fatalf("put into the range split at %q: %v", key, err)
 		}
 	}
-	ranges, err := c.Nodes[0].Server.Ranges(ctx)
+}
+
+// leadersByMember counts the data ranges each member leads, as n sees them.
+func leadersByMember(t *testing.T, n *testcluster.Node) map[uint64]int {
+	t.Helper()
+	ranges, err := n.Server.Ranges(ctxT(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -603,6 +603,19 @@ func TestSplitsSpreadLeadership(t *testing.T) {
 	for _, r := range ranges {
 		led[r.LeaderNodeId]++
 	}
+	return led
+}
+
+// TestSplitsSpreadLeadership: on three nodes, each range a split makes is
+// elected at once on the member leading the fewest ranges, so after a run of
+// splits every member leads some. The election timeout is 3 s here, so a
+// range left to Raft's own timers would have no leader for at least 3 s;
+// each Put into a new range is given 2.5 s.
+func TestSplitsSpreadLeadership(t *testing.T) {
+	c := testcluster.Start(t, 3, func(cfg *serverConfig) { cfg.ElectionTimeout = 3 * time.Second })
+	const splits = 6
+	splitAndPut(t, c, splits, 2500*time.Millisecond)
+	led := leadersByMember(t, c.Nodes[0])
 	for id := uint64(1); id <= 3; id++ {
 		if led[id] == 0 {
 			t.Errorf("member %d leads no range after %d splits: leaders %v", id, splits, led)
@@ -616,32 +629,12 @@ func TestSplitsSpreadLeadership(t *testing.T) {
 // balancer is off here; the test runs its checks itself.
 func TestLeaderBalancer(t *testing.T) {
 	c := testcluster.Start(t, 3, func(cfg *serverConfig) { cfg.LeaderBalanceInterval = -1 })
-	ctx := ctxT(t)
-	cli := c.Client(c.Endpoints()...)
 	const splits = 6
-	for i := range splits {
-		key := fmt.Sprintf("k%02d", i)
-		splitAt(t, c, c.Nodes[0], key)
-		waitRanges(t, c, i+2)
-		if _, err := cli.Put(ctx, key+"x", "v"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	leaders := func() map[uint64]int {
-		ranges, err := c.Nodes[0].Server.Ranges(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		led := map[uint64]int{}
-		for _, r := range ranges {
-			led[r.LeaderNodeId]++
-		}
-		return led
-	}
+	splitAndPut(t, c, splits, 10*time.Second)
 	waitFor := func(what string, cond func(map[uint64]int) bool, step func()) {
 		t.Helper()
 		deadline := time.Now().Add(30 * time.Second)
-		for led := leaders(); !cond(led); led = leaders() {
+		for led := leadersByMember(t, c.Nodes[0]); !cond(led); led = leadersByMember(t, c.Nodes[0]) {
 			if time.Now().After(deadline) {
 				t.Fatalf("waiting for %s: leaders %v", what, led)
 			}
