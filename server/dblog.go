@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 
 	"github.com/lni/dragonboat/v4/logger"
@@ -37,8 +38,14 @@ func (d *dragonboatSlog) SetLevel(logger.LogLevel)      {}
 func (d *dragonboatSlog) Debugf(string, ...interface{}) {}
 func (d *dragonboatSlog) Infof(string, ...interface{})  {}
 func (d *dragonboatSlog) Warningf(f string, a ...interface{}) {
-	if d.log.Enabled(context.Background(), d.warn) {
-		d.log.Log(context.Background(), d.warn, fmt.Sprintf(f, a...))
+	level := d.warn
+	if strings.HasPrefix(f, "StaleRead called") {
+		// Said on the first local read of the meta range; placement makes
+		// such reads on purpose where a stale answer will do (MetaReplica.Read).
+		level = slog.LevelInfo
+	}
+	if d.log.Enabled(context.Background(), level) {
+		d.log.Log(context.Background(), level, fmt.Sprintf(f, a...))
 	}
 }
 func (d *dragonboatSlog) Errorf(f string, a ...interface{}) {
