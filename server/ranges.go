@@ -173,7 +173,8 @@ const pickMemory = 5 * time.Second
 // leadershipCounts counts, for every member, the data ranges other than skip
 // that it leads as far as this node's replicas know, counting a range with
 // no known leader for the member electNewRange picked for it lately (so that
-// splits made together do not all pick the same member).
+// splits made together do not all pick the same member). The caller holds
+// picksMu.
 func (s *Server) leadershipCounts(skip uint64) map[uint64]int {
 	led := make(map[uint64]int, len(s.raftMembers))
 	for id := range s.raftMembers {

@@ -56,13 +56,13 @@ type Server struct {
 	hub       *watchhub.Hub
 	grpc      *grpc.Server
 
-	// ranges are this node's data range replicas; cache indexes them by key
-	// for the router.
 	// picksMu guards picks: electNewRange's recent choices of a member
 	// to lead a new range, by range ID (see leadershipCounts).
 	picksMu sync.Mutex
 	picks   map[uint64]pick
 
+	// ranges are this node's data range replicas; cache indexes them by key
+	// for the router.
 	rangesMu sync.Mutex
 	ranges   map[uint64]*shard.Replica // guarded by rangesMu
 	cache    *router.RangeCache
