@@ -59,9 +59,9 @@ const (
 	// readBuffer is the size of a receiving connection's buffered reader.
 	readBuffer = 64 << 10
 
-	dialTimeout  = 5 * time.Second
-	writeTimeout = 10 * time.Second
-	keepAlive    = 10 * time.Second
+	dialTimeout      = 5 * time.Second
+	frameBaseTimeout = 10 * time.Second
+	keepAlive        = 10 * time.Second
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -233,7 +233,7 @@ func (t *Transport) serve(c net.Conn) {
 		t.mu.Unlock()
 		_ = c.Close()
 	}()
-	err := t.readFrames(bufio.NewReaderSize(c, readBuffer))
+	err := t.readFrames(bufio.NewReaderSize(c, readBuffer), c.SetReadDeadline)
 	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 		t.log.Warn("dropping a Raft connection", "remote", c.RemoteAddr().String(), "err", err)
 	}
@@ -243,7 +243,11 @@ func (t *Transport) serve(c net.Conn) {
 var errChunkRefused = errors.New("raftnet: snapshot chunk refused")
 
 // readFrames hands each frame read from r to Dragonboat until r fails.
-func (t *Transport) readFrames(r io.Reader) error {
+// Between frames a connection may stay idle as long as it likes (TCP
+// keepalive finds dead peers); once a header has arrived, setDeadline bounds
+// the wait for its payload like the sender's write deadline, so a peer that
+// stops mid-frame does not hold the connection and its buffer.
+func (t *Transport) readFrames(r io.Reader, setDeadline func(time.Time) error) error {
 	var hdr [headerLen]byte
 	var buf []byte
 	for {
@@ -262,7 +266,13 @@ func (t *Transport) readFrames(r io.Reader) error {
 			}
 		}
 		payload = payload[:n]
+		if err := setDeadline(time.Now().Add(frameTimeout(n))); err != nil {
+			return err
+		}
 		if _, err := io.ReadFull(r, payload); err != nil {
+			return err
+		}
+		if err := setDeadline(time.Time{}); err != nil {
 			return err
 		}
 		if crc32.Checksum(payload, castagnoli) != sum {
@@ -304,6 +314,13 @@ func parseHeader(hdr [headerLen]byte) (kind byte, n int, sum uint32, err error) 
 		return 0, 0, 0, fmt.Errorf("raftnet: frame of %d bytes is over the %d-byte limit", size, maxPayload)
 	}
 	return kind, int(size), binary.BigEndian.Uint32(hdr[8:12]), nil
+}
+
+// frameTimeout is how long writing, or reading the payload of, an n-byte
+// frame may take: ten seconds, and one more per MiB (a large batch on a slow
+// link is slow, not dead).
+func frameTimeout(n int) time.Duration {
+	return frameBaseTimeout + time.Duration(n>>20)*time.Second
 }
 
 // marshaler is what raftpb's MessageBatch and Chunk have in common.
@@ -378,9 +395,7 @@ func (c *conn) send(kind byte, m marshaler, limit int) error {
 	buf[0], buf[1], buf[2], buf[3] = magic0, magic1, kind, 0
 	binary.BigEndian.PutUint32(buf[4:8], uint32(n))
 	binary.BigEndian.PutUint32(buf[8:12], crc32.Checksum(payload, castagnoli))
-	// Ten seconds, and one more per MiB: a large batch on a slow link is
-	// slow, not dead.
-	if err := c.c.SetWriteDeadline(time.Now().Add(writeTimeout + time.Duration(n>>20)*time.Second)); err != nil {
+	if err := c.c.SetWriteDeadline(time.Now().Add(frameTimeout(n))); err != nil {
 		return err
 	}
 	_, err = c.c.Write(buf[:headerLen+n])

@@ -3,6 +3,7 @@ package raftnet
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"testing"
@@ -233,3 +234,33 @@ func TestCloseEndsAcceptedConnections(t *testing.T) {
 		t.Fatal("the transport still accepts connections after Close")
 	}
 }
+
+// TestStalledFrameTimesOut: a peer that sends a header and then stops is
+// dropped once the payload's deadline passes; a connection idle between
+// frames is not.
+func TestStalledFrameTimesOut(t *testing.T) {
+	var hdr [headerLen]byte
+	hdr[0], hdr[1], hdr[2] = magic0, magic1, kindBatch
+	hdr[7] = 10 // a 10-byte payload that never comes
+	r := io.MultiReader(bytes.NewReader(hdr[:]), stallReader{})
+	var deadlines []time.Time
+	tr := &Transport{}
+	err := tr.readFrames(r, func(d time.Time) error {
+		deadlines = append(deadlines, d)
+		return nil
+	})
+	if err != errStalled {
+		t.Fatalf("readFrames = %v, want the stalled read's error", err)
+	}
+	if len(deadlines) != 1 || deadlines[0].IsZero() || time.Until(deadlines[0]) > frameBaseTimeout {
+		t.Fatalf("deadlines set: %v, want one for the payload, at most %v ahead", deadlines, frameBaseTimeout)
+	}
+}
+
+var errStalled = errors.New("stalled: the deadline would end this read")
+
+// stallReader stands for a connection whose peer went quiet: its read
+// returns when the deadline passes.
+type stallReader struct{}
+
+func (stallReader) Read([]byte) (int, error) { return 0, errStalled }
