@@ -26,6 +26,9 @@ type applier struct {
 	// attaching holds the lease records the Txn being applied gives the
 	// range (checkAttaches); written once it has applied.
 	attaching map[int64]*tesserapb.LeaseRecord
+	// points serves the batch's point lookups (see pointIter); closed
+	// before the batch commits.
+	points pointIter
 }
 
 // apply applies one encoded command. A returned error wrapping a sentinel is

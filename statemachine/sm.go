@@ -144,7 +144,8 @@ func (r *RangeSM) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	}
 	b := r.store.db.NewIndexedBatch()
 	defer closeQuietly(b)
-	a := &applier{rangeID: r.rangeID, b: b, state: r.state, bounds: r.bounds}
+	a := &applier{rangeID: r.rangeID, b: b, state: r.state, bounds: r.bounds, points: pointIter{b: b}}
+	defer a.points.close()
 	if r.store.onApply != nil {
 		a.log = &eventLog{}
 	}
@@ -160,6 +161,7 @@ func (r *RangeSM) Update(entries []sm.Entry) ([]sm.Entry, error) {
 		entries[i].Result = res
 		a.state.appliedIndex = entries[i].Index
 	}
+	a.points.close()
 	if err := b.Set(metaKey(r.rangeID, metaState), a.state.encode(), nil); err != nil {
 		return nil, err
 	}

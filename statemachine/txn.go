@@ -63,7 +63,7 @@ func (a *applier) applyTxn(cmdRev int64, req *pb.TxnRequest) (*pb.TxnResponse, b
 		cmdRev:    cmdRev,
 		startRev:  cmdRev - 1,
 		compacted: a.state.compactedRev,
-		reader:    mvccReader{r: a.b},
+		reader:    mvccReader{r: a.b, points: &a.points},
 		writer:    mvccWriter{b: a.b, rev: cmdRev, log: a.log},
 	}
 	path, err := t.path(req)
