@@ -289,17 +289,7 @@ func TestLeaseRevocationStoppedPartWay(t *testing.T) {
 	if ka, err := cli.KeepAliveOnce(ctx, lease); !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		t.Fatalf("keep-alive of a lease being revoked: %v %v, want %v", ka, err, rpctypes.ErrLeaseNotFound)
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		get, err := cli.Get(ctx, "", clientv3.WithFromKey())
-		if err == nil && get.Count == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the lease clock did not finish the revocation: %v %v", get, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitNoKeys(t, ctx, cli, "the lease clock did not finish the revocation")
 	if leases, err := cli.Leases(ctx); err != nil || len(leases.Leases) != 0 {
 		t.Fatalf("leases after the retried revocation: %v %v", leases, err)
 	}
@@ -318,4 +308,21 @@ func grantWithKeys(t *testing.T, ctx context.Context, cli *clientv3.Client, ttl 
 		}
 	}
 	return grant.ID
+}
+
+// waitNoKeys waits, up to 15 s, until the keyspace holds no key; failing,
+// it reports what it last read after why.
+func waitNoKeys(t *testing.T, ctx context.Context, cli *clientv3.Client, why string) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		get, err := cli.Get(ctx, "", clientv3.WithFromKey())
+		if err == nil && get.Count == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v %v", why, get, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

@@ -273,17 +273,7 @@ func TestLeasesAcrossRanges(t *testing.T) {
 		t.Fatalf("keys of a revoked lease remain: %v %v", get, err)
 	}
 	grantWithKeys(t, ctx, cli, 1, "b", "y")
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		get, err := cli.Get(ctx, "", clientv3.WithFromKey())
-		if err == nil && get.Count == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("keys of an expired lease remain in some range: %v %v", get, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitNoKeys(t, ctx, cli, "keys of an expired lease remain in some range")
 }
 
 // TestCtlRanges: `tessera ctl ranges --json` and `tessera ctl split` against a
