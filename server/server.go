@@ -164,6 +164,8 @@ func Start(cfg Config) (*Server, error) {
 		grpc.MaxSendMsgSize(math.MaxInt32),
 		grpc.MaxConcurrentStreams(math.MaxUint32),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		// Watch events go out encoded once for all the watches they go to.
+		grpc.ForceServerCodecV2(watchhub.Codec{}),
 	)
 	pb.RegisterKVServer(s.grpc, s.router)
 	pb.RegisterLeaseServer(s.grpc, s.router)

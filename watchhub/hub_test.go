@@ -45,7 +45,7 @@ func newFakeNode(t *testing.T) (*fakeNode, pb.WatchClient) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(grpc.ForceServerCodecV2(Codec{}))
 	pb.RegisterWatchServer(srv, n.hub)
 	go func() { _ = srv.Serve(ln) }()
 	cc, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))

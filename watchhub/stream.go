@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tesserakv/tessera/statemachine"
 )
@@ -45,9 +46,9 @@ type stream struct {
 
 	// qmu guards the send queue.
 	qmu      sync.Mutex
-	queue    []*pb.WatchResponse
-	queued   []int // events in each queued response
-	qEvents  int   // events queued in all
+	queue    []proto.Message // *pb.WatchResponse or *wireResponse
+	queued   []int           // events in each queued response
+	qEvents  int             // events queued in all
 	sendable chan struct{}
 	drained  chan struct{}
 
@@ -239,13 +240,13 @@ func signal(c chan struct{}) {
 
 // offer queues one response carrying events events; false when they do not
 // fit. Responses without events always fit.
-func (s *stream) offer(resp *pb.WatchResponse, events int) bool {
-	return s.offerAll([]*pb.WatchResponse{resp}, events)
+func (s *stream) offer(resp proto.Message, events int) bool {
+	return s.offerAll([]proto.Message{resp}, events)
 }
 
 // offerAll queues responses (fragments of one delivery, events events in
 // all) together or not at all.
-func (s *stream) offerAll(resps []*pb.WatchResponse, events int) bool {
+func (s *stream) offerAll(resps []proto.Message, events int) bool {
 	s.qmu.Lock()
 	defer s.qmu.Unlock()
 	if events > 0 && s.qEvents > 0 && s.qEvents+events > streamQueueEvents {
@@ -268,7 +269,7 @@ func (s *stream) offerAll(resps []*pb.WatchResponse, events int) bool {
 // ends. Nothing is queued once w is cancelled: the check and the queueing
 // happen under the hub's lock, as the cancel answer's queueing does, so no
 // event follows that answer.
-func (s *stream) offerWait(w *watcher, resps []*pb.WatchResponse, events int) bool {
+func (s *stream) offerWait(w *watcher, resps []proto.Message, events int) bool {
 	for {
 		s.hub.mu.Lock()
 		queued := w.removed || s.offerAll(resps, events)
@@ -301,7 +302,7 @@ func (s *stream) sendLoop() error {
 			s.queue[0] = nil
 			s.queue, s.queued = s.queue[1:], s.queued[1:]
 			s.qmu.Unlock()
-			if err := s.srv.Send(resp); err != nil {
+			if err := s.srv.SendMsg(resp); err != nil {
 				return err
 			}
 			s.qmu.Lock()

@@ -5,7 +5,6 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -110,7 +109,7 @@ func (w *watcher) deliver(events []*mvccpb.Event, rev int64, wait bool, shared m
 	if len(encoded) == 0 {
 		return true
 	}
-	responses := make([]*pb.WatchResponse, len(encoded))
+	responses := make([]proto.Message, len(encoded))
 	n := 0
 	for i, e := range encoded {
 		responses[i] = e.forWatch(w.id)
@@ -127,43 +126,6 @@ func (w *watcher) deliver(events []*mvccpb.Event, rev int64, wait bool, shared m
 type deliveryShape struct {
 	sentRev                           int64
 	noPut, noDelete, prevKV, fragment bool
-}
-
-// encodedResponse is a watch response without its watch ID, its events
-// already encoded (as the response's field 11, in protobuf's wire format):
-// one encoding serves every watch it goes to.
-type encodedResponse struct {
-	header   *pb.ResponseHeader
-	fragment bool
-	events   int
-	encoded  []byte
-}
-
-// eventsField is WatchResponse.events' field number.
-const eventsField = 11
-
-func encodeResponses(resps []*pb.WatchResponse) []encodedResponse {
-	out := make([]encodedResponse, 0, len(resps))
-	for _, r := range resps {
-		e := encodedResponse{header: r.Header, fragment: r.Fragment, events: len(r.Events)}
-		for _, ev := range r.Events {
-			e.encoded = protowire.AppendTag(e.encoded, eventsField, protowire.BytesType)
-			e.encoded = protowire.AppendVarint(e.encoded, uint64(proto.Size(ev)))
-			// Marshalling an event built by this package cannot fail.
-			e.encoded, _ = proto.MarshalOptions{}.MarshalAppend(e.encoded, ev)
-		}
-		out = append(out, e)
-	}
-	return out
-}
-
-// forWatch is the response for one watch: its events ride as unknown
-// fields, which protobuf marshals verbatim, so the client reads them as
-// the events field (fields may come in any order).
-func (e encodedResponse) forWatch(id int64) *pb.WatchResponse {
-	r := &pb.WatchResponse{Header: e.header, WatchId: id, Fragment: e.fragment}
-	r.ProtoReflect().SetUnknown(e.encoded)
-	return r
 }
 
 // responses puts events (at or below rev) in responses of whole revisions

@@ -1,0 +1,107 @@
+package watchhub
+
+import (
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// WatchResponse field numbers written by hand (see encodedResponse).
+const (
+	headerField   = 1
+	watchIDField  = 2
+	fragmentField = 7
+	eventsField   = 11
+)
+
+// encodedResponse is a watch response in protobuf's wire format but for its
+// watch ID: every field but watch_id, already encoded. One encoding serves
+// every watch it goes to; each watch's message is its watch_id field followed
+// by these bytes (protobuf lets fields come in any order).
+type encodedResponse struct {
+	events int
+	rest   []byte
+}
+
+func encodeResponses(resps []*pb.WatchResponse) []encodedResponse {
+	out := make([]encodedResponse, 0, len(resps))
+	for _, r := range resps {
+		var b []byte
+		if r.Header != nil {
+			b = protowire.AppendTag(b, headerField, protowire.BytesType)
+			b = protowire.AppendVarint(b, uint64(proto.Size(r.Header)))
+			// Marshalling messages built by this package cannot fail.
+			b, _ = proto.MarshalOptions{}.MarshalAppend(b, r.Header)
+		}
+		if r.Fragment {
+			b = protowire.AppendTag(b, fragmentField, protowire.VarintType)
+			b = protowire.AppendVarint(b, 1)
+		}
+		for _, ev := range r.Events {
+			b = protowire.AppendTag(b, eventsField, protowire.BytesType)
+			b = protowire.AppendVarint(b, uint64(proto.Size(ev)))
+			b, _ = proto.MarshalOptions{}.MarshalAppend(b, ev)
+		}
+		out = append(out, encodedResponse{events: len(r.Events), rest: b})
+	}
+	return out
+}
+
+// forWatch is the response for one watch.
+func (e encodedResponse) forWatch(id int64) *wireResponse {
+	return &wireResponse{id: id, rest: e.rest}
+}
+
+// wireResponse is a WatchResponse ready for the wire: Codec sends its bytes
+// as they are. It is a proto.Message too (decoded on demand), so any other
+// codec still sends it right, only slower.
+type wireResponse struct {
+	id   int64
+	rest []byte
+}
+
+// bytes is the encoded message, in pieces.
+func (w *wireResponse) bytes() mem.BufferSlice {
+	if w.id == 0 {
+		// proto3 leaves a zero field out.
+		return mem.BufferSlice{mem.SliceBuffer(w.rest)}
+	}
+	id := protowire.AppendTag(make([]byte, 0, 11), watchIDField, protowire.VarintType)
+	id = protowire.AppendVarint(id, uint64(w.id))
+	return mem.BufferSlice{mem.SliceBuffer(id), mem.SliceBuffer(w.rest)}
+}
+
+// response decodes the message.
+func (w *wireResponse) response() *pb.WatchResponse {
+	r := &pb.WatchResponse{}
+	// The bytes were encoded from a WatchResponse by this package.
+	_ = proto.Unmarshal(w.bytes().Materialize(), r)
+	return r
+}
+
+// ProtoReflect makes a wireResponse a proto.Message.
+func (w *wireResponse) ProtoReflect() protoreflect.Message { return w.response().ProtoReflect() }
+
+// Codec is gRPC's protobuf codec, except that it sends the hub's encoded
+// watch responses without encoding them again. Serve the hub with
+// grpc.ForceServerCodecV2(watchhub.Codec{}).
+type Codec struct{}
+
+var protoCodec = encoding.GetCodecV2("proto")
+
+// Marshal implements encoding.CodecV2.
+func (Codec) Marshal(v any) (mem.BufferSlice, error) {
+	if w, ok := v.(*wireResponse); ok {
+		return w.bytes(), nil
+	}
+	return protoCodec.Marshal(v)
+}
+
+// Unmarshal implements encoding.CodecV2.
+func (Codec) Unmarshal(data mem.BufferSlice, v any) error { return protoCodec.Unmarshal(data, v) }
+
+// Name implements encoding.CodecV2: it stands in for "proto".
+func (Codec) Name() string { return protoCodec.Name() }
