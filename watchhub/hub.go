@@ -119,12 +119,19 @@ type Hub struct {
 	// changed is closed and replaced after every round, waking catch-ups.
 	// Guarded by mu.
 	changed chan struct{}
+	// progressWanted: some live watcher or stream may wait for a progress
+	// notification, so rounds visit every watcher. Guarded by mu.
+	progressWanted bool
 }
 
 // group is the live watchers of one interval: they share its safe revision.
 type group struct {
 	iv       interval
 	watchers map[*watcher]struct{}
+	// minSent is at most the lowest sentRev of the watchers (exact after a
+	// round that visited them), so a round whose safe revision is not above
+	// it has nothing to send them.
+	minSent int64
 }
 
 // New returns a running hub; Stop it.
@@ -273,6 +280,7 @@ func (h *Hub) progressDue() {
 		for w := range g.watchers {
 			if w.progressNotify && !w.sentSinceTick {
 				w.progressTarget = max(w.progressTarget, h.maxFloor)
+				h.progressWanted = true
 			}
 			w.sentSinceTick = false
 		}
@@ -287,9 +295,28 @@ func (h *Hub) round() {
 	defer h.mu.Unlock()
 	h.takeInboxLocked()
 	minSent, anyLive := int64(0), false
+	visitAll := h.progressWanted
+	h.progressWanted = false
 	for _, g := range h.groups {
 		safe, ids, ok := h.safeLocked(g.iv)
 		var want int64 // the revision the group's ranges should close to
+		if len(g.watchers) == 0 {
+			delete(h.groups, g.iv)
+			continue
+		}
+		if !visitAll && (!ok || safe <= g.minSent) {
+			// Nothing to send and no progress owed: skip the watchers.
+			if !anyLive || g.minSent < minSent {
+				minSent, anyLive = g.minSent, true
+			}
+			if ok {
+				if want = h.pendingLocked(g.iv, safe); want > safe {
+					h.closeLocked(ids, want)
+				}
+			}
+			continue
+		}
+		groupMin, first := int64(0), true
 		// The group's watchers are mostly at the same revision: find the
 		// events after each revision once.
 		after := map[int64][]*mvccpb.Event{}
@@ -318,17 +345,22 @@ func (h *Hub) round() {
 				} else {
 					want = max(want, t)
 				}
+				h.progressWanted = h.progressWanted || w.progressTarget > 0
 			}
 			if t := w.s.progressTarget; t > w.sentRev {
 				want = max(want, t)
 			}
-			if !anyLive || w.sentRev < minSent {
-				minSent, anyLive = w.sentRev, true
+			if first || w.sentRev < groupMin {
+				groupMin, first = w.sentRev, false
 			}
 		}
-		if len(g.watchers) == 0 {
+		if first { // every watcher was unsynced
 			delete(h.groups, g.iv)
 			continue
+		}
+		g.minSent = groupMin
+		if !anyLive || groupMin < minSent {
+			minSent, anyLive = groupMin, true
 		}
 		if ok {
 			want = max(want, h.pendingLocked(g.iv, safe))
@@ -339,6 +371,7 @@ func (h *Hub) round() {
 	}
 	for s := range h.streams {
 		h.answerProgressLocked(s)
+		h.progressWanted = h.progressWanted || s.progressTarget > 0
 	}
 	// Trim what no watcher can need: live ones have been sent everything up
 	// to their sentRev, and one joining reads history up to its ranges'
@@ -506,6 +539,9 @@ func (h *Hub) joinLocked(w *watcher) {
 	if g == nil {
 		g = &group{iv: w.iv, watchers: map[*watcher]struct{}{}}
 		h.groups[w.iv] = g
+	}
+	if len(g.watchers) == 0 || w.sentRev < g.minSent {
+		g.minSent = w.sentRev
 	}
 	g.watchers[w] = struct{}{}
 	w.live = true

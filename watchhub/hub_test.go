@@ -37,8 +37,13 @@ type fakeNode struct {
 }
 
 func newFakeNode(t *testing.T) (*fakeNode, pb.WatchClient) {
+	return newFakeNodeNotifying(t, time.Hour)
+}
+
+// newFakeNodeNotifying is newFakeNode with a progress notification interval.
+func newFakeNodeNotifying(t *testing.T, progressEvery time.Duration) (*fakeNode, pb.WatchClient) {
 	n := &fakeNode{rev: 1, closes: map[uint64]int{}}
-	n.hub = New(n, Config{ProgressNotifyInterval: time.Hour})
+	n.hub = New(n, Config{ProgressNotifyInterval: progressEvery})
 	n.hub.Publish(statemachine.Applied{RangeID: 1, Floor: 1, Reset: true})
 	n.hub.Publish(statemachine.Applied{RangeID: 2, Floor: 1, Reset: true})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -286,6 +291,31 @@ func TestRequestProgress(t *testing.T) {
 	resp, err := st.Recv()
 	if err != nil || resp.WatchId != -1 || len(resp.Events) != 0 || resp.Header.Revision < current {
 		t.Fatalf("got %v %v, want a progress notification at >= %d", resp, err, current)
+	}
+}
+
+// TestProgressNotifyWhenIdle: a watch with progress_notify that has been
+// sent everything, on ranges where nothing happens (rounds that release
+// nothing skip such watchers), still gets its periodic progress
+// notification, and it is not below the event it was sent.
+func TestProgressNotifyWhenIdle(t *testing.T) {
+	n, wc := newFakeNodeNotifying(t, 20*time.Millisecond)
+	ctx := ctxT(t)
+	st := watchFrom(t, ctx, wc, &pb.WatchCreateRequest{Key: []byte("a"), RangeEnd: []byte("b"), ProgressNotify: true})
+	ev := n.put("a", "1")
+	n.apply(ev)
+	requireRevisions(t, recvEvents(t, st, 1), []*mvccpb.Event{ev})
+	for {
+		resp, err := st.Recv()
+		if err != nil {
+			t.Fatalf("no progress notification: %v", err)
+		}
+		if len(resp.Events) == 0 {
+			if resp.Header.Revision < ev.Kv.ModRevision {
+				t.Fatalf("progress notification at %d, below the event sent at %d", resp.Header.Revision, ev.Kv.ModRevision)
+			}
+			return
+		}
 	}
 }
 

@@ -227,6 +227,7 @@ func (s *stream) requestProgress() {
 	rev := s.currentRevision()
 	s.hub.mu.Lock()
 	s.progressTarget = max(s.progressTarget, rev)
+	s.hub.progressWanted = true
 	s.hub.mu.Unlock()
 	s.hub.poke()
 }
