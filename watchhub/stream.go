@@ -186,6 +186,7 @@ func (s *stream) create(c *pb.WatchCreateRequest) {
 		w.id = s.nextID
 		s.nextID++
 	}
+	w.idField = watchIDField(w.id)
 	s.watchers[w.id] = w
 	// The created answer goes first; events can only be queued after it.
 	s.offer(&pb.WatchResponse{Header: h.src.Header(current), WatchId: w.id, Created: true}, 0)

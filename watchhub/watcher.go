@@ -5,6 +5,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -44,6 +45,7 @@ func (iv interval) contains(k []byte) bool {
 // guarded by the hub's mu.
 type watcher struct {
 	id             int64
+	idField        mem.Buffer // id's watch_id field, encoded (see watchIDField)
 	s              *stream
 	iv             interval
 	noPut          bool
@@ -112,7 +114,7 @@ func (w *watcher) deliver(events []*mvccpb.Event, rev int64, wait bool, shared m
 	responses := make([]proto.Message, len(encoded))
 	n := 0
 	for i, e := range encoded {
-		responses[i] = e.forWatch(w.id)
+		responses[i] = e.forWatch(w.idField)
 		n += e.events
 	}
 	if wait {

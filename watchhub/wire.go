@@ -11,10 +11,10 @@ import (
 
 // WatchResponse field numbers written by hand (see encodedResponse).
 const (
-	headerField   = 1
-	watchIDField  = 2
-	fragmentField = 7
-	eventsField   = 11
+	headerNumber   = 1
+	watchIDNumber  = 2
+	fragmentNumber = 7
+	eventsNumber   = 11
 )
 
 // encodedResponse is a watch response in protobuf's wire format but for its
@@ -23,7 +23,7 @@ const (
 // by these bytes (protobuf lets fields come in any order).
 type encodedResponse struct {
 	events int
-	rest   []byte
+	rest   mem.Buffer
 }
 
 func encodeResponses(resps []*pb.WatchResponse) []encodedResponse {
@@ -31,48 +31,59 @@ func encodeResponses(resps []*pb.WatchResponse) []encodedResponse {
 	for _, r := range resps {
 		var b []byte
 		if r.Header != nil {
-			b = protowire.AppendTag(b, headerField, protowire.BytesType)
+			b = protowire.AppendTag(b, headerNumber, protowire.BytesType)
 			b = protowire.AppendVarint(b, uint64(proto.Size(r.Header)))
 			// Marshalling messages built by this package cannot fail.
 			b, _ = proto.MarshalOptions{}.MarshalAppend(b, r.Header)
 		}
 		if r.Fragment {
-			b = protowire.AppendTag(b, fragmentField, protowire.VarintType)
+			b = protowire.AppendTag(b, fragmentNumber, protowire.VarintType)
 			b = protowire.AppendVarint(b, 1)
 		}
 		for _, ev := range r.Events {
-			b = protowire.AppendTag(b, eventsField, protowire.BytesType)
+			b = protowire.AppendTag(b, eventsNumber, protowire.BytesType)
 			b = protowire.AppendVarint(b, uint64(proto.Size(ev)))
 			b, _ = proto.MarshalOptions{}.MarshalAppend(b, ev)
 		}
-		out = append(out, encodedResponse{events: len(r.Events), rest: b})
+		out = append(out, encodedResponse{events: len(r.Events), rest: mem.SliceBuffer(b)})
 	}
 	return out
 }
 
-// forWatch is the response for one watch.
-func (e encodedResponse) forWatch(id int64) *wireResponse {
-	return &wireResponse{id: id, rest: e.rest}
+// watchIDField is a watch's watch_id field, encoded once for all its
+// responses (mem.SliceBuffer's Free does nothing, so gRPC may be handed it
+// again and again); nil for ID 0, which proto3 leaves out.
+func watchIDField(id int64) mem.Buffer {
+	if id == 0 {
+		return nil
+	}
+	b := protowire.AppendTag(nil, watchIDNumber, protowire.VarintType)
+	return mem.SliceBuffer(protowire.AppendVarint(b, uint64(id)))
+}
+
+// forWatch is the response for the watch whose encoded watch_id field is
+// idField.
+func (e encodedResponse) forWatch(idField mem.Buffer) *wireResponse {
+	w := &wireResponse{}
+	if idField != nil {
+		w.parts[w.n] = idField
+		w.n++
+	}
+	w.parts[w.n] = e.rest
+	w.n++
+	return w
 }
 
 // wireResponse is a WatchResponse ready for the wire: Codec sends its bytes
 // as they are. It is a proto.Message too (decoded on demand), so any other
 // codec still sends it right, only slower.
 type wireResponse struct {
-	id   int64
-	rest []byte
+	parts [2]mem.Buffer
+	n     int
 }
 
 // bytes is the encoded message, in pieces.
-func (w *wireResponse) bytes() mem.BufferSlice {
-	if w.id == 0 {
-		// proto3 leaves a zero field out.
-		return mem.BufferSlice{mem.SliceBuffer(w.rest)}
-	}
-	id := protowire.AppendTag(make([]byte, 0, 11), watchIDField, protowire.VarintType)
-	id = protowire.AppendVarint(id, uint64(w.id))
-	return mem.BufferSlice{mem.SliceBuffer(id), mem.SliceBuffer(w.rest)}
-}
+func (w *wireResponse) bytes() mem.BufferSlice { return w.parts[:w.n] }
 
 // response decodes the message.
 func (w *wireResponse) response() *pb.WatchResponse {
