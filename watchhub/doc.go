@@ -26,6 +26,12 @@
 //     revision R only once every event at or below R on the watched ranges
 //     has been queued, after closing the ranges up to the revision current
 //     when the request arrived.
+//   - Live watchers of one interval form a group; a round of the hub skips a
+//     group whose safe revision is not above what its watchers were sent
+//     (and no progress is owed). Watches with the same options share one
+//     encoding of a delivery: each watch's message is its own watch_id field
+//     followed by the shared bytes, sent as they are through Codec, which
+//     the server installs as its gRPC codec.
 //
 // Every node runs every range's replica (static clusters), so a node serves
 // any watch from its own replicas; the floors of follower replicas move as
