@@ -31,23 +31,27 @@ func encodeResponses(resps []*pb.WatchResponse) []encodedResponse {
 	for _, r := range resps {
 		var b []byte
 		if r.Header != nil {
-			b = protowire.AppendTag(b, headerNumber, protowire.BytesType)
-			b = protowire.AppendVarint(b, uint64(proto.Size(r.Header)))
-			// Marshalling messages built by this package cannot fail.
-			b, _ = proto.MarshalOptions{}.MarshalAppend(b, r.Header)
+			b = appendMessageField(b, headerNumber, r.Header)
 		}
 		if r.Fragment {
 			b = protowire.AppendTag(b, fragmentNumber, protowire.VarintType)
 			b = protowire.AppendVarint(b, 1)
 		}
 		for _, ev := range r.Events {
-			b = protowire.AppendTag(b, eventsNumber, protowire.BytesType)
-			b = protowire.AppendVarint(b, uint64(proto.Size(ev)))
-			b, _ = proto.MarshalOptions{}.MarshalAppend(b, ev)
+			b = appendMessageField(b, eventsNumber, ev)
 		}
 		out = append(out, encodedResponse{events: len(r.Events), rest: mem.SliceBuffer(b)})
 	}
 	return out
+}
+
+// appendMessageField appends m as field num of the message being encoded.
+func appendMessageField(b []byte, num protowire.Number, m proto.Message) []byte {
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(proto.Size(m)))
+	// Marshalling messages built by this package cannot fail.
+	b, _ = proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(b, m)
+	return b
 }
 
 // watchIDField is a watch's watch_id field, encoded once for all its
