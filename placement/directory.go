@@ -47,20 +47,33 @@ func (d *Directory) Nodes(ctx context.Context) ([]*tesserapb.NodeInfo, error) {
 	return st.Nodes, nil
 }
 
+// target returns the address of a node's first client URL as this replica
+// knows it, "" while the node has not registered one. Every forwarded request
+// asks, so it reads the registry in place rather than copying the meta state.
+func (d *Directory) target(ctx context.Context, nodeID uint64) (string, error) {
+	out, err := d.meta.Read(ctx, false, func(st *tesserapb.MetaState) (any, error) {
+		for _, n := range st.Nodes {
+			if n.NodeId == nodeID && len(n.ClientUrls) > 0 {
+				return HostPort(n.ClientUrls[0]), nil
+			}
+		}
+		return "", nil
+	})
+	if err != nil {
+		return "", err
+	}
+	return out.(string), nil
+}
+
 // Conn returns a client connection to a node, waiting briefly for a node
 // that has just started to register.
 func (d *Directory) Conn(ctx context.Context, nodeID uint64) (*grpc.ClientConn, error) {
 	deadline := time.Now().Add(registryWait)
 	var target string
 	for {
-		nodes, err := d.Nodes(ctx)
-		if err != nil {
+		var err error
+		if target, err = d.target(ctx, nodeID); err != nil {
 			return nil, err
-		}
-		for _, n := range nodes {
-			if n.NodeId == nodeID && len(n.ClientUrls) > 0 {
-				target = HostPort(n.ClientUrls[0])
-			}
 		}
 		if target != "" {
 			break

@@ -253,6 +253,12 @@ func (r *Replica) notLeader() error {
 // for the state machine's result. A result carrying a state-machine error is
 // returned as that error (statemachine.ErrorFromResult).
 func (r *Replica) Write(ctx context.Context, cmd *tesserapb.Command, writesKeys bool) (*tesserapb.Result, error) {
+	// A replica that knows another leads its range says so at once: the
+	// router forwards the write there, and the proposer would only answer
+	// the same after two hand-offs.
+	if leader, _, ok := r.Leader(); ok && leader != r.cfg.ReplicaID {
+		return nil, &NotLeaderError{LeaderReplicaID: leader}
+	}
 	select {
 	case r.inflight <- struct{}{}:
 	case <-ctx.Done():
