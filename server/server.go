@@ -163,6 +163,9 @@ func Start(cfg Config) (*Server, error) {
 		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes+grpcOverheadBytes),
 		grpc.MaxSendMsgSize(math.MaxInt32),
 		grpc.MaxConcurrentStreams(math.MaxUint32),
+		// Requests run on long-lived goroutines whose stacks have already
+		// grown, instead of a new goroutine growing its stack each time.
+		grpc.NumStreamWorkers(streamWorkers),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		// Watch events go out encoded once for all the watches they go to.
 		grpc.ForceServerCodecV2(watchhub.Codec{}),
@@ -203,6 +206,11 @@ func Start(cfg Config) (*Server, error) {
 	s.log.Info("tessera serving", "name", cfg.Name, "replica", replicaID, "clients", cfg.ListenClientURLs, "data-dir", cfg.DataDir)
 	return s, nil
 }
+
+// streamWorkers is how many goroutines the gRPC server keeps for handling
+// requests (more at once get new goroutines, as without them). On a 3-node
+// forwarding member this took stack growth from 5 % of its CPU to 2 %.
+const streamWorkers = 64
 
 func (s *Server) startRaft() error {
 	cfg := s.cfg
