@@ -5,6 +5,7 @@ import (
 	"errors"
 	"iter"
 	"log/slog"
+	"sync"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -90,6 +91,10 @@ type Router struct {
 	nodes  Nodes
 	oracle Oracle
 	fences fenceCalls
+	writes writeStreams // forwarded writes, one stream per node
+
+	stopc    chan struct{} // closed by Stop
+	stopOnce sync.Once
 }
 
 // New returns a router over the ranges in the cache, forwarding to other
@@ -101,8 +106,13 @@ func New(cfg Config, ranges *RangeCache, nodes Nodes, oracle Oracle) *Router {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Router{cfg: cfg, ranges: ranges, nodes: nodes, oracle: oracle}
+	return &Router{cfg: cfg, ranges: ranges, nodes: nodes, oracle: oracle, writes: writeStreams{log: cfg.Logger}, stopc: make(chan struct{})}
 }
+
+// Stop ends the write streams other nodes opened here (RangeWriteStream),
+// once the writes they carry are answered; call it before the gRPC server's
+// graceful stop, which would otherwise wait for those nodes to hang up.
+func (r *Router) Stop() { r.stopOnce.Do(func() { close(r.stopc) }) }
 
 // header returns an etcd response header at revision rev, with the term of
 // the range that answered.

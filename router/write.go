@@ -52,7 +52,7 @@ func (r *Router) reroute(ctx context.Context, err error, attempt int) bool {
 }
 
 // writeTo proposes cmd to rng on its leader: here when this replica leads,
-// otherwise through Internal.RangeWrite on the leader's node. fenceRev, when
+// otherwise through Internal.RangeWriteStream to the leader's node. fenceRev, when
 // positive, is raised on the leader's fence first (compaction).
 func (r *Router) writeTo(ctx context.Context, rng Range, cmd *tesserapb.Command, writesKeys bool, fenceRev int64) (*tesserapb.Result, error) {
 	var (
@@ -103,7 +103,7 @@ func (r *Router) writeTo(ctx context.Context, rng Range, cmd *tesserapb.Command,
 				return nil, merr
 			}
 		}
-		resp, ferr := tesserapb.NewInternalClient(cc).RangeWrite(forwardedContext(ctx), &tesserapb.RangeWriteRequest{
+		resp, ferr := r.writes.call(ctx, cc, &tesserapb.RangeWriteRequest{
 			RangeId: rng.RangeID(), Command: body, WritesKeys: writesKeys, FenceRevision: fenceRev,
 		})
 		if ferr != nil {

@@ -64,6 +64,10 @@ func (p *peer) RangeWrite(context.Context, *tesserapb.RangeWriteRequest) (*tesse
 	return &tesserapb.RangeWriteResponse{Result: &tesserapb.Result{}}, nil
 }
 
+func (p *peer) RangeWriteStream(s tesserapb.Internal_RangeWriteStreamServer) error {
+	return serveRangeWrites(s, nil, p.RangeWrite)
+}
+
 // peers serves each peer on its own 127.0.0.1 port and connects to them.
 type peers map[uint64]*grpc.ClientConn
 

@@ -422,6 +422,10 @@ func (i *internalService) RangeWrite(ctx context.Context, req *tesserapb.RangeWr
 	return i.s.router.RangeWrite(ctx, req)
 }
 
+func (i *internalService) RangeWriteStream(stream tesserapb.Internal_RangeWriteStreamServer) error {
+	return i.s.router.RangeWriteStream(stream)
+}
+
 func (i *internalService) FenceRange(ctx context.Context, req *tesserapb.FenceRangeRequest) (*tesserapb.FenceRangeResponse, error) {
 	return i.s.router.FenceRange(ctx, req)
 }

@@ -488,7 +488,8 @@ func (s *Server) closeListeners() {
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
 		close(s.stopc)
-		s.hub.Stop() // ends the watch streams, which a graceful stop would wait for
+		s.hub.Stop()    // ends the watch streams, which a graceful stop would wait for
+		s.router.Stop() // and the streams of writes other nodes forward here
 		done := make(chan struct{})
 		go func() {
 			s.grpc.GracefulStop()

@@ -815,6 +815,139 @@ func (x *RangeWriteResponse) GetResult() *Result {
 	return nil
 }
 
+type RangeWriteStreamRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// seq names the request in its response; unique on the stream.
+	Seq     uint64             `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Request *RangeWriteRequest `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
+	// timeout_ms, when positive, is how long the sender waits for the answer
+	// (its deadline, as a unary call would carry it).
+	TimeoutMs     int64 `protobuf:"varint,3,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RangeWriteStreamRequest) Reset() {
+	*x = RangeWriteStreamRequest{}
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangeWriteStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangeWriteStreamRequest) ProtoMessage() {}
+
+func (x *RangeWriteStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangeWriteStreamRequest.ProtoReflect.Descriptor instead.
+func (*RangeWriteStreamRequest) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RangeWriteStreamRequest) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *RangeWriteStreamRequest) GetRequest() *RangeWriteRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *RangeWriteStreamRequest) GetTimeoutMs() int64 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+type RangeWriteStreamResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// response is set when code is 0 (OK); otherwise code and message are the
+	// gRPC status RangeWrite would have failed with.
+	Response      *RangeWriteResponse `protobuf:"bytes,2,opt,name=response,proto3" json:"response,omitempty"`
+	Code          uint32              `protobuf:"varint,3,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string              `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RangeWriteStreamResponse) Reset() {
+	*x = RangeWriteStreamResponse{}
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangeWriteStreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangeWriteStreamResponse) ProtoMessage() {}
+
+func (x *RangeWriteStreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangeWriteStreamResponse.ProtoReflect.Descriptor instead.
+func (*RangeWriteStreamResponse) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RangeWriteStreamResponse) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *RangeWriteStreamResponse) GetResponse() *RangeWriteResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *RangeWriteStreamResponse) GetCode() uint32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *RangeWriteStreamResponse) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 type FenceRangeRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	RangeId  uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
@@ -829,7 +962,7 @@ type FenceRangeRequest struct {
 
 func (x *FenceRangeRequest) Reset() {
 	*x = FenceRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -841,7 +974,7 @@ func (x *FenceRangeRequest) String() string {
 func (*FenceRangeRequest) ProtoMessage() {}
 
 func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -854,7 +987,7 @@ func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeRequest.ProtoReflect.Descriptor instead.
 func (*FenceRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *FenceRangeRequest) GetRangeId() uint64 {
@@ -889,7 +1022,7 @@ type FenceRangeResponse struct {
 
 func (x *FenceRangeResponse) Reset() {
 	*x = FenceRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -901,7 +1034,7 @@ func (x *FenceRangeResponse) String() string {
 func (*FenceRangeResponse) ProtoMessage() {}
 
 func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -914,7 +1047,7 @@ func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeResponse.ProtoReflect.Descriptor instead.
 func (*FenceRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *FenceRangeResponse) GetAppliedIndex() uint64 {
@@ -940,7 +1073,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -952,7 +1085,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -965,7 +1098,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SplitRangeRequest) GetSplitKey() []byte {
@@ -985,7 +1118,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -997,7 +1130,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1010,7 +1143,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SplitRangeResponse) GetLeft() *RangeInfo {
@@ -1035,7 +1168,7 @@ type ListRangesRequest struct {
 
 func (x *ListRangesRequest) Reset() {
 	*x = ListRangesRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1047,7 +1180,7 @@ func (x *ListRangesRequest) String() string {
 func (*ListRangesRequest) ProtoMessage() {}
 
 func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1060,7 +1193,7 @@ func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesRequest.ProtoReflect.Descriptor instead.
 func (*ListRangesRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
 }
 
 type ListRangesResponse struct {
@@ -1072,7 +1205,7 @@ type ListRangesResponse struct {
 
 func (x *ListRangesResponse) Reset() {
 	*x = ListRangesResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[19]
+	mi := &file_tesserapb_meta_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1084,7 +1217,7 @@ func (x *ListRangesResponse) String() string {
 func (*ListRangesResponse) ProtoMessage() {}
 
 func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[19]
+	mi := &file_tesserapb_meta_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1097,7 +1230,7 @@ func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesResponse.ProtoReflect.Descriptor instead.
 func (*ListRangesResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListRangesResponse) GetRanges() []*RangeInfo {
@@ -1124,7 +1257,7 @@ type RangeInfo struct {
 
 func (x *RangeInfo) Reset() {
 	*x = RangeInfo{}
-	mi := &file_tesserapb_meta_proto_msgTypes[20]
+	mi := &file_tesserapb_meta_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1136,7 +1269,7 @@ func (x *RangeInfo) String() string {
 func (*RangeInfo) ProtoMessage() {}
 
 func (x *RangeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[20]
+	mi := &file_tesserapb_meta_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1149,7 +1282,7 @@ func (x *RangeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
 func (*RangeInfo) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RangeInfo) GetRangeId() uint64 {
@@ -1217,7 +1350,7 @@ type GetRevisionsRequest struct {
 
 func (x *GetRevisionsRequest) Reset() {
 	*x = GetRevisionsRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[21]
+	mi := &file_tesserapb_meta_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1229,7 +1362,7 @@ func (x *GetRevisionsRequest) String() string {
 func (*GetRevisionsRequest) ProtoMessage() {}
 
 func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[21]
+	mi := &file_tesserapb_meta_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1242,7 +1375,7 @@ func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*GetRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{21}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetRevisionsRequest) GetCount() int64 {
@@ -1263,7 +1396,7 @@ type GetRevisionsResponse struct {
 
 func (x *GetRevisionsResponse) Reset() {
 	*x = GetRevisionsResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[22]
+	mi := &file_tesserapb_meta_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1275,7 +1408,7 @@ func (x *GetRevisionsResponse) String() string {
 func (*GetRevisionsResponse) ProtoMessage() {}
 
 func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[22]
+	mi := &file_tesserapb_meta_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1288,7 +1421,7 @@ func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*GetRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{22}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetRevisionsResponse) GetFirst() int64 {
@@ -1357,7 +1490,17 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"writesKeys\x12%\n" +
 	"\x0efence_revision\x18\x04 \x01(\x03R\rfenceRevision\"?\n" +
 	"\x12RangeWriteResponse\x12)\n" +
-	"\x06result\x18\x01 \x01(\v2\x11.tesserapb.ResultR\x06result\"d\n" +
+	"\x06result\x18\x01 \x01(\v2\x11.tesserapb.ResultR\x06result\"\x82\x01\n" +
+	"\x17RangeWriteStreamRequest\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x126\n" +
+	"\arequest\x18\x02 \x01(\v2\x1c.tesserapb.RangeWriteRequestR\arequest\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x03 \x01(\x03R\ttimeoutMs\"\x95\x01\n" +
+	"\x18RangeWriteStreamResponse\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x129\n" +
+	"\bresponse\x18\x02 \x01(\v2\x1d.tesserapb.RangeWriteResponseR\bresponse\x12\x12\n" +
+	"\x04code\x18\x03 \x01(\rR\x04code\x12\x18\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"d\n" +
 	"\x11FenceRangeRequest\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x18\n" +
@@ -1389,11 +1532,12 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\x05count\x18\x01 \x01(\x03R\x05count\"B\n" +
 	"\x14GetRevisionsResponse\x12\x14\n" +
 	"\x05first\x18\x01 \x01(\x03R\x05first\x12\x14\n" +
-	"\x05count\x18\x02 \x01(\x03R\x05count2\xac\x04\n" +
+	"\x05count\x18\x02 \x01(\x03R\x05count2\x8d\x05\n" +
 	"\bInternal\x12O\n" +
 	"\fGetRevisions\x12\x1e.tesserapb.GetRevisionsRequest\x1a\x1f.tesserapb.GetRevisionsResponse\x12I\n" +
 	"\n" +
-	"RangeWrite\x12\x1c.tesserapb.RangeWriteRequest\x1a\x1d.tesserapb.RangeWriteResponse\x12I\n" +
+	"RangeWrite\x12\x1c.tesserapb.RangeWriteRequest\x1a\x1d.tesserapb.RangeWriteResponse\x12_\n" +
+	"\x10RangeWriteStream\x12\".tesserapb.RangeWriteStreamRequest\x1a#.tesserapb.RangeWriteStreamResponse(\x010\x01\x12I\n" +
 	"\n" +
 	"FenceRange\x12\x1c.tesserapb.FenceRangeRequest\x1a\x1d.tesserapb.FenceRangeResponse\x12I\n" +
 	"\n" +
@@ -1415,32 +1559,34 @@ func file_tesserapb_meta_proto_rawDescGZIP() []byte {
 	return file_tesserapb_meta_proto_rawDescData
 }
 
-var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_tesserapb_meta_proto_goTypes = []any{
-	(*MetaCommand)(nil),            // 0: tesserapb.MetaCommand
-	(*AllocateRangeIdCommand)(nil), // 1: tesserapb.AllocateRangeIdCommand
-	(*SetHighWaterCommand)(nil),    // 2: tesserapb.SetHighWaterCommand
-	(*RegisterNodeCommand)(nil),    // 3: tesserapb.RegisterNodeCommand
-	(*PutRangeCommand)(nil),        // 4: tesserapb.PutRangeCommand
-	(*NodeInfo)(nil),               // 5: tesserapb.NodeInfo
-	(*RangeDescriptor)(nil),        // 6: tesserapb.RangeDescriptor
-	(*MetaState)(nil),              // 7: tesserapb.MetaState
-	(*RangeStartedRequest)(nil),    // 8: tesserapb.RangeStartedRequest
-	(*RangeStartedResponse)(nil),   // 9: tesserapb.RangeStartedResponse
-	(*CampaignRangeRequest)(nil),   // 10: tesserapb.CampaignRangeRequest
-	(*CampaignRangeResponse)(nil),  // 11: tesserapb.CampaignRangeResponse
-	(*RangeWriteRequest)(nil),      // 12: tesserapb.RangeWriteRequest
-	(*RangeWriteResponse)(nil),     // 13: tesserapb.RangeWriteResponse
-	(*FenceRangeRequest)(nil),      // 14: tesserapb.FenceRangeRequest
-	(*FenceRangeResponse)(nil),     // 15: tesserapb.FenceRangeResponse
-	(*SplitRangeRequest)(nil),      // 16: tesserapb.SplitRangeRequest
-	(*SplitRangeResponse)(nil),     // 17: tesserapb.SplitRangeResponse
-	(*ListRangesRequest)(nil),      // 18: tesserapb.ListRangesRequest
-	(*ListRangesResponse)(nil),     // 19: tesserapb.ListRangesResponse
-	(*RangeInfo)(nil),              // 20: tesserapb.RangeInfo
-	(*GetRevisionsRequest)(nil),    // 21: tesserapb.GetRevisionsRequest
-	(*GetRevisionsResponse)(nil),   // 22: tesserapb.GetRevisionsResponse
-	(*Result)(nil),                 // 23: tesserapb.Result
+	(*MetaCommand)(nil),              // 0: tesserapb.MetaCommand
+	(*AllocateRangeIdCommand)(nil),   // 1: tesserapb.AllocateRangeIdCommand
+	(*SetHighWaterCommand)(nil),      // 2: tesserapb.SetHighWaterCommand
+	(*RegisterNodeCommand)(nil),      // 3: tesserapb.RegisterNodeCommand
+	(*PutRangeCommand)(nil),          // 4: tesserapb.PutRangeCommand
+	(*NodeInfo)(nil),                 // 5: tesserapb.NodeInfo
+	(*RangeDescriptor)(nil),          // 6: tesserapb.RangeDescriptor
+	(*MetaState)(nil),                // 7: tesserapb.MetaState
+	(*RangeStartedRequest)(nil),      // 8: tesserapb.RangeStartedRequest
+	(*RangeStartedResponse)(nil),     // 9: tesserapb.RangeStartedResponse
+	(*CampaignRangeRequest)(nil),     // 10: tesserapb.CampaignRangeRequest
+	(*CampaignRangeResponse)(nil),    // 11: tesserapb.CampaignRangeResponse
+	(*RangeWriteRequest)(nil),        // 12: tesserapb.RangeWriteRequest
+	(*RangeWriteResponse)(nil),       // 13: tesserapb.RangeWriteResponse
+	(*RangeWriteStreamRequest)(nil),  // 14: tesserapb.RangeWriteStreamRequest
+	(*RangeWriteStreamResponse)(nil), // 15: tesserapb.RangeWriteStreamResponse
+	(*FenceRangeRequest)(nil),        // 16: tesserapb.FenceRangeRequest
+	(*FenceRangeResponse)(nil),       // 17: tesserapb.FenceRangeResponse
+	(*SplitRangeRequest)(nil),        // 18: tesserapb.SplitRangeRequest
+	(*SplitRangeResponse)(nil),       // 19: tesserapb.SplitRangeResponse
+	(*ListRangesRequest)(nil),        // 20: tesserapb.ListRangesRequest
+	(*ListRangesResponse)(nil),       // 21: tesserapb.ListRangesResponse
+	(*RangeInfo)(nil),                // 22: tesserapb.RangeInfo
+	(*GetRevisionsRequest)(nil),      // 23: tesserapb.GetRevisionsRequest
+	(*GetRevisionsResponse)(nil),     // 24: tesserapb.GetRevisionsResponse
+	(*Result)(nil),                   // 25: tesserapb.Result
 }
 var file_tesserapb_meta_proto_depIdxs = []int32{
 	2,  // 0: tesserapb.MetaCommand.set_high_water:type_name -> tesserapb.SetHighWaterCommand
@@ -1451,29 +1597,33 @@ var file_tesserapb_meta_proto_depIdxs = []int32{
 	6,  // 5: tesserapb.PutRangeCommand.range:type_name -> tesserapb.RangeDescriptor
 	5,  // 6: tesserapb.MetaState.nodes:type_name -> tesserapb.NodeInfo
 	6,  // 7: tesserapb.MetaState.ranges:type_name -> tesserapb.RangeDescriptor
-	23, // 8: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
-	20, // 9: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
-	20, // 10: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
-	20, // 11: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
-	21, // 12: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
-	12, // 13: tesserapb.Internal.RangeWrite:input_type -> tesserapb.RangeWriteRequest
-	14, // 14: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
-	16, // 15: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
-	18, // 16: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
-	10, // 17: tesserapb.Internal.CampaignRange:input_type -> tesserapb.CampaignRangeRequest
-	8,  // 18: tesserapb.Internal.RangeStarted:input_type -> tesserapb.RangeStartedRequest
-	22, // 19: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
-	13, // 20: tesserapb.Internal.RangeWrite:output_type -> tesserapb.RangeWriteResponse
-	15, // 21: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
-	17, // 22: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
-	19, // 23: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
-	11, // 24: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
-	9,  // 25: tesserapb.Internal.RangeStarted:output_type -> tesserapb.RangeStartedResponse
-	19, // [19:26] is the sub-list for method output_type
-	12, // [12:19] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	25, // 8: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
+	12, // 9: tesserapb.RangeWriteStreamRequest.request:type_name -> tesserapb.RangeWriteRequest
+	13, // 10: tesserapb.RangeWriteStreamResponse.response:type_name -> tesserapb.RangeWriteResponse
+	22, // 11: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
+	22, // 12: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
+	22, // 13: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
+	23, // 14: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
+	12, // 15: tesserapb.Internal.RangeWrite:input_type -> tesserapb.RangeWriteRequest
+	14, // 16: tesserapb.Internal.RangeWriteStream:input_type -> tesserapb.RangeWriteStreamRequest
+	16, // 17: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
+	18, // 18: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
+	20, // 19: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
+	10, // 20: tesserapb.Internal.CampaignRange:input_type -> tesserapb.CampaignRangeRequest
+	8,  // 21: tesserapb.Internal.RangeStarted:input_type -> tesserapb.RangeStartedRequest
+	24, // 22: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
+	13, // 23: tesserapb.Internal.RangeWrite:output_type -> tesserapb.RangeWriteResponse
+	15, // 24: tesserapb.Internal.RangeWriteStream:output_type -> tesserapb.RangeWriteStreamResponse
+	17, // 25: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
+	19, // 26: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
+	21, // 27: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
+	11, // 28: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
+	9,  // 29: tesserapb.Internal.RangeStarted:output_type -> tesserapb.RangeStartedResponse
+	22, // [22:30] is the sub-list for method output_type
+	14, // [14:22] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_tesserapb_meta_proto_init() }
@@ -1494,7 +1644,7 @@ func file_tesserapb_meta_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tesserapb_meta_proto_rawDesc), len(file_tesserapb_meta_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,13 +23,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Internal_GetRevisions_FullMethodName  = "/tesserapb.Internal/GetRevisions"
-	Internal_RangeWrite_FullMethodName    = "/tesserapb.Internal/RangeWrite"
-	Internal_FenceRange_FullMethodName    = "/tesserapb.Internal/FenceRange"
-	Internal_SplitRange_FullMethodName    = "/tesserapb.Internal/SplitRange"
-	Internal_ListRanges_FullMethodName    = "/tesserapb.Internal/ListRanges"
-	Internal_CampaignRange_FullMethodName = "/tesserapb.Internal/CampaignRange"
-	Internal_RangeStarted_FullMethodName  = "/tesserapb.Internal/RangeStarted"
+	Internal_GetRevisions_FullMethodName     = "/tesserapb.Internal/GetRevisions"
+	Internal_RangeWrite_FullMethodName       = "/tesserapb.Internal/RangeWrite"
+	Internal_RangeWriteStream_FullMethodName = "/tesserapb.Internal/RangeWriteStream"
+	Internal_FenceRange_FullMethodName       = "/tesserapb.Internal/FenceRange"
+	Internal_SplitRange_FullMethodName       = "/tesserapb.Internal/SplitRange"
+	Internal_ListRanges_FullMethodName       = "/tesserapb.Internal/ListRanges"
+	Internal_CampaignRange_FullMethodName    = "/tesserapb.Internal/CampaignRange"
+	Internal_RangeStarted_FullMethodName     = "/tesserapb.Internal/RangeStarted"
 )
 
 // InternalClient is the client API for Internal service.
@@ -45,6 +46,10 @@ type InternalClient interface {
 	// RangeWrite proposes a command to a range on the node holding its leader.
 	// Others answer FailedPrecondition.
 	RangeWrite(ctx context.Context, in *RangeWriteRequest, opts ...grpc.CallOption) (*RangeWriteResponse, error)
+	// RangeWriteStream carries many RangeWrites, each answered under its
+	// seq, in any order: what a node forwards to another goes over one
+	// stream instead of one call each.
+	RangeWriteStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RangeWriteStreamRequest, RangeWriteStreamResponse], error)
 	// FenceRange is a range leader's half of a linearizable read that another
 	// replica serves: the leader raises its fence to revision (every later
 	// write to the range takes a higher one), waits until every write at or
@@ -95,6 +100,19 @@ func (c *internalClient) RangeWrite(ctx context.Context, in *RangeWriteRequest, 
 	}
 	return out, nil
 }
+
+func (c *internalClient) RangeWriteStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RangeWriteStreamRequest, RangeWriteStreamResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Internal_ServiceDesc.Streams[0], Internal_RangeWriteStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[RangeWriteStreamRequest, RangeWriteStreamResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Internal_RangeWriteStreamClient = grpc.BidiStreamingClient[RangeWriteStreamRequest, RangeWriteStreamResponse]
 
 func (c *internalClient) FenceRange(ctx context.Context, in *FenceRangeRequest, opts ...grpc.CallOption) (*FenceRangeResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -159,6 +177,10 @@ type InternalServer interface {
 	// RangeWrite proposes a command to a range on the node holding its leader.
 	// Others answer FailedPrecondition.
 	RangeWrite(context.Context, *RangeWriteRequest) (*RangeWriteResponse, error)
+	// RangeWriteStream carries many RangeWrites, each answered under its
+	// seq, in any order: what a node forwards to another goes over one
+	// stream instead of one call each.
+	RangeWriteStream(grpc.BidiStreamingServer[RangeWriteStreamRequest, RangeWriteStreamResponse]) error
 	// FenceRange is a range leader's half of a linearizable read that another
 	// replica serves: the leader raises its fence to revision (every later
 	// write to the range takes a higher one), waits until every write at or
@@ -195,6 +217,9 @@ func (UnimplementedInternalServer) GetRevisions(context.Context, *GetRevisionsRe
 }
 func (UnimplementedInternalServer) RangeWrite(context.Context, *RangeWriteRequest) (*RangeWriteResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RangeWrite not implemented")
+}
+func (UnimplementedInternalServer) RangeWriteStream(grpc.BidiStreamingServer[RangeWriteStreamRequest, RangeWriteStreamResponse]) error {
+	return status.Error(codes.Unimplemented, "method RangeWriteStream not implemented")
 }
 func (UnimplementedInternalServer) FenceRange(context.Context, *FenceRangeRequest) (*FenceRangeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method FenceRange not implemented")
@@ -267,6 +292,13 @@ func _Internal_RangeWrite_Handler(srv interface{}, ctx context.Context, dec func
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _Internal_RangeWriteStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(InternalServer).RangeWriteStream(&grpc.GenericServerStream[RangeWriteStreamRequest, RangeWriteStreamResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Internal_RangeWriteStreamServer = grpc.BidiStreamingServer[RangeWriteStreamRequest, RangeWriteStreamResponse]
 
 func _Internal_FenceRange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(FenceRangeRequest)
@@ -394,6 +426,13 @@ var Internal_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Internal_RangeStarted_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "RangeWriteStream",
+			Handler:       _Internal_RangeWriteStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "tesserapb/meta.proto",
 }

@@ -1,0 +1,224 @@
+package router
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/tesserakv/tessera/proto/tesserapb"
+)
+
+// writeStreams sends the writes this node forwards to other nodes, one
+// Internal.RangeWriteStream per connection: a forwarded write is then one
+// message each way on a stream that is already open, instead of a call of
+// its own (stream set-up, headers, a handler goroutine on the leader's node).
+type writeStreams struct {
+	log *slog.Logger
+
+	mu      sync.Mutex
+	streams map[*grpc.ClientConn]*writeStream // guarded by mu
+}
+
+// writeStream is one open RangeWriteStream and the writes awaiting answers.
+type writeStream struct {
+	owner  *writeStreams
+	cc     *grpc.ClientConn
+	cancel context.CancelFunc
+
+	stream tesserapb.Internal_RangeWriteStreamClient
+	sendMu sync.Mutex // serializes Send
+
+	mu      sync.Mutex // guards the fields below
+	seq     uint64
+	pending map[uint64]chan *tesserapb.RangeWriteStreamResponse
+	err     error // set once the stream broke; no more sends
+}
+
+// call sends req to the node of cc and waits for its answer, with the
+// errors a unary Internal.RangeWrite would give: the status the leader's
+// node answered, Unavailable "while dialing" when the stream could not be
+// opened (the write was never sent), or Unavailable when the stream broke
+// with the write sent (it may have been applied).
+func (w *writeStreams) call(ctx context.Context, cc *grpc.ClientConn, req *tesserapb.RangeWriteRequest) (*tesserapb.RangeWriteResponse, error) {
+	ws, err := w.open(cc)
+	if err != nil {
+		return nil, err
+	}
+	ch := make(chan *tesserapb.RangeWriteStreamResponse, 1)
+	msg := &tesserapb.RangeWriteStreamRequest{Request: req}
+	if deadline, ok := ctx.Deadline(); ok {
+		msg.TimeoutMs = max(time.Until(deadline).Milliseconds(), 1)
+	}
+	ws.mu.Lock()
+	if ws.err != nil {
+		ws.mu.Unlock()
+		return nil, ws.err
+	}
+	ws.seq++
+	msg.Seq = ws.seq
+	ws.pending[msg.Seq] = ch
+	ws.mu.Unlock()
+	ws.sendMu.Lock()
+	serr := ws.stream.Send(msg)
+	ws.sendMu.Unlock()
+	if serr != nil {
+		// The receiving goroutine sees the stream end too and answers every
+		// pending write, this one included, with the stream's status.
+		ws.cancel()
+	}
+	select {
+	case resp := <-ch:
+		if resp.Code != uint32(codes.OK) {
+			return nil, status.Error(codes.Code(resp.Code), resp.Message)
+		}
+		return resp.Response, nil
+	case <-ctx.Done():
+		ws.mu.Lock()
+		delete(ws.pending, msg.Seq)
+		ws.mu.Unlock()
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+// open returns the stream to cc's node, opening one when there is none or
+// the last one broke.
+func (w *writeStreams) open(cc *grpc.ClientConn) (*writeStream, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if ws := w.streams[cc]; ws != nil {
+		ws.mu.Lock()
+		broken := ws.err != nil
+		ws.mu.Unlock()
+		if !broken {
+			return ws, nil
+		}
+	}
+	ctx, cancel := context.WithCancel(forwardedContext(context.Background()))
+	stream, err := tesserapb.NewInternalClient(cc).RangeWriteStream(ctx)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	ws := &writeStream{owner: w, cc: cc, cancel: cancel, stream: stream, pending: map[uint64]chan *tesserapb.RangeWriteStreamResponse{}}
+	if w.streams == nil {
+		w.streams = map[*grpc.ClientConn]*writeStream{}
+	}
+	w.streams[cc] = ws
+	go ws.receive()
+	return ws, nil
+}
+
+// receive hands each answer to its waiting write until the stream ends,
+// then fails the writes still waiting.
+func (ws *writeStream) receive() {
+	for {
+		resp, err := ws.stream.Recv()
+		if err != nil {
+			ws.broke(err)
+			return
+		}
+		ws.mu.Lock()
+		ch := ws.pending[resp.Seq]
+		delete(ws.pending, resp.Seq)
+		ws.mu.Unlock()
+		if ch != nil {
+			ch <- resp
+		}
+	}
+}
+
+// broke ends the stream: later writes open a new one, and those still
+// waiting get Unavailable, as a unary call on a broken connection would
+// (not "while dialing": they were sent, and may have been applied).
+func (ws *writeStream) broke(err error) {
+	ws.cancel()
+	ws.owner.log.Debug("forwarding stream ended", "target", ws.cc.Target(), "err", err)
+	st := status.New(codes.Unavailable, "tessera: the stream forwarding writes to the range leader's node ended")
+	ws.mu.Lock()
+	ws.err = st.Err()
+	pending := ws.pending
+	ws.pending = nil
+	ws.mu.Unlock()
+	for seq, ch := range pending {
+		ch <- &tesserapb.RangeWriteStreamResponse{Seq: seq, Code: uint32(st.Code()), Message: st.Message()}
+	}
+	ws.owner.mu.Lock()
+	if ws.owner.streams[ws.cc] == ws {
+		delete(ws.owner.streams, ws.cc)
+	}
+	ws.owner.mu.Unlock()
+}
+
+// RangeWriteStream serves Internal.RangeWriteStream with RangeWrite. When
+// the router stops, the stream ends (Unavailable) once the writes it carries
+// are answered, so that a graceful stop of the server does not wait for the
+// sending node to hang up.
+func (r *Router) RangeWriteStream(stream tesserapb.Internal_RangeWriteStreamServer) error {
+	return serveRangeWrites(stream, r.stopc, r.RangeWrite)
+}
+
+// serveRangeWrites serves each request of a RangeWriteStream with write as
+// it arrives, in a goroutine of its own, and sends each answer when ready,
+// until the sender ends the stream or stopc closes.
+func serveRangeWrites(stream tesserapb.Internal_RangeWriteStreamServer, stopc <-chan struct{}, write func(context.Context, *tesserapb.RangeWriteRequest) (*tesserapb.RangeWriteResponse, error)) error {
+	var (
+		sendMu sync.Mutex
+		mu     sync.Mutex // guards closed and wg.Add
+		closed bool
+		wg     sync.WaitGroup
+	)
+	serve := func(msg *tesserapb.RangeWriteStreamRequest) {
+		defer wg.Done()
+		ctx := stream.Context()
+		if msg.TimeoutMs > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, time.Duration(msg.TimeoutMs)*time.Millisecond)
+			defer cancel()
+		}
+		out := &tesserapb.RangeWriteStreamResponse{Seq: msg.Seq}
+		resp, err := write(ctx, msg.GetRequest())
+		if err != nil {
+			st := status.Convert(err)
+			out.Code, out.Message = uint32(st.Code()), st.Message()
+		} else {
+			out.Response = resp
+		}
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		_ = stream.Send(out) // fails only when the stream is gone, and the sender with it
+	}
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		for {
+			msg, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			if closed {
+				mu.Unlock()
+				return
+			}
+			wg.Add(1)
+			mu.Unlock()
+			go serve(msg)
+		}
+	}()
+	var err error
+	select {
+	case <-ended:
+	case <-stopc:
+		err = status.Error(codes.Unavailable, "tessera: node stopping")
+	}
+	mu.Lock()
+	closed = true
+	mu.Unlock()
+	wg.Wait() // no Send after the handler returns
+	return err
+}
