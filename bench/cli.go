@@ -119,6 +119,7 @@ func workloadFlags(stderr io.Writer) (*flag.FlagSet, *Config, *bool) {
 	fs.StringVar(&cfg.Consistency, "consistency", cfg.Consistency, `range: "l" linearizable or "s" serializable`)
 	fs.IntVar(&cfg.Watchers, "watchers", cfg.Watchers, "watch: watchers of the written prefix")
 	fs.IntVar(&cfg.WatchStreams, "watch-streams", cfg.WatchStreams, "watch: gRPC watch streams the watchers share")
+	fs.StringVar(&cfg.WatchClient, "watch-client", cfg.WatchClient, `watch: "clientv3" (the etcd client's Watch) or "grpc" (the Watch streams read directly)`)
 	fs.Int64Var(&cfg.LeaseTTLSeconds, "lease-ttl", cfg.LeaseTTLSeconds, "lease, k8s: TTL of granted leases in seconds")
 	fs.Int64Var(&cfg.Objects, "objects", cfg.Objects, "list: objects (of --value-size) to load and list")
 	fs.Int64Var(&cfg.PageLimit, "page-limit", cfg.PageLimit, "list, k8s: keys per page of a paginated list")

@@ -34,6 +34,11 @@ type Config struct {
 	// watch
 	Watchers     int `json:"watchers"`
 	WatchStreams int `json:"watch_streams"`
+	// WatchClient is how the watch workload's watchers read: "clientv3"
+	// (the etcd client's Watch, what applications use) or "grpc" (the Watch
+	// RPC's streams read directly, so the client's own hand-offs do not set
+	// the latency).
+	WatchClient string `json:"watch_client"`
 	// lease, k8s
 	LeaseTTLSeconds int64 `json:"lease_ttl_seconds"`
 	// list: Objects of ValueSizeBytes under one prefix, read in pages of
@@ -72,6 +77,7 @@ func DefaultConfig() Config {
 		Consistency:       "l",
 		Watchers:          100,
 		WatchStreams:      10,
+		WatchClient:       WatchClientV3,
 		LeaseTTLSeconds:   60,
 		Objects:           10000,
 		PageLimit:         500,
@@ -134,6 +140,9 @@ func (c *Config) Validate(workload string) error {
 	}
 	if c.WatchStreams < 1 || c.WatchStreams > c.Watchers {
 		bad("watch-streams", "must be between 1 and --watchers (%d), got %d", c.Watchers, c.WatchStreams)
+	}
+	if c.WatchClient != WatchClientV3 && c.WatchClient != WatchClientGRPC {
+		bad("watch-client", "must be %q or %q, got %q", WatchClientV3, WatchClientGRPC, c.WatchClient)
 	}
 	if c.LeaseTTLSeconds < 1 {
 		bad("lease-ttl", "must be at least 1 second")

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/metadata"
 )
@@ -40,9 +42,6 @@ type eventArrival struct {
 // contexts carry the same metadata.
 const watchStreamMetadata = "tessbench-watch-stream"
 
-// startWatchers opens one watcher per prefix entry over streams streams,
-// spread over the connections, and waits until every watch is created. If
-// the target refuses, the returned error is the refusal.
 // startWatchersFor starts the watchers of a workload. When the target lacks
 // Watch it records that in res and returns no watchers and no error (the
 // workload ends there); any other failure is returned.
@@ -58,16 +57,51 @@ func (e *env) startWatchersFor(ctx context.Context, res *Result, prefixes []stri
 	return ws, nil
 }
 
+// Watch clients of the watch workload (Config.WatchClient).
+const (
+	WatchClientV3   = "clientv3"
+	WatchClientGRPC = "grpc"
+)
+
+// startWatchers opens one watcher per prefix entry over streams streams,
+// spread over the connections, with the configured client, and waits until
+// every watch is created. If the target refuses, the returned error is the
+// refusal.
 func (e *env) startWatchers(ctx context.Context, prefixes []string, streams int) (*watchSet, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	ws := &watchSet{cancel: cancel}
 	created := make(chan error, len(prefixes))
+	for range prefixes {
+		ws.watchers = append(ws.watchers, &watcher{})
+	}
+	if e.cfg.WatchClient == WatchClientGRPC {
+		e.startGRPCWatchers(ctx, ws, created, prefixes, streams)
+	} else {
+		e.startV3Watchers(ctx, ws, created, prefixes, streams)
+	}
+	for range prefixes {
+		select {
+		case err := <-created:
+			if err != nil {
+				ws.stop()
+				return nil, err
+			}
+		case <-time.After(10 * time.Second):
+			ws.stop()
+			return nil, fmt.Errorf("watches not created within 10s")
+		}
+	}
+	return ws, nil
+}
+
+// startV3Watchers watches through clientv3: one Watch call per watcher,
+// each watcher's events coming through clientv3's channels.
+func (e *env) startV3Watchers(ctx context.Context, ws *watchSet, created chan<- error, prefixes []string, streams int) {
 	for i, prefix := range prefixes {
 		stream := i % streams
 		wctx := metadata.AppendToOutgoingContext(ctx, watchStreamMetadata, fmt.Sprint(stream))
 		ch := e.conn(stream).Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
-		w := &watcher{}
-		ws.watchers = append(ws.watchers, w)
+		w := ws.watchers[i]
 		ws.wg.Go(func() {
 			first := true
 			for resp := range ch {
@@ -83,10 +117,7 @@ func (e *env) startWatchers(ctx context.Context, prefixes []string, streams int)
 					created <- nil
 					first = false
 				}
-				now := time.Now()
-				for _, ev := range resp.Events {
-					w.arrivals = append(w.arrivals, eventArrival{rev: ev.Kv.ModRevision, at: now})
-				}
+				w.record(resp.Events, time.Now())
 				ws.received.Add(int64(len(resp.Events)))
 			}
 			if first {
@@ -94,19 +125,78 @@ func (e *env) startWatchers(ctx context.Context, prefixes []string, streams int)
 			}
 		})
 	}
-	for range prefixes {
-		select {
-		case err := <-created:
-			if err != nil {
-				ws.stop()
-				return nil, err
-			}
-		case <-time.After(10 * time.Second):
-			ws.stop()
-			return nil, fmt.Errorf("watches not created within 10s")
+}
+
+// startGRPCWatchers opens the Watch RPC's streams itself, creates each
+// stream's watchers on it with watch IDs of its own choosing, and reads
+// every stream in one goroutine.
+func (e *env) startGRPCWatchers(ctx context.Context, ws *watchSet, created chan<- error, prefixes []string, streams int) {
+	for stream := range streams {
+		byID := map[int64]*watcher{}
+		var reqs []*pb.WatchRequest
+		for i := stream; i < len(prefixes); i += streams {
+			id := int64(len(reqs) + 1) // 0 would ask the server to choose
+			byID[id] = ws.watchers[i]
+			reqs = append(reqs, &pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: &pb.WatchCreateRequest{
+				Key: []byte(prefixes[i]), RangeEnd: []byte(prefixEnd(prefixes[i])), WatchId: id,
+			}}})
 		}
+		ws.wg.Go(func() {
+			fail := func(err error) {
+				for range len(reqs) {
+					created <- err
+				}
+			}
+			wc, err := pb.NewWatchClient(e.conn(stream).ActiveConnection()).Watch(ctx)
+			if err != nil {
+				fail(err)
+				return
+			}
+			for _, req := range reqs {
+				if err := wc.Send(req); err != nil {
+					fail(err)
+					return
+				}
+			}
+			pending := len(reqs)
+			for {
+				resp, err := wc.Recv()
+				if err != nil {
+					if pending > 0 {
+						fail(err)
+					}
+					if ctx.Err() == nil {
+						ws.setErr(err)
+					}
+					return
+				}
+				now := time.Now()
+				switch {
+				case resp.Created && pending > 0:
+					pending--
+					created <- nil
+				case resp.Canceled:
+					err := fmt.Errorf("watch %d canceled: %s", resp.WatchId, resp.CancelReason)
+					if pending > 0 {
+						fail(err)
+					}
+					ws.setErr(err)
+					return
+				}
+				if w := byID[resp.WatchId]; w != nil && len(resp.Events) > 0 {
+					w.record(resp.Events, now)
+					ws.received.Add(int64(len(resp.Events)))
+				}
+			}
+		})
 	}
-	return ws, nil
+}
+
+// record notes the arrival of events at one time.
+func (w *watcher) record(events []*mvccpb.Event, at time.Time) {
+	for _, ev := range events {
+		w.arrivals = append(w.arrivals, eventArrival{rev: ev.Kv.ModRevision, at: at})
+	}
 }
 
 func (ws *watchSet) setErr(err error) {

@@ -165,6 +165,15 @@ func TestEveryWorkloadAgainstTessera(t *testing.T) {
 					t.Fatalf("watch %+v", w)
 				}
 			}},
+		{name: "watch-grpc", workload: "watch", requests: 100, args: []string{"--total", "100", "--watchers", "5", "--watch-streams", "2", "--watch-client", "grpc"},
+			check: func(t *testing.T, r *bench.Result) {
+				// The same through the Watch streams read directly (three
+				// watchers on one stream, two on the other).
+				if w := r.Watch; w == nil || w.Watchers != 5 || w.EventsExpected != 500 || w.EventsReceived != w.EventsExpected {
+					t.Fatalf("watch %+v", w)
+				}
+				opCount(t, r, "event", 500)
+			}},
 		{name: "k8s", workload: "k8s", requests: -1, args: []string{"--total", "100", "--k8s-objects", "50"},
 			check: func(t *testing.T, r *bench.Result) {
 				if w := r.Watch; w == nil || w.EventsExpected <= 0 || w.EventsReceived != w.EventsExpected {
@@ -209,6 +218,7 @@ func TestNullServerCeiling(t *testing.T) {
 				}
 			}},
 		{name: "watch", workload: "watch", wantUnsupported: "Watch", args: []string{"--total", "10", "--watchers", "2", "--watch-streams", "1"}},
+		{name: "watch-grpc", workload: "watch", wantUnsupported: "Watch", args: []string{"--total", "10", "--watchers", "2", "--watch-streams", "1", "--watch-client", "grpc"}},
 	})
 }
 
@@ -218,6 +228,7 @@ func TestUsageErrors(t *testing.T) {
 		{"nope"},
 		{"put", "--clients", "0"},
 		{"put", "--no-such-flag"},
+		{"watch", "--watch-client", "nope"},
 		{"report"},
 	} {
 		var stdout, stderr bytes.Buffer
