@@ -8,7 +8,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -31,15 +35,52 @@ type Cluster struct {
 	Nodes []*Node
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago. It
+// picks one below the kernel's ephemeral range when it can: a port the
+// kernel handed out for a listen on port 0 is in that range, and once freed
+// it may be given to any outgoing connection (the tests make many) before
+// the node binds it ("address already in use").
 func FreePort(t testing.TB) int {
 	t.Helper()
+	if low := ephemeralLow(); low-minPickedPort > 1000 {
+		for range 100 {
+			port := minPickedPort + rand.IntN(low-minPickedPort)
+			ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+			if err != nil {
+				continue
+			}
+			_ = ln.Close()
+			return port
+		}
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// minPickedPort is the lowest port FreePort picks itself (clear of the
+// well-known and registered ports servers on a machine commonly use).
+const minPickedPort = 20000
+
+// ephemeralLow is the first port of the kernel's ephemeral range (Linux's
+// default when it cannot be read).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	fields := strings.Fields(string(b))
+	if len(fields) != 2 {
+		return 32768
+	}
+	low, err := strconv.Atoi(fields[0])
+	if err != nil {
+		return 32768
+	}
+	return low
 }
 
 // Options adjust every node's config before start.
