@@ -83,21 +83,28 @@ func startPeers(t *testing.T, byID map[uint64]*peer) peers {
 func startPeersOf(t *testing.T, byID map[uint64]tesserapb.InternalServer) peers {
 	out := peers{}
 	for id, p := range byID {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv := grpc.NewServer()
-		tesserapb.RegisterInternalServer(srv, p)
-		go func() { _ = srv.Serve(ln) }()
-		cc, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = cc.Close(); srv.Stop() })
-		out[id] = cc
+		_, out[id] = serveInternal(t, p)
 	}
 	return out
+}
+
+// serveInternal serves an Internal service on a 127.0.0.1 port and connects
+// to it; both are closed when the test ends.
+func serveInternal(t *testing.T, p tesserapb.InternalServer) (*grpc.Server, *grpc.ClientConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	tesserapb.RegisterInternalServer(srv, p)
+	go func() { _ = srv.Serve(ln) }()
+	cc, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close(); srv.Stop() })
+	return srv, cc
 }
 
 func (p peers) Conn(_ context.Context, id uint64) (*grpc.ClientConn, error) {

@@ -3,7 +3,6 @@ package router
 import (
 	"context"
 	"log/slog"
-	"net"
 	"strconv"
 	"sync"
 	"testing"
@@ -11,7 +10,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/tesserakv/tessera/proto/tesserapb"
@@ -64,22 +62,14 @@ func (p *heldPeer) RangeWriteStream(s tesserapb.Internal_RangeWriteStreamServer)
 	return serveRangeWrites(s, p.stopc, p.RangeWrite)
 }
 
-// serveHeld serves p on a 127.0.0.1 port and connects to it.
-func serveHeld(t *testing.T, p *heldPeer) (*grpc.Server, *grpc.ClientConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	tesserapb.RegisterInternalServer(srv, p)
-	go func() { _ = srv.Serve(ln) }()
-	cc, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cc.Close(); srv.Stop() })
-	return srv, cc
+// heldSetup serves a new heldPeer and returns it, its server, a connection
+// to it and a writeStreams to send with.
+func heldSetup(t *testing.T) (*heldPeer, *grpc.Server, *grpc.ClientConn, *writeStreams, context.Context) {
+	p := newHeldPeer()
+	srv, cc := serveInternal(t, p)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return p, srv, cc, &writeStreams{log: slog.New(slog.DiscardHandler)}, ctx
 }
 
 type callResult struct {
@@ -111,11 +101,7 @@ func waitResult(t *testing.T, ch chan callResult) callResult {
 // answered in the reverse order each get their own answer, a refusal with
 // its status; the caller's deadline reaches the serving side.
 func TestWriteStreamAnswers(t *testing.T) {
-	p := newHeldPeer()
-	_, cc := serveHeld(t, p)
-	w := &writeStreams{log: slog.New(slog.DiscardHandler)}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	p, _, cc, w, ctx := heldSetup(t)
 	const n = 16
 	results := map[uint64]chan callResult{}
 	for id := uint64(1); id <= n; id++ {
@@ -154,11 +140,7 @@ func TestWriteStreamAnswers(t *testing.T) {
 // applied); a write to the node while it is down is never sent, so the
 // router may ask again.
 func TestWriteStreamBroken(t *testing.T) {
-	p := newHeldPeer()
-	srv, cc := serveHeld(t, p)
-	w := &writeStreams{log: slog.New(slog.DiscardHandler)}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	p, srv, cc, w, ctx := heldSetup(t)
 	waiting := callAsync(w, ctx, cc, 2)
 	<-p.arrived
 	srv.Stop()
@@ -176,11 +158,7 @@ func TestWriteStreamBroken(t *testing.T) {
 // flight before the stream ends, and lets a graceful stop of its gRPC server
 // finish although the sender keeps its stream open.
 func TestWriteStreamStop(t *testing.T) {
-	p := newHeldPeer()
-	srv, cc := serveHeld(t, p)
-	w := &writeStreams{log: slog.New(slog.DiscardHandler)}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	p, srv, cc, w, ctx := heldSetup(t)
 	inFlight := callAsync(w, ctx, cc, 2)
 	<-p.arrived
 	close(p.stopc)
