@@ -21,12 +21,21 @@ type writeStreams struct {
 	log *slog.Logger
 
 	mu      sync.Mutex
-	streams map[*grpc.ClientConn]*writeStream // guarded by mu
+	streams map[*grpc.ClientConn]*streamSlot // guarded by mu
+}
+
+// streamSlot is the stream to one node: being opened until ready closes,
+// then ws or err.
+type streamSlot struct {
+	ready chan struct{}
+	ws    *writeStream // set before ready closes
+	err   error        // set before ready closes
 }
 
 // writeStream is one open RangeWriteStream and the writes awaiting answers.
 type writeStream struct {
 	owner  *writeStreams
+	slot   *streamSlot
 	cc     *grpc.ClientConn
 	cancel context.CancelFunc
 
@@ -45,7 +54,7 @@ type writeStream struct {
 // opened (the write was never sent), or Unavailable when the stream broke
 // with the write sent (it may have been applied).
 func (w *writeStreams) call(ctx context.Context, cc *grpc.ClientConn, req *tesserapb.RangeWriteRequest) (*tesserapb.RangeWriteResponse, error) {
-	ws, err := w.open(cc)
+	ws, err := w.open(ctx, cc)
 	if err != nil {
 		return nil, err
 	}
@@ -86,31 +95,66 @@ func (w *writeStreams) call(ctx context.Context, cc *grpc.ClientConn, req *tesse
 }
 
 // open returns the stream to cc's node, opening one when there is none or
-// the last one broke.
-func (w *writeStreams) open(cc *grpc.ClientConn) (*writeStream, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if ws := w.streams[cc]; ws != nil {
-		ws.mu.Lock()
-		broken := ws.err != nil
-		ws.mu.Unlock()
-		if !broken {
-			return ws, nil
+// the last one broke. The opening runs apart from the caller, which waits
+// for it only as long as ctx lets it; writes to other nodes do not wait.
+func (w *writeStreams) open(ctx context.Context, cc *grpc.ClientConn) (*writeStream, error) {
+	for {
+		w.mu.Lock()
+		slot := w.streams[cc]
+		if slot == nil {
+			slot = &streamSlot{ready: make(chan struct{})}
+			if w.streams == nil {
+				w.streams = map[*grpc.ClientConn]*streamSlot{}
+			}
+			w.streams[cc] = slot
+			go w.dial(cc, slot)
 		}
+		w.mu.Unlock()
+		select {
+		case <-slot.ready:
+		case <-ctx.Done():
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+		if slot.err != nil {
+			return nil, slot.err
+		}
+		if !slot.ws.broken() {
+			return slot.ws, nil
+		}
+		// It broke since; its receiver is removing the slot (or has).
+		w.forget(cc, slot)
 	}
+}
+
+// dial opens the stream of slot, or records why it could not; a slot that
+// failed is forgotten, so the next write tries again.
+func (w *writeStreams) dial(cc *grpc.ClientConn, slot *streamSlot) {
+	defer close(slot.ready)
 	ctx, cancel := context.WithCancel(forwardedContext(context.Background()))
 	stream, err := tesserapb.NewInternalClient(cc).RangeWriteStream(ctx)
 	if err != nil {
 		cancel()
-		return nil, err
+		slot.err = err
+		w.forget(cc, slot)
+		return
 	}
-	ws := &writeStream{owner: w, cc: cc, cancel: cancel, stream: stream, pending: map[uint64]chan *tesserapb.RangeWriteStreamResponse{}}
-	if w.streams == nil {
-		w.streams = map[*grpc.ClientConn]*writeStream{}
+	slot.ws = &writeStream{owner: w, slot: slot, cc: cc, cancel: cancel, stream: stream, pending: map[uint64]chan *tesserapb.RangeWriteStreamResponse{}}
+	go slot.ws.receive()
+}
+
+// forget drops slot from the streams if it is still cc's.
+func (w *writeStreams) forget(cc *grpc.ClientConn, slot *streamSlot) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.streams[cc] == slot {
+		delete(w.streams, cc)
 	}
-	w.streams[cc] = ws
-	go ws.receive()
-	return ws, nil
+}
+
+func (ws *writeStream) broken() bool {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	return ws.err != nil
 }
 
 // receive hands each answer to its waiting write until the stream ends,
@@ -147,11 +191,7 @@ func (ws *writeStream) broke(err error) {
 	for seq, ch := range pending {
 		ch <- &tesserapb.RangeWriteStreamResponse{Seq: seq, Code: uint32(st.Code()), Message: st.Message()}
 	}
-	ws.owner.mu.Lock()
-	if ws.owner.streams[ws.cc] == ws {
-		delete(ws.owner.streams, ws.cc)
-	}
-	ws.owner.mu.Unlock()
+	ws.owner.forget(ws.cc, ws.slot)
 }
 
 // RangeWriteStream serves Internal.RangeWriteStream with RangeWrite. When

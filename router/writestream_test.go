@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"log/slog"
+	"net"
 	"strconv"
 	"sync"
 	"testing"
@@ -10,6 +11,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/tesserakv/tessera/proto/tesserapb"
@@ -172,5 +174,44 @@ func TestWriteStreamStop(t *testing.T) {
 	case <-stopped:
 	case <-time.After(10 * time.Second):
 		t.Fatal("graceful stop waits for the sender's stream")
+	}
+}
+
+// TestWriteStreamSlowNode: while the stream to a node that accepts
+// connections but never answers is being opened, a write to it ends with
+// its own deadline, and writes to another node go through meanwhile.
+func TestWriteStreamSlowNode(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { _ = conn.Close() }) // held open, never answered
+		}
+	}()
+	silent, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = silent.Close() })
+
+	p, _, cc, w, ctx := heldSetup(t)
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	stuck := callAsync(w, short, silent, 2)
+	healthy := callAsync(w, ctx, cc, 4)
+	<-p.arrived
+	close(p.gate(4))
+	if r := waitResult(t, healthy); r.err != nil || r.resp.GetResult().GetGeneration() != 4 {
+		t.Fatalf("write to the healthy node: got %v, %v", r.resp, r.err)
+	}
+	if r := waitResult(t, stuck); status.Code(r.err) != codes.DeadlineExceeded {
+		t.Fatalf("write to the silent node: got %v, want its deadline", r.err)
 	}
 }
