@@ -815,6 +815,134 @@ func (x *RangeWriteResponse) GetResult() *Result {
 	return nil
 }
 
+type RangeFeedRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	RangeId uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	// start_revision: the first revision sent (0: the next one written).
+	StartRevision int64 `protobuf:"varint,2,opt,name=start_revision,json=startRevision,proto3" json:"start_revision,omitempty"`
+	// close_interval_ms: how often closed_revision is brought up to date when
+	// no events come (0: every 100 ms).
+	CloseIntervalMs int64 `protobuf:"varint,3,opt,name=close_interval_ms,json=closeIntervalMs,proto3" json:"close_interval_ms,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RangeFeedRequest) Reset() {
+	*x = RangeFeedRequest{}
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangeFeedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangeFeedRequest) ProtoMessage() {}
+
+func (x *RangeFeedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangeFeedRequest.ProtoReflect.Descriptor instead.
+func (*RangeFeedRequest) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RangeFeedRequest) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+func (x *RangeFeedRequest) GetStartRevision() int64 {
+	if x != nil {
+		return x.StartRevision
+	}
+	return 0
+}
+
+func (x *RangeFeedRequest) GetCloseIntervalMs() int64 {
+	if x != nil {
+		return x.CloseIntervalMs
+	}
+	return 0
+}
+
+type RangeFeedResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// events are marshalled etcd mvccpb.Events, in revision order; one
+	// revision's events are never split across responses.
+	Events [][]byte `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	// closed_revision: every event of the range at or below it has been sent.
+	ClosedRevision int64 `protobuf:"varint,2,opt,name=closed_revision,json=closedRevision,proto3" json:"closed_revision,omitempty"`
+	// compact_revision, when set, is the range's compacted revision, above
+	// start_revision: the feed ends.
+	CompactRevision int64 `protobuf:"varint,3,opt,name=compact_revision,json=compactRevision,proto3" json:"compact_revision,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RangeFeedResponse) Reset() {
+	*x = RangeFeedResponse{}
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangeFeedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangeFeedResponse) ProtoMessage() {}
+
+func (x *RangeFeedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangeFeedResponse.ProtoReflect.Descriptor instead.
+func (*RangeFeedResponse) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RangeFeedResponse) GetEvents() [][]byte {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *RangeFeedResponse) GetClosedRevision() int64 {
+	if x != nil {
+		return x.ClosedRevision
+	}
+	return 0
+}
+
+func (x *RangeFeedResponse) GetCompactRevision() int64 {
+	if x != nil {
+		return x.CompactRevision
+	}
+	return 0
+}
+
 type RangeWriteStreamRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// seq names the request in its response; unique on the stream.
@@ -829,7 +957,7 @@ type RangeWriteStreamRequest struct {
 
 func (x *RangeWriteStreamRequest) Reset() {
 	*x = RangeWriteStreamRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -841,7 +969,7 @@ func (x *RangeWriteStreamRequest) String() string {
 func (*RangeWriteStreamRequest) ProtoMessage() {}
 
 func (x *RangeWriteStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -854,7 +982,7 @@ func (x *RangeWriteStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteStreamRequest.ProtoReflect.Descriptor instead.
 func (*RangeWriteStreamRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RangeWriteStreamRequest) GetSeq() uint64 {
@@ -892,7 +1020,7 @@ type RangeWriteStreamResponse struct {
 
 func (x *RangeWriteStreamResponse) Reset() {
 	*x = RangeWriteStreamResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -904,7 +1032,7 @@ func (x *RangeWriteStreamResponse) String() string {
 func (*RangeWriteStreamResponse) ProtoMessage() {}
 
 func (x *RangeWriteStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -917,7 +1045,7 @@ func (x *RangeWriteStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteStreamResponse.ProtoReflect.Descriptor instead.
 func (*RangeWriteStreamResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RangeWriteStreamResponse) GetSeq() uint64 {
@@ -962,7 +1090,7 @@ type FenceRangeRequest struct {
 
 func (x *FenceRangeRequest) Reset() {
 	*x = FenceRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -974,7 +1102,7 @@ func (x *FenceRangeRequest) String() string {
 func (*FenceRangeRequest) ProtoMessage() {}
 
 func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -987,7 +1115,7 @@ func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeRequest.ProtoReflect.Descriptor instead.
 func (*FenceRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *FenceRangeRequest) GetRangeId() uint64 {
@@ -1022,7 +1150,7 @@ type FenceRangeResponse struct {
 
 func (x *FenceRangeResponse) Reset() {
 	*x = FenceRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1034,7 +1162,7 @@ func (x *FenceRangeResponse) String() string {
 func (*FenceRangeResponse) ProtoMessage() {}
 
 func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1047,7 +1175,7 @@ func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeResponse.ProtoReflect.Descriptor instead.
 func (*FenceRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *FenceRangeResponse) GetAppliedIndex() uint64 {
@@ -1073,7 +1201,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1085,7 +1213,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1098,7 +1226,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SplitRangeRequest) GetSplitKey() []byte {
@@ -1118,7 +1246,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[19]
+	mi := &file_tesserapb_meta_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1130,7 +1258,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[19]
+	mi := &file_tesserapb_meta_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1143,7 +1271,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SplitRangeResponse) GetLeft() *RangeInfo {
@@ -1168,7 +1296,7 @@ type ListRangesRequest struct {
 
 func (x *ListRangesRequest) Reset() {
 	*x = ListRangesRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[20]
+	mi := &file_tesserapb_meta_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1180,7 +1308,7 @@ func (x *ListRangesRequest) String() string {
 func (*ListRangesRequest) ProtoMessage() {}
 
 func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[20]
+	mi := &file_tesserapb_meta_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1193,7 +1321,7 @@ func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesRequest.ProtoReflect.Descriptor instead.
 func (*ListRangesRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{22}
 }
 
 type ListRangesResponse struct {
@@ -1205,7 +1333,7 @@ type ListRangesResponse struct {
 
 func (x *ListRangesResponse) Reset() {
 	*x = ListRangesResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[21]
+	mi := &file_tesserapb_meta_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1217,7 +1345,7 @@ func (x *ListRangesResponse) String() string {
 func (*ListRangesResponse) ProtoMessage() {}
 
 func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[21]
+	mi := &file_tesserapb_meta_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1230,7 +1358,7 @@ func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesResponse.ProtoReflect.Descriptor instead.
 func (*ListRangesResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{21}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListRangesResponse) GetRanges() []*RangeInfo {
@@ -1257,7 +1385,7 @@ type RangeInfo struct {
 
 func (x *RangeInfo) Reset() {
 	*x = RangeInfo{}
-	mi := &file_tesserapb_meta_proto_msgTypes[22]
+	mi := &file_tesserapb_meta_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1269,7 +1397,7 @@ func (x *RangeInfo) String() string {
 func (*RangeInfo) ProtoMessage() {}
 
 func (x *RangeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[22]
+	mi := &file_tesserapb_meta_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1282,7 +1410,7 @@ func (x *RangeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
 func (*RangeInfo) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{22}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RangeInfo) GetRangeId() uint64 {
@@ -1350,7 +1478,7 @@ type GetRevisionsRequest struct {
 
 func (x *GetRevisionsRequest) Reset() {
 	*x = GetRevisionsRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[23]
+	mi := &file_tesserapb_meta_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1362,7 +1490,7 @@ func (x *GetRevisionsRequest) String() string {
 func (*GetRevisionsRequest) ProtoMessage() {}
 
 func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[23]
+	mi := &file_tesserapb_meta_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1375,7 +1503,7 @@ func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*GetRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{23}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetRevisionsRequest) GetCount() int64 {
@@ -1396,7 +1524,7 @@ type GetRevisionsResponse struct {
 
 func (x *GetRevisionsResponse) Reset() {
 	*x = GetRevisionsResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[24]
+	mi := &file_tesserapb_meta_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1408,7 +1536,7 @@ func (x *GetRevisionsResponse) String() string {
 func (*GetRevisionsResponse) ProtoMessage() {}
 
 func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[24]
+	mi := &file_tesserapb_meta_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1421,7 +1549,7 @@ func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*GetRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{24}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetRevisionsResponse) GetFirst() int64 {
@@ -1490,7 +1618,15 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"writesKeys\x12%\n" +
 	"\x0efence_revision\x18\x04 \x01(\x03R\rfenceRevision\"?\n" +
 	"\x12RangeWriteResponse\x12)\n" +
-	"\x06result\x18\x01 \x01(\v2\x11.tesserapb.ResultR\x06result\"\x82\x01\n" +
+	"\x06result\x18\x01 \x01(\v2\x11.tesserapb.ResultR\x06result\"\x80\x01\n" +
+	"\x10RangeFeedRequest\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12%\n" +
+	"\x0estart_revision\x18\x02 \x01(\x03R\rstartRevision\x12*\n" +
+	"\x11close_interval_ms\x18\x03 \x01(\x03R\x0fcloseIntervalMs\"\x7f\n" +
+	"\x11RangeFeedResponse\x12\x16\n" +
+	"\x06events\x18\x01 \x03(\fR\x06events\x12'\n" +
+	"\x0fclosed_revision\x18\x02 \x01(\x03R\x0eclosedRevision\x12)\n" +
+	"\x10compact_revision\x18\x03 \x01(\x03R\x0fcompactRevision\"\x82\x01\n" +
 	"\x17RangeWriteStreamRequest\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x126\n" +
 	"\arequest\x18\x02 \x01(\v2\x1c.tesserapb.RangeWriteRequestR\arequest\x12\x1d\n" +
@@ -1532,12 +1668,13 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\x05count\x18\x01 \x01(\x03R\x05count\"B\n" +
 	"\x14GetRevisionsResponse\x12\x14\n" +
 	"\x05first\x18\x01 \x01(\x03R\x05first\x12\x14\n" +
-	"\x05count\x18\x02 \x01(\x03R\x05count2\x8d\x05\n" +
+	"\x05count\x18\x02 \x01(\x03R\x05count2\xd7\x05\n" +
 	"\bInternal\x12O\n" +
 	"\fGetRevisions\x12\x1e.tesserapb.GetRevisionsRequest\x1a\x1f.tesserapb.GetRevisionsResponse\x12I\n" +
 	"\n" +
 	"RangeWrite\x12\x1c.tesserapb.RangeWriteRequest\x1a\x1d.tesserapb.RangeWriteResponse\x12_\n" +
-	"\x10RangeWriteStream\x12\".tesserapb.RangeWriteStreamRequest\x1a#.tesserapb.RangeWriteStreamResponse(\x010\x01\x12I\n" +
+	"\x10RangeWriteStream\x12\".tesserapb.RangeWriteStreamRequest\x1a#.tesserapb.RangeWriteStreamResponse(\x010\x01\x12H\n" +
+	"\tRangeFeed\x12\x1b.tesserapb.RangeFeedRequest\x1a\x1c.tesserapb.RangeFeedResponse0\x01\x12I\n" +
 	"\n" +
 	"FenceRange\x12\x1c.tesserapb.FenceRangeRequest\x1a\x1d.tesserapb.FenceRangeResponse\x12I\n" +
 	"\n" +
@@ -1559,7 +1696,7 @@ func file_tesserapb_meta_proto_rawDescGZIP() []byte {
 	return file_tesserapb_meta_proto_rawDescData
 }
 
-var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_tesserapb_meta_proto_goTypes = []any{
 	(*MetaCommand)(nil),              // 0: tesserapb.MetaCommand
 	(*AllocateRangeIdCommand)(nil),   // 1: tesserapb.AllocateRangeIdCommand
@@ -1575,18 +1712,20 @@ var file_tesserapb_meta_proto_goTypes = []any{
 	(*CampaignRangeResponse)(nil),    // 11: tesserapb.CampaignRangeResponse
 	(*RangeWriteRequest)(nil),        // 12: tesserapb.RangeWriteRequest
 	(*RangeWriteResponse)(nil),       // 13: tesserapb.RangeWriteResponse
-	(*RangeWriteStreamRequest)(nil),  // 14: tesserapb.RangeWriteStreamRequest
-	(*RangeWriteStreamResponse)(nil), // 15: tesserapb.RangeWriteStreamResponse
-	(*FenceRangeRequest)(nil),        // 16: tesserapb.FenceRangeRequest
-	(*FenceRangeResponse)(nil),       // 17: tesserapb.FenceRangeResponse
-	(*SplitRangeRequest)(nil),        // 18: tesserapb.SplitRangeRequest
-	(*SplitRangeResponse)(nil),       // 19: tesserapb.SplitRangeResponse
-	(*ListRangesRequest)(nil),        // 20: tesserapb.ListRangesRequest
-	(*ListRangesResponse)(nil),       // 21: tesserapb.ListRangesResponse
-	(*RangeInfo)(nil),                // 22: tesserapb.RangeInfo
-	(*GetRevisionsRequest)(nil),      // 23: tesserapb.GetRevisionsRequest
-	(*GetRevisionsResponse)(nil),     // 24: tesserapb.GetRevisionsResponse
-	(*Result)(nil),                   // 25: tesserapb.Result
+	(*RangeFeedRequest)(nil),         // 14: tesserapb.RangeFeedRequest
+	(*RangeFeedResponse)(nil),        // 15: tesserapb.RangeFeedResponse
+	(*RangeWriteStreamRequest)(nil),  // 16: tesserapb.RangeWriteStreamRequest
+	(*RangeWriteStreamResponse)(nil), // 17: tesserapb.RangeWriteStreamResponse
+	(*FenceRangeRequest)(nil),        // 18: tesserapb.FenceRangeRequest
+	(*FenceRangeResponse)(nil),       // 19: tesserapb.FenceRangeResponse
+	(*SplitRangeRequest)(nil),        // 20: tesserapb.SplitRangeRequest
+	(*SplitRangeResponse)(nil),       // 21: tesserapb.SplitRangeResponse
+	(*ListRangesRequest)(nil),        // 22: tesserapb.ListRangesRequest
+	(*ListRangesResponse)(nil),       // 23: tesserapb.ListRangesResponse
+	(*RangeInfo)(nil),                // 24: tesserapb.RangeInfo
+	(*GetRevisionsRequest)(nil),      // 25: tesserapb.GetRevisionsRequest
+	(*GetRevisionsResponse)(nil),     // 26: tesserapb.GetRevisionsResponse
+	(*Result)(nil),                   // 27: tesserapb.Result
 }
 var file_tesserapb_meta_proto_depIdxs = []int32{
 	2,  // 0: tesserapb.MetaCommand.set_high_water:type_name -> tesserapb.SetHighWaterCommand
@@ -1597,30 +1736,32 @@ var file_tesserapb_meta_proto_depIdxs = []int32{
 	6,  // 5: tesserapb.PutRangeCommand.range:type_name -> tesserapb.RangeDescriptor
 	5,  // 6: tesserapb.MetaState.nodes:type_name -> tesserapb.NodeInfo
 	6,  // 7: tesserapb.MetaState.ranges:type_name -> tesserapb.RangeDescriptor
-	25, // 8: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
+	27, // 8: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
 	12, // 9: tesserapb.RangeWriteStreamRequest.request:type_name -> tesserapb.RangeWriteRequest
 	13, // 10: tesserapb.RangeWriteStreamResponse.response:type_name -> tesserapb.RangeWriteResponse
-	22, // 11: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
-	22, // 12: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
-	22, // 13: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
-	23, // 14: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
+	24, // 11: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
+	24, // 12: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
+	24, // 13: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
+	25, // 14: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
 	12, // 15: tesserapb.Internal.RangeWrite:input_type -> tesserapb.RangeWriteRequest
-	14, // 16: tesserapb.Internal.RangeWriteStream:input_type -> tesserapb.RangeWriteStreamRequest
-	16, // 17: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
-	18, // 18: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
-	20, // 19: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
-	10, // 20: tesserapb.Internal.CampaignRange:input_type -> tesserapb.CampaignRangeRequest
-	8,  // 21: tesserapb.Internal.RangeStarted:input_type -> tesserapb.RangeStartedRequest
-	24, // 22: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
-	13, // 23: tesserapb.Internal.RangeWrite:output_type -> tesserapb.RangeWriteResponse
-	15, // 24: tesserapb.Internal.RangeWriteStream:output_type -> tesserapb.RangeWriteStreamResponse
-	17, // 25: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
-	19, // 26: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
-	21, // 27: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
-	11, // 28: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
-	9,  // 29: tesserapb.Internal.RangeStarted:output_type -> tesserapb.RangeStartedResponse
-	22, // [22:30] is the sub-list for method output_type
-	14, // [14:22] is the sub-list for method input_type
+	16, // 16: tesserapb.Internal.RangeWriteStream:input_type -> tesserapb.RangeWriteStreamRequest
+	14, // 17: tesserapb.Internal.RangeFeed:input_type -> tesserapb.RangeFeedRequest
+	18, // 18: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
+	20, // 19: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
+	22, // 20: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
+	10, // 21: tesserapb.Internal.CampaignRange:input_type -> tesserapb.CampaignRangeRequest
+	8,  // 22: tesserapb.Internal.RangeStarted:input_type -> tesserapb.RangeStartedRequest
+	26, // 23: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
+	13, // 24: tesserapb.Internal.RangeWrite:output_type -> tesserapb.RangeWriteResponse
+	17, // 25: tesserapb.Internal.RangeWriteStream:output_type -> tesserapb.RangeWriteStreamResponse
+	15, // 26: tesserapb.Internal.RangeFeed:output_type -> tesserapb.RangeFeedResponse
+	19, // 27: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
+	21, // 28: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
+	23, // 29: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
+	11, // 30: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
+	9,  // 31: tesserapb.Internal.RangeStarted:output_type -> tesserapb.RangeStartedResponse
+	23, // [23:32] is the sub-list for method output_type
+	14, // [14:23] is the sub-list for method input_type
 	14, // [14:14] is the sub-list for extension type_name
 	14, // [14:14] is the sub-list for extension extendee
 	0,  // [0:14] is the sub-list for field type_name
@@ -1644,7 +1785,7 @@ func file_tesserapb_meta_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tesserapb_meta_proto_rawDesc), len(file_tesserapb_meta_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   25,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

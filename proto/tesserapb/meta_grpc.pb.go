@@ -26,6 +26,7 @@ const (
 	Internal_GetRevisions_FullMethodName     = "/tesserapb.Internal/GetRevisions"
 	Internal_RangeWrite_FullMethodName       = "/tesserapb.Internal/RangeWrite"
 	Internal_RangeWriteStream_FullMethodName = "/tesserapb.Internal/RangeWriteStream"
+	Internal_RangeFeed_FullMethodName        = "/tesserapb.Internal/RangeFeed"
 	Internal_FenceRange_FullMethodName       = "/tesserapb.Internal/FenceRange"
 	Internal_SplitRange_FullMethodName       = "/tesserapb.Internal/SplitRange"
 	Internal_ListRanges_FullMethodName       = "/tesserapb.Internal/ListRanges"
@@ -50,6 +51,14 @@ type InternalClient interface {
 	// seq, in any order: what a node forwards to another goes over one
 	// stream instead of one call each.
 	RangeWriteStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RangeWriteStreamRequest, RangeWriteStreamResponse], error)
+	// RangeFeed streams the events of a range's keys (as its bounds are when
+	// the feed starts) from start_revision on, in revision order with prev_kv:
+	// history from MVCC first, then live, as this node's replica applies them;
+	// closed_revision tells when every event at or below it has been sent.
+	// A start below the compacted revision ends the feed with
+	// compact_revision set. A node without a replica of the range answers
+	// FailedPrecondition.
+	RangeFeed(ctx context.Context, in *RangeFeedRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[RangeFeedResponse], error)
 	// FenceRange is a range leader's half of a linearizable read that another
 	// replica serves: the leader raises its fence to revision (every later
 	// write to the range takes a higher one), waits until every write at or
@@ -113,6 +122,25 @@ func (c *internalClient) RangeWriteStream(ctx context.Context, opts ...grpc.Call
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Internal_RangeWriteStreamClient = grpc.BidiStreamingClient[RangeWriteStreamRequest, RangeWriteStreamResponse]
+
+func (c *internalClient) RangeFeed(ctx context.Context, in *RangeFeedRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[RangeFeedResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Internal_ServiceDesc.Streams[1], Internal_RangeFeed_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[RangeFeedRequest, RangeFeedResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Internal_RangeFeedClient = grpc.ServerStreamingClient[RangeFeedResponse]
 
 func (c *internalClient) FenceRange(ctx context.Context, in *FenceRangeRequest, opts ...grpc.CallOption) (*FenceRangeResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -181,6 +209,14 @@ type InternalServer interface {
 	// seq, in any order: what a node forwards to another goes over one
 	// stream instead of one call each.
 	RangeWriteStream(grpc.BidiStreamingServer[RangeWriteStreamRequest, RangeWriteStreamResponse]) error
+	// RangeFeed streams the events of a range's keys (as its bounds are when
+	// the feed starts) from start_revision on, in revision order with prev_kv:
+	// history from MVCC first, then live, as this node's replica applies them;
+	// closed_revision tells when every event at or below it has been sent.
+	// A start below the compacted revision ends the feed with
+	// compact_revision set. A node without a replica of the range answers
+	// FailedPrecondition.
+	RangeFeed(*RangeFeedRequest, grpc.ServerStreamingServer[RangeFeedResponse]) error
 	// FenceRange is a range leader's half of a linearizable read that another
 	// replica serves: the leader raises its fence to revision (every later
 	// write to the range takes a higher one), waits until every write at or
@@ -220,6 +256,9 @@ func (UnimplementedInternalServer) RangeWrite(context.Context, *RangeWriteReques
 }
 func (UnimplementedInternalServer) RangeWriteStream(grpc.BidiStreamingServer[RangeWriteStreamRequest, RangeWriteStreamResponse]) error {
 	return status.Error(codes.Unimplemented, "method RangeWriteStream not implemented")
+}
+func (UnimplementedInternalServer) RangeFeed(*RangeFeedRequest, grpc.ServerStreamingServer[RangeFeedResponse]) error {
+	return status.Error(codes.Unimplemented, "method RangeFeed not implemented")
 }
 func (UnimplementedInternalServer) FenceRange(context.Context, *FenceRangeRequest) (*FenceRangeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method FenceRange not implemented")
@@ -299,6 +338,17 @@ func _Internal_RangeWriteStream_Handler(srv interface{}, stream grpc.ServerStrea
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Internal_RangeWriteStreamServer = grpc.BidiStreamingServer[RangeWriteStreamRequest, RangeWriteStreamResponse]
+
+func _Internal_RangeFeed_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(RangeFeedRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(InternalServer).RangeFeed(m, &grpc.GenericServerStream[RangeFeedRequest, RangeFeedResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Internal_RangeFeedServer = grpc.ServerStreamingServer[RangeFeedResponse]
 
 func _Internal_FenceRange_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(FenceRangeRequest)
@@ -432,6 +482,11 @@ var Internal_ServiceDesc = grpc.ServiceDesc{
 			Handler:       _Internal_RangeWriteStream_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "RangeFeed",
+			Handler:       _Internal_RangeFeed_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "tesserapb/meta.proto",
