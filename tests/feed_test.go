@@ -37,7 +37,8 @@ func internalClient(t *testing.T, n *testcluster.Node) tesserapb.InternalClient 
 // write keys of both ranges: the feed carries exactly the writes of its
 // range from that revision on, in revision order, with prev_kv for
 // updates, and never reports a closed revision below an event it sends
-// later. A feed from before the compacted revision ends with it; a range
+// later; a feed started after the writes reads the same from history. A
+// feed from before the compacted revision ends with it; a range
 // the node does not have is refused.
 func TestRangeFeed(t *testing.T) {
 	c := testcluster.Start(t, 3)
@@ -108,52 +109,26 @@ func TestRangeFeed(t *testing.T) {
 		return
 	}
 
-	var (
-		got       []int64
-		closed    int64
-		prevKVs   int
-		seenClose int64
-	)
-	for seenClose < last {
-		resp, err := feed.Recv()
-		if err != nil {
-			t.Fatalf("feed ended at closed revision %d, writes up to %d: %v", seenClose, last, err)
-		}
-		for _, b := range resp.Events {
-			ev := &mvccpb.Event{}
-			if err := proto.Unmarshal(b, ev); err != nil {
-				t.Fatal(err)
-			}
-			rev := ev.Kv.ModRevision
-			if rev <= closed {
-				t.Fatalf("event at %d after closed revision %d", rev, closed)
-			}
-			if bytes.Compare(ev.Kv.Key, []byte("m")) >= 0 {
-				t.Fatalf("event of key %q, outside the range", ev.Kv.Key)
-			}
-			if ev.PrevKv != nil {
-				prevKVs++
-			}
-			got = append(got, rev)
-		}
-		if resp.ClosedRevision < closed {
-			t.Fatalf("closed revision went back from %d to %d", closed, resp.ClosedRevision)
-		}
-		closed = resp.ClosedRevision
-		seenClose = closed
-	}
 	var want []int64
 	for rev := range wanted {
 		want = append(want, rev)
 	}
 	slices.Sort(want)
+	got, prevKVs := readFeed(t, feed, last)
 	if !slices.Equal(got, want) {
 		t.Fatalf("feed events at %v, writes of the range at %v", got, want)
 	}
 	if prevKVs == 0 {
 		t.Fatal("no event carried prev_kv, though keys were written again")
 	}
-
+	// The same from history: a feed started after the writes.
+	replay, err := internalClient(t, feeder).RangeFeed(ctx, &tesserapb.RangeFeedRequest{RangeId: rangeID, StartRevision: first.Header.Revision + 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := readFeed(t, replay, last); !slices.Equal(got, want) {
+		t.Fatalf("feed from history: events at %v, writes of the range at %v", got, want)
+	}
 	// From before the compacted revision: the feed says so and ends.
 	if _, err := cli.Compact(ctx, last); err != nil {
 		t.Fatal(err)
@@ -177,4 +152,41 @@ func TestRangeFeed(t *testing.T) {
 	if status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("feed of a range the node lacks: %v, want FailedPrecondition", err)
 	}
+}
+
+// readFeed reads a range feed until its closed revision reaches until and
+// returns the revisions of its events and how many carried prev_kv,
+// failing the test if an event comes at or below a closed revision already
+// reported, lies outside ["", "m"), or the closed revision goes back.
+func readFeed(t *testing.T, feed tesserapb.Internal_RangeFeedClient, until int64) (revs []int64, prevKVs int) {
+	t.Helper()
+	var closed int64
+	for closed < until {
+		resp, err := feed.Recv()
+		if err != nil {
+			t.Fatalf("feed ended at closed revision %d, writes up to %d: %v", closed, until, err)
+		}
+		for _, b := range resp.Events {
+			ev := &mvccpb.Event{}
+			if err := proto.Unmarshal(b, ev); err != nil {
+				t.Fatal(err)
+			}
+			rev := ev.Kv.ModRevision
+			if rev <= closed {
+				t.Fatalf("event at %d after closed revision %d", rev, closed)
+			}
+			if bytes.Compare(ev.Kv.Key, []byte("m")) >= 0 {
+				t.Fatalf("event of key %q, outside the range", ev.Kv.Key)
+			}
+			if ev.PrevKv != nil {
+				prevKVs++
+			}
+			revs = append(revs, rev)
+		}
+		if resp.ClosedRevision < closed {
+			t.Fatalf("closed revision went back from %d to %d", closed, resp.ClosedRevision)
+		}
+		closed = resp.ClosedRevision
+	}
+	return revs, prevKVs
 }
