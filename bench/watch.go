@@ -142,8 +142,11 @@ func (e *env) startGRPCWatchers(ctx context.Context, ws *watchSet, created chan<
 			}}})
 		}
 		ws.wg.Go(func() {
+			// Each watcher reports its creation once: nil when created, or
+			// the error that ended the stream first.
+			pending := len(reqs)
 			fail := func(err error) {
-				for range len(reqs) {
+				for ; pending > 0; pending-- {
 					created <- err
 				}
 			}
@@ -158,13 +161,10 @@ func (e *env) startGRPCWatchers(ctx context.Context, ws *watchSet, created chan<
 					return
 				}
 			}
-			pending := len(reqs)
 			for {
 				resp, err := wc.Recv()
 				if err != nil {
-					if pending > 0 {
-						fail(err)
-					}
+					fail(err)
 					if ctx.Err() == nil {
 						ws.setErr(err)
 					}
@@ -177,9 +177,7 @@ func (e *env) startGRPCWatchers(ctx context.Context, ws *watchSet, created chan<
 					created <- nil
 				case resp.Canceled:
 					err := fmt.Errorf("watch %d canceled: %s", resp.WatchId, resp.CancelReason)
-					if pending > 0 {
-						fail(err)
-					}
+					fail(err)
 					ws.setErr(err)
 					return
 				}
