@@ -24,11 +24,29 @@ func (r *Router) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeResp
 	if err := checkRange(req); err != nil {
 		return nil, err
 	}
-	resp, err := r.rangeAll(ctx, req)
+	ans, err := r.rangeAll(ctx, req, false)
 	if err != nil {
 		return nil, ToGRPC(err)
 	}
-	return resp, nil
+	return ans.resp, nil
+}
+
+// RangeWire is Range for a gRPC server whose codec sends wire-format
+// messages as they are (wirecodec.Codec): the answer to a request that
+// statemachine.WireRangeable accepts is built from the stored versions
+// without decoding them (a *WireRangeResponse); any other is Range's.
+func (r *Router) RangeWire(ctx context.Context, req *pb.RangeRequest) (proto.Message, error) {
+	if err := checkRange(req); err != nil {
+		return nil, err
+	}
+	ans, err := r.rangeAll(ctx, req, statemachine.WireRangeable(req))
+	if err != nil {
+		return nil, ToGRPC(err)
+	}
+	if ans.wire != nil {
+		return ans.wire, nil
+	}
+	return ans.resp, nil
 }
 
 // readRevision is the revision a linearizable read (or a compaction) works
@@ -46,34 +64,63 @@ func (r *Router) readRevision(ctx context.Context, requested int64) (int64, erro
 	return rev, nil
 }
 
+// rangeAnswer is one range's part of a Range, or the whole answer: resp, or
+// with wire set (statemachine.WireRangeable requests only) the same in wire
+// format.
+type rangeAnswer struct {
+	resp *pb.RangeResponse
+	wire *WireRangeResponse
+}
+
+func (a rangeAnswer) count() int64 {
+	if a.wire != nil {
+		return a.wire.Count
+	}
+	return a.resp.Count
+}
+
+func (a rangeAnswer) more() bool {
+	if a.wire != nil {
+		return a.wire.More
+	}
+	return a.resp.More
+}
+
+func (a rangeAnswer) kvs() int {
+	if a.wire != nil {
+		return a.wire.KVs.Len()
+	}
+	return len(a.resp.Kvs)
+}
+
 // rangeAll runs a Range over every range it touches and merges the answers
-// as one store would give them. A linearizable read of one range at the
-// current revision leaves taking the revision to readAt (on a follower, the
-// range leader takes it while fencing); a read of several ranges takes it
-// here, once, for all of them.
-func (r *Router) rangeAll(ctx context.Context, req *pb.RangeRequest) (*pb.RangeResponse, error) {
+// as one store would give them, in wire format when wire is set. A
+// linearizable read of one range at the current revision leaves taking the
+// revision to readAt (on a follower, the range leader takes it while
+// fencing); a read of several ranges takes it here, once, for all of them.
+func (r *Router) rangeAll(ctx context.Context, req *pb.RangeRequest, wire bool) (rangeAnswer, error) {
 	var headerRev int64
 	sub := proto.CloneOf(req)
 	for attempt := 0; ; attempt++ {
 		spans, err := r.spansOf(req.Key, req.RangeEnd)
 		if err != nil {
-			return nil, err
+			return rangeAnswer{}, err
 		}
 		if !req.Serializable && headerRev == 0 && (req.Revision != 0 || len(spans) > 1) {
 			rev, err := r.readRevision(ctx, req.Revision)
 			if err != nil {
-				return nil, err
+				return rangeAnswer{}, err
 			}
 			headerRev = rev
 			if sub.Revision == 0 {
 				sub.Revision = rev
 			}
 		}
-		resp, err := r.mergeSpans(ctx, sub, spans, headerRev)
+		ans, err := r.mergeSpans(ctx, sub, spans, headerRev, wire)
 		if r.reroute(ctx, err, attempt) {
 			continue
 		}
-		return resp, err
+		return ans, err
 	}
 }
 
@@ -87,8 +134,11 @@ func ordered(req *pb.RangeRequest) (ok, descending bool) {
 	return true, req.SortOrder == pb.RangeRequest_DESCEND
 }
 
-func (r *Router) mergeSpans(ctx context.Context, req *pb.RangeRequest, spans []span, headerRev int64) (*pb.RangeResponse, error) {
-	out := &pb.RangeResponse{}
+func (r *Router) mergeSpans(ctx context.Context, req *pb.RangeRequest, spans []span, headerRev int64, wire bool) (rangeAnswer, error) {
+	out := rangeAnswer{resp: &pb.RangeResponse{}}
+	if wire {
+		out = rangeAnswer{wire: &WireRangeResponse{}}
+	}
 	inKeyOrder, descending := ordered(req)
 	if descending {
 		spans = slices.Clone(spans)
@@ -101,36 +151,38 @@ func (r *Router) mergeSpans(ctx context.Context, req *pb.RangeRequest, spans []s
 		sub.Key, sub.RangeEnd = sp.key, sp.end
 		// In key order, ranges after the limit is filled only count; sorted
 		// by another target, every range's keys compete for the limit.
-		filled := inKeyOrder && req.Limit > 0 && int64(len(out.Kvs)) >= req.Limit
+		have := int64(out.kvs())
+		filled := inKeyOrder && req.Limit > 0 && have >= req.Limit
 		switch {
 		case !inKeyOrder:
 			sub.Limit = 0 // sorted below, over all ranges
 		case filled:
 			sub.Limit = 1 // only to learn the count, and whether more match
 		case req.Limit > 0:
-			sub.Limit = req.Limit - int64(len(out.Kvs))
+			sub.Limit = req.Limit - have
 		}
-		resp, rev, err := r.readSpan(ctx, sp.rng, sub)
+		ans, rev, err := r.readSpan(ctx, sp.rng, sub, wire)
 		if err != nil {
-			return nil, err
+			return rangeAnswer{}, err
 		}
 		localRev = max(localRev, rev)
-		out.Count += resp.Count
+		more := out.more() || ans.more()
 		if filled {
-			out.More = out.More || len(resp.Kvs) > 0
+			more = out.more() || ans.kvs() > 0
+		}
+		if out.wire != nil {
+			out.wire.Count += ans.wire.Count
+			out.wire.More = more
+			if !filled {
+				out.wire.KVs.Append(&ans.wire.KVs)
+			}
 			continue
 		}
-		out.Kvs = append(out.Kvs, resp.Kvs...)
-		out.More = out.More || resp.More
-	}
-	if !inKeyOrder && len(spans) > 1 {
-		statemachine.SortKVs(out.Kvs, req)
-		if req.Limit > 0 && int64(len(out.Kvs)) > req.Limit {
-			out.Kvs, out.More = out.Kvs[:req.Limit], true
+		out.resp.Count += ans.resp.Count
+		out.resp.More = more
+		if !filled {
+			out.resp.Kvs = append(out.resp.Kvs, ans.resp.Kvs...)
 		}
-	}
-	if req.CountOnly {
-		out.Kvs, out.More = nil, false
 	}
 	if headerRev == 0 {
 		headerRev = localRev
@@ -139,15 +191,33 @@ func (r *Router) mergeSpans(ctx context.Context, req *pb.RangeRequest, spans []s
 	if len(spans) > 0 {
 		first = spans[0].rng
 	}
-	out.Header = r.header(first, headerRev)
+	if out.wire != nil {
+		out.wire.Header = r.header(first, headerRev)
+		return out, nil
+	}
+	if !inKeyOrder && len(spans) > 1 {
+		statemachine.SortKVs(out.resp.Kvs, req)
+		if req.Limit > 0 && int64(len(out.resp.Kvs)) > req.Limit {
+			out.resp.Kvs, out.resp.More = out.resp.Kvs[:req.Limit], true
+		}
+	}
+	if req.CountOnly {
+		out.resp.Kvs, out.resp.More = nil, false
+	}
+	out.resp.Header = r.header(first, headerRev)
 	return out, nil
 }
 
-// readSpan reads one range's part of a Range: locally as it is for a
-// serializable read, otherwise at req.Revision (0: the current revision)
-// after the range leader's fence (here, or through FenceRange or KV.Range on
-// the leader's node). It returns the revision the answer is good for.
-func (r *Router) readSpan(ctx context.Context, rng Range, req *pb.RangeRequest) (*pb.RangeResponse, int64, error) {
+// readSpan reads one range's part of a Range (in wire format when wire is
+// set): locally as it is for a serializable read, otherwise at req.Revision
+// (0: the current revision) after the range leader's fence (here, or through
+// FenceRange or KV.Range on the leader's node). It returns the revision the
+// answer is good for.
+func (r *Router) readSpan(ctx context.Context, rng Range, req *pb.RangeRequest, wire bool) (rangeAnswer, int64, error) {
+	type viewAnswer struct {
+		ans rangeAnswer
+		rev int64
+	}
 	read := func(rev int64) func(*statemachine.View) (any, error) {
 		return func(v *statemachine.View) (any, error) {
 			at := req
@@ -155,11 +225,21 @@ func (r *Router) readSpan(ctx context.Context, rng Range, req *pb.RangeRequest) 
 				at = proto.CloneOf(req)
 				at.Revision = rev
 			}
-			resp, err := v.Range(at)
+			var ans rangeAnswer
+			var err error
+			if wire {
+				var w *statemachine.WireRange
+				w, err = v.RangeWire(at)
+				if err == nil {
+					ans.wire = &WireRangeResponse{KVs: w.KVs, Count: w.Count, More: w.More}
+				}
+			} else {
+				ans.resp, err = v.Range(at)
+			}
 			if err != nil {
 				return nil, err
 			}
-			return [2]any{resp, v.Revision()}, nil
+			return viewAnswer{ans, v.Revision()}, nil
 		}
 	}
 	var out any
@@ -169,26 +249,34 @@ func (r *Router) readSpan(ctx context.Context, rng Range, req *pb.RangeRequest) 
 	} else {
 		var rev int64
 		if out, rev, err = r.readAt(ctx, rng, req.Revision, read); err == nil {
-			return out.([2]any)[0].(*pb.RangeResponse), rev, nil
+			return out.(viewAnswer).ans, rev, nil
 		}
 	}
 	if err == nil {
-		pair := out.([2]any)
-		return pair[0].(*pb.RangeResponse), pair[1].(int64), nil
+		va := out.(viewAnswer)
+		return va.ans, va.rev, nil
 	}
 	resp, ferr, ok := forward(r, ctx, err, func(ctx context.Context, cc *grpc.ClientConn) (*pb.RangeResponse, error) {
 		return pb.NewKVClient(cc).Range(ctx, req)
 	})
 	if !ok {
-		return nil, 0, err
+		return rangeAnswer{}, 0, err
 	}
 	if ferr != nil {
-		return nil, 0, ferr
+		return rangeAnswer{}, 0, ferr
 	}
-	if req.Revision == 0 {
-		return resp, resp.GetHeader().GetRevision(), nil
+	rev := req.Revision
+	if rev == 0 {
+		rev = resp.GetHeader().GetRevision()
 	}
-	return resp, req.Revision, nil
+	if !wire {
+		return rangeAnswer{resp: resp}, rev, nil
+	}
+	w := &WireRangeResponse{Count: resp.Count, More: resp.More}
+	for _, kv := range resp.Kvs {
+		w.KVs.AddKV(kv)
+	}
+	return rangeAnswer{wire: w}, rev, nil
 }
 
 // rangeStreamChunkKVs is how many key-values one RangeStream message carries

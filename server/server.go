@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/tesserakv/tessera/internal/wirecodec"
 	"github.com/tesserakv/tessera/placement"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/router"
@@ -167,10 +168,11 @@ func Start(cfg Config) (*Server, error) {
 		// grown, instead of a new goroutine growing its stack each time.
 		grpc.NumStreamWorkers(streamWorkers),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		// Watch events go out encoded once for all the watches they go to.
-		grpc.ForceServerCodecV2(watchhub.Codec{}),
+		// Watch events go out encoded once for all the watches they go to,
+		// and Range answers without decoding the stored versions.
+		grpc.ForceServerCodecV2(wirecodec.Codec{}),
 	)
-	pb.RegisterKVServer(s.grpc, s.router)
+	registerKV(s.grpc, s.router)
 	pb.RegisterLeaseServer(s.grpc, s.router)
 	pb.RegisterMaintenanceServer(s.grpc, &maintenance{s: s})
 	pb.RegisterClusterServer(s.grpc, &cluster{s: s})

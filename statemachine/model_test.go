@@ -484,6 +484,9 @@ func runRandom(t *testing.T, seed int64, iterations int) {
 			if !errors.Is(err, wantErr) || (err == nil && !proto.Equal(got, want)) {
 				t.Fatalf("iteration %d: Range(%v)\ngot  %v %v\nwant %v %v", it, req, got, err, want, wantErr)
 			}
+			if WireRangeable(req) {
+				checkRangeWire(t, v, req, want, wantErr)
+			}
 			var streamed []*mvccpb.KeyValue
 			count, more, err := v.RangeStream(req, 1+rng.Intn(3), func(kvs []*mvccpb.KeyValue) error {
 				streamed = append(streamed, kvs...)
@@ -550,5 +553,40 @@ func checkPublished(t *testing.T, h *harness, it int, floorBefore, floor, compac
 	}
 	if got := (&pb.WatchResponse{Events: paged}); !proto.Equal(got, want) {
 		t.Fatalf("iteration %d: History(%d, %d) two at a time\n%v\npublished\n%v", it, floorBefore+1, floor, got, want)
+	}
+}
+
+// checkRangeWire checks that RangeWire answers req with the bytes of want's
+// kvs as proto.Marshal encodes them, and want's count and more.
+func checkRangeWire(t *testing.T, v *View, req *pb.RangeRequest, want *pb.RangeResponse, wantErr error) {
+	t.Helper()
+	got, err := v.RangeWire(req)
+	if !errors.Is(err, wantErr) {
+		t.Fatalf("RangeWire(%v): error %v, want %v", req, err, wantErr)
+	}
+	if err != nil {
+		return
+	}
+	wantBytes, err := proto.Marshal(&pb.RangeResponse{Kvs: want.Kvs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gotBytes := bytes.Join(got.KVs.Chunks(), nil); !bytes.Equal(gotBytes, wantBytes) || got.KVs.Len() != len(want.Kvs) ||
+		got.Count != want.Count || got.More != want.More {
+		t.Fatalf("RangeWire(%v) = %d kvs %x count %d more %v, want %v", req, got.KVs.Len(), gotBytes, got.Count, got.More, want)
+	}
+	// The same kvs added decoded (as a router adds another node's answer),
+	// half of them after the first half was moved in with Append.
+	var first, second WireKVs
+	for i, kv := range want.Kvs {
+		if i < len(want.Kvs)/2 {
+			first.AddKV(kv)
+		} else {
+			second.AddKV(kv)
+		}
+	}
+	first.Append(&second)
+	if added := bytes.Join(first.Chunks(), nil); !bytes.Equal(added, wantBytes) || first.Len() != len(want.Kvs) {
+		t.Fatalf("AddKV and Append of %v: %d kvs %x, want %x", want.Kvs, first.Len(), added, wantBytes)
 	}
 }

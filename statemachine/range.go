@@ -70,48 +70,14 @@ func storeLimit(r *pb.RangeRequest) int64 {
 // counts, when not nil, is the node's count cache (views only, see
 // countcache.go).
 func executeRange(m mvccReader, req *pb.RangeRequest, currentRev, compactedRev int64, counts *countCache) (*pb.RangeResponse, error) {
-	if len(req.Key) == 0 {
-		return nil, ErrEmptyKey
-	}
-	rev, err := readRev(req.Revision, currentRev, compactedRev)
-	if err != nil {
-		return nil, err
-	}
-	limit := storeLimit(req)
 	var kvs []*mvccpb.KeyValue
-	var count int64
-	// Once only counting, a checkpoint of an earlier count at this revision
-	// ends the scan (countcache.go); a scan that reaches the end records
-	// checkpoints for later pages.
-	checkpoints := counts.lookup(rev, req.RangeEnd)
-	var recorder countRecorder
-	cutShort := false
-	err = m.scan(spanOf(req.Key, req.RangeEnd), rev, func(k, v []byte) (bool, error) {
-		counting := req.CountOnly || (limit > 0 && int64(len(kvs)) >= limit)
-		if counting {
-			if cpKey, countFrom, ok := checkpoints.next(k); ok && bytes.Equal(cpKey, k) {
-				count += countFrom
-				cutShort = true
-				return false, nil
-			}
-		}
-		recorder.visit(count, k)
-		count++
-		if counting {
-			return true, nil
-		}
+	count, err := scanKVs(m, req, currentRev, compactedRev, counts, storeLimit(req), func(k, v []byte) error {
 		kv, err := decodeVersion(k, v)
-		if err != nil {
-			return false, err
-		}
 		kvs = append(kvs, kv)
-		return true, nil
+		return err
 	})
 	if err != nil {
 		return nil, err
-	}
-	if counts != nil && !cutShort && len(req.RangeEnd) > 0 {
-		counts.store(rev, req.RangeEnd, recorder.finish(count))
 	}
 	kvs = filterKVs(kvs, req)
 	sortKVs(kvs, req)
@@ -129,6 +95,53 @@ func executeRange(m mvccReader, req *pb.RangeRequest, currentRev, compactedRev i
 		resp.Kvs = []*mvccpb.KeyValue{}
 	}
 	return resp, nil
+}
+
+// scanKVs resolves req's revision and scans its keys, live at that revision,
+// in key order: keep gets the user key and stored version of each of the
+// first limit of them (all when limit <= 0, none for count_only), and the
+// rest are only counted. It returns the count. counts, when not nil, is the
+// node's count cache (views only, see countcache.go).
+func scanKVs(m mvccReader, req *pb.RangeRequest, currentRev, compactedRev int64, counts *countCache, limit int64, keep func(k, v []byte) error) (int64, error) {
+	if len(req.Key) == 0 {
+		return 0, ErrEmptyKey
+	}
+	rev, err := readRev(req.Revision, currentRev, compactedRev)
+	if err != nil {
+		return 0, err
+	}
+	var count, kept int64
+	// Once only counting, a checkpoint of an earlier count at this revision
+	// ends the scan (countcache.go); a scan that reaches the end records
+	// checkpoints for later pages.
+	checkpoints := counts.lookup(rev, req.RangeEnd)
+	var recorder countRecorder
+	cutShort := false
+	err = m.scan(spanOf(req.Key, req.RangeEnd), rev, func(k, v []byte) (bool, error) {
+		counting := req.CountOnly || (limit > 0 && kept >= limit)
+		if counting {
+			if cpKey, countFrom, ok := checkpoints.next(k); ok && bytes.Equal(cpKey, k) {
+				count += countFrom
+				cutShort = true
+				return false, nil
+			}
+		}
+		recorder.visit(count, k)
+		count++
+		if counting {
+			return true, nil
+		}
+		kept++
+		err := keep(k, v)
+		return err == nil, err
+	})
+	if err != nil {
+		return 0, err
+	}
+	if counts != nil && !cutShort && len(req.RangeEnd) > 0 {
+		counts.store(rev, req.RangeEnd, recorder.finish(count))
+	}
+	return count, nil
 }
 
 func filterKVs(kvs []*mvccpb.KeyValue, r *pb.RangeRequest) []*mvccpb.KeyValue {

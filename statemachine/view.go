@@ -81,6 +81,15 @@ func (v *View) Range(req *pb.RangeRequest) (*pb.RangeResponse, error) {
 	return executeRange(v.reader(), req, v.state.currentRev, v.state.compactedRev, v.counts)
 }
 
+// RangeWire answers req as Range does, with the kvs in wire format (see
+// WireKVs); req must be one WireRangeable accepts.
+func (v *View) RangeWire(req *pb.RangeRequest) (*WireRange, error) {
+	if err := v.checkSpan(req.Key, req.RangeEnd); err != nil {
+		return nil, err
+	}
+	return executeRangeWire(v.reader(), req, v.state.currentRev, v.state.compactedRev, v.counts)
+}
+
 // RangeStream calls emit with successive chunks (at most chunkSize kvs each;
 // chunkSize <= 0 means a default) of exactly what Range would return for req,
 // in order, and returns count and more as Range would. With the default

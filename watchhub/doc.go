@@ -30,8 +30,8 @@
 //     group whose safe revision is not above what its watchers were sent
 //     (and no progress is owed). Watches with the same options share one
 //     encoding of a delivery: each watch's message is its own watch_id field
-//     followed by the shared bytes, sent as they are through Codec, which
-//     the server installs as its gRPC codec.
+//     followed by the shared bytes, sent as they are by
+//     internal/wirecodec, which the server installs as its gRPC codec.
 //
 // Every node runs every range's replica (static clusters), so a node serves
 // any watch from its own replicas; the floors of follower replicas move as

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/tesserakv/tessera/internal/wirecodec"
 	"github.com/tesserakv/tessera/statemachine"
 )
 
@@ -50,7 +51,7 @@ func newFakeNodeNotifying(t *testing.T, progressEvery time.Duration) (*fakeNode,
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer(grpc.ForceServerCodecV2(Codec{}))
+	srv := grpc.NewServer(grpc.ForceServerCodecV2(wirecodec.Codec{}))
 	pb.RegisterWatchServer(srv, n.hub)
 	go func() { _ = srv.Serve(ln) }()
 	cc, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))

@@ -2,7 +2,6 @@ package watchhub
 
 import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
-	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -78,45 +77,23 @@ func (e encodedResponse) forWatch(idField mem.Buffer) *wireResponse {
 	return w
 }
 
-// wireResponse is a WatchResponse ready for the wire: Codec sends its bytes
-// as they are. It is a proto.Message too (decoded on demand), so any other
-// codec still sends it right, only slower.
+// wireResponse is a WatchResponse ready for the wire: a wirecodec.Message,
+// whose bytes the server's codec sends as they are.
 type wireResponse struct {
 	parts [2]mem.Buffer
 	n     int
 }
 
-// bytes is the encoded message, in pieces.
-func (w *wireResponse) bytes() mem.BufferSlice { return w.parts[:w.n] }
+// WireBytes is the encoded message, in pieces.
+func (w *wireResponse) WireBytes() mem.BufferSlice { return w.parts[:w.n] }
 
 // response decodes the message.
 func (w *wireResponse) response() *pb.WatchResponse {
 	r := &pb.WatchResponse{}
 	// The bytes were encoded from a WatchResponse by this package.
-	_ = proto.Unmarshal(w.bytes().Materialize(), r)
+	_ = proto.Unmarshal(w.WireBytes().Materialize(), r)
 	return r
 }
 
 // ProtoReflect makes a wireResponse a proto.Message.
 func (w *wireResponse) ProtoReflect() protoreflect.Message { return w.response().ProtoReflect() }
-
-// Codec is gRPC's protobuf codec, except that it sends the hub's encoded
-// watch responses without encoding them again. Serve the hub with
-// grpc.ForceServerCodecV2(watchhub.Codec{}).
-type Codec struct{}
-
-var protoCodec = encoding.GetCodecV2("proto")
-
-// Marshal implements encoding.CodecV2.
-func (Codec) Marshal(v any) (mem.BufferSlice, error) {
-	if w, ok := v.(*wireResponse); ok {
-		return w.bytes(), nil
-	}
-	return protoCodec.Marshal(v)
-}
-
-// Unmarshal implements encoding.CodecV2.
-func (Codec) Unmarshal(data mem.BufferSlice, v any) error { return protoCodec.Unmarshal(data, v) }
-
-// Name implements encoding.CodecV2: it stands in for "proto".
-func (Codec) Name() string { return protoCodec.Name() }

@@ -1,0 +1,71 @@
+package router
+
+import (
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/tesserakv/tessera/statemachine"
+)
+
+// RangeResponse field numbers written by hand (kvs, 2, is WireKVs').
+const (
+	rangeHeaderNumber = 1
+	rangeMoreNumber   = 3
+	rangeCountNumber  = 4
+)
+
+// WireRangeResponse is a RangeResponse whose kvs are already in wire format
+// (statemachine.WireKVs): a wirecodec.Message, sent as it is by the server's
+// codec, and a proto.Message decoded on demand for anything else.
+type WireRangeResponse struct {
+	Header *pb.ResponseHeader
+	KVs    statemachine.WireKVs
+	Count  int64
+	More   bool
+}
+
+// WireBytes is the encoded response: header, kvs, more and count.
+func (w *WireRangeResponse) WireBytes() mem.BufferSlice {
+	var head, tail []byte
+	if w.Header != nil {
+		head = protowire.AppendTag(head, rangeHeaderNumber, protowire.BytesType)
+		head = protowire.AppendVarint(head, uint64(proto.Size(w.Header)))
+		// A ResponseHeader always marshals.
+		head, _ = proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(head, w.Header)
+	}
+	if w.More {
+		tail = protowire.AppendTag(tail, rangeMoreNumber, protowire.VarintType)
+		tail = protowire.AppendVarint(tail, 1)
+	}
+	if w.Count != 0 {
+		tail = protowire.AppendTag(tail, rangeCountNumber, protowire.VarintType)
+		tail = protowire.AppendVarint(tail, uint64(w.Count))
+	}
+	chunks := w.KVs.Chunks()
+	out := make(mem.BufferSlice, 0, len(chunks)+2)
+	if len(head) > 0 {
+		out = append(out, mem.SliceBuffer(head))
+	}
+	for _, c := range chunks {
+		out = append(out, mem.SliceBuffer(c))
+	}
+	if len(tail) > 0 {
+		out = append(out, mem.SliceBuffer(tail))
+	}
+	return out
+}
+
+// Response decodes the response.
+func (w *WireRangeResponse) Response() *pb.RangeResponse {
+	r := &pb.RangeResponse{}
+	// The bytes were encoded from stored versions and a header; a store
+	// whose versions do not decode fails its reads elsewhere too.
+	_ = proto.Unmarshal(w.WireBytes().Materialize(), r)
+	return r
+}
+
+// ProtoReflect makes a WireRangeResponse a proto.Message.
+func (w *WireRangeResponse) ProtoReflect() protoreflect.Message { return w.Response().ProtoReflect() }
