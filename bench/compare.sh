@@ -18,6 +18,11 @@
 #                 --only '^watch' for the watch fan-out cases
 #   --out DIR     where results go (default: $CACHE/results/<date>)
 # Tessera's watch prefix "w/" is split into 4 ranges before the cases run.
+# The list case runs last, each server in a fresh cluster of its own with the
+# other stopped: on this kind of virtual machine, memory touched for the first
+# time while another process holds gigabytes costs several times more per
+# page, so whichever server listed second (its 400 MB answer and the client's
+# copy of it) lost seconds to the first one's heap.
 # The fan-out cases (watch-10k-*, watch-1k-*) read the Watch streams directly
 # (tessbench --watch-client grpc), so that the watching client, on the same
 # two cores, does not set the latency; the -clientv3 cases watch through the
@@ -163,8 +168,9 @@ stop_cluster() { # stop_cluster PIDS(comma-separated) KIND N
 }
 
 # --- workloads ---------------------------------------------------------------
-# One case per line: NAME|WORKLOAD ARGS|TOPOLOGIES|null (run against the
-# empty-handler server too). All with 100 clients over 10 connections.
+# One case per line: NAME|WORKLOAD ARGS|TOPOLOGIES|FLAGS, FLAGS "null" (run
+# against the empty-handler server too) or "alone" (each server in a fresh
+# cluster, the other stopped). All with 100 clients over 10 connections.
 if [ $QUICK = 1 ]; then
   CASES="
 put|put --total 5000 --sequential-keys --key-space 0|1 3|null
@@ -175,7 +181,7 @@ txn-put|txn-put --total 5000|1 3|null
 watch|watch --total 1000 --watchers 100 --watch-streams 10|1 3|
 lease|lease --total 2000|1 3|
 k8s|k8s --total 2000 --k8s-objects 500|1 3|
-list|list --objects 2000 --value-size 4096|1|"
+list|list --objects 2000 --value-size 4096|1|alone"
 else
   CASES="
 put|put --total 100000 --sequential-keys --key-space 0|1 3|null
@@ -193,7 +199,7 @@ watch-10k-at-10-clientv3|watch --duration 20s --rate 10 --watchers 10000 --watch
 watch-1k-at-100-clientv3|watch --duration 20s --rate 100 --watchers 1000 --watch-streams 100|1|
 lease|lease --total 20000|1 3|
 k8s|k8s --total 20000 --k8s-objects 2000|1 3|
-list|list --objects 100000 --value-size 4096|1|"
+list|list --objects 100000 --value-size 4096|1|alone"
 fi
 
 FAILURES=$WORK/failures
@@ -217,6 +223,14 @@ bench() { # bench TARGET TOPOLOGY CASE ENDPOINTS PIDS WORKLOAD ARGS...
   esac
 }
 
+# The watch workload's keys (w/ + 14 digits) over 4 Tessera ranges.
+split_watch_prefix() { # split_watch_prefix ENDPOINTS
+  local k
+  for k in 25000 50000 75000; do
+    "$TESSERA" ctl --endpoints "${1%%,*}" split "$(printf 'w/%014d' "$k")" >/dev/null
+  done
+}
+
 NULL_PORT=$((PORT_BASE + 200))
 port_free "$NULL_PORT" || die "port $NULL_PORT on 127.0.0.1 is taken (set TESSERA_BENCH_PORT_BASE)"
 start null "$TESSBENCH" null-server --listen "127.0.0.1:$NULL_PORT"
@@ -226,15 +240,14 @@ for n in $TOPOLOGIES; do
   topo="$n-node"
   start_cluster etcd "$n"; ETCD_EPS=$ENDPOINTS; ETCD_PIDS=$SERVER_PIDS
   start_cluster tessera "$n"; TESS_EPS=$ENDPOINTS; TESS_PIDS=$SERVER_PIDS
-  # The watch workload's keys (w/ + 14 digits) over 4 ranges.
-  for k in 25000 50000 75000; do
-    "$TESSERA" ctl --endpoints "${TESS_EPS%%,*}" split "$(printf 'w/%014d' "$k")" >/dev/null
-  done
+  split_watch_prefix "$TESS_EPS"
   i=0
-  while IFS='|' read -r name args topos null; do
+  ALONE=()
+  while IFS='|' read -r name args topos flags; do
     [ -n "$name" ] || continue
     case " $topos " in *" $n "*) ;; *) continue ;; esac
     if [ -n "$ONLY" ] && ! grep -qE "$ONLY" <<<"$name"; then continue; fi
+    if [ "$flags" = alone ]; then ALONE+=("$name|$args"); continue; fi
     # shellcheck disable=SC2086 # args is a word list
     set -- $args
     # Alternate which server goes first, so drift on the machine (page
@@ -246,13 +259,24 @@ for n in $TOPOLOGIES; do
       bench tessera "$topo" "$name" "$TESS_EPS" "$TESS_PIDS" "$@"
       bench etcd "$topo" "$name" "$ETCD_EPS" "$ETCD_PIDS" "$@"
     fi
-    if [ "$null" = null ]; then
+    if [ "$flags" = null ]; then
       bench null "$topo" "$name" "127.0.0.1:$NULL_PORT" "$NULL_PID" "$@"
     fi
     i=$((i + 1))
   done <<<"$CASES"
   stop_cluster "$ETCD_PIDS" etcd "$n"
   stop_cluster "$TESS_PIDS" tessera "$n"
+  for c in ${ALONE[@]+"${ALONE[@]}"}; do
+    name=${c%%|*}
+    # shellcheck disable=SC2086 # args is a word list
+    set -- ${c#*|}
+    for target in etcd tessera; do
+      start_cluster "$target" "$n"
+      [ "$target" = tessera ] && split_watch_prefix "$ENDPOINTS"
+      bench "$target" "$topo" "$name" "$ENDPOINTS" "$SERVER_PIDS" "$@"
+      stop_cluster "$SERVER_PIDS" "$target" "$n"
+    done
+  done
 done
 
 # --- report ------------------------------------------------------------------
