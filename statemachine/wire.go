@@ -26,17 +26,23 @@ type WireKVs struct {
 	n    int
 }
 
-// wireChunkBytes is the size of a WireKVs chunk (a larger kv gets a chunk of
-// its own size).
-const wireChunkBytes = 256 << 10
+// WireKVs chunks start at firstChunkBytes and double up to maxChunkBytes (a
+// larger kv gets a chunk of its own size): a Get of one key allocates about
+// what its answer takes, a large list a few hundred chunks.
+const (
+	firstChunkBytes = 1 << 10
+	maxChunkBytes   = 256 << 10
+)
 
 // room returns the current chunk with at least size bytes free.
 func (w *WireKVs) room(size int) []byte {
 	if cap(w.cur)-len(w.cur) < size {
+		next := firstChunkBytes
 		if len(w.cur) > 0 {
 			w.full = append(w.full, w.cur)
+			next = min(2*cap(w.cur), maxChunkBytes)
 		}
-		w.cur = make([]byte, 0, max(size, wireChunkBytes))
+		w.cur = make([]byte, 0, max(size, next))
 	}
 	return w.cur
 }
