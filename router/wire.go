@@ -44,13 +44,13 @@ func (w *WireRangeResponse) WireBytes() mem.BufferSlice {
 		tail = protowire.AppendTag(tail, rangeCountNumber, protowire.VarintType)
 		tail = protowire.AppendVarint(tail, uint64(w.Count))
 	}
-	chunks := w.KVs.Chunks()
-	out := make(mem.BufferSlice, 0, len(chunks)+2)
+	n := w.KVs.NumChunks()
+	out := make(mem.BufferSlice, 0, n+2)
 	if len(head) > 0 {
 		out = append(out, mem.SliceBuffer(head))
 	}
-	for _, c := range chunks {
-		out = append(out, mem.SliceBuffer(c))
+	for i := range n {
+		out = append(out, mem.SliceBuffer(w.KVs.Chunk(i)))
 	}
 	if len(tail) > 0 {
 		out = append(out, mem.SliceBuffer(tail))

@@ -575,6 +575,13 @@ func checkRangeWire(t *testing.T, v *View, req *pb.RangeRequest, want *pb.RangeR
 		got.Count != want.Count || got.More != want.More {
 		t.Fatalf("RangeWire(%v) = %d kvs %x count %d more %v, want %v", req, got.KVs.Len(), gotBytes, got.Count, got.More, want)
 	}
+	var pieces [][]byte
+	for i := range got.KVs.NumChunks() {
+		pieces = append(pieces, got.KVs.Chunk(i))
+	}
+	if !bytes.Equal(bytes.Join(pieces, nil), wantBytes) {
+		t.Fatalf("RangeWire(%v): Chunk(i) for i < NumChunks() disagrees with Chunks()", req)
+	}
 	// The same kvs added decoded (as a router adds another node's answer),
 	// half of them after the first half was moved in with Append.
 	var first, second WireKVs

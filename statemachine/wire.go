@@ -73,6 +73,10 @@ func (w *WireKVs) AddKV(kv *mvccpb.KeyValue) {
 
 // Append moves o's kvs after w's; o must not be used afterwards.
 func (w *WireKVs) Append(o *WireKVs) {
+	if w.n == 0 && len(w.full) == 0 {
+		*w = *o
+		return
+	}
 	if len(w.cur) > 0 {
 		w.full = append(w.full, w.cur)
 	}
@@ -90,6 +94,22 @@ func (w *WireKVs) Chunks() [][]byte {
 		return w.full
 	}
 	return append(w.full[:len(w.full):len(w.full)], w.cur)
+}
+
+// NumChunks is len(Chunks()), without building the slice.
+func (w *WireKVs) NumChunks() int {
+	if len(w.cur) == 0 {
+		return len(w.full)
+	}
+	return len(w.full) + 1
+}
+
+// Chunk is Chunks()[i], without building the slice.
+func (w *WireKVs) Chunk(i int) []byte {
+	if i < len(w.full) {
+		return w.full[i]
+	}
+	return w.cur
 }
 
 // WireRange is a Range answered in wire format: View.RangeWire's result.
