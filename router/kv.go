@@ -72,13 +72,6 @@ type rangeAnswer struct {
 	wire *WireRangeResponse
 }
 
-func (a rangeAnswer) count() int64 {
-	if a.wire != nil {
-		return a.wire.Count
-	}
-	return a.resp.Count
-}
-
 func (a rangeAnswer) more() bool {
 	if a.wire != nil {
 		return a.wire.More
@@ -91,6 +84,24 @@ func (a rangeAnswer) kvs() int {
 		return a.wire.KVs.Len()
 	}
 	return len(a.resp.Kvs)
+}
+
+// add merges one range's answer into a whole one: its count, more, and
+// (withKVs) its kvs after the ones already there.
+func (a rangeAnswer) add(part rangeAnswer, withKVs, more bool) {
+	if a.wire != nil {
+		a.wire.Count += part.wire.Count
+		a.wire.More = more
+		if withKVs {
+			a.wire.KVs.Append(&part.wire.KVs)
+		}
+		return
+	}
+	a.resp.Count += part.resp.Count
+	a.resp.More = more
+	if withKVs {
+		a.resp.Kvs = append(a.resp.Kvs, part.resp.Kvs...)
+	}
 }
 
 // rangeAll runs a Range over every range it touches and merges the answers
@@ -170,19 +181,7 @@ func (r *Router) mergeSpans(ctx context.Context, req *pb.RangeRequest, spans []s
 		if filled {
 			more = out.more() || ans.kvs() > 0
 		}
-		if out.wire != nil {
-			out.wire.Count += ans.wire.Count
-			out.wire.More = more
-			if !filled {
-				out.wire.KVs.Append(&ans.wire.KVs)
-			}
-			continue
-		}
-		out.resp.Count += ans.resp.Count
-		out.resp.More = more
-		if !filled {
-			out.resp.Kvs = append(out.resp.Kvs, ans.resp.Kvs...)
-		}
+		out.add(ans, !filled, more)
 	}
 	if headerRev == 0 {
 		headerRev = localRev
