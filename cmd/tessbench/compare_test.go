@@ -29,7 +29,7 @@ func TestCompareScriptQuick(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"### 1-node", "| put |", "| range-linearizable |", "| txn-put |", "| lease |", "| list |",
-		"tessera: not supported by target: Watch", "### Server CPU and memory", "### Large lists"} {
+		"| watch |", "| k8s |", "### Server CPU and memory", "### Large lists", "| 1-node | tessera | 2000 × 4096 B |"} {
 		if !strings.Contains(string(md), want) {
 			t.Errorf("results.md lacks %q:\n%s", want, md)
 		}
