@@ -32,6 +32,15 @@ type Config struct {
 	HeartbeatInterval time.Duration
 	ElectionTimeout   time.Duration
 
+	// SnapshotCount: a range replica snapshots its state machine and
+	// compacts its Raft log every this many entries (etcd's
+	// --snapshot-count; Tessera counts Raft entries, and the proposer puts
+	// concurrent writes of a range into one entry). SnapshotCatchUpEntries
+	// entries are kept behind a compaction for a slow follower to catch up
+	// from before it needs a snapshot.
+	SnapshotCount          uint64
+	SnapshotCatchUpEntries uint64
+
 	AutoCompactionMode      string // "periodic" or "revision"
 	AutoCompactionRetention string
 
@@ -94,6 +103,8 @@ const (
 	DefaultQuotaBackendBytes = 2 * 1024 * 1024 * 1024
 	DefaultHeartbeatMS       = 100
 	DefaultElectionMS        = 1000
+	DefaultSnapshotCount     = 10000
+	DefaultSnapshotCatchUp   = 5000
 	DefaultRangeMaxBytes     = 64 * 1024 * 1024
 	DefaultRangeSplitQPS     = 2500
 	DefaultRaftStepWorkers   = 1
@@ -115,6 +126,8 @@ func DefaultConfig() Config {
 		QuotaBackendBytes:        DefaultQuotaBackendBytes,
 		HeartbeatInterval:        DefaultHeartbeatMS * time.Millisecond,
 		ElectionTimeout:          DefaultElectionMS * time.Millisecond,
+		SnapshotCount:            DefaultSnapshotCount,
+		SnapshotCatchUpEntries:   DefaultSnapshotCatchUp,
 		AutoCompactionMode:       "periodic",
 		AutoCompactionRetention:  "0",
 		LogDBShards:              1,

@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -39,14 +40,15 @@ func (s *Server) raftConfig(rangeID uint64) dbconfig.Config {
 		electionRTT = min(electionRTT, soloElectionRTT)
 	}
 	return dbconfig.Config{
-		ShardID:            rangeID,
-		ReplicaID:          s.replicaID,
-		ElectionRTT:        electionRTT,
-		HeartbeatRTT:       1,
-		CheckQuorum:        true,
-		PreVote:            true,
-		SnapshotEntries:    10000,
-		CompactionOverhead: 5000,
+		ShardID:      rangeID,
+		ReplicaID:    s.replicaID,
+		ElectionRTT:  electionRTT,
+		HeartbeatRTT: 1,
+		CheckQuorum:  true,
+		PreVote:      true,
+		// Zero takes the default, as etcd does.
+		SnapshotEntries:    cmp.Or(s.cfg.SnapshotCount, DefaultSnapshotCount),
+		CompactionOverhead: cmp.Or(s.cfg.SnapshotCatchUpEntries, DefaultSnapshotCatchUp),
 		// An idle range stops heartbeating (Dragonboat's quiesce), so a node
 		// with many ranges does not burn CPU while they are idle.
 		Quiesce: rangeID != placement.MetaRangeID,

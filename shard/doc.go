@@ -6,7 +6,11 @@
 // Promises:
 //   - Writes are proposed by one goroutine, in the order their revisions were
 //     taken from the oracle, and only after this replica has applied a barrier
-//     in its current leader term (DESIGN.md "Revisions" 2).
+//     in its current leader term (DESIGN.md "Revisions" 2). Writes the
+//     proposer takes from its queue together go in one Raft entry (a
+//     tesserapb.BatchCommand, up to 1 MiB), still in revision order; the
+//     state machine applies each as if it were an entry of its own, and each
+//     caller gets its own command's result.
 //   - A write whose outcome is unknown is reported as ErrTimeout, never as a
 //     success or a clean failure.
 //   - The number of proposals in flight is bounded (Config.MaxInFlight);

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/lni/dragonboat/v4"
 	"github.com/lni/dragonboat/v4/client"
+	sm "github.com/lni/dragonboat/v4/statemachine"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tesserakv/tessera/proto/tesserapb"
@@ -136,10 +138,22 @@ type proposal struct {
 }
 
 // outcome is how a proposal ended: err when it was never proposed, otherwise
-// Dragonboat's result.
+// Dragonboat's result for its entry. A proposal that went in a batch entry
+// (batched) has its own result in res when the entry completed.
 type outcome struct {
-	rr  dragonboat.RequestResult
-	err error
+	rr      dragonboat.RequestResult
+	err     error
+	batched bool
+	res     sm.Result
+}
+
+// result is the state machine's result for the proposal; meaningful when
+// rr completed.
+func (o outcome) result() sm.Result {
+	if o.batched {
+		return o.res
+	}
+	return o.rr.GetResult()
 }
 
 // New returns a driver for the replica of cfg.RangeID on nh and starts its
@@ -303,7 +317,7 @@ func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesK
 	rr := out.rr
 	switch {
 	case rr.Completed():
-		res, err := statemachine.DecodeResult(rr.GetResult())
+		res, err := statemachine.DecodeResult(out.result())
 		if err != nil {
 			return nil, err, false
 		}
@@ -431,6 +445,10 @@ func (r *Replica) proposeBatch(batch []*proposal) {
 			break
 		}
 	}
+	// Consecutive writers share one entry (a BatchCommand), up to
+	// maxBatchEntryBytes; any other command goes in an entry of its own, so
+	// the log keeps the queue's order.
+	var entry entryBatch
 	next := 0
 	for _, p := range live {
 		var id uint64
@@ -438,48 +456,117 @@ func (r *Replica) proposeBatch(batch []*proposal) {
 			id = ids[next]
 			next++
 		}
-		data, err := proto.Marshal(p.cmd)
-		var rs *dragonboat.RequestState
-		if err == nil {
-			rs, err = r.nh.Propose(r.session, data, r.cfg.RequestTimeout)
+		size := proto.Size(p.cmd)
+		if !p.writesKeys || entry.bytes+size > maxBatchEntryBytes {
+			r.proposeEntry(&entry)
 		}
-		if err != nil {
-			if id != 0 {
-				r.fence.settle(id)
-			}
+		entry.add(p, id, size)
+		if !p.writesKeys {
+			r.proposeEntry(&entry)
+		}
+	}
+	r.proposeEntry(&entry)
+}
+
+// maxBatchEntryBytes bounds the commands proposed together in one entry (a
+// larger command goes alone).
+const maxBatchEntryBytes = 1 << 20
+
+// entryBatch is the proposals of the next entry and their fence ids (0 for
+// a proposal that writes no keys).
+type entryBatch struct {
+	ps    []*proposal
+	ids   []uint64
+	bytes int
+}
+
+func (e *entryBatch) add(p *proposal, id uint64, size int) {
+	e.ps = append(e.ps, p)
+	e.ids = append(e.ids, id)
+	e.bytes += size
+}
+
+// proposeEntry proposes e's proposals as one entry (their command, or a
+// BatchCommand of theirs) and empties e.
+func (r *Replica) proposeEntry(e *entryBatch) {
+	if len(e.ps) == 0 {
+		return
+	}
+	ps, ids := e.ps, e.ids
+	*e = entryBatch{}
+
+	cmd := ps[0].cmd
+	if len(ps) > 1 {
+		cmds := make([]*tesserapb.Command, len(ps))
+		for i, p := range ps {
+			cmds[i] = p.cmd
+		}
+		cmd = &tesserapb.Command{Op: &tesserapb.Command_Batch{Batch: &tesserapb.BatchCommand{Commands: cmds}}}
+	}
+	data, err := proto.Marshal(cmd)
+	var rs *dragonboat.RequestState
+	if err == nil {
+		rs, err = r.nh.Propose(r.session, data, r.cfg.RequestTimeout)
+	}
+	if err != nil {
+		r.settle(ids)
+		for _, p := range ps {
 			p.done <- outcome{err: err}
-			continue
 		}
-		r.wg.Add(1)
-		go r.follow(p, id, rs)
+		return
+	}
+	r.wg.Add(1)
+	go r.follow(ps, ids, rs)
+}
+
+// settle settles the fence ids of proposals whose entry has ended (0: none).
+func (r *Replica) settle(ids []uint64) {
+	for _, id := range ids {
+		if id != 0 {
+			r.fence.settle(id)
+		}
 	}
 }
 
-// follow waits for a proposal's outcome, settles it in the fence and hands it
-// to the caller. A proposal that timed out may still be applied: it is settled
-// only after a barrier proposed behind it has been applied (or has failed, in
-// which case leadership moved and fenced reads retry).
-func (r *Replica) follow(p *proposal, id uint64, rs *dragonboat.RequestState) {
+// follow waits for the outcome of an entry carrying ps (their command, or a
+// batch of theirs when more than one), settles their fence ids and hands
+// each its outcome. A write that timed out may still be applied: it is
+// settled only after a barrier proposed behind it has been applied (or has
+// failed, in which case leadership moved and fenced reads retry).
+func (r *Replica) follow(ps []*proposal, ids []uint64, rs *dragonboat.RequestState) {
 	defer r.wg.Done()
 	var rr dragonboat.RequestResult
 	select {
 	case rr = <-rs.ResultC():
 	case <-r.stopc:
-		if id != 0 {
-			r.fence.settle(id)
-		}
+		r.settle(ids)
 		return
 	}
 	rs.Release()
-	if id != 0 {
-		if rr.Timeout() {
-			ctx, cancel := context.WithTimeout(context.Background(), r.cfg.RequestTimeout)
-			_, _, _ = r.writeOnce(ctx, &tesserapb.Command{Op: &tesserapb.Command_Barrier{Barrier: &tesserapb.BarrierCommand{}}}, false)
-			cancel()
-		}
-		r.fence.settle(id)
+	if rr.Timeout() && slices.ContainsFunc(ids, func(id uint64) bool { return id != 0 }) {
+		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.RequestTimeout)
+		_, _, _ = r.writeOnce(ctx, &tesserapb.Command{Op: &tesserapb.Command_Barrier{Barrier: &tesserapb.BarrierCommand{}}}, false)
+		cancel()
 	}
-	p.done <- outcome{rr: rr}
+	r.settle(ids)
+	if len(ps) == 1 {
+		ps[0].done <- outcome{rr: rr}
+		return
+	}
+	if !rr.Completed() {
+		for _, p := range ps {
+			p.done <- outcome{rr: rr}
+		}
+		return
+	}
+	results, err := statemachine.DecodeBatchResult(rr.GetResult(), len(ps))
+	for i, p := range ps {
+		if err != nil {
+			p.done <- outcome{err: err}
+			continue
+		}
+		p.done <- outcome{rr: rr, batched: true, res: results[i]}
+	}
 }
 
 // ensureLeaderReady returns nil when this replica leads its range and has

@@ -31,14 +31,20 @@ type applier struct {
 	points pointIter
 }
 
-// apply applies one encoded command. A returned error wrapping a sentinel is
-// the command's failure (nothing written, state unchanged); any other error is
-// fatal.
-func (a *applier) apply(data []byte) (response []byte, err error) {
+// decodeCommand decodes one entry's command; a command that cannot be
+// decoded is the entry's failure.
+func decodeCommand(data []byte) (*tesserapb.Command, error) {
 	cmd := &tesserapb.Command{}
 	if err := proto.Unmarshal(data, cmd); err != nil {
 		return nil, errorf(ErrInvalidCommand, "cannot decode the command (%d bytes)", len(data))
 	}
+	return cmd, nil
+}
+
+// apply applies one command (not a batch: Update unpacks those). A returned
+// error wrapping a sentinel is the command's failure (nothing written, state
+// unchanged); any other error is fatal.
+func (a *applier) apply(cmd *tesserapb.Command) (response []byte, err error) {
 	rev := cmd.GetRevision()
 	if rev < 0 {
 		return nil, errorf(ErrInvalidCommand, "negative revision %d", rev)
@@ -89,6 +95,8 @@ func (a *applier) apply(data []byte) (response []byte, err error) {
 		msg, err = a.applyLeaseRegister(op.LeaseRegister)
 	case *tesserapb.Command_Barrier:
 		msg = nil
+	case *tesserapb.Command_Batch:
+		return nil, errorf(ErrInvalidCommand, "batch inside a batch")
 	case *tesserapb.Command_Split:
 		if rev != 0 {
 			return nil, errorf(ErrInvalidCommand, "split with revision %d", rev)

@@ -3,6 +3,7 @@ package statemachine
 import (
 	"bytes"
 	"fmt"
+	"math/rand"
 	"sort"
 	"strconv"
 	"strings"
@@ -219,6 +220,61 @@ func (h *harness) updateOn(rangeID uint64, cmds ...[]byte) []*tesserapb.Result {
 			h.t.Fatalf("result value %d, code %d", e.Result.Value, res.Code)
 		}
 		results[i] = res
+	}
+	return results
+}
+
+// updatePacked is update with consecutive commands packed at random into
+// BatchCommand entries, as the proposer packs writes; it returns each
+// command's result, unpacked.
+func (h *harness) updatePacked(rng *rand.Rand, cmds ...[]byte) []*tesserapb.Result {
+	h.t.Helper()
+	var entries [][]byte
+	var sizes []int // commands per entry; 0 for an unpacked one
+	for i := 0; i < len(cmds); {
+		n := 1 + rng.Intn(len(cmds)-i)
+		if n == 1 && rng.Intn(2) == 0 {
+			entries, sizes = append(entries, cmds[i]), append(sizes, 0)
+			i++
+			continue
+		}
+		batch := &tesserapb.BatchCommand{}
+		for _, c := range cmds[i : i+n] {
+			cmd := &tesserapb.Command{}
+			if err := proto.Unmarshal(c, cmd); err != nil {
+				h.t.Fatal(err)
+			}
+			batch.Commands = append(batch.Commands, cmd)
+		}
+		entries = append(entries, mustMarshal(h.t, &tesserapb.Command{Op: &tesserapb.Command_Batch{Batch: batch}}))
+		sizes = append(sizes, n)
+		i += n
+	}
+	rsm, index := h.rangeSM(testRangeID), h.indexOf(testRangeID)
+	in := make([]sm.Entry, len(entries))
+	for i, c := range entries {
+		*index++
+		in[i] = sm.Entry{Index: *index, Cmd: c}
+	}
+	out, err := rsm.Update(in)
+	if err != nil {
+		h.t.Fatalf("Update: %v", err)
+	}
+	var results []*tesserapb.Result
+	for i, e := range out {
+		each := []sm.Result{e.Result}
+		if sizes[i] > 0 {
+			if each, err = DecodeBatchResult(e.Result, sizes[i]); err != nil {
+				h.t.Fatal(err)
+			}
+		}
+		for _, r := range each {
+			res, err := DecodeResult(r)
+			if err != nil {
+				h.t.Fatal(err)
+			}
+			results = append(results, res)
+		}
 	}
 	return results
 }

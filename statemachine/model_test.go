@@ -466,7 +466,11 @@ func runRandom(t *testing.T, seed int64, iterations int) {
 		floorBefore := floor
 		floor = max(m.lastCmdRev, m.currentRev, m.compacted)
 		h.takeApplied()
-		for i, res := range h.update(cmds...) {
+		update := h.update
+		if rng.Intn(2) == 0 {
+			update = func(cmds ...[]byte) []*tesserapb.Result { return h.updatePacked(rng, cmds...) }
+		}
+		for i, res := range update(cmds...) {
 			if msg := batch[i].expect(res); msg != "" {
 				t.Fatalf("iteration %d command %d: %s", it, i, msg)
 			}

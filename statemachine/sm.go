@@ -150,13 +150,9 @@ func (r *RangeSM) Update(entries []sm.Entry) ([]sm.Entry, error) {
 		a.log = &eventLog{}
 	}
 	for i := range entries {
-		response, err := a.apply(entries[i].Cmd)
-		if err != nil && !isCommandError(err) {
+		res, err := a.applyEntry(entries[i].Cmd)
+		if err != nil {
 			return nil, fmt.Errorf("statemachine: range %d applying index %d: %w", r.rangeID, entries[i].Index, err)
-		}
-		res, merr := encodeResult(response, err, a.bounds.generation)
-		if merr != nil {
-			return nil, merr
 		}
 		entries[i].Result = res
 		a.state.appliedIndex = entries[i].Index
@@ -186,6 +182,45 @@ func (r *RangeSM) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	return entries, nil
 }
 
+// applyEntry applies one entry's command, or each command of its batch in
+// order, and returns the entry's result; an error is fatal.
+func (a *applier) applyEntry(data []byte) (sm.Result, error) {
+	cmd, err := decodeCommand(data)
+	if err != nil {
+		return encodeResult(nil, err, a.bounds.generation)
+	}
+	batch := cmd.GetBatch()
+	if batch == nil {
+		return a.applyOne(cmd)
+	}
+	if cmd.GetRevision() != 0 {
+		return encodeResult(nil, errorf(ErrInvalidCommand, "batch with revision %d", cmd.GetRevision()), a.bounds.generation)
+	}
+	out := &tesserapb.BatchResult{Results: make([][]byte, len(batch.GetCommands()))}
+	for j, c := range batch.GetCommands() {
+		res, err := a.applyOne(c)
+		if err != nil {
+			return sm.Result{}, err
+		}
+		out.Results[j] = res.Data
+	}
+	data, err = proto.Marshal(out)
+	if err != nil {
+		return sm.Result{}, err
+	}
+	return sm.Result{Data: data}, nil
+}
+
+// applyOne applies one command (not a batch) and encodes its result; an
+// error is fatal.
+func (a *applier) applyOne(cmd *tesserapb.Command) (sm.Result, error) {
+	response, err := a.apply(cmd)
+	if err != nil && !isCommandError(err) {
+		return sm.Result{}, err
+	}
+	return encodeResult(response, err, a.bounds.generation)
+}
+
 func encodeResult(response []byte, err error, generation uint64) (sm.Result, error) {
 	res := &tesserapb.Result{Code: ErrorCode(err), Response: response, Generation: generation}
 	if err != nil {
@@ -196,6 +231,27 @@ func encodeResult(response []byte, err error, generation uint64) (sm.Result, err
 		return sm.Result{}, merr
 	}
 	return sm.Result{Value: uint64(uint32(res.Code)), Data: data}, nil
+}
+
+// DecodeBatchResult splits what Update returned for a BatchCommand of n
+// commands into each command's result, in order.
+func DecodeBatchResult(r sm.Result, n int) ([]sm.Result, error) {
+	batch := &tesserapb.BatchResult{}
+	if err := proto.Unmarshal(r.Data, batch); err != nil {
+		return nil, fmt.Errorf("statemachine: decoding a batch result: %w", err)
+	}
+	if len(batch.GetResults()) != n {
+		if res, err := DecodeResult(r); err == nil && ErrorFromResult(res) != nil {
+			// The batch as a whole was refused (it could not be decoded).
+			return nil, ErrorFromResult(res)
+		}
+		return nil, fmt.Errorf("statemachine: a batch of %d commands answered %d results", n, len(batch.GetResults()))
+	}
+	out := make([]sm.Result, n)
+	for i, data := range batch.GetResults() {
+		out[i] = sm.Result{Data: data}
+	}
+	return out, nil
 }
 
 // DecodeResult decodes what Update returned for one entry.

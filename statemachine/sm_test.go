@@ -12,6 +12,7 @@ import (
 
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tesserakv/tessera/proto/tesserapb"
 )
@@ -408,5 +409,72 @@ func TestWaitApplied(t *testing.T) {
 	h.close()
 	if err := <-done; !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("waiting on a closed range: %v, want ErrUnavailable", err)
+	}
+}
+
+// TestBatchRefused: a batch carrying a revision, or holding a batch, is
+// refused as an invalid command and changes nothing; the commands of a
+// batch around the refused one still apply.
+func TestBatchRefused(t *testing.T) {
+	h := newHarness(t)
+	decode := func(data []byte) *tesserapb.Command {
+		cmd := &tesserapb.Command{}
+		if err := proto.Unmarshal(data, cmd); err != nil {
+			t.Fatal(err)
+		}
+		return cmd
+	}
+	batchOf := func(rev int64, cmds ...*tesserapb.Command) *tesserapb.Command {
+		return &tesserapb.Command{Revision: rev, Op: &tesserapb.Command_Batch{Batch: &tesserapb.BatchCommand{Commands: cmds}}}
+	}
+	res := h.update(mustMarshal(t, batchOf(h.nextRev(), decode(putCmd(t, h.nextRev(), "a", "1")))))
+	if err := ErrorFromResult(res[0]); !errors.Is(err, ErrInvalidCommand) {
+		t.Fatalf("batch with a revision: %v, want ErrInvalidCommand", err)
+	}
+	if v := h.view(); v.Revision() != 1 || v.state.lastCmdRev != 0 {
+		t.Fatalf("a refused batch changed the range: revision %d, last command revision %d", v.Revision(), v.state.lastCmdRev)
+	} else {
+		v.Close()
+	}
+
+	first, last := h.nextRev(), int64(0)
+	inner := batchOf(0, decode(putCmd(t, h.nextRev(), "b", "2")))
+	last = h.nextRev()
+	entry := mustMarshal(t, batchOf(0, decode(putCmd(t, first, "a", "1")), inner, decode(putCmd(t, last, "c", "3"))))
+	out, err := h.rsm.Update([]sm.Entry{{Index: h.index + 1, Cmd: entry}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.index++
+	results, err := DecodeBatchResult(out[0].Result, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []error{nil, ErrInvalidCommand, nil} {
+		res, err := DecodeResult(results[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := ErrorFromResult(res); !errors.Is(got, want) || (want == nil && got != nil) {
+			t.Fatalf("command %d of the batch: %v, want %v", i, got, want)
+		}
+	}
+	v := h.view()
+	defer v.Close()
+	if v.Revision() != last {
+		t.Fatalf("revision %d after the batch, want %d", v.Revision(), last)
+	}
+	for key, want := range map[string]string{"a": "1", "b": "", "c": "3"} {
+		resp, err := v.Range(&pb.RangeRequest{Key: []byte(key)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := ""
+		if len(resp.Kvs) == 1 {
+			got = string(resp.Kvs[0].Value)
+		}
+		if got != want {
+			t.Fatalf("key %q = %q after the batch, want %q", key, got, want)
+		}
 	}
 }

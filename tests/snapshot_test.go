@@ -10,13 +10,20 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tesserakv/tessera/internal/testcluster"
+	"github.com/tesserakv/tessera/server"
 )
 
 // TestFollowerCatchesUpBySnapshot: a follower that misses more writes than the
 // leader keeps in its log is sent a snapshot of the range, and afterwards
 // serves all the data itself.
 func TestFollowerCatchesUpBySnapshot(t *testing.T) {
-	c := testcluster.Start(t, 3)
+	// A short log (etcd's --snapshot-count and --snapshot-catchup-entries):
+	// the proposer packs concurrent writes into one entry, at most one per
+	// client here, so the writes below make well over 300 entries.
+	c := testcluster.Start(t, 3, func(cfg *server.Config) {
+		cfg.SnapshotCount = 200
+		cfg.SnapshotCatchUpEntries = 100
+	})
 	ctx := ctxT(t)
 	leader := c.Leader()
 	var follower *testcluster.Node
@@ -28,8 +35,8 @@ func TestFollowerCatchesUpBySnapshot(t *testing.T) {
 	}
 	c.StopNode(follower)
 
-	// More entries than SnapshotEntries + CompactionOverhead, so the leader
-	// compacts the log the follower would need.
+	// More entries than SnapshotCount + SnapshotCatchUpEntries, so the
+	// leader compacts the log the follower would need.
 	const keys = 24000
 	cli := c.Client(leader.ClientURL)
 	var wg sync.WaitGroup

@@ -20,6 +20,9 @@ func TestParseFlagsDefaults(t *testing.T) {
 	if cfg.MaxRequestBytes != 1536*1024 || cfg.ElectionTimeout != time.Second || cfg.HeartbeatInterval != 100*time.Millisecond {
 		t.Fatalf("defaults = %+v", cfg)
 	}
+	if cfg.SnapshotCount != 10000 || cfg.SnapshotCatchUpEntries != 5000 {
+		t.Fatalf("snapshot defaults = %d, %d; want etcd's 10000, 5000", cfg.SnapshotCount, cfg.SnapshotCatchUpEntries)
+	}
 }
 
 func TestParseFlagsErrors(t *testing.T) {
@@ -41,6 +44,7 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"--watch-progress-notify-interval=-1s"}, "--watch-progress-notify-interval"},
 		{[]string{"--watch-progress-notify-interval=often"}, "invalid value"},
 		{[]string{"--raft-step-workers=0"}, "--raft-step-workers"},
+		{[]string{"--snapshot-count=-1"}, "invalid value"},
 		{[]string{"stray"}, "unexpected argument"},
 	} {
 		_, err := parseFlags(tc.args, io.Discard, io.Discard)
@@ -65,9 +69,13 @@ func TestParseFlagsCluster(t *testing.T) {
 		"--listen-client-urls=http://127.0.0.1:22379",
 		"--heartbeat-interval=50", "--election-timeout=500",
 		"--auto-compaction-mode=revision", "--auto-compaction-retention=1000",
+		"--snapshot-count=2000", "--snapshot-catchup-entries=700",
 	}, io.Discard, io.Discard)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if cfg.SnapshotCount != 2000 || cfg.SnapshotCatchUpEntries != 700 {
+		t.Fatalf("snapshot flags = %d, %d", cfg.SnapshotCount, cfg.SnapshotCatchUpEntries)
 	}
 	if len(cfg.InitialCluster) != 3 || cfg.InitialAdvertisePeerURLs[0] != "http://127.0.0.1:22380" || cfg.ElectionTimeout != 500*time.Millisecond {
 		t.Fatalf("cfg = %+v", cfg)

@@ -44,6 +44,7 @@ type Command struct {
 	//	*Command_Split
 	//	*Command_LeaseMark
 	//	*Command_LeaseRegister
+	//	*Command_Batch
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -165,6 +166,15 @@ func (x *Command) GetLeaseRegister() *LeaseRegisterCommand {
 	return nil
 }
 
+func (x *Command) GetBatch() *BatchCommand {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Batch); ok {
+			return x.Batch
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -202,6 +212,10 @@ type Command_LeaseRegister struct {
 	LeaseRegister *LeaseRegisterCommand `protobuf:"bytes,11,opt,name=lease_register,json=leaseRegister,proto3,oneof"`
 }
 
+type Command_Batch struct {
+	Batch *BatchCommand `protobuf:"bytes,12,opt,name=batch,proto3,oneof"`
+}
+
 func (*Command_Txn) isCommand_Op() {}
 
 func (*Command_Compact) isCommand_Op() {}
@@ -218,6 +232,104 @@ func (*Command_LeaseMark) isCommand_Op() {}
 
 func (*Command_LeaseRegister) isCommand_Op() {}
 
+func (*Command_Batch) isCommand_Op() {}
+
+// BatchCommand carries several commands in one Raft entry: the proposer puts
+// the writes it proposes together (each with its own revision, in revision
+// order) into one entry, so per-entry costs are paid once for them. The state
+// machine applies them in order exactly as if each were an entry of its own;
+// a failed one changes nothing and does not stop the others. Its revision is
+// 0; a batch inside a batch is refused.
+type BatchCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Commands      []*Command             `protobuf:"bytes,1,rep,name=commands,proto3" json:"commands,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchCommand) Reset() {
+	*x = BatchCommand{}
+	mi := &file_tesserapb_tessera_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchCommand) ProtoMessage() {}
+
+func (x *BatchCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_tessera_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchCommand.ProtoReflect.Descriptor instead.
+func (*BatchCommand) Descriptor() ([]byte, []int) {
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *BatchCommand) GetCommands() []*Command {
+	if x != nil {
+		return x.Commands
+	}
+	return nil
+}
+
+// BatchResult is the state machine's answer to a BatchCommand: results[i] is
+// the encoded Result of commands[i].
+type BatchResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       [][]byte               `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchResult) Reset() {
+	*x = BatchResult{}
+	mi := &file_tesserapb_tessera_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchResult) ProtoMessage() {}
+
+func (x *BatchResult) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_tessera_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchResult.ProtoReflect.Descriptor instead.
+func (*BatchResult) Descriptor() ([]byte, []int) {
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *BatchResult) GetResults() [][]byte {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 // SplitCommand splits the range at split_key: the range keeps
 // [start, split_key) and a new range new_range_id gets [split_key, end), with
 // the same replicas. No data moves: data keys are not prefixed by range.
@@ -231,7 +343,7 @@ type SplitCommand struct {
 
 func (x *SplitCommand) Reset() {
 	*x = SplitCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[1]
+	mi := &file_tesserapb_tessera_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -243,7 +355,7 @@ func (x *SplitCommand) String() string {
 func (*SplitCommand) ProtoMessage() {}
 
 func (x *SplitCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[1]
+	mi := &file_tesserapb_tessera_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -256,7 +368,7 @@ func (x *SplitCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitCommand.ProtoReflect.Descriptor instead.
 func (*SplitCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{1}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SplitCommand) GetSplitKey() []byte {
@@ -289,7 +401,7 @@ type TxnCommand struct {
 
 func (x *TxnCommand) Reset() {
 	*x = TxnCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[2]
+	mi := &file_tesserapb_tessera_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -301,7 +413,7 @@ func (x *TxnCommand) String() string {
 func (*TxnCommand) ProtoMessage() {}
 
 func (x *TxnCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[2]
+	mi := &file_tesserapb_tessera_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -314,7 +426,7 @@ func (x *TxnCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnCommand.ProtoReflect.Descriptor instead.
 func (*TxnCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{2}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *TxnCommand) GetRequest() []byte {
@@ -340,7 +452,7 @@ type CompactCommand struct {
 
 func (x *CompactCommand) Reset() {
 	*x = CompactCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[3]
+	mi := &file_tesserapb_tessera_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -352,7 +464,7 @@ func (x *CompactCommand) String() string {
 func (*CompactCommand) ProtoMessage() {}
 
 func (x *CompactCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[3]
+	mi := &file_tesserapb_tessera_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -365,7 +477,7 @@ func (x *CompactCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactCommand.ProtoReflect.Descriptor instead.
 func (*CompactCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{3}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CompactCommand) GetRevision() int64 {
@@ -390,7 +502,7 @@ type LeaseGrantCommand struct {
 
 func (x *LeaseGrantCommand) Reset() {
 	*x = LeaseGrantCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[4]
+	mi := &file_tesserapb_tessera_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -402,7 +514,7 @@ func (x *LeaseGrantCommand) String() string {
 func (*LeaseGrantCommand) ProtoMessage() {}
 
 func (x *LeaseGrantCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[4]
+	mi := &file_tesserapb_tessera_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -415,7 +527,7 @@ func (x *LeaseGrantCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseGrantCommand.ProtoReflect.Descriptor instead.
 func (*LeaseGrantCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{4}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *LeaseGrantCommand) GetId() int64 {
@@ -459,7 +571,7 @@ type LeaseRevokeCommand struct {
 
 func (x *LeaseRevokeCommand) Reset() {
 	*x = LeaseRevokeCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[5]
+	mi := &file_tesserapb_tessera_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -471,7 +583,7 @@ func (x *LeaseRevokeCommand) String() string {
 func (*LeaseRevokeCommand) ProtoMessage() {}
 
 func (x *LeaseRevokeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[5]
+	mi := &file_tesserapb_tessera_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -484,7 +596,7 @@ func (x *LeaseRevokeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeCommand.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{5}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *LeaseRevokeCommand) GetId() int64 {
@@ -524,7 +636,7 @@ type LeaseAttach struct {
 
 func (x *LeaseAttach) Reset() {
 	*x = LeaseAttach{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[6]
+	mi := &file_tesserapb_tessera_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -536,7 +648,7 @@ func (x *LeaseAttach) String() string {
 func (*LeaseAttach) ProtoMessage() {}
 
 func (x *LeaseAttach) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[6]
+	mi := &file_tesserapb_tessera_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -549,7 +661,7 @@ func (x *LeaseAttach) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseAttach.ProtoReflect.Descriptor instead.
 func (*LeaseAttach) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{6}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *LeaseAttach) GetId() int64 {
@@ -585,7 +697,7 @@ type LeaseMarkCommand struct {
 
 func (x *LeaseMarkCommand) Reset() {
 	*x = LeaseMarkCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[7]
+	mi := &file_tesserapb_tessera_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -597,7 +709,7 @@ func (x *LeaseMarkCommand) String() string {
 func (*LeaseMarkCommand) ProtoMessage() {}
 
 func (x *LeaseMarkCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[7]
+	mi := &file_tesserapb_tessera_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -610,7 +722,7 @@ func (x *LeaseMarkCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseMarkCommand.ProtoReflect.Descriptor instead.
 func (*LeaseMarkCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{7}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *LeaseMarkCommand) GetId() int64 {
@@ -634,7 +746,7 @@ type LeaseRegisterCommand struct {
 
 func (x *LeaseRegisterCommand) Reset() {
 	*x = LeaseRegisterCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[8]
+	mi := &file_tesserapb_tessera_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -646,7 +758,7 @@ func (x *LeaseRegisterCommand) String() string {
 func (*LeaseRegisterCommand) ProtoMessage() {}
 
 func (x *LeaseRegisterCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[8]
+	mi := &file_tesserapb_tessera_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -659,7 +771,7 @@ func (x *LeaseRegisterCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRegisterCommand.ProtoReflect.Descriptor instead.
 func (*LeaseRegisterCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{8}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LeaseRegisterCommand) GetId() int64 {
@@ -688,7 +800,7 @@ type KeySpan struct {
 
 func (x *KeySpan) Reset() {
 	*x = KeySpan{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[9]
+	mi := &file_tesserapb_tessera_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -700,7 +812,7 @@ func (x *KeySpan) String() string {
 func (*KeySpan) ProtoMessage() {}
 
 func (x *KeySpan) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[9]
+	mi := &file_tesserapb_tessera_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -713,7 +825,7 @@ func (x *KeySpan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeySpan.ProtoReflect.Descriptor instead.
 func (*KeySpan) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{9}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *KeySpan) GetStart() []byte {
@@ -740,7 +852,7 @@ type BarrierCommand struct {
 
 func (x *BarrierCommand) Reset() {
 	*x = BarrierCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[10]
+	mi := &file_tesserapb_tessera_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -752,7 +864,7 @@ func (x *BarrierCommand) String() string {
 func (*BarrierCommand) ProtoMessage() {}
 
 func (x *BarrierCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[10]
+	mi := &file_tesserapb_tessera_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -765,7 +877,7 @@ func (x *BarrierCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BarrierCommand.ProtoReflect.Descriptor instead.
 func (*BarrierCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{10}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{12}
 }
 
 // Result is what applying a Command returns (in sm.Result.Data).
@@ -786,7 +898,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[11]
+	mi := &file_tesserapb_tessera_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -798,7 +910,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[11]
+	mi := &file_tesserapb_tessera_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -811,7 +923,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{11}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Result) GetCode() int32 {
@@ -863,7 +975,7 @@ type LeaseRecord struct {
 
 func (x *LeaseRecord) Reset() {
 	*x = LeaseRecord{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[12]
+	mi := &file_tesserapb_tessera_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -875,7 +987,7 @@ func (x *LeaseRecord) String() string {
 func (*LeaseRecord) ProtoMessage() {}
 
 func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[12]
+	mi := &file_tesserapb_tessera_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -888,7 +1000,7 @@ func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRecord.ProtoReflect.Descriptor instead.
 func (*LeaseRecord) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{12}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *LeaseRecord) GetId() int64 {
@@ -930,7 +1042,7 @@ var File_tesserapb_tessera_proto protoreflect.FileDescriptor
 
 const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\n" +
-	"\x17tesserapb/tessera.proto\x12\ttesserapb\"\x8e\x04\n" +
+	"\x17tesserapb/tessera.proto\x12\ttesserapb\"\xbf\x04\n" +
 	"\aCommand\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12)\n" +
 	"\x03txn\x18\x02 \x01(\v2\x15.tesserapb.TxnCommandH\x00R\x03txn\x125\n" +
@@ -943,9 +1055,14 @@ const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\n" +
 	"lease_mark\x18\n" +
 	" \x01(\v2\x1b.tesserapb.LeaseMarkCommandH\x00R\tleaseMark\x12H\n" +
-	"\x0elease_register\x18\v \x01(\v2\x1f.tesserapb.LeaseRegisterCommandH\x00R\rleaseRegisterB\x04\n" +
+	"\x0elease_register\x18\v \x01(\v2\x1f.tesserapb.LeaseRegisterCommandH\x00R\rleaseRegister\x12/\n" +
+	"\x05batch\x18\f \x01(\v2\x17.tesserapb.BatchCommandH\x00R\x05batchB\x04\n" +
 	"\x02opJ\x04\b\a\x10\bJ\x04\b\t\x10\n" +
-	"\"M\n" +
+	"\">\n" +
+	"\fBatchCommand\x12.\n" +
+	"\bcommands\x18\x01 \x03(\v2\x12.tesserapb.CommandR\bcommands\"'\n" +
+	"\vBatchResult\x12\x18\n" +
+	"\aresults\x18\x01 \x03(\fR\aresults\"M\n" +
 	"\fSplitCommand\x12\x1b\n" +
 	"\tsplit_key\x18\x01 \x01(\fR\bsplitKey\x12 \n" +
 	"\fnew_range_id\x18\x02 \x01(\x04R\n" +
@@ -1008,39 +1125,43 @@ func file_tesserapb_tessera_proto_rawDescGZIP() []byte {
 	return file_tesserapb_tessera_proto_rawDescData
 }
 
-var file_tesserapb_tessera_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_tesserapb_tessera_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_tesserapb_tessera_proto_goTypes = []any{
 	(*Command)(nil),              // 0: tesserapb.Command
-	(*SplitCommand)(nil),         // 1: tesserapb.SplitCommand
-	(*TxnCommand)(nil),           // 2: tesserapb.TxnCommand
-	(*CompactCommand)(nil),       // 3: tesserapb.CompactCommand
-	(*LeaseGrantCommand)(nil),    // 4: tesserapb.LeaseGrantCommand
-	(*LeaseRevokeCommand)(nil),   // 5: tesserapb.LeaseRevokeCommand
-	(*LeaseAttach)(nil),          // 6: tesserapb.LeaseAttach
-	(*LeaseMarkCommand)(nil),     // 7: tesserapb.LeaseMarkCommand
-	(*LeaseRegisterCommand)(nil), // 8: tesserapb.LeaseRegisterCommand
-	(*KeySpan)(nil),              // 9: tesserapb.KeySpan
-	(*BarrierCommand)(nil),       // 10: tesserapb.BarrierCommand
-	(*Result)(nil),               // 11: tesserapb.Result
-	(*LeaseRecord)(nil),          // 12: tesserapb.LeaseRecord
+	(*BatchCommand)(nil),         // 1: tesserapb.BatchCommand
+	(*BatchResult)(nil),          // 2: tesserapb.BatchResult
+	(*SplitCommand)(nil),         // 3: tesserapb.SplitCommand
+	(*TxnCommand)(nil),           // 4: tesserapb.TxnCommand
+	(*CompactCommand)(nil),       // 5: tesserapb.CompactCommand
+	(*LeaseGrantCommand)(nil),    // 6: tesserapb.LeaseGrantCommand
+	(*LeaseRevokeCommand)(nil),   // 7: tesserapb.LeaseRevokeCommand
+	(*LeaseAttach)(nil),          // 8: tesserapb.LeaseAttach
+	(*LeaseMarkCommand)(nil),     // 9: tesserapb.LeaseMarkCommand
+	(*LeaseRegisterCommand)(nil), // 10: tesserapb.LeaseRegisterCommand
+	(*KeySpan)(nil),              // 11: tesserapb.KeySpan
+	(*BarrierCommand)(nil),       // 12: tesserapb.BarrierCommand
+	(*Result)(nil),               // 13: tesserapb.Result
+	(*LeaseRecord)(nil),          // 14: tesserapb.LeaseRecord
 }
 var file_tesserapb_tessera_proto_depIdxs = []int32{
-	2,  // 0: tesserapb.Command.txn:type_name -> tesserapb.TxnCommand
-	3,  // 1: tesserapb.Command.compact:type_name -> tesserapb.CompactCommand
-	4,  // 2: tesserapb.Command.lease_grant:type_name -> tesserapb.LeaseGrantCommand
-	5,  // 3: tesserapb.Command.lease_revoke:type_name -> tesserapb.LeaseRevokeCommand
-	10, // 4: tesserapb.Command.barrier:type_name -> tesserapb.BarrierCommand
-	1,  // 5: tesserapb.Command.split:type_name -> tesserapb.SplitCommand
-	7,  // 6: tesserapb.Command.lease_mark:type_name -> tesserapb.LeaseMarkCommand
-	8,  // 7: tesserapb.Command.lease_register:type_name -> tesserapb.LeaseRegisterCommand
-	6,  // 8: tesserapb.TxnCommand.attach:type_name -> tesserapb.LeaseAttach
-	9,  // 9: tesserapb.LeaseRegisterCommand.span:type_name -> tesserapb.KeySpan
-	9,  // 10: tesserapb.LeaseRecord.spans:type_name -> tesserapb.KeySpan
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	4,  // 0: tesserapb.Command.txn:type_name -> tesserapb.TxnCommand
+	5,  // 1: tesserapb.Command.compact:type_name -> tesserapb.CompactCommand
+	6,  // 2: tesserapb.Command.lease_grant:type_name -> tesserapb.LeaseGrantCommand
+	7,  // 3: tesserapb.Command.lease_revoke:type_name -> tesserapb.LeaseRevokeCommand
+	12, // 4: tesserapb.Command.barrier:type_name -> tesserapb.BarrierCommand
+	3,  // 5: tesserapb.Command.split:type_name -> tesserapb.SplitCommand
+	9,  // 6: tesserapb.Command.lease_mark:type_name -> tesserapb.LeaseMarkCommand
+	10, // 7: tesserapb.Command.lease_register:type_name -> tesserapb.LeaseRegisterCommand
+	1,  // 8: tesserapb.Command.batch:type_name -> tesserapb.BatchCommand
+	0,  // 9: tesserapb.BatchCommand.commands:type_name -> tesserapb.Command
+	8,  // 10: tesserapb.TxnCommand.attach:type_name -> tesserapb.LeaseAttach
+	11, // 11: tesserapb.LeaseRegisterCommand.span:type_name -> tesserapb.KeySpan
+	11, // 12: tesserapb.LeaseRecord.spans:type_name -> tesserapb.KeySpan
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_tesserapb_tessera_proto_init() }
@@ -1057,6 +1178,7 @@ func file_tesserapb_tessera_proto_init() {
 		(*Command_Split)(nil),
 		(*Command_LeaseMark)(nil),
 		(*Command_LeaseRegister)(nil),
+		(*Command_Batch)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1064,7 +1186,7 @@ func file_tesserapb_tessera_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tesserapb_tessera_proto_rawDesc), len(file_tesserapb_tessera_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
