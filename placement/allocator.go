@@ -3,7 +3,9 @@ package placement
 import (
 	"context"
 	"sync"
+	"time"
 
+	"github.com/tesserakv/tessera/internal/rounds"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
@@ -15,6 +17,8 @@ const highWaterReserve = 100_000
 // Allocator hands out revisions on the meta range leader.
 type Allocator struct {
 	meta metaRaft
+	// confirms shares leadership confirmations among batches.
+	confirms rounds.Rounds
 
 	mu sync.Mutex
 	// term is the meta term in which next and limit are valid; 0 forces a
@@ -29,7 +33,16 @@ type Allocator struct {
 }
 
 // NewAllocator returns an allocator over this node's meta replica.
-func NewAllocator(meta metaRaft) *Allocator { return &Allocator{meta: meta} }
+func NewAllocator(meta metaRaft) *Allocator {
+	a := &Allocator{meta: meta}
+	a.confirms.Round, a.confirms.MinGap = a.confirmRound, ConfirmRoundGap
+	return a
+}
+
+// ConfirmRoundGap is the least time between the starts of two leadership
+// confirmations while they are shared by several batches
+// (rounds.Rounds.MinGap).
+const ConfirmRoundGap = time.Millisecond
 
 // Allocate returns the first of count consecutive revisions, all above every
 // revision handed out (by any leader) before the call began. With count 0 it
@@ -37,12 +50,13 @@ func NewAllocator(meta metaRaft) *Allocator { return &Allocator{meta: meta} }
 // *NotMetaLeaderError on a node that does not lead the meta range.
 func (a *Allocator) Allocate(ctx context.Context, count int64) (int64, error) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	leader, term, ok := a.meta.Leader()
 	if !ok {
+		a.mu.Unlock()
 		return 0, ErrNoMetaLeader
 	}
 	if leader != a.meta.NodeID() {
+		a.mu.Unlock()
 		return 0, &NotMetaLeaderError{LeaderNodeID: leader}
 	}
 	if term != a.term {
@@ -51,6 +65,7 @@ func (a *Allocator) Allocate(ctx context.Context, count int64) (int64, error) {
 		// before it, the previous terms' included.
 		out, err := a.meta.Read(ctx, true, func(st *tesserapb.MetaState) (any, error) { return st.HighWater, nil })
 		if err != nil {
+			a.mu.Unlock()
 			return 0, err
 		}
 		hw := out.(int64)
@@ -63,19 +78,38 @@ func (a *Allocator) Allocate(ctx context.Context, count int64) (int64, error) {
 		if err := a.meta.Propose(ctx, cmd); err != nil {
 			// The mark may or may not have moved; reload it next time.
 			a.term = 0
+			a.mu.Unlock()
 			return 0, err
 		}
 		a.limit = limit
 	}
-	// Confirm leadership after choosing the batch and before handing it out.
-	if err := a.meta.ConfirmLeader(ctx); err != nil {
-		a.term = 0
+	// The batch is reserved now (a failure below leaves a gap, never a
+	// number handed out twice); leadership is confirmed by a round begun
+	// after the reservation and before the batch is handed out, shared with
+	// the other batches reserved meanwhile.
+	a.next = first + count
+	a.mu.Unlock()
+	err := a.confirms.Wait(ctx)
+	if err == nil {
+		if _, now, _ := a.meta.Leader(); now != term {
+			err = ErrNoMetaLeader
+		}
+	}
+	if err != nil {
+		a.mu.Lock()
+		if a.term == term {
+			a.term = 0
+		}
+		a.mu.Unlock()
 		return 0, err
 	}
-	if _, now, _ := a.meta.Leader(); now != term {
-		a.term = 0
-		return 0, ErrNoMetaLeader
-	}
-	a.next = first + count
 	return first, nil
+}
+
+// confirmRound is one leadership confirmation, shared by the batches
+// reserved before it began.
+func (a *Allocator) confirmRound() error {
+	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+	defer cancel()
+	return a.meta.ConfirmLeader(ctx)
 }

@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	"google.golang.org/protobuf/proto"
@@ -252,5 +254,69 @@ func TestRecordRanges(t *testing.T) {
 	got[0].EndKey = []byte("x")
 	if again, _ := Ranges(ctx, f, false); string(again[0].EndKey) != "m" {
 		t.Fatal("Ranges returned the state itself")
+	}
+}
+
+// TestAllocatorSharesConfirmations: batches reserved while a leadership
+// confirmation runs share the next one, and every caller gets numbers of
+// its own.
+func TestAllocatorSharesConfirmations(t *testing.T) {
+	ctx := context.Background()
+	f := newFake(1)
+	a := NewAllocator(f)
+	base, err := a.Allocate(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const callers = 50
+	var confirms atomic.Int64
+	running, release := make(chan struct{}), make(chan struct{})
+	f.onConfirm = func() {
+		if confirms.Add(1) == 1 {
+			close(running)
+			<-release
+		}
+	}
+	firsts := make(chan int64, callers)
+	var wg sync.WaitGroup
+	allocate := func() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			first, err := a.Allocate(ctx, 3)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			firsts <- first
+		}()
+	}
+	allocate()
+	<-running
+	for range callers - 1 {
+		allocate()
+	}
+	// The reservations do not wait for the running confirmation.
+	for {
+		a.mu.Lock()
+		all := a.next == base+1+callers*3
+		a.mu.Unlock()
+		if all {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	wg.Wait()
+	close(firsts)
+	seen := map[int64]bool{}
+	for first := range firsts {
+		if first <= base || (first-base-1)%3 != 0 || seen[first] {
+			t.Fatalf("batch at %d: not a batch of its own above %d", first, base)
+		}
+		seen[first] = true
+	}
+	if n := confirms.Load(); n != 2 {
+		t.Fatalf("%d confirmations: one for the first batch, and one shared by the %d reserved meanwhile; want 2", n, callers-1)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tesserakv/tessera/internal/rounds"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/statemachine"
 )
@@ -51,6 +52,10 @@ type Config struct {
 	// replica's leadership barrier is applied, everything acknowledged is
 	// applied here, and a linearizable read needs no ReadIndex round.
 	SoleReplica bool
+	// ReadRoundGap is the least time between the starts of two ReadIndex
+	// rounds while rounds are shared by several reads (rounds.Rounds.MinGap).
+	// Default 1ms; negative: none.
+	ReadRoundGap time.Duration
 	// AfterRevisionsTaken, for tests only, runs after a batch of writes took
 	// its revisions from the oracle and before they pass the fence (it may
 	// block, to force the race of DESIGN.md "Revisions" 3).
@@ -64,6 +69,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.RequestTimeout <= 0 {
 		c.RequestTimeout = 5 * time.Second
+	}
+	if c.ReadRoundGap == 0 {
+		c.ReadRoundGap = time.Millisecond
 	}
 	if c.LeaseCheckInterval <= 0 {
 		c.LeaseCheckInterval = 500 * time.Millisecond
@@ -118,6 +126,9 @@ type Replica struct {
 	load *loadTracker
 
 	leases *leaseClock
+
+	// reads shares ReadIndex rounds among linearizable reads.
+	reads rounds.Rounds
 
 	stopc chan struct{}
 	// stopCtx is done once Stop is called: the context of calls bounded
@@ -174,6 +185,7 @@ func New(cfg Config, nh *dragonboat.NodeHost, store *statemachine.Store, oracle 
 		stopc:    make(chan struct{}),
 	}
 	r.stopCtx, r.stopCtxCancel = context.WithCancel(context.Background())
+	r.reads.Round, r.reads.MinGap = r.readIndexRound, cfg.ReadRoundGap
 	r.wg.Add(1)
 	go r.proposeLoop()
 	if cfg.ExpireLeases {
@@ -678,37 +690,43 @@ func (r *Replica) confirmedRead(ctx context.Context, fn func(*statemachine.View)
 }
 
 func (r *Replica) readOnce(ctx context.Context, fn func(*statemachine.View) (any, error)) (out any, err error, retry bool) {
-	timeout := r.cfg.RequestTimeout
-	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
-		timeout = time.Until(dl)
+	if err := r.reads.Wait(ctx); err != nil {
+		// A read has no effect, so asking again is safe (retrying gives
+		// up at its own deadline).
+		retry := errors.Is(err, ErrNoLeader) || errors.Is(err, ErrTimeout) ||
+			errors.Is(err, dragonboat.ErrSystemBusy) || errors.Is(err, dragonboat.ErrShardNotReady)
+		return nil, err, retry
 	}
-	rs, err := r.nh.ReadIndex(r.cfg.RangeID, timeout)
+	// The round completed: this replica has applied everything committed
+	// before it began.
+	out, err = r.localRead(fn)
+	return out, err, false
+}
+
+// readIndexRound makes one ReadIndex round for the reads sharing it
+// (Replica.reads) and waits until this replica has applied its index.
+func (r *Replica) readIndexRound() error {
+	rs, err := r.nh.ReadIndex(r.cfg.RangeID, r.cfg.RequestTimeout)
 	if err != nil {
-		if errors.Is(err, dragonboat.ErrSystemBusy) || errors.Is(err, dragonboat.ErrShardNotReady) {
-			return nil, err, true
-		}
-		return nil, err, false
+		return err
 	}
 	defer rs.Release()
-	rr, err := r.await(ctx, rs)
+	rr, err := r.await(r.stopCtx, rs)
 	if err != nil {
-		return nil, err, false
+		return ErrStopped
 	}
 	switch {
 	case rr.Completed():
-		v, err := r.nh.ReadLocalNode(rs, fn)
-		return v, err, false
+		return nil
 	case rr.Dropped():
-		return nil, ErrNoLeader, true
+		return ErrNoLeader
 	case rr.Timeout():
-		// A read has no effect, so asking again is safe (retrying gives up
-		// at its own deadline). Dragonboat also times out at once a
-		// ReadIndex made on a replica that has not yet seen its first tick
-		// (its deadline counts from the replica's tick, still 0, and is
-		// checked against the node's), which a range just made by a split
-		// meets.
-		return nil, ErrTimeout, true
+		// Dragonboat also times out at once a ReadIndex made on a replica
+		// that has not yet seen its first tick (its deadline counts from
+		// the replica's tick, still 0, and is checked against the node's),
+		// which a range just made by a split meets.
+		return ErrTimeout
 	default:
-		return nil, ErrStopped, false
+		return ErrStopped
 	}
 }
