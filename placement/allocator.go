@@ -89,7 +89,10 @@ func (a *Allocator) Allocate(ctx context.Context, count int64) (int64, error) {
 	// the other batches reserved meanwhile.
 	a.next = first + count
 	a.mu.Unlock()
-	err := a.confirms.Wait(ctx)
+	var err error
+	if !a.meta.Sole() {
+		err = a.confirms.Wait(ctx)
+	}
 	if err == nil {
 		if _, now, _ := a.meta.Leader(); now != term {
 			err = ErrNoMetaLeader

@@ -28,6 +28,9 @@ type metaRaft interface {
 	// ConfirmLeader returns nil if this replica led the meta range at some
 	// point after the call began (a ReadIndex round).
 	ConfirmLeader(ctx context.Context) error
+	// Sole reports that the meta range has no other replica: ConfirmLeader
+	// needs no round.
+	Sole() bool
 }
 
 // MetaReplica drives this node's replica of the meta range. A node's ID is
@@ -96,6 +99,9 @@ func (m *MetaReplica) Read(ctx context.Context, linearizable bool, fn func(*tess
 	defer cancel()
 	return m.nh.SyncRead(ctx, MetaRangeID, fn)
 }
+
+// Sole implements metaRaft.
+func (m *MetaReplica) Sole() bool { return m.sole }
 
 // ConfirmLeader implements metaRaft. A sole replica needs no round: no
 // other replica exists to be elected in its place (its leadership ends only

@@ -29,6 +29,7 @@ type fakeMeta struct {
 }
 
 func (f *fakeMeta) NodeID() uint64 { return f.nodeID }
+func (f *fakeMeta) Sole() bool     { return false }
 func (f *fakeMeta) Leader() (uint64, uint64, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
