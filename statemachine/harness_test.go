@@ -200,16 +200,7 @@ func (h *harness) update(cmds ...[]byte) []*tesserapb.Result {
 // updateOn hands cmds to rangeID's Update as one batch.
 func (h *harness) updateOn(rangeID uint64, cmds ...[]byte) []*tesserapb.Result {
 	h.t.Helper()
-	rsm, index := h.rangeSM(rangeID), h.indexOf(rangeID)
-	entries := make([]sm.Entry, len(cmds))
-	for i, c := range cmds {
-		*index++
-		entries[i] = sm.Entry{Index: *index, Cmd: c}
-	}
-	out, err := rsm.Update(entries)
-	if err != nil {
-		h.t.Fatalf("Update: %v", err)
-	}
+	out := h.updateEntries(rangeID, cmds)
 	results := make([]*tesserapb.Result, len(out))
 	for i, e := range out {
 		res, err := DecodeResult(e.Result)
@@ -222,6 +213,23 @@ func (h *harness) updateOn(rangeID uint64, cmds ...[]byte) []*tesserapb.Result {
 		results[i] = res
 	}
 	return results
+}
+
+// updateEntries hands cmds to rangeID's Update as the entries after the
+// last it applied, and returns the entries with their results.
+func (h *harness) updateEntries(rangeID uint64, cmds [][]byte) []sm.Entry {
+	h.t.Helper()
+	rsm, index := h.rangeSM(rangeID), h.indexOf(rangeID)
+	entries := make([]sm.Entry, len(cmds))
+	for i, c := range cmds {
+		*index++
+		entries[i] = sm.Entry{Index: *index, Cmd: c}
+	}
+	out, err := rsm.Update(entries)
+	if err != nil {
+		h.t.Fatalf("Update: %v", err)
+	}
+	return out
 }
 
 // updatePacked is update with consecutive commands packed at random into
@@ -250,20 +258,11 @@ func (h *harness) updatePacked(rng *rand.Rand, cmds ...[]byte) []*tesserapb.Resu
 		sizes = append(sizes, n)
 		i += n
 	}
-	rsm, index := h.rangeSM(testRangeID), h.indexOf(testRangeID)
-	in := make([]sm.Entry, len(entries))
-	for i, c := range entries {
-		*index++
-		in[i] = sm.Entry{Index: *index, Cmd: c}
-	}
-	out, err := rsm.Update(in)
-	if err != nil {
-		h.t.Fatalf("Update: %v", err)
-	}
 	var results []*tesserapb.Result
-	for i, e := range out {
+	for i, e := range h.updateEntries(testRangeID, entries) {
 		each := []sm.Result{e.Result}
 		if sizes[i] > 0 {
+			var err error
 			if each, err = DecodeBatchResult(e.Result, sizes[i]); err != nil {
 				h.t.Fatal(err)
 			}
