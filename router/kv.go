@@ -373,10 +373,21 @@ func (r *Router) streamSpan(ctx context.Context, rng Range, req *pb.RangeRequest
 			count = resp.Count
 			return nil, nil
 		}
-		c, m, err := v.RangeStream(req, rangeStreamChunkKVs, func(kvs []*mvccpb.KeyValue) error {
-			sent += int64(len(kvs))
-			return stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Kvs: kvs}})
-		})
+		var c int64
+		var m bool
+		var err error
+		if statemachine.WireRangeable(req) {
+			// Sent as the stored bytes, like RangeWire's answers.
+			c, m, err = v.RangeStreamWire(req, rangeStreamChunkKVs, func(kvs *statemachine.WireKVs) error {
+				sent += int64(kvs.Len())
+				return stream.SendMsg(wireStreamChunk{kvs: kvs})
+			})
+		} else {
+			c, m, err = v.RangeStream(req, rangeStreamChunkKVs, func(kvs []*mvccpb.KeyValue) error {
+				sent += int64(len(kvs))
+				return stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Kvs: kvs}})
+			})
+		}
 		count, more = c, m
 		return nil, err
 	}

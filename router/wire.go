@@ -69,3 +69,39 @@ func (w *WireRangeResponse) Response() *pb.RangeResponse {
 
 // ProtoReflect makes a WireRangeResponse a proto.Message.
 func (w *WireRangeResponse) ProtoReflect() protoreflect.Message { return w.Response().ProtoReflect() }
+
+// rangeStreamResponseNumber is RangeStreamResponse.range_response's field
+// number.
+const rangeStreamResponseNumber = 1
+
+// wireStreamChunk is a RangeStream message carrying only kvs, already in
+// wire format: a wirecodec.Message, and a proto.Message decoded on demand.
+type wireStreamChunk struct {
+	kvs *statemachine.WireKVs
+}
+
+// WireBytes is the encoded RangeStreamResponse: its range_response field
+// holding the kvs.
+func (c wireStreamChunk) WireBytes() mem.BufferSlice {
+	n, size := c.kvs.NumChunks(), 0
+	for i := range n {
+		size += len(c.kvs.Chunk(i))
+	}
+	var head []byte
+	head = protowire.AppendTag(head, rangeStreamResponseNumber, protowire.BytesType)
+	head = protowire.AppendVarint(head, uint64(size))
+	out := make(mem.BufferSlice, 0, n+1)
+	out = append(out, mem.SliceBuffer(head))
+	for i := range n {
+		out = append(out, mem.SliceBuffer(c.kvs.Chunk(i)))
+	}
+	return out
+}
+
+// ProtoReflect makes a wireStreamChunk a proto.Message.
+func (c wireStreamChunk) ProtoReflect() protoreflect.Message {
+	r := &pb.RangeStreamResponse{}
+	// See WireRangeResponse.Response.
+	_ = proto.Unmarshal(c.WireBytes().Materialize(), r)
+	return r.ProtoReflect()
+}

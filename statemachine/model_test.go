@@ -579,6 +579,21 @@ func checkRangeWire(t *testing.T, v *View, req *pb.RangeRequest, want *pb.RangeR
 		got.Count != want.Count || got.More != want.More {
 		t.Fatalf("RangeWire(%v) = %d kvs %x count %d more %v, want %v", req, got.KVs.Len(), gotBytes, got.Count, got.More, want)
 	}
+	// The same answer streamed in chunks of at most chunkSize kvs.
+	chunkSize := 1 + len(want.Kvs)%3
+	var streamed [][]byte
+	n := 0
+	count, more, err := v.RangeStreamWire(req, chunkSize, func(w *WireKVs) error {
+		if w.Len() == 0 || w.Len() > chunkSize {
+			t.Fatalf("RangeStreamWire(%v): a chunk of %d kvs, want 1 to %d", req, w.Len(), chunkSize)
+		}
+		n += w.Len()
+		streamed = append(streamed, w.Chunks()...)
+		return nil
+	})
+	if err != nil || count != want.Count || more != want.More || n != len(want.Kvs) || !bytes.Equal(bytes.Join(streamed, nil), wantBytes) {
+		t.Fatalf("RangeStreamWire(%v) = %d kvs count %d more %v %v, want %v", req, n, count, more, err, want)
+	}
 	var pieces [][]byte
 	for i := range got.KVs.NumChunks() {
 		pieces = append(pieces, got.KVs.Chunk(i))

@@ -232,42 +232,50 @@ func streamRange(m mvccReader, req *pb.RangeRequest, currentRev, compactedRev in
 		}
 		return resp.Count, resp.More, nil
 	}
-	if len(req.Key) == 0 {
-		return 0, false, ErrEmptyKey
-	}
-	rev, err := readRev(req.Revision, currentRev, compactedRev)
-	if err != nil {
-		return 0, false, err
-	}
-	var emitted int64
 	chunk := make([]*mvccpb.KeyValue, 0, chunkSize)
-	err = m.scan(spanOf(req.Key, req.RangeEnd), rev, func(k, v []byte) (bool, error) {
-		count++
-		if req.CountOnly || (req.Limit > 0 && emitted >= req.Limit) {
-			return true, nil
-		}
+	return streamScan(m, req, currentRev, compactedRev, chunkSize, func(k, v []byte) error {
 		kv, err := decodeVersion(k, v)
 		if err != nil {
-			return false, err
+			return err
 		}
 		if req.KeysOnly {
 			kv.Value = nil
 		}
 		chunk = append(chunk, kv)
-		emitted++
-		if len(chunk) == chunkSize {
-			if err := emit(chunk); err != nil {
-				return false, err
-			}
-			chunk = make([]*mvccpb.KeyValue, 0, chunkSize)
+		return nil
+	}, func() error {
+		out := chunk
+		chunk = make([]*mvccpb.KeyValue, 0, chunkSize)
+		return emit(out)
+	})
+}
+
+// streamScan is a key-ordered stream of req's keys without revision
+// filters: add gets the user key and stored version of each kept key (as
+// scanKVs keeps them), and flush is called after every chunkSize of them
+// and after the last. It returns count and more as Range would.
+func streamScan(m mvccReader, req *pb.RangeRequest, currentRev, compactedRev int64, chunkSize int,
+	add func(k, v []byte) error, flush func() error,
+) (count int64, more bool, err error) {
+	if chunkSize <= 0 {
+		chunkSize = defaultStreamChunk
+	}
+	pending := 0
+	count, err = scanKVs(m, req, currentRev, compactedRev, nil, req.Limit, func(k, v []byte) error {
+		if err := add(k, v); err != nil {
+			return err
 		}
-		return true, nil
+		if pending++; pending < chunkSize {
+			return nil
+		}
+		pending = 0
+		return flush()
 	})
 	if err != nil {
 		return 0, false, err
 	}
-	if len(chunk) > 0 {
-		if err := emit(chunk); err != nil {
+	if pending > 0 {
+		if err := flush(); err != nil {
 			return 0, false, err
 		}
 	}

@@ -90,6 +90,24 @@ func (v *View) RangeWire(req *pb.RangeRequest) (*WireRange, error) {
 	return executeRangeWire(v.reader(), req, v.state.currentRev, v.state.compactedRev, v.counts)
 }
 
+// RangeStreamWire is RangeStream for a request WireRangeable accepts, its
+// chunks in wire format (WireKVs, as RangeWire's): emit gets each chunk of
+// at most chunkSize kvs and may keep it.
+func (v *View) RangeStreamWire(req *pb.RangeRequest, chunkSize int, emit func(*WireKVs) error) (count int64, more bool, err error) {
+	if err := v.checkSpan(req.Key, req.RangeEnd); err != nil {
+		return 0, false, err
+	}
+	chunk := &WireKVs{}
+	return streamScan(v.reader(), req, v.state.currentRev, v.state.compactedRev, chunkSize, func(k, val []byte) error {
+		chunk.addStored(k, val)
+		return nil
+	}, func() error {
+		out := chunk
+		chunk = &WireKVs{}
+		return emit(out)
+	})
+}
+
 // RangeStream calls emit with successive chunks (at most chunkSize kvs each;
 // chunkSize <= 0 means a default) of exactly what Range would return for req,
 // in order, and returns count and more as Range would. With the default

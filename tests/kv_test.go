@@ -359,8 +359,9 @@ func TestKVRangeStream(t *testing.T) {
 			t.Fatalf("stream header revision = %d, want %d", final.Header.Revision, last.Header.Revision)
 		}
 		for i, kv := range kvs {
-			if string(kv.Key) != fmt.Sprintf("s/%04d", i) {
-				t.Fatalf("kv %d = %s", i, kv.Key)
+			if string(kv.Key) != fmt.Sprintf("s/%04d", i) || string(kv.Value) != strings.Repeat("v", 100) ||
+				kv.Version != 1 || kv.ModRevision != last.Kvs[0].ModRevision+int64(i) {
+				t.Fatalf("kv %d = %s %q version %d mod %d", i, kv.Key, kv.Value, kv.Version, kv.ModRevision)
 			}
 		}
 	}
