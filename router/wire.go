@@ -44,14 +44,11 @@ func (w *WireRangeResponse) WireBytes() mem.BufferSlice {
 		tail = protowire.AppendTag(tail, rangeCountNumber, protowire.VarintType)
 		tail = protowire.AppendVarint(tail, uint64(w.Count))
 	}
-	n := w.KVs.NumChunks()
-	out := make(mem.BufferSlice, 0, n+2)
+	out := make(mem.BufferSlice, 0, w.KVs.NumChunks()+2)
 	if len(head) > 0 {
 		out = append(out, mem.SliceBuffer(head))
 	}
-	for i := range n {
-		out = append(out, mem.SliceBuffer(w.KVs.Chunk(i)))
-	}
+	out = appendKVs(out, &w.KVs)
 	if len(tail) > 0 {
 		out = append(out, mem.SliceBuffer(tail))
 	}
@@ -83,17 +80,21 @@ type wireStreamChunk struct {
 // WireBytes is the encoded RangeStreamResponse: its range_response field
 // holding the kvs.
 func (c wireStreamChunk) WireBytes() mem.BufferSlice {
-	n, size := c.kvs.NumChunks(), 0
-	for i := range n {
+	size := 0
+	for i := range c.kvs.NumChunks() {
 		size += len(c.kvs.Chunk(i))
 	}
 	var head []byte
 	head = protowire.AppendTag(head, rangeStreamResponseNumber, protowire.BytesType)
 	head = protowire.AppendVarint(head, uint64(size))
-	out := make(mem.BufferSlice, 0, n+1)
-	out = append(out, mem.SliceBuffer(head))
-	for i := range n {
-		out = append(out, mem.SliceBuffer(c.kvs.Chunk(i)))
+	out := make(mem.BufferSlice, 0, c.kvs.NumChunks()+1)
+	return appendKVs(append(out, mem.SliceBuffer(head)), c.kvs)
+}
+
+// appendKVs appends kvs' chunks to out, as they are.
+func appendKVs(out mem.BufferSlice, kvs *statemachine.WireKVs) mem.BufferSlice {
+	for i := range kvs.NumChunks() {
+		out = append(out, mem.SliceBuffer(kvs.Chunk(i)))
 	}
 	return out
 }
