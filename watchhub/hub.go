@@ -68,6 +68,11 @@ const (
 	// maxBufferedBytes bounds the events the hub buffers for watchers (by
 	// approxSize).
 	maxBufferedBytes = 64 << 20
+	// closeLaggingBytes: past this many buffered bytes (by approxSize) the
+	// hub closes every range whose floor is below the newest buffered
+	// event, so that idle ranges do not hold the buffer back whether or not
+	// anyone watches.
+	closeLaggingBytes = 4 << 20
 	// maxResponseEvents bounds the events of one response (whole revisions
 	// only, so a bigger revision goes whole, or in fragments when asked).
 	maxResponseEvents = 1000
@@ -378,15 +383,17 @@ func (h *Hub) round() {
 	// floors, never below the lowest floor of all. (Trimming above that
 	// would make joiners chase a base that their own ranges' closings
 	// raise.) Idle ranges hold the lowest floor back: when the buffer grows
-	// while watchers are live, they are closed; past a bound on memory the
-	// oldest events go anyway, and watchers behind them catch up from
-	// history.
+	// past closeLaggingBytes they are closed, watched or not (before, with
+	// nobody watching, a store split into a few ranges kept up to
+	// maxBufferedBytes of events, 150-200 MB of heap, after a load); past a
+	// bound on memory the oldest events go anyway, and watchers behind them
+	// catch up from history.
 	base := h.lowestFloorLocked()
 	if anyLive {
 		base = min(base, minSent)
-		if h.bufBytes > maxBufferedBytes/2 {
-			h.closeLaggingLocked(h.buf[len(h.buf)/2].Kv.ModRevision)
-		}
+	}
+	if h.bufBytes > closeLaggingBytes {
+		h.closeLaggingLocked(h.buf[len(h.buf)-1].Kv.ModRevision)
 	}
 	if over := h.bufBytes - maxBufferedBytes; over > 0 {
 		for _, ev := range h.buf {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -395,4 +396,33 @@ func TestRequireLeader(t *testing.T) {
 	n.leaderless = false
 	n.mu.Unlock()
 	watchFrom(t, ctx, wc, &pb.WatchCreateRequest{Key: []byte("a")})
+}
+
+// TestIdleRangeClosedWithoutWatchers: with nobody watching, a busy range's
+// events past closeLaggingBytes make the hub close the idle range holding
+// the lowest floor back, and the buffer is trimmed to at most
+// closeLaggingBytes (the events after the close wait for the next one).
+func TestIdleRangeClosedWithoutWatchers(t *testing.T) {
+	n, _ := newFakeNode(t)
+	value := strings.Repeat("v", 1<<20)
+	for i := range 2 * closeLaggingBytes / len(value) {
+		n.apply(n.put(fmt.Sprintf("z%03d", i), value))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n.mu.Lock()
+		closes := n.closes[1]
+		n.mu.Unlock()
+		n.hub.mu.Lock()
+		buffered := n.hub.bufBytes
+		n.hub.mu.Unlock()
+		if closes > 0 && buffered <= closeLaggingBytes {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("idle range 1 closed %d times, %d bytes still buffered", closes, buffered)
+		}
+		n.hub.poke()
+		time.Sleep(10 * time.Millisecond)
+	}
 }
