@@ -68,11 +68,9 @@ const (
 	// maxBufferedBytes bounds the events the hub buffers for watchers (by
 	// approxSize).
 	maxBufferedBytes = 64 << 20
-	// closeLaggingBytes: past this many buffered bytes (by approxSize) the
-	// hub closes every range whose floor is below the newest buffered
-	// event, so that idle ranges do not hold the buffer back whether or not
-	// anyone watches.
-	closeLaggingBytes = 4 << 20
+	// idleBufferedBytes bounds the buffer (by approxSize) while no watcher
+	// is live.
+	idleBufferedBytes = 4 << 20
 	// maxResponseEvents bounds the events of one response (whole revisions
 	// only, so a bigger revision goes whole, or in fragments when asked).
 	maxResponseEvents = 1000
@@ -383,19 +381,24 @@ func (h *Hub) round() {
 	// floors, never below the lowest floor of all. (Trimming above that
 	// would make joiners chase a base that their own ranges' closings
 	// raise.) Idle ranges hold the lowest floor back: when the buffer grows
-	// past closeLaggingBytes they are closed, watched or not (before, with
-	// nobody watching, a store split into a few ranges kept up to
-	// maxBufferedBytes of events, 150-200 MB of heap, after a load); past a
-	// bound on memory the oldest events go anyway, and watchers behind them
-	// catch up from history.
+	// while watchers are live, they are closed; past a bound on memory the
+	// oldest events go anyway, and watchers behind them catch up from
+	// history. While no watcher is live the bound is idleBufferedBytes: a
+	// watcher that comes later catches up from history the same way
+	// (closing its own ranges as far as it needs). Closing every idle range
+	// instead would wake them all (a quiesced Raft group answers a ReadIndex
+	// with heartbeats) whenever any range is busy; keeping maxBufferedBytes
+	// kept 150-200 MB of heap after a load had split the store.
 	base := h.lowestFloorLocked()
+	limit := idleBufferedBytes
 	if anyLive {
 		base = min(base, minSent)
+		limit = maxBufferedBytes
+		if h.bufBytes > maxBufferedBytes/2 {
+			h.closeLaggingLocked(h.buf[len(h.buf)/2].Kv.ModRevision)
+		}
 	}
-	if h.bufBytes > closeLaggingBytes {
-		h.closeLaggingLocked(h.buf[len(h.buf)-1].Kv.ModRevision)
-	}
-	if over := h.bufBytes - maxBufferedBytes; over > 0 {
+	if over := h.bufBytes - limit; over > 0 {
 		for _, ev := range h.buf {
 			base = max(base, ev.Kv.ModRevision)
 			if over -= approxSize(ev); over <= 0 {

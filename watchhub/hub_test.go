@@ -398,31 +398,47 @@ func TestRequireLeader(t *testing.T) {
 	watchFrom(t, ctx, wc, &pb.WatchCreateRequest{Key: []byte("a")})
 }
 
-// TestIdleRangeClosedWithoutWatchers: with nobody watching, a busy range's
-// events past closeLaggingBytes make the hub close the idle range holding
-// the lowest floor back, and the buffer is trimmed to at most
-// closeLaggingBytes (the events after the close wait for the next one).
-func TestIdleRangeClosedWithoutWatchers(t *testing.T) {
-	n, _ := newFakeNode(t)
+// TestBufferBoundedWithoutWatchers: with nobody watching, the buffer keeps
+// at most idleBufferedBytes of a busy range's events, however long an idle
+// range's floor holds back, without waking the idle range; a watcher that
+// starts afterwards from the first of those events still gets them all,
+// from history.
+func TestBufferBoundedWithoutWatchers(t *testing.T) {
+	n, wc := newFakeNode(t)
 	value := strings.Repeat("v", 1<<20)
-	for i := range 2 * closeLaggingBytes / len(value) {
+	const puts = 2 * idleBufferedBytes >> 20
+	n.mu.Lock()
+	first := n.rev + 1
+	n.mu.Unlock()
+	for i := range puts {
 		n.apply(n.put(fmt.Sprintf("z%03d", i), value))
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		n.mu.Lock()
-		closes := n.closes[1]
-		n.mu.Unlock()
 		n.hub.mu.Lock()
 		buffered := n.hub.bufBytes
 		n.hub.mu.Unlock()
-		if closes > 0 && buffered <= closeLaggingBytes {
-			return
+		if buffered <= idleBufferedBytes {
+			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("idle range 1 closed %d times, %d bytes still buffered", closes, buffered)
+			t.Fatalf("%d bytes still buffered with nobody watching, want at most %d", buffered, idleBufferedBytes)
 		}
 		n.hub.poke()
 		time.Sleep(10 * time.Millisecond)
+	}
+	n.mu.Lock()
+	closes := n.closes[1]
+	n.mu.Unlock()
+	if closes != 0 {
+		t.Fatalf("idle range 1 closed %d times with nobody watching", closes)
+	}
+	ctx := ctxT(t)
+	st := watchFrom(t, ctx, wc, &pb.WatchCreateRequest{Key: []byte("z"), RangeEnd: []byte("z\xff"), StartRevision: first})
+	events := recvEvents(t, st, puts)
+	for i, ev := range events {
+		if want := fmt.Sprintf("z%03d", i); string(ev.Kv.Key) != want || ev.Kv.ModRevision != first+int64(i) {
+			t.Fatalf("event %d: %s at %d, want %s at %d", i, ev.Kv.Key, ev.Kv.ModRevision, want, first+int64(i))
+		}
 	}
 }
