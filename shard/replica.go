@@ -149,22 +149,12 @@ type proposal struct {
 }
 
 // outcome is how a proposal ended: err when it was never proposed, otherwise
-// Dragonboat's result for its entry. A proposal that went in a batch entry
-// (batched) has its own result in res when the entry completed.
+// Dragonboat's result for its entry and, when the entry completed, the state
+// machine's result for this proposal (its own part of a batch entry's).
 type outcome struct {
-	rr      dragonboat.RequestResult
-	err     error
-	batched bool
-	res     sm.Result
-}
-
-// result is the state machine's result for the proposal; meaningful when
-// rr completed.
-func (o outcome) result() sm.Result {
-	if o.batched {
-		return o.res
-	}
-	return o.rr.GetResult()
+	rr  dragonboat.RequestResult
+	err error
+	res sm.Result
 }
 
 // New returns a driver for the replica of cfg.RangeID on nh and starts its
@@ -329,7 +319,7 @@ func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesK
 	rr := out.rr
 	switch {
 	case rr.Completed():
-		res, err := statemachine.DecodeResult(out.result())
+		res, err := statemachine.DecodeResult(out.res)
 		if err != nil {
 			return nil, err, false
 		}
@@ -562,7 +552,7 @@ func (r *Replica) follow(ps []*proposal, ids []uint64, rs *dragonboat.RequestSta
 	}
 	r.settle(ids)
 	if len(ps) == 1 {
-		ps[0].done <- outcome{rr: rr}
+		ps[0].done <- outcome{rr: rr, res: rr.GetResult()}
 		return
 	}
 	if !rr.Completed() {
@@ -577,7 +567,7 @@ func (r *Replica) follow(ps []*proposal, ids []uint64, rs *dragonboat.RequestSta
 			p.done <- outcome{err: err}
 			continue
 		}
-		p.done <- outcome{rr: rr, batched: true, res: results[i]}
+		p.done <- outcome{rr: rr, res: results[i]}
 	}
 }
 
