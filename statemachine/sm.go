@@ -109,6 +109,7 @@ func (r *RangeSM) commitMeta(batch *pebble.Batch, st rangeState, b bounds) error
 	if err := batch.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("statemachine: range %d committing batch: %w", r.rangeID, err)
 	}
+	r.store.snaps.noteCommit()
 	r.setMetaLocked(st, b)
 	return nil
 }
@@ -299,17 +300,17 @@ func (r *RangeSM) View() (*View, error) {
 		r.mu.RUnlock()
 		return nil, errorf(ErrUnavailable, "range %d is %s", r.rangeID, why)
 	}
-	snap := r.store.db.NewSnapshot()
+	shared := r.store.snaps.acquire()
 	// The metadata committed with the snapshot's last batch (see
 	// commitMeta); read from the snapshot only before Open loaded it.
 	st, b, opened := r.state, r.bounds, r.opened
 	r.mu.RUnlock()
 	if !opened {
 		var err error
-		if st, b, err = loadMeta(snap, r.rangeID); err != nil {
-			closeQuietly(snap)
+		if st, b, err = loadMeta(shared.snap, r.rangeID); err != nil {
+			r.store.snaps.release(shared)
 			return nil, err
 		}
 	}
-	return &View{snap: snap, rangeID: r.rangeID, state: st, bounds: b, counts: r.store.counts}, nil
+	return &View{snap: shared.snap, shared: shared, snaps: &r.store.snaps, rangeID: r.rangeID, state: st, bounds: b, counts: r.store.counts}, nil
 }

@@ -478,3 +478,99 @@ func TestBatchRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestViewsShareSnapshots: views opened with no commit between them share one
+// Pebble snapshot, closed after the last of them; a view opened after a
+// commit sees it, while the views already open keep theirs.
+func TestViewsShareSnapshots(t *testing.T) {
+	h := newHarness(t)
+	h.update(putCmd(t, h.nextRev(), "k", "1"))
+	v1, v2 := h.view(), h.view()
+	if v1.snap != v2.snap {
+		t.Fatal("two views with no commit between them have different snapshots")
+	}
+	h.update(putCmd(t, h.nextRev(), "k", "2"))
+	v3 := h.view()
+	if v3.snap == v1.snap {
+		t.Fatal("a view opened after a commit reuses the snapshot taken before it")
+	}
+	for _, c := range []struct {
+		v    *View
+		want string
+	}{{v1, "1"}, {v2, "1"}, {v3, "2"}} {
+		resp, err := c.v.Range(&pb.RangeRequest{Key: []byte("k")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != c.want {
+			t.Fatalf("view read %v, want k=%s", resp.Kvs, c.want)
+		}
+	}
+	v1.Close()
+	v2.Close()
+	v3.Close()
+	h.store.snaps.mu.Lock()
+	cur := h.store.snaps.cur
+	h.store.snaps.mu.Unlock()
+	if cur != nil {
+		t.Fatalf("a shared snapshot is still open (%d holders) after every view closed", cur.refs)
+	}
+}
+
+// TestSharedViewsMatchTheirMetadata: readers holding overlapping views while
+// a writer commits must each see the data of the revision their metadata
+// reports — the last write of the range is the key written at Revision().
+func TestSharedViewsMatchTheirMetadata(t *testing.T) {
+	h := newHarness(t)
+	h.update(putCmd(t, h.nextRev(), "k", "0"))
+	const readers, writes = 4, 300
+	stop := make(chan struct{})
+	errc := make(chan error, readers)
+	var wg sync.WaitGroup
+	for range readers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var held *View // kept open across the next view, so snapshots overlap
+			defer func() {
+				if held != nil {
+					held.Close()
+				}
+			}()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				v, err := h.rsm.View()
+				if err != nil {
+					errc <- err
+					return
+				}
+				resp, err := v.Range(&pb.RangeRequest{Key: []byte("k")})
+				if err == nil && (len(resp.Kvs) != 1 || resp.Kvs[0].ModRevision != v.Revision()) {
+					err = fmt.Errorf("view at revision %d read %v", v.Revision(), resp.Kvs)
+				}
+				if held != nil {
+					held.Close()
+				}
+				held = v
+				if err != nil {
+					errc <- err
+					return
+				}
+			}
+		}()
+	}
+	for i := range writes {
+		h.update(putCmd(t, h.nextRev(), "k", fmt.Sprint(i+1)))
+	}
+	close(stop)
+	wg.Wait()
+	select {
+	case err := <-errc:
+		t.Fatal(err)
+	default:
+	}
+}

@@ -296,6 +296,7 @@ func (r *RangeSM) recoverFromSnapshot(rd io.Reader, done <-chan struct{}) error 
 			if err := b.Commit(pebble.Sync); err != nil {
 				return err
 			}
+			r.store.snaps.noteCommit()
 			r.setMeta(st, newBounds)
 			r.publish(nil, st.floor(), true)
 			return nil
@@ -309,6 +310,7 @@ func (r *RangeSM) recoverFromSnapshot(rd io.Reader, done <-chan struct{}) error 
 			if err := b.Commit(pebble.NoSync); err != nil {
 				return err
 			}
+			r.store.snaps.noteCommit()
 			closeQuietly(b)
 			b = db.NewBatch()
 		}
@@ -342,7 +344,11 @@ func (r *RangeSM) clearForRecovery(b *pebble.Batch, newBounds bounds) error {
 	if err := b.Set(metaKey(r.rangeID, metaBounds), newBounds.encode(), nil); err != nil {
 		return err
 	}
-	return b.Commit(pebble.NoSync)
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return err
+	}
+	r.store.snaps.noteCommit()
+	return nil
 }
 
 func readRecord(br *bufio.Reader) (kind byte, k, v []byte, err error) {

@@ -86,6 +86,10 @@ type Store struct {
 	// counts makes counts of paginated lists cheap (countcache.go).
 	counts *countCache
 
+	// snaps shares Pebble snapshots between views (sharedsnap.go); every
+	// commit to db is noted there.
+	snaps snapshots
+
 	// snapshotsRecovered counts snapshots installed by RecoverFromSnapshot.
 	snapshotsRecovered atomic.Int64
 }
@@ -146,7 +150,9 @@ func OpenStore(dir string, opts StoreOptions) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("statemachine: opening pebble in %s: %w", dir, err)
 	}
-	return &Store{db: db, onSplit: opts.OnSplit, onApply: opts.OnApply, ranges: make(map[uint64]*RangeSM), counts: newCountCache()}, nil
+	s := &Store{db: db, onSplit: opts.OnSplit, onApply: opts.OnApply, ranges: make(map[uint64]*RangeSM), counts: newCountCache()}
+	s.snaps.db = db
+	return s, nil
 }
 
 // Close closes the Pebble. Close the NodeHost (so every RangeSM is closed)

@@ -14,7 +14,10 @@ import (
 // snapshot, and the range's metadata read from that same snapshot. It is safe
 // for concurrent use and concurrent with Update. Close it when done.
 type View struct {
-	snap    *pebble.Snapshot
+	snap *pebble.Snapshot
+	// shared is the hold on snap that Close releases to snaps.
+	shared  *sharedSnapshot
+	snaps   *snapshots
 	rangeID uint64
 	state   rangeState
 	bounds  bounds
@@ -26,7 +29,7 @@ type View struct {
 
 // Close releases the view's Pebble snapshot.
 func (v *View) Close() {
-	v.closeOnce.Do(func() { closeQuietly(v.snap) })
+	v.closeOnce.Do(func() { v.snaps.release(v.shared) })
 }
 
 // Revision is etcd's current revision for this range: the last revision at
