@@ -64,13 +64,17 @@ var dbNodeReloadInterval time.Duration
 
 // nodeReloadInterval is how often each of Dragonboat's step, commit and apply
 // workers sweeps every Raft group it serves whether or not it was signalled
-// [200 ms]. The sweep is a fallback: work is signalled to these workers as
-// it arrives, and every group is stepped on every tick anyway. At 200 ms the
-// sweeps visited an idle group 25 times a second besides its 10 ticks; at
-// 1,000 ranges on one idle node that was a fifth of the process's CPU
-// (bench/idle.sh --ranges 1000, alternating: 6.1-7.4 % of a core at 200 ms,
-// 5.3-5.8 % at 2 s).
-const nodeReloadInterval = 2 * time.Second
+// [200 ms]. Work is signalled to these workers as it arrives and every group
+// is stepped on every tick anyway, so at 200 ms the sweeps visited an idle
+// group 25 times a second besides its 10 ticks: at 1,000 ranges on one idle
+// node, a fifth of the process's CPU (bench/idle.sh --ranges 1000,
+// alternating: 6.1-7.4 % of a core at 200 ms, 5.9-6.4 % at 1 s, 5.3-5.8 % at
+// 2 s). The sweep is not only a fallback, though: a group just started (a
+// split's child, every range at startup) is signalled to the apply worker
+// together with the news that it exists, and when the worker takes the first
+// signal first, the group is initialised only by the next sweep. So the
+// interval bounds that wait, and stays short of the election timeout.
+const nodeReloadInterval = time.Second
 
 var tuneDragonboatOnce sync.Once
 
