@@ -30,6 +30,7 @@ var errorMap = []struct {
 	{shard.ErrNoLeader, rpctypes.ErrGRPCNoLeader},
 	{shard.ErrStopped, rpctypes.ErrGRPCStopped},
 	{statemachine.ErrStaleRevision, rpctypes.ErrGRPCLeaderChanged},
+	{statemachine.ErrStaleLeader, rpctypes.ErrGRPCLeaderChanged},
 	{statemachine.ErrLeaseProofOld, status.Error(codes.Unavailable, "tessera: leases were revoked on the key's range while the lease was being attached to it; retry")},
 	{statemachine.ErrWrongRange, status.Error(codes.Unavailable, "tessera: the range's bounds changed (a split) while the request was routed; retry")},
 	{ErrNoRange, status.Error(codes.Unavailable, "tessera: no range holds the key on this node yet (a split is being applied); retry")},

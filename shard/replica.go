@@ -118,6 +118,9 @@ type Replica struct {
 	// reset to 0 by whoever sees leadership lost or a stale revision, which
 	// forces a new barrier (and, on the home range, reloads the lease clock).
 	readyTerm atomic.Uint64
+	// leadershipIndex is the Raft index of this replica's last leadership
+	// barrier (Command.leadership_index); only the proposer uses it.
+	leadershipIndex uint64
 
 	// fence is the read/write fence over the revisions of this range.
 	fence *fence
@@ -330,6 +333,12 @@ func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesK
 				r.readyTerm.Store(0)
 				return nil, err, true
 			}
+			if errors.Is(err, statemachine.ErrStaleLeader) {
+				// Proposed before this replica's latest leadership barrier
+				// (which needs no redoing), or by a replica no longer
+				// leading: propose it again; ensureLeaderReady tells which.
+				return nil, err, true
+			}
 			return res, err, false
 		}
 		return res, nil, false
@@ -443,6 +452,7 @@ func (r *Replica) proposeBatch(batch []*proposal) {
 		if ids, ok = r.fence.admit(first, len(writers)); ok {
 			for i, p := range writers {
 				p.cmd.Revision = first + int64(i)
+				p.cmd.LeadershipIndex = r.leadershipIndex
 			}
 			break
 		}
@@ -589,12 +599,13 @@ func (r *Replica) ensureLeaderReady() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.RequestTimeout)
 	defer cancel()
-	data, err := proto.Marshal(&tesserapb.Command{Op: &tesserapb.Command_Barrier{Barrier: &tesserapb.BarrierCommand{}}})
+	data, err := proto.Marshal(&tesserapb.Command{Op: &tesserapb.Command_Barrier{Barrier: &tesserapb.BarrierCommand{Leadership: true}}})
 	if err != nil {
 		return err
 	}
+	var applied sm.Result
 	for {
-		_, err := r.nh.SyncPropose(ctx, r.session, data)
+		applied, err = r.nh.SyncPropose(ctx, r.session, data)
 		if err == nil {
 			break
 		}
@@ -613,6 +624,13 @@ func (r *Replica) ensureLeaderReady() error {
 		}
 		return &NotLeaderError{}
 	}
+	res, err := statemachine.DecodeResult(applied)
+	if err != nil {
+		return err
+	}
+	if err := statemachine.ErrorFromResult(res); err != nil {
+		return err
+	}
 	var recs []*tesserapb.LeaseRecord
 	err = r.withView(func(v *statemachine.View) error {
 		var err error
@@ -625,6 +643,7 @@ func (r *Replica) ensureLeaderReady() error {
 	if r.cfg.ExpireLeases {
 		r.leases.promote(recs, time.Now())
 	}
+	r.leadershipIndex = res.GetLeadershipIndex()
 	r.readyTerm.Store(term)
 	r.cfg.Logger.Debug("range leader ready", "range", r.cfg.RangeID, "replica", r.cfg.ReplicaID, "term", term)
 	return nil

@@ -14,9 +14,11 @@ import (
 // bounds: a split shrinks it, and later commands of the batch see that.
 type applier struct {
 	rangeID uint64
-	b       *pebble.Batch
-	state   rangeState
-	bounds  bounds
+	// index is the Raft index of the entry being applied.
+	index  uint64
+	b      *pebble.Batch
+	state  rangeState
+	bounds bounds
 	// splits lists the child range IDs of the splits applied in this batch,
 	// in order, for StoreOptions.OnSplit once the batch has committed.
 	splits []uint64
@@ -54,6 +56,11 @@ func (a *applier) apply(cmd *tesserapb.Command) (response []byte, err error) {
 	// Compaction counts too: a write below a compaction would be lost to it.
 	if floor := a.state.floor(); rev > 0 && rev <= floor {
 		return nil, errorf(ErrStaleRevision, "revision %d, last applied %d", rev, floor)
+	}
+	// A revision taken under an earlier leadership may be below what the
+	// range's current leader has fenced reads at (Command.leadership_index).
+	if li := cmd.GetLeadershipIndex(); rev > 0 && li != 0 && li < a.state.leadershipIndex {
+		return nil, errorf(ErrStaleLeader, "revision %d proposed under the leadership barrier at index %d, the range's leader applied one at %d", rev, li, a.state.leadershipIndex)
 	}
 	saved, logged := a.state, a.log.mark()
 	var msg proto.Message
@@ -95,6 +102,9 @@ func (a *applier) apply(cmd *tesserapb.Command) (response []byte, err error) {
 		msg, err = a.applyLeaseRegister(op.LeaseRegister)
 	case *tesserapb.Command_Barrier:
 		msg = nil
+		if op.Barrier.GetLeadership() {
+			a.state.leadershipIndex = a.index
+		}
 	case *tesserapb.Command_Batch:
 		return nil, errorf(ErrInvalidCommand, "batch inside a batch")
 	case *tesserapb.Command_Split:

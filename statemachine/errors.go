@@ -26,6 +26,7 @@ const (
 	CodeUnavailable    int32 = 11
 	CodeInvalidSplit   int32 = 12
 	CodeLeaseProofOld  int32 = 13
+	CodeStaleLeader    int32 = 14
 	CodeUnknown        int32 = -1 // an error that is none of this package's sentinels
 )
 
@@ -77,12 +78,18 @@ var (
 	// a revision at or below a lease revocation the range applied since.
 	// Nothing changed; the router proves the lease again.
 	ErrLeaseProofOld error = &cmdError{CodeLeaseProofOld, "tessera: lease attach refused: the range revoked a lease after the attach's proof revision"}
+	// ErrStaleLeader has no etcd counterpart: the command was proposed under
+	// a leadership barrier older than the range's last one
+	// (Command.leadership_index), so its revision may be below reads the
+	// range's current leader fenced. Nothing changed; the shard retries,
+	// under its current barrier or at the new leader.
+	ErrStaleLeader error = &cmdError{CodeStaleLeader, "tessera: command proposed under an earlier leadership of the range"}
 )
 
 var sentinels = []error{
 	ErrCompacted, ErrFutureRev, ErrLeaseNotFound, ErrLeaseExists, ErrKeyNotFound,
 	ErrDuplicateKey, ErrStaleRevision, ErrEmptyKey, ErrWrongRange, ErrInvalidCommand,
-	ErrUnavailable, ErrInvalidSplit, ErrLeaseProofOld,
+	ErrUnavailable, ErrInvalidSplit, ErrLeaseProofOld, ErrStaleLeader,
 }
 
 // ErrorCode returns the code of err's sentinel: 0 for nil, CodeUnknown for an

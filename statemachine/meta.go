@@ -32,13 +32,17 @@ type rangeState struct {
 	// is refused, since the lease it names may be one revoked since
 	// (lease.go).
 	leaseFloor int64
+	// leadershipIndex is the Raft index of the last leadership barrier
+	// applied (BarrierCommand.leadership), 0 if none: a command carrying a
+	// revision proposed under an earlier one is refused (apply.go).
+	leadershipIndex uint64
 }
 
 func initialState() rangeState { return rangeState{currentRev: 1} }
 
-// stateEncodingVersion 2 added leaseFloor; version 1 (without it, so 0) is
-// still read.
-const stateEncodingVersion = 2
+// stateEncodingVersion 2 added leaseFloor, 3 leadershipIndex; versions 1
+// and 2 (without them, so 0) are still read.
+const stateEncodingVersion = 3
 
 func (s rangeState) encode() []byte {
 	b := []byte{stateEncodingVersion}
@@ -47,12 +51,13 @@ func (s rangeState) encode() []byte {
 	b = binary.BigEndian.AppendUint64(b, uint64(s.currentRev))
 	b = binary.BigEndian.AppendUint64(b, uint64(s.compactedRev))
 	b = binary.BigEndian.AppendUint64(b, uint64(s.leaseFloor))
+	b = binary.BigEndian.AppendUint64(b, s.leadershipIndex)
 	return b
 }
 
 func decodeState(b []byte) (rangeState, error) {
-	fields := 0 // version 1: 4 fields; 2: 5
-	if len(b) > 0 && (b[0] == 1 || b[0] == 2) {
+	fields := 0 // version 1: 4 fields; 2: 5; 3: 6
+	if len(b) > 0 && b[0] >= 1 && b[0] <= 3 {
 		fields = 3 + int(b[0])
 	}
 	if fields == 0 || len(b) != 1+8*fields {
@@ -67,6 +72,9 @@ func decodeState(b []byte) (rangeState, error) {
 	}
 	if b[0] >= 2 {
 		st.leaseFloor = int64(u(4))
+	}
+	if b[0] >= 3 {
+		st.leadershipIndex = u(5)
 	}
 	return st, nil
 }

@@ -102,3 +102,102 @@ func TestFenceRaceAcrossRanges(t *testing.T) {
 	}
 	t.Logf("write took %d, read at %d, write landed at %d", W, R, res.rev)
 }
+
+// TestStaleLeaderWriteAfterTransfer forces the race of a leadership change
+// with a write in flight: the range leader L takes a write's revision W and
+// is held (a test hook) before it proposes; leadership moves to M, and a
+// linearizable read through M takes R > W and completes. Released, L
+// proposes as a follower now, and Raft forwards the proposal to M, which
+// appends it after its own leadership barrier and after the read. The write
+// must not land at W, nor anywhere at or below R: the state at R stays what
+// the read saw.
+func TestStaleLeaderWriteAfterTransfer(t *testing.T) {
+	var (
+		hold     atomic.Bool
+		heldRev  atomic.Int64
+		held     = make(chan struct{}, 1)
+		release  = make(chan struct{})
+		holdOnce sync.Once
+	)
+	c := testcluster.Start(t, 3, func(cfg *serverConfig) {
+		cfg.LeaderBalanceInterval = -1 // leadership moves only when the test says
+		cfg.AfterRevisionsTaken = func(_ uint64, first int64) {
+			if hold.Load() {
+				holdOnce.Do(func() {
+					heldRev.Store(first)
+					held <- struct{}{}
+					<-release
+				})
+			}
+		}
+	})
+	ctx := ctxT(t)
+	if _, err := c.Client(c.Nodes[0].ClientURL).Put(ctx, "k", "before"); err != nil {
+		t.Fatal(err)
+	}
+	leader := -1
+	for i, n := range c.Nodes {
+		if n.Server.IsLeader() {
+			leader = i
+		}
+	}
+	if leader < 0 {
+		t.Fatal("no node leads the data range after a write")
+	}
+	next := (leader + 1) % len(c.Nodes)
+
+	hold.Store(true)
+	type putResult struct {
+		rev int64
+		err error
+	}
+	putDone := make(chan putResult, 1)
+	go func() {
+		resp, err := c.Client(c.Nodes[leader].ClientURL).Put(ctx, "k", "racing")
+		if err != nil {
+			putDone <- putResult{err: err}
+			return
+		}
+		putDone <- putResult{rev: resp.Header.Revision}
+	}()
+	select {
+	case <-held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the write never took its revision")
+	}
+	if err := c.Nodes[leader].Server.TransferLeadership(uint64(next + 1)); err != nil {
+		close(release)
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !c.Nodes[next].Server.IsLeader() {
+		if time.Now().After(deadline) {
+			close(release)
+			t.Fatal("leadership did not move")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	read, err := c.Client(c.Nodes[next].ClientURL).Get(ctx, "k")
+	if err != nil {
+		close(release)
+		t.Fatal(err)
+	}
+	R, W := read.Header.Revision, heldRev.Load()
+	if R < W || len(read.Kvs) != 1 || string(read.Kvs[0].Value) != "before" {
+		close(release)
+		t.Fatalf("read at %d (held write at %d) saw %v: the race was not forced", R, W, read.Kvs)
+	}
+	close(release)
+	res := <-putDone
+	if res.err == nil && res.rev <= R {
+		t.Fatalf("the write that took revision %d under the old leader landed at %d, at or below the read at %d", W, res.rev, R)
+	}
+	again, err := c.Client(c.Nodes[next].ClientURL).Get(ctx, "k", clientv3.WithRev(R))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again.Kvs) != 1 || again.Kvs[0].ModRevision != read.Kvs[0].ModRevision {
+		t.Fatalf("state at %d changed after the read: %v, then %v", R, read.Kvs, again.Kvs)
+	}
+	t.Logf("write took %d under the old leader, read at %d, write answered %d (err %v)", W, R, res.rev, res.err)
+}

@@ -34,6 +34,15 @@ type Command struct {
 	// The state machine refuses a writing command whose revision is not above the
 	// range's last applied revision.
 	Revision int64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	// leadership_index is the Raft index of the leadership barrier (see
+	// BarrierCommand.leadership) the proposing leader applied before it took
+	// this command's revision. A command carrying a revision is refused
+	// (statemachine.ErrStaleLeader) when the range has applied a later
+	// leadership barrier: Raft forwards a proposal made on a replica that has just lost
+	// its leadership to the new leader, which would append it after its own
+	// barrier, after reads it fenced at revisions above this command's. Zero
+	// (commands written before this field existed) is not checked.
+	LeadershipIndex uint64 `protobuf:"varint,13,opt,name=leadership_index,json=leadershipIndex,proto3" json:"leadership_index,omitempty"`
 	// Types that are valid to be assigned to Op:
 	//
 	//	*Command_Txn
@@ -83,6 +92,13 @@ func (*Command) Descriptor() ([]byte, []int) {
 func (x *Command) GetRevision() int64 {
 	if x != nil {
 		return x.Revision
+	}
+	return 0
+}
+
+func (x *Command) GetLeadershipIndex() uint64 {
+	if x != nil {
+		return x.LeadershipIndex
 	}
 	return 0
 }
@@ -845,7 +861,11 @@ func (x *KeySpan) GetEnd() []byte {
 // BarrierCommand writes nothing; once applied, every entry proposed before it
 // through the same queue has been applied or never will be.
 type BarrierCommand struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// leadership marks the barrier a range leader applies before it proposes
+	// anything in its term; the state machine records its index (the range's
+	// leadership index) and answers it in Result.leadership_index.
+	Leadership    bool `protobuf:"varint,1,opt,name=leadership,proto3" json:"leadership,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -880,6 +900,13 @@ func (*BarrierCommand) Descriptor() ([]byte, []int) {
 	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{12}
 }
 
+func (x *BarrierCommand) GetLeadership() bool {
+	if x != nil {
+		return x.Leadership
+	}
+	return false
+}
+
 // Result is what applying a Command returns (in sm.Result.Data).
 type Result struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -891,9 +918,12 @@ type Result struct {
 	Response []byte `protobuf:"bytes,3,opt,name=response,proto3" json:"response,omitempty"`
 	// generation is the generation of the range's bounds when the command
 	// applied (after any split earlier in the log).
-	Generation    uint64 `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Generation uint64 `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
+	// leadership_index is the Raft index of the entry, for a leadership
+	// barrier (see BarrierCommand.leadership).
+	LeadershipIndex uint64 `protobuf:"varint,5,opt,name=leadership_index,json=leadershipIndex,proto3" json:"leadership_index,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Result) Reset() {
@@ -950,6 +980,13 @@ func (x *Result) GetResponse() []byte {
 func (x *Result) GetGeneration() uint64 {
 	if x != nil {
 		return x.Generation
+	}
+	return 0
+}
+
+func (x *Result) GetLeadershipIndex() uint64 {
+	if x != nil {
+		return x.LeadershipIndex
 	}
 	return 0
 }
@@ -1042,9 +1079,10 @@ var File_tesserapb_tessera_proto protoreflect.FileDescriptor
 
 const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\n" +
-	"\x17tesserapb/tessera.proto\x12\ttesserapb\"\xbf\x04\n" +
+	"\x17tesserapb/tessera.proto\x12\ttesserapb\"\xea\x04\n" +
 	"\aCommand\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12)\n" +
+	"\x10leadership_index\x18\r \x01(\x04R\x0fleadershipIndex\x12)\n" +
 	"\x03txn\x18\x02 \x01(\v2\x15.tesserapb.TxnCommandH\x00R\x03txn\x125\n" +
 	"\acompact\x18\x03 \x01(\v2\x19.tesserapb.CompactCommandH\x00R\acompact\x12?\n" +
 	"\vlease_grant\x18\x04 \x01(\v2\x1c.tesserapb.LeaseGrantCommandH\x00R\n" +
@@ -1096,15 +1134,19 @@ const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\x04span\x18\x02 \x01(\v2\x12.tesserapb.KeySpanR\x04span\"1\n" +
 	"\aKeySpan\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\fR\x05start\x12\x10\n" +
-	"\x03end\x18\x02 \x01(\fR\x03end\"\x10\n" +
-	"\x0eBarrierCommand\"r\n" +
+	"\x03end\x18\x02 \x01(\fR\x03end\"0\n" +
+	"\x0eBarrierCommand\x12\x1e\n" +
+	"\n" +
+	"leadership\x18\x01 \x01(\bR\n" +
+	"leadership\"\x9d\x01\n" +
 	"\x06Result\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1a\n" +
 	"\bresponse\x18\x03 \x01(\fR\bresponse\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x04 \x01(\x04R\n" +
-	"generation\"\xa9\x01\n" +
+	"generation\x12)\n" +
+	"\x10leadership_index\x18\x05 \x01(\x04R\x0fleadershipIndex\"\xa9\x01\n" +
 	"\vLeaseRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
