@@ -337,6 +337,7 @@ func (h *Hub) round() {
 						continue
 					}
 					w.sentSinceTick = true
+					w.eventRev = evs[len(evs)-1].Kv.ModRevision
 				}
 				w.sentRev = safe
 			}
@@ -597,15 +598,17 @@ func (h *Hub) answerProgressLocked(s *stream) {
 		if rev < 0 || w.sentRev < rev {
 			rev = w.sentRev
 		}
-		told = max(told, w.progressRev)
+		told = max(told, w.progressRev, w.eventRev)
 	}
 	if rev < 0 {
 		rev = t
 	}
 	if rev < told {
-		// A watch of the stream was told more already: wait until every
-		// watch has been sent that far.
+		// A watch of the stream was told more already, or was sent an
+		// event above rev: wait until every watch has been sent that far
+		// (another round has the ranges behind it closed).
 		s.progressTarget = told
+		h.poke()
 		return
 	}
 	if s.offer(&pb.WatchResponse{Header: h.src.Header(rev), WatchId: -1}, 0) {

@@ -34,6 +34,9 @@ type fakeNode struct {
 	history   []*mvccpb.Event
 	compacted int64
 	closes    map[uint64]int
+	// closeGates holds CloseRange calls for a range, after they took their
+	// revision, until the channel is closed.
+	closeGates map[uint64]chan struct{}
 	// leaderless: the node knows no oracle leader.
 	leaderless bool
 }
@@ -143,7 +146,15 @@ func (n *fakeNode) CloseRange(ctx context.Context, rangeID uint64) (int64, error
 	rev := n.next()
 	n.mu.Lock()
 	n.closes[rangeID]++
+	gate := n.closeGates[rangeID]
 	n.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
 	if rangeID%2 == 1 {
 		return rev, nil
 	}
@@ -440,5 +451,61 @@ func TestBufferBoundedWithoutWatchers(t *testing.T) {
 		if want := fmt.Sprintf("z%03d", i); string(ev.Kv.Key) != want || ev.Kv.ModRevision != first+int64(i) {
 			t.Fatalf("event %d: %s at %d, want %s at %d", i, ev.Kv.Key, ev.Kv.ModRevision, want, first+int64(i))
 		}
+	}
+}
+
+// TestRequestProgressNotBelowEvents: a stream's progress notification (which
+// clientv3 hands to every watch of the stream) is never below an event one
+// of its watches was sent, even when that event came after the request while
+// another watch of the stream still waited for its range to close.
+func TestRequestProgressNotBelowEvents(t *testing.T) {
+	n, wc := newFakeNode(t)
+	ctx := ctxT(t)
+	st, err := wc.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"z", "a"} { // range 2, then range 1
+		if err := st.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: &pb.WatchCreateRequest{Key: []byte(key)}}}); err != nil {
+			t.Fatal(err)
+		}
+		if resp, err := st.Recv(); err != nil || !resp.Created {
+			t.Fatalf("create: %v %v", resp, err)
+		}
+	}
+	first := n.put("z", "1")
+	n.apply(first)
+	requireRevisions(t, recvEvents(t, st, 1), []*mvccpb.Event{first})
+
+	gate := make(chan struct{})
+	n.mu.Lock()
+	n.closeGates = map[uint64]chan struct{}{1: gate}
+	n.mu.Unlock()
+	if err := st.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_ProgressRequest{ProgressRequest: &pb.WatchProgressRequest{}}}); err != nil {
+		t.Fatal(err)
+	}
+	// The watch of "a" waits for range 1 to close; its closing has taken
+	// its revision when the watch of "z" is sent a later event.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		n.mu.Lock()
+		closing := n.closes[1] > 0
+		n.mu.Unlock()
+		if closing {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("range 1 was never closed for the progress request")
+		}
+	}
+	second := n.put("z", "2")
+	n.apply(second)
+	requireRevisions(t, recvEvents(t, st, 1), []*mvccpb.Event{second})
+	close(gate)
+	resp, err := st.Recv()
+	if err != nil || resp.WatchId != -1 || len(resp.Events) != 0 {
+		t.Fatalf("got %v %v, want a progress notification", resp, err)
+	}
+	if resp.Header.Revision < second.Kv.ModRevision {
+		t.Fatalf("progress notification at %d after the stream was sent an event at %d", resp.Header.Revision, second.Kv.ModRevision)
 	}
 }

@@ -432,6 +432,9 @@ func (s *stream) catchUpStep(w *watcher) stepResult {
 	if !w.removed {
 		w.sentRev = covered
 		w.sentSinceTick = w.sentSinceTick || len(events) > 0
+		if len(events) > 0 {
+			w.eventRev = events[len(events)-1].Kv.ModRevision
+		}
 	}
 	h.mu.Unlock()
 	return stepMoved

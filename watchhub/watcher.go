@@ -72,6 +72,10 @@ type watcher struct {
 	// its own notifications or by its stream's (clientv3 hands those to
 	// every watch of the stream): a later one must not be lower.
 	progressRev int64
+	// eventRev is the revision of the last event queued for the watch (at
+	// most sentRev): its stream's progress notifications, which clientv3
+	// hands to every watch of the stream, must not be lower.
+	eventRev int64
 }
 
 // view returns the events as this watch sends them: filtered, and without
