@@ -124,45 +124,20 @@ func TestViewsAreConsistentDuringUpdates(t *testing.T) {
 	stop := make(chan struct{})
 	errc := make(chan error, 1)
 	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			v, err := h.rsm.View()
-			if err != nil {
-				errc <- err
-				return
-			}
-			resp, err := v.Range(&pb.RangeRequest{Key: []byte("x"), RangeEnd: []byte("z")})
-			v.Close()
-			if err != nil {
-				errc <- err
-				return
-			}
-			if len(resp.Kvs) == 2 && !bytes.Equal(resp.Kvs[0].Value, resp.Kvs[1].Value) {
-				errc <- fmt.Errorf("half-applied batch: %v", resp.Kvs)
-				return
-			}
-			if resp.Kvs != nil && len(resp.Kvs) == 1 {
-				errc <- fmt.Errorf("half-applied batch: %v", resp.Kvs)
-				return
-			}
+	go h.readViews(&wg, stop, errc, false, func(v *View) error {
+		resp, err := v.Range(&pb.RangeRequest{Key: []byte("x"), RangeEnd: []byte("z")})
+		switch {
+		case err != nil:
+			return err
+		case len(resp.Kvs) == 2 && !bytes.Equal(resp.Kvs[0].Value, resp.Kvs[1].Value), len(resp.Kvs) == 1:
+			return fmt.Errorf("half-applied batch: %v", resp.Kvs)
 		}
-	}()
+		return nil
+	})
 	for i := 0; i < batches; i++ {
 		h.update(putCmd(t, h.nextRev(), "x", fmt.Sprint(i)), putCmd(t, h.nextRev(), "y", fmt.Sprint(i)))
 	}
-	close(stop)
-	wg.Wait()
-	select {
-	case err := <-errc:
-		t.Fatal(err)
-	default:
-	}
+	stopAndCheck(t, stop, &wg, errc)
 }
 
 // TestSnapshotStopped: SaveSnapshot and RecoverFromSnapshot honour done.
@@ -529,50 +504,18 @@ func TestSharedViewsMatchTheirMetadata(t *testing.T) {
 	var wg sync.WaitGroup
 	for range readers {
 		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var held *View // kept open across the next view, so snapshots overlap
-			defer func() {
-				if held != nil {
-					held.Close()
-				}
-			}()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				v, err := h.rsm.View()
-				if err != nil {
-					errc <- err
-					return
-				}
-				resp, err := v.Range(&pb.RangeRequest{Key: []byte("k")})
-				if err == nil && (len(resp.Kvs) != 1 || resp.Kvs[0].ModRevision != v.Revision()) {
-					err = fmt.Errorf("view at revision %d read %v", v.Revision(), resp.Kvs)
-				}
-				if held != nil {
-					held.Close()
-				}
-				held = v
-				if err != nil {
-					errc <- err
-					return
-				}
+		go h.readViews(&wg, stop, errc, true, func(v *View) error {
+			resp, err := v.Range(&pb.RangeRequest{Key: []byte("k")})
+			if err == nil && (len(resp.Kvs) != 1 || resp.Kvs[0].ModRevision != v.Revision()) {
+				err = fmt.Errorf("view at revision %d read %v", v.Revision(), resp.Kvs)
 			}
-		}()
+			return err
+		})
 	}
 	for i := range writes {
 		h.update(putCmd(t, h.nextRev(), "k", fmt.Sprint(i+1)))
 	}
-	close(stop)
-	wg.Wait()
-	select {
-	case err := <-errc:
-		t.Fatal(err)
-	default:
-	}
+	stopAndCheck(t, stop, &wg, errc)
 }
 
 // TestLeadershipBarrier: a leadership barrier answers its index and becomes
@@ -624,5 +567,57 @@ func TestLeadershipBarrier(t *testing.T) {
 	}
 	if len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "3" || resp.Kvs[0].Version != 3 {
 		t.Fatalf("k is %v, want value 3 at version 3 (the stale put changed nothing)", resp.Kvs)
+	}
+}
+
+// stopAndCheck stops the goroutines of a concurrency test and fails it with
+// the first error one of them reported.
+func stopAndCheck(t *testing.T, stop chan struct{}, wg *sync.WaitGroup, errc chan error) {
+	t.Helper()
+	close(stop)
+	wg.Wait()
+	select {
+	case err := <-errc:
+		t.Fatal(err)
+	default:
+	}
+}
+
+// readViews opens views of the test range and checks each until stop is
+// closed or a check fails (its error goes to errc); with overlap, each view
+// stays open until the next one has been checked, so views overlap.
+func (h *harness) readViews(wg *sync.WaitGroup, stop <-chan struct{}, errc chan<- error, overlap bool, check func(*View) error) {
+	defer wg.Done()
+	var held *View
+	defer func() {
+		if held != nil {
+			held.Close()
+		}
+	}()
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		v, err := h.rsm.View()
+		if err != nil {
+			errc <- err
+			return
+		}
+		err = check(v)
+		if held != nil {
+			held.Close()
+			held = nil
+		}
+		if overlap {
+			held = v
+		} else {
+			v.Close()
+		}
+		if err != nil {
+			errc <- err
+			return
+		}
 	}
 }

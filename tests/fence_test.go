@@ -19,24 +19,8 @@ import (
 // with a revision above R, and reading at R again must show the same state:
 // no write at or below R appears after a read at R.
 func TestFenceRaceAcrossRanges(t *testing.T) {
-	var (
-		hold     atomic.Bool
-		heldRev  atomic.Int64
-		held     = make(chan struct{}, 1)
-		release  = make(chan struct{})
-		holdOnce sync.Once
-	)
-	c := testcluster.Start(t, 1, func(cfg *serverConfig) {
-		cfg.AfterRevisionsTaken = func(rangeID uint64, first int64) {
-			if rangeID == 2 && hold.Load() {
-				holdOnce.Do(func() {
-					heldRev.Store(first)
-					held <- struct{}{}
-					<-release
-				})
-			}
-		}
-	})
+	hold := newWriteHold(2)
+	c := testcluster.Start(t, 1, func(cfg *serverConfig) { cfg.AfterRevisionsTaken = hold.hook })
 	ctx := ctxT(t)
 	cli := c.Client()
 	splitAt(t, c, c.Nodes[0], "m")
@@ -48,39 +32,23 @@ func TestFenceRaceAcrossRanges(t *testing.T) {
 		}
 	}
 
-	hold.Store(true)
-	type putResult struct {
-		rev int64
-		err error
-	}
-	putDone := make(chan putResult, 1)
-	go func() {
-		resp, err := cli.Put(ctx, "a", "racing")
-		if err != nil {
-			putDone <- putResult{err: err}
-			return
-		}
-		putDone <- putResult{rev: resp.Header.Revision}
-	}()
-	select {
-	case <-held:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the write never took its revision")
-	}
+	hold.armed.Store(true)
+	putDone := putAsync(ctx, cli, "a", "racing")
+	hold.wait(t)
 	// The write holds revision W. A read over both ranges now takes R >= W.
 	readCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	read, err := cli.Get(readCtx, "", clientv3.WithFromKey())
 	cancel()
 	if err != nil {
-		close(release)
+		close(hold.release)
 		t.Fatalf("the read waited for a write that had not reached its range: %v", err)
 	}
-	R, W := read.Header.Revision, heldRev.Load()
+	R, W := read.Header.Revision, hold.rev.Load()
 	if R < W {
-		close(release)
+		close(hold.release)
 		t.Fatalf("read revision %d below the held write's %d: the race was not forced", R, W)
 	}
-	close(release)
+	close(hold.release)
 	res := <-putDone
 	if res.err != nil {
 		t.Fatal(res.err)
@@ -112,24 +80,10 @@ func TestFenceRaceAcrossRanges(t *testing.T) {
 // must not land at W, nor anywhere at or below R: the state at R stays what
 // the read saw.
 func TestStaleLeaderWriteAfterTransfer(t *testing.T) {
-	var (
-		hold     atomic.Bool
-		heldRev  atomic.Int64
-		held     = make(chan struct{}, 1)
-		release  = make(chan struct{})
-		holdOnce sync.Once
-	)
+	hold := newWriteHold(0)
 	c := testcluster.Start(t, 3, func(cfg *serverConfig) {
 		cfg.LeaderBalanceInterval = -1 // leadership moves only when the test says
-		cfg.AfterRevisionsTaken = func(_ uint64, first int64) {
-			if hold.Load() {
-				holdOnce.Do(func() {
-					heldRev.Store(first)
-					held <- struct{}{}
-					<-release
-				})
-			}
-		}
+		cfg.AfterRevisionsTaken = hold.hook
 	})
 	ctx := ctxT(t)
 	if _, err := c.Client(c.Nodes[0].ClientURL).Put(ctx, "k", "before"); err != nil {
@@ -146,48 +100,32 @@ func TestStaleLeaderWriteAfterTransfer(t *testing.T) {
 	}
 	next := (leader + 1) % len(c.Nodes)
 
-	hold.Store(true)
-	type putResult struct {
-		rev int64
-		err error
-	}
-	putDone := make(chan putResult, 1)
-	go func() {
-		resp, err := c.Client(c.Nodes[leader].ClientURL).Put(ctx, "k", "racing")
-		if err != nil {
-			putDone <- putResult{err: err}
-			return
-		}
-		putDone <- putResult{rev: resp.Header.Revision}
-	}()
-	select {
-	case <-held:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the write never took its revision")
-	}
+	hold.armed.Store(true)
+	putDone := putAsync(ctx, c.Client(c.Nodes[leader].ClientURL), "k", "racing")
+	hold.wait(t)
 	if err := c.Nodes[leader].Server.TransferLeadership(uint64(next + 1)); err != nil {
-		close(release)
+		close(hold.release)
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for !c.Nodes[next].Server.IsLeader() {
 		if time.Now().After(deadline) {
-			close(release)
+			close(hold.release)
 			t.Fatal("leadership did not move")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	read, err := c.Client(c.Nodes[next].ClientURL).Get(ctx, "k")
 	if err != nil {
-		close(release)
+		close(hold.release)
 		t.Fatal(err)
 	}
-	R, W := read.Header.Revision, heldRev.Load()
+	R, W := read.Header.Revision, hold.rev.Load()
 	if R < W || len(read.Kvs) != 1 || string(read.Kvs[0].Value) != "before" {
-		close(release)
+		close(hold.release)
 		t.Fatalf("read at %d (held write at %d) saw %v: the race was not forced", R, W, read.Kvs)
 	}
-	close(release)
+	close(hold.release)
 	res := <-putDone
 	if res.err == nil && res.rev <= R {
 		t.Fatalf("the write that took revision %d under the old leader landed at %d, at or below the read at %d", W, res.rev, R)
@@ -200,4 +138,60 @@ func TestStaleLeaderWriteAfterTransfer(t *testing.T) {
 		t.Fatalf("state at %d changed after the read: %v, then %v", R, read.Kvs, again.Kvs)
 	}
 	t.Logf("write took %d under the old leader, read at %d, write answered %d (err %v)", W, R, res.rev, res.err)
+}
+
+// writeHold holds the first write that takes its revisions while armed, on
+// range rangeID (0: any), until release is closed: install hook as
+// serverConfig.AfterRevisionsTaken.
+type writeHold struct {
+	rangeID uint64
+	armed   atomic.Bool
+	rev     atomic.Int64 // the held write's first revision
+	held    chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func newWriteHold(rangeID uint64) *writeHold {
+	return &writeHold{rangeID: rangeID, held: make(chan struct{}, 1), release: make(chan struct{})}
+}
+
+func (w *writeHold) hook(rangeID uint64, first int64) {
+	if !w.armed.Load() || (w.rangeID != 0 && rangeID != w.rangeID) {
+		return
+	}
+	w.once.Do(func() {
+		w.rev.Store(first)
+		w.held <- struct{}{}
+		<-w.release
+	})
+}
+
+// wait returns once a write is held.
+func (w *writeHold) wait(t *testing.T) {
+	t.Helper()
+	select {
+	case <-w.held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the write never took its revision")
+	}
+}
+
+type putResult struct {
+	rev int64
+	err error
+}
+
+// putAsync puts key in the background; the channel gets its outcome.
+func putAsync(ctx context.Context, cli *clientv3.Client, key, value string) <-chan putResult {
+	done := make(chan putResult, 1)
+	go func() {
+		resp, err := cli.Put(ctx, key, value)
+		if err != nil {
+			done <- putResult{err: err}
+			return
+		}
+		done <- putResult{rev: resp.Header.Revision}
+	}()
+	return done
 }
