@@ -118,9 +118,9 @@ type Replica struct {
 	// reset to 0 by whoever sees leadership lost or a stale revision, which
 	// forces a new barrier (and, on the home range, reloads the lease clock).
 	readyTerm atomic.Uint64
-	// leadershipIndex is the Raft index of this replica's last leadership
-	// barrier (Command.leadership_index); only the proposer uses it.
-	leadershipIndex uint64
+	// leadershipTerm is the term of this replica's last leadership barrier
+	// (Command.leadership_term); only the proposer uses it.
+	leadershipTerm uint64
 
 	// fence is the read/write fence over the revisions of this range.
 	fence *fence
@@ -334,9 +334,10 @@ func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesK
 				return nil, err, true
 			}
 			if errors.Is(err, statemachine.ErrStaleLeader) {
-				// Proposed before this replica's latest leadership barrier
-				// (which needs no redoing), or by a replica no longer
-				// leading: propose it again; ensureLeaderReady tells which.
+				// Proposed in a term this replica no longer leads in:
+				// its barrier is out of date. Redo it (it finds out whether
+				// this replica still leads) and propose again.
+				r.readyTerm.Store(0)
 				return nil, err, true
 			}
 			return res, err, false
@@ -452,7 +453,7 @@ func (r *Replica) proposeBatch(batch []*proposal) {
 		if ids, ok = r.fence.admit(first, len(writers)); ok {
 			for i, p := range writers {
 				p.cmd.Revision = first + int64(i)
-				p.cmd.LeadershipIndex = r.leadershipIndex
+				p.cmd.LeadershipTerm = r.leadershipTerm
 			}
 			break
 		}
@@ -528,7 +529,7 @@ func (r *Replica) proposeEntry(e *entryBatch) {
 		return
 	}
 	r.wg.Add(1)
-	go r.follow(ps, ids, rs)
+	go r.follow(ps, ids, rs, r.leadershipTerm)
 }
 
 // settle settles the fence ids of proposals whose entry has ended (0: none).
@@ -541,11 +542,11 @@ func (r *Replica) settle(ids []uint64) {
 }
 
 // follow waits for the outcome of an entry carrying ps (their command, or a
-// batch of theirs when more than one), settles their fence ids and hands
-// each its outcome. A write that timed out may still be applied: it is
-// settled only after a barrier proposed behind it has been applied (or has
-// failed, in which case leadership moved and fenced reads retry).
-func (r *Replica) follow(ps []*proposal, ids []uint64, rs *dragonboat.RequestState) {
+// batch of theirs when more than one), proposed while this replica led in
+// term, settles their fence ids and hands each its outcome. A write that
+// timed out may still be applied: it is settled only once that is known
+// (awaitInDoubt).
+func (r *Replica) follow(ps []*proposal, ids []uint64, rs *dragonboat.RequestState, term uint64) {
 	defer r.wg.Done()
 	var rr dragonboat.RequestResult
 	select {
@@ -556,9 +557,7 @@ func (r *Replica) follow(ps []*proposal, ids []uint64, rs *dragonboat.RequestSta
 	}
 	rs.Release()
 	if rr.Timeout() && slices.ContainsFunc(ids, func(id uint64) bool { return id != 0 }) {
-		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.RequestTimeout)
-		_, _, _ = r.writeOnce(ctx, &tesserapb.Command{Op: &tesserapb.Command_Barrier{Barrier: &tesserapb.BarrierCommand{}}}, false)
-		cancel()
+		r.awaitInDoubt(term)
 	}
 	r.settle(ids)
 	if len(ps) == 1 {
@@ -581,6 +580,35 @@ func (r *Replica) follow(ps []*proposal, ids []uint64, rs *dragonboat.RequestSta
 	}
 }
 
+// awaitInDoubt returns once an entry proposed while this replica led in
+// term, whose outcome is unknown, has been applied or never will be: a
+// barrier proposed after it has been applied; or this replica no longer
+// leads in term (a fenced read checks the term it was fenced in, and a new
+// leader applies its own leadership barrier before it reads, which settles
+// the entry); or the replica stopped. A barrier that fails while this
+// replica still leads in term (busy, timed out) is proposed again, so a
+// fenced read never goes past a write that may still apply below it.
+func (r *Replica) awaitInDoubt(term uint64) {
+	barrier := &tesserapb.Command{Op: &tesserapb.Command_Barrier{Barrier: &tesserapb.BarrierCommand{}}}
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.RequestTimeout)
+		_, err, _ := r.writeOnce(ctx, barrier, false)
+		cancel()
+		if err == nil || errors.Is(err, ErrStopped) {
+			return
+		}
+		if id, t, ok := r.Leader(); !ok || id != r.cfg.ReplicaID || t != term {
+			return
+		}
+		if r.sleep(r.stopCtx, inDoubtRetryPause) != nil {
+			return
+		}
+	}
+}
+
+// inDoubtRetryPause spaces the barriers awaitInDoubt proposes again.
+const inDoubtRetryPause = 50 * time.Millisecond
+
 // ensureLeaderReady returns nil when this replica leads its range and has
 // applied a barrier in its current term, so that every entry of earlier terms
 // is applied and the oracle has observed every revision written.
@@ -599,7 +627,7 @@ func (r *Replica) ensureLeaderReady() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.RequestTimeout)
 	defer cancel()
-	data, err := proto.Marshal(&tesserapb.Command{Op: &tesserapb.Command_Barrier{Barrier: &tesserapb.BarrierCommand{Leadership: true}}})
+	data, err := proto.Marshal(&tesserapb.Command{LeadershipTerm: term, Op: &tesserapb.Command_Barrier{Barrier: &tesserapb.BarrierCommand{Leadership: true}}})
 	if err != nil {
 		return err
 	}
@@ -629,7 +657,17 @@ func (r *Replica) ensureLeaderReady() error {
 		return err
 	}
 	if err := statemachine.ErrorFromResult(res); err != nil {
+		if errors.Is(err, statemachine.ErrStaleLeader) {
+			// A leader of a later term applied its barrier first.
+			return &NotLeaderError{}
+		}
 		return err
+	}
+	if id, t, ok := r.Leader(); !ok || id != r.cfg.ReplicaID || t != term {
+		// Leadership moved while the barrier was on its way (Raft may have
+		// forwarded it to the new leader): this term's writes would be
+		// refused.
+		return &NotLeaderError{}
 	}
 	var recs []*tesserapb.LeaseRecord
 	err = r.withView(func(v *statemachine.View) error {
@@ -643,7 +681,7 @@ func (r *Replica) ensureLeaderReady() error {
 	if r.cfg.ExpireLeases {
 		r.leases.promote(recs, time.Now())
 	}
-	r.leadershipIndex = res.GetLeadershipIndex()
+	r.leadershipTerm = term
 	r.readyTerm.Store(term)
 	r.cfg.Logger.Debug("range leader ready", "range", r.cfg.RangeID, "replica", r.cfg.ReplicaID, "term", term)
 	return nil

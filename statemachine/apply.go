@@ -14,11 +14,9 @@ import (
 // bounds: a split shrinks it, and later commands of the batch see that.
 type applier struct {
 	rangeID uint64
-	// index is the Raft index of the entry being applied.
-	index  uint64
-	b      *pebble.Batch
-	state  rangeState
-	bounds bounds
+	b       *pebble.Batch
+	state   rangeState
+	bounds  bounds
 	// splits lists the child range IDs of the splits applied in this batch,
 	// in order, for StoreOptions.OnSplit once the batch has committed.
 	splits []uint64
@@ -58,9 +56,9 @@ func (a *applier) apply(cmd *tesserapb.Command) (response []byte, err error) {
 		return nil, errorf(ErrStaleRevision, "revision %d, last applied %d", rev, floor)
 	}
 	// A revision taken under an earlier leadership may be below what the
-	// range's current leader has fenced reads at (Command.leadership_index).
-	if li := cmd.GetLeadershipIndex(); rev > 0 && li != 0 && li < a.state.leadershipIndex {
-		return nil, errorf(ErrStaleLeader, "revision %d proposed under the leadership barrier at index %d, the range's leader applied one at %d", rev, li, a.state.leadershipIndex)
+	// range's current leader has fenced reads at (Command.leadership_term).
+	if lt := cmd.GetLeadershipTerm(); rev > 0 && lt != 0 && lt < a.state.leadershipTerm {
+		return nil, errorf(ErrStaleLeader, "revision %d proposed by the leader of term %d, the range has a leader of term %d", rev, lt, a.state.leadershipTerm)
 	}
 	saved, logged := a.state, a.log.mark()
 	var msg proto.Message
@@ -103,7 +101,15 @@ func (a *applier) apply(cmd *tesserapb.Command) (response []byte, err error) {
 	case *tesserapb.Command_Barrier:
 		msg = nil
 		if op.Barrier.GetLeadership() {
-			a.state.leadershipIndex = a.index
+			lt := cmd.GetLeadershipTerm()
+			switch {
+			case lt == 0:
+				return nil, errorf(ErrInvalidCommand, "leadership barrier without a term")
+			case lt < a.state.leadershipTerm:
+				// Proposed by a replica that has lost the leadership since.
+				return nil, errorf(ErrStaleLeader, "leadership barrier of term %d, the range has a leader of term %d", lt, a.state.leadershipTerm)
+			}
+			a.state.leadershipTerm = lt
 		}
 	case *tesserapb.Command_Batch:
 		return nil, errorf(ErrInvalidCommand, "batch inside a batch")

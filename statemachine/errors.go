@@ -78,11 +78,11 @@ var (
 	// a revision at or below a lease revocation the range applied since.
 	// Nothing changed; the router proves the lease again.
 	ErrLeaseProofOld error = &cmdError{CodeLeaseProofOld, "tessera: lease attach refused: the range revoked a lease after the attach's proof revision"}
-	// ErrStaleLeader has no etcd counterpart: the command was proposed under
-	// a leadership barrier older than the range's last one
-	// (Command.leadership_index), so its revision may be below reads the
-	// range's current leader fenced. Nothing changed; the shard retries,
-	// under its current barrier or at the new leader.
+	// ErrStaleLeader has no etcd counterpart: the command was proposed by a
+	// leader of an earlier term than the range's latest leadership barrier
+	// (Command.leadership_term), so its revision may be below reads the
+	// range's current leader fenced. Nothing changed; the shard proposes a
+	// new leadership barrier, or the router goes to the new leader.
 	ErrStaleLeader error = &cmdError{CodeStaleLeader, "tessera: command proposed under an earlier leadership of the range"}
 )
 

@@ -32,15 +32,15 @@ type rangeState struct {
 	// is refused, since the lease it names may be one revoked since
 	// (lease.go).
 	leaseFloor int64
-	// leadershipIndex is the Raft index of the last leadership barrier
-	// applied (BarrierCommand.leadership), 0 if none: a command carrying a
-	// revision proposed under an earlier one is refused (apply.go).
-	leadershipIndex uint64
+	// leadershipTerm is the highest term of a leadership barrier applied
+	// (BarrierCommand.leadership), 0 if none: a command carrying a revision,
+	// or a leadership barrier, from a lower term is refused (apply.go).
+	leadershipTerm uint64
 }
 
 func initialState() rangeState { return rangeState{currentRev: 1} }
 
-// stateEncodingVersion 2 added leaseFloor, 3 leadershipIndex; versions 1
+// stateEncodingVersion 2 added leaseFloor, 3 leadershipTerm; versions 1
 // and 2 (without them, so 0) are still read.
 const stateEncodingVersion = 3
 
@@ -51,7 +51,7 @@ func (s rangeState) encode() []byte {
 	b = binary.BigEndian.AppendUint64(b, uint64(s.currentRev))
 	b = binary.BigEndian.AppendUint64(b, uint64(s.compactedRev))
 	b = binary.BigEndian.AppendUint64(b, uint64(s.leaseFloor))
-	b = binary.BigEndian.AppendUint64(b, s.leadershipIndex)
+	b = binary.BigEndian.AppendUint64(b, s.leadershipTerm)
 	return b
 }
 
@@ -74,7 +74,7 @@ func decodeState(b []byte) (rangeState, error) {
 		st.leaseFloor = int64(u(4))
 	}
 	if b[0] >= 3 {
-		st.leadershipIndex = u(5)
+		st.leadershipTerm = u(5)
 	}
 	return st, nil
 }

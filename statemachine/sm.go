@@ -151,7 +151,6 @@ func (r *RangeSM) Update(entries []sm.Entry) ([]sm.Entry, error) {
 		a.log = &eventLog{}
 	}
 	for i := range entries {
-		a.index = entries[i].Index
 		res, err := a.applyEntry(entries[i].Cmd)
 		if err != nil {
 			return nil, fmt.Errorf("statemachine: range %d applying index %d: %w", r.rangeID, entries[i].Index, err)
@@ -220,26 +219,14 @@ func (a *applier) applyOne(cmd *tesserapb.Command) (sm.Result, error) {
 	if err != nil && !isCommandError(err) {
 		return sm.Result{}, err
 	}
-	res := resultOf(response, err, a.bounds.generation)
-	if err == nil && cmd.GetBarrier().GetLeadership() {
-		res.LeadershipIndex = a.index
-	}
-	return marshalResult(res)
+	return encodeResult(response, err, a.bounds.generation)
 }
 
 func encodeResult(response []byte, err error, generation uint64) (sm.Result, error) {
-	return marshalResult(resultOf(response, err, generation))
-}
-
-func resultOf(response []byte, err error, generation uint64) *tesserapb.Result {
 	res := &tesserapb.Result{Code: ErrorCode(err), Response: response, Generation: generation}
 	if err != nil {
 		res.Message = err.Error()
 	}
-	return res
-}
-
-func marshalResult(res *tesserapb.Result) (sm.Result, error) {
 	data, merr := proto.Marshal(res)
 	if merr != nil {
 		return sm.Result{}, merr

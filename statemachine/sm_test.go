@@ -518,46 +518,50 @@ func TestSharedViewsMatchTheirMetadata(t *testing.T) {
 	stopAndCheck(t, stop, &wg, errc)
 }
 
-// TestLeadershipBarrier: a leadership barrier answers its index and becomes
-// the range's leadership index (kept across a restart); a command carrying a
-// revision proposed under an earlier barrier is refused as stale and changes
-// nothing, while one under the current barrier, or without one, applies.
+// TestLeadershipBarrier: a leadership barrier records its term (kept across
+// a restart); a command carrying a revision, or a leadership barrier, from a
+// lower term is refused and changes nothing, while one from the recorded
+// term, or without a term, applies.
 func TestLeadershipBarrier(t *testing.T) {
 	h := newHarness(t)
-	barrier := mustMarshal(t, &tesserapb.Command{Op: &tesserapb.Command_Barrier{Barrier: &tesserapb.BarrierCommand{Leadership: true}}})
-	under := func(li uint64, cmd []byte) []byte {
+	inTerm := func(term uint64, cmd []byte) []byte {
 		c, err := decodeCommand(cmd)
 		if err != nil {
 			t.Fatal(err)
 		}
-		c.LeadershipIndex = li
+		c.LeadershipTerm = term
 		return mustMarshal(t, c)
 	}
-	first := h.update(barrier)[0].GetLeadershipIndex()
-	if first != h.index {
-		t.Fatalf("leadership barrier at index %d answered %d", h.index, first)
+	barrier := func(term uint64) []byte {
+		return inTerm(term, mustMarshal(t, &tesserapb.Command{Op: &tesserapb.Command_Barrier{Barrier: &tesserapb.BarrierCommand{Leadership: true}}}))
 	}
-	if res := h.update(under(first, putCmd(t, h.nextRev(), "k", "1")))[0]; res.Code != 0 {
-		t.Fatalf("put under the current leadership refused: %s", res.Message)
+	mustApply := func(what string, cmd []byte) {
+		t.Helper()
+		if res := h.update(cmd)[0]; res.Code != 0 {
+			t.Fatalf("%s refused: %s", what, res.Message)
+		}
 	}
-	second := h.update(barrier)[0].GetLeadershipIndex()
-	if second <= first {
-		t.Fatalf("second leadership barrier answered %d after %d", second, first)
+	mustRefuse := func(what string, cmd []byte) {
+		t.Helper()
+		if err := ErrorFromResult(h.update(cmd)[0]); !errors.Is(err, ErrStaleLeader) {
+			t.Fatalf("%s answered %v, want ErrStaleLeader", what, err)
+		}
 	}
-	// A plain barrier (as a closing range proposes) moves nothing.
+	mustApply("barrier of term 2", barrier(2))
+	mustApply("put in term 2", inTerm(2, putCmd(t, h.nextRev(), "k", "1")))
+	mustApply("barrier of term 4", barrier(4))
+	// A plain barrier (as a closing range proposes) records nothing.
 	h.update(mustMarshal(t, &tesserapb.Command{Op: &tesserapb.Command_Barrier{Barrier: &tesserapb.BarrierCommand{}}}))
 	h.restart()
-	stale := h.update(under(first, putCmd(t, h.nextRev(), "k", "stale")))[0]
-	if err := ErrorFromResult(stale); !errors.Is(err, ErrStaleLeader) {
-		t.Fatalf("put under an earlier leadership answered %v, want ErrStaleLeader", err)
-	}
-	for _, c := range []struct {
-		li    uint64
-		value string
-	}{{second, "2"}, {0, "3"}} {
-		if res := h.update(under(c.li, putCmd(t, h.nextRev(), "k", c.value)))[0]; res.Code != 0 {
-			t.Fatalf("put under leadership index %d refused: %s", c.li, res.Message)
-		}
+	mustRefuse("put in term 2 after term 4's barrier", inTerm(2, putCmd(t, h.nextRev(), "k", "stale")))
+	// The barrier of a replica that lost the leadership, forwarded to the
+	// new leader: it neither applies nor lowers the term.
+	mustRefuse("barrier of term 3 after term 4's", barrier(3))
+	mustRefuse("put in term 3 after term 4's barrier", inTerm(3, putCmd(t, h.nextRev(), "k", "stale")))
+	mustApply("put in term 4", inTerm(4, putCmd(t, h.nextRev(), "k", "2")))
+	mustApply("put without a term", putCmd(t, h.nextRev(), "k", "3"))
+	if err := ErrorFromResult(h.update(barrier(0))[0]); !errors.Is(err, ErrInvalidCommand) {
+		t.Fatalf("leadership barrier without a term answered %v", err)
 	}
 	v := h.view()
 	defer v.Close()
@@ -566,7 +570,7 @@ func TestLeadershipBarrier(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "3" || resp.Kvs[0].Version != 3 {
-		t.Fatalf("k is %v, want value 3 at version 3 (the stale put changed nothing)", resp.Kvs)
+		t.Fatalf("k is %v, want value 3 at version 3 (the stale puts changed nothing)", resp.Kvs)
 	}
 }
 

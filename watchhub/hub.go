@@ -322,24 +322,33 @@ func (h *Hub) round() {
 		groupMin, first := int64(0), true
 		// The group's watchers are mostly at the same revision: find the
 		// events after each revision once.
-		after := map[int64][]*mvccpb.Event{}
+		after := map[[2]int64][]*mvccpb.Event{}
 		shared := map[deliveryShape][]encodedResponse{}
 		for w := range g.watchers {
-			if ok && safe > w.sentRev {
-				evs, found := after[w.sentRev]
+			upTo := safe
+			if t := w.s.progressTarget; t > 0 && t < upTo && t >= w.sentRev {
+				// The stream owes a progress notification at t: its
+				// watches stop at t until it is sent, so that none runs
+				// ahead of the others while they catch up
+				// (answerProgressLocked).
+				upTo = t
+			}
+			if ok && upTo > w.sentRev {
+				span := [2]int64{w.sentRev, upTo}
+				evs, found := after[span]
 				if !found {
-					evs = h.eventsLocked(g.iv, w.sentRev, safe)
-					after[w.sentRev] = evs
+					evs = h.eventsLocked(g.iv, w.sentRev, upTo)
+					after[span] = evs
 				}
 				if len(evs) > 0 {
-					if !w.deliver(evs, safe, false, shared) {
+					if !w.deliver(evs, upTo, false, shared) {
 						h.unsyncLocked(w)
 						continue
 					}
 					w.sentSinceTick = true
 					w.eventRev = evs[len(evs)-1].Kv.ModRevision
 				}
-				w.sentRev = safe
+				w.sentRev = upTo
 			}
 			if t := w.progressTarget; t > 0 {
 				if w.sentRev >= t {

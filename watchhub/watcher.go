@@ -102,7 +102,7 @@ func (w *watcher) view(events []*mvccpb.Event) []*mvccpb.Event {
 // that were at the same revision): a watch with the same options takes
 // their encoded responses instead of encoding the events again.
 func (w *watcher) deliver(events []*mvccpb.Event, rev int64, wait bool, shared map[deliveryShape][]encodedResponse) bool {
-	shape := deliveryShape{sentRev: w.sentRev, noPut: w.noPut, noDelete: w.noDelete, prevKV: w.prevKV, fragment: w.fragment}
+	shape := deliveryShape{sentRev: w.sentRev, rev: rev, noPut: w.noPut, noDelete: w.noDelete, prevKV: w.prevKV, fragment: w.fragment}
 	encoded, found := shared[shape]
 	if !found {
 		if view := w.view(events); len(view) > 0 {
@@ -130,7 +130,7 @@ func (w *watcher) deliver(events []*mvccpb.Event, rev int64, wait bool, shared m
 // deliveryShape is what makes two watches' responses to the same events
 // equal but for the watch ID.
 type deliveryShape struct {
-	sentRev                           int64
+	sentRev, rev                      int64
 	noPut, noDelete, prevKV, fragment bool
 }
 

@@ -34,15 +34,17 @@ type Command struct {
 	// The state machine refuses a writing command whose revision is not above the
 	// range's last applied revision.
 	Revision int64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
-	// leadership_index is the Raft index of the leadership barrier (see
-	// BarrierCommand.leadership) the proposing leader applied before it took
-	// this command's revision. A command carrying a revision is refused
-	// (statemachine.ErrStaleLeader) when the range has applied a later
-	// leadership barrier: Raft forwards a proposal made on a replica that has just lost
-	// its leadership to the new leader, which would append it after its own
-	// barrier, after reads it fenced at revisions above this command's. Zero
-	// (commands written before this field existed) is not checked.
-	LeadershipIndex uint64 `protobuf:"varint,13,opt,name=leadership_index,json=leadershipIndex,proto3" json:"leadership_index,omitempty"`
+	// leadership_term is the Raft term in which the proposing replica led
+	// the range and applied its leadership barrier (BarrierCommand.leadership)
+	// before it took this command's revision. The state machine records the
+	// highest term of a leadership barrier applied and refuses
+	// (statemachine.ErrStaleLeader) a command carrying a revision, or a
+	// leadership barrier, from a lower term: Raft forwards a proposal made on a
+	// replica that has just lost its leadership to the new leader, which would
+	// append it after its own barrier, after reads it fenced at revisions above
+	// this command's. Zero (commands written before this field existed) is not
+	// checked.
+	LeadershipTerm uint64 `protobuf:"varint,13,opt,name=leadership_term,json=leadershipTerm,proto3" json:"leadership_term,omitempty"`
 	// Types that are valid to be assigned to Op:
 	//
 	//	*Command_Txn
@@ -96,9 +98,9 @@ func (x *Command) GetRevision() int64 {
 	return 0
 }
 
-func (x *Command) GetLeadershipIndex() uint64 {
+func (x *Command) GetLeadershipTerm() uint64 {
 	if x != nil {
-		return x.LeadershipIndex
+		return x.LeadershipTerm
 	}
 	return 0
 }
@@ -863,8 +865,7 @@ func (x *KeySpan) GetEnd() []byte {
 type BarrierCommand struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// leadership marks the barrier a range leader applies before it proposes
-	// anything in its term; the state machine records its index (the range's
-	// leadership index) and answers it in Result.leadership_index.
+	// anything in its term (Command.leadership_term carries the term).
 	Leadership    bool `protobuf:"varint,1,opt,name=leadership,proto3" json:"leadership,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -918,12 +919,9 @@ type Result struct {
 	Response []byte `protobuf:"bytes,3,opt,name=response,proto3" json:"response,omitempty"`
 	// generation is the generation of the range's bounds when the command
 	// applied (after any split earlier in the log).
-	Generation uint64 `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
-	// leadership_index is the Raft index of the entry, for a leadership
-	// barrier (see BarrierCommand.leadership).
-	LeadershipIndex uint64 `protobuf:"varint,5,opt,name=leadership_index,json=leadershipIndex,proto3" json:"leadership_index,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	Generation    uint64 `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Result) Reset() {
@@ -980,13 +978,6 @@ func (x *Result) GetResponse() []byte {
 func (x *Result) GetGeneration() uint64 {
 	if x != nil {
 		return x.Generation
-	}
-	return 0
-}
-
-func (x *Result) GetLeadershipIndex() uint64 {
-	if x != nil {
-		return x.LeadershipIndex
 	}
 	return 0
 }
@@ -1079,10 +1070,10 @@ var File_tesserapb_tessera_proto protoreflect.FileDescriptor
 
 const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\n" +
-	"\x17tesserapb/tessera.proto\x12\ttesserapb\"\xea\x04\n" +
+	"\x17tesserapb/tessera.proto\x12\ttesserapb\"\xe8\x04\n" +
 	"\aCommand\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x03R\brevision\x12)\n" +
-	"\x10leadership_index\x18\r \x01(\x04R\x0fleadershipIndex\x12)\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\x12'\n" +
+	"\x0fleadership_term\x18\r \x01(\x04R\x0eleadershipTerm\x12)\n" +
 	"\x03txn\x18\x02 \x01(\v2\x15.tesserapb.TxnCommandH\x00R\x03txn\x125\n" +
 	"\acompact\x18\x03 \x01(\v2\x19.tesserapb.CompactCommandH\x00R\acompact\x12?\n" +
 	"\vlease_grant\x18\x04 \x01(\v2\x1c.tesserapb.LeaseGrantCommandH\x00R\n" +
@@ -1138,15 +1129,14 @@ const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\x0eBarrierCommand\x12\x1e\n" +
 	"\n" +
 	"leadership\x18\x01 \x01(\bR\n" +
-	"leadership\"\x9d\x01\n" +
+	"leadership\"r\n" +
 	"\x06Result\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1a\n" +
 	"\bresponse\x18\x03 \x01(\fR\bresponse\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x04 \x01(\x04R\n" +
-	"generation\x12)\n" +
-	"\x10leadership_index\x18\x05 \x01(\x04R\x0fleadershipIndex\"\xa9\x01\n" +
+	"generation\"\xa9\x01\n" +
 	"\vLeaseRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
