@@ -432,6 +432,7 @@ func (r *Replica) proposeBatch(batch []*proposal) {
 	}
 	var writers []*proposal
 	for _, p := range live {
+		p.cmd.LeadershipTerm = r.leadershipTerm
 		if p.writesKeys {
 			writers = append(writers, p)
 		}
@@ -453,7 +454,6 @@ func (r *Replica) proposeBatch(batch []*proposal) {
 		if ids, ok = r.fence.admit(first, len(writers)); ok {
 			for i, p := range writers {
 				p.cmd.Revision = first + int64(i)
-				p.cmd.LeadershipTerm = r.leadershipTerm
 			}
 			break
 		}

@@ -55,9 +55,11 @@ func (a *applier) apply(cmd *tesserapb.Command) (response []byte, err error) {
 	if floor := a.state.floor(); rev > 0 && rev <= floor {
 		return nil, errorf(ErrStaleRevision, "revision %d, last applied %d", rev, floor)
 	}
-	// A revision taken under an earlier leadership may be below what the
-	// range's current leader has fenced reads at (Command.leadership_term).
-	if lt := cmd.GetLeadershipTerm(); rev > 0 && lt != 0 && lt < a.state.leadershipTerm {
+	// A command proposed by a leader of an earlier term than the range's
+	// current one (Command.leadership_term): a revision it took may be below
+	// what the current leader has fenced reads at, and a lease it grants or
+	// marks would be missing from the current leader's lease clock.
+	if lt := cmd.GetLeadershipTerm(); lt != 0 && lt < a.state.leadershipTerm {
 		return nil, errorf(ErrStaleLeader, "revision %d proposed by the leader of term %d, the range has a leader of term %d", rev, lt, a.state.leadershipTerm)
 	}
 	saved, logged := a.state, a.log.mark()
@@ -101,13 +103,10 @@ func (a *applier) apply(cmd *tesserapb.Command) (response []byte, err error) {
 	case *tesserapb.Command_Barrier:
 		msg = nil
 		if op.Barrier.GetLeadership() {
+			// Not below the range's term (checked above).
 			lt := cmd.GetLeadershipTerm()
-			switch {
-			case lt == 0:
+			if lt == 0 {
 				return nil, errorf(ErrInvalidCommand, "leadership barrier without a term")
-			case lt < a.state.leadershipTerm:
-				// Proposed by a replica that has lost the leadership since.
-				return nil, errorf(ErrStaleLeader, "leadership barrier of term %d, the range has a leader of term %d", lt, a.state.leadershipTerm)
 			}
 			a.state.leadershipTerm = lt
 		}

@@ -519,8 +519,8 @@ func TestSharedViewsMatchTheirMetadata(t *testing.T) {
 }
 
 // TestLeadershipBarrier: a leadership barrier records its term (kept across
-// a restart); a command carrying a revision, or a leadership barrier, from a
-// lower term is refused and changes nothing, while one from the recorded
+// a restart); a command from a lower term (a write, a leadership barrier, a
+// lease grant) is refused and changes nothing, while one from the recorded
 // term, or without a term, applies.
 func TestLeadershipBarrier(t *testing.T) {
 	h := newHarness(t)
@@ -558,6 +558,9 @@ func TestLeadershipBarrier(t *testing.T) {
 	// new leader: it neither applies nor lowers the term.
 	mustRefuse("barrier of term 3 after term 4's", barrier(3))
 	mustRefuse("put in term 3 after term 4's barrier", inTerm(3, putCmd(t, h.nextRev(), "k", "stale")))
+	grant := mustMarshal(t, &tesserapb.Command{Op: &tesserapb.Command_LeaseGrant{LeaseGrant: &tesserapb.LeaseGrantCommand{Id: 7, TtlSeconds: 60}}})
+	mustRefuse("lease grant in term 3 after term 4's barrier", inTerm(3, grant))
+	mustApply("lease grant in term 4", inTerm(4, grant))
 	mustApply("put in term 4", inTerm(4, putCmd(t, h.nextRev(), "k", "2")))
 	mustApply("put without a term", putCmd(t, h.nextRev(), "k", "3"))
 	if err := ErrorFromResult(h.update(barrier(0))[0]); !errors.Is(err, ErrInvalidCommand) {
