@@ -334,10 +334,11 @@ func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesK
 				return nil, err, true
 			}
 			if errors.Is(err, statemachine.ErrStaleLeader) {
-				// Proposed in a term this replica no longer leads in:
-				// its barrier is out of date. Redo it (it finds out whether
-				// this replica still leads) and propose again.
-				r.readyTerm.Store(0)
+				// Proposed in a term this replica no longer leads in: if
+				// it is still ready in that term, its barrier is out of
+				// date. Redo it (it finds out whether this replica still
+				// leads) and propose again.
+				r.readyTerm.CompareAndSwap(p.cmd.GetLeadershipTerm(), 0)
 				return nil, err, true
 			}
 			return res, err, false

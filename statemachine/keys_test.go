@@ -107,3 +107,27 @@ func TestSplitVersion(t *testing.T) {
 		}
 	}
 }
+
+// TestStateEncodingVersions: the range state round-trips, and the older
+// encodings still read: version 2 without a leadership term, version 3
+// (whose sixth field held a Raft index) with none either.
+func TestStateEncodingVersions(t *testing.T) {
+	st := rangeState{appliedIndex: 9, lastCmdRev: 8, currentRev: 7, compactedRev: 3, leaseFloor: 5, leadershipTerm: 4}
+	got, err := decodeState(st.encode())
+	if err != nil || got != st {
+		t.Fatalf("round trip: %+v, %v; want %+v", got, err, st)
+	}
+	v3 := st.encode()
+	v3[0] = 3
+	if got, err := decodeState(v3); err != nil || got.leadershipTerm != 0 || got.leaseFloor != 5 {
+		t.Fatalf("version 3 read as %+v, %v; want its sixth field ignored", got, err)
+	}
+	v2 := st.encode()[:1+8*5]
+	v2[0] = 2
+	if got, err := decodeState(v2); err != nil || got.leaseFloor != 5 || got.leadershipTerm != 0 {
+		t.Fatalf("version 2 read as %+v, %v", got, err)
+	}
+	if _, err := decodeState(append([]byte{5}, v3[1:]...)); err == nil {
+		t.Fatal("an unknown version was read")
+	}
+}

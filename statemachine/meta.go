@@ -40,9 +40,11 @@ type rangeState struct {
 
 func initialState() rangeState { return rangeState{currentRev: 1} }
 
-// stateEncodingVersion 2 added leaseFloor, 3 leadershipTerm; versions 1
-// and 2 (without them, so 0) are still read.
-const stateEncodingVersion = 3
+// stateEncodingVersion 2 added leaseFloor, 4 leadershipTerm; versions 1
+// and 2 (without them, so 0) are still read, and 3, whose sixth field held
+// a Raft index in a few commits that never shipped, is read with
+// leadershipTerm 0.
+const stateEncodingVersion = 4
 
 func (s rangeState) encode() []byte {
 	b := []byte{stateEncodingVersion}
@@ -56,9 +58,9 @@ func (s rangeState) encode() []byte {
 }
 
 func decodeState(b []byte) (rangeState, error) {
-	fields := 0 // version 1: 4 fields; 2: 5; 3: 6
-	if len(b) > 0 && b[0] >= 1 && b[0] <= 3 {
-		fields = 3 + int(b[0])
+	fields := 0 // version 1: 4 fields; 2: 5; 3 and 4: 6
+	if len(b) > 0 && b[0] >= 1 && b[0] <= 4 {
+		fields = 3 + int(min(b[0], 3))
 	}
 	if fields == 0 || len(b) != 1+8*fields {
 		return rangeState{}, fmt.Errorf("statemachine: malformed range state (%d bytes)", len(b))
@@ -73,7 +75,7 @@ func decodeState(b []byte) (rangeState, error) {
 	if b[0] >= 2 {
 		st.leaseFloor = int64(u(4))
 	}
-	if b[0] >= 3 {
+	if b[0] >= 4 {
 		st.leadershipTerm = u(5)
 	}
 	return st, nil

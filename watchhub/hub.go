@@ -300,6 +300,7 @@ func (h *Hub) round() {
 	minSent, anyLive := int64(0), false
 	visitAll := h.progressWanted
 	h.progressWanted = false
+	holds := h.progressHoldsLocked()
 	for _, g := range h.groups {
 		safe, ids, ok := h.safeLocked(g.iv)
 		var want int64 // the revision the group's ranges should close to
@@ -326,11 +327,7 @@ func (h *Hub) round() {
 		shared := map[deliveryShape][]encodedResponse{}
 		for w := range g.watchers {
 			upTo := safe
-			if t := w.s.progressTarget; t > 0 && t < upTo && t >= w.sentRev {
-				// The stream owes a progress notification at t: its
-				// watches stop at t until it is sent, so that none runs
-				// ahead of the others while they catch up
-				// (answerProgressLocked).
+			if t, held := holds[w.s]; held && t < upTo && t >= w.sentRev {
 				upTo = t
 			}
 			if ok && upTo > w.sentRev {
@@ -434,6 +431,36 @@ func (h *Hub) round() {
 	}
 	close(h.changed)
 	h.changed = make(chan struct{})
+}
+
+// progressHoldsLocked returns, for each stream that owes a progress
+// notification and whose watches are all live, the notification's target:
+// a round sends those watches nothing above it until it is answered, so
+// that none runs ahead of the others while their ranges close
+// (answerProgressLocked). A stream with a watch still catching up from
+// history is not held: the answer waits for that watch anyway, and the
+// others' events keep flowing meanwhile.
+func (h *Hub) progressHoldsLocked() map[*stream]int64 {
+	var holds map[*stream]int64
+	for s := range h.streams {
+		if s.progressTarget == 0 {
+			continue
+		}
+		allLive := true
+		for _, w := range s.watchers {
+			if !w.live {
+				allLive = false
+				break
+			}
+		}
+		if allLive {
+			if holds == nil {
+				holds = map[*stream]int64{}
+			}
+			holds[s] = s.progressTarget
+		}
+	}
+	return holds
 }
 
 // lowestFloorLocked returns the lowest floor of all ranges.
@@ -599,7 +626,7 @@ func (h *Hub) answerProgressLocked(s *stream) {
 	if t == 0 {
 		return
 	}
-	rev, told := int64(-1), int64(0)
+	rev, told, highest := int64(-1), int64(0), int64(0)
 	for _, w := range s.watchers {
 		if !w.live || w.sentRev < t {
 			return
@@ -608,15 +635,18 @@ func (h *Hub) answerProgressLocked(s *stream) {
 			rev = w.sentRev
 		}
 		told = max(told, w.progressRev, w.eventRev)
+		highest = max(highest, w.sentRev)
 	}
 	if rev < 0 {
 		rev = t
 	}
 	if rev < told {
 		// A watch of the stream was told more already, or was sent an
-		// event above rev: wait until every watch has been sent that far
-		// (another round has the ranges behind it closed).
-		s.progressTarget = told
+		// event above rev: wait until every watch has been sent as far as
+		// the furthest (another round has the ranges behind them closed).
+		// Every watch is then at or below the target, where rounds hold
+		// them (progressHolds), so the next answer cannot be put off again.
+		s.progressTarget = max(told, highest)
 		h.poke()
 		return
 	}

@@ -43,8 +43,9 @@ type Command struct {
 	// replica that has just lost its leadership to the new leader, which would
 	// append it after its own barrier, after reads it fenced at revisions above
 	// this command's. Zero (commands written before this field existed) is not
-	// checked.
-	LeadershipTerm uint64 `protobuf:"varint,13,opt,name=leadership_term,json=leadershipTerm,proto3" json:"leadership_term,omitempty"`
+	// checked. (13 held a barrier's Raft index in a few commits of session
+	// 11 that never shipped.)
+	LeadershipTerm uint64 `protobuf:"varint,14,opt,name=leadership_term,json=leadershipTerm,proto3" json:"leadership_term,omitempty"`
 	// Types that are valid to be assigned to Op:
 	//
 	//	*Command_Txn
@@ -1070,10 +1071,10 @@ var File_tesserapb_tessera_proto protoreflect.FileDescriptor
 
 const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\n" +
-	"\x17tesserapb/tessera.proto\x12\ttesserapb\"\xe8\x04\n" +
+	"\x17tesserapb/tessera.proto\x12\ttesserapb\"\xee\x04\n" +
 	"\aCommand\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12'\n" +
-	"\x0fleadership_term\x18\r \x01(\x04R\x0eleadershipTerm\x12)\n" +
+	"\x0fleadership_term\x18\x0e \x01(\x04R\x0eleadershipTerm\x12)\n" +
 	"\x03txn\x18\x02 \x01(\v2\x15.tesserapb.TxnCommandH\x00R\x03txn\x125\n" +
 	"\acompact\x18\x03 \x01(\v2\x19.tesserapb.CompactCommandH\x00R\acompact\x12?\n" +
 	"\vlease_grant\x18\x04 \x01(\v2\x1c.tesserapb.LeaseGrantCommandH\x00R\n" +
@@ -1087,7 +1088,7 @@ const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\x0elease_register\x18\v \x01(\v2\x1f.tesserapb.LeaseRegisterCommandH\x00R\rleaseRegister\x12/\n" +
 	"\x05batch\x18\f \x01(\v2\x17.tesserapb.BatchCommandH\x00R\x05batchB\x04\n" +
 	"\x02opJ\x04\b\a\x10\bJ\x04\b\t\x10\n" +
-	"\">\n" +
+	"J\x04\b\r\x10\x0e\">\n" +
 	"\fBatchCommand\x12.\n" +
 	"\bcommands\x18\x01 \x03(\v2\x12.tesserapb.CommandR\bcommands\"'\n" +
 	"\vBatchResult\x12\x18\n" +
