@@ -11,8 +11,18 @@
 //     tesserapb.BatchCommand, up to 1 MiB), still in revision order; the
 //     state machine applies each as if it were an entry of its own, and each
 //     caller gets its own command's result.
+//   - Every command carries the term its proposer leads in (the term of its
+//     leadership barrier, Command.leadership_term), and the state machine
+//     refuses a command of a term below the latest leadership barrier it
+//     applied (statemachine.ErrStaleLeader). A replica that loses the
+//     leadership between taking a write's revision and proposing it proposes
+//     it as a follower, and Raft forwards it to the new leader; without the
+//     refusal it would land after that leader's barrier, below reads the new
+//     leader has fenced.
 //   - A write whose outcome is unknown is reported as ErrTimeout, never as a
-//     success or a clean failure.
+//     success or a clean failure; its fence entry is settled only once a
+//     barrier proposed behind it has applied or this replica no longer leads
+//     in its term.
 //   - The number of proposals in flight is bounded (Config.MaxInFlight);
 //     callers past it wait, they do not grow a queue.
 //
