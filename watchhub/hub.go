@@ -655,5 +655,8 @@ func (h *Hub) answerProgressLocked(s *stream) {
 		for _, w := range s.watchers {
 			w.progressRev = rev
 		}
+		// Its watches may have been held at rev (progressHoldsLocked) with
+		// events waiting above it: another round sends them.
+		h.poke()
 	}
 }
