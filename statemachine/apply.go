@@ -60,7 +60,7 @@ func (a *applier) apply(cmd *tesserapb.Command) (response []byte, err error) {
 	// what the current leader has fenced reads at, and a lease it grants or
 	// marks would be missing from the current leader's lease clock.
 	if lt := cmd.GetLeadershipTerm(); lt != 0 && lt < a.state.leadershipTerm {
-		return nil, errorf(ErrStaleLeader, "revision %d proposed by the leader of term %d, the range has a leader of term %d", rev, lt, a.state.leadershipTerm)
+		return nil, errorf(ErrStaleLeader, "command (revision %d) proposed by the leader of term %d, the range has a leader of term %d", rev, lt, a.state.leadershipTerm)
 	}
 	saved, logged := a.state, a.log.mark()
 	var msg proto.Message

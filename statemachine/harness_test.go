@@ -796,7 +796,7 @@ func dumpLeasesMembers(t testing.TB, v *View) string {
 		t.Fatal(err)
 	}
 	for _, l := range leases {
-		keys, err := leaseKeys(v.snap, l.Id, v.bounds)
+		keys, err := leaseKeys(v.snap.snap, l.Id, v.bounds)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -824,7 +824,7 @@ func (h *harness) dumpOf(t testing.TB, rangeID uint64) string {
 	var b strings.Builder
 	b.WriteString(statusLine(v))
 	b.WriteString(dumpLeasesMembers(t, v))
-	for _, ver := range rawVersions(t, v.snap) {
+	for _, ver := range rawVersions(t, v.snap.snap) {
 		if v.bounds.containsKey([]byte(ver.key)) {
 			b.WriteString(ver.String() + "\n")
 		}

@@ -33,8 +33,8 @@ type rangeState struct {
 	// (lease.go).
 	leaseFloor int64
 	// leadershipTerm is the highest term of a leadership barrier applied
-	// (BarrierCommand.leadership), 0 if none: a command carrying a revision,
-	// or a leadership barrier, from a lower term is refused (apply.go).
+	// (BarrierCommand.leadership), 0 if none: any command of a lower term is
+	// refused (apply.go).
 	leadershipTerm uint64
 }
 

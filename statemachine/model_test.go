@@ -501,7 +501,7 @@ func runRandom(t *testing.T, seed int64, iterations int) {
 				t.Fatalf("iteration %d: RangeStream(%v) = %v %d %v %v, want %v", it, req, streamed, count, more, err, want)
 			}
 		}
-		gotRaw := rawVersions(t, v.snap)
+		gotRaw := rawVersions(t, v.snap.snap)
 		v.Close()
 		var got []string
 		for _, r := range gotRaw {

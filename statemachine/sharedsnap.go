@@ -38,7 +38,8 @@ type snapshots struct {
 
 // sharedSnapshot is one Pebble snapshot and the views holding it.
 type sharedSnapshot struct {
-	snap *pebble.Snapshot
+	owner *snapshots
+	snap  *pebble.Snapshot
 	// commits is snapshots.commits read before snap was taken.
 	commits uint64
 	// refs counts the views holding snap. Guarded by snapshots.mu.
@@ -61,13 +62,14 @@ func (s *snapshots) acquire() *sharedSnapshot {
 		c.refs++
 		return c
 	}
-	c := &sharedSnapshot{snap: s.db.NewSnapshot(), commits: n, refs: 1}
+	c := &sharedSnapshot{owner: s, snap: s.db.NewSnapshot(), commits: n, refs: 1}
 	s.cur = c
 	return c
 }
 
 // release drops one view's hold on c and closes it after the last.
-func (s *snapshots) release(c *sharedSnapshot) {
+func (c *sharedSnapshot) release() {
+	s := c.owner
 	s.mu.Lock()
 	c.refs--
 	last := c.refs == 0

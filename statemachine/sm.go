@@ -308,9 +308,9 @@ func (r *RangeSM) View() (*View, error) {
 	if !opened {
 		var err error
 		if st, b, err = loadMeta(shared.snap, r.rangeID); err != nil {
-			r.store.snaps.release(shared)
+			shared.release()
 			return nil, err
 		}
 	}
-	return &View{snap: shared.snap, shared: shared, snaps: &r.store.snaps, rangeID: r.rangeID, state: st, bounds: b, counts: r.store.counts}, nil
+	return &View{snap: shared, rangeID: r.rangeID, state: st, bounds: b, counts: r.store.counts}, nil
 }

@@ -461,12 +461,12 @@ func TestViewsShareSnapshots(t *testing.T) {
 	h := newHarness(t)
 	h.update(putCmd(t, h.nextRev(), "k", "1"))
 	v1, v2 := h.view(), h.view()
-	if v1.snap != v2.snap {
+	if v1.snap.snap != v2.snap.snap {
 		t.Fatal("two views with no commit between them have different snapshots")
 	}
 	h.update(putCmd(t, h.nextRev(), "k", "2"))
 	v3 := h.view()
-	if v3.snap == v1.snap {
+	if v3.snap.snap == v1.snap.snap {
 		t.Fatal("a view opened after a commit reuses the snapshot taken before it")
 	}
 	for _, c := range []struct {

@@ -3,7 +3,6 @@ package statemachine
 import (
 	"sync"
 
-	"github.com/cockroachdb/pebble/v2"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
@@ -14,10 +13,9 @@ import (
 // snapshot, and the range's metadata read from that same snapshot. It is safe
 // for concurrent use and concurrent with Update. Close it when done.
 type View struct {
-	snap *pebble.Snapshot
-	// shared is the hold on snap that Close releases to snaps.
-	shared  *sharedSnapshot
-	snaps   *snapshots
+	// snap is the view's hold on a Pebble snapshot (shared with the other
+	// views opened since the store's last commit); Close releases it.
+	snap    *sharedSnapshot
 	rangeID uint64
 	state   rangeState
 	bounds  bounds
@@ -29,7 +27,7 @@ type View struct {
 
 // Close releases the view's Pebble snapshot.
 func (v *View) Close() {
-	v.closeOnce.Do(func() { v.snaps.release(v.shared) })
+	v.closeOnce.Do(v.snap.release)
 }
 
 // Revision is etcd's current revision for this range: the last revision at
@@ -63,7 +61,7 @@ func (v *View) AssumeClosed(closedRev int64) {
 	v.state.currentRev = max(v.state.currentRev, closedRev)
 }
 
-func (v *View) reader() mvccReader { return mvccReader{r: v.snap} }
+func (v *View) reader() mvccReader { return mvccReader{r: v.snap.snap} }
 
 func (v *View) checkSpan(key, rangeEnd []byte) error {
 	if len(key) == 0 {
@@ -129,7 +127,7 @@ func (v *View) RangeStream(req *pb.RangeRequest, chunkSize int, emit func([]*mvc
 // sorted; ErrLeaseNotFound when the range has no such lease or its
 // revocation has begun.
 func (v *View) Lease(id int64) (*tesserapb.LeaseRecord, [][]byte, error) {
-	val, found, err := getValue(v.snap, metaLeaseKey(v.rangeID, id))
+	val, found, err := getValue(v.snap.snap, metaLeaseKey(v.rangeID, id))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -143,7 +141,7 @@ func (v *View) Lease(id int64) (*tesserapb.LeaseRecord, [][]byte, error) {
 	if rec.GetRevoking() {
 		return nil, nil, errorf(ErrLeaseNotFound, "lease %d is being revoked", id)
 	}
-	keys, err := leaseKeys(v.snap, id, v.bounds)
+	keys, err := leaseKeys(v.snap.snap, id, v.bounds)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -153,5 +151,5 @@ func (v *View) Lease(id int64) (*tesserapb.LeaseRecord, [][]byte, error) {
 // Leases returns every lease record of the range (those being revoked too),
 // ordered by ID as an unsigned number.
 func (v *View) Leases() ([]*tesserapb.LeaseRecord, error) {
-	return loadLeases(v.snap, v.rangeID)
+	return loadLeases(v.snap.snap, v.rangeID)
 }

@@ -36,13 +36,12 @@ type Command struct {
 	Revision int64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
 	// leadership_term is the Raft term in which the proposing replica led
 	// the range and applied its leadership barrier (BarrierCommand.leadership)
-	// before it took this command's revision. The state machine records the
-	// highest term of a leadership barrier applied and refuses
-	// (statemachine.ErrStaleLeader) a command carrying a revision, or a
-	// leadership barrier, from a lower term: Raft forwards a proposal made on a
-	// replica that has just lost its leadership to the new leader, which would
-	// append it after its own barrier, after reads it fenced at revisions above
-	// this command's. Zero (commands written before this field existed) is not
+	// before it proposed this command. The state machine records the highest
+	// term of a leadership barrier applied and refuses
+	// (statemachine.ErrStaleLeader) any command of a lower term: Raft forwards
+	// a proposal made on a replica that has just lost its leadership to the
+	// new leader, which would append it after its own barrier, after reads it
+	// fenced at revisions above this command's. Zero (commands written before this field existed) is not
 	// checked. (13 held a barrier's Raft index in a few commits of session
 	// 11 that never shipped.)
 	LeadershipTerm uint64 `protobuf:"varint,14,opt,name=leadership_term,json=leadershipTerm,proto3" json:"leadership_term,omitempty"`
