@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -32,6 +33,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "tessera: %v\n", err)
 		os.Exit(2)
 	}
+	setGCPercent()
 	srv, err := server.Start(cfg)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "tessera: %v\n", err)
@@ -42,6 +44,22 @@ func main() {
 	sig := <-sigc
 	cfg.Logger.Info("shutting down", "signal", sig.String())
 	srv.Close()
+}
+
+// defaultGCPercent is the Go collector's target the server runs with unless
+// GOGC is set in its environment. A node's live Go heap is small (Pebble's
+// block cache and memtables are allocated outside it), while every request
+// allocates several kilobytes in gRPC and protobuf: at Go's default of 100 the
+// collector took about a tenth of a node's CPU under a Put load. At 200, one
+// node took 1M Puts with 10 % less CPU and 8 % more Puts per second, its RSS
+// after the load 203 MiB instead of 197 MiB (README, "Performance").
+const defaultGCPercent = 200
+
+// setGCPercent applies defaultGCPercent when GOGC does not say otherwise.
+func setGCPercent() {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(defaultGCPercent)
+	}
 }
 
 // parseFlags turns the command line into a validated server.Config. Help and

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"os"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -104,5 +106,22 @@ func TestParseFlagsWatchProgress(t *testing.T) {
 	cfg, err = parseFlags([]string{"--watch-progress-notify-interval=30s"}, io.Discard, io.Discard)
 	if err != nil || cfg.WatchProgressNotifyInterval != 30*time.Second {
 		t.Fatalf("30s: %v, %v", cfg.WatchProgressNotifyInterval, err)
+	}
+}
+
+func TestGCPercentDefault(t *testing.T) {
+	t.Setenv("GOGC", "") // restores the environment afterwards
+	prev := debug.SetGCPercent(100)
+	defer debug.SetGCPercent(prev)
+
+	os.Unsetenv("GOGC")
+	setGCPercent()
+	if got := debug.SetGCPercent(100); got != defaultGCPercent {
+		t.Fatalf("without GOGC the collector runs at %d, want %d", got, defaultGCPercent)
+	}
+	os.Setenv("GOGC", "100")
+	setGCPercent()
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Fatalf("with GOGC=100 set the collector runs at %d, want 100 (GOGC decides)", got)
 	}
 }
