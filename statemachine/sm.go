@@ -109,9 +109,17 @@ func (r *RangeSM) commitMeta(batch *pebble.Batch, st rangeState, b bounds) error
 	if err := batch.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("statemachine: range %d committing batch: %w", r.rangeID, err)
 	}
-	r.store.snaps.noteCommit()
+	r.noteCommit(batch)
 	r.setMetaLocked(st, b)
 	return nil
+}
+
+// noteCommit records a batch committed for the range: for Views' shared
+// snapshots (before any metadata depending on it is published) and for
+// SizeBytes.
+func (r *RangeSM) noteCommit(b *pebble.Batch) {
+	r.store.snaps.noteCommit()
+	r.store.unflushed.add(r.rangeID, b.Len())
 }
 
 func (r *RangeSM) isOpen() bool {

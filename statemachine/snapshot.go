@@ -296,7 +296,7 @@ func (r *RangeSM) recoverFromSnapshot(rd io.Reader, done <-chan struct{}) error 
 			if err := b.Commit(pebble.Sync); err != nil {
 				return err
 			}
-			r.store.snaps.noteCommit()
+			r.noteCommit(b)
 			r.setMeta(st, newBounds)
 			r.publish(nil, st.floor(), true)
 			return nil
@@ -310,7 +310,7 @@ func (r *RangeSM) recoverFromSnapshot(rd io.Reader, done <-chan struct{}) error 
 			if err := b.Commit(pebble.NoSync); err != nil {
 				return err
 			}
-			r.store.snaps.noteCommit()
+			r.noteCommit(b)
 			closeQuietly(b)
 			b = db.NewBatch()
 		}
@@ -348,6 +348,7 @@ func (r *RangeSM) clearForRecovery(b *pebble.Batch, newBounds bounds) error {
 		return err
 	}
 	r.store.snaps.noteCommit()
+	r.store.unflushed.forget(r.rangeID)
 	return nil
 }
 

@@ -90,6 +90,10 @@ type Store struct {
 	// commit to db is noted there.
 	snaps snapshots
 
+	// unflushed counts the bytes committed for each range that Pebble has
+	// not flushed to sstables yet (size.go).
+	unflushed *unflushedBytes
+
 	// snapshotsRecovered counts snapshots installed by RecoverFromSnapshot.
 	snapshotsRecovered atomic.Int64
 }
@@ -146,11 +150,14 @@ func OpenStore(dir string, opts StoreOptions) (*Store, error) {
 	if opts.MemTableSizeBytes > 0 {
 		po.MemTableSize = opts.MemTableSizeBytes
 	}
+	unflushed := newUnflushedBytes()
+	po.EventListener = &pebble.EventListener{}
+	unflushed.listen(po.EventListener)
 	db, err := pebble.Open(dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("statemachine: opening pebble in %s: %w", dir, err)
 	}
-	s := &Store{db: db, onSplit: opts.OnSplit, onApply: opts.OnApply, ranges: make(map[uint64]*RangeSM), counts: newCountCache()}
+	s := &Store{db: db, onSplit: opts.OnSplit, onApply: opts.OnApply, ranges: make(map[uint64]*RangeSM), counts: newCountCache(), unflushed: unflushed}
 	s.snaps.db = db
 	return s, nil
 }
