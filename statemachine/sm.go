@@ -183,6 +183,11 @@ func (r *RangeSM) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	if len(a.splits) == 0 {
 		return entries, nil
 	}
+	// The parent's unflushed bytes are now partly the children's, in an
+	// unknown share: count neither's until Pebble flushes them (counting
+	// them all for the parent could make it look past the size limit again
+	// right after a size split).
+	r.store.unflushed.forget(r.rangeID)
 	if onSplit := r.store.onSplit; onSplit != nil {
 		for _, childID := range a.splits {
 			onSplit(r.rangeID, childID)
