@@ -51,6 +51,13 @@ type Config struct {
 	// AfterRevisionsTaken, for tests only, is passed to every range replica
 	// (see shard.Config.AfterRevisionsTaken).
 	AfterRevisionsTaken func(rangeID uint64, first int64)
+	// BeforeApply, for tests only, runs as a range replica's state machine
+	// starts applying a batch of entries (it may block, holding the range's
+	// applies back; see statemachine.StoreOptions.BeforeUpdate).
+	BeforeApply func(rangeID uint64)
+	// RangeRequestTimeout, for tests only, bounds one proposal or ReadIndex
+	// round of a range replica (shard.Config.RequestTimeout); 0: its default.
+	RangeRequestTimeout time.Duration
 	// AfterLeaseProof, for tests only, is the router's hook (see
 	// router.Config.AfterLeaseProof).
 	AfterLeaseProof func(leaseID, proof int64)

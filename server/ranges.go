@@ -84,7 +84,7 @@ func (s *Server) startRange(rangeID uint64) error {
 	if err := s.nh.StartOnDiskReplica(s.raftMembers, false, s.store.CreateStateMachine, s.raftConfig(rangeID)); err != nil {
 		return fmt.Errorf("starting range %d: %w", rangeID, err)
 	}
-	cfg := shard.Config{RangeID: rangeID, ReplicaID: s.replicaID, SoleReplica: s.soleNode(), Logger: s.log}
+	cfg := shard.Config{RangeID: rangeID, ReplicaID: s.replicaID, SoleReplica: s.soleNode(), RequestTimeout: s.cfg.RangeRequestTimeout, Logger: s.log}
 	if hook := s.cfg.AfterRevisionsTaken; hook != nil {
 		cfg.AfterRevisionsTaken = func(first int64) { hook(rangeID, first) }
 	}

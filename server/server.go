@@ -121,7 +121,7 @@ func Start(cfg Config) (*Server, error) {
 		MaxRequestBytes:        cfg.MaxRequestBytes,
 		Logger:                 s.log,
 	})
-	if s.store, err = statemachine.OpenStore(filepath.Join(cfg.DataDir, "kv"), statemachine.StoreOptions{OnSplit: s.onSplit, OnApply: s.hub.Publish}); err != nil {
+	if s.store, err = statemachine.OpenStore(filepath.Join(cfg.DataDir, "kv"), statemachine.StoreOptions{OnSplit: s.onSplit, OnApply: s.hub.Publish, BeforeUpdate: cfg.BeforeApply}); err != nil {
 		s.hub.Stop()
 		s.closeListeners()
 		return nil, fmt.Errorf("opening store in %s: %w", cfg.DataDir, err)

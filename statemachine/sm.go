@@ -151,6 +151,9 @@ func (r *RangeSM) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	if len(entries) == 0 {
 		return entries, nil
 	}
+	if hook := r.store.beforeUpdate; hook != nil {
+		hook(r.rangeID)
+	}
 	b := r.store.db.NewIndexedBatch()
 	defer closeQuietly(b)
 	a := &applier{rangeID: r.rangeID, b: b, state: r.state, bounds: r.bounds, points: pointIter{b: b}}

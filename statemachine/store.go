@@ -35,6 +35,9 @@ type StoreOptions struct {
 	// committed, and with Reset from Open and from snapshot recovery. It is
 	// called on Dragonboat's goroutines for the range, so it must not block.
 	OnApply func(Applied)
+	// BeforeUpdate, for tests only, is called with the range's ID as
+	// RangeSM.Update starts; it may block, holding the range's applies back.
+	BeforeUpdate func(rangeID uint64)
 }
 
 // quietLogger drops Pebble's informational messages.
@@ -69,6 +72,8 @@ type Store struct {
 	onSplit func(parentRangeID, childRangeID uint64)
 	// onApply is StoreOptions.OnApply. Immutable.
 	onApply func(Applied)
+	// beforeUpdate is StoreOptions.BeforeUpdate. Immutable.
+	beforeUpdate func(rangeID uint64)
 
 	// clearMu serialises the clearing step of snapshot recoveries (deciding
 	// what to delete from the other ranges' stored bounds, and committing
@@ -157,7 +162,7 @@ func OpenStore(dir string, opts StoreOptions) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("statemachine: opening pebble in %s: %w", dir, err)
 	}
-	s := &Store{db: db, onSplit: opts.OnSplit, onApply: opts.OnApply, ranges: make(map[uint64]*RangeSM), counts: newCountCache(), unflushed: unflushed}
+	s := &Store{db: db, onSplit: opts.OnSplit, onApply: opts.OnApply, beforeUpdate: opts.BeforeUpdate, ranges: make(map[uint64]*RangeSM), counts: newCountCache(), unflushed: unflushed}
 	s.snaps.db = db
 	return s, nil
 }

@@ -197,3 +197,118 @@ func putAsync(ctx context.Context, cli *clientv3.Client, key, value string) <-ch
 	}()
 	return done
 }
+
+// TestInDoubtWriteHoldsFencedReads: a write whose proposal timed out may
+// still be applied, so its place in the fence is kept until a barrier
+// proposed after it has applied, however many barriers time out first. The
+// range's applies are held back (a test hook) while a write is proposed:
+// the write's proposal times out, then the barriers proposed behind it do
+// too; a linearizable read issued meanwhile must not complete on the state
+// without the write and then see the write land at or below its revision.
+func TestInDoubtWriteHoldsFencedReads(t *testing.T) {
+	const requestTimeout = 300 * time.Millisecond
+	gate := newApplyGate(2)
+	c := testcluster.Start(t, 1, func(cfg *serverConfig) {
+		cfg.BeforeApply = gate.hook
+		cfg.RangeRequestTimeout = requestTimeout
+	})
+	ctx := ctxT(t)
+	cli := c.Client()
+	if _, err := cli.Put(ctx, "k", "before"); err != nil {
+		t.Fatal(err)
+	}
+
+	gate.shut()
+	putDone := putAsync(ctx, cli, "k", "in doubt")
+	gate.waitHeld(t)
+	// The write's proposal times out, then at least one barrier behind it.
+	time.Sleep(4 * requestTimeout)
+	readDone := make(chan *clientv3.GetResponse, 1)
+	readErr := make(chan error, 1)
+	go func() {
+		resp, err := cli.Get(ctx, "k")
+		if err != nil {
+			readErr <- err
+			return
+		}
+		readDone <- resp
+	}()
+	// Time for a read that did not wait to complete on the held state.
+	time.Sleep(4 * requestTimeout)
+	gate.open()
+
+	var read *clientv3.GetResponse
+	select {
+	case read = <-readDone:
+	case err := <-readErr:
+		t.Fatal(err)
+	}
+	res := <-putDone
+	final, err := cli.Get(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	R, got := read.Header.Revision, string(read.Kvs[0].Value)
+	w := final.Kvs[0]
+	t.Logf("read at %d saw %q; the write (answer: rev %d, err %v) is %q at %d", R, got, res.rev, res.err, w.Value, w.ModRevision)
+	if string(w.Value) == "in doubt" && w.ModRevision <= R && got != "in doubt" {
+		t.Fatalf("a read at %d saw %q, and then the write it did not see appeared at %d", R, got, w.ModRevision)
+	}
+	if res.err == nil {
+		t.Fatalf("the write was answered (revision %d) while the range's applies were held: its proposal did not time out", res.rev)
+	}
+}
+
+// applyGate holds back the applies of range rangeID while shut: install
+// hook as serverConfig.BeforeApply.
+type applyGate struct {
+	rangeID uint64
+	mu      sync.Mutex
+	gate    chan struct{} // nil while open
+	held    chan struct{}
+}
+
+func newApplyGate(rangeID uint64) *applyGate {
+	return &applyGate{rangeID: rangeID, held: make(chan struct{}, 1)}
+}
+
+func (g *applyGate) hook(rangeID uint64) {
+	if rangeID != g.rangeID {
+		return
+	}
+	g.mu.Lock()
+	gate := g.gate
+	g.mu.Unlock()
+	if gate == nil {
+		return
+	}
+	select {
+	case g.held <- struct{}{}:
+	default:
+	}
+	<-gate
+}
+
+func (g *applyGate) shut() {
+	g.mu.Lock()
+	g.gate = make(chan struct{})
+	g.mu.Unlock()
+}
+
+func (g *applyGate) open() {
+	g.mu.Lock()
+	close(g.gate)
+	g.gate = nil
+	g.mu.Unlock()
+}
+
+// waitHeld returns once an apply is held.
+func (g *applyGate) waitHeld(t *testing.T) {
+	t.Helper()
+	select {
+	case <-g.held:
+	case <-time.After(10 * time.Second):
+		g.open()
+		t.Fatal("no apply reached the gate")
+	}
+}
