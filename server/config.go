@@ -37,7 +37,8 @@ type Config struct {
 	// --snapshot-count; Tessera counts Raft entries, and the proposer puts
 	// concurrent writes of a range into one entry). SnapshotCatchUpEntries
 	// entries are kept behind a compaction for a slow follower to catch up
-	// from before it needs a snapshot.
+	// from before it needs a snapshot. Zero takes the default, which
+	// depends on the cluster (see raftLogSettings).
 	SnapshotCount          uint64
 	SnapshotCatchUpEntries uint64
 
@@ -112,9 +113,17 @@ const (
 	DefaultElectionMS        = 1000
 	DefaultSnapshotCount     = 10000
 	DefaultSnapshotCatchUp   = 5000
-	DefaultRangeMaxBytes     = 64 * 1024 * 1024
-	DefaultRangeSplitQPS     = 2500
-	DefaultRaftStepWorkers   = 1
+	// A one-node cluster's defaults: its Raft logs need no catch-up entries
+	// (no follower exists), and a snapshot of a range's state machine,
+	// already on disk, costs one fsync, so unless --snapshot-count is given
+	// a range is also snapshotted every DefaultSoleSnapshotBytes of entries,
+	// which keeps its log short enough to be truncated before Dragonboat's
+	// log store flushes it (see raftLogSettings).
+	DefaultSoleSnapshotCatchUp = 50
+	DefaultSoleSnapshotBytes   = 2 << 20
+	DefaultRangeMaxBytes       = 64 * 1024 * 1024
+	DefaultRangeSplitQPS       = 2500
+	DefaultRaftStepWorkers     = 1
 )
 
 // DefaultConfig is a single node on 127.0.0.1:2379 with data in ./tessera.data.
@@ -133,8 +142,6 @@ func DefaultConfig() Config {
 		QuotaBackendBytes:        DefaultQuotaBackendBytes,
 		HeartbeatInterval:        DefaultHeartbeatMS * time.Millisecond,
 		ElectionTimeout:          DefaultElectionMS * time.Millisecond,
-		SnapshotCount:            DefaultSnapshotCount,
-		SnapshotCatchUpEntries:   DefaultSnapshotCatchUp,
 		AutoCompactionMode:       "periodic",
 		AutoCompactionRetention:  "0",
 		LogDBShards:              1,

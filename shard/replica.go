@@ -56,6 +56,12 @@ type Config struct {
 	// rounds while rounds are shared by several reads (rounds.Rounds.MinGap).
 	// Default 1ms; negative: none.
 	ReadRoundGap time.Duration
+	// SnapshotEveryBytes, when positive, has the replica request a snapshot
+	// of its range (which truncates the range's Raft log) each time it has
+	// proposed this many bytes of entries since its last request: a log
+	// that needs no catch-up entries (a sole replica's) then stays short
+	// whatever the size of its entries.
+	SnapshotEveryBytes int64
 	// AfterRevisionsTaken, for tests only, runs after a batch of writes took
 	// its revisions from the oracle and before they pass the fence (it may
 	// block, to force the race of DESIGN.md "Revisions" 3).
@@ -132,6 +138,13 @@ type Replica struct {
 
 	// reads shares ReadIndex rounds among linearizable reads.
 	reads rounds.Rounds
+
+	// logBytes counts the bytes proposed since the last snapshot request
+	// (Config.SnapshotEveryBytes); snapshotting is set while one is made.
+	logBytes     atomic.Int64
+	snapshotting atomic.Bool
+	// snapshotsRequested counts the snapshot requests made.
+	snapshotsRequested atomic.Int64
 
 	stopc chan struct{}
 	// stopCtx is done once Stop is called: the context of calls bounded
@@ -531,7 +544,40 @@ func (r *Replica) proposeEntry(e *entryBatch) {
 	}
 	r.wg.Add(1)
 	go r.follow(ps, ids, rs, r.leadershipTerm)
+	r.noteLogBytes(len(data))
 }
+
+// noteLogBytes counts n bytes proposed and, every Config.SnapshotEveryBytes,
+// requests a snapshot of the range in the background (one at a time).
+func (r *Replica) noteLogBytes(n int) {
+	every := r.cfg.SnapshotEveryBytes
+	if every <= 0 || r.logBytes.Add(int64(n)) < every || !r.snapshotting.CompareAndSwap(false, true) {
+		return
+	}
+	r.logBytes.Store(0)
+	r.snapshotsRequested.Add(1)
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		defer r.snapshotting.Store(false)
+		rs, err := r.nh.RequestSnapshot(r.cfg.RangeID, dragonboat.SnapshotOption{}, r.cfg.RequestTimeout)
+		if err != nil {
+			// Busy, or a snapshot at this index exists: the next one
+			// comes with the next bytes proposed.
+			r.cfg.Logger.Debug("snapshot request refused", "range", r.cfg.RangeID, "err", err)
+			return
+		}
+		defer rs.Release()
+		select {
+		case <-rs.ResultC():
+		case <-r.stopc:
+		}
+	}()
+}
+
+// SnapshotsRequested returns how many snapshots the replica requested
+// because of Config.SnapshotEveryBytes.
+func (r *Replica) SnapshotsRequested() int64 { return r.snapshotsRequested.Load() }
 
 // settle settles the fence ids of proposals whose entry has ended (0: none).
 func (r *Replica) settle(ids []uint64) {

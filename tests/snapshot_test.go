@@ -3,6 +3,7 @@ package tests
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -112,4 +113,38 @@ func followerReplicaID(c *testcluster.Cluster, n *testcluster.Node) uint64 {
 		}
 	}
 	return 0
+}
+
+// TestSoleNodeTruncatesLogByBytes: on a one-node cluster a range snapshots
+// itself (and so truncates its Raft log) every 2 MiB of entries, whatever
+// their count; the data survives a restart that replays the short log.
+func TestSoleNodeTruncatesLogByBytes(t *testing.T) {
+	c := testcluster.Start(t, 1)
+	ctx := ctxT(t)
+	cli := c.Client()
+	value := strings.Repeat("x", 32<<10)
+	const keys = 200 // 6.4 MiB of values: three snapshots at least
+	for i := range keys {
+		if _, err := cli.Put(ctx, fmt.Sprintf("big/%03d", i), value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	node := c.Nodes[0]
+	if n := node.Server.SnapshotsRequested(); n < 3 {
+		t.Fatalf("%d snapshots requested after %d MiB of entries", n, keys*len(value)>>20)
+	}
+	c.StopNode(node)
+	c.StartNode(node)
+	cli = c.Client()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		get, err := cli.Get(ctx, "big/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err == nil && get.Count == keys {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after a restart: %v %v", get, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

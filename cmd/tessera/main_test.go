@@ -22,8 +22,8 @@ func TestParseFlagsDefaults(t *testing.T) {
 	if cfg.MaxRequestBytes != 1536*1024 || cfg.ElectionTimeout != time.Second || cfg.HeartbeatInterval != 100*time.Millisecond {
 		t.Fatalf("defaults = %+v", cfg)
 	}
-	if cfg.SnapshotCount != 10000 || cfg.SnapshotCatchUpEntries != 5000 {
-		t.Fatalf("snapshot defaults = %d, %d; want etcd's 10000, 5000", cfg.SnapshotCount, cfg.SnapshotCatchUpEntries)
+	if cfg.SnapshotCount != 0 || cfg.SnapshotCatchUpEntries != 0 {
+		t.Fatalf("snapshot defaults = %d, %d; want 0, 0 (the server picks them by cluster size)", cfg.SnapshotCount, cfg.SnapshotCatchUpEntries)
 	}
 }
 
