@@ -4,7 +4,6 @@ import (
 	"errors"
 	"flag"
 	"io"
-	"os"
 	"runtime/debug"
 	"strings"
 	"testing"
@@ -109,19 +108,25 @@ func TestParseFlagsWatchProgress(t *testing.T) {
 	}
 }
 
-func TestGCPercentDefault(t *testing.T) {
-	t.Setenv("GOGC", "") // restores the environment afterwards
-	prev := debug.SetGCPercent(100)
-	defer debug.SetGCPercent(prev)
-
-	os.Unsetenv("GOGC")
-	setGCPercent()
-	if got := debug.SetGCPercent(100); got != defaultGCPercent {
-		t.Fatalf("without GOGC the collector runs at %d, want %d", got, defaultGCPercent)
+func TestGCPercentFor(t *testing.T) {
+	for _, tc := range []struct {
+		live uint64
+		want int
+	}{
+		{0, 200}, {8 << 20, 200}, {32 << 20, 200}, {64 << 20, 150}, {128 << 20, 125}, {320 << 20, 110}, {8 << 30, 100},
+	} {
+		if got := gcPercentFor(tc.live); got != tc.want {
+			t.Errorf("live heap %d MiB: GOGC %d, want %d", tc.live>>20, got, tc.want)
+		}
 	}
-	os.Setenv("GOGC", "100")
-	setGCPercent()
-	if got := debug.SetGCPercent(100); got != 100 {
-		t.Fatalf("with GOGC=100 set the collector runs at %d, want 100 (GOGC decides)", got)
+}
+
+func TestTuneGCLeavesGOGCAlone(t *testing.T) {
+	t.Setenv("GOGC", "100")
+	prev := debug.SetGCPercent(77)
+	defer debug.SetGCPercent(prev)
+	tuneGC()
+	if got := debug.SetGCPercent(77); got != 77 {
+		t.Fatalf("with GOGC set the collector's target was changed to %d", got)
 	}
 }
