@@ -49,12 +49,14 @@ func (s *Server) raftConfig(rangeID uint64) dbconfig.Config {
 		PreVote:            true,
 		SnapshotEntries:    snapshotEntries,
 		CompactionOverhead: catchUpEntries,
-		// A compaction request makes Dragonboat's log store (Pebble) flush
-		// its memtable and compact the truncated span at every log
-		// truncation; without them the truncation's range deletion is
-		// dropped by the store's own flushes and compactions, and a log
-		// truncated before its memtable fills is never written to a table.
-		DisableAutoCompactions: true,
+		// On one node (short logs, see raftLogSettings): a compaction
+		// request makes Dragonboat's log store (Pebble) flush its memtable
+		// and compact the truncated span at every log truncation; without
+		// them the truncation's range deletion is dropped by the store's own
+		// flushes and compactions, and a log truncated before its memtable
+		// fills is never written to a table. Clusters of several members,
+		// where this was not measured, keep Dragonboat's default.
+		DisableAutoCompactions: s.soleNode(),
 		// An idle range stops heartbeating (Dragonboat's quiesce), so a node
 		// with many ranges does not burn CPU while they are idle.
 		Quiesce: rangeID != placement.MetaRangeID,
@@ -68,9 +70,10 @@ func (s *Server) raftConfig(rangeID uint64) dbconfig.Config {
 // one-node cluster a short log: no follower can need catch-up entries
 // there, and a snapshot of a range is one fsync of the store (its state
 // machine is on disk; Dragonboat snapshots only the metadata). Truncated
-// every 2 MiB, a range's log stays within one 4 MiB memtable of
-// Dragonboat's log store, so it is deleted before it is flushed and
-// compacted (at 10,000 entries of 4 KiB it never was). 100,000 Puts of 4
+// every 2 MiB, a busy range's log stays within one 4 MiB memtable of
+// Dragonboat's log store (shared by every range), so it is mostly deleted
+// before it is flushed and compacted (at 10,000 entries of 4 KiB it never
+// was). 100,000 Puts of 4
 // KiB on one node, three alternating pairs: 6,946–7,256 → 7,622–7,833
 // Puts/s, 15.3–16.3 → 14.2–14.5 CPU-s, the log store 96–147 → 25–28 MiB on
 // disk; 256-byte Puts unchanged (a truncation every 500 entries, tried

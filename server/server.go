@@ -371,12 +371,12 @@ func (s *Server) RegisteredNodes(ctx context.Context) int {
 // RangeCount is the number of data ranges this node runs.
 func (s *Server) RangeCount() int { return len(s.rangeList()) }
 
-// SnapshotsRequested returns how many snapshots this node's replicas have
-// requested to keep their Raft logs short (shard.Config.SnapshotEveryBytes).
-func (s *Server) SnapshotsRequested() int64 {
+// SnapshotsTaken returns how many snapshots this node's replicas have taken
+// to keep their Raft logs short (shard.Config.SnapshotEveryBytes).
+func (s *Server) SnapshotsTaken() int64 {
 	var n int64
 	for _, r := range s.rangeList() {
-		n += r.SnapshotsRequested()
+		n += r.SnapshotsTaken()
 	}
 	return n
 }

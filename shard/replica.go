@@ -143,8 +143,9 @@ type Replica struct {
 	// (Config.SnapshotEveryBytes); snapshotting is set while one is made.
 	logBytes     atomic.Int64
 	snapshotting atomic.Bool
-	// snapshotsRequested counts the snapshot requests made.
-	snapshotsRequested atomic.Int64
+	// snapshotsTaken counts the snapshots requested for SnapshotEveryBytes
+	// that completed.
+	snapshotsTaken atomic.Int64
 
 	stopc chan struct{}
 	// stopCtx is done once Stop is called: the context of calls bounded
@@ -548,36 +549,46 @@ func (r *Replica) proposeEntry(e *entryBatch) {
 }
 
 // noteLogBytes counts n bytes proposed and, every Config.SnapshotEveryBytes,
-// requests a snapshot of the range in the background (one at a time).
+// requests a snapshot of the range in the background (one at a time). A
+// request refused or failed is made again with the next bytes proposed.
 func (r *Replica) noteLogBytes(n int) {
 	every := r.cfg.SnapshotEveryBytes
 	if every <= 0 || r.logBytes.Add(int64(n)) < every || !r.snapshotting.CompareAndSwap(false, true) {
 		return
 	}
 	r.logBytes.Store(0)
-	r.snapshotsRequested.Add(1)
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
 		defer r.snapshotting.Store(false)
-		rs, err := r.nh.RequestSnapshot(r.cfg.RangeID, dragonboat.SnapshotOption{}, r.cfg.RequestTimeout)
-		if err != nil {
-			// Busy, or a snapshot at this index exists: the next one
-			// comes with the next bytes proposed.
-			r.cfg.Logger.Debug("snapshot request refused", "range", r.cfg.RangeID, "err", err)
+		if r.requestSnapshot() {
+			r.snapshotsTaken.Add(1)
 			return
 		}
-		defer rs.Release()
-		select {
-		case <-rs.ResultC():
-		case <-r.stopc:
-		}
+		r.logBytes.Add(every)
 	}()
 }
 
-// SnapshotsRequested returns how many snapshots the replica requested
-// because of Config.SnapshotEveryBytes.
-func (r *Replica) SnapshotsRequested() int64 { return r.snapshotsRequested.Load() }
+// requestSnapshot asks Dragonboat for a snapshot of the range and reports
+// whether one was taken.
+func (r *Replica) requestSnapshot() bool {
+	rs, err := r.nh.RequestSnapshot(r.cfg.RangeID, dragonboat.SnapshotOption{}, r.cfg.RequestTimeout)
+	if err != nil {
+		r.cfg.Logger.Debug("snapshot request refused", "range", r.cfg.RangeID, "err", err)
+		return false
+	}
+	defer rs.Release()
+	select {
+	case rr := <-rs.ResultC():
+		return rr.Completed()
+	case <-r.stopc:
+		return false
+	}
+}
+
+// SnapshotsTaken returns how many snapshots the replica has taken because
+// of Config.SnapshotEveryBytes.
+func (r *Replica) SnapshotsTaken() int64 { return r.snapshotsTaken.Load() }
 
 // settle settles the fence ids of proposals whose entry has ended (0: none).
 func (r *Replica) settle(ids []uint64) {
