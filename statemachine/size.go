@@ -23,10 +23,12 @@ func (r *RangeSM) SizeBytes() int64 {
 // unflushedBytes counts, per range, the bytes of the batches committed since
 // Pebble last began a flush ("pending") and of those committed before the
 // flush under way began ("flushing", which its sstables hold once it ends).
-// A flush takes the memtables filled before it began, so this is an
-// estimate: a batch that went into the next memtable in the moment between
-// the memtable's rotation and the flush's start is forgotten when the flush
-// ends, and nothing is known of memtables replayed from the WAL at open.
+// A flush takes only the memtables filled before it began, so this is an
+// estimate: batches already in the memtable being written when a flush
+// begins are forgotten when it ends (with flushes back to back, up to a
+// memtable's worth: the range is undercounted until the next flush), a
+// batch committed as a flush begins may be counted twice until the next
+// one, and nothing is known of memtables replayed from the WAL at open.
 type unflushedBytes struct {
 	mu       sync.Mutex
 	pending  map[uint64]int64
