@@ -73,11 +73,11 @@ func (s *Server) raftConfig(rangeID uint64) dbconfig.Config {
 // every 2 MiB, a busy range's log stays within one 4 MiB memtable of
 // Dragonboat's log store (shared by every range), so it is mostly deleted
 // before it is flushed and compacted (at 10,000 entries of 4 KiB it never
-// was). 100,000 Puts of 4
-// KiB on one node, three alternating pairs: 6,946–7,256 → 7,622–7,833
-// Puts/s, 15.3–16.3 → 14.2–14.5 CPU-s, the log store 96–147 → 25–28 MiB on
-// disk; 256-byte Puts unchanged (a truncation every 500 entries, tried
-// first, cost them 4–10 % in snapshots: hence bytes rather than entries).
+// was). 100,000 Puts of 4 KiB on one node, three alternating pairs: 6,946–
+// 7,256 → 7,622–7,833 Puts/s, 15.3–16.3 → 14.2–14.5 CPU-s, the log store
+// 96–147 → 25–28 MiB on disk; 256-byte Puts unchanged (a truncation every
+// 500 entries, tried first, cost them 4–10 % in snapshots: hence bytes
+// rather than entries).
 func (s *Server) raftLogSettings() (snapshotEntries, catchUpEntries uint64, snapshotBytes int64) {
 	snapshotEntries, catchUpEntries = DefaultSnapshotCount, DefaultSnapshotCatchUp
 	if s.soleNode() {
