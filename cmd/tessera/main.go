@@ -73,9 +73,10 @@ func gcPercentFor(live uint64) int {
 }
 
 // tuneGC sets the collector's target from the live heap now and every
-// gcRetuneInterval, unless GOGC is set in the environment.
+// gcRetuneInterval, unless GOGC is set in the environment (an empty GOGC is
+// Go's default, as for the runtime).
 func tuneGC() {
-	if _, set := os.LookupEnv("GOGC"); set {
+	if os.Getenv("GOGC") != "" {
 		return
 	}
 	live := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}

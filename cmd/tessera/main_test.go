@@ -130,3 +130,14 @@ func TestTuneGCLeavesGOGCAlone(t *testing.T) {
 		t.Fatalf("with GOGC set the collector's target was changed to %d", got)
 	}
 }
+
+// An empty GOGC means Go's default to the runtime, so tuneGC tunes.
+func TestTuneGCTreatsEmptyGOGCAsUnset(t *testing.T) {
+	t.Setenv("GOGC", "")
+	prev := debug.SetGCPercent(77)
+	defer debug.SetGCPercent(prev)
+	tuneGC()
+	if got := debug.SetGCPercent(prev); got == 77 {
+		t.Fatalf("with GOGC empty the collector's target was left at %d", got)
+	}
+}
