@@ -74,10 +74,11 @@ func gcPercentFor(live uint64) int {
 
 // tuneGC sets the collector's target from the live heap now and every
 // gcRetuneInterval, unless GOGC is set in the environment (an empty GOGC is
-// Go's default, as for the runtime).
-func tuneGC() {
+// Go's default, as for the runtime). stop, called once, ends the
+// retuning (tests; the server retunes until it exits).
+func tuneGC() (stop func()) {
 	if os.Getenv("GOGC") != "" {
-		return
+		return func() {}
 	}
 	live := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
 	retune := func() {
@@ -87,11 +88,20 @@ func tuneGC() {
 		}
 	}
 	retune()
+	ticker := time.NewTicker(gcRetuneInterval)
+	done := make(chan struct{})
 	go func() {
-		for range time.Tick(gcRetuneInterval) {
-			retune()
+		for {
+			select {
+			case <-ticker.C:
+				retune()
+			case <-done:
+				ticker.Stop()
+				return
+			}
 		}
 	}()
+	return func() { close(done) }
 }
 
 // parseFlags turns the command line into a validated server.Config. Help and

@@ -125,7 +125,7 @@ func TestTuneGCLeavesGOGCAlone(t *testing.T) {
 	t.Setenv("GOGC", "100")
 	prev := debug.SetGCPercent(77)
 	defer debug.SetGCPercent(prev)
-	tuneGC()
+	defer tuneGC()()
 	if got := debug.SetGCPercent(77); got != 77 {
 		t.Fatalf("with GOGC set the collector's target was changed to %d", got)
 	}
@@ -136,7 +136,7 @@ func TestTuneGCTreatsEmptyGOGCAsUnset(t *testing.T) {
 	t.Setenv("GOGC", "")
 	prev := debug.SetGCPercent(77)
 	defer debug.SetGCPercent(prev)
-	tuneGC()
+	defer tuneGC()()
 	if got := debug.SetGCPercent(prev); got == 77 {
 		t.Fatalf("with GOGC empty the collector's target was left at %d", got)
 	}
