@@ -18,7 +18,7 @@ import (
 // Linearizable reads on any replica. etcd serves a linearizable read on a
 // follower by asking the leader for its commit index (ReadIndex) and reading
 // locally once it has applied as much. Tessera does the same with its fence
-// (DESIGN.md, Revisions 3): the range leader raises its fence to the read's
+// (docs/design.md, "Read fence"): the range leader raises its fence to the read's
 // revision, waits for the writes at or below it, confirms its leadership and
 // answers its applied index (Internal.FenceRange); this replica waits until
 // it has applied that index and reads locally. The answer never crosses the

@@ -21,7 +21,7 @@ import (
 	"github.com/tesserakv/tessera/statemachine"
 )
 
-// Leases (DESIGN.md "Leases", statemachine/lease.go): the home range (the one
+// Leases (docs/design.md, "Leases"; statemachine/lease.go): the home range (the one
 // holding the lowest keys) keeps every lease's record and the clock: its
 // leader answers KeepAlive and TimeToLive and expires leases. A grant is one
 // write to the home range. Another range learns of a lease when a Put there
@@ -125,7 +125,7 @@ func (r *Router) LeaseRevoke(ctx context.Context, req *pb.LeaseRevokeRequest) (*
 	return &pb.LeaseRevokeResponse{Header: r.header(home, rev)}, nil
 }
 
-// defaultRevokeRetryAfter is Config.RevokeRetryAfter's default.
+// defaultRevokeRetryAfter is TestingKnobs.RevokeRetryAfter's default.
 const defaultRevokeRetryAfter = 30 * time.Second
 
 // RevokeEverywhere marks a lease on the home range, revokes it on every
@@ -139,7 +139,7 @@ func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) 
 	}
 	// The mark first: from then on no range can be given the lease's record,
 	// so the revocations below leave none behind.
-	retryAfter := r.cfg.RevokeRetryAfter
+	retryAfter := r.cfg.Knobs.RevokeRetryAfter
 	if retryAfter <= 0 {
 		retryAfter = defaultRevokeRetryAfter
 	}
@@ -147,7 +147,7 @@ func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) 
 	if err != nil {
 		return 0, err
 	}
-	if hook := r.cfg.AfterLeaseMark; hook != nil {
+	if hook := r.cfg.Knobs.AfterLeaseMark; hook != nil {
 		if err := hook(id); err != nil {
 			return 0, err
 		}
@@ -494,7 +494,7 @@ func (r *Router) proveLeases(ctx context.Context, rng Range, req *pb.TxnRequest)
 		if err := proto.Unmarshal(res.GetResponse(), rec); err != nil {
 			return nil, fmt.Errorf("router: decoding the record of lease %x: %w", id, err)
 		}
-		if hook := r.cfg.AfterLeaseProof; hook != nil {
+		if hook := r.cfg.Knobs.AfterLeaseProof; hook != nil {
 			hook(id, proof)
 		}
 		attach = append(attach, &tesserapb.LeaseAttach{Id: id, TtlSeconds: rec.TtlSeconds, ProofRevision: proof})

@@ -69,15 +69,22 @@ type Config struct {
 	// Txn with a Put, LeaseGrant) with etcd's "database space exceeded".
 	SpaceExceeded func() bool
 	Logger        *slog.Logger
-	// AfterLeaseProof, for tests only, runs when attaching a lease to a range
-	// has proved it (taken the proof revision, then read the lease on the
-	// home range), before it proposes the attach.
+	// Knobs are hooks for tests only.
+	Knobs TestingKnobs
+}
+
+// TestingKnobs are the router's hooks for tests only: production leaves
+// them zero.
+type TestingKnobs struct {
+	// AfterLeaseProof runs when attaching a lease to a range has proved it
+	// (taken the proof revision, then read the lease on the home range),
+	// before it proposes the attach.
 	AfterLeaseProof func(leaseID, proof int64)
 	// RevokeRetryAfter is how long after a revocation began the home range's
 	// lease clock tries it again, in case it stopped part-way; 0 means 30 s.
 	RevokeRetryAfter time.Duration
-	// AfterLeaseMark, for tests only, runs when a revocation has marked the
-	// lease on the home range; an error stops the revocation there.
+	// AfterLeaseMark runs when a revocation has marked the lease on the home
+	// range; an error stops the revocation there.
 	AfterLeaseMark func(leaseID int64) error
 }
 

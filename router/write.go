@@ -5,10 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -81,7 +79,7 @@ func (r *Router) writeTo(ctx context.Context, rng Range, cmd *tesserapb.Command,
 			if err == nil {
 				res, err = rng.Write(ctx, cmd, writesKeys)
 			}
-			// RangeWrite never forwards again, so even a request that was
+			// rangeWrite never forwards again, so even a request that was
 			// itself forwarded here may forward a write for a range led
 			// elsewhere.
 			var forwardable bool
@@ -142,9 +140,9 @@ func (r *Router) ProposeTo(ctx context.Context, rng Range, cmd *tesserapb.Comman
 	return r.writeTo(ctx, rng, cmd, false, 0)
 }
 
-// RangeWrite serves Internal.RangeWrite: a write another node forwards to the
-// range leader here.
-func (r *Router) RangeWrite(ctx context.Context, req *tesserapb.RangeWriteRequest) (*tesserapb.RangeWriteResponse, error) {
+// rangeWrite serves one write another node forwarded on its
+// RangeWriteStream to the range leader here.
+func (r *Router) rangeWrite(ctx context.Context, req *tesserapb.RangeWriteRequest) (*tesserapb.RangeWriteResponse, error) {
 	rng := r.ranges.byID(req.RangeId)
 	if rng == nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "tessera: range %d is not on this node", req.RangeId)
@@ -165,10 +163,25 @@ func (r *Router) RangeWrite(ctx context.Context, req *tesserapb.RangeWriteReques
 		// A state machine's answer, error or not, goes back as it is.
 		return &tesserapb.RangeWriteResponse{Result: res}, nil
 	}
-	if errors.Is(err, shard.ErrNotLeader) || errors.Is(err, shard.ErrNoLeader) {
-		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	var nl *shard.NotLeaderError
+	if errors.As(err, &nl) {
+		return nil, notLeaderStatus(nl.LeaderReplicaID, err)
+	}
+	if errors.Is(err, shard.ErrNoLeader) {
+		return nil, notLeaderStatus(0, err)
 	}
 	return nil, ToGRPC(err)
+}
+
+// notLeaderStatus is the FailedPrecondition a node answers a forwarded write
+// with when its replica does not lead: err's text, and the leader it knows
+// (0: none) as a tesserapb.NotLeader detail.
+func notLeaderStatus(leader uint64, err error) error {
+	st, derr := status.New(codes.FailedPrecondition, err.Error()).WithDetails(&tesserapb.NotLeader{LeaderReplicaId: leader})
+	if derr != nil {
+		return status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return st.Err()
 }
 
 // txnOn proposes a checked TxnRequest to the one range that holds all its
@@ -308,27 +321,27 @@ func txnIntervals(req *pb.TxnRequest) [][2][]byte {
 	return out
 }
 
-// leaderHintPattern finds the leader a node named in its not-leader answer
-// (shard.NotLeaderError's text, carried by a FailedPrecondition status).
-var leaderHintPattern = regexp.MustCompile(`leader is replica (\d+)`)
-
 // leaderHint returns the replica a forwarded write's refusal names as the
-// leader, or 0.
+// leader (its tesserapb.NotLeader detail), or 0.
 func leaderHint(err error) uint64 {
-	m := leaderHintPattern.FindStringSubmatch(status.Convert(err).Message())
-	if m == nil {
-		return 0
+	for _, d := range status.Convert(err).Details() {
+		if nl, ok := d.(*tesserapb.NotLeader); ok {
+			return nl.LeaderReplicaId
+		}
 	}
-	id, perr := strconv.ParseUint(m[1], 10, 64)
-	if perr != nil {
-		return 0
-	}
-	return id
+	return 0
 }
 
-// neverSent reports whether a forwarded request failed before it was sent:
-// gRPC could not connect to the node. (An Unavailable from a connection
-// that broke mid-request is not: the write may have been applied.)
+// notSentError is a forwarded write that never left this node: the stream
+// to the leader's node could not be opened, so asking again is safe.
+type notSentError struct{ st *status.Status }
+
+func (e *notSentError) Error() string              { return e.st.Err().Error() }
+func (e *notSentError) GRPCStatus() *status.Status { return e.st }
+
+// neverSent reports whether a forwarded write failed before it was sent. A
+// write on a stream that broke is not: it may have been applied.
 func neverSent(err error) bool {
-	return status.Code(err) == codes.Unavailable && strings.Contains(status.Convert(err).Message(), "while dialing")
+	var ns *notSentError
+	return errors.As(err, &ns)
 }

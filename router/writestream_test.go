@@ -17,7 +17,7 @@ import (
 	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
-// heldPeer answers each RangeWrite when the test releases its range ID,
+// heldPeer answers each forwarded write when the test releases its range ID,
 // with the range ID as the result's generation, and records whether the
 // request carried a deadline.
 type heldPeer struct {
@@ -43,7 +43,7 @@ func (p *heldPeer) gate(id uint64) chan struct{} {
 	return p.release[id]
 }
 
-func (p *heldPeer) RangeWrite(ctx context.Context, req *tesserapb.RangeWriteRequest) (*tesserapb.RangeWriteResponse, error) {
+func (p *heldPeer) write(ctx context.Context, req *tesserapb.RangeWriteRequest) (*tesserapb.RangeWriteResponse, error) {
 	_, hasDeadline := ctx.Deadline()
 	p.mu.Lock()
 	p.deadline[req.RangeId] = hasDeadline
@@ -61,7 +61,7 @@ func (p *heldPeer) RangeWrite(ctx context.Context, req *tesserapb.RangeWriteRequ
 }
 
 func (p *heldPeer) RangeWriteStream(s tesserapb.Internal_RangeWriteStreamServer) error {
-	return serveRangeWrites(s, p.stopc, p.RangeWrite)
+	return serveRangeWrites(s, p.stopc, p.write)
 }
 
 // heldSetup serves a new heldPeer and returns it, its server, a connection

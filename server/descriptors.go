@@ -76,9 +76,3 @@ func (s *Server) recordRanges() {
 		s.log.Debug("recorded range descriptors", "recorded", n)
 	}
 }
-
-// RecordedRanges returns the range descriptors the meta range records, in
-// key order (a linearizable read).
-func (s *Server) RecordedRanges(ctx context.Context) ([]*tesserapb.RangeDescriptor, error) {
-	return placement.Ranges(ctx, s.meta, true)
-}

@@ -17,7 +17,7 @@ func (s *Server) startMetrics() error {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/health", func(w http.ResponseWriter, _ *http.Request) {
-		if s.IsLeader() || s.rangeByID(firstRangeID) != nil {
+		if s.leadsHomeRange() || s.rangeByID(firstRangeID) != nil {
 			fmt.Fprintln(w, `{"health":"true"}`)
 			return
 		}

@@ -121,7 +121,7 @@ func Start(cfg Config) (*Server, error) {
 		MaxRequestBytes:        cfg.MaxRequestBytes,
 		Logger:                 s.log,
 	})
-	if s.store, err = statemachine.OpenStore(filepath.Join(cfg.DataDir, "kv"), statemachine.StoreOptions{OnSplit: s.onSplit, OnApply: s.hub.Publish, BeforeUpdate: cfg.BeforeApply}); err != nil {
+	if s.store, err = statemachine.OpenStore(filepath.Join(cfg.DataDir, "kv"), statemachine.StoreOptions{OnSplit: s.onSplit, OnApply: s.hub.Publish, BeforeUpdate: cfg.Knobs.BeforeApply}); err != nil {
 		s.hub.Stop()
 		s.closeListeners()
 		return nil, fmt.Errorf("opening store in %s: %w", cfg.DataDir, err)
@@ -148,9 +148,11 @@ func Start(cfg Config) (*Server, error) {
 		MinLeaseTTLSeconds: minLeaseTTLSeconds(cfg),
 		SpaceExceeded:      s.spaceExceeded.Load,
 		Logger:             s.log,
-		AfterLeaseProof:    cfg.AfterLeaseProof,
-		RevokeRetryAfter:   cfg.RevokeRetryAfter,
-		AfterLeaseMark:     cfg.AfterLeaseMark,
+		Knobs: router.TestingKnobs{
+			AfterLeaseProof:  cfg.Knobs.AfterLeaseProof,
+			RevokeRetryAfter: cfg.Knobs.RevokeRetryAfter,
+			AfterLeaseMark:   cfg.Knobs.AfterLeaseMark,
+		},
 	}, s.cache, s.directory, s.oracle)
 	if err := s.startRanges(); err != nil {
 		s.hub.Stop()
@@ -210,8 +212,8 @@ func Start(cfg Config) (*Server, error) {
 }
 
 // streamWorkers is how many goroutines the gRPC server keeps for handling
-// requests (more at once get new goroutines, as without them). On a 3-node
-// forwarding member this took stack growth from 5 % of its CPU to 2 %.
+// requests (more at once get new goroutines): requests then run on stacks
+// that have already grown.
 const streamWorkers = 64
 
 func (s *Server) startRaft() error {
@@ -235,8 +237,8 @@ func (s *Server) startRaft() error {
 	tuneDragonboat()
 	nh, err := dragonboat.NewNodeHost(nhc)
 	if err != nil && hardSettingsChanged(err) && cfg.RaftStepWorkers == DefaultRaftStepWorkers {
-		// A data directory made before --raft-step-workers existed was made
-		// with Dragonboat's default, which it records and insists on.
+		// A data directory made with Dragonboat's default step worker count,
+		// which Dragonboat records and insists on, keeps it.
 		s.log.Info("data directory made with Dragonboat's default Raft step workers; keeping them", "workers", legacyRaftStepWorkers)
 		nhc.Expert.Engine.ExecShards = legacyRaftStepWorkers
 		nh, err = dragonboat.NewNodeHost(nhc)
@@ -274,8 +276,8 @@ func explainNodeHostError(err error, cfg Config) error {
 	}
 }
 
-// legacyRaftStepWorkers is Dragonboat's default step worker count, which data
-// directories made before --raft-step-workers existed were made with.
+// legacyRaftStepWorkers is Dragonboat's default step worker count, which a
+// data directory made with it keeps.
 const legacyRaftStepWorkers = 16
 
 // hardSettingsChanged reports Dragonboat's refusal of a data directory made
@@ -332,15 +334,6 @@ func (s *Server) goTask(fn func()) {
 	}()
 }
 
-// ClientAddrs returns the addresses the node serves clients on.
-func (s *Server) ClientAddrs() []string {
-	var out []string
-	for _, ln := range s.listeners {
-		out = append(out, ln.Addr().String())
-	}
-	return out
-}
-
 // SplitRange splits the range holding key at key (what `tessera ctl split`
 // does through Internal.SplitRange).
 func (s *Server) SplitRange(ctx context.Context, key string) error {
@@ -348,69 +341,10 @@ func (s *Server) SplitRange(ctx context.Context, key string) error {
 	return err
 }
 
-// Ranges describes this node's ranges in key order (what `tessera ctl ranges`
-// shows).
-func (s *Server) Ranges(ctx context.Context) ([]*tesserapb.RangeInfo, error) {
-	resp, err := (&internalService{InternalServer: s.internal, s: s}).ListRanges(ctx, &tesserapb.ListRangesRequest{})
-	if err != nil {
-		return nil, err
-	}
-	return resp.Ranges, nil
-}
-
-// RegisteredNodes is how many nodes this node's replica of the registry
-// knows the addresses of (0 when it cannot read it).
-func (s *Server) RegisteredNodes(ctx context.Context) int {
-	nodes, err := s.directory.Nodes(ctx)
-	if err != nil {
-		return 0
-	}
-	return len(nodes)
-}
-
-// RangeCount is the number of data ranges this node runs.
-func (s *Server) RangeCount() int { return len(s.rangeList()) }
-
-// SnapshotsTaken returns how many snapshots this node's replicas have taken
-// to keep their Raft logs short (shard.Config.SnapshotEveryBytes).
-func (s *Server) SnapshotsTaken() int64 {
-	var n int64
-	for _, r := range s.rangeList() {
-		n += r.SnapshotsTaken()
-	}
-	return n
-}
-
-// SnapshotsRecovered counts the range snapshots this node has installed.
-func (s *Server) SnapshotsRecovered() int64 { return s.store.SnapshotsRecovered() }
-
-// TransferMetaLeadership asks the meta range to move its leader to the given node.
-func (s *Server) TransferMetaLeadership(nodeID uint64) error {
-	return s.nh.RequestLeaderTransfer(placement.MetaRangeID, nodeID)
-}
-
-// MetaLeader returns the meta range leader's node ID as this node knows it.
-func (s *Server) MetaLeader() uint64 {
-	id, _, _ := s.meta.Leader()
-	return id
-}
-
-// IsLeader reports whether this node leads the first data range.
-func (s *Server) IsLeader() bool {
+// leadsHomeRange reports whether this node leads the first data range.
+func (s *Server) leadsHomeRange() bool {
 	home := s.rangeByID(firstRangeID)
 	return home != nil && home.IsLeader()
-}
-
-// TransferLeadership asks every data range to move its leader to the replica
-// of the given node (position in --initial-cluster, from 1).
-func (s *Server) TransferLeadership(nodeID uint64) error {
-	var firstErr error
-	for _, r := range s.rangeList() {
-		if err := s.nh.RequestLeaderTransfer(r.RangeID(), nodeID); err != nil && firstErr == nil {
-			firstErr = err
-		}
-	}
-	return firstErr
 }
 
 // registerNode records this node's addresses in the meta range's node
@@ -443,7 +377,7 @@ func (s *Server) runCompactor(policy compactionPolicy) {
 		case <-s.stopc:
 			return
 		case now := <-tick.C:
-			if !s.IsLeader() {
+			if !s.leadsHomeRange() {
 				continue
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

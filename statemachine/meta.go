@@ -41,10 +41,12 @@ type rangeState struct {
 func initialState() rangeState { return rangeState{currentRev: 1} }
 
 // stateEncodingVersion 2 added leaseFloor, 4 leadershipTerm; versions 1
-// and 2 (without them, so 0) are still read, and 3, whose sixth field held
-// a Raft index in a few commits that never shipped, is read with
-// leadershipTerm 0.
+// and 2 (without them, so 0) are still read. Version 3 was never written by
+// a release and is refused.
 const stateEncodingVersion = 4
+
+// stateFields is how many 8-byte fields each readable state encoding has.
+var stateFields = map[byte]int{1: 4, 2: 5, 4: 6}
 
 func (s rangeState) encode() []byte {
 	b := []byte{stateEncodingVersion}
@@ -58,9 +60,9 @@ func (s rangeState) encode() []byte {
 }
 
 func decodeState(b []byte) (rangeState, error) {
-	fields := 0 // version 1: 4 fields; 2: 5; 3 and 4: 6
-	if len(b) > 0 && b[0] >= 1 && b[0] <= 4 {
-		fields = 3 + int(min(b[0], 3))
+	var fields int
+	if len(b) > 0 {
+		fields = stateFields[b[0]]
 	}
 	if fields == 0 || len(b) != 1+8*fields {
 		return rangeState{}, fmt.Errorf("statemachine: malformed range state (%d bytes)", len(b))

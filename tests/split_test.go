@@ -41,9 +41,9 @@ func waitRanges(t *testing.T, c *testcluster.Cluster, want int) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for _, n := range c.Nodes {
-		for n.Server != nil && n.Server.RangeCount() < want {
+		for n.Server != nil && n.Server.Testing().RangeCount() < want {
 			if time.Now().After(deadline) {
-				t.Fatalf("%s runs %d ranges, want %d", n.Config.Name, n.Server.RangeCount(), want)
+				t.Fatalf("%s runs %d ranges, want %d", n.Config.Name, n.Server.Testing().RangeCount(), want)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
@@ -59,8 +59,8 @@ func waitRecordedRanges(t *testing.T, c *testcluster.Cluster) {
 	deadline := time.Now().Add(20 * time.Second)
 	for _, n := range c.Nodes {
 		for {
-			recorded, rerr := n.Server.RecordedRanges(ctx)
-			running, err := n.Server.Ranges(ctx)
+			recorded, rerr := n.Server.Testing().RecordedRanges(ctx)
+			running, err := n.Server.Testing().Ranges(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -362,14 +362,14 @@ func TestSizeTriggeredSplits(t *testing.T) {
 	}
 	wg.Wait()
 	deadline := time.Now().Add(20 * time.Second)
-	for c.Nodes[0].Server.RangeCount() < 3 {
+	for c.Nodes[0].Server.Testing().RangeCount() < 3 {
 		if time.Now().After(deadline) {
-			ranges, _ := c.Nodes[0].Server.Ranges(ctx)
-			t.Fatalf("only %d ranges after writing 16 MiB with --range-max-bytes=1MiB: %v", c.Nodes[0].Server.RangeCount(), ranges)
+			ranges, _ := c.Nodes[0].Server.Testing().Ranges(ctx)
+			t.Fatalf("only %d ranges after writing 16 MiB with --range-max-bytes=1MiB: %v", c.Nodes[0].Server.Testing().RangeCount(), ranges)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	ranges, err := c.Nodes[0].Server.Ranges(ctx)
+	ranges, err := c.Nodes[0].Server.Testing().Ranges(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -477,8 +477,8 @@ func TestLoadTriggeredSplit(t *testing.T) {
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	var sawQPS bool
-	for c.Nodes[0].Server.RangeCount() < 2 {
-		if ranges, err := c.Nodes[0].Server.Ranges(ctx); err == nil && len(ranges) > 0 && ranges[0].Qps > 50 {
+	for c.Nodes[0].Server.Testing().RangeCount() < 2 {
+		if ranges, err := c.Nodes[0].Server.Testing().Ranges(ctx); err == nil && len(ranges) > 0 && ranges[0].Qps > 50 {
 			sawQPS = true
 		}
 		if time.Now().After(deadline) {
@@ -490,7 +490,7 @@ func TestLoadTriggeredSplit(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
-	ranges, err := c.Nodes[0].Server.Ranges(ctx)
+	ranges, err := c.Nodes[0].Server.Testing().Ranges(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -585,7 +585,7 @@ func splitAndPut(t *testing.T, c *testcluster.Cluster, splits int, putTimeout ti
 // leadersByMember counts the data ranges each member leads, as n sees them.
 func leadersByMember(t *testing.T, n *testcluster.Node) map[uint64]int {
 	t.Helper()
-	ranges, err := n.Server.Ranges(ctxT(t))
+	ranges, err := n.Server.Testing().Ranges(ctxT(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -633,13 +633,13 @@ func TestLeaderBalancer(t *testing.T) {
 		}
 	}
 	waitFor("every range led by member 1", func(led map[uint64]int) bool { return led[1] == splits+1 }, func() {
-		_ = c.Nodes[0].Server.TransferLeadership(1)
+		_ = c.Nodes[0].Server.Testing().TransferLeadership(1)
 	})
 	waitFor("the leaders evened out", func(led map[uint64]int) bool {
 		return led[1] <= 3 && led[2] >= 2 && led[3] >= 2
 	}, func() {
 		for _, n := range c.Nodes {
-			n.Server.BalanceLeadersOnce()
+			n.Server.Testing().BalanceLeadersOnce()
 		}
 	})
 }
