@@ -41,9 +41,8 @@ type rangeState struct {
 func initialState() rangeState { return rangeState{currentRev: 1} }
 
 // stateEncodingVersion 2 added leaseFloor, 4 leadershipTerm; versions 1
-// and 2 (without them, so 0) are still read, and 3, whose sixth field held
-// a Raft index in a few commits that never shipped, is read with
-// leadershipTerm 0.
+// and 2 (without them, so 0) are read too, and version 3, whose sixth field
+// is not a term, is read with leadershipTerm 0.
 const stateEncodingVersion = 4
 
 func (s rangeState) encode() []byte {
