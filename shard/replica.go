@@ -64,7 +64,7 @@ type Config struct {
 	SnapshotEveryBytes int64
 	// AfterRevisionsTaken, for tests only, runs after a batch of writes took
 	// its revisions from the oracle and before they pass the fence (it may
-	// block, to force the race of DESIGN.md "Revisions" 3).
+	// block, to force the race of docs/design.md, "Read fence").
 	AfterRevisionsTaken func(first int64)
 	Logger              *slog.Logger
 }

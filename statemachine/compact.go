@@ -7,11 +7,11 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 )
 
-// Compaction at C (etcd's semantics, DESIGN.md "Storage layout" and
-// "Revisions" 5): C at or below the last compaction is ErrCompacted;
-// otherwise compactedRev becomes C, reads below C fail with
-// ErrCompacted from then on, and per key every version older than the newest
-// one <= C is deleted, and that one too when it is a tombstone. The deletes
+// Compaction at C (etcd's semantics; docs/design.md, "Compaction"): C at
+// or below the last compaction is ErrCompacted; otherwise compactedRev
+// becomes C, reads below C fail with ErrCompacted from then on, and per key
+// every version older than the newest one <= C is deleted, and that one too
+// when it is a tombstone. The deletes
 // go into the Update's batch with the new compactedRev.
 //
 // C may be above this range's last write: revisions are global, and other

@@ -12,7 +12,7 @@ import (
 	"github.com/tesserakv/tessera/internal/testcluster"
 )
 
-// TestFenceRaceAcrossRanges forces DESIGN.md "Revisions" 3's race on a live
+// TestFenceRaceAcrossRanges forces the race of docs/design.md, "Read fence", on a live
 // node: a write to one range takes its revision W from the oracle and is held
 // (a test hook) before it reaches its range; meanwhile a linearizable read
 // over two ranges takes R > W and completes. The write, released, must end up

@@ -394,8 +394,9 @@ func (h *Hub) round() {
 	// watcher that comes later catches up from history the same way
 	// (closing its own ranges as far as it needs). Closing every idle range
 	// instead would wake them all (a quiesced Raft group answers a ReadIndex
-	// with heartbeats) whenever any range is busy; keeping maxBufferedBytes
-	// kept 150-200 MB of heap after a load had split the store.
+	// with heartbeats) whenever any range is busy, and keeping
+	// maxBufferedBytes with nobody watching would hold that much heap after
+	// a load.
 	base := h.lowestFloorLocked()
 	limit := idleBufferedBytes
 	if anyLive {
