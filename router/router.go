@@ -5,12 +5,12 @@ import (
 	"errors"
 	"iter"
 	"log/slog"
-	"sync"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/tesserakv/tessera/internal/stop"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/shard"
 	"github.com/tesserakv/tessera/statemachine"
@@ -100,8 +100,9 @@ type Router struct {
 	fences fenceCalls
 	writes writeStreams // forwarded writes, one stream per node
 
-	stopc    chan struct{} // closed by Stop
-	stopOnce sync.Once
+	// stopper owns the router's goroutines: fence calls, the streams
+	// forwarding writes to other nodes and their receivers.
+	stopper *stop.Stopper
 }
 
 // New returns a router over the ranges in the cache, forwarding to other
@@ -113,13 +114,15 @@ func New(cfg Config, ranges *RangeCache, nodes Nodes, oracle Oracle) *Router {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Router{cfg: cfg, ranges: ranges, nodes: nodes, oracle: oracle, writes: writeStreams{log: cfg.Logger}, stopc: make(chan struct{})}
+	stopper := stop.New()
+	return &Router{cfg: cfg, ranges: ranges, nodes: nodes, oracle: oracle, writes: writeStreams{log: cfg.Logger, stopper: stopper}, stopper: stopper}
 }
 
 // Stop ends the write streams other nodes opened here (RangeWriteStream),
-// once the writes they carry are answered; call it before the gRPC server's
-// graceful stop, which would otherwise wait for those nodes to hang up.
-func (r *Router) Stop() { r.stopOnce.Do(func() { close(r.stopc) }) }
+// once the writes they carry are answered, and the router's own goroutines;
+// call it before the gRPC server's graceful stop, which would otherwise wait
+// for those nodes to hang up.
+func (r *Router) Stop() { r.stopper.Stop() }
 
 // header returns an etcd response header at revision rev, with the term of
 // the range that answered.

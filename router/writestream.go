@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/tesserakv/tessera/internal/stop"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
@@ -18,7 +19,8 @@ import (
 // message each way on a stream that is already open, instead of a call of
 // its own (stream set-up, headers, a handler goroutine on the leader's node).
 type writeStreams struct {
-	log *slog.Logger
+	log     *slog.Logger
+	stopper *stop.Stopper // the router's
 
 	mu      sync.Mutex
 	streams map[*grpc.ClientConn]*streamSlot // guarded by mu
@@ -113,7 +115,11 @@ func (w *writeStreams) open(ctx context.Context, cc *grpc.ClientConn) (*writeStr
 				w.streams = map[*grpc.ClientConn]*streamSlot{}
 			}
 			w.streams[cc] = slot
-			go w.dial(cc, slot)
+			if err := w.stopper.RunAsync(func() { w.dial(cc, slot) }); err != nil {
+				delete(w.streams, cc)
+				w.mu.Unlock()
+				return nil, status.Error(codes.Unavailable, "tessera: node stopping")
+			}
 		}
 		w.mu.Unlock()
 		select {
@@ -136,7 +142,7 @@ func (w *writeStreams) open(ctx context.Context, cc *grpc.ClientConn) (*writeStr
 // failed is forgotten, so the next write tries again.
 func (w *writeStreams) dial(cc *grpc.ClientConn, slot *streamSlot) {
 	defer close(slot.ready)
-	ctx, cancel := context.WithCancel(forwardedContext(context.Background()))
+	ctx, cancel := w.stopper.WithCancelOnQuiesce(forwardedContext(context.Background()))
 	stream, err := tesserapb.NewInternalClient(cc).RangeWriteStream(ctx)
 	if err != nil {
 		cancel()
@@ -147,8 +153,14 @@ func (w *writeStreams) dial(cc *grpc.ClientConn, slot *streamSlot) {
 		w.forget(cc, slot)
 		return
 	}
-	slot.ws = &writeStream{owner: w, slot: slot, cc: cc, cancel: cancel, stream: stream, pending: map[uint64]chan *tesserapb.RangeWriteStreamResponse{}}
-	go slot.ws.receive()
+	ws := &writeStream{owner: w, slot: slot, cc: cc, cancel: cancel, stream: stream, pending: map[uint64]chan *tesserapb.RangeWriteStreamResponse{}}
+	if err := w.stopper.RunAsync(ws.receive); err != nil {
+		cancel()
+		slot.err = status.Error(codes.Unavailable, "tessera: node stopping")
+		w.forget(cc, slot)
+		return
+	}
+	slot.ws = ws
 }
 
 // forget drops slot from the streams if it is still cc's.
@@ -208,7 +220,7 @@ func (ws *writeStream) broke(err error) {
 // are answered, so that a graceful stop of the server does not wait for the
 // sending node to hang up.
 func (r *Router) RangeWriteStream(stream tesserapb.Internal_RangeWriteStreamServer) error {
-	return serveRangeWrites(stream, r.stopc, r.rangeWrite)
+	return serveRangeWrites(stream, r.stopper.ShouldQuiesce(), r.rangeWrite)
 }
 
 // serveRangeWrites serves each request of a RangeWriteStream with write as

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/tesserakv/tessera/internal/stop"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
@@ -71,7 +72,9 @@ func heldSetup(t *testing.T) (*heldPeer, *grpc.Server, *grpc.ClientConn, *writeS
 	srv, cc := serveInternal(t, p)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
-	return p, srv, cc, &writeStreams{log: slog.New(slog.DiscardHandler)}, ctx
+	stopper := stop.New()
+	t.Cleanup(stopper.Stop)
+	return p, srv, cc, &writeStreams{log: slog.New(slog.DiscardHandler), stopper: stopper}, ctx
 }
 
 type callResult struct {

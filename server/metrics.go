@@ -44,7 +44,7 @@ func (s *Server) startMetrics() error {
 			}
 		})
 		s.goTask(func() {
-			<-s.stopc
+			<-s.stopper.ShouldQuiesce()
 			_ = srv.Close()
 		})
 	}

@@ -142,7 +142,7 @@ func (s *Server) startRange(rangeID uint64) error {
 func (s *Server) onSplit(parentID, childID uint64) {
 	s.goTask(func() {
 		select {
-		case <-s.stopc:
+		case <-s.stopper.ShouldQuiesce():
 			return
 		default:
 		}
@@ -157,7 +157,7 @@ func (s *Server) onSplit(parentID, childID uint64) {
 		// router sees the child's keys once it is open.
 		for s.store.Range(childID) == nil {
 			select {
-			case <-s.stopc:
+			case <-s.stopper.ShouldQuiesce():
 				return
 			case <-time.After(5 * time.Millisecond):
 			}
@@ -270,7 +270,7 @@ func (s *Server) campaignWhenStarted(rangeID uint64) {
 			return
 		}
 		select {
-		case <-s.stopc:
+		case <-s.stopper.ShouldQuiesce():
 			return
 		case <-time.After(5 * time.Millisecond):
 		}
@@ -318,7 +318,7 @@ func (s *Server) hastenElection(rangeID uint64, majorityReady func(rangeID uint6
 	started := map[uint64]bool{s.replicaID: true}
 	for {
 		select {
-		case <-s.stopc:
+		case <-s.stopper.ShouldQuiesce():
 			return
 		case <-time.After(wait):
 		}
@@ -395,7 +395,7 @@ func (s *Server) awaitLeader(rangeID uint64, limit time.Duration) {
 			}
 		}
 		select {
-		case <-s.stopc:
+		case <-s.stopper.ShouldQuiesce():
 			return
 		case <-time.After(50 * time.Millisecond):
 		}

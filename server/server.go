@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/tesserakv/tessera/internal/stop"
 	"github.com/tesserakv/tessera/internal/wirecodec"
 	"github.com/tesserakv/tessera/placement"
 	"github.com/tesserakv/tessera/proto/tesserapb"
@@ -76,10 +77,11 @@ type Server struct {
 	// spaceExceeded is true while the store is larger than --quota-backend-bytes.
 	spaceExceeded atomic.Bool
 
-	stopc chan struct{}
+	// stopper owns the node's background tasks: Close quiesces it, then
+	// waits for them.
+	stopper *stop.Stopper
 	// rangesChanged pokes runDescriptorSync (a split made a range here).
 	rangesChanged chan struct{}
-	wg            sync.WaitGroup
 	closeOnce     sync.Once
 }
 
@@ -92,7 +94,7 @@ func Start(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	replicaID, _ := cfg.replicaID()
-	s := &Server{cfg: cfg, log: cfg.Logger, replicaID: replicaID, clusterID: clusterID(cfg.InitialCluster), stopc: make(chan struct{}), rangesChanged: make(chan struct{}, 1),
+	s := &Server{cfg: cfg, log: cfg.Logger, replicaID: replicaID, clusterID: clusterID(cfg.InitialCluster), stopper: stop.New(), rangesChanged: make(chan struct{}, 1),
 		ranges: map[uint64]*shard.Replica{}, picks: map[uint64]pick{}, cache: router.NewRangeCache()}
 	quietDragonboat(cfg.Logger)
 
@@ -326,13 +328,9 @@ func clusterID(members []Member) uint64 {
 	return h.Sum64() >> 1
 }
 
-func (s *Server) goTask(fn func()) {
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		fn()
-	}()
-}
+// goTask runs fn as a task of the node's stopper; once Close has begun it
+// starts nothing.
+func (s *Server) goTask(fn func()) { _ = s.stopper.RunAsync(fn) }
 
 // SplitRange splits the range holding key at key (what `tessera ctl split`
 // does through Internal.SplitRange).
@@ -354,15 +352,8 @@ func (s *Server) registerNode() {
 	if len(s.cfg.InitialAdvertisePeerURLs) > 0 {
 		node.RaftAddress, _ = hostPortOf(s.cfg.InitialAdvertisePeerURLs[0])
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := s.stopper.WithCancelOnQuiesce(context.Background())
 	defer cancel()
-	go func() {
-		select {
-		case <-s.stopc:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	if err := s.directory.Register(ctx, node); err != nil && ctx.Err() == nil {
 		s.log.Warn("registering this node in the meta range failed", "err", err)
 	}
@@ -374,7 +365,7 @@ func (s *Server) runCompactor(policy compactionPolicy) {
 	defer tick.Stop()
 	for {
 		select {
-		case <-s.stopc:
+		case <-s.stopper.ShouldQuiesce():
 			return
 		case now := <-tick.C:
 			if !s.leadsHomeRange() {
@@ -415,7 +406,7 @@ func (s *Server) every(interval time.Duration, f func(now time.Time)) {
 	defer tick.Stop()
 	for {
 		select {
-		case <-s.stopc:
+		case <-s.stopper.ShouldQuiesce():
 			return
 		case now := <-tick.C:
 			f(now)
@@ -433,7 +424,7 @@ func (s *Server) closeListeners() {
 // Raft, and the store last.
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
-		close(s.stopc)
+		s.stopper.Quiesce()
 		s.hub.Stop()    // ends the watch streams, which a graceful stop would wait for
 		s.router.Stop() // and the streams of writes other nodes forward here
 		done := make(chan struct{})
@@ -447,7 +438,7 @@ func (s *Server) Close() {
 			s.grpc.Stop()
 			<-done
 		}
-		s.wg.Wait()
+		s.stopper.Stop()
 		for _, r := range s.rangeList() {
 			r.Stop()
 		}

@@ -100,12 +100,11 @@ func (r *Replica) leaderReady(ctx context.Context) error {
 // leaseLoop revokes expired leases while this replica leads the range. It runs
 // only on a range configured to keep the lease clock (Config.ExpireLeases).
 func (r *Replica) leaseLoop() {
-	defer r.wg.Done()
 	tick := time.NewTicker(r.cfg.LeaseCheckInterval)
 	defer tick.Stop()
 	for {
 		select {
-		case <-r.stopc:
+		case <-r.stopper.ShouldQuiesce():
 			return
 		case <-tick.C:
 		}

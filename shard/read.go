@@ -98,7 +98,7 @@ func (r *Replica) waitSettled(ctx context.Context, waits []<-chan struct{}) erro
 		case <-w:
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-r.stopc:
+		case <-r.stopper.ShouldQuiesce():
 			return ErrStopped
 		}
 	}

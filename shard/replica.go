@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tesserakv/tessera/internal/rounds"
+	"github.com/tesserakv/tessera/internal/stop"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/statemachine"
 )
@@ -147,13 +147,13 @@ type Replica struct {
 	// that completed.
 	snapshotsTaken atomic.Int64
 
-	stopc chan struct{}
+	// stopper owns the replica's goroutines (the proposer, the lease clock,
+	// the followers of proposed entries, snapshot requests).
+	stopper *stop.Stopper
 	// stopCtx is done once Stop is called: the context of calls bounded
 	// otherwise (a context with a deadline costs a timer per call).
 	stopCtx       context.Context
 	stopCtxCancel context.CancelFunc
-	stopOnce      sync.Once
-	wg            sync.WaitGroup
 }
 
 type proposal struct {
@@ -189,26 +189,22 @@ func New(cfg Config, nh *dragonboat.NodeHost, store *statemachine.Store, oracle 
 		leases:   newLeaseClock(),
 		fence:    newFence(),
 		load:     newLoadTracker(time.Now(), cfg.RangeID),
-		stopc:    make(chan struct{}),
+		stopper:  stop.New(),
 	}
 	r.stopCtx, r.stopCtxCancel = context.WithCancel(context.Background())
 	r.reads.Round, r.reads.MinGap = r.readIndexRound, cfg.ReadRoundGap
-	r.wg.Add(1)
-	go r.proposeLoop()
+	_ = r.stopper.RunAsync(r.proposeLoop)
 	if cfg.ExpireLeases {
-		r.wg.Add(1)
-		go r.leaseLoop()
+		_ = r.stopper.RunAsync(r.leaseLoop)
 	}
 	return r
 }
 
 // Stop ends the replica's goroutines; it does not stop the Raft replica.
 func (r *Replica) Stop() {
-	r.stopOnce.Do(func() {
-		close(r.stopc)
-		r.stopCtxCancel()
-	})
-	r.wg.Wait()
+	r.stopper.Quiesce()
+	r.stopCtxCancel()
+	r.stopper.Stop()
 }
 
 // RangeID of this replica.
@@ -296,7 +292,7 @@ func (r *Replica) Write(ctx context.Context, cmd *tesserapb.Command, writesKeys 
 	case r.inflight <- struct{}{}:
 	case <-ctx.Done():
 		return nil, ctx.Err()
-	case <-r.stopc:
+	case <-r.stopper.ShouldQuiesce():
 		return nil, ErrStopped
 	}
 	defer func() { <-r.inflight }()
@@ -310,7 +306,7 @@ func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesK
 	case r.queue <- p:
 	case <-ctx.Done():
 		return nil, ctx.Err(), false
-	case <-r.stopc:
+	case <-r.stopper.ShouldQuiesce():
 		return nil, ErrStopped, false
 	}
 	var out outcome
@@ -319,7 +315,7 @@ func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesK
 	case <-ctx.Done():
 		// The proposal goes on; its outcome is tracked for the fence.
 		return nil, ctx.Err(), false
-	case <-r.stopc:
+	case <-r.stopper.ShouldQuiesce():
 		return nil, ErrStopped, false
 	}
 	if out.err != nil {
@@ -376,7 +372,7 @@ func (r *Replica) await(ctx context.Context, rs *dragonboat.RequestState) (drago
 		return rr, nil
 	case <-ctx.Done():
 		return dragonboat.RequestResult{}, ctx.Err()
-	case <-r.stopc:
+	case <-r.stopper.ShouldQuiesce():
 		return dragonboat.RequestResult{}, ErrStopped
 	}
 }
@@ -389,7 +385,7 @@ func (r *Replica) sleep(ctx context.Context, d time.Duration) error {
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-r.stopc:
+	case <-r.stopper.ShouldQuiesce():
 		return ErrStopped
 	}
 }
@@ -401,12 +397,11 @@ const maxProposalBatch = 512
 // batches, takes their revisions from the oracle in one call, and proposes
 // them in revision order, so log order is revision order.
 func (r *Replica) proposeLoop() {
-	defer r.wg.Done()
 	batch := make([]*proposal, 0, maxProposalBatch)
 	for {
 		batch = batch[:0]
 		select {
-		case <-r.stopc:
+		case <-r.stopper.ShouldQuiesce():
 			return
 		case p := <-r.queue:
 			batch = append(batch, p)
@@ -543,8 +538,11 @@ func (r *Replica) proposeEntry(e *entryBatch) {
 		}
 		return
 	}
-	r.wg.Add(1)
-	go r.follow(ps, ids, rs, r.leadershipTerm)
+	term := r.leadershipTerm
+	if err := r.stopper.RunAsync(func() { r.follow(ps, ids, rs, term) }); err != nil {
+		r.settle(ids) // stopping: as follow does when the replica stops
+		return
+	}
 	r.noteLogBytes(len(data))
 }
 
@@ -557,16 +555,17 @@ func (r *Replica) noteLogBytes(n int) {
 		return
 	}
 	r.logBytes.Store(0)
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
+	err := r.stopper.RunAsync(func() {
 		defer r.snapshotting.Store(false)
 		if r.requestSnapshot() {
 			r.snapshotsTaken.Add(1)
 			return
 		}
 		r.logBytes.Add(every)
-	}()
+	})
+	if err != nil {
+		r.snapshotting.Store(false)
+	}
 }
 
 // requestSnapshot asks Dragonboat for a snapshot of the range and reports
@@ -581,7 +580,7 @@ func (r *Replica) requestSnapshot() bool {
 	select {
 	case rr := <-rs.ResultC():
 		return rr.Completed()
-	case <-r.stopc:
+	case <-r.stopper.ShouldQuiesce():
 		return false
 	}
 }
@@ -605,11 +604,10 @@ func (r *Replica) settle(ids []uint64) {
 // timed out may still be applied: it is settled only once that is known
 // (awaitInDoubt).
 func (r *Replica) follow(ps []*proposal, ids []uint64, rs *dragonboat.RequestState, term uint64) {
-	defer r.wg.Done()
 	var rr dragonboat.RequestResult
 	select {
 	case rr = <-rs.ResultC():
-	case <-r.stopc:
+	case <-r.stopper.ShouldQuiesce():
 		r.settle(ids)
 		return
 	}
