@@ -17,7 +17,7 @@ const batchTimeout = 5 * time.Second
 // fetch at a time: callers that arrive during a fetch go into the next one, so
 // every caller's numbers are fetched after it asked.
 type revisionBatcher struct {
-	fetch func(ctx context.Context, count int64) (first int64, err error)
+	fetch   func(ctx context.Context, count int64) (first int64, err error)
 	reqs    chan *revisionRequest
 	stopper *stop.Stopper // owns loop
 }
