@@ -60,7 +60,10 @@ func (r *Router) LeaseGrant(ctx context.Context, req *pb.LeaseGrantRequest) (*pb
 		if chosen {
 			id = newLeaseID()
 		}
-		res, err = home.GrantLease(ctx, id, ttl)
+		err = r.retryLocal(ctx, func() (err error) {
+			res, err = home.GrantLease(ctx, id, ttl)
+			return err
+		})
 		if !chosen || !errors.Is(err, statemachine.ErrLeaseExists) {
 			break
 		}
@@ -143,7 +146,11 @@ func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) 
 	if retryAfter <= 0 {
 		retryAfter = defaultRevokeRetryAfter
 	}
-	rec, err := home.MarkLease(ctx, id, retryAfter)
+	var rec *tesserapb.LeaseRecord
+	err = r.retryLocal(ctx, func() (err error) {
+		rec, err = home.MarkLease(ctx, id, retryAfter)
+		return err
+	})
 	if err != nil {
 		return 0, err
 	}
@@ -188,7 +195,10 @@ func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) 
 	}
 	// Every range holding keys of it is done: the record goes (and the
 	// lease leaves the clock).
-	if _, err := home.RevokeLease(ctx, id); err != nil {
+	if err := r.retryLocal(ctx, func() error {
+		_, err := home.RevokeLease(ctx, id)
+		return err
+	}); err != nil {
 		return 0, err
 	}
 	return rev, nil

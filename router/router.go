@@ -10,6 +10,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/tesserakv/tessera/internal/retry"
 	"github.com/tesserakv/tessera/internal/stop"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/shard"
@@ -103,6 +104,9 @@ type Router struct {
 	// stopper owns the router's goroutines: fence calls, the streams
 	// forwarding writes to other nodes and their receivers.
 	stopper *stop.Stopper
+	// writeRetry is the policy writes are retried under (retry.Writes; tests
+	// may shorten it).
+	writeRetry retry.Policy
 }
 
 // New returns a router over the ranges in the cache, forwarding to other
@@ -115,7 +119,7 @@ func New(cfg Config, ranges *RangeCache, nodes Nodes, oracle Oracle) *Router {
 		cfg.Logger = slog.Default()
 	}
 	stopper := stop.New()
-	return &Router{cfg: cfg, ranges: ranges, nodes: nodes, oracle: oracle, writes: writeStreams{log: cfg.Logger, stopper: stopper}, stopper: stopper}
+	return &Router{cfg: cfg, ranges: ranges, nodes: nodes, oracle: oracle, writes: writeStreams{log: cfg.Logger, stopper: stopper}, stopper: stopper, writeRetry: retry.Writes}
 }
 
 // Stop ends the write streams other nodes opened here (RangeWriteStream),

@@ -25,10 +25,6 @@ import (
 // cache (a split).
 const maxRouteAttempts = 5
 
-// leaderMoveBudget bounds how long a write keeps looking for a range's
-// leader while leadership moves.
-const leaderMoveBudget = 3 * time.Second
-
 // reroute reports whether a request that failed with err should be routed
 // again: a range answered that its bounds no longer hold the request's keys
 // (a split the cache has not caught up with). It refreshes the cache and,
@@ -50,29 +46,26 @@ func (r *Router) reroute(ctx context.Context, err error, attempt int) bool {
 }
 
 // writeTo proposes cmd to rng on its leader: here when this replica leads,
-// otherwise through Internal.RangeWriteStream to the leader's node. fenceRev, when
-// positive, is raised on the leader's fence first (compaction).
+// otherwise through Internal.RangeWriteStream to the leader's node. fenceRev,
+// when positive, is raised on the leader's fence first (compaction).
+//
+// This is the one place a write is tried again (retry.Writes): while the
+// range has no leader ready (an election, a leadership barrier being redone,
+// Raft busy: shard.RetryableError here, FailedPrecondition from the node
+// asked), while the node named as leader names another, and while the
+// leader's node cannot be reached (the write never left). A write whose
+// outcome is unknown is never tried again.
 func (r *Router) writeTo(ctx context.Context, rng Range, cmd *tesserapb.Command, writesKeys bool, fenceRev int64) (*tesserapb.Result, error) {
 	var (
-		err  error
+		res  *tesserapb.Result
 		hint uint64 // the leader another node named, if any
 		body []byte // cmd encoded, once, for forwarding
 	)
-	// A leader that moves (a transfer, an election) takes a moment to be
-	// ready to write: keep asking, for a bounded time.
-	deadline := time.Now().Add(leaderMoveBudget)
-	for attempt := 0; attempt == 0 || time.Now().Before(deadline); attempt++ {
-		if attempt > 0 {
-			select {
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			case <-time.After(time.Duration(min(attempt, 4)) * 50 * time.Millisecond):
-			}
-		}
+	err := r.writeRetry.Do(ctx, r.stopper.ShouldQuiesce(), func() (again bool, err error) {
+		res = nil
 		leader := hint
+		hint = 0
 		if leader == 0 || leader == rng.ReplicaID() {
-			var res *tesserapb.Result
-			err = nil // each attempt starts afresh (the last one's error is kept only to return it)
 			if fenceRev > 0 {
 				err = rng.Fence(ctx, fenceRev)
 			}
@@ -84,54 +77,64 @@ func (r *Router) writeTo(ctx context.Context, rng Range, cmd *tesserapb.Command,
 			// elsewhere.
 			var forwardable bool
 			if leader, forwardable = leaderOf(err); !forwardable {
-				return res, err
+				return shard.IsRetryable(err), err
 			}
 		}
-		hint = 0
+		notLeaderHere := err
 		cc, cerr := r.nodes.Conn(ctx, leader)
 		if cerr != nil {
 			// The leader's address is not known here yet (the node
 			// registry's own leader may be moving): ask again.
 			r.cfg.Logger.Debug("no connection to the range leader", "range", rng.RangeID(), "leader", leader, "err", cerr)
-			continue
+			if notLeaderHere == nil {
+				notLeaderHere = &shard.NotLeaderError{LeaderReplicaID: leader}
+			}
+			return true, notLeaderHere
 		}
 		if body == nil {
-			var merr error
-			if body, merr = proto.Marshal(cmd); merr != nil {
-				return nil, merr
+			if body, err = proto.Marshal(cmd); err != nil {
+				return false, err
 			}
 		}
 		resp, ferr := r.writes.call(ctx, cc, &tesserapb.RangeWriteRequest{
 			RangeId: rng.RangeID(), Command: body, WritesKeys: writesKeys, FenceRevision: fenceRev,
 		})
-		if ferr != nil {
-			if neverSent(ferr) {
-				// The leader's node is down (stopped, restarting): the
-				// request never left, so asking again is safe; the replicas
-				// here elect or learn a new leader meanwhile.
-				err = ferr
-				continue
+		switch {
+		case ferr == nil:
+			res = resp.Result
+			return false, statemachine.ErrorFromResult(resp.Result)
+		case neverSent(ferr):
+			// The leader's node is down (stopped, restarting): the request
+			// never left, so asking again is safe; the replicas here elect or
+			// learn a new leader meanwhile.
+			return true, ferr
+		case status.Code(ferr) == codes.FailedPrecondition:
+			// The node asked does not lead, or is not ready to: try where it
+			// says the leader is (this node's own view can lag).
+			if h := leaderHint(ferr); h != leader {
+				hint = h
 			}
-			if status.Code(ferr) == codes.FailedPrecondition {
-				// The leader moved on. The node asked may know where to
-				// (this node's own view can lag): try there next.
-				err = ferr
-				if h := leaderHint(ferr); h != leader {
-					hint = h
-				}
-				continue
-			}
-			return nil, ferr
+			return true, ferr
 		}
-		return resp.Result, statemachine.ErrorFromResult(resp.Result)
-	}
-	if status.Code(err) == codes.FailedPrecondition || neverSent(err) {
+		return false, ferr
+	})
+	if err != nil && (status.Code(err) == codes.FailedPrecondition || neverSent(err)) {
 		// The nodes kept naming leaders that were not (yet) ready, or the
 		// leader's node stayed unreachable: to the client that is etcd's
 		// "no leader", which it retries.
 		return nil, fmt.Errorf("%w: %v", shard.ErrNoLeader, status.Convert(err).Message())
 	}
-	return nil, err
+	return res, err
+}
+
+// retryLocal runs a write on a local replica under the same policy as
+// writeTo: again while it fails with a shard.RetryableError. Any other
+// error, a replica naming another leader among them, is returned.
+func (r *Router) retryLocal(ctx context.Context, write func() error) error {
+	return r.writeRetry.Do(ctx, r.stopper.ShouldQuiesce(), func() (bool, error) {
+		err := write()
+		return shard.IsRetryable(err), err
+	})
 }
 
 // ProposeTo proposes a command that takes no revision (a split, a barrier)
@@ -164,18 +167,22 @@ func (r *Router) rangeWrite(ctx context.Context, req *tesserapb.RangeWriteReques
 		return &tesserapb.RangeWriteResponse{Result: res}, nil
 	}
 	var nl *shard.NotLeaderError
-	if errors.As(err, &nl) {
+	switch {
+	case errors.As(err, &nl) && nl.LeaderReplicaID != 0:
 		return nil, notLeaderStatus(nl.LeaderReplicaID, err)
-	}
-	if errors.Is(err, shard.ErrNoLeader) {
-		return nil, notLeaderStatus(0, err)
+	case errors.As(err, &nl), errors.Is(err, shard.ErrNoLeader), shard.IsRetryable(err):
+		// Not ready to lead: the sender tries again, at the leader this
+		// replica knows, if any.
+		leader, _, _ := rng.Leader()
+		return nil, notLeaderStatus(leader, err)
 	}
 	return nil, ToGRPC(err)
 }
 
 // notLeaderStatus is the FailedPrecondition a node answers a forwarded write
-// with when its replica does not lead: err's text, and the leader it knows
-// (0: none) as a tesserapb.NotLeader detail.
+// with when its replica does not lead or is not ready to (the write was not
+// applied): err's text, and the leader it knows (0: none) as a
+// tesserapb.NotLeader detail.
 func notLeaderStatus(leader uint64, err error) error {
 	st, derr := status.New(codes.FailedPrecondition, err.Error()).WithDetails(&tesserapb.NotLeader{LeaderReplicaId: leader})
 	if derr != nil {

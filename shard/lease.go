@@ -93,7 +93,7 @@ func (r *Replica) leaderReady(ctx context.Context) error {
 		return nil
 	}
 	// A barrier makes this replica ready; proposing one through the queue does it.
-	_, err := r.Write(ctx, &tesserapb.Command{Op: &tesserapb.Command_Barrier{Barrier: &tesserapb.BarrierCommand{}}}, false)
+	_, err := r.writeRetrying(ctx, &tesserapb.Command{Op: &tesserapb.Command_Barrier{Barrier: &tesserapb.BarrierCommand{}}})
 	return err
 }
 

@@ -14,6 +14,7 @@ import (
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tesserakv/tessera/internal/retry"
 	"github.com/tesserakv/tessera/internal/rounds"
 	"github.com/tesserakv/tessera/internal/stop"
 	"github.com/tesserakv/tessera/proto/tesserapb"
@@ -90,18 +91,19 @@ func (c *Config) setDefaults() {
 // retrying calls once until it succeeds, fails for good, or has tried for
 // Config.RequestTimeout (several election timeouts: long enough for a range
 // made by a split, or one that lost its leader, to elect one), pausing a
-// little longer each time.
+// little longer each time. Reads and the replica's own barriers use it;
+// clients' writes are tried once here and again by the router.
 func retrying[T any](r *Replica, ctx context.Context, once func() (T, error, bool)) (T, error) {
-	deadline := time.Now().Add(r.cfg.RequestTimeout)
-	for attempt := 1; ; attempt++ {
-		out, err, retry := once()
-		if !retry || time.Now().After(deadline) {
-			return out, err
-		}
-		if err := r.sleep(ctx, min(time.Duration(attempt)*25*time.Millisecond, 250*time.Millisecond)); err != nil {
-			return out, err
-		}
-	}
+	policy := retry.Writes
+	policy.Budget = r.cfg.RequestTimeout
+	var out T
+	err := policy.Do(ctx, r.stopper.ShouldQuiesce(), func() (bool, error) {
+		var err error
+		var again bool
+		out, err, again = once()
+		return again, err
+	})
+	return out, err
 }
 
 // Replica is one range replica on this node. The Raft replica itself is started
@@ -278,9 +280,11 @@ func (r *Replica) notLeader() error {
 	return &NotLeaderError{LeaderReplicaID: id}
 }
 
-// Write proposes cmd (its Revision is assigned here when writesKeys) and waits
-// for the state machine's result. A result carrying a state-machine error is
-// returned as that error (statemachine.ErrorFromResult).
+// Write proposes cmd once (its Revision is assigned here when writesKeys) and
+// waits for the state machine's result. A result carrying a state-machine
+// error is returned as that error (statemachine.ErrorFromResult). A write
+// that was not applied and may be tried again fails with a RetryableError:
+// the caller retries (the router, under retry.Writes).
 func (r *Replica) Write(ctx context.Context, cmd *tesserapb.Command, writesKeys bool) (*tesserapb.Result, error) {
 	// A replica that knows another leads its range says so at once: the
 	// router forwards the write there, and the proposer would only answer
@@ -297,7 +301,20 @@ func (r *Replica) Write(ctx context.Context, cmd *tesserapb.Command, writesKeys 
 	}
 	defer func() { <-r.inflight }()
 
-	return retrying(r, ctx, func() (*tesserapb.Result, error, bool) { return r.writeOnce(ctx, cmd, writesKeys) })
+	res, err, again := r.writeOnce(ctx, cmd, writesKeys)
+	if again {
+		return nil, &RetryableError{Err: err}
+	}
+	return res, err
+}
+
+// writeRetrying is Write tried again under the replica's own budget, for
+// the commands it proposes on its own behalf (its leadership barrier).
+func (r *Replica) writeRetrying(ctx context.Context, cmd *tesserapb.Command) (*tesserapb.Result, error) {
+	return retrying(r, ctx, func() (*tesserapb.Result, error, bool) {
+		res, err := r.Write(ctx, cmd, false)
+		return res, err, IsRetryable(err)
+	})
 }
 
 func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesKeys bool) (res *tesserapb.Result, err error, retry bool) {
