@@ -51,13 +51,9 @@ func (s *Stopper) Stopping() bool {
 // RunAsync runs fn in a goroutine of its own that Stop waits for. Once Stop
 // has begun it starts nothing and returns ErrStopping.
 func (s *Stopper) RunAsync(fn func()) error {
-	s.mu.Lock()
-	if s.stopping {
-		s.mu.Unlock()
-		return ErrStopping
+	if err := s.addTask(); err != nil {
+		return err
 	}
-	s.tasks.Add(1)
-	s.mu.Unlock()
 	go func() {
 		defer s.tasks.Done()
 		fn()
@@ -68,15 +64,22 @@ func (s *Stopper) RunAsync(fn func()) error {
 // RunTask runs fn in the caller's goroutine as a task Stop waits for, or
 // returns ErrStopping without running it once Stop has begun.
 func (s *Stopper) RunTask(fn func()) error {
+	if err := s.addTask(); err != nil {
+		return err
+	}
+	defer s.tasks.Done()
+	fn()
+	return nil
+}
+
+// addTask counts a task Stop will wait for, unless Stop has begun.
+func (s *Stopper) addTask() error {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.stopping {
-		s.mu.Unlock()
 		return ErrStopping
 	}
 	s.tasks.Add(1)
-	s.mu.Unlock()
-	defer s.tasks.Done()
-	fn()
 	return nil
 }
 
