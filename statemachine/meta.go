@@ -21,8 +21,9 @@ type rangeState struct {
 	// r > max(lastCmdRev, currentRev).
 	lastCmdRev int64
 	// currentRev is etcd's revision for this range: the last revision at which
-	// a key was written; 1 for a range that never wrote (as etcd's empty
-	// store). It only advances, and only to a command's revision.
+	// a key was written, or a compaction's above it; 1 for a range that never
+	// wrote (as etcd's empty store). It only advances, and only to a
+	// command's revision or a compaction's.
 	currentRev int64
 	// compactedRev is the revision of the last compaction, 0 if none. Reads
 	// below it fail with ErrCompacted. compactedRev <= currentRev.
