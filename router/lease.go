@@ -476,40 +476,48 @@ const maxLeaseAttaches = 5
 // the lease on the home range. The write goes again carrying the attachments
 // (TxnCommand.attach), which the range refuses, with the write, if it applied
 // a revocation at or above P since. A lease the home range does not have, or
-// is revoking, is ErrLeaseNotFound.
-func (r *Router) proveLeases(ctx context.Context, rng Range, req *pb.TxnRequest) ([]*tesserapb.LeaseAttach, error) {
+// is revoking, is left out (missing): the range refuses the write only if a
+// Put naming it runs, as etcd checks only the operations of the branches
+// taken; with none left to attach it is ErrLeaseNotFound.
+func (r *Router) proveLeases(ctx context.Context, rng Range, req *pb.TxnRequest) (attach []*tesserapb.LeaseAttach, missing bool, err error) {
 	home, err := r.home()
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if home.RangeID() == rng.RangeID() {
 		// The home range has every lease: not found there is not found.
-		return nil, statemachine.ErrLeaseNotFound
+		return nil, true, statemachine.ErrLeaseNotFound
 	}
-	var attach []*tesserapb.LeaseAttach
 	for _, id := range txnLeases(req) {
 		proof, err := r.oracle.Current(ctx)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		start, end, _ := rng.Bounds()
 		register := &tesserapb.Command{Op: &tesserapb.Command_LeaseRegister{LeaseRegister: &tesserapb.LeaseRegisterCommand{
 			Id: id, Span: &tesserapb.KeySpan{Start: start, End: end},
 		}}}
 		res, err := r.writeTo(ctx, home, register, false, 0)
+		if errors.Is(err, statemachine.ErrLeaseNotFound) {
+			missing = true
+			continue
+		}
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		rec := &tesserapb.LeaseRecord{}
 		if err := proto.Unmarshal(res.GetResponse(), rec); err != nil {
-			return nil, fmt.Errorf("router: decoding the record of lease %x: %w", id, err)
+			return nil, false, fmt.Errorf("router: decoding the record of lease %x: %w", id, err)
 		}
 		if hook := r.cfg.Knobs.AfterLeaseProof; hook != nil {
 			hook(id, proof)
 		}
 		attach = append(attach, &tesserapb.LeaseAttach{Id: id, TtlSeconds: rec.TtlSeconds, ProofRevision: proof})
 	}
-	return attach, nil
+	if len(attach) == 0 {
+		return nil, true, statemachine.ErrLeaseNotFound
+	}
+	return attach, missing, nil
 }
 
 // txnLeases returns the distinct lease IDs the Puts of a Txn (nested Txns

@@ -206,6 +206,7 @@ func (r *Router) txnOn(ctx context.Context, req *pb.TxnRequest) (Range, *pb.TxnR
 	}
 	cmd := &tesserapb.Command{Op: &tesserapb.Command_Txn{Txn: &tesserapb.TxnCommand{Request: body}}}
 	attaches := 0
+	missingLeases := false // the last proof found a lease named that does not exist
 	for attempt := 0; ; attempt++ {
 		intervals := txnIntervals(req)
 		rng, err := r.singleRange(intervals)
@@ -219,13 +220,17 @@ func (r *Router) txnOn(ctx context.Context, req *pb.TxnRequest) (Range, *pb.TxnR
 		if r.reroute(ctx, err, attempt) {
 			continue
 		}
-		if (errors.Is(err, statemachine.ErrLeaseNotFound) || errors.Is(err, statemachine.ErrLeaseProofOld)) && attaches < maxLeaseAttaches {
+		retryAttach := errors.Is(err, statemachine.ErrLeaseProofOld) ||
+			errors.Is(err, statemachine.ErrLeaseNotFound) && !(attaches > 0 && missingLeases)
+		if retryAttach && attaches < maxLeaseAttaches {
 			// The range may not know the lease yet (or refused the
 			// proof of an earlier round): prove the lease on the home
-			// range and write again, giving the range its record.
+			// range and write again, giving the range its record. A
+			// refusal after a proof that found a named lease missing is
+			// that lease's: the answer.
 			attaches++
 			var attach []*tesserapb.LeaseAttach
-			if attach, err = r.proveLeases(ctx, rng, req); err == nil {
+			if attach, missingLeases, err = r.proveLeases(ctx, rng, req); err == nil {
 				cmd = &tesserapb.Command{Op: &tesserapb.Command_Txn{Txn: &tesserapb.TxnCommand{Request: body, Attach: attach}}}
 				continue
 			}
@@ -286,6 +291,13 @@ func (r *Router) singleRange(intervals [][2][]byte) (Range, error) {
 func (r *Router) rangesOfIntervals(intervals [][2][]byte) (Range, map[uint64]bool, error) {
 	var found Range
 	ids := map[uint64]bool{}
+	// An empty interval holds no key, so it touches no range — unless every
+	// interval is empty, and then the range of the first key answers.
+	if slices.ContainsFunc(intervals, func(iv [2][]byte) bool { return !emptyInterval(iv) }) {
+		intervals = slices.DeleteFunc(slices.Clone(intervals), emptyInterval)
+	} else if len(intervals) > 0 {
+		intervals = [][2][]byte{{intervals[0][0], nil}}
+	}
 	for i, iv := range intervals {
 		if slices.ContainsFunc(intervals[:i], func(o [2][]byte) bool {
 			return bytes.Equal(o[0], iv[0]) && bytes.Equal(o[1], iv[1])
@@ -302,6 +314,13 @@ func (r *Router) rangesOfIntervals(intervals [][2][]byte) (Range, map[uint64]boo
 		}
 	}
 	return found, ids, nil
+}
+
+// emptyInterval reports whether an interval in etcd's form is [key, end)
+// with end at or before key: no key at all.
+func emptyInterval(iv [2][]byte) bool {
+	end := iv[1]
+	return len(end) > 0 && !(len(end) == 1 && end[0] == 0) && bytes.Compare(end, iv[0]) <= 0
 }
 
 // txnIntervals lists every key interval a Txn reads or writes, in etcd's

@@ -143,10 +143,13 @@ func (b bounds) containsKey(k []byte) bool {
 }
 
 // containsSpan reports whether every key of s lies within b. An empty span
-// ([k, e) with e <= k) is contained when its start is.
+// ([k, e) with e <= k) holds no key and is contained in any bounds.
 func (b bounds) containsSpan(s keySpan) bool {
 	if s.point {
 		return b.containsKey(s.start)
+	}
+	if s.end != nil && bytes.Compare(s.end, s.start) <= 0 {
+		return true // no key: any range may answer for it
 	}
 	if bytes.Compare(s.start, b.start) < 0 {
 		return false
@@ -157,7 +160,7 @@ func (b bounds) containsSpan(s keySpan) bool {
 	if s.end == nil {
 		return false
 	}
-	return bytes.Compare(s.end, b.end) <= 0 || bytes.Compare(s.end, s.start) <= 0 && b.containsKey(s.start)
+	return bytes.Compare(s.end, b.end) <= 0
 }
 
 // Bounds encodings: version 1 (before generations; decoded as generation 1)

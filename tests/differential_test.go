@@ -2,7 +2,6 @@ package tests
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -392,19 +391,7 @@ var diffAllowances = []struct {
 			st, _ := status.FromError(tErr)
 			return st.Code() == codes.FailedPrecondition &&
 				strings.Contains(st.Message(), "writes spanning ranges are not supported yet") &&
-				r.rangesTouched(op.req, false) > 1
-		},
-	},
-	{
-		name: "empty spans count for a range (router bug, to be fixed)",
-		reason: "router txnIntervals: a span with range_end at or before its key holds no key, but " +
-			"the range of its key still counts as touched, so a write whose keys lie in one range " +
-			"can be refused as spanning ranges; excused when the request spans ranges only so",
-		refused: func(r *diffRun, op diffOp, tErr error) bool {
-			st, _ := status.FromError(tErr)
-			return st.Code() == codes.FailedPrecondition &&
-				strings.Contains(st.Message(), "writes spanning ranges are not supported yet") &&
-				r.rangesTouched(op.req, true) > 1
+				r.rangesTouched(op.req) > 1
 		},
 	},
 	{
@@ -446,122 +433,6 @@ var diffAllowances = []struct {
 				st.Code() == codes.OutOfRange && st.Message() == rpctypes.ErrorDesc(rpctypes.ErrGRPCFutureRev)
 		},
 	},
-	{
-		name: "leases of both branches proved (router bug, to be fixed)",
-		reason: "router proveLeases: a Txn on a range other than the home range (the one with the " +
-			"lowest keys, holding the lease records) that puts with a lease the range does not " +
-			"know yet has every lease its Puts name proved on the home range, in both branches " +
-			"and nested txns, and one that does not exist refuses the whole Txn with \"lease not " +
-			"found\", where etcd checks only the operations of the branches taken; excused for " +
-			"such Txns that name a lease Tessera does not have",
-		refused: func(r *diffRun, op diffOp, tErr error) bool {
-			txn, ok := op.req.(*pb.TxnRequest)
-			st, _ := status.FromError(tErr)
-			if !ok || !r.splits || st.Code() != codes.NotFound || st.Message() != rpctypes.ErrorDesc(rpctypes.ErrGRPCLeaseNotFound) {
-				return false
-			}
-			for _, id := range txnLeaseIDs(txn) {
-				if !r.tesseraHasLease(id) {
-					return true
-				}
-			}
-			return false
-		},
-	},
-	{
-		name: "sorted Range in the router (router bug, to be fixed)",
-		reason: "router mergeSpans: a Range sorted by a target other than the key, with a limit, " +
-			"is not cut to the limit when it reads one range (every matching key, more=false); " +
-			"with sort order NONE it is sorted over every key rather than over etcd's first " +
-			"limit+1 in key order; over several ranges, keys_only sorted by VALUE is sorted after " +
-			"the values were dropped; excused only when Tessera's own answer without the limit " +
-			"and keys_only, cut and stripped as etcd does, is etcd's answer",
-		differs: func(r *diffRun, op diffOp, eResp, tResp proto.Message) bool {
-			req, ok := op.req.(*pb.RangeRequest)
-			if !ok || req.SortTarget == pb.RangeRequest_KEY || (req.Limit == 0 && !req.KeysOnly) {
-				return false
-			}
-			all := proto.CloneOf(req)
-			all.Limit, all.KeysOnly = 0, false
-			resp, err := r.tessera.do(r.revs.request(all))
-			if err != nil {
-				return false
-			}
-			resp, _ = r.revs.response(resp)
-			want := withoutHeaderIDs(cutAsEtcd(resp.(*pb.RangeResponse), req))
-			if req.Serializable && responseHeader(want).Revision < responseHeader(eResp).GetRevision() {
-				// "a range's own revision in headers" too.
-				responseHeader(want).Revision = responseHeader(eResp).GetRevision()
-			}
-			return proto.Equal(want, eResp)
-		},
-	},
-}
-
-// cutAsEtcd applies req's limit and keys_only to full, the answer to req
-// without them, as etcd does (server/etcdserver/txn/range.go): with sort
-// order NONE and no revision filters, etcd reads only the first limit+1 keys
-// (in key order) before sorting them; keys_only answers have no values, and
-// no leases unless sorted by value.
-func cutAsEtcd(full *pb.RangeResponse, req *pb.RangeRequest) *pb.RangeResponse {
-	out := proto.CloneOf(full)
-	kvs := out.Kvs
-	filters := req.MinModRevision != 0 || req.MaxModRevision != 0 || req.MinCreateRevision != 0 || req.MaxCreateRevision != 0
-	if req.Limit > 0 && req.SortOrder == pb.RangeRequest_NONE && !filters {
-		kvs = slices.Clone(kvs)
-		slices.SortFunc(kvs, func(a, b *mvccpb.KeyValue) int { return bytes.Compare(a.Key, b.Key) })
-		kvs = kvs[:min(len(kvs), int(req.Limit)+1)]
-		slices.SortStableFunc(kvs, func(a, b *mvccpb.KeyValue) int { return compareBySortTarget(a, b, req.SortTarget) })
-	}
-	if req.Limit > 0 && len(kvs) > int(req.Limit) {
-		kvs, out.More = kvs[:req.Limit], true
-	}
-	for _, kv := range kvs {
-		if req.KeysOnly {
-			kv.Value = nil
-			if req.SortTarget != pb.RangeRequest_VALUE {
-				kv.Lease = 0
-			}
-		}
-	}
-	out.Kvs = kvs
-	return out
-}
-
-func compareBySortTarget(a, b *mvccpb.KeyValue, target pb.RangeRequest_SortTarget) int {
-	switch target {
-	case pb.RangeRequest_VERSION:
-		return cmp.Compare(a.Version, b.Version)
-	case pb.RangeRequest_CREATE:
-		return cmp.Compare(a.CreateRevision, b.CreateRevision)
-	case pb.RangeRequest_MOD:
-		return cmp.Compare(a.ModRevision, b.ModRevision)
-	case pb.RangeRequest_VALUE:
-		return bytes.Compare(a.Value, b.Value)
-	}
-	return bytes.Compare(a.Key, b.Key)
-}
-
-// txnLeaseIDs returns the leases the Puts of a Txn name, nested Txns too.
-func txnLeaseIDs(txn *pb.TxnRequest) []int64 {
-	var ids []int64
-	walkMessages(txn, func(m proto.Message) {
-		if p, ok := m.(*pb.PutRequest); ok && p.Lease != 0 {
-			ids = append(ids, p.Lease)
-		}
-	})
-	return ids
-}
-
-// tesseraHasLease asks Tessera whether a lease exists.
-func (r *diffRun) tesseraHasLease(id int64) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	resp, err := r.tessera.lease.LeaseTimeToLive(ctx, &pb.LeaseTimeToLiveRequest{ID: id})
-	if err != nil {
-		r.fail("asking Tessera for lease %d: %v", id, err)
-	}
-	return resp.TTL != -1
 }
 
 // hasDeleteEtcdMayMiss reports whether txn holds a DeleteRange etcd's
@@ -608,21 +479,16 @@ func (r *diffRun) allowedDifference(op diffOp, eResp, tResp proto.Message) strin
 }
 
 // rangesTouched is how many of Tessera's ranges the keys of a request lie in
-// (for a Txn, every compare and operation, both branches, nested ones too);
-// withEmpty counts an empty span (range_end at or before its key) for the
-// range holding its key.
-func (r *diffRun) rangesTouched(req proto.Message, withEmpty bool) int {
+// (for a Txn, every compare and operation, both branches, nested ones too).
+func (r *diffRun) rangesTouched(req proto.Message) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ranges, err := r.cluster.Nodes[0].Server.Ranges(ctx)
+	ranges, err := r.cluster.Nodes[0].Server.Testing().Ranges(ctx)
 	if err != nil {
 		r.fail("listing Tessera's ranges: %v", err)
 	}
 	touched := map[uint64]bool{}
 	for _, sp := range requestSpans(req) {
-		if withEmpty && len(sp[1]) > 0 && !bytes.Equal(sp[1], []byte{0}) && bytes.Compare(sp[1], sp[0]) <= 0 {
-			sp[1] = nil
-		}
 		for _, rng := range ranges {
 			if spansOverlap(sp, rng) {
 				touched[rng.RangeId] = true
