@@ -115,9 +115,10 @@ type etcdProcess struct {
 	conn     *grpc.ClientConn
 }
 
-// startEtcd starts etcd and waits until it answers a read (a read, so the
-// store is left at revision 1, as new). It is killed when the test ends.
-func startEtcd(t *testing.T) *etcdProcess {
+// startEtcd starts etcd, with flags added to its own, and waits until it
+// answers a read (a read, so the store is left at revision 1, as new). It is
+// killed when the test ends.
+func startEtcd(t *testing.T, flags ...string) *etcdProcess {
 	t.Helper()
 	bin := etcdServerBinary(t)
 	client := fmt.Sprintf("127.0.0.1:%d", testcluster.FreePort(t))
@@ -130,6 +131,7 @@ func startEtcd(t *testing.T) *etcdProcess {
 		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
 		"--initial-cluster", "differential="+peer, "--initial-cluster-state", "new",
 		"--log-level", "error")
+	e.cmd.Args = append(e.cmd.Args, flags...)
 	e.cmd.Stderr = e.stderr
 	if err := e.cmd.Start(); err != nil {
 		t.Fatal(err)
