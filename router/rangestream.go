@@ -72,8 +72,10 @@ func (r *Router) RangeStream(req *pb.RangeRequest, stream pb.KV_RangeStreamServe
 			first = sp.rng
 		}
 		count += c
-		if headerRev == 0 {
-			headerRev, chunks.rev = rev, rev
+		if req.Serializable {
+			// Each range is read as it is: the header is the highest
+			// revision read, so no kv is above it.
+			headerRev = max(headerRev, rev)
 		}
 		if len(spans) == 1 {
 			break
@@ -90,25 +92,46 @@ func (r *Router) RangeStream(req *pb.RangeRequest, stream pb.KV_RangeStreamServe
 // returns how many kvs it added, the part's count, and the revision read.
 func (r *Router) streamSpan(ctx context.Context, rng Range, req *pb.RangeRequest, chunks *streamChunker) (added, count int64, rev int64, err error) {
 	fn := func(v *statemachine.View) (any, error) {
-		rev = v.Revision()
-		if req.CountOnly {
-			resp, err := v.Range(req)
+		// The read layer may run fn again (a leadership check after it
+		// failed): a rerun reads at the revision the first run read and
+		// skips the kvs already handed on, the same kvs, so none is sent
+		// twice.
+		at := req
+		if rev == 0 {
+			rev = v.Revision()
+			if chunks.rev == 0 {
+				chunks.rev = rev
+			}
+		} else if req.Revision == 0 {
+			at = proto.CloneOf(req)
+			at.Revision = rev
+		}
+		if at.CountOnly {
+			resp, err := v.Range(at)
 			if err != nil {
 				return nil, err
 			}
 			count = resp.Count
 			return nil, nil
 		}
+		skip := added
 		var err error
-		if statemachine.WireRangeable(req) {
+		if statemachine.WireRangeable(at) {
 			// Sent as the stored bytes, like RangeWire's answers.
-			count, _, err = v.RangeStreamWire(req, func() (*statemachine.WireKVs, error) {
+			skipped := &statemachine.WireKVs{}
+			count, _, err = v.RangeStreamWire(at, func() (*statemachine.WireKVs, error) {
+				if skip > 0 {
+					skip--
+					return skipped, nil
+				}
 				added++
 				return chunks.next()
 			})
 		} else {
-			count, _, err = v.RangeStream(req, 0, func(kvs []*mvccpb.KeyValue) error {
-				n, err := chunks.addKVs(kvs)
+			count, _, err = v.RangeStream(at, 0, func(kvs []*mvccpb.KeyValue) error {
+				n := min(skip, int64(len(kvs)))
+				skip -= n
+				n, err := chunks.addKVs(kvs[n:])
 				added += n
 				return err
 			})

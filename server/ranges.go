@@ -118,6 +118,7 @@ func (s *Server) startRange(rangeID uint64) error {
 	_, _, snapshotBytes := s.raftLogSettings()
 	cfg := shard.Config{RangeID: rangeID, ReplicaID: s.replicaID, SoleReplica: s.soleNode(), SnapshotEveryBytes: snapshotBytes,
 		RequestTimeout: s.cfg.Knobs.RangeRequestTimeout, Logger: s.log}
+	cfg.RepeatRead = s.cfg.Knobs.RepeatRangeReads
 	if hook := s.cfg.Knobs.AfterRevisionsTaken; hook != nil {
 		cfg.AfterRevisionsTaken = func(first int64) { hook(rangeID, first) }
 	}

@@ -17,6 +17,9 @@ type TestingKnobs struct {
 	// batch of entries (it may block, holding the range's applies back; see
 	// statemachine.StoreOptions.BeforeUpdate).
 	BeforeApply func(rangeID uint64)
+	// RepeatRangeReads is passed to every range replica (see
+	// shard.Config.RepeatRead).
+	RepeatRangeReads func() bool
 	// RangeRequestTimeout bounds one proposal or ReadIndex round of a range
 	// replica (shard.Config.RequestTimeout); 0: its default.
 	RangeRequestTimeout time.Duration

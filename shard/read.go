@@ -43,6 +43,9 @@ func (r *Replica) readAtOnce(ctx context.Context, rev int64, fn func(*statemachi
 	if leader, now, ok := r.Leader(); !ok || leader != r.cfg.ReplicaID || now != term {
 		return nil, ErrNoLeader, true
 	}
+	if repeat := r.cfg.RepeatRead; repeat != nil && repeat() {
+		return nil, ErrNoLeader, true
+	}
 	return out, nil, false
 }
 

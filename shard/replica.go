@@ -67,7 +67,11 @@ type Config struct {
 	// its revisions from the oracle and before they pass the fence (it may
 	// block, to force the race of docs/design.md, "Read fence").
 	AfterRevisionsTaken func(first int64)
-	Logger              *slog.Logger
+	// RepeatRead, for tests only, is asked after a leader's linearizable
+	// read (ReadAt) ran its function; true tries the read again, as when
+	// leadership moved meanwhile.
+	RepeatRead func() bool
+	Logger     *slog.Logger
 }
 
 func (c *Config) setDefaults() {

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -247,5 +248,25 @@ func TestRangeStreamShapeAcrossRanges(t *testing.T) {
 	}
 	for _, n := range c.Nodes {
 		checkCompactedStream(t, c.Client(n.ClientURL), early)
+	}
+}
+
+// TestRangeStreamReadRepeated: when the read layer runs a stream's read again
+// (leadership moved after the keys were read), the kvs already sent are not
+// sent twice.
+func TestRangeStreamReadRepeated(t *testing.T) {
+	var reads atomic.Int64
+	c := testcluster.Start(t, 1, smallRequests, func(cfg *server.Config) {
+		// Every other leader read is tried again.
+		cfg.Knobs.RepeatRangeReads = func() bool { return reads.Add(1)%2 == 1 }
+	})
+	cli := c.Client()
+	early := streamData(t, cli)
+	now, err := cli.Get(ctxT(t), "r/000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sc := range streamCases(early) {
+		checkStream(t, cli, sc, now.Header.Revision)
 	}
 }
