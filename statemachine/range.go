@@ -178,8 +178,11 @@ func filterKVs(kvs []*mvccpb.KeyValue, r *pb.RangeRequest) []*mvccpb.KeyValue {
 // stable, so ties keep key order and the result is deterministic.
 func SortKVs(kvs []*mvccpb.KeyValue, r *pb.RangeRequest) { sortKVs(kvs, r) }
 
-// sortKVs sorts key-ordered kvs as the request asks. The sort is stable, so
-// ties keep key order and the result is deterministic.
+// sortKVs sorts key-ordered kvs as the request asks, exactly as etcd's
+// store does (server/etcdserver/txn/range.go, sortRangeResults): sort.Sort,
+// reversed for DESCEND, over the same key-ordered kvs, so that kvs with equal
+// sort values come out in etcd's order too (sort.Sort is deterministic, but
+// not stable).
 func sortKVs(kvs []*mvccpb.KeyValue, r *pb.RangeRequest) {
 	order := r.SortOrder
 	if r.SortTarget != pb.RangeRequest_KEY && order == pb.RangeRequest_NONE {
@@ -188,25 +191,35 @@ func sortKVs(kvs []*mvccpb.KeyValue, r *pb.RangeRequest) {
 	if order == pb.RangeRequest_NONE || (r.SortTarget == pb.RangeRequest_KEY && order == pb.RangeRequest_ASCEND) {
 		return
 	}
-	var cmp func(a, b *mvccpb.KeyValue) int
+	var less func(a, b *mvccpb.KeyValue) bool
 	switch r.SortTarget {
 	case pb.RangeRequest_VERSION:
-		cmp = func(a, b *mvccpb.KeyValue) int { return cmpInt64(a.Version, b.Version) }
+		less = func(a, b *mvccpb.KeyValue) bool { return a.Version < b.Version }
 	case pb.RangeRequest_CREATE:
-		cmp = func(a, b *mvccpb.KeyValue) int { return cmpInt64(a.CreateRevision, b.CreateRevision) }
+		less = func(a, b *mvccpb.KeyValue) bool { return a.CreateRevision < b.CreateRevision }
 	case pb.RangeRequest_MOD:
-		cmp = func(a, b *mvccpb.KeyValue) int { return cmpInt64(a.ModRevision, b.ModRevision) }
+		less = func(a, b *mvccpb.KeyValue) bool { return a.ModRevision < b.ModRevision }
 	case pb.RangeRequest_VALUE:
-		cmp = func(a, b *mvccpb.KeyValue) int { return bytes.Compare(a.Value, b.Value) }
+		less = func(a, b *mvccpb.KeyValue) bool { return bytes.Compare(a.Value, b.Value) < 0 }
 	default:
-		cmp = func(a, b *mvccpb.KeyValue) int { return bytes.Compare(a.Key, b.Key) }
+		less = func(a, b *mvccpb.KeyValue) bool { return bytes.Compare(a.Key, b.Key) < 0 }
 	}
+	var sorter sort.Interface = kvSorter{kvs: kvs, less: less}
 	if order == pb.RangeRequest_DESCEND {
-		asc := cmp
-		cmp = func(a, b *mvccpb.KeyValue) int { return -asc(a, b) }
+		sorter = sort.Reverse(sorter)
 	}
-	sort.SliceStable(kvs, func(i, j int) bool { return cmp(kvs[i], kvs[j]) < 0 })
+	sort.Sort(sorter)
 }
+
+// kvSorter is a sort.Interface over kvs, as etcd's kvSort types are.
+type kvSorter struct {
+	kvs  []*mvccpb.KeyValue
+	less func(a, b *mvccpb.KeyValue) bool
+}
+
+func (s kvSorter) Len() int           { return len(s.kvs) }
+func (s kvSorter) Swap(i, j int)      { s.kvs[i], s.kvs[j] = s.kvs[j], s.kvs[i] }
+func (s kvSorter) Less(i, j int) bool { return s.less(s.kvs[i], s.kvs[j]) }
 
 func cmpInt64(a, b int64) int {
 	switch {
