@@ -84,8 +84,11 @@ func (b *revisionBatcher) loop() {
 		for _, req := range batch {
 			total += req.count
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+		// Stopping ends the fetch rather than waiting for its timeout.
+		ctx, cancel := b.stopper.WithCancelOnQuiesce(context.Background())
+		ctx, cancelTimeout := context.WithTimeout(ctx, batchTimeout)
 		first, err := b.fetch(ctx, total)
+		cancelTimeout()
 		cancel()
 		for _, req := range batch {
 			req.reply <- revisionReply{first: first, err: err}

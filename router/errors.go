@@ -29,6 +29,7 @@ var errorMap = []struct {
 	{shard.ErrNotLeader, rpctypes.ErrGRPCNoLeader},
 	{shard.ErrNoLeader, rpctypes.ErrGRPCNoLeader},
 	{shard.ErrStopped, rpctypes.ErrGRPCStopped},
+	{shard.ErrBusy, rpctypes.ErrGRPCRequestTooManyRequests},
 	{statemachine.ErrStaleRevision, rpctypes.ErrGRPCLeaderChanged},
 	{statemachine.ErrStaleLeader, rpctypes.ErrGRPCLeaderChanged},
 	{statemachine.ErrLeaseProofOld, status.Error(codes.Unavailable, "tessera: leases were revoked on the key's range while the lease was being attached to it; retry")},

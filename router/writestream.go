@@ -67,8 +67,9 @@ func (w *writeStreams) call(ctx context.Context, cc *grpc.ClientConn, req *tesse
 	}
 	ws.mu.Lock()
 	if ws.err != nil {
+		// The stream broke before this write was sent on it.
 		ws.mu.Unlock()
-		return nil, ws.err
+		return nil, &notSentError{st: status.Convert(ws.err)}
 	}
 	ws.seq++
 	msg.Seq = ws.seq

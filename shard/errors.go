@@ -3,6 +3,8 @@ package shard
 import (
 	"errors"
 	"fmt"
+
+	"github.com/lni/dragonboat/v4"
 )
 
 var (
@@ -15,7 +17,23 @@ var (
 	ErrStopped = errors.New("shard: replica stopped")
 	// ErrNoLeader: the range has no leader right now; retry later.
 	ErrNoLeader = errors.New("shard: no leader")
+	// ErrBusy: Raft has more requests of the range in flight than it takes;
+	// retry later.
+	ErrBusy = errors.New("shard: too many requests in flight")
 )
+
+// raftBusy maps Dragonboat's "busy" and "not ready" refusals, which change
+// nothing and are worth trying again, to ErrBusy and ErrNoLeader (keeping
+// Dragonboat's text), and reports whether err was one.
+func raftBusy(err error) (error, bool) {
+	switch {
+	case errors.Is(err, dragonboat.ErrSystemBusy):
+		return fmt.Errorf("%w (%v)", ErrBusy, err), true
+	case errors.Is(err, dragonboat.ErrShardNotReady):
+		return fmt.Errorf("%w (%v)", ErrNoLeader, err), true
+	}
+	return err, false
+}
 
 // NotLeaderError says which replica leads the range, if this one knows.
 type NotLeaderError struct {

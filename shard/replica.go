@@ -345,8 +345,8 @@ func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesK
 			// No leader yet (an election is under way): wait for one.
 			return nil, ErrNoLeader, true
 		}
-		if errors.Is(out.err, dragonboat.ErrSystemBusy) || errors.Is(out.err, dragonboat.ErrShardNotReady) {
-			return nil, out.err, true
+		if err, busy := raftBusy(out.err); busy {
+			return nil, err, true
 		}
 		return nil, out.err, false
 	}
@@ -817,9 +817,8 @@ func (r *Replica) readOnce(ctx context.Context, fn func(*statemachine.View) (any
 	if err := r.reads.Wait(ctx); err != nil {
 		// A read has no effect, so asking again is safe (retrying gives
 		// up at its own deadline).
-		retry := errors.Is(err, ErrNoLeader) || errors.Is(err, ErrTimeout) ||
-			errors.Is(err, dragonboat.ErrSystemBusy) || errors.Is(err, dragonboat.ErrShardNotReady)
-		return nil, err, retry
+		err, busy := raftBusy(err)
+		return nil, err, busy || errors.Is(err, ErrNoLeader) || errors.Is(err, ErrTimeout)
 	}
 	// The round completed: this replica has applied everything committed
 	// before it began.
