@@ -71,24 +71,20 @@ func (w *WireRangeResponse) ProtoReflect() protoreflect.Message { return w.Respo
 // number.
 const rangeStreamResponseNumber = 1
 
-// wireStreamChunk is a RangeStream message carrying only kvs, already in
-// wire format: a wirecodec.Message, and a proto.Message decoded on demand.
+// wireStreamChunk is a RangeStream message whose kvs are already in wire
+// format: a wirecodec.Message, and a proto.Message decoded on demand.
 type wireStreamChunk struct {
-	kvs *statemachine.WireKVs
+	resp *WireRangeResponse
 }
 
 // WireBytes is the encoded RangeStreamResponse: its range_response field
-// holding the kvs.
+// holding resp.
 func (c wireStreamChunk) WireBytes() mem.BufferSlice {
-	size := 0
-	for i := range c.kvs.NumChunks() {
-		size += len(c.kvs.Chunk(i))
-	}
+	inner := c.resp.WireBytes()
 	var head []byte
 	head = protowire.AppendTag(head, rangeStreamResponseNumber, protowire.BytesType)
-	head = protowire.AppendVarint(head, uint64(size))
-	out := make(mem.BufferSlice, 0, c.kvs.NumChunks()+1)
-	return appendKVs(append(out, mem.SliceBuffer(head)), c.kvs)
+	head = protowire.AppendVarint(head, uint64(inner.Len()))
+	return append(mem.BufferSlice{mem.SliceBuffer(head)}, inner...)
 }
 
 // appendKVs appends kvs' chunks to out, as they are.

@@ -579,26 +579,30 @@ func checkRangeWire(t *testing.T, v *View, req *pb.RangeRequest, want *pb.RangeR
 		got.Count != want.Count || got.More != want.More {
 		t.Fatalf("RangeWire(%v) = %d kvs %x count %d more %v, want %v", req, got.KVs.Len(), gotBytes, got.Count, got.More, want)
 	}
-	// The same answer streamed in chunks of at most chunkSize kvs.
-	chunkSize := 1 + len(want.Kvs)%3
+	// The same answer streamed kv by kv, cut into pieces of at most
+	// pieceSize kvs by the caller.
+	pieceSize := 1 + len(want.Kvs)%3
+	var pieces []*WireKVs
+	count, more, err := v.RangeStreamWire(req, func() (*WireKVs, error) {
+		if len(pieces) == 0 || pieces[len(pieces)-1].Len() == pieceSize {
+			pieces = append(pieces, &WireKVs{})
+		}
+		return pieces[len(pieces)-1], nil
+	})
 	var streamed [][]byte
 	n := 0
-	count, more, err := v.RangeStreamWire(req, chunkSize, func(w *WireKVs) error {
-		if w.Len() == 0 || w.Len() > chunkSize {
-			t.Fatalf("RangeStreamWire(%v): a chunk of %d kvs, want 1 to %d", req, w.Len(), chunkSize)
-		}
+	for _, w := range pieces {
 		n += w.Len()
 		streamed = append(streamed, w.Chunks()...)
-		return nil
-	})
+	}
 	if err != nil || count != want.Count || more != want.More || n != len(want.Kvs) || !bytes.Equal(bytes.Join(streamed, nil), wantBytes) {
 		t.Fatalf("RangeStreamWire(%v) = %d kvs count %d more %v %v, want %v", req, n, count, more, err, want)
 	}
-	var pieces [][]byte
+	var chunks [][]byte
 	for i := range got.KVs.NumChunks() {
-		pieces = append(pieces, got.KVs.Chunk(i))
+		chunks = append(chunks, got.KVs.Chunk(i))
 	}
-	if !bytes.Equal(bytes.Join(pieces, nil), wantBytes) {
+	if !bytes.Equal(bytes.Join(chunks, nil), wantBytes) {
 		t.Fatalf("RangeWire(%v): Chunk(i) for i < NumChunks() disagrees with Chunks()", req)
 	}
 	// The same kvs added decoded (as a router adds another node's answer),

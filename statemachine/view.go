@@ -1,6 +1,7 @@
 package statemachine
 
 import (
+	"math"
 	"sync"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -91,22 +92,23 @@ func (v *View) RangeWire(req *pb.RangeRequest) (*WireRange, error) {
 	return executeRangeWire(v.reader(), req, v.state.currentRev, v.state.compactedRev, v.counts)
 }
 
-// RangeStreamWire is RangeStream for a request WireRangeable accepts, its
-// chunks in wire format (WireKVs, as RangeWire's): emit gets each chunk of
-// at most chunkSize kvs and may keep it.
-func (v *View) RangeStreamWire(req *pb.RangeRequest, chunkSize int, emit func(*WireKVs) error) (count int64, more bool, err error) {
+// RangeStreamWire streams a request WireRangeable accepts, in wire format
+// (as RangeWire's kvs): before each kv it calls next, and appends the kv to
+// the WireKVs next returns, so the caller cuts the stream into messages
+// wherever it likes. It returns count and more as Range would; an error from
+// next stops the stream and is returned.
+func (v *View) RangeStreamWire(req *pb.RangeRequest, next func() (*WireKVs, error)) (count int64, more bool, err error) {
 	if err := v.checkSpan(req.Key, req.RangeEnd); err != nil {
 		return 0, false, err
 	}
-	chunk := &WireKVs{}
-	return streamScan(v.reader(), req, v.state.currentRev, v.state.compactedRev, chunkSize, func(k, val []byte) error {
-		chunk.addStored(k, val)
+	return streamScan(v.reader(), req, v.state.currentRev, v.state.compactedRev, math.MaxInt, func(k, val []byte) error {
+		w, err := next()
+		if err != nil {
+			return err
+		}
+		w.addStored(k, val)
 		return nil
-	}, func() error {
-		out := chunk
-		chunk = &WireKVs{}
-		return emit(out)
-	})
+	}, func() error { return nil })
 }
 
 // RangeStream calls emit with successive chunks (at most chunkSize kvs each;
