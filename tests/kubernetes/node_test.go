@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -23,9 +24,13 @@ var (
 	buildErr  error
 )
 
-// tesseraBinary builds cmd/tessera from the repository root once per test run.
+// tesseraBinary builds cmd/tessera from the repository root once per test
+// run, or returns $TESSERA_BINARY when that names a binary to test instead.
 func tesseraBinary(t testing.TB) string {
 	t.Helper()
+	if bin := os.Getenv("TESSERA_BINARY"); bin != "" {
+		return bin
+	}
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "tessera-k8s-bin-")
 		if err != nil {
@@ -95,6 +100,21 @@ type node struct {
 func startNode(t testing.TB, extraFlags ...string) *node {
 	t.Helper()
 	bin := tesseraBinary(t)
+	for attempt := 1; ; attempt++ {
+		n, err := tryStartNode(t, bin, extraFlags)
+		if err == nil {
+			return n
+		}
+		// A port found free can be taken by another process before the
+		// node binds it: try other ports.
+		if attempt < 3 && strings.Contains(n.stderr.String(), "address already in use") {
+			continue
+		}
+		t.Fatalf("%v\nstderr:\n%s", err, n.stderr)
+	}
+}
+
+func tryStartNode(t testing.TB, bin string, extraFlags []string) (*node, error) {
 	n := &node{
 		clientURL: fmt.Sprintf("http://127.0.0.1:%d", freePort(t)),
 		stderr:    &lockedBuffer{},
@@ -111,7 +131,7 @@ func startNode(t testing.TB, extraFlags ...string) *node {
 	n.cmd = exec.Command(bin, args...)
 	n.cmd.Stderr = n.stderr
 	if err := n.cmd.Start(); err != nil {
-		t.Fatal(err)
+		return n, err
 	}
 	go func() {
 		_ = n.cmd.Wait()
@@ -125,17 +145,15 @@ func startNode(t testing.TB, extraFlags ...string) *node {
 			}
 		}
 	})
-	n.waitReady(t)
-	return n
+	return n, n.waitReady()
 }
 
 // waitReady waits until the node answers a linearizable read, without
-// writing anything (a fresh node's store is at revision 1, as etcd's).
-func (n *node) waitReady(t testing.TB) {
-	t.Helper()
+// writing anything: a fresh node's store is at revision 1, as etcd's.
+func (n *node) waitReady() error {
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{n.clientURL}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	defer cli.Close()
 	deadline := time.Now().Add(30 * time.Second)
@@ -144,15 +162,15 @@ func (n *node) waitReady(t testing.TB) {
 		_, err := cli.Get(ctx, "ready")
 		cancel()
 		if err == nil {
-			return
+			return nil
 		}
 		select {
 		case <-n.exited:
-			t.Fatalf("tessera exited before it was ready: %v\nstderr:\n%s", n.cmd.ProcessState, n.stderr)
+			return fmt.Errorf("tessera exited before it was ready: %v", n.cmd.ProcessState)
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("tessera not ready after 30s: %v\nstderr:\n%s", err, n.stderr)
+			return fmt.Errorf("tessera not ready after 30s: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
