@@ -2,8 +2,9 @@ package placement
 
 import (
 	"context"
-	"sync"
 	"time"
+
+	"github.com/tesserakv/tessera/internal/stop"
 )
 
 // batchTimeout bounds one combined fetch.
@@ -16,10 +17,9 @@ const batchTimeout = 5 * time.Second
 // fetch at a time: callers that arrive during a fetch go into the next one, so
 // every caller's numbers are fetched after it asked.
 type revisionBatcher struct {
-	fetch func(ctx context.Context, count int64) (first int64, err error)
-	reqs  chan *revisionRequest
-	stopc chan struct{}
-	wg    sync.WaitGroup
+	fetch   func(ctx context.Context, count int64) (first int64, err error)
+	reqs    chan *revisionRequest
+	stopper *stop.Stopper // owns loop
 }
 
 type revisionRequest struct {
@@ -33,16 +33,12 @@ type revisionReply struct {
 }
 
 func newRevisionBatcher(fetch func(ctx context.Context, count int64) (int64, error)) *revisionBatcher {
-	b := &revisionBatcher{fetch: fetch, reqs: make(chan *revisionRequest, 1024), stopc: make(chan struct{})}
-	b.wg.Add(1)
-	go b.loop()
+	b := &revisionBatcher{fetch: fetch, reqs: make(chan *revisionRequest, 1024), stopper: stop.New()}
+	_ = b.stopper.RunAsync(b.loop)
 	return b
 }
 
-func (b *revisionBatcher) stop() {
-	close(b.stopc)
-	b.wg.Wait()
-}
+func (b *revisionBatcher) stop() { b.stopper.Stop() }
 
 // get returns the first of count consecutive revisions.
 func (b *revisionBatcher) get(ctx context.Context, count int64) (int64, error) {
@@ -51,7 +47,7 @@ func (b *revisionBatcher) get(ctx context.Context, count int64) (int64, error) {
 	case b.reqs <- req:
 	case <-ctx.Done():
 		return 0, ctx.Err()
-	case <-b.stopc:
+	case <-b.stopper.ShouldQuiesce():
 		return 0, ErrStopped
 	}
 	select {
@@ -60,18 +56,17 @@ func (b *revisionBatcher) get(ctx context.Context, count int64) (int64, error) {
 	case <-ctx.Done():
 		// The numbers fetched for this caller, if any, become a gap.
 		return 0, ctx.Err()
-	case <-b.stopc:
+	case <-b.stopper.ShouldQuiesce():
 		return 0, ErrStopped
 	}
 }
 
 func (b *revisionBatcher) loop() {
-	defer b.wg.Done()
 	var batch []*revisionRequest
 	for {
 		batch = batch[:0]
 		select {
-		case <-b.stopc:
+		case <-b.stopper.ShouldQuiesce():
 			return
 		case req := <-b.reqs:
 			batch = append(batch, req)

@@ -2,7 +2,8 @@
 //
 // The meta range is its own Raft group (a Dragonboat in-memory state machine,
 // MetaSM) holding the range descriptors, the node registry, and the oracle's
-// high-water mark. The oracle follows DESIGN.md "Revisions" 1:
+// high-water mark. The oracle works as docs/design.md, "Meta range and
+// revision oracle", describes:
 //
 //   - The meta leader hands out strictly increasing revisions (Allocator). It
 //     persists a high-water mark through the meta log before handing out any

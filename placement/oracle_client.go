@@ -32,16 +32,14 @@ func NewOracleClient(meta metaRaft, allocator *Allocator, dir *Directory) *Oracl
 // Stop ends the client's batching goroutine.
 func (c *OracleClient) Stop() { c.batcher.stop() }
 
-// Next returns a revision above every revision handed out before the call.
-func (c *OracleClient) Next(ctx context.Context) (int64, error) { return c.batcher.get(ctx, 1) }
-
-// NextN returns the first of count consecutive such revisions.
+// NextN returns the first of count consecutive revisions, each above every
+// revision handed out before the call.
 func (c *OracleClient) NextN(ctx context.Context, count int64) (int64, error) {
 	return c.batcher.get(ctx, count)
 }
 
 // Current returns a revision at or above every revision handed out before the
-// call began, taking none: what a linearizable read reads at. Like Next, it is
+// call began, taking none: what a linearizable read reads at. Like NextN, it is
 // confirmed by the meta leader after the call began.
 func (c *OracleClient) Current(ctx context.Context) (int64, error) {
 	first, err := c.batcher.get(ctx, 0)

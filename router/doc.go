@@ -2,8 +2,8 @@
 // way etcd does, sends it to the range that owns its keys, and forwards it to
 // the range leader's node when this node's replica does not lead.
 //
-// This version has one range covering the whole keyspace; the descriptor cache
-// and scatter/gather over many ranges come with placement. It must never turn
-// an outcome-unknown write into a success or a clean failure, and it never
-// retries a write whose outcome is unknown.
+// It finds the local ranges holding a request's keys (RangeCache), reads
+// across them at one revision, and refuses writes spanning ranges. It must
+// never turn an outcome-unknown write into a success or a clean failure, and
+// it never retries a write whose outcome is unknown.
 package router

@@ -18,7 +18,7 @@ import (
 // Linearizable reads on any replica. etcd serves a linearizable read on a
 // follower by asking the leader for its commit index (ReadIndex) and reading
 // locally once it has applied as much. Tessera does the same with its fence
-// (DESIGN.md, Revisions 3): the range leader raises its fence to the read's
+// (docs/design.md, "Read fence"): the range leader raises its fence to the read's
 // revision, waits for the writes at or below it, confirms its leadership and
 // answers its applied index (Internal.FenceRange); this replica waits until
 // it has applied that index and reads locally. The answer never crosses the
@@ -141,8 +141,13 @@ func (f *fenceCalls) fence(ctx context.Context, r *Router, id, leader uint64, re
 	b.current = b.current || current
 	b.leader = leader
 	if !rf.running {
+		if err := r.stopper.RunAsync(func() { f.run(r, id, rf) }); err != nil {
+			// A new runner's batch has this caller alone.
+			delete(f.byRange, id)
+			f.mu.Unlock()
+			return 0, 0, shard.ErrStopped
+		}
 		rf.running = true
-		go f.run(r, id, rf)
 	}
 	f.mu.Unlock()
 	select {
@@ -166,8 +171,10 @@ func (f *fenceCalls) run(r *Router, id uint64, rf *rangeFences) {
 		}
 		rf.next = nil
 		f.mu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), fenceCallTimeout)
+		ctx, cancel := r.stopper.WithCancelOnQuiesce(context.Background())
+		ctx, cancelTimeout := context.WithTimeout(ctx, fenceCallTimeout)
 		b.index, b.fenced, b.err = r.callFenceRange(ctx, id, b)
+		cancelTimeout()
 		cancel()
 		close(b.done)
 	}

@@ -149,6 +149,9 @@ func (r *Router) mergeSpans(ctx context.Context, req *pb.RangeRequest, spans []s
 		out = rangeAnswer{wire: &WireRangeResponse{}}
 	}
 	inKeyOrder, descending := ordered(req)
+	if !inKeyOrder && len(spans) > 1 {
+		return r.mergeSorted(ctx, req, spans, headerRev)
+	}
 	if descending {
 		spans = slices.Clone(spans)
 		slices.Reverse(spans)
@@ -158,13 +161,12 @@ func (r *Router) mergeSpans(ctx context.Context, req *pb.RangeRequest, spans []s
 		sp.rng.RecordLoad(sp.key)
 		sub := proto.CloneOf(req)
 		sub.Key, sub.RangeEnd = sp.key, sp.end
-		// In key order, ranges after the limit is filled only count; sorted
-		// by another target, every range's keys compete for the limit.
+		// In key order, ranges after the limit is filled only count. (A
+		// request sorted by another target reads one range here, as it is.)
 		have := int64(out.kvs())
 		filled := inKeyOrder && req.Limit > 0 && have >= req.Limit
 		switch {
 		case !inKeyOrder:
-			sub.Limit = 0 // sorted below, over all ranges
 		case filled:
 			sub.Limit = 1 // only to learn the count, and whether more match
 		case req.Limit > 0:
@@ -192,17 +194,61 @@ func (r *Router) mergeSpans(ctx context.Context, req *pb.RangeRequest, spans []s
 		out.wire.Header = r.header(first, headerRev)
 		return out, nil
 	}
-	if !inKeyOrder && len(spans) > 1 {
-		statemachine.SortKVs(out.resp.Kvs, req)
-		if req.Limit > 0 && int64(len(out.resp.Kvs)) > req.Limit {
-			out.resp.Kvs, out.resp.More = out.resp.Kvs[:req.Limit], true
-		}
-	}
 	if req.CountOnly {
 		out.resp.Kvs, out.resp.More = nil, false
 	}
 	out.resp.Header = r.header(first, headerRev)
 	return out, nil
+}
+
+// mergeSorted answers a Range sorted by a target other than the key, over
+// several ranges, as etcd's one store does (server/etcdserver/txn/range.go):
+// with sort order NONE, a limit and no revision filters, etcd reads only the
+// first limit+1 keys in key order and sorts those (NONE sorting ascending);
+// otherwise it sorts every key that passes the filters. Then it cuts to the
+// limit. Keys only answers sorted by value are read with their values (and
+// leases, as etcd's are), which go after the sort.
+func (r *Router) mergeSorted(ctx context.Context, req *pb.RangeRequest, spans []span, headerRev int64) (rangeAnswer, error) {
+	firstOnly := req.SortOrder == pb.RangeRequest_NONE && req.Limit > 0 &&
+		req.MinModRevision == 0 && req.MaxModRevision == 0 && req.MinCreateRevision == 0 && req.MaxCreateRevision == 0
+	read := proto.CloneOf(req)
+	read.SortOrder, read.SortTarget, read.Limit = pb.RangeRequest_NONE, pb.RangeRequest_KEY, 0
+	read.KeysOnly = req.KeysOnly && req.SortTarget != pb.RangeRequest_VALUE
+	out := &pb.RangeResponse{}
+	var localRev int64
+	for _, sp := range spans {
+		sp.rng.RecordLoad(sp.key)
+		sub := proto.CloneOf(read)
+		sub.Key, sub.RangeEnd = sp.key, sp.end
+		if firstOnly {
+			if want := req.Limit + 1 - int64(len(out.Kvs)); want > 0 {
+				sub.Limit = want
+			} else {
+				sub.CountOnly = true
+			}
+		}
+		ans, rev, err := r.readSpan(ctx, sp.rng, sub, false)
+		if err != nil {
+			return rangeAnswer{}, err
+		}
+		localRev = max(localRev, rev)
+		out.Count += ans.resp.Count
+		out.Kvs = append(out.Kvs, ans.resp.Kvs...)
+	}
+	statemachine.SortKVs(out.Kvs, req)
+	if req.Limit > 0 && int64(len(out.Kvs)) > req.Limit {
+		out.Kvs, out.More = out.Kvs[:req.Limit], true
+	}
+	if req.KeysOnly && !read.KeysOnly {
+		for _, kv := range out.Kvs {
+			kv.Value = nil
+		}
+	}
+	if headerRev == 0 {
+		headerRev = localRev
+	}
+	out.Header = r.header(spans[0].rng, headerRev)
+	return rangeAnswer{resp: out}, nil
 }
 
 // readSpan reads one range's part of a Range (in wire format when wire is

@@ -21,7 +21,7 @@ import (
 	"github.com/tesserakv/tessera/statemachine"
 )
 
-// Leases (DESIGN.md "Leases", statemachine/lease.go): the home range (the one
+// Leases (docs/design.md, "Leases"; statemachine/lease.go): the home range (the one
 // holding the lowest keys) keeps every lease's record and the clock: its
 // leader answers KeepAlive and TimeToLive and expires leases. A grant is one
 // write to the home range. Another range learns of a lease when a Put there
@@ -60,7 +60,10 @@ func (r *Router) LeaseGrant(ctx context.Context, req *pb.LeaseGrantRequest) (*pb
 		if chosen {
 			id = newLeaseID()
 		}
-		res, err = home.GrantLease(ctx, id, ttl)
+		err = r.retryLocal(ctx, func() (err error) {
+			res, err = home.GrantLease(ctx, id, ttl)
+			return err
+		})
 		if !chosen || !errors.Is(err, statemachine.ErrLeaseExists) {
 			break
 		}
@@ -125,7 +128,7 @@ func (r *Router) LeaseRevoke(ctx context.Context, req *pb.LeaseRevokeRequest) (*
 	return &pb.LeaseRevokeResponse{Header: r.header(home, rev)}, nil
 }
 
-// defaultRevokeRetryAfter is Config.RevokeRetryAfter's default.
+// defaultRevokeRetryAfter is TestingKnobs.RevokeRetryAfter's default.
 const defaultRevokeRetryAfter = 30 * time.Second
 
 // RevokeEverywhere marks a lease on the home range, revokes it on every
@@ -139,15 +142,19 @@ func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) 
 	}
 	// The mark first: from then on no range can be given the lease's record,
 	// so the revocations below leave none behind.
-	retryAfter := r.cfg.RevokeRetryAfter
+	retryAfter := r.cfg.Knobs.RevokeRetryAfter
 	if retryAfter <= 0 {
 		retryAfter = defaultRevokeRetryAfter
 	}
-	rec, err := home.MarkLease(ctx, id, retryAfter)
+	var rec *tesserapb.LeaseRecord
+	err = r.retryLocal(ctx, func() (err error) {
+		rec, err = home.MarkLease(ctx, id, retryAfter)
+		return err
+	})
 	if err != nil {
 		return 0, err
 	}
-	if hook := r.cfg.AfterLeaseMark; hook != nil {
+	if hook := r.cfg.Knobs.AfterLeaseMark; hook != nil {
 		if err := hook(id); err != nil {
 			return 0, err
 		}
@@ -188,7 +195,10 @@ func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) 
 	}
 	// Every range holding keys of it is done: the record goes (and the
 	// lease leaves the clock).
-	if _, err := home.RevokeLease(ctx, id); err != nil {
+	if err := r.retryLocal(ctx, func() error {
+		_, err := home.RevokeLease(ctx, id)
+		return err
+	}); err != nil {
 		return 0, err
 	}
 	return rev, nil
@@ -466,40 +476,48 @@ const maxLeaseAttaches = 5
 // the lease on the home range. The write goes again carrying the attachments
 // (TxnCommand.attach), which the range refuses, with the write, if it applied
 // a revocation at or above P since. A lease the home range does not have, or
-// is revoking, is ErrLeaseNotFound.
-func (r *Router) proveLeases(ctx context.Context, rng Range, req *pb.TxnRequest) ([]*tesserapb.LeaseAttach, error) {
+// is revoking, is left out (missing): the range refuses the write only if a
+// Put naming it runs, as etcd checks only the operations of the branches
+// taken; with none left to attach it is ErrLeaseNotFound.
+func (r *Router) proveLeases(ctx context.Context, rng Range, req *pb.TxnRequest) (attach []*tesserapb.LeaseAttach, missing bool, err error) {
 	home, err := r.home()
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if home.RangeID() == rng.RangeID() {
 		// The home range has every lease: not found there is not found.
-		return nil, statemachine.ErrLeaseNotFound
+		return nil, true, statemachine.ErrLeaseNotFound
 	}
-	var attach []*tesserapb.LeaseAttach
 	for _, id := range txnLeases(req) {
 		proof, err := r.oracle.Current(ctx)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		start, end, _ := rng.Bounds()
 		register := &tesserapb.Command{Op: &tesserapb.Command_LeaseRegister{LeaseRegister: &tesserapb.LeaseRegisterCommand{
 			Id: id, Span: &tesserapb.KeySpan{Start: start, End: end},
 		}}}
 		res, err := r.writeTo(ctx, home, register, false, 0)
+		if errors.Is(err, statemachine.ErrLeaseNotFound) {
+			missing = true
+			continue
+		}
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		rec := &tesserapb.LeaseRecord{}
 		if err := proto.Unmarshal(res.GetResponse(), rec); err != nil {
-			return nil, fmt.Errorf("router: decoding the record of lease %x: %w", id, err)
+			return nil, false, fmt.Errorf("router: decoding the record of lease %x: %w", id, err)
 		}
-		if hook := r.cfg.AfterLeaseProof; hook != nil {
+		if hook := r.cfg.Knobs.AfterLeaseProof; hook != nil {
 			hook(id, proof)
 		}
 		attach = append(attach, &tesserapb.LeaseAttach{Id: id, TtlSeconds: rec.TtlSeconds, ProofRevision: proof})
 	}
-	return attach, nil
+	if len(attach) == 0 {
+		return nil, true, statemachine.ErrLeaseNotFound
+	}
+	return attach, missing, nil
 }
 
 // txnLeases returns the distinct lease IDs the Puts of a Txn (nested Txns

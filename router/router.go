@@ -5,12 +5,13 @@ import (
 	"errors"
 	"iter"
 	"log/slog"
-	"sync"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/tesserakv/tessera/internal/retry"
+	"github.com/tesserakv/tessera/internal/stop"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/shard"
 	"github.com/tesserakv/tessera/statemachine"
@@ -69,15 +70,22 @@ type Config struct {
 	// Txn with a Put, LeaseGrant) with etcd's "database space exceeded".
 	SpaceExceeded func() bool
 	Logger        *slog.Logger
-	// AfterLeaseProof, for tests only, runs when attaching a lease to a range
-	// has proved it (taken the proof revision, then read the lease on the
-	// home range), before it proposes the attach.
+	// Knobs are hooks for tests only.
+	Knobs TestingKnobs
+}
+
+// TestingKnobs are the router's hooks for tests only: production leaves
+// them zero.
+type TestingKnobs struct {
+	// AfterLeaseProof runs when attaching a lease to a range has proved it
+	// (taken the proof revision, then read the lease on the home range),
+	// before it proposes the attach.
 	AfterLeaseProof func(leaseID, proof int64)
 	// RevokeRetryAfter is how long after a revocation began the home range's
 	// lease clock tries it again, in case it stopped part-way; 0 means 30 s.
 	RevokeRetryAfter time.Duration
-	// AfterLeaseMark, for tests only, runs when a revocation has marked the
-	// lease on the home range; an error stops the revocation there.
+	// AfterLeaseMark runs when a revocation has marked the lease on the home
+	// range; an error stops the revocation there.
 	AfterLeaseMark func(leaseID int64) error
 }
 
@@ -93,8 +101,12 @@ type Router struct {
 	fences fenceCalls
 	writes writeStreams // forwarded writes, one stream per node
 
-	stopc    chan struct{} // closed by Stop
-	stopOnce sync.Once
+	// stopper owns the router's goroutines: fence calls, the streams
+	// forwarding writes to other nodes and their receivers.
+	stopper *stop.Stopper
+	// writeRetry is the policy writes are retried under (retry.Writes; tests
+	// may shorten it).
+	writeRetry retry.Policy
 }
 
 // New returns a router over the ranges in the cache, forwarding to other
@@ -106,13 +118,15 @@ func New(cfg Config, ranges *RangeCache, nodes Nodes, oracle Oracle) *Router {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Router{cfg: cfg, ranges: ranges, nodes: nodes, oracle: oracle, writes: writeStreams{log: cfg.Logger}, stopc: make(chan struct{})}
+	stopper := stop.New()
+	return &Router{cfg: cfg, ranges: ranges, nodes: nodes, oracle: oracle, writes: writeStreams{log: cfg.Logger, stopper: stopper}, stopper: stopper, writeRetry: retry.Writes}
 }
 
 // Stop ends the write streams other nodes opened here (RangeWriteStream),
-// once the writes they carry are answered; call it before the gRPC server's
-// graceful stop, which would otherwise wait for those nodes to hang up.
-func (r *Router) Stop() { r.stopOnce.Do(func() { close(r.stopc) }) }
+// once the writes they carry are answered, and the router's own goroutines;
+// call it before the gRPC server's graceful stop, which would otherwise wait
+// for those nodes to hang up.
+func (r *Router) Stop() { r.stopper.Stop() }
 
 // header returns an etcd response header at revision rev, with the term of
 // the range that answered.

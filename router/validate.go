@@ -60,7 +60,22 @@ func checkDelete(r *pb.DeleteRangeRequest) error {
 	return nil
 }
 
+// checkTxn checks every operation of the whole tree first (checkTxnOps),
+// then the duplicate-key rule, as etcd does (checkTxnRequest, then
+// checkIntervals): a txn breaking both answers with the operation's error.
 func checkTxn(r *pb.TxnRequest, maxTxnOps int) error {
+	if err := checkTxnOps(r, maxTxnOps); err != nil {
+		return err
+	}
+	// After the cheap checks, as etcd does, to avoid quadratic work on
+	// requests refused anyway.
+	if err := statemachine.CheckTxnWrites(r); err != nil {
+		return rpctypes.ErrGRPCDuplicateKey
+	}
+	return nil
+}
+
+func checkTxnOps(r *pb.TxnRequest, maxTxnOps int) error {
 	opc := max(len(r.Compare), len(r.Success), len(r.Failure))
 	if opc > maxTxnOps {
 		return rpctypes.ErrGRPCTooManyOps
@@ -77,11 +92,6 @@ func checkTxn(r *pb.TxnRequest, maxTxnOps int) error {
 			}
 		}
 	}
-	// After the cheap checks, as etcd does, to avoid quadratic work on
-	// requests refused anyway.
-	if err := statemachine.CheckTxnWrites(r); err != nil {
-		return rpctypes.ErrGRPCDuplicateKey
-	}
 	return nil
 }
 
@@ -94,7 +104,7 @@ func checkRequestOp(op *pb.RequestOp, maxTxnOps int) error {
 	case *pb.RequestOp_RequestDeleteRange:
 		return checkDelete(req.RequestDeleteRange)
 	case *pb.RequestOp_RequestTxn:
-		return checkTxn(req.RequestTxn, maxTxnOps)
+		return checkTxnOps(req.RequestTxn, maxTxnOps)
 	default:
 		// An empty operation: etcd answers "key not found".
 		return rpctypes.ErrGRPCKeyNotFound

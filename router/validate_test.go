@@ -42,6 +42,8 @@ func TestCheckTxn(t *testing.T) {
 		{"empty key in compare", &pb.TxnRequest{Compare: []*pb.Compare{{}}}, rpctypes.ErrGRPCEmptyKey},
 		{"empty key in nested put", &pb.TxnRequest{Success: ops(txn(ops(put("")), nil))}, rpctypes.ErrGRPCEmptyKey},
 		{"empty operation", &pb.TxnRequest{Success: ops(&pb.RequestOp{})}, rpctypes.ErrGRPCKeyNotFound},
+		// etcd checks every operation of the tree before any duplicate.
+		{"duplicate in a nested txn before an empty key", &pb.TxnRequest{Success: ops(txn(ops(put("a"), put("a")), nil)), Failure: ops(put(""))}, rpctypes.ErrGRPCEmptyKey},
 		{"too many ops", &pb.TxnRequest{Success: make([]*pb.RequestOp, 4)}, rpctypes.ErrGRPCTooManyOps},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

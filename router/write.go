@@ -5,10 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -26,10 +24,6 @@ import (
 // maxRouteAttempts bounds the retries of a request that met a stale range
 // cache (a split).
 const maxRouteAttempts = 5
-
-// leaderMoveBudget bounds how long a write keeps looking for a range's
-// leader while leadership moves.
-const leaderMoveBudget = 3 * time.Second
 
 // reroute reports whether a request that failed with err should be routed
 // again: a range answered that its bounds no longer hold the request's keys
@@ -52,88 +46,95 @@ func (r *Router) reroute(ctx context.Context, err error, attempt int) bool {
 }
 
 // writeTo proposes cmd to rng on its leader: here when this replica leads,
-// otherwise through Internal.RangeWriteStream to the leader's node. fenceRev, when
-// positive, is raised on the leader's fence first (compaction).
+// otherwise through Internal.RangeWriteStream to the leader's node. fenceRev,
+// when positive, is raised on the leader's fence first (compaction).
+//
+// This is the one place a write is tried again (retry.Writes): while the
+// range has no leader ready (an election, a leadership barrier being redone,
+// Raft busy: shard.RetryableError here, FailedPrecondition from the node
+// asked), while the node named as leader names another, and while the
+// leader's node cannot be reached (the write never left). A write whose
+// outcome is unknown is never tried again.
 func (r *Router) writeTo(ctx context.Context, rng Range, cmd *tesserapb.Command, writesKeys bool, fenceRev int64) (*tesserapb.Result, error) {
 	var (
-		err  error
+		res  *tesserapb.Result
 		hint uint64 // the leader another node named, if any
 		body []byte // cmd encoded, once, for forwarding
 	)
-	// A leader that moves (a transfer, an election) takes a moment to be
-	// ready to write: keep asking, for a bounded time.
-	deadline := time.Now().Add(leaderMoveBudget)
-	for attempt := 0; attempt == 0 || time.Now().Before(deadline); attempt++ {
-		if attempt > 0 {
-			select {
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			case <-time.After(time.Duration(min(attempt, 4)) * 50 * time.Millisecond):
-			}
-		}
+	err := r.writeRetry.Do(ctx, r.stopper.ShouldQuiesce(), func() (again bool, err error) {
+		res = nil
 		leader := hint
+		hint = 0
 		if leader == 0 || leader == rng.ReplicaID() {
-			var res *tesserapb.Result
-			err = nil // each attempt starts afresh (the last one's error is kept only to return it)
 			if fenceRev > 0 {
 				err = rng.Fence(ctx, fenceRev)
 			}
 			if err == nil {
 				res, err = rng.Write(ctx, cmd, writesKeys)
 			}
-			// RangeWrite never forwards again, so even a request that was
+			// rangeWrite never forwards again, so even a request that was
 			// itself forwarded here may forward a write for a range led
 			// elsewhere.
 			var forwardable bool
 			if leader, forwardable = leaderOf(err); !forwardable {
-				return res, err
+				return shard.IsRetryable(err), err
 			}
 		}
-		hint = 0
+		notLeaderHere := err
 		cc, cerr := r.nodes.Conn(ctx, leader)
 		if cerr != nil {
 			// The leader's address is not known here yet (the node
 			// registry's own leader may be moving): ask again.
 			r.cfg.Logger.Debug("no connection to the range leader", "range", rng.RangeID(), "leader", leader, "err", cerr)
-			continue
+			if notLeaderHere == nil {
+				notLeaderHere = &shard.NotLeaderError{LeaderReplicaID: leader}
+			}
+			return true, notLeaderHere
 		}
 		if body == nil {
-			var merr error
-			if body, merr = proto.Marshal(cmd); merr != nil {
-				return nil, merr
+			if body, err = proto.Marshal(cmd); err != nil {
+				return false, err
 			}
 		}
 		resp, ferr := r.writes.call(ctx, cc, &tesserapb.RangeWriteRequest{
 			RangeId: rng.RangeID(), Command: body, WritesKeys: writesKeys, FenceRevision: fenceRev,
 		})
-		if ferr != nil {
-			if neverSent(ferr) {
-				// The leader's node is down (stopped, restarting): the
-				// request never left, so asking again is safe; the replicas
-				// here elect or learn a new leader meanwhile.
-				err = ferr
-				continue
+		switch {
+		case ferr == nil:
+			res = resp.Result
+			return false, statemachine.ErrorFromResult(resp.Result)
+		case neverSent(ferr):
+			// The leader's node is down (stopped, restarting): the request
+			// never left, so asking again is safe; the replicas here elect or
+			// learn a new leader meanwhile.
+			return true, ferr
+		case status.Code(ferr) == codes.FailedPrecondition:
+			// The node asked does not lead, or is not ready to: try where it
+			// says the leader is (this node's own view can lag).
+			if h := leaderHint(ferr); h != leader {
+				hint = h
 			}
-			if status.Code(ferr) == codes.FailedPrecondition {
-				// The leader moved on. The node asked may know where to
-				// (this node's own view can lag): try there next.
-				err = ferr
-				if h := leaderHint(ferr); h != leader {
-					hint = h
-				}
-				continue
-			}
-			return nil, ferr
+			return true, ferr
 		}
-		return resp.Result, statemachine.ErrorFromResult(resp.Result)
-	}
-	if status.Code(err) == codes.FailedPrecondition || neverSent(err) {
+		return false, ferr
+	})
+	if err != nil && (status.Code(err) == codes.FailedPrecondition || neverSent(err)) {
 		// The nodes kept naming leaders that were not (yet) ready, or the
 		// leader's node stayed unreachable: to the client that is etcd's
 		// "no leader", which it retries.
 		return nil, fmt.Errorf("%w: %v", shard.ErrNoLeader, status.Convert(err).Message())
 	}
-	return nil, err
+	return res, err
+}
+
+// retryLocal runs a write on a local replica under the same policy as
+// writeTo: again while it fails with a shard.RetryableError. Any other
+// error, a replica naming another leader among them, is returned.
+func (r *Router) retryLocal(ctx context.Context, write func() error) error {
+	return r.writeRetry.Do(ctx, r.stopper.ShouldQuiesce(), func() (bool, error) {
+		err := write()
+		return shard.IsRetryable(err), err
+	})
 }
 
 // ProposeTo proposes a command that takes no revision (a split, a barrier)
@@ -142,9 +143,9 @@ func (r *Router) ProposeTo(ctx context.Context, rng Range, cmd *tesserapb.Comman
 	return r.writeTo(ctx, rng, cmd, false, 0)
 }
 
-// RangeWrite serves Internal.RangeWrite: a write another node forwards to the
-// range leader here.
-func (r *Router) RangeWrite(ctx context.Context, req *tesserapb.RangeWriteRequest) (*tesserapb.RangeWriteResponse, error) {
+// rangeWrite serves one write another node forwarded on its
+// RangeWriteStream to the range leader here.
+func (r *Router) rangeWrite(ctx context.Context, req *tesserapb.RangeWriteRequest) (*tesserapb.RangeWriteResponse, error) {
 	rng := r.ranges.byID(req.RangeId)
 	if rng == nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "tessera: range %d is not on this node", req.RangeId)
@@ -165,10 +166,29 @@ func (r *Router) RangeWrite(ctx context.Context, req *tesserapb.RangeWriteReques
 		// A state machine's answer, error or not, goes back as it is.
 		return &tesserapb.RangeWriteResponse{Result: res}, nil
 	}
-	if errors.Is(err, shard.ErrNotLeader) || errors.Is(err, shard.ErrNoLeader) {
-		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	var nl *shard.NotLeaderError
+	switch {
+	case errors.As(err, &nl) && nl.LeaderReplicaID != 0:
+		return nil, notLeaderStatus(nl.LeaderReplicaID, err)
+	case errors.As(err, &nl), errors.Is(err, shard.ErrNoLeader), shard.IsRetryable(err):
+		// Not ready to lead: the sender tries again, at the leader this
+		// replica knows, if any.
+		leader, _, _ := rng.Leader()
+		return nil, notLeaderStatus(leader, err)
 	}
 	return nil, ToGRPC(err)
+}
+
+// notLeaderStatus is the FailedPrecondition a node answers a forwarded write
+// with when its replica does not lead or is not ready to (the write was not
+// applied): err's text, and the leader it knows (0: none) as a
+// tesserapb.NotLeader detail.
+func notLeaderStatus(leader uint64, err error) error {
+	st, derr := status.New(codes.FailedPrecondition, err.Error()).WithDetails(&tesserapb.NotLeader{LeaderReplicaId: leader})
+	if derr != nil {
+		return status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return st.Err()
 }
 
 // txnOn proposes a checked TxnRequest to the one range that holds all its
@@ -186,6 +206,7 @@ func (r *Router) txnOn(ctx context.Context, req *pb.TxnRequest) (Range, *pb.TxnR
 	}
 	cmd := &tesserapb.Command{Op: &tesserapb.Command_Txn{Txn: &tesserapb.TxnCommand{Request: body}}}
 	attaches := 0
+	missingLeases := false // the last proof found a lease named that does not exist
 	for attempt := 0; ; attempt++ {
 		intervals := txnIntervals(req)
 		rng, err := r.singleRange(intervals)
@@ -199,13 +220,17 @@ func (r *Router) txnOn(ctx context.Context, req *pb.TxnRequest) (Range, *pb.TxnR
 		if r.reroute(ctx, err, attempt) {
 			continue
 		}
-		if (errors.Is(err, statemachine.ErrLeaseNotFound) || errors.Is(err, statemachine.ErrLeaseProofOld)) && attaches < maxLeaseAttaches {
+		retryAttach := errors.Is(err, statemachine.ErrLeaseProofOld) ||
+			errors.Is(err, statemachine.ErrLeaseNotFound) && !(attaches > 0 && missingLeases)
+		if retryAttach && attaches < maxLeaseAttaches {
 			// The range may not know the lease yet (or refused the
 			// proof of an earlier round): prove the lease on the home
-			// range and write again, giving the range its record.
+			// range and write again, giving the range its record. A
+			// refusal after a proof that found a named lease missing is
+			// that lease's: the answer.
 			attaches++
 			var attach []*tesserapb.LeaseAttach
-			if attach, err = r.proveLeases(ctx, rng, req); err == nil {
+			if attach, missingLeases, err = r.proveLeases(ctx, rng, req); err == nil {
 				cmd = &tesserapb.Command{Op: &tesserapb.Command_Txn{Txn: &tesserapb.TxnCommand{Request: body, Attach: attach}}}
 				continue
 			}
@@ -266,6 +291,13 @@ func (r *Router) singleRange(intervals [][2][]byte) (Range, error) {
 func (r *Router) rangesOfIntervals(intervals [][2][]byte) (Range, map[uint64]bool, error) {
 	var found Range
 	ids := map[uint64]bool{}
+	// An empty interval holds no key, so it touches no range — unless every
+	// interval is empty, and then the range of the first key answers.
+	if slices.ContainsFunc(intervals, func(iv [2][]byte) bool { return !emptyInterval(iv) }) {
+		intervals = slices.DeleteFunc(slices.Clone(intervals), emptyInterval)
+	} else if len(intervals) > 0 {
+		intervals = [][2][]byte{{intervals[0][0], nil}}
+	}
 	for i, iv := range intervals {
 		if slices.ContainsFunc(intervals[:i], func(o [2][]byte) bool {
 			return bytes.Equal(o[0], iv[0]) && bytes.Equal(o[1], iv[1])
@@ -282,6 +314,13 @@ func (r *Router) rangesOfIntervals(intervals [][2][]byte) (Range, map[uint64]boo
 		}
 	}
 	return found, ids, nil
+}
+
+// emptyInterval reports whether an interval in etcd's form is [key, end)
+// with end at or before key: no key at all.
+func emptyInterval(iv [2][]byte) bool {
+	end := iv[1]
+	return len(end) > 0 && !(len(end) == 1 && end[0] == 0) && bytes.Compare(end, iv[0]) <= 0
 }
 
 // txnIntervals lists every key interval a Txn reads or writes, in etcd's
@@ -308,27 +347,27 @@ func txnIntervals(req *pb.TxnRequest) [][2][]byte {
 	return out
 }
 
-// leaderHintPattern finds the leader a node named in its not-leader answer
-// (shard.NotLeaderError's text, carried by a FailedPrecondition status).
-var leaderHintPattern = regexp.MustCompile(`leader is replica (\d+)`)
-
 // leaderHint returns the replica a forwarded write's refusal names as the
-// leader, or 0.
+// leader (its tesserapb.NotLeader detail), or 0.
 func leaderHint(err error) uint64 {
-	m := leaderHintPattern.FindStringSubmatch(status.Convert(err).Message())
-	if m == nil {
-		return 0
+	for _, d := range status.Convert(err).Details() {
+		if nl, ok := d.(*tesserapb.NotLeader); ok {
+			return nl.LeaderReplicaId
+		}
 	}
-	id, perr := strconv.ParseUint(m[1], 10, 64)
-	if perr != nil {
-		return 0
-	}
-	return id
+	return 0
 }
 
-// neverSent reports whether a forwarded request failed before it was sent:
-// gRPC could not connect to the node. (An Unavailable from a connection
-// that broke mid-request is not: the write may have been applied.)
+// notSentError is a forwarded write that never left this node: the stream
+// to the leader's node could not be opened, so asking again is safe.
+type notSentError struct{ st *status.Status }
+
+func (e *notSentError) Error() string              { return e.st.Err().Error() }
+func (e *notSentError) GRPCStatus() *status.Status { return e.st }
+
+// neverSent reports whether a forwarded write failed before it was sent. A
+// write on a stream that broke is not: it may have been applied.
 func neverSent(err error) bool {
-	return status.Code(err) == codes.Unavailable && strings.Contains(status.Convert(err).Message(), "while dialing")
+	var ns *notSentError
+	return errors.As(err, &ns)
 }

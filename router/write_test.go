@@ -19,17 +19,17 @@ import (
 	"github.com/tesserakv/tessera/shard"
 )
 
-// TestLeaderHint: the leader a forwarded write's refusal names is read back
-// from shard's own error text as RangeWrite sends it, and nothing is read
-// from refusals that name none.
+// TestLeaderHint: the leader a forwarded write's refusal names is read from
+// its NotLeader detail, never from its text.
 func TestLeaderHint(t *testing.T) {
 	for _, c := range []struct {
 		err  error
 		want uint64
 	}{
-		{status.Error(codes.FailedPrecondition, (&shard.NotLeaderError{LeaderReplicaID: 3}).Error()), 3},
-		{status.Error(codes.FailedPrecondition, (&shard.NotLeaderError{LeaderReplicaID: 12}).Error()), 12},
-		{status.Error(codes.FailedPrecondition, (&shard.NotLeaderError{}).Error()), 0},
+		{notLeaderStatus(3, &shard.NotLeaderError{LeaderReplicaID: 3}), 3},
+		{notLeaderStatus(12, &shard.NotLeaderError{LeaderReplicaID: 12}), 12},
+		{notLeaderStatus(0, &shard.NotLeaderError{}), 0},
+		{status.Error(codes.FailedPrecondition, (&shard.NotLeaderError{LeaderReplicaID: 3}).Error()), 0},
 		{status.Error(codes.FailedPrecondition, "tessera: range 4 is not on this node"), 0},
 		{errors.New("not a status"), 0},
 	} {
@@ -48,7 +48,7 @@ func (n *notLeaderRange) Write(context.Context, *tesserapb.Command, bool) (*tess
 	return nil, &shard.NotLeaderError{LeaderReplicaID: 2}
 }
 
-// peer is another node's Internal service: it refuses RangeWrite naming
+// peer is another node's Internal service: it refuses writes naming
 // next as the leader, or (next 0) takes it.
 type peer struct {
 	tesserapb.UnimplementedInternalServer
@@ -56,16 +56,16 @@ type peer struct {
 	calls atomic.Int64
 }
 
-func (p *peer) RangeWrite(context.Context, *tesserapb.RangeWriteRequest) (*tesserapb.RangeWriteResponse, error) {
+func (p *peer) write(context.Context, *tesserapb.RangeWriteRequest) (*tesserapb.RangeWriteResponse, error) {
 	p.calls.Add(1)
 	if p.next != 0 {
-		return nil, status.Error(codes.FailedPrecondition, (&shard.NotLeaderError{LeaderReplicaID: p.next}).Error())
+		return nil, notLeaderStatus(p.next, &shard.NotLeaderError{LeaderReplicaID: p.next})
 	}
 	return &tesserapb.RangeWriteResponse{Result: &tesserapb.Result{}}, nil
 }
 
 func (p *peer) RangeWriteStream(s tesserapb.Internal_RangeWriteStreamServer) error {
-	return serveRangeWrites(s, nil, p.RangeWrite)
+	return serveRangeWrites(s, nil, p.write)
 }
 
 // peers serves each peer on its own 127.0.0.1 port and connects to them.

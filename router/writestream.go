@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/tesserakv/tessera/internal/stop"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
@@ -18,7 +19,8 @@ import (
 // message each way on a stream that is already open, instead of a call of
 // its own (stream set-up, headers, a handler goroutine on the leader's node).
 type writeStreams struct {
-	log *slog.Logger
+	log     *slog.Logger
+	stopper *stop.Stopper // the router's
 
 	mu      sync.Mutex
 	streams map[*grpc.ClientConn]*streamSlot // guarded by mu
@@ -48,11 +50,11 @@ type writeStream struct {
 	err     error // set once the stream broke; no more sends
 }
 
-// call sends req to the node of cc and waits for its answer, with the
-// errors a unary Internal.RangeWrite would give: the status the leader's
-// node answered, Unavailable "while dialing" when the stream could not be
-// opened (the write was never sent), or Unavailable when the stream broke
-// with the write sent (it may have been applied).
+// call sends req to the node of cc and waits for its answer. It fails with
+// the status the leader's node answered (with its NotLeader detail), a
+// notSentError when the stream could not be opened (the write was never
+// sent), or Unavailable when the stream broke with the write sent (it may
+// have been applied).
 func (w *writeStreams) call(ctx context.Context, cc *grpc.ClientConn, req *tesserapb.RangeWriteRequest) (*tesserapb.RangeWriteResponse, error) {
 	ws, err := w.open(ctx, cc)
 	if err != nil {
@@ -83,7 +85,13 @@ func (w *writeStreams) call(ctx context.Context, cc *grpc.ClientConn, req *tesse
 	select {
 	case resp := <-ch:
 		if resp.Code != uint32(codes.OK) {
-			return nil, status.Error(codes.Code(resp.Code), resp.Message)
+			st := status.New(codes.Code(resp.Code), resp.Message)
+			if resp.NotLeader != nil {
+				if withLeader, err := st.WithDetails(resp.NotLeader); err == nil {
+					st = withLeader
+				}
+			}
+			return nil, st.Err()
 		}
 		return resp.Response, nil
 	case <-ctx.Done():
@@ -107,7 +115,11 @@ func (w *writeStreams) open(ctx context.Context, cc *grpc.ClientConn) (*writeStr
 				w.streams = map[*grpc.ClientConn]*streamSlot{}
 			}
 			w.streams[cc] = slot
-			go w.dial(cc, slot)
+			if err := w.stopper.RunAsync(func() { w.dial(cc, slot) }); err != nil {
+				delete(w.streams, cc)
+				w.mu.Unlock()
+				return nil, status.Error(codes.Unavailable, "tessera: node stopping")
+			}
 		}
 		w.mu.Unlock()
 		select {
@@ -130,16 +142,25 @@ func (w *writeStreams) open(ctx context.Context, cc *grpc.ClientConn) (*writeStr
 // failed is forgotten, so the next write tries again.
 func (w *writeStreams) dial(cc *grpc.ClientConn, slot *streamSlot) {
 	defer close(slot.ready)
-	ctx, cancel := context.WithCancel(forwardedContext(context.Background()))
+	ctx, cancel := w.stopper.WithCancelOnQuiesce(forwardedContext(context.Background()))
 	stream, err := tesserapb.NewInternalClient(cc).RangeWriteStream(ctx)
 	if err != nil {
 		cancel()
 		slot.err = err
+		if st := status.Convert(err); st.Code() == codes.Unavailable {
+			slot.err = &notSentError{st: st}
+		}
 		w.forget(cc, slot)
 		return
 	}
-	slot.ws = &writeStream{owner: w, slot: slot, cc: cc, cancel: cancel, stream: stream, pending: map[uint64]chan *tesserapb.RangeWriteStreamResponse{}}
-	go slot.ws.receive()
+	ws := &writeStream{owner: w, slot: slot, cc: cc, cancel: cancel, stream: stream, pending: map[uint64]chan *tesserapb.RangeWriteStreamResponse{}}
+	if err := w.stopper.RunAsync(ws.receive); err != nil {
+		cancel()
+		slot.err = status.Error(codes.Unavailable, "tessera: node stopping")
+		w.forget(cc, slot)
+		return
+	}
+	slot.ws = ws
 }
 
 // forget drops slot from the streams if it is still cc's.
@@ -194,12 +215,12 @@ func (ws *writeStream) broke(err error) {
 	ws.owner.forget(ws.cc, ws.slot)
 }
 
-// RangeWriteStream serves Internal.RangeWriteStream with RangeWrite. When
+// RangeWriteStream serves Internal.RangeWriteStream with rangeWrite. When
 // the router stops, the stream ends (Unavailable) once the writes it carries
 // are answered, so that a graceful stop of the server does not wait for the
 // sending node to hang up.
 func (r *Router) RangeWriteStream(stream tesserapb.Internal_RangeWriteStreamServer) error {
-	return serveRangeWrites(stream, r.stopc, r.RangeWrite)
+	return serveRangeWrites(stream, r.stopper.ShouldQuiesce(), r.rangeWrite)
 }
 
 // serveRangeWrites serves each request of a RangeWriteStream with write as
@@ -225,6 +246,11 @@ func serveRangeWrites(stream tesserapb.Internal_RangeWriteStreamServer, stopc <-
 		if err != nil {
 			st := status.Convert(err)
 			out.Code, out.Message = uint32(st.Code()), st.Message()
+			for _, d := range st.Details() {
+				if nl, ok := d.(*tesserapb.NotLeader); ok {
+					out.NotLeader = nl
+				}
+			}
 		} else {
 			out.Response = resp
 		}

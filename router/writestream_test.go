@@ -14,10 +14,11 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/tesserakv/tessera/internal/stop"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
-// heldPeer answers each RangeWrite when the test releases its range ID,
+// heldPeer answers each forwarded write when the test releases its range ID,
 // with the range ID as the result's generation, and records whether the
 // request carried a deadline.
 type heldPeer struct {
@@ -43,7 +44,7 @@ func (p *heldPeer) gate(id uint64) chan struct{} {
 	return p.release[id]
 }
 
-func (p *heldPeer) RangeWrite(ctx context.Context, req *tesserapb.RangeWriteRequest) (*tesserapb.RangeWriteResponse, error) {
+func (p *heldPeer) write(ctx context.Context, req *tesserapb.RangeWriteRequest) (*tesserapb.RangeWriteResponse, error) {
 	_, hasDeadline := ctx.Deadline()
 	p.mu.Lock()
 	p.deadline[req.RangeId] = hasDeadline
@@ -61,7 +62,7 @@ func (p *heldPeer) RangeWrite(ctx context.Context, req *tesserapb.RangeWriteRequ
 }
 
 func (p *heldPeer) RangeWriteStream(s tesserapb.Internal_RangeWriteStreamServer) error {
-	return serveRangeWrites(s, p.stopc, p.RangeWrite)
+	return serveRangeWrites(s, p.stopc, p.write)
 }
 
 // heldSetup serves a new heldPeer and returns it, its server, a connection
@@ -71,7 +72,9 @@ func heldSetup(t *testing.T) (*heldPeer, *grpc.Server, *grpc.ClientConn, *writeS
 	srv, cc := serveInternal(t, p)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
-	return p, srv, cc, &writeStreams{log: slog.New(slog.DiscardHandler)}, ctx
+	stopper := stop.New()
+	t.Cleanup(stopper.Stop)
+	return p, srv, cc, &writeStreams{log: slog.New(slog.DiscardHandler), stopper: stopper}, ctx
 }
 
 type callResult struct {

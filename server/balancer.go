@@ -26,13 +26,13 @@ func (s *Server) runLeaderBalancer() {
 	if interval == 0 {
 		interval = defaultLeaderBalanceInterval
 	}
-	s.every(interval, func(time.Time) { s.BalanceLeadersOnce() })
+	s.every(interval, func(time.Time) { s.balanceLeadersOnce() })
 }
 
-// BalanceLeadersOnce is one check of the leader balancer (runLeaderBalancer):
+// balanceLeadersOnce is one check of the leader balancer (runLeaderBalancer):
 // it asks for at most one of this node's leaderships to move, and reports
 // whether it did.
-func (s *Server) BalanceLeadersOnce() bool {
+func (s *Server) balanceLeadersOnce() bool {
 	s.picksMu.Lock()
 	led := s.leadershipCounts(0)
 	s.picksMu.Unlock()

@@ -49,24 +49,6 @@ type Config struct {
 	// progress notifications get one (etcd's default: 10 minutes).
 	WatchProgressNotifyInterval time.Duration
 
-	// AfterRevisionsTaken, for tests only, is passed to every range replica
-	// (see shard.Config.AfterRevisionsTaken).
-	AfterRevisionsTaken func(rangeID uint64, first int64)
-	// BeforeApply, for tests only, runs as a range replica's state machine
-	// starts applying a batch of entries (it may block, holding the range's
-	// applies back; see statemachine.StoreOptions.BeforeUpdate).
-	BeforeApply func(rangeID uint64)
-	// RangeRequestTimeout, for tests only, bounds one proposal or ReadIndex
-	// round of a range replica (shard.Config.RequestTimeout); 0: its default.
-	RangeRequestTimeout time.Duration
-	// AfterLeaseProof, for tests only, is the router's hook (see
-	// router.Config.AfterLeaseProof).
-	AfterLeaseProof func(leaseID, proof int64)
-	// RevokeRetryAfter and AfterLeaseMark, for tests only, are the router's
-	// (see router.Config).
-	RevokeRetryAfter time.Duration
-	AfterLeaseMark   func(leaseID int64) error
-
 	// LogDBShards is Dragonboat's LogDB shard count (one fsync each per cycle).
 	LogDBShards uint64
 	// RaftStepWorkers is Dragonboat's step worker count (ExecShards). Each
@@ -92,6 +74,9 @@ type Config struct {
 	LeaderBalanceInterval time.Duration
 
 	Logger *slog.Logger
+
+	// Knobs are hooks for tests only.
+	Knobs TestingKnobs
 }
 
 // Member of the initial cluster.

@@ -12,9 +12,8 @@ import (
 // sized for a few busy groups: each group preallocates a receive queue of
 // 2×1,024 messages, a proposal queue of 2×2,048 entries, a ReadIndex queue of
 // 2×4,096 requests and 16 pending-proposal shards, each with its own lock and
-// random source. That is about 0.6 MB per group before any traffic (1,000
-// ranges cost 450–650 MB of heap), and the shards are all swept on every tick,
-// quiesced or not.
+// random source. That is about 0.6 MB per group before any traffic, and the
+// shards are all swept on every tick, quiesced or not.
 //
 // A Tessera range needs much less: its replica has a single goroutine
 // proposing (so one pending-proposal shard has no contention), Raft messages
@@ -64,16 +63,11 @@ var dbNodeReloadInterval time.Duration
 
 // nodeReloadInterval is how often each of Dragonboat's step, commit and apply
 // workers sweeps every Raft group it serves whether or not it was signalled
-// [200 ms]. Work is signalled to these workers as it arrives and every group
-// is stepped on every tick anyway, so at 200 ms the sweeps visited an idle
-// group 25 times a second besides its 10 ticks: at 1,000 ranges on one idle
-// node, a fifth of the process's CPU (bench/idle.sh --ranges 1000,
-// alternating: 6.1-7.4 % of a core at 200 ms, 5.9-6.4 % at 1 s, 5.3-5.8 % at
-// 2 s). The sweep is not only a fallback, though: a group just started (a
-// split's child, every range at startup) is signalled to the apply worker
-// together with the news that it exists, and when the worker takes the first
-// signal first, the group is initialised only by the next sweep. So the
-// interval bounds that wait, and stays short of the election timeout.
+// (Dragonboat's default: 200 ms). Work is signalled as it arrives and every
+// group is stepped on every tick, so frequent sweeps cost idle groups CPU for
+// nothing (docs/performance.md, "Idle cost of many ranges"). But a group just
+// started (a split's child, every range at startup) may be initialised only
+// by the next sweep, so the interval stays short of the election timeout.
 const nodeReloadInterval = time.Second
 
 var tuneDragonboatOnce sync.Once

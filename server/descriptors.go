@@ -22,7 +22,7 @@ func (s *Server) runDescriptorSync() {
 	defer tick.Stop()
 	for {
 		select {
-		case <-s.stopc:
+		case <-s.stopper.ShouldQuiesce():
 			return
 		case <-tick.C:
 		case <-s.rangesChanged:
@@ -58,15 +58,11 @@ func (s *Server) recordRanges() {
 	if len(ds) == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), descriptorSyncInterval)
+	// A stopping server does not wait for the timeout.
+	ctx, cancel := s.stopper.WithCancelOnQuiesce(context.Background())
 	defer cancel()
-	go func() { // a stopping server does not wait for the timeout
-		select {
-		case <-s.stopc:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
+	ctx, cancelTimeout := context.WithTimeout(ctx, descriptorSyncInterval)
+	defer cancelTimeout()
 	n, err := placement.RecordRanges(ctx, s.meta, ds)
 	if err != nil {
 		s.log.Debug("recording range descriptors", "recorded", n, "err", err)
@@ -75,10 +71,4 @@ func (s *Server) recordRanges() {
 	if n > 0 {
 		s.log.Debug("recorded range descriptors", "recorded", n)
 	}
-}
-
-// RecordedRanges returns the range descriptors the meta range records, in
-// key order (a linearizable read).
-func (s *Server) RecordedRanges(ctx context.Context) ([]*tesserapb.RangeDescriptor, error) {
-	return placement.Ranges(ctx, s.meta, true)
 }

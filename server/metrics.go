@@ -17,7 +17,7 @@ func (s *Server) startMetrics() error {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/health", func(w http.ResponseWriter, _ *http.Request) {
-		if s.IsLeader() || s.rangeByID(firstRangeID) != nil {
+		if s.leadsHomeRange() || s.rangeByID(firstRangeID) != nil {
 			fmt.Fprintln(w, `{"health":"true"}`)
 			return
 		}
@@ -44,7 +44,7 @@ func (s *Server) startMetrics() error {
 			}
 		})
 		s.goTask(func() {
-			<-s.stopc
+			<-s.stopper.ShouldQuiesce()
 			_ = srv.Close()
 		})
 	}

@@ -54,8 +54,8 @@ func (s *Server) raftConfig(rangeID uint64) dbconfig.Config {
 		// and compact the truncated span at every log truncation; without
 		// them the truncation's range deletion is dropped by the store's own
 		// flushes and compactions, and a log truncated before its memtable
-		// fills is never written to a table. Clusters of several members,
-		// where this was not measured, keep Dragonboat's default.
+		// fills is never written to a table. Clusters of several members
+		// keep Dragonboat's default.
 		DisableAutoCompactions: s.soleNode(),
 		// An idle range stops heartbeating (Dragonboat's quiesce), so a node
 		// with many ranges does not burn CPU while they are idle.
@@ -72,12 +72,9 @@ func (s *Server) raftConfig(rangeID uint64) dbconfig.Config {
 // machine is on disk; Dragonboat snapshots only the metadata). Truncated
 // every 2 MiB, a busy range's log stays within one 4 MiB memtable of
 // Dragonboat's log store (shared by every range), so it is mostly deleted
-// before it is flushed and compacted (at 10,000 entries of 4 KiB it never
-// was). 100,000 Puts of 4 KiB on one node, three alternating pairs: 6,946–
-// 7,256 → 7,622–7,833 Puts/s, 15.3–16.3 → 14.2–14.5 CPU-s, the log store
-// 96–147 → 25–28 MiB on disk; 256-byte Puts unchanged (a truncation every
-// 500 entries, tried first, cost them 4–10 % in snapshots: hence bytes
-// rather than entries).
+// before it is flushed and compacted (docs/performance.md, "Short Raft logs
+// on one node"). The trigger is in bytes, not entries, so that small entries
+// do not snapshot more often.
 func (s *Server) raftLogSettings() (snapshotEntries, catchUpEntries uint64, snapshotBytes int64) {
 	snapshotEntries, catchUpEntries = DefaultSnapshotCount, DefaultSnapshotCatchUp
 	if s.soleNode() {
@@ -120,8 +117,8 @@ func (s *Server) startRange(rangeID uint64) error {
 	}
 	_, _, snapshotBytes := s.raftLogSettings()
 	cfg := shard.Config{RangeID: rangeID, ReplicaID: s.replicaID, SoleReplica: s.soleNode(), SnapshotEveryBytes: snapshotBytes,
-		RequestTimeout: s.cfg.RangeRequestTimeout, Logger: s.log}
-	if hook := s.cfg.AfterRevisionsTaken; hook != nil {
+		RequestTimeout: s.cfg.Knobs.RangeRequestTimeout, Logger: s.log}
+	if hook := s.cfg.Knobs.AfterRevisionsTaken; hook != nil {
 		cfg.AfterRevisionsTaken = func(first int64) { hook(rangeID, first) }
 	}
 	if rangeID == firstRangeID {
@@ -145,7 +142,7 @@ func (s *Server) startRange(rangeID uint64) error {
 func (s *Server) onSplit(parentID, childID uint64) {
 	s.goTask(func() {
 		select {
-		case <-s.stopc:
+		case <-s.stopper.ShouldQuiesce():
 			return
 		default:
 		}
@@ -160,7 +157,7 @@ func (s *Server) onSplit(parentID, childID uint64) {
 		// router sees the child's keys once it is open.
 		for s.store.Range(childID) == nil {
 			select {
-			case <-s.stopc:
+			case <-s.stopper.ShouldQuiesce():
 				return
 			case <-time.After(5 * time.Millisecond):
 			}
@@ -273,7 +270,7 @@ func (s *Server) campaignWhenStarted(rangeID uint64) {
 			return
 		}
 		select {
-		case <-s.stopc:
+		case <-s.stopper.ShouldQuiesce():
 			return
 		case <-time.After(5 * time.Millisecond):
 		}
@@ -321,7 +318,7 @@ func (s *Server) hastenElection(rangeID uint64, majorityReady func(rangeID uint6
 	started := map[uint64]bool{s.replicaID: true}
 	for {
 		select {
-		case <-s.stopc:
+		case <-s.stopper.ShouldQuiesce():
 			return
 		case <-time.After(wait):
 		}
@@ -398,7 +395,7 @@ func (s *Server) awaitLeader(rangeID uint64, limit time.Duration) {
 			}
 		}
 		select {
-		case <-s.stopc:
+		case <-s.stopper.ShouldQuiesce():
 			return
 		case <-time.After(50 * time.Millisecond):
 		}
@@ -454,10 +451,6 @@ func (s *Server) replicaNodeIDs() []uint64 {
 type internalService struct {
 	*placement.InternalServer
 	s *Server
-}
-
-func (i *internalService) RangeWrite(ctx context.Context, req *tesserapb.RangeWriteRequest) (*tesserapb.RangeWriteResponse, error) {
-	return i.s.router.RangeWrite(ctx, req)
 }
 
 func (i *internalService) RangeWriteStream(stream tesserapb.Internal_RangeWriteStreamServer) error {

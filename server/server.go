@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/tesserakv/tessera/internal/stop"
 	"github.com/tesserakv/tessera/internal/wirecodec"
 	"github.com/tesserakv/tessera/placement"
 	"github.com/tesserakv/tessera/proto/tesserapb"
@@ -76,10 +77,11 @@ type Server struct {
 	// spaceExceeded is true while the store is larger than --quota-backend-bytes.
 	spaceExceeded atomic.Bool
 
-	stopc chan struct{}
+	// stopper owns the node's background tasks: Close quiesces it, then
+	// waits for them.
+	stopper *stop.Stopper
 	// rangesChanged pokes runDescriptorSync (a split made a range here).
 	rangesChanged chan struct{}
-	wg            sync.WaitGroup
 	closeOnce     sync.Once
 }
 
@@ -92,7 +94,7 @@ func Start(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	replicaID, _ := cfg.replicaID()
-	s := &Server{cfg: cfg, log: cfg.Logger, replicaID: replicaID, clusterID: clusterID(cfg.InitialCluster), stopc: make(chan struct{}), rangesChanged: make(chan struct{}, 1),
+	s := &Server{cfg: cfg, log: cfg.Logger, replicaID: replicaID, clusterID: clusterID(cfg.InitialCluster), stopper: stop.New(), rangesChanged: make(chan struct{}, 1),
 		ranges: map[uint64]*shard.Replica{}, picks: map[uint64]pick{}, cache: router.NewRangeCache()}
 	quietDragonboat(cfg.Logger)
 
@@ -121,7 +123,7 @@ func Start(cfg Config) (*Server, error) {
 		MaxRequestBytes:        cfg.MaxRequestBytes,
 		Logger:                 s.log,
 	})
-	if s.store, err = statemachine.OpenStore(filepath.Join(cfg.DataDir, "kv"), statemachine.StoreOptions{OnSplit: s.onSplit, OnApply: s.hub.Publish, BeforeUpdate: cfg.BeforeApply}); err != nil {
+	if s.store, err = statemachine.OpenStore(filepath.Join(cfg.DataDir, "kv"), statemachine.StoreOptions{OnSplit: s.onSplit, OnApply: s.hub.Publish, BeforeUpdate: cfg.Knobs.BeforeApply}); err != nil {
 		s.hub.Stop()
 		s.closeListeners()
 		return nil, fmt.Errorf("opening store in %s: %w", cfg.DataDir, err)
@@ -148,9 +150,11 @@ func Start(cfg Config) (*Server, error) {
 		MinLeaseTTLSeconds: minLeaseTTLSeconds(cfg),
 		SpaceExceeded:      s.spaceExceeded.Load,
 		Logger:             s.log,
-		AfterLeaseProof:    cfg.AfterLeaseProof,
-		RevokeRetryAfter:   cfg.RevokeRetryAfter,
-		AfterLeaseMark:     cfg.AfterLeaseMark,
+		Knobs: router.TestingKnobs{
+			AfterLeaseProof:  cfg.Knobs.AfterLeaseProof,
+			RevokeRetryAfter: cfg.Knobs.RevokeRetryAfter,
+			AfterLeaseMark:   cfg.Knobs.AfterLeaseMark,
+		},
 	}, s.cache, s.directory, s.oracle)
 	if err := s.startRanges(); err != nil {
 		s.hub.Stop()
@@ -210,8 +214,8 @@ func Start(cfg Config) (*Server, error) {
 }
 
 // streamWorkers is how many goroutines the gRPC server keeps for handling
-// requests (more at once get new goroutines, as without them). On a 3-node
-// forwarding member this took stack growth from 5 % of its CPU to 2 %.
+// requests (more at once get new goroutines): requests then run on stacks
+// that have already grown.
 const streamWorkers = 64
 
 func (s *Server) startRaft() error {
@@ -235,8 +239,8 @@ func (s *Server) startRaft() error {
 	tuneDragonboat()
 	nh, err := dragonboat.NewNodeHost(nhc)
 	if err != nil && hardSettingsChanged(err) && cfg.RaftStepWorkers == DefaultRaftStepWorkers {
-		// A data directory made before --raft-step-workers existed was made
-		// with Dragonboat's default, which it records and insists on.
+		// A data directory made with Dragonboat's default step worker count,
+		// which Dragonboat records and insists on, keeps it.
 		s.log.Info("data directory made with Dragonboat's default Raft step workers; keeping them", "workers", legacyRaftStepWorkers)
 		nhc.Expert.Engine.ExecShards = legacyRaftStepWorkers
 		nh, err = dragonboat.NewNodeHost(nhc)
@@ -274,8 +278,8 @@ func explainNodeHostError(err error, cfg Config) error {
 	}
 }
 
-// legacyRaftStepWorkers is Dragonboat's default step worker count, which data
-// directories made before --raft-step-workers existed were made with.
+// legacyRaftStepWorkers is Dragonboat's default step worker count, which a
+// data directory made with it keeps.
 const legacyRaftStepWorkers = 16
 
 // hardSettingsChanged reports Dragonboat's refusal of a data directory made
@@ -324,22 +328,9 @@ func clusterID(members []Member) uint64 {
 	return h.Sum64() >> 1
 }
 
-func (s *Server) goTask(fn func()) {
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		fn()
-	}()
-}
-
-// ClientAddrs returns the addresses the node serves clients on.
-func (s *Server) ClientAddrs() []string {
-	var out []string
-	for _, ln := range s.listeners {
-		out = append(out, ln.Addr().String())
-	}
-	return out
-}
+// goTask runs fn as a task of the node's stopper; once Close has begun it
+// starts nothing.
+func (s *Server) goTask(fn func()) { _ = s.stopper.RunAsync(fn) }
 
 // SplitRange splits the range holding key at key (what `tessera ctl split`
 // does through Internal.SplitRange).
@@ -348,69 +339,10 @@ func (s *Server) SplitRange(ctx context.Context, key string) error {
 	return err
 }
 
-// Ranges describes this node's ranges in key order (what `tessera ctl ranges`
-// shows).
-func (s *Server) Ranges(ctx context.Context) ([]*tesserapb.RangeInfo, error) {
-	resp, err := (&internalService{InternalServer: s.internal, s: s}).ListRanges(ctx, &tesserapb.ListRangesRequest{})
-	if err != nil {
-		return nil, err
-	}
-	return resp.Ranges, nil
-}
-
-// RegisteredNodes is how many nodes this node's replica of the registry
-// knows the addresses of (0 when it cannot read it).
-func (s *Server) RegisteredNodes(ctx context.Context) int {
-	nodes, err := s.directory.Nodes(ctx)
-	if err != nil {
-		return 0
-	}
-	return len(nodes)
-}
-
-// RangeCount is the number of data ranges this node runs.
-func (s *Server) RangeCount() int { return len(s.rangeList()) }
-
-// SnapshotsTaken returns how many snapshots this node's replicas have taken
-// to keep their Raft logs short (shard.Config.SnapshotEveryBytes).
-func (s *Server) SnapshotsTaken() int64 {
-	var n int64
-	for _, r := range s.rangeList() {
-		n += r.SnapshotsTaken()
-	}
-	return n
-}
-
-// SnapshotsRecovered counts the range snapshots this node has installed.
-func (s *Server) SnapshotsRecovered() int64 { return s.store.SnapshotsRecovered() }
-
-// TransferMetaLeadership asks the meta range to move its leader to the given node.
-func (s *Server) TransferMetaLeadership(nodeID uint64) error {
-	return s.nh.RequestLeaderTransfer(placement.MetaRangeID, nodeID)
-}
-
-// MetaLeader returns the meta range leader's node ID as this node knows it.
-func (s *Server) MetaLeader() uint64 {
-	id, _, _ := s.meta.Leader()
-	return id
-}
-
-// IsLeader reports whether this node leads the first data range.
-func (s *Server) IsLeader() bool {
+// leadsHomeRange reports whether this node leads the first data range.
+func (s *Server) leadsHomeRange() bool {
 	home := s.rangeByID(firstRangeID)
 	return home != nil && home.IsLeader()
-}
-
-// TransferLeadership asks every data range to move its leader to the replica
-// of the given node (position in --initial-cluster, from 1).
-func (s *Server) TransferLeadership(nodeID uint64) error {
-	var firstErr error
-	for _, r := range s.rangeList() {
-		if err := s.nh.RequestLeaderTransfer(r.RangeID(), nodeID); err != nil && firstErr == nil {
-			firstErr = err
-		}
-	}
-	return firstErr
 }
 
 // registerNode records this node's addresses in the meta range's node
@@ -420,15 +352,8 @@ func (s *Server) registerNode() {
 	if len(s.cfg.InitialAdvertisePeerURLs) > 0 {
 		node.RaftAddress, _ = hostPortOf(s.cfg.InitialAdvertisePeerURLs[0])
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := s.stopper.WithCancelOnQuiesce(context.Background())
 	defer cancel()
-	go func() {
-		select {
-		case <-s.stopc:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	if err := s.directory.Register(ctx, node); err != nil && ctx.Err() == nil {
 		s.log.Warn("registering this node in the meta range failed", "err", err)
 	}
@@ -440,10 +365,10 @@ func (s *Server) runCompactor(policy compactionPolicy) {
 	defer tick.Stop()
 	for {
 		select {
-		case <-s.stopc:
+		case <-s.stopper.ShouldQuiesce():
 			return
 		case now := <-tick.C:
-			if !s.IsLeader() {
+			if !s.leadsHomeRange() {
 				continue
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -481,7 +406,7 @@ func (s *Server) every(interval time.Duration, f func(now time.Time)) {
 	defer tick.Stop()
 	for {
 		select {
-		case <-s.stopc:
+		case <-s.stopper.ShouldQuiesce():
 			return
 		case now := <-tick.C:
 			f(now)
@@ -499,7 +424,7 @@ func (s *Server) closeListeners() {
 // Raft, and the store last.
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
-		close(s.stopc)
+		s.stopper.Quiesce()
 		s.hub.Stop()    // ends the watch streams, which a graceful stop would wait for
 		s.router.Stop() // and the streams of writes other nodes forward here
 		done := make(chan struct{})
@@ -513,7 +438,7 @@ func (s *Server) Close() {
 			s.grpc.Stop()
 			<-done
 		}
-		s.wg.Wait()
+		s.stopper.Stop()
 		for _, r := range s.rangeList() {
 			r.Stop()
 		}

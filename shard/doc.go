@@ -6,7 +6,7 @@
 // Promises:
 //   - Writes are proposed by one goroutine, in the order their revisions were
 //     taken from the oracle, and only after this replica has applied a barrier
-//     in its current leader term (DESIGN.md "Revisions" 2). Writes the
+//     in its current leader term (docs/design.md, "Writes"). Writes the
 //     proposer takes from its queue together go in one Raft entry (a
 //     tesserapb.BatchCommand, up to 1 MiB), still in revision order; the
 //     state machine applies each as if it were an entry of its own, and each

@@ -2,7 +2,7 @@ package shard
 
 import "sync"
 
-// fence is a range leader's read/write fence (DESIGN.md "Revisions" 3): the
+// fence is a range leader's read/write fence (docs/design.md, "Read fence"): the
 // highest revision a read (or a compaction) has claimed on this range, and the
 // writes in flight with their revisions. It has no goroutines; the proposer
 // and readers call it.

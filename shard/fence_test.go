@@ -2,7 +2,7 @@ package shard
 
 import "testing"
 
-// TestFenceRace forces the race of DESIGN.md "Revisions" 3: a write took
+// TestFenceRace forces the race of docs/design.md, "Read fence": a write took
 // revision 100 from the oracle, a read then took 101 and raised the fence on
 // the range before the write reached it. The write must not be admitted with
 // 100; with a fresh revision above the fence it is.

@@ -93,19 +93,18 @@ func (r *Replica) leaderReady(ctx context.Context) error {
 		return nil
 	}
 	// A barrier makes this replica ready; proposing one through the queue does it.
-	_, err := r.Write(ctx, &tesserapb.Command{Op: &tesserapb.Command_Barrier{Barrier: &tesserapb.BarrierCommand{}}}, false)
+	_, err := r.writeRetrying(ctx, &tesserapb.Command{Op: &tesserapb.Command_Barrier{Barrier: &tesserapb.BarrierCommand{}}})
 	return err
 }
 
 // leaseLoop revokes expired leases while this replica leads the range. It runs
 // only on a range configured to keep the lease clock (Config.ExpireLeases).
 func (r *Replica) leaseLoop() {
-	defer r.wg.Done()
 	tick := time.NewTicker(r.cfg.LeaseCheckInterval)
 	defer tick.Stop()
 	for {
 		select {
-		case <-r.stopc:
+		case <-r.stopper.ShouldQuiesce():
 			return
 		case <-tick.C:
 		}

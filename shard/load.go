@@ -14,7 +14,7 @@ const loadSampleSize = 128
 
 // loadTracker measures a range's request rate and samples the keys requests
 // touch, so a range that is hot can be split at a key that halves its load
-// (DESIGN.md "Splits": by load). It has no goroutine and no clock of its own:
+// (docs/design.md, "Splits"). It has no goroutine and no clock of its own:
 // the splitter calls roll with the time once per interval.
 type loadTracker struct {
 	mu sync.Mutex

@@ -8,8 +8,8 @@ import (
 )
 
 // ReadAt is a linearizable read of this range at revision rev, a revision the
-// caller took from the oracle after its request arrived (DESIGN.md
-// "Revisions" 3). On the range leader it raises the fence to rev, waits until
+// caller took from the oracle after its request arrived (docs/design.md,
+// "Read fence"). On the range leader it raises the fence to rev, waits until
 // every write this leader admitted at or below rev is settled, confirms
 // leadership with a ReadIndex, and runs fn on a view in which rev is readable
 // (View.AssumeClosed). If leadership moved meanwhile, it retries; elsewhere it
@@ -98,7 +98,7 @@ func (r *Replica) waitSettled(ctx context.Context, waits []<-chan struct{}) erro
 		case <-w:
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-r.stopc:
+		case <-r.stopper.ShouldQuiesce():
 			return ErrStopped
 		}
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -15,7 +14,9 @@ import (
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tesserakv/tessera/internal/retry"
 	"github.com/tesserakv/tessera/internal/rounds"
+	"github.com/tesserakv/tessera/internal/stop"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/statemachine"
 )
@@ -64,7 +65,7 @@ type Config struct {
 	SnapshotEveryBytes int64
 	// AfterRevisionsTaken, for tests only, runs after a batch of writes took
 	// its revisions from the oracle and before they pass the fence (it may
-	// block, to force the race of DESIGN.md "Revisions" 3).
+	// block, to force the race of docs/design.md, "Read fence").
 	AfterRevisionsTaken func(first int64)
 	Logger              *slog.Logger
 }
@@ -90,18 +91,19 @@ func (c *Config) setDefaults() {
 // retrying calls once until it succeeds, fails for good, or has tried for
 // Config.RequestTimeout (several election timeouts: long enough for a range
 // made by a split, or one that lost its leader, to elect one), pausing a
-// little longer each time.
+// little longer each time. Reads and the replica's own barriers use it;
+// clients' writes are tried once here and again by the router.
 func retrying[T any](r *Replica, ctx context.Context, once func() (T, error, bool)) (T, error) {
-	deadline := time.Now().Add(r.cfg.RequestTimeout)
-	for attempt := 1; ; attempt++ {
-		out, err, retry := once()
-		if !retry || time.Now().After(deadline) {
-			return out, err
-		}
-		if err := r.sleep(ctx, min(time.Duration(attempt)*25*time.Millisecond, 250*time.Millisecond)); err != nil {
-			return out, err
-		}
-	}
+	policy := retry.Writes
+	policy.Budget = r.cfg.RequestTimeout
+	var out T
+	err := policy.Do(ctx, r.stopper.ShouldQuiesce(), func() (bool, error) {
+		var err error
+		var again bool
+		out, err, again = once()
+		return again, err
+	})
+	return out, err
 }
 
 // Replica is one range replica on this node. The Raft replica itself is started
@@ -147,13 +149,13 @@ type Replica struct {
 	// that completed.
 	snapshotsTaken atomic.Int64
 
-	stopc chan struct{}
+	// stopper owns the replica's goroutines (the proposer, the lease clock,
+	// the followers of proposed entries, snapshot requests).
+	stopper *stop.Stopper
 	// stopCtx is done once Stop is called: the context of calls bounded
 	// otherwise (a context with a deadline costs a timer per call).
 	stopCtx       context.Context
 	stopCtxCancel context.CancelFunc
-	stopOnce      sync.Once
-	wg            sync.WaitGroup
 }
 
 type proposal struct {
@@ -189,26 +191,22 @@ func New(cfg Config, nh *dragonboat.NodeHost, store *statemachine.Store, oracle 
 		leases:   newLeaseClock(),
 		fence:    newFence(),
 		load:     newLoadTracker(time.Now(), cfg.RangeID),
-		stopc:    make(chan struct{}),
+		stopper:  stop.New(),
 	}
 	r.stopCtx, r.stopCtxCancel = context.WithCancel(context.Background())
 	r.reads.Round, r.reads.MinGap = r.readIndexRound, cfg.ReadRoundGap
-	r.wg.Add(1)
-	go r.proposeLoop()
+	_ = r.stopper.RunAsync(r.proposeLoop)
 	if cfg.ExpireLeases {
-		r.wg.Add(1)
-		go r.leaseLoop()
+		_ = r.stopper.RunAsync(r.leaseLoop)
 	}
 	return r
 }
 
 // Stop ends the replica's goroutines; it does not stop the Raft replica.
 func (r *Replica) Stop() {
-	r.stopOnce.Do(func() {
-		close(r.stopc)
-		r.stopCtxCancel()
-	})
-	r.wg.Wait()
+	r.stopper.Quiesce()
+	r.stopCtxCancel()
+	r.stopper.Stop()
 }
 
 // RangeID of this replica.
@@ -282,9 +280,11 @@ func (r *Replica) notLeader() error {
 	return &NotLeaderError{LeaderReplicaID: id}
 }
 
-// Write proposes cmd (its Revision is assigned here when writesKeys) and waits
-// for the state machine's result. A result carrying a state-machine error is
-// returned as that error (statemachine.ErrorFromResult).
+// Write proposes cmd once (its Revision is assigned here when writesKeys) and
+// waits for the state machine's result. A result carrying a state-machine
+// error is returned as that error (statemachine.ErrorFromResult). A write
+// that was not applied and may be tried again fails with a RetryableError:
+// the caller retries (the router, under retry.Writes).
 func (r *Replica) Write(ctx context.Context, cmd *tesserapb.Command, writesKeys bool) (*tesserapb.Result, error) {
 	// A replica that knows another leads its range says so at once: the
 	// router forwards the write there, and the proposer would only answer
@@ -296,12 +296,25 @@ func (r *Replica) Write(ctx context.Context, cmd *tesserapb.Command, writesKeys 
 	case r.inflight <- struct{}{}:
 	case <-ctx.Done():
 		return nil, ctx.Err()
-	case <-r.stopc:
+	case <-r.stopper.ShouldQuiesce():
 		return nil, ErrStopped
 	}
 	defer func() { <-r.inflight }()
 
-	return retrying(r, ctx, func() (*tesserapb.Result, error, bool) { return r.writeOnce(ctx, cmd, writesKeys) })
+	res, err, again := r.writeOnce(ctx, cmd, writesKeys)
+	if again {
+		return nil, &RetryableError{Err: err}
+	}
+	return res, err
+}
+
+// writeRetrying is Write tried again under the replica's own budget, for
+// the commands it proposes on its own behalf (its leadership barrier).
+func (r *Replica) writeRetrying(ctx context.Context, cmd *tesserapb.Command) (*tesserapb.Result, error) {
+	return retrying(r, ctx, func() (*tesserapb.Result, error, bool) {
+		res, err := r.Write(ctx, cmd, false)
+		return res, err, IsRetryable(err)
+	})
 }
 
 func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesKeys bool) (res *tesserapb.Result, err error, retry bool) {
@@ -310,7 +323,7 @@ func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesK
 	case r.queue <- p:
 	case <-ctx.Done():
 		return nil, ctx.Err(), false
-	case <-r.stopc:
+	case <-r.stopper.ShouldQuiesce():
 		return nil, ErrStopped, false
 	}
 	var out outcome
@@ -319,7 +332,7 @@ func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesK
 	case <-ctx.Done():
 		// The proposal goes on; its outcome is tracked for the fence.
 		return nil, ctx.Err(), false
-	case <-r.stopc:
+	case <-r.stopper.ShouldQuiesce():
 		return nil, ErrStopped, false
 	}
 	if out.err != nil {
@@ -376,7 +389,7 @@ func (r *Replica) await(ctx context.Context, rs *dragonboat.RequestState) (drago
 		return rr, nil
 	case <-ctx.Done():
 		return dragonboat.RequestResult{}, ctx.Err()
-	case <-r.stopc:
+	case <-r.stopper.ShouldQuiesce():
 		return dragonboat.RequestResult{}, ErrStopped
 	}
 }
@@ -389,7 +402,7 @@ func (r *Replica) sleep(ctx context.Context, d time.Duration) error {
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-r.stopc:
+	case <-r.stopper.ShouldQuiesce():
 		return ErrStopped
 	}
 }
@@ -401,12 +414,11 @@ const maxProposalBatch = 512
 // batches, takes their revisions from the oracle in one call, and proposes
 // them in revision order, so log order is revision order.
 func (r *Replica) proposeLoop() {
-	defer r.wg.Done()
 	batch := make([]*proposal, 0, maxProposalBatch)
 	for {
 		batch = batch[:0]
 		select {
-		case <-r.stopc:
+		case <-r.stopper.ShouldQuiesce():
 			return
 		case p := <-r.queue:
 			batch = append(batch, p)
@@ -543,8 +555,11 @@ func (r *Replica) proposeEntry(e *entryBatch) {
 		}
 		return
 	}
-	r.wg.Add(1)
-	go r.follow(ps, ids, rs, r.leadershipTerm)
+	term := r.leadershipTerm
+	if err := r.stopper.RunAsync(func() { r.follow(ps, ids, rs, term) }); err != nil {
+		r.settle(ids) // stopping: as follow does when the replica stops
+		return
+	}
 	r.noteLogBytes(len(data))
 }
 
@@ -557,16 +572,17 @@ func (r *Replica) noteLogBytes(n int) {
 		return
 	}
 	r.logBytes.Store(0)
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
+	err := r.stopper.RunAsync(func() {
 		defer r.snapshotting.Store(false)
 		if r.requestSnapshot() {
 			r.snapshotsTaken.Add(1)
 			return
 		}
 		r.logBytes.Add(every)
-	}()
+	})
+	if err != nil {
+		r.snapshotting.Store(false)
+	}
 }
 
 // requestSnapshot asks Dragonboat for a snapshot of the range and reports
@@ -581,7 +597,7 @@ func (r *Replica) requestSnapshot() bool {
 	select {
 	case rr := <-rs.ResultC():
 		return rr.Completed()
-	case <-r.stopc:
+	case <-r.stopper.ShouldQuiesce():
 		return false
 	}
 }
@@ -605,11 +621,10 @@ func (r *Replica) settle(ids []uint64) {
 // timed out may still be applied: it is settled only once that is known
 // (awaitInDoubt).
 func (r *Replica) follow(ps []*proposal, ids []uint64, rs *dragonboat.RequestState, term uint64) {
-	defer r.wg.Done()
 	var rr dragonboat.RequestResult
 	select {
 	case rr = <-rs.ResultC():
-	case <-r.stopc:
+	case <-r.stopper.ShouldQuiesce():
 		r.settle(ids)
 		return
 	}

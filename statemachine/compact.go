@@ -7,18 +7,19 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 )
 
-// Compaction at C (etcd's semantics, DESIGN.md "Storage layout" and
-// "Revisions" 5): C at or below the last compaction is ErrCompacted;
-// otherwise compactedRev becomes C, reads below C fail with
-// ErrCompacted from then on, and per key every version older than the newest
-// one <= C is deleted, and that one too when it is a tombstone. The deletes
+// Compaction at C (etcd's semantics; docs/design.md, "Compaction"): C at
+// or below the last compaction is ErrCompacted; otherwise compactedRev
+// becomes C, reads below C fail with ErrCompacted from then on, and per key
+// every version older than the newest one <= C is deleted, and that one too
+// when it is a tombstone. The deletes
 // go into the Update's batch with the new compactedRev.
 //
 // C may be above this range's last write: revisions are global, and other
 // ranges wrote the ones in between. Whether C is in the future is decided by
 // the router against the oracle; the range leader raises its fence to C
 // before proposing, and from then on this range refuses any write at or
-// below C (the revision rule in apply.go counts compactedRev).
+// below C (the revision rule in apply.go counts compactedRev). The range's
+// revision becomes C then, keeping compactedRev <= currentRev.
 
 // applyCompact records the compaction at compactRev and removes the versions
 // it makes unreachable.
@@ -30,6 +31,10 @@ func (a *applier) applyCompact(compactRev int64) (*pb.CompactionResponse, error)
 		return nil, err
 	}
 	a.state.compactedRev = compactRev
+	// Above the range's last write, the state is the state at compactRev
+	// (no write at or below it can apply any more): reads at the current
+	// revision must not be below the compaction.
+	a.state.currentRev = max(a.state.currentRev, compactRev)
 	return &pb.CompactionResponse{Header: &pb.ResponseHeader{Revision: a.state.currentRev}}, nil
 }
 

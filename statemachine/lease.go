@@ -12,7 +12,7 @@ import (
 	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
-// Leases (DESIGN.md "Leases"): the home range (the one holding the lowest
+// Leases (docs/design.md, "Leases"): the home range (the one holding the lowest
 // keys) keeps the record of every lease granted; any other range keeps the
 // records of the leases its keys were attached to (the router attaches a
 // lease to a range when a Put there names a lease the range does not know). A

@@ -21,8 +21,9 @@ type rangeState struct {
 	// r > max(lastCmdRev, currentRev).
 	lastCmdRev int64
 	// currentRev is etcd's revision for this range: the last revision at which
-	// a key was written; 1 for a range that never wrote (as etcd's empty
-	// store). It only advances, and only to a command's revision.
+	// a key was written, or a compaction's above it; 1 for a range that never
+	// wrote (as etcd's empty store). It only advances, and only to a
+	// command's revision or a compaction's.
 	currentRev int64
 	// compactedRev is the revision of the last compaction, 0 if none. Reads
 	// below it fail with ErrCompacted. compactedRev <= currentRev.
@@ -41,10 +42,12 @@ type rangeState struct {
 func initialState() rangeState { return rangeState{currentRev: 1} }
 
 // stateEncodingVersion 2 added leaseFloor, 4 leadershipTerm; versions 1
-// and 2 (without them, so 0) are still read, and 3, whose sixth field held
-// a Raft index in a few commits that never shipped, is read with
-// leadershipTerm 0.
+// and 2 (without them, so 0) are still read. Version 3 was never written by
+// a release and is refused.
 const stateEncodingVersion = 4
+
+// stateFields is how many 8-byte fields each readable state encoding has.
+var stateFields = map[byte]int{1: 4, 2: 5, 4: 6}
 
 func (s rangeState) encode() []byte {
 	b := []byte{stateEncodingVersion}
@@ -58,9 +61,9 @@ func (s rangeState) encode() []byte {
 }
 
 func decodeState(b []byte) (rangeState, error) {
-	fields := 0 // version 1: 4 fields; 2: 5; 3 and 4: 6
-	if len(b) > 0 && b[0] >= 1 && b[0] <= 4 {
-		fields = 3 + int(min(b[0], 3))
+	var fields int
+	if len(b) > 0 {
+		fields = stateFields[b[0]]
 	}
 	if fields == 0 || len(b) != 1+8*fields {
 		return rangeState{}, fmt.Errorf("statemachine: malformed range state (%d bytes)", len(b))
@@ -140,10 +143,13 @@ func (b bounds) containsKey(k []byte) bool {
 }
 
 // containsSpan reports whether every key of s lies within b. An empty span
-// ([k, e) with e <= k) is contained when its start is.
+// ([k, e) with e <= k) holds no key and is contained in any bounds.
 func (b bounds) containsSpan(s keySpan) bool {
 	if s.point {
 		return b.containsKey(s.start)
+	}
+	if s.end != nil && bytes.Compare(s.end, s.start) <= 0 {
+		return true // no key: any range may answer for it
 	}
 	if bytes.Compare(s.start, b.start) < 0 {
 		return false
@@ -154,7 +160,7 @@ func (b bounds) containsSpan(s keySpan) bool {
 	if s.end == nil {
 		return false
 	}
-	return bytes.Compare(s.end, b.end) <= 0 || bytes.Compare(s.end, s.start) <= 0 && b.containsKey(s.start)
+	return bytes.Compare(s.end, b.end) <= 0
 }
 
 // Bounds encodings: version 1 (before generations; decoded as generation 1)

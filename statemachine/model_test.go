@@ -262,6 +262,7 @@ func (m *model) compact(c int64) error {
 		}
 	}
 	m.compacted = c
+	m.currentRev = max(m.currentRev, c)
 	return nil
 }
 
@@ -446,11 +447,10 @@ func runRandom(t *testing.T, seed int64, iterations int) {
 			case p < 17:
 				c := m.compacted - 1 + rng.Int63n(m.currentRev-m.compacted+3)
 				cmd := mustMarshal(t, &tesserapb.Command{Op: &tesserapb.Command_Compact{Compact: &tesserapb.CompactCommand{Revision: c}}})
-				cur := m.currentRev
 				if err := m.compact(c); err != nil {
 					batch = append(batch, pending{cmd, expectErr(err)})
 				} else {
-					batch = append(batch, pending{cmd, expectResp(&pb.CompactionResponse{Header: &pb.ResponseHeader{Revision: cur}})})
+					batch = append(batch, pending{cmd, expectResp(&pb.CompactionResponse{Header: &pb.ResponseHeader{Revision: m.currentRev}})})
 				}
 			default:
 				// A stale revision changes nothing.

@@ -33,8 +33,8 @@ type mvccReader struct {
 
 // pointIter is one iterator over an indexed batch (and the store under it)
 // reused for the point lookups of one Update: creating and closing a Pebble
-// iterator per Put was nearly half the cost of looking up the key's live
-// version. Close it before the batch commits.
+// iterator per Put would cost about as much as the lookup itself. Close it
+// before the batch commits.
 type pointIter struct {
 	b  *pebble.Batch
 	it *pebble.Iterator

@@ -22,7 +22,9 @@ import (
 //     counts that as the default ordering when it decides the store limit, so
 //     with a limit and no filters it sorts only the first limit+1 keys (in
 //     key order) and truncates; we keep that quirk, clients may see it.
-//   - count_only returns no kvs and more=false; keys_only drops values.
+//   - count_only returns no kvs and more=false; keys_only drops values, and
+//     leases too unless the sort target is VALUE (etcd then answers from its
+//     key index, which holds no leases).
 
 // readRev resolves a request's revision against the range's state.
 func readRev(reqRev, currentRev, compactedRev int64) (int64, error) {
@@ -88,7 +90,7 @@ func executeRange(m mvccReader, req *pb.RangeRequest, currentRev, compactedRev i
 	}
 	if req.KeysOnly {
 		for _, kv := range resp.Kvs {
-			kv.Value = nil
+			keysOnly(kv, req)
 		}
 	}
 	if resp.Kvs == nil {
@@ -142,6 +144,15 @@ func scanKVs(m mvccReader, req *pb.RangeRequest, currentRev, compactedRev int64,
 		counts.store(rev, req.RangeEnd, recorder.finish(count))
 	}
 	return count, nil
+}
+
+// keysOnly strips kv as a keys_only answer has it: no value, and no lease
+// unless sorted by value (see the rules above).
+func keysOnly(kv *mvccpb.KeyValue, req *pb.RangeRequest) {
+	kv.Value = nil
+	if req.SortTarget != pb.RangeRequest_VALUE {
+		kv.Lease = 0
+	}
 }
 
 func filterKVs(kvs []*mvccpb.KeyValue, r *pb.RangeRequest) []*mvccpb.KeyValue {
@@ -239,7 +250,7 @@ func streamRange(m mvccReader, req *pb.RangeRequest, currentRev, compactedRev in
 			return err
 		}
 		if req.KeysOnly {
-			kv.Value = nil
+			keysOnly(kv, req)
 		}
 		chunk = append(chunk, kv)
 		return nil

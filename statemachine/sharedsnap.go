@@ -11,8 +11,8 @@ import (
 //
 // Taking a Pebble snapshot and closing it each lock the whole DB, and closing
 // the oldest snapshot makes Pebble pick compactions again (its snapshots pin
-// old versions): a tenth of a node's CPU when it serves serializable Gets
-// from 100 clients. Yet a snapshot taken after the store's last commit is
+// old versions): a visible share of a node's CPU under many concurrent
+// reads. Yet a snapshot taken after the store's last commit is
 // the same as any other taken before its next one, so views opened in
 // between share it. Each one counts as a reference; the last to close closes
 // the snapshot, so a shared snapshot lives only as long as reads overlap and

@@ -13,7 +13,7 @@ import (
 	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
-// Splits (DESIGN.md "Splits"). A SplitCommand at index i of the parent's log
+// Splits (docs/design.md, "Splits"). A SplitCommand at index i of the parent's log
 // makes every replica, in the batch that applies i:
 //
 //   - shrink the parent's bounds [start, end) to [start, splitKey) and

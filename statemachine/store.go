@@ -58,11 +58,9 @@ const dataBlockBytes = 32 << 10
 
 // defaultMemTableSizeBytes is four times Pebble's default. Values written at
 // random keys are rewritten into the bottom level by every compaction of a
-// flushed memtable, so larger flushes mean fewer rewrites: 20,000 Puts of 4
-// KiB at random keys wrote 660–690 MiB to disk instead of 910–960 MiB, at
-// 6,642–7,200 Puts/s instead of 5,555–5,599, while a million sequential
-// 256-byte Puts did not change measurably (README "Where Tessera is
-// behind"). 64 MiB saved more bytes but slowed the sequential load.
+// flushed memtable, so larger flushes mean fewer rewrites of large values;
+// much larger memtables slow sequential loads of small ones
+// (docs/performance.md, "Large values").
 const defaultMemTableSizeBytes = 16 << 20
 
 // Store is one node's Pebble, shared by every range replica on the node.
@@ -142,8 +140,7 @@ func OpenStore(dir string, opts StoreOptions) (*Store, error) {
 	for i := range po.Levels {
 		// Lists read values in key order: a 32 KiB data block serves eight
 		// 4 KiB values with one read, checksum and cache insertion instead
-		// of one each (the paginated list of 100,000 such values took 45 %
-		// less time than with Pebble's 4 KiB blocks).
+		// of one each.
 		po.Levels[i].BlockSize = dataBlockBytes
 		// A Put looks up its key's live version; for a new key the bloom
 		// filters skip the tables (whose larger blocks would cost the

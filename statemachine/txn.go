@@ -316,16 +316,9 @@ func (t *txnApplier) check(req *pb.TxnRequest, path []bool) (int, error) {
 	return consumed, nil
 }
 
+// checkPut checks the lease before the key, as etcd's checkPut does, so a
+// put failing both answers "lease not found".
 func (t *txnApplier) checkPut(p *pb.PutRequest) error {
-	if p.IgnoreValue || p.IgnoreLease {
-		prev, err := t.reader.get(p.Key, t.startRev)
-		if err != nil {
-			return err
-		}
-		if prev == nil {
-			return errorf(ErrKeyNotFound, "put %q with ignore_value or ignore_lease", p.Key)
-		}
-	}
 	if p.Lease != 0 {
 		found, err := t.a.leaseExists(p.Lease)
 		if err != nil {
@@ -333,6 +326,15 @@ func (t *txnApplier) checkPut(p *pb.PutRequest) error {
 		}
 		if !found {
 			return errorf(ErrLeaseNotFound, "lease %d", p.Lease)
+		}
+	}
+	if p.IgnoreValue || p.IgnoreLease {
+		prev, err := t.reader.get(p.Key, t.startRev)
+		if err != nil {
+			return err
+		}
+		if prev == nil {
+			return errorf(ErrKeyNotFound, "put %q with ignore_value or ignore_lease", p.Key)
 		}
 	}
 	return nil

@@ -6,8 +6,7 @@ import (
 )
 
 // TestWireKVsChunks: a small answer takes a small chunk (a Get must not
-// allocate a list's chunk size: 256 KiB per Get took a third of the
-// linearizable range throughput away), a large one grows its chunks up to
+// allocate a list's chunk size), a large one grows its chunks up to
 // maxChunkBytes, and a kv larger than that gets a chunk of its own.
 func TestWireKVsChunks(t *testing.T) {
 	var one WireKVs

@@ -50,7 +50,7 @@ func TestRangeFeed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ranges, err := c.Nodes[0].Server.Ranges(ctx)
+	ranges, err := c.Nodes[0].Server.Testing().Ranges(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

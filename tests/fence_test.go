@@ -12,7 +12,7 @@ import (
 	"github.com/tesserakv/tessera/internal/testcluster"
 )
 
-// TestFenceRaceAcrossRanges forces DESIGN.md "Revisions" 3's race on a live
+// TestFenceRaceAcrossRanges forces the race of docs/design.md, "Read fence", on a live
 // node: a write to one range takes its revision W from the oracle and is held
 // (a test hook) before it reaches its range; meanwhile a linearizable read
 // over two ranges takes R > W and completes. The write, released, must end up
@@ -20,7 +20,7 @@ import (
 // no write at or below R appears after a read at R.
 func TestFenceRaceAcrossRanges(t *testing.T) {
 	hold := newWriteHold(2)
-	c := testcluster.Start(t, 1, func(cfg *serverConfig) { cfg.AfterRevisionsTaken = hold.hook })
+	c := testcluster.Start(t, 1, func(cfg *serverConfig) { cfg.Knobs.AfterRevisionsTaken = hold.hook })
 	ctx := ctxT(t)
 	cli := c.Client()
 	splitAt(t, c, c.Nodes[0], "m")
@@ -83,7 +83,7 @@ func TestStaleLeaderWriteAfterTransfer(t *testing.T) {
 	hold := newWriteHold(0)
 	c := testcluster.Start(t, 3, func(cfg *serverConfig) {
 		cfg.LeaderBalanceInterval = -1 // leadership moves only when the test says
-		cfg.AfterRevisionsTaken = hold.hook
+		cfg.Knobs.AfterRevisionsTaken = hold.hook
 	})
 	ctx := ctxT(t)
 	if _, err := c.Client(c.Nodes[0].ClientURL).Put(ctx, "k", "before"); err != nil {
@@ -91,7 +91,7 @@ func TestStaleLeaderWriteAfterTransfer(t *testing.T) {
 	}
 	leader := -1
 	for i, n := range c.Nodes {
-		if n.Server.IsLeader() {
+		if n.Server.Testing().IsLeader() {
 			leader = i
 		}
 	}
@@ -107,13 +107,13 @@ func TestStaleLeaderWriteAfterTransfer(t *testing.T) {
 	// not complete within an election timeout): ask again until it moves.
 	deadline := time.Now().Add(30 * time.Second)
 	var asked time.Time
-	for ; !c.Nodes[next].Server.IsLeader(); time.Sleep(10 * time.Millisecond) {
+	for ; !c.Nodes[next].Server.Testing().IsLeader(); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			close(hold.release)
 			t.Fatal("leadership did not move")
 		}
 		if time.Since(asked) > time.Second {
-			_ = c.Nodes[leader].Server.TransferLeadership(uint64(next + 1))
+			_ = c.Nodes[leader].Server.Testing().TransferLeadership(uint64(next + 1))
 			asked = time.Now()
 		}
 	}
@@ -144,7 +144,7 @@ func TestStaleLeaderWriteAfterTransfer(t *testing.T) {
 
 // writeHold holds the first write that takes its revisions while armed, on
 // range rangeID (0: any), until release is closed: install hook as
-// serverConfig.AfterRevisionsTaken.
+// serverConfig.Knobs.AfterRevisionsTaken.
 type writeHold struct {
 	rangeID uint64
 	armed   atomic.Bool
@@ -209,8 +209,8 @@ func TestInDoubtWriteHoldsFencedReads(t *testing.T) {
 	const requestTimeout = 300 * time.Millisecond
 	gate := newApplyGate(2)
 	c := testcluster.Start(t, 1, func(cfg *serverConfig) {
-		cfg.BeforeApply = gate.hook
-		cfg.RangeRequestTimeout = requestTimeout
+		cfg.Knobs.BeforeApply = gate.hook
+		cfg.Knobs.RangeRequestTimeout = requestTimeout
 	})
 	ctx := ctxT(t)
 	cli := c.Client()
@@ -268,7 +268,7 @@ func TestInDoubtWriteHoldsFencedReads(t *testing.T) {
 }
 
 // applyGate holds back the applies of range rangeID while shut: install
-// hook as serverConfig.BeforeApply.
+// hook as serverConfig.Knobs.BeforeApply.
 type applyGate struct {
 	rangeID uint64
 	mu      sync.Mutex

@@ -160,7 +160,7 @@ func TestLeaseAttachRacesRevocation(t *testing.T) {
 		ctx        = ctxT(t)
 	)
 	c := testcluster.Start(t, 1, func(cfg *serverConfig) {
-		cfg.AfterLeaseProof = func(leaseID, proof int64) {
+		cfg.Knobs.AfterLeaseProof = func(leaseID, proof int64) {
 			proofs.Add(1)
 			if revokeNext.CompareAndSwap(leaseID, 0) {
 				if _, err := cli.Revoke(ctx, clientv3.LeaseID(leaseID)); err != nil {
@@ -263,8 +263,8 @@ func TestLeaseRevocationReachesSplitChildren(t *testing.T) {
 func TestLeaseRevocationStoppedPartWay(t *testing.T) {
 	var stopNext atomic.Int64
 	c := testcluster.Start(t, 1, func(cfg *serverConfig) {
-		cfg.RevokeRetryAfter = time.Second
-		cfg.AfterLeaseMark = func(leaseID int64) error {
+		cfg.Knobs.RevokeRetryAfter = time.Second
+		cfg.Knobs.AfterLeaseMark = func(leaseID int64) error {
 			if stopNext.CompareAndSwap(leaseID, 0) {
 				return errors.New("test: revocation stopped after the mark")
 			}

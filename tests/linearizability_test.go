@@ -96,7 +96,7 @@ func TestLinearizable(t *testing.T) {
 			c.StartNode(leader)
 			return
 		}
-		_ = leader.Server.TransferLeadership(uint64((round+1)%3 + 1))
+		_ = leader.Server.Testing().TransferLeadership(uint64((round+1)%3 + 1))
 	})
 }
 
@@ -114,10 +114,10 @@ func TestLinearizableManyRanges(t *testing.T) {
 		case 0:
 			splitAt(t, c, c.Nodes[1], "lin/01")
 		case 1:
-			_ = c.Nodes[0].Server.TransferLeadership(2)
+			_ = c.Nodes[0].Server.Testing().TransferLeadership(2)
 		case 2:
 			splitAt(t, c, c.Nodes[2], "lin/09")
-			_ = c.Nodes[0].Server.TransferMetaLeadership(3)
+			_ = c.Nodes[0].Server.Testing().TransferMetaLeadership(3)
 		}
 	})
 }

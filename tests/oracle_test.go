@@ -30,9 +30,9 @@ func TestRevisionsGrowAcrossMetaLeaderChanges(t *testing.T) {
 		}
 		last = resp.Header.Revision
 		if i%100 == 50 {
-			leader := c.Nodes[0].Server.MetaLeader()
+			leader := c.Nodes[0].Server.Testing().MetaLeader()
 			target := leader%3 + 1
-			if err := c.Nodes[0].Server.TransferMetaLeadership(target); err == nil {
+			if err := c.Nodes[0].Server.Testing().TransferMetaLeadership(target); err == nil {
 				moves++
 			}
 		}

@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tesserakv/tessera/internal/testcluster"
@@ -184,6 +187,30 @@ func TestRangeStreamShape(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, sc := range streamCases(early) {
+		checkStream(t, cli, sc, now.Header.Revision)
+	}
+	if _, err := cli.Compact(ctxT(t), early+1); err != nil {
+		t.Fatal(err)
+	}
+	checkCompactedStream(t, cli, early)
+}
+
+// TestRangeStreamShapeOfEtcd: the shapes the cases expect are the ones a
+// real etcd v3.7.3 sends, with the same --max-request-bytes.
+func TestRangeStreamShapeOfEtcd(t *testing.T) {
+	e := startEtcd(t, "--max-request-bytes", strconv.Itoa(streamRequestBytes))
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	early := streamData(t, cli)
+	now, err := cli.Get(ctxT(t), "r/000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sc := range streamCases(early) {
+		sc.name = "etcd: " + sc.name
 		checkStream(t, cli, sc, now.Header.Revision)
 	}
 	if _, err := cli.Compact(ctxT(t), early+1); err != nil {

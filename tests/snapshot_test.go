@@ -82,7 +82,7 @@ func TestFollowerCatchesUpBySnapshot(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if n := follower.Server.SnapshotsRecovered(); n == 0 {
+	if n := follower.Server.Testing().SnapshotsRecovered(); n == 0 {
 		t.Fatal("the follower caught up without installing a snapshot; the test does not test what it says")
 	}
 	get, err := fcli.Get(ctx, "snap/12345", clientv3.WithSerializable())
@@ -94,11 +94,11 @@ func TestFollowerCatchesUpBySnapshot(t *testing.T) {
 		t.Fatalf("lease on the follower after the snapshot: %+v %v", ttl, err)
 	}
 	// The caught-up follower can lead.
-	if err := c.Leader().Server.TransferLeadership(followerReplicaID(c, follower)); err != nil {
+	if err := c.Leader().Server.Testing().TransferLeadership(followerReplicaID(c, follower)); err != nil {
 		t.Fatal(err)
 	}
 	deadline = time.Now().Add(10 * time.Second)
-	for !follower.Server.IsLeader() && time.Now().Before(deadline) {
+	for !follower.Server.Testing().IsLeader() && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	if _, err := fcli.Put(ctx, "snap/after", "v"); err != nil {
@@ -131,9 +131,9 @@ func TestSoleNodeTruncatesLogByBytes(t *testing.T) {
 	}
 	node := c.Nodes[0]
 	// Taken in the background: wait for the third.
-	for deadline := time.Now().Add(30 * time.Second); node.Server.SnapshotsTaken() < 3; time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); node.Server.Testing().SnapshotsTaken() < 3; time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d snapshots taken after %d MiB of entries", node.Server.SnapshotsTaken(), keys*len(value)>>20)
+			t.Fatalf("%d snapshots taken after %d MiB of entries", node.Server.Testing().SnapshotsTaken(), keys*len(value)>>20)
 		}
 	}
 	c.StopNode(node)

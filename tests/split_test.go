@@ -13,6 +13,7 @@ import (
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -41,9 +42,9 @@ func waitRanges(t *testing.T, c *testcluster.Cluster, want int) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for _, n := range c.Nodes {
-		for n.Server != nil && n.Server.RangeCount() < want {
+		for n.Server != nil && n.Server.Testing().RangeCount() < want {
 			if time.Now().After(deadline) {
-				t.Fatalf("%s runs %d ranges, want %d", n.Config.Name, n.Server.RangeCount(), want)
+				t.Fatalf("%s runs %d ranges, want %d", n.Config.Name, n.Server.Testing().RangeCount(), want)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
@@ -59,8 +60,8 @@ func waitRecordedRanges(t *testing.T, c *testcluster.Cluster) {
 	deadline := time.Now().Add(20 * time.Second)
 	for _, n := range c.Nodes {
 		for {
-			recorded, rerr := n.Server.RecordedRanges(ctx)
-			running, err := n.Server.Ranges(ctx)
+			recorded, rerr := n.Server.Testing().RecordedRanges(ctx)
+			running, err := n.Server.Testing().Ranges(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -362,14 +363,14 @@ func TestSizeTriggeredSplits(t *testing.T) {
 	}
 	wg.Wait()
 	deadline := time.Now().Add(20 * time.Second)
-	for c.Nodes[0].Server.RangeCount() < 3 {
+	for c.Nodes[0].Server.Testing().RangeCount() < 3 {
 		if time.Now().After(deadline) {
-			ranges, _ := c.Nodes[0].Server.Ranges(ctx)
-			t.Fatalf("only %d ranges after writing 16 MiB with --range-max-bytes=1MiB: %v", c.Nodes[0].Server.RangeCount(), ranges)
+			ranges, _ := c.Nodes[0].Server.Testing().Ranges(ctx)
+			t.Fatalf("only %d ranges after writing 16 MiB with --range-max-bytes=1MiB: %v", c.Nodes[0].Server.Testing().RangeCount(), ranges)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	ranges, err := c.Nodes[0].Server.Ranges(ctx)
+	ranges, err := c.Nodes[0].Server.Testing().Ranges(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -477,8 +478,8 @@ func TestLoadTriggeredSplit(t *testing.T) {
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	var sawQPS bool
-	for c.Nodes[0].Server.RangeCount() < 2 {
-		if ranges, err := c.Nodes[0].Server.Ranges(ctx); err == nil && len(ranges) > 0 && ranges[0].Qps > 50 {
+	for c.Nodes[0].Server.Testing().RangeCount() < 2 {
+		if ranges, err := c.Nodes[0].Server.Testing().Ranges(ctx); err == nil && len(ranges) > 0 && ranges[0].Qps > 50 {
 			sawQPS = true
 		}
 		if time.Now().After(deadline) {
@@ -490,7 +491,7 @@ func TestLoadTriggeredSplit(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
-	ranges, err := c.Nodes[0].Server.Ranges(ctx)
+	ranges, err := c.Nodes[0].Server.Testing().Ranges(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -585,7 +586,7 @@ func splitAndPut(t *testing.T, c *testcluster.Cluster, splits int, putTimeout ti
 // leadersByMember counts the data ranges each member leads, as n sees them.
 func leadersByMember(t *testing.T, n *testcluster.Node) map[uint64]int {
 	t.Helper()
-	ranges, err := n.Server.Ranges(ctxT(t))
+	ranges, err := n.Server.Testing().Ranges(ctxT(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -633,13 +634,110 @@ func TestLeaderBalancer(t *testing.T) {
 		}
 	}
 	waitFor("every range led by member 1", func(led map[uint64]int) bool { return led[1] == splits+1 }, func() {
-		_ = c.Nodes[0].Server.TransferLeadership(1)
+		_ = c.Nodes[0].Server.Testing().TransferLeadership(1)
 	})
 	waitFor("the leaders evened out", func(led map[uint64]int) bool {
 		return led[1] <= 3 && led[2] >= 2 && led[3] >= 2
 	}, func() {
 		for _, n := range c.Nodes {
-			n.Server.BalanceLeadersOnce()
+			n.Server.Testing().BalanceLeadersOnce()
 		}
 	})
+}
+
+// TestSortedRangeAsEtcd: a Range sorted by value answers as etcd's one store
+// does (server/etcdserver/txn/range.go), on one range and across three: with
+// sort order NONE and a limit, etcd sorts only the first limit+1 keys in key
+// order; with ASCEND it sorts every key and cuts to the limit; keys_only
+// sorted by value is sorted on the values it then drops.
+func TestSortedRangeAsEtcd(t *testing.T) {
+	c := testcluster.Start(t, 1)
+	ctx := ctxT(t)
+	cli := c.Client()
+	for _, kv := range [][2]string{{"o/a", "3"}, {"o/b", "1"}, {"o/c", "2"}, {"o/x", "0"}, {"o/y", "5"}} {
+		if _, err := cli.Put(ctx, kv[0], kv[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	byValue := func(order pb.RangeRequest_SortOrder, limit int64, keysOnly bool) *pb.RangeRequest {
+		return &pb.RangeRequest{Key: []byte("o/"), RangeEnd: []byte("o0"), SortTarget: pb.RangeRequest_VALUE, SortOrder: order, Limit: limit, KeysOnly: keysOnly}
+	}
+	cases := []struct {
+		name string
+		req  *pb.RangeRequest
+		keys string
+		more bool
+	}{
+		{"ascending, limit 1", byValue(pb.RangeRequest_ASCEND, 1, false), "o/x", true},
+		{"order NONE, limit 1", byValue(pb.RangeRequest_NONE, 1, false), "o/b", true},
+		{"order NONE, limit 3", byValue(pb.RangeRequest_NONE, 3, false), "o/x,o/b,o/c", true},
+		{"descending, limit 2", byValue(pb.RangeRequest_DESCEND, 2, false), "o/y,o/a", true},
+		{"keys only, ascending", byValue(pb.RangeRequest_ASCEND, 0, true), "o/x,o/b,o/c,o/a,o/y", false},
+	}
+	check := func(where string) {
+		t.Helper()
+		for _, tc := range cases {
+			resp, err := pbKV(cli).Range(ctx, tc.req)
+			if err != nil {
+				t.Fatalf("%s, %s: %v", where, tc.name, err)
+			}
+			var keys []string
+			for _, kv := range resp.Kvs {
+				keys = append(keys, string(kv.Key))
+				if tc.req.KeysOnly && len(kv.Value) != 0 {
+					t.Fatalf("%s, %s: keys only answered value %q", where, tc.name, kv.Value)
+				}
+			}
+			if got := strings.Join(keys, ","); got != tc.keys || resp.More != tc.more || resp.Count != 5 {
+				t.Fatalf("%s, %s: %s more=%v count=%d; etcd answers %s more=%v count=5", where, tc.name, got, resp.More, resp.Count, tc.keys, tc.more)
+			}
+		}
+	}
+	check("one range")
+	splitAt(t, c, c.Nodes[0], "o/c")
+	splitAt(t, c, c.Nodes[0], "o/y")
+	waitRanges(t, c, 3)
+	check("three ranges")
+}
+
+// TestTxnInOneRangeAsEtcd: a Txn whose keys lie in one range is not refused
+// as spanning ranges because of an empty span (range_end at or before its
+// key) elsewhere, and a lease named only in the branch not taken does not
+// refuse it (etcd checks the operations it runs); a Put that runs with an
+// unknown lease is refused "lease not found".
+func TestTxnInOneRangeAsEtcd(t *testing.T) {
+	c := testcluster.Start(t, 1)
+	ctx := ctxT(t)
+	cli := c.Client()
+	splitAt(t, c, c.Nodes[0], "m")
+	waitRanges(t, c, 2)
+	lease, err := cli.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	empty := &pb.RequestOp{Request: &pb.RequestOp_RequestRange{RequestRange: &pb.RangeRequest{Key: []byte("z"), RangeEnd: []byte("a")}}}
+	put := func(key string, leaseID int64) *pb.RequestOp {
+		return &pb.RequestOp{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: []byte(key), Value: []byte("v"), Lease: leaseID}}}
+	}
+	// The empty span [z, a) lies "in" the second range by its key; the Put
+	// is in the first.
+	if _, err := pbKV(cli).Txn(ctx, &pb.TxnRequest{Success: []*pb.RequestOp{put("b", 0), empty}}); err != nil {
+		t.Fatalf("txn in one range with an empty span: %v", err)
+	}
+	// On the second range (not the leases' home range), the branch taken
+	// names a live lease, the other one a lease that does not exist.
+	const unknownLease = 999
+	txn := &pb.TxnRequest{
+		Compare: []*pb.Compare{{Key: []byte("n"), Target: pb.Compare_VERSION, Result: pb.Compare_EQUAL, TargetUnion: &pb.Compare_Version{Version: 0}}},
+		Success: []*pb.RequestOp{put("n", int64(lease.ID))},
+		Failure: []*pb.RequestOp{put("n", unknownLease)},
+	}
+	resp, err := pbKV(cli).Txn(ctx, txn)
+	if err != nil || !resp.Succeeded {
+		t.Fatalf("txn whose branch not taken names an unknown lease: %v %v", resp, err)
+	}
+	// Now the failure branch runs, with the unknown lease.
+	if _, err := pbKV(cli).Txn(ctx, txn); err == nil || err.Error() != rpctypes.ErrGRPCLeaseNotFound.Error() {
+		t.Fatalf("txn running a Put with an unknown lease: %v, want %v", err, rpctypes.ErrGRPCLeaseNotFound)
+	}
 }

@@ -382,7 +382,7 @@ func TestWatchGuarantees(t *testing.T) {
 				t.Errorf("split at wc/3/06: %v", err)
 			}
 		case 1:
-			_ = c.Nodes[0].Server.TransferLeadership(2)
+			_ = c.Nodes[0].Server.Testing().TransferLeadership(2)
 			recS1.stop()
 			var s1Err error
 			if s1Log, s1Err = recS1.snapshot(); s1Err != nil {
@@ -398,9 +398,9 @@ func TestWatchGuarantees(t *testing.T) {
 			if err := trySplit(c, c.Nodes[2], "wc/6/06"); err != nil {
 				t.Errorf("split at wc/6/06: %v", err)
 			}
-			_ = c.Nodes[1].Server.TransferMetaLeadership(3)
+			_ = c.Nodes[1].Server.Testing().TransferMetaLeadership(3)
 		case 3:
-			_ = c.Nodes[2].Server.TransferLeadership(3)
+			_ = c.Nodes[2].Server.Testing().TransferLeadership(3)
 			if err := trySplit(c, c.Nodes[0], "wc/9"); err != nil {
 				t.Errorf("split at wc/9: %v", err)
 			}

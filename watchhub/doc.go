@@ -2,7 +2,8 @@
 // replica on this node, merged into the one global revision order etcd's
 // clients expect.
 //
-// How it keeps etcd's guarantees across ranges (DESIGN.md, Revisions 4):
+// How it keeps etcd's guarantees across ranges (docs/design.md, "Watches"
+// and "Closed revisions"):
 //
 //   - Every range replica publishes, after each applied batch, its events and
 //     its floor: the revision at and below which it has applied every command
@@ -11,11 +12,13 @@
 //   - A watch over [key, end) may release the events up to the lowest floor
 //     of the ranges holding that interval: no event at or below it can still
 //     appear. Events wait in one buffer, ordered by revision, until then.
-//   - An idle range's floor does not move by itself. When events or a
-//     progress request wait on it, the hub closes it: it proposes a barrier
-//     through the range's leader, which takes a revision from the oracle like
-//     any write, so applying it lifts the range's floor above every revision
-//     issued before. Busy ranges close as they apply.
+//   - An idle range's floor does not move by itself. When events, a new
+//     watch or a progress request wait on it, the hub closes it
+//     (Source.CloseRange): a fenced read at the oracle's current revision,
+//     after which this node's replica holds every write at or below it, or,
+//     when the range's leader cannot be asked, a barrier proposed through
+//     the leader, which takes a revision like any write and lifts the floor
+//     when it applies. Busy ranges close as they apply.
 //   - A watcher that starts in the past, or whose stream cannot keep up (its
 //     bounded send queue is full), is unsynced: it catches up from the MVCC
 //     history in bounded windows (statemachine.Store.History), then rejoins

@@ -11,6 +11,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
+	"github.com/tesserakv/tessera/internal/stop"
 	"github.com/tesserakv/tessera/statemachine"
 )
 
@@ -84,14 +85,13 @@ const (
 type Hub struct {
 	pb.UnimplementedWatchServer
 
-	src   Source
-	cfg   Config
-	log   *slog.Logger
-	kick  chan struct{}
-	stopc chan struct{}
-	done  chan struct{}
-	// closers counts the goroutines closing ranges, for Stop.
-	closers sync.WaitGroup
+	src  Source
+	cfg  Config
+	log  *slog.Logger
+	kick chan struct{}
+	// stopper owns the hub's goroutines: its rounds, the calls closing
+	// ranges, and every stream's loops.
+	stopper *stop.Stopper
 
 	// inMu guards inbox: what ranges published since the last round. The
 	// apply path only ever waits for inMu, never for a round.
@@ -152,28 +152,20 @@ func New(src Source, cfg Config) *Hub {
 	h := &Hub{
 		src: src, cfg: cfg, log: log,
 		kick:    make(chan struct{}, 1),
-		stopc:   make(chan struct{}),
-		done:    make(chan struct{}),
+		stopper: stop.New(),
 		floors:  map[uint64]int64{},
 		groups:  map[interval]*group{},
 		streams: map[*stream]struct{}{},
 		closing: map[uint64]bool{},
 		changed: make(chan struct{}),
 	}
-	go h.run()
+	_ = h.stopper.RunAsync(h.run)
 	return h
 }
 
-// Stop ends the hub's work; open streams end with their contexts.
-func (h *Hub) Stop() {
-	select {
-	case <-h.stopc:
-	default:
-		close(h.stopc)
-	}
-	<-h.done
-	h.closers.Wait()
-}
+// Stop ends the hub's work: open streams end (Unavailable), and Stop returns
+// once every goroutine of the hub and its streams has.
+func (h *Hub) Stop() { h.stopper.Stop() }
 
 // Publish takes what a range replica applied (statemachine.StoreOptions.OnApply).
 // It does not wait for watchers: the next round takes it.
@@ -258,12 +250,11 @@ func (h *Hub) poke() {
 }
 
 func (h *Hub) run() {
-	defer close(h.done)
 	tick := time.NewTicker(h.cfg.ProgressNotifyInterval)
 	defer tick.Stop()
 	for {
 		select {
-		case <-h.stopc:
+		case <-h.stopper.ShouldQuiesce():
 			return
 		case <-h.kick:
 		case <-tick.C:
@@ -394,8 +385,9 @@ func (h *Hub) round() {
 	// watcher that comes later catches up from history the same way
 	// (closing its own ranges as far as it needs). Closing every idle range
 	// instead would wake them all (a quiesced Raft group answers a ReadIndex
-	// with heartbeats) whenever any range is busy; keeping maxBufferedBytes
-	// kept 150-200 MB of heap after a load had split the store.
+	// with heartbeats) whenever any range is busy, and keeping
+	// maxBufferedBytes with nobody watching would hold that much heap after
+	// a load.
 	base := h.lowestFloorLocked()
 	limit := idleBufferedBytes
 	if anyLive {
@@ -536,23 +528,18 @@ func (h *Hub) closeLocked(ids []uint64, target int64) {
 		if h.floors[id] >= target || h.closing[id] {
 			continue
 		}
+		if err := h.stopper.RunAsync(func() { h.closeRange(id) }); err != nil {
+			return // stopping
+		}
 		h.closing[id] = true
-		h.closers.Add(1)
-		go h.closeRange(id)
 	}
 }
 
 func (h *Hub) closeRange(id uint64) {
-	defer h.closers.Done()
-	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
-	go func() {
-		select {
-		case <-h.stopc:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
+	ctx, cancel := h.stopper.WithCancelOnQuiesce(context.Background())
+	ctx, cancelTimeout := context.WithTimeout(ctx, closeTimeout)
 	closed, err := h.src.CloseRange(ctx, id)
+	cancelTimeout()
 	cancel()
 	if closed > 0 {
 		// Every event at or below closed is in the inbox already (ranges
@@ -568,7 +555,7 @@ func (h *Hub) closeRange(id uint64) {
 	if err != nil {
 		h.log.Debug("closing a range for watches", "range", id, "err", err)
 		select {
-		case <-h.stopc:
+		case <-h.stopper.ShouldQuiesce():
 		case <-time.After(closeRetryPause):
 		}
 	}

@@ -81,21 +81,26 @@ func (h *Hub) Watch(srv pb.Watch_WatchServer) error {
 		h.mu.Unlock()
 	}()
 	errc := make(chan error, 3)
-	go func() { errc <- s.sendLoop() }()
-	go s.catchUpLoop()
-	go func() {
-		err := s.recvLoop()
-		if err != nil {
-			errc <- err
+	for _, loop := range []func(){
+		func() { errc <- s.sendLoop() },
+		s.catchUpLoop,
+		func() {
+			if err := s.recvLoop(); err != nil {
+				errc <- err
+			}
+			// io.EOF: the client sends no more requests but still reads.
+		},
+	} {
+		if err := h.stopper.RunAsync(loop); err != nil {
+			return errMemberStopping
 		}
-		// io.EOF: the client sends no more requests but still reads.
-	}()
+	}
 	select {
 	case err := <-errc:
 		return err
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-h.stopc:
+	case <-h.stopper.ShouldQuiesce():
 		// Unavailable, so clients resume the watches elsewhere (or here
 		// after a restart) from the revision after their last event.
 		return errMemberStopping

@@ -49,15 +49,12 @@ func main() {
 
 // The Go collector lets the heap grow to twice the live heap by default
 // (GOGC=100). A node's live Go heap is mostly small (Pebble keeps its block
-// cache and memtables outside it) while every request allocates several
-// kilobytes in gRPC and protobuf, so collections are frequent: at Go's
-// default they took about a tenth of a node's CPU under a Put load. Unless
-// GOGC is set, tuneGC lets the heap grow by up to gcExtraHeadroom more than
-// Go's default would, at most doubling the default's headroom (GOGC=200):
-// one node took 200,000 Puts with 9 % less CPU and 7 % more Puts per second
-// at 200. A flat 200 would cost a node with a large live heap as much again
-// (1,000 idle ranges: RSS 249 → 339 MiB); with the cap it costs at most
-// gcExtraHeadroom.
+// cache and memtables outside it) while every request allocates in gRPC and
+// protobuf, so collections are frequent. Unless GOGC is set, tuneGC lets the
+// heap grow by up to gcExtraHeadroom more than Go's default would, at most
+// doubling the default's headroom (GOGC=200); a flat 200 would cost a node
+// with a large live heap as much again (docs/performance.md, "The Go
+// collector").
 const (
 	gcExtraHeadroom  = 32 << 20
 	gcMaxPercent     = 200

@@ -133,9 +133,9 @@ func (c *Cluster) waitRegistered() {
 	c.t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for _, node := range c.Nodes {
-		for node.Server.RegisteredNodes(context.Background()) < len(c.Nodes) {
+		for node.Server.Testing().RegisteredNodes(context.Background()) < len(c.Nodes) {
 			if time.Now().After(deadline) {
-				c.t.Fatalf("%s knows %d of %d nodes after 10s", node.Config.Name, node.Server.RegisteredNodes(context.Background()), len(c.Nodes))
+				c.t.Fatalf("%s knows %d of %d nodes after 10s", node.Config.Name, node.Server.Testing().RegisteredNodes(context.Background()), len(c.Nodes))
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
@@ -184,7 +184,7 @@ func (c *Cluster) Leader() *Node {
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		for _, n := range c.Nodes {
-			if n.Server != nil && n.Server.IsLeader() {
+			if n.Server != nil && n.Server.Testing().IsLeader() {
 				return n
 			}
 		}

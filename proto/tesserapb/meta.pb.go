@@ -1010,10 +1010,13 @@ type RangeWriteStreamResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
 	// response is set when code is 0 (OK); otherwise code and message are the
-	// gRPC status RangeWrite would have failed with.
-	Response      *RangeWriteResponse `protobuf:"bytes,2,opt,name=response,proto3" json:"response,omitempty"`
-	Code          uint32              `protobuf:"varint,3,opt,name=code,proto3" json:"code,omitempty"`
-	Message       string              `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	// gRPC status the write failed with.
+	Response *RangeWriteResponse `protobuf:"bytes,2,opt,name=response,proto3" json:"response,omitempty"`
+	Code     uint32              `protobuf:"varint,3,opt,name=code,proto3" json:"code,omitempty"`
+	Message  string              `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	// not_leader is set when the answering node's replica does not lead the
+	// range (code FailedPrecondition).
+	NotLeader     *NotLeader `protobuf:"bytes,5,opt,name=not_leader,json=notLeader,proto3" json:"not_leader,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1076,6 +1079,61 @@ func (x *RangeWriteStreamResponse) GetMessage() string {
 	return ""
 }
 
+func (x *RangeWriteStreamResponse) GetNotLeader() *NotLeader {
+	if x != nil {
+		return x.NotLeader
+	}
+	return nil
+}
+
+// NotLeader says a replica does not lead its range, and which replica does
+// when it knows: a forwarded write is sent there next. It also travels as a
+// gRPC status detail.
+type NotLeader struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// leader_replica_id is the leading replica's ID; 0 when none is known.
+	LeaderReplicaId uint64 `protobuf:"varint,1,opt,name=leader_replica_id,json=leaderReplicaId,proto3" json:"leader_replica_id,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *NotLeader) Reset() {
+	*x = NotLeader{}
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NotLeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NotLeader) ProtoMessage() {}
+
+func (x *NotLeader) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NotLeader.ProtoReflect.Descriptor instead.
+func (*NotLeader) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *NotLeader) GetLeaderReplicaId() uint64 {
+	if x != nil {
+		return x.LeaderReplicaId
+	}
+	return 0
+}
+
 type FenceRangeRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	RangeId  uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
@@ -1090,7 +1148,7 @@ type FenceRangeRequest struct {
 
 func (x *FenceRangeRequest) Reset() {
 	*x = FenceRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1102,7 +1160,7 @@ func (x *FenceRangeRequest) String() string {
 func (*FenceRangeRequest) ProtoMessage() {}
 
 func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1115,7 +1173,7 @@ func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeRequest.ProtoReflect.Descriptor instead.
 func (*FenceRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *FenceRangeRequest) GetRangeId() uint64 {
@@ -1150,7 +1208,7 @@ type FenceRangeResponse struct {
 
 func (x *FenceRangeResponse) Reset() {
 	*x = FenceRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[19]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1162,7 +1220,7 @@ func (x *FenceRangeResponse) String() string {
 func (*FenceRangeResponse) ProtoMessage() {}
 
 func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[19]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1175,7 +1233,7 @@ func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeResponse.ProtoReflect.Descriptor instead.
 func (*FenceRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *FenceRangeResponse) GetAppliedIndex() uint64 {
@@ -1201,7 +1259,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[20]
+	mi := &file_tesserapb_meta_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1213,7 +1271,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[20]
+	mi := &file_tesserapb_meta_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1226,7 +1284,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SplitRangeRequest) GetSplitKey() []byte {
@@ -1246,7 +1304,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[21]
+	mi := &file_tesserapb_meta_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1258,7 +1316,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[21]
+	mi := &file_tesserapb_meta_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1271,7 +1329,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{21}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SplitRangeResponse) GetLeft() *RangeInfo {
@@ -1296,7 +1354,7 @@ type ListRangesRequest struct {
 
 func (x *ListRangesRequest) Reset() {
 	*x = ListRangesRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[22]
+	mi := &file_tesserapb_meta_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1308,7 +1366,7 @@ func (x *ListRangesRequest) String() string {
 func (*ListRangesRequest) ProtoMessage() {}
 
 func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[22]
+	mi := &file_tesserapb_meta_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1321,7 +1379,7 @@ func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesRequest.ProtoReflect.Descriptor instead.
 func (*ListRangesRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{22}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{23}
 }
 
 type ListRangesResponse struct {
@@ -1333,7 +1391,7 @@ type ListRangesResponse struct {
 
 func (x *ListRangesResponse) Reset() {
 	*x = ListRangesResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[23]
+	mi := &file_tesserapb_meta_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1345,7 +1403,7 @@ func (x *ListRangesResponse) String() string {
 func (*ListRangesResponse) ProtoMessage() {}
 
 func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[23]
+	mi := &file_tesserapb_meta_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1358,7 +1416,7 @@ func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesResponse.ProtoReflect.Descriptor instead.
 func (*ListRangesResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{23}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListRangesResponse) GetRanges() []*RangeInfo {
@@ -1385,7 +1443,7 @@ type RangeInfo struct {
 
 func (x *RangeInfo) Reset() {
 	*x = RangeInfo{}
-	mi := &file_tesserapb_meta_proto_msgTypes[24]
+	mi := &file_tesserapb_meta_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1397,7 +1455,7 @@ func (x *RangeInfo) String() string {
 func (*RangeInfo) ProtoMessage() {}
 
 func (x *RangeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[24]
+	mi := &file_tesserapb_meta_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1410,7 +1468,7 @@ func (x *RangeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
 func (*RangeInfo) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{24}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RangeInfo) GetRangeId() uint64 {
@@ -1478,7 +1536,7 @@ type GetRevisionsRequest struct {
 
 func (x *GetRevisionsRequest) Reset() {
 	*x = GetRevisionsRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[25]
+	mi := &file_tesserapb_meta_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1490,7 +1548,7 @@ func (x *GetRevisionsRequest) String() string {
 func (*GetRevisionsRequest) ProtoMessage() {}
 
 func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[25]
+	mi := &file_tesserapb_meta_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1503,7 +1561,7 @@ func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*GetRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{25}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetRevisionsRequest) GetCount() int64 {
@@ -1524,7 +1582,7 @@ type GetRevisionsResponse struct {
 
 func (x *GetRevisionsResponse) Reset() {
 	*x = GetRevisionsResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[26]
+	mi := &file_tesserapb_meta_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1536,7 +1594,7 @@ func (x *GetRevisionsResponse) String() string {
 func (*GetRevisionsResponse) ProtoMessage() {}
 
 func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[26]
+	mi := &file_tesserapb_meta_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1549,7 +1607,7 @@ func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*GetRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{26}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetRevisionsResponse) GetFirst() int64 {
@@ -1631,12 +1689,16 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x126\n" +
 	"\arequest\x18\x02 \x01(\v2\x1c.tesserapb.RangeWriteRequestR\arequest\x12\x1d\n" +
 	"\n" +
-	"timeout_ms\x18\x03 \x01(\x03R\ttimeoutMs\"\x95\x01\n" +
+	"timeout_ms\x18\x03 \x01(\x03R\ttimeoutMs\"\xca\x01\n" +
 	"\x18RangeWriteStreamResponse\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x129\n" +
 	"\bresponse\x18\x02 \x01(\v2\x1d.tesserapb.RangeWriteResponseR\bresponse\x12\x12\n" +
 	"\x04code\x18\x03 \x01(\rR\x04code\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage\"d\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\x123\n" +
+	"\n" +
+	"not_leader\x18\x05 \x01(\v2\x14.tesserapb.NotLeaderR\tnotLeader\"7\n" +
+	"\tNotLeader\x12*\n" +
+	"\x11leader_replica_id\x18\x01 \x01(\x04R\x0fleaderReplicaId\"d\n" +
 	"\x11FenceRangeRequest\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x18\n" +
@@ -1668,11 +1730,9 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\x05count\x18\x01 \x01(\x03R\x05count\"B\n" +
 	"\x14GetRevisionsResponse\x12\x14\n" +
 	"\x05first\x18\x01 \x01(\x03R\x05first\x12\x14\n" +
-	"\x05count\x18\x02 \x01(\x03R\x05count2\xd7\x05\n" +
+	"\x05count\x18\x02 \x01(\x03R\x05count2\x8c\x05\n" +
 	"\bInternal\x12O\n" +
-	"\fGetRevisions\x12\x1e.tesserapb.GetRevisionsRequest\x1a\x1f.tesserapb.GetRevisionsResponse\x12I\n" +
-	"\n" +
-	"RangeWrite\x12\x1c.tesserapb.RangeWriteRequest\x1a\x1d.tesserapb.RangeWriteResponse\x12_\n" +
+	"\fGetRevisions\x12\x1e.tesserapb.GetRevisionsRequest\x1a\x1f.tesserapb.GetRevisionsResponse\x12_\n" +
 	"\x10RangeWriteStream\x12\".tesserapb.RangeWriteStreamRequest\x1a#.tesserapb.RangeWriteStreamResponse(\x010\x01\x12H\n" +
 	"\tRangeFeed\x12\x1b.tesserapb.RangeFeedRequest\x1a\x1c.tesserapb.RangeFeedResponse0\x01\x12I\n" +
 	"\n" +
@@ -1696,7 +1756,7 @@ func file_tesserapb_meta_proto_rawDescGZIP() []byte {
 	return file_tesserapb_meta_proto_rawDescData
 }
 
-var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_tesserapb_meta_proto_goTypes = []any{
 	(*MetaCommand)(nil),              // 0: tesserapb.MetaCommand
 	(*AllocateRangeIdCommand)(nil),   // 1: tesserapb.AllocateRangeIdCommand
@@ -1716,16 +1776,17 @@ var file_tesserapb_meta_proto_goTypes = []any{
 	(*RangeFeedResponse)(nil),        // 15: tesserapb.RangeFeedResponse
 	(*RangeWriteStreamRequest)(nil),  // 16: tesserapb.RangeWriteStreamRequest
 	(*RangeWriteStreamResponse)(nil), // 17: tesserapb.RangeWriteStreamResponse
-	(*FenceRangeRequest)(nil),        // 18: tesserapb.FenceRangeRequest
-	(*FenceRangeResponse)(nil),       // 19: tesserapb.FenceRangeResponse
-	(*SplitRangeRequest)(nil),        // 20: tesserapb.SplitRangeRequest
-	(*SplitRangeResponse)(nil),       // 21: tesserapb.SplitRangeResponse
-	(*ListRangesRequest)(nil),        // 22: tesserapb.ListRangesRequest
-	(*ListRangesResponse)(nil),       // 23: tesserapb.ListRangesResponse
-	(*RangeInfo)(nil),                // 24: tesserapb.RangeInfo
-	(*GetRevisionsRequest)(nil),      // 25: tesserapb.GetRevisionsRequest
-	(*GetRevisionsResponse)(nil),     // 26: tesserapb.GetRevisionsResponse
-	(*Result)(nil),                   // 27: tesserapb.Result
+	(*NotLeader)(nil),                // 18: tesserapb.NotLeader
+	(*FenceRangeRequest)(nil),        // 19: tesserapb.FenceRangeRequest
+	(*FenceRangeResponse)(nil),       // 20: tesserapb.FenceRangeResponse
+	(*SplitRangeRequest)(nil),        // 21: tesserapb.SplitRangeRequest
+	(*SplitRangeResponse)(nil),       // 22: tesserapb.SplitRangeResponse
+	(*ListRangesRequest)(nil),        // 23: tesserapb.ListRangesRequest
+	(*ListRangesResponse)(nil),       // 24: tesserapb.ListRangesResponse
+	(*RangeInfo)(nil),                // 25: tesserapb.RangeInfo
+	(*GetRevisionsRequest)(nil),      // 26: tesserapb.GetRevisionsRequest
+	(*GetRevisionsResponse)(nil),     // 27: tesserapb.GetRevisionsResponse
+	(*Result)(nil),                   // 28: tesserapb.Result
 }
 var file_tesserapb_meta_proto_depIdxs = []int32{
 	2,  // 0: tesserapb.MetaCommand.set_high_water:type_name -> tesserapb.SetHighWaterCommand
@@ -1736,35 +1797,34 @@ var file_tesserapb_meta_proto_depIdxs = []int32{
 	6,  // 5: tesserapb.PutRangeCommand.range:type_name -> tesserapb.RangeDescriptor
 	5,  // 6: tesserapb.MetaState.nodes:type_name -> tesserapb.NodeInfo
 	6,  // 7: tesserapb.MetaState.ranges:type_name -> tesserapb.RangeDescriptor
-	27, // 8: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
+	28, // 8: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
 	12, // 9: tesserapb.RangeWriteStreamRequest.request:type_name -> tesserapb.RangeWriteRequest
 	13, // 10: tesserapb.RangeWriteStreamResponse.response:type_name -> tesserapb.RangeWriteResponse
-	24, // 11: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
-	24, // 12: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
-	24, // 13: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
-	25, // 14: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
-	12, // 15: tesserapb.Internal.RangeWrite:input_type -> tesserapb.RangeWriteRequest
+	18, // 11: tesserapb.RangeWriteStreamResponse.not_leader:type_name -> tesserapb.NotLeader
+	25, // 12: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
+	25, // 13: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
+	25, // 14: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
+	26, // 15: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
 	16, // 16: tesserapb.Internal.RangeWriteStream:input_type -> tesserapb.RangeWriteStreamRequest
 	14, // 17: tesserapb.Internal.RangeFeed:input_type -> tesserapb.RangeFeedRequest
-	18, // 18: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
-	20, // 19: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
-	22, // 20: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
+	19, // 18: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
+	21, // 19: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
+	23, // 20: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
 	10, // 21: tesserapb.Internal.CampaignRange:input_type -> tesserapb.CampaignRangeRequest
 	8,  // 22: tesserapb.Internal.RangeStarted:input_type -> tesserapb.RangeStartedRequest
-	26, // 23: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
-	13, // 24: tesserapb.Internal.RangeWrite:output_type -> tesserapb.RangeWriteResponse
-	17, // 25: tesserapb.Internal.RangeWriteStream:output_type -> tesserapb.RangeWriteStreamResponse
-	15, // 26: tesserapb.Internal.RangeFeed:output_type -> tesserapb.RangeFeedResponse
-	19, // 27: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
-	21, // 28: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
-	23, // 29: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
-	11, // 30: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
-	9,  // 31: tesserapb.Internal.RangeStarted:output_type -> tesserapb.RangeStartedResponse
-	23, // [23:32] is the sub-list for method output_type
-	14, // [14:23] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	27, // 23: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
+	17, // 24: tesserapb.Internal.RangeWriteStream:output_type -> tesserapb.RangeWriteStreamResponse
+	15, // 25: tesserapb.Internal.RangeFeed:output_type -> tesserapb.RangeFeedResponse
+	20, // 26: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
+	22, // 27: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
+	24, // 28: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
+	11, // 29: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
+	9,  // 30: tesserapb.Internal.RangeStarted:output_type -> tesserapb.RangeStartedResponse
+	23, // [23:31] is the sub-list for method output_type
+	15, // [15:23] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_tesserapb_meta_proto_init() }
@@ -1785,7 +1845,7 @@ func file_tesserapb_meta_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tesserapb_meta_proto_rawDesc), len(file_tesserapb_meta_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   27,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

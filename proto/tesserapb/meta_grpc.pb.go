@@ -24,7 +24,6 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	Internal_GetRevisions_FullMethodName     = "/tesserapb.Internal/GetRevisions"
-	Internal_RangeWrite_FullMethodName       = "/tesserapb.Internal/RangeWrite"
 	Internal_RangeWriteStream_FullMethodName = "/tesserapb.Internal/RangeWriteStream"
 	Internal_RangeFeed_FullMethodName        = "/tesserapb.Internal/RangeFeed"
 	Internal_FenceRange_FullMethodName       = "/tesserapb.Internal/FenceRange"
@@ -44,12 +43,10 @@ type InternalClient interface {
 	// revision handed out before the call began. Only the meta range leader
 	// serves it; others answer FailedPrecondition naming the leader.
 	GetRevisions(ctx context.Context, in *GetRevisionsRequest, opts ...grpc.CallOption) (*GetRevisionsResponse, error)
-	// RangeWrite proposes a command to a range on the node holding its leader.
-	// Others answer FailedPrecondition.
-	RangeWrite(ctx context.Context, in *RangeWriteRequest, opts ...grpc.CallOption) (*RangeWriteResponse, error)
-	// RangeWriteStream carries many RangeWrites, each answered under its
-	// seq, in any order: what a node forwards to another goes over one
-	// stream instead of one call each.
+	// RangeWriteStream carries the commands a node forwards to the nodes
+	// holding their ranges' leaders, each answered under its seq, in any
+	// order: one stream per pair of nodes instead of one call each. A node
+	// whose replica does not lead answers FailedPrecondition with not_leader.
 	RangeWriteStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RangeWriteStreamRequest, RangeWriteStreamResponse], error)
 	// RangeFeed streams the events of a range's keys (as its bounds are when
 	// the feed starts) from start_revision on, in revision order with prev_kv:
@@ -94,16 +91,6 @@ func (c *internalClient) GetRevisions(ctx context.Context, in *GetRevisionsReque
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetRevisionsResponse)
 	err := c.cc.Invoke(ctx, Internal_GetRevisions_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-func (c *internalClient) RangeWrite(ctx context.Context, in *RangeWriteRequest, opts ...grpc.CallOption) (*RangeWriteResponse, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(RangeWriteResponse)
-	err := c.cc.Invoke(ctx, Internal_RangeWrite_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -202,12 +189,10 @@ type InternalServer interface {
 	// revision handed out before the call began. Only the meta range leader
 	// serves it; others answer FailedPrecondition naming the leader.
 	GetRevisions(context.Context, *GetRevisionsRequest) (*GetRevisionsResponse, error)
-	// RangeWrite proposes a command to a range on the node holding its leader.
-	// Others answer FailedPrecondition.
-	RangeWrite(context.Context, *RangeWriteRequest) (*RangeWriteResponse, error)
-	// RangeWriteStream carries many RangeWrites, each answered under its
-	// seq, in any order: what a node forwards to another goes over one
-	// stream instead of one call each.
+	// RangeWriteStream carries the commands a node forwards to the nodes
+	// holding their ranges' leaders, each answered under its seq, in any
+	// order: one stream per pair of nodes instead of one call each. A node
+	// whose replica does not lead answers FailedPrecondition with not_leader.
 	RangeWriteStream(grpc.BidiStreamingServer[RangeWriteStreamRequest, RangeWriteStreamResponse]) error
 	// RangeFeed streams the events of a range's keys (as its bounds are when
 	// the feed starts) from start_revision on, in revision order with prev_kv:
@@ -250,9 +235,6 @@ type UnimplementedInternalServer struct{}
 
 func (UnimplementedInternalServer) GetRevisions(context.Context, *GetRevisionsRequest) (*GetRevisionsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetRevisions not implemented")
-}
-func (UnimplementedInternalServer) RangeWrite(context.Context, *RangeWriteRequest) (*RangeWriteResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method RangeWrite not implemented")
 }
 func (UnimplementedInternalServer) RangeWriteStream(grpc.BidiStreamingServer[RangeWriteStreamRequest, RangeWriteStreamResponse]) error {
 	return status.Error(codes.Unimplemented, "method RangeWriteStream not implemented")
@@ -310,24 +292,6 @@ func _Internal_GetRevisions_Handler(srv interface{}, ctx context.Context, dec fu
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(InternalServer).GetRevisions(ctx, req.(*GetRevisionsRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
-func _Internal_RangeWrite_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(RangeWriteRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(InternalServer).RangeWrite(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: Internal_RangeWrite_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(InternalServer).RangeWrite(ctx, req.(*RangeWriteRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -450,10 +414,6 @@ var Internal_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetRevisions",
 			Handler:    _Internal_GetRevisions_Handler,
-		},
-		{
-			MethodName: "RangeWrite",
-			Handler:    _Internal_RangeWrite_Handler,
 		},
 		{
 			MethodName: "FenceRange",

@@ -41,9 +41,9 @@ type Command struct {
 	// (statemachine.ErrStaleLeader) any command of a lower term: Raft forwards
 	// a proposal made on a replica that has just lost its leadership to the
 	// new leader, which would append it after its own barrier, after reads it
-	// fenced at revisions above this command's. Zero (commands written before this field existed) is not
-	// checked. (13 held a barrier's Raft index in a few commits of session
-	// 11 that never shipped.)
+	// fenced at revisions above this command's. Zero (commands written
+	// before this field existed) is not checked. (13 is reserved: an earlier
+	// encoding used it.)
 	LeadershipTerm uint64 `protobuf:"varint,14,opt,name=leadership_term,json=leadershipTerm,proto3" json:"leadership_term,omitempty"`
 	// Types that are valid to be assigned to Op:
 	//

@@ -5,8 +5,7 @@
 // It exists for two reasons. Dragonboat's built-in TCP transport writes
 // every batch with three writes (magic number, header, payload) and reads it
 // with three or more reads; here a frame is one write, and a buffered reader
-// takes in every frame that has arrived with one read (about a quarter fewer
-// read and write calls on a 3-node cluster under Puts). And owning the
+// takes in every frame that has arrived with one read. And owning the
 // transport gives the node Dragonboat's incoming-message path, through which
 // Campaign tells a local replica to stand for election at once.
 //
@@ -15,8 +14,8 @@
 // (1), zero (1), payload length (4, big-endian), CRC-32C of the payload (4)
 // — and the payload, a marshalled raftpb.MessageBatch or raftpb.Chunk. The
 // format is not Dragonboat's: every member of a cluster must run a binary
-// with this transport (older members drop its connections, and it drops
-// theirs).
+// with this transport (members with Dragonboat's transport and members with
+// this one drop each other's connections).
 package raftnet
 
 import (

@@ -1,0 +1,122 @@
+package stop
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// TestStopWaitsForTasks: Stop returns only after every task has returned,
+// and tasks see ShouldQuiesce close.
+func TestStopWaitsForTasks(t *testing.T) {
+	s := New()
+	var done atomic.Int32
+	for range 10 {
+		if err := s.RunAsync(func() {
+			<-s.ShouldQuiesce()
+			time.Sleep(10 * time.Millisecond)
+			done.Add(1)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Stop()
+	if n := done.Load(); n != 10 {
+		t.Fatalf("Stop returned with %d of 10 tasks done", n)
+	}
+}
+
+// TestNoTaskAfterStop: once Stop began, no task starts.
+func TestNoTaskAfterStop(t *testing.T) {
+	s := New()
+	s.Stop()
+	ran := false
+	if err := s.RunAsync(func() { ran = true }); !errors.Is(err, ErrStopping) {
+		t.Fatalf("RunAsync after Stop: %v", err)
+	}
+	if err := s.RunTask(func() { ran = true }); !errors.Is(err, ErrStopping) {
+		t.Fatalf("RunTask after Stop: %v", err)
+	}
+	if err := s.Every(time.Millisecond, func(time.Time) { ran = true }); !errors.Is(err, ErrStopping) {
+		t.Fatalf("Every after Stop: %v", err)
+	}
+	if ran {
+		t.Fatal("a task ran after Stop")
+	}
+	if !s.Stopping() {
+		t.Fatal("Stopping() false after Stop")
+	}
+}
+
+// TestRunTaskHoldsStop: Stop waits for a task running in its caller's
+// goroutine.
+func TestRunTaskHoldsStop(t *testing.T) {
+	s := New()
+	started, release := make(chan struct{}), make(chan struct{})
+	go func() {
+		_ = s.RunTask(func() { close(started); <-release })
+	}()
+	<-started
+	stopped := make(chan struct{})
+	go func() { s.Stop(); close(stopped) }()
+	select {
+	case <-stopped:
+		t.Fatal("Stop returned while a task ran")
+	case <-time.After(20 * time.Millisecond):
+	}
+	close(release)
+	<-stopped
+}
+
+// TestEvery: the function runs on the ticker until Stop.
+func TestEvery(t *testing.T) {
+	s := New()
+	var n atomic.Int32
+	ran := make(chan struct{}, 1)
+	if err := s.Every(time.Millisecond, func(time.Time) {
+		n.Add(1)
+		select {
+		case ran <- struct{}{}:
+		default:
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	<-ran
+	s.Stop()
+	after := n.Load()
+	time.Sleep(5 * time.Millisecond)
+	if n.Load() != after {
+		t.Fatal("Every ran after Stop returned")
+	}
+}
+
+// TestWithCancelOnQuiesce: the context ends when Stop begins, and its own
+// cancel releases it without a stop.
+func TestWithCancelOnQuiesce(t *testing.T) {
+	s := New()
+	ctx, cancel := s.WithCancelOnQuiesce(context.Background())
+	defer cancel()
+	other, cancelOther := s.WithCancelOnQuiesce(context.Background())
+	cancelOther()
+	if other.Err() == nil {
+		t.Fatal("cancel did not end the context")
+	}
+	select {
+	case <-ctx.Done():
+		t.Fatal("context ended before Stop")
+	default:
+	}
+	s.Stop()
+	select {
+	case <-ctx.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("context still live after Stop")
+	}
+}

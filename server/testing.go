@@ -1,0 +1,109 @@
+package server
+
+import (
+	"context"
+	"time"
+
+	"github.com/tesserakv/tessera/placement"
+	"github.com/tesserakv/tessera/proto/tesserapb"
+)
+
+// TestingKnobs are hooks for tests only: production leaves them zero.
+type TestingKnobs struct {
+	// AfterRevisionsTaken is passed to every range replica (see
+	// shard.Config.AfterRevisionsTaken).
+	AfterRevisionsTaken func(rangeID uint64, first int64)
+	// BeforeApply runs as a range replica's state machine starts applying a
+	// batch of entries (it may block, holding the range's applies back; see
+	// statemachine.StoreOptions.BeforeUpdate).
+	BeforeApply func(rangeID uint64)
+	// RangeRequestTimeout bounds one proposal or ReadIndex round of a range
+	// replica (shard.Config.RequestTimeout); 0: its default.
+	RangeRequestTimeout time.Duration
+	// AfterLeaseProof, RevokeRetryAfter and AfterLeaseMark are the router's
+	// knobs (router.TestingKnobs).
+	AfterLeaseProof  func(leaseID, proof int64)
+	RevokeRetryAfter time.Duration
+	AfterLeaseMark   func(leaseID int64) error
+}
+
+// TestingServer is what tests may ask of a running server beyond its gRPC
+// services.
+type TestingServer struct{ s *Server }
+
+// Testing returns the server's test-only surface.
+func (s *Server) Testing() TestingServer { return TestingServer{s} }
+
+// Ranges describes this node's ranges in key order (what `tessera ctl ranges`
+// shows).
+func (t TestingServer) Ranges(ctx context.Context) ([]*tesserapb.RangeInfo, error) {
+	s := t.s
+	resp, err := (&internalService{InternalServer: s.internal, s: s}).ListRanges(ctx, &tesserapb.ListRangesRequest{})
+	if err != nil {
+		return nil, err
+	}
+	return resp.Ranges, nil
+}
+
+// RecordedRanges returns the range descriptors the meta range records, in
+// key order (a linearizable read).
+func (t TestingServer) RecordedRanges(ctx context.Context) ([]*tesserapb.RangeDescriptor, error) {
+	return placement.Ranges(ctx, t.s.meta, true)
+}
+
+// RegisteredNodes is how many nodes this node's replica of the registry
+// knows the addresses of (0 when it cannot read it).
+func (t TestingServer) RegisteredNodes(ctx context.Context) int {
+	nodes, err := t.s.directory.Nodes(ctx)
+	if err != nil {
+		return 0
+	}
+	return len(nodes)
+}
+
+// RangeCount is the number of data ranges this node runs.
+func (t TestingServer) RangeCount() int { return len(t.s.rangeList()) }
+
+// SnapshotsTaken returns how many snapshots this node's replicas have taken
+// to keep their Raft logs short (shard.Config.SnapshotEveryBytes).
+func (t TestingServer) SnapshotsTaken() int64 {
+	var n int64
+	for _, r := range t.s.rangeList() {
+		n += r.SnapshotsTaken()
+	}
+	return n
+}
+
+// SnapshotsRecovered counts the range snapshots this node has installed.
+func (t TestingServer) SnapshotsRecovered() int64 { return t.s.store.SnapshotsRecovered() }
+
+// TransferMetaLeadership asks the meta range to move its leader to the given
+// node.
+func (t TestingServer) TransferMetaLeadership(nodeID uint64) error {
+	return t.s.nh.RequestLeaderTransfer(placement.MetaRangeID, nodeID)
+}
+
+// MetaLeader returns the meta range leader's node ID as this node knows it.
+func (t TestingServer) MetaLeader() uint64 {
+	id, _, _ := t.s.meta.Leader()
+	return id
+}
+
+// IsLeader reports whether this node leads the first data range.
+func (t TestingServer) IsLeader() bool { return t.s.leadsHomeRange() }
+
+// TransferLeadership asks every data range to move its leader to the replica
+// of the given node (position in --initial-cluster, from 1).
+func (t TestingServer) TransferLeadership(nodeID uint64) error {
+	var firstErr error
+	for _, r := range t.s.rangeList() {
+		if err := t.s.nh.RequestLeaderTransfer(r.RangeID(), nodeID); err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	return firstErr
+}
+
+// BalanceLeadersOnce is one check of the leader balancer; it reports whether
+// it asked for a leadership to move.
+func (t TestingServer) BalanceLeadersOnce() bool { return t.s.balanceLeadersOnce() }

@@ -1,0 +1,168 @@
+package tests
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/tesserakv/tessera/internal/testcluster"
+)
+
+// etcdVersion is the etcd release whose behaviour Tessera follows.
+const etcdVersion = "v3.7.3"
+
+var (
+	etcdOnce sync.Once
+	etcdPath string
+	etcdErr  error
+)
+
+// etcdServerBinary returns an etcd server binary of etcdVersion. $TESSERA_ETCD
+// names one to use as it is; otherwise it is built once from the Go module
+// proxy into a cache outside the repository and kept there for later runs:
+// $TESSERA_BENCH_CACHE/etcd-v3.7.3/etcd, by default under the user's cache
+// directory (tessera-bench/), the binary bench/compare.sh builds and uses. The
+// build is a throwaway module that requires etcd's server module (whose
+// go.mod has replace directives, so `go install …@version` refuses it), so
+// this module's go.mod never carries etcd's server.
+func etcdServerBinary(t *testing.T) string {
+	t.Helper()
+	etcdOnce.Do(func() { etcdPath, etcdErr = findOrBuildEtcd() })
+	if etcdErr != nil {
+		t.Fatal(etcdErr)
+	}
+	return etcdPath
+}
+
+func findOrBuildEtcd() (string, error) {
+	if bin := os.Getenv("TESSERA_ETCD"); bin != "" {
+		return bin, checkEtcdVersion(bin)
+	}
+	cache := os.Getenv("TESSERA_BENCH_CACHE")
+	if cache == "" {
+		dir, err := os.UserCacheDir()
+		if err != nil {
+			return "", fmt.Errorf("no cache directory for the etcd build (set TESSERA_BENCH_CACHE or TESSERA_ETCD): %w", err)
+		}
+		cache = filepath.Join(dir, "tessera-bench")
+	}
+	dir := filepath.Join(cache, "etcd-"+etcdVersion)
+	bin := filepath.Join(dir, "etcd")
+	if _, err := os.Stat(bin); err == nil {
+		return bin, checkEtcdVersion(bin)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	// A module of its own per build, so concurrent test runs do not share a
+	// go.mod; the binary appears under its final name only once complete.
+	src, err := os.MkdirTemp(dir, "src-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(src)
+	gomod := "module tessera-test/etcd-build\n\ngo 1.26\n"
+	if err := os.WriteFile(filepath.Join(src, "go.mod"), []byte(gomod), 0o644); err != nil {
+		return "", err
+	}
+	tmp := filepath.Join(src, "etcd")
+	for _, args := range [][]string{
+		{"get", "go.etcd.io/etcd/server/v3@" + etcdVersion},
+		{"build", "-o", tmp, "go.etcd.io/etcd/server/v3"},
+	} {
+		cmd := exec.Command("go", args...)
+		cmd.Dir = src
+		cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod -buildvcs=false", "GOWORK=off")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return "", fmt.Errorf("building etcd %s (go %s): %v\n%s", etcdVersion, strings.Join(args, " "), err, out)
+		}
+	}
+	if err := os.Rename(tmp, bin); err != nil {
+		return "", err
+	}
+	return bin, checkEtcdVersion(bin)
+}
+
+func checkEtcdVersion(bin string) error {
+	out, err := exec.Command(bin, "--version").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s --version: %v\n%s", bin, err, out)
+	}
+	if !strings.Contains(string(out), "etcd Version: "+strings.TrimPrefix(etcdVersion, "v")) {
+		return fmt.Errorf("%s is not etcd %s (remove it to rebuild):\n%s", bin, etcdVersion, out)
+	}
+	return nil
+}
+
+// etcdProcess is a one-member etcd cluster running as a subprocess on
+// 127.0.0.1, with its data in a temporary directory.
+type etcdProcess struct {
+	endpoint string // host:port of the client URL
+	cmd      *exec.Cmd
+	stderr   *bytes.Buffer
+	conn     *grpc.ClientConn
+}
+
+// startEtcd starts etcd, with flags added to its own, and waits until it
+// answers a read (a read, so the store is left at revision 1, as new). It is
+// killed when the test ends.
+func startEtcd(t *testing.T, flags ...string) *etcdProcess {
+	t.Helper()
+	bin := etcdServerBinary(t)
+	client := fmt.Sprintf("127.0.0.1:%d", testcluster.FreePort(t))
+	peer := fmt.Sprintf("http://127.0.0.1:%d", testcluster.FreePort(t))
+	e := &etcdProcess{endpoint: client, stderr: &bytes.Buffer{}}
+	e.cmd = exec.Command(bin,
+		"--name", "differential",
+		"--data-dir", t.TempDir(),
+		"--listen-client-urls", "http://"+client, "--advertise-client-urls", "http://"+client,
+		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+		"--initial-cluster", "differential="+peer, "--initial-cluster-state", "new",
+		"--log-level", "error")
+	e.cmd.Args = append(e.cmd.Args, flags...)
+	e.cmd.Stderr = e.stderr
+	if err := e.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.kill)
+	conn, err := grpc.NewClient(client, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.conn = conn
+	t.Cleanup(func() { conn.Close() })
+	kv := pb.NewKVClient(conn)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := kv.Range(ctx, &pb.RangeRequest{Key: []byte("ready")})
+		cancel()
+		if err == nil {
+			return e
+		}
+		if time.Now().After(deadline) || e.cmd.ProcessState != nil {
+			t.Fatalf("etcd not ready after 30s: %v\nstderr:\n%s", err, e.stderr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// kill sends SIGKILL and reaps the process.
+func (e *etcdProcess) kill() {
+	if e.cmd.Process != nil && e.cmd.ProcessState == nil {
+		_ = e.cmd.Process.Signal(syscall.SIGKILL)
+		_ = e.cmd.Wait()
+	}
+}
