@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -86,6 +87,7 @@ func (p *process) start() {
 // waitReady waits until the server accepts a write.
 func (p *process) waitReady() {
 	p.t.Helper()
+	waitListening(p.t, strings.TrimPrefix(p.clientURL, "http://"), func() bool { return p.cmd.ProcessState != nil })
 	cli := p.client()
 	defer cli.Close()
 	deadline := time.Now().Add(30 * time.Second)
@@ -100,6 +102,25 @@ func (p *process) waitReady() {
 			p.t.Fatalf("tessera not ready after 30s: %v\nstderr:\n%s", err, p.stderr)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// waitListening waits, up to 30s, until a server accepts connections on
+// host:port, so that a client made then connects at once: a first
+// connection refused would hold gRPC back for its one-second reconnect
+// backoff.
+func waitListening(t testing.TB, hostPort string, exited func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if c, err := net.DialTimeout("tcp", hostPort, time.Second); err == nil {
+			_ = c.Close()
+			return
+		}
+		if exited() || time.Now().After(deadline) {
+			t.Fatalf("nothing listening on %s", hostPort)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

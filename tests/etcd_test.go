@@ -137,6 +137,7 @@ func startEtcd(t *testing.T, flags ...string) *etcdProcess {
 		t.Fatal(err)
 	}
 	t.Cleanup(e.kill)
+	waitListening(t, client, func() bool { return e.cmd.ProcessState != nil })
 	conn, err := grpc.NewClient(client, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

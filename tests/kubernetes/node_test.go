@@ -149,8 +149,26 @@ func tryStartNode(t testing.TB, bin string, extraFlags []string) (*node, error) 
 }
 
 // waitReady waits until the node answers a linearizable read, without
-// writing anything: a fresh node's store is at revision 1, as etcd's.
+// writing anything: a fresh node's store is at revision 1, as etcd's. The
+// client is made once the port accepts connections: a first connection
+// refused would hold gRPC back for its one-second reconnect backoff.
 func (n *node) waitReady() error {
+	host := strings.TrimPrefix(n.clientURL, "http://")
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if c, err := net.DialTimeout("tcp", host, time.Second); err == nil {
+			_ = c.Close()
+			break
+		}
+		select {
+		case <-n.exited:
+			return fmt.Errorf("tessera exited before it was ready: %v", n.cmd.ProcessState)
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("tessera not listening on %s after 30s", host)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{n.clientURL}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		return err
