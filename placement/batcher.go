@@ -85,10 +85,8 @@ func (b *revisionBatcher) loop() {
 			total += req.count
 		}
 		// Stopping ends the fetch rather than waiting for its timeout.
-		ctx, cancel := b.stopper.WithCancelOnQuiesce(context.Background())
-		ctx, cancelTimeout := context.WithTimeout(ctx, batchTimeout)
+		ctx, cancel := b.stopper.WithTimeout(batchTimeout)
 		first, err := b.fetch(ctx, total)
-		cancelTimeout()
 		cancel()
 		for _, req := range batch {
 			req.reply <- revisionReply{first: first, err: err}

@@ -171,10 +171,8 @@ func (f *fenceCalls) run(r *Router, id uint64, rf *rangeFences) {
 		}
 		rf.next = nil
 		f.mu.Unlock()
-		ctx, cancel := r.stopper.WithCancelOnQuiesce(context.Background())
-		ctx, cancelTimeout := context.WithTimeout(ctx, fenceCallTimeout)
+		ctx, cancel := r.stopper.WithTimeout(fenceCallTimeout)
 		b.index, b.fenced, b.err = r.callFenceRange(ctx, id, b)
-		cancelTimeout()
 		cancel()
 		close(b.done)
 	}

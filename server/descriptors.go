@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"time"
 
 	"github.com/tesserakv/tessera/placement"
@@ -59,10 +58,8 @@ func (s *Server) recordRanges() {
 		return
 	}
 	// A stopping server does not wait for the timeout.
-	ctx, cancel := s.stopper.WithCancelOnQuiesce(context.Background())
+	ctx, cancel := s.stopper.WithTimeout(descriptorSyncInterval)
 	defer cancel()
-	ctx, cancelTimeout := context.WithTimeout(ctx, descriptorSyncInterval)
-	defer cancelTimeout()
 	n, err := placement.RecordRanges(ctx, s.meta, ds)
 	if err != nil {
 		s.log.Debug("recording range descriptors", "recorded", n, "err", err)

@@ -185,7 +185,7 @@ func (s *Server) electNewRange(rangeID uint64) {
 	s.picks[rangeID] = pick{member: target, at: time.Now()}
 	s.picksMu.Unlock()
 	if target != s.replicaID {
-		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ElectionTimeout)
+		ctx, cancel := s.stopper.WithTimeout(s.cfg.ElectionTimeout)
 		err := s.askToCampaign(ctx, target, rangeID)
 		cancel()
 		if err == nil {
@@ -371,7 +371,7 @@ func (s *Server) majorityStarted(rangeID uint64, started map[uint64]bool) bool {
 		if started[id] {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HeartbeatInterval)
+		ctx, cancel := s.stopper.WithTimeout(s.cfg.HeartbeatInterval)
 		cc, err := s.directory.Conn(ctx, id)
 		if err == nil {
 			var resp *tesserapb.RangeStartedResponse

@@ -371,7 +371,7 @@ func (s *Server) runCompactor(policy compactionPolicy) {
 			if !s.leadsHomeRange() {
 				continue
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			ctx, cancel := s.stopper.WithTimeout(10 * time.Second)
 			current, err := s.oracle.Current(ctx)
 			if err == nil {
 				if target := c.observe(now, current); target > 0 {

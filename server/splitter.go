@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"time"
 
 	"github.com/tesserakv/tessera/shard"
@@ -81,7 +80,7 @@ func (s *Server) runSplitter() {
 
 // splitAtMiddle splits a range at the key that halves its data.
 func (s *Server) splitAtMiddle(r *shard.Replica) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := s.stopper.WithTimeout(30 * time.Second)
 	defer cancel()
 	out, err := r.Read(ctx, false, func(v *statemachine.View) (any, error) { return v.MidKey() })
 	if err != nil || out == nil || len(out.([]byte)) == 0 {
@@ -91,7 +90,7 @@ func (s *Server) splitAtMiddle(r *shard.Replica) {
 }
 
 func (s *Server) split(r *shard.Replica, key []byte, why string, attrs ...any) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := s.stopper.WithTimeout(30 * time.Second)
 	defer cancel()
 	if err := s.SplitRange(ctx, string(key)); err != nil {
 		s.log.Warn("automatic split failed", append([]any{"range", r.RangeID(), "key", string(key), "by", why, "err", err}, attrs...)...)

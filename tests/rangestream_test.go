@@ -3,6 +3,7 @@ package tests
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -177,23 +178,46 @@ func checkCompactedStream(t *testing.T, cli *clientv3.Client, rev int64) {
 
 func smallRequests(cfg *server.Config) { cfg.MaxRequestBytes = streamRequestBytes }
 
+// checkStreams checks every case through each client (named by its key),
+// the store at revision rev, then compacts and checks a stream below the
+// compacted revision through each.
+func checkStreams(t *testing.T, clients map[string]*clientv3.Client, early, rev int64, compact bool) {
+	t.Helper()
+	names := slices.Sorted(maps.Keys(clients))
+	for _, name := range names {
+		for _, sc := range streamCases(early) {
+			sc.name = name + ": " + sc.name
+			checkStream(t, clients[name], sc, rev)
+		}
+	}
+	if !compact {
+		return
+	}
+	if _, err := clients[names[0]].Compact(ctxT(t), early+1); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range names {
+		checkCompactedStream(t, clients[name], early)
+	}
+}
+
+// currentRevision is the store's revision, as a linearizable Get answers it.
+func currentRevision(t *testing.T, cli *clientv3.Client) int64 {
+	t.Helper()
+	now, err := cli.Get(ctxT(t), "r/000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return now.Header.Revision
+}
+
 // TestRangeStreamShape: on one range, every kind of RangeStream is cut into
 // messages as etcd cuts it, with header, count and more on the last.
 func TestRangeStreamShape(t *testing.T) {
 	c := testcluster.Start(t, 1, smallRequests)
 	cli := c.Client()
 	early := streamData(t, cli)
-	now, err := cli.Get(ctxT(t), "r/000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, sc := range streamCases(early) {
-		checkStream(t, cli, sc, now.Header.Revision)
-	}
-	if _, err := cli.Compact(ctxT(t), early+1); err != nil {
-		t.Fatal(err)
-	}
-	checkCompactedStream(t, cli, early)
+	checkStreams(t, map[string]*clientv3.Client{"tessera": cli}, early, currentRevision(t, cli), true)
 }
 
 // TestRangeStreamShapeOfEtcd: the shapes the cases expect are the ones a
@@ -206,18 +230,7 @@ func TestRangeStreamShapeOfEtcd(t *testing.T) {
 	}
 	defer cli.Close()
 	early := streamData(t, cli)
-	now, err := cli.Get(ctxT(t), "r/000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, sc := range streamCases(early) {
-		sc.name = "etcd: " + sc.name
-		checkStream(t, cli, sc, now.Header.Revision)
-	}
-	if _, err := cli.Compact(ctxT(t), early+1); err != nil {
-		t.Fatal(err)
-	}
-	checkCompactedStream(t, cli, early)
+	checkStreams(t, map[string]*clientv3.Client{"etcd": cli}, early, currentRevision(t, cli), true)
 }
 
 // TestRangeStreamShapeAcrossRanges: the same streams over keys split into
@@ -232,23 +245,11 @@ func TestRangeStreamShapeAcrossRanges(t *testing.T) {
 		splitAt(t, c, c.Nodes[0], key)
 	}
 	waitRanges(t, c, len(splits)+1)
-	now, err := cli.Get(ctxT(t), "r/000")
-	if err != nil {
-		t.Fatal(err)
-	}
+	members := map[string]*clientv3.Client{}
 	for _, n := range c.Nodes {
-		member := c.Client(n.ClientURL)
-		for _, sc := range streamCases(early) {
-			sc.name = n.Config.Name + ": " + sc.name
-			checkStream(t, member, sc, now.Header.Revision)
-		}
+		members[n.Config.Name] = c.Client(n.ClientURL)
 	}
-	if _, err := cli.Compact(ctxT(t), early+1); err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range c.Nodes {
-		checkCompactedStream(t, c.Client(n.ClientURL), early)
-	}
+	checkStreams(t, members, early, currentRevision(t, cli), true)
 }
 
 // TestRangeStreamReadRepeated: when the read layer runs a stream's read again
@@ -262,11 +263,5 @@ func TestRangeStreamReadRepeated(t *testing.T) {
 	})
 	cli := c.Client()
 	early := streamData(t, cli)
-	now, err := cli.Get(ctxT(t), "r/000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, sc := range streamCases(early) {
-		checkStream(t, cli, sc, now.Header.Revision)
-	}
+	checkStreams(t, map[string]*clientv3.Client{"tessera": cli}, early, currentRevision(t, cli), false)
 }

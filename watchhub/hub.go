@@ -536,10 +536,8 @@ func (h *Hub) closeLocked(ids []uint64, target int64) {
 }
 
 func (h *Hub) closeRange(id uint64) {
-	ctx, cancel := h.stopper.WithCancelOnQuiesce(context.Background())
-	ctx, cancelTimeout := context.WithTimeout(ctx, closeTimeout)
+	ctx, cancel := h.stopper.WithTimeout(closeTimeout)
 	closed, err := h.src.CloseRange(ctx, id)
-	cancelTimeout()
 	cancel()
 	if closed > 0 {
 		// Every event at or below closed is in the inbox already (ranges

@@ -107,6 +107,14 @@ func (s *Stopper) WithCancelOnQuiesce(ctx context.Context) (context.Context, con
 	return ctx, func() { stopWatching(); cancel() }
 }
 
+// WithTimeout returns a context for one step of a task: it ends after d, or
+// when Stop begins, whichever comes first.
+func (s *Stopper) WithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := s.WithCancelOnQuiesce(context.Background())
+	ctx, cancelTimeout := context.WithTimeout(ctx, d)
+	return ctx, func() { cancelTimeout(); cancel() }
+}
+
 // Quiesce begins the stop without waiting: ShouldQuiesce closes and no new
 // task starts. It may be called more than once.
 func (s *Stopper) Quiesce() {

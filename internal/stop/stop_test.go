@@ -120,3 +120,19 @@ func TestWithCancelOnQuiesce(t *testing.T) {
 		t.Fatal("context still live after Stop")
 	}
 }
+
+// TestWithTimeout: the context ends at its timeout, or when Stop begins.
+func TestWithTimeout(t *testing.T) {
+	s := New()
+	short, cancel := s.WithTimeout(time.Millisecond)
+	defer cancel()
+	<-short.Done()
+	long, cancelLong := s.WithTimeout(time.Hour)
+	defer cancelLong()
+	s.Stop()
+	select {
+	case <-long.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("context still live after Stop")
+	}
+}
