@@ -203,14 +203,14 @@ func (r *Router) mergeSpans(ctx context.Context, req *pb.RangeRequest, spans []s
 
 // mergeSorted answers a Range sorted by a target other than the key, over
 // several ranges, as etcd's one store does (server/etcdserver/txn/range.go):
-// with sort order NONE, a limit and no revision filters, etcd reads only the
-// first limit+1 keys in key order and sorts those (NONE sorting ascending);
-// otherwise it sorts every key that passes the filters. Then it cuts to the
-// limit. Keys only answers sorted by value are read with their values (and
-// leases, as etcd's are), which go after the sort.
+// it gathers the keys in key order up to the store's limit
+// (statemachine.StoreLimit: with sort order NONE, a limit and no revision
+// filters, only the first limit+1; otherwise every key that passes the
+// filters), sorts them and cuts to the limit. Keys only answers sorted by
+// value are read with their values (and leases, as etcd's are), which go
+// after the sort.
 func (r *Router) mergeSorted(ctx context.Context, req *pb.RangeRequest, spans []span, headerRev int64) (rangeAnswer, error) {
-	firstOnly := req.SortOrder == pb.RangeRequest_NONE && req.Limit > 0 &&
-		req.MinModRevision == 0 && req.MaxModRevision == 0 && req.MinCreateRevision == 0 && req.MaxCreateRevision == 0
+	storeLimit := statemachine.StoreLimit(req)
 	read := proto.CloneOf(req)
 	read.SortOrder, read.SortTarget, read.Limit = pb.RangeRequest_NONE, pb.RangeRequest_KEY, 0
 	read.KeysOnly = req.KeysOnly && req.SortTarget != pb.RangeRequest_VALUE
@@ -220,8 +220,8 @@ func (r *Router) mergeSorted(ctx context.Context, req *pb.RangeRequest, spans []
 		sp.rng.RecordLoad(sp.key)
 		sub := proto.CloneOf(read)
 		sub.Key, sub.RangeEnd = sp.key, sp.end
-		if firstOnly {
-			if want := req.Limit + 1 - int64(len(out.Kvs)); want > 0 {
+		if storeLimit > 0 {
+			if want := storeLimit - int64(len(out.Kvs)); want > 0 {
 				sub.Limit = want
 			} else {
 				sub.CountOnly = true

@@ -184,11 +184,28 @@ func (r *Router) rangeWrite(ctx context.Context, req *tesserapb.RangeWriteReques
 // applied): err's text, and the leader it knows (0: none) as a
 // tesserapb.NotLeader detail.
 func notLeaderStatus(leader uint64, err error) error {
-	st, derr := status.New(codes.FailedPrecondition, err.Error()).WithDetails(&tesserapb.NotLeader{LeaderReplicaId: leader})
-	if derr != nil {
-		return status.Error(codes.FailedPrecondition, err.Error())
+	return withNotLeader(status.New(codes.FailedPrecondition, err.Error()), &tesserapb.NotLeader{LeaderReplicaId: leader}).Err()
+}
+
+// withNotLeader is st with nl as a detail (st itself when nl is nil).
+func withNotLeader(st *status.Status, nl *tesserapb.NotLeader) *status.Status {
+	if nl == nil {
+		return st
 	}
-	return st.Err()
+	if with, err := st.WithDetails(nl); err == nil {
+		return with
+	}
+	return st
+}
+
+// notLeaderOf is st's NotLeader detail, or nil.
+func notLeaderOf(st *status.Status) *tesserapb.NotLeader {
+	for _, d := range st.Details() {
+		if nl, ok := d.(*tesserapb.NotLeader); ok {
+			return nl
+		}
+	}
+	return nil
 }
 
 // txnOn proposes a checked TxnRequest to the one range that holds all its
@@ -350,12 +367,7 @@ func txnIntervals(req *pb.TxnRequest) [][2][]byte {
 // leaderHint returns the replica a forwarded write's refusal names as the
 // leader (its tesserapb.NotLeader detail), or 0.
 func leaderHint(err error) uint64 {
-	for _, d := range status.Convert(err).Details() {
-		if nl, ok := d.(*tesserapb.NotLeader); ok {
-			return nl.LeaderReplicaId
-		}
-	}
-	return 0
+	return notLeaderOf(status.Convert(err)).GetLeaderReplicaId()
 }
 
 // notSentError is a forwarded write that never left this node: the stream

@@ -50,6 +50,9 @@ type writeStream struct {
 	err     error // set once the stream broke; no more sends
 }
 
+// errNodeStopping refuses a forwarded write once the router is stopping.
+var errNodeStopping = status.Error(codes.Unavailable, "tessera: node stopping")
+
 // call sends req to the node of cc and waits for its answer. It fails with
 // the status the leader's node answered (with its NotLeader detail), a
 // notSentError when the stream could not be opened (the write was never
@@ -86,13 +89,7 @@ func (w *writeStreams) call(ctx context.Context, cc *grpc.ClientConn, req *tesse
 	select {
 	case resp := <-ch:
 		if resp.Code != uint32(codes.OK) {
-			st := status.New(codes.Code(resp.Code), resp.Message)
-			if resp.NotLeader != nil {
-				if withLeader, err := st.WithDetails(resp.NotLeader); err == nil {
-					st = withLeader
-				}
-			}
-			return nil, st.Err()
+			return nil, withNotLeader(status.New(codes.Code(resp.Code), resp.Message), resp.NotLeader).Err()
 		}
 		return resp.Response, nil
 	case <-ctx.Done():
@@ -119,7 +116,7 @@ func (w *writeStreams) open(ctx context.Context, cc *grpc.ClientConn) (*writeStr
 			if err := w.stopper.RunAsync(func() { w.dial(cc, slot) }); err != nil {
 				delete(w.streams, cc)
 				w.mu.Unlock()
-				return nil, status.Error(codes.Unavailable, "tessera: node stopping")
+				return nil, errNodeStopping
 			}
 		}
 		w.mu.Unlock()
@@ -157,7 +154,7 @@ func (w *writeStreams) dial(cc *grpc.ClientConn, slot *streamSlot) {
 	ws := &writeStream{owner: w, slot: slot, cc: cc, cancel: cancel, stream: stream, pending: map[uint64]chan *tesserapb.RangeWriteStreamResponse{}}
 	if err := w.stopper.RunAsync(ws.receive); err != nil {
 		cancel()
-		slot.err = status.Error(codes.Unavailable, "tessera: node stopping")
+		slot.err = errNodeStopping
 		w.forget(cc, slot)
 		return
 	}
@@ -246,12 +243,7 @@ func serveRangeWrites(stream tesserapb.Internal_RangeWriteStreamServer, stopc <-
 		resp, err := write(ctx, msg.GetRequest())
 		if err != nil {
 			st := status.Convert(err)
-			out.Code, out.Message = uint32(st.Code()), st.Message()
-			for _, d := range st.Details() {
-				if nl, ok := d.(*tesserapb.NotLeader); ok {
-					out.NotLeader = nl
-				}
-			}
+			out.Code, out.Message, out.NotLeader = uint32(st.Code()), st.Message(), notLeaderOf(st)
 		} else {
 			out.Response = resp
 		}

@@ -12,13 +12,13 @@ import (
 // more data ranges than its share.
 const defaultLeaderBalanceInterval = 30 * time.Second
 
-// runLeaderBalancer moves leaderships off this node while it leads at least
-// two data ranges more than the member leading the fewest: one range per
-// check, to that member. Splits already spread leadership (electNewRange);
+// startLeaderBalancer starts the check that moves leaderships off this node
+// while it leads at least two data ranges more than the member leading the
+// fewest: one range per check, to that member. Splits already spread leadership (electNewRange);
 // this brings it back after a member restarts or a failover gathered ranges
 // on one node. Every node runs it and only gives its own leaderships away,
 // so the moves never cross.
-func (s *Server) runLeaderBalancer() {
+func (s *Server) startLeaderBalancer() {
 	interval := s.cfg.LeaderBalanceInterval
 	if interval < 0 || s.soleNode() {
 		return
@@ -26,10 +26,10 @@ func (s *Server) runLeaderBalancer() {
 	if interval == 0 {
 		interval = defaultLeaderBalanceInterval
 	}
-	s.every(interval, func(time.Time) { s.balanceLeadersOnce() })
+	_ = s.stopper.Every(interval, func(time.Time) { s.balanceLeadersOnce() })
 }
 
-// balanceLeadersOnce is one check of the leader balancer (runLeaderBalancer):
+// balanceLeadersOnce is one check of the leader balancer (startLeaderBalancer):
 // it asks for at most one of this node's leaderships to move, and reports
 // whether it did.
 func (s *Server) balanceLeadersOnce() bool {

@@ -202,9 +202,9 @@ func Start(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.checkSpace()
-	s.goTask(s.watchSpace)
-	s.goTask(s.runSplitter)
-	s.goTask(s.runLeaderBalancer)
+	s.watchSpace()
+	s.startSplitter()
+	s.startLeaderBalancer()
 	s.goTask(s.runDescriptorSync)
 	if policy, _ := parseCompaction(cfg.AutoCompactionMode, cfg.AutoCompactionRetention); policy.enabled() {
 		s.goTask(func() { s.runCompactor(policy) })
@@ -352,8 +352,7 @@ func (s *Server) registerNode() {
 	if len(s.cfg.InitialAdvertisePeerURLs) > 0 {
 		node.RaftAddress, _ = hostPortOf(s.cfg.InitialAdvertisePeerURLs[0])
 	}
-	ctx, cancel := s.stopper.WithCancelOnQuiesce(context.Background())
-	defer cancel()
+	ctx := s.stopper.Context()
 	if err := s.directory.Register(ctx, node); err != nil && ctx.Err() == nil {
 		s.log.Warn("registering this node in the meta range failed", "err", err)
 	}
@@ -396,22 +395,9 @@ func (s *Server) checkSpace() {
 	s.spaceExceeded.Store(exceeded)
 }
 
+// watchSpace checks the store's size against the quota every second.
 func (s *Server) watchSpace() {
-	s.every(time.Second, func(time.Time) { s.checkSpace() })
-}
-
-// every calls f with the time every interval until the server stops.
-func (s *Server) every(interval time.Duration, f func(now time.Time)) {
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-s.stopper.ShouldQuiesce():
-			return
-		case now := <-tick.C:
-			f(now)
-		}
-	}
+	_ = s.stopper.Every(time.Second, func(time.Time) { s.checkSpace() })
 }
 
 func (s *Server) closeListeners() {

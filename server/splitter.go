@@ -50,16 +50,16 @@ func (p *splitPlanner) observe(rangeID uint64, sizeBytes int64, qps float64) spl
 	return noSplit
 }
 
-// runSplitter splits the ranges this node leads that have grown past
-// --range-max-bytes (at the key halving their data) or stayed over
-// --range-split-qps (at the key halving their requests).
-func (s *Server) runSplitter() {
+// startSplitter starts the check that splits the ranges this node leads
+// that have grown past --range-max-bytes (at the key halving their data) or
+// stayed over --range-split-qps (at the key halving their requests).
+func (s *Server) startSplitter() {
 	interval := s.cfg.SplitCheckInterval
 	if interval <= 0 {
 		interval = defaultSplitCheckInterval
 	}
 	planner := &splitPlanner{maxBytes: s.cfg.RangeMaxBytes, maxQPS: s.cfg.RangeSplitQPS, hot: map[uint64]int{}}
-	s.every(interval, func(now time.Time) {
+	_ = s.stopper.Every(interval, func(now time.Time) {
 		for _, r := range s.rangeList() {
 			qps := r.RollLoad(now)
 			rsm := s.store.Range(r.RangeID())

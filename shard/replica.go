@@ -156,10 +156,6 @@ type Replica struct {
 	// stopper owns the replica's goroutines (the proposer, the lease clock,
 	// the followers of proposed entries, snapshot requests).
 	stopper *stop.Stopper
-	// stopCtx is done once Stop is called: the context of calls bounded
-	// otherwise (a context with a deadline costs a timer per call).
-	stopCtx       context.Context
-	stopCtxCancel context.CancelFunc
 }
 
 type proposal struct {
@@ -197,7 +193,6 @@ func New(cfg Config, nh *dragonboat.NodeHost, store *statemachine.Store, oracle 
 		load:     newLoadTracker(time.Now(), cfg.RangeID),
 		stopper:  stop.New(),
 	}
-	r.stopCtx, r.stopCtxCancel = context.WithCancel(context.Background())
 	r.reads.Round, r.reads.MinGap = r.readIndexRound, cfg.ReadRoundGap
 	_ = r.stopper.RunAsync(r.proposeLoop)
 	if cfg.ExpireLeases {
@@ -207,11 +202,7 @@ func New(cfg Config, nh *dragonboat.NodeHost, store *statemachine.Store, oracle 
 }
 
 // Stop ends the replica's goroutines; it does not stop the Raft replica.
-func (r *Replica) Stop() {
-	r.stopper.Quiesce()
-	r.stopCtxCancel()
-	r.stopper.Stop()
-}
+func (r *Replica) Stop() { r.stopper.Stop() }
 
 // RangeID of this replica.
 func (r *Replica) RangeID() uint64 { return r.cfg.RangeID }
@@ -473,7 +464,7 @@ func (r *Replica) proposeBatch(batch []*proposal) {
 	var ids []uint64
 	for len(writers) > 0 {
 		// The oracle bounds its own calls (placement's batchTimeout).
-		first, err := r.oracle.NextN(r.stopCtx, int64(len(writers)))
+		first, err := r.oracle.NextN(r.stopper.Context(), int64(len(writers)))
 		if err != nil {
 			fail(fmt.Errorf("shard: taking revisions: %w", err))
 			return
@@ -677,7 +668,7 @@ func (r *Replica) awaitInDoubt(term uint64) {
 		if id, t, ok := r.Leader(); !ok || id != r.cfg.ReplicaID || t != term {
 			return
 		}
-		if r.sleep(r.stopCtx, inDoubtRetryPause) != nil {
+		if r.sleep(r.stopper.Context(), inDoubtRetryPause) != nil {
 			return
 		}
 	}
@@ -834,7 +825,7 @@ func (r *Replica) readIndexRound() error {
 		return err
 	}
 	defer rs.Release()
-	rr, err := r.await(r.stopCtx, rs)
+	rr, err := r.await(r.stopper.Context(), rs)
 	if err != nil {
 		return ErrStopped
 	}

@@ -56,6 +56,10 @@ func keyOrdered(r *pb.RangeRequest) bool {
 		(r.SortOrder == pb.RangeRequest_NONE || r.SortOrder == pb.RangeRequest_ASCEND)
 }
 
+// StoreLimit is how many kvs, in key order, a Range collects before
+// filtering and sorting, as etcd's store does: 0 for all.
+func StoreLimit(r *pb.RangeRequest) int64 { return storeLimit(r) }
+
 // storeLimit is how many kvs to collect before filtering: 0 for all.
 func storeLimit(r *pb.RangeRequest) int64 {
 	if !isDefaultOrdering(r) || hasRevisionFilters(r) {
@@ -174,8 +178,7 @@ func filterKVs(kvs []*mvccpb.KeyValue, r *pb.RangeRequest) []*mvccpb.KeyValue {
 }
 
 // SortKVs sorts key-ordered kvs as the request asks, as one range's Range
-// does; the router uses it to merge the answers of several ranges. The sort is
-// stable, so ties keep key order and the result is deterministic.
+// does (sortKVs); the router uses it to merge the answers of several ranges.
 func SortKVs(kvs []*mvccpb.KeyValue, r *pb.RangeRequest) { sortKVs(kvs, r) }
 
 // sortKVs sorts key-ordered kvs as the request asks, exactly as etcd's

@@ -17,8 +17,7 @@ var ErrStopping = errors.New("stop: stopping")
 
 // Stopper runs tasks and stops them. The zero value is not usable; call New.
 type Stopper struct {
-	quiesce chan struct{} // closed when Stop begins
-	// quiesceCtx is cancelled when Stop begins (WithCancelOnQuiesce).
+	// quiesceCtx is cancelled when Stop begins: its Done is ShouldQuiesce.
 	quiesceCtx    context.Context
 	cancelQuiesce context.CancelFunc
 
@@ -29,57 +28,33 @@ type Stopper struct {
 
 // New returns a Stopper with no tasks.
 func New() *Stopper {
-	s := &Stopper{quiesce: make(chan struct{})}
+	s := &Stopper{}
 	s.quiesceCtx, s.cancelQuiesce = context.WithCancel(context.Background())
 	return s
 }
 
 // ShouldQuiesce is closed when Stop begins: long-running tasks select on it
 // and return.
-func (s *Stopper) ShouldQuiesce() <-chan struct{} { return s.quiesce }
+func (s *Stopper) ShouldQuiesce() <-chan struct{} { return s.quiesceCtx.Done() }
 
-// Stopping reports whether Stop has begun.
-func (s *Stopper) Stopping() bool {
-	select {
-	case <-s.quiesce:
-		return true
-	default:
-		return false
-	}
-}
+// Context is cancelled when Stop begins: the context of a task's calls that
+// are bounded otherwise.
+func (s *Stopper) Context() context.Context { return s.quiesceCtx }
 
 // RunAsync runs fn in a goroutine of its own that Stop waits for. Once Stop
 // has begun it starts nothing and returns ErrStopping.
 func (s *Stopper) RunAsync(fn func()) error {
-	if err := s.addTask(); err != nil {
-		return err
+	s.mu.Lock()
+	if s.stopping {
+		s.mu.Unlock()
+		return ErrStopping
 	}
+	s.tasks.Add(1)
+	s.mu.Unlock()
 	go func() {
 		defer s.tasks.Done()
 		fn()
 	}()
-	return nil
-}
-
-// RunTask runs fn in the caller's goroutine as a task Stop waits for, or
-// returns ErrStopping without running it once Stop has begun.
-func (s *Stopper) RunTask(fn func()) error {
-	if err := s.addTask(); err != nil {
-		return err
-	}
-	defer s.tasks.Done()
-	fn()
-	return nil
-}
-
-// addTask counts a task Stop will wait for, unless Stop has begun.
-func (s *Stopper) addTask() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.stopping {
-		return ErrStopping
-	}
-	s.tasks.Add(1)
 	return nil
 }
 
@@ -90,7 +65,7 @@ func (s *Stopper) Every(interval time.Duration, fn func(now time.Time)) error {
 		defer tick.Stop()
 		for {
 			select {
-			case <-s.quiesce:
+			case <-s.quiesceCtx.Done():
 				return
 			case now := <-tick.C:
 				fn(now)
@@ -110,9 +85,7 @@ func (s *Stopper) WithCancelOnQuiesce(ctx context.Context) (context.Context, con
 // WithTimeout returns a context for one step of a task: it ends after d, or
 // when Stop begins, whichever comes first.
 func (s *Stopper) WithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
-	ctx, cancel := s.WithCancelOnQuiesce(context.Background())
-	ctx, cancelTimeout := context.WithTimeout(ctx, d)
-	return ctx, func() { cancelTimeout(); cancel() }
+	return context.WithTimeout(s.Context(), d)
 }
 
 // Quiesce begins the stop without waiting: ShouldQuiesce closes and no new
@@ -122,7 +95,6 @@ func (s *Stopper) Quiesce() {
 	defer s.mu.Unlock()
 	if !s.stopping {
 		s.stopping = true
-		close(s.quiesce)
 		s.cancelQuiesce()
 	}
 }

@@ -40,38 +40,12 @@ func TestNoTaskAfterStop(t *testing.T) {
 	if err := s.RunAsync(func() { ran = true }); !errors.Is(err, ErrStopping) {
 		t.Fatalf("RunAsync after Stop: %v", err)
 	}
-	if err := s.RunTask(func() { ran = true }); !errors.Is(err, ErrStopping) {
-		t.Fatalf("RunTask after Stop: %v", err)
-	}
 	if err := s.Every(time.Millisecond, func(time.Time) { ran = true }); !errors.Is(err, ErrStopping) {
 		t.Fatalf("Every after Stop: %v", err)
 	}
 	if ran {
 		t.Fatal("a task ran after Stop")
 	}
-	if !s.Stopping() {
-		t.Fatal("Stopping() false after Stop")
-	}
-}
-
-// TestRunTaskHoldsStop: Stop waits for a task running in its caller's
-// goroutine.
-func TestRunTaskHoldsStop(t *testing.T) {
-	s := New()
-	started, release := make(chan struct{}), make(chan struct{})
-	go func() {
-		_ = s.RunTask(func() { close(started); <-release })
-	}()
-	<-started
-	stopped := make(chan struct{})
-	go func() { s.Stop(); close(stopped) }()
-	select {
-	case <-stopped:
-		t.Fatal("Stop returned while a task ran")
-	case <-time.After(20 * time.Millisecond):
-	}
-	close(release)
-	<-stopped
 }
 
 // TestEvery: the function runs on the ticker until Stop.
