@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"strconv"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
@@ -13,9 +14,10 @@ type Nodes interface {
 	Conn(ctx context.Context, nodeID uint64) (*grpc.ClientConn, error)
 }
 
-// forwardedContext marks an outgoing call as forwarded.
+// forwardedContext marks an outgoing call as forwarded once more than the
+// request being served (see forwardHops).
 func forwardedContext(ctx context.Context) context.Context {
-	return metadata.AppendToOutgoingContext(ctx, forwardedKey, "1")
+	return metadata.AppendToOutgoingContext(ctx, forwardedKey, strconv.Itoa(forwardHops(ctx)+1))
 }
 
 // forward re-sends a request to the range leader when err says this replica is

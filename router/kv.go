@@ -257,6 +257,17 @@ func (r *Router) mergeSorted(ctx context.Context, req *pb.RangeRequest, spans []
 // FenceRange or KV.Range on the leader's node). It returns the revision the
 // answer is good for.
 func (r *Router) readSpan(ctx context.Context, rng Range, req *pb.RangeRequest, wire bool) (rangeAnswer, int64, error) {
+	if m, ok := rng.(*remoteRange); ok {
+		var resp *pb.RangeResponse
+		err := r.onReplica(ctx, m, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+			resp, err = pb.NewKVClient(cc).Range(ctx, req)
+			return err
+		})
+		if err != nil {
+			return rangeAnswer{}, 0, err
+		}
+		return relayedAnswer(req, resp, wire)
+	}
 	type viewAnswer struct {
 		ans rangeAnswer
 		rev int64
@@ -308,6 +319,12 @@ func (r *Router) readSpan(ctx context.Context, rng Range, req *pb.RangeRequest, 
 	if ferr != nil {
 		return rangeAnswer{}, 0, ferr
 	}
+	return relayedAnswer(req, resp, wire)
+}
+
+// relayedAnswer is another node's answer to one range's part of a Range as
+// readSpan returns it, with the revision it is good for.
+func relayedAnswer(req *pb.RangeRequest, resp *pb.RangeResponse, wire bool) (rangeAnswer, int64, error) {
 	rev := req.Revision
 	if rev == 0 {
 		rev = resp.GetHeader().GetRevision()

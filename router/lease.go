@@ -262,7 +262,10 @@ func (r *Router) everyRange(ctx context.Context, done map[uint64]bool, want func
 // applied bounds at least as new as those a command's result res was
 // applied under.
 func (r *Router) awaitApplied(ctx context.Context, rng Range, res *tesserapb.Result) {
-	for res != nil && rng.Generation() < res.Generation {
+	for res != nil && r.generationOf(rng) < res.Generation {
+		if _, remote := rng.(*remoteRange); remote {
+			r.ranges.Refresh()
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -441,7 +444,7 @@ func holdsLease(rec *tesserapb.LeaseRecord) func(Range) bool {
 }
 
 // LeaseLeases serves Lease.LeaseLeases from the home range.
-func (r *Router) LeaseLeases(ctx context.Context, _ *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
+func (r *Router) LeaseLeases(ctx context.Context, req *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
 	home, err := r.home()
 	if err != nil {
 		return nil, ToGRPC(err)
@@ -460,6 +463,11 @@ func (r *Router) LeaseLeases(ctx context.Context, _ *pb.LeaseLeasesRequest) (*pb
 		return resp, nil
 	})
 	if err != nil {
+		if fresp, ferr, ok := forward(r, ctx, err, func(ctx context.Context, cc *grpc.ClientConn) (*pb.LeaseLeasesResponse, error) {
+			return pb.NewLeaseClient(cc).LeaseLeases(ctx, req)
+		}); ok {
+			return fresp, ferr
+		}
 		return nil, ToGRPC(err)
 	}
 	return out.(*pb.LeaseLeasesResponse), nil

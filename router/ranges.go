@@ -2,21 +2,35 @@ package router
 
 import (
 	"bytes"
+	"cmp"
+	"slices"
 	"sync"
 
 	"github.com/google/btree"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
-// RangeCache maps keys to the range replicas of this node, ordered by start
-// key (a google/btree). It is rebuilt from the replicas' own bounds whenever
-// the node's set of ranges or their bounds change (a split), and on demand
-// when a range answers that a key is no longer its own.
+// RangeCache maps keys to ranges, ordered by start key (a google/btree):
+// this node's replicas by their own applied bounds, and the keys no replica
+// here holds by the meta range's descriptors (remoteRange). It is rebuilt
+// whenever the node's set of ranges or their bounds change (a split), and on
+// demand when a range answers that a key is no longer its own, reading the
+// descriptors afresh.
 type RangeCache struct {
 	mu sync.RWMutex
 	// tree holds one entry per range, by start key. Guarded by mu.
 	tree *btree.BTreeG[rangeEntry]
-	// all lists the replicas the tree was built from. Guarded by mu.
+	// all lists the local replicas the tree was built from. Guarded by mu.
 	all []Range
+	// descriptors reads the meta range's descriptors (nil: none yet).
+	descriptors func() []*tesserapb.RangeDescriptor
+	// descs are the descriptors last read. Guarded by mu.
+	descs []*tesserapb.RangeDescriptor
+	// remote holds the ranges in the tree that no local replica holds, by
+	// ID. Guarded by mu.
+	remote map[uint64]*remoteRange
 }
 
 type rangeEntry struct {
@@ -40,16 +54,38 @@ func (c *RangeCache) Set(ranges []Range) {
 	c.rebuildLocked()
 }
 
-// Refresh rebuilds the index from the replicas' current bounds.
+// SetDescriptors gives the cache where to read the meta range's range
+// descriptors from (each Refresh reads them), and reads them.
+func (c *RangeCache) SetDescriptors(read func() []*tesserapb.RangeDescriptor) {
+	c.mu.Lock()
+	c.descriptors = read
+	c.mu.Unlock()
+	c.Refresh()
+}
+
+// Refresh rebuilds the index from the replicas' current bounds and the
+// meta range's current descriptors.
 func (c *RangeCache) Refresh() {
+	c.mu.RLock()
+	read := c.descriptors
+	c.mu.RUnlock()
+	var descs []*tesserapb.RangeDescriptor
+	if read != nil {
+		descs = read()
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if read != nil {
+		c.descs = descs
+	}
 	c.rebuildLocked()
 }
 
 func (c *RangeCache) rebuildLocked() {
 	c.tree.Clear(false)
+	local := make(map[uint64]bool, len(c.all))
 	for _, r := range c.all {
+		local[r.RangeID()] = true
 		// A replica not open yet has no bounds; its keys are a hole until it
 		// opens and the cache is refreshed.
 		gen := r.Generation()
@@ -57,6 +93,46 @@ func (c *RangeCache) rebuildLocked() {
 			c.tree.ReplaceOrInsert(rangeEntry{start: start, end: end, gen: gen, rng: r})
 		}
 	}
+	// The keys no local replica holds go to the ranges the descriptors
+	// name, the newest generation first where recorded descriptors overlap
+	// (right after a split, the parent's old record beside the child's).
+	descs := slices.Clone(c.descs)
+	slices.SortStableFunc(descs, func(a, b *tesserapb.RangeDescriptor) int { return cmp.Compare(b.Generation, a.Generation) })
+	remote := make(map[uint64]*remoteRange)
+	for _, d := range descs {
+		if local[d.RangeId] || len(d.ReplicaNodeIds) == 0 {
+			continue
+		}
+		m := newRemoteRange(d)
+		start, end, _ := m.Bounds()
+		if c.overlapsLocked(start, end) {
+			continue
+		}
+		if old := c.remote[d.RangeId]; old != nil && proto.Equal(old.desc, d) {
+			m = old // keeps the leader it learned
+		}
+		c.tree.ReplaceOrInsert(rangeEntry{start: start, end: end, gen: d.Generation, rng: m})
+		remote[d.RangeId] = m
+	}
+	c.remote = remote
+}
+
+// overlapsLocked reports whether an entry of the tree holds keys of [start,
+// end) (end nil: to the end of the keyspace).
+func (c *RangeCache) overlapsLocked(start, end []byte) bool {
+	overlaps := false
+	c.tree.DescendLessOrEqual(rangeEntry{start: start}, func(e rangeEntry) bool {
+		overlaps = e.end == nil || bytes.Compare(e.end, start) > 0
+		return false
+	})
+	if overlaps {
+		return true
+	}
+	c.tree.AscendGreaterOrEqual(rangeEntry{start: start}, func(e rangeEntry) bool {
+		overlaps = end == nil || bytes.Compare(e.start, end) < 0
+		return false
+	})
+	return overlaps
 }
 
 // current reports whether the index covers the whole keyspace with the
@@ -79,7 +155,7 @@ func (c *RangeCache) current() bool {
 	return ok && next == nil
 }
 
-// byID returns the replica of a range, or nil.
+// byID returns the local replica of a range, or nil.
 func (c *RangeCache) byID(rangeID uint64) Range {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -91,11 +167,31 @@ func (c *RangeCache) byID(rangeID uint64) Range {
 	return nil
 }
 
-// list returns the cache's replicas.
+// list returns the cache's local replicas and the ranges held elsewhere
+// that it routes to.
 func (c *RangeCache) list() []Range {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return append([]Range(nil), c.all...)
+	out := append([]Range(nil), c.all...)
+	for _, m := range c.remote {
+		out = append(out, m)
+	}
+	slices.SortFunc(out, func(a, b Range) int { return cmp.Compare(a.RangeID(), b.RangeID()) })
+	return out
+}
+
+// Local reports whether this node holds a replica of the range.
+func (c *RangeCache) Local(rangeID uint64) bool { return c.byID(rangeID) != nil }
+
+// Remote returns the descriptor by which the cache routes to a range that
+// no local replica holds, or nil.
+func (c *RangeCache) Remote(rangeID uint64) *tesserapb.RangeDescriptor {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if m := c.remote[rangeID]; m != nil {
+		return m.desc
+	}
+	return nil
 }
 
 // lookup returns the range holding key, or nil.
@@ -183,4 +279,11 @@ func (c *RangeCache) overlapping(key, rangeEnd []byte) (spans []span, ok bool) {
 		ok = false
 	}
 	return spans, ok && len(spans) > 0
+}
+
+// Len is how many ranges the cache routes to.
+func (c *RangeCache) Len() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.tree.Len()
 }

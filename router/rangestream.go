@@ -8,6 +8,8 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
@@ -91,6 +93,17 @@ func (r *Router) RangeStream(req *pb.RangeRequest, stream pb.KV_RangeStreamServe
 // streamSpan streams one range's part of a RangeStream into chunks and
 // returns how many kvs it added, the part's count, and the revision read.
 func (r *Router) streamSpan(ctx context.Context, rng Range, req *pb.RangeRequest, chunks *streamChunker) (added, count int64, rev int64, err error) {
+	if m, ok := rng.(*remoteRange); ok {
+		err = r.onReplica(ctx, m, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+			if added > 0 {
+				// Part of the answer is sent: no other node may add to it.
+				return status.Error(codes.Aborted, "tessera: range stream relay broke")
+			}
+			added, count, rev, err = relayRangeStream(ctx, cc, req, chunks)
+			return err
+		})
+		return added, count, rev, err
+	}
 	fn := func(v *statemachine.View) (any, error) {
 		// The read layer may run fn again (a leadership check after it
 		// failed): a rerun reads at the revision the first run read and

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
-	"google.golang.org/grpc/metadata"
 
 	"github.com/tesserakv/tessera/internal/retry"
 	"github.com/tesserakv/tessera/internal/stop"
@@ -190,14 +189,12 @@ func (r *Router) untilCovered(covered func() bool) error {
 // keeps the left part): it keeps the lease clocks.
 func (r *Router) home() (Range, error) { return r.rangeFor(nil) }
 
-// forwardedKey marks a request that one node already forwarded to another, so
-// a node that is not the leader either does not forward it again.
+// forwardedKey marks a request that nodes forwarded to one another, with
+// the number of times (forwardHops), so that it is not passed on forever.
 const forwardedKey = "tessera-forwarded"
 
-func isForwarded(ctx context.Context) bool {
-	md, ok := metadata.FromIncomingContext(ctx)
-	return ok && len(md.Get(forwardedKey)) > 0
-}
+// isForwarded reports whether the request in ctx may not be forwarded again.
+func isForwarded(ctx context.Context) bool { return forwardHops(ctx) >= maxForwardHops }
 
 // leaderToForward returns the leader's replica ID when err says this replica is
 // not the leader, the leader is known, and the request was not forwarded here.

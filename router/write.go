@@ -99,6 +99,9 @@ func (r *Router) writeTo(ctx context.Context, rng Range, cmd *tesserapb.Command,
 		resp, ferr := r.writes.call(ctx, cc, &tesserapb.RangeWriteRequest{
 			RangeId: rng.RangeID(), Command: body, WritesKeys: writesKeys, FenceRevision: fenceRev,
 		})
+		if m, ok := rng.(*remoteRange); ok {
+			m.noteLeader(leader, ferr == nil)
+		}
 		switch {
 		case ferr == nil:
 			res = resp.Result

@@ -34,9 +34,10 @@ func (s *Server) startLeaderBalancer() {
 // whether it did.
 func (s *Server) balanceLeadersOnce() bool {
 	s.picksMu.Lock()
-	led := s.leadershipCounts(0)
+	led := s.leadershipCounts(0, s.raftMembers)
 	s.picksMu.Unlock()
-	id, to, ok := planLeaderMove(led, s.replicaID, s.rangeList())
+	memberships := s.memberships()
+	id, to, ok := planLeaderMove(led, s.replicaID, s.rangeList(), func(rangeID uint64) []uint64 { return memberships[rangeID] })
 	if !ok {
 		return false
 	}
@@ -56,20 +57,24 @@ type rangeLeader interface {
 
 var _ rangeLeader = (*shard.Replica)(nil)
 
-// planLeaderMove picks the range this node (self) should hand to another
-// member, given every member's count of led data ranges: none unless self
-// leads at least two more than the least-leading member, which gets it. The
-// range is the newest self leads, never the first range (its leader keeps
-// the lease clock, and a new one restarts every lease's TTL).
-func planLeaderMove[R rangeLeader](led map[uint64]int, self uint64, ranges []R) (rangeID, to uint64, ok bool) {
-	to = leastLeading(led, self)
-	if to == self || led[self]-led[to] < 2 {
-		return 0, 0, false
-	}
+// planLeaderMove picks the range this node (self) should hand to another of
+// its members, given every node's count of led data ranges: the newest range
+// self leads (never the first range: its leader keeps the lease clock, and a
+// new one restarts every lease's TTL) whose least-leading member leads at
+// least two fewer than self. members lists a range's voting members.
+func planLeaderMove[R rangeLeader](led map[uint64]int, self uint64, ranges []R, members func(rangeID uint64) []uint64) (rangeID, to uint64, ok bool) {
 	ranges = slices.Clone(ranges)
 	slices.SortFunc(ranges, func(a, b R) int { return cmp.Compare(b.RangeID(), a.RangeID()) })
 	for _, r := range ranges {
-		if r.RangeID() != firstRangeID && r.IsLeader() {
+		if r.RangeID() == firstRangeID || !r.IsLeader() {
+			continue
+		}
+		counts := map[uint64]int{}
+		for _, id := range members(r.RangeID()) {
+			counts[id] = led[id]
+		}
+		counts[self] = led[self]
+		if to = leastLeading(counts, self); to != self && led[self]-led[to] >= 2 {
 			return r.RangeID(), to, true
 		}
 	}

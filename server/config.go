@@ -25,6 +25,12 @@ type Config struct {
 	InitialCluster      []Member
 	InitialClusterState string // "new" or "existing"
 
+	// Replicas is how many voting replicas each data range has, on distinct
+	// nodes (all the nodes when fewer). A new cluster puts its first range on
+	// the first Replicas members of InitialCluster; a split's new range has
+	// its parent's replicas. Every member must be given the same value.
+	Replicas int
+
 	MaxRequestBytes   int
 	MaxTxnOps         int
 	QuotaBackendBytes int64
@@ -109,6 +115,7 @@ const (
 	DefaultRangeMaxBytes       = 64 * 1024 * 1024
 	DefaultRangeSplitQPS       = 2500
 	DefaultRaftStepWorkers     = 1
+	DefaultReplicas            = 3
 )
 
 // DefaultConfig is a single node on 127.0.0.1:2379 with data in ./tessera.data.
@@ -122,6 +129,7 @@ func DefaultConfig() Config {
 		InitialAdvertisePeerURLs: []string{DefaultPeerURL},
 		InitialCluster:           []Member{{Name: DefaultName, PeerURL: DefaultPeerURL}},
 		InitialClusterState:      "new",
+		Replicas:                 DefaultReplicas,
 		MaxRequestBytes:          DefaultMaxRequestBytes,
 		MaxTxnOps:                DefaultMaxTxnOps,
 		QuotaBackendBytes:        DefaultQuotaBackendBytes,
@@ -219,6 +227,9 @@ func (c *Config) Validate() error {
 	}
 	if c.InitialClusterState != "new" && c.InitialClusterState != "existing" {
 		return fmt.Errorf("--initial-cluster-state must be \"new\" or \"existing\", not %q", c.InitialClusterState)
+	}
+	if c.Replicas <= 0 {
+		return fmt.Errorf("--replicas must be positive")
 	}
 	if c.MaxRequestBytes <= 0 {
 		return fmt.Errorf("--max-request-bytes must be positive")

@@ -1,6 +1,9 @@
 package server
 
 import (
+	"context"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/tesserakv/tessera/placement"
@@ -12,10 +15,12 @@ import (
 const descriptorSyncInterval = 5 * time.Second
 
 // runDescriptorSync keeps the meta range's range descriptors current. Each
-// node records the ranges whose replica here leads: after a split here
-// (recordRangesSoon), and every descriptorSyncInterval, which also covers a
-// record that failed to land and a child range whose leader was elected
-// after the split's pass.
+// node records the ranges it holds a replica of whose record is missing or
+// older: after a split here (recordRangesSoon), and every
+// descriptorSyncInterval, which also covers a record that failed to land.
+// Every replica of a range records the same descriptor (the meta range keeps
+// the highest generation), so a new range is recorded as soon as any of its
+// replicas opens it, leader or not.
 func (s *Server) runDescriptorSync() {
 	tick := time.NewTicker(descriptorSyncInterval)
 	defer tick.Stop()
@@ -27,7 +32,27 @@ func (s *Server) runDescriptorSync() {
 		case <-s.rangesChanged:
 		}
 		s.recordRanges()
+		// Ranges held elsewhere are routed by the descriptors: take the
+		// latest.
+		s.cache.Refresh()
 	}
+}
+
+// routingDescriptors returns the range descriptors this node's replica of
+// the meta range has, for routing to ranges held elsewhere. Until any is
+// recorded, that is the first range as a new cluster starts it: the whole
+// keyspace on the first --replicas members.
+func (s *Server) routingDescriptors() []*tesserapb.RangeDescriptor {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	ds, err := placement.Ranges(ctx, s.meta, false)
+	if err != nil || len(ds) == 0 {
+		return []*tesserapb.RangeDescriptor{{
+			RangeId: firstRangeID, Generation: 1,
+			ReplicaNodeIds: slices.Sorted(maps.Keys(s.firstRangeMembers())),
+		}}
+	}
+	return ds
 }
 
 // recordRangesSoon asks runDescriptorSync for a pass.
@@ -38,14 +63,15 @@ func (s *Server) recordRangesSoon() {
 	}
 }
 
-// recordRanges records the descriptors of the ranges led here that the meta
-// range lacks or holds in an older generation.
+// recordRanges records the descriptors of the ranges held here that the
+// meta range lacks or holds in an older generation.
 func (s *Server) recordRanges() {
 	var ds []*tesserapb.RangeDescriptor
-	replicas := s.replicaNodeIDs()
+	memberships := s.memberships()
 	for _, r := range s.rangeList() {
 		rsm := s.store.Range(r.RangeID())
-		if rsm == nil || !r.IsLeader() {
+		replicas := memberships[r.RangeID()]
+		if rsm == nil || len(replicas) == 0 {
 			continue
 		}
 		start, end, gen := rsm.VersionedBounds()

@@ -6,12 +6,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"sort"
 	"time"
 
+	"github.com/lni/dragonboat/v4"
 	dbconfig "github.com/lni/dragonboat/v4/config"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -87,32 +90,96 @@ func (s *Server) raftLogSettings() (snapshotEntries, catchUpEntries uint64, snap
 }
 
 // startRanges starts the replicas of every data range this node holds: the
-// first range of a new node, and on a restart also every range a split made.
+// first range of a new cluster on the members that hold it, and on a restart
+// every range whose state is in the store (those of splits among them).
 func (s *Server) startRanges() error {
 	ids, err := s.store.RangeIDs()
 	if err != nil {
 		return err
 	}
-	if len(ids) == 0 || ids[0] != firstRangeID {
+	if !slices.Contains(ids, firstRangeID) && s.holdsFirstRange() {
 		ids = append([]uint64{firstRangeID}, ids...)
 	}
 	for _, id := range ids {
-		if err := s.startRange(id); err != nil {
+		if err := s.startRange(id, s.restartMembers(id)); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
+// firstRangeMembers are the members holding the first data range of a new
+// cluster: the first --replicas members of --initial-cluster.
+func (s *Server) firstRangeMembers() map[uint64]dragonboat.Target {
+	n := min(s.cfg.Replicas, len(s.raftMembers))
+	out := make(map[uint64]dragonboat.Target, n)
+	for id := uint64(1); id <= uint64(n); id++ {
+		out[id] = s.raftMembers[id]
+	}
+	return out
+}
+
+// holdsFirstRange reports whether this node is one of firstRangeMembers.
+func (s *Server) holdsFirstRange() bool {
+	_, ok := s.firstRangeMembers()[s.replicaID]
+	return ok
+}
+
+// restartMembers is the initial membership to start a range's replica with
+// at boot: none when Dragonboat has the replica's own record (a restart),
+// else the first range's members — a new cluster's first range, or a range a
+// split made whose replica did not start before the node stopped (replicas
+// do not move, so every range has the first range's members).
+func (s *Server) restartMembers(rangeID uint64) map[uint64]dragonboat.Target {
+	if s.nh.HasNodeInfo(rangeID, s.replicaID) {
+		return nil
+	}
+	return s.firstRangeMembers()
+}
+
+// memberships returns the voting members (node IDs, in order) of every Raft
+// group this node runs, as its replicas know them.
+func (s *Server) memberships() map[uint64][]uint64 {
+	info := s.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true})
+	out := make(map[uint64][]uint64, len(info.ShardInfoList))
+	for _, si := range info.ShardInfoList {
+		ids := make([]uint64, 0, len(si.Replicas))
+		for id := range si.Replicas {
+			ids = append(ids, id)
+		}
+		slices.Sort(ids)
+		out[si.ShardID] = ids
+	}
+	return out
+}
+
+// membersOf returns the voting members of a range this node runs, with
+// their Raft addresses (nil when it does not run the range).
+func (s *Server) membersOf(rangeID uint64) map[uint64]dragonboat.Target {
+	info := s.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true})
+	for _, si := range info.ShardInfoList {
+		if si.ShardID == rangeID {
+			out := make(map[uint64]dragonboat.Target, len(si.Replicas))
+			for id, addr := range si.Replicas {
+				out[id] = addr
+			}
+			return out
+		}
+	}
+	return nil
+}
+
 // startRange starts this node's replica of a data range and adds it to the
-// router's cache. Starting a range twice is a no-op.
-func (s *Server) startRange(rangeID uint64) error {
+// router's cache. members are the range's initial members for a replica
+// Dragonboat has no record of (nil for a restart). Starting a range twice is
+// a no-op.
+func (s *Server) startRange(rangeID uint64, members map[uint64]dragonboat.Target) error {
 	s.rangesMu.Lock()
 	defer s.rangesMu.Unlock()
 	if _, ok := s.ranges[rangeID]; ok {
 		return nil
 	}
-	if err := s.nh.StartOnDiskReplica(s.raftMembers, false, s.store.CreateStateMachine, s.raftConfig(rangeID)); err != nil {
+	if err := s.nh.StartOnDiskReplica(members, false, s.store.CreateStateMachine, s.raftConfig(rangeID)); err != nil {
 		return fmt.Errorf("starting range %d: %w", rangeID, err)
 	}
 	_, _, snapshotBytes := s.raftLogSettings()
@@ -147,12 +214,19 @@ func (s *Server) onSplit(parentID, childID uint64) {
 			return
 		default:
 		}
-		if err := s.startRange(childID); err != nil {
+		// The child has its parent's replicas: every one of them applies
+		// the split and starts the child with the same members.
+		members := s.membersOf(parentID)
+		if len(members) == 0 {
+			s.log.Error("a split's parent range is not running here", "parent", parentID, "range", childID)
+			return
+		}
+		if err := s.startRange(childID, members); err != nil {
 			s.log.Error("starting a range made by a split", "parent", parentID, "range", childID, "err", err)
 			return
 		}
 		if parent := s.rangeByID(parentID); parent != nil && parent.IsLeader() {
-			s.goTask(func() { s.electNewRange(childID) })
+			s.goTask(func() { s.electNewRange(childID, members) })
 		}
 		// Dragonboat opens the child's state machine in the background; the
 		// router sees the child's keys once it is open.
@@ -179,9 +253,9 @@ func (s *Server) onSplit(parentID, childID uint64) {
 // range led where its parent was. It runs on the node that led the parent
 // when the split applied; if the chosen member cannot be asked, this node's
 // replica campaigns.
-func (s *Server) electNewRange(rangeID uint64) {
+func (s *Server) electNewRange(rangeID uint64, members map[uint64]dragonboat.Target) {
 	s.picksMu.Lock()
-	target := leastLeading(s.leadershipCounts(rangeID), s.replicaID)
+	target := leastLeading(s.leadershipCounts(rangeID, members), s.replicaID)
 	s.picks[rangeID] = pick{member: target, at: time.Now()}
 	s.picksMu.Unlock()
 	if target != s.replicaID {
@@ -206,14 +280,14 @@ type pick struct {
 // no known leader (its election is under way).
 const pickMemory = 5 * time.Second
 
-// leadershipCounts counts, for every member, the data ranges other than skip
-// that it leads as far as this node's replicas know, counting a range with
-// no known leader for the member electNewRange picked for it lately (so that
-// splits made together do not all pick the same member). The caller holds
-// picksMu.
-func (s *Server) leadershipCounts(skip uint64) map[uint64]int {
-	led := make(map[uint64]int, len(s.raftMembers))
-	for id := range s.raftMembers {
+// leadershipCounts counts, for every given member, the data ranges other
+// than skip that it leads as far as this node's replicas know, counting a
+// range with no known leader for the member electNewRange picked for it
+// lately (so that splits made together do not all pick the same member).
+// The caller holds picksMu.
+func (s *Server) leadershipCounts(skip uint64, members map[uint64]dragonboat.Target) map[uint64]int {
+	led := make(map[uint64]int, len(members))
+	for id := range members {
 		led[id] = 0
 	}
 	now := time.Now()
@@ -342,9 +416,13 @@ func (s *Server) hastenElection(rangeID uint64, majorityReady func(rangeID uint6
 // in the meta range): a majority of the members (this one included) accept
 // connections on their Raft addresses, which they open just before starting
 // their replicas.
-func (s *Server) majorityListening(_ uint64, ready map[uint64]bool) bool {
-	need := len(s.raftMembers)/2 + 1
-	for id, addr := range s.raftMembers {
+func (s *Server) majorityListening(rangeID uint64, ready map[uint64]bool) bool {
+	members := s.raftMembers
+	if rangeID != placement.MetaRangeID {
+		members = s.firstRangeMembers()
+	}
+	need := len(members)/2 + 1
+	for id, addr := range members {
 		if len(ready) >= need {
 			return true
 		}
@@ -363,8 +441,12 @@ func (s *Server) majorityListening(_ uint64, ready map[uint64]bool) bool {
 // replica of a range, asking the members not yet known to (started, which
 // it updates) until there is one.
 func (s *Server) majorityStarted(rangeID uint64, started map[uint64]bool) bool {
-	need := len(s.raftMembers)/2 + 1
-	for id := range s.raftMembers {
+	members := s.membersOf(rangeID)
+	if len(members) == 0 {
+		return false // Dragonboat has not listed the range's members yet
+	}
+	need := len(members)/2 + 1
+	for id := range members {
 		if len(started) >= need {
 			return true
 		}
@@ -423,7 +505,7 @@ func (s *Server) rangeList() []*shard.Replica {
 
 // rangeInfo describes one replica as `tessera ctl ranges` shows it.
 func (s *Server) rangeInfo(r *shard.Replica) *tesserapb.RangeInfo {
-	info := &tesserapb.RangeInfo{RangeId: r.RangeID(), ReplicaNodeIds: s.replicaNodeIDs()}
+	info := &tesserapb.RangeInfo{RangeId: r.RangeID(), ReplicaNodeIds: slices.Sorted(maps.Keys(s.membersOf(r.RangeID())))}
 	if leader, _, ok := r.Leader(); ok {
 		info.LeaderNodeId = leader
 	}
@@ -433,17 +515,6 @@ func (s *Server) rangeInfo(r *shard.Replica) *tesserapb.RangeInfo {
 		info.SizeBytes = rsm.SizeBytes()
 	}
 	return info
-}
-
-// replicaNodeIDs lists the nodes holding a replica of every range (all the
-// members, for now), in order.
-func (s *Server) replicaNodeIDs() []uint64 {
-	ids := make([]uint64, 0, len(s.raftMembers))
-	for id := range s.raftMembers {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	return ids
 }
 
 // internalService is the node's tesserapb.Internal: the oracle's
@@ -466,6 +537,15 @@ func (i *internalService) ListRanges(context.Context, *tesserapb.ListRangesReque
 	resp := &tesserapb.ListRangesResponse{}
 	for _, r := range i.s.rangeList() {
 		resp.Ranges = append(resp.Ranges, i.s.rangeInfo(r))
+	}
+	// The ranges held elsewhere as the router routes to them (their
+	// leaders, sizes and loads are known where they are held).
+	i.s.cache.Refresh()
+	for _, d := range i.s.routingDescriptors() {
+		if i.s.cache.Remote(d.RangeId) != nil {
+			resp.Ranges = append(resp.Ranges, &tesserapb.RangeInfo{RangeId: d.RangeId, StartKey: d.StartKey, EndKey: d.EndKey,
+				ReplicaNodeIds: d.ReplicaNodeIds, Generation: d.Generation})
+		}
 	}
 	sort.Slice(resp.Ranges, func(a, b int) bool { return bytes.Compare(resp.Ranges[a].StartKey, resp.Ranges[b].StartKey) < 0 })
 	return resp, nil
@@ -491,6 +571,20 @@ func (i *internalService) SplitRange(ctx context.Context, req *tesserapb.SplitRa
 	s := i.s
 	if len(req.SplitKey) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "tessera: split key must not be empty (the keyspace starts there)")
+	}
+	if rangeID, local, err := s.router.RangeFor(req.SplitKey); err != nil {
+		return nil, router.ToGRPC(err)
+	} else if !local {
+		// Split where the range is held.
+		var resp *tesserapb.SplitRangeResponse
+		err := s.router.OnReplica(ctx, rangeID, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+			resp, err = tesserapb.NewInternalClient(cc).SplitRange(ctx, req)
+			return err
+		})
+		if err != nil {
+			return nil, router.ToGRPC(err)
+		}
+		return resp, nil
 	}
 	var childID uint64
 	for attempt := 0; ; attempt++ {

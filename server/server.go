@@ -80,6 +80,8 @@ type Server struct {
 	// stopper owns the node's background tasks: Close quiesces it, then
 	// waits for them.
 	stopper *stop.Stopper
+	// feeds are the ranges held elsewhere that the watch hub follows.
+	feeds feeds
 	// rangesChanged pokes runDescriptorSync (a split made a range here).
 	rangesChanged chan struct{}
 	closeOnce     sync.Once
@@ -95,7 +97,7 @@ func Start(cfg Config) (*Server, error) {
 	}
 	replicaID, _ := cfg.replicaID()
 	s := &Server{cfg: cfg, log: cfg.Logger, replicaID: replicaID, clusterID: clusterID(cfg.InitialCluster), stopper: stop.New(), rangesChanged: make(chan struct{}, 1),
-		ranges: map[uint64]*shard.Replica{}, picks: map[uint64]pick{}, cache: router.NewRangeCache()}
+		ranges: map[uint64]*shard.Replica{}, feeds: feeds{wanted: map[uint64]time.Time{}}, picks: map[uint64]pick{}, cache: router.NewRangeCache()}
 	quietDragonboat(cfg.Logger)
 
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
@@ -156,6 +158,7 @@ func Start(cfg Config) (*Server, error) {
 			AfterLeaseMark:   cfg.Knobs.AfterLeaseMark,
 		},
 	}, s.cache, s.directory, s.oracle)
+	s.cache.SetDescriptors(s.routingDescriptors)
 	if err := s.startRanges(); err != nil {
 		s.hub.Stop()
 		s.closeListeners()

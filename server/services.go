@@ -150,12 +150,14 @@ func (c *cluster) MemberPromote(context.Context, *pb.MemberPromoteRequest) (*pb.
 type hubSource struct{ s *Server }
 
 func (h hubSource) History(key, rangeEnd []byte, fromRev, toRev int64, maxEvents int) ([]*mvccpb.Event, int64, error) {
-	return h.s.store.History(key, rangeEnd, fromRev, toRev, maxEvents)
+	return h.s.history(key, rangeEnd, fromRev, toRev, maxEvents)
 }
 
 func (h hubSource) CompactedRevision(key, rangeEnd []byte) (int64, error) {
-	return h.s.store.CompactedRevision(key, rangeEnd)
+	return h.s.compactedRevision(key, rangeEnd)
 }
+
+func (h hubSource) Follow(rangeID uint64) { h.s.follow(rangeID) }
 
 func (h hubSource) RangesOf(key, rangeEnd []byte) ([]uint64, bool) {
 	return h.s.router.RangesOf(key, rangeEnd)

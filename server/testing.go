@@ -110,3 +110,10 @@ func (t TestingServer) TransferLeadership(nodeID uint64) error {
 // BalanceLeadersOnce is one check of the leader balancer; it reports whether
 // it asked for a leadership to move.
 func (t TestingServer) BalanceLeadersOnce() bool { return t.s.balanceLeadersOnce() }
+
+// RoutedRangeCount is how many ranges this node routes requests to: its
+// own replicas and, refreshed from the meta range, the ranges held elsewhere.
+func (t TestingServer) RoutedRangeCount() int {
+	t.s.cache.Refresh()
+	return t.s.cache.Len()
+}

@@ -103,8 +103,15 @@ func TestLinearizable(t *testing.T) {
 // TestLinearizableManyRanges: the same over 8 ranges and more made by splits
 // during the run, with leader transfers, plus multi-range lists: each list must
 // be exactly the state at its header revision on every range.
-func TestLinearizableManyRanges(t *testing.T) {
-	c := testcluster.Start(t, 3)
+func TestLinearizableManyRanges(t *testing.T) { linearizableManyRanges(t, 3) }
+
+// TestLinearizableWithoutReplicas: the same on four nodes with three
+// replicas per range, a quarter of the clients on the fourth node, which
+// holds no replica and sends every request to the nodes that do.
+func TestLinearizableWithoutReplicas(t *testing.T) { linearizableManyRanges(t, 4) }
+
+func linearizableManyRanges(t *testing.T, nodes int) {
+	c := testcluster.Start(t, nodes)
 	for i, key := range []string{"lin/02", "lin/04", "lin/06", "lin/08", "lin/10", "lin/12", "lin/14"} {
 		splitAt(t, c, c.Nodes[i%3], key)
 	}

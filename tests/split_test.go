@@ -38,13 +38,21 @@ func splitAt(t testing.TB, c *testcluster.Cluster, via *testcluster.Node, key st
 	}
 }
 
+// waitRanges waits until every node holding replicas runs want ranges, and
+// every node holding none routes to want ranges.
 func waitRanges(t *testing.T, c *testcluster.Cluster, want int) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
+	count := func(n *testcluster.Node) int {
+		if held := n.Server.Testing().RangeCount(); held > 0 {
+			return held
+		}
+		return n.Server.Testing().RoutedRangeCount()
+	}
 	for _, n := range c.Nodes {
-		for n.Server != nil && n.Server.Testing().RangeCount() < want {
+		for n.Server != nil && count(n) < want {
 			if time.Now().After(deadline) {
-				t.Fatalf("%s runs %d ranges, want %d", n.Config.Name, n.Server.Testing().RangeCount(), want)
+				t.Fatalf("%s runs or routes to %d ranges, want %d", n.Config.Name, count(n), want)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}

@@ -247,10 +247,21 @@ func maxAckedRev(writes []wcWrite) int64 {
 // checks etcd's guarantees against the writes' own responses: ordered, unique,
 // reliable, atomic, prev_kv, progress notifications never ahead of events,
 // resumable, and the same events for any two watches over the same keys.
-func TestWatchGuarantees(t *testing.T) {
+func TestWatchGuarantees(t *testing.T) { runWatchGuarantees(t, 3, []int{0, 1, 2}) }
+
+// TestWatchGuaranteesWithoutReplicas: the same on four nodes with three
+// replicas per range, the watches and most writers on the fourth node, which
+// holds no replica: its watch hub follows every range through range feeds
+// and catches up through other nodes' history.
+func TestWatchGuaranteesWithoutReplicas(t *testing.T) { runWatchGuarantees(t, 4, []int{3, 1, 3}) }
+
+// runWatchGuarantees runs TestWatchGuarantees' load on a cluster of n nodes,
+// with what the test puts on its first, second and third node on the nodes
+// at the given indexes.
+func runWatchGuarantees(t *testing.T, n int, on []int) {
 	seed := time.Now().UnixNano()
 	t.Logf("seed %d", seed)
-	c := testcluster.Start(t, 3, func(cfg *serverConfig) { cfg.WatchProgressNotifyInterval = 300 * time.Millisecond })
+	c := testcluster.Start(t, n, func(cfg *serverConfig) { cfg.WatchProgressNotifyInterval = 300 * time.Millisecond })
 	// Groups wc/0 … wc/9 of 12 keys each; every Txn and range delete stays in
 	// one half of a group (wc/G/00-05 or wc/G/06-11), and every split during
 	// the run is at a group or half boundary, so no write spans two ranges.
@@ -266,7 +277,7 @@ func TestWatchGuarantees(t *testing.T) {
 	}
 	rev0 := list.Header.Revision
 	prefixEnd := clientv3.GetPrefixRangeEnd("wc/")
-	node := func(i int) *clientv3.Client { return c.Client(c.Nodes[i].ClientURL) }
+	node := func(i int) *clientv3.Client { return c.Client(c.Nodes[on[i]].ClientURL) }
 
 	// Watches from now, and the first segment of the resumed one.
 	sharedStream := node(2)

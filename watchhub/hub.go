@@ -34,6 +34,11 @@ type Source interface {
 	// 0 when the replica's published floor will show it (a barrier applied
 	// through the range's leader).
 	CloseRange(ctx context.Context, rangeID uint64) (int64, error)
+	// Follow says the hub needs the events of a range (asked every round
+	// that does): a range the node holds no replica of is then followed
+	// from a node that holds one, publishing as a local replica would. It
+	// must not block.
+	Follow(rangeID uint64)
 	// CurrentRevision returns the highest revision issued so far.
 	CurrentRevision(ctx context.Context) (int64, error)
 	// Header returns a response header at rev.
@@ -485,6 +490,9 @@ func (h *Hub) safeLocked(iv interval) (safe int64, ids []uint64, ok bool) {
 	ids, ok = h.src.RangesOf(iv.keyBytes(), iv.endBytes())
 	if !ok || len(ids) == 0 {
 		return 0, nil, false
+	}
+	for _, id := range ids {
+		h.src.Follow(id)
 	}
 	for i, id := range ids {
 		f, known := h.floors[id]

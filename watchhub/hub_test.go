@@ -121,6 +121,8 @@ func (n *fakeNode) History(key, rangeEnd []byte, fromRev, toRev int64, maxEvents
 	return out, toRev, nil
 }
 
+func (n *fakeNode) Follow(uint64) {}
+
 func (n *fakeNode) CompactedRevision([]byte, []byte) (int64, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()

@@ -388,9 +388,11 @@ type RangeDescriptor struct {
 	RangeId  uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
 	StartKey []byte                 `protobuf:"bytes,2,opt,name=start_key,json=startKey,proto3" json:"start_key,omitempty"`
 	// end_key empty means the end of the keyspace.
-	EndKey         []byte   `protobuf:"bytes,3,opt,name=end_key,json=endKey,proto3" json:"end_key,omitempty"`
+	EndKey []byte `protobuf:"bytes,3,opt,name=end_key,json=endKey,proto3" json:"end_key,omitempty"`
+	// replica_node_ids are the nodes holding a voting replica of the range
+	// (a replica's ID in the range's Raft group is its node's ID).
 	ReplicaNodeIds []uint64 `protobuf:"varint,4,rep,packed,name=replica_node_ids,json=replicaNodeIds,proto3" json:"replica_node_ids,omitempty"`
-	// generation grows with every change of the descriptor (a split).
+	// generation grows with every change of the descriptor's bounds (a split).
 	Generation    uint64 `protobuf:"varint,5,opt,name=generation,proto3" json:"generation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -531,6 +533,157 @@ func (x *MetaState) GetNextRangeId() uint64 {
 	return 0
 }
 
+type RangeHistoryRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	RangeId uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	// key and range_end are etcd's interval, within the range's bounds.
+	Key          []byte `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	RangeEnd     []byte `protobuf:"bytes,3,opt,name=range_end,json=rangeEnd,proto3" json:"range_end,omitempty"`
+	FromRevision int64  `protobuf:"varint,4,opt,name=from_revision,json=fromRevision,proto3" json:"from_revision,omitempty"`
+	ToRevision   int64  `protobuf:"varint,5,opt,name=to_revision,json=toRevision,proto3" json:"to_revision,omitempty"`
+	// max_events bounds the events gathered (more only when one revision
+	// alone has more); 0 reads none and answers only compacted_revision.
+	MaxEvents     int64 `protobuf:"varint,6,opt,name=max_events,json=maxEvents,proto3" json:"max_events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RangeHistoryRequest) Reset() {
+	*x = RangeHistoryRequest{}
+	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangeHistoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangeHistoryRequest) ProtoMessage() {}
+
+func (x *RangeHistoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangeHistoryRequest.ProtoReflect.Descriptor instead.
+func (*RangeHistoryRequest) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *RangeHistoryRequest) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+func (x *RangeHistoryRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *RangeHistoryRequest) GetRangeEnd() []byte {
+	if x != nil {
+		return x.RangeEnd
+	}
+	return nil
+}
+
+func (x *RangeHistoryRequest) GetFromRevision() int64 {
+	if x != nil {
+		return x.FromRevision
+	}
+	return 0
+}
+
+func (x *RangeHistoryRequest) GetToRevision() int64 {
+	if x != nil {
+		return x.ToRevision
+	}
+	return 0
+}
+
+func (x *RangeHistoryRequest) GetMaxEvents() int64 {
+	if x != nil {
+		return x.MaxEvents
+	}
+	return 0
+}
+
+type RangeHistoryResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// events are marshalled etcd mvccpb.Events, in revision order.
+	Events [][]byte `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	// covered_to is the last revision the events cover (to_revision, or
+	// lower when max_events cut the window at a revision boundary).
+	CoveredTo int64 `protobuf:"varint,2,opt,name=covered_to,json=coveredTo,proto3" json:"covered_to,omitempty"`
+	// compacted_revision is the range's compacted revision.
+	CompactedRevision int64 `protobuf:"varint,3,opt,name=compacted_revision,json=compactedRevision,proto3" json:"compacted_revision,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *RangeHistoryResponse) Reset() {
+	*x = RangeHistoryResponse{}
+	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangeHistoryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangeHistoryResponse) ProtoMessage() {}
+
+func (x *RangeHistoryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangeHistoryResponse.ProtoReflect.Descriptor instead.
+func (*RangeHistoryResponse) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *RangeHistoryResponse) GetEvents() [][]byte {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *RangeHistoryResponse) GetCoveredTo() int64 {
+	if x != nil {
+		return x.CoveredTo
+	}
+	return 0
+}
+
+func (x *RangeHistoryResponse) GetCompactedRevision() int64 {
+	if x != nil {
+		return x.CompactedRevision
+	}
+	return 0
+}
+
 type RangeStartedRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	RangeId       uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
@@ -540,7 +693,7 @@ type RangeStartedRequest struct {
 
 func (x *RangeStartedRequest) Reset() {
 	*x = RangeStartedRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	mi := &file_tesserapb_meta_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -552,7 +705,7 @@ func (x *RangeStartedRequest) String() string {
 func (*RangeStartedRequest) ProtoMessage() {}
 
 func (x *RangeStartedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	mi := &file_tesserapb_meta_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -565,7 +718,7 @@ func (x *RangeStartedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeStartedRequest.ProtoReflect.Descriptor instead.
 func (*RangeStartedRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{8}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RangeStartedRequest) GetRangeId() uint64 {
@@ -584,7 +737,7 @@ type RangeStartedResponse struct {
 
 func (x *RangeStartedResponse) Reset() {
 	*x = RangeStartedResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	mi := &file_tesserapb_meta_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -596,7 +749,7 @@ func (x *RangeStartedResponse) String() string {
 func (*RangeStartedResponse) ProtoMessage() {}
 
 func (x *RangeStartedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	mi := &file_tesserapb_meta_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -609,7 +762,7 @@ func (x *RangeStartedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeStartedResponse.ProtoReflect.Descriptor instead.
 func (*RangeStartedResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{9}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RangeStartedResponse) GetStarted() bool {
@@ -628,7 +781,7 @@ type CampaignRangeRequest struct {
 
 func (x *CampaignRangeRequest) Reset() {
 	*x = CampaignRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	mi := &file_tesserapb_meta_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -640,7 +793,7 @@ func (x *CampaignRangeRequest) String() string {
 func (*CampaignRangeRequest) ProtoMessage() {}
 
 func (x *CampaignRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	mi := &file_tesserapb_meta_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -653,7 +806,7 @@ func (x *CampaignRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRangeRequest.ProtoReflect.Descriptor instead.
 func (*CampaignRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{10}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CampaignRangeRequest) GetRangeId() uint64 {
@@ -671,7 +824,7 @@ type CampaignRangeResponse struct {
 
 func (x *CampaignRangeResponse) Reset() {
 	*x = CampaignRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	mi := &file_tesserapb_meta_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -683,7 +836,7 @@ func (x *CampaignRangeResponse) String() string {
 func (*CampaignRangeResponse) ProtoMessage() {}
 
 func (x *CampaignRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	mi := &file_tesserapb_meta_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -696,7 +849,7 @@ func (x *CampaignRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRangeResponse.ProtoReflect.Descriptor instead.
 func (*CampaignRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{11}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{13}
 }
 
 type RangeWriteRequest struct {
@@ -715,7 +868,7 @@ type RangeWriteRequest struct {
 
 func (x *RangeWriteRequest) Reset() {
 	*x = RangeWriteRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -727,7 +880,7 @@ func (x *RangeWriteRequest) String() string {
 func (*RangeWriteRequest) ProtoMessage() {}
 
 func (x *RangeWriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -740,7 +893,7 @@ func (x *RangeWriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteRequest.ProtoReflect.Descriptor instead.
 func (*RangeWriteRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{12}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RangeWriteRequest) GetRangeId() uint64 {
@@ -780,7 +933,7 @@ type RangeWriteResponse struct {
 
 func (x *RangeWriteResponse) Reset() {
 	*x = RangeWriteResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -792,7 +945,7 @@ func (x *RangeWriteResponse) String() string {
 func (*RangeWriteResponse) ProtoMessage() {}
 
 func (x *RangeWriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -805,7 +958,7 @@ func (x *RangeWriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteResponse.ProtoReflect.Descriptor instead.
 func (*RangeWriteResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{13}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RangeWriteResponse) GetResult() *Result {
@@ -829,7 +982,7 @@ type RangeFeedRequest struct {
 
 func (x *RangeFeedRequest) Reset() {
 	*x = RangeFeedRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -841,7 +994,7 @@ func (x *RangeFeedRequest) String() string {
 func (*RangeFeedRequest) ProtoMessage() {}
 
 func (x *RangeFeedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -854,7 +1007,7 @@ func (x *RangeFeedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeFeedRequest.ProtoReflect.Descriptor instead.
 func (*RangeFeedRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RangeFeedRequest) GetRangeId() uint64 {
@@ -894,7 +1047,7 @@ type RangeFeedResponse struct {
 
 func (x *RangeFeedResponse) Reset() {
 	*x = RangeFeedResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -906,7 +1059,7 @@ func (x *RangeFeedResponse) String() string {
 func (*RangeFeedResponse) ProtoMessage() {}
 
 func (x *RangeFeedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -919,7 +1072,7 @@ func (x *RangeFeedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeFeedResponse.ProtoReflect.Descriptor instead.
 func (*RangeFeedResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RangeFeedResponse) GetEvents() [][]byte {
@@ -957,7 +1110,7 @@ type RangeWriteStreamRequest struct {
 
 func (x *RangeWriteStreamRequest) Reset() {
 	*x = RangeWriteStreamRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -969,7 +1122,7 @@ func (x *RangeWriteStreamRequest) String() string {
 func (*RangeWriteStreamRequest) ProtoMessage() {}
 
 func (x *RangeWriteStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -982,7 +1135,7 @@ func (x *RangeWriteStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteStreamRequest.ProtoReflect.Descriptor instead.
 func (*RangeWriteStreamRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RangeWriteStreamRequest) GetSeq() uint64 {
@@ -1023,7 +1176,7 @@ type RangeWriteStreamResponse struct {
 
 func (x *RangeWriteStreamResponse) Reset() {
 	*x = RangeWriteStreamResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1035,7 +1188,7 @@ func (x *RangeWriteStreamResponse) String() string {
 func (*RangeWriteStreamResponse) ProtoMessage() {}
 
 func (x *RangeWriteStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1048,7 +1201,7 @@ func (x *RangeWriteStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteStreamResponse.ProtoReflect.Descriptor instead.
 func (*RangeWriteStreamResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RangeWriteStreamResponse) GetSeq() uint64 {
@@ -1099,7 +1252,7 @@ type NotLeader struct {
 
 func (x *NotLeader) Reset() {
 	*x = NotLeader{}
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1111,7 +1264,7 @@ func (x *NotLeader) String() string {
 func (*NotLeader) ProtoMessage() {}
 
 func (x *NotLeader) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1124,7 +1277,7 @@ func (x *NotLeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotLeader.ProtoReflect.Descriptor instead.
 func (*NotLeader) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *NotLeader) GetLeaderReplicaId() uint64 {
@@ -1148,7 +1301,7 @@ type FenceRangeRequest struct {
 
 func (x *FenceRangeRequest) Reset() {
 	*x = FenceRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[19]
+	mi := &file_tesserapb_meta_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1160,7 +1313,7 @@ func (x *FenceRangeRequest) String() string {
 func (*FenceRangeRequest) ProtoMessage() {}
 
 func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[19]
+	mi := &file_tesserapb_meta_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1173,7 +1326,7 @@ func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeRequest.ProtoReflect.Descriptor instead.
 func (*FenceRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *FenceRangeRequest) GetRangeId() uint64 {
@@ -1208,7 +1361,7 @@ type FenceRangeResponse struct {
 
 func (x *FenceRangeResponse) Reset() {
 	*x = FenceRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[20]
+	mi := &file_tesserapb_meta_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1220,7 +1373,7 @@ func (x *FenceRangeResponse) String() string {
 func (*FenceRangeResponse) ProtoMessage() {}
 
 func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[20]
+	mi := &file_tesserapb_meta_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1233,7 +1386,7 @@ func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeResponse.ProtoReflect.Descriptor instead.
 func (*FenceRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *FenceRangeResponse) GetAppliedIndex() uint64 {
@@ -1259,7 +1412,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[21]
+	mi := &file_tesserapb_meta_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1271,7 +1424,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[21]
+	mi := &file_tesserapb_meta_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1284,7 +1437,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{21}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SplitRangeRequest) GetSplitKey() []byte {
@@ -1304,7 +1457,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[22]
+	mi := &file_tesserapb_meta_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1316,7 +1469,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[22]
+	mi := &file_tesserapb_meta_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1329,7 +1482,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{22}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SplitRangeResponse) GetLeft() *RangeInfo {
@@ -1354,7 +1507,7 @@ type ListRangesRequest struct {
 
 func (x *ListRangesRequest) Reset() {
 	*x = ListRangesRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[23]
+	mi := &file_tesserapb_meta_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1366,7 +1519,7 @@ func (x *ListRangesRequest) String() string {
 func (*ListRangesRequest) ProtoMessage() {}
 
 func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[23]
+	mi := &file_tesserapb_meta_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1379,7 +1532,7 @@ func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesRequest.ProtoReflect.Descriptor instead.
 func (*ListRangesRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{23}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{25}
 }
 
 type ListRangesResponse struct {
@@ -1391,7 +1544,7 @@ type ListRangesResponse struct {
 
 func (x *ListRangesResponse) Reset() {
 	*x = ListRangesResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[24]
+	mi := &file_tesserapb_meta_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1403,7 +1556,7 @@ func (x *ListRangesResponse) String() string {
 func (*ListRangesResponse) ProtoMessage() {}
 
 func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[24]
+	mi := &file_tesserapb_meta_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1416,7 +1569,7 @@ func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesResponse.ProtoReflect.Descriptor instead.
 func (*ListRangesResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{24}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListRangesResponse) GetRanges() []*RangeInfo {
@@ -1443,7 +1596,7 @@ type RangeInfo struct {
 
 func (x *RangeInfo) Reset() {
 	*x = RangeInfo{}
-	mi := &file_tesserapb_meta_proto_msgTypes[25]
+	mi := &file_tesserapb_meta_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1455,7 +1608,7 @@ func (x *RangeInfo) String() string {
 func (*RangeInfo) ProtoMessage() {}
 
 func (x *RangeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[25]
+	mi := &file_tesserapb_meta_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1468,7 +1621,7 @@ func (x *RangeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
 func (*RangeInfo) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{25}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RangeInfo) GetRangeId() uint64 {
@@ -1536,7 +1689,7 @@ type GetRevisionsRequest struct {
 
 func (x *GetRevisionsRequest) Reset() {
 	*x = GetRevisionsRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[26]
+	mi := &file_tesserapb_meta_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1548,7 +1701,7 @@ func (x *GetRevisionsRequest) String() string {
 func (*GetRevisionsRequest) ProtoMessage() {}
 
 func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[26]
+	mi := &file_tesserapb_meta_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1561,7 +1714,7 @@ func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*GetRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{26}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetRevisionsRequest) GetCount() int64 {
@@ -1582,7 +1735,7 @@ type GetRevisionsResponse struct {
 
 func (x *GetRevisionsResponse) Reset() {
 	*x = GetRevisionsResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[27]
+	mi := &file_tesserapb_meta_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1594,7 +1747,7 @@ func (x *GetRevisionsResponse) String() string {
 func (*GetRevisionsResponse) ProtoMessage() {}
 
 func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[27]
+	mi := &file_tesserapb_meta_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1607,7 +1760,7 @@ func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*GetRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{27}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetRevisionsResponse) GetFirst() int64 {
@@ -1661,7 +1814,21 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"high_water\x18\x01 \x01(\x03R\thighWater\x12)\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x13.tesserapb.NodeInfoR\x05nodes\x122\n" +
 	"\x06ranges\x18\x03 \x03(\v2\x1a.tesserapb.RangeDescriptorR\x06ranges\x12\"\n" +
-	"\rnext_range_id\x18\x04 \x01(\x04R\vnextRangeId\"0\n" +
+	"\rnext_range_id\x18\x04 \x01(\x04R\vnextRangeId\"\xc4\x01\n" +
+	"\x13RangeHistoryRequest\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\fR\x03key\x12\x1b\n" +
+	"\trange_end\x18\x03 \x01(\fR\brangeEnd\x12#\n" +
+	"\rfrom_revision\x18\x04 \x01(\x03R\ffromRevision\x12\x1f\n" +
+	"\vto_revision\x18\x05 \x01(\x03R\n" +
+	"toRevision\x12\x1d\n" +
+	"\n" +
+	"max_events\x18\x06 \x01(\x03R\tmaxEvents\"|\n" +
+	"\x14RangeHistoryResponse\x12\x16\n" +
+	"\x06events\x18\x01 \x03(\fR\x06events\x12\x1d\n" +
+	"\n" +
+	"covered_to\x18\x02 \x01(\x03R\tcoveredTo\x12-\n" +
+	"\x12compacted_revision\x18\x03 \x01(\x03R\x11compactedRevision\"0\n" +
 	"\x13RangeStartedRequest\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\"0\n" +
 	"\x14RangeStartedResponse\x12\x18\n" +
@@ -1730,7 +1897,7 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\x05count\x18\x01 \x01(\x03R\x05count\"B\n" +
 	"\x14GetRevisionsResponse\x12\x14\n" +
 	"\x05first\x18\x01 \x01(\x03R\x05first\x12\x14\n" +
-	"\x05count\x18\x02 \x01(\x03R\x05count2\x8c\x05\n" +
+	"\x05count\x18\x02 \x01(\x03R\x05count2\xdd\x05\n" +
 	"\bInternal\x12O\n" +
 	"\fGetRevisions\x12\x1e.tesserapb.GetRevisionsRequest\x1a\x1f.tesserapb.GetRevisionsResponse\x12_\n" +
 	"\x10RangeWriteStream\x12\".tesserapb.RangeWriteStreamRequest\x1a#.tesserapb.RangeWriteStreamResponse(\x010\x01\x12H\n" +
@@ -1742,7 +1909,8 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\n" +
 	"ListRanges\x12\x1c.tesserapb.ListRangesRequest\x1a\x1d.tesserapb.ListRangesResponse\x12R\n" +
 	"\rCampaignRange\x12\x1f.tesserapb.CampaignRangeRequest\x1a .tesserapb.CampaignRangeResponse\x12O\n" +
-	"\fRangeStarted\x12\x1e.tesserapb.RangeStartedRequest\x1a\x1f.tesserapb.RangeStartedResponseB.Z,github.com/tesserakv/tessera/proto/tesserapbb\x06proto3"
+	"\fRangeStarted\x12\x1e.tesserapb.RangeStartedRequest\x1a\x1f.tesserapb.RangeStartedResponse\x12O\n" +
+	"\fRangeHistory\x12\x1e.tesserapb.RangeHistoryRequest\x1a\x1f.tesserapb.RangeHistoryResponseB.Z,github.com/tesserakv/tessera/proto/tesserapbb\x06proto3"
 
 var (
 	file_tesserapb_meta_proto_rawDescOnce sync.Once
@@ -1756,7 +1924,7 @@ func file_tesserapb_meta_proto_rawDescGZIP() []byte {
 	return file_tesserapb_meta_proto_rawDescData
 }
 
-var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_tesserapb_meta_proto_goTypes = []any{
 	(*MetaCommand)(nil),              // 0: tesserapb.MetaCommand
 	(*AllocateRangeIdCommand)(nil),   // 1: tesserapb.AllocateRangeIdCommand
@@ -1766,27 +1934,29 @@ var file_tesserapb_meta_proto_goTypes = []any{
 	(*NodeInfo)(nil),                 // 5: tesserapb.NodeInfo
 	(*RangeDescriptor)(nil),          // 6: tesserapb.RangeDescriptor
 	(*MetaState)(nil),                // 7: tesserapb.MetaState
-	(*RangeStartedRequest)(nil),      // 8: tesserapb.RangeStartedRequest
-	(*RangeStartedResponse)(nil),     // 9: tesserapb.RangeStartedResponse
-	(*CampaignRangeRequest)(nil),     // 10: tesserapb.CampaignRangeRequest
-	(*CampaignRangeResponse)(nil),    // 11: tesserapb.CampaignRangeResponse
-	(*RangeWriteRequest)(nil),        // 12: tesserapb.RangeWriteRequest
-	(*RangeWriteResponse)(nil),       // 13: tesserapb.RangeWriteResponse
-	(*RangeFeedRequest)(nil),         // 14: tesserapb.RangeFeedRequest
-	(*RangeFeedResponse)(nil),        // 15: tesserapb.RangeFeedResponse
-	(*RangeWriteStreamRequest)(nil),  // 16: tesserapb.RangeWriteStreamRequest
-	(*RangeWriteStreamResponse)(nil), // 17: tesserapb.RangeWriteStreamResponse
-	(*NotLeader)(nil),                // 18: tesserapb.NotLeader
-	(*FenceRangeRequest)(nil),        // 19: tesserapb.FenceRangeRequest
-	(*FenceRangeResponse)(nil),       // 20: tesserapb.FenceRangeResponse
-	(*SplitRangeRequest)(nil),        // 21: tesserapb.SplitRangeRequest
-	(*SplitRangeResponse)(nil),       // 22: tesserapb.SplitRangeResponse
-	(*ListRangesRequest)(nil),        // 23: tesserapb.ListRangesRequest
-	(*ListRangesResponse)(nil),       // 24: tesserapb.ListRangesResponse
-	(*RangeInfo)(nil),                // 25: tesserapb.RangeInfo
-	(*GetRevisionsRequest)(nil),      // 26: tesserapb.GetRevisionsRequest
-	(*GetRevisionsResponse)(nil),     // 27: tesserapb.GetRevisionsResponse
-	(*Result)(nil),                   // 28: tesserapb.Result
+	(*RangeHistoryRequest)(nil),      // 8: tesserapb.RangeHistoryRequest
+	(*RangeHistoryResponse)(nil),     // 9: tesserapb.RangeHistoryResponse
+	(*RangeStartedRequest)(nil),      // 10: tesserapb.RangeStartedRequest
+	(*RangeStartedResponse)(nil),     // 11: tesserapb.RangeStartedResponse
+	(*CampaignRangeRequest)(nil),     // 12: tesserapb.CampaignRangeRequest
+	(*CampaignRangeResponse)(nil),    // 13: tesserapb.CampaignRangeResponse
+	(*RangeWriteRequest)(nil),        // 14: tesserapb.RangeWriteRequest
+	(*RangeWriteResponse)(nil),       // 15: tesserapb.RangeWriteResponse
+	(*RangeFeedRequest)(nil),         // 16: tesserapb.RangeFeedRequest
+	(*RangeFeedResponse)(nil),        // 17: tesserapb.RangeFeedResponse
+	(*RangeWriteStreamRequest)(nil),  // 18: tesserapb.RangeWriteStreamRequest
+	(*RangeWriteStreamResponse)(nil), // 19: tesserapb.RangeWriteStreamResponse
+	(*NotLeader)(nil),                // 20: tesserapb.NotLeader
+	(*FenceRangeRequest)(nil),        // 21: tesserapb.FenceRangeRequest
+	(*FenceRangeResponse)(nil),       // 22: tesserapb.FenceRangeResponse
+	(*SplitRangeRequest)(nil),        // 23: tesserapb.SplitRangeRequest
+	(*SplitRangeResponse)(nil),       // 24: tesserapb.SplitRangeResponse
+	(*ListRangesRequest)(nil),        // 25: tesserapb.ListRangesRequest
+	(*ListRangesResponse)(nil),       // 26: tesserapb.ListRangesResponse
+	(*RangeInfo)(nil),                // 27: tesserapb.RangeInfo
+	(*GetRevisionsRequest)(nil),      // 28: tesserapb.GetRevisionsRequest
+	(*GetRevisionsResponse)(nil),     // 29: tesserapb.GetRevisionsResponse
+	(*Result)(nil),                   // 30: tesserapb.Result
 }
 var file_tesserapb_meta_proto_depIdxs = []int32{
 	2,  // 0: tesserapb.MetaCommand.set_high_water:type_name -> tesserapb.SetHighWaterCommand
@@ -1797,31 +1967,33 @@ var file_tesserapb_meta_proto_depIdxs = []int32{
 	6,  // 5: tesserapb.PutRangeCommand.range:type_name -> tesserapb.RangeDescriptor
 	5,  // 6: tesserapb.MetaState.nodes:type_name -> tesserapb.NodeInfo
 	6,  // 7: tesserapb.MetaState.ranges:type_name -> tesserapb.RangeDescriptor
-	28, // 8: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
-	12, // 9: tesserapb.RangeWriteStreamRequest.request:type_name -> tesserapb.RangeWriteRequest
-	13, // 10: tesserapb.RangeWriteStreamResponse.response:type_name -> tesserapb.RangeWriteResponse
-	18, // 11: tesserapb.RangeWriteStreamResponse.not_leader:type_name -> tesserapb.NotLeader
-	25, // 12: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
-	25, // 13: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
-	25, // 14: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
-	26, // 15: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
-	16, // 16: tesserapb.Internal.RangeWriteStream:input_type -> tesserapb.RangeWriteStreamRequest
-	14, // 17: tesserapb.Internal.RangeFeed:input_type -> tesserapb.RangeFeedRequest
-	19, // 18: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
-	21, // 19: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
-	23, // 20: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
-	10, // 21: tesserapb.Internal.CampaignRange:input_type -> tesserapb.CampaignRangeRequest
-	8,  // 22: tesserapb.Internal.RangeStarted:input_type -> tesserapb.RangeStartedRequest
-	27, // 23: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
-	17, // 24: tesserapb.Internal.RangeWriteStream:output_type -> tesserapb.RangeWriteStreamResponse
-	15, // 25: tesserapb.Internal.RangeFeed:output_type -> tesserapb.RangeFeedResponse
-	20, // 26: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
-	22, // 27: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
-	24, // 28: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
-	11, // 29: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
-	9,  // 30: tesserapb.Internal.RangeStarted:output_type -> tesserapb.RangeStartedResponse
-	23, // [23:31] is the sub-list for method output_type
-	15, // [15:23] is the sub-list for method input_type
+	30, // 8: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
+	14, // 9: tesserapb.RangeWriteStreamRequest.request:type_name -> tesserapb.RangeWriteRequest
+	15, // 10: tesserapb.RangeWriteStreamResponse.response:type_name -> tesserapb.RangeWriteResponse
+	20, // 11: tesserapb.RangeWriteStreamResponse.not_leader:type_name -> tesserapb.NotLeader
+	27, // 12: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
+	27, // 13: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
+	27, // 14: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
+	28, // 15: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
+	18, // 16: tesserapb.Internal.RangeWriteStream:input_type -> tesserapb.RangeWriteStreamRequest
+	16, // 17: tesserapb.Internal.RangeFeed:input_type -> tesserapb.RangeFeedRequest
+	21, // 18: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
+	23, // 19: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
+	25, // 20: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
+	12, // 21: tesserapb.Internal.CampaignRange:input_type -> tesserapb.CampaignRangeRequest
+	10, // 22: tesserapb.Internal.RangeStarted:input_type -> tesserapb.RangeStartedRequest
+	8,  // 23: tesserapb.Internal.RangeHistory:input_type -> tesserapb.RangeHistoryRequest
+	29, // 24: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
+	19, // 25: tesserapb.Internal.RangeWriteStream:output_type -> tesserapb.RangeWriteStreamResponse
+	17, // 26: tesserapb.Internal.RangeFeed:output_type -> tesserapb.RangeFeedResponse
+	22, // 27: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
+	24, // 28: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
+	26, // 29: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
+	13, // 30: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
+	11, // 31: tesserapb.Internal.RangeStarted:output_type -> tesserapb.RangeStartedResponse
+	9,  // 32: tesserapb.Internal.RangeHistory:output_type -> tesserapb.RangeHistoryResponse
+	24, // [24:33] is the sub-list for method output_type
+	15, // [15:24] is the sub-list for method input_type
 	15, // [15:15] is the sub-list for extension type_name
 	15, // [15:15] is the sub-list for extension extendee
 	0,  // [0:15] is the sub-list for field type_name
@@ -1845,7 +2017,7 @@ func file_tesserapb_meta_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tesserapb_meta_proto_rawDesc), len(file_tesserapb_meta_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   28,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -31,6 +31,7 @@ const (
 	Internal_ListRanges_FullMethodName       = "/tesserapb.Internal/ListRanges"
 	Internal_CampaignRange_FullMethodName    = "/tesserapb.Internal/CampaignRange"
 	Internal_RangeStarted_FullMethodName     = "/tesserapb.Internal/RangeStarted"
+	Internal_RangeHistory_FullMethodName     = "/tesserapb.Internal/RangeHistory"
 )
 
 // InternalClient is the client API for Internal service.
@@ -77,6 +78,13 @@ type InternalClient interface {
 	// RangeStarted reports whether this node runs its replica of a range (a
 	// member about to campaign for a new range asks the others first).
 	RangeStarted(ctx context.Context, in *RangeStartedRequest, opts ...grpc.CallOption) (*RangeStartedResponse, error)
+	// RangeHistory reads the events of a range's keys within an interval at
+	// revisions from_revision..to_revision from this node's replica, once it
+	// has applied every command at or below to_revision (a watch catching up
+	// on a node without a replica of the range). A node without a replica
+	// answers FailedPrecondition; a compacted from_revision, OutOfRange with
+	// compacted_revision set.
+	RangeHistory(ctx context.Context, in *RangeHistoryRequest, opts ...grpc.CallOption) (*RangeHistoryResponse, error)
 }
 
 type internalClient struct {
@@ -179,6 +187,16 @@ func (c *internalClient) RangeStarted(ctx context.Context, in *RangeStartedReque
 	return out, nil
 }
 
+func (c *internalClient) RangeHistory(ctx context.Context, in *RangeHistoryRequest, opts ...grpc.CallOption) (*RangeHistoryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RangeHistoryResponse)
+	err := c.cc.Invoke(ctx, Internal_RangeHistory_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InternalServer is the server API for Internal service.
 // All implementations must embed UnimplementedInternalServer
 // for forward compatibility.
@@ -223,6 +241,13 @@ type InternalServer interface {
 	// RangeStarted reports whether this node runs its replica of a range (a
 	// member about to campaign for a new range asks the others first).
 	RangeStarted(context.Context, *RangeStartedRequest) (*RangeStartedResponse, error)
+	// RangeHistory reads the events of a range's keys within an interval at
+	// revisions from_revision..to_revision from this node's replica, once it
+	// has applied every command at or below to_revision (a watch catching up
+	// on a node without a replica of the range). A node without a replica
+	// answers FailedPrecondition; a compacted from_revision, OutOfRange with
+	// compacted_revision set.
+	RangeHistory(context.Context, *RangeHistoryRequest) (*RangeHistoryResponse, error)
 	mustEmbedUnimplementedInternalServer()
 }
 
@@ -256,6 +281,9 @@ func (UnimplementedInternalServer) CampaignRange(context.Context, *CampaignRange
 }
 func (UnimplementedInternalServer) RangeStarted(context.Context, *RangeStartedRequest) (*RangeStartedResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RangeStarted not implemented")
+}
+func (UnimplementedInternalServer) RangeHistory(context.Context, *RangeHistoryRequest) (*RangeHistoryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RangeHistory not implemented")
 }
 func (UnimplementedInternalServer) mustEmbedUnimplementedInternalServer() {}
 func (UnimplementedInternalServer) testEmbeddedByValue()                  {}
@@ -404,6 +432,24 @@ func _Internal_RangeStarted_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Internal_RangeHistory_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RangeHistoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InternalServer).RangeHistory(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Internal_RangeHistory_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InternalServer).RangeHistory(ctx, req.(*RangeHistoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Internal_ServiceDesc is the grpc.ServiceDesc for Internal service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -434,6 +480,10 @@ var Internal_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RangeStarted",
 			Handler:    _Internal_RangeStarted_Handler,
+		},
+		{
+			MethodName: "RangeHistory",
+			Handler:    _Internal_RangeHistory_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

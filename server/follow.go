@@ -1,0 +1,317 @@
+package server
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"errors"
+	"io"
+	"slices"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tesserakv/tessera/proto/tesserapb"
+	"github.com/tesserakv/tessera/router"
+	"github.com/tesserakv/tessera/statemachine"
+)
+
+// Watches of ranges held elsewhere. The watch hub merges what ranges
+// publish by their closed revisions; a range this node has no replica of
+// publishes through a follower: an Internal.RangeFeed from a node holding
+// it, whose events and closed revisions go to the hub as a local replica's
+// applied events and floors would. Catch-up reads of such a range's history
+// go to a node holding it (Internal.RangeHistory).
+
+const (
+	// feedIdle is how long a feed runs after the hub last asked for its
+	// range (every round that needs the range asks).
+	feedIdle = 30 * time.Second
+	// feedRetryPause spaces a feed's attempts after a failure.
+	feedRetryPause = 100 * time.Millisecond
+)
+
+// feeds are the ranges this node follows, with when the hub last asked.
+type feeds struct {
+	mu     sync.Mutex
+	wanted map[uint64]time.Time // guarded by mu
+}
+
+// follow makes sure the hub gets the events of a range this node holds no
+// replica of (the hub asks for every range of every watched interval, each
+// round). It never blocks.
+func (s *Server) follow(rangeID uint64) {
+	if s.rangeByID(rangeID) != nil {
+		return
+	}
+	now := time.Now()
+	s.feeds.mu.Lock()
+	_, running := s.feeds.wanted[rangeID]
+	s.feeds.wanted[rangeID] = now
+	s.feeds.mu.Unlock()
+	if running {
+		return
+	}
+	if err := s.stopper.RunAsync(func() { s.runFeed(rangeID) }); err != nil {
+		s.feeds.mu.Lock()
+		delete(s.feeds.wanted, rangeID)
+		s.feeds.mu.Unlock()
+	}
+}
+
+// stillWanted reports whether the hub asked for the range lately, and if
+// not, forgets it (the next ask starts a new feed).
+func (s *Server) stillWanted(rangeID uint64) bool {
+	s.feeds.mu.Lock()
+	defer s.feeds.mu.Unlock()
+	if time.Since(s.feeds.wanted[rangeID]) < feedIdle && s.rangeByID(rangeID) == nil {
+		return true
+	}
+	delete(s.feeds.wanted, rangeID)
+	return false
+}
+
+// errFeedCompacted: the feed's start is below the range's compaction.
+var errFeedCompacted = errors.New("range feed start compacted")
+
+// runFeed follows one range until it is no longer wanted (or this node
+// holds it). It starts at the oracle's current revision, which it publishes
+// as a reset (watches behind it catch up from history), and after a failure
+// resumes after the last closed revision it published, from another
+// replica, so that the hub sees every event once.
+func (s *Server) runFeed(rangeID uint64) {
+	ctx := s.stopper.Context()
+	var last int64 // the closed revision published last (0: none yet)
+	for attempt := 0; ctx.Err() == nil && s.stillWanted(rangeID); attempt++ {
+		if last == 0 {
+			cur, err := s.oracle.Current(ctx)
+			if err != nil {
+				s.pause(feedRetryPause)
+				continue
+			}
+			last = cur
+			s.hub.Publish(statemachine.Applied{RangeID: rangeID, Floor: cur, Reset: true})
+		}
+		err := s.router.OnReplica(ctx, rangeID, func(ctx context.Context, cc *grpc.ClientConn) error {
+			return s.streamFeed(ctx, cc, rangeID, &last)
+		})
+		switch {
+		case errors.Is(err, errFeedCompacted):
+			last = 0
+		case errors.Is(err, router.ErrNoRange):
+			// Not routed elsewhere any more (held here now, or the
+			// cache is being rebuilt): ask again.
+			s.pause(feedRetryPause)
+		case err != nil && ctx.Err() == nil:
+			s.log.Debug("following a range", "range", rangeID, "err", err)
+			s.pause(feedRetryPause)
+		}
+	}
+}
+
+// pause waits d, or until the node stops.
+func (s *Server) pause(d time.Duration) {
+	select {
+	case <-s.stopper.ShouldQuiesce():
+	case <-time.After(d):
+	}
+}
+
+// streamFeed runs one RangeFeed from the revision after *last and publishes
+// what it gets, raising *last. It ends when the range is no longer wanted.
+func (s *Server) streamFeed(ctx context.Context, cc *grpc.ClientConn, rangeID uint64, last *int64) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	feed, err := tesserapb.NewInternalClient(cc).RangeFeed(ctx, &tesserapb.RangeFeedRequest{RangeId: rangeID, StartRevision: *last + 1})
+	if err != nil {
+		return err
+	}
+	for {
+		msg, err := feed.Recv()
+		if err == io.EOF {
+			return status.Error(codes.Unavailable, "tessera: range feed ended")
+		}
+		if err != nil {
+			return err
+		}
+		if msg.CompactRevision > 0 {
+			return errFeedCompacted
+		}
+		events, err := s.feedEvents(rangeID, msg.Events)
+		if err != nil {
+			return err
+		}
+		if msg.ClosedRevision > *last || len(events) > 0 {
+			s.hub.Publish(statemachine.Applied{RangeID: rangeID, Events: events, Floor: max(*last, msg.ClosedRevision)})
+			*last = max(*last, msg.ClosedRevision)
+		}
+		if !s.stillWanted(rangeID) {
+			return nil
+		}
+	}
+}
+
+// feedEvents decodes a feed's events and keeps those of keys the range
+// holds as this node routes it now: a feed watches the range's keys as they
+// were when it started, and after a split the new range's events come
+// through its own feed.
+func (s *Server) feedEvents(rangeID uint64, raw [][]byte) ([]*mvccpb.Event, error) {
+	if len(raw) == 0 {
+		return nil, nil
+	}
+	d := s.cache.Remote(rangeID)
+	out := make([]*mvccpb.Event, 0, len(raw))
+	for _, b := range raw {
+		ev := &mvccpb.Event{}
+		if err := proto.Unmarshal(b, ev); err != nil {
+			return nil, err
+		}
+		if d != nil && !keyIn(ev.Kv.Key, d.StartKey, d.EndKey) {
+			continue
+		}
+		out = append(out, ev)
+	}
+	return out, nil
+}
+
+// keyIn reports whether key is in [start, end) (end empty: no end).
+func keyIn(key, start, end []byte) bool {
+	return bytes.Compare(key, start) >= 0 && (len(end) == 0 || bytes.Compare(key, end) < 0)
+}
+
+// history reads the events of etcd's interval [key, rangeEnd) at revisions
+// fromRev..toRev for the hub: from this node's store for the ranges held
+// here, from a node holding each of the others, merged in revision order
+// and cut at the lowest revision every part covers.
+func (s *Server) history(key, rangeEnd []byte, fromRev, toRev int64, maxEvents int) ([]*mvccpb.Event, int64, error) {
+	parts, ok := s.router.PartsOf(key, rangeEnd)
+	if !ok {
+		return nil, 0, router.ErrNoRange
+	}
+	if !slices.ContainsFunc(parts, func(p router.Part) bool { return !p.Local }) {
+		return s.store.History(key, rangeEnd, fromRev, toRev, maxEvents)
+	}
+	var all []*mvccpb.Event
+	covered := toRev
+	for _, p := range parts {
+		events, to, err := s.partHistory(p, fromRev, toRev, maxEvents)
+		if err != nil {
+			return nil, 0, err
+		}
+		covered = min(covered, to)
+		all = append(all, events...)
+	}
+	// One revision's events come from one range, in key order: a stable
+	// sort by revision keeps them so.
+	slices.SortStableFunc(all, func(a, b *mvccpb.Event) int { return cmp.Compare(a.Kv.ModRevision, b.Kv.ModRevision) })
+	cut, _ := slices.BinarySearchFunc(all, covered+1, func(e *mvccpb.Event, rev int64) int { return cmp.Compare(e.Kv.ModRevision, rev) })
+	return all[:cut], covered, nil
+}
+
+// historyTimeout bounds one history read from another node.
+const historyTimeout = 10 * time.Second
+
+func (s *Server) partHistory(p router.Part, fromRev, toRev int64, maxEvents int) ([]*mvccpb.Event, int64, error) {
+	if p.Local {
+		return s.store.History(p.Key, p.End, fromRev, toRev, maxEvents)
+	}
+	resp, err := s.remoteHistory(p, fromRev, toRev, int64(maxEvents))
+	if err != nil {
+		return nil, 0, err
+	}
+	if resp.CompactedRevision >= fromRev {
+		return nil, 0, &statemachine.CompactedError{CompactRevision: resp.CompactedRevision}
+	}
+	events := make([]*mvccpb.Event, len(resp.Events))
+	for i, b := range resp.Events {
+		events[i] = &mvccpb.Event{}
+		if err := proto.Unmarshal(b, events[i]); err != nil {
+			return nil, 0, err
+		}
+	}
+	return events, resp.CoveredTo, nil
+}
+
+func (s *Server) remoteHistory(p router.Part, fromRev, toRev, maxEvents int64) (*tesserapb.RangeHistoryResponse, error) {
+	ctx, cancel := s.stopper.WithTimeout(historyTimeout)
+	defer cancel()
+	var resp *tesserapb.RangeHistoryResponse
+	err := s.router.OnReplica(ctx, p.RangeID, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+		resp, err = tesserapb.NewInternalClient(cc).RangeHistory(ctx, &tesserapb.RangeHistoryRequest{
+			RangeId: p.RangeID, Key: p.Key, RangeEnd: p.End, FromRevision: fromRev, ToRevision: toRev, MaxEvents: maxEvents,
+		})
+		return err
+	})
+	return resp, err
+}
+
+// compactedRevision returns the highest compacted revision of the ranges
+// holding keys of etcd's interval [key, rangeEnd), asking a node holding
+// each range held elsewhere.
+func (s *Server) compactedRevision(key, rangeEnd []byte) (int64, error) {
+	parts, ok := s.router.PartsOf(key, rangeEnd)
+	if !ok {
+		return 0, router.ErrNoRange
+	}
+	var compacted int64
+	for _, p := range parts {
+		var c int64
+		var err error
+		if p.Local {
+			c, err = s.store.CompactedRevision(p.Key, p.End)
+		} else {
+			var resp *tesserapb.RangeHistoryResponse
+			if resp, err = s.remoteHistory(p, 0, 0, 0); err == nil {
+				c = resp.CompactedRevision
+			}
+		}
+		if err != nil {
+			return 0, err
+		}
+		compacted = max(compacted, c)
+	}
+	return compacted, nil
+}
+
+// RangeHistory serves Internal.RangeHistory from this node's replica.
+func (i *internalService) RangeHistory(ctx context.Context, req *tesserapb.RangeHistoryRequest) (*tesserapb.RangeHistoryResponse, error) {
+	s := i.s
+	rng := s.rangeByID(req.RangeId)
+	if rng == nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "tessera: range %d is not on this node", req.RangeId)
+	}
+	start, end, ok := rng.Bounds()
+	if !ok || !keyIn(req.Key, start, end) {
+		return nil, status.Errorf(codes.FailedPrecondition, "tessera: range %d does not hold %q here", req.RangeId, req.Key)
+	}
+	compacted, err := s.store.CompactedRevision(req.Key, req.RangeEnd)
+	if err != nil {
+		return nil, router.ToGRPC(err)
+	}
+	resp := &tesserapb.RangeHistoryResponse{CompactedRevision: compacted}
+	if req.MaxEvents <= 0 || compacted >= req.FromRevision {
+		return resp, nil
+	}
+	// Every write at or below to_revision must be here before it is read.
+	if err := s.router.CatchUp(ctx, req.RangeId, req.ToRevision); err != nil {
+		return nil, router.ToGRPC(err)
+	}
+	events, covered, err := s.store.History(req.Key, req.RangeEnd, req.FromRevision, req.ToRevision, int(req.MaxEvents))
+	if err != nil {
+		return nil, router.ToGRPC(err)
+	}
+	resp.CoveredTo = covered
+	for _, ev := range events {
+		b, err := proto.Marshal(ev)
+		if err != nil {
+			return nil, err
+		}
+		resp.Events = append(resp.Events, b)
+	}
+	return resp, nil
+}
