@@ -2,7 +2,9 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -157,6 +159,11 @@ func (e *env) startGRPCWatchers(ctx context.Context, ws *watchSet, created chan<
 			}
 			for _, req := range reqs {
 				if err := wc.Send(req); err != nil {
+					if errors.Is(err, io.EOF) {
+						// The server ended the stream: its status comes
+						// with Recv.
+						_, err = wc.Recv()
+					}
 					fail(err)
 					return
 				}

@@ -28,8 +28,8 @@ func Ranges(ctx context.Context, meta metaRaft, linearizable bool) ([]*tesserapb
 }
 
 // RecordRanges records in the meta range each of ds that is newer than the
-// record there: missing, or of a lower generation (every change of a
-// descriptor raises its generation). It decides from this replica's copy of
+// record there: missing, of a lower generation (every split raises it), or
+// of the same generation and a lower conf_version (a membership change). It decides from this replica's copy of
 // the meta state, so a record that landed a moment ago may be proposed
 // again, which is harmless: PutRange keeps the higher generation. It returns
 // how many it wrote.
@@ -41,7 +41,7 @@ func RecordRanges(ctx context.Context, meta metaRaft, ds []*tesserapb.RangeDescr
 		}
 		var stale []*tesserapb.RangeDescriptor
 		for _, d := range ds {
-			if cur := recorded[d.RangeId]; cur == nil || d.Generation > cur.Generation {
+			if cur := recorded[d.RangeId]; cur == nil || d.Generation > cur.Generation || (d.Generation == cur.Generation && d.ConfVersion > cur.ConfVersion) {
 				stale = append(stale, d)
 			}
 		}

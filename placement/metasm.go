@@ -74,7 +74,7 @@ func applyMeta(st *tesserapb.MetaState, cmd *tesserapb.MetaCommand) uint64 {
 		d := op.PutRange.GetRange()
 		for i, cur := range st.Ranges {
 			if cur.RangeId == d.GetRangeId() {
-				if cur.Generation >= d.GetGeneration() {
+				if cur.Generation > d.GetGeneration() || (cur.Generation == d.GetGeneration() && cur.ConfVersion >= d.GetConfVersion()) {
 					return 1
 				}
 				st.Ranges = append(st.Ranges[:i], st.Ranges[i+1:]...)

@@ -35,3 +35,10 @@ func forward[T any](r *Router, ctx context.Context, err error, call func(context
 	resp, ferr = call(forwardedContext(ctx), cc)
 	return resp, ferr, true
 }
+
+// ForwardedContext marks an outgoing call made while serving the request in
+// ctx as forwarded once more (for the server's own forwarding).
+func ForwardedContext(ctx context.Context) context.Context { return forwardedContext(ctx) }
+
+// MayForward reports whether the request in ctx may be forwarded again.
+func MayForward(ctx context.Context) bool { return !isForwarded(ctx) }

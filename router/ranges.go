@@ -85,9 +85,14 @@ func (c *RangeCache) rebuildLocked() {
 	c.tree.Clear(false)
 	local := make(map[uint64]bool, len(c.all))
 	for _, r := range c.all {
+		// A replica not open yet has no bounds: its keys are a hole until it
+		// opens and the cache is refreshed (a starting replica, a split's
+		// new range) — except a new member of a range waiting for its first
+		// snapshot, whose keys go to the range's replicas elsewhere.
+		if j, ok := r.(interface{ Joining() bool }); ok && j.Joining() {
+			continue
+		}
 		local[r.RangeID()] = true
-		// A replica not open yet has no bounds; its keys are a hole until it
-		// opens and the cache is refreshed.
 		gen := r.Generation()
 		if start, end, ok := r.Bounds(); ok {
 			c.tree.ReplaceOrInsert(rangeEntry{start: start, end: end, gen: gen, rng: r})

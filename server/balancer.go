@@ -37,7 +37,7 @@ func (s *Server) balanceLeadersOnce() bool {
 	led := s.leadershipCounts(0, s.raftMembers)
 	s.picksMu.Unlock()
 	memberships := s.memberships()
-	id, to, ok := planLeaderMove(led, s.replicaID, s.rangeList(), func(rangeID uint64) []uint64 { return memberships[rangeID] })
+	id, to, ok := planLeaderMove(led, s.replicaID, s.rangeList(), func(rangeID uint64) []uint64 { return memberships[rangeID].nodes })
 	if !ok {
 		return false
 	}

@@ -70,14 +70,14 @@ func (s *Server) recordRanges() {
 	memberships := s.memberships()
 	for _, r := range s.rangeList() {
 		rsm := s.store.Range(r.RangeID())
-		replicas := memberships[r.RangeID()]
-		if rsm == nil || len(replicas) == 0 {
+		m := memberships[r.RangeID()]
+		if rsm == nil || len(m.nodes) == 0 {
 			continue
 		}
 		start, end, gen := rsm.VersionedBounds()
 		ds = append(ds, &tesserapb.RangeDescriptor{
 			RangeId: r.RangeID(), StartKey: start, EndKey: end,
-			ReplicaNodeIds: replicas, Generation: gen,
+			ReplicaNodeIds: m.nodes, Generation: gen, ConfVersion: m.confChange,
 		})
 	}
 	if len(ds) == 0 {

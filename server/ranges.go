@@ -63,6 +63,9 @@ func (s *Server) raftConfig(rangeID uint64) dbconfig.Config {
 		// An idle range stops heartbeating (Dragonboat's quiesce), so a node
 		// with many ranges does not burn CPU while they are idle.
 		Quiesce: rangeID != placement.MetaRangeID,
+		// A membership change names the membership it changes, so two made
+		// at once cannot both apply (replica moves).
+		OrderedConfigChange: true,
 	}
 }
 
@@ -101,7 +104,12 @@ func (s *Server) startRanges() error {
 		ids = append([]uint64{firstRangeID}, ids...)
 	}
 	for _, id := range ids {
-		if err := s.startRange(id, s.restartMembers(id)); err != nil {
+		members := s.restartMembers(id)
+		if members == nil && !s.nh.HasNodeInfo(id, s.replicaID) {
+			s.log.Warn("not starting a range whose Raft group never started here", "range", id)
+			continue
+		}
+		if err := s.startRange(id, members, false); err != nil {
 			return err
 		}
 	}
@@ -127,28 +135,31 @@ func (s *Server) holdsFirstRange() bool {
 
 // restartMembers is the initial membership to start a range's replica with
 // at boot: none when Dragonboat has the replica's own record (a restart),
-// else the first range's members — a new cluster's first range, or a range a
-// split made whose replica did not start before the node stopped (replicas
-// do not move, so every range has the first range's members).
+// else, on a member of the first range, the first range's members — a new
+// cluster's first range, or a range a split made whose replica did not start
+// before the node stopped (taken to have the first range's members, as every
+// range has until replicas move).
 func (s *Server) restartMembers(rangeID uint64) map[uint64]dragonboat.Target {
-	if s.nh.HasNodeInfo(rangeID, s.replicaID) {
+	if s.nh.HasNodeInfo(rangeID, s.replicaID) || !s.holdsFirstRange() {
 		return nil
 	}
 	return s.firstRangeMembers()
 }
 
-// memberships returns the voting members (node IDs, in order) of every Raft
-// group this node runs, as its replicas know them.
-func (s *Server) memberships() map[uint64][]uint64 {
+// membership is a Raft group's voting members (node IDs, in order) and the
+// log index of the membership change that made them.
+type membership struct {
+	nodes      []uint64
+	confChange uint64
+}
+
+// memberships returns the membership of every Raft group this node runs, as
+// its replicas know them.
+func (s *Server) memberships() map[uint64]membership {
 	info := s.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true})
-	out := make(map[uint64][]uint64, len(info.ShardInfoList))
+	out := make(map[uint64]membership, len(info.ShardInfoList))
 	for _, si := range info.ShardInfoList {
-		ids := make([]uint64, 0, len(si.Replicas))
-		for id := range si.Replicas {
-			ids = append(ids, id)
-		}
-		slices.Sort(ids)
-		out[si.ShardID] = ids
+		out[si.ShardID] = membership{nodes: slices.Sorted(maps.Keys(si.Replicas)), confChange: si.ConfigChangeIndex}
 	}
 	return out
 }
@@ -173,13 +184,22 @@ func (s *Server) membersOf(rangeID uint64) map[uint64]dragonboat.Target {
 // router's cache. members are the range's initial members for a replica
 // Dragonboat has no record of (nil for a restart). Starting a range twice is
 // a no-op.
-func (s *Server) startRange(rangeID uint64, members map[uint64]dragonboat.Target) error {
+func (s *Server) startRange(rangeID uint64, members map[uint64]dragonboat.Target, join bool) error {
 	s.rangesMu.Lock()
 	defer s.rangesMu.Unlock()
 	if _, ok := s.ranges[rangeID]; ok {
 		return nil
 	}
-	if err := s.nh.StartOnDiskReplica(members, false, s.store.CreateStateMachine, s.raftConfig(rangeID)); err != nil {
+	if join {
+		if err := s.store.ExpectSnapshot(rangeID); err != nil {
+			return err
+		}
+	}
+	rc := s.raftConfig(rangeID)
+	// A new member joins as a non-voting replica and is promoted once it
+	// has caught up.
+	rc.IsNonVoting = join
+	if err := s.nh.StartOnDiskReplica(members, join, s.store.CreateStateMachine, rc); err != nil {
 		return fmt.Errorf("starting range %d: %w", rangeID, err)
 	}
 	_, _, snapshotBytes := s.raftLogSettings()
@@ -197,12 +217,23 @@ func (s *Server) startRange(rangeID uint64, members map[uint64]dragonboat.Target
 		}
 	}
 	s.ranges[rangeID] = shard.New(cfg, s.nh, s.store, s.oracle)
+	s.refreshCacheLocked()
+	return nil
+}
+
+// refreshCache gives the router's cache this node's current replicas.
+func (s *Server) refreshCache() {
+	s.rangesMu.Lock()
+	defer s.rangesMu.Unlock()
+	s.refreshCacheLocked()
+}
+
+func (s *Server) refreshCacheLocked() {
 	list := make([]router.Range, 0, len(s.ranges))
 	for _, r := range s.ranges {
 		list = append(list, r)
 	}
 	s.cache.Set(list)
-	return nil
 }
 
 // onSplit is the store's split callback: it runs in the state machine's apply
@@ -218,10 +249,18 @@ func (s *Server) onSplit(parentID, childID uint64) {
 		// the split and starts the child with the same members.
 		members := s.membersOf(parentID)
 		if len(members) == 0 {
-			s.log.Error("a split's parent range is not running here", "parent", parentID, "range", childID)
+			s.log.Error("a split's parent range lists no members here", "parent", parentID, "range", childID)
 			return
 		}
-		if err := s.startRange(childID, members); err != nil {
+		if _, member := members[s.replicaID]; !member {
+			// A replica still joining the parent (not a voter yet) applied
+			// the split: the child's members do not include it.
+			if err := s.store.DropRange(childID); err != nil {
+				s.log.Warn("deleting a split's range this node is not a member of", "parent", parentID, "range", childID, "err", err)
+			}
+			return
+		}
+		if err := s.startRange(childID, members, false); err != nil {
 			s.log.Error("starting a range made by a split", "parent", parentID, "range", childID, "err", err)
 			return
 		}
@@ -553,7 +592,11 @@ func (i *internalService) ListRanges(context.Context, *tesserapb.ListRangesReque
 
 // RangeStarted reports whether this node runs its replica of a range.
 func (i *internalService) RangeStarted(_ context.Context, req *tesserapb.RangeStartedRequest) (*tesserapb.RangeStartedResponse, error) {
-	return &tesserapb.RangeStartedResponse{Started: i.s.rangeByID(req.RangeId) != nil}, nil
+	resp := &tesserapb.RangeStartedResponse{Started: i.s.rangeByID(req.RangeId) != nil}
+	if rsm := i.s.store.Range(req.RangeId); rsm != nil {
+		resp.AppliedIndex, resp.Open = rsm.AppliedIndex(), true
+	}
+	return resp, nil
 }
 
 // CampaignRange makes this node's replica of a range a split has just made

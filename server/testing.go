@@ -117,3 +117,22 @@ func (t TestingServer) RoutedRangeCount() int {
 	t.s.cache.Refresh()
 	return t.s.cache.Len()
 }
+
+// ChangeReplicas adds a replica of a range on one node and/or removes the
+// one on another (Internal.ChangeReplicas through this node).
+func (t TestingServer) ChangeReplicas(ctx context.Context, rangeID, add, remove uint64) (*tesserapb.RangeDescriptor, error) {
+	resp, err := (&internalService{InternalServer: t.s.internal, s: t.s}).ChangeReplicas(ctx, &tesserapb.ChangeReplicasRequest{RangeId: rangeID, AddNodeId: add, RemoveNodeId: remove})
+	if err != nil {
+		return nil, err
+	}
+	return resp.Range, nil
+}
+
+// RangeIDs lists the ranges this node holds a replica of, in order.
+func (t TestingServer) RangeIDs() []uint64 {
+	var ids []uint64
+	for _, r := range t.s.rangeList() {
+		ids = append(ids, r.RangeID())
+	}
+	return ids
+}

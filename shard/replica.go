@@ -238,6 +238,10 @@ func (r *Replica) LoadSplitKey() []byte {
 	return r.load.splitKey(start)
 }
 
+// Joining reports whether the replica was just added to its range and
+// waits for the range's snapshot (it has no state to serve yet).
+func (r *Replica) Joining() bool { return r.store.AwaitsSnapshot(r.cfg.RangeID) }
+
 // Generation of the range's bounds as this replica has applied them (it grows
 // with every split); 0 while the replica is not open.
 func (r *Replica) Generation() uint64 {

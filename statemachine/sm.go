@@ -130,6 +130,10 @@ func (r *RangeSM) isOpen() bool {
 
 // Open reads the range's persisted metadata and returns its applied index.
 func (r *RangeSM) Open(stopc <-chan struct{}) (uint64, error) {
+	if r.store.AwaitsSnapshot(r.rangeID) {
+		// A new member of an existing range: unopened until its snapshot.
+		return 0, nil
+	}
 	st, b, err := loadMeta(r.store.db, r.rangeID)
 	if err != nil {
 		return 0, err
@@ -153,6 +157,9 @@ func (r *RangeSM) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	}
 	if hook := r.store.beforeUpdate; hook != nil {
 		hook(r.rangeID)
+	}
+	if r.store.AwaitsSnapshot(r.rangeID) {
+		return nil, errNoSnapshotYet
 	}
 	b := r.store.db.NewIndexedBatch()
 	defer closeQuietly(b)

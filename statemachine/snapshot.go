@@ -217,6 +217,7 @@ func (r *RangeSM) RecoverFromSnapshot(rd io.Reader, done <-chan struct{}) error 
 		return err // stay unavailable: the state is partial
 	}
 	r.markUnavailable("")
+	r.store.snapshotRecovered(r.rangeID)
 	r.applied.advance(r.state.appliedIndex)
 	r.store.snapshotsRecovered.Add(1)
 	return nil

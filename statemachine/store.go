@@ -83,6 +83,10 @@ type Store struct {
 	// ranges holds the RangeSM created for each range and not yet closed.
 	// Guarded by mu.
 	ranges map[uint64]*RangeSM
+	// joining holds the ranges whose replica here was just added to an
+	// existing range and has no state yet: it must be caught up by a
+	// snapshot (see ExpectSnapshot). Guarded by mu.
+	joining map[uint64]bool
 	// closed is set by Close. Guarded by mu.
 	closed bool
 
@@ -159,7 +163,7 @@ func OpenStore(dir string, opts StoreOptions) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("statemachine: opening pebble in %s: %w", dir, err)
 	}
-	s := &Store{db: db, onSplit: opts.OnSplit, onApply: opts.OnApply, beforeUpdate: opts.BeforeUpdate, ranges: make(map[uint64]*RangeSM), counts: newCountCache(), unflushed: unflushed}
+	s := &Store{db: db, onSplit: opts.OnSplit, onApply: opts.OnApply, beforeUpdate: opts.BeforeUpdate, ranges: make(map[uint64]*RangeSM), joining: map[uint64]bool{}, counts: newCountCache(), unflushed: unflushed}
 	s.snaps.db = db
 	return s, nil
 }

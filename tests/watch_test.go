@@ -251,8 +251,9 @@ func TestWatchGuarantees(t *testing.T) { runWatchGuarantees(t, 3, []int{0, 1, 2}
 
 // TestWatchGuaranteesWithoutReplicas: the same on four nodes with three
 // replicas per range, the watches and most writers on the fourth node, which
-// holds no replica: its watch hub follows every range through range feeds
-// and catches up through other nodes' history.
+// holds no replica at first: its watch hub follows the ranges held elsewhere
+// through range feeds and catches up through other nodes' history, while
+// replicas move between the nodes, onto the fourth among them.
 func TestWatchGuaranteesWithoutReplicas(t *testing.T) { runWatchGuarantees(t, 4, []int{3, 1, 3}) }
 
 // runWatchGuarantees runs TestWatchGuarantees' load on a cluster of n nodes,
@@ -385,6 +386,10 @@ func runWatchGuarantees(t *testing.T, n int, on []int) {
 	var s1Log watchLog
 	for round := range 4 {
 		time.Sleep(400 * time.Millisecond)
+		if n > 3 {
+			// Replicas move between nodes too.
+			moveOneReplica(t, c, round)
+		}
 		switch round {
 		case 0:
 			recB = startRecorder(t, node(1), watchSpec{name: "B(prefix,n2,from rev0+1 started late)", key: "wc/", end: prefixEnd, rev: rev0 + 1})

@@ -106,6 +106,9 @@ type Hub struct {
 	mu sync.Mutex
 	// floors holds each range's published floor. Guarded by mu.
 	floors map[uint64]int64
+	// published holds each range's highest event revision published.
+	// Guarded by mu.
+	published map[uint64]int64
 	// maxFloor is the highest floor published. Guarded by mu.
 	maxFloor int64
 	// continuousFrom: every event above it was published (or will be) by a
@@ -156,13 +159,14 @@ func New(src Source, cfg Config) *Hub {
 	}
 	h := &Hub{
 		src: src, cfg: cfg, log: log,
-		kick:    make(chan struct{}, 1),
-		stopper: stop.New(),
-		floors:  map[uint64]int64{},
-		groups:  map[interval]*group{},
-		streams: map[*stream]struct{}{},
-		closing: map[uint64]bool{},
-		changed: make(chan struct{}),
+		kick:      make(chan struct{}, 1),
+		stopper:   stop.New(),
+		floors:    map[uint64]int64{},
+		published: map[uint64]int64{},
+		groups:    map[interval]*group{},
+		streams:   map[*stream]struct{}{},
+		closing:   map[uint64]bool{},
+		changed:   make(chan struct{}),
 	}
 	_ = h.stopper.RunAsync(h.run)
 	return h
@@ -193,6 +197,13 @@ func (h *Hub) takeInboxLocked() {
 }
 
 func (h *Hub) applyLocked(a statemachine.Applied) {
+	// A range's events come in revision order, but from two publishers
+	// while its replica moves here (a feed from elsewhere until the local
+	// replica serves): what was published already is not published again.
+	events := a.Events[firstAfter(a.Events, h.published[a.RangeID]):]
+	if len(events) > 0 {
+		h.published[a.RangeID] = events[len(events)-1].Kv.ModRevision
+	}
 	if a.Floor > h.floors[a.RangeID] {
 		h.floors[a.RangeID] = a.Floor
 	}
@@ -208,7 +219,7 @@ func (h *Hub) applyLocked(a statemachine.Applied) {
 			}
 		}
 	}
-	h.insertLocked(a.Events)
+	h.insertLocked(events)
 }
 
 // insertLocked adds one range's events (in revision order) to the buffer,

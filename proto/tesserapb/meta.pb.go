@@ -268,7 +268,8 @@ func (x *RegisterNodeCommand) GetNode() *NodeInfo {
 }
 
 // PutRangeCommand records a range descriptor. It is applied only if the
-// stored descriptor of that range (if any) has a lower generation.
+// stored descriptor of that range (if any) is older: a lower generation, or
+// the same generation and a lower conf_version.
 type PutRangeCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Range         *RangeDescriptor       `protobuf:"bytes,1,opt,name=range,proto3" json:"range,omitempty"`
@@ -393,7 +394,11 @@ type RangeDescriptor struct {
 	// (a replica's ID in the range's Raft group is its node's ID).
 	ReplicaNodeIds []uint64 `protobuf:"varint,4,rep,packed,name=replica_node_ids,json=replicaNodeIds,proto3" json:"replica_node_ids,omitempty"`
 	// generation grows with every change of the descriptor's bounds (a split).
-	Generation    uint64 `protobuf:"varint,5,opt,name=generation,proto3" json:"generation,omitempty"`
+	Generation uint64 `protobuf:"varint,5,opt,name=generation,proto3" json:"generation,omitempty"`
+	// conf_version is the Raft log index of the last membership change the
+	// recording replica applied: of two descriptors of one generation, the
+	// one with the higher conf_version has the newer replicas.
+	ConfVersion   uint64 `protobuf:"varint,6,opt,name=conf_version,json=confVersion,proto3" json:"conf_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -459,6 +464,13 @@ func (x *RangeDescriptor) GetReplicaNodeIds() []uint64 {
 func (x *RangeDescriptor) GetGeneration() uint64 {
 	if x != nil {
 		return x.Generation
+	}
+	return 0
+}
+
+func (x *RangeDescriptor) GetConfVersion() uint64 {
+	if x != nil {
+		return x.ConfVersion
 	}
 	return 0
 }
@@ -729,8 +741,13 @@ func (x *RangeStartedRequest) GetRangeId() uint64 {
 }
 
 type RangeStartedResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Started       bool                   `protobuf:"varint,1,opt,name=started,proto3" json:"started,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Started bool                   `protobuf:"varint,1,opt,name=started,proto3" json:"started,omitempty"`
+	// applied_index is the Raft index the replica's state machine has applied.
+	AppliedIndex uint64 `protobuf:"varint,2,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	// open: the replica has state to serve (a new member, once it has
+	// recovered the range's snapshot).
+	Open          bool `protobuf:"varint,3,opt,name=open,proto3" json:"open,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -772,6 +789,288 @@ func (x *RangeStartedResponse) GetStarted() bool {
 	return false
 }
 
+func (x *RangeStartedResponse) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *RangeStartedResponse) GetOpen() bool {
+	if x != nil {
+		return x.Open
+	}
+	return false
+}
+
+type ChangeReplicasRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	RangeId uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	// add_node_id, when set, gets a voting replica of the range: added as a
+	// non-voting replica, caught up from a snapshot of the range, promoted.
+	AddNodeId uint64 `protobuf:"varint,2,opt,name=add_node_id,json=addNodeId,proto3" json:"add_node_id,omitempty"`
+	// remove_node_id, when set, loses its replica (after the addition, so the
+	// range never has fewer voters than before).
+	RemoveNodeId  uint64 `protobuf:"varint,3,opt,name=remove_node_id,json=removeNodeId,proto3" json:"remove_node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangeReplicasRequest) Reset() {
+	*x = ChangeReplicasRequest{}
+	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeReplicasRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeReplicasRequest) ProtoMessage() {}
+
+func (x *ChangeReplicasRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeReplicasRequest.ProtoReflect.Descriptor instead.
+func (*ChangeReplicasRequest) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ChangeReplicasRequest) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+func (x *ChangeReplicasRequest) GetAddNodeId() uint64 {
+	if x != nil {
+		return x.AddNodeId
+	}
+	return 0
+}
+
+func (x *ChangeReplicasRequest) GetRemoveNodeId() uint64 {
+	if x != nil {
+		return x.RemoveNodeId
+	}
+	return 0
+}
+
+type ChangeReplicasResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         *RangeDescriptor       `protobuf:"bytes,1,opt,name=range,proto3" json:"range,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangeReplicasResponse) Reset() {
+	*x = ChangeReplicasResponse{}
+	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeReplicasResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeReplicasResponse) ProtoMessage() {}
+
+func (x *ChangeReplicasResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeReplicasResponse.ProtoReflect.Descriptor instead.
+func (*ChangeReplicasResponse) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ChangeReplicasResponse) GetRange() *RangeDescriptor {
+	if x != nil {
+		return x.Range
+	}
+	return nil
+}
+
+type StartReplicaRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RangeId       uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartReplicaRequest) Reset() {
+	*x = StartReplicaRequest{}
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartReplicaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartReplicaRequest) ProtoMessage() {}
+
+func (x *StartReplicaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartReplicaRequest.ProtoReflect.Descriptor instead.
+func (*StartReplicaRequest) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *StartReplicaRequest) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+type StartReplicaResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartReplicaResponse) Reset() {
+	*x = StartReplicaResponse{}
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartReplicaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartReplicaResponse) ProtoMessage() {}
+
+func (x *StartReplicaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartReplicaResponse.ProtoReflect.Descriptor instead.
+func (*StartReplicaResponse) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
+}
+
+type RemoveReplicaRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RangeId       uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveReplicaRequest) Reset() {
+	*x = RemoveReplicaRequest{}
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveReplicaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveReplicaRequest) ProtoMessage() {}
+
+func (x *RemoveReplicaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveReplicaRequest.ProtoReflect.Descriptor instead.
+func (*RemoveReplicaRequest) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *RemoveReplicaRequest) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+type RemoveReplicaResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveReplicaResponse) Reset() {
+	*x = RemoveReplicaResponse{}
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveReplicaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveReplicaResponse) ProtoMessage() {}
+
+func (x *RemoveReplicaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveReplicaResponse.ProtoReflect.Descriptor instead.
+func (*RemoveReplicaResponse) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
+}
+
 type CampaignRangeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	RangeId       uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
@@ -781,7 +1080,7 @@ type CampaignRangeRequest struct {
 
 func (x *CampaignRangeRequest) Reset() {
 	*x = CampaignRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -793,7 +1092,7 @@ func (x *CampaignRangeRequest) String() string {
 func (*CampaignRangeRequest) ProtoMessage() {}
 
 func (x *CampaignRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -806,7 +1105,7 @@ func (x *CampaignRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRangeRequest.ProtoReflect.Descriptor instead.
 func (*CampaignRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{12}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CampaignRangeRequest) GetRangeId() uint64 {
@@ -824,7 +1123,7 @@ type CampaignRangeResponse struct {
 
 func (x *CampaignRangeResponse) Reset() {
 	*x = CampaignRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -836,7 +1135,7 @@ func (x *CampaignRangeResponse) String() string {
 func (*CampaignRangeResponse) ProtoMessage() {}
 
 func (x *CampaignRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -849,7 +1148,7 @@ func (x *CampaignRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRangeResponse.ProtoReflect.Descriptor instead.
 func (*CampaignRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{13}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
 }
 
 type RangeWriteRequest struct {
@@ -868,7 +1167,7 @@ type RangeWriteRequest struct {
 
 func (x *RangeWriteRequest) Reset() {
 	*x = RangeWriteRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -880,7 +1179,7 @@ func (x *RangeWriteRequest) String() string {
 func (*RangeWriteRequest) ProtoMessage() {}
 
 func (x *RangeWriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -893,7 +1192,7 @@ func (x *RangeWriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteRequest.ProtoReflect.Descriptor instead.
 func (*RangeWriteRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RangeWriteRequest) GetRangeId() uint64 {
@@ -933,7 +1232,7 @@ type RangeWriteResponse struct {
 
 func (x *RangeWriteResponse) Reset() {
 	*x = RangeWriteResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -945,7 +1244,7 @@ func (x *RangeWriteResponse) String() string {
 func (*RangeWriteResponse) ProtoMessage() {}
 
 func (x *RangeWriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -958,7 +1257,7 @@ func (x *RangeWriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteResponse.ProtoReflect.Descriptor instead.
 func (*RangeWriteResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RangeWriteResponse) GetResult() *Result {
@@ -982,7 +1281,7 @@ type RangeFeedRequest struct {
 
 func (x *RangeFeedRequest) Reset() {
 	*x = RangeFeedRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -994,7 +1293,7 @@ func (x *RangeFeedRequest) String() string {
 func (*RangeFeedRequest) ProtoMessage() {}
 
 func (x *RangeFeedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1007,7 +1306,7 @@ func (x *RangeFeedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeFeedRequest.ProtoReflect.Descriptor instead.
 func (*RangeFeedRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RangeFeedRequest) GetRangeId() uint64 {
@@ -1047,7 +1346,7 @@ type RangeFeedResponse struct {
 
 func (x *RangeFeedResponse) Reset() {
 	*x = RangeFeedResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	mi := &file_tesserapb_meta_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1059,7 +1358,7 @@ func (x *RangeFeedResponse) String() string {
 func (*RangeFeedResponse) ProtoMessage() {}
 
 func (x *RangeFeedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	mi := &file_tesserapb_meta_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1072,7 +1371,7 @@ func (x *RangeFeedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeFeedResponse.ProtoReflect.Descriptor instead.
 func (*RangeFeedResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RangeFeedResponse) GetEvents() [][]byte {
@@ -1110,7 +1409,7 @@ type RangeWriteStreamRequest struct {
 
 func (x *RangeWriteStreamRequest) Reset() {
 	*x = RangeWriteStreamRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1122,7 +1421,7 @@ func (x *RangeWriteStreamRequest) String() string {
 func (*RangeWriteStreamRequest) ProtoMessage() {}
 
 func (x *RangeWriteStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1135,7 +1434,7 @@ func (x *RangeWriteStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteStreamRequest.ProtoReflect.Descriptor instead.
 func (*RangeWriteStreamRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RangeWriteStreamRequest) GetSeq() uint64 {
@@ -1176,7 +1475,7 @@ type RangeWriteStreamResponse struct {
 
 func (x *RangeWriteStreamResponse) Reset() {
 	*x = RangeWriteStreamResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[19]
+	mi := &file_tesserapb_meta_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1188,7 +1487,7 @@ func (x *RangeWriteStreamResponse) String() string {
 func (*RangeWriteStreamResponse) ProtoMessage() {}
 
 func (x *RangeWriteStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[19]
+	mi := &file_tesserapb_meta_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1201,7 +1500,7 @@ func (x *RangeWriteStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteStreamResponse.ProtoReflect.Descriptor instead.
 func (*RangeWriteStreamResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RangeWriteStreamResponse) GetSeq() uint64 {
@@ -1252,7 +1551,7 @@ type NotLeader struct {
 
 func (x *NotLeader) Reset() {
 	*x = NotLeader{}
-	mi := &file_tesserapb_meta_proto_msgTypes[20]
+	mi := &file_tesserapb_meta_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1264,7 +1563,7 @@ func (x *NotLeader) String() string {
 func (*NotLeader) ProtoMessage() {}
 
 func (x *NotLeader) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[20]
+	mi := &file_tesserapb_meta_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1277,7 +1576,7 @@ func (x *NotLeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotLeader.ProtoReflect.Descriptor instead.
 func (*NotLeader) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *NotLeader) GetLeaderReplicaId() uint64 {
@@ -1301,7 +1600,7 @@ type FenceRangeRequest struct {
 
 func (x *FenceRangeRequest) Reset() {
 	*x = FenceRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[21]
+	mi := &file_tesserapb_meta_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1313,7 +1612,7 @@ func (x *FenceRangeRequest) String() string {
 func (*FenceRangeRequest) ProtoMessage() {}
 
 func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[21]
+	mi := &file_tesserapb_meta_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1326,7 +1625,7 @@ func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeRequest.ProtoReflect.Descriptor instead.
 func (*FenceRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{21}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *FenceRangeRequest) GetRangeId() uint64 {
@@ -1361,7 +1660,7 @@ type FenceRangeResponse struct {
 
 func (x *FenceRangeResponse) Reset() {
 	*x = FenceRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[22]
+	mi := &file_tesserapb_meta_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1373,7 +1672,7 @@ func (x *FenceRangeResponse) String() string {
 func (*FenceRangeResponse) ProtoMessage() {}
 
 func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[22]
+	mi := &file_tesserapb_meta_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1386,7 +1685,7 @@ func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeResponse.ProtoReflect.Descriptor instead.
 func (*FenceRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{22}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *FenceRangeResponse) GetAppliedIndex() uint64 {
@@ -1412,7 +1711,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[23]
+	mi := &file_tesserapb_meta_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1424,7 +1723,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[23]
+	mi := &file_tesserapb_meta_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1437,7 +1736,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{23}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SplitRangeRequest) GetSplitKey() []byte {
@@ -1457,7 +1756,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[24]
+	mi := &file_tesserapb_meta_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1469,7 +1768,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[24]
+	mi := &file_tesserapb_meta_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1482,7 +1781,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{24}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SplitRangeResponse) GetLeft() *RangeInfo {
@@ -1507,7 +1806,7 @@ type ListRangesRequest struct {
 
 func (x *ListRangesRequest) Reset() {
 	*x = ListRangesRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[25]
+	mi := &file_tesserapb_meta_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1519,7 +1818,7 @@ func (x *ListRangesRequest) String() string {
 func (*ListRangesRequest) ProtoMessage() {}
 
 func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[25]
+	mi := &file_tesserapb_meta_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1532,7 +1831,7 @@ func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesRequest.ProtoReflect.Descriptor instead.
 func (*ListRangesRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{25}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{31}
 }
 
 type ListRangesResponse struct {
@@ -1544,7 +1843,7 @@ type ListRangesResponse struct {
 
 func (x *ListRangesResponse) Reset() {
 	*x = ListRangesResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[26]
+	mi := &file_tesserapb_meta_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1556,7 +1855,7 @@ func (x *ListRangesResponse) String() string {
 func (*ListRangesResponse) ProtoMessage() {}
 
 func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[26]
+	mi := &file_tesserapb_meta_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1569,7 +1868,7 @@ func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesResponse.ProtoReflect.Descriptor instead.
 func (*ListRangesResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{26}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListRangesResponse) GetRanges() []*RangeInfo {
@@ -1596,7 +1895,7 @@ type RangeInfo struct {
 
 func (x *RangeInfo) Reset() {
 	*x = RangeInfo{}
-	mi := &file_tesserapb_meta_proto_msgTypes[27]
+	mi := &file_tesserapb_meta_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1608,7 +1907,7 @@ func (x *RangeInfo) String() string {
 func (*RangeInfo) ProtoMessage() {}
 
 func (x *RangeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[27]
+	mi := &file_tesserapb_meta_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1621,7 +1920,7 @@ func (x *RangeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
 func (*RangeInfo) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{27}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RangeInfo) GetRangeId() uint64 {
@@ -1689,7 +1988,7 @@ type GetRevisionsRequest struct {
 
 func (x *GetRevisionsRequest) Reset() {
 	*x = GetRevisionsRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[28]
+	mi := &file_tesserapb_meta_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1701,7 +2000,7 @@ func (x *GetRevisionsRequest) String() string {
 func (*GetRevisionsRequest) ProtoMessage() {}
 
 func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[28]
+	mi := &file_tesserapb_meta_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1714,7 +2013,7 @@ func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*GetRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{28}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetRevisionsRequest) GetCount() int64 {
@@ -1735,7 +2034,7 @@ type GetRevisionsResponse struct {
 
 func (x *GetRevisionsResponse) Reset() {
 	*x = GetRevisionsResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[29]
+	mi := &file_tesserapb_meta_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1747,7 +2046,7 @@ func (x *GetRevisionsResponse) String() string {
 func (*GetRevisionsResponse) ProtoMessage() {}
 
 func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[29]
+	mi := &file_tesserapb_meta_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1760,7 +2059,7 @@ func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*GetRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{29}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetRevisionsResponse) GetFirst() int64 {
@@ -1800,7 +2099,7 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12!\n" +
 	"\fraft_address\x18\x03 \x01(\tR\vraftAddress\x12\x1f\n" +
 	"\vclient_urls\x18\x04 \x03(\tR\n" +
-	"clientUrls\"\xac\x01\n" +
+	"clientUrls\"\xcf\x01\n" +
 	"\x0fRangeDescriptor\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x1b\n" +
 	"\tstart_key\x18\x02 \x01(\fR\bstartKey\x12\x17\n" +
@@ -1808,7 +2107,8 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\x10replica_node_ids\x18\x04 \x03(\x04R\x0ereplicaNodeIds\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x05 \x01(\x04R\n" +
-	"generation\"\xad\x01\n" +
+	"generation\x12!\n" +
+	"\fconf_version\x18\x06 \x01(\x04R\vconfVersion\"\xad\x01\n" +
 	"\tMetaState\x12\x1d\n" +
 	"\n" +
 	"high_water\x18\x01 \x01(\x03R\thighWater\x12)\n" +
@@ -1830,9 +2130,23 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"covered_to\x18\x02 \x01(\x03R\tcoveredTo\x12-\n" +
 	"\x12compacted_revision\x18\x03 \x01(\x03R\x11compactedRevision\"0\n" +
 	"\x13RangeStartedRequest\x12\x19\n" +
-	"\brange_id\x18\x01 \x01(\x04R\arangeId\"0\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\"i\n" +
 	"\x14RangeStartedResponse\x12\x18\n" +
-	"\astarted\x18\x01 \x01(\bR\astarted\"1\n" +
+	"\astarted\x18\x01 \x01(\bR\astarted\x12#\n" +
+	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12\x12\n" +
+	"\x04open\x18\x03 \x01(\bR\x04open\"x\n" +
+	"\x15ChangeReplicasRequest\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x1e\n" +
+	"\vadd_node_id\x18\x02 \x01(\x04R\taddNodeId\x12$\n" +
+	"\x0eremove_node_id\x18\x03 \x01(\x04R\fremoveNodeId\"J\n" +
+	"\x16ChangeReplicasResponse\x120\n" +
+	"\x05range\x18\x01 \x01(\v2\x1a.tesserapb.RangeDescriptorR\x05range\"0\n" +
+	"\x13StartReplicaRequest\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\"\x16\n" +
+	"\x14StartReplicaResponse\"1\n" +
+	"\x14RemoveReplicaRequest\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\"\x17\n" +
+	"\x15RemoveReplicaResponse\"1\n" +
 	"\x14CampaignRangeRequest\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\"\x17\n" +
 	"\x15CampaignRangeResponse\"\x90\x01\n" +
@@ -1897,7 +2211,7 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\x05count\x18\x01 \x01(\x03R\x05count\"B\n" +
 	"\x14GetRevisionsResponse\x12\x14\n" +
 	"\x05first\x18\x01 \x01(\x03R\x05first\x12\x14\n" +
-	"\x05count\x18\x02 \x01(\x03R\x05count2\xdd\x05\n" +
+	"\x05count\x18\x02 \x01(\x03R\x05count2\xd9\a\n" +
 	"\bInternal\x12O\n" +
 	"\fGetRevisions\x12\x1e.tesserapb.GetRevisionsRequest\x1a\x1f.tesserapb.GetRevisionsResponse\x12_\n" +
 	"\x10RangeWriteStream\x12\".tesserapb.RangeWriteStreamRequest\x1a#.tesserapb.RangeWriteStreamResponse(\x010\x01\x12H\n" +
@@ -1910,7 +2224,10 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"ListRanges\x12\x1c.tesserapb.ListRangesRequest\x1a\x1d.tesserapb.ListRangesResponse\x12R\n" +
 	"\rCampaignRange\x12\x1f.tesserapb.CampaignRangeRequest\x1a .tesserapb.CampaignRangeResponse\x12O\n" +
 	"\fRangeStarted\x12\x1e.tesserapb.RangeStartedRequest\x1a\x1f.tesserapb.RangeStartedResponse\x12O\n" +
-	"\fRangeHistory\x12\x1e.tesserapb.RangeHistoryRequest\x1a\x1f.tesserapb.RangeHistoryResponseB.Z,github.com/tesserakv/tessera/proto/tesserapbb\x06proto3"
+	"\fRangeHistory\x12\x1e.tesserapb.RangeHistoryRequest\x1a\x1f.tesserapb.RangeHistoryResponse\x12U\n" +
+	"\x0eChangeReplicas\x12 .tesserapb.ChangeReplicasRequest\x1a!.tesserapb.ChangeReplicasResponse\x12O\n" +
+	"\fStartReplica\x12\x1e.tesserapb.StartReplicaRequest\x1a\x1f.tesserapb.StartReplicaResponse\x12R\n" +
+	"\rRemoveReplica\x12\x1f.tesserapb.RemoveReplicaRequest\x1a .tesserapb.RemoveReplicaResponseB.Z,github.com/tesserakv/tessera/proto/tesserapbb\x06proto3"
 
 var (
 	file_tesserapb_meta_proto_rawDescOnce sync.Once
@@ -1924,7 +2241,7 @@ func file_tesserapb_meta_proto_rawDescGZIP() []byte {
 	return file_tesserapb_meta_proto_rawDescData
 }
 
-var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_tesserapb_meta_proto_goTypes = []any{
 	(*MetaCommand)(nil),              // 0: tesserapb.MetaCommand
 	(*AllocateRangeIdCommand)(nil),   // 1: tesserapb.AllocateRangeIdCommand
@@ -1938,25 +2255,31 @@ var file_tesserapb_meta_proto_goTypes = []any{
 	(*RangeHistoryResponse)(nil),     // 9: tesserapb.RangeHistoryResponse
 	(*RangeStartedRequest)(nil),      // 10: tesserapb.RangeStartedRequest
 	(*RangeStartedResponse)(nil),     // 11: tesserapb.RangeStartedResponse
-	(*CampaignRangeRequest)(nil),     // 12: tesserapb.CampaignRangeRequest
-	(*CampaignRangeResponse)(nil),    // 13: tesserapb.CampaignRangeResponse
-	(*RangeWriteRequest)(nil),        // 14: tesserapb.RangeWriteRequest
-	(*RangeWriteResponse)(nil),       // 15: tesserapb.RangeWriteResponse
-	(*RangeFeedRequest)(nil),         // 16: tesserapb.RangeFeedRequest
-	(*RangeFeedResponse)(nil),        // 17: tesserapb.RangeFeedResponse
-	(*RangeWriteStreamRequest)(nil),  // 18: tesserapb.RangeWriteStreamRequest
-	(*RangeWriteStreamResponse)(nil), // 19: tesserapb.RangeWriteStreamResponse
-	(*NotLeader)(nil),                // 20: tesserapb.NotLeader
-	(*FenceRangeRequest)(nil),        // 21: tesserapb.FenceRangeRequest
-	(*FenceRangeResponse)(nil),       // 22: tesserapb.FenceRangeResponse
-	(*SplitRangeRequest)(nil),        // 23: tesserapb.SplitRangeRequest
-	(*SplitRangeResponse)(nil),       // 24: tesserapb.SplitRangeResponse
-	(*ListRangesRequest)(nil),        // 25: tesserapb.ListRangesRequest
-	(*ListRangesResponse)(nil),       // 26: tesserapb.ListRangesResponse
-	(*RangeInfo)(nil),                // 27: tesserapb.RangeInfo
-	(*GetRevisionsRequest)(nil),      // 28: tesserapb.GetRevisionsRequest
-	(*GetRevisionsResponse)(nil),     // 29: tesserapb.GetRevisionsResponse
-	(*Result)(nil),                   // 30: tesserapb.Result
+	(*ChangeReplicasRequest)(nil),    // 12: tesserapb.ChangeReplicasRequest
+	(*ChangeReplicasResponse)(nil),   // 13: tesserapb.ChangeReplicasResponse
+	(*StartReplicaRequest)(nil),      // 14: tesserapb.StartReplicaRequest
+	(*StartReplicaResponse)(nil),     // 15: tesserapb.StartReplicaResponse
+	(*RemoveReplicaRequest)(nil),     // 16: tesserapb.RemoveReplicaRequest
+	(*RemoveReplicaResponse)(nil),    // 17: tesserapb.RemoveReplicaResponse
+	(*CampaignRangeRequest)(nil),     // 18: tesserapb.CampaignRangeRequest
+	(*CampaignRangeResponse)(nil),    // 19: tesserapb.CampaignRangeResponse
+	(*RangeWriteRequest)(nil),        // 20: tesserapb.RangeWriteRequest
+	(*RangeWriteResponse)(nil),       // 21: tesserapb.RangeWriteResponse
+	(*RangeFeedRequest)(nil),         // 22: tesserapb.RangeFeedRequest
+	(*RangeFeedResponse)(nil),        // 23: tesserapb.RangeFeedResponse
+	(*RangeWriteStreamRequest)(nil),  // 24: tesserapb.RangeWriteStreamRequest
+	(*RangeWriteStreamResponse)(nil), // 25: tesserapb.RangeWriteStreamResponse
+	(*NotLeader)(nil),                // 26: tesserapb.NotLeader
+	(*FenceRangeRequest)(nil),        // 27: tesserapb.FenceRangeRequest
+	(*FenceRangeResponse)(nil),       // 28: tesserapb.FenceRangeResponse
+	(*SplitRangeRequest)(nil),        // 29: tesserapb.SplitRangeRequest
+	(*SplitRangeResponse)(nil),       // 30: tesserapb.SplitRangeResponse
+	(*ListRangesRequest)(nil),        // 31: tesserapb.ListRangesRequest
+	(*ListRangesResponse)(nil),       // 32: tesserapb.ListRangesResponse
+	(*RangeInfo)(nil),                // 33: tesserapb.RangeInfo
+	(*GetRevisionsRequest)(nil),      // 34: tesserapb.GetRevisionsRequest
+	(*GetRevisionsResponse)(nil),     // 35: tesserapb.GetRevisionsResponse
+	(*Result)(nil),                   // 36: tesserapb.Result
 }
 var file_tesserapb_meta_proto_depIdxs = []int32{
 	2,  // 0: tesserapb.MetaCommand.set_high_water:type_name -> tesserapb.SetHighWaterCommand
@@ -1967,36 +2290,43 @@ var file_tesserapb_meta_proto_depIdxs = []int32{
 	6,  // 5: tesserapb.PutRangeCommand.range:type_name -> tesserapb.RangeDescriptor
 	5,  // 6: tesserapb.MetaState.nodes:type_name -> tesserapb.NodeInfo
 	6,  // 7: tesserapb.MetaState.ranges:type_name -> tesserapb.RangeDescriptor
-	30, // 8: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
-	14, // 9: tesserapb.RangeWriteStreamRequest.request:type_name -> tesserapb.RangeWriteRequest
-	15, // 10: tesserapb.RangeWriteStreamResponse.response:type_name -> tesserapb.RangeWriteResponse
-	20, // 11: tesserapb.RangeWriteStreamResponse.not_leader:type_name -> tesserapb.NotLeader
-	27, // 12: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
-	27, // 13: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
-	27, // 14: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
-	28, // 15: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
-	18, // 16: tesserapb.Internal.RangeWriteStream:input_type -> tesserapb.RangeWriteStreamRequest
-	16, // 17: tesserapb.Internal.RangeFeed:input_type -> tesserapb.RangeFeedRequest
-	21, // 18: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
-	23, // 19: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
-	25, // 20: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
-	12, // 21: tesserapb.Internal.CampaignRange:input_type -> tesserapb.CampaignRangeRequest
-	10, // 22: tesserapb.Internal.RangeStarted:input_type -> tesserapb.RangeStartedRequest
-	8,  // 23: tesserapb.Internal.RangeHistory:input_type -> tesserapb.RangeHistoryRequest
-	29, // 24: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
-	19, // 25: tesserapb.Internal.RangeWriteStream:output_type -> tesserapb.RangeWriteStreamResponse
-	17, // 26: tesserapb.Internal.RangeFeed:output_type -> tesserapb.RangeFeedResponse
-	22, // 27: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
-	24, // 28: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
-	26, // 29: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
-	13, // 30: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
-	11, // 31: tesserapb.Internal.RangeStarted:output_type -> tesserapb.RangeStartedResponse
-	9,  // 32: tesserapb.Internal.RangeHistory:output_type -> tesserapb.RangeHistoryResponse
-	24, // [24:33] is the sub-list for method output_type
-	15, // [15:24] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	6,  // 8: tesserapb.ChangeReplicasResponse.range:type_name -> tesserapb.RangeDescriptor
+	36, // 9: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
+	20, // 10: tesserapb.RangeWriteStreamRequest.request:type_name -> tesserapb.RangeWriteRequest
+	21, // 11: tesserapb.RangeWriteStreamResponse.response:type_name -> tesserapb.RangeWriteResponse
+	26, // 12: tesserapb.RangeWriteStreamResponse.not_leader:type_name -> tesserapb.NotLeader
+	33, // 13: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
+	33, // 14: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
+	33, // 15: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
+	34, // 16: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
+	24, // 17: tesserapb.Internal.RangeWriteStream:input_type -> tesserapb.RangeWriteStreamRequest
+	22, // 18: tesserapb.Internal.RangeFeed:input_type -> tesserapb.RangeFeedRequest
+	27, // 19: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
+	29, // 20: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
+	31, // 21: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
+	18, // 22: tesserapb.Internal.CampaignRange:input_type -> tesserapb.CampaignRangeRequest
+	10, // 23: tesserapb.Internal.RangeStarted:input_type -> tesserapb.RangeStartedRequest
+	8,  // 24: tesserapb.Internal.RangeHistory:input_type -> tesserapb.RangeHistoryRequest
+	12, // 25: tesserapb.Internal.ChangeReplicas:input_type -> tesserapb.ChangeReplicasRequest
+	14, // 26: tesserapb.Internal.StartReplica:input_type -> tesserapb.StartReplicaRequest
+	16, // 27: tesserapb.Internal.RemoveReplica:input_type -> tesserapb.RemoveReplicaRequest
+	35, // 28: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
+	25, // 29: tesserapb.Internal.RangeWriteStream:output_type -> tesserapb.RangeWriteStreamResponse
+	23, // 30: tesserapb.Internal.RangeFeed:output_type -> tesserapb.RangeFeedResponse
+	28, // 31: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
+	30, // 32: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
+	32, // 33: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
+	19, // 34: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
+	11, // 35: tesserapb.Internal.RangeStarted:output_type -> tesserapb.RangeStartedResponse
+	9,  // 36: tesserapb.Internal.RangeHistory:output_type -> tesserapb.RangeHistoryResponse
+	13, // 37: tesserapb.Internal.ChangeReplicas:output_type -> tesserapb.ChangeReplicasResponse
+	15, // 38: tesserapb.Internal.StartReplica:output_type -> tesserapb.StartReplicaResponse
+	17, // 39: tesserapb.Internal.RemoveReplica:output_type -> tesserapb.RemoveReplicaResponse
+	28, // [28:40] is the sub-list for method output_type
+	16, // [16:28] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_tesserapb_meta_proto_init() }
@@ -2017,7 +2347,7 @@ func file_tesserapb_meta_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tesserapb_meta_proto_rawDesc), len(file_tesserapb_meta_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

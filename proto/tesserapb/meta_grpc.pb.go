@@ -32,6 +32,9 @@ const (
 	Internal_CampaignRange_FullMethodName    = "/tesserapb.Internal/CampaignRange"
 	Internal_RangeStarted_FullMethodName     = "/tesserapb.Internal/RangeStarted"
 	Internal_RangeHistory_FullMethodName     = "/tesserapb.Internal/RangeHistory"
+	Internal_ChangeReplicas_FullMethodName   = "/tesserapb.Internal/ChangeReplicas"
+	Internal_StartReplica_FullMethodName     = "/tesserapb.Internal/StartReplica"
+	Internal_RemoveReplica_FullMethodName    = "/tesserapb.Internal/RemoveReplica"
 )
 
 // InternalClient is the client API for Internal service.
@@ -85,6 +88,16 @@ type InternalClient interface {
 	// answers FailedPrecondition; a compacted from_revision, OutOfRange with
 	// compacted_revision set.
 	RangeHistory(ctx context.Context, in *RangeHistoryRequest, opts ...grpc.CallOption) (*RangeHistoryResponse, error)
+	// ChangeReplicas moves a range's replicas (admin, and the placement
+	// schedulers): served by the range's leader (others pass it there).
+	ChangeReplicas(ctx context.Context, in *ChangeReplicasRequest, opts ...grpc.CallOption) (*ChangeReplicasResponse, error)
+	// StartReplica starts this node's replica of a range it has just been
+	// added to, empty, to be caught up by a snapshot (the range's leader
+	// asks).
+	StartReplica(ctx context.Context, in *StartReplicaRequest, opts ...grpc.CallOption) (*StartReplicaResponse, error)
+	// RemoveReplica stops this node's replica of a range it was removed from
+	// and deletes its data (the range's leader asks).
+	RemoveReplica(ctx context.Context, in *RemoveReplicaRequest, opts ...grpc.CallOption) (*RemoveReplicaResponse, error)
 }
 
 type internalClient struct {
@@ -197,6 +210,36 @@ func (c *internalClient) RangeHistory(ctx context.Context, in *RangeHistoryReque
 	return out, nil
 }
 
+func (c *internalClient) ChangeReplicas(ctx context.Context, in *ChangeReplicasRequest, opts ...grpc.CallOption) (*ChangeReplicasResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ChangeReplicasResponse)
+	err := c.cc.Invoke(ctx, Internal_ChangeReplicas_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *internalClient) StartReplica(ctx context.Context, in *StartReplicaRequest, opts ...grpc.CallOption) (*StartReplicaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StartReplicaResponse)
+	err := c.cc.Invoke(ctx, Internal_StartReplica_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *internalClient) RemoveReplica(ctx context.Context, in *RemoveReplicaRequest, opts ...grpc.CallOption) (*RemoveReplicaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveReplicaResponse)
+	err := c.cc.Invoke(ctx, Internal_RemoveReplica_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InternalServer is the server API for Internal service.
 // All implementations must embed UnimplementedInternalServer
 // for forward compatibility.
@@ -248,6 +291,16 @@ type InternalServer interface {
 	// answers FailedPrecondition; a compacted from_revision, OutOfRange with
 	// compacted_revision set.
 	RangeHistory(context.Context, *RangeHistoryRequest) (*RangeHistoryResponse, error)
+	// ChangeReplicas moves a range's replicas (admin, and the placement
+	// schedulers): served by the range's leader (others pass it there).
+	ChangeReplicas(context.Context, *ChangeReplicasRequest) (*ChangeReplicasResponse, error)
+	// StartReplica starts this node's replica of a range it has just been
+	// added to, empty, to be caught up by a snapshot (the range's leader
+	// asks).
+	StartReplica(context.Context, *StartReplicaRequest) (*StartReplicaResponse, error)
+	// RemoveReplica stops this node's replica of a range it was removed from
+	// and deletes its data (the range's leader asks).
+	RemoveReplica(context.Context, *RemoveReplicaRequest) (*RemoveReplicaResponse, error)
 	mustEmbedUnimplementedInternalServer()
 }
 
@@ -284,6 +337,15 @@ func (UnimplementedInternalServer) RangeStarted(context.Context, *RangeStartedRe
 }
 func (UnimplementedInternalServer) RangeHistory(context.Context, *RangeHistoryRequest) (*RangeHistoryResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RangeHistory not implemented")
+}
+func (UnimplementedInternalServer) ChangeReplicas(context.Context, *ChangeReplicasRequest) (*ChangeReplicasResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ChangeReplicas not implemented")
+}
+func (UnimplementedInternalServer) StartReplica(context.Context, *StartReplicaRequest) (*StartReplicaResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method StartReplica not implemented")
+}
+func (UnimplementedInternalServer) RemoveReplica(context.Context, *RemoveReplicaRequest) (*RemoveReplicaResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveReplica not implemented")
 }
 func (UnimplementedInternalServer) mustEmbedUnimplementedInternalServer() {}
 func (UnimplementedInternalServer) testEmbeddedByValue()                  {}
@@ -450,6 +512,60 @@ func _Internal_RangeHistory_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Internal_ChangeReplicas_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ChangeReplicasRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InternalServer).ChangeReplicas(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Internal_ChangeReplicas_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InternalServer).ChangeReplicas(ctx, req.(*ChangeReplicasRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Internal_StartReplica_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StartReplicaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InternalServer).StartReplica(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Internal_StartReplica_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InternalServer).StartReplica(ctx, req.(*StartReplicaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Internal_RemoveReplica_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveReplicaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InternalServer).RemoveReplica(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Internal_RemoveReplica_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InternalServer).RemoveReplica(ctx, req.(*RemoveReplicaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Internal_ServiceDesc is the grpc.ServiceDesc for Internal service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -484,6 +600,18 @@ var Internal_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RangeHistory",
 			Handler:    _Internal_RangeHistory_Handler,
+		},
+		{
+			MethodName: "ChangeReplicas",
+			Handler:    _Internal_ChangeReplicas_Handler,
+		},
+		{
+			MethodName: "StartReplica",
+			Handler:    _Internal_StartReplica_Handler,
+		},
+		{
+			MethodName: "RemoveReplica",
+			Handler:    _Internal_RemoveReplica_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -1,0 +1,370 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/lni/dragonboat/v4"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/tesserakv/tessera/proto/tesserapb"
+	"github.com/tesserakv/tessera/router"
+)
+
+// Replica moves. A range's leader changes its replicas with Dragonboat's
+// membership changes, one at a time and never below the range's voter
+// count: a new replica is added as a non-voting member, started empty on
+// its node, caught up by a snapshot of the range (the leader compacts the
+// range's log first, so the new replica cannot be fed the log from its
+// start without the state the range began with), and promoted to a voter;
+// only then is an old replica removed, and its node told to stop it and
+// delete its data. A node's replica ID in every range is its node ID, so a
+// node removed from a range cannot hold that range again (Dragonboat never
+// re-adds a removed replica ID).
+
+const (
+	// catchUpPoll is how often the leader asks a new replica how far it has
+	// applied.
+	catchUpPoll = 50 * time.Millisecond
+	// catchUpWake is how often the leader proposes a barrier while a new
+	// replica catches up, so that an idle range does not quiesce.
+	catchUpWake = 250 * time.Millisecond
+	// leaderHandOff bounds the wait for a range's leadership to move before
+	// the leader's own replica is removed.
+	leaderHandOff = 5 * time.Second
+)
+
+// ChangeReplicas serves Internal.ChangeReplicas: on the range's leader it
+// adds, then removes; elsewhere it passes the request to the leader.
+func (i *internalService) ChangeReplicas(ctx context.Context, req *tesserapb.ChangeReplicasRequest) (*tesserapb.ChangeReplicasResponse, error) {
+	s := i.s
+	if req.RangeId == 0 || (req.AddNodeId == 0 && req.RemoveNodeId == 0) || req.AddNodeId == req.RemoveNodeId {
+		return nil, status.Error(codes.InvalidArgument, "tessera: a replica change names a range and one node to add or remove (or one of each)")
+	}
+	rng := s.rangeByID(req.RangeId)
+	if rng == nil || !rng.IsLeader() {
+		return s.changeReplicasElsewhere(ctx, req)
+	}
+	if req.AddNodeId != 0 {
+		if err := s.addReplica(ctx, req.RangeId, req.AddNodeId); err != nil {
+			return nil, err
+		}
+	}
+	if req.RemoveNodeId != 0 {
+		if req.RemoveNodeId == s.replicaID {
+			// The leader's own replica goes: hand the leadership over first,
+			// and let the new leader remove it.
+			if err := s.handOffLeadership(ctx, req.RangeId, req.RemoveNodeId); err != nil {
+				return nil, err
+			}
+			return s.changeReplicasElsewhere(ctx, &tesserapb.ChangeReplicasRequest{RangeId: req.RangeId, RemoveNodeId: req.RemoveNodeId})
+		}
+		if err := s.removeReplica(ctx, req.RangeId, req.RemoveNodeId); err != nil {
+			return nil, err
+		}
+	}
+	s.recordRangesSoon()
+	m, err := s.nh.SyncGetShardMembership(ctx, req.RangeId)
+	if err != nil {
+		return nil, router.ToGRPC(err)
+	}
+	d := &tesserapb.RangeDescriptor{RangeId: req.RangeId, ReplicaNodeIds: slices.Sorted(maps.Keys(m.Nodes)), ConfVersion: m.ConfigChangeID}
+	if rsm := s.store.Range(req.RangeId); rsm != nil {
+		d.StartKey, d.EndKey, d.Generation = rsm.VersionedBounds()
+	}
+	return &tesserapb.ChangeReplicasResponse{Range: d}, nil
+}
+
+// changeReplicasElsewhere passes a replica change to the range's leader: the
+// one this node's replica knows, or through a node holding the range.
+func (s *Server) changeReplicasElsewhere(ctx context.Context, req *tesserapb.ChangeReplicasRequest) (*tesserapb.ChangeReplicasResponse, error) {
+	var resp *tesserapb.ChangeReplicasResponse
+	call := func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+		resp, err = tesserapb.NewInternalClient(cc).ChangeReplicas(ctx, req)
+		return err
+	}
+	var err error
+	if rng := s.rangeByID(req.RangeId); rng != nil {
+		leader, _, ok := rng.Leader()
+		if !ok || leader == s.replicaID || !router.MayForward(ctx) {
+			return nil, status.Errorf(codes.Unavailable, "tessera: range %d has no leader to change its replicas; retry", req.RangeId)
+		}
+		var cc *grpc.ClientConn
+		if cc, err = s.directory.Conn(ctx, leader); err == nil {
+			err = call(router.ForwardedContext(ctx), cc)
+		}
+	} else {
+		err = s.router.OnReplica(ctx, req.RangeId, call)
+	}
+	if err != nil {
+		return nil, router.ToGRPC(err)
+	}
+	return resp, nil
+}
+
+// addReplica gives node a voting replica of the range this node leads.
+func (s *Server) addReplica(ctx context.Context, rangeID, node uint64) error {
+	m, err := s.nh.SyncGetShardMembership(ctx, rangeID)
+	if err != nil {
+		return router.ToGRPC(err)
+	}
+	if _, ok := m.Nodes[node]; ok {
+		return nil // already a voter
+	}
+	if _, ok := m.Removed[node]; ok {
+		return status.Errorf(codes.FailedPrecondition, "tessera: node %d held a replica of range %d before; a node removed from a range cannot hold it again", node, rangeID)
+	}
+	addr, err := s.raftAddress(ctx, node)
+	if err != nil {
+		return err
+	}
+	if _, ok := m.NonVotings[node]; !ok {
+		if err := s.compactForNewReplica(ctx, rangeID); err != nil {
+			return err
+		}
+		if m, err = s.nh.SyncGetShardMembership(ctx, rangeID); err != nil {
+			return router.ToGRPC(err)
+		}
+		if err := s.nh.SyncRequestAddNonVoting(ctx, rangeID, node, addr, m.ConfigChangeID); err != nil {
+			return status.Errorf(codes.Unavailable, "tessera: adding node %d to range %d as a non-voting replica: %v", node, rangeID, err)
+		}
+	}
+	if err := s.catchUpAndPromote(ctx, rangeID, node, addr); err != nil {
+		// A replica that cannot join stays out of the way: it is removed
+		// (and its node can never hold the range again).
+		rmCtx, cancel := s.stopper.WithTimeout(leaderHandOff)
+		defer cancel()
+		if m, merr := s.nh.SyncGetShardMembership(rmCtx, rangeID); merr == nil {
+			if _, learner := m.NonVotings[node]; learner {
+				_ = s.nh.SyncRequestDeleteReplica(rmCtx, rangeID, node, m.ConfigChangeID)
+			}
+		}
+		return err
+	}
+	s.log.Info("replica added", "range", rangeID, "node", node)
+	return nil
+}
+
+// catchUpAndPromote starts node's new non-voting replica of the range, waits
+// until it has caught up, and makes it a voter.
+func (s *Server) catchUpAndPromote(ctx context.Context, rangeID, node uint64, addr string) error {
+	cc, err := s.directory.Conn(ctx, node)
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "tessera: reaching node %d: %v", node, err)
+	}
+	client := tesserapb.NewInternalClient(cc)
+	if _, err := client.StartReplica(ctx, &tesserapb.StartReplicaRequest{RangeId: rangeID}); err != nil {
+		return err
+	}
+	// Caught up: the new replica has recovered the range's snapshot and
+	// applied what this leader had applied when it started.
+	rsm := s.store.Range(rangeID)
+	if rsm == nil {
+		return status.Errorf(codes.Unavailable, "tessera: range %d is not open here", rangeID)
+	}
+	want := rsm.AppliedIndex()
+	wake := time.Now()
+	for {
+		resp, err := client.RangeStarted(ctx, &tesserapb.RangeStartedRequest{RangeId: rangeID})
+		if err == nil && resp.Open && resp.AppliedIndex >= want {
+			break
+		}
+		if time.Since(wake) > catchUpWake {
+			// An idle range quiesces, and a quiesced leader sends its new
+			// member nothing: a barrier wakes it.
+			wake = time.Now()
+			if rng := s.rangeByID(rangeID); rng != nil {
+				_, _ = s.router.ProposeTo(ctx, rng, newBarrier())
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return status.Errorf(codes.DeadlineExceeded, "tessera: node %d did not catch up with range %d in time", node, rangeID)
+		case <-time.After(catchUpPoll):
+		}
+	}
+	m, err := s.nh.SyncGetShardMembership(ctx, rangeID)
+	if err != nil {
+		return router.ToGRPC(err)
+	}
+	if err := s.nh.SyncRequestAddReplica(ctx, rangeID, node, addr, m.ConfigChangeID); err != nil {
+		return status.Errorf(codes.Unavailable, "tessera: promoting node %d's replica of range %d: %v", node, rangeID, err)
+	}
+	return nil
+}
+
+// compactForNewReplica snapshots the range and compacts its Raft log up to
+// the snapshot, waiting until the log no longer starts at its first entry:
+// a replica added now is then caught up from a snapshot. A barrier goes
+// first: Dragonboat hands a new member a range's snapshot only when the
+// state machine has applied an entry of its own since it opened (a range
+// that has applied only Raft's own entries would be fed its log instead).
+func (s *Server) compactForNewReplica(ctx context.Context, rangeID uint64) error {
+	rng := s.rangeByID(rangeID)
+	if rng == nil {
+		return status.Errorf(codes.Unavailable, "tessera: range %d is not here", rangeID)
+	}
+	if _, err := s.router.ProposeTo(ctx, rng, newBarrier()); err != nil {
+		return router.ToGRPC(err)
+	}
+	reader, err := s.nh.GetLogReader(rangeID)
+	if err != nil {
+		return router.ToGRPC(err)
+	}
+	opt := dragonboat.SnapshotOption{OverrideCompactionOverhead: true, CompactionOverhead: 0}
+	for {
+		if _, err := s.nh.SyncRequestSnapshot(ctx, rangeID, opt); err != nil && !errors.Is(err, dragonboat.ErrRejected) {
+			return status.Errorf(codes.Unavailable, "tessera: snapshotting range %d: %v", rangeID, err)
+		}
+		if first, _ := reader.GetRange(); first > 1 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return status.Errorf(codes.DeadlineExceeded, "tessera: range %d's log was not compacted in time", rangeID)
+		case <-time.After(catchUpPoll):
+		}
+	}
+}
+
+// newBarrier is a command that changes nothing.
+func newBarrier() *tesserapb.Command {
+	return &tesserapb.Command{Op: &tesserapb.Command_Barrier{Barrier: &tesserapb.BarrierCommand{}}}
+}
+
+// removeReplica removes node's replica from the range this node leads, then
+// tells node to stop it and delete its data (a node that cannot be told now
+// does it when it next looks; see dropRemovedReplicas).
+func (s *Server) removeReplica(ctx context.Context, rangeID, node uint64) error {
+	m, err := s.nh.SyncGetShardMembership(ctx, rangeID)
+	if err != nil {
+		return router.ToGRPC(err)
+	}
+	_, voter := m.Nodes[node]
+	_, learner := m.NonVotings[node]
+	if voter || learner {
+		if voter && len(m.Nodes) == 1 {
+			return status.Errorf(codes.FailedPrecondition, "tessera: node %d holds the only replica of range %d", node, rangeID)
+		}
+		if err := s.nh.SyncRequestDeleteReplica(ctx, rangeID, node, m.ConfigChangeID); err != nil {
+			return status.Errorf(codes.Unavailable, "tessera: removing node %d from range %d: %v", node, rangeID, err)
+		}
+		s.log.Info("replica removed", "range", rangeID, "node", node)
+	}
+	if cc, err := s.directory.Conn(ctx, node); err == nil {
+		if _, err := tesserapb.NewInternalClient(cc).RemoveReplica(ctx, &tesserapb.RemoveReplicaRequest{RangeId: rangeID}); err != nil {
+			s.log.Debug("telling a node to drop its removed replica", "range", rangeID, "node", node, "err", err)
+		}
+	}
+	return nil
+}
+
+// handOffLeadership moves the range's leadership from this node to another
+// of its voters than except, and waits until this node no longer leads.
+func (s *Server) handOffLeadership(ctx context.Context, rangeID, except uint64) error {
+	m, err := s.nh.SyncGetShardMembership(ctx, rangeID)
+	if err != nil {
+		return router.ToGRPC(err)
+	}
+	var to uint64
+	for _, id := range slices.Sorted(maps.Keys(m.Nodes)) {
+		if id != except && id != s.replicaID {
+			to = id
+			break
+		}
+	}
+	if to == 0 {
+		return status.Errorf(codes.FailedPrecondition, "tessera: range %d has no other voter to lead it", rangeID)
+	}
+	if err := s.nh.RequestLeaderTransfer(rangeID, to); err != nil {
+		return status.Errorf(codes.Unavailable, "tessera: moving range %d's leadership: %v", rangeID, err)
+	}
+	deadline := time.Now().Add(leaderHandOff)
+	for time.Now().Before(deadline) {
+		if leader, _, ok := s.rangeByID(rangeID).Leader(); ok && leader != s.replicaID {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return router.ToGRPC(ctx.Err())
+		case <-time.After(catchUpPoll):
+		}
+	}
+	return status.Errorf(codes.Unavailable, "tessera: range %d's leadership did not move; retry", rangeID)
+}
+
+// raftAddress is a node's Raft address from the node registry.
+func (s *Server) raftAddress(ctx context.Context, node uint64) (string, error) {
+	nodes, err := s.directory.Nodes(ctx)
+	if err != nil {
+		return "", router.ToGRPC(err)
+	}
+	for _, n := range nodes {
+		if n.NodeId == node && n.RaftAddress != "" {
+			return n.RaftAddress, nil
+		}
+	}
+	return "", status.Errorf(codes.NotFound, "tessera: node %d is not registered", node)
+}
+
+// StartReplica serves Internal.StartReplica: this node starts its new,
+// empty replica of a range, to be caught up by a snapshot.
+func (i *internalService) StartReplica(_ context.Context, req *tesserapb.StartReplicaRequest) (*tesserapb.StartReplicaResponse, error) {
+	s := i.s
+	if s.rangeByID(req.RangeId) != nil {
+		return &tesserapb.StartReplicaResponse{}, nil
+	}
+	if err := s.startRange(req.RangeId, nil, true); err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "tessera: starting a replica of range %d: %v", req.RangeId, err)
+	}
+	s.log.Info("replica started to join its range", "range", req.RangeId)
+	return &tesserapb.StartReplicaResponse{}, nil
+}
+
+// RemoveReplica serves Internal.RemoveReplica: this node stops its replica
+// of a range it was removed from and deletes the replica's data.
+func (i *internalService) RemoveReplica(ctx context.Context, req *tesserapb.RemoveReplicaRequest) (*tesserapb.RemoveReplicaResponse, error) {
+	if err := i.s.dropReplica(ctx, req.RangeId); err != nil {
+		return nil, router.ToGRPC(err)
+	}
+	return &tesserapb.RemoveReplicaResponse{}, nil
+}
+
+// dropReplica stops this node's replica of a range and deletes its Raft log
+// and its data. The range's leader asks once it has removed the replica (a
+// removed replica may never hear of its removal).
+func (s *Server) dropReplica(ctx context.Context, rangeID uint64) error {
+	rng := s.rangeByID(rangeID)
+	if rng == nil {
+		return nil
+	}
+	s.rangesMu.Lock()
+	delete(s.ranges, rangeID)
+	s.rangesMu.Unlock()
+	s.refreshCache()
+	rng.Stop()
+	if err := s.nh.StopReplica(rangeID, s.replicaID); err != nil && !errors.Is(err, dragonboat.ErrShardNotFound) {
+		return fmt.Errorf("stopping range %d: %w", rangeID, err)
+	}
+	for s.store.Running(rangeID) {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if err := s.nh.SyncRemoveData(ctx, rangeID, s.replicaID); err != nil {
+		s.log.Warn("removing a dropped replica's Raft data", "range", rangeID, "err", err)
+	}
+	if err := s.store.DropRange(rangeID); err != nil {
+		return fmt.Errorf("deleting range %d's data: %w", rangeID, err)
+	}
+	s.log.Info("replica removed from this node", "range", rangeID)
+	return nil
+}

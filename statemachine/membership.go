@@ -1,0 +1,115 @@
+package statemachine
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// A replica added to a range that already exists starts empty and must be
+// caught up by a snapshot of the range: replaying the range's log from its
+// first entry would apply it without the state the range started with (a
+// split's child starts from its parent's). ExpectSnapshot marks such a
+// replica before it starts; its RangeSM then stays unopened (not served,
+// no bounds, nothing published) until it has recovered a snapshot, and
+// refuses entries before that.
+
+// errNoSnapshotYet: a joining replica was handed log entries before a
+// snapshot.
+var errNoSnapshotYet = errors.New("statemachine: a replica added to a range got entries before the range's snapshot")
+
+// ExpectSnapshot marks this node's replica of rangeID, about to start empty
+// as a new member of an existing range, as waiting for a snapshot. It fails
+// when the store has state for the range.
+func (s *Store) ExpectSnapshot(rangeID uint64) error {
+	if found, err := hasMeta(s.db, rangeID); err != nil || found {
+		if err == nil {
+			err = fmt.Errorf("statemachine: range %d already has state here", rangeID)
+		}
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.joining[rangeID] = true
+	return nil
+}
+
+// AwaitsSnapshot reports whether the range's replica joined empty and has
+// not recovered a snapshot yet.
+func (s *Store) AwaitsSnapshot(rangeID uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.joining[rangeID]
+}
+
+// snapshotRecovered ends a joining replica's wait.
+func (s *Store) snapshotRecovered(rangeID uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.joining, rangeID)
+}
+
+// AppliedIndex is the Raft index the replica has applied (0 while a joining
+// replica waits for its snapshot).
+func (r *RangeSM) AppliedIndex() uint64 {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.state.appliedIndex
+}
+
+// DropRange deletes a range's replica from the store once its Raft replica
+// has been stopped (it was removed from the range): its metadata and the
+// keys within its bounds that no other range of the store holds, with
+// their lease-index entries.
+func (s *Store) DropRange(rangeID uint64) error {
+	s.mu.Lock()
+	_, running := s.ranges[rangeID]
+	delete(s.joining, rangeID)
+	s.mu.Unlock()
+	if running {
+		return fmt.Errorf("statemachine: range %d is still running here", rangeID)
+	}
+	s.clearMu.Lock()
+	defer s.clearMu.Unlock()
+	snap := s.db.NewSnapshot()
+	old, found, err := storedBounds(snap, rangeID)
+	var others []storedRange
+	if err == nil && found {
+		others, err = storedRanges(snap, rangeID)
+	}
+	closeQuietly(snap)
+	if err != nil {
+		return err
+	}
+	b := s.db.NewBatch()
+	defer closeQuietly(b)
+	if found {
+		holes := make([]bounds, len(others))
+		for i, o := range others {
+			holes[i] = o.bounds
+		}
+		if err := clearSpans(s.db, b, subtractBounds(old, holes)); err != nil {
+			return err
+		}
+	}
+	mp := metaPrefix(rangeID)
+	if err := b.DeleteRange(mp, prefixEnd(mp), nil); err != nil {
+		return err
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return err
+	}
+	s.snaps.noteCommit()
+	s.unflushed.forget(rangeID)
+	return nil
+}
+
+// Running reports whether a RangeSM of the range is open or opening here
+// (created by Dragonboat and not closed yet).
+func (s *Store) Running(rangeID uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.ranges[rangeID]
+	return ok
+}
