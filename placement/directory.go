@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/tesserakv/tessera/internal/replicaid"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
@@ -66,8 +67,10 @@ func (d *Directory) target(ctx context.Context, nodeID uint64) (string, error) {
 }
 
 // Conn returns a client connection to a node, waiting briefly for a node
-// that has just started to register.
+// that has just started to register. It takes a node's ID or the ID of a
+// replica the node holds (see internal/replicaid).
 func (d *Directory) Conn(ctx context.Context, nodeID uint64) (*grpc.ClientConn, error) {
+	nodeID = replicaid.NodeOf(nodeID)
 	deadline := time.Now().Add(registryWait)
 	var target string
 	for {

@@ -64,12 +64,21 @@ func applyMeta(st *tesserapb.MetaState, cmd *tesserapb.MetaCommand) uint64 {
 		n := op.RegisterNode.GetNode()
 		i := sort.Search(len(st.Nodes), func(i int) bool { return st.Nodes[i].NodeId >= n.GetNodeId() })
 		if i < len(st.Nodes) && st.Nodes[i].NodeId == n.GetNodeId() {
+			n.Decommissioning = st.Nodes[i].Decommissioning
 			st.Nodes[i] = n
 			return 1
 		}
 		st.Nodes = append(st.Nodes, nil)
 		copy(st.Nodes[i+1:], st.Nodes[i:])
 		st.Nodes[i] = n
+	case *tesserapb.MetaCommand_SetDecommissioning:
+		for _, n := range st.Nodes {
+			if n.NodeId == op.SetDecommissioning.GetNodeId() {
+				n.Decommissioning = op.SetDecommissioning.GetDecommissioning()
+				return 1
+			}
+		}
+		return 0
 	case *tesserapb.MetaCommand_PutRange:
 		d := op.PutRange.GetRange()
 		for i, cur := range st.Ranges {

@@ -9,7 +9,8 @@ import (
 )
 
 // Nodes finds other nodes; the router needs only a connection to a node.
-// A range replica's ID is its node's ID.
+// Nodes are named by node ID or by the ID of a replica they hold (see
+// internal/replicaid).
 type Nodes interface {
 	Conn(ctx context.Context, nodeID uint64) (*grpc.ClientConn, error)
 }

@@ -75,9 +75,12 @@ type Config struct {
 	// SplitCheckInterval is how often range leaders check their size and
 	// load (default 10s; not a flag).
 	SplitCheckInterval time.Duration
-	// LeaderBalanceInterval is how often a node checks whether it leads more
-	// data ranges than its share (default 30s; negative: never; not a flag).
-	LeaderBalanceInterval time.Duration
+	// DeadNodeTimeout: a node unheard for this long is dead, and its
+	// replicas are made again on other nodes (--dead-node-timeout).
+	DeadNodeTimeout time.Duration
+	// PlacementInterval is how often the meta range's leader runs the
+	// placement schedulers (default 2s; negative: never; not a flag).
+	PlacementInterval time.Duration
 
 	Logger *slog.Logger
 
@@ -116,6 +119,7 @@ const (
 	DefaultRangeSplitQPS       = 2500
 	DefaultRaftStepWorkers     = 1
 	DefaultReplicas            = 3
+	DefaultDeadNodeTimeout     = 5 * time.Minute
 )
 
 // DefaultConfig is a single node on 127.0.0.1:2379 with data in ./tessera.data.
@@ -130,6 +134,7 @@ func DefaultConfig() Config {
 		InitialCluster:           []Member{{Name: DefaultName, PeerURL: DefaultPeerURL}},
 		InitialClusterState:      "new",
 		Replicas:                 DefaultReplicas,
+		DeadNodeTimeout:          DefaultDeadNodeTimeout,
 		MaxRequestBytes:          DefaultMaxRequestBytes,
 		MaxTxnOps:                DefaultMaxTxnOps,
 		QuotaBackendBytes:        DefaultQuotaBackendBytes,
@@ -230,6 +235,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Replicas <= 0 {
 		return fmt.Errorf("--replicas must be positive")
+	}
+	if c.DeadNodeTimeout <= 0 {
+		return fmt.Errorf("--dead-node-timeout must be positive")
 	}
 	if c.MaxRequestBytes <= 0 {
 		return fmt.Errorf("--max-request-bytes must be positive")

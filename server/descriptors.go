@@ -32,6 +32,7 @@ func (s *Server) runDescriptorSync() {
 		case <-s.rangesChanged:
 		}
 		s.recordRanges()
+		s.dropStaleReplicas()
 		// Ranges held elsewhere are routed by the descriptors: take the
 		// latest.
 		s.cache.Refresh()

@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/tesserakv/tessera/internal/replicaid"
+	"github.com/tesserakv/tessera/placement"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/router"
 )
@@ -24,9 +26,8 @@ import (
 // range's log first, so the new replica cannot be fed the log from its
 // start without the state the range began with), and promoted to a voter;
 // only then is an old replica removed, and its node told to stop it and
-// delete its data. A node's replica ID in every range is its node ID, so a
-// node removed from a range cannot hold that range again (Dragonboat never
-// re-adds a removed replica ID).
+// delete its data. A node that held the range before joins under a new
+// replica ID (internal/replicaid): Dragonboat never re-adds a removed one.
 
 const (
 	// catchUpPoll is how often the leader asks a new replica how far it has
@@ -74,9 +75,14 @@ func (i *internalService) ChangeReplicas(ctx context.Context, req *tesserapb.Cha
 	if err != nil {
 		return nil, router.ToGRPC(err)
 	}
-	d := &tesserapb.RangeDescriptor{RangeId: req.RangeId, ReplicaNodeIds: slices.Sorted(maps.Keys(m.Nodes)), ConfVersion: m.ConfigChangeID}
+	d := &tesserapb.RangeDescriptor{RangeId: req.RangeId, ReplicaNodeIds: nodesOf(maps.Keys(m.Nodes)), ConfVersion: m.ConfigChangeID}
 	if rsm := s.store.Range(req.RangeId); rsm != nil {
 		d.StartKey, d.EndKey, d.Generation = rsm.VersionedBounds()
+		// Recorded at once, so that routing and placement see the move.
+		if _, err := placement.RecordRanges(ctx, s.meta, []*tesserapb.RangeDescriptor{d}); err != nil {
+			s.log.Debug("recording a range's new replicas", "range", req.RangeId, "err", err)
+		}
+		s.cache.Refresh()
 	}
 	return &tesserapb.ChangeReplicasResponse{Range: d}, nil
 }
@@ -92,7 +98,7 @@ func (s *Server) changeReplicasElsewhere(ctx context.Context, req *tesserapb.Cha
 	var err error
 	if rng := s.rangeByID(req.RangeId); rng != nil {
 		leader, _, ok := rng.Leader()
-		if !ok || leader == s.replicaID || !router.MayForward(ctx) {
+		if !ok || replicaid.NodeOf(leader) == s.replicaID || !router.MayForward(ctx) {
 			return nil, status.Errorf(codes.Unavailable, "tessera: range %d has no leader to change its replicas; retry", req.RangeId)
 		}
 		var cc *grpc.ClientConn
@@ -114,52 +120,71 @@ func (s *Server) addReplica(ctx context.Context, rangeID, node uint64) error {
 	if err != nil {
 		return router.ToGRPC(err)
 	}
-	if _, ok := m.Nodes[node]; ok {
+	if _, ok := findReplica(m.Nodes, node); ok {
 		return nil // already a voter
-	}
-	if _, ok := m.Removed[node]; ok {
-		return status.Errorf(codes.FailedPrecondition, "tessera: node %d held a replica of range %d before; a node removed from a range cannot hold it again", node, rangeID)
 	}
 	addr, err := s.raftAddress(ctx, node)
 	if err != nil {
 		return err
 	}
-	if _, ok := m.NonVotings[node]; !ok {
+	rid, learning := findReplica(m.NonVotings, node)
+	if !learning {
 		if err := s.compactForNewReplica(ctx, rangeID); err != nil {
 			return err
 		}
 		if m, err = s.nh.SyncGetShardMembership(ctx, rangeID); err != nil {
 			return router.ToGRPC(err)
 		}
-		if err := s.nh.SyncRequestAddNonVoting(ctx, rangeID, node, addr, m.ConfigChangeID); err != nil {
+		rid = replicaid.Next(node, keySet(m.Nodes), keySet(m.NonVotings), m.Removed)
+		if err := s.nh.SyncRequestAddNonVoting(ctx, rangeID, rid, addr, m.ConfigChangeID); err != nil {
 			return status.Errorf(codes.Unavailable, "tessera: adding node %d to range %d as a non-voting replica: %v", node, rangeID, err)
 		}
 	}
-	if err := s.catchUpAndPromote(ctx, rangeID, node, addr); err != nil {
+	if err := s.catchUpAndPromote(ctx, rangeID, rid, addr); err != nil {
 		// A replica that cannot join stays out of the way: it is removed
-		// (and its node can never hold the range again).
+		// (its node joins under a new replica ID next time).
 		rmCtx, cancel := s.stopper.WithTimeout(leaderHandOff)
 		defer cancel()
 		if m, merr := s.nh.SyncGetShardMembership(rmCtx, rangeID); merr == nil {
-			if _, learner := m.NonVotings[node]; learner {
-				_ = s.nh.SyncRequestDeleteReplica(rmCtx, rangeID, node, m.ConfigChangeID)
+			if _, learner := m.NonVotings[rid]; learner {
+				_ = s.nh.SyncRequestDeleteReplica(rmCtx, rangeID, rid, m.ConfigChangeID)
 			}
 		}
 		return err
 	}
-	s.log.Info("replica added", "range", rangeID, "node", node)
+	s.log.Info("replica added", "range", rangeID, "node", node, "replica", rid)
 	return nil
 }
 
-// catchUpAndPromote starts node's new non-voting replica of the range, waits
-// until it has caught up, and makes it a voter.
-func (s *Server) catchUpAndPromote(ctx context.Context, rangeID, node uint64, addr string) error {
+// findReplica returns node's replica ID among a membership's replicas.
+func findReplica[V any](replicas map[uint64]V, node uint64) (uint64, bool) {
+	for id := range replicas {
+		if replicaid.NodeOf(id) == node {
+			return id, true
+		}
+	}
+	return 0, false
+}
+
+// keySet is a map's key set.
+func keySet[V any](m map[uint64]V) map[uint64]struct{} {
+	out := make(map[uint64]struct{}, len(m))
+	for id := range m {
+		out[id] = struct{}{}
+	}
+	return out
+}
+
+// catchUpAndPromote starts a new non-voting replica of the range on its
+// node, waits until it has caught up, and makes it a voter.
+func (s *Server) catchUpAndPromote(ctx context.Context, rangeID, rid uint64, addr string) error {
+	node := replicaid.NodeOf(rid)
 	cc, err := s.directory.Conn(ctx, node)
 	if err != nil {
 		return status.Errorf(codes.Unavailable, "tessera: reaching node %d: %v", node, err)
 	}
 	client := tesserapb.NewInternalClient(cc)
-	if _, err := client.StartReplica(ctx, &tesserapb.StartReplicaRequest{RangeId: rangeID}); err != nil {
+	if _, err := client.StartReplica(ctx, &tesserapb.StartReplicaRequest{RangeId: rangeID, ReplicaId: rid}); err != nil {
 		return err
 	}
 	// Caught up: the new replica has recovered the range's snapshot and
@@ -193,7 +218,7 @@ func (s *Server) catchUpAndPromote(ctx context.Context, rangeID, node uint64, ad
 	if err != nil {
 		return router.ToGRPC(err)
 	}
-	if err := s.nh.SyncRequestAddReplica(ctx, rangeID, node, addr, m.ConfigChangeID); err != nil {
+	if err := s.nh.SyncRequestAddReplica(ctx, rangeID, rid, addr, m.ConfigChangeID); err != nil {
 		return status.Errorf(codes.Unavailable, "tessera: promoting node %d's replica of range %d: %v", node, rangeID, err)
 	}
 	return nil
@@ -246,13 +271,15 @@ func (s *Server) removeReplica(ctx context.Context, rangeID, node uint64) error 
 	if err != nil {
 		return router.ToGRPC(err)
 	}
-	_, voter := m.Nodes[node]
-	_, learner := m.NonVotings[node]
-	if voter || learner {
+	rid, voter := findReplica(m.Nodes, node)
+	if !voter {
+		rid, _ = findReplica(m.NonVotings, node)
+	}
+	if rid != 0 {
 		if voter && len(m.Nodes) == 1 {
 			return status.Errorf(codes.FailedPrecondition, "tessera: node %d holds the only replica of range %d", node, rangeID)
 		}
-		if err := s.nh.SyncRequestDeleteReplica(ctx, rangeID, node, m.ConfigChangeID); err != nil {
+		if err := s.nh.SyncRequestDeleteReplica(ctx, rangeID, rid, m.ConfigChangeID); err != nil {
 			return status.Errorf(codes.Unavailable, "tessera: removing node %d from range %d: %v", node, rangeID, err)
 		}
 		s.log.Info("replica removed", "range", rangeID, "node", node)
@@ -274,7 +301,7 @@ func (s *Server) handOffLeadership(ctx context.Context, rangeID, except uint64) 
 	}
 	var to uint64
 	for _, id := range slices.Sorted(maps.Keys(m.Nodes)) {
-		if id != except && id != s.replicaID {
+		if n := replicaid.NodeOf(id); n != except && n != s.replicaID {
 			to = id
 			break
 		}
@@ -287,7 +314,7 @@ func (s *Server) handOffLeadership(ctx context.Context, rangeID, except uint64) 
 	}
 	deadline := time.Now().Add(leaderHandOff)
 	for time.Now().Before(deadline) {
-		if leader, _, ok := s.rangeByID(rangeID).Leader(); ok && leader != s.replicaID {
+		if leader, _, ok := s.rangeByID(rangeID).Leader(); ok && replicaid.NodeOf(leader) != s.replicaID {
 			return nil
 		}
 		select {
@@ -315,10 +342,25 @@ func (s *Server) raftAddress(ctx context.Context, node uint64) (string, error) {
 
 // StartReplica serves Internal.StartReplica: this node starts its new,
 // empty replica of a range, to be caught up by a snapshot.
-func (i *internalService) StartReplica(_ context.Context, req *tesserapb.StartReplicaRequest) (*tesserapb.StartReplicaResponse, error) {
+func (i *internalService) StartReplica(ctx context.Context, req *tesserapb.StartReplicaRequest) (*tesserapb.StartReplicaResponse, error) {
 	s := i.s
+	if req.ReplicaId == 0 || replicaid.NodeOf(req.ReplicaId) != s.replicaID {
+		return nil, status.Errorf(codes.InvalidArgument, "tessera: replica %#x is not this node's (node %d)", req.ReplicaId, s.replicaID)
+	}
 	if s.rangeByID(req.RangeId) != nil {
-		return &tesserapb.StartReplicaResponse{}, nil
+		if s.localReplicaID(req.RangeId) == req.ReplicaId {
+			return &tesserapb.StartReplicaResponse{}, nil
+		}
+		// An earlier replica of the range, removed while this node could
+		// not be told: it goes first.
+		if err := s.dropReplica(ctx, req.RangeId); err != nil {
+			return nil, router.ToGRPC(err)
+		}
+	}
+	if req.ReplicaId != s.replicaID {
+		if err := s.store.SetReplicaID(req.RangeId, req.ReplicaId); err != nil {
+			return nil, status.Errorf(codes.Internal, "tessera: recording replica %#x of range %d: %v", req.ReplicaId, req.RangeId, err)
+		}
 	}
 	if err := s.startRange(req.RangeId, nil, true); err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "tessera: starting a replica of range %d: %v", req.RangeId, err)
@@ -349,7 +391,8 @@ func (s *Server) dropReplica(ctx context.Context, rangeID uint64) error {
 	s.rangesMu.Unlock()
 	s.refreshCache()
 	rng.Stop()
-	if err := s.nh.StopReplica(rangeID, s.replicaID); err != nil && !errors.Is(err, dragonboat.ErrShardNotFound) {
+	self := s.localReplicaID(rangeID)
+	if err := s.nh.StopReplica(rangeID, self); err != nil && !errors.Is(err, dragonboat.ErrShardNotFound) {
 		return fmt.Errorf("stopping range %d: %w", rangeID, err)
 	}
 	for s.store.Running(rangeID) {
@@ -359,7 +402,7 @@ func (s *Server) dropReplica(ctx context.Context, rangeID uint64) error {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	if err := s.nh.SyncRemoveData(ctx, rangeID, s.replicaID); err != nil {
+	if err := s.nh.SyncRemoveData(ctx, rangeID, self); err != nil {
 		s.log.Warn("removing a dropped replica's Raft data", "range", rangeID, "err", err)
 	}
 	if err := s.store.DropRange(rangeID); err != nil {
@@ -367,4 +410,31 @@ func (s *Server) dropReplica(ctx context.Context, rangeID uint64) error {
 	}
 	s.log.Info("replica removed from this node", "range", rangeID)
 	return nil
+}
+
+// dropStaleReplicas drops this node's replicas of ranges the meta range
+// records, after a membership change this replica has not applied, without
+// this node: it was removed while it could not be told (down, or cut off).
+// A replica still joining its range is not in the record yet and is kept.
+func (s *Server) dropStaleReplicas() {
+	ctx, cancel := s.stopper.WithTimeout(descriptorSyncInterval)
+	defer cancel()
+	descs, err := placement.Ranges(ctx, s.meta, false)
+	if err != nil {
+		return
+	}
+	memberships := s.memberships()
+	for _, d := range descs {
+		r := s.rangeByID(d.RangeId)
+		if r == nil || r.Joining() || slices.Contains(d.ReplicaNodeIds, s.replicaID) {
+			continue
+		}
+		if m, ok := memberships[d.RangeId]; ok && d.ConfVersion <= m.confChange {
+			continue // this replica knows at least as much as the record
+		}
+		s.log.Info("dropping a replica this node was removed from", "range", d.RangeId, "replicas", d.ReplicaNodeIds)
+		if err := s.dropReplica(ctx, d.RangeId); err != nil {
+			s.log.Warn("dropping a removed replica", "range", d.RangeId, "err", err)
+		}
+	}
 }

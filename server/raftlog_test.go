@@ -30,7 +30,7 @@ func TestRaftLogSettings(t *testing.T) {
 		if entries != tc.wantEntries || catchUp != tc.wantCatchUp || bytes != tc.wantBytes {
 			t.Errorf("%s: %d, %d, %d; want %d, %d, %d", tc.name, entries, catchUp, bytes, tc.wantEntries, tc.wantCatchUp, tc.wantBytes)
 		}
-		if rc := s.raftConfig(7); rc.SnapshotEntries != entries || rc.CompactionOverhead != catchUp || rc.DisableAutoCompactions != (len(tc.members) == 1) {
+		if rc := s.raftConfig(7, 1); rc.SnapshotEntries != entries || rc.CompactionOverhead != catchUp || rc.DisableAutoCompactions != (len(tc.members) == 1) {
 			t.Errorf("%s: raftConfig = %+v", tc.name, rc)
 		}
 	}

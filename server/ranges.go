@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"maps"
 	"net"
 	"slices"
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/tesserakv/tessera/internal/replicaid"
 	"github.com/tesserakv/tessera/placement"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/router"
@@ -37,7 +39,7 @@ const soloElectionRTT = 3
 // cannot change), so every Raft group here has a single member.
 func (s *Server) soleNode() bool { return len(s.raftMembers) == 1 }
 
-func (s *Server) raftConfig(rangeID uint64) dbconfig.Config {
+func (s *Server) raftConfig(rangeID, replicaID uint64) dbconfig.Config {
 	electionRTT := uint64(s.cfg.ElectionTimeout / s.cfg.HeartbeatInterval)
 	snapshotEntries, catchUpEntries, _ := s.raftLogSettings()
 	if s.soleNode() {
@@ -45,7 +47,7 @@ func (s *Server) raftConfig(rangeID uint64) dbconfig.Config {
 	}
 	return dbconfig.Config{
 		ShardID:            rangeID,
-		ReplicaID:          s.replicaID,
+		ReplicaID:          replicaID,
 		ElectionRTT:        electionRTT,
 		HeartbeatRTT:       1,
 		CheckQuorum:        true,
@@ -105,11 +107,20 @@ func (s *Server) startRanges() error {
 	}
 	for _, id := range ids {
 		members := s.restartMembers(id)
-		if members == nil && !s.nh.HasNodeInfo(id, s.replicaID) {
+		if members == nil && !s.nh.HasNodeInfo(id, s.localReplicaID(id)) {
 			s.log.Warn("not starting a range whose Raft group never started here", "range", id)
 			continue
 		}
-		if err := s.startRange(id, members, false); err != nil {
+		err := s.startRange(id, members, false)
+		if errors.Is(err, dragonboat.ErrReplicaRemoved) {
+			// Removed from the range, and stopped before its data went.
+			s.log.Info("dropping the data of a range this node was removed from", "range", id)
+			if err := s.store.DropRange(id); err != nil {
+				return err
+			}
+			continue
+		}
+		if err != nil {
 			return err
 		}
 	}
@@ -140,7 +151,7 @@ func (s *Server) holdsFirstRange() bool {
 // before the node stopped (taken to have the first range's members, as every
 // range has until replicas move).
 func (s *Server) restartMembers(rangeID uint64) map[uint64]dragonboat.Target {
-	if s.nh.HasNodeInfo(rangeID, s.replicaID) || !s.holdsFirstRange() {
+	if s.nh.HasNodeInfo(rangeID, s.localReplicaID(rangeID)) || !s.holdsFirstRange() {
 		return nil
 	}
 	return s.firstRangeMembers()
@@ -159,9 +170,42 @@ func (s *Server) memberships() map[uint64]membership {
 	info := s.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true})
 	out := make(map[uint64]membership, len(info.ShardInfoList))
 	for _, si := range info.ShardInfoList {
-		out[si.ShardID] = membership{nodes: slices.Sorted(maps.Keys(si.Replicas)), confChange: si.ConfigChangeIndex}
+		out[si.ShardID] = membership{nodes: nodesOf(maps.Keys(si.Replicas)), confChange: si.ConfigChangeIndex}
 	}
 	return out
+}
+
+// nodesOf returns the nodes holding the given replicas, in order.
+func nodesOf(replicas iter.Seq[uint64]) []uint64 {
+	var nodes []uint64
+	for id := range replicas {
+		nodes = append(nodes, replicaid.NodeOf(id))
+	}
+	slices.Sort(nodes)
+	return slices.Compact(nodes)
+}
+
+// localReplicaID is this node's replica ID in a range: its node ID unless
+// it holds the range under a later incarnation (internal/replicaid).
+func (s *Server) localReplicaID(rangeID uint64) uint64 {
+	if rangeID == placement.MetaRangeID {
+		return s.replicaID
+	}
+	if id, ok, err := s.store.ReplicaID(rangeID); err == nil && ok {
+		return id
+	}
+	return s.replicaID
+}
+
+// replicaOf returns node's replica ID in a range this node runs, as this
+// node's replica knows the range's members.
+func (s *Server) replicaOf(rangeID, node uint64) (uint64, bool) {
+	for id := range s.membersOf(rangeID) {
+		if replicaid.NodeOf(id) == node {
+			return id, true
+		}
+	}
+	return 0, false
 }
 
 // membersOf returns the voting members of a range this node runs, with
@@ -195,7 +239,7 @@ func (s *Server) startRange(rangeID uint64, members map[uint64]dragonboat.Target
 			return err
 		}
 	}
-	rc := s.raftConfig(rangeID)
+	rc := s.raftConfig(rangeID, s.localReplicaID(rangeID))
 	// A new member joins as a non-voting replica and is promoted once it
 	// has caught up.
 	rc.IsNonVoting = join
@@ -203,7 +247,7 @@ func (s *Server) startRange(rangeID uint64, members map[uint64]dragonboat.Target
 		return fmt.Errorf("starting range %d: %w", rangeID, err)
 	}
 	_, _, snapshotBytes := s.raftLogSettings()
-	cfg := shard.Config{RangeID: rangeID, ReplicaID: s.replicaID, SoleReplica: s.soleNode(), SnapshotEveryBytes: snapshotBytes,
+	cfg := shard.Config{RangeID: rangeID, ReplicaID: s.localReplicaID(rangeID), SoleReplica: s.soleNode(), SnapshotEveryBytes: snapshotBytes,
 		RequestTimeout: s.cfg.Knobs.RangeRequestTimeout, Logger: s.log}
 	cfg.RepeatRead = s.cfg.Knobs.RepeatRangeReads
 	if hook := s.cfg.Knobs.AfterRevisionsTaken; hook != nil {
@@ -252,13 +296,21 @@ func (s *Server) onSplit(parentID, childID uint64) {
 			s.log.Error("a split's parent range lists no members here", "parent", parentID, "range", childID)
 			return
 		}
-		if _, member := members[s.replicaID]; !member {
+		self := s.localReplicaID(parentID)
+		if _, member := members[self]; !member {
 			// A replica still joining the parent (not a voter yet) applied
 			// the split: the child's members do not include it.
 			if err := s.store.DropRange(childID); err != nil {
 				s.log.Warn("deleting a split's range this node is not a member of", "parent", parentID, "range", childID, "err", err)
 			}
 			return
+		}
+		if self != s.replicaID {
+			// The child's members are the parent's, replica IDs and all.
+			if err := s.store.SetReplicaID(childID, self); err != nil {
+				s.log.Error("recording this node's replica ID in a split's range", "range", childID, "err", err)
+				return
+			}
 		}
 		if err := s.startRange(childID, members, false); err != nil {
 			s.log.Error("starting a range made by a split", "parent", parentID, "range", childID, "err", err)
@@ -327,7 +379,7 @@ const pickMemory = 5 * time.Second
 func (s *Server) leadershipCounts(skip uint64, members map[uint64]dragonboat.Target) map[uint64]int {
 	led := make(map[uint64]int, len(members))
 	for id := range members {
-		led[id] = 0
+		led[replicaid.NodeOf(id)] = 0
 	}
 	now := time.Now()
 	for _, r := range s.rangeList() {
@@ -335,7 +387,8 @@ func (s *Server) leadershipCounts(skip uint64, members map[uint64]dragonboat.Tar
 		if id == skip {
 			continue
 		}
-		member, _, ok := r.Leader()
+		leader, _, ok := r.Leader()
+		member := replicaid.NodeOf(leader)
 		if ok {
 			delete(s.picks, id)
 		} else if p, picked := s.picks[id]; picked && now.Sub(p.at) < pickMemory {
@@ -429,7 +482,8 @@ func (s *Server) hastenElection(rangeID uint64, majorityReady func(rangeID uint6
 	}
 	deadline := time.Now().Add(s.cfg.ElectionTimeout)
 	wait := s.cfg.HeartbeatInterval * 3 / 2
-	started := map[uint64]bool{s.replicaID: true}
+	self := s.localReplicaID(rangeID)
+	started := map[uint64]bool{self: true}
 	for {
 		select {
 		case <-s.stopper.ShouldQuiesce():
@@ -447,7 +501,7 @@ func (s *Server) hastenElection(rangeID uint64, majorityReady func(rangeID uint6
 	if _, term, known, err := s.nh.GetLeaderID(rangeID); err != nil || known || term > bootstrapTerm {
 		return
 	}
-	t.Campaign(rangeID, s.replicaID)
+	t.Campaign(rangeID, self)
 }
 
 // majorityListening is hastenElection's test at a new cluster's start, when
@@ -544,9 +598,9 @@ func (s *Server) rangeList() []*shard.Replica {
 
 // rangeInfo describes one replica as `tessera ctl ranges` shows it.
 func (s *Server) rangeInfo(r *shard.Replica) *tesserapb.RangeInfo {
-	info := &tesserapb.RangeInfo{RangeId: r.RangeID(), ReplicaNodeIds: slices.Sorted(maps.Keys(s.membersOf(r.RangeID())))}
+	info := &tesserapb.RangeInfo{RangeId: r.RangeID(), ReplicaNodeIds: nodesOf(maps.Keys(s.membersOf(r.RangeID())))}
 	if leader, _, ok := r.Leader(); ok {
-		info.LeaderNodeId = leader
+		info.LeaderNodeId = replicaid.NodeOf(leader)
 	}
 	info.Qps = r.QPS()
 	if rsm := s.store.Range(r.RangeID()); rsm != nil {

@@ -82,6 +82,9 @@ type Server struct {
 	stopper *stop.Stopper
 	// feeds are the ranges held elsewhere that the watch hub follows.
 	feeds feeds
+	// live is the meta leader's memory of node heartbeats, and the
+	// placement operations under way.
+	live liveness
 	// rangesChanged pokes runDescriptorSync (a split made a range here).
 	rangesChanged chan struct{}
 	closeOnce     sync.Once
@@ -207,7 +210,8 @@ func Start(cfg Config) (*Server, error) {
 	s.checkSpace()
 	s.watchSpace()
 	s.startSplitter()
-	s.startLeaderBalancer()
+	s.startHeartbeats()
+	s.startPlacement()
 	s.goTask(s.runDescriptorSync)
 	if policy, _ := parseCompaction(cfg.AutoCompactionMode, cfg.AutoCompactionRetention); policy.enabled() {
 		s.goTask(func() { s.runCompactor(policy) })
@@ -257,7 +261,7 @@ func (s *Server) startRaft() error {
 		addr, _ := hostPortOf(m.PeerURL)
 		s.raftMembers[uint64(i+1)] = addr
 	}
-	if err := nh.StartReplica(s.raftMembers, false, placement.NewMetaSM, s.raftConfig(placement.MetaRangeID)); err != nil {
+	if err := nh.StartReplica(s.raftMembers, false, placement.NewMetaSM, s.raftConfig(placement.MetaRangeID, s.replicaID)); err != nil {
 		nh.Close()
 		return fmt.Errorf("starting the meta range: %w", err)
 	}

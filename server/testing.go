@@ -10,6 +10,9 @@ import (
 
 // TestingKnobs are hooks for tests only: production leaves them zero.
 type TestingKnobs struct {
+	// NodeHeartbeatInterval replaces the 1 s between a node's heartbeats to
+	// the meta leader (liveness for placement).
+	NodeHeartbeatInterval time.Duration
 	// AfterRevisionsTaken is passed to every range replica (see
 	// shard.Config.AfterRevisionsTaken).
 	AfterRevisionsTaken func(rangeID uint64, first int64)
@@ -100,16 +103,20 @@ func (t TestingServer) IsLeader() bool { return t.s.leadsHomeRange() }
 func (t TestingServer) TransferLeadership(nodeID uint64) error {
 	var firstErr error
 	for _, r := range t.s.rangeList() {
-		if err := t.s.nh.RequestLeaderTransfer(r.RangeID(), nodeID); err != nil && firstErr == nil {
+		to, ok := t.s.replicaOf(r.RangeID(), nodeID)
+		if !ok {
+			continue
+		}
+		if err := t.s.nh.RequestLeaderTransfer(r.RangeID(), to); err != nil && firstErr == nil {
 			firstErr = err
 		}
 	}
 	return firstErr
 }
 
-// BalanceLeadersOnce is one check of the leader balancer; it reports whether
-// it asked for a leadership to move.
-func (t TestingServer) BalanceLeadersOnce() bool { return t.s.balanceLeadersOnce() }
+// PlaceOnce runs the placement schedulers once on this node, if it leads
+// the meta range, and returns the operations it started.
+func (t TestingServer) PlaceOnce() []placement.Op { return t.s.placeOnce() }
 
 // RoutedRangeCount is how many ranges this node routes requests to: its
 // own replicas and, refreshed from the meta range, the ranges held elsewhere.
@@ -135,4 +142,11 @@ func (t TestingServer) RangeIDs() []uint64 {
 		ids = append(ids, r.RangeID())
 	}
 	return ids
+}
+
+// Decommission marks a node as leaving (Internal.Decommission through this
+// node).
+func (t TestingServer) Decommission(ctx context.Context, node string) error {
+	_, err := (&internalService{InternalServer: t.s.internal, s: t.s}).Decommission(ctx, &tesserapb.DecommissionRequest{Node: node})
+	return err
 }

@@ -21,6 +21,9 @@ const (
 	prefixData       byte = 'd'
 	prefixLeaseIndex byte = 'l'
 	prefixMeta       byte = 'm'
+	// prefixReplica keys this node's replica ID in a range: 'r' BE(rangeID).
+	// Outside the range's metadata, so a snapshot recovery keeps it.
+	prefixReplica byte = 'r'
 
 	escByte   byte = 0x00
 	escEscape byte = 0xFF

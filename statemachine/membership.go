@@ -1,6 +1,7 @@
 package statemachine
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -97,6 +98,9 @@ func (s *Store) DropRange(rangeID uint64) error {
 	if err := b.DeleteRange(mp, prefixEnd(mp), nil); err != nil {
 		return err
 	}
+	if err := b.Delete(replicaKey(rangeID), nil); err != nil {
+		return err
+	}
 	if err := b.Commit(pebble.Sync); err != nil {
 		return err
 	}
@@ -112,4 +116,28 @@ func (s *Store) Running(rangeID uint64) bool {
 	defer s.mu.Unlock()
 	_, ok := s.ranges[rangeID]
 	return ok
+}
+
+func replicaKey(rangeID uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte{prefixReplica}, rangeID)
+}
+
+// SetReplicaID records this node's replica ID in a range when it is not the
+// node's own ID (a node holding the range again, under a new incarnation;
+// see internal/replicaid), for the replica's restarts.
+func (s *Store) SetReplicaID(rangeID, replicaID uint64) error {
+	return s.db.Set(replicaKey(rangeID), binary.BigEndian.AppendUint64(nil, replicaID), pebble.Sync)
+}
+
+// ReplicaID returns this node's replica ID in a range as SetReplicaID
+// recorded it; ok is false when none was.
+func (s *Store) ReplicaID(rangeID uint64) (id uint64, ok bool, err error) {
+	v, found, err := getValue(s.db, replicaKey(rangeID))
+	if err != nil || !found {
+		return 0, false, err
+	}
+	if len(v) != 8 {
+		return 0, false, fmt.Errorf("statemachine: range %d's replica ID record has %d bytes", rangeID, len(v))
+	}
+	return binary.BigEndian.Uint64(v), true, nil
 }

@@ -82,7 +82,7 @@ func TestFenceRaceAcrossRanges(t *testing.T) {
 func TestStaleLeaderWriteAfterTransfer(t *testing.T) {
 	hold := newWriteHold(0)
 	c := testcluster.Start(t, 3, func(cfg *serverConfig) {
-		cfg.LeaderBalanceInterval = -1 // leadership moves only when the test says
+		cfg.PlacementInterval = -1 // leadership moves only when the test says
 		cfg.Knobs.AfterRevisionsTaken = hold.hook
 	})
 	ctx := ctxT(t)

@@ -623,11 +623,11 @@ func TestSplitsSpreadLeadership(t *testing.T) {
 }
 
 // TestLeaderBalancer: after every range's leadership is moved to one member
-// (as a failover can leave them), the balancer's checks hand ranges to the
-// others until no member leads two more than another. The periodic
-// balancer is off here; the test runs its checks itself.
+// (as a failover can leave them), the placement schedulers on the meta
+// leader hand ranges to the others until each member leads within one of
+// the others. The periodic runs are off; the test runs them itself.
 func TestLeaderBalancer(t *testing.T) {
-	c := testcluster.Start(t, 3, func(cfg *serverConfig) { cfg.LeaderBalanceInterval = -1 })
+	c := testcluster.Start(t, 3, func(cfg *serverConfig) { cfg.Knobs.NodeHeartbeatInterval = 50 * time.Millisecond })
 	const splits = 6
 	splitAndPut(t, c, splits, 10*time.Second)
 	waitFor := func(what string, cond func(map[uint64]int) bool, step func()) {
@@ -648,7 +648,7 @@ func TestLeaderBalancer(t *testing.T) {
 		return led[1] <= 3 && led[2] >= 2 && led[3] >= 2
 	}, func() {
 		for _, n := range c.Nodes {
-			n.Server.Testing().BalanceLeadersOnce()
+			n.Server.Testing().PlaceOnce()
 		}
 	})
 }

@@ -1,6 +1,7 @@
 package watchhub
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"log/slog"
@@ -226,7 +227,7 @@ func (h *Hub) applyLocked(a statemachine.Applied) {
 // keeping it in revision order; events at or below bufBase are dropped (no
 // live watcher needs them, and a joining one reads them from history).
 func (h *Hub) insertLocked(events []*mvccpb.Event) {
-	events = events[firstAfter(events, h.bufBase):]
+	events = h.notBufferedLocked(events[firstAfter(events, h.bufBase):])
 	if len(events) == 0 {
 		return
 	}
@@ -246,6 +247,30 @@ func (h *Hub) insertLocked(events []*mvccpb.Event) {
 	slices.SortStableFunc(h.buf[from:], func(a, b *mvccpb.Event) int {
 		return cmp.Compare(a.Kv.ModRevision, b.Kv.ModRevision)
 	})
+}
+
+// notBufferedLocked returns events without those the buffer holds already
+// (the same key at the same revision): while a range's replica moves here,
+// or splits while it is followed from elsewhere, one write can reach the
+// hub from two publishers.
+func (h *Hub) notBufferedLocked(events []*mvccpb.Event) []*mvccpb.Event {
+	if len(h.buf) == 0 || len(events) == 0 || events[0].Kv.ModRevision > h.buf[len(h.buf)-1].Kv.ModRevision {
+		return events
+	}
+	out := events[:0:0]
+	for _, ev := range events {
+		dup := false
+		for i := firstAfter(h.buf, ev.Kv.ModRevision-1); i < len(h.buf) && h.buf[i].Kv.ModRevision == ev.Kv.ModRevision; i++ {
+			if bytes.Equal(h.buf[i].Kv.Key, ev.Kv.Key) {
+				dup = true
+				break
+			}
+		}
+		if !dup {
+			out = append(out, ev)
+		}
+	}
+	return out
 }
 
 // firstAfter returns the index of the first event of events (in revision

@@ -524,3 +524,20 @@ func TestRequestProgressNotBelowEvents(t *testing.T) {
 		}
 	}
 }
+
+// TestOnePublishPerEvent: a write that reaches the hub twice — from a
+// range's feed and from its new local replica, under the same range ID or
+// another (a split while it moved) — is delivered once.
+func TestOnePublishPerEvent(t *testing.T) {
+	n, wc := newFakeNode(t)
+	ctx := ctxT(t)
+	st := watchFrom(t, ctx, wc, &pb.WatchCreateRequest{Key: []byte("a"), RangeEnd: []byte("c")})
+	a, b := n.put("a", "1"), n.put("b", "2")
+	n.apply(a, b)
+	// The same events again: from the range itself, and under another ID.
+	n.hub.Publish(statemachine.Applied{RangeID: 1, Events: []*mvccpb.Event{a, b}, Floor: b.Kv.ModRevision})
+	n.hub.Publish(statemachine.Applied{RangeID: 7, Events: []*mvccpb.Event{b}, Floor: b.Kv.ModRevision})
+	c := n.put("a", "3")
+	n.apply(c)
+	requireRevisions(t, recvEvents(t, st, 3), []*mvccpb.Event{a, b, c})
+}

@@ -24,8 +24,10 @@ const ctlUsage = `Usage: tessera ctl [flags] COMMAND [ARGS]
 Administers a running Tessera cluster.
 
 Commands:
-  ranges [--json]   list the ranges: id, start, end, replicas, leader, size, QPS
-  split KEY         split the range holding KEY at KEY
+  ranges [--json]      list the ranges: id, start, end, replicas, leader, size, QPS
+  split KEY            split the range holding KEY at KEY
+  nodes [--json]       list the nodes: id, name, addresses, state, replicas, leaders, disk used
+  decommission NODE    move every replica off NODE (its name or ID) before it leaves
 
 Flags:
 `
@@ -36,7 +38,7 @@ func runCtl(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	endpoints := fs.String("endpoints", "127.0.0.1:2379", "comma-separated gRPC endpoints (host:port or http://host:port)")
 	timeout := fs.Duration("command-timeout", 10*time.Second, "timeout for the command")
-	asJSON := fs.Bool("json", false, "print JSON (ranges)")
+	asJSON := fs.Bool("json", false, "print JSON (ranges, nodes)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), ctlUsage)
 		fs.PrintDefaults()
@@ -120,9 +122,61 @@ func ctlCommand(ctx context.Context, c tesserapb.InternalClient, args []string, 
 			resp.Left.GetRangeId(), resp.Left.GetStartKey(), endOrInf(resp.Left.GetEndKey()),
 			resp.Right.GetRangeId(), resp.Right.GetStartKey(), endOrInf(resp.Right.GetEndKey()))
 		return 0, nil
+	case "nodes":
+		resp, err := c.ListNodes(ctx, &tesserapb.ListNodesRequest{})
+		if err != nil {
+			return 1, err
+		}
+		if asJSON {
+			return 0, printNodesJSON(out, resp.Nodes)
+		}
+		printNodesTable(out, resp.Nodes)
+		return 0, nil
+	case "decommission":
+		if len(args) != 2 {
+			return 2, fmt.Errorf("decommission takes one argument, the node's name or ID")
+		}
+		resp, err := c.Decommission(ctx, &tesserapb.DecommissionRequest{Node: args[1]})
+		if err != nil {
+			return 1, err
+		}
+		fmt.Fprintf(out, "node %d is decommissioning: its replicas move to the other nodes (see tessera ctl nodes)\n", resp.NodeId)
+		return 0, nil
 	default:
-		return 2, fmt.Errorf("unknown command %q (want ranges or split)", args[0])
+		return 2, fmt.Errorf("unknown command %q (want ranges, split, nodes or decommission)", args[0])
 	}
+}
+
+// nodeJSON is one node in `tessera ctl nodes --json`.
+type nodeJSON struct {
+	ID            uint64   `json:"id"`
+	Name          string   `json:"name"`
+	RaftAddress   string   `json:"raft_address"`
+	ClientURLs    []string `json:"client_urls"`
+	State         string   `json:"state"`
+	Replicas      uint32   `json:"replicas"`
+	Leaders       uint32   `json:"leaders"`
+	DiskUsedBytes int64    `json:"disk_used_bytes"`
+}
+
+func printNodesJSON(out io.Writer, nodes []*tesserapb.NodeStatus) error {
+	list := make([]nodeJSON, 0, len(nodes))
+	for _, n := range nodes {
+		list = append(list, nodeJSON{ID: n.NodeId, Name: n.Name, RaftAddress: n.RaftAddress, ClientURLs: n.ClientUrls,
+			State: n.State, Replicas: n.Replicas, Leaders: n.Leaders, DiskUsedBytes: n.DiskUsedBytes})
+	}
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(list)
+}
+
+func printNodesTable(out io.Writer, nodes []*tesserapb.NodeStatus) {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tNAME\tPEER\tCLIENT\tSTATE\tREPLICAS\tLEADERS\tDISK")
+	for _, n := range nodes {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n", n.NodeId, n.Name, n.RaftAddress, strings.Join(n.ClientUrls, ","), n.State, n.Replicas, n.Leaders, n.DiskUsedBytes)
+	}
+	tw.Flush()
 }
 
 func endOrInf(end []byte) string {

@@ -108,6 +108,9 @@ func Start(t testing.TB, n int, opts ...Options) *Cluster {
 		cfg.InitialCluster = members
 		cfg.HeartbeatInterval = 50 * time.Millisecond
 		cfg.ElectionTimeout = 500 * time.Millisecond
+		// Replicas and leaders move only where a test asks (a test of
+		// placement turns it on).
+		cfg.PlacementInterval = -1
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 		if testing.Verbose() {
 			cfg.Logger = slog.Default()

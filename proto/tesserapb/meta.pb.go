@@ -34,6 +34,7 @@ type MetaCommand struct {
 	//	*MetaCommand_RegisterNode
 	//	*MetaCommand_PutRange
 	//	*MetaCommand_AllocateRangeId
+	//	*MetaCommand_SetDecommissioning
 	Op            isMetaCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -112,6 +113,15 @@ func (x *MetaCommand) GetAllocateRangeId() *AllocateRangeIdCommand {
 	return nil
 }
 
+func (x *MetaCommand) GetSetDecommissioning() *SetDecommissioningCommand {
+	if x != nil {
+		if x, ok := x.Op.(*MetaCommand_SetDecommissioning); ok {
+			return x.SetDecommissioning
+		}
+	}
+	return nil
+}
+
 type isMetaCommand_Op interface {
 	isMetaCommand_Op()
 }
@@ -132,6 +142,10 @@ type MetaCommand_AllocateRangeId struct {
 	AllocateRangeId *AllocateRangeIdCommand `protobuf:"bytes,4,opt,name=allocate_range_id,json=allocateRangeId,proto3,oneof"`
 }
 
+type MetaCommand_SetDecommissioning struct {
+	SetDecommissioning *SetDecommissioningCommand `protobuf:"bytes,5,opt,name=set_decommissioning,json=setDecommissioning,proto3,oneof"`
+}
+
 func (*MetaCommand_SetHighWater) isMetaCommand_Op() {}
 
 func (*MetaCommand_RegisterNode) isMetaCommand_Op() {}
@@ -139,6 +153,62 @@ func (*MetaCommand_RegisterNode) isMetaCommand_Op() {}
 func (*MetaCommand_PutRange) isMetaCommand_Op() {}
 
 func (*MetaCommand_AllocateRangeId) isMetaCommand_Op() {}
+
+func (*MetaCommand_SetDecommissioning) isMetaCommand_Op() {}
+
+// SetDecommissioningCommand marks a node as leaving: placement moves every
+// replica off it and gives it none.
+type SetDecommissioningCommand struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	NodeId          uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Decommissioning bool                   `protobuf:"varint,2,opt,name=decommissioning,proto3" json:"decommissioning,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *SetDecommissioningCommand) Reset() {
+	*x = SetDecommissioningCommand{}
+	mi := &file_tesserapb_meta_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetDecommissioningCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetDecommissioningCommand) ProtoMessage() {}
+
+func (x *SetDecommissioningCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetDecommissioningCommand.ProtoReflect.Descriptor instead.
+func (*SetDecommissioningCommand) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SetDecommissioningCommand) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+func (x *SetDecommissioningCommand) GetDecommissioning() bool {
+	if x != nil {
+		return x.Decommissioning
+	}
+	return false
+}
 
 // AllocateRangeIdCommand hands out a new range ID (the entry's result value).
 type AllocateRangeIdCommand struct {
@@ -149,7 +219,7 @@ type AllocateRangeIdCommand struct {
 
 func (x *AllocateRangeIdCommand) Reset() {
 	*x = AllocateRangeIdCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[1]
+	mi := &file_tesserapb_meta_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -161,7 +231,7 @@ func (x *AllocateRangeIdCommand) String() string {
 func (*AllocateRangeIdCommand) ProtoMessage() {}
 
 func (x *AllocateRangeIdCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[1]
+	mi := &file_tesserapb_meta_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -174,7 +244,7 @@ func (x *AllocateRangeIdCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateRangeIdCommand.ProtoReflect.Descriptor instead.
 func (*AllocateRangeIdCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{1}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{2}
 }
 
 // SetHighWaterCommand raises the oracle's high-water mark: no revision at or
@@ -188,7 +258,7 @@ type SetHighWaterCommand struct {
 
 func (x *SetHighWaterCommand) Reset() {
 	*x = SetHighWaterCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[2]
+	mi := &file_tesserapb_meta_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -200,7 +270,7 @@ func (x *SetHighWaterCommand) String() string {
 func (*SetHighWaterCommand) ProtoMessage() {}
 
 func (x *SetHighWaterCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[2]
+	mi := &file_tesserapb_meta_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -213,7 +283,7 @@ func (x *SetHighWaterCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetHighWaterCommand.ProtoReflect.Descriptor instead.
 func (*SetHighWaterCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{2}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SetHighWaterCommand) GetRevision() int64 {
@@ -232,7 +302,7 @@ type RegisterNodeCommand struct {
 
 func (x *RegisterNodeCommand) Reset() {
 	*x = RegisterNodeCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[3]
+	mi := &file_tesserapb_meta_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -244,7 +314,7 @@ func (x *RegisterNodeCommand) String() string {
 func (*RegisterNodeCommand) ProtoMessage() {}
 
 func (x *RegisterNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[3]
+	mi := &file_tesserapb_meta_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -257,7 +327,7 @@ func (x *RegisterNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeCommand.ProtoReflect.Descriptor instead.
 func (*RegisterNodeCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{3}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RegisterNodeCommand) GetNode() *NodeInfo {
@@ -279,7 +349,7 @@ type PutRangeCommand struct {
 
 func (x *PutRangeCommand) Reset() {
 	*x = PutRangeCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[4]
+	mi := &file_tesserapb_meta_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -291,7 +361,7 @@ func (x *PutRangeCommand) String() string {
 func (*PutRangeCommand) ProtoMessage() {}
 
 func (x *PutRangeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[4]
+	mi := &file_tesserapb_meta_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -304,7 +374,7 @@ func (x *PutRangeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRangeCommand.ProtoReflect.Descriptor instead.
 func (*PutRangeCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{4}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PutRangeCommand) GetRange() *RangeDescriptor {
@@ -316,18 +386,21 @@ func (x *PutRangeCommand) GetRange() *RangeDescriptor {
 
 // NodeInfo is how a node is reached.
 type NodeInfo struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	RaftAddress   string                 `protobuf:"bytes,3,opt,name=raft_address,json=raftAddress,proto3" json:"raft_address,omitempty"`
-	ClientUrls    []string               `protobuf:"bytes,4,rep,name=client_urls,json=clientUrls,proto3" json:"client_urls,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	NodeId      uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Name        string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	RaftAddress string                 `protobuf:"bytes,3,opt,name=raft_address,json=raftAddress,proto3" json:"raft_address,omitempty"`
+	ClientUrls  []string               `protobuf:"bytes,4,rep,name=client_urls,json=clientUrls,proto3" json:"client_urls,omitempty"`
+	// decommissioning: the node is leaving (SetDecommissioningCommand); a
+	// node registering again keeps it.
+	Decommissioning bool `protobuf:"varint,5,opt,name=decommissioning,proto3" json:"decommissioning,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_tesserapb_meta_proto_msgTypes[5]
+	mi := &file_tesserapb_meta_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -339,7 +412,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[5]
+	mi := &file_tesserapb_meta_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -352,7 +425,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{5}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *NodeInfo) GetNodeId() uint64 {
@@ -383,6 +456,13 @@ func (x *NodeInfo) GetClientUrls() []string {
 	return nil
 }
 
+func (x *NodeInfo) GetDecommissioning() bool {
+	if x != nil {
+		return x.Decommissioning
+	}
+	return false
+}
+
 // RangeDescriptor says which keys a range holds and where its replicas live.
 type RangeDescriptor struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -405,7 +485,7 @@ type RangeDescriptor struct {
 
 func (x *RangeDescriptor) Reset() {
 	*x = RangeDescriptor{}
-	mi := &file_tesserapb_meta_proto_msgTypes[6]
+	mi := &file_tesserapb_meta_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -417,7 +497,7 @@ func (x *RangeDescriptor) String() string {
 func (*RangeDescriptor) ProtoMessage() {}
 
 func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[6]
+	mi := &file_tesserapb_meta_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -430,7 +510,7 @@ func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDescriptor.ProtoReflect.Descriptor instead.
 func (*RangeDescriptor) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{6}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RangeDescriptor) GetRangeId() uint64 {
@@ -489,7 +569,7 @@ type MetaState struct {
 
 func (x *MetaState) Reset() {
 	*x = MetaState{}
-	mi := &file_tesserapb_meta_proto_msgTypes[7]
+	mi := &file_tesserapb_meta_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -501,7 +581,7 @@ func (x *MetaState) String() string {
 func (*MetaState) ProtoMessage() {}
 
 func (x *MetaState) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[7]
+	mi := &file_tesserapb_meta_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -514,7 +594,7 @@ func (x *MetaState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaState.ProtoReflect.Descriptor instead.
 func (*MetaState) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{7}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *MetaState) GetHighWater() int64 {
@@ -545,6 +625,540 @@ func (x *MetaState) GetNextRangeId() uint64 {
 	return 0
 }
 
+type ListNodesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNodesRequest) Reset() {
+	*x = ListNodesRequest{}
+	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNodesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNodesRequest) ProtoMessage() {}
+
+func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
+func (*ListNodesRequest) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{9}
+}
+
+type ListNodesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Nodes         []*NodeStatus          `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNodesResponse) Reset() {
+	*x = ListNodesResponse{}
+	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNodesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNodesResponse) ProtoMessage() {}
+
+func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
+func (*ListNodesResponse) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ListNodesResponse) GetNodes() []*NodeStatus {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+// NodeStatus is a node as `tessera ctl nodes` shows it.
+type NodeStatus struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	NodeId      uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Name        string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	RaftAddress string                 `protobuf:"bytes,3,opt,name=raft_address,json=raftAddress,proto3" json:"raft_address,omitempty"`
+	ClientUrls  []string               `protobuf:"bytes,4,rep,name=client_urls,json=clientUrls,proto3" json:"client_urls,omitempty"`
+	// state: live, suspect, dead, decommissioning or decommissioned (left
+	// with no replicas).
+	State         string `protobuf:"bytes,5,opt,name=state,proto3" json:"state,omitempty"`
+	Replicas      uint32 `protobuf:"varint,6,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	Leaders       uint32 `protobuf:"varint,7,opt,name=leaders,proto3" json:"leaders,omitempty"`
+	DiskUsedBytes int64  `protobuf:"varint,8,opt,name=disk_used_bytes,json=diskUsedBytes,proto3" json:"disk_used_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeStatus) Reset() {
+	*x = NodeStatus{}
+	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeStatus) ProtoMessage() {}
+
+func (x *NodeStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
+func (*NodeStatus) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *NodeStatus) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+func (x *NodeStatus) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *NodeStatus) GetRaftAddress() string {
+	if x != nil {
+		return x.RaftAddress
+	}
+	return ""
+}
+
+func (x *NodeStatus) GetClientUrls() []string {
+	if x != nil {
+		return x.ClientUrls
+	}
+	return nil
+}
+
+func (x *NodeStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *NodeStatus) GetReplicas() uint32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
+}
+
+func (x *NodeStatus) GetLeaders() uint32 {
+	if x != nil {
+		return x.Leaders
+	}
+	return 0
+}
+
+func (x *NodeStatus) GetDiskUsedBytes() int64 {
+	if x != nil {
+		return x.DiskUsedBytes
+	}
+	return 0
+}
+
+type DecommissionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// node is the node's name or ID.
+	Node          string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecommissionRequest) Reset() {
+	*x = DecommissionRequest{}
+	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecommissionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecommissionRequest) ProtoMessage() {}
+
+func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecommissionRequest.ProtoReflect.Descriptor instead.
+func (*DecommissionRequest) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *DecommissionRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+type DecommissionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecommissionResponse) Reset() {
+	*x = DecommissionResponse{}
+	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecommissionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecommissionResponse) ProtoMessage() {}
+
+func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecommissionResponse.ProtoReflect.Descriptor instead.
+func (*DecommissionResponse) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *DecommissionResponse) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+type NodeHeartbeatRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	DiskUsedBytes int64                  `protobuf:"varint,2,opt,name=disk_used_bytes,json=diskUsedBytes,proto3" json:"disk_used_bytes,omitempty"`
+	// disk_quota_bytes is the node's --quota-backend-bytes.
+	DiskQuotaBytes int64        `protobuf:"varint,3,opt,name=disk_quota_bytes,json=diskQuotaBytes,proto3" json:"disk_quota_bytes,omitempty"`
+	Ranges         []*RangeLoad `protobuf:"bytes,4,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *NodeHeartbeatRequest) Reset() {
+	*x = NodeHeartbeatRequest{}
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeHeartbeatRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeHeartbeatRequest) ProtoMessage() {}
+
+func (x *NodeHeartbeatRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeHeartbeatRequest.ProtoReflect.Descriptor instead.
+func (*NodeHeartbeatRequest) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *NodeHeartbeatRequest) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+func (x *NodeHeartbeatRequest) GetDiskUsedBytes() int64 {
+	if x != nil {
+		return x.DiskUsedBytes
+	}
+	return 0
+}
+
+func (x *NodeHeartbeatRequest) GetDiskQuotaBytes() int64 {
+	if x != nil {
+		return x.DiskQuotaBytes
+	}
+	return 0
+}
+
+func (x *NodeHeartbeatRequest) GetRanges() []*RangeLoad {
+	if x != nil {
+		return x.Ranges
+	}
+	return nil
+}
+
+// RangeLoad is one replica as its node reports it.
+type RangeLoad struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RangeId       uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	Leader        bool                   `protobuf:"varint,2,opt,name=leader,proto3" json:"leader,omitempty"`
+	Qps           float64                `protobuf:"fixed64,3,opt,name=qps,proto3" json:"qps,omitempty"`
+	SizeBytes     int64                  `protobuf:"varint,4,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RangeLoad) Reset() {
+	*x = RangeLoad{}
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangeLoad) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangeLoad) ProtoMessage() {}
+
+func (x *RangeLoad) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangeLoad.ProtoReflect.Descriptor instead.
+func (*RangeLoad) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RangeLoad) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+func (x *RangeLoad) GetLeader() bool {
+	if x != nil {
+		return x.Leader
+	}
+	return false
+}
+
+func (x *RangeLoad) GetQps() float64 {
+	if x != nil {
+		return x.Qps
+	}
+	return 0
+}
+
+func (x *RangeLoad) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+type NodeHeartbeatResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeHeartbeatResponse) Reset() {
+	*x = NodeHeartbeatResponse{}
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeHeartbeatResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeHeartbeatResponse) ProtoMessage() {}
+
+func (x *NodeHeartbeatResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeHeartbeatResponse.ProtoReflect.Descriptor instead.
+func (*NodeHeartbeatResponse) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
+}
+
+type TransferLeaderRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RangeId       uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	ToNodeId      uint64                 `protobuf:"varint,2,opt,name=to_node_id,json=toNodeId,proto3" json:"to_node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeaderRequest) Reset() {
+	*x = TransferLeaderRequest{}
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeaderRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeaderRequest) ProtoMessage() {}
+
+func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
+func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *TransferLeaderRequest) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+func (x *TransferLeaderRequest) GetToNodeId() uint64 {
+	if x != nil {
+		return x.ToNodeId
+	}
+	return 0
+}
+
+type TransferLeaderResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeaderResponse) Reset() {
+	*x = TransferLeaderResponse{}
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeaderResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeaderResponse) ProtoMessage() {}
+
+func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
+func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
+}
+
 type RangeHistoryRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	RangeId uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
@@ -562,7 +1176,7 @@ type RangeHistoryRequest struct {
 
 func (x *RangeHistoryRequest) Reset() {
 	*x = RangeHistoryRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -574,7 +1188,7 @@ func (x *RangeHistoryRequest) String() string {
 func (*RangeHistoryRequest) ProtoMessage() {}
 
 func (x *RangeHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -587,7 +1201,7 @@ func (x *RangeHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeHistoryRequest.ProtoReflect.Descriptor instead.
 func (*RangeHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{8}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RangeHistoryRequest) GetRangeId() uint64 {
@@ -647,7 +1261,7 @@ type RangeHistoryResponse struct {
 
 func (x *RangeHistoryResponse) Reset() {
 	*x = RangeHistoryResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -659,7 +1273,7 @@ func (x *RangeHistoryResponse) String() string {
 func (*RangeHistoryResponse) ProtoMessage() {}
 
 func (x *RangeHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -672,7 +1286,7 @@ func (x *RangeHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeHistoryResponse.ProtoReflect.Descriptor instead.
 func (*RangeHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{9}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RangeHistoryResponse) GetEvents() [][]byte {
@@ -705,7 +1319,7 @@ type RangeStartedRequest struct {
 
 func (x *RangeStartedRequest) Reset() {
 	*x = RangeStartedRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	mi := &file_tesserapb_meta_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -717,7 +1331,7 @@ func (x *RangeStartedRequest) String() string {
 func (*RangeStartedRequest) ProtoMessage() {}
 
 func (x *RangeStartedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	mi := &file_tesserapb_meta_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -730,7 +1344,7 @@ func (x *RangeStartedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeStartedRequest.ProtoReflect.Descriptor instead.
 func (*RangeStartedRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{10}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RangeStartedRequest) GetRangeId() uint64 {
@@ -754,7 +1368,7 @@ type RangeStartedResponse struct {
 
 func (x *RangeStartedResponse) Reset() {
 	*x = RangeStartedResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	mi := &file_tesserapb_meta_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -766,7 +1380,7 @@ func (x *RangeStartedResponse) String() string {
 func (*RangeStartedResponse) ProtoMessage() {}
 
 func (x *RangeStartedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	mi := &file_tesserapb_meta_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -779,7 +1393,7 @@ func (x *RangeStartedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeStartedResponse.ProtoReflect.Descriptor instead.
 func (*RangeStartedResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{11}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RangeStartedResponse) GetStarted() bool {
@@ -818,7 +1432,7 @@ type ChangeReplicasRequest struct {
 
 func (x *ChangeReplicasRequest) Reset() {
 	*x = ChangeReplicasRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	mi := &file_tesserapb_meta_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -830,7 +1444,7 @@ func (x *ChangeReplicasRequest) String() string {
 func (*ChangeReplicasRequest) ProtoMessage() {}
 
 func (x *ChangeReplicasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	mi := &file_tesserapb_meta_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -843,7 +1457,7 @@ func (x *ChangeReplicasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeReplicasRequest.ProtoReflect.Descriptor instead.
 func (*ChangeReplicasRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{12}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ChangeReplicasRequest) GetRangeId() uint64 {
@@ -876,7 +1490,7 @@ type ChangeReplicasResponse struct {
 
 func (x *ChangeReplicasResponse) Reset() {
 	*x = ChangeReplicasResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	mi := &file_tesserapb_meta_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -888,7 +1502,7 @@ func (x *ChangeReplicasResponse) String() string {
 func (*ChangeReplicasResponse) ProtoMessage() {}
 
 func (x *ChangeReplicasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	mi := &file_tesserapb_meta_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -901,7 +1515,7 @@ func (x *ChangeReplicasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeReplicasResponse.ProtoReflect.Descriptor instead.
 func (*ChangeReplicasResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{13}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ChangeReplicasResponse) GetRange() *RangeDescriptor {
@@ -912,15 +1526,17 @@ func (x *ChangeReplicasResponse) GetRange() *RangeDescriptor {
 }
 
 type StartReplicaRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RangeId       uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	RangeId uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	// replica_id is the new replica's ID in the range's Raft group.
+	ReplicaId     uint64 `protobuf:"varint,2,opt,name=replica_id,json=replicaId,proto3" json:"replica_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StartReplicaRequest) Reset() {
 	*x = StartReplicaRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -932,7 +1548,7 @@ func (x *StartReplicaRequest) String() string {
 func (*StartReplicaRequest) ProtoMessage() {}
 
 func (x *StartReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -945,12 +1561,19 @@ func (x *StartReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartReplicaRequest.ProtoReflect.Descriptor instead.
 func (*StartReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StartReplicaRequest) GetRangeId() uint64 {
 	if x != nil {
 		return x.RangeId
+	}
+	return 0
+}
+
+func (x *StartReplicaRequest) GetReplicaId() uint64 {
+	if x != nil {
+		return x.ReplicaId
 	}
 	return 0
 }
@@ -963,7 +1586,7 @@ type StartReplicaResponse struct {
 
 func (x *StartReplicaResponse) Reset() {
 	*x = StartReplicaResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -975,7 +1598,7 @@ func (x *StartReplicaResponse) String() string {
 func (*StartReplicaResponse) ProtoMessage() {}
 
 func (x *StartReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -988,7 +1611,7 @@ func (x *StartReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartReplicaResponse.ProtoReflect.Descriptor instead.
 func (*StartReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{26}
 }
 
 type RemoveReplicaRequest struct {
@@ -1000,7 +1623,7 @@ type RemoveReplicaRequest struct {
 
 func (x *RemoveReplicaRequest) Reset() {
 	*x = RemoveReplicaRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1012,7 +1635,7 @@ func (x *RemoveReplicaRequest) String() string {
 func (*RemoveReplicaRequest) ProtoMessage() {}
 
 func (x *RemoveReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1025,7 +1648,7 @@ func (x *RemoveReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReplicaRequest.ProtoReflect.Descriptor instead.
 func (*RemoveReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RemoveReplicaRequest) GetRangeId() uint64 {
@@ -1043,7 +1666,7 @@ type RemoveReplicaResponse struct {
 
 func (x *RemoveReplicaResponse) Reset() {
 	*x = RemoveReplicaResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	mi := &file_tesserapb_meta_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1055,7 +1678,7 @@ func (x *RemoveReplicaResponse) String() string {
 func (*RemoveReplicaResponse) ProtoMessage() {}
 
 func (x *RemoveReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	mi := &file_tesserapb_meta_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1068,7 +1691,7 @@ func (x *RemoveReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReplicaResponse.ProtoReflect.Descriptor instead.
 func (*RemoveReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{28}
 }
 
 type CampaignRangeRequest struct {
@@ -1080,7 +1703,7 @@ type CampaignRangeRequest struct {
 
 func (x *CampaignRangeRequest) Reset() {
 	*x = CampaignRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1092,7 +1715,7 @@ func (x *CampaignRangeRequest) String() string {
 func (*CampaignRangeRequest) ProtoMessage() {}
 
 func (x *CampaignRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1105,7 +1728,7 @@ func (x *CampaignRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRangeRequest.ProtoReflect.Descriptor instead.
 func (*CampaignRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CampaignRangeRequest) GetRangeId() uint64 {
@@ -1123,7 +1746,7 @@ type CampaignRangeResponse struct {
 
 func (x *CampaignRangeResponse) Reset() {
 	*x = CampaignRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[19]
+	mi := &file_tesserapb_meta_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1135,7 +1758,7 @@ func (x *CampaignRangeResponse) String() string {
 func (*CampaignRangeResponse) ProtoMessage() {}
 
 func (x *CampaignRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[19]
+	mi := &file_tesserapb_meta_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1148,7 +1771,7 @@ func (x *CampaignRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRangeResponse.ProtoReflect.Descriptor instead.
 func (*CampaignRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{30}
 }
 
 type RangeWriteRequest struct {
@@ -1167,7 +1790,7 @@ type RangeWriteRequest struct {
 
 func (x *RangeWriteRequest) Reset() {
 	*x = RangeWriteRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[20]
+	mi := &file_tesserapb_meta_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1179,7 +1802,7 @@ func (x *RangeWriteRequest) String() string {
 func (*RangeWriteRequest) ProtoMessage() {}
 
 func (x *RangeWriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[20]
+	mi := &file_tesserapb_meta_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1192,7 +1815,7 @@ func (x *RangeWriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteRequest.ProtoReflect.Descriptor instead.
 func (*RangeWriteRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RangeWriteRequest) GetRangeId() uint64 {
@@ -1232,7 +1855,7 @@ type RangeWriteResponse struct {
 
 func (x *RangeWriteResponse) Reset() {
 	*x = RangeWriteResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[21]
+	mi := &file_tesserapb_meta_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1244,7 +1867,7 @@ func (x *RangeWriteResponse) String() string {
 func (*RangeWriteResponse) ProtoMessage() {}
 
 func (x *RangeWriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[21]
+	mi := &file_tesserapb_meta_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1257,7 +1880,7 @@ func (x *RangeWriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteResponse.ProtoReflect.Descriptor instead.
 func (*RangeWriteResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{21}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RangeWriteResponse) GetResult() *Result {
@@ -1281,7 +1904,7 @@ type RangeFeedRequest struct {
 
 func (x *RangeFeedRequest) Reset() {
 	*x = RangeFeedRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[22]
+	mi := &file_tesserapb_meta_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1293,7 +1916,7 @@ func (x *RangeFeedRequest) String() string {
 func (*RangeFeedRequest) ProtoMessage() {}
 
 func (x *RangeFeedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[22]
+	mi := &file_tesserapb_meta_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1306,7 +1929,7 @@ func (x *RangeFeedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeFeedRequest.ProtoReflect.Descriptor instead.
 func (*RangeFeedRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{22}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RangeFeedRequest) GetRangeId() uint64 {
@@ -1346,7 +1969,7 @@ type RangeFeedResponse struct {
 
 func (x *RangeFeedResponse) Reset() {
 	*x = RangeFeedResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[23]
+	mi := &file_tesserapb_meta_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1358,7 +1981,7 @@ func (x *RangeFeedResponse) String() string {
 func (*RangeFeedResponse) ProtoMessage() {}
 
 func (x *RangeFeedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[23]
+	mi := &file_tesserapb_meta_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1371,7 +1994,7 @@ func (x *RangeFeedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeFeedResponse.ProtoReflect.Descriptor instead.
 func (*RangeFeedResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{23}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RangeFeedResponse) GetEvents() [][]byte {
@@ -1409,7 +2032,7 @@ type RangeWriteStreamRequest struct {
 
 func (x *RangeWriteStreamRequest) Reset() {
 	*x = RangeWriteStreamRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[24]
+	mi := &file_tesserapb_meta_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1421,7 +2044,7 @@ func (x *RangeWriteStreamRequest) String() string {
 func (*RangeWriteStreamRequest) ProtoMessage() {}
 
 func (x *RangeWriteStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[24]
+	mi := &file_tesserapb_meta_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1434,7 +2057,7 @@ func (x *RangeWriteStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteStreamRequest.ProtoReflect.Descriptor instead.
 func (*RangeWriteStreamRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{24}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RangeWriteStreamRequest) GetSeq() uint64 {
@@ -1475,7 +2098,7 @@ type RangeWriteStreamResponse struct {
 
 func (x *RangeWriteStreamResponse) Reset() {
 	*x = RangeWriteStreamResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[25]
+	mi := &file_tesserapb_meta_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1487,7 +2110,7 @@ func (x *RangeWriteStreamResponse) String() string {
 func (*RangeWriteStreamResponse) ProtoMessage() {}
 
 func (x *RangeWriteStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[25]
+	mi := &file_tesserapb_meta_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1500,7 +2123,7 @@ func (x *RangeWriteStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteStreamResponse.ProtoReflect.Descriptor instead.
 func (*RangeWriteStreamResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{25}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RangeWriteStreamResponse) GetSeq() uint64 {
@@ -1551,7 +2174,7 @@ type NotLeader struct {
 
 func (x *NotLeader) Reset() {
 	*x = NotLeader{}
-	mi := &file_tesserapb_meta_proto_msgTypes[26]
+	mi := &file_tesserapb_meta_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1563,7 +2186,7 @@ func (x *NotLeader) String() string {
 func (*NotLeader) ProtoMessage() {}
 
 func (x *NotLeader) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[26]
+	mi := &file_tesserapb_meta_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1576,7 +2199,7 @@ func (x *NotLeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotLeader.ProtoReflect.Descriptor instead.
 func (*NotLeader) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{26}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *NotLeader) GetLeaderReplicaId() uint64 {
@@ -1600,7 +2223,7 @@ type FenceRangeRequest struct {
 
 func (x *FenceRangeRequest) Reset() {
 	*x = FenceRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[27]
+	mi := &file_tesserapb_meta_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1612,7 +2235,7 @@ func (x *FenceRangeRequest) String() string {
 func (*FenceRangeRequest) ProtoMessage() {}
 
 func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[27]
+	mi := &file_tesserapb_meta_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1625,7 +2248,7 @@ func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeRequest.ProtoReflect.Descriptor instead.
 func (*FenceRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{27}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *FenceRangeRequest) GetRangeId() uint64 {
@@ -1660,7 +2283,7 @@ type FenceRangeResponse struct {
 
 func (x *FenceRangeResponse) Reset() {
 	*x = FenceRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[28]
+	mi := &file_tesserapb_meta_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1672,7 +2295,7 @@ func (x *FenceRangeResponse) String() string {
 func (*FenceRangeResponse) ProtoMessage() {}
 
 func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[28]
+	mi := &file_tesserapb_meta_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1685,7 +2308,7 @@ func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeResponse.ProtoReflect.Descriptor instead.
 func (*FenceRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{28}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *FenceRangeResponse) GetAppliedIndex() uint64 {
@@ -1711,7 +2334,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[29]
+	mi := &file_tesserapb_meta_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1723,7 +2346,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[29]
+	mi := &file_tesserapb_meta_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1736,7 +2359,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{29}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SplitRangeRequest) GetSplitKey() []byte {
@@ -1756,7 +2379,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[30]
+	mi := &file_tesserapb_meta_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1768,7 +2391,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[30]
+	mi := &file_tesserapb_meta_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1781,7 +2404,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{30}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SplitRangeResponse) GetLeft() *RangeInfo {
@@ -1806,7 +2429,7 @@ type ListRangesRequest struct {
 
 func (x *ListRangesRequest) Reset() {
 	*x = ListRangesRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[31]
+	mi := &file_tesserapb_meta_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1818,7 +2441,7 @@ func (x *ListRangesRequest) String() string {
 func (*ListRangesRequest) ProtoMessage() {}
 
 func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[31]
+	mi := &file_tesserapb_meta_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1831,7 +2454,7 @@ func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesRequest.ProtoReflect.Descriptor instead.
 func (*ListRangesRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{31}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{42}
 }
 
 type ListRangesResponse struct {
@@ -1843,7 +2466,7 @@ type ListRangesResponse struct {
 
 func (x *ListRangesResponse) Reset() {
 	*x = ListRangesResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[32]
+	mi := &file_tesserapb_meta_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1855,7 +2478,7 @@ func (x *ListRangesResponse) String() string {
 func (*ListRangesResponse) ProtoMessage() {}
 
 func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[32]
+	mi := &file_tesserapb_meta_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1868,7 +2491,7 @@ func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesResponse.ProtoReflect.Descriptor instead.
 func (*ListRangesResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{32}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListRangesResponse) GetRanges() []*RangeInfo {
@@ -1895,7 +2518,7 @@ type RangeInfo struct {
 
 func (x *RangeInfo) Reset() {
 	*x = RangeInfo{}
-	mi := &file_tesserapb_meta_proto_msgTypes[33]
+	mi := &file_tesserapb_meta_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1907,7 +2530,7 @@ func (x *RangeInfo) String() string {
 func (*RangeInfo) ProtoMessage() {}
 
 func (x *RangeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[33]
+	mi := &file_tesserapb_meta_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1920,7 +2543,7 @@ func (x *RangeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
 func (*RangeInfo) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{33}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RangeInfo) GetRangeId() uint64 {
@@ -1988,7 +2611,7 @@ type GetRevisionsRequest struct {
 
 func (x *GetRevisionsRequest) Reset() {
 	*x = GetRevisionsRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[34]
+	mi := &file_tesserapb_meta_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2000,7 +2623,7 @@ func (x *GetRevisionsRequest) String() string {
 func (*GetRevisionsRequest) ProtoMessage() {}
 
 func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[34]
+	mi := &file_tesserapb_meta_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2013,7 +2636,7 @@ func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*GetRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{34}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *GetRevisionsRequest) GetCount() int64 {
@@ -2034,7 +2657,7 @@ type GetRevisionsResponse struct {
 
 func (x *GetRevisionsResponse) Reset() {
 	*x = GetRevisionsResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[35]
+	mi := &file_tesserapb_meta_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2046,7 +2669,7 @@ func (x *GetRevisionsResponse) String() string {
 func (*GetRevisionsResponse) ProtoMessage() {}
 
 func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[35]
+	mi := &file_tesserapb_meta_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2059,7 +2682,7 @@ func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*GetRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{35}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *GetRevisionsResponse) GetFirst() int64 {
@@ -2080,26 +2703,31 @@ var File_tesserapb_meta_proto protoreflect.FileDescriptor
 
 const file_tesserapb_meta_proto_rawDesc = "" +
 	"\n" +
-	"\x14tesserapb/meta.proto\x12\ttesserapb\x1a\x17tesserapb/tessera.proto\"\xae\x02\n" +
+	"\x14tesserapb/meta.proto\x12\ttesserapb\x1a\x17tesserapb/tessera.proto\"\x87\x03\n" +
 	"\vMetaCommand\x12F\n" +
 	"\x0eset_high_water\x18\x01 \x01(\v2\x1e.tesserapb.SetHighWaterCommandH\x00R\fsetHighWater\x12E\n" +
 	"\rregister_node\x18\x02 \x01(\v2\x1e.tesserapb.RegisterNodeCommandH\x00R\fregisterNode\x129\n" +
 	"\tput_range\x18\x03 \x01(\v2\x1a.tesserapb.PutRangeCommandH\x00R\bputRange\x12O\n" +
-	"\x11allocate_range_id\x18\x04 \x01(\v2!.tesserapb.AllocateRangeIdCommandH\x00R\x0fallocateRangeIdB\x04\n" +
-	"\x02op\"\x18\n" +
+	"\x11allocate_range_id\x18\x04 \x01(\v2!.tesserapb.AllocateRangeIdCommandH\x00R\x0fallocateRangeId\x12W\n" +
+	"\x13set_decommissioning\x18\x05 \x01(\v2$.tesserapb.SetDecommissioningCommandH\x00R\x12setDecommissioningB\x04\n" +
+	"\x02op\"^\n" +
+	"\x19SetDecommissioningCommand\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12(\n" +
+	"\x0fdecommissioning\x18\x02 \x01(\bR\x0fdecommissioning\"\x18\n" +
 	"\x16AllocateRangeIdCommand\"1\n" +
 	"\x13SetHighWaterCommand\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\">\n" +
 	"\x13RegisterNodeCommand\x12'\n" +
 	"\x04node\x18\x01 \x01(\v2\x13.tesserapb.NodeInfoR\x04node\"C\n" +
 	"\x0fPutRangeCommand\x120\n" +
-	"\x05range\x18\x01 \x01(\v2\x1a.tesserapb.RangeDescriptorR\x05range\"{\n" +
+	"\x05range\x18\x01 \x01(\v2\x1a.tesserapb.RangeDescriptorR\x05range\"\xa5\x01\n" +
 	"\bNodeInfo\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12!\n" +
 	"\fraft_address\x18\x03 \x01(\tR\vraftAddress\x12\x1f\n" +
 	"\vclient_urls\x18\x04 \x03(\tR\n" +
-	"clientUrls\"\xcf\x01\n" +
+	"clientUrls\x12(\n" +
+	"\x0fdecommissioning\x18\x05 \x01(\bR\x0fdecommissioning\"\xcf\x01\n" +
 	"\x0fRangeDescriptor\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x1b\n" +
 	"\tstart_key\x18\x02 \x01(\fR\bstartKey\x12\x17\n" +
@@ -2114,7 +2742,42 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"high_water\x18\x01 \x01(\x03R\thighWater\x12)\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x13.tesserapb.NodeInfoR\x05nodes\x122\n" +
 	"\x06ranges\x18\x03 \x03(\v2\x1a.tesserapb.RangeDescriptorR\x06ranges\x12\"\n" +
-	"\rnext_range_id\x18\x04 \x01(\x04R\vnextRangeId\"\xc4\x01\n" +
+	"\rnext_range_id\x18\x04 \x01(\x04R\vnextRangeId\"\x12\n" +
+	"\x10ListNodesRequest\"@\n" +
+	"\x11ListNodesResponse\x12+\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x15.tesserapb.NodeStatusR\x05nodes\"\xf1\x01\n" +
+	"\n" +
+	"NodeStatus\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12!\n" +
+	"\fraft_address\x18\x03 \x01(\tR\vraftAddress\x12\x1f\n" +
+	"\vclient_urls\x18\x04 \x03(\tR\n" +
+	"clientUrls\x12\x14\n" +
+	"\x05state\x18\x05 \x01(\tR\x05state\x12\x1a\n" +
+	"\breplicas\x18\x06 \x01(\rR\breplicas\x12\x18\n" +
+	"\aleaders\x18\a \x01(\rR\aleaders\x12&\n" +
+	"\x0fdisk_used_bytes\x18\b \x01(\x03R\rdiskUsedBytes\")\n" +
+	"\x13DecommissionRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\"/\n" +
+	"\x14DecommissionResponse\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\"\xaf\x01\n" +
+	"\x14NodeHeartbeatRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12&\n" +
+	"\x0fdisk_used_bytes\x18\x02 \x01(\x03R\rdiskUsedBytes\x12(\n" +
+	"\x10disk_quota_bytes\x18\x03 \x01(\x03R\x0ediskQuotaBytes\x12,\n" +
+	"\x06ranges\x18\x04 \x03(\v2\x14.tesserapb.RangeLoadR\x06ranges\"o\n" +
+	"\tRangeLoad\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x16\n" +
+	"\x06leader\x18\x02 \x01(\bR\x06leader\x12\x10\n" +
+	"\x03qps\x18\x03 \x01(\x01R\x03qps\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x04 \x01(\x03R\tsizeBytes\"\x17\n" +
+	"\x15NodeHeartbeatResponse\"P\n" +
+	"\x15TransferLeaderRequest\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x1c\n" +
+	"\n" +
+	"to_node_id\x18\x02 \x01(\x04R\btoNodeId\"\x18\n" +
+	"\x16TransferLeaderResponse\"\xc4\x01\n" +
 	"\x13RangeHistoryRequest\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\x12\x1b\n" +
@@ -2140,9 +2803,11 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\vadd_node_id\x18\x02 \x01(\x04R\taddNodeId\x12$\n" +
 	"\x0eremove_node_id\x18\x03 \x01(\x04R\fremoveNodeId\"J\n" +
 	"\x16ChangeReplicasResponse\x120\n" +
-	"\x05range\x18\x01 \x01(\v2\x1a.tesserapb.RangeDescriptorR\x05range\"0\n" +
+	"\x05range\x18\x01 \x01(\v2\x1a.tesserapb.RangeDescriptorR\x05range\"O\n" +
 	"\x13StartReplicaRequest\x12\x19\n" +
-	"\brange_id\x18\x01 \x01(\x04R\arangeId\"\x16\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x1d\n" +
+	"\n" +
+	"replica_id\x18\x02 \x01(\x04R\treplicaId\"\x16\n" +
 	"\x14StartReplicaResponse\"1\n" +
 	"\x14RemoveReplicaRequest\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\"\x17\n" +
@@ -2211,7 +2876,8 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\x05count\x18\x01 \x01(\x03R\x05count\"B\n" +
 	"\x14GetRevisionsResponse\x12\x14\n" +
 	"\x05first\x18\x01 \x01(\x03R\x05first\x12\x14\n" +
-	"\x05count\x18\x02 \x01(\x03R\x05count2\xd9\a\n" +
+	"\x05count\x18\x02 \x01(\x03R\x05count2\x9d\n" +
+	"\n" +
 	"\bInternal\x12O\n" +
 	"\fGetRevisions\x12\x1e.tesserapb.GetRevisionsRequest\x1a\x1f.tesserapb.GetRevisionsResponse\x12_\n" +
 	"\x10RangeWriteStream\x12\".tesserapb.RangeWriteStreamRequest\x1a#.tesserapb.RangeWriteStreamResponse(\x010\x01\x12H\n" +
@@ -2227,7 +2893,11 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\fRangeHistory\x12\x1e.tesserapb.RangeHistoryRequest\x1a\x1f.tesserapb.RangeHistoryResponse\x12U\n" +
 	"\x0eChangeReplicas\x12 .tesserapb.ChangeReplicasRequest\x1a!.tesserapb.ChangeReplicasResponse\x12O\n" +
 	"\fStartReplica\x12\x1e.tesserapb.StartReplicaRequest\x1a\x1f.tesserapb.StartReplicaResponse\x12R\n" +
-	"\rRemoveReplica\x12\x1f.tesserapb.RemoveReplicaRequest\x1a .tesserapb.RemoveReplicaResponseB.Z,github.com/tesserakv/tessera/proto/tesserapbb\x06proto3"
+	"\rRemoveReplica\x12\x1f.tesserapb.RemoveReplicaRequest\x1a .tesserapb.RemoveReplicaResponse\x12R\n" +
+	"\rNodeHeartbeat\x12\x1f.tesserapb.NodeHeartbeatRequest\x1a .tesserapb.NodeHeartbeatResponse\x12U\n" +
+	"\x0eTransferLeader\x12 .tesserapb.TransferLeaderRequest\x1a!.tesserapb.TransferLeaderResponse\x12F\n" +
+	"\tListNodes\x12\x1b.tesserapb.ListNodesRequest\x1a\x1c.tesserapb.ListNodesResponse\x12O\n" +
+	"\fDecommission\x12\x1e.tesserapb.DecommissionRequest\x1a\x1f.tesserapb.DecommissionResponseB.Z,github.com/tesserakv/tessera/proto/tesserapbb\x06proto3"
 
 var (
 	file_tesserapb_meta_proto_rawDescOnce sync.Once
@@ -2241,92 +2911,114 @@ func file_tesserapb_meta_proto_rawDescGZIP() []byte {
 	return file_tesserapb_meta_proto_rawDescData
 }
 
-var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_tesserapb_meta_proto_goTypes = []any{
-	(*MetaCommand)(nil),              // 0: tesserapb.MetaCommand
-	(*AllocateRangeIdCommand)(nil),   // 1: tesserapb.AllocateRangeIdCommand
-	(*SetHighWaterCommand)(nil),      // 2: tesserapb.SetHighWaterCommand
-	(*RegisterNodeCommand)(nil),      // 3: tesserapb.RegisterNodeCommand
-	(*PutRangeCommand)(nil),          // 4: tesserapb.PutRangeCommand
-	(*NodeInfo)(nil),                 // 5: tesserapb.NodeInfo
-	(*RangeDescriptor)(nil),          // 6: tesserapb.RangeDescriptor
-	(*MetaState)(nil),                // 7: tesserapb.MetaState
-	(*RangeHistoryRequest)(nil),      // 8: tesserapb.RangeHistoryRequest
-	(*RangeHistoryResponse)(nil),     // 9: tesserapb.RangeHistoryResponse
-	(*RangeStartedRequest)(nil),      // 10: tesserapb.RangeStartedRequest
-	(*RangeStartedResponse)(nil),     // 11: tesserapb.RangeStartedResponse
-	(*ChangeReplicasRequest)(nil),    // 12: tesserapb.ChangeReplicasRequest
-	(*ChangeReplicasResponse)(nil),   // 13: tesserapb.ChangeReplicasResponse
-	(*StartReplicaRequest)(nil),      // 14: tesserapb.StartReplicaRequest
-	(*StartReplicaResponse)(nil),     // 15: tesserapb.StartReplicaResponse
-	(*RemoveReplicaRequest)(nil),     // 16: tesserapb.RemoveReplicaRequest
-	(*RemoveReplicaResponse)(nil),    // 17: tesserapb.RemoveReplicaResponse
-	(*CampaignRangeRequest)(nil),     // 18: tesserapb.CampaignRangeRequest
-	(*CampaignRangeResponse)(nil),    // 19: tesserapb.CampaignRangeResponse
-	(*RangeWriteRequest)(nil),        // 20: tesserapb.RangeWriteRequest
-	(*RangeWriteResponse)(nil),       // 21: tesserapb.RangeWriteResponse
-	(*RangeFeedRequest)(nil),         // 22: tesserapb.RangeFeedRequest
-	(*RangeFeedResponse)(nil),        // 23: tesserapb.RangeFeedResponse
-	(*RangeWriteStreamRequest)(nil),  // 24: tesserapb.RangeWriteStreamRequest
-	(*RangeWriteStreamResponse)(nil), // 25: tesserapb.RangeWriteStreamResponse
-	(*NotLeader)(nil),                // 26: tesserapb.NotLeader
-	(*FenceRangeRequest)(nil),        // 27: tesserapb.FenceRangeRequest
-	(*FenceRangeResponse)(nil),       // 28: tesserapb.FenceRangeResponse
-	(*SplitRangeRequest)(nil),        // 29: tesserapb.SplitRangeRequest
-	(*SplitRangeResponse)(nil),       // 30: tesserapb.SplitRangeResponse
-	(*ListRangesRequest)(nil),        // 31: tesserapb.ListRangesRequest
-	(*ListRangesResponse)(nil),       // 32: tesserapb.ListRangesResponse
-	(*RangeInfo)(nil),                // 33: tesserapb.RangeInfo
-	(*GetRevisionsRequest)(nil),      // 34: tesserapb.GetRevisionsRequest
-	(*GetRevisionsResponse)(nil),     // 35: tesserapb.GetRevisionsResponse
-	(*Result)(nil),                   // 36: tesserapb.Result
+	(*MetaCommand)(nil),               // 0: tesserapb.MetaCommand
+	(*SetDecommissioningCommand)(nil), // 1: tesserapb.SetDecommissioningCommand
+	(*AllocateRangeIdCommand)(nil),    // 2: tesserapb.AllocateRangeIdCommand
+	(*SetHighWaterCommand)(nil),       // 3: tesserapb.SetHighWaterCommand
+	(*RegisterNodeCommand)(nil),       // 4: tesserapb.RegisterNodeCommand
+	(*PutRangeCommand)(nil),           // 5: tesserapb.PutRangeCommand
+	(*NodeInfo)(nil),                  // 6: tesserapb.NodeInfo
+	(*RangeDescriptor)(nil),           // 7: tesserapb.RangeDescriptor
+	(*MetaState)(nil),                 // 8: tesserapb.MetaState
+	(*ListNodesRequest)(nil),          // 9: tesserapb.ListNodesRequest
+	(*ListNodesResponse)(nil),         // 10: tesserapb.ListNodesResponse
+	(*NodeStatus)(nil),                // 11: tesserapb.NodeStatus
+	(*DecommissionRequest)(nil),       // 12: tesserapb.DecommissionRequest
+	(*DecommissionResponse)(nil),      // 13: tesserapb.DecommissionResponse
+	(*NodeHeartbeatRequest)(nil),      // 14: tesserapb.NodeHeartbeatRequest
+	(*RangeLoad)(nil),                 // 15: tesserapb.RangeLoad
+	(*NodeHeartbeatResponse)(nil),     // 16: tesserapb.NodeHeartbeatResponse
+	(*TransferLeaderRequest)(nil),     // 17: tesserapb.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil),    // 18: tesserapb.TransferLeaderResponse
+	(*RangeHistoryRequest)(nil),       // 19: tesserapb.RangeHistoryRequest
+	(*RangeHistoryResponse)(nil),      // 20: tesserapb.RangeHistoryResponse
+	(*RangeStartedRequest)(nil),       // 21: tesserapb.RangeStartedRequest
+	(*RangeStartedResponse)(nil),      // 22: tesserapb.RangeStartedResponse
+	(*ChangeReplicasRequest)(nil),     // 23: tesserapb.ChangeReplicasRequest
+	(*ChangeReplicasResponse)(nil),    // 24: tesserapb.ChangeReplicasResponse
+	(*StartReplicaRequest)(nil),       // 25: tesserapb.StartReplicaRequest
+	(*StartReplicaResponse)(nil),      // 26: tesserapb.StartReplicaResponse
+	(*RemoveReplicaRequest)(nil),      // 27: tesserapb.RemoveReplicaRequest
+	(*RemoveReplicaResponse)(nil),     // 28: tesserapb.RemoveReplicaResponse
+	(*CampaignRangeRequest)(nil),      // 29: tesserapb.CampaignRangeRequest
+	(*CampaignRangeResponse)(nil),     // 30: tesserapb.CampaignRangeResponse
+	(*RangeWriteRequest)(nil),         // 31: tesserapb.RangeWriteRequest
+	(*RangeWriteResponse)(nil),        // 32: tesserapb.RangeWriteResponse
+	(*RangeFeedRequest)(nil),          // 33: tesserapb.RangeFeedRequest
+	(*RangeFeedResponse)(nil),         // 34: tesserapb.RangeFeedResponse
+	(*RangeWriteStreamRequest)(nil),   // 35: tesserapb.RangeWriteStreamRequest
+	(*RangeWriteStreamResponse)(nil),  // 36: tesserapb.RangeWriteStreamResponse
+	(*NotLeader)(nil),                 // 37: tesserapb.NotLeader
+	(*FenceRangeRequest)(nil),         // 38: tesserapb.FenceRangeRequest
+	(*FenceRangeResponse)(nil),        // 39: tesserapb.FenceRangeResponse
+	(*SplitRangeRequest)(nil),         // 40: tesserapb.SplitRangeRequest
+	(*SplitRangeResponse)(nil),        // 41: tesserapb.SplitRangeResponse
+	(*ListRangesRequest)(nil),         // 42: tesserapb.ListRangesRequest
+	(*ListRangesResponse)(nil),        // 43: tesserapb.ListRangesResponse
+	(*RangeInfo)(nil),                 // 44: tesserapb.RangeInfo
+	(*GetRevisionsRequest)(nil),       // 45: tesserapb.GetRevisionsRequest
+	(*GetRevisionsResponse)(nil),      // 46: tesserapb.GetRevisionsResponse
+	(*Result)(nil),                    // 47: tesserapb.Result
 }
 var file_tesserapb_meta_proto_depIdxs = []int32{
-	2,  // 0: tesserapb.MetaCommand.set_high_water:type_name -> tesserapb.SetHighWaterCommand
-	3,  // 1: tesserapb.MetaCommand.register_node:type_name -> tesserapb.RegisterNodeCommand
-	4,  // 2: tesserapb.MetaCommand.put_range:type_name -> tesserapb.PutRangeCommand
-	1,  // 3: tesserapb.MetaCommand.allocate_range_id:type_name -> tesserapb.AllocateRangeIdCommand
-	5,  // 4: tesserapb.RegisterNodeCommand.node:type_name -> tesserapb.NodeInfo
-	6,  // 5: tesserapb.PutRangeCommand.range:type_name -> tesserapb.RangeDescriptor
-	5,  // 6: tesserapb.MetaState.nodes:type_name -> tesserapb.NodeInfo
-	6,  // 7: tesserapb.MetaState.ranges:type_name -> tesserapb.RangeDescriptor
-	6,  // 8: tesserapb.ChangeReplicasResponse.range:type_name -> tesserapb.RangeDescriptor
-	36, // 9: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
-	20, // 10: tesserapb.RangeWriteStreamRequest.request:type_name -> tesserapb.RangeWriteRequest
-	21, // 11: tesserapb.RangeWriteStreamResponse.response:type_name -> tesserapb.RangeWriteResponse
-	26, // 12: tesserapb.RangeWriteStreamResponse.not_leader:type_name -> tesserapb.NotLeader
-	33, // 13: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
-	33, // 14: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
-	33, // 15: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
-	34, // 16: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
-	24, // 17: tesserapb.Internal.RangeWriteStream:input_type -> tesserapb.RangeWriteStreamRequest
-	22, // 18: tesserapb.Internal.RangeFeed:input_type -> tesserapb.RangeFeedRequest
-	27, // 19: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
-	29, // 20: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
-	31, // 21: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
-	18, // 22: tesserapb.Internal.CampaignRange:input_type -> tesserapb.CampaignRangeRequest
-	10, // 23: tesserapb.Internal.RangeStarted:input_type -> tesserapb.RangeStartedRequest
-	8,  // 24: tesserapb.Internal.RangeHistory:input_type -> tesserapb.RangeHistoryRequest
-	12, // 25: tesserapb.Internal.ChangeReplicas:input_type -> tesserapb.ChangeReplicasRequest
-	14, // 26: tesserapb.Internal.StartReplica:input_type -> tesserapb.StartReplicaRequest
-	16, // 27: tesserapb.Internal.RemoveReplica:input_type -> tesserapb.RemoveReplicaRequest
-	35, // 28: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
-	25, // 29: tesserapb.Internal.RangeWriteStream:output_type -> tesserapb.RangeWriteStreamResponse
-	23, // 30: tesserapb.Internal.RangeFeed:output_type -> tesserapb.RangeFeedResponse
-	28, // 31: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
-	30, // 32: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
-	32, // 33: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
-	19, // 34: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
-	11, // 35: tesserapb.Internal.RangeStarted:output_type -> tesserapb.RangeStartedResponse
-	9,  // 36: tesserapb.Internal.RangeHistory:output_type -> tesserapb.RangeHistoryResponse
-	13, // 37: tesserapb.Internal.ChangeReplicas:output_type -> tesserapb.ChangeReplicasResponse
-	15, // 38: tesserapb.Internal.StartReplica:output_type -> tesserapb.StartReplicaResponse
-	17, // 39: tesserapb.Internal.RemoveReplica:output_type -> tesserapb.RemoveReplicaResponse
-	28, // [28:40] is the sub-list for method output_type
-	16, // [16:28] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	3,  // 0: tesserapb.MetaCommand.set_high_water:type_name -> tesserapb.SetHighWaterCommand
+	4,  // 1: tesserapb.MetaCommand.register_node:type_name -> tesserapb.RegisterNodeCommand
+	5,  // 2: tesserapb.MetaCommand.put_range:type_name -> tesserapb.PutRangeCommand
+	2,  // 3: tesserapb.MetaCommand.allocate_range_id:type_name -> tesserapb.AllocateRangeIdCommand
+	1,  // 4: tesserapb.MetaCommand.set_decommissioning:type_name -> tesserapb.SetDecommissioningCommand
+	6,  // 5: tesserapb.RegisterNodeCommand.node:type_name -> tesserapb.NodeInfo
+	7,  // 6: tesserapb.PutRangeCommand.range:type_name -> tesserapb.RangeDescriptor
+	6,  // 7: tesserapb.MetaState.nodes:type_name -> tesserapb.NodeInfo
+	7,  // 8: tesserapb.MetaState.ranges:type_name -> tesserapb.RangeDescriptor
+	11, // 9: tesserapb.ListNodesResponse.nodes:type_name -> tesserapb.NodeStatus
+	15, // 10: tesserapb.NodeHeartbeatRequest.ranges:type_name -> tesserapb.RangeLoad
+	7,  // 11: tesserapb.ChangeReplicasResponse.range:type_name -> tesserapb.RangeDescriptor
+	47, // 12: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
+	31, // 13: tesserapb.RangeWriteStreamRequest.request:type_name -> tesserapb.RangeWriteRequest
+	32, // 14: tesserapb.RangeWriteStreamResponse.response:type_name -> tesserapb.RangeWriteResponse
+	37, // 15: tesserapb.RangeWriteStreamResponse.not_leader:type_name -> tesserapb.NotLeader
+	44, // 16: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
+	44, // 17: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
+	44, // 18: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
+	45, // 19: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
+	35, // 20: tesserapb.Internal.RangeWriteStream:input_type -> tesserapb.RangeWriteStreamRequest
+	33, // 21: tesserapb.Internal.RangeFeed:input_type -> tesserapb.RangeFeedRequest
+	38, // 22: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
+	40, // 23: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
+	42, // 24: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
+	29, // 25: tesserapb.Internal.CampaignRange:input_type -> tesserapb.CampaignRangeRequest
+	21, // 26: tesserapb.Internal.RangeStarted:input_type -> tesserapb.RangeStartedRequest
+	19, // 27: tesserapb.Internal.RangeHistory:input_type -> tesserapb.RangeHistoryRequest
+	23, // 28: tesserapb.Internal.ChangeReplicas:input_type -> tesserapb.ChangeReplicasRequest
+	25, // 29: tesserapb.Internal.StartReplica:input_type -> tesserapb.StartReplicaRequest
+	27, // 30: tesserapb.Internal.RemoveReplica:input_type -> tesserapb.RemoveReplicaRequest
+	14, // 31: tesserapb.Internal.NodeHeartbeat:input_type -> tesserapb.NodeHeartbeatRequest
+	17, // 32: tesserapb.Internal.TransferLeader:input_type -> tesserapb.TransferLeaderRequest
+	9,  // 33: tesserapb.Internal.ListNodes:input_type -> tesserapb.ListNodesRequest
+	12, // 34: tesserapb.Internal.Decommission:input_type -> tesserapb.DecommissionRequest
+	46, // 35: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
+	36, // 36: tesserapb.Internal.RangeWriteStream:output_type -> tesserapb.RangeWriteStreamResponse
+	34, // 37: tesserapb.Internal.RangeFeed:output_type -> tesserapb.RangeFeedResponse
+	39, // 38: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
+	41, // 39: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
+	43, // 40: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
+	30, // 41: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
+	22, // 42: tesserapb.Internal.RangeStarted:output_type -> tesserapb.RangeStartedResponse
+	20, // 43: tesserapb.Internal.RangeHistory:output_type -> tesserapb.RangeHistoryResponse
+	24, // 44: tesserapb.Internal.ChangeReplicas:output_type -> tesserapb.ChangeReplicasResponse
+	26, // 45: tesserapb.Internal.StartReplica:output_type -> tesserapb.StartReplicaResponse
+	28, // 46: tesserapb.Internal.RemoveReplica:output_type -> tesserapb.RemoveReplicaResponse
+	16, // 47: tesserapb.Internal.NodeHeartbeat:output_type -> tesserapb.NodeHeartbeatResponse
+	18, // 48: tesserapb.Internal.TransferLeader:output_type -> tesserapb.TransferLeaderResponse
+	10, // 49: tesserapb.Internal.ListNodes:output_type -> tesserapb.ListNodesResponse
+	13, // 50: tesserapb.Internal.Decommission:output_type -> tesserapb.DecommissionResponse
+	35, // [35:51] is the sub-list for method output_type
+	19, // [19:35] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_tesserapb_meta_proto_init() }
@@ -2340,6 +3032,7 @@ func file_tesserapb_meta_proto_init() {
 		(*MetaCommand_RegisterNode)(nil),
 		(*MetaCommand_PutRange)(nil),
 		(*MetaCommand_AllocateRangeId)(nil),
+		(*MetaCommand_SetDecommissioning)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2347,7 +3040,7 @@ func file_tesserapb_meta_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tesserapb_meta_proto_rawDesc), len(file_tesserapb_meta_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   36,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

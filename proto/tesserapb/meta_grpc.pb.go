@@ -35,6 +35,10 @@ const (
 	Internal_ChangeReplicas_FullMethodName   = "/tesserapb.Internal/ChangeReplicas"
 	Internal_StartReplica_FullMethodName     = "/tesserapb.Internal/StartReplica"
 	Internal_RemoveReplica_FullMethodName    = "/tesserapb.Internal/RemoveReplica"
+	Internal_NodeHeartbeat_FullMethodName    = "/tesserapb.Internal/NodeHeartbeat"
+	Internal_TransferLeader_FullMethodName   = "/tesserapb.Internal/TransferLeader"
+	Internal_ListNodes_FullMethodName        = "/tesserapb.Internal/ListNodes"
+	Internal_Decommission_FullMethodName     = "/tesserapb.Internal/Decommission"
 )
 
 // InternalClient is the client API for Internal service.
@@ -98,6 +102,19 @@ type InternalClient interface {
 	// RemoveReplica stops this node's replica of a range it was removed from
 	// and deletes its data (the range's leader asks).
 	RemoveReplica(ctx context.Context, in *RemoveReplicaRequest, opts ...grpc.CallOption) (*RemoveReplicaResponse, error)
+	// NodeHeartbeat tells the meta range's leader that a node is alive, with
+	// its disk use and its replicas' load (for placement). Others answer
+	// FailedPrecondition.
+	NodeHeartbeat(ctx context.Context, in *NodeHeartbeatRequest, opts ...grpc.CallOption) (*NodeHeartbeatResponse, error)
+	// TransferLeader moves a range's leadership to a node holding a voting
+	// replica of it (placement), from any node holding the range.
+	TransferLeader(ctx context.Context, in *TransferLeaderRequest, opts ...grpc.CallOption) (*TransferLeaderResponse, error)
+	// ListNodes describes every registered node as the meta range's leader
+	// sees it (others pass the call there).
+	ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error)
+	// Decommission marks a node as leaving (by name or ID); placement then
+	// moves its replicas to the other nodes.
+	Decommission(ctx context.Context, in *DecommissionRequest, opts ...grpc.CallOption) (*DecommissionResponse, error)
 }
 
 type internalClient struct {
@@ -240,6 +257,46 @@ func (c *internalClient) RemoveReplica(ctx context.Context, in *RemoveReplicaReq
 	return out, nil
 }
 
+func (c *internalClient) NodeHeartbeat(ctx context.Context, in *NodeHeartbeatRequest, opts ...grpc.CallOption) (*NodeHeartbeatResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(NodeHeartbeatResponse)
+	err := c.cc.Invoke(ctx, Internal_NodeHeartbeat_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *internalClient) TransferLeader(ctx context.Context, in *TransferLeaderRequest, opts ...grpc.CallOption) (*TransferLeaderResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TransferLeaderResponse)
+	err := c.cc.Invoke(ctx, Internal_TransferLeader_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *internalClient) ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListNodesResponse)
+	err := c.cc.Invoke(ctx, Internal_ListNodes_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *internalClient) Decommission(ctx context.Context, in *DecommissionRequest, opts ...grpc.CallOption) (*DecommissionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DecommissionResponse)
+	err := c.cc.Invoke(ctx, Internal_Decommission_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InternalServer is the server API for Internal service.
 // All implementations must embed UnimplementedInternalServer
 // for forward compatibility.
@@ -301,6 +358,19 @@ type InternalServer interface {
 	// RemoveReplica stops this node's replica of a range it was removed from
 	// and deletes its data (the range's leader asks).
 	RemoveReplica(context.Context, *RemoveReplicaRequest) (*RemoveReplicaResponse, error)
+	// NodeHeartbeat tells the meta range's leader that a node is alive, with
+	// its disk use and its replicas' load (for placement). Others answer
+	// FailedPrecondition.
+	NodeHeartbeat(context.Context, *NodeHeartbeatRequest) (*NodeHeartbeatResponse, error)
+	// TransferLeader moves a range's leadership to a node holding a voting
+	// replica of it (placement), from any node holding the range.
+	TransferLeader(context.Context, *TransferLeaderRequest) (*TransferLeaderResponse, error)
+	// ListNodes describes every registered node as the meta range's leader
+	// sees it (others pass the call there).
+	ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error)
+	// Decommission marks a node as leaving (by name or ID); placement then
+	// moves its replicas to the other nodes.
+	Decommission(context.Context, *DecommissionRequest) (*DecommissionResponse, error)
 	mustEmbedUnimplementedInternalServer()
 }
 
@@ -346,6 +416,18 @@ func (UnimplementedInternalServer) StartReplica(context.Context, *StartReplicaRe
 }
 func (UnimplementedInternalServer) RemoveReplica(context.Context, *RemoveReplicaRequest) (*RemoveReplicaResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RemoveReplica not implemented")
+}
+func (UnimplementedInternalServer) NodeHeartbeat(context.Context, *NodeHeartbeatRequest) (*NodeHeartbeatResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method NodeHeartbeat not implemented")
+}
+func (UnimplementedInternalServer) TransferLeader(context.Context, *TransferLeaderRequest) (*TransferLeaderResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method TransferLeader not implemented")
+}
+func (UnimplementedInternalServer) ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListNodes not implemented")
+}
+func (UnimplementedInternalServer) Decommission(context.Context, *DecommissionRequest) (*DecommissionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Decommission not implemented")
 }
 func (UnimplementedInternalServer) mustEmbedUnimplementedInternalServer() {}
 func (UnimplementedInternalServer) testEmbeddedByValue()                  {}
@@ -566,6 +648,78 @@ func _Internal_RemoveReplica_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Internal_NodeHeartbeat_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(NodeHeartbeatRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InternalServer).NodeHeartbeat(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Internal_NodeHeartbeat_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InternalServer).NodeHeartbeat(ctx, req.(*NodeHeartbeatRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Internal_TransferLeader_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TransferLeaderRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InternalServer).TransferLeader(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Internal_TransferLeader_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InternalServer).TransferLeader(ctx, req.(*TransferLeaderRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Internal_ListNodes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListNodesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InternalServer).ListNodes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Internal_ListNodes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InternalServer).ListNodes(ctx, req.(*ListNodesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Internal_Decommission_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DecommissionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InternalServer).Decommission(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Internal_Decommission_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InternalServer).Decommission(ctx, req.(*DecommissionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Internal_ServiceDesc is the grpc.ServiceDesc for Internal service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -612,6 +766,22 @@ var Internal_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RemoveReplica",
 			Handler:    _Internal_RemoveReplica_Handler,
+		},
+		{
+			MethodName: "NodeHeartbeat",
+			Handler:    _Internal_NodeHeartbeat_Handler,
+		},
+		{
+			MethodName: "TransferLeader",
+			Handler:    _Internal_TransferLeader_Handler,
+		},
+		{
+			MethodName: "ListNodes",
+			Handler:    _Internal_ListNodes_Handler,
+		},
+		{
+			MethodName: "Decommission",
+			Handler:    _Internal_Decommission_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -1,0 +1,417 @@
+package server
+
+import (
+	"context"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/tesserakv/tessera/placement"
+	"github.com/tesserakv/tessera/proto/tesserapb"
+	"github.com/tesserakv/tessera/router"
+)
+
+// Placement as it runs. Every node sends the meta range's leader a
+// heartbeat (its disk use and its replicas' load) every second; the meta
+// leader keeps them in memory (liveness), and every few seconds builds the
+// cluster's state — the recorded range descriptors, the registered nodes
+// and how long since each was heard from — and runs the schedulers
+// (placement.Schedule) on it, carrying out what they propose: replica moves
+// through the range leaders (Internal.ChangeReplicas), leadership transfers
+// through a node holding the range. A new meta leader waits a few
+// heartbeats before it schedules, so that it knows which nodes are alive.
+
+const (
+	// defaultNodeHeartbeatInterval is how often a node heartbeats.
+	defaultNodeHeartbeatInterval = time.Second
+	// defaultPlacementInterval is how often the meta leader schedules.
+	defaultPlacementInterval = 2 * time.Second
+	// suspectAfterBeats: a node unheard for this many heartbeat intervals
+	// is suspect (it takes nothing new).
+	suspectAfterBeats = 3
+	// placementOpTimeout bounds one operation (a move's snapshot among it).
+	placementOpTimeout = 2 * time.Minute
+)
+
+// liveness is the meta leader's memory of the nodes' heartbeats, for the
+// meta leadership term it was gathered in.
+type liveness struct {
+	mu    sync.Mutex
+	term  uint64    // guarded by mu
+	since time.Time // when this node was first seen leading in term; guarded by mu
+	beats map[uint64]heartbeat
+	// placing holds the operations under way, by range. Guarded by mu.
+	placing map[uint64]placement.Op
+}
+
+type heartbeat struct {
+	at  time.Time
+	req *tesserapb.NodeHeartbeatRequest
+}
+
+// metaTerm returns whether this node leads the meta range, and in which term.
+func (s *Server) metaTerm() (bool, uint64) {
+	leader, term, ok := s.meta.Leader()
+	return ok && leader == s.replicaID, term
+}
+
+// termLocked starts a new table when the meta leadership term changed.
+func (l *liveness) termLocked(term uint64) {
+	if l.term != term || l.beats == nil {
+		l.term, l.since, l.beats = term, time.Now(), map[uint64]heartbeat{}
+	}
+}
+
+func (l *liveness) record(term uint64, req *tesserapb.NodeHeartbeatRequest) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.termLocked(term)
+	l.beats[req.NodeId] = heartbeat{at: time.Now(), req: req}
+}
+
+// NodeHeartbeat serves Internal.NodeHeartbeat on the meta leader.
+func (i *internalService) NodeHeartbeat(_ context.Context, req *tesserapb.NodeHeartbeatRequest) (*tesserapb.NodeHeartbeatResponse, error) {
+	leads, term := i.s.metaTerm()
+	if !leads {
+		return nil, status.Error(codes.FailedPrecondition, "tessera: this node does not lead the meta range")
+	}
+	i.s.live.record(term, req)
+	return &tesserapb.NodeHeartbeatResponse{}, nil
+}
+
+func (s *Server) heartbeatInterval() time.Duration {
+	if d := s.cfg.Knobs.NodeHeartbeatInterval; d > 0 {
+		return d
+	}
+	return defaultNodeHeartbeatInterval
+}
+
+// startHeartbeats sends this node's heartbeat to the meta leader every
+// heartbeat interval.
+func (s *Server) startHeartbeats() {
+	_ = s.stopper.Every(s.heartbeatInterval(), func(time.Time) { s.sendHeartbeat() })
+}
+
+func (s *Server) sendHeartbeat() {
+	req := &tesserapb.NodeHeartbeatRequest{NodeId: s.replicaID, DiskUsedBytes: s.store.DiskSizeBytes(), DiskQuotaBytes: s.cfg.QuotaBackendBytes}
+	for _, r := range s.rangeList() {
+		load := &tesserapb.RangeLoad{RangeId: r.RangeID(), Leader: r.IsLeader(), Qps: r.QPS()}
+		if rsm := s.store.Range(r.RangeID()); rsm != nil {
+			load.SizeBytes = rsm.SizeBytes()
+		}
+		req.Ranges = append(req.Ranges, load)
+	}
+	leader, term, ok := s.meta.Leader()
+	switch {
+	case !ok:
+	case leader == s.replicaID:
+		s.live.record(term, req)
+	default:
+		ctx, cancel := s.stopper.WithTimeout(s.heartbeatInterval())
+		defer cancel()
+		if cc, err := s.directory.Conn(ctx, leader); err == nil {
+			_, err = tesserapb.NewInternalClient(cc).NodeHeartbeat(ctx, req)
+			if err != nil {
+				s.log.Debug("heartbeat to the meta leader", "leader", leader, "err", err)
+			}
+		}
+	}
+}
+
+// startPlacement runs the schedulers on the meta leader every placement
+// interval (never when the interval is negative).
+func (s *Server) startPlacement() {
+	interval := s.cfg.PlacementInterval
+	if interval < 0 {
+		return
+	}
+	if interval == 0 {
+		interval = defaultPlacementInterval
+	}
+	_ = s.stopper.Every(interval, func(time.Time) { s.placeOnce() })
+}
+
+// placeOnce runs the schedulers once, if this node leads the meta range and
+// has heard heartbeats long enough to judge the nodes, and starts the
+// operations they propose. It returns them.
+func (s *Server) placeOnce() []placement.Op {
+	leads, term := s.metaTerm()
+	if !leads {
+		return nil
+	}
+	ctx, cancel := s.stopper.WithTimeout(s.heartbeatInterval())
+	defer cancel()
+	nodes, err := s.directory.Nodes(ctx)
+	if err != nil {
+		return nil
+	}
+	descs, err := placement.Ranges(ctx, s.meta, false)
+	if err != nil {
+		return nil
+	}
+	l := &s.live
+	l.mu.Lock()
+	l.termLocked(term)
+	if time.Since(l.since) < suspectAfterBeats*s.heartbeatInterval() {
+		l.mu.Unlock()
+		return nil // not heard from everyone yet
+	}
+	c := s.clusterState(nodes, descs, l.beats, l.since)
+	for _, op := range l.placing {
+		c.InFlight = append(c.InFlight, op)
+	}
+	ops := placement.Schedule(c, placement.Limits{})
+	for _, op := range ops {
+		if _, busy := l.placing[op.Range]; busy {
+			continue
+		}
+		if l.placing == nil {
+			l.placing = map[uint64]placement.Op{}
+		}
+		l.placing[op.Range] = op
+		if err := s.stopper.RunAsync(func() { s.runOp(op) }); err != nil {
+			delete(l.placing, op.Range)
+		}
+	}
+	l.mu.Unlock()
+	return ops
+}
+
+// clusterState is the schedulers' view: every registered node with its
+// liveness and disk, every recorded range with its voters, its leader and
+// load as its nodes report them.
+func (s *Server) clusterState(nodes []*tesserapb.NodeInfo, descs []*tesserapb.RangeDescriptor, beats map[uint64]heartbeat, since time.Time) *placement.Cluster {
+	c := &placement.Cluster{Replicas: s.cfg.Replicas}
+	now := time.Now()
+	// A range's leader is the node that said so last, among the nodes
+	// heard from lately (a node that stopped may have led it).
+	loads := map[uint64]*tesserapb.RangeLoad{}
+	leaders := map[uint64]uint64{}
+	saidAt := map[uint64]time.Time{}
+	fresh := suspectAfterBeats * s.heartbeatInterval()
+	for _, id := range slices.Sorted(maps.Keys(beats)) {
+		b := beats[id]
+		if now.Sub(b.at) >= fresh {
+			continue
+		}
+		for _, rl := range b.req.Ranges {
+			if rl.Leader && b.at.After(saidAt[rl.RangeId]) {
+				leaders[rl.RangeId], loads[rl.RangeId], saidAt[rl.RangeId] = id, rl, b.at
+			}
+		}
+	}
+	for _, n := range nodes {
+		pn := placement.Node{ID: n.NodeId, State: s.nodeState(n, beats, since, now)}
+		if b, ok := beats[n.NodeId]; ok {
+			pn.DiskUsedBytes, pn.DiskQuotaBytes = b.req.DiskUsedBytes, b.req.DiskQuotaBytes
+		}
+		c.Nodes = append(c.Nodes, pn)
+	}
+	for _, d := range descs {
+		ri := placement.RangeInfo{ID: d.RangeId, Leader: leaders[d.RangeId]}
+		for _, id := range d.ReplicaNodeIds {
+			ri.Replicas = append(ri.Replicas, placement.Replica{NodeID: id, ReplicaID: id, Role: placement.Voter})
+		}
+		if l := loads[d.RangeId]; l != nil {
+			ri.SizeBytes, ri.QPS = l.SizeBytes, l.Qps
+		}
+		c.Ranges = append(c.Ranges, ri)
+	}
+	return c
+}
+
+// nodeState judges a node by how long since it was heard from (counting
+// from since, when the meta leader began listening, for a node not heard
+// from at all) and whether it is leaving.
+func (s *Server) nodeState(n *tesserapb.NodeInfo, beats map[uint64]heartbeat, since, now time.Time) placement.NodeState {
+	last := since
+	if b, ok := beats[n.NodeId]; ok {
+		last = b.at
+	}
+	switch age := now.Sub(last); {
+	case age >= s.deadNodeTimeout():
+		return placement.NodeDead
+	case n.Decommissioning:
+		return placement.NodeDecommissioning
+	case age >= suspectAfterBeats*s.heartbeatInterval():
+		return placement.NodeSuspect
+	}
+	return placement.NodeLive
+}
+
+func (s *Server) deadNodeTimeout() time.Duration {
+	if s.cfg.DeadNodeTimeout > 0 {
+		return s.cfg.DeadNodeTimeout
+	}
+	return DefaultDeadNodeTimeout
+}
+
+// runOp carries out one operation the schedulers proposed.
+func (s *Server) runOp(op placement.Op) {
+	defer func() {
+		s.live.mu.Lock()
+		delete(s.live.placing, op.Range)
+		s.live.mu.Unlock()
+	}()
+	if op.Kind == placement.TransferLeader && op.Range == firstRangeID &&
+		(strings.HasPrefix(op.Reason, "leader balance") || strings.HasPrefix(op.Reason, "load")) {
+		// The first range's leader keeps the lease clock, and a new one
+		// gives every lease its full TTL again: it moves only when its
+		// replica must.
+		return
+	}
+	ctx, cancel := s.stopper.WithTimeout(placementOpTimeout)
+	defer cancel()
+	var err error
+	switch op.Kind {
+	case placement.MoveReplica, placement.AddReplica, placement.RemoveReplica:
+		req := &tesserapb.ChangeReplicasRequest{RangeId: op.Range}
+		if op.Kind != placement.RemoveReplica {
+			req.AddNodeId = op.To
+		}
+		if op.Kind != placement.AddReplica {
+			req.RemoveNodeId = op.From
+		}
+		_, err = (&internalService{InternalServer: s.internal, s: s}).ChangeReplicas(ctx, req)
+	case placement.TransferLeader:
+		_, err = (&internalService{InternalServer: s.internal, s: s}).TransferLeader(ctx, &tesserapb.TransferLeaderRequest{RangeId: op.Range, ToNodeId: op.To})
+	}
+	if err != nil {
+		s.log.Warn("placement operation failed", "op", op.String(), "err", err)
+		return
+	}
+	s.log.Info("placement operation done", "op", op.String())
+}
+
+// TransferLeader serves Internal.TransferLeader on a node holding the range
+// (others pass it to one).
+func (i *internalService) TransferLeader(ctx context.Context, req *tesserapb.TransferLeaderRequest) (*tesserapb.TransferLeaderResponse, error) {
+	s := i.s
+	if s.rangeByID(req.RangeId) == nil {
+		err := s.router.OnReplica(ctx, req.RangeId, func(ctx context.Context, cc *grpc.ClientConn) error {
+			_, err := tesserapb.NewInternalClient(cc).TransferLeader(ctx, req)
+			return err
+		})
+		if err != nil {
+			return nil, router.ToGRPC(err)
+		}
+		return &tesserapb.TransferLeaderResponse{}, nil
+	}
+	to, ok := s.replicaOf(req.RangeId, req.ToNodeId)
+	if !ok {
+		return nil, status.Errorf(codes.FailedPrecondition, "tessera: node %d holds no replica of range %d", req.ToNodeId, req.RangeId)
+	}
+	if err := s.nh.RequestLeaderTransfer(req.RangeId, to); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "tessera: moving range %d's leadership to node %d: %v", req.RangeId, req.ToNodeId, err)
+	}
+	return &tesserapb.TransferLeaderResponse{}, nil
+}
+
+// onMetaLeader runs a call on the meta range's leader: here when this node
+// leads it, else on the leader's node, once.
+func onMetaLeader[T any](ctx context.Context, s *Server, here func() (T, error), there func(context.Context, tesserapb.InternalClient) (T, error)) (T, error) {
+	var zero T
+	leader, _, ok := s.meta.Leader()
+	switch {
+	case ok && leader == s.replicaID:
+		return here()
+	case !ok || !router.MayForward(ctx):
+		return zero, status.Error(codes.Unavailable, "tessera: the meta range has no leader; retry")
+	}
+	cc, err := s.directory.Conn(ctx, leader)
+	if err != nil {
+		return zero, router.ToGRPC(err)
+	}
+	return there(router.ForwardedContext(ctx), tesserapb.NewInternalClient(cc))
+}
+
+// ListNodes serves Internal.ListNodes from the meta leader's view.
+func (i *internalService) ListNodes(ctx context.Context, req *tesserapb.ListNodesRequest) (*tesserapb.ListNodesResponse, error) {
+	s := i.s
+	return onMetaLeader(ctx, s, func() (*tesserapb.ListNodesResponse, error) {
+		st, err := placement.State(ctx, s.meta, true)
+		if err != nil {
+			return nil, router.ToGRPC(err)
+		}
+		_, term := s.metaTerm()
+		l := &s.live
+		l.mu.Lock()
+		l.termLocked(term)
+		beats, since := maps.Clone(l.beats), l.since
+		l.mu.Unlock()
+		now := time.Now()
+		replicas := map[uint64]uint32{}
+		for _, d := range st.Ranges {
+			for _, id := range d.ReplicaNodeIds {
+				replicas[id]++
+			}
+		}
+		leaders := map[uint64]uint32{}
+		for _, ri := range s.clusterState(st.Nodes, st.Ranges, beats, since).Ranges {
+			if ri.Leader != 0 {
+				leaders[ri.Leader]++
+			}
+		}
+		resp := &tesserapb.ListNodesResponse{}
+		for _, n := range st.Nodes {
+			ns := &tesserapb.NodeStatus{NodeId: n.NodeId, Name: n.Name, RaftAddress: n.RaftAddress, ClientUrls: n.ClientUrls,
+				State: s.nodeState(n, beats, since, now).String(), Replicas: replicas[n.NodeId], Leaders: leaders[n.NodeId]}
+			if n.Decommissioning && ns.Replicas == 0 {
+				ns.State = "decommissioned"
+			}
+			if b, ok := beats[n.NodeId]; ok {
+				ns.DiskUsedBytes = b.req.DiskUsedBytes
+			}
+			resp.Nodes = append(resp.Nodes, ns)
+		}
+		return resp, nil
+	}, func(ctx context.Context, c tesserapb.InternalClient) (*tesserapb.ListNodesResponse, error) {
+		return c.ListNodes(ctx, req)
+	})
+}
+
+// Decommission serves Internal.Decommission on the meta leader: it refuses
+// to leave fewer live nodes than --replicas, then marks the node as leaving.
+func (i *internalService) Decommission(ctx context.Context, req *tesserapb.DecommissionRequest) (*tesserapb.DecommissionResponse, error) {
+	s := i.s
+	return onMetaLeader(ctx, s, func() (*tesserapb.DecommissionResponse, error) {
+		nodes, err := i.ListNodes(ctx, &tesserapb.ListNodesRequest{})
+		if err != nil {
+			return nil, err
+		}
+		var target *tesserapb.NodeStatus
+		liveOthers := 0
+		for _, n := range nodes.Nodes {
+			if n.Name == req.Node || strconv.FormatUint(n.NodeId, 10) == req.Node {
+				target = n
+			} else if n.State == placement.NodeLive.String() || n.State == placement.NodeSuspect.String() {
+				liveOthers++
+			}
+		}
+		switch {
+		case target == nil:
+			return nil, status.Errorf(codes.NotFound, "tessera: no node named or numbered %q in the cluster", req.Node)
+		case target.State == placement.NodeDecommissioning.String() || target.State == "decommissioned":
+			return &tesserapb.DecommissionResponse{NodeId: target.NodeId}, nil
+		case liveOthers == 0:
+			return nil, status.Errorf(codes.FailedPrecondition, "tessera: node %s is the cluster's last live node; its data has nowhere to go", req.Node)
+		case liveOthers < s.cfg.Replicas:
+			return nil, status.Errorf(codes.FailedPrecondition, "tessera: decommissioning node %s would leave %d live nodes, fewer than --replicas (%d); add a node first", req.Node, liveOthers, s.cfg.Replicas)
+		}
+		cmd := &tesserapb.MetaCommand{Op: &tesserapb.MetaCommand_SetDecommissioning{SetDecommissioning: &tesserapb.SetDecommissioningCommand{NodeId: target.NodeId, Decommissioning: true}}}
+		if err := s.meta.Propose(ctx, cmd); err != nil {
+			return nil, router.ToGRPC(err)
+		}
+		s.log.Info("node decommissioning", "node", target.NodeId, "name", target.Name)
+		return &tesserapb.DecommissionResponse{NodeId: target.NodeId}, nil
+	}, func(ctx context.Context, c tesserapb.InternalClient) (*tesserapb.DecommissionResponse, error) {
+		return c.Decommission(ctx, req)
+	})
+}

@@ -1,0 +1,277 @@
+package tests
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tesserakv/tessera/internal/testcluster"
+	"github.com/tesserakv/tessera/proto/tesserapb"
+)
+
+// placing runs the placement schedulers often, on quick heartbeats, and
+// declares a node dead after deadAfter.
+func placing(deadAfter time.Duration) func(cfg *serverConfig) {
+	return func(cfg *serverConfig) {
+		cfg.PlacementInterval = 200 * time.Millisecond
+		cfg.Knobs.NodeHeartbeatInterval = 50 * time.Millisecond
+		cfg.DeadNodeTimeout = deadAfter
+	}
+}
+
+// recordedRanges returns the meta range's descriptors as a node reads them.
+func recordedRanges(t *testing.T, n *testcluster.Node) []*tesserapb.RangeDescriptor {
+	t.Helper()
+	ds, err := n.Server.Testing().RecordedRanges(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ds
+}
+
+// replicaCounts counts each node's replicas in the descriptors.
+func replicaCounts(ds []*tesserapb.RangeDescriptor) map[uint64]int {
+	counts := map[uint64]int{}
+	for _, d := range ds {
+		for _, id := range d.ReplicaNodeIds {
+			counts[id]++
+		}
+	}
+	return counts
+}
+
+// waitPlaced waits until the recorded descriptors satisfy ok, and every
+// node holds exactly the replicas they name.
+func waitPlaced(t *testing.T, c *testcluster.Cluster, what string, limit time.Duration, ok func([]*tesserapb.RangeDescriptor) bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		var ds []*tesserapb.RangeDescriptor
+		for _, n := range c.Nodes {
+			if n.Server != nil {
+				ds = recordedRanges(t, n)
+				break
+			}
+		}
+		if ok(ds) && heldAsRecorded(c, ds) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: descriptors\n%sheld: %s", what, describeDescriptors(ds), describeHeld(c))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// heldAsRecorded reports whether every running node holds exactly the
+// ranges the descriptors give it.
+func heldAsRecorded(c *testcluster.Cluster, ds []*tesserapb.RangeDescriptor) bool {
+	for i, n := range c.Nodes {
+		if n.Server == nil {
+			continue
+		}
+		var want []uint64
+		for _, d := range ds {
+			if slices.Contains(d.ReplicaNodeIds, uint64(i+1)) {
+				want = append(want, d.RangeId)
+			}
+		}
+		slices.Sort(want)
+		if !slices.Equal(n.Server.Testing().RangeIDs(), want) {
+			return false
+		}
+	}
+	return true
+}
+
+func describeHeld(c *testcluster.Cluster) string {
+	var b strings.Builder
+	for _, n := range c.Nodes {
+		if n.Server != nil {
+			fmt.Fprintf(&b, "%s %v; ", n.Config.Name, n.Server.Testing().RangeIDs())
+		}
+	}
+	return b.String()
+}
+
+// balanced: every range has three replicas, and the nodes' replica counts
+// are within one of each other.
+func balanced(nodes int) func([]*tesserapb.RangeDescriptor) bool {
+	return func(ds []*tesserapb.RangeDescriptor) bool {
+		counts := replicaCounts(ds)
+		lo, hi := len(ds), 0
+		for id := uint64(1); id <= uint64(nodes); id++ {
+			lo, hi = min(lo, counts[id]), max(hi, counts[id])
+		}
+		for _, d := range ds {
+			if len(d.ReplicaNodeIds) != 3 {
+				return false
+			}
+		}
+		return hi-lo <= 1
+	}
+}
+
+// TestPlacementFillsNewNode: four nodes, three replicas per range, the
+// fourth holding none at first. The placement schedulers move replicas onto
+// it while clients read and write through every node; porcupine checks the
+// history, every multi-range list is the state at its revision, and the
+// replicas end balanced within one per node, each node holding exactly what
+// the meta range records.
+func TestPlacementFillsNewNode(t *testing.T) {
+	c := testcluster.Start(t, 4, placing(time.Minute))
+	for i, key := range []string{"lin/02", "lin/04", "lin/06", "lin/08", "lin/10", "lin/12", "lin/14"} {
+		splitAt(t, c, c.Nodes[i%3], key)
+	}
+	runLinearizability(t, c, 16, true, func(int) {})
+	waitPlaced(t, c, "replicas balanced over four nodes", 30*time.Second, balanced(4))
+	if counts := replicaCounts(recordedRanges(t, c.Nodes[0])); counts[4] < 5 {
+		t.Fatalf("the new node holds %d replicas: %v", counts[4], counts)
+	}
+}
+
+// TestDeadNodeReplaced: four nodes, three replicas per range, balanced. One
+// node stops; writes go on through the others; once it has been unheard for
+// the dead-node timeout, every range is back to three replicas, all on the
+// three live nodes. Restarted, the node drops the replicas it was removed
+// from, and placement gives it replicas again; every write reads back.
+func TestDeadNodeReplaced(t *testing.T) {
+	c := testcluster.Start(t, 4, placing(2*time.Second))
+	for i, key := range []string{"dn/2", "dn/4", "dn/6"} {
+		splitAt(t, c, c.Nodes[i%3], key)
+	}
+	waitPlaced(t, c, "replicas balanced", 30*time.Second, balanced(4))
+
+	victim := c.Nodes[3]
+	c.StopNode(victim)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	w := startWriter(ctx, c.Client(c.Nodes[0].ClientURL, c.Nodes[1].ClientURL, c.Nodes[2].ClientURL), "dn")
+	waitPlaced(t, c, "every range on the three live nodes", 30*time.Second, func(ds []*tesserapb.RangeDescriptor) bool {
+		for _, d := range ds {
+			if len(d.ReplicaNodeIds) != 3 || slices.Contains(d.ReplicaNodeIds, 4) {
+				return false
+			}
+		}
+		return true
+	})
+	acked, _ := w.stop()
+	if len(acked) == 0 {
+		t.Fatal("no write succeeded while the node was down")
+	}
+
+	c.StartNode(victim)
+	waitPlaced(t, c, "the restarted node balanced in again", 60*time.Second, balanced(4))
+	for _, n := range c.Nodes {
+		got, err := c.Client(n.ClientURL).Get(ctx, "dn/", clientv3.WithPrefix())
+		if err != nil {
+			t.Fatal(err)
+		}
+		requireAcked(t, n.Config.Name, got.Kvs, acked)
+	}
+}
+
+// TestDecommission: four nodes, three replicas per range, balanced. Node 2
+// is decommissioned with `tessera ctl decommission n2` while a writer runs:
+// no write fails, every replica moves off it, `tessera ctl nodes` shows it
+// decommissioned with none, and every write reads back. Decommissioning
+// another node then would leave fewer live nodes than --replicas and is
+// refused, as are unknown nodes.
+func TestDecommission(t *testing.T) {
+	c := testcluster.Start(t, 4, placing(time.Minute))
+	for i, key := range []string{"dc/2", "dc/4", "dc/6"} {
+		splitAt(t, c, c.Nodes[i%3], key)
+	}
+	waitPlaced(t, c, "replicas balanced", 30*time.Second, balanced(4))
+	ctl := func(args ...string) (string, error) {
+		return runBinary(t, "tessera", append([]string{"ctl", "--endpoints", c.Nodes[3].ClientURL}, args...)...)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	w := startWriter(ctx, c.Client(c.Nodes[0].ClientURL, c.Nodes[2].ClientURL, c.Nodes[3].ClientURL), "dc")
+	if out, err := ctl("decommission", "n2"); err != nil || !strings.Contains(out, "node 2 is decommissioning") {
+		t.Fatalf("ctl decommission n2: %q %v", out, err)
+	}
+	waitPlaced(t, c, "node 2 emptied", 60*time.Second, func(ds []*tesserapb.RangeDescriptor) bool {
+		for _, d := range ds {
+			if len(d.ReplicaNodeIds) != 3 || slices.Contains(d.ReplicaNodeIds, 2) {
+				return false
+			}
+		}
+		return true
+	})
+	acked, failed := w.stop()
+	if len(failed) > 0 {
+		t.Fatalf("%d writes failed during the decommission, the first: %v", len(failed), failed[0])
+	}
+	out, err := ctl("nodes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n2 string
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "2 ") {
+			n2 = line
+		}
+	}
+	if !strings.Contains(n2, "decommissioned") || !strings.Contains(n2, " n2 ") {
+		t.Fatalf("ctl nodes shows node 2 as %q:\n%s", n2, out)
+	}
+	for _, bad := range []struct{ node, want string }{
+		{"n3", "fewer than --replicas (3)"},
+		{"n9", `no node named or numbered "n9"`},
+	} {
+		if out, err := ctl("decommission", bad.node); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("ctl decommission %s: %q %v, want an error saying %q", bad.node, out, err, bad.want)
+		}
+	}
+	got, err := c.Client(c.Nodes[3].ClientURL).Get(ctx, "dc/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	requireAcked(t, "n4", got.Kvs, acked)
+}
+
+// writer puts keys under a prefix, one after another, until stopped.
+type writer struct {
+	halt, done chan struct{}
+	acked      map[string]string
+	failed     []error
+}
+
+func startWriter(ctx context.Context, cli *clientv3.Client, prefix string) *writer {
+	w := &writer{halt: make(chan struct{}), done: make(chan struct{}), acked: map[string]string{}}
+	go func() {
+		defer close(w.done)
+		for i := 0; ; i++ {
+			select {
+			case <-w.halt:
+				return
+			default:
+			}
+			key, value := fmt.Sprintf("%s/%d/%03d", prefix, i%8, i), fmt.Sprintf("v%d", i)
+			opCtx, opCancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err := cli.Put(opCtx, key, value)
+			opCancel()
+			if err != nil {
+				w.failed = append(w.failed, err)
+			} else {
+				w.acked[key] = value
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	return w
+}
+
+// stop ends the writes and returns the acknowledged ones and the failures.
+func (w *writer) stop() (map[string]string, []error) {
+	close(w.halt)
+	<-w.done
+	return w.acked, w.failed
+}
