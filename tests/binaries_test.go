@@ -75,13 +75,19 @@ func startProcess(t *testing.T, dataDir string, flags ...string) *process {
 
 func (p *process) start() {
 	p.t.Helper()
+	p.launch()
+	p.waitReady()
+}
+
+// launch starts the process without waiting for it to serve.
+func (p *process) launch() {
+	p.t.Helper()
 	p.stderr = &bytes.Buffer{}
 	p.cmd = exec.Command(filepath.Join(binaries(p.t), "tessera"), p.args...)
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
 		p.t.Fatal(err)
 	}
-	p.waitReady()
 }
 
 // waitReady waits until the server accepts a write.
