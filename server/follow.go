@@ -46,7 +46,7 @@ type feeds struct {
 // replica of (the hub asks for every range of every watched interval, each
 // round). It never blocks.
 func (s *Server) follow(rangeID uint64) {
-	if s.rangeByID(rangeID) != nil {
+	if s.servesLocally(rangeID) {
 		return
 	}
 	now := time.Now()
@@ -64,12 +64,17 @@ func (s *Server) follow(rangeID uint64) {
 	}
 }
 
+// servesLocally reports whether a replica here has the range's state open
+// (and so publishes its events itself): a replica still joining the range
+// does not, and its range is followed meanwhile.
+func (s *Server) servesLocally(rangeID uint64) bool { return s.store.Range(rangeID) != nil }
+
 // stillWanted reports whether the hub asked for the range lately, and if
 // not, forgets it (the next ask starts a new feed).
 func (s *Server) stillWanted(rangeID uint64) bool {
 	s.feeds.mu.Lock()
 	defer s.feeds.mu.Unlock()
-	if time.Since(s.feeds.wanted[rangeID]) < feedIdle && s.rangeByID(rangeID) == nil {
+	if time.Since(s.feeds.wanted[rangeID]) < feedIdle && !s.servesLocally(rangeID) {
 		return true
 	}
 	delete(s.feeds.wanted, rangeID)
@@ -79,8 +84,8 @@ func (s *Server) stillWanted(rangeID uint64) bool {
 // errFeedCompacted: the feed's start is below the range's compaction.
 var errFeedCompacted = errors.New("range feed start compacted")
 
-// runFeed follows one range until it is no longer wanted (or this node
-// holds it). It starts at the oracle's current revision, which it publishes
+// runFeed follows one range until it is no longer wanted (or a replica
+// here serves it). It starts at the oracle's current revision, which it publishes
 // as a reset (watches behind it catch up from history), and after a failure
 // resumes after the last closed revision it published, from another
 // replica, so that the hub sees every event once.
