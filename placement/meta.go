@@ -75,7 +75,18 @@ func (m *MetaReplica) Propose(ctx context.Context, cmd *tesserapb.MetaCommand) e
 
 // AllocateRangeID hands out a new range ID through the meta log.
 func (m *MetaReplica) AllocateRangeID(ctx context.Context) (uint64, error) {
-	data, err := proto.Marshal(&tesserapb.MetaCommand{Op: &tesserapb.MetaCommand_AllocateRangeId{AllocateRangeId: &tesserapb.AllocateRangeIdCommand{}}})
+	return m.allocate(ctx, &tesserapb.MetaCommand{Op: &tesserapb.MetaCommand_AllocateRangeId{AllocateRangeId: &tesserapb.AllocateRangeIdCommand{}}})
+}
+
+// AllocateNodeID hands out a new node ID, at least minID, through the meta
+// log.
+func (m *MetaReplica) AllocateNodeID(ctx context.Context, minID uint64) (uint64, error) {
+	return m.allocate(ctx, &tesserapb.MetaCommand{Op: &tesserapb.MetaCommand_AllocateNodeId{AllocateNodeId: &tesserapb.AllocateNodeIdCommand{MinId: minID}}})
+}
+
+// allocate proposes a command whose result value is the ID it hands out.
+func (m *MetaReplica) allocate(ctx context.Context, cmd *tesserapb.MetaCommand) (uint64, error) {
+	data, err := proto.Marshal(cmd)
 	if err != nil {
 		return 0, err
 	}

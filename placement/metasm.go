@@ -58,6 +58,10 @@ func applyMeta(st *tesserapb.MetaState, cmd *tesserapb.MetaCommand) uint64 {
 		id := max(st.NextRangeId, FirstAllocatedRangeID)
 		st.NextRangeId = id + 1
 		return id
+	case *tesserapb.MetaCommand_AllocateNodeId:
+		id := max(st.NextNodeId, op.AllocateNodeId.GetMinId())
+		st.NextNodeId = id + 1
+		return id
 	case *tesserapb.MetaCommand_SetHighWater:
 		st.HighWater = max(st.HighWater, op.SetHighWater.GetRevision())
 	case *tesserapb.MetaCommand_RegisterNode:

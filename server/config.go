@@ -24,6 +24,11 @@ type Config struct {
 	// member's replica ID is its position (from 1).
 	InitialCluster      []Member
 	InitialClusterState string // "new" or "existing"
+	// Join lists client URLs of members of a running cluster: a node with
+	// no data joins that cluster through them (as a new node) instead of
+	// forming one with InitialCluster. A node that has joined keeps its ID
+	// in its data directory and rejoins from it.
+	Join []string
 
 	// Replicas is how many voting replicas each data range has, on distinct
 	// nodes (all the nodes when fewer). A new cluster puts its first range on
@@ -227,7 +232,15 @@ func (c *Config) Validate() error {
 	if c.EnablePprof && len(c.ListenMetricsURLs) == 0 {
 		return fmt.Errorf("--enable-pprof needs --listen-metrics-urls (profiles are served there)")
 	}
-	if _, ok := c.replicaID(); !ok {
+	for _, u := range c.Join {
+		if _, err := hostPortOf(u); err != nil {
+			return fmt.Errorf("--join: %w", err)
+		}
+	}
+	switch _, ok := c.replicaID(); {
+	case len(c.Join) > 0 && len(c.InitialCluster) > 1:
+		return fmt.Errorf("--join and a --initial-cluster of several members are two ways to form a cluster; give one")
+	case len(c.Join) == 0 && !ok:
 		return fmt.Errorf("--initial-cluster has no member named %q (--name)", c.Name)
 	}
 	if c.InitialClusterState != "new" && c.InitialClusterState != "existing" {

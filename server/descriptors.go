@@ -14,6 +14,13 @@ import (
 // records the ranges it leads, besides right after a split.
 const descriptorSyncInterval = 5 * time.Second
 
+// startupSyncPasses and startupSyncPause: the descriptor passes a node makes
+// right after it starts, before it settles to descriptorSyncInterval.
+const (
+	startupSyncPasses = 20
+	startupSyncPause  = 250 * time.Millisecond
+)
+
 // runDescriptorSync keeps the meta range's range descriptors current. Each
 // node records the ranges it holds a replica of whose record is missing or
 // older: after a split here (recordRangesSoon), and every
@@ -22,6 +29,17 @@ const descriptorSyncInterval = 5 * time.Second
 // the highest generation), so a new range is recorded as soon as any of its
 // replicas opens it, leader or not.
 func (s *Server) runDescriptorSync() {
+	// Right after start, often: a new cluster's first range is recorded as
+	// soon as it opens, for the nodes without a replica of it.
+	for range startupSyncPasses {
+		select {
+		case <-s.stopper.ShouldQuiesce():
+			return
+		case <-time.After(startupSyncPause):
+		}
+		s.recordRanges()
+		s.cache.Refresh()
+	}
 	tick := time.NewTicker(descriptorSyncInterval)
 	defer tick.Stop()
 	for {

@@ -127,6 +127,11 @@ func (s *Server) addReplica(ctx context.Context, rangeID, node uint64) error {
 	if err != nil {
 		return err
 	}
+	// From now on the range may have another voter: reads here take
+	// ReadIndex rounds.
+	if rng := s.rangeByID(rangeID); rng != nil {
+		rng.NotSole()
+	}
 	rid, learning := findReplica(m.NonVotings, node)
 	if !learning {
 		if err := s.compactForNewReplica(ctx, rangeID); err != nil {

@@ -247,9 +247,15 @@ func (s *Server) startRange(rangeID uint64, members map[uint64]dragonboat.Target
 		return fmt.Errorf("starting range %d: %w", rangeID, err)
 	}
 	_, _, snapshotBytes := s.raftLogSettings()
-	cfg := shard.Config{RangeID: rangeID, ReplicaID: s.localReplicaID(rangeID), SoleReplica: s.soleNode(), SnapshotEveryBytes: snapshotBytes,
+	self := s.localReplicaID(rangeID)
+	cfg := shard.Config{RangeID: rangeID, ReplicaID: self, SnapshotEveryBytes: snapshotBytes,
 		RequestTimeout: s.cfg.Knobs.RangeRequestTimeout, Logger: s.log}
 	cfg.RepeatRead = s.cfg.Knobs.RepeatRangeReads
+	cfg.SoleVoter = func() (bool, bool) {
+		members := s.membersOf(rangeID)
+		_, in := members[self]
+		return len(members) == 1 && in, len(members) > 0
+	}
 	if hook := s.cfg.Knobs.AfterRevisionsTaken; hook != nil {
 		cfg.AfterRevisionsTaken = func(first int64) { hook(rangeID, first) }
 	}

@@ -68,9 +68,12 @@ type Server struct {
 	rangesMu sync.Mutex
 	ranges   map[uint64]*shard.Replica // guarded by rangesMu
 	cache    *router.RangeCache
-	// raftMembers is every node's Raft address by node ID: each range has a
-	// replica on every node.
+	// raftMembers is every member of --initial-cluster's Raft address by node
+	// ID: the meta range's voters (none on a node that joined).
 	raftMembers map[uint64]dragonboat.Target
+	// joined: this node joined a running cluster (--join) rather than being
+	// one of --initial-cluster.
+	joined bool
 
 	listeners []net.Listener
 
@@ -98,17 +101,24 @@ func Start(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	replicaID, _ := cfg.replicaID()
-	s := &Server{cfg: cfg, log: cfg.Logger, replicaID: replicaID, clusterID: clusterID(cfg.InitialCluster), stopper: stop.New(), rangesChanged: make(chan struct{}, 1),
-		ranges: map[uint64]*shard.Replica{}, feeds: feeds{wanted: map[uint64]time.Time{}}, picks: map[uint64]pick{}, cache: router.NewRangeCache()}
 	quietDragonboat(cfg.Logger)
-
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("--data-dir %q: %w", cfg.DataDir, err)
 	}
 	if err := checkHostname(cfg.DataDir); err != nil {
 		return nil, err
 	}
+	replicaID, _ := cfg.replicaID()
+	cid := clusterID(cfg.InitialCluster)
+	id, joined, err := nodeIdentity(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if joined {
+		replicaID, cid = id.NodeID, id.ClusterID
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, replicaID: replicaID, clusterID: cid, joined: joined, stopper: stop.New(), rangesChanged: make(chan struct{}, 1),
+		ranges: map[uint64]*shard.Replica{}, feeds: feeds{wanted: map[uint64]time.Time{}}, picks: map[uint64]pick{}, cache: router.NewRangeCache()}
 	// Listen before starting Raft so a taken port fails fast and changes nothing.
 	for _, u := range cfg.ListenClientURLs {
 		hp, _ := hostPortOf(u)
@@ -120,7 +130,6 @@ func Start(cfg Config) (*Server, error) {
 		s.listeners = append(s.listeners, ln)
 	}
 
-	var err error
 	// The hub takes every range's applied events from the moment ranges
 	// open; it reads through the store and the router once they exist.
 	s.hub = watchhub.New(hubSource{s}, watchhub.Config{
@@ -257,11 +266,20 @@ func (s *Server) startRaft() error {
 	}
 	s.nh = nh
 	s.raftMembers = map[uint64]dragonboat.Target{}
-	for i, m := range cfg.InitialCluster {
-		addr, _ := hostPortOf(m.PeerURL)
-		s.raftMembers[uint64(i+1)] = addr
+	metaConfig := s.raftConfig(placement.MetaRangeID, s.replicaID)
+	metaMembers, metaJoin := s.raftMembers, false
+	if s.joined {
+		// A node that joined holds a non-voting replica of the meta range,
+		// started empty the first time (the meta leader added it).
+		metaConfig.IsNonVoting = true
+		metaMembers, metaJoin = nil, !nh.HasNodeInfo(placement.MetaRangeID, s.replicaID)
+	} else {
+		for i, m := range cfg.InitialCluster {
+			addr, _ := hostPortOf(m.PeerURL)
+			s.raftMembers[uint64(i+1)] = addr
+		}
 	}
-	if err := nh.StartReplica(s.raftMembers, false, placement.NewMetaSM, s.raftConfig(placement.MetaRangeID, s.replicaID)); err != nil {
+	if err := nh.StartReplica(metaMembers, metaJoin, placement.NewMetaSM, metaConfig); err != nil {
 		nh.Close()
 		return fmt.Errorf("starting the meta range: %w", err)
 	}

@@ -116,15 +116,24 @@ func (c *cluster) MemberList(ctx context.Context, _ *pb.MemberListRequest) (*pb.
 		_, term, _ = home.Leader()
 	}
 	resp := &pb.MemberListResponse{Header: &pb.ResponseHeader{ClusterId: s.clusterID, MemberId: s.replicaID, RaftTerm: term}}
-	for i, m := range s.cfg.InitialCluster {
-		id := uint64(i + 1)
-		member := &pb.Member{ID: id, PeerURLs: []string{m.PeerURL}}
-		if n, ok := registered[id]; ok {
-			// As in etcd, a member that has not published yet has no name.
-			member.Name = n.Name
-			member.ClientURLs = n.ClientUrls
+	if !s.joined {
+		for i, m := range s.cfg.InitialCluster {
+			id := uint64(i + 1)
+			member := &pb.Member{ID: id, PeerURLs: []string{m.PeerURL}}
+			if n, ok := registered[id]; ok {
+				// As in etcd, a member that has not published yet has no name.
+				member.Name = n.Name
+				member.ClientURLs = n.ClientUrls
+				delete(registered, id)
+			}
+			resp.Members = append(resp.Members, member)
 		}
-		resp.Members = append(resp.Members, member)
+	}
+	// Nodes that joined (and, on a node that joined, every node).
+	for _, n := range nodes {
+		if _, ok := registered[n.NodeId]; ok {
+			resp.Members = append(resp.Members, &pb.Member{ID: n.NodeId, Name: n.Name, PeerURLs: []string{"http://" + n.RaftAddress}, ClientURLs: n.ClientUrls})
+		}
 	}
 	return resp, nil
 }

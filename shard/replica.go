@@ -48,11 +48,13 @@ type Config struct {
 	// RevokeExpired revokes an expired lease; nil revokes it on this range
 	// only. The home range's node revokes it on every range.
 	RevokeExpired func(ctx context.Context, id int64) error
-	// SoleReplica: the range has no other replica (a one-node cluster, whose
-	// membership cannot change), so no other leader can exist: once this
-	// replica's leadership barrier is applied, everything acknowledged is
-	// applied here, and a linearizable read needs no ReadIndex round.
-	SoleReplica bool
+	// SoleVoter reports whether this replica is its range's only voting
+	// member, as it knows the members (known false: not yet). While it is,
+	// no other leader can exist: once its leadership barrier is applied,
+	// everything acknowledged is applied here, and a linearizable read needs
+	// no ReadIndex round. Nil: always take the round. The answer is kept;
+	// whoever adds a voter calls NotSole first.
+	SoleVoter func() (sole, known bool)
 	// ReadRoundGap is the least time between the starts of two ReadIndex
 	// rounds while rounds are shared by several reads (rounds.Rounds.MinGap).
 	// Default 1ms; negative: none.
@@ -113,7 +115,10 @@ func retrying[T any](r *Replica, ctx context.Context, once func() (T, error, boo
 // Replica is one range replica on this node. The Raft replica itself is started
 // by the caller (node assembly) with Store.CreateStateMachine; Replica drives it.
 type Replica struct {
-	cfg     Config
+	cfg Config
+	// sole caches whether the range has this replica as its only voter:
+	// soleUnknown until asked, then soleYes or soleNo (for good once no).
+	sole    atomic.Int32
 	nh      *dragonboat.NodeHost
 	store   *statemachine.Store
 	oracle  Oracle
@@ -793,11 +798,45 @@ func (r *Replica) Read(ctx context.Context, linearizable bool, fn func(*statemac
 	return retrying(r, ctx, func() (any, error, bool) { return r.confirmedRead(ctx, fn) })
 }
 
+const (
+	soleUnknown int32 = iota
+	soleYes
+	soleNo
+)
+
+// isSole reports whether the range has this replica as its only voter (see
+// Config.Voters).
+func (r *Replica) isSole() bool {
+	switch r.sole.Load() {
+	case soleYes:
+		return true
+	case soleNo:
+		return false
+	}
+	if r.cfg.SoleVoter == nil {
+		r.sole.Store(soleNo)
+		return false
+	}
+	switch sole, known := r.cfg.SoleVoter(); {
+	case !known:
+	case sole:
+		return r.sole.CompareAndSwap(soleUnknown, soleYes) || r.sole.Load() == soleYes
+	default:
+		r.sole.Store(soleNo)
+	}
+	return false
+}
+
+// NotSole says the range is getting another voter: from now on every
+// linearizable read takes a ReadIndex round. Call it before proposing the
+// membership change.
+func (r *Replica) NotSole() { r.sole.Store(soleNo) }
+
 // confirmedRead runs fn on a view that holds everything committed before
 // the call: after a ReadIndex round, or at once on a sole replica that is
-// ready as leader (see Config.SoleReplica).
+// ready as leader (see Config.SoleVoter).
 func (r *Replica) confirmedRead(ctx context.Context, fn func(*statemachine.View) (any, error)) (out any, err error, retry bool) {
-	if !r.cfg.SoleReplica {
+	if !r.isSole() {
 		return r.readOnce(ctx, fn)
 	}
 	if err := r.leaderReady(ctx); err != nil {

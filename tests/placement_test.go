@@ -10,8 +10,10 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/tesserakv/tessera/bench"
 	"github.com/tesserakv/tessera/internal/testcluster"
 	"github.com/tesserakv/tessera/proto/tesserapb"
+	"github.com/tesserakv/tessera/server"
 )
 
 // placing runs the placement schedulers often, on quick heartbeats, and
@@ -274,4 +276,91 @@ func (w *writer) stop() (map[string]string, []error) {
 	close(w.halt)
 	<-w.done
 	return w.acked, w.failed
+}
+
+// TestGrowByJoining: one node, then nodes joining it (--join) one at a time
+// up to five, while clients read and write: porcupine checks the history and
+// every multi-range list is the state at its revision; the replicas end
+// balanced within one per node, three per range, each node holding exactly
+// what the meta range records; every node answers `member list` with all
+// five.
+func TestGrowByJoining(t *testing.T) {
+	c := testcluster.Start(t, 1, placing(time.Minute))
+	for _, key := range []string{"lin/02", "lin/04", "lin/06", "lin/08", "lin/10", "lin/12", "lin/14"} {
+		splitAt(t, c, c.Nodes[0], key)
+	}
+	runLinearizability(t, c, 16, true, func(round int) {
+		c.AddNode()
+		if round == 2 {
+			c.AddNode()
+		}
+	})
+	waitPlaced(t, c, "replicas balanced over five nodes", 60*time.Second, balanced(5))
+	for _, n := range c.Nodes {
+		members, err := c.Client(n.ClientURL).MemberList(ctxT(t))
+		if err != nil || len(members.Members) != 5 {
+			t.Fatalf("%s: member list %v %v", n.Config.Name, members, err)
+		}
+	}
+}
+
+// TestJoinRefusals: a --join whose URL answers but is no Tessera member, a
+// --name a member already has, and a data directory of an --initial-cluster
+// member are refused, naming the cause, and start nothing; a node that
+// joined restarts from its data directory with the same command.
+func TestJoinRefusals(t *testing.T) {
+	c := testcluster.Start(t, 1)
+	joiner := func(name string, join ...string) serverConfig {
+		cfg := c.Nodes[0].Config
+		peer := fmt.Sprintf("http://127.0.0.1:%d", testcluster.FreePort(t))
+		client := fmt.Sprintf("http://127.0.0.1:%d", testcluster.FreePort(t))
+		cfg.Name, cfg.DataDir, cfg.Join = name, t.TempDir()+"/"+name, join
+		cfg.ListenPeerURLs, cfg.InitialAdvertisePeerURLs = []string{peer}, []string{peer}
+		cfg.ListenClientURLs, cfg.AdvertiseClientURLs = []string{client}, []string{client}
+		cfg.InitialCluster = []server.Member{{Name: name, PeerURL: peer}}
+		return cfg
+	}
+	null, err := bench.StartNullServer("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer null.Stop()
+	for _, bad := range []struct {
+		cfg  serverConfig
+		want string
+	}{
+		{joiner("x", "http://"+null.Addr()), "is not a member of a Tessera cluster"},
+		{joiner("n1", c.Nodes[0].ClientURL), `a node named "n1" is already a member`},
+	} {
+		if srv, err := server.Start(bad.cfg); err == nil || !strings.Contains(err.Error(), bad.want) {
+			if srv != nil {
+				srv.Close()
+			}
+			t.Errorf("joining as %s through %v: %v, want an error saying %q", bad.cfg.Name, bad.cfg.Join, err, bad.want)
+		}
+	}
+	member := c.Nodes[0].Config
+	member.Join = []string{c.Nodes[0].ClientURL}
+	member.InitialCluster = member.InitialCluster[:1]
+	if srv, err := server.Start(member); err == nil || !strings.Contains(err.Error(), "belongs to a member of an --initial-cluster") {
+		if srv != nil {
+			srv.Close()
+		}
+		t.Errorf("--join with a member's data directory: %v", err)
+	}
+
+	n2 := c.AddNode()
+	if _, err := c.Client(n2.ClientURL).Put(ctxT(t), "j/1", "v"); err != nil {
+		t.Fatal(err)
+	}
+	c.StopNode(n2)
+	c.StartNode(n2) // the same command, --join included
+	got, err := c.Client(n2.ClientURL).Get(ctxT(t), "j/1")
+	if err != nil || len(got.Kvs) != 1 {
+		t.Fatalf("after the joined node restarted: %v %v", got, err)
+	}
+	members, err := c.Client(c.Nodes[0].ClientURL).MemberList(ctxT(t))
+	if err != nil || len(members.Members) != 2 {
+		t.Fatalf("member list after the restart: %v %v", members, err)
+	}
 }

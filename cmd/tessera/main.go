@@ -125,6 +125,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (server.Config, error) 
 	listenPeer := fs.String("listen-peer-urls", server.DefaultPeerURL, "URL to listen on for Raft traffic from peers")
 	advertisePeer := fs.String("initial-advertise-peer-urls", "", "this member's peer URL as the rest of the cluster reaches it (default: --listen-peer-urls)")
 	initialCluster := fs.String("initial-cluster", "", "initial cluster configuration, name=peerURL,... (default: --name=first --initial-advertise-peer-urls)")
+	join := fs.String("join", "", "comma-separated client URLs of members of a running cluster to join (a new node, or one that joined before)")
 	fs.StringVar(&cfg.InitialClusterState, "initial-cluster-state", cfg.InitialClusterState, "initial cluster state (\"new\" or \"existing\")")
 	fs.IntVar(&cfg.Replicas, "replicas", cfg.Replicas, "voting replicas of each data range, on distinct nodes (every node when fewer); the same on every member")
 	fs.DurationVar(&cfg.DeadNodeTimeout, "dead-node-timeout", cfg.DeadNodeTimeout, "a node unheard from for this long is dead, and its replicas are made again on other nodes")
@@ -171,6 +172,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (server.Config, error) 
 	if *advertiseClient != "" {
 		cfg.AdvertiseClientURLs = splitList(*advertiseClient)
 	}
+	cfg.Join = splitList(*join)
 	cfg.ListenPeerURLs = splitList(*listenPeer)
 	cfg.InitialAdvertisePeerURLs = cfg.ListenPeerURLs
 	if *advertisePeer != "" {

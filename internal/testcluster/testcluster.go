@@ -31,8 +31,10 @@ type Node struct {
 
 // Cluster is a set of nodes started together.
 type Cluster struct {
-	t     testing.TB
-	Nodes []*Node
+	dataRoot string
+	opts     []Options
+	t        testing.TB
+	Nodes    []*Node
 }
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago. It
@@ -95,30 +97,9 @@ func Start(t testing.TB, n int, opts ...Options) *Cluster {
 	for i := range n {
 		members = append(members, server.Member{Name: fmt.Sprintf("n%d", i+1), PeerURL: fmt.Sprintf("http://127.0.0.1:%d", FreePort(t))})
 	}
-	dataRoot := t.TempDir()
+	c.dataRoot, c.opts = t.TempDir(), opts
 	for i := range n {
-		cfg := server.DefaultConfig()
-		cfg.Name = members[i].Name
-		cfg.DataDir = fmt.Sprintf("%s/%s", dataRoot, cfg.Name)
-		clientURL := fmt.Sprintf("http://127.0.0.1:%d", FreePort(t))
-		cfg.ListenClientURLs = []string{clientURL}
-		cfg.AdvertiseClientURLs = []string{clientURL}
-		cfg.ListenPeerURLs = []string{members[i].PeerURL}
-		cfg.InitialAdvertisePeerURLs = []string{members[i].PeerURL}
-		cfg.InitialCluster = members
-		cfg.HeartbeatInterval = 50 * time.Millisecond
-		cfg.ElectionTimeout = 500 * time.Millisecond
-		// Replicas and leaders move only where a test asks (a test of
-		// placement turns it on).
-		cfg.PlacementInterval = -1
-		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-		if testing.Verbose() {
-			cfg.Logger = slog.Default()
-		}
-		for _, o := range opts {
-			o(&cfg)
-		}
-		c.Nodes = append(c.Nodes, &Node{Config: cfg, ClientURL: clientURL})
+		c.Nodes = append(c.Nodes, c.newNode(members[i], members))
 	}
 	for _, node := range c.Nodes {
 		c.StartNode(node)
@@ -127,6 +108,45 @@ func Start(t testing.TB, n int, opts ...Options) *Cluster {
 	c.Leader()
 	c.waitRegistered()
 	return c
+}
+
+// newNode makes the config of a node (not started) with the test's options.
+func (c *Cluster) newNode(self server.Member, members []server.Member) *Node {
+	cfg := server.DefaultConfig()
+	cfg.Name = self.Name
+	cfg.DataDir = fmt.Sprintf("%s/%s", c.dataRoot, cfg.Name)
+	clientURL := fmt.Sprintf("http://127.0.0.1:%d", FreePort(c.t))
+	cfg.ListenClientURLs = []string{clientURL}
+	cfg.AdvertiseClientURLs = []string{clientURL}
+	cfg.ListenPeerURLs = []string{self.PeerURL}
+	cfg.InitialAdvertisePeerURLs = []string{self.PeerURL}
+	cfg.InitialCluster = members
+	cfg.HeartbeatInterval = 50 * time.Millisecond
+	cfg.ElectionTimeout = 500 * time.Millisecond
+	// Replicas and leaders move only where a test asks (a test of
+	// placement turns it on).
+	cfg.PlacementInterval = -1
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		cfg.Logger = slog.Default()
+	}
+	for _, o := range c.opts {
+		o(&cfg)
+	}
+	return &Node{Config: cfg, ClientURL: clientURL}
+}
+
+// AddNode starts one more node, which joins the running cluster through the
+// others (--join), and returns it once it is registered.
+func (c *Cluster) AddNode() *Node {
+	c.t.Helper()
+	self := server.Member{Name: fmt.Sprintf("n%d", len(c.Nodes)+1), PeerURL: fmt.Sprintf("http://127.0.0.1:%d", FreePort(c.t))}
+	node := c.newNode(self, []server.Member{self})
+	node.Config.Join = c.Endpoints()
+	c.StartNode(node)
+	c.Nodes = append(c.Nodes, node)
+	c.waitRegistered()
+	return node
 }
 
 // waitRegistered waits, up to 10s, until every node knows every node's

@@ -35,6 +35,7 @@ type MetaCommand struct {
 	//	*MetaCommand_PutRange
 	//	*MetaCommand_AllocateRangeId
 	//	*MetaCommand_SetDecommissioning
+	//	*MetaCommand_AllocateNodeId
 	Op            isMetaCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -122,6 +123,15 @@ func (x *MetaCommand) GetSetDecommissioning() *SetDecommissioningCommand {
 	return nil
 }
 
+func (x *MetaCommand) GetAllocateNodeId() *AllocateNodeIdCommand {
+	if x != nil {
+		if x, ok := x.Op.(*MetaCommand_AllocateNodeId); ok {
+			return x.AllocateNodeId
+		}
+	}
+	return nil
+}
+
 type isMetaCommand_Op interface {
 	isMetaCommand_Op()
 }
@@ -146,6 +156,10 @@ type MetaCommand_SetDecommissioning struct {
 	SetDecommissioning *SetDecommissioningCommand `protobuf:"bytes,5,opt,name=set_decommissioning,json=setDecommissioning,proto3,oneof"`
 }
 
+type MetaCommand_AllocateNodeId struct {
+	AllocateNodeId *AllocateNodeIdCommand `protobuf:"bytes,6,opt,name=allocate_node_id,json=allocateNodeId,proto3,oneof"`
+}
+
 func (*MetaCommand_SetHighWater) isMetaCommand_Op() {}
 
 func (*MetaCommand_RegisterNode) isMetaCommand_Op() {}
@@ -155,6 +169,55 @@ func (*MetaCommand_PutRange) isMetaCommand_Op() {}
 func (*MetaCommand_AllocateRangeId) isMetaCommand_Op() {}
 
 func (*MetaCommand_SetDecommissioning) isMetaCommand_Op() {}
+
+func (*MetaCommand_AllocateNodeId) isMetaCommand_Op() {}
+
+// AllocateNodeIdCommand hands out a new node ID (the entry's result value),
+// at least min_id: above every ID handed out before and every ID the
+// initial members have.
+type AllocateNodeIdCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MinId         uint64                 `protobuf:"varint,1,opt,name=min_id,json=minId,proto3" json:"min_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AllocateNodeIdCommand) Reset() {
+	*x = AllocateNodeIdCommand{}
+	mi := &file_tesserapb_meta_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AllocateNodeIdCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AllocateNodeIdCommand) ProtoMessage() {}
+
+func (x *AllocateNodeIdCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AllocateNodeIdCommand.ProtoReflect.Descriptor instead.
+func (*AllocateNodeIdCommand) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AllocateNodeIdCommand) GetMinId() uint64 {
+	if x != nil {
+		return x.MinId
+	}
+	return 0
+}
 
 // SetDecommissioningCommand marks a node as leaving: placement moves every
 // replica off it and gives it none.
@@ -168,7 +231,7 @@ type SetDecommissioningCommand struct {
 
 func (x *SetDecommissioningCommand) Reset() {
 	*x = SetDecommissioningCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[1]
+	mi := &file_tesserapb_meta_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -180,7 +243,7 @@ func (x *SetDecommissioningCommand) String() string {
 func (*SetDecommissioningCommand) ProtoMessage() {}
 
 func (x *SetDecommissioningCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[1]
+	mi := &file_tesserapb_meta_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -193,7 +256,7 @@ func (x *SetDecommissioningCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDecommissioningCommand.ProtoReflect.Descriptor instead.
 func (*SetDecommissioningCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{1}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *SetDecommissioningCommand) GetNodeId() uint64 {
@@ -219,7 +282,7 @@ type AllocateRangeIdCommand struct {
 
 func (x *AllocateRangeIdCommand) Reset() {
 	*x = AllocateRangeIdCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[2]
+	mi := &file_tesserapb_meta_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -231,7 +294,7 @@ func (x *AllocateRangeIdCommand) String() string {
 func (*AllocateRangeIdCommand) ProtoMessage() {}
 
 func (x *AllocateRangeIdCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[2]
+	mi := &file_tesserapb_meta_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -244,7 +307,7 @@ func (x *AllocateRangeIdCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateRangeIdCommand.ProtoReflect.Descriptor instead.
 func (*AllocateRangeIdCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{2}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{3}
 }
 
 // SetHighWaterCommand raises the oracle's high-water mark: no revision at or
@@ -258,7 +321,7 @@ type SetHighWaterCommand struct {
 
 func (x *SetHighWaterCommand) Reset() {
 	*x = SetHighWaterCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[3]
+	mi := &file_tesserapb_meta_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -270,7 +333,7 @@ func (x *SetHighWaterCommand) String() string {
 func (*SetHighWaterCommand) ProtoMessage() {}
 
 func (x *SetHighWaterCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[3]
+	mi := &file_tesserapb_meta_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -283,7 +346,7 @@ func (x *SetHighWaterCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetHighWaterCommand.ProtoReflect.Descriptor instead.
 func (*SetHighWaterCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{3}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SetHighWaterCommand) GetRevision() int64 {
@@ -302,7 +365,7 @@ type RegisterNodeCommand struct {
 
 func (x *RegisterNodeCommand) Reset() {
 	*x = RegisterNodeCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[4]
+	mi := &file_tesserapb_meta_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -314,7 +377,7 @@ func (x *RegisterNodeCommand) String() string {
 func (*RegisterNodeCommand) ProtoMessage() {}
 
 func (x *RegisterNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[4]
+	mi := &file_tesserapb_meta_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -327,7 +390,7 @@ func (x *RegisterNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeCommand.ProtoReflect.Descriptor instead.
 func (*RegisterNodeCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{4}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RegisterNodeCommand) GetNode() *NodeInfo {
@@ -349,7 +412,7 @@ type PutRangeCommand struct {
 
 func (x *PutRangeCommand) Reset() {
 	*x = PutRangeCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[5]
+	mi := &file_tesserapb_meta_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -361,7 +424,7 @@ func (x *PutRangeCommand) String() string {
 func (*PutRangeCommand) ProtoMessage() {}
 
 func (x *PutRangeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[5]
+	mi := &file_tesserapb_meta_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -374,7 +437,7 @@ func (x *PutRangeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRangeCommand.ProtoReflect.Descriptor instead.
 func (*PutRangeCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{5}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PutRangeCommand) GetRange() *RangeDescriptor {
@@ -400,7 +463,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_tesserapb_meta_proto_msgTypes[6]
+	mi := &file_tesserapb_meta_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -412,7 +475,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[6]
+	mi := &file_tesserapb_meta_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -425,7 +488,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{6}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *NodeInfo) GetNodeId() uint64 {
@@ -485,7 +548,7 @@ type RangeDescriptor struct {
 
 func (x *RangeDescriptor) Reset() {
 	*x = RangeDescriptor{}
-	mi := &file_tesserapb_meta_proto_msgTypes[7]
+	mi := &file_tesserapb_meta_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -497,7 +560,7 @@ func (x *RangeDescriptor) String() string {
 func (*RangeDescriptor) ProtoMessage() {}
 
 func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[7]
+	mi := &file_tesserapb_meta_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -510,7 +573,7 @@ func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDescriptor.ProtoReflect.Descriptor instead.
 func (*RangeDescriptor) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{7}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RangeDescriptor) GetRangeId() uint64 {
@@ -562,14 +625,16 @@ type MetaState struct {
 	Nodes     []*NodeInfo            `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
 	Ranges    []*RangeDescriptor     `protobuf:"bytes,3,rep,name=ranges,proto3" json:"ranges,omitempty"`
 	// next_range_id is the next range ID to hand out (0 = FirstAllocatedRangeID).
-	NextRangeId   uint64 `protobuf:"varint,4,opt,name=next_range_id,json=nextRangeId,proto3" json:"next_range_id,omitempty"`
+	NextRangeId uint64 `protobuf:"varint,4,opt,name=next_range_id,json=nextRangeId,proto3" json:"next_range_id,omitempty"`
+	// next_node_id is the lowest node ID AllocateNodeIdCommand may hand out.
+	NextNodeId    uint64 `protobuf:"varint,5,opt,name=next_node_id,json=nextNodeId,proto3" json:"next_node_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MetaState) Reset() {
 	*x = MetaState{}
-	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	mi := &file_tesserapb_meta_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -581,7 +646,7 @@ func (x *MetaState) String() string {
 func (*MetaState) ProtoMessage() {}
 
 func (x *MetaState) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	mi := &file_tesserapb_meta_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -594,7 +659,7 @@ func (x *MetaState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaState.ProtoReflect.Descriptor instead.
 func (*MetaState) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{8}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *MetaState) GetHighWater() int64 {
@@ -625,6 +690,134 @@ func (x *MetaState) GetNextRangeId() uint64 {
 	return 0
 }
 
+func (x *MetaState) GetNextNodeId() uint64 {
+	if x != nil {
+		return x.NextNodeId
+	}
+	return 0
+}
+
+type JoinClusterRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	RaftAddress   string                 `protobuf:"bytes,2,opt,name=raft_address,json=raftAddress,proto3" json:"raft_address,omitempty"`
+	ClientUrls    []string               `protobuf:"bytes,3,rep,name=client_urls,json=clientUrls,proto3" json:"client_urls,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinClusterRequest) Reset() {
+	*x = JoinClusterRequest{}
+	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinClusterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinClusterRequest) ProtoMessage() {}
+
+func (x *JoinClusterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinClusterRequest.ProtoReflect.Descriptor instead.
+func (*JoinClusterRequest) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *JoinClusterRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *JoinClusterRequest) GetRaftAddress() string {
+	if x != nil {
+		return x.RaftAddress
+	}
+	return ""
+}
+
+func (x *JoinClusterRequest) GetClientUrls() []string {
+	if x != nil {
+		return x.ClientUrls
+	}
+	return nil
+}
+
+type JoinClusterResponse struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	NodeId    uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	ClusterId uint64                 `protobuf:"varint,2,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	// replicas is the cluster's --replicas as the meta leader has it.
+	Replicas      uint32 `protobuf:"varint,3,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinClusterResponse) Reset() {
+	*x = JoinClusterResponse{}
+	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinClusterResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinClusterResponse) ProtoMessage() {}
+
+func (x *JoinClusterResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinClusterResponse.ProtoReflect.Descriptor instead.
+func (*JoinClusterResponse) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *JoinClusterResponse) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+func (x *JoinClusterResponse) GetClusterId() uint64 {
+	if x != nil {
+		return x.ClusterId
+	}
+	return 0
+}
+
+func (x *JoinClusterResponse) GetReplicas() uint32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
+}
+
 type ListNodesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -633,7 +826,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	mi := &file_tesserapb_meta_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -645,7 +838,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	mi := &file_tesserapb_meta_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -658,7 +851,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{9}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{12}
 }
 
 type ListNodesResponse struct {
@@ -670,7 +863,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	mi := &file_tesserapb_meta_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -682,7 +875,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	mi := &file_tesserapb_meta_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -695,7 +888,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{10}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeStatus {
@@ -724,7 +917,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -736,7 +929,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -749,7 +942,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{11}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *NodeStatus) GetNodeId() uint64 {
@@ -818,7 +1011,7 @@ type DecommissionRequest struct {
 
 func (x *DecommissionRequest) Reset() {
 	*x = DecommissionRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -830,7 +1023,7 @@ func (x *DecommissionRequest) String() string {
 func (*DecommissionRequest) ProtoMessage() {}
 
 func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -843,7 +1036,7 @@ func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionRequest.ProtoReflect.Descriptor instead.
 func (*DecommissionRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{12}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DecommissionRequest) GetNode() string {
@@ -862,7 +1055,7 @@ type DecommissionResponse struct {
 
 func (x *DecommissionResponse) Reset() {
 	*x = DecommissionResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -874,7 +1067,7 @@ func (x *DecommissionResponse) String() string {
 func (*DecommissionResponse) ProtoMessage() {}
 
 func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -887,7 +1080,7 @@ func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionResponse.ProtoReflect.Descriptor instead.
 func (*DecommissionResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{13}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DecommissionResponse) GetNodeId() uint64 {
@@ -910,7 +1103,7 @@ type NodeHeartbeatRequest struct {
 
 func (x *NodeHeartbeatRequest) Reset() {
 	*x = NodeHeartbeatRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -922,7 +1115,7 @@ func (x *NodeHeartbeatRequest) String() string {
 func (*NodeHeartbeatRequest) ProtoMessage() {}
 
 func (x *NodeHeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -935,7 +1128,7 @@ func (x *NodeHeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeHeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*NodeHeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *NodeHeartbeatRequest) GetNodeId() uint64 {
@@ -979,7 +1172,7 @@ type RangeLoad struct {
 
 func (x *RangeLoad) Reset() {
 	*x = RangeLoad{}
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -991,7 +1184,7 @@ func (x *RangeLoad) String() string {
 func (*RangeLoad) ProtoMessage() {}
 
 func (x *RangeLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1004,7 +1197,7 @@ func (x *RangeLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeLoad.ProtoReflect.Descriptor instead.
 func (*RangeLoad) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RangeLoad) GetRangeId() uint64 {
@@ -1043,7 +1236,7 @@ type NodeHeartbeatResponse struct {
 
 func (x *NodeHeartbeatResponse) Reset() {
 	*x = NodeHeartbeatResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1055,7 +1248,7 @@ func (x *NodeHeartbeatResponse) String() string {
 func (*NodeHeartbeatResponse) ProtoMessage() {}
 
 func (x *NodeHeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1068,7 +1261,7 @@ func (x *NodeHeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeHeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*NodeHeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
 }
 
 type TransferLeaderRequest struct {
@@ -1081,7 +1274,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1093,7 +1286,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1106,7 +1299,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *TransferLeaderRequest) GetRangeId() uint64 {
@@ -1131,7 +1324,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1143,7 +1336,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1156,7 +1349,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{21}
 }
 
 type RangeHistoryRequest struct {
@@ -1176,7 +1369,7 @@ type RangeHistoryRequest struct {
 
 func (x *RangeHistoryRequest) Reset() {
 	*x = RangeHistoryRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[19]
+	mi := &file_tesserapb_meta_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1188,7 +1381,7 @@ func (x *RangeHistoryRequest) String() string {
 func (*RangeHistoryRequest) ProtoMessage() {}
 
 func (x *RangeHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[19]
+	mi := &file_tesserapb_meta_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1201,7 +1394,7 @@ func (x *RangeHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeHistoryRequest.ProtoReflect.Descriptor instead.
 func (*RangeHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RangeHistoryRequest) GetRangeId() uint64 {
@@ -1261,7 +1454,7 @@ type RangeHistoryResponse struct {
 
 func (x *RangeHistoryResponse) Reset() {
 	*x = RangeHistoryResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[20]
+	mi := &file_tesserapb_meta_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1273,7 +1466,7 @@ func (x *RangeHistoryResponse) String() string {
 func (*RangeHistoryResponse) ProtoMessage() {}
 
 func (x *RangeHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[20]
+	mi := &file_tesserapb_meta_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1286,7 +1479,7 @@ func (x *RangeHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeHistoryResponse.ProtoReflect.Descriptor instead.
 func (*RangeHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RangeHistoryResponse) GetEvents() [][]byte {
@@ -1319,7 +1512,7 @@ type RangeStartedRequest struct {
 
 func (x *RangeStartedRequest) Reset() {
 	*x = RangeStartedRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[21]
+	mi := &file_tesserapb_meta_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1331,7 +1524,7 @@ func (x *RangeStartedRequest) String() string {
 func (*RangeStartedRequest) ProtoMessage() {}
 
 func (x *RangeStartedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[21]
+	mi := &file_tesserapb_meta_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1344,7 +1537,7 @@ func (x *RangeStartedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeStartedRequest.ProtoReflect.Descriptor instead.
 func (*RangeStartedRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{21}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RangeStartedRequest) GetRangeId() uint64 {
@@ -1368,7 +1561,7 @@ type RangeStartedResponse struct {
 
 func (x *RangeStartedResponse) Reset() {
 	*x = RangeStartedResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[22]
+	mi := &file_tesserapb_meta_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1380,7 +1573,7 @@ func (x *RangeStartedResponse) String() string {
 func (*RangeStartedResponse) ProtoMessage() {}
 
 func (x *RangeStartedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[22]
+	mi := &file_tesserapb_meta_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1393,7 +1586,7 @@ func (x *RangeStartedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeStartedResponse.ProtoReflect.Descriptor instead.
 func (*RangeStartedResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{22}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RangeStartedResponse) GetStarted() bool {
@@ -1432,7 +1625,7 @@ type ChangeReplicasRequest struct {
 
 func (x *ChangeReplicasRequest) Reset() {
 	*x = ChangeReplicasRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[23]
+	mi := &file_tesserapb_meta_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1444,7 +1637,7 @@ func (x *ChangeReplicasRequest) String() string {
 func (*ChangeReplicasRequest) ProtoMessage() {}
 
 func (x *ChangeReplicasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[23]
+	mi := &file_tesserapb_meta_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1457,7 +1650,7 @@ func (x *ChangeReplicasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeReplicasRequest.ProtoReflect.Descriptor instead.
 func (*ChangeReplicasRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{23}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ChangeReplicasRequest) GetRangeId() uint64 {
@@ -1490,7 +1683,7 @@ type ChangeReplicasResponse struct {
 
 func (x *ChangeReplicasResponse) Reset() {
 	*x = ChangeReplicasResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[24]
+	mi := &file_tesserapb_meta_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1502,7 +1695,7 @@ func (x *ChangeReplicasResponse) String() string {
 func (*ChangeReplicasResponse) ProtoMessage() {}
 
 func (x *ChangeReplicasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[24]
+	mi := &file_tesserapb_meta_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1515,7 +1708,7 @@ func (x *ChangeReplicasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeReplicasResponse.ProtoReflect.Descriptor instead.
 func (*ChangeReplicasResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{24}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ChangeReplicasResponse) GetRange() *RangeDescriptor {
@@ -1536,7 +1729,7 @@ type StartReplicaRequest struct {
 
 func (x *StartReplicaRequest) Reset() {
 	*x = StartReplicaRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[25]
+	mi := &file_tesserapb_meta_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1548,7 +1741,7 @@ func (x *StartReplicaRequest) String() string {
 func (*StartReplicaRequest) ProtoMessage() {}
 
 func (x *StartReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[25]
+	mi := &file_tesserapb_meta_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1561,7 +1754,7 @@ func (x *StartReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartReplicaRequest.ProtoReflect.Descriptor instead.
 func (*StartReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{25}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StartReplicaRequest) GetRangeId() uint64 {
@@ -1586,7 +1779,7 @@ type StartReplicaResponse struct {
 
 func (x *StartReplicaResponse) Reset() {
 	*x = StartReplicaResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[26]
+	mi := &file_tesserapb_meta_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1598,7 +1791,7 @@ func (x *StartReplicaResponse) String() string {
 func (*StartReplicaResponse) ProtoMessage() {}
 
 func (x *StartReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[26]
+	mi := &file_tesserapb_meta_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1611,7 +1804,7 @@ func (x *StartReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartReplicaResponse.ProtoReflect.Descriptor instead.
 func (*StartReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{26}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{29}
 }
 
 type RemoveReplicaRequest struct {
@@ -1623,7 +1816,7 @@ type RemoveReplicaRequest struct {
 
 func (x *RemoveReplicaRequest) Reset() {
 	*x = RemoveReplicaRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[27]
+	mi := &file_tesserapb_meta_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1635,7 +1828,7 @@ func (x *RemoveReplicaRequest) String() string {
 func (*RemoveReplicaRequest) ProtoMessage() {}
 
 func (x *RemoveReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[27]
+	mi := &file_tesserapb_meta_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1648,7 +1841,7 @@ func (x *RemoveReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReplicaRequest.ProtoReflect.Descriptor instead.
 func (*RemoveReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{27}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RemoveReplicaRequest) GetRangeId() uint64 {
@@ -1666,7 +1859,7 @@ type RemoveReplicaResponse struct {
 
 func (x *RemoveReplicaResponse) Reset() {
 	*x = RemoveReplicaResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[28]
+	mi := &file_tesserapb_meta_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1678,7 +1871,7 @@ func (x *RemoveReplicaResponse) String() string {
 func (*RemoveReplicaResponse) ProtoMessage() {}
 
 func (x *RemoveReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[28]
+	mi := &file_tesserapb_meta_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1691,7 +1884,7 @@ func (x *RemoveReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReplicaResponse.ProtoReflect.Descriptor instead.
 func (*RemoveReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{28}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{31}
 }
 
 type CampaignRangeRequest struct {
@@ -1703,7 +1896,7 @@ type CampaignRangeRequest struct {
 
 func (x *CampaignRangeRequest) Reset() {
 	*x = CampaignRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[29]
+	mi := &file_tesserapb_meta_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1715,7 +1908,7 @@ func (x *CampaignRangeRequest) String() string {
 func (*CampaignRangeRequest) ProtoMessage() {}
 
 func (x *CampaignRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[29]
+	mi := &file_tesserapb_meta_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1728,7 +1921,7 @@ func (x *CampaignRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRangeRequest.ProtoReflect.Descriptor instead.
 func (*CampaignRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{29}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CampaignRangeRequest) GetRangeId() uint64 {
@@ -1746,7 +1939,7 @@ type CampaignRangeResponse struct {
 
 func (x *CampaignRangeResponse) Reset() {
 	*x = CampaignRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[30]
+	mi := &file_tesserapb_meta_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1758,7 +1951,7 @@ func (x *CampaignRangeResponse) String() string {
 func (*CampaignRangeResponse) ProtoMessage() {}
 
 func (x *CampaignRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[30]
+	mi := &file_tesserapb_meta_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1771,7 +1964,7 @@ func (x *CampaignRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRangeResponse.ProtoReflect.Descriptor instead.
 func (*CampaignRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{30}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{33}
 }
 
 type RangeWriteRequest struct {
@@ -1790,7 +1983,7 @@ type RangeWriteRequest struct {
 
 func (x *RangeWriteRequest) Reset() {
 	*x = RangeWriteRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[31]
+	mi := &file_tesserapb_meta_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1802,7 +1995,7 @@ func (x *RangeWriteRequest) String() string {
 func (*RangeWriteRequest) ProtoMessage() {}
 
 func (x *RangeWriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[31]
+	mi := &file_tesserapb_meta_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1815,7 +2008,7 @@ func (x *RangeWriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteRequest.ProtoReflect.Descriptor instead.
 func (*RangeWriteRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{31}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RangeWriteRequest) GetRangeId() uint64 {
@@ -1855,7 +2048,7 @@ type RangeWriteResponse struct {
 
 func (x *RangeWriteResponse) Reset() {
 	*x = RangeWriteResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[32]
+	mi := &file_tesserapb_meta_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1867,7 +2060,7 @@ func (x *RangeWriteResponse) String() string {
 func (*RangeWriteResponse) ProtoMessage() {}
 
 func (x *RangeWriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[32]
+	mi := &file_tesserapb_meta_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1880,7 +2073,7 @@ func (x *RangeWriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteResponse.ProtoReflect.Descriptor instead.
 func (*RangeWriteResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{32}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RangeWriteResponse) GetResult() *Result {
@@ -1904,7 +2097,7 @@ type RangeFeedRequest struct {
 
 func (x *RangeFeedRequest) Reset() {
 	*x = RangeFeedRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[33]
+	mi := &file_tesserapb_meta_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1916,7 +2109,7 @@ func (x *RangeFeedRequest) String() string {
 func (*RangeFeedRequest) ProtoMessage() {}
 
 func (x *RangeFeedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[33]
+	mi := &file_tesserapb_meta_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1929,7 +2122,7 @@ func (x *RangeFeedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeFeedRequest.ProtoReflect.Descriptor instead.
 func (*RangeFeedRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{33}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RangeFeedRequest) GetRangeId() uint64 {
@@ -1969,7 +2162,7 @@ type RangeFeedResponse struct {
 
 func (x *RangeFeedResponse) Reset() {
 	*x = RangeFeedResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[34]
+	mi := &file_tesserapb_meta_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1981,7 +2174,7 @@ func (x *RangeFeedResponse) String() string {
 func (*RangeFeedResponse) ProtoMessage() {}
 
 func (x *RangeFeedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[34]
+	mi := &file_tesserapb_meta_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1994,7 +2187,7 @@ func (x *RangeFeedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeFeedResponse.ProtoReflect.Descriptor instead.
 func (*RangeFeedResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{34}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RangeFeedResponse) GetEvents() [][]byte {
@@ -2032,7 +2225,7 @@ type RangeWriteStreamRequest struct {
 
 func (x *RangeWriteStreamRequest) Reset() {
 	*x = RangeWriteStreamRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[35]
+	mi := &file_tesserapb_meta_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2044,7 +2237,7 @@ func (x *RangeWriteStreamRequest) String() string {
 func (*RangeWriteStreamRequest) ProtoMessage() {}
 
 func (x *RangeWriteStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[35]
+	mi := &file_tesserapb_meta_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2057,7 +2250,7 @@ func (x *RangeWriteStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteStreamRequest.ProtoReflect.Descriptor instead.
 func (*RangeWriteStreamRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{35}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RangeWriteStreamRequest) GetSeq() uint64 {
@@ -2098,7 +2291,7 @@ type RangeWriteStreamResponse struct {
 
 func (x *RangeWriteStreamResponse) Reset() {
 	*x = RangeWriteStreamResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[36]
+	mi := &file_tesserapb_meta_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2110,7 +2303,7 @@ func (x *RangeWriteStreamResponse) String() string {
 func (*RangeWriteStreamResponse) ProtoMessage() {}
 
 func (x *RangeWriteStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[36]
+	mi := &file_tesserapb_meta_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2123,7 +2316,7 @@ func (x *RangeWriteStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteStreamResponse.ProtoReflect.Descriptor instead.
 func (*RangeWriteStreamResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{36}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RangeWriteStreamResponse) GetSeq() uint64 {
@@ -2174,7 +2367,7 @@ type NotLeader struct {
 
 func (x *NotLeader) Reset() {
 	*x = NotLeader{}
-	mi := &file_tesserapb_meta_proto_msgTypes[37]
+	mi := &file_tesserapb_meta_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2186,7 +2379,7 @@ func (x *NotLeader) String() string {
 func (*NotLeader) ProtoMessage() {}
 
 func (x *NotLeader) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[37]
+	mi := &file_tesserapb_meta_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2199,7 +2392,7 @@ func (x *NotLeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotLeader.ProtoReflect.Descriptor instead.
 func (*NotLeader) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{37}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *NotLeader) GetLeaderReplicaId() uint64 {
@@ -2223,7 +2416,7 @@ type FenceRangeRequest struct {
 
 func (x *FenceRangeRequest) Reset() {
 	*x = FenceRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[38]
+	mi := &file_tesserapb_meta_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2235,7 +2428,7 @@ func (x *FenceRangeRequest) String() string {
 func (*FenceRangeRequest) ProtoMessage() {}
 
 func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[38]
+	mi := &file_tesserapb_meta_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2248,7 +2441,7 @@ func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeRequest.ProtoReflect.Descriptor instead.
 func (*FenceRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{38}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *FenceRangeRequest) GetRangeId() uint64 {
@@ -2283,7 +2476,7 @@ type FenceRangeResponse struct {
 
 func (x *FenceRangeResponse) Reset() {
 	*x = FenceRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[39]
+	mi := &file_tesserapb_meta_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2295,7 +2488,7 @@ func (x *FenceRangeResponse) String() string {
 func (*FenceRangeResponse) ProtoMessage() {}
 
 func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[39]
+	mi := &file_tesserapb_meta_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2308,7 +2501,7 @@ func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeResponse.ProtoReflect.Descriptor instead.
 func (*FenceRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{39}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *FenceRangeResponse) GetAppliedIndex() uint64 {
@@ -2334,7 +2527,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[40]
+	mi := &file_tesserapb_meta_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2346,7 +2539,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[40]
+	mi := &file_tesserapb_meta_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2359,7 +2552,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{40}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SplitRangeRequest) GetSplitKey() []byte {
@@ -2379,7 +2572,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[41]
+	mi := &file_tesserapb_meta_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2391,7 +2584,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[41]
+	mi := &file_tesserapb_meta_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2404,7 +2597,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{41}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SplitRangeResponse) GetLeft() *RangeInfo {
@@ -2429,7 +2622,7 @@ type ListRangesRequest struct {
 
 func (x *ListRangesRequest) Reset() {
 	*x = ListRangesRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[42]
+	mi := &file_tesserapb_meta_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2441,7 +2634,7 @@ func (x *ListRangesRequest) String() string {
 func (*ListRangesRequest) ProtoMessage() {}
 
 func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[42]
+	mi := &file_tesserapb_meta_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2454,7 +2647,7 @@ func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesRequest.ProtoReflect.Descriptor instead.
 func (*ListRangesRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{42}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{45}
 }
 
 type ListRangesResponse struct {
@@ -2466,7 +2659,7 @@ type ListRangesResponse struct {
 
 func (x *ListRangesResponse) Reset() {
 	*x = ListRangesResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[43]
+	mi := &file_tesserapb_meta_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2478,7 +2671,7 @@ func (x *ListRangesResponse) String() string {
 func (*ListRangesResponse) ProtoMessage() {}
 
 func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[43]
+	mi := &file_tesserapb_meta_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2491,7 +2684,7 @@ func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesResponse.ProtoReflect.Descriptor instead.
 func (*ListRangesResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{43}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ListRangesResponse) GetRanges() []*RangeInfo {
@@ -2518,7 +2711,7 @@ type RangeInfo struct {
 
 func (x *RangeInfo) Reset() {
 	*x = RangeInfo{}
-	mi := &file_tesserapb_meta_proto_msgTypes[44]
+	mi := &file_tesserapb_meta_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2530,7 +2723,7 @@ func (x *RangeInfo) String() string {
 func (*RangeInfo) ProtoMessage() {}
 
 func (x *RangeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[44]
+	mi := &file_tesserapb_meta_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2543,7 +2736,7 @@ func (x *RangeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
 func (*RangeInfo) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{44}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RangeInfo) GetRangeId() uint64 {
@@ -2611,7 +2804,7 @@ type GetRevisionsRequest struct {
 
 func (x *GetRevisionsRequest) Reset() {
 	*x = GetRevisionsRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[45]
+	mi := &file_tesserapb_meta_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2623,7 +2816,7 @@ func (x *GetRevisionsRequest) String() string {
 func (*GetRevisionsRequest) ProtoMessage() {}
 
 func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[45]
+	mi := &file_tesserapb_meta_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2636,7 +2829,7 @@ func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*GetRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{45}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *GetRevisionsRequest) GetCount() int64 {
@@ -2657,7 +2850,7 @@ type GetRevisionsResponse struct {
 
 func (x *GetRevisionsResponse) Reset() {
 	*x = GetRevisionsResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[46]
+	mi := &file_tesserapb_meta_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2669,7 +2862,7 @@ func (x *GetRevisionsResponse) String() string {
 func (*GetRevisionsResponse) ProtoMessage() {}
 
 func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[46]
+	mi := &file_tesserapb_meta_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2682,7 +2875,7 @@ func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*GetRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{46}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *GetRevisionsResponse) GetFirst() int64 {
@@ -2703,14 +2896,17 @@ var File_tesserapb_meta_proto protoreflect.FileDescriptor
 
 const file_tesserapb_meta_proto_rawDesc = "" +
 	"\n" +
-	"\x14tesserapb/meta.proto\x12\ttesserapb\x1a\x17tesserapb/tessera.proto\"\x87\x03\n" +
+	"\x14tesserapb/meta.proto\x12\ttesserapb\x1a\x17tesserapb/tessera.proto\"\xd5\x03\n" +
 	"\vMetaCommand\x12F\n" +
 	"\x0eset_high_water\x18\x01 \x01(\v2\x1e.tesserapb.SetHighWaterCommandH\x00R\fsetHighWater\x12E\n" +
 	"\rregister_node\x18\x02 \x01(\v2\x1e.tesserapb.RegisterNodeCommandH\x00R\fregisterNode\x129\n" +
 	"\tput_range\x18\x03 \x01(\v2\x1a.tesserapb.PutRangeCommandH\x00R\bputRange\x12O\n" +
 	"\x11allocate_range_id\x18\x04 \x01(\v2!.tesserapb.AllocateRangeIdCommandH\x00R\x0fallocateRangeId\x12W\n" +
-	"\x13set_decommissioning\x18\x05 \x01(\v2$.tesserapb.SetDecommissioningCommandH\x00R\x12setDecommissioningB\x04\n" +
-	"\x02op\"^\n" +
+	"\x13set_decommissioning\x18\x05 \x01(\v2$.tesserapb.SetDecommissioningCommandH\x00R\x12setDecommissioning\x12L\n" +
+	"\x10allocate_node_id\x18\x06 \x01(\v2 .tesserapb.AllocateNodeIdCommandH\x00R\x0eallocateNodeIdB\x04\n" +
+	"\x02op\".\n" +
+	"\x15AllocateNodeIdCommand\x12\x15\n" +
+	"\x06min_id\x18\x01 \x01(\x04R\x05minId\"^\n" +
 	"\x19SetDecommissioningCommand\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12(\n" +
 	"\x0fdecommissioning\x18\x02 \x01(\bR\x0fdecommissioning\"\x18\n" +
@@ -2736,13 +2932,25 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x05 \x01(\x04R\n" +
 	"generation\x12!\n" +
-	"\fconf_version\x18\x06 \x01(\x04R\vconfVersion\"\xad\x01\n" +
+	"\fconf_version\x18\x06 \x01(\x04R\vconfVersion\"\xcf\x01\n" +
 	"\tMetaState\x12\x1d\n" +
 	"\n" +
 	"high_water\x18\x01 \x01(\x03R\thighWater\x12)\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x13.tesserapb.NodeInfoR\x05nodes\x122\n" +
 	"\x06ranges\x18\x03 \x03(\v2\x1a.tesserapb.RangeDescriptorR\x06ranges\x12\"\n" +
-	"\rnext_range_id\x18\x04 \x01(\x04R\vnextRangeId\"\x12\n" +
+	"\rnext_range_id\x18\x04 \x01(\x04R\vnextRangeId\x12 \n" +
+	"\fnext_node_id\x18\x05 \x01(\x04R\n" +
+	"nextNodeId\"l\n" +
+	"\x12JoinClusterRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
+	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12\x1f\n" +
+	"\vclient_urls\x18\x03 \x03(\tR\n" +
+	"clientUrls\"i\n" +
+	"\x13JoinClusterResponse\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x02 \x01(\x04R\tclusterId\x12\x1a\n" +
+	"\breplicas\x18\x03 \x01(\rR\breplicas\"\x12\n" +
 	"\x10ListNodesRequest\"@\n" +
 	"\x11ListNodesResponse\x12+\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x15.tesserapb.NodeStatusR\x05nodes\"\xf1\x01\n" +
@@ -2876,7 +3084,7 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\x05count\x18\x01 \x01(\x03R\x05count\"B\n" +
 	"\x14GetRevisionsResponse\x12\x14\n" +
 	"\x05first\x18\x01 \x01(\x03R\x05first\x12\x14\n" +
-	"\x05count\x18\x02 \x01(\x03R\x05count2\x9d\n" +
+	"\x05count\x18\x02 \x01(\x03R\x05count2\xeb\n" +
 	"\n" +
 	"\bInternal\x12O\n" +
 	"\fGetRevisions\x12\x1e.tesserapb.GetRevisionsRequest\x1a\x1f.tesserapb.GetRevisionsResponse\x12_\n" +
@@ -2897,7 +3105,8 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\rNodeHeartbeat\x12\x1f.tesserapb.NodeHeartbeatRequest\x1a .tesserapb.NodeHeartbeatResponse\x12U\n" +
 	"\x0eTransferLeader\x12 .tesserapb.TransferLeaderRequest\x1a!.tesserapb.TransferLeaderResponse\x12F\n" +
 	"\tListNodes\x12\x1b.tesserapb.ListNodesRequest\x1a\x1c.tesserapb.ListNodesResponse\x12O\n" +
-	"\fDecommission\x12\x1e.tesserapb.DecommissionRequest\x1a\x1f.tesserapb.DecommissionResponseB.Z,github.com/tesserakv/tessera/proto/tesserapbb\x06proto3"
+	"\fDecommission\x12\x1e.tesserapb.DecommissionRequest\x1a\x1f.tesserapb.DecommissionResponse\x12L\n" +
+	"\vJoinCluster\x12\x1d.tesserapb.JoinClusterRequest\x1a\x1e.tesserapb.JoinClusterResponseB.Z,github.com/tesserakv/tessera/proto/tesserapbb\x06proto3"
 
 var (
 	file_tesserapb_meta_proto_rawDescOnce sync.Once
@@ -2911,114 +3120,120 @@ func file_tesserapb_meta_proto_rawDescGZIP() []byte {
 	return file_tesserapb_meta_proto_rawDescData
 }
 
-var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_tesserapb_meta_proto_goTypes = []any{
 	(*MetaCommand)(nil),               // 0: tesserapb.MetaCommand
-	(*SetDecommissioningCommand)(nil), // 1: tesserapb.SetDecommissioningCommand
-	(*AllocateRangeIdCommand)(nil),    // 2: tesserapb.AllocateRangeIdCommand
-	(*SetHighWaterCommand)(nil),       // 3: tesserapb.SetHighWaterCommand
-	(*RegisterNodeCommand)(nil),       // 4: tesserapb.RegisterNodeCommand
-	(*PutRangeCommand)(nil),           // 5: tesserapb.PutRangeCommand
-	(*NodeInfo)(nil),                  // 6: tesserapb.NodeInfo
-	(*RangeDescriptor)(nil),           // 7: tesserapb.RangeDescriptor
-	(*MetaState)(nil),                 // 8: tesserapb.MetaState
-	(*ListNodesRequest)(nil),          // 9: tesserapb.ListNodesRequest
-	(*ListNodesResponse)(nil),         // 10: tesserapb.ListNodesResponse
-	(*NodeStatus)(nil),                // 11: tesserapb.NodeStatus
-	(*DecommissionRequest)(nil),       // 12: tesserapb.DecommissionRequest
-	(*DecommissionResponse)(nil),      // 13: tesserapb.DecommissionResponse
-	(*NodeHeartbeatRequest)(nil),      // 14: tesserapb.NodeHeartbeatRequest
-	(*RangeLoad)(nil),                 // 15: tesserapb.RangeLoad
-	(*NodeHeartbeatResponse)(nil),     // 16: tesserapb.NodeHeartbeatResponse
-	(*TransferLeaderRequest)(nil),     // 17: tesserapb.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil),    // 18: tesserapb.TransferLeaderResponse
-	(*RangeHistoryRequest)(nil),       // 19: tesserapb.RangeHistoryRequest
-	(*RangeHistoryResponse)(nil),      // 20: tesserapb.RangeHistoryResponse
-	(*RangeStartedRequest)(nil),       // 21: tesserapb.RangeStartedRequest
-	(*RangeStartedResponse)(nil),      // 22: tesserapb.RangeStartedResponse
-	(*ChangeReplicasRequest)(nil),     // 23: tesserapb.ChangeReplicasRequest
-	(*ChangeReplicasResponse)(nil),    // 24: tesserapb.ChangeReplicasResponse
-	(*StartReplicaRequest)(nil),       // 25: tesserapb.StartReplicaRequest
-	(*StartReplicaResponse)(nil),      // 26: tesserapb.StartReplicaResponse
-	(*RemoveReplicaRequest)(nil),      // 27: tesserapb.RemoveReplicaRequest
-	(*RemoveReplicaResponse)(nil),     // 28: tesserapb.RemoveReplicaResponse
-	(*CampaignRangeRequest)(nil),      // 29: tesserapb.CampaignRangeRequest
-	(*CampaignRangeResponse)(nil),     // 30: tesserapb.CampaignRangeResponse
-	(*RangeWriteRequest)(nil),         // 31: tesserapb.RangeWriteRequest
-	(*RangeWriteResponse)(nil),        // 32: tesserapb.RangeWriteResponse
-	(*RangeFeedRequest)(nil),          // 33: tesserapb.RangeFeedRequest
-	(*RangeFeedResponse)(nil),         // 34: tesserapb.RangeFeedResponse
-	(*RangeWriteStreamRequest)(nil),   // 35: tesserapb.RangeWriteStreamRequest
-	(*RangeWriteStreamResponse)(nil),  // 36: tesserapb.RangeWriteStreamResponse
-	(*NotLeader)(nil),                 // 37: tesserapb.NotLeader
-	(*FenceRangeRequest)(nil),         // 38: tesserapb.FenceRangeRequest
-	(*FenceRangeResponse)(nil),        // 39: tesserapb.FenceRangeResponse
-	(*SplitRangeRequest)(nil),         // 40: tesserapb.SplitRangeRequest
-	(*SplitRangeResponse)(nil),        // 41: tesserapb.SplitRangeResponse
-	(*ListRangesRequest)(nil),         // 42: tesserapb.ListRangesRequest
-	(*ListRangesResponse)(nil),        // 43: tesserapb.ListRangesResponse
-	(*RangeInfo)(nil),                 // 44: tesserapb.RangeInfo
-	(*GetRevisionsRequest)(nil),       // 45: tesserapb.GetRevisionsRequest
-	(*GetRevisionsResponse)(nil),      // 46: tesserapb.GetRevisionsResponse
-	(*Result)(nil),                    // 47: tesserapb.Result
+	(*AllocateNodeIdCommand)(nil),     // 1: tesserapb.AllocateNodeIdCommand
+	(*SetDecommissioningCommand)(nil), // 2: tesserapb.SetDecommissioningCommand
+	(*AllocateRangeIdCommand)(nil),    // 3: tesserapb.AllocateRangeIdCommand
+	(*SetHighWaterCommand)(nil),       // 4: tesserapb.SetHighWaterCommand
+	(*RegisterNodeCommand)(nil),       // 5: tesserapb.RegisterNodeCommand
+	(*PutRangeCommand)(nil),           // 6: tesserapb.PutRangeCommand
+	(*NodeInfo)(nil),                  // 7: tesserapb.NodeInfo
+	(*RangeDescriptor)(nil),           // 8: tesserapb.RangeDescriptor
+	(*MetaState)(nil),                 // 9: tesserapb.MetaState
+	(*JoinClusterRequest)(nil),        // 10: tesserapb.JoinClusterRequest
+	(*JoinClusterResponse)(nil),       // 11: tesserapb.JoinClusterResponse
+	(*ListNodesRequest)(nil),          // 12: tesserapb.ListNodesRequest
+	(*ListNodesResponse)(nil),         // 13: tesserapb.ListNodesResponse
+	(*NodeStatus)(nil),                // 14: tesserapb.NodeStatus
+	(*DecommissionRequest)(nil),       // 15: tesserapb.DecommissionRequest
+	(*DecommissionResponse)(nil),      // 16: tesserapb.DecommissionResponse
+	(*NodeHeartbeatRequest)(nil),      // 17: tesserapb.NodeHeartbeatRequest
+	(*RangeLoad)(nil),                 // 18: tesserapb.RangeLoad
+	(*NodeHeartbeatResponse)(nil),     // 19: tesserapb.NodeHeartbeatResponse
+	(*TransferLeaderRequest)(nil),     // 20: tesserapb.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil),    // 21: tesserapb.TransferLeaderResponse
+	(*RangeHistoryRequest)(nil),       // 22: tesserapb.RangeHistoryRequest
+	(*RangeHistoryResponse)(nil),      // 23: tesserapb.RangeHistoryResponse
+	(*RangeStartedRequest)(nil),       // 24: tesserapb.RangeStartedRequest
+	(*RangeStartedResponse)(nil),      // 25: tesserapb.RangeStartedResponse
+	(*ChangeReplicasRequest)(nil),     // 26: tesserapb.ChangeReplicasRequest
+	(*ChangeReplicasResponse)(nil),    // 27: tesserapb.ChangeReplicasResponse
+	(*StartReplicaRequest)(nil),       // 28: tesserapb.StartReplicaRequest
+	(*StartReplicaResponse)(nil),      // 29: tesserapb.StartReplicaResponse
+	(*RemoveReplicaRequest)(nil),      // 30: tesserapb.RemoveReplicaRequest
+	(*RemoveReplicaResponse)(nil),     // 31: tesserapb.RemoveReplicaResponse
+	(*CampaignRangeRequest)(nil),      // 32: tesserapb.CampaignRangeRequest
+	(*CampaignRangeResponse)(nil),     // 33: tesserapb.CampaignRangeResponse
+	(*RangeWriteRequest)(nil),         // 34: tesserapb.RangeWriteRequest
+	(*RangeWriteResponse)(nil),        // 35: tesserapb.RangeWriteResponse
+	(*RangeFeedRequest)(nil),          // 36: tesserapb.RangeFeedRequest
+	(*RangeFeedResponse)(nil),         // 37: tesserapb.RangeFeedResponse
+	(*RangeWriteStreamRequest)(nil),   // 38: tesserapb.RangeWriteStreamRequest
+	(*RangeWriteStreamResponse)(nil),  // 39: tesserapb.RangeWriteStreamResponse
+	(*NotLeader)(nil),                 // 40: tesserapb.NotLeader
+	(*FenceRangeRequest)(nil),         // 41: tesserapb.FenceRangeRequest
+	(*FenceRangeResponse)(nil),        // 42: tesserapb.FenceRangeResponse
+	(*SplitRangeRequest)(nil),         // 43: tesserapb.SplitRangeRequest
+	(*SplitRangeResponse)(nil),        // 44: tesserapb.SplitRangeResponse
+	(*ListRangesRequest)(nil),         // 45: tesserapb.ListRangesRequest
+	(*ListRangesResponse)(nil),        // 46: tesserapb.ListRangesResponse
+	(*RangeInfo)(nil),                 // 47: tesserapb.RangeInfo
+	(*GetRevisionsRequest)(nil),       // 48: tesserapb.GetRevisionsRequest
+	(*GetRevisionsResponse)(nil),      // 49: tesserapb.GetRevisionsResponse
+	(*Result)(nil),                    // 50: tesserapb.Result
 }
 var file_tesserapb_meta_proto_depIdxs = []int32{
-	3,  // 0: tesserapb.MetaCommand.set_high_water:type_name -> tesserapb.SetHighWaterCommand
-	4,  // 1: tesserapb.MetaCommand.register_node:type_name -> tesserapb.RegisterNodeCommand
-	5,  // 2: tesserapb.MetaCommand.put_range:type_name -> tesserapb.PutRangeCommand
-	2,  // 3: tesserapb.MetaCommand.allocate_range_id:type_name -> tesserapb.AllocateRangeIdCommand
-	1,  // 4: tesserapb.MetaCommand.set_decommissioning:type_name -> tesserapb.SetDecommissioningCommand
-	6,  // 5: tesserapb.RegisterNodeCommand.node:type_name -> tesserapb.NodeInfo
-	7,  // 6: tesserapb.PutRangeCommand.range:type_name -> tesserapb.RangeDescriptor
-	6,  // 7: tesserapb.MetaState.nodes:type_name -> tesserapb.NodeInfo
-	7,  // 8: tesserapb.MetaState.ranges:type_name -> tesserapb.RangeDescriptor
-	11, // 9: tesserapb.ListNodesResponse.nodes:type_name -> tesserapb.NodeStatus
-	15, // 10: tesserapb.NodeHeartbeatRequest.ranges:type_name -> tesserapb.RangeLoad
-	7,  // 11: tesserapb.ChangeReplicasResponse.range:type_name -> tesserapb.RangeDescriptor
-	47, // 12: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
-	31, // 13: tesserapb.RangeWriteStreamRequest.request:type_name -> tesserapb.RangeWriteRequest
-	32, // 14: tesserapb.RangeWriteStreamResponse.response:type_name -> tesserapb.RangeWriteResponse
-	37, // 15: tesserapb.RangeWriteStreamResponse.not_leader:type_name -> tesserapb.NotLeader
-	44, // 16: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
-	44, // 17: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
-	44, // 18: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
-	45, // 19: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
-	35, // 20: tesserapb.Internal.RangeWriteStream:input_type -> tesserapb.RangeWriteStreamRequest
-	33, // 21: tesserapb.Internal.RangeFeed:input_type -> tesserapb.RangeFeedRequest
-	38, // 22: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
-	40, // 23: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
-	42, // 24: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
-	29, // 25: tesserapb.Internal.CampaignRange:input_type -> tesserapb.CampaignRangeRequest
-	21, // 26: tesserapb.Internal.RangeStarted:input_type -> tesserapb.RangeStartedRequest
-	19, // 27: tesserapb.Internal.RangeHistory:input_type -> tesserapb.RangeHistoryRequest
-	23, // 28: tesserapb.Internal.ChangeReplicas:input_type -> tesserapb.ChangeReplicasRequest
-	25, // 29: tesserapb.Internal.StartReplica:input_type -> tesserapb.StartReplicaRequest
-	27, // 30: tesserapb.Internal.RemoveReplica:input_type -> tesserapb.RemoveReplicaRequest
-	14, // 31: tesserapb.Internal.NodeHeartbeat:input_type -> tesserapb.NodeHeartbeatRequest
-	17, // 32: tesserapb.Internal.TransferLeader:input_type -> tesserapb.TransferLeaderRequest
-	9,  // 33: tesserapb.Internal.ListNodes:input_type -> tesserapb.ListNodesRequest
-	12, // 34: tesserapb.Internal.Decommission:input_type -> tesserapb.DecommissionRequest
-	46, // 35: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
-	36, // 36: tesserapb.Internal.RangeWriteStream:output_type -> tesserapb.RangeWriteStreamResponse
-	34, // 37: tesserapb.Internal.RangeFeed:output_type -> tesserapb.RangeFeedResponse
-	39, // 38: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
-	41, // 39: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
-	43, // 40: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
-	30, // 41: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
-	22, // 42: tesserapb.Internal.RangeStarted:output_type -> tesserapb.RangeStartedResponse
-	20, // 43: tesserapb.Internal.RangeHistory:output_type -> tesserapb.RangeHistoryResponse
-	24, // 44: tesserapb.Internal.ChangeReplicas:output_type -> tesserapb.ChangeReplicasResponse
-	26, // 45: tesserapb.Internal.StartReplica:output_type -> tesserapb.StartReplicaResponse
-	28, // 46: tesserapb.Internal.RemoveReplica:output_type -> tesserapb.RemoveReplicaResponse
-	16, // 47: tesserapb.Internal.NodeHeartbeat:output_type -> tesserapb.NodeHeartbeatResponse
-	18, // 48: tesserapb.Internal.TransferLeader:output_type -> tesserapb.TransferLeaderResponse
-	10, // 49: tesserapb.Internal.ListNodes:output_type -> tesserapb.ListNodesResponse
-	13, // 50: tesserapb.Internal.Decommission:output_type -> tesserapb.DecommissionResponse
-	35, // [35:51] is the sub-list for method output_type
-	19, // [19:35] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	4,  // 0: tesserapb.MetaCommand.set_high_water:type_name -> tesserapb.SetHighWaterCommand
+	5,  // 1: tesserapb.MetaCommand.register_node:type_name -> tesserapb.RegisterNodeCommand
+	6,  // 2: tesserapb.MetaCommand.put_range:type_name -> tesserapb.PutRangeCommand
+	3,  // 3: tesserapb.MetaCommand.allocate_range_id:type_name -> tesserapb.AllocateRangeIdCommand
+	2,  // 4: tesserapb.MetaCommand.set_decommissioning:type_name -> tesserapb.SetDecommissioningCommand
+	1,  // 5: tesserapb.MetaCommand.allocate_node_id:type_name -> tesserapb.AllocateNodeIdCommand
+	7,  // 6: tesserapb.RegisterNodeCommand.node:type_name -> tesserapb.NodeInfo
+	8,  // 7: tesserapb.PutRangeCommand.range:type_name -> tesserapb.RangeDescriptor
+	7,  // 8: tesserapb.MetaState.nodes:type_name -> tesserapb.NodeInfo
+	8,  // 9: tesserapb.MetaState.ranges:type_name -> tesserapb.RangeDescriptor
+	14, // 10: tesserapb.ListNodesResponse.nodes:type_name -> tesserapb.NodeStatus
+	18, // 11: tesserapb.NodeHeartbeatRequest.ranges:type_name -> tesserapb.RangeLoad
+	8,  // 12: tesserapb.ChangeReplicasResponse.range:type_name -> tesserapb.RangeDescriptor
+	50, // 13: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
+	34, // 14: tesserapb.RangeWriteStreamRequest.request:type_name -> tesserapb.RangeWriteRequest
+	35, // 15: tesserapb.RangeWriteStreamResponse.response:type_name -> tesserapb.RangeWriteResponse
+	40, // 16: tesserapb.RangeWriteStreamResponse.not_leader:type_name -> tesserapb.NotLeader
+	47, // 17: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
+	47, // 18: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
+	47, // 19: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
+	48, // 20: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
+	38, // 21: tesserapb.Internal.RangeWriteStream:input_type -> tesserapb.RangeWriteStreamRequest
+	36, // 22: tesserapb.Internal.RangeFeed:input_type -> tesserapb.RangeFeedRequest
+	41, // 23: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
+	43, // 24: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
+	45, // 25: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
+	32, // 26: tesserapb.Internal.CampaignRange:input_type -> tesserapb.CampaignRangeRequest
+	24, // 27: tesserapb.Internal.RangeStarted:input_type -> tesserapb.RangeStartedRequest
+	22, // 28: tesserapb.Internal.RangeHistory:input_type -> tesserapb.RangeHistoryRequest
+	26, // 29: tesserapb.Internal.ChangeReplicas:input_type -> tesserapb.ChangeReplicasRequest
+	28, // 30: tesserapb.Internal.StartReplica:input_type -> tesserapb.StartReplicaRequest
+	30, // 31: tesserapb.Internal.RemoveReplica:input_type -> tesserapb.RemoveReplicaRequest
+	17, // 32: tesserapb.Internal.NodeHeartbeat:input_type -> tesserapb.NodeHeartbeatRequest
+	20, // 33: tesserapb.Internal.TransferLeader:input_type -> tesserapb.TransferLeaderRequest
+	12, // 34: tesserapb.Internal.ListNodes:input_type -> tesserapb.ListNodesRequest
+	15, // 35: tesserapb.Internal.Decommission:input_type -> tesserapb.DecommissionRequest
+	10, // 36: tesserapb.Internal.JoinCluster:input_type -> tesserapb.JoinClusterRequest
+	49, // 37: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
+	39, // 38: tesserapb.Internal.RangeWriteStream:output_type -> tesserapb.RangeWriteStreamResponse
+	37, // 39: tesserapb.Internal.RangeFeed:output_type -> tesserapb.RangeFeedResponse
+	42, // 40: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
+	44, // 41: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
+	46, // 42: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
+	33, // 43: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
+	25, // 44: tesserapb.Internal.RangeStarted:output_type -> tesserapb.RangeStartedResponse
+	23, // 45: tesserapb.Internal.RangeHistory:output_type -> tesserapb.RangeHistoryResponse
+	27, // 46: tesserapb.Internal.ChangeReplicas:output_type -> tesserapb.ChangeReplicasResponse
+	29, // 47: tesserapb.Internal.StartReplica:output_type -> tesserapb.StartReplicaResponse
+	31, // 48: tesserapb.Internal.RemoveReplica:output_type -> tesserapb.RemoveReplicaResponse
+	19, // 49: tesserapb.Internal.NodeHeartbeat:output_type -> tesserapb.NodeHeartbeatResponse
+	21, // 50: tesserapb.Internal.TransferLeader:output_type -> tesserapb.TransferLeaderResponse
+	13, // 51: tesserapb.Internal.ListNodes:output_type -> tesserapb.ListNodesResponse
+	16, // 52: tesserapb.Internal.Decommission:output_type -> tesserapb.DecommissionResponse
+	11, // 53: tesserapb.Internal.JoinCluster:output_type -> tesserapb.JoinClusterResponse
+	37, // [37:54] is the sub-list for method output_type
+	20, // [20:37] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_tesserapb_meta_proto_init() }
@@ -3033,6 +3248,7 @@ func file_tesserapb_meta_proto_init() {
 		(*MetaCommand_PutRange)(nil),
 		(*MetaCommand_AllocateRangeId)(nil),
 		(*MetaCommand_SetDecommissioning)(nil),
+		(*MetaCommand_AllocateNodeId)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3040,7 +3256,7 @@ func file_tesserapb_meta_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tesserapb_meta_proto_rawDesc), len(file_tesserapb_meta_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   47,
+			NumMessages:   50,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -39,6 +39,7 @@ const (
 	Internal_TransferLeader_FullMethodName   = "/tesserapb.Internal/TransferLeader"
 	Internal_ListNodes_FullMethodName        = "/tesserapb.Internal/ListNodes"
 	Internal_Decommission_FullMethodName     = "/tesserapb.Internal/Decommission"
+	Internal_JoinCluster_FullMethodName      = "/tesserapb.Internal/JoinCluster"
 )
 
 // InternalClient is the client API for Internal service.
@@ -115,6 +116,11 @@ type InternalClient interface {
 	// Decommission marks a node as leaving (by name or ID); placement then
 	// moves its replicas to the other nodes.
 	Decommission(ctx context.Context, in *DecommissionRequest, opts ...grpc.CallOption) (*DecommissionResponse, error)
+	// JoinCluster admits a new node (tessera --join): the meta leader gives it
+	// a node ID, registers it, and adds it to the meta range as a non-voting
+	// member (others pass the call there). Asked again with the same name and
+	// peer address, it answers the same ID.
+	JoinCluster(ctx context.Context, in *JoinClusterRequest, opts ...grpc.CallOption) (*JoinClusterResponse, error)
 }
 
 type internalClient struct {
@@ -297,6 +303,16 @@ func (c *internalClient) Decommission(ctx context.Context, in *DecommissionReque
 	return out, nil
 }
 
+func (c *internalClient) JoinCluster(ctx context.Context, in *JoinClusterRequest, opts ...grpc.CallOption) (*JoinClusterResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(JoinClusterResponse)
+	err := c.cc.Invoke(ctx, Internal_JoinCluster_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InternalServer is the server API for Internal service.
 // All implementations must embed UnimplementedInternalServer
 // for forward compatibility.
@@ -371,6 +387,11 @@ type InternalServer interface {
 	// Decommission marks a node as leaving (by name or ID); placement then
 	// moves its replicas to the other nodes.
 	Decommission(context.Context, *DecommissionRequest) (*DecommissionResponse, error)
+	// JoinCluster admits a new node (tessera --join): the meta leader gives it
+	// a node ID, registers it, and adds it to the meta range as a non-voting
+	// member (others pass the call there). Asked again with the same name and
+	// peer address, it answers the same ID.
+	JoinCluster(context.Context, *JoinClusterRequest) (*JoinClusterResponse, error)
 	mustEmbedUnimplementedInternalServer()
 }
 
@@ -428,6 +449,9 @@ func (UnimplementedInternalServer) ListNodes(context.Context, *ListNodesRequest)
 }
 func (UnimplementedInternalServer) Decommission(context.Context, *DecommissionRequest) (*DecommissionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Decommission not implemented")
+}
+func (UnimplementedInternalServer) JoinCluster(context.Context, *JoinClusterRequest) (*JoinClusterResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method JoinCluster not implemented")
 }
 func (UnimplementedInternalServer) mustEmbedUnimplementedInternalServer() {}
 func (UnimplementedInternalServer) testEmbeddedByValue()                  {}
@@ -720,6 +744,24 @@ func _Internal_Decommission_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Internal_JoinCluster_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(JoinClusterRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InternalServer).JoinCluster(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Internal_JoinCluster_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InternalServer).JoinCluster(ctx, req.(*JoinClusterRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Internal_ServiceDesc is the grpc.ServiceDesc for Internal service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -782,6 +824,10 @@ var Internal_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Decommission",
 			Handler:    _Internal_Decommission_Handler,
+		},
+		{
+			MethodName: "JoinCluster",
+			Handler:    _Internal_JoinCluster_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

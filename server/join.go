@@ -1,0 +1,203 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/tesserakv/tessera/placement"
+	"github.com/tesserakv/tessera/proto/tesserapb"
+	"github.com/tesserakv/tessera/router"
+)
+
+// Joining a running cluster (--join). A node with no data asks a member
+// (Internal.JoinCluster, served by the meta range's leader) to admit it: the
+// meta leader gives it the next node ID, registers it, and adds it to the
+// meta range as a non-voting member, so that it reads the meta state
+// locally. The node records its ID and the cluster's in its data directory
+// (identityFile) before it starts Raft, and from then on starts from it,
+// whatever --join says. Placement then gives it replicas.
+
+// identityFile records, in a data directory, the node that joined a cluster.
+const identityFile = "node.json"
+
+type identity struct {
+	NodeID    uint64 `json:"node_id"`
+	ClusterID uint64 `json:"cluster_id"`
+	Name      string `json:"name"`
+}
+
+// loadIdentity reads the identity a joined node recorded; ok is false when
+// there is none (a node of --initial-cluster, or a new one).
+func loadIdentity(dataDir string) (id identity, ok bool, err error) {
+	b, err := os.ReadFile(filepath.Join(dataDir, identityFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return identity{}, false, nil
+	}
+	if err != nil {
+		return identity{}, false, err
+	}
+	if err := json.Unmarshal(b, &id); err != nil || id.NodeID == 0 {
+		return identity{}, false, fmt.Errorf("%s in %s is damaged: %v", identityFile, dataDir, err)
+	}
+	return id, true, nil
+}
+
+// saveIdentity records a joined node's identity durably.
+func saveIdentity(dataDir string, id identity) error {
+	b, err := json.Marshal(id)
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(dataDir, identityFile)
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(append(b, '\n')); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// nodeIdentity returns the identity of a node that joined a cluster: the
+// one its data directory records, or, for a node with no data and --join,
+// the one the cluster gives it now (recorded before anything else starts).
+// joined is false for a member of --initial-cluster.
+func nodeIdentity(cfg Config) (id identity, joined bool, err error) {
+	id, ok, err := loadIdentity(cfg.DataDir)
+	switch {
+	case err != nil:
+		return identity{}, false, err
+	case ok && id.Name != cfg.Name:
+		return identity{}, false, fmt.Errorf("data in %s belongs to node %d named %q, not %q (--name must not change once a node has joined)", cfg.DataDir, id.NodeID, id.Name, cfg.Name)
+	case ok:
+		return id, true, nil
+	case len(cfg.Join) == 0:
+		return identity{}, false, nil
+	}
+	if _, err := os.Stat(filepath.Join(cfg.DataDir, "raft")); err == nil {
+		return identity{}, false, fmt.Errorf("data in %s belongs to a member of an --initial-cluster; --join is for a node with no data (start it with its --initial-cluster, or give --join a new --data-dir)", cfg.DataDir)
+	}
+	if id, err = joinCluster(cfg); err != nil {
+		return identity{}, false, err
+	}
+	if err := saveIdentity(cfg.DataDir, id); err != nil {
+		return identity{}, false, fmt.Errorf("recording this node's identity in %s: %w", cfg.DataDir, err)
+	}
+	return id, true, nil
+}
+
+// joinWait bounds how long a new node keeps asking to be admitted while the
+// members it names cannot answer (starting, or electing a meta leader).
+const joinWait = 30 * time.Second
+
+// joinCluster asks the members at cfg.Join to admit this node and returns
+// its identity.
+func joinCluster(cfg Config) (identity, error) {
+	raftAddr, _ := hostPortOf(cfg.InitialAdvertisePeerURLs[0])
+	req := &tesserapb.JoinClusterRequest{Name: cfg.Name, RaftAddress: raftAddr, ClientUrls: cfg.AdvertiseClientURLs}
+	deadline := time.Now().Add(joinWait)
+	var lastErr error
+	for time.Now().Before(deadline) {
+		for _, u := range cfg.Join {
+			resp, err := askToJoin(u, req)
+			if err == nil {
+				return identity{NodeID: resp.NodeId, ClusterID: resp.ClusterId, Name: cfg.Name}, nil
+			}
+			switch status.Code(err) {
+			case codes.Unimplemented:
+				return identity{}, fmt.Errorf("--join %s answers, but is not a member of a Tessera cluster: %v", u, status.Convert(err).Message())
+			case codes.AlreadyExists, codes.InvalidArgument, codes.FailedPrecondition:
+				return identity{}, fmt.Errorf("--join %s refused this node: %s", u, status.Convert(err).Message())
+			}
+			lastErr = fmt.Errorf("--join %s: %v", u, status.Convert(err).Message())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return identity{}, fmt.Errorf("no member named by --join admitted this node within %v: %w", joinWait, lastErr)
+}
+
+func askToJoin(url string, req *tesserapb.JoinClusterRequest) (*tesserapb.JoinClusterResponse, error) {
+	hp, err := hostPortOf(url)
+	if err != nil {
+		return nil, err
+	}
+	cc, err := grpc.NewClient(hp, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return tesserapb.NewInternalClient(cc).JoinCluster(ctx, req)
+}
+
+// JoinCluster serves Internal.JoinCluster on the meta leader.
+func (i *internalService) JoinCluster(ctx context.Context, req *tesserapb.JoinClusterRequest) (*tesserapb.JoinClusterResponse, error) {
+	s := i.s
+	if req.Name == "" || req.RaftAddress == "" {
+		return nil, status.Error(codes.InvalidArgument, "tessera: a joining node names itself (--name) and its peer address")
+	}
+	return onMetaLeader(ctx, s, func() (*tesserapb.JoinClusterResponse, error) {
+		st, err := placement.State(ctx, s.meta, true)
+		if err != nil {
+			return nil, router.ToGRPC(err)
+		}
+		var id uint64
+		highest := uint64(len(s.cfg.InitialCluster))
+		for _, n := range st.Nodes {
+			highest = max(highest, n.NodeId)
+			switch {
+			case n.Name == req.Name && n.RaftAddress == req.RaftAddress:
+				id = n.NodeId // asked again: the answer was lost
+			case n.Name == req.Name:
+				return nil, status.Errorf(codes.AlreadyExists, "tessera: a node named %q is already a member (node %d, peer %s); give the new node another --name", req.Name, n.NodeId, n.RaftAddress)
+			case n.RaftAddress == req.RaftAddress:
+				return nil, status.Errorf(codes.AlreadyExists, "tessera: peer address %s is node %d's (%s)", req.RaftAddress, n.NodeId, n.Name)
+			}
+		}
+		if id == 0 {
+			if id, err = s.meta.AllocateNodeID(ctx, highest+1); err != nil {
+				return nil, status.Errorf(codes.Unavailable, "tessera: allocating a node ID: %v", err)
+			}
+		}
+		node := &tesserapb.NodeInfo{NodeId: id, Name: req.Name, RaftAddress: req.RaftAddress, ClientUrls: req.ClientUrls}
+		if err := s.directory.Register(ctx, node); err != nil {
+			return nil, status.Errorf(codes.Unavailable, "tessera: registering node %d: %v", id, err)
+		}
+		m, err := s.nh.SyncGetShardMembership(ctx, placement.MetaRangeID)
+		if err != nil {
+			return nil, router.ToGRPC(err)
+		}
+		_, voter := m.Nodes[id]
+		_, learner := m.NonVotings[id]
+		if !voter && !learner {
+			if err := s.nh.SyncRequestAddNonVoting(ctx, placement.MetaRangeID, id, req.RaftAddress, m.ConfigChangeID); err != nil {
+				return nil, status.Errorf(codes.Unavailable, "tessera: adding node %d to the meta range: %v", id, err)
+			}
+		}
+		s.log.Info("node joined", "node", id, "name", req.Name, "peer", req.RaftAddress)
+		return &tesserapb.JoinClusterResponse{NodeId: id, ClusterId: s.clusterID, Replicas: uint32(s.cfg.Replicas)}, nil
+	}, func(ctx context.Context, c tesserapb.InternalClient) (*tesserapb.JoinClusterResponse, error) {
+		return c.JoinCluster(ctx, req)
+	})
+}
