@@ -28,7 +28,7 @@ Usage:
   tessbench WORKLOAD [flags]        run a workload (%s)
   tessbench null-server [--listen ADDR]
                                     serve etcd KV with empty handlers (the ceiling)
-  tessbench report [--out DIR] RESULT.json...
+  tessbench report [--out DIR] [--server-cost] RESULT.json...
                                     Markdown comparison table and SVG plots
 
 Prints a human summary, or with --json one JSON object. Exit status: 0 ok,

@@ -11,8 +11,13 @@
 # Markdown tables), one JSON file per run and SVG plots. Everything it starts
 # is stopped when it exits, however it exits.
 #
-# Usage: bench/compare.sh [--quick] [--topologies "1 3"] [--only REGEX] [--out DIR]
+# Usage: bench/compare.sh [--quick] [--pin] [--topologies "1 3"] [--only REGEX] [--out DIR]
 #   --quick       small counts (a couple of minutes; for development and tests)
+#   --pin         every server process (etcd members, Tessera nodes, the
+#                 empty-handler server) on CPU 0 and tessbench on CPU 1
+#                 (taskset -c; needs 2 CPUs), and results.md gains a table of
+#                 server CPU-seconds per 10k operations, summed over the
+#                 topology's server processes, beside throughput
 #   --topologies  which cluster sizes to run (default "1 3")
 #   --only REGEX  run only the cases whose name matches (grep -E), e.g.
 #                 --only '^watch' for the watch fan-out cases
@@ -37,6 +42,7 @@ set -euo pipefail
 
 ETCD_VERSION=v3.7.3
 QUICK=0
+PIN=0
 ONLY=""
 TOPOLOGIES="1 3"
 OUT=""
@@ -44,6 +50,7 @@ ARGS="$*"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
+    --pin) PIN=1 ;;
     --topologies) TOPOLOGIES="$2"; shift ;;
     --only) ONLY="$2"; shift ;;
     --out) OUT="$2"; shift ;;
@@ -52,6 +59,16 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+
+# --pin: servers on CPU 0, the load generator on CPU 1.
+SERVER_CPU=()
+CLIENT_CPU=()
+if [ $PIN = 1 ]; then
+  command -v taskset >/dev/null || { echo "compare.sh: --pin needs taskset (util-linux), which is not installed" >&2; exit 2; }
+  [ "$(nproc)" -ge 2 ] || { echo "compare.sh: --pin needs 2 CPUs, have $(nproc)" >&2; exit 2; }
+  SERVER_CPU=(taskset -c 0)
+  CLIENT_CPU=(taskset -c 1)
+fi
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${TESSERA_BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tessera-bench}
@@ -139,10 +156,10 @@ start_cluster() { # start_cluster etcd|tessera N: sets ENDPOINTS, SERVER_PIDS
       --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer"
       --initial-cluster "$cluster" --initial-cluster-state new --quota-backend-bytes "$QUOTA" --log-level error)
     if [ "$kind" = etcd ]; then
-      start "$kind-$n-m$i" "$ETCD" "${common[@]}" --initial-cluster-token tessbench
+      start "$kind-$n-m$i" ${SERVER_CPU[@]+"${SERVER_CPU[@]}"} "$ETCD" "${common[@]}" --initial-cluster-token tessbench
     else
       # shellcheck disable=SC2086 # TESSERA_FLAGS is split on purpose
-      start "$kind-$n-m$i" "$TESSERA" "${common[@]}" ${TESSERA_FLAGS:-}
+      start "$kind-$n-m$i" ${SERVER_CPU[@]+"${SERVER_CPU[@]}"} "$TESSERA" "${common[@]}" ${TESSERA_FLAGS:-}
     fi
     pids+=("$LAST_PID")
     clients+=("127.0.0.1:$client")
@@ -212,7 +229,7 @@ bench() { # bench TARGET TOPOLOGY CASE ENDPOINTS PIDS WORKLOAD ARGS...
   local file rc=0
   file=$(printf '%s/%02d-%s-%s-%s.json' "$OUT" "$RUN" "$topo" "$name" "$target")
   log "$topo $name: $target"
-  "$TESSBENCH" "$@" --clients 100 --conns 10 --endpoints "$eps" --server-pids "$pids" \
+  ${CLIENT_CPU[@]+"${CLIENT_CPU[@]}"} "$TESSBENCH" "$@" --clients 100 --conns 10 --endpoints "$eps" --server-pids "$pids" \
     --case "$name" --target "$target" --topology "$topo" --json >"$file" 2>"$WORK/tessbench.err" || rc=$?
   case $rc in
     0) ;;
@@ -233,7 +250,7 @@ split_watch_prefix() { # split_watch_prefix ENDPOINTS
 
 NULL_PORT=$((PORT_BASE + 200))
 port_free "$NULL_PORT" || die "port $NULL_PORT on 127.0.0.1 is taken (set TESSERA_BENCH_PORT_BASE)"
-start null "$TESSBENCH" null-server --listen "127.0.0.1:$NULL_PORT"
+start null ${SERVER_CPU[@]+"${SERVER_CPU[@]}"} "$TESSBENCH" null-server --listen "127.0.0.1:$NULL_PORT"
 NULL_PID=$LAST_PID
 
 for n in $TOPOLOGIES; do
@@ -285,11 +302,17 @@ done
   echo
   echo "Run $(date -u +%Y-%m-%dT%H:%MZ) by \`bench/compare.sh $ARGS\` at Tessera $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '(no git)')${TESSERA_FLAGS:+ with Tessera flags \`$TESSERA_FLAGS\`}$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo ' (with local changes)')."
   echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, Linux $(uname -r), $(go version | cut -d' ' -f3)."
-  echo "Clients and servers share the machine. 100 clients over 10 connections; values 256 B unless stated."
+  if [ $PIN = 1 ]; then
+    echo "Pinned: every server process on CPU 0, tessbench on CPU 1 (taskset). 100 clients over 10 connections; values 256 B unless stated."
+  else
+    echo "Clients and servers share the machine. 100 clients over 10 connections; values 256 B unless stated."
+  fi
   echo "ops/s counts completed requests (watch: Puts, with every watcher seeing each; lease: grant+keepalive+revoke cycles; list: loaded objects);"
   echo "latency is per request (watch: from a Put's response to each watcher's event)."
   echo
-  "$TESSBENCH" report --out "$OUT" "$OUT"/*.json
+  REPORT_FLAGS=()
+  [ $PIN = 0 ] || REPORT_FLAGS=(--server-cost)
+  "$TESSBENCH" report --out "$OUT" ${REPORT_FLAGS[@]+"${REPORT_FLAGS[@]}"} "$OUT"/*.json
   if [ -s "$FAILURES" ]; then
     echo "### Failed runs"
     echo

@@ -22,6 +22,10 @@ const (
 // Comparison is a set of results to report side by side.
 type Comparison struct {
 	Results []*Result
+	// ServerCost adds a table of server CPU-seconds per 10k operations
+	// beside throughput, with the Tessera ÷ etcd ratio (tessbench report
+	// --server-cost; compare.sh --pin).
+	ServerCost bool
 }
 
 // ReadResults reads result files written by tessbench --json.
@@ -140,6 +144,9 @@ func (c *Comparison) WriteMarkdown(w io.Writer) {
 		}
 		fmt.Fprintln(w)
 	}
+	if c.ServerCost {
+		c.writeServerCostTable(w)
+	}
 	c.writeServerTable(w)
 	c.writeListTable(w)
 }
@@ -162,6 +169,42 @@ func (c *Comparison) writeServerTable(w io.Writer) {
 		s := r.Server
 		fmt.Fprintf(w, "| %s | %s | %s | %d | %.2f | %s | %s | %s |\n", r.Topology, r.Case, r.Target, r.Count,
 			s.CPUSecondsPer10kRequests, formatBytes(s.RSSStartBytes), formatBytes(s.RSSEndBytes), formatBytes(s.RSSPeakBytes))
+	}
+	fmt.Fprintln(w)
+}
+
+// cpuPer10k is a result's server CPU-seconds per 10k requests, or 0 when
+// it has none.
+func cpuPer10k(r *Result) float64 {
+	if !measured(r) || r.Server == nil {
+		return 0
+	}
+	return r.Server.CPUSecondsPer10kRequests
+}
+
+func fmtCPUPer10k(r *Result) string {
+	if cpuPer10k(r) <= 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.3f", cpuPer10k(r))
+}
+
+// writeServerCostTable sets each case's server CPU per 10k operations (summed
+// over the topology's server processes) beside its throughput.
+func (c *Comparison) writeServerCostTable(w io.Writer) {
+	fmt.Fprintln(w, "### Server CPU per 10k operations (summed over the topology's server processes)")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| topology | workload | etcd ops/s | Tessera ops/s | etcd CPU-s / 10k ops | Tessera CPU-s / 10k ops | CPU Tessera ÷ etcd |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
+	for _, topo := range c.topologies() {
+		for _, cs := range c.cases(topo) {
+			etcd, tess := c.find(topo, cs, TargetEtcd), c.find(topo, cs, TargetTessera)
+			if etcd == nil && tess == nil {
+				continue
+			}
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s |\n", topo, cs, fmtRate(etcd), fmtRate(tess),
+				fmtCPUPer10k(etcd), fmtCPUPer10k(tess), ratio(cpuPer10k(tess), cpuPer10k(etcd)))
+		}
 	}
 	fmt.Fprintln(w)
 }
@@ -264,6 +307,7 @@ func reportMain(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("tessbench report", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	out := fs.String("out", "", "directory to write results.md and the SVG plots into (default: only print the tables)")
+	serverCost := fs.Bool("server-cost", false, "add a table of server CPU-seconds per 10k operations (from --server-pids) beside throughput, with the Tessera ÷ etcd ratio")
 	if err := fs.Parse(args); err != nil {
 		return ExitUsage
 	}
@@ -272,6 +316,7 @@ func reportMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "tessbench report: %v\n", err)
 		return ExitUsage
 	}
+	c.ServerCost = *serverCost
 	c.WriteMarkdown(stdout)
 	if *out == "" {
 		return ExitOK

@@ -214,6 +214,25 @@ func TestComparisonReport(t *testing.T) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}
 	}
+	if strings.Contains(md, "Server CPU per 10k operations") {
+		t.Errorf("server cost table without ServerCost:\n%s", md)
+	}
+	withServer.Server.CPUSecondsPer10kRequests = 0.6
+	etcdPut := c.Results[0]
+	etcdPut.Server = &ServerStats{CPUSecondsPer10kRequests: 0.8}
+	c.ServerCost = true
+	b.Reset()
+	c.WriteMarkdown(&b)
+	md = b.String()
+	for _, want := range []string{
+		"| 1-node | put | 10000 | 20000 | 0.800 | 0.600 | 0.75× |",
+		"| 1-node | watch | 5000 | not supported | — | — | — |",
+		"| 3-node | put | 7000 | 14000 | — | — | — |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("server cost report lacks %q:\n%s", want, md)
+		}
+	}
 	dir := t.TempDir()
 	names, err := c.WritePlots(dir)
 	if err != nil || len(names) != 4 {
