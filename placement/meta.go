@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/lni/dragonboat/v4"
@@ -34,19 +35,26 @@ type metaRaft interface {
 }
 
 // MetaReplica drives this node's replica of the meta range. A node's ID is
-// its replica ID in every Raft group.
+// its replica ID in the meta range.
 type MetaReplica struct {
-	nh      *dragonboat.NodeHost
-	nodeID  uint64
-	sole    bool
+	nh     *dragonboat.NodeHost
+	nodeID uint64
+	// sole caches whether this replica is the meta range's only voter:
+	// soleUnknown until asked, then soleYes or soleNo (for good once no).
+	sole    atomic.Int32
 	session *client.Session
 }
 
+const (
+	soleUnknown int32 = iota
+	soleYes
+	soleNo
+)
+
 // NewMetaReplica returns a driver for the meta replica already started on
-// nh. sole says the meta range has no other replica (a one-node cluster,
-// whose membership cannot change).
-func NewMetaReplica(nh *dragonboat.NodeHost, nodeID uint64, sole bool) *MetaReplica {
-	return &MetaReplica{nh: nh, nodeID: nodeID, sole: sole, session: nh.GetNoOPSession(MetaRangeID)}
+// nh.
+func NewMetaReplica(nh *dragonboat.NodeHost, nodeID uint64) *MetaReplica {
+	return &MetaReplica{nh: nh, nodeID: nodeID, session: nh.GetNoOPSession(MetaRangeID)}
 }
 
 // NodeID of this node.
@@ -111,14 +119,39 @@ func (m *MetaReplica) Read(ctx context.Context, linearizable bool, fn func(*tess
 	return m.nh.SyncRead(ctx, MetaRangeID, fn)
 }
 
-// Sole implements metaRaft.
-func (m *MetaReplica) Sole() bool { return m.sole }
+// Sole implements metaRaft: this replica is the meta range's only voter, as
+// its membership says (a cluster of one node, or one that nodes joined
+// without votes). The answer is kept; whoever adds a voter calls NotSole
+// first.
+func (m *MetaReplica) Sole() bool {
+	switch m.sole.Load() {
+	case soleYes:
+		return true
+	case soleNo:
+		return false
+	}
+	info := m.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true})
+	for _, si := range info.ShardInfoList {
+		if si.ShardID != MetaRangeID || len(si.Replicas) == 0 {
+			continue
+		}
+		if _, self := si.Replicas[m.nodeID]; self && len(si.Replicas) == 1 && !si.IsNonVoting {
+			return m.sole.CompareAndSwap(soleUnknown, soleYes) || m.sole.Load() == soleYes
+		}
+		m.sole.Store(soleNo)
+	}
+	return false
+}
+
+// NotSole says the meta range is getting another voter: from now on
+// ConfirmLeader takes a round. Call it before proposing the change.
+func (m *MetaReplica) NotSole() { m.sole.Store(soleNo) }
 
 // ConfirmLeader implements metaRaft. A sole replica needs no round: no
 // other replica exists to be elected in its place (its leadership ends only
 // with the process, and the caller checks the term it led in).
 func (m *MetaReplica) ConfirmLeader(ctx context.Context) error {
-	if m.sole {
+	if m.Sole() {
 		return nil
 	}
 	_, err := m.Read(ctx, true, func(*tesserapb.MetaState) (any, error) { return nil, nil })

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/lni/dragonboat/v4"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -34,6 +35,9 @@ type identity struct {
 	NodeID    uint64 `json:"node_id"`
 	ClusterID uint64 `json:"cluster_id"`
 	Name      string `json:"name"`
+	// MetaVoter: the node's meta replica was made a voter (it restarts as
+	// one).
+	MetaVoter bool `json:"meta_voter,omitempty"`
 }
 
 // loadIdentity reads the identity a joined node recorded; ok is false when
@@ -200,4 +204,31 @@ func (i *internalService) JoinCluster(ctx context.Context, req *tesserapb.JoinCl
 	}, func(ctx context.Context, c tesserapb.InternalClient) (*tesserapb.JoinClusterResponse, error) {
 		return c.JoinCluster(ctx, req)
 	})
+}
+
+// noteMetaVoter records, once a joined node's meta replica has been made a
+// voter, that it restarts as one. (Restarted as a non-voter after a
+// promotion it had not recorded, the replica would not vote until it
+// installs a snapshot of the meta range; the other way round Dragonboat
+// refuses it.)
+func (s *Server) noteMetaVoter() {
+	if !s.joined || s.identity.MetaVoter {
+		return
+	}
+	info := s.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true})
+	for _, si := range info.ShardInfoList {
+		if si.ShardID != placement.MetaRangeID || si.IsNonVoting {
+			continue
+		}
+		if _, voter := si.Replicas[s.replicaID]; !voter {
+			continue
+		}
+		id := s.identity
+		id.MetaVoter = true
+		if err := saveIdentity(s.cfg.DataDir, id); err != nil {
+			s.log.Warn("recording that this node's meta replica votes", "err", err)
+			return
+		}
+		s.identity = id
+	}
 }

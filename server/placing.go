@@ -49,6 +49,8 @@ type liveness struct {
 	beats map[uint64]heartbeat
 	// placing holds the operations under way, by range. Guarded by mu.
 	placing map[uint64]placement.Op
+	// promoting: a meta replica is being made a voter. Guarded by mu.
+	promoting bool
 }
 
 type heartbeat struct {
@@ -100,6 +102,7 @@ func (s *Server) startHeartbeats() {
 }
 
 func (s *Server) sendHeartbeat() {
+	s.noteMetaVoter()
 	req := &tesserapb.NodeHeartbeatRequest{NodeId: s.replicaID, DiskUsedBytes: s.store.DiskSizeBytes(), DiskQuotaBytes: s.cfg.QuotaBackendBytes}
 	for _, r := range s.rangeList() {
 		load := &tesserapb.RangeLoad{RangeId: r.RangeID(), Leader: r.IsLeader(), Qps: r.QPS()}
@@ -156,6 +159,7 @@ func (s *Server) placeOnce() []placement.Op {
 	if err != nil {
 		return nil
 	}
+	voters, learners := s.metaMembership()
 	l := &s.live
 	l.mu.Lock()
 	l.termLocked(term)
@@ -166,6 +170,14 @@ func (s *Server) placeOnce() []placement.Op {
 	c := s.clusterState(nodes, descs, l.beats, l.since)
 	for _, op := range l.placing {
 		c.InFlight = append(c.InFlight, op)
+	}
+	if !l.promoting {
+		if id := metaPromotion(c, voters, learners); id != 0 {
+			l.promoting = true
+			if err := s.stopper.RunAsync(func() { s.promoteMeta(id) }); err != nil {
+				l.promoting = false
+			}
+		}
 	}
 	ops := placement.Schedule(c, placement.Limits{})
 	for _, op := range ops {
@@ -414,4 +426,66 @@ func (i *internalService) Decommission(ctx context.Context, req *tesserapb.Decom
 	}, func(ctx context.Context, c tesserapb.InternalClient) (*tesserapb.DecommissionResponse, error) {
 		return c.Decommission(ctx, req)
 	})
+}
+
+// metaReadTimeout bounds a read of the meta range's membership.
+const metaReadTimeout = 2 * time.Second
+
+// metaVoters is how many voters the meta range keeps when it can: five
+// survive two failures, and more would only slow its writes.
+const metaVoters = 5
+
+// metaMembership returns the meta range's voters and non-voting replicas as
+// this node's replica knows them.
+func (s *Server) metaMembership() (voters, learners map[uint64]string) {
+	ctx, cancel := s.stopper.WithTimeout(metaReadTimeout)
+	defer cancel()
+	m, err := s.nh.SyncGetShardMembership(ctx, placement.MetaRangeID)
+	if err != nil {
+		return nil, nil
+	}
+	return m.Nodes, m.NonVotings
+}
+
+// metaPromotion picks a non-voting meta replica to make a voter while the
+// meta range has fewer than metaVoters: the lowest-numbered on a live node,
+// or 0 for none.
+func metaPromotion(c *placement.Cluster, voters, learners map[uint64]string) uint64 {
+	if len(voters) == 0 || len(voters) >= metaVoters {
+		return 0
+	}
+	for _, id := range slices.Sorted(maps.Keys(learners)) {
+		for _, n := range c.Nodes {
+			if n.ID == id && n.State == placement.NodeLive {
+				return id
+			}
+		}
+	}
+	return 0
+}
+
+// promoteMeta makes a node's non-voting meta replica a voter. The meta
+// range stops counting this replica as its only voter first.
+func (s *Server) promoteMeta(id uint64) {
+	defer func() {
+		s.live.mu.Lock()
+		s.live.promoting = false
+		s.live.mu.Unlock()
+	}()
+	ctx, cancel := s.stopper.WithTimeout(placementOpTimeout)
+	defer cancel()
+	m, err := s.nh.SyncGetShardMembership(ctx, placement.MetaRangeID)
+	if err != nil {
+		return
+	}
+	addr, ok := m.NonVotings[id]
+	if !ok {
+		return
+	}
+	s.meta.NotSole()
+	if err := s.nh.SyncRequestAddReplica(ctx, placement.MetaRangeID, id, addr, m.ConfigChangeID); err != nil {
+		s.log.Warn("making a meta replica a voter", "node", id, "err", err)
+		return
+	}
+	s.log.Info("meta replica made a voter", "node", id)
 }

@@ -72,8 +72,10 @@ type Server struct {
 	// ID: the meta range's voters (none on a node that joined).
 	raftMembers map[uint64]dragonboat.Target
 	// joined: this node joined a running cluster (--join) rather than being
-	// one of --initial-cluster.
-	joined bool
+	// one of --initial-cluster; identity is what its data directory records
+	// of it. identity is written only by the heartbeat task.
+	joined   bool
+	identity identity
 
 	listeners []net.Listener
 
@@ -117,7 +119,7 @@ func Start(cfg Config) (*Server, error) {
 	if joined {
 		replicaID, cid = id.NodeID, id.ClusterID
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, replicaID: replicaID, clusterID: cid, joined: joined, stopper: stop.New(), rangesChanged: make(chan struct{}, 1),
+	s := &Server{cfg: cfg, log: cfg.Logger, replicaID: replicaID, clusterID: cid, joined: joined, identity: id, stopper: stop.New(), rangesChanged: make(chan struct{}, 1),
 		ranges: map[uint64]*shard.Replica{}, feeds: feeds{wanted: map[uint64]time.Time{}}, picks: map[uint64]pick{}, cache: router.NewRangeCache()}
 	// Listen before starting Raft so a taken port fails fast and changes nothing.
 	for _, u := range cfg.ListenClientURLs {
@@ -151,7 +153,7 @@ func Start(cfg Config) (*Server, error) {
 		return nil, err
 	}
 
-	s.meta = placement.NewMetaReplica(s.nh, replicaID, s.soleNode())
+	s.meta = placement.NewMetaReplica(s.nh, replicaID)
 	s.directory = placement.NewDirectory(s.meta)
 	allocator := placement.NewAllocator(s.meta)
 	s.oracle = placement.NewOracleClient(s.meta, allocator, s.directory)
@@ -269,9 +271,10 @@ func (s *Server) startRaft() error {
 	metaConfig := s.raftConfig(placement.MetaRangeID, s.replicaID)
 	metaMembers, metaJoin := s.raftMembers, false
 	if s.joined {
-		// A node that joined holds a non-voting replica of the meta range,
-		// started empty the first time (the meta leader added it).
-		metaConfig.IsNonVoting = true
+		// A node that joined holds a replica of the meta range, started
+		// empty the first time (the meta leader added it as a non-voter),
+		// and a voter once the meta leader made it one.
+		metaConfig.IsNonVoting = !s.identity.MetaVoter
 		metaMembers, metaJoin = nil, !nh.HasNodeInfo(placement.MetaRangeID, s.replicaID)
 	} else {
 		for i, m := range cfg.InitialCluster {

@@ -150,3 +150,10 @@ func (t TestingServer) Decommission(ctx context.Context, node string) error {
 	_, err := (&internalService{InternalServer: t.s.internal, s: t.s}).Decommission(ctx, &tesserapb.DecommissionRequest{Node: node})
 	return err
 }
+
+// MetaVoters is how many voting members the meta range has, as this node's
+// replica knows them.
+func (t TestingServer) MetaVoters() int {
+	voters, _ := t.s.metaMembership()
+	return len(voters)
+}

@@ -302,6 +302,26 @@ func TestGrowByJoining(t *testing.T) {
 			t.Fatalf("%s: member list %v %v", n.Config.Name, members, err)
 		}
 	}
+	// The meta range votes on every node now: the first node can go.
+	deadline := time.Now().Add(30 * time.Second)
+	for c.Nodes[1].Server.Testing().MetaVoters() != 5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the meta range has %d voters, want 5", c.Nodes[1].Server.Testing().MetaVoters())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	c.StopNode(c.Nodes[0])
+	cli := c.Client(c.Endpoints()...)
+	ctx := ctxT(t)
+	for i := range 20 {
+		if _, err := cli.Put(ctx, fmt.Sprintf("lin/%02d", i%16), "after"); err != nil {
+			t.Fatalf("a put with the first node stopped: %v", err)
+		}
+	}
+	got, err := cli.Get(ctx, "lin/", clientv3.WithPrefix())
+	if err != nil || len(got.Kvs) != 16 {
+		t.Fatalf("a list with the first node stopped: %v %v", got, err)
+	}
 }
 
 // TestJoinRefusals: a --join whose URL answers but is no Tessera member, a
