@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"sync"
 
@@ -75,6 +76,8 @@ func applyMeta(st *tesserapb.MetaState, cmd *tesserapb.MetaCommand) uint64 {
 		st.Nodes = append(st.Nodes, nil)
 		copy(st.Nodes[i+1:], st.Nodes[i:])
 		st.Nodes[i] = n
+	case *tesserapb.MetaCommand_RemoveNode:
+		st.Nodes = slices.DeleteFunc(st.Nodes, func(n *tesserapb.NodeInfo) bool { return n.NodeId == op.RemoveNode.GetNodeId() })
 	case *tesserapb.MetaCommand_SetDecommissioning:
 		for _, n := range st.Nodes {
 			if n.NodeId == op.SetDecommissioning.GetNodeId() {

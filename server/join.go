@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/lni/dragonboat/v4"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -231,4 +233,64 @@ func (s *Server) noteMetaVoter() {
 		}
 		s.identity = id
 	}
+}
+
+// removeNode takes a node holding no range replica out of the meta range
+// and the registry, on the meta leader.
+func (s *Server) removeNode(ctx context.Context, id uint64) error {
+	st, err := placement.State(ctx, s.meta, true)
+	if err != nil {
+		return router.ToGRPC(err)
+	}
+	var node *tesserapb.NodeInfo
+	for _, n := range st.Nodes {
+		if n.NodeId == id {
+			node = n
+		}
+	}
+	if node == nil {
+		return rpctypes.ErrGRPCMemberNotFound
+	}
+	held := 0
+	for _, d := range st.Ranges {
+		if slices.Contains(d.ReplicaNodeIds, id) {
+			held++
+		}
+	}
+	if held > 0 {
+		return status.Errorf(codes.FailedPrecondition, "tessera: node %d (%s) still holds %d range replicas; decommission it first (tessera ctl decommission %s)", id, node.Name, held, node.Name)
+	}
+	if id == s.replicaID {
+		return status.Errorf(codes.FailedPrecondition, "tessera: node %d leads the meta range; remove it through another member after its leadership moves (stop it first)", id)
+	}
+	m, err := s.nh.SyncGetShardMembership(ctx, placement.MetaRangeID)
+	if err != nil {
+		return router.ToGRPC(err)
+	}
+	_, voter := m.Nodes[id]
+	_, learner := m.NonVotings[id]
+	if voter {
+		// The voters left must still have a live quorum among them.
+		live := s.liveNodes()
+		left := 0
+		for v := range m.Nodes {
+			if v != id && live[v] {
+				left++
+			}
+		}
+		if left < (len(m.Nodes)-1)/2+1 {
+			return rpctypes.ErrGRPCMemberNotEnoughStarted
+		}
+	}
+	if voter || learner {
+		if err := s.nh.SyncRequestDeleteReplica(ctx, placement.MetaRangeID, id, m.ConfigChangeID); err != nil {
+			return status.Errorf(codes.Unavailable, "tessera: removing node %d from the meta range: %v", id, err)
+		}
+	}
+	cmd := &tesserapb.MetaCommand{Op: &tesserapb.MetaCommand_RemoveNode{RemoveNode: &tesserapb.RemoveNodeCommand{NodeId: id}}}
+	if err := s.meta.Propose(ctx, cmd); err != nil {
+		return router.ToGRPC(err)
+	}
+	s.log.Info("node removed", "node", id, "name", node.Name)
+	return nil
 }

@@ -489,3 +489,20 @@ func (s *Server) promoteMeta(id uint64) {
 	}
 	s.log.Info("meta replica made a voter", "node", id)
 }
+
+// liveNodes returns the nodes the meta leader heard from lately (this one
+// among them).
+func (s *Server) liveNodes() map[uint64]bool {
+	_, term := s.metaTerm()
+	l := &s.live
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.termLocked(term)
+	live := map[uint64]bool{s.replicaID: true}
+	for id, b := range l.beats {
+		if time.Since(b.at) < suspectAfterBeats*s.heartbeatInterval() {
+			live[id] = true
+		}
+	}
+	return live
+}

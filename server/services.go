@@ -5,9 +5,11 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/tesserakv/tessera/placement"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/router"
 	"github.com/tesserakv/tessera/shard"
@@ -117,8 +119,14 @@ func (c *cluster) MemberList(ctx context.Context, _ *pb.MemberListRequest) (*pb.
 	}
 	resp := &pb.MemberListResponse{Header: &pb.ResponseHeader{ClusterId: s.clusterID, MemberId: s.replicaID, RaftTerm: term}}
 	if !s.joined {
+		metaVoters := s.membersOf(placement.MetaRangeID)
 		for i, m := range s.cfg.InitialCluster {
 			id := uint64(i + 1)
+			if _, ok := registered[id]; !ok {
+				if _, voter := metaVoters[id]; !voter {
+					continue // removed (MemberRemove)
+				}
+			}
 			member := &pb.Member{ID: id, PeerURLs: []string{m.PeerURL}}
 			if n, ok := registered[id]; ok {
 				// As in etcd, a member that has not published yet has no name.
@@ -139,11 +147,35 @@ func (c *cluster) MemberList(ctx context.Context, _ *pb.MemberListRequest) (*pb.
 }
 
 func (c *cluster) MemberAdd(context.Context, *pb.MemberAddRequest) (*pb.MemberAddResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "tessera: membership changes are not implemented yet (static --initial-cluster only)")
+	return nil, status.Error(codes.Unimplemented, "tessera: nodes are added by starting them with --join (member add is not needed)")
 }
 
-func (c *cluster) MemberRemove(context.Context, *pb.MemberRemoveRequest) (*pb.MemberRemoveResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "tessera: membership changes are not implemented yet (static --initial-cluster only)")
+// MemberRemove takes a node out of the cluster: out of the meta range and
+// the node registry. A node still holding range replicas is refused
+// (decommission it first); so is a removal that would leave the meta range
+// without a quorum of live voters, with etcd's error.
+func (c *cluster) MemberRemove(ctx context.Context, req *pb.MemberRemoveRequest) (*pb.MemberRemoveResponse, error) {
+	s := c.s
+	leader, _, ok := s.meta.Leader()
+	switch {
+	case !ok:
+		return nil, rpctypes.ErrGRPCNoLeader
+	case leader != s.replicaID:
+		// The meta range's leader removes nodes: ask it.
+		cc, err := s.directory.Conn(ctx, leader)
+		if err != nil || !router.MayForward(ctx) {
+			return nil, rpctypes.ErrGRPCNoLeader
+		}
+		return pb.NewClusterClient(cc).MemberRemove(router.ForwardedContext(ctx), req)
+	}
+	if err := s.removeNode(ctx, req.ID); err != nil {
+		return nil, err
+	}
+	list, err := c.MemberList(ctx, &pb.MemberListRequest{})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.MemberRemoveResponse{Header: list.Header, Members: list.Members}, nil
 }
 
 func (c *cluster) MemberUpdate(context.Context, *pb.MemberUpdateRequest) (*pb.MemberUpdateResponse, error) {

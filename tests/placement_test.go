@@ -237,6 +237,28 @@ func TestDecommission(t *testing.T) {
 		t.Fatal(err)
 	}
 	requireAcked(t, "n4", got.Kvs, acked)
+
+	// etcdctl member remove: refused for a node holding replicas and for an
+	// unknown ID, as etcd refuses; the emptied node goes.
+	for _, bad := range []struct{ id, want string }{
+		{"3", "still holds"},
+		{"63", "etcdserver: member not found"},
+	} {
+		if out, err := etcdctl(t, c.Nodes[3].ClientURL, "", "member", "remove", bad.id); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("etcdctl member remove %s: %q %v, want an error saying %q", bad.id, out, err, bad.want)
+		}
+	}
+	c.StopNode(c.Nodes[1])
+	if out, err := etcdctl(t, c.Nodes[3].ClientURL, "", "member", "remove", "2"); err != nil || !strings.Contains(out, "removed from cluster") {
+		t.Fatalf("etcdctl member remove 2: %q %v", out, err)
+	}
+	members, err := c.Client(c.Nodes[0].ClientURL).MemberList(ctx)
+	if err != nil || len(members.Members) != 3 {
+		t.Fatalf("member list after removing node 2: %v %v", members, err)
+	}
+	if _, err := c.Client(c.Nodes[2].ClientURL).Put(ctx, "dc/after", "v"); err != nil {
+		t.Fatalf("a put after node 2 left: %v", err)
+	}
 }
 
 // writer puts keys under a prefix, one after another, until stopped.
