@@ -215,6 +215,9 @@ type Part struct {
 func (r *Router) PartsOf(key, rangeEnd []byte) (parts []Part, ok bool) {
 	spans, ok := r.ranges.overlapping(key, rangeEnd)
 	if !ok {
+		// A replica that opened since the cache was built (a restart opens
+		// them in the background), or a descriptor recorded since, fills
+		// the hole.
 		r.ranges.Refresh()
 		if spans, ok = r.ranges.overlapping(key, rangeEnd); !ok {
 			return nil, false

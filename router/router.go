@@ -254,22 +254,17 @@ func (r *Router) Header(rev int64) *pb.ResponseHeader { return r.header(nil, rev
 // CurrentRevision returns the highest revision the oracle has issued.
 func (r *Router) CurrentRevision(ctx context.Context) (int64, error) { return r.oracle.Current(ctx) }
 
-// RangesOf returns the IDs of this node's ranges holding keys of etcd's
-// interval [key, rangeEnd), in key order, without waiting; ok is false
-// while part of it has no open range.
+// RangesOf returns the IDs of the ranges holding keys of etcd's interval
+// [key, rangeEnd), in key order, without waiting; ok is false while part of
+// it has no range.
 func (r *Router) RangesOf(key, rangeEnd []byte) (ids []uint64, ok bool) {
-	spans, ok := r.ranges.overlapping(key, rangeEnd)
+	parts, ok := r.PartsOf(key, rangeEnd)
 	if !ok {
-		// A replica that opened since the cache was built (a restart
-		// opens them in the background) fills the hole.
-		r.ranges.Refresh()
-		if spans, ok = r.ranges.overlapping(key, rangeEnd); !ok {
-			return nil, false
-		}
+		return nil, false
 	}
-	ids = make([]uint64, len(spans))
-	for i, sp := range spans {
-		ids[i] = sp.rng.RangeID()
+	ids = make([]uint64, len(parts))
+	for i, p := range parts {
+		ids[i] = p.RangeID
 	}
 	return ids, true
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"time"
@@ -32,6 +33,17 @@ func (i *internalService) RangeFeed(req *tesserapb.RangeFeedRequest, out tessera
 	}
 	if !ok {
 		return status.Errorf(codes.FailedPrecondition, "tessera: range %d is not on this node", req.RangeId)
+	}
+	if len(req.StartKey) > 0 {
+		// The keys the follower routes to the range: this node's hub covers
+		// them whatever ranges hold them here now.
+		if !spansOverlap(start, end, req.StartKey, req.EndKey) {
+			return status.Errorf(codes.FailedPrecondition, "tessera: range %d no longer holds any key of [%q, %q)", req.RangeId, req.StartKey, req.EndKey)
+		}
+		start, end = req.StartKey, req.EndKey
+		if len(end) == 0 {
+			end = nil
+		}
 	}
 	if req.StartRevision < 0 {
 		return status.Errorf(codes.InvalidArgument, "tessera: negative start revision %d", req.StartRevision)
@@ -134,4 +146,10 @@ func (fs *feedStream) SendMsg(m any) error {
 		out.Events = append(out.Events, b)
 	}
 	return fs.out.Send(out)
+}
+
+// spansOverlap reports whether the key spans [s1, e1) and [s2, e2) share a
+// key; an empty end is the end of the keyspace.
+func spansOverlap(s1, e1, s2, e2 []byte) bool {
+	return (len(e2) == 0 || bytes.Compare(s1, e2) < 0) && (len(e1) == 0 || bytes.Compare(s2, e1) < 0)
 }

@@ -132,7 +132,17 @@ func (s *Server) pause(d time.Duration) {
 func (s *Server) streamFeed(ctx context.Context, cc *grpc.ClientConn, rangeID uint64, last *int64) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	feed, err := tesserapb.NewInternalClient(cc).RangeFeed(ctx, &tesserapb.RangeFeedRequest{RangeId: rangeID, StartRevision: *last + 1})
+	req := &tesserapb.RangeFeedRequest{RangeId: rangeID, StartRevision: *last + 1}
+	if d := s.cache.Remote(rangeID); d != nil {
+		// The keys this node routes to the range now, so that its floor
+		// covers every key this node's watches count it for: the source
+		// may have split them off already.
+		req.StartKey, req.EndKey = d.StartKey, d.EndKey
+		if len(req.StartKey) == 0 {
+			req.StartKey = []byte{0}
+		}
+	}
+	feed, err := tesserapb.NewInternalClient(cc).RangeFeed(ctx, req)
 	if err != nil {
 		return err
 	}
@@ -147,7 +157,7 @@ func (s *Server) streamFeed(ctx context.Context, cc *grpc.ClientConn, rangeID ui
 		if msg.CompactRevision > 0 {
 			return errFeedCompacted
 		}
-		events, err := s.feedEvents(rangeID, msg.Events)
+		events, err := s.feedEvents(msg.Events)
 		if err != nil {
 			return err
 		}
@@ -161,25 +171,20 @@ func (s *Server) streamFeed(ctx context.Context, cc *grpc.ClientConn, rangeID ui
 	}
 }
 
-// feedEvents decodes a feed's events and keeps those of keys the range
-// holds as this node routes it now: a feed watches the range's keys as they
-// were when it started, and after a split the new range's events come
-// through its own feed.
-func (s *Server) feedEvents(rangeID uint64, raw [][]byte) ([]*mvccpb.Event, error) {
+// feedEvents decodes a feed's events. A feed covers the keys this node
+// routed to the range when it started, those a split has given another
+// range since among them: their events may come twice (here and from that
+// range), and the hub keeps one.
+func (s *Server) feedEvents(raw [][]byte) ([]*mvccpb.Event, error) {
 	if len(raw) == 0 {
 		return nil, nil
 	}
-	d := s.cache.Remote(rangeID)
-	out := make([]*mvccpb.Event, 0, len(raw))
-	for _, b := range raw {
-		ev := &mvccpb.Event{}
-		if err := proto.Unmarshal(b, ev); err != nil {
+	out := make([]*mvccpb.Event, len(raw))
+	for i, b := range raw {
+		out[i] = &mvccpb.Event{}
+		if err := proto.Unmarshal(b, out[i]); err != nil {
 			return nil, err
 		}
-		if d != nil && !keyIn(ev.Kv.Key, d.StartKey, d.EndKey) {
-			continue
-		}
-		out = append(out, ev)
 	}
 	return out, nil
 }
@@ -198,7 +203,8 @@ func (s *Server) history(key, rangeEnd []byte, fromRev, toRev int64, maxEvents i
 	if !ok {
 		return nil, 0, router.ErrNoRange
 	}
-	if !slices.ContainsFunc(parts, func(p router.Part) bool { return !p.Local }) {
+	if !slices.ContainsFunc(parts, func(p router.Part) bool { return !s.holdsUpTo(p, toRev) }) {
+		// Every part is here and complete to toRev: one read of the store.
 		return s.store.History(key, rangeEnd, fromRev, toRev, maxEvents)
 	}
 	var all []*mvccpb.Event
@@ -218,11 +224,32 @@ func (s *Server) history(key, rangeEnd []byte, fromRev, toRev int64, maxEvents i
 	return all[:cut], covered, nil
 }
 
+// holdsUpTo reports whether a part's range is served here with every
+// command at or below rev applied.
+func (s *Server) holdsUpTo(p router.Part, rev int64) bool {
+	if !p.Local {
+		return false
+	}
+	rsm := s.store.Range(p.RangeID)
+	return rsm != nil && rsm.Floor() >= rev
+}
+
 // historyTimeout bounds one history read from another node.
 const historyTimeout = 10 * time.Second
 
 func (s *Server) partHistory(p router.Part, fromRev, toRev int64, maxEvents int) ([]*mvccpb.Event, int64, error) {
 	if p.Local {
+		// The hub judged toRev readable by the floors of the ranges as it
+		// routed them then; a replica that has opened here since (a move)
+		// may not have applied that far yet.
+		if !s.holdsUpTo(p, toRev) {
+			ctx, cancel := s.stopper.WithTimeout(historyTimeout)
+			err := s.router.CatchUp(ctx, p.RangeID, toRev)
+			cancel()
+			if err != nil {
+				return nil, 0, err
+			}
+		}
 		return s.store.History(p.Key, p.End, fromRev, toRev, maxEvents)
 	}
 	resp, err := s.remoteHistory(p, fromRev, toRev, int64(maxEvents))

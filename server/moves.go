@@ -152,7 +152,9 @@ func (s *Server) addReplica(ctx context.Context, rangeID, node uint64) error {
 		defer cancel()
 		if m, merr := s.nh.SyncGetShardMembership(rmCtx, rangeID); merr == nil {
 			if _, learner := m.NonVotings[rid]; learner {
-				_ = s.nh.SyncRequestDeleteReplica(rmCtx, rangeID, rid, m.ConfigChangeID)
+				if derr := s.nh.SyncRequestDeleteReplica(rmCtx, rangeID, rid, m.ConfigChangeID); derr == nil {
+					s.tellRemoved(rmCtx, rangeID, node)
+				}
 			}
 		}
 		return err
@@ -202,6 +204,9 @@ func (s *Server) catchUpAndPromote(ctx context.Context, rangeID, rid uint64, add
 	wake := time.Now()
 	for {
 		resp, err := client.RangeStarted(ctx, &tesserapb.RangeStartedRequest{RangeId: rangeID})
+		if err == nil && resp.Unusable {
+			return status.Errorf(codes.Aborted, "tessera: node %d's new replica of range %d was sent the range's log instead of its snapshot (its leadership moved); it is removed, and the move may be tried again", node, rangeID)
+		}
 		if err == nil && resp.Open && resp.AppliedIndex >= want {
 			break
 		}
@@ -289,12 +294,19 @@ func (s *Server) removeReplica(ctx context.Context, rangeID, node uint64) error 
 		}
 		s.log.Info("replica removed", "range", rangeID, "node", node)
 	}
+	s.tellRemoved(ctx, rangeID, node)
+	return nil
+}
+
+// tellRemoved asks a node to stop its replica of a range it was removed
+// from and delete its data (a node that cannot be told now does it when it
+// next looks; see dropStaleReplicas).
+func (s *Server) tellRemoved(ctx context.Context, rangeID, node uint64) {
 	if cc, err := s.directory.Conn(ctx, node); err == nil {
 		if _, err := tesserapb.NewInternalClient(cc).RemoveReplica(ctx, &tesserapb.RemoveReplicaRequest{RangeId: rangeID}); err != nil {
 			s.log.Debug("telling a node to drop its removed replica", "range", rangeID, "node", node, "err", err)
 		}
 	}
-	return nil
 }
 
 // handOffLeadership moves the range's leadership from this node to another

@@ -656,6 +656,7 @@ func (i *internalService) RangeStarted(_ context.Context, req *tesserapb.RangeSt
 	if rsm := i.s.store.Range(req.RangeId); rsm != nil {
 		resp.AppliedIndex, resp.Open = rsm.AppliedIndex(), true
 	}
+	resp.Unusable = i.s.store.FedLogBeforeSnapshot(req.RangeId)
 	return resp, nil
 }
 

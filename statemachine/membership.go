@@ -2,7 +2,6 @@ package statemachine
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -13,12 +12,9 @@ import (
 // first entry would apply it without the state the range started with (a
 // split's child starts from its parent's). ExpectSnapshot marks such a
 // replica before it starts; its RangeSM then stays unopened (not served,
-// no bounds, nothing published) until it has recovered a snapshot, and
-// refuses entries before that.
-
-// errNoSnapshotYet: a joining replica was handed log entries before a
-// snapshot.
-var errNoSnapshotYet = errors.New("statemachine: a replica added to a range got entries before the range's snapshot")
+// no bounds, nothing published) until it has recovered a snapshot; entries
+// handed to it before that are not applied, and mark it unusable (see
+// FedLogBeforeSnapshot).
 
 // ExpectSnapshot marks this node's replica of rangeID, about to start empty
 // as a new member of an existing range, as waiting for a snapshot. It fails
@@ -44,6 +40,23 @@ func (s *Store) AwaitsSnapshot(rangeID uint64) bool {
 	return s.joining[rangeID]
 }
 
+// markFedLog records that a joining replica was handed log entries before
+// a snapshot.
+func (s *Store) markFedLog(rangeID uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fedLog[rangeID] = true
+}
+
+// FedLogBeforeSnapshot reports whether a replica added to its range was
+// handed the range's log instead of its snapshot: it applied nothing and
+// can never serve; the range's leader should remove it.
+func (s *Store) FedLogBeforeSnapshot(rangeID uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fedLog[rangeID]
+}
+
 // snapshotRecovered ends a joining replica's wait.
 func (s *Store) snapshotRecovered(rangeID uint64) {
 	s.mu.Lock()
@@ -67,6 +80,7 @@ func (s *Store) DropRange(rangeID uint64) error {
 	s.mu.Lock()
 	_, running := s.ranges[rangeID]
 	delete(s.joining, rangeID)
+	delete(s.fedLog, rangeID)
 	s.mu.Unlock()
 	if running {
 		return fmt.Errorf("statemachine: range %d is still running here", rangeID)
@@ -140,4 +154,12 @@ func (s *Store) ReplicaID(rangeID uint64) (id uint64, ok bool, err error) {
 		return 0, false, fmt.Errorf("statemachine: range %d's replica ID record has %d bytes", rangeID, len(v))
 	}
 	return binary.BigEndian.Uint64(v), true, nil
+}
+
+// Floor is the revision at and below which this replica has applied every
+// command it ever will (see Applied.Floor).
+func (r *RangeSM) Floor() int64 {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.state.floor()
 }

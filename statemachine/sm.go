@@ -159,7 +159,12 @@ func (r *RangeSM) Update(entries []sm.Entry) ([]sm.Entry, error) {
 		hook(r.rangeID)
 	}
 	if r.store.AwaitsSnapshot(r.rangeID) {
-		return nil, errNoSnapshotYet
+		// Fed the range's log instead of its snapshot (the leader that
+		// added this replica lost its leadership to one whose log was not
+		// compacted): nothing is applied, and the replica stays unopened
+		// and marks itself unusable, so that the range's leader removes it.
+		r.store.markFedLog(r.rangeID)
+		return entries, nil
 	}
 	b := r.store.db.NewIndexedBatch()
 	defer closeQuietly(b)

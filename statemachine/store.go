@@ -87,6 +87,9 @@ type Store struct {
 	// existing range and has no state yet: it must be caught up by a
 	// snapshot (see ExpectSnapshot). Guarded by mu.
 	joining map[uint64]bool
+	// fedLog holds the joining replicas handed log entries before a
+	// snapshot (see FedLogBeforeSnapshot). Guarded by mu.
+	fedLog map[uint64]bool
 	// closed is set by Close. Guarded by mu.
 	closed bool
 
@@ -163,7 +166,7 @@ func OpenStore(dir string, opts StoreOptions) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("statemachine: opening pebble in %s: %w", dir, err)
 	}
-	s := &Store{db: db, onSplit: opts.OnSplit, onApply: opts.OnApply, beforeUpdate: opts.BeforeUpdate, ranges: make(map[uint64]*RangeSM), joining: map[uint64]bool{}, counts: newCountCache(), unflushed: unflushed}
+	s := &Store{db: db, onSplit: opts.OnSplit, onApply: opts.OnApply, beforeUpdate: opts.BeforeUpdate, ranges: make(map[uint64]*RangeSM), joining: map[uint64]bool{}, fedLog: map[uint64]bool{}, counts: newCountCache(), unflushed: unflushed}
 	s.snaps.db = db
 	return s, nil
 }

@@ -247,27 +247,33 @@ func maxAckedRev(writes []wcWrite) int64 {
 // checks etcd's guarantees against the writes' own responses: ordered, unique,
 // reliable, atomic, prev_kv, progress notifications never ahead of events,
 // resumable, and the same events for any two watches over the same keys.
-func TestWatchGuarantees(t *testing.T) { runWatchGuarantees(t, 3, []int{0, 1, 2}) }
+func TestWatchGuarantees(t *testing.T) {
+	runWatchGuarantees(t, testcluster.Start(t, 3, watchProgressOften), []int{0, 1, 2})
+}
 
 // TestWatchGuaranteesWithoutReplicas: the same on four nodes with three
 // replicas per range, the watches and most writers on the fourth node, which
 // holds no replica at first: its watch hub follows the ranges held elsewhere
 // through range feeds and catches up through other nodes' history, while
 // replicas move between the nodes, onto the fourth among them.
-func TestWatchGuaranteesWithoutReplicas(t *testing.T) { runWatchGuarantees(t, 4, []int{3, 1, 3}) }
+func TestWatchGuaranteesWithoutReplicas(t *testing.T) {
+	runWatchGuarantees(t, testcluster.Start(t, 4, watchProgressOften), []int{3, 1, 3})
+}
 
-// runWatchGuarantees runs TestWatchGuarantees' load on a cluster of n nodes,
-// with what the test puts on its first, second and third node on the nodes
-// at the given indexes.
-func runWatchGuarantees(t *testing.T, n int, on []int) {
+func watchProgressOften(cfg *serverConfig) { cfg.WatchProgressNotifyInterval = 300 * time.Millisecond }
+
+// runWatchGuarantees runs TestWatchGuarantees' load on a cluster, with what
+// the test puts on its first, second and third node on the nodes at the
+// given indexes. On more than three nodes, a replica moves in each round.
+func runWatchGuarantees(t *testing.T, c *testcluster.Cluster, on []int) {
 	seed := time.Now().UnixNano()
 	t.Logf("seed %d", seed)
-	c := testcluster.Start(t, n, func(cfg *serverConfig) { cfg.WatchProgressNotifyInterval = 300 * time.Millisecond })
+	nodeAt := func(i int) *testcluster.Node { return c.Nodes[i] }
 	// Groups wc/0 … wc/9 of 12 keys each; every Txn and range delete stays in
 	// one half of a group (wc/G/00-05 or wc/G/06-11), and every split during
 	// the run is at a group or half boundary, so no write spans two ranges.
 	for i, key := range []string{"wc/1", "wc/2", "wc/3", "wc/4", "wc/5", "wc/6", "wc/7", "wc/8"} {
-		splitAt(t, c, c.Nodes[i%3], key)
+		splitAt(t, c, nodeAt(i%3), key)
 	}
 	waitRanges(t, c, 9)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
@@ -278,7 +284,7 @@ func runWatchGuarantees(t *testing.T, n int, on []int) {
 	}
 	rev0 := list.Header.Revision
 	prefixEnd := clientv3.GetPrefixRangeEnd("wc/")
-	node := func(i int) *clientv3.Client { return c.Client(c.Nodes[on[i]].ClientURL) }
+	node := func(i int) *clientv3.Client { return c.Client(nodeAt(on[i]).ClientURL) }
 
 	// Watches from now, and the first segment of the resumed one.
 	sharedStream := node(2)
@@ -386,7 +392,7 @@ func runWatchGuarantees(t *testing.T, n int, on []int) {
 	var s1Log watchLog
 	for round := range 4 {
 		time.Sleep(400 * time.Millisecond)
-		if n > 3 {
+		if len(c.Nodes) > 3 {
 			// Replicas move between nodes too.
 			moveOneReplica(t, c, round)
 		}
@@ -394,11 +400,11 @@ func runWatchGuarantees(t *testing.T, n int, on []int) {
 		case 0:
 			recB = startRecorder(t, node(1), watchSpec{name: "B(prefix,n2,from rev0+1 started late)", key: "wc/", end: prefixEnd, rev: rev0 + 1})
 			recE = startRecorder(t, node(0), watchSpec{name: "E(key wc/3/07,n1,prev_kv,from rev0+1 started late)", key: "wc/3/07", rev: rev0 + 1, prevKV: true})
-			if err := trySplit(c, c.Nodes[1], "wc/3/06"); err != nil {
+			if err := trySplit(c, nodeAt(1), "wc/3/06"); err != nil {
 				t.Errorf("split at wc/3/06: %v", err)
 			}
 		case 1:
-			_ = c.Nodes[0].Server.Testing().TransferLeadership(2)
+			_ = nodeAt(0).Server.Testing().TransferLeadership(2)
 			recS1.stop()
 			var s1Err error
 			if s1Log, s1Err = recS1.snapshot(); s1Err != nil {
@@ -411,13 +417,13 @@ func runWatchGuarantees(t *testing.T, n int, on []int) {
 			recS2 = startRecorder(t, node(2), watchSpec{name: "S2(prefix,n3,resumed)", key: "wc/", end: prefixEnd, rev: resumeAt, prevKV: true})
 			t.Logf("S1 cut after %d responses, covering up to %d; S2 resumes at %d", len(s1Log.resps), resumeAt-1, resumeAt)
 		case 2:
-			if err := trySplit(c, c.Nodes[2], "wc/6/06"); err != nil {
+			if err := trySplit(c, nodeAt(2), "wc/6/06"); err != nil {
 				t.Errorf("split at wc/6/06: %v", err)
 			}
-			_ = c.Nodes[1].Server.Testing().TransferMetaLeadership(3)
+			_ = nodeAt(1).Server.Testing().TransferMetaLeadership(3)
 		case 3:
-			_ = c.Nodes[2].Server.Testing().TransferLeadership(3)
-			if err := trySplit(c, c.Nodes[0], "wc/9"); err != nil {
+			_ = nodeAt(2).Server.Testing().TransferLeadership(3)
+			if err := trySplit(c, nodeAt(0), "wc/9"); err != nil {
 				t.Errorf("split at wc/9: %v", err)
 			}
 		}

@@ -209,9 +209,13 @@ func (h *Hub) applyLocked(a statemachine.Applied) {
 		h.floors[a.RangeID] = a.Floor
 	}
 	h.maxFloor = max(h.maxFloor, a.Floor)
-	if a.Reset && a.Floor > h.continuousFrom {
-		h.continuousFrom = a.Floor
-		// Live watchers behind it may have missed events: they catch up.
+	if a.Reset {
+		// The range's events up to its floor may not all have been
+		// published (a replica that opened, recovered a snapshot, or
+		// started to be followed from elsewhere): live watchers behind it
+		// catch up from history, even when another range reset higher
+		// before.
+		h.continuousFrom = max(h.continuousFrom, a.Floor)
 		for _, g := range h.groups {
 			for w := range g.watchers {
 				if w.sentRev < a.Floor {

@@ -1616,7 +1616,10 @@ type RangeStartedResponse struct {
 	AppliedIndex uint64 `protobuf:"varint,2,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
 	// open: the replica has state to serve (a new member, once it has
 	// recovered the range's snapshot).
-	Open          bool `protobuf:"varint,3,opt,name=open,proto3" json:"open,omitempty"`
+	Open bool `protobuf:"varint,3,opt,name=open,proto3" json:"open,omitempty"`
+	// unusable: a new member was handed the range's log instead of its
+	// snapshot; it applied nothing and must be removed.
+	Unusable      bool `protobuf:"varint,4,opt,name=unusable,proto3" json:"unusable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1668,6 +1671,13 @@ func (x *RangeStartedResponse) GetAppliedIndex() uint64 {
 func (x *RangeStartedResponse) GetOpen() bool {
 	if x != nil {
 		return x.Open
+	}
+	return false
+}
+
+func (x *RangeStartedResponse) GetUnusable() bool {
+	if x != nil {
+		return x.Unusable
 	}
 	return false
 }
@@ -2153,8 +2163,14 @@ type RangeFeedRequest struct {
 	// close_interval_ms: how often closed_revision is brought up to date when
 	// no events come (0: every 100 ms).
 	CloseIntervalMs int64 `protobuf:"varint,3,opt,name=close_interval_ms,json=closeIntervalMs,proto3" json:"close_interval_ms,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// start_key and end_key, when start_key is set, are the keys the feed
+	// covers (end_key empty: to the end of the keyspace): the range's bounds
+	// as the follower knows them, which may still include keys a split has
+	// since given another range. Unset: the range's bounds here.
+	StartKey      []byte `protobuf:"bytes,4,opt,name=start_key,json=startKey,proto3" json:"start_key,omitempty"`
+	EndKey        []byte `protobuf:"bytes,5,opt,name=end_key,json=endKey,proto3" json:"end_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RangeFeedRequest) Reset() {
@@ -2206,6 +2222,20 @@ func (x *RangeFeedRequest) GetCloseIntervalMs() int64 {
 		return x.CloseIntervalMs
 	}
 	return 0
+}
+
+func (x *RangeFeedRequest) GetStartKey() []byte {
+	if x != nil {
+		return x.StartKey
+	}
+	return nil
+}
+
+func (x *RangeFeedRequest) GetEndKey() []byte {
+	if x != nil {
+		return x.EndKey
+	}
+	return nil
 }
 
 type RangeFeedResponse struct {
@@ -3067,11 +3097,12 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"covered_to\x18\x02 \x01(\x03R\tcoveredTo\x12-\n" +
 	"\x12compacted_revision\x18\x03 \x01(\x03R\x11compactedRevision\"0\n" +
 	"\x13RangeStartedRequest\x12\x19\n" +
-	"\brange_id\x18\x01 \x01(\x04R\arangeId\"i\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\"\x85\x01\n" +
 	"\x14RangeStartedResponse\x12\x18\n" +
 	"\astarted\x18\x01 \x01(\bR\astarted\x12#\n" +
 	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12\x12\n" +
-	"\x04open\x18\x03 \x01(\bR\x04open\"x\n" +
+	"\x04open\x18\x03 \x01(\bR\x04open\x12\x1a\n" +
+	"\bunusable\x18\x04 \x01(\bR\bunusable\"x\n" +
 	"\x15ChangeReplicasRequest\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x1e\n" +
 	"\vadd_node_id\x18\x02 \x01(\x04R\taddNodeId\x12$\n" +
@@ -3096,11 +3127,13 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"writesKeys\x12%\n" +
 	"\x0efence_revision\x18\x04 \x01(\x03R\rfenceRevision\"?\n" +
 	"\x12RangeWriteResponse\x12)\n" +
-	"\x06result\x18\x01 \x01(\v2\x11.tesserapb.ResultR\x06result\"\x80\x01\n" +
+	"\x06result\x18\x01 \x01(\v2\x11.tesserapb.ResultR\x06result\"\xb6\x01\n" +
 	"\x10RangeFeedRequest\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12%\n" +
 	"\x0estart_revision\x18\x02 \x01(\x03R\rstartRevision\x12*\n" +
-	"\x11close_interval_ms\x18\x03 \x01(\x03R\x0fcloseIntervalMs\"\x7f\n" +
+	"\x11close_interval_ms\x18\x03 \x01(\x03R\x0fcloseIntervalMs\x12\x1b\n" +
+	"\tstart_key\x18\x04 \x01(\fR\bstartKey\x12\x17\n" +
+	"\aend_key\x18\x05 \x01(\fR\x06endKey\"\x7f\n" +
 	"\x11RangeFeedResponse\x12\x16\n" +
 	"\x06events\x18\x01 \x03(\fR\x06events\x12'\n" +
 	"\x0fclosed_revision\x18\x02 \x01(\x03R\x0eclosedRevision\x12)\n" +
