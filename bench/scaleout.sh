@@ -22,9 +22,11 @@
 # Writes results.md (a Markdown table per system and topology, the
 # scale-out ratios against their targets, the servers' CPU against their
 # caps, and the placement seen before and after each Tessera cluster's
-# runs) and one JSON file per run (tessbench --json). Needs root (to make
-# cgroups) and the cgroup v1 cpu controller mounted. Processes and cgroups
-# it makes are removed when it exits, however it exits.
+# runs), one JSON file per run (tessbench --json), `tessera ctl nodes
+# --json` before and after each Tessera cluster's runs, and the servers'
+# logs. Needs root (to make cgroups) and the cgroup v1 cpu controller
+# mounted. Processes and cgroups it makes are removed when it exits,
+# however it exits.
 #
 # Usage: bench/scaleout.sh [--quota F] [--duration D] [--clients N] [--conns N]
 #                          [--value-size B] [--balance-timeout S] [--out DIR]
@@ -200,7 +202,9 @@ stop_cluster() { # stop_cluster: the one in SERVER_PIDS / SERVER_NAMES
   local pid left=()
   for pid in "${PIDS[@]}"; do [[ ",$SERVER_PIDS," == *",$pid,"* ]] || left+=("$pid"); done
   PIDS=(${left[@]+"${left[@]}"})
+  mkdir -p "$OUT/logs"
   for name in "${names[@]}"; do
+    cp "$WORK/$name.log" "$OUT/logs/" 2>/dev/null || true
     rmdir "$CGROUP/$name" 2>/dev/null || log "could not remove cgroup $CGROUP/$name"
     rm -rf "${WORK:?}/data/$name"
   done
