@@ -40,7 +40,6 @@
 #                            uses BASE..BASE+250)
 set -euo pipefail
 
-ETCD_VERSION=v3.7.3
 QUICK=0
 PIN=0
 ONLY=""
@@ -77,21 +76,10 @@ OUT=${OUT:-$CACHE/results/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tessera-compare.XXXXXX")
+LOG_NAME=compare
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
-log() { printf '%s compare: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "$*"; exit 1; }
-
-# --- processes: every one started is recorded and stopped on exit ---------
-PIDS=()
-stop_pids() {
-  local pid
-  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "$@"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-}
 cleanup() {
   local rc=$?
   if [ ${#PIDS[@]} -gt 0 ]; then stop_pids "${PIDS[@]}"; fi
@@ -101,40 +89,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-start() { # start NAME CMD...: run in the background, log to $WORK/NAME.log
-  local name=$1; shift
-  "$@" >"$WORK/$name.log" 2>&1 &
-  PIDS+=($!)
-  LAST_PID=$!
-}
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
 # --- builds ------------------------------------------------------------------
-ETCD_DIR=$CACHE/etcd-$ETCD_VERSION
-ETCD=$ETCD_DIR/etcd
-if [ ! -x "$ETCD" ]; then
-  # etcd's server module is its main package; its go.mod has replace
-  # directives, so `go install …@version` refuses it: build it from a
-  # throwaway module that requires it.
-  log "building etcd $ETCD_VERSION from the module proxy into $ETCD_DIR"
-  mkdir -p "$ETCD_DIR/src"
-  (
-    cd "$ETCD_DIR/src"
-    [ -f go.mod ] || GOFLAGS= go mod init tessera-bench/etcd-build >/dev/null 2>&1
-    GOFLAGS=-mod=mod GOWORK=off go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
-    GOFLAGS=-mod=mod GOWORK=off go build -o "$ETCD.tmp" go.etcd.io/etcd/server/v3
-    mv "$ETCD.tmp" "$ETCD"
-  )
-fi
-case "$("$ETCD" --version)" in
-  *"etcd Version: ${ETCD_VERSION#v}"*) ;;
-  *) die "$ETCD is not etcd $ETCD_VERSION (remove it to rebuild)" ;;
-esac
-log "building tessera and tessbench"
-(cd "$ROOT" && go build -o "$WORK/bin/tessera" ./cmd/tessera && go build -o "$WORK/bin/tessbench" ./cmd/tessbench)
-TESSERA=$WORK/bin/tessera
-TESSBENCH=$WORK/bin/tessbench
+build_etcd
+build_tessera
 
 # --- servers -----------------------------------------------------------------
 # Ports: etcd BASE+10i (client) / +1 (peer), Tessera BASE+100+10i, null BASE+200.
@@ -167,13 +124,7 @@ start_cluster() { # start_cluster etcd|tessera N: sets ENDPOINTS, SERVER_PIDS
   ENDPOINTS=$(IFS=,; echo "${clients[*]}")
   SERVER_PIDS=$(IFS=,; echo "${pids[*]}")
   # Ready when every member takes a write.
-  local ep deadline=$((SECONDS + 60))
-  for ep in "${clients[@]}"; do
-    until "$TESSBENCH" put --endpoints "$ep" --clients 1 --conns 1 --total 1 --key-space 1 >/dev/null 2>&1; do
-      [ $SECONDS -lt $deadline ] || die "$kind $n-node: $ep not serving after 60s; logs in $WORK"
-      sleep 0.5
-    done
-  done
+  wait_serving "${clients[@]}"
   log "$kind $n-node up: $ENDPOINTS (pids $SERVER_PIDS)"
 }
 
