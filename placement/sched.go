@@ -75,6 +75,10 @@ type RangeInfo struct {
 	SizeBytes int64
 	// QPS is the range's request rate, all served by its leader.
 	QPS float64
+	// KeepLeader: the range's leadership moves only when its leader's
+	// replica must (a decommission, a removal), never to even out leaders
+	// or load (the range whose leader keeps the lease clock).
+	KeepLeader bool
 }
 
 // Cluster is the snapshot the schedulers decide from.

@@ -241,12 +241,13 @@ func (p *plan) liveNodesBy(key func(*nodeLoad) float64, descending bool) []*node
 	return out
 }
 
-// ledBy returns the actionable ranges the node leads, ordered by load
-// (hottest first if hottest says so), ties by ID.
+// ledBy returns the actionable ranges the node leads whose leadership may
+// move for balance (not KeepLeader), ordered by load (hottest first if
+// hottest says so), ties by ID.
 func (p *plan) ledBy(nodeID uint64, hottest bool) []*RangeInfo {
 	var out []*RangeInfo
 	for _, r := range p.ranges {
-		if r.Leader == nodeID && p.actionable(r) {
+		if r.Leader == nodeID && !r.KeepLeader && p.actionable(r) {
 			out = append(out, r)
 		}
 	}

@@ -357,3 +357,25 @@ func sortedNodes(c *Cluster) []Node {
 	slices.SortFunc(nodes, func(a, b Node) int { return cmp.Compare(a.ID, b.ID) })
 	return nodes
 }
+
+// TestKeepLeader: a range marked KeepLeader is never chosen to even out
+// leaders, another range led by the same node is.
+func TestKeepLeader(t *testing.T) {
+	c := &Cluster{Replicas: 3}
+	for id := uint64(1); id <= 3; id++ {
+		c.Nodes = append(c.Nodes, Node{ID: id, State: NodeLive})
+	}
+	voters := []Replica{{NodeID: 1, ReplicaID: 1}, {NodeID: 2, ReplicaID: 2}, {NodeID: 3, ReplicaID: 3}}
+	for id := uint64(1); id <= 3; id++ {
+		c.Ranges = append(c.Ranges, RangeInfo{ID: id, Replicas: voters, Leader: 1, KeepLeader: id == 1})
+	}
+	ops := Schedule(c, Limits{})
+	if len(ops) == 0 {
+		t.Fatal("no leadership moved off the node leading every range")
+	}
+	for _, op := range ops {
+		if op.Range == 1 {
+			t.Fatalf("the KeepLeader range's leadership moved: %v", ops)
+		}
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"maps"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -227,7 +226,10 @@ func (s *Server) clusterState(nodes []*tesserapb.NodeInfo, descs []*tesserapb.Ra
 		c.Nodes = append(c.Nodes, pn)
 	}
 	for _, d := range descs {
-		ri := placement.RangeInfo{ID: d.RangeId, Leader: leaders[d.RangeId]}
+		// The first range's leader keeps the lease clock, and a new one
+		// gives every lease its full TTL again: it moves only when its
+		// replica must.
+		ri := placement.RangeInfo{ID: d.RangeId, Leader: leaders[d.RangeId], KeepLeader: d.RangeId == firstRangeID}
 		for _, id := range d.ReplicaNodeIds {
 			ri.Replicas = append(ri.Replicas, placement.Replica{NodeID: id, ReplicaID: id, Role: placement.Voter})
 		}
@@ -272,13 +274,6 @@ func (s *Server) runOp(op placement.Op) {
 		delete(s.live.placing, op.Range)
 		s.live.mu.Unlock()
 	}()
-	if op.Kind == placement.TransferLeader && op.Range == firstRangeID &&
-		(strings.HasPrefix(op.Reason, "leader balance") || strings.HasPrefix(op.Reason, "load")) {
-		// The first range's leader keeps the lease clock, and a new one
-		// gives every lease its full TTL again: it moves only when its
-		// replica must.
-		return
-	}
 	ctx, cancel := s.stopper.WithTimeout(placementOpTimeout)
 	defer cancel()
 	var err error
