@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"time"
 
 	"github.com/lni/dragonboat/v4"
 	"github.com/lni/dragonboat/v4/client"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tesserakv/tessera/internal/solevoter"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
@@ -39,17 +39,10 @@ type metaRaft interface {
 type MetaReplica struct {
 	nh     *dragonboat.NodeHost
 	nodeID uint64
-	// sole caches whether this replica is the meta range's only voter:
-	// soleUnknown until asked, then soleYes or soleNo (for good once no).
-	sole    atomic.Int32
+	// sole remembers whether this replica is the meta range's only voter.
+	sole    solevoter.Flag
 	session *client.Session
 }
-
-const (
-	soleUnknown int32 = iota
-	soleYes
-	soleNo
-)
 
 // NewMetaReplica returns a driver for the meta replica already started on
 // nh.
@@ -124,28 +117,21 @@ func (m *MetaReplica) Read(ctx context.Context, linearizable bool, fn func(*tess
 // without votes). The answer is kept; whoever adds a voter calls NotSole
 // first.
 func (m *MetaReplica) Sole() bool {
-	switch m.sole.Load() {
-	case soleYes:
-		return true
-	case soleNo:
-		return false
-	}
-	info := m.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true})
-	for _, si := range info.ShardInfoList {
-		if si.ShardID != MetaRangeID || len(si.Replicas) == 0 {
-			continue
+	return m.sole.Sole(func() (sole, known bool) {
+		info := m.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true})
+		for _, si := range info.ShardInfoList {
+			if si.ShardID == MetaRangeID && len(si.Replicas) > 0 {
+				_, self := si.Replicas[m.nodeID]
+				return self && len(si.Replicas) == 1 && !si.IsNonVoting, true
+			}
 		}
-		if _, self := si.Replicas[m.nodeID]; self && len(si.Replicas) == 1 && !si.IsNonVoting {
-			return m.sole.CompareAndSwap(soleUnknown, soleYes) || m.sole.Load() == soleYes
-		}
-		m.sole.Store(soleNo)
-	}
-	return false
+		return false, false
+	})
 }
 
 // NotSole says the meta range is getting another voter: from now on
 // ConfirmLeader takes a round. Call it before proposing the change.
-func (m *MetaReplica) NotSole() { m.sole.Store(soleNo) }
+func (m *MetaReplica) NotSole() { m.sole.NotSole() }
 
 // ConfirmLeader implements metaRaft. A sole replica needs no round: no
 // other replica exists to be elected in its place (its leadership ends only

@@ -438,7 +438,7 @@ func holdsLease(rec *tesserapb.LeaseRecord) func(Range) bool {
 		}
 		start, end, ok := rng.Bounds()
 		return !ok || slices.ContainsFunc(rec.GetSpans(), func(s *tesserapb.KeySpan) bool {
-			return spansOverlap(start, end, s.GetStart(), s.GetEnd())
+			return SpansOverlap(start, end, s.GetStart(), s.GetEnd())
 		})
 	}
 }
@@ -540,8 +540,8 @@ func txnLeases(req *pb.TxnRequest) []int64 {
 	return ids
 }
 
-// spansOverlap reports whether the key spans [s1, e1) and [s2, e2) share a
+// SpansOverlap reports whether the key spans [s1, e1) and [s2, e2) share a
 // key; an empty end is the end of the keyspace.
-func spansOverlap(s1, e1, s2, e2 []byte) bool {
+func SpansOverlap(s1, e1, s2, e2 []byte) bool {
 	return (len(e2) == 0 || bytes.Compare(s1, e2) < 0) && (len(e1) == 0 || bytes.Compare(s2, e1) < 0)
 }

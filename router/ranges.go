@@ -191,12 +191,18 @@ func (c *RangeCache) Local(rangeID uint64) bool { return c.byID(rangeID) != nil 
 // Remote returns the descriptor by which the cache routes to a range that
 // no local replica holds, or nil.
 func (c *RangeCache) Remote(rangeID uint64) *tesserapb.RangeDescriptor {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	if m := c.remote[rangeID]; m != nil {
+	if m := c.remoteByID(rangeID); m != nil {
 		return m.desc
 	}
 	return nil
+}
+
+// remoteByID returns the entry by which the cache routes to a range that
+// no local replica holds, or nil.
+func (c *RangeCache) remoteByID(rangeID uint64) *remoteRange {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.remote[rangeID]
 }
 
 // lookup returns the range holding key, or nil.

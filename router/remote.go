@@ -235,9 +235,7 @@ func (r *Router) PartsOf(key, rangeEnd []byte) (parts []Part, ok bool) {
 // node routes to elsewhere, as onReplica does; ErrNoRange when the range is
 // not routed elsewhere.
 func (r *Router) OnReplica(ctx context.Context, rangeID uint64, call func(context.Context, *grpc.ClientConn) error) error {
-	r.ranges.mu.RLock()
-	m := r.ranges.remote[rangeID]
-	r.ranges.mu.RUnlock()
+	m := r.ranges.remoteByID(rangeID)
 	if m == nil {
 		return ErrNoRange
 	}

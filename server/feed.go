@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tesserakv/tessera/proto/tesserapb"
+	"github.com/tesserakv/tessera/router"
 )
 
 // defaultFeedCloseInterval is how often a range feed's closed revision is
@@ -37,7 +37,7 @@ func (i *internalService) RangeFeed(req *tesserapb.RangeFeedRequest, out tessera
 	if len(req.StartKey) > 0 {
 		// The keys the follower routes to the range: this node's hub covers
 		// them whatever ranges hold them here now.
-		if !spansOverlap(start, end, req.StartKey, req.EndKey) {
+		if !router.SpansOverlap(start, end, req.StartKey, req.EndKey) {
 			return status.Errorf(codes.FailedPrecondition, "tessera: range %d no longer holds any key of [%q, %q)", req.RangeId, req.StartKey, req.EndKey)
 		}
 		start, end = req.StartKey, req.EndKey
@@ -146,10 +146,4 @@ func (fs *feedStream) SendMsg(m any) error {
 		out.Events = append(out.Events, b)
 	}
 	return fs.out.Send(out)
-}
-
-// spansOverlap reports whether the key spans [s1, e1) and [s2, e2) share a
-// key; an empty end is the end of the keyspace.
-func spansOverlap(s1, e1, s2, e2 []byte) bool {
-	return (len(e2) == 0 || bytes.Compare(s1, e2) < 0) && (len(e1) == 0 || bytes.Compare(s2, e1) < 0)
 }

@@ -70,6 +70,15 @@ func (l *liveness) termLocked(term uint64) {
 	}
 }
 
+// view returns a copy of the heartbeats heard in term and when this node
+// began listening in it.
+func (l *liveness) view(term uint64) (map[uint64]heartbeat, time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.termLocked(term)
+	return maps.Clone(l.beats), l.since
+}
+
 func (l *liveness) record(term uint64, req *tesserapb.NodeHeartbeatRequest) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -86,6 +95,9 @@ func (i *internalService) NodeHeartbeat(_ context.Context, req *tesserapb.NodeHe
 	i.s.live.record(term, req)
 	return &tesserapb.NodeHeartbeatResponse{}, nil
 }
+
+// suspectAfter is how long a node may go unheard before it is suspect.
+func (s *Server) suspectAfter() time.Duration { return suspectAfterBeats * s.heartbeatInterval() }
 
 func (s *Server) heartbeatInterval() time.Duration {
 	if d := s.cfg.Knobs.NodeHeartbeatInterval; d > 0 {
@@ -162,7 +174,7 @@ func (s *Server) placeOnce() []placement.Op {
 	l := &s.live
 	l.mu.Lock()
 	l.termLocked(term)
-	if time.Since(l.since) < suspectAfterBeats*s.heartbeatInterval() {
+	if time.Since(l.since) < s.suspectAfter() {
 		l.mu.Unlock()
 		return nil // not heard from everyone yet
 	}
@@ -206,7 +218,7 @@ func (s *Server) clusterState(nodes []*tesserapb.NodeInfo, descs []*tesserapb.Ra
 	loads := map[uint64]*tesserapb.RangeLoad{}
 	leaders := map[uint64]uint64{}
 	saidAt := map[uint64]time.Time{}
-	fresh := suspectAfterBeats * s.heartbeatInterval()
+	fresh := s.suspectAfter()
 	for _, id := range slices.Sorted(maps.Keys(beats)) {
 		b := beats[id]
 		if now.Sub(b.at) >= fresh {
@@ -254,7 +266,7 @@ func (s *Server) nodeState(n *tesserapb.NodeInfo, beats map[uint64]heartbeat, si
 		return placement.NodeDead
 	case n.Decommissioning:
 		return placement.NodeDecommissioning
-	case age >= suspectAfterBeats*s.heartbeatInterval():
+	case age >= s.suspectAfter():
 		return placement.NodeSuspect
 	}
 	return placement.NodeLive
@@ -348,11 +360,7 @@ func (i *internalService) ListNodes(ctx context.Context, req *tesserapb.ListNode
 			return nil, router.ToGRPC(err)
 		}
 		_, term := s.metaTerm()
-		l := &s.live
-		l.mu.Lock()
-		l.termLocked(term)
-		beats, since := maps.Clone(l.beats), l.since
-		l.mu.Unlock()
+		beats, since := s.live.view(term)
 		now := time.Now()
 		replicas := map[uint64]uint32{}
 		for _, d := range st.Ranges {
@@ -489,13 +497,10 @@ func (s *Server) promoteMeta(id uint64) {
 // among them).
 func (s *Server) liveNodes() map[uint64]bool {
 	_, term := s.metaTerm()
-	l := &s.live
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.termLocked(term)
+	beats, _ := s.live.view(term)
 	live := map[uint64]bool{s.replicaID: true}
-	for id, b := range l.beats {
-		if time.Since(b.at) < suspectAfterBeats*s.heartbeatInterval() {
+	for id, b := range beats {
+		if time.Since(b.at) < s.suspectAfter() {
 			live[id] = true
 		}
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/tesserakv/tessera/internal/retry"
 	"github.com/tesserakv/tessera/internal/rounds"
+	"github.com/tesserakv/tessera/internal/solevoter"
 	"github.com/tesserakv/tessera/internal/stop"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/statemachine"
@@ -116,9 +117,8 @@ func retrying[T any](r *Replica, ctx context.Context, once func() (T, error, boo
 // by the caller (node assembly) with Store.CreateStateMachine; Replica drives it.
 type Replica struct {
 	cfg Config
-	// sole caches whether the range has this replica as its only voter:
-	// soleUnknown until asked, then soleYes or soleNo (for good once no).
-	sole    atomic.Int32
+	// sole remembers whether the range has this replica as its only voter.
+	sole    solevoter.Flag
 	nh      *dragonboat.NodeHost
 	store   *statemachine.Store
 	oracle  Oracle
@@ -798,39 +798,19 @@ func (r *Replica) Read(ctx context.Context, linearizable bool, fn func(*statemac
 	return retrying(r, ctx, func() (any, error, bool) { return r.confirmedRead(ctx, fn) })
 }
 
-const (
-	soleUnknown int32 = iota
-	soleYes
-	soleNo
-)
-
 // isSole reports whether the range has this replica as its only voter (see
-// Config.Voters).
+// Config.SoleVoter).
 func (r *Replica) isSole() bool {
-	switch r.sole.Load() {
-	case soleYes:
-		return true
-	case soleNo:
-		return false
-	}
 	if r.cfg.SoleVoter == nil {
-		r.sole.Store(soleNo)
 		return false
 	}
-	switch sole, known := r.cfg.SoleVoter(); {
-	case !known:
-	case sole:
-		return r.sole.CompareAndSwap(soleUnknown, soleYes) || r.sole.Load() == soleYes
-	default:
-		r.sole.Store(soleNo)
-	}
-	return false
+	return r.sole.Sole(r.cfg.SoleVoter)
 }
 
 // NotSole says the range is getting another voter: from now on every
 // linearizable read takes a ReadIndex round. Call it before proposing the
 // membership change.
-func (r *Replica) NotSole() { r.sole.Store(soleNo) }
+func (r *Replica) NotSole() { r.sole.NotSole() }
 
 // confirmedRead runs fn on a view that holds everything committed before
 // the call: after a ReadIndex round, or at once on a sole replica that is

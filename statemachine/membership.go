@@ -88,25 +88,15 @@ func (s *Store) DropRange(rangeID uint64) error {
 	s.clearMu.Lock()
 	defer s.clearMu.Unlock()
 	snap := s.db.NewSnapshot()
-	old, found, err := storedBounds(snap, rangeID)
-	var others []storedRange
-	if err == nil && found {
-		others, err = storedRanges(snap, rangeID)
-	}
+	owned, err := ownedOnly(snap, rangeID)
 	closeQuietly(snap)
 	if err != nil {
 		return err
 	}
 	b := s.db.NewBatch()
 	defer closeQuietly(b)
-	if found {
-		holes := make([]bounds, len(others))
-		for i, o := range others {
-			holes[i] = o.bounds
-		}
-		if err := clearSpans(s.db, b, subtractBounds(old, holes)); err != nil {
-			return err
-		}
+	if err := clearSpans(s.db, b, owned); err != nil {
+		return err
 	}
 	mp := metaPrefix(rangeID)
 	if err := b.DeleteRange(mp, prefixEnd(mp), nil); err != nil {

@@ -189,20 +189,30 @@ func clearSpans(db *pebble.DB, b *pebble.Batch, spans []bounds) error {
 //
 // The caller holds Store.clearMu until the deletion has committed.
 func spansToClear(r pebble.Reader, rangeID uint64, newBounds bounds) ([]bounds, error) {
-	spans := []bounds{newBounds}
+	owned, err := ownedOnly(r, rangeID, newBounds)
+	if err != nil {
+		return nil, err
+	}
+	return append([]bounds{newBounds}, owned...), nil
+}
+
+// ownedOnly returns the parts of the range's stored bounds that no other
+// range of the store holds, less the spans in keep (none when the range has
+// no bounds stored).
+func ownedOnly(r pebble.Reader, rangeID uint64, keep ...bounds) ([]bounds, error) {
 	old, found, err := storedBounds(r, rangeID)
 	if err != nil || !found {
-		return spans, err
+		return nil, err
 	}
 	others, err := storedRanges(r, rangeID)
 	if err != nil {
 		return nil, err
 	}
-	holes := []bounds{newBounds}
+	holes := keep
 	for _, o := range others {
 		holes = append(holes, o.bounds)
 	}
-	return append(spans, subtractBounds(old, holes)...), nil
+	return subtractBounds(old, holes), nil
 }
 
 // RecoverFromSnapshot replaces the range's state by the snapshot's: it clears
