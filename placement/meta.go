@@ -10,6 +10,7 @@ import (
 	"github.com/lni/dragonboat/v4/client"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tesserakv/tessera/internal/raftinfo"
 	"github.com/tesserakv/tessera/internal/solevoter"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 )
@@ -118,14 +119,12 @@ func (m *MetaReplica) Read(ctx context.Context, linearizable bool, fn func(*tess
 // first.
 func (m *MetaReplica) Sole() bool {
 	return m.sole.Sole(func() (sole, known bool) {
-		info := m.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true})
-		for _, si := range info.ShardInfoList {
-			if si.ShardID == MetaRangeID && len(si.Replicas) > 0 {
-				_, self := si.Replicas[m.nodeID]
-				return self && len(si.Replicas) == 1 && !si.IsNonVoting, true
-			}
+		si, ok := raftinfo.Shard(m.nh, MetaRangeID)
+		if !ok || len(si.Replicas) == 0 {
+			return false, false
 		}
-		return false, false
+		_, self := si.Replicas[m.nodeID]
+		return self && len(si.Replicas) == 1 && !si.IsNonVoting, true
 	})
 }
 

@@ -150,7 +150,7 @@ func (c *RangeCache) current() bool {
 	next := []byte{}
 	ok := true
 	c.tree.Ascend(func(e rangeEntry) bool {
-		if !bytes.Equal(e.start, next) || e.rng.Generation() != e.gen {
+		if !bytes.Equal(e.start, next) || e.stale() {
 			ok = false
 			return false
 		}
@@ -211,13 +211,21 @@ func (c *RangeCache) lookup(key []byte) Range {
 	defer c.mu.RUnlock()
 	var found Range
 	c.tree.DescendLessOrEqual(rangeEntry{start: key}, func(e rangeEntry) bool {
-		if e.end == nil || bytes.Compare(key, e.end) < 0 {
+		if (e.end == nil || bytes.Compare(key, e.end) < 0) && !e.stale() {
 			found = e.rng
 		}
 		return false
 	})
 	return found
 }
+
+// stale reports whether the entry's replica has applied a split since the
+// index was built: its bounds in the index are wider than the keys it holds
+// now, and the keys it gave away are a hole until the index is rebuilt.
+// (The watch hub counts a range's published floor for the keys the index
+// gives it; a floor published after the split says nothing of the keys the
+// split moved.)
+func (e rangeEntry) stale() bool { return e.rng.Generation() != e.gen }
 
 // span is one range's part of a key interval.
 type span struct {
@@ -265,7 +273,7 @@ func (c *RangeCache) overlapping(key, rangeEnd []byte) (spans []span, ok bool) {
 		if !toEnd && bytes.Compare(e.start, rangeEnd) >= 0 {
 			return false
 		}
-		if bytes.Compare(e.start, next) > 0 {
+		if bytes.Compare(e.start, next) > 0 || e.stale() {
 			ok = false // a hole
 			return false
 		}

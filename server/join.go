@@ -10,13 +10,13 @@ import (
 	"slices"
 	"time"
 
-	"github.com/lni/dragonboat/v4"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/tesserakv/tessera/internal/raftinfo"
 	"github.com/tesserakv/tessera/placement"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/router"
@@ -217,8 +217,7 @@ func (s *Server) noteMetaVoter() {
 	if !s.joined || s.identity.MetaVoter {
 		return
 	}
-	info := s.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true})
-	for _, si := range info.ShardInfoList {
+	for _, si := range raftinfo.Shards(s.nh) {
 		if si.ShardID != placement.MetaRangeID || si.IsNonVoting {
 			continue
 		}

@@ -39,6 +39,10 @@ const (
 	// leaderHandOff bounds the wait for a range's leadership to move before
 	// the leader's own replica is removed.
 	leaderHandOff = 5 * time.Second
+	// recordMoveAttempts and recordMoveTimeout bound the recording of a
+	// range's descriptor after a move (recordMove).
+	recordMoveAttempts = 3
+	recordMoveTimeout  = 2 * time.Second
 )
 
 // ChangeReplicas serves Internal.ChangeReplicas: on the range's leader it
@@ -79,12 +83,30 @@ func (i *internalService) ChangeReplicas(ctx context.Context, req *tesserapb.Cha
 	if rsm := s.store.Range(req.RangeId); rsm != nil {
 		d.StartKey, d.EndKey, d.Generation = rsm.VersionedBounds()
 		// Recorded at once, so that routing and placement see the move.
-		if _, err := placement.RecordRanges(ctx, s.meta, []*tesserapb.RangeDescriptor{d}); err != nil {
-			s.log.Debug("recording a range's new replicas", "range", req.RangeId, "err", err)
-		}
+		s.recordMove(ctx, d)
 		s.cache.Refresh()
 	}
 	return &tesserapb.ChangeReplicasResponse{Range: d}, nil
+}
+
+// recordMove records a range's descriptor after a membership change, in a
+// few short attempts: a meta proposal lost to a change of the meta range's
+// leadership is never answered, and would hold the move until its
+// deadline. A record that fails here is made by the range's replicas, which
+// record their range every few seconds.
+func (s *Server) recordMove(ctx context.Context, d *tesserapb.RangeDescriptor) {
+	var err error
+	for range recordMoveAttempts {
+		actx, cancel := context.WithTimeout(ctx, recordMoveTimeout)
+		_, err = placement.RecordRanges(actx, s.meta, []*tesserapb.RangeDescriptor{d})
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+	}
+	if err != nil {
+		s.log.Debug("recording a range's new replicas", "range", d.RangeId, "err", err)
+	}
 }
 
 // changeReplicasElsewhere passes a replica change to the range's leader: the

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/tesserakv/tessera/internal/raftinfo"
 	"github.com/tesserakv/tessera/internal/replicaid"
 	"github.com/tesserakv/tessera/placement"
 	"github.com/tesserakv/tessera/proto/tesserapb"
@@ -167,9 +168,9 @@ type membership struct {
 // memberships returns the membership of every Raft group this node runs, as
 // its replicas know them.
 func (s *Server) memberships() map[uint64]membership {
-	info := s.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true})
-	out := make(map[uint64]membership, len(info.ShardInfoList))
-	for _, si := range info.ShardInfoList {
+	infos := raftinfo.Shards(s.nh)
+	out := make(map[uint64]membership, len(infos))
+	for _, si := range infos {
 		out[si.ShardID] = membership{nodes: nodesOf(maps.Keys(si.Replicas)), confChange: si.ConfigChangeIndex}
 	}
 	return out
@@ -211,17 +212,15 @@ func (s *Server) replicaOf(rangeID, node uint64) (uint64, bool) {
 // membersOf returns the voting members of a range this node runs, with
 // their Raft addresses (nil when it does not run the range).
 func (s *Server) membersOf(rangeID uint64) map[uint64]dragonboat.Target {
-	info := s.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true})
-	for _, si := range info.ShardInfoList {
-		if si.ShardID == rangeID {
-			out := make(map[uint64]dragonboat.Target, len(si.Replicas))
-			for id, addr := range si.Replicas {
-				out[id] = addr
-			}
-			return out
-		}
+	si, ok := raftinfo.Shard(s.nh, rangeID)
+	if !ok {
+		return nil
 	}
-	return nil
+	out := make(map[uint64]dragonboat.Target, len(si.Replicas))
+	for id, addr := range si.Replicas {
+		out[id] = addr
+	}
+	return out
 }
 
 // startRange starts this node's replica of a data range and adds it to the
@@ -289,26 +288,35 @@ func (s *Server) refreshCacheLocked() {
 // onSplit is the store's split callback: it runs in the state machine's apply
 // path, so it only starts the child's replica in the background.
 func (s *Server) onSplit(parentID, childID uint64) {
+	// The child has its parent's voting replicas at the split's place in
+	// the parent's log: every one of them applies the split and starts the
+	// child with the same members. This runs as the split applies, when
+	// the membership Dragonboat reports is the one every membership change
+	// before the split made and none after it (they apply in the same
+	// order on the same goroutine); read later, a replica promoted or
+	// removed right after the split would start the child with members
+	// the others do not have.
+	members := s.membersOf(parentID)
+	self := s.localReplicaID(parentID)
 	s.goTask(func() {
 		select {
 		case <-s.stopper.ShouldQuiesce():
 			return
 		default:
 		}
-		// The child has its parent's replicas: every one of them applies
-		// the split and starts the child with the same members.
-		members := s.membersOf(parentID)
 		if len(members) == 0 {
 			s.log.Error("a split's parent range lists no members here", "parent", parentID, "range", childID)
 			return
 		}
-		self := s.localReplicaID(parentID)
 		if _, member := members[self]; !member {
 			// A replica still joining the parent (not a voter yet) applied
 			// the split: the child's members do not include it.
 			if err := s.store.DropRange(childID); err != nil {
 				s.log.Warn("deleting a split's range this node is not a member of", "parent", parentID, "range", childID, "err", err)
 			}
+			// The child's keys go to its replicas elsewhere once its
+			// descriptor is recorded.
+			s.cache.Refresh()
 			return
 		}
 		if self != s.replicaID {

@@ -150,6 +150,12 @@ type listResult struct {
 	kvs map[string]*mvccpb.KeyValue
 }
 
+// The load of runLinearizability.
+const (
+	linClients      = 8
+	linOpsPerClient = 250
+)
+
 // writeRecord is a write whose revision the client saw (acknowledged).
 type writeRecord struct {
 	key, value string
@@ -157,12 +163,21 @@ type writeRecord struct {
 }
 
 func runLinearizability(t *testing.T, c *testcluster.Cluster, keys int, lists bool, disturb func(round int)) {
+	finish := startLinearizability(t, c, keys, lists)
+	for round := range 3 {
+		time.Sleep(300 * time.Millisecond)
+		disturb(round)
+	}
+	finish()
+}
+
+// startLinearizability starts runLinearizability's clients on the cluster's
+// nodes and returns a function, for the test's goroutine, that waits for
+// them to finish their operations and checks the history.
+func startLinearizability(t *testing.T, c *testcluster.Cluster, keys int, lists bool) (finish func()) {
 	seed := time.Now().UnixNano()
 	t.Logf("seed %d", seed)
-	const (
-		clients      = 8
-		opsPerClient = 250
-	)
+	const clients, opsPerClient = linClients, linOpsPerClient
 	start := time.Now()
 	now := func() int64 { return time.Since(start).Nanoseconds() }
 
@@ -262,12 +277,17 @@ func runLinearizability(t *testing.T, c *testcluster.Cluster, keys int, lists bo
 			}
 		}()
 	}
-	for round := range 3 {
-		time.Sleep(300 * time.Millisecond)
-		disturb(round)
+	return func() {
+		wg.Wait()
+		checkLinearizability(t, history, listed, writes, seed, lists)
 	}
-	wg.Wait()
+}
 
+// checkLinearizability checks runLinearizability's history with porcupine,
+// and its lists against the acknowledged writes.
+func checkLinearizability(t *testing.T, history []porcupine.Operation, listed []listResult, writes []writeRecord, seed int64, lists bool) {
+	t.Helper()
+	const clients, opsPerClient = linClients, linOpsPerClient
 	res, info := porcupine.CheckOperationsVerbose(registerModel, history, 60*time.Second)
 	if res == porcupine.Illegal {
 		path := t.TempDir() + "/linearizability.html"

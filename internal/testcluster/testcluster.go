@@ -128,7 +128,7 @@ func (c *Cluster) newNode(self server.Member, members []server.Member) *Node {
 	cfg.PlacementInterval = -1
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
-		cfg.Logger = slog.Default()
+		cfg.Logger = slog.Default().With("node", cfg.Name)
 	}
 	for _, o := range c.opts {
 		o(&cfg)
