@@ -26,9 +26,9 @@ import (
 	"github.com/tesserakv/tessera/placement"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/router"
-	"github.com/tesserakv/tessera/server/raftnet"
 	"github.com/tesserakv/tessera/shard"
 	"github.com/tesserakv/tessera/statemachine"
+	"github.com/tesserakv/tessera/transport"
 	"github.com/tesserakv/tessera/watchhub"
 )
 
@@ -49,7 +49,7 @@ type Server struct {
 
 	store     *statemachine.Store
 	nh        *dragonboat.NodeHost
-	raftNet   *raftnet.Factory // made nh's Raft transport (for Campaign)
+	raftNet   *transport.Factory // made nh's Raft transport (for Campaign)
 	meta      *placement.MetaReplica
 	directory *placement.Directory
 	oracle    *placement.OracleClient
@@ -252,7 +252,7 @@ func (s *Server) startRaft() error {
 	}
 	nhc.Expert.Engine = dbconfig.GetDefaultEngineConfig()
 	nhc.Expert.Engine.ExecShards = cfg.RaftStepWorkers
-	s.raftNet = &raftnet.Factory{Log: s.log}
+	s.raftNet = &transport.Factory{Log: s.log}
 	nhc.Expert.TransportFactory = s.raftNet
 	tuneDragonboat()
 	nh, err := dragonboat.NewNodeHost(nhc)
