@@ -14,7 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tesserakv/tessera/internal/replicaid"
-	"github.com/tesserakv/tessera/placement"
+	"github.com/tesserakv/tessera/meta"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/router"
 )
@@ -79,7 +79,7 @@ func (i *internalService) ChangeReplicas(ctx context.Context, req *tesserapb.Cha
 	if rsm := s.store.Range(req.RangeId); rsm != nil {
 		d.StartKey, d.EndKey, d.Generation = rsm.VersionedBounds()
 		// Recorded at once, so that routing and placement see the move.
-		if _, err := placement.RecordRanges(ctx, s.meta, []*tesserapb.RangeDescriptor{d}); err != nil {
+		if _, err := meta.RecordRanges(ctx, s.meta, []*tesserapb.RangeDescriptor{d}); err != nil {
 			s.log.Debug("recording a range's new replicas", "range", req.RangeId, "err", err)
 		}
 		s.cache.Refresh()
@@ -436,7 +436,7 @@ func (s *Server) dropReplica(ctx context.Context, rangeID uint64) error {
 func (s *Server) dropStaleReplicas() {
 	ctx, cancel := s.stopper.WithTimeout(descriptorSyncInterval)
 	defer cancel()
-	descs, err := placement.Ranges(ctx, s.meta, false)
+	descs, err := meta.Ranges(ctx, s.meta, false)
 	if err != nil {
 		return
 	}

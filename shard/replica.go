@@ -26,7 +26,7 @@ import (
 type Oracle interface {
 	// NextN returns the first of count consecutive revisions, all above every
 	// revision handed out before the call. It fails, rather than waits, when
-	// the oracle cannot answer for a while (placement.OracleClient gives up
+	// the oracle cannot answer for a while (meta.OracleClient gives up
 	// after its batchTimeout): the proposer calls it without a deadline.
 	NextN(ctx context.Context, count int64) (int64, error)
 }
@@ -472,7 +472,7 @@ func (r *Replica) proposeBatch(batch []*proposal) {
 	// raised the fence above them meanwhile makes them take new ones.
 	var ids []uint64
 	for len(writers) > 0 {
-		// The oracle bounds its own calls (placement's batchTimeout).
+		// The oracle bounds its own calls (meta's batchTimeout).
 		first, err := r.oracle.NextN(r.stopper.Context(), int64(len(writers)))
 		if err != nil {
 			fail(fmt.Errorf("shard: taking revisions: %w", err))

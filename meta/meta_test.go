@@ -1,4 +1,4 @@
-package placement
+package meta
 
 import (
 	"bytes"
@@ -96,7 +96,7 @@ func TestAllocatorNewLeaderStartsAboveEverything(t *testing.T) {
 	f1.mu.Lock()
 	f1.leader, f1.term = 2, 2
 	f1.mu.Unlock()
-	var nl *NotMetaLeaderError
+	var nl *NotLeaderError
 	if _, err := a1.Allocate(ctx, 1); !errors.As(err, &nl) || nl.LeaderNodeID != 2 {
 		t.Fatalf("deposed leader allocated: %v", err)
 	}
@@ -172,8 +172,8 @@ func TestBatcherCombinesWaitingCallers(t *testing.T) {
 	}
 }
 
-func TestMetaSMApplyAndSnapshot(t *testing.T) {
-	m := NewMetaSM(MetaRangeID, 1).(*MetaSM)
+func TestStateMachineApplyAndSnapshot(t *testing.T) {
+	m := NewStateMachine(RangeID, 1).(*StateMachine)
 	apply := func(cmd *tesserapb.MetaCommand) {
 		t.Helper()
 		data, _ := proto.Marshal(cmd)
@@ -201,7 +201,7 @@ func TestMetaSMApplyAndSnapshot(t *testing.T) {
 	if err := m.SaveSnapshot(&buf, nil, nil); err != nil {
 		t.Fatal(err)
 	}
-	m2 := NewMetaSM(MetaRangeID, 2).(*MetaSM)
+	m2 := NewStateMachine(RangeID, 2).(*StateMachine)
 	if err := m2.RecoverFromSnapshot(&buf, nil, nil); err != nil {
 		t.Fatal(err)
 	}

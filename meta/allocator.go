@@ -1,4 +1,4 @@
-package placement
+package meta
 
 import (
 	"context"
@@ -47,17 +47,17 @@ const ConfirmRoundGap = time.Millisecond
 // Allocate returns the first of count consecutive revisions, all above every
 // revision handed out (by any leader) before the call began. With count 0 it
 // hands out nothing and returns the next revision it would hand out. It fails with a
-// *NotMetaLeaderError on a node that does not lead the meta range.
+// *NotLeaderError on a node that does not lead the meta range.
 func (a *Allocator) Allocate(ctx context.Context, count int64) (int64, error) {
 	a.mu.Lock()
 	leader, term, ok := a.meta.Leader()
 	if !ok {
 		a.mu.Unlock()
-		return 0, ErrNoMetaLeader
+		return 0, ErrNoLeader
 	}
 	if leader != a.meta.NodeID() {
 		a.mu.Unlock()
-		return 0, &NotMetaLeaderError{LeaderNodeID: leader}
+		return 0, &NotLeaderError{LeaderNodeID: leader}
 	}
 	if term != a.term {
 		// A new term: the previous leader may have handed out anything below
@@ -95,7 +95,7 @@ func (a *Allocator) Allocate(ctx context.Context, count int64) (int64, error) {
 	}
 	if err == nil {
 		if _, now, _ := a.meta.Leader(); now != term {
-			err = ErrNoMetaLeader
+			err = ErrNoLeader
 		}
 	}
 	if err != nil {
