@@ -2,10 +2,12 @@ package meta
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
 	"github.com/tesserakv/tessera/internal/rounds"
+	"github.com/tesserakv/tessera/internal/stop"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
@@ -32,10 +34,11 @@ type Allocator struct {
 	limit int64
 }
 
-// NewAllocator returns an allocator over this node's meta replica.
-func NewAllocator(meta metaRaft) *Allocator {
+// NewAllocator returns an allocator over this node's meta replica; stopper
+// (the node's) owns its leadership confirmations.
+func NewAllocator(meta metaRaft, stopper *stop.Stopper) *Allocator {
 	a := &Allocator{meta: meta}
-	a.confirms.Round, a.confirms.MinGap = a.confirmRound, ConfirmRoundGap
+	a.confirms.Round, a.confirms.MinGap, a.confirms.Stopper = a.confirmRound, ConfirmRoundGap, stopper
 	return a
 }
 
@@ -91,7 +94,9 @@ func (a *Allocator) Allocate(ctx context.Context, count int64) (int64, error) {
 	a.mu.Unlock()
 	var err error
 	if !a.meta.Sole() {
-		err = a.confirms.Wait(ctx)
+		if err = a.confirms.Wait(ctx); errors.Is(err, stop.ErrStopping) {
+			err = ErrStopped
+		}
 	}
 	if err == nil {
 		if _, now, _ := a.meta.Leader(); now != term {

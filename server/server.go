@@ -155,7 +155,7 @@ func Start(cfg Config) (*Server, error) {
 
 	s.meta = meta.NewReplica(s.nh, replicaID)
 	s.directory = meta.NewDirectory(s.meta)
-	allocator := meta.NewAllocator(s.meta)
+	allocator := meta.NewAllocator(s.meta, s.stopper)
 	s.oracle = meta.NewOracleClient(s.meta, allocator, s.directory)
 	s.internal = meta.NewInternalServer(allocator)
 	s.router = router.New(router.Config{

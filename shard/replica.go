@@ -198,7 +198,7 @@ func New(cfg Config, nh *dragonboat.NodeHost, store *statemachine.Store, oracle 
 		load:     newLoadTracker(time.Now(), cfg.RangeID),
 		stopper:  stop.New(),
 	}
-	r.reads.Round, r.reads.MinGap = r.readIndexRound, cfg.ReadRoundGap
+	r.reads.Round, r.reads.MinGap, r.reads.Stopper = r.readIndexRound, cfg.ReadRoundGap, r.stopper
 	_ = r.stopper.RunAsync(r.proposeLoop)
 	if cfg.ExpireLeases {
 		_ = r.stopper.RunAsync(r.leaseLoop)
@@ -829,6 +829,9 @@ func (r *Replica) confirmedRead(ctx context.Context, fn func(*statemachine.View)
 
 func (r *Replica) readOnce(ctx context.Context, fn func(*statemachine.View) (any, error)) (out any, err error, retry bool) {
 	if err := r.reads.Wait(ctx); err != nil {
+		if errors.Is(err, stop.ErrStopping) {
+			return nil, ErrStopped, false
+		}
 		// A read has no effect, so asking again is safe (retrying gives
 		// up at its own deadline).
 		err, busy := raftBusy(err)
