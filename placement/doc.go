@@ -1,17 +1,11 @@
-// Package placement owns the meta range and the global revision oracle.
+// Package placement decides where ranges live: the schedulers (Schedule) and
+// the choice of nodes for new replicas and leaderships.
 //
-// The meta range is its own Raft group (a Dragonboat in-memory state machine,
-// MetaSM) holding the range descriptors, the node registry, and the oracle's
-// high-water mark. The oracle works as docs/design.md, "Meta range and
-// revision oracle", describes:
-//
-//   - The meta leader hands out strictly increasing revisions (Allocator). It
-//     persists a high-water mark through the meta log before handing out any
-//     number below it, so a new leader starts above everything ever issued,
-//     and it confirms its leadership with a ReadIndex after choosing a batch
-//     and before handing it out, so a deposed leader never hands out numbers
-//     below ones its successor gave.
-//   - Every node has one OracleClient, which batches the callers waiting right
-//     now into one request — never the ones to come: a caller always gets a
-//     number fetched after it asked (no prefetching).
+// Everything here is a pure function from a Cluster snapshot — descriptors,
+// liveness, sizes, load — to operations (add, remove or move a replica,
+// transfer a leadership): no clocks, no I/O, no randomness, no map iteration
+// order, so the same snapshot always yields the same operations. The meta
+// range's leader builds the snapshot, runs Schedule and carries the
+// operations out; this package never proposes, reads or connects anything
+// itself. The schedulers are tested with datadriven scripts in testdata/.
 package placement

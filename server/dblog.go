@@ -41,7 +41,7 @@ func (d *dragonboatSlog) Warningf(f string, a ...interface{}) {
 	level := d.warn
 	if strings.HasPrefix(f, "StaleRead called") {
 		// Said on the first local read of the meta range; placement makes
-		// such reads on purpose where a stale answer will do (MetaReplica.Read).
+		// such reads on purpose where a stale answer will do (meta.Replica.Read).
 		level = slog.LevelInfo
 	}
 	if d.log.Enabled(context.Background(), level) {

@@ -6,7 +6,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/tesserakv/tessera/placement"
+	"github.com/tesserakv/tessera/meta"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
@@ -64,7 +64,7 @@ func (s *Server) runDescriptorSync() {
 func (s *Server) routingDescriptors() []*tesserapb.RangeDescriptor {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	ds, err := placement.Ranges(ctx, s.meta, false)
+	ds, err := meta.Ranges(ctx, s.meta, false)
 	if err != nil || len(ds) == 0 {
 		return []*tesserapb.RangeDescriptor{{
 			RangeId: firstRangeID, Generation: 1,
@@ -105,7 +105,7 @@ func (s *Server) recordRanges() {
 	// A stopping server does not wait for the timeout.
 	ctx, cancel := s.stopper.WithTimeout(descriptorSyncInterval)
 	defer cancel()
-	n, err := placement.RecordRanges(ctx, s.meta, ds)
+	n, err := meta.RecordRanges(ctx, s.meta, ds)
 	if err != nil {
 		s.log.Debug("recording range descriptors", "recorded", n, "err", err)
 		return

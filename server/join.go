@@ -17,7 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tesserakv/tessera/internal/raftinfo"
-	"github.com/tesserakv/tessera/placement"
+	"github.com/tesserakv/tessera/meta"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/router"
 )
@@ -164,7 +164,7 @@ func (i *internalService) JoinCluster(ctx context.Context, req *tesserapb.JoinCl
 		return nil, status.Error(codes.InvalidArgument, "tessera: a joining node names itself (--name) and its peer address")
 	}
 	return onMetaLeader(ctx, s, func() (*tesserapb.JoinClusterResponse, error) {
-		st, err := placement.State(ctx, s.meta, true)
+		st, err := meta.State(ctx, s.meta, true)
 		if err != nil {
 			return nil, router.ToGRPC(err)
 		}
@@ -190,14 +190,14 @@ func (i *internalService) JoinCluster(ctx context.Context, req *tesserapb.JoinCl
 		if err := s.directory.Register(ctx, node); err != nil {
 			return nil, status.Errorf(codes.Unavailable, "tessera: registering node %d: %v", id, err)
 		}
-		m, err := s.nh.SyncGetShardMembership(ctx, placement.MetaRangeID)
+		m, err := s.nh.SyncGetShardMembership(ctx, meta.RangeID)
 		if err != nil {
 			return nil, router.ToGRPC(err)
 		}
 		_, voter := m.Nodes[id]
 		_, learner := m.NonVotings[id]
 		if !voter && !learner {
-			if err := s.nh.SyncRequestAddNonVoting(ctx, placement.MetaRangeID, id, req.RaftAddress, m.ConfigChangeID); err != nil {
+			if err := s.nh.SyncRequestAddNonVoting(ctx, meta.RangeID, id, req.RaftAddress, m.ConfigChangeID); err != nil {
 				return nil, status.Errorf(codes.Unavailable, "tessera: adding node %d to the meta range: %v", id, err)
 			}
 		}
@@ -218,7 +218,7 @@ func (s *Server) noteMetaVoter() {
 		return
 	}
 	for _, si := range raftinfo.Shards(s.nh) {
-		if si.ShardID != placement.MetaRangeID || si.IsNonVoting {
+		if si.ShardID != meta.RangeID || si.IsNonVoting {
 			continue
 		}
 		if _, voter := si.Replicas[s.replicaID]; !voter {
@@ -237,7 +237,7 @@ func (s *Server) noteMetaVoter() {
 // removeNode takes a node holding no range replica out of the meta range
 // and the registry, on the meta leader.
 func (s *Server) removeNode(ctx context.Context, id uint64) error {
-	st, err := placement.State(ctx, s.meta, true)
+	st, err := meta.State(ctx, s.meta, true)
 	if err != nil {
 		return router.ToGRPC(err)
 	}
@@ -262,7 +262,7 @@ func (s *Server) removeNode(ctx context.Context, id uint64) error {
 	if id == s.replicaID {
 		return status.Errorf(codes.FailedPrecondition, "tessera: node %d leads the meta range; remove it through another member after its leadership moves (stop it first)", id)
 	}
-	m, err := s.nh.SyncGetShardMembership(ctx, placement.MetaRangeID)
+	m, err := s.nh.SyncGetShardMembership(ctx, meta.RangeID)
 	if err != nil {
 		return router.ToGRPC(err)
 	}
@@ -282,7 +282,7 @@ func (s *Server) removeNode(ctx context.Context, id uint64) error {
 		}
 	}
 	if voter || learner {
-		if err := s.nh.SyncRequestDeleteReplica(ctx, placement.MetaRangeID, id, m.ConfigChangeID); err != nil {
+		if err := s.nh.SyncRequestDeleteReplica(ctx, meta.RangeID, id, m.ConfigChangeID); err != nil {
 			return status.Errorf(codes.Unavailable, "tessera: removing node %d from the meta range: %v", id, err)
 		}
 	}

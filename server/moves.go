@@ -14,7 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tesserakv/tessera/internal/replicaid"
-	"github.com/tesserakv/tessera/placement"
+	"github.com/tesserakv/tessera/meta"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/router"
 )
@@ -98,7 +98,7 @@ func (s *Server) recordMove(ctx context.Context, d *tesserapb.RangeDescriptor) {
 	var err error
 	for range recordMoveAttempts {
 		actx, cancel := context.WithTimeout(ctx, recordMoveTimeout)
-		_, err = placement.RecordRanges(actx, s.meta, []*tesserapb.RangeDescriptor{d})
+		_, err = meta.RecordRanges(actx, s.meta, []*tesserapb.RangeDescriptor{d})
 		cancel()
 		if err == nil || ctx.Err() != nil {
 			break
@@ -458,7 +458,7 @@ func (s *Server) dropReplica(ctx context.Context, rangeID uint64) error {
 func (s *Server) dropStaleReplicas() {
 	ctx, cancel := s.stopper.WithTimeout(descriptorSyncInterval)
 	defer cancel()
-	descs, err := placement.Ranges(ctx, s.meta, false)
+	descs, err := meta.Ranges(ctx, s.meta, false)
 	if err != nil {
 		return
 	}

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/tesserakv/tessera/meta"
 	"github.com/tesserakv/tessera/placement"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/router"
@@ -166,7 +167,7 @@ func (s *Server) placeOnce() []placement.Op {
 	if err != nil {
 		return nil
 	}
-	descs, err := placement.Ranges(ctx, s.meta, false)
+	descs, err := meta.Ranges(ctx, s.meta, false)
 	if err != nil {
 		return nil
 	}
@@ -355,7 +356,7 @@ func onMetaLeader[T any](ctx context.Context, s *Server, here func() (T, error),
 func (i *internalService) ListNodes(ctx context.Context, req *tesserapb.ListNodesRequest) (*tesserapb.ListNodesResponse, error) {
 	s := i.s
 	return onMetaLeader(ctx, s, func() (*tesserapb.ListNodesResponse, error) {
-		st, err := placement.State(ctx, s.meta, true)
+		st, err := meta.State(ctx, s.meta, true)
 		if err != nil {
 			return nil, router.ToGRPC(err)
 		}
@@ -443,7 +444,7 @@ const metaVoters = 5
 func (s *Server) metaMembership() (voters, learners map[uint64]string) {
 	ctx, cancel := s.stopper.WithTimeout(metaReadTimeout)
 	defer cancel()
-	m, err := s.nh.SyncGetShardMembership(ctx, placement.MetaRangeID)
+	m, err := s.nh.SyncGetShardMembership(ctx, meta.RangeID)
 	if err != nil {
 		return nil, nil
 	}
@@ -477,7 +478,7 @@ func (s *Server) promoteMeta(id uint64) {
 	}()
 	ctx, cancel := s.stopper.WithTimeout(placementOpTimeout)
 	defer cancel()
-	m, err := s.nh.SyncGetShardMembership(ctx, placement.MetaRangeID)
+	m, err := s.nh.SyncGetShardMembership(ctx, meta.RangeID)
 	if err != nil {
 		return
 	}
@@ -486,7 +487,7 @@ func (s *Server) promoteMeta(id uint64) {
 		return
 	}
 	s.meta.NotSole()
-	if err := s.nh.SyncRequestAddReplica(ctx, placement.MetaRangeID, id, addr, m.ConfigChangeID); err != nil {
+	if err := s.nh.SyncRequestAddReplica(ctx, meta.RangeID, id, addr, m.ConfigChangeID); err != nil {
 		s.log.Warn("making a meta replica a voter", "node", id, "err", err)
 		return
 	}

@@ -21,7 +21,7 @@ import (
 
 	"github.com/tesserakv/tessera/internal/raftinfo"
 	"github.com/tesserakv/tessera/internal/replicaid"
-	"github.com/tesserakv/tessera/placement"
+	"github.com/tesserakv/tessera/meta"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/router"
 	"github.com/tesserakv/tessera/shard"
@@ -65,7 +65,7 @@ func (s *Server) raftConfig(rangeID, replicaID uint64) dbconfig.Config {
 		DisableAutoCompactions: s.soleNode(),
 		// An idle range stops heartbeating (Dragonboat's quiesce), so a node
 		// with many ranges does not burn CPU while they are idle.
-		Quiesce: rangeID != placement.MetaRangeID,
+		Quiesce: rangeID != meta.RangeID,
 		// A membership change names the membership it changes, so two made
 		// at once cannot both apply (replica moves).
 		OrderedConfigChange: true,
@@ -189,7 +189,7 @@ func nodesOf(replicas iter.Seq[uint64]) []uint64 {
 // localReplicaID is this node's replica ID in a range: its node ID unless
 // it holds the range under a later incarnation (internal/replicaid).
 func (s *Server) localReplicaID(rangeID uint64) uint64 {
-	if rangeID == placement.MetaRangeID {
+	if rangeID == meta.RangeID {
 		return s.replicaID
 	}
 	if id, ok, err := s.store.ReplicaID(rangeID); err == nil && ok {
@@ -525,7 +525,7 @@ func (s *Server) hastenElection(rangeID uint64, majorityReady func(rangeID uint6
 // their replicas.
 func (s *Server) majorityListening(rangeID uint64, ready map[uint64]bool) bool {
 	members := s.raftMembers
-	if rangeID != placement.MetaRangeID {
+	if rangeID != meta.RangeID {
 		members = s.firstRangeMembers()
 	}
 	need := len(members)/2 + 1
@@ -625,10 +625,10 @@ func (s *Server) rangeInfo(r *shard.Replica) *tesserapb.RangeInfo {
 }
 
 // internalService is the node's tesserapb.Internal: the oracle's
-// GetRevisions from placement, range writes from the router, and the admin
+// GetRevisions (meta.InternalServer), range writes from the router, and the admin
 // calls here.
 type internalService struct {
-	*placement.InternalServer
+	*meta.InternalServer
 	s *Server
 }
 
@@ -671,7 +671,7 @@ func (i *internalService) RangeStarted(_ context.Context, req *tesserapb.RangeSt
 // CampaignRange makes this node's replica of a range a split has just made
 // stand for election early (see electNewRange).
 func (i *internalService) CampaignRange(_ context.Context, req *tesserapb.CampaignRangeRequest) (*tesserapb.CampaignRangeResponse, error) {
-	if req.RangeId == 0 || req.RangeId == placement.MetaRangeID {
+	if req.RangeId == 0 || req.RangeId == meta.RangeID {
 		return nil, status.Errorf(codes.InvalidArgument, "tessera: range %d is not a data range", req.RangeId)
 	}
 	i.s.goTask(func() { i.s.campaignWhenStarted(req.RangeId) })

@@ -23,17 +23,17 @@ import (
 
 	"github.com/tesserakv/tessera/internal/stop"
 	"github.com/tesserakv/tessera/internal/wirecodec"
-	"github.com/tesserakv/tessera/placement"
+	"github.com/tesserakv/tessera/meta"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/router"
-	"github.com/tesserakv/tessera/server/raftnet"
 	"github.com/tesserakv/tessera/shard"
 	"github.com/tesserakv/tessera/statemachine"
+	"github.com/tesserakv/tessera/transport"
 	"github.com/tesserakv/tessera/watchhub"
 )
 
 // firstRangeID is the Raft shard ID of the first data range, the one covering
-// the whole keyspace in a new cluster (placement.MetaRangeID is 1).
+// the whole keyspace in a new cluster (meta.RangeID is 1).
 const firstRangeID = 2
 
 // grpcOverheadBytes is the room etcd leaves above --max-request-bytes for the
@@ -49,11 +49,11 @@ type Server struct {
 
 	store     *statemachine.Store
 	nh        *dragonboat.NodeHost
-	raftNet   *raftnet.Factory // made nh's Raft transport (for Campaign)
-	meta      *placement.MetaReplica
-	directory *placement.Directory
-	oracle    *placement.OracleClient
-	internal  *placement.InternalServer
+	raftNet   *transport.Factory // made nh's Raft transport (for Campaign)
+	meta      *meta.Replica
+	directory *meta.Directory
+	oracle    *meta.OracleClient
+	internal  *meta.InternalServer
 	router    *router.Router
 	hub       *watchhub.Hub
 	grpc      *grpc.Server
@@ -153,11 +153,11 @@ func Start(cfg Config) (*Server, error) {
 		return nil, err
 	}
 
-	s.meta = placement.NewMetaReplica(s.nh, replicaID)
-	s.directory = placement.NewDirectory(s.meta)
-	allocator := placement.NewAllocator(s.meta)
-	s.oracle = placement.NewOracleClient(s.meta, allocator, s.directory)
-	s.internal = placement.NewInternalServer(allocator)
+	s.meta = meta.NewReplica(s.nh, replicaID)
+	s.directory = meta.NewDirectory(s.meta)
+	allocator := meta.NewAllocator(s.meta, s.stopper)
+	s.oracle = meta.NewOracleClient(s.meta, allocator, s.directory)
+	s.internal = meta.NewInternalServer(allocator)
 	s.router = router.New(router.Config{
 		ClusterID:          s.clusterID,
 		MemberID:           replicaID,
@@ -211,7 +211,7 @@ func Start(cfg Config) (*Server, error) {
 	if newCluster && replicaID == 1 {
 		// Every member of a new cluster starts with empty groups; member 1
 		// gets the first elections over with (see hastenElection).
-		s.goTask(func() { s.hastenElection(placement.MetaRangeID, s.majorityListening) })
+		s.goTask(func() { s.hastenElection(meta.RangeID, s.majorityListening) })
 		s.goTask(func() { s.hastenElection(firstRangeID, s.majorityListening) })
 	}
 	if err := s.startMetrics(); err != nil {
@@ -252,7 +252,7 @@ func (s *Server) startRaft() error {
 	}
 	nhc.Expert.Engine = dbconfig.GetDefaultEngineConfig()
 	nhc.Expert.Engine.ExecShards = cfg.RaftStepWorkers
-	s.raftNet = &raftnet.Factory{Log: s.log}
+	s.raftNet = &transport.Factory{Log: s.log}
 	nhc.Expert.TransportFactory = s.raftNet
 	tuneDragonboat()
 	nh, err := dragonboat.NewNodeHost(nhc)
@@ -268,21 +268,21 @@ func (s *Server) startRaft() error {
 	}
 	s.nh = nh
 	s.raftMembers = map[uint64]dragonboat.Target{}
-	metaConfig := s.raftConfig(placement.MetaRangeID, s.replicaID)
+	metaConfig := s.raftConfig(meta.RangeID, s.replicaID)
 	metaMembers, metaJoin := s.raftMembers, false
 	if s.joined {
 		// A node that joined holds a replica of the meta range, started
 		// empty the first time (the meta leader added it as a non-voter),
 		// and a voter once the meta leader made it one.
 		metaConfig.IsNonVoting = !s.identity.MetaVoter
-		metaMembers, metaJoin = nil, !nh.HasNodeInfo(placement.MetaRangeID, s.replicaID)
+		metaMembers, metaJoin = nil, !nh.HasNodeInfo(meta.RangeID, s.replicaID)
 	} else {
 		for i, m := range cfg.InitialCluster {
 			addr, _ := hostPortOf(m.PeerURL)
 			s.raftMembers[uint64(i+1)] = addr
 		}
 	}
-	if err := nh.StartReplica(metaMembers, metaJoin, placement.NewMetaSM, metaConfig); err != nil {
+	if err := nh.StartReplica(metaMembers, metaJoin, meta.NewStateMachine, metaConfig); err != nil {
 		nh.Close()
 		return fmt.Errorf("starting the meta range: %w", err)
 	}

@@ -9,7 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/tesserakv/tessera/placement"
+	"github.com/tesserakv/tessera/meta"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/router"
 	"github.com/tesserakv/tessera/shard"
@@ -119,7 +119,7 @@ func (c *cluster) MemberList(ctx context.Context, _ *pb.MemberListRequest) (*pb.
 	}
 	resp := &pb.MemberListResponse{Header: &pb.ResponseHeader{ClusterId: s.clusterID, MemberId: s.replicaID, RaftTerm: term}}
 	if !s.joined {
-		metaVoters := s.membersOf(placement.MetaRangeID)
+		metaVoters := s.membersOf(meta.RangeID)
 		for i, m := range s.cfg.InitialCluster {
 			id := uint64(i + 1)
 			if _, ok := registered[id]; !ok {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/tesserakv/tessera/meta"
 	"github.com/tesserakv/tessera/placement"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 )
@@ -54,7 +55,7 @@ func (t TestingServer) Ranges(ctx context.Context) ([]*tesserapb.RangeInfo, erro
 // RecordedRanges returns the range descriptors the meta range records, in
 // key order (a linearizable read).
 func (t TestingServer) RecordedRanges(ctx context.Context) ([]*tesserapb.RangeDescriptor, error) {
-	return placement.Ranges(ctx, t.s.meta, true)
+	return meta.Ranges(ctx, t.s.meta, true)
 }
 
 // RegisteredNodes is how many nodes this node's replica of the registry
@@ -86,7 +87,7 @@ func (t TestingServer) SnapshotsRecovered() int64 { return t.s.store.SnapshotsRe
 // TransferMetaLeadership asks the meta range to move its leader to the given
 // node.
 func (t TestingServer) TransferMetaLeadership(nodeID uint64) error {
-	return t.s.nh.RequestLeaderTransfer(placement.MetaRangeID, nodeID)
+	return t.s.nh.RequestLeaderTransfer(meta.RangeID, nodeID)
 }
 
 // MetaLeader returns the meta range leader's node ID as this node knows it.

@@ -26,7 +26,7 @@ import (
 type Oracle interface {
 	// NextN returns the first of count consecutive revisions, all above every
 	// revision handed out before the call. It fails, rather than waits, when
-	// the oracle cannot answer for a while (placement.OracleClient gives up
+	// the oracle cannot answer for a while (meta.OracleClient gives up
 	// after its batchTimeout): the proposer calls it without a deadline.
 	NextN(ctx context.Context, count int64) (int64, error)
 }
@@ -198,7 +198,7 @@ func New(cfg Config, nh *dragonboat.NodeHost, store *statemachine.Store, oracle 
 		load:     newLoadTracker(time.Now(), cfg.RangeID),
 		stopper:  stop.New(),
 	}
-	r.reads.Round, r.reads.MinGap = r.readIndexRound, cfg.ReadRoundGap
+	r.reads.Round, r.reads.MinGap, r.reads.Stopper = r.readIndexRound, cfg.ReadRoundGap, r.stopper
 	_ = r.stopper.RunAsync(r.proposeLoop)
 	if cfg.ExpireLeases {
 		_ = r.stopper.RunAsync(r.leaseLoop)
@@ -472,7 +472,7 @@ func (r *Replica) proposeBatch(batch []*proposal) {
 	// raised the fence above them meanwhile makes them take new ones.
 	var ids []uint64
 	for len(writers) > 0 {
-		// The oracle bounds its own calls (placement's batchTimeout).
+		// The oracle bounds its own calls (meta's batchTimeout).
 		first, err := r.oracle.NextN(r.stopper.Context(), int64(len(writers)))
 		if err != nil {
 			fail(fmt.Errorf("shard: taking revisions: %w", err))
@@ -829,6 +829,9 @@ func (r *Replica) confirmedRead(ctx context.Context, fn func(*statemachine.View)
 
 func (r *Replica) readOnce(ctx context.Context, fn func(*statemachine.View) (any, error)) (out any, err error, retry bool) {
 	if err := r.reads.Wait(ctx); err != nil {
+		if errors.Is(err, stop.ErrStopping) {
+			return nil, ErrStopped, false
+		}
 		// A read has no effect, so asking again is safe (retrying gives
 		// up at its own deadline).
 		err, busy := raftBusy(err)

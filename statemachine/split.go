@@ -54,7 +54,7 @@ func (a *applier) applySplit(s *tesserapb.SplitCommand) error {
 	// The ID must be free in this store. It is checked so that a bad command
 	// can never overwrite a live range's metadata (and it reads the batch, so
 	// two splits in one Update cannot take the same ID either). Range IDs
-	// are allocated by the placement service, so on every replica the answer
+	// are allocated by the meta range, so on every replica the answer
 	// is the same — provided the node never creates the child's replica
 	// before the parent's replica here has applied the split (or recovered a
 	// snapshot taken after it): a child created early, e.g. from a

@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tesserakv/tessera/internal/stop"
 	"github.com/tesserakv/tessera/server"
 )
 
@@ -34,7 +35,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "tessera: %v\n", err)
 		os.Exit(2)
 	}
-	tuneGC()
+	stopTuning := tuneGC()
 	srv, err := server.Start(cfg)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "tessera: %v\n", err)
@@ -45,6 +46,7 @@ func main() {
 	sig := <-sigc
 	cfg.Logger.Info("shutting down", "signal", sig.String())
 	srv.Close()
+	stopTuning()
 }
 
 // The Go collector lets the heap grow to twice the live heap by default
@@ -71,9 +73,9 @@ func gcPercentFor(live uint64) int {
 
 // tuneGC sets the collector's target from the live heap now and every
 // gcRetuneInterval, unless GOGC is set in the environment (an empty GOGC is
-// Go's default, as for the runtime). stop, called once, ends the
-// retuning (tests; the server retunes until it exits).
-func tuneGC() (stop func()) {
+// Go's default, as for the runtime). stopTuning, called once, ends the
+// retuning and waits for it.
+func tuneGC() (stopTuning func()) {
 	if os.Getenv("GOGC") != "" {
 		return func() {}
 	}
@@ -85,20 +87,9 @@ func tuneGC() (stop func()) {
 		}
 	}
 	retune()
-	ticker := time.NewTicker(gcRetuneInterval)
-	done := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case <-ticker.C:
-				retune()
-			case <-done:
-				ticker.Stop()
-				return
-			}
-		}
-	}()
-	return func() { close(done) }
+	stopper := stop.New()
+	_ = stopper.Every(gcRetuneInterval, func(time.Time) { retune() })
+	return stopper.Stop
 }
 
 // parseFlags turns the command line into a validated server.Config. Help and

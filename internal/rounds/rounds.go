@@ -16,10 +16,12 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/tesserakv/tessera/internal/stop"
 )
 
 // Rounds runs Round for its callers. The zero value is not usable: set
-// Round (and MinGap) before the first Wait.
+// Round and Stopper (and MinGap) before the first Wait.
 type Rounds struct {
 	// Round makes one round; its error is every sharing caller's. It runs
 	// without any caller's context (its callers may give up; the round is
@@ -28,6 +30,9 @@ type Rounds struct {
 	// MinGap is the least time between the starts of two rounds while
 	// rounds are shared (0: none).
 	MinGap time.Duration
+	// Stopper owns the goroutine that runs the rounds: once it stops, Wait
+	// fails with stop.ErrStopping instead of starting one.
+	Stopper *stop.Stopper
 
 	mu      sync.Mutex
 	running bool
@@ -54,8 +59,13 @@ func (r *Rounds) Wait(ctx context.Context) error {
 	b := r.next
 	b.callers++
 	if !r.running {
+		// Not running, so b was made just now and this caller is its only one.
+		if err := r.Stopper.RunAsync(r.run); err != nil {
+			r.next = nil
+			r.mu.Unlock()
+			return err
+		}
 		r.running = true
-		go r.run()
 	}
 	r.mu.Unlock()
 	select {

@@ -8,7 +8,20 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/tesserakv/tessera/internal/stop"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// newStopper returns a stopper that the test stops when it ends.
+func newStopper(t *testing.T) *stop.Stopper {
+	s := stop.New()
+	t.Cleanup(s.Stop)
+	return s
+}
 
 // roundError names the round that served a caller.
 type roundError int64
@@ -30,7 +43,7 @@ func roundOf(t *testing.T, err error) int64 {
 func TestRoundBegunAfterCaller(t *testing.T) {
 	var started atomic.Int64
 	release := make(chan struct{})
-	r := &Rounds{Round: func() error {
+	r := &Rounds{Stopper: newStopper(t), Round: func() error {
 		n := started.Add(1)
 		<-release
 		return roundError(n)
@@ -91,7 +104,7 @@ func waiting(r *Rounds) int {
 // long MinGap is (the gap applies only after a shared round).
 func TestLoneCallerNeverWaitsForGap(t *testing.T) {
 	rounds := 0
-	r := &Rounds{MinGap: time.Hour, Round: func() error { rounds++; return nil }}
+	r := &Rounds{Stopper: newStopper(t), MinGap: time.Hour, Round: func() error { rounds++; return nil }}
 	for range 10 {
 		if err := r.Wait(context.Background()); err != nil {
 			t.Fatal(err)
@@ -109,7 +122,7 @@ func TestGapAfterSharedRound(t *testing.T) {
 	var mu sync.Mutex
 	var starts []time.Time
 	release := make(chan struct{})
-	r := &Rounds{MinGap: gap, Round: func() error {
+	r := &Rounds{Stopper: newStopper(t), MinGap: gap, Round: func() error {
 		mu.Lock()
 		starts = append(starts, time.Now())
 		mu.Unlock()
@@ -170,7 +183,7 @@ func startsNow(mu *sync.Mutex, starts *[]time.Time) []time.Time {
 func TestCallerGivesUp(t *testing.T) {
 	release := make(chan struct{})
 	var started atomic.Int64
-	r := &Rounds{Round: func() error { started.Add(1); <-release; return nil }}
+	r := &Rounds{Stopper: newStopper(t), Round: func() error { started.Add(1); <-release; return nil }}
 	ctx, cancel := context.WithCancel(context.Background())
 	other := make(chan error, 1)
 	go func() { other <- r.Wait(context.Background()) }()
@@ -186,5 +199,25 @@ func TestCallerGivesUp(t *testing.T) {
 	close(release)
 	if err := <-other; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestStoppedStartsNoRound: once the stopper stops, Wait fails at once and
+// no round runs; the runner of earlier rounds has returned.
+func TestStoppedStartsNoRound(t *testing.T) {
+	s := stop.New()
+	var rounds atomic.Int64
+	r := &Rounds{Stopper: s, Round: func() error { rounds.Add(1); return nil }}
+	if err := r.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s.Stop()
+	for range 2 {
+		if err := r.Wait(context.Background()); !errors.Is(err, stop.ErrStopping) {
+			t.Fatalf("Wait after Stop = %v, want %v", err, stop.ErrStopping)
+		}
+	}
+	if n := rounds.Load(); n != 1 {
+		t.Fatalf("%d rounds ran, want 1 (none after Stop)", n)
 	}
 }

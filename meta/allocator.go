@@ -1,11 +1,13 @@
-package placement
+package meta
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
 	"github.com/tesserakv/tessera/internal/rounds"
+	"github.com/tesserakv/tessera/internal/stop"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
@@ -32,10 +34,11 @@ type Allocator struct {
 	limit int64
 }
 
-// NewAllocator returns an allocator over this node's meta replica.
-func NewAllocator(meta metaRaft) *Allocator {
+// NewAllocator returns an allocator over this node's meta replica; stopper
+// (the node's) owns its leadership confirmations.
+func NewAllocator(meta metaRaft, stopper *stop.Stopper) *Allocator {
 	a := &Allocator{meta: meta}
-	a.confirms.Round, a.confirms.MinGap = a.confirmRound, ConfirmRoundGap
+	a.confirms.Round, a.confirms.MinGap, a.confirms.Stopper = a.confirmRound, ConfirmRoundGap, stopper
 	return a
 }
 
@@ -47,17 +50,17 @@ const ConfirmRoundGap = time.Millisecond
 // Allocate returns the first of count consecutive revisions, all above every
 // revision handed out (by any leader) before the call began. With count 0 it
 // hands out nothing and returns the next revision it would hand out. It fails with a
-// *NotMetaLeaderError on a node that does not lead the meta range.
+// *NotLeaderError on a node that does not lead the meta range.
 func (a *Allocator) Allocate(ctx context.Context, count int64) (int64, error) {
 	a.mu.Lock()
 	leader, term, ok := a.meta.Leader()
 	if !ok {
 		a.mu.Unlock()
-		return 0, ErrNoMetaLeader
+		return 0, ErrNoLeader
 	}
 	if leader != a.meta.NodeID() {
 		a.mu.Unlock()
-		return 0, &NotMetaLeaderError{LeaderNodeID: leader}
+		return 0, &NotLeaderError{LeaderNodeID: leader}
 	}
 	if term != a.term {
 		// A new term: the previous leader may have handed out anything below
@@ -91,11 +94,13 @@ func (a *Allocator) Allocate(ctx context.Context, count int64) (int64, error) {
 	a.mu.Unlock()
 	var err error
 	if !a.meta.Sole() {
-		err = a.confirms.Wait(ctx)
+		if err = a.confirms.Wait(ctx); errors.Is(err, stop.ErrStopping) {
+			err = ErrStopped
+		}
 	}
 	if err == nil {
 		if _, now, _ := a.meta.Leader(); now != term {
-			err = ErrNoMetaLeader
+			err = ErrNoLeader
 		}
 	}
 	if err != nil {

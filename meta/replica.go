@@ -1,4 +1,4 @@
-package placement
+package meta
 
 import (
 	"context"
@@ -15,8 +15,8 @@ import (
 	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
-// MetaRangeID is the Raft shard ID of the meta range.
-const MetaRangeID = 1
+// RangeID is the Raft shard ID of the meta range.
+const RangeID = 1
 
 // metaRaft is what the allocator and the directory need of the meta range
 // replica on this node.
@@ -35,9 +35,9 @@ type metaRaft interface {
 	Sole() bool
 }
 
-// MetaReplica drives this node's replica of the meta range. A node's ID is
+// Replica drives this node's replica of the meta range. A node's ID is
 // its replica ID in the meta range.
-type MetaReplica struct {
+type Replica struct {
 	nh     *dragonboat.NodeHost
 	nodeID uint64
 	// sole remembers whether this replica is the meta range's only voter.
@@ -45,18 +45,18 @@ type MetaReplica struct {
 	session *client.Session
 }
 
-// NewMetaReplica returns a driver for the meta replica already started on
+// NewReplica returns a driver for the meta replica already started on
 // nh.
-func NewMetaReplica(nh *dragonboat.NodeHost, nodeID uint64) *MetaReplica {
-	return &MetaReplica{nh: nh, nodeID: nodeID, session: nh.GetNoOPSession(MetaRangeID)}
+func NewReplica(nh *dragonboat.NodeHost, nodeID uint64) *Replica {
+	return &Replica{nh: nh, nodeID: nodeID, session: nh.GetNoOPSession(RangeID)}
 }
 
 // NodeID of this node.
-func (m *MetaReplica) NodeID() uint64 { return m.nodeID }
+func (m *Replica) NodeID() uint64 { return m.nodeID }
 
 // Leader returns the meta leader's node ID and term as this replica knows them.
-func (m *MetaReplica) Leader() (uint64, uint64, bool) {
-	id, term, valid, err := m.nh.GetLeaderID(MetaRangeID)
+func (m *Replica) Leader() (uint64, uint64, bool) {
+	id, term, valid, err := m.nh.GetLeaderID(RangeID)
 	if err != nil || !valid {
 		return 0, term, false
 	}
@@ -64,7 +64,7 @@ func (m *MetaReplica) Leader() (uint64, uint64, bool) {
 }
 
 // Propose proposes cmd and waits until it is applied.
-func (m *MetaReplica) Propose(ctx context.Context, cmd *tesserapb.MetaCommand) error {
+func (m *Replica) Propose(ctx context.Context, cmd *tesserapb.MetaCommand) error {
 	data, err := proto.Marshal(cmd)
 	if err != nil {
 		return err
@@ -76,18 +76,18 @@ func (m *MetaReplica) Propose(ctx context.Context, cmd *tesserapb.MetaCommand) e
 }
 
 // AllocateRangeID hands out a new range ID through the meta log.
-func (m *MetaReplica) AllocateRangeID(ctx context.Context) (uint64, error) {
+func (m *Replica) AllocateRangeID(ctx context.Context) (uint64, error) {
 	return m.allocate(ctx, &tesserapb.MetaCommand{Op: &tesserapb.MetaCommand_AllocateRangeId{AllocateRangeId: &tesserapb.AllocateRangeIdCommand{}}})
 }
 
 // AllocateNodeID hands out a new node ID, at least minID, through the meta
 // log.
-func (m *MetaReplica) AllocateNodeID(ctx context.Context, minID uint64) (uint64, error) {
+func (m *Replica) AllocateNodeID(ctx context.Context, minID uint64) (uint64, error) {
 	return m.allocate(ctx, &tesserapb.MetaCommand{Op: &tesserapb.MetaCommand_AllocateNodeId{AllocateNodeId: &tesserapb.AllocateNodeIdCommand{MinId: minID}}})
 }
 
 // allocate proposes a command whose result value is the ID it hands out.
-func (m *MetaReplica) allocate(ctx context.Context, cmd *tesserapb.MetaCommand) (uint64, error) {
+func (m *Replica) allocate(ctx context.Context, cmd *tesserapb.MetaCommand) (uint64, error) {
 	data, err := proto.Marshal(cmd)
 	if err != nil {
 		return 0, err
@@ -104,22 +104,22 @@ func (m *MetaReplica) allocate(ctx context.Context, cmd *tesserapb.MetaCommand) 
 }
 
 // Read runs fn on the meta state.
-func (m *MetaReplica) Read(ctx context.Context, linearizable bool, fn func(*tesserapb.MetaState) (any, error)) (any, error) {
+func (m *Replica) Read(ctx context.Context, linearizable bool, fn func(*tesserapb.MetaState) (any, error)) (any, error) {
 	if !linearizable {
-		return m.nh.StaleRead(MetaRangeID, fn)
+		return m.nh.StaleRead(RangeID, fn)
 	}
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
-	return m.nh.SyncRead(ctx, MetaRangeID, fn)
+	return m.nh.SyncRead(ctx, RangeID, fn)
 }
 
 // Sole implements metaRaft: this replica is the meta range's only voter, as
 // its membership says (a cluster of one node, or one that nodes joined
 // without votes). The answer is kept; whoever adds a voter calls NotSole
 // first.
-func (m *MetaReplica) Sole() bool {
+func (m *Replica) Sole() bool {
 	return m.sole.Sole(func() (sole, known bool) {
-		si, ok := raftinfo.Shard(m.nh, MetaRangeID)
+		si, ok := raftinfo.Shard(m.nh, RangeID)
 		if !ok || len(si.Replicas) == 0 {
 			return false, false
 		}
@@ -130,12 +130,12 @@ func (m *MetaReplica) Sole() bool {
 
 // NotSole says the meta range is getting another voter: from now on
 // ConfirmLeader takes a round. Call it before proposing the change.
-func (m *MetaReplica) NotSole() { m.sole.NotSole() }
+func (m *Replica) NotSole() { m.sole.NotSole() }
 
 // ConfirmLeader implements metaRaft. A sole replica needs no round: no
 // other replica exists to be elected in its place (its leadership ends only
 // with the process, and the caller checks the term it led in).
-func (m *MetaReplica) ConfirmLeader(ctx context.Context) error {
+func (m *Replica) ConfirmLeader(ctx context.Context) error {
 	if m.Sole() {
 		return nil
 	}
@@ -166,8 +166,8 @@ func State(ctx context.Context, meta metaRaft, linearizable bool) (*tesserapb.Me
 // retryable reports whether a meta request failed for a reason that a retry
 // after a short pause may cure (an election, a busy replica).
 func retryable(err error) bool {
-	var nl *NotMetaLeaderError
-	return errors.As(err, &nl) || errors.Is(err, ErrNoMetaLeader) ||
+	var nl *NotLeaderError
+	return errors.As(err, &nl) || errors.Is(err, ErrNoLeader) ||
 		errors.Is(err, dragonboat.ErrShardNotReady) || errors.Is(err, dragonboat.ErrSystemBusy) ||
 		errors.Is(err, dragonboat.ErrTimeout) || errors.Is(err, dragonboat.ErrAborted)
 }

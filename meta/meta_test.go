@@ -1,4 +1,4 @@
-package placement
+package meta
 
 import (
 	"bytes"
@@ -12,6 +12,7 @@ import (
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tesserakv/tessera/internal/stop"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
@@ -58,6 +59,13 @@ func (f *fakeMeta) ConfirmLeader(ctx context.Context) error {
 	return err
 }
 
+// newStopper returns a stopper that the test stops when it ends.
+func newStopper(t *testing.T) *stop.Stopper {
+	s := stop.New()
+	t.Cleanup(s.Stop)
+	return s
+}
+
 func newFake(nodeID uint64) *fakeMeta {
 	return &fakeMeta{nodeID: nodeID, leader: nodeID, term: 1, state: &tesserapb.MetaState{HighWater: InitialHighWater}}
 }
@@ -65,7 +73,7 @@ func newFake(nodeID uint64) *fakeMeta {
 func TestAllocatorIncreasingAndPersisted(t *testing.T) {
 	ctx := context.Background()
 	f := newFake(1)
-	a := NewAllocator(f)
+	a := NewAllocator(f, newStopper(t))
 	first, err := a.Allocate(ctx, 3)
 	if err != nil || first != InitialHighWater {
 		t.Fatalf("first allocation = %d, %v; want %d", first, err, InitialHighWater)
@@ -82,12 +90,12 @@ func TestAllocatorIncreasingAndPersisted(t *testing.T) {
 func TestAllocatorNewLeaderStartsAboveEverything(t *testing.T) {
 	ctx := context.Background()
 	f1 := newFake(1)
-	a1 := NewAllocator(f1)
+	a1 := NewAllocator(f1, newStopper(t))
 	last, _ := a1.Allocate(ctx, 10)
 	last += 9
 	// Node 2 takes over with the same replicated state in a later term.
 	f2 := &fakeMeta{nodeID: 2, leader: 2, term: 2, state: proto.CloneOf(f1.state)}
-	a2 := NewAllocator(f2)
+	a2 := NewAllocator(f2, newStopper(t))
 	got, err := a2.Allocate(ctx, 1)
 	if err != nil || got <= last {
 		t.Fatalf("new leader's first revision = %d, %v; want above %d", got, err, last)
@@ -96,7 +104,7 @@ func TestAllocatorNewLeaderStartsAboveEverything(t *testing.T) {
 	f1.mu.Lock()
 	f1.leader, f1.term = 2, 2
 	f1.mu.Unlock()
-	var nl *NotMetaLeaderError
+	var nl *NotLeaderError
 	if _, err := a1.Allocate(ctx, 1); !errors.As(err, &nl) || nl.LeaderNodeID != 2 {
 		t.Fatalf("deposed leader allocated: %v", err)
 	}
@@ -105,7 +113,7 @@ func TestAllocatorNewLeaderStartsAboveEverything(t *testing.T) {
 func TestAllocatorDeposedDuringConfirmation(t *testing.T) {
 	ctx := context.Background()
 	f := newFake(1)
-	a := NewAllocator(f)
+	a := NewAllocator(f, newStopper(t))
 	if _, err := a.Allocate(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
@@ -172,8 +180,8 @@ func TestBatcherCombinesWaitingCallers(t *testing.T) {
 	}
 }
 
-func TestMetaSMApplyAndSnapshot(t *testing.T) {
-	m := NewMetaSM(MetaRangeID, 1).(*MetaSM)
+func TestStateMachineApplyAndSnapshot(t *testing.T) {
+	m := NewStateMachine(RangeID, 1).(*StateMachine)
 	apply := func(cmd *tesserapb.MetaCommand) {
 		t.Helper()
 		data, _ := proto.Marshal(cmd)
@@ -201,7 +209,7 @@ func TestMetaSMApplyAndSnapshot(t *testing.T) {
 	if err := m.SaveSnapshot(&buf, nil, nil); err != nil {
 		t.Fatal(err)
 	}
-	m2 := NewMetaSM(MetaRangeID, 2).(*MetaSM)
+	m2 := NewStateMachine(RangeID, 2).(*StateMachine)
 	if err := m2.RecoverFromSnapshot(&buf, nil, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +220,7 @@ func TestMetaSMApplyAndSnapshot(t *testing.T) {
 
 func TestAllocatorCurrentTakesNothing(t *testing.T) {
 	ctx := context.Background()
-	a := NewAllocator(newFake(1))
+	a := NewAllocator(newFake(1), newStopper(t))
 	first, _ := a.Allocate(ctx, 5)
 	peek, err := a.Allocate(ctx, 0)
 	if err != nil || peek != first+5 {
@@ -264,7 +272,7 @@ func TestRecordRanges(t *testing.T) {
 func TestAllocatorSharesConfirmations(t *testing.T) {
 	ctx := context.Background()
 	f := newFake(1)
-	a := NewAllocator(f)
+	a := NewAllocator(f, newStopper(t))
 	base, err := a.Allocate(ctx, 1)
 	if err != nil {
 		t.Fatal(err)

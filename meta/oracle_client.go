@@ -1,4 +1,4 @@
-package placement
+package meta
 
 import (
 	"context"
@@ -59,7 +59,7 @@ func (c *OracleClient) fetch(ctx context.Context, count int64) (int64, error) {
 func (c *OracleClient) fetchOnce(ctx context.Context, count int64) (int64, error) {
 	leader, _, ok := c.meta.Leader()
 	if !ok {
-		return 0, ErrNoMetaLeader
+		return 0, ErrNoLeader
 	}
 	if leader == c.meta.NodeID() {
 		return c.allocator.Allocate(ctx, count)
@@ -73,12 +73,12 @@ func (c *OracleClient) fetchOnce(ctx context.Context, count int64) (int64, error
 		if status.Code(err) == codes.FailedPrecondition || status.Code(err) == codes.Unavailable {
 			// The node we asked no longer leads, or is down: ask again
 			// once this replica learns the new leader.
-			return 0, ErrNoMetaLeader
+			return 0, ErrNoLeader
 		}
 		return 0, err
 	}
 	if resp.Count != count || resp.First <= 1 {
-		return 0, fmt.Errorf("placement: oracle answered %d revisions from %d, asked %d", resp.Count, resp.First, count)
+		return 0, fmt.Errorf("meta: oracle answered %d revisions from %d, asked %d", resp.Count, resp.First, count)
 	}
 	return resp.First, nil
 }
@@ -105,8 +105,8 @@ func (s *InternalServer) GetRevisions(ctx context.Context, req *tesserapb.GetRev
 	}
 	first, err := s.batcher.get(ctx, req.Count)
 	if err != nil {
-		var nl *NotMetaLeaderError
-		if errors.As(err, &nl) || errors.Is(err, ErrNoMetaLeader) {
+		var nl *NotLeaderError
+		if errors.As(err, &nl) || errors.Is(err, ErrNoLeader) {
 			return nil, status.Error(codes.FailedPrecondition, err.Error())
 		}
 		return nil, status.Error(codes.Unavailable, err.Error())

@@ -1,4 +1,4 @@
-// Package raftnet is the node-to-node transport of Dragonboat's Raft traffic
+// Package transport is the node-to-node transport of Dragonboat's Raft traffic
 // (config.TransportFactory): message batches and snapshot chunks over plain
 // TCP between the members' peer addresses.
 //
@@ -16,7 +16,7 @@
 // format is not Dragonboat's: every member of a cluster must run a binary
 // with this transport (members with Dragonboat's transport and members with
 // this one drop each other's connections).
-package raftnet
+package transport
 
 import (
 	"bufio"
@@ -72,7 +72,7 @@ type Factory struct {
 	Log *slog.Logger
 
 	mu sync.Mutex
-	t  *Transport // the transport made last; guarded by mu
+	t  *TCP // the transport made last; guarded by mu
 }
 
 var _ config.TransportFactory = (*Factory)(nil)
@@ -83,12 +83,12 @@ func (f *Factory) Create(nhc config.NodeHostConfig, onBatch raftio.MessageHandle
 	if log == nil {
 		log = slog.Default()
 	}
-	t := &Transport{
+	t := &TCP{
 		listenAddr:   nhc.GetListenAddress(),
 		deploymentID: nhc.GetDeploymentID(),
 		onBatch:      onBatch,
 		onChunk:      onChunk,
-		log:          log.With("component", "raftnet"),
+		log:          log.With("component", "transport"),
 		conns:        make(map[net.Conn]struct{}),
 	}
 	f.mu.Lock()
@@ -102,14 +102,14 @@ func (*Factory) Validate(addr string) bool { return config.IsValidAddress(addr) 
 
 // Transport returns the transport the factory made (nil before NodeHost
 // made one).
-func (f *Factory) Transport() *Transport {
+func (f *Factory) Transport() *TCP {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.t
 }
 
-// Transport is one node's raftio.ITransport.
-type Transport struct {
+// TCP is one node's raftio.ITransport.
+type TCP struct {
 	listenAddr   string
 	deploymentID uint64
 	onBatch      raftio.MessageHandler
@@ -127,10 +127,10 @@ type Transport struct {
 	closed bool
 }
 
-var _ raftio.ITransport = (*Transport)(nil)
+var _ raftio.ITransport = (*TCP)(nil)
 
 // Name implements raftio.ITransport.
-func (t *Transport) Name() string { return Name }
+func (t *TCP) Name() string { return Name }
 
 // Campaign makes this node's replica of a Raft group stand for election now
 // instead of after its election timeout. It hands the replica a TimeoutNow
@@ -139,7 +139,7 @@ func (t *Transport) Name() string { return Name }
 // any election, but a live leader the replica has not heard from yet loses
 // its leadership. Use it where a group has no leader to lose (a range a
 // split has just made). Messages to a replica not started yet are dropped.
-func (t *Transport) Campaign(shardID, replicaID uint64) {
+func (t *TCP) Campaign(shardID, replicaID uint64) {
 	t.onBatch(pb.MessageBatch{
 		DeploymentId: t.deploymentID,
 		BinVer:       raftio.TransportBinVersion,
@@ -153,16 +153,16 @@ func (t *Transport) Campaign(shardID, replicaID uint64) {
 }
 
 // Start implements raftio.ITransport: it listens on the node's listen address.
-func (t *Transport) Start() error {
+func (t *TCP) Start() error {
 	ln, err := net.Listen("tcp", t.listenAddr)
 	if err != nil {
-		return fmt.Errorf("raftnet: listening on %s: %w", t.listenAddr, err)
+		return fmt.Errorf("transport: listening on %s: %w", t.listenAddr, err)
 	}
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
 		_ = ln.Close()
-		return errors.New("raftnet: transport closed")
+		return errors.New("transport: transport closed")
 	}
 	t.ln = ln
 	t.mu.Unlock()
@@ -172,7 +172,7 @@ func (t *Transport) Start() error {
 }
 
 // Addr returns the address the transport listens on (nil before Start).
-func (t *Transport) Addr() net.Addr {
+func (t *TCP) Addr() net.Addr {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.ln == nil {
@@ -184,7 +184,7 @@ func (t *Transport) Addr() net.Addr {
 // Close implements raftio.ITransport: it stops listening, closes the
 // connections it accepted and waits for their readers to return. Dragonboat
 // closes the connections it dialled itself.
-func (t *Transport) Close() error {
+func (t *TCP) Close() error {
 	t.mu.Lock()
 	t.closed = true
 	if t.ln != nil {
@@ -198,7 +198,7 @@ func (t *Transport) Close() error {
 	return nil
 }
 
-func (t *Transport) accept(ln net.Listener) {
+func (t *TCP) accept(ln net.Listener) {
 	defer t.wg.Done()
 	for {
 		c, err := ln.Accept()
@@ -224,7 +224,7 @@ func (t *Transport) accept(ln net.Listener) {
 }
 
 // serve reads frames from one accepted connection until it fails or closes.
-func (t *Transport) serve(c net.Conn) {
+func (t *TCP) serve(c net.Conn) {
 	defer t.wg.Done()
 	defer func() {
 		t.mu.Lock()
@@ -239,14 +239,14 @@ func (t *Transport) serve(c net.Conn) {
 }
 
 // errChunkRefused ends a snapshot connection whose chunk Dragonboat refused.
-var errChunkRefused = errors.New("raftnet: snapshot chunk refused")
+var errChunkRefused = errors.New("transport: snapshot chunk refused")
 
 // readFrames hands each frame read from r to Dragonboat until r fails.
 // Between frames a connection may stay idle as long as it likes (TCP
 // keepalive finds dead peers); once a header has arrived, setDeadline bounds
 // the wait for its payload like the sender's write deadline, so a peer that
 // stops mid-frame does not hold the connection and its buffer.
-func (t *Transport) readFrames(r io.Reader, setDeadline func(time.Time) error) error {
+func (t *TCP) readFrames(r io.Reader, setDeadline func(time.Time) error) error {
 	var hdr [headerLen]byte
 	var buf []byte
 	for {
@@ -275,7 +275,7 @@ func (t *Transport) readFrames(r io.Reader, setDeadline func(time.Time) error) e
 			return err
 		}
 		if crc32.Checksum(payload, castagnoli) != sum {
-			return errors.New("raftnet: frame checksum mismatch")
+			return errors.New("transport: frame checksum mismatch")
 		}
 		// Unmarshal copies every byte field, so payload is free for reuse
 		// once the handler has the decoded value.
@@ -283,13 +283,13 @@ func (t *Transport) readFrames(r io.Reader, setDeadline func(time.Time) error) e
 		case kindBatch:
 			var b pb.MessageBatch
 			if err := b.Unmarshal(payload); err != nil {
-				return fmt.Errorf("raftnet: decoding a message batch: %w", err)
+				return fmt.Errorf("transport: decoding a message batch: %w", err)
 			}
 			t.onBatch(b)
 		case kindChunk:
 			var ch pb.Chunk
 			if err := ch.Unmarshal(payload); err != nil {
-				return fmt.Errorf("raftnet: decoding a snapshot chunk: %w", err)
+				return fmt.Errorf("transport: decoding a snapshot chunk: %w", err)
 			}
 			if !t.onChunk(ch) {
 				return errChunkRefused
@@ -302,15 +302,15 @@ func (t *Transport) readFrames(r io.Reader, setDeadline func(time.Time) error) e
 // checksum.
 func parseHeader(hdr [headerLen]byte) (kind byte, n int, sum uint32, err error) {
 	if hdr[0] != magic0 || hdr[1] != magic1 || hdr[3] != 0 {
-		return 0, 0, 0, errors.New("raftnet: not a Tessera Raft frame (do all members run the same Tessera version?)")
+		return 0, 0, 0, errors.New("transport: not a Tessera Raft frame (do all members run the same Tessera version?)")
 	}
 	kind = hdr[2]
 	if kind != kindBatch && kind != kindChunk {
-		return 0, 0, 0, fmt.Errorf("raftnet: unknown frame kind %d", kind)
+		return 0, 0, 0, fmt.Errorf("transport: unknown frame kind %d", kind)
 	}
 	size := binary.BigEndian.Uint32(hdr[4:8])
 	if size > maxPayload {
-		return 0, 0, 0, fmt.Errorf("raftnet: frame of %d bytes is over the %d-byte limit", size, maxPayload)
+		return 0, 0, 0, fmt.Errorf("transport: frame of %d bytes is over the %d-byte limit", size, maxPayload)
 	}
 	return kind, int(size), binary.BigEndian.Uint32(hdr[8:12]), nil
 }
@@ -339,12 +339,12 @@ var (
 )
 
 // GetConnection implements raftio.ITransport.
-func (t *Transport) GetConnection(ctx context.Context, target string) (raftio.IConnection, error) {
+func (t *TCP) GetConnection(ctx context.Context, target string) (raftio.IConnection, error) {
 	return dial(ctx, target)
 }
 
 // GetSnapshotConnection implements raftio.ITransport.
-func (t *Transport) GetSnapshotConnection(ctx context.Context, target string) (raftio.ISnapshotConnection, error) {
+func (t *TCP) GetSnapshotConnection(ctx context.Context, target string) (raftio.ISnapshotConnection, error) {
 	return dial(ctx, target)
 }
 
@@ -388,7 +388,7 @@ func (c *conn) send(kind byte, m marshaler, limit int) error {
 		return err
 	}
 	if n > maxPayload {
-		return fmt.Errorf("raftnet: frame of %d bytes is over the %d-byte limit", n, maxPayload)
+		return fmt.Errorf("transport: frame of %d bytes is over the %d-byte limit", n, maxPayload)
 	}
 	payload := buf[headerLen : headerLen+n]
 	buf[0], buf[1], buf[2], buf[3] = magic0, magic1, kind, 0

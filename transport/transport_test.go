@@ -1,4 +1,4 @@
-package raftnet
+package transport
 
 import (
 	"bytes"
@@ -17,7 +17,7 @@ import (
 // receiver is a started transport on a free loopback port whose handlers
 // pass what arrives to channels.
 type receiver struct {
-	t       *Transport
+	t       *TCP
 	batches chan pb.MessageBatch
 	chunks  chan pb.Chunk
 	// accept decides the answer to each chunk.
@@ -39,7 +39,7 @@ func startReceiver(t *testing.T) *receiver {
 	if err := tr.Start(); err != nil {
 		t.Fatal(err)
 	}
-	r.t = tr.(*Transport)
+	r.t = tr.(*TCP)
 	t.Cleanup(func() { _ = r.t.Close() })
 	return r
 }
@@ -244,7 +244,7 @@ func TestStalledFrameTimesOut(t *testing.T) {
 	hdr[7] = 10 // a 10-byte payload that never comes
 	r := io.MultiReader(bytes.NewReader(hdr[:]), stallReader{})
 	var deadlines []time.Time
-	tr := &Transport{}
+	tr := &TCP{}
 	err := tr.readFrames(r, func(d time.Time) error {
 		deadlines = append(deadlines, d)
 		return nil

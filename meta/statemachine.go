@@ -1,4 +1,4 @@
-package placement
+package meta
 
 import (
 	"bytes"
@@ -19,28 +19,28 @@ import (
 // (as etcd's), so the first write gets 2.
 const InitialHighWater = 2
 
-// MetaSM is the meta range's state machine. All of its state is in memory and
-// small (descriptors and nodes); Dragonboat snapshots it to disk.
-type MetaSM struct {
+// StateMachine is the meta range's state machine. All of its state is in
+// memory and small (descriptors and nodes); Dragonboat snapshots it to disk.
+type StateMachine struct {
 	mu sync.RWMutex
 	// state is guarded by mu. Its ranges are kept sorted by start key and its
 	// nodes by node ID.
 	state *tesserapb.MetaState
 }
 
-var _ sm.IStateMachine = (*MetaSM)(nil)
+var _ sm.IStateMachine = (*StateMachine)(nil)
 
-// NewMetaSM is Dragonboat's CreateStateMachineFunc for the meta range.
-func NewMetaSM(shardID, replicaID uint64) sm.IStateMachine {
-	return &MetaSM{state: &tesserapb.MetaState{HighWater: InitialHighWater}}
+// NewStateMachine is Dragonboat's CreateStateMachineFunc for the meta range.
+func NewStateMachine(shardID, replicaID uint64) sm.IStateMachine {
+	return &StateMachine{state: &tesserapb.MetaState{HighWater: InitialHighWater}}
 }
 
 // Update applies one meta command. Commands never fail; stale ones (a lower
 // high-water mark, an older descriptor generation) are ignored.
-func (m *MetaSM) Update(e sm.Entry) (sm.Result, error) {
+func (m *StateMachine) Update(e sm.Entry) (sm.Result, error) {
 	cmd := &tesserapb.MetaCommand{}
 	if err := proto.Unmarshal(e.Cmd, cmd); err != nil {
-		return sm.Result{}, fmt.Errorf("placement: decoding meta command at index %d: %w", e.Index, err)
+		return sm.Result{}, fmt.Errorf("meta: decoding meta command at index %d: %w", e.Index, err)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -107,10 +107,10 @@ func applyMeta(st *tesserapb.MetaState, cmd *tesserapb.MetaCommand) uint64 {
 
 // Lookup runs q, a func(*tesserapb.MetaState) (any, error), on the state. q
 // must not keep or modify what it is given.
-func (m *MetaSM) Lookup(q any) (any, error) {
+func (m *StateMachine) Lookup(q any) (any, error) {
 	fn, ok := q.(func(*tesserapb.MetaState) (any, error))
 	if !ok {
-		return nil, fmt.Errorf("placement: meta Lookup wants a func(*tesserapb.MetaState) (any, error), got %T", q)
+		return nil, fmt.Errorf("meta: Lookup wants a func(*tesserapb.MetaState) (any, error), got %T", q)
 	}
 	m.mu.RLock()
 	defer m.mu.RUnlock()
@@ -118,7 +118,7 @@ func (m *MetaSM) Lookup(q any) (any, error) {
 }
 
 // SaveSnapshot writes the whole state.
-func (m *MetaSM) SaveSnapshot(w io.Writer, _ sm.ISnapshotFileCollection, _ <-chan struct{}) error {
+func (m *StateMachine) SaveSnapshot(w io.Writer, _ sm.ISnapshotFileCollection, _ <-chan struct{}) error {
 	m.mu.RLock()
 	data, err := proto.Marshal(m.state)
 	m.mu.RUnlock()
@@ -130,14 +130,14 @@ func (m *MetaSM) SaveSnapshot(w io.Writer, _ sm.ISnapshotFileCollection, _ <-cha
 }
 
 // RecoverFromSnapshot replaces the state with a saved one.
-func (m *MetaSM) RecoverFromSnapshot(r io.Reader, _ []sm.SnapshotFile, _ <-chan struct{}) error {
+func (m *StateMachine) RecoverFromSnapshot(r io.Reader, _ []sm.SnapshotFile, _ <-chan struct{}) error {
 	data, err := io.ReadAll(r)
 	if err != nil {
 		return err
 	}
 	st := &tesserapb.MetaState{}
 	if err := proto.Unmarshal(data, st); err != nil {
-		return fmt.Errorf("placement: decoding meta snapshot: %w", err)
+		return fmt.Errorf("meta: decoding meta snapshot: %w", err)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -146,4 +146,4 @@ func (m *MetaSM) RecoverFromSnapshot(r io.Reader, _ []sm.SnapshotFile, _ <-chan 
 }
 
 // Close releases nothing; the state is in memory.
-func (m *MetaSM) Close() error { return nil }
+func (m *StateMachine) Close() error { return nil }
