@@ -130,15 +130,16 @@ func (s *Node) Start() error {
 		ProgressNotifyInterval: cfg.WatchProgressNotifyInterval,
 		MaxRequestBytes:        cfg.MaxRequestBytes,
 		Logger:                 s.log,
+		Stopper:                s.stopper,
 	})
 	if s.store, err = statemachine.OpenStore(filepath.Join(cfg.DataDir, "kv"), statemachine.StoreOptions{OnSplit: s.onSplit, OnApply: s.hub.Publish, BeforeUpdate: cfg.Knobs.BeforeApply}); err != nil {
-		s.hub.Stop()
+		s.stopper.Stop()
 		return fmt.Errorf("opening store in %s: %w", cfg.DataDir, err)
 	}
 	_, statErr := os.Stat(filepath.Join(cfg.DataDir, "raft"))
 	newCluster := errors.Is(statErr, os.ErrNotExist)
 	if err := s.startRaft(); err != nil {
-		s.hub.Stop()
+		s.stopper.Stop()
 		_ = s.store.Close()
 		return err
 	}
@@ -146,8 +147,10 @@ func (s *Node) Start() error {
 	s.meta = meta.NewReplica(s.nh, replicaID)
 	s.directory = meta.NewDirectory(s.meta)
 	allocator := meta.NewAllocator(s.meta, s.stopper)
-	s.oracle = meta.NewOracleClient(s.meta, allocator, s.directory)
-	s.internal = meta.NewInternalServer(allocator)
+	// The node's stopper stops its children the newest first: the replicas,
+	// the router, the oracle client, then the Internal server's batcher.
+	s.internal = meta.NewInternalServer(allocator, s.stopper)
+	s.oracle = meta.NewOracleClient(s.meta, allocator, s.directory, s.stopper)
 	s.router = router.New(router.Config{
 		ClusterID:          s.clusterID,
 		MemberID:           replicaID,
@@ -156,6 +159,7 @@ func (s *Node) Start() error {
 		MinLeaseTTLSeconds: minLeaseTTLSeconds(cfg),
 		SpaceExceeded:      s.spaceExceeded.Load,
 		Logger:             s.log,
+		Stopper:            s.stopper,
 		Knobs: router.TestingKnobs{
 			AfterLeaseProof:  cfg.Knobs.AfterLeaseProof,
 			RevokeRetryAfter: cfg.Knobs.RevokeRetryAfter,
@@ -164,9 +168,7 @@ func (s *Node) Start() error {
 	}, s.cache, s.directory, s.oracle)
 	s.cache.SetDescriptors(s.routingDescriptors)
 	if err := s.startRanges(); err != nil {
-		s.hub.Stop()
-		s.nh.Close()
-		_ = s.store.Close()
+		s.Close()
 		return err
 	}
 
@@ -178,8 +180,6 @@ func (s *Node) Start() error {
 		s.goTask(func() { s.hastenElection(firstRangeID, s.majorityListening) })
 	}
 	if err := s.startMetrics(); err != nil {
-		s.Quiesce()
-		s.StopFronts()
 		s.Close()
 		return err
 	}
@@ -399,17 +399,14 @@ func (s *Node) StopFronts() {
 	s.router.Stop()
 }
 
-// Close stops the node: its background tasks, replicas, the oracle, Raft,
-// and the store last. The services on it (Router, Hub, Internal) must have
-// stopped being served; Quiesce and StopFronts come first.
+// Close stops the node: its stopper stops the background tasks, then the
+// replicas, the router, the oracle's batchers and the watch hub (its
+// children, the newest first); then Raft, and the store last. The services
+// on it (Router, Hub, Internal) must no longer be served: Quiesce and
+// StopFronts come first, then the gRPC server's stop.
 func (s *Node) Close() {
 	s.closeOnce.Do(func() {
 		s.stopper.Stop()
-		for _, r := range s.rangeList() {
-			r.Stop()
-		}
-		s.oracle.Stop()
-		s.internal.Stop()
 		s.directory.Close()
 		s.nh.Close()
 		if err := s.store.Close(); err != nil {
