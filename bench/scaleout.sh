@@ -128,87 +128,8 @@ start_capped() {
 
 build_etcd
 build_tessera
-
-# --- clusters ----------------------------------------------------------------
-# Ports: etcd member i BASE+10i (client) and +1 (peer); Tessera node i
-# BASE+100+10i and +1.
-ENDPOINTS=""
-SERVER_PIDS=""
-SERVER_NAMES=""
-
-client_port() { echo $((PORT_BASE + $1 + 10 * $2)); } # client_port OFFSET I
-check_ports() { # check_ports CLIENT PEER
-  port_free "$1" || die "port $1 on 127.0.0.1 is taken (set TESSERA_BENCH_PORT_BASE)"
-  port_free "$2" || die "port $2 on 127.0.0.1 is taken (set TESSERA_BENCH_PORT_BASE)"
-}
-
-wait_listening() { # wait_listening PID PORT NAME: 30 s at most
-  for _ in $(seq 300); do
-    kill -0 "$1" 2>/dev/null || die "$3 exited; its log: $(tail -5 "$WORK/$3.log")"
-    if ! port_free "$2"; then return; fi
-    sleep 0.1
-  done
-  die "$3 is not listening on $2 after 30s"
-}
-
-start_etcd() { # start_etcd N: sets ENDPOINTS, SERVER_PIDS, SERVER_NAMES
-  local n=$1 i cluster="" clients=() pids=() names=()
-  for i in $(seq "$n"); do
-    cluster+="${cluster:+,}m$i=http://127.0.0.1:$(($(client_port 0 "$i") + 1))"
-  done
-  for i in $(seq "$n"); do
-    local client peer name=etcd-$n-m$i
-    client=$(client_port 0 "$i"); peer=$((client + 1))
-    check_ports "$client" "$peer"
-    start_capped "$name" "$ETCD" --name "m$i" --data-dir "$WORK/data/$name" \
-      --listen-client-urls "http://127.0.0.1:$client" --advertise-client-urls "http://127.0.0.1:$client" \
-      --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
-      --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token tessbench --log-level error
-    pids+=("$LAST_PID"); names+=("$name"); clients+=("127.0.0.1:$client")
-  done
-  wait_serving "${clients[@]}"
-  ENDPOINTS=$(IFS=,; echo "${clients[*]}")
-  SERVER_PIDS=$(IFS=,; echo "${pids[*]}")
-  SERVER_NAMES=$(IFS=,; echo "${names[*]}")
-  log "etcd $n members up: $ENDPOINTS"
-}
-
-start_tessera() { # start_tessera N: the first node alone, the others --join
-  local n=$1 i clients=() pids=() names=()
-  for i in $(seq "$n"); do
-    local client peer name=tessera-$n-n$i args
-    client=$(client_port 100 "$i"); peer=$((client + 1))
-    check_ports "$client" "$peer"
-    args=(--name "n$i" --data-dir "$WORK/data/$name"
-      --listen-client-urls "http://127.0.0.1:$client" --listen-peer-urls "http://127.0.0.1:$peer")
-    if [ "$i" -gt 1 ]; then args+=(--join "$(IFS=,; echo "${clients[*]/#/http://}")"); fi
-    # shellcheck disable=SC2086 # TESSERA_FLAGS is split on purpose
-    start_capped "$name" "$TESSERA" "${args[@]}" ${TESSERA_FLAGS:-}
-    wait_listening "$LAST_PID" "$client" "$name"
-    pids+=("$LAST_PID"); names+=("$name"); clients+=("127.0.0.1:$client")
-  done
-  wait_serving "${clients[@]}"
-  ENDPOINTS=$(IFS=,; echo "${clients[*]}")
-  SERVER_PIDS=$(IFS=,; echo "${pids[*]}")
-  SERVER_NAMES=$(IFS=,; echo "${names[*]}")
-  log "tessera $n nodes up: $ENDPOINTS"
-}
-
-stop_cluster() { # stop_cluster: the one in SERVER_PIDS / SERVER_NAMES
-  local pids names name
-  IFS=, read -ra pids <<<"$SERVER_PIDS"
-  IFS=, read -ra names <<<"$SERVER_NAMES"
-  stop_pids "${pids[@]}"
-  local pid left=()
-  for pid in "${PIDS[@]}"; do [[ ",$SERVER_PIDS," == *",$pid,"* ]] || left+=("$pid"); done
-  PIDS=(${left[@]+"${left[@]}"})
-  mkdir -p "$OUT/logs"
-  for name in "${names[@]}"; do
-    cp "$WORK/$name.log" "$OUT/logs/" 2>/dev/null || true
-    rmdir "$CGROUP/$name" 2>/dev/null || log "could not remove cgroup $CGROUP/$name"
-    rm -rf "${WORK:?}/data/$name"
-  done
-}
+SERVER_START=start_capped
+after_stop() { rmdir "$CGROUP/$1" 2>/dev/null || log "could not remove cgroup $CGROUP/$1"; }
 
 # --- keys, splits and placement ----------------------------------------------
 # put writes p/ and txn-put t/ followed by 14 digits (16-byte keys), random
@@ -229,20 +150,6 @@ split_prefixes() { # split_prefixes: ENDPOINTS's cluster
       done
     done
   done
-}
-
-nodes_json() { "$TESSERA" ctl --endpoints "$ENDPOINTS" nodes --json 2>/dev/null; }
-
-# spread_of FILE: "replicas MIN–MAX, leaders MIN–MAX over N live nodes"
-spread_of() {
-  jq -r '[.[] | select(.state == "live")] |
-    "replicas \(map(.replicas) | min)–\(map(.replicas) | max), leaders \(map(.leaders) | min)–\(map(.leaders) | max) over \(length) live nodes"' "$1"
-}
-
-# balanced FILE N: N live nodes, replicas and leaders each within one.
-balanced() {
-  jq -e --argjson n "$2" '[.[] | select(.state == "live")] | length == $n and
-    (map(.replicas) | max - min) <= 1 and (map(.leaders) | max - min) <= 1' "$1" >/dev/null
 }
 
 PLACEMENT=$WORK/placement.md
@@ -270,12 +177,6 @@ wait_balanced() { # wait_balanced N: poll until balanced twice in a row, bounded
     sleep 2
   done
 }
-
-# all_replicated: every range has its 3 replicas (a move in progress has 4).
-all_replicated() {
-  "$TESSERA" ctl --endpoints "$ENDPOINTS" ranges --json 2>/dev/null | jq -e 'length > 0 and all(.[]; (.replicas | length) >= 3)' >/dev/null
-}
-ranges_count() { "$TESSERA" ctl --endpoints "$ENDPOINTS" ranges --json 2>/dev/null | jq length 2>/dev/null || echo '?'; }
 
 # --- measuring ---------------------------------------------------------------
 CLK_TCK=$(getconf CLK_TCK)
