@@ -185,7 +185,7 @@ run_tessera() { # run_tessera MIB
 }
 
 gateway() { # gateway PORT PATH JSON: POST to etcd's JSON gateway
-  curl -s -X POST "http://127.0.0.1:$1$2" -d "$3"
+  curl -s -m 5 -X POST "http://127.0.0.1:$1$2" -d "$3"
 }
 
 run_etcd() { # run_etcd MIB
@@ -213,7 +213,8 @@ run_etcd() { # run_etcd MIB
   "$SERVER_START" "$name" "$ETCD" --name m4 --data-dir "$WORK/data/$name" \
     --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
     --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
-    --initial-cluster "$cluster" --initial-cluster-state existing --log-level error "${ETCD_FLAGS[@]}"
+    --initial-cluster "$cluster" --initial-cluster-state existing --initial-cluster-token tessbench \
+    --log-level error "${ETCD_FLAGS[@]}"
   SERVER_PIDS+=",$LAST_PID"; SERVER_NAMES+=",$name"
   local deadline=$((SECONDS + 1800))
   while [ -z "$t_full" ]; do
