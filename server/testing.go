@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"net"
 	"time"
 
 	"github.com/tesserakv/tessera/meta"
@@ -32,6 +33,12 @@ type TestingKnobs struct {
 	AfterLeaseProof  func(leaseID, proof int64)
 	RevokeRetryAfter time.Duration
 	AfterLeaseMark   func(leaseID int64) error
+	// DialNode, when set, opens every connection this node makes to another
+	// node: the Raft transport's, the Internal service's (forwarded
+	// requests, range feeds, the revision oracle), --join's, and the probes
+	// of the members' Raft addresses at a new cluster's start. A test routes
+	// them through a fault-injecting proxy with it.
+	DialNode func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 // TestingServer is what tests may ask of a running server beyond its gRPC
