@@ -111,15 +111,22 @@ func (t TestingServer) IsLeader() bool { return t.s.leadsHomeRange() }
 func (t TestingServer) TransferLeadership(nodeID uint64) error {
 	var firstErr error
 	for _, r := range t.s.rangeList() {
-		to, ok := t.s.replicaOf(r.RangeID(), nodeID)
-		if !ok {
-			continue
-		}
-		if err := t.s.nh.RequestLeaderTransfer(r.RangeID(), to); err != nil && firstErr == nil {
+		if err := t.TransferRangeLeadership(r.RangeID(), nodeID); err != nil && firstErr == nil {
 			firstErr = err
 		}
 	}
 	return firstErr
+}
+
+// TransferRangeLeadership asks one range of this node's to move its leader
+// to the replica of the given node; it does nothing where that node holds
+// none.
+func (t TestingServer) TransferRangeLeadership(rangeID, nodeID uint64) error {
+	to, ok := t.s.replicaOf(rangeID, nodeID)
+	if !ok {
+		return nil
+	}
+	return t.s.nh.RequestLeaderTransfer(rangeID, to)
 }
 
 // PlaceOnce runs the placement schedulers once on this node, if it leads
