@@ -154,7 +154,7 @@ func Start(cfg Config) (*Server, error) {
 	}
 
 	s.meta = meta.NewReplica(s.nh, replicaID)
-	s.directory = meta.NewDirectory(s.meta)
+	s.directory = meta.NewDirectory(s.meta, cfg.nodeDialOptions()...)
 	allocator := meta.NewAllocator(s.meta, s.stopper)
 	s.oracle = meta.NewOracleClient(s.meta, allocator, s.directory)
 	s.internal = meta.NewInternalServer(allocator)
@@ -252,7 +252,7 @@ func (s *Server) startRaft() error {
 	}
 	nhc.Expert.Engine = dbconfig.GetDefaultEngineConfig()
 	nhc.Expert.Engine.ExecShards = cfg.RaftStepWorkers
-	s.raftNet = &transport.Factory{Log: s.log}
+	s.raftNet = &transport.Factory{Log: s.log, Dial: cfg.Knobs.DialNode}
 	nhc.Expert.TransportFactory = s.raftNet
 	tuneDragonboat()
 	nh, err := dragonboat.NewNodeHost(nhc)
