@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tesserakv/tessera/internal/replicaid"
 	"github.com/tesserakv/tessera/proto/tesserapb"
@@ -21,15 +20,18 @@ const registryWait = 2 * time.Second
 // Directory finds other nodes through the node registry of the meta range
 // and keeps one client connection per node.
 type Directory struct {
-	meta metaRaft
+	meta     metaRaft
+	dialOpts []grpc.DialOption
 
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn // by target address; guarded by mu
 }
 
-// NewDirectory returns a directory over this node's meta replica.
-func NewDirectory(meta metaRaft) *Directory {
-	return &Directory{meta: meta, conns: map[string]*grpc.ClientConn{}}
+// NewDirectory returns a directory over this node's meta replica; dialOpts
+// are the options of every connection it makes (transport credentials
+// included).
+func NewDirectory(meta metaRaft, dialOpts ...grpc.DialOption) *Directory {
+	return &Directory{meta: meta, dialOpts: dialOpts, conns: map[string]*grpc.ClientConn{}}
 }
 
 // Register records this node's addresses in the meta range, retrying until
@@ -95,7 +97,7 @@ func (d *Directory) Conn(ctx context.Context, nodeID uint64) (*grpc.ClientConn, 
 	if cc, ok := d.conns[target]; ok {
 		return cc, nil
 	}
-	cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(target, d.dialOpts...)
 	if err != nil {
 		return nil, err
 	}

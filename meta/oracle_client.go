@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -67,8 +68,21 @@ func (c *OracleClient) fetchOnce(ctx context.Context, count int64) (int64, error
 	if err != nil {
 		return 0, err
 	}
-	resp, err := tesserapb.NewInternalClient(cc).GetRevisions(ctx, &tesserapb.GetRevisionsRequest{Count: count})
+	callCtx, cancel := context.WithCancelCause(ctx)
+	watching := make(chan struct{})
+	go func() {
+		defer close(watching)
+		c.watchLeader(callCtx, leader, cancel)
+	}()
+	defer func() {
+		cancel(nil)
+		<-watching
+	}()
+	resp, err := tesserapb.NewInternalClient(cc).GetRevisions(callCtx, &tesserapb.GetRevisionsRequest{Count: count})
 	if err != nil {
+		if errors.Is(context.Cause(callCtx), errLeaderChanged) {
+			return 0, ErrNoLeader
+		}
 		if status.Code(err) == codes.FailedPrecondition || status.Code(err) == codes.Unavailable {
 			// The node we asked no longer leads, or is down: ask again
 			// once this replica learns the new leader.
@@ -80,6 +94,35 @@ func (c *OracleClient) fetchOnce(ctx context.Context, count int64) (int64, error
 		return 0, fmt.Errorf("meta: oracle answered %d revisions from %d, asked %d", resp.Count, resp.First, count)
 	}
 	return resp.First, nil
+}
+
+// errLeaderChanged ends a request to a meta leader that this replica no
+// longer sees leading.
+var errLeaderChanged = errors.New("meta: the meta leader changed")
+
+// leaderPoll is how often a request to the meta leader looks whether the
+// leader changed.
+const leaderPoll = 20 * time.Millisecond
+
+// watchLeader cancels ctx once this replica sees a leader other than leader,
+// or none, until ctx ends. A leader cut off from the other members never
+// answers, while they elect another: the request asks the new one instead
+// of waiting out its timeout (the numbers the old one may still hand out
+// become a gap).
+func (c *OracleClient) watchLeader(ctx context.Context, leader uint64, cancel context.CancelCauseFunc) {
+	tick := time.NewTicker(leaderPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			if now, _, ok := c.meta.Leader(); !ok || now != leader {
+				cancel(errLeaderChanged)
+				return
+			}
+		}
+	}
 }
 
 // InternalServer serves tesserapb.Internal for other nodes.

@@ -13,7 +13,6 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/tesserakv/tessera/internal/raftinfo"
@@ -125,7 +124,7 @@ func joinCluster(cfg Config) (identity, error) {
 	var lastErr error
 	for time.Now().Before(deadline) {
 		for _, u := range cfg.Join {
-			resp, err := askToJoin(u, req)
+			resp, err := askToJoin(&cfg, u, req)
 			if err == nil {
 				return identity{NodeID: resp.NodeId, ClusterID: resp.ClusterId, Name: cfg.Name}, nil
 			}
@@ -142,12 +141,12 @@ func joinCluster(cfg Config) (identity, error) {
 	return identity{}, fmt.Errorf("no member named by --join admitted this node within %v: %w", joinWait, lastErr)
 }
 
-func askToJoin(url string, req *tesserapb.JoinClusterRequest) (*tesserapb.JoinClusterResponse, error) {
+func askToJoin(cfg *Config, url string, req *tesserapb.JoinClusterRequest) (*tesserapb.JoinClusterResponse, error) {
 	hp, err := hostPortOf(url)
 	if err != nil {
 		return nil, err
 	}
-	cc, err := grpc.NewClient(hp, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(hp, cfg.nodeDialOptions()...)
 	if err != nil {
 		return nil, err
 	}

@@ -127,6 +127,11 @@ func (s *Node) changeReplicasElsewhere(ctx context.Context, req *tesserapb.Chang
 		if cc, err = s.directory.Conn(ctx, leader); err == nil {
 			err = call(router.ForwardedContext(ctx), cc)
 		}
+		if status.Code(err) == codes.Unavailable {
+			// The leader's node is down: an idle range here may have
+			// quiesced, and would never elect another leader unwoken.
+			rng.Wake()
+		}
 	} else {
 		err = s.router.OnReplica(ctx, req.RangeId, call)
 	}

@@ -145,7 +145,7 @@ func (s *Node) Start() error {
 	}
 
 	s.meta = meta.NewReplica(s.nh, replicaID)
-	s.directory = meta.NewDirectory(s.meta)
+	s.directory = meta.NewDirectory(s.meta, cfg.nodeDialOptions()...)
 	allocator := meta.NewAllocator(s.meta, s.stopper)
 	// The node's stopper stops its children the newest first: the replicas,
 	// the router, the oracle client, then the Internal server's batcher.
@@ -211,7 +211,7 @@ func (s *Node) startRaft() error {
 	}
 	nhc.Expert.Engine = dbconfig.GetDefaultEngineConfig()
 	nhc.Expert.Engine.ExecShards = cfg.RaftStepWorkers
-	s.raftNet = &transport.Factory{Log: s.log}
+	s.raftNet = &transport.Factory{Log: s.log, Dial: cfg.Knobs.DialNode}
 	nhc.Expert.TransportFactory = s.raftNet
 	tuneDragonboat()
 	nh, err := dragonboat.NewNodeHost(nhc)

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"iter"
 	"maps"
-	"net"
 	"slices"
 	"sort"
 	"time"
@@ -536,7 +535,10 @@ func (s *Node) majorityListening(rangeID uint64, ready map[uint64]bool) bool {
 		if ready[id] {
 			continue
 		}
-		if c, err := net.DialTimeout("tcp", addr, s.cfg.HeartbeatInterval); err == nil {
+		ctx, cancel := s.stopper.WithTimeout(s.cfg.HeartbeatInterval)
+		c, err := s.cfg.dialNode(ctx, addr)
+		cancel()
+		if err == nil {
 			_ = c.Close()
 			ready[id] = true
 		}

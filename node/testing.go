@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"net"
 	"time"
 
 	"github.com/tesserakv/tessera/meta"
@@ -32,6 +33,12 @@ type TestingKnobs struct {
 	AfterLeaseProof  func(leaseID, proof int64)
 	RevokeRetryAfter time.Duration
 	AfterLeaseMark   func(leaseID int64) error
+	// DialNode, when set, opens every connection this node makes to another
+	// node: the Raft transport's, the Internal service's (forwarded
+	// requests, range feeds, the revision oracle), --join's, and the probes
+	// of the members' Raft addresses at a new cluster's start. A test routes
+	// them through a fault-injecting proxy with it.
+	DialNode func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 // TestingNode is what tests may ask of a running node beyond its gRPC
@@ -104,15 +111,22 @@ func (t TestingNode) IsLeader() bool { return t.s.leadsHomeRange() }
 func (t TestingNode) TransferLeadership(nodeID uint64) error {
 	var firstErr error
 	for _, r := range t.s.rangeList() {
-		to, ok := t.s.replicaOf(r.RangeID(), nodeID)
-		if !ok {
-			continue
-		}
-		if err := t.s.nh.RequestLeaderTransfer(r.RangeID(), to); err != nil && firstErr == nil {
+		if err := t.TransferRangeLeadership(r.RangeID(), nodeID); err != nil && firstErr == nil {
 			firstErr = err
 		}
 	}
 	return firstErr
+}
+
+// TransferRangeLeadership asks one range of this node's to move its leader
+// to the replica of the given node; it does nothing where that node holds
+// none.
+func (t TestingNode) TransferRangeLeadership(rangeID, nodeID uint64) error {
+	to, ok := t.s.replicaOf(rangeID, nodeID)
+	if !ok {
+		return nil
+	}
+	return t.s.nh.RequestLeaderTransfer(rangeID, to)
 }
 
 // PlaceOnce runs the placement schedulers once on this node, if it leads

@@ -185,6 +185,9 @@ func (r *Router) callFenceRange(ctx context.Context, id uint64, b *fenceBatch) (
 	}
 	resp, err := tesserapb.NewInternalClient(cc).FenceRange(forwardedContext(ctx), &tesserapb.FenceRangeRequest{RangeId: id, Revision: b.rev, Current: b.current})
 	if err != nil {
+		if status.Code(err) == codes.Unavailable {
+			wake(r.ranges.byID(id))
+		}
 		return 0, 0, err
 	}
 	if resp.Revision < b.rev {

@@ -160,10 +160,13 @@ func (r *Router) onReplica(ctx context.Context, m *remoteRange, call func(contex
 		node := m.target()
 		var cc *grpc.ClientConn
 		if cc, err = r.nodes.Conn(ctx, node); err == nil {
-			if err = call(out, cc); err == nil || !notHere(err) {
+			if err = call(out, cc); err == nil || (!notHere(err) && ctx.Err() == nil) {
 				return err
 			}
 		}
+		// A node that did not answer before the request's deadline may be
+		// cut off from the others, which elect another leader meanwhile:
+		// the next request asks the replicas in turn.
 		m.noteLeader(node, false)
 		if ctx.Err() != nil {
 			return err

@@ -109,7 +109,8 @@ func (r *Router) writeTo(ctx context.Context, rng Range, cmd *tesserapb.Command,
 		case neverSent(ferr):
 			// The leader's node is down (stopped, restarting): the request
 			// never left, so asking again is safe; the replicas here elect or
-			// learn a new leader meanwhile.
+			// learn a new leader meanwhile (woken, if idle ranges quiesced).
+			wake(rng)
 			return true, ferr
 		case status.Code(ferr) == codes.FailedPrecondition:
 			// The node asked does not lead, or is not ready to: try where it
@@ -382,6 +383,15 @@ func (e *notSentError) GRPCStatus() *status.Status { return e.st }
 
 // neverSent reports whether a forwarded write failed before it was sent. A
 // write on a stream that broke is not: it may have been applied.
+// wake takes this node's replica of a range out of quiescence after the
+// node of the leader it knows could not be reached (shard.Replica.Wake); a
+// range held elsewhere, or none, is left alone.
+func wake(rng Range) {
+	if w, ok := rng.(interface{ Wake() }); ok {
+		w.Wake()
+	}
+}
+
 func neverSent(err error) bool {
 	var ns *notSentError
 	return errors.As(err, &ns)

@@ -28,6 +28,9 @@ type Config = node.Config
 // Member of the initial cluster.
 type Member = node.Member
 
+// TestingKnobs are the node's hooks for tests only (Config.Knobs).
+type TestingKnobs = node.TestingKnobs
+
 // DefaultConfig is a single node on 127.0.0.1:2379 with data in ./tessera.data.
 func DefaultConfig() Config { return node.DefaultConfig() }
 

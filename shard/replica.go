@@ -161,6 +161,9 @@ type Replica struct {
 	// that completed.
 	snapshotsTaken atomic.Int64
 
+	// lastWake is when Wake last made a round (UnixNano).
+	lastWake atomic.Int64
+
 	// stopper owns the replica's goroutines (the proposer, the lease clock,
 	// the followers of proposed entries, snapshot requests).
 	stopper *stop.Stopper
@@ -845,6 +848,35 @@ func (r *Replica) readOnce(ctx context.Context, fn func(*statemachine.View) (any
 	out, err = r.localRead(fn)
 	return out, err, false
 }
+
+// Wake takes this replica out of quiescence, so that it counts election
+// ticks again: a caller that found the node of the leader it knows
+// unreachable calls it. An idle range quiesces (Dragonboat's Quiesce), and a
+// quiesced follower counts no election ticks, so when its leader's node
+// dies nothing would make the followers elect a new leader: requests sent
+// to the dead leader fail without touching Raft here. A ReadIndex round
+// wakes the replica (its outcome does not matter); one at most every
+// wakeGap.
+func (r *Replica) Wake() {
+	now := time.Now().UnixNano()
+	last := r.lastWake.Load()
+	if now-last < int64(wakeGap) || !r.lastWake.CompareAndSwap(last, now) {
+		return
+	}
+	rs, err := r.nh.ReadIndex(r.cfg.RangeID, r.cfg.RequestTimeout)
+	if err != nil {
+		return
+	}
+	if err := r.stopper.RunAsync(func() {
+		_, _ = r.await(r.stopper.Context(), rs)
+		rs.Release()
+	}); err != nil {
+		rs.Release()
+	}
+}
+
+// wakeGap is the least time between two of a replica's Wake rounds.
+const wakeGap = 500 * time.Millisecond
 
 // readIndexRound makes one ReadIndex round for the reads sharing it
 // (Replica.reads) and waits until this replica has applied its index.

@@ -64,6 +64,7 @@ func ctlRanges(t *testing.T, p *process) []rangeJSONOut {
 type rangeJSONOut struct {
 	ID       uint64   `json:"id"`
 	Replicas []uint64 `json:"replicas"`
+	Leader   uint64   `json:"leader"`
 }
 
 // waitRanges waits until the ranges `tessera ctl ranges` shows through p
@@ -143,4 +144,42 @@ func TestKill9NodeReplaced(t *testing.T) {
 		}
 		requireAcked(t, p.clientURL, got.Kvs, acked)
 	}
+}
+
+// TestKill9LeaderOfIdleRanges: four tessera processes, three replicas per
+// range, a dead-node timeout of 2 s, left idle until their ranges quiesce
+// (a quiesced Raft group counts no election ticks). The fourth process,
+// leading some ranges, is killed with SIGKILL and no client asks anything:
+// the ranges it led still elect new leaders, and every range is back to
+// three replicas on the three live nodes.
+func TestKill9LeaderOfIdleRanges(t *testing.T) {
+	// Short Raft timers: a range idle for ten election timeouts (2 s)
+	// quiesces.
+	procs := startProcessCluster(t, 4, "--dead-node-timeout", "2s", "--heartbeat-interval", "20", "--election-timeout", "200")
+	for _, key := range []string{"kl/2", "kl/4", "kl/6", "kl/8"} {
+		if _, err := runBinary(t, "tessera", "ctl", "--endpoints", procs[0].clientURL, "split", key); err != nil {
+			t.Fatalf("ctl split %s: %v", key, err)
+		}
+	}
+	// A node knows the leaders of the ranges it holds: ask node 4.
+	waitCtlRanges(t, procs[3], "node 4 leading a range, every range with three replicas", 90*time.Second, func(rs []rangeJSONOut) bool {
+		led := false
+		for _, r := range rs {
+			if len(r.Replicas) != 3 {
+				return false
+			}
+			led = led || r.Leader == 4
+		}
+		return led
+	})
+	time.Sleep(5 * time.Second)
+	procs[3].kill()
+	waitCtlRanges(t, procs[0], "every range on the three live nodes", 60*time.Second, func(rs []rangeJSONOut) bool {
+		for _, r := range rs {
+			if len(r.Replicas) != 3 || slices.Contains(r.Replicas, 4) {
+				return false
+			}
+		}
+		return len(rs) == 5
+	})
 }

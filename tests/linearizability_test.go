@@ -288,6 +288,22 @@ func startLinearizability(t *testing.T, c *testcluster.Cluster, keys int, lists 
 func checkLinearizability(t *testing.T, history []porcupine.Operation, listed []listResult, writes []writeRecord, seed int64, lists bool) {
 	t.Helper()
 	const clients, opsPerClient = linClients, linOpsPerClient
+	requireLinearizable(t, history, seed)
+	if lists {
+		t.Logf("%d lists", len(listed))
+	}
+	// Failed reads are left out of the history; a store that failed most of
+	// them would pass vacuously.
+	if len(history) < clients*opsPerClient*6/10 || (lists && len(listed) < clients*opsPerClient/20) {
+		t.Fatalf("too few operations succeeded to judge: %d of %d, %d lists", len(history), clients*opsPerClient, len(listed))
+	}
+	checkLists(t, listed, writes)
+}
+
+// requireLinearizable checks a history of the register model with
+// porcupine, leaving a visualisation of a failure in the test's directory.
+func requireLinearizable(t *testing.T, history []porcupine.Operation, seed int64) {
+	t.Helper()
 	res, info := porcupine.CheckOperationsVerbose(registerModel, history, 60*time.Second)
 	if res == porcupine.Illegal {
 		path := t.TempDir() + "/linearizability.html"
@@ -296,13 +312,7 @@ func checkLinearizability(t *testing.T, history []porcupine.Operation, listed []
 		}
 		t.Fatalf("history of %d operations is not linearizable (seed %d)", len(history), seed)
 	}
-	t.Logf("%d operations checked: %s; %d lists", len(history), res, len(listed))
-	// Failed reads are left out of the history; a store that failed most of
-	// them would pass vacuously.
-	if len(history) < clients*opsPerClient*6/10 || (lists && len(listed) < clients*opsPerClient/20) {
-		t.Fatalf("too few operations succeeded to judge: %d of %d, %d lists", len(history), clients*opsPerClient, len(listed))
-	}
-	checkLists(t, listed, writes)
+	t.Logf("%d operations checked: %s", len(history), res)
 }
 
 // checkLists: a list at revision R must show, for every key, the acknowledged

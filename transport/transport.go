@@ -70,6 +70,8 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 type Factory struct {
 	// Log receives the transport's warnings (nil: slog.Default()).
 	Log *slog.Logger
+	// Dial opens the connections to other nodes (nil: TCP with keepalive).
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
 
 	mu sync.Mutex
 	t  *TCP // the transport made last; guarded by mu
@@ -89,6 +91,7 @@ func (f *Factory) Create(nhc config.NodeHostConfig, onBatch raftio.MessageHandle
 		onBatch:      onBatch,
 		onChunk:      onChunk,
 		log:          log.With("component", "transport"),
+		dial:         f.Dial,
 		conns:        make(map[net.Conn]struct{}),
 	}
 	f.mu.Lock()
@@ -115,6 +118,7 @@ type TCP struct {
 	onBatch      raftio.MessageHandler
 	onChunk      raftio.ChunkHandler
 	log          *slog.Logger
+	dial         func(ctx context.Context, addr string) (net.Conn, error) // nil: net.Dialer
 
 	wg sync.WaitGroup
 
@@ -340,12 +344,25 @@ var (
 
 // GetConnection implements raftio.ITransport.
 func (t *TCP) GetConnection(ctx context.Context, target string) (raftio.IConnection, error) {
-	return dial(ctx, target)
+	return t.connect(ctx, target)
 }
 
 // GetSnapshotConnection implements raftio.ITransport.
 func (t *TCP) GetSnapshotConnection(ctx context.Context, target string) (raftio.ISnapshotConnection, error) {
-	return dial(ctx, target)
+	return t.connect(ctx, target)
+}
+
+func (t *TCP) connect(ctx context.Context, target string) (*conn, error) {
+	if t.dial == nil {
+		return dial(ctx, target)
+	}
+	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	c, err := t.dial(ctx, target)
+	if err != nil {
+		return nil, err
+	}
+	return &conn{c: c}, nil
 }
 
 func dial(ctx context.Context, target string) (*conn, error) {

@@ -264,3 +264,38 @@ var errStalled = errors.New("stalled: the deadline would end this read")
 type stallReader struct{}
 
 func (stallReader) Read([]byte) (int, error) { return 0, errStalled }
+
+// TestDialHookOpensEveryConnection: with Factory.Dial set, message and
+// snapshot connections are opened through it, with a deadline.
+func TestDialHookOpensEveryConnection(t *testing.T) {
+	r := startReceiver(t)
+	var dialled []string
+	f := &Factory{Dial: func(ctx context.Context, addr string) (net.Conn, error) {
+		if _, ok := ctx.Deadline(); !ok {
+			t.Error("Dial's context has no deadline")
+		}
+		dialled = append(dialled, addr)
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}}
+	tr := f.Create(config.NodeHostConfig{RaftAddress: "127.0.0.1:0"}, func(pb.MessageBatch) {}, func(pb.Chunk) bool { return true })
+	c, err := tr.GetConnection(context.Background(), r.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.SendMessageBatch(testBatch([]byte("via hook"))); err != nil {
+		t.Fatal(err)
+	}
+	if got := recv(t, r.batches); string(got.Requests[0].Entries[0].Cmd) != "via hook" {
+		t.Fatalf("got %+v", got)
+	}
+	sc, err := tr.GetSnapshotConnection(context.Background(), r.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc.Close()
+	if len(dialled) != 2 || dialled[0] != r.addr() || dialled[1] != r.addr() {
+		t.Fatalf("the hook dialled %v, want %s twice", dialled, r.addr())
+	}
+}
