@@ -32,8 +32,8 @@ type revisionReply struct {
 	err   error
 }
 
-func newRevisionBatcher(fetch func(ctx context.Context, count int64) (int64, error)) *revisionBatcher {
-	b := &revisionBatcher{fetch: fetch, reqs: make(chan *revisionRequest, 1024), stopper: stop.New()}
+func newRevisionBatcher(fetch func(ctx context.Context, count int64) (int64, error), stopper *stop.Stopper) *revisionBatcher {
+	b := &revisionBatcher{fetch: fetch, reqs: make(chan *revisionRequest, 1024), stopper: stopper}
 	_ = b.stopper.RunAsync(b.loop)
 	return b
 }

@@ -148,7 +148,7 @@ func TestBatcherCombinesWaitingCallers(t *testing.T) {
 		first := next
 		next += n
 		return first, nil
-	})
+	}, stop.New())
 	defer b.stop()
 	const callers = 50
 	got := make(chan int64, callers)

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/tesserakv/tessera/internal/stop"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
@@ -23,15 +24,13 @@ type OracleClient struct {
 }
 
 // NewOracleClient returns the node's oracle client. allocator is this node's
-// allocator, used while this node leads the meta range.
-func NewOracleClient(meta metaRaft, allocator *Allocator, dir *Directory) *OracleClient {
+// allocator, used while this node leads the meta range; the batching
+// goroutine runs on a child of stopper (the node's).
+func NewOracleClient(meta metaRaft, allocator *Allocator, dir *Directory, stopper *stop.Stopper) *OracleClient {
 	c := &OracleClient{meta: meta, allocator: allocator, dir: dir}
-	c.batcher = newRevisionBatcher(c.fetch)
+	c.batcher = newRevisionBatcher(c.fetch, stopper.NewChild())
 	return c
 }
-
-// Stop ends the client's batching goroutine.
-func (c *OracleClient) Stop() { c.batcher.stop() }
 
 // NextN returns the first of count consecutive revisions, each above every
 // revision handed out before the call.
@@ -133,13 +132,11 @@ type InternalServer struct {
 }
 
 // NewInternalServer serves revisions from this node's allocator, combining
-// concurrent requests from all nodes into one allocation.
-func NewInternalServer(allocator *Allocator) *InternalServer {
-	return &InternalServer{batcher: newRevisionBatcher(allocator.Allocate)}
+// concurrent requests from all nodes into one allocation; the batching
+// goroutine runs on a child of stopper (the node's).
+func NewInternalServer(allocator *Allocator, stopper *stop.Stopper) *InternalServer {
+	return &InternalServer{batcher: newRevisionBatcher(allocator.Allocate, stopper.NewChild())}
 }
-
-// Stop ends the server's batching goroutine.
-func (s *InternalServer) Stop() { s.batcher.stop() }
 
 // GetRevisions serves tesserapb.Internal.GetRevisions.
 func (s *InternalServer) GetRevisions(ctx context.Context, req *tesserapb.GetRevisionsRequest) (*tesserapb.GetRevisionsResponse, error) {

@@ -38,8 +38,8 @@ func TestOracleClientLeavesACutOffLeader(t *testing.T) {
 		}
 	}()
 	// Node 3 serves revisions.
-	three := NewInternalServer(NewAllocator(newFake(3), newStopper(t)))
-	defer three.Stop()
+	threeStopper := newStopper(t)
+	three := NewInternalServer(NewAllocator(newFake(3), threeStopper), threeStopper)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -57,8 +57,8 @@ func TestOracleClientLeavesACutOffLeader(t *testing.T) {
 	}
 	dir := NewDirectory(f, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	defer dir.Close()
-	c := NewOracleClient(f, NewAllocator(f, newStopper(t)), dir)
-	defer c.Stop()
+	stopper := newStopper(t)
+	c := NewOracleClient(f, NewAllocator(f, stopper), dir, stopper)
 	go func() {
 		<-reached
 		f.mu.Lock()

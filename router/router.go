@@ -69,6 +69,9 @@ type Config struct {
 	// Txn with a Put, LeaseGrant) with etcd's "database space exceeded".
 	SpaceExceeded func() bool
 	Logger        *slog.Logger
+	// Stopper, when set, is the node's: the router's goroutines run on a
+	// child of it. Without it the router has a stopper of its own.
+	Stopper *stop.Stopper
 	// Knobs are hooks for tests only.
 	Knobs TestingKnobs
 }
@@ -117,7 +120,7 @@ func New(cfg Config, ranges *RangeCache, nodes Nodes, oracle Oracle) *Router {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	stopper := stop.New()
+	stopper := stop.ChildOf(cfg.Stopper)
 	return &Router{cfg: cfg, ranges: ranges, nodes: nodes, oracle: oracle, writes: writeStreams{log: cfg.Logger, stopper: stopper}, stopper: stopper, writeRetry: retry.Writes}
 }
 

@@ -1,8 +1,13 @@
-// Package server assembles one Tessera node: the node's Pebble store, the
-// Dragonboat NodeHost, the range replica(s), the router, and the gRPC server
-// that speaks etcd's v3 API on the client URLs. cmd/tessera only parses flags
-// into a Config and calls Start.
+// Package server serves a Tessera node's APIs: it listens on the client URLs
+// and wires the gRPC services onto them — etcd's KV and Lease (the node's
+// router), Watch (its watch hub), Cluster and Maintenance (answered from the
+// node), Auth stubs, and the node-to-node Internal service the node
+// implements. It owns no replica and no background task of its own: the
+// node (package node) does. cmd/tessera only parses flags into a Config and
+// calls Start.
 //
-// Shutdown happens in one place (Server.Close), in order: stop accepting
-// clients, stop background tasks, close the NodeHost, then the store it uses.
+// Shutdown happens in one place (Server.Close), in order: quiesce the node,
+// end the watch and forwarded-write streams, stop the gRPC server
+// gracefully, then close the node (its tasks, replicas, Raft, and the store
+// last).
 package server

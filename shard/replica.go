@@ -43,6 +43,9 @@ type Config struct {
 	// LeaseCheckInterval is how often the leader looks for expired leases.
 	// Default 500ms.
 	LeaseCheckInterval time.Duration
+	// Stopper, when set, is the node's: the replica's goroutines run on a
+	// child of it. Without it the replica has a stopper of its own.
+	Stopper *stop.Stopper
 	// ExpireLeases: this range's leader keeps the lease clock and expires
 	// leases (the home range); other ranges only hold lease records.
 	ExpireLeases bool
@@ -199,7 +202,7 @@ func New(cfg Config, nh *dragonboat.NodeHost, store *statemachine.Store, oracle 
 		leases:   newLeaseClock(),
 		fence:    newFence(),
 		load:     newLoadTracker(time.Now(), cfg.RangeID),
-		stopper:  stop.New(),
+		stopper:  stop.ChildOf(cfg.Stopper),
 	}
 	r.reads.Round, r.reads.MinGap, r.reads.Stopper = r.readIndexRound, cfg.ReadRoundGap, r.stopper
 	_ = r.stopper.RunAsync(r.proposeLoop)

@@ -87,7 +87,7 @@ func TestRestartStepWorkers(t *testing.T) {
 	} else if !strings.Contains(err.Error(), "--raft-step-workers") {
 		t.Fatalf("error does not name the flag: %v", err)
 	}
-	node.Config.RaftStepWorkers = server.DefaultRaftStepWorkers
+	node.Config.RaftStepWorkers = server.DefaultConfig().RaftStepWorkers
 	c.StartNode(node)
 	c.Leader()
 	get, err := c.Client().Get(ctx, "made-with")

@@ -59,6 +59,9 @@ type Config struct {
 	// split into fragments no larger than this (etcd's --max-request-bytes).
 	MaxRequestBytes int
 	Logger          *slog.Logger
+	// Stopper, when set, is the node's: the hub's goroutines run on a child
+	// of it. Without it the hub has a stopper of its own.
+	Stopper *stop.Stopper
 }
 
 // DefaultProgressNotifyInterval is etcd's default.
@@ -161,7 +164,7 @@ func New(src Source, cfg Config) *Hub {
 	h := &Hub{
 		src: src, cfg: cfg, log: log,
 		kick:      make(chan struct{}, 1),
-		stopper:   stop.New(),
+		stopper:   stop.ChildOf(cfg.Stopper),
 		floors:    map[uint64]int64{},
 		published: map[uint64]int64{},
 		groups:    map[interval]*group{},

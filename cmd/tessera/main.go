@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/tesserakv/tessera/internal/stop"
+	"github.com/tesserakv/tessera/node"
 	"github.com/tesserakv/tessera/server"
 )
 
@@ -92,10 +93,10 @@ func tuneGC() (stopTuning func()) {
 	return stopper.Stop
 }
 
-// parseFlags turns the command line into a validated server.Config. Help and
+// parseFlags turns the command line into a validated node.Config. Help and
 // version go to stdout, flag errors to stderr.
-func parseFlags(args []string, stdout, stderr io.Writer) (server.Config, error) {
-	cfg := server.DefaultConfig()
+func parseFlags(args []string, stdout, stderr io.Writer) (node.Config, error) {
+	cfg := node.DefaultConfig()
 	fs := flag.NewFlagSet("tessera", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	out := stdout
@@ -106,14 +107,14 @@ func parseFlags(args []string, stdout, stderr io.Writer) (server.Config, error) 
 	}
 	fs.Usage = func() {
 		out := fs.Output()
-		fmt.Fprintf(out, "Usage: tessera [flags]\n       tessera ctl [flags] COMMAND (tessera ctl --help)\n\nRuns a Tessera node, an etcd-v3-API key-value store. With no flags: one node,\nclients on %s, data in ./%s.\n\nFlags:\n", server.DefaultClientURL, server.DefaultDataDir)
+		fmt.Fprintf(out, "Usage: tessera [flags]\n       tessera ctl [flags] COMMAND (tessera ctl --help)\n\nRuns a Tessera node, an etcd-v3-API key-value store. With no flags: one node,\nclients on %s, data in ./%s.\n\nFlags:\n", node.DefaultClientURL, node.DefaultDataDir)
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&cfg.Name, "name", cfg.Name, "human-readable name of this member; must appear in --initial-cluster")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "path to the data directory")
-	listenClient := fs.String("listen-client-urls", server.DefaultClientURL, "comma-separated URLs to serve clients on")
+	listenClient := fs.String("listen-client-urls", node.DefaultClientURL, "comma-separated URLs to serve clients on")
 	advertiseClient := fs.String("advertise-client-urls", "", "comma-separated client URLs to advertise to the rest of the cluster (default: --listen-client-urls)")
-	listenPeer := fs.String("listen-peer-urls", server.DefaultPeerURL, "URL to listen on for Raft traffic from peers")
+	listenPeer := fs.String("listen-peer-urls", node.DefaultPeerURL, "URL to listen on for Raft traffic from peers")
 	advertisePeer := fs.String("initial-advertise-peer-urls", "", "this member's peer URL as the rest of the cluster reaches it (default: --listen-peer-urls)")
 	initialCluster := fs.String("initial-cluster", "", "initial cluster configuration, name=peerURL,... (default: --name=first --initial-advertise-peer-urls)")
 	join := fs.String("join", "", "comma-separated client URLs of members of a running cluster to join (a new node, or one that joined before)")
@@ -123,10 +124,10 @@ func parseFlags(args []string, stdout, stderr io.Writer) (server.Config, error) 
 	fs.IntVar(&cfg.MaxRequestBytes, "max-request-bytes", cfg.MaxRequestBytes, "maximum client request size in bytes the server will accept")
 	fs.IntVar(&cfg.MaxTxnOps, "max-txn-ops", cfg.MaxTxnOps, "maximum number of operations permitted in a transaction")
 	fs.Int64Var(&cfg.QuotaBackendBytes, "quota-backend-bytes", cfg.QuotaBackendBytes, "raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB)")
-	heartbeatMS := fs.Uint64("heartbeat-interval", server.DefaultHeartbeatMS, "time (in milliseconds) of a heartbeat interval")
-	electionMS := fs.Uint64("election-timeout", server.DefaultElectionMS, "time (in milliseconds) for an election to timeout")
-	fs.Uint64Var(&cfg.SnapshotCount, "snapshot-count", cfg.SnapshotCount, fmt.Sprintf("number of committed Raft entries of a range to trigger a snapshot of it (and a compaction of its Raft log); 0 takes the default: %d, and on a one-node cluster also a snapshot every %d MiB of a range's entries", server.DefaultSnapshotCount, server.DefaultSoleSnapshotBytes>>20))
-	fs.Uint64Var(&cfg.SnapshotCatchUpEntries, "snapshot-catchup-entries", cfg.SnapshotCatchUpEntries, fmt.Sprintf("number of entries for a slow follower to catch up after compacting the raft storage entries; 0 takes the default: %d, or %d on a one-node cluster", server.DefaultSnapshotCatchUp, server.DefaultSoleSnapshotCatchUp))
+	heartbeatMS := fs.Uint64("heartbeat-interval", node.DefaultHeartbeatMS, "time (in milliseconds) of a heartbeat interval")
+	electionMS := fs.Uint64("election-timeout", node.DefaultElectionMS, "time (in milliseconds) for an election to timeout")
+	fs.Uint64Var(&cfg.SnapshotCount, "snapshot-count", cfg.SnapshotCount, fmt.Sprintf("number of committed Raft entries of a range to trigger a snapshot of it (and a compaction of its Raft log); 0 takes the default: %d, and on a one-node cluster also a snapshot every %d MiB of a range's entries", node.DefaultSnapshotCount, node.DefaultSoleSnapshotBytes>>20))
+	fs.Uint64Var(&cfg.SnapshotCatchUpEntries, "snapshot-catchup-entries", cfg.SnapshotCatchUpEntries, fmt.Sprintf("number of entries for a slow follower to catch up after compacting the raft storage entries; 0 takes the default: %d, or %d on a one-node cluster", node.DefaultSnapshotCatchUp, node.DefaultSoleSnapshotCatchUp))
 	fs.StringVar(&cfg.AutoCompactionMode, "auto-compaction-mode", cfg.AutoCompactionMode, "interpret --auto-compaction-retention as \"periodic\" (duration) or \"revision\" (count)")
 	fs.StringVar(&cfg.AutoCompactionRetention, "auto-compaction-retention", cfg.AutoCompactionRetention, "auto compaction retention for mvcc key value store; 0 means disable auto compaction")
 	fs.DurationVar(&cfg.WatchProgressNotifyInterval, "watch-progress-notify-interval", cfg.WatchProgressNotifyInterval, "duration of periodic watch progress notifications")
@@ -170,16 +171,16 @@ func parseFlags(args []string, stdout, stderr io.Writer) (server.Config, error) 
 		cfg.InitialAdvertisePeerURLs = splitList(*advertisePeer)
 	}
 	if *initialCluster != "" {
-		members, err := server.ParseInitialCluster(*initialCluster)
+		members, err := node.ParseInitialCluster(*initialCluster)
 		if err != nil {
 			return cfg, err
 		}
 		cfg.InitialCluster = members
 	} else if len(cfg.InitialAdvertisePeerURLs) > 0 {
-		cfg.InitialCluster = []server.Member{{Name: cfg.Name, PeerURL: cfg.InitialAdvertisePeerURLs[0]}}
+		cfg.InitialCluster = []node.Member{{Name: cfg.Name, PeerURL: cfg.InitialAdvertisePeerURLs[0]}}
 	}
 	if cfg.QuotaBackendBytes == 0 {
-		cfg.QuotaBackendBytes = server.DefaultQuotaBackendBytes
+		cfg.QuotaBackendBytes = node.DefaultQuotaBackendBytes
 	}
 	if set["heartbeat-interval"] || set["election-timeout"] {
 		cfg.HeartbeatInterval = time.Duration(*heartbeatMS) * time.Millisecond

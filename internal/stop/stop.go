@@ -3,11 +3,17 @@
 // down, and no new task may start), then waits until every task has
 // returned. A component that owns a Stopper therefore leaves nothing running
 // once its Close returns. CockroachDB's pkg/util/stop is the model.
+//
+// A component that is part of a larger one runs on a child stopper
+// (NewChild): it can be stopped on its own, and stopping the parent stops
+// it too, after the parent's own tasks, so that one stopper owns every
+// goroutine of a node and stops them in a defined order.
 package stop
 
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 )
@@ -21,9 +27,20 @@ type Stopper struct {
 	quiesceCtx    context.Context
 	cancelQuiesce context.CancelFunc
 
+	// parent, if any, holds this stopper among its children until it
+	// stops.
+	parent *Stopper
+
 	mu       sync.Mutex
 	stopping bool           // guarded by mu
 	tasks    sync.WaitGroup // Add only under mu while !stopping
+	// children are the child stoppers not yet stopped, in the order they
+	// were made; childrenDone is set once Stop has taken them, after which
+	// a new child starts stopped. Both guarded by mu.
+	children     []*Stopper
+	childrenDone bool
+	// stopChildren runs once, in the first Stop; the others wait for it.
+	stopChildren sync.Once
 }
 
 // New returns a Stopper with no tasks.
@@ -31,6 +48,35 @@ func New() *Stopper {
 	s := &Stopper{}
 	s.quiesceCtx, s.cancelQuiesce = context.WithCancel(context.Background())
 	return s
+}
+
+// NewChild returns a stopper for a part of the component. Stopping the child
+// stops only its tasks (and its children); stopping s stops, once s's own
+// tasks have returned, every child not yet stopped, the newest first. A
+// child does not quiesce when s does: s's tasks may use it while they wind
+// down. Once s has stopped its children, NewChild returns a stopped one.
+func (s *Stopper) NewChild() *Stopper {
+	child := New()
+	child.parent = s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.childrenDone {
+		child.stopping = true
+		child.childrenDone = true
+		child.cancelQuiesce()
+		return child
+	}
+	s.children = append(s.children, child)
+	return child
+}
+
+// ChildOf is parent.NewChild(), or New() when parent is nil: what a
+// component that may run alone uses for its own stopper.
+func ChildOf(parent *Stopper) *Stopper {
+	if parent == nil {
+		return New()
+	}
+	return parent.NewChild()
 }
 
 // ShouldQuiesce is closed when Stop begins: long-running tasks select on it
@@ -99,10 +145,32 @@ func (s *Stopper) Quiesce() {
 	}
 }
 
-// Stop quiesces and waits until every task has returned. It may be called
-// more than once, and from several goroutines; each call returns once the
-// tasks are done. It must not be called from a task.
+// Stop quiesces, waits until every task has returned, then stops the
+// children not yet stopped, the newest first. It may be called more than
+// once, and from several goroutines; each call returns once the tasks and
+// the children are done. It must not be called from a task.
 func (s *Stopper) Stop() {
 	s.Quiesce()
 	s.tasks.Wait()
+	s.stopChildren.Do(func() {
+		s.mu.Lock()
+		children := s.children
+		s.children, s.childrenDone = nil, true
+		s.mu.Unlock()
+		for i := len(children) - 1; i >= 0; i-- {
+			children[i].Stop()
+		}
+		if s.parent != nil {
+			s.parent.forget(s)
+		}
+	})
+}
+
+// forget drops a stopped child.
+func (s *Stopper) forget(child *Stopper) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if i := slices.Index(s.children, child); i >= 0 {
+		s.children = slices.Delete(s.children, i, i+1)
+	}
 }

@@ -3,6 +3,8 @@ package stop
 import (
 	"context"
 	"errors"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -108,5 +110,44 @@ func TestWithTimeout(t *testing.T) {
 	case <-long.Done():
 	case <-time.After(5 * time.Second):
 		t.Fatal("context still live after Stop")
+	}
+}
+
+// TestChildren: a child stops on its own; the parent stops the others once
+// its own tasks have returned, the newest first; a child made after that is
+// stopped already.
+func TestChildren(t *testing.T) {
+	parent := New()
+	var order []string
+	var mu sync.Mutex
+	note := func(s string) {
+		mu.Lock()
+		defer mu.Unlock()
+		order = append(order, s)
+	}
+	first, second, alone := parent.NewChild(), parent.NewChild(), parent.NewChild()
+	for name, s := range map[string]*Stopper{"first": first, "second": second, "alone": alone} {
+		if err := s.RunAsync(func() { <-s.ShouldQuiesce(); note(name) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	alone.Stop()
+	if err := parent.RunAsync(func() {
+		<-parent.ShouldQuiesce()
+		select {
+		case <-first.ShouldQuiesce():
+			t.Error("a child quiesced with its parent")
+		default:
+		}
+		note("parent")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	parent.Stop()
+	if got := strings.Join(order, " "); got != "alone parent second first" {
+		t.Fatalf("stopped in order %q", got)
+	}
+	if err := parent.NewChild().RunAsync(func() {}); !errors.Is(err, ErrStopping) {
+		t.Fatalf("RunAsync on a child made after Stop: %v", err)
 	}
 }

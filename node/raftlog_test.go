@@ -1,4 +1,4 @@
-package server
+package node
 
 import (
 	"testing"
@@ -25,7 +25,7 @@ func TestRaftLogSettings(t *testing.T) {
 	} {
 		cfg := DefaultConfig()
 		cfg.SnapshotCount, cfg.SnapshotCatchUpEntries = tc.count, tc.catchUp
-		s := &Server{cfg: cfg, raftMembers: tc.members}
+		s := &Node{cfg: cfg, raftMembers: tc.members}
 		entries, catchUp, bytes := s.raftLogSettings()
 		if entries != tc.wantEntries || catchUp != tc.wantCatchUp || bytes != tc.wantBytes {
 			t.Errorf("%s: %d, %d, %d; want %d, %d, %d", tc.name, entries, catchUp, bytes, tc.wantEntries, tc.wantCatchUp, tc.wantBytes)

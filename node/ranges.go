@@ -1,4 +1,4 @@
-package server
+package node
 
 import (
 	"bytes"
@@ -37,9 +37,9 @@ const soloElectionRTT = 3
 
 // soleNode reports whether the cluster is this one node (its membership
 // cannot change), so every Raft group here has a single member.
-func (s *Server) soleNode() bool { return len(s.raftMembers) == 1 }
+func (s *Node) soleNode() bool { return len(s.raftMembers) == 1 }
 
-func (s *Server) raftConfig(rangeID, replicaID uint64) dbconfig.Config {
+func (s *Node) raftConfig(rangeID, replicaID uint64) dbconfig.Config {
 	electionRTT := uint64(s.cfg.ElectionTimeout / s.cfg.HeartbeatInterval)
 	snapshotEntries, catchUpEntries, _ := s.raftLogSettings()
 	if s.soleNode() {
@@ -83,7 +83,7 @@ func (s *Server) raftConfig(rangeID, replicaID uint64) dbconfig.Config {
 // before it is flushed and compacted (docs/performance.md, "Short Raft logs
 // on one node"). The trigger is in bytes, not entries, so that small entries
 // do not snapshot more often.
-func (s *Server) raftLogSettings() (snapshotEntries, catchUpEntries uint64, snapshotBytes int64) {
+func (s *Node) raftLogSettings() (snapshotEntries, catchUpEntries uint64, snapshotBytes int64) {
 	snapshotEntries, catchUpEntries = DefaultSnapshotCount, DefaultSnapshotCatchUp
 	if s.soleNode() {
 		catchUpEntries = DefaultSoleSnapshotCatchUp
@@ -97,7 +97,7 @@ func (s *Server) raftLogSettings() (snapshotEntries, catchUpEntries uint64, snap
 // startRanges starts the replicas of every data range this node holds: the
 // first range of a new cluster on the members that hold it, and on a restart
 // every range whose state is in the store (those of splits among them).
-func (s *Server) startRanges() error {
+func (s *Node) startRanges() error {
 	ids, err := s.store.RangeIDs()
 	if err != nil {
 		return err
@@ -129,7 +129,7 @@ func (s *Server) startRanges() error {
 
 // firstRangeMembers are the members holding the first data range of a new
 // cluster: the first --replicas members of --initial-cluster.
-func (s *Server) firstRangeMembers() map[uint64]dragonboat.Target {
+func (s *Node) firstRangeMembers() map[uint64]dragonboat.Target {
 	n := min(s.cfg.Replicas, len(s.raftMembers))
 	out := make(map[uint64]dragonboat.Target, n)
 	for id := uint64(1); id <= uint64(n); id++ {
@@ -139,7 +139,7 @@ func (s *Server) firstRangeMembers() map[uint64]dragonboat.Target {
 }
 
 // holdsFirstRange reports whether this node is one of firstRangeMembers.
-func (s *Server) holdsFirstRange() bool {
+func (s *Node) holdsFirstRange() bool {
 	_, ok := s.firstRangeMembers()[s.replicaID]
 	return ok
 }
@@ -150,7 +150,7 @@ func (s *Server) holdsFirstRange() bool {
 // cluster's first range, or a range a split made whose replica did not start
 // before the node stopped (taken to have the first range's members, as every
 // range has until replicas move).
-func (s *Server) restartMembers(rangeID uint64) map[uint64]dragonboat.Target {
+func (s *Node) restartMembers(rangeID uint64) map[uint64]dragonboat.Target {
 	if s.nh.HasNodeInfo(rangeID, s.localReplicaID(rangeID)) || !s.holdsFirstRange() {
 		return nil
 	}
@@ -166,7 +166,7 @@ type membership struct {
 
 // memberships returns the membership of every Raft group this node runs, as
 // its replicas know them.
-func (s *Server) memberships() map[uint64]membership {
+func (s *Node) memberships() map[uint64]membership {
 	infos := raftinfo.Shards(s.nh)
 	out := make(map[uint64]membership, len(infos))
 	for _, si := range infos {
@@ -187,7 +187,7 @@ func nodesOf(replicas iter.Seq[uint64]) []uint64 {
 
 // localReplicaID is this node's replica ID in a range: its node ID unless
 // it holds the range under a later incarnation (internal/replicaid).
-func (s *Server) localReplicaID(rangeID uint64) uint64 {
+func (s *Node) localReplicaID(rangeID uint64) uint64 {
 	if rangeID == meta.RangeID {
 		return s.replicaID
 	}
@@ -199,7 +199,7 @@ func (s *Server) localReplicaID(rangeID uint64) uint64 {
 
 // replicaOf returns node's replica ID in a range this node runs, as this
 // node's replica knows the range's members.
-func (s *Server) replicaOf(rangeID, node uint64) (uint64, bool) {
+func (s *Node) replicaOf(rangeID, node uint64) (uint64, bool) {
 	for id := range s.membersOf(rangeID) {
 		if replicaid.NodeOf(id) == node {
 			return id, true
@@ -210,7 +210,7 @@ func (s *Server) replicaOf(rangeID, node uint64) (uint64, bool) {
 
 // membersOf returns the voting members of a range this node runs, with
 // their Raft addresses (nil when it does not run the range).
-func (s *Server) membersOf(rangeID uint64) map[uint64]dragonboat.Target {
+func (s *Node) membersOf(rangeID uint64) map[uint64]dragonboat.Target {
 	si, ok := raftinfo.Shard(s.nh, rangeID)
 	if !ok {
 		return nil
@@ -226,7 +226,7 @@ func (s *Server) membersOf(rangeID uint64) map[uint64]dragonboat.Target {
 // router's cache. members are the range's initial members for a replica
 // Dragonboat has no record of (nil for a restart). Starting a range twice is
 // a no-op.
-func (s *Server) startRange(rangeID uint64, members map[uint64]dragonboat.Target, join bool) error {
+func (s *Node) startRange(rangeID uint64, members map[uint64]dragonboat.Target, join bool) error {
 	s.rangesMu.Lock()
 	defer s.rangesMu.Unlock()
 	if _, ok := s.ranges[rangeID]; ok {
@@ -247,7 +247,7 @@ func (s *Server) startRange(rangeID uint64, members map[uint64]dragonboat.Target
 	_, _, snapshotBytes := s.raftLogSettings()
 	self := s.localReplicaID(rangeID)
 	cfg := shard.Config{RangeID: rangeID, ReplicaID: self, SnapshotEveryBytes: snapshotBytes,
-		RequestTimeout: s.cfg.Knobs.RangeRequestTimeout, Logger: s.log}
+		RequestTimeout: s.cfg.Knobs.RangeRequestTimeout, Logger: s.log, Stopper: s.stopper}
 	cfg.RepeatRead = s.cfg.Knobs.RepeatRangeReads
 	cfg.SoleVoter = func() (bool, bool) {
 		members := s.membersOf(rangeID)
@@ -270,13 +270,13 @@ func (s *Server) startRange(rangeID uint64, members map[uint64]dragonboat.Target
 }
 
 // refreshCache gives the router's cache this node's current replicas.
-func (s *Server) refreshCache() {
+func (s *Node) refreshCache() {
 	s.rangesMu.Lock()
 	defer s.rangesMu.Unlock()
 	s.refreshCacheLocked()
 }
 
-func (s *Server) refreshCacheLocked() {
+func (s *Node) refreshCacheLocked() {
 	list := make([]router.Range, 0, len(s.ranges))
 	for _, r := range s.ranges {
 		list = append(list, r)
@@ -286,7 +286,7 @@ func (s *Server) refreshCacheLocked() {
 
 // onSplit is the store's split callback: it runs in the state machine's apply
 // path, so it only starts the child's replica in the background.
-func (s *Server) onSplit(parentID, childID uint64) {
+func (s *Node) onSplit(parentID, childID uint64) {
 	// The child has its parent's voting replicas at the split's place in
 	// the parent's log: every one of them applies the split and starts the
 	// child with the same members. This runs as the split applies, when
@@ -357,7 +357,7 @@ func (s *Server) onSplit(parentID, childID uint64) {
 // range led where its parent was. It runs on the node that led the parent
 // when the split applied; if the chosen member cannot be asked, this node's
 // replica campaigns.
-func (s *Server) electNewRange(rangeID uint64, members map[uint64]dragonboat.Target) {
+func (s *Node) electNewRange(rangeID uint64, members map[uint64]dragonboat.Target) {
 	s.picksMu.Lock()
 	target := leastLeading(s.leadershipCounts(rangeID, members), s.replicaID)
 	s.picks[rangeID] = pick{member: target, at: time.Now()}
@@ -389,7 +389,7 @@ const pickMemory = 5 * time.Second
 // range with no known leader for the member electNewRange picked for it
 // lately (so that splits made together do not all pick the same member).
 // The caller holds picksMu.
-func (s *Server) leadershipCounts(skip uint64, members map[uint64]dragonboat.Target) map[uint64]int {
+func (s *Node) leadershipCounts(skip uint64, members map[uint64]dragonboat.Target) map[uint64]int {
 	led := make(map[uint64]int, len(members))
 	for id := range members {
 		led[replicaid.NodeOf(id)] = 0
@@ -431,7 +431,7 @@ func leastLeading(led map[uint64]int, self uint64) uint64 {
 	return best
 }
 
-func (s *Server) askToCampaign(ctx context.Context, member, rangeID uint64) error {
+func (s *Node) askToCampaign(ctx context.Context, member, rangeID uint64) error {
 	cc, err := s.directory.Conn(ctx, member)
 	if err != nil {
 		return err
@@ -443,7 +443,7 @@ func (s *Server) askToCampaign(ctx context.Context, member, rangeID uint64) erro
 // campaignWhenStarted is CampaignRange's background half: it waits (at most
 // an election timeout) until this node has started its replica of the
 // range, then hastens the range's election.
-func (s *Server) campaignWhenStarted(rangeID uint64) {
+func (s *Node) campaignWhenStarted(rangeID uint64) {
 	deadline := time.Now().Add(s.cfg.ElectionTimeout)
 	for s.rangeByID(rangeID) == nil {
 		if time.Now().After(deadline) {
@@ -488,7 +488,7 @@ const startedPoll = 20 * time.Millisecond
 // at least 2, and the votes of term 2 are cast by then), and a replica that
 // has heard from any candidate or leader is left alone. It gives up after
 // one election timeout; Raft's own timers take over then.
-func (s *Server) hastenElection(rangeID uint64, majorityReady func(rangeID uint64, ready map[uint64]bool) bool) {
+func (s *Node) hastenElection(rangeID uint64, majorityReady func(rangeID uint64, ready map[uint64]bool) bool) {
 	t := s.raftNet.Transport()
 	if t == nil {
 		return
@@ -522,7 +522,7 @@ func (s *Server) hastenElection(rangeID uint64, majorityReady func(rangeID uint6
 // in the meta range): a majority of the members (this one included) accept
 // connections on their Raft addresses, which they open just before starting
 // their replicas.
-func (s *Server) majorityListening(rangeID uint64, ready map[uint64]bool) bool {
+func (s *Node) majorityListening(rangeID uint64, ready map[uint64]bool) bool {
 	members := s.raftMembers
 	if rangeID != meta.RangeID {
 		members = s.firstRangeMembers()
@@ -549,7 +549,7 @@ func (s *Server) majorityListening(rangeID uint64, ready map[uint64]bool) bool {
 // majorityStarted reports whether a majority of the members run their
 // replica of a range, asking the members not yet known to (started, which
 // it updates) until there is one.
-func (s *Server) majorityStarted(rangeID uint64, started map[uint64]bool) bool {
+func (s *Node) majorityStarted(rangeID uint64, started map[uint64]bool) bool {
 	members := s.membersOf(rangeID)
 	if len(members) == 0 {
 		return false // Dragonboat has not listed the range's members yet
@@ -578,7 +578,7 @@ func (s *Server) majorityStarted(rangeID uint64, started map[uint64]bool) bool {
 
 // awaitLeader waits, at most for the given time, until this node's replica
 // of a range knows a leader.
-func (s *Server) awaitLeader(rangeID uint64, limit time.Duration) {
+func (s *Node) awaitLeader(rangeID uint64, limit time.Duration) {
 	deadline := time.Now().Add(limit)
 	for time.Now().Before(deadline) {
 		if r := s.rangeByID(rangeID); r != nil {
@@ -594,14 +594,14 @@ func (s *Server) awaitLeader(rangeID uint64, limit time.Duration) {
 	}
 }
 
-func (s *Server) rangeByID(id uint64) *shard.Replica {
+func (s *Node) rangeByID(id uint64) *shard.Replica {
 	s.rangesMu.Lock()
 	defer s.rangesMu.Unlock()
 	return s.ranges[id]
 }
 
 // rangeList returns the data range replicas in ID order.
-func (s *Server) rangeList() []*shard.Replica {
+func (s *Node) rangeList() []*shard.Replica {
 	s.rangesMu.Lock()
 	defer s.rangesMu.Unlock()
 	out := make([]*shard.Replica, 0, len(s.ranges))
@@ -613,7 +613,7 @@ func (s *Server) rangeList() []*shard.Replica {
 }
 
 // rangeInfo describes one replica as `tessera ctl ranges` shows it.
-func (s *Server) rangeInfo(r *shard.Replica) *tesserapb.RangeInfo {
+func (s *Node) rangeInfo(r *shard.Replica) *tesserapb.RangeInfo {
 	info := &tesserapb.RangeInfo{RangeId: r.RangeID(), ReplicaNodeIds: nodesOf(maps.Keys(s.membersOf(r.RangeID())))}
 	if leader, _, ok := r.Leader(); ok {
 		info.LeaderNodeId = replicaid.NodeOf(leader)
@@ -631,7 +631,7 @@ func (s *Server) rangeInfo(r *shard.Replica) *tesserapb.RangeInfo {
 // calls here.
 type internalService struct {
 	*meta.InternalServer
-	s *Server
+	s *Node
 }
 
 func (i *internalService) RangeWriteStream(stream tesserapb.Internal_RangeWriteStreamServer) error {
@@ -750,7 +750,7 @@ func (i *internalService) SplitRange(ctx context.Context, req *tesserapb.SplitRa
 // currentRangeFor returns this node's replica of the range holding key, with
 // bounds caught up to everything committed (a linearizable read on it first,
 // repeated when the bounds moved meanwhile).
-func (s *Server) currentRangeFor(ctx context.Context, key []byte) (*shard.Replica, error) {
+func (s *Node) currentRangeFor(ctx context.Context, key []byte) (*shard.Replica, error) {
 	for {
 		var found *shard.Replica
 		for _, r := range s.rangeList() {
@@ -780,7 +780,7 @@ func (s *Server) currentRangeFor(ctx context.Context, key []byte) (*shard.Replic
 
 // waitRange waits for this node's replica of a range to be running, its
 // state machine open.
-func (s *Server) waitRange(ctx context.Context, rangeID uint64) *shard.Replica {
+func (s *Node) waitRange(ctx context.Context, rangeID uint64) *shard.Replica {
 	for {
 		if r := s.rangeByID(rangeID); r != nil {
 			if _, _, open := r.Bounds(); open {

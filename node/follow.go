@@ -1,4 +1,4 @@
-package server
+package node
 
 import (
 	"bytes"
@@ -45,7 +45,7 @@ type feeds struct {
 // follow makes sure the hub gets the events of a range this node holds no
 // replica of (the hub asks for every range of every watched interval, each
 // round). It never blocks.
-func (s *Server) follow(rangeID uint64) {
+func (s *Node) follow(rangeID uint64) {
 	if s.servesLocally(rangeID) {
 		return
 	}
@@ -67,11 +67,11 @@ func (s *Server) follow(rangeID uint64) {
 // servesLocally reports whether a replica here has the range's state open
 // (and so publishes its events itself): a replica still joining the range
 // does not, and its range is followed meanwhile.
-func (s *Server) servesLocally(rangeID uint64) bool { return s.store.Range(rangeID) != nil }
+func (s *Node) servesLocally(rangeID uint64) bool { return s.store.Range(rangeID) != nil }
 
 // stillWanted reports whether the hub asked for the range lately, and if
 // not, forgets it (the next ask starts a new feed).
-func (s *Server) stillWanted(rangeID uint64) bool {
+func (s *Node) stillWanted(rangeID uint64) bool {
 	s.feeds.mu.Lock()
 	defer s.feeds.mu.Unlock()
 	if time.Since(s.feeds.wanted[rangeID]) < feedIdle && !s.servesLocally(rangeID) {
@@ -89,7 +89,7 @@ var errFeedCompacted = errors.New("range feed start compacted")
 // as a reset (watches behind it catch up from history), and after a failure
 // resumes after the last closed revision it published, from another
 // replica, so that the hub sees every event once.
-func (s *Server) runFeed(rangeID uint64) {
+func (s *Node) runFeed(rangeID uint64) {
 	ctx := s.stopper.Context()
 	var last int64 // the closed revision published last (0: none yet)
 	for attempt := 0; ctx.Err() == nil && s.stillWanted(rangeID); attempt++ {
@@ -120,7 +120,7 @@ func (s *Server) runFeed(rangeID uint64) {
 }
 
 // pause waits d, or until the node stops.
-func (s *Server) pause(d time.Duration) {
+func (s *Node) pause(d time.Duration) {
 	select {
 	case <-s.stopper.ShouldQuiesce():
 	case <-time.After(d):
@@ -129,7 +129,7 @@ func (s *Server) pause(d time.Duration) {
 
 // streamFeed runs one RangeFeed from the revision after *last and publishes
 // what it gets, raising *last. It ends when the range is no longer wanted.
-func (s *Server) streamFeed(ctx context.Context, cc *grpc.ClientConn, rangeID uint64, last *int64) error {
+func (s *Node) streamFeed(ctx context.Context, cc *grpc.ClientConn, rangeID uint64, last *int64) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	req := &tesserapb.RangeFeedRequest{RangeId: rangeID, StartRevision: *last + 1}
@@ -175,7 +175,7 @@ func (s *Server) streamFeed(ctx context.Context, cc *grpc.ClientConn, rangeID ui
 // routed to the range when it started, those a split has given another
 // range since among them: their events may come twice (here and from that
 // range), and the hub keeps one.
-func (s *Server) feedEvents(raw [][]byte) ([]*mvccpb.Event, error) {
+func (s *Node) feedEvents(raw [][]byte) ([]*mvccpb.Event, error) {
 	if len(raw) == 0 {
 		return nil, nil
 	}
@@ -198,7 +198,7 @@ func keyIn(key, start, end []byte) bool {
 // fromRev..toRev for the hub: from this node's store for the ranges held
 // here, from a node holding each of the others, merged in revision order
 // and cut at the lowest revision every part covers.
-func (s *Server) history(key, rangeEnd []byte, fromRev, toRev int64, maxEvents int) ([]*mvccpb.Event, int64, error) {
+func (s *Node) history(key, rangeEnd []byte, fromRev, toRev int64, maxEvents int) ([]*mvccpb.Event, int64, error) {
 	parts, ok := s.router.PartsOf(key, rangeEnd)
 	if !ok {
 		return nil, 0, router.ErrNoRange
@@ -226,7 +226,7 @@ func (s *Server) history(key, rangeEnd []byte, fromRev, toRev int64, maxEvents i
 
 // holdsUpTo reports whether a part's range is served here with every
 // command at or below rev applied.
-func (s *Server) holdsUpTo(p router.Part, rev int64) bool {
+func (s *Node) holdsUpTo(p router.Part, rev int64) bool {
 	if !p.Local {
 		return false
 	}
@@ -237,7 +237,7 @@ func (s *Server) holdsUpTo(p router.Part, rev int64) bool {
 // historyTimeout bounds one history read from another node.
 const historyTimeout = 10 * time.Second
 
-func (s *Server) partHistory(p router.Part, fromRev, toRev int64, maxEvents int) ([]*mvccpb.Event, int64, error) {
+func (s *Node) partHistory(p router.Part, fromRev, toRev int64, maxEvents int) ([]*mvccpb.Event, int64, error) {
 	if p.Local {
 		// The hub judged toRev readable by the floors of the ranges as it
 		// routed them then; a replica that has opened here since (a move)
@@ -269,7 +269,7 @@ func (s *Server) partHistory(p router.Part, fromRev, toRev int64, maxEvents int)
 	return events, resp.CoveredTo, nil
 }
 
-func (s *Server) remoteHistory(p router.Part, fromRev, toRev, maxEvents int64) (*tesserapb.RangeHistoryResponse, error) {
+func (s *Node) remoteHistory(p router.Part, fromRev, toRev, maxEvents int64) (*tesserapb.RangeHistoryResponse, error) {
 	ctx, cancel := s.stopper.WithTimeout(historyTimeout)
 	defer cancel()
 	var resp *tesserapb.RangeHistoryResponse
@@ -285,7 +285,7 @@ func (s *Server) remoteHistory(p router.Part, fromRev, toRev, maxEvents int64) (
 // compactedRevision returns the highest compacted revision of the ranges
 // holding keys of etcd's interval [key, rangeEnd), asking a node holding
 // each range held elsewhere.
-func (s *Server) compactedRevision(key, rangeEnd []byte) (int64, error) {
+func (s *Node) compactedRevision(key, rangeEnd []byte) (int64, error) {
 	parts, ok := s.router.PartsOf(key, rangeEnd)
 	if !ok {
 		return 0, router.ErrNoRange

@@ -1,4 +1,4 @@
-package server
+package node
 
 import (
 	"context"
@@ -94,7 +94,7 @@ func (i *internalService) ChangeReplicas(ctx context.Context, req *tesserapb.Cha
 // leadership is never answered, and would hold the move until its
 // deadline. A record that fails here is made by the range's replicas, which
 // record their range every few seconds.
-func (s *Server) recordMove(ctx context.Context, d *tesserapb.RangeDescriptor) {
+func (s *Node) recordMove(ctx context.Context, d *tesserapb.RangeDescriptor) {
 	var err error
 	for range recordMoveAttempts {
 		actx, cancel := context.WithTimeout(ctx, recordMoveTimeout)
@@ -111,7 +111,7 @@ func (s *Server) recordMove(ctx context.Context, d *tesserapb.RangeDescriptor) {
 
 // changeReplicasElsewhere passes a replica change to the range's leader: the
 // one this node's replica knows, or through a node holding the range.
-func (s *Server) changeReplicasElsewhere(ctx context.Context, req *tesserapb.ChangeReplicasRequest) (*tesserapb.ChangeReplicasResponse, error) {
+func (s *Node) changeReplicasElsewhere(ctx context.Context, req *tesserapb.ChangeReplicasRequest) (*tesserapb.ChangeReplicasResponse, error) {
 	var resp *tesserapb.ChangeReplicasResponse
 	call := func(ctx context.Context, cc *grpc.ClientConn) (err error) {
 		resp, err = tesserapb.NewInternalClient(cc).ChangeReplicas(ctx, req)
@@ -142,7 +142,7 @@ func (s *Server) changeReplicasElsewhere(ctx context.Context, req *tesserapb.Cha
 }
 
 // addReplica gives node a voting replica of the range this node leads.
-func (s *Server) addReplica(ctx context.Context, rangeID, node uint64) error {
+func (s *Node) addReplica(ctx context.Context, rangeID, node uint64) error {
 	m, err := s.nh.SyncGetShardMembership(ctx, rangeID)
 	if err != nil {
 		return router.ToGRPC(err)
@@ -211,7 +211,7 @@ func keySet[V any](m map[uint64]V) map[uint64]struct{} {
 
 // catchUpAndPromote starts a new non-voting replica of the range on its
 // node, waits until it has caught up, and makes it a voter.
-func (s *Server) catchUpAndPromote(ctx context.Context, rangeID, rid uint64, addr string) error {
+func (s *Node) catchUpAndPromote(ctx context.Context, rangeID, rid uint64, addr string) error {
 	node := replicaid.NodeOf(rid)
 	cc, err := s.directory.Conn(ctx, node)
 	if err != nil {
@@ -267,7 +267,7 @@ func (s *Server) catchUpAndPromote(ctx context.Context, rangeID, rid uint64, add
 // first: Dragonboat hands a new member a range's snapshot only when the
 // state machine has applied an entry of its own since it opened (a range
 // that has applied only Raft's own entries would be fed its log instead).
-func (s *Server) compactForNewReplica(ctx context.Context, rangeID uint64) error {
+func (s *Node) compactForNewReplica(ctx context.Context, rangeID uint64) error {
 	rng := s.rangeByID(rangeID)
 	if rng == nil {
 		return status.Errorf(codes.Unavailable, "tessera: range %d is not here", rangeID)
@@ -303,7 +303,7 @@ func newBarrier() *tesserapb.Command {
 // removeReplica removes node's replica from the range this node leads, then
 // tells node to stop it and delete its data (a node that cannot be told now
 // does it when it next looks; see dropRemovedReplicas).
-func (s *Server) removeReplica(ctx context.Context, rangeID, node uint64) error {
+func (s *Node) removeReplica(ctx context.Context, rangeID, node uint64) error {
 	m, err := s.nh.SyncGetShardMembership(ctx, rangeID)
 	if err != nil {
 		return router.ToGRPC(err)
@@ -328,7 +328,7 @@ func (s *Server) removeReplica(ctx context.Context, rangeID, node uint64) error 
 // tellRemoved asks a node to stop its replica of a range it was removed
 // from and delete its data (a node that cannot be told now does it when it
 // next looks; see dropStaleReplicas).
-func (s *Server) tellRemoved(ctx context.Context, rangeID, node uint64) {
+func (s *Node) tellRemoved(ctx context.Context, rangeID, node uint64) {
 	if cc, err := s.directory.Conn(ctx, node); err == nil {
 		if _, err := tesserapb.NewInternalClient(cc).RemoveReplica(ctx, &tesserapb.RemoveReplicaRequest{RangeId: rangeID}); err != nil {
 			s.log.Debug("telling a node to drop its removed replica", "range", rangeID, "node", node, "err", err)
@@ -338,7 +338,7 @@ func (s *Server) tellRemoved(ctx context.Context, rangeID, node uint64) {
 
 // handOffLeadership moves the range's leadership from this node to another
 // of its voters than except, and waits until this node no longer leads.
-func (s *Server) handOffLeadership(ctx context.Context, rangeID, except uint64) error {
+func (s *Node) handOffLeadership(ctx context.Context, rangeID, except uint64) error {
 	m, err := s.nh.SyncGetShardMembership(ctx, rangeID)
 	if err != nil {
 		return router.ToGRPC(err)
@@ -371,7 +371,7 @@ func (s *Server) handOffLeadership(ctx context.Context, rangeID, except uint64) 
 }
 
 // raftAddress is a node's Raft address from the node registry.
-func (s *Server) raftAddress(ctx context.Context, node uint64) (string, error) {
+func (s *Node) raftAddress(ctx context.Context, node uint64) (string, error) {
 	nodes, err := s.directory.Nodes(ctx)
 	if err != nil {
 		return "", router.ToGRPC(err)
@@ -425,7 +425,7 @@ func (i *internalService) RemoveReplica(ctx context.Context, req *tesserapb.Remo
 // dropReplica stops this node's replica of a range and deletes its Raft log
 // and its data. The range's leader asks once it has removed the replica (a
 // removed replica may never hear of its removal).
-func (s *Server) dropReplica(ctx context.Context, rangeID uint64) error {
+func (s *Node) dropReplica(ctx context.Context, rangeID uint64) error {
 	rng := s.rangeByID(rangeID)
 	if rng == nil {
 		return nil
@@ -460,7 +460,7 @@ func (s *Server) dropReplica(ctx context.Context, rangeID uint64) error {
 // records, after a membership change this replica has not applied, without
 // this node: it was removed while it could not be told (down, or cut off).
 // A replica still joining its range is not in the record yet and is kept.
-func (s *Server) dropStaleReplicas() {
+func (s *Node) dropStaleReplicas() {
 	ctx, cancel := s.stopper.WithTimeout(descriptorSyncInterval)
 	defer cancel()
 	descs, err := meta.Ranges(ctx, s.meta, false)

@@ -1,4 +1,4 @@
-package server
+package node
 
 import (
 	"context"
@@ -59,7 +59,7 @@ type heartbeat struct {
 }
 
 // metaTerm returns whether this node leads the meta range, and in which term.
-func (s *Server) metaTerm() (bool, uint64) {
+func (s *Node) metaTerm() (bool, uint64) {
 	leader, term, ok := s.meta.Leader()
 	return ok && leader == s.replicaID, term
 }
@@ -98,9 +98,9 @@ func (i *internalService) NodeHeartbeat(_ context.Context, req *tesserapb.NodeHe
 }
 
 // suspectAfter is how long a node may go unheard before it is suspect.
-func (s *Server) suspectAfter() time.Duration { return suspectAfterBeats * s.heartbeatInterval() }
+func (s *Node) suspectAfter() time.Duration { return suspectAfterBeats * s.heartbeatInterval() }
 
-func (s *Server) heartbeatInterval() time.Duration {
+func (s *Node) heartbeatInterval() time.Duration {
 	if d := s.cfg.Knobs.NodeHeartbeatInterval; d > 0 {
 		return d
 	}
@@ -109,11 +109,11 @@ func (s *Server) heartbeatInterval() time.Duration {
 
 // startHeartbeats sends this node's heartbeat to the meta leader every
 // heartbeat interval.
-func (s *Server) startHeartbeats() {
+func (s *Node) startHeartbeats() {
 	_ = s.stopper.Every(s.heartbeatInterval(), func(time.Time) { s.sendHeartbeat() })
 }
 
-func (s *Server) sendHeartbeat() {
+func (s *Node) sendHeartbeat() {
 	s.noteMetaVoter()
 	req := &tesserapb.NodeHeartbeatRequest{NodeId: s.replicaID, DiskUsedBytes: s.store.DiskSizeBytes(), DiskQuotaBytes: s.cfg.QuotaBackendBytes}
 	for _, r := range s.rangeList() {
@@ -142,7 +142,7 @@ func (s *Server) sendHeartbeat() {
 
 // startPlacement runs the schedulers on the meta leader every placement
 // interval (never when the interval is negative).
-func (s *Server) startPlacement() {
+func (s *Node) startPlacement() {
 	interval := s.cfg.PlacementInterval
 	if interval < 0 {
 		return
@@ -156,7 +156,7 @@ func (s *Server) startPlacement() {
 // placeOnce runs the schedulers once, if this node leads the meta range and
 // has heard heartbeats long enough to judge the nodes, and starts the
 // operations they propose. It returns them.
-func (s *Server) placeOnce() []placement.Op {
+func (s *Node) placeOnce() []placement.Op {
 	leads, term := s.metaTerm()
 	if !leads {
 		return nil
@@ -211,7 +211,7 @@ func (s *Server) placeOnce() []placement.Op {
 // clusterState is the schedulers' view: every registered node with its
 // liveness and disk, every recorded range with its voters, its leader and
 // load as its nodes report them.
-func (s *Server) clusterState(nodes []*tesserapb.NodeInfo, descs []*tesserapb.RangeDescriptor, beats map[uint64]heartbeat, since time.Time) *placement.Cluster {
+func (s *Node) clusterState(nodes []*tesserapb.NodeInfo, descs []*tesserapb.RangeDescriptor, beats map[uint64]heartbeat, since time.Time) *placement.Cluster {
 	c := &placement.Cluster{Replicas: s.cfg.Replicas}
 	now := time.Now()
 	// A range's leader is the node that said so last, among the nodes
@@ -257,7 +257,7 @@ func (s *Server) clusterState(nodes []*tesserapb.NodeInfo, descs []*tesserapb.Ra
 // nodeState judges a node by how long since it was heard from (counting
 // from since, when the meta leader began listening, for a node not heard
 // from at all) and whether it is leaving.
-func (s *Server) nodeState(n *tesserapb.NodeInfo, beats map[uint64]heartbeat, since, now time.Time) placement.NodeState {
+func (s *Node) nodeState(n *tesserapb.NodeInfo, beats map[uint64]heartbeat, since, now time.Time) placement.NodeState {
 	last := since
 	if b, ok := beats[n.NodeId]; ok {
 		last = b.at
@@ -273,7 +273,7 @@ func (s *Server) nodeState(n *tesserapb.NodeInfo, beats map[uint64]heartbeat, si
 	return placement.NodeLive
 }
 
-func (s *Server) deadNodeTimeout() time.Duration {
+func (s *Node) deadNodeTimeout() time.Duration {
 	if s.cfg.DeadNodeTimeout > 0 {
 		return s.cfg.DeadNodeTimeout
 	}
@@ -281,7 +281,7 @@ func (s *Server) deadNodeTimeout() time.Duration {
 }
 
 // runOp carries out one operation the schedulers proposed.
-func (s *Server) runOp(op placement.Op) {
+func (s *Node) runOp(op placement.Op) {
 	defer func() {
 		s.live.mu.Lock()
 		delete(s.live.placing, op.Range)
@@ -299,9 +299,9 @@ func (s *Server) runOp(op placement.Op) {
 		if op.Kind != placement.AddReplica {
 			req.RemoveNodeId = op.From
 		}
-		_, err = (&internalService{InternalServer: s.internal, s: s}).ChangeReplicas(ctx, req)
+		_, err = s.Internal().ChangeReplicas(ctx, req)
 	case placement.TransferLeader:
-		_, err = (&internalService{InternalServer: s.internal, s: s}).TransferLeader(ctx, &tesserapb.TransferLeaderRequest{RangeId: op.Range, ToNodeId: op.To})
+		_, err = s.Internal().TransferLeader(ctx, &tesserapb.TransferLeaderRequest{RangeId: op.Range, ToNodeId: op.To})
 	}
 	if err != nil {
 		s.log.Warn("placement operation failed", "op", op.String(), "err", err)
@@ -336,7 +336,7 @@ func (i *internalService) TransferLeader(ctx context.Context, req *tesserapb.Tra
 
 // onMetaLeader runs a call on the meta range's leader: here when this node
 // leads it, else on the leader's node, once.
-func onMetaLeader[T any](ctx context.Context, s *Server, here func() (T, error), there func(context.Context, tesserapb.InternalClient) (T, error)) (T, error) {
+func onMetaLeader[T any](ctx context.Context, s *Node, here func() (T, error), there func(context.Context, tesserapb.InternalClient) (T, error)) (T, error) {
 	var zero T
 	leader, _, ok := s.meta.Leader()
 	switch {
@@ -441,7 +441,7 @@ const metaVoters = 5
 
 // metaMembership returns the meta range's voters and non-voting replicas as
 // this node's replica knows them.
-func (s *Server) metaMembership() (voters, learners map[uint64]string) {
+func (s *Node) metaMembership() (voters, learners map[uint64]string) {
 	ctx, cancel := s.stopper.WithTimeout(metaReadTimeout)
 	defer cancel()
 	m, err := s.nh.SyncGetShardMembership(ctx, meta.RangeID)
@@ -470,7 +470,7 @@ func metaPromotion(c *placement.Cluster, voters, learners map[uint64]string) uin
 
 // promoteMeta makes a node's non-voting meta replica a voter. The meta
 // range stops counting this replica as its only voter first.
-func (s *Server) promoteMeta(id uint64) {
+func (s *Node) promoteMeta(id uint64) {
 	defer func() {
 		s.live.mu.Lock()
 		s.live.promoting = false
@@ -496,7 +496,7 @@ func (s *Server) promoteMeta(id uint64) {
 
 // liveNodes returns the nodes the meta leader heard from lately (this one
 // among them).
-func (s *Server) liveNodes() map[uint64]bool {
+func (s *Node) liveNodes() map[uint64]bool {
 	_, term := s.metaTerm()
 	beats, _ := s.live.view(term)
 	live := map[uint64]bool{s.replicaID: true}

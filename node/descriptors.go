@@ -1,4 +1,4 @@
-package server
+package node
 
 import (
 	"context"
@@ -28,7 +28,7 @@ const (
 // Every replica of a range records the same descriptor (the meta range keeps
 // the highest generation), so a new range is recorded as soon as any of its
 // replicas opens it, leader or not.
-func (s *Server) runDescriptorSync() {
+func (s *Node) runDescriptorSync() {
 	// Right after start, often: a new cluster's first range is recorded as
 	// soon as it opens, for the nodes without a replica of it.
 	for range startupSyncPasses {
@@ -61,7 +61,7 @@ func (s *Server) runDescriptorSync() {
 // the meta range has, for routing to ranges held elsewhere. Until any is
 // recorded, that is the first range as a new cluster starts it: the whole
 // keyspace on the first --replicas members.
-func (s *Server) routingDescriptors() []*tesserapb.RangeDescriptor {
+func (s *Node) routingDescriptors() []*tesserapb.RangeDescriptor {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	ds, err := meta.Ranges(ctx, s.meta, false)
@@ -75,7 +75,7 @@ func (s *Server) routingDescriptors() []*tesserapb.RangeDescriptor {
 }
 
 // recordRangesSoon asks runDescriptorSync for a pass.
-func (s *Server) recordRangesSoon() {
+func (s *Node) recordRangesSoon() {
 	select {
 	case s.rangesChanged <- struct{}{}:
 	default:
@@ -84,7 +84,7 @@ func (s *Server) recordRangesSoon() {
 
 // recordRanges records the descriptors of the ranges held here that the
 // meta range lacks or holds in an older generation.
-func (s *Server) recordRanges() {
+func (s *Node) recordRanges() {
 	var ds []*tesserapb.RangeDescriptor
 	memberships := s.memberships()
 	for _, r := range s.rangeList() {
@@ -102,7 +102,7 @@ func (s *Server) recordRanges() {
 	if len(ds) == 0 {
 		return
 	}
-	// A stopping server does not wait for the timeout.
+	// A stopping node does not wait for the timeout.
 	ctx, cancel := s.stopper.WithTimeout(descriptorSyncInterval)
 	defer cancel()
 	n, err := meta.RecordRanges(ctx, s.meta, ds)

@@ -1,4 +1,4 @@
-package server
+package node
 
 import (
 	"context"
@@ -212,7 +212,7 @@ func (i *internalService) JoinCluster(ctx context.Context, req *tesserapb.JoinCl
 // promotion it had not recorded, the replica would not vote until it
 // installs a snapshot of the meta range; the other way round Dragonboat
 // refuses it.)
-func (s *Server) noteMetaVoter() {
+func (s *Node) noteMetaVoter() {
 	if !s.joined || s.identity.MetaVoter {
 		return
 	}
@@ -235,7 +235,7 @@ func (s *Server) noteMetaVoter() {
 
 // removeNode takes a node holding no range replica out of the meta range
 // and the registry, on the meta leader.
-func (s *Server) removeNode(ctx context.Context, id uint64) error {
+func (s *Node) removeNode(ctx context.Context, id uint64) error {
 	st, err := meta.State(ctx, s.meta, true)
 	if err != nil {
 		return router.ToGRPC(err)

@@ -1,4 +1,4 @@
-package server
+package node
 
 import (
 	"errors"
@@ -11,7 +11,7 @@ import (
 
 // startMetrics serves /health, and /debug/pprof when enabled, on the
 // --listen-metrics-urls (plain HTTP, as etcd's metrics listener).
-func (s *Server) startMetrics() error {
+func (s *Node) startMetrics() error {
 	if len(s.cfg.ListenMetricsURLs) == 0 {
 		return nil
 	}

@@ -1,4 +1,4 @@
-package server
+package node
 
 import (
 	"context"
@@ -41,18 +41,18 @@ type TestingKnobs struct {
 	DialNode func(ctx context.Context, addr string) (net.Conn, error)
 }
 
-// TestingServer is what tests may ask of a running server beyond its gRPC
+// TestingNode is what tests may ask of a running node beyond its gRPC
 // services.
-type TestingServer struct{ s *Server }
+type TestingNode struct{ s *Node }
 
-// Testing returns the server's test-only surface.
-func (s *Server) Testing() TestingServer { return TestingServer{s} }
+// Testing returns the node's test-only surface.
+func (s *Node) Testing() TestingNode { return TestingNode{s} }
 
 // Ranges describes this node's ranges in key order (what `tessera ctl ranges`
 // shows).
-func (t TestingServer) Ranges(ctx context.Context) ([]*tesserapb.RangeInfo, error) {
+func (t TestingNode) Ranges(ctx context.Context) ([]*tesserapb.RangeInfo, error) {
 	s := t.s
-	resp, err := (&internalService{InternalServer: s.internal, s: s}).ListRanges(ctx, &tesserapb.ListRangesRequest{})
+	resp, err := s.Internal().ListRanges(ctx, &tesserapb.ListRangesRequest{})
 	if err != nil {
 		return nil, err
 	}
@@ -61,13 +61,13 @@ func (t TestingServer) Ranges(ctx context.Context) ([]*tesserapb.RangeInfo, erro
 
 // RecordedRanges returns the range descriptors the meta range records, in
 // key order (a linearizable read).
-func (t TestingServer) RecordedRanges(ctx context.Context) ([]*tesserapb.RangeDescriptor, error) {
+func (t TestingNode) RecordedRanges(ctx context.Context) ([]*tesserapb.RangeDescriptor, error) {
 	return meta.Ranges(ctx, t.s.meta, true)
 }
 
 // RegisteredNodes is how many nodes this node's replica of the registry
 // knows the addresses of (0 when it cannot read it).
-func (t TestingServer) RegisteredNodes(ctx context.Context) int {
+func (t TestingNode) RegisteredNodes(ctx context.Context) int {
 	nodes, err := t.s.directory.Nodes(ctx)
 	if err != nil {
 		return 0
@@ -76,11 +76,11 @@ func (t TestingServer) RegisteredNodes(ctx context.Context) int {
 }
 
 // RangeCount is the number of data ranges this node runs.
-func (t TestingServer) RangeCount() int { return len(t.s.rangeList()) }
+func (t TestingNode) RangeCount() int { return len(t.s.rangeList()) }
 
 // SnapshotsTaken returns how many snapshots this node's replicas have taken
 // to keep their Raft logs short (shard.Config.SnapshotEveryBytes).
-func (t TestingServer) SnapshotsTaken() int64 {
+func (t TestingNode) SnapshotsTaken() int64 {
 	var n int64
 	for _, r := range t.s.rangeList() {
 		n += r.SnapshotsTaken()
@@ -89,26 +89,26 @@ func (t TestingServer) SnapshotsTaken() int64 {
 }
 
 // SnapshotsRecovered counts the range snapshots this node has installed.
-func (t TestingServer) SnapshotsRecovered() int64 { return t.s.store.SnapshotsRecovered() }
+func (t TestingNode) SnapshotsRecovered() int64 { return t.s.store.SnapshotsRecovered() }
 
 // TransferMetaLeadership asks the meta range to move its leader to the given
 // node.
-func (t TestingServer) TransferMetaLeadership(nodeID uint64) error {
+func (t TestingNode) TransferMetaLeadership(nodeID uint64) error {
 	return t.s.nh.RequestLeaderTransfer(meta.RangeID, nodeID)
 }
 
 // MetaLeader returns the meta range leader's node ID as this node knows it.
-func (t TestingServer) MetaLeader() uint64 {
+func (t TestingNode) MetaLeader() uint64 {
 	id, _, _ := t.s.meta.Leader()
 	return id
 }
 
 // IsLeader reports whether this node leads the first data range.
-func (t TestingServer) IsLeader() bool { return t.s.leadsHomeRange() }
+func (t TestingNode) IsLeader() bool { return t.s.leadsHomeRange() }
 
 // TransferLeadership asks every data range to move its leader to the replica
 // of the given node (position in --initial-cluster, from 1).
-func (t TestingServer) TransferLeadership(nodeID uint64) error {
+func (t TestingNode) TransferLeadership(nodeID uint64) error {
 	var firstErr error
 	for _, r := range t.s.rangeList() {
 		if err := t.TransferRangeLeadership(r.RangeID(), nodeID); err != nil && firstErr == nil {
@@ -121,7 +121,7 @@ func (t TestingServer) TransferLeadership(nodeID uint64) error {
 // TransferRangeLeadership asks one range of this node's to move its leader
 // to the replica of the given node; it does nothing where that node holds
 // none.
-func (t TestingServer) TransferRangeLeadership(rangeID, nodeID uint64) error {
+func (t TestingNode) TransferRangeLeadership(rangeID, nodeID uint64) error {
 	to, ok := t.s.replicaOf(rangeID, nodeID)
 	if !ok {
 		return nil
@@ -131,19 +131,19 @@ func (t TestingServer) TransferRangeLeadership(rangeID, nodeID uint64) error {
 
 // PlaceOnce runs the placement schedulers once on this node, if it leads
 // the meta range, and returns the operations it started.
-func (t TestingServer) PlaceOnce() []placement.Op { return t.s.placeOnce() }
+func (t TestingNode) PlaceOnce() []placement.Op { return t.s.placeOnce() }
 
 // RoutedRangeCount is how many ranges this node routes requests to: its
 // own replicas and, refreshed from the meta range, the ranges held elsewhere.
-func (t TestingServer) RoutedRangeCount() int {
+func (t TestingNode) RoutedRangeCount() int {
 	t.s.cache.Refresh()
 	return t.s.cache.Len()
 }
 
 // ChangeReplicas adds a replica of a range on one node and/or removes the
 // one on another (Internal.ChangeReplicas through this node).
-func (t TestingServer) ChangeReplicas(ctx context.Context, rangeID, add, remove uint64) (*tesserapb.RangeDescriptor, error) {
-	resp, err := (&internalService{InternalServer: t.s.internal, s: t.s}).ChangeReplicas(ctx, &tesserapb.ChangeReplicasRequest{RangeId: rangeID, AddNodeId: add, RemoveNodeId: remove})
+func (t TestingNode) ChangeReplicas(ctx context.Context, rangeID, add, remove uint64) (*tesserapb.RangeDescriptor, error) {
+	resp, err := t.s.Internal().ChangeReplicas(ctx, &tesserapb.ChangeReplicasRequest{RangeId: rangeID, AddNodeId: add, RemoveNodeId: remove})
 	if err != nil {
 		return nil, err
 	}
@@ -151,7 +151,7 @@ func (t TestingServer) ChangeReplicas(ctx context.Context, rangeID, add, remove 
 }
 
 // RangeIDs lists the ranges this node holds a replica of, in order.
-func (t TestingServer) RangeIDs() []uint64 {
+func (t TestingNode) RangeIDs() []uint64 {
 	var ids []uint64
 	for _, r := range t.s.rangeList() {
 		ids = append(ids, r.RangeID())
@@ -161,14 +161,14 @@ func (t TestingServer) RangeIDs() []uint64 {
 
 // Decommission marks a node as leaving (Internal.Decommission through this
 // node).
-func (t TestingServer) Decommission(ctx context.Context, node string) error {
-	_, err := (&internalService{InternalServer: t.s.internal, s: t.s}).Decommission(ctx, &tesserapb.DecommissionRequest{Node: node})
+func (t TestingNode) Decommission(ctx context.Context, node string) error {
+	_, err := t.s.Internal().Decommission(ctx, &tesserapb.DecommissionRequest{Node: node})
 	return err
 }
 
 // MetaVoters is how many voting members the meta range has, as this node's
 // replica knows them.
-func (t TestingServer) MetaVoters() int {
+func (t TestingNode) MetaVoters() int {
 	voters, _ := t.s.metaMembership()
 	return len(voters)
 }

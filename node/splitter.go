@@ -1,4 +1,4 @@
-package server
+package node
 
 import (
 	"time"
@@ -53,7 +53,7 @@ func (p *splitPlanner) observe(rangeID uint64, sizeBytes int64, qps float64) spl
 // startSplitter starts the check that splits the ranges this node leads
 // that have grown past --range-max-bytes (at the key halving their data) or
 // stayed over --range-split-qps (at the key halving their requests).
-func (s *Server) startSplitter() {
+func (s *Node) startSplitter() {
 	interval := s.cfg.SplitCheckInterval
 	if interval <= 0 {
 		interval = defaultSplitCheckInterval
@@ -79,7 +79,7 @@ func (s *Server) startSplitter() {
 }
 
 // splitAtMiddle splits a range at the key that halves its data.
-func (s *Server) splitAtMiddle(r *shard.Replica) {
+func (s *Node) splitAtMiddle(r *shard.Replica) {
 	ctx, cancel := s.stopper.WithTimeout(30 * time.Second)
 	defer cancel()
 	out, err := r.Read(ctx, false, func(v *statemachine.View) (any, error) { return v.MidKey() })
@@ -89,7 +89,7 @@ func (s *Server) splitAtMiddle(r *shard.Replica) {
 	s.split(r, out.([]byte), "size", "size-bytes", s.store.Range(r.RangeID()).SizeBytes())
 }
 
-func (s *Server) split(r *shard.Replica, key []byte, why string, attrs ...any) {
+func (s *Node) split(r *shard.Replica, key []byte, why string, attrs ...any) {
 	ctx, cancel := s.stopper.WithTimeout(30 * time.Second)
 	defer cancel()
 	if err := s.SplitRange(ctx, string(key)); err != nil {

@@ -1,0 +1,170 @@
+package node
+
+import (
+	"context"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/grpc"
+
+	"github.com/tesserakv/tessera/internal/stop"
+	"github.com/tesserakv/tessera/meta"
+	"github.com/tesserakv/tessera/proto/tesserapb"
+	"github.com/tesserakv/tessera/router"
+	"github.com/tesserakv/tessera/shard"
+	"github.com/tesserakv/tessera/statemachine"
+	"github.com/tesserakv/tessera/watchhub"
+)
+
+// What the gRPC services on the client listeners serve from the node.
+
+// Router is the node's etcd KV and Lease front.
+func (s *Node) Router() *router.Router { return s.router }
+
+// Hub is the node's etcd Watch front.
+func (s *Node) Hub() *watchhub.Hub { return s.hub }
+
+// Internal is the node's side of the node-to-node protocol.
+func (s *Node) Internal() tesserapb.InternalServer {
+	return &internalService{InternalServer: s.internal, s: s}
+}
+
+// Stopper owns every goroutine of the node; the server runs its listeners'
+// serve loops as its tasks.
+func (s *Node) Stopper() *stop.Stopper { return s.stopper }
+
+// ID is this node's ID (its meta replica ID).
+func (s *Node) ID() uint64 { return s.replicaID }
+
+// ClusterID is the ID of the cluster this node belongs to.
+func (s *Node) ClusterID() uint64 { return s.clusterID }
+
+// SpaceExceeded reports whether the store is larger than
+// --quota-backend-bytes.
+func (s *Node) SpaceExceeded() bool { return s.spaceExceeded.Load() }
+
+// Status answers etcd's Maintenance.Status (but its Version): Raft figures
+// are the first data range's, the revision is the cluster's.
+func (s *Node) Status(ctx context.Context) (*pb.StatusResponse, error) {
+	home := s.rangeByID(firstRangeID)
+	if home == nil {
+		return nil, router.ToGRPC(shard.ErrStopped)
+	}
+	leader, term, _ := home.Leader()
+	out, err := home.Read(ctx, false, func(v *statemachine.View) (any, error) {
+		return [2]uint64{uint64(v.Revision()), v.AppliedIndex()}, nil
+	})
+	if err != nil {
+		return nil, router.ToGRPC(err)
+	}
+	revApplied := out.([2]uint64)
+	if current, err := s.oracle.Current(ctx); err == nil {
+		revApplied[0] = uint64(current)
+	}
+	size := s.store.DiskSizeBytes()
+	return &pb.StatusResponse{
+		Header:           &pb.ResponseHeader{ClusterId: s.clusterID, MemberId: s.replicaID, Revision: int64(revApplied[0]), RaftTerm: term},
+		DbSize:           size,
+		DbSizeInUse:      size,
+		DbSizeQuota:      s.cfg.QuotaBackendBytes,
+		Leader:           leader,
+		RaftIndex:        revApplied[1],
+		RaftTerm:         term,
+		RaftAppliedIndex: revApplied[1],
+		StorageVersion:   "3.7.0",
+	}, nil
+}
+
+// MemberList answers etcd's Cluster.MemberList from the static
+// --initial-cluster and the client URLs each member has published.
+func (s *Node) MemberList(ctx context.Context) (*pb.MemberListResponse, error) {
+	nodes, err := s.directory.Nodes(ctx)
+	if err != nil {
+		return nil, router.ToGRPC(err)
+	}
+	registered := map[uint64]*tesserapb.NodeInfo{}
+	for _, n := range nodes {
+		registered[n.NodeId] = n
+	}
+	var term uint64
+	if home := s.rangeByID(firstRangeID); home != nil {
+		_, term, _ = home.Leader()
+	}
+	resp := &pb.MemberListResponse{Header: &pb.ResponseHeader{ClusterId: s.clusterID, MemberId: s.replicaID, RaftTerm: term}}
+	if !s.joined {
+		metaVoters := s.membersOf(meta.RangeID)
+		for i, m := range s.cfg.InitialCluster {
+			id := uint64(i + 1)
+			if _, ok := registered[id]; !ok {
+				if _, voter := metaVoters[id]; !voter {
+					continue // removed (MemberRemove)
+				}
+			}
+			member := &pb.Member{ID: id, PeerURLs: []string{m.PeerURL}}
+			if n, ok := registered[id]; ok {
+				// As in etcd, a member that has not published yet has no name.
+				member.Name = n.Name
+				member.ClientURLs = n.ClientUrls
+				delete(registered, id)
+			}
+			resp.Members = append(resp.Members, member)
+		}
+	}
+	// Nodes that joined (and, on a node that joined, every node).
+	for _, n := range nodes {
+		if _, ok := registered[n.NodeId]; ok {
+			resp.Members = append(resp.Members, &pb.Member{ID: n.NodeId, Name: n.Name, PeerURLs: []string{"http://" + n.RaftAddress}, ClientURLs: n.ClientUrls})
+		}
+	}
+	return resp, nil
+}
+
+// MetaLeader returns the meta range leader's node ID as this node knows it.
+func (s *Node) MetaLeader() (uint64, bool) {
+	id, _, ok := s.meta.Leader()
+	return id, ok
+}
+
+// Conn is a connection to another node's client URL.
+func (s *Node) Conn(ctx context.Context, nodeID uint64) (*grpc.ClientConn, error) {
+	return s.directory.Conn(ctx, nodeID)
+}
+
+// RemoveNode takes a node out of the cluster: out of the meta range and the
+// node registry. It runs on the meta range's leader.
+func (s *Node) RemoveNode(ctx context.Context, nodeID uint64) error {
+	return s.removeNode(ctx, nodeID)
+}
+
+// hubSource is what the watch hub reads through: the store's history and
+// the router's ranges and oracle.
+type hubSource struct{ s *Node }
+
+func (h hubSource) History(key, rangeEnd []byte, fromRev, toRev int64, maxEvents int) ([]*mvccpb.Event, int64, error) {
+	return h.s.history(key, rangeEnd, fromRev, toRev, maxEvents)
+}
+
+func (h hubSource) CompactedRevision(key, rangeEnd []byte) (int64, error) {
+	return h.s.compactedRevision(key, rangeEnd)
+}
+
+func (h hubSource) Follow(rangeID uint64) { h.s.follow(rangeID) }
+
+func (h hubSource) RangesOf(key, rangeEnd []byte) ([]uint64, bool) {
+	return h.s.router.RangesOf(key, rangeEnd)
+}
+
+func (h hubSource) CloseRange(ctx context.Context, rangeID uint64) (int64, error) {
+	return h.s.router.CloseRange(ctx, rangeID)
+}
+
+func (h hubSource) CurrentRevision(ctx context.Context) (int64, error) {
+	return h.s.router.CurrentRevision(ctx)
+}
+
+func (h hubSource) Header(rev int64) *pb.ResponseHeader { return h.s.router.Header(rev) }
+
+func (h hubSource) HasLeader() bool {
+	_, _, ok := h.s.meta.Leader()
+	return ok
+}
