@@ -51,6 +51,7 @@ func (s *Node) runDescriptorSync() {
 		}
 		s.recordRanges()
 		s.dropStaleReplicas()
+		s.removeAbandonedLearners()
 		// Ranges held elsewhere are routed by the descriptors: take the
 		// latest.
 		s.cache.Refresh()

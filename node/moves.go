@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/lni/dragonboat/v4"
@@ -49,12 +50,20 @@ const (
 // adds, then removes; elsewhere it passes the request to the leader.
 func (i *internalService) ChangeReplicas(ctx context.Context, req *tesserapb.ChangeReplicasRequest) (*tesserapb.ChangeReplicasResponse, error) {
 	s := i.s
-	if req.RangeId == 0 || (req.AddNodeId == 0 && req.RemoveNodeId == 0) || req.AddNodeId == req.RemoveNodeId {
-		return nil, status.Error(codes.InvalidArgument, "tessera: a replica change names a range and one node to add or remove (or one of each)")
+	learner := req.RemoveLearnerId != 0
+	if req.RangeId == 0 || (req.AddNodeId == 0 && req.RemoveNodeId == 0 && !learner) || (req.AddNodeId == req.RemoveNodeId && !learner) ||
+		(learner && (req.AddNodeId != 0 || req.RemoveNodeId != 0)) {
+		return nil, status.Error(codes.InvalidArgument, "tessera: a replica change names a range and one node to add or remove (or one of each), or alone a non-voting replica to remove")
 	}
 	rng := s.rangeByID(req.RangeId)
 	if rng == nil || !rng.IsLeader() {
 		return s.changeReplicasElsewhere(ctx, req)
+	}
+	if learner {
+		if err := s.removeLearner(ctx, req.RangeId, req.RemoveLearnerId); err != nil {
+			return nil, err
+		}
+		return &tesserapb.ChangeReplicasResponse{}, nil
 	}
 	if req.AddNodeId != 0 {
 		if err := s.addReplica(ctx, req.RangeId, req.AddNodeId); err != nil {
@@ -177,17 +186,73 @@ func (s *Node) addReplica(ctx context.Context, rangeID, node uint64) error {
 		// (its node joins under a new replica ID next time).
 		rmCtx, cancel := s.stopper.WithTimeout(leaderHandOff)
 		defer cancel()
-		if m, merr := s.nh.SyncGetShardMembership(rmCtx, rangeID); merr == nil {
-			if _, learner := m.NonVotings[rid]; learner {
-				if derr := s.nh.SyncRequestDeleteReplica(rmCtx, rangeID, rid, m.ConfigChangeID); derr == nil {
-					s.tellRemoved(rmCtx, rangeID, node)
-				}
-			}
+		if rerr := s.removeLearner(rmCtx, rangeID, rid); rerr != nil {
+			// This leader could not (it lost its quorum, or its
+			// leadership): whoever leads the range is asked later.
+			s.learners.abandon(rangeID, rid)
 		}
 		return err
 	}
 	s.log.Info("replica added", "range", rangeID, "node", node, "replica", rid)
 	return nil
+}
+
+// removeLearner removes a non-voting replica from the range this node leads
+// while it is one (a replica promoted, or gone already, is left alone), and
+// tells its node to drop it.
+func (s *Node) removeLearner(ctx context.Context, rangeID, rid uint64) error {
+	m, err := s.nh.SyncGetShardMembership(ctx, rangeID)
+	if err != nil {
+		return router.ToGRPC(err)
+	}
+	if _, learner := m.NonVotings[rid]; !learner {
+		return nil
+	}
+	if err := s.nh.SyncRequestDeleteReplica(ctx, rangeID, rid, m.ConfigChangeID); err != nil {
+		return status.Errorf(codes.Unavailable, "tessera: removing the non-voting replica %#x of range %d: %v", rid, rangeID, err)
+	}
+	s.log.Info("non-voting replica removed", "range", rangeID, "replica", rid)
+	s.tellRemoved(ctx, rangeID, replicaid.NodeOf(rid))
+	return nil
+}
+
+// abandonedLearners are non-voting replicas that additions which failed
+// could not remove at once, by replica ID, with their ranges: each is asked
+// of the range's leader again until it is gone (removeAbandonedLearners).
+// Nothing else removes them: the range's descriptor lists its voters, and
+// the replica's node keeps a replica still joining its range.
+type abandonedLearners struct {
+	mu      sync.Mutex
+	byRange map[uint64]uint64 // replica ID → range ID; guarded by mu
+}
+
+func (a *abandonedLearners) abandon(rangeID, rid uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.byRange == nil {
+		a.byRange = map[uint64]uint64{}
+	}
+	a.byRange[rid] = rangeID
+}
+
+// removeAbandonedLearners asks the leaders of the ranges of abandoned
+// non-voting replicas to remove them.
+func (s *Node) removeAbandonedLearners() {
+	s.learners.mu.Lock()
+	pending := maps.Clone(s.learners.byRange)
+	s.learners.mu.Unlock()
+	for rid, rangeID := range pending {
+		ctx, cancel := s.stopper.WithTimeout(leaderHandOff)
+		_, err := (&internalService{s: s}).ChangeReplicas(ctx, &tesserapb.ChangeReplicasRequest{RangeId: rangeID, RemoveLearnerId: rid})
+		cancel()
+		if err != nil {
+			s.log.Debug("removing a non-voting replica a failed addition left", "range", rangeID, "replica", rid, "err", err)
+			continue
+		}
+		s.learners.mu.Lock()
+		delete(s.learners.byRange, rid)
+		s.learners.mu.Unlock()
+	}
 }
 
 // findReplica returns node's replica ID among a membership's replicas.

@@ -48,6 +48,9 @@ type Node struct {
 	router    *router.Router
 	hub       *watchhub.Hub
 
+	// learners are the non-voting replicas failed additions left behind.
+	learners abandonedLearners
+
 	// picksMu guards picks: electNewRange's recent choices of a member
 	// to lead a new range, by range ID (see leadershipCounts).
 	picksMu sync.Mutex

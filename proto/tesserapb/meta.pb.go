@@ -1690,9 +1690,13 @@ type ChangeReplicasRequest struct {
 	AddNodeId uint64 `protobuf:"varint,2,opt,name=add_node_id,json=addNodeId,proto3" json:"add_node_id,omitempty"`
 	// remove_node_id, when set, loses its replica (after the addition, so the
 	// range never has fewer voters than before).
-	RemoveNodeId  uint64 `protobuf:"varint,3,opt,name=remove_node_id,json=removeNodeId,proto3" json:"remove_node_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RemoveNodeId uint64 `protobuf:"varint,3,opt,name=remove_node_id,json=removeNodeId,proto3" json:"remove_node_id,omitempty"`
+	// remove_learner_id, alone, names a non-voting replica (by replica ID) an
+	// addition that failed left behind: it is removed while it is still a
+	// non-voting member, and nothing happens otherwise.
+	RemoveLearnerId uint64 `protobuf:"varint,4,opt,name=remove_learner_id,json=removeLearnerId,proto3" json:"remove_learner_id,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ChangeReplicasRequest) Reset() {
@@ -1742,6 +1746,13 @@ func (x *ChangeReplicasRequest) GetAddNodeId() uint64 {
 func (x *ChangeReplicasRequest) GetRemoveNodeId() uint64 {
 	if x != nil {
 		return x.RemoveNodeId
+	}
+	return 0
+}
+
+func (x *ChangeReplicasRequest) GetRemoveLearnerId() uint64 {
+	if x != nil {
+		return x.RemoveLearnerId
 	}
 	return 0
 }
@@ -3102,11 +3113,12 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\astarted\x18\x01 \x01(\bR\astarted\x12#\n" +
 	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12\x12\n" +
 	"\x04open\x18\x03 \x01(\bR\x04open\x12\x1a\n" +
-	"\bunusable\x18\x04 \x01(\bR\bunusable\"x\n" +
+	"\bunusable\x18\x04 \x01(\bR\bunusable\"\xa4\x01\n" +
 	"\x15ChangeReplicasRequest\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x1e\n" +
 	"\vadd_node_id\x18\x02 \x01(\x04R\taddNodeId\x12$\n" +
-	"\x0eremove_node_id\x18\x03 \x01(\x04R\fremoveNodeId\"J\n" +
+	"\x0eremove_node_id\x18\x03 \x01(\x04R\fremoveNodeId\x12*\n" +
+	"\x11remove_learner_id\x18\x04 \x01(\x04R\x0fremoveLearnerId\"J\n" +
 	"\x16ChangeReplicasResponse\x120\n" +
 	"\x05range\x18\x01 \x01(\v2\x1a.tesserapb.RangeDescriptorR\x05range\"O\n" +
 	"\x13StartReplicaRequest\x12\x19\n" +
