@@ -26,7 +26,7 @@ func TestGrowUnderLoad(t *testing.T) {
 		}
 	})
 	finish()
-	waitPlaced(t, c, "replicas balanced over five nodes", 60*time.Second, balanced(5))
+	waitPlaced(t, c, "replicas balanced over five nodes", 2*time.Minute, balanced(5))
 	deadline := time.Now().Add(30 * time.Second)
 	for led := leadersAcross(t, c); !withinOne(led, len(c.Nodes)); led = leadersAcross(t, c) {
 		if time.Now().After(deadline) {
