@@ -23,17 +23,11 @@ import (
 )
 
 // splitAt splits through a node, waiting for every node to run the new range.
-// An Unavailable answer (leaders moving) is retried, as an operator would.
+// An Unavailable answer (leaders moving) is retried, as an operator would
+// (trySplit).
 func splitAt(t testing.TB, c *testcluster.Cluster, via *testcluster.Node, key string) {
 	t.Helper()
-	var err error
-	for range 5 {
-		if err = via.Server.SplitRange(ctxT(t), key); status.Code(err) != codes.Unavailable {
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	if err != nil {
+	if err := trySplit(c, via, key); err != nil {
 		t.Fatalf("split at %q: %v", key, err)
 	}
 }
