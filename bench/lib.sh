@@ -115,11 +115,18 @@ start_etcd() { # start_etcd N: sets ENDPOINTS, SERVER_PIDS, SERVER_NAMES
       ${ETCD_FLAGS[@]+"${ETCD_FLAGS[@]}"}
     pids+=("$LAST_PID"); names+=("$name"); clients+=("127.0.0.1:$client")
   done
-  wait_serving "${clients[@]}"
-  ENDPOINTS=$(IFS=,; echo "${clients[*]}")
-  SERVER_PIDS=$(IFS=,; echo "${pids[*]}")
-  SERVER_NAMES=$(IFS=,; echo "${names[*]}")
-  log "etcd $n members up: $ENDPOINTS"
+  cluster_up "etcd $n members" clients pids names
+}
+
+# cluster_up WHAT CLIENTS PIDS NAMES (array names): waits until every client
+# endpoint serves, then sets ENDPOINTS, SERVER_PIDS and SERVER_NAMES.
+cluster_up() {
+  local -n up_clients=$2 up_pids=$3 up_names=$4
+  wait_serving "${up_clients[@]}"
+  ENDPOINTS=$(IFS=,; echo "${up_clients[*]}")
+  SERVER_PIDS=$(IFS=,; echo "${up_pids[*]}")
+  SERVER_NAMES=$(IFS=,; echo "${up_names[*]}")
+  log "$1 up: $ENDPOINTS"
 }
 
 start_tessera() { # start_tessera N: the first node alone, the others --join
@@ -136,11 +143,7 @@ start_tessera() { # start_tessera N: the first node alone, the others --join
     wait_listening "$LAST_PID" "$client" "$name"
     pids+=("$LAST_PID"); names+=("$name"); clients+=("127.0.0.1:$client")
   done
-  wait_serving "${clients[@]}"
-  ENDPOINTS=$(IFS=,; echo "${clients[*]}")
-  SERVER_PIDS=$(IFS=,; echo "${pids[*]}")
-  SERVER_NAMES=$(IFS=,; echo "${names[*]}")
-  log "tessera $n nodes up: $ENDPOINTS"
+  cluster_up "tessera $n nodes" clients pids names
 }
 
 stop_cluster() { # stop_cluster: the one in SERVER_PIDS / SERVER_NAMES
@@ -179,3 +182,12 @@ all_replicated() {
   "$TESSERA" ctl --endpoints "$ENDPOINTS" ranges --json 2>/dev/null | jq -e 'length > 0 and all(.[]; (.replicas | length) >= 3)' >/dev/null
 }
 ranges_count() { "$TESSERA" ctl --endpoints "$ENDPOINTS" ranges --json 2>/dev/null | jq length 2>/dev/null || echo '?'; }
+
+# cleanup_work is the exit trap of a script with nothing more to undo: it
+# stops every process the script started and removes WORK.
+cleanup_work() {
+  local rc=$?
+  if [ ${#PIDS[@]} -gt 0 ]; then stop_pids "${PIDS[@]}"; fi
+  rm -rf "$WORK"
+  exit $rc
+}

@@ -80,13 +80,7 @@ LOG_NAME=recovery
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
 
-cleanup() {
-  local rc=$?
-  if [ ${#PIDS[@]} -gt 0 ]; then stop_pids "${PIDS[@]}"; fi
-  rm -rf "$WORK"
-  exit $rc
-}
-trap cleanup EXIT
+trap cleanup_work EXIT
 trap 'exit 130' INT TERM
 
 build_etcd
