@@ -181,6 +181,18 @@ balanced() {
 all_replicated() {
   "$TESSERA" ctl --endpoints "$ENDPOINTS" ranges --json 2>/dev/null | jq -e 'length > 0 and all(.[]; (.replicas | length) >= 3)' >/dev/null
 }
+wait_spread() { # wait_spread N: balanced and fully replicated, twice in a row (10 min at most)
+  local ok=0 deadline=$((SECONDS + 600))
+  while [ $ok -lt 2 ]; do
+    if nodes_json >"$WORK/nodes.json" && balanced "$WORK/nodes.json" "$1" && all_replicated; then
+      ok=$((ok + 1))
+    else
+      ok=0
+    fi
+    [ $SECONDS -lt $deadline ] || die "placement did not spread the replicas in 600s: $(spread_of "$WORK/nodes.json" 2>/dev/null)"
+    sleep 1
+  done
+}
 ranges_count() { "$TESSERA" ctl --endpoints "$ENDPOINTS" ranges --json 2>/dev/null | jq length 2>/dev/null || echo '?'; }
 
 # cleanup_work is the exit trap of a script with nothing more to undo: it

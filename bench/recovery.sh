@@ -119,19 +119,6 @@ split_ranges() { # split_ranges MIB: p/ into RANGES ranges of equal key counts
   done
 }
 
-wait_spread() { # wait_spread N: balanced and fully replicated, twice in a row (10 min at most)
-  local ok=0 deadline=$((SECONDS + 600))
-  while [ $ok -lt 2 ]; do
-    if nodes_json >"$WORK/nodes.json" && balanced "$WORK/nodes.json" "$1" && all_replicated; then
-      ok=$((ok + 1))
-    else
-      ok=0
-    fi
-    [ $SECONDS -lt $deadline ] || die "placement did not spread the replicas in 600s: $(spread_of "$WORK/nodes.json" 2>/dev/null)"
-    sleep 1
-  done
-}
-
 ROWS=$WORK/rows
 : >"$ROWS"
 

@@ -6,7 +6,8 @@
 # Tessera: --nodes nodes (the first alone, the others --join), each with
 # --quota-backend-bytes of --quota-mib MiB (etcd's default is 2048); the key
 # prefix p/ split into --ranges ranges of equal key counts; then --load-mib
-# MiB of --value-size values written under sequential keys (one Put each).
+# MiB of --value-size values written under sequential keys (one Put each),
+# once placement has spread the ranges' replicas over the nodes.
 # Afterwards the run checks that the cluster serves all of it:
 #   - a watch from the first write's revision (etcdctl watch --rev) delivers
 #     every Put, each a creation, in revision order;
@@ -131,6 +132,8 @@ run_tessera() {
       sleep 1
     done
   done
+  log "tessera: waiting for placement to spread the ranges"
+  wait_spread "$NODES"
   nodes_json >"$OUT/nodes-tessera-before.json"
   first=$(($(header_revision) + 1))
   log "tessera: $NODES nodes, $RANGES ranges; loading $LOAD_MIB MiB ($KEYS Puts) from revision $first"
