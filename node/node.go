@@ -50,6 +50,8 @@ type Node struct {
 
 	// learners are the non-voting replicas failed additions left behind.
 	learners abandonedLearners
+	// placingSoon is set while a placement pass placeSoon started runs.
+	placingSoon atomic.Bool
 
 	// picksMu guards picks: electNewRange's recent choices of a member
 	// to lead a new range, by range ID (see leadershipCounts).

@@ -308,6 +308,26 @@ func (s *Node) runOp(op placement.Op) {
 		return
 	}
 	s.log.Info("placement operation done", "op", op.String())
+	if op.Kind != placement.TransferLeader {
+		s.placeSoon()
+	}
+}
+
+// placeSoon runs a placement pass now (one at a time) after a replica
+// operation ended: the nodes it involved can take the next move at once,
+// rather than at the next pass of the placement interval (a node rebuilt
+// after a death or a new node filled waits for passes otherwise, not for
+// copying).
+func (s *Node) placeSoon() {
+	if s.cfg.PlacementInterval < 0 || !s.placingSoon.CompareAndSwap(false, true) {
+		return
+	}
+	if err := s.stopper.RunAsync(func() {
+		defer s.placingSoon.Store(false)
+		s.placeOnce()
+	}); err != nil {
+		s.placingSoon.Store(false)
+	}
 }
 
 // TransferLeader serves Internal.TransferLeader on a node holding the range
