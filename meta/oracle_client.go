@@ -80,12 +80,11 @@ func (c *OracleClient) fetchOnce(ctx context.Context, count int64) (int64, error
 	}()
 	resp, err := tesserapb.NewInternalClient(cc).GetRevisions(callCtx, &tesserapb.GetRevisionsRequest{Count: count})
 	if err != nil {
-		if errors.Is(context.Cause(callCtx), errLeaderChanged) {
-			return 0, ErrNoLeader
-		}
-		if status.Code(err) == codes.FailedPrecondition || status.Code(err) == codes.Unavailable {
-			// The node we asked no longer leads, or is down: ask again
-			// once this replica learns the new leader.
+		if code := status.Code(err); code == codes.FailedPrecondition || code == codes.Unavailable ||
+			errors.Is(context.Cause(callCtx), errLeaderChanged) {
+			// The node we asked no longer leads, is down, or was seen to
+			// lose the leadership: ask again once this replica learns the
+			// new leader.
 			return 0, ErrNoLeader
 		}
 		return 0, err

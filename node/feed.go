@@ -137,13 +137,9 @@ func (fs *feedStream) SendMsg(m any) error {
 	case resp.Created:
 		return nil
 	}
-	out := &tesserapb.RangeFeedResponse{ClosedRevision: resp.GetHeader().GetRevision()}
-	for _, ev := range resp.Events {
-		b, err := proto.Marshal(ev)
-		if err != nil {
-			return err
-		}
-		out.Events = append(out.Events, b)
+	events, err := encodeEvents(resp.Events)
+	if err != nil {
+		return err
 	}
-	return fs.out.Send(out)
+	return fs.out.Send(&tesserapb.RangeFeedResponse{ClosedRevision: resp.GetHeader().GetRevision(), Events: events})
 }

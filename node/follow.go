@@ -157,7 +157,11 @@ func (s *Node) streamFeed(ctx context.Context, cc *grpc.ClientConn, rangeID uint
 		if msg.CompactRevision > 0 {
 			return errFeedCompacted
 		}
-		events, err := s.feedEvents(msg.Events)
+		// The feed covers the keys this node routed to the range when it
+		// started, those a split has given another range since among them:
+		// their events may come twice (here and from that range), and the
+		// hub keeps one.
+		events, err := decodeEvents(msg.Events)
 		if err != nil {
 			return err
 		}
@@ -171,11 +175,9 @@ func (s *Node) streamFeed(ctx context.Context, cc *grpc.ClientConn, rangeID uint
 	}
 }
 
-// feedEvents decodes a feed's events. A feed covers the keys this node
-// routed to the range when it started, those a split has given another
-// range since among them: their events may come twice (here and from that
-// range), and the hub keeps one.
-func (s *Node) feedEvents(raw [][]byte) ([]*mvccpb.Event, error) {
+// decodeEvents decodes the marshalled etcd events of a range feed or a
+// history read from another node (encodeEvents).
+func decodeEvents(raw [][]byte) ([]*mvccpb.Event, error) {
 	if len(raw) == 0 {
 		return nil, nil
 	}
@@ -185,6 +187,19 @@ func (s *Node) feedEvents(raw [][]byte) ([]*mvccpb.Event, error) {
 		if err := proto.Unmarshal(b, out[i]); err != nil {
 			return nil, err
 		}
+	}
+	return out, nil
+}
+
+// encodeEvents marshals etcd events for another node (decodeEvents).
+func encodeEvents(events []*mvccpb.Event) ([][]byte, error) {
+	var out [][]byte
+	for _, ev := range events {
+		b, err := proto.Marshal(ev)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, b)
 	}
 	return out, nil
 }
@@ -259,12 +274,9 @@ func (s *Node) partHistory(p router.Part, fromRev, toRev int64, maxEvents int) (
 	if resp.CompactedRevision >= fromRev {
 		return nil, 0, &statemachine.CompactedError{CompactRevision: resp.CompactedRevision}
 	}
-	events := make([]*mvccpb.Event, len(resp.Events))
-	for i, b := range resp.Events {
-		events[i] = &mvccpb.Event{}
-		if err := proto.Unmarshal(b, events[i]); err != nil {
-			return nil, 0, err
-		}
+	events, err := decodeEvents(resp.Events)
+	if err != nil {
+		return nil, 0, err
 	}
 	return events, resp.CoveredTo, nil
 }
@@ -338,12 +350,8 @@ func (i *internalService) RangeHistory(ctx context.Context, req *tesserapb.Range
 		return nil, router.ToGRPC(err)
 	}
 	resp.CoveredTo = covered
-	for _, ev := range events {
-		b, err := proto.Marshal(ev)
-		if err != nil {
-			return nil, err
-		}
-		resp.Events = append(resp.Events, b)
+	if resp.Events, err = encodeEvents(events); err != nil {
+		return nil, err
 	}
 	return resp, nil
 }

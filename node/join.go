@@ -216,26 +216,25 @@ func (s *Node) noteMetaVoter() {
 	if !s.joined || s.identity.MetaVoter {
 		return
 	}
-	for _, si := range raftinfo.Shards(s.nh) {
-		if si.ShardID != meta.RangeID || si.IsNonVoting {
-			continue
-		}
-		if _, voter := si.Replicas[s.replicaID]; !voter {
-			continue
-		}
-		id := s.identity
-		id.MetaVoter = true
-		if err := saveIdentity(s.cfg.DataDir, id); err != nil {
-			s.log.Warn("recording that this node's meta replica votes", "err", err)
-			return
-		}
-		s.identity = id
+	si, ok := raftinfo.Shard(s.nh, meta.RangeID)
+	if !ok || si.IsNonVoting {
+		return
 	}
+	if _, voter := si.Replicas[s.replicaID]; !voter {
+		return
+	}
+	id := s.identity
+	id.MetaVoter = true
+	if err := saveIdentity(s.cfg.DataDir, id); err != nil {
+		s.log.Warn("recording that this node's meta replica votes", "err", err)
+		return
+	}
+	s.identity = id
 }
 
-// removeNode takes a node holding no range replica out of the meta range
-// and the registry, on the meta leader.
-func (s *Node) removeNode(ctx context.Context, id uint64) error {
+// RemoveNode takes a node holding no range replica out of the cluster: out
+// of the meta range and the node registry. It runs on the meta leader.
+func (s *Node) RemoveNode(ctx context.Context, id uint64) error {
 	st, err := meta.State(ctx, s.meta, true)
 	if err != nil {
 		return router.ToGRPC(err)

@@ -51,8 +51,7 @@ const (
 func (i *internalService) ChangeReplicas(ctx context.Context, req *tesserapb.ChangeReplicasRequest) (*tesserapb.ChangeReplicasResponse, error) {
 	s := i.s
 	learner := req.RemoveLearnerId != 0
-	if req.RangeId == 0 || (req.AddNodeId == 0 && req.RemoveNodeId == 0 && !learner) || (req.AddNodeId == req.RemoveNodeId && !learner) ||
-		(learner && (req.AddNodeId != 0 || req.RemoveNodeId != 0)) {
+	if req.RangeId == 0 || (!learner && req.AddNodeId == req.RemoveNodeId) || (learner && (req.AddNodeId != 0 || req.RemoveNodeId != 0)) {
 		return nil, status.Error(codes.InvalidArgument, "tessera: a replica change names a range and one node to add or remove (or one of each), or alone a non-voting replica to remove")
 	}
 	rng := s.rangeByID(req.RangeId)
@@ -222,35 +221,35 @@ func (s *Node) removeLearner(ctx context.Context, rangeID, rid uint64) error {
 // Nothing else removes them: the range's descriptor lists its voters, and
 // the replica's node keeps a replica still joining its range.
 type abandonedLearners struct {
-	mu      sync.Mutex
-	byRange map[uint64]uint64 // replica ID → range ID; guarded by mu
+	mu        sync.Mutex
+	byReplica map[uint64]uint64 // replica ID → range ID; guarded by mu
 }
 
 func (a *abandonedLearners) abandon(rangeID, rid uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.byRange == nil {
-		a.byRange = map[uint64]uint64{}
+	if a.byReplica == nil {
+		a.byReplica = map[uint64]uint64{}
 	}
-	a.byRange[rid] = rangeID
+	a.byReplica[rid] = rangeID
 }
 
 // removeAbandonedLearners asks the leaders of the ranges of abandoned
 // non-voting replicas to remove them.
 func (s *Node) removeAbandonedLearners() {
 	s.learners.mu.Lock()
-	pending := maps.Clone(s.learners.byRange)
+	pending := maps.Clone(s.learners.byReplica)
 	s.learners.mu.Unlock()
 	for rid, rangeID := range pending {
 		ctx, cancel := s.stopper.WithTimeout(leaderHandOff)
-		_, err := (&internalService{s: s}).ChangeReplicas(ctx, &tesserapb.ChangeReplicasRequest{RangeId: rangeID, RemoveLearnerId: rid})
+		_, err := s.Internal().ChangeReplicas(ctx, &tesserapb.ChangeReplicasRequest{RangeId: rangeID, RemoveLearnerId: rid})
 		cancel()
 		if err != nil {
 			s.log.Debug("removing a non-voting replica a failed addition left", "range", rangeID, "replica", rid, "err", err)
 			continue
 		}
 		s.learners.mu.Lock()
-		delete(s.learners.byRange, rid)
+		delete(s.learners.byReplica, rid)
 		s.learners.mu.Unlock()
 	}
 }
@@ -367,7 +366,7 @@ func newBarrier() *tesserapb.Command {
 
 // removeReplica removes node's replica from the range this node leads, then
 // tells node to stop it and delete its data (a node that cannot be told now
-// does it when it next looks; see dropRemovedReplicas).
+// does it when it next looks; see dropStaleReplicas).
 func (s *Node) removeReplica(ctx context.Context, rangeID, node uint64) error {
 	m, err := s.nh.SyncGetShardMembership(ctx, rangeID)
 	if err != nil {

@@ -215,11 +215,7 @@ func (s *Node) membersOf(rangeID uint64) map[uint64]dragonboat.Target {
 	if !ok {
 		return nil
 	}
-	out := make(map[uint64]dragonboat.Target, len(si.Replicas))
-	for id, addr := range si.Replicas {
-		out[id] = addr
-	}
-	return out
+	return maps.Clone(si.Replicas)
 }
 
 // startRange starts this node's replica of a data range and adds it to the

@@ -130,12 +130,6 @@ func (s *Node) Conn(ctx context.Context, nodeID uint64) (*grpc.ClientConn, error
 	return s.directory.Conn(ctx, nodeID)
 }
 
-// RemoveNode takes a node out of the cluster: out of the meta range and the
-// node registry. It runs on the meta range's leader.
-func (s *Node) RemoveNode(ctx context.Context, nodeID uint64) error {
-	return s.removeNode(ctx, nodeID)
-}
-
 // hubSource is what the watch hub reads through: the store's history and
 // the router's ranges and oracle.
 type hubSource struct{ s *Node }
