@@ -68,6 +68,21 @@ func (d *Directory) target(ctx context.Context, nodeID uint64) (string, error) {
 	return out.(string), nil
 }
 
+// RaftAddress returns a registered node's Raft address as this replica
+// knows it.
+func (d *Directory) RaftAddress(ctx context.Context, nodeID uint64) (string, error) {
+	nodes, err := d.Nodes(ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, n := range nodes {
+		if n.NodeId == nodeID && n.RaftAddress != "" {
+			return n.RaftAddress, nil
+		}
+	}
+	return "", fmt.Errorf("meta: node %d has no registered Raft address", nodeID)
+}
+
 // Conn returns a client connection to a node, waiting briefly for a node
 // that has just started to register. It takes a node's ID or the ID of a
 // replica the node holds (see internal/replicaid).

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/lni/dragonboat/v4"
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tesserakv/tessera/internal/raftinfo"
+	"github.com/tesserakv/tessera/internal/replicaid"
 	"github.com/tesserakv/tessera/internal/solevoter"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 )
@@ -35,24 +37,39 @@ type metaRaft interface {
 	Sole() bool
 }
 
-// Replica drives this node's replica of the meta range. A node's ID is
-// its replica ID in the meta range.
+// Replica drives this node's replica of the meta range. A node's replica
+// ID in the meta range is its node ID, with an incarnation above bit 32
+// (internal/replicaid) once the replica was removed and the node added
+// again: Dragonboat never takes back a removed replica ID.
 type Replica struct {
-	nh     *dragonboat.NodeHost
-	nodeID uint64
+	nh        *dragonboat.NodeHost
+	nodeID    uint64
+	replicaID atomic.Uint64
 	// sole remembers whether this replica is the meta range's only voter.
 	sole    solevoter.Flag
 	session *client.Session
 }
 
 // NewReplica returns a driver for the meta replica already started on
-// nh.
-func NewReplica(nh *dragonboat.NodeHost, nodeID uint64) *Replica {
-	return &Replica{nh: nh, nodeID: nodeID, session: nh.GetNoOPSession(RangeID)}
+// nh under replicaID.
+func NewReplica(nh *dragonboat.NodeHost, nodeID, replicaID uint64) *Replica {
+	m := &Replica{nh: nh, nodeID: nodeID, session: nh.GetNoOPSession(RangeID)}
+	m.replicaID.Store(replicaID)
+	return m
 }
 
 // NodeID of this node.
 func (m *Replica) NodeID() uint64 { return m.nodeID }
+
+// ReplicaID is this node's replica ID in the meta range.
+func (m *Replica) ReplicaID() uint64 { return m.replicaID.Load() }
+
+// Restarted records that this node's meta replica now runs as replicaID, a
+// non-voting replica added again after the old one was removed.
+func (m *Replica) Restarted(replicaID uint64) {
+	m.replicaID.Store(replicaID)
+	m.sole.NotSole()
+}
 
 // Leader returns the meta leader's node ID and term as this replica knows them.
 func (m *Replica) Leader() (uint64, uint64, bool) {
@@ -60,7 +77,7 @@ func (m *Replica) Leader() (uint64, uint64, bool) {
 	if err != nil || !valid {
 		return 0, term, false
 	}
-	return id, term, true
+	return replicaid.NodeOf(id), term, true
 }
 
 // Propose proposes cmd and waits until it is applied.
@@ -123,7 +140,7 @@ func (m *Replica) Sole() bool {
 		if !ok || len(si.Replicas) == 0 {
 			return false, false
 		}
-		_, self := si.Replicas[m.nodeID]
+		_, self := si.Replicas[m.ReplicaID()]
 		return self && len(si.Replicas) == 1 && !si.IsNonVoting, true
 	})
 }

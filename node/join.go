@@ -10,12 +10,14 @@ import (
 	"slices"
 	"time"
 
+	"github.com/lni/dragonboat/v4"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/tesserakv/tessera/internal/raftinfo"
+	"github.com/tesserakv/tessera/internal/replicaid"
 	"github.com/tesserakv/tessera/meta"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/router"
@@ -39,6 +41,18 @@ type identity struct {
 	// MetaVoter: the node's meta replica was made a voter (it restarts as
 	// one).
 	MetaVoter bool `json:"meta_voter,omitempty"`
+	// MetaReplicaID is the node's replica ID in the meta range when it is
+	// not the node ID: the meta leader added the node again under a new
+	// incarnation after its replica was removed (restartMeta).
+	MetaReplicaID uint64 `json:"meta_replica_id,omitempty"`
+}
+
+// metaReplicaID is the node's replica ID in the meta range.
+func (id identity) metaReplicaID() uint64 {
+	if id.MetaReplicaID != 0 {
+		return id.MetaReplicaID
+	}
+	return id.NodeID
 }
 
 // loadIdentity reads the identity a joined node recorded; ok is false when
@@ -193,9 +207,7 @@ func (i *internalService) JoinCluster(ctx context.Context, req *tesserapb.JoinCl
 		if err != nil {
 			return nil, router.ToGRPC(err)
 		}
-		_, voter := m.Nodes[id]
-		_, learner := m.NonVotings[id]
-		if !voter && !learner {
+		if _, _, member := metaReplicaOf(m, id); !member {
 			if err := s.nh.SyncRequestAddNonVoting(ctx, meta.RangeID, id, req.RaftAddress, m.ConfigChangeID); err != nil {
 				return nil, status.Errorf(codes.Unavailable, "tessera: adding node %d to the meta range: %v", id, err)
 			}
@@ -213,23 +225,46 @@ func (i *internalService) JoinCluster(ctx context.Context, req *tesserapb.JoinCl
 // installs a snapshot of the meta range; the other way round Dragonboat
 // refuses it.)
 func (s *Node) noteMetaVoter() {
-	if !s.joined || s.identity.MetaVoter {
+	s.idMu.Lock()
+	done := !s.joined || s.identity.MetaVoter
+	s.idMu.Unlock()
+	if done {
 		return
 	}
 	si, ok := raftinfo.Shard(s.nh, meta.RangeID)
 	if !ok || si.IsNonVoting {
 		return
 	}
-	if _, voter := si.Replicas[s.replicaID]; !voter {
+	if _, voter := si.Replicas[s.meta.ReplicaID()]; !voter {
 		return
 	}
-	id := s.identity
-	id.MetaVoter = true
-	if err := saveIdentity(s.cfg.DataDir, id); err != nil {
+	if err := s.recordIdentity(func(id *identity) { id.MetaVoter = true }); err != nil {
 		s.log.Warn("recording that this node's meta replica votes", "err", err)
-		return
 	}
-	s.identity = id
+}
+
+// recordIdentity changes the identity this node records in its data
+// directory; from then on the node starts from it, as a node that joined
+// does.
+func (s *Node) recordIdentity(change func(*identity)) error {
+	s.idMu.Lock()
+	defer s.idMu.Unlock()
+	id := s.identity
+	id.NodeID, id.ClusterID, id.Name = s.replicaID, s.clusterID, s.cfg.Name
+	change(&id)
+	if err := saveIdentity(s.cfg.DataDir, id); err != nil {
+		return err
+	}
+	s.identity, s.joined = id, true
+	return nil
+}
+
+// isJoined reports whether the node starts from its recorded identity
+// rather than from --initial-cluster.
+func (s *Node) isJoined() bool {
+	s.idMu.Lock()
+	defer s.idMu.Unlock()
+	return s.joined
 }
 
 // RemoveNode takes a node holding no range replica out of the cluster: out
@@ -264,23 +299,18 @@ func (s *Node) RemoveNode(ctx context.Context, id uint64) error {
 	if err != nil {
 		return router.ToGRPC(err)
 	}
-	_, voter := m.Nodes[id]
-	_, learner := m.NonVotings[id]
-	if voter {
-		// The voters left must still have a live quorum among them.
-		live := s.liveNodes()
-		left := 0
-		for v := range m.Nodes {
-			if v != id && live[v] {
-				left++
-			}
-		}
-		if left < (len(m.Nodes)-1)/2+1 {
-			return rpctypes.ErrGRPCMemberNotEnoughStarted
-		}
+	s.live.mu.Lock()
+	if s.live.removing == nil {
+		s.live.removing = map[uint64]bool{}
 	}
-	if voter || learner {
-		if err := s.nh.SyncRequestDeleteReplica(ctx, meta.RangeID, id, m.ConfigChangeID); err != nil {
+	s.live.removing[id] = true // placement must not add it back meanwhile
+	s.live.mu.Unlock()
+	rid, voter, member := metaReplicaOf(m, id)
+	if voter && !quorumWithout(m.Nodes, rid, s.liveNodes()) {
+		return rpctypes.ErrGRPCMemberNotEnoughStarted
+	}
+	if member {
+		if err := s.nh.SyncRequestDeleteReplica(ctx, meta.RangeID, rid, m.ConfigChangeID); err != nil {
 			return status.Errorf(codes.Unavailable, "tessera: removing node %d from the meta range: %v", id, err)
 		}
 	}
@@ -290,4 +320,32 @@ func (s *Node) RemoveNode(ctx context.Context, id uint64) error {
 	}
 	s.log.Info("node removed", "node", id, "name", node.Name)
 	return nil
+}
+
+// metaReplicaOf finds a node's replica in a membership of the meta range:
+// its replica ID, whether it votes, and whether it is there at all.
+func metaReplicaOf(m *dragonboat.Membership, node uint64) (replicaID uint64, voter, ok bool) {
+	for id := range m.Nodes {
+		if replicaid.NodeOf(id) == node {
+			return id, true, true
+		}
+	}
+	for id := range m.NonVotings {
+		if replicaid.NodeOf(id) == node {
+			return id, false, true
+		}
+	}
+	return 0, false, false
+}
+
+// quorumWithout reports whether the voters other than the one given still
+// have a quorum of their own on live nodes.
+func quorumWithout(voters map[uint64]string, without uint64, live map[uint64]bool) bool {
+	left := 0
+	for id := range voters {
+		if id != without && live[replicaid.NodeOf(id)] {
+			left++
+		}
+	}
+	return left >= (len(voters)-1)/2+1
 }

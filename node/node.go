@@ -52,6 +52,8 @@ type Node struct {
 	learners abandonedLearners
 	// placingSoon is set while a placement pass placeSoon started runs.
 	placingSoon atomic.Bool
+	// beatsSent counts heartbeats sent through another node (anotherNode).
+	beatsSent atomic.Uint64
 
 	// picksMu guards picks: electNewRange's recent choices of a member
 	// to lead a new range, by range ID (see leadershipCounts).
@@ -66,11 +68,15 @@ type Node struct {
 	// raftMembers is every member of --initial-cluster's Raft address by node
 	// ID: the meta range's voters (none on a node that joined).
 	raftMembers map[uint64]dragonboat.Target
-	// joined: this node joined a running cluster (--join) rather than being
-	// one of --initial-cluster; identity is what its data directory records
-	// of it. identity is written only by the heartbeat task.
+	// joined: this node starts from the identity its data directory
+	// records (it joined a running cluster with --join, or its meta replica
+	// was added again) rather than from --initial-cluster. Both guarded by
+	// idMu once the node runs.
+	idMu     sync.Mutex
 	joined   bool
 	identity identity
+	// metaRestartMu serializes restarts of the meta replica (restartMeta).
+	metaRestartMu sync.Mutex
 
 	// spaceExceeded is true while the store is larger than --quota-backend-bytes.
 	spaceExceeded atomic.Bool
@@ -149,7 +155,7 @@ func (s *Node) Start() error {
 		return err
 	}
 
-	s.meta = meta.NewReplica(s.nh, replicaID)
+	s.meta = meta.NewReplica(s.nh, replicaID, s.metaReplicaID())
 	s.directory = meta.NewDirectory(s.meta, cfg.nodeDialOptions()...)
 	allocator := meta.NewAllocator(s.meta, s.stopper)
 	// The node's stopper stops its children the newest first: the replicas,
@@ -232,14 +238,15 @@ func (s *Node) startRaft() error {
 	}
 	s.nh = nh
 	s.raftMembers = map[uint64]dragonboat.Target{}
-	metaConfig := s.raftConfig(meta.RangeID, s.replicaID)
+	metaID := s.metaReplicaID()
+	metaConfig := s.raftConfig(meta.RangeID, metaID)
 	metaMembers, metaJoin := s.raftMembers, false
 	if s.joined {
 		// A node that joined holds a replica of the meta range, started
 		// empty the first time (the meta leader added it as a non-voter),
 		// and a voter once the meta leader made it one.
 		metaConfig.IsNonVoting = !s.identity.MetaVoter
-		metaMembers, metaJoin = nil, !nh.HasNodeInfo(meta.RangeID, s.replicaID)
+		metaMembers, metaJoin = nil, !nh.HasNodeInfo(meta.RangeID, metaID)
 	} else {
 		for i, m := range cfg.InitialCluster {
 			addr, _ := hostPortOf(m.PeerURL)
@@ -251,6 +258,14 @@ func (s *Node) startRaft() error {
 		return fmt.Errorf("starting the meta range: %w", err)
 	}
 	return nil
+}
+
+// metaReplicaID is this node's replica ID in the meta range as it starts.
+func (s *Node) metaReplicaID() uint64 {
+	if s.joined {
+		return s.identity.metaReplicaID()
+	}
+	return s.replicaID
 }
 
 // explainNodeHostError names the cause when Dragonboat refuses a data

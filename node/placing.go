@@ -49,8 +49,12 @@ type liveness struct {
 	beats map[uint64]heartbeat
 	// placing holds the operations under way, by range. Guarded by mu.
 	placing map[uint64]placement.Op
-	// promoting: a meta replica is being made a voter. Guarded by mu.
-	promoting bool
+	// changingMeta: a change of the meta range's membership is under way
+	// (changeMeta). Guarded by mu.
+	changingMeta bool
+	// removing holds the nodes RemoveNode is taking out of the cluster,
+	// whose meta replicas are not added again. Guarded by mu.
+	removing map[uint64]bool
 }
 
 type heartbeat struct {
@@ -87,14 +91,38 @@ func (l *liveness) record(term uint64, req *tesserapb.NodeHeartbeatRequest) {
 	l.beats[req.NodeId] = heartbeat{at: time.Now(), req: req}
 }
 
-// NodeHeartbeat serves Internal.NodeHeartbeat on the meta leader.
-func (i *internalService) NodeHeartbeat(_ context.Context, req *tesserapb.NodeHeartbeatRequest) (*tesserapb.NodeHeartbeatResponse, error) {
-	leads, term := i.s.metaTerm()
-	if !leads {
-		return nil, status.Error(codes.FailedPrecondition, "tessera: this node does not lead the meta range")
+// NodeHeartbeat serves Internal.NodeHeartbeat on the meta leader; other
+// nodes pass it there.
+func (i *internalService) NodeHeartbeat(ctx context.Context, req *tesserapb.NodeHeartbeatRequest) (*tesserapb.NodeHeartbeatResponse, error) {
+	return onMetaLeader(ctx, i.s, func() (*tesserapb.NodeHeartbeatResponse, error) {
+		leads, term := i.s.metaTerm()
+		if !leads {
+			return nil, status.Error(codes.FailedPrecondition, "tessera: this node does not lead the meta range")
+		}
+		i.s.live.record(term, req)
+		return &tesserapb.NodeHeartbeatResponse{}, nil
+	}, func(ctx context.Context, c tesserapb.InternalClient) (*tesserapb.NodeHeartbeatResponse, error) {
+		return c.NodeHeartbeat(ctx, req)
+	})
+}
+
+// anotherNode returns a registered node other than this one, a different
+// one each call (0 for none).
+func (s *Node) anotherNode(ctx context.Context) uint64 {
+	nodes, err := s.directory.Nodes(ctx)
+	if err != nil {
+		return 0
 	}
-	i.s.live.record(term, req)
-	return &tesserapb.NodeHeartbeatResponse{}, nil
+	var others []uint64
+	for _, n := range nodes {
+		if n.NodeId != s.replicaID {
+			others = append(others, n.NodeId)
+		}
+	}
+	if len(others) == 0 {
+		return 0
+	}
+	return others[s.beatsSent.Add(1)%uint64(len(others))]
 }
 
 // suspectAfter is how long a node may go unheard before it is suspect.
@@ -115,7 +143,8 @@ func (s *Node) startHeartbeats() {
 
 func (s *Node) sendHeartbeat() {
 	s.noteMetaVoter()
-	req := &tesserapb.NodeHeartbeatRequest{NodeId: s.replicaID, DiskUsedBytes: s.store.DiskSizeBytes(), DiskQuotaBytes: s.cfg.QuotaBackendBytes}
+	req := &tesserapb.NodeHeartbeatRequest{NodeId: s.replicaID, DiskUsedBytes: s.store.DiskSizeBytes(), DiskQuotaBytes: s.cfg.QuotaBackendBytes,
+		MetaReplicaId: s.meta.ReplicaID()}
 	for _, r := range s.rangeList() {
 		load := &tesserapb.RangeLoad{RangeId: r.RangeID(), Leader: r.IsLeader(), Qps: r.QPS()}
 		if rsm := s.store.Range(r.RangeID()); rsm != nil {
@@ -124,18 +153,25 @@ func (s *Node) sendHeartbeat() {
 		req.Ranges = append(req.Ranges, load)
 	}
 	leader, term, ok := s.meta.Leader()
-	switch {
-	case !ok:
-	case leader == s.replicaID:
+	if ok && leader == s.replicaID {
 		s.live.record(term, req)
-	default:
-		ctx, cancel := s.stopper.WithTimeout(s.heartbeatInterval())
-		defer cancel()
-		if cc, err := s.directory.Conn(ctx, leader); err == nil {
-			_, err = tesserapb.NewInternalClient(cc).NodeHeartbeat(ctx, req)
-			if err != nil {
-				s.log.Debug("heartbeat to the meta leader", "leader", leader, "err", err)
-			}
+		return
+	}
+	ctx, cancel := s.stopper.WithTimeout(s.heartbeatInterval())
+	defer cancel()
+	if !ok {
+		// This node's meta replica knows no leader (an election, or the
+		// replica was removed while the node was down): another node
+		// passes the heartbeat on, so the meta leader hears of this node
+		// and can add it again.
+		if leader = s.anotherNode(ctx); leader == 0 {
+			return
+		}
+	}
+	if cc, err := s.directory.Conn(ctx, leader); err == nil {
+		_, err = tesserapb.NewInternalClient(cc).NodeHeartbeat(ctx, req)
+		if err != nil {
+			s.log.Debug("heartbeat to the meta leader", "via", leader, "err", err)
 		}
 	}
 }
@@ -171,7 +207,7 @@ func (s *Node) placeOnce() []placement.Op {
 	if err != nil {
 		return nil
 	}
-	voters, learners := s.metaMembership()
+	members, membersOK := s.metaMembership()
 	l := &s.live
 	l.mu.Lock()
 	l.termLocked(term)
@@ -183,11 +219,17 @@ func (s *Node) placeOnce() []placement.Op {
 	for _, op := range l.placing {
 		c.InFlight = append(c.InFlight, op)
 	}
-	if !l.promoting {
-		if id := metaPromotion(c, voters, learners); id != 0 {
-			l.promoting = true
-			if err := s.stopper.RunAsync(func() { s.promoteMeta(id) }); err != nil {
-				l.promoting = false
+	if !l.changingMeta && membersOK {
+		running := map[uint64]uint64{}
+		for id, b := range l.beats {
+			if time.Since(b.at) < s.suspectAfter() {
+				running[id] = b.req.MetaReplicaId
+			}
+		}
+		if ch, ok := planMetaChange(c, members, running, l.removing); ok {
+			l.changingMeta = true
+			if err := s.stopper.RunAsync(func() { s.changeMeta(ch) }); err != nil {
+				l.changingMeta = false
 			}
 		}
 	}
@@ -450,68 +492,6 @@ func (i *internalService) Decommission(ctx context.Context, req *tesserapb.Decom
 	}, func(ctx context.Context, c tesserapb.InternalClient) (*tesserapb.DecommissionResponse, error) {
 		return c.Decommission(ctx, req)
 	})
-}
-
-// metaReadTimeout bounds a read of the meta range's membership.
-const metaReadTimeout = 2 * time.Second
-
-// metaVoters is how many voters the meta range keeps when it can: five
-// survive two failures, and more would only slow its writes.
-const metaVoters = 5
-
-// metaMembership returns the meta range's voters and non-voting replicas as
-// this node's replica knows them.
-func (s *Node) metaMembership() (voters, learners map[uint64]string) {
-	ctx, cancel := s.stopper.WithTimeout(metaReadTimeout)
-	defer cancel()
-	m, err := s.nh.SyncGetShardMembership(ctx, meta.RangeID)
-	if err != nil {
-		return nil, nil
-	}
-	return m.Nodes, m.NonVotings
-}
-
-// metaPromotion picks a non-voting meta replica to make a voter while the
-// meta range has fewer than metaVoters: the lowest-numbered on a live node,
-// or 0 for none.
-func metaPromotion(c *placement.Cluster, voters, learners map[uint64]string) uint64 {
-	if len(voters) == 0 || len(voters) >= metaVoters {
-		return 0
-	}
-	for _, id := range slices.Sorted(maps.Keys(learners)) {
-		for _, n := range c.Nodes {
-			if n.ID == id && n.State == placement.NodeLive {
-				return id
-			}
-		}
-	}
-	return 0
-}
-
-// promoteMeta makes a node's non-voting meta replica a voter. The meta
-// range stops counting this replica as its only voter first.
-func (s *Node) promoteMeta(id uint64) {
-	defer func() {
-		s.live.mu.Lock()
-		s.live.promoting = false
-		s.live.mu.Unlock()
-	}()
-	ctx, cancel := s.stopper.WithTimeout(placementOpTimeout)
-	defer cancel()
-	m, err := s.nh.SyncGetShardMembership(ctx, meta.RangeID)
-	if err != nil {
-		return
-	}
-	addr, ok := m.NonVotings[id]
-	if !ok {
-		return
-	}
-	s.meta.NotSole()
-	if err := s.nh.SyncRequestAddReplica(ctx, meta.RangeID, id, addr, m.ConfigChangeID); err != nil {
-		s.log.Warn("making a meta replica a voter", "node", id, "err", err)
-		return
-	}
-	s.log.Info("meta replica made a voter", "node", id)
 }
 
 // liveNodes returns the nodes the meta leader heard from lately (this one

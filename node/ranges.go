@@ -189,7 +189,10 @@ func nodesOf(replicas iter.Seq[uint64]) []uint64 {
 // it holds the range under a later incarnation (internal/replicaid).
 func (s *Node) localReplicaID(rangeID uint64) uint64 {
 	if rangeID == meta.RangeID {
-		return s.replicaID
+		if s.meta == nil {
+			return s.metaReplicaID()
+		}
+		return s.meta.ReplicaID()
 	}
 	if id, ok, err := s.store.ReplicaID(rangeID); err == nil && ok {
 		return id

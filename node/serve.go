@@ -7,6 +7,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/grpc"
 
+	"github.com/tesserakv/tessera/internal/replicaid"
 	"github.com/tesserakv/tessera/internal/stop"
 	"github.com/tesserakv/tessera/meta"
 	"github.com/tesserakv/tessera/proto/tesserapb"
@@ -91,12 +92,15 @@ func (s *Node) MemberList(ctx context.Context) (*pb.MemberListResponse, error) {
 		_, term, _ = home.Leader()
 	}
 	resp := &pb.MemberListResponse{Header: &pb.ResponseHeader{ClusterId: s.clusterID, MemberId: s.replicaID, RaftTerm: term}}
-	if !s.joined {
-		metaVoters := s.membersOf(meta.RangeID)
+	if !s.isJoined() {
+		metaVoters := map[uint64]bool{}
+		for id := range s.membersOf(meta.RangeID) {
+			metaVoters[replicaid.NodeOf(id)] = true
+		}
 		for i, m := range s.cfg.InitialCluster {
 			id := uint64(i + 1)
 			if _, ok := registered[id]; !ok {
-				if _, voter := metaVoters[id]; !voter {
+				if !metaVoters[id] {
 					continue // removed (MemberRemove)
 				}
 			}

@@ -3,8 +3,10 @@ package node
 import (
 	"context"
 	"net"
+	"slices"
 	"time"
 
+	"github.com/tesserakv/tessera/internal/replicaid"
 	"github.com/tesserakv/tessera/meta"
 	"github.com/tesserakv/tessera/placement"
 	"github.com/tesserakv/tessera/proto/tesserapb"
@@ -94,6 +96,15 @@ func (t TestingNode) SnapshotsRecovered() int64 { return t.s.store.SnapshotsReco
 // TransferMetaLeadership asks the meta range to move its leader to the given
 // node.
 func (t TestingNode) TransferMetaLeadership(nodeID uint64) error {
+	m, ok := t.s.metaMembership()
+	if !ok {
+		return meta.ErrNoLeader
+	}
+	for id := range m.voters {
+		if replicaid.NodeOf(id) == nodeID {
+			nodeID = id
+		}
+	}
 	return t.s.nh.RequestLeaderTransfer(meta.RangeID, nodeID)
 }
 
@@ -169,6 +180,24 @@ func (t TestingNode) Decommission(ctx context.Context, node string) error {
 // MetaVoters is how many voting members the meta range has, as this node's
 // replica knows them.
 func (t TestingNode) MetaVoters() int {
-	voters, _ := t.s.metaMembership()
-	return len(voters)
+	m, _ := t.s.metaMembership()
+	return len(m.voters)
 }
+
+// MetaMembers returns the nodes holding the meta range's voters and its
+// non-voting replicas, as this node's replica knows them.
+func (t TestingNode) MetaMembers() (voters, learners []uint64) {
+	m, _ := t.s.metaMembership()
+	for id := range m.voters {
+		voters = append(voters, replicaid.NodeOf(id))
+	}
+	for id := range m.learners {
+		learners = append(learners, replicaid.NodeOf(id))
+	}
+	slices.Sort(voters)
+	slices.Sort(learners)
+	return voters, learners
+}
+
+// MetaReplicaID is this node's replica ID in the meta range.
+func (t TestingNode) MetaReplicaID() uint64 { return t.s.meta.ReplicaID() }

@@ -11,6 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tesserakv/tessera/bench"
+	"github.com/tesserakv/tessera/internal/replicaid"
 	"github.com/tesserakv/tessera/internal/testcluster"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/server"
@@ -343,6 +344,95 @@ func TestGrowByJoining(t *testing.T) {
 	got, err := cli.Get(ctx, "lin/", clientv3.WithPrefix())
 	if err != nil || len(got.Kvs) != 16 {
 		t.Fatalf("a list with the first node stopped: %v %v", got, err)
+	}
+}
+
+// TestMetaVoterReplaced: six nodes grown from one by --join, so the meta
+// range has five voters and one non-voting replica. The first node (a
+// voter, started with a one-member --initial-cluster) stops, the meta
+// leadership having moved off it. Once it is dead, the meta leader removes
+// its voter and promotes the non-voting replica: five voters again, all on
+// live nodes. Restarted with its old config, the node is added back to the
+// meta range under a new replica ID and serves; restarted once more, it
+// comes back with that ID (node.json). Every acknowledged write reads back.
+func TestMetaVoterReplaced(t *testing.T) {
+	c := testcluster.Start(t, 1, placing(2*time.Second))
+	for range 5 {
+		c.AddNode()
+	}
+	first, other := c.Nodes[0], c.Nodes[1]
+	waitMeta := func(what string, ok func(voters, learners []uint64) bool) {
+		t.Helper()
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			voters, learners := other.Server.Testing().MetaMembers()
+			if ok(voters, learners) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("waiting for %s: meta voters %v, non-voting %v", what, voters, learners)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	waitMeta("five meta voters", func(voters, learners []uint64) bool {
+		return len(voters) == 5 && len(learners) == 1 && slices.Contains(voters, 1)
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for other.Server.Testing().MetaLeader() == 1 {
+		_ = first.Server.Testing().TransferMetaLeadership(2)
+		if time.Now().After(deadline) {
+			t.Fatal("the meta leadership did not move off node 1")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	var rest []string
+	for _, n := range c.Nodes[1:] {
+		rest = append(rest, n.ClientURL)
+	}
+	w := startWriter(ctx, c.Client(rest...), "mv")
+	c.StopNode(first)
+	waitMeta("five meta voters on live nodes", func(voters, learners []uint64) bool {
+		return len(voters) == 5 && !slices.Contains(voters, 1) && !slices.Contains(learners, 1)
+	})
+
+	c.StartNode(first)
+	waitMeta("node 1 added to the meta range again", func(voters, learners []uint64) bool {
+		return slices.Contains(learners, 1) || slices.Contains(voters, 1)
+	})
+	serves := func(what string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			id := first.Server.Testing().MetaReplicaID()
+			_, err := c.Client(first.ClientURL).Put(ctx, "mv/first", what)
+			if err == nil && replicaid.NodeOf(id) == 1 && replicaid.Incarnation(id) == 1 && first.Server.Testing().MetaLeader() != 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("node 1 %s: meta replica %#x, leader %d, put: %v", what, id, first.Server.Testing().MetaLeader(), err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	serves("restarted")
+	c.StopNode(first)
+	c.StartNode(first)
+	serves("restarted again")
+
+	acked, _ := w.stop()
+	if len(acked) == 0 {
+		t.Fatal("no write succeeded while node 1 was down")
+	}
+	for _, n := range c.Nodes {
+		got, err := c.Client(n.ClientURL).Get(ctx, "mv/", clientv3.WithPrefix())
+		if err != nil {
+			t.Fatal(err)
+		}
+		requireAcked(t, n.Config.Name, got.Kvs, acked)
 	}
 }
 

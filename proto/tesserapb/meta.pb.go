@@ -759,6 +759,86 @@ func (x *MetaState) GetNextNodeId() uint64 {
 	return 0
 }
 
+type RestartMetaRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ReplicaId     uint64                 `protobuf:"varint,1,opt,name=replica_id,json=replicaId,proto3" json:"replica_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestartMetaRequest) Reset() {
+	*x = RestartMetaRequest{}
+	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestartMetaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestartMetaRequest) ProtoMessage() {}
+
+func (x *RestartMetaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestartMetaRequest.ProtoReflect.Descriptor instead.
+func (*RestartMetaRequest) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RestartMetaRequest) GetReplicaId() uint64 {
+	if x != nil {
+		return x.ReplicaId
+	}
+	return 0
+}
+
+type RestartMetaResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestartMetaResponse) Reset() {
+	*x = RestartMetaResponse{}
+	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestartMetaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestartMetaResponse) ProtoMessage() {}
+
+func (x *RestartMetaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestartMetaResponse.ProtoReflect.Descriptor instead.
+func (*RestartMetaResponse) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{12}
+}
+
 type JoinClusterRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -770,7 +850,7 @@ type JoinClusterRequest struct {
 
 func (x *JoinClusterRequest) Reset() {
 	*x = JoinClusterRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	mi := &file_tesserapb_meta_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -782,7 +862,7 @@ func (x *JoinClusterRequest) String() string {
 func (*JoinClusterRequest) ProtoMessage() {}
 
 func (x *JoinClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	mi := &file_tesserapb_meta_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -795,7 +875,7 @@ func (x *JoinClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinClusterRequest.ProtoReflect.Descriptor instead.
 func (*JoinClusterRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{11}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *JoinClusterRequest) GetName() string {
@@ -831,7 +911,7 @@ type JoinClusterResponse struct {
 
 func (x *JoinClusterResponse) Reset() {
 	*x = JoinClusterResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -843,7 +923,7 @@ func (x *JoinClusterResponse) String() string {
 func (*JoinClusterResponse) ProtoMessage() {}
 
 func (x *JoinClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -856,7 +936,7 @@ func (x *JoinClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinClusterResponse.ProtoReflect.Descriptor instead.
 func (*JoinClusterResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{12}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *JoinClusterResponse) GetNodeId() uint64 {
@@ -888,7 +968,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -900,7 +980,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -913,7 +993,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{13}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
 }
 
 type ListNodesResponse struct {
@@ -925,7 +1005,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -937,7 +1017,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -950,7 +1030,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeStatus {
@@ -979,7 +1059,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -991,7 +1071,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1004,7 +1084,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *NodeStatus) GetNodeId() uint64 {
@@ -1073,7 +1153,7 @@ type DecommissionRequest struct {
 
 func (x *DecommissionRequest) Reset() {
 	*x = DecommissionRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1085,7 +1165,7 @@ func (x *DecommissionRequest) String() string {
 func (*DecommissionRequest) ProtoMessage() {}
 
 func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1098,7 +1178,7 @@ func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionRequest.ProtoReflect.Descriptor instead.
 func (*DecommissionRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DecommissionRequest) GetNode() string {
@@ -1117,7 +1197,7 @@ type DecommissionResponse struct {
 
 func (x *DecommissionResponse) Reset() {
 	*x = DecommissionResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1129,7 +1209,7 @@ func (x *DecommissionResponse) String() string {
 func (*DecommissionResponse) ProtoMessage() {}
 
 func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1142,7 +1222,7 @@ func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionResponse.ProtoReflect.Descriptor instead.
 func (*DecommissionResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *DecommissionResponse) GetNodeId() uint64 {
@@ -1159,13 +1239,15 @@ type NodeHeartbeatRequest struct {
 	// disk_quota_bytes is the node's --quota-backend-bytes.
 	DiskQuotaBytes int64        `protobuf:"varint,3,opt,name=disk_quota_bytes,json=diskQuotaBytes,proto3" json:"disk_quota_bytes,omitempty"`
 	Ranges         []*RangeLoad `protobuf:"bytes,4,rep,name=ranges,proto3" json:"ranges,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// meta_replica_id is the replica of the meta range the node runs.
+	MetaReplicaId uint64 `protobuf:"varint,5,opt,name=meta_replica_id,json=metaReplicaId,proto3" json:"meta_replica_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeHeartbeatRequest) Reset() {
 	*x = NodeHeartbeatRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1177,7 +1259,7 @@ func (x *NodeHeartbeatRequest) String() string {
 func (*NodeHeartbeatRequest) ProtoMessage() {}
 
 func (x *NodeHeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1190,7 +1272,7 @@ func (x *NodeHeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeHeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*NodeHeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *NodeHeartbeatRequest) GetNodeId() uint64 {
@@ -1221,6 +1303,13 @@ func (x *NodeHeartbeatRequest) GetRanges() []*RangeLoad {
 	return nil
 }
 
+func (x *NodeHeartbeatRequest) GetMetaReplicaId() uint64 {
+	if x != nil {
+		return x.MetaReplicaId
+	}
+	return 0
+}
+
 // RangeLoad is one replica as its node reports it.
 type RangeLoad struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1234,7 +1323,7 @@ type RangeLoad struct {
 
 func (x *RangeLoad) Reset() {
 	*x = RangeLoad{}
-	mi := &file_tesserapb_meta_proto_msgTypes[19]
+	mi := &file_tesserapb_meta_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1246,7 +1335,7 @@ func (x *RangeLoad) String() string {
 func (*RangeLoad) ProtoMessage() {}
 
 func (x *RangeLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[19]
+	mi := &file_tesserapb_meta_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1259,7 +1348,7 @@ func (x *RangeLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeLoad.ProtoReflect.Descriptor instead.
 func (*RangeLoad) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RangeLoad) GetRangeId() uint64 {
@@ -1298,7 +1387,7 @@ type NodeHeartbeatResponse struct {
 
 func (x *NodeHeartbeatResponse) Reset() {
 	*x = NodeHeartbeatResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[20]
+	mi := &file_tesserapb_meta_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1310,7 +1399,7 @@ func (x *NodeHeartbeatResponse) String() string {
 func (*NodeHeartbeatResponse) ProtoMessage() {}
 
 func (x *NodeHeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[20]
+	mi := &file_tesserapb_meta_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1323,7 +1412,7 @@ func (x *NodeHeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeHeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*NodeHeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{22}
 }
 
 type TransferLeaderRequest struct {
@@ -1336,7 +1425,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[21]
+	mi := &file_tesserapb_meta_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1348,7 +1437,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[21]
+	mi := &file_tesserapb_meta_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1361,7 +1450,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{21}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *TransferLeaderRequest) GetRangeId() uint64 {
@@ -1386,7 +1475,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[22]
+	mi := &file_tesserapb_meta_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1398,7 +1487,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[22]
+	mi := &file_tesserapb_meta_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1411,7 +1500,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{22}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{24}
 }
 
 type RangeHistoryRequest struct {
@@ -1431,7 +1520,7 @@ type RangeHistoryRequest struct {
 
 func (x *RangeHistoryRequest) Reset() {
 	*x = RangeHistoryRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[23]
+	mi := &file_tesserapb_meta_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1443,7 +1532,7 @@ func (x *RangeHistoryRequest) String() string {
 func (*RangeHistoryRequest) ProtoMessage() {}
 
 func (x *RangeHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[23]
+	mi := &file_tesserapb_meta_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1456,7 +1545,7 @@ func (x *RangeHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeHistoryRequest.ProtoReflect.Descriptor instead.
 func (*RangeHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{23}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RangeHistoryRequest) GetRangeId() uint64 {
@@ -1516,7 +1605,7 @@ type RangeHistoryResponse struct {
 
 func (x *RangeHistoryResponse) Reset() {
 	*x = RangeHistoryResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[24]
+	mi := &file_tesserapb_meta_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1528,7 +1617,7 @@ func (x *RangeHistoryResponse) String() string {
 func (*RangeHistoryResponse) ProtoMessage() {}
 
 func (x *RangeHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[24]
+	mi := &file_tesserapb_meta_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1541,7 +1630,7 @@ func (x *RangeHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeHistoryResponse.ProtoReflect.Descriptor instead.
 func (*RangeHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{24}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RangeHistoryResponse) GetEvents() [][]byte {
@@ -1574,7 +1663,7 @@ type RangeStartedRequest struct {
 
 func (x *RangeStartedRequest) Reset() {
 	*x = RangeStartedRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[25]
+	mi := &file_tesserapb_meta_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1586,7 +1675,7 @@ func (x *RangeStartedRequest) String() string {
 func (*RangeStartedRequest) ProtoMessage() {}
 
 func (x *RangeStartedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[25]
+	mi := &file_tesserapb_meta_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1599,7 +1688,7 @@ func (x *RangeStartedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeStartedRequest.ProtoReflect.Descriptor instead.
 func (*RangeStartedRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{25}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RangeStartedRequest) GetRangeId() uint64 {
@@ -1626,7 +1715,7 @@ type RangeStartedResponse struct {
 
 func (x *RangeStartedResponse) Reset() {
 	*x = RangeStartedResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[26]
+	mi := &file_tesserapb_meta_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1638,7 +1727,7 @@ func (x *RangeStartedResponse) String() string {
 func (*RangeStartedResponse) ProtoMessage() {}
 
 func (x *RangeStartedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[26]
+	mi := &file_tesserapb_meta_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1651,7 +1740,7 @@ func (x *RangeStartedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeStartedResponse.ProtoReflect.Descriptor instead.
 func (*RangeStartedResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{26}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RangeStartedResponse) GetStarted() bool {
@@ -1701,7 +1790,7 @@ type ChangeReplicasRequest struct {
 
 func (x *ChangeReplicasRequest) Reset() {
 	*x = ChangeReplicasRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[27]
+	mi := &file_tesserapb_meta_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1713,7 +1802,7 @@ func (x *ChangeReplicasRequest) String() string {
 func (*ChangeReplicasRequest) ProtoMessage() {}
 
 func (x *ChangeReplicasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[27]
+	mi := &file_tesserapb_meta_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1726,7 +1815,7 @@ func (x *ChangeReplicasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeReplicasRequest.ProtoReflect.Descriptor instead.
 func (*ChangeReplicasRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{27}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ChangeReplicasRequest) GetRangeId() uint64 {
@@ -1766,7 +1855,7 @@ type ChangeReplicasResponse struct {
 
 func (x *ChangeReplicasResponse) Reset() {
 	*x = ChangeReplicasResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[28]
+	mi := &file_tesserapb_meta_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1778,7 +1867,7 @@ func (x *ChangeReplicasResponse) String() string {
 func (*ChangeReplicasResponse) ProtoMessage() {}
 
 func (x *ChangeReplicasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[28]
+	mi := &file_tesserapb_meta_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1791,7 +1880,7 @@ func (x *ChangeReplicasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeReplicasResponse.ProtoReflect.Descriptor instead.
 func (*ChangeReplicasResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{28}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ChangeReplicasResponse) GetRange() *RangeDescriptor {
@@ -1812,7 +1901,7 @@ type StartReplicaRequest struct {
 
 func (x *StartReplicaRequest) Reset() {
 	*x = StartReplicaRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[29]
+	mi := &file_tesserapb_meta_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1824,7 +1913,7 @@ func (x *StartReplicaRequest) String() string {
 func (*StartReplicaRequest) ProtoMessage() {}
 
 func (x *StartReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[29]
+	mi := &file_tesserapb_meta_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1837,7 +1926,7 @@ func (x *StartReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartReplicaRequest.ProtoReflect.Descriptor instead.
 func (*StartReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{29}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *StartReplicaRequest) GetRangeId() uint64 {
@@ -1862,7 +1951,7 @@ type StartReplicaResponse struct {
 
 func (x *StartReplicaResponse) Reset() {
 	*x = StartReplicaResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[30]
+	mi := &file_tesserapb_meta_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1874,7 +1963,7 @@ func (x *StartReplicaResponse) String() string {
 func (*StartReplicaResponse) ProtoMessage() {}
 
 func (x *StartReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[30]
+	mi := &file_tesserapb_meta_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1887,7 +1976,7 @@ func (x *StartReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartReplicaResponse.ProtoReflect.Descriptor instead.
 func (*StartReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{30}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{32}
 }
 
 type RemoveReplicaRequest struct {
@@ -1899,7 +1988,7 @@ type RemoveReplicaRequest struct {
 
 func (x *RemoveReplicaRequest) Reset() {
 	*x = RemoveReplicaRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[31]
+	mi := &file_tesserapb_meta_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1911,7 +2000,7 @@ func (x *RemoveReplicaRequest) String() string {
 func (*RemoveReplicaRequest) ProtoMessage() {}
 
 func (x *RemoveReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[31]
+	mi := &file_tesserapb_meta_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1924,7 +2013,7 @@ func (x *RemoveReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReplicaRequest.ProtoReflect.Descriptor instead.
 func (*RemoveReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{31}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RemoveReplicaRequest) GetRangeId() uint64 {
@@ -1942,7 +2031,7 @@ type RemoveReplicaResponse struct {
 
 func (x *RemoveReplicaResponse) Reset() {
 	*x = RemoveReplicaResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[32]
+	mi := &file_tesserapb_meta_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1954,7 +2043,7 @@ func (x *RemoveReplicaResponse) String() string {
 func (*RemoveReplicaResponse) ProtoMessage() {}
 
 func (x *RemoveReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[32]
+	mi := &file_tesserapb_meta_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1967,7 +2056,7 @@ func (x *RemoveReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReplicaResponse.ProtoReflect.Descriptor instead.
 func (*RemoveReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{32}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{34}
 }
 
 type CampaignRangeRequest struct {
@@ -1979,7 +2068,7 @@ type CampaignRangeRequest struct {
 
 func (x *CampaignRangeRequest) Reset() {
 	*x = CampaignRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[33]
+	mi := &file_tesserapb_meta_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1991,7 +2080,7 @@ func (x *CampaignRangeRequest) String() string {
 func (*CampaignRangeRequest) ProtoMessage() {}
 
 func (x *CampaignRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[33]
+	mi := &file_tesserapb_meta_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2004,7 +2093,7 @@ func (x *CampaignRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRangeRequest.ProtoReflect.Descriptor instead.
 func (*CampaignRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{33}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CampaignRangeRequest) GetRangeId() uint64 {
@@ -2022,7 +2111,7 @@ type CampaignRangeResponse struct {
 
 func (x *CampaignRangeResponse) Reset() {
 	*x = CampaignRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[34]
+	mi := &file_tesserapb_meta_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2034,7 +2123,7 @@ func (x *CampaignRangeResponse) String() string {
 func (*CampaignRangeResponse) ProtoMessage() {}
 
 func (x *CampaignRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[34]
+	mi := &file_tesserapb_meta_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2047,7 +2136,7 @@ func (x *CampaignRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRangeResponse.ProtoReflect.Descriptor instead.
 func (*CampaignRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{34}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{36}
 }
 
 type RangeWriteRequest struct {
@@ -2066,7 +2155,7 @@ type RangeWriteRequest struct {
 
 func (x *RangeWriteRequest) Reset() {
 	*x = RangeWriteRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[35]
+	mi := &file_tesserapb_meta_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2078,7 +2167,7 @@ func (x *RangeWriteRequest) String() string {
 func (*RangeWriteRequest) ProtoMessage() {}
 
 func (x *RangeWriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[35]
+	mi := &file_tesserapb_meta_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2091,7 +2180,7 @@ func (x *RangeWriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteRequest.ProtoReflect.Descriptor instead.
 func (*RangeWriteRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{35}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RangeWriteRequest) GetRangeId() uint64 {
@@ -2131,7 +2220,7 @@ type RangeWriteResponse struct {
 
 func (x *RangeWriteResponse) Reset() {
 	*x = RangeWriteResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[36]
+	mi := &file_tesserapb_meta_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2143,7 +2232,7 @@ func (x *RangeWriteResponse) String() string {
 func (*RangeWriteResponse) ProtoMessage() {}
 
 func (x *RangeWriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[36]
+	mi := &file_tesserapb_meta_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2156,7 +2245,7 @@ func (x *RangeWriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteResponse.ProtoReflect.Descriptor instead.
 func (*RangeWriteResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{36}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RangeWriteResponse) GetResult() *Result {
@@ -2186,7 +2275,7 @@ type RangeFeedRequest struct {
 
 func (x *RangeFeedRequest) Reset() {
 	*x = RangeFeedRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[37]
+	mi := &file_tesserapb_meta_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2198,7 +2287,7 @@ func (x *RangeFeedRequest) String() string {
 func (*RangeFeedRequest) ProtoMessage() {}
 
 func (x *RangeFeedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[37]
+	mi := &file_tesserapb_meta_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2211,7 +2300,7 @@ func (x *RangeFeedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeFeedRequest.ProtoReflect.Descriptor instead.
 func (*RangeFeedRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{37}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RangeFeedRequest) GetRangeId() uint64 {
@@ -2265,7 +2354,7 @@ type RangeFeedResponse struct {
 
 func (x *RangeFeedResponse) Reset() {
 	*x = RangeFeedResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[38]
+	mi := &file_tesserapb_meta_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2277,7 +2366,7 @@ func (x *RangeFeedResponse) String() string {
 func (*RangeFeedResponse) ProtoMessage() {}
 
 func (x *RangeFeedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[38]
+	mi := &file_tesserapb_meta_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2290,7 +2379,7 @@ func (x *RangeFeedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeFeedResponse.ProtoReflect.Descriptor instead.
 func (*RangeFeedResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{38}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RangeFeedResponse) GetEvents() [][]byte {
@@ -2328,7 +2417,7 @@ type RangeWriteStreamRequest struct {
 
 func (x *RangeWriteStreamRequest) Reset() {
 	*x = RangeWriteStreamRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[39]
+	mi := &file_tesserapb_meta_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2340,7 +2429,7 @@ func (x *RangeWriteStreamRequest) String() string {
 func (*RangeWriteStreamRequest) ProtoMessage() {}
 
 func (x *RangeWriteStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[39]
+	mi := &file_tesserapb_meta_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2353,7 +2442,7 @@ func (x *RangeWriteStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteStreamRequest.ProtoReflect.Descriptor instead.
 func (*RangeWriteStreamRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{39}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RangeWriteStreamRequest) GetSeq() uint64 {
@@ -2394,7 +2483,7 @@ type RangeWriteStreamResponse struct {
 
 func (x *RangeWriteStreamResponse) Reset() {
 	*x = RangeWriteStreamResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[40]
+	mi := &file_tesserapb_meta_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2406,7 +2495,7 @@ func (x *RangeWriteStreamResponse) String() string {
 func (*RangeWriteStreamResponse) ProtoMessage() {}
 
 func (x *RangeWriteStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[40]
+	mi := &file_tesserapb_meta_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2419,7 +2508,7 @@ func (x *RangeWriteStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteStreamResponse.ProtoReflect.Descriptor instead.
 func (*RangeWriteStreamResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{40}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RangeWriteStreamResponse) GetSeq() uint64 {
@@ -2470,7 +2559,7 @@ type NotLeader struct {
 
 func (x *NotLeader) Reset() {
 	*x = NotLeader{}
-	mi := &file_tesserapb_meta_proto_msgTypes[41]
+	mi := &file_tesserapb_meta_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2482,7 +2571,7 @@ func (x *NotLeader) String() string {
 func (*NotLeader) ProtoMessage() {}
 
 func (x *NotLeader) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[41]
+	mi := &file_tesserapb_meta_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2495,7 +2584,7 @@ func (x *NotLeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotLeader.ProtoReflect.Descriptor instead.
 func (*NotLeader) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{41}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *NotLeader) GetLeaderReplicaId() uint64 {
@@ -2519,7 +2608,7 @@ type FenceRangeRequest struct {
 
 func (x *FenceRangeRequest) Reset() {
 	*x = FenceRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[42]
+	mi := &file_tesserapb_meta_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2531,7 +2620,7 @@ func (x *FenceRangeRequest) String() string {
 func (*FenceRangeRequest) ProtoMessage() {}
 
 func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[42]
+	mi := &file_tesserapb_meta_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2544,7 +2633,7 @@ func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeRequest.ProtoReflect.Descriptor instead.
 func (*FenceRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{42}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *FenceRangeRequest) GetRangeId() uint64 {
@@ -2579,7 +2668,7 @@ type FenceRangeResponse struct {
 
 func (x *FenceRangeResponse) Reset() {
 	*x = FenceRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[43]
+	mi := &file_tesserapb_meta_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2591,7 +2680,7 @@ func (x *FenceRangeResponse) String() string {
 func (*FenceRangeResponse) ProtoMessage() {}
 
 func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[43]
+	mi := &file_tesserapb_meta_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2604,7 +2693,7 @@ func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeResponse.ProtoReflect.Descriptor instead.
 func (*FenceRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{43}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *FenceRangeResponse) GetAppliedIndex() uint64 {
@@ -2630,7 +2719,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[44]
+	mi := &file_tesserapb_meta_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2642,7 +2731,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[44]
+	mi := &file_tesserapb_meta_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2655,7 +2744,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{44}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *SplitRangeRequest) GetSplitKey() []byte {
@@ -2675,7 +2764,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[45]
+	mi := &file_tesserapb_meta_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2687,7 +2776,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[45]
+	mi := &file_tesserapb_meta_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2700,7 +2789,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{45}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *SplitRangeResponse) GetLeft() *RangeInfo {
@@ -2725,7 +2814,7 @@ type ListRangesRequest struct {
 
 func (x *ListRangesRequest) Reset() {
 	*x = ListRangesRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[46]
+	mi := &file_tesserapb_meta_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2737,7 +2826,7 @@ func (x *ListRangesRequest) String() string {
 func (*ListRangesRequest) ProtoMessage() {}
 
 func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[46]
+	mi := &file_tesserapb_meta_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2750,7 +2839,7 @@ func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesRequest.ProtoReflect.Descriptor instead.
 func (*ListRangesRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{46}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{48}
 }
 
 type ListRangesResponse struct {
@@ -2762,7 +2851,7 @@ type ListRangesResponse struct {
 
 func (x *ListRangesResponse) Reset() {
 	*x = ListRangesResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[47]
+	mi := &file_tesserapb_meta_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2774,7 +2863,7 @@ func (x *ListRangesResponse) String() string {
 func (*ListRangesResponse) ProtoMessage() {}
 
 func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[47]
+	mi := &file_tesserapb_meta_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2787,7 +2876,7 @@ func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesResponse.ProtoReflect.Descriptor instead.
 func (*ListRangesResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{47}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListRangesResponse) GetRanges() []*RangeInfo {
@@ -2814,7 +2903,7 @@ type RangeInfo struct {
 
 func (x *RangeInfo) Reset() {
 	*x = RangeInfo{}
-	mi := &file_tesserapb_meta_proto_msgTypes[48]
+	mi := &file_tesserapb_meta_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2826,7 +2915,7 @@ func (x *RangeInfo) String() string {
 func (*RangeInfo) ProtoMessage() {}
 
 func (x *RangeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[48]
+	mi := &file_tesserapb_meta_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2839,7 +2928,7 @@ func (x *RangeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
 func (*RangeInfo) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{48}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *RangeInfo) GetRangeId() uint64 {
@@ -2907,7 +2996,7 @@ type GetRevisionsRequest struct {
 
 func (x *GetRevisionsRequest) Reset() {
 	*x = GetRevisionsRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[49]
+	mi := &file_tesserapb_meta_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2919,7 +3008,7 @@ func (x *GetRevisionsRequest) String() string {
 func (*GetRevisionsRequest) ProtoMessage() {}
 
 func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[49]
+	mi := &file_tesserapb_meta_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2932,7 +3021,7 @@ func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*GetRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{49}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *GetRevisionsRequest) GetCount() int64 {
@@ -2953,7 +3042,7 @@ type GetRevisionsResponse struct {
 
 func (x *GetRevisionsResponse) Reset() {
 	*x = GetRevisionsResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[50]
+	mi := &file_tesserapb_meta_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2965,7 +3054,7 @@ func (x *GetRevisionsResponse) String() string {
 func (*GetRevisionsResponse) ProtoMessage() {}
 
 func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[50]
+	mi := &file_tesserapb_meta_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2978,7 +3067,7 @@ func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*GetRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{50}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *GetRevisionsResponse) GetFirst() int64 {
@@ -3047,7 +3136,11 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\x06ranges\x18\x03 \x03(\v2\x1a.tesserapb.RangeDescriptorR\x06ranges\x12\"\n" +
 	"\rnext_range_id\x18\x04 \x01(\x04R\vnextRangeId\x12 \n" +
 	"\fnext_node_id\x18\x05 \x01(\x04R\n" +
-	"nextNodeId\"l\n" +
+	"nextNodeId\"3\n" +
+	"\x12RestartMetaRequest\x12\x1d\n" +
+	"\n" +
+	"replica_id\x18\x01 \x01(\x04R\treplicaId\"\x15\n" +
+	"\x13RestartMetaResponse\"l\n" +
 	"\x12JoinClusterRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12\x1f\n" +
@@ -3075,12 +3168,13 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\x13DecommissionRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\"/\n" +
 	"\x14DecommissionResponse\x12\x17\n" +
-	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\"\xaf\x01\n" +
+	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\"\xd7\x01\n" +
 	"\x14NodeHeartbeatRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12&\n" +
 	"\x0fdisk_used_bytes\x18\x02 \x01(\x03R\rdiskUsedBytes\x12(\n" +
 	"\x10disk_quota_bytes\x18\x03 \x01(\x03R\x0ediskQuotaBytes\x12,\n" +
-	"\x06ranges\x18\x04 \x03(\v2\x14.tesserapb.RangeLoadR\x06ranges\"o\n" +
+	"\x06ranges\x18\x04 \x03(\v2\x14.tesserapb.RangeLoadR\x06ranges\x12&\n" +
+	"\x0fmeta_replica_id\x18\x05 \x01(\x04R\rmetaReplicaId\"o\n" +
 	"\tRangeLoad\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x16\n" +
 	"\x06leader\x18\x02 \x01(\bR\x06leader\x12\x10\n" +
@@ -3195,8 +3289,7 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\x05count\x18\x01 \x01(\x03R\x05count\"B\n" +
 	"\x14GetRevisionsResponse\x12\x14\n" +
 	"\x05first\x18\x01 \x01(\x03R\x05first\x12\x14\n" +
-	"\x05count\x18\x02 \x01(\x03R\x05count2\xeb\n" +
-	"\n" +
+	"\x05count\x18\x02 \x01(\x03R\x05count2\xb9\v\n" +
 	"\bInternal\x12O\n" +
 	"\fGetRevisions\x12\x1e.tesserapb.GetRevisionsRequest\x1a\x1f.tesserapb.GetRevisionsResponse\x12_\n" +
 	"\x10RangeWriteStream\x12\".tesserapb.RangeWriteStreamRequest\x1a#.tesserapb.RangeWriteStreamResponse(\x010\x01\x12H\n" +
@@ -3217,7 +3310,8 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\x0eTransferLeader\x12 .tesserapb.TransferLeaderRequest\x1a!.tesserapb.TransferLeaderResponse\x12F\n" +
 	"\tListNodes\x12\x1b.tesserapb.ListNodesRequest\x1a\x1c.tesserapb.ListNodesResponse\x12O\n" +
 	"\fDecommission\x12\x1e.tesserapb.DecommissionRequest\x1a\x1f.tesserapb.DecommissionResponse\x12L\n" +
-	"\vJoinCluster\x12\x1d.tesserapb.JoinClusterRequest\x1a\x1e.tesserapb.JoinClusterResponseB.Z,github.com/tesserakv/tessera/proto/tesserapbb\x06proto3"
+	"\vJoinCluster\x12\x1d.tesserapb.JoinClusterRequest\x1a\x1e.tesserapb.JoinClusterResponse\x12L\n" +
+	"\vRestartMeta\x12\x1d.tesserapb.RestartMetaRequest\x1a\x1e.tesserapb.RestartMetaResponseB.Z,github.com/tesserakv/tessera/proto/tesserapbb\x06proto3"
 
 var (
 	file_tesserapb_meta_proto_rawDescOnce sync.Once
@@ -3231,7 +3325,7 @@ func file_tesserapb_meta_proto_rawDescGZIP() []byte {
 	return file_tesserapb_meta_proto_rawDescData
 }
 
-var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
+var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_tesserapb_meta_proto_goTypes = []any{
 	(*MetaCommand)(nil),               // 0: tesserapb.MetaCommand
 	(*RemoveNodeCommand)(nil),         // 1: tesserapb.RemoveNodeCommand
@@ -3244,47 +3338,49 @@ var file_tesserapb_meta_proto_goTypes = []any{
 	(*NodeInfo)(nil),                  // 8: tesserapb.NodeInfo
 	(*RangeDescriptor)(nil),           // 9: tesserapb.RangeDescriptor
 	(*MetaState)(nil),                 // 10: tesserapb.MetaState
-	(*JoinClusterRequest)(nil),        // 11: tesserapb.JoinClusterRequest
-	(*JoinClusterResponse)(nil),       // 12: tesserapb.JoinClusterResponse
-	(*ListNodesRequest)(nil),          // 13: tesserapb.ListNodesRequest
-	(*ListNodesResponse)(nil),         // 14: tesserapb.ListNodesResponse
-	(*NodeStatus)(nil),                // 15: tesserapb.NodeStatus
-	(*DecommissionRequest)(nil),       // 16: tesserapb.DecommissionRequest
-	(*DecommissionResponse)(nil),      // 17: tesserapb.DecommissionResponse
-	(*NodeHeartbeatRequest)(nil),      // 18: tesserapb.NodeHeartbeatRequest
-	(*RangeLoad)(nil),                 // 19: tesserapb.RangeLoad
-	(*NodeHeartbeatResponse)(nil),     // 20: tesserapb.NodeHeartbeatResponse
-	(*TransferLeaderRequest)(nil),     // 21: tesserapb.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil),    // 22: tesserapb.TransferLeaderResponse
-	(*RangeHistoryRequest)(nil),       // 23: tesserapb.RangeHistoryRequest
-	(*RangeHistoryResponse)(nil),      // 24: tesserapb.RangeHistoryResponse
-	(*RangeStartedRequest)(nil),       // 25: tesserapb.RangeStartedRequest
-	(*RangeStartedResponse)(nil),      // 26: tesserapb.RangeStartedResponse
-	(*ChangeReplicasRequest)(nil),     // 27: tesserapb.ChangeReplicasRequest
-	(*ChangeReplicasResponse)(nil),    // 28: tesserapb.ChangeReplicasResponse
-	(*StartReplicaRequest)(nil),       // 29: tesserapb.StartReplicaRequest
-	(*StartReplicaResponse)(nil),      // 30: tesserapb.StartReplicaResponse
-	(*RemoveReplicaRequest)(nil),      // 31: tesserapb.RemoveReplicaRequest
-	(*RemoveReplicaResponse)(nil),     // 32: tesserapb.RemoveReplicaResponse
-	(*CampaignRangeRequest)(nil),      // 33: tesserapb.CampaignRangeRequest
-	(*CampaignRangeResponse)(nil),     // 34: tesserapb.CampaignRangeResponse
-	(*RangeWriteRequest)(nil),         // 35: tesserapb.RangeWriteRequest
-	(*RangeWriteResponse)(nil),        // 36: tesserapb.RangeWriteResponse
-	(*RangeFeedRequest)(nil),          // 37: tesserapb.RangeFeedRequest
-	(*RangeFeedResponse)(nil),         // 38: tesserapb.RangeFeedResponse
-	(*RangeWriteStreamRequest)(nil),   // 39: tesserapb.RangeWriteStreamRequest
-	(*RangeWriteStreamResponse)(nil),  // 40: tesserapb.RangeWriteStreamResponse
-	(*NotLeader)(nil),                 // 41: tesserapb.NotLeader
-	(*FenceRangeRequest)(nil),         // 42: tesserapb.FenceRangeRequest
-	(*FenceRangeResponse)(nil),        // 43: tesserapb.FenceRangeResponse
-	(*SplitRangeRequest)(nil),         // 44: tesserapb.SplitRangeRequest
-	(*SplitRangeResponse)(nil),        // 45: tesserapb.SplitRangeResponse
-	(*ListRangesRequest)(nil),         // 46: tesserapb.ListRangesRequest
-	(*ListRangesResponse)(nil),        // 47: tesserapb.ListRangesResponse
-	(*RangeInfo)(nil),                 // 48: tesserapb.RangeInfo
-	(*GetRevisionsRequest)(nil),       // 49: tesserapb.GetRevisionsRequest
-	(*GetRevisionsResponse)(nil),      // 50: tesserapb.GetRevisionsResponse
-	(*Result)(nil),                    // 51: tesserapb.Result
+	(*RestartMetaRequest)(nil),        // 11: tesserapb.RestartMetaRequest
+	(*RestartMetaResponse)(nil),       // 12: tesserapb.RestartMetaResponse
+	(*JoinClusterRequest)(nil),        // 13: tesserapb.JoinClusterRequest
+	(*JoinClusterResponse)(nil),       // 14: tesserapb.JoinClusterResponse
+	(*ListNodesRequest)(nil),          // 15: tesserapb.ListNodesRequest
+	(*ListNodesResponse)(nil),         // 16: tesserapb.ListNodesResponse
+	(*NodeStatus)(nil),                // 17: tesserapb.NodeStatus
+	(*DecommissionRequest)(nil),       // 18: tesserapb.DecommissionRequest
+	(*DecommissionResponse)(nil),      // 19: tesserapb.DecommissionResponse
+	(*NodeHeartbeatRequest)(nil),      // 20: tesserapb.NodeHeartbeatRequest
+	(*RangeLoad)(nil),                 // 21: tesserapb.RangeLoad
+	(*NodeHeartbeatResponse)(nil),     // 22: tesserapb.NodeHeartbeatResponse
+	(*TransferLeaderRequest)(nil),     // 23: tesserapb.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil),    // 24: tesserapb.TransferLeaderResponse
+	(*RangeHistoryRequest)(nil),       // 25: tesserapb.RangeHistoryRequest
+	(*RangeHistoryResponse)(nil),      // 26: tesserapb.RangeHistoryResponse
+	(*RangeStartedRequest)(nil),       // 27: tesserapb.RangeStartedRequest
+	(*RangeStartedResponse)(nil),      // 28: tesserapb.RangeStartedResponse
+	(*ChangeReplicasRequest)(nil),     // 29: tesserapb.ChangeReplicasRequest
+	(*ChangeReplicasResponse)(nil),    // 30: tesserapb.ChangeReplicasResponse
+	(*StartReplicaRequest)(nil),       // 31: tesserapb.StartReplicaRequest
+	(*StartReplicaResponse)(nil),      // 32: tesserapb.StartReplicaResponse
+	(*RemoveReplicaRequest)(nil),      // 33: tesserapb.RemoveReplicaRequest
+	(*RemoveReplicaResponse)(nil),     // 34: tesserapb.RemoveReplicaResponse
+	(*CampaignRangeRequest)(nil),      // 35: tesserapb.CampaignRangeRequest
+	(*CampaignRangeResponse)(nil),     // 36: tesserapb.CampaignRangeResponse
+	(*RangeWriteRequest)(nil),         // 37: tesserapb.RangeWriteRequest
+	(*RangeWriteResponse)(nil),        // 38: tesserapb.RangeWriteResponse
+	(*RangeFeedRequest)(nil),          // 39: tesserapb.RangeFeedRequest
+	(*RangeFeedResponse)(nil),         // 40: tesserapb.RangeFeedResponse
+	(*RangeWriteStreamRequest)(nil),   // 41: tesserapb.RangeWriteStreamRequest
+	(*RangeWriteStreamResponse)(nil),  // 42: tesserapb.RangeWriteStreamResponse
+	(*NotLeader)(nil),                 // 43: tesserapb.NotLeader
+	(*FenceRangeRequest)(nil),         // 44: tesserapb.FenceRangeRequest
+	(*FenceRangeResponse)(nil),        // 45: tesserapb.FenceRangeResponse
+	(*SplitRangeRequest)(nil),         // 46: tesserapb.SplitRangeRequest
+	(*SplitRangeResponse)(nil),        // 47: tesserapb.SplitRangeResponse
+	(*ListRangesRequest)(nil),         // 48: tesserapb.ListRangesRequest
+	(*ListRangesResponse)(nil),        // 49: tesserapb.ListRangesResponse
+	(*RangeInfo)(nil),                 // 50: tesserapb.RangeInfo
+	(*GetRevisionsRequest)(nil),       // 51: tesserapb.GetRevisionsRequest
+	(*GetRevisionsResponse)(nil),      // 52: tesserapb.GetRevisionsResponse
+	(*Result)(nil),                    // 53: tesserapb.Result
 }
 var file_tesserapb_meta_proto_depIdxs = []int32{
 	5,  // 0: tesserapb.MetaCommand.set_high_water:type_name -> tesserapb.SetHighWaterCommand
@@ -3298,52 +3394,54 @@ var file_tesserapb_meta_proto_depIdxs = []int32{
 	9,  // 8: tesserapb.PutRangeCommand.range:type_name -> tesserapb.RangeDescriptor
 	8,  // 9: tesserapb.MetaState.nodes:type_name -> tesserapb.NodeInfo
 	9,  // 10: tesserapb.MetaState.ranges:type_name -> tesserapb.RangeDescriptor
-	15, // 11: tesserapb.ListNodesResponse.nodes:type_name -> tesserapb.NodeStatus
-	19, // 12: tesserapb.NodeHeartbeatRequest.ranges:type_name -> tesserapb.RangeLoad
+	17, // 11: tesserapb.ListNodesResponse.nodes:type_name -> tesserapb.NodeStatus
+	21, // 12: tesserapb.NodeHeartbeatRequest.ranges:type_name -> tesserapb.RangeLoad
 	9,  // 13: tesserapb.ChangeReplicasResponse.range:type_name -> tesserapb.RangeDescriptor
-	51, // 14: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
-	35, // 15: tesserapb.RangeWriteStreamRequest.request:type_name -> tesserapb.RangeWriteRequest
-	36, // 16: tesserapb.RangeWriteStreamResponse.response:type_name -> tesserapb.RangeWriteResponse
-	41, // 17: tesserapb.RangeWriteStreamResponse.not_leader:type_name -> tesserapb.NotLeader
-	48, // 18: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
-	48, // 19: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
-	48, // 20: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
-	49, // 21: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
-	39, // 22: tesserapb.Internal.RangeWriteStream:input_type -> tesserapb.RangeWriteStreamRequest
-	37, // 23: tesserapb.Internal.RangeFeed:input_type -> tesserapb.RangeFeedRequest
-	42, // 24: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
-	44, // 25: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
-	46, // 26: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
-	33, // 27: tesserapb.Internal.CampaignRange:input_type -> tesserapb.CampaignRangeRequest
-	25, // 28: tesserapb.Internal.RangeStarted:input_type -> tesserapb.RangeStartedRequest
-	23, // 29: tesserapb.Internal.RangeHistory:input_type -> tesserapb.RangeHistoryRequest
-	27, // 30: tesserapb.Internal.ChangeReplicas:input_type -> tesserapb.ChangeReplicasRequest
-	29, // 31: tesserapb.Internal.StartReplica:input_type -> tesserapb.StartReplicaRequest
-	31, // 32: tesserapb.Internal.RemoveReplica:input_type -> tesserapb.RemoveReplicaRequest
-	18, // 33: tesserapb.Internal.NodeHeartbeat:input_type -> tesserapb.NodeHeartbeatRequest
-	21, // 34: tesserapb.Internal.TransferLeader:input_type -> tesserapb.TransferLeaderRequest
-	13, // 35: tesserapb.Internal.ListNodes:input_type -> tesserapb.ListNodesRequest
-	16, // 36: tesserapb.Internal.Decommission:input_type -> tesserapb.DecommissionRequest
-	11, // 37: tesserapb.Internal.JoinCluster:input_type -> tesserapb.JoinClusterRequest
-	50, // 38: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
-	40, // 39: tesserapb.Internal.RangeWriteStream:output_type -> tesserapb.RangeWriteStreamResponse
-	38, // 40: tesserapb.Internal.RangeFeed:output_type -> tesserapb.RangeFeedResponse
-	43, // 41: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
-	45, // 42: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
-	47, // 43: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
-	34, // 44: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
-	26, // 45: tesserapb.Internal.RangeStarted:output_type -> tesserapb.RangeStartedResponse
-	24, // 46: tesserapb.Internal.RangeHistory:output_type -> tesserapb.RangeHistoryResponse
-	28, // 47: tesserapb.Internal.ChangeReplicas:output_type -> tesserapb.ChangeReplicasResponse
-	30, // 48: tesserapb.Internal.StartReplica:output_type -> tesserapb.StartReplicaResponse
-	32, // 49: tesserapb.Internal.RemoveReplica:output_type -> tesserapb.RemoveReplicaResponse
-	20, // 50: tesserapb.Internal.NodeHeartbeat:output_type -> tesserapb.NodeHeartbeatResponse
-	22, // 51: tesserapb.Internal.TransferLeader:output_type -> tesserapb.TransferLeaderResponse
-	14, // 52: tesserapb.Internal.ListNodes:output_type -> tesserapb.ListNodesResponse
-	17, // 53: tesserapb.Internal.Decommission:output_type -> tesserapb.DecommissionResponse
-	12, // 54: tesserapb.Internal.JoinCluster:output_type -> tesserapb.JoinClusterResponse
-	38, // [38:55] is the sub-list for method output_type
-	21, // [21:38] is the sub-list for method input_type
+	53, // 14: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
+	37, // 15: tesserapb.RangeWriteStreamRequest.request:type_name -> tesserapb.RangeWriteRequest
+	38, // 16: tesserapb.RangeWriteStreamResponse.response:type_name -> tesserapb.RangeWriteResponse
+	43, // 17: tesserapb.RangeWriteStreamResponse.not_leader:type_name -> tesserapb.NotLeader
+	50, // 18: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
+	50, // 19: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
+	50, // 20: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
+	51, // 21: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
+	41, // 22: tesserapb.Internal.RangeWriteStream:input_type -> tesserapb.RangeWriteStreamRequest
+	39, // 23: tesserapb.Internal.RangeFeed:input_type -> tesserapb.RangeFeedRequest
+	44, // 24: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
+	46, // 25: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
+	48, // 26: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
+	35, // 27: tesserapb.Internal.CampaignRange:input_type -> tesserapb.CampaignRangeRequest
+	27, // 28: tesserapb.Internal.RangeStarted:input_type -> tesserapb.RangeStartedRequest
+	25, // 29: tesserapb.Internal.RangeHistory:input_type -> tesserapb.RangeHistoryRequest
+	29, // 30: tesserapb.Internal.ChangeReplicas:input_type -> tesserapb.ChangeReplicasRequest
+	31, // 31: tesserapb.Internal.StartReplica:input_type -> tesserapb.StartReplicaRequest
+	33, // 32: tesserapb.Internal.RemoveReplica:input_type -> tesserapb.RemoveReplicaRequest
+	20, // 33: tesserapb.Internal.NodeHeartbeat:input_type -> tesserapb.NodeHeartbeatRequest
+	23, // 34: tesserapb.Internal.TransferLeader:input_type -> tesserapb.TransferLeaderRequest
+	15, // 35: tesserapb.Internal.ListNodes:input_type -> tesserapb.ListNodesRequest
+	18, // 36: tesserapb.Internal.Decommission:input_type -> tesserapb.DecommissionRequest
+	13, // 37: tesserapb.Internal.JoinCluster:input_type -> tesserapb.JoinClusterRequest
+	11, // 38: tesserapb.Internal.RestartMeta:input_type -> tesserapb.RestartMetaRequest
+	52, // 39: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
+	42, // 40: tesserapb.Internal.RangeWriteStream:output_type -> tesserapb.RangeWriteStreamResponse
+	40, // 41: tesserapb.Internal.RangeFeed:output_type -> tesserapb.RangeFeedResponse
+	45, // 42: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
+	47, // 43: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
+	49, // 44: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
+	36, // 45: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
+	28, // 46: tesserapb.Internal.RangeStarted:output_type -> tesserapb.RangeStartedResponse
+	26, // 47: tesserapb.Internal.RangeHistory:output_type -> tesserapb.RangeHistoryResponse
+	30, // 48: tesserapb.Internal.ChangeReplicas:output_type -> tesserapb.ChangeReplicasResponse
+	32, // 49: tesserapb.Internal.StartReplica:output_type -> tesserapb.StartReplicaResponse
+	34, // 50: tesserapb.Internal.RemoveReplica:output_type -> tesserapb.RemoveReplicaResponse
+	22, // 51: tesserapb.Internal.NodeHeartbeat:output_type -> tesserapb.NodeHeartbeatResponse
+	24, // 52: tesserapb.Internal.TransferLeader:output_type -> tesserapb.TransferLeaderResponse
+	16, // 53: tesserapb.Internal.ListNodes:output_type -> tesserapb.ListNodesResponse
+	19, // 54: tesserapb.Internal.Decommission:output_type -> tesserapb.DecommissionResponse
+	14, // 55: tesserapb.Internal.JoinCluster:output_type -> tesserapb.JoinClusterResponse
+	12, // 56: tesserapb.Internal.RestartMeta:output_type -> tesserapb.RestartMetaResponse
+	39, // [39:57] is the sub-list for method output_type
+	21, // [21:39] is the sub-list for method input_type
 	21, // [21:21] is the sub-list for extension type_name
 	21, // [21:21] is the sub-list for extension extendee
 	0,  // [0:21] is the sub-list for field type_name
@@ -3370,7 +3468,7 @@ func file_tesserapb_meta_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tesserapb_meta_proto_rawDesc), len(file_tesserapb_meta_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   51,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -40,6 +40,7 @@ const (
 	Internal_ListNodes_FullMethodName        = "/tesserapb.Internal/ListNodes"
 	Internal_Decommission_FullMethodName     = "/tesserapb.Internal/Decommission"
 	Internal_JoinCluster_FullMethodName      = "/tesserapb.Internal/JoinCluster"
+	Internal_RestartMeta_FullMethodName      = "/tesserapb.Internal/RestartMeta"
 )
 
 // InternalClient is the client API for Internal service.
@@ -104,8 +105,8 @@ type InternalClient interface {
 	// and deletes its data (the range's leader asks).
 	RemoveReplica(ctx context.Context, in *RemoveReplicaRequest, opts ...grpc.CallOption) (*RemoveReplicaResponse, error)
 	// NodeHeartbeat tells the meta range's leader that a node is alive, with
-	// its disk use and its replicas' load (for placement). Others answer
-	// FailedPrecondition.
+	// its disk use and its replicas' load (for placement). Others pass it
+	// there (a node whose meta replica knows no leader sends it to any node).
 	NodeHeartbeat(ctx context.Context, in *NodeHeartbeatRequest, opts ...grpc.CallOption) (*NodeHeartbeatResponse, error)
 	// TransferLeader moves a range's leadership to a node holding a voting
 	// replica of it (placement), from any node holding the range.
@@ -121,6 +122,11 @@ type InternalClient interface {
 	// member (others pass the call there). Asked again with the same name and
 	// peer address, it answers the same ID.
 	JoinCluster(ctx context.Context, in *JoinClusterRequest, opts ...grpc.CallOption) (*JoinClusterResponse, error)
+	// RestartMeta, sent by the meta leader to a node whose meta replica was
+	// removed (its node was dead) and which it has added again as a
+	// non-voting replica under replica_id: the node drops its old meta
+	// replica and starts the new one empty.
+	RestartMeta(ctx context.Context, in *RestartMetaRequest, opts ...grpc.CallOption) (*RestartMetaResponse, error)
 }
 
 type internalClient struct {
@@ -313,6 +319,16 @@ func (c *internalClient) JoinCluster(ctx context.Context, in *JoinClusterRequest
 	return out, nil
 }
 
+func (c *internalClient) RestartMeta(ctx context.Context, in *RestartMetaRequest, opts ...grpc.CallOption) (*RestartMetaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RestartMetaResponse)
+	err := c.cc.Invoke(ctx, Internal_RestartMeta_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InternalServer is the server API for Internal service.
 // All implementations must embed UnimplementedInternalServer
 // for forward compatibility.
@@ -375,8 +391,8 @@ type InternalServer interface {
 	// and deletes its data (the range's leader asks).
 	RemoveReplica(context.Context, *RemoveReplicaRequest) (*RemoveReplicaResponse, error)
 	// NodeHeartbeat tells the meta range's leader that a node is alive, with
-	// its disk use and its replicas' load (for placement). Others answer
-	// FailedPrecondition.
+	// its disk use and its replicas' load (for placement). Others pass it
+	// there (a node whose meta replica knows no leader sends it to any node).
 	NodeHeartbeat(context.Context, *NodeHeartbeatRequest) (*NodeHeartbeatResponse, error)
 	// TransferLeader moves a range's leadership to a node holding a voting
 	// replica of it (placement), from any node holding the range.
@@ -392,6 +408,11 @@ type InternalServer interface {
 	// member (others pass the call there). Asked again with the same name and
 	// peer address, it answers the same ID.
 	JoinCluster(context.Context, *JoinClusterRequest) (*JoinClusterResponse, error)
+	// RestartMeta, sent by the meta leader to a node whose meta replica was
+	// removed (its node was dead) and which it has added again as a
+	// non-voting replica under replica_id: the node drops its old meta
+	// replica and starts the new one empty.
+	RestartMeta(context.Context, *RestartMetaRequest) (*RestartMetaResponse, error)
 	mustEmbedUnimplementedInternalServer()
 }
 
@@ -452,6 +473,9 @@ func (UnimplementedInternalServer) Decommission(context.Context, *DecommissionRe
 }
 func (UnimplementedInternalServer) JoinCluster(context.Context, *JoinClusterRequest) (*JoinClusterResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method JoinCluster not implemented")
+}
+func (UnimplementedInternalServer) RestartMeta(context.Context, *RestartMetaRequest) (*RestartMetaResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RestartMeta not implemented")
 }
 func (UnimplementedInternalServer) mustEmbedUnimplementedInternalServer() {}
 func (UnimplementedInternalServer) testEmbeddedByValue()                  {}
@@ -762,6 +786,24 @@ func _Internal_JoinCluster_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Internal_RestartMeta_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RestartMetaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InternalServer).RestartMeta(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Internal_RestartMeta_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InternalServer).RestartMeta(ctx, req.(*RestartMetaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Internal_ServiceDesc is the grpc.ServiceDesc for Internal service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -828,6 +870,10 @@ var Internal_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "JoinCluster",
 			Handler:    _Internal_JoinCluster_Handler,
+		},
+		{
+			MethodName: "RestartMeta",
+			Handler:    _Internal_RestartMeta_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
