@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tesserakv/tessera/internal/rounds"
@@ -21,6 +22,12 @@ type Allocator struct {
 	meta metaRaft
 	// confirms shares leadership confirmations among batches.
 	confirms rounds.Rounds
+	// lease is how long after a confirmation round began batches need no
+	// round of their own (0: every batch waits for one); see Allocate.
+	lease time.Duration
+	// renewing is set while a round started to renew the lease runs.
+	renewing atomic.Bool
+	stopper  *stop.Stopper
 
 	mu sync.Mutex
 	// term is the meta term in which next and limit are valid; 0 forces a
@@ -32,14 +39,37 @@ type Allocator struct {
 	// limit is the persisted high-water mark: next <= limit always, and no
 	// number at or above limit has been handed out by anyone. Guarded by mu.
 	limit int64
+	// leaseTerm and leaseUntil: the lease, valid in leaseTerm before
+	// leaseUntil. leaseEpoch counts EndLease calls; a round begun before
+	// one installs no lease. Guarded by mu.
+	leaseTerm  uint64
+	leaseUntil time.Time
+	leaseEpoch uint64
 }
 
 // NewAllocator returns an allocator over this node's meta replica; stopper
-// (the node's) owns its leadership confirmations.
-func NewAllocator(meta metaRaft, stopper *stop.Stopper) *Allocator {
-	a := &Allocator{meta: meta}
+// (the node's) owns its leadership confirmations. lease is how long a
+// confirmation round covers the batches reserved after it began (0 for
+// none); it must be shorter than the time a meta voter that answered the
+// round waits, without hearing from this leader, before it may vote for
+// another candidate (Dragonboat's CheckQuorum makes that an election
+// timeout), and every meta voter that restarts must wait it out before its
+// replica starts.
+func NewAllocator(meta metaRaft, stopper *stop.Stopper, lease time.Duration) *Allocator {
+	a := &Allocator{meta: meta, lease: lease, stopper: stopper}
 	a.confirms.Round, a.confirms.MinGap, a.confirms.Stopper = a.confirmRound, ConfirmRoundGap, stopper
 	return a
+}
+
+// EndLease ends the leadership lease: batches wait for a round again until
+// a round begun after this call succeeds. Call it before changing the meta
+// range's membership or moving its leadership (a transfer makes the target
+// campaign at once, whatever the other voters last heard).
+func (a *Allocator) EndLease() {
+	a.mu.Lock()
+	a.leaseUntil = time.Time{}
+	a.leaseEpoch++
+	a.mu.Unlock()
 }
 
 // ConfirmRoundGap is the least time between the starts of two leadership
@@ -87,11 +117,22 @@ func (a *Allocator) Allocate(ctx context.Context, count int64) (int64, error) {
 		a.limit = limit
 	}
 	// The batch is reserved now (a failure below leaves a gap, never a
-	// number handed out twice); leadership is confirmed by a round begun
-	// after the reservation and before the batch is handed out, shared with
-	// the other batches reserved meanwhile.
+	// number handed out twice). Under a lease no other leader can have been
+	// elected yet, so no successor has handed out anything: the batch goes
+	// out at once. Otherwise leadership is confirmed by a round begun after
+	// the reservation and before the batch is handed out, shared with the
+	// other batches reserved meanwhile.
 	a.next = first + count
+	now := time.Now()
+	leased := a.leaseTerm == term && now.Before(a.leaseUntil)
+	renew := leased && a.leaseUntil.Sub(now) < a.lease/2
 	a.mu.Unlock()
+	if leased {
+		if renew {
+			a.renew()
+		}
+		return first, nil
+	}
 	var err error
 	if !a.meta.Sole() {
 		if err = a.confirms.Wait(ctx); errors.Is(err, stop.ErrStopping) {
@@ -115,9 +156,43 @@ func (a *Allocator) Allocate(ctx context.Context, count int64) (int64, error) {
 }
 
 // confirmRound is one leadership confirmation, shared by the batches
-// reserved before it began.
+// reserved before it began. A round that succeeds with this replica leading
+// in the same term throughout extends the lease from when it began.
 func (a *Allocator) confirmRound() error {
 	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
 	defer cancel()
-	return a.meta.ConfirmLeader(ctx)
+	a.mu.Lock()
+	epoch := a.leaseEpoch
+	a.mu.Unlock()
+	start := time.Now()
+	leader, term, ok := a.meta.Leader()
+	if err := a.meta.ConfirmLeader(ctx); err != nil {
+		return err
+	}
+	if after, termAfter, okAfter := a.meta.Leader(); a.lease > 0 && ok && okAfter &&
+		leader == a.meta.NodeID() && after == leader && termAfter == term {
+		a.mu.Lock()
+		if a.leaseEpoch == epoch && (a.leaseTerm != term || start.Add(a.lease).After(a.leaseUntil)) {
+			a.leaseTerm, a.leaseUntil = term, start.Add(a.lease)
+		}
+		a.mu.Unlock()
+	}
+	return nil
+}
+
+// renew starts a round in the background, unless one started for that
+// still runs, so that a lease in use does not lapse.
+func (a *Allocator) renew() {
+	if !a.renewing.CompareAndSwap(false, true) {
+		return
+	}
+	err := a.stopper.RunAsync(func() {
+		defer a.renewing.Store(false)
+		ctx, cancel := a.stopper.WithTimeout(batchTimeout)
+		defer cancel()
+		_ = a.confirms.Wait(ctx)
+	})
+	if err != nil {
+		a.renewing.Store(false)
+	}
 }

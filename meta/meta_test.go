@@ -73,7 +73,7 @@ func newFake(nodeID uint64) *fakeMeta {
 func TestAllocatorIncreasingAndPersisted(t *testing.T) {
 	ctx := context.Background()
 	f := newFake(1)
-	a := NewAllocator(f, newStopper(t))
+	a := NewAllocator(f, newStopper(t), 0)
 	first, err := a.Allocate(ctx, 3)
 	if err != nil || first != InitialHighWater {
 		t.Fatalf("first allocation = %d, %v; want %d", first, err, InitialHighWater)
@@ -90,12 +90,12 @@ func TestAllocatorIncreasingAndPersisted(t *testing.T) {
 func TestAllocatorNewLeaderStartsAboveEverything(t *testing.T) {
 	ctx := context.Background()
 	f1 := newFake(1)
-	a1 := NewAllocator(f1, newStopper(t))
+	a1 := NewAllocator(f1, newStopper(t), 0)
 	last, _ := a1.Allocate(ctx, 10)
 	last += 9
 	// Node 2 takes over with the same replicated state in a later term.
 	f2 := &fakeMeta{nodeID: 2, leader: 2, term: 2, state: proto.CloneOf(f1.state)}
-	a2 := NewAllocator(f2, newStopper(t))
+	a2 := NewAllocator(f2, newStopper(t), 0)
 	got, err := a2.Allocate(ctx, 1)
 	if err != nil || got <= last {
 		t.Fatalf("new leader's first revision = %d, %v; want above %d", got, err, last)
@@ -113,7 +113,7 @@ func TestAllocatorNewLeaderStartsAboveEverything(t *testing.T) {
 func TestAllocatorDeposedDuringConfirmation(t *testing.T) {
 	ctx := context.Background()
 	f := newFake(1)
-	a := NewAllocator(f, newStopper(t))
+	a := NewAllocator(f, newStopper(t), 0)
 	if _, err := a.Allocate(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +220,7 @@ func TestStateMachineApplyAndSnapshot(t *testing.T) {
 
 func TestAllocatorCurrentTakesNothing(t *testing.T) {
 	ctx := context.Background()
-	a := NewAllocator(newFake(1), newStopper(t))
+	a := NewAllocator(newFake(1), newStopper(t), 0)
 	first, _ := a.Allocate(ctx, 5)
 	peek, err := a.Allocate(ctx, 0)
 	if err != nil || peek != first+5 {
@@ -272,7 +272,7 @@ func TestRecordRanges(t *testing.T) {
 func TestAllocatorSharesConfirmations(t *testing.T) {
 	ctx := context.Background()
 	f := newFake(1)
-	a := NewAllocator(f, newStopper(t))
+	a := NewAllocator(f, newStopper(t), 0)
 	base, err := a.Allocate(ctx, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -327,5 +327,67 @@ func TestAllocatorSharesConfirmations(t *testing.T) {
 	}
 	if n := confirms.Load(); n != 2 {
 		t.Fatalf("%d confirmations: one for the first batch, and one shared by the %d reserved meanwhile; want 2", n, callers-1)
+	}
+}
+
+// TestAllocatorLease: batches reserved within the lease of a confirmation
+// round need no round of their own; EndLease, a new term or the lease
+// running out make batches wait for a round again, and a round begun before
+// EndLease installs no lease.
+func TestAllocatorLease(t *testing.T) {
+	ctx := context.Background()
+	f := newFake(1)
+	a := NewAllocator(f, newStopper(t), time.Hour)
+	var rounds atomic.Int64
+	f.onConfirm = func() { rounds.Add(1) }
+	allocate := func() {
+		t.Helper()
+		if _, err := a.Allocate(ctx, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	roundsFor := func(what string, want int64) {
+		t.Helper()
+		before := rounds.Load()
+		allocate()
+		if got := rounds.Load() - before; got != want {
+			t.Fatalf("%s: %d leadership checks, want %d", what, got, want)
+		}
+	}
+	roundsFor("the first batch of a term (the high-water read and a round)", 2)
+	for range 10 {
+		roundsFor("a batch within the lease", 0)
+	}
+	a.EndLease()
+	roundsFor("the first batch after EndLease", 1)
+	roundsFor("a batch within the new lease", 0)
+	f.mu.Lock()
+	f.term = 2
+	f.mu.Unlock()
+	roundsFor("the first batch of a new term", 2)
+	roundsFor("a batch within the new term's lease", 0)
+
+	// EndLease while a round runs: that round installs no lease.
+	a.EndLease()
+	f.onConfirm = func() {
+		rounds.Add(1)
+		a.EndLease()
+	}
+	roundsFor("a batch whose round overlaps EndLease", 1)
+	f.onConfirm = func() { rounds.Add(1) }
+	roundsFor("the batch after it", 1)
+
+	// A lease runs out.
+	short := NewAllocator(f, newStopper(t), 20*time.Millisecond)
+	if _, err := short.Allocate(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	before := rounds.Load()
+	if _, err := short.Allocate(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if rounds.Load() == before {
+		t.Fatal("a batch after the lease ran out took no round")
 	}
 }

@@ -39,7 +39,7 @@ func TestOracleClientLeavesACutOffLeader(t *testing.T) {
 	}()
 	// Node 3 serves revisions.
 	threeStopper := newStopper(t)
-	three := NewInternalServer(NewAllocator(newFake(3), threeStopper), threeStopper)
+	three := NewInternalServer(NewAllocator(newFake(3), threeStopper, 0), threeStopper)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -58,7 +58,7 @@ func TestOracleClientLeavesACutOffLeader(t *testing.T) {
 	dir := NewDirectory(f, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	defer dir.Close()
 	stopper := newStopper(t)
-	c := NewOracleClient(f, NewAllocator(f, stopper), dir, stopper)
+	c := NewOracleClient(f, NewAllocator(f, stopper, 0), dir, stopper)
 	go func() {
 		<-reached
 		f.mu.Lock()

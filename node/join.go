@@ -208,6 +208,7 @@ func (i *internalService) JoinCluster(ctx context.Context, req *tesserapb.JoinCl
 			return nil, router.ToGRPC(err)
 		}
 		if _, _, member := metaReplicaOf(m, id); !member {
+			s.allocator.EndLease()
 			if err := s.nh.SyncRequestAddNonVoting(ctx, meta.RangeID, id, req.RaftAddress, m.ConfigChangeID); err != nil {
 				return nil, status.Errorf(codes.Unavailable, "tessera: adding node %d to the meta range: %v", id, err)
 			}
@@ -310,6 +311,7 @@ func (s *Node) RemoveNode(ctx context.Context, id uint64) error {
 		return rpctypes.ErrGRPCMemberNotEnoughStarted
 	}
 	if member {
+		s.allocator.EndLease()
 		if err := s.nh.SyncRequestDeleteReplica(ctx, meta.RangeID, rid, m.ConfigChangeID); err != nil {
 			return status.Errorf(codes.Unavailable, "tessera: removing node %d from the meta range: %v", id, err)
 		}

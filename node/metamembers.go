@@ -141,6 +141,8 @@ func (s *Node) changeMeta(ch metaChange) {
 	if err != nil {
 		return
 	}
+	// The oracle's lease assumes the voters it heard from stay voters.
+	s.allocator.EndLease()
 	switch ch.kind {
 	case metaPromote:
 		addr, ok := m.NonVotings[ch.replicaID]

@@ -44,6 +44,7 @@ type Node struct {
 	meta      *meta.Replica
 	directory *meta.Directory
 	oracle    *meta.OracleClient
+	allocator *meta.Allocator // hands out revisions while this node leads the meta range
 	internal  *meta.InternalServer
 	router    *router.Router
 	hub       *watchhub.Hub
@@ -157,7 +158,8 @@ func (s *Node) Start() error {
 
 	s.meta = meta.NewReplica(s.nh, replicaID, s.metaReplicaID())
 	s.directory = meta.NewDirectory(s.meta, cfg.nodeDialOptions()...)
-	allocator := meta.NewAllocator(s.meta, s.stopper)
+	s.allocator = meta.NewAllocator(s.meta, s.stopper, s.metaLease())
+	allocator := s.allocator
 	// The node's stopper stops its children the newest first: the replicas,
 	// the router, the oracle client, then the Internal server's batcher.
 	s.internal = meta.NewInternalServer(allocator, s.stopper)
@@ -253,12 +255,28 @@ func (s *Node) startRaft() error {
 			s.raftMembers[uint64(i+1)] = addr
 		}
 	}
+	if nh.HasNodeInfo(meta.RangeID, metaID) {
+		// This replica may have answered the meta leader lately: it stays
+		// out of elections for the leader's lease (see metaLease).
+		time.Sleep(s.metaLease())
+	}
 	if err := nh.StartReplica(metaMembers, metaJoin, meta.NewStateMachine, metaConfig); err != nil {
 		nh.Close()
 		return fmt.Errorf("starting the meta range: %w", err)
 	}
 	return nil
 }
+
+// metaLease is how long a leadership confirmation of the meta leader covers
+// the revision batches reserved after it began (meta.Allocator): one
+// heartbeat interval. A meta voter that answered the confirmation drops vote
+// requests until an election timeout passes without a word from the leader
+// (Dragonboat, with CheckQuorum), at least two heartbeat intervals on any
+// node sharing this --heartbeat-interval (an election timeout is at least
+// three); a voter that restarts sits the lease out before its replica
+// starts; membership changes and leadership transfers of the meta range end
+// the lease first.
+func (s *Node) metaLease() time.Duration { return s.cfg.HeartbeatInterval }
 
 // metaReplicaID is this node's replica ID in the meta range as it starts.
 func (s *Node) metaReplicaID() uint64 {

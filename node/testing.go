@@ -105,6 +105,7 @@ func (t TestingNode) TransferMetaLeadership(nodeID uint64) error {
 			nodeID = id
 		}
 	}
+	t.s.allocator.EndLease()
 	return t.s.nh.RequestLeaderTransfer(meta.RangeID, nodeID)
 }
 
