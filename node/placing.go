@@ -376,6 +376,10 @@ func (s *Node) placeSoon() {
 // (others pass it to one).
 func (i *internalService) TransferLeader(ctx context.Context, req *tesserapb.TransferLeaderRequest) (*tesserapb.TransferLeaderResponse, error) {
 	s := i.s
+	if req.RangeId == meta.RangeID {
+		// The oracle's lease must end before the meta leadership moves.
+		return nil, status.Error(codes.InvalidArgument, "tessera: the meta range's leadership is not moved by TransferLeader")
+	}
 	if s.rangeByID(req.RangeId) == nil {
 		err := s.router.OnReplica(ctx, req.RangeId, func(ctx context.Context, cc *grpc.ClientConn) error {
 			_, err := tesserapb.NewInternalClient(cc).TransferLeader(ctx, req)
