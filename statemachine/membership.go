@@ -1,8 +1,11 @@
 package statemachine
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
+	"sync"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 )
@@ -110,7 +113,32 @@ func (s *Store) DropRange(rangeID uint64) error {
 	}
 	s.snaps.noteCommit()
 	s.unflushed.forget(rangeID)
+	s.reclaim(rangeID, owned)
 	return nil
+}
+
+// reclaim frees the disk space of spans a dropped range owned alone. The
+// range deletions of DropRange free it only once compactions carry them
+// down to the data, and not while any Pebble snapshot (a view or snapshot
+// of another range) can still see it: a node shedding replicas to stay
+// under its quota would keep their bytes. Excising the spans drops their
+// sstables, or cuts them, at once. An excise also takes the keys from open
+// snapshots, so it waits (reclaimWait at most) for the dropped range's open
+// views to close: no new one opens, the range being closed. The caller
+// holds clearMu, so no snapshot of a new replica loads into the spans
+// meanwhile. Failing, or timing out, it leaves the range deletions to free
+// the space.
+func (s *Store) reclaim(rangeID uint64, spans []bounds) {
+	if len(spans) == 0 || !s.views.awaitNone(rangeID, reclaimWait) {
+		return
+	}
+	for _, sp := range spans {
+		lower, upper := dataSpanBounds(sp.span())
+		if err := s.db.Excise(context.Background(), pebble.KeyRange{Start: lower, End: upper}); err != nil {
+			s.logger.Errorf("statemachine: excising a dropped range's keys: %v", err)
+			return
+		}
+	}
 }
 
 // Running reports whether a RangeSM of the range is open or opening here
@@ -152,4 +180,49 @@ func (r *RangeSM) Floor() int64 {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	return r.state.floor()
+}
+
+// reclaimWait bounds how long DropRange waits for a dropped range's open
+// views to close before it excises the range's keys.
+const reclaimWait = 10 * time.Second
+
+// openViews counts open views by range.
+type openViews struct {
+	mu sync.Mutex
+	n  map[uint64]int
+}
+
+func (o *openViews) opened(rangeID uint64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.n == nil {
+		o.n = map[uint64]int{}
+	}
+	o.n[rangeID]++
+}
+
+func (o *openViews) closed(rangeID uint64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.n[rangeID]--; o.n[rangeID] <= 0 {
+		delete(o.n, rangeID)
+	}
+}
+
+// awaitNone waits until the range has no open view, at most limit; it
+// reports whether it has none.
+func (o *openViews) awaitNone(rangeID uint64, limit time.Duration) bool {
+	deadline := time.Now().Add(limit)
+	for {
+		o.mu.Lock()
+		open := o.n[rangeID]
+		o.mu.Unlock()
+		if open == 0 {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

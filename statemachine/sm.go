@@ -340,5 +340,6 @@ func (r *RangeSM) View() (*View, error) {
 			return nil, err
 		}
 	}
-	return &View{snap: shared, rangeID: r.rangeID, state: st, bounds: b, counts: r.store.counts}, nil
+	r.store.views.opened(r.rangeID)
+	return &View{snap: shared, store: r.store, rangeID: r.rangeID, state: st, bounds: b, counts: r.store.counts}, nil
 }

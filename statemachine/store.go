@@ -65,7 +65,8 @@ const defaultMemTableSizeBytes = 16 << 20
 
 // Store is one node's Pebble, shared by every range replica on the node.
 type Store struct {
-	db *pebble.DB
+	db     *pebble.DB
+	logger pebble.Logger // Pebble's logger, for the store's own errors. Immutable.
 	// onSplit is StoreOptions.OnSplit. Immutable.
 	onSplit func(parentRangeID, childRangeID uint64)
 	// onApply is StoreOptions.OnApply. Immutable.
@@ -78,6 +79,9 @@ type Store struct {
 	// the deletion), so that one recovery never deletes keys another has
 	// just claimed; see RangeSM.recoverFromSnapshot.
 	clearMu sync.Mutex
+	// views counts the open views of each range (DropRange's reclaim waits
+	// for a dropped range's to close).
+	views openViews
 
 	mu sync.Mutex
 	// ranges holds the RangeSM created for each range and not yet closed.
@@ -166,7 +170,14 @@ func OpenStore(dir string, opts StoreOptions) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("statemachine: opening pebble in %s: %w", dir, err)
 	}
-	s := &Store{db: db, onSplit: opts.OnSplit, onApply: opts.OnApply, beforeUpdate: opts.BeforeUpdate, ranges: make(map[uint64]*RangeSM), joining: map[uint64]bool{}, fedLog: map[uint64]bool{}, counts: newCountCache(), unflushed: unflushed}
+	// Excise (DropRange's reclaim) needs virtual sstables.
+	if db.FormatMajorVersion() < pebble.FormatVirtualSSTables {
+		if err := db.RatchetFormatMajorVersion(pebble.FormatVirtualSSTables); err != nil {
+			_ = db.Close()
+			return nil, fmt.Errorf("statemachine: upgrading the format of the pebble in %s: %w", dir, err)
+		}
+	}
+	s := &Store{db: db, logger: po.Logger, onSplit: opts.OnSplit, onApply: opts.OnApply, beforeUpdate: opts.BeforeUpdate, ranges: make(map[uint64]*RangeSM), joining: map[uint64]bool{}, fedLog: map[uint64]bool{}, counts: newCountCache(), unflushed: unflushed}
 	s.snaps.db = db
 	return s, nil
 }

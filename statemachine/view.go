@@ -17,6 +17,7 @@ type View struct {
 	// snap is the view's hold on a Pebble snapshot (shared with the other
 	// views opened since the store's last commit); Close releases it.
 	snap    *sharedSnapshot
+	store   *Store
 	rangeID uint64
 	state   rangeState
 	bounds  bounds
@@ -28,7 +29,10 @@ type View struct {
 
 // Close releases the view's Pebble snapshot.
 func (v *View) Close() {
-	v.closeOnce.Do(v.snap.release)
+	v.closeOnce.Do(func() {
+		v.snap.release()
+		v.store.views.closed(v.rangeID)
+	})
 }
 
 // Revision is etcd's current revision for this range: the last revision at
