@@ -129,6 +129,11 @@ func (s *Node) changeReplicasElsewhere(ctx context.Context, req *tesserapb.Chang
 	if rng := s.rangeByID(req.RangeId); rng != nil {
 		leader, _, ok := rng.Leader()
 		if !ok || replicaid.NodeOf(leader) == s.replicaID || !router.MayForward(ctx) {
+			if !ok {
+				// A quiesced replica that lost its leader counts no
+				// election ticks until something wakes it.
+				rng.Wake()
+			}
 			return nil, status.Errorf(codes.Unavailable, "tessera: range %d has no leader to change its replicas; retry", req.RangeId)
 		}
 		var cc *grpc.ClientConn
