@@ -188,6 +188,8 @@ func (i *internalService) JoinCluster(ctx context.Context, req *tesserapb.JoinCl
 			switch {
 			case n.Name == req.Name && n.RaftAddress == req.RaftAddress:
 				id = n.NodeId // asked again: the answer was lost
+			case n.Name == "" && n.RaftAddress == req.RaftAddress:
+				id = n.NodeId // added by MemberAdd with this peer URL
 			case n.Name == req.Name:
 				return nil, status.Errorf(codes.AlreadyExists, "tessera: a node named %q is already a member (node %d, peer %s); give the new node another --name", req.Name, n.NodeId, n.RaftAddress)
 			case n.RaftAddress == req.RaftAddress:
@@ -350,4 +352,39 @@ func quorumWithout(voters map[uint64]string, without uint64, live map[uint64]boo
 		}
 	}
 	return left >= (len(voters)-1)/2+1
+}
+
+// AddNode registers a node that has not started yet (etcd's MemberAdd) under
+// the next node ID, with its peer address and no name. A node started with
+// --join and that peer address takes this ID when it joins; until then
+// member list shows it with no name, as etcd shows an unstarted member.
+// It runs on the meta leader.
+func (s *Node) AddNode(ctx context.Context, peerURLs []string) (uint64, error) {
+	if len(peerURLs) != 1 {
+		return 0, status.Errorf(codes.InvalidArgument, "tessera: a node has one peer URL (got %d)", len(peerURLs))
+	}
+	raftAddr, err := hostPortOf(peerURLs[0])
+	if err != nil {
+		return 0, status.Errorf(codes.InvalidArgument, "tessera: peer URL %q: %v", peerURLs[0], err)
+	}
+	st, err := meta.State(ctx, s.meta, true)
+	if err != nil {
+		return 0, router.ToGRPC(err)
+	}
+	highest := uint64(len(s.cfg.InitialCluster))
+	for _, n := range st.Nodes {
+		highest = max(highest, n.NodeId)
+		if n.RaftAddress == raftAddr {
+			return 0, rpctypes.ErrGRPCPeerURLExist
+		}
+	}
+	id, err := s.meta.AllocateNodeID(ctx, highest+1)
+	if err != nil {
+		return 0, status.Errorf(codes.Unavailable, "tessera: allocating a node ID: %v", err)
+	}
+	if err := s.directory.Register(ctx, &tesserapb.NodeInfo{NodeId: id, RaftAddress: raftAddr}); err != nil {
+		return 0, status.Errorf(codes.Unavailable, "tessera: registering node %d: %v", id, err)
+	}
+	s.log.Info("node added; it joins with --join and this peer URL", "node", id, "peer", raftAddr)
+	return id, nil
 }

@@ -275,6 +275,10 @@ func (s *Node) clusterState(nodes []*tesserapb.NodeInfo, descs []*tesserapb.Rang
 	}
 	for _, n := range nodes {
 		pn := placement.Node{ID: n.NodeId, State: s.nodeState(n, beats, since, now)}
+		if n.Name == "" {
+			// Added by MemberAdd and not started: it can take nothing.
+			pn.State = placement.NodeDead
+		}
 		if b, ok := beats[n.NodeId]; ok {
 			pn.DiskUsedBytes, pn.DiskQuotaBytes = b.req.DiskUsedBytes, b.req.DiskQuotaBytes
 		}
@@ -447,6 +451,9 @@ func (i *internalService) ListNodes(ctx context.Context, req *tesserapb.ListNode
 				State: s.nodeState(n, beats, since, now).String(), Replicas: replicas[n.NodeId], Leaders: leaders[n.NodeId]}
 			if n.Decommissioning && ns.Replicas == 0 {
 				ns.State = "decommissioned"
+			}
+			if n.Name == "" {
+				ns.State = "unstarted" // added by MemberAdd; it has not joined
 			}
 			if b, ok := beats[n.NodeId]; ok {
 				ns.DiskUsedBytes = b.req.DiskUsedBytes

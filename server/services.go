@@ -79,8 +79,35 @@ func (c *cluster) MemberList(ctx context.Context, _ *pb.MemberListRequest) (*pb.
 	return c.n.MemberList(ctx)
 }
 
-func (c *cluster) MemberAdd(context.Context, *pb.MemberAddRequest) (*pb.MemberAddResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "tessera: nodes are added by starting them with --join (member add is not needed)")
+// MemberAdd registers a node that has not started yet under a new ID (see
+// node.AddNode); the node then starts with --join and the peer URL given
+// here. Tessera has no learner members: a joining node's meta replica
+// starts as a non-voter anyway, and takes range replicas as placement
+// gives them.
+func (c *cluster) MemberAdd(ctx context.Context, req *pb.MemberAddRequest) (*pb.MemberAddResponse, error) {
+	if req.IsLearner {
+		return nil, status.Error(codes.InvalidArgument, "tessera: nodes are not added as learners (a node that joins votes in no range until placement makes it); add it without --learner")
+	}
+	leader, ok := c.n.MetaLeader()
+	switch {
+	case !ok:
+		return nil, rpctypes.ErrGRPCNoLeader
+	case leader != c.n.ID():
+		cc, err := c.n.Conn(ctx, leader)
+		if err != nil || !router.MayForward(ctx) {
+			return nil, rpctypes.ErrGRPCNoLeader
+		}
+		return pb.NewClusterClient(cc).MemberAdd(router.ForwardedContext(ctx), req)
+	}
+	id, err := c.n.AddNode(ctx, req.PeerURLs)
+	if err != nil {
+		return nil, err
+	}
+	list, err := c.MemberList(ctx, &pb.MemberListRequest{})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.MemberAddResponse{Header: list.Header, Member: &pb.Member{ID: id, PeerURLs: req.PeerURLs}, Members: list.Members}, nil
 }
 
 // MemberRemove takes a node out of the cluster: out of the meta range and
@@ -111,7 +138,7 @@ func (c *cluster) MemberRemove(ctx context.Context, req *pb.MemberRemoveRequest)
 }
 
 func (c *cluster) MemberUpdate(context.Context, *pb.MemberUpdateRequest) (*pb.MemberUpdateResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "tessera: membership changes are not implemented yet (static --initial-cluster only)")
+	return nil, status.Error(codes.Unimplemented, "tessera: a node's peer URL cannot be changed (every range's membership records it); remove the node and add it again")
 }
 
 func (c *cluster) MemberPromote(context.Context, *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {

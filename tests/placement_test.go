@@ -2,13 +2,18 @@ package tests
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/tesserakv/tessera/bench"
 	"github.com/tesserakv/tessera/internal/replicaid"
@@ -494,5 +499,68 @@ func TestJoinRefusals(t *testing.T) {
 	members, err := c.Client(c.Nodes[0].ClientURL).MemberList(ctxT(t))
 	if err != nil || len(members.Members) != 2 {
 		t.Fatalf("member list after the restart: %v %v", members, err)
+	}
+}
+
+// TestMemberAdd: etcd's MemberAdd registers a node that has not started:
+// member list shows it with its peer URL and no name, as etcd shows an
+// unstarted member; adding the same peer URL again is refused with etcd's
+// error, and so is a learner. A node started with --join and that peer URL
+// joins under the ID MemberAdd gave it. An added node that never started
+// is removed with MemberRemove.
+func TestMemberAdd(t *testing.T) {
+	c := testcluster.Start(t, 1)
+	cli := c.Client(c.Endpoints()...)
+	ctx := ctxT(t)
+	peer := fmt.Sprintf("http://127.0.0.1:%d", testcluster.FreePort(t))
+	added, err := cli.MemberAdd(ctx, []string{peer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := added.Member.ID
+	member := func(id uint64) *etcdserverpb.Member {
+		t.Helper()
+		list, err := cli.MemberList(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range list.Members {
+			if m.ID == id {
+				return m
+			}
+		}
+		return nil
+	}
+	if m := member(id); m == nil || m.Name != "" || len(m.ClientURLs) != 0 || !slices.Equal(m.PeerURLs, []string{peer}) {
+		t.Fatalf("member list shows the added node as %v", m)
+	}
+	if _, err := cli.MemberAdd(ctx, []string{peer}); !errors.Is(err, rpctypes.ErrPeerURLExist) {
+		t.Fatalf("adding a peer URL twice: %v, want %v", err, rpctypes.ErrPeerURLExist)
+	}
+	if _, err := cli.MemberAddAsLearner(ctx, []string{fmt.Sprintf("http://127.0.0.1:%d", testcluster.FreePort(t))}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("adding a learner: %v", err)
+	}
+
+	n := c.AddNodeAt(peer)
+	list, err := c.Client(n.ClientURL).MemberList(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if list.Header.MemberId != id {
+		t.Fatalf("the node started with the added peer URL is member %d, want %d", list.Header.MemberId, id)
+	}
+	if m := member(id); m == nil || m.Name != n.Config.Name || len(m.ClientURLs) == 0 {
+		t.Fatalf("after joining, member list shows the node as %v", m)
+	}
+
+	other, err := cli.MemberAdd(ctx, []string{fmt.Sprintf("http://127.0.0.1:%d", testcluster.FreePort(t))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.MemberRemove(ctx, other.Member.ID); err != nil {
+		t.Fatalf("removing an added node that never started: %v", err)
+	}
+	if m := member(other.Member.ID); m != nil {
+		t.Fatalf("the removed node is still listed: %v", m)
 	}
 }

@@ -140,7 +140,13 @@ func (c *Cluster) newNode(self server.Member, members []server.Member) *Node {
 // others (--join), and returns it once it is registered.
 func (c *Cluster) AddNode() *Node {
 	c.t.Helper()
-	self := server.Member{Name: fmt.Sprintf("n%d", len(c.Nodes)+1), PeerURL: fmt.Sprintf("http://127.0.0.1:%d", FreePort(c.t))}
+	return c.AddNodeAt(fmt.Sprintf("http://127.0.0.1:%d", FreePort(c.t)))
+}
+
+// AddNodeAt is AddNode with the new node's peer URL given.
+func (c *Cluster) AddNodeAt(peerURL string) *Node {
+	c.t.Helper()
+	self := server.Member{Name: fmt.Sprintf("n%d", len(c.Nodes)+1), PeerURL: peerURL}
 	node := c.newNode(self, []server.Member{self})
 	node.Config.Join = c.Endpoints()
 	c.StartNode(node)
