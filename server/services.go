@@ -5,6 +5,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -88,26 +89,17 @@ func (c *cluster) MemberAdd(ctx context.Context, req *pb.MemberAddRequest) (*pb.
 	if req.IsLearner {
 		return nil, status.Error(codes.InvalidArgument, "tessera: nodes are not added as learners (a node that joins votes in no range until placement makes it); add it without --learner")
 	}
-	leader, ok := c.n.MetaLeader()
-	switch {
-	case !ok:
-		return nil, rpctypes.ErrGRPCNoLeader
-	case leader != c.n.ID():
-		cc, err := c.n.Conn(ctx, leader)
-		if err != nil || !router.MayForward(ctx) {
-			return nil, rpctypes.ErrGRPCNoLeader
+	return onMetaLeader(ctx, c, pb.ClusterClient.MemberAdd, req, func() (*pb.MemberAddResponse, error) {
+		id, err := c.n.AddNode(ctx, req.PeerURLs)
+		if err != nil {
+			return nil, err
 		}
-		return pb.NewClusterClient(cc).MemberAdd(router.ForwardedContext(ctx), req)
-	}
-	id, err := c.n.AddNode(ctx, req.PeerURLs)
-	if err != nil {
-		return nil, err
-	}
-	list, err := c.MemberList(ctx, &pb.MemberListRequest{})
-	if err != nil {
-		return nil, err
-	}
-	return &pb.MemberAddResponse{Header: list.Header, Member: &pb.Member{ID: id, PeerURLs: req.PeerURLs}, Members: list.Members}, nil
+		list, err := c.MemberList(ctx, &pb.MemberListRequest{})
+		if err != nil {
+			return nil, err
+		}
+		return &pb.MemberAddResponse{Header: list.Header, Member: &pb.Member{ID: id, PeerURLs: req.PeerURLs}, Members: list.Members}, nil
+	})
 }
 
 // MemberRemove takes a node out of the cluster: out of the meta range and
@@ -115,26 +107,34 @@ func (c *cluster) MemberAdd(ctx context.Context, req *pb.MemberAddRequest) (*pb.
 // (decommission it first); so is a removal that would leave the meta range
 // without a quorum of live voters, with etcd's error.
 func (c *cluster) MemberRemove(ctx context.Context, req *pb.MemberRemoveRequest) (*pb.MemberRemoveResponse, error) {
+	return onMetaLeader(ctx, c, pb.ClusterClient.MemberRemove, req, func() (*pb.MemberRemoveResponse, error) {
+		if err := c.n.RemoveNode(ctx, req.ID); err != nil {
+			return nil, err
+		}
+		list, err := c.MemberList(ctx, &pb.MemberListRequest{})
+		if err != nil {
+			return nil, err
+		}
+		return &pb.MemberRemoveResponse{Header: list.Header, Members: list.Members}, nil
+	})
+}
+
+// onMetaLeader runs here on the meta range's leader, which changes the
+// membership, and elsewhere passes the request there once.
+func onMetaLeader[Req, Resp any](ctx context.Context, c *cluster, call func(pb.ClusterClient, context.Context, Req, ...grpc.CallOption) (Resp, error), req Req, here func() (Resp, error)) (Resp, error) {
+	var zero Resp
 	leader, ok := c.n.MetaLeader()
 	switch {
 	case !ok:
-		return nil, rpctypes.ErrGRPCNoLeader
+		return zero, rpctypes.ErrGRPCNoLeader
 	case leader != c.n.ID():
-		// The meta range's leader removes nodes: ask it.
 		cc, err := c.n.Conn(ctx, leader)
 		if err != nil || !router.MayForward(ctx) {
-			return nil, rpctypes.ErrGRPCNoLeader
+			return zero, rpctypes.ErrGRPCNoLeader
 		}
-		return pb.NewClusterClient(cc).MemberRemove(router.ForwardedContext(ctx), req)
+		return call(pb.NewClusterClient(cc), router.ForwardedContext(ctx), req)
 	}
-	if err := c.n.RemoveNode(ctx, req.ID); err != nil {
-		return nil, err
-	}
-	list, err := c.MemberList(ctx, &pb.MemberListRequest{})
-	if err != nil {
-		return nil, err
-	}
-	return &pb.MemberRemoveResponse{Header: list.Header, Members: list.Members}, nil
+	return here()
 }
 
 func (c *cluster) MemberUpdate(context.Context, *pb.MemberUpdateRequest) (*pb.MemberUpdateResponse, error) {
