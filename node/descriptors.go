@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"maps"
 	"slices"
@@ -52,6 +53,7 @@ func (s *Node) runDescriptorSync() {
 		s.recordRanges()
 		s.dropStaleReplicas()
 		s.removeAbandonedLearners()
+		s.giveUpSkippedChildren()
 		// Ranges held elsewhere are routed by the descriptors: take the
 		// latest.
 		s.cache.Refresh()
@@ -114,4 +116,53 @@ func (s *Node) recordRanges() {
 	if n > 0 {
 		s.log.Debug("recorded range descriptors", "recorded", n)
 	}
+}
+
+// giveUpSkippedChildren hands back replicas this node is a member of but
+// never started: a replica that installed a snapshot of its range taken
+// after a split never applies the split, so the split's child never starts
+// here (onSplit), though the child's Raft membership and descriptor name
+// this node. The child would run a replica short while placement counts it
+// full. Once a range has been missing here for two passes while no range
+// this node runs covers its keys (a lagging parent that has yet to apply
+// the split does), this node asks the range's leader to remove its replica;
+// placement then adds one back as moves add replicas, from a snapshot.
+func (s *Node) giveUpSkippedChildren() {
+	ctx, cancel := s.stopper.WithTimeout(descriptorSyncInterval)
+	defer cancel()
+	descs, err := meta.Ranges(ctx, s.meta, false)
+	if err != nil {
+		return
+	}
+	missing := map[uint64]bool{}
+	for _, d := range descs {
+		if !slices.Contains(d.ReplicaNodeIds, s.replicaID) || s.rangeByID(d.RangeId) != nil || s.coversAny(d.StartKey, d.EndKey) {
+			continue
+		}
+		missing[d.RangeId] = true
+		if !s.skipped[d.RangeId] {
+			continue // seen missing once: a replica may be starting
+		}
+		s.log.Warn("giving up a replica this node never started (its range split in a snapshot it installed)", "range", d.RangeId)
+		req := &tesserapb.ChangeReplicasRequest{RangeId: d.RangeId, RemoveNodeId: s.replicaID}
+		if _, err := s.Internal().ChangeReplicas(ctx, req); err != nil {
+			s.log.Warn("giving up a replica this node never started", "range", d.RangeId, "err", err)
+		}
+	}
+	s.skipped = missing
+}
+
+// coversAny reports whether a range this node runs holds keys of
+// [start, end) (an empty end is the end of the keyspace).
+func (s *Node) coversAny(start, end []byte) bool {
+	for _, r := range s.rangeList() {
+		ls, le, ok := r.Bounds()
+		if !ok {
+			return true // not open yet: cannot tell
+		}
+		if (len(le) == 0 || bytes.Compare(start, le) < 0) && (len(end) == 0 || bytes.Compare(ls, end) < 0) {
+			return true
+		}
+	}
+	return false
 }

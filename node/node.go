@@ -55,6 +55,10 @@ type Node struct {
 	placingSoon atomic.Bool
 	// beatsSent counts heartbeats sent through another node (anotherNode).
 	beatsSent atomic.Uint64
+	// skipped holds the ranges the last descriptor sync found this node a
+	// member of but not running (giveUpSkippedChildren). Only that task
+	// touches it.
+	skipped map[uint64]bool
 
 	// picksMu guards picks: electNewRange's recent choices of a member
 	// to lead a new range, by range ID (see leadershipCounts).
