@@ -3,6 +3,7 @@ package tests
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -19,47 +20,13 @@ import (
 // leader keeps in its log is sent a snapshot of the range, and afterwards
 // serves all the data itself.
 func TestFollowerCatchesUpBySnapshot(t *testing.T) {
-	// A short log (etcd's --snapshot-count and --snapshot-catchup-entries):
-	// the proposer packs concurrent writes into one entry, at most one per
-	// client here, so the writes below make well over 300 entries.
-	c := testcluster.Start(t, 3, func(cfg *server.Config) {
-		cfg.SnapshotCount = 200
-		cfg.SnapshotCatchUpEntries = 100
-	})
+	c, leader, follower := shortLogClusterFollowerDown(t)
 	ctx := ctxT(t)
-	leader := c.Leader()
-	var follower *testcluster.Node
-	for _, n := range c.Nodes {
-		if n != leader {
-			follower = n
-			break
-		}
-	}
-	c.StopNode(follower)
-
 	// More entries than SnapshotCount + SnapshotCatchUpEntries, so the
 	// leader compacts the log the follower would need.
 	const keys = 24000
 	cli := c.Client(leader.ClientURL)
-	var wg sync.WaitGroup
-	errs := make(chan error, 64)
-	for w := range 64 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w; i < keys; i += 64 {
-				if _, err := cli.Put(ctx, fmt.Sprintf("snap/%05d", i), fmt.Sprint(i)); err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+	putConcurrently(t, cli, 64, keys, func(i int) string { return fmt.Sprintf("snap/%05d", i) }, strconv.Itoa)
 	lease, err := cli.Grant(ctx, 300)
 	if err != nil {
 		t.Fatal(err)
@@ -160,41 +127,10 @@ func TestSoleNodeTruncatesLogByBytes(t *testing.T) {
 // adds it back from a snapshot: in the end it runs every range, and every
 // range has its three replicas.
 func TestSplitChildStartsAfterSnapshotPastSplit(t *testing.T) {
-	c := testcluster.Start(t, 3, placing(time.Minute), func(cfg *server.Config) {
-		cfg.SnapshotCount = 200
-		cfg.SnapshotCatchUpEntries = 100
-	})
-	ctx := ctxT(t)
-	leader := c.Leader()
-	var follower *testcluster.Node
-	for _, n := range c.Nodes {
-		if n != leader {
-			follower = n
-			break
-		}
-	}
-	c.StopNode(follower)
+	c, leader, follower := shortLogClusterFollowerDown(t, placing(time.Minute))
 	splitAt(t, c, leader, "sp/5")
 	cli := c.Client(leader.ClientURL)
-	var wg sync.WaitGroup
-	errs := make(chan error, 32)
-	for w := range 32 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w; i < 12000; i += 32 {
-				if _, err := cli.Put(ctx, fmt.Sprintf("sp/%d%05d", i%10, i), "v"); err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+	putConcurrently(t, cli, 32, 12000, func(i int) string { return fmt.Sprintf("sp/%d%05d", i%10, i) }, func(int) string { return "v" })
 	c.StartNode(follower)
 	waitPlaced(t, c, "every range's three replicas running", 60*time.Second, func(ds []*tesserapb.RangeDescriptor) bool {
 		for _, d := range ds {
@@ -206,5 +142,54 @@ func TestSplitChildStartsAfterSnapshotPastSplit(t *testing.T) {
 	})
 	if follower.Server.Testing().SnapshotsRecovered() == 0 {
 		t.Fatal("the follower caught up without a snapshot; the test does not test what it says")
+	}
+}
+
+// shortLogClusterFollowerDown starts three nodes with short Raft logs
+// (etcd's --snapshot-count and --snapshot-catchup-entries: the proposer
+// packs concurrent writes into one entry, at most one per client, so a few
+// thousand writes make well over 300 entries) and stops one that does not
+// lead the first range.
+func shortLogClusterFollowerDown(t *testing.T, opts ...testcluster.Options) (c *testcluster.Cluster, leader, follower *testcluster.Node) {
+	t.Helper()
+	opts = append(opts, func(cfg *server.Config) {
+		cfg.SnapshotCount = 200
+		cfg.SnapshotCatchUpEntries = 100
+	})
+	c = testcluster.Start(t, 3, opts...)
+	leader = c.Leader()
+	for _, n := range c.Nodes {
+		if n != leader {
+			follower = n
+			break
+		}
+	}
+	c.StopNode(follower)
+	return c, leader, follower
+}
+
+// putConcurrently writes keys 0..n-1 (named by key, valued by value) from
+// the given number of clients, and fails the test on any error.
+func putConcurrently(t *testing.T, cli *clientv3.Client, clients, n int, key func(int) string, value func(int) string) {
+	t.Helper()
+	ctx := ctxT(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	for w := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += clients {
+				if _, err := cli.Put(ctx, key(i), value(i)); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
 	}
 }
