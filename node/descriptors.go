@@ -1,7 +1,6 @@
 package node
 
 import (
-	"bytes"
 	"context"
 	"maps"
 	"slices"
@@ -9,6 +8,7 @@ import (
 
 	"github.com/tesserakv/tessera/meta"
 	"github.com/tesserakv/tessera/proto/tesserapb"
+	"github.com/tesserakv/tessera/router"
 )
 
 // descriptorSyncInterval is how often a node checks that the meta range
@@ -51,9 +51,14 @@ func (s *Node) runDescriptorSync() {
 		case <-s.rangesChanged:
 		}
 		s.recordRanges()
-		s.dropStaleReplicas()
+		ctx, cancel := s.stopper.WithTimeout(descriptorSyncInterval)
+		descs, err := meta.Ranges(ctx, s.meta, false)
+		cancel()
+		if err == nil {
+			s.dropStaleReplicas(descs)
+			s.giveUpSkippedChildren(descs)
+		}
 		s.removeAbandonedLearners()
-		s.giveUpSkippedChildren()
 		// Ranges held elsewhere are routed by the descriptors: take the
 		// latest.
 		s.cache.Refresh()
@@ -127,13 +132,9 @@ func (s *Node) recordRanges() {
 // this node runs covers its keys (a lagging parent that has yet to apply
 // the split does), this node asks the range's leader to remove its replica;
 // placement then adds one back as moves add replicas, from a snapshot.
-func (s *Node) giveUpSkippedChildren() {
+func (s *Node) giveUpSkippedChildren(descs []*tesserapb.RangeDescriptor) {
 	ctx, cancel := s.stopper.WithTimeout(descriptorSyncInterval)
 	defer cancel()
-	descs, err := meta.Ranges(ctx, s.meta, false)
-	if err != nil {
-		return
-	}
 	missing := map[uint64]bool{}
 	for _, d := range descs {
 		if !slices.Contains(d.ReplicaNodeIds, s.replicaID) || s.rangeByID(d.RangeId) != nil || s.coversAny(d.StartKey, d.EndKey) {
@@ -160,7 +161,7 @@ func (s *Node) coversAny(start, end []byte) bool {
 		if !ok {
 			return true // not open yet: cannot tell
 		}
-		if (len(le) == 0 || bytes.Compare(start, le) < 0) && (len(end) == 0 || bytes.Compare(ls, end) < 0) {
+		if router.SpansOverlap(start, end, ls, le) {
 			return true
 		}
 	}

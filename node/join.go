@@ -10,7 +10,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/lni/dragonboat/v4"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -209,7 +208,7 @@ func (i *internalService) JoinCluster(ctx context.Context, req *tesserapb.JoinCl
 		if err != nil {
 			return nil, router.ToGRPC(err)
 		}
-		if _, _, member := metaReplicaOf(m, id); !member {
+		if _, _, member := membersFrom(m).replicaOf(id); !member {
 			s.allocator.EndLease()
 			if err := s.nh.SyncRequestAddNonVoting(ctx, meta.RangeID, id, req.RaftAddress, m.ConfigChangeID); err != nil {
 				return nil, status.Errorf(codes.Unavailable, "tessera: adding node %d to the meta range: %v", id, err)
@@ -308,7 +307,7 @@ func (s *Node) RemoveNode(ctx context.Context, id uint64) error {
 	}
 	s.live.removing[id] = true // placement must not add it back meanwhile
 	s.live.mu.Unlock()
-	rid, voter, member := metaReplicaOf(m, id)
+	rid, voter, member := membersFrom(m).replicaOf(id)
 	if voter && !quorumWithout(m.Nodes, rid, s.liveNodes()) {
 		return rpctypes.ErrGRPCMemberNotEnoughStarted
 	}
@@ -324,22 +323,6 @@ func (s *Node) RemoveNode(ctx context.Context, id uint64) error {
 	}
 	s.log.Info("node removed", "node", id, "name", node.Name)
 	return nil
-}
-
-// metaReplicaOf finds a node's replica in a membership of the meta range:
-// its replica ID, whether it votes, and whether it is there at all.
-func metaReplicaOf(m *dragonboat.Membership, node uint64) (replicaID uint64, voter, ok bool) {
-	for id := range m.Nodes {
-		if replicaid.NodeOf(id) == node {
-			return id, true, true
-		}
-	}
-	for id := range m.NonVotings {
-		if replicaid.NodeOf(id) == node {
-			return id, false, true
-		}
-	}
-	return 0, false, false
 }
 
 // quorumWithout reports whether the voters other than the one given still

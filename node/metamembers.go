@@ -53,6 +53,22 @@ func membersFrom(m *dragonboat.Membership) metaMembers {
 	return metaMembers{voters: m.Nodes, learners: m.NonVotings, removed: m.Removed, configChangeID: m.ConfigChangeID}
 }
 
+// replicaOf finds a node's replica in the membership: its replica ID,
+// whether it votes, and whether it is there at all.
+func (m metaMembers) replicaOf(node uint64) (replicaID uint64, voter, ok bool) {
+	for id := range m.voters {
+		if replicaid.NodeOf(id) == node {
+			return id, true, true
+		}
+	}
+	for id := range m.learners {
+		if replicaid.NodeOf(id) == node {
+			return id, false, true
+		}
+	}
+	return 0, false, false
+}
+
 // metaChangeKind is what a metaChange does.
 type metaChangeKind int
 
@@ -83,13 +99,6 @@ func planMetaChange(c *placement.Cluster, m metaMembers, running map[uint64]uint
 	for _, n := range c.Nodes {
 		state[n.ID] = n.State
 	}
-	members := map[uint64]uint64{} // node → its replica ID in the range
-	for id := range m.voters {
-		members[replicaid.NodeOf(id)] = id
-	}
-	for id := range m.learners {
-		members[replicaid.NodeOf(id)] = id
-	}
 	// A live node running a replica that is no longer a member.
 	for _, node := range slices.Sorted(maps.Keys(running)) {
 		rid := running[node]
@@ -98,7 +107,7 @@ func planMetaChange(c *placement.Cluster, m metaMembers, running map[uint64]uint
 		if voter || learner || rid == 0 || skip[node] || state[node] != placement.NodeLive {
 			continue
 		}
-		if id, ok := members[node]; ok {
+		if id, _, ok := m.replicaOf(node); ok {
 			return metaChange{kind: metaTell, node: node, replicaID: id}, true
 		}
 		return metaChange{kind: metaReadd, node: node, replicaID: replicaid.Next(node, keySet(m.voters), keySet(m.learners), m.removed)}, true

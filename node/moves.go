@@ -529,13 +529,9 @@ func (s *Node) dropReplica(ctx context.Context, rangeID uint64) error {
 // records, after a membership change this replica has not applied, without
 // this node: it was removed while it could not be told (down, or cut off).
 // A replica still joining its range is not in the record yet and is kept.
-func (s *Node) dropStaleReplicas() {
+func (s *Node) dropStaleReplicas(descs []*tesserapb.RangeDescriptor) {
 	ctx, cancel := s.stopper.WithTimeout(descriptorSyncInterval)
 	defer cancel()
-	descs, err := meta.Ranges(ctx, s.meta, false)
-	if err != nil {
-		return
-	}
 	memberships := s.memberships()
 	for _, d := range descs {
 		r := s.rangeByID(d.RangeId)
