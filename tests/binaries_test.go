@@ -138,6 +138,21 @@ func (p *process) client() *clientv3.Client {
 	return cli
 }
 
+// logTail writes the end of the process's log (of its last start) to the
+// test log; call it only after the process has exited.
+func (p *process) logTail() {
+	p.t.Helper()
+	if p.stderr == nil {
+		return
+	}
+	out := p.stderr.Bytes()
+	const most = 64 << 10
+	if len(out) > most {
+		out = out[len(out)-most:]
+	}
+	p.t.Logf("log of tessera %s (its end):\n%s", strings.Join(p.args, " "), out)
+}
+
 // kill sends SIGKILL and reaps the process.
 func (p *process) kill() {
 	if p.cmd != nil && p.cmd.Process != nil && p.cmd.ProcessState == nil {

@@ -26,6 +26,14 @@ func startProcessCluster(t *testing.T, n int, flags ...string) []*process {
 	}
 	root := t.TempDir()
 	procs := make([]*process, n)
+	// Runs after the processes are killed (cleanups run last first).
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, p := range procs {
+				p.logTail()
+			}
+		}
+	})
 	for i := range n {
 		clientURL := fmt.Sprintf("http://127.0.0.1:%d", testcluster.FreePort(t))
 		procs[i] = &process{t: t, clientURL: clientURL, args: append([]string{
@@ -155,7 +163,7 @@ func TestKill9NodeReplaced(t *testing.T) {
 func TestKill9LeaderOfIdleRanges(t *testing.T) {
 	// Short Raft timers: a range idle for ten election timeouts (2 s)
 	// quiesces.
-	procs := startProcessCluster(t, 4, "--dead-node-timeout", "2s", "--heartbeat-interval", "20", "--election-timeout", "200")
+	procs := startProcessCluster(t, 4, "--dead-node-timeout", "2s", "--heartbeat-interval", "20", "--election-timeout", "200", "--log-level", "info")
 	for _, key := range []string{"kl/2", "kl/4", "kl/6", "kl/8"} {
 		if _, err := runBinary(t, "tessera", "ctl", "--endpoints", procs[0].clientURL, "split", key); err != nil {
 			t.Fatalf("ctl split %s: %v", key, err)
