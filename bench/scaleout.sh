@@ -30,6 +30,7 @@
 #
 # Usage: bench/scaleout.sh [--quota F] [--duration D] [--clients N] [--conns N]
 #                          [--value-size B] [--balance-timeout S] [--out DIR]
+#                          [--clusters LIST]
 #   --quota F            fraction of a core per server process (default 0.25)
 #   --duration D         measured time per case (default 20s)
 #   --clients N          tessbench clients (default 100)
@@ -38,6 +39,8 @@
 #   --balance-timeout S  longest wait for placement to spread a Tessera
 #                        cluster, in seconds (default 300)
 #   --out DIR            where results go (default: $CACHE/results/scaleout-<date>)
+#   --clusters LIST      the clusters measured, in order (default
+#                        "tessera:3 etcd:3 tessera:6 etcd:5")
 # Environment:
 #   TESSERA_BENCH_CACHE      cache for the etcd build (default ~/.cache/tessera-bench)
 #   TESSERA_FLAGS            extra flags for every Tessera server (split on spaces)
@@ -53,6 +56,7 @@ CONNS=10
 VALUE_SIZE=256
 BALANCE_TIMEOUT=300
 OUT=""
+CLUSTERS="tessera:3 etcd:3 tessera:6 etcd:5"
 ARGS="$*"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -63,6 +67,7 @@ while [ $# -gt 0 ]; do
     --value-size) VALUE_SIZE="$2"; shift ;;
     --balance-timeout) BALANCE_TIMEOUT="$2"; shift ;;
     --out) OUT="$2"; shift ;;
+    --clusters) CLUSTERS="$2"; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "scaleout.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -78,6 +83,9 @@ QUOTA_US=$(awk -v q="$QUOTA" -v p=$PERIOD_US 'BEGIN { if (q + 0 > 0 && q + 0 <= 
 [[ "$CONNS" =~ ^[1-9][0-9]*$ && "$CONNS" -le "$CLIENTS" ]] || usage_error "--conns must be between 1 and --clients, got $CONNS"
 [[ "$VALUE_SIZE" =~ ^[0-9]+$ ]] || usage_error "--value-size must be a byte count, got $VALUE_SIZE"
 [[ "$BALANCE_TIMEOUT" =~ ^[0-9]+$ ]] || usage_error "--balance-timeout must be seconds, got $BALANCE_TIMEOUT"
+for cluster in $CLUSTERS; do
+  [[ "$cluster" =~ ^(tessera|etcd):[1-9][0-9]?$ ]] || usage_error "--clusters takes tessera:N and etcd:N, got $cluster"
+done
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${TESSERA_BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tessera-bench}
@@ -256,10 +264,7 @@ run_cluster() { # run_cluster etcd|tessera N
 }
 
 START=$(date -u +%Y-%m-%dT%H:%MZ)
-run_cluster tessera 3
-run_cluster etcd 3
-run_cluster tessera 6
-run_cluster etcd 5
+for cluster in $CLUSTERS; do run_cluster "${cluster%%:*}" "${cluster#*:}"; done
 
 # --- report ------------------------------------------------------------------
 throughput() { # throughput TARGET N WORKLOAD: ops/s, or nothing
