@@ -62,6 +62,9 @@ func (a *applier) apply(cmd *tesserapb.Command) (response []byte, err error) {
 	if lt := cmd.GetLeadershipTerm(); lt != 0 && lt < a.state.leadershipTerm {
 		return nil, errorf(ErrStaleLeader, "command (revision %d) proposed by the leader of term %d, the range has a leader of term %d", rev, lt, a.state.leadershipTerm)
 	}
+	if a.state.hold != nil && refusedWhileHeld(cmd) {
+		return nil, errorf(ErrRangeHeld, "held since revision %d", a.state.hold.GetRevision())
+	}
 	saved, logged := a.state, a.log.mark()
 	var msg proto.Message
 	changed := false
@@ -110,6 +113,21 @@ func (a *applier) apply(cmd *tesserapb.Command) (response []byte, err error) {
 			}
 			a.state.leadershipTerm = lt
 		}
+	case *tesserapb.Command_TxnHold:
+		if rev == 0 {
+			return nil, errorf(ErrInvalidCommand, "txn hold without a revision")
+		}
+		msg, err = a.applyTxnHold(rev, op.TxnHold)
+	case *tesserapb.Command_TxnCommit:
+		if rev == 0 {
+			return nil, errorf(ErrInvalidCommand, "txn commit without a revision")
+		}
+		msg, changed, err = a.applyTxnCommit(rev, op.TxnCommit)
+	case *tesserapb.Command_TxnAbort:
+		if rev != 0 {
+			return nil, errorf(ErrInvalidCommand, "txn abort with revision %d", rev)
+		}
+		a.applyTxnAbort(op.TxnAbort)
 	case *tesserapb.Command_Batch:
 		return nil, errorf(ErrInvalidCommand, "batch inside a batch")
 	case *tesserapb.Command_Split:
@@ -136,4 +154,18 @@ func (a *applier) apply(cmd *tesserapb.Command) (response []byte, err error) {
 		return nil, nil
 	}
 	return proto.Marshal(msg)
+}
+
+// refusedWhileHeld reports whether cmd waits for a range's hold to end
+// (ErrRangeHeld): anything that writes keys or could move the state a held
+// write's compares saw — Txns, lease revocations, compactions, splits and
+// other holds. The held write's own commit and abort, barriers and lease
+// bookkeeping that writes no keys go on.
+func refusedWhileHeld(cmd *tesserapb.Command) bool {
+	switch cmd.GetOp().(type) {
+	case *tesserapb.Command_Txn, *tesserapb.Command_LeaseRevoke, *tesserapb.Command_Compact,
+		*tesserapb.Command_Split, *tesserapb.Command_TxnHold:
+		return true
+	}
+	return false
 }

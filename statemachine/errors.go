@@ -27,6 +27,8 @@ const (
 	CodeInvalidSplit   int32 = 12
 	CodeLeaseProofOld  int32 = 13
 	CodeStaleLeader    int32 = 14
+	CodeRangeHeld      int32 = 15
+	CodeNotHeld        int32 = 16
 	CodeUnknown        int32 = -1 // an error that is none of this package's sentinels
 )
 
@@ -84,12 +86,21 @@ var (
 	// range's current leader fenced. Nothing changed; the shard proposes a
 	// new leadership barrier, or the router goes to the new leader.
 	ErrStaleLeader error = &cmdError{CodeStaleLeader, "tessera: command proposed under an earlier leadership of the range"}
+	// ErrRangeHeld has no etcd counterpart: the range is held by a write
+	// spanning ranges (TxnHoldCommand) until that write commits or aborts,
+	// and refuses other commands writing keys, compactions, lease
+	// revocations, splits and other holds meanwhile. Nothing changed; try
+	// again.
+	ErrRangeHeld error = &cmdError{CodeRangeHeld, "tessera: the range is held by a write spanning ranges"}
+	// ErrNotHeld has no etcd counterpart: a TxnCommitCommand for a write
+	// the range is not held for (it was aborted here). Nothing changed.
+	ErrNotHeld error = &cmdError{CodeNotHeld, "tessera: the range is not held for this write"}
 )
 
 var sentinels = []error{
 	ErrCompacted, ErrFutureRev, ErrLeaseNotFound, ErrLeaseExists, ErrKeyNotFound,
 	ErrDuplicateKey, ErrStaleRevision, ErrEmptyKey, ErrWrongRange, ErrInvalidCommand,
-	ErrUnavailable, ErrInvalidSplit, ErrLeaseProofOld, ErrStaleLeader,
+	ErrUnavailable, ErrInvalidSplit, ErrLeaseProofOld, ErrStaleLeader, ErrRangeHeld, ErrNotHeld,
 }
 
 // ErrorCode returns the code of err's sentinel: 0 for nil, CodeUnknown for an

@@ -425,6 +425,37 @@ func (h *harness) command(t testing.TB, d *datadriven.TestData) (cmd []byte, kin
 		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, false), Op: &tesserapb.Command_Split{
 			Split: &tesserapb.SplitCommand{SplitKey: argBytes(t, d, "at"), NewRangeId: uint64(argInt(t, d, "id", 0))},
 		}}), "none"
+	case "txn-hold":
+		// txn-hold id=S [rev=N]: the input is the whole request, in
+		// prototext.
+		req := &pb.TxnRequest{}
+		if err := prototext.Unmarshal([]byte(d.Input), req); err != nil {
+			t.Fatalf("%s: bad txn: %v", d.Pos, err)
+		}
+		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, true), Op: &tesserapb.Command_TxnHold{
+			TxnHold: &tesserapb.TxnHoldCommand{TxnId: argBytes(t, d, "id"), Request: mustMarshal(t, req)},
+		}}), "txn-hold"
+	case "txn-commit":
+		// txn-commit id=S path=(true,false,...) [rev=N]
+		var path []bool
+		if d.HasArg("path") {
+			var words []string
+			d.ScanArgs(t, "path", &words)
+			for _, w := range words {
+				b, err := strconv.ParseBool(w)
+				if err != nil {
+					t.Fatalf("%s: bad path %q", d.Pos, w)
+				}
+				path = append(path, b)
+			}
+		}
+		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, true), Op: &tesserapb.Command_TxnCommit{
+			TxnCommit: &tesserapb.TxnCommitCommand{TxnId: argBytes(t, d, "id"), Path: path},
+		}}), "txn"
+	case "txn-abort":
+		return mustMarshal(t, &tesserapb.Command{Revision: h.cmdRev(t, d, false), Op: &tesserapb.Command_TxnAbort{
+			TxnAbort: &tesserapb.TxnAbortCommand{TxnId: argBytes(t, d, "id")},
+		}}), "none"
 	case "garbage":
 		return []byte{0xff, 0xff, 0xff}, "none"
 	}
@@ -461,6 +492,9 @@ func statusLine(v *View) string {
 		v.Revision(), v.CompactRevision(), v.AppliedIndex(), v.LastCommandRevision())
 	if f := v.state.leaseFloor; f != 0 {
 		line += fmt.Sprintf(" lease-floor=%d", f)
+	}
+	if h := v.state.hold; h != nil {
+		line += fmt.Sprintf(" held-by=%s since=%d", h.TxnId, h.Revision)
 	}
 	return line + "\n"
 }
@@ -705,6 +739,22 @@ func formatResult(t testing.TB, res *tesserapb.Result, kind string) string {
 		tr := &pb.TxnResponse{}
 		unmarshalTo(tr)
 		formatTxn(&b, "", tr)
+	case "txn-hold":
+		hr := &tesserapb.TxnHoldResult{}
+		unmarshalTo(hr)
+		fmt.Fprintf(&b, "held; compacted=%d compares:", hr.CompactedRevision)
+		for i, c := range hr.Compares {
+			switch {
+			case !c.Keys:
+				fmt.Fprintf(&b, " %d=no-keys", i)
+			default:
+				fmt.Fprintf(&b, " %d=%t", i, c.Matched)
+			}
+		}
+		b.WriteString("\n")
+		for _, f := range hr.Failed {
+			fmt.Fprintf(&b, "op %d failed (code %d): %s\n", f.Op, f.Code, f.Message)
+		}
 	case "compact":
 		cr := &pb.CompactionResponse{}
 		unmarshalTo(cr)

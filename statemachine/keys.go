@@ -169,6 +169,7 @@ const (
 	metaState  byte = 's' // rangeState
 	metaBounds byte = 'b' // bounds, with their generation
 	metaLease  byte = 'l' // + BE(leaseID) -> tesserapb.LeaseRecord
+	metaHold   byte = 'h' // tesserapb.TxnHold, while a write spanning ranges holds the range
 )
 
 // metaPrefix is the prefix of every metadata key of rangeID.

@@ -9,6 +9,8 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
 // rangeState is a range's scalar metadata, stored under metaState in the same
@@ -37,6 +39,10 @@ type rangeState struct {
 	// (BarrierCommand.leadership), 0 if none: any command of a lower term is
 	// refused (apply.go).
 	leadershipTerm uint64
+	// hold is the write spanning ranges holding this range, nil if none.
+	// It is stored apart from the rest (metaHold), and replaced, never
+	// changed in place.
+	hold *tesserapb.TxnHold
 }
 
 func initialState() rangeState { return rangeState{currentRev: 1} }
@@ -254,7 +260,33 @@ func loadMeta(r pebble.Reader, rangeID uint64) (rangeState, bounds, error) {
 			return st, bounds{}, err
 		}
 	}
-	return st, bnds, nil
+	st.hold, err = loadHold(r, rangeID)
+	return st, bnds, err
+}
+
+// loadHold reads rangeID's hold from r, nil if none.
+func loadHold(r pebble.Reader, rangeID uint64) (*tesserapb.TxnHold, error) {
+	v, found, err := getValue(r, metaKey(rangeID, metaHold))
+	if err != nil || !found {
+		return nil, err
+	}
+	h := &tesserapb.TxnHold{}
+	if err := proto.Unmarshal(v, h); err != nil {
+		return nil, fmt.Errorf("statemachine: range %d: malformed hold: %w", rangeID, err)
+	}
+	return h, nil
+}
+
+// writeHold records h as rangeID's hold in b (deletes it when nil).
+func writeHold(b *pebble.Batch, rangeID uint64, h *tesserapb.TxnHold) error {
+	if h == nil {
+		return b.Delete(metaKey(rangeID, metaHold), nil)
+	}
+	v, err := proto.Marshal(h)
+	if err != nil {
+		return err
+	}
+	return b.Set(metaKey(rangeID, metaHold), v, nil)
 }
 
 func unmarshal(b []byte, m proto.Message) error { return proto.Unmarshal(b, m) }

@@ -185,6 +185,11 @@ func (r *RangeSM) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	if err := b.Set(metaKey(r.rangeID, metaState), a.state.encode(), nil); err != nil {
 		return nil, err
 	}
+	if a.state.hold != r.state.hold {
+		if err := writeHold(b, r.rangeID, a.state.hold); err != nil {
+			return nil, err
+		}
+	}
 	// The batch and the metadata it records are published as one step for
 	// View (which snapshots under mu and takes the metadata from memory);
 	// when the batch changes the bounds, a View that sees the new bounds

@@ -308,6 +308,10 @@ func (r *RangeSM) recoverFromSnapshot(rd io.Reader, done <-chan struct{}) error 
 				return err
 			}
 			r.noteCommit(b)
+			// The hold, if any, came as a metadata record.
+			if st.hold, err = loadHold(db, r.rangeID); err != nil {
+				return err
+			}
 			r.setMeta(st, newBounds)
 			r.publish(nil, st.floor(), true)
 			return nil

@@ -5,6 +5,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/protobuf/proto"
 )
 
 // A Txn is applied in three steps, after etcd (server/etcdserver/txn/txn.go):
@@ -44,6 +45,19 @@ type txnApplier struct {
 	reader    mvccReader
 	writer    mvccWriter
 	changed   bool
+	// clip, when set, limits the operations to the range's own keys (the
+	// range's share of a write spanning ranges): an operation on keys
+	// elsewhere answers empty.
+	clip *bounds
+}
+
+// clipped returns key/range_end cut to t.clip, and whether any of it is
+// left (always, without a clip).
+func (t *txnApplier) clipped(key, rangeEnd []byte) (k, end []byte, ok bool) {
+	if t.clip == nil {
+		return key, rangeEnd, true
+	}
+	return clipSpan(key, rangeEnd, *t.clip)
 }
 
 // readRevNow is the revision reads see at this point of the txn.
@@ -351,22 +365,41 @@ func (t *txnApplier) execute(req *pb.TxnRequest, path []bool, resp *pb.TxnRespon
 		var out pb.ResponseOp
 		switch tv := op.GetRequest().(type) {
 		case *pb.RequestOp_RequestRange:
-			rr, err := executeRange(t.reader, tv.RequestRange, t.readRevNow(), t.compacted, nil)
-			if err != nil {
-				return 0, err
+			rr := &pb.RangeResponse{Kvs: []*mvccpb.KeyValue{}}
+			if key, end, ok := t.clipped(tv.RequestRange.GetKey(), tv.RequestRange.GetRangeEnd()); ok {
+				req := tv.RequestRange
+				if t.clip != nil {
+					req = proto.CloneOf(req)
+					req.Key, req.RangeEnd = key, end
+				}
+				var err error
+				if rr, err = executeRange(t.reader, req, t.readRevNow(), t.compacted, nil); err != nil {
+					return 0, err
+				}
 			}
 			rr.Header = &pb.ResponseHeader{Revision: t.readRevNow()}
 			out.Response = &pb.ResponseOp_ResponseRange{ResponseRange: rr}
 		case *pb.RequestOp_RequestPut:
-			pr, err := t.put(tv.RequestPut)
-			if err != nil {
-				return 0, err
+			pr := &pb.PutResponse{Header: &pb.ResponseHeader{Revision: t.cmdRev}}
+			if _, _, ok := t.clipped(tv.RequestPut.GetKey(), nil); ok {
+				var err error
+				if pr, err = t.put(tv.RequestPut); err != nil {
+					return 0, err
+				}
 			}
 			out.Response = &pb.ResponseOp_ResponsePut{ResponsePut: pr}
 		case *pb.RequestOp_RequestDeleteRange:
-			dr, err := t.deleteRange(tv.RequestDeleteRange)
-			if err != nil {
-				return 0, err
+			dr := &pb.DeleteRangeResponse{Header: &pb.ResponseHeader{Revision: t.readRevNow()}}
+			if key, end, ok := t.clipped(tv.RequestDeleteRange.GetKey(), tv.RequestDeleteRange.GetRangeEnd()); ok {
+				req := tv.RequestDeleteRange
+				if t.clip != nil {
+					req = proto.CloneOf(req)
+					req.Key, req.RangeEnd = key, end
+				}
+				var err error
+				if dr, err = t.deleteRange(req); err != nil {
+					return 0, err
+				}
 			}
 			out.Response = &pb.ResponseOp_ResponseDeleteRange{ResponseDeleteRange: dr}
 		case *pb.RequestOp_RequestTxn:

@@ -56,6 +56,9 @@ type Command struct {
 	//	*Command_LeaseMark
 	//	*Command_LeaseRegister
 	//	*Command_Batch
+	//	*Command_TxnHold
+	//	*Command_TxnCommit
+	//	*Command_TxnAbort
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -193,6 +196,33 @@ func (x *Command) GetBatch() *BatchCommand {
 	return nil
 }
 
+func (x *Command) GetTxnHold() *TxnHoldCommand {
+	if x != nil {
+		if x, ok := x.Op.(*Command_TxnHold); ok {
+			return x.TxnHold
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetTxnCommit() *TxnCommitCommand {
+	if x != nil {
+		if x, ok := x.Op.(*Command_TxnCommit); ok {
+			return x.TxnCommit
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetTxnAbort() *TxnAbortCommand {
+	if x != nil {
+		if x, ok := x.Op.(*Command_TxnAbort); ok {
+			return x.TxnAbort
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -234,6 +264,18 @@ type Command_Batch struct {
 	Batch *BatchCommand `protobuf:"bytes,12,opt,name=batch,proto3,oneof"`
 }
 
+type Command_TxnHold struct {
+	TxnHold *TxnHoldCommand `protobuf:"bytes,15,opt,name=txn_hold,json=txnHold,proto3,oneof"`
+}
+
+type Command_TxnCommit struct {
+	TxnCommit *TxnCommitCommand `protobuf:"bytes,16,opt,name=txn_commit,json=txnCommit,proto3,oneof"`
+}
+
+type Command_TxnAbort struct {
+	TxnAbort *TxnAbortCommand `protobuf:"bytes,17,opt,name=txn_abort,json=txnAbort,proto3,oneof"`
+}
+
 func (*Command_Txn) isCommand_Op() {}
 
 func (*Command_Compact) isCommand_Op() {}
@@ -251,6 +293,12 @@ func (*Command_LeaseMark) isCommand_Op() {}
 func (*Command_LeaseRegister) isCommand_Op() {}
 
 func (*Command_Batch) isCommand_Op() {}
+
+func (*Command_TxnHold) isCommand_Op() {}
+
+func (*Command_TxnCommit) isCommand_Op() {}
+
+func (*Command_TxnAbort) isCommand_Op() {}
 
 // BatchCommand carries several commands in one Raft entry: the proposer puts
 // the writes it proposes together (each with its own revision, in revision
@@ -461,6 +509,434 @@ func (x *TxnCommand) GetAttach() []*LeaseAttach {
 	return nil
 }
 
+// TxnHoldCommand is the first step of a write spanning ranges
+// (docs/design.md, "Writes spanning ranges"), proposed to each range the
+// request touches. It carries a revision of its own (Command.revision).
+// Applied, it holds the range for the write: from then until the write's
+// TxnCommitCommand or TxnAbortCommand no other command writing keys, no
+// compaction, no lease revocation and no split applies there
+// (statemachine.ErrRangeHeld). It evaluates, against the range's state
+// before its revision, every compare of the request on the keys the range
+// holds, and checks every operation on those keys; its response is a
+// TxnHoldResult. A range already held for another write refuses it.
+type TxnHoldCommand struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// txn_id names the write (16 random bytes); its commit decision is
+	// recorded in the meta range under it.
+	TxnId []byte `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
+	// request is the whole marshalled etcdserverpb.TxnRequest (a DeleteRange
+	// is sent as a Txn of one operation); the range applies its own share.
+	Request []byte `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
+	// attach gives the range the records of leases its share's Puts name, as
+	// TxnCommand.attach does.
+	Attach        []*LeaseAttach `protobuf:"bytes,3,rep,name=attach,proto3" json:"attach,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnHoldCommand) Reset() {
+	*x = TxnHoldCommand{}
+	mi := &file_tesserapb_tessera_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnHoldCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnHoldCommand) ProtoMessage() {}
+
+func (x *TxnHoldCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_tessera_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnHoldCommand.ProtoReflect.Descriptor instead.
+func (*TxnHoldCommand) Descriptor() ([]byte, []int) {
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *TxnHoldCommand) GetTxnId() []byte {
+	if x != nil {
+		return x.TxnId
+	}
+	return nil
+}
+
+func (x *TxnHoldCommand) GetRequest() []byte {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *TxnHoldCommand) GetAttach() []*LeaseAttach {
+	if x != nil {
+		return x.Attach
+	}
+	return nil
+}
+
+// TxnHold is a range's hold as the state machine stores it.
+type TxnHold struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	TxnId []byte                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
+	// revision is the hold's own revision: the state the compares saw is the
+	// state before it, and the write commits at a later revision.
+	Revision      int64  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	Request       []byte `protobuf:"bytes,3,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnHold) Reset() {
+	*x = TxnHold{}
+	mi := &file_tesserapb_tessera_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnHold) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnHold) ProtoMessage() {}
+
+func (x *TxnHold) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_tessera_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnHold.ProtoReflect.Descriptor instead.
+func (*TxnHold) Descriptor() ([]byte, []int) {
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *TxnHold) GetTxnId() []byte {
+	if x != nil {
+		return x.TxnId
+	}
+	return nil
+}
+
+func (x *TxnHold) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *TxnHold) GetRequest() []byte {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+// TxnHoldResult is a range's answer to a TxnHoldCommand. Compares and
+// operations are numbered depth first (statemachine.WalkTxn): at each level
+// the compares, then the success operations, then the failure ones, a
+// nested Txn's own numbers following its operation's.
+type TxnHoldResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// compares[i] is the i-th compare's outcome on this range's keys.
+	Compares []*CompareOutcome `protobuf:"bytes,1,rep,name=compares,proto3" json:"compares,omitempty"`
+	// failed lists the operations whose checks failed on this range, in
+	// order: etcd fails the whole Txn with the first one on its path.
+	Failed []*OpFailure `protobuf:"bytes,2,rep,name=failed,proto3" json:"failed,omitempty"`
+	// compacted_revision is the range's compaction revision (a Range
+	// operation below it fails).
+	CompactedRevision int64 `protobuf:"varint,3,opt,name=compacted_revision,json=compactedRevision,proto3" json:"compacted_revision,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *TxnHoldResult) Reset() {
+	*x = TxnHoldResult{}
+	mi := &file_tesserapb_tessera_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnHoldResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnHoldResult) ProtoMessage() {}
+
+func (x *TxnHoldResult) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_tessera_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnHoldResult.ProtoReflect.Descriptor instead.
+func (*TxnHoldResult) Descriptor() ([]byte, []int) {
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *TxnHoldResult) GetCompares() []*CompareOutcome {
+	if x != nil {
+		return x.Compares
+	}
+	return nil
+}
+
+func (x *TxnHoldResult) GetFailed() []*OpFailure {
+	if x != nil {
+		return x.Failed
+	}
+	return nil
+}
+
+func (x *TxnHoldResult) GetCompactedRevision() int64 {
+	if x != nil {
+		return x.CompactedRevision
+	}
+	return 0
+}
+
+// CompareOutcome: keys is set when the compare's span holds a key in this
+// range, matched when every such key satisfies the compare.
+type CompareOutcome struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Keys          bool                   `protobuf:"varint,1,opt,name=keys,proto3" json:"keys,omitempty"`
+	Matched       bool                   `protobuf:"varint,2,opt,name=matched,proto3" json:"matched,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompareOutcome) Reset() {
+	*x = CompareOutcome{}
+	mi := &file_tesserapb_tessera_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompareOutcome) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompareOutcome) ProtoMessage() {}
+
+func (x *CompareOutcome) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_tessera_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompareOutcome.ProtoReflect.Descriptor instead.
+func (*CompareOutcome) Descriptor() ([]byte, []int) {
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *CompareOutcome) GetKeys() bool {
+	if x != nil {
+		return x.Keys
+	}
+	return false
+}
+
+func (x *CompareOutcome) GetMatched() bool {
+	if x != nil {
+		return x.Matched
+	}
+	return false
+}
+
+// OpFailure is an operation's failed check: its number and the state
+// machine's error code and message.
+type OpFailure struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Op            uint32                 `protobuf:"varint,1,opt,name=op,proto3" json:"op,omitempty"`
+	Code          int32                  `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OpFailure) Reset() {
+	*x = OpFailure{}
+	mi := &file_tesserapb_tessera_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OpFailure) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OpFailure) ProtoMessage() {}
+
+func (x *OpFailure) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_tessera_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OpFailure.ProtoReflect.Descriptor instead.
+func (*OpFailure) Descriptor() ([]byte, []int) {
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *OpFailure) GetOp() uint32 {
+	if x != nil {
+		return x.Op
+	}
+	return 0
+}
+
+func (x *OpFailure) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *OpFailure) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+// TxnCommitCommand applies the range's share of a held write at
+// Command.revision, on the branches path takes (etcd's order: a level's
+// outcome, then its nested Txns' on the taken branch, depth first), and
+// ends the hold. Refused unless the range is held for txn_id. Its
+// response is the TxnResponse of the range's share: operations on keys
+// elsewhere answer empty.
+type TxnCommitCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TxnId         []byte                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
+	Path          []bool                 `protobuf:"varint,2,rep,packed,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnCommitCommand) Reset() {
+	*x = TxnCommitCommand{}
+	mi := &file_tesserapb_tessera_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnCommitCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnCommitCommand) ProtoMessage() {}
+
+func (x *TxnCommitCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_tessera_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnCommitCommand.ProtoReflect.Descriptor instead.
+func (*TxnCommitCommand) Descriptor() ([]byte, []int) {
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *TxnCommitCommand) GetTxnId() []byte {
+	if x != nil {
+		return x.TxnId
+	}
+	return nil
+}
+
+func (x *TxnCommitCommand) GetPath() []bool {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+// TxnAbortCommand ends the range's hold for txn_id, changing nothing else;
+// a range not held for txn_id applies it as a no-op.
+type TxnAbortCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TxnId         []byte                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnAbortCommand) Reset() {
+	*x = TxnAbortCommand{}
+	mi := &file_tesserapb_tessera_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnAbortCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnAbortCommand) ProtoMessage() {}
+
+func (x *TxnAbortCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_tessera_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnAbortCommand.ProtoReflect.Descriptor instead.
+func (*TxnAbortCommand) Descriptor() ([]byte, []int) {
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *TxnAbortCommand) GetTxnId() []byte {
+	if x != nil {
+		return x.TxnId
+	}
+	return nil
+}
+
 type CompactCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Revision      int64                  `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
@@ -470,7 +946,7 @@ type CompactCommand struct {
 
 func (x *CompactCommand) Reset() {
 	*x = CompactCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[5]
+	mi := &file_tesserapb_tessera_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -482,7 +958,7 @@ func (x *CompactCommand) String() string {
 func (*CompactCommand) ProtoMessage() {}
 
 func (x *CompactCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[5]
+	mi := &file_tesserapb_tessera_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -495,7 +971,7 @@ func (x *CompactCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactCommand.ProtoReflect.Descriptor instead.
 func (*CompactCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{5}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CompactCommand) GetRevision() int64 {
@@ -520,7 +996,7 @@ type LeaseGrantCommand struct {
 
 func (x *LeaseGrantCommand) Reset() {
 	*x = LeaseGrantCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[6]
+	mi := &file_tesserapb_tessera_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -532,7 +1008,7 @@ func (x *LeaseGrantCommand) String() string {
 func (*LeaseGrantCommand) ProtoMessage() {}
 
 func (x *LeaseGrantCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[6]
+	mi := &file_tesserapb_tessera_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -545,7 +1021,7 @@ func (x *LeaseGrantCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseGrantCommand.ProtoReflect.Descriptor instead.
 func (*LeaseGrantCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{6}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *LeaseGrantCommand) GetId() int64 {
@@ -589,7 +1065,7 @@ type LeaseRevokeCommand struct {
 
 func (x *LeaseRevokeCommand) Reset() {
 	*x = LeaseRevokeCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[7]
+	mi := &file_tesserapb_tessera_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -601,7 +1077,7 @@ func (x *LeaseRevokeCommand) String() string {
 func (*LeaseRevokeCommand) ProtoMessage() {}
 
 func (x *LeaseRevokeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[7]
+	mi := &file_tesserapb_tessera_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -614,7 +1090,7 @@ func (x *LeaseRevokeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeCommand.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{7}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *LeaseRevokeCommand) GetId() int64 {
@@ -654,7 +1130,7 @@ type LeaseAttach struct {
 
 func (x *LeaseAttach) Reset() {
 	*x = LeaseAttach{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[8]
+	mi := &file_tesserapb_tessera_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -666,7 +1142,7 @@ func (x *LeaseAttach) String() string {
 func (*LeaseAttach) ProtoMessage() {}
 
 func (x *LeaseAttach) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[8]
+	mi := &file_tesserapb_tessera_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -679,7 +1155,7 @@ func (x *LeaseAttach) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseAttach.ProtoReflect.Descriptor instead.
 func (*LeaseAttach) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{8}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *LeaseAttach) GetId() int64 {
@@ -715,7 +1191,7 @@ type LeaseMarkCommand struct {
 
 func (x *LeaseMarkCommand) Reset() {
 	*x = LeaseMarkCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[9]
+	mi := &file_tesserapb_tessera_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -727,7 +1203,7 @@ func (x *LeaseMarkCommand) String() string {
 func (*LeaseMarkCommand) ProtoMessage() {}
 
 func (x *LeaseMarkCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[9]
+	mi := &file_tesserapb_tessera_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -740,7 +1216,7 @@ func (x *LeaseMarkCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseMarkCommand.ProtoReflect.Descriptor instead.
 func (*LeaseMarkCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{9}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *LeaseMarkCommand) GetId() int64 {
@@ -764,7 +1240,7 @@ type LeaseRegisterCommand struct {
 
 func (x *LeaseRegisterCommand) Reset() {
 	*x = LeaseRegisterCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[10]
+	mi := &file_tesserapb_tessera_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -776,7 +1252,7 @@ func (x *LeaseRegisterCommand) String() string {
 func (*LeaseRegisterCommand) ProtoMessage() {}
 
 func (x *LeaseRegisterCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[10]
+	mi := &file_tesserapb_tessera_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -789,7 +1265,7 @@ func (x *LeaseRegisterCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRegisterCommand.ProtoReflect.Descriptor instead.
 func (*LeaseRegisterCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{10}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *LeaseRegisterCommand) GetId() int64 {
@@ -818,7 +1294,7 @@ type KeySpan struct {
 
 func (x *KeySpan) Reset() {
 	*x = KeySpan{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[11]
+	mi := &file_tesserapb_tessera_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -830,7 +1306,7 @@ func (x *KeySpan) String() string {
 func (*KeySpan) ProtoMessage() {}
 
 func (x *KeySpan) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[11]
+	mi := &file_tesserapb_tessera_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -843,7 +1319,7 @@ func (x *KeySpan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeySpan.ProtoReflect.Descriptor instead.
 func (*KeySpan) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{11}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *KeySpan) GetStart() []byte {
@@ -873,7 +1349,7 @@ type BarrierCommand struct {
 
 func (x *BarrierCommand) Reset() {
 	*x = BarrierCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[12]
+	mi := &file_tesserapb_tessera_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -885,7 +1361,7 @@ func (x *BarrierCommand) String() string {
 func (*BarrierCommand) ProtoMessage() {}
 
 func (x *BarrierCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[12]
+	mi := &file_tesserapb_tessera_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -898,7 +1374,7 @@ func (x *BarrierCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BarrierCommand.ProtoReflect.Descriptor instead.
 func (*BarrierCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{12}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *BarrierCommand) GetLeadership() bool {
@@ -926,7 +1402,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[13]
+	mi := &file_tesserapb_tessera_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -938,7 +1414,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[13]
+	mi := &file_tesserapb_tessera_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -951,7 +1427,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{13}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Result) GetCode() int32 {
@@ -1003,7 +1479,7 @@ type LeaseRecord struct {
 
 func (x *LeaseRecord) Reset() {
 	*x = LeaseRecord{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[14]
+	mi := &file_tesserapb_tessera_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1015,7 +1491,7 @@ func (x *LeaseRecord) String() string {
 func (*LeaseRecord) ProtoMessage() {}
 
 func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[14]
+	mi := &file_tesserapb_tessera_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1028,7 +1504,7 @@ func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRecord.ProtoReflect.Descriptor instead.
 func (*LeaseRecord) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{14}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *LeaseRecord) GetId() int64 {
@@ -1070,7 +1546,7 @@ var File_tesserapb_tessera_proto protoreflect.FileDescriptor
 
 const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\n" +
-	"\x17tesserapb/tessera.proto\x12\ttesserapb\"\xee\x04\n" +
+	"\x17tesserapb/tessera.proto\x12\ttesserapb\"\x9f\x06\n" +
 	"\aCommand\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12'\n" +
 	"\x0fleadership_term\x18\x0e \x01(\x04R\x0eleadershipTerm\x12)\n" +
@@ -1085,7 +1561,11 @@ const file_tesserapb_tessera_proto_rawDesc = "" +
 	"lease_mark\x18\n" +
 	" \x01(\v2\x1b.tesserapb.LeaseMarkCommandH\x00R\tleaseMark\x12H\n" +
 	"\x0elease_register\x18\v \x01(\v2\x1f.tesserapb.LeaseRegisterCommandH\x00R\rleaseRegister\x12/\n" +
-	"\x05batch\x18\f \x01(\v2\x17.tesserapb.BatchCommandH\x00R\x05batchB\x04\n" +
+	"\x05batch\x18\f \x01(\v2\x17.tesserapb.BatchCommandH\x00R\x05batch\x126\n" +
+	"\btxn_hold\x18\x0f \x01(\v2\x19.tesserapb.TxnHoldCommandH\x00R\atxnHold\x12<\n" +
+	"\n" +
+	"txn_commit\x18\x10 \x01(\v2\x1b.tesserapb.TxnCommitCommandH\x00R\ttxnCommit\x129\n" +
+	"\ttxn_abort\x18\x11 \x01(\v2\x1a.tesserapb.TxnAbortCommandH\x00R\btxnAbortB\x04\n" +
 	"\x02opJ\x04\b\a\x10\bJ\x04\b\t\x10\n" +
 	"J\x04\b\r\x10\x0e\">\n" +
 	"\fBatchCommand\x12.\n" +
@@ -1099,7 +1579,31 @@ const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\n" +
 	"TxnCommand\x12\x18\n" +
 	"\arequest\x18\x01 \x01(\fR\arequest\x12.\n" +
-	"\x06attach\x18\x02 \x03(\v2\x16.tesserapb.LeaseAttachR\x06attach\",\n" +
+	"\x06attach\x18\x02 \x03(\v2\x16.tesserapb.LeaseAttachR\x06attach\"q\n" +
+	"\x0eTxnHoldCommand\x12\x15\n" +
+	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\x12\x18\n" +
+	"\arequest\x18\x02 \x01(\fR\arequest\x12.\n" +
+	"\x06attach\x18\x03 \x03(\v2\x16.tesserapb.LeaseAttachR\x06attach\"V\n" +
+	"\aTxnHold\x12\x15\n" +
+	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x18\n" +
+	"\arequest\x18\x03 \x01(\fR\arequest\"\xa3\x01\n" +
+	"\rTxnHoldResult\x125\n" +
+	"\bcompares\x18\x01 \x03(\v2\x19.tesserapb.CompareOutcomeR\bcompares\x12,\n" +
+	"\x06failed\x18\x02 \x03(\v2\x14.tesserapb.OpFailureR\x06failed\x12-\n" +
+	"\x12compacted_revision\x18\x03 \x01(\x03R\x11compactedRevision\">\n" +
+	"\x0eCompareOutcome\x12\x12\n" +
+	"\x04keys\x18\x01 \x01(\bR\x04keys\x12\x18\n" +
+	"\amatched\x18\x02 \x01(\bR\amatched\"I\n" +
+	"\tOpFailure\x12\x0e\n" +
+	"\x02op\x18\x01 \x01(\rR\x02op\x12\x12\n" +
+	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"=\n" +
+	"\x10TxnCommitCommand\x12\x15\n" +
+	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\x12\x12\n" +
+	"\x04path\x18\x02 \x03(\bR\x04path\"(\n" +
+	"\x0fTxnAbortCommand\x12\x15\n" +
+	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\",\n" +
 	"\x0eCompactCommand\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\"e\n" +
 	"\x11LeaseGrantCommand\x12\x0e\n" +
@@ -1157,43 +1661,56 @@ func file_tesserapb_tessera_proto_rawDescGZIP() []byte {
 	return file_tesserapb_tessera_proto_rawDescData
 }
 
-var file_tesserapb_tessera_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_tesserapb_tessera_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_tesserapb_tessera_proto_goTypes = []any{
 	(*Command)(nil),              // 0: tesserapb.Command
 	(*BatchCommand)(nil),         // 1: tesserapb.BatchCommand
 	(*BatchResult)(nil),          // 2: tesserapb.BatchResult
 	(*SplitCommand)(nil),         // 3: tesserapb.SplitCommand
 	(*TxnCommand)(nil),           // 4: tesserapb.TxnCommand
-	(*CompactCommand)(nil),       // 5: tesserapb.CompactCommand
-	(*LeaseGrantCommand)(nil),    // 6: tesserapb.LeaseGrantCommand
-	(*LeaseRevokeCommand)(nil),   // 7: tesserapb.LeaseRevokeCommand
-	(*LeaseAttach)(nil),          // 8: tesserapb.LeaseAttach
-	(*LeaseMarkCommand)(nil),     // 9: tesserapb.LeaseMarkCommand
-	(*LeaseRegisterCommand)(nil), // 10: tesserapb.LeaseRegisterCommand
-	(*KeySpan)(nil),              // 11: tesserapb.KeySpan
-	(*BarrierCommand)(nil),       // 12: tesserapb.BarrierCommand
-	(*Result)(nil),               // 13: tesserapb.Result
-	(*LeaseRecord)(nil),          // 14: tesserapb.LeaseRecord
+	(*TxnHoldCommand)(nil),       // 5: tesserapb.TxnHoldCommand
+	(*TxnHold)(nil),              // 6: tesserapb.TxnHold
+	(*TxnHoldResult)(nil),        // 7: tesserapb.TxnHoldResult
+	(*CompareOutcome)(nil),       // 8: tesserapb.CompareOutcome
+	(*OpFailure)(nil),            // 9: tesserapb.OpFailure
+	(*TxnCommitCommand)(nil),     // 10: tesserapb.TxnCommitCommand
+	(*TxnAbortCommand)(nil),      // 11: tesserapb.TxnAbortCommand
+	(*CompactCommand)(nil),       // 12: tesserapb.CompactCommand
+	(*LeaseGrantCommand)(nil),    // 13: tesserapb.LeaseGrantCommand
+	(*LeaseRevokeCommand)(nil),   // 14: tesserapb.LeaseRevokeCommand
+	(*LeaseAttach)(nil),          // 15: tesserapb.LeaseAttach
+	(*LeaseMarkCommand)(nil),     // 16: tesserapb.LeaseMarkCommand
+	(*LeaseRegisterCommand)(nil), // 17: tesserapb.LeaseRegisterCommand
+	(*KeySpan)(nil),              // 18: tesserapb.KeySpan
+	(*BarrierCommand)(nil),       // 19: tesserapb.BarrierCommand
+	(*Result)(nil),               // 20: tesserapb.Result
+	(*LeaseRecord)(nil),          // 21: tesserapb.LeaseRecord
 }
 var file_tesserapb_tessera_proto_depIdxs = []int32{
 	4,  // 0: tesserapb.Command.txn:type_name -> tesserapb.TxnCommand
-	5,  // 1: tesserapb.Command.compact:type_name -> tesserapb.CompactCommand
-	6,  // 2: tesserapb.Command.lease_grant:type_name -> tesserapb.LeaseGrantCommand
-	7,  // 3: tesserapb.Command.lease_revoke:type_name -> tesserapb.LeaseRevokeCommand
-	12, // 4: tesserapb.Command.barrier:type_name -> tesserapb.BarrierCommand
+	12, // 1: tesserapb.Command.compact:type_name -> tesserapb.CompactCommand
+	13, // 2: tesserapb.Command.lease_grant:type_name -> tesserapb.LeaseGrantCommand
+	14, // 3: tesserapb.Command.lease_revoke:type_name -> tesserapb.LeaseRevokeCommand
+	19, // 4: tesserapb.Command.barrier:type_name -> tesserapb.BarrierCommand
 	3,  // 5: tesserapb.Command.split:type_name -> tesserapb.SplitCommand
-	9,  // 6: tesserapb.Command.lease_mark:type_name -> tesserapb.LeaseMarkCommand
-	10, // 7: tesserapb.Command.lease_register:type_name -> tesserapb.LeaseRegisterCommand
+	16, // 6: tesserapb.Command.lease_mark:type_name -> tesserapb.LeaseMarkCommand
+	17, // 7: tesserapb.Command.lease_register:type_name -> tesserapb.LeaseRegisterCommand
 	1,  // 8: tesserapb.Command.batch:type_name -> tesserapb.BatchCommand
-	0,  // 9: tesserapb.BatchCommand.commands:type_name -> tesserapb.Command
-	8,  // 10: tesserapb.TxnCommand.attach:type_name -> tesserapb.LeaseAttach
-	11, // 11: tesserapb.LeaseRegisterCommand.span:type_name -> tesserapb.KeySpan
-	11, // 12: tesserapb.LeaseRecord.spans:type_name -> tesserapb.KeySpan
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	5,  // 9: tesserapb.Command.txn_hold:type_name -> tesserapb.TxnHoldCommand
+	10, // 10: tesserapb.Command.txn_commit:type_name -> tesserapb.TxnCommitCommand
+	11, // 11: tesserapb.Command.txn_abort:type_name -> tesserapb.TxnAbortCommand
+	0,  // 12: tesserapb.BatchCommand.commands:type_name -> tesserapb.Command
+	15, // 13: tesserapb.TxnCommand.attach:type_name -> tesserapb.LeaseAttach
+	15, // 14: tesserapb.TxnHoldCommand.attach:type_name -> tesserapb.LeaseAttach
+	8,  // 15: tesserapb.TxnHoldResult.compares:type_name -> tesserapb.CompareOutcome
+	9,  // 16: tesserapb.TxnHoldResult.failed:type_name -> tesserapb.OpFailure
+	18, // 17: tesserapb.LeaseRegisterCommand.span:type_name -> tesserapb.KeySpan
+	18, // 18: tesserapb.LeaseRecord.spans:type_name -> tesserapb.KeySpan
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_tesserapb_tessera_proto_init() }
@@ -1211,6 +1728,9 @@ func file_tesserapb_tessera_proto_init() {
 		(*Command_LeaseMark)(nil),
 		(*Command_LeaseRegister)(nil),
 		(*Command_Batch)(nil),
+		(*Command_TxnHold)(nil),
+		(*Command_TxnCommit)(nil),
+		(*Command_TxnAbort)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1218,7 +1738,7 @@ func file_tesserapb_tessera_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tesserapb_tessera_proto_rawDesc), len(file_tesserapb_tessera_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

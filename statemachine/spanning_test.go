@@ -1,0 +1,136 @@
+package statemachine
+
+import (
+	"slices"
+	"testing"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/protobuf/encoding/prototext"
+
+	"github.com/tesserakv/tessera/proto/tesserapb"
+)
+
+// TestTxnNumbers: compares and operations are numbered depth first, and the
+// path and the operations on it follow the compares' outcomes in etcd's
+// order.
+func TestTxnNumbers(t *testing.T) {
+	req := &pb.TxnRequest{}
+	if err := prototext.Unmarshal([]byte(`
+compare: { key: "a" }
+compare: { key: "b" }
+success: { request_put: { key: "a" } }
+success: { request_txn: {
+  compare: { key: "c" }
+  success: { request_put: { key: "c" } }
+  failure: { request_txn: {
+    compare: { key: "d" }
+    failure: { request_put: { key: "d" } }
+  } }
+} }
+failure: { request_range: { key: "e" } }
+failure: { request_txn: {
+  compare: { key: "f" }
+  success: { request_put: { key: "f" } }
+} }
+`), req); err != nil {
+		t.Fatal(err)
+	}
+	n := NumberTxn(req)
+	// Compares: a=0 b=1, then the first nested Txn's c=2, its nested d=3,
+	// then f=4. Operations: the top level's 0..3, the first nested Txn's
+	// 4 (put c) and 5 (its nested Txn), that one's 6 (put d), then the
+	// failure branch's nested Txn's 7 (put f).
+	if n.Compares != 5 || n.Ops != 8 {
+		t.Fatalf("%d compares, %d operations; want 5 and 8", n.Compares, n.Ops)
+	}
+	for _, tc := range []struct {
+		matched  []bool // by compare number
+		path     []bool
+		pathOps  []int
+		stopAt   int // OnPath's fn returns false at this operation (-1: never)
+		upToStop []int
+	}{
+		{[]bool{true, true, true, true, true}, []bool{true, true}, []int{0, 1, 4}, -1, nil},
+		{[]bool{true, true, false, false, true}, []bool{true, false, false}, []int{0, 1, 5, 6}, 5, []int{0, 1, 5}},
+		{[]bool{true, false, true, true, true}, []bool{false, true}, []int{2, 3, 7}, 3, []int{2, 3}},
+		{[]bool{false, true, true, true, false}, []bool{false, false}, []int{2, 3}, -1, nil},
+	} {
+		path := n.Path(req, func(c int) bool { return tc.matched[c] })
+		if !slices.Equal(path, tc.path) {
+			t.Errorf("matched %v: path %v, want %v", tc.matched, path, tc.path)
+			continue
+		}
+		if got := txnPathLength(req, path); got != len(path) {
+			t.Errorf("path %v: length %d", path, got)
+		}
+		var ops []int
+		n.OnPath(req, path, func(op int) bool { ops = append(ops, op); return true })
+		if !slices.Equal(ops, tc.pathOps) {
+			t.Errorf("path %v: operations %v, want %v", path, ops, tc.pathOps)
+		}
+		if tc.stopAt >= 0 {
+			ops = nil
+			n.OnPath(req, path, func(op int) bool { ops = append(ops, op); return op != tc.stopAt })
+			if !slices.Equal(ops, tc.upToStop) {
+				t.Errorf("path %v stopped at %d: operations %v, want %v", path, tc.stopAt, ops, tc.upToStop)
+			}
+		}
+	}
+	if txnPathLength(req, []bool{true}) != -1 || txnPathLength(req, nil) != -1 {
+		t.Error("a path too short for the request has a length")
+	}
+}
+
+// TestCompareOutcome: a compare spanning ranges matches when every key of
+// its span matched wherever it is; with no key anywhere it compares an
+// empty KeyValue, and a VALUE compare on no key fails, as in etcd.
+func TestCompareOutcome(t *testing.T) {
+	none := &tesserapb.CompareOutcome{}
+	yes := &tesserapb.CompareOutcome{Keys: true, Matched: true}
+	no := &tesserapb.CompareOutcome{Keys: true}
+	version0 := &pb.Compare{Target: pb.Compare_VERSION, Result: pb.Compare_EQUAL}
+	value := &pb.Compare{Target: pb.Compare_VALUE, Result: pb.Compare_EQUAL}
+	for _, tc := range []struct {
+		c     *pb.Compare
+		parts []*tesserapb.CompareOutcome
+		want  bool
+	}{
+		{version0, []*tesserapb.CompareOutcome{yes, none, yes}, true},
+		{version0, []*tesserapb.CompareOutcome{yes, no}, false},
+		{version0, []*tesserapb.CompareOutcome{none, none}, true},
+		{value, []*tesserapb.CompareOutcome{none, none}, false},
+		{value, []*tesserapb.CompareOutcome{none, yes}, true},
+	} {
+		if got := CompareOutcome(tc.c, tc.parts); got != tc.want {
+			t.Errorf("%v over %v: %t, want %t", tc.c, tc.parts, got, tc.want)
+		}
+	}
+}
+
+// TestClipSpan: etcd's key/range_end pairs cut to a range's bounds.
+func TestClipSpan(t *testing.T) {
+	b := bounds{start: []byte("c"), end: []byte("m"), generation: 2}
+	for _, tc := range []struct {
+		key, end       string
+		wantKey, wantE string
+		ok             bool
+	}{
+		{"d", "", "d", "", true},
+		{"a", "", "", "", false},
+		{"m", "", "", "", false},
+		{"a", "z", "c", "m", true},
+		{"d", "f", "d", "f", true},
+		{"a", "c", "", "", false},
+		{"a", "\x00", "c", "m", true},
+		{"n", "\x00", "", "", false},
+	} {
+		k, e, ok := clipSpan([]byte(tc.key), []byte(tc.end), b)
+		if ok != tc.ok || ok && (string(k) != tc.wantKey || string(e) != tc.wantE) {
+			t.Errorf("clip [%q, %q) to %s: [%q, %q) %t", tc.key, tc.end, b, k, e, ok)
+		}
+	}
+	whole := wholeKeyspace()
+	if k, e, ok := clipSpan([]byte("a"), []byte{0}, whole); !ok || string(k) != "a" || string(e) != "\x00" {
+		t.Errorf("clip [a, ∞) to the whole keyspace: [%q, %q) %t", k, e, ok)
+	}
+}
