@@ -391,3 +391,80 @@ func TestAllocatorLease(t *testing.T) {
 		t.Fatal("a batch after the lease ran out took no round")
 	}
 }
+
+// TestTxnRecords: the first decision recorded for a write spanning ranges
+// stands; a committed record goes once every range has applied it (or its
+// coordinator forgets it), an aborted one only when its coordinator does.
+func TestTxnRecords(t *testing.T) {
+	m := NewStateMachine(RangeID, 1).(*StateMachine)
+	apply := func(cmd *tesserapb.MetaCommand) sm.Result {
+		t.Helper()
+		data, _ := proto.Marshal(cmd)
+		res, err := m.Update(sm.Entry{Index: 1, Cmd: data})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	decide := func(id string, commit bool, rev int64, ranges ...uint64) (uint64, *tesserapb.TxnRecord) {
+		t.Helper()
+		res := apply(&tesserapb.MetaCommand{Op: &tesserapb.MetaCommand_DecideTxn{DecideTxn: &tesserapb.DecideTxnCommand{
+			TxnId: []byte(id), Commit: commit, Revision: rev, Path: []bool{true}, RangeIds: ranges,
+		}}})
+		rec := &tesserapb.TxnRecord{}
+		if err := proto.Unmarshal(res.Data, rec); err != nil {
+			t.Fatal(err)
+		}
+		return res.Value, rec
+	}
+	forget := func(id string, rangeID uint64) {
+		apply(&tesserapb.MetaCommand{Op: &tesserapb.MetaCommand_ForgetTxn{ForgetTxn: &tesserapb.ForgetTxnCommand{TxnId: []byte(id), RangeId: rangeID}}})
+	}
+	records := func() int { return len(m.state.TxnRecords) }
+
+	if v, rec := decide("t1", true, 40, 2, 3); v != TxnCommitted || rec.Revision != 40 || len(rec.RangeIds) != 2 {
+		t.Fatalf("first decision: %d %v", v, rec)
+	}
+	// A recovering range's abort comes too late: the commit stands.
+	if v, rec := decide("t1", false, 0); v != TxnCommitted || rec.Revision != 40 {
+		t.Fatalf("late abort: %d %v", v, rec)
+	}
+	forget("t1", 2)
+	if records() != 1 {
+		t.Fatal("the record went while range 3 had not applied it")
+	}
+	forget("t1", 3)
+	if records() != 0 {
+		t.Fatal("the record stayed after both ranges applied it")
+	}
+
+	// A range recorded the abort first: the coordinator's commit finds it.
+	if v, _ := decide("t2", false, 0); v != TxnAborted {
+		t.Fatalf("abort: %d", v)
+	}
+	if v, rec := decide("t2", true, 50, 2); v != TxnAborted || rec.Committed {
+		t.Fatalf("commit after an abort: %d %v", v, rec)
+	}
+	forget("t2", 2)
+	if records() != 1 {
+		t.Fatal("an abort went before its coordinator saw it")
+	}
+	forget("t2", 0)
+	if records() != 0 {
+		t.Fatal("the coordinator forgot an abort and it stayed")
+	}
+
+	// Snapshots carry the records.
+	decide("t3", true, 60, 4)
+	var buf bytes.Buffer
+	if err := m.SaveSnapshot(&buf, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	m2 := NewStateMachine(RangeID, 2).(*StateMachine)
+	if err := m2.RecoverFromSnapshot(&buf, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(m2.state.TxnRecords) != 1 || m2.state.TxnRecords[0].Revision != 60 {
+		t.Fatalf("recovered records %v", m2.state.TxnRecords)
+	}
+}

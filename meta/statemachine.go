@@ -44,7 +44,47 @@ func (m *StateMachine) Update(e sm.Entry) (sm.Result, error) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if op, ok := cmd.Op.(*tesserapb.MetaCommand_DecideTxn); ok {
+		return decideTxn(m.state, op.DecideTxn)
+	}
 	return sm.Result{Value: applyMeta(m.state, cmd)}, nil
+}
+
+// Result values of a DecideTxnCommand.
+const (
+	TxnCommitted = 1
+	TxnAborted   = 2
+)
+
+// decideTxn applies a DecideTxnCommand: the record of its write, made now
+// unless one was made before.
+func decideTxn(st *tesserapb.MetaState, d *tesserapb.DecideTxnCommand) (sm.Result, error) {
+	rec := findTxnRecord(st, d.GetTxnId())
+	if rec == nil {
+		rec = &tesserapb.TxnRecord{
+			TxnId: d.GetTxnId(), Committed: d.GetCommit(), Revision: d.GetRevision(),
+			Path: d.GetPath(), RangeIds: d.GetRangeIds(),
+		}
+		st.TxnRecords = append(st.TxnRecords, rec)
+	}
+	data, err := proto.Marshal(rec)
+	if err != nil {
+		return sm.Result{}, err
+	}
+	value := uint64(TxnAborted)
+	if rec.Committed {
+		value = TxnCommitted
+	}
+	return sm.Result{Value: value, Data: data}, nil
+}
+
+func findTxnRecord(st *tesserapb.MetaState, txnID []byte) *tesserapb.TxnRecord {
+	for _, rec := range st.TxnRecords {
+		if bytes.Equal(rec.TxnId, txnID) {
+			return rec
+		}
+	}
+	return nil
 }
 
 // FirstAllocatedRangeID is the first range ID handed out for ranges made by
@@ -101,6 +141,23 @@ func applyMeta(st *tesserapb.MetaState, cmd *tesserapb.MetaCommand) uint64 {
 		st.Ranges = append(st.Ranges, nil)
 		copy(st.Ranges[i+1:], st.Ranges[i:])
 		st.Ranges[i] = d
+	case *tesserapb.MetaCommand_ForgetTxn:
+		f := op.ForgetTxn
+		rec := findTxnRecord(st, f.GetTxnId())
+		if rec == nil {
+			return 1
+		}
+		if f.GetRangeId() != 0 {
+			if !rec.Committed {
+				// An abort stands until the coordinator has seen it:
+				// without the record it could still record a commit.
+				return 1
+			}
+			rec.RangeIds = slices.DeleteFunc(rec.RangeIds, func(id uint64) bool { return id == f.GetRangeId() })
+		}
+		if f.GetRangeId() == 0 || len(rec.RangeIds) == 0 {
+			st.TxnRecords = slices.DeleteFunc(st.TxnRecords, func(r *tesserapb.TxnRecord) bool { return r == rec })
+		}
 	}
 	return 1
 }

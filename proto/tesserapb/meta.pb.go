@@ -37,6 +37,8 @@ type MetaCommand struct {
 	//	*MetaCommand_SetDecommissioning
 	//	*MetaCommand_AllocateNodeId
 	//	*MetaCommand_RemoveNode
+	//	*MetaCommand_DecideTxn
+	//	*MetaCommand_ForgetTxn
 	Op            isMetaCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -142,6 +144,24 @@ func (x *MetaCommand) GetRemoveNode() *RemoveNodeCommand {
 	return nil
 }
 
+func (x *MetaCommand) GetDecideTxn() *DecideTxnCommand {
+	if x != nil {
+		if x, ok := x.Op.(*MetaCommand_DecideTxn); ok {
+			return x.DecideTxn
+		}
+	}
+	return nil
+}
+
+func (x *MetaCommand) GetForgetTxn() *ForgetTxnCommand {
+	if x != nil {
+		if x, ok := x.Op.(*MetaCommand_ForgetTxn); ok {
+			return x.ForgetTxn
+		}
+	}
+	return nil
+}
+
 type isMetaCommand_Op interface {
 	isMetaCommand_Op()
 }
@@ -174,6 +194,14 @@ type MetaCommand_RemoveNode struct {
 	RemoveNode *RemoveNodeCommand `protobuf:"bytes,7,opt,name=remove_node,json=removeNode,proto3,oneof"`
 }
 
+type MetaCommand_DecideTxn struct {
+	DecideTxn *DecideTxnCommand `protobuf:"bytes,8,opt,name=decide_txn,json=decideTxn,proto3,oneof"`
+}
+
+type MetaCommand_ForgetTxn struct {
+	ForgetTxn *ForgetTxnCommand `protobuf:"bytes,9,opt,name=forget_txn,json=forgetTxn,proto3,oneof"`
+}
+
 func (*MetaCommand_SetHighWater) isMetaCommand_Op() {}
 
 func (*MetaCommand_RegisterNode) isMetaCommand_Op() {}
@@ -188,6 +216,228 @@ func (*MetaCommand_AllocateNodeId) isMetaCommand_Op() {}
 
 func (*MetaCommand_RemoveNode) isMetaCommand_Op() {}
 
+func (*MetaCommand_DecideTxn) isMetaCommand_Op() {}
+
+func (*MetaCommand_ForgetTxn) isMetaCommand_Op() {}
+
+// DecideTxnCommand records the outcome of a write spanning ranges
+// (docs/design.md, "Writes spanning ranges"): its coordinator records the
+// commit, with its revision and path, before it commits on any range; a
+// range held too long records the abort. The first decision recorded for
+// a txn_id stands; a later one, either way, changes nothing. The entry's
+// result is the record (TxnRecord in its data; value 1 when committed, 2
+// when aborted).
+type DecideTxnCommand struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	TxnId    []byte                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
+	Commit   bool                   `protobuf:"varint,2,opt,name=commit,proto3" json:"commit,omitempty"`
+	Revision int64                  `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	Path     []bool                 `protobuf:"varint,4,rep,packed,name=path,proto3" json:"path,omitempty"`
+	// range_ids are the ranges held for the write that have not applied its
+	// outcome yet.
+	RangeIds      []uint64 `protobuf:"varint,5,rep,packed,name=range_ids,json=rangeIds,proto3" json:"range_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecideTxnCommand) Reset() {
+	*x = DecideTxnCommand{}
+	mi := &file_tesserapb_meta_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecideTxnCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecideTxnCommand) ProtoMessage() {}
+
+func (x *DecideTxnCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecideTxnCommand.ProtoReflect.Descriptor instead.
+func (*DecideTxnCommand) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *DecideTxnCommand) GetTxnId() []byte {
+	if x != nil {
+		return x.TxnId
+	}
+	return nil
+}
+
+func (x *DecideTxnCommand) GetCommit() bool {
+	if x != nil {
+		return x.Commit
+	}
+	return false
+}
+
+func (x *DecideTxnCommand) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *DecideTxnCommand) GetPath() []bool {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+func (x *DecideTxnCommand) GetRangeIds() []uint64 {
+	if x != nil {
+		return x.RangeIds
+	}
+	return nil
+}
+
+// ForgetTxnCommand: range range_id has applied the write's committed
+// outcome (0: every range has applied the outcome, and the coordinator
+// knows it); the record goes once no range is left to apply it. A record
+// of an abort goes only with range_id 0.
+type ForgetTxnCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TxnId         []byte                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
+	RangeId       uint64                 `protobuf:"varint,2,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForgetTxnCommand) Reset() {
+	*x = ForgetTxnCommand{}
+	mi := &file_tesserapb_meta_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForgetTxnCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForgetTxnCommand) ProtoMessage() {}
+
+func (x *ForgetTxnCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForgetTxnCommand.ProtoReflect.Descriptor instead.
+func (*ForgetTxnCommand) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ForgetTxnCommand) GetTxnId() []byte {
+	if x != nil {
+		return x.TxnId
+	}
+	return nil
+}
+
+func (x *ForgetTxnCommand) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+// TxnRecord is the recorded outcome of a write spanning ranges.
+type TxnRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TxnId         []byte                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
+	Committed     bool                   `protobuf:"varint,2,opt,name=committed,proto3" json:"committed,omitempty"`
+	Revision      int64                  `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	Path          []bool                 `protobuf:"varint,4,rep,packed,name=path,proto3" json:"path,omitempty"`
+	RangeIds      []uint64               `protobuf:"varint,5,rep,packed,name=range_ids,json=rangeIds,proto3" json:"range_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnRecord) Reset() {
+	*x = TxnRecord{}
+	mi := &file_tesserapb_meta_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnRecord) ProtoMessage() {}
+
+func (x *TxnRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnRecord.ProtoReflect.Descriptor instead.
+func (*TxnRecord) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *TxnRecord) GetTxnId() []byte {
+	if x != nil {
+		return x.TxnId
+	}
+	return nil
+}
+
+func (x *TxnRecord) GetCommitted() bool {
+	if x != nil {
+		return x.Committed
+	}
+	return false
+}
+
+func (x *TxnRecord) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *TxnRecord) GetPath() []bool {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+func (x *TxnRecord) GetRangeIds() []uint64 {
+	if x != nil {
+		return x.RangeIds
+	}
+	return nil
+}
+
 // RemoveNodeCommand takes a node out of the registry (etcd's MemberRemove,
 // once it holds no range replica).
 type RemoveNodeCommand struct {
@@ -199,7 +449,7 @@ type RemoveNodeCommand struct {
 
 func (x *RemoveNodeCommand) Reset() {
 	*x = RemoveNodeCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[1]
+	mi := &file_tesserapb_meta_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -211,7 +461,7 @@ func (x *RemoveNodeCommand) String() string {
 func (*RemoveNodeCommand) ProtoMessage() {}
 
 func (x *RemoveNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[1]
+	mi := &file_tesserapb_meta_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -224,7 +474,7 @@ func (x *RemoveNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeCommand.ProtoReflect.Descriptor instead.
 func (*RemoveNodeCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{1}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RemoveNodeCommand) GetNodeId() uint64 {
@@ -246,7 +496,7 @@ type AllocateNodeIdCommand struct {
 
 func (x *AllocateNodeIdCommand) Reset() {
 	*x = AllocateNodeIdCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[2]
+	mi := &file_tesserapb_meta_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -258,7 +508,7 @@ func (x *AllocateNodeIdCommand) String() string {
 func (*AllocateNodeIdCommand) ProtoMessage() {}
 
 func (x *AllocateNodeIdCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[2]
+	mi := &file_tesserapb_meta_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -271,7 +521,7 @@ func (x *AllocateNodeIdCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateNodeIdCommand.ProtoReflect.Descriptor instead.
 func (*AllocateNodeIdCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{2}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AllocateNodeIdCommand) GetMinId() uint64 {
@@ -293,7 +543,7 @@ type SetDecommissioningCommand struct {
 
 func (x *SetDecommissioningCommand) Reset() {
 	*x = SetDecommissioningCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[3]
+	mi := &file_tesserapb_meta_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -305,7 +555,7 @@ func (x *SetDecommissioningCommand) String() string {
 func (*SetDecommissioningCommand) ProtoMessage() {}
 
 func (x *SetDecommissioningCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[3]
+	mi := &file_tesserapb_meta_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -318,7 +568,7 @@ func (x *SetDecommissioningCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDecommissioningCommand.ProtoReflect.Descriptor instead.
 func (*SetDecommissioningCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{3}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SetDecommissioningCommand) GetNodeId() uint64 {
@@ -344,7 +594,7 @@ type AllocateRangeIdCommand struct {
 
 func (x *AllocateRangeIdCommand) Reset() {
 	*x = AllocateRangeIdCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[4]
+	mi := &file_tesserapb_meta_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -356,7 +606,7 @@ func (x *AllocateRangeIdCommand) String() string {
 func (*AllocateRangeIdCommand) ProtoMessage() {}
 
 func (x *AllocateRangeIdCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[4]
+	mi := &file_tesserapb_meta_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -369,7 +619,7 @@ func (x *AllocateRangeIdCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateRangeIdCommand.ProtoReflect.Descriptor instead.
 func (*AllocateRangeIdCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{4}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{7}
 }
 
 // SetHighWaterCommand raises the oracle's high-water mark: no revision at or
@@ -383,7 +633,7 @@ type SetHighWaterCommand struct {
 
 func (x *SetHighWaterCommand) Reset() {
 	*x = SetHighWaterCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[5]
+	mi := &file_tesserapb_meta_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -395,7 +645,7 @@ func (x *SetHighWaterCommand) String() string {
 func (*SetHighWaterCommand) ProtoMessage() {}
 
 func (x *SetHighWaterCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[5]
+	mi := &file_tesserapb_meta_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -408,7 +658,7 @@ func (x *SetHighWaterCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetHighWaterCommand.ProtoReflect.Descriptor instead.
 func (*SetHighWaterCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{5}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SetHighWaterCommand) GetRevision() int64 {
@@ -427,7 +677,7 @@ type RegisterNodeCommand struct {
 
 func (x *RegisterNodeCommand) Reset() {
 	*x = RegisterNodeCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[6]
+	mi := &file_tesserapb_meta_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -439,7 +689,7 @@ func (x *RegisterNodeCommand) String() string {
 func (*RegisterNodeCommand) ProtoMessage() {}
 
 func (x *RegisterNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[6]
+	mi := &file_tesserapb_meta_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -452,7 +702,7 @@ func (x *RegisterNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeCommand.ProtoReflect.Descriptor instead.
 func (*RegisterNodeCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{6}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RegisterNodeCommand) GetNode() *NodeInfo {
@@ -474,7 +724,7 @@ type PutRangeCommand struct {
 
 func (x *PutRangeCommand) Reset() {
 	*x = PutRangeCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[7]
+	mi := &file_tesserapb_meta_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -486,7 +736,7 @@ func (x *PutRangeCommand) String() string {
 func (*PutRangeCommand) ProtoMessage() {}
 
 func (x *PutRangeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[7]
+	mi := &file_tesserapb_meta_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -499,7 +749,7 @@ func (x *PutRangeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRangeCommand.ProtoReflect.Descriptor instead.
 func (*PutRangeCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{7}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PutRangeCommand) GetRange() *RangeDescriptor {
@@ -525,7 +775,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	mi := &file_tesserapb_meta_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -537,7 +787,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	mi := &file_tesserapb_meta_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -550,7 +800,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{8}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *NodeInfo) GetNodeId() uint64 {
@@ -610,7 +860,7 @@ type RangeDescriptor struct {
 
 func (x *RangeDescriptor) Reset() {
 	*x = RangeDescriptor{}
-	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	mi := &file_tesserapb_meta_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -622,7 +872,7 @@ func (x *RangeDescriptor) String() string {
 func (*RangeDescriptor) ProtoMessage() {}
 
 func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	mi := &file_tesserapb_meta_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -635,7 +885,7 @@ func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDescriptor.ProtoReflect.Descriptor instead.
 func (*RangeDescriptor) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{9}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RangeDescriptor) GetRangeId() uint64 {
@@ -689,14 +939,17 @@ type MetaState struct {
 	// next_range_id is the next range ID to hand out (0 = FirstAllocatedRangeID).
 	NextRangeId uint64 `protobuf:"varint,4,opt,name=next_range_id,json=nextRangeId,proto3" json:"next_range_id,omitempty"`
 	// next_node_id is the lowest node ID AllocateNodeIdCommand may hand out.
-	NextNodeId    uint64 `protobuf:"varint,5,opt,name=next_node_id,json=nextNodeId,proto3" json:"next_node_id,omitempty"`
+	NextNodeId uint64 `protobuf:"varint,5,opt,name=next_node_id,json=nextNodeId,proto3" json:"next_node_id,omitempty"`
+	// txn_records are the outcomes of writes spanning ranges that some range
+	// may not have applied yet.
+	TxnRecords    []*TxnRecord `protobuf:"bytes,6,rep,name=txn_records,json=txnRecords,proto3" json:"txn_records,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MetaState) Reset() {
 	*x = MetaState{}
-	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	mi := &file_tesserapb_meta_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -708,7 +961,7 @@ func (x *MetaState) String() string {
 func (*MetaState) ProtoMessage() {}
 
 func (x *MetaState) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	mi := &file_tesserapb_meta_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -721,7 +974,7 @@ func (x *MetaState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaState.ProtoReflect.Descriptor instead.
 func (*MetaState) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{10}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *MetaState) GetHighWater() int64 {
@@ -759,6 +1012,13 @@ func (x *MetaState) GetNextNodeId() uint64 {
 	return 0
 }
 
+func (x *MetaState) GetTxnRecords() []*TxnRecord {
+	if x != nil {
+		return x.TxnRecords
+	}
+	return nil
+}
+
 type RestartMetaRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ReplicaId     uint64                 `protobuf:"varint,1,opt,name=replica_id,json=replicaId,proto3" json:"replica_id,omitempty"`
@@ -768,7 +1028,7 @@ type RestartMetaRequest struct {
 
 func (x *RestartMetaRequest) Reset() {
 	*x = RestartMetaRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -780,7 +1040,7 @@ func (x *RestartMetaRequest) String() string {
 func (*RestartMetaRequest) ProtoMessage() {}
 
 func (x *RestartMetaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -793,7 +1053,7 @@ func (x *RestartMetaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMetaRequest.ProtoReflect.Descriptor instead.
 func (*RestartMetaRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{11}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RestartMetaRequest) GetReplicaId() uint64 {
@@ -811,7 +1071,7 @@ type RestartMetaResponse struct {
 
 func (x *RestartMetaResponse) Reset() {
 	*x = RestartMetaResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -823,7 +1083,7 @@ func (x *RestartMetaResponse) String() string {
 func (*RestartMetaResponse) ProtoMessage() {}
 
 func (x *RestartMetaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -836,7 +1096,7 @@ func (x *RestartMetaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMetaResponse.ProtoReflect.Descriptor instead.
 func (*RestartMetaResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{12}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
 }
 
 type JoinClusterRequest struct {
@@ -850,7 +1110,7 @@ type JoinClusterRequest struct {
 
 func (x *JoinClusterRequest) Reset() {
 	*x = JoinClusterRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -862,7 +1122,7 @@ func (x *JoinClusterRequest) String() string {
 func (*JoinClusterRequest) ProtoMessage() {}
 
 func (x *JoinClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -875,7 +1135,7 @@ func (x *JoinClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinClusterRequest.ProtoReflect.Descriptor instead.
 func (*JoinClusterRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{13}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *JoinClusterRequest) GetName() string {
@@ -911,7 +1171,7 @@ type JoinClusterResponse struct {
 
 func (x *JoinClusterResponse) Reset() {
 	*x = JoinClusterResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -923,7 +1183,7 @@ func (x *JoinClusterResponse) String() string {
 func (*JoinClusterResponse) ProtoMessage() {}
 
 func (x *JoinClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -936,7 +1196,7 @@ func (x *JoinClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinClusterResponse.ProtoReflect.Descriptor instead.
 func (*JoinClusterResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *JoinClusterResponse) GetNodeId() uint64 {
@@ -968,7 +1228,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -980,7 +1240,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -993,7 +1253,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
 }
 
 type ListNodesResponse struct {
@@ -1005,7 +1265,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1017,7 +1277,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1030,7 +1290,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeStatus {
@@ -1059,7 +1319,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1071,7 +1331,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1084,7 +1344,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *NodeStatus) GetNodeId() uint64 {
@@ -1153,7 +1413,7 @@ type DecommissionRequest struct {
 
 func (x *DecommissionRequest) Reset() {
 	*x = DecommissionRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1165,7 +1425,7 @@ func (x *DecommissionRequest) String() string {
 func (*DecommissionRequest) ProtoMessage() {}
 
 func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1178,7 +1438,7 @@ func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionRequest.ProtoReflect.Descriptor instead.
 func (*DecommissionRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DecommissionRequest) GetNode() string {
@@ -1197,7 +1457,7 @@ type DecommissionResponse struct {
 
 func (x *DecommissionResponse) Reset() {
 	*x = DecommissionResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[19]
+	mi := &file_tesserapb_meta_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1209,7 +1469,7 @@ func (x *DecommissionResponse) String() string {
 func (*DecommissionResponse) ProtoMessage() {}
 
 func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[19]
+	mi := &file_tesserapb_meta_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1222,7 +1482,7 @@ func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionResponse.ProtoReflect.Descriptor instead.
 func (*DecommissionResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DecommissionResponse) GetNodeId() uint64 {
@@ -1247,7 +1507,7 @@ type NodeHeartbeatRequest struct {
 
 func (x *NodeHeartbeatRequest) Reset() {
 	*x = NodeHeartbeatRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[20]
+	mi := &file_tesserapb_meta_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1259,7 +1519,7 @@ func (x *NodeHeartbeatRequest) String() string {
 func (*NodeHeartbeatRequest) ProtoMessage() {}
 
 func (x *NodeHeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[20]
+	mi := &file_tesserapb_meta_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1272,7 +1532,7 @@ func (x *NodeHeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeHeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*NodeHeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *NodeHeartbeatRequest) GetNodeId() uint64 {
@@ -1323,7 +1583,7 @@ type RangeLoad struct {
 
 func (x *RangeLoad) Reset() {
 	*x = RangeLoad{}
-	mi := &file_tesserapb_meta_proto_msgTypes[21]
+	mi := &file_tesserapb_meta_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1335,7 +1595,7 @@ func (x *RangeLoad) String() string {
 func (*RangeLoad) ProtoMessage() {}
 
 func (x *RangeLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[21]
+	mi := &file_tesserapb_meta_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1348,7 +1608,7 @@ func (x *RangeLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeLoad.ProtoReflect.Descriptor instead.
 func (*RangeLoad) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{21}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RangeLoad) GetRangeId() uint64 {
@@ -1387,7 +1647,7 @@ type NodeHeartbeatResponse struct {
 
 func (x *NodeHeartbeatResponse) Reset() {
 	*x = NodeHeartbeatResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[22]
+	mi := &file_tesserapb_meta_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1399,7 +1659,7 @@ func (x *NodeHeartbeatResponse) String() string {
 func (*NodeHeartbeatResponse) ProtoMessage() {}
 
 func (x *NodeHeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[22]
+	mi := &file_tesserapb_meta_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1412,7 +1672,7 @@ func (x *NodeHeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeHeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*NodeHeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{22}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{25}
 }
 
 type TransferLeaderRequest struct {
@@ -1425,7 +1685,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[23]
+	mi := &file_tesserapb_meta_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1437,7 +1697,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[23]
+	mi := &file_tesserapb_meta_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1450,7 +1710,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{23}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *TransferLeaderRequest) GetRangeId() uint64 {
@@ -1475,7 +1735,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[24]
+	mi := &file_tesserapb_meta_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1487,7 +1747,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[24]
+	mi := &file_tesserapb_meta_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1500,7 +1760,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{24}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{27}
 }
 
 type RangeHistoryRequest struct {
@@ -1520,7 +1780,7 @@ type RangeHistoryRequest struct {
 
 func (x *RangeHistoryRequest) Reset() {
 	*x = RangeHistoryRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[25]
+	mi := &file_tesserapb_meta_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1532,7 +1792,7 @@ func (x *RangeHistoryRequest) String() string {
 func (*RangeHistoryRequest) ProtoMessage() {}
 
 func (x *RangeHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[25]
+	mi := &file_tesserapb_meta_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1545,7 +1805,7 @@ func (x *RangeHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeHistoryRequest.ProtoReflect.Descriptor instead.
 func (*RangeHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{25}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RangeHistoryRequest) GetRangeId() uint64 {
@@ -1605,7 +1865,7 @@ type RangeHistoryResponse struct {
 
 func (x *RangeHistoryResponse) Reset() {
 	*x = RangeHistoryResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[26]
+	mi := &file_tesserapb_meta_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1617,7 +1877,7 @@ func (x *RangeHistoryResponse) String() string {
 func (*RangeHistoryResponse) ProtoMessage() {}
 
 func (x *RangeHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[26]
+	mi := &file_tesserapb_meta_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1630,7 +1890,7 @@ func (x *RangeHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeHistoryResponse.ProtoReflect.Descriptor instead.
 func (*RangeHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{26}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RangeHistoryResponse) GetEvents() [][]byte {
@@ -1663,7 +1923,7 @@ type RangeStartedRequest struct {
 
 func (x *RangeStartedRequest) Reset() {
 	*x = RangeStartedRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[27]
+	mi := &file_tesserapb_meta_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1675,7 +1935,7 @@ func (x *RangeStartedRequest) String() string {
 func (*RangeStartedRequest) ProtoMessage() {}
 
 func (x *RangeStartedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[27]
+	mi := &file_tesserapb_meta_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1688,7 +1948,7 @@ func (x *RangeStartedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeStartedRequest.ProtoReflect.Descriptor instead.
 func (*RangeStartedRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{27}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RangeStartedRequest) GetRangeId() uint64 {
@@ -1715,7 +1975,7 @@ type RangeStartedResponse struct {
 
 func (x *RangeStartedResponse) Reset() {
 	*x = RangeStartedResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[28]
+	mi := &file_tesserapb_meta_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1727,7 +1987,7 @@ func (x *RangeStartedResponse) String() string {
 func (*RangeStartedResponse) ProtoMessage() {}
 
 func (x *RangeStartedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[28]
+	mi := &file_tesserapb_meta_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1740,7 +2000,7 @@ func (x *RangeStartedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeStartedResponse.ProtoReflect.Descriptor instead.
 func (*RangeStartedResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{28}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RangeStartedResponse) GetStarted() bool {
@@ -1790,7 +2050,7 @@ type ChangeReplicasRequest struct {
 
 func (x *ChangeReplicasRequest) Reset() {
 	*x = ChangeReplicasRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[29]
+	mi := &file_tesserapb_meta_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1802,7 +2062,7 @@ func (x *ChangeReplicasRequest) String() string {
 func (*ChangeReplicasRequest) ProtoMessage() {}
 
 func (x *ChangeReplicasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[29]
+	mi := &file_tesserapb_meta_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1815,7 +2075,7 @@ func (x *ChangeReplicasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeReplicasRequest.ProtoReflect.Descriptor instead.
 func (*ChangeReplicasRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{29}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ChangeReplicasRequest) GetRangeId() uint64 {
@@ -1855,7 +2115,7 @@ type ChangeReplicasResponse struct {
 
 func (x *ChangeReplicasResponse) Reset() {
 	*x = ChangeReplicasResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[30]
+	mi := &file_tesserapb_meta_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1867,7 +2127,7 @@ func (x *ChangeReplicasResponse) String() string {
 func (*ChangeReplicasResponse) ProtoMessage() {}
 
 func (x *ChangeReplicasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[30]
+	mi := &file_tesserapb_meta_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1880,7 +2140,7 @@ func (x *ChangeReplicasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeReplicasResponse.ProtoReflect.Descriptor instead.
 func (*ChangeReplicasResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{30}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ChangeReplicasResponse) GetRange() *RangeDescriptor {
@@ -1901,7 +2161,7 @@ type StartReplicaRequest struct {
 
 func (x *StartReplicaRequest) Reset() {
 	*x = StartReplicaRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[31]
+	mi := &file_tesserapb_meta_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1913,7 +2173,7 @@ func (x *StartReplicaRequest) String() string {
 func (*StartReplicaRequest) ProtoMessage() {}
 
 func (x *StartReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[31]
+	mi := &file_tesserapb_meta_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1926,7 +2186,7 @@ func (x *StartReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartReplicaRequest.ProtoReflect.Descriptor instead.
 func (*StartReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{31}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *StartReplicaRequest) GetRangeId() uint64 {
@@ -1951,7 +2211,7 @@ type StartReplicaResponse struct {
 
 func (x *StartReplicaResponse) Reset() {
 	*x = StartReplicaResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[32]
+	mi := &file_tesserapb_meta_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1963,7 +2223,7 @@ func (x *StartReplicaResponse) String() string {
 func (*StartReplicaResponse) ProtoMessage() {}
 
 func (x *StartReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[32]
+	mi := &file_tesserapb_meta_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1976,7 +2236,7 @@ func (x *StartReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartReplicaResponse.ProtoReflect.Descriptor instead.
 func (*StartReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{32}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{35}
 }
 
 type RemoveReplicaRequest struct {
@@ -1988,7 +2248,7 @@ type RemoveReplicaRequest struct {
 
 func (x *RemoveReplicaRequest) Reset() {
 	*x = RemoveReplicaRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[33]
+	mi := &file_tesserapb_meta_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2000,7 +2260,7 @@ func (x *RemoveReplicaRequest) String() string {
 func (*RemoveReplicaRequest) ProtoMessage() {}
 
 func (x *RemoveReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[33]
+	mi := &file_tesserapb_meta_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2013,7 +2273,7 @@ func (x *RemoveReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReplicaRequest.ProtoReflect.Descriptor instead.
 func (*RemoveReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{33}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RemoveReplicaRequest) GetRangeId() uint64 {
@@ -2031,7 +2291,7 @@ type RemoveReplicaResponse struct {
 
 func (x *RemoveReplicaResponse) Reset() {
 	*x = RemoveReplicaResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[34]
+	mi := &file_tesserapb_meta_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2043,7 +2303,7 @@ func (x *RemoveReplicaResponse) String() string {
 func (*RemoveReplicaResponse) ProtoMessage() {}
 
 func (x *RemoveReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[34]
+	mi := &file_tesserapb_meta_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2056,7 +2316,7 @@ func (x *RemoveReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReplicaResponse.ProtoReflect.Descriptor instead.
 func (*RemoveReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{34}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{37}
 }
 
 type CampaignRangeRequest struct {
@@ -2068,7 +2328,7 @@ type CampaignRangeRequest struct {
 
 func (x *CampaignRangeRequest) Reset() {
 	*x = CampaignRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[35]
+	mi := &file_tesserapb_meta_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2080,7 +2340,7 @@ func (x *CampaignRangeRequest) String() string {
 func (*CampaignRangeRequest) ProtoMessage() {}
 
 func (x *CampaignRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[35]
+	mi := &file_tesserapb_meta_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2093,7 +2353,7 @@ func (x *CampaignRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRangeRequest.ProtoReflect.Descriptor instead.
 func (*CampaignRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{35}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *CampaignRangeRequest) GetRangeId() uint64 {
@@ -2111,7 +2371,7 @@ type CampaignRangeResponse struct {
 
 func (x *CampaignRangeResponse) Reset() {
 	*x = CampaignRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[36]
+	mi := &file_tesserapb_meta_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2123,7 +2383,7 @@ func (x *CampaignRangeResponse) String() string {
 func (*CampaignRangeResponse) ProtoMessage() {}
 
 func (x *CampaignRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[36]
+	mi := &file_tesserapb_meta_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2136,7 +2396,7 @@ func (x *CampaignRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRangeResponse.ProtoReflect.Descriptor instead.
 func (*CampaignRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{36}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{39}
 }
 
 type RangeWriteRequest struct {
@@ -2155,7 +2415,7 @@ type RangeWriteRequest struct {
 
 func (x *RangeWriteRequest) Reset() {
 	*x = RangeWriteRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[37]
+	mi := &file_tesserapb_meta_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2167,7 +2427,7 @@ func (x *RangeWriteRequest) String() string {
 func (*RangeWriteRequest) ProtoMessage() {}
 
 func (x *RangeWriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[37]
+	mi := &file_tesserapb_meta_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2180,7 +2440,7 @@ func (x *RangeWriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteRequest.ProtoReflect.Descriptor instead.
 func (*RangeWriteRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{37}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RangeWriteRequest) GetRangeId() uint64 {
@@ -2220,7 +2480,7 @@ type RangeWriteResponse struct {
 
 func (x *RangeWriteResponse) Reset() {
 	*x = RangeWriteResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[38]
+	mi := &file_tesserapb_meta_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2232,7 +2492,7 @@ func (x *RangeWriteResponse) String() string {
 func (*RangeWriteResponse) ProtoMessage() {}
 
 func (x *RangeWriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[38]
+	mi := &file_tesserapb_meta_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2245,7 +2505,7 @@ func (x *RangeWriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteResponse.ProtoReflect.Descriptor instead.
 func (*RangeWriteResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{38}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RangeWriteResponse) GetResult() *Result {
@@ -2275,7 +2535,7 @@ type RangeFeedRequest struct {
 
 func (x *RangeFeedRequest) Reset() {
 	*x = RangeFeedRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[39]
+	mi := &file_tesserapb_meta_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2287,7 +2547,7 @@ func (x *RangeFeedRequest) String() string {
 func (*RangeFeedRequest) ProtoMessage() {}
 
 func (x *RangeFeedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[39]
+	mi := &file_tesserapb_meta_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2300,7 +2560,7 @@ func (x *RangeFeedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeFeedRequest.ProtoReflect.Descriptor instead.
 func (*RangeFeedRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{39}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RangeFeedRequest) GetRangeId() uint64 {
@@ -2354,7 +2614,7 @@ type RangeFeedResponse struct {
 
 func (x *RangeFeedResponse) Reset() {
 	*x = RangeFeedResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[40]
+	mi := &file_tesserapb_meta_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2366,7 +2626,7 @@ func (x *RangeFeedResponse) String() string {
 func (*RangeFeedResponse) ProtoMessage() {}
 
 func (x *RangeFeedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[40]
+	mi := &file_tesserapb_meta_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2379,7 +2639,7 @@ func (x *RangeFeedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeFeedResponse.ProtoReflect.Descriptor instead.
 func (*RangeFeedResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{40}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RangeFeedResponse) GetEvents() [][]byte {
@@ -2417,7 +2677,7 @@ type RangeWriteStreamRequest struct {
 
 func (x *RangeWriteStreamRequest) Reset() {
 	*x = RangeWriteStreamRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[41]
+	mi := &file_tesserapb_meta_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2429,7 +2689,7 @@ func (x *RangeWriteStreamRequest) String() string {
 func (*RangeWriteStreamRequest) ProtoMessage() {}
 
 func (x *RangeWriteStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[41]
+	mi := &file_tesserapb_meta_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2442,7 +2702,7 @@ func (x *RangeWriteStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteStreamRequest.ProtoReflect.Descriptor instead.
 func (*RangeWriteStreamRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{41}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RangeWriteStreamRequest) GetSeq() uint64 {
@@ -2483,7 +2743,7 @@ type RangeWriteStreamResponse struct {
 
 func (x *RangeWriteStreamResponse) Reset() {
 	*x = RangeWriteStreamResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[42]
+	mi := &file_tesserapb_meta_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2495,7 +2755,7 @@ func (x *RangeWriteStreamResponse) String() string {
 func (*RangeWriteStreamResponse) ProtoMessage() {}
 
 func (x *RangeWriteStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[42]
+	mi := &file_tesserapb_meta_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2508,7 +2768,7 @@ func (x *RangeWriteStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteStreamResponse.ProtoReflect.Descriptor instead.
 func (*RangeWriteStreamResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{42}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RangeWriteStreamResponse) GetSeq() uint64 {
@@ -2559,7 +2819,7 @@ type NotLeader struct {
 
 func (x *NotLeader) Reset() {
 	*x = NotLeader{}
-	mi := &file_tesserapb_meta_proto_msgTypes[43]
+	mi := &file_tesserapb_meta_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2571,7 +2831,7 @@ func (x *NotLeader) String() string {
 func (*NotLeader) ProtoMessage() {}
 
 func (x *NotLeader) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[43]
+	mi := &file_tesserapb_meta_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2584,7 +2844,7 @@ func (x *NotLeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotLeader.ProtoReflect.Descriptor instead.
 func (*NotLeader) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{43}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *NotLeader) GetLeaderReplicaId() uint64 {
@@ -2608,7 +2868,7 @@ type FenceRangeRequest struct {
 
 func (x *FenceRangeRequest) Reset() {
 	*x = FenceRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[44]
+	mi := &file_tesserapb_meta_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2620,7 +2880,7 @@ func (x *FenceRangeRequest) String() string {
 func (*FenceRangeRequest) ProtoMessage() {}
 
 func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[44]
+	mi := &file_tesserapb_meta_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2633,7 +2893,7 @@ func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeRequest.ProtoReflect.Descriptor instead.
 func (*FenceRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{44}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *FenceRangeRequest) GetRangeId() uint64 {
@@ -2668,7 +2928,7 @@ type FenceRangeResponse struct {
 
 func (x *FenceRangeResponse) Reset() {
 	*x = FenceRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[45]
+	mi := &file_tesserapb_meta_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2680,7 +2940,7 @@ func (x *FenceRangeResponse) String() string {
 func (*FenceRangeResponse) ProtoMessage() {}
 
 func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[45]
+	mi := &file_tesserapb_meta_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2693,7 +2953,7 @@ func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeResponse.ProtoReflect.Descriptor instead.
 func (*FenceRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{45}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *FenceRangeResponse) GetAppliedIndex() uint64 {
@@ -2719,7 +2979,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[46]
+	mi := &file_tesserapb_meta_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2731,7 +2991,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[46]
+	mi := &file_tesserapb_meta_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2744,7 +3004,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{46}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *SplitRangeRequest) GetSplitKey() []byte {
@@ -2764,7 +3024,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[47]
+	mi := &file_tesserapb_meta_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2776,7 +3036,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[47]
+	mi := &file_tesserapb_meta_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2789,7 +3049,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{47}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *SplitRangeResponse) GetLeft() *RangeInfo {
@@ -2814,7 +3074,7 @@ type ListRangesRequest struct {
 
 func (x *ListRangesRequest) Reset() {
 	*x = ListRangesRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[48]
+	mi := &file_tesserapb_meta_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2826,7 +3086,7 @@ func (x *ListRangesRequest) String() string {
 func (*ListRangesRequest) ProtoMessage() {}
 
 func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[48]
+	mi := &file_tesserapb_meta_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2839,7 +3099,7 @@ func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesRequest.ProtoReflect.Descriptor instead.
 func (*ListRangesRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{48}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{51}
 }
 
 type ListRangesResponse struct {
@@ -2851,7 +3111,7 @@ type ListRangesResponse struct {
 
 func (x *ListRangesResponse) Reset() {
 	*x = ListRangesResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[49]
+	mi := &file_tesserapb_meta_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2863,7 +3123,7 @@ func (x *ListRangesResponse) String() string {
 func (*ListRangesResponse) ProtoMessage() {}
 
 func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[49]
+	mi := &file_tesserapb_meta_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2876,7 +3136,7 @@ func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesResponse.ProtoReflect.Descriptor instead.
 func (*ListRangesResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{49}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ListRangesResponse) GetRanges() []*RangeInfo {
@@ -2903,7 +3163,7 @@ type RangeInfo struct {
 
 func (x *RangeInfo) Reset() {
 	*x = RangeInfo{}
-	mi := &file_tesserapb_meta_proto_msgTypes[50]
+	mi := &file_tesserapb_meta_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2915,7 +3175,7 @@ func (x *RangeInfo) String() string {
 func (*RangeInfo) ProtoMessage() {}
 
 func (x *RangeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[50]
+	mi := &file_tesserapb_meta_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2928,7 +3188,7 @@ func (x *RangeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
 func (*RangeInfo) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{50}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *RangeInfo) GetRangeId() uint64 {
@@ -2996,7 +3256,7 @@ type GetRevisionsRequest struct {
 
 func (x *GetRevisionsRequest) Reset() {
 	*x = GetRevisionsRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[51]
+	mi := &file_tesserapb_meta_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3008,7 +3268,7 @@ func (x *GetRevisionsRequest) String() string {
 func (*GetRevisionsRequest) ProtoMessage() {}
 
 func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[51]
+	mi := &file_tesserapb_meta_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3021,7 +3281,7 @@ func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*GetRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{51}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *GetRevisionsRequest) GetCount() int64 {
@@ -3042,7 +3302,7 @@ type GetRevisionsResponse struct {
 
 func (x *GetRevisionsResponse) Reset() {
 	*x = GetRevisionsResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[52]
+	mi := &file_tesserapb_meta_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3054,7 +3314,7 @@ func (x *GetRevisionsResponse) String() string {
 func (*GetRevisionsResponse) ProtoMessage() {}
 
 func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[52]
+	mi := &file_tesserapb_meta_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3067,7 +3327,7 @@ func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*GetRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{52}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *GetRevisionsResponse) GetFirst() int64 {
@@ -3088,7 +3348,7 @@ var File_tesserapb_meta_proto protoreflect.FileDescriptor
 
 const file_tesserapb_meta_proto_rawDesc = "" +
 	"\n" +
-	"\x14tesserapb/meta.proto\x12\ttesserapb\x1a\x17tesserapb/tessera.proto\"\x96\x04\n" +
+	"\x14tesserapb/meta.proto\x12\ttesserapb\x1a\x17tesserapb/tessera.proto\"\x92\x05\n" +
 	"\vMetaCommand\x12F\n" +
 	"\x0eset_high_water\x18\x01 \x01(\v2\x1e.tesserapb.SetHighWaterCommandH\x00R\fsetHighWater\x12E\n" +
 	"\rregister_node\x18\x02 \x01(\v2\x1e.tesserapb.RegisterNodeCommandH\x00R\fregisterNode\x129\n" +
@@ -3097,8 +3357,27 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\x13set_decommissioning\x18\x05 \x01(\v2$.tesserapb.SetDecommissioningCommandH\x00R\x12setDecommissioning\x12L\n" +
 	"\x10allocate_node_id\x18\x06 \x01(\v2 .tesserapb.AllocateNodeIdCommandH\x00R\x0eallocateNodeId\x12?\n" +
 	"\vremove_node\x18\a \x01(\v2\x1c.tesserapb.RemoveNodeCommandH\x00R\n" +
-	"removeNodeB\x04\n" +
-	"\x02op\",\n" +
+	"removeNode\x12<\n" +
+	"\n" +
+	"decide_txn\x18\b \x01(\v2\x1b.tesserapb.DecideTxnCommandH\x00R\tdecideTxn\x12<\n" +
+	"\n" +
+	"forget_txn\x18\t \x01(\v2\x1b.tesserapb.ForgetTxnCommandH\x00R\tforgetTxnB\x04\n" +
+	"\x02op\"\x8e\x01\n" +
+	"\x10DecideTxnCommand\x12\x15\n" +
+	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\x12\x16\n" +
+	"\x06commit\x18\x02 \x01(\bR\x06commit\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\x12\x12\n" +
+	"\x04path\x18\x04 \x03(\bR\x04path\x12\x1b\n" +
+	"\trange_ids\x18\x05 \x03(\x04R\brangeIds\"D\n" +
+	"\x10ForgetTxnCommand\x12\x15\n" +
+	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\x12\x19\n" +
+	"\brange_id\x18\x02 \x01(\x04R\arangeId\"\x8d\x01\n" +
+	"\tTxnRecord\x12\x15\n" +
+	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\x12\x1c\n" +
+	"\tcommitted\x18\x02 \x01(\bR\tcommitted\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\x12\x12\n" +
+	"\x04path\x18\x04 \x03(\bR\x04path\x12\x1b\n" +
+	"\trange_ids\x18\x05 \x03(\x04R\brangeIds\",\n" +
 	"\x11RemoveNodeCommand\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\".\n" +
 	"\x15AllocateNodeIdCommand\x12\x15\n" +
@@ -3128,7 +3407,7 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x05 \x01(\x04R\n" +
 	"generation\x12!\n" +
-	"\fconf_version\x18\x06 \x01(\x04R\vconfVersion\"\xcf\x01\n" +
+	"\fconf_version\x18\x06 \x01(\x04R\vconfVersion\"\x86\x02\n" +
 	"\tMetaState\x12\x1d\n" +
 	"\n" +
 	"high_water\x18\x01 \x01(\x03R\thighWater\x12)\n" +
@@ -3136,7 +3415,9 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\x06ranges\x18\x03 \x03(\v2\x1a.tesserapb.RangeDescriptorR\x06ranges\x12\"\n" +
 	"\rnext_range_id\x18\x04 \x01(\x04R\vnextRangeId\x12 \n" +
 	"\fnext_node_id\x18\x05 \x01(\x04R\n" +
-	"nextNodeId\"3\n" +
+	"nextNodeId\x125\n" +
+	"\vtxn_records\x18\x06 \x03(\v2\x14.tesserapb.TxnRecordR\n" +
+	"txnRecords\"3\n" +
 	"\x12RestartMetaRequest\x12\x1d\n" +
 	"\n" +
 	"replica_id\x18\x01 \x01(\x04R\treplicaId\"\x15\n" +
@@ -3325,126 +3606,132 @@ func file_tesserapb_meta_proto_rawDescGZIP() []byte {
 	return file_tesserapb_meta_proto_rawDescData
 }
 
-var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
+var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
 var file_tesserapb_meta_proto_goTypes = []any{
 	(*MetaCommand)(nil),               // 0: tesserapb.MetaCommand
-	(*RemoveNodeCommand)(nil),         // 1: tesserapb.RemoveNodeCommand
-	(*AllocateNodeIdCommand)(nil),     // 2: tesserapb.AllocateNodeIdCommand
-	(*SetDecommissioningCommand)(nil), // 3: tesserapb.SetDecommissioningCommand
-	(*AllocateRangeIdCommand)(nil),    // 4: tesserapb.AllocateRangeIdCommand
-	(*SetHighWaterCommand)(nil),       // 5: tesserapb.SetHighWaterCommand
-	(*RegisterNodeCommand)(nil),       // 6: tesserapb.RegisterNodeCommand
-	(*PutRangeCommand)(nil),           // 7: tesserapb.PutRangeCommand
-	(*NodeInfo)(nil),                  // 8: tesserapb.NodeInfo
-	(*RangeDescriptor)(nil),           // 9: tesserapb.RangeDescriptor
-	(*MetaState)(nil),                 // 10: tesserapb.MetaState
-	(*RestartMetaRequest)(nil),        // 11: tesserapb.RestartMetaRequest
-	(*RestartMetaResponse)(nil),       // 12: tesserapb.RestartMetaResponse
-	(*JoinClusterRequest)(nil),        // 13: tesserapb.JoinClusterRequest
-	(*JoinClusterResponse)(nil),       // 14: tesserapb.JoinClusterResponse
-	(*ListNodesRequest)(nil),          // 15: tesserapb.ListNodesRequest
-	(*ListNodesResponse)(nil),         // 16: tesserapb.ListNodesResponse
-	(*NodeStatus)(nil),                // 17: tesserapb.NodeStatus
-	(*DecommissionRequest)(nil),       // 18: tesserapb.DecommissionRequest
-	(*DecommissionResponse)(nil),      // 19: tesserapb.DecommissionResponse
-	(*NodeHeartbeatRequest)(nil),      // 20: tesserapb.NodeHeartbeatRequest
-	(*RangeLoad)(nil),                 // 21: tesserapb.RangeLoad
-	(*NodeHeartbeatResponse)(nil),     // 22: tesserapb.NodeHeartbeatResponse
-	(*TransferLeaderRequest)(nil),     // 23: tesserapb.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil),    // 24: tesserapb.TransferLeaderResponse
-	(*RangeHistoryRequest)(nil),       // 25: tesserapb.RangeHistoryRequest
-	(*RangeHistoryResponse)(nil),      // 26: tesserapb.RangeHistoryResponse
-	(*RangeStartedRequest)(nil),       // 27: tesserapb.RangeStartedRequest
-	(*RangeStartedResponse)(nil),      // 28: tesserapb.RangeStartedResponse
-	(*ChangeReplicasRequest)(nil),     // 29: tesserapb.ChangeReplicasRequest
-	(*ChangeReplicasResponse)(nil),    // 30: tesserapb.ChangeReplicasResponse
-	(*StartReplicaRequest)(nil),       // 31: tesserapb.StartReplicaRequest
-	(*StartReplicaResponse)(nil),      // 32: tesserapb.StartReplicaResponse
-	(*RemoveReplicaRequest)(nil),      // 33: tesserapb.RemoveReplicaRequest
-	(*RemoveReplicaResponse)(nil),     // 34: tesserapb.RemoveReplicaResponse
-	(*CampaignRangeRequest)(nil),      // 35: tesserapb.CampaignRangeRequest
-	(*CampaignRangeResponse)(nil),     // 36: tesserapb.CampaignRangeResponse
-	(*RangeWriteRequest)(nil),         // 37: tesserapb.RangeWriteRequest
-	(*RangeWriteResponse)(nil),        // 38: tesserapb.RangeWriteResponse
-	(*RangeFeedRequest)(nil),          // 39: tesserapb.RangeFeedRequest
-	(*RangeFeedResponse)(nil),         // 40: tesserapb.RangeFeedResponse
-	(*RangeWriteStreamRequest)(nil),   // 41: tesserapb.RangeWriteStreamRequest
-	(*RangeWriteStreamResponse)(nil),  // 42: tesserapb.RangeWriteStreamResponse
-	(*NotLeader)(nil),                 // 43: tesserapb.NotLeader
-	(*FenceRangeRequest)(nil),         // 44: tesserapb.FenceRangeRequest
-	(*FenceRangeResponse)(nil),        // 45: tesserapb.FenceRangeResponse
-	(*SplitRangeRequest)(nil),         // 46: tesserapb.SplitRangeRequest
-	(*SplitRangeResponse)(nil),        // 47: tesserapb.SplitRangeResponse
-	(*ListRangesRequest)(nil),         // 48: tesserapb.ListRangesRequest
-	(*ListRangesResponse)(nil),        // 49: tesserapb.ListRangesResponse
-	(*RangeInfo)(nil),                 // 50: tesserapb.RangeInfo
-	(*GetRevisionsRequest)(nil),       // 51: tesserapb.GetRevisionsRequest
-	(*GetRevisionsResponse)(nil),      // 52: tesserapb.GetRevisionsResponse
-	(*Result)(nil),                    // 53: tesserapb.Result
+	(*DecideTxnCommand)(nil),          // 1: tesserapb.DecideTxnCommand
+	(*ForgetTxnCommand)(nil),          // 2: tesserapb.ForgetTxnCommand
+	(*TxnRecord)(nil),                 // 3: tesserapb.TxnRecord
+	(*RemoveNodeCommand)(nil),         // 4: tesserapb.RemoveNodeCommand
+	(*AllocateNodeIdCommand)(nil),     // 5: tesserapb.AllocateNodeIdCommand
+	(*SetDecommissioningCommand)(nil), // 6: tesserapb.SetDecommissioningCommand
+	(*AllocateRangeIdCommand)(nil),    // 7: tesserapb.AllocateRangeIdCommand
+	(*SetHighWaterCommand)(nil),       // 8: tesserapb.SetHighWaterCommand
+	(*RegisterNodeCommand)(nil),       // 9: tesserapb.RegisterNodeCommand
+	(*PutRangeCommand)(nil),           // 10: tesserapb.PutRangeCommand
+	(*NodeInfo)(nil),                  // 11: tesserapb.NodeInfo
+	(*RangeDescriptor)(nil),           // 12: tesserapb.RangeDescriptor
+	(*MetaState)(nil),                 // 13: tesserapb.MetaState
+	(*RestartMetaRequest)(nil),        // 14: tesserapb.RestartMetaRequest
+	(*RestartMetaResponse)(nil),       // 15: tesserapb.RestartMetaResponse
+	(*JoinClusterRequest)(nil),        // 16: tesserapb.JoinClusterRequest
+	(*JoinClusterResponse)(nil),       // 17: tesserapb.JoinClusterResponse
+	(*ListNodesRequest)(nil),          // 18: tesserapb.ListNodesRequest
+	(*ListNodesResponse)(nil),         // 19: tesserapb.ListNodesResponse
+	(*NodeStatus)(nil),                // 20: tesserapb.NodeStatus
+	(*DecommissionRequest)(nil),       // 21: tesserapb.DecommissionRequest
+	(*DecommissionResponse)(nil),      // 22: tesserapb.DecommissionResponse
+	(*NodeHeartbeatRequest)(nil),      // 23: tesserapb.NodeHeartbeatRequest
+	(*RangeLoad)(nil),                 // 24: tesserapb.RangeLoad
+	(*NodeHeartbeatResponse)(nil),     // 25: tesserapb.NodeHeartbeatResponse
+	(*TransferLeaderRequest)(nil),     // 26: tesserapb.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil),    // 27: tesserapb.TransferLeaderResponse
+	(*RangeHistoryRequest)(nil),       // 28: tesserapb.RangeHistoryRequest
+	(*RangeHistoryResponse)(nil),      // 29: tesserapb.RangeHistoryResponse
+	(*RangeStartedRequest)(nil),       // 30: tesserapb.RangeStartedRequest
+	(*RangeStartedResponse)(nil),      // 31: tesserapb.RangeStartedResponse
+	(*ChangeReplicasRequest)(nil),     // 32: tesserapb.ChangeReplicasRequest
+	(*ChangeReplicasResponse)(nil),    // 33: tesserapb.ChangeReplicasResponse
+	(*StartReplicaRequest)(nil),       // 34: tesserapb.StartReplicaRequest
+	(*StartReplicaResponse)(nil),      // 35: tesserapb.StartReplicaResponse
+	(*RemoveReplicaRequest)(nil),      // 36: tesserapb.RemoveReplicaRequest
+	(*RemoveReplicaResponse)(nil),     // 37: tesserapb.RemoveReplicaResponse
+	(*CampaignRangeRequest)(nil),      // 38: tesserapb.CampaignRangeRequest
+	(*CampaignRangeResponse)(nil),     // 39: tesserapb.CampaignRangeResponse
+	(*RangeWriteRequest)(nil),         // 40: tesserapb.RangeWriteRequest
+	(*RangeWriteResponse)(nil),        // 41: tesserapb.RangeWriteResponse
+	(*RangeFeedRequest)(nil),          // 42: tesserapb.RangeFeedRequest
+	(*RangeFeedResponse)(nil),         // 43: tesserapb.RangeFeedResponse
+	(*RangeWriteStreamRequest)(nil),   // 44: tesserapb.RangeWriteStreamRequest
+	(*RangeWriteStreamResponse)(nil),  // 45: tesserapb.RangeWriteStreamResponse
+	(*NotLeader)(nil),                 // 46: tesserapb.NotLeader
+	(*FenceRangeRequest)(nil),         // 47: tesserapb.FenceRangeRequest
+	(*FenceRangeResponse)(nil),        // 48: tesserapb.FenceRangeResponse
+	(*SplitRangeRequest)(nil),         // 49: tesserapb.SplitRangeRequest
+	(*SplitRangeResponse)(nil),        // 50: tesserapb.SplitRangeResponse
+	(*ListRangesRequest)(nil),         // 51: tesserapb.ListRangesRequest
+	(*ListRangesResponse)(nil),        // 52: tesserapb.ListRangesResponse
+	(*RangeInfo)(nil),                 // 53: tesserapb.RangeInfo
+	(*GetRevisionsRequest)(nil),       // 54: tesserapb.GetRevisionsRequest
+	(*GetRevisionsResponse)(nil),      // 55: tesserapb.GetRevisionsResponse
+	(*Result)(nil),                    // 56: tesserapb.Result
 }
 var file_tesserapb_meta_proto_depIdxs = []int32{
-	5,  // 0: tesserapb.MetaCommand.set_high_water:type_name -> tesserapb.SetHighWaterCommand
-	6,  // 1: tesserapb.MetaCommand.register_node:type_name -> tesserapb.RegisterNodeCommand
-	7,  // 2: tesserapb.MetaCommand.put_range:type_name -> tesserapb.PutRangeCommand
-	4,  // 3: tesserapb.MetaCommand.allocate_range_id:type_name -> tesserapb.AllocateRangeIdCommand
-	3,  // 4: tesserapb.MetaCommand.set_decommissioning:type_name -> tesserapb.SetDecommissioningCommand
-	2,  // 5: tesserapb.MetaCommand.allocate_node_id:type_name -> tesserapb.AllocateNodeIdCommand
-	1,  // 6: tesserapb.MetaCommand.remove_node:type_name -> tesserapb.RemoveNodeCommand
-	8,  // 7: tesserapb.RegisterNodeCommand.node:type_name -> tesserapb.NodeInfo
-	9,  // 8: tesserapb.PutRangeCommand.range:type_name -> tesserapb.RangeDescriptor
-	8,  // 9: tesserapb.MetaState.nodes:type_name -> tesserapb.NodeInfo
-	9,  // 10: tesserapb.MetaState.ranges:type_name -> tesserapb.RangeDescriptor
-	17, // 11: tesserapb.ListNodesResponse.nodes:type_name -> tesserapb.NodeStatus
-	21, // 12: tesserapb.NodeHeartbeatRequest.ranges:type_name -> tesserapb.RangeLoad
-	9,  // 13: tesserapb.ChangeReplicasResponse.range:type_name -> tesserapb.RangeDescriptor
-	53, // 14: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
-	37, // 15: tesserapb.RangeWriteStreamRequest.request:type_name -> tesserapb.RangeWriteRequest
-	38, // 16: tesserapb.RangeWriteStreamResponse.response:type_name -> tesserapb.RangeWriteResponse
-	43, // 17: tesserapb.RangeWriteStreamResponse.not_leader:type_name -> tesserapb.NotLeader
-	50, // 18: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
-	50, // 19: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
-	50, // 20: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
-	51, // 21: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
-	41, // 22: tesserapb.Internal.RangeWriteStream:input_type -> tesserapb.RangeWriteStreamRequest
-	39, // 23: tesserapb.Internal.RangeFeed:input_type -> tesserapb.RangeFeedRequest
-	44, // 24: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
-	46, // 25: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
-	48, // 26: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
-	35, // 27: tesserapb.Internal.CampaignRange:input_type -> tesserapb.CampaignRangeRequest
-	27, // 28: tesserapb.Internal.RangeStarted:input_type -> tesserapb.RangeStartedRequest
-	25, // 29: tesserapb.Internal.RangeHistory:input_type -> tesserapb.RangeHistoryRequest
-	29, // 30: tesserapb.Internal.ChangeReplicas:input_type -> tesserapb.ChangeReplicasRequest
-	31, // 31: tesserapb.Internal.StartReplica:input_type -> tesserapb.StartReplicaRequest
-	33, // 32: tesserapb.Internal.RemoveReplica:input_type -> tesserapb.RemoveReplicaRequest
-	20, // 33: tesserapb.Internal.NodeHeartbeat:input_type -> tesserapb.NodeHeartbeatRequest
-	23, // 34: tesserapb.Internal.TransferLeader:input_type -> tesserapb.TransferLeaderRequest
-	15, // 35: tesserapb.Internal.ListNodes:input_type -> tesserapb.ListNodesRequest
-	18, // 36: tesserapb.Internal.Decommission:input_type -> tesserapb.DecommissionRequest
-	13, // 37: tesserapb.Internal.JoinCluster:input_type -> tesserapb.JoinClusterRequest
-	11, // 38: tesserapb.Internal.RestartMeta:input_type -> tesserapb.RestartMetaRequest
-	52, // 39: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
-	42, // 40: tesserapb.Internal.RangeWriteStream:output_type -> tesserapb.RangeWriteStreamResponse
-	40, // 41: tesserapb.Internal.RangeFeed:output_type -> tesserapb.RangeFeedResponse
-	45, // 42: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
-	47, // 43: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
-	49, // 44: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
-	36, // 45: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
-	28, // 46: tesserapb.Internal.RangeStarted:output_type -> tesserapb.RangeStartedResponse
-	26, // 47: tesserapb.Internal.RangeHistory:output_type -> tesserapb.RangeHistoryResponse
-	30, // 48: tesserapb.Internal.ChangeReplicas:output_type -> tesserapb.ChangeReplicasResponse
-	32, // 49: tesserapb.Internal.StartReplica:output_type -> tesserapb.StartReplicaResponse
-	34, // 50: tesserapb.Internal.RemoveReplica:output_type -> tesserapb.RemoveReplicaResponse
-	22, // 51: tesserapb.Internal.NodeHeartbeat:output_type -> tesserapb.NodeHeartbeatResponse
-	24, // 52: tesserapb.Internal.TransferLeader:output_type -> tesserapb.TransferLeaderResponse
-	16, // 53: tesserapb.Internal.ListNodes:output_type -> tesserapb.ListNodesResponse
-	19, // 54: tesserapb.Internal.Decommission:output_type -> tesserapb.DecommissionResponse
-	14, // 55: tesserapb.Internal.JoinCluster:output_type -> tesserapb.JoinClusterResponse
-	12, // 56: tesserapb.Internal.RestartMeta:output_type -> tesserapb.RestartMetaResponse
-	39, // [39:57] is the sub-list for method output_type
-	21, // [21:39] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	8,  // 0: tesserapb.MetaCommand.set_high_water:type_name -> tesserapb.SetHighWaterCommand
+	9,  // 1: tesserapb.MetaCommand.register_node:type_name -> tesserapb.RegisterNodeCommand
+	10, // 2: tesserapb.MetaCommand.put_range:type_name -> tesserapb.PutRangeCommand
+	7,  // 3: tesserapb.MetaCommand.allocate_range_id:type_name -> tesserapb.AllocateRangeIdCommand
+	6,  // 4: tesserapb.MetaCommand.set_decommissioning:type_name -> tesserapb.SetDecommissioningCommand
+	5,  // 5: tesserapb.MetaCommand.allocate_node_id:type_name -> tesserapb.AllocateNodeIdCommand
+	4,  // 6: tesserapb.MetaCommand.remove_node:type_name -> tesserapb.RemoveNodeCommand
+	1,  // 7: tesserapb.MetaCommand.decide_txn:type_name -> tesserapb.DecideTxnCommand
+	2,  // 8: tesserapb.MetaCommand.forget_txn:type_name -> tesserapb.ForgetTxnCommand
+	11, // 9: tesserapb.RegisterNodeCommand.node:type_name -> tesserapb.NodeInfo
+	12, // 10: tesserapb.PutRangeCommand.range:type_name -> tesserapb.RangeDescriptor
+	11, // 11: tesserapb.MetaState.nodes:type_name -> tesserapb.NodeInfo
+	12, // 12: tesserapb.MetaState.ranges:type_name -> tesserapb.RangeDescriptor
+	3,  // 13: tesserapb.MetaState.txn_records:type_name -> tesserapb.TxnRecord
+	20, // 14: tesserapb.ListNodesResponse.nodes:type_name -> tesserapb.NodeStatus
+	24, // 15: tesserapb.NodeHeartbeatRequest.ranges:type_name -> tesserapb.RangeLoad
+	12, // 16: tesserapb.ChangeReplicasResponse.range:type_name -> tesserapb.RangeDescriptor
+	56, // 17: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
+	40, // 18: tesserapb.RangeWriteStreamRequest.request:type_name -> tesserapb.RangeWriteRequest
+	41, // 19: tesserapb.RangeWriteStreamResponse.response:type_name -> tesserapb.RangeWriteResponse
+	46, // 20: tesserapb.RangeWriteStreamResponse.not_leader:type_name -> tesserapb.NotLeader
+	53, // 21: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
+	53, // 22: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
+	53, // 23: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
+	54, // 24: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
+	44, // 25: tesserapb.Internal.RangeWriteStream:input_type -> tesserapb.RangeWriteStreamRequest
+	42, // 26: tesserapb.Internal.RangeFeed:input_type -> tesserapb.RangeFeedRequest
+	47, // 27: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
+	49, // 28: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
+	51, // 29: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
+	38, // 30: tesserapb.Internal.CampaignRange:input_type -> tesserapb.CampaignRangeRequest
+	30, // 31: tesserapb.Internal.RangeStarted:input_type -> tesserapb.RangeStartedRequest
+	28, // 32: tesserapb.Internal.RangeHistory:input_type -> tesserapb.RangeHistoryRequest
+	32, // 33: tesserapb.Internal.ChangeReplicas:input_type -> tesserapb.ChangeReplicasRequest
+	34, // 34: tesserapb.Internal.StartReplica:input_type -> tesserapb.StartReplicaRequest
+	36, // 35: tesserapb.Internal.RemoveReplica:input_type -> tesserapb.RemoveReplicaRequest
+	23, // 36: tesserapb.Internal.NodeHeartbeat:input_type -> tesserapb.NodeHeartbeatRequest
+	26, // 37: tesserapb.Internal.TransferLeader:input_type -> tesserapb.TransferLeaderRequest
+	18, // 38: tesserapb.Internal.ListNodes:input_type -> tesserapb.ListNodesRequest
+	21, // 39: tesserapb.Internal.Decommission:input_type -> tesserapb.DecommissionRequest
+	16, // 40: tesserapb.Internal.JoinCluster:input_type -> tesserapb.JoinClusterRequest
+	14, // 41: tesserapb.Internal.RestartMeta:input_type -> tesserapb.RestartMetaRequest
+	55, // 42: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
+	45, // 43: tesserapb.Internal.RangeWriteStream:output_type -> tesserapb.RangeWriteStreamResponse
+	43, // 44: tesserapb.Internal.RangeFeed:output_type -> tesserapb.RangeFeedResponse
+	48, // 45: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
+	50, // 46: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
+	52, // 47: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
+	39, // 48: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
+	31, // 49: tesserapb.Internal.RangeStarted:output_type -> tesserapb.RangeStartedResponse
+	29, // 50: tesserapb.Internal.RangeHistory:output_type -> tesserapb.RangeHistoryResponse
+	33, // 51: tesserapb.Internal.ChangeReplicas:output_type -> tesserapb.ChangeReplicasResponse
+	35, // 52: tesserapb.Internal.StartReplica:output_type -> tesserapb.StartReplicaResponse
+	37, // 53: tesserapb.Internal.RemoveReplica:output_type -> tesserapb.RemoveReplicaResponse
+	25, // 54: tesserapb.Internal.NodeHeartbeat:output_type -> tesserapb.NodeHeartbeatResponse
+	27, // 55: tesserapb.Internal.TransferLeader:output_type -> tesserapb.TransferLeaderResponse
+	19, // 56: tesserapb.Internal.ListNodes:output_type -> tesserapb.ListNodesResponse
+	22, // 57: tesserapb.Internal.Decommission:output_type -> tesserapb.DecommissionResponse
+	17, // 58: tesserapb.Internal.JoinCluster:output_type -> tesserapb.JoinClusterResponse
+	15, // 59: tesserapb.Internal.RestartMeta:output_type -> tesserapb.RestartMetaResponse
+	42, // [42:60] is the sub-list for method output_type
+	24, // [24:42] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_tesserapb_meta_proto_init() }
@@ -3461,6 +3748,8 @@ func file_tesserapb_meta_proto_init() {
 		(*MetaCommand_SetDecommissioning)(nil),
 		(*MetaCommand_AllocateNodeId)(nil),
 		(*MetaCommand_RemoveNode)(nil),
+		(*MetaCommand_DecideTxn)(nil),
+		(*MetaCommand_ForgetTxn)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3468,7 +3757,7 @@ func file_tesserapb_meta_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tesserapb_meta_proto_rawDesc), len(file_tesserapb_meta_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   53,
+			NumMessages:   56,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
