@@ -19,6 +19,7 @@ import (
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/router"
 	"github.com/tesserakv/tessera/statemachine"
+	"github.com/tesserakv/tessera/watchhub"
 )
 
 // Watches of ranges held elsewhere. The watch hub merges what ranges
@@ -232,9 +233,7 @@ func (s *Node) history(key, rangeEnd []byte, fromRev, toRev int64, maxEvents int
 		covered = min(covered, to)
 		all = append(all, events...)
 	}
-	// One revision's events come from one range, in key order: a stable
-	// sort by revision keeps them so.
-	slices.SortStableFunc(all, func(a, b *mvccpb.Event) int { return cmp.Compare(a.Kv.ModRevision, b.Kv.ModRevision) })
+	slices.SortFunc(all, watchhub.EventOrder)
 	cut, _ := slices.BinarySearchFunc(all, covered+1, func(e *mvccpb.Event, rev int64) int { return cmp.Compare(e.Kv.ModRevision, rev) })
 	return all[:cut], covered, nil
 }

@@ -31,9 +31,16 @@ func (r *Replica) readAtOnce(ctx context.Context, rev int64, fn func(*statemachi
 		return nil, err, false
 	}
 	out, err, retry = r.confirmedRead(ctx, func(v *statemachine.View) (any, error) {
-		v.AssumeClosed(rev)
+		if err := v.AssumeClosed(rev); err != nil {
+			return nil, err
+		}
 		return fn(v)
 	})
+	if errors.Is(err, statemachine.ErrRangeHeld) {
+		// A write spanning ranges holds the range: read once it has
+		// committed or aborted here.
+		return nil, err, true
+	}
 	if err != nil {
 		return nil, err, retry
 	}
@@ -71,17 +78,27 @@ func (r *Replica) ReadAfter(ctx context.Context, index uint64, rev int64, fn fun
 	if rsm == nil {
 		return nil, ErrStopped
 	}
-	if err := rsm.WaitApplied(ctx, index); err != nil {
-		return nil, err
-	}
-	return r.localRead(func(v *statemachine.View) (any, error) {
-		if v.AppliedIndex() < index {
-			// A snapshot being installed replaced the state meanwhile.
-			return nil, ErrTimeout
+	for {
+		if err := rsm.WaitApplied(ctx, index); err != nil {
+			return nil, err
 		}
-		v.AssumeClosed(rev)
-		return fn(v)
-	})
+		var applied uint64
+		out, err := r.localRead(func(v *statemachine.View) (any, error) {
+			if applied = v.AppliedIndex(); applied < index {
+				// A snapshot being installed replaced the state meanwhile.
+				return nil, ErrTimeout
+			}
+			if err := v.AssumeClosed(rev); err != nil {
+				return nil, err
+			}
+			return fn(v)
+		})
+		if !errors.Is(err, statemachine.ErrRangeHeld) {
+			return out, err
+		}
+		// Held by a write spanning ranges: its outcome is a later entry.
+		index = applied + 1
+	}
 }
 
 // Fence raises this leader's fence to rev without reading: from then on every

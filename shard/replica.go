@@ -370,6 +370,11 @@ func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesK
 				r.readyTerm.Store(0)
 				return nil, err, true
 			}
+			if errors.Is(err, statemachine.ErrRangeHeld) {
+				// A write spanning ranges holds the range until it
+				// commits or aborts here: nothing changed, try again.
+				return nil, err, true
+			}
 			if errors.Is(err, statemachine.ErrStaleLeader) {
 				// Proposed in a term this replica no longer leads in: if
 				// it is still ready in that term, its barrier is out of

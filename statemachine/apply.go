@@ -62,7 +62,10 @@ func (a *applier) apply(cmd *tesserapb.Command) (response []byte, err error) {
 	if lt := cmd.GetLeadershipTerm(); lt != 0 && lt < a.state.leadershipTerm {
 		return nil, errorf(ErrStaleLeader, "command (revision %d) proposed by the leader of term %d, the range has a leader of term %d", rev, lt, a.state.leadershipTerm)
 	}
-	if a.state.hold != nil && refusedWhileHeld(cmd) {
+	if _, isHold := cmd.GetOp().(*tesserapb.Command_TxnHold); isHold && a.state.hold != nil {
+		return nil, errorf(ErrHoldConflict, "held since revision %d", a.state.hold.GetRevision())
+	}
+	if a.state.hold != nil && refusedWhileHeld(cmd, rev) {
 		return nil, errorf(ErrRangeHeld, "held since revision %d", a.state.hold.GetRevision())
 	}
 	saved, logged := a.state, a.log.mark()
@@ -157,15 +160,17 @@ func (a *applier) apply(cmd *tesserapb.Command) (response []byte, err error) {
 }
 
 // refusedWhileHeld reports whether cmd waits for a range's hold to end
-// (ErrRangeHeld): anything that writes keys or could move the state a held
-// write's compares saw — Txns, lease revocations, compactions, splits and
-// other holds. The held write's own commit and abort, barriers and lease
+// (ErrRangeHeld): every command carrying a revision but the held write's
+// own commit (its revision must stay above everything the range applied,
+// and the range's floor below it, so that watches wait for it), and
+// compactions and splits. Barriers without a revision, the abort and lease
 // bookkeeping that writes no keys go on.
-func refusedWhileHeld(cmd *tesserapb.Command) bool {
+func refusedWhileHeld(cmd *tesserapb.Command, rev int64) bool {
 	switch cmd.GetOp().(type) {
-	case *tesserapb.Command_Txn, *tesserapb.Command_LeaseRevoke, *tesserapb.Command_Compact,
-		*tesserapb.Command_Split, *tesserapb.Command_TxnHold:
+	case *tesserapb.Command_TxnCommit:
+		return false
+	case *tesserapb.Command_Compact, *tesserapb.Command_Split:
 		return true
 	}
-	return false
+	return rev > 0
 }

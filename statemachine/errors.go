@@ -29,6 +29,7 @@ const (
 	CodeStaleLeader    int32 = 14
 	CodeRangeHeld      int32 = 15
 	CodeNotHeld        int32 = 16
+	CodeHoldConflict   int32 = 17
 	CodeUnknown        int32 = -1 // an error that is none of this package's sentinels
 )
 
@@ -95,12 +96,18 @@ var (
 	// ErrNotHeld has no etcd counterpart: a TxnCommitCommand for a write
 	// the range is not held for (it was aborted here). Nothing changed.
 	ErrNotHeld error = &cmdError{CodeNotHeld, "tessera: the range is not held for this write"}
+	// ErrHoldConflict has no etcd counterpart: a TxnHoldCommand met the hold
+	// of another write spanning ranges. Nothing changed; the coordinator
+	// releases its other holds and tries again after a pause, so two writes
+	// holding ranges in opposite orders do not wait for each other.
+	ErrHoldConflict error = &cmdError{CodeHoldConflict, "tessera: the range is held by another write spanning ranges"}
 )
 
 var sentinels = []error{
 	ErrCompacted, ErrFutureRev, ErrLeaseNotFound, ErrLeaseExists, ErrKeyNotFound,
 	ErrDuplicateKey, ErrStaleRevision, ErrEmptyKey, ErrWrongRange, ErrInvalidCommand,
 	ErrUnavailable, ErrInvalidSplit, ErrLeaseProofOld, ErrStaleLeader, ErrRangeHeld, ErrNotHeld,
+	ErrHoldConflict,
 }
 
 // ErrorCode returns the code of err's sentinel: 0 for nil, CodeUnknown for an

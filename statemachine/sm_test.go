@@ -187,7 +187,7 @@ func TestErrorCodes(t *testing.T) {
 		ErrCompacted: 1, ErrFutureRev: 2, ErrLeaseNotFound: 3, ErrLeaseExists: 4,
 		ErrKeyNotFound: 5, ErrDuplicateKey: 6, ErrStaleRevision: 7, ErrEmptyKey: 8,
 		ErrWrongRange: 9, ErrInvalidCommand: 10, ErrUnavailable: 11, ErrInvalidSplit: 12,
-		ErrLeaseProofOld: 13, ErrStaleLeader: 14, ErrRangeHeld: 15, ErrNotHeld: 16,
+		ErrLeaseProofOld: 13, ErrStaleLeader: 14, ErrRangeHeld: 15, ErrNotHeld: 16, ErrHoldConflict: 17,
 	}
 	for err, code := range want {
 		if got := ErrorCode(err); got != code {

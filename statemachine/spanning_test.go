@@ -1,6 +1,7 @@
 package statemachine
 
 import (
+	"errors"
 	"slices"
 	"testing"
 
@@ -132,5 +133,34 @@ func TestClipSpan(t *testing.T) {
 	whole := wholeKeyspace()
 	if k, e, ok := clipSpan([]byte("a"), []byte{0}, whole); !ok || string(k) != "a" || string(e) != "\x00" {
 		t.Errorf("clip [a, ∞) to the whole keyspace: [%q, %q) %t", k, e, ok)
+	}
+}
+
+// TestHeldViewCannotClose: a view of a held range vouches for revisions
+// below the hold only; once the write commits, for any.
+func TestHeldViewCannotClose(t *testing.T) {
+	h := newHarness(t)
+	hold := mustMarshal(t, &tesserapb.Command{Revision: 10, Op: &tesserapb.Command_TxnHold{TxnHold: &tesserapb.TxnHoldCommand{
+		TxnId: []byte("t"), Request: mustMarshal(t, &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: []byte("a")}}}}}),
+	}}})
+	if err := ErrorFromResult(h.update(hold)[0]); err != nil {
+		t.Fatal(err)
+	}
+	v := h.view()
+	if err := v.AssumeClosed(9); err != nil || v.Held() != 10 {
+		t.Fatalf("closing below the hold: %v (held %d)", err, v.Held())
+	}
+	if err := v.AssumeClosed(10); !errors.Is(err, ErrRangeHeld) {
+		t.Fatalf("closing at the hold: %v", err)
+	}
+	v.Close()
+	commit := mustMarshal(t, &tesserapb.Command{Revision: 12, Op: &tesserapb.Command_TxnCommit{TxnCommit: &tesserapb.TxnCommitCommand{TxnId: []byte("t"), Path: []bool{true}}}})
+	if err := ErrorFromResult(h.update(commit)[0]); err != nil {
+		t.Fatal(err)
+	}
+	v = h.view()
+	defer v.Close()
+	if err := v.AssumeClosed(30); err != nil || v.Held() != 0 || v.Revision() != 30 {
+		t.Fatalf("closing after the commit: %v (held %d, revision %d)", err, v.Held(), v.Revision())
 	}
 }

@@ -62,8 +62,27 @@ func (v *View) Generation() uint64 { return v.bounds.generation }
 // range: it raised its fence to closedRev and every proposal at or below it
 // has been applied or has failed. The range's state is then the state at
 // closedRev even when its own last write is older.
-func (v *View) AssumeClosed(closedRev int64) {
+//
+// A range held by a write spanning ranges (TxnHoldCommand) at or below
+// closedRev cannot vouch for it: that write commits later at a revision
+// above the hold's, perhaps at or below closedRev. AssumeClosed then
+// changes nothing and returns ErrRangeHeld; the caller tries again once
+// the hold has ended.
+func (v *View) AssumeClosed(closedRev int64) error {
+	if h := v.state.hold; h != nil && closedRev >= h.GetRevision() {
+		return errorf(ErrRangeHeld, "held since revision %d, asked to close %d", h.GetRevision(), closedRev)
+	}
 	v.state.currentRev = max(v.state.currentRev, closedRev)
+	return nil
+}
+
+// Held returns the revision of the hold on the range as of the view, 0 if
+// it is not held.
+func (v *View) Held() int64 {
+	if h := v.state.hold; h != nil {
+		return h.GetRevision()
+	}
+	return 0
 }
 
 func (v *View) reader() mvccReader { return mvccReader{r: v.snap.snap} }

@@ -244,16 +244,23 @@ func (h *Hub) insertLocked(events []*mvccpb.Event) {
 	for _, ev := range events {
 		h.bufBytes += approxSize(ev)
 	}
-	if n == 0 || h.buf[n-1].Kv.ModRevision <= first {
+	if n == 0 || h.buf[n-1].Kv.ModRevision < first {
 		return
 	}
-	// Another range published higher revisions first: merge. One revision's
-	// events all come from one range, so a stable sort keeps them together
-	// and in their order.
-	from := firstAfter(h.buf[:n], first)
-	slices.SortStableFunc(h.buf[from:], func(a, b *mvccpb.Event) int {
-		return cmp.Compare(a.Kv.ModRevision, b.Kv.ModRevision)
-	})
+	// Another range published the same or higher revisions first: merge.
+	// A revision's events from several ranges (a write spanning ranges)
+	// end up in key order, as one range gives them.
+	from := firstAfter(h.buf[:n], first-1)
+	slices.SortFunc(h.buf[from:], EventOrder)
+}
+
+// EventOrder orders events as a watch delivers them: by revision, and the
+// events of one revision by key (keys are unique within a revision).
+func EventOrder(a, b *mvccpb.Event) int {
+	if c := cmp.Compare(a.Kv.ModRevision, b.Kv.ModRevision); c != 0 {
+		return c
+	}
+	return bytes.Compare(a.Kv.Key, b.Kv.Key)
 }
 
 // notBufferedLocked returns events without those the buffer holds already
