@@ -175,12 +175,14 @@ func (s *Node) Start() error {
 		MaxTxnOps:          cfg.MaxTxnOps,
 		MinLeaseTTLSeconds: minLeaseTTLSeconds(cfg),
 		SpaceExceeded:      s.spaceExceeded.Load,
+		TxnRecords:         s.meta,
 		Logger:             s.log,
 		Stopper:            s.stopper,
 		Knobs: router.TestingKnobs{
 			AfterLeaseProof:  cfg.Knobs.AfterLeaseProof,
 			RevokeRetryAfter: cfg.Knobs.RevokeRetryAfter,
 			AfterLeaseMark:   cfg.Knobs.AfterLeaseMark,
+			AfterTxnRecorded: cfg.Knobs.AfterTxnRecorded,
 		},
 	}, s.cache, s.directory, s.oracle)
 	s.cache.SetDescriptors(s.routingDescriptors)
@@ -206,6 +208,7 @@ func (s *Node) Start() error {
 	s.startHeartbeats()
 	s.startPlacement()
 	s.goTask(s.runDescriptorSync)
+	s.goTask(s.runHoldSweeper)
 	if policy, _ := parseCompaction(cfg.AutoCompactionMode, cfg.AutoCompactionRetention); policy.enabled() {
 		s.goTask(func() { s.runCompactor(policy) })
 	}

@@ -53,6 +53,10 @@ type Oracle interface {
 	// Current returns a revision at or above every revision handed out before
 	// the call began.
 	Current(ctx context.Context) (int64, error)
+	// NextN returns the first of count consecutive revisions, each above
+	// every revision handed out before the call (a write spanning ranges
+	// takes its revision with it).
+	NextN(ctx context.Context, count int64) (int64, error)
 }
 
 // Config of the router.
@@ -68,7 +72,10 @@ type Config struct {
 	// SpaceExceeded, when set and true, refuses writes that add data (Put,
 	// Txn with a Put, LeaseGrant) with etcd's "database space exceeded".
 	SpaceExceeded func() bool
-	Logger        *slog.Logger
+	// TxnRecords records the outcomes of writes spanning ranges; without it
+	// they are refused.
+	TxnRecords TxnRecords
+	Logger     *slog.Logger
 	// Stopper, when set, is the node's: the router's goroutines run on a
 	// child of it. Without it the router has a stopper of its own.
 	Stopper *stop.Stopper
@@ -89,6 +96,9 @@ type TestingKnobs struct {
 	// AfterLeaseMark runs when a revocation has marked the lease on the home
 	// range; an error stops the revocation there.
 	AfterLeaseMark func(leaseID int64) error
+	// AfterTxnRecorded runs when a write spanning ranges has recorded its
+	// commit, before it commits on any range.
+	AfterTxnRecorded func(txnID []byte)
 }
 
 // Router serves etcd's KV and Lease services over the ranges of this node.

@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sort"
-	"strings"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -231,6 +229,14 @@ func (r *Router) txnOn(ctx context.Context, req *pb.TxnRequest) (Range, *pb.TxnR
 	for attempt := 0; ; attempt++ {
 		intervals := txnIntervals(req)
 		rng, err := r.singleRange(intervals)
+		if errors.Is(err, errSpansRanges) {
+			resp, err := r.spanningTxn(ctx, req)
+			if err != nil {
+				return nil, nil, err
+			}
+			resp.Header = r.header(nil, resp.GetHeader().GetRevision())
+			return nil, resp, nil
+		}
 		if err != nil {
 			return nil, nil, err
 		}
@@ -268,10 +274,11 @@ func (r *Router) txnOn(ctx context.Context, req *pb.TxnRequest) (Range, *pb.TxnR
 	}
 }
 
-// singleRange returns the one range holding every interval, or a
-// FailedPrecondition error naming the ranges when they are several: writes
-// spanning ranges are refused until two-phase commit exists, never
-// half-applied.
+// errSpansRanges: a write's keys lie in several ranges (spanningTxn).
+var errSpansRanges = errors.New("router: the write spans ranges")
+
+// singleRange returns the one range holding every interval, or
+// errSpansRanges when they are several.
 func (r *Router) singleRange(intervals [][2][]byte) (Range, error) {
 	var (
 		found Range
@@ -291,13 +298,7 @@ func (r *Router) singleRange(intervals [][2][]byte) (Range, error) {
 		return nil, err
 	}
 	if len(ids) > 1 {
-		var list []string
-		for id := range ids {
-			list = append(list, fmt.Sprint(id))
-		}
-		sort.Strings(list)
-		return nil, status.Errorf(codes.FailedPrecondition,
-			"tessera: the request touches keys in ranges %s; writes spanning ranges are not supported yet (no two-phase commit)", strings.Join(list, ", "))
+		return nil, errSpansRanges
 	}
 	if found == nil {
 		// A Txn with no keys at all (etcd allows it): any range answers.

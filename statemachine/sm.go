@@ -83,6 +83,17 @@ func (r *RangeSM) Generation() uint64 {
 	return r.publicBounds.generation
 }
 
+// Hold returns the ID of the write spanning ranges that holds the range
+// and the hold's revision; nil when it is not held.
+func (r *RangeSM) Hold() (txnID []byte, rev int64) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if h := r.state.hold; h != nil {
+		return bytes.Clone(h.GetTxnId()), h.GetRevision()
+	}
+	return nil, 0
+}
+
 func (r *RangeSM) markUnavailable(why string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -28,7 +28,15 @@ type TxnNumbers struct {
 	firstOp      map[*pb.TxnRequest]int
 	// Compares and Ops count the whole request's compares and operations.
 	Compares, Ops int
+	compares      []*pb.Compare
+	ops           []*pb.RequestOp
 }
+
+// Compare returns compare number i.
+func (n *TxnNumbers) Compare(i int) *pb.Compare { return n.compares[i] }
+
+// Op returns operation number i.
+func (n *TxnNumbers) Op(i int) *pb.RequestOp { return n.ops[i] }
 
 // NumberTxn numbers req's compares and operations.
 func NumberTxn(req *pb.TxnRequest) *TxnNumbers {
@@ -40,8 +48,11 @@ func NumberTxn(req *pb.TxnRequest) *TxnNumbers {
 func (n *TxnNumbers) number(req *pb.TxnRequest) {
 	n.firstCompare[req] = n.Compares
 	n.Compares += len(req.Compare)
+	n.compares = append(n.compares, req.Compare...)
 	n.firstOp[req] = n.Ops
 	n.Ops += len(req.Success) + len(req.Failure)
+	n.ops = append(n.ops, req.Success...)
+	n.ops = append(n.ops, req.Failure...)
 	for _, op := range slices.Concat(req.Success, req.Failure) {
 		if tv, ok := op.GetRequest().(*pb.RequestOp_RequestTxn); ok && tv.RequestTxn != nil {
 			n.number(tv.RequestTxn)

@@ -243,6 +243,9 @@ func (r *diffRun) step(i int, op diffOp) proto.Message {
 	}
 	write := isWrite(op.req)
 	r.wroteSince = r.wroteSince || write
+	if write && r.splits && r.rangesTouched(op.req) > 1 {
+		r.tally["write spanning ranges"]++
+	}
 	tReq := r.revs.request(op.req)
 	tResp, tErr := r.tessera.do(tReq)
 	if tErr != nil {
@@ -380,18 +383,6 @@ var diffAllowances = []struct {
 			return ok && st.Code() == codes.InvalidArgument &&
 				st.Message() == rpctypes.ErrorDesc(rpctypes.ErrGRPCDuplicateKey) &&
 				hasDeleteEtcdMayMiss(txn, false)
-		},
-	},
-	{
-		name: "writes spanning ranges",
-		reason: "refused with FailedPrecondition until two-phase commit exists (design, " +
-			"\"Multi-range writes\"): a Txn or DeleteRange whose keys (compares and reads of a Txn " +
-			"included) lie in several ranges",
-		refused: func(r *diffRun, op diffOp, tErr error) bool {
-			st, _ := status.FromError(tErr)
-			return st.Code() == codes.FailedPrecondition &&
-				strings.Contains(st.Message(), "writes spanning ranges are not supported yet") &&
-				r.rangesTouched(op.req) > 1
 		},
 	},
 	{

@@ -217,9 +217,9 @@ func TestSplitsUnderWrites(t *testing.T) {
 	}
 }
 
-// TestMultiRangeWritesRefused: a write spanning ranges is refused with
-// FailedPrecondition naming the ranges, and changes nothing.
-func TestMultiRangeWritesRefused(t *testing.T) {
+// TestMultiRangeWrites: a Txn and a DeleteRange spanning ranges apply in
+// every range at one revision, as one store would apply them.
+func TestMultiRangeWrites(t *testing.T) {
 	c := testcluster.Start(t, 1)
 	ctx := ctxT(t)
 	cli := c.Client()
@@ -230,21 +230,24 @@ func TestMultiRangeWritesRefused(t *testing.T) {
 	}
 	splitAt(t, c, c.Nodes[0], "m")
 	waitRanges(t, c, 2)
-	_, err := cli.Delete(ctx, "a", clientv3.WithRange("zz"))
-	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "ranges") {
-		t.Fatalf("multi-range delete: %v", err)
+	txn, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.Value("a"), "=", "v"), clientv3.Compare(clientv3.Value("z"), "=", "v")).
+		Then(clientv3.OpPut("a", "1", clientv3.WithPrevKV()), clientv3.OpPut("z", "1"), clientv3.OpGet("", clientv3.WithFromKey())).Commit()
+	if err != nil || !txn.Succeeded {
+		t.Fatalf("multi-range txn: %+v %v", txn, err)
 	}
-	_, err = cli.Txn(ctx).Then(clientv3.OpPut("a", "1"), clientv3.OpPut("z", "1")).Commit()
-	if status.Code(err) != codes.FailedPrecondition {
-		t.Fatalf("multi-range txn: %v", err)
+	rev := txn.Header.Revision
+	list := txn.Responses[2].GetResponseRange()
+	if prev := txn.Responses[0].GetResponsePut().PrevKv; prev == nil || string(prev.Value) != "v" || list.Count != 3 ||
+		string(list.Kvs[0].Value) != "1" || string(list.Kvs[2].Value) != "1" || list.Kvs[0].ModRevision != rev || list.Kvs[2].ModRevision != rev {
+		t.Fatalf("multi-range txn answered %+v", txn)
+	}
+	del, err := cli.Delete(ctx, "a", clientv3.WithRange("zz"), clientv3.WithPrevKV())
+	if err != nil || del.Deleted != 3 || len(del.PrevKvs) != 3 || string(del.PrevKvs[0].Key) != "a" || string(del.PrevKvs[2].Key) != "z" {
+		t.Fatalf("multi-range delete: %+v %v", del, err)
 	}
 	get, err := cli.Get(ctx, "", clientv3.WithFromKey())
-	if err != nil || get.Count != 3 || string(get.Kvs[0].Value) != "v" {
-		t.Fatalf("after refused writes: %+v %v", get, err)
-	}
-	// Single-range writes on both sides work.
-	if _, err := cli.Delete(ctx, "m", clientv3.WithRange("zz")); err != nil {
-		t.Fatal(err)
+	if err != nil || get.Count != 0 || get.Header.Revision != del.Header.Revision {
+		t.Fatalf("after the delete: %+v %v", get, err)
 	}
 	// A split at an existing boundary or at the empty key is refused.
 	if err := c.Nodes[0].Server.SplitRange(ctx, "m"); status.Code(err) != codes.FailedPrecondition {

@@ -1,0 +1,442 @@
+package router
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tesserakv/tessera/proto/tesserapb"
+	"github.com/tesserakv/tessera/shard"
+	"github.com/tesserakv/tessera/statemachine"
+)
+
+// Writes spanning ranges (docs/design.md, "Writes spanning ranges"). The
+// node serving the request coordinates: it holds every range the request
+// touches (TxnHoldCommand, each at a revision of its own), decides the
+// branches from the compares' outcomes the holds report, takes one revision
+// R, records the commit with R in the meta range, then commits each range's
+// share at R. A range held too long asks the meta range for the outcome
+// (ResolveHold), recording an abort if none was recorded, so a coordinator
+// that dies leaves nothing half applied.
+
+// TxnRecords records the outcomes of writes spanning ranges (the meta
+// range: meta.Replica).
+type TxnRecords interface {
+	DecideTxn(ctx context.Context, d *tesserapb.DecideTxnCommand) (*tesserapb.TxnRecord, error)
+	ForgetTxn(ctx context.Context, txnID []byte, rangeID uint64) error
+}
+
+// maxSpanningAttempts bounds how often a write spanning ranges starts over:
+// after meeting another write's hold, a split of a range it touches, or an
+// abort recorded by a range that found it too slow.
+const maxSpanningAttempts = 20
+
+// errStartOver says a write spanning ranges changed nothing and may start
+// over (after a pause).
+var errStartOver = errors.New("router: the write spanning ranges starts over")
+
+// spanningTxn runs req, whose keys lie in several ranges, atomically at one
+// revision.
+func (r *Router) spanningTxn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnResponse, error) {
+	if r.cfg.TxnRecords == nil {
+		return nil, errors.New("router: no record of writes spanning ranges configured")
+	}
+	n := statemachine.NumberTxn(req)
+	sent, err := proto.Marshal(storeOrderedRanges(req))
+	if err != nil {
+		return nil, err
+	}
+	var last error
+	for attempt := range maxSpanningAttempts {
+		resp, err := r.spanningOnce(ctx, req, sent, n)
+		if !errors.Is(err, errStartOver) {
+			return resp, err
+		}
+		last = err
+		// Two writes holding ranges in opposite orders both start over:
+		// random pauses, growing, let one of them through.
+		pause := time.Duration(attempt+1) * time.Duration(5+mrand.IntN(20)) * time.Millisecond
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-r.stopper.ShouldQuiesce():
+			return nil, shard.ErrStopped
+		case <-time.After(pause):
+		}
+	}
+	return nil, fmt.Errorf("%w: %v", shard.ErrTimeout, last)
+}
+
+// storeOrderedRanges returns req with its Range operations asking each range
+// for its keys in key order, up to the limit the whole answer needs
+// (statemachine.StoreLimit), so that the coordinator sorts and limits the
+// merged answer as one store would (mergeRange).
+func storeOrderedRanges(req *pb.TxnRequest) *pb.TxnRequest {
+	out := proto.CloneOf(req)
+	var walk func(t *pb.TxnRequest)
+	walk = func(t *pb.TxnRequest) {
+		for _, op := range slices.Concat(t.Success, t.Failure) {
+			switch tv := op.GetRequest().(type) {
+			case *pb.RequestOp_RequestRange:
+				rr := tv.RequestRange
+				limit := statemachine.StoreLimit(rr)
+				rr.KeysOnly = rr.KeysOnly && rr.SortTarget != pb.RangeRequest_VALUE
+				rr.SortOrder, rr.SortTarget, rr.Limit = pb.RangeRequest_NONE, pb.RangeRequest_KEY, max(limit, 0)
+			case *pb.RequestOp_RequestTxn:
+				walk(tv.RequestTxn)
+			}
+		}
+	}
+	walk(out)
+	return out
+}
+
+// participant is one range a write spanning ranges holds.
+type participant struct {
+	rng  Range
+	hold *tesserapb.TxnHoldResult
+	resp *pb.TxnResponse
+}
+
+func (r *Router) spanningOnce(ctx context.Context, req *pb.TxnRequest, sent []byte, n *statemachine.TxnNumbers) (*pb.TxnResponse, error) {
+	ranges, err := r.participants(txnIntervals(req))
+	if err != nil {
+		return nil, err
+	}
+	txnID := make([]byte, 16)
+	_, _ = rand.Read(txnID)
+	parts := make([]*participant, len(ranges))
+	for i, rng := range ranges {
+		parts[i] = &participant{rng: rng}
+	}
+
+	// Hold every range.
+	errs := r.onEach(parts, func(p *participant) error {
+		cmd := &tesserapb.TxnHoldCommand{TxnId: txnID, Request: sent}
+		if len(txnLeases(req)) > 0 {
+			attach, _, err := r.proveLeases(ctx, p.rng, req)
+			if err != nil && !errors.Is(err, statemachine.ErrLeaseNotFound) {
+				return err
+			}
+			cmd.Attach = attach
+		}
+		res, err := r.writeTo(ctx, p.rng, &tesserapb.Command{Op: &tesserapb.Command_TxnHold{TxnHold: cmd}}, true, 0)
+		if err != nil {
+			return err
+		}
+		p.hold = &tesserapb.TxnHoldResult{}
+		return proto.Unmarshal(res.GetResponse(), p.hold)
+	})
+	if err := errors.Join(errs...); err != nil {
+		r.abortHolds(txnID, parts)
+		for _, e := range errs {
+			if errors.Is(e, statemachine.ErrHoldConflict) || errors.Is(e, statemachine.ErrLeaseProofOld) {
+				return nil, fmt.Errorf("%w: %v", errStartOver, e)
+			}
+			if errors.Is(e, statemachine.ErrWrongRange) {
+				r.ranges.Refresh()
+				return nil, fmt.Errorf("%w: %v", errStartOver, e)
+			}
+		}
+		return nil, firstError(errs)
+	}
+
+	// The branches, from the compares' outcomes over every range, and the
+	// checks of the operations on them.
+	path := n.Path(req, func(c int) bool {
+		outcomes := make([]*tesserapb.CompareOutcome, len(parts))
+		for i, p := range parts {
+			outcomes[i] = p.hold.GetCompares()[c]
+		}
+		return statemachine.CompareOutcome(n.Compare(c), outcomes)
+	})
+	failed := map[uint32]*tesserapb.OpFailure{}
+	var compacted int64
+	for _, p := range parts {
+		for _, f := range p.hold.GetFailed() {
+			failed[f.Op] = f
+		}
+		compacted = max(compacted, p.hold.GetCompactedRevision())
+	}
+	rev, err := r.oracle.NextN(ctx, 1)
+	if err != nil {
+		r.abortHolds(txnID, parts)
+		return nil, err
+	}
+	var checkErr error
+	n.OnPath(req, path, func(op int) bool {
+		if f := failed[uint32(op)]; f != nil {
+			checkErr = statemachine.ErrorFromResult(&tesserapb.Result{Code: f.Code, Message: f.Message})
+		} else if rr := n.Op(op).GetRequestRange(); rr != nil && rr.Revision != 0 {
+			// As each range's Range checks its revision (readRev): the
+			// state the Txn reads is the state at rev-1.
+			switch {
+			case rr.Revision > rev-1:
+				checkErr = statemachine.ErrFutureRev
+			case rr.Revision < compacted:
+				checkErr = statemachine.ErrCompacted
+			}
+		}
+		return checkErr == nil
+	})
+	if checkErr != nil {
+		r.abortHolds(txnID, parts)
+		return nil, checkErr
+	}
+
+	// Record the commit, then commit everywhere.
+	ids := make([]uint64, len(parts))
+	for i, p := range parts {
+		ids[i] = p.rng.RangeID()
+	}
+	rec, err := r.cfg.TxnRecords.DecideTxn(ctx, &tesserapb.DecideTxnCommand{TxnId: txnID, Commit: true, Revision: rev, Path: path, RangeIds: ids})
+	if err != nil {
+		// The commit may have been recorded: the holds stay, and the ranges
+		// settle the outcome from the record (ResolveHold).
+		return nil, fmt.Errorf("%w: recording a write spanning ranges: %v", shard.ErrTimeout, err)
+	}
+	if !rec.GetCommitted() {
+		// A range found this write too slow and recorded its abort.
+		r.abortHolds(txnID, parts)
+		_ = r.cfg.TxnRecords.ForgetTxn(ctx, txnID, 0)
+		return nil, fmt.Errorf("%w: aborted by a held range", errStartOver)
+	}
+	if hook := r.cfg.Knobs.AfterTxnRecorded; hook != nil {
+		hook(txnID)
+	}
+	commit := &tesserapb.Command{Revision: rev, Op: &tesserapb.Command_TxnCommit{TxnCommit: &tesserapb.TxnCommitCommand{TxnId: txnID, Path: path}}}
+	errs = r.onEach(parts, func(p *participant) error {
+		res, err := r.writeTo(ctx, p.rng, commit, false, 0)
+		if err != nil {
+			return err
+		}
+		p.resp = &pb.TxnResponse{}
+		return proto.Unmarshal(res.GetResponse(), p.resp)
+	})
+	if err := errors.Join(errs...); err != nil {
+		// Committed: a range that did not answer applies it from the record.
+		return nil, fmt.Errorf("%w: committing a write spanning ranges: %v", shard.ErrTimeout, firstError(errs))
+	}
+	_ = r.stopper.RunAsync(func() {
+		ctx, cancel := r.stopper.WithTimeout(forgetTimeout)
+		defer cancel()
+		_ = r.cfg.TxnRecords.ForgetTxn(ctx, txnID, 0)
+	})
+	resps := make([]*pb.TxnResponse, len(parts))
+	for i, p := range parts {
+		resps[i] = p.resp
+	}
+	out := mergeTxn(req, path, resps, rev)
+	return out, nil
+}
+
+// forgetTimeout bounds the proposal that drops a write's record.
+const forgetTimeout = 10 * time.Second
+
+// onEach runs fn for every participant at once and returns their errors.
+func (r *Router) onEach(parts []*participant, fn func(*participant) error) []error {
+	errs := make([]error, len(parts))
+	var wg sync.WaitGroup
+	for i, p := range parts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = fn(p)
+		}()
+	}
+	wg.Wait()
+	return errs
+}
+
+// abortHolds ends the holds of a write that will not commit, on every range
+// it may hold (an abort where it holds nothing changes nothing). A range
+// the abort does not reach aborts by itself later (ResolveHold).
+func (r *Router) abortHolds(txnID []byte, parts []*participant) {
+	ctx, cancel := r.stopper.WithTimeout(forgetTimeout)
+	defer cancel()
+	abort := &tesserapb.Command{Op: &tesserapb.Command_TxnAbort{TxnAbort: &tesserapb.TxnAbortCommand{TxnId: txnID}}}
+	r.onEach(parts, func(p *participant) error {
+		_, err := r.writeTo(ctx, p.rng, abort, false, 0)
+		return err
+	})
+}
+
+func branch(req *pb.TxnRequest, succeeded bool) []*pb.RequestOp {
+	if succeeded {
+		return req.Success
+	}
+	return req.Failure
+}
+
+func firstError(errs []error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// participants returns the ranges holding the intervals, in key order.
+func (r *Router) participants(intervals [][2][]byte) ([]Range, error) {
+	var out []Range
+	starts := map[uint64][]byte{}
+	for _, iv := range intervals {
+		if emptyInterval(iv) {
+			continue
+		}
+		spans, err := r.spansOf(iv[0], iv[1])
+		if err != nil {
+			return nil, err
+		}
+		for _, sp := range spans {
+			if _, seen := starts[sp.rng.RangeID()]; !seen {
+				starts[sp.rng.RangeID()] = sp.rangeStart
+				out = append(out, sp.rng)
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b Range) int { return bytes.Compare(starts[a.RangeID()], starts[b.RangeID()]) })
+	return out, nil
+}
+
+// ResolveHold settles the hold of write txnID on rng, whose coordinator
+// has not ended it: it records the write's abort in the meta range unless
+// an outcome was recorded before, then applies the recorded outcome to
+// rng. The node's hold sweeper calls it on the ranges it leads.
+func (r *Router) ResolveHold(ctx context.Context, rng Range, txnID []byte) error {
+	if r.cfg.TxnRecords == nil {
+		return nil
+	}
+	rec, err := r.cfg.TxnRecords.DecideTxn(ctx, &tesserapb.DecideTxnCommand{TxnId: txnID})
+	if err != nil {
+		return err
+	}
+	if !rec.GetCommitted() {
+		_, err := r.writeTo(ctx, rng, &tesserapb.Command{Op: &tesserapb.Command_TxnAbort{TxnAbort: &tesserapb.TxnAbortCommand{TxnId: txnID}}}, false, 0)
+		return err
+	}
+	commit := &tesserapb.Command{Revision: rec.GetRevision(), Op: &tesserapb.Command_TxnCommit{TxnCommit: &tesserapb.TxnCommitCommand{TxnId: txnID, Path: rec.GetPath()}}}
+	_, err = r.writeTo(ctx, rng, commit, false, 0)
+	if err != nil && !errors.Is(err, statemachine.ErrNotHeld) {
+		return err
+	}
+	return r.cfg.TxnRecords.ForgetTxn(ctx, txnID, rng.RangeID())
+}
+
+// mergeTxn merges the ranges' responses to their shares of req (in key
+// order of the ranges) into the response one store would give, at revision
+// rev: each operation's answer from the ranges holding its keys, and the
+// headers as one Txn's (rev once anything was written, rev-1 before).
+func mergeTxn(req *pb.TxnRequest, path []bool, parts []*pb.TxnResponse, rev int64) *pb.TxnResponse {
+	m := &txnMerger{rev: rev}
+	out := &pb.TxnResponse{Header: &pb.ResponseHeader{}}
+	m.merge(req, path, parts, out)
+	out.Header.Revision = m.readRev()
+	return out
+}
+
+type txnMerger struct {
+	rev     int64
+	changed bool
+}
+
+func (m *txnMerger) readRev() int64 {
+	if m.changed {
+		return m.rev
+	}
+	return m.rev - 1
+}
+
+// merge fills out from the parts' answers to req's operations on path and
+// returns how many nested Txns of path it consumed.
+func (m *txnMerger) merge(req *pb.TxnRequest, path []bool, parts []*pb.TxnResponse, out *pb.TxnResponse) int {
+	out.Succeeded = path[0]
+	ops := branch(req, path[0])
+	out.Responses = make([]*pb.ResponseOp, len(ops))
+	consumed := 0
+	for i, op := range ops {
+		answers := make([]*pb.ResponseOp, len(parts))
+		for j, p := range parts {
+			answers[j] = p.GetResponses()[i]
+		}
+		switch tv := op.GetRequest().(type) {
+		case *pb.RequestOp_RequestPut:
+			put := &pb.PutResponse{Header: &pb.ResponseHeader{Revision: m.rev}}
+			for _, a := range answers {
+				if prev := a.GetResponsePut().GetPrevKv(); prev != nil {
+					put.PrevKv = prev
+				}
+			}
+			m.changed = true
+			out.Responses[i] = &pb.ResponseOp{Response: &pb.ResponseOp_ResponsePut{ResponsePut: put}}
+		case *pb.RequestOp_RequestDeleteRange:
+			del := &pb.DeleteRangeResponse{}
+			for _, a := range answers {
+				d := a.GetResponseDeleteRange()
+				del.Deleted += d.GetDeleted()
+				del.PrevKvs = append(del.PrevKvs, d.GetPrevKvs()...)
+			}
+			if del.Deleted > 0 {
+				m.changed = true
+			}
+			del.Header = &pb.ResponseHeader{Revision: m.readRev()}
+			out.Responses[i] = &pb.ResponseOp{Response: &pb.ResponseOp_ResponseDeleteRange{ResponseDeleteRange: del}}
+		case *pb.RequestOp_RequestRange:
+			rangeParts := make([]*pb.RangeResponse, len(answers))
+			for j, a := range answers {
+				rangeParts[j] = a.GetResponseRange()
+			}
+			rr := mergeRange(tv.RequestRange, rangeParts)
+			rr.Header = &pb.ResponseHeader{Revision: m.readRev()}
+			out.Responses[i] = &pb.ResponseOp{Response: &pb.ResponseOp_ResponseRange{ResponseRange: rr}}
+		case *pb.RequestOp_RequestTxn:
+			subParts := make([]*pb.TxnResponse, len(answers))
+			for j, a := range answers {
+				subParts[j] = a.GetResponseTxn()
+			}
+			sub := &pb.TxnResponse{Header: &pb.ResponseHeader{}}
+			consumed += m.merge(tv.RequestTxn, path[1+consumed:], subParts, sub) + 1
+			out.Responses[i] = &pb.ResponseOp{Response: &pb.ResponseOp_ResponseTxn{ResponseTxn: sub}}
+		}
+	}
+	return consumed
+}
+
+// mergeRange merges the ranges' key-ordered answers to a Range (asked as
+// storeOrderedRanges asks it) into the answer req gets from one store:
+// sorted and limited as it asks.
+func mergeRange(req *pb.RangeRequest, parts []*pb.RangeResponse) *pb.RangeResponse {
+	out := &pb.RangeResponse{Kvs: []*mvccpb.KeyValue{}}
+	for _, p := range parts {
+		out.Count += p.GetCount()
+		out.Kvs = append(out.Kvs, p.GetKvs()...)
+	}
+	if req.CountOnly {
+		out.Kvs = []*mvccpb.KeyValue{}
+		return out
+	}
+	statemachine.SortKVs(out.Kvs, req)
+	if req.Limit > 0 && int64(len(out.Kvs)) > req.Limit {
+		out.Kvs, out.More = out.Kvs[:req.Limit], true
+	}
+	if req.KeysOnly {
+		for _, kv := range out.Kvs {
+			kv.Value = nil
+			if req.SortTarget != pb.RangeRequest_VALUE {
+				kv.Lease = 0
+			}
+		}
+	}
+	return out
+}
