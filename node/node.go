@@ -182,7 +182,9 @@ func (s *Node) Start() error {
 			AfterLeaseProof:  cfg.Knobs.AfterLeaseProof,
 			RevokeRetryAfter: cfg.Knobs.RevokeRetryAfter,
 			AfterLeaseMark:   cfg.Knobs.AfterLeaseMark,
+			AfterTxnHeld:     cfg.Knobs.AfterTxnHeld,
 			AfterTxnRecorded: cfg.Knobs.AfterTxnRecorded,
+			BeforeTxnCommit:  cfg.Knobs.BeforeTxnCommit,
 		},
 	}, s.cache, s.directory, s.oracle)
 	s.cache.SetDescriptors(s.routingDescriptors)

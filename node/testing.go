@@ -30,12 +30,15 @@ type TestingKnobs struct {
 	// RangeRequestTimeout bounds one proposal or ReadIndex round of a range
 	// replica (shard.Config.RequestTimeout); 0: its default.
 	RangeRequestTimeout time.Duration
-	// AfterLeaseProof, RevokeRetryAfter, AfterLeaseMark and
-	// AfterTxnRecorded are the router's knobs (router.TestingKnobs).
+	// AfterLeaseProof, RevokeRetryAfter, AfterLeaseMark, AfterTxnHeld,
+	// AfterTxnRecorded and BeforeTxnCommit are the router's knobs
+	// (router.TestingKnobs).
 	AfterLeaseProof  func(leaseID, proof int64)
 	RevokeRetryAfter time.Duration
 	AfterLeaseMark   func(leaseID int64) error
+	AfterTxnHeld     func(txnID []byte)
 	AfterTxnRecorded func(txnID []byte)
+	BeforeTxnCommit  func(txnID []byte, rangeID uint64)
 	// DialNode, when set, opens every connection this node makes to another
 	// node: the Raft transport's, the Internal service's (forwarded
 	// requests, range feeds, the revision oracle), --join's, and the probes

@@ -96,9 +96,13 @@ type TestingKnobs struct {
 	// AfterLeaseMark runs when a revocation has marked the lease on the home
 	// range; an error stops the revocation there.
 	AfterLeaseMark func(leaseID int64) error
-	// AfterTxnRecorded runs when a write spanning ranges has recorded its
-	// commit, before it commits on any range.
+	// AfterTxnHeld runs when a write spanning ranges holds every range,
+	// before it decides; AfterTxnRecorded when it has recorded its commit,
+	// before it commits on any range; BeforeTxnCommit before it sends the
+	// commit to one range.
+	AfterTxnHeld     func(txnID []byte)
 	AfterTxnRecorded func(txnID []byte)
+	BeforeTxnCommit  func(txnID []byte, rangeID uint64)
 }
 
 // Router serves etcd's KV and Lease services over the ranges of this node.

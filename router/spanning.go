@@ -151,6 +151,9 @@ func (r *Router) spanningOnce(ctx context.Context, req *pb.TxnRequest, sent []by
 		return nil, firstError(errs)
 	}
 
+	if hook := r.cfg.Knobs.AfterTxnHeld; hook != nil {
+		hook(txnID)
+	}
 	// The branches, from the compares' outcomes over every range, and the
 	// checks of the operations on them.
 	path := n.Path(req, func(c int) bool {
@@ -216,6 +219,9 @@ func (r *Router) spanningOnce(ctx context.Context, req *pb.TxnRequest, sent []by
 	}
 	commit := &tesserapb.Command{Revision: rev, Op: &tesserapb.Command_TxnCommit{TxnCommit: &tesserapb.TxnCommitCommand{TxnId: txnID, Path: path}}}
 	errs = r.onEach(parts, func(p *participant) error {
+		if hook := r.cfg.Knobs.BeforeTxnCommit; hook != nil {
+			hook(txnID, p.rng.RangeID())
+		}
 		res, err := r.writeTo(ctx, p.rng, commit, false, 0)
 		if err != nil {
 			return err

@@ -1,14 +1,18 @@
 package tests
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/tesserakv/tessera/internal/testcluster"
+	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
 // TestMoveReplicas: on four nodes with three replicas per range, a range's
@@ -40,7 +44,7 @@ func TestMoveReplicas(t *testing.T) {
 	left, right := ids[0], ids[1]
 
 	// Through a node that is not the range's leader.
-	d, err := c.Nodes[1].Server.Testing().ChangeReplicas(ctx, left, 4, 1)
+	d, err := changeReplicasRetrying(ctx, c.Nodes[1], left, 4, 1)
 	if err != nil {
 		t.Fatalf("moving range %d from node 1 to node 4: %v", left, err)
 	}
@@ -62,7 +66,7 @@ func TestMoveReplicas(t *testing.T) {
 
 	// The leader's own replica of the other range moves.
 	leader := rangeLeader(t, c.Nodes[1], right)
-	if _, err := c.Nodes[3].Server.Testing().ChangeReplicas(ctx, right, 4, leader); err != nil {
+	if _, err := changeReplicasRetrying(ctx, c.Nodes[3], right, 4, leader); err != nil {
 		t.Fatalf("moving range %d's leader replica from node %d to node 4: %v", right, leader, err)
 	}
 	waitHeld(t, c.Nodes[3], left, right)
@@ -186,5 +190,19 @@ func moveOneReplica(t *testing.T, c *testcluster.Cluster, round int) {
 			return
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// changeReplicasRetrying moves a range's replica from node remove to node
+// add through via, asking again while the answer is Unavailable (the
+// leadership of a range losing its leader's replica did not move in time,
+// say): a move is asked again until done, as placement asks.
+func changeReplicasRetrying(ctx context.Context, via *testcluster.Node, rangeID, add, remove uint64) (*tesserapb.RangeDescriptor, error) {
+	for {
+		d, err := via.Server.Testing().ChangeReplicas(ctx, rangeID, add, remove)
+		if status.Code(err) != codes.Unavailable || ctx.Err() != nil {
+			return d, err
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -1,0 +1,203 @@
+package tests
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tesserakv/tessera/internal/testcluster"
+)
+
+// coordinatorStall stops a write spanning ranges at one step of its
+// coordinator, as if the coordinator had died there: the stalled call waits
+// until the test ends.
+type coordinatorStall struct {
+	mu      sync.Mutex
+	step    string // "held", "recorded" or "commit": where the next write stalls
+	stalled chan struct{}
+	release chan struct{}
+}
+
+func (s *coordinatorStall) at(step string) {
+	s.mu.Lock()
+	if s.step != step {
+		s.mu.Unlock()
+		return
+	}
+	s.step = ""
+	s.mu.Unlock()
+	close(s.stalled)
+	<-s.release
+}
+
+func (s *coordinatorStall) arm(step string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.step, s.stalled = step, make(chan struct{})
+}
+
+// TestSpanningCoordinatorStalls: a write spanning two ranges whose
+// coordinator stops after holding them, after recording its commit, or
+// after committing on one range only. Readers wait on the held ranges
+// rather than see half of it, and within seconds the ranges settle the
+// write from its record — aborted when no commit was recorded, committed
+// when one was; a watch opened before shows the write whole, in one
+// response, or not at all.
+func TestSpanningCoordinatorStalls(t *testing.T) {
+	stall := &coordinatorStall{release: make(chan struct{})}
+	c := testcluster.Start(t, 3, func(cfg *serverConfig) {
+		cfg.Knobs.AfterTxnHeld = func([]byte) { stall.at("held") }
+		cfg.Knobs.AfterTxnRecorded = func([]byte) { stall.at("recorded") }
+		first := true
+		var mu sync.Mutex
+		cfg.Knobs.BeforeTxnCommit = func([]byte, uint64) {
+			// The second range's commit stalls.
+			mu.Lock()
+			second := !first
+			first = !first
+			mu.Unlock()
+			if second {
+				stall.at("commit")
+			}
+		}
+	})
+	// Before the cluster closes (cleanups run last first): the stalled
+	// coordinators go on, and find their writes settled.
+	t.Cleanup(func() { close(stall.release) })
+	ctx := ctxT(t)
+	cli := c.Client(c.Endpoints()...)
+	if _, err := cli.Put(ctx, "a", "0"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, "z", "0"); err != nil {
+		t.Fatal(err)
+	}
+	splitAt(t, c, c.Nodes[0], "m")
+	waitRanges(t, c, 2)
+	start, err := cli.Get(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	watch := cli.Watch(ctx, "", clientv3.WithFromKey(), clientv3.WithRev(start.Header.Revision+1))
+
+	for i, tc := range []struct {
+		step      string
+		committed bool
+	}{
+		{"held", false},
+		{"recorded", true},
+		{"commit", true},
+	} {
+		value := string(rune('1' + i))
+		stall.arm(tc.step)
+		// The stalled coordinator's client gives up after a while; the
+		// write's outcome is then unknown to it.
+		wctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		done := make(chan error, 1)
+		go func() {
+			_, err := c.Client(c.Nodes[0].ClientURL).Txn(wctx).Then(clientv3.OpPut("a", value), clientv3.OpPut("z", value)).Commit()
+			done <- err
+		}()
+		select {
+		case <-stall.stalled:
+		case err := <-done:
+			t.Fatalf("%s: the write ended before its coordinator stalled: %v", tc.step, err)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the coordinator never reached the step", tc.step)
+		}
+		// A linearizable read of both keys, through another node, waits for
+		// the ranges to settle the write (their leaders do after 3 s), and
+		// sees all of it or none of it.
+		rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
+		get, err := c.Client(c.Nodes[1].ClientURL).Get(rctx, "", clientv3.WithFromKey())
+		rcancel()
+		if err != nil {
+			t.Fatalf("%s: read: %v", tc.step, err)
+		}
+		want := string(rune('0' + i))
+		if tc.committed {
+			want = value
+		}
+		if len(get.Kvs) != 2 || string(get.Kvs[0].Value) != want || string(get.Kvs[1].Value) != want {
+			t.Fatalf("%s: read %v, want both keys at %q", tc.step, get.Kvs, want)
+		}
+		cancel()
+		<-done
+		if !tc.committed {
+			// Nothing changed; write the values the next case compares
+			// against (both keys in one Txn).
+			if _, err := cli.Txn(ctx).Then(clientv3.OpPut("a", value), clientv3.OpPut("z", value)).Commit(); err != nil {
+				t.Fatalf("%s: write after the abort: %v", tc.step, err)
+			}
+		}
+	}
+
+	// Every write the watch shows, whole in one response.
+	var seen [][]*mvccpb.Event
+	deadline := time.After(10 * time.Second)
+	for len(seen) < 3 {
+		select {
+		case resp := <-watch:
+			if err := resp.Err(); err != nil {
+				t.Fatal(err)
+			}
+			if len(resp.Events) > 0 {
+				seen = append(seen, resp.Events)
+			}
+		case <-deadline:
+			t.Fatalf("the watch showed %d writes of 3", len(seen))
+		}
+	}
+	for i, evs := range seen {
+		want := string(rune('1' + i))
+		if len(evs) != 2 || string(evs[0].Kv.Key) != "a" || string(evs[1].Kv.Key) != "z" ||
+			string(evs[0].Kv.Value) != want || string(evs[1].Kv.Value) != want || evs[0].Kv.ModRevision != evs[1].Kv.ModRevision {
+			t.Fatalf("watch response %d: %v, want a and z at %q at one revision", i, evs, want)
+		}
+	}
+}
+
+// TestEtcdctlSpanningWrites: etcdctl's del FROM TO, del --prefix and txn
+// over keys of several ranges print, against Tessera split into four
+// ranges, what they print against etcd v3.7.3.
+func TestEtcdctlSpanningWrites(t *testing.T) {
+	e := startEtcd(t)
+	p := startProcess(t, t.TempDir())
+	if _, err := etcdctl(t, p.clientURL, "", "del", "__ready"); err != nil { // waitReady's
+		t.Fatal(err)
+	}
+	for _, key := range []string{"d", "n", "w"} {
+		if _, err := runBinary(t, "tessera", "ctl", "--endpoints", p.clientURL, "split", key); err != nil {
+			t.Fatalf("ctl split %s: %v", key, err)
+		}
+	}
+	steps := []struct {
+		stdin string
+		args  []string
+	}{
+		{"", []string{"put", "a", "1"}},
+		{"", []string{"put", "c", "1"}},
+		{"", []string{"put", "m", "1"}},
+		{"", []string{"put", "q", "1"}},
+		{"", []string{"put", "x", "1"}},
+		{"", []string{"put", "z", "1"}},
+		{"value(\"a\") = \"1\"\nvalue(\"z\") = \"1\"\n\nput a 2\nput z 2\nget c\n\nput fail 1\n\n", []string{"txn"}},
+		{"value(\"a\") = \"1\"\nvalue(\"q\") = \"1\"\n\nput a 3\n\nput fail q\nget m\n\n", []string{"txn"}},
+		{"", []string{"get", "", "--from-key"}},
+		{"", []string{"del", "b", "r", "--prev-kv"}},
+		{"", []string{"get", "", "--from-key", "--keys-only"}},
+		{"", []string{"del", "", "--prefix"}},
+		{"", []string{"get", "", "--prefix"}},
+	}
+	for _, s := range steps {
+		want, werr := etcdctl(t, "http://"+e.endpoint, s.stdin, s.args...)
+		got, gerr := etcdctl(t, p.clientURL, s.stdin, s.args...)
+		if (werr == nil) != (gerr == nil) || got != want {
+			t.Fatalf("etcdctl %v:\netcd printed %q (%v)\nTessera printed %q (%v)", s.args, want, werr, got, gerr)
+		}
+	}
+}
