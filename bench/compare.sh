@@ -251,7 +251,7 @@ done
 {
   echo "# Tessera vs etcd $ETCD_VERSION"
   echo
-  echo "Run $(date -u +%Y-%m-%dT%H:%MZ) by \`bench/compare.sh $ARGS\` at Tessera $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '(no git)')${TESSERA_FLAGS:+ with Tessera flags \`$TESSERA_FLAGS\`}$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo ' (with local changes)')."
+  echo "Run $(date -u +%Y-%m-%dT%H:%MZ) by \`bench/compare.sh $ARGS\` at Tessera $TESSERA_BUILD${TESSERA_FLAGS:+ with Tessera flags \`$TESSERA_FLAGS\`}."
   echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, Linux $(uname -r), $(go version | cut -d' ' -f3)."
   if [ $PIN = 1 ]; then
     echo "Pinned: every server process on CPU 0, tessbench on CPU 1 (taskset). 100 clients over 10 connections; values 256 B unless stated."

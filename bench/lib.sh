@@ -54,8 +54,11 @@ build_etcd() { # sets ETCD: etcd $ETCD_VERSION, built once into $CACHE
   esac
 }
 
-build_tessera() { # sets TESSERA and TESSBENCH, built from $ROOT into $WORK/bin
+build_tessera() { # sets TESSERA and TESSBENCH, built from $ROOT into $WORK/bin, and TESSERA_BUILD
   log "building tessera and tessbench"
+  # The commit the binaries are built from, named now: the tree may move
+  # on while a long run goes.
+  TESSERA_BUILD="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '(no git)')$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo ' (with local changes)')"
   (cd "$ROOT" && go build -o "$WORK/bin/tessera" ./cmd/tessera && go build -o "$WORK/bin/tessbench" ./cmd/tessbench)
   TESSERA=$WORK/bin/tessera
   TESSBENCH=$WORK/bin/tessbench

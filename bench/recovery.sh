@@ -222,7 +222,7 @@ done
 {
   echo "# Recovery time"
   echo
-  echo "Run $START by \`bench/recovery.sh $ARGS\` at Tessera $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '(no git)')$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo ' (with local changes)'), against etcd $ETCD_VERSION."
+  echo "Run $START by \`bench/recovery.sh $ARGS\` at Tessera $TESSERA_BUILD, against etcd $ETCD_VERSION."
   echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, Linux $(uname -r), $(go version | cut -d' ' -f3); every server uncapped on the same machine."
   echo "Tessera: $NODES nodes, p/ split into $RANGES ranges, three replicas each, --dead-node-timeout $DEAD_AFTER; the last node killed with SIGKILL."
   echo "etcd: three members; a fourth added as a learner and started. $VALUE_SIZE-byte values."

@@ -226,7 +226,7 @@ run_etcd
 {
   echo "# Room"
   echo
-  echo "Run $START by \`bench/room.sh $ARGS\` at Tessera $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '(no git)')$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo ' (with local changes)'), against etcd $ETCD_VERSION."
+  echo "Run $START by \`bench/room.sh $ARGS\` at Tessera $TESSERA_BUILD, against etcd $ETCD_VERSION."
   echo "Machine: $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, Linux $(uname -r), $(go version | cut -d' ' -f3)."
   echo "Every server with --quota-backend-bytes $QUOTA ($QUOTA_MIB MiB); $LOAD_MIB MiB written as $KEYS Puts of $VALUE_SIZE-byte values under sequential keys; Tessera's p/ split into $RANGES ranges, three replicas each."
   echo

@@ -285,7 +285,7 @@ ratio_line() { # ratio_line LABEL WORKLOAD TARGET_A N_A TARGET_B N_B GOAL
 {
   echo "# Scale-out under CPU caps"
   echo
-  echo "Run $START by \`bench/scaleout.sh $ARGS\` at Tessera $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '(no git)')${TESSERA_FLAGS:+ with Tessera flags \`$TESSERA_FLAGS\`}$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo ' (with local changes)'), against etcd $ETCD_VERSION."
+  echo "Run $START by \`bench/scaleout.sh $ARGS\` at Tessera $TESSERA_BUILD${TESSERA_FLAGS:+ with Tessera flags \`$TESSERA_FLAGS\`}, against etcd $ETCD_VERSION."
   echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, Linux $(uname -r), $(go version | cut -d' ' -f3)."
   echo "Every server process capped at $QUOTA of a core (cgroup v1 cpu.cfs_quota_us $QUOTA_US per $PERIOD_US µs); tessbench uncapped."
   echo "$CLIENTS clients over $CONNS connections, $VALUE_SIZE-byte values, random 16-byte keys in a space of $KEY_SPACE per workload, $DURATION per case after a 3 s warm-up."
