@@ -31,8 +31,8 @@ import (
 // lease on the home range, revokes it on every range overlapping its
 // registered spans (the home range keeping its marked record), then drops the
 // record; a failure part-way leaves the mark, and the home range's clock
-// tries the revocation again. Each range deletes its keys at its own revision
-// (etcd uses one).
+// tries the revocation again. Several ranges delete their keys at one
+// revision, as a write spanning ranges (revokeAtOneRevision).
 
 // MaxLeaseTTLSeconds is etcd's largest lease TTL.
 const MaxLeaseTTLSeconds = 9_000_000_000
@@ -105,8 +105,8 @@ func (r *Router) localRevision(ctx context.Context, rng Range) int64 {
 	return out.(int64)
 }
 
-// LeaseRevoke serves Lease.LeaseRevoke: the lease's keys are deleted range by
-// range, the home range last.
+// LeaseRevoke serves Lease.LeaseRevoke: the lease's keys are deleted in
+// every range at one revision (RevokeEverywhere).
 func (r *Router) LeaseRevoke(ctx context.Context, req *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
 	home, err := r.home()
 	if err != nil {
@@ -190,7 +190,12 @@ func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) 
 		mu.Unlock()
 		return res, nil
 	}
-	if err := r.everyRange(ctx, map[uint64]bool{}, holds, revokeOn); err != nil {
+	if r.cfg.TxnRecords != nil && r.rangesWanted(holds, home) > 1 {
+		// Keys in several ranges: deleted at one revision.
+		if rev, err = r.revokeAtOneRevision(ctx, id, home, holds); err != nil {
+			return 0, err
+		}
+	} else if err := r.everyRange(ctx, map[uint64]bool{}, holds, revokeOn); err != nil {
 		return 0, err
 	}
 	// Every range holding keys of it is done: the record goes (and the
@@ -202,6 +207,18 @@ func (r *Router) RevokeEverywhere(ctx context.Context, id int64) (int64, error) 
 		return 0, err
 	}
 	return rev, nil
+}
+
+// rangesWanted counts the ranges want accepts (nil: every range), home
+// among them.
+func (r *Router) rangesWanted(want func(Range) bool, home Range) int {
+	n := 0
+	for _, rng := range r.ranges.list() {
+		if rng.RangeID() == home.RangeID() || want == nil || want(rng) {
+			n++
+		}
+	}
+	return n
 }
 
 // everyRange runs do (a lease revocation) once on every range that want

@@ -63,18 +63,33 @@ func (r *Router) spanningTxn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnRe
 			return resp, err
 		}
 		last = err
-		// Two writes holding ranges in opposite orders both start over:
-		// random pauses, growing, let one of them through.
-		pause := time.Duration(attempt+1) * time.Duration(5+mrand.IntN(20)) * time.Millisecond
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-r.stopper.ShouldQuiesce():
-			return nil, shard.ErrStopped
-		case <-time.After(pause):
+		if err := r.startOverPause(ctx, attempt); err != nil {
+			return nil, err
 		}
 	}
 	return nil, fmt.Errorf("%w: %v", shard.ErrTimeout, last)
+}
+
+// startOverPause waits before a write spanning ranges starts over. Two
+// writes holding ranges in opposite orders both start over: random pauses,
+// growing, let one of them through.
+func (r *Router) startOverPause(ctx context.Context, attempt int) error {
+	pause := time.Duration(attempt+1) * time.Duration(5+mrand.IntN(20)) * time.Millisecond
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-r.stopper.ShouldQuiesce():
+		return shard.ErrStopped
+	case <-time.After(pause):
+		return nil
+	}
+}
+
+// newTxnID names a write spanning ranges.
+func newTxnID() []byte {
+	id := make([]byte, 16)
+	_, _ = rand.Read(id)
+	return id
 }
 
 // storeOrderedRanges returns req with its Range operations asking each range
@@ -113,8 +128,7 @@ func (r *Router) spanningOnce(ctx context.Context, req *pb.TxnRequest, sent []by
 	if err != nil {
 		return nil, err
 	}
-	txnID := make([]byte, 16)
-	_, _ = rand.Read(txnID)
+	txnID := newTxnID()
 	parts := make([]*participant, len(ranges))
 	for i, rng := range ranges {
 		parts[i] = &participant{rng: rng}
@@ -445,4 +459,96 @@ func mergeRange(req *pb.RangeRequest, parts []*pb.RangeResponse) *pb.RangeRespon
 		}
 	}
 	return out
+}
+
+// revokeAtOneRevision revokes lease id on the home range and on every range
+// want accepts as one write spanning them: each range deletes its keys of
+// the lease at one revision, which it returns. A range that split before
+// its hold applied has its children held too (a hold keeps a range from
+// splitting, so the set of ranges settles).
+func (r *Router) revokeAtOneRevision(ctx context.Context, id int64, home Range, want func(Range) bool) (int64, error) {
+	var last error
+	for attempt := range maxSpanningAttempts {
+		rev, err := r.revokeOnce(ctx, id, home, want)
+		if !errors.Is(err, errStartOver) {
+			return rev, err
+		}
+		last = err
+		if err := r.startOverPause(ctx, attempt); err != nil {
+			return 0, err
+		}
+	}
+	return 0, fmt.Errorf("%w: %v", shard.ErrTimeout, last)
+}
+
+func (r *Router) revokeOnce(ctx context.Context, id int64, home Range, want func(Range) bool) (int64, error) {
+	txnID := newTxnID()
+	var parts []*participant
+	held := map[uint64]bool{}
+	for {
+		var more []*participant
+		for _, rng := range r.ranges.list() {
+			if !held[rng.RangeID()] && (rng.RangeID() == home.RangeID() || want == nil || want(rng)) {
+				more = append(more, &participant{rng: rng})
+				held[rng.RangeID()] = true
+			}
+		}
+		if len(more) == 0 {
+			break
+		}
+		parts = append(parts, more...)
+		errs := r.onEach(more, func(p *participant) error {
+			hold := &tesserapb.TxnHoldCommand{TxnId: txnID, LeaseRevoke: &tesserapb.LeaseRevokeCommand{
+				Id: id, WithoutRecord: true, KeepRecord: p.rng.RangeID() == home.RangeID(),
+			}}
+			res, err := r.writeTo(ctx, p.rng, &tesserapb.Command{Op: &tesserapb.Command_TxnHold{TxnHold: hold}}, true, 0)
+			if err == nil {
+				r.awaitApplied(ctx, p.rng, res)
+			}
+			return err
+		})
+		if err := errors.Join(errs...); err != nil {
+			r.abortHolds(txnID, parts)
+			if errors.Is(err, statemachine.ErrHoldConflict) {
+				return 0, fmt.Errorf("%w: %v", errStartOver, err)
+			}
+			return 0, fmt.Errorf("router: revoking lease %x: %w", id, firstError(errs))
+		}
+		if err := r.awaitCurrentCache(ctx); err != nil {
+			r.abortHolds(txnID, parts)
+			return 0, err
+		}
+	}
+	rev, err := r.oracle.NextN(ctx, 1)
+	if err != nil {
+		r.abortHolds(txnID, parts)
+		return 0, err
+	}
+	ids := make([]uint64, len(parts))
+	for i, p := range parts {
+		ids[i] = p.rng.RangeID()
+	}
+	rec, err := r.cfg.TxnRecords.DecideTxn(ctx, &tesserapb.DecideTxnCommand{TxnId: txnID, Commit: true, Revision: rev, RangeIds: ids})
+	if err != nil {
+		return 0, fmt.Errorf("%w: recording a lease revocation: %v", shard.ErrTimeout, err)
+	}
+	if !rec.GetCommitted() {
+		r.abortHolds(txnID, parts)
+		_ = r.cfg.TxnRecords.ForgetTxn(ctx, txnID, 0)
+		return 0, fmt.Errorf("%w: aborted by a held range", errStartOver)
+	}
+	commit := &tesserapb.Command{Revision: rev, Op: &tesserapb.Command_TxnCommit{TxnCommit: &tesserapb.TxnCommitCommand{TxnId: txnID}}}
+	errs := r.onEach(parts, func(p *participant) error {
+		_, err := r.writeTo(ctx, p.rng, commit, false, 0)
+		return err
+	})
+	if err := errors.Join(errs...); err != nil {
+		return 0, fmt.Errorf("%w: committing a lease revocation: %v", shard.ErrTimeout, firstError(errs))
+	}
+	_ = r.stopper.RunAsync(func() {
+		ctx, cancel := r.stopper.WithTimeout(forgetTimeout)
+		defer cancel()
+		_ = r.cfg.TxnRecords.ForgetTxn(ctx, txnID, 0)
+	})
+	return rev, nil
 }

@@ -166,6 +166,13 @@ func (a *applier) applyTxnHold(rev int64, cmd *tesserapb.TxnHoldCommand) (*tesse
 	if len(cmd.GetTxnId()) == 0 {
 		return nil, errorf(ErrInvalidCommand, "txn hold without an ID")
 	}
+	if lr := cmd.GetLeaseRevoke(); lr != nil {
+		if len(cmd.GetRequest()) != 0 || len(cmd.GetAttach()) != 0 {
+			return nil, errorf(ErrInvalidCommand, "txn hold of a lease revocation with a request")
+		}
+		a.state.hold = &tesserapb.TxnHold{TxnId: bytes.Clone(cmd.GetTxnId()), Revision: rev, LeaseRevoke: proto.CloneOf(lr)}
+		return &tesserapb.TxnHoldResult{CompactedRevision: a.state.compactedRev}, nil
+	}
 	req := &pb.TxnRequest{}
 	if err := proto.Unmarshal(cmd.GetRequest(), req); err != nil {
 		return nil, errorf(ErrInvalidCommand, "cannot decode the held txn request (%d bytes)", len(cmd.GetRequest()))
@@ -300,10 +307,21 @@ func (a *applier) heldFor(txnID []byte) *tesserapb.TxnHold {
 
 // applyTxnCommit applies a TxnCommitCommand at revision rev: the held
 // request's operations on this range's keys, along the path given.
-func (a *applier) applyTxnCommit(rev int64, cmd *tesserapb.TxnCommitCommand) (*pb.TxnResponse, bool, error) {
+func (a *applier) applyTxnCommit(rev int64, cmd *tesserapb.TxnCommitCommand) (proto.Message, bool, error) {
 	h := a.heldFor(cmd.GetTxnId())
 	if h == nil {
 		return nil, false, errorf(ErrNotHeld, "commit of a write the range is not held for")
+	}
+	if lr := h.GetLeaseRevoke(); lr != nil {
+		if len(cmd.GetPath()) != 0 {
+			return nil, false, errorf(ErrInvalidCommand, "commit path of %d branches for a lease revocation", len(cmd.GetPath()))
+		}
+		resp, changed, err := a.applyLeaseRevoke(rev, lr)
+		if err != nil {
+			return nil, false, err
+		}
+		a.state.hold = nil
+		return resp, changed, nil
 	}
 	req := &pb.TxnRequest{}
 	if err := proto.Unmarshal(h.GetRequest(), req); err != nil {

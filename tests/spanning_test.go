@@ -201,3 +201,63 @@ func TestEtcdctlSpanningWrites(t *testing.T) {
 		}
 	}
 }
+
+// TestLeaseAcrossRangesOneRevision: a lease with keys in five ranges, revoked
+// and, another, expired: each time every key goes at one revision, in one
+// watch response.
+func TestLeaseAcrossRangesOneRevision(t *testing.T) {
+	c := testcluster.Start(t, 3)
+	ctx := ctxT(t)
+	cli := c.Client(c.Endpoints()...)
+	for _, key := range []string{"l/1", "l/2", "l/3", "l/4"} {
+		splitAt(t, c, c.Nodes[0], key)
+	}
+	waitRanges(t, c, 5)
+	keys := []string{"l/0", "l/1", "l/2", "l/3", "l/4"}
+	watch := cli.Watch(ctx, "l/", clientv3.WithPrefix(), clientv3.WithFilterPut())
+	for _, expire := range []bool{false, true} {
+		ttl := int64(600)
+		if expire {
+			ttl = 3
+		}
+		lease, err := cli.Grant(ctx, ttl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range keys {
+			if _, err := cli.Put(ctx, k, "v", clientv3.WithLease(lease.ID)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var revoked int64
+		if !expire {
+			resp, err := cli.Revoke(ctx, lease.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			revoked = resp.Header.Revision
+		}
+		select {
+		case resp := <-watch:
+			if err := resp.Err(); err != nil {
+				t.Fatal(err)
+			}
+			if len(resp.Events) != len(keys) {
+				t.Fatalf("expired %t: one watch response has %d deletes, want %d: %v", expire, len(resp.Events), len(keys), resp.Events)
+			}
+			for i, ev := range resp.Events {
+				if ev.Type != mvccpb.DELETE || string(ev.Kv.Key) != keys[i] || ev.Kv.ModRevision != resp.Events[0].Kv.ModRevision {
+					t.Fatalf("expired %t: events %v, want the keys' deletes at one revision", expire, resp.Events)
+				}
+			}
+			if !expire && resp.Events[0].Kv.ModRevision != revoked {
+				t.Fatalf("deleted at %d, the revocation answered revision %d", resp.Events[0].Kv.ModRevision, revoked)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("expired %t: no deletes within 20 s", expire)
+		}
+		if get, err := cli.Get(ctx, "l/", clientv3.WithPrefix()); err != nil || get.Count != 0 {
+			t.Fatalf("expired %t: keys left %v %v", expire, get, err)
+		}
+	}
+}

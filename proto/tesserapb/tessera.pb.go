@@ -529,7 +529,11 @@ type TxnHoldCommand struct {
 	Request []byte `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
 	// attach gives the range the records of leases its share's Puts name, as
 	// TxnCommand.attach does.
-	Attach        []*LeaseAttach `protobuf:"bytes,3,rep,name=attach,proto3" json:"attach,omitempty"`
+	Attach []*LeaseAttach `protobuf:"bytes,3,rep,name=attach,proto3" json:"attach,omitempty"`
+	// lease_revoke, instead of a request: the write is a lease's revocation,
+	// which the range applies as this command at the write's revision (its
+	// keys of the lease deleted). The hold evaluates nothing.
+	LeaseRevoke   *LeaseRevokeCommand `protobuf:"bytes,4,opt,name=lease_revoke,json=leaseRevoke,proto3" json:"lease_revoke,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -585,14 +589,22 @@ func (x *TxnHoldCommand) GetAttach() []*LeaseAttach {
 	return nil
 }
 
+func (x *TxnHoldCommand) GetLeaseRevoke() *LeaseRevokeCommand {
+	if x != nil {
+		return x.LeaseRevoke
+	}
+	return nil
+}
+
 // TxnHold is a range's hold as the state machine stores it.
 type TxnHold struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	TxnId []byte                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
 	// revision is the hold's own revision: the state the compares saw is the
 	// state before it, and the write commits at a later revision.
-	Revision      int64  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
-	Request       []byte `protobuf:"bytes,3,opt,name=request,proto3" json:"request,omitempty"`
+	Revision      int64               `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	Request       []byte              `protobuf:"bytes,3,opt,name=request,proto3" json:"request,omitempty"`
+	LeaseRevoke   *LeaseRevokeCommand `protobuf:"bytes,4,opt,name=lease_revoke,json=leaseRevoke,proto3" json:"lease_revoke,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -644,6 +656,13 @@ func (x *TxnHold) GetRevision() int64 {
 func (x *TxnHold) GetRequest() []byte {
 	if x != nil {
 		return x.Request
+	}
+	return nil
+}
+
+func (x *TxnHold) GetLeaseRevoke() *LeaseRevokeCommand {
+	if x != nil {
+		return x.LeaseRevoke
 	}
 	return nil
 }
@@ -838,7 +857,8 @@ func (x *OpFailure) GetMessage() string {
 // outcome, then its nested Txns' on the taken branch, depth first), and
 // ends the hold. Refused unless the range is held for txn_id. Its
 // response is the TxnResponse of the range's share: operations on keys
-// elsewhere answer empty.
+// elsewhere answer empty. For a lease's revocation the path is empty and
+// the response a LeaseRevokeResponse.
 type TxnCommitCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TxnId         []byte                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
@@ -1579,15 +1599,17 @@ const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\n" +
 	"TxnCommand\x12\x18\n" +
 	"\arequest\x18\x01 \x01(\fR\arequest\x12.\n" +
-	"\x06attach\x18\x02 \x03(\v2\x16.tesserapb.LeaseAttachR\x06attach\"q\n" +
+	"\x06attach\x18\x02 \x03(\v2\x16.tesserapb.LeaseAttachR\x06attach\"\xb3\x01\n" +
 	"\x0eTxnHoldCommand\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\x12\x18\n" +
 	"\arequest\x18\x02 \x01(\fR\arequest\x12.\n" +
-	"\x06attach\x18\x03 \x03(\v2\x16.tesserapb.LeaseAttachR\x06attach\"V\n" +
+	"\x06attach\x18\x03 \x03(\v2\x16.tesserapb.LeaseAttachR\x06attach\x12@\n" +
+	"\flease_revoke\x18\x04 \x01(\v2\x1d.tesserapb.LeaseRevokeCommandR\vleaseRevoke\"\x98\x01\n" +
 	"\aTxnHold\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x18\n" +
-	"\arequest\x18\x03 \x01(\fR\arequest\"\xa3\x01\n" +
+	"\arequest\x18\x03 \x01(\fR\arequest\x12@\n" +
+	"\flease_revoke\x18\x04 \x01(\v2\x1d.tesserapb.LeaseRevokeCommandR\vleaseRevoke\"\xa3\x01\n" +
 	"\rTxnHoldResult\x125\n" +
 	"\bcompares\x18\x01 \x03(\v2\x19.tesserapb.CompareOutcomeR\bcompares\x12,\n" +
 	"\x06failed\x18\x02 \x03(\v2\x14.tesserapb.OpFailureR\x06failed\x12-\n" +
@@ -1702,15 +1724,17 @@ var file_tesserapb_tessera_proto_depIdxs = []int32{
 	0,  // 12: tesserapb.BatchCommand.commands:type_name -> tesserapb.Command
 	15, // 13: tesserapb.TxnCommand.attach:type_name -> tesserapb.LeaseAttach
 	15, // 14: tesserapb.TxnHoldCommand.attach:type_name -> tesserapb.LeaseAttach
-	8,  // 15: tesserapb.TxnHoldResult.compares:type_name -> tesserapb.CompareOutcome
-	9,  // 16: tesserapb.TxnHoldResult.failed:type_name -> tesserapb.OpFailure
-	18, // 17: tesserapb.LeaseRegisterCommand.span:type_name -> tesserapb.KeySpan
-	18, // 18: tesserapb.LeaseRecord.spans:type_name -> tesserapb.KeySpan
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	14, // 15: tesserapb.TxnHoldCommand.lease_revoke:type_name -> tesserapb.LeaseRevokeCommand
+	14, // 16: tesserapb.TxnHold.lease_revoke:type_name -> tesserapb.LeaseRevokeCommand
+	8,  // 17: tesserapb.TxnHoldResult.compares:type_name -> tesserapb.CompareOutcome
+	9,  // 18: tesserapb.TxnHoldResult.failed:type_name -> tesserapb.OpFailure
+	18, // 19: tesserapb.LeaseRegisterCommand.span:type_name -> tesserapb.KeySpan
+	18, // 20: tesserapb.LeaseRecord.spans:type_name -> tesserapb.KeySpan
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_tesserapb_tessera_proto_init() }
