@@ -446,6 +446,12 @@ func mergeRange(req *pb.RangeRequest, parts []*pb.RangeResponse) *pb.RangeRespon
 		out.Kvs = []*mvccpb.KeyValue{}
 		return out
 	}
+	// The parts are in key order: one store would have collected the first
+	// StoreLimit of them before sorting (etcd sorts a limited Range by a
+	// target other than the key only over those, when no order is given).
+	if limit := statemachine.StoreLimit(req); limit > 0 && int64(len(out.Kvs)) > limit {
+		out.Kvs = out.Kvs[:limit]
+	}
 	statemachine.SortKVs(out.Kvs, req)
 	if req.Limit > 0 && int64(len(out.Kvs)) > req.Limit {
 		out.Kvs, out.More = out.Kvs[:req.Limit], true
