@@ -118,10 +118,17 @@ func storeOrderedRanges(req *pb.TxnRequest) *pb.TxnRequest {
 
 // participant is one range a write spanning ranges holds.
 type participant struct {
-	rng  Range
-	hold *tesserapb.TxnHoldResult
-	resp *pb.TxnResponse
+	rng Range
+	// generation is the generation of the range's bounds the request was
+	// routed by.
+	generation uint64
+	hold       *tesserapb.TxnHoldResult
+	resp       *pb.TxnResponse
 }
+
+// errSplitBeforeHold: a range split after the write was routed and before
+// its hold applied, so the hold does not cover every key routed to it.
+var errSplitBeforeHold = errors.New("router: a range split before its hold")
 
 func (r *Router) spanningOnce(ctx context.Context, req *pb.TxnRequest, sent []byte, n *statemachine.TxnNumbers) (*pb.TxnResponse, error) {
 	ranges, err := r.participants(txnIntervals(req))
@@ -131,7 +138,7 @@ func (r *Router) spanningOnce(ctx context.Context, req *pb.TxnRequest, sent []by
 	txnID := newTxnID()
 	parts := make([]*participant, len(ranges))
 	for i, rng := range ranges {
-		parts[i] = &participant{rng: rng}
+		parts[i] = &participant{rng: rng, generation: r.generationOf(rng)}
 	}
 
 	// Hold every range.
@@ -148,6 +155,11 @@ func (r *Router) spanningOnce(ctx context.Context, req *pb.TxnRequest, sent []by
 		if err != nil {
 			return err
 		}
+		if res.GetGeneration() != p.generation {
+			// The range's bounds changed (a split) since the routing: the
+			// keys routed to it may now lie in a range not held.
+			return errSplitBeforeHold
+		}
 		p.hold = &tesserapb.TxnHoldResult{}
 		return proto.Unmarshal(res.GetResponse(), p.hold)
 	})
@@ -157,7 +169,7 @@ func (r *Router) spanningOnce(ctx context.Context, req *pb.TxnRequest, sent []by
 			if errors.Is(e, statemachine.ErrHoldConflict) || errors.Is(e, statemachine.ErrLeaseProofOld) {
 				return nil, fmt.Errorf("%w: %v", errStartOver, e)
 			}
-			if errors.Is(e, statemachine.ErrWrongRange) {
+			if errors.Is(e, statemachine.ErrWrongRange) || errors.Is(e, errSplitBeforeHold) {
 				r.ranges.Refresh()
 				return nil, fmt.Errorf("%w: %v", errStartOver, e)
 			}

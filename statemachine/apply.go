@@ -49,6 +49,12 @@ func (a *applier) apply(cmd *tesserapb.Command) (response []byte, err error) {
 	if rev < 0 {
 		return nil, errorf(ErrInvalidCommand, "negative revision %d", rev)
 	}
+	// A commit of a write the range is no longer held for was applied (or
+	// aborted) already: that, rather than its revision now being stale, is
+	// the answer.
+	if c, ok := cmd.GetOp().(*tesserapb.Command_TxnCommit); ok && a.heldFor(c.TxnCommit.GetTxnId()) == nil {
+		return nil, errorf(ErrNotHeld, "commit of a write the range is not held for")
+	}
 	// The revision rule: a command carrying a revision must carry one above
 	// every revision this range applied, or it is refused, changing nothing.
 	// Compaction counts too: a write below a compaction would be lost to it.
