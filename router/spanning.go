@@ -56,18 +56,29 @@ func (r *Router) spanningTxn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnRe
 	if err != nil {
 		return nil, err
 	}
+	var resp *pb.TxnResponse
+	err = r.startingOver(ctx, func() (err error) {
+		resp, err = r.spanningOnce(ctx, req, sent, n)
+		return err
+	})
+	return resp, err
+}
+
+// startingOver runs once until it does not ask to start over
+// (errStartOver), at most maxSpanningAttempts times, pausing between.
+func (r *Router) startingOver(ctx context.Context, once func() error) error {
 	var last error
 	for attempt := range maxSpanningAttempts {
-		resp, err := r.spanningOnce(ctx, req, sent, n)
+		err := once()
 		if !errors.Is(err, errStartOver) {
-			return resp, err
+			return err
 		}
 		last = err
 		if err := r.startOverPause(ctx, attempt); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return nil, fmt.Errorf("%w: %v", shard.ErrTimeout, last)
+	return fmt.Errorf("%w: %v", shard.ErrTimeout, last)
 }
 
 // startOverPause waits before a write spanning ranges starts over. Two
@@ -223,7 +234,25 @@ func (r *Router) spanningOnce(ctx context.Context, req *pb.TxnRequest, sent []by
 		return nil, checkErr
 	}
 
-	// Record the commit, then commit everywhere.
+	err = r.recordAndCommit(ctx, txnID, parts, rev, path, func(p *participant, res *tesserapb.Result) error {
+		p.resp = &pb.TxnResponse{}
+		return proto.Unmarshal(res.GetResponse(), p.resp)
+	})
+	if err != nil {
+		return nil, err
+	}
+	resps := make([]*pb.TxnResponse, len(parts))
+	for i, p := range parts {
+		resps[i] = p.resp
+	}
+	out := mergeTxn(req, path, resps, rev)
+	return out, nil
+}
+
+// recordAndCommit records the commit of a write holding parts at rev on
+// path, then commits it on every range, passing each range's result to
+// answered. A write whose abort a range recorded first starts over.
+func (r *Router) recordAndCommit(ctx context.Context, txnID []byte, parts []*participant, rev int64, path []bool, answered func(*participant, *tesserapb.Result) error) error {
 	ids := make([]uint64, len(parts))
 	for i, p := range parts {
 		ids[i] = p.rng.RangeID()
@@ -232,19 +261,19 @@ func (r *Router) spanningOnce(ctx context.Context, req *pb.TxnRequest, sent []by
 	if err != nil {
 		// The commit may have been recorded: the holds stay, and the ranges
 		// settle the outcome from the record (ResolveHold).
-		return nil, fmt.Errorf("%w: recording a write spanning ranges: %v", shard.ErrTimeout, err)
+		return fmt.Errorf("%w: recording a write spanning ranges: %v", shard.ErrTimeout, err)
 	}
 	if !rec.GetCommitted() {
 		// A range found this write too slow and recorded its abort.
 		r.abortHolds(txnID, parts)
 		_ = r.cfg.TxnRecords.ForgetTxn(ctx, txnID, 0)
-		return nil, fmt.Errorf("%w: aborted by a held range", errStartOver)
+		return fmt.Errorf("%w: aborted by a held range", errStartOver)
 	}
 	if hook := r.cfg.Knobs.AfterTxnRecorded; hook != nil {
 		hook(txnID)
 	}
 	commit := &tesserapb.Command{Revision: rev, Op: &tesserapb.Command_TxnCommit{TxnCommit: &tesserapb.TxnCommitCommand{TxnId: txnID, Path: path}}}
-	errs = r.onEach(parts, func(p *participant) error {
+	errs := r.onEach(parts, func(p *participant) error {
 		if hook := r.cfg.Knobs.BeforeTxnCommit; hook != nil {
 			hook(txnID, p.rng.RangeID())
 		}
@@ -252,24 +281,18 @@ func (r *Router) spanningOnce(ctx context.Context, req *pb.TxnRequest, sent []by
 		if err != nil {
 			return err
 		}
-		p.resp = &pb.TxnResponse{}
-		return proto.Unmarshal(res.GetResponse(), p.resp)
+		return answered(p, res)
 	})
 	if err := errors.Join(errs...); err != nil {
 		// Committed: a range that did not answer applies it from the record.
-		return nil, fmt.Errorf("%w: committing a write spanning ranges: %v", shard.ErrTimeout, firstError(errs))
+		return fmt.Errorf("%w: committing a write spanning ranges: %v", shard.ErrTimeout, firstError(errs))
 	}
 	_ = r.stopper.RunAsync(func() {
 		ctx, cancel := r.stopper.WithTimeout(forgetTimeout)
 		defer cancel()
 		_ = r.cfg.TxnRecords.ForgetTxn(ctx, txnID, 0)
 	})
-	resps := make([]*pb.TxnResponse, len(parts))
-	for i, p := range parts {
-		resps[i] = p.resp
-	}
-	out := mergeTxn(req, path, resps, rev)
-	return out, nil
+	return nil
 }
 
 // forgetTimeout bounds the proposal that drops a write's record.
@@ -485,18 +508,12 @@ func mergeRange(req *pb.RangeRequest, parts []*pb.RangeResponse) *pb.RangeRespon
 // its hold applied has its children held too (a hold keeps a range from
 // splitting, so the set of ranges settles).
 func (r *Router) revokeAtOneRevision(ctx context.Context, id int64, home Range, want func(Range) bool) (int64, error) {
-	var last error
-	for attempt := range maxSpanningAttempts {
-		rev, err := r.revokeOnce(ctx, id, home, want)
-		if !errors.Is(err, errStartOver) {
-			return rev, err
-		}
-		last = err
-		if err := r.startOverPause(ctx, attempt); err != nil {
-			return 0, err
-		}
-	}
-	return 0, fmt.Errorf("%w: %v", shard.ErrTimeout, last)
+	var rev int64
+	err := r.startingOver(ctx, func() (err error) {
+		rev, err = r.revokeOnce(ctx, id, home, want)
+		return err
+	})
+	return rev, err
 }
 
 func (r *Router) revokeOnce(ctx context.Context, id int64, home Range, want func(Range) bool) (int64, error) {
@@ -542,31 +559,9 @@ func (r *Router) revokeOnce(ctx context.Context, id int64, home Range, want func
 		r.abortHolds(txnID, parts)
 		return 0, err
 	}
-	ids := make([]uint64, len(parts))
-	for i, p := range parts {
-		ids[i] = p.rng.RangeID()
-	}
-	rec, err := r.cfg.TxnRecords.DecideTxn(ctx, &tesserapb.DecideTxnCommand{TxnId: txnID, Commit: true, Revision: rev, RangeIds: ids})
+	err = r.recordAndCommit(ctx, txnID, parts, rev, nil, func(*participant, *tesserapb.Result) error { return nil })
 	if err != nil {
-		return 0, fmt.Errorf("%w: recording a lease revocation: %v", shard.ErrTimeout, err)
+		return 0, err
 	}
-	if !rec.GetCommitted() {
-		r.abortHolds(txnID, parts)
-		_ = r.cfg.TxnRecords.ForgetTxn(ctx, txnID, 0)
-		return 0, fmt.Errorf("%w: aborted by a held range", errStartOver)
-	}
-	commit := &tesserapb.Command{Revision: rev, Op: &tesserapb.Command_TxnCommit{TxnCommit: &tesserapb.TxnCommitCommand{TxnId: txnID}}}
-	errs := r.onEach(parts, func(p *participant) error {
-		_, err := r.writeTo(ctx, p.rng, commit, false, 0)
-		return err
-	})
-	if err := errors.Join(errs...); err != nil {
-		return 0, fmt.Errorf("%w: committing a lease revocation: %v", shard.ErrTimeout, firstError(errs))
-	}
-	_ = r.stopper.RunAsync(func() {
-		ctx, cancel := r.stopper.WithTimeout(forgetTimeout)
-		defer cancel()
-		_ = r.cfg.TxnRecords.ForgetTxn(ctx, txnID, 0)
-	})
 	return rev, nil
 }

@@ -185,13 +185,7 @@ func (a *applier) applyTxnHold(rev int64, cmd *tesserapb.TxnHoldCommand) (*tesse
 		return nil, err
 	}
 	defer func() { a.attaching = nil }()
-	t := &txnApplier{
-		a:         a,
-		cmdRev:    rev,
-		startRev:  rev - 1,
-		compacted: a.state.compactedRev,
-		reader:    mvccReader{r: a.b, points: &a.points},
-	}
+	t := a.newTxnApplier(rev)
 	n := NumberTxn(req)
 	res := &tesserapb.TxnHoldResult{
 		Compares:          make([]*tesserapb.CompareOutcome, n.Compares),
@@ -332,15 +326,8 @@ func (a *applier) applyTxnCommit(rev int64, cmd *tesserapb.TxnCommitCommand) (pr
 		return nil, false, errorf(ErrInvalidCommand, "commit path of %d branches does not fit the held request", len(path))
 	}
 	clip := a.bounds
-	t := &txnApplier{
-		a:         a,
-		cmdRev:    rev,
-		startRev:  rev - 1,
-		compacted: a.state.compactedRev,
-		reader:    mvccReader{r: a.b, points: &a.points},
-		writer:    mvccWriter{b: a.b, rev: rev, log: a.log},
-		clip:      &clip,
-	}
+	t := a.newTxnApplier(rev)
+	t.clip = &clip
 	resp := &pb.TxnResponse{Header: &pb.ResponseHeader{}}
 	if _, err := t.execute(req, path, resp); err != nil {
 		return nil, false, err

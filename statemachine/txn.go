@@ -60,6 +60,19 @@ func (t *txnApplier) clipped(key, rangeEnd []byte) (k, end []byte, ok bool) {
 	return clipSpan(key, rangeEnd, *t.clip)
 }
 
+// newTxnApplier returns the applier of a Txn (or of a range's share of a
+// write spanning ranges) at revision rev, reading the state before it.
+func (a *applier) newTxnApplier(rev int64) *txnApplier {
+	return &txnApplier{
+		a:         a,
+		cmdRev:    rev,
+		startRev:  rev - 1,
+		compacted: a.state.compactedRev,
+		reader:    mvccReader{r: a.b, points: &a.points},
+		writer:    mvccWriter{b: a.b, rev: rev, log: a.log},
+	}
+}
+
 // readRevNow is the revision reads see at this point of the txn.
 func (t *txnApplier) readRevNow() int64 {
 	if t.changed {
@@ -72,14 +85,7 @@ func (a *applier) applyTxn(cmdRev int64, req *pb.TxnRequest) (*pb.TxnResponse, b
 	if err := a.checkTxnStatic(req); err != nil {
 		return nil, false, err
 	}
-	t := &txnApplier{
-		a:         a,
-		cmdRev:    cmdRev,
-		startRev:  cmdRev - 1,
-		compacted: a.state.compactedRev,
-		reader:    mvccReader{r: a.b, points: &a.points},
-		writer:    mvccWriter{b: a.b, rev: cmdRev, log: a.log},
-	}
+	t := a.newTxnApplier(cmdRev)
 	path, err := t.path(req)
 	if err != nil {
 		return nil, false, err
