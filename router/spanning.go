@@ -1,7 +1,6 @@
 package router
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -142,7 +141,7 @@ type participant struct {
 var errSplitBeforeHold = errors.New("router: a range split before its hold")
 
 func (r *Router) spanningOnce(ctx context.Context, req *pb.TxnRequest, sent []byte, n *statemachine.TxnNumbers) (*pb.TxnResponse, error) {
-	ranges, err := r.participants(txnIntervals(req))
+	ranges, err := r.rangesOfIntervals(txnIntervals(req))
 	if err != nil {
 		return nil, err
 	}
@@ -153,9 +152,10 @@ func (r *Router) spanningOnce(ctx context.Context, req *pb.TxnRequest, sent []by
 	}
 
 	// Hold every range.
+	leased := len(txnLeases(req)) > 0
 	errs := r.onEach(parts, func(p *participant) error {
 		cmd := &tesserapb.TxnHoldCommand{TxnId: txnID, Request: sent}
-		if len(txnLeases(req)) > 0 {
+		if leased {
 			attach, _, err := r.proveLeases(ctx, p.rng, req)
 			if err != nil && !errors.Is(err, statemachine.ErrLeaseNotFound) {
 				return err
@@ -217,15 +217,10 @@ func (r *Router) spanningOnce(ctx context.Context, req *pb.TxnRequest, sent []by
 	n.OnPath(req, path, func(op int) bool {
 		if f := failed[uint32(op)]; f != nil {
 			checkErr = statemachine.ErrorFromResult(&tesserapb.Result{Code: f.Code, Message: f.Message})
-		} else if rr := n.Op(op).GetRequestRange(); rr != nil && rr.Revision != 0 {
-			// As each range's Range checks its revision (readRev): the
-			// state the Txn reads is the state at rev-1.
-			switch {
-			case rr.Revision > rev-1:
-				checkErr = statemachine.ErrFutureRev
-			case rr.Revision < compacted:
-				checkErr = statemachine.ErrCompacted
-			}
+		} else if rr := n.Op(op).GetRequestRange(); rr != nil {
+			// As each range's Range checks its revision: the state the Txn
+			// reads is the state at rev-1.
+			_, checkErr = statemachine.ReadRevision(rr.Revision, rev-1, compacted)
 		}
 		return checkErr == nil
 	})
@@ -272,7 +267,7 @@ func (r *Router) recordAndCommit(ctx context.Context, txnID []byte, parts []*par
 	if hook := r.cfg.Knobs.AfterTxnRecorded; hook != nil {
 		hook(txnID)
 	}
-	commit := &tesserapb.Command{Revision: rev, Op: &tesserapb.Command_TxnCommit{TxnCommit: &tesserapb.TxnCommitCommand{TxnId: txnID, Path: path}}}
+	commit := commitCommand(txnID, rev, path)
 	errs := r.onEach(parts, func(p *participant) error {
 		if hook := r.cfg.Knobs.BeforeTxnCommit; hook != nil {
 			hook(txnID, p.rng.RangeID())
@@ -319,11 +314,21 @@ func (r *Router) onEach(parts []*participant, fn func(*participant) error) []err
 func (r *Router) abortHolds(txnID []byte, parts []*participant) {
 	ctx, cancel := r.stopper.WithTimeout(forgetTimeout)
 	defer cancel()
-	abort := &tesserapb.Command{Op: &tesserapb.Command_TxnAbort{TxnAbort: &tesserapb.TxnAbortCommand{TxnId: txnID}}}
+	abort := abortCommand(txnID)
 	r.onEach(parts, func(p *participant) error {
 		_, err := r.writeTo(ctx, p.rng, abort, false, 0)
 		return err
 	})
+}
+
+// commitCommand commits write txnID on a range it holds, at rev on path.
+func commitCommand(txnID []byte, rev int64, path []bool) *tesserapb.Command {
+	return &tesserapb.Command{Revision: rev, Op: &tesserapb.Command_TxnCommit{TxnCommit: &tesserapb.TxnCommitCommand{TxnId: txnID, Path: path}}}
+}
+
+// abortCommand ends a range's hold for write txnID.
+func abortCommand(txnID []byte) *tesserapb.Command {
+	return &tesserapb.Command{Op: &tesserapb.Command_TxnAbort{TxnAbort: &tesserapb.TxnAbortCommand{TxnId: txnID}}}
 }
 
 func branch(req *pb.TxnRequest, succeeded bool) []*pb.RequestOp {
@@ -342,29 +347,6 @@ func firstError(errs []error) error {
 	return nil
 }
 
-// participants returns the ranges holding the intervals, in key order.
-func (r *Router) participants(intervals [][2][]byte) ([]Range, error) {
-	var out []Range
-	starts := map[uint64][]byte{}
-	for _, iv := range intervals {
-		if emptyInterval(iv) {
-			continue
-		}
-		spans, err := r.spansOf(iv[0], iv[1])
-		if err != nil {
-			return nil, err
-		}
-		for _, sp := range spans {
-			if _, seen := starts[sp.rng.RangeID()]; !seen {
-				starts[sp.rng.RangeID()] = sp.rangeStart
-				out = append(out, sp.rng)
-			}
-		}
-	}
-	slices.SortFunc(out, func(a, b Range) int { return bytes.Compare(starts[a.RangeID()], starts[b.RangeID()]) })
-	return out, nil
-}
-
 // ResolveHold settles the hold of write txnID on rng, whose coordinator
 // has not ended it: it records the write's abort in the meta range unless
 // an outcome was recorded before, then applies the recorded outcome to
@@ -378,11 +360,10 @@ func (r *Router) ResolveHold(ctx context.Context, rng Range, txnID []byte) error
 		return err
 	}
 	if !rec.GetCommitted() {
-		_, err := r.writeTo(ctx, rng, &tesserapb.Command{Op: &tesserapb.Command_TxnAbort{TxnAbort: &tesserapb.TxnAbortCommand{TxnId: txnID}}}, false, 0)
+		_, err := r.writeTo(ctx, rng, abortCommand(txnID), false, 0)
 		return err
 	}
-	commit := &tesserapb.Command{Revision: rec.GetRevision(), Op: &tesserapb.Command_TxnCommit{TxnCommit: &tesserapb.TxnCommitCommand{TxnId: txnID, Path: rec.GetPath()}}}
-	_, err = r.writeTo(ctx, rng, commit, false, 0)
+	_, err = r.writeTo(ctx, rng, commitCommand(txnID, rec.GetRevision(), rec.GetPath()), false, 0)
 	if err != nil && !errors.Is(err, statemachine.ErrNotHeld) {
 		return err
 	}
@@ -518,41 +499,26 @@ func (r *Router) revokeAtOneRevision(ctx context.Context, id int64, home Range, 
 
 func (r *Router) revokeOnce(ctx context.Context, id int64, home Range, want func(Range) bool) (int64, error) {
 	txnID := newTxnID()
-	var parts []*participant
-	held := map[uint64]bool{}
-	for {
-		var more []*participant
-		for _, rng := range r.ranges.list() {
-			if !held[rng.RangeID()] && (rng.RangeID() == home.RangeID() || want == nil || want(rng)) {
-				more = append(more, &participant{rng: rng})
-				held[rng.RangeID()] = true
-			}
+	var (
+		mu    sync.Mutex
+		parts []*participant // every range a hold was sent to
+	)
+	hold := func(rng Range) (*tesserapb.Result, error) {
+		mu.Lock()
+		parts = append(parts, &participant{rng: rng})
+		mu.Unlock()
+		cmd := &tesserapb.TxnHoldCommand{TxnId: txnID, LeaseRevoke: &tesserapb.LeaseRevokeCommand{
+			Id: id, WithoutRecord: true, KeepRecord: rng.RangeID() == home.RangeID(),
+		}}
+		return r.writeTo(ctx, rng, &tesserapb.Command{Op: &tesserapb.Command_TxnHold{TxnHold: cmd}}, true, 0)
+	}
+	wanted := func(rng Range) bool { return rng.RangeID() == home.RangeID() || want == nil || want(rng) }
+	if err := r.everyRange(ctx, map[uint64]bool{}, wanted, hold); err != nil {
+		r.abortHolds(txnID, parts)
+		if errors.Is(err, statemachine.ErrHoldConflict) {
+			return 0, fmt.Errorf("%w: %v", errStartOver, err)
 		}
-		if len(more) == 0 {
-			break
-		}
-		parts = append(parts, more...)
-		errs := r.onEach(more, func(p *participant) error {
-			hold := &tesserapb.TxnHoldCommand{TxnId: txnID, LeaseRevoke: &tesserapb.LeaseRevokeCommand{
-				Id: id, WithoutRecord: true, KeepRecord: p.rng.RangeID() == home.RangeID(),
-			}}
-			res, err := r.writeTo(ctx, p.rng, &tesserapb.Command{Op: &tesserapb.Command_TxnHold{TxnHold: hold}}, true, 0)
-			if err == nil {
-				r.awaitApplied(ctx, p.rng, res)
-			}
-			return err
-		})
-		if err := errors.Join(errs...); err != nil {
-			r.abortHolds(txnID, parts)
-			if errors.Is(err, statemachine.ErrHoldConflict) {
-				return 0, fmt.Errorf("%w: %v", errStartOver, err)
-			}
-			return 0, fmt.Errorf("router: revoking lease %x: %w", id, firstError(errs))
-		}
-		if err := r.awaitCurrentCache(ctx); err != nil {
-			r.abortHolds(txnID, parts)
-			return 0, err
-		}
+		return 0, fmt.Errorf("router: revoking lease %x: %w", id, err)
 	}
 	rev, err := r.oracle.NextN(ctx, 1)
 	if err != nil {

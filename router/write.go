@@ -281,12 +281,11 @@ var errSpansRanges = errors.New("router: the write spans ranges")
 // errSpansRanges when they are several.
 func (r *Router) singleRange(intervals [][2][]byte) (Range, error) {
 	var (
-		found Range
-		ids   map[uint64]bool
-		err   error
+		ranges []Range
+		err    error
 	)
 	for attempt := 0; attempt < 2; attempt++ {
-		if found, ids, err = r.rangesOfIntervals(intervals); err != nil || len(ids) <= 1 {
+		if ranges, err = r.rangesOfIntervals(intervals); err != nil || len(ranges) <= 1 {
 			break
 		}
 		// The lookups may have straddled a rebuild of the cache (a split's
@@ -294,25 +293,24 @@ func (r *Router) singleRange(intervals [][2][]byte) (Range, error) {
 		// again before refusing.
 		r.ranges.Refresh()
 	}
-	if err != nil {
+	switch {
+	case err != nil:
 		return nil, err
-	}
-	if len(ids) > 1 {
+	case len(ranges) > 1:
 		return nil, errSpansRanges
-	}
-	if found == nil {
+	case len(ranges) == 0:
 		// A Txn with no keys at all (etcd allows it): any range answers.
 		return r.home()
 	}
-	return found, nil
+	return ranges[0], nil
 }
 
-// rangesOfIntervals returns the ranges holding the intervals (by ID) and one
-// of them. Repeated intervals (a Txn comparing, writing and reading one key)
-// are looked up once.
-func (r *Router) rangesOfIntervals(intervals [][2][]byte) (Range, map[uint64]bool, error) {
-	var found Range
-	ids := map[uint64]bool{}
+// rangesOfIntervals returns the ranges holding the intervals, in key order.
+// Repeated intervals (a Txn comparing, writing and reading one key) are
+// looked up once.
+func (r *Router) rangesOfIntervals(intervals [][2][]byte) ([]Range, error) {
+	var ranges []Range
+	starts := map[uint64][]byte{} // of the ranges found, by ID
 	// An empty interval holds no key, so it touches no range — unless every
 	// interval is empty, and then the range of the first key answers.
 	if slices.ContainsFunc(intervals, func(iv [2][]byte) bool { return !emptyInterval(iv) }) {
@@ -328,14 +326,17 @@ func (r *Router) rangesOfIntervals(intervals [][2][]byte) (Range, map[uint64]boo
 		}
 		spans, err := r.spansOf(iv[0], iv[1])
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		for _, sp := range spans {
-			ids[sp.rng.RangeID()] = true
-			found = sp.rng
+			if _, seen := starts[sp.rng.RangeID()]; !seen {
+				starts[sp.rng.RangeID()] = sp.rangeStart
+				ranges = append(ranges, sp.rng)
+			}
 		}
 	}
-	return found, ids, nil
+	slices.SortFunc(ranges, func(a, b Range) int { return bytes.Compare(starts[a.RangeID()], starts[b.RangeID()]) })
+	return ranges, nil
 }
 
 // emptyInterval reports whether an interval in etcd's form is [key, end)

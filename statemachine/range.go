@@ -26,6 +26,12 @@ import (
 //     leases too unless the sort target is VALUE (etcd then answers from its
 //     key index, which holds no leases).
 
+// ReadRevision checks a Range's revision as one range's Range does
+// (readRev): a Txn spanning ranges checks its Range operations with it.
+func ReadRevision(reqRev, currentRev, compactedRev int64) (int64, error) {
+	return readRev(reqRev, currentRev, compactedRev)
+}
+
 // readRev resolves a request's revision against the range's state.
 func readRev(reqRev, currentRev, compactedRev int64) (int64, error) {
 	if reqRev > currentRev {

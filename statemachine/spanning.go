@@ -252,43 +252,16 @@ func (t *txnApplier) holdLevel(req *pb.TxnRequest, n *TxnNumbers, res *tesserapb
 // checkTxnShape is checkTxnStatic without the bounds: a held request's
 // keys lie in several ranges.
 func checkTxnShape(req *pb.TxnRequest) error {
-	if err := checkNonEmpty(req); err != nil {
-		return err
-	}
-	return CheckTxnWrites(req)
-}
-
-func checkNonEmpty(req *pb.TxnRequest) error {
-	for _, c := range req.Compare {
-		if len(c.Key) == 0 {
-			return ErrEmptyKey
-		}
-	}
-	for _, op := range slices.Concat(req.Success, req.Failure) {
-		var key []byte
-		switch tv := op.GetRequest().(type) {
-		case *pb.RequestOp_RequestRange:
-			key = tv.RequestRange.GetKey()
-		case *pb.RequestOp_RequestPut:
-			key = tv.RequestPut.GetKey()
-		case *pb.RequestOp_RequestDeleteRange:
-			key = tv.RequestDeleteRange.GetKey()
-		case *pb.RequestOp_RequestTxn:
-			if tv.RequestTxn == nil {
-				return errorf(ErrInvalidCommand, "empty txn operation")
-			}
-			if err := checkNonEmpty(tv.RequestTxn); err != nil {
-				return err
-			}
-			continue
-		default:
-			return errorf(ErrInvalidCommand, "empty txn operation")
-		}
+	err := checkTxnKeys(req, func(key, _ []byte) error {
 		if len(key) == 0 {
 			return ErrEmptyKey
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
-	return nil
+	return CheckTxnWrites(req)
 }
 
 // heldFor returns the range's hold when it is for txnID.

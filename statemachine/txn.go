@@ -103,14 +103,10 @@ func (a *applier) applyTxn(cmdRev int64, req *pb.TxnRequest) (*pb.TxnResponse, b
 
 // checkTxnStatic runs the checks that do not depend on the state.
 func (a *applier) checkTxnStatic(req *pb.TxnRequest) error {
-	if err := a.checkKeys(req); err != nil {
+	if err := checkTxnKeys(req, a.checkSpan); err != nil {
 		return err
 	}
-	if _, err := checkWrites(req.Success); err != nil {
-		return err
-	}
-	_, err := checkWrites(req.Failure)
-	return err
+	return CheckTxnWrites(req)
 }
 
 func (a *applier) checkSpan(key, rangeEnd []byte) error {
@@ -123,9 +119,11 @@ func (a *applier) checkSpan(key, rangeEnd []byte) error {
 	return nil
 }
 
-func (a *applier) checkKeys(req *pb.TxnRequest) error {
+// checkTxnKeys runs check on every key interval of req, both branches and
+// nested Txns included, and refuses empty operations.
+func checkTxnKeys(req *pb.TxnRequest, check func(key, rangeEnd []byte) error) error {
 	for _, c := range req.Compare {
-		if err := a.checkSpan(c.Key, c.RangeEnd); err != nil {
+		if err := check(c.Key, c.RangeEnd); err != nil {
 			return err
 		}
 	}
@@ -134,16 +132,16 @@ func (a *applier) checkKeys(req *pb.TxnRequest) error {
 			var err error
 			switch tv := op.GetRequest().(type) {
 			case *pb.RequestOp_RequestRange:
-				err = a.checkSpan(tv.RequestRange.GetKey(), tv.RequestRange.GetRangeEnd())
+				err = check(tv.RequestRange.GetKey(), tv.RequestRange.GetRangeEnd())
 			case *pb.RequestOp_RequestPut:
-				err = a.checkSpan(tv.RequestPut.GetKey(), nil)
+				err = check(tv.RequestPut.GetKey(), nil)
 			case *pb.RequestOp_RequestDeleteRange:
-				err = a.checkSpan(tv.RequestDeleteRange.GetKey(), tv.RequestDeleteRange.GetRangeEnd())
+				err = check(tv.RequestDeleteRange.GetKey(), tv.RequestDeleteRange.GetRangeEnd())
 			case *pb.RequestOp_RequestTxn:
 				if tv.RequestTxn == nil {
 					return errorf(ErrInvalidCommand, "empty txn operation")
 				}
-				err = a.checkKeys(tv.RequestTxn)
+				err = checkTxnKeys(tv.RequestTxn, check)
 			default:
 				return errorf(ErrInvalidCommand, "empty txn operation")
 			}

@@ -76,15 +76,6 @@ func (v *View) AssumeClosed(closedRev int64) error {
 	return nil
 }
 
-// Held returns the revision of the hold on the range as of the view, 0 if
-// it is not held.
-func (v *View) Held() int64 {
-	if h := v.state.hold; h != nil {
-		return h.GetRevision()
-	}
-	return 0
-}
-
 func (v *View) reader() mvccReader { return mvccReader{r: v.snap.snap} }
 
 func (v *View) checkSpan(key, rangeEnd []byte) error {
