@@ -114,6 +114,7 @@ type fenceBatch struct {
 	rev     int64  // the highest revision of its readers
 	current bool   // a reader wants the oracle's current revision
 	leader  uint64 // the node to ask
+	readers int    // how many readers share it
 	done    chan struct{}
 	index   uint64
 	fenced  int64 // the revision the leader fenced
@@ -140,6 +141,7 @@ func (f *fenceCalls) fence(ctx context.Context, r *Router, id, leader uint64, re
 	b.rev = max(b.rev, rev)
 	b.current = b.current || current
 	b.leader = leader
+	b.readers++
 	if !rf.running {
 		if err := r.stopper.RunAsync(func() { f.run(r, id, rf) }); err != nil {
 			// A new runner's batch has this caller alone.

@@ -107,7 +107,7 @@ func TestFollowerReadsShareFenceCalls(t *testing.T) {
 		r.fences.mu.Lock()
 		defer r.fences.mu.Unlock()
 		rf := r.fences.byRange[5]
-		return rf != nil && rf.next != nil && rf.next.rev == 19
+		return rf != nil && rf.next != nil && rf.next.readers == 9
 	})
 	close(leader.gate)
 	wg.Wait()
