@@ -65,6 +65,8 @@ func (s *Node) runHoldSweeper() {
 			cancel()
 			if err != nil {
 				s.log.Debug("settling a range's hold", "range", id, "err", err)
+			} else {
+				s.log.Info("settled the hold of an abandoned write spanning ranges", "range", id)
 			}
 		}
 		for id := range seen {

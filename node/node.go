@@ -178,14 +178,7 @@ func (s *Node) Start() error {
 		TxnRecords:         s.meta,
 		Logger:             s.log,
 		Stopper:            s.stopper,
-		Knobs: router.TestingKnobs{
-			AfterLeaseProof:  cfg.Knobs.AfterLeaseProof,
-			RevokeRetryAfter: cfg.Knobs.RevokeRetryAfter,
-			AfterLeaseMark:   cfg.Knobs.AfterLeaseMark,
-			AfterTxnHeld:     cfg.Knobs.AfterTxnHeld,
-			AfterTxnRecorded: cfg.Knobs.AfterTxnRecorded,
-			BeforeTxnCommit:  cfg.Knobs.BeforeTxnCommit,
-		},
+		Knobs:              cfg.Knobs.TestingKnobs,
 	}, s.cache, s.directory, s.oracle)
 	s.cache.SetDescriptors(s.routingDescriptors)
 	if err := s.startRanges(); err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/tesserakv/tessera/meta"
 	"github.com/tesserakv/tessera/placement"
 	"github.com/tesserakv/tessera/proto/tesserapb"
+	"github.com/tesserakv/tessera/router"
 )
 
 // TestingKnobs are hooks for tests only: production leaves them zero.
@@ -30,15 +31,8 @@ type TestingKnobs struct {
 	// RangeRequestTimeout bounds one proposal or ReadIndex round of a range
 	// replica (shard.Config.RequestTimeout); 0: its default.
 	RangeRequestTimeout time.Duration
-	// AfterLeaseProof, RevokeRetryAfter, AfterLeaseMark, AfterTxnHeld,
-	// AfterTxnRecorded and BeforeTxnCommit are the router's knobs
-	// (router.TestingKnobs).
-	AfterLeaseProof  func(leaseID, proof int64)
-	RevokeRetryAfter time.Duration
-	AfterLeaseMark   func(leaseID int64) error
-	AfterTxnHeld     func(txnID []byte)
-	AfterTxnRecorded func(txnID []byte)
-	BeforeTxnCommit  func(txnID []byte, rangeID uint64)
+	// The router's knobs (AfterLeaseProof, AfterTxnHeld, …).
+	router.TestingKnobs
 	// DialNode, when set, opens every connection this node makes to another
 	// node: the Raft transport's, the Internal service's (forwarded
 	// requests, range feeds, the revision oracle), --join's, and the probes

@@ -99,10 +99,14 @@ type TestingKnobs struct {
 	// AfterTxnHeld runs when a write spanning ranges holds every range,
 	// before it decides; AfterTxnRecorded when it has recorded its commit,
 	// before it commits on any range; BeforeTxnCommit before it sends the
-	// commit to one range.
+	// commit to one range, and AfterTxnCommit when that range has applied
+	// it. AfterHoldDecided runs when ResolveHold has the write's outcome
+	// from the meta range, before it settles the range's hold.
 	AfterTxnHeld     func(txnID []byte)
 	AfterTxnRecorded func(txnID []byte)
 	BeforeTxnCommit  func(txnID []byte, rangeID uint64)
+	AfterTxnCommit   func(txnID []byte, rangeID uint64)
+	AfterHoldDecided func(txnID []byte, committed bool)
 }
 
 // Router serves etcd's KV and Lease services over the ranges of this node.

@@ -276,6 +276,9 @@ func (r *Router) recordAndCommit(ctx context.Context, txnID []byte, parts []*par
 		if err != nil {
 			return err
 		}
+		if hook := r.cfg.Knobs.AfterTxnCommit; hook != nil {
+			hook(txnID, p.rng.RangeID())
+		}
 		return answered(p, res)
 	})
 	if err := errors.Join(errs...); err != nil {
@@ -358,6 +361,9 @@ func (r *Router) ResolveHold(ctx context.Context, rng Range, txnID []byte) error
 	rec, err := r.cfg.TxnRecords.DecideTxn(ctx, &tesserapb.DecideTxnCommand{TxnId: txnID})
 	if err != nil {
 		return err
+	}
+	if hook := r.cfg.Knobs.AfterHoldDecided; hook != nil {
+		hook(txnID, rec.GetCommitted())
 	}
 	if !rec.GetCommitted() {
 		_, err := r.writeTo(ctx, rng, abortCommand(txnID), false, 0)

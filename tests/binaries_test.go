@@ -26,8 +26,9 @@ var (
 	binErr  error
 )
 
-// binaries builds tessera and etcdctl (v3.7.3, from the module's tool line)
-// once per test run and returns the directory holding them.
+// binaries builds tessera, tessera-crashpoints (tessera with the crash
+// points of cmd/tessera/crashpoints.go) and etcdctl (v3.7.3, from the
+// module's tool line) once per test run and returns the directory holding them.
 func binaries(t *testing.T) string {
 	t.Helper()
 	binOnce.Do(func() {
@@ -35,11 +36,14 @@ func binaries(t *testing.T) string {
 		if binErr != nil {
 			return
 		}
-		for _, pkg := range []string{"github.com/tesserakv/tessera/cmd/tessera", "go.etcd.io/etcd/etcdctl/v3"} {
-			name := filepath.Base(strings.TrimSuffix(pkg, "/v3"))
-			out, err := exec.Command("go", "build", "-o", filepath.Join(binDir, name), pkg).CombinedOutput()
+		for _, b := range []struct{ name, pkg, tags string }{
+			{"tessera", "github.com/tesserakv/tessera/cmd/tessera", ""},
+			{"tessera-crashpoints", "github.com/tesserakv/tessera/cmd/tessera", "crashpoints"},
+			{"etcdctl", "go.etcd.io/etcd/etcdctl/v3", ""},
+		} {
+			out, err := exec.Command("go", "build", "-tags", b.tags, "-o", filepath.Join(binDir, b.name), b.pkg).CombinedOutput()
 			if err != nil {
-				binErr = fmt.Errorf("building %s: %v\n%s", pkg, err, out)
+				binErr = fmt.Errorf("building %s: %v\n%s", b.pkg, err, out)
 				return
 			}
 		}
@@ -53,9 +57,12 @@ func binaries(t *testing.T) string {
 // process is a tessera server running as a subprocess.
 type process struct {
 	t         *testing.T
+	binary    string   // "tessera" unless set
+	env       []string // added to the test's environment
 	args      []string
 	clientURL string
 	cmd       *exec.Cmd
+	exited    chan struct{} // closed when the last start's process has exited
 	stderr    *bytes.Buffer
 }
 
@@ -83,17 +90,40 @@ func (p *process) start() {
 func (p *process) launch() {
 	p.t.Helper()
 	p.stderr = &bytes.Buffer{}
-	p.cmd = exec.Command(filepath.Join(binaries(p.t), "tessera"), p.args...)
+	binary := p.binary
+	if binary == "" {
+		binary = "tessera"
+	}
+	p.cmd = exec.Command(filepath.Join(binaries(p.t), binary), p.args...)
+	p.cmd.Env = append(os.Environ(), p.env...)
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
 		p.t.Fatal(err)
+	}
+	p.exited = make(chan struct{})
+	go func(cmd *exec.Cmd, exited chan struct{}) {
+		_ = cmd.Wait()
+		close(exited)
+	}(p.cmd, p.exited)
+}
+
+// running reports whether the last start's process has not exited.
+func (p *process) running() bool {
+	if p.exited == nil {
+		return false
+	}
+	select {
+	case <-p.exited:
+		return false
+	default:
+		return true
 	}
 }
 
 // waitReady waits until the server accepts a write.
 func (p *process) waitReady() {
 	p.t.Helper()
-	waitListening(p.t, strings.TrimPrefix(p.clientURL, "http://"), func() bool { return p.cmd.ProcessState != nil })
+	waitListening(p.t, strings.TrimPrefix(p.clientURL, "http://"), func() bool { return !p.running() })
 	cli := p.client()
 	defer cli.Close()
 	deadline := time.Now().Add(30 * time.Second)
@@ -155,9 +185,9 @@ func (p *process) logTail() {
 
 // kill sends SIGKILL and reaps the process.
 func (p *process) kill() {
-	if p.cmd != nil && p.cmd.Process != nil && p.cmd.ProcessState == nil {
+	if p.running() {
 		_ = p.cmd.Process.Signal(syscall.SIGKILL)
-		_ = p.cmd.Wait()
+		<-p.exited
 	}
 }
 
@@ -166,7 +196,11 @@ func (p *process) stop() error {
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		return err
 	}
-	return p.cmd.Wait()
+	<-p.exited
+	if !p.cmd.ProcessState.Success() {
+		return fmt.Errorf("tessera exited: %v", p.cmd.ProcessState)
+	}
+	return nil
 }
 
 // etcdctl runs etcdctl against the given endpoint and returns its stdout.

@@ -18,6 +18,21 @@ import (
 // with the given extra flags) and waits until each accepts a write.
 func startProcessCluster(t *testing.T, n int, flags ...string) []*process {
 	t.Helper()
+	procs := newProcessCluster(t, n, flags...)
+	for _, p := range procs {
+		p.launch()
+	}
+	for _, p := range procs {
+		p.waitReady()
+	}
+	return procs
+}
+
+// newProcessCluster is startProcessCluster's cluster, not yet started: a
+// test may set each process's binary and environment first. Each process
+// is killed when the test ends.
+func newProcessCluster(t *testing.T, n int, flags ...string) []*process {
+	t.Helper()
 	var members []string
 	peers := make([]string, n)
 	for i := range n {
@@ -46,11 +61,7 @@ func startProcessCluster(t *testing.T, n int, flags ...string) []*process {
 		}, flags...)}
 	}
 	for _, p := range procs {
-		p.launch()
 		t.Cleanup(p.kill)
-	}
-	for _, p := range procs {
-		p.waitReady()
 	}
 	return procs
 }

@@ -36,6 +36,9 @@ func main() {
 		fmt.Fprintf(os.Stderr, "tessera: %v\n", err)
 		os.Exit(2)
 	}
+	if installCrashPoints != nil {
+		installCrashPoints(&cfg)
+	}
 	stopTuning := tuneGC()
 	srv, err := server.Start(cfg)
 	if err != nil {
@@ -49,6 +52,10 @@ func main() {
 	srv.Close()
 	stopTuning()
 }
+
+// installCrashPoints is set only in binaries built with the crashpoints tag
+// (crashpoints.go), for tests that kill a node at a chosen step.
+var installCrashPoints func(*node.Config)
 
 // The Go collector lets the heap grow to twice the live heap by default
 // (GOGC=100). A node's live Go heap is mostly small (Pebble keeps its block
