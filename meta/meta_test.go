@@ -406,10 +406,11 @@ func TestTxnRecords(t *testing.T) {
 		}
 		return res
 	}
+	// A commit at rev was held from rev-5.
 	decide := func(id string, commit bool, rev int64, ranges ...uint64) (uint64, *tesserapb.TxnRecord) {
 		t.Helper()
 		res := apply(&tesserapb.MetaCommand{Op: &tesserapb.MetaCommand_DecideTxn{DecideTxn: &tesserapb.DecideTxnCommand{
-			TxnId: []byte(id), Commit: commit, Revision: rev, Path: []bool{true}, RangeIds: ranges,
+			TxnId: []byte(id), Commit: commit, Revision: rev, Path: []bool{true}, RangeIds: ranges, MinHoldRevision: rev - 5,
 		}}})
 		rec := &tesserapb.TxnRecord{}
 		if err := proto.Unmarshal(res.Data, rec); err != nil {
@@ -466,5 +467,33 @@ func TestTxnRecords(t *testing.T) {
 	}
 	if len(m2.state.TxnRecords) != 1 || m2.state.TxnRecords[0].Revision != 60 {
 		t.Fatalf("recovered records %v", m2.state.TxnRecords)
+	}
+	forget("t3", 0)
+
+	// Sweeps: an abort nobody forgets goes at the second sweep after it
+	// was recorded, and the floor rises to that sweep's revision then; a
+	// commit stays until its ranges forget it.
+	floor := int64(95)
+	sweep := func() {
+		floor += 5
+		apply(&tesserapb.MetaCommand{Op: &tesserapb.MetaCommand_SweepTxnRecords{SweepTxnRecords: &tesserapb.SweepTxnRecordsCommand{Floor: floor}}})
+	}
+	decide("t4", false, 0)
+	decide("t5", true, 70, 2)
+	sweep()
+	if records() != 2 || m.state.TxnFloor != 0 {
+		t.Fatalf("after one sweep: %v, floor %d", m.state.TxnRecords, m.state.TxnFloor)
+	}
+	sweep()
+	if records() != 1 || !m.state.TxnRecords[0].Committed || m.state.TxnFloor != 105 {
+		t.Fatalf("after two sweeps: %v, floor %d", m.state.TxnRecords, m.state.TxnFloor)
+	}
+	// The swept write's coordinator, its holds below the floor, cannot
+	// record a commit now; a write held above it can.
+	if v, rec := decide("t4", true, 90); v != TxnAborted || rec.Committed {
+		t.Fatalf("commit of a swept write: %d %v", v, rec)
+	}
+	if v, _ := decide("t6", true, 115, 2); v != TxnCommitted {
+		t.Fatalf("commit held above the floor: %d", v)
 	}
 }

@@ -61,9 +61,11 @@ const (
 func decideTxn(st *tesserapb.MetaState, d *tesserapb.DecideTxnCommand) (sm.Result, error) {
 	rec := findTxnRecord(st, d.GetTxnId())
 	if rec == nil {
-		rec = &tesserapb.TxnRecord{
-			TxnId: d.GetTxnId(), Committed: d.GetCommit(), Revision: d.GetRevision(),
-			Path: d.GetPath(), RangeIds: d.GetRangeIds(),
+		rec = &tesserapb.TxnRecord{TxnId: d.GetTxnId()}
+		// A commit whose holds are at or below the floor may be of a
+		// write whose abort was recorded and swept.
+		if d.GetCommit() && d.GetMinHoldRevision() > st.TxnFloor {
+			rec.Committed, rec.Revision, rec.Path, rec.RangeIds = true, d.GetRevision(), d.GetPath(), d.GetRangeIds()
 		}
 		st.TxnRecords = append(st.TxnRecords, rec)
 	}
@@ -141,6 +143,18 @@ func applyMeta(st *tesserapb.MetaState, cmd *tesserapb.MetaCommand) uint64 {
 		st.Ranges = append(st.Ranges, nil)
 		copy(st.Ranges[i+1:], st.Ranges[i:])
 		st.Ranges[i] = d
+	case *tesserapb.MetaCommand_SweepTxnRecords:
+		swept := false
+		st.TxnRecords = slices.DeleteFunc(st.TxnRecords, func(r *tesserapb.TxnRecord) bool {
+			swept = swept || r.Stale
+			return r.Stale
+		})
+		for _, r := range st.TxnRecords {
+			r.Stale = !r.Committed
+		}
+		if swept {
+			st.TxnFloor = max(st.TxnFloor, op.SweepTxnRecords.GetFloor())
+		}
 	case *tesserapb.MetaCommand_ForgetTxn:
 		f := op.ForgetTxn
 		rec := findTxnRecord(st, f.GetTxnId())

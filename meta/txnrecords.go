@@ -3,6 +3,7 @@ package meta
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"google.golang.org/protobuf/proto"
 
@@ -42,4 +43,22 @@ func (m *Replica) DecideTxn(ctx context.Context, d *tesserapb.DecideTxnCommand) 
 // the outcome).
 func (m *Replica) ForgetTxn(ctx context.Context, txnID []byte, rangeID uint64) error {
 	return m.Propose(ctx, &tesserapb.MetaCommand{Op: &tesserapb.MetaCommand_ForgetTxn{ForgetTxn: &tesserapb.ForgetTxnCommand{TxnId: txnID, RangeId: rangeID}}})
+}
+
+// SweepTxnRecords drops the aborted records the last sweep marked and
+// marks the others (SweepTxnRecordsCommand); floor is a revision taken
+// from the oracle for this sweep. Nobody forgets an abort that a range
+// recorded for a write whose coordinator is gone: the meta leader sweeps
+// them now and then, so each lives one to two sweep intervals.
+func (m *Replica) SweepTxnRecords(ctx context.Context, floor int64) error {
+	return m.Propose(ctx, &tesserapb.MetaCommand{Op: &tesserapb.MetaCommand_SweepTxnRecords{SweepTxnRecords: &tesserapb.SweepTxnRecordsCommand{Floor: floor}}})
+}
+
+// HasAbortedTxnRecords reports whether this replica's state holds an
+// aborted record.
+func (m *Replica) HasAbortedTxnRecords() bool {
+	out, err := m.Read(context.Background(), false, func(st *tesserapb.MetaState) (any, error) {
+		return slices.ContainsFunc(st.TxnRecords, func(r *tesserapb.TxnRecord) bool { return !r.Committed }), nil
+	})
+	return err == nil && out.(bool)
 }

@@ -20,6 +20,11 @@ const (
 	// the hold itself. A coordinator needs a few Raft rounds; an abort
 	// recorded too early only makes it start over.
 	holdTimeout = 3 * time.Second
+	// txnSweepInterval is how often the meta leader sweeps the aborted
+	// records of writes spanning ranges (meta.Replica.SweepTxnRecords): an
+	// abort lives one to two intervals, far longer than a coordinator
+	// takes between its holds and its decision.
+	txnSweepInterval = time.Minute
 )
 
 // heldSince is when this node first saw a range held by a write.
@@ -34,6 +39,7 @@ func (s *Node) runHoldSweeper() {
 	seen := map[uint64]heldSince{}
 	tick := time.NewTicker(holdCheckInterval)
 	defer tick.Stop()
+	lastSweep := time.Now()
 	for {
 		select {
 		case <-s.stopper.ShouldQuiesce():
@@ -41,6 +47,10 @@ func (s *Node) runHoldSweeper() {
 		case <-tick.C:
 		}
 		now := time.Now()
+		if now.Sub(lastSweep) >= s.txnSweepInterval() {
+			lastSweep = now
+			s.sweepTxnRecords()
+		}
 		held := map[uint64]bool{}
 		for _, rng := range s.rangeList() {
 			rsm := s.store.Range(rng.RangeID())
@@ -75,4 +85,28 @@ func (s *Node) runHoldSweeper() {
 			}
 		}
 	}
+}
+
+// sweepTxnRecords sweeps the aborted records of writes spanning ranges
+// when this node leads the meta range and there are any.
+func (s *Node) sweepTxnRecords() {
+	if leads, _ := s.metaTerm(); !leads || !s.meta.HasAbortedTxnRecords() {
+		return
+	}
+	ctx, cancel := s.stopper.WithTimeout(holdTimeout)
+	defer cancel()
+	floor, err := s.oracle.NextN(ctx, 1)
+	if err == nil {
+		err = s.meta.SweepTxnRecords(ctx, floor)
+	}
+	if err != nil {
+		s.log.Debug("sweeping aborted records of writes spanning ranges", "err", err)
+	}
+}
+
+func (s *Node) txnSweepInterval() time.Duration {
+	if d := s.cfg.Knobs.TxnSweepInterval; d > 0 {
+		return d
+	}
+	return txnSweepInterval
 }

@@ -31,6 +31,9 @@ type TestingKnobs struct {
 	// RangeRequestTimeout bounds one proposal or ReadIndex round of a range
 	// replica (shard.Config.RequestTimeout); 0: its default.
 	RangeRequestTimeout time.Duration
+	// TxnSweepInterval replaces the minute between the meta leader's sweeps
+	// of aborted records of writes spanning ranges.
+	TxnSweepInterval time.Duration
 	// The router's knobs (AfterLeaseProof, AfterTxnHeld, …).
 	router.TestingKnobs
 	// DialNode, when set, opens every connection this node makes to another
@@ -112,6 +115,10 @@ func (t TestingNode) MetaLeader() uint64 {
 	id, _, _ := t.s.meta.Leader()
 	return id
 }
+
+// HasAbortedTxnRecords reports whether this node's meta replica holds an
+// aborted record of a write spanning ranges.
+func (t TestingNode) HasAbortedTxnRecords() bool { return t.s.meta.HasAbortedTxnRecords() }
 
 // IsLeader reports whether this node leads the first data range.
 func (t TestingNode) IsLeader() bool { return t.s.leadsHomeRange() }

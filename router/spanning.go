@@ -249,10 +249,16 @@ func (r *Router) spanningOnce(ctx context.Context, req *pb.TxnRequest, sent []by
 // answered. A write whose abort a range recorded first starts over.
 func (r *Router) recordAndCommit(ctx context.Context, txnID []byte, parts []*participant, rev int64, path []bool, answered func(*participant, *tesserapb.Result) error) error {
 	ids := make([]uint64, len(parts))
+	var minHold int64
 	for i, p := range parts {
 		ids[i] = p.rng.RangeID()
+		if h := p.hold.GetRevision(); i == 0 || h < minHold {
+			minHold = h
+		}
 	}
-	rec, err := r.cfg.TxnRecords.DecideTxn(ctx, &tesserapb.DecideTxnCommand{TxnId: txnID, Commit: true, Revision: rev, Path: path, RangeIds: ids})
+	rec, err := r.cfg.TxnRecords.DecideTxn(ctx, &tesserapb.DecideTxnCommand{
+		TxnId: txnID, Commit: true, Revision: rev, Path: path, RangeIds: ids, MinHoldRevision: minHold,
+	})
 	if err != nil {
 		// The commit may have been recorded: the holds stay, and the ranges
 		// settle the outcome from the record (ResolveHold).
@@ -510,13 +516,18 @@ func (r *Router) revokeOnce(ctx context.Context, id int64, home Range, want func
 		parts []*participant // every range a hold was sent to
 	)
 	hold := func(rng Range) (*tesserapb.Result, error) {
+		p := &participant{rng: rng, hold: &tesserapb.TxnHoldResult{}}
 		mu.Lock()
-		parts = append(parts, &participant{rng: rng})
+		parts = append(parts, p)
 		mu.Unlock()
 		cmd := &tesserapb.TxnHoldCommand{TxnId: txnID, LeaseRevoke: &tesserapb.LeaseRevokeCommand{
 			Id: id, WithoutRecord: true, KeepRecord: rng.RangeID() == home.RangeID(),
 		}}
-		return r.writeTo(ctx, rng, &tesserapb.Command{Op: &tesserapb.Command_TxnHold{TxnHold: cmd}}, true, 0)
+		res, err := r.writeTo(ctx, rng, &tesserapb.Command{Op: &tesserapb.Command_TxnHold{TxnHold: cmd}}, true, 0)
+		if err == nil {
+			err = proto.Unmarshal(res.GetResponse(), p.hold)
+		}
+		return res, err
 	}
 	wanted := func(rng Range) bool { return rng.RangeID() == home.RangeID() || want == nil || want(rng) }
 	if err := r.everyRange(ctx, map[uint64]bool{}, wanted, hold); err != nil {

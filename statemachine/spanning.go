@@ -171,7 +171,7 @@ func (a *applier) applyTxnHold(rev int64, cmd *tesserapb.TxnHoldCommand) (*tesse
 			return nil, errorf(ErrInvalidCommand, "txn hold of a lease revocation with a request")
 		}
 		a.state.hold = &tesserapb.TxnHold{TxnId: bytes.Clone(cmd.GetTxnId()), Revision: rev, LeaseRevoke: proto.CloneOf(lr)}
-		return &tesserapb.TxnHoldResult{CompactedRevision: a.state.compactedRev}, nil
+		return &tesserapb.TxnHoldResult{CompactedRevision: a.state.compactedRev, Revision: rev}, nil
 	}
 	req := &pb.TxnRequest{}
 	if err := proto.Unmarshal(cmd.GetRequest(), req); err != nil {
@@ -190,6 +190,7 @@ func (a *applier) applyTxnHold(rev int64, cmd *tesserapb.TxnHoldCommand) (*tesse
 	res := &tesserapb.TxnHoldResult{
 		Compares:          make([]*tesserapb.CompareOutcome, n.Compares),
 		CompactedRevision: a.state.compactedRev,
+		Revision:          rev,
 	}
 	if err := t.holdLevel(req, n, res); err != nil {
 		return nil, err

@@ -50,6 +50,7 @@ func (s *coordinatorStall) arm(step string) {
 func TestSpanningCoordinatorStalls(t *testing.T) {
 	stall := &coordinatorStall{release: make(chan struct{})}
 	c := testcluster.Start(t, 3, func(cfg *serverConfig) {
+		cfg.Knobs.TxnSweepInterval = time.Second
 		cfg.Knobs.AfterTxnHeld = func([]byte) { stall.at("held") }
 		cfg.Knobs.AfterTxnRecorded = func([]byte) { stall.at("recorded") }
 		first := true
@@ -157,6 +158,16 @@ func TestSpanningCoordinatorStalls(t *testing.T) {
 		if len(evs) != 2 || string(evs[0].Kv.Key) != "a" || string(evs[1].Kv.Key) != "z" ||
 			string(evs[0].Kv.Value) != want || string(evs[1].Kv.Value) != want || evs[0].Kv.ModRevision != evs[1].Kv.ModRevision {
 			t.Fatalf("watch response %d: %v, want a and z at %q at one revision", i, evs, want)
+		}
+	}
+	// The abort recorded for the first write, whose coordinator never
+	// came back for it, is swept.
+	deadline = time.After(10 * time.Second)
+	for c.Nodes[1].Server.Testing().HasAbortedTxnRecords() {
+		select {
+		case <-deadline:
+			t.Fatal("an aborted record stayed in the meta range")
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }

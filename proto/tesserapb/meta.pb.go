@@ -39,6 +39,7 @@ type MetaCommand struct {
 	//	*MetaCommand_RemoveNode
 	//	*MetaCommand_DecideTxn
 	//	*MetaCommand_ForgetTxn
+	//	*MetaCommand_SweepTxnRecords
 	Op            isMetaCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -162,6 +163,15 @@ func (x *MetaCommand) GetForgetTxn() *ForgetTxnCommand {
 	return nil
 }
 
+func (x *MetaCommand) GetSweepTxnRecords() *SweepTxnRecordsCommand {
+	if x != nil {
+		if x, ok := x.Op.(*MetaCommand_SweepTxnRecords); ok {
+			return x.SweepTxnRecords
+		}
+	}
+	return nil
+}
+
 type isMetaCommand_Op interface {
 	isMetaCommand_Op()
 }
@@ -202,6 +212,10 @@ type MetaCommand_ForgetTxn struct {
 	ForgetTxn *ForgetTxnCommand `protobuf:"bytes,9,opt,name=forget_txn,json=forgetTxn,proto3,oneof"`
 }
 
+type MetaCommand_SweepTxnRecords struct {
+	SweepTxnRecords *SweepTxnRecordsCommand `protobuf:"bytes,10,opt,name=sweep_txn_records,json=sweepTxnRecords,proto3,oneof"`
+}
+
 func (*MetaCommand_SetHighWater) isMetaCommand_Op() {}
 
 func (*MetaCommand_RegisterNode) isMetaCommand_Op() {}
@@ -220,6 +234,8 @@ func (*MetaCommand_DecideTxn) isMetaCommand_Op() {}
 
 func (*MetaCommand_ForgetTxn) isMetaCommand_Op() {}
 
+func (*MetaCommand_SweepTxnRecords) isMetaCommand_Op() {}
+
 // DecideTxnCommand records the outcome of a write spanning ranges
 // (docs/design.md, "Writes spanning ranges"): its coordinator records the
 // commit, with its revision and path, before it commits on any range; a
@@ -235,9 +251,14 @@ type DecideTxnCommand struct {
 	Path     []bool                 `protobuf:"varint,4,rep,packed,name=path,proto3" json:"path,omitempty"`
 	// range_ids are the ranges held for the write that have not applied its
 	// outcome yet.
-	RangeIds      []uint64 `protobuf:"varint,5,rep,packed,name=range_ids,json=rangeIds,proto3" json:"range_ids,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RangeIds []uint64 `protobuf:"varint,5,rep,packed,name=range_ids,json=rangeIds,proto3" json:"range_ids,omitempty"`
+	// min_hold_revision is the lowest revision of the write's holds (set
+	// with commit). A commit whose holds are at or below the records'
+	// floor (MetaState.txn_floor) is recorded as an abort: its record may
+	// have been swept.
+	MinHoldRevision int64 `protobuf:"varint,6,opt,name=min_hold_revision,json=minHoldRevision,proto3" json:"min_hold_revision,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *DecideTxnCommand) Reset() {
@@ -305,6 +326,62 @@ func (x *DecideTxnCommand) GetRangeIds() []uint64 {
 	return nil
 }
 
+func (x *DecideTxnCommand) GetMinHoldRevision() int64 {
+	if x != nil {
+		return x.MinHoldRevision
+	}
+	return 0
+}
+
+// SweepTxnRecordsCommand drops the aborted records that the sweep before
+// marked stale, marks the other aborted records stale, and, when it drops
+// any, raises MetaState.txn_floor to floor: a revision the sweeper took
+// from the oracle, so above every hold of a dropped write. A range still
+// held by such a write records the abort again when it asks.
+type SweepTxnRecordsCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Floor         int64                  `protobuf:"varint,1,opt,name=floor,proto3" json:"floor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SweepTxnRecordsCommand) Reset() {
+	*x = SweepTxnRecordsCommand{}
+	mi := &file_tesserapb_meta_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SweepTxnRecordsCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SweepTxnRecordsCommand) ProtoMessage() {}
+
+func (x *SweepTxnRecordsCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SweepTxnRecordsCommand.ProtoReflect.Descriptor instead.
+func (*SweepTxnRecordsCommand) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SweepTxnRecordsCommand) GetFloor() int64 {
+	if x != nil {
+		return x.Floor
+	}
+	return 0
+}
+
 // ForgetTxnCommand: range range_id has applied the write's committed
 // outcome (0: every range has applied the outcome, and the coordinator
 // knows it); the record goes once no range is left to apply it. A record
@@ -319,7 +396,7 @@ type ForgetTxnCommand struct {
 
 func (x *ForgetTxnCommand) Reset() {
 	*x = ForgetTxnCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[2]
+	mi := &file_tesserapb_meta_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -331,7 +408,7 @@ func (x *ForgetTxnCommand) String() string {
 func (*ForgetTxnCommand) ProtoMessage() {}
 
 func (x *ForgetTxnCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[2]
+	mi := &file_tesserapb_meta_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -344,7 +421,7 @@ func (x *ForgetTxnCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetTxnCommand.ProtoReflect.Descriptor instead.
 func (*ForgetTxnCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{2}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ForgetTxnCommand) GetTxnId() []byte {
@@ -363,19 +440,21 @@ func (x *ForgetTxnCommand) GetRangeId() uint64 {
 
 // TxnRecord is the recorded outcome of a write spanning ranges.
 type TxnRecord struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TxnId         []byte                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
-	Committed     bool                   `protobuf:"varint,2,opt,name=committed,proto3" json:"committed,omitempty"`
-	Revision      int64                  `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
-	Path          []bool                 `protobuf:"varint,4,rep,packed,name=path,proto3" json:"path,omitempty"`
-	RangeIds      []uint64               `protobuf:"varint,5,rep,packed,name=range_ids,json=rangeIds,proto3" json:"range_ids,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	TxnId     []byte                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
+	Committed bool                   `protobuf:"varint,2,opt,name=committed,proto3" json:"committed,omitempty"`
+	Revision  int64                  `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	Path      []bool                 `protobuf:"varint,4,rep,packed,name=path,proto3" json:"path,omitempty"`
+	RangeIds  []uint64               `protobuf:"varint,5,rep,packed,name=range_ids,json=rangeIds,proto3" json:"range_ids,omitempty"`
+	// stale: an aborted record that the next SweepTxnRecordsCommand drops.
+	Stale         bool `protobuf:"varint,6,opt,name=stale,proto3" json:"stale,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TxnRecord) Reset() {
 	*x = TxnRecord{}
-	mi := &file_tesserapb_meta_proto_msgTypes[3]
+	mi := &file_tesserapb_meta_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -387,7 +466,7 @@ func (x *TxnRecord) String() string {
 func (*TxnRecord) ProtoMessage() {}
 
 func (x *TxnRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[3]
+	mi := &file_tesserapb_meta_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -400,7 +479,7 @@ func (x *TxnRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnRecord.ProtoReflect.Descriptor instead.
 func (*TxnRecord) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{3}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *TxnRecord) GetTxnId() []byte {
@@ -438,6 +517,13 @@ func (x *TxnRecord) GetRangeIds() []uint64 {
 	return nil
 }
 
+func (x *TxnRecord) GetStale() bool {
+	if x != nil {
+		return x.Stale
+	}
+	return false
+}
+
 // RemoveNodeCommand takes a node out of the registry (etcd's MemberRemove,
 // once it holds no range replica).
 type RemoveNodeCommand struct {
@@ -449,7 +535,7 @@ type RemoveNodeCommand struct {
 
 func (x *RemoveNodeCommand) Reset() {
 	*x = RemoveNodeCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[4]
+	mi := &file_tesserapb_meta_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -461,7 +547,7 @@ func (x *RemoveNodeCommand) String() string {
 func (*RemoveNodeCommand) ProtoMessage() {}
 
 func (x *RemoveNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[4]
+	mi := &file_tesserapb_meta_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -474,7 +560,7 @@ func (x *RemoveNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeCommand.ProtoReflect.Descriptor instead.
 func (*RemoveNodeCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{4}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RemoveNodeCommand) GetNodeId() uint64 {
@@ -496,7 +582,7 @@ type AllocateNodeIdCommand struct {
 
 func (x *AllocateNodeIdCommand) Reset() {
 	*x = AllocateNodeIdCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[5]
+	mi := &file_tesserapb_meta_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -508,7 +594,7 @@ func (x *AllocateNodeIdCommand) String() string {
 func (*AllocateNodeIdCommand) ProtoMessage() {}
 
 func (x *AllocateNodeIdCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[5]
+	mi := &file_tesserapb_meta_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -521,7 +607,7 @@ func (x *AllocateNodeIdCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateNodeIdCommand.ProtoReflect.Descriptor instead.
 func (*AllocateNodeIdCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{5}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AllocateNodeIdCommand) GetMinId() uint64 {
@@ -543,7 +629,7 @@ type SetDecommissioningCommand struct {
 
 func (x *SetDecommissioningCommand) Reset() {
 	*x = SetDecommissioningCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[6]
+	mi := &file_tesserapb_meta_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -555,7 +641,7 @@ func (x *SetDecommissioningCommand) String() string {
 func (*SetDecommissioningCommand) ProtoMessage() {}
 
 func (x *SetDecommissioningCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[6]
+	mi := &file_tesserapb_meta_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -568,7 +654,7 @@ func (x *SetDecommissioningCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDecommissioningCommand.ProtoReflect.Descriptor instead.
 func (*SetDecommissioningCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{6}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SetDecommissioningCommand) GetNodeId() uint64 {
@@ -594,7 +680,7 @@ type AllocateRangeIdCommand struct {
 
 func (x *AllocateRangeIdCommand) Reset() {
 	*x = AllocateRangeIdCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[7]
+	mi := &file_tesserapb_meta_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -606,7 +692,7 @@ func (x *AllocateRangeIdCommand) String() string {
 func (*AllocateRangeIdCommand) ProtoMessage() {}
 
 func (x *AllocateRangeIdCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[7]
+	mi := &file_tesserapb_meta_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -619,7 +705,7 @@ func (x *AllocateRangeIdCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateRangeIdCommand.ProtoReflect.Descriptor instead.
 func (*AllocateRangeIdCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{7}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{8}
 }
 
 // SetHighWaterCommand raises the oracle's high-water mark: no revision at or
@@ -633,7 +719,7 @@ type SetHighWaterCommand struct {
 
 func (x *SetHighWaterCommand) Reset() {
 	*x = SetHighWaterCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	mi := &file_tesserapb_meta_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -645,7 +731,7 @@ func (x *SetHighWaterCommand) String() string {
 func (*SetHighWaterCommand) ProtoMessage() {}
 
 func (x *SetHighWaterCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	mi := &file_tesserapb_meta_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -658,7 +744,7 @@ func (x *SetHighWaterCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetHighWaterCommand.ProtoReflect.Descriptor instead.
 func (*SetHighWaterCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{8}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SetHighWaterCommand) GetRevision() int64 {
@@ -677,7 +763,7 @@ type RegisterNodeCommand struct {
 
 func (x *RegisterNodeCommand) Reset() {
 	*x = RegisterNodeCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	mi := &file_tesserapb_meta_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -689,7 +775,7 @@ func (x *RegisterNodeCommand) String() string {
 func (*RegisterNodeCommand) ProtoMessage() {}
 
 func (x *RegisterNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	mi := &file_tesserapb_meta_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -702,7 +788,7 @@ func (x *RegisterNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeCommand.ProtoReflect.Descriptor instead.
 func (*RegisterNodeCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{9}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RegisterNodeCommand) GetNode() *NodeInfo {
@@ -724,7 +810,7 @@ type PutRangeCommand struct {
 
 func (x *PutRangeCommand) Reset() {
 	*x = PutRangeCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	mi := &file_tesserapb_meta_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -736,7 +822,7 @@ func (x *PutRangeCommand) String() string {
 func (*PutRangeCommand) ProtoMessage() {}
 
 func (x *PutRangeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	mi := &file_tesserapb_meta_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -749,7 +835,7 @@ func (x *PutRangeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRangeCommand.ProtoReflect.Descriptor instead.
 func (*PutRangeCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{10}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PutRangeCommand) GetRange() *RangeDescriptor {
@@ -775,7 +861,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	mi := &file_tesserapb_meta_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -787,7 +873,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	mi := &file_tesserapb_meta_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -800,7 +886,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{11}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *NodeInfo) GetNodeId() uint64 {
@@ -860,7 +946,7 @@ type RangeDescriptor struct {
 
 func (x *RangeDescriptor) Reset() {
 	*x = RangeDescriptor{}
-	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	mi := &file_tesserapb_meta_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -872,7 +958,7 @@ func (x *RangeDescriptor) String() string {
 func (*RangeDescriptor) ProtoMessage() {}
 
 func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	mi := &file_tesserapb_meta_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -885,7 +971,7 @@ func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDescriptor.ProtoReflect.Descriptor instead.
 func (*RangeDescriptor) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{12}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RangeDescriptor) GetRangeId() uint64 {
@@ -942,14 +1028,17 @@ type MetaState struct {
 	NextNodeId uint64 `protobuf:"varint,5,opt,name=next_node_id,json=nextNodeId,proto3" json:"next_node_id,omitempty"`
 	// txn_records are the outcomes of writes spanning ranges that some range
 	// may not have applied yet.
-	TxnRecords    []*TxnRecord `protobuf:"bytes,6,rep,name=txn_records,json=txnRecords,proto3" json:"txn_records,omitempty"`
+	TxnRecords []*TxnRecord `protobuf:"bytes,6,rep,name=txn_records,json=txnRecords,proto3" json:"txn_records,omitempty"`
+	// txn_floor: a write whose holds are at or below it can no longer record
+	// a commit (SweepTxnRecordsCommand).
+	TxnFloor      int64 `protobuf:"varint,7,opt,name=txn_floor,json=txnFloor,proto3" json:"txn_floor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MetaState) Reset() {
 	*x = MetaState{}
-	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -961,7 +1050,7 @@ func (x *MetaState) String() string {
 func (*MetaState) ProtoMessage() {}
 
 func (x *MetaState) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -974,7 +1063,7 @@ func (x *MetaState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaState.ProtoReflect.Descriptor instead.
 func (*MetaState) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{13}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *MetaState) GetHighWater() int64 {
@@ -1019,6 +1108,13 @@ func (x *MetaState) GetTxnRecords() []*TxnRecord {
 	return nil
 }
 
+func (x *MetaState) GetTxnFloor() int64 {
+	if x != nil {
+		return x.TxnFloor
+	}
+	return 0
+}
+
 type RestartMetaRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ReplicaId     uint64                 `protobuf:"varint,1,opt,name=replica_id,json=replicaId,proto3" json:"replica_id,omitempty"`
@@ -1028,7 +1124,7 @@ type RestartMetaRequest struct {
 
 func (x *RestartMetaRequest) Reset() {
 	*x = RestartMetaRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1040,7 +1136,7 @@ func (x *RestartMetaRequest) String() string {
 func (*RestartMetaRequest) ProtoMessage() {}
 
 func (x *RestartMetaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1053,7 +1149,7 @@ func (x *RestartMetaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMetaRequest.ProtoReflect.Descriptor instead.
 func (*RestartMetaRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RestartMetaRequest) GetReplicaId() uint64 {
@@ -1071,7 +1167,7 @@ type RestartMetaResponse struct {
 
 func (x *RestartMetaResponse) Reset() {
 	*x = RestartMetaResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1083,7 +1179,7 @@ func (x *RestartMetaResponse) String() string {
 func (*RestartMetaResponse) ProtoMessage() {}
 
 func (x *RestartMetaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1096,7 +1192,7 @@ func (x *RestartMetaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMetaResponse.ProtoReflect.Descriptor instead.
 func (*RestartMetaResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
 }
 
 type JoinClusterRequest struct {
@@ -1110,7 +1206,7 @@ type JoinClusterRequest struct {
 
 func (x *JoinClusterRequest) Reset() {
 	*x = JoinClusterRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1122,7 +1218,7 @@ func (x *JoinClusterRequest) String() string {
 func (*JoinClusterRequest) ProtoMessage() {}
 
 func (x *JoinClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1135,7 +1231,7 @@ func (x *JoinClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinClusterRequest.ProtoReflect.Descriptor instead.
 func (*JoinClusterRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *JoinClusterRequest) GetName() string {
@@ -1171,7 +1267,7 @@ type JoinClusterResponse struct {
 
 func (x *JoinClusterResponse) Reset() {
 	*x = JoinClusterResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1183,7 +1279,7 @@ func (x *JoinClusterResponse) String() string {
 func (*JoinClusterResponse) ProtoMessage() {}
 
 func (x *JoinClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1196,7 +1292,7 @@ func (x *JoinClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinClusterResponse.ProtoReflect.Descriptor instead.
 func (*JoinClusterResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *JoinClusterResponse) GetNodeId() uint64 {
@@ -1228,7 +1324,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1240,7 +1336,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1253,7 +1349,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
 }
 
 type ListNodesResponse struct {
@@ -1265,7 +1361,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[19]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1277,7 +1373,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[19]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1290,7 +1386,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeStatus {
@@ -1319,7 +1415,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_tesserapb_meta_proto_msgTypes[20]
+	mi := &file_tesserapb_meta_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1331,7 +1427,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[20]
+	mi := &file_tesserapb_meta_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1344,7 +1440,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *NodeStatus) GetNodeId() uint64 {
@@ -1413,7 +1509,7 @@ type DecommissionRequest struct {
 
 func (x *DecommissionRequest) Reset() {
 	*x = DecommissionRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[21]
+	mi := &file_tesserapb_meta_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1425,7 +1521,7 @@ func (x *DecommissionRequest) String() string {
 func (*DecommissionRequest) ProtoMessage() {}
 
 func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[21]
+	mi := &file_tesserapb_meta_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1438,7 +1534,7 @@ func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionRequest.ProtoReflect.Descriptor instead.
 func (*DecommissionRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{21}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DecommissionRequest) GetNode() string {
@@ -1457,7 +1553,7 @@ type DecommissionResponse struct {
 
 func (x *DecommissionResponse) Reset() {
 	*x = DecommissionResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[22]
+	mi := &file_tesserapb_meta_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1469,7 +1565,7 @@ func (x *DecommissionResponse) String() string {
 func (*DecommissionResponse) ProtoMessage() {}
 
 func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[22]
+	mi := &file_tesserapb_meta_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1482,7 +1578,7 @@ func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionResponse.ProtoReflect.Descriptor instead.
 func (*DecommissionResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{22}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DecommissionResponse) GetNodeId() uint64 {
@@ -1507,7 +1603,7 @@ type NodeHeartbeatRequest struct {
 
 func (x *NodeHeartbeatRequest) Reset() {
 	*x = NodeHeartbeatRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[23]
+	mi := &file_tesserapb_meta_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1519,7 +1615,7 @@ func (x *NodeHeartbeatRequest) String() string {
 func (*NodeHeartbeatRequest) ProtoMessage() {}
 
 func (x *NodeHeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[23]
+	mi := &file_tesserapb_meta_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1532,7 +1628,7 @@ func (x *NodeHeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeHeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*NodeHeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{23}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *NodeHeartbeatRequest) GetNodeId() uint64 {
@@ -1583,7 +1679,7 @@ type RangeLoad struct {
 
 func (x *RangeLoad) Reset() {
 	*x = RangeLoad{}
-	mi := &file_tesserapb_meta_proto_msgTypes[24]
+	mi := &file_tesserapb_meta_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1595,7 +1691,7 @@ func (x *RangeLoad) String() string {
 func (*RangeLoad) ProtoMessage() {}
 
 func (x *RangeLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[24]
+	mi := &file_tesserapb_meta_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1608,7 +1704,7 @@ func (x *RangeLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeLoad.ProtoReflect.Descriptor instead.
 func (*RangeLoad) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{24}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RangeLoad) GetRangeId() uint64 {
@@ -1647,7 +1743,7 @@ type NodeHeartbeatResponse struct {
 
 func (x *NodeHeartbeatResponse) Reset() {
 	*x = NodeHeartbeatResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[25]
+	mi := &file_tesserapb_meta_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1659,7 +1755,7 @@ func (x *NodeHeartbeatResponse) String() string {
 func (*NodeHeartbeatResponse) ProtoMessage() {}
 
 func (x *NodeHeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[25]
+	mi := &file_tesserapb_meta_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1672,7 +1768,7 @@ func (x *NodeHeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeHeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*NodeHeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{25}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{26}
 }
 
 type TransferLeaderRequest struct {
@@ -1685,7 +1781,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[26]
+	mi := &file_tesserapb_meta_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1697,7 +1793,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[26]
+	mi := &file_tesserapb_meta_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1710,7 +1806,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{26}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *TransferLeaderRequest) GetRangeId() uint64 {
@@ -1735,7 +1831,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[27]
+	mi := &file_tesserapb_meta_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1747,7 +1843,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[27]
+	mi := &file_tesserapb_meta_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1760,7 +1856,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{27}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{28}
 }
 
 type RangeHistoryRequest struct {
@@ -1780,7 +1876,7 @@ type RangeHistoryRequest struct {
 
 func (x *RangeHistoryRequest) Reset() {
 	*x = RangeHistoryRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[28]
+	mi := &file_tesserapb_meta_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1792,7 +1888,7 @@ func (x *RangeHistoryRequest) String() string {
 func (*RangeHistoryRequest) ProtoMessage() {}
 
 func (x *RangeHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[28]
+	mi := &file_tesserapb_meta_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1805,7 +1901,7 @@ func (x *RangeHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeHistoryRequest.ProtoReflect.Descriptor instead.
 func (*RangeHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{28}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RangeHistoryRequest) GetRangeId() uint64 {
@@ -1865,7 +1961,7 @@ type RangeHistoryResponse struct {
 
 func (x *RangeHistoryResponse) Reset() {
 	*x = RangeHistoryResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[29]
+	mi := &file_tesserapb_meta_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1877,7 +1973,7 @@ func (x *RangeHistoryResponse) String() string {
 func (*RangeHistoryResponse) ProtoMessage() {}
 
 func (x *RangeHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[29]
+	mi := &file_tesserapb_meta_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1890,7 +1986,7 @@ func (x *RangeHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeHistoryResponse.ProtoReflect.Descriptor instead.
 func (*RangeHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{29}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RangeHistoryResponse) GetEvents() [][]byte {
@@ -1923,7 +2019,7 @@ type RangeStartedRequest struct {
 
 func (x *RangeStartedRequest) Reset() {
 	*x = RangeStartedRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[30]
+	mi := &file_tesserapb_meta_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1935,7 +2031,7 @@ func (x *RangeStartedRequest) String() string {
 func (*RangeStartedRequest) ProtoMessage() {}
 
 func (x *RangeStartedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[30]
+	mi := &file_tesserapb_meta_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1948,7 +2044,7 @@ func (x *RangeStartedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeStartedRequest.ProtoReflect.Descriptor instead.
 func (*RangeStartedRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{30}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RangeStartedRequest) GetRangeId() uint64 {
@@ -1975,7 +2071,7 @@ type RangeStartedResponse struct {
 
 func (x *RangeStartedResponse) Reset() {
 	*x = RangeStartedResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[31]
+	mi := &file_tesserapb_meta_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1987,7 +2083,7 @@ func (x *RangeStartedResponse) String() string {
 func (*RangeStartedResponse) ProtoMessage() {}
 
 func (x *RangeStartedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[31]
+	mi := &file_tesserapb_meta_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2000,7 +2096,7 @@ func (x *RangeStartedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeStartedResponse.ProtoReflect.Descriptor instead.
 func (*RangeStartedResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{31}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RangeStartedResponse) GetStarted() bool {
@@ -2050,7 +2146,7 @@ type ChangeReplicasRequest struct {
 
 func (x *ChangeReplicasRequest) Reset() {
 	*x = ChangeReplicasRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[32]
+	mi := &file_tesserapb_meta_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2062,7 +2158,7 @@ func (x *ChangeReplicasRequest) String() string {
 func (*ChangeReplicasRequest) ProtoMessage() {}
 
 func (x *ChangeReplicasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[32]
+	mi := &file_tesserapb_meta_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2075,7 +2171,7 @@ func (x *ChangeReplicasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeReplicasRequest.ProtoReflect.Descriptor instead.
 func (*ChangeReplicasRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{32}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ChangeReplicasRequest) GetRangeId() uint64 {
@@ -2115,7 +2211,7 @@ type ChangeReplicasResponse struct {
 
 func (x *ChangeReplicasResponse) Reset() {
 	*x = ChangeReplicasResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[33]
+	mi := &file_tesserapb_meta_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2127,7 +2223,7 @@ func (x *ChangeReplicasResponse) String() string {
 func (*ChangeReplicasResponse) ProtoMessage() {}
 
 func (x *ChangeReplicasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[33]
+	mi := &file_tesserapb_meta_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2140,7 +2236,7 @@ func (x *ChangeReplicasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeReplicasResponse.ProtoReflect.Descriptor instead.
 func (*ChangeReplicasResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{33}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ChangeReplicasResponse) GetRange() *RangeDescriptor {
@@ -2161,7 +2257,7 @@ type StartReplicaRequest struct {
 
 func (x *StartReplicaRequest) Reset() {
 	*x = StartReplicaRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[34]
+	mi := &file_tesserapb_meta_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2173,7 +2269,7 @@ func (x *StartReplicaRequest) String() string {
 func (*StartReplicaRequest) ProtoMessage() {}
 
 func (x *StartReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[34]
+	mi := &file_tesserapb_meta_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2186,7 +2282,7 @@ func (x *StartReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartReplicaRequest.ProtoReflect.Descriptor instead.
 func (*StartReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{34}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *StartReplicaRequest) GetRangeId() uint64 {
@@ -2211,7 +2307,7 @@ type StartReplicaResponse struct {
 
 func (x *StartReplicaResponse) Reset() {
 	*x = StartReplicaResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[35]
+	mi := &file_tesserapb_meta_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2223,7 +2319,7 @@ func (x *StartReplicaResponse) String() string {
 func (*StartReplicaResponse) ProtoMessage() {}
 
 func (x *StartReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[35]
+	mi := &file_tesserapb_meta_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2236,7 +2332,7 @@ func (x *StartReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartReplicaResponse.ProtoReflect.Descriptor instead.
 func (*StartReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{35}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{36}
 }
 
 type RemoveReplicaRequest struct {
@@ -2248,7 +2344,7 @@ type RemoveReplicaRequest struct {
 
 func (x *RemoveReplicaRequest) Reset() {
 	*x = RemoveReplicaRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[36]
+	mi := &file_tesserapb_meta_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2260,7 +2356,7 @@ func (x *RemoveReplicaRequest) String() string {
 func (*RemoveReplicaRequest) ProtoMessage() {}
 
 func (x *RemoveReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[36]
+	mi := &file_tesserapb_meta_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2273,7 +2369,7 @@ func (x *RemoveReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReplicaRequest.ProtoReflect.Descriptor instead.
 func (*RemoveReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{36}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RemoveReplicaRequest) GetRangeId() uint64 {
@@ -2291,7 +2387,7 @@ type RemoveReplicaResponse struct {
 
 func (x *RemoveReplicaResponse) Reset() {
 	*x = RemoveReplicaResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[37]
+	mi := &file_tesserapb_meta_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2303,7 +2399,7 @@ func (x *RemoveReplicaResponse) String() string {
 func (*RemoveReplicaResponse) ProtoMessage() {}
 
 func (x *RemoveReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[37]
+	mi := &file_tesserapb_meta_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2316,7 +2412,7 @@ func (x *RemoveReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReplicaResponse.ProtoReflect.Descriptor instead.
 func (*RemoveReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{37}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{38}
 }
 
 type CampaignRangeRequest struct {
@@ -2328,7 +2424,7 @@ type CampaignRangeRequest struct {
 
 func (x *CampaignRangeRequest) Reset() {
 	*x = CampaignRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[38]
+	mi := &file_tesserapb_meta_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2340,7 +2436,7 @@ func (x *CampaignRangeRequest) String() string {
 func (*CampaignRangeRequest) ProtoMessage() {}
 
 func (x *CampaignRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[38]
+	mi := &file_tesserapb_meta_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2353,7 +2449,7 @@ func (x *CampaignRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRangeRequest.ProtoReflect.Descriptor instead.
 func (*CampaignRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{38}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *CampaignRangeRequest) GetRangeId() uint64 {
@@ -2371,7 +2467,7 @@ type CampaignRangeResponse struct {
 
 func (x *CampaignRangeResponse) Reset() {
 	*x = CampaignRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[39]
+	mi := &file_tesserapb_meta_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2383,7 +2479,7 @@ func (x *CampaignRangeResponse) String() string {
 func (*CampaignRangeResponse) ProtoMessage() {}
 
 func (x *CampaignRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[39]
+	mi := &file_tesserapb_meta_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2396,7 +2492,7 @@ func (x *CampaignRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRangeResponse.ProtoReflect.Descriptor instead.
 func (*CampaignRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{39}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{40}
 }
 
 type RangeWriteRequest struct {
@@ -2415,7 +2511,7 @@ type RangeWriteRequest struct {
 
 func (x *RangeWriteRequest) Reset() {
 	*x = RangeWriteRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[40]
+	mi := &file_tesserapb_meta_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2427,7 +2523,7 @@ func (x *RangeWriteRequest) String() string {
 func (*RangeWriteRequest) ProtoMessage() {}
 
 func (x *RangeWriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[40]
+	mi := &file_tesserapb_meta_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2440,7 +2536,7 @@ func (x *RangeWriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteRequest.ProtoReflect.Descriptor instead.
 func (*RangeWriteRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{40}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RangeWriteRequest) GetRangeId() uint64 {
@@ -2480,7 +2576,7 @@ type RangeWriteResponse struct {
 
 func (x *RangeWriteResponse) Reset() {
 	*x = RangeWriteResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[41]
+	mi := &file_tesserapb_meta_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2492,7 +2588,7 @@ func (x *RangeWriteResponse) String() string {
 func (*RangeWriteResponse) ProtoMessage() {}
 
 func (x *RangeWriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[41]
+	mi := &file_tesserapb_meta_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2505,7 +2601,7 @@ func (x *RangeWriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteResponse.ProtoReflect.Descriptor instead.
 func (*RangeWriteResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{41}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RangeWriteResponse) GetResult() *Result {
@@ -2535,7 +2631,7 @@ type RangeFeedRequest struct {
 
 func (x *RangeFeedRequest) Reset() {
 	*x = RangeFeedRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[42]
+	mi := &file_tesserapb_meta_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2547,7 +2643,7 @@ func (x *RangeFeedRequest) String() string {
 func (*RangeFeedRequest) ProtoMessage() {}
 
 func (x *RangeFeedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[42]
+	mi := &file_tesserapb_meta_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2560,7 +2656,7 @@ func (x *RangeFeedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeFeedRequest.ProtoReflect.Descriptor instead.
 func (*RangeFeedRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{42}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RangeFeedRequest) GetRangeId() uint64 {
@@ -2614,7 +2710,7 @@ type RangeFeedResponse struct {
 
 func (x *RangeFeedResponse) Reset() {
 	*x = RangeFeedResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[43]
+	mi := &file_tesserapb_meta_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2626,7 +2722,7 @@ func (x *RangeFeedResponse) String() string {
 func (*RangeFeedResponse) ProtoMessage() {}
 
 func (x *RangeFeedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[43]
+	mi := &file_tesserapb_meta_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2639,7 +2735,7 @@ func (x *RangeFeedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeFeedResponse.ProtoReflect.Descriptor instead.
 func (*RangeFeedResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{43}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RangeFeedResponse) GetEvents() [][]byte {
@@ -2677,7 +2773,7 @@ type RangeWriteStreamRequest struct {
 
 func (x *RangeWriteStreamRequest) Reset() {
 	*x = RangeWriteStreamRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[44]
+	mi := &file_tesserapb_meta_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2689,7 +2785,7 @@ func (x *RangeWriteStreamRequest) String() string {
 func (*RangeWriteStreamRequest) ProtoMessage() {}
 
 func (x *RangeWriteStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[44]
+	mi := &file_tesserapb_meta_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2702,7 +2798,7 @@ func (x *RangeWriteStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteStreamRequest.ProtoReflect.Descriptor instead.
 func (*RangeWriteStreamRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{44}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RangeWriteStreamRequest) GetSeq() uint64 {
@@ -2743,7 +2839,7 @@ type RangeWriteStreamResponse struct {
 
 func (x *RangeWriteStreamResponse) Reset() {
 	*x = RangeWriteStreamResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[45]
+	mi := &file_tesserapb_meta_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2755,7 +2851,7 @@ func (x *RangeWriteStreamResponse) String() string {
 func (*RangeWriteStreamResponse) ProtoMessage() {}
 
 func (x *RangeWriteStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[45]
+	mi := &file_tesserapb_meta_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2768,7 +2864,7 @@ func (x *RangeWriteStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteStreamResponse.ProtoReflect.Descriptor instead.
 func (*RangeWriteStreamResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{45}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RangeWriteStreamResponse) GetSeq() uint64 {
@@ -2819,7 +2915,7 @@ type NotLeader struct {
 
 func (x *NotLeader) Reset() {
 	*x = NotLeader{}
-	mi := &file_tesserapb_meta_proto_msgTypes[46]
+	mi := &file_tesserapb_meta_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2831,7 +2927,7 @@ func (x *NotLeader) String() string {
 func (*NotLeader) ProtoMessage() {}
 
 func (x *NotLeader) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[46]
+	mi := &file_tesserapb_meta_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2844,7 +2940,7 @@ func (x *NotLeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotLeader.ProtoReflect.Descriptor instead.
 func (*NotLeader) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{46}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *NotLeader) GetLeaderReplicaId() uint64 {
@@ -2868,7 +2964,7 @@ type FenceRangeRequest struct {
 
 func (x *FenceRangeRequest) Reset() {
 	*x = FenceRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[47]
+	mi := &file_tesserapb_meta_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2880,7 +2976,7 @@ func (x *FenceRangeRequest) String() string {
 func (*FenceRangeRequest) ProtoMessage() {}
 
 func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[47]
+	mi := &file_tesserapb_meta_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2893,7 +2989,7 @@ func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeRequest.ProtoReflect.Descriptor instead.
 func (*FenceRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{47}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *FenceRangeRequest) GetRangeId() uint64 {
@@ -2928,7 +3024,7 @@ type FenceRangeResponse struct {
 
 func (x *FenceRangeResponse) Reset() {
 	*x = FenceRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[48]
+	mi := &file_tesserapb_meta_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2940,7 +3036,7 @@ func (x *FenceRangeResponse) String() string {
 func (*FenceRangeResponse) ProtoMessage() {}
 
 func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[48]
+	mi := &file_tesserapb_meta_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2953,7 +3049,7 @@ func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeResponse.ProtoReflect.Descriptor instead.
 func (*FenceRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{48}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *FenceRangeResponse) GetAppliedIndex() uint64 {
@@ -2979,7 +3075,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[49]
+	mi := &file_tesserapb_meta_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2991,7 +3087,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[49]
+	mi := &file_tesserapb_meta_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3004,7 +3100,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{49}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *SplitRangeRequest) GetSplitKey() []byte {
@@ -3024,7 +3120,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[50]
+	mi := &file_tesserapb_meta_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3036,7 +3132,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[50]
+	mi := &file_tesserapb_meta_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3049,7 +3145,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{50}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *SplitRangeResponse) GetLeft() *RangeInfo {
@@ -3074,7 +3170,7 @@ type ListRangesRequest struct {
 
 func (x *ListRangesRequest) Reset() {
 	*x = ListRangesRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[51]
+	mi := &file_tesserapb_meta_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3086,7 +3182,7 @@ func (x *ListRangesRequest) String() string {
 func (*ListRangesRequest) ProtoMessage() {}
 
 func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[51]
+	mi := &file_tesserapb_meta_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3099,7 +3195,7 @@ func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesRequest.ProtoReflect.Descriptor instead.
 func (*ListRangesRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{51}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{52}
 }
 
 type ListRangesResponse struct {
@@ -3111,7 +3207,7 @@ type ListRangesResponse struct {
 
 func (x *ListRangesResponse) Reset() {
 	*x = ListRangesResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[52]
+	mi := &file_tesserapb_meta_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3123,7 +3219,7 @@ func (x *ListRangesResponse) String() string {
 func (*ListRangesResponse) ProtoMessage() {}
 
 func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[52]
+	mi := &file_tesserapb_meta_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3136,7 +3232,7 @@ func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesResponse.ProtoReflect.Descriptor instead.
 func (*ListRangesResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{52}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ListRangesResponse) GetRanges() []*RangeInfo {
@@ -3163,7 +3259,7 @@ type RangeInfo struct {
 
 func (x *RangeInfo) Reset() {
 	*x = RangeInfo{}
-	mi := &file_tesserapb_meta_proto_msgTypes[53]
+	mi := &file_tesserapb_meta_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3175,7 +3271,7 @@ func (x *RangeInfo) String() string {
 func (*RangeInfo) ProtoMessage() {}
 
 func (x *RangeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[53]
+	mi := &file_tesserapb_meta_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3188,7 +3284,7 @@ func (x *RangeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
 func (*RangeInfo) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{53}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *RangeInfo) GetRangeId() uint64 {
@@ -3256,7 +3352,7 @@ type GetRevisionsRequest struct {
 
 func (x *GetRevisionsRequest) Reset() {
 	*x = GetRevisionsRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[54]
+	mi := &file_tesserapb_meta_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3268,7 +3364,7 @@ func (x *GetRevisionsRequest) String() string {
 func (*GetRevisionsRequest) ProtoMessage() {}
 
 func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[54]
+	mi := &file_tesserapb_meta_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3281,7 +3377,7 @@ func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*GetRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{54}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *GetRevisionsRequest) GetCount() int64 {
@@ -3302,7 +3398,7 @@ type GetRevisionsResponse struct {
 
 func (x *GetRevisionsResponse) Reset() {
 	*x = GetRevisionsResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[55]
+	mi := &file_tesserapb_meta_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3314,7 +3410,7 @@ func (x *GetRevisionsResponse) String() string {
 func (*GetRevisionsResponse) ProtoMessage() {}
 
 func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[55]
+	mi := &file_tesserapb_meta_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3327,7 +3423,7 @@ func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*GetRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{55}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *GetRevisionsResponse) GetFirst() int64 {
@@ -3348,7 +3444,7 @@ var File_tesserapb_meta_proto protoreflect.FileDescriptor
 
 const file_tesserapb_meta_proto_rawDesc = "" +
 	"\n" +
-	"\x14tesserapb/meta.proto\x12\ttesserapb\x1a\x17tesserapb/tessera.proto\"\x92\x05\n" +
+	"\x14tesserapb/meta.proto\x12\ttesserapb\x1a\x17tesserapb/tessera.proto\"\xe3\x05\n" +
 	"\vMetaCommand\x12F\n" +
 	"\x0eset_high_water\x18\x01 \x01(\v2\x1e.tesserapb.SetHighWaterCommandH\x00R\fsetHighWater\x12E\n" +
 	"\rregister_node\x18\x02 \x01(\v2\x1e.tesserapb.RegisterNodeCommandH\x00R\fregisterNode\x129\n" +
@@ -3361,23 +3457,29 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\n" +
 	"decide_txn\x18\b \x01(\v2\x1b.tesserapb.DecideTxnCommandH\x00R\tdecideTxn\x12<\n" +
 	"\n" +
-	"forget_txn\x18\t \x01(\v2\x1b.tesserapb.ForgetTxnCommandH\x00R\tforgetTxnB\x04\n" +
-	"\x02op\"\x8e\x01\n" +
+	"forget_txn\x18\t \x01(\v2\x1b.tesserapb.ForgetTxnCommandH\x00R\tforgetTxn\x12O\n" +
+	"\x11sweep_txn_records\x18\n" +
+	" \x01(\v2!.tesserapb.SweepTxnRecordsCommandH\x00R\x0fsweepTxnRecordsB\x04\n" +
+	"\x02op\"\xba\x01\n" +
 	"\x10DecideTxnCommand\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\x12\x16\n" +
 	"\x06commit\x18\x02 \x01(\bR\x06commit\x12\x1a\n" +
 	"\brevision\x18\x03 \x01(\x03R\brevision\x12\x12\n" +
 	"\x04path\x18\x04 \x03(\bR\x04path\x12\x1b\n" +
-	"\trange_ids\x18\x05 \x03(\x04R\brangeIds\"D\n" +
+	"\trange_ids\x18\x05 \x03(\x04R\brangeIds\x12*\n" +
+	"\x11min_hold_revision\x18\x06 \x01(\x03R\x0fminHoldRevision\".\n" +
+	"\x16SweepTxnRecordsCommand\x12\x14\n" +
+	"\x05floor\x18\x01 \x01(\x03R\x05floor\"D\n" +
 	"\x10ForgetTxnCommand\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\x12\x19\n" +
-	"\brange_id\x18\x02 \x01(\x04R\arangeId\"\x8d\x01\n" +
+	"\brange_id\x18\x02 \x01(\x04R\arangeId\"\xa3\x01\n" +
 	"\tTxnRecord\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\x12\x1c\n" +
 	"\tcommitted\x18\x02 \x01(\bR\tcommitted\x12\x1a\n" +
 	"\brevision\x18\x03 \x01(\x03R\brevision\x12\x12\n" +
 	"\x04path\x18\x04 \x03(\bR\x04path\x12\x1b\n" +
-	"\trange_ids\x18\x05 \x03(\x04R\brangeIds\",\n" +
+	"\trange_ids\x18\x05 \x03(\x04R\brangeIds\x12\x14\n" +
+	"\x05stale\x18\x06 \x01(\bR\x05stale\",\n" +
 	"\x11RemoveNodeCommand\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\".\n" +
 	"\x15AllocateNodeIdCommand\x12\x15\n" +
@@ -3407,7 +3509,7 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x05 \x01(\x04R\n" +
 	"generation\x12!\n" +
-	"\fconf_version\x18\x06 \x01(\x04R\vconfVersion\"\x86\x02\n" +
+	"\fconf_version\x18\x06 \x01(\x04R\vconfVersion\"\xa3\x02\n" +
 	"\tMetaState\x12\x1d\n" +
 	"\n" +
 	"high_water\x18\x01 \x01(\x03R\thighWater\x12)\n" +
@@ -3417,7 +3519,8 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\fnext_node_id\x18\x05 \x01(\x04R\n" +
 	"nextNodeId\x125\n" +
 	"\vtxn_records\x18\x06 \x03(\v2\x14.tesserapb.TxnRecordR\n" +
-	"txnRecords\"3\n" +
+	"txnRecords\x12\x1b\n" +
+	"\ttxn_floor\x18\a \x01(\x03R\btxnFloor\"3\n" +
 	"\x12RestartMetaRequest\x12\x1d\n" +
 	"\n" +
 	"replica_id\x18\x01 \x01(\x04R\treplicaId\"\x15\n" +
@@ -3606,132 +3709,134 @@ func file_tesserapb_meta_proto_rawDescGZIP() []byte {
 	return file_tesserapb_meta_proto_rawDescData
 }
 
-var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
+var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
 var file_tesserapb_meta_proto_goTypes = []any{
 	(*MetaCommand)(nil),               // 0: tesserapb.MetaCommand
 	(*DecideTxnCommand)(nil),          // 1: tesserapb.DecideTxnCommand
-	(*ForgetTxnCommand)(nil),          // 2: tesserapb.ForgetTxnCommand
-	(*TxnRecord)(nil),                 // 3: tesserapb.TxnRecord
-	(*RemoveNodeCommand)(nil),         // 4: tesserapb.RemoveNodeCommand
-	(*AllocateNodeIdCommand)(nil),     // 5: tesserapb.AllocateNodeIdCommand
-	(*SetDecommissioningCommand)(nil), // 6: tesserapb.SetDecommissioningCommand
-	(*AllocateRangeIdCommand)(nil),    // 7: tesserapb.AllocateRangeIdCommand
-	(*SetHighWaterCommand)(nil),       // 8: tesserapb.SetHighWaterCommand
-	(*RegisterNodeCommand)(nil),       // 9: tesserapb.RegisterNodeCommand
-	(*PutRangeCommand)(nil),           // 10: tesserapb.PutRangeCommand
-	(*NodeInfo)(nil),                  // 11: tesserapb.NodeInfo
-	(*RangeDescriptor)(nil),           // 12: tesserapb.RangeDescriptor
-	(*MetaState)(nil),                 // 13: tesserapb.MetaState
-	(*RestartMetaRequest)(nil),        // 14: tesserapb.RestartMetaRequest
-	(*RestartMetaResponse)(nil),       // 15: tesserapb.RestartMetaResponse
-	(*JoinClusterRequest)(nil),        // 16: tesserapb.JoinClusterRequest
-	(*JoinClusterResponse)(nil),       // 17: tesserapb.JoinClusterResponse
-	(*ListNodesRequest)(nil),          // 18: tesserapb.ListNodesRequest
-	(*ListNodesResponse)(nil),         // 19: tesserapb.ListNodesResponse
-	(*NodeStatus)(nil),                // 20: tesserapb.NodeStatus
-	(*DecommissionRequest)(nil),       // 21: tesserapb.DecommissionRequest
-	(*DecommissionResponse)(nil),      // 22: tesserapb.DecommissionResponse
-	(*NodeHeartbeatRequest)(nil),      // 23: tesserapb.NodeHeartbeatRequest
-	(*RangeLoad)(nil),                 // 24: tesserapb.RangeLoad
-	(*NodeHeartbeatResponse)(nil),     // 25: tesserapb.NodeHeartbeatResponse
-	(*TransferLeaderRequest)(nil),     // 26: tesserapb.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil),    // 27: tesserapb.TransferLeaderResponse
-	(*RangeHistoryRequest)(nil),       // 28: tesserapb.RangeHistoryRequest
-	(*RangeHistoryResponse)(nil),      // 29: tesserapb.RangeHistoryResponse
-	(*RangeStartedRequest)(nil),       // 30: tesserapb.RangeStartedRequest
-	(*RangeStartedResponse)(nil),      // 31: tesserapb.RangeStartedResponse
-	(*ChangeReplicasRequest)(nil),     // 32: tesserapb.ChangeReplicasRequest
-	(*ChangeReplicasResponse)(nil),    // 33: tesserapb.ChangeReplicasResponse
-	(*StartReplicaRequest)(nil),       // 34: tesserapb.StartReplicaRequest
-	(*StartReplicaResponse)(nil),      // 35: tesserapb.StartReplicaResponse
-	(*RemoveReplicaRequest)(nil),      // 36: tesserapb.RemoveReplicaRequest
-	(*RemoveReplicaResponse)(nil),     // 37: tesserapb.RemoveReplicaResponse
-	(*CampaignRangeRequest)(nil),      // 38: tesserapb.CampaignRangeRequest
-	(*CampaignRangeResponse)(nil),     // 39: tesserapb.CampaignRangeResponse
-	(*RangeWriteRequest)(nil),         // 40: tesserapb.RangeWriteRequest
-	(*RangeWriteResponse)(nil),        // 41: tesserapb.RangeWriteResponse
-	(*RangeFeedRequest)(nil),          // 42: tesserapb.RangeFeedRequest
-	(*RangeFeedResponse)(nil),         // 43: tesserapb.RangeFeedResponse
-	(*RangeWriteStreamRequest)(nil),   // 44: tesserapb.RangeWriteStreamRequest
-	(*RangeWriteStreamResponse)(nil),  // 45: tesserapb.RangeWriteStreamResponse
-	(*NotLeader)(nil),                 // 46: tesserapb.NotLeader
-	(*FenceRangeRequest)(nil),         // 47: tesserapb.FenceRangeRequest
-	(*FenceRangeResponse)(nil),        // 48: tesserapb.FenceRangeResponse
-	(*SplitRangeRequest)(nil),         // 49: tesserapb.SplitRangeRequest
-	(*SplitRangeResponse)(nil),        // 50: tesserapb.SplitRangeResponse
-	(*ListRangesRequest)(nil),         // 51: tesserapb.ListRangesRequest
-	(*ListRangesResponse)(nil),        // 52: tesserapb.ListRangesResponse
-	(*RangeInfo)(nil),                 // 53: tesserapb.RangeInfo
-	(*GetRevisionsRequest)(nil),       // 54: tesserapb.GetRevisionsRequest
-	(*GetRevisionsResponse)(nil),      // 55: tesserapb.GetRevisionsResponse
-	(*Result)(nil),                    // 56: tesserapb.Result
+	(*SweepTxnRecordsCommand)(nil),    // 2: tesserapb.SweepTxnRecordsCommand
+	(*ForgetTxnCommand)(nil),          // 3: tesserapb.ForgetTxnCommand
+	(*TxnRecord)(nil),                 // 4: tesserapb.TxnRecord
+	(*RemoveNodeCommand)(nil),         // 5: tesserapb.RemoveNodeCommand
+	(*AllocateNodeIdCommand)(nil),     // 6: tesserapb.AllocateNodeIdCommand
+	(*SetDecommissioningCommand)(nil), // 7: tesserapb.SetDecommissioningCommand
+	(*AllocateRangeIdCommand)(nil),    // 8: tesserapb.AllocateRangeIdCommand
+	(*SetHighWaterCommand)(nil),       // 9: tesserapb.SetHighWaterCommand
+	(*RegisterNodeCommand)(nil),       // 10: tesserapb.RegisterNodeCommand
+	(*PutRangeCommand)(nil),           // 11: tesserapb.PutRangeCommand
+	(*NodeInfo)(nil),                  // 12: tesserapb.NodeInfo
+	(*RangeDescriptor)(nil),           // 13: tesserapb.RangeDescriptor
+	(*MetaState)(nil),                 // 14: tesserapb.MetaState
+	(*RestartMetaRequest)(nil),        // 15: tesserapb.RestartMetaRequest
+	(*RestartMetaResponse)(nil),       // 16: tesserapb.RestartMetaResponse
+	(*JoinClusterRequest)(nil),        // 17: tesserapb.JoinClusterRequest
+	(*JoinClusterResponse)(nil),       // 18: tesserapb.JoinClusterResponse
+	(*ListNodesRequest)(nil),          // 19: tesserapb.ListNodesRequest
+	(*ListNodesResponse)(nil),         // 20: tesserapb.ListNodesResponse
+	(*NodeStatus)(nil),                // 21: tesserapb.NodeStatus
+	(*DecommissionRequest)(nil),       // 22: tesserapb.DecommissionRequest
+	(*DecommissionResponse)(nil),      // 23: tesserapb.DecommissionResponse
+	(*NodeHeartbeatRequest)(nil),      // 24: tesserapb.NodeHeartbeatRequest
+	(*RangeLoad)(nil),                 // 25: tesserapb.RangeLoad
+	(*NodeHeartbeatResponse)(nil),     // 26: tesserapb.NodeHeartbeatResponse
+	(*TransferLeaderRequest)(nil),     // 27: tesserapb.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil),    // 28: tesserapb.TransferLeaderResponse
+	(*RangeHistoryRequest)(nil),       // 29: tesserapb.RangeHistoryRequest
+	(*RangeHistoryResponse)(nil),      // 30: tesserapb.RangeHistoryResponse
+	(*RangeStartedRequest)(nil),       // 31: tesserapb.RangeStartedRequest
+	(*RangeStartedResponse)(nil),      // 32: tesserapb.RangeStartedResponse
+	(*ChangeReplicasRequest)(nil),     // 33: tesserapb.ChangeReplicasRequest
+	(*ChangeReplicasResponse)(nil),    // 34: tesserapb.ChangeReplicasResponse
+	(*StartReplicaRequest)(nil),       // 35: tesserapb.StartReplicaRequest
+	(*StartReplicaResponse)(nil),      // 36: tesserapb.StartReplicaResponse
+	(*RemoveReplicaRequest)(nil),      // 37: tesserapb.RemoveReplicaRequest
+	(*RemoveReplicaResponse)(nil),     // 38: tesserapb.RemoveReplicaResponse
+	(*CampaignRangeRequest)(nil),      // 39: tesserapb.CampaignRangeRequest
+	(*CampaignRangeResponse)(nil),     // 40: tesserapb.CampaignRangeResponse
+	(*RangeWriteRequest)(nil),         // 41: tesserapb.RangeWriteRequest
+	(*RangeWriteResponse)(nil),        // 42: tesserapb.RangeWriteResponse
+	(*RangeFeedRequest)(nil),          // 43: tesserapb.RangeFeedRequest
+	(*RangeFeedResponse)(nil),         // 44: tesserapb.RangeFeedResponse
+	(*RangeWriteStreamRequest)(nil),   // 45: tesserapb.RangeWriteStreamRequest
+	(*RangeWriteStreamResponse)(nil),  // 46: tesserapb.RangeWriteStreamResponse
+	(*NotLeader)(nil),                 // 47: tesserapb.NotLeader
+	(*FenceRangeRequest)(nil),         // 48: tesserapb.FenceRangeRequest
+	(*FenceRangeResponse)(nil),        // 49: tesserapb.FenceRangeResponse
+	(*SplitRangeRequest)(nil),         // 50: tesserapb.SplitRangeRequest
+	(*SplitRangeResponse)(nil),        // 51: tesserapb.SplitRangeResponse
+	(*ListRangesRequest)(nil),         // 52: tesserapb.ListRangesRequest
+	(*ListRangesResponse)(nil),        // 53: tesserapb.ListRangesResponse
+	(*RangeInfo)(nil),                 // 54: tesserapb.RangeInfo
+	(*GetRevisionsRequest)(nil),       // 55: tesserapb.GetRevisionsRequest
+	(*GetRevisionsResponse)(nil),      // 56: tesserapb.GetRevisionsResponse
+	(*Result)(nil),                    // 57: tesserapb.Result
 }
 var file_tesserapb_meta_proto_depIdxs = []int32{
-	8,  // 0: tesserapb.MetaCommand.set_high_water:type_name -> tesserapb.SetHighWaterCommand
-	9,  // 1: tesserapb.MetaCommand.register_node:type_name -> tesserapb.RegisterNodeCommand
-	10, // 2: tesserapb.MetaCommand.put_range:type_name -> tesserapb.PutRangeCommand
-	7,  // 3: tesserapb.MetaCommand.allocate_range_id:type_name -> tesserapb.AllocateRangeIdCommand
-	6,  // 4: tesserapb.MetaCommand.set_decommissioning:type_name -> tesserapb.SetDecommissioningCommand
-	5,  // 5: tesserapb.MetaCommand.allocate_node_id:type_name -> tesserapb.AllocateNodeIdCommand
-	4,  // 6: tesserapb.MetaCommand.remove_node:type_name -> tesserapb.RemoveNodeCommand
+	9,  // 0: tesserapb.MetaCommand.set_high_water:type_name -> tesserapb.SetHighWaterCommand
+	10, // 1: tesserapb.MetaCommand.register_node:type_name -> tesserapb.RegisterNodeCommand
+	11, // 2: tesserapb.MetaCommand.put_range:type_name -> tesserapb.PutRangeCommand
+	8,  // 3: tesserapb.MetaCommand.allocate_range_id:type_name -> tesserapb.AllocateRangeIdCommand
+	7,  // 4: tesserapb.MetaCommand.set_decommissioning:type_name -> tesserapb.SetDecommissioningCommand
+	6,  // 5: tesserapb.MetaCommand.allocate_node_id:type_name -> tesserapb.AllocateNodeIdCommand
+	5,  // 6: tesserapb.MetaCommand.remove_node:type_name -> tesserapb.RemoveNodeCommand
 	1,  // 7: tesserapb.MetaCommand.decide_txn:type_name -> tesserapb.DecideTxnCommand
-	2,  // 8: tesserapb.MetaCommand.forget_txn:type_name -> tesserapb.ForgetTxnCommand
-	11, // 9: tesserapb.RegisterNodeCommand.node:type_name -> tesserapb.NodeInfo
-	12, // 10: tesserapb.PutRangeCommand.range:type_name -> tesserapb.RangeDescriptor
-	11, // 11: tesserapb.MetaState.nodes:type_name -> tesserapb.NodeInfo
-	12, // 12: tesserapb.MetaState.ranges:type_name -> tesserapb.RangeDescriptor
-	3,  // 13: tesserapb.MetaState.txn_records:type_name -> tesserapb.TxnRecord
-	20, // 14: tesserapb.ListNodesResponse.nodes:type_name -> tesserapb.NodeStatus
-	24, // 15: tesserapb.NodeHeartbeatRequest.ranges:type_name -> tesserapb.RangeLoad
-	12, // 16: tesserapb.ChangeReplicasResponse.range:type_name -> tesserapb.RangeDescriptor
-	56, // 17: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
-	40, // 18: tesserapb.RangeWriteStreamRequest.request:type_name -> tesserapb.RangeWriteRequest
-	41, // 19: tesserapb.RangeWriteStreamResponse.response:type_name -> tesserapb.RangeWriteResponse
-	46, // 20: tesserapb.RangeWriteStreamResponse.not_leader:type_name -> tesserapb.NotLeader
-	53, // 21: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
-	53, // 22: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
-	53, // 23: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
-	54, // 24: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
-	44, // 25: tesserapb.Internal.RangeWriteStream:input_type -> tesserapb.RangeWriteStreamRequest
-	42, // 26: tesserapb.Internal.RangeFeed:input_type -> tesserapb.RangeFeedRequest
-	47, // 27: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
-	49, // 28: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
-	51, // 29: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
-	38, // 30: tesserapb.Internal.CampaignRange:input_type -> tesserapb.CampaignRangeRequest
-	30, // 31: tesserapb.Internal.RangeStarted:input_type -> tesserapb.RangeStartedRequest
-	28, // 32: tesserapb.Internal.RangeHistory:input_type -> tesserapb.RangeHistoryRequest
-	32, // 33: tesserapb.Internal.ChangeReplicas:input_type -> tesserapb.ChangeReplicasRequest
-	34, // 34: tesserapb.Internal.StartReplica:input_type -> tesserapb.StartReplicaRequest
-	36, // 35: tesserapb.Internal.RemoveReplica:input_type -> tesserapb.RemoveReplicaRequest
-	23, // 36: tesserapb.Internal.NodeHeartbeat:input_type -> tesserapb.NodeHeartbeatRequest
-	26, // 37: tesserapb.Internal.TransferLeader:input_type -> tesserapb.TransferLeaderRequest
-	18, // 38: tesserapb.Internal.ListNodes:input_type -> tesserapb.ListNodesRequest
-	21, // 39: tesserapb.Internal.Decommission:input_type -> tesserapb.DecommissionRequest
-	16, // 40: tesserapb.Internal.JoinCluster:input_type -> tesserapb.JoinClusterRequest
-	14, // 41: tesserapb.Internal.RestartMeta:input_type -> tesserapb.RestartMetaRequest
-	55, // 42: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
-	45, // 43: tesserapb.Internal.RangeWriteStream:output_type -> tesserapb.RangeWriteStreamResponse
-	43, // 44: tesserapb.Internal.RangeFeed:output_type -> tesserapb.RangeFeedResponse
-	48, // 45: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
-	50, // 46: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
-	52, // 47: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
-	39, // 48: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
-	31, // 49: tesserapb.Internal.RangeStarted:output_type -> tesserapb.RangeStartedResponse
-	29, // 50: tesserapb.Internal.RangeHistory:output_type -> tesserapb.RangeHistoryResponse
-	33, // 51: tesserapb.Internal.ChangeReplicas:output_type -> tesserapb.ChangeReplicasResponse
-	35, // 52: tesserapb.Internal.StartReplica:output_type -> tesserapb.StartReplicaResponse
-	37, // 53: tesserapb.Internal.RemoveReplica:output_type -> tesserapb.RemoveReplicaResponse
-	25, // 54: tesserapb.Internal.NodeHeartbeat:output_type -> tesserapb.NodeHeartbeatResponse
-	27, // 55: tesserapb.Internal.TransferLeader:output_type -> tesserapb.TransferLeaderResponse
-	19, // 56: tesserapb.Internal.ListNodes:output_type -> tesserapb.ListNodesResponse
-	22, // 57: tesserapb.Internal.Decommission:output_type -> tesserapb.DecommissionResponse
-	17, // 58: tesserapb.Internal.JoinCluster:output_type -> tesserapb.JoinClusterResponse
-	15, // 59: tesserapb.Internal.RestartMeta:output_type -> tesserapb.RestartMetaResponse
-	42, // [42:60] is the sub-list for method output_type
-	24, // [24:42] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	3,  // 8: tesserapb.MetaCommand.forget_txn:type_name -> tesserapb.ForgetTxnCommand
+	2,  // 9: tesserapb.MetaCommand.sweep_txn_records:type_name -> tesserapb.SweepTxnRecordsCommand
+	12, // 10: tesserapb.RegisterNodeCommand.node:type_name -> tesserapb.NodeInfo
+	13, // 11: tesserapb.PutRangeCommand.range:type_name -> tesserapb.RangeDescriptor
+	12, // 12: tesserapb.MetaState.nodes:type_name -> tesserapb.NodeInfo
+	13, // 13: tesserapb.MetaState.ranges:type_name -> tesserapb.RangeDescriptor
+	4,  // 14: tesserapb.MetaState.txn_records:type_name -> tesserapb.TxnRecord
+	21, // 15: tesserapb.ListNodesResponse.nodes:type_name -> tesserapb.NodeStatus
+	25, // 16: tesserapb.NodeHeartbeatRequest.ranges:type_name -> tesserapb.RangeLoad
+	13, // 17: tesserapb.ChangeReplicasResponse.range:type_name -> tesserapb.RangeDescriptor
+	57, // 18: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
+	41, // 19: tesserapb.RangeWriteStreamRequest.request:type_name -> tesserapb.RangeWriteRequest
+	42, // 20: tesserapb.RangeWriteStreamResponse.response:type_name -> tesserapb.RangeWriteResponse
+	47, // 21: tesserapb.RangeWriteStreamResponse.not_leader:type_name -> tesserapb.NotLeader
+	54, // 22: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
+	54, // 23: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
+	54, // 24: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
+	55, // 25: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
+	45, // 26: tesserapb.Internal.RangeWriteStream:input_type -> tesserapb.RangeWriteStreamRequest
+	43, // 27: tesserapb.Internal.RangeFeed:input_type -> tesserapb.RangeFeedRequest
+	48, // 28: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
+	50, // 29: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
+	52, // 30: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
+	39, // 31: tesserapb.Internal.CampaignRange:input_type -> tesserapb.CampaignRangeRequest
+	31, // 32: tesserapb.Internal.RangeStarted:input_type -> tesserapb.RangeStartedRequest
+	29, // 33: tesserapb.Internal.RangeHistory:input_type -> tesserapb.RangeHistoryRequest
+	33, // 34: tesserapb.Internal.ChangeReplicas:input_type -> tesserapb.ChangeReplicasRequest
+	35, // 35: tesserapb.Internal.StartReplica:input_type -> tesserapb.StartReplicaRequest
+	37, // 36: tesserapb.Internal.RemoveReplica:input_type -> tesserapb.RemoveReplicaRequest
+	24, // 37: tesserapb.Internal.NodeHeartbeat:input_type -> tesserapb.NodeHeartbeatRequest
+	27, // 38: tesserapb.Internal.TransferLeader:input_type -> tesserapb.TransferLeaderRequest
+	19, // 39: tesserapb.Internal.ListNodes:input_type -> tesserapb.ListNodesRequest
+	22, // 40: tesserapb.Internal.Decommission:input_type -> tesserapb.DecommissionRequest
+	17, // 41: tesserapb.Internal.JoinCluster:input_type -> tesserapb.JoinClusterRequest
+	15, // 42: tesserapb.Internal.RestartMeta:input_type -> tesserapb.RestartMetaRequest
+	56, // 43: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
+	46, // 44: tesserapb.Internal.RangeWriteStream:output_type -> tesserapb.RangeWriteStreamResponse
+	44, // 45: tesserapb.Internal.RangeFeed:output_type -> tesserapb.RangeFeedResponse
+	49, // 46: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
+	51, // 47: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
+	53, // 48: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
+	40, // 49: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
+	32, // 50: tesserapb.Internal.RangeStarted:output_type -> tesserapb.RangeStartedResponse
+	30, // 51: tesserapb.Internal.RangeHistory:output_type -> tesserapb.RangeHistoryResponse
+	34, // 52: tesserapb.Internal.ChangeReplicas:output_type -> tesserapb.ChangeReplicasResponse
+	36, // 53: tesserapb.Internal.StartReplica:output_type -> tesserapb.StartReplicaResponse
+	38, // 54: tesserapb.Internal.RemoveReplica:output_type -> tesserapb.RemoveReplicaResponse
+	26, // 55: tesserapb.Internal.NodeHeartbeat:output_type -> tesserapb.NodeHeartbeatResponse
+	28, // 56: tesserapb.Internal.TransferLeader:output_type -> tesserapb.TransferLeaderResponse
+	20, // 57: tesserapb.Internal.ListNodes:output_type -> tesserapb.ListNodesResponse
+	23, // 58: tesserapb.Internal.Decommission:output_type -> tesserapb.DecommissionResponse
+	18, // 59: tesserapb.Internal.JoinCluster:output_type -> tesserapb.JoinClusterResponse
+	16, // 60: tesserapb.Internal.RestartMeta:output_type -> tesserapb.RestartMetaResponse
+	43, // [43:61] is the sub-list for method output_type
+	25, // [25:43] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_tesserapb_meta_proto_init() }
@@ -3750,6 +3855,7 @@ func file_tesserapb_meta_proto_init() {
 		(*MetaCommand_RemoveNode)(nil),
 		(*MetaCommand_DecideTxn)(nil),
 		(*MetaCommand_ForgetTxn)(nil),
+		(*MetaCommand_SweepTxnRecords)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3757,7 +3863,7 @@ func file_tesserapb_meta_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tesserapb_meta_proto_rawDesc), len(file_tesserapb_meta_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   56,
+			NumMessages:   57,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

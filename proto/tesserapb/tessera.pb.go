@@ -681,8 +681,10 @@ type TxnHoldResult struct {
 	// compacted_revision is the range's compaction revision (a Range
 	// operation below it fails).
 	CompactedRevision int64 `protobuf:"varint,3,opt,name=compacted_revision,json=compactedRevision,proto3" json:"compacted_revision,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// revision is the hold's own revision.
+	Revision      int64 `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TxnHoldResult) Reset() {
@@ -732,6 +734,13 @@ func (x *TxnHoldResult) GetFailed() []*OpFailure {
 func (x *TxnHoldResult) GetCompactedRevision() int64 {
 	if x != nil {
 		return x.CompactedRevision
+	}
+	return 0
+}
+
+func (x *TxnHoldResult) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
 	}
 	return 0
 }
@@ -1609,11 +1618,12 @@ const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x18\n" +
 	"\arequest\x18\x03 \x01(\fR\arequest\x12@\n" +
-	"\flease_revoke\x18\x04 \x01(\v2\x1d.tesserapb.LeaseRevokeCommandR\vleaseRevoke\"\xa3\x01\n" +
+	"\flease_revoke\x18\x04 \x01(\v2\x1d.tesserapb.LeaseRevokeCommandR\vleaseRevoke\"\xbf\x01\n" +
 	"\rTxnHoldResult\x125\n" +
 	"\bcompares\x18\x01 \x03(\v2\x19.tesserapb.CompareOutcomeR\bcompares\x12,\n" +
 	"\x06failed\x18\x02 \x03(\v2\x14.tesserapb.OpFailureR\x06failed\x12-\n" +
-	"\x12compacted_revision\x18\x03 \x01(\x03R\x11compactedRevision\">\n" +
+	"\x12compacted_revision\x18\x03 \x01(\x03R\x11compactedRevision\x12\x1a\n" +
+	"\brevision\x18\x04 \x01(\x03R\brevision\">\n" +
 	"\x0eCompareOutcome\x12\x12\n" +
 	"\x04keys\x18\x01 \x01(\bR\x04keys\x12\x18\n" +
 	"\amatched\x18\x02 \x01(\bR\amatched\"I\n" +
