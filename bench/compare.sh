@@ -22,7 +22,9 @@
 #   --only REGEX  run only the cases whose name matches (grep -E), e.g.
 #                 --only '^watch' for the watch fan-out cases
 #   --out DIR     where results go (default: $CACHE/results/<date>)
-# Tessera's watch prefix "w/" is split into 4 ranges before the cases run.
+# Tessera's watch prefix "w/" is split into 4 ranges before the cases run,
+# and txn-span's prefix "s/" into two at "s/m", so that each of its Txns
+# spans two ranges.
 # The list case runs last, each server in a fresh cluster of its own with the
 # other stopped: on this kind of virtual machine, memory touched for the first
 # time while another process holds gigabytes costs several times more per
@@ -146,6 +148,7 @@ put-mem|put --total 20000 --sequential-keys --key-space 0|1|
 range-linearizable|range --total 5000 --key-space 1000|1 3|null
 range-serializable|range --total 5000 --key-space 1000 --consistency s|1 3|
 txn-put|txn-put --total 5000|1 3|null
+txn-span|txn-span --total 2000 --key-space 1000|1 3|
 watch|watch --total 1000 --watchers 100 --watch-streams 10|1 3|
 lease|lease --total 2000|1 3|
 k8s|k8s --total 2000 --k8s-objects 500|1 3|
@@ -157,6 +160,7 @@ put-1M|put --total 1000000 --sequential-keys --key-space 0|1|
 range-linearizable|range --total 100000 --key-space 1000|1 3|null
 range-serializable|range --total 100000 --key-space 1000 --consistency s|1 3|
 txn-put|txn-put --total 100000|1 3|null
+txn-span|txn-span --total 20000 --key-space 100000|1 3|
 watch|watch --total 5000 --rate 1000 --watchers 100 --watch-streams 10|1 3|
 watch-10k-at-10|watch --duration 20s --rate 10 --watchers 10000 --watch-streams 100 --watch-client grpc|1|
 watch-1k-at-100|watch --duration 20s --rate 100 --watchers 1000 --watch-streams 100 --watch-client grpc|1|
@@ -191,12 +195,14 @@ bench() { # bench TARGET TOPOLOGY CASE ENDPOINTS PIDS WORKLOAD ARGS...
   esac
 }
 
-# The watch workload's keys (w/ + 14 digits) over 4 Tessera ranges.
-split_watch_prefix() { # split_watch_prefix ENDPOINTS
+# The watch workload's keys (w/ + 14 digits) over 4 Tessera ranges, and
+# txn-span's over two.
+split_prefixes() { # split_prefixes ENDPOINTS
   local k
   for k in 25000 50000 75000; do
     "$TESSERA" ctl --endpoints "${1%%,*}" split "$(printf 'w/%014d' "$k")" >/dev/null
   done
+  "$TESSERA" ctl --endpoints "${1%%,*}" split s/m >/dev/null
 }
 
 NULL_PORT=$((PORT_BASE + 200))
@@ -208,7 +214,7 @@ for n in $TOPOLOGIES; do
   topo="$n-node"
   start_cluster etcd "$n"; ETCD_EPS=$ENDPOINTS; ETCD_PIDS=$SERVER_PIDS
   start_cluster tessera "$n"; TESS_EPS=$ENDPOINTS; TESS_PIDS=$SERVER_PIDS
-  split_watch_prefix "$TESS_EPS"
+  split_prefixes "$TESS_EPS"
   i=0
   ALONE=()
   while IFS='|' read -r name args topos flags; do
@@ -240,7 +246,7 @@ for n in $TOPOLOGIES; do
     set -- ${c#*|}
     for target in etcd tessera; do
       start_cluster "$target" "$n"
-      [ "$target" = tessera ] && split_watch_prefix "$ENDPOINTS"
+      [ "$target" = tessera ] && split_prefixes "$ENDPOINTS"
       bench "$target" "$topo" "$name" "$ENDPOINTS" "$SERVER_PIDS" "$@"
       stop_cluster "$SERVER_PIDS" "$target" "$n"
     done

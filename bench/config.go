@@ -23,7 +23,7 @@ type Config struct {
 	RatePerSecond  float64 `json:"rate"`
 	KeySizeBytes   int     `json:"key_size"`
 	ValueSizeBytes int     `json:"value_size"`
-	// KeySpace is the number of distinct keys (put, range, txn-put); 0 with
+	// KeySpace is the number of distinct keys (put, range, txn-put, txn-span); 0 with
 	// sequential keys means every request writes a new key.
 	KeySpace       int64 `json:"key_space"`
 	SequentialKeys bool  `json:"sequential_keys"`

@@ -125,6 +125,26 @@ func runTxnPut(ctx context.Context, e *env, res *Result) error {
 	return err
 }
 
+// txn-span: Txns that put one key under "s/a/…" and the same key under
+// "s/z/…" (random in KeySpace), unconditionally. bench/compare.sh splits
+// Tessera's "s/" at "s/m", so each is a write spanning two ranges; etcd
+// applies it as any Txn.
+func runTxnSpan(ctx context.Context, e *env, res *Result) error {
+	cfg := e.cfg
+	low := KeyGen{Prefix: "s/a/", SizeBytes: cfg.KeySizeBytes, Space: cfg.KeySpace, Sequential: cfg.SequentialKeys}
+	high := low
+	high.Prefix = "s/z/"
+	vals := NewValueGen(cfg.ValueSizeBytes, cfg.Seed)
+	_, err := e.measure(ctx, res, loop{name: "txn-span", total: cfg.Total, duration: cfg.Duration, rate: cfg.RatePerSecond,
+		do: func(ctx context.Context, c *client, seq int64) outcome {
+			n := low.Index(seq, c.rng)
+			value := vals.Value(c.rng)
+			_, err := c.cli.Txn(ctx).Then(clientv3.OpPut(low.KeyAt(n), value), clientv3.OpPut(high.KeyAt(n), value)).Commit()
+			return outcome{err: err}
+		}})
+	return err
+}
+
 // lease: lease churn, one request being a lease's life: Grant, one
 // keep-alive, Revoke (each also timed on its own).
 func runLease(ctx context.Context, e *env, res *Result) error {

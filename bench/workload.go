@@ -12,13 +12,14 @@ import (
 type workloadFunc func(ctx context.Context, e *env, res *Result) error
 
 var workloads = map[string]workloadFunc{
-	"put":     runPut,
-	"range":   runRange,
-	"txn-put": runTxnPut,
-	"watch":   runWatch,
-	"lease":   runLease,
-	"list":    runList,
-	"k8s":     runK8s,
+	"put":      runPut,
+	"range":    runRange,
+	"txn-put":  runTxnPut,
+	"txn-span": runTxnSpan,
+	"watch":    runWatch,
+	"lease":    runLease,
+	"list":     runList,
+	"k8s":      runK8s,
 }
 
 // Workloads lists the workload names.

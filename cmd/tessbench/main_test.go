@@ -2,13 +2,16 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 
 	"github.com/tesserakv/tessera/bench"
@@ -121,6 +124,12 @@ func opCount(t *testing.T, r *bench.Result, op string, want int64) {
 func TestEveryWorkloadAgainstTessera(t *testing.T) {
 	c := testcluster.Start(t, 1)
 	pid := fmt.Sprint(os.Getpid()) // the in-process server
+	// txn-span's two keys in two ranges, as bench/compare.sh splits them.
+	splitCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Nodes[0].Server.SplitRange(splitCtx, "s/m"); err != nil {
+		t.Fatal(err)
+	}
 	files := runAll(t, c.Nodes[0].ClientURL, bench.TargetTessera, []run{
 		{name: "put-seq", workload: "put", requests: 300, args: []string{"--total", "300", "--sequential-keys", "--server-pids", pid},
 			check: func(t *testing.T, r *bench.Result) {
@@ -137,6 +146,20 @@ func TestEveryWorkloadAgainstTessera(t *testing.T) {
 				// but one client conflicts.
 				if r.Conflicts == 0 || r.Conflicts >= r.Count {
 					t.Errorf("%d conflicts in %d txns", r.Conflicts, r.Count)
+				}
+			}},
+		{name: "txn-span", workload: "txn-span", requests: 200, args: []string{"--total", "200", "--key-space", "20", "--sequential-keys"},
+			check: func(t *testing.T, r *bench.Result) {
+				// Each Txn wrote both of its keys, in two ranges, at one revision.
+				cli := c.Client(c.Nodes[0].ClientURL)
+				get, err := cli.Get(splitCtx, "s/", clientv3.WithPrefix())
+				if err != nil || len(get.Kvs) != 40 {
+					t.Fatalf("got %v %v, want 20 keys under s/a/ and 20 under s/z/", get, err)
+				}
+				for i, kv := range get.Kvs[:20] {
+					if twin := get.Kvs[20+i]; kv.ModRevision != twin.ModRevision || !bytes.Equal(kv.Value, twin.Value) {
+						t.Errorf("%s at %d and %s at %d differ", kv.Key, kv.ModRevision, twin.Key, twin.ModRevision)
+					}
 				}
 			}},
 		{name: "lease", workload: "lease", requests: 60, args: []string{"--total", "60"},
