@@ -56,19 +56,23 @@ func (r *Router) spanningTxn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnRe
 		return nil, err
 	}
 	var resp *pb.TxnResponse
-	err = r.startingOver(ctx, func() (err error) {
-		resp, err = r.spanningOnce(ctx, req, sent, n)
+	err = r.startingOver(ctx, func(attempt int) (err error) {
+		// The first attempt holds every range at once; one that starts
+		// over (most often for meeting another write's hold) takes its
+		// holds in key order, waiting for other holds to end.
+		resp, err = r.spanningOnce(ctx, req, sent, n, attempt > 0)
 		return err
 	})
 	return resp, err
 }
 
-// startingOver runs once until it does not ask to start over
-// (errStartOver), at most maxSpanningAttempts times, pausing between.
-func (r *Router) startingOver(ctx context.Context, once func() error) error {
+// startingOver runs once (with the attempt's number) until it does not ask
+// to start over (errStartOver), at most maxSpanningAttempts times, pausing
+// between.
+func (r *Router) startingOver(ctx context.Context, once func(attempt int) error) error {
 	var last error
 	for attempt := range maxSpanningAttempts {
-		err := once()
+		err := once(attempt)
 		if !errors.Is(err, errStartOver) {
 			return err
 		}
@@ -140,7 +144,13 @@ type participant struct {
 // its hold applied, so the hold does not cover every key routed to it.
 var errSplitBeforeHold = errors.New("router: a range split before its hold")
 
-func (r *Router) spanningOnce(ctx context.Context, req *pb.TxnRequest, sent []byte, n *statemachine.TxnNumbers) (*pb.TxnResponse, error) {
+// spanningOnce runs one attempt of a write spanning ranges. Holds go to
+// every range at once, a hold meeting another write's failing at once
+// (ErrHoldConflict: the attempt starts over); or, ordered, one range after
+// another in key order, each waiting for another write's hold to end.
+// Writes wait only for holds of ranges after the ones they hold, so no two
+// wait for each other.
+func (r *Router) spanningOnce(ctx context.Context, req *pb.TxnRequest, sent []byte, n *statemachine.TxnNumbers, ordered bool) (*pb.TxnResponse, error) {
 	ranges, err := r.rangesOfIntervals(txnIntervals(req))
 	if err != nil {
 		return nil, err
@@ -153,8 +163,8 @@ func (r *Router) spanningOnce(ctx context.Context, req *pb.TxnRequest, sent []by
 
 	// Hold every range.
 	leased := len(txnLeases(req)) > 0
-	errs := r.onEach(parts, func(p *participant) error {
-		cmd := &tesserapb.TxnHoldCommand{TxnId: txnID, Request: sent}
+	hold := func(p *participant) error {
+		cmd := &tesserapb.TxnHoldCommand{TxnId: txnID, Request: sent, Wait: ordered}
 		if leased {
 			attach, _, err := r.proveLeases(ctx, p.rng, req)
 			if err != nil && !errors.Is(err, statemachine.ErrLeaseNotFound) {
@@ -173,7 +183,18 @@ func (r *Router) spanningOnce(ctx context.Context, req *pb.TxnRequest, sent []by
 		}
 		p.hold = &tesserapb.TxnHoldResult{}
 		return proto.Unmarshal(res.GetResponse(), p.hold)
-	})
+	}
+	var errs []error
+	if ordered {
+		errs = make([]error, len(parts))
+		for i, p := range parts {
+			if errs[i] = hold(p); errs[i] != nil {
+				break
+			}
+		}
+	} else {
+		errs = r.onEach(parts, hold)
+	}
 	if err := errors.Join(errs...); err != nil {
 		r.abortHolds(txnID, parts)
 		for _, e := range errs {
@@ -502,7 +523,7 @@ func mergeRange(req *pb.RangeRequest, parts []*pb.RangeResponse) *pb.RangeRespon
 // splitting, so the set of ranges settles).
 func (r *Router) revokeAtOneRevision(ctx context.Context, id int64, home Range, want func(Range) bool) (int64, error) {
 	var rev int64
-	err := r.startingOver(ctx, func() (err error) {
+	err := r.startingOver(ctx, func(int) (err error) {
 		rev, err = r.revokeOnce(ctx, id, home, want)
 		return err
 	})

@@ -1,6 +1,7 @@
 package shard
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -328,6 +329,14 @@ func (r *Replica) writeRetrying(ctx context.Context, cmd *tesserapb.Command) (*t
 }
 
 func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesKeys bool) (res *tesserapb.Result, err error, retry bool) {
+	if err := r.awaitUnheld(ctx, cmd, writesKeys); err != nil {
+		if errors.Is(err, statemachine.ErrHoldConflict) {
+			// As the state machine would answer (a forwarded write sends
+			// the result back as it is).
+			return &tesserapb.Result{Code: statemachine.ErrorCode(err), Message: err.Error()}, err, false
+		}
+		return nil, err, false
+	}
 	p := &proposal{ctx: ctx, cmd: proto.CloneOf(cmd), writesKeys: writesKeys, done: make(chan outcome, 1)}
 	select {
 	case r.queue <- p:
@@ -394,6 +403,42 @@ func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesK
 		return nil, ErrStopped, false
 	default:
 		return nil, fmt.Errorf("shard: proposal rejected on range %d", r.cfg.RangeID), false
+	}
+}
+
+// awaitUnheld waits, before cmd is proposed, while the range as this
+// leader has applied it is held by a write spanning ranges that would
+// refuse cmd (statemachine.ErrRangeHeld: commands taking a revision,
+// compactions, splits), so that a write waiting for the hold to end does
+// not cost a Raft write each time it tries. A hold that may not wait
+// (TxnHoldCommand.wait unset) fails at once with ErrHoldConflict instead.
+// A hold may begin or end between this check and the proposal's apply:
+// the state machine decides then.
+func (r *Replica) awaitUnheld(ctx context.Context, cmd *tesserapb.Command, writesKeys bool) error {
+	hold := cmd.GetTxnHold()
+	switch cmd.GetOp().(type) {
+	case *tesserapb.Command_Compact, *tesserapb.Command_Split, *tesserapb.Command_TxnHold:
+	default:
+		if !writesKeys {
+			return nil
+		}
+	}
+	rsm := r.store.Range(r.cfg.RangeID)
+	if rsm == nil {
+		return nil
+	}
+	for {
+		applied := rsm.AppliedIndex()
+		holder, _ := rsm.Hold()
+		if holder == nil || (hold != nil && bytes.Equal(holder, hold.GetTxnId())) {
+			return nil
+		}
+		if hold != nil && !hold.GetWait() {
+			return statemachine.ErrHoldConflict
+		}
+		if err := rsm.WaitApplied(ctx, applied+1); err != nil {
+			return err
+		}
 	}
 }
 

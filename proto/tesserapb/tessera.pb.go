@@ -533,7 +533,13 @@ type TxnHoldCommand struct {
 	// lease_revoke, instead of a request: the write is a lease's revocation,
 	// which the range applies as this command at the write's revision (its
 	// keys of the lease deleted). The hold evaluates nothing.
-	LeaseRevoke   *LeaseRevokeCommand `protobuf:"bytes,4,opt,name=lease_revoke,json=leaseRevoke,proto3" json:"lease_revoke,omitempty"`
+	LeaseRevoke *LeaseRevokeCommand `protobuf:"bytes,4,opt,name=lease_revoke,json=leaseRevoke,proto3" json:"lease_revoke,omitempty"`
+	// wait: the write takes its holds one range after another in key order,
+	// so the range's leader lets this hold wait for another write's hold to
+	// end; without it, the hold meeting another fails at once
+	// (ErrHoldConflict). Only writes taking holds in key order wait, so no
+	// two wait for each other.
+	Wait          bool `protobuf:"varint,5,opt,name=wait,proto3" json:"wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -594,6 +600,13 @@ func (x *TxnHoldCommand) GetLeaseRevoke() *LeaseRevokeCommand {
 		return x.LeaseRevoke
 	}
 	return nil
+}
+
+func (x *TxnHoldCommand) GetWait() bool {
+	if x != nil {
+		return x.Wait
+	}
+	return false
 }
 
 // TxnHold is a range's hold as the state machine stores it.
@@ -1608,12 +1621,13 @@ const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\n" +
 	"TxnCommand\x12\x18\n" +
 	"\arequest\x18\x01 \x01(\fR\arequest\x12.\n" +
-	"\x06attach\x18\x02 \x03(\v2\x16.tesserapb.LeaseAttachR\x06attach\"\xb3\x01\n" +
+	"\x06attach\x18\x02 \x03(\v2\x16.tesserapb.LeaseAttachR\x06attach\"\xc7\x01\n" +
 	"\x0eTxnHoldCommand\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\x12\x18\n" +
 	"\arequest\x18\x02 \x01(\fR\arequest\x12.\n" +
 	"\x06attach\x18\x03 \x03(\v2\x16.tesserapb.LeaseAttachR\x06attach\x12@\n" +
-	"\flease_revoke\x18\x04 \x01(\v2\x1d.tesserapb.LeaseRevokeCommandR\vleaseRevoke\"\x98\x01\n" +
+	"\flease_revoke\x18\x04 \x01(\v2\x1d.tesserapb.LeaseRevokeCommandR\vleaseRevoke\x12\x12\n" +
+	"\x04wait\x18\x05 \x01(\bR\x04wait\"\x98\x01\n" +
 	"\aTxnHold\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x18\n" +
