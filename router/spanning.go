@@ -188,7 +188,11 @@ func (r *Router) spanningOnce(ctx context.Context, req *pb.TxnRequest, sent []by
 	if ordered {
 		errs = make([]error, len(parts))
 		for i, p := range parts {
-			if errs[i] = hold(p); errs[i] != nil {
+			// A hold of a write that does not wait may take the range
+			// between the leader's check and this hold's apply: wait again.
+			for errs[i] = hold(p); errors.Is(errs[i], statemachine.ErrHoldConflict) && ctx.Err() == nil; errs[i] = hold(p) {
+			}
+			if errs[i] != nil {
 				break
 			}
 		}

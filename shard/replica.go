@@ -130,6 +130,11 @@ type Replica struct {
 
 	// inflight is a semaphore of Config.MaxInFlight slots.
 	inflight chan struct{}
+	// holdTurn is one slot: the holds that wait for another write's hold
+	// to end (TxnHoldCommand.wait) take it from their wait until their
+	// own hold has applied or failed, so that when a hold ends one waiting
+	// hold is proposed, not all of them (all but one would be refused).
+	holdTurn chan struct{}
 	// queue feeds proposeLoop, the only goroutine that takes revisions and
 	// proposes; its order is the log order.
 	queue chan *proposal
@@ -199,6 +204,7 @@ func New(cfg Config, nh *dragonboat.NodeHost, store *statemachine.Store, oracle 
 		oracle:   oracle,
 		session:  nh.GetNoOPSession(cfg.RangeID),
 		inflight: make(chan struct{}, cfg.MaxInFlight),
+		holdTurn: make(chan struct{}, 1),
 		queue:    make(chan *proposal, 256),
 		leases:   newLeaseClock(),
 		fence:    newFence(),
@@ -329,6 +335,16 @@ func (r *Replica) writeRetrying(ctx context.Context, cmd *tesserapb.Command) (*t
 }
 
 func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesKeys bool) (res *tesserapb.Result, err error, retry bool) {
+	if cmd.GetTxnHold().GetWait() {
+		select {
+		case r.holdTurn <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err(), false
+		case <-r.stopper.ShouldQuiesce():
+			return nil, ErrStopped, false
+		}
+		defer func() { <-r.holdTurn }()
+	}
 	if err := r.awaitUnheld(ctx, cmd, writesKeys); err != nil {
 		if errors.Is(err, statemachine.ErrHoldConflict) {
 			// As the state machine would answer (a forwarded write sends
