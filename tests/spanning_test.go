@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -269,6 +270,51 @@ func TestLeaseAcrossRangesOneRevision(t *testing.T) {
 		}
 		if get, err := cli.Get(ctx, "l/", clientv3.WithPrefix()); err != nil || get.Count != 0 {
 			t.Fatalf("expired %t: keys left %v %v", expire, get, err)
+		}
+	}
+}
+
+// TestContendedSpanningWrites: 100 clients through three nodes, each sending
+// Txns that put one key on each side of a range boundary, so that every
+// write holds the same two ranges. Every write succeeds (those that meet
+// another's hold wait their turn rather than run out of attempts), and
+// each left both of its keys at one revision with one value.
+func TestContendedSpanningWrites(t *testing.T) {
+	c := testcluster.Start(t, 3)
+	splitAt(t, c, c.Nodes[0], "s/m")
+	waitRanges(t, c, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const clients, each = 100, 4
+	errs := make(chan error, clients*each)
+	var wg sync.WaitGroup
+	for i := range clients {
+		cli := c.Client(c.Nodes[i%3].ClientURL)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range each {
+				key, value := fmt.Sprintf("%02d", i), fmt.Sprint(j)
+				_, err := cli.Txn(ctx).Then(clientv3.OpPut("s/a/"+key, value), clientv3.OpPut("s/z/"+key, value)).Commit()
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("a write spanning two ranges failed: %v", err)
+		}
+	}
+	get, err := c.Client(c.Nodes[0].ClientURL).Get(ctx, "s/", clientv3.WithPrefix())
+	if err != nil || len(get.Kvs) != 2*clients {
+		t.Fatalf("got %v %v, want %d keys", get, err, 2*clients)
+	}
+	for i, kv := range get.Kvs[:clients] {
+		twin := get.Kvs[clients+i]
+		if kv.ModRevision != twin.ModRevision || string(kv.Value) != fmt.Sprint(each-1) || string(twin.Value) != fmt.Sprint(each-1) {
+			t.Errorf("%s = %s at %d, %s = %s at %d", kv.Key, kv.Value, kv.ModRevision, twin.Key, twin.Value, twin.ModRevision)
 		}
 	}
 }
