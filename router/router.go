@@ -120,6 +120,9 @@ type Router struct {
 	oracle Oracle
 	fences fenceCalls
 	writes writeStreams // forwarded writes, one stream per node
+	// contended remembers the ranges where a write spanning ranges last
+	// met another's hold (contention.go).
+	contended contention
 
 	// stopper owns the router's goroutines: fence calls, the streams
 	// forwarding writes to other nodes and their receivers.

@@ -57,9 +57,10 @@ func (r *Router) spanningTxn(ctx context.Context, req *pb.TxnRequest) (*pb.TxnRe
 	}
 	var resp *pb.TxnResponse
 	err = r.startingOver(ctx, func(attempt int) (err error) {
-		// The first attempt holds every range at once; one that starts
-		// over (most often for meeting another write's hold) takes its
-		// holds in key order, waiting for other holds to end.
+		// The first attempt holds every range at once, unless one of them
+		// met another write's hold lately; one that starts over (most
+		// often for meeting another write's hold) takes its holds in key
+		// order, waiting for other holds to end.
 		resp, err = r.spanningOnce(ctx, req, sent, n, attempt > 0)
 		return err
 	})
@@ -155,6 +156,7 @@ func (r *Router) spanningOnce(ctx context.Context, req *pb.TxnRequest, sent []by
 	if err != nil {
 		return nil, err
 	}
+	ordered = ordered || r.contended.any(ranges)
 	txnID := newTxnID()
 	parts := make([]*participant, len(ranges))
 	for i, rng := range ranges {
@@ -201,6 +203,11 @@ func (r *Router) spanningOnce(ctx context.Context, req *pb.TxnRequest, sent []by
 	}
 	if err := errors.Join(errs...); err != nil {
 		r.abortHolds(txnID, parts)
+		for i, e := range errs {
+			if errors.Is(e, statemachine.ErrHoldConflict) {
+				r.contended.met(parts[i].rng.RangeID())
+			}
+		}
 		for _, e := range errs {
 			if errors.Is(e, statemachine.ErrHoldConflict) || errors.Is(e, statemachine.ErrLeaseProofOld) {
 				return nil, fmt.Errorf("%w: %v", errStartOver, e)
