@@ -34,6 +34,9 @@ type fakeNode struct {
 	history   []*mvccpb.Event
 	compacted int64
 	closes    map[uint64]int
+	// pending: the revisions put took whose events apply has not published
+	// yet, with their ranges.
+	pending map[int64]uint64
 	// closeGates holds CloseRange calls for a range, after they took their
 	// revision, until the channel is closed.
 	closeGates map[uint64]chan struct{}
@@ -47,7 +50,7 @@ func newFakeNode(t *testing.T) (*fakeNode, pb.WatchClient) {
 
 // newFakeNodeNotifying is newFakeNode with a progress notification interval.
 func newFakeNodeNotifying(t *testing.T, progressEvery time.Duration) (*fakeNode, pb.WatchClient) {
-	n := &fakeNode{rev: 1, closes: map[uint64]int{}}
+	n := &fakeNode{rev: 1, closes: map[uint64]int{}, pending: map[int64]uint64{}}
 	n.hub = New(n, Config{ProgressNotifyInterval: progressEvery})
 	n.hub.Publish(statemachine.Applied{RangeID: 1, Floor: 1, Reset: true})
 	n.hub.Publish(statemachine.Applied{RangeID: 2, Floor: 1, Reset: true})
@@ -87,6 +90,9 @@ func (n *fakeNode) next() int64 {
 // put takes a revision and returns a PUT event of key at it, not published.
 func (n *fakeNode) put(key, value string) *mvccpb.Event {
 	rev := n.next()
+	n.mu.Lock()
+	n.pending[rev] = rangeOf([]byte(key))
+	n.mu.Unlock()
 	return &mvccpb.Event{Type: mvccpb.PUT, Kv: &mvccpb.KeyValue{Key: []byte(key), Value: []byte(value), ModRevision: rev, CreateRevision: rev, Version: 1}}
 }
 
@@ -95,6 +101,9 @@ func (n *fakeNode) put(key, value string) *mvccpb.Event {
 func (n *fakeNode) apply(events ...*mvccpb.Event) {
 	n.mu.Lock()
 	n.history = append(n.history, events...)
+	for _, ev := range events {
+		delete(n.pending, ev.Kv.ModRevision)
+	}
 	n.mu.Unlock()
 	last := events[len(events)-1]
 	n.hub.Publish(statemachine.Applied{RangeID: rangeOf(last.Kv.Key), Events: events, Floor: last.Kv.ModRevision})
@@ -144,11 +153,22 @@ func (n *fakeNode) RangesOf(key, rangeEnd []byte) ([]uint64, bool) {
 
 // CloseRange closes even ranges by a barrier (a floor published later),
 // odd ones as a leader's fenced read does (the closed revision returned).
+// Either waits, as the range would, until the range's writes at revisions
+// below the closing's have applied.
 func (n *fakeNode) CloseRange(ctx context.Context, rangeID uint64) (int64, error) {
 	rev := n.next()
 	n.mu.Lock()
 	n.closes[rangeID]++
 	gate := n.closeGates[rangeID]
+	for n.pendingBelow(rangeID, rev) {
+		n.mu.Unlock()
+		select {
+		case <-time.After(time.Millisecond):
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+		n.mu.Lock()
+	}
 	n.mu.Unlock()
 	if gate != nil {
 		select {
@@ -162,6 +182,17 @@ func (n *fakeNode) CloseRange(ctx context.Context, rangeID uint64) (int64, error
 	}
 	n.hub.Publish(statemachine.Applied{RangeID: rangeID, Floor: rev})
 	return 0, nil
+}
+
+// pendingBelow reports whether a write of range id below rev has not
+// applied yet. n.mu must be held.
+func (n *fakeNode) pendingBelow(id uint64, rev int64) bool {
+	for r, rid := range n.pending {
+		if rid == id && r < rev {
+			return true
+		}
+	}
+	return false
 }
 
 func (n *fakeNode) CurrentRevision(context.Context) (int64, error) {
