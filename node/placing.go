@@ -215,10 +215,7 @@ func (s *Node) placeOnce() []placement.Op {
 		l.mu.Unlock()
 		return nil // not heard from everyone yet
 	}
-	c := s.clusterState(nodes, descs, l.beats, l.since)
-	for _, op := range l.placing {
-		c.InFlight = append(c.InFlight, op)
-	}
+	c := s.clusterStateLocked(nodes, descs)
 	if !l.changingMeta && membersOK {
 		running := map[uint64]uint64{}
 		for id, b := range l.beats {
@@ -248,6 +245,41 @@ func (s *Node) placeOnce() []placement.Op {
 	}
 	l.mu.Unlock()
 	return ops
+}
+
+// clusterStateLocked is the schedulers' view with the operations running
+// now; s.live.mu must be held.
+func (s *Node) clusterStateLocked(nodes []*tesserapb.NodeInfo, descs []*tesserapb.RangeDescriptor) *placement.Cluster {
+	l := &s.live
+	c := s.clusterState(nodes, descs, l.beats, l.since)
+	for _, op := range l.placing {
+		c.InFlight = append(c.InFlight, op)
+	}
+	return c
+}
+
+// placementView is what placement sees on this node, the meta leader, and
+// would propose now, without running anything; nil if this node does not
+// lead the meta range.
+func (s *Node) placementView(ctx context.Context) (*placement.Cluster, []placement.Op) {
+	leads, term := s.metaTerm()
+	if !leads {
+		return nil, nil
+	}
+	nodes, err := s.directory.Nodes(ctx)
+	if err != nil {
+		return nil, nil
+	}
+	descs, err := meta.Ranges(ctx, s.meta, false)
+	if err != nil {
+		return nil, nil
+	}
+	l := &s.live
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.termLocked(term)
+	c := s.clusterStateLocked(nodes, descs)
+	return c, placement.Schedule(c, placement.Limits{})
 }
 
 // clusterState is the schedulers' view: every registered node with its

@@ -2,8 +2,10 @@ package node
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/tesserakv/tessera/internal/replicaid"
@@ -119,6 +121,42 @@ func (t TestingNode) MetaLeader() uint64 {
 // HasAbortedTxnRecords reports whether this node's meta replica holds an
 // aborted record of a write spanning ranges.
 func (t TestingNode) HasAbortedTxnRecords() bool { return t.s.meta.HasAbortedTxnRecords() }
+
+// Placement describes what placement sees on this node, if it leads the
+// meta range — every node's replicas, leaders, load and state, the
+// operations running — and what it would propose now; "" otherwise.
+func (t TestingNode) Placement(ctx context.Context) string {
+	c, ops := t.s.placementView(ctx)
+	if c == nil {
+		return ""
+	}
+	var b strings.Builder
+	replicas, leaders, qps := map[uint64]int{}, map[uint64]int{}, map[uint64]float64{}
+	for _, r := range c.Ranges {
+		for _, rep := range r.Replicas {
+			replicas[rep.NodeID]++
+		}
+		leaders[r.Leader]++
+		qps[r.Leader] += r.QPS
+	}
+	for _, n := range c.Nodes {
+		fmt.Fprintf(&b, "node %d: state %v, %d replicas, %d leaders, %.0f qps, disk %d of %d\n",
+			n.ID, n.State, replicas[n.ID], leaders[n.ID], qps[n.ID], n.DiskUsedBytes, n.DiskQuotaBytes)
+	}
+	for _, r := range c.Ranges {
+		fmt.Fprintf(&b, "range %d: leader %d, %.0f qps, replicas %+v\n", r.ID, r.Leader, r.QPS, r.Replicas)
+	}
+	for _, op := range c.InFlight {
+		fmt.Fprintf(&b, "running: %+v\n", op)
+	}
+	for _, op := range ops {
+		fmt.Fprintf(&b, "would propose: %+v\n", op)
+	}
+	if len(ops) == 0 {
+		b.WriteString("would propose nothing\n")
+	}
+	return b.String()
+}
 
 // IsLeader reports whether this node leads the first data range.
 func (t TestingNode) IsLeader() bool { return t.s.leadsHomeRange() }

@@ -70,7 +70,7 @@ func waitPlaced(t *testing.T, c *testcluster.Cluster, what string, limit time.Du
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("waiting for %s: descriptors\n%sheld: %s", what, describeDescriptors(ds), describeHeld(c))
+			t.Fatalf("waiting for %s: descriptors\n%sheld: %s\nplacement: %s", what, describeDescriptors(ds), describeHeld(c), describePlacement(c))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -105,6 +105,23 @@ func describeHeld(c *testcluster.Cluster) string {
 		}
 	}
 	return b.String()
+}
+
+// describePlacement is what placement sees on the meta leader and would
+// propose now.
+func describePlacement(c *testcluster.Cluster) string {
+	for _, n := range c.Nodes {
+		if n.Server == nil {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		out := n.Server.Testing().Placement(ctx)
+		cancel()
+		if out != "" {
+			return "on " + n.Config.Name + ":\n" + out
+		}
+	}
+	return "no node leads the meta range"
 }
 
 // balanced: every range has three replicas, and the nodes' replica counts
