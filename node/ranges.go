@@ -246,7 +246,7 @@ func (s *Node) startRange(rangeID uint64, members map[uint64]dragonboat.Target, 
 	_, _, snapshotBytes := s.raftLogSettings()
 	self := s.localReplicaID(rangeID)
 	cfg := shard.Config{RangeID: rangeID, ReplicaID: self, SnapshotEveryBytes: snapshotBytes,
-		RequestTimeout: s.cfg.Knobs.RangeRequestTimeout, Logger: s.log, Stopper: s.stopper}
+		RequestTimeout: s.cfg.Knobs.RangeRequestTimeout, MaxInFlight: s.cfg.Knobs.RangeMaxInFlight, Logger: s.log, Stopper: s.stopper}
 	cfg.RepeatRead = s.cfg.Knobs.RepeatRangeReads
 	cfg.SoleVoter = func() (bool, bool) {
 		members := s.membersOf(rangeID)

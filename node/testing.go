@@ -33,6 +33,9 @@ type TestingKnobs struct {
 	// RangeRequestTimeout bounds one proposal or ReadIndex round of a range
 	// replica (shard.Config.RequestTimeout); 0: its default.
 	RangeRequestTimeout time.Duration
+	// RangeMaxInFlight bounds each range replica's proposals in flight
+	// (shard.Config.MaxInFlight); 0: its default.
+	RangeMaxInFlight int
 	// TxnSweepInterval replaces the minute between the meta leader's sweeps
 	// of aborted records of writes spanning ranges.
 	TxnSweepInterval time.Duration

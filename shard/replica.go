@@ -309,6 +309,26 @@ func (r *Replica) Write(ctx context.Context, cmd *tesserapb.Command, writesKeys 
 	if leader, _, ok := r.Leader(); ok && leader != r.cfg.ReplicaID {
 		return nil, &NotLeaderError{LeaderReplicaID: leader}
 	}
+	// Writes waiting for a hold to end wait before they take an in-flight
+	// slot, which the hold's own commit or abort needs.
+	if cmd.GetTxnHold().GetWait() {
+		select {
+		case r.holdTurn <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-r.stopper.ShouldQuiesce():
+			return nil, ErrStopped
+		}
+		defer func() { <-r.holdTurn }()
+	}
+	if err := r.awaitUnheld(ctx, cmd, writesKeys); err != nil {
+		if errors.Is(err, statemachine.ErrHoldConflict) {
+			// As the state machine would answer (a forwarded write sends
+			// the result back as it is).
+			return &tesserapb.Result{Code: statemachine.ErrorCode(err), Message: err.Error()}, err
+		}
+		return nil, err
+	}
 	select {
 	case r.inflight <- struct{}{}:
 	case <-ctx.Done():
@@ -335,24 +355,6 @@ func (r *Replica) writeRetrying(ctx context.Context, cmd *tesserapb.Command) (*t
 }
 
 func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesKeys bool) (res *tesserapb.Result, err error, retry bool) {
-	if cmd.GetTxnHold().GetWait() {
-		select {
-		case r.holdTurn <- struct{}{}:
-		case <-ctx.Done():
-			return nil, ctx.Err(), false
-		case <-r.stopper.ShouldQuiesce():
-			return nil, ErrStopped, false
-		}
-		defer func() { <-r.holdTurn }()
-	}
-	if err := r.awaitUnheld(ctx, cmd, writesKeys); err != nil {
-		if errors.Is(err, statemachine.ErrHoldConflict) {
-			// As the state machine would answer (a forwarded write sends
-			// the result back as it is).
-			return &tesserapb.Result{Code: statemachine.ErrorCode(err), Message: err.Error()}, err, false
-		}
-		return nil, err, false
-	}
 	p := &proposal{ctx: ctx, cmd: proto.CloneOf(cmd), writesKeys: writesKeys, done: make(chan outcome, 1)}
 	select {
 	case r.queue <- p:

@@ -318,3 +318,52 @@ func TestContendedSpanningWrites(t *testing.T) {
 		}
 	}
 }
+
+// TestWritesWaitingForAHold: a range held by a write spanning ranges whose
+// coordinator stalls after holding, and more writes to it than the range
+// takes proposals in flight. The writes wait for the hold to end without
+// taking the slots its commit needs: once the coordinator goes on, the
+// spanning write and every waiting write succeed.
+func TestWritesWaitingForAHold(t *testing.T) {
+	stall := &coordinatorStall{release: make(chan struct{})}
+	c := testcluster.Start(t, 1, func(cfg *serverConfig) {
+		cfg.Knobs.RangeMaxInFlight = 4
+		cfg.Knobs.AfterTxnHeld = func([]byte) { stall.at("held") }
+	})
+	splitAt(t, c, c.Nodes[0], "m")
+	waitRanges(t, c, 2)
+	cli := c.Client(c.Nodes[0].ClientURL)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	stall.arm("held")
+	spanning := make(chan error, 1)
+	go func() {
+		_, err := cli.Txn(ctx).Then(clientv3.OpPut("a", "1"), clientv3.OpPut("z", "1")).Commit()
+		spanning <- err
+	}()
+	select {
+	case <-stall.stalled:
+	case err := <-spanning:
+		t.Fatalf("the spanning write ended before its coordinator stalled: %v", err)
+	case <-ctx.Done():
+		t.Fatal("the coordinator never held the ranges")
+	}
+	const waiting = 12
+	errs := make(chan error, waiting)
+	for i := range waiting {
+		go func() {
+			_, err := cli.Put(ctx, fmt.Sprintf("b%02d", i), "v")
+			errs <- err
+		}()
+	}
+	time.Sleep(200 * time.Millisecond) // the puts reach the held range and wait
+	close(stall.release)
+	if err := <-spanning; err != nil {
+		t.Fatalf("the spanning write: %v", err)
+	}
+	for range waiting {
+		if err := <-errs; err != nil {
+			t.Fatalf("a write waiting for the hold: %v", err)
+		}
+	}
+}
