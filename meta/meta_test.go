@@ -472,7 +472,8 @@ func TestTxnRecords(t *testing.T) {
 
 	// Sweeps: an abort nobody forgets goes at the second sweep after it
 	// was recorded, and the floor rises to that sweep's revision then; a
-	// commit stays until its ranges forget it.
+	// commit, marked stale for the sweeper to settle, stays until its
+	// ranges forget it.
 	floor := int64(95)
 	sweep := func() {
 		floor += 5
@@ -481,7 +482,7 @@ func TestTxnRecords(t *testing.T) {
 	decide("t4", false, 0)
 	decide("t5", true, 70, 2)
 	sweep()
-	if records() != 2 || m.state.TxnFloor != 0 {
+	if records() != 2 || m.state.TxnFloor != 0 || !m.state.TxnRecords[0].Stale || !m.state.TxnRecords[1].Stale {
 		t.Fatalf("after one sweep: %v, floor %d", m.state.TxnRecords, m.state.TxnFloor)
 	}
 	sweep()

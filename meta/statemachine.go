@@ -146,11 +146,12 @@ func applyMeta(st *tesserapb.MetaState, cmd *tesserapb.MetaCommand) uint64 {
 	case *tesserapb.MetaCommand_SweepTxnRecords:
 		swept := false
 		st.TxnRecords = slices.DeleteFunc(st.TxnRecords, func(r *tesserapb.TxnRecord) bool {
-			swept = swept || r.Stale
-			return r.Stale
+			drop := r.Stale && !r.Committed
+			swept = swept || drop
+			return drop
 		})
 		for _, r := range st.TxnRecords {
-			r.Stale = !r.Committed
+			r.Stale = true
 		}
 		if swept {
 			st.TxnFloor = max(st.TxnFloor, op.SweepTxnRecords.GetFloor())

@@ -3,7 +3,6 @@ package meta
 import (
 	"context"
 	"fmt"
-	"slices"
 
 	"google.golang.org/protobuf/proto"
 
@@ -48,17 +47,24 @@ func (m *Replica) ForgetTxn(ctx context.Context, txnID []byte, rangeID uint64) e
 // SweepTxnRecords drops the aborted records the last sweep marked and
 // marks the others (SweepTxnRecordsCommand); floor is a revision taken
 // from the oracle for this sweep. Nobody forgets an abort that a range
-// recorded for a write whose coordinator is gone: the meta leader sweeps
-// them now and then, so each lives one to two sweep intervals.
+// recorded for a write whose coordinator is gone, nor a commit its
+// coordinator did not live to forget: the meta leader sweeps them now and
+// then, so an abort lives one to two sweep intervals.
 func (m *Replica) SweepTxnRecords(ctx context.Context, floor int64) error {
 	return m.Propose(ctx, &tesserapb.MetaCommand{Op: &tesserapb.MetaCommand_SweepTxnRecords{SweepTxnRecords: &tesserapb.SweepTxnRecordsCommand{Floor: floor}}})
 }
 
-// HasAbortedTxnRecords reports whether this replica's state holds an
-// aborted record.
-func (m *Replica) HasAbortedTxnRecords() bool {
+// TxnRecords returns copies of the records in this replica's state.
+func (m *Replica) TxnRecords() []*tesserapb.TxnRecord {
 	out, err := m.Read(context.Background(), false, func(st *tesserapb.MetaState) (any, error) {
-		return slices.ContainsFunc(st.TxnRecords, func(r *tesserapb.TxnRecord) bool { return !r.Committed }), nil
+		recs := make([]*tesserapb.TxnRecord, len(st.TxnRecords))
+		for i, r := range st.TxnRecords {
+			recs[i] = proto.CloneOf(r)
+		}
+		return recs, nil
 	})
-	return err == nil && out.(bool)
+	if err != nil {
+		return nil
+	}
+	return out.([]*tesserapb.TxnRecord)
 }

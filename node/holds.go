@@ -20,10 +20,11 @@ const (
 	// the hold itself. A coordinator needs a few Raft rounds; an abort
 	// recorded too early only makes it start over.
 	holdTimeout = 3 * time.Second
-	// txnSweepInterval is how often the meta leader sweeps the aborted
-	// records of writes spanning ranges (meta.Replica.SweepTxnRecords): an
-	// abort lives one to two intervals, far longer than a coordinator
-	// takes between its holds and its decision.
+	// txnSweepInterval is how often the meta leader sweeps the records of
+	// writes spanning ranges (meta.Replica.SweepTxnRecords): an abort
+	// lives one to two intervals, far longer than a coordinator takes
+	// between its holds and its decision, and a commit nobody forgot is
+	// settled after one to two.
 	txnSweepInterval = time.Minute
 )
 
@@ -87,20 +88,36 @@ func (s *Node) runHoldSweeper() {
 	}
 }
 
-// sweepTxnRecords sweeps the aborted records of writes spanning ranges
-// when this node leads the meta range and there are any.
+// sweepTxnRecords, when this node leads the meta range, sweeps the
+// records of writes spanning ranges: aborts marked at the sweep before go,
+// and committed records marked then are settled on the ranges that have
+// not reported done with them (router.SettleCommitted).
 func (s *Node) sweepTxnRecords() {
-	if leads, _ := s.metaTerm(); !leads || !s.meta.HasAbortedTxnRecords() {
+	if leads, _ := s.metaTerm(); !leads {
+		return
+	}
+	recs := s.meta.TxnRecords()
+	if len(recs) == 0 {
 		return
 	}
 	ctx, cancel := s.stopper.WithTimeout(holdTimeout)
 	defer cancel()
+	for _, rec := range recs {
+		if !rec.Stale || !rec.Committed {
+			continue
+		}
+		for _, id := range rec.RangeIds {
+			if err := s.router.SettleCommitted(ctx, rec, id); err != nil {
+				s.log.Debug("settling a committed write spanning ranges", "range", id, "err", err)
+			}
+		}
+	}
 	floor, err := s.oracle.NextN(ctx, 1)
 	if err == nil {
 		err = s.meta.SweepTxnRecords(ctx, floor)
 	}
 	if err != nil {
-		s.log.Debug("sweeping aborted records of writes spanning ranges", "err", err)
+		s.log.Debug("sweeping records of writes spanning ranges", "err", err)
 	}
 }
 

@@ -121,9 +121,17 @@ func (t TestingNode) MetaLeader() uint64 {
 	return id
 }
 
-// HasAbortedTxnRecords reports whether this node's meta replica holds an
-// aborted record of a write spanning ranges.
-func (t TestingNode) HasAbortedTxnRecords() bool { return t.s.meta.HasAbortedTxnRecords() }
+// TxnRecords returns how many records of writes spanning ranges this
+// node's meta replica holds, and how many of them are aborts.
+func (t TestingNode) TxnRecords() (all, aborted int) {
+	for _, r := range t.s.meta.TxnRecords() {
+		all++
+		if !r.Committed {
+			aborted++
+		}
+	}
+	return all, aborted
+}
 
 // Placement describes what placement sees on this node, if it leads the
 // meta range — every node's replicas, leaders, load and state, the

@@ -407,11 +407,31 @@ func (r *Router) ResolveHold(ctx context.Context, rng Range, txnID []byte) error
 		_, err := r.writeTo(ctx, rng, abortCommand(txnID), false, 0)
 		return err
 	}
-	_, err = r.writeTo(ctx, rng, commitCommand(txnID, rec.GetRevision(), rec.GetPath()), false, 0)
+	return r.commitAndForget(ctx, rng, rec)
+}
+
+// SettleCommitted makes sure range rangeID has applied rec, a committed
+// record some range has not reported done with (its coordinator died while
+// committing): it sends the commit, which a range still held by the write
+// applies and any other refuses (ErrNotHeld: it applied it before), and
+// tells the meta range this range is done with it. Anyone may: a range
+// held by a write whose commit is recorded can only commit it.
+func (r *Router) SettleCommitted(ctx context.Context, rec *tesserapb.TxnRecord, rangeID uint64) error {
+	rng := r.ranges.byID(rangeID)
+	if rng == nil {
+		return fmt.Errorf("router: range %d is not in the range cache", rangeID)
+	}
+	return r.commitAndForget(ctx, rng, rec)
+}
+
+// commitAndForget sends rec's commit to rng and, once rng has applied it
+// (now or before), forgets the record for rng.
+func (r *Router) commitAndForget(ctx context.Context, rng Range, rec *tesserapb.TxnRecord) error {
+	_, err := r.writeTo(ctx, rng, commitCommand(rec.GetTxnId(), rec.GetRevision(), rec.GetPath()), false, 0)
 	if err != nil && !errors.Is(err, statemachine.ErrNotHeld) {
 		return err
 	}
-	return r.cfg.TxnRecords.ForgetTxn(ctx, txnID, rng.RangeID())
+	return r.cfg.TxnRecords.ForgetTxn(ctx, rec.GetTxnId(), rng.RangeID())
 }
 
 // mergeTxn merges the ranges' responses to their shares of req (in key

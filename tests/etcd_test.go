@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -111,19 +112,36 @@ func checkEtcdVersion(bin string) error {
 type etcdProcess struct {
 	endpoint string // host:port of the client URL
 	cmd      *exec.Cmd
+	exited   chan struct{} // closed once the process has exited
 	stderr   *bytes.Buffer
 	conn     *grpc.ClientConn
 }
 
 // startEtcd starts etcd, with flags added to its own, and waits until it
 // answers a read (a read, so the store is left at revision 1, as new). It is
-// killed when the test ends.
+// killed when the test ends. An etcd that exits at once because another
+// process took one of its ports meanwhile is started again on others.
 func startEtcd(t *testing.T, flags ...string) *etcdProcess {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		e := launchEtcd(t, flags)
+		if e.waitListening(30 * time.Second) {
+			e.waitReady(t)
+			return e
+		}
+		if attempt < 3 && strings.Contains(e.stderr.String(), "address already in use") {
+			continue
+		}
+		t.Fatalf("etcd not listening on %s after 30s\nstderr:\n%s", e.endpoint, e.stderr)
+	}
+}
+
+func launchEtcd(t *testing.T, flags []string) *etcdProcess {
 	t.Helper()
 	bin := etcdServerBinary(t)
 	client := fmt.Sprintf("127.0.0.1:%d", testcluster.FreePort(t))
 	peer := fmt.Sprintf("http://127.0.0.1:%d", testcluster.FreePort(t))
-	e := &etcdProcess{endpoint: client, stderr: &bytes.Buffer{}}
+	e := &etcdProcess{endpoint: client, stderr: &bytes.Buffer{}, exited: make(chan struct{})}
 	e.cmd = exec.Command(bin,
 		"--name", "differential",
 		"--data-dir", t.TempDir(),
@@ -136,9 +154,36 @@ func startEtcd(t *testing.T, flags ...string) *etcdProcess {
 	if err := e.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	go func() {
+		_ = e.cmd.Wait()
+		close(e.exited)
+	}()
 	t.Cleanup(e.kill)
-	waitListening(t, client, func() bool { return e.cmd.ProcessState != nil })
-	conn, err := grpc.NewClient(client, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	return e
+}
+
+// waitListening reports whether etcd accepts connections on its client
+// port within limit; false as soon as it has exited.
+func (e *etcdProcess) waitListening(limit time.Duration) bool {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		if c, err := net.DialTimeout("tcp", e.endpoint, time.Second); err == nil {
+			_ = c.Close()
+			return true
+		}
+		select {
+		case <-e.exited:
+			return false
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return false
+}
+
+// waitReady connects to etcd and waits, up to 30s, until it answers a read.
+func (e *etcdProcess) waitReady(t *testing.T) {
+	t.Helper()
+	conn, err := grpc.NewClient(e.endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,9 +196,14 @@ func startEtcd(t *testing.T, flags ...string) *etcdProcess {
 		_, err := kv.Range(ctx, &pb.RangeRequest{Key: []byte("ready")})
 		cancel()
 		if err == nil {
-			return e
+			return
 		}
-		if time.Now().After(deadline) || e.cmd.ProcessState != nil {
+		select {
+		case <-e.exited:
+			t.Fatalf("etcd exited: %v\nstderr:\n%s", err, e.stderr)
+		default:
+		}
+		if time.Now().After(deadline) {
 			t.Fatalf("etcd not ready after 30s: %v\nstderr:\n%s", err, e.stderr)
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -162,8 +212,10 @@ func startEtcd(t *testing.T, flags ...string) *etcdProcess {
 
 // kill sends SIGKILL and reaps the process.
 func (e *etcdProcess) kill() {
-	if e.cmd.Process != nil && e.cmd.ProcessState == nil {
+	select {
+	case <-e.exited:
+	default:
 		_ = e.cmd.Process.Signal(syscall.SIGKILL)
-		_ = e.cmd.Wait()
+		<-e.exited
 	}
 }
