@@ -312,12 +312,8 @@ func (r *Replica) Write(ctx context.Context, cmd *tesserapb.Command, writesKeys 
 	// Writes waiting for a hold to end wait before they take an in-flight
 	// slot, which the hold's own commit or abort needs.
 	if cmd.GetTxnHold().GetWait() {
-		select {
-		case r.holdTurn <- struct{}{}:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-r.stopper.ShouldQuiesce():
-			return nil, ErrStopped
+		if err := r.take(ctx, r.holdTurn); err != nil {
+			return nil, err
 		}
 		defer func() { <-r.holdTurn }()
 	}
@@ -329,12 +325,8 @@ func (r *Replica) Write(ctx context.Context, cmd *tesserapb.Command, writesKeys 
 		}
 		return nil, err
 	}
-	select {
-	case r.inflight <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-r.stopper.ShouldQuiesce():
-		return nil, ErrStopped
+	if err := r.take(ctx, r.inflight); err != nil {
+		return nil, err
 	}
 	defer func() { <-r.inflight }()
 
@@ -343,6 +335,19 @@ func (r *Replica) Write(ctx context.Context, cmd *tesserapb.Command, writesKeys 
 		return nil, &RetryableError{Err: err}
 	}
 	return res, err
+}
+
+// take takes a slot of semaphore sem, waiting until one is free, the
+// caller gives up or the replica stops.
+func (r *Replica) take(ctx context.Context, sem chan struct{}) error {
+	select {
+	case sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-r.stopper.ShouldQuiesce():
+		return ErrStopped
+	}
 }
 
 // writeRetrying is Write tried again under the replica's own budget, for
