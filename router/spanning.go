@@ -40,6 +40,10 @@ type TxnRecords interface {
 // abort recorded by a range that found it too slow.
 const maxSpanningAttempts = 20
 
+// orderedHoldTries bounds how often an ordered hold refused for meeting a
+// hold is sent again before its write starts over.
+const orderedHoldTries = 3
+
 // errStartOver says a write spanning ranges changed nothing and may start
 // over (after a pause).
 var errStartOver = errors.New("router: the write spanning ranges starts over")
@@ -191,8 +195,12 @@ func (r *Router) spanningOnce(ctx context.Context, req *pb.TxnRequest, sent []by
 		errs = make([]error, len(parts))
 		for i, p := range parts {
 			// A hold of a write that does not wait may take the range
-			// between the leader's check and this hold's apply: wait again.
-			for errs[i] = hold(p); errors.Is(errs[i], statemachine.ErrHoldConflict) && ctx.Err() == nil; errs[i] = hold(p) {
+			// between the leader's check and this hold's apply: wait again,
+			// a few times. (The hold met may also be this write's own, from
+			// a try whose answer was lost: then the write starts over.)
+			errs[i] = hold(p)
+			for tries := 0; tries < orderedHoldTries && errors.Is(errs[i], statemachine.ErrHoldConflict) && ctx.Err() == nil; tries++ {
+				errs[i] = hold(p)
 			}
 			if errs[i] != nil {
 				break
