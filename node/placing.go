@@ -193,18 +193,10 @@ func (s *Node) startPlacement() {
 // has heard heartbeats long enough to judge the nodes, and starts the
 // operations they propose. It returns them.
 func (s *Node) placeOnce() []placement.Op {
-	leads, term := s.metaTerm()
-	if !leads {
-		return nil
-	}
 	ctx, cancel := s.stopper.WithTimeout(s.heartbeatInterval())
 	defer cancel()
-	nodes, err := s.directory.Nodes(ctx)
-	if err != nil {
-		return nil
-	}
-	descs, err := meta.Ranges(ctx, s.meta, false)
-	if err != nil {
+	term, nodes, descs, ok := s.placementInputs(ctx)
+	if !ok {
 		return nil
 	}
 	members, membersOK := s.metaMembership()
@@ -247,6 +239,25 @@ func (s *Node) placeOnce() []placement.Op {
 	return ops
 }
 
+// placementInputs returns, when this node leads the meta range, its term,
+// the registered nodes and the recorded ranges; ok is false otherwise or
+// when they cannot be read.
+func (s *Node) placementInputs(ctx context.Context) (term uint64, nodes []*tesserapb.NodeInfo, descs []*tesserapb.RangeDescriptor, ok bool) {
+	leads, term := s.metaTerm()
+	if !leads {
+		return 0, nil, nil, false
+	}
+	nodes, err := s.directory.Nodes(ctx)
+	if err != nil {
+		return 0, nil, nil, false
+	}
+	descs, err = meta.Ranges(ctx, s.meta, false)
+	if err != nil {
+		return 0, nil, nil, false
+	}
+	return term, nodes, descs, true
+}
+
 // clusterStateLocked is the schedulers' view with the operations running
 // now; s.live.mu must be held.
 func (s *Node) clusterStateLocked(nodes []*tesserapb.NodeInfo, descs []*tesserapb.RangeDescriptor) *placement.Cluster {
@@ -262,16 +273,8 @@ func (s *Node) clusterStateLocked(nodes []*tesserapb.NodeInfo, descs []*tesserap
 // would propose now, without running anything; nil if this node does not
 // lead the meta range.
 func (s *Node) placementView(ctx context.Context) (*placement.Cluster, []placement.Op) {
-	leads, term := s.metaTerm()
-	if !leads {
-		return nil, nil
-	}
-	nodes, err := s.directory.Nodes(ctx)
-	if err != nil {
-		return nil, nil
-	}
-	descs, err := meta.Ranges(ctx, s.meta, false)
-	if err != nil {
+	term, nodes, descs, ok := s.placementInputs(ctx)
+	if !ok {
 		return nil, nil
 	}
 	l := &s.live

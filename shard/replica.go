@@ -431,21 +431,16 @@ func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesK
 
 // awaitUnheld waits, before cmd is proposed, while the range as this
 // leader has applied it is held by a write spanning ranges that would
-// refuse cmd (statemachine.ErrRangeHeld: commands taking a revision,
-// compactions, splits), so that a write waiting for the hold to end does
-// not cost a Raft write each time it tries. A hold that may not wait
-// (TxnHoldCommand.wait unset) fails at once with ErrHoldConflict instead.
-// A hold may begin or end between this check and the proposal's apply:
-// the state machine decides then.
+// refuse cmd (statemachine.RefusedWhileHeld), so that a write waiting for
+// the hold to end does not cost a Raft write each time it tries. A hold
+// that may not wait (TxnHoldCommand.wait unset) fails at once with
+// ErrHoldConflict instead. A hold may begin or end between this check and
+// the proposal's apply: the state machine decides then.
 func (r *Replica) awaitUnheld(ctx context.Context, cmd *tesserapb.Command, writesKeys bool) error {
-	hold := cmd.GetTxnHold()
-	switch cmd.GetOp().(type) {
-	case *tesserapb.Command_Compact, *tesserapb.Command_Split, *tesserapb.Command_TxnHold:
-	default:
-		if !writesKeys {
-			return nil
-		}
+	if !statemachine.RefusedWhileHeld(cmd, writesKeys || cmd.GetRevision() > 0) {
+		return nil
 	}
+	hold := cmd.GetTxnHold()
 	rsm := r.store.Range(r.cfg.RangeID)
 	if rsm == nil {
 		return nil

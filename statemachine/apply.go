@@ -71,7 +71,7 @@ func (a *applier) apply(cmd *tesserapb.Command) (response []byte, err error) {
 	if _, isHold := cmd.GetOp().(*tesserapb.Command_TxnHold); isHold && a.state.hold != nil {
 		return nil, errorf(ErrHoldConflict, "held since revision %d", a.state.hold.GetRevision())
 	}
-	if a.state.hold != nil && refusedWhileHeld(cmd, rev) {
+	if a.state.hold != nil && RefusedWhileHeld(cmd, rev > 0) {
 		return nil, errorf(ErrRangeHeld, "held since revision %d", a.state.hold.GetRevision())
 	}
 	saved, logged := a.state, a.log.mark()
@@ -165,18 +165,20 @@ func (a *applier) apply(cmd *tesserapb.Command) (response []byte, err error) {
 	return proto.Marshal(msg)
 }
 
-// refusedWhileHeld reports whether cmd waits for a range's hold to end
-// (ErrRangeHeld): every command carrying a revision but the held write's
-// own commit (its revision must stay above everything the range applied,
-// and the range's floor below it, so that watches wait for it), and
-// compactions and splits. Barriers without a revision, the abort and lease
-// bookkeeping that writes no keys go on.
-func refusedWhileHeld(cmd *tesserapb.Command, rev int64) bool {
+// RefusedWhileHeld reports whether cmd, carrying a revision or not as
+// withRevision says, waits for a range's hold to end (ErrRangeHeld; a hold
+// meeting another fails with ErrHoldConflict): every command carrying a
+// revision but the held write's own commit (its revision must stay above
+// everything the range applied, and the range's floor below it, so that
+// watches wait for it), and compactions and splits. Barriers without a
+// revision, the abort and lease bookkeeping that writes no keys go on. A
+// range's leader holds such commands back while it sees the hold.
+func RefusedWhileHeld(cmd *tesserapb.Command, withRevision bool) bool {
 	switch cmd.GetOp().(type) {
 	case *tesserapb.Command_TxnCommit:
 		return false
 	case *tesserapb.Command_Compact, *tesserapb.Command_Split:
 		return true
 	}
-	return rev > 0
+	return withRevision
 }

@@ -54,15 +54,74 @@ func binaries(t *testing.T) string {
 	return binDir
 }
 
+// child is a started subprocess whose exit is watched.
+type child struct {
+	cmd    *exec.Cmd
+	exited chan struct{} // closed once it has exited
+}
+
+// startChild starts cmd and watches for its exit.
+func startChild(cmd *exec.Cmd) (*child, error) {
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	c := &child{cmd: cmd, exited: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		close(c.exited)
+	}()
+	return c, nil
+}
+
+// running reports whether the child was started and has not exited.
+func (c *child) running() bool {
+	if c == nil {
+		return false
+	}
+	select {
+	case <-c.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// kill sends SIGKILL, if the child runs, and waits for its exit.
+func (c *child) kill() {
+	if c.running() {
+		_ = c.cmd.Process.Signal(syscall.SIGKILL)
+		<-c.exited
+	}
+}
+
+// listening reports whether a server accepts connections on host:port
+// within limit, false as soon as the child has exited. Waiting for it lets
+// a client made then connect at once: a first connection refused would
+// hold gRPC back for its one-second reconnect backoff.
+func (c *child) listening(hostPort string, limit time.Duration) bool {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		if conn, err := net.DialTimeout("tcp", hostPort, time.Second); err == nil {
+			_ = conn.Close()
+			return true
+		}
+		select {
+		case <-c.exited:
+			return false
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return false
+}
+
 // process is a tessera server running as a subprocess.
 type process struct {
+	*child    // the last start's process; nil before the first
 	t         *testing.T
 	binary    string   // "tessera" unless set
 	env       []string // added to the test's environment
 	args      []string
 	clientURL string
-	cmd       *exec.Cmd
-	exited    chan struct{} // closed when the last start's process has exited
 	stderr    *bytes.Buffer
 }
 
@@ -94,36 +153,22 @@ func (p *process) launch() {
 	if binary == "" {
 		binary = "tessera"
 	}
-	p.cmd = exec.Command(filepath.Join(binaries(p.t), binary), p.args...)
-	p.cmd.Env = append(os.Environ(), p.env...)
-	p.cmd.Stderr = p.stderr
-	if err := p.cmd.Start(); err != nil {
+	cmd := exec.Command(filepath.Join(binaries(p.t), binary), p.args...)
+	cmd.Env = append(os.Environ(), p.env...)
+	cmd.Stderr = p.stderr
+	c, err := startChild(cmd)
+	if err != nil {
 		p.t.Fatal(err)
 	}
-	p.exited = make(chan struct{})
-	go func(cmd *exec.Cmd, exited chan struct{}) {
-		_ = cmd.Wait()
-		close(exited)
-	}(p.cmd, p.exited)
-}
-
-// running reports whether the last start's process has not exited.
-func (p *process) running() bool {
-	if p.exited == nil {
-		return false
-	}
-	select {
-	case <-p.exited:
-		return false
-	default:
-		return true
-	}
+	p.child = c
 }
 
 // waitReady waits until the server accepts a write.
 func (p *process) waitReady() {
 	p.t.Helper()
-	waitListening(p.t, strings.TrimPrefix(p.clientURL, "http://"), func() bool { return !p.running() })
+	if hostPort := strings.TrimPrefix(p.clientURL, "http://"); !p.listening(hostPort, 30*time.Second) {
+		p.t.Fatalf("nothing listening on %s", hostPort)
+	}
 	cli := p.client()
 	defer cli.Close()
 	deadline := time.Now().Add(30 * time.Second)
@@ -138,25 +183,6 @@ func (p *process) waitReady() {
 			p.t.Fatalf("tessera not ready after 30s: %v\nstderr:\n%s", err, p.stderr)
 		}
 		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// waitListening waits, up to 30s, until a server accepts connections on
-// host:port, so that a client made then connects at once: a first
-// connection refused would hold gRPC back for its one-second reconnect
-// backoff.
-func waitListening(t testing.TB, hostPort string, exited func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if c, err := net.DialTimeout("tcp", hostPort, time.Second); err == nil {
-			_ = c.Close()
-			return
-		}
-		if exited() || time.Now().After(deadline) {
-			t.Fatalf("nothing listening on %s", hostPort)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -183,13 +209,10 @@ func (p *process) logTail() {
 	p.t.Logf("log of tessera %s (its end):\n%s", strings.Join(p.args, " "), out)
 }
 
-// kill sends SIGKILL and reaps the process.
-func (p *process) kill() {
-	if p.running() {
-		_ = p.cmd.Process.Signal(syscall.SIGKILL)
-		<-p.exited
-	}
-}
+// kill kills the last start's process, if it runs. (Declared on process,
+// not only promoted from child, so that t.Cleanup(p.kill) kills whichever
+// process runs when the test ends.)
+func (p *process) kill() { p.child.kill() }
 
 // stop sends SIGTERM and waits for a graceful exit.
 func (p *process) stop() error {

@@ -4,13 +4,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -110,9 +108,8 @@ func checkEtcdVersion(bin string) error {
 // etcdProcess is a one-member etcd cluster running as a subprocess on
 // 127.0.0.1, with its data in a temporary directory.
 type etcdProcess struct {
+	*child
 	endpoint string // host:port of the client URL
-	cmd      *exec.Cmd
-	exited   chan struct{} // closed once the process has exited
 	stderr   *bytes.Buffer
 	conn     *grpc.ClientConn
 }
@@ -125,7 +122,7 @@ func startEtcd(t *testing.T, flags ...string) *etcdProcess {
 	t.Helper()
 	for attempt := 1; ; attempt++ {
 		e := launchEtcd(t, flags)
-		if e.waitListening(30 * time.Second) {
+		if e.listening(e.endpoint, 30*time.Second) {
 			e.waitReady(t)
 			return e
 		}
@@ -141,43 +138,23 @@ func launchEtcd(t *testing.T, flags []string) *etcdProcess {
 	bin := etcdServerBinary(t)
 	client := fmt.Sprintf("127.0.0.1:%d", testcluster.FreePort(t))
 	peer := fmt.Sprintf("http://127.0.0.1:%d", testcluster.FreePort(t))
-	e := &etcdProcess{endpoint: client, stderr: &bytes.Buffer{}, exited: make(chan struct{})}
-	e.cmd = exec.Command(bin,
+	e := &etcdProcess{endpoint: client, stderr: &bytes.Buffer{}}
+	cmd := exec.Command(bin,
 		"--name", "differential",
 		"--data-dir", t.TempDir(),
 		"--listen-client-urls", "http://"+client, "--advertise-client-urls", "http://"+client,
 		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
 		"--initial-cluster", "differential="+peer, "--initial-cluster-state", "new",
 		"--log-level", "error")
-	e.cmd.Args = append(e.cmd.Args, flags...)
-	e.cmd.Stderr = e.stderr
-	if err := e.cmd.Start(); err != nil {
+	cmd.Args = append(cmd.Args, flags...)
+	cmd.Stderr = e.stderr
+	c, err := startChild(cmd)
+	if err != nil {
 		t.Fatal(err)
 	}
-	go func() {
-		_ = e.cmd.Wait()
-		close(e.exited)
-	}()
+	e.child = c
 	t.Cleanup(e.kill)
 	return e
-}
-
-// waitListening reports whether etcd accepts connections on its client
-// port within limit; false as soon as it has exited.
-func (e *etcdProcess) waitListening(limit time.Duration) bool {
-	deadline := time.Now().Add(limit)
-	for time.Now().Before(deadline) {
-		if c, err := net.DialTimeout("tcp", e.endpoint, time.Second); err == nil {
-			_ = c.Close()
-			return true
-		}
-		select {
-		case <-e.exited:
-			return false
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	return false
 }
 
 // waitReady connects to etcd and waits, up to 30s, until it answers a read.
@@ -207,15 +184,5 @@ func (e *etcdProcess) waitReady(t *testing.T) {
 			t.Fatalf("etcd not ready after 30s: %v\nstderr:\n%s", err, e.stderr)
 		}
 		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// kill sends SIGKILL and reaps the process.
-func (e *etcdProcess) kill() {
-	select {
-	case <-e.exited:
-	default:
-		_ = e.cmd.Process.Signal(syscall.SIGKILL)
-		<-e.exited
 	}
 }
