@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -433,6 +434,11 @@ func TestTxnRecords(t *testing.T) {
 	forget("t1", 2)
 	if records() != 1 {
 		t.Fatal("the record went while range 3 had not applied it")
+	}
+	// A range settling the write from the record still learns every range
+	// the write held.
+	if _, rec := decide("t1", false, 0); len(rec.RangeIds) != 1 || !slices.Equal(rec.Participants, []uint64{2, 3}) {
+		t.Fatalf("record after range 2 applied it: ranges %v, participants %v", rec.RangeIds, rec.Participants)
 	}
 	forget("t1", 3)
 	if records() != 0 {

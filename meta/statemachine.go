@@ -66,6 +66,7 @@ func decideTxn(st *tesserapb.MetaState, d *tesserapb.DecideTxnCommand) (sm.Resul
 		// write whose abort was recorded and swept.
 		if d.GetCommit() && d.GetMinHoldRevision() > st.TxnFloor {
 			rec.Committed, rec.Revision, rec.Path, rec.RangeIds = true, d.GetRevision(), d.GetPath(), d.GetRangeIds()
+			rec.Participants = slices.Clone(d.GetRangeIds())
 		}
 		st.TxnRecords = append(st.TxnRecords, rec)
 	}

@@ -68,10 +68,10 @@ func (s *Node) runHoldSweeper() {
 				seen[id] = heldSince{txnID: txnID, since: now}
 				continue
 			}
-			if now.Sub(seen[id].since) < holdTimeout {
+			if now.Sub(seen[id].since) < s.holdTimeout() {
 				continue
 			}
-			ctx, cancel := s.stopper.WithTimeout(holdTimeout)
+			ctx, cancel := s.stopper.WithTimeout(s.holdTimeout())
 			err := s.router.ResolveHold(ctx, rng, txnID)
 			cancel()
 			if err != nil {
@@ -119,6 +119,13 @@ func (s *Node) sweepTxnRecords() {
 	if err != nil {
 		s.log.Debug("sweeping records of writes spanning ranges", "err", err)
 	}
+}
+
+func (s *Node) holdTimeout() time.Duration {
+	if d := s.cfg.Knobs.HoldTimeout; d > 0 {
+		return d
+	}
+	return holdTimeout
 }
 
 func (s *Node) txnSweepInterval() time.Duration {

@@ -39,6 +39,9 @@ type TestingKnobs struct {
 	// TxnSweepInterval replaces the minute between the meta leader's sweeps
 	// of aborted records of writes spanning ranges.
 	TxnSweepInterval time.Duration
+	// HoldTimeout replaces how long a range stays held before its leader
+	// settles the hold itself (3 s).
+	HoldTimeout time.Duration
 	// The router's knobs (AfterLeaseProof, AfterTxnHeld, …).
 	router.TestingKnobs
 	// DialNode, when set, opens every connection this node makes to another

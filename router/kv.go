@@ -8,6 +8,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tesserakv/tessera/proto/tesserapb"
@@ -26,6 +27,7 @@ func (r *Router) Range(ctx context.Context, req *pb.RangeRequest) (*pb.RangeResp
 	if err != nil {
 		return nil, ToGRPC(err)
 	}
+	sendSerialStates(ctx, ans.reads)
 	return ans.resp, nil
 }
 
@@ -41,6 +43,7 @@ func (r *Router) RangeWire(ctx context.Context, req *pb.RangeRequest) (proto.Mes
 	if err != nil {
 		return nil, ToGRPC(err)
 	}
+	sendSerialStates(ctx, ans.reads)
 	if ans.wire != nil {
 		return ans.wire, nil
 	}
@@ -64,10 +67,11 @@ func (r *Router) readRevision(ctx context.Context, requested int64) (int64, erro
 
 // rangeAnswer is one range's part of a Range, or the whole answer: resp, or
 // with wire set (statemachine.WireRangeable requests only) the same in wire
-// format.
+// format. A serializable read's answer has its parts' reads (serial.go).
 type rangeAnswer struct {
-	resp *pb.RangeResponse
-	wire *WireRangeResponse
+	resp  *pb.RangeResponse
+	wire  *WireRangeResponse
+	reads []spanRead
 }
 
 func (a rangeAnswer) more() bool {
@@ -107,6 +111,8 @@ func (a rangeAnswer) add(part rangeAnswer, withKVs, more bool) {
 // linearizable read of one range at the current revision leaves taking the
 // revision to readAt (on a follower, the range leader takes it while
 // fencing); a read of several ranges takes it here, once, for all of them.
+// A serializable read of several ranges at the current revision reads again
+// the ranges that showed part of a write spanning ranges (serial.go).
 func (r *Router) rangeAll(ctx context.Context, req *pb.RangeRequest, wire bool) (rangeAnswer, error) {
 	var headerRev int64
 	sub := proto.CloneOf(req)
@@ -125,8 +131,17 @@ func (r *Router) rangeAll(ctx context.Context, req *pb.RangeRequest, wire bool) 
 				sub.Revision = rev
 			}
 		}
-		ans, err := r.mergeSpans(ctx, sub, spans, headerRev, wire)
+		ans, err := r.mergeSpans(ctx, sub, spans, headerRev, wire, nil)
+		if err == nil && req.Serializable && req.Revision == 0 && len(spans) > 1 {
+			if pins, again := serialPinsOf(ans.reads); again {
+				ans, err = r.mergeSpans(ctx, sub, spans, 0, wire, pins)
+			}
+		}
 		if r.reroute(ctx, err, attempt) {
+			continue
+		}
+		if serialAgain(err) && req.Serializable && req.Revision == 0 && attempt < maxRouteAttempts {
+			r.ranges.Refresh()
 			continue
 		}
 		return ans, err
@@ -143,14 +158,16 @@ func ordered(req *pb.RangeRequest) (ok, descending bool) {
 	return true, req.SortOrder == pb.RangeRequest_DESCEND
 }
 
-func (r *Router) mergeSpans(ctx context.Context, req *pb.RangeRequest, spans []span, headerRev int64, wire bool) (rangeAnswer, error) {
+// mergeSpans reads spans one after another in key order and merges their
+// answers; with pins, a serializable read reads each part at its pin.
+func (r *Router) mergeSpans(ctx context.Context, req *pb.RangeRequest, spans []span, headerRev int64, wire bool, pins serialPins) (rangeAnswer, error) {
 	out := rangeAnswer{resp: &pb.RangeResponse{}}
 	if wire {
 		out = rangeAnswer{wire: &WireRangeResponse{}}
 	}
 	inKeyOrder, descending := ordered(req)
 	if !inKeyOrder && len(spans) > 1 {
-		return r.mergeSorted(ctx, req, spans, headerRev)
+		return r.mergeSorted(ctx, req, spans, headerRev, pins)
 	}
 	if descending {
 		spans = slices.Clone(spans)
@@ -172,11 +189,12 @@ func (r *Router) mergeSpans(ctx context.Context, req *pb.RangeRequest, spans []s
 		case req.Limit > 0:
 			sub.Limit = req.Limit - have
 		}
-		ans, rev, err := r.readSpan(ctx, sp.rng, sub, wire)
+		ans, rev, err := r.readSpanPinned(ctx, sp, sub, wire, pins)
 		if err != nil {
 			return rangeAnswer{}, err
 		}
 		localRev = max(localRev, rev)
+		out.reads = append(out.reads, ans.reads...)
 		more := out.more() || ans.more()
 		if filled {
 			more = out.more() || ans.kvs() > 0
@@ -209,13 +227,16 @@ func (r *Router) mergeSpans(ctx context.Context, req *pb.RangeRequest, spans []s
 // filters), sorts them and cuts to the limit. Keys only answers sorted by
 // value are read with their values (and leases, as etcd's are), which go
 // after the sort.
-func (r *Router) mergeSorted(ctx context.Context, req *pb.RangeRequest, spans []span, headerRev int64) (rangeAnswer, error) {
+func (r *Router) mergeSorted(ctx context.Context, req *pb.RangeRequest, spans []span, headerRev int64, pins serialPins) (rangeAnswer, error) {
 	storeLimit := statemachine.StoreLimit(req)
 	read := proto.CloneOf(req)
 	read.SortOrder, read.SortTarget, read.Limit = pb.RangeRequest_NONE, pb.RangeRequest_KEY, 0
 	read.KeysOnly = req.KeysOnly && req.SortTarget != pb.RangeRequest_VALUE
 	out := &pb.RangeResponse{}
-	var localRev int64
+	var (
+		localRev int64
+		reads    []spanRead
+	)
 	for _, sp := range spans {
 		sp.rng.RecordLoad(sp.key)
 		sub := proto.CloneOf(read)
@@ -227,11 +248,12 @@ func (r *Router) mergeSorted(ctx context.Context, req *pb.RangeRequest, spans []
 				sub.CountOnly = true
 			}
 		}
-		ans, rev, err := r.readSpan(ctx, sp.rng, sub, false)
+		ans, rev, err := r.readSpanPinned(ctx, sp, sub, false, pins)
 		if err != nil {
 			return rangeAnswer{}, err
 		}
 		localRev = max(localRev, rev)
+		reads = append(reads, ans.reads...)
 		out.Count += ans.resp.Count
 		out.Kvs = append(out.Kvs, ans.resp.Kvs...)
 	}
@@ -248,7 +270,27 @@ func (r *Router) mergeSorted(ctx context.Context, req *pb.RangeRequest, spans []
 		headerRev = localRev
 	}
 	out.Header = r.header(spans[0].rng, headerRev)
-	return rangeAnswer{resp: out}, nil
+	return rangeAnswer{resp: out, reads: reads}, nil
+}
+
+// readSpanPinned is readSpan of sp's part, at its pin when pins are given
+// (a serializable read of several ranges read again).
+func (r *Router) readSpanPinned(ctx context.Context, sp span, req *pb.RangeRequest, wire bool, pins serialPins) (rangeAnswer, int64, error) {
+	if pins != nil {
+		pin, ok := pins.at(sp.key)
+		if !ok {
+			return rangeAnswer{}, 0, fmt.Errorf("%w: no revision for the part from %q", errSerialAgain, sp.key)
+		}
+		req = proto.CloneOf(req)
+		req.Revision = pin
+	}
+	ans, rev, err := r.readSpan(ctx, sp.rng, req, wire)
+	if err == nil && req.Serializable {
+		for i := range ans.reads {
+			ans.reads[i].key, ans.reads[i].end = sp.key, sp.end
+		}
+	}
+	return ans, rev, err
 }
 
 // readSpan reads one range's part of a Range (in wire format when wire is
@@ -258,20 +300,24 @@ func (r *Router) mergeSorted(ctx context.Context, req *pb.RangeRequest, spans []
 // answer is good for.
 func (r *Router) readSpan(ctx context.Context, rng Range, req *pb.RangeRequest, wire bool) (rangeAnswer, int64, error) {
 	if m, ok := rng.(*remoteRange); ok {
-		var resp *pb.RangeResponse
+		var (
+			resp *pb.RangeResponse
+			md   metadata.MD
+		)
 		err := r.onReplica(ctx, m, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
-			resp, err = pb.NewKVClient(cc).Range(ctx, req)
+			resp, md, err = rangeOn(ctx, cc, req)
 			return err
 		})
 		if err != nil {
 			return rangeAnswer{}, 0, err
 		}
-		return relayedAnswer(req, resp, wire)
+		return relayedAnswer(rng.RangeID(), req, resp, md, wire)
 	}
 	type viewAnswer struct {
 		ans rangeAnswer
 		rev int64
 	}
+	rangeID := rng.RangeID()
 	read := func(rev int64) func(*statemachine.View) (any, error) {
 		return func(v *statemachine.View) (any, error) {
 			at := req
@@ -293,6 +339,13 @@ func (r *Router) readSpan(ctx context.Context, rng Range, req *pb.RangeRequest, 
 			if err != nil {
 				return nil, err
 			}
+			if !req.Serializable {
+				return viewAnswer{ans, v.Revision()}, nil
+			}
+			ans.reads = []spanRead{{state: viewSerialState(rangeID, v)}}
+			if req.Revision != 0 {
+				return viewAnswer{ans, req.Revision}, nil
+			}
 			return viewAnswer{ans, v.Revision()}, nil
 		}
 	}
@@ -310,8 +363,10 @@ func (r *Router) readSpan(ctx context.Context, rng Range, req *pb.RangeRequest, 
 		va := out.(viewAnswer)
 		return va.ans, va.rev, nil
 	}
-	resp, ferr, ok := forward(r, ctx, err, func(ctx context.Context, cc *grpc.ClientConn) (*pb.RangeResponse, error) {
-		return pb.NewKVClient(cc).Range(ctx, req)
+	var md metadata.MD
+	resp, ferr, ok := forward(r, ctx, err, func(ctx context.Context, cc *grpc.ClientConn) (resp *pb.RangeResponse, err error) {
+		resp, md, err = rangeOn(ctx, cc, req)
+		return resp, err
 	})
 	if !ok {
 		return rangeAnswer{}, 0, err
@@ -319,24 +374,45 @@ func (r *Router) readSpan(ctx context.Context, rng Range, req *pb.RangeRequest, 
 	if ferr != nil {
 		return rangeAnswer{}, 0, ferr
 	}
-	return relayedAnswer(req, resp, wire)
+	return relayedAnswer(rangeID, req, resp, md, wire)
 }
 
-// relayedAnswer is another node's answer to one range's part of a Range as
-// readSpan returns it, with the revision it is good for.
-func relayedAnswer(req *pb.RangeRequest, resp *pb.RangeResponse, wire bool) (rangeAnswer, int64, error) {
+// rangeOn sends one range's part of a Range to another node; a
+// serializable read asks for the replica's state too (serial.go).
+func rangeOn(ctx context.Context, cc *grpc.ClientConn, req *pb.RangeRequest) (*pb.RangeResponse, metadata.MD, error) {
+	if !req.Serializable {
+		resp, err := pb.NewKVClient(cc).Range(ctx, req)
+		return resp, nil, err
+	}
+	ctx, opt, md := askSerialState(ctx)
+	resp, err := pb.NewKVClient(cc).Range(ctx, req, opt)
+	return resp, *md, err
+}
+
+// relayedAnswer is another node's answer to one part of a Range of range
+// rangeID as readSpan returns it, with the revision it is good for; md is
+// the answer's header.
+func relayedAnswer(rangeID uint64, req *pb.RangeRequest, resp *pb.RangeResponse, md metadata.MD, wire bool) (rangeAnswer, int64, error) {
 	rev := req.Revision
 	if rev == 0 {
 		rev = resp.GetHeader().GetRevision()
 	}
+	ans := rangeAnswer{resp: resp}
+	if req.Serializable {
+		state, err := relayedSerialState(rangeID, md)
+		if err != nil {
+			return rangeAnswer{}, 0, err
+		}
+		ans.reads = []spanRead{{state: state}}
+	}
 	if !wire {
-		return rangeAnswer{resp: resp}, rev, nil
+		return ans, rev, nil
 	}
 	w := &WireRangeResponse{Count: resp.Count, More: resp.More}
 	for _, kv := range resp.Kvs {
 		w.KVs.AddKV(kv)
 	}
-	return rangeAnswer{wire: w}, rev, nil
+	return rangeAnswer{wire: w, reads: ans.reads}, rev, nil
 }
 
 // Put serves KV.Put as a one-operation Txn on the range holding the key.

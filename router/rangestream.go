@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"math"
 
@@ -40,6 +41,20 @@ func (r *Router) RangeStream(req *pb.RangeRequest, stream pb.KV_RangeStreamServe
 	}
 	chunks := newStreamChunker(stream, req.Limit, r.cfg.MaxRequestBytes)
 	chunks.rev = headerRev
+	// A serializable stream over several ranges reads each at the
+	// revision its replica first showed, or lower where another showed
+	// part of a write spanning ranges it does not (serial.go).
+	var pins serialPins
+	if req.Serializable && req.Revision == 0 {
+		var err error
+		if pins, err = r.serialProbe(ctx, req); err != nil {
+			return ToGRPC(err)
+		}
+		for _, pin := range pins {
+			headerRev = max(headerRev, pin.rev)
+		}
+		chunks.rev = headerRev
+	}
 	var (
 		count int64
 		first Range
@@ -56,6 +71,13 @@ func (r *Router) RangeStream(req *pb.RangeRequest, stream pb.KV_RangeStreamServe
 		sp.rng.RecordLoad(sp.key)
 		part := proto.CloneOf(sub)
 		part.Key, part.RangeEnd = sp.key, sp.end
+		if pins != nil {
+			pin, ok := pins.at(sp.key)
+			if !ok {
+				return ToGRPC(fmt.Errorf("%w: no revision for the part from %q", errSerialAgain, sp.key))
+			}
+			part.Revision = pin
+		}
 		if req.CountOnly || chunks.filled() {
 			part.CountOnly = true
 		} else if req.Limit > 0 {
@@ -74,7 +96,7 @@ func (r *Router) RangeStream(req *pb.RangeRequest, stream pb.KV_RangeStreamServe
 			first = sp.rng
 		}
 		count += c
-		if req.Serializable {
+		if req.Serializable && pins == nil {
 			// Each range is read as it is: the header is the highest
 			// revision read, so no kv is above it.
 			headerRev = max(headerRev, rev)
@@ -88,6 +110,39 @@ func (r *Router) RangeStream(req *pb.RangeRequest, stream pb.KV_RangeStreamServe
 	// count: more means some were left out.
 	more := !req.CountOnly && count > chunks.added
 	return chunks.finish(r.header(first, headerRev), count, more)
+}
+
+// serialProbe returns the revisions a serializable RangeStream reads its
+// ranges at, nil when it covers one range: each range's replica is asked
+// for one key first, which tells its state (serial.go).
+func (r *Router) serialProbe(ctx context.Context, req *pb.RangeRequest) (serialPins, error) {
+	for attempt := 0; ; attempt++ {
+		spans, err := r.spansOf(req.Key, req.RangeEnd)
+		if err != nil || len(spans) < 2 {
+			return nil, err
+		}
+		var reads []spanRead
+		for _, sp := range spans {
+			probe := &pb.RangeRequest{Key: sp.key, Serializable: true, KeysOnly: true}
+			var ans rangeAnswer
+			if ans, _, err = r.readSpanPinned(ctx, sp, probe, false, nil); err != nil {
+				break
+			}
+			reads = append(reads, ans.reads...)
+		}
+		if r.reroute(ctx, err, attempt) {
+			continue
+		}
+		if serialAgain(err) && attempt < maxRouteAttempts {
+			r.ranges.Refresh()
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		pins, _ := serialPinsOf(reads)
+		return pins, nil
+	}
 }
 
 // streamSpan streams one range's part of a RangeStream into chunks and

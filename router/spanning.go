@@ -313,7 +313,7 @@ func (r *Router) recordAndCommit(ctx context.Context, txnID []byte, parts []*par
 	if hook := r.cfg.Knobs.AfterTxnRecorded; hook != nil {
 		hook(txnID)
 	}
-	commit := commitCommand(txnID, rev, path)
+	commit := commitCommand(txnID, rev, path, ids)
 	errs := r.onEach(parts, func(p *participant) error {
 		if hook := r.cfg.Knobs.BeforeTxnCommit; hook != nil {
 			hook(txnID, p.rng.RangeID())
@@ -370,9 +370,12 @@ func (r *Router) abortHolds(txnID []byte, parts []*participant) {
 	})
 }
 
-// commitCommand commits write txnID on a range it holds, at rev on path.
-func commitCommand(txnID []byte, rev int64, path []bool) *tesserapb.Command {
-	return &tesserapb.Command{Revision: rev, Op: &tesserapb.Command_TxnCommit{TxnCommit: &tesserapb.TxnCommitCommand{TxnId: txnID, Path: path}}}
+// commitCommand commits write txnID on a range it holds, at rev on path;
+// rangeIDs are every range the write holds.
+func commitCommand(txnID []byte, rev int64, path []bool, rangeIDs []uint64) *tesserapb.Command {
+	return &tesserapb.Command{Revision: rev, Op: &tesserapb.Command_TxnCommit{TxnCommit: &tesserapb.TxnCommitCommand{
+		TxnId: txnID, Path: path, RangeIds: rangeIDs,
+	}}}
 }
 
 // abortCommand ends a range's hold for write txnID.
@@ -435,7 +438,11 @@ func (r *Router) SettleCommitted(ctx context.Context, rec *tesserapb.TxnRecord, 
 // commitAndForget sends rec's commit to rng and, once rng has applied it
 // (now or before), forgets the record for rng.
 func (r *Router) commitAndForget(ctx context.Context, rng Range, rec *tesserapb.TxnRecord) error {
-	_, err := r.writeTo(ctx, rng, commitCommand(rec.GetTxnId(), rec.GetRevision(), rec.GetPath()), false, 0)
+	ids := rec.GetParticipants()
+	if len(ids) == 0 {
+		ids = rec.GetRangeIds() // a record made before participants were kept
+	}
+	_, err := r.writeTo(ctx, rng, commitCommand(rec.GetTxnId(), rec.GetRevision(), rec.GetPath(), ids), false, 0)
 	if err != nil && !errors.Is(err, statemachine.ErrNotHeld) {
 		return err
 	}

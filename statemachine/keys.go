@@ -162,14 +162,16 @@ func decodeLeaseIndexKey(k []byte) (leaseID int64, userKey []byte, err error) {
 // Metadata kinds, the byte after 'm' BE(rangeID).
 //
 // A range has metadata in the store once it applied something, recovered a
-// snapshot or was created by a split (which writes the child's 's', 'b' and
-// 'l' records in the parent's batch); a range ID with no 'm' key at all is
+// snapshot or was created by a split (which writes the child's 's', 'b', 'c'
+// and 'l' records in the parent's batch); a range ID with no 'm' key at all is
 // free, which is what a split checks for its new range ID.
 const (
 	metaState  byte = 's' // rangeState
 	metaBounds byte = 'b' // bounds, with their generation
 	metaLease  byte = 'l' // + BE(leaseID) -> tesserapb.LeaseRecord
 	metaHold   byte = 'h' // tesserapb.TxnHold, while a write spanning ranges holds the range
+	// metaCoCommits: coCommits, once the range committed a write spanning ranges.
+	metaCoCommits byte = 'c'
 )
 
 // metaPrefix is the prefix of every metadata key of rangeID.

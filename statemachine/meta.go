@@ -43,6 +43,9 @@ type rangeState struct {
 	// It is stored apart from the rest (metaHold), and replaced, never
 	// changed in place.
 	hold *tesserapb.TxnHold
+	// coCommits are the ranges this one committed writes spanning ranges
+	// together with (cocommits.go), stored apart (metaCoCommits).
+	coCommits *coCommits
 }
 
 func initialState() rangeState { return rangeState{currentRev: 1} }
@@ -260,8 +263,24 @@ func loadMeta(r pebble.Reader, rangeID uint64) (rangeState, bounds, error) {
 			return st, bounds{}, err
 		}
 	}
-	st.hold, err = loadHold(r, rangeID)
+	if st.hold, err = loadHold(r, rangeID); err != nil {
+		return st, bounds{}, err
+	}
+	st.coCommits, err = loadCoCommits(r, rangeID)
 	return st, bnds, err
+}
+
+// loadCoCommits reads rangeID's co-commit record from r, nil if none.
+func loadCoCommits(r pebble.Reader, rangeID uint64) (*coCommits, error) {
+	v, found, err := getValue(r, metaKey(rangeID, metaCoCommits))
+	if err != nil || !found {
+		return nil, err
+	}
+	c, err := decodeCoCommits(v)
+	if err != nil {
+		return nil, fmt.Errorf("statemachine: range %d: %w", rangeID, err)
+	}
+	return c, nil
 }
 
 // loadHold reads rangeID's hold from r, nil if none.

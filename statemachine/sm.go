@@ -201,6 +201,11 @@ func (r *RangeSM) Update(entries []sm.Entry) ([]sm.Entry, error) {
 			return nil, err
 		}
 	}
+	if a.state.coCommits != r.state.coCommits {
+		if err := b.Set(metaKey(r.rangeID, metaCoCommits), a.state.coCommits.encode(), nil); err != nil {
+			return nil, err
+		}
+	}
 	// The batch and the metadata it records are published as one step for
 	// View (which snapshots under mu and takes the metadata from memory);
 	// when the batch changes the bounds, a View that sees the new bounds

@@ -308,8 +308,11 @@ func (r *RangeSM) recoverFromSnapshot(rd io.Reader, done <-chan struct{}) error 
 				return err
 			}
 			r.noteCommit(b)
-			// The hold, if any, came as a metadata record.
+			// The hold and the co-commits, if any, came as metadata records.
 			if st.hold, err = loadHold(db, r.rangeID); err != nil {
+				return err
+			}
+			if st.coCommits, err = loadCoCommits(db, r.rangeID); err != nil {
 				return err
 			}
 			r.setMeta(st, newBounds)

@@ -288,7 +288,7 @@ func (a *applier) applyTxnCommit(rev int64, cmd *tesserapb.TxnCommitCommand) (pr
 		if err != nil {
 			return nil, false, err
 		}
-		a.state.hold = nil
+		a.endHold(rev, cmd)
 		return resp, changed, nil
 	}
 	req := &pb.TxnRequest{}
@@ -307,8 +307,17 @@ func (a *applier) applyTxnCommit(rev int64, cmd *tesserapb.TxnCommitCommand) (pr
 		return nil, false, err
 	}
 	resp.Header.Revision = t.readRevNow()
-	a.state.hold = nil
+	a.endHold(rev, cmd)
 	return resp, t.changed, nil
+}
+
+// endHold ends the range's hold with cmd's commit at rev, noting the
+// write's other ranges in the range's co-commits.
+func (a *applier) endHold(rev int64, cmd *tesserapb.TxnCommitCommand) {
+	a.state.hold = nil
+	if ids := cmd.GetRangeIds(); len(ids) > 0 {
+		a.state.coCommits = a.state.coCommits.with(a.rangeID, ids, rev)
+	}
 }
 
 // txnPathLength returns how many branches a path through req has when it

@@ -1,7 +1,9 @@
 package statemachine
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 
@@ -162,5 +164,65 @@ func TestHeldViewCannotClose(t *testing.T) {
 	defer v.Close()
 	if _, held := h.rsm.Hold(); v.AssumeClosed(30) != nil || held != 0 || v.Revision() != 30 {
 		t.Fatalf("closing after the commit: %v (held %d, revision %d)", v.AssumeClosed(30), held, v.Revision())
+	}
+}
+
+// TestCoCommits: a range's commits of writes spanning ranges note the
+// write's other ranges at its revision (the highest per range); the notes
+// survive a restart, go to a split's child, and travel in a snapshot; the
+// floor is the hold's until the commit applies.
+func TestCoCommits(t *testing.T) {
+	h := newHarness(t)
+	put := mustMarshal(t, &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: []byte("a")}}}}})
+	spanning := func(id string, hold, commit int64, ranges ...uint64) {
+		t.Helper()
+		cmds := [][]byte{
+			mustMarshal(t, &tesserapb.Command{Revision: hold, Op: &tesserapb.Command_TxnHold{TxnHold: &tesserapb.TxnHoldCommand{TxnId: []byte(id), Request: put}}}),
+			mustMarshal(t, &tesserapb.Command{Revision: commit, Op: &tesserapb.Command_TxnCommit{TxnCommit: &tesserapb.TxnCommitCommand{
+				TxnId: []byte(id), Path: []bool{true}, RangeIds: ranges,
+			}}}),
+		}
+		for i, cmd := range cmds {
+			if err := ErrorFromResult(h.update(cmd)[0]); err != nil {
+				t.Fatal(err)
+			}
+			v := h.view()
+			if want := []int64{hold, commit}[i]; v.Floor() != want {
+				t.Errorf("floor after step %d of %s: %d, want %d", i, id, v.Floor(), want)
+			}
+			v.Close()
+		}
+	}
+	notes := func(rangeID uint64) string {
+		v := h.viewOf(rangeID)
+		defer v.Close()
+		ids, revs := v.CoCommits()
+		return fmt.Sprint(ids, revs)
+	}
+	spanning("t1", 10, 12, testRangeID, 9, 5)
+	spanning("t2", 20, 22, 9, testRangeID)
+	const want = "[5 9] [12 22]"
+	if got := notes(testRangeID); got != want {
+		t.Fatalf("co-commits %s, want %s", got, want)
+	}
+	h.restart()
+	if got := notes(testRangeID); got != want {
+		t.Fatalf("co-commits after a restart %s, want %s", got, want)
+	}
+	if err := ErrorFromResult(h.update(splitCmd(t, "m", 8))[0]); err != nil {
+		t.Fatal(err)
+	}
+	h.flushSplitLog()
+	if got := notes(8); got != want {
+		t.Fatalf("the split's child has co-commits %s, want %s", got, want)
+	}
+	snap := h.saveSnapshot(t)
+	h.close()
+	h.openStore(t.TempDir(), nil)
+	if err := h.rsm.RecoverFromSnapshot(bytes.NewReader(snap), nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := notes(testRangeID); got != want {
+		t.Fatalf("co-commits recovered from a snapshot %s, want %s", got, want)
 	}
 }

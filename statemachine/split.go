@@ -20,10 +20,11 @@ import (
 //     increment their generation;
 //   - write the child's initial metadata: bounds [splitKey, end) at the
 //     parent's new generation, state {appliedIndex 0, and the parent's
-//     lastCmdRev, currentRev, compactedRev and leaseFloor}, and a copy of
-//     every lease record of the parent not being revoked (the child's keys
-//     may be attached to any of them; the lease -> key index is global and
-//     read between bounds, so it needs no copy).
+//     lastCmdRev, currentRev, compactedRev and leaseFloor}, a copy of the
+//     parent's co-commits (cocommits.go), and a copy of every lease record
+//     of the parent not being revoked (the child's keys may be attached to
+//     any of them; the lease -> key index is global and read between
+//     bounds, so it needs no copy).
 //
 // No data key moves: data and lease index keys carry no range ID, so the keys
 // in [splitKey, end) simply become the child's. The child inherits the
@@ -107,6 +108,13 @@ func (a *applier) applySplit(s *tesserapb.SplitCommand) error {
 	}
 	if err := a.b.Set(metaKey(childID, metaBounds), child.encode(), nil); err != nil {
 		return err
+	}
+	// The child's keys were the parent's, and so are the writes spanning
+	// ranges they took part in.
+	if c := a.state.coCommits; c != nil {
+		if err := a.b.Set(metaKey(childID, metaCoCommits), c.encode(), nil); err != nil {
+			return err
+		}
 	}
 	if err := a.b.Set(metaKey(a.rangeID, metaBounds), parent.encode(), nil); err != nil {
 		return err

@@ -39,6 +39,22 @@ func (v *View) Close() {
 // which a key was written, 1 for a range that never wrote.
 func (v *View) Revision() int64 { return v.state.currentRev }
 
+// Floor is the revision under which the range has applied every command
+// it ever will (see Applied.Floor): at or above the revision of a write
+// spanning ranges exactly when the range has applied the write's commit,
+// if it took part.
+func (v *View) Floor() int64 { return v.state.floor() }
+
+// CoCommits returns, for every range this one committed a write spanning
+// ranges together with, the revision of the last such write (ids sorted).
+// The slices are the view's own; the caller must not change them.
+func (v *View) CoCommits() (ids []uint64, revs []int64) {
+	if c := v.state.coCommits; c != nil {
+		return c.ids, c.revs
+	}
+	return nil, nil
+}
+
 // CompactRevision is the revision of the last compaction, 0 if none.
 func (v *View) CompactRevision() int64 { return v.state.compactedRev }
 

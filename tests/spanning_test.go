@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -370,6 +371,138 @@ func TestWritesWaitingForAHold(t *testing.T) {
 	for range waiting {
 		if err := <-errs; err != nil {
 			t.Fatalf("a write waiting for the hold: %v", err)
+		}
+	}
+}
+
+// TestSerializableReadsOfSpanningWrites: a write spanning two ranges whose
+// coordinator stops after one range applied its commit. Until the other
+// applies it, a serializable read of both ranges — on each node holding
+// replicas of both, and on a node holding neither, in key order, sorted by
+// value, and as a RangeStream — shows the write whole or not at all, though
+// each replica's own read of its key shows what it applied. Once the
+// coordinator goes on, every node shows all of it.
+func TestSerializableReadsOfSpanningWrites(t *testing.T) {
+	stall := &coordinatorStall{release: make(chan struct{})}
+	var (
+		mu    sync.Mutex
+		first = true
+	)
+	c := testcluster.Start(t, 4, func(cfg *serverConfig) {
+		cfg.PlacementInterval = -1 // the fourth node keeps no replica
+		cfg.Knobs.HoldTimeout = time.Minute
+		cfg.Knobs.BeforeTxnCommit = func([]byte, uint64) {
+			// The second range's commit stalls.
+			mu.Lock()
+			second := !first
+			first = !first
+			mu.Unlock()
+			if second {
+				stall.at("commit")
+			}
+		}
+	})
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { close(stall.release) }) }
+	t.Cleanup(release)
+	ctx := ctxT(t)
+	cli := c.Client(c.Endpoints()...)
+	for _, k := range []string{"a", "z"} {
+		if _, err := cli.Put(ctx, k, "0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	splitAt(t, c, c.Nodes[0], "m")
+	waitRanges(t, c, 2)
+	if held := c.Nodes[3].Server.Testing().RangeCount(); held != 0 {
+		t.Fatalf("the fourth node runs %d ranges, want none", held)
+	}
+
+	stall.arm("commit")
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Client(c.Nodes[0].ClientURL).Txn(context.Background()).Then(clientv3.OpPut("a", "1"), clientv3.OpPut("z", "1")).Commit()
+		done <- err
+	}()
+	select {
+	case <-stall.stalled:
+	case err := <-done:
+		t.Fatalf("the write ended before its coordinator stalled: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the coordinator never reached the commit")
+	}
+
+	// whole reads every key serializably through n, three ways, and fails
+	// unless a and z have one value; it returns that value.
+	whole := func(n *testcluster.Node) string {
+		t.Helper()
+		ncli := c.Client(n.ClientURL)
+		var seen []string
+		check := func(how string, kvs []*mvccpb.KeyValue) {
+			t.Helper()
+			if len(kvs) != 2 || string(kvs[0].Value) != string(kvs[1].Value) {
+				t.Fatalf("%s: serializable read (%s) shows part of a write spanning ranges: %v", n.Config.Name, how, kvs)
+			}
+			seen = append(seen, string(kvs[0].Value))
+		}
+		get, err := ncli.Get(ctx, "", clientv3.WithFromKey(), clientv3.WithSerializable())
+		if err != nil {
+			t.Fatal(err)
+		}
+		check("in key order", get.Kvs)
+		sorted, err := ncli.Get(ctx, "", clientv3.WithFromKey(), clientv3.WithSerializable(), clientv3.WithSort(clientv3.SortByValue, clientv3.SortDescend))
+		if err != nil {
+			t.Fatal(err)
+		}
+		check("sorted by value", sorted.Kvs)
+		check("stream", rangeStreamKVs(t, pbKV(ncli), &pb.RangeRequest{Key: []byte{0}, RangeEnd: []byte{0}, Serializable: true}))
+		return seen[len(seen)-1]
+	}
+
+	// Each node with replicas: once its replica of the range that applied
+	// the commit shows it on its own, reads of both ranges still do not.
+	for _, n := range c.Nodes[:3] {
+		ncli := c.Client(n.ClientURL)
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			shows := false
+			for _, k := range []string{"a", "z"} {
+				get, err := ncli.Get(ctx, k, clientv3.WithSerializable())
+				if err != nil {
+					t.Fatal(err)
+				}
+				shows = shows || string(get.Kvs[0].Value) == "1"
+			}
+			if shows {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: no replica shows the commit one range applied", n.Config.Name)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if v := whole(n); v != "0" {
+			t.Fatalf("%s: serializable reads show the write before the second range applied it (%q)", n.Config.Name, v)
+		}
+	}
+	// The node without replicas reads each range from its leader.
+	if v := whole(c.Nodes[3]); v != "0" {
+		t.Fatalf("node without replicas: serializable reads show the write before the second range applied it (%q)", v)
+	}
+
+	// The coordinator goes on: the write is applied whole, and every node
+	// shows it.
+	release()
+	if err := <-done; err != nil {
+		t.Fatalf("the write, let go on: %v", err)
+	}
+	for _, n := range c.Nodes {
+		deadline := time.Now().Add(10 * time.Second)
+		for whole(n) != "1" {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: serializable reads never showed the write", n.Config.Name)
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 	}
 }

@@ -334,10 +334,12 @@ func (x *DecideTxnCommand) GetMinHoldRevision() int64 {
 }
 
 // SweepTxnRecordsCommand drops the aborted records that the sweep before
-// marked stale, marks the other aborted records stale, and, when it drops
+// marked stale, marks the other records stale, and, when it drops
 // any, raises MetaState.txn_floor to floor: a revision the sweeper took
 // from the oracle, so above every hold of a dropped write. A range still
-// held by such a write records the abort again when it asks.
+// held by such a write records the abort again when it asks. A committed
+// record still there at the next sweep is settled by the sweeper
+// (router.SettleCommitted) and goes once every range is done with it.
 type SweepTxnRecordsCommand struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Floor         int64                  `protobuf:"varint,1,opt,name=floor,proto3" json:"floor,omitempty"`
@@ -446,8 +448,12 @@ type TxnRecord struct {
 	Revision  int64                  `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
 	Path      []bool                 `protobuf:"varint,4,rep,packed,name=path,proto3" json:"path,omitempty"`
 	RangeIds  []uint64               `protobuf:"varint,5,rep,packed,name=range_ids,json=rangeIds,proto3" json:"range_ids,omitempty"`
-	// stale: an aborted record that the next SweepTxnRecordsCommand drops.
-	Stale         bool `protobuf:"varint,6,opt,name=stale,proto3" json:"stale,omitempty"`
+	// stale: a record older than the last SweepTxnRecordsCommand (the next
+	// drops it if aborted; the sweeper settles it if committed).
+	Stale bool `protobuf:"varint,6,opt,name=stale,proto3" json:"stale,omitempty"`
+	// participants are every range held for the write, as range_ids were
+	// when the commit was recorded (TxnCommitCommand.range_ids).
+	Participants  []uint64 `protobuf:"varint,7,rep,packed,name=participants,proto3" json:"participants,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -522,6 +528,13 @@ func (x *TxnRecord) GetStale() bool {
 		return x.Stale
 	}
 	return false
+}
+
+func (x *TxnRecord) GetParticipants() []uint64 {
+	if x != nil {
+		return x.Participants
+	}
+	return nil
 }
 
 // RemoveNodeCommand takes a node out of the registry (etcd's MemberRemove,
@@ -3472,14 +3485,15 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\x05floor\x18\x01 \x01(\x03R\x05floor\"D\n" +
 	"\x10ForgetTxnCommand\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\x12\x19\n" +
-	"\brange_id\x18\x02 \x01(\x04R\arangeId\"\xa3\x01\n" +
+	"\brange_id\x18\x02 \x01(\x04R\arangeId\"\xc7\x01\n" +
 	"\tTxnRecord\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\x12\x1c\n" +
 	"\tcommitted\x18\x02 \x01(\bR\tcommitted\x12\x1a\n" +
 	"\brevision\x18\x03 \x01(\x03R\brevision\x12\x12\n" +
 	"\x04path\x18\x04 \x03(\bR\x04path\x12\x1b\n" +
 	"\trange_ids\x18\x05 \x03(\x04R\brangeIds\x12\x14\n" +
-	"\x05stale\x18\x06 \x01(\bR\x05stale\",\n" +
+	"\x05stale\x18\x06 \x01(\bR\x05stale\x12\"\n" +
+	"\fparticipants\x18\a \x03(\x04R\fparticipants\",\n" +
 	"\x11RemoveNodeCommand\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\".\n" +
 	"\x15AllocateNodeIdCommand\x12\x15\n" +

@@ -882,9 +882,15 @@ func (x *OpFailure) GetMessage() string {
 // elsewhere answer empty. For a lease's revocation the path is empty and
 // the response a LeaseRevokeResponse.
 type TxnCommitCommand struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TxnId         []byte                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
-	Path          []bool                 `protobuf:"varint,2,rep,packed,name=path,proto3" json:"path,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	TxnId []byte                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
+	Path  []bool                 `protobuf:"varint,2,rep,packed,name=path,proto3" json:"path,omitempty"`
+	// range_ids are every range held for the write (this one included). The
+	// range keeps, for each of the others, the highest revision it committed
+	// a write together with it, so that a serializable read of several
+	// ranges can tell when one replica shows a write another does not yet
+	// (SerialReadState).
+	RangeIds      []uint64 `protobuf:"varint,3,rep,packed,name=range_ids,json=rangeIds,proto3" json:"range_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -929,6 +935,13 @@ func (x *TxnCommitCommand) GetTxnId() []byte {
 func (x *TxnCommitCommand) GetPath() []bool {
 	if x != nil {
 		return x.Path
+	}
+	return nil
+}
+
+func (x *TxnCommitCommand) GetRangeIds() []uint64 {
+	if x != nil {
+		return x.RangeIds
 	}
 	return nil
 }
@@ -1584,6 +1597,140 @@ func (x *LeaseRecord) GetSpans() []*KeySpan {
 	return nil
 }
 
+// SerialReadState is what a serializable read of one range's replica
+// learned besides its keys: with the other ranges' states, the reader can
+// tell whether the replicas it read show part of a write spanning ranges,
+// and at which revision to read them again so that none does (router,
+// serializable reads of several ranges). A node reading a range for
+// another sends it in the response header "tessera-serial-state-bin".
+type SerialReadState struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	RangeId uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	// floor is the revision under which the replica has applied every
+	// command it ever will (statemachine.View.Floor): a range held for a
+	// write spanning ranges has applied its commit exactly when its floor is
+	// at or above the commit's revision.
+	Floor int64 `protobuf:"varint,2,opt,name=floor,proto3" json:"floor,omitempty"`
+	// revision is the range's current revision, the one its keys were read
+	// at.
+	Revision int64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	// co_range_ids[i] is a range this one committed a write spanning ranges
+	// together with, the last one at co_revisions[i].
+	CoRangeIds    []uint64 `protobuf:"varint,4,rep,packed,name=co_range_ids,json=coRangeIds,proto3" json:"co_range_ids,omitempty"`
+	CoRevisions   []int64  `protobuf:"varint,5,rep,packed,name=co_revisions,json=coRevisions,proto3" json:"co_revisions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SerialReadState) Reset() {
+	*x = SerialReadState{}
+	mi := &file_tesserapb_tessera_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SerialReadState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SerialReadState) ProtoMessage() {}
+
+func (x *SerialReadState) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_tessera_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SerialReadState.ProtoReflect.Descriptor instead.
+func (*SerialReadState) Descriptor() ([]byte, []int) {
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *SerialReadState) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+func (x *SerialReadState) GetFloor() int64 {
+	if x != nil {
+		return x.Floor
+	}
+	return 0
+}
+
+func (x *SerialReadState) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *SerialReadState) GetCoRangeIds() []uint64 {
+	if x != nil {
+		return x.CoRangeIds
+	}
+	return nil
+}
+
+func (x *SerialReadState) GetCoRevisions() []int64 {
+	if x != nil {
+		return x.CoRevisions
+	}
+	return nil
+}
+
+type SerialReadStates struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	States        []*SerialReadState     `protobuf:"bytes,1,rep,name=states,proto3" json:"states,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SerialReadStates) Reset() {
+	*x = SerialReadStates{}
+	mi := &file_tesserapb_tessera_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SerialReadStates) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SerialReadStates) ProtoMessage() {}
+
+func (x *SerialReadStates) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_tessera_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SerialReadStates.ProtoReflect.Descriptor instead.
+func (*SerialReadStates) Descriptor() ([]byte, []int) {
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *SerialReadStates) GetStates() []*SerialReadState {
+	if x != nil {
+		return x.States
+	}
+	return nil
+}
+
 var File_tesserapb_tessera_proto protoreflect.FileDescriptor
 
 const file_tesserapb_tessera_proto_rawDesc = "" +
@@ -1644,10 +1791,11 @@ const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\tOpFailure\x12\x0e\n" +
 	"\x02op\x18\x01 \x01(\rR\x02op\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"=\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"Z\n" +
 	"\x10TxnCommitCommand\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\x12\x12\n" +
-	"\x04path\x18\x02 \x03(\bR\x04path\"(\n" +
+	"\x04path\x18\x02 \x03(\bR\x04path\x12\x1b\n" +
+	"\trange_ids\x18\x03 \x03(\x04R\brangeIds\"(\n" +
 	"\x0fTxnAbortCommand\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\",\n" +
 	"\x0eCompactCommand\x12\x1a\n" +
@@ -1693,7 +1841,16 @@ const file_tesserapb_tessera_proto_rawDesc = "" +
 	"ttlSeconds\x12\x1a\n" +
 	"\brevoking\x18\x03 \x01(\bR\brevoking\x12#\n" +
 	"\rspans_tracked\x18\x04 \x01(\bR\fspansTracked\x12(\n" +
-	"\x05spans\x18\x05 \x03(\v2\x12.tesserapb.KeySpanR\x05spansB.Z,github.com/tesserakv/tessera/proto/tesserapbb\x06proto3"
+	"\x05spans\x18\x05 \x03(\v2\x12.tesserapb.KeySpanR\x05spans\"\xa3\x01\n" +
+	"\x0fSerialReadState\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x14\n" +
+	"\x05floor\x18\x02 \x01(\x03R\x05floor\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\x12 \n" +
+	"\fco_range_ids\x18\x04 \x03(\x04R\n" +
+	"coRangeIds\x12!\n" +
+	"\fco_revisions\x18\x05 \x03(\x03R\vcoRevisions\"F\n" +
+	"\x10SerialReadStates\x122\n" +
+	"\x06states\x18\x01 \x03(\v2\x1a.tesserapb.SerialReadStateR\x06statesB.Z,github.com/tesserakv/tessera/proto/tesserapbb\x06proto3"
 
 var (
 	file_tesserapb_tessera_proto_rawDescOnce sync.Once
@@ -1707,7 +1864,7 @@ func file_tesserapb_tessera_proto_rawDescGZIP() []byte {
 	return file_tesserapb_tessera_proto_rawDescData
 }
 
-var file_tesserapb_tessera_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_tesserapb_tessera_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_tesserapb_tessera_proto_goTypes = []any{
 	(*Command)(nil),              // 0: tesserapb.Command
 	(*BatchCommand)(nil),         // 1: tesserapb.BatchCommand
@@ -1731,6 +1888,8 @@ var file_tesserapb_tessera_proto_goTypes = []any{
 	(*BarrierCommand)(nil),       // 19: tesserapb.BarrierCommand
 	(*Result)(nil),               // 20: tesserapb.Result
 	(*LeaseRecord)(nil),          // 21: tesserapb.LeaseRecord
+	(*SerialReadState)(nil),      // 22: tesserapb.SerialReadState
+	(*SerialReadStates)(nil),     // 23: tesserapb.SerialReadStates
 }
 var file_tesserapb_tessera_proto_depIdxs = []int32{
 	4,  // 0: tesserapb.Command.txn:type_name -> tesserapb.TxnCommand
@@ -1754,11 +1913,12 @@ var file_tesserapb_tessera_proto_depIdxs = []int32{
 	9,  // 18: tesserapb.TxnHoldResult.failed:type_name -> tesserapb.OpFailure
 	18, // 19: tesserapb.LeaseRegisterCommand.span:type_name -> tesserapb.KeySpan
 	18, // 20: tesserapb.LeaseRecord.spans:type_name -> tesserapb.KeySpan
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	22, // 21: tesserapb.SerialReadStates.states:type_name -> tesserapb.SerialReadState
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_tesserapb_tessera_proto_init() }
@@ -1786,7 +1946,7 @@ func file_tesserapb_tessera_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tesserapb_tessera_proto_rawDesc), len(file_tesserapb_tessera_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
