@@ -90,7 +90,7 @@ func bankKey(i int) string { return fmt.Sprintf("bank/%02d", i) }
 // four clients transfer between random accounts while two read every
 // account, through every node, as ranges split and leaders (the meta
 // range's among them) move. Every read sums to the total, reads at past
-// revisions too, and porcupine accepts the history.
+// revisions and serializable reads too, and porcupine accepts the history.
 func TestBank(t *testing.T) {
 	c := testcluster.Start(t, 3)
 	ctx := ctxT(t)
@@ -275,6 +275,11 @@ func runBank(t *testing.T, clientFor func(i int) *clientv3.Client, disturb func(
 					// that fails, while a node is down, says nothing).
 					if s, _, err := readAll(ctx, cli, clientv3.WithRev(past)); err == nil && sum(s) != bankAccounts*bankInitial {
 						t.Errorf("read at past revision %d sums to %d: %v", past, sum(s), s)
+					}
+					// So does a serializable read: each account's replica as
+					// it is, but no transfer seen half done.
+					if s, rev, err := readAll(ctx, cli, clientv3.WithSerializable()); err == nil && sum(s) != bankAccounts*bankInitial {
+						t.Errorf("serializable read (revision %d) sums to %d: %v", rev, sum(s), s)
 					}
 				}
 				cancel()
