@@ -59,7 +59,7 @@ func compact(b *pebble.Batch, s keySpan, compactRev int64) error {
 			continue
 		}
 		if kept {
-			if err := b.Delete(bytes.Clone(k), nil); err != nil {
+			if err := deleteVersion(b, k); err != nil {
 				return err
 			}
 			continue
@@ -70,10 +70,23 @@ func compact(b *pebble.Batch, s keySpan, compactRev int64) error {
 			return err
 		}
 		if len(v) == 0 {
-			if err := b.Delete(bytes.Clone(k), nil); err != nil {
+			if err := deleteVersion(b, k); err != nil {
 				return err
 			}
 		}
 	}
 	return it.Error()
+}
+
+// deleteVersion deletes the version under data key k and its revision
+// index entry.
+func deleteVersion(b *pebble.Batch, k []byte) error {
+	userKey, rev, err := decodeDataKey(k)
+	if err != nil {
+		return err
+	}
+	if err := b.Delete(bytes.Clone(k), nil); err != nil {
+		return err
+	}
+	return b.Delete(revIndexKey(rev, userKey), nil)
 }

@@ -41,6 +41,12 @@ func (s *Store) History(key, rangeEnd []byte, fromRev, toRev int64, maxEvents in
 		return nil, toRev, nil
 	}
 	h := historyScan{fromRev: fromRev, toRev: toRev, max: max(maxEvents, 1)}
+	if s.historyUsesIndex(span, fromRev, toRev) {
+		if err := h.scanIndex(snap, span); err != nil {
+			return nil, 0, err
+		}
+		return h.events, h.toRev, nil
+	}
 	if err := h.scan(snap, span); err != nil {
 		return nil, 0, err
 	}

@@ -11,6 +11,8 @@ import (
 //	data:        'd' esc(userKey) 0x00 0x01 BE(^revision)      -> KeyValue (Key omitted) or "" (tombstone)
 //	lease index: 'l' BE(leaseID) esc(userKey) 0x00 0x01         -> ""
 //	metadata:    'm' BE(rangeID) kind [suffix]                  -> see meta.go
+//	revisions:   'v' BE(revision) userKey                      -> "" (revindex.go)
+//	store:       's' name                                       -> store-wide records
 //
 // esc replaces each 0x00 of the user key by 0x00 0xFF and the key ends with the
 // terminator 0x00 0x01, so the encoding preserves the order of user keys and no
@@ -24,6 +26,11 @@ const (
 	// prefixReplica keys this node's replica ID in a range: 'r' BE(rangeID).
 	// Outside the range's metadata, so a snapshot recovery keeps it.
 	prefixReplica byte = 'r'
+	// prefixRevIndex keys the revision index: every stored version of a
+	// key by its revision (revindex.go).
+	prefixRevIndex byte = 'v'
+	// prefixStore keys records about the whole store.
+	prefixStore byte = 's'
 
 	escByte   byte = 0x00
 	escEscape byte = 0xFF
@@ -228,4 +235,22 @@ func immediateSuccessor(dst, a []byte) []byte {
 		return dst
 	}
 	return append(append(dst, a...), 0)
+}
+
+// revIndexKey is the revision index's entry of userKey's version at rev.
+// The user key is not escaped: it is the rest of the key, after a revision
+// of fixed width, so entries sort by revision, then user key.
+func revIndexKey(rev int64, userKey []byte) []byte {
+	k := make([]byte, 0, 1+8+len(userKey))
+	k = binary.BigEndian.AppendUint64(append(k, prefixRevIndex), uint64(rev))
+	return append(k, userKey...)
+}
+
+// decodeRevIndexKey splits a revision index key; the user key is k's own
+// bytes.
+func decodeRevIndexKey(k []byte) (rev int64, userKey []byte, err error) {
+	if len(k) < 1+8 || k[0] != prefixRevIndex {
+		return 0, nil, errBadKey
+	}
+	return int64(binary.BigEndian.Uint64(k[1:9])), k[9:], nil
 }

@@ -522,6 +522,9 @@ func runRandom(t *testing.T, seed int64, iterations int) {
 				t.Fatal(err)
 			}
 		}
+		if it%25 == 0 {
+			checkHistoryModes(t, h, it, m.compacted+1, floor)
+		}
 	}
 }
 
@@ -537,26 +540,50 @@ func checkPublished(t *testing.T, h *harness, it int, floorBefore, floor, compac
 	if floorBefore+1 <= compacted {
 		return // the window's oldest versions may be compacted away
 	}
-	hist, covered, err := h.store.History([]byte{0}, []byte{0}, floorBefore+1, floor, 1000)
-	if err != nil || covered != floor {
-		t.Fatalf("iteration %d: History(%d, %d) covered %d: %v", it, floorBefore+1, floor, covered, err)
-	}
 	want := &pb.WatchResponse{Events: applied[0].Events}
-	if got := (&pb.WatchResponse{Events: hist}); !proto.Equal(got, want) {
-		t.Fatalf("iteration %d: History(%d, %d)\n%v\npublished\n%v", it, floorBefore+1, floor, got, want)
-	}
-	// The same window read two events at a time (whole revisions).
-	var paged []*mvccpb.Event
-	for from := floorBefore + 1; from <= floor; {
-		evs, covered, err := h.store.History([]byte{0}, []byte{0}, from, floor, 2)
-		if err != nil || covered < from || (len(evs) > 2 && evs[0].Kv.ModRevision != evs[len(evs)-1].Kv.ModRevision) {
-			t.Fatalf("iteration %d: History(%d, %d, 2) = %d events, covered %d: %v", it, from, floor, len(evs), covered, err)
+	// Read by keys and by the revision index, each the whole window at
+	// once and two events at a time (whole revisions).
+	defer func() { h.store.historyMode = historyEither }()
+	for _, mode := range []int{historyByKeys, historyByIndex} {
+		h.store.historyMode = mode
+		hist, covered, err := h.store.History([]byte{0}, []byte{0}, floorBefore+1, floor, 1000)
+		if err != nil || covered != floor {
+			t.Fatalf("iteration %d, mode %d: History(%d, %d) covered %d: %v", it, mode, floorBefore+1, floor, covered, err)
 		}
-		paged = append(paged, evs...)
-		from = covered + 1
+		if got := (&pb.WatchResponse{Events: hist}); !proto.Equal(got, want) {
+			t.Fatalf("iteration %d, mode %d: History(%d, %d)\n%v\npublished\n%v", it, mode, floorBefore+1, floor, got, want)
+		}
+		var paged []*mvccpb.Event
+		for from := floorBefore + 1; from <= floor; {
+			evs, covered, err := h.store.History([]byte{0}, []byte{0}, from, floor, 2)
+			if err != nil || covered < from || (len(evs) > 2 && evs[0].Kv.ModRevision != evs[len(evs)-1].Kv.ModRevision) {
+				t.Fatalf("iteration %d, mode %d: History(%d, %d, 2) = %d events, covered %d: %v", it, mode, from, floor, len(evs), covered, err)
+			}
+			paged = append(paged, evs...)
+			from = covered + 1
+		}
+		if got := (&pb.WatchResponse{Events: paged}); !proto.Equal(got, want) {
+			t.Fatalf("iteration %d, mode %d: History(%d, %d) two at a time\n%v\npublished\n%v", it, mode, floorBefore+1, floor, got, want)
+		}
 	}
-	if got := (&pb.WatchResponse{Events: paged}); !proto.Equal(got, want) {
-		t.Fatalf("iteration %d: History(%d, %d) two at a time\n%v\npublished\n%v", it, floorBefore+1, floor, got, want)
+}
+
+// checkHistoryModes: History reads the same events from revision from to
+// to by keys and by the revision index.
+func checkHistoryModes(t *testing.T, h *harness, it int, from, to int64) {
+	t.Helper()
+	defer func() { h.store.historyMode = historyEither }()
+	var got [2]*pb.WatchResponse
+	for i, mode := range []int{historyByKeys, historyByIndex} {
+		h.store.historyMode = mode
+		evs, covered, err := h.store.History([]byte{0}, []byte{0}, from, to, 1<<30)
+		if err != nil || covered != to {
+			t.Fatalf("iteration %d, mode %d: History(%d, %d) covered %d: %v", it, mode, from, to, covered, err)
+		}
+		got[i] = &pb.WatchResponse{Events: evs}
+	}
+	if !proto.Equal(got[0], got[1]) {
+		t.Fatalf("iteration %d: History(%d, %d) by keys\n%v\nby the revision index\n%v", it, from, to, got[0], got[1])
 	}
 }
 

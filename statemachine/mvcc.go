@@ -178,7 +178,7 @@ func (w mvccWriter) put(userKey, value []byte, leaseID int64, prev *mvccpb.KeyVa
 	if err != nil {
 		return nil, err
 	}
-	if err := w.b.Set(dataKey(userKey, w.rev), enc, nil); err != nil {
+	if err := w.setVersion(userKey, enc); err != nil {
 		return nil, err
 	}
 	if prev != nil && prev.Lease != 0 && prev.Lease != leaseID {
@@ -198,7 +198,7 @@ func (w mvccWriter) put(userKey, value []byte, leaseID int64, prev *mvccpb.KeyVa
 
 // delete writes a tombstone for userKey, whose live version is prev.
 func (w mvccWriter) delete(userKey []byte, prev *mvccpb.KeyValue) error {
-	if err := w.b.Set(dataKey(userKey, w.rev), nil, nil); err != nil {
+	if err := w.setVersion(userKey, nil); err != nil {
 		return err
 	}
 	w.log.delete(userKey, w.rev, prev)
@@ -206,4 +206,13 @@ func (w mvccWriter) delete(userKey []byte, prev *mvccpb.KeyValue) error {
 		return w.b.Delete(leaseIndexKey(prev.Lease, userKey), nil)
 	}
 	return nil
+}
+
+// setVersion stores userKey's version at the writer's revision (nil: a
+// tombstone) with its revision index entry.
+func (w mvccWriter) setVersion(userKey, enc []byte) error {
+	if err := w.b.Set(dataKey(userKey, w.rev), enc, nil); err != nil {
+		return err
+	}
+	return w.b.Set(revIndexKey(w.rev, userKey), nil, nil)
 }

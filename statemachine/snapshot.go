@@ -292,7 +292,9 @@ func (r *RangeSM) recoverFromSnapshot(rd io.Reader, done <-chan struct{}) error 
 			if len(k) == 0 || k[0] != prefixData {
 				return fmt.Errorf("statemachine: snapshot data record with key %q", k)
 			}
-			err = b.Set(k, v, nil)
+			if err = b.Set(k, v, nil); err == nil {
+				err = indexVersion(b, k)
+			}
 		case recEnd:
 			want, w := binary.Uvarint(v)
 			if w <= 0 || want != n {

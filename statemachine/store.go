@@ -71,6 +71,9 @@ type Store struct {
 	onSplit func(parentRangeID, childRangeID uint64)
 	// onApply is StoreOptions.OnApply. Immutable.
 	onApply func(Applied)
+	// historyMode is how History finds a window's versions (revindex.go):
+	// historyEither unless a test forces one.
+	historyMode int
 	// beforeUpdate is StoreOptions.BeforeUpdate. Immutable.
 	beforeUpdate func(rangeID uint64)
 
@@ -176,6 +179,10 @@ func OpenStore(dir string, opts StoreOptions) (*Store, error) {
 			_ = db.Close()
 			return nil, fmt.Errorf("statemachine: upgrading the format of the pebble in %s: %w", dir, err)
 		}
+	}
+	if err := buildRevIndex(db); err != nil {
+		_ = db.Close()
+		return nil, err
 	}
 	s := &Store{db: db, logger: po.Logger, onSplit: opts.OnSplit, onApply: opts.OnApply, beforeUpdate: opts.BeforeUpdate, ranges: make(map[uint64]*RangeSM), joining: map[uint64]bool{}, fedLog: map[uint64]bool{}, counts: newCountCache(), unflushed: unflushed}
 	s.snaps.db = db
