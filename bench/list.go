@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -11,16 +12,26 @@ import (
 // list: load Objects objects of ValueSizeBytes under "l/", then time, one
 // after the other, a paginated list (PageLimit per page, every page after
 // the first at the first page's revision, as kube-apiserver pages), one
-// RangeStream and one unpaginated Range of the whole prefix. With
-// --server-pids it records the server's RSS after the load and its peak
-// during each list.
+// RangeStream and one unpaginated Range of the whole prefix, and a watch of
+// the prefix from the load's first revision until it has delivered every
+// Put (a watcher catching up from history). With --server-pids it records
+// the server's RSS after the load and its peak during each list.
 func runList(ctx context.Context, e *env, res *Result) error {
 	cfg := e.cfg
 	keys := KeyGen{Prefix: "l/", SizeBytes: max(cfg.KeySizeBytes, minKeySize("l/", cfg.Objects)), Space: cfg.Objects, Sequential: true}
 	vals := NewValueGen(cfg.ValueSizeBytes, cfg.Seed)
+	var firstRev atomic.Int64 // the lowest revision of a Put of the load
 	lr, err := e.measure(ctx, res, loop{name: "load", total: cfg.Objects, rate: cfg.RatePerSecond,
 		do: func(ctx context.Context, c *client, seq int64) outcome {
-			_, err := c.cli.Put(ctx, keys.KeyAt(seq), vals.Value(c.rng))
+			resp, err := c.cli.Put(ctx, keys.KeyAt(seq), vals.Value(c.rng))
+			if err == nil {
+				for rev := resp.Header.Revision; ; {
+					first := firstRev.Load()
+					if (first != 0 && first <= rev) || firstRev.CompareAndSwap(first, rev) {
+						break
+					}
+				}
+			}
 			return outcome{op: "load-put", err: err}
 		}})
 	if err != nil || res.Unsupported != "" {
@@ -124,6 +135,25 @@ func runList(ctx context.Context, e *env, res *Result) error {
 		return fmt.Errorf("range: %w", err)
 	}
 	l.RangeSeconds, l.RSSPeakRangeBytes = d.Seconds(), peak()
+
+	d, err = listOp("watch-catch-up", func() error {
+		wctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		for resp := range cli.Watch(wctx, keys.Prefix, clientv3.WithRange(end), clientv3.WithRev(firstRev.Load())) {
+			if err := resp.Err(); err != nil {
+				return err
+			}
+			l.CatchUpEvents += int64(len(resp.Events))
+			if l.CatchUpEvents >= cfg.Objects {
+				return nil
+			}
+		}
+		return fmt.Errorf("the watch ended after %d events: %w", l.CatchUpEvents, ctx.Err())
+	})
+	if err != nil {
+		return fmt.Errorf("watch catch-up: %w", err)
+	}
+	l.CatchUpSeconds = d.Seconds()
 	res.fillOps(rec.ops)
 	return nil
 }

@@ -80,6 +80,10 @@ type ListResult struct {
 	StreamChunks     int64   `json:"stream_chunks"`
 	// StreamUnsupported is set when the target has no RangeStream.
 	StreamUnsupported string `json:"stream_unsupported"`
+	// A watch of the prefix from the load's first revision, timed until it
+	// has delivered an event per object (catching up from history).
+	CatchUpSeconds float64 `json:"catch_up_seconds"`
+	CatchUpEvents  int64   `json:"catch_up_events"`
 	// Server RSS (sum over --server-pids; 0 without them): after the load,
 	// when the RangeStream starts (it runs after the paginated list), and
 	// the peak while serving each list.
