@@ -36,6 +36,23 @@ func (s *coordinatorStall) at(step string) {
 	<-s.release
 }
 
+// atSecondCommit returns a BeforeTxnCommit knob for one node: of each
+// write the node coordinates over two ranges, the second range's commit
+// stalls at step "commit" when armed.
+func (s *coordinatorStall) atSecondCommit() func([]byte, uint64) {
+	var mu sync.Mutex
+	first := true
+	return func([]byte, uint64) {
+		mu.Lock()
+		second := !first
+		first = !first
+		mu.Unlock()
+		if second {
+			s.at("commit")
+		}
+	}
+}
+
 func (s *coordinatorStall) arm(step string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -55,18 +72,7 @@ func TestSpanningCoordinatorStalls(t *testing.T) {
 		cfg.Knobs.TxnSweepInterval = time.Second
 		cfg.Knobs.AfterTxnHeld = func([]byte) { stall.at("held") }
 		cfg.Knobs.AfterTxnRecorded = func([]byte) { stall.at("recorded") }
-		first := true
-		var mu sync.Mutex
-		cfg.Knobs.BeforeTxnCommit = func([]byte, uint64) {
-			// The second range's commit stalls.
-			mu.Lock()
-			second := !first
-			first = !first
-			mu.Unlock()
-			if second {
-				stall.at("commit")
-			}
-		}
+		cfg.Knobs.BeforeTxnCommit = stall.atSecondCommit()
 	})
 	// Before the cluster closes (cleanups run last first): the stalled
 	// coordinators go on, and find their writes settled.
@@ -384,23 +390,10 @@ func TestWritesWaitingForAHold(t *testing.T) {
 // coordinator goes on, every node shows all of it.
 func TestSerializableReadsOfSpanningWrites(t *testing.T) {
 	stall := &coordinatorStall{release: make(chan struct{})}
-	var (
-		mu    sync.Mutex
-		first = true
-	)
 	c := testcluster.Start(t, 4, func(cfg *serverConfig) {
 		cfg.PlacementInterval = -1 // the fourth node keeps no replica
 		cfg.Knobs.HoldTimeout = time.Minute
-		cfg.Knobs.BeforeTxnCommit = func([]byte, uint64) {
-			// The second range's commit stalls.
-			mu.Lock()
-			second := !first
-			first = !first
-			mu.Unlock()
-			if second {
-				stall.at("commit")
-			}
-		}
+		cfg.Knobs.BeforeTxnCommit = stall.atSecondCommit()
 	})
 	var releaseOnce sync.Once
 	release := func() { releaseOnce.Do(func() { close(stall.release) }) }
