@@ -12,7 +12,6 @@ import (
 	"github.com/tesserakv/tessera/meta"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/router"
-	"github.com/tesserakv/tessera/shard"
 	"github.com/tesserakv/tessera/statemachine"
 	"github.com/tesserakv/tessera/watchhub"
 )
@@ -47,33 +46,51 @@ func (s *Node) SpaceExceeded() bool { return s.spaceExceeded.Load() }
 // Status answers etcd's Maintenance.Status (but its Version): Raft figures
 // are the first data range's, the revision is the cluster's.
 func (s *Node) Status(ctx context.Context) (*pb.StatusResponse, error) {
-	home := s.rangeByID(firstRangeID)
-	if home == nil {
-		return nil, router.ToGRPC(shard.ErrStopped)
-	}
-	leader, term, _ := home.Leader()
-	out, err := home.Read(ctx, false, func(v *statemachine.View) (any, error) {
-		return [2]uint64{uint64(v.Revision()), v.AppliedIndex()}, nil
-	})
+	leader, term, index, err := s.statusRaft(ctx)
 	if err != nil {
 		return nil, router.ToGRPC(err)
 	}
-	revApplied := out.([2]uint64)
+	var rev int64
 	if current, err := s.oracle.Current(ctx); err == nil {
-		revApplied[0] = uint64(current)
+		rev = current
 	}
 	size := s.store.DiskSizeBytes()
 	return &pb.StatusResponse{
-		Header:           &pb.ResponseHeader{ClusterId: s.clusterID, MemberId: s.replicaID, Revision: int64(revApplied[0]), RaftTerm: term},
+		Header:           &pb.ResponseHeader{ClusterId: s.clusterID, MemberId: s.replicaID, Revision: rev, RaftTerm: term},
 		DbSize:           size,
 		DbSizeInUse:      size,
 		DbSizeQuota:      s.cfg.QuotaBackendBytes,
 		Leader:           leader,
-		RaftIndex:        revApplied[1],
+		RaftIndex:        index,
 		RaftTerm:         term,
-		RaftAppliedIndex: revApplied[1],
+		RaftAppliedIndex: index,
 		StorageVersion:   "3.7.0",
 	}, nil
+}
+
+// statusRaft is the Raft group Status reports on: the home range's, when
+// this node holds a replica of it (its leader is the leases' clock), else
+// the meta range's, of which every node holds one. The index is the
+// replica's applied index, or for the meta range the last index of its log
+// here.
+func (s *Node) statusRaft(ctx context.Context) (leader, term, index uint64, err error) {
+	if home := s.rangeByID(firstRangeID); home != nil {
+		leader, term, _ = home.Leader()
+		out, err := home.Read(ctx, false, func(v *statemachine.View) (any, error) {
+			return v.AppliedIndex(), nil
+		})
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		return leader, term, out.(uint64), nil
+	}
+	leader, term, _ = s.meta.Leader()
+	lr, err := s.nh.GetLogReader(meta.RangeID)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	_, index = lr.GetRange()
+	return leader, term, index, nil
 }
 
 // MemberList answers etcd's Cluster.MemberList from the static

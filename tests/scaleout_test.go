@@ -159,6 +159,13 @@ func TestNodeWithoutReplicas(t *testing.T) {
 	if _, err := other.Get(ctx, "so/", clientv3.WithPrefix(), clientv3.WithRev(lastRev-1)); err == nil {
 		t.Fatal("a read below the compaction succeeded on another node")
 	}
+
+	// Status (etcdctl endpoint status; kube-apiserver asks it for the
+	// version) answers there as on the others.
+	st, err := cli.Status(ctx, n4.ClientURL)
+	if err != nil || st.Version != "3.7.3" || st.Leader == 0 || st.RaftIndex == 0 || st.Header.Revision < lastRev || st.Header.MemberId != 4 {
+		t.Fatalf("status of the node without replicas: %+v %v", st, err)
+	}
 }
 
 func keysOf(kvs []*mvccpb.KeyValue) string {
