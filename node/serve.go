@@ -12,7 +12,6 @@ import (
 	"github.com/tesserakv/tessera/meta"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/router"
-	"github.com/tesserakv/tessera/statemachine"
 	"github.com/tesserakv/tessera/watchhub"
 )
 
@@ -46,7 +45,7 @@ func (s *Node) SpaceExceeded() bool { return s.spaceExceeded.Load() }
 // Status answers etcd's Maintenance.Status (but its Version): Raft figures
 // are the first data range's, the revision is the cluster's.
 func (s *Node) Status(ctx context.Context) (*pb.StatusResponse, error) {
-	leader, term, index, err := s.statusRaft(ctx)
+	leader, term, index, err := s.statusRaft()
 	if err != nil {
 		return nil, router.ToGRPC(err)
 	}
@@ -68,22 +67,11 @@ func (s *Node) Status(ctx context.Context) (*pb.StatusResponse, error) {
 	}, nil
 }
 
-// statusRaft is the Raft group Status reports on: the home range's, when
-// this node holds a replica of it (its leader is the leases' clock), else
-// the meta range's, of which every node holds one. The index is the
-// replica's applied index, or for the meta range the last index of its log
+// statusRaft is what Status reports of Raft: the meta range's leader and
+// term (every node holds a replica of it, and it hands out the revisions,
+// so every member names the same leader) and the last index of its log
 // here.
-func (s *Node) statusRaft(ctx context.Context) (leader, term, index uint64, err error) {
-	if home := s.rangeByID(firstRangeID); home != nil {
-		leader, term, _ = home.Leader()
-		out, err := home.Read(ctx, false, func(v *statemachine.View) (any, error) {
-			return v.AppliedIndex(), nil
-		})
-		if err != nil {
-			return 0, 0, 0, err
-		}
-		return leader, term, out.(uint64), nil
-	}
+func (s *Node) statusRaft() (leader, term, index uint64, err error) {
 	leader, term, _ = s.meta.Leader()
 	lr, err := s.nh.GetLogReader(meta.RangeID)
 	if err != nil {
