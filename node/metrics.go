@@ -1,11 +1,14 @@
 package node
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"strconv"
 	"time"
 )
 
@@ -16,14 +19,7 @@ func (s *Node) startMetrics() error {
 		return nil
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/health", func(w http.ResponseWriter, _ *http.Request) {
-		if s.leadsHomeRange() || s.rangeByID(firstRangeID) != nil {
-			fmt.Fprintln(w, `{"health":"true"}`)
-			return
-		}
-		w.WriteHeader(http.StatusServiceUnavailable)
-		fmt.Fprintln(w, `{"health":"false"}`)
-	})
+	mux.HandleFunc("/health", s.serveHealth)
 	if s.cfg.EnablePprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
@@ -49,4 +45,37 @@ func (s *Node) startMetrics() error {
 		})
 	}
 	return nil
+}
+
+// healthTimeout bounds /health's read of the current revision.
+const healthTimeout = 2 * time.Second
+
+// serveHealth answers /health as etcd does, with its JSON: unhealthy while
+// the NOSPACE alarm is raised, while this node knows no meta range leader
+// (etcd's "RAFT NO LEADER"), or, unless ?serializable=true, when the
+// current revision cannot be read within healthTimeout (etcd's linearizable
+// "QGET ERROR"). Every node answers the same way, whatever ranges it
+// holds.
+func (s *Node) serveHealth(w http.ResponseWriter, r *http.Request) {
+	reason := ""
+	switch _, hasLeader := s.MetaLeader(); {
+	case s.SpaceExceeded():
+		reason = "ALARM NOSPACE"
+	case !hasLeader:
+		reason = "RAFT NO LEADER"
+	case r.URL.Query().Get("serializable") != "true":
+		ctx, cancel := context.WithTimeout(r.Context(), healthTimeout)
+		defer cancel()
+		if _, err := s.oracle.Current(ctx); err != nil {
+			reason = "QGET ERROR: " + err.Error()
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if reason != "" {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	_ = json.NewEncoder(w).Encode(struct {
+		Health string `json:"health"`
+		Reason string `json:"reason"`
+	}{Health: strconv.FormatBool(reason == ""), Reason: reason})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -20,7 +21,9 @@ import (
 // KV, lease, compaction and admin call works as through the others, and a
 // watch there sees writes made elsewhere, across a split made through it.
 func TestNodeWithoutReplicas(t *testing.T) {
-	c := testcluster.Start(t, 4)
+	c := testcluster.Start(t, 4, func(cfg *serverConfig) {
+		cfg.ListenMetricsURLs = []string{fmt.Sprintf("http://127.0.0.1:%d", testcluster.FreePort(t))}
+	})
 	n4 := c.Nodes[3]
 	if held := n4.Server.Testing().RangeCount(); held != 0 {
 		t.Fatalf("the fourth node runs %d ranges; with --replicas 3 it should run none", held)
@@ -165,6 +168,18 @@ func TestNodeWithoutReplicas(t *testing.T) {
 	st, err := cli.Status(ctx, n4.ClientURL)
 	if err != nil || st.Version != "3.7.3" || st.Leader == 0 || st.RaftIndex == 0 || st.Header.Revision < lastRev || st.Header.MemberId != 4 {
 		t.Fatalf("status of the node without replicas: %+v %v", st, err)
+	}
+	// So does /health, as etcd's.
+	for _, query := range []string{"", "?serializable=true"} {
+		resp, err := http.Get(n4.Config.ListenMetricsURLs[0] + "/health" + query)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || strings.TrimSpace(string(body)) != `{"health":"true","reason":""}` {
+			t.Fatalf("/health%s of the node without replicas: %d %s", query, resp.StatusCode, body)
+		}
 	}
 }
 
