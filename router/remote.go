@@ -260,13 +260,17 @@ func (r *Router) RangeFor(key []byte) (rangeID uint64, local bool, err error) {
 // rev: a fenced read at rev, here when it leads, else after the leader's
 // FenceRange.
 func (r *Router) CatchUp(ctx context.Context, rangeID uint64, rev int64) error {
+	_, err := r.ReadLocalAt(ctx, rangeID, rev, func(*statemachine.View) (any, error) { return nil, nil })
+	return err
+}
+
+// ReadLocalAt runs fn on a view of this node's replica of a range in which
+// revision rev is readable and complete, as CatchUp makes it.
+func (r *Router) ReadLocalAt(ctx context.Context, rangeID uint64, rev int64, fn func(*statemachine.View) (any, error)) (any, error) {
 	rng := r.ranges.byID(rangeID)
 	if rng == nil {
-		return ErrNoRange
+		return nil, ErrNoRange
 	}
-	noop := func(int64) func(*statemachine.View) (any, error) {
-		return func(*statemachine.View) (any, error) { return nil, nil }
-	}
-	_, _, err := r.readAt(ctx, rng, rev, noop)
-	return err
+	out, _, err := r.readAt(ctx, rng, rev, func(int64) func(*statemachine.View) (any, error) { return fn })
+	return out, err
 }

@@ -17,7 +17,8 @@ import (
 // from Status and turns off consistent and streaming lists below 3.5.13.
 const APIVersion = "3.7.3"
 
-// maintenance serves Maintenance.Status; the rest answers Unimplemented.
+// maintenance serves etcd's Maintenance service; Snapshot, MoveLeader and
+// Downgrade answer Unimplemented.
 type maintenance struct {
 	pb.UnimplementedMaintenanceServer
 	n *node.Node
@@ -45,16 +46,24 @@ func (m *maintenance) Alarm(_ context.Context, req *pb.AlarmRequest) (*pb.AlarmR
 	return resp, nil
 }
 
-func (m *maintenance) Defragment(context.Context, *pb.DefragmentRequest) (*pb.DefragmentResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "tessera: defragment is not implemented (Pebble compacts on its own)")
+// Defragment compacts the node's whole Pebble (node.Defragment).
+func (m *maintenance) Defragment(ctx context.Context, _ *pb.DefragmentRequest) (*pb.DefragmentResponse, error) {
+	return m.n.Defragment(ctx)
 }
 
-func (m *maintenance) Hash(context.Context, *pb.HashRequest) (*pb.HashResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "tessera: Hash is not implemented yet")
+// Hash is HashKV at the current revision: etcd hashes its whole backend
+// file, whose format Tessera does not have.
+func (m *maintenance) Hash(ctx context.Context, _ *pb.HashRequest) (*pb.HashResponse, error) {
+	resp, err := m.n.HashKV(ctx, 0)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.HashResponse{Header: resp.Header, Hash: resp.Hash}, nil
 }
 
-func (m *maintenance) HashKV(context.Context, *pb.HashKVRequest) (*pb.HashKVResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "tessera: HashKV is not implemented yet")
+// HashKV checksums the history of the ranges this node holds (node.HashKV).
+func (m *maintenance) HashKV(ctx context.Context, req *pb.HashKVRequest) (*pb.HashKVResponse, error) {
+	return m.n.HashKV(ctx, req.Revision)
 }
 
 func (m *maintenance) Snapshot(*pb.SnapshotRequest, pb.Maintenance_SnapshotServer) error {

@@ -1,6 +1,7 @@
 package statemachine
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -240,4 +241,10 @@ func (s *Store) unregister(r *RangeSM) {
 	if s.ranges[r.rangeID] == r {
 		delete(s.ranges, r.rangeID)
 	}
+}
+
+// CompactAll has Pebble compact the whole store (etcd's defragmentation),
+// so that what deletions and compactions removed leaves the disk.
+func (s *Store) CompactAll(ctx context.Context) error {
+	return s.db.Compact(ctx, []byte{0}, []byte{0xff}, true)
 }

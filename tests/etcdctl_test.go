@@ -106,6 +106,12 @@ func TestEtcdctl(t *testing.T) {
 	if out := run("", "endpoint", "health"); !strings.Contains(out, "is healthy") {
 		t.Fatalf("endpoint health printed %q", out)
 	}
+	if out := run("", "endpoint", "hashkv", "-w", "json"); !strings.Contains(out, `"hash":`) || !strings.Contains(out, `"compact_revision":`+itoa(firstRev+1)) {
+		t.Fatalf("endpoint hashkv printed %s", out)
+	}
+	if out := run("", "defrag"); !strings.Contains(out, "Finished defragmenting etcd member["+ep) {
+		t.Fatalf("defrag printed %q", out)
+	}
 	// Bad input through etcdctl gets etcd's messages.
 	if _, err := etcdctl(t, ep, "", "put", "", "v"); err == nil || !strings.Contains(err.Error(), "key is not provided") {
 		t.Fatalf("put empty key: %v", err)

@@ -1,0 +1,97 @@
+package tests
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tesserakv/tessera/internal/testcluster"
+)
+
+// TestHashKVAndDefragment: on three nodes holding every range (two, after
+// a split), HashKV at one revision answers the same hash on every node,
+// before and after a compaction and a defragmentation, and a later write
+// changes the hash at the current revision but not at the old one; a
+// revision below the compaction or in the future gets etcd's errors.
+func TestHashKVAndDefragment(t *testing.T) {
+	c := testcluster.Start(t, 3)
+	ctx := ctxT(t)
+	cli := c.Client(c.Endpoints()...)
+	for i := range 20 {
+		if _, err := cli.Put(ctx, fmt.Sprintf("h/%02d", i%10), fmt.Sprint(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := cli.Delete(ctx, "h/03"); err != nil {
+		t.Fatal(err)
+	}
+	splitAt(t, c, c.Nodes[0], "h/05")
+	waitRanges(t, c, 2)
+	mid, err := cli.Put(ctx, "h/07", "mid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, err := cli.Put(ctx, "h/08", "last")
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := last.Header.Revision
+
+	hashes := func(rev int64) []uint32 {
+		t.Helper()
+		var out []uint32
+		for _, n := range c.Nodes {
+			resp, err := cli.HashKV(ctx, n.ClientURL, rev)
+			if err != nil {
+				t.Fatalf("%s: HashKV(%d): %v", n.Config.Name, rev, err)
+			}
+			if resp.HashRevision != rev {
+				t.Fatalf("%s: HashKV(%d) hashed revision %d", n.Config.Name, rev, resp.HashRevision)
+			}
+			out = append(out, resp.Hash)
+		}
+		for i, h := range out {
+			if h != out[0] {
+				t.Fatalf("HashKV(%d): %s answers %x, %s %x", rev, c.Nodes[i].Config.Name, h, c.Nodes[0].Config.Name, out[0])
+			}
+		}
+		return out
+	}
+	before := hashes(at)
+	if hashes(mid.Header.Revision)[0] == before[0] {
+		t.Fatal("HashKV at two revisions a write apart answered one hash")
+	}
+	if _, err := cli.Put(ctx, "h/09", "after"); err != nil {
+		t.Fatal(err)
+	}
+	if again := hashes(at); again[0] != before[0] {
+		t.Fatalf("a later write changed the hash at revision %d", at)
+	}
+
+	if _, err := cli.Compact(ctx, mid.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	compacted := hashes(at)
+	for _, n := range c.Nodes {
+		if _, err := cli.Defragment(ctx, n.ClientURL); err != nil {
+			t.Fatalf("%s: defragment: %v", n.Config.Name, err)
+		}
+	}
+	if again := hashes(at); again[0] != compacted[0] {
+		t.Fatal("defragmenting changed the hash")
+	}
+	get, err := cli.Get(ctx, "h/", clientv3.WithPrefix())
+	if err != nil || get.Count != 9 {
+		t.Fatalf("after defragmenting: %v %v", get, err)
+	}
+
+	if _, err := cli.HashKV(ctx, c.Nodes[0].ClientURL, mid.Header.Revision-1); !errors.Is(err, rpctypes.ErrCompacted) {
+		t.Fatalf("HashKV below the compaction: %v", err)
+	}
+	if _, err := cli.HashKV(ctx, c.Nodes[0].ClientURL, at+1000); !errors.Is(err, rpctypes.ErrFutureRev) {
+		t.Fatalf("HashKV in the future: %v", err)
+	}
+}
