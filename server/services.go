@@ -17,8 +17,8 @@ import (
 // from Status and turns off consistent and streaming lists below 3.5.13.
 const APIVersion = "3.7.3"
 
-// maintenance serves etcd's Maintenance service; Snapshot, MoveLeader and
-// Downgrade answer Unimplemented.
+// maintenance serves etcd's Maintenance service; Snapshot and Downgrade
+// answer Unimplemented.
 type maintenance struct {
 	pb.UnimplementedMaintenanceServer
 	n *node.Node
@@ -70,8 +70,10 @@ func (m *maintenance) Snapshot(*pb.SnapshotRequest, pb.Maintenance_SnapshotServe
 	return status.Error(codes.Unimplemented, "tessera: snapshot is not implemented yet")
 }
 
-func (m *maintenance) MoveLeader(context.Context, *pb.MoveLeaderRequest) (*pb.MoveLeaderResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "tessera: move-leader is not implemented yet")
+// MoveLeader moves the meta range's leadership, and that of the ranges the
+// node leads, to another node (node.MoveLeader).
+func (m *maintenance) MoveLeader(ctx context.Context, req *pb.MoveLeaderRequest) (*pb.MoveLeaderResponse, error) {
+	return m.n.MoveLeader(ctx, req.TargetID)
 }
 
 func (m *maintenance) Downgrade(context.Context, *pb.DowngradeRequest) (*pb.DowngradeResponse, error) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -93,5 +94,63 @@ func TestHashKVAndDefragment(t *testing.T) {
 	}
 	if _, err := cli.HashKV(ctx, c.Nodes[0].ClientURL, at+1000); !errors.Is(err, rpctypes.ErrFutureRev) {
 		t.Fatalf("HashKV in the future: %v", err)
+	}
+}
+
+// TestMoveLeader: etcd's MoveLeader, asked of the member Status names as
+// leader (the meta range's), moves that leadership to the target, which
+// every member then names; asked elsewhere it is etcd's "not leader", and
+// a target that is no member is etcd's "bad leader transferee". Writes go
+// on after the move.
+func TestMoveLeader(t *testing.T) {
+	c := testcluster.Start(t, 3)
+	ctx := ctxT(t)
+	cli := c.Client(c.Endpoints()...)
+	var (
+		leader, other *testcluster.Node
+		target        uint64
+	)
+	for deadline := time.Now().Add(10 * time.Second); leader == nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no node names itself the leader")
+		}
+		leader, other = nil, nil
+		for _, n := range c.Nodes {
+			st, err := cli.Status(ctx, n.ClientURL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch {
+			case st.Header.MemberId == st.Leader:
+				leader = n
+			case other == nil:
+				other, target = n, st.Header.MemberId
+			}
+		}
+	}
+	if _, err := c.Client(other.ClientURL).MoveLeader(ctx, target); !errors.Is(err, rpctypes.ErrNotLeader) {
+		t.Fatalf("MoveLeader asked of a follower: %v", err)
+	}
+	if _, err := c.Client(leader.ClientURL).MoveLeader(ctx, 99); !errors.Is(err, rpctypes.ErrBadLeaderTransferee) {
+		t.Fatalf("MoveLeader to no member: %v", err)
+	}
+	if _, err := c.Client(leader.ClientURL).MoveLeader(ctx, target); err != nil {
+		t.Fatalf("MoveLeader: %v", err)
+	}
+	for _, n := range c.Nodes {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			st, err := cli.Status(ctx, n.ClientURL)
+			if err == nil && st.Leader == target {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s names leader %v (%v) after the move to %d", n.Config.Name, st, err, target)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if _, err := cli.Put(ctx, "after-move", "v"); err != nil {
+		t.Fatalf("put after the move: %v", err)
 	}
 }
