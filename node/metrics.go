@@ -8,18 +8,23 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 )
 
-// startMetrics serves /health, and /debug/pprof when enabled, on the
-// --listen-metrics-urls (plain HTTP, as etcd's metrics listener).
+// startMetrics serves /health, /livez, /readyz, and /debug/pprof when
+// enabled, on the --listen-metrics-urls (plain HTTP, as etcd's metrics
+// listener).
 func (s *Node) startMetrics() error {
 	if len(s.cfg.ListenMetricsURLs) == 0 {
 		return nil
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/health", s.serveHealth)
+	s.HandleHealth(mux)
 	if s.cfg.EnablePprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
@@ -47,8 +52,70 @@ func (s *Node) startMetrics() error {
 	return nil
 }
 
-// healthTimeout bounds /health's read of the current revision.
+// healthTimeout bounds the reads of /health, /livez and /readyz.
 const healthTimeout = 2 * time.Second
+
+// HandleHealth adds etcd's health endpoints to mux: /health, and /livez and
+// /readyz as etcd 3.7 has them. The client URLs serve them beside gRPC,
+// and so do the metrics URLs.
+func (s *Node) HandleHealth(mux *http.ServeMux) {
+	mux.HandleFunc("/health", s.serveHealth)
+	serializable := healthCheck{"serializable_read", func(ctx context.Context) error { return s.healthRead(ctx, true) }}
+	linearizable := healthCheck{"linearizable_read", func(ctx context.Context) error { return s.healthRead(ctx, false) }}
+	// No corruption check runs; etcd's readyz lists it.
+	corruption := healthCheck{"data_corruption", func(context.Context) error { return nil }}
+	mux.HandleFunc("/livez", serveChecks("livez", serializable))
+	mux.HandleFunc("/readyz", serveChecks("readyz", corruption, serializable, linearizable))
+}
+
+// healthRead reads one key, as etcd's checks do.
+func (s *Node) healthRead(ctx context.Context, serializable bool) error {
+	_, err := s.router.Range(ctx, &pb.RangeRequest{Key: []byte("health"), Serializable: serializable})
+	return err
+}
+
+// healthCheck is one named check of /livez or /readyz.
+type healthCheck struct {
+	name string
+	run  func(context.Context) error
+}
+
+// serveChecks answers as Kubernetes' and etcd's livez and readyz: "ok"
+// when every check passes; with ?verbose, or when one fails (503), a line
+// per check ("[+]name ok", "[-]name failed: reason") and a verdict.
+// ?exclude=name skips a check.
+func serveChecks(kind string, checks ...healthCheck) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), healthTimeout)
+		defer cancel()
+		excluded := r.URL.Query()["exclude"]
+		var out strings.Builder
+		failed := false
+		for _, c := range checks {
+			if slices.Contains(excluded, c.name) {
+				fmt.Fprintf(&out, "[+]%s excluded: ok\n", c.name)
+				continue
+			}
+			if err := c.run(ctx); err != nil {
+				failed = true
+				fmt.Fprintf(&out, "[-]%s failed: %v\n", c.name, err)
+				continue
+			}
+			fmt.Fprintf(&out, "[+]%s ok\n", c.name)
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		switch _, verbose := r.URL.Query()["verbose"]; {
+		case failed:
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "%s%s check failed\n", out.String(), kind)
+		case verbose:
+			fmt.Fprintf(w, "%s%s check passed\n", out.String(), kind)
+		default:
+			fmt.Fprint(w, "ok")
+		}
+	}
+}
 
 // serveHealth answers /health as etcd does, with its JSON: unhealthy while
 // the NOSPACE alarm is raised, while this node knows no meta range leader

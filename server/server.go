@@ -2,11 +2,13 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math"
 	"net"
+	"net/http"
 	"net/url"
 	"sync"
 	"time"
@@ -48,6 +50,7 @@ type Server struct {
 	node      *node.Node
 	log       *slog.Logger
 	grpc      *grpc.Server
+	http      *http.Server // etcd's HTTP endpoints on the client URLs
 	listeners []net.Listener
 	closeOnce sync.Once
 }
@@ -96,10 +99,21 @@ func Start(cfg Config) (*Server, error) {
 	pb.RegisterWatchServer(s.grpc, n.Hub())
 	pb.RegisterAuthServer(s.grpc, unimplementedAuth{})
 	tesserapb.RegisterInternalServer(s.grpc, n.Internal())
+	mux := http.NewServeMux()
+	n.HandleHealth(mux)
+	mux.HandleFunc("/version", serveVersion)
+	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	for _, ln := range s.listeners {
+		split := splitListen(ln, n.Stopper().RunAsync)
+		_ = n.Stopper().RunAsync(split.serve)
 		_ = n.Stopper().RunAsync(func() {
-			if err := s.grpc.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			if err := s.grpc.Serve(split.grpc); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 				s.log.Error("client listener stopped", "addr", ln.Addr().String(), "err", err)
+			}
+		})
+		_ = n.Stopper().RunAsync(func() {
+			if err := s.http.Serve(split.http); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("client listener stopped serving HTTP", "addr", ln.Addr().String(), "err", err)
 			}
 		})
 	}
@@ -145,6 +159,17 @@ func (s *Server) Close() {
 			s.grpc.Stop()
 			<-done
 		}
+		_ = s.http.Close()
+		s.closeListeners()
 		s.node.Close()
 	})
+}
+
+// serveVersion answers etcd's /version.
+func serveVersion(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(struct {
+		Server  string `json:"etcdserver"`
+		Cluster string `json:"etcdcluster"`
+	}{APIVersion, "3.7.0"})
 }

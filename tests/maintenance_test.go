@@ -3,6 +3,9 @@ package tests
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -152,5 +155,53 @@ func TestMoveLeader(t *testing.T) {
 	}
 	if _, err := cli.Put(ctx, "after-move", "v"); err != nil {
 		t.Fatalf("put after the move: %v", err)
+	}
+}
+
+// TestHTTPOnClientPort: a client URL serves etcd's HTTP endpoints beside
+// gRPC on the one port, with etcd's answers.
+func TestHTTPOnClientPort(t *testing.T) {
+	c := testcluster.Start(t, 1)
+	ctx := ctxT(t)
+	url := c.Nodes[0].ClientURL
+	get := func(path string) (int, string) {
+		t.Helper()
+		resp, err := http.Get(url + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, strings.TrimSpace(string(body))
+	}
+	for _, tc := range []struct {
+		path string
+		code int
+		body string
+	}{
+		{"/version", 200, `{"etcdserver":"3.7.3","etcdcluster":"3.7.0"}`},
+		{"/health", 200, `{"health":"true","reason":""}`},
+		{"/health?serializable=true", 200, `{"health":"true","reason":""}`},
+		{"/livez", 200, "ok"},
+		{"/readyz", 200, "ok"},
+		{"/livez?verbose", 200, "[+]serializable_read ok\nlivez check passed"},
+		{"/readyz?verbose", 200, "[+]data_corruption ok\n[+]serializable_read ok\n[+]linearizable_read ok\nreadyz check passed"},
+		{"/readyz?verbose&exclude=linearizable_read", 200, "[+]data_corruption ok\n[+]serializable_read ok\n[+]linearizable_read excluded: ok\nreadyz check passed"},
+		{"/nothing", 404, "404 page not found"},
+	} {
+		if code, body := get(tc.path); code != tc.code || body != tc.body {
+			t.Errorf("GET %s: %d %q, want %d %q", tc.path, code, body, tc.code, tc.body)
+		}
+	}
+	// gRPC on the same port.
+	cli := c.Client(url)
+	if _, err := cli.Put(ctx, "k", "v"); err != nil {
+		t.Fatalf("put beside HTTP: %v", err)
+	}
+	if get, err := cli.Get(ctx, "k"); err != nil || len(get.Kvs) != 1 {
+		t.Fatalf("get beside HTTP: %v %v", get, err)
 	}
 }
