@@ -24,7 +24,7 @@ func (s *Node) startMetrics() error {
 		return nil
 	}
 	mux := http.NewServeMux()
-	s.HandleHealth(mux)
+	s.HandleHTTP(mux)
 	if s.cfg.EnablePprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
@@ -55,10 +55,11 @@ func (s *Node) startMetrics() error {
 // healthTimeout bounds the reads of /health, /livez and /readyz.
 const healthTimeout = 2 * time.Second
 
-// HandleHealth adds etcd's health endpoints to mux: /health, and /livez and
-// /readyz as etcd 3.7 has them. The client URLs serve them beside gRPC,
-// and so do the metrics URLs.
-func (s *Node) HandleHealth(mux *http.ServeMux) {
+// HandleHTTP adds etcd's HTTP endpoints to mux: /health, /livez and
+// /readyz as etcd 3.7 has them, and /metrics. The client URLs serve them
+// beside gRPC, and so do the metrics URLs.
+func (s *Node) HandleHTTP(mux *http.ServeMux) {
+	s.handleMetrics(mux)
 	mux.HandleFunc("/health", s.serveHealth)
 	serializable := healthCheck{"serializable_read", func(ctx context.Context) error { return s.healthRead(ctx, true) }}
 	linearizable := healthCheck{"linearizable_read", func(ctx context.Context) error { return s.healthRead(ctx, false) }}

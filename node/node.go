@@ -15,6 +15,7 @@ import (
 
 	"github.com/lni/dragonboat/v4"
 	dbconfig "github.com/lni/dragonboat/v4/config"
+	"github.com/prometheus/client_golang/prometheus"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
 	"github.com/tesserakv/tessera/internal/stop"
@@ -45,9 +46,13 @@ type Node struct {
 	directory *meta.Directory
 	oracle    *meta.OracleClient
 	allocator *meta.Allocator // hands out revisions while this node leads the meta range
-	internal  *meta.InternalServer
-	router    *router.Router
-	hub       *watchhub.Hub
+	// events counts Raft leader changes; registry holds the node's
+	// Prometheus metrics (prom.go).
+	events   *raftEvents
+	registry *prometheus.Registry
+	internal *meta.InternalServer
+	router   *router.Router
+	hub      *watchhub.Hub
 
 	// learners are the non-voting replicas failed additions left behind.
 	learners abandonedLearners
@@ -128,6 +133,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	s := &Node{cfg: cfg, log: cfg.Logger, replicaID: replicaID, clusterID: cid, joined: joined, identity: id, stopper: stop.New(), rangesChanged: make(chan struct{}, 1),
 		ranges: map[uint64]*shard.Replica{}, feeds: feeds{wanted: map[uint64]time.Time{}}, picks: map[uint64]pick{}, cache: router.NewRangeCache()}
+	s.newMetrics()
 	return s, nil
 }
 
@@ -228,6 +234,7 @@ func (s *Node) startRaft() error {
 	nhc.Expert.Engine.ExecShards = cfg.RaftStepWorkers
 	s.raftNet = &transport.Factory{Log: s.log, Dial: cfg.Knobs.DialNode}
 	nhc.Expert.TransportFactory = s.raftNet
+	nhc.RaftEventListener = s.events
 	tuneDragonboat()
 	nh, err := dragonboat.NewNodeHost(nhc)
 	if err != nil && hardSettingsChanged(err) && cfg.RaftStepWorkers == DefaultRaftStepWorkers {

@@ -100,7 +100,7 @@ func Start(cfg Config) (*Server, error) {
 	pb.RegisterAuthServer(s.grpc, unimplementedAuth{})
 	tesserapb.RegisterInternalServer(s.grpc, n.Internal())
 	mux := http.NewServeMux()
-	n.HandleHealth(mux)
+	n.HandleHTTP(mux)
 	mux.HandleFunc("/version", serveVersion)
 	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	for _, ln := range s.listeners {

@@ -13,9 +13,8 @@ import (
 	"github.com/tesserakv/tessera/router"
 )
 
-// APIVersion is the etcd API level Tessera implements. kube-apiserver reads it
-// from Status and turns off consistent and streaming lists below 3.5.13.
-const APIVersion = "3.7.3"
+// APIVersion is the etcd API level Tessera implements (node.APIVersion).
+const APIVersion = node.APIVersion
 
 // maintenance serves etcd's Maintenance service; Snapshot and Downgrade
 // answer Unimplemented.

@@ -166,6 +166,8 @@ type Replica struct {
 	// snapshotsTaken counts the snapshots requested for SnapshotEveryBytes
 	// that completed.
 	snapshotsTaken atomic.Int64
+	// failed counts ProposalsFailed.
+	failed atomic.Int64
 
 	// lastWake is when Wake last made a round (UnixNano).
 	lastWake atomic.Int64
@@ -331,11 +333,23 @@ func (r *Replica) Write(ctx context.Context, cmd *tesserapb.Command, writesKeys 
 	defer func() { <-r.inflight }()
 
 	res, err, again := r.writeOnce(ctx, cmd, writesKeys)
+	if err != nil && statemachine.ErrorCode(err) == statemachine.CodeUnknown {
+		r.failed.Add(1) // not the command's own failure: Raft's or ours
+	}
 	if again {
 		return nil, &RetryableError{Err: err}
 	}
 	return res, err
 }
+
+// InFlight is how many of this replica's proposals are queued or not yet
+// applied.
+func (r *Replica) InFlight() int { return len(r.inflight) }
+
+// ProposalsFailed counts the writes this replica proposed that failed other
+// than by the command's own error (a timeout, a lost leadership, a
+// dropped proposal).
+func (r *Replica) ProposalsFailed() int64 { return r.failed.Load() }
 
 // take takes a slot of semaphore sem, waiting until one is free, the
 // caller gives up or the replica stops.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -203,5 +204,38 @@ func TestHTTPOnClientPort(t *testing.T) {
 	}
 	if get, err := cli.Get(ctx, "k"); err != nil || len(get.Kvs) != 1 {
 		t.Fatalf("get beside HTTP: %v %v", get, err)
+	}
+
+	// Prometheus metrics, with etcd's names where dashboards look.
+	code, body := get("/metrics")
+	if code != 200 {
+		t.Fatalf("GET /metrics: %d %s", code, body)
+	}
+	values := map[string]float64{}
+	for _, line := range strings.Split(body, "\n") {
+		if name, value, ok := strings.Cut(line, " "); ok && !strings.HasPrefix(line, "#") {
+			if v, err := strconv.ParseFloat(value, 64); err == nil {
+				values[name] = v
+			}
+		}
+	}
+	for name, want := range map[string]float64{
+		"etcd_server_has_leader":                      1,
+		"etcd_server_is_leader":                       1,
+		"etcd_server_leader_changes_seen_total":       1,
+		`etcd_server_version{server_version="3.7.3"}`: 1,
+		"tessera_ranges":                              1,
+		"tessera_range_leaders":                       1,
+		"etcd_server_proposals_pending":               0,
+		"etcd_server_proposals_failed_total":          0,
+	} {
+		if got, ok := values[name]; !ok || got != want {
+			t.Errorf("/metrics: %s = %v (%v), want %v", name, got, ok, want)
+		}
+	}
+	for _, name := range []string{"etcd_server_proposals_applied_total", "etcd_server_proposals_committed_total", "etcd_mvcc_db_total_size_in_bytes", "go_goroutines", "process_cpu_seconds_total"} {
+		if values[name] <= 0 {
+			t.Errorf("/metrics: %s = %v, want more than 0", name, values[name])
+		}
 	}
 }
