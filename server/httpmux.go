@@ -13,8 +13,11 @@ import (
 // connection goes to gRPC when it opens with HTTP/2's client preface and
 // to the HTTP server otherwise (etcd splits them with cmux).
 
-// http2Preface is how every HTTP/2 (gRPC) client connection begins.
-var http2Preface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+// http2Preface is how every HTTP/2 (gRPC) client connection begins
+// ("PRI * HTTP/2.0…"); no HTTP/1 method begins with its first three bytes,
+// which are all that is read to tell them apart, so a short HTTP/1
+// request is not kept waiting for more.
+var http2Preface = []byte("PRI")
 
 // sniffTimeout bounds the wait for a new connection's first bytes.
 const sniffTimeout = 10 * time.Second
@@ -52,13 +55,14 @@ func (s *splitListener) serve() {
 	}
 }
 
-// route reads enough of c to tell HTTP/2 from HTTP/1 and queues it.
+// route reads enough of c to tell HTTP/2 from HTTP/1 and queues it; a
+// connection that sends nothing for sniffTimeout is closed.
 func (s *splitListener) route(c net.Conn) {
 	_ = c.SetReadDeadline(time.Now().Add(sniffTimeout))
 	br := bufio.NewReaderSize(c, len(http2Preface))
 	head, err := br.Peek(len(http2Preface))
 	_ = c.SetReadDeadline(time.Time{})
-	if err != nil && len(head) == 0 {
+	if err != nil {
 		_ = c.Close()
 		return
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -197,6 +198,21 @@ func TestHTTPOnClientPort(t *testing.T) {
 			t.Errorf("GET %s: %d %q, want %d %q", tc.path, code, body, tc.code, tc.body)
 		}
 	}
+	// A bare HTTP/1.0 request is answered at once too.
+	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Write([]byte("GET /livez HTTP/1.0\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := io.ReadAll(conn)
+	conn.Close()
+	if err != nil || !strings.HasPrefix(string(raw), "HTTP/1.0 200 OK") || !strings.HasSuffix(string(raw), "\r\n\r\nok") {
+		t.Fatalf("bare HTTP/1.0 request: %q %v", raw, err)
+	}
+
 	// gRPC on the same port.
 	cli := c.Client(url)
 	if _, err := cli.Put(ctx, "k", "v"); err != nil {
