@@ -69,6 +69,7 @@ func (s *Node) newMetrics() {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		s.events.metaChanges,
 		s.events.rangeChanges,
+		pebbleCollector{s},
 	)
 	gauge := func(name, help string, f func() float64) {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))

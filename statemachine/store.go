@@ -248,3 +248,7 @@ func (s *Store) unregister(r *RangeSM) {
 func (s *Store) CompactAll(ctx context.Context) error {
 	return s.db.Compact(ctx, []byte{0}, []byte{0xff}, true)
 }
+
+// PebbleMetrics returns Pebble's own metrics of the store (exported at
+// /metrics under tessera_pebble_).
+func (s *Store) PebbleMetrics() *pebble.Metrics { return s.db.Metrics() }

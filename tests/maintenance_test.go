@@ -249,7 +249,8 @@ func TestHTTPOnClientPort(t *testing.T) {
 			t.Errorf("/metrics: %s = %v (%v), want %v", name, got, ok, want)
 		}
 	}
-	for _, name := range []string{"etcd_server_proposals_applied_total", "etcd_server_proposals_committed_total", "etcd_mvcc_db_total_size_in_bytes", "go_goroutines", "process_cpu_seconds_total"} {
+	for _, name := range []string{"etcd_server_proposals_applied_total", "etcd_server_proposals_committed_total", "etcd_mvcc_db_total_size_in_bytes", "go_goroutines", "process_cpu_seconds_total",
+		"tessera_pebble_disk_space_bytes", "tessera_pebble_wal_bytes_written_total", "tessera_pebble_memtable_bytes"} {
 		if values[name] <= 0 {
 			t.Errorf("/metrics: %s = %v, want more than 0", name, values[name])
 		}
