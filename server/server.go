@@ -94,14 +94,16 @@ func Start(cfg Config) (*Server, error) {
 	)
 	registerKV(s.grpc, n.Router())
 	pb.RegisterLeaseServer(s.grpc, n.Router())
-	pb.RegisterMaintenanceServer(s.grpc, &maintenance{n: n})
-	pb.RegisterClusterServer(s.grpc, &cluster{n: n})
+	maint, clus := &maintenance{n: n}, &cluster{n: n}
+	pb.RegisterMaintenanceServer(s.grpc, maint)
+	pb.RegisterClusterServer(s.grpc, clus)
 	pb.RegisterWatchServer(s.grpc, n.Hub())
 	pb.RegisterAuthServer(s.grpc, unimplementedAuth{})
 	tesserapb.RegisterInternalServer(s.grpc, n.Internal())
 	mux := http.NewServeMux()
 	n.HandleHTTP(mux)
 	mux.HandleFunc("/version", serveVersion)
+	handleGateway(mux, n, maint, clus)
 	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	for _, ln := range s.listeners {
 		split := splitListen(ln, n.Stopper().RunAsync)

@@ -1,6 +1,8 @@
 package tests
 
 import (
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -220,6 +222,46 @@ func TestHTTPOnClientPort(t *testing.T) {
 	}
 	if get, err := cli.Get(ctx, "k"); err != nil || len(get.Kvs) != 1 {
 		t.Fatalf("get beside HTTP: %v %v", get, err)
+	}
+
+	// etcd's JSON gateway: protobuf JSON with the .proto's field names,
+	// bytes in base64, errors as google.rpc.Status.
+	post := func(path, body string) (int, map[string]any) {
+		t.Helper()
+		resp, err := http.Post(url+path, "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatalf("POST %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		out := map[string]any{}
+		if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+			t.Fatalf("POST %s: answer: %v", path, err)
+		}
+		return resp.StatusCode, out
+	}
+	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+	if code, out := post("/v3/kv/put", `{"key":"`+b64("gw")+`","value":"`+b64("one")+`"}`); code != 200 || out["header"].(map[string]any)["revision"] == nil {
+		t.Fatalf("gateway put: %d %v", code, out)
+	}
+	if code, out := post("/v3/kv/range", `{"key":"`+b64("gw")+`"}`); code != 200 || out["count"] != "1" || out["kvs"].([]any)[0].(map[string]any)["value"] != b64("one") {
+		t.Fatalf("gateway range: %d %v", code, out)
+	}
+	txn := `{"compare":[{"key":"` + b64("gw") + `","result":"EQUAL","target":"VALUE","value":"` + b64("one") + `"}],` +
+		`"success":[{"request_put":{"key":"` + b64("gw") + `","value":"` + b64("two") + `"}}]}`
+	if code, out := post("/v3/kv/txn", txn); code != 200 || out["succeeded"] != true {
+		t.Fatalf("gateway txn: %d %v", code, out)
+	}
+	if code, out := post("/v3/lease/grant", `{"TTL":30}`); code != 200 || out["TTL"] != "30" || out["ID"] == nil {
+		t.Fatalf("gateway lease grant: %d %v", code, out)
+	}
+	if code, out := post("/v3/maintenance/status", `{}`); code != 200 || out["version"] != "3.7.3" {
+		t.Fatalf("gateway status: %d %v", code, out)
+	}
+	if code, out := post("/v3/kv/range", `{}`); code != 400 || out["message"] != "etcdserver: key is not provided" || out["code"] != float64(3) {
+		t.Fatalf("gateway range without a key: %d %v", code, out)
+	}
+	if code, _ := get("/v3/kv/range"); code != http.StatusMethodNotAllowed {
+		t.Fatalf("gateway GET: %d", code)
 	}
 
 	// Prometheus metrics, with etcd's names where dashboards look.

@@ -1,0 +1,147 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tesserakv/tessera/node"
+)
+
+// etcd's JSON gateway on the client port: the unary RPCs of KV, Lease,
+// Maintenance and Cluster at etcd's paths (POST /v3/kv/range, …), each
+// request and answer the RPC's message in protobuf's JSON with the
+// field names of the .proto files (bytes in base64, 64-bit integers as
+// strings), as etcd's gRPC gateway has them; an error is a google.rpc
+// Status ({"code":…,"message":…}) under the HTTP status of its gRPC code.
+// The streaming RPCs (Watch, LeaseKeepAlive, Snapshot) are not served
+// here.
+
+var (
+	gatewayIn  = protojson.UnmarshalOptions{}
+	gatewayOut = protojson.MarshalOptions{UseProtoNames: true}
+)
+
+// gatewayMaxBody bounds a request's JSON (a request of --max-request-bytes
+// grows by a third in base64, and by the JSON around it).
+const gatewayMaxBody = 8 << 20
+
+// unary serves one unary RPC over JSON.
+func unary[Req, Resp proto.Message](newReq func() Req, call func(context.Context, Req) (Resp, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", http.MethodPost)
+			writeGatewayError(w, status.Error(codes.Unimplemented, "Method Not Allowed"), http.StatusMethodNotAllowed)
+			return
+		}
+		body, err := io.ReadAll(io.LimitReader(r.Body, gatewayMaxBody+1))
+		if err != nil {
+			writeGatewayError(w, status.Error(codes.InvalidArgument, err.Error()), 0)
+			return
+		}
+		if len(body) > gatewayMaxBody {
+			writeGatewayError(w, status.Errorf(codes.InvalidArgument, "request body larger than %d bytes", gatewayMaxBody), 0)
+			return
+		}
+		req := newReq()
+		if len(body) > 0 {
+			if err := gatewayIn.Unmarshal(body, req); err != nil {
+				writeGatewayError(w, status.Error(codes.InvalidArgument, err.Error()), 0)
+				return
+			}
+		}
+		resp, err := call(r.Context(), req)
+		if err != nil {
+			writeGatewayError(w, err, 0)
+			return
+		}
+		out, err := gatewayOut.Marshal(resp)
+		if err != nil {
+			writeGatewayError(w, status.Error(codes.Internal, err.Error()), 0)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(out)
+	}
+}
+
+// writeGatewayError answers err as gRPC's JSON gateway does, under
+// httpStatus, or the HTTP status of its gRPC code when 0.
+func writeGatewayError(w http.ResponseWriter, err error, httpStatus int) {
+	st := status.Convert(err)
+	if httpStatus == 0 {
+		httpStatus = httpStatusOf(st.Code())
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(httpStatus)
+	_ = json.NewEncoder(w).Encode(struct {
+		Code    codes.Code `json:"code"`
+		Message string     `json:"message"`
+		Details []any      `json:"details"`
+	}{st.Code(), st.Message(), []any{}})
+}
+
+// httpStatusOf maps a gRPC code to an HTTP status as gRPC's gateway does.
+func httpStatusOf(c codes.Code) int {
+	switch c {
+	case codes.OK:
+		return http.StatusOK
+	case codes.Canceled:
+		return 499
+	case codes.InvalidArgument, codes.FailedPrecondition, codes.OutOfRange:
+		return http.StatusBadRequest
+	case codes.DeadlineExceeded:
+		return http.StatusGatewayTimeout
+	case codes.NotFound:
+		return http.StatusNotFound
+	case codes.AlreadyExists, codes.Aborted:
+		return http.StatusConflict
+	case codes.PermissionDenied:
+		return http.StatusForbidden
+	case codes.Unauthenticated:
+		return http.StatusUnauthorized
+	case codes.ResourceExhausted:
+		return http.StatusTooManyRequests
+	case codes.Unimplemented:
+		return http.StatusNotImplemented
+	case codes.Unavailable:
+		return http.StatusServiceUnavailable
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+// handleGateway adds etcd's gateway paths to mux.
+func handleGateway(mux *http.ServeMux, n *node.Node, m *maintenance, c *cluster) {
+	r := n.Router()
+	handle := func(h http.HandlerFunc, paths ...string) {
+		for _, p := range paths {
+			mux.Handle(p, h)
+		}
+	}
+	handle(unary(func() *pb.RangeRequest { return &pb.RangeRequest{} }, r.Range), "/v3/kv/range")
+	handle(unary(func() *pb.PutRequest { return &pb.PutRequest{} }, r.Put), "/v3/kv/put")
+	handle(unary(func() *pb.DeleteRangeRequest { return &pb.DeleteRangeRequest{} }, r.DeleteRange), "/v3/kv/deleterange")
+	handle(unary(func() *pb.TxnRequest { return &pb.TxnRequest{} }, r.Txn), "/v3/kv/txn")
+	handle(unary(func() *pb.CompactionRequest { return &pb.CompactionRequest{} }, r.Compact), "/v3/kv/compaction")
+	handle(unary(func() *pb.LeaseGrantRequest { return &pb.LeaseGrantRequest{} }, r.LeaseGrant), "/v3/lease/grant")
+	handle(unary(func() *pb.LeaseRevokeRequest { return &pb.LeaseRevokeRequest{} }, r.LeaseRevoke), "/v3/lease/revoke", "/v3/kv/lease/revoke")
+	handle(unary(func() *pb.LeaseTimeToLiveRequest { return &pb.LeaseTimeToLiveRequest{} }, r.LeaseTimeToLive), "/v3/lease/timetolive", "/v3/kv/lease/timetolive")
+	handle(unary(func() *pb.LeaseLeasesRequest { return &pb.LeaseLeasesRequest{} }, r.LeaseLeases), "/v3/lease/leases", "/v3/kv/lease/leases")
+	handle(unary(func() *pb.StatusRequest { return &pb.StatusRequest{} }, m.Status), "/v3/maintenance/status")
+	handle(unary(func() *pb.AlarmRequest { return &pb.AlarmRequest{} }, m.Alarm), "/v3/maintenance/alarm")
+	handle(unary(func() *pb.DefragmentRequest { return &pb.DefragmentRequest{} }, m.Defragment), "/v3/maintenance/defragment")
+	handle(unary(func() *pb.HashRequest { return &pb.HashRequest{} }, m.Hash), "/v3/maintenance/hash")
+	handle(unary(func() *pb.HashKVRequest { return &pb.HashKVRequest{} }, m.HashKV), "/v3/maintenance/hashkv")
+	handle(unary(func() *pb.MoveLeaderRequest { return &pb.MoveLeaderRequest{} }, m.MoveLeader), "/v3/maintenance/transfer-leadership")
+	handle(unary(func() *pb.MemberListRequest { return &pb.MemberListRequest{} }, c.MemberList), "/v3/cluster/member/list")
+	handle(unary(func() *pb.MemberAddRequest { return &pb.MemberAddRequest{} }, c.MemberAdd), "/v3/cluster/member/add")
+	handle(unary(func() *pb.MemberRemoveRequest { return &pb.MemberRemoveRequest{} }, c.MemberRemove), "/v3/cluster/member/remove")
+}
