@@ -13,6 +13,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -41,27 +42,44 @@ type Cluster struct {
 // picks one below the kernel's ephemeral range when it can: a port the
 // kernel handed out for a listen on port 0 is in that range, and once freed
 // it may be given to any outgoing connection (the tests make many) before
-// the node binds it ("address already in use").
+// the node binds it ("address already in use"). It never hands out the
+// same port twice in one process: a port handed out may not be bound yet
+// when the next is asked for (a cluster picks its members' ports first).
 func FreePort(t testing.TB) int {
 	t.Helper()
 	if low := ephemeralLow(); low-minPickedPort > 1000 {
 		for range 100 {
 			port := minPickedPort + rand.IntN(low-minPickedPort)
+			if _, taken := handedOut.Load(port); taken {
+				continue
+			}
 			ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 			if err != nil {
 				continue
 			}
 			_ = ln.Close()
+			if _, taken := handedOut.LoadOrStore(port, true); !taken {
+				return port
+			}
+		}
+	}
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		_ = ln.Close()
+		if _, taken := handedOut.LoadOrStore(port, true); !taken {
 			return port
 		}
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free port that was not handed out before")
+	return 0
 }
+
+// handedOut holds the ports FreePort returned.
+var handedOut sync.Map
 
 // minPickedPort is the lowest port FreePort picks itself (clear of the
 // well-known and registered ports servers on a machine commonly use).
