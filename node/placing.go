@@ -368,7 +368,11 @@ func (s *Node) runOp(op placement.Op) {
 		delete(s.live.placing, op.Range)
 		s.live.mu.Unlock()
 	}()
-	ctx, cancel := s.stopper.WithTimeout(placementOpTimeout)
+	timeout := placementOpTimeout
+	if d := s.cfg.Knobs.PlacementOpTimeout; d > 0 {
+		timeout = d
+	}
+	ctx, cancel := s.stopper.WithTimeout(timeout)
 	defer cancel()
 	var err error
 	switch op.Kind {

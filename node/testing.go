@@ -42,6 +42,10 @@ type TestingKnobs struct {
 	// HoldTimeout replaces how long a range stays held before its leader
 	// settles the hold itself (3 s).
 	HoldTimeout time.Duration
+	// PlacementOpTimeout replaces the bound on one placement operation (2
+	// minutes): an operation that hangs is given up and proposed again
+	// sooner.
+	PlacementOpTimeout time.Duration
 	// The router's knobs (AfterLeaseProof, AfterTxnHeld, …).
 	router.TestingKnobs
 	// DialNode, when set, opens every connection this node makes to another

@@ -55,6 +55,9 @@ type partitionOp struct {
 	ok           bool
 	serializable bool
 	rev          int64 // the response header's revision
+	// returned is when the call returned (Return is past every call for a
+	// write whose outcome is unknown, as porcupine needs it).
+	returned int64
 }
 
 // TestPartition: five nodes, three replicas per range, and every connection
@@ -129,7 +132,7 @@ func TestPartition(t *testing.T) {
 				out, rev, err := doKVOp(ctx, cli, in, serializable)
 				ret := now()
 				cancel()
-				op := partitionOp{node: node, ok: err == nil, serializable: serializable, rev: rev,
+				op := partitionOp{node: node, ok: err == nil, serializable: serializable, rev: rev, returned: ret,
 					Operation: porcupine.Operation{ClientId: id, Input: in, Call: call, Output: out, Return: ret}}
 				if err != nil && in.op != "get" {
 					op.Output, op.Return = kvOutput{unknown: true}, math.MaxInt64
@@ -165,7 +168,7 @@ func TestPartition(t *testing.T) {
 	var minorityRefused, serializableServed int
 	majorityReads, majorityWrites := map[string]int{}, map[string]int{}
 	for _, op := range ops {
-		if op.Call < cutAt || op.Return > healedAt {
+		if op.Call < cutAt || op.returned > healedAt {
 			continue
 		}
 		in, name := op.Input.(kvInput), c.Nodes[op.node].Config.Name

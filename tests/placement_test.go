@@ -28,6 +28,10 @@ func placing(deadAfter time.Duration) func(cfg *serverConfig) {
 	return func(cfg *serverConfig) {
 		cfg.PlacementInterval = 200 * time.Millisecond
 		cfg.Knobs.NodeHeartbeatInterval = 50 * time.Millisecond
+		// The tests' ranges are small: a move that hangs (seen now and then
+		// adding a replica to a node that just joined, cause not found) is
+		// given up and proposed again well within the tests' waits.
+		cfg.Knobs.PlacementOpTimeout = 15 * time.Second
 		cfg.DeadNodeTimeout = deadAfter
 	}
 }
