@@ -83,9 +83,9 @@ func (i *internalService) ChangeReplicas(ctx context.Context, req *tesserapb.Cha
 		}
 	}
 	s.recordRangesSoon()
-	m, err := s.nh.SyncGetShardMembership(ctx, req.RangeId)
+	m, err := s.membershipAfterChange(ctx, req.RangeId)
 	if err != nil {
-		return nil, router.ToGRPC(err)
+		return nil, err
 	}
 	d := &tesserapb.RangeDescriptor{RangeId: req.RangeId, ReplicaNodeIds: nodesOf(maps.Keys(m.Nodes)), ConfVersion: m.ConfigChangeID}
 	if rsm := s.store.Range(req.RangeId); rsm != nil {
@@ -115,6 +115,28 @@ func (s *Node) recordMove(ctx context.Context, d *tesserapb.RangeDescriptor) {
 	if err != nil {
 		s.log.Debug("recording a range's new replicas", "range", d.RangeId, "err", err)
 	}
+}
+
+// membershipAfterChange reads a range's membership after this node changed
+// it, in a few short attempts: the change may have removed the replica
+// that led the range meanwhile (its leadership moved during the change),
+// and a read it was sent is never answered, which held the move until its
+// deadline.
+func (s *Node) membershipAfterChange(ctx context.Context, rangeID uint64) (*dragonboat.Membership, error) {
+	var err error
+	for range recordMoveAttempts {
+		actx, cancel := context.WithTimeout(ctx, recordMoveTimeout)
+		var m *dragonboat.Membership
+		m, err = s.nh.SyncGetShardMembership(actx, rangeID)
+		cancel()
+		if err == nil {
+			return m, nil
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, router.ToGRPC(err)
 }
 
 // changeReplicasElsewhere passes a replica change to the range's leader: the
