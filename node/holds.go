@@ -121,16 +121,8 @@ func (s *Node) sweepTxnRecords() {
 	}
 }
 
-func (s *Node) holdTimeout() time.Duration {
-	if d := s.cfg.Knobs.HoldTimeout; d > 0 {
-		return d
-	}
-	return holdTimeout
-}
+func (s *Node) holdTimeout() time.Duration { return knobOr(s.cfg.Knobs.HoldTimeout, holdTimeout) }
 
 func (s *Node) txnSweepInterval() time.Duration {
-	if d := s.cfg.Knobs.TxnSweepInterval; d > 0 {
-		return d
-	}
-	return txnSweepInterval
+	return knobOr(s.cfg.Knobs.TxnSweepInterval, txnSweepInterval)
 }

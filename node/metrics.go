@@ -120,9 +120,8 @@ func serveChecks(kind string, checks ...healthCheck) http.HandlerFunc {
 
 // serveHealth answers /health as etcd does, with its JSON: unhealthy while
 // the NOSPACE alarm is raised, while this node knows no meta range leader
-// (etcd's "RAFT NO LEADER"), or, unless ?serializable=true, when the
-// current revision cannot be read within healthTimeout (etcd's linearizable
-// "QGET ERROR"). Every node answers the same way, whatever ranges it
+// (etcd's "RAFT NO LEADER"), or, unless ?serializable=true, when a
+// linearizable read fails within healthTimeout (etcd's "QGET ERROR"). Every node answers the same way, whatever ranges it
 // holds.
 func (s *Node) serveHealth(w http.ResponseWriter, r *http.Request) {
 	reason := ""
@@ -134,7 +133,7 @@ func (s *Node) serveHealth(w http.ResponseWriter, r *http.Request) {
 	case r.URL.Query().Get("serializable") != "true":
 		ctx, cancel := context.WithTimeout(r.Context(), healthTimeout)
 		defer cancel()
-		if _, err := s.oracle.Current(ctx); err != nil {
+		if err := s.healthRead(ctx, false); err != nil {
 			reason = "QGET ERROR: " + err.Error()
 		}
 	}

@@ -103,15 +103,10 @@ func (i *internalService) ChangeReplicas(ctx context.Context, req *tesserapb.Cha
 // deadline. A record that fails here is made by the range's replicas, which
 // record their range every few seconds.
 func (s *Node) recordMove(ctx context.Context, d *tesserapb.RangeDescriptor) {
-	var err error
-	for range recordMoveAttempts {
-		actx, cancel := context.WithTimeout(ctx, recordMoveTimeout)
-		_, err = meta.RecordRanges(actx, s.meta, []*tesserapb.RangeDescriptor{d})
-		cancel()
-		if err == nil || ctx.Err() != nil {
-			break
-		}
-	}
+	err := inShortAttempts(ctx, func(ctx context.Context) error {
+		_, err := meta.RecordRanges(ctx, s.meta, []*tesserapb.RangeDescriptor{d})
+		return err
+	})
 	if err != nil {
 		s.log.Debug("recording a range's new replicas", "range", d.RangeId, "err", err)
 	}
@@ -123,20 +118,31 @@ func (s *Node) recordMove(ctx context.Context, d *tesserapb.RangeDescriptor) {
 // and a read it was sent is never answered, which held the move until its
 // deadline.
 func (s *Node) membershipAfterChange(ctx context.Context, rangeID uint64) (*dragonboat.Membership, error) {
+	var m *dragonboat.Membership
+	err := inShortAttempts(ctx, func(ctx context.Context) (err error) {
+		m, err = s.nh.SyncGetShardMembership(ctx, rangeID)
+		return err
+	})
+	if err != nil {
+		return nil, router.ToGRPC(err)
+	}
+	return m, nil
+}
+
+// inShortAttempts runs fn up to recordMoveAttempts times, each bounded by
+// recordMoveTimeout, until it succeeds or ctx ends: a Raft request lost
+// to a change of its group's leadership is never answered.
+func inShortAttempts(ctx context.Context, fn func(context.Context) error) error {
 	var err error
 	for range recordMoveAttempts {
 		actx, cancel := context.WithTimeout(ctx, recordMoveTimeout)
-		var m *dragonboat.Membership
-		m, err = s.nh.SyncGetShardMembership(actx, rangeID)
+		err = fn(actx)
 		cancel()
-		if err == nil {
-			return m, nil
-		}
-		if ctx.Err() != nil {
+		if err == nil || ctx.Err() != nil {
 			break
 		}
 	}
-	return nil, router.ToGRPC(err)
+	return err
 }
 
 // changeReplicasElsewhere passes a replica change to the range's leader: the

@@ -129,10 +129,7 @@ func (s *Node) anotherNode(ctx context.Context) uint64 {
 func (s *Node) suspectAfter() time.Duration { return suspectAfterBeats * s.heartbeatInterval() }
 
 func (s *Node) heartbeatInterval() time.Duration {
-	if d := s.cfg.Knobs.NodeHeartbeatInterval; d > 0 {
-		return d
-	}
-	return defaultNodeHeartbeatInterval
+	return knobOr(s.cfg.Knobs.NodeHeartbeatInterval, defaultNodeHeartbeatInterval)
 }
 
 // startHeartbeats sends this node's heartbeat to the meta leader every
@@ -368,11 +365,7 @@ func (s *Node) runOp(op placement.Op) {
 		delete(s.live.placing, op.Range)
 		s.live.mu.Unlock()
 	}()
-	timeout := placementOpTimeout
-	if d := s.cfg.Knobs.PlacementOpTimeout; d > 0 {
-		timeout = d
-	}
-	ctx, cancel := s.stopper.WithTimeout(timeout)
+	ctx, cancel := s.stopper.WithTimeout(knobOr(s.cfg.Knobs.PlacementOpTimeout, placementOpTimeout))
 	defer cancel()
 	var err error
 	switch op.Kind {

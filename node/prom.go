@@ -51,6 +51,7 @@ func (e *raftEvents) LeaderUpdated(info raftio.LeaderInfo) {
 }
 
 // newMetrics makes the node's registry and the counters Raft events feed.
+// Nothing scrapes it before Start has opened the store and the meta range.
 func (s *Node) newMetrics() {
 	s.events = &raftEvents{
 		leaders: map[uint64]uint64{},
@@ -89,16 +90,10 @@ func (s *Node) newMetrics() {
 	version.WithLabelValues(APIVersion).Set(1)
 	reg.MustRegister(version)
 	gauge("etcd_server_has_leader", "Whether this node knows a leader of the meta range (1) or not (0).", func() float64 {
-		if s.meta == nil {
-			return 0
-		}
 		_, _, ok := s.meta.Leader()
 		return boolean(ok)
 	})
 	gauge("etcd_server_is_leader", "Whether this node leads the meta range (1) or not (0).", func() float64 {
-		if s.meta == nil {
-			return 0
-		}
 		leader, _, ok := s.meta.Leader()
 		return boolean(ok && leader == s.replicaID)
 	})
@@ -118,12 +113,7 @@ func (s *Node) newMetrics() {
 		}
 		return float64(n)
 	})
-	dbSize := func() float64 {
-		if s.store == nil {
-			return 0
-		}
-		return float64(s.store.DiskSizeBytes())
-	}
+	dbSize := func() float64 { return float64(s.store.DiskSizeBytes()) }
 	gauge("etcd_mvcc_db_total_size_in_bytes", "The node's Pebble size on disk.", dbSize)
 	gauge("etcd_mvcc_db_total_size_in_use_in_bytes", "The node's Pebble size on disk.", dbSize)
 	gauge("etcd_server_quota_backend_bytes", "The node's --quota-backend-bytes.", func() float64 { return float64(s.cfg.QuotaBackendBytes) })
@@ -143,9 +133,6 @@ func (s *Node) newMetrics() {
 // appliedIndexes sums the applied indexes of the node's data replicas.
 func (s *Node) appliedIndexes() float64 {
 	var sum uint64
-	if s.store == nil {
-		return 0
-	}
 	for _, r := range s.rangeList() {
 		if rsm := s.store.Range(r.RangeID()); rsm != nil {
 			sum += rsm.AppliedIndex()

@@ -51,9 +51,6 @@ func (c pebbleCollector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (c pebbleCollector) Collect(ch chan<- prometheus.Metric) {
-	if c.s.store == nil {
-		return
-	}
 	r := c.s.store.PebbleMetrics()
 	for _, m := range pebbleMetrics {
 		ch <- prometheus.MustNewConstMetric(m.desc, m.kind, m.value(r))

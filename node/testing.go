@@ -128,6 +128,14 @@ func (t TestingNode) MetaLeader() uint64 {
 	return id
 }
 
+// knobOr is a duration knob when a test set it, else def.
+func knobOr(knob, def time.Duration) time.Duration {
+	if knob > 0 {
+		return knob
+	}
+	return def
+}
+
 // TxnRecords returns how many records of writes spanning ranges this
 // node's meta replica holds, and how many of them are aborts.
 func (t TestingNode) TxnRecords() (all, aborted int) {

@@ -131,17 +131,17 @@ func (r *Router) rangeAll(ctx context.Context, req *pb.RangeRequest, wire bool) 
 				sub.Revision = rev
 			}
 		}
-		ans, err := r.mergeSpans(ctx, sub, spans, headerRev, wire, nil)
-		if err == nil && req.Serializable && req.Revision == 0 && len(spans) > 1 {
+		serial := req.Serializable && req.Revision == 0 && len(spans) > 1
+		// A node reading one range for another's serializable read of
+		// several sends its replica's state back.
+		states := serial || (req.Serializable && req.Revision == 0 && serialStateAsked(ctx))
+		ans, err := r.mergeSpans(ctx, sub, spans, headerRev, wire, serialRead{states: states})
+		if err == nil && serial {
 			if pins, again := serialPinsOf(ans.reads); again {
-				ans, err = r.mergeSpans(ctx, sub, spans, 0, wire, pins)
+				ans, err = r.mergeSpans(ctx, sub, spans, 0, wire, serialRead{pins: pins})
 			}
 		}
-		if r.reroute(ctx, err, attempt) {
-			continue
-		}
-		if serialAgain(err) && req.Serializable && req.Revision == 0 && attempt < maxRouteAttempts {
-			r.ranges.Refresh()
+		if r.readAgain(ctx, err, attempt, serial) {
 			continue
 		}
 		return ans, err
@@ -159,15 +159,15 @@ func ordered(req *pb.RangeRequest) (ok, descending bool) {
 }
 
 // mergeSpans reads spans one after another in key order and merges their
-// answers; with pins, a serializable read reads each part at its pin.
-func (r *Router) mergeSpans(ctx context.Context, req *pb.RangeRequest, spans []span, headerRev int64, wire bool, pins serialPins) (rangeAnswer, error) {
+// answers; sr says what a serializable read of several ranges needs.
+func (r *Router) mergeSpans(ctx context.Context, req *pb.RangeRequest, spans []span, headerRev int64, wire bool, sr serialRead) (rangeAnswer, error) {
 	out := rangeAnswer{resp: &pb.RangeResponse{}}
 	if wire {
 		out = rangeAnswer{wire: &WireRangeResponse{}}
 	}
 	inKeyOrder, descending := ordered(req)
 	if !inKeyOrder && len(spans) > 1 {
-		return r.mergeSorted(ctx, req, spans, headerRev, pins)
+		return r.mergeSorted(ctx, req, spans, headerRev, sr)
 	}
 	if descending {
 		spans = slices.Clone(spans)
@@ -189,7 +189,7 @@ func (r *Router) mergeSpans(ctx context.Context, req *pb.RangeRequest, spans []s
 		case req.Limit > 0:
 			sub.Limit = req.Limit - have
 		}
-		ans, rev, err := r.readSpanPinned(ctx, sp, sub, wire, pins)
+		ans, rev, err := r.readSpanPinned(ctx, sp, sub, wire, sr)
 		if err != nil {
 			return rangeAnswer{}, err
 		}
@@ -227,7 +227,7 @@ func (r *Router) mergeSpans(ctx context.Context, req *pb.RangeRequest, spans []s
 // filters), sorts them and cuts to the limit. Keys only answers sorted by
 // value are read with their values (and leases, as etcd's are), which go
 // after the sort.
-func (r *Router) mergeSorted(ctx context.Context, req *pb.RangeRequest, spans []span, headerRev int64, pins serialPins) (rangeAnswer, error) {
+func (r *Router) mergeSorted(ctx context.Context, req *pb.RangeRequest, spans []span, headerRev int64, sr serialRead) (rangeAnswer, error) {
 	storeLimit := statemachine.StoreLimit(req)
 	read := proto.CloneOf(req)
 	read.SortOrder, read.SortTarget, read.Limit = pb.RangeRequest_NONE, pb.RangeRequest_KEY, 0
@@ -248,7 +248,7 @@ func (r *Router) mergeSorted(ctx context.Context, req *pb.RangeRequest, spans []
 				sub.CountOnly = true
 			}
 		}
-		ans, rev, err := r.readSpanPinned(ctx, sp, sub, false, pins)
+		ans, rev, err := r.readSpanPinned(ctx, sp, sub, false, sr)
 		if err != nil {
 			return rangeAnswer{}, err
 		}
@@ -273,45 +273,52 @@ func (r *Router) mergeSorted(ctx context.Context, req *pb.RangeRequest, spans []
 	return rangeAnswer{resp: out, reads: reads}, nil
 }
 
-// readSpanPinned is readSpan of sp's part, at its pin when pins are given
-// (a serializable read of several ranges read again).
-func (r *Router) readSpanPinned(ctx context.Context, sp span, req *pb.RangeRequest, wire bool, pins serialPins) (rangeAnswer, int64, error) {
-	if pins != nil {
-		pin, ok := pins.at(sp.key)
-		if !ok {
+// readSpanPinned is readSpan of sp's part, with its replica's state when
+// sr asks, or at its pin when sr has pins (a serializable read of several
+// ranges read again), which is then the revision the answer is good for.
+func (r *Router) readSpanPinned(ctx context.Context, sp span, req *pb.RangeRequest, wire bool, sr serialRead) (rangeAnswer, int64, error) {
+	var pin int64
+	if sr.pins != nil {
+		var ok bool
+		if pin, ok = sr.pins.at(sp.key); !ok {
 			return rangeAnswer{}, 0, fmt.Errorf("%w: no revision for the part from %q", errSerialAgain, sp.key)
 		}
 		req = proto.CloneOf(req)
 		req.Revision = pin
 	}
-	ans, rev, err := r.readSpan(ctx, sp.rng, req, wire)
-	if err == nil && req.Serializable {
-		for i := range ans.reads {
-			ans.reads[i].key, ans.reads[i].end = sp.key, sp.end
-		}
+	ans, rev, err := r.readSpan(ctx, sp.rng, req, wire, sr.states)
+	if err != nil {
+		return ans, rev, err
 	}
-	return ans, rev, err
+	if pin != 0 {
+		rev = pin
+	}
+	for i := range ans.reads {
+		ans.reads[i].key, ans.reads[i].end = sp.key, sp.end
+	}
+	return ans, rev, nil
 }
 
 // readSpan reads one range's part of a Range (in wire format when wire is
 // set): locally as it is for a serializable read, otherwise at req.Revision
 // (0: the current revision) after the range leader's fence (here, or through
 // FenceRange or KV.Range on the leader's node). It returns the revision the
-// answer is good for.
-func (r *Router) readSpan(ctx context.Context, rng Range, req *pb.RangeRequest, wire bool) (rangeAnswer, int64, error) {
+// answer is good for; with states, a serializable read's answer has the
+// replica's SerialReadState (serial.go).
+func (r *Router) readSpan(ctx context.Context, rng Range, req *pb.RangeRequest, wire, states bool) (rangeAnswer, int64, error) {
 	if m, ok := rng.(*remoteRange); ok {
 		var (
 			resp *pb.RangeResponse
 			md   metadata.MD
 		)
 		err := r.onReplica(ctx, m, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
-			resp, md, err = rangeOn(ctx, cc, req)
+			resp, md, err = rangeOn(ctx, cc, req, states)
 			return err
 		})
 		if err != nil {
 			return rangeAnswer{}, 0, err
 		}
-		return relayedAnswer(rng.RangeID(), req, resp, md, wire)
+		return relayedAnswer(rng.RangeID(), req, resp, md, wire, states)
 	}
 	type viewAnswer struct {
 		ans rangeAnswer
@@ -339,12 +346,8 @@ func (r *Router) readSpan(ctx context.Context, rng Range, req *pb.RangeRequest, 
 			if err != nil {
 				return nil, err
 			}
-			if !req.Serializable {
-				return viewAnswer{ans, v.Revision()}, nil
-			}
-			ans.reads = []spanRead{{state: viewSerialState(rangeID, v)}}
-			if req.Revision != 0 {
-				return viewAnswer{ans, req.Revision}, nil
+			if states {
+				ans.reads = []spanRead{{state: viewSerialState(rangeID, v)}}
 			}
 			return viewAnswer{ans, v.Revision()}, nil
 		}
@@ -365,7 +368,7 @@ func (r *Router) readSpan(ctx context.Context, rng Range, req *pb.RangeRequest, 
 	}
 	var md metadata.MD
 	resp, ferr, ok := forward(r, ctx, err, func(ctx context.Context, cc *grpc.ClientConn) (resp *pb.RangeResponse, err error) {
-		resp, md, err = rangeOn(ctx, cc, req)
+		resp, md, err = rangeOn(ctx, cc, req, states)
 		return resp, err
 	})
 	if !ok {
@@ -374,13 +377,13 @@ func (r *Router) readSpan(ctx context.Context, rng Range, req *pb.RangeRequest, 
 	if ferr != nil {
 		return rangeAnswer{}, 0, ferr
 	}
-	return relayedAnswer(rangeID, req, resp, md, wire)
+	return relayedAnswer(rangeID, req, resp, md, wire, states)
 }
 
-// rangeOn sends one range's part of a Range to another node; a
-// serializable read asks for the replica's state too (serial.go).
-func rangeOn(ctx context.Context, cc *grpc.ClientConn, req *pb.RangeRequest) (*pb.RangeResponse, metadata.MD, error) {
-	if !req.Serializable {
+// rangeOn sends one range's part of a Range to another node, with states
+// asking for the replica's state too (serial.go).
+func rangeOn(ctx context.Context, cc *grpc.ClientConn, req *pb.RangeRequest, states bool) (*pb.RangeResponse, metadata.MD, error) {
+	if !states {
 		resp, err := pb.NewKVClient(cc).Range(ctx, req)
 		return resp, nil, err
 	}
@@ -391,14 +394,14 @@ func rangeOn(ctx context.Context, cc *grpc.ClientConn, req *pb.RangeRequest) (*p
 
 // relayedAnswer is another node's answer to one part of a Range of range
 // rangeID as readSpan returns it, with the revision it is good for; md is
-// the answer's header.
-func relayedAnswer(rangeID uint64, req *pb.RangeRequest, resp *pb.RangeResponse, md metadata.MD, wire bool) (rangeAnswer, int64, error) {
+// the answer's header, which has the replica's state when states asked.
+func relayedAnswer(rangeID uint64, req *pb.RangeRequest, resp *pb.RangeResponse, md metadata.MD, wire, states bool) (rangeAnswer, int64, error) {
 	rev := req.Revision
 	if rev == 0 {
 		rev = resp.GetHeader().GetRevision()
 	}
 	ans := rangeAnswer{resp: resp}
-	if req.Serializable {
+	if states {
 		state, err := relayedSerialState(rangeID, md)
 		if err != nil {
 			return rangeAnswer{}, 0, err

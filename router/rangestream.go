@@ -125,16 +125,12 @@ func (r *Router) serialProbe(ctx context.Context, req *pb.RangeRequest) (serialP
 		for _, sp := range spans {
 			probe := &pb.RangeRequest{Key: sp.key, Serializable: true, KeysOnly: true}
 			var ans rangeAnswer
-			if ans, _, err = r.readSpanPinned(ctx, sp, probe, false, nil); err != nil {
+			if ans, _, err = r.readSpanPinned(ctx, sp, probe, false, serialRead{states: true}); err != nil {
 				break
 			}
 			reads = append(reads, ans.reads...)
 		}
-		if r.reroute(ctx, err, attempt) {
-			continue
-		}
-		if serialAgain(err) && attempt < maxRouteAttempts {
-			r.ranges.Refresh()
+		if r.readAgain(ctx, err, attempt, true) {
 			continue
 		}
 		if err != nil {

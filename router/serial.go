@@ -42,6 +42,35 @@ const (
 // node reading a range for this one read several).
 var errSerialAgain = errors.New("router: serializable read of several ranges must start over")
 
+// serialRead is what a part of a Range collects or is read at for a
+// serializable read of several ranges: the replica's state (states), or,
+// read again, the revision its part was pinned at (pins).
+type serialRead struct {
+	states bool
+	pins   serialPins
+}
+
+// serialStateAsked reports whether the node that sent a read asked for the
+// replica's state.
+func serialStateAsked(ctx context.Context) bool {
+	md, _ := metadata.FromIncomingContext(ctx)
+	return len(md.Get(serialStateKey)) > 0
+}
+
+// readAgain reports whether a read starts over after err: a range's bounds
+// changed under it (reroute), or, for a serializable read of several ranges
+// (serial), a replica read again could not serve its pin.
+func (r *Router) readAgain(ctx context.Context, err error, attempt int, serial bool) bool {
+	if r.reroute(ctx, err, attempt) {
+		return true
+	}
+	if serial && serialAgain(err) && attempt < maxRouteAttempts {
+		r.ranges.Refresh()
+		return true
+	}
+	return false
+}
+
 // spanRead is one range's part of a serializable read: the part (in
 // etcd's form) and the state of the replica that read it.
 type spanRead struct {
@@ -138,10 +167,9 @@ func relayedSerialState(rangeID uint64, md metadata.MD) (*tesserapb.SerialReadSt
 }
 
 // sendSerialStates sends the states of a serializable read's parts in the
-// response header when the request asked for them.
+// response header; there are some only when the request asked for them.
 func sendSerialStates(ctx context.Context, reads []spanRead) {
-	md, _ := metadata.FromIncomingContext(ctx)
-	if len(md.Get(serialStateKey)) == 0 {
+	if len(reads) == 0 {
 		return
 	}
 	states := &tesserapb.SerialReadStates{}

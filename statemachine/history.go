@@ -143,15 +143,9 @@ func (h *historyScan) scan(r pebble.Reader, span keySpan) error {
 		var pending *mvccpb.Event
 		for valid && bytes.Equal(dataVersionsPrefix(it.Key()), prefix) {
 			rev := dataKeyRev(it.Key())
-			v, err := it.ValueAndErr()
+			kv, err := storedVersion(it, userKey)
 			if err != nil {
 				return err
-			}
-			var kv *mvccpb.KeyValue
-			if len(v) > 0 {
-				if kv, err = decodeVersion(userKey, v); err != nil {
-					return err
-				}
 			}
 			if pending != nil {
 				pending.PrevKv = kv
