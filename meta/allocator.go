@@ -72,6 +72,15 @@ func (a *Allocator) EndLease() {
 	a.mu.Unlock()
 }
 
+// Reload makes the next batch read the high-water mark again, as in a new
+// term: after a command raised the mark past numbers this leader would
+// hand out next (RestoreCommand).
+func (a *Allocator) Reload() {
+	a.mu.Lock()
+	a.term = 0
+	a.mu.Unlock()
+}
+
 // ConfirmRoundGap is the least time between the starts of two leadership
 // confirmations while they are shared by several batches
 // (rounds.Rounds.MinGap).

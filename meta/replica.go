@@ -120,6 +120,19 @@ func (m *Replica) allocate(ctx context.Context, cmd *tesserapb.MetaCommand) (uin
 	return id, err
 }
 
+// ErrOtherRestore: the cluster records a restore from another snapshot.
+var ErrOtherRestore = errors.New("meta: the cluster was restored from another snapshot")
+
+// RecordRestore records a restore from the snapshot id at revision rev
+// (RestoreCommand), done once every range has it.
+func (m *Replica) RecordRestore(ctx context.Context, id []byte, rev int64, done bool) error {
+	v, err := m.allocate(ctx, &tesserapb.MetaCommand{Op: &tesserapb.MetaCommand_Restore{Restore: &tesserapb.RestoreCommand{SnapshotId: id, Revision: rev, Done: done}}})
+	if err == nil && v == 0 {
+		err = ErrOtherRestore
+	}
+	return err
+}
+
 // Read runs fn on the meta state.
 func (m *Replica) Read(ctx context.Context, linearizable bool, fn func(*tesserapb.MetaState) (any, error)) (any, error) {
 	if !linearizable {

@@ -157,6 +157,14 @@ func applyMeta(st *tesserapb.MetaState, cmd *tesserapb.MetaCommand) uint64 {
 		if swept {
 			st.TxnFloor = max(st.TxnFloor, op.SweepTxnRecords.GetFloor())
 		}
+	case *tesserapb.MetaCommand_Restore:
+		r := op.Restore
+		if cur := st.Restore; cur != nil && !bytes.Equal(cur.SnapshotId, r.GetSnapshotId()) {
+			return 0
+		}
+		st.HighWater = max(st.HighWater, r.GetRevision()+1)
+		done := r.GetDone() || st.Restore.GetDone()
+		st.Restore = &tesserapb.RestoreRecord{SnapshotId: r.GetSnapshotId(), Revision: r.GetRevision(), Done: done}
 	case *tesserapb.MetaCommand_ForgetTxn:
 		f := op.ForgetTxn
 		rec := findTxnRecord(st, f.GetTxnId())

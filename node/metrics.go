@@ -65,8 +65,15 @@ func (s *Node) HandleHTTP(mux *http.ServeMux) {
 	linearizable := healthCheck{"linearizable_read", func(ctx context.Context) error { return s.healthRead(ctx, false) }}
 	// No corruption check runs; etcd's readyz lists it.
 	corruption := healthCheck{"data_corruption", func(context.Context) error { return nil }}
+	// Not ready, but live, while a snapshot is being restored.
+	restored := healthCheck{"snapshot_restored", func(context.Context) error {
+		if s.Restoring() {
+			return ErrRestoring
+		}
+		return nil
+	}}
 	mux.HandleFunc("/livez", serveChecks("livez", serializable))
-	mux.HandleFunc("/readyz", serveChecks("readyz", corruption, serializable, linearizable))
+	mux.HandleFunc("/readyz", serveChecks("readyz", corruption, restored, serializable, linearizable))
 }
 
 // healthRead reads one key, as etcd's checks do.
@@ -128,6 +135,8 @@ func (s *Node) serveHealth(w http.ResponseWriter, r *http.Request) {
 	switch _, hasLeader := s.MetaLeader(); {
 	case s.SpaceExceeded():
 		reason = "ALARM NOSPACE"
+	case s.Restoring():
+		reason = "RESTORING SNAPSHOT"
 	case !hasLeader:
 		reason = "RAFT NO LEADER"
 	case r.URL.Query().Get("serializable") != "true":

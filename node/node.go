@@ -90,6 +90,9 @@ type Node struct {
 
 	// spaceExceeded is true while the store is larger than --quota-backend-bytes.
 	spaceExceeded atomic.Bool
+	// restoring is true while the node waits for a snapshot's restore
+	// (restore.go): it serves no client then.
+	restoring atomic.Bool
 
 	// stopper owns the node's background tasks: Close quiesces it, then
 	// waits for them.
@@ -158,6 +161,7 @@ func (s *Node) Start() error {
 		s.stopper.Stop()
 		return fmt.Errorf("opening store in %s: %w", cfg.DataDir, err)
 	}
+	_ = os.RemoveAll(s.tmpDir()) // snapshots left by a node that stopped while sending them
 	_, statErr := os.Stat(filepath.Join(cfg.DataDir, "raft"))
 	newCluster := errors.Is(statErr, os.ErrNotExist)
 	if err := s.startRaft(); err != nil {
@@ -205,13 +209,31 @@ func (s *Node) Start() error {
 	}
 	s.checkSpace()
 	s.watchSpace()
-	s.startSplitter()
 	s.startHeartbeats()
-	s.startPlacement()
 	s.goTask(s.runDescriptorSync)
 	s.goTask(s.runHoldSweeper)
-	if policy, _ := parseCompaction(cfg.AutoCompactionMode, cfg.AutoCompactionRetention); policy.enabled() {
-		s.goTask(func() { s.runCompactor(policy) })
+	// Splits, placement and compaction reshape ranges: a node restoring a
+	// snapshot starts them once the restore is done.
+	reshape := func() {
+		s.startSplitter()
+		s.startPlacement()
+		if policy, _ := parseCompaction(cfg.AutoCompactionMode, cfg.AutoCompactionRetention); policy.enabled() {
+			s.goTask(func() { s.runCompactor(policy) })
+		}
+	}
+	if id, err := s.preparedRestore(); err != nil {
+		s.Close()
+		return err
+	} else if id != nil {
+		s.restoring.Store(true)
+		s.goTask(func() {
+			if s.restore(id) {
+				s.restoring.Store(false)
+				reshape()
+			}
+		})
+	} else {
+		reshape()
 	}
 	return nil
 }

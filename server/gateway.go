@@ -123,7 +123,13 @@ func handleGateway(mux *http.ServeMux, n *node.Node, m *maintenance, c *cluster)
 	r := n.Router()
 	handle := func(h http.HandlerFunc, paths ...string) {
 		for _, p := range paths {
-			mux.Handle(p, h)
+			mux.HandleFunc(p, func(w http.ResponseWriter, r *http.Request) {
+				if n.Restoring() && p != "/v3/maintenance/status" && p != "/v3/cluster/member/list" {
+					writeGatewayError(w, errRestoring, 0)
+					return
+				}
+				h(w, r)
+			})
 		}
 	}
 	handle(unary(func() *pb.RangeRequest { return &pb.RangeRequest{} }, r.Range), "/v3/kv/range")

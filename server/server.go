@@ -10,12 +10,15 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 
 	"github.com/tesserakv/tessera/internal/wirecodec"
 	"github.com/tesserakv/tessera/node"
@@ -91,6 +94,18 @@ func Start(cfg Config) (*Server, error) {
 		// Watch events go out encoded once for all the watches they go to,
 		// and Range answers without decoding the stored versions.
 		grpc.ForceServerCodecV2(wirecodec.Codec{}),
+		grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+			if n.Restoring() && !servesWhileRestoring(info.FullMethod) {
+				return nil, errRestoring
+			}
+			return handler(ctx, req)
+		}),
+		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+			if n.Restoring() && !servesWhileRestoring(info.FullMethod) {
+				return errRestoring
+			}
+			return handler(srv, ss)
+		}),
 	)
 	registerKV(s.grpc, n.Router())
 	pb.RegisterLeaseServer(s.grpc, n.Router())
@@ -121,6 +136,16 @@ func Start(cfg Config) (*Server, error) {
 	}
 	s.log.Info("tessera serving", "name", cfg.Name, "replica", n.ID(), "clients", cfg.ListenClientURLs, "data-dir", cfg.DataDir)
 	return s, nil
+}
+
+// errRestoring answers clients while the node restores a snapshot.
+var errRestoring = status.Error(codes.Unavailable, node.ErrRestoring.Error())
+
+// servesWhileRestoring reports whether a node restoring a snapshot
+// answers the gRPC method: the other nodes' calls, Status and MemberList.
+func servesWhileRestoring(fullMethod string) bool {
+	return strings.HasPrefix(fullMethod, "/tesserapb.Internal/") ||
+		fullMethod == "/etcdserverpb.Maintenance/Status" || fullMethod == "/etcdserverpb.Cluster/MemberList"
 }
 
 // hostPort is host:port of a URL that Config.Validate accepted.

@@ -16,8 +16,8 @@ import (
 // APIVersion is the etcd API level Tessera implements (node.APIVersion).
 const APIVersion = node.APIVersion
 
-// maintenance serves etcd's Maintenance service; Snapshot and Downgrade
-// answer Unimplemented.
+// maintenance serves etcd's Maintenance service; Downgrade answers
+// Unimplemented.
 type maintenance struct {
 	pb.UnimplementedMaintenanceServer
 	n *node.Node
@@ -65,8 +65,11 @@ func (m *maintenance) HashKV(ctx context.Context, req *pb.HashKVRequest) (*pb.Ha
 	return m.n.HashKV(ctx, req.Revision)
 }
 
-func (m *maintenance) Snapshot(*pb.SnapshotRequest, pb.Maintenance_SnapshotServer) error {
-	return status.Error(codes.Unimplemented, "tessera: snapshot is not implemented yet")
+// Snapshot streams an etcd v3 snapshot of the keyspace at one revision
+// (node.Snapshot), which `etcdctl snapshot save` stores and `tessera ctl
+// restore` or `etcdutl snapshot restore` restore.
+func (m *maintenance) Snapshot(_ *pb.SnapshotRequest, srv pb.Maintenance_SnapshotServer) error {
+	return router.ToGRPC(m.n.Snapshot(srv.Context(), srv.Send))
 }
 
 // MoveLeader moves the meta range's leadership, and that of the ranges the

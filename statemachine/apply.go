@@ -137,6 +137,11 @@ func (a *applier) apply(cmd *tesserapb.Command) (response []byte, err error) {
 			return nil, errorf(ErrInvalidCommand, "txn abort with revision %d", rev)
 		}
 		a.applyTxnAbort(op.TxnAbort)
+	case *tesserapb.Command_Ingest:
+		if rev != 0 {
+			return nil, errorf(ErrInvalidCommand, "ingest with revision %d", rev)
+		}
+		err = a.applyIngest(op.Ingest)
 	case *tesserapb.Command_Batch:
 		return nil, errorf(ErrInvalidCommand, "batch inside a batch")
 	case *tesserapb.Command_Split:

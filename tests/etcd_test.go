@@ -49,18 +49,45 @@ func findOrBuildEtcd() (string, error) {
 	if bin := os.Getenv("TESSERA_ETCD"); bin != "" {
 		return bin, checkEtcdVersion(bin)
 	}
+	bin, err := findOrBuildEtcdTool("etcd", "go.etcd.io/etcd/server/v3")
+	if err != nil {
+		return "", err
+	}
+	return bin, checkEtcdVersion(bin)
+}
+
+var (
+	etcdutlOnce sync.Once
+	etcdutlPath string
+	etcdutlErr  error
+)
+
+// etcdutlBinary returns etcdutl of etcdVersion, built and cached as
+// etcdServerBinary's etcd is.
+func etcdutlBinary(t *testing.T) string {
+	t.Helper()
+	etcdutlOnce.Do(func() { etcdutlPath, etcdutlErr = findOrBuildEtcdTool("etcdutl", "go.etcd.io/etcd/etcdutl/v3") })
+	if etcdutlErr != nil {
+		t.Fatal(etcdutlErr)
+	}
+	return etcdutlPath
+}
+
+// findOrBuildEtcdTool returns the binary name of etcd's module at
+// etcdVersion from the cache, building it there first when missing.
+func findOrBuildEtcdTool(name, module string) (string, error) {
 	cache := os.Getenv("TESSERA_BENCH_CACHE")
 	if cache == "" {
 		dir, err := os.UserCacheDir()
 		if err != nil {
-			return "", fmt.Errorf("no cache directory for the etcd build (set TESSERA_BENCH_CACHE or TESSERA_ETCD): %w", err)
+			return "", fmt.Errorf("no cache directory for the %s build (set TESSERA_BENCH_CACHE): %w", name, err)
 		}
 		cache = filepath.Join(dir, "tessera-bench")
 	}
 	dir := filepath.Join(cache, "etcd-"+etcdVersion)
-	bin := filepath.Join(dir, "etcd")
+	bin := filepath.Join(dir, name)
 	if _, err := os.Stat(bin); err == nil {
-		return bin, checkEtcdVersion(bin)
+		return bin, nil
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
@@ -76,22 +103,22 @@ func findOrBuildEtcd() (string, error) {
 	if err := os.WriteFile(filepath.Join(src, "go.mod"), []byte(gomod), 0o644); err != nil {
 		return "", err
 	}
-	tmp := filepath.Join(src, "etcd")
+	tmp := filepath.Join(src, name)
 	for _, args := range [][]string{
-		{"get", "go.etcd.io/etcd/server/v3@" + etcdVersion},
-		{"build", "-o", tmp, "go.etcd.io/etcd/server/v3"},
+		{"get", module + "@" + etcdVersion},
+		{"build", "-o", tmp, module},
 	} {
 		cmd := exec.Command("go", args...)
 		cmd.Dir = src
 		cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod -buildvcs=false", "GOWORK=off")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return "", fmt.Errorf("building etcd %s (go %s): %v\n%s", etcdVersion, strings.Join(args, " "), err, out)
+			return "", fmt.Errorf("building %s %s (go %s): %v\n%s", name, etcdVersion, strings.Join(args, " "), err, out)
 		}
 	}
 	if err := os.Rename(tmp, bin); err != nil {
 		return "", err
 	}
-	return bin, checkEtcdVersion(bin)
+	return bin, nil
 }
 
 func checkEtcdVersion(bin string) error {

@@ -28,6 +28,15 @@ Commands:
   split KEY            split the range holding KEY at KEY
   nodes [--json]       list the nodes: id, name, addresses, state, replicas, leaders, disk used
   decommission NODE    move every replica off NODE (its name or ID) before it leaves
+  restore FILE --data-dir DIR
+                       prepare a new member's data directory from an etcd v3 snapshot
+                       file (etcdctl snapshot save's, from etcd or Tessera); every
+                       member of the new cluster is prepared so, member 1 loads it
+  import-etcd-snapshot FILE --data-dir DIR
+                       the same as restore
+  export-etcd-snapshot FILE
+                       save a snapshot of the cluster in etcd's format, which
+                       etcdutl snapshot restore restores into etcd
 
 Flags:
 `
@@ -39,6 +48,8 @@ func runCtl(args []string, stdout, stderr io.Writer) int {
 	endpoints := fs.String("endpoints", "127.0.0.1:2379", "comma-separated gRPC endpoints (host:port or http://host:port)")
 	timeout := fs.Duration("command-timeout", 10*time.Second, "timeout for the command")
 	asJSON := fs.Bool("json", false, "print JSON (ranges, nodes)")
+	dataDir := fs.String("data-dir", "", "the data directory to prepare (restore, import-etcd-snapshot)")
+	skipHashCheck := fs.Bool("skip-hash-check", false, "restore a database file without its trailing hash (copied from a member's data directory)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), ctlUsage)
 		fs.PrintDefaults()
@@ -49,17 +60,40 @@ func runCtl(args []string, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
-	rest := fs.Args()
-	// Flags may follow the command, as in etcdctl (`ranges --json`).
-	if len(rest) > 1 {
-		if err := fs.Parse(rest[1:]); err != nil {
+	// Flags may follow the command and its arguments, as in etcdctl
+	// (`ranges --json`, `restore FILE --data-dir DIR`).
+	var rest []string
+	for args := fs.Args(); len(args) > 0; args = fs.Args() {
+		rest = append(rest, args[0])
+		if err := fs.Parse(args[1:]); err != nil {
 			return 2
 		}
-		rest = append(rest[:1], fs.Args()...)
 	}
 	if len(rest) == 0 {
 		fs.Usage()
 		return 2
+	}
+	switch rest[0] {
+	case "restore", "import-etcd-snapshot":
+		if err := runRestore(rest[1:], *dataDir, *skipHashCheck, stdout); err != nil {
+			fmt.Fprintf(stderr, "Error: %v\n", err)
+			return 1
+		}
+		return 0
+	case "export-etcd-snapshot":
+		// A snapshot takes as long as the data takes to read: no timeout
+		// unless one is given.
+		ctx := context.Background()
+		if set := flagSet(fs, "command-timeout"); set {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, *timeout)
+			defer cancel()
+		}
+		if err := runExport(ctx, rest[1:], *endpoints, stdout); err != nil {
+			fmt.Fprintf(stderr, "Error: %v\n", describeErr(err))
+			return 1
+		}
+		return 0
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
@@ -88,6 +122,13 @@ func runCtl(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "Error: %v\n", describeErr(firstErr))
 	return 1
+}
+
+// flagSet reports whether the flag name was given.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 func describeErr(err error) string {

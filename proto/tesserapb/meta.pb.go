@@ -40,6 +40,7 @@ type MetaCommand struct {
 	//	*MetaCommand_DecideTxn
 	//	*MetaCommand_ForgetTxn
 	//	*MetaCommand_SweepTxnRecords
+	//	*MetaCommand_Restore
 	Op            isMetaCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -172,6 +173,15 @@ func (x *MetaCommand) GetSweepTxnRecords() *SweepTxnRecordsCommand {
 	return nil
 }
 
+func (x *MetaCommand) GetRestore() *RestoreCommand {
+	if x != nil {
+		if x, ok := x.Op.(*MetaCommand_Restore); ok {
+			return x.Restore
+		}
+	}
+	return nil
+}
+
 type isMetaCommand_Op interface {
 	isMetaCommand_Op()
 }
@@ -216,6 +226,10 @@ type MetaCommand_SweepTxnRecords struct {
 	SweepTxnRecords *SweepTxnRecordsCommand `protobuf:"bytes,10,opt,name=sweep_txn_records,json=sweepTxnRecords,proto3,oneof"`
 }
 
+type MetaCommand_Restore struct {
+	Restore *RestoreCommand `protobuf:"bytes,11,opt,name=restore,proto3,oneof"`
+}
+
 func (*MetaCommand_SetHighWater) isMetaCommand_Op() {}
 
 func (*MetaCommand_RegisterNode) isMetaCommand_Op() {}
@@ -235,6 +249,133 @@ func (*MetaCommand_DecideTxn) isMetaCommand_Op() {}
 func (*MetaCommand_ForgetTxn) isMetaCommand_Op() {}
 
 func (*MetaCommand_SweepTxnRecords) isMetaCommand_Op() {}
+
+func (*MetaCommand_Restore) isMetaCommand_Op() {}
+
+// RestoreCommand records a new cluster's restore from a snapshot: the first
+// raises the high-water mark above the snapshot's revision, so every
+// revision handed out afterwards is above it; the one with done set tells
+// the members waiting for the restore to serve. A restore of another
+// snapshot than the one recorded is refused (result 0; 1 when applied).
+type RestoreCommand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SnapshotId    []byte                 `protobuf:"bytes,1,opt,name=snapshot_id,json=snapshotId,proto3" json:"snapshot_id,omitempty"`
+	Revision      int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	Done          bool                   `protobuf:"varint,3,opt,name=done,proto3" json:"done,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreCommand) Reset() {
+	*x = RestoreCommand{}
+	mi := &file_tesserapb_meta_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreCommand) ProtoMessage() {}
+
+func (x *RestoreCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreCommand.ProtoReflect.Descriptor instead.
+func (*RestoreCommand) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RestoreCommand) GetSnapshotId() []byte {
+	if x != nil {
+		return x.SnapshotId
+	}
+	return nil
+}
+
+func (x *RestoreCommand) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *RestoreCommand) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
+}
+
+type RestoreRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SnapshotId    []byte                 `protobuf:"bytes,1,opt,name=snapshot_id,json=snapshotId,proto3" json:"snapshot_id,omitempty"`
+	Revision      int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	Done          bool                   `protobuf:"varint,3,opt,name=done,proto3" json:"done,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreRecord) Reset() {
+	*x = RestoreRecord{}
+	mi := &file_tesserapb_meta_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreRecord) ProtoMessage() {}
+
+func (x *RestoreRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreRecord.ProtoReflect.Descriptor instead.
+func (*RestoreRecord) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RestoreRecord) GetSnapshotId() []byte {
+	if x != nil {
+		return x.SnapshotId
+	}
+	return nil
+}
+
+func (x *RestoreRecord) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *RestoreRecord) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
+}
 
 // DecideTxnCommand records the outcome of a write spanning ranges
 // (docs/design.md, "Writes spanning ranges"): its coordinator records the
@@ -263,7 +404,7 @@ type DecideTxnCommand struct {
 
 func (x *DecideTxnCommand) Reset() {
 	*x = DecideTxnCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[1]
+	mi := &file_tesserapb_meta_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -275,7 +416,7 @@ func (x *DecideTxnCommand) String() string {
 func (*DecideTxnCommand) ProtoMessage() {}
 
 func (x *DecideTxnCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[1]
+	mi := &file_tesserapb_meta_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -288,7 +429,7 @@ func (x *DecideTxnCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecideTxnCommand.ProtoReflect.Descriptor instead.
 func (*DecideTxnCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{1}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *DecideTxnCommand) GetTxnId() []byte {
@@ -349,7 +490,7 @@ type SweepTxnRecordsCommand struct {
 
 func (x *SweepTxnRecordsCommand) Reset() {
 	*x = SweepTxnRecordsCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[2]
+	mi := &file_tesserapb_meta_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -361,7 +502,7 @@ func (x *SweepTxnRecordsCommand) String() string {
 func (*SweepTxnRecordsCommand) ProtoMessage() {}
 
 func (x *SweepTxnRecordsCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[2]
+	mi := &file_tesserapb_meta_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -374,7 +515,7 @@ func (x *SweepTxnRecordsCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SweepTxnRecordsCommand.ProtoReflect.Descriptor instead.
 func (*SweepTxnRecordsCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{2}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SweepTxnRecordsCommand) GetFloor() int64 {
@@ -398,7 +539,7 @@ type ForgetTxnCommand struct {
 
 func (x *ForgetTxnCommand) Reset() {
 	*x = ForgetTxnCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[3]
+	mi := &file_tesserapb_meta_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -410,7 +551,7 @@ func (x *ForgetTxnCommand) String() string {
 func (*ForgetTxnCommand) ProtoMessage() {}
 
 func (x *ForgetTxnCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[3]
+	mi := &file_tesserapb_meta_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -423,7 +564,7 @@ func (x *ForgetTxnCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetTxnCommand.ProtoReflect.Descriptor instead.
 func (*ForgetTxnCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{3}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ForgetTxnCommand) GetTxnId() []byte {
@@ -460,7 +601,7 @@ type TxnRecord struct {
 
 func (x *TxnRecord) Reset() {
 	*x = TxnRecord{}
-	mi := &file_tesserapb_meta_proto_msgTypes[4]
+	mi := &file_tesserapb_meta_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -472,7 +613,7 @@ func (x *TxnRecord) String() string {
 func (*TxnRecord) ProtoMessage() {}
 
 func (x *TxnRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[4]
+	mi := &file_tesserapb_meta_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -485,7 +626,7 @@ func (x *TxnRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnRecord.ProtoReflect.Descriptor instead.
 func (*TxnRecord) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{4}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TxnRecord) GetTxnId() []byte {
@@ -548,7 +689,7 @@ type RemoveNodeCommand struct {
 
 func (x *RemoveNodeCommand) Reset() {
 	*x = RemoveNodeCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[5]
+	mi := &file_tesserapb_meta_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -560,7 +701,7 @@ func (x *RemoveNodeCommand) String() string {
 func (*RemoveNodeCommand) ProtoMessage() {}
 
 func (x *RemoveNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[5]
+	mi := &file_tesserapb_meta_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -573,7 +714,7 @@ func (x *RemoveNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeCommand.ProtoReflect.Descriptor instead.
 func (*RemoveNodeCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{5}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RemoveNodeCommand) GetNodeId() uint64 {
@@ -595,7 +736,7 @@ type AllocateNodeIdCommand struct {
 
 func (x *AllocateNodeIdCommand) Reset() {
 	*x = AllocateNodeIdCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[6]
+	mi := &file_tesserapb_meta_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -607,7 +748,7 @@ func (x *AllocateNodeIdCommand) String() string {
 func (*AllocateNodeIdCommand) ProtoMessage() {}
 
 func (x *AllocateNodeIdCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[6]
+	mi := &file_tesserapb_meta_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -620,7 +761,7 @@ func (x *AllocateNodeIdCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateNodeIdCommand.ProtoReflect.Descriptor instead.
 func (*AllocateNodeIdCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{6}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AllocateNodeIdCommand) GetMinId() uint64 {
@@ -642,7 +783,7 @@ type SetDecommissioningCommand struct {
 
 func (x *SetDecommissioningCommand) Reset() {
 	*x = SetDecommissioningCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[7]
+	mi := &file_tesserapb_meta_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -654,7 +795,7 @@ func (x *SetDecommissioningCommand) String() string {
 func (*SetDecommissioningCommand) ProtoMessage() {}
 
 func (x *SetDecommissioningCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[7]
+	mi := &file_tesserapb_meta_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -667,7 +808,7 @@ func (x *SetDecommissioningCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDecommissioningCommand.ProtoReflect.Descriptor instead.
 func (*SetDecommissioningCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{7}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SetDecommissioningCommand) GetNodeId() uint64 {
@@ -693,7 +834,7 @@ type AllocateRangeIdCommand struct {
 
 func (x *AllocateRangeIdCommand) Reset() {
 	*x = AllocateRangeIdCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	mi := &file_tesserapb_meta_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -705,7 +846,7 @@ func (x *AllocateRangeIdCommand) String() string {
 func (*AllocateRangeIdCommand) ProtoMessage() {}
 
 func (x *AllocateRangeIdCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	mi := &file_tesserapb_meta_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -718,7 +859,7 @@ func (x *AllocateRangeIdCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateRangeIdCommand.ProtoReflect.Descriptor instead.
 func (*AllocateRangeIdCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{8}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{10}
 }
 
 // SetHighWaterCommand raises the oracle's high-water mark: no revision at or
@@ -732,7 +873,7 @@ type SetHighWaterCommand struct {
 
 func (x *SetHighWaterCommand) Reset() {
 	*x = SetHighWaterCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	mi := &file_tesserapb_meta_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -744,7 +885,7 @@ func (x *SetHighWaterCommand) String() string {
 func (*SetHighWaterCommand) ProtoMessage() {}
 
 func (x *SetHighWaterCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	mi := &file_tesserapb_meta_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -757,7 +898,7 @@ func (x *SetHighWaterCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetHighWaterCommand.ProtoReflect.Descriptor instead.
 func (*SetHighWaterCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{9}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SetHighWaterCommand) GetRevision() int64 {
@@ -776,7 +917,7 @@ type RegisterNodeCommand struct {
 
 func (x *RegisterNodeCommand) Reset() {
 	*x = RegisterNodeCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	mi := &file_tesserapb_meta_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -788,7 +929,7 @@ func (x *RegisterNodeCommand) String() string {
 func (*RegisterNodeCommand) ProtoMessage() {}
 
 func (x *RegisterNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	mi := &file_tesserapb_meta_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -801,7 +942,7 @@ func (x *RegisterNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeCommand.ProtoReflect.Descriptor instead.
 func (*RegisterNodeCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{10}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RegisterNodeCommand) GetNode() *NodeInfo {
@@ -823,7 +964,7 @@ type PutRangeCommand struct {
 
 func (x *PutRangeCommand) Reset() {
 	*x = PutRangeCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	mi := &file_tesserapb_meta_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -835,7 +976,7 @@ func (x *PutRangeCommand) String() string {
 func (*PutRangeCommand) ProtoMessage() {}
 
 func (x *PutRangeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	mi := &file_tesserapb_meta_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -848,7 +989,7 @@ func (x *PutRangeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRangeCommand.ProtoReflect.Descriptor instead.
 func (*PutRangeCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{11}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PutRangeCommand) GetRange() *RangeDescriptor {
@@ -874,7 +1015,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -886,7 +1027,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -899,7 +1040,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{12}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *NodeInfo) GetNodeId() uint64 {
@@ -959,7 +1100,7 @@ type RangeDescriptor struct {
 
 func (x *RangeDescriptor) Reset() {
 	*x = RangeDescriptor{}
-	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -971,7 +1112,7 @@ func (x *RangeDescriptor) String() string {
 func (*RangeDescriptor) ProtoMessage() {}
 
 func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -984,7 +1125,7 @@ func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDescriptor.ProtoReflect.Descriptor instead.
 func (*RangeDescriptor) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{13}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RangeDescriptor) GetRangeId() uint64 {
@@ -1044,14 +1185,16 @@ type MetaState struct {
 	TxnRecords []*TxnRecord `protobuf:"bytes,6,rep,name=txn_records,json=txnRecords,proto3" json:"txn_records,omitempty"`
 	// txn_floor: a write whose holds are at or below it can no longer record
 	// a commit (SweepTxnRecordsCommand).
-	TxnFloor      int64 `protobuf:"varint,7,opt,name=txn_floor,json=txnFloor,proto3" json:"txn_floor,omitempty"`
+	TxnFloor int64 `protobuf:"varint,7,opt,name=txn_floor,json=txnFloor,proto3" json:"txn_floor,omitempty"`
+	// restore is set in a cluster restored from a snapshot.
+	Restore       *RestoreRecord `protobuf:"bytes,8,opt,name=restore,proto3" json:"restore,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MetaState) Reset() {
 	*x = MetaState{}
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1063,7 +1206,7 @@ func (x *MetaState) String() string {
 func (*MetaState) ProtoMessage() {}
 
 func (x *MetaState) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1076,7 +1219,7 @@ func (x *MetaState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaState.ProtoReflect.Descriptor instead.
 func (*MetaState) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *MetaState) GetHighWater() int64 {
@@ -1128,6 +1271,13 @@ func (x *MetaState) GetTxnFloor() int64 {
 	return 0
 }
 
+func (x *MetaState) GetRestore() *RestoreRecord {
+	if x != nil {
+		return x.Restore
+	}
+	return nil
+}
+
 type RestartMetaRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ReplicaId     uint64                 `protobuf:"varint,1,opt,name=replica_id,json=replicaId,proto3" json:"replica_id,omitempty"`
@@ -1137,7 +1287,7 @@ type RestartMetaRequest struct {
 
 func (x *RestartMetaRequest) Reset() {
 	*x = RestartMetaRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1149,7 +1299,7 @@ func (x *RestartMetaRequest) String() string {
 func (*RestartMetaRequest) ProtoMessage() {}
 
 func (x *RestartMetaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1162,7 +1312,7 @@ func (x *RestartMetaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMetaRequest.ProtoReflect.Descriptor instead.
 func (*RestartMetaRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RestartMetaRequest) GetReplicaId() uint64 {
@@ -1180,7 +1330,7 @@ type RestartMetaResponse struct {
 
 func (x *RestartMetaResponse) Reset() {
 	*x = RestartMetaResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1192,7 +1342,7 @@ func (x *RestartMetaResponse) String() string {
 func (*RestartMetaResponse) ProtoMessage() {}
 
 func (x *RestartMetaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1205,7 +1355,7 @@ func (x *RestartMetaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMetaResponse.ProtoReflect.Descriptor instead.
 func (*RestartMetaResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
 }
 
 type JoinClusterRequest struct {
@@ -1219,7 +1369,7 @@ type JoinClusterRequest struct {
 
 func (x *JoinClusterRequest) Reset() {
 	*x = JoinClusterRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1231,7 +1381,7 @@ func (x *JoinClusterRequest) String() string {
 func (*JoinClusterRequest) ProtoMessage() {}
 
 func (x *JoinClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1244,7 +1394,7 @@ func (x *JoinClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinClusterRequest.ProtoReflect.Descriptor instead.
 func (*JoinClusterRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *JoinClusterRequest) GetName() string {
@@ -1280,7 +1430,7 @@ type JoinClusterResponse struct {
 
 func (x *JoinClusterResponse) Reset() {
 	*x = JoinClusterResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1292,7 +1442,7 @@ func (x *JoinClusterResponse) String() string {
 func (*JoinClusterResponse) ProtoMessage() {}
 
 func (x *JoinClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1305,7 +1455,7 @@ func (x *JoinClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinClusterResponse.ProtoReflect.Descriptor instead.
 func (*JoinClusterResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *JoinClusterResponse) GetNodeId() uint64 {
@@ -1337,7 +1487,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[19]
+	mi := &file_tesserapb_meta_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1349,7 +1499,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[19]
+	mi := &file_tesserapb_meta_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1362,7 +1512,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{21}
 }
 
 type ListNodesResponse struct {
@@ -1374,7 +1524,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[20]
+	mi := &file_tesserapb_meta_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1386,7 +1536,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[20]
+	mi := &file_tesserapb_meta_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1399,7 +1549,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeStatus {
@@ -1428,7 +1578,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_tesserapb_meta_proto_msgTypes[21]
+	mi := &file_tesserapb_meta_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1440,7 +1590,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[21]
+	mi := &file_tesserapb_meta_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1453,7 +1603,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{21}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *NodeStatus) GetNodeId() uint64 {
@@ -1522,7 +1672,7 @@ type DecommissionRequest struct {
 
 func (x *DecommissionRequest) Reset() {
 	*x = DecommissionRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[22]
+	mi := &file_tesserapb_meta_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1534,7 +1684,7 @@ func (x *DecommissionRequest) String() string {
 func (*DecommissionRequest) ProtoMessage() {}
 
 func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[22]
+	mi := &file_tesserapb_meta_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1547,7 +1697,7 @@ func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionRequest.ProtoReflect.Descriptor instead.
 func (*DecommissionRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{22}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DecommissionRequest) GetNode() string {
@@ -1566,7 +1716,7 @@ type DecommissionResponse struct {
 
 func (x *DecommissionResponse) Reset() {
 	*x = DecommissionResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[23]
+	mi := &file_tesserapb_meta_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1578,7 +1728,7 @@ func (x *DecommissionResponse) String() string {
 func (*DecommissionResponse) ProtoMessage() {}
 
 func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[23]
+	mi := &file_tesserapb_meta_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1591,7 +1741,7 @@ func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionResponse.ProtoReflect.Descriptor instead.
 func (*DecommissionResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{23}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DecommissionResponse) GetNodeId() uint64 {
@@ -1616,7 +1766,7 @@ type NodeHeartbeatRequest struct {
 
 func (x *NodeHeartbeatRequest) Reset() {
 	*x = NodeHeartbeatRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[24]
+	mi := &file_tesserapb_meta_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1628,7 +1778,7 @@ func (x *NodeHeartbeatRequest) String() string {
 func (*NodeHeartbeatRequest) ProtoMessage() {}
 
 func (x *NodeHeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[24]
+	mi := &file_tesserapb_meta_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1641,7 +1791,7 @@ func (x *NodeHeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeHeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*NodeHeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{24}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *NodeHeartbeatRequest) GetNodeId() uint64 {
@@ -1692,7 +1842,7 @@ type RangeLoad struct {
 
 func (x *RangeLoad) Reset() {
 	*x = RangeLoad{}
-	mi := &file_tesserapb_meta_proto_msgTypes[25]
+	mi := &file_tesserapb_meta_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1704,7 +1854,7 @@ func (x *RangeLoad) String() string {
 func (*RangeLoad) ProtoMessage() {}
 
 func (x *RangeLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[25]
+	mi := &file_tesserapb_meta_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1717,7 +1867,7 @@ func (x *RangeLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeLoad.ProtoReflect.Descriptor instead.
 func (*RangeLoad) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{25}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RangeLoad) GetRangeId() uint64 {
@@ -1756,7 +1906,7 @@ type NodeHeartbeatResponse struct {
 
 func (x *NodeHeartbeatResponse) Reset() {
 	*x = NodeHeartbeatResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[26]
+	mi := &file_tesserapb_meta_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1768,7 +1918,7 @@ func (x *NodeHeartbeatResponse) String() string {
 func (*NodeHeartbeatResponse) ProtoMessage() {}
 
 func (x *NodeHeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[26]
+	mi := &file_tesserapb_meta_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1781,7 +1931,7 @@ func (x *NodeHeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeHeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*NodeHeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{26}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{28}
 }
 
 type TransferLeaderRequest struct {
@@ -1794,7 +1944,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[27]
+	mi := &file_tesserapb_meta_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1806,7 +1956,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[27]
+	mi := &file_tesserapb_meta_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1819,7 +1969,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{27}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *TransferLeaderRequest) GetRangeId() uint64 {
@@ -1844,7 +1994,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[28]
+	mi := &file_tesserapb_meta_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1856,7 +2006,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[28]
+	mi := &file_tesserapb_meta_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1869,7 +2019,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{28}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{30}
 }
 
 type RangeHistoryRequest struct {
@@ -1889,7 +2039,7 @@ type RangeHistoryRequest struct {
 
 func (x *RangeHistoryRequest) Reset() {
 	*x = RangeHistoryRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[29]
+	mi := &file_tesserapb_meta_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1901,7 +2051,7 @@ func (x *RangeHistoryRequest) String() string {
 func (*RangeHistoryRequest) ProtoMessage() {}
 
 func (x *RangeHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[29]
+	mi := &file_tesserapb_meta_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1914,7 +2064,7 @@ func (x *RangeHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeHistoryRequest.ProtoReflect.Descriptor instead.
 func (*RangeHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{29}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RangeHistoryRequest) GetRangeId() uint64 {
@@ -1974,7 +2124,7 @@ type RangeHistoryResponse struct {
 
 func (x *RangeHistoryResponse) Reset() {
 	*x = RangeHistoryResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[30]
+	mi := &file_tesserapb_meta_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1986,7 +2136,7 @@ func (x *RangeHistoryResponse) String() string {
 func (*RangeHistoryResponse) ProtoMessage() {}
 
 func (x *RangeHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[30]
+	mi := &file_tesserapb_meta_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1999,7 +2149,7 @@ func (x *RangeHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeHistoryResponse.ProtoReflect.Descriptor instead.
 func (*RangeHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{30}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RangeHistoryResponse) GetEvents() [][]byte {
@@ -2032,7 +2182,7 @@ type RangeStartedRequest struct {
 
 func (x *RangeStartedRequest) Reset() {
 	*x = RangeStartedRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[31]
+	mi := &file_tesserapb_meta_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2044,7 +2194,7 @@ func (x *RangeStartedRequest) String() string {
 func (*RangeStartedRequest) ProtoMessage() {}
 
 func (x *RangeStartedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[31]
+	mi := &file_tesserapb_meta_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2057,7 +2207,7 @@ func (x *RangeStartedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeStartedRequest.ProtoReflect.Descriptor instead.
 func (*RangeStartedRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{31}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RangeStartedRequest) GetRangeId() uint64 {
@@ -2084,7 +2234,7 @@ type RangeStartedResponse struct {
 
 func (x *RangeStartedResponse) Reset() {
 	*x = RangeStartedResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[32]
+	mi := &file_tesserapb_meta_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2096,7 +2246,7 @@ func (x *RangeStartedResponse) String() string {
 func (*RangeStartedResponse) ProtoMessage() {}
 
 func (x *RangeStartedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[32]
+	mi := &file_tesserapb_meta_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2109,7 +2259,7 @@ func (x *RangeStartedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeStartedResponse.ProtoReflect.Descriptor instead.
 func (*RangeStartedResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{32}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RangeStartedResponse) GetStarted() bool {
@@ -2159,7 +2309,7 @@ type ChangeReplicasRequest struct {
 
 func (x *ChangeReplicasRequest) Reset() {
 	*x = ChangeReplicasRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[33]
+	mi := &file_tesserapb_meta_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2171,7 +2321,7 @@ func (x *ChangeReplicasRequest) String() string {
 func (*ChangeReplicasRequest) ProtoMessage() {}
 
 func (x *ChangeReplicasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[33]
+	mi := &file_tesserapb_meta_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2184,7 +2334,7 @@ func (x *ChangeReplicasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeReplicasRequest.ProtoReflect.Descriptor instead.
 func (*ChangeReplicasRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{33}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ChangeReplicasRequest) GetRangeId() uint64 {
@@ -2224,7 +2374,7 @@ type ChangeReplicasResponse struct {
 
 func (x *ChangeReplicasResponse) Reset() {
 	*x = ChangeReplicasResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[34]
+	mi := &file_tesserapb_meta_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2236,7 +2386,7 @@ func (x *ChangeReplicasResponse) String() string {
 func (*ChangeReplicasResponse) ProtoMessage() {}
 
 func (x *ChangeReplicasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[34]
+	mi := &file_tesserapb_meta_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2249,7 +2399,7 @@ func (x *ChangeReplicasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeReplicasResponse.ProtoReflect.Descriptor instead.
 func (*ChangeReplicasResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{34}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ChangeReplicasResponse) GetRange() *RangeDescriptor {
@@ -2270,7 +2420,7 @@ type StartReplicaRequest struct {
 
 func (x *StartReplicaRequest) Reset() {
 	*x = StartReplicaRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[35]
+	mi := &file_tesserapb_meta_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2282,7 +2432,7 @@ func (x *StartReplicaRequest) String() string {
 func (*StartReplicaRequest) ProtoMessage() {}
 
 func (x *StartReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[35]
+	mi := &file_tesserapb_meta_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2295,7 +2445,7 @@ func (x *StartReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartReplicaRequest.ProtoReflect.Descriptor instead.
 func (*StartReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{35}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *StartReplicaRequest) GetRangeId() uint64 {
@@ -2320,7 +2470,7 @@ type StartReplicaResponse struct {
 
 func (x *StartReplicaResponse) Reset() {
 	*x = StartReplicaResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[36]
+	mi := &file_tesserapb_meta_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2332,7 +2482,7 @@ func (x *StartReplicaResponse) String() string {
 func (*StartReplicaResponse) ProtoMessage() {}
 
 func (x *StartReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[36]
+	mi := &file_tesserapb_meta_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2345,7 +2495,7 @@ func (x *StartReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartReplicaResponse.ProtoReflect.Descriptor instead.
 func (*StartReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{36}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{38}
 }
 
 type RemoveReplicaRequest struct {
@@ -2357,7 +2507,7 @@ type RemoveReplicaRequest struct {
 
 func (x *RemoveReplicaRequest) Reset() {
 	*x = RemoveReplicaRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[37]
+	mi := &file_tesserapb_meta_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2369,7 +2519,7 @@ func (x *RemoveReplicaRequest) String() string {
 func (*RemoveReplicaRequest) ProtoMessage() {}
 
 func (x *RemoveReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[37]
+	mi := &file_tesserapb_meta_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2382,7 +2532,7 @@ func (x *RemoveReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReplicaRequest.ProtoReflect.Descriptor instead.
 func (*RemoveReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{37}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RemoveReplicaRequest) GetRangeId() uint64 {
@@ -2400,7 +2550,7 @@ type RemoveReplicaResponse struct {
 
 func (x *RemoveReplicaResponse) Reset() {
 	*x = RemoveReplicaResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[38]
+	mi := &file_tesserapb_meta_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2412,7 +2562,7 @@ func (x *RemoveReplicaResponse) String() string {
 func (*RemoveReplicaResponse) ProtoMessage() {}
 
 func (x *RemoveReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[38]
+	mi := &file_tesserapb_meta_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2425,7 +2575,7 @@ func (x *RemoveReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReplicaResponse.ProtoReflect.Descriptor instead.
 func (*RemoveReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{38}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{40}
 }
 
 type CampaignRangeRequest struct {
@@ -2437,7 +2587,7 @@ type CampaignRangeRequest struct {
 
 func (x *CampaignRangeRequest) Reset() {
 	*x = CampaignRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[39]
+	mi := &file_tesserapb_meta_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2449,7 +2599,7 @@ func (x *CampaignRangeRequest) String() string {
 func (*CampaignRangeRequest) ProtoMessage() {}
 
 func (x *CampaignRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[39]
+	mi := &file_tesserapb_meta_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2462,7 +2612,7 @@ func (x *CampaignRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRangeRequest.ProtoReflect.Descriptor instead.
 func (*CampaignRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{39}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CampaignRangeRequest) GetRangeId() uint64 {
@@ -2480,7 +2630,7 @@ type CampaignRangeResponse struct {
 
 func (x *CampaignRangeResponse) Reset() {
 	*x = CampaignRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[40]
+	mi := &file_tesserapb_meta_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2492,7 +2642,7 @@ func (x *CampaignRangeResponse) String() string {
 func (*CampaignRangeResponse) ProtoMessage() {}
 
 func (x *CampaignRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[40]
+	mi := &file_tesserapb_meta_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2505,7 +2655,7 @@ func (x *CampaignRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRangeResponse.ProtoReflect.Descriptor instead.
 func (*CampaignRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{40}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{42}
 }
 
 type RangeWriteRequest struct {
@@ -2524,7 +2674,7 @@ type RangeWriteRequest struct {
 
 func (x *RangeWriteRequest) Reset() {
 	*x = RangeWriteRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[41]
+	mi := &file_tesserapb_meta_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2536,7 +2686,7 @@ func (x *RangeWriteRequest) String() string {
 func (*RangeWriteRequest) ProtoMessage() {}
 
 func (x *RangeWriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[41]
+	mi := &file_tesserapb_meta_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2549,7 +2699,7 @@ func (x *RangeWriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteRequest.ProtoReflect.Descriptor instead.
 func (*RangeWriteRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{41}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RangeWriteRequest) GetRangeId() uint64 {
@@ -2589,7 +2739,7 @@ type RangeWriteResponse struct {
 
 func (x *RangeWriteResponse) Reset() {
 	*x = RangeWriteResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[42]
+	mi := &file_tesserapb_meta_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2601,7 +2751,7 @@ func (x *RangeWriteResponse) String() string {
 func (*RangeWriteResponse) ProtoMessage() {}
 
 func (x *RangeWriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[42]
+	mi := &file_tesserapb_meta_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2614,7 +2764,7 @@ func (x *RangeWriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteResponse.ProtoReflect.Descriptor instead.
 func (*RangeWriteResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{42}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RangeWriteResponse) GetResult() *Result {
@@ -2644,7 +2794,7 @@ type RangeFeedRequest struct {
 
 func (x *RangeFeedRequest) Reset() {
 	*x = RangeFeedRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[43]
+	mi := &file_tesserapb_meta_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2656,7 +2806,7 @@ func (x *RangeFeedRequest) String() string {
 func (*RangeFeedRequest) ProtoMessage() {}
 
 func (x *RangeFeedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[43]
+	mi := &file_tesserapb_meta_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2669,7 +2819,7 @@ func (x *RangeFeedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeFeedRequest.ProtoReflect.Descriptor instead.
 func (*RangeFeedRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{43}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RangeFeedRequest) GetRangeId() uint64 {
@@ -2723,7 +2873,7 @@ type RangeFeedResponse struct {
 
 func (x *RangeFeedResponse) Reset() {
 	*x = RangeFeedResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[44]
+	mi := &file_tesserapb_meta_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2735,7 +2885,7 @@ func (x *RangeFeedResponse) String() string {
 func (*RangeFeedResponse) ProtoMessage() {}
 
 func (x *RangeFeedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[44]
+	mi := &file_tesserapb_meta_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2748,7 +2898,7 @@ func (x *RangeFeedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeFeedResponse.ProtoReflect.Descriptor instead.
 func (*RangeFeedResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{44}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RangeFeedResponse) GetEvents() [][]byte {
@@ -2786,7 +2936,7 @@ type RangeWriteStreamRequest struct {
 
 func (x *RangeWriteStreamRequest) Reset() {
 	*x = RangeWriteStreamRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[45]
+	mi := &file_tesserapb_meta_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2798,7 +2948,7 @@ func (x *RangeWriteStreamRequest) String() string {
 func (*RangeWriteStreamRequest) ProtoMessage() {}
 
 func (x *RangeWriteStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[45]
+	mi := &file_tesserapb_meta_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2811,7 +2961,7 @@ func (x *RangeWriteStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteStreamRequest.ProtoReflect.Descriptor instead.
 func (*RangeWriteStreamRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{45}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RangeWriteStreamRequest) GetSeq() uint64 {
@@ -2852,7 +3002,7 @@ type RangeWriteStreamResponse struct {
 
 func (x *RangeWriteStreamResponse) Reset() {
 	*x = RangeWriteStreamResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[46]
+	mi := &file_tesserapb_meta_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2864,7 +3014,7 @@ func (x *RangeWriteStreamResponse) String() string {
 func (*RangeWriteStreamResponse) ProtoMessage() {}
 
 func (x *RangeWriteStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[46]
+	mi := &file_tesserapb_meta_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2877,7 +3027,7 @@ func (x *RangeWriteStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteStreamResponse.ProtoReflect.Descriptor instead.
 func (*RangeWriteStreamResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{46}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RangeWriteStreamResponse) GetSeq() uint64 {
@@ -2928,7 +3078,7 @@ type NotLeader struct {
 
 func (x *NotLeader) Reset() {
 	*x = NotLeader{}
-	mi := &file_tesserapb_meta_proto_msgTypes[47]
+	mi := &file_tesserapb_meta_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2940,7 +3090,7 @@ func (x *NotLeader) String() string {
 func (*NotLeader) ProtoMessage() {}
 
 func (x *NotLeader) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[47]
+	mi := &file_tesserapb_meta_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2953,7 +3103,7 @@ func (x *NotLeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotLeader.ProtoReflect.Descriptor instead.
 func (*NotLeader) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{47}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *NotLeader) GetLeaderReplicaId() uint64 {
@@ -2977,7 +3127,7 @@ type FenceRangeRequest struct {
 
 func (x *FenceRangeRequest) Reset() {
 	*x = FenceRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[48]
+	mi := &file_tesserapb_meta_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2989,7 +3139,7 @@ func (x *FenceRangeRequest) String() string {
 func (*FenceRangeRequest) ProtoMessage() {}
 
 func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[48]
+	mi := &file_tesserapb_meta_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3002,7 +3152,7 @@ func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeRequest.ProtoReflect.Descriptor instead.
 func (*FenceRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{48}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *FenceRangeRequest) GetRangeId() uint64 {
@@ -3037,7 +3187,7 @@ type FenceRangeResponse struct {
 
 func (x *FenceRangeResponse) Reset() {
 	*x = FenceRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[49]
+	mi := &file_tesserapb_meta_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3049,7 +3199,7 @@ func (x *FenceRangeResponse) String() string {
 func (*FenceRangeResponse) ProtoMessage() {}
 
 func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[49]
+	mi := &file_tesserapb_meta_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3062,7 +3212,7 @@ func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeResponse.ProtoReflect.Descriptor instead.
 func (*FenceRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{49}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *FenceRangeResponse) GetAppliedIndex() uint64 {
@@ -3088,7 +3238,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[50]
+	mi := &file_tesserapb_meta_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3100,7 +3250,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[50]
+	mi := &file_tesserapb_meta_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3113,7 +3263,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{50}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *SplitRangeRequest) GetSplitKey() []byte {
@@ -3133,7 +3283,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[51]
+	mi := &file_tesserapb_meta_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3145,7 +3295,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[51]
+	mi := &file_tesserapb_meta_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3158,7 +3308,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{51}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *SplitRangeResponse) GetLeft() *RangeInfo {
@@ -3183,7 +3333,7 @@ type ListRangesRequest struct {
 
 func (x *ListRangesRequest) Reset() {
 	*x = ListRangesRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[52]
+	mi := &file_tesserapb_meta_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3195,7 +3345,7 @@ func (x *ListRangesRequest) String() string {
 func (*ListRangesRequest) ProtoMessage() {}
 
 func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[52]
+	mi := &file_tesserapb_meta_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3208,7 +3358,7 @@ func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesRequest.ProtoReflect.Descriptor instead.
 func (*ListRangesRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{52}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{54}
 }
 
 type ListRangesResponse struct {
@@ -3220,7 +3370,7 @@ type ListRangesResponse struct {
 
 func (x *ListRangesResponse) Reset() {
 	*x = ListRangesResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[53]
+	mi := &file_tesserapb_meta_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3232,7 +3382,7 @@ func (x *ListRangesResponse) String() string {
 func (*ListRangesResponse) ProtoMessage() {}
 
 func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[53]
+	mi := &file_tesserapb_meta_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3245,7 +3395,7 @@ func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesResponse.ProtoReflect.Descriptor instead.
 func (*ListRangesResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{53}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ListRangesResponse) GetRanges() []*RangeInfo {
@@ -3272,7 +3422,7 @@ type RangeInfo struct {
 
 func (x *RangeInfo) Reset() {
 	*x = RangeInfo{}
-	mi := &file_tesserapb_meta_proto_msgTypes[54]
+	mi := &file_tesserapb_meta_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3284,7 +3434,7 @@ func (x *RangeInfo) String() string {
 func (*RangeInfo) ProtoMessage() {}
 
 func (x *RangeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[54]
+	mi := &file_tesserapb_meta_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3297,7 +3447,7 @@ func (x *RangeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
 func (*RangeInfo) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{54}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *RangeInfo) GetRangeId() uint64 {
@@ -3365,7 +3515,7 @@ type GetRevisionsRequest struct {
 
 func (x *GetRevisionsRequest) Reset() {
 	*x = GetRevisionsRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[55]
+	mi := &file_tesserapb_meta_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3377,7 +3527,7 @@ func (x *GetRevisionsRequest) String() string {
 func (*GetRevisionsRequest) ProtoMessage() {}
 
 func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[55]
+	mi := &file_tesserapb_meta_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3390,7 +3540,7 @@ func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*GetRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{55}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *GetRevisionsRequest) GetCount() int64 {
@@ -3411,7 +3561,7 @@ type GetRevisionsResponse struct {
 
 func (x *GetRevisionsResponse) Reset() {
 	*x = GetRevisionsResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[56]
+	mi := &file_tesserapb_meta_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3423,7 +3573,7 @@ func (x *GetRevisionsResponse) String() string {
 func (*GetRevisionsResponse) ProtoMessage() {}
 
 func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[56]
+	mi := &file_tesserapb_meta_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3436,7 +3586,7 @@ func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*GetRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{56}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *GetRevisionsResponse) GetFirst() int64 {
@@ -3457,7 +3607,7 @@ var File_tesserapb_meta_proto protoreflect.FileDescriptor
 
 const file_tesserapb_meta_proto_rawDesc = "" +
 	"\n" +
-	"\x14tesserapb/meta.proto\x12\ttesserapb\x1a\x17tesserapb/tessera.proto\"\xe3\x05\n" +
+	"\x14tesserapb/meta.proto\x12\ttesserapb\x1a\x17tesserapb/tessera.proto\"\x9a\x06\n" +
 	"\vMetaCommand\x12F\n" +
 	"\x0eset_high_water\x18\x01 \x01(\v2\x1e.tesserapb.SetHighWaterCommandH\x00R\fsetHighWater\x12E\n" +
 	"\rregister_node\x18\x02 \x01(\v2\x1e.tesserapb.RegisterNodeCommandH\x00R\fregisterNode\x129\n" +
@@ -3472,8 +3622,19 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\n" +
 	"forget_txn\x18\t \x01(\v2\x1b.tesserapb.ForgetTxnCommandH\x00R\tforgetTxn\x12O\n" +
 	"\x11sweep_txn_records\x18\n" +
-	" \x01(\v2!.tesserapb.SweepTxnRecordsCommandH\x00R\x0fsweepTxnRecordsB\x04\n" +
-	"\x02op\"\xba\x01\n" +
+	" \x01(\v2!.tesserapb.SweepTxnRecordsCommandH\x00R\x0fsweepTxnRecords\x125\n" +
+	"\arestore\x18\v \x01(\v2\x19.tesserapb.RestoreCommandH\x00R\arestoreB\x04\n" +
+	"\x02op\"a\n" +
+	"\x0eRestoreCommand\x12\x1f\n" +
+	"\vsnapshot_id\x18\x01 \x01(\fR\n" +
+	"snapshotId\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x12\n" +
+	"\x04done\x18\x03 \x01(\bR\x04done\"`\n" +
+	"\rRestoreRecord\x12\x1f\n" +
+	"\vsnapshot_id\x18\x01 \x01(\fR\n" +
+	"snapshotId\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x12\n" +
+	"\x04done\x18\x03 \x01(\bR\x04done\"\xba\x01\n" +
 	"\x10DecideTxnCommand\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\fR\x05txnId\x12\x16\n" +
 	"\x06commit\x18\x02 \x01(\bR\x06commit\x12\x1a\n" +
@@ -3523,7 +3684,7 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x05 \x01(\x04R\n" +
 	"generation\x12!\n" +
-	"\fconf_version\x18\x06 \x01(\x04R\vconfVersion\"\xa3\x02\n" +
+	"\fconf_version\x18\x06 \x01(\x04R\vconfVersion\"\xd7\x02\n" +
 	"\tMetaState\x12\x1d\n" +
 	"\n" +
 	"high_water\x18\x01 \x01(\x03R\thighWater\x12)\n" +
@@ -3534,7 +3695,8 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"nextNodeId\x125\n" +
 	"\vtxn_records\x18\x06 \x03(\v2\x14.tesserapb.TxnRecordR\n" +
 	"txnRecords\x12\x1b\n" +
-	"\ttxn_floor\x18\a \x01(\x03R\btxnFloor\"3\n" +
+	"\ttxn_floor\x18\a \x01(\x03R\btxnFloor\x122\n" +
+	"\arestore\x18\b \x01(\v2\x18.tesserapb.RestoreRecordR\arestore\"3\n" +
 	"\x12RestartMetaRequest\x12\x1d\n" +
 	"\n" +
 	"replica_id\x18\x01 \x01(\x04R\treplicaId\"\x15\n" +
@@ -3723,134 +3885,138 @@ func file_tesserapb_meta_proto_rawDescGZIP() []byte {
 	return file_tesserapb_meta_proto_rawDescData
 }
 
-var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
+var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
 var file_tesserapb_meta_proto_goTypes = []any{
 	(*MetaCommand)(nil),               // 0: tesserapb.MetaCommand
-	(*DecideTxnCommand)(nil),          // 1: tesserapb.DecideTxnCommand
-	(*SweepTxnRecordsCommand)(nil),    // 2: tesserapb.SweepTxnRecordsCommand
-	(*ForgetTxnCommand)(nil),          // 3: tesserapb.ForgetTxnCommand
-	(*TxnRecord)(nil),                 // 4: tesserapb.TxnRecord
-	(*RemoveNodeCommand)(nil),         // 5: tesserapb.RemoveNodeCommand
-	(*AllocateNodeIdCommand)(nil),     // 6: tesserapb.AllocateNodeIdCommand
-	(*SetDecommissioningCommand)(nil), // 7: tesserapb.SetDecommissioningCommand
-	(*AllocateRangeIdCommand)(nil),    // 8: tesserapb.AllocateRangeIdCommand
-	(*SetHighWaterCommand)(nil),       // 9: tesserapb.SetHighWaterCommand
-	(*RegisterNodeCommand)(nil),       // 10: tesserapb.RegisterNodeCommand
-	(*PutRangeCommand)(nil),           // 11: tesserapb.PutRangeCommand
-	(*NodeInfo)(nil),                  // 12: tesserapb.NodeInfo
-	(*RangeDescriptor)(nil),           // 13: tesserapb.RangeDescriptor
-	(*MetaState)(nil),                 // 14: tesserapb.MetaState
-	(*RestartMetaRequest)(nil),        // 15: tesserapb.RestartMetaRequest
-	(*RestartMetaResponse)(nil),       // 16: tesserapb.RestartMetaResponse
-	(*JoinClusterRequest)(nil),        // 17: tesserapb.JoinClusterRequest
-	(*JoinClusterResponse)(nil),       // 18: tesserapb.JoinClusterResponse
-	(*ListNodesRequest)(nil),          // 19: tesserapb.ListNodesRequest
-	(*ListNodesResponse)(nil),         // 20: tesserapb.ListNodesResponse
-	(*NodeStatus)(nil),                // 21: tesserapb.NodeStatus
-	(*DecommissionRequest)(nil),       // 22: tesserapb.DecommissionRequest
-	(*DecommissionResponse)(nil),      // 23: tesserapb.DecommissionResponse
-	(*NodeHeartbeatRequest)(nil),      // 24: tesserapb.NodeHeartbeatRequest
-	(*RangeLoad)(nil),                 // 25: tesserapb.RangeLoad
-	(*NodeHeartbeatResponse)(nil),     // 26: tesserapb.NodeHeartbeatResponse
-	(*TransferLeaderRequest)(nil),     // 27: tesserapb.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil),    // 28: tesserapb.TransferLeaderResponse
-	(*RangeHistoryRequest)(nil),       // 29: tesserapb.RangeHistoryRequest
-	(*RangeHistoryResponse)(nil),      // 30: tesserapb.RangeHistoryResponse
-	(*RangeStartedRequest)(nil),       // 31: tesserapb.RangeStartedRequest
-	(*RangeStartedResponse)(nil),      // 32: tesserapb.RangeStartedResponse
-	(*ChangeReplicasRequest)(nil),     // 33: tesserapb.ChangeReplicasRequest
-	(*ChangeReplicasResponse)(nil),    // 34: tesserapb.ChangeReplicasResponse
-	(*StartReplicaRequest)(nil),       // 35: tesserapb.StartReplicaRequest
-	(*StartReplicaResponse)(nil),      // 36: tesserapb.StartReplicaResponse
-	(*RemoveReplicaRequest)(nil),      // 37: tesserapb.RemoveReplicaRequest
-	(*RemoveReplicaResponse)(nil),     // 38: tesserapb.RemoveReplicaResponse
-	(*CampaignRangeRequest)(nil),      // 39: tesserapb.CampaignRangeRequest
-	(*CampaignRangeResponse)(nil),     // 40: tesserapb.CampaignRangeResponse
-	(*RangeWriteRequest)(nil),         // 41: tesserapb.RangeWriteRequest
-	(*RangeWriteResponse)(nil),        // 42: tesserapb.RangeWriteResponse
-	(*RangeFeedRequest)(nil),          // 43: tesserapb.RangeFeedRequest
-	(*RangeFeedResponse)(nil),         // 44: tesserapb.RangeFeedResponse
-	(*RangeWriteStreamRequest)(nil),   // 45: tesserapb.RangeWriteStreamRequest
-	(*RangeWriteStreamResponse)(nil),  // 46: tesserapb.RangeWriteStreamResponse
-	(*NotLeader)(nil),                 // 47: tesserapb.NotLeader
-	(*FenceRangeRequest)(nil),         // 48: tesserapb.FenceRangeRequest
-	(*FenceRangeResponse)(nil),        // 49: tesserapb.FenceRangeResponse
-	(*SplitRangeRequest)(nil),         // 50: tesserapb.SplitRangeRequest
-	(*SplitRangeResponse)(nil),        // 51: tesserapb.SplitRangeResponse
-	(*ListRangesRequest)(nil),         // 52: tesserapb.ListRangesRequest
-	(*ListRangesResponse)(nil),        // 53: tesserapb.ListRangesResponse
-	(*RangeInfo)(nil),                 // 54: tesserapb.RangeInfo
-	(*GetRevisionsRequest)(nil),       // 55: tesserapb.GetRevisionsRequest
-	(*GetRevisionsResponse)(nil),      // 56: tesserapb.GetRevisionsResponse
-	(*Result)(nil),                    // 57: tesserapb.Result
+	(*RestoreCommand)(nil),            // 1: tesserapb.RestoreCommand
+	(*RestoreRecord)(nil),             // 2: tesserapb.RestoreRecord
+	(*DecideTxnCommand)(nil),          // 3: tesserapb.DecideTxnCommand
+	(*SweepTxnRecordsCommand)(nil),    // 4: tesserapb.SweepTxnRecordsCommand
+	(*ForgetTxnCommand)(nil),          // 5: tesserapb.ForgetTxnCommand
+	(*TxnRecord)(nil),                 // 6: tesserapb.TxnRecord
+	(*RemoveNodeCommand)(nil),         // 7: tesserapb.RemoveNodeCommand
+	(*AllocateNodeIdCommand)(nil),     // 8: tesserapb.AllocateNodeIdCommand
+	(*SetDecommissioningCommand)(nil), // 9: tesserapb.SetDecommissioningCommand
+	(*AllocateRangeIdCommand)(nil),    // 10: tesserapb.AllocateRangeIdCommand
+	(*SetHighWaterCommand)(nil),       // 11: tesserapb.SetHighWaterCommand
+	(*RegisterNodeCommand)(nil),       // 12: tesserapb.RegisterNodeCommand
+	(*PutRangeCommand)(nil),           // 13: tesserapb.PutRangeCommand
+	(*NodeInfo)(nil),                  // 14: tesserapb.NodeInfo
+	(*RangeDescriptor)(nil),           // 15: tesserapb.RangeDescriptor
+	(*MetaState)(nil),                 // 16: tesserapb.MetaState
+	(*RestartMetaRequest)(nil),        // 17: tesserapb.RestartMetaRequest
+	(*RestartMetaResponse)(nil),       // 18: tesserapb.RestartMetaResponse
+	(*JoinClusterRequest)(nil),        // 19: tesserapb.JoinClusterRequest
+	(*JoinClusterResponse)(nil),       // 20: tesserapb.JoinClusterResponse
+	(*ListNodesRequest)(nil),          // 21: tesserapb.ListNodesRequest
+	(*ListNodesResponse)(nil),         // 22: tesserapb.ListNodesResponse
+	(*NodeStatus)(nil),                // 23: tesserapb.NodeStatus
+	(*DecommissionRequest)(nil),       // 24: tesserapb.DecommissionRequest
+	(*DecommissionResponse)(nil),      // 25: tesserapb.DecommissionResponse
+	(*NodeHeartbeatRequest)(nil),      // 26: tesserapb.NodeHeartbeatRequest
+	(*RangeLoad)(nil),                 // 27: tesserapb.RangeLoad
+	(*NodeHeartbeatResponse)(nil),     // 28: tesserapb.NodeHeartbeatResponse
+	(*TransferLeaderRequest)(nil),     // 29: tesserapb.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil),    // 30: tesserapb.TransferLeaderResponse
+	(*RangeHistoryRequest)(nil),       // 31: tesserapb.RangeHistoryRequest
+	(*RangeHistoryResponse)(nil),      // 32: tesserapb.RangeHistoryResponse
+	(*RangeStartedRequest)(nil),       // 33: tesserapb.RangeStartedRequest
+	(*RangeStartedResponse)(nil),      // 34: tesserapb.RangeStartedResponse
+	(*ChangeReplicasRequest)(nil),     // 35: tesserapb.ChangeReplicasRequest
+	(*ChangeReplicasResponse)(nil),    // 36: tesserapb.ChangeReplicasResponse
+	(*StartReplicaRequest)(nil),       // 37: tesserapb.StartReplicaRequest
+	(*StartReplicaResponse)(nil),      // 38: tesserapb.StartReplicaResponse
+	(*RemoveReplicaRequest)(nil),      // 39: tesserapb.RemoveReplicaRequest
+	(*RemoveReplicaResponse)(nil),     // 40: tesserapb.RemoveReplicaResponse
+	(*CampaignRangeRequest)(nil),      // 41: tesserapb.CampaignRangeRequest
+	(*CampaignRangeResponse)(nil),     // 42: tesserapb.CampaignRangeResponse
+	(*RangeWriteRequest)(nil),         // 43: tesserapb.RangeWriteRequest
+	(*RangeWriteResponse)(nil),        // 44: tesserapb.RangeWriteResponse
+	(*RangeFeedRequest)(nil),          // 45: tesserapb.RangeFeedRequest
+	(*RangeFeedResponse)(nil),         // 46: tesserapb.RangeFeedResponse
+	(*RangeWriteStreamRequest)(nil),   // 47: tesserapb.RangeWriteStreamRequest
+	(*RangeWriteStreamResponse)(nil),  // 48: tesserapb.RangeWriteStreamResponse
+	(*NotLeader)(nil),                 // 49: tesserapb.NotLeader
+	(*FenceRangeRequest)(nil),         // 50: tesserapb.FenceRangeRequest
+	(*FenceRangeResponse)(nil),        // 51: tesserapb.FenceRangeResponse
+	(*SplitRangeRequest)(nil),         // 52: tesserapb.SplitRangeRequest
+	(*SplitRangeResponse)(nil),        // 53: tesserapb.SplitRangeResponse
+	(*ListRangesRequest)(nil),         // 54: tesserapb.ListRangesRequest
+	(*ListRangesResponse)(nil),        // 55: tesserapb.ListRangesResponse
+	(*RangeInfo)(nil),                 // 56: tesserapb.RangeInfo
+	(*GetRevisionsRequest)(nil),       // 57: tesserapb.GetRevisionsRequest
+	(*GetRevisionsResponse)(nil),      // 58: tesserapb.GetRevisionsResponse
+	(*Result)(nil),                    // 59: tesserapb.Result
 }
 var file_tesserapb_meta_proto_depIdxs = []int32{
-	9,  // 0: tesserapb.MetaCommand.set_high_water:type_name -> tesserapb.SetHighWaterCommand
-	10, // 1: tesserapb.MetaCommand.register_node:type_name -> tesserapb.RegisterNodeCommand
-	11, // 2: tesserapb.MetaCommand.put_range:type_name -> tesserapb.PutRangeCommand
-	8,  // 3: tesserapb.MetaCommand.allocate_range_id:type_name -> tesserapb.AllocateRangeIdCommand
-	7,  // 4: tesserapb.MetaCommand.set_decommissioning:type_name -> tesserapb.SetDecommissioningCommand
-	6,  // 5: tesserapb.MetaCommand.allocate_node_id:type_name -> tesserapb.AllocateNodeIdCommand
-	5,  // 6: tesserapb.MetaCommand.remove_node:type_name -> tesserapb.RemoveNodeCommand
-	1,  // 7: tesserapb.MetaCommand.decide_txn:type_name -> tesserapb.DecideTxnCommand
-	3,  // 8: tesserapb.MetaCommand.forget_txn:type_name -> tesserapb.ForgetTxnCommand
-	2,  // 9: tesserapb.MetaCommand.sweep_txn_records:type_name -> tesserapb.SweepTxnRecordsCommand
-	12, // 10: tesserapb.RegisterNodeCommand.node:type_name -> tesserapb.NodeInfo
-	13, // 11: tesserapb.PutRangeCommand.range:type_name -> tesserapb.RangeDescriptor
-	12, // 12: tesserapb.MetaState.nodes:type_name -> tesserapb.NodeInfo
-	13, // 13: tesserapb.MetaState.ranges:type_name -> tesserapb.RangeDescriptor
-	4,  // 14: tesserapb.MetaState.txn_records:type_name -> tesserapb.TxnRecord
-	21, // 15: tesserapb.ListNodesResponse.nodes:type_name -> tesserapb.NodeStatus
-	25, // 16: tesserapb.NodeHeartbeatRequest.ranges:type_name -> tesserapb.RangeLoad
-	13, // 17: tesserapb.ChangeReplicasResponse.range:type_name -> tesserapb.RangeDescriptor
-	57, // 18: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
-	41, // 19: tesserapb.RangeWriteStreamRequest.request:type_name -> tesserapb.RangeWriteRequest
-	42, // 20: tesserapb.RangeWriteStreamResponse.response:type_name -> tesserapb.RangeWriteResponse
-	47, // 21: tesserapb.RangeWriteStreamResponse.not_leader:type_name -> tesserapb.NotLeader
-	54, // 22: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
-	54, // 23: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
-	54, // 24: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
-	55, // 25: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
-	45, // 26: tesserapb.Internal.RangeWriteStream:input_type -> tesserapb.RangeWriteStreamRequest
-	43, // 27: tesserapb.Internal.RangeFeed:input_type -> tesserapb.RangeFeedRequest
-	48, // 28: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
-	50, // 29: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
-	52, // 30: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
-	39, // 31: tesserapb.Internal.CampaignRange:input_type -> tesserapb.CampaignRangeRequest
-	31, // 32: tesserapb.Internal.RangeStarted:input_type -> tesserapb.RangeStartedRequest
-	29, // 33: tesserapb.Internal.RangeHistory:input_type -> tesserapb.RangeHistoryRequest
-	33, // 34: tesserapb.Internal.ChangeReplicas:input_type -> tesserapb.ChangeReplicasRequest
-	35, // 35: tesserapb.Internal.StartReplica:input_type -> tesserapb.StartReplicaRequest
-	37, // 36: tesserapb.Internal.RemoveReplica:input_type -> tesserapb.RemoveReplicaRequest
-	24, // 37: tesserapb.Internal.NodeHeartbeat:input_type -> tesserapb.NodeHeartbeatRequest
-	27, // 38: tesserapb.Internal.TransferLeader:input_type -> tesserapb.TransferLeaderRequest
-	19, // 39: tesserapb.Internal.ListNodes:input_type -> tesserapb.ListNodesRequest
-	22, // 40: tesserapb.Internal.Decommission:input_type -> tesserapb.DecommissionRequest
-	17, // 41: tesserapb.Internal.JoinCluster:input_type -> tesserapb.JoinClusterRequest
-	15, // 42: tesserapb.Internal.RestartMeta:input_type -> tesserapb.RestartMetaRequest
-	56, // 43: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
-	46, // 44: tesserapb.Internal.RangeWriteStream:output_type -> tesserapb.RangeWriteStreamResponse
-	44, // 45: tesserapb.Internal.RangeFeed:output_type -> tesserapb.RangeFeedResponse
-	49, // 46: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
-	51, // 47: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
-	53, // 48: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
-	40, // 49: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
-	32, // 50: tesserapb.Internal.RangeStarted:output_type -> tesserapb.RangeStartedResponse
-	30, // 51: tesserapb.Internal.RangeHistory:output_type -> tesserapb.RangeHistoryResponse
-	34, // 52: tesserapb.Internal.ChangeReplicas:output_type -> tesserapb.ChangeReplicasResponse
-	36, // 53: tesserapb.Internal.StartReplica:output_type -> tesserapb.StartReplicaResponse
-	38, // 54: tesserapb.Internal.RemoveReplica:output_type -> tesserapb.RemoveReplicaResponse
-	26, // 55: tesserapb.Internal.NodeHeartbeat:output_type -> tesserapb.NodeHeartbeatResponse
-	28, // 56: tesserapb.Internal.TransferLeader:output_type -> tesserapb.TransferLeaderResponse
-	20, // 57: tesserapb.Internal.ListNodes:output_type -> tesserapb.ListNodesResponse
-	23, // 58: tesserapb.Internal.Decommission:output_type -> tesserapb.DecommissionResponse
-	18, // 59: tesserapb.Internal.JoinCluster:output_type -> tesserapb.JoinClusterResponse
-	16, // 60: tesserapb.Internal.RestartMeta:output_type -> tesserapb.RestartMetaResponse
-	43, // [43:61] is the sub-list for method output_type
-	25, // [25:43] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	11, // 0: tesserapb.MetaCommand.set_high_water:type_name -> tesserapb.SetHighWaterCommand
+	12, // 1: tesserapb.MetaCommand.register_node:type_name -> tesserapb.RegisterNodeCommand
+	13, // 2: tesserapb.MetaCommand.put_range:type_name -> tesserapb.PutRangeCommand
+	10, // 3: tesserapb.MetaCommand.allocate_range_id:type_name -> tesserapb.AllocateRangeIdCommand
+	9,  // 4: tesserapb.MetaCommand.set_decommissioning:type_name -> tesserapb.SetDecommissioningCommand
+	8,  // 5: tesserapb.MetaCommand.allocate_node_id:type_name -> tesserapb.AllocateNodeIdCommand
+	7,  // 6: tesserapb.MetaCommand.remove_node:type_name -> tesserapb.RemoveNodeCommand
+	3,  // 7: tesserapb.MetaCommand.decide_txn:type_name -> tesserapb.DecideTxnCommand
+	5,  // 8: tesserapb.MetaCommand.forget_txn:type_name -> tesserapb.ForgetTxnCommand
+	4,  // 9: tesserapb.MetaCommand.sweep_txn_records:type_name -> tesserapb.SweepTxnRecordsCommand
+	1,  // 10: tesserapb.MetaCommand.restore:type_name -> tesserapb.RestoreCommand
+	14, // 11: tesserapb.RegisterNodeCommand.node:type_name -> tesserapb.NodeInfo
+	15, // 12: tesserapb.PutRangeCommand.range:type_name -> tesserapb.RangeDescriptor
+	14, // 13: tesserapb.MetaState.nodes:type_name -> tesserapb.NodeInfo
+	15, // 14: tesserapb.MetaState.ranges:type_name -> tesserapb.RangeDescriptor
+	6,  // 15: tesserapb.MetaState.txn_records:type_name -> tesserapb.TxnRecord
+	2,  // 16: tesserapb.MetaState.restore:type_name -> tesserapb.RestoreRecord
+	23, // 17: tesserapb.ListNodesResponse.nodes:type_name -> tesserapb.NodeStatus
+	27, // 18: tesserapb.NodeHeartbeatRequest.ranges:type_name -> tesserapb.RangeLoad
+	15, // 19: tesserapb.ChangeReplicasResponse.range:type_name -> tesserapb.RangeDescriptor
+	59, // 20: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
+	43, // 21: tesserapb.RangeWriteStreamRequest.request:type_name -> tesserapb.RangeWriteRequest
+	44, // 22: tesserapb.RangeWriteStreamResponse.response:type_name -> tesserapb.RangeWriteResponse
+	49, // 23: tesserapb.RangeWriteStreamResponse.not_leader:type_name -> tesserapb.NotLeader
+	56, // 24: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
+	56, // 25: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
+	56, // 26: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
+	57, // 27: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
+	47, // 28: tesserapb.Internal.RangeWriteStream:input_type -> tesserapb.RangeWriteStreamRequest
+	45, // 29: tesserapb.Internal.RangeFeed:input_type -> tesserapb.RangeFeedRequest
+	50, // 30: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
+	52, // 31: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
+	54, // 32: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
+	41, // 33: tesserapb.Internal.CampaignRange:input_type -> tesserapb.CampaignRangeRequest
+	33, // 34: tesserapb.Internal.RangeStarted:input_type -> tesserapb.RangeStartedRequest
+	31, // 35: tesserapb.Internal.RangeHistory:input_type -> tesserapb.RangeHistoryRequest
+	35, // 36: tesserapb.Internal.ChangeReplicas:input_type -> tesserapb.ChangeReplicasRequest
+	37, // 37: tesserapb.Internal.StartReplica:input_type -> tesserapb.StartReplicaRequest
+	39, // 38: tesserapb.Internal.RemoveReplica:input_type -> tesserapb.RemoveReplicaRequest
+	26, // 39: tesserapb.Internal.NodeHeartbeat:input_type -> tesserapb.NodeHeartbeatRequest
+	29, // 40: tesserapb.Internal.TransferLeader:input_type -> tesserapb.TransferLeaderRequest
+	21, // 41: tesserapb.Internal.ListNodes:input_type -> tesserapb.ListNodesRequest
+	24, // 42: tesserapb.Internal.Decommission:input_type -> tesserapb.DecommissionRequest
+	19, // 43: tesserapb.Internal.JoinCluster:input_type -> tesserapb.JoinClusterRequest
+	17, // 44: tesserapb.Internal.RestartMeta:input_type -> tesserapb.RestartMetaRequest
+	58, // 45: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
+	48, // 46: tesserapb.Internal.RangeWriteStream:output_type -> tesserapb.RangeWriteStreamResponse
+	46, // 47: tesserapb.Internal.RangeFeed:output_type -> tesserapb.RangeFeedResponse
+	51, // 48: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
+	53, // 49: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
+	55, // 50: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
+	42, // 51: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
+	34, // 52: tesserapb.Internal.RangeStarted:output_type -> tesserapb.RangeStartedResponse
+	32, // 53: tesserapb.Internal.RangeHistory:output_type -> tesserapb.RangeHistoryResponse
+	36, // 54: tesserapb.Internal.ChangeReplicas:output_type -> tesserapb.ChangeReplicasResponse
+	38, // 55: tesserapb.Internal.StartReplica:output_type -> tesserapb.StartReplicaResponse
+	40, // 56: tesserapb.Internal.RemoveReplica:output_type -> tesserapb.RemoveReplicaResponse
+	28, // 57: tesserapb.Internal.NodeHeartbeat:output_type -> tesserapb.NodeHeartbeatResponse
+	30, // 58: tesserapb.Internal.TransferLeader:output_type -> tesserapb.TransferLeaderResponse
+	22, // 59: tesserapb.Internal.ListNodes:output_type -> tesserapb.ListNodesResponse
+	25, // 60: tesserapb.Internal.Decommission:output_type -> tesserapb.DecommissionResponse
+	20, // 61: tesserapb.Internal.JoinCluster:output_type -> tesserapb.JoinClusterResponse
+	18, // 62: tesserapb.Internal.RestartMeta:output_type -> tesserapb.RestartMetaResponse
+	45, // [45:63] is the sub-list for method output_type
+	27, // [27:45] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_tesserapb_meta_proto_init() }
@@ -3870,6 +4036,7 @@ func file_tesserapb_meta_proto_init() {
 		(*MetaCommand_DecideTxn)(nil),
 		(*MetaCommand_ForgetTxn)(nil),
 		(*MetaCommand_SweepTxnRecords)(nil),
+		(*MetaCommand_Restore)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3877,7 +4044,7 @@ func file_tesserapb_meta_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tesserapb_meta_proto_rawDesc), len(file_tesserapb_meta_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   57,
+			NumMessages:   59,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -59,6 +59,7 @@ type Command struct {
 	//	*Command_TxnHold
 	//	*Command_TxnCommit
 	//	*Command_TxnAbort
+	//	*Command_Ingest
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -223,6 +224,15 @@ func (x *Command) GetTxnAbort() *TxnAbortCommand {
 	return nil
 }
 
+func (x *Command) GetIngest() *IngestCommand {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Ingest); ok {
+			return x.Ingest
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -276,6 +286,10 @@ type Command_TxnAbort struct {
 	TxnAbort *TxnAbortCommand `protobuf:"bytes,17,opt,name=txn_abort,json=txnAbort,proto3,oneof"`
 }
 
+type Command_Ingest struct {
+	Ingest *IngestCommand `protobuf:"bytes,18,opt,name=ingest,proto3,oneof"`
+}
+
 func (*Command_Txn) isCommand_Op() {}
 
 func (*Command_Compact) isCommand_Op() {}
@@ -300,6 +314,197 @@ func (*Command_TxnCommit) isCommand_Op() {}
 
 func (*Command_TxnAbort) isCommand_Op() {}
 
+func (*Command_Ingest) isCommand_Op() {}
+
+// IngestCommand loads one chunk of a snapshot's versions into a range that
+// has never been written (docs/design.md, "Snapshots and restore"). Chunks
+// of one snapshot are numbered from 0 and applied in that order: the first
+// needs a range at revision 1 with no ingest begun, each later one the
+// next number; a number already applied changes nothing (a proposal tried
+// again). The command carries no revision: the versions carry their own,
+// at or below the snapshot's. The last chunk sets the range's revision to
+// the snapshot's and its compacted revision.
+type IngestCommand struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// snapshot_id names the snapshot (its SHA-256).
+	SnapshotId []byte `protobuf:"bytes,1,opt,name=snapshot_id,json=snapshotId,proto3" json:"snapshot_id,omitempty"`
+	Seq        uint64 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	// versions, in any order; each key's newest version comes last among its own.
+	Versions []*IngestVersion `protobuf:"bytes,3,rep,name=versions,proto3" json:"versions,omitempty"`
+	Last     bool             `protobuf:"varint,4,opt,name=last,proto3" json:"last,omitempty"`
+	// revision and compacted_revision are the snapshot's (set on the last chunk).
+	Revision          int64 `protobuf:"varint,5,opt,name=revision,proto3" json:"revision,omitempty"`
+	CompactedRevision int64 `protobuf:"varint,6,opt,name=compacted_revision,json=compactedRevision,proto3" json:"compacted_revision,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *IngestCommand) Reset() {
+	*x = IngestCommand{}
+	mi := &file_tesserapb_tessera_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IngestCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IngestCommand) ProtoMessage() {}
+
+func (x *IngestCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_tessera_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IngestCommand.ProtoReflect.Descriptor instead.
+func (*IngestCommand) Descriptor() ([]byte, []int) {
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *IngestCommand) GetSnapshotId() []byte {
+	if x != nil {
+		return x.SnapshotId
+	}
+	return nil
+}
+
+func (x *IngestCommand) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *IngestCommand) GetVersions() []*IngestVersion {
+	if x != nil {
+		return x.Versions
+	}
+	return nil
+}
+
+func (x *IngestCommand) GetLast() bool {
+	if x != nil {
+		return x.Last
+	}
+	return false
+}
+
+func (x *IngestCommand) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *IngestCommand) GetCompactedRevision() int64 {
+	if x != nil {
+		return x.CompactedRevision
+	}
+	return 0
+}
+
+// IngestVersion is one stored version of a key: a value, or a deletion
+// (tombstone) at mod_revision.
+type IngestVersion struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Key            []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	ModRevision    int64                  `protobuf:"varint,2,opt,name=mod_revision,json=modRevision,proto3" json:"mod_revision,omitempty"`
+	Tombstone      bool                   `protobuf:"varint,3,opt,name=tombstone,proto3" json:"tombstone,omitempty"`
+	CreateRevision int64                  `protobuf:"varint,4,opt,name=create_revision,json=createRevision,proto3" json:"create_revision,omitempty"`
+	Version        int64                  `protobuf:"varint,5,opt,name=version,proto3" json:"version,omitempty"`
+	Lease          int64                  `protobuf:"varint,6,opt,name=lease,proto3" json:"lease,omitempty"`
+	Value          []byte                 `protobuf:"bytes,7,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *IngestVersion) Reset() {
+	*x = IngestVersion{}
+	mi := &file_tesserapb_tessera_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IngestVersion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IngestVersion) ProtoMessage() {}
+
+func (x *IngestVersion) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_tessera_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IngestVersion.ProtoReflect.Descriptor instead.
+func (*IngestVersion) Descriptor() ([]byte, []int) {
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *IngestVersion) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *IngestVersion) GetModRevision() int64 {
+	if x != nil {
+		return x.ModRevision
+	}
+	return 0
+}
+
+func (x *IngestVersion) GetTombstone() bool {
+	if x != nil {
+		return x.Tombstone
+	}
+	return false
+}
+
+func (x *IngestVersion) GetCreateRevision() int64 {
+	if x != nil {
+		return x.CreateRevision
+	}
+	return 0
+}
+
+func (x *IngestVersion) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *IngestVersion) GetLease() int64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
+}
+
+func (x *IngestVersion) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
 // BatchCommand carries several commands in one Raft entry: the proposer puts
 // the writes it proposes together (each with its own revision, in revision
 // order) into one entry, so per-entry costs are paid once for them. The state
@@ -315,7 +520,7 @@ type BatchCommand struct {
 
 func (x *BatchCommand) Reset() {
 	*x = BatchCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[1]
+	mi := &file_tesserapb_tessera_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -327,7 +532,7 @@ func (x *BatchCommand) String() string {
 func (*BatchCommand) ProtoMessage() {}
 
 func (x *BatchCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[1]
+	mi := &file_tesserapb_tessera_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -340,7 +545,7 @@ func (x *BatchCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCommand.ProtoReflect.Descriptor instead.
 func (*BatchCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{1}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *BatchCommand) GetCommands() []*Command {
@@ -361,7 +566,7 @@ type BatchResult struct {
 
 func (x *BatchResult) Reset() {
 	*x = BatchResult{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[2]
+	mi := &file_tesserapb_tessera_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -373,7 +578,7 @@ func (x *BatchResult) String() string {
 func (*BatchResult) ProtoMessage() {}
 
 func (x *BatchResult) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[2]
+	mi := &file_tesserapb_tessera_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -386,7 +591,7 @@ func (x *BatchResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchResult.ProtoReflect.Descriptor instead.
 func (*BatchResult) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{2}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *BatchResult) GetResults() [][]byte {
@@ -409,7 +614,7 @@ type SplitCommand struct {
 
 func (x *SplitCommand) Reset() {
 	*x = SplitCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[3]
+	mi := &file_tesserapb_tessera_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -421,7 +626,7 @@ func (x *SplitCommand) String() string {
 func (*SplitCommand) ProtoMessage() {}
 
 func (x *SplitCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[3]
+	mi := &file_tesserapb_tessera_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -434,7 +639,7 @@ func (x *SplitCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitCommand.ProtoReflect.Descriptor instead.
 func (*SplitCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{3}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SplitCommand) GetSplitKey() []byte {
@@ -467,7 +672,7 @@ type TxnCommand struct {
 
 func (x *TxnCommand) Reset() {
 	*x = TxnCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[4]
+	mi := &file_tesserapb_tessera_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -479,7 +684,7 @@ func (x *TxnCommand) String() string {
 func (*TxnCommand) ProtoMessage() {}
 
 func (x *TxnCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[4]
+	mi := &file_tesserapb_tessera_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -492,7 +697,7 @@ func (x *TxnCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnCommand.ProtoReflect.Descriptor instead.
 func (*TxnCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{4}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TxnCommand) GetRequest() []byte {
@@ -546,7 +751,7 @@ type TxnHoldCommand struct {
 
 func (x *TxnHoldCommand) Reset() {
 	*x = TxnHoldCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[5]
+	mi := &file_tesserapb_tessera_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -558,7 +763,7 @@ func (x *TxnHoldCommand) String() string {
 func (*TxnHoldCommand) ProtoMessage() {}
 
 func (x *TxnHoldCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[5]
+	mi := &file_tesserapb_tessera_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -571,7 +776,7 @@ func (x *TxnHoldCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnHoldCommand.ProtoReflect.Descriptor instead.
 func (*TxnHoldCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{5}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *TxnHoldCommand) GetTxnId() []byte {
@@ -624,7 +829,7 @@ type TxnHold struct {
 
 func (x *TxnHold) Reset() {
 	*x = TxnHold{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[6]
+	mi := &file_tesserapb_tessera_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -636,7 +841,7 @@ func (x *TxnHold) String() string {
 func (*TxnHold) ProtoMessage() {}
 
 func (x *TxnHold) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[6]
+	mi := &file_tesserapb_tessera_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -649,7 +854,7 @@ func (x *TxnHold) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnHold.ProtoReflect.Descriptor instead.
 func (*TxnHold) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{6}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *TxnHold) GetTxnId() []byte {
@@ -702,7 +907,7 @@ type TxnHoldResult struct {
 
 func (x *TxnHoldResult) Reset() {
 	*x = TxnHoldResult{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[7]
+	mi := &file_tesserapb_tessera_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -714,7 +919,7 @@ func (x *TxnHoldResult) String() string {
 func (*TxnHoldResult) ProtoMessage() {}
 
 func (x *TxnHoldResult) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[7]
+	mi := &file_tesserapb_tessera_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -727,7 +932,7 @@ func (x *TxnHoldResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnHoldResult.ProtoReflect.Descriptor instead.
 func (*TxnHoldResult) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{7}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *TxnHoldResult) GetCompares() []*CompareOutcome {
@@ -770,7 +975,7 @@ type CompareOutcome struct {
 
 func (x *CompareOutcome) Reset() {
 	*x = CompareOutcome{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[8]
+	mi := &file_tesserapb_tessera_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -782,7 +987,7 @@ func (x *CompareOutcome) String() string {
 func (*CompareOutcome) ProtoMessage() {}
 
 func (x *CompareOutcome) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[8]
+	mi := &file_tesserapb_tessera_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -795,7 +1000,7 @@ func (x *CompareOutcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareOutcome.ProtoReflect.Descriptor instead.
 func (*CompareOutcome) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{8}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CompareOutcome) GetKeys() bool {
@@ -825,7 +1030,7 @@ type OpFailure struct {
 
 func (x *OpFailure) Reset() {
 	*x = OpFailure{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[9]
+	mi := &file_tesserapb_tessera_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -837,7 +1042,7 @@ func (x *OpFailure) String() string {
 func (*OpFailure) ProtoMessage() {}
 
 func (x *OpFailure) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[9]
+	mi := &file_tesserapb_tessera_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -850,7 +1055,7 @@ func (x *OpFailure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpFailure.ProtoReflect.Descriptor instead.
 func (*OpFailure) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{9}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *OpFailure) GetOp() uint32 {
@@ -897,7 +1102,7 @@ type TxnCommitCommand struct {
 
 func (x *TxnCommitCommand) Reset() {
 	*x = TxnCommitCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[10]
+	mi := &file_tesserapb_tessera_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -909,7 +1114,7 @@ func (x *TxnCommitCommand) String() string {
 func (*TxnCommitCommand) ProtoMessage() {}
 
 func (x *TxnCommitCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[10]
+	mi := &file_tesserapb_tessera_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -922,7 +1127,7 @@ func (x *TxnCommitCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnCommitCommand.ProtoReflect.Descriptor instead.
 func (*TxnCommitCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{10}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *TxnCommitCommand) GetTxnId() []byte {
@@ -957,7 +1162,7 @@ type TxnAbortCommand struct {
 
 func (x *TxnAbortCommand) Reset() {
 	*x = TxnAbortCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[11]
+	mi := &file_tesserapb_tessera_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -969,7 +1174,7 @@ func (x *TxnAbortCommand) String() string {
 func (*TxnAbortCommand) ProtoMessage() {}
 
 func (x *TxnAbortCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[11]
+	mi := &file_tesserapb_tessera_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -982,7 +1187,7 @@ func (x *TxnAbortCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnAbortCommand.ProtoReflect.Descriptor instead.
 func (*TxnAbortCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{11}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TxnAbortCommand) GetTxnId() []byte {
@@ -1001,7 +1206,7 @@ type CompactCommand struct {
 
 func (x *CompactCommand) Reset() {
 	*x = CompactCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[12]
+	mi := &file_tesserapb_tessera_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1013,7 +1218,7 @@ func (x *CompactCommand) String() string {
 func (*CompactCommand) ProtoMessage() {}
 
 func (x *CompactCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[12]
+	mi := &file_tesserapb_tessera_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1026,7 +1231,7 @@ func (x *CompactCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactCommand.ProtoReflect.Descriptor instead.
 func (*CompactCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{12}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CompactCommand) GetRevision() int64 {
@@ -1051,7 +1256,7 @@ type LeaseGrantCommand struct {
 
 func (x *LeaseGrantCommand) Reset() {
 	*x = LeaseGrantCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[13]
+	mi := &file_tesserapb_tessera_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1063,7 +1268,7 @@ func (x *LeaseGrantCommand) String() string {
 func (*LeaseGrantCommand) ProtoMessage() {}
 
 func (x *LeaseGrantCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[13]
+	mi := &file_tesserapb_tessera_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1076,7 +1281,7 @@ func (x *LeaseGrantCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseGrantCommand.ProtoReflect.Descriptor instead.
 func (*LeaseGrantCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{13}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *LeaseGrantCommand) GetId() int64 {
@@ -1120,7 +1325,7 @@ type LeaseRevokeCommand struct {
 
 func (x *LeaseRevokeCommand) Reset() {
 	*x = LeaseRevokeCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[14]
+	mi := &file_tesserapb_tessera_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1132,7 +1337,7 @@ func (x *LeaseRevokeCommand) String() string {
 func (*LeaseRevokeCommand) ProtoMessage() {}
 
 func (x *LeaseRevokeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[14]
+	mi := &file_tesserapb_tessera_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1145,7 +1350,7 @@ func (x *LeaseRevokeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRevokeCommand.ProtoReflect.Descriptor instead.
 func (*LeaseRevokeCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{14}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *LeaseRevokeCommand) GetId() int64 {
@@ -1185,7 +1390,7 @@ type LeaseAttach struct {
 
 func (x *LeaseAttach) Reset() {
 	*x = LeaseAttach{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[15]
+	mi := &file_tesserapb_tessera_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1197,7 +1402,7 @@ func (x *LeaseAttach) String() string {
 func (*LeaseAttach) ProtoMessage() {}
 
 func (x *LeaseAttach) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[15]
+	mi := &file_tesserapb_tessera_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1210,7 +1415,7 @@ func (x *LeaseAttach) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseAttach.ProtoReflect.Descriptor instead.
 func (*LeaseAttach) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{15}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *LeaseAttach) GetId() int64 {
@@ -1246,7 +1451,7 @@ type LeaseMarkCommand struct {
 
 func (x *LeaseMarkCommand) Reset() {
 	*x = LeaseMarkCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[16]
+	mi := &file_tesserapb_tessera_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1258,7 +1463,7 @@ func (x *LeaseMarkCommand) String() string {
 func (*LeaseMarkCommand) ProtoMessage() {}
 
 func (x *LeaseMarkCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[16]
+	mi := &file_tesserapb_tessera_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1271,7 +1476,7 @@ func (x *LeaseMarkCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseMarkCommand.ProtoReflect.Descriptor instead.
 func (*LeaseMarkCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{16}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *LeaseMarkCommand) GetId() int64 {
@@ -1295,7 +1500,7 @@ type LeaseRegisterCommand struct {
 
 func (x *LeaseRegisterCommand) Reset() {
 	*x = LeaseRegisterCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[17]
+	mi := &file_tesserapb_tessera_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1307,7 +1512,7 @@ func (x *LeaseRegisterCommand) String() string {
 func (*LeaseRegisterCommand) ProtoMessage() {}
 
 func (x *LeaseRegisterCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[17]
+	mi := &file_tesserapb_tessera_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1320,7 +1525,7 @@ func (x *LeaseRegisterCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRegisterCommand.ProtoReflect.Descriptor instead.
 func (*LeaseRegisterCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{17}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *LeaseRegisterCommand) GetId() int64 {
@@ -1349,7 +1554,7 @@ type KeySpan struct {
 
 func (x *KeySpan) Reset() {
 	*x = KeySpan{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[18]
+	mi := &file_tesserapb_tessera_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1361,7 +1566,7 @@ func (x *KeySpan) String() string {
 func (*KeySpan) ProtoMessage() {}
 
 func (x *KeySpan) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[18]
+	mi := &file_tesserapb_tessera_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1374,7 +1579,7 @@ func (x *KeySpan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeySpan.ProtoReflect.Descriptor instead.
 func (*KeySpan) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{18}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *KeySpan) GetStart() []byte {
@@ -1404,7 +1609,7 @@ type BarrierCommand struct {
 
 func (x *BarrierCommand) Reset() {
 	*x = BarrierCommand{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[19]
+	mi := &file_tesserapb_tessera_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1416,7 +1621,7 @@ func (x *BarrierCommand) String() string {
 func (*BarrierCommand) ProtoMessage() {}
 
 func (x *BarrierCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[19]
+	mi := &file_tesserapb_tessera_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1429,7 +1634,7 @@ func (x *BarrierCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BarrierCommand.ProtoReflect.Descriptor instead.
 func (*BarrierCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{19}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *BarrierCommand) GetLeadership() bool {
@@ -1457,7 +1662,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[20]
+	mi := &file_tesserapb_tessera_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1469,7 +1674,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[20]
+	mi := &file_tesserapb_tessera_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1482,7 +1687,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{20}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Result) GetCode() int32 {
@@ -1534,7 +1739,7 @@ type LeaseRecord struct {
 
 func (x *LeaseRecord) Reset() {
 	*x = LeaseRecord{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[21]
+	mi := &file_tesserapb_tessera_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1546,7 +1751,7 @@ func (x *LeaseRecord) String() string {
 func (*LeaseRecord) ProtoMessage() {}
 
 func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[21]
+	mi := &file_tesserapb_tessera_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1559,7 +1764,7 @@ func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRecord.ProtoReflect.Descriptor instead.
 func (*LeaseRecord) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{21}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *LeaseRecord) GetId() int64 {
@@ -1624,7 +1829,7 @@ type SerialReadState struct {
 
 func (x *SerialReadState) Reset() {
 	*x = SerialReadState{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[22]
+	mi := &file_tesserapb_tessera_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1636,7 +1841,7 @@ func (x *SerialReadState) String() string {
 func (*SerialReadState) ProtoMessage() {}
 
 func (x *SerialReadState) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[22]
+	mi := &file_tesserapb_tessera_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1649,7 +1854,7 @@ func (x *SerialReadState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SerialReadState.ProtoReflect.Descriptor instead.
 func (*SerialReadState) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{22}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SerialReadState) GetRangeId() uint64 {
@@ -1696,7 +1901,7 @@ type SerialReadStates struct {
 
 func (x *SerialReadStates) Reset() {
 	*x = SerialReadStates{}
-	mi := &file_tesserapb_tessera_proto_msgTypes[23]
+	mi := &file_tesserapb_tessera_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1708,7 +1913,7 @@ func (x *SerialReadStates) String() string {
 func (*SerialReadStates) ProtoMessage() {}
 
 func (x *SerialReadStates) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_tessera_proto_msgTypes[23]
+	mi := &file_tesserapb_tessera_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1721,7 +1926,7 @@ func (x *SerialReadStates) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SerialReadStates.ProtoReflect.Descriptor instead.
 func (*SerialReadStates) Descriptor() ([]byte, []int) {
-	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{23}
+	return file_tesserapb_tessera_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SerialReadStates) GetStates() []*SerialReadState {
@@ -1735,7 +1940,7 @@ var File_tesserapb_tessera_proto protoreflect.FileDescriptor
 
 const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\n" +
-	"\x17tesserapb/tessera.proto\x12\ttesserapb\"\x9f\x06\n" +
+	"\x17tesserapb/tessera.proto\x12\ttesserapb\"\xd3\x06\n" +
 	"\aCommand\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12'\n" +
 	"\x0fleadership_term\x18\x0e \x01(\x04R\x0eleadershipTerm\x12)\n" +
@@ -1754,9 +1959,26 @@ const file_tesserapb_tessera_proto_rawDesc = "" +
 	"\btxn_hold\x18\x0f \x01(\v2\x19.tesserapb.TxnHoldCommandH\x00R\atxnHold\x12<\n" +
 	"\n" +
 	"txn_commit\x18\x10 \x01(\v2\x1b.tesserapb.TxnCommitCommandH\x00R\ttxnCommit\x129\n" +
-	"\ttxn_abort\x18\x11 \x01(\v2\x1a.tesserapb.TxnAbortCommandH\x00R\btxnAbortB\x04\n" +
+	"\ttxn_abort\x18\x11 \x01(\v2\x1a.tesserapb.TxnAbortCommandH\x00R\btxnAbort\x122\n" +
+	"\x06ingest\x18\x12 \x01(\v2\x18.tesserapb.IngestCommandH\x00R\x06ingestB\x04\n" +
 	"\x02opJ\x04\b\a\x10\bJ\x04\b\t\x10\n" +
-	"J\x04\b\r\x10\x0e\">\n" +
+	"J\x04\b\r\x10\x0e\"\xd7\x01\n" +
+	"\rIngestCommand\x12\x1f\n" +
+	"\vsnapshot_id\x18\x01 \x01(\fR\n" +
+	"snapshotId\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\x124\n" +
+	"\bversions\x18\x03 \x03(\v2\x18.tesserapb.IngestVersionR\bversions\x12\x12\n" +
+	"\x04last\x18\x04 \x01(\bR\x04last\x12\x1a\n" +
+	"\brevision\x18\x05 \x01(\x03R\brevision\x12-\n" +
+	"\x12compacted_revision\x18\x06 \x01(\x03R\x11compactedRevision\"\xd1\x01\n" +
+	"\rIngestVersion\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12!\n" +
+	"\fmod_revision\x18\x02 \x01(\x03R\vmodRevision\x12\x1c\n" +
+	"\ttombstone\x18\x03 \x01(\bR\ttombstone\x12'\n" +
+	"\x0fcreate_revision\x18\x04 \x01(\x03R\x0ecreateRevision\x12\x18\n" +
+	"\aversion\x18\x05 \x01(\x03R\aversion\x12\x14\n" +
+	"\x05lease\x18\x06 \x01(\x03R\x05lease\x12\x14\n" +
+	"\x05value\x18\a \x01(\fR\x05value\">\n" +
 	"\fBatchCommand\x12.\n" +
 	"\bcommands\x18\x01 \x03(\v2\x12.tesserapb.CommandR\bcommands\"'\n" +
 	"\vBatchResult\x12\x18\n" +
@@ -1864,61 +2086,65 @@ func file_tesserapb_tessera_proto_rawDescGZIP() []byte {
 	return file_tesserapb_tessera_proto_rawDescData
 }
 
-var file_tesserapb_tessera_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_tesserapb_tessera_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_tesserapb_tessera_proto_goTypes = []any{
 	(*Command)(nil),              // 0: tesserapb.Command
-	(*BatchCommand)(nil),         // 1: tesserapb.BatchCommand
-	(*BatchResult)(nil),          // 2: tesserapb.BatchResult
-	(*SplitCommand)(nil),         // 3: tesserapb.SplitCommand
-	(*TxnCommand)(nil),           // 4: tesserapb.TxnCommand
-	(*TxnHoldCommand)(nil),       // 5: tesserapb.TxnHoldCommand
-	(*TxnHold)(nil),              // 6: tesserapb.TxnHold
-	(*TxnHoldResult)(nil),        // 7: tesserapb.TxnHoldResult
-	(*CompareOutcome)(nil),       // 8: tesserapb.CompareOutcome
-	(*OpFailure)(nil),            // 9: tesserapb.OpFailure
-	(*TxnCommitCommand)(nil),     // 10: tesserapb.TxnCommitCommand
-	(*TxnAbortCommand)(nil),      // 11: tesserapb.TxnAbortCommand
-	(*CompactCommand)(nil),       // 12: tesserapb.CompactCommand
-	(*LeaseGrantCommand)(nil),    // 13: tesserapb.LeaseGrantCommand
-	(*LeaseRevokeCommand)(nil),   // 14: tesserapb.LeaseRevokeCommand
-	(*LeaseAttach)(nil),          // 15: tesserapb.LeaseAttach
-	(*LeaseMarkCommand)(nil),     // 16: tesserapb.LeaseMarkCommand
-	(*LeaseRegisterCommand)(nil), // 17: tesserapb.LeaseRegisterCommand
-	(*KeySpan)(nil),              // 18: tesserapb.KeySpan
-	(*BarrierCommand)(nil),       // 19: tesserapb.BarrierCommand
-	(*Result)(nil),               // 20: tesserapb.Result
-	(*LeaseRecord)(nil),          // 21: tesserapb.LeaseRecord
-	(*SerialReadState)(nil),      // 22: tesserapb.SerialReadState
-	(*SerialReadStates)(nil),     // 23: tesserapb.SerialReadStates
+	(*IngestCommand)(nil),        // 1: tesserapb.IngestCommand
+	(*IngestVersion)(nil),        // 2: tesserapb.IngestVersion
+	(*BatchCommand)(nil),         // 3: tesserapb.BatchCommand
+	(*BatchResult)(nil),          // 4: tesserapb.BatchResult
+	(*SplitCommand)(nil),         // 5: tesserapb.SplitCommand
+	(*TxnCommand)(nil),           // 6: tesserapb.TxnCommand
+	(*TxnHoldCommand)(nil),       // 7: tesserapb.TxnHoldCommand
+	(*TxnHold)(nil),              // 8: tesserapb.TxnHold
+	(*TxnHoldResult)(nil),        // 9: tesserapb.TxnHoldResult
+	(*CompareOutcome)(nil),       // 10: tesserapb.CompareOutcome
+	(*OpFailure)(nil),            // 11: tesserapb.OpFailure
+	(*TxnCommitCommand)(nil),     // 12: tesserapb.TxnCommitCommand
+	(*TxnAbortCommand)(nil),      // 13: tesserapb.TxnAbortCommand
+	(*CompactCommand)(nil),       // 14: tesserapb.CompactCommand
+	(*LeaseGrantCommand)(nil),    // 15: tesserapb.LeaseGrantCommand
+	(*LeaseRevokeCommand)(nil),   // 16: tesserapb.LeaseRevokeCommand
+	(*LeaseAttach)(nil),          // 17: tesserapb.LeaseAttach
+	(*LeaseMarkCommand)(nil),     // 18: tesserapb.LeaseMarkCommand
+	(*LeaseRegisterCommand)(nil), // 19: tesserapb.LeaseRegisterCommand
+	(*KeySpan)(nil),              // 20: tesserapb.KeySpan
+	(*BarrierCommand)(nil),       // 21: tesserapb.BarrierCommand
+	(*Result)(nil),               // 22: tesserapb.Result
+	(*LeaseRecord)(nil),          // 23: tesserapb.LeaseRecord
+	(*SerialReadState)(nil),      // 24: tesserapb.SerialReadState
+	(*SerialReadStates)(nil),     // 25: tesserapb.SerialReadStates
 }
 var file_tesserapb_tessera_proto_depIdxs = []int32{
-	4,  // 0: tesserapb.Command.txn:type_name -> tesserapb.TxnCommand
-	12, // 1: tesserapb.Command.compact:type_name -> tesserapb.CompactCommand
-	13, // 2: tesserapb.Command.lease_grant:type_name -> tesserapb.LeaseGrantCommand
-	14, // 3: tesserapb.Command.lease_revoke:type_name -> tesserapb.LeaseRevokeCommand
-	19, // 4: tesserapb.Command.barrier:type_name -> tesserapb.BarrierCommand
-	3,  // 5: tesserapb.Command.split:type_name -> tesserapb.SplitCommand
-	16, // 6: tesserapb.Command.lease_mark:type_name -> tesserapb.LeaseMarkCommand
-	17, // 7: tesserapb.Command.lease_register:type_name -> tesserapb.LeaseRegisterCommand
-	1,  // 8: tesserapb.Command.batch:type_name -> tesserapb.BatchCommand
-	5,  // 9: tesserapb.Command.txn_hold:type_name -> tesserapb.TxnHoldCommand
-	10, // 10: tesserapb.Command.txn_commit:type_name -> tesserapb.TxnCommitCommand
-	11, // 11: tesserapb.Command.txn_abort:type_name -> tesserapb.TxnAbortCommand
-	0,  // 12: tesserapb.BatchCommand.commands:type_name -> tesserapb.Command
-	15, // 13: tesserapb.TxnCommand.attach:type_name -> tesserapb.LeaseAttach
-	15, // 14: tesserapb.TxnHoldCommand.attach:type_name -> tesserapb.LeaseAttach
-	14, // 15: tesserapb.TxnHoldCommand.lease_revoke:type_name -> tesserapb.LeaseRevokeCommand
-	14, // 16: tesserapb.TxnHold.lease_revoke:type_name -> tesserapb.LeaseRevokeCommand
-	8,  // 17: tesserapb.TxnHoldResult.compares:type_name -> tesserapb.CompareOutcome
-	9,  // 18: tesserapb.TxnHoldResult.failed:type_name -> tesserapb.OpFailure
-	18, // 19: tesserapb.LeaseRegisterCommand.span:type_name -> tesserapb.KeySpan
-	18, // 20: tesserapb.LeaseRecord.spans:type_name -> tesserapb.KeySpan
-	22, // 21: tesserapb.SerialReadStates.states:type_name -> tesserapb.SerialReadState
-	22, // [22:22] is the sub-list for method output_type
-	22, // [22:22] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	6,  // 0: tesserapb.Command.txn:type_name -> tesserapb.TxnCommand
+	14, // 1: tesserapb.Command.compact:type_name -> tesserapb.CompactCommand
+	15, // 2: tesserapb.Command.lease_grant:type_name -> tesserapb.LeaseGrantCommand
+	16, // 3: tesserapb.Command.lease_revoke:type_name -> tesserapb.LeaseRevokeCommand
+	21, // 4: tesserapb.Command.barrier:type_name -> tesserapb.BarrierCommand
+	5,  // 5: tesserapb.Command.split:type_name -> tesserapb.SplitCommand
+	18, // 6: tesserapb.Command.lease_mark:type_name -> tesserapb.LeaseMarkCommand
+	19, // 7: tesserapb.Command.lease_register:type_name -> tesserapb.LeaseRegisterCommand
+	3,  // 8: tesserapb.Command.batch:type_name -> tesserapb.BatchCommand
+	7,  // 9: tesserapb.Command.txn_hold:type_name -> tesserapb.TxnHoldCommand
+	12, // 10: tesserapb.Command.txn_commit:type_name -> tesserapb.TxnCommitCommand
+	13, // 11: tesserapb.Command.txn_abort:type_name -> tesserapb.TxnAbortCommand
+	1,  // 12: tesserapb.Command.ingest:type_name -> tesserapb.IngestCommand
+	2,  // 13: tesserapb.IngestCommand.versions:type_name -> tesserapb.IngestVersion
+	0,  // 14: tesserapb.BatchCommand.commands:type_name -> tesserapb.Command
+	17, // 15: tesserapb.TxnCommand.attach:type_name -> tesserapb.LeaseAttach
+	17, // 16: tesserapb.TxnHoldCommand.attach:type_name -> tesserapb.LeaseAttach
+	16, // 17: tesserapb.TxnHoldCommand.lease_revoke:type_name -> tesserapb.LeaseRevokeCommand
+	16, // 18: tesserapb.TxnHold.lease_revoke:type_name -> tesserapb.LeaseRevokeCommand
+	10, // 19: tesserapb.TxnHoldResult.compares:type_name -> tesserapb.CompareOutcome
+	11, // 20: tesserapb.TxnHoldResult.failed:type_name -> tesserapb.OpFailure
+	20, // 21: tesserapb.LeaseRegisterCommand.span:type_name -> tesserapb.KeySpan
+	20, // 22: tesserapb.LeaseRecord.spans:type_name -> tesserapb.KeySpan
+	24, // 23: tesserapb.SerialReadStates.states:type_name -> tesserapb.SerialReadState
+	24, // [24:24] is the sub-list for method output_type
+	24, // [24:24] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_tesserapb_tessera_proto_init() }
@@ -1939,6 +2165,7 @@ func file_tesserapb_tessera_proto_init() {
 		(*Command_TxnHold)(nil),
 		(*Command_TxnCommit)(nil),
 		(*Command_TxnAbort)(nil),
+		(*Command_Ingest)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1946,7 +2173,7 @@ func file_tesserapb_tessera_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tesserapb_tessera_proto_rawDesc), len(file_tesserapb_tessera_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,167 @@
+package etcdsnap
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	bolt "go.etcd.io/bbolt"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// hasHash reports whether a snapshot file of n bytes ends with the
+// database's SHA-256: bbolt databases are whole pages, so a file with the
+// hash appended is 32 bytes past a multiple of 512 (etcd's rule).
+func hasHash(n int64) bool { return n%512 == sha256.Size }
+
+// CopyVerified copies the snapshot file src to dst without its trailing
+// hash and returns the database's SHA-256, which names the snapshot. A
+// file whose hash does not match fails, as does one without a hash unless
+// skipHashCheck (a database file copied from a member's data directory).
+func CopyVerified(src, dst string, skipHashCheck bool) (id []byte, err error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return nil, err
+	}
+	defer in.Close()
+	st, err := in.Stat()
+	if err != nil {
+		return nil, err
+	}
+	size := st.Size()
+	var want []byte
+	if hasHash(size) {
+		size -= sha256.Size
+		want = make([]byte, sha256.Size)
+		if _, err := in.ReadAt(want, size); err != nil {
+			return nil, err
+		}
+	} else if !skipHashCheck {
+		return nil, fmt.Errorf("snapshot missing hash but --skip-hash-check=false")
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	h := sha256.New()
+	_, err = io.Copy(io.MultiWriter(out, h), io.NewSectionReader(in, 0, size))
+	if err == nil {
+		err = out.Sync()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(dst)
+		return nil, err
+	}
+	id = h.Sum(nil)
+	if want != nil && !skipHashCheck && !bytes.Equal(want, id) {
+		_ = os.Remove(dst)
+		return nil, fmt.Errorf("expected sha256 %x, got %x", want, id)
+	}
+	return id, nil
+}
+
+// Snapshot is an open snapshot database (without its trailing hash).
+type Snapshot struct {
+	db *bolt.DB
+	// Revision is the store's revision: its highest stored revision, or its
+	// compacted revision when higher.
+	Revision int64
+	// CompactRevision is the revision of its last finished compaction, 0 if none.
+	CompactRevision int64
+}
+
+// Open opens a snapshot database read-only.
+func Open(path string) (*Snapshot, error) {
+	db, err := bolt.Open(path, 0o400, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	s := &Snapshot{db: db}
+	err = db.View(func(tx *bolt.Tx) error {
+		keys, meta := tx.Bucket(bucketKey), tx.Bucket(bucketMeta)
+		if keys == nil || meta == nil {
+			return fmt.Errorf("%w: no key or meta bucket", ErrCorrupt)
+		}
+		if v := meta.Get(metaFinished); v != nil {
+			main, _, _, err := parseRevKey(v)
+			if err != nil {
+				return err
+			}
+			s.CompactRevision = main
+		}
+		if k, _ := keys.Cursor().Last(); k != nil {
+			main, _, _, err := parseRevKey(k)
+			if err != nil {
+				return err
+			}
+			s.Revision = main
+		}
+		s.Revision = max(s.Revision, s.CompactRevision, 1)
+		return nil
+	})
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close closes the database.
+func (s *Snapshot) Close() error { return s.db.Close() }
+
+// Versions calls fn with every stored version in revision order. A
+// deletion comes as a KeyValue with only Key and ModRevision set and
+// tombstone true. fn may keep what it is given.
+func (s *Snapshot) Versions(fn func(kv *mvccpb.KeyValue, tombstone bool) error) error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketKey).ForEach(func(k, v []byte) error {
+			main, _, tombstone, err := parseRevKey(k)
+			if err != nil {
+				return err
+			}
+			kv := &mvccpb.KeyValue{}
+			if err := proto.Unmarshal(v, kv); err != nil || len(kv.Key) == 0 {
+				return fmt.Errorf("%w: version at revision %d", ErrCorrupt, main)
+			}
+			if tombstone {
+				kv = &mvccpb.KeyValue{Key: kv.Key}
+			}
+			kv.ModRevision = main
+			return fn(kv, tombstone)
+		})
+	})
+}
+
+// Leases returns the snapshot's leases.
+func (s *Snapshot) Leases() ([]Lease, error) {
+	var out []Lease
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketLease)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			l, err := decodeLease(v)
+			if err != nil {
+				return err
+			}
+			if len(k) == 8 && l.ID == 0 {
+				l.ID = int64(binary.BigEndian.Uint64(k))
+			}
+			out = append(out, l)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// IsCorrupt reports whether err says the file is not a usable snapshot.
+func IsCorrupt(err error) bool { return errors.Is(err, ErrCorrupt) }
