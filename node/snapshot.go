@@ -1,20 +1,24 @@
 package node
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
 	"github.com/tesserakv/tessera/etcdsnap"
 )
 
-// snapshotPageKeys is how many keys each read of a snapshot takes.
-const snapshotPageKeys = 1000
+// A snapshot reads the keyspace in pages of up to snapshotPageKeys keys,
+// fewer when values are large: about snapshotPageBytes of values each.
+const (
+	snapshotPageKeys  = 1000
+	snapshotPageBytes = 4 << 20
+)
 
 // snapshotChunkBytes is the size of the pieces a snapshot is streamed in,
 // as etcd sends them.
@@ -90,16 +94,21 @@ func (s *Node) writeSnapshot(ctx context.Context, path string) (int64, error) {
 			rev = resp.Header.Revision
 			req.Revision = rev
 		}
+		bytes := 0
 		for _, kv := range resp.Kvs {
+			bytes += len(kv.Value)
 			if err := w.Put(kv, false); err != nil {
 				w.Abort()
 				return 0, err
 			}
 		}
+		if len(resp.Kvs) > 0 {
+			req.Limit = int64(min(max(snapshotPageBytes/max(bytes/len(resp.Kvs), 1), 16), snapshotPageKeys))
+		}
 		if !resp.More || len(resp.Kvs) == 0 {
 			break
 		}
-		req.Key = append(bytes.Clone(resp.Kvs[len(resp.Kvs)-1].Key), 0)
+		req.Key = append(slices.Clone(resp.Kvs[len(resp.Kvs)-1].Key), 0)
 	}
 	leases, err := s.router.LeaseLeases(ctx, &pb.LeaseLeasesRequest{})
 	if err != nil {
