@@ -13,6 +13,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tesserakv/tessera/node"
+	"github.com/tesserakv/tessera/proto/v3electionpb"
+	"github.com/tesserakv/tessera/proto/v3lockpb"
 )
 
 // etcd's JSON gateway on the client port: the unary RPCs of KV, Lease,
@@ -119,7 +121,7 @@ func httpStatusOf(c codes.Code) int {
 }
 
 // handleGateway adds etcd's gateway paths to mux.
-func handleGateway(mux *http.ServeMux, n *node.Node, m *maintenance, c *cluster) {
+func handleGateway(mux *http.ServeMux, n *node.Node, m *maintenance, c *cluster, e *election, l *lock) {
 	r := n.Router()
 	handle := func(h http.HandlerFunc, paths ...string) {
 		for _, p := range paths {
@@ -150,4 +152,10 @@ func handleGateway(mux *http.ServeMux, n *node.Node, m *maintenance, c *cluster)
 	handle(unary(func() *pb.MemberListRequest { return &pb.MemberListRequest{} }, c.MemberList), "/v3/cluster/member/list")
 	handle(unary(func() *pb.MemberAddRequest { return &pb.MemberAddRequest{} }, c.MemberAdd), "/v3/cluster/member/add")
 	handle(unary(func() *pb.MemberRemoveRequest { return &pb.MemberRemoveRequest{} }, c.MemberRemove), "/v3/cluster/member/remove")
+	handle(unary(func() *v3electionpb.CampaignRequest { return &v3electionpb.CampaignRequest{} }, e.Campaign), "/v3/election/campaign")
+	handle(unary(func() *v3electionpb.ProclaimRequest { return &v3electionpb.ProclaimRequest{} }, e.Proclaim), "/v3/election/proclaim")
+	handle(unary(func() *v3electionpb.LeaderRequest { return &v3electionpb.LeaderRequest{} }, e.Leader), "/v3/election/leader")
+	handle(unary(func() *v3electionpb.ResignRequest { return &v3electionpb.ResignRequest{} }, e.Resign), "/v3/election/resign")
+	handle(unary(func() *v3lockpb.LockRequest { return &v3lockpb.LockRequest{} }, l.Lock), "/v3/lock/lock")
+	handle(unary(func() *v3lockpb.UnlockRequest { return &v3lockpb.UnlockRequest{} }, l.Unlock), "/v3/lock/unlock")
 }

@@ -23,6 +23,8 @@ import (
 	"github.com/tesserakv/tessera/internal/wirecodec"
 	"github.com/tesserakv/tessera/node"
 	"github.com/tesserakv/tessera/proto/tesserapb"
+	"github.com/tesserakv/tessera/proto/v3electionpb"
+	"github.com/tesserakv/tessera/proto/v3lockpb"
 )
 
 // Config is the node's configuration: etcd's flags are one flat set, and
@@ -55,6 +57,8 @@ type Server struct {
 	grpc      *grpc.Server
 	http      *http.Server // etcd's HTTP endpoints on the client URLs
 	listeners []net.Listener
+	// self is the client of this node the Election and Lock services use.
+	self      *selfClient
 	closeOnce sync.Once
 }
 
@@ -115,10 +119,14 @@ func Start(cfg Config) (*Server, error) {
 	pb.RegisterWatchServer(s.grpc, n.Hub())
 	pb.RegisterAuthServer(s.grpc, unimplementedAuth{})
 	tesserapb.RegisterInternalServer(s.grpc, n.Internal())
+	s.self = &selfClient{addr: s.listeners[0].Addr().String()}
+	elect, lck := &election{c: s.self}, &lock{c: s.self}
+	v3electionpb.RegisterElectionServer(s.grpc, elect)
+	v3lockpb.RegisterLockServer(s.grpc, lck)
 	mux := http.NewServeMux()
 	n.HandleHTTP(mux)
 	mux.HandleFunc("/version", serveVersion)
-	handleGateway(mux, n, maint, clus)
+	handleGateway(mux, n, maint, clus, elect, lck)
 	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	for _, ln := range s.listeners {
 		split := splitListen(ln, n.Stopper().RunAsync)
@@ -174,6 +182,7 @@ func (s *Server) Testing() node.TestingNode { return s.node.Testing() }
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
 		s.node.Quiesce()
+		s.self.close()
 		s.node.StopFronts() // ends the streams a graceful stop would wait for
 		done := make(chan struct{})
 		go func() {
