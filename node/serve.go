@@ -165,7 +165,17 @@ func (h hubSource) CurrentRevision(ctx context.Context) (int64, error) {
 	return h.s.router.CurrentRevision(ctx)
 }
 
-func (h hubSource) Header(rev int64) *pb.ResponseHeader { return h.s.router.Header(rev) }
+func (h hubSource) Header(rev int64) *pb.ResponseHeader { return h.s.header(rev) }
+
+// header is a response header at rev for answers that no one range gives
+// (watches, snapshots), with the meta range's term, as Status reports it.
+func (s *Node) header(rev int64) *pb.ResponseHeader {
+	h := s.router.Header(rev)
+	if _, term, ok := s.meta.Leader(); ok {
+		h.RaftTerm = term
+	}
+	return h
+}
 
 func (h hubSource) HasLeader() bool {
 	_, _, ok := h.s.meta.Leader()

@@ -68,11 +68,11 @@ func (s *Node) Snapshot(ctx context.Context, send func(*pb.SnapshotResponse) err
 		}
 		left -= int64(len(buf))
 		h.Write(buf)
-		if err := send(&pb.SnapshotResponse{Header: s.router.Header(rev), RemainingBytes: uint64(left), Blob: buf, Version: etcdsnap.StorageVersion}); err != nil {
+		if err := send(&pb.SnapshotResponse{Header: s.header(rev), RemainingBytes: uint64(left), Blob: buf, Version: etcdsnap.StorageVersion}); err != nil {
 			return err
 		}
 	}
-	return send(&pb.SnapshotResponse{Header: s.router.Header(rev), Blob: h.Sum(nil), Version: etcdsnap.StorageVersion})
+	return send(&pb.SnapshotResponse{Header: s.header(rev), Blob: h.Sum(nil), Version: etcdsnap.StorageVersion})
 }
 
 // writeSnapshot writes the snapshot database to path and returns its

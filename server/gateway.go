@@ -17,14 +17,13 @@ import (
 	"github.com/tesserakv/tessera/proto/v3lockpb"
 )
 
-// etcd's JSON gateway on the client port: the unary RPCs of KV, Lease,
-// Maintenance and Cluster at etcd's paths (POST /v3/kv/range, …), each
-// request and answer the RPC's message in protobuf's JSON with the
-// field names of the .proto files (bytes in base64, 64-bit integers as
-// strings), as etcd's gRPC gateway has them; an error is a google.rpc
-// Status ({"code":…,"message":…}) under the HTTP status of its gRPC code.
-// The streaming RPCs (Watch, LeaseKeepAlive, Snapshot) are not served
-// here.
+// etcd's JSON gateway on the client port: the RPCs of KV, Lease, Watch,
+// Maintenance, Cluster, Election and Lock at etcd's paths (POST
+// /v3/kv/range, …), each request and answer the RPC's message in
+// protobuf's JSON with the field names of the .proto files (bytes in
+// base64, 64-bit integers as strings), as etcd's gRPC gateway has them;
+// an error is a google.rpc Status ({"code":…,"message":…}) under the HTTP
+// status of its gRPC code. Streaming calls are in gatewaystream.go.
 
 var (
 	gatewayIn  = protojson.UnmarshalOptions{}
@@ -86,8 +85,7 @@ func writeGatewayError(w http.ResponseWriter, err error, httpStatus int) {
 	_ = json.NewEncoder(w).Encode(struct {
 		Code    codes.Code `json:"code"`
 		Message string     `json:"message"`
-		Details []any      `json:"details"`
-	}{st.Code(), st.Message(), []any{}})
+	}{st.Code(), st.Message()})
 }
 
 // httpStatusOf maps a gRPC code to an HTTP status as gRPC's gateway does.
@@ -158,4 +156,5 @@ func handleGateway(mux *http.ServeMux, n *node.Node, m *maintenance, c *cluster,
 	handle(unary(func() *v3electionpb.ResignRequest { return &v3electionpb.ResignRequest{} }, e.Resign), "/v3/election/resign")
 	handle(unary(func() *v3lockpb.LockRequest { return &v3lockpb.LockRequest{} }, l.Lock), "/v3/lock/lock")
 	handle(unary(func() *v3lockpb.UnlockRequest { return &v3lockpb.UnlockRequest{} }, l.Unlock), "/v3/lock/unlock")
+	handleGatewayStreams(handle, n.Hub(), r, m, e)
 }

@@ -192,8 +192,8 @@ func TestHTTPOnClientPort(t *testing.T) {
 		{"/livez", 200, "ok"},
 		{"/readyz", 200, "ok"},
 		{"/livez?verbose", 200, "[+]serializable_read ok\nlivez check passed"},
-		{"/readyz?verbose", 200, "[+]data_corruption ok\n[+]serializable_read ok\n[+]linearizable_read ok\nreadyz check passed"},
-		{"/readyz?verbose&exclude=linearizable_read", 200, "[+]data_corruption ok\n[+]serializable_read ok\n[+]linearizable_read excluded: ok\nreadyz check passed"},
+		{"/readyz?verbose", 200, "[+]data_corruption ok\n[+]snapshot_restored ok\n[+]serializable_read ok\n[+]linearizable_read ok\nreadyz check passed"},
+		{"/readyz?verbose&exclude=linearizable_read", 200, "[+]data_corruption ok\n[+]snapshot_restored ok\n[+]serializable_read ok\n[+]linearizable_read excluded: ok\nreadyz check passed"},
 		{"/nothing", 404, "404 page not found"},
 	} {
 		if code, body := get(tc.path); code != tc.code || body != tc.body {
