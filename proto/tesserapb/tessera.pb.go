@@ -317,7 +317,8 @@ func (*Command_TxnAbort) isCommand_Op() {}
 func (*Command_Ingest) isCommand_Op() {}
 
 // IngestCommand loads one chunk of a snapshot's versions into a range that
-// has never been written (docs/design.md, "Snapshots and restore"). Chunks
+// has never been written (docs/design.md, "Backups, restore and etcd's
+// snapshot format"). Chunks
 // of one snapshot are numbered from 0 and applied in that order: the first
 // needs a range at revision 1 with no ingest begun, each later one the
 // next number; a number already applied changes nothing (a proposal tried
