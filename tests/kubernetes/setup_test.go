@@ -248,7 +248,15 @@ func testSetup(t *testing.T, opts ...setupOption) (context.Context, *testStore, 
 		opt(&o)
 	}
 	n := startNode(t, o.nodeFlags...)
-	client := newClient(t, n.clientURL)
+	st := storeOn(t, n.clientURL, o)
+	return context.Background(), st, st.client
+}
+
+// storeOn returns an etcd3 store on the etcd (or Tessera) serving
+// endpoint, set up as testSetup's.
+func storeOn(t *testing.T, endpoint string, o setupOptions) *testStore {
+	t.Helper()
+	client := newClient(t, endpoint)
 
 	transformer := &switchableTransformer{current: o.transformer}
 	versioner := storage.APIObjectVersioner{}
@@ -273,13 +281,13 @@ func testSetup(t *testing.T, opts ...setupOption) (context.Context, *testStore, 
 	}
 	t.Cleanup(s.Close)
 	pathPrefix := path.Join("/", o.prefix)
-	return context.Background(), &testStore{
+	return &testStore{
 		etcdStore:   s,
 		codec:       o.codec,
 		transformer: transformer,
 		keysPrefix:  path.Join(pathPrefix, o.resourcePrefix) + "/",
 		client:      client,
-	}, client
+	}
 }
 
 // newClient connects a Kubernetes etcd client to the node, with recorders
