@@ -71,6 +71,7 @@ func (s *Node) newMetrics() {
 		s.events.metaChanges,
 		s.events.rangeChanges,
 		pebbleCollector{s},
+		rangeCollector{s},
 	)
 	gauge := func(name, help string, f func() float64) {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
@@ -140,6 +141,10 @@ func (s *Node) appliedIndexes() float64 {
 	}
 	return float64(sum)
 }
+
+// Registerer is the node's Prometheus registry, for the series its
+// servers add.
+func (s *Node) Registerer() prometheus.Registerer { return s.registry }
 
 // handleMetrics adds /metrics to mux.
 func (s *Node) handleMetrics(mux *http.ServeMux) {

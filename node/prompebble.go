@@ -1,6 +1,8 @@
 package node
 
 import (
+	"strconv"
+
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -54,5 +56,41 @@ func (c pebbleCollector) Collect(ch chan<- prometheus.Metric) {
 	r := c.s.store.PebbleMetrics()
 	for _, m := range pebbleMetrics {
 		ch <- prometheus.MustNewConstMetric(m.desc, m.kind, m.value(r))
+	}
+}
+
+// rangeCollector exports, at each scrape, a series per data range replica
+// on the node: its size estimate, the requests per second the node routed
+// to it, and whether this replica leads it.
+type rangeCollector struct {
+	s *Node
+}
+
+var (
+	rangeSizeDesc   = prometheus.NewDesc("tessera_range_size_bytes", "Estimated bytes of a range's data on this node (its replica's view).", []string{"range_id"}, nil)
+	rangeQPSDesc    = prometheus.NewDesc("tessera_range_qps", "Requests per second this node routed to a range over the last sampling window.", []string{"range_id"}, nil)
+	rangeLeaderDesc = prometheus.NewDesc("tessera_range_is_leader", "Whether this node's replica leads the range (1) or not (0).", []string{"range_id"}, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (c rangeCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- rangeSizeDesc
+	ch <- rangeQPSDesc
+	ch <- rangeLeaderDesc
+}
+
+// Collect implements prometheus.Collector.
+func (c rangeCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, r := range c.s.rangeList() {
+		id := strconv.FormatUint(r.RangeID(), 10)
+		if rsm := c.s.store.Range(r.RangeID()); rsm != nil {
+			ch <- prometheus.MustNewConstMetric(rangeSizeDesc, prometheus.GaugeValue, float64(rsm.SizeBytes()), id)
+		}
+		ch <- prometheus.MustNewConstMetric(rangeQPSDesc, prometheus.GaugeValue, r.QPS(), id)
+		leads := 0.0
+		if r.IsLeader() {
+			leads = 1
+		}
+		ch <- prometheus.MustNewConstMetric(rangeLeaderDesc, prometheus.GaugeValue, leads, id)
 	}
 }

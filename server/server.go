@@ -87,6 +87,7 @@ func Start(cfg Config) (*Server, error) {
 		return nil, err
 	}
 
+	metrics := newGRPCMetrics(n.Registerer())
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes+grpcOverheadBytes),
 		grpc.MaxSendMsgSize(math.MaxInt32),
@@ -98,17 +99,18 @@ func Start(cfg Config) (*Server, error) {
 		// Watch events go out encoded once for all the watches they go to,
 		// and Range answers without decoding the stored versions.
 		grpc.ForceServerCodecV2(wirecodec.Codec{}),
+		// etcd's gRPC series; clients refused while a snapshot is restored.
 		grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 			if n.Restoring() && !servesWhileRestoring(info.FullMethod) {
 				return nil, errRestoring
 			}
-			return handler(ctx, req)
+			return metrics.unary(ctx, req, info, handler)
 		}),
 		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 			if n.Restoring() && !servesWhileRestoring(info.FullMethod) {
 				return errRestoring
 			}
-			return handler(srv, ss)
+			return metrics.stream(srv, ss, info, handler)
 		}),
 	)
 	registerKV(s.grpc, n.Router())

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -269,11 +271,17 @@ func TestHTTPOnClientPort(t *testing.T) {
 	if code != 200 {
 		t.Fatalf("GET /metrics: %d %s", code, body)
 	}
+	// The text parses with Prometheus' own parser; values are keyed by
+	// name{labels} as they are written.
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	if _, err := parser.TextToMetricFamilies(strings.NewReader(body + "\n")); err != nil { // get trims the last newline
+		t.Fatalf("/metrics does not parse: %v", err)
+	}
 	values := map[string]float64{}
 	for _, line := range strings.Split(body, "\n") {
-		if name, value, ok := strings.Cut(line, " "); ok && !strings.HasPrefix(line, "#") {
-			if v, err := strconv.ParseFloat(value, 64); err == nil {
-				values[name] = v
+		if i := strings.LastIndexByte(line, ' '); i > 0 && !strings.HasPrefix(line, "#") {
+			if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+				values[line[:i]] = v
 			}
 		}
 	}
@@ -292,7 +300,11 @@ func TestHTTPOnClientPort(t *testing.T) {
 		}
 	}
 	for _, name := range []string{"etcd_server_proposals_applied_total", "etcd_server_proposals_committed_total", "etcd_mvcc_db_total_size_in_bytes", "go_goroutines", "process_cpu_seconds_total",
-		"tessera_pebble_disk_space_bytes", "tessera_pebble_wal_bytes_written_total", "tessera_pebble_memtable_bytes"} {
+		"tessera_pebble_disk_space_bytes", "tessera_pebble_wal_bytes_written_total", "tessera_pebble_memtable_bytes",
+		`tessera_range_is_leader{range_id="2"}`, `tessera_range_size_bytes{range_id="2"}`,
+		`grpc_server_started_total{grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"}`,
+		`grpc_server_handled_total{grpc_code="OK",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"}`,
+		`grpc_server_handling_seconds_count{grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"}`} {
 		if values[name] <= 0 {
 			t.Errorf("/metrics: %s = %v, want more than 0", name, values[name])
 		}
