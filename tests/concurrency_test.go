@@ -34,6 +34,7 @@ func TestMutexAndElectionUnderLeaderKills(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	waitRanges(t, c, 5)
 	const run = 8 * time.Second
 	deadline := time.Now().Add(run)
 	var holders, leaders atomic.Int32

@@ -16,6 +16,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/tesserakv/tessera/etcdsnap"
 	"github.com/tesserakv/tessera/internal/testcluster"
@@ -160,14 +162,21 @@ func fillHistory(t *testing.T, cli *clientv3.Client) int64 {
 			t.Fatal(err)
 		}
 	}
-	lease, err := cli.Grant(ctx, 600)
-	if err != nil {
-		t.Fatal(err)
+	// A cluster just started or split may not know its ranges' leaders
+	// for a moment; a grant refused meanwhile is tried again.
+	grant := func(ttl int64) *clientv3.LeaseGrantResponse {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			l, err := cli.Grant(ctx, ttl)
+			if err == nil {
+				return l
+			}
+			if status.Code(err) != codes.Unavailable || time.Now().After(deadline) {
+				t.Fatal(err)
+			}
+		}
 	}
-	other, err := cli.Grant(ctx, 900)
-	if err != nil {
-		t.Fatal(err)
-	}
+	lease, other := grant(600), grant(900)
 	for i := range 30 {
 		must(cli.Put(ctx, fmt.Sprintf("k/%02d", i), fmt.Sprintf("v%d", i)))
 	}
@@ -274,6 +283,7 @@ func TestSnapshotRestore(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	waitRanges(t, src, 4)
 	cli := src.Client()
 	fillHistory(t, cli)
 	for i := range 40 {
