@@ -130,12 +130,14 @@ func (r *Router) writeTo(ctx context.Context, rng Range, cmd *tesserapb.Command,
 }
 
 // retryLocal runs a write on a local replica under the same policy as
-// writeTo: again while it fails with a shard.RetryableError. Any other
-// error, a replica naming another leader among them, is returned.
+// writeTo: again while it fails with a shard.RetryableError, or while the
+// replica knows no leader (an election under way). Any other error, a
+// replica naming another leader among them, is returned.
 func (r *Router) retryLocal(ctx context.Context, write func() error) error {
 	return r.writeRetry.Do(ctx, r.stopper.ShouldQuiesce(), func() (bool, error) {
 		err := write()
-		return shard.IsRetryable(err), err
+		var nl *shard.NotLeaderError
+		return shard.IsRetryable(err) || (errors.As(err, &nl) && nl.LeaderReplicaID == 0), err
 	})
 }
 

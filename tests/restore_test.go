@@ -156,49 +156,53 @@ func eventsFrom(t *testing.T, cli *clientv3.Client, rev, to int64) string {
 func fillHistory(t *testing.T, cli *clientv3.Client) int64 {
 	t.Helper()
 	ctx := ctxT(t)
-	must := func(_ any, err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
 	// A cluster just started or split may not know its ranges' leaders
-	// for a moment; a grant refused meanwhile is tried again.
-	grant := func(ttl int64) *clientv3.LeaseGrantResponse {
+	// for a moment (etcd's "no leader", Unavailable): a call refused so is
+	// tried again, and logged.
+	do := func(what string, call func() error) {
 		t.Helper()
 		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-			l, err := cli.Grant(ctx, ttl)
+			err := call()
 			if err == nil {
-				return l
+				return
 			}
 			if status.Code(err) != codes.Unavailable || time.Now().After(deadline) {
-				t.Fatal(err)
+				t.Fatalf("%s: %v", what, err)
 			}
+			t.Logf("%s: %v; trying again", what, err)
 		}
 	}
-	lease, other := grant(600), grant(900)
+	ignore := func(_ any, err error) error { return err }
+	var lease, other *clientv3.LeaseGrantResponse
+	do("grant", func() (err error) { lease, err = cli.Grant(ctx, 600); return err })
+	do("grant", func() (err error) { other, err = cli.Grant(ctx, 900); return err })
 	for i := range 30 {
-		must(cli.Put(ctx, fmt.Sprintf("k/%02d", i), fmt.Sprintf("v%d", i)))
+		do("put", func() error { return ignore(cli.Put(ctx, fmt.Sprintf("k/%02d", i), fmt.Sprintf("v%d", i))) })
 	}
 	for i := range 10 {
-		must(cli.Put(ctx, fmt.Sprintf("k/%02d", i*3), fmt.Sprintf("w%d", i)))
+		do("put", func() error { return ignore(cli.Put(ctx, fmt.Sprintf("k/%02d", i*3), fmt.Sprintf("w%d", i))) })
 	}
-	must(cli.Delete(ctx, "k/01"))
-	must(cli.Put(ctx, "leased/a", "x", clientv3.WithLease(lease.ID)))
-	must(cli.Put(ctx, "leased/b", "y", clientv3.WithLease(other.ID)))
-	resp, err := cli.Get(ctx, "k/", clientv3.WithPrefix(), clientv3.WithCountOnly())
-	if err != nil {
-		t.Fatal(err)
-	}
-	compacted := resp.Header.Revision
-	must(cli.Compact(ctx, compacted))
-	must(cli.Txn(ctx).Then(
-		clientv3.OpPut("t/1", "one"), clientv3.OpPut("t/2", "two"), clientv3.OpDelete("k/05"), clientv3.OpPut("k/10", "txn"),
-	).Commit())
-	must(cli.Put(ctx, "leased/a", "x2", clientv3.WithLease(lease.ID)))
-	must(cli.Put(ctx, "k/02", "moved", clientv3.WithLease(other.ID)))
-	must(cli.Delete(ctx, "k/2", clientv3.WithPrefix()))
-	must(cli.Put(ctx, "z", "last"))
+	do("delete", func() error { return ignore(cli.Delete(ctx, "k/01")) })
+	do("put with a lease", func() error { return ignore(cli.Put(ctx, "leased/a", "x", clientv3.WithLease(lease.ID))) })
+	do("put with a lease", func() error { return ignore(cli.Put(ctx, "leased/b", "y", clientv3.WithLease(other.ID))) })
+	var compacted int64
+	do("get", func() error {
+		resp, err := cli.Get(ctx, "k/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err == nil {
+			compacted = resp.Header.Revision
+		}
+		return err
+	})
+	do("compact", func() error { return ignore(cli.Compact(ctx, compacted)) })
+	do("txn", func() error {
+		return ignore(cli.Txn(ctx).Then(
+			clientv3.OpPut("t/1", "one"), clientv3.OpPut("t/2", "two"), clientv3.OpDelete("k/05"), clientv3.OpPut("k/10", "txn"),
+		).Commit())
+	})
+	do("put with a lease", func() error { return ignore(cli.Put(ctx, "leased/a", "x2", clientv3.WithLease(lease.ID))) })
+	do("put with a lease", func() error { return ignore(cli.Put(ctx, "k/02", "moved", clientv3.WithLease(other.ID))) })
+	do("delete", func() error { return ignore(cli.Delete(ctx, "k/2", clientv3.WithPrefix())) })
+	do("put", func() error { return ignore(cli.Put(ctx, "z", "last")) })
 	return compacted
 }
 
