@@ -77,6 +77,9 @@ func (w *Writer) Put(kv *mvccpb.KeyValue, tombstone bool) error {
 		return err
 	}
 	keys := w.tx.Bucket(bucketKey)
+	// Versions mostly come in rising revisions: fill pages before
+	// splitting them, as etcd's own writes do.
+	keys.FillPercent = 0.9
 	c := keys.Cursor()
 	sub := int64(0)
 	for {
