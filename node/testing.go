@@ -271,3 +271,9 @@ func (t TestingNode) MetaMembers() (voters, learners []uint64) {
 
 // MetaReplicaID is this node's replica ID in the meta range.
 func (t TestingNode) MetaReplicaID() uint64 { return t.s.meta.ReplicaID() }
+
+// CorruptValue overwrites the value of key's newest version in this node's
+// store, outside Raft, as a disk gone bad would.
+func (t TestingNode) CorruptValue(key, value string) error {
+	return t.s.store.CorruptForTesting([]byte(key), []byte(value))
+}

@@ -1,6 +1,7 @@
 package statemachine
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"sync"
@@ -9,6 +10,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
 	sm "github.com/lni/dragonboat/v4/statemachine"
+	"google.golang.org/protobuf/proto"
 )
 
 // StoreOptions configures a node's Pebble. The zero value is usable.
@@ -252,3 +254,27 @@ func (s *Store) CompactAll(ctx context.Context) error {
 // PebbleMetrics returns Pebble's own metrics of the store (exported at
 // /metrics under tessera_pebble_).
 func (s *Store) PebbleMetrics() *pebble.Metrics { return s.db.Metrics() }
+
+// CorruptForTesting overwrites, in place and outside Raft, the value of
+// userKey's newest stored version with value: a replica whose data went
+// bad on disk, for tests of the checks that notice it (HashKV).
+func (s *Store) CorruptForTesting(userKey, value []byte) error {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: dataKeyPrefix(userKey), UpperBound: dataKeyPastVersions(userKey)})
+	if err != nil {
+		return err
+	}
+	defer closeQuietly(it)
+	if !it.First() {
+		return fmt.Errorf("statemachine: no version of %q", userKey)
+	}
+	kv, err := decodeVersion(userKey, it.Value())
+	if err != nil || kv == nil {
+		return fmt.Errorf("statemachine: %q has no value to corrupt (%v)", userKey, err)
+	}
+	kv.Key, kv.Value = nil, value
+	enc, err := proto.Marshal(kv)
+	if err != nil {
+		return err
+	}
+	return s.db.Set(bytes.Clone(it.Key()), enc, pebble.Sync)
+}

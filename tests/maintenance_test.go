@@ -25,7 +25,8 @@ import (
 // a split), HashKV at one revision answers the same hash on every node,
 // before and after a compaction and a defragmentation, and a later write
 // changes the hash at the current revision but not at the old one; a
-// revision below the compaction or in the future gets etcd's errors.
+// revision below the compaction or in the future gets etcd's errors; and a
+// value gone bad on one node's disk makes that node's hash differ.
 func TestHashKVAndDefragment(t *testing.T) {
 	c := testcluster.Start(t, 3)
 	ctx := ctxT(t)
@@ -103,6 +104,23 @@ func TestHashKVAndDefragment(t *testing.T) {
 	}
 	if _, err := cli.HashKV(ctx, c.Nodes[0].ClientURL, at+1000); !errors.Is(err, rpctypes.ErrFutureRev) {
 		t.Fatalf("HashKV in the future: %v", err)
+	}
+
+	// A value gone bad on one node's disk is noticed: its hash differs from
+	// the others', which still agree.
+	if err := c.Nodes[2].Server.Testing().CorruptValue("h/02", "bad"); err != nil {
+		t.Fatal(err)
+	}
+	var after []uint32
+	for _, n := range c.Nodes {
+		resp, err := cli.HashKV(ctx, n.ClientURL, at)
+		if err != nil {
+			t.Fatalf("%s: HashKV(%d): %v", n.Config.Name, at, err)
+		}
+		after = append(after, resp.Hash)
+	}
+	if after[0] != compacted[0] || after[1] != compacted[0] || after[2] == compacted[0] {
+		t.Fatalf("after n3's value went bad, HashKV(%d) answers %x, %x, %x; the others %x", at, after[0], after[1], after[2], compacted[0])
 	}
 }
 
