@@ -221,20 +221,27 @@ func (s *Node) Start() error {
 			s.goTask(func() { s.runCompactor(policy) })
 		}
 	}
-	if id, err := s.preparedRestore(); err != nil {
+	id, err := s.preparedRestore()
+	if err != nil {
 		s.Close()
 		return err
-	} else if id != nil {
-		s.restoring.Store(true)
-		s.goTask(func() {
-			if s.restore(id) {
-				s.restoring.Store(false)
-				reshape()
-			}
-		})
-	} else {
-		reshape()
 	}
+	if id == nil && s.joined {
+		// A node joining a cluster that is loading a snapshot waits for
+		// the load like its members (restore.go).
+		id = s.unfinishedRestore()
+	}
+	if id == nil {
+		reshape()
+		return nil
+	}
+	s.restoring.Store(true)
+	s.goTask(func() {
+		if s.restore(id) {
+			s.restoring.Store(false)
+			reshape()
+		}
+	})
 	return nil
 }
 

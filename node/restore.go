@@ -113,6 +113,22 @@ func (s *Node) preparedRestore() ([]byte, error) {
 	return id, nil
 }
 
+// unfinishedRestoreWait bounds how long a joining node's start asks the
+// meta range whether a restore is under way.
+const unfinishedRestoreWait = 5 * time.Second
+
+// unfinishedRestore returns the ID of the snapshot the cluster is loading,
+// nil when none is (or the meta range did not answer in time).
+func (s *Node) unfinishedRestore() []byte {
+	ctx, cancel := context.WithTimeout(s.stopper.Context(), unfinishedRestoreWait)
+	defer cancel()
+	rec, err := s.restoreRecord(ctx)
+	if err != nil || rec == nil || rec.Done {
+		return nil
+	}
+	return rec.SnapshotId
+}
+
 // Restoring reports whether the node waits for a snapshot's restore; it
 // serves no client until then.
 func (s *Node) Restoring() bool { return s.restoring.Load() }
@@ -129,7 +145,10 @@ func (s *Node) restore(id []byte) bool {
 	ctx := s.stopper.Context()
 	for {
 		var err error
-		if s.replicaID == 1 && !s.joined {
+		if _, statErr := os.Stat(dir); statErr != nil {
+			// No snapshot here: a node that joined while the cluster loads one.
+			err = s.awaitRestore(ctx, id)
+		} else if s.replicaID == 1 && !s.joined {
 			err = s.ingestSnapshot(ctx, filepath.Join(dir, restoreDBFile), id)
 		} else {
 			err = s.awaitRestore(ctx, id)
@@ -232,6 +251,9 @@ func (s *Node) ingestSnapshot(ctx context.Context, path string, id []byte) error
 	cmd := &tesserapb.IngestCommand{SnapshotId: id, Revision: snap.Revision, CompactedRevision: snap.CompactRevision}
 	size, versions := 0, 0
 	flush := func(last bool) error {
+		if hook := s.cfg.Knobs.BeforeIngestChunk; hook != nil {
+			hook(cmd.Seq)
+		}
 		cmd.Last = last
 		c := &tesserapb.Command{Op: &tesserapb.Command_Ingest{Ingest: cmd}}
 		if err := s.ingestWrite(ctx, rep, func() (*tesserapb.Result, error) { return rep.Write(ctx, c, false) }); err != nil {

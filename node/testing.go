@@ -46,6 +46,9 @@ type TestingKnobs struct {
 	// minutes): an operation that hangs is given up and proposed again
 	// sooner.
 	PlacementOpTimeout time.Duration
+	// BeforeIngestChunk runs before member 1 writes each chunk of a
+	// snapshot it restores (it may block, holding the restore).
+	BeforeIngestChunk func(seq uint64)
 	// The router's knobs (AfterLeaseProof, AfterTxnHeld, …).
 	router.TestingKnobs
 	// DialNode, when set, opens every connection this node makes to another

@@ -13,14 +13,18 @@ import (
 	"testing"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/tesserakv/tessera/etcdsnap"
 	"github.com/tesserakv/tessera/internal/testcluster"
+	"github.com/tesserakv/tessera/node"
 	"github.com/tesserakv/tessera/server"
 )
 
@@ -419,5 +423,63 @@ func TestMakeMirrorIntoTessera(t *testing.T) {
 			t.Fatalf("Tessera after 30s of make-mirror:\n%s\netcd:\n%s\nmake-mirror printed:\n%s", got, want, out.String())
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestJoinWhileRestoring: a node that joins a cluster while its first
+// member loads a snapshot, and gets a replica of the range being loaded,
+// refuses clients (serializable reads too), as the members do, until the
+// load is done, then serves the snapshot's keys.
+func TestJoinWhileRestoring(t *testing.T) {
+	src := testcluster.Start(t, 1)
+	cli := src.Client()
+	ctx := ctxT(t)
+	for i := range 20 {
+		if _, err := cli.Put(ctx, fmt.Sprintf("j/%02d", i), fmt.Sprint(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	file := saveSnapshot(t, cli)
+	rev, _ := snapshotRevision(t, file)
+
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	releaseLoad := func() { releaseOnce.Do(func() { close(release) }) }
+	dst := testcluster.Start(t, 1, func(cfg *server.Config) {
+		if cfg.Name == "n1" {
+			if _, err := node.PrepareRestore(file, cfg.DataDir, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cfg.Knobs.BeforeIngestChunk = func(uint64) { <-release }
+	})
+	t.Cleanup(releaseLoad) // before the nodes close
+	joined := dst.AddNode()
+	// The joined node gets a replica of the range being loaded, so it
+	// could answer serializable reads from it.
+	if _, err := dst.Nodes[0].Server.Testing().ChangeReplicas(ctx, 2, 2, 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range dst.Nodes {
+		// A bare connection: clientv3 would retry Unavailable until its
+		// deadline.
+		conn, err := grpc.NewClient(strings.TrimPrefix(n.ClientURL, "http://"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, serializable := range []bool{false, true} {
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err = pb.NewKVClient(conn).Range(rctx, &pb.RangeRequest{Key: []byte("j/00"), Serializable: serializable})
+			cancel()
+			if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "restoring") {
+				t.Fatalf("%s answered a read (serializable %v) during the restore: %v", n.Config.Name, serializable, err)
+			}
+		}
+		conn.Close()
+	}
+	releaseLoad()
+	want := fmt.Sprintf("revision %d, %s", rev, storeAt(t, cli, rev))
+	if got := storeAt(t, dst.Client(joined.ClientURL), 0); got != want {
+		t.Fatalf("%s after the restore:\n%s\nwant:\n%s", joined.Config.Name, got, want)
 	}
 }
