@@ -31,27 +31,29 @@ start() { # start NAME CMD...: run in the background, log to $WORK/NAME.log
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # --- builds ------------------------------------------------------------------
-build_etcd() { # sets ETCD: etcd $ETCD_VERSION, built once into $CACHE
+build_etcd() { # sets ETCD and ETCD_DIR: etcd $ETCD_VERSION, built once into $CACHE
   ETCD_DIR=$CACHE/etcd-$ETCD_VERSION
   ETCD=$ETCD_DIR/etcd
-  if [ ! -x "$ETCD" ]; then
-    # etcd's server module is its main package; its go.mod has replace
-    # directives, so `go install …@version` refuses it: build it from a
-    # throwaway module that requires it.
-    log "building etcd $ETCD_VERSION from the module proxy into $ETCD_DIR"
-    mkdir -p "$ETCD_DIR/src"
-    (
-      cd "$ETCD_DIR/src" || exit 1
-      [ -f go.mod ] || GOFLAGS='' go mod init tessera-bench/etcd-build >/dev/null 2>&1
-      GOFLAGS=-mod=mod GOWORK=off go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
-      GOFLAGS=-mod=mod GOWORK=off go build -o "$ETCD.tmp" go.etcd.io/etcd/server/v3
-      mv "$ETCD.tmp" "$ETCD"
-    )
-  fi
+  build_etcd_tool etcd go.etcd.io/etcd/server/v3
   case "$("$ETCD" --version)" in
     *"etcd Version: ${ETCD_VERSION#v}"*) ;;
     *) die "$ETCD is not etcd $ETCD_VERSION (remove it to rebuild)" ;;
   esac
+}
+
+build_etcd_tool() { # build_etcd_tool NAME MODULE: $ETCD_DIR/NAME from MODULE@$ETCD_VERSION, once
+  [ -x "$ETCD_DIR/$1" ] && return
+  # etcd's modules have replace directives, so `go install …@version`
+  # refuses them: build from a throwaway module that requires one.
+  log "building $1 $ETCD_VERSION from the module proxy into $ETCD_DIR"
+  mkdir -p "$ETCD_DIR/src-$1"
+  (
+    cd "$ETCD_DIR/src-$1" || exit 1
+    [ -f go.mod ] || GOFLAGS='' go mod init "tessera-bench/$1-build" >/dev/null 2>&1
+    GOFLAGS=-mod=mod GOWORK=off go get "$2@$ETCD_VERSION"
+    GOFLAGS=-mod=mod GOWORK=off go build -o "$ETCD_DIR/$1.tmp" "$2"
+    mv "$ETCD_DIR/$1.tmp" "$ETCD_DIR/$1"
+  )
 }
 
 build_tessera() { # sets TESSERA and TESSBENCH, built from $ROOT into $WORK/bin, and TESSERA_BUILD

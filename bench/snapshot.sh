@@ -63,18 +63,8 @@ trap 'exit 130' INT TERM
 
 build_etcd
 build_tessera
+build_etcd_tool etcdutl go.etcd.io/etcd/etcdutl/v3
 ETCDUTL=$ETCD_DIR/etcdutl
-if [ ! -x "$ETCDUTL" ]; then
-  log "building etcdutl $ETCD_VERSION into $ETCD_DIR"
-  mkdir -p "$ETCD_DIR/src-etcdutl"
-  (
-    cd "$ETCD_DIR/src-etcdutl" || exit 1
-    [ -f go.mod ] || GOFLAGS='' go mod init tessera-bench/etcdutl-build >/dev/null 2>&1
-    GOFLAGS=-mod=mod GOWORK=off go get "go.etcd.io/etcd/etcdutl/v3@$ETCD_VERSION"
-    GOFLAGS=-mod=mod GOWORK=off go build -o "$ETCDUTL.tmp" go.etcd.io/etcd/etcdutl/v3
-    mv "$ETCDUTL.tmp" "$ETCDUTL"
-  )
-fi
 (cd "$ROOT" && go build -o "$WORK/bin/etcdctl" go.etcd.io/etcd/etcdctl/v3)
 ETCDCTL=$WORK/bin/etcdctl
 QUOTA=17179869184
@@ -143,6 +133,21 @@ start_node() { # start_node NAME DATADIR: one Tessera node on the ports
   wait_listening "$LAST_PID" "$client" "$1"
 }
 
+# restore_tessera COMMAND FILE NAME KEYS: `tessera ctl COMMAND FILE` into a
+# new data directory, a node started on it, until it serves KEYS keys;
+# prints the seconds it all took.
+restore_tessera() {
+  local t0 pid
+  t0=$(now)
+  "$TESSERA" ctl "$1" "$2" --data-dir "$WORK/$3" >/dev/null
+  start_node "$3" "$WORK/$3"
+  pid=$LAST_PID
+  serving "127.0.0.1:$(port 100)" "$4" >/dev/null
+  since "$t0"
+  stop_pids "$pid"
+  rm -rf "${WORK:?}/$3"
+}
+
 run_tessera() { # run_tessera MIB
   local mib=$1 ep keys t0 save restore import k pid
   keys=$(keys_of "$mib")
@@ -158,24 +163,12 @@ run_tessera() { # run_tessera MIB
   "$ETCDCTL" --endpoints "$ep" snapshot save "$WORK/tessera-$mib.db" >/dev/null 2>&1 || die "etcdctl snapshot save (tessera) failed"
   save=$(since "$t0")
   stop_pids "$pid"
-  t0=$(now)
-  "$TESSERA" ctl restore "$WORK/tessera-$mib.db" --data-dir "$WORK/tessera-restored" >/dev/null
-  start_node "tessera-$mib-restored" "$WORK/tessera-restored"
-  pid=$LAST_PID
-  serving "$ep" "$keys" >/dev/null
-  restore=$(since "$t0")
-  stop_pids "$pid"
+  restore=$(restore_tessera restore "$WORK/tessera-$mib.db" "tessera-$mib-restored" "$keys")
   echo "| $mib | Tessera ($RANGES ranges) | $save | $(mib_of "$WORK/tessera-$mib.db") | $restore (ctl restore, start, load) |" >>"$WORK/rows"
-  t0=$(now)
-  "$TESSERA" ctl import-etcd-snapshot "$WORK/etcd-$mib.db" --data-dir "$WORK/tessera-imported" >/dev/null
-  start_node "tessera-$mib-imported" "$WORK/tessera-imported"
-  pid=$LAST_PID
-  serving "$ep" "$keys" >/dev/null
-  import=$(since "$t0")
-  stop_pids "$pid"
+  import=$(restore_tessera import-etcd-snapshot "$WORK/etcd-$mib.db" "tessera-$mib-imported" "$keys")
   echo "| $mib | Tessera, from etcd's file | | | $import (ctl import-etcd-snapshot, start, load) |" >>"$WORK/rows"
   cp "$WORK"/tessera-"$mib"*.log "$OUT/" 2>/dev/null || true
-  rm -rf "$WORK/tessera" "$WORK/tessera-restored" "$WORK/tessera-imported"
+  rm -rf "$WORK/tessera"
 }
 
 : >"$WORK/rows"
