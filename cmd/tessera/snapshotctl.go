@@ -31,7 +31,7 @@ func runRestore(args []string, dataDir string, skipHashCheck bool, stdout io.Wri
 	}
 	fmt.Fprintf(stdout, "Prepared %s from %s: revision %d, compacted at %d, %d versions, %d leases (sha256 %s).\n",
 		dataDir, args[0], info.Revision, info.CompactRevision, info.Versions, info.Leases, info.ID)
-	fmt.Fprintf(stdout, "Start every member of the new cluster from a data directory prepared so; member 1 of --initial-cluster loads the snapshot.\n")
+	fmt.Fprintf(stdout, "Start each --initial-cluster member of the new cluster from a directory prepared so (nodes that --join need none); member 1 loads the snapshot.\n")
 	return nil
 }
 
