@@ -264,6 +264,10 @@ func (s *Node) startRaft() error {
 	s.raftNet = &transport.Factory{Log: s.log, Dial: cfg.Knobs.DialNode}
 	nhc.Expert.TransportFactory = s.raftNet
 	nhc.RaftEventListener = s.events
+	// Dragonboat's own series (elections, dropped proposals and reads,
+	// rejected replication, leader and term per replica) count events,
+	// not proposals; /metrics serves them beside the node's (prom.go).
+	nhc.EnableMetrics = true
 	tuneDragonboat()
 	nh, err := dragonboat.NewNodeHost(nhc)
 	if err != nil && hardSettingsChanged(err) && cfg.RaftStepWorkers == DefaultRaftStepWorkers {

@@ -4,10 +4,11 @@ import (
 	"net/http"
 	"sync"
 
+	"github.com/lni/dragonboat/v4"
 	"github.com/lni/dragonboat/v4/raftio"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/expfmt"
 
 	"github.com/tesserakv/tessera/meta"
 )
@@ -146,7 +147,25 @@ func (s *Node) appliedIndexes() float64 {
 // servers add.
 func (s *Node) Registerer() prometheus.Registerer { return s.registry }
 
-// handleMetrics adds /metrics to mux.
+// handleMetrics adds /metrics to mux: the node's registry in Prometheus'
+// text format, then Dragonboat's own series (dragonboat_*, from its
+// process-wide set: a process running several nodes, as tests do, shows
+// every node's replicas there, each under its replica ID).
 func (s *Node) handleMetrics(mux *http.ServeMux) {
-	mux.Handle("/metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
+		families, err := s.registry.Gather()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		format := expfmt.NewFormat(expfmt.TypeTextPlain)
+		w.Header().Set("Content-Type", string(format))
+		enc := expfmt.NewEncoder(w, format)
+		for _, mf := range families {
+			if err := enc.Encode(mf); err != nil {
+				return
+			}
+		}
+		dragonboat.WriteHealthMetrics(w)
+	})
 }
