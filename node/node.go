@@ -50,9 +50,11 @@ type Node struct {
 	// Prometheus metrics (prom.go).
 	events   *raftEvents
 	registry *prometheus.Registry
-	internal *meta.InternalServer
-	router   *router.Router
-	hub      *watchhub.Hub
+	// commitSeconds times the store's batch commits.
+	commitSeconds prometheus.Histogram
+	internal      *meta.InternalServer
+	router        *router.Router
+	hub           *watchhub.Hub
 
 	// learners are the non-voting replicas failed additions left behind.
 	learners abandonedLearners
@@ -157,7 +159,8 @@ func (s *Node) Start() error {
 		Logger:                 s.log,
 		Stopper:                s.stopper,
 	})
-	if s.store, err = statemachine.OpenStore(filepath.Join(cfg.DataDir, "kv"), statemachine.StoreOptions{OnSplit: s.onSplit, OnApply: s.hub.Publish, BeforeUpdate: cfg.Knobs.BeforeApply}); err != nil {
+	if s.store, err = statemachine.OpenStore(filepath.Join(cfg.DataDir, "kv"), statemachine.StoreOptions{OnSplit: s.onSplit, OnApply: s.hub.Publish, BeforeUpdate: cfg.Knobs.BeforeApply,
+		OnCommit: func(d time.Duration) { s.commitSeconds.Observe(d.Seconds()) }}); err != nil {
 		s.stopper.Stop()
 		return fmt.Errorf("opening store in %s: %w", cfg.DataDir, err)
 	}

@@ -65,8 +65,14 @@ func (s *Node) newMetrics() {
 			Help: "The number of leader changes of data ranges seen by this node's replicas.",
 		}),
 	}
+	s.commitSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "etcd_disk_backend_commit_duration_seconds",
+		Help:    "How long each applied batch of a range took to commit to the node's Pebble (not synced: the Raft log is).",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+	})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
+		s.commitSeconds,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		s.events.metaChanges,

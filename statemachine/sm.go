@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	sm "github.com/lni/dragonboat/v4/statemachine"
@@ -117,8 +118,12 @@ func (r *RangeSM) setMetaLocked(st rangeState, b bounds) {
 func (r *RangeSM) commitMeta(batch *pebble.Batch, st rangeState, b bounds) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	start := time.Now()
 	if err := batch.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("statemachine: range %d committing batch: %w", r.rangeID, err)
+	}
+	if r.store.onCommit != nil {
+		r.store.onCommit(time.Since(start))
 	}
 	r.noteCommit(batch)
 	r.setMetaLocked(st, b)

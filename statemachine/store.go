@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
@@ -38,6 +39,9 @@ type StoreOptions struct {
 	// committed, and with Reset from Open and from snapshot recovery. It is
 	// called on Dragonboat's goroutines for the range, so it must not block.
 	OnApply func(Applied)
+	// OnCommit, when not nil, receives how long each Update's batch took
+	// to commit to Pebble (no fsync: the Raft log is what is synced).
+	OnCommit func(time.Duration)
 	// BeforeUpdate, for tests only, is called with the range's ID as
 	// RangeSM.Update starts; it may block, holding the range's applies back.
 	BeforeUpdate func(rangeID uint64)
@@ -116,6 +120,8 @@ type Store struct {
 
 	// snapshotsRecovered counts snapshots installed by RecoverFromSnapshot.
 	snapshotsRecovered atomic.Int64
+
+	onCommit func(time.Duration) // StoreOptions.OnCommit
 }
 
 // SnapshotsRecovered returns how many range snapshots this store has
@@ -187,7 +193,7 @@ func OpenStore(dir string, opts StoreOptions) (*Store, error) {
 		_ = db.Close()
 		return nil, err
 	}
-	s := &Store{db: db, logger: po.Logger, onSplit: opts.OnSplit, onApply: opts.OnApply, beforeUpdate: opts.BeforeUpdate, ranges: make(map[uint64]*RangeSM), joining: map[uint64]bool{}, fedLog: map[uint64]bool{}, counts: newCountCache(), unflushed: unflushed}
+	s := &Store{db: db, logger: po.Logger, onSplit: opts.OnSplit, onApply: opts.OnApply, onCommit: opts.OnCommit, beforeUpdate: opts.BeforeUpdate, ranges: make(map[uint64]*RangeSM), joining: map[uint64]bool{}, fedLog: map[uint64]bool{}, counts: newCountCache(), unflushed: unflushed}
 	s.snaps.db = db
 	return s, nil
 }

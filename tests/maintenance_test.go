@@ -320,7 +320,7 @@ func TestHTTPOnClientPort(t *testing.T) {
 	for _, name := range []string{"etcd_server_proposals_applied_total", "etcd_server_proposals_committed_total", "etcd_mvcc_db_total_size_in_bytes", "go_goroutines", "process_cpu_seconds_total",
 		"tessera_pebble_disk_space_bytes", "tessera_pebble_wal_bytes_written_total", "tessera_pebble_memtable_bytes",
 		`tessera_range_is_leader{range_id="2"}`, `tessera_range_size_bytes{range_id="2"}`,
-		`dragonboat_raftnode_has_leader{shardid="2",replicaid="1"}`,
+		`dragonboat_raftnode_has_leader{shardid="2",replicaid="1"}`, "etcd_disk_backend_commit_duration_seconds_count",
 		`grpc_server_started_total{grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"}`,
 		`grpc_server_handled_total{grpc_code="OK",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"}`,
 		`grpc_server_handling_seconds_count{grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"}`} {
