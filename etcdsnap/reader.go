@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -24,6 +23,35 @@ func hasHash(n int64) bool { return n%512 == sha256.Size }
 // file whose hash does not match fails, as does one without a hash unless
 // skipHashCheck (a database file copied from a member's data directory).
 func CopyVerified(src, dst string, skipHashCheck bool) (id []byte, err error) {
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	id, err = hashed(src, skipHashCheck, out)
+	if err == nil {
+		err = out.Sync()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(dst)
+		return nil, err
+	}
+	return id, nil
+}
+
+// CheckHash checks that the snapshot file at path ends with its
+// database's SHA-256, as `etcdctl snapshot save` writes it.
+func CheckHash(path string) error {
+	_, err := hashed(path, false, io.Discard)
+	return err
+}
+
+// hashed copies the database of the snapshot file src (without its
+// trailing hash) to out and returns its SHA-256, checked against the
+// trailing one (required unless skipHashCheck).
+func hashed(src string, skipHashCheck bool, out io.Writer) ([]byte, error) {
 	in, err := os.Open(src)
 	if err != nil {
 		return nil, err
@@ -44,25 +72,12 @@ func CopyVerified(src, dst string, skipHashCheck bool) (id []byte, err error) {
 	} else if !skipHashCheck {
 		return nil, fmt.Errorf("snapshot missing hash but --skip-hash-check=false")
 	}
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return nil, err
-	}
 	h := sha256.New()
-	_, err = io.Copy(io.MultiWriter(out, h), io.NewSectionReader(in, 0, size))
-	if err == nil {
-		err = out.Sync()
-	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		_ = os.Remove(dst)
+	if _, err := io.Copy(io.MultiWriter(out, h), io.NewSectionReader(in, 0, size)); err != nil {
 		return nil, err
 	}
-	id = h.Sum(nil)
+	id := h.Sum(nil)
 	if want != nil && !skipHashCheck && !bytes.Equal(want, id) {
-		_ = os.Remove(dst)
 		return nil, fmt.Errorf("expected sha256 %x, got %x", want, id)
 	}
 	return id, nil
@@ -162,6 +177,3 @@ func (s *Snapshot) Leases() ([]Lease, error) {
 	})
 	return out, err
 }
-
-// IsCorrupt reports whether err says the file is not a usable snapshot.
-func IsCorrupt(err error) bool { return errors.Is(err, ErrCorrupt) }

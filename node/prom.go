@@ -86,12 +86,6 @@ func (s *Node) newMetrics() {
 	counter := func(name, help string, f func() float64) {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f))
 	}
-	boolean := func(b bool) float64 {
-		if b {
-			return 1
-		}
-		return 0
-	}
 	version := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "etcd_server_version", Help: "Which etcd version the server speaks (label server_version).",
 	}, []string{"server_version"})
@@ -136,6 +130,14 @@ func (s *Node) newMetrics() {
 		return float64(n)
 	})
 	s.registry = reg
+}
+
+// boolean is a gauge's value for b.
+func boolean(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // appliedIndexes sums the applied indexes of the node's data replicas.

@@ -87,10 +87,6 @@ func (c rangeCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(rangeSizeDesc, prometheus.GaugeValue, float64(rsm.SizeBytes()), id)
 		}
 		ch <- prometheus.MustNewConstMetric(rangeQPSDesc, prometheus.GaugeValue, r.QPS(), id)
-		leads := 0.0
-		if r.IsLeader() {
-			leads = 1
-		}
-		ch <- prometheus.MustNewConstMetric(rangeLeaderDesc, prometheus.GaugeValue, leads, id)
+		ch <- prometheus.MustNewConstMetric(rangeLeaderDesc, prometheus.GaugeValue, boolean(r.IsLeader()), id)
 	}
 }

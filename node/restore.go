@@ -39,7 +39,7 @@ const (
 type RestoreInfo struct {
 	ID                        string // hex SHA-256 of the database
 	Revision, CompactRevision int64
-	Versions, Keys, Leases    int64
+	Versions, Leases          int64
 }
 
 // PrepareRestore makes dataDir, which must not exist or be empty, the data
@@ -73,13 +73,10 @@ func PrepareRestore(file, dataDir string, skipHashCheck bool) (RestoreInfo, erro
 	}
 	defer snap.Close()
 	info = RestoreInfo{ID: hex.EncodeToString(id), Revision: snap.Revision, CompactRevision: snap.CompactRevision}
-	var lastKey []byte
-	err = snap.Versions(func(kv *mvccpb.KeyValue, tombstone bool) error {
+	// Every version is decoded once here, so a file that does not read
+	// is refused now rather than at the first start.
+	err = snap.Versions(func(*mvccpb.KeyValue, bool) error {
 		info.Versions++
-		if !tombstone && !bytes.Equal(kv.Key, lastKey) {
-			info.Keys++ // an estimate: keys written at several revisions count once per run
-		}
-		lastKey = kv.Key
 		return nil
 	})
 	if err != nil {
@@ -143,13 +140,13 @@ var ErrRestoring = errors.New("tessera: restoring a snapshot, not serving yet")
 func (s *Node) restore(id []byte) bool {
 	dir := filepath.Join(s.cfg.DataDir, restoreDirName)
 	ctx := s.stopper.Context()
+	db := filepath.Join(dir, restoreDBFile)
 	for {
 		var err error
-		if _, statErr := os.Stat(dir); statErr != nil {
-			// No snapshot here: a node that joined while the cluster loads one.
-			err = s.awaitRestore(ctx, id)
-		} else if s.replicaID == 1 && !s.joined {
-			err = s.ingestSnapshot(ctx, filepath.Join(dir, restoreDBFile), id)
+		// Member 1 of a new cluster loads the snapshot; the others, and a
+		// node that joined meanwhile (it has no snapshot), wait for it.
+		if _, statErr := os.Stat(db); statErr == nil && s.replicaID == 1 && !s.joined {
+			err = s.ingestSnapshot(ctx, db, id)
 		} else {
 			err = s.awaitRestore(ctx, id)
 		}
@@ -166,11 +163,19 @@ func (s *Node) restore(id []byte) bool {
 			return false
 		}
 		s.log.Error("restoring the snapshot; trying again", "dir", dir, "err", err)
-		select {
-		case <-ctx.Done():
+		if pause(ctx, 5*time.Second) != nil {
 			return false
-		case <-time.After(5 * time.Second):
 		}
+	}
+}
+
+// pause waits d, or until ctx ends (its error).
+func pause(ctx context.Context, d time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
 	}
 }
 
@@ -182,10 +187,8 @@ func (s *Node) restoreRecord(ctx context.Context) (*tesserapb.RestoreRecord, err
 		if err == nil {
 			return out.(*tesserapb.RestoreRecord), nil
 		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(100 * time.Millisecond):
+		if err := pause(ctx, 100*time.Millisecond); err != nil {
+			return nil, err
 		}
 	}
 }
@@ -204,10 +207,8 @@ func (s *Node) awaitRestore(ctx context.Context, id []byte) error {
 		case rec.GetDone():
 			return nil
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
+		if err := pause(ctx, 200*time.Millisecond); err != nil {
+			return err
 		}
 	}
 }
@@ -233,7 +234,6 @@ func (s *Node) ingestSnapshot(ctx context.Context, path string, id []byte) error
 	if err := s.meta.RecordRestore(ctx, id, snap.Revision, false); err != nil {
 		return err
 	}
-	s.allocator.Reload()
 	rep := s.waitRange(ctx, firstRangeID)
 	if rep == nil {
 		return fmt.Errorf("the first range did not start")
@@ -305,10 +305,8 @@ func (s *Node) ingestWrite(ctx context.Context, rep *shard.Replica, write func()
 		default:
 			return err
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
+		if err := pause(ctx, 100*time.Millisecond); err != nil {
+			return err
 		}
 	}
 }

@@ -37,14 +37,12 @@ func (s *Node) Snapshot(ctx context.Context, send func(*pb.SnapshotResponse) err
 	if err := os.MkdirAll(s.tmpDir(), 0o700); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(s.tmpDir(), "snapshot-*.db")
+	dir, err := os.MkdirTemp(s.tmpDir(), "snapshot-")
 	if err != nil {
 		return err
 	}
-	path := f.Name()
-	_ = f.Close()
-	_ = os.Remove(path)
-	defer os.Remove(path)
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "db")
 	rev, err := s.writeSnapshot(ctx, path)
 	if err != nil {
 		return err
@@ -60,6 +58,7 @@ func (s *Node) Snapshot(ctx context.Context, send func(*pb.SnapshotResponse) err
 		return err
 	}
 	h := sha256.New()
+	header := s.header(rev)
 	left := st.Size()
 	for left > 0 {
 		buf := make([]byte, min(left, snapshotChunkBytes))
@@ -68,11 +67,11 @@ func (s *Node) Snapshot(ctx context.Context, send func(*pb.SnapshotResponse) err
 		}
 		left -= int64(len(buf))
 		h.Write(buf)
-		if err := send(&pb.SnapshotResponse{Header: s.header(rev), RemainingBytes: uint64(left), Blob: buf, Version: etcdsnap.StorageVersion}); err != nil {
+		if err := send(&pb.SnapshotResponse{Header: header, RemainingBytes: uint64(left), Blob: buf, Version: etcdsnap.StorageVersion}); err != nil {
 			return err
 		}
 	}
-	return send(&pb.SnapshotResponse{Header: s.header(rev), Blob: h.Sum(nil), Version: etcdsnap.StorageVersion})
+	return send(&pb.SnapshotResponse{Header: header, Blob: h.Sum(nil), Version: etcdsnap.StorageVersion})
 }
 
 // writeSnapshot writes the snapshot database to path and returns its

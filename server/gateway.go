@@ -124,7 +124,7 @@ func handleGateway(mux *http.ServeMux, n *node.Node, m *maintenance, c *cluster,
 	handle := func(h http.HandlerFunc, paths ...string) {
 		for _, p := range paths {
 			mux.HandleFunc(p, func(w http.ResponseWriter, r *http.Request) {
-				if n.Restoring() && p != "/v3/maintenance/status" && p != "/v3/cluster/member/list" {
+				if n.Restoring() && !servesWhileRestoring(p) {
 					writeGatewayError(w, errRestoring, 0)
 					return
 				}

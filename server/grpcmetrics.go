@@ -29,7 +29,6 @@ type methodMetrics struct {
 	received, sent prometheus.Counter
 	handling       prometheus.Observer
 	handled        sync.Map // codes.Code -> prometheus.Counter
-	handledVec     *prometheus.CounterVec
 }
 
 func newGRPCMetrics(reg prometheus.Registerer) *grpcMetrics {
@@ -54,7 +53,7 @@ func (m *grpcMetrics) method(fullMethod, typ string) *methodMetrics {
 	if i := strings.LastIndexByte(fullMethod, '/'); i > 0 {
 		service, method = strings.TrimPrefix(fullMethod[:i], "/"), fullMethod[i+1:]
 	}
-	mm := &methodMetrics{labels: [3]string{typ, service, method}, handledVec: m.handled}
+	mm := &methodMetrics{labels: [3]string{typ, service, method}}
 	mm.started = m.started.WithLabelValues(mm.labels[:]...)
 	mm.received = m.received.WithLabelValues(mm.labels[:]...)
 	mm.sent = m.sent.WithLabelValues(mm.labels[:]...)
@@ -63,11 +62,12 @@ func (m *grpcMetrics) method(fullMethod, typ string) *methodMetrics {
 	return actual.(*methodMetrics)
 }
 
-func (mm *methodMetrics) done(err error) {
+// done counts a call of mm's method handled with err.
+func (m *grpcMetrics) done(mm *methodMetrics, err error) {
 	code := status.Code(err)
 	c, ok := mm.handled.Load(code)
 	if !ok {
-		c, _ = mm.handled.LoadOrStore(code, mm.handledVec.WithLabelValues(mm.labels[0], mm.labels[1], mm.labels[2], code.String()))
+		c, _ = mm.handled.LoadOrStore(code, m.handled.WithLabelValues(mm.labels[0], mm.labels[1], mm.labels[2], code.String()))
 	}
 	c.(prometheus.Counter).Inc()
 }
@@ -83,7 +83,7 @@ func (m *grpcMetrics) unary(ctx context.Context, req any, info *grpc.UnaryServer
 	if err == nil {
 		mm.sent.Inc()
 	}
-	mm.done(err)
+	m.done(mm, err)
 	return resp, err
 }
 
@@ -99,7 +99,7 @@ func (m *grpcMetrics) stream(srv any, ss grpc.ServerStream, info *grpc.StreamSer
 	mm := m.method(info.FullMethod, typ)
 	mm.started.Inc()
 	err := handler(srv, &countedStream{ServerStream: ss, mm: mm})
-	mm.done(err)
+	m.done(mm, err)
 	return err
 }
 

@@ -152,10 +152,17 @@ func Start(cfg Config) (*Server, error) {
 var errRestoring = status.Error(codes.Unavailable, node.ErrRestoring.Error())
 
 // servesWhileRestoring reports whether a node restoring a snapshot
-// answers the gRPC method: the other nodes' calls, Status and MemberList.
-func servesWhileRestoring(fullMethod string) bool {
-	return strings.HasPrefix(fullMethod, "/tesserapb.Internal/") ||
-		fullMethod == "/etcdserverpb.Maintenance/Status" || fullMethod == "/etcdserverpb.Cluster/MemberList"
+// answers a gRPC method or gateway path: the other nodes' calls, Status
+// and MemberList.
+func servesWhileRestoring(call string) bool {
+	return strings.HasPrefix(call, "/tesserapb.Internal/") || answeredWhileRestoring[call]
+}
+
+var answeredWhileRestoring = map[string]bool{
+	"/etcdserverpb.Maintenance/Status": true,
+	"/etcdserverpb.Cluster/MemberList": true,
+	"/v3/maintenance/status":           true,
+	"/v3/cluster/member/list":          true,
 }
 
 // hostPort is host:port of a URL that Config.Validate accepted.

@@ -11,10 +11,6 @@ import (
 	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
-// metaIngest records a range's progress through a snapshot's ingest:
-// the snapshot's ID, then BE(number of the next chunk).
-const metaIngest byte = 'g'
-
 // ingestProgress is the range's ingest record; id nil when none began.
 func (a *applier) ingestProgress() (id []byte, next uint64, err error) {
 	v, found, err := getValue(a.b, metaKey(a.rangeID, metaIngest))
@@ -114,13 +110,5 @@ func (a *applier) ingestVersion(v *tesserapb.IngestVersion, snapRev int64) error
 			return err
 		}
 	}
-	if prev != nil && prev.Lease != 0 && prev.Lease != lease {
-		if err := a.b.Delete(leaseIndexKey(prev.Lease, key), nil); err != nil {
-			return err
-		}
-	}
-	if lease != 0 && (prev == nil || prev.Lease != lease) {
-		return a.b.Set(leaseIndexKey(lease, key), nil, nil)
-	}
-	return nil
+	return w.moveLease(key, prev, lease)
 }

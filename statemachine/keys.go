@@ -179,6 +179,9 @@ const (
 	metaHold   byte = 'h' // tesserapb.TxnHold, while a write spanning ranges holds the range
 	// metaCoCommits: coCommits, once the range committed a write spanning ranges.
 	metaCoCommits byte = 'c'
+	// metaIngest: a snapshot's ingest into the range (ingest.go), the
+	// snapshot's ID then BE(number of the next chunk).
+	metaIngest byte = 'g'
 )
 
 // metaPrefix is the prefix of every metadata key of rangeID.

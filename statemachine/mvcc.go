@@ -181,15 +181,8 @@ func (w mvccWriter) put(userKey, value []byte, leaseID int64, prev *mvccpb.KeyVa
 	if err := w.setVersion(userKey, enc); err != nil {
 		return nil, err
 	}
-	if prev != nil && prev.Lease != 0 && prev.Lease != leaseID {
-		if err := w.b.Delete(leaseIndexKey(prev.Lease, userKey), nil); err != nil {
-			return nil, err
-		}
-	}
-	if leaseID != 0 && (prev == nil || prev.Lease != leaseID) {
-		if err := w.b.Set(leaseIndexKey(leaseID, userKey), nil, nil); err != nil {
-			return nil, err
-		}
+	if err := w.moveLease(userKey, prev, leaseID); err != nil {
+		return nil, err
 	}
 	kv.Key = userKey
 	w.log.put(kv, prev)
@@ -202,8 +195,19 @@ func (w mvccWriter) delete(userKey []byte, prev *mvccpb.KeyValue) error {
 		return err
 	}
 	w.log.delete(userKey, w.rev, prev)
-	if prev.Lease != 0 {
-		return w.b.Delete(leaseIndexKey(prev.Lease, userKey), nil)
+	return w.moveLease(userKey, prev, 0)
+}
+
+// moveLease keeps the lease index on userKey's live version: from prev's
+// lease (prev nil: the key was absent) to leaseID (0: none).
+func (w mvccWriter) moveLease(userKey []byte, prev *mvccpb.KeyValue, leaseID int64) error {
+	if prev != nil && prev.Lease != 0 && prev.Lease != leaseID {
+		if err := w.b.Delete(leaseIndexKey(prev.Lease, userKey), nil); err != nil {
+			return err
+		}
+	}
+	if leaseID != 0 && (prev == nil || prev.Lease != leaseID) {
+		return w.b.Set(leaseIndexKey(leaseID, userKey), nil, nil)
 	}
 	return nil
 }

@@ -9,12 +9,10 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tesserakv/tessera/internal/testcluster"
@@ -224,11 +222,7 @@ func TestRangeStreamShape(t *testing.T) {
 // real etcd v3.7.3 sends, with the same --max-request-bytes.
 func TestRangeStreamShapeOfEtcd(t *testing.T) {
 	e := startEtcd(t, "--max-request-bytes", strconv.Itoa(streamRequestBytes))
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := etcdClient(t, e)
 	early := streamData(t, cli)
 	checkStreams(t, map[string]*clientv3.Client{"etcd": cli}, early, currentRevision(t, cli), true)
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -16,7 +17,6 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -118,15 +118,8 @@ func leasesOf(t *testing.T, cli *clientv3.Client) string {
 	return strings.Join(sorted(out), "\n")
 }
 
-func sorted(s []string) []string {
-	out := append([]string(nil), s...)
-	for i := 1; i < len(out); i++ {
-		for j := i; j > 0 && out[j] < out[j-1]; j-- {
-			out[j], out[j-1] = out[j-1], out[j]
-		}
-	}
-	return out
-}
+// sorted is a sorted copy of s.
+func sorted(s []string) []string { return slices.Sorted(slices.Values(s)) }
 
 // eventsFrom lists the events a watch from rev sees up to revision to,
 // one revision's events sorted by key (Tessera's order within a Txn; etcd
@@ -261,17 +254,6 @@ func TestImportFromEtcd(t *testing.T) {
 	if tp.Header.Revision != ep.Header.Revision {
 		t.Fatalf("next write at revision %d, etcd's at %d", tp.Header.Revision, ep.Header.Revision)
 	}
-}
-
-// etcdClient is a clientv3 client of an etcd process.
-func etcdClient(t *testing.T, e *etcdProcess) *clientv3.Client {
-	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	return cli
 }
 
 // TestSnapshotRestore saves a snapshot from one member of a three-node
