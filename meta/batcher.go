@@ -2,6 +2,7 @@ package meta
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	"github.com/tesserakv/tessera/internal/stop"
@@ -20,6 +21,8 @@ type revisionBatcher struct {
 	fetch   func(ctx context.Context, count int64) (first int64, err error)
 	reqs    chan *revisionRequest
 	stopper *stop.Stopper // owns loop
+	// batches counts fetches, requests the callers they served.
+	batches, requests atomic.Int64
 }
 
 type revisionRequest struct {
@@ -84,6 +87,8 @@ func (b *revisionBatcher) loop() {
 		for _, req := range batch {
 			total += req.count
 		}
+		b.batches.Add(1)
+		b.requests.Add(int64(len(batch)))
 		// Stopping ends the fetch rather than waiting for its timeout.
 		ctx, cancel := b.stopper.WithTimeout(batchTimeout)
 		first, err := b.fetch(ctx, total)

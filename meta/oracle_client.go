@@ -38,6 +38,13 @@ func (c *OracleClient) NextN(ctx context.Context, count int64) (int64, error) {
 	return c.batcher.get(ctx, count)
 }
 
+// Batches reports how many calls to the oracle this node made (each asks
+// the meta leader once, or its own allocator while it leads) and how many
+// requests for revisions they carried.
+func (c *OracleClient) Batches() (calls, requests int64) {
+	return c.batcher.batches.Load(), c.batcher.requests.Load()
+}
+
 // Current returns a revision at or above every revision handed out before the
 // call began, taking none: what a linearizable read reads at. Like NextN, it is
 // confirmed by the meta leader after the call began.

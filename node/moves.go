@@ -68,6 +68,7 @@ func (i *internalService) ChangeReplicas(ctx context.Context, req *tesserapb.Cha
 		if err := s.addReplica(ctx, req.RangeId, req.AddNodeId); err != nil {
 			return nil, err
 		}
+		s.debug.replicaChanges.WithLabelValues("add").Inc()
 	}
 	if req.RemoveNodeId != 0 {
 		if req.RemoveNodeId == s.replicaID {
@@ -81,6 +82,7 @@ func (i *internalService) ChangeReplicas(ctx context.Context, req *tesserapb.Cha
 		if err := s.removeReplica(ctx, req.RangeId, req.RemoveNodeId); err != nil {
 			return nil, err
 		}
+		s.debug.replicaChanges.WithLabelValues("remove").Inc()
 	}
 	s.recordRangesSoon()
 	m, err := s.membershipAfterChange(ctx, req.RangeId)

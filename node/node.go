@@ -52,6 +52,7 @@ type Node struct {
 	registry *prometheus.Registry
 	// commitSeconds times the store's batch commits.
 	commitSeconds prometheus.Histogram
+	debug         debugMetrics
 	internal      *meta.InternalServer
 	router        *router.Router
 	hub           *watchhub.Hub
@@ -213,6 +214,8 @@ func (s *Node) Start() error {
 	s.checkSpace()
 	s.watchSpace()
 	s.startHeartbeats()
+	s.countLiveKeys()
+	s.probePeers()
 	s.goTask(s.runDescriptorSync)
 	s.goTask(s.runHoldSweeper)
 	// Splits, placement and compaction reshape ranges: a node restoring a

@@ -294,6 +294,7 @@ func (s *Node) onSplit(parentID, childID uint64) {
 	// order on the same goroutine); read later, a replica promoted or
 	// removed right after the split would start the child with members
 	// the others do not have.
+	s.debug.splits.Inc()
 	members := s.membersOf(parentID)
 	self := s.localReplicaID(parentID)
 	s.goTask(func() {

@@ -20,6 +20,9 @@ type TestingKnobs struct {
 	// NodeHeartbeatInterval replaces the 1 s between a node's heartbeats to
 	// the meta leader (liveness for placement).
 	NodeHeartbeatInterval time.Duration
+	// LiveKeysInterval replaces the minute between recounts of the node's
+	// live keys (etcd_debugging_mvcc_keys_total).
+	LiveKeysInterval time.Duration
 	// AfterRevisionsTaken is passed to every range replica (see
 	// shard.Config.AfterRevisionsTaken).
 	AfterRevisionsTaken func(rangeID uint64, first int64)

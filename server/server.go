@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"log/slog"
 	"math"
 	"net"
@@ -121,6 +123,9 @@ func Start(cfg Config) (*Server, error) {
 	pb.RegisterWatchServer(s.grpc, n.Hub())
 	pb.RegisterAuthServer(s.grpc, unimplementedAuth{})
 	tesserapb.RegisterInternalServer(s.grpc, n.Internal())
+	// gRPC's health service, SERVING, as etcd registers it; nodes time their
+	// round trips to each other with it.
+	healthpb.RegisterHealthServer(s.grpc, health.NewServer())
 	s.self = &selfClient{addr: s.listeners[0].Addr().String()}
 	elect, lck := &election{c: s.self}, &lock{c: s.self}
 	v3electionpb.RegisterElectionServer(s.grpc, elect)
@@ -152,10 +157,10 @@ func Start(cfg Config) (*Server, error) {
 var errRestoring = status.Error(codes.Unavailable, node.ErrRestoring.Error())
 
 // servesWhileRestoring reports whether a node restoring a snapshot
-// answers a gRPC method or gateway path: the other nodes' calls, Status
-// and MemberList.
+// answers a gRPC method or gateway path: the other nodes' calls, health
+// checks, Status and MemberList.
 func servesWhileRestoring(call string) bool {
-	return strings.HasPrefix(call, "/tesserapb.Internal/") || answeredWhileRestoring[call]
+	return strings.HasPrefix(call, "/tesserapb.Internal/") || strings.HasPrefix(call, "/grpc.health.v1.Health/") || answeredWhileRestoring[call]
 }
 
 var answeredWhileRestoring = map[string]bool{

@@ -524,6 +524,10 @@ func runRandom(t *testing.T, seed int64, iterations int) {
 		}
 		if it%25 == 0 {
 			checkHistoryModes(t, h, it, m.compacted+1, floor)
+			want := len(m.live([]byte{0}, []byte{0}, rev))
+			if n, err := h.store.CountLiveKeys(); err != nil || n != int64(want) {
+				t.Fatalf("iteration %d: CountLiveKeys = %d, %v; the model has %d live keys", it, n, err, want)
+			}
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -19,6 +20,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tesserakv/tessera/internal/testcluster"
+	"github.com/tesserakv/tessera/server"
 )
 
 // TestHashKVAndDefragment: on three nodes holding every range (two, after
@@ -121,6 +123,54 @@ func TestHashKVAndDefragment(t *testing.T) {
 	}
 	if after[0] != compacted[0] || after[1] != compacted[0] || after[2] == compacted[0] {
 		t.Fatalf("after n3's value went bad, HashKV(%d) answers %x, %x, %x; the others %x", at, after[0], after[1], after[2], compacted[0])
+	}
+}
+
+// TestNodeMetrics: each node counts its live keys and the watches open on
+// it, and times round trips to the other nodes, under etcd's names.
+func TestNodeMetrics(t *testing.T) {
+	c := testcluster.Start(t, 3, func(cfg *server.Config) { cfg.Knobs.LiveKeysInterval = 50 * time.Millisecond })
+	ctx := ctxT(t)
+	cli := c.Client(c.Nodes[0].ClientURL)
+	for i := range 12 {
+		if _, err := cli.Put(ctx, fmt.Sprintf("m/%02d", i%10), fmt.Sprint(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := cli.Delete(ctx, "m/03"); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	watch := cli.Watch(wctx, "m/", clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+	if resp := <-watch; !resp.Created {
+		t.Fatalf("watch: %+v", resp)
+	}
+	want := map[string]func(float64) bool{
+		"etcd_debugging_mvcc_keys_total":                          func(v float64) bool { return v == 9 },
+		"etcd_debugging_mvcc_watcher_total":                       func(v float64) bool { return v == 1 },
+		"etcd_debugging_mvcc_watch_stream_total":                  func(v float64) bool { return v == 1 },
+		"etcd_debugging_mvcc_current_revision":                    func(v float64) bool { return v >= 14 },
+		`etcd_network_peer_round_trip_time_seconds_count{To="2"}`: func(v float64) bool { return v > 0 },
+		`etcd_network_peer_round_trip_time_seconds_count{To="3"}`: func(v float64) bool { return v > 0 },
+		"tessera_oracle_calls_total":                              func(v float64) bool { return v > 0 },
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		values := scrapeMetrics(t, c.Nodes[0].ClientURL)
+		var wrong []string
+		for name, ok := range want {
+			if v, found := values[name]; !found || !ok(v) {
+				wrong = append(wrong, fmt.Sprintf("%s = %v (%v)", name, v, found))
+			}
+		}
+		if len(wrong) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics of n1: %s", strings.Join(wrong, "; "))
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
@@ -285,24 +335,7 @@ func TestHTTPOnClientPort(t *testing.T) {
 	}
 
 	// Prometheus metrics, with etcd's names where dashboards look.
-	code, body := get("/metrics")
-	if code != 200 {
-		t.Fatalf("GET /metrics: %d %s", code, body)
-	}
-	// The text parses with Prometheus' own parser; values are keyed by
-	// name{labels} as they are written.
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	if _, err := parser.TextToMetricFamilies(strings.NewReader(body + "\n")); err != nil { // get trims the last newline
-		t.Fatalf("/metrics does not parse: %v", err)
-	}
-	values := map[string]float64{}
-	for _, line := range strings.Split(body, "\n") {
-		if i := strings.LastIndexByte(line, ' '); i > 0 && !strings.HasPrefix(line, "#") {
-			if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-				values[line[:i]] = v
-			}
-		}
-	}
+	values := scrapeMetrics(t, url)
 	for name, want := range map[string]float64{
 		"etcd_server_has_leader":                      1,
 		"etcd_server_is_leader":                       1,
@@ -328,4 +361,33 @@ func TestHTTPOnClientPort(t *testing.T) {
 			t.Errorf("/metrics: %s = %v, want more than 0", name, values[name])
 		}
 	}
+}
+
+// scrapeMetrics reads a node's /metrics, checks that Prometheus' own parser
+// takes it, and returns its values keyed by name{labels} as written.
+func scrapeMetrics(t *testing.T, clientURL string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get(clientURL + "/metrics")
+	if err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET /metrics: %d %v", resp.StatusCode, err)
+	}
+	body := string(raw)
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	if _, err := parser.TextToMetricFamilies(strings.NewReader(body)); err != nil {
+		t.Fatalf("/metrics does not parse: %v", err)
+	}
+	values := map[string]float64{}
+	for _, line := range strings.Split(body, "\n") {
+		if i := strings.LastIndexByte(line, ' '); i > 0 && !strings.HasPrefix(line, "#") {
+			if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+				values[line[:i]] = v
+			}
+		}
+	}
+	return values
 }

@@ -572,3 +572,46 @@ func TestOnePublishPerEvent(t *testing.T) {
 	n.apply(c)
 	requireRevisions(t, recvEvents(t, st, 3), []*mvccpb.Event{a, b, c})
 }
+
+// TestStats: the hub counts its streams and their watches; while range 1
+// cannot close, range 2's writes hold back the watch spanning both, and
+// both lags show it until range 1 closes again.
+func TestStats(t *testing.T) {
+	n, wc := newFakeNode(t)
+	gate := make(chan struct{})
+	n.mu.Lock()
+	n.closeGates = map[uint64]chan struct{}{1: gate}
+	n.mu.Unlock()
+	ctx := ctxT(t)
+	a := watchFrom(t, ctx, wc, &pb.WatchCreateRequest{Key: []byte("a"), RangeEnd: []byte{0}})
+	b := watchFrom(t, ctx, wc, &pb.WatchCreateRequest{Key: []byte("z")})
+	if err := b.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: &pb.WatchCreateRequest{Key: []byte("b")}}}); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := b.Recv(); err != nil || !resp.Created {
+		t.Fatalf("second watch: %v %v", resp, err)
+	}
+	var want []*mvccpb.Event
+	for i := range 5 {
+		ev := n.put("z", fmt.Sprint(i))
+		n.apply(ev)
+		want = append(want, ev)
+	}
+	requireRevisions(t, recvEvents(t, b, 5), want)
+	st := n.hub.Stats()
+	if st.Streams != 2 || st.Watchers != 3 || st.Unsynced != 0 {
+		t.Fatalf("Stats = %+v, want 2 streams, 3 watchers, all live", st)
+	}
+	if st.ClosedLag < 5 || st.WatcherLag < 5 {
+		t.Fatalf("Stats = %+v with range 1 unable to close: want both lags at least 5", st)
+	}
+	close(gate)
+	requireRevisions(t, recvEvents(t, a, 5), want)
+	deadline := time.Now().Add(10 * time.Second)
+	for st := n.hub.Stats(); st.ClosedLag >= 5 || st.WatcherLag >= 5; st = n.hub.Stats() {
+		if time.Now().After(deadline) {
+			t.Fatalf("Stats = %+v: lags stay after range 1 closed", st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
