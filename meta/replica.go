@@ -133,6 +133,12 @@ func (m *Replica) RecordRestore(ctx context.Context, id []byte, rev int64, done 
 	return err
 }
 
+// ProposeAuth proposes a change of the auth state and returns its result.
+func (m *Replica) ProposeAuth(ctx context.Context, c *tesserapb.AuthCommand) (tesserapb.AuthResult, error) {
+	v, err := m.allocate(ctx, &tesserapb.MetaCommand{Op: &tesserapb.MetaCommand_Auth{Auth: c}})
+	return tesserapb.AuthResult(v), err
+}
+
 // Read runs fn on the meta state.
 func (m *Replica) Read(ctx context.Context, linearizable bool, fn func(*tesserapb.MetaState) (any, error)) (any, error) {
 	if !linearizable {

@@ -11,6 +11,7 @@ import (
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tesserakv/tessera/auth"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
@@ -26,6 +27,9 @@ type StateMachine struct {
 	// state is guarded by mu. Its ranges are kept sorted by start key and its
 	// nodes by node ID.
 	state *tesserapb.MetaState
+	// onAuth is given the auth state compiled anew after every change to it
+	// (and after a snapshot replaced the state), under mu, in log order.
+	onAuth func(*auth.Snapshot)
 }
 
 var _ sm.IStateMachine = (*StateMachine)(nil)
@@ -33,6 +37,22 @@ var _ sm.IStateMachine = (*StateMachine)(nil)
 // NewStateMachine is Dragonboat's CreateStateMachineFunc for the meta range.
 func NewStateMachine(shardID, replicaID uint64) sm.IStateMachine {
 	return &StateMachine{state: &tesserapb.MetaState{HighWater: InitialHighWater}}
+}
+
+// StateMachineWithAuth returns a CreateStateMachineFunc for the meta range
+// whose replica calls onAuth with the compiled auth state as it changes
+// (auth.Snapshot is immutable: the node swaps it in whole).
+func StateMachineWithAuth(onAuth func(*auth.Snapshot)) func(shardID, replicaID uint64) sm.IStateMachine {
+	return func(shardID, replicaID uint64) sm.IStateMachine {
+		return &StateMachine{state: &tesserapb.MetaState{HighWater: InitialHighWater}, onAuth: onAuth}
+	}
+}
+
+// authChanged tells onAuth of the current auth state. m.mu is held.
+func (m *StateMachine) authChanged() {
+	if m.onAuth != nil {
+		m.onAuth(auth.Compile(proto.CloneOf(m.state.GetAuth())))
+	}
 }
 
 // Update applies one meta command. Commands never fail; stale ones (a lower
@@ -44,8 +64,18 @@ func (m *StateMachine) Update(e sm.Entry) (sm.Result, error) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if op, ok := cmd.Op.(*tesserapb.MetaCommand_DecideTxn); ok {
+	switch op := cmd.Op.(type) {
+	case *tesserapb.MetaCommand_DecideTxn:
 		return decideTxn(m.state, op.DecideTxn)
+	case *tesserapb.MetaCommand_Auth:
+		if m.state.Auth == nil {
+			m.state.Auth = &tesserapb.AuthState{}
+		}
+		res := auth.Apply(m.state.Auth, op.Auth)
+		if res == tesserapb.AuthResult_AUTH_OK {
+			m.authChanged()
+		}
+		return sm.Result{Value: uint64(res)}, nil
 	}
 	return sm.Result{Value: applyMeta(m.state, cmd)}, nil
 }
@@ -223,6 +253,7 @@ func (m *StateMachine) RecoverFromSnapshot(r io.Reader, _ []sm.SnapshotFile, _ <
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.state = st
+	m.authChanged()
 	return nil
 }
 

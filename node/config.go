@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/crypto/bcrypt"
+
 	"github.com/tesserakv/tessera/watchhub"
 )
 
@@ -87,6 +89,13 @@ type Config struct {
 	// placement schedulers (default 2s; negative: never; not a flag).
 	PlacementInterval time.Duration
 
+	// AuthToken is etcd's --auth-token: "simple" (the only kind so far).
+	// AuthTokenTTL is how long a token from Authenticate is good for;
+	// BcryptCost the cost of the password hashes this node makes.
+	AuthToken    string
+	AuthTokenTTL time.Duration
+	BcryptCost   int
+
 	Logger *slog.Logger
 
 	// Knobs are hooks for tests only.
@@ -109,6 +118,7 @@ const (
 	DefaultMaxTxnOps         = 128
 	DefaultQuotaBackendBytes = 2 * 1024 * 1024 * 1024
 	DefaultHeartbeatMS       = 100
+	DefaultAuthTokenTTL      = 300 * time.Second
 	DefaultElectionMS        = 1000
 	DefaultSnapshotCount     = 10000
 	DefaultSnapshotCatchUp   = 5000
@@ -153,6 +163,9 @@ func DefaultConfig() Config {
 		RangeSplitQPS:            DefaultRangeSplitQPS,
 
 		WatchProgressNotifyInterval: watchhub.DefaultProgressNotifyInterval,
+		AuthToken:                   "simple",
+		AuthTokenTTL:                DefaultAuthTokenTTL,
+		BcryptCost:                  bcrypt.DefaultCost,
 	}
 }
 
@@ -284,6 +297,15 @@ func (c *Config) Validate() error {
 	}
 	if c.WatchProgressNotifyInterval < 0 {
 		return fmt.Errorf("--watch-progress-notify-interval must not be negative")
+	}
+	if c.AuthToken != "simple" {
+		return fmt.Errorf("--auth-token %q: only \"simple\" tokens are supported", c.AuthToken)
+	}
+	if c.AuthTokenTTL <= 0 {
+		return fmt.Errorf("--auth-token-ttl must be positive")
+	}
+	if c.BcryptCost < bcrypt.MinCost || c.BcryptCost > bcrypt.MaxCost {
+		return fmt.Errorf("invalid --bcrypt-cost %d: want %d to %d", c.BcryptCost, bcrypt.MinCost, bcrypt.MaxCost)
 	}
 	return nil
 }

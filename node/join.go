@@ -159,7 +159,7 @@ func askToJoin(cfg *Config, url string, req *tesserapb.JoinClusterRequest) (*tes
 	if err != nil {
 		return nil, err
 	}
-	cc, err := grpc.NewClient(hp, cfg.nodeDialOptions()...)
+	cc, err := grpc.NewClient(hp, cfg.nodeDialOptions(func() string { return "" })...)
 	if err != nil {
 		return nil, err
 	}

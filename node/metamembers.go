@@ -238,7 +238,7 @@ func (s *Node) restartMeta(id uint64) error {
 	}
 	cfg := s.raftConfig(meta.RangeID, id)
 	cfg.IsNonVoting = true
-	if err := s.nh.StartReplica(nil, true, meta.NewStateMachine, cfg); err != nil {
+	if err := s.nh.StartReplica(nil, true, meta.StateMachineWithAuth(s.setAuth), cfg); err != nil {
 		return status.Errorf(codes.Unavailable, "tessera: starting the new meta replica: %v", err)
 	}
 	s.meta.Restarted(id)

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
+	"github.com/tesserakv/tessera/auth"
 	"github.com/tesserakv/tessera/internal/stop"
 	"github.com/tesserakv/tessera/meta"
 	"github.com/tesserakv/tessera/proto/tesserapb"
@@ -53,9 +54,18 @@ type Node struct {
 	// commitSeconds times the store's batch commits.
 	commitSeconds prometheus.Histogram
 	debug         debugMetrics
-	internal      *meta.InternalServer
-	router        *router.Router
-	hub           *watchhub.Hub
+
+	// authState is the auth state as the meta replica last applied it;
+	// authChanged is closed and replaced at every change (guarded by
+	// authMu).
+	authState   atomic.Pointer[auth.Snapshot]
+	authMu      sync.Mutex
+	authChanged chan struct{}
+	// watchAuth authorizes watches (AuthorizeWatches); set before Start.
+	watchAuth func(ctx context.Context, key, rangeEnd []byte) error
+	internal  *meta.InternalServer
+	router    *router.Router
+	hub       *watchhub.Hub
 
 	// learners are the non-voting replicas failed additions left behind.
 	learners abandonedLearners
@@ -137,7 +147,7 @@ func New(cfg Config) (*Node, error) {
 	if joined {
 		replicaID, cid = id.NodeID, id.ClusterID
 	}
-	s := &Node{cfg: cfg, log: cfg.Logger, replicaID: replicaID, clusterID: cid, joined: joined, identity: id, stopper: stop.New(), rangesChanged: make(chan struct{}, 1),
+	s := &Node{cfg: cfg, log: cfg.Logger, replicaID: replicaID, clusterID: cid, joined: joined, identity: id, stopper: stop.New(), rangesChanged: make(chan struct{}, 1), authChanged: make(chan struct{}),
 		ranges: map[uint64]*shard.Replica{}, feeds: feeds{wanted: map[uint64]time.Time{}}, picks: map[uint64]pick{}, cache: router.NewRangeCache()}
 	s.newMetrics()
 	return s, nil
@@ -159,6 +169,7 @@ func (s *Node) Start() error {
 		MaxRequestBytes:        cfg.MaxRequestBytes,
 		Logger:                 s.log,
 		Stopper:                s.stopper,
+		Authorize:              s.authorizeWatch,
 	})
 	if s.store, err = statemachine.OpenStore(filepath.Join(cfg.DataDir, "kv"), statemachine.StoreOptions{OnSplit: s.onSplit, OnApply: s.hub.Publish, BeforeUpdate: cfg.Knobs.BeforeApply,
 		OnCommit: func(d time.Duration) { s.commitSeconds.Observe(d.Seconds()) }}); err != nil {
@@ -175,7 +186,7 @@ func (s *Node) Start() error {
 	}
 
 	s.meta = meta.NewReplica(s.nh, replicaID, s.metaReplicaID())
-	s.directory = meta.NewDirectory(s.meta, cfg.nodeDialOptions()...)
+	s.directory = meta.NewDirectory(s.meta, cfg.nodeDialOptions(s.peerToken)...)
 	s.allocator = meta.NewAllocator(s.meta, s.stopper, s.metaLease())
 	allocator := s.allocator
 	// The node's stopper stops its children the newest first: the replicas,
@@ -216,6 +227,7 @@ func (s *Node) Start() error {
 	s.startHeartbeats()
 	s.countLiveKeys()
 	s.probePeers()
+	s.goTask(s.makeTokenKey)
 	s.goTask(s.runDescriptorSync)
 	s.goTask(s.runHoldSweeper)
 	// Splits, placement and compaction reshape ranges: a node restoring a
@@ -308,7 +320,7 @@ func (s *Node) startRaft() error {
 		// out of elections for the leader's lease (see metaLease).
 		time.Sleep(s.metaLease())
 	}
-	if err := nh.StartReplica(metaMembers, metaJoin, meta.NewStateMachine, metaConfig); err != nil {
+	if err := nh.StartReplica(metaMembers, metaJoin, meta.StateMachineWithAuth(s.setAuth), metaConfig); err != nil {
 		nh.Close()
 		return fmt.Errorf("starting the meta range: %w", err)
 	}

@@ -21,10 +21,19 @@ import (
 // as etcd's do: their guarantees are the client's, over whatever ranges
 // the election's or lock's keys fall in.
 type selfClient struct {
-	addr string
-	once sync.Once
-	cli  *clientv3.Client
-	err  error
+	addr  string
+	authz *authz // the inner calls carry the caller's identity
+	once  sync.Once
+	cli   *clientv3.Client
+	err   error
+}
+
+// as returns ctx for the inner calls made for the caller ctx records.
+func (c *selfClient) as(ctx context.Context) context.Context {
+	if c.authz == nil {
+		return ctx
+	}
+	return c.authz.forCaller(ctx)
 }
 
 func (c *selfClient) get() (*clientv3.Client, error) {
@@ -75,6 +84,7 @@ func electionKV(kv *mvccpb.KeyValue) *v3electionpb.KeyValue {
 }
 
 func (e *election) Campaign(ctx context.Context, req *v3electionpb.CampaignRequest) (*v3electionpb.CampaignResponse, error) {
+	ctx = e.c.as(ctx)
 	s, err := e.c.session(ctx, req.Lease)
 	if err != nil {
 		return nil, err
@@ -102,6 +112,7 @@ func (e *election) resumed(ctx context.Context, lk *v3electionpb.LeaderKey) (*co
 }
 
 func (e *election) Proclaim(ctx context.Context, req *v3electionpb.ProclaimRequest) (*v3electionpb.ProclaimResponse, error) {
+	ctx = e.c.as(ctx)
 	el, err := e.resumed(ctx, req.Leader)
 	if err != nil {
 		return nil, err
@@ -113,6 +124,7 @@ func (e *election) Proclaim(ctx context.Context, req *v3electionpb.ProclaimReque
 }
 
 func (e *election) Resign(ctx context.Context, req *v3electionpb.ResignRequest) (*v3electionpb.ResignResponse, error) {
+	ctx = e.c.as(ctx)
 	el, err := e.resumed(ctx, req.Leader)
 	if err != nil {
 		return nil, err
@@ -134,6 +146,7 @@ func (e *election) observer(ctx context.Context, name []byte) (*concurrency.Elec
 }
 
 func (e *election) Leader(ctx context.Context, req *v3electionpb.LeaderRequest) (*v3electionpb.LeaderResponse, error) {
+	ctx = e.c.as(ctx)
 	el, err := e.observer(ctx, req.Name)
 	if err != nil {
 		return nil, err
@@ -146,7 +159,7 @@ func (e *election) Leader(ctx context.Context, req *v3electionpb.LeaderRequest) 
 }
 
 func (e *election) Observe(req *v3electionpb.LeaderRequest, stream v3electionpb.Election_ObserveServer) error {
-	ctx := stream.Context()
+	ctx := e.c.as(stream.Context())
 	el, err := e.observer(ctx, req.Name)
 	if err != nil {
 		return err
@@ -178,6 +191,7 @@ func lockHeader(h *pb.ResponseHeader) *v3lockpb.ResponseHeader {
 }
 
 func (l *lock) Lock(ctx context.Context, req *v3lockpb.LockRequest) (*v3lockpb.LockResponse, error) {
+	ctx = l.c.as(ctx)
 	s, err := l.c.session(ctx, req.Lease)
 	if err != nil {
 		return nil, err
@@ -190,6 +204,7 @@ func (l *lock) Lock(ctx context.Context, req *v3lockpb.LockRequest) (*v3lockpb.L
 }
 
 func (l *lock) Unlock(ctx context.Context, req *v3lockpb.UnlockRequest) (*v3lockpb.UnlockResponse, error) {
+	ctx = l.c.as(ctx)
 	cli, err := l.c.get()
 	if err != nil {
 		return nil, err

@@ -170,7 +170,7 @@ type gatewayObserve struct{ *gatewayStream }
 func (s gatewayObserve) Send(m *v3electionpb.LeaderResponse) error { return s.SendMsg(m) }
 
 // handleGatewayStreams adds the streaming calls' paths.
-func handleGatewayStreams(handle func(http.HandlerFunc, ...string), watch pb.WatchServer, lease pb.LeaseServer, m *maintenance, e *election) {
+func handleGatewayStreams(handle func(http.HandlerFunc, ...string), az *authz, watch pb.WatchServer, lease pb.LeaseServer, m *maintenance, e *election) {
 	handle(streamCall(func() proto.Message { return &pb.WatchResponse{} }, func(s *gatewayStream) error {
 		return watch.Watch(gatewayWatch{s})
 	}), "/v3/watch")
@@ -182,11 +182,17 @@ func handleGatewayStreams(handle func(http.HandlerFunc, ...string), watch pb.Wat
 		if err != nil {
 			return err
 		}
+		if s.ctx, err = az.check(s.ctx, req); err != nil {
+			return err
+		}
 		return m.Snapshot(req, gatewaySnapshot{s})
 	}), "/v3/maintenance/snapshot")
 	handle(streamCall(func() proto.Message { return &v3electionpb.LeaderResponse{} }, func(s *gatewayStream) error {
 		req, err := firstRequest(s, &v3electionpb.LeaderRequest{})
 		if err != nil {
+			return err
+		}
+		if s.ctx, err = az.check(s.ctx, req); err != nil {
 			return err
 		}
 		return e.Observe(req, gatewayObserve{s})

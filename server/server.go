@@ -74,6 +74,8 @@ func Start(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{node: n, log: cfg.Logger}
+	az := &authz{n: n}
+	n.AuthorizeWatches(az.watchAllowed)
 	// Listen before starting the node so a taken port fails fast and
 	// changes nothing.
 	for _, u := range cfg.ListenClientURLs {
@@ -106,11 +108,19 @@ func Start(cfg Config) (*Server, error) {
 			if n.Restoring() && !servesWhileRestoring(info.FullMethod) {
 				return nil, errRestoring
 			}
+			ctx, err := az.unary(ctx, req, info)
+			if err != nil {
+				return nil, err
+			}
 			return metrics.unary(ctx, req, info, handler)
 		}),
 		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 			if n.Restoring() && !servesWhileRestoring(info.FullMethod) {
 				return errRestoring
+			}
+			ss, err := az.stream(ss, info)
+			if err != nil {
+				return err
 			}
 			return metrics.stream(srv, ss, info, handler)
 		}),
@@ -121,19 +131,20 @@ func Start(cfg Config) (*Server, error) {
 	pb.RegisterMaintenanceServer(s.grpc, maint)
 	pb.RegisterClusterServer(s.grpc, clus)
 	pb.RegisterWatchServer(s.grpc, n.Hub())
-	pb.RegisterAuthServer(s.grpc, unimplementedAuth{})
+	authSvc := &authService{n: n, authz: az, cost: cfg.BcryptCost, ttl: cfg.AuthTokenTTL, header: func() *pb.ResponseHeader { return n.Router().Header(0) }}
+	pb.RegisterAuthServer(s.grpc, authSvc)
 	tesserapb.RegisterInternalServer(s.grpc, n.Internal())
 	// gRPC's health service, SERVING, as etcd registers it; nodes time their
 	// round trips to each other with it.
 	healthpb.RegisterHealthServer(s.grpc, health.NewServer())
-	s.self = &selfClient{addr: s.listeners[0].Addr().String()}
+	s.self = &selfClient{addr: s.listeners[0].Addr().String(), authz: az}
 	elect, lck := &election{c: s.self}, &lock{c: s.self}
 	v3electionpb.RegisterElectionServer(s.grpc, elect)
 	v3lockpb.RegisterLockServer(s.grpc, lck)
 	mux := http.NewServeMux()
 	n.HandleHTTP(mux)
 	mux.HandleFunc("/version", serveVersion)
-	handleGateway(mux, n, maint, clus, elect, lck)
+	handleGateway(mux, n, az, authSvc, maint, clus, elect, lck)
 	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	for _, ln := range s.listeners {
 		split := splitListen(ln, n.Stopper().RunAsync)

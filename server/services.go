@@ -157,15 +157,3 @@ func (c *cluster) MemberUpdate(context.Context, *pb.MemberUpdateRequest) (*pb.Me
 func (c *cluster) MemberPromote(context.Context, *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "tessera: learners are not implemented yet")
 }
-
-// unimplementedAuth: authentication is not implemented; AuthStatus reports it
-// disabled so clients that only ask can proceed.
-type unimplementedAuth struct{ pb.UnimplementedAuthServer }
-
-func (unimplementedAuth) AuthStatus(context.Context, *pb.AuthStatusRequest) (*pb.AuthStatusResponse, error) {
-	return &pb.AuthStatusResponse{Enabled: false}, nil
-}
-
-func (unimplementedAuth) Authenticate(context.Context, *pb.AuthenticateRequest) (*pb.AuthenticateResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "tessera: authentication is not implemented yet")
-}

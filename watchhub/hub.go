@@ -62,6 +62,10 @@ type Config struct {
 	// Stopper, when set, is the node's: the hub's goroutines run on a child
 	// of it. Without it the hub has a stopper of its own.
 	Stopper *stop.Stopper
+	// Authorize, when set, decides whether the caller of a stream (its
+	// context) may watch etcd's interval [key, rangeEnd); a refusal cancels
+	// the watch with the error as its reason, as etcd does.
+	Authorize func(ctx context.Context, key, rangeEnd []byte) error
 }
 
 // DefaultProgressNotifyInterval is etcd's default.

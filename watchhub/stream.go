@@ -160,6 +160,12 @@ func (s *stream) create(c *pb.WatchCreateRequest) {
 		refuse(errCompacted) // etcd's answer to a negative start
 		return
 	}
+	if auth := h.cfg.Authorize; auth != nil {
+		if err := auth(s.ctx, c.Key, c.RangeEnd); err != nil {
+			refuse(err)
+			return
+		}
+	}
 	w := &watcher{
 		s: s, iv: newInterval(key, end),
 		prevKV: c.PrevKv, fragment: c.Fragment, progressNotify: c.ProgressNotify,

@@ -12,8 +12,11 @@ import (
 	"text/tabwriter"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/tesserakv/tessera/proto/tesserapb"
@@ -50,6 +53,8 @@ func runCtl(args []string, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, "print JSON (ranges, nodes)")
 	dataDir := fs.String("data-dir", "", "the data directory to prepare (restore, import-etcd-snapshot)")
 	skipHashCheck := fs.Bool("skip-hash-check", false, "restore a database file without its trailing hash (copied from a member's data directory)")
+	user := fs.String("user", "", "username[:password] for authentication, as etcdctl's")
+	password := fs.String("password", "", "password for authentication (if this option is used, --user option shouldn't include password)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), ctlUsage)
 		fs.PrintDefaults()
@@ -89,11 +94,21 @@ func runCtl(args []string, stdout, stderr io.Writer) int {
 			ctx, cancel = context.WithTimeout(ctx, *timeout)
 			defer cancel()
 		}
-		if err := runExport(ctx, rest[1:], *endpoints, stdout); err != nil {
+		creds, err := parseUser(*user, *password)
+		if err != nil {
+			fmt.Fprintf(stderr, "Error: %v\n", err)
+			return 2
+		}
+		if err := runExport(ctx, rest[1:], *endpoints, creds, stdout); err != nil {
 			fmt.Fprintf(stderr, "Error: %v\n", describeErr(err))
 			return 1
 		}
 		return 0
+	}
+	creds, err := parseUser(*user, *password)
+	if err != nil {
+		fmt.Fprintf(stderr, "Error: %v\n", err)
+		return 2
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
@@ -108,7 +123,11 @@ func runCtl(args []string, stdout, stderr io.Writer) int {
 			firstErr = err
 			continue
 		}
-		code, err := ctlCommand(ctx, tesserapb.NewInternalClient(cc), rest, *asJSON, stdout)
+		callCtx, err := creds.login(ctx, cc)
+		code := 1
+		if err == nil {
+			code, err = ctlCommand(callCtx, tesserapb.NewInternalClient(cc), rest, *asJSON, stdout)
+		}
 		cc.Close()
 		if err == nil {
 			return code
@@ -122,6 +141,42 @@ func runCtl(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "Error: %v\n", describeErr(firstErr))
 	return 1
+}
+
+// credentials are --user and --password.
+type credentials struct{ user, password string }
+
+// parseUser reads etcdctl's --user (name or name:password) and --password.
+func parseUser(user, password string) (credentials, error) {
+	if user == "" {
+		if password != "" {
+			return credentials{}, fmt.Errorf("--password needs --user")
+		}
+		return credentials{}, nil
+	}
+	name, pw, hasPW := strings.Cut(user, ":")
+	switch {
+	case hasPW && password != "":
+		return credentials{}, fmt.Errorf("--user has a password and --password is given too: give one")
+	case !hasPW && password == "":
+		return credentials{}, fmt.Errorf("--user %q has no password: give --user name:password or --password", user)
+	case !hasPW:
+		pw = password
+	}
+	return credentials{user: name, password: pw}, nil
+}
+
+// login authenticates on cc, when a user is given, and returns ctx with
+// the token every call carries.
+func (c credentials) login(ctx context.Context, cc *grpc.ClientConn) (context.Context, error) {
+	if c.user == "" {
+		return ctx, nil
+	}
+	resp, err := pb.NewAuthClient(cc).Authenticate(ctx, &pb.AuthenticateRequest{Name: c.user, Password: c.password})
+	if err != nil {
+		return ctx, err
+	}
+	return metadata.AppendToOutgoingContext(ctx, rpctypes.TokenFieldNameGRPC, resp.Token), nil
 }
 
 // flagSet reports whether the flag name was given.

@@ -142,6 +142,9 @@ func parseFlags(args []string, stdout, stderr io.Writer) (node.Config, error) {
 	fs.Float64Var(&cfg.RangeSplitQPS, "range-split-qps", cfg.RangeSplitQPS, "split a range at the key halving its load when it serves more requests per second than this for three checks (10 s apart) in a row; 0 disables")
 	fs.Uint64Var(&cfg.LogDBShards, "raft-logdb-shards", cfg.LogDBShards, "shards of the Raft log store (one fsync each per write cycle; keep small on one disk)")
 	fs.Uint64Var(&cfg.RaftStepWorkers, "raft-step-workers", cfg.RaftStepWorkers, "goroutines stepping the Raft groups (each writes the Raft log with its own fsync per cycle; keep small on one disk)")
+	fs.StringVar(&cfg.AuthToken, "auth-token", cfg.AuthToken, "specify auth token type (\"simple\")")
+	authTTL := fs.Uint("auth-token-ttl", uint(node.DefaultAuthTokenTTL/time.Second), "the lifetime in seconds of the auth token")
+	fs.IntVar(&cfg.BcryptCost, "bcrypt-cost", cfg.BcryptCost, "specify bcrypt algorithm cost factor for auth password hashing")
 	listenMetrics := fs.String("listen-metrics-urls", "", "comma-separated http URLs to serve /health (and, with --enable-pprof, /debug/pprof) on")
 	fs.BoolVar(&cfg.EnablePprof, "enable-pprof", false, "serve runtime profiles under /debug/pprof on --listen-metrics-urls")
 	logLevel := fs.String("log-level", "warn", "log level: debug, info, warn or error")
@@ -189,6 +192,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (node.Config, error) {
 	if cfg.QuotaBackendBytes == 0 {
 		cfg.QuotaBackendBytes = node.DefaultQuotaBackendBytes
 	}
+	cfg.AuthTokenTTL = time.Duration(*authTTL) * time.Second
 	if set["heartbeat-interval"] || set["election-timeout"] {
 		cfg.HeartbeatInterval = time.Duration(*heartbeatMS) * time.Millisecond
 		cfg.ElectionTimeout = time.Duration(*electionMS) * time.Millisecond

@@ -25,6 +25,174 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// AuthResult is the result value of an AuthCommand: OK or why it changed
+// nothing (each one of etcd's errors).
+type AuthResult int32
+
+const (
+	AuthResult_AUTH_OK                     AuthResult = 0
+	AuthResult_AUTH_USER_EMPTY             AuthResult = 1
+	AuthResult_AUTH_USER_EXISTS            AuthResult = 2
+	AuthResult_AUTH_USER_NOT_FOUND         AuthResult = 3
+	AuthResult_AUTH_ROLE_EMPTY             AuthResult = 4
+	AuthResult_AUTH_ROLE_EXISTS            AuthResult = 5
+	AuthResult_AUTH_ROLE_NOT_FOUND         AuthResult = 6
+	AuthResult_AUTH_ROLE_NOT_GRANTED       AuthResult = 7
+	AuthResult_AUTH_PERMISSION_NOT_GRANTED AuthResult = 8
+	AuthResult_AUTH_ROOT_USER_MISSING      AuthResult = 9
+	AuthResult_AUTH_ROOT_ROLE_MISSING      AuthResult = 10
+	AuthResult_AUTH_INVALID_AUTH_MGMT      AuthResult = 11
+	// AUTH_UNCHANGED: etcd answers success, and nothing changed (a role
+	// granted twice, auth turned off when off).
+	AuthResult_AUTH_UNCHANGED        AuthResult = 12
+	AuthResult_AUTH_NO_PASSWORD_USER AuthResult = 13
+)
+
+// Enum value maps for AuthResult.
+var (
+	AuthResult_name = map[int32]string{
+		0:  "AUTH_OK",
+		1:  "AUTH_USER_EMPTY",
+		2:  "AUTH_USER_EXISTS",
+		3:  "AUTH_USER_NOT_FOUND",
+		4:  "AUTH_ROLE_EMPTY",
+		5:  "AUTH_ROLE_EXISTS",
+		6:  "AUTH_ROLE_NOT_FOUND",
+		7:  "AUTH_ROLE_NOT_GRANTED",
+		8:  "AUTH_PERMISSION_NOT_GRANTED",
+		9:  "AUTH_ROOT_USER_MISSING",
+		10: "AUTH_ROOT_ROLE_MISSING",
+		11: "AUTH_INVALID_AUTH_MGMT",
+		12: "AUTH_UNCHANGED",
+		13: "AUTH_NO_PASSWORD_USER",
+	}
+	AuthResult_value = map[string]int32{
+		"AUTH_OK":                     0,
+		"AUTH_USER_EMPTY":             1,
+		"AUTH_USER_EXISTS":            2,
+		"AUTH_USER_NOT_FOUND":         3,
+		"AUTH_ROLE_EMPTY":             4,
+		"AUTH_ROLE_EXISTS":            5,
+		"AUTH_ROLE_NOT_FOUND":         6,
+		"AUTH_ROLE_NOT_GRANTED":       7,
+		"AUTH_PERMISSION_NOT_GRANTED": 8,
+		"AUTH_ROOT_USER_MISSING":      9,
+		"AUTH_ROOT_ROLE_MISSING":      10,
+		"AUTH_INVALID_AUTH_MGMT":      11,
+		"AUTH_UNCHANGED":              12,
+		"AUTH_NO_PASSWORD_USER":       13,
+	}
+)
+
+func (x AuthResult) Enum() *AuthResult {
+	p := new(AuthResult)
+	*p = x
+	return p
+}
+
+func (x AuthResult) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AuthResult) Descriptor() protoreflect.EnumDescriptor {
+	return file_tesserapb_meta_proto_enumTypes[0].Descriptor()
+}
+
+func (AuthResult) Type() protoreflect.EnumType {
+	return &file_tesserapb_meta_proto_enumTypes[0]
+}
+
+func (x AuthResult) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AuthResult.Descriptor instead.
+func (AuthResult) EnumDescriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{0}
+}
+
+type AuthCommand_Op int32
+
+const (
+	AuthCommand_NONE                   AuthCommand_Op = 0
+	AuthCommand_ENABLE                 AuthCommand_Op = 1
+	AuthCommand_DISABLE                AuthCommand_Op = 2
+	AuthCommand_USER_ADD               AuthCommand_Op = 3
+	AuthCommand_USER_DELETE            AuthCommand_Op = 4
+	AuthCommand_USER_CHANGE_PASSWORD   AuthCommand_Op = 5
+	AuthCommand_USER_GRANT_ROLE        AuthCommand_Op = 6
+	AuthCommand_USER_REVOKE_ROLE       AuthCommand_Op = 7
+	AuthCommand_ROLE_ADD               AuthCommand_Op = 8
+	AuthCommand_ROLE_DELETE            AuthCommand_Op = 9
+	AuthCommand_ROLE_GRANT_PERMISSION  AuthCommand_Op = 10
+	AuthCommand_ROLE_REVOKE_PERMISSION AuthCommand_Op = 11
+	// SET_TOKEN_KEY sets token_key unless one is set: the cluster's key
+	// for tokens and for the other nodes' calls (auth.Snapshot.PeerToken),
+	// made once, before auth is first enabled.
+	AuthCommand_SET_TOKEN_KEY AuthCommand_Op = 12
+)
+
+// Enum value maps for AuthCommand_Op.
+var (
+	AuthCommand_Op_name = map[int32]string{
+		0:  "NONE",
+		1:  "ENABLE",
+		2:  "DISABLE",
+		3:  "USER_ADD",
+		4:  "USER_DELETE",
+		5:  "USER_CHANGE_PASSWORD",
+		6:  "USER_GRANT_ROLE",
+		7:  "USER_REVOKE_ROLE",
+		8:  "ROLE_ADD",
+		9:  "ROLE_DELETE",
+		10: "ROLE_GRANT_PERMISSION",
+		11: "ROLE_REVOKE_PERMISSION",
+		12: "SET_TOKEN_KEY",
+	}
+	AuthCommand_Op_value = map[string]int32{
+		"NONE":                   0,
+		"ENABLE":                 1,
+		"DISABLE":                2,
+		"USER_ADD":               3,
+		"USER_DELETE":            4,
+		"USER_CHANGE_PASSWORD":   5,
+		"USER_GRANT_ROLE":        6,
+		"USER_REVOKE_ROLE":       7,
+		"ROLE_ADD":               8,
+		"ROLE_DELETE":            9,
+		"ROLE_GRANT_PERMISSION":  10,
+		"ROLE_REVOKE_PERMISSION": 11,
+		"SET_TOKEN_KEY":          12,
+	}
+)
+
+func (x AuthCommand_Op) Enum() *AuthCommand_Op {
+	p := new(AuthCommand_Op)
+	*p = x
+	return p
+}
+
+func (x AuthCommand_Op) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AuthCommand_Op) Descriptor() protoreflect.EnumDescriptor {
+	return file_tesserapb_meta_proto_enumTypes[1].Descriptor()
+}
+
+func (AuthCommand_Op) Type() protoreflect.EnumType {
+	return &file_tesserapb_meta_proto_enumTypes[1]
+}
+
+func (x AuthCommand_Op) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AuthCommand_Op.Descriptor instead.
+func (AuthCommand_Op) EnumDescriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{1, 0}
+}
+
 // MetaCommand is one entry of the meta range's Raft log.
 type MetaCommand struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -41,6 +209,7 @@ type MetaCommand struct {
 	//	*MetaCommand_ForgetTxn
 	//	*MetaCommand_SweepTxnRecords
 	//	*MetaCommand_Restore
+	//	*MetaCommand_Auth
 	Op            isMetaCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -182,6 +351,15 @@ func (x *MetaCommand) GetRestore() *RestoreCommand {
 	return nil
 }
 
+func (x *MetaCommand) GetAuth() *AuthCommand {
+	if x != nil {
+		if x, ok := x.Op.(*MetaCommand_Auth); ok {
+			return x.Auth
+		}
+	}
+	return nil
+}
+
 type isMetaCommand_Op interface {
 	isMetaCommand_Op()
 }
@@ -230,6 +408,10 @@ type MetaCommand_Restore struct {
 	Restore *RestoreCommand `protobuf:"bytes,11,opt,name=restore,proto3,oneof"`
 }
 
+type MetaCommand_Auth struct {
+	Auth *AuthCommand `protobuf:"bytes,12,opt,name=auth,proto3,oneof"`
+}
+
 func (*MetaCommand_SetHighWater) isMetaCommand_Op() {}
 
 func (*MetaCommand_RegisterNode) isMetaCommand_Op() {}
@@ -252,6 +434,378 @@ func (*MetaCommand_SweepTxnRecords) isMetaCommand_Op() {}
 
 func (*MetaCommand_Restore) isMetaCommand_Op() {}
 
+func (*MetaCommand_Auth) isMetaCommand_Op() {}
+
+// AuthCommand changes the cluster's users, roles and permissions, or turns
+// authentication on or off: etcd's Auth API, applied in order by every
+// node's meta replica. Passwords arrive hashed (bcrypt salts are random, so
+// the proposer hashes). The entry's result is an AuthResult.
+type AuthCommand struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Op           AuthCommand_Op         `protobuf:"varint,1,opt,name=op,proto3,enum=tesserapb.AuthCommand_Op" json:"op,omitempty"`
+	User         string                 `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	PasswordHash []byte                 `protobuf:"bytes,3,opt,name=password_hash,json=passwordHash,proto3" json:"password_hash,omitempty"`
+	NoPassword   bool                   `protobuf:"varint,4,opt,name=no_password,json=noPassword,proto3" json:"no_password,omitempty"`
+	Role         string                 `protobuf:"bytes,5,opt,name=role,proto3" json:"role,omitempty"`
+	Permission   *AuthPermission        `protobuf:"bytes,6,opt,name=permission,proto3" json:"permission,omitempty"`
+	// token_key: on SET_TOKEN_KEY (or ENABLE, when none is set yet), the key
+	// that signs simple tokens.
+	TokenKey      []byte `protobuf:"bytes,7,opt,name=token_key,json=tokenKey,proto3" json:"token_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthCommand) Reset() {
+	*x = AuthCommand{}
+	mi := &file_tesserapb_meta_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthCommand) ProtoMessage() {}
+
+func (x *AuthCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthCommand.ProtoReflect.Descriptor instead.
+func (*AuthCommand) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AuthCommand) GetOp() AuthCommand_Op {
+	if x != nil {
+		return x.Op
+	}
+	return AuthCommand_NONE
+}
+
+func (x *AuthCommand) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *AuthCommand) GetPasswordHash() []byte {
+	if x != nil {
+		return x.PasswordHash
+	}
+	return nil
+}
+
+func (x *AuthCommand) GetNoPassword() bool {
+	if x != nil {
+		return x.NoPassword
+	}
+	return false
+}
+
+func (x *AuthCommand) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *AuthCommand) GetPermission() *AuthPermission {
+	if x != nil {
+		return x.Permission
+	}
+	return nil
+}
+
+func (x *AuthCommand) GetTokenKey() []byte {
+	if x != nil {
+		return x.TokenKey
+	}
+	return nil
+}
+
+// AuthState is the cluster's authentication state: etcd's auth store.
+type AuthState struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Enabled bool                   `protobuf:"varint,1,opt,name=enabled,proto3" json:"enabled,omitempty"`
+	// revision grows with every change (etcd's auth revision).
+	Revision uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// users and roles are sorted by name.
+	Users    []*AuthUser `protobuf:"bytes,3,rep,name=users,proto3" json:"users,omitempty"`
+	Roles    []*AuthRole `protobuf:"bytes,4,rep,name=roles,proto3" json:"roles,omitempty"`
+	TokenKey []byte      `protobuf:"bytes,5,opt,name=token_key,json=tokenKey,proto3" json:"token_key,omitempty"`
+	// changes grows with every change, auth turned on or off included
+	// (which etcd's revision does not count): nodes wait on it.
+	Changes       uint64 `protobuf:"varint,6,opt,name=changes,proto3" json:"changes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthState) Reset() {
+	*x = AuthState{}
+	mi := &file_tesserapb_meta_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthState) ProtoMessage() {}
+
+func (x *AuthState) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthState.ProtoReflect.Descriptor instead.
+func (*AuthState) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *AuthState) GetEnabled() bool {
+	if x != nil {
+		return x.Enabled
+	}
+	return false
+}
+
+func (x *AuthState) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *AuthState) GetUsers() []*AuthUser {
+	if x != nil {
+		return x.Users
+	}
+	return nil
+}
+
+func (x *AuthState) GetRoles() []*AuthRole {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *AuthState) GetTokenKey() []byte {
+	if x != nil {
+		return x.TokenKey
+	}
+	return nil
+}
+
+func (x *AuthState) GetChanges() uint64 {
+	if x != nil {
+		return x.Changes
+	}
+	return 0
+}
+
+type AuthUser struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Name         string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	PasswordHash []byte                 `protobuf:"bytes,2,opt,name=password_hash,json=passwordHash,proto3" json:"password_hash,omitempty"`
+	// roles are sorted.
+	Roles         []string `protobuf:"bytes,3,rep,name=roles,proto3" json:"roles,omitempty"`
+	NoPassword    bool     `protobuf:"varint,4,opt,name=no_password,json=noPassword,proto3" json:"no_password,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthUser) Reset() {
+	*x = AuthUser{}
+	mi := &file_tesserapb_meta_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthUser) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthUser) ProtoMessage() {}
+
+func (x *AuthUser) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthUser.ProtoReflect.Descriptor instead.
+func (*AuthUser) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *AuthUser) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AuthUser) GetPasswordHash() []byte {
+	if x != nil {
+		return x.PasswordHash
+	}
+	return nil
+}
+
+func (x *AuthUser) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *AuthUser) GetNoPassword() bool {
+	if x != nil {
+		return x.NoPassword
+	}
+	return false
+}
+
+type AuthRole struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Permissions   []*AuthPermission      `protobuf:"bytes,2,rep,name=permissions,proto3" json:"permissions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthRole) Reset() {
+	*x = AuthRole{}
+	mi := &file_tesserapb_meta_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthRole) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthRole) ProtoMessage() {}
+
+func (x *AuthRole) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthRole.ProtoReflect.Descriptor instead.
+func (*AuthRole) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *AuthRole) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AuthRole) GetPermissions() []*AuthPermission {
+	if x != nil {
+		return x.Permissions
+	}
+	return nil
+}
+
+// AuthPermission is etcd's authpb.Permission: type READ (0), WRITE (1) or
+// READWRITE (2) on key, or on [key, range_end) (range_end "\0": to the end).
+type AuthPermission struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          int32                  `protobuf:"varint,1,opt,name=type,proto3" json:"type,omitempty"`
+	Key           []byte                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	RangeEnd      []byte                 `protobuf:"bytes,3,opt,name=range_end,json=rangeEnd,proto3" json:"range_end,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthPermission) Reset() {
+	*x = AuthPermission{}
+	mi := &file_tesserapb_meta_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthPermission) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthPermission) ProtoMessage() {}
+
+func (x *AuthPermission) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthPermission.ProtoReflect.Descriptor instead.
+func (*AuthPermission) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *AuthPermission) GetType() int32 {
+	if x != nil {
+		return x.Type
+	}
+	return 0
+}
+
+func (x *AuthPermission) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *AuthPermission) GetRangeEnd() []byte {
+	if x != nil {
+		return x.RangeEnd
+	}
+	return nil
+}
+
 // RestoreCommand records a new cluster's restore from a snapshot: the first
 // raises the high-water mark above the snapshot's revision, so every
 // revision handed out afterwards is above it; the one with done set tells
@@ -268,7 +822,7 @@ type RestoreCommand struct {
 
 func (x *RestoreCommand) Reset() {
 	*x = RestoreCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[1]
+	mi := &file_tesserapb_meta_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -280,7 +834,7 @@ func (x *RestoreCommand) String() string {
 func (*RestoreCommand) ProtoMessage() {}
 
 func (x *RestoreCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[1]
+	mi := &file_tesserapb_meta_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -293,7 +847,7 @@ func (x *RestoreCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreCommand.ProtoReflect.Descriptor instead.
 func (*RestoreCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{1}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RestoreCommand) GetSnapshotId() []byte {
@@ -328,7 +882,7 @@ type RestoreRecord struct {
 
 func (x *RestoreRecord) Reset() {
 	*x = RestoreRecord{}
-	mi := &file_tesserapb_meta_proto_msgTypes[2]
+	mi := &file_tesserapb_meta_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -340,7 +894,7 @@ func (x *RestoreRecord) String() string {
 func (*RestoreRecord) ProtoMessage() {}
 
 func (x *RestoreRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[2]
+	mi := &file_tesserapb_meta_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -353,7 +907,7 @@ func (x *RestoreRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreRecord.ProtoReflect.Descriptor instead.
 func (*RestoreRecord) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{2}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RestoreRecord) GetSnapshotId() []byte {
@@ -404,7 +958,7 @@ type DecideTxnCommand struct {
 
 func (x *DecideTxnCommand) Reset() {
 	*x = DecideTxnCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[3]
+	mi := &file_tesserapb_meta_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -416,7 +970,7 @@ func (x *DecideTxnCommand) String() string {
 func (*DecideTxnCommand) ProtoMessage() {}
 
 func (x *DecideTxnCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[3]
+	mi := &file_tesserapb_meta_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -429,7 +983,7 @@ func (x *DecideTxnCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecideTxnCommand.ProtoReflect.Descriptor instead.
 func (*DecideTxnCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{3}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DecideTxnCommand) GetTxnId() []byte {
@@ -490,7 +1044,7 @@ type SweepTxnRecordsCommand struct {
 
 func (x *SweepTxnRecordsCommand) Reset() {
 	*x = SweepTxnRecordsCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[4]
+	mi := &file_tesserapb_meta_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -502,7 +1056,7 @@ func (x *SweepTxnRecordsCommand) String() string {
 func (*SweepTxnRecordsCommand) ProtoMessage() {}
 
 func (x *SweepTxnRecordsCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[4]
+	mi := &file_tesserapb_meta_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -515,7 +1069,7 @@ func (x *SweepTxnRecordsCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SweepTxnRecordsCommand.ProtoReflect.Descriptor instead.
 func (*SweepTxnRecordsCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{4}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SweepTxnRecordsCommand) GetFloor() int64 {
@@ -539,7 +1093,7 @@ type ForgetTxnCommand struct {
 
 func (x *ForgetTxnCommand) Reset() {
 	*x = ForgetTxnCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[5]
+	mi := &file_tesserapb_meta_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -551,7 +1105,7 @@ func (x *ForgetTxnCommand) String() string {
 func (*ForgetTxnCommand) ProtoMessage() {}
 
 func (x *ForgetTxnCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[5]
+	mi := &file_tesserapb_meta_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -564,7 +1118,7 @@ func (x *ForgetTxnCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetTxnCommand.ProtoReflect.Descriptor instead.
 func (*ForgetTxnCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{5}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ForgetTxnCommand) GetTxnId() []byte {
@@ -601,7 +1155,7 @@ type TxnRecord struct {
 
 func (x *TxnRecord) Reset() {
 	*x = TxnRecord{}
-	mi := &file_tesserapb_meta_proto_msgTypes[6]
+	mi := &file_tesserapb_meta_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -613,7 +1167,7 @@ func (x *TxnRecord) String() string {
 func (*TxnRecord) ProtoMessage() {}
 
 func (x *TxnRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[6]
+	mi := &file_tesserapb_meta_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -626,7 +1180,7 @@ func (x *TxnRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnRecord.ProtoReflect.Descriptor instead.
 func (*TxnRecord) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{6}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *TxnRecord) GetTxnId() []byte {
@@ -689,7 +1243,7 @@ type RemoveNodeCommand struct {
 
 func (x *RemoveNodeCommand) Reset() {
 	*x = RemoveNodeCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[7]
+	mi := &file_tesserapb_meta_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -701,7 +1255,7 @@ func (x *RemoveNodeCommand) String() string {
 func (*RemoveNodeCommand) ProtoMessage() {}
 
 func (x *RemoveNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[7]
+	mi := &file_tesserapb_meta_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -714,7 +1268,7 @@ func (x *RemoveNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeCommand.ProtoReflect.Descriptor instead.
 func (*RemoveNodeCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{7}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RemoveNodeCommand) GetNodeId() uint64 {
@@ -736,7 +1290,7 @@ type AllocateNodeIdCommand struct {
 
 func (x *AllocateNodeIdCommand) Reset() {
 	*x = AllocateNodeIdCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	mi := &file_tesserapb_meta_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -748,7 +1302,7 @@ func (x *AllocateNodeIdCommand) String() string {
 func (*AllocateNodeIdCommand) ProtoMessage() {}
 
 func (x *AllocateNodeIdCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[8]
+	mi := &file_tesserapb_meta_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -761,7 +1315,7 @@ func (x *AllocateNodeIdCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateNodeIdCommand.ProtoReflect.Descriptor instead.
 func (*AllocateNodeIdCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{8}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AllocateNodeIdCommand) GetMinId() uint64 {
@@ -783,7 +1337,7 @@ type SetDecommissioningCommand struct {
 
 func (x *SetDecommissioningCommand) Reset() {
 	*x = SetDecommissioningCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -795,7 +1349,7 @@ func (x *SetDecommissioningCommand) String() string {
 func (*SetDecommissioningCommand) ProtoMessage() {}
 
 func (x *SetDecommissioningCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[9]
+	mi := &file_tesserapb_meta_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -808,7 +1362,7 @@ func (x *SetDecommissioningCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDecommissioningCommand.ProtoReflect.Descriptor instead.
 func (*SetDecommissioningCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{9}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SetDecommissioningCommand) GetNodeId() uint64 {
@@ -834,7 +1388,7 @@ type AllocateRangeIdCommand struct {
 
 func (x *AllocateRangeIdCommand) Reset() {
 	*x = AllocateRangeIdCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -846,7 +1400,7 @@ func (x *AllocateRangeIdCommand) String() string {
 func (*AllocateRangeIdCommand) ProtoMessage() {}
 
 func (x *AllocateRangeIdCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[10]
+	mi := &file_tesserapb_meta_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -859,7 +1413,7 @@ func (x *AllocateRangeIdCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateRangeIdCommand.ProtoReflect.Descriptor instead.
 func (*AllocateRangeIdCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{10}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
 }
 
 // SetHighWaterCommand raises the oracle's high-water mark: no revision at or
@@ -873,7 +1427,7 @@ type SetHighWaterCommand struct {
 
 func (x *SetHighWaterCommand) Reset() {
 	*x = SetHighWaterCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -885,7 +1439,7 @@ func (x *SetHighWaterCommand) String() string {
 func (*SetHighWaterCommand) ProtoMessage() {}
 
 func (x *SetHighWaterCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[11]
+	mi := &file_tesserapb_meta_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -898,7 +1452,7 @@ func (x *SetHighWaterCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetHighWaterCommand.ProtoReflect.Descriptor instead.
 func (*SetHighWaterCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{11}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SetHighWaterCommand) GetRevision() int64 {
@@ -917,7 +1471,7 @@ type RegisterNodeCommand struct {
 
 func (x *RegisterNodeCommand) Reset() {
 	*x = RegisterNodeCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -929,7 +1483,7 @@ func (x *RegisterNodeCommand) String() string {
 func (*RegisterNodeCommand) ProtoMessage() {}
 
 func (x *RegisterNodeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[12]
+	mi := &file_tesserapb_meta_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -942,7 +1496,7 @@ func (x *RegisterNodeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeCommand.ProtoReflect.Descriptor instead.
 func (*RegisterNodeCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{12}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RegisterNodeCommand) GetNode() *NodeInfo {
@@ -964,7 +1518,7 @@ type PutRangeCommand struct {
 
 func (x *PutRangeCommand) Reset() {
 	*x = PutRangeCommand{}
-	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -976,7 +1530,7 @@ func (x *PutRangeCommand) String() string {
 func (*PutRangeCommand) ProtoMessage() {}
 
 func (x *PutRangeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[13]
+	mi := &file_tesserapb_meta_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -989,7 +1543,7 @@ func (x *PutRangeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRangeCommand.ProtoReflect.Descriptor instead.
 func (*PutRangeCommand) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{13}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PutRangeCommand) GetRange() *RangeDescriptor {
@@ -1015,7 +1569,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +1581,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[14]
+	mi := &file_tesserapb_meta_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +1594,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{14}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *NodeInfo) GetNodeId() uint64 {
@@ -1100,7 +1654,7 @@ type RangeDescriptor struct {
 
 func (x *RangeDescriptor) Reset() {
 	*x = RangeDescriptor{}
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1112,7 +1666,7 @@ func (x *RangeDescriptor) String() string {
 func (*RangeDescriptor) ProtoMessage() {}
 
 func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[15]
+	mi := &file_tesserapb_meta_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1125,7 +1679,7 @@ func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDescriptor.ProtoReflect.Descriptor instead.
 func (*RangeDescriptor) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{15}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RangeDescriptor) GetRangeId() uint64 {
@@ -1188,13 +1742,14 @@ type MetaState struct {
 	TxnFloor int64 `protobuf:"varint,7,opt,name=txn_floor,json=txnFloor,proto3" json:"txn_floor,omitempty"`
 	// restore is set in a cluster restored from a snapshot.
 	Restore       *RestoreRecord `protobuf:"bytes,8,opt,name=restore,proto3" json:"restore,omitempty"`
+	Auth          *AuthState     `protobuf:"bytes,9,opt,name=auth,proto3" json:"auth,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MetaState) Reset() {
 	*x = MetaState{}
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1206,7 +1761,7 @@ func (x *MetaState) String() string {
 func (*MetaState) ProtoMessage() {}
 
 func (x *MetaState) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[16]
+	mi := &file_tesserapb_meta_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1219,7 +1774,7 @@ func (x *MetaState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaState.ProtoReflect.Descriptor instead.
 func (*MetaState) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{16}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *MetaState) GetHighWater() int64 {
@@ -1278,6 +1833,93 @@ func (x *MetaState) GetRestore() *RestoreRecord {
 	return nil
 }
 
+func (x *MetaState) GetAuth() *AuthState {
+	if x != nil {
+		return x.Auth
+	}
+	return nil
+}
+
+type WaitAuthRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Changes       uint64                 `protobuf:"varint,1,opt,name=changes,proto3" json:"changes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WaitAuthRequest) Reset() {
+	*x = WaitAuthRequest{}
+	mi := &file_tesserapb_meta_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaitAuthRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaitAuthRequest) ProtoMessage() {}
+
+func (x *WaitAuthRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaitAuthRequest.ProtoReflect.Descriptor instead.
+func (*WaitAuthRequest) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *WaitAuthRequest) GetChanges() uint64 {
+	if x != nil {
+		return x.Changes
+	}
+	return 0
+}
+
+type WaitAuthResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WaitAuthResponse) Reset() {
+	*x = WaitAuthResponse{}
+	mi := &file_tesserapb_meta_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaitAuthResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaitAuthResponse) ProtoMessage() {}
+
+func (x *WaitAuthResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tesserapb_meta_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaitAuthResponse.ProtoReflect.Descriptor instead.
+func (*WaitAuthResponse) Descriptor() ([]byte, []int) {
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{23}
+}
+
 type RestartMetaRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ReplicaId     uint64                 `protobuf:"varint,1,opt,name=replica_id,json=replicaId,proto3" json:"replica_id,omitempty"`
@@ -1287,7 +1929,7 @@ type RestartMetaRequest struct {
 
 func (x *RestartMetaRequest) Reset() {
 	*x = RestartMetaRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	mi := &file_tesserapb_meta_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1299,7 +1941,7 @@ func (x *RestartMetaRequest) String() string {
 func (*RestartMetaRequest) ProtoMessage() {}
 
 func (x *RestartMetaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[17]
+	mi := &file_tesserapb_meta_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1312,7 +1954,7 @@ func (x *RestartMetaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMetaRequest.ProtoReflect.Descriptor instead.
 func (*RestartMetaRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{17}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RestartMetaRequest) GetReplicaId() uint64 {
@@ -1330,7 +1972,7 @@ type RestartMetaResponse struct {
 
 func (x *RestartMetaResponse) Reset() {
 	*x = RestartMetaResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1342,7 +1984,7 @@ func (x *RestartMetaResponse) String() string {
 func (*RestartMetaResponse) ProtoMessage() {}
 
 func (x *RestartMetaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[18]
+	mi := &file_tesserapb_meta_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1355,7 +1997,7 @@ func (x *RestartMetaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMetaResponse.ProtoReflect.Descriptor instead.
 func (*RestartMetaResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{18}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{25}
 }
 
 type JoinClusterRequest struct {
@@ -1369,7 +2011,7 @@ type JoinClusterRequest struct {
 
 func (x *JoinClusterRequest) Reset() {
 	*x = JoinClusterRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[19]
+	mi := &file_tesserapb_meta_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1381,7 +2023,7 @@ func (x *JoinClusterRequest) String() string {
 func (*JoinClusterRequest) ProtoMessage() {}
 
 func (x *JoinClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[19]
+	mi := &file_tesserapb_meta_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1394,7 +2036,7 @@ func (x *JoinClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinClusterRequest.ProtoReflect.Descriptor instead.
 func (*JoinClusterRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{19}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *JoinClusterRequest) GetName() string {
@@ -1430,7 +2072,7 @@ type JoinClusterResponse struct {
 
 func (x *JoinClusterResponse) Reset() {
 	*x = JoinClusterResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[20]
+	mi := &file_tesserapb_meta_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1442,7 +2084,7 @@ func (x *JoinClusterResponse) String() string {
 func (*JoinClusterResponse) ProtoMessage() {}
 
 func (x *JoinClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[20]
+	mi := &file_tesserapb_meta_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1455,7 +2097,7 @@ func (x *JoinClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinClusterResponse.ProtoReflect.Descriptor instead.
 func (*JoinClusterResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{20}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *JoinClusterResponse) GetNodeId() uint64 {
@@ -1487,7 +2129,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[21]
+	mi := &file_tesserapb_meta_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1499,7 +2141,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[21]
+	mi := &file_tesserapb_meta_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1512,7 +2154,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{21}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{28}
 }
 
 type ListNodesResponse struct {
@@ -1524,7 +2166,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[22]
+	mi := &file_tesserapb_meta_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1536,7 +2178,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[22]
+	mi := &file_tesserapb_meta_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1549,7 +2191,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{22}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListNodesResponse) GetNodes() []*NodeStatus {
@@ -1578,7 +2220,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_tesserapb_meta_proto_msgTypes[23]
+	mi := &file_tesserapb_meta_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1590,7 +2232,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[23]
+	mi := &file_tesserapb_meta_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1603,7 +2245,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{23}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *NodeStatus) GetNodeId() uint64 {
@@ -1672,7 +2314,7 @@ type DecommissionRequest struct {
 
 func (x *DecommissionRequest) Reset() {
 	*x = DecommissionRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[24]
+	mi := &file_tesserapb_meta_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1684,7 +2326,7 @@ func (x *DecommissionRequest) String() string {
 func (*DecommissionRequest) ProtoMessage() {}
 
 func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[24]
+	mi := &file_tesserapb_meta_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1697,7 +2339,7 @@ func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionRequest.ProtoReflect.Descriptor instead.
 func (*DecommissionRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{24}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DecommissionRequest) GetNode() string {
@@ -1716,7 +2358,7 @@ type DecommissionResponse struct {
 
 func (x *DecommissionResponse) Reset() {
 	*x = DecommissionResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[25]
+	mi := &file_tesserapb_meta_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1728,7 +2370,7 @@ func (x *DecommissionResponse) String() string {
 func (*DecommissionResponse) ProtoMessage() {}
 
 func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[25]
+	mi := &file_tesserapb_meta_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1741,7 +2383,7 @@ func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionResponse.ProtoReflect.Descriptor instead.
 func (*DecommissionResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{25}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DecommissionResponse) GetNodeId() uint64 {
@@ -1766,7 +2408,7 @@ type NodeHeartbeatRequest struct {
 
 func (x *NodeHeartbeatRequest) Reset() {
 	*x = NodeHeartbeatRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[26]
+	mi := &file_tesserapb_meta_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1778,7 +2420,7 @@ func (x *NodeHeartbeatRequest) String() string {
 func (*NodeHeartbeatRequest) ProtoMessage() {}
 
 func (x *NodeHeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[26]
+	mi := &file_tesserapb_meta_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1791,7 +2433,7 @@ func (x *NodeHeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeHeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*NodeHeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{26}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *NodeHeartbeatRequest) GetNodeId() uint64 {
@@ -1842,7 +2484,7 @@ type RangeLoad struct {
 
 func (x *RangeLoad) Reset() {
 	*x = RangeLoad{}
-	mi := &file_tesserapb_meta_proto_msgTypes[27]
+	mi := &file_tesserapb_meta_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1854,7 +2496,7 @@ func (x *RangeLoad) String() string {
 func (*RangeLoad) ProtoMessage() {}
 
 func (x *RangeLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[27]
+	mi := &file_tesserapb_meta_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1867,7 +2509,7 @@ func (x *RangeLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeLoad.ProtoReflect.Descriptor instead.
 func (*RangeLoad) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{27}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RangeLoad) GetRangeId() uint64 {
@@ -1906,7 +2548,7 @@ type NodeHeartbeatResponse struct {
 
 func (x *NodeHeartbeatResponse) Reset() {
 	*x = NodeHeartbeatResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[28]
+	mi := &file_tesserapb_meta_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1918,7 +2560,7 @@ func (x *NodeHeartbeatResponse) String() string {
 func (*NodeHeartbeatResponse) ProtoMessage() {}
 
 func (x *NodeHeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[28]
+	mi := &file_tesserapb_meta_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1931,7 +2573,7 @@ func (x *NodeHeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeHeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*NodeHeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{28}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{35}
 }
 
 type TransferLeaderRequest struct {
@@ -1944,7 +2586,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[29]
+	mi := &file_tesserapb_meta_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1956,7 +2598,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[29]
+	mi := &file_tesserapb_meta_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1969,7 +2611,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{29}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *TransferLeaderRequest) GetRangeId() uint64 {
@@ -1994,7 +2636,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[30]
+	mi := &file_tesserapb_meta_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2006,7 +2648,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[30]
+	mi := &file_tesserapb_meta_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2019,7 +2661,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{30}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{37}
 }
 
 type RangeHistoryRequest struct {
@@ -2039,7 +2681,7 @@ type RangeHistoryRequest struct {
 
 func (x *RangeHistoryRequest) Reset() {
 	*x = RangeHistoryRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[31]
+	mi := &file_tesserapb_meta_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2051,7 +2693,7 @@ func (x *RangeHistoryRequest) String() string {
 func (*RangeHistoryRequest) ProtoMessage() {}
 
 func (x *RangeHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[31]
+	mi := &file_tesserapb_meta_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2064,7 +2706,7 @@ func (x *RangeHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeHistoryRequest.ProtoReflect.Descriptor instead.
 func (*RangeHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{31}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RangeHistoryRequest) GetRangeId() uint64 {
@@ -2124,7 +2766,7 @@ type RangeHistoryResponse struct {
 
 func (x *RangeHistoryResponse) Reset() {
 	*x = RangeHistoryResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[32]
+	mi := &file_tesserapb_meta_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2136,7 +2778,7 @@ func (x *RangeHistoryResponse) String() string {
 func (*RangeHistoryResponse) ProtoMessage() {}
 
 func (x *RangeHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[32]
+	mi := &file_tesserapb_meta_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2149,7 +2791,7 @@ func (x *RangeHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeHistoryResponse.ProtoReflect.Descriptor instead.
 func (*RangeHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{32}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RangeHistoryResponse) GetEvents() [][]byte {
@@ -2182,7 +2824,7 @@ type RangeStartedRequest struct {
 
 func (x *RangeStartedRequest) Reset() {
 	*x = RangeStartedRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[33]
+	mi := &file_tesserapb_meta_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2194,7 +2836,7 @@ func (x *RangeStartedRequest) String() string {
 func (*RangeStartedRequest) ProtoMessage() {}
 
 func (x *RangeStartedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[33]
+	mi := &file_tesserapb_meta_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2207,7 +2849,7 @@ func (x *RangeStartedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeStartedRequest.ProtoReflect.Descriptor instead.
 func (*RangeStartedRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{33}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RangeStartedRequest) GetRangeId() uint64 {
@@ -2234,7 +2876,7 @@ type RangeStartedResponse struct {
 
 func (x *RangeStartedResponse) Reset() {
 	*x = RangeStartedResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[34]
+	mi := &file_tesserapb_meta_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2246,7 +2888,7 @@ func (x *RangeStartedResponse) String() string {
 func (*RangeStartedResponse) ProtoMessage() {}
 
 func (x *RangeStartedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[34]
+	mi := &file_tesserapb_meta_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2259,7 +2901,7 @@ func (x *RangeStartedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeStartedResponse.ProtoReflect.Descriptor instead.
 func (*RangeStartedResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{34}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RangeStartedResponse) GetStarted() bool {
@@ -2309,7 +2951,7 @@ type ChangeReplicasRequest struct {
 
 func (x *ChangeReplicasRequest) Reset() {
 	*x = ChangeReplicasRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[35]
+	mi := &file_tesserapb_meta_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2321,7 +2963,7 @@ func (x *ChangeReplicasRequest) String() string {
 func (*ChangeReplicasRequest) ProtoMessage() {}
 
 func (x *ChangeReplicasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[35]
+	mi := &file_tesserapb_meta_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2334,7 +2976,7 @@ func (x *ChangeReplicasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeReplicasRequest.ProtoReflect.Descriptor instead.
 func (*ChangeReplicasRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{35}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ChangeReplicasRequest) GetRangeId() uint64 {
@@ -2374,7 +3016,7 @@ type ChangeReplicasResponse struct {
 
 func (x *ChangeReplicasResponse) Reset() {
 	*x = ChangeReplicasResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[36]
+	mi := &file_tesserapb_meta_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2386,7 +3028,7 @@ func (x *ChangeReplicasResponse) String() string {
 func (*ChangeReplicasResponse) ProtoMessage() {}
 
 func (x *ChangeReplicasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[36]
+	mi := &file_tesserapb_meta_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2399,7 +3041,7 @@ func (x *ChangeReplicasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeReplicasResponse.ProtoReflect.Descriptor instead.
 func (*ChangeReplicasResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{36}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ChangeReplicasResponse) GetRange() *RangeDescriptor {
@@ -2420,7 +3062,7 @@ type StartReplicaRequest struct {
 
 func (x *StartReplicaRequest) Reset() {
 	*x = StartReplicaRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[37]
+	mi := &file_tesserapb_meta_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2432,7 +3074,7 @@ func (x *StartReplicaRequest) String() string {
 func (*StartReplicaRequest) ProtoMessage() {}
 
 func (x *StartReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[37]
+	mi := &file_tesserapb_meta_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2445,7 +3087,7 @@ func (x *StartReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartReplicaRequest.ProtoReflect.Descriptor instead.
 func (*StartReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{37}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *StartReplicaRequest) GetRangeId() uint64 {
@@ -2470,7 +3112,7 @@ type StartReplicaResponse struct {
 
 func (x *StartReplicaResponse) Reset() {
 	*x = StartReplicaResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[38]
+	mi := &file_tesserapb_meta_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2482,7 +3124,7 @@ func (x *StartReplicaResponse) String() string {
 func (*StartReplicaResponse) ProtoMessage() {}
 
 func (x *StartReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[38]
+	mi := &file_tesserapb_meta_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2495,7 +3137,7 @@ func (x *StartReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartReplicaResponse.ProtoReflect.Descriptor instead.
 func (*StartReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{38}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{45}
 }
 
 type RemoveReplicaRequest struct {
@@ -2507,7 +3149,7 @@ type RemoveReplicaRequest struct {
 
 func (x *RemoveReplicaRequest) Reset() {
 	*x = RemoveReplicaRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[39]
+	mi := &file_tesserapb_meta_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2519,7 +3161,7 @@ func (x *RemoveReplicaRequest) String() string {
 func (*RemoveReplicaRequest) ProtoMessage() {}
 
 func (x *RemoveReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[39]
+	mi := &file_tesserapb_meta_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2532,7 +3174,7 @@ func (x *RemoveReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReplicaRequest.ProtoReflect.Descriptor instead.
 func (*RemoveReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{39}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RemoveReplicaRequest) GetRangeId() uint64 {
@@ -2550,7 +3192,7 @@ type RemoveReplicaResponse struct {
 
 func (x *RemoveReplicaResponse) Reset() {
 	*x = RemoveReplicaResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[40]
+	mi := &file_tesserapb_meta_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2562,7 +3204,7 @@ func (x *RemoveReplicaResponse) String() string {
 func (*RemoveReplicaResponse) ProtoMessage() {}
 
 func (x *RemoveReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[40]
+	mi := &file_tesserapb_meta_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2575,7 +3217,7 @@ func (x *RemoveReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReplicaResponse.ProtoReflect.Descriptor instead.
 func (*RemoveReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{40}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{47}
 }
 
 type CampaignRangeRequest struct {
@@ -2587,7 +3229,7 @@ type CampaignRangeRequest struct {
 
 func (x *CampaignRangeRequest) Reset() {
 	*x = CampaignRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[41]
+	mi := &file_tesserapb_meta_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2599,7 +3241,7 @@ func (x *CampaignRangeRequest) String() string {
 func (*CampaignRangeRequest) ProtoMessage() {}
 
 func (x *CampaignRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[41]
+	mi := &file_tesserapb_meta_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2612,7 +3254,7 @@ func (x *CampaignRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRangeRequest.ProtoReflect.Descriptor instead.
 func (*CampaignRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{41}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *CampaignRangeRequest) GetRangeId() uint64 {
@@ -2630,7 +3272,7 @@ type CampaignRangeResponse struct {
 
 func (x *CampaignRangeResponse) Reset() {
 	*x = CampaignRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[42]
+	mi := &file_tesserapb_meta_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2642,7 +3284,7 @@ func (x *CampaignRangeResponse) String() string {
 func (*CampaignRangeResponse) ProtoMessage() {}
 
 func (x *CampaignRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[42]
+	mi := &file_tesserapb_meta_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2655,7 +3297,7 @@ func (x *CampaignRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignRangeResponse.ProtoReflect.Descriptor instead.
 func (*CampaignRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{42}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{49}
 }
 
 type RangeWriteRequest struct {
@@ -2674,7 +3316,7 @@ type RangeWriteRequest struct {
 
 func (x *RangeWriteRequest) Reset() {
 	*x = RangeWriteRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[43]
+	mi := &file_tesserapb_meta_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2686,7 +3328,7 @@ func (x *RangeWriteRequest) String() string {
 func (*RangeWriteRequest) ProtoMessage() {}
 
 func (x *RangeWriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[43]
+	mi := &file_tesserapb_meta_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2699,7 +3341,7 @@ func (x *RangeWriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteRequest.ProtoReflect.Descriptor instead.
 func (*RangeWriteRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{43}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *RangeWriteRequest) GetRangeId() uint64 {
@@ -2739,7 +3381,7 @@ type RangeWriteResponse struct {
 
 func (x *RangeWriteResponse) Reset() {
 	*x = RangeWriteResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[44]
+	mi := &file_tesserapb_meta_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2751,7 +3393,7 @@ func (x *RangeWriteResponse) String() string {
 func (*RangeWriteResponse) ProtoMessage() {}
 
 func (x *RangeWriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[44]
+	mi := &file_tesserapb_meta_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2764,7 +3406,7 @@ func (x *RangeWriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteResponse.ProtoReflect.Descriptor instead.
 func (*RangeWriteResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{44}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *RangeWriteResponse) GetResult() *Result {
@@ -2794,7 +3436,7 @@ type RangeFeedRequest struct {
 
 func (x *RangeFeedRequest) Reset() {
 	*x = RangeFeedRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[45]
+	mi := &file_tesserapb_meta_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2806,7 +3448,7 @@ func (x *RangeFeedRequest) String() string {
 func (*RangeFeedRequest) ProtoMessage() {}
 
 func (x *RangeFeedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[45]
+	mi := &file_tesserapb_meta_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2819,7 +3461,7 @@ func (x *RangeFeedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeFeedRequest.ProtoReflect.Descriptor instead.
 func (*RangeFeedRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{45}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *RangeFeedRequest) GetRangeId() uint64 {
@@ -2873,7 +3515,7 @@ type RangeFeedResponse struct {
 
 func (x *RangeFeedResponse) Reset() {
 	*x = RangeFeedResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[46]
+	mi := &file_tesserapb_meta_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2885,7 +3527,7 @@ func (x *RangeFeedResponse) String() string {
 func (*RangeFeedResponse) ProtoMessage() {}
 
 func (x *RangeFeedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[46]
+	mi := &file_tesserapb_meta_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2898,7 +3540,7 @@ func (x *RangeFeedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeFeedResponse.ProtoReflect.Descriptor instead.
 func (*RangeFeedResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{46}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *RangeFeedResponse) GetEvents() [][]byte {
@@ -2936,7 +3578,7 @@ type RangeWriteStreamRequest struct {
 
 func (x *RangeWriteStreamRequest) Reset() {
 	*x = RangeWriteStreamRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[47]
+	mi := &file_tesserapb_meta_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2948,7 +3590,7 @@ func (x *RangeWriteStreamRequest) String() string {
 func (*RangeWriteStreamRequest) ProtoMessage() {}
 
 func (x *RangeWriteStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[47]
+	mi := &file_tesserapb_meta_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2961,7 +3603,7 @@ func (x *RangeWriteStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteStreamRequest.ProtoReflect.Descriptor instead.
 func (*RangeWriteStreamRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{47}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *RangeWriteStreamRequest) GetSeq() uint64 {
@@ -3002,7 +3644,7 @@ type RangeWriteStreamResponse struct {
 
 func (x *RangeWriteStreamResponse) Reset() {
 	*x = RangeWriteStreamResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[48]
+	mi := &file_tesserapb_meta_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3014,7 +3656,7 @@ func (x *RangeWriteStreamResponse) String() string {
 func (*RangeWriteStreamResponse) ProtoMessage() {}
 
 func (x *RangeWriteStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[48]
+	mi := &file_tesserapb_meta_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3027,7 +3669,7 @@ func (x *RangeWriteStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeWriteStreamResponse.ProtoReflect.Descriptor instead.
 func (*RangeWriteStreamResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{48}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *RangeWriteStreamResponse) GetSeq() uint64 {
@@ -3078,7 +3720,7 @@ type NotLeader struct {
 
 func (x *NotLeader) Reset() {
 	*x = NotLeader{}
-	mi := &file_tesserapb_meta_proto_msgTypes[49]
+	mi := &file_tesserapb_meta_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3090,7 +3732,7 @@ func (x *NotLeader) String() string {
 func (*NotLeader) ProtoMessage() {}
 
 func (x *NotLeader) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[49]
+	mi := &file_tesserapb_meta_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3103,7 +3745,7 @@ func (x *NotLeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotLeader.ProtoReflect.Descriptor instead.
 func (*NotLeader) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{49}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *NotLeader) GetLeaderReplicaId() uint64 {
@@ -3127,7 +3769,7 @@ type FenceRangeRequest struct {
 
 func (x *FenceRangeRequest) Reset() {
 	*x = FenceRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[50]
+	mi := &file_tesserapb_meta_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3139,7 +3781,7 @@ func (x *FenceRangeRequest) String() string {
 func (*FenceRangeRequest) ProtoMessage() {}
 
 func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[50]
+	mi := &file_tesserapb_meta_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3152,7 +3794,7 @@ func (x *FenceRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeRequest.ProtoReflect.Descriptor instead.
 func (*FenceRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{50}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *FenceRangeRequest) GetRangeId() uint64 {
@@ -3187,7 +3829,7 @@ type FenceRangeResponse struct {
 
 func (x *FenceRangeResponse) Reset() {
 	*x = FenceRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[51]
+	mi := &file_tesserapb_meta_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3199,7 +3841,7 @@ func (x *FenceRangeResponse) String() string {
 func (*FenceRangeResponse) ProtoMessage() {}
 
 func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[51]
+	mi := &file_tesserapb_meta_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3212,7 +3854,7 @@ func (x *FenceRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRangeResponse.ProtoReflect.Descriptor instead.
 func (*FenceRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{51}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *FenceRangeResponse) GetAppliedIndex() uint64 {
@@ -3238,7 +3880,7 @@ type SplitRangeRequest struct {
 
 func (x *SplitRangeRequest) Reset() {
 	*x = SplitRangeRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[52]
+	mi := &file_tesserapb_meta_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3250,7 +3892,7 @@ func (x *SplitRangeRequest) String() string {
 func (*SplitRangeRequest) ProtoMessage() {}
 
 func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[52]
+	mi := &file_tesserapb_meta_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3263,7 +3905,7 @@ func (x *SplitRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeRequest.ProtoReflect.Descriptor instead.
 func (*SplitRangeRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{52}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *SplitRangeRequest) GetSplitKey() []byte {
@@ -3283,7 +3925,7 @@ type SplitRangeResponse struct {
 
 func (x *SplitRangeResponse) Reset() {
 	*x = SplitRangeResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[53]
+	mi := &file_tesserapb_meta_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3295,7 +3937,7 @@ func (x *SplitRangeResponse) String() string {
 func (*SplitRangeResponse) ProtoMessage() {}
 
 func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[53]
+	mi := &file_tesserapb_meta_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3308,7 +3950,7 @@ func (x *SplitRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRangeResponse.ProtoReflect.Descriptor instead.
 func (*SplitRangeResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{53}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *SplitRangeResponse) GetLeft() *RangeInfo {
@@ -3333,7 +3975,7 @@ type ListRangesRequest struct {
 
 func (x *ListRangesRequest) Reset() {
 	*x = ListRangesRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[54]
+	mi := &file_tesserapb_meta_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3345,7 +3987,7 @@ func (x *ListRangesRequest) String() string {
 func (*ListRangesRequest) ProtoMessage() {}
 
 func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[54]
+	mi := &file_tesserapb_meta_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3358,7 +4000,7 @@ func (x *ListRangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesRequest.ProtoReflect.Descriptor instead.
 func (*ListRangesRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{54}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{61}
 }
 
 type ListRangesResponse struct {
@@ -3370,7 +4012,7 @@ type ListRangesResponse struct {
 
 func (x *ListRangesResponse) Reset() {
 	*x = ListRangesResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[55]
+	mi := &file_tesserapb_meta_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3382,7 +4024,7 @@ func (x *ListRangesResponse) String() string {
 func (*ListRangesResponse) ProtoMessage() {}
 
 func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[55]
+	mi := &file_tesserapb_meta_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3395,7 +4037,7 @@ func (x *ListRangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRangesResponse.ProtoReflect.Descriptor instead.
 func (*ListRangesResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{55}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *ListRangesResponse) GetRanges() []*RangeInfo {
@@ -3422,7 +4064,7 @@ type RangeInfo struct {
 
 func (x *RangeInfo) Reset() {
 	*x = RangeInfo{}
-	mi := &file_tesserapb_meta_proto_msgTypes[56]
+	mi := &file_tesserapb_meta_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3434,7 +4076,7 @@ func (x *RangeInfo) String() string {
 func (*RangeInfo) ProtoMessage() {}
 
 func (x *RangeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[56]
+	mi := &file_tesserapb_meta_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3447,7 +4089,7 @@ func (x *RangeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeInfo.ProtoReflect.Descriptor instead.
 func (*RangeInfo) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{56}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *RangeInfo) GetRangeId() uint64 {
@@ -3515,7 +4157,7 @@ type GetRevisionsRequest struct {
 
 func (x *GetRevisionsRequest) Reset() {
 	*x = GetRevisionsRequest{}
-	mi := &file_tesserapb_meta_proto_msgTypes[57]
+	mi := &file_tesserapb_meta_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3527,7 +4169,7 @@ func (x *GetRevisionsRequest) String() string {
 func (*GetRevisionsRequest) ProtoMessage() {}
 
 func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[57]
+	mi := &file_tesserapb_meta_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3540,7 +4182,7 @@ func (x *GetRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*GetRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{57}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *GetRevisionsRequest) GetCount() int64 {
@@ -3561,7 +4203,7 @@ type GetRevisionsResponse struct {
 
 func (x *GetRevisionsResponse) Reset() {
 	*x = GetRevisionsResponse{}
-	mi := &file_tesserapb_meta_proto_msgTypes[58]
+	mi := &file_tesserapb_meta_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3573,7 +4215,7 @@ func (x *GetRevisionsResponse) String() string {
 func (*GetRevisionsResponse) ProtoMessage() {}
 
 func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tesserapb_meta_proto_msgTypes[58]
+	mi := &file_tesserapb_meta_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3586,7 +4228,7 @@ func (x *GetRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*GetRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_tesserapb_meta_proto_rawDescGZIP(), []int{58}
+	return file_tesserapb_meta_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *GetRevisionsResponse) GetFirst() int64 {
@@ -3607,7 +4249,7 @@ var File_tesserapb_meta_proto protoreflect.FileDescriptor
 
 const file_tesserapb_meta_proto_rawDesc = "" +
 	"\n" +
-	"\x14tesserapb/meta.proto\x12\ttesserapb\x1a\x17tesserapb/tessera.proto\"\x9a\x06\n" +
+	"\x14tesserapb/meta.proto\x12\ttesserapb\x1a\x17tesserapb/tessera.proto\"\xc8\x06\n" +
 	"\vMetaCommand\x12F\n" +
 	"\x0eset_high_water\x18\x01 \x01(\v2\x1e.tesserapb.SetHighWaterCommandH\x00R\fsetHighWater\x12E\n" +
 	"\rregister_node\x18\x02 \x01(\v2\x1e.tesserapb.RegisterNodeCommandH\x00R\fregisterNode\x129\n" +
@@ -3623,8 +4265,56 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"forget_txn\x18\t \x01(\v2\x1b.tesserapb.ForgetTxnCommandH\x00R\tforgetTxn\x12O\n" +
 	"\x11sweep_txn_records\x18\n" +
 	" \x01(\v2!.tesserapb.SweepTxnRecordsCommandH\x00R\x0fsweepTxnRecords\x125\n" +
-	"\arestore\x18\v \x01(\v2\x19.tesserapb.RestoreCommandH\x00R\arestoreB\x04\n" +
-	"\x02op\"a\n" +
+	"\arestore\x18\v \x01(\v2\x19.tesserapb.RestoreCommandH\x00R\arestore\x12,\n" +
+	"\x04auth\x18\f \x01(\v2\x16.tesserapb.AuthCommandH\x00R\x04authB\x04\n" +
+	"\x02op\"\xf5\x03\n" +
+	"\vAuthCommand\x12)\n" +
+	"\x02op\x18\x01 \x01(\x0e2\x19.tesserapb.AuthCommand.OpR\x02op\x12\x12\n" +
+	"\x04user\x18\x02 \x01(\tR\x04user\x12#\n" +
+	"\rpassword_hash\x18\x03 \x01(\fR\fpasswordHash\x12\x1f\n" +
+	"\vno_password\x18\x04 \x01(\bR\n" +
+	"noPassword\x12\x12\n" +
+	"\x04role\x18\x05 \x01(\tR\x04role\x129\n" +
+	"\n" +
+	"permission\x18\x06 \x01(\v2\x19.tesserapb.AuthPermissionR\n" +
+	"permission\x12\x1b\n" +
+	"\ttoken_key\x18\a \x01(\fR\btokenKey\"\xf4\x01\n" +
+	"\x02Op\x12\b\n" +
+	"\x04NONE\x10\x00\x12\n" +
+	"\n" +
+	"\x06ENABLE\x10\x01\x12\v\n" +
+	"\aDISABLE\x10\x02\x12\f\n" +
+	"\bUSER_ADD\x10\x03\x12\x0f\n" +
+	"\vUSER_DELETE\x10\x04\x12\x18\n" +
+	"\x14USER_CHANGE_PASSWORD\x10\x05\x12\x13\n" +
+	"\x0fUSER_GRANT_ROLE\x10\x06\x12\x14\n" +
+	"\x10USER_REVOKE_ROLE\x10\a\x12\f\n" +
+	"\bROLE_ADD\x10\b\x12\x0f\n" +
+	"\vROLE_DELETE\x10\t\x12\x19\n" +
+	"\x15ROLE_GRANT_PERMISSION\x10\n" +
+	"\x12\x1a\n" +
+	"\x16ROLE_REVOKE_PERMISSION\x10\v\x12\x11\n" +
+	"\rSET_TOKEN_KEY\x10\f\"\xce\x01\n" +
+	"\tAuthState\x12\x18\n" +
+	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\x12)\n" +
+	"\x05users\x18\x03 \x03(\v2\x13.tesserapb.AuthUserR\x05users\x12)\n" +
+	"\x05roles\x18\x04 \x03(\v2\x13.tesserapb.AuthRoleR\x05roles\x12\x1b\n" +
+	"\ttoken_key\x18\x05 \x01(\fR\btokenKey\x12\x18\n" +
+	"\achanges\x18\x06 \x01(\x04R\achanges\"z\n" +
+	"\bAuthUser\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12#\n" +
+	"\rpassword_hash\x18\x02 \x01(\fR\fpasswordHash\x12\x14\n" +
+	"\x05roles\x18\x03 \x03(\tR\x05roles\x12\x1f\n" +
+	"\vno_password\x18\x04 \x01(\bR\n" +
+	"noPassword\"[\n" +
+	"\bAuthRole\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12;\n" +
+	"\vpermissions\x18\x02 \x03(\v2\x19.tesserapb.AuthPermissionR\vpermissions\"S\n" +
+	"\x0eAuthPermission\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\x05R\x04type\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\fR\x03key\x12\x1b\n" +
+	"\trange_end\x18\x03 \x01(\fR\brangeEnd\"a\n" +
 	"\x0eRestoreCommand\x12\x1f\n" +
 	"\vsnapshot_id\x18\x01 \x01(\fR\n" +
 	"snapshotId\x12\x1a\n" +
@@ -3684,7 +4374,7 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x05 \x01(\x04R\n" +
 	"generation\x12!\n" +
-	"\fconf_version\x18\x06 \x01(\x04R\vconfVersion\"\xd7\x02\n" +
+	"\fconf_version\x18\x06 \x01(\x04R\vconfVersion\"\x81\x03\n" +
 	"\tMetaState\x12\x1d\n" +
 	"\n" +
 	"high_water\x18\x01 \x01(\x03R\thighWater\x12)\n" +
@@ -3696,7 +4386,11 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\vtxn_records\x18\x06 \x03(\v2\x14.tesserapb.TxnRecordR\n" +
 	"txnRecords\x12\x1b\n" +
 	"\ttxn_floor\x18\a \x01(\x03R\btxnFloor\x122\n" +
-	"\arestore\x18\b \x01(\v2\x18.tesserapb.RestoreRecordR\arestore\"3\n" +
+	"\arestore\x18\b \x01(\v2\x18.tesserapb.RestoreRecordR\arestore\x12(\n" +
+	"\x04auth\x18\t \x01(\v2\x14.tesserapb.AuthStateR\x04auth\"+\n" +
+	"\x0fWaitAuthRequest\x12\x18\n" +
+	"\achanges\x18\x01 \x01(\x04R\achanges\"\x12\n" +
+	"\x10WaitAuthResponse\"3\n" +
 	"\x12RestartMetaRequest\x12\x1d\n" +
 	"\n" +
 	"replica_id\x18\x01 \x01(\x04R\treplicaId\"\x15\n" +
@@ -3849,7 +4543,24 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\x05count\x18\x01 \x01(\x03R\x05count\"B\n" +
 	"\x14GetRevisionsResponse\x12\x14\n" +
 	"\x05first\x18\x01 \x01(\x03R\x05first\x12\x14\n" +
-	"\x05count\x18\x02 \x01(\x03R\x05count2\xb9\v\n" +
+	"\x05count\x18\x02 \x01(\x03R\x05count*\xe0\x02\n" +
+	"\n" +
+	"AuthResult\x12\v\n" +
+	"\aAUTH_OK\x10\x00\x12\x13\n" +
+	"\x0fAUTH_USER_EMPTY\x10\x01\x12\x14\n" +
+	"\x10AUTH_USER_EXISTS\x10\x02\x12\x17\n" +
+	"\x13AUTH_USER_NOT_FOUND\x10\x03\x12\x13\n" +
+	"\x0fAUTH_ROLE_EMPTY\x10\x04\x12\x14\n" +
+	"\x10AUTH_ROLE_EXISTS\x10\x05\x12\x17\n" +
+	"\x13AUTH_ROLE_NOT_FOUND\x10\x06\x12\x19\n" +
+	"\x15AUTH_ROLE_NOT_GRANTED\x10\a\x12\x1f\n" +
+	"\x1bAUTH_PERMISSION_NOT_GRANTED\x10\b\x12\x1a\n" +
+	"\x16AUTH_ROOT_USER_MISSING\x10\t\x12\x1a\n" +
+	"\x16AUTH_ROOT_ROLE_MISSING\x10\n" +
+	"\x12\x1a\n" +
+	"\x16AUTH_INVALID_AUTH_MGMT\x10\v\x12\x12\n" +
+	"\x0eAUTH_UNCHANGED\x10\f\x12\x19\n" +
+	"\x15AUTH_NO_PASSWORD_USER\x10\r2\xfe\v\n" +
 	"\bInternal\x12O\n" +
 	"\fGetRevisions\x12\x1e.tesserapb.GetRevisionsRequest\x1a\x1f.tesserapb.GetRevisionsResponse\x12_\n" +
 	"\x10RangeWriteStream\x12\".tesserapb.RangeWriteStreamRequest\x1a#.tesserapb.RangeWriteStreamResponse(\x010\x01\x12H\n" +
@@ -3871,7 +4582,8 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\tListNodes\x12\x1b.tesserapb.ListNodesRequest\x1a\x1c.tesserapb.ListNodesResponse\x12O\n" +
 	"\fDecommission\x12\x1e.tesserapb.DecommissionRequest\x1a\x1f.tesserapb.DecommissionResponse\x12L\n" +
 	"\vJoinCluster\x12\x1d.tesserapb.JoinClusterRequest\x1a\x1e.tesserapb.JoinClusterResponse\x12L\n" +
-	"\vRestartMeta\x12\x1d.tesserapb.RestartMetaRequest\x1a\x1e.tesserapb.RestartMetaResponseB.Z,github.com/tesserakv/tessera/proto/tesserapbb\x06proto3"
+	"\vRestartMeta\x12\x1d.tesserapb.RestartMetaRequest\x1a\x1e.tesserapb.RestartMetaResponse\x12C\n" +
+	"\bWaitAuth\x12\x1a.tesserapb.WaitAuthRequest\x1a\x1b.tesserapb.WaitAuthResponseB.Z,github.com/tesserakv/tessera/proto/tesserapbb\x06proto3"
 
 var (
 	file_tesserapb_meta_proto_rawDescOnce sync.Once
@@ -3885,138 +4597,157 @@ func file_tesserapb_meta_proto_rawDescGZIP() []byte {
 	return file_tesserapb_meta_proto_rawDescData
 }
 
-var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
+var file_tesserapb_meta_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_tesserapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 66)
 var file_tesserapb_meta_proto_goTypes = []any{
-	(*MetaCommand)(nil),               // 0: tesserapb.MetaCommand
-	(*RestoreCommand)(nil),            // 1: tesserapb.RestoreCommand
-	(*RestoreRecord)(nil),             // 2: tesserapb.RestoreRecord
-	(*DecideTxnCommand)(nil),          // 3: tesserapb.DecideTxnCommand
-	(*SweepTxnRecordsCommand)(nil),    // 4: tesserapb.SweepTxnRecordsCommand
-	(*ForgetTxnCommand)(nil),          // 5: tesserapb.ForgetTxnCommand
-	(*TxnRecord)(nil),                 // 6: tesserapb.TxnRecord
-	(*RemoveNodeCommand)(nil),         // 7: tesserapb.RemoveNodeCommand
-	(*AllocateNodeIdCommand)(nil),     // 8: tesserapb.AllocateNodeIdCommand
-	(*SetDecommissioningCommand)(nil), // 9: tesserapb.SetDecommissioningCommand
-	(*AllocateRangeIdCommand)(nil),    // 10: tesserapb.AllocateRangeIdCommand
-	(*SetHighWaterCommand)(nil),       // 11: tesserapb.SetHighWaterCommand
-	(*RegisterNodeCommand)(nil),       // 12: tesserapb.RegisterNodeCommand
-	(*PutRangeCommand)(nil),           // 13: tesserapb.PutRangeCommand
-	(*NodeInfo)(nil),                  // 14: tesserapb.NodeInfo
-	(*RangeDescriptor)(nil),           // 15: tesserapb.RangeDescriptor
-	(*MetaState)(nil),                 // 16: tesserapb.MetaState
-	(*RestartMetaRequest)(nil),        // 17: tesserapb.RestartMetaRequest
-	(*RestartMetaResponse)(nil),       // 18: tesserapb.RestartMetaResponse
-	(*JoinClusterRequest)(nil),        // 19: tesserapb.JoinClusterRequest
-	(*JoinClusterResponse)(nil),       // 20: tesserapb.JoinClusterResponse
-	(*ListNodesRequest)(nil),          // 21: tesserapb.ListNodesRequest
-	(*ListNodesResponse)(nil),         // 22: tesserapb.ListNodesResponse
-	(*NodeStatus)(nil),                // 23: tesserapb.NodeStatus
-	(*DecommissionRequest)(nil),       // 24: tesserapb.DecommissionRequest
-	(*DecommissionResponse)(nil),      // 25: tesserapb.DecommissionResponse
-	(*NodeHeartbeatRequest)(nil),      // 26: tesserapb.NodeHeartbeatRequest
-	(*RangeLoad)(nil),                 // 27: tesserapb.RangeLoad
-	(*NodeHeartbeatResponse)(nil),     // 28: tesserapb.NodeHeartbeatResponse
-	(*TransferLeaderRequest)(nil),     // 29: tesserapb.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil),    // 30: tesserapb.TransferLeaderResponse
-	(*RangeHistoryRequest)(nil),       // 31: tesserapb.RangeHistoryRequest
-	(*RangeHistoryResponse)(nil),      // 32: tesserapb.RangeHistoryResponse
-	(*RangeStartedRequest)(nil),       // 33: tesserapb.RangeStartedRequest
-	(*RangeStartedResponse)(nil),      // 34: tesserapb.RangeStartedResponse
-	(*ChangeReplicasRequest)(nil),     // 35: tesserapb.ChangeReplicasRequest
-	(*ChangeReplicasResponse)(nil),    // 36: tesserapb.ChangeReplicasResponse
-	(*StartReplicaRequest)(nil),       // 37: tesserapb.StartReplicaRequest
-	(*StartReplicaResponse)(nil),      // 38: tesserapb.StartReplicaResponse
-	(*RemoveReplicaRequest)(nil),      // 39: tesserapb.RemoveReplicaRequest
-	(*RemoveReplicaResponse)(nil),     // 40: tesserapb.RemoveReplicaResponse
-	(*CampaignRangeRequest)(nil),      // 41: tesserapb.CampaignRangeRequest
-	(*CampaignRangeResponse)(nil),     // 42: tesserapb.CampaignRangeResponse
-	(*RangeWriteRequest)(nil),         // 43: tesserapb.RangeWriteRequest
-	(*RangeWriteResponse)(nil),        // 44: tesserapb.RangeWriteResponse
-	(*RangeFeedRequest)(nil),          // 45: tesserapb.RangeFeedRequest
-	(*RangeFeedResponse)(nil),         // 46: tesserapb.RangeFeedResponse
-	(*RangeWriteStreamRequest)(nil),   // 47: tesserapb.RangeWriteStreamRequest
-	(*RangeWriteStreamResponse)(nil),  // 48: tesserapb.RangeWriteStreamResponse
-	(*NotLeader)(nil),                 // 49: tesserapb.NotLeader
-	(*FenceRangeRequest)(nil),         // 50: tesserapb.FenceRangeRequest
-	(*FenceRangeResponse)(nil),        // 51: tesserapb.FenceRangeResponse
-	(*SplitRangeRequest)(nil),         // 52: tesserapb.SplitRangeRequest
-	(*SplitRangeResponse)(nil),        // 53: tesserapb.SplitRangeResponse
-	(*ListRangesRequest)(nil),         // 54: tesserapb.ListRangesRequest
-	(*ListRangesResponse)(nil),        // 55: tesserapb.ListRangesResponse
-	(*RangeInfo)(nil),                 // 56: tesserapb.RangeInfo
-	(*GetRevisionsRequest)(nil),       // 57: tesserapb.GetRevisionsRequest
-	(*GetRevisionsResponse)(nil),      // 58: tesserapb.GetRevisionsResponse
-	(*Result)(nil),                    // 59: tesserapb.Result
+	(AuthResult)(0),                   // 0: tesserapb.AuthResult
+	(AuthCommand_Op)(0),               // 1: tesserapb.AuthCommand.Op
+	(*MetaCommand)(nil),               // 2: tesserapb.MetaCommand
+	(*AuthCommand)(nil),               // 3: tesserapb.AuthCommand
+	(*AuthState)(nil),                 // 4: tesserapb.AuthState
+	(*AuthUser)(nil),                  // 5: tesserapb.AuthUser
+	(*AuthRole)(nil),                  // 6: tesserapb.AuthRole
+	(*AuthPermission)(nil),            // 7: tesserapb.AuthPermission
+	(*RestoreCommand)(nil),            // 8: tesserapb.RestoreCommand
+	(*RestoreRecord)(nil),             // 9: tesserapb.RestoreRecord
+	(*DecideTxnCommand)(nil),          // 10: tesserapb.DecideTxnCommand
+	(*SweepTxnRecordsCommand)(nil),    // 11: tesserapb.SweepTxnRecordsCommand
+	(*ForgetTxnCommand)(nil),          // 12: tesserapb.ForgetTxnCommand
+	(*TxnRecord)(nil),                 // 13: tesserapb.TxnRecord
+	(*RemoveNodeCommand)(nil),         // 14: tesserapb.RemoveNodeCommand
+	(*AllocateNodeIdCommand)(nil),     // 15: tesserapb.AllocateNodeIdCommand
+	(*SetDecommissioningCommand)(nil), // 16: tesserapb.SetDecommissioningCommand
+	(*AllocateRangeIdCommand)(nil),    // 17: tesserapb.AllocateRangeIdCommand
+	(*SetHighWaterCommand)(nil),       // 18: tesserapb.SetHighWaterCommand
+	(*RegisterNodeCommand)(nil),       // 19: tesserapb.RegisterNodeCommand
+	(*PutRangeCommand)(nil),           // 20: tesserapb.PutRangeCommand
+	(*NodeInfo)(nil),                  // 21: tesserapb.NodeInfo
+	(*RangeDescriptor)(nil),           // 22: tesserapb.RangeDescriptor
+	(*MetaState)(nil),                 // 23: tesserapb.MetaState
+	(*WaitAuthRequest)(nil),           // 24: tesserapb.WaitAuthRequest
+	(*WaitAuthResponse)(nil),          // 25: tesserapb.WaitAuthResponse
+	(*RestartMetaRequest)(nil),        // 26: tesserapb.RestartMetaRequest
+	(*RestartMetaResponse)(nil),       // 27: tesserapb.RestartMetaResponse
+	(*JoinClusterRequest)(nil),        // 28: tesserapb.JoinClusterRequest
+	(*JoinClusterResponse)(nil),       // 29: tesserapb.JoinClusterResponse
+	(*ListNodesRequest)(nil),          // 30: tesserapb.ListNodesRequest
+	(*ListNodesResponse)(nil),         // 31: tesserapb.ListNodesResponse
+	(*NodeStatus)(nil),                // 32: tesserapb.NodeStatus
+	(*DecommissionRequest)(nil),       // 33: tesserapb.DecommissionRequest
+	(*DecommissionResponse)(nil),      // 34: tesserapb.DecommissionResponse
+	(*NodeHeartbeatRequest)(nil),      // 35: tesserapb.NodeHeartbeatRequest
+	(*RangeLoad)(nil),                 // 36: tesserapb.RangeLoad
+	(*NodeHeartbeatResponse)(nil),     // 37: tesserapb.NodeHeartbeatResponse
+	(*TransferLeaderRequest)(nil),     // 38: tesserapb.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil),    // 39: tesserapb.TransferLeaderResponse
+	(*RangeHistoryRequest)(nil),       // 40: tesserapb.RangeHistoryRequest
+	(*RangeHistoryResponse)(nil),      // 41: tesserapb.RangeHistoryResponse
+	(*RangeStartedRequest)(nil),       // 42: tesserapb.RangeStartedRequest
+	(*RangeStartedResponse)(nil),      // 43: tesserapb.RangeStartedResponse
+	(*ChangeReplicasRequest)(nil),     // 44: tesserapb.ChangeReplicasRequest
+	(*ChangeReplicasResponse)(nil),    // 45: tesserapb.ChangeReplicasResponse
+	(*StartReplicaRequest)(nil),       // 46: tesserapb.StartReplicaRequest
+	(*StartReplicaResponse)(nil),      // 47: tesserapb.StartReplicaResponse
+	(*RemoveReplicaRequest)(nil),      // 48: tesserapb.RemoveReplicaRequest
+	(*RemoveReplicaResponse)(nil),     // 49: tesserapb.RemoveReplicaResponse
+	(*CampaignRangeRequest)(nil),      // 50: tesserapb.CampaignRangeRequest
+	(*CampaignRangeResponse)(nil),     // 51: tesserapb.CampaignRangeResponse
+	(*RangeWriteRequest)(nil),         // 52: tesserapb.RangeWriteRequest
+	(*RangeWriteResponse)(nil),        // 53: tesserapb.RangeWriteResponse
+	(*RangeFeedRequest)(nil),          // 54: tesserapb.RangeFeedRequest
+	(*RangeFeedResponse)(nil),         // 55: tesserapb.RangeFeedResponse
+	(*RangeWriteStreamRequest)(nil),   // 56: tesserapb.RangeWriteStreamRequest
+	(*RangeWriteStreamResponse)(nil),  // 57: tesserapb.RangeWriteStreamResponse
+	(*NotLeader)(nil),                 // 58: tesserapb.NotLeader
+	(*FenceRangeRequest)(nil),         // 59: tesserapb.FenceRangeRequest
+	(*FenceRangeResponse)(nil),        // 60: tesserapb.FenceRangeResponse
+	(*SplitRangeRequest)(nil),         // 61: tesserapb.SplitRangeRequest
+	(*SplitRangeResponse)(nil),        // 62: tesserapb.SplitRangeResponse
+	(*ListRangesRequest)(nil),         // 63: tesserapb.ListRangesRequest
+	(*ListRangesResponse)(nil),        // 64: tesserapb.ListRangesResponse
+	(*RangeInfo)(nil),                 // 65: tesserapb.RangeInfo
+	(*GetRevisionsRequest)(nil),       // 66: tesserapb.GetRevisionsRequest
+	(*GetRevisionsResponse)(nil),      // 67: tesserapb.GetRevisionsResponse
+	(*Result)(nil),                    // 68: tesserapb.Result
 }
 var file_tesserapb_meta_proto_depIdxs = []int32{
-	11, // 0: tesserapb.MetaCommand.set_high_water:type_name -> tesserapb.SetHighWaterCommand
-	12, // 1: tesserapb.MetaCommand.register_node:type_name -> tesserapb.RegisterNodeCommand
-	13, // 2: tesserapb.MetaCommand.put_range:type_name -> tesserapb.PutRangeCommand
-	10, // 3: tesserapb.MetaCommand.allocate_range_id:type_name -> tesserapb.AllocateRangeIdCommand
-	9,  // 4: tesserapb.MetaCommand.set_decommissioning:type_name -> tesserapb.SetDecommissioningCommand
-	8,  // 5: tesserapb.MetaCommand.allocate_node_id:type_name -> tesserapb.AllocateNodeIdCommand
-	7,  // 6: tesserapb.MetaCommand.remove_node:type_name -> tesserapb.RemoveNodeCommand
-	3,  // 7: tesserapb.MetaCommand.decide_txn:type_name -> tesserapb.DecideTxnCommand
-	5,  // 8: tesserapb.MetaCommand.forget_txn:type_name -> tesserapb.ForgetTxnCommand
-	4,  // 9: tesserapb.MetaCommand.sweep_txn_records:type_name -> tesserapb.SweepTxnRecordsCommand
-	1,  // 10: tesserapb.MetaCommand.restore:type_name -> tesserapb.RestoreCommand
-	14, // 11: tesserapb.RegisterNodeCommand.node:type_name -> tesserapb.NodeInfo
-	15, // 12: tesserapb.PutRangeCommand.range:type_name -> tesserapb.RangeDescriptor
-	14, // 13: tesserapb.MetaState.nodes:type_name -> tesserapb.NodeInfo
-	15, // 14: tesserapb.MetaState.ranges:type_name -> tesserapb.RangeDescriptor
-	6,  // 15: tesserapb.MetaState.txn_records:type_name -> tesserapb.TxnRecord
-	2,  // 16: tesserapb.MetaState.restore:type_name -> tesserapb.RestoreRecord
-	23, // 17: tesserapb.ListNodesResponse.nodes:type_name -> tesserapb.NodeStatus
-	27, // 18: tesserapb.NodeHeartbeatRequest.ranges:type_name -> tesserapb.RangeLoad
-	15, // 19: tesserapb.ChangeReplicasResponse.range:type_name -> tesserapb.RangeDescriptor
-	59, // 20: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
-	43, // 21: tesserapb.RangeWriteStreamRequest.request:type_name -> tesserapb.RangeWriteRequest
-	44, // 22: tesserapb.RangeWriteStreamResponse.response:type_name -> tesserapb.RangeWriteResponse
-	49, // 23: tesserapb.RangeWriteStreamResponse.not_leader:type_name -> tesserapb.NotLeader
-	56, // 24: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
-	56, // 25: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
-	56, // 26: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
-	57, // 27: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
-	47, // 28: tesserapb.Internal.RangeWriteStream:input_type -> tesserapb.RangeWriteStreamRequest
-	45, // 29: tesserapb.Internal.RangeFeed:input_type -> tesserapb.RangeFeedRequest
-	50, // 30: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
-	52, // 31: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
-	54, // 32: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
-	41, // 33: tesserapb.Internal.CampaignRange:input_type -> tesserapb.CampaignRangeRequest
-	33, // 34: tesserapb.Internal.RangeStarted:input_type -> tesserapb.RangeStartedRequest
-	31, // 35: tesserapb.Internal.RangeHistory:input_type -> tesserapb.RangeHistoryRequest
-	35, // 36: tesserapb.Internal.ChangeReplicas:input_type -> tesserapb.ChangeReplicasRequest
-	37, // 37: tesserapb.Internal.StartReplica:input_type -> tesserapb.StartReplicaRequest
-	39, // 38: tesserapb.Internal.RemoveReplica:input_type -> tesserapb.RemoveReplicaRequest
-	26, // 39: tesserapb.Internal.NodeHeartbeat:input_type -> tesserapb.NodeHeartbeatRequest
-	29, // 40: tesserapb.Internal.TransferLeader:input_type -> tesserapb.TransferLeaderRequest
-	21, // 41: tesserapb.Internal.ListNodes:input_type -> tesserapb.ListNodesRequest
-	24, // 42: tesserapb.Internal.Decommission:input_type -> tesserapb.DecommissionRequest
-	19, // 43: tesserapb.Internal.JoinCluster:input_type -> tesserapb.JoinClusterRequest
-	17, // 44: tesserapb.Internal.RestartMeta:input_type -> tesserapb.RestartMetaRequest
-	58, // 45: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
-	48, // 46: tesserapb.Internal.RangeWriteStream:output_type -> tesserapb.RangeWriteStreamResponse
-	46, // 47: tesserapb.Internal.RangeFeed:output_type -> tesserapb.RangeFeedResponse
-	51, // 48: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
-	53, // 49: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
-	55, // 50: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
-	42, // 51: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
-	34, // 52: tesserapb.Internal.RangeStarted:output_type -> tesserapb.RangeStartedResponse
-	32, // 53: tesserapb.Internal.RangeHistory:output_type -> tesserapb.RangeHistoryResponse
-	36, // 54: tesserapb.Internal.ChangeReplicas:output_type -> tesserapb.ChangeReplicasResponse
-	38, // 55: tesserapb.Internal.StartReplica:output_type -> tesserapb.StartReplicaResponse
-	40, // 56: tesserapb.Internal.RemoveReplica:output_type -> tesserapb.RemoveReplicaResponse
-	28, // 57: tesserapb.Internal.NodeHeartbeat:output_type -> tesserapb.NodeHeartbeatResponse
-	30, // 58: tesserapb.Internal.TransferLeader:output_type -> tesserapb.TransferLeaderResponse
-	22, // 59: tesserapb.Internal.ListNodes:output_type -> tesserapb.ListNodesResponse
-	25, // 60: tesserapb.Internal.Decommission:output_type -> tesserapb.DecommissionResponse
-	20, // 61: tesserapb.Internal.JoinCluster:output_type -> tesserapb.JoinClusterResponse
-	18, // 62: tesserapb.Internal.RestartMeta:output_type -> tesserapb.RestartMetaResponse
-	45, // [45:63] is the sub-list for method output_type
-	27, // [27:45] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	18, // 0: tesserapb.MetaCommand.set_high_water:type_name -> tesserapb.SetHighWaterCommand
+	19, // 1: tesserapb.MetaCommand.register_node:type_name -> tesserapb.RegisterNodeCommand
+	20, // 2: tesserapb.MetaCommand.put_range:type_name -> tesserapb.PutRangeCommand
+	17, // 3: tesserapb.MetaCommand.allocate_range_id:type_name -> tesserapb.AllocateRangeIdCommand
+	16, // 4: tesserapb.MetaCommand.set_decommissioning:type_name -> tesserapb.SetDecommissioningCommand
+	15, // 5: tesserapb.MetaCommand.allocate_node_id:type_name -> tesserapb.AllocateNodeIdCommand
+	14, // 6: tesserapb.MetaCommand.remove_node:type_name -> tesserapb.RemoveNodeCommand
+	10, // 7: tesserapb.MetaCommand.decide_txn:type_name -> tesserapb.DecideTxnCommand
+	12, // 8: tesserapb.MetaCommand.forget_txn:type_name -> tesserapb.ForgetTxnCommand
+	11, // 9: tesserapb.MetaCommand.sweep_txn_records:type_name -> tesserapb.SweepTxnRecordsCommand
+	8,  // 10: tesserapb.MetaCommand.restore:type_name -> tesserapb.RestoreCommand
+	3,  // 11: tesserapb.MetaCommand.auth:type_name -> tesserapb.AuthCommand
+	1,  // 12: tesserapb.AuthCommand.op:type_name -> tesserapb.AuthCommand.Op
+	7,  // 13: tesserapb.AuthCommand.permission:type_name -> tesserapb.AuthPermission
+	5,  // 14: tesserapb.AuthState.users:type_name -> tesserapb.AuthUser
+	6,  // 15: tesserapb.AuthState.roles:type_name -> tesserapb.AuthRole
+	7,  // 16: tesserapb.AuthRole.permissions:type_name -> tesserapb.AuthPermission
+	21, // 17: tesserapb.RegisterNodeCommand.node:type_name -> tesserapb.NodeInfo
+	22, // 18: tesserapb.PutRangeCommand.range:type_name -> tesserapb.RangeDescriptor
+	21, // 19: tesserapb.MetaState.nodes:type_name -> tesserapb.NodeInfo
+	22, // 20: tesserapb.MetaState.ranges:type_name -> tesserapb.RangeDescriptor
+	13, // 21: tesserapb.MetaState.txn_records:type_name -> tesserapb.TxnRecord
+	9,  // 22: tesserapb.MetaState.restore:type_name -> tesserapb.RestoreRecord
+	4,  // 23: tesserapb.MetaState.auth:type_name -> tesserapb.AuthState
+	32, // 24: tesserapb.ListNodesResponse.nodes:type_name -> tesserapb.NodeStatus
+	36, // 25: tesserapb.NodeHeartbeatRequest.ranges:type_name -> tesserapb.RangeLoad
+	22, // 26: tesserapb.ChangeReplicasResponse.range:type_name -> tesserapb.RangeDescriptor
+	68, // 27: tesserapb.RangeWriteResponse.result:type_name -> tesserapb.Result
+	52, // 28: tesserapb.RangeWriteStreamRequest.request:type_name -> tesserapb.RangeWriteRequest
+	53, // 29: tesserapb.RangeWriteStreamResponse.response:type_name -> tesserapb.RangeWriteResponse
+	58, // 30: tesserapb.RangeWriteStreamResponse.not_leader:type_name -> tesserapb.NotLeader
+	65, // 31: tesserapb.SplitRangeResponse.left:type_name -> tesserapb.RangeInfo
+	65, // 32: tesserapb.SplitRangeResponse.right:type_name -> tesserapb.RangeInfo
+	65, // 33: tesserapb.ListRangesResponse.ranges:type_name -> tesserapb.RangeInfo
+	66, // 34: tesserapb.Internal.GetRevisions:input_type -> tesserapb.GetRevisionsRequest
+	56, // 35: tesserapb.Internal.RangeWriteStream:input_type -> tesserapb.RangeWriteStreamRequest
+	54, // 36: tesserapb.Internal.RangeFeed:input_type -> tesserapb.RangeFeedRequest
+	59, // 37: tesserapb.Internal.FenceRange:input_type -> tesserapb.FenceRangeRequest
+	61, // 38: tesserapb.Internal.SplitRange:input_type -> tesserapb.SplitRangeRequest
+	63, // 39: tesserapb.Internal.ListRanges:input_type -> tesserapb.ListRangesRequest
+	50, // 40: tesserapb.Internal.CampaignRange:input_type -> tesserapb.CampaignRangeRequest
+	42, // 41: tesserapb.Internal.RangeStarted:input_type -> tesserapb.RangeStartedRequest
+	40, // 42: tesserapb.Internal.RangeHistory:input_type -> tesserapb.RangeHistoryRequest
+	44, // 43: tesserapb.Internal.ChangeReplicas:input_type -> tesserapb.ChangeReplicasRequest
+	46, // 44: tesserapb.Internal.StartReplica:input_type -> tesserapb.StartReplicaRequest
+	48, // 45: tesserapb.Internal.RemoveReplica:input_type -> tesserapb.RemoveReplicaRequest
+	35, // 46: tesserapb.Internal.NodeHeartbeat:input_type -> tesserapb.NodeHeartbeatRequest
+	38, // 47: tesserapb.Internal.TransferLeader:input_type -> tesserapb.TransferLeaderRequest
+	30, // 48: tesserapb.Internal.ListNodes:input_type -> tesserapb.ListNodesRequest
+	33, // 49: tesserapb.Internal.Decommission:input_type -> tesserapb.DecommissionRequest
+	28, // 50: tesserapb.Internal.JoinCluster:input_type -> tesserapb.JoinClusterRequest
+	26, // 51: tesserapb.Internal.RestartMeta:input_type -> tesserapb.RestartMetaRequest
+	24, // 52: tesserapb.Internal.WaitAuth:input_type -> tesserapb.WaitAuthRequest
+	67, // 53: tesserapb.Internal.GetRevisions:output_type -> tesserapb.GetRevisionsResponse
+	57, // 54: tesserapb.Internal.RangeWriteStream:output_type -> tesserapb.RangeWriteStreamResponse
+	55, // 55: tesserapb.Internal.RangeFeed:output_type -> tesserapb.RangeFeedResponse
+	60, // 56: tesserapb.Internal.FenceRange:output_type -> tesserapb.FenceRangeResponse
+	62, // 57: tesserapb.Internal.SplitRange:output_type -> tesserapb.SplitRangeResponse
+	64, // 58: tesserapb.Internal.ListRanges:output_type -> tesserapb.ListRangesResponse
+	51, // 59: tesserapb.Internal.CampaignRange:output_type -> tesserapb.CampaignRangeResponse
+	43, // 60: tesserapb.Internal.RangeStarted:output_type -> tesserapb.RangeStartedResponse
+	41, // 61: tesserapb.Internal.RangeHistory:output_type -> tesserapb.RangeHistoryResponse
+	45, // 62: tesserapb.Internal.ChangeReplicas:output_type -> tesserapb.ChangeReplicasResponse
+	47, // 63: tesserapb.Internal.StartReplica:output_type -> tesserapb.StartReplicaResponse
+	49, // 64: tesserapb.Internal.RemoveReplica:output_type -> tesserapb.RemoveReplicaResponse
+	37, // 65: tesserapb.Internal.NodeHeartbeat:output_type -> tesserapb.NodeHeartbeatResponse
+	39, // 66: tesserapb.Internal.TransferLeader:output_type -> tesserapb.TransferLeaderResponse
+	31, // 67: tesserapb.Internal.ListNodes:output_type -> tesserapb.ListNodesResponse
+	34, // 68: tesserapb.Internal.Decommission:output_type -> tesserapb.DecommissionResponse
+	29, // 69: tesserapb.Internal.JoinCluster:output_type -> tesserapb.JoinClusterResponse
+	27, // 70: tesserapb.Internal.RestartMeta:output_type -> tesserapb.RestartMetaResponse
+	25, // 71: tesserapb.Internal.WaitAuth:output_type -> tesserapb.WaitAuthResponse
+	53, // [53:72] is the sub-list for method output_type
+	34, // [34:53] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_tesserapb_meta_proto_init() }
@@ -4037,19 +4768,21 @@ func file_tesserapb_meta_proto_init() {
 		(*MetaCommand_ForgetTxn)(nil),
 		(*MetaCommand_SweepTxnRecords)(nil),
 		(*MetaCommand_Restore)(nil),
+		(*MetaCommand_Auth)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tesserapb_meta_proto_rawDesc), len(file_tesserapb_meta_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   59,
+			NumEnums:      2,
+			NumMessages:   66,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_tesserapb_meta_proto_goTypes,
 		DependencyIndexes: file_tesserapb_meta_proto_depIdxs,
+		EnumInfos:         file_tesserapb_meta_proto_enumTypes,
 		MessageInfos:      file_tesserapb_meta_proto_msgTypes,
 	}.Build()
 	File_tesserapb_meta_proto = out.File

@@ -41,6 +41,7 @@ const (
 	Internal_Decommission_FullMethodName     = "/tesserapb.Internal/Decommission"
 	Internal_JoinCluster_FullMethodName      = "/tesserapb.Internal/JoinCluster"
 	Internal_RestartMeta_FullMethodName      = "/tesserapb.Internal/RestartMeta"
+	Internal_WaitAuth_FullMethodName         = "/tesserapb.Internal/WaitAuth"
 )
 
 // InternalClient is the client API for Internal service.
@@ -127,6 +128,11 @@ type InternalClient interface {
 	// non-voting replica under replica_id: the node drops its old meta
 	// replica and starts the new one empty.
 	RestartMeta(ctx context.Context, in *RestartMetaRequest, opts ...grpc.CallOption) (*RestartMetaResponse, error)
+	// WaitAuth answers once the node's meta replica has applied the given
+	// number of auth changes (AuthState.changes): a change of users, roles,
+	// permissions or of auth itself returns once every live node checks
+	// requests against it.
+	WaitAuth(ctx context.Context, in *WaitAuthRequest, opts ...grpc.CallOption) (*WaitAuthResponse, error)
 }
 
 type internalClient struct {
@@ -329,6 +335,16 @@ func (c *internalClient) RestartMeta(ctx context.Context, in *RestartMetaRequest
 	return out, nil
 }
 
+func (c *internalClient) WaitAuth(ctx context.Context, in *WaitAuthRequest, opts ...grpc.CallOption) (*WaitAuthResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(WaitAuthResponse)
+	err := c.cc.Invoke(ctx, Internal_WaitAuth_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InternalServer is the server API for Internal service.
 // All implementations must embed UnimplementedInternalServer
 // for forward compatibility.
@@ -413,6 +429,11 @@ type InternalServer interface {
 	// non-voting replica under replica_id: the node drops its old meta
 	// replica and starts the new one empty.
 	RestartMeta(context.Context, *RestartMetaRequest) (*RestartMetaResponse, error)
+	// WaitAuth answers once the node's meta replica has applied the given
+	// number of auth changes (AuthState.changes): a change of users, roles,
+	// permissions or of auth itself returns once every live node checks
+	// requests against it.
+	WaitAuth(context.Context, *WaitAuthRequest) (*WaitAuthResponse, error)
 	mustEmbedUnimplementedInternalServer()
 }
 
@@ -476,6 +497,9 @@ func (UnimplementedInternalServer) JoinCluster(context.Context, *JoinClusterRequ
 }
 func (UnimplementedInternalServer) RestartMeta(context.Context, *RestartMetaRequest) (*RestartMetaResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RestartMeta not implemented")
+}
+func (UnimplementedInternalServer) WaitAuth(context.Context, *WaitAuthRequest) (*WaitAuthResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method WaitAuth not implemented")
 }
 func (UnimplementedInternalServer) mustEmbedUnimplementedInternalServer() {}
 func (UnimplementedInternalServer) testEmbeddedByValue()                  {}
@@ -804,6 +828,24 @@ func _Internal_RestartMeta_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Internal_WaitAuth_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(WaitAuthRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InternalServer).WaitAuth(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Internal_WaitAuth_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InternalServer).WaitAuth(ctx, req.(*WaitAuthRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Internal_ServiceDesc is the grpc.ServiceDesc for Internal service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -874,6 +916,10 @@ var Internal_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RestartMeta",
 			Handler:    _Internal_RestartMeta_Handler,
+		},
+		{
+			MethodName: "WaitAuth",
+			Handler:    _Internal_WaitAuth_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
