@@ -33,16 +33,8 @@ func Apply(st *tesserapb.AuthState, c *tesserapb.AuthCommand) tesserapb.AuthResu
 	if c.GetOp() == tesserapb.AuthCommand_ENABLE && st.Enabled {
 		return tesserapb.AuthResult_AUTH_OK // as etcd: nothing changes
 	}
-	if c.GetOp() == tesserapb.AuthCommand_SET_TOKEN_KEY {
-		// Not a change of who may do what: the revision stays.
-		if len(st.TokenKey) > 0 || len(c.GetTokenKey()) == 0 {
-			return tesserapb.AuthResult_AUTH_INVALID_AUTH_MGMT
-		}
-		st.TokenKey = slices.Clone(c.GetTokenKey())
-		return tesserapb.AuthResult_AUTH_OK
-	}
 	res := apply(st, c)
-	if res == tesserapb.AuthResult_AUTH_OK && c.GetOp() != tesserapb.AuthCommand_NONE {
+	if res == tesserapb.AuthResult_AUTH_OK {
 		st.Changes++
 		// etcd's auth revision does not count turning auth on.
 		if c.GetOp() != tesserapb.AuthCommand_ENABLE {
@@ -54,6 +46,8 @@ func Apply(st *tesserapb.AuthState, c *tesserapb.AuthCommand) tesserapb.AuthResu
 
 func apply(st *tesserapb.AuthState, c *tesserapb.AuthCommand) tesserapb.AuthResult {
 	switch c.GetOp() {
+	default: // NONE, or an operation this binary does not know
+		return tesserapb.AuthResult_AUTH_UNCHANGED
 	case tesserapb.AuthCommand_ENABLE:
 		u := findUser(st, Root)
 		if u == nil {

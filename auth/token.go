@@ -63,26 +63,3 @@ func (s *Snapshot) tokenMAC(user, expiry string, passwordHash []byte) []byte {
 	m.Write(passwordHash)
 	return m.Sum(nil)
 }
-
-// PeerField is the metadata field in which nodes show each other the peer
-// token on their node-to-node calls.
-const PeerField = "tessera-peer"
-
-// PeerToken is what a node shows on its calls to other nodes: proof that
-// it holds the cluster's token key ("" before the key exists). With auth
-// on, a node's Internal service answers only calls that show it (see the
-// server's authz).
-func (s *Snapshot) PeerToken() string {
-	if s == nil || len(s.tokenKey) == 0 {
-		return ""
-	}
-	m := hmac.New(sha256.New, s.tokenKey)
-	m.Write([]byte("tessera node-to-node calls"))
-	return tokenEncoding.EncodeToString(m.Sum(nil))
-}
-
-// IsPeerToken reports whether tok is the peer token.
-func (s *Snapshot) IsPeerToken(tok string) bool {
-	want := s.PeerToken()
-	return want != "" && hmac.Equal([]byte(tok), []byte(want))
-}

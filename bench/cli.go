@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/tesserakv/tessera/internal/clientflags"
 )
 
 // Exit codes of tessbench.
@@ -62,7 +64,19 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return ExitUsage
 	}
 	fs, cfg, asJSON := workloadFlags(stderr)
+	var tlsFlags clientflags.TLS
+	tlsFlags.Register(fs)
+	user := fs.String("user", "", "username[:password] for authentication")
+	password := fs.String("password", "", "password for authentication (if this option is used, --user option shouldn't include password)")
 	if err := fs.Parse(args[1:]); err != nil {
+		return ExitUsage
+	}
+	var err error
+	if cfg.TLS, err = tlsFlags.Config(strings.Join(cfg.Endpoints, ",")); err == nil {
+		cfg.User, cfg.Password, err = clientflags.ParseUser(*user, *password)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "tessbench: %v\n", err)
 		return ExitUsage
 	}
 	if fs.NArg() > 0 {

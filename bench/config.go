@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"time"
@@ -54,6 +55,11 @@ type Config struct {
 	Seed        uint64        `json:"seed"`
 	ServerPIDs  []int         `json:"server_pids"`
 	DialTimeout time.Duration `json:"-"`
+	// TLS and the user the clients connect with (etcdctl's --cacert,
+	// --cert, --key, --insecure-skip-tls-verify, --user, --password).
+	TLS      *tls.Config `json:"-"`
+	User     string      `json:"-"`
+	Password string      `json:"-"`
 	// Progress draws a progress bar on stderr (set when stdout is a
 	// terminal).
 	Progress bool `json:"-"`

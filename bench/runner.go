@@ -32,6 +32,9 @@ func dial(cfg Config) ([]*clientv3.Client, error) {
 		cli, err := clientv3.New(clientv3.Config{
 			Endpoints:   cfg.Endpoints,
 			DialTimeout: cfg.DialTimeout,
+			TLS:         cfg.TLS,
+			Username:    cfg.User,
+			Password:    cfg.Password,
 			Logger:      zap.NewNop(),
 		})
 		if err != nil {

@@ -50,14 +50,15 @@ func (d *Directory) Nodes(ctx context.Context) ([]*tesserapb.NodeInfo, error) {
 	return st.Nodes, nil
 }
 
-// target returns the address of a node's first client URL as this replica
-// knows it, "" while the node has not registered one. Every forwarded request
-// asks, so it reads the registry in place rather than copying the meta state.
+// target returns a node's peer address (where the other nodes reach its
+// gRPC services beside its Raft traffic) as this replica knows it, ""
+// while the node has not registered one. Every forwarded request asks, so
+// it reads the registry in place rather than copying the meta state.
 func (d *Directory) target(ctx context.Context, nodeID uint64) (string, error) {
 	out, err := d.meta.Read(ctx, false, func(st *tesserapb.MetaState) (any, error) {
 		for _, n := range st.Nodes {
-			if n.NodeId == nodeID && len(n.ClientUrls) > 0 {
-				return HostPort(n.ClientUrls[0]), nil
+			if n.NodeId == nodeID && n.RaftAddress != "" {
+				return n.RaftAddress, nil
 			}
 		}
 		return "", nil

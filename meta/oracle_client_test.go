@@ -52,8 +52,8 @@ func TestOracleClientLeavesACutOffLeader(t *testing.T) {
 	f := newFake(2)
 	f.leader = 1
 	f.state.Nodes = []*tesserapb.NodeInfo{
-		{NodeId: 1, ClientUrls: []string{"http://" + hole.Addr().String()}},
-		{NodeId: 3, ClientUrls: []string{"http://" + ln.Addr().String()}},
+		{NodeId: 1, RaftAddress: hole.Addr().String()},
+		{NodeId: 3, RaftAddress: ln.Addr().String()},
 	}
 	dir := NewDirectory(f, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	defer dir.Close()

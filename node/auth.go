@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"crypto/rand"
 	"sync"
 	"time"
 
@@ -117,30 +116,4 @@ func (s *Node) authorizeWatch(ctx context.Context, key, rangeEnd []byte) error {
 		return nil
 	}
 	return s.watchAuth(ctx, key, rangeEnd)
-}
-
-// peerToken is what this node shows on its calls to other nodes.
-func (s *Node) peerToken() string { return s.Auth().PeerToken() }
-
-// makeTokenKey has the cluster's token key made, once, by whichever node
-// gets there first: every node then knows it long before auth is enabled,
-// and shows the peer token on its calls from then on.
-func (s *Node) makeTokenKey() {
-	for attempt := 0; len(s.Auth().State().GetTokenKey()) == 0; attempt++ {
-		key := make([]byte, 32)
-		if _, err := rand.Read(key); err != nil {
-			return
-		}
-		ctx, cancel := s.stopper.WithTimeout(5 * time.Second)
-		_, err := s.meta.ProposeAuth(ctx, &tesserapb.AuthCommand{Op: tesserapb.AuthCommand_SET_TOKEN_KEY, TokenKey: key})
-		cancel()
-		if err == nil {
-			return
-		}
-		select {
-		case <-s.stopper.ShouldQuiesce():
-			return
-		case <-time.After(min(time.Duration(attempt+1)*time.Second, 10*time.Second)):
-		}
-	}
 }

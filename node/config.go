@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/tesserakv/tessera/internal/tlsutil"
 	"github.com/tesserakv/tessera/watchhub"
 )
 
@@ -88,6 +89,19 @@ type Config struct {
 	// PlacementInterval is how often the meta range's leader runs the
 	// placement schedulers (default 2s; negative: never; not a flag).
 	PlacementInterval time.Duration
+
+	// ClientTLS is the client (and metrics) listeners' certificate and
+	// checks: etcd's --cert-file, --key-file, --trusted-ca-file,
+	// --client-cert-auth, --client-crl-file, --auto-tls, --cipher-suites,
+	// --tls-min-version and --tls-max-version. With ClientCertAuth the
+	// verified certificate's common name is the user when a request
+	// carries no token.
+	ClientTLS tlsutil.Info
+	// PeerTLS is the peer port's (Raft and the nodes' gRPC), both ways:
+	// etcd's --peer-cert-file, --peer-key-file, --peer-trusted-ca-file,
+	// --peer-client-cert-auth, --peer-crl-file, --peer-cert-allowed-cn,
+	// --peer-auto-tls; with https peer URLs.
+	PeerTLS tlsutil.Info
 
 	// AuthToken is etcd's --auth-token: "simple" (the only kind so far).
 	// AuthTokenTTL is how long a token from Authenticate is good for;
@@ -190,18 +204,18 @@ func ParseInitialCluster(s string) ([]Member, error) {
 	return out, nil
 }
 
-// hostPortOf returns host:port of an http URL.
+// hostPortOf returns host:port of an http or https URL.
 func hostPortOf(raw string) (string, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "", fmt.Errorf("invalid URL %q: %v", raw, err)
 	}
 	switch u.Scheme {
-	case "http":
-	case "https", "unixs":
-		return "", fmt.Errorf("URL %q: TLS is not supported yet; use http://", raw)
+	case "http", "https":
+	case "unix", "unixs":
+		return "", fmt.Errorf("URL %q: unix sockets are not supported; use http:// or https://", raw)
 	default:
-		return "", fmt.Errorf("URL %q: scheme must be http", raw)
+		return "", fmt.Errorf("URL %q: scheme must be http or https", raw)
 	}
 	if u.Port() == "" || u.Hostname() == "" {
 		return "", fmt.Errorf("URL %q must have a host and a port", raw)
@@ -241,6 +255,9 @@ func (c *Config) Validate() error {
 		if _, err := hostPortOf(u); err != nil {
 			return fmt.Errorf("--listen-metrics-urls: %w", err)
 		}
+	}
+	if err := c.validateTLS(); err != nil {
+		return err
 	}
 	if c.EnablePprof && len(c.ListenMetricsURLs) == 0 {
 		return fmt.Errorf("--enable-pprof needs --listen-metrics-urls (profiles are served there)")
@@ -318,4 +335,77 @@ func (c *Config) replicaID() (uint64, bool) {
 		}
 	}
 	return 0, false
+}
+
+// IsHTTPS reports whether a URL's scheme is https.
+func IsHTTPS(raw string) bool { return strings.HasPrefix(raw, "https://") }
+
+// validateTLS checks the TLS flags against the URLs that need them.
+func (c *Config) validateTLS() error {
+	t := c.ClientTLS
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		return fmt.Errorf("--cert-file and --key-file go together")
+	}
+	if t.ClientCertAuth && t.TrustedCAFile == "" {
+		return fmt.Errorf("--client-cert-auth needs --trusted-ca-file, the CA client certificates are verified against")
+	}
+	if t.MaxVersion != 0 && t.MaxVersion < t.MinVersion {
+		return fmt.Errorf("--tls-max-version must not be below --tls-min-version")
+	}
+	for _, f := range []struct {
+		flag string
+		urls []string
+	}{{"--listen-client-urls", c.ListenClientURLs}, {"--listen-metrics-urls", c.ListenMetricsURLs}} {
+		for _, u := range f.urls {
+			if IsHTTPS(u) && t.Empty() {
+				return fmt.Errorf("%s %s: TLS key/cert (--cert-file, --key-file) must be provided for an https URL (or --auto-tls)", f.flag, u)
+			}
+		}
+	}
+	p := c.PeerTLS
+	if (p.CertFile == "") != (p.KeyFile == "") {
+		return fmt.Errorf("--peer-cert-file and --peer-key-file go together")
+	}
+	if p.ClientCertAuth && p.TrustedCAFile == "" {
+		return fmt.Errorf("--peer-client-cert-auth needs --peer-trusted-ca-file, the CA peer certificates are verified against")
+	}
+	if p.AllowedCN != "" && !p.ClientCertAuth {
+		return fmt.Errorf("--peer-cert-allowed-cn needs --peer-client-cert-auth")
+	}
+	secure := IsHTTPS(c.InitialAdvertisePeerURLs[0])
+	for _, f := range []struct {
+		flag string
+		urls []string
+	}{{"--listen-peer-urls", c.ListenPeerURLs}, {"--initial-advertise-peer-urls", c.InitialAdvertisePeerURLs}} {
+		for _, u := range f.urls {
+			if IsHTTPS(u) != secure {
+				return fmt.Errorf("%s %s: the peer URLs are all http or all https", f.flag, u)
+			}
+		}
+	}
+	for _, m := range c.InitialCluster {
+		if IsHTTPS(m.PeerURL) != secure {
+			return fmt.Errorf("--initial-cluster %s=%s: the peer URLs are all http or all https", m.Name, m.PeerURL)
+		}
+	}
+	if secure && p.Empty() {
+		return fmt.Errorf("--listen-peer-urls %s: TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for an https URL (or --peer-auto-tls)", c.ListenPeerURLs[0])
+	}
+	if !secure && !p.Empty() {
+		return fmt.Errorf("--peer-cert-file/--peer-auto-tls need https peer URLs (--listen-peer-urls, --initial-advertise-peer-urls)")
+	}
+	return nil
+}
+
+// PeerSecure reports whether the members talk over peer TLS.
+func (c *Config) PeerSecure() bool { return IsHTTPS(c.InitialAdvertisePeerURLs[0]) }
+
+// AnyHTTPS reports whether any of urls is https.
+func AnyHTTPS(urls []string) bool {
+	for _, u := range urls {
+		if IsHTTPS(u) {
+			return true
+		}
+	}
+	return false
 }

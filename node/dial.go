@@ -2,13 +2,13 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
+	"fmt"
 	"net"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
-
-	"github.com/tesserakv/tessera/auth"
 )
 
 // dialNode opens a TCP connection to another node's address.
@@ -21,26 +21,53 @@ func (c *Config) dialNode(ctx context.Context, addr string) (net.Conn, error) {
 }
 
 // nodeDialOptions are the gRPC options of a connection to another node's
-// Internal service; every call shows peerToken() when it is not empty.
-func (c *Config) nodeDialOptions(peerToken func() string) []grpc.DialOption {
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-			return invoker(withPeerToken(ctx, peerToken), method, req, reply, cc, opts...)
-		}),
-		grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-			return streamer(withPeerToken(ctx, peerToken), desc, cc, method, opts...)
-		}),
+// services on its peer port, with peer TLS when the members talk over it.
+func (c *Config) nodeDialOptions(peerTLS *tls.Config) []grpc.DialOption {
+	creds := insecure.NewCredentials()
+	if peerTLS != nil {
+		creds = credentials.NewTLS(peerTLS)
 	}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
 	if c.Knobs.DialNode != nil {
 		opts = append(opts, grpc.WithContextDialer(c.Knobs.DialNode))
 	}
 	return opts
 }
 
-// withPeerToken adds the peer token to a call's metadata.
-func withPeerToken(ctx context.Context, peerToken func() string) context.Context {
-	if tok := peerToken(); tok != "" {
-		return metadata.AppendToOutgoingContext(ctx, auth.PeerField, tok)
+// memberDialOptions are the gRPC options of a connection to a member's
+// client URL (to join it): TLS for an https URL, trusting
+// --trusted-ca-file and showing --cert-file when given.
+func (c *Config) memberDialOptions(url string) ([]grpc.DialOption, error) {
+	creds := insecure.NewCredentials()
+	if IsHTTPS(url) {
+		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+		if !c.ClientTLS.Empty() {
+			var err error
+			if cfg, err = c.ClientTLS.ClientConfig(); err != nil {
+				return nil, err
+			}
+		}
+		creds = credentials.NewTLS(cfg)
 	}
-	return ctx
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	if c.Knobs.DialNode != nil {
+		opts = append(opts, grpc.WithContextDialer(c.Knobs.DialNode))
+	}
+	return opts, nil
+}
+
+// peerTLSConfigs are the peer port's TLS configurations, nil without peer
+// TLS: the listener's (offering h2 to the nodes' gRPC clients) and the
+// connections this node opens.
+func (c *Config) peerTLSConfigs() (server, client *tls.Config, err error) {
+	if !c.PeerSecure() {
+		return nil, nil, nil
+	}
+	if server, err = c.PeerTLS.ServerConfig("h2"); err != nil {
+		return nil, nil, fmt.Errorf("peer TLS: %w", err)
+	}
+	if client, err = c.PeerTLS.ClientConfig(); err != nil {
+		return nil, nil, fmt.Errorf("peer TLS: %w", err)
+	}
+	return server, client, nil
 }

@@ -2,14 +2,17 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -100,7 +103,7 @@ func saveIdentity(dataDir string, id identity) error {
 // one its data directory records, or, for a node with no data and --join,
 // the one the cluster gives it now (recorded before anything else starts).
 // joined is false for a member of --initial-cluster.
-func nodeIdentity(cfg Config) (id identity, joined bool, err error) {
+func nodeIdentity(cfg Config, peerTLS *tls.Config) (id identity, joined bool, err error) {
 	id, ok, err := loadIdentity(cfg.DataDir)
 	switch {
 	case err != nil:
@@ -115,7 +118,7 @@ func nodeIdentity(cfg Config) (id identity, joined bool, err error) {
 	if _, err := os.Stat(filepath.Join(cfg.DataDir, "raft")); err == nil {
 		return identity{}, false, fmt.Errorf("data in %s belongs to a member of an --initial-cluster; --join is for a node with no data (start it with its --initial-cluster, or give --join a new --data-dir)", cfg.DataDir)
 	}
-	if id, err = joinCluster(cfg); err != nil {
+	if id, err = joinCluster(cfg, peerTLS); err != nil {
 		return identity{}, false, err
 	}
 	if err := saveIdentity(cfg.DataDir, id); err != nil {
@@ -129,17 +132,21 @@ func nodeIdentity(cfg Config) (id identity, joined bool, err error) {
 const joinWait = 30 * time.Second
 
 // joinCluster asks the members at cfg.Join to admit this node and returns
-// its identity.
-func joinCluster(cfg Config) (identity, error) {
+// its identity. With peer TLS it asks on their peer URLs, showing its peer
+// certificate (it learns them from the members' client URLs).
+func joinCluster(cfg Config, peerTLS *tls.Config) (identity, error) {
 	raftAddr, _ := hostPortOf(cfg.InitialAdvertisePeerURLs[0])
 	req := &tesserapb.JoinClusterRequest{Name: cfg.Name, RaftAddress: raftAddr, ClientUrls: cfg.AdvertiseClientURLs}
 	deadline := time.Now().Add(joinWait)
 	var lastErr error
 	for time.Now().Before(deadline) {
 		for _, u := range cfg.Join {
-			resp, err := askToJoin(&cfg, u, req)
+			resp, err := askToJoin(&cfg, u, req, peerTLS)
 			if err == nil {
 				return identity{NodeID: resp.NodeId, ClusterID: resp.ClusterId, Name: cfg.Name}, nil
+			}
+			if certificateRefused(err) {
+				return identity{}, fmt.Errorf("--join %s refused this node: %s", u, status.Convert(err).Message())
 			}
 			switch status.Code(err) {
 			case codes.Unimplemented:
@@ -154,19 +161,65 @@ func joinCluster(cfg Config) (identity, error) {
 	return identity{}, fmt.Errorf("no member named by --join admitted this node within %v: %w", joinWait, lastErr)
 }
 
-func askToJoin(cfg *Config, url string, req *tesserapb.JoinClusterRequest) (*tesserapb.JoinClusterResponse, error) {
+func askToJoin(cfg *Config, url string, req *tesserapb.JoinClusterRequest, peerTLS *tls.Config) (*tesserapb.JoinClusterResponse, error) {
 	hp, err := hostPortOf(url)
 	if err != nil {
 		return nil, err
 	}
-	cc, err := grpc.NewClient(hp, cfg.nodeDialOptions(func() string { return "" })...)
+	opts, err := cfg.memberDialOptions(url)
+	if err != nil {
+		return nil, err
+	}
+	cc, err := grpc.NewClient(hp, opts...)
 	if err != nil {
 		return nil, err
 	}
 	defer cc.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return tesserapb.NewInternalClient(cc).JoinCluster(ctx, req)
+	if peerTLS == nil {
+		return tesserapb.NewInternalClient(cc).JoinCluster(ctx, req)
+	}
+	members, err := pb.NewClusterClient(cc).MemberList(ctx, &pb.MemberListRequest{})
+	if err != nil {
+		return nil, err
+	}
+	err = status.Errorf(codes.Unavailable, "tessera: %s lists no member with a peer URL", url)
+	for _, m := range members.Members {
+		for _, p := range m.PeerURLs {
+			var resp *tesserapb.JoinClusterResponse
+			if resp, err = joinOnPeer(ctx, cfg, p, req, peerTLS); err == nil {
+				return resp, nil
+			}
+		}
+	}
+	return nil, err
+}
+
+// certificateRefused reports whether a TLS handshake failed over a
+// certificate (which asking again does not cure).
+func certificateRefused(err error) bool {
+	msg := status.Convert(err).Message()
+	return strings.Contains(msg, "certificate") || strings.Contains(msg, "x509: ")
+}
+
+// joinOnPeer asks a member to admit this node on its peer URL.
+func joinOnPeer(ctx context.Context, cfg *Config, peerURL string, req *tesserapb.JoinClusterRequest, peerTLS *tls.Config) (*tesserapb.JoinClusterResponse, error) {
+	hp, err := hostPortOf(peerURL)
+	if err != nil {
+		return nil, err
+	}
+	cc, err := grpc.NewClient(hp, cfg.nodeDialOptions(peerTLS)...)
+	if err != nil {
+		return nil, err
+	}
+	defer cc.Close()
+	resp, err := tesserapb.NewInternalClient(cc).JoinCluster(ctx, req)
+	if err != nil {
+		st := status.Convert(err)
+		return nil, status.Errorf(st.Code(), "peer URL %s: %s", peerURL, st.Message())
+	}
+	return resp, nil
 }
 
 // JoinCluster serves Internal.JoinCluster on the meta leader.

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,8 +18,8 @@ import (
 )
 
 // startMetrics serves /health, /livez, /readyz, and /debug/pprof when
-// enabled, on the --listen-metrics-urls (plain HTTP, as etcd's metrics
-// listener).
+// enabled, on the --listen-metrics-urls (HTTP, or HTTPS with the client
+// certificate, as etcd's metrics listener).
 func (s *Node) startMetrics() error {
 	if len(s.cfg.ListenMetricsURLs) == 0 {
 		return nil
@@ -37,6 +38,15 @@ func (s *Node) startMetrics() error {
 		ln, err := net.Listen("tcp", hp)
 		if err != nil {
 			return fmt.Errorf("--listen-metrics-urls: %w", err)
+		}
+		if IsHTTPS(u) {
+			// With the client URLs' certificate, as etcd's.
+			cfg, err := s.cfg.ClientTLS.ServerConfig("http/1.1")
+			if err != nil {
+				_ = ln.Close()
+				return fmt.Errorf("--listen-metrics-urls: %w", err)
+			}
+			ln = tls.NewListener(ln, cfg)
 		}
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		s.goTask(func() {

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -40,13 +41,19 @@ type Node struct {
 	replicaID uint64
 	clusterID uint64
 
-	store     *statemachine.Store
-	nh        *dragonboat.NodeHost
-	raftNet   *transport.Factory // made nh's Raft transport (for Campaign)
-	meta      *meta.Replica
-	directory *meta.Directory
-	oracle    *meta.OracleClient
-	allocator *meta.Allocator // hands out revisions while this node leads the meta range
+	store   *statemachine.Store
+	nh      *dragonboat.NodeHost
+	raftNet *transport.Factory // made nh's Raft transport (for Campaign)
+	// peerConns are the peer port's gRPC connections (the other nodes'
+	// calls), which the server serves (PeerListener).
+	peerConns *transport.Others
+	// peerServerTLS and peerClientTLS are the peer port's TLS, nil
+	// without peer TLS.
+	peerServerTLS, peerClientTLS *tls.Config
+	meta                         *meta.Replica
+	directory                    *meta.Directory
+	oracle                       *meta.OracleClient
+	allocator                    *meta.Allocator // hands out revisions while this node leads the meta range
 	// events counts Raft leader changes; registry holds the node's
 	// Prometheus metrics (prom.go).
 	events   *raftEvents
@@ -131,6 +138,12 @@ func New(cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if cfg.ClientTLS.AutoDir == "" {
+		cfg.ClientTLS.AutoDir = filepath.Join(cfg.DataDir, "fixtures", "client")
+	}
+	if cfg.PeerTLS.AutoDir == "" {
+		cfg.PeerTLS.AutoDir = filepath.Join(cfg.DataDir, "fixtures", "peer")
+	}
 	quietDragonboat(cfg.Logger)
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("--data-dir %q: %w", cfg.DataDir, err)
@@ -140,7 +153,11 @@ func New(cfg Config) (*Node, error) {
 	}
 	replicaID, _ := cfg.replicaID()
 	cid := clusterID(cfg.InitialCluster)
-	id, joined, err := nodeIdentity(cfg)
+	peerServerTLS, peerClientTLS, err := cfg.peerTLSConfigs()
+	if err != nil {
+		return nil, err
+	}
+	id, joined, err := nodeIdentity(cfg, peerClientTLS)
 	if err != nil {
 		return nil, err
 	}
@@ -148,6 +165,7 @@ func New(cfg Config) (*Node, error) {
 		replicaID, cid = id.NodeID, id.ClusterID
 	}
 	s := &Node{cfg: cfg, log: cfg.Logger, replicaID: replicaID, clusterID: cid, joined: joined, identity: id, stopper: stop.New(), rangesChanged: make(chan struct{}, 1), authChanged: make(chan struct{}),
+		peerServerTLS: peerServerTLS, peerClientTLS: peerClientTLS,
 		ranges: map[uint64]*shard.Replica{}, feeds: feeds{wanted: map[uint64]time.Time{}}, picks: map[uint64]pick{}, cache: router.NewRangeCache()}
 	s.newMetrics()
 	return s, nil
@@ -186,7 +204,7 @@ func (s *Node) Start() error {
 	}
 
 	s.meta = meta.NewReplica(s.nh, replicaID, s.metaReplicaID())
-	s.directory = meta.NewDirectory(s.meta, cfg.nodeDialOptions(s.peerToken)...)
+	s.directory = meta.NewDirectory(s.meta, cfg.nodeDialOptions(s.peerClientTLS)...)
 	s.allocator = meta.NewAllocator(s.meta, s.stopper, s.metaLease())
 	allocator := s.allocator
 	// The node's stopper stops its children the newest first: the replicas,
@@ -227,7 +245,6 @@ func (s *Node) Start() error {
 	s.startHeartbeats()
 	s.countLiveKeys()
 	s.probePeers()
-	s.goTask(s.makeTokenKey)
 	s.goTask(s.runDescriptorSync)
 	s.goTask(s.runHoldSweeper)
 	// Splits, placement and compaction reshape ranges: a node restoring a
@@ -279,7 +296,8 @@ func (s *Node) startRaft() error {
 	}
 	nhc.Expert.Engine = dbconfig.GetDefaultEngineConfig()
 	nhc.Expert.Engine.ExecShards = cfg.RaftStepWorkers
-	s.raftNet = &transport.Factory{Log: s.log, Dial: cfg.Knobs.DialNode}
+	s.peerConns = transport.NewOthers()
+	s.raftNet = &transport.Factory{Log: s.log, Dial: cfg.Knobs.DialNode, Others: s.peerConns, ServerTLS: s.peerServerTLS, ClientTLS: s.peerClientTLS}
 	nhc.Expert.TransportFactory = s.raftNet
 	nhc.RaftEventListener = s.events
 	// Dragonboat's own series (elections, dropped proposals and reads,
@@ -506,6 +524,7 @@ func (s *Node) Close() {
 	s.closeOnce.Do(func() {
 		s.stopper.Stop()
 		s.directory.Close()
+		_ = s.peerConns.Close() // connections still arriving are closed
 		s.nh.Close()
 		if err := s.store.Close(); err != nil {
 			s.log.Warn("closing store", "err", err)

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"net"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/tesserakv/tessera/internal/replicaid"
 	"github.com/tesserakv/tessera/internal/stop"
+	"github.com/tesserakv/tessera/internal/tlsutil"
 	"github.com/tesserakv/tessera/meta"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 	"github.com/tesserakv/tessera/router"
@@ -27,6 +29,27 @@ func (s *Node) Hub() *watchhub.Hub { return s.hub }
 func (s *Node) Internal() tesserapb.InternalServer {
 	return &internalService{InternalServer: s.internal, s: s}
 }
+
+// peerScheme is the scheme of the members' peer URLs: every member's is
+// this one's.
+func (s *Node) peerScheme() string {
+	if s.cfg.PeerSecure() {
+		return "https://"
+	}
+	return "http://"
+}
+
+// PeerSecure reports whether the members talk over peer TLS.
+func (s *Node) PeerSecure() bool { return s.cfg.PeerSecure() }
+
+// ClientTLS is the client listeners' TLS settings (--auto-tls certificates
+// go in the data directory's fixtures/client).
+func (s *Node) ClientTLS() tlsutil.Info { return s.cfg.ClientTLS }
+
+// PeerListener yields the connections other nodes open to this node's peer
+// port for its gRPC services (the Internal service, and the client calls
+// they pass on); the Raft traffic on that port stays with the transport.
+func (s *Node) PeerListener() net.Listener { return s.peerConns }
 
 // Stopper owns every goroutine of the node; the server runs its listeners'
 // serve loops as its tasks.
@@ -122,7 +145,7 @@ func (s *Node) MemberList(ctx context.Context) (*pb.MemberListResponse, error) {
 	// Nodes that joined (and, on a node that joined, every node).
 	for _, n := range nodes {
 		if _, ok := registered[n.NodeId]; ok {
-			resp.Members = append(resp.Members, &pb.Member{ID: n.NodeId, Name: n.Name, PeerURLs: []string{"http://" + n.RaftAddress}, ClientURLs: n.ClientUrls})
+			resp.Members = append(resp.Members, &pb.Member{ID: n.NodeId, Name: n.Name, PeerURLs: []string{s.peerScheme() + n.RaftAddress}, ClientURLs: n.ClientUrls})
 		}
 	}
 	return resp, nil

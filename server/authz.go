@@ -8,7 +8,9 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/tesserakv/tessera/auth"
 	"github.com/tesserakv/tessera/node"
@@ -24,6 +26,10 @@ type authz struct {
 	certCN bool // --client-cert-auth: a verified certificate's CN is the user
 }
 
+// errJoinOnPeerPort refuses a join on the client port of a cluster whose
+// members talk over peer TLS: a node joins it showing its peer certificate.
+var errJoinOnPeerPort = status.Error(codes.FailedPrecondition, "tessera: this cluster's members talk over peer TLS: a node joins it with https peer URLs and a peer certificate (--peer-cert-file, --peer-key-file, or --peer-auto-tls)")
+
 // exemptMethod: health checks need no caller.
 func exemptMethod(method string) bool {
 	return strings.HasPrefix(method, "/grpc.health.v1.Health/")
@@ -38,12 +44,16 @@ var ctlMethods = map[string]bool{
 	"/tesserapb.Internal/Decommission": true,
 }
 
-// internal authorizes a call of the node-to-node service: with auth on,
-// only calls showing the peer token (other nodes), root's calls of the
-// ctl's methods, and JoinCluster (a new node knows no token yet) pass.
+// internal authorizes a call of the node-to-node service on the client
+// port (the nodes call each other on the peer port): with auth on, only
+// root's calls of the ctl's methods, and JoinCluster (a new node's first
+// call, to a member's client URL), pass.
 func (a *authz) internal(ctx context.Context, method string) (context.Context, error) {
+	if method == "/tesserapb.Internal/JoinCluster" && a.n.PeerSecure() {
+		return ctx, errJoinOnPeerPort
+	}
 	snap := a.n.Auth()
-	if !snap.Enabled() || method == "/tesserapb.Internal/JoinCluster" || fromPeer(ctx, snap) {
+	if !snap.Enabled() || method == "/tesserapb.Internal/JoinCluster" {
 		return ctx, nil
 	}
 	if !ctlMethods[method] {
@@ -54,17 +64,6 @@ func (a *authz) internal(ctx context.Context, method string) (context.Context, e
 		return ctx, err
 	}
 	return ctx, snap.Admin(auth.UserOf(ctx))
-}
-
-// fromPeer reports whether a call shows the peer token: another node's
-// call, or a client's request another node checked and passes on.
-func fromPeer(ctx context.Context, snap *auth.Snapshot) bool {
-	md, ok := metadata.FromIncomingContext(ctx)
-	if !ok {
-		return false
-	}
-	tok := md.Get(auth.PeerField)
-	return len(tok) > 0 && snap.IsPeerToken(tok[0])
 }
 
 func isInternal(method string) bool { return strings.HasPrefix(method, "/tesserapb.Internal/") }
@@ -243,8 +242,6 @@ func (a *authz) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo) 
 		return ctx, nil
 	case isInternal(info.FullMethod):
 		return a.internal(ctx, info.FullMethod)
-	case a.n.Auth().Enabled() && fromPeer(ctx, a.n.Auth()):
-		return ctx, nil // checked by the node that passed it on
 	}
 	return a.check(ctx, req)
 }
@@ -259,9 +256,6 @@ func (a *authz) stream(ss grpc.ServerStream, info *grpc.StreamServerInfo) (grpc.
 	if isInternal(info.FullMethod) {
 		_, err := a.internal(ss.Context(), info.FullMethod)
 		return ss, err
-	}
-	if snap := a.n.Auth(); snap.Enabled() && fromPeer(ss.Context(), snap) {
-		return ss, nil
 	}
 	ctx, snap, err := a.caller(ss.Context())
 	if err != nil {

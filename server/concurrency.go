@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"net"
 	"sync"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 
 	"github.com/tesserakv/tessera/proto/v3electionpb"
 	"github.com/tesserakv/tessera/proto/v3lockpb"
@@ -21,8 +23,8 @@ import (
 // as etcd's do: their guarantees are the client's, over whatever ranges
 // the election's or lock's keys fall in.
 type selfClient struct {
-	addr  string
-	authz *authz // the inner calls carry the caller's identity
+	dial  func(context.Context) (net.Conn, error) // to the node's gRPC server
+	authz *authz                                  // the inner calls carry the caller's identity
 	once  sync.Once
 	cli   *clientv3.Client
 	err   error
@@ -38,7 +40,8 @@ func (c *selfClient) as(ctx context.Context) context.Context {
 
 func (c *selfClient) get() (*clientv3.Client, error) {
 	c.once.Do(func() {
-		c.cli, c.err = clientv3.New(clientv3.Config{Endpoints: []string{c.addr}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+		c.cli, c.err = clientv3.New(clientv3.Config{Endpoints: []string{"self:1"}, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+			DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return c.dial(ctx) })}})
 	})
 	return c.cli, c.err
 }

@@ -2,11 +2,13 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/test/bufconn"
 	"log/slog"
 	"math"
 	"net"
@@ -54,11 +56,17 @@ const streamWorkers = 64
 
 // Server is a running node serving etcd's API on its client URLs.
 type Server struct {
-	node      *node.Node
-	log       *slog.Logger
-	grpc      *grpc.Server
+	node *node.Node
+	log  *slog.Logger
+	grpc *grpc.Server
+	// peer serves the other nodes on the peer port: the Internal service
+	// and the client calls they pass on (KV, Lease, Cluster; already
+	// checked there).
+	peer      *grpc.Server
 	http      *http.Server // etcd's HTTP endpoints on the client URLs
 	listeners []net.Listener
+	// selfListener carries the self client's connections in memory.
+	selfListener *bufconn.Listener
 	// self is the client of this node the Election and Lock services use.
 	self      *selfClient
 	closeOnce sync.Once
@@ -74,8 +82,17 @@ func Start(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{node: n, log: cfg.Logger}
-	az := &authz{n: n}
+	az := &authz{n: n, certCN: cfg.ClientTLS.ClientCertAuth}
 	n.AuthorizeWatches(az.watchAllowed)
+	cfg.ClientTLS = n.ClientTLS()
+	var clientTLS *tls.Config
+	if node.AnyHTTPS(cfg.ListenClientURLs) {
+		// HTTP/1.1 first: clients offering both (curl, browsers) speak
+		// HTTP/1.1 to the gateway, gRPC clients offer only h2.
+		if clientTLS, err = cfg.ClientTLS.ServerConfig("http/1.1", "h2"); err != nil {
+			return nil, fmt.Errorf("client TLS: %w", err)
+		}
+	}
 	// Listen before starting the node so a taken port fails fast and
 	// changes nothing.
 	for _, u := range cfg.ListenClientURLs {
@@ -84,26 +101,23 @@ func Start(cfg Config) (*Server, error) {
 			s.closeListeners()
 			return nil, fmt.Errorf("--listen-client-urls: %w", err)
 		}
+		if node.IsHTTPS(u) {
+			ln = tls.NewListener(ln, clientTLS)
+		}
 		s.listeners = append(s.listeners, ln)
 	}
+	// Election and Lock reach this node's gRPC server in memory, whatever
+	// the client URLs' schemes.
+	s.selfListener = bufconn.Listen(1 << 20)
 	if err := n.Start(); err != nil {
 		s.closeListeners()
 		return nil, err
 	}
 
 	metrics := newGRPCMetrics(n.Registerer())
-	s.grpc = grpc.NewServer(
-		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes+grpcOverheadBytes),
-		grpc.MaxSendMsgSize(math.MaxInt32),
-		grpc.MaxConcurrentStreams(math.MaxUint32),
-		// Requests run on long-lived goroutines whose stacks have already
-		// grown, instead of a new goroutine growing its stack each time.
-		grpc.NumStreamWorkers(streamWorkers),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		// Watch events go out encoded once for all the watches they go to,
-		// and Range answers without decoding the stored versions.
-		grpc.ForceServerCodecV2(wirecodec.Codec{}),
-		// etcd's gRPC series; clients refused while a snapshot is restored.
+	s.grpc = grpc.NewServer(append(serverOptions(cfg), grpc.Creds(terminatedTLS{}),
+		// etcd's gRPC series; clients refused while a snapshot is restored;
+		// every request checked against the auth state.
 		grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 			if n.Restoring() && !servesWhileRestoring(info.FullMethod) {
 				return nil, errRestoring
@@ -124,20 +138,40 @@ func Start(cfg Config) (*Server, error) {
 			}
 			return metrics.stream(srv, ss, info, handler)
 		}),
-	)
+	)...)
+	s.peer = grpc.NewServer(append(serverOptions(cfg),
+		grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+			if n.Restoring() && !servesWhileRestoring(info.FullMethod) {
+				return nil, errRestoring
+			}
+			return handler(ctx, req)
+		}),
+		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+			if n.Restoring() && !servesWhileRestoring(info.FullMethod) {
+				return errRestoring
+			}
+			return handler(srv, ss)
+		}),
+	)...)
+	registerKV(s.peer, n.Router())
+	pb.RegisterLeaseServer(s.peer, n.Router())
+	tesserapb.RegisterInternalServer(s.peer, n.Internal())
 	registerKV(s.grpc, n.Router())
 	pb.RegisterLeaseServer(s.grpc, n.Router())
 	maint, clus := &maintenance{n: n}, &cluster{n: n}
 	pb.RegisterMaintenanceServer(s.grpc, maint)
 	pb.RegisterClusterServer(s.grpc, clus)
+	pb.RegisterClusterServer(s.peer, clus) // member changes pass on to the meta leader
 	pb.RegisterWatchServer(s.grpc, n.Hub())
 	authSvc := &authService{n: n, authz: az, cost: cfg.BcryptCost, ttl: cfg.AuthTokenTTL, header: func() *pb.ResponseHeader { return n.Router().Header(0) }}
 	pb.RegisterAuthServer(s.grpc, authSvc)
 	tesserapb.RegisterInternalServer(s.grpc, n.Internal())
 	// gRPC's health service, SERVING, as etcd registers it; nodes time their
 	// round trips to each other with it.
-	healthpb.RegisterHealthServer(s.grpc, health.NewServer())
-	s.self = &selfClient{addr: s.listeners[0].Addr().String(), authz: az}
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(s.grpc, hs)
+	healthpb.RegisterHealthServer(s.peer, hs)
+	s.self = &selfClient{dial: s.selfListener.DialContext, authz: az}
 	elect, lck := &election{c: s.self}, &lock{c: s.self}
 	v3electionpb.RegisterElectionServer(s.grpc, elect)
 	v3lockpb.RegisterLockServer(s.grpc, lck)
@@ -146,6 +180,16 @@ func Start(cfg Config) (*Server, error) {
 	mux.HandleFunc("/version", serveVersion)
 	handleGateway(mux, n, az, authSvc, maint, clus, elect, lck)
 	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	_ = n.Stopper().RunAsync(func() {
+		if err := s.grpc.Serve(s.selfListener); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			s.log.Error("in-memory listener stopped", "err", err)
+		}
+	})
+	_ = n.Stopper().RunAsync(func() {
+		if err := s.peer.Serve(n.PeerListener()); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			s.log.Error("peer listener stopped serving gRPC", "err", err)
+		}
+	})
 	for _, ln := range s.listeners {
 		split := splitListen(ln, n.Stopper().RunAsync)
 		_ = n.Stopper().RunAsync(split.serve)
@@ -162,6 +206,22 @@ func Start(cfg Config) (*Server, error) {
 	}
 	s.log.Info("tessera serving", "name", cfg.Name, "replica", n.ID(), "clients", cfg.ListenClientURLs, "data-dir", cfg.DataDir)
 	return s, nil
+}
+
+// serverOptions are the options of both gRPC servers.
+func serverOptions(cfg Config) []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes + grpcOverheadBytes),
+		grpc.MaxSendMsgSize(math.MaxInt32),
+		grpc.MaxConcurrentStreams(math.MaxUint32),
+		// Requests run on long-lived goroutines whose stacks have already
+		// grown, instead of a new goroutine growing its stack each time.
+		grpc.NumStreamWorkers(streamWorkers),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		// Watch events go out encoded once for all the watches they go to,
+		// and Range answers without decoding the stored versions.
+		grpc.ForceServerCodecV2(wirecodec.Codec{}),
+	}
 }
 
 // errRestoring answers clients while the node restores a snapshot.
@@ -209,17 +269,25 @@ func (s *Server) Close() {
 		s.node.Quiesce()
 		s.self.close()
 		s.node.StopFronts() // ends the streams a graceful stop would wait for
-		done := make(chan struct{})
-		go func() {
-			s.grpc.GracefulStop()
-			close(done)
-		}()
-		select {
-		case <-done:
-		case <-time.After(3 * time.Second):
-			s.grpc.Stop()
-			<-done
+		var stopped sync.WaitGroup
+		for _, g := range []*grpc.Server{s.grpc, s.peer} {
+			stopped.Add(1)
+			go func() {
+				defer stopped.Done()
+				done := make(chan struct{})
+				go func() {
+					g.GracefulStop()
+					close(done)
+				}()
+				select {
+				case <-done:
+				case <-time.After(3 * time.Second):
+					g.Stop()
+					<-done
+				}
+			}()
 		}
+		stopped.Wait()
 		_ = s.http.Close()
 		s.closeListeners()
 		s.node.Close()

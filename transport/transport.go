@@ -21,6 +21,7 @@ package transport
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -72,6 +73,13 @@ type Factory struct {
 	Log *slog.Logger
 	// Dial opens the connections to other nodes (nil: TCP with keepalive).
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// Others, when set, takes the peer port's connections that are not
+	// Raft traffic (see Others); without it they are closed.
+	Others *Others
+	// ServerTLS, when set, is the peer listener's TLS (peer TLS): every
+	// connection, Raft's or Others', goes through its handshake first.
+	// ClientTLS is then the TLS of the connections this node opens.
+	ServerTLS, ClientTLS *tls.Config
 
 	mu sync.Mutex
 	t  *TCP // the transport made last; guarded by mu
@@ -92,6 +100,9 @@ func (f *Factory) Create(nhc config.NodeHostConfig, onBatch raftio.MessageHandle
 		onChunk:      onChunk,
 		log:          log.With("component", "transport"),
 		dial:         f.Dial,
+		others:       f.Others,
+		serverTLS:    f.ServerTLS,
+		clientTLS:    f.ClientTLS,
 		conns:        make(map[net.Conn]struct{}),
 	}
 	f.mu.Lock()
@@ -119,6 +130,9 @@ type TCP struct {
 	onChunk      raftio.ChunkHandler
 	log          *slog.Logger
 	dial         func(ctx context.Context, addr string) (net.Conn, error) // nil: net.Dialer
+	others       *Others                                                  // nil: none
+	serverTLS    *tls.Config                                              // nil: plain TCP
+	clientTLS    *tls.Config
 
 	wg sync.WaitGroup
 
@@ -168,8 +182,14 @@ func (t *TCP) Start() error {
 		_ = ln.Close()
 		return errors.New("transport: transport closed")
 	}
+	if t.serverTLS != nil {
+		ln = tls.NewListener(ln, t.serverTLS)
+	}
 	t.ln = ln
 	t.mu.Unlock()
+	if t.others != nil {
+		t.others.setAddr(ln.Addr())
+	}
 	t.wg.Add(1)
 	go t.accept(ln)
 	return nil
@@ -227,16 +247,39 @@ func (t *TCP) accept(ln net.Listener) {
 	}
 }
 
-// serve reads frames from one accepted connection until it fails or closes.
+// firstByteWait bounds the wait for an accepted connection's first byte.
+const firstByteWait = 30 * time.Second
+
+// serve reads frames from one accepted connection until it fails or
+// closes, or passes it on to Others when it carries no frames.
 func (t *TCP) serve(c net.Conn) {
 	defer t.wg.Done()
+	handedOff := false
 	defer func() {
 		t.mu.Lock()
 		delete(t.conns, c)
 		t.mu.Unlock()
-		_ = c.Close()
+		if !handedOff {
+			_ = c.Close()
+		}
 	}()
-	err := t.readFrames(bufio.NewReaderSize(c, readBuffer), c.SetReadDeadline)
+	r := bufio.NewReaderSize(c, readBuffer)
+	_ = c.SetReadDeadline(time.Now().Add(firstByteWait))
+	first, err := r.Peek(1) // with peer TLS, after the handshake
+	_ = c.SetReadDeadline(time.Time{})
+	if err != nil {
+		if t.serverTLS != nil && !errors.Is(err, io.EOF) {
+			t.log.Warn("refused a peer connection", "remote", c.RemoteAddr().String(), "err", err)
+		}
+		return
+	}
+	if first[0] != magic0 {
+		if t.others != nil {
+			handedOff = t.others.deliver(&bufferedConn{Conn: c, r: r})
+		}
+		return
+	}
+	err = t.readFrames(r, c.SetReadDeadline)
 	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 		t.log.Warn("dropping a Raft connection", "remote", c.RemoteAddr().String(), "err", err)
 	}
@@ -353,25 +396,43 @@ func (t *TCP) GetSnapshotConnection(ctx context.Context, target string) (raftio.
 }
 
 func (t *TCP) connect(ctx context.Context, target string) (*conn, error) {
-	if t.dial == nil {
-		return dial(ctx, target)
-	}
 	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
-	c, err := t.dial(ctx, target)
+	var c net.Conn
+	var err error
+	if t.dial == nil {
+		d := net.Dialer{KeepAlive: keepAlive}
+		c, err = d.DialContext(ctx, "tcp", target)
+	} else {
+		c, err = t.dial(ctx, target)
+	}
 	if err != nil {
 		return nil, err
+	}
+	if t.clientTLS != nil {
+		c, err = ClientHandshake(ctx, c, target, t.clientTLS)
+		if err != nil {
+			return nil, err
+		}
 	}
 	return &conn{c: c}, nil
 }
 
-func dial(ctx context.Context, target string) (*conn, error) {
-	d := net.Dialer{Timeout: dialTimeout, KeepAlive: keepAlive}
-	c, err := d.DialContext(ctx, "tcp", target)
-	if err != nil {
-		return nil, err
+// ClientHandshake runs a TLS client handshake on c to target (host:port),
+// verifying the server's certificate for target's host.
+func ClientHandshake(ctx context.Context, c net.Conn, target string, cfg *tls.Config) (net.Conn, error) {
+	cfg = cfg.Clone()
+	if cfg.ServerName == "" {
+		if host, _, err := net.SplitHostPort(target); err == nil {
+			cfg.ServerName = host
+		}
 	}
-	return &conn{c: c}, nil
+	tc := tls.Client(c, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		_ = c.Close()
+		return nil, fmt.Errorf("transport: TLS with %s: %w", target, err)
+	}
+	return tc, nil
 }
 
 // Close implements raftio.IConnection and raftio.ISnapshotConnection. Frames

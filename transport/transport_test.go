@@ -25,9 +25,12 @@ type receiver struct {
 }
 
 func startReceiver(t *testing.T) *receiver {
+	return startReceiverWith(t, &Factory{})
+}
+
+func startReceiverWith(t *testing.T, f *Factory) *receiver {
 	t.Helper()
 	r := &receiver{batches: make(chan pb.MessageBatch, 16), chunks: make(chan pb.Chunk, 16), accept: func(pb.Chunk) bool { return true }}
-	f := &Factory{}
 	nhc := config.NodeHostConfig{RaftAddress: "127.0.0.1:0", DeploymentID: 7}
 	tr := f.Create(nhc, func(b pb.MessageBatch) { r.batches <- b }, func(c pb.Chunk) bool {
 		r.chunks <- c
@@ -145,7 +148,7 @@ func TestGarbageDropsOnlyThatConnection(t *testing.T) {
 		t.Fatalf("after garbage: read %v, want EOF", err)
 	}
 	// A frame whose payload does not match its checksum is refused too.
-	corrupt, err := dial(context.Background(), r.addr())
+	corrupt, err := r.t.connect(context.Background(), r.addr())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +217,7 @@ func TestCampaignHandsTheReplicaTimeoutNow(t *testing.T) {
 
 func TestCloseEndsAcceptedConnections(t *testing.T) {
 	r := startReceiver(t)
-	c, err := dial(context.Background(), r.addr())
+	c, err := r.t.connect(context.Background(), r.addr())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,7 +233,7 @@ func TestCloseEndsAcceptedConnections(t *testing.T) {
 	if _, err := c.c.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("after Close: read %v, want EOF", err)
 	}
-	if _, err := dial(context.Background(), r.addr()); err == nil {
+	if _, err := r.t.connect(context.Background(), r.addr()); err == nil {
 		t.Fatal("the transport still accepts connections after Close")
 	}
 }
@@ -297,5 +300,52 @@ func TestDialHookOpensEveryConnection(t *testing.T) {
 	sc.Close()
 	if len(dialled) != 2 || dialled[0] != r.addr() || dialled[1] != r.addr() {
 		t.Fatalf("the hook dialled %v, want %s twice", dialled, r.addr())
+	}
+}
+
+// TestOthersTakeWhatIsNotRaft: on one port, a connection that begins with
+// a frame is Raft's, and one that begins otherwise (an HTTP/2 preface) is
+// handed whole, first bytes included, to Others; Raft goes on meanwhile.
+func TestOthersTakeWhatIsNotRaft(t *testing.T) {
+	others := NewOthers()
+	defer others.Close()
+	r := startReceiverWith(t, &Factory{Others: others})
+	if others.Addr().String() != r.addr() {
+		t.Fatalf("Others.Addr = %v, want the peer listener's %s", others.Addr(), r.addr())
+	}
+	c, err := net.Dial("tcp", r.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	preface := "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+	if _, err := c.Write([]byte(preface)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := others.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer got.Close()
+	buf := make([]byte, len(preface))
+	if _, err := io.ReadFull(got, buf); err != nil || string(buf) != preface {
+		t.Fatalf("Others got %q (%v), want the preface", buf, err)
+	}
+	if _, err := got.Write([]byte("ok")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, buf[:2]); err != nil || string(buf[:2]) != "ok" {
+		t.Fatalf("the client read %q (%v)", buf[:2], err)
+	}
+	raft, err := r.t.GetConnection(context.Background(), r.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raft.Close()
+	if err := raft.SendMessageBatch(testBatch([]byte("raft"))); err != nil {
+		t.Fatal(err)
+	}
+	if b := recv(t, r.batches); string(b.Requests[0].Entries[0].Cmd) != "raft" {
+		t.Fatalf("got %+v", b)
 	}
 }

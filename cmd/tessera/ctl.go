@@ -15,10 +15,12 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/tesserakv/tessera/internal/clientflags"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
@@ -54,6 +56,8 @@ func runCtl(args []string, stdout, stderr io.Writer) int {
 	dataDir := fs.String("data-dir", "", "the data directory to prepare (restore, import-etcd-snapshot)")
 	skipHashCheck := fs.Bool("skip-hash-check", false, "restore a database file without its trailing hash (copied from a member's data directory)")
 	user := fs.String("user", "", "username[:password] for authentication, as etcdctl's")
+	var tlsFlags clientflags.TLS
+	tlsFlags.Register(fs)
 	password := fs.String("password", "", "password for authentication (if this option is used, --user option shouldn't include password)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), ctlUsage)
@@ -99,7 +103,12 @@ func runCtl(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "Error: %v\n", err)
 			return 2
 		}
-		if err := runExport(ctx, rest[1:], *endpoints, creds, stdout); err != nil {
+		tlsCfg, err := tlsFlags.Config(*endpoints)
+		if err != nil {
+			fmt.Fprintf(stderr, "Error: %v\n", err)
+			return 2
+		}
+		if err := runExport(ctx, rest[1:], *endpoints, creds, tlsCfg, stdout); err != nil {
 			fmt.Fprintf(stderr, "Error: %v\n", describeErr(err))
 			return 1
 		}
@@ -110,6 +119,15 @@ func runCtl(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "Error: %v\n", err)
 		return 2
 	}
+	tlsCfg, err := tlsFlags.Config(*endpoints)
+	if err != nil {
+		fmt.Fprintf(stderr, "Error: %v\n", err)
+		return 2
+	}
+	transportCreds := insecure.NewCredentials()
+	if tlsCfg != nil {
+		transportCreds = credentials.NewTLS(tlsCfg)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	var firstErr error
@@ -118,7 +136,7 @@ func runCtl(args []string, stdout, stderr io.Writer) int {
 		if i := strings.Index(ep, "://"); i >= 0 {
 			ep = ep[i+3:]
 		}
-		cc, err := grpc.NewClient(ep, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cc, err := grpc.NewClient(ep, grpc.WithTransportCredentials(transportCreds))
 		if err != nil {
 			firstErr = err
 			continue
@@ -143,32 +161,17 @@ func runCtl(args []string, stdout, stderr io.Writer) int {
 	return 1
 }
 
-// credentials are --user and --password.
-type credentials struct{ user, password string }
+// ctlUser is --user and --password.
+type ctlUser struct{ user, password string }
 
-// parseUser reads etcdctl's --user (name or name:password) and --password.
-func parseUser(user, password string) (credentials, error) {
-	if user == "" {
-		if password != "" {
-			return credentials{}, fmt.Errorf("--password needs --user")
-		}
-		return credentials{}, nil
-	}
-	name, pw, hasPW := strings.Cut(user, ":")
-	switch {
-	case hasPW && password != "":
-		return credentials{}, fmt.Errorf("--user has a password and --password is given too: give one")
-	case !hasPW && password == "":
-		return credentials{}, fmt.Errorf("--user %q has no password: give --user name:password or --password", user)
-	case !hasPW:
-		pw = password
-	}
-	return credentials{user: name, password: pw}, nil
+func parseUser(user, password string) (ctlUser, error) {
+	name, pw, err := clientflags.ParseUser(user, password)
+	return ctlUser{user: name, password: pw}, err
 }
 
 // login authenticates on cc, when a user is given, and returns ctx with
 // the token every call carries.
-func (c credentials) login(ctx context.Context, cc *grpc.ClientConn) (context.Context, error) {
+func (c ctlUser) login(ctx context.Context, cc *grpc.ClientConn) (context.Context, error) {
 	if c.user == "" {
 		return ctx, nil
 	}

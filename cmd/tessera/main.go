@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/tesserakv/tessera/internal/stop"
+	"github.com/tesserakv/tessera/internal/tlsutil"
 	"github.com/tesserakv/tessera/node"
 	"github.com/tesserakv/tessera/server"
 )
@@ -142,6 +143,22 @@ func parseFlags(args []string, stdout, stderr io.Writer) (node.Config, error) {
 	fs.Float64Var(&cfg.RangeSplitQPS, "range-split-qps", cfg.RangeSplitQPS, "split a range at the key halving its load when it serves more requests per second than this for three checks (10 s apart) in a row; 0 disables")
 	fs.Uint64Var(&cfg.LogDBShards, "raft-logdb-shards", cfg.LogDBShards, "shards of the Raft log store (one fsync each per write cycle; keep small on one disk)")
 	fs.Uint64Var(&cfg.RaftStepWorkers, "raft-step-workers", cfg.RaftStepWorkers, "goroutines stepping the Raft groups (each writes the Raft log with its own fsync per cycle; keep small on one disk)")
+	fs.StringVar(&cfg.ClientTLS.CertFile, "cert-file", "", "path to the client server TLS cert file")
+	fs.StringVar(&cfg.ClientTLS.KeyFile, "key-file", "", "path to the client server TLS key file")
+	fs.StringVar(&cfg.ClientTLS.TrustedCAFile, "trusted-ca-file", "", "path to the client server TLS trusted CA cert file")
+	fs.BoolVar(&cfg.ClientTLS.ClientCertAuth, "client-cert-auth", false, "enable client cert authentication")
+	fs.StringVar(&cfg.ClientTLS.CRLFile, "client-crl-file", "", "path to the client certificate revocation list file")
+	fs.BoolVar(&cfg.ClientTLS.AutoTLS, "auto-tls", false, "client TLS using generated certificates")
+	fs.StringVar(&cfg.PeerTLS.CertFile, "peer-cert-file", "", "path to the peer server TLS cert file")
+	fs.StringVar(&cfg.PeerTLS.KeyFile, "peer-key-file", "", "path to the peer server TLS key file")
+	fs.StringVar(&cfg.PeerTLS.TrustedCAFile, "peer-trusted-ca-file", "", "path to the peer server TLS trusted CA file")
+	fs.BoolVar(&cfg.PeerTLS.ClientCertAuth, "peer-client-cert-auth", false, "enable peer client cert authentication")
+	fs.StringVar(&cfg.PeerTLS.CRLFile, "peer-crl-file", "", "path to the peer certificate revocation list file")
+	fs.StringVar(&cfg.PeerTLS.AllowedCN, "peer-cert-allowed-cn", "", "allowed CN for inter peer authentication")
+	fs.BoolVar(&cfg.PeerTLS.AutoTLS, "peer-auto-tls", false, "peer TLS using self-generated certificates if --peer-key-file and --peer-cert-file are not provided")
+	cipherSuites := fs.String("cipher-suites", "", "comma-separated list of supported TLS cipher suites between client/server and peers (empty will be auto-populated by Go)")
+	tlsMin := fs.String("tls-min-version", "TLS1.2", "minimum TLS version supported by tessera (TLS1.2 or TLS1.3)")
+	tlsMax := fs.String("tls-max-version", "", "maximum TLS version supported by tessera (empty: Go's maximum)")
 	fs.StringVar(&cfg.AuthToken, "auth-token", cfg.AuthToken, "specify auth token type (\"simple\")")
 	authTTL := fs.Uint("auth-token-ttl", uint(node.DefaultAuthTokenTTL/time.Second), "the lifetime in seconds of the auth token")
 	fs.IntVar(&cfg.BcryptCost, "bcrypt-cost", cfg.BcryptCost, "specify bcrypt algorithm cost factor for auth password hashing")
@@ -193,6 +210,18 @@ func parseFlags(args []string, stdout, stderr io.Writer) (node.Config, error) {
 		cfg.QuotaBackendBytes = node.DefaultQuotaBackendBytes
 	}
 	cfg.AuthTokenTTL = time.Duration(*authTTL) * time.Second
+	var err error
+	if cfg.ClientTLS.CipherSuites, err = tlsutil.ParseCipherSuites(splitList(*cipherSuites)); err != nil {
+		return cfg, fmt.Errorf("--cipher-suites: %w", err)
+	}
+	if cfg.ClientTLS.MinVersion, err = tlsutil.ParseVersion(*tlsMin); err != nil {
+		return cfg, fmt.Errorf("--tls-min-version: %w", err)
+	}
+	if cfg.ClientTLS.MaxVersion, err = tlsutil.ParseVersion(*tlsMax); err != nil {
+		return cfg, fmt.Errorf("--tls-max-version: %w", err)
+	}
+	// The cipher suites and versions are the peers' too, as etcd's.
+	cfg.PeerTLS.CipherSuites, cfg.PeerTLS.MinVersion, cfg.PeerTLS.MaxVersion = cfg.ClientTLS.CipherSuites, cfg.ClientTLS.MinVersion, cfg.ClientTLS.MaxVersion
 	if set["heartbeat-interval"] || set["election-timeout"] {
 		cfg.HeartbeatInterval = time.Duration(*heartbeatMS) * time.Millisecond
 		cfg.ElectionTimeout = time.Duration(*electionMS) * time.Millisecond

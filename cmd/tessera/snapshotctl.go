@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"os"
@@ -37,7 +38,7 @@ func runRestore(args []string, dataDir string, skipHashCheck bool, stdout io.Wri
 // runExport is `tessera ctl export-etcd-snapshot FILE`: it saves a
 // snapshot of the cluster in etcd's format (as `etcdctl snapshot save`
 // does), which `etcdutl snapshot restore` restores into etcd.
-func runExport(ctx context.Context, args []string, endpoints string, creds credentials, stdout io.Writer) error {
+func runExport(ctx context.Context, args []string, endpoints string, creds ctlUser, tlsCfg *tls.Config, stdout io.Writer) error {
 	if len(args) != 1 {
 		return fmt.Errorf("export-etcd-snapshot takes one file, got %d arguments", len(args))
 	}
@@ -46,7 +47,7 @@ func runExport(ctx context.Context, args []string, endpoints string, creds crede
 		return fmt.Errorf("export-etcd-snapshot needs an endpoint (--endpoints)")
 	}
 	// A snapshot is one member's, as etcdctl takes it.
-	cli, err := clientv3.New(clientv3.Config{Endpoints: eps[:1], Username: creds.user, Password: creds.password, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: eps[:1], Username: creds.user, Password: creds.password, TLS: tlsCfg, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		return err
 	}

@@ -151,6 +151,9 @@ func (c *Cluster) newNode(self server.Member, members []server.Member) *Node {
 	for _, o := range c.opts {
 		o(&cfg)
 	}
+	if strings.HasPrefix(cfg.ListenClientURLs[0], "https://") {
+		clientURL = "https://" + strings.TrimPrefix(clientURL, "http://")
+	}
 	return &Node{Config: cfg, ClientURL: clientURL}
 }
 

@@ -126,10 +126,6 @@ const (
 	AuthCommand_ROLE_DELETE            AuthCommand_Op = 9
 	AuthCommand_ROLE_GRANT_PERMISSION  AuthCommand_Op = 10
 	AuthCommand_ROLE_REVOKE_PERMISSION AuthCommand_Op = 11
-	// SET_TOKEN_KEY sets token_key unless one is set: the cluster's key
-	// for tokens and for the other nodes' calls (auth.Snapshot.PeerToken),
-	// made once, before auth is first enabled.
-	AuthCommand_SET_TOKEN_KEY AuthCommand_Op = 12
 )
 
 // Enum value maps for AuthCommand_Op.
@@ -147,7 +143,6 @@ var (
 		9:  "ROLE_DELETE",
 		10: "ROLE_GRANT_PERMISSION",
 		11: "ROLE_REVOKE_PERMISSION",
-		12: "SET_TOKEN_KEY",
 	}
 	AuthCommand_Op_value = map[string]int32{
 		"NONE":                   0,
@@ -162,7 +157,6 @@ var (
 		"ROLE_DELETE":            9,
 		"ROLE_GRANT_PERMISSION":  10,
 		"ROLE_REVOKE_PERMISSION": 11,
-		"SET_TOKEN_KEY":          12,
 	}
 )
 
@@ -448,8 +442,8 @@ type AuthCommand struct {
 	NoPassword   bool                   `protobuf:"varint,4,opt,name=no_password,json=noPassword,proto3" json:"no_password,omitempty"`
 	Role         string                 `protobuf:"bytes,5,opt,name=role,proto3" json:"role,omitempty"`
 	Permission   *AuthPermission        `protobuf:"bytes,6,opt,name=permission,proto3" json:"permission,omitempty"`
-	// token_key: on SET_TOKEN_KEY (or ENABLE, when none is set yet), the key
-	// that signs simple tokens.
+	// token_key: on ENABLE, the key that signs simple tokens, kept from the
+	// first enable on.
 	TokenKey      []byte `protobuf:"bytes,7,opt,name=token_key,json=tokenKey,proto3" json:"token_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -4267,7 +4261,7 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	" \x01(\v2!.tesserapb.SweepTxnRecordsCommandH\x00R\x0fsweepTxnRecords\x125\n" +
 	"\arestore\x18\v \x01(\v2\x19.tesserapb.RestoreCommandH\x00R\arestore\x12,\n" +
 	"\x04auth\x18\f \x01(\v2\x16.tesserapb.AuthCommandH\x00R\x04authB\x04\n" +
-	"\x02op\"\xf5\x03\n" +
+	"\x02op\"\xe2\x03\n" +
 	"\vAuthCommand\x12)\n" +
 	"\x02op\x18\x01 \x01(\x0e2\x19.tesserapb.AuthCommand.OpR\x02op\x12\x12\n" +
 	"\x04user\x18\x02 \x01(\tR\x04user\x12#\n" +
@@ -4278,7 +4272,7 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\n" +
 	"permission\x18\x06 \x01(\v2\x19.tesserapb.AuthPermissionR\n" +
 	"permission\x12\x1b\n" +
-	"\ttoken_key\x18\a \x01(\fR\btokenKey\"\xf4\x01\n" +
+	"\ttoken_key\x18\a \x01(\fR\btokenKey\"\xe1\x01\n" +
 	"\x02Op\x12\b\n" +
 	"\x04NONE\x10\x00\x12\n" +
 	"\n" +
@@ -4293,8 +4287,7 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\vROLE_DELETE\x10\t\x12\x19\n" +
 	"\x15ROLE_GRANT_PERMISSION\x10\n" +
 	"\x12\x1a\n" +
-	"\x16ROLE_REVOKE_PERMISSION\x10\v\x12\x11\n" +
-	"\rSET_TOKEN_KEY\x10\f\"\xce\x01\n" +
+	"\x16ROLE_REVOKE_PERMISSION\x10\v\"\xce\x01\n" +
 	"\tAuthState\x12\x18\n" +
 	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x12)\n" +

@@ -3,6 +3,7 @@ package kubernetes
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -89,6 +90,7 @@ func (b *lockedBuffer) String() string {
 // node is a one-member Tessera cluster running as a subprocess.
 type node struct {
 	clientURL string
+	tls       *tls.Config // the client side of an https client URL, else nil
 	cmd       *exec.Cmd
 	stderr    *lockedBuffer
 	exited    chan struct{}
@@ -98,10 +100,17 @@ type node struct {
 // and waits until it serves a linearizable read. The node is killed when the
 // test ends; its stderr is logged if the test failed.
 func startNode(t testing.TB, extraFlags ...string) *node {
+	return startNodeTLS(t, nil, extraFlags...)
+}
+
+// startNodeTLS is startNode with an https client URL when clientTLS (the
+// client side: CA, certificate) is given; extraFlags then hold the
+// server's certificate flags.
+func startNodeTLS(t testing.TB, clientTLS *tls.Config, extraFlags ...string) *node {
 	t.Helper()
 	bin := tesseraBinary(t)
 	for attempt := 1; ; attempt++ {
-		n, err := tryStartNode(t, bin, extraFlags)
+		n, err := tryStartNode(t, bin, clientTLS, extraFlags)
 		if err == nil {
 			return n
 		}
@@ -114,9 +123,14 @@ func startNode(t testing.TB, extraFlags ...string) *node {
 	}
 }
 
-func tryStartNode(t testing.TB, bin string, extraFlags []string) (*node, error) {
+func tryStartNode(t testing.TB, bin string, clientTLS *tls.Config, extraFlags []string) (*node, error) {
+	scheme := "http"
+	if clientTLS != nil {
+		scheme = "https"
+	}
 	n := &node{
-		clientURL: fmt.Sprintf("http://127.0.0.1:%d", freePort(t)),
+		clientURL: fmt.Sprintf("%s://127.0.0.1:%d", scheme, freePort(t)),
+		tls:       clientTLS,
 		stderr:    &lockedBuffer{},
 		exited:    make(chan struct{}),
 	}
@@ -153,7 +167,7 @@ func tryStartNode(t testing.TB, bin string, extraFlags []string) (*node, error) 
 // client is made once the port accepts connections: a first connection
 // refused would hold gRPC back for its one-second reconnect backoff.
 func (n *node) waitReady() error {
-	host := strings.TrimPrefix(n.clientURL, "http://")
+	host := n.clientURL[strings.Index(n.clientURL, "://")+3:]
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		if c, err := net.DialTimeout("tcp", host, time.Second); err == nil {
 			_ = c.Close()
@@ -169,7 +183,7 @@ func (n *node) waitReady() error {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{n.clientURL}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{n.clientURL}, TLS: n.tls, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		return err
 	}
