@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -26,17 +27,26 @@ func UserOf(ctx context.Context) string {
 
 // Caller works out who is calling: the user WithUser recorded; else the
 // user of the token in the call's metadata ("token", as clientv3 sends it,
-// or "authorization", as etcd's gateway passes it on), etcd's "invalid auth
-// token" when it is not valid; else, when certCN is set, the common name of
-// the client's verified TLS certificate; else "" (nobody: every check but
-// the ones open to all refuses with etcd's "user name is empty").
-func Caller(ctx context.Context, s *Snapshot, now time.Time, certCN bool) (string, error) {
+// or "authorization", as etcd's gateway passes it on) — a JWT when j is
+// set, or a simple token (which the node also mints for its own calls) —
+// with etcd's "invalid auth token" (or, for a JWT minted before the auth
+// state changed, "revision of auth store is old") when it is not valid;
+// else, when certCN is set, the common name of the client's verified TLS
+// certificate; else "" (nobody: every check but the ones open to all
+// refuses with etcd's "user name is empty").
+func Caller(ctx context.Context, s *Snapshot, now time.Time, certCN bool, j *JWT) (string, error) {
 	if name := UserOf(ctx); name != "" {
 		return name, nil
 	}
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
 		for _, field := range []string{rpctypes.TokenFieldNameGRPC, rpctypes.TokenFieldNameSwagger} {
 			if ts := md.Get(field); len(ts) > 0 {
+				if j != nil {
+					user, err := j.Check(ts[0], s.Revision())
+					if err == nil || errors.Is(err, rpctypes.ErrGRPCAuthOldRevision) {
+						return user, err
+					}
+				}
 				return s.UserOfToken(ts[0], now)
 			}
 		}

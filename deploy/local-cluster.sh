@@ -15,6 +15,15 @@
 # $TESSERA (default: tessera on PATH, else built from this repository).
 # Extra server flags: $TESSERA_FLAGS (split on spaces), e.g.
 #   TESSERA_FLAGS="--dead-node-timeout 30s" deploy/local-cluster.sh start 4
+#
+# With TESSERA_TLS=1 the nodes serve clients and each other over TLS with
+# client and peer certificate checks: a CA and certificates (n1..n6, and
+# root for clients) are made with openssl in $TESSERA_CLUSTER_DIR/certs,
+# and status calls tessera ctl with --cacert, --cert and --key. Clients:
+#   etcdctl --endpoints https://127.0.0.1:2379 --cacert DIR/certs/ca.pem \
+#     --cert DIR/certs/root.pem --key DIR/certs/root-key.pem ...
+# Extra ctl flags for status: $TESSERA_CTL_FLAGS (e.g. "--user root:PASSWORD"
+# once auth is on).
 set -euo pipefail
 
 DIR=${TESSERA_CLUSTER_DIR:-./tessera-cluster}
@@ -32,6 +41,40 @@ binary() {
   echo "$(cd "$DIR" && pwd)/tessera"
 }
 
+TLS=${TESSERA_TLS:-}
+SCHEME=http
+[ -z "$TLS" ] || SCHEME=https
+
+# certs makes (once) a CA and a certificate for each node and for root,
+# good for 127.0.0.1 as server and as client.
+certs() {
+  local c="$DIR/certs" n
+  [ -f "$c/ca.pem" ] && return
+  command -v openssl >/dev/null || die "TESSERA_TLS needs openssl"
+  mkdir -p "$c"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \
+    -subj "/CN=tessera-ca" -keyout "$c/ca-key.pem" -out "$c/ca.pem" 2>/dev/null
+  for n in n1 n2 n3 n4 n5 n6 root; do
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$n" \
+      -keyout "$c/$n-key.pem" -out "$c/$n.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n' >"$c/ext"
+    openssl x509 -req -in "$c/$n.csr" -CA "$c/ca.pem" -CAkey "$c/ca-key.pem" -CAcreateserial \
+      -days 365 -extfile "$c/ext" -out "$c/$n.pem" 2>/dev/null
+    rm -f "$c/$n.csr"
+  done
+}
+
+# ctl runs tessera ctl against the running nodes.
+ctl() {
+  local bin args=()
+  bin=$(binary)
+  if [ -n "$TLS" ]; then
+    args=(--cacert "$DIR/certs/ca.pem" --cert "$DIR/certs/root.pem" --key "$DIR/certs/root-key.pem")
+  fi
+  # shellcheck disable=SC2086
+  "$bin" ctl --endpoints "$(endpoints)" "${args[@]}" ${TESSERA_CTL_FLAGS:-} "$@"
+}
+
 client_port() { if [ "$1" -eq 1 ]; then echo 2379; else echo $(( $1 * 10000 + 2379 )); fi; }
 peer_port() { if [ "$1" -eq 1 ]; then echo 12380; else echo $(( $1 * 10000 + 2380 )); fi; }
 
@@ -41,7 +84,7 @@ running() { [ -f "$DIR/n$1/pid" ] && kill -0 "$(cat "$DIR/n$1/pid")" 2>/dev/null
 endpoints() {
   local out="" k
   for k in $(seq 1 $MAX); do
-    if running "$k"; then out="$out,http://127.0.0.1:$(client_port "$k")"; fi
+    if running "$k"; then out="$out,$SCHEME://127.0.0.1:$(client_port "$k")"; fi
   done
   echo "${out#,}"
 }
@@ -52,8 +95,14 @@ launch() {
   bin=$(binary)
   mkdir -p "$DIR/n$k"
   local args=(--name "n$k" --data-dir "$DIR/n$k/data"
-    --listen-client-urls "http://127.0.0.1:$(client_port "$k")"
-    --listen-peer-urls "http://127.0.0.1:$(peer_port "$k")")
+    --listen-client-urls "$SCHEME://127.0.0.1:$(client_port "$k")"
+    --listen-peer-urls "$SCHEME://127.0.0.1:$(peer_port "$k")")
+  if [ -n "$TLS" ]; then
+    certs
+    local c="$DIR/certs"
+    args+=(--cert-file "$c/n$k.pem" --key-file "$c/n$k-key.pem" --trusted-ca-file "$c/ca.pem" --client-cert-auth
+      --peer-cert-file "$c/n$k.pem" --peer-key-file "$c/n$k-key.pem" --peer-trusted-ca-file "$c/ca.pem" --peer-client-cert-auth)
+  fi
   if [ "$k" -gt 1 ]; then
     join=$(endpoints)
     [ -n "$join" ] || die "no node is running for n$k to join"
@@ -65,7 +114,7 @@ launch() {
   "$bin" "${args[@]}" ${TESSERA_FLAGS:-} >>"$DIR/n$k/log" 2>&1 &
   echo $! >"$DIR/n$k/pid"
   wait_ready "$k"
-  echo "n$k: clients http://127.0.0.1:$(client_port "$k"), peers http://127.0.0.1:$(peer_port "$k"), data $DIR/n$k/data, log $DIR/n$k/log"
+  echo "n$k: clients $SCHEME://127.0.0.1:$(client_port "$k"), peers $SCHEME://127.0.0.1:$(peer_port "$k"), data $DIR/n$k/data, log $DIR/n$k/log"
 }
 
 wait_ready() {
@@ -127,12 +176,10 @@ case "$cmd" in
     launch "$k"
     ;;
   status)
-    eps=$(endpoints)
-    [ -n "$eps" ] || die "no node is running"
-    bin=$(binary)
-    "$bin" ctl --endpoints "$eps" nodes
+    [ -n "$(endpoints)" ] || die "no node is running"
+    ctl nodes
     echo
-    "$bin" ctl --endpoints "$eps" ranges
+    ctl ranges
     ;;
   *)
     sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'

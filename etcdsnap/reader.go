@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 
 	bolt "go.etcd.io/bbolt"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -93,14 +94,29 @@ type Snapshot struct {
 	CompactRevision int64
 }
 
-// Open opens a snapshot database read-only.
-func Open(path string) (*Snapshot, error) {
-	db, err := bolt.Open(path, 0o400, &bolt.Options{ReadOnly: true})
+// Open opens a snapshot database read-only. A damaged or forged file is
+// ErrCorrupt, never a crash: bbolt maps the file into memory and trusts
+// its page numbers and offsets, so a file shorter than its pages say is
+// refused before any page is read, and bbolt's panics and memory faults
+// on a bad page are turned into errors (guarded).
+func Open(path string) (s *Snapshot, err error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	var db *bolt.DB
+	err = guarded(func() (err error) {
+		db, err = bolt.Open(path, 0o400, &bolt.Options{ReadOnly: true})
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
-	s := &Snapshot{db: db}
-	err = db.View(func(tx *bolt.Tx) error {
+	s = &Snapshot{db: db}
+	err = s.view(func(tx *bolt.Tx) error {
+		if tx.Size() > st.Size() {
+			return fmt.Errorf("%w: its pages take %d bytes, the file has %d", ErrCorrupt, tx.Size(), st.Size())
+		}
 		keys, meta := tx.Bucket(bucketKey), tx.Bucket(bucketMeta)
 		if keys == nil || meta == nil {
 			return fmt.Errorf("%w: no key or meta bucket", ErrCorrupt)
@@ -132,11 +148,30 @@ func Open(path string) (*Snapshot, error) {
 // Close closes the database.
 func (s *Snapshot) Close() error { return s.db.Close() }
 
+// view runs fn in a read transaction, guarded.
+func (s *Snapshot) view(fn func(tx *bolt.Tx) error) error {
+	return guarded(func() error { return s.db.View(fn) })
+}
+
+// guarded runs fn, which reads a memory-mapped database, turning a panic
+// (bbolt's, on a page past the high-water mark or of the wrong kind) or a
+// memory fault (an offset pointing outside the mapping, which the runtime
+// reports as a panic while SetPanicOnFault is on) into ErrCorrupt.
+func guarded(fn func() error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %v", ErrCorrupt, r)
+		}
+	}()
+	return fn()
+}
+
 // Versions calls fn with every stored version in revision order. A
 // deletion comes as a KeyValue with only Key and ModRevision set and
 // tombstone true. fn may keep what it is given.
 func (s *Snapshot) Versions(fn func(kv *mvccpb.KeyValue, tombstone bool) error) error {
-	return s.db.View(func(tx *bolt.Tx) error {
+	return s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketKey).ForEach(func(k, v []byte) error {
 			main, _, tombstone, err := parseRevKey(k)
 			if err != nil {
@@ -158,7 +193,7 @@ func (s *Snapshot) Versions(fn func(kv *mvccpb.KeyValue, tombstone bool) error) 
 // Leases returns the snapshot's leases.
 func (s *Snapshot) Leases() ([]Lease, error) {
 	var out []Lease
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketLease)
 		if b == nil {
 			return nil

@@ -117,3 +117,7 @@ func (s *Node) authorizeWatch(ctx context.Context, key, rangeEnd []byte) error {
 	}
 	return s.watchAuth(ctx, key, rangeEnd)
 }
+
+// JWT is the node's JWT token provider (--auth-token jwt,…), nil for
+// simple tokens.
+func (s *Node) JWT() *auth.JWT { return s.jwt }

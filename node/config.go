@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/tesserakv/tessera/auth"
 	"github.com/tesserakv/tessera/internal/tlsutil"
 	"github.com/tesserakv/tessera/watchhub"
 )
@@ -39,9 +40,13 @@ type Config struct {
 	// its parent's replicas. Every member must be given the same value.
 	Replicas int
 
-	MaxRequestBytes   int
-	MaxTxnOps         int
-	QuotaBackendBytes int64
+	MaxRequestBytes int
+	// MaxConcurrentStreams bounds the gRPC streams (calls in flight, watch
+	// and keep-alive streams) of one client connection (etcd's
+	// --max-concurrent-streams; 0: no bound).
+	MaxConcurrentStreams uint32
+	MaxTxnOps            int
+	QuotaBackendBytes    int64
 
 	HeartbeatInterval time.Duration
 	ElectionTimeout   time.Duration
@@ -103,7 +108,8 @@ type Config struct {
 	// --peer-auto-tls; with https peer URLs.
 	PeerTLS tlsutil.Info
 
-	// AuthToken is etcd's --auth-token: "simple" (the only kind so far).
+	// AuthToken is etcd's --auth-token: "simple", or
+	// "jwt,pub-key=FILE,priv-key=FILE,sign-method=METHOD,ttl=DURATION".
 	// AuthTokenTTL is how long a token from Authenticate is good for;
 	// BcryptCost the cost of the password hashes this node makes.
 	AuthToken    string
@@ -315,8 +321,8 @@ func (c *Config) Validate() error {
 	if c.WatchProgressNotifyInterval < 0 {
 		return fmt.Errorf("--watch-progress-notify-interval must not be negative")
 	}
-	if c.AuthToken != "simple" {
-		return fmt.Errorf("--auth-token %q: only \"simple\" tokens are supported", c.AuthToken)
+	if _, err := auth.ParseAuthToken(c.AuthToken); err != nil {
+		return fmt.Errorf("--auth-token: %w", err)
 	}
 	if c.AuthTokenTTL <= 0 {
 		return fmt.Errorf("--auth-token-ttl must be positive")

@@ -68,6 +68,8 @@ type Node struct {
 	authState   atomic.Pointer[auth.Snapshot]
 	authMu      sync.Mutex
 	authChanged chan struct{}
+	// jwt mints and checks JWT tokens (--auth-token jwt,…); nil: simple.
+	jwt *auth.JWT
 	// watchAuth authorizes watches (AuthorizeWatches); set before Start.
 	watchAuth func(ctx context.Context, key, rangeEnd []byte) error
 	internal  *meta.InternalServer
@@ -157,6 +159,10 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	jwtTokens, err := auth.ParseAuthToken(cfg.AuthToken)
+	if err != nil {
+		return nil, fmt.Errorf("--auth-token: %w", err)
+	}
 	id, joined, err := nodeIdentity(cfg, peerClientTLS)
 	if err != nil {
 		return nil, err
@@ -165,7 +171,7 @@ func New(cfg Config) (*Node, error) {
 		replicaID, cid = id.NodeID, id.ClusterID
 	}
 	s := &Node{cfg: cfg, log: cfg.Logger, replicaID: replicaID, clusterID: cid, joined: joined, identity: id, stopper: stop.New(), rangesChanged: make(chan struct{}, 1), authChanged: make(chan struct{}),
-		peerServerTLS: peerServerTLS, peerClientTLS: peerClientTLS,
+		peerServerTLS: peerServerTLS, peerClientTLS: peerClientTLS, jwt: jwtTokens,
 		ranges: map[uint64]*shard.Replica{}, feeds: feeds{wanted: map[uint64]time.Time{}}, picks: map[uint64]pick{}, cache: router.NewRangeCache()}
 	s.newMetrics()
 	return s, nil

@@ -110,7 +110,12 @@ func (a *authService) Authenticate(ctx context.Context, r *pb.AuthenticateReques
 	if err := snap.CheckPassword(r.Name, r.Password); err != nil {
 		return nil, err
 	}
-	tok, err := snap.MintToken(r.Name, time.Now(), a.ttl)
+	var tok string
+	if j := a.n.JWT(); j != nil {
+		tok, err = j.Mint(r.Name, snap.Revision(), time.Now())
+	} else {
+		tok, err = snap.MintToken(r.Name, time.Now(), a.ttl)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -75,7 +75,7 @@ func (a *authz) caller(ctx context.Context) (context.Context, *auth.Snapshot, er
 	if !snap.Enabled() {
 		return ctx, snap, nil
 	}
-	user, err := auth.Caller(ctx, snap, time.Now(), a.certCN)
+	user, err := auth.Caller(ctx, snap, time.Now(), a.certCN, a.n.JWT())
 	if err != nil {
 		return ctx, snap, err
 	}
@@ -266,19 +266,42 @@ func (a *authz) stream(ss grpc.ServerStream, info *grpc.StreamServerInfo) (grpc.
 			return ss, err
 		}
 	}
-	if ctx == ss.Context() {
+	if !snap.Enabled() {
 		return ss, nil
 	}
-	return &callerStream{ServerStream: ss, ctx: ctx}, nil
+	cs := &callerStream{ServerStream: ss, ctx: ctx}
+	if info.FullMethod == "/etcdserverpb.Lease/LeaseKeepAlive" {
+		// Each renewal needs write permission on the lease's keys, as
+		// etcd's checkLeaseRenew.
+		cs.check = func(m any) error {
+			if r, ok := m.(*pb.LeaseKeepAliveRequest); ok {
+				return a.checkLeaseKeys(cs.ctx, a.n.Auth(), auth.UserOf(cs.ctx), r.ID, true)
+			}
+			return nil
+		}
+	}
+	return cs, nil
 }
 
-// callerStream is a stream whose context records its caller.
+// callerStream is a stream whose context records its caller, and whose
+// received messages pass check, when set.
 type callerStream struct {
 	grpc.ServerStream
-	ctx context.Context
+	ctx   context.Context
+	check func(m any) error
 }
 
 func (s *callerStream) Context() context.Context { return s.ctx }
+
+func (s *callerStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	if s.check != nil {
+		return s.check(m)
+	}
+	return nil
+}
 
 // watchAllowed is the hub's Authorize: read permission on the watched keys.
 func (a *authz) watchAllowed(ctx context.Context, key, rangeEnd []byte) error {

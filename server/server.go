@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -213,7 +214,7 @@ func serverOptions(cfg Config) []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes + grpcOverheadBytes),
 		grpc.MaxSendMsgSize(math.MaxInt32),
-		grpc.MaxConcurrentStreams(math.MaxUint32),
+		grpc.MaxConcurrentStreams(cmp.Or(cfg.MaxConcurrentStreams, math.MaxUint32)),
 		// Requests run on long-lived goroutines whose stacks have already
 		// grown, instead of a new goroutine growing its stack each time.
 		grpc.NumStreamWorkers(streamWorkers),

@@ -2,10 +2,17 @@ package tests
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -24,6 +31,7 @@ import (
 
 	"github.com/tesserakv/tessera/internal/testcluster"
 	"github.com/tesserakv/tessera/proto/tesserapb"
+	"github.com/tesserakv/tessera/server"
 )
 
 // authSteps is an operator's session with etcdctl: users, roles and
@@ -246,6 +254,31 @@ func TestRBACAcrossNodes(t *testing.T) {
 			}
 		}
 	}
+	// A lease is renewed, revoked or attached to a key only by a user who
+	// may write every key it holds, as etcd checks.
+	rootLease, err := root.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must(root.Put(ctx, "k", "0", clientv3.WithLease(rootLease.ID)))
+	if _, err := users[1].KeepAliveOnce(ctx, rootLease.ID); !denied(err) {
+		t.Errorf("keep-alive of a lease holding a key the user may not write: %v", err)
+	}
+	if _, err := users[1].Revoke(ctx, rootLease.ID); !denied(err) {
+		t.Errorf("revoking a lease holding a key the user may not write: %v", err)
+	}
+	if _, err := users[1].Put(ctx, "p/leased", "x", clientv3.WithLease(rootLease.ID)); !denied(err) {
+		t.Errorf("attaching a lease holding a key the user may not write: %v", err)
+	}
+	own, err := users[1].Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must(users[1].Put(ctx, "p/own", "x", clientv3.WithLease(own.ID)))
+	if _, err := users[1].KeepAliveOnce(ctx, own.ID); err != nil {
+		t.Errorf("keep-alive of the user's own lease: %v", err)
+	}
+
 	// Nothing a refused txn held changed.
 	if get, err := root.Get(ctx, "k"); err != nil || string(get.Kvs[0].Value) != "0" {
 		t.Fatalf("k after the refused txns: %v %v", get, err)
@@ -331,4 +364,69 @@ func authClient(t *testing.T, url, user, password string) *clientv3.Client {
 	}
 	t.Cleanup(func() { cli.Close() })
 	return cli
+}
+
+// TestJWTAcrossNodes: with --auth-token jwt on three nodes sharing the
+// key, a token handed out by one node is accepted by the others; a change
+// of the auth state outdates it ("revision of auth store is old"), and
+// clientv3 logs in again and goes on.
+func TestJWTAcrossNodes(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "jwt.key")
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := testcluster.Start(t, 3, func(cfg *server.Config) {
+		cfg.AuthToken = "jwt,priv-key=" + keyFile + ",sign-method=ES256,ttl=10m"
+	})
+	ctx := ctxT(t)
+	admin := c.Client(c.Nodes[0].ClientURL)
+	must := func(_ any, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(admin.UserAdd(ctx, "root", "rootpw"))
+	must(admin.UserGrantRole(ctx, "root", "root"))
+	must(admin.AuthEnable(ctx))
+
+	cc, err := grpc.NewClient(strings.TrimPrefix(c.Nodes[0].ClientURL, "http://"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	tok, err := pb.NewAuthClient(cc).Authenticate(ctx, &pb.AuthenticateRequest{Name: "root", Password: "rootpw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Count(tok.Token, ".") != 2 || !strings.HasPrefix(tok.Token, "eyJ") {
+		t.Fatalf("Authenticate answered %q, not a JWT", tok.Token)
+	}
+	cc3, err := grpc.NewClient(strings.TrimPrefix(c.Nodes[2].ClientURL, "http://"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc3.Close()
+	withTok := metadata.AppendToOutgoingContext(ctx, "token", tok.Token)
+	if _, err := pb.NewKVClient(cc3).Put(withTok, &pb.PutRequest{Key: []byte("k"), Value: []byte("v")}); err != nil {
+		t.Fatalf("n1's token at n3: %v", err)
+	}
+
+	root := authClient(t, c.Nodes[1].ClientURL, "root", "rootpw")
+	must(root.Get(ctx, "k"))
+	must(root.RoleAdd(ctx, "other")) // the auth revision moves on
+	if _, err := pb.NewKVClient(cc3).Put(withTok, &pb.PutRequest{Key: []byte("k"), Value: []byte("w")}); !errors.Is(rpctypes.Error(err), rpctypes.ErrAuthOldRevision) {
+		t.Fatalf("a token older than the auth state: %v", err)
+	}
+	if _, err := root.Put(ctx, "k", "x"); err != nil {
+		t.Fatalf("clientv3 after the auth state changed: %v", err)
+	}
 }

@@ -163,7 +163,9 @@ func fillHistory(t *testing.T, cli *clientv3.Client) int64 {
 			if err == nil {
 				return
 			}
-			if status.Code(err) != codes.Unavailable || time.Now().After(deadline) {
+			// clientv3 hands back etcd's known errors as rpctypes values.
+			retry := status.Code(err) == codes.Unavailable || errors.Is(err, rpctypes.ErrNoLeader) || errors.Is(err, rpctypes.ErrLeaderChanged)
+			if !retry || time.Now().After(deadline) {
 				t.Fatalf("%s: %v", what, err)
 			}
 			t.Logf("%s: %v; trying again", what, err)

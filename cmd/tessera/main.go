@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -130,6 +131,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (node.Config, error) {
 	fs.IntVar(&cfg.Replicas, "replicas", cfg.Replicas, "voting replicas of each data range, on distinct nodes (every node when fewer); the same on every member")
 	fs.DurationVar(&cfg.DeadNodeTimeout, "dead-node-timeout", cfg.DeadNodeTimeout, "a node unheard from for this long is dead, and its replicas are made again on other nodes")
 	fs.IntVar(&cfg.MaxRequestBytes, "max-request-bytes", cfg.MaxRequestBytes, "maximum client request size in bytes the server will accept")
+	maxStreams := fs.Uint("max-concurrent-streams", math.MaxUint32, "maximum concurrent streams that each client can open at a time")
 	fs.IntVar(&cfg.MaxTxnOps, "max-txn-ops", cfg.MaxTxnOps, "maximum number of operations permitted in a transaction")
 	fs.Int64Var(&cfg.QuotaBackendBytes, "quota-backend-bytes", cfg.QuotaBackendBytes, "raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB)")
 	heartbeatMS := fs.Uint64("heartbeat-interval", node.DefaultHeartbeatMS, "time (in milliseconds) of a heartbeat interval")
@@ -159,7 +161,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (node.Config, error) {
 	cipherSuites := fs.String("cipher-suites", "", "comma-separated list of supported TLS cipher suites between client/server and peers (empty will be auto-populated by Go)")
 	tlsMin := fs.String("tls-min-version", "TLS1.2", "minimum TLS version supported by tessera (TLS1.2 or TLS1.3)")
 	tlsMax := fs.String("tls-max-version", "", "maximum TLS version supported by tessera (empty: Go's maximum)")
-	fs.StringVar(&cfg.AuthToken, "auth-token", cfg.AuthToken, "specify auth token type (\"simple\")")
+	fs.StringVar(&cfg.AuthToken, "auth-token", cfg.AuthToken, "specify auth token type and its options: \"simple\", or \"jwt,pub-key=FILE,priv-key=FILE,sign-method=RS256,ttl=5m\"")
 	authTTL := fs.Uint("auth-token-ttl", uint(node.DefaultAuthTokenTTL/time.Second), "the lifetime in seconds of the auth token")
 	fs.IntVar(&cfg.BcryptCost, "bcrypt-cost", cfg.BcryptCost, "specify bcrypt algorithm cost factor for auth password hashing")
 	listenMetrics := fs.String("listen-metrics-urls", "", "comma-separated http URLs to serve /health (and, with --enable-pprof, /debug/pprof) on")
@@ -210,6 +212,10 @@ func parseFlags(args []string, stdout, stderr io.Writer) (node.Config, error) {
 		cfg.QuotaBackendBytes = node.DefaultQuotaBackendBytes
 	}
 	cfg.AuthTokenTTL = time.Duration(*authTTL) * time.Second
+	if *maxStreams == 0 || *maxStreams > math.MaxUint32 {
+		return cfg, fmt.Errorf("--max-concurrent-streams must be from 1 to %d", uint32(math.MaxUint32))
+	}
+	cfg.MaxConcurrentStreams = uint32(*maxStreams)
 	var err error
 	if cfg.ClientTLS.CipherSuites, err = tlsutil.ParseCipherSuites(splitList(*cipherSuites)); err != nil {
 		return cfg, fmt.Errorf("--cipher-suites: %w", err)

@@ -48,6 +48,7 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"--cipher-suites=TLS_FAST"}, "unexpected TLS cipher suite"},
 		{[]string{"--auth-token=jwt"}, "--auth-token"},
 		{[]string{"--bcrypt-cost=99"}, "--bcrypt-cost"},
+		{[]string{"--max-concurrent-streams=0"}, "--max-concurrent-streams"},
 		{[]string{"--listen-client-urls=127.0.0.1:2379"}, "--listen-client-urls"},
 		{[]string{"--initial-cluster=a=http://127.0.0.1:2380", "--name=b"}, "no member named \"b\""},
 		{[]string{"--initial-cluster=a"}, "not name=peerURL"},
