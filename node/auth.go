@@ -2,10 +2,17 @@ package node
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
+	"github.com/lni/dragonboat/v4"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/tesserakv/tessera/auth"
+	"github.com/tesserakv/tessera/meta"
 	"github.com/tesserakv/tessera/proto/tesserapb"
 )
 
@@ -28,7 +35,7 @@ func (s *Node) Auth() *auth.Snapshot {
 // etcd reads its auth store before checking a password.
 func (s *Node) FreshAuth(ctx context.Context) (*auth.Snapshot, error) {
 	if _, err := s.meta.Read(ctx, true, func(*tesserapb.MetaState) (any, error) { return nil, nil }); err != nil {
-		return nil, err
+		return nil, metaError(err)
 	}
 	return s.Auth(), nil
 }
@@ -65,8 +72,11 @@ func (s *Node) waitAuth(ctx context.Context, rev uint64) error {
 // revoked permission is refused on every node from then on.
 func (s *Node) ChangeAuth(ctx context.Context, c *tesserapb.AuthCommand) (tesserapb.AuthResult, error) {
 	res, err := s.meta.ProposeAuth(ctx, c)
-	if err != nil || res != tesserapb.AuthResult_AUTH_OK {
-		return res, err
+	if err != nil {
+		return res, metaError(err)
+	}
+	if res != tesserapb.AuthResult_AUTH_OK {
+		return res, nil
 	}
 	rev := s.Auth().Changes() // the proposal applied here before it returned
 	nodes, err := s.directory.Nodes(ctx)
@@ -121,3 +131,21 @@ func (s *Node) authorizeWatch(ctx context.Context, key, rangeEnd []byte) error {
 // JWT is the node's JWT token provider (--auth-token jwt,…), nil for
 // simple tokens.
 func (s *Node) JWT() *auth.JWT { return s.jwt }
+
+// metaError is etcd's answer to a meta range request that did not go
+// through: a timeout (the meta range may be electing a leader), no
+// leader, or a retryable Unavailable.
+func metaError(err error) error {
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	switch {
+	case errors.Is(err, context.Canceled):
+		return rpctypes.ErrGRPCCanceled
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, dragonboat.ErrTimeout), errors.Is(err, dragonboat.ErrTimeoutTooSmall):
+		return rpctypes.ErrGRPCTimeout
+	case errors.Is(err, meta.ErrNoLeader), errors.Is(err, dragonboat.ErrShardNotReady):
+		return rpctypes.ErrGRPCNoLeader
+	}
+	return status.Errorf(codes.Unavailable, "tessera: the meta range: %v; retry", err)
+}
