@@ -217,12 +217,7 @@ func TestClientTLS(t *testing.T) {
 	s.Close()
 
 	// With auth on, the certificate's CN is the user.
-	must := func(_ any, err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	must := mustOK(t)
 	must(root.UserAdd(ctx, "root", "rootpw"))
 	must(root.UserGrantRole(ctx, "root", "root"))
 	must(root.UserAdd(ctx, "alice", "alicepw"))

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -82,6 +83,15 @@ func runCtl(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
+	creds, err := parseUser(*user, *password)
+	var tlsCfg *tls.Config
+	if err == nil {
+		tlsCfg, err = tlsFlags.Config(*endpoints)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "Error: %v\n", err)
+		return 2
+	}
 	switch rest[0] {
 	case "restore", "import-etcd-snapshot":
 		if err := runRestore(rest[1:], *dataDir, *skipHashCheck, stdout); err != nil {
@@ -98,31 +108,11 @@ func runCtl(args []string, stdout, stderr io.Writer) int {
 			ctx, cancel = context.WithTimeout(ctx, *timeout)
 			defer cancel()
 		}
-		creds, err := parseUser(*user, *password)
-		if err != nil {
-			fmt.Fprintf(stderr, "Error: %v\n", err)
-			return 2
-		}
-		tlsCfg, err := tlsFlags.Config(*endpoints)
-		if err != nil {
-			fmt.Fprintf(stderr, "Error: %v\n", err)
-			return 2
-		}
 		if err := runExport(ctx, rest[1:], *endpoints, creds, tlsCfg, stdout); err != nil {
 			fmt.Fprintf(stderr, "Error: %v\n", describeErr(err))
 			return 1
 		}
 		return 0
-	}
-	creds, err := parseUser(*user, *password)
-	if err != nil {
-		fmt.Fprintf(stderr, "Error: %v\n", err)
-		return 2
-	}
-	tlsCfg, err := tlsFlags.Config(*endpoints)
-	if err != nil {
-		fmt.Fprintf(stderr, "Error: %v\n", err)
-		return 2
 	}
 	transportCreds := insecure.NewCredentials()
 	if tlsCfg != nil {
