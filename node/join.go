@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lni/dragonboat/v4"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
@@ -291,6 +292,19 @@ func (s *Node) noteMetaVoter() {
 		return
 	}
 	if _, voter := si.Replicas[s.meta.ReplicaID()]; !voter {
+		return
+	}
+	// The replica restarts as a voter from now on, so its log must not
+	// replay the entry that added it as a non-voter (Dragonboat panics on
+	// a voter re-added as one): a snapshot taken now, after its promotion
+	// applied here, is where a restart begins. Until it is taken the
+	// replica restarts as the non-voter it was started as, and replays
+	// its promotion.
+	ctx, cancel := s.stopper.WithTimeout(10 * time.Second)
+	_, err := s.nh.SyncRequestSnapshot(ctx, meta.RangeID, dragonboat.SnapshotOption{})
+	cancel()
+	if err != nil && !errors.Is(err, dragonboat.ErrRejected) { // rejected: one at this index exists
+		s.log.Debug("snapshotting the meta replica before recording that it votes", "err", err)
 		return
 	}
 	if err := s.recordIdentity(func(id *identity) { id.MetaVoter = true }); err != nil {
