@@ -153,7 +153,7 @@ func (s gatewayWatch) Recv() (*pb.WatchRequest, error) {
 	return m, s.RecvMsg(m)
 }
 
-type gatewayKeepAlive struct{ *gatewayStream }
+type gatewayKeepAlive struct{ grpc.ServerStream }
 
 func (s gatewayKeepAlive) Send(m *pb.LeaseKeepAliveResponse) error { return s.SendMsg(m) }
 func (s gatewayKeepAlive) Recv() (*pb.LeaseKeepAliveRequest, error) {
@@ -175,7 +175,12 @@ func handleGatewayStreams(handle func(http.HandlerFunc, ...string), az *authz, w
 		return watch.Watch(gatewayWatch{s})
 	}), "/v3/watch")
 	handle(streamCall(func() proto.Message { return &pb.LeaseKeepAliveResponse{} }, func(s *gatewayStream) error {
-		return lease.LeaseKeepAlive(gatewayKeepAlive{s})
+		// Checked as the gRPC call is: each renewal against the lease's keys.
+		ss, err := az.stream(s, &grpc.StreamServerInfo{FullMethod: "/etcdserverpb.Lease/LeaseKeepAlive", IsClientStream: true, IsServerStream: true})
+		if err != nil {
+			return err
+		}
+		return lease.LeaseKeepAlive(gatewayKeepAlive{ss})
 	}), "/v3/lease/keepalive")
 	handle(streamCall(func() proto.Message { return &pb.SnapshotResponse{} }, func(s *gatewayStream) error {
 		req, err := firstRequest(s, &pb.SnapshotRequest{})

@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -347,6 +348,17 @@ func TestRBACAcrossNodes(t *testing.T) {
 	}
 	if code, out := post(userTok.Token, "/v3/kv/put", `{"key":"`+base64.StdEncoding.EncodeToString([]byte("key"))+`"}`); code != http.StatusForbidden {
 		t.Fatalf("gateway put with u's token: %d %s", code, out)
+	}
+	// Keep-alives through the gateway are checked as through gRPC.
+	if _, out := post(userTok.Token, "/v3/lease/keepalive", fmt.Sprintf(`{"ID":%d}`, rootLease.ID)); !strings.Contains(out, "permission denied") {
+		t.Fatalf("gateway keep-alive of a lease holding a key u may not write: %s", out)
+	}
+	bare, err := users[2].Grant(ctx, 60) // no keys: anyone may renew it
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, out := post(userTok.Token, "/v3/lease/keepalive", fmt.Sprintf(`{"ID":%d}`, bare.ID)); !strings.Contains(out, `"TTL"`) {
+		t.Fatalf("gateway keep-alive of a lease without keys: %s", out)
 	}
 }
 
