@@ -15,11 +15,8 @@ import (
 // node swaps in a new one as its meta replica applies a change. A nil
 // Snapshot is auth disabled.
 type Snapshot struct {
-	enabled  bool
-	revision uint64
-	tokenKey []byte
-	users    map[string]*user
-	state    *tesserapb.AuthState // read only
+	state *tesserapb.AuthState // read only; nil: the empty state
+	users map[string]*user
 }
 
 type user struct {
@@ -38,11 +35,7 @@ type interval struct{ start, end []byte }
 // into beyond reading: the caller must not change st afterwards).
 func Compile(st *tesserapb.AuthState) *Snapshot {
 	s := &Snapshot{users: map[string]*user{}, state: st}
-	if st == nil {
-		return s
-	}
-	s.enabled, s.revision, s.tokenKey = st.Enabled, st.Revision, st.TokenKey
-	for _, u := range st.Users {
+	for _, u := range st.GetUsers() {
 		cu := &user{name: u.Name, passwordHash: u.PasswordHash, noPassword: u.NoPassword, roles: u.Roles, root: hasRole(u, Root)}
 		for _, name := range u.Roles {
 			r := findRole(st, name)
@@ -65,32 +58,30 @@ func Compile(st *tesserapb.AuthState) *Snapshot {
 	return s
 }
 
+// st is the state (nil for a nil Snapshot; the getters read nil as empty).
+func (s *Snapshot) st() *tesserapb.AuthState {
+	if s == nil {
+		return nil
+	}
+	return s.state
+}
+
 // Enabled reports whether authentication is on.
-func (s *Snapshot) Enabled() bool { return s != nil && s.enabled }
+func (s *Snapshot) Enabled() bool { return s.st().GetEnabled() }
 
 // Revision is etcd's auth revision of the snapshot: a new auth store's is
 // 1, and every change but turning auth on adds one.
-func (s *Snapshot) Revision() uint64 {
-	if s == nil {
-		return 1
-	}
-	return s.revision + 1
-}
+func (s *Snapshot) Revision() uint64 { return s.st().GetRevision() + 1 }
 
 // Changes counts the changes the snapshot has seen (auth.Apply).
-func (s *Snapshot) Changes() uint64 {
-	if s == nil || s.state == nil {
-		return 0
-	}
-	return s.state.Changes
-}
+func (s *Snapshot) Changes() uint64 { return s.st().GetChanges() }
 
 // State is the auth state the snapshot was compiled from; read only.
 func (s *Snapshot) State() *tesserapb.AuthState {
-	if s == nil || s.state == nil {
-		return &tesserapb.AuthState{}
+	if st := s.st(); st != nil {
+		return st
 	}
-	return s.state
+	return &tesserapb.AuthState{}
 }
 
 // CheckPassword returns nil when name's password is password; etcd's
@@ -167,13 +158,13 @@ func (s *Snapshot) permitted(name string, key, rangeEnd []byte, write bool) erro
 	if write {
 		ivs = u.write
 	}
-	if covered(ivs, requestInterval(key, rangeEnd)) {
+	if covered(ivs, permInterval(key, rangeEnd)) { // a request's keys read as a permission's
 		return nil
 	}
 	return rpctypes.ErrGRPCPermissionDenied
 }
 
-// permInterval is a permission's keys as an interval.
+// permInterval is a permission's (or a request's) keys as an interval.
 func permInterval(key, rangeEnd []byte) interval {
 	switch {
 	case len(rangeEnd) == 0:
@@ -183,9 +174,6 @@ func permInterval(key, rangeEnd []byte) interval {
 	}
 	return interval{key, rangeEnd}
 }
-
-// requestInterval is a request's keys as an interval, as etcd reads them.
-func requestInterval(key, rangeEnd []byte) interval { return permInterval(key, rangeEnd) }
 
 // endLess orders interval ends: nil (the end of the keyspace) is the largest.
 func endLess(a, b []byte) bool {

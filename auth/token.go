@@ -24,7 +24,7 @@ var tokenEncoding = base64.RawURLEncoding
 // MintToken returns a token for name, valid until now+ttl.
 func (s *Snapshot) MintToken(name string, now time.Time, ttl time.Duration) (string, error) {
 	u := s.users[name]
-	if !s.Enabled() || u == nil || len(s.tokenKey) == 0 {
+	if !s.Enabled() || u == nil || len(s.state.GetTokenKey()) == 0 {
 		return "", rpctypes.ErrGRPCAuthFailed
 	}
 	expiry := strconv.FormatInt(now.Add(ttl).Unix(), 10)
@@ -55,7 +55,7 @@ func (s *Snapshot) UserOfToken(token string, now time.Time) (string, error) {
 }
 
 func (s *Snapshot) tokenMAC(user, expiry string, passwordHash []byte) []byte {
-	m := hmac.New(sha256.New, s.tokenKey)
+	m := hmac.New(sha256.New, s.state.GetTokenKey())
 	m.Write([]byte(user))
 	m.Write([]byte{0})
 	m.Write([]byte(expiry))

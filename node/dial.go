@@ -23,10 +23,14 @@ func (c *Config) dialNode(ctx context.Context, addr string) (net.Conn, error) {
 // nodeDialOptions are the gRPC options of a connection to another node's
 // services on its peer port, with peer TLS when the members talk over it.
 func (c *Config) nodeDialOptions(peerTLS *tls.Config) []grpc.DialOption {
-	creds := insecure.NewCredentials()
 	if peerTLS != nil {
-		creds = credentials.NewTLS(peerTLS)
+		return c.dialOptions(credentials.NewTLS(peerTLS))
 	}
+	return c.dialOptions(insecure.NewCredentials())
+}
+
+// dialOptions are creds, and the tests' dialer when they set one.
+func (c *Config) dialOptions(creds credentials.TransportCredentials) []grpc.DialOption {
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
 	if c.Knobs.DialNode != nil {
 		opts = append(opts, grpc.WithContextDialer(c.Knobs.DialNode))
@@ -49,11 +53,7 @@ func (c *Config) memberDialOptions(url string) ([]grpc.DialOption, error) {
 		}
 		creds = credentials.NewTLS(cfg)
 	}
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
-	if c.Knobs.DialNode != nil {
-		opts = append(opts, grpc.WithContextDialer(c.Knobs.DialNode))
-	}
-	return opts, nil
+	return c.dialOptions(creds), nil
 }
 
 // peerTLSConfigs are the peer port's TLS configurations, nil without peer

@@ -86,7 +86,7 @@ func (s *Node) newMetrics() {
 	counter := func(name, help string, f func() float64) {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f))
 	}
-	s.registerDebugMetrics(reg, gauge)
+	s.registerDebugMetrics(reg)
 	version := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "etcd_server_version", Help: "Which etcd version the server speaks (label server_version).",
 	}, []string{"server_version"})

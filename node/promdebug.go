@@ -7,11 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/health/grpc_health_v1"
-
-	"github.com/tesserakv/tessera/watchhub"
 )
-
-type hubStats = watchhub.Stats
 
 // More of the node's metrics: etcd's etcd_debugging_mvcc_* and peer
 // round-trip series, the watch hub's, and counts of splits, replica
@@ -36,7 +32,7 @@ type debugMetrics struct {
 }
 
 // registerDebugMetrics adds the series of this file to reg.
-func (s *Node) registerDebugMetrics(reg *prometheus.Registry, gauge func(name, help string, f func() float64)) {
+func (s *Node) registerDebugMetrics(reg *prometheus.Registry) {
 	d := &s.debug
 	d.splits = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "tessera_range_splits_total", Help: "Splits applied by this node's range replicas.",
@@ -49,38 +45,55 @@ func (s *Node) registerDebugMetrics(reg *prometheus.Registry, gauge func(name, h
 		Help:    "Round-trip times of a gRPC health check to each other node (To: its ID in hex), every few seconds.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
 	}, []string{"To"})
-	reg.MustRegister(d.splits, d.replicaChanges, d.peerRTT)
-	counter := func(name, help string, f func() float64) {
-		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f))
+	reg.MustRegister(d.splits, d.replicaChanges, d.peerRTT, debugCollector{s})
+}
+
+var (
+	liveKeysDesc       = prometheus.NewDesc("etcd_debugging_mvcc_keys_total", "Live keys in this node's range replicas (recounted every minute while writes apply).", nil, nil)
+	currentRevDesc     = prometheus.NewDesc("etcd_debugging_mvcc_current_revision", "The highest revision this node's range replicas have applied.", nil, nil)
+	compactRevDesc     = prometheus.NewDesc("etcd_debugging_mvcc_compact_revision", "The highest compacted revision of this node's range replicas.", nil, nil)
+	watchStreamsDesc   = prometheus.NewDesc("etcd_debugging_mvcc_watch_stream_total", "Open Watch streams on this node.", nil, nil)
+	watchersDesc       = prometheus.NewDesc("etcd_debugging_mvcc_watcher_total", "Watches open on this node.", nil, nil)
+	slowWatchersDesc   = prometheus.NewDesc("etcd_debugging_mvcc_slow_watcher_total", "Watches on this node catching up from history rather than fed live.", nil, nil)
+	pendingEventsDesc  = prometheus.NewDesc("etcd_debugging_mvcc_pending_events_total", "Events the watch hub buffers for its live watches.", nil, nil)
+	watchLagDesc       = prometheus.NewDesc("tessera_watch_hub_lag_revisions", "How many revisions the slowest live watch trails the newest closed revision.", nil, nil)
+	closedLagDesc      = prometheus.NewDesc("tessera_closed_revision_lag_revisions", "How many revisions the lowest closed revision of the ranges the watch hub follows trails the highest.", nil, nil)
+	oracleCallsDesc    = prometheus.NewDesc("tessera_oracle_calls_total", "Calls this node made to the revision oracle (the meta leader), each serving a batch of requests.", nil, nil)
+	oracleRequestsDesc = prometheus.NewDesc("tessera_oracle_requests_total", "Requests for revisions (writes, reads, closings) this node's oracle calls served.", nil, nil)
+)
+
+// debugCollector reads, once per scrape, what several series share: the
+// replicas' revisions, the watch hub's stats and the oracle's counts.
+type debugCollector struct{ s *Node }
+
+// Describe implements prometheus.Collector.
+func (c debugCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{liveKeysDesc, currentRevDesc, compactRevDesc, watchStreamsDesc, watchersDesc,
+		slowWatchersDesc, pendingEventsDesc, watchLagDesc, closedLagDesc, oracleCallsDesc, oracleRequestsDesc} {
+		ch <- d
 	}
-	gauge("etcd_debugging_mvcc_keys_total", "Live keys in this node's range replicas (recounted every minute while writes apply).", func() float64 {
-		return float64(d.liveKeys.Load())
-	})
-	gauge("etcd_debugging_mvcc_current_revision", "The highest revision this node's range replicas have applied.", func() float64 {
-		rev, _ := s.replicaRevisions()
-		return float64(rev)
-	})
-	gauge("etcd_debugging_mvcc_compact_revision", "The highest compacted revision of this node's range replicas.", func() float64 {
-		_, compacted := s.replicaRevisions()
-		return float64(compacted)
-	})
-	hub := func(f func(st hubStats) float64) func() float64 {
-		return func() float64 { return f(s.hub.Stats()) }
+}
+
+// Collect implements prometheus.Collector.
+func (c debugCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.s
+	gauge := func(d *prometheus.Desc, v int64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v))
 	}
-	gauge("etcd_debugging_mvcc_watch_stream_total", "Open Watch streams on this node.", hub(func(st hubStats) float64 { return float64(st.Streams) }))
-	gauge("etcd_debugging_mvcc_watcher_total", "Watches open on this node.", hub(func(st hubStats) float64 { return float64(st.Watchers) }))
-	gauge("etcd_debugging_mvcc_slow_watcher_total", "Watches on this node catching up from history rather than fed live.", hub(func(st hubStats) float64 { return float64(st.Unsynced) }))
-	gauge("etcd_debugging_mvcc_pending_events_total", "Events the watch hub buffers for its live watches.", hub(func(st hubStats) float64 { return float64(st.BufferedEvents) }))
-	gauge("tessera_watch_hub_lag_revisions", "How many revisions the slowest live watch trails the newest closed revision.", hub(func(st hubStats) float64 { return float64(st.WatcherLag) }))
-	gauge("tessera_closed_revision_lag_revisions", "How many revisions the lowest closed revision of the ranges the watch hub follows trails the highest.", hub(func(st hubStats) float64 { return float64(st.ClosedLag) }))
-	counter("tessera_oracle_calls_total", "Calls this node made to the revision oracle (the meta leader), each serving a batch of requests.", func() float64 {
-		calls, _ := s.oracle.Batches()
-		return float64(calls)
-	})
-	counter("tessera_oracle_requests_total", "Requests for revisions (writes, reads, closings) this node's oracle calls served.", func() float64 {
-		_, requests := s.oracle.Batches()
-		return float64(requests)
-	})
+	rev, compacted := s.replicaRevisions()
+	st := s.hub.Stats()
+	calls, requests := s.oracle.Batches()
+	gauge(liveKeysDesc, s.debug.liveKeys.Load())
+	gauge(currentRevDesc, rev)
+	gauge(compactRevDesc, compacted)
+	gauge(watchStreamsDesc, int64(st.Streams))
+	gauge(watchersDesc, int64(st.Watchers))
+	gauge(slowWatchersDesc, int64(st.Unsynced))
+	gauge(pendingEventsDesc, int64(st.BufferedEvents))
+	gauge(watchLagDesc, st.WatcherLag)
+	gauge(closedLagDesc, st.ClosedLag)
+	ch <- prometheus.MustNewConstMetric(oracleCallsDesc, prometheus.CounterValue, float64(calls))
+	ch <- prometheus.MustNewConstMetric(oracleRequestsDesc, prometheus.CounterValue, float64(requests))
 }
 
 // replicaRevisions returns the highest applied and compacted revisions of

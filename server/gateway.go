@@ -131,8 +131,8 @@ func handleGateway(mux *http.ServeMux, n *node.Node, az *authz, a *authService, 
 	handle := func(h http.HandlerFunc, paths ...string) {
 		for _, p := range paths {
 			mux.HandleFunc(p, func(w http.ResponseWriter, r *http.Request) {
-				if n.Restoring() && !servesWhileRestoring(p) {
-					writeGatewayError(w, errRestoring, 0)
+				if err := refusedWhileRestoring(n, p); err != nil {
+					writeGatewayError(w, err, 0)
 					return
 				}
 				h(w, r.WithContext(gatewayAuthContext(r)))

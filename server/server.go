@@ -120,8 +120,8 @@ func Start(cfg Config) (*Server, error) {
 		// etcd's gRPC series; clients refused while a snapshot is restored;
 		// every request checked against the auth state.
 		grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-			if n.Restoring() && !servesWhileRestoring(info.FullMethod) {
-				return nil, errRestoring
+			if err := refusedWhileRestoring(n, info.FullMethod); err != nil {
+				return nil, err
 			}
 			ctx, err := az.unary(ctx, req, info)
 			if err != nil {
@@ -130,8 +130,8 @@ func Start(cfg Config) (*Server, error) {
 			return metrics.unary(ctx, req, info, handler)
 		}),
 		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-			if n.Restoring() && !servesWhileRestoring(info.FullMethod) {
-				return errRestoring
+			if err := refusedWhileRestoring(n, info.FullMethod); err != nil {
+				return err
 			}
 			ss, err := az.stream(ss, info)
 			if err != nil {
@@ -142,14 +142,14 @@ func Start(cfg Config) (*Server, error) {
 	)...)
 	s.peer = grpc.NewServer(append(serverOptions(cfg),
 		grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-			if n.Restoring() && !servesWhileRestoring(info.FullMethod) {
-				return nil, errRestoring
+			if err := refusedWhileRestoring(n, info.FullMethod); err != nil {
+				return nil, err
 			}
 			return handler(ctx, req)
 		}),
 		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-			if n.Restoring() && !servesWhileRestoring(info.FullMethod) {
-				return errRestoring
+			if err := refusedWhileRestoring(n, info.FullMethod); err != nil {
+				return err
 			}
 			return handler(srv, ss)
 		}),
@@ -227,6 +227,15 @@ func serverOptions(cfg Config) []grpc.ServerOption {
 
 // errRestoring answers clients while the node restores a snapshot.
 var errRestoring = status.Error(codes.Unavailable, node.ErrRestoring.Error())
+
+// refusedWhileRestoring is errRestoring for a call (gRPC method or
+// gateway path) a node restoring a snapshot does not answer.
+func refusedWhileRestoring(n *node.Node, call string) error {
+	if n.Restoring() && !servesWhileRestoring(call) {
+		return errRestoring
+	}
+	return nil
+}
 
 // servesWhileRestoring reports whether a node restoring a snapshot
 // answers a gRPC method or gateway path: the other nodes' calls, health

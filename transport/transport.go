@@ -410,7 +410,7 @@ func (t *TCP) connect(ctx context.Context, target string) (*conn, error) {
 		return nil, err
 	}
 	if t.clientTLS != nil {
-		c, err = ClientHandshake(ctx, c, target, t.clientTLS)
+		c, err = clientHandshake(ctx, c, target, t.clientTLS)
 		if err != nil {
 			return nil, err
 		}
@@ -418,9 +418,9 @@ func (t *TCP) connect(ctx context.Context, target string) (*conn, error) {
 	return &conn{c: c}, nil
 }
 
-// ClientHandshake runs a TLS client handshake on c to target (host:port),
+// clientHandshake runs a TLS client handshake on c to target (host:port),
 // verifying the server's certificate for target's host.
-func ClientHandshake(ctx context.Context, c net.Conn, target string, cfg *tls.Config) (net.Conn, error) {
+func clientHandshake(ctx context.Context, c net.Conn, target string, cfg *tls.Config) (net.Conn, error) {
 	cfg = cfg.Clone()
 	if cfg.ServerName == "" {
 		if host, _, err := net.SplitHostPort(target); err == nil {
