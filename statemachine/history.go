@@ -18,9 +18,10 @@ import (
 // caller makes sure first that every range holding keys of the interval has
 // applied every command at or below toRev (their Applied floors).
 //
-// It gathers at most maxEvents events (more only when one revision alone has
-// more): when there are more in the window it stops at a revision boundary
-// and returns the last revision covered, below toRev; otherwise toRev.
+// It gathers at most maxEvents events and about HistoryWindowBytes of keys
+// and values (more only when one revision alone has more): when the window
+// holds more it stops at a revision boundary and returns the last revision
+// covered, below toRev; otherwise toRev.
 // ErrCompacted when a range holding keys of the interval has compacted above
 // fromRev (etcd refuses a watch that starts below the compacted revision).
 func (s *Store) History(key, rangeEnd []byte, fromRev, toRev int64, maxEvents int) (events []*mvccpb.Event, coveredTo int64, err error) {
@@ -40,7 +41,7 @@ func (s *Store) History(key, rangeEnd []byte, fromRev, toRev int64, maxEvents in
 	if toRev < fromRev {
 		return nil, toRev, nil
 	}
-	h := historyScan{fromRev: fromRev, toRev: toRev, max: max(maxEvents, 1)}
+	h := historyScan{fromRev: fromRev, toRev: toRev, max: max(maxEvents, 1), maxBytes: HistoryWindowBytes}
 	if s.historyUsesIndex(span, fromRev, toRev) {
 		if err := h.scanIndex(snap, span); err != nil {
 			return nil, 0, err
@@ -50,9 +51,15 @@ func (s *Store) History(key, rangeEnd []byte, fromRev, toRev int64, maxEvents in
 	if err := h.scan(snap, span); err != nil {
 		return nil, 0, err
 	}
-	h.trim(h.max)
+	h.trim()
 	return h.events, h.toRev, nil
 }
+
+// HistoryWindowBytes bounds what one History call gathers (keys and values),
+// beyond one revision: watchers catching up and range feeds read history a
+// window at a time, and a window of large values must stay small however
+// many read at once.
+const HistoryWindowBytes = 4 << 20
 
 // CompactedError is History's answer for a window that starts below a
 // compaction: errors.Is(err, ErrCompacted), and it says the compacted
@@ -110,11 +117,12 @@ func (b bounds) overlaps(s keySpan) bool {
 }
 
 // historyScan gathers the events of a window of revisions, lowering toRev
-// when it has gathered too many.
+// when it has gathered too many or too many bytes.
 type historyScan struct {
 	fromRev, toRev int64
-	max            int
+	max, maxBytes  int
 	events         []*mvccpb.Event
+	bytes          int // eventBytes of events
 }
 
 func (h *historyScan) scan(r pebble.Reader, span keySpan) error {
@@ -177,19 +185,36 @@ func (h *historyScan) add(ev *mvccpb.Event) {
 		return // above a window lowered since this key's scan began
 	}
 	h.events = append(h.events, ev)
-	if len(h.events) > 2*h.max {
-		h.trim(h.max)
+	h.bytes += eventBytes(ev)
+	if len(h.events) > 2*h.max || h.bytes > 2*h.maxBytes {
+		h.trim()
 	}
 }
 
-// trim sorts the events and, when there are more than limit, keeps the
-// lowest revisions that fit whole (at least one whole revision) and lowers
-// toRev to the last revision kept.
-func (h *historyScan) trim(limit int) {
+// eventBytes is about what an event holds in memory: keys and values.
+func eventBytes(ev *mvccpb.Event) int {
+	n := 32 + len(ev.Kv.Key) + len(ev.Kv.Value)
+	if ev.PrevKv != nil {
+		n += 32 + len(ev.PrevKv.Key) + len(ev.PrevKv.Value)
+	}
+	return n
+}
+
+// trim sorts the events and, when there are more than max or more than
+// maxBytes of them, keeps the lowest revisions that fit whole (at least one
+// whole revision) and lowers toRev to the last revision kept.
+func (h *historyScan) trim() {
 	slices.SortFunc(h.events, func(a, b *mvccpb.Event) int {
 		return cmp.Or(cmp.Compare(a.Kv.ModRevision, b.Kv.ModRevision), bytes.Compare(a.Kv.Key, b.Kv.Key))
 	})
-	if len(h.events) <= limit {
+	limit, size := 0, 0 // the first event past either bound
+	for limit < len(h.events) && limit < h.max {
+		if size += eventBytes(h.events[limit]); size > h.maxBytes && limit > 0 {
+			break
+		}
+		limit++
+	}
+	if limit == len(h.events) {
 		return
 	}
 	cut := h.events[limit].Kv.ModRevision // the first revision not kept whole
@@ -206,4 +231,8 @@ func (h *historyScan) trim(limit int) {
 	clear(h.events[n:])
 	h.events = h.events[:n]
 	h.toRev = cut - 1
+	h.bytes = 0
+	for _, ev := range h.events {
+		h.bytes += eventBytes(ev)
+	}
 }

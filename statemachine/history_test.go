@@ -2,9 +2,12 @@ package statemachine
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 )
 
 // TestRevisionIndexBuiltForOldStores: a store whose versions have no
@@ -38,6 +41,48 @@ func TestRevisionIndexBuiltForOldStores(t *testing.T) {
 	h.store.historyMode = historyByIndex
 	if evs, _, err := h.store.History([]byte{0}, []byte{0}, 2, h.lastRev, 1000); err != nil || len(evs) != 30 {
 		t.Fatalf("after the restart, History by the index read %d events (%v), want 30", len(evs), err)
+	}
+}
+
+// TestHistoryWindowsBoundedInBytes: History cuts a window of large values
+// at a revision boundary once it holds HistoryWindowBytes, by keys and by
+// the revision index alike, keeps a revision larger than that whole, and
+// the windows read one after another give the whole history.
+func TestHistoryWindowsBoundedInBytes(t *testing.T) {
+	h := newHarness(t)
+	big := strings.Repeat("v", 300<<10) // with its previous version, ~600 KiB an event
+	for i := range 40 {
+		h.update(putCmd(t, h.nextRev(), fmt.Sprintf("k%d", i%5), big))
+	}
+	// One revision of 20 Puts, each with a previous version: ~12 MiB.
+	var ops []*pb.RequestOp
+	for i := range 20 {
+		ops = append(ops, &pb.RequestOp{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{Key: []byte(fmt.Sprintf("t%02d", i)), Value: []byte(big)}}})
+	}
+	h.update(txnCmd(t, h.nextRev(), &pb.TxnRequest{Success: ops}), txnCmd(t, h.nextRev(), &pb.TxnRequest{Success: ops}))
+	h.update(putCmd(t, h.nextRev(), "last", "1"))
+	var byMode [2][]int64
+	for i, mode := range []int{historyByKeys, historyByIndex} {
+		h.store.historyMode = mode
+		for from := int64(2); from <= h.lastRev; {
+			evs, covered, err := h.store.History([]byte{0}, []byte{0}, from, h.lastRev, 1000)
+			if err != nil || len(evs) == 0 || covered < from {
+				t.Fatalf("mode %d: History from %d: %d events to %d: %v", mode, from, len(evs), covered, err)
+			}
+			size := 0
+			for _, ev := range evs {
+				size += eventBytes(ev)
+				byMode[i] = append(byMode[i], ev.Kv.ModRevision)
+			}
+			if one := evs[0].Kv.ModRevision == evs[len(evs)-1].Kv.ModRevision; size > HistoryWindowBytes && !one {
+				t.Fatalf("mode %d: window from %d holds %d bytes over %d revisions, bound %d", mode, from, size, covered-from+1, HistoryWindowBytes)
+			}
+			from = covered + 1
+		}
+	}
+	h.store.historyMode = historyEither
+	if want := 40 + 2*20 + 1; len(byMode[0]) != want || !slices.Equal(byMode[0], byMode[1]) {
+		t.Fatalf("events by keys %v, by the index %v, want %d of them", byMode[0], byMode[1], want)
 	}
 }
 

@@ -110,7 +110,32 @@ func (s *Store) historyUsesIndex(span keySpan, fromRev, toRev int64) bool {
 // a revision whose events would take it past h.max (keeping at least one
 // revision whole), as trim does. It looks the versions up in key order, so
 // that lookups near each other read the same blocks.
+//
+// Versions are looked up only after the window is chosen by count; when
+// they turn out to hold more than twice maxBytes (large values), it chooses
+// again with a quarter as many, down to one revision, and trims to maxBytes
+// at the end.
 func (h *historyScan) scanIndex(r pebble.Reader, span keySpan) error {
+	limit, toRev := h.max, h.toRev
+	for {
+		tooBig, err := h.scanIndexUpTo(r, span, limit)
+		if err != nil {
+			return err
+		}
+		if !tooBig {
+			h.trim()
+			return nil
+		}
+		clear(h.events)
+		h.events, h.bytes, h.toRev = h.events[:0], 0, toRev
+		limit = max(1, limit/4)
+	}
+}
+
+// scanIndexUpTo is one attempt of scanIndex with at most limit events; it
+// gives up (tooBig) once the versions looked up hold more than twice
+// maxBytes and the window has more than one revision.
+func (h *historyScan) scanIndexUpTo(r pebble.Reader, span keySpan, limit int) (tooBig bool, err error) {
 	type entry struct {
 		rev int64
 		key []byte
@@ -118,7 +143,7 @@ func (h *historyScan) scanIndex(r pebble.Reader, span keySpan) error {
 	var entries []entry
 	it, err := r.NewIter(&pebble.IterOptions{LowerBound: revIndexKey(h.fromRev, nil), UpperBound: revIndexKey(h.toRev+1, nil)})
 	if err != nil {
-		return err
+		return false, err
 	}
 	// cut ends the window before the revision of entries[kept:], the last
 	// one met, when it takes the entries past the limit after at least one
@@ -126,7 +151,7 @@ func (h *historyScan) scanIndex(r pebble.Reader, span keySpan) error {
 	kept := 0 // entries of the revisions before the last one met
 	stopped := false
 	cut := func() bool {
-		if kept == 0 || len(entries) <= h.max {
+		if kept == 0 || len(entries) <= limit {
 			return false
 		}
 		h.toRev = entries[kept].rev - 1
@@ -137,7 +162,7 @@ func (h *historyScan) scanIndex(r pebble.Reader, span keySpan) error {
 		rev, userKey, err := decodeRevIndexKey(it.Key())
 		if err != nil {
 			closeQuietly(it)
-			return err
+			return false, err
 		}
 		if !span.contains(userKey) {
 			continue
@@ -146,7 +171,7 @@ func (h *historyScan) scanIndex(r pebble.Reader, span keySpan) error {
 			if stopped = cut(); stopped {
 				break
 			}
-			if stopped = n >= h.max; stopped {
+			if stopped = n >= limit; stopped {
 				h.toRev = rev - 1
 				break
 			}
@@ -160,30 +185,34 @@ func (h *historyScan) scanIndex(r pebble.Reader, span keySpan) error {
 	err = it.Error()
 	closeQuietly(it)
 	if err != nil {
-		return err
+		return false, err
 	}
+	oneRevision := len(entries) == 0 || entries[0].rev == entries[len(entries)-1].rev
 
 	slices.SortFunc(entries, func(a, b entry) int {
 		return cmp.Or(bytes.Compare(a.key, b.key), cmp.Compare(b.rev, a.rev))
 	})
 	data, err := r.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixData}, UpperBound: []byte{prefixData + 1}})
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer closeQuietly(data)
 	for _, e := range entries {
 		ev, err := versionEvent(data, e.key, e.rev)
 		if err != nil {
-			return err
+			return false, err
 		}
 		if ev != nil {
 			h.events = append(h.events, ev)
+			if h.bytes += eventBytes(ev); h.bytes > 2*h.maxBytes && !oneRevision {
+				return true, nil
+			}
 		}
 	}
 	slices.SortFunc(h.events, func(a, b *mvccpb.Event) int {
 		return cmp.Or(cmp.Compare(a.Kv.ModRevision, b.Kv.ModRevision), bytes.Compare(a.Kv.Key, b.Kv.Key))
 	})
-	return nil
+	return false, nil
 }
 
 // versionEvent returns the event of userKey's version at rev, with the

@@ -2,6 +2,7 @@ package tests
 
 import (
 	"testing"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -43,5 +44,18 @@ func requireAcked(t *testing.T, who string, kvs []*mvccpb.KeyValue, acked map[st
 	}
 	if lost > 0 {
 		t.Fatalf("%s: %d of %d acknowledged writes lost", who, lost, len(acked))
+	}
+}
+
+// waitFor polls ok every 100 ms until it holds, failing the test after
+// limit.
+func waitFor(t *testing.T, limit time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %v for %s", limit, what)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

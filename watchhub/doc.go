@@ -36,7 +36,15 @@
 //     followed by the shared bytes, sent as they are by
 //     internal/wirecodec, which the server installs as its gRPC codec.
 //
-// Every node runs every range's replica (static clusters), so a node serves
-// any watch from its own replicas; the floors of follower replicas move as
-// they apply the leader's log.
+//   - Memory is bounded however many streams there are and whether they
+//     read: a stream's queue by events and bytes (a live delivery's bytes
+//     are shared by the watches that take it), each history read by
+//     statemachine.HistoryWindowBytes, and the windows read and not yet
+//     handed to gRPC, across all streams, by one budget; a window is read
+//     only when its stream's queue has room.
+//
+// A node serves any watch: its Source publishes the events of the node's
+// own replicas (a follower's floor moves as it applies the leader's log)
+// and, through range feeds from other nodes, of the ranges it holds no
+// replica of.
 package watchhub

@@ -77,8 +77,20 @@ const (
 	// catches up from history later, so a stream that does not read holds at
 	// most this much.
 	streamQueueEvents = 4096
-	// catchUpEvents bounds the events one history read gathers.
+	// streamQueueBytes bounds the bytes queued for one stream the same way.
+	// A live delivery's bytes are shared by the watches that take it.
+	streamQueueBytes = 16 << 20
+	// catchUpEvents bounds the events one history read gathers (and
+	// statemachine.HistoryWindowBytes their size).
 	catchUpEvents = 1000
+	// catchUpBudgetBytes bounds the history the node's watchers have read
+	// and not yet handed to gRPC, across all streams: however many streams
+	// catch up at once, or never read, their windows hold at most this.
+	catchUpBudgetBytes = 128 << 20
+	// responseSplitBytes is the size past which a delivery of several
+	// revisions goes in more than one response, so that what a stream
+	// that does not read leaves inside gRPC stays small.
+	responseSplitBytes = 256 << 10
 	// maxBufferedBytes bounds the events the hub buffers for watchers (by
 	// approxSize).
 	maxBufferedBytes = 64 << 20
@@ -133,6 +145,9 @@ type Hub struct {
 	groups map[interval]*group
 	// streams are the open Watch streams. Guarded by mu.
 	streams map[*stream]struct{}
+	// catchUpBytes is the budget of history windows read and not yet sent
+	// (catchUpBudgetBytes).
+	catchUpBytes *byteBudget
 	// closing marks ranges with a close in flight. Guarded by mu.
 	closing map[uint64]bool
 	// changed is closed and replaced after every round, waking catch-ups.
@@ -167,14 +182,15 @@ func New(src Source, cfg Config) *Hub {
 	}
 	h := &Hub{
 		src: src, cfg: cfg, log: log,
-		kick:      make(chan struct{}, 1),
-		stopper:   stop.ChildOf(cfg.Stopper),
-		floors:    map[uint64]int64{},
-		published: map[uint64]int64{},
-		groups:    map[interval]*group{},
-		streams:   map[*stream]struct{}{},
-		closing:   map[uint64]bool{},
-		changed:   make(chan struct{}),
+		kick:         make(chan struct{}, 1),
+		stopper:      stop.ChildOf(cfg.Stopper),
+		floors:       map[uint64]int64{},
+		published:    map[uint64]int64{},
+		groups:       map[interval]*group{},
+		streams:      map[*stream]struct{}{},
+		catchUpBytes: newByteBudget(catchUpBudgetBytes),
+		closing:      map[uint64]bool{},
+		changed:      make(chan struct{}),
 	}
 	_ = h.stopper.RunAsync(h.run)
 	return h
@@ -388,7 +404,7 @@ func (h *Hub) round() {
 					after[span] = evs
 				}
 				if len(evs) > 0 {
-					if !w.deliver(evs, upTo, false, shared) {
+					if !w.deliver(evs, upTo, shared) {
 						h.unsyncLocked(w)
 						continue
 					}
@@ -399,7 +415,7 @@ func (h *Hub) round() {
 			}
 			if t := w.progressTarget; t > 0 {
 				if w.sentRev >= t {
-					if w.s.offer(w.progressResponse(w.sentRev), 0) {
+					if w.s.offer(w.progressResponse(w.sentRev)) {
 						w.progressTarget, w.progressRev = 0, w.sentRev
 					}
 				} else {
@@ -697,7 +713,7 @@ func (h *Hub) answerProgressLocked(s *stream) {
 		h.poke()
 		return
 	}
-	if s.offer(&pb.WatchResponse{Header: h.src.Header(rev), WatchId: -1}, 0) {
+	if s.offer(&pb.WatchResponse{Header: h.src.Header(rev), WatchId: -1}) {
 		s.progressTarget = 0
 		for _, w := range s.watchers {
 			w.progressRev = rev

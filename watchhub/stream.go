@@ -46,9 +46,10 @@ type stream struct {
 
 	// qmu guards the send queue.
 	qmu      sync.Mutex
-	queue    []proto.Message // *pb.WatchResponse or *wireResponse
-	queued   []int           // events in each queued response
-	qEvents  int             // events queued in all
+	queue    []queued
+	qEvents  int  // events queued in all
+	qBytes   int  // bytes of the queued responses that carry events
+	sendDone bool // sendLoop has ended: nothing more is queued
 	sendable chan struct{}
 	drained  chan struct{}
 
@@ -150,7 +151,7 @@ func (s *stream) create(c *pb.WatchCreateRequest) {
 	}
 	current := s.currentRevision()
 	refuse := func(err error) {
-		s.offer(&pb.WatchResponse{Header: h.src.Header(current), WatchId: -1, Created: true, Canceled: true, CancelReason: err.Error()}, 0)
+		s.offer(&pb.WatchResponse{Header: h.src.Header(current), WatchId: -1, Created: true, Canceled: true, CancelReason: err.Error()})
 	}
 	if len(end) > 0 && !(len(end) == 1 && end[0] == 0) && bytes.Compare(key, end) >= 0 {
 		refuse(errEmptyWatchRange)
@@ -200,7 +201,7 @@ func (s *stream) create(c *pb.WatchCreateRequest) {
 	w.idField = watchIDField(w.id)
 	s.watchers[w.id] = w
 	// The created answer goes first; events can only be queued after it.
-	s.offer(&pb.WatchResponse{Header: h.src.Header(current), WatchId: w.id, Created: true}, 0)
+	s.offer(&pb.WatchResponse{Header: h.src.Header(current), WatchId: w.id, Created: true})
 	// This member's replicas may lag (a follower just restarted, its ranges
 	// quiesced): have the watched ranges close up to the revision current
 	// now, so everything up to it reaches this member without waiting for
@@ -232,7 +233,7 @@ func (s *stream) cancel(id int64) {
 	}
 	h.removeLocked(w)
 	delete(s.watchers, id)
-	s.offer(&pb.WatchResponse{Header: h.src.Header(max(w.sentRev, 0)), WatchId: id, Canceled: true}, 0)
+	s.offer(&pb.WatchResponse{Header: h.src.Header(max(w.sentRev, 0)), WatchId: id, Canceled: true})
 }
 
 func (s *stream) requestProgress() {
@@ -251,44 +252,67 @@ func signal(c chan struct{}) {
 	}
 }
 
-// offer queues one response carrying events events; false when they do not
-// fit. Responses without events always fit.
-func (s *stream) offer(resp proto.Message, events int) bool {
-	return s.offerAll([]proto.Message{resp}, events)
+// queued is a response waiting in a stream's send queue.
+type queued struct {
+	msg    proto.Message // *pb.WatchResponse or *wireResponse
+	events int
+	bytes  int // its size, when it carries events
+	// charged is what it holds of the hub's catch-up budget, given back
+	// once it is sent.
+	charged int
 }
 
-// offerAll queues responses (fragments of one delivery, events events in
-// all) together or not at all.
-func (s *stream) offerAll(resps []proto.Message, events int) bool {
+// offer queues one response without events (control answers and progress
+// notifications): such responses always fit.
+func (s *stream) offer(resp proto.Message) bool {
+	return s.offerAll([]queued{{msg: resp}})
+}
+
+// offerAll queues responses (the fragments of one delivery) together or
+// not at all: not when they carry events and the queue, not empty, would
+// then hold more than streamQueueEvents events or streamQueueBytes bytes,
+// nor once the stream's sending has ended.
+func (s *stream) offerAll(resps []queued) bool {
+	events, size := 0, 0
+	for _, r := range resps {
+		events += r.events
+		size += r.bytes
+	}
 	s.qmu.Lock()
 	defer s.qmu.Unlock()
-	if events > 0 && s.qEvents > 0 && s.qEvents+events > streamQueueEvents {
+	if s.sendDone {
 		return false
 	}
-	for i, r := range resps {
-		s.queue = append(s.queue, r)
-		n := 0
-		if i == 0 {
-			n = events
-		}
-		s.queued = append(s.queued, n)
+	if events > 0 && s.qEvents > 0 && (s.qEvents+events > streamQueueEvents || s.qBytes+size > streamQueueBytes) {
+		return false
 	}
+	s.queue = append(s.queue, resps...)
 	s.qEvents += events
+	s.qBytes += size
 	signal(s.sendable)
 	return true
 }
 
-// offerWait queues responses of w, waiting for room; false when the stream
-// ends. Nothing is queued once w is cancelled: the check and the queueing
-// happen under the hub's lock, as the cancel answer's queueing does, so no
-// event follows that answer.
-func (s *stream) offerWait(w *watcher, resps []proto.Message, events int) bool {
+// roomForCatchUp reports whether the queue can take a window of history:
+// at most half full.
+func (s *stream) roomForCatchUp() bool {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	return s.qEvents <= streamQueueEvents/2 && s.qBytes <= streamQueueBytes/2
+}
+
+// offerWait queues responses of w, waiting for room; false when w was
+// cancelled or the stream ended first. Nothing is queued once w is
+// cancelled: the check and the queueing happen under the hub's lock, as the
+// cancel answer's queueing does, so no event follows that answer.
+func (s *stream) offerWait(w *watcher, resps []queued) bool {
 	for {
 		s.hub.mu.Lock()
-		queued := w.removed || s.offerAll(resps, events)
+		removed := w.removed
+		queued := !removed && s.offerAll(resps)
 		s.hub.mu.Unlock()
-		if queued {
-			return true
+		if removed || queued {
+			return queued
 		}
 		select {
 		case <-s.ctx.Done():
@@ -299,6 +323,16 @@ func (s *stream) offerWait(w *watcher, resps []proto.Message, events int) bool {
 }
 
 func (s *stream) sendLoop() error {
+	defer func() {
+		// What is left unsent gives its catch-up budget back.
+		s.qmu.Lock()
+		s.sendDone = true
+		for _, r := range s.queue {
+			s.hub.catchUpBytes.give(r.charged)
+		}
+		s.queue = nil
+		s.qmu.Unlock()
+	}()
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -311,15 +345,18 @@ func (s *stream) sendLoop() error {
 				s.qmu.Unlock()
 				break
 			}
-			resp, n := s.queue[0], s.queued[0]
-			s.queue[0] = nil
-			s.queue, s.queued = s.queue[1:], s.queued[1:]
+			r := s.queue[0]
+			s.queue[0] = queued{}
+			s.queue = s.queue[1:]
 			s.qmu.Unlock()
-			if err := s.srv.SendMsg(resp); err != nil {
+			err := s.srv.SendMsg(r.msg)
+			s.hub.catchUpBytes.give(r.charged)
+			if err != nil {
 				return err
 			}
 			s.qmu.Lock()
-			s.qEvents -= n
+			s.qEvents -= r.events
+			s.qBytes -= r.bytes
 			s.qmu.Unlock()
 			signal(s.drained)
 		}
@@ -426,18 +463,40 @@ func (s *stream) catchUpStep(w *watcher) stepResult {
 		return stepWait
 	}
 	h.mu.Unlock()
+	// A window is read only when the stream's queue has room for it, and
+	// within the hub's catch-up budget until it is sent.
+	if !s.roomForCatchUp() {
+		return stepWait
+	}
+	const reserve = statemachine.HistoryWindowBytes
+	if !h.catchUpBytes.take(s.ctx, reserve) {
+		return stepEnded
+	}
 	events, covered, err := h.src.History(w.iv.keyBytes(), w.iv.endBytes(), from, safe, catchUpEvents)
 	var compacted *statemachine.CompactedError
 	switch {
 	case errors.As(err, &compacted):
+		h.catchUpBytes.give(reserve)
 		s.compacted(w, compacted.CompactRevision)
 		return stepDone
 	case err != nil:
+		h.catchUpBytes.give(reserve)
 		h.log.Warn("reading watch history", "key", w.iv.key, "from", from, "err", err)
 		return stepWait
 	}
-	if !w.deliver(events, covered, true, nil) {
-		return stepEnded
+	resps := w.queued(w.encode(events, covered))
+	size := 0
+	for i := range resps {
+		resps[i].charged = resps[i].bytes
+		size += resps[i].bytes
+	}
+	h.catchUpBytes.give(reserve - size)
+	if len(resps) > 0 && !s.offerWait(w, resps) {
+		h.catchUpBytes.give(size)
+		if s.ctx.Err() != nil {
+			return stepEnded
+		}
+		return stepDone // cancelled meanwhile
 	}
 	h.mu.Lock()
 	if !w.removed {
@@ -463,7 +522,7 @@ func (s *stream) compacted(w *watcher, compactRev int64) {
 	s.offer(&pb.WatchResponse{
 		Header: h.src.Header(current), WatchId: w.id,
 		CompactRevision: compactRev, Canceled: true,
-	}, 0)
+	})
 }
 
 // requiresLeader reports whether the client asked that the watch be served

@@ -95,36 +95,40 @@ func (w *watcher) view(events []*mvccpb.Event) []*mvccpb.Event {
 }
 
 // deliver queues events (whole revisions, all at or below rev) on the
-// watch's stream; wait says whether to wait for room (catch-up) or give up
-// when the stream's queue is full (live). It reports whether they were
-// queued; filtered-out events need no room. shared, when not nil, holds the
-// deliveries already made of the same events (the live watchers of a group
-// that were at the same revision): a watch with the same options takes
-// their encoded responses instead of encoding the events again.
-func (w *watcher) deliver(events []*mvccpb.Event, rev int64, wait bool, shared map[deliveryShape][]encodedResponse) bool {
+// watch's stream when they fit (see offerAll) and reports whether they
+// did; filtered-out events need no room. shared holds the deliveries already
+// made of the same events (the live watchers of a group that were at the
+// same revision): a watch with the same options takes their encoded
+// responses instead of encoding the events again.
+func (w *watcher) deliver(events []*mvccpb.Event, rev int64, shared map[deliveryShape][]encodedResponse) bool {
 	shape := deliveryShape{sentRev: w.sentRev, rev: rev, noPut: w.noPut, noDelete: w.noDelete, prevKV: w.prevKV, fragment: w.fragment}
 	encoded, found := shared[shape]
 	if !found {
-		if view := w.view(events); len(view) > 0 {
-			encoded = encodeResponses(w.responses(view, rev))
-		}
-		if shared != nil {
-			shared[shape] = encoded
-		}
+		encoded = w.encode(events, rev)
+		shared[shape] = encoded
 	}
 	if len(encoded) == 0 {
 		return true
 	}
-	responses := make([]proto.Message, len(encoded))
-	n := 0
+	return w.s.offerAll(w.queued(encoded))
+}
+
+// encode encodes w's view of events (whole revisions, all at or below rev)
+// as responses without the watch ID; none when w wants none of them.
+func (w *watcher) encode(events []*mvccpb.Event, rev int64) []encodedResponse {
+	if view := w.view(events); len(view) > 0 {
+		return encodeResponses(w.responses(view, rev))
+	}
+	return nil
+}
+
+// queued makes encoded responses w's, for its stream's queue.
+func (w *watcher) queued(encoded []encodedResponse) []queued {
+	out := make([]queued, len(encoded))
 	for i, e := range encoded {
-		responses[i] = e.forWatch(w.idField)
-		n += e.events
+		out[i] = queued{msg: e.forWatch(w.idField), events: e.events, bytes: e.rest.Len()}
 	}
-	if wait {
-		return w.s.offerWait(w, responses, n)
-	}
-	return w.s.offerAll(responses, n)
+	return out
 }
 
 // deliveryShape is what makes two watches' responses to the same events
@@ -135,18 +139,19 @@ type deliveryShape struct {
 }
 
 // responses puts events (at or below rev) in responses of whole revisions
-// (without the watch ID: see encodedResponse),
-// at most maxResponseEvents events or MaxRequestBytes each unless one
-// revision alone is bigger; such a revision is split into fragments when the
-// watch asked for them (as etcd does), else sent whole. The last response's
-// header is at rev, the others' at their last event's revision.
+// (without the watch ID: see encodedResponse), at most maxResponseEvents
+// events or about responseSplitBytes each (MaxRequestBytes when smaller)
+// unless one revision alone is bigger; a revision over MaxRequestBytes is
+// split into fragments when the watch asked for them (as etcd does), else
+// sent whole. The last response's header is at rev, the others' at their
+// last event's revision.
 func (w *watcher) responses(events []*mvccpb.Event, rev int64) []*pb.WatchResponse {
-	limit := w.s.hub.cfg.MaxRequestBytes
+	split := min(w.s.hub.cfg.MaxRequestBytes, responseSplitBytes)
 	var out []*pb.WatchResponse
 	start, size := 0, 0
 	for i, ev := range events {
 		boundary := i > 0 && ev.Kv.ModRevision != events[i-1].Kv.ModRevision
-		if boundary && (i-start >= maxResponseEvents || size >= limit) {
+		if boundary && (i-start >= maxResponseEvents || size >= split) {
 			out = w.appendChunk(out, events[start:i], events[i-1].Kv.ModRevision, size)
 			start, size = i, 0
 		}
