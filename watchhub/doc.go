@@ -9,9 +9,11 @@
 //     its floor: the revision at and below which it has applied every command
 //     it ever will (the state machine refuses a command whose revision is not
 //     above it). A range's floor is its closed revision on this node.
+//
 //   - A watch over [key, end) may release the events up to the lowest floor
 //     of the ranges holding that interval: no event at or below it can still
 //     appear. Events wait in one buffer, ordered by revision, until then.
+//
 //   - An idle range's floor does not move by itself. When events, a new
 //     watch or a progress request wait on it, the hub closes it
 //     (Source.CloseRange): a fenced read at the oracle's current revision,
@@ -19,16 +21,19 @@
 //     when the range's leader cannot be asked, a barrier proposed through
 //     the leader, which takes a revision like any write and lifts the floor
 //     when it applies. Busy ranges close as they apply.
+//
 //   - A watcher that starts in the past, or whose stream cannot keep up (its
 //     bounded send queue is full), is unsynced: it catches up from the MVCC
 //     history in bounded windows (statemachine.Store.History), then rejoins
 //     the live buffer once the buffer still holds everything after the
 //     revision it reached. A start below the compacted revision gets etcd's
 //     compacted answer and is cancelled.
+//
 //   - Progress notifications (progress_notify, RequestProgress) report a
 //     revision R only once every event at or below R on the watched ranges
 //     has been queued, after closing the ranges up to the revision current
 //     when the request arrived.
+//
 //   - Live watchers of one interval form a group; a round of the hub skips a
 //     group whose safe revision is not above what its watchers were sent
 //     (and no progress is owed). Watches with the same options share one
