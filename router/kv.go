@@ -8,10 +8,13 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tesserakv/tessera/proto/tesserapb"
+	"github.com/tesserakv/tessera/shard"
 	"github.com/tesserakv/tessera/statemachine"
 )
 
@@ -352,32 +355,56 @@ func (r *Router) readSpan(ctx context.Context, rng Range, req *pb.RangeRequest, 
 			return viewAnswer{ans, v.Revision()}, nil
 		}
 	}
-	var out any
-	var err error
-	if req.Serializable {
-		out, err = rng.Read(ctx, false, read(req.Revision))
-	} else {
-		var rev int64
-		if out, rev, err = r.readAt(ctx, rng, req.Revision, read); err == nil {
-			return out.(viewAnswer).ans, rev, nil
+	// A read forwarded to the leader's node that cannot serve it (the node
+	// is down, or lost its leadership) is tried again, under the write
+	// retry policy, as this replica learns the new leader: reads are
+	// idempotent.
+	var (
+		ans  rangeAnswer
+		rev  int64
+		last error // the forwarded call's failure
+	)
+	err := r.writeRetry.Do(ctx, r.stopper.ShouldQuiesce(), func() (bool, error) {
+		var out any
+		var err error
+		if req.Serializable {
+			out, err = rng.Read(ctx, false, read(req.Revision))
+		} else {
+			out, rev, err = r.readAt(ctx, rng, req.Revision, read)
 		}
-	}
-	if err == nil {
-		va := out.(viewAnswer)
-		return va.ans, va.rev, nil
-	}
-	var md metadata.MD
-	resp, ferr, ok := forward(r, ctx, err, func(ctx context.Context, cc *grpc.ClientConn) (resp *pb.RangeResponse, err error) {
-		resp, md, err = rangeOn(ctx, cc, req, states)
-		return resp, err
+		if err == nil {
+			va := out.(viewAnswer)
+			ans = va.ans
+			if req.Serializable {
+				rev = va.rev
+			}
+			return false, nil
+		}
+		var md metadata.MD
+		resp, ferr, ok := forward(r, ctx, err, func(ctx context.Context, cc *grpc.ClientConn) (resp *pb.RangeResponse, err error) {
+			resp, md, err = rangeOn(ctx, cc, req, states)
+			return resp, err
+		})
+		if !ok {
+			return false, err
+		}
+		if ferr == nil {
+			ans, rev, err = relayedAnswer(rangeID, req, resp, md, wire, states)
+			return false, err
+		}
+		if status.Code(ferr) != codes.Unavailable || ctx.Err() != nil {
+			return false, ferr
+		}
+		wake(rng)
+		last = ferr
+		return true, ferr
 	})
-	if !ok {
-		return rangeAnswer{}, 0, err
+	if err != nil && last != nil && err == last {
+		// The leader's node stayed out of reach: to the client that is
+		// etcd's "no leader", which it retries, not a peer's dial error.
+		return rangeAnswer{}, 0, fmt.Errorf("%w: %v", shard.ErrNoLeader, status.Convert(err).Message())
 	}
-	if ferr != nil {
-		return rangeAnswer{}, 0, ferr
-	}
-	return relayedAnswer(rangeID, req, resp, md, wire, states)
+	return ans, rev, err
 }
 
 // rangeOn sends one range's part of a Range to another node, with states

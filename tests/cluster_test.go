@@ -1,11 +1,17 @@
 package tests
 
 import (
+	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tesserakv/tessera/internal/testcluster"
 )
@@ -74,5 +80,69 @@ func TestClusterSurvivesLeaderLoss(t *testing.T) {
 			t.Fatal(err)
 		}
 		requireAcked(t, url, get.Kvs, acked)
+	}
+}
+
+// TestReadsWhileRangeLeaderDies: linearizable reads through a follower
+// whose range leader's node has just stopped are answered once the others
+// elect a leader, or refused with etcd's "no leader"; never with the error
+// of a peer connection the client knows nothing of. Raw gRPC, so that
+// clientv3's retries do not hide what the node answers.
+func TestReadsWhileRangeLeaderDies(t *testing.T) {
+	c := testcluster.Start(t, 3)
+	ctx := ctxT(t)
+	cli := c.Client(c.Nodes[0].ClientURL)
+	if _, err := cli.Put(ctx, "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	ranges, err := c.Nodes[0].Server.Testing().Ranges(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rangeID uint64
+	for _, r := range ranges {
+		if string(r.StartKey) <= "k" && (len(r.EndKey) == 0 || "k" < string(r.EndKey)) {
+			rangeID = r.RangeId
+		}
+	}
+	// Node 3 leads k's range, node 1 the meta range, so the revision
+	// oracle stays up; node 2 reads.
+	victim, reader := c.Nodes[2], c.Nodes[1]
+	waitFor(t, 20*time.Second, "node 3 to lead k's range and node 1 the meta range", func() bool {
+		n := c.Nodes[0].Server.Testing()
+		_ = n.TransferRangeLeadership(rangeID, 3)
+		_ = n.TransferMetaLeadership(1)
+		return rangeLeader(t, c.Nodes[0], rangeID) == 3 && n.MetaLeader() == 1
+	})
+	cc, err := grpc.NewClient(strings.TrimPrefix(reader.ClientURL, "http://"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	kv := pb.NewKVClient(cc)
+	if _, err := kv.Range(ctx, &pb.RangeRequest{Key: []byte("k")}); err != nil {
+		t.Fatal(err)
+	}
+	c.StopNode(victim)
+	served, refused := 0, 0
+	for end := time.Now().Add(4 * time.Second); time.Now().Before(end); {
+		short, cancel := context.WithTimeout(ctx, 10*time.Second)
+		resp, err := kv.Range(short, &pb.RangeRequest{Key: []byte("k")})
+		cancel()
+		switch {
+		case err == nil && len(resp.Kvs) == 1:
+			served++
+		case err == nil:
+			t.Fatalf("read k: %v", resp)
+		case err.Error() == rpctypes.ErrGRPCNoLeader.Error():
+			refused++
+		default:
+			t.Fatalf("read through node 2 after node 3 stopped (%d served, %d refused before): %v", served, refused, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("%d reads served, %d refused with %q", served, refused, rpctypes.ErrGRPCNoLeader.Error())
+	if served == 0 {
+		t.Fatal("no read served after the leader's node stopped")
 	}
 }
