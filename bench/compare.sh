@@ -11,13 +11,17 @@
 # Markdown tables), one JSON file per run and SVG plots. Everything it starts
 # is stopped when it exits, however it exits.
 #
-# Usage: bench/compare.sh [--quick] [--pin] [--topologies "1 3"] [--only REGEX] [--out DIR]
+# Usage: bench/compare.sh [--quick] [--pin] [--tls] [--topologies "1 3"] [--only REGEX] [--out DIR]
 #   --quick       small counts (a couple of minutes; for development and tests)
 #   --pin         every server process (etcd members, Tessera nodes, the
 #                 empty-handler server) on CPU 0 and tessbench on CPU 1
 #                 (taskset -c; needs 2 CPUs), and results.md gains a table of
 #                 server CPU-seconds per 10k operations, summed over the
 #                 topology's server processes, beside throughput
+#   --tls         both systems with mutual TLS on every connection: clients
+#                 (--cert-file, --key-file, --trusted-ca-file,
+#                 --client-cert-auth) and peers (the --peer- flags), with
+#                 certificates made by openssl; no empty-handler runs
 #   --topologies  which cluster sizes to run (default "1 3")
 #   --only REGEX  run only the cases whose name matches (grep -E), e.g.
 #                 --only '^watch' for the watch fan-out cases
@@ -44,6 +48,7 @@ set -euo pipefail
 
 QUICK=0
 PIN=0
+TLS=0
 ONLY=""
 TOPOLOGIES="1 3"
 OUT=""
@@ -52,6 +57,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --pin) PIN=1 ;;
+    --tls) TLS=1 ;;
     --topologies) TOPOLOGIES="$2"; shift ;;
     --only) ONLY="$2"; shift ;;
     --out) OUT="$2"; shift ;;
@@ -94,6 +100,17 @@ trap 'exit 130' INT TERM
 # --- builds ------------------------------------------------------------------
 build_etcd
 build_tessera
+SCHEME=http
+SERVER_TLS=()
+if [ $TLS = 1 ]; then
+  make_certs "$WORK/certs"
+  SCHEME=https
+  SERVER_TLS=(--cert-file "$WORK/certs/server.pem" --key-file "$WORK/certs/server-key.pem"
+    --trusted-ca-file "$WORK/certs/ca.pem" --client-cert-auth
+    --peer-cert-file "$WORK/certs/server.pem" --peer-key-file "$WORK/certs/server-key.pem"
+    --peer-trusted-ca-file "$WORK/certs/ca.pem" --peer-client-cert-auth)
+  CLIENT_TLS=(--cacert "$WORK/certs/ca.pem" --cert "$WORK/certs/client.pem" --key "$WORK/certs/client-key.pem")
+fi
 
 # --- servers -----------------------------------------------------------------
 # Ports: etcd BASE+10i (client) / +1 (peer), Tessera BASE+100+10i, null BASE+200.
@@ -105,15 +122,16 @@ start_cluster() { # start_cluster etcd|tessera N: sets ENDPOINTS, SERVER_PIDS
   local kind=$1 n=$2 offset=0 i cluster="" clients=() pids=()
   [ "$kind" = tessera ] && offset=100
   for i in $(seq "$n"); do
-    cluster+="${cluster:+,}m$i=http://127.0.0.1:$((PORT_BASE + offset + 10 * i + 1))"
+    cluster+="${cluster:+,}m$i=$SCHEME://127.0.0.1:$((PORT_BASE + offset + 10 * i + 1))"
   done
   for i in $(seq "$n"); do
     local client=$((PORT_BASE + offset + 10 * i)) peer=$((PORT_BASE + offset + 10 * i + 1))
     port_free "$client" && port_free "$peer" || die "port $client or $peer on 127.0.0.1 is taken (set TESSERA_BENCH_PORT_BASE)"
     local common=(--name "m$i" --data-dir "$WORK/data/$kind-$n/m$i"
-      --listen-client-urls "http://127.0.0.1:$client" --advertise-client-urls "http://127.0.0.1:$client"
-      --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer"
-      --initial-cluster "$cluster" --initial-cluster-state new --quota-backend-bytes "$QUOTA" --log-level error)
+      --listen-client-urls "$SCHEME://127.0.0.1:$client" --advertise-client-urls "$SCHEME://127.0.0.1:$client"
+      --listen-peer-urls "$SCHEME://127.0.0.1:$peer" --initial-advertise-peer-urls "$SCHEME://127.0.0.1:$peer"
+      --initial-cluster "$cluster" --initial-cluster-state new --quota-backend-bytes "$QUOTA" --log-level error
+      ${SERVER_TLS[@]+"${SERVER_TLS[@]}"})
     if [ "$kind" = etcd ]; then
       start "$kind-$n-m$i" ${SERVER_CPU[@]+"${SERVER_CPU[@]}"} "$ETCD" "${common[@]}" --initial-cluster-token tessbench
     else
@@ -184,7 +202,9 @@ bench() { # bench TARGET TOPOLOGY CASE ENDPOINTS PIDS WORKLOAD ARGS...
   local file rc=0
   file=$(printf '%s/%02d-%s-%s-%s.json' "$OUT" "$RUN" "$topo" "$name" "$target")
   log "$topo $name: $target"
-  ${CLIENT_CPU[@]+"${CLIENT_CPU[@]}"} "$TESSBENCH" "$@" --clients 100 --conns 10 --endpoints "$eps" --server-pids "$pids" \
+  local tlsflags=()
+  [ "$target" = null ] || tlsflags=(${CLIENT_TLS[@]+"${CLIENT_TLS[@]}"})
+  ${CLIENT_CPU[@]+"${CLIENT_CPU[@]}"} "$TESSBENCH" "$@" ${tlsflags[@]+"${tlsflags[@]}"} --clients 100 --conns 10 --endpoints "$eps" --server-pids "$pids" \
     --case "$name" --target "$target" --topology "$topo" --json >"$file" 2>"$WORK/tessbench.err" || rc=$?
   case $rc in
     0) ;;
@@ -200,9 +220,9 @@ bench() { # bench TARGET TOPOLOGY CASE ENDPOINTS PIDS WORKLOAD ARGS...
 split_prefixes() { # split_prefixes ENDPOINTS
   local k
   for k in 25000 50000 75000; do
-    "$TESSERA" ctl --endpoints "${1%%,*}" split "$(printf 'w/%014d' "$k")" >/dev/null
+    "$TESSERA" ctl --endpoints "${1%%,*}" ${CLIENT_TLS[@]+"${CLIENT_TLS[@]}"} split "$(printf 'w/%014d' "$k")" >/dev/null
   done
-  "$TESSERA" ctl --endpoints "${1%%,*}" split s/m >/dev/null
+  "$TESSERA" ctl --endpoints "${1%%,*}" ${CLIENT_TLS[@]+"${CLIENT_TLS[@]}"} split s/m >/dev/null
 }
 
 NULL_PORT=$((PORT_BASE + 200))
@@ -233,7 +253,7 @@ for n in $TOPOLOGIES; do
       bench tessera "$topo" "$name" "$TESS_EPS" "$TESS_PIDS" "$@"
       bench etcd "$topo" "$name" "$ETCD_EPS" "$ETCD_PIDS" "$@"
     fi
-    if [ "$flags" = null ]; then
+    if [ "$flags" = null ] && [ $TLS = 0 ]; then
       bench null "$topo" "$name" "127.0.0.1:$NULL_PORT" "$NULL_PID" "$@"
     fi
     i=$((i + 1))
@@ -263,6 +283,9 @@ done
     echo "Pinned: every server process on CPU 0, tessbench on CPU 1 (taskset). 100 clients over 10 connections; values 256 B unless stated."
   else
     echo "Clients and servers share the machine. 100 clients over 10 connections; values 256 B unless stated."
+  fi
+  if [ $TLS = 1 ]; then
+    echo "Mutual TLS (ECDSA P-256 certificates) between clients and servers and between members, on both systems."
   fi
   echo "ops/s counts completed requests (watch: Puts, with every watcher seeing each; lease: grant+keepalive+revoke cycles; list: loaded objects);"
   echo "latency is per request (watch: from a Put's response to each watcher's event)."

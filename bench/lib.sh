@@ -66,11 +66,33 @@ build_tessera() { # sets TESSERA and TESSBENCH, built from $ROOT into $WORK/bin,
   TESSBENCH=$WORK/bin/tessbench
 }
 
+# CLIENT_TLS: tessbench's and tessera ctl's TLS flags, when the servers
+# want them (etcdctl's --cacert, --cert, --key).
+CLIENT_TLS=()
+
+# make_certs DIR: a CA, and certificates signed by it for the servers
+# (server.pem, for 127.0.0.1, as server and as client of its peers) and
+# for the load generator (client.pem), with openssl.
+make_certs() {
+  command -v openssl >/dev/null || die "openssl is needed for TLS (apt-get install openssl)"
+  mkdir -p "$1"
+  (
+    cd "$1" || exit 1
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+      -subj /CN=bench-ca -keyout ca-key.pem -out ca.pem
+    for n in server client; do
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$n" -keyout "$n-key.pem" -out "$n.csr"
+      printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n' >ext.cnf
+      openssl x509 -req -in "$n.csr" -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 30 -out "$n.pem" -extfile ext.cnf
+    done
+  ) >"$1/openssl.log" 2>&1 || die "making certificates failed: $(cat "$1/openssl.log")"
+}
+
 # wait_serving EP...: until each endpoint acknowledges a Put (60 s at most).
 wait_serving() {
   local ep deadline=$((SECONDS + 60))
   for ep in "$@"; do
-    until "$TESSBENCH" put --endpoints "$ep" --clients 1 --conns 1 --total 1 --key-space 1 >/dev/null 2>&1; do
+    until "$TESSBENCH" put --endpoints "$ep" ${CLIENT_TLS[@]+"${CLIENT_TLS[@]}"} --clients 1 --conns 1 --total 1 --key-space 1 >/dev/null 2>&1; do
       [ $SECONDS -lt $deadline ] || die "$ep not serving after 60s; logs in $WORK"
       sleep 0.5
     done

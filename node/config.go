@@ -26,7 +26,11 @@ type Config struct {
 	InitialAdvertisePeerURLs []string
 	// InitialCluster lists every member as name=peerURL, in flag order; a
 	// member's replica ID is its position (from 1).
-	InitialCluster      []Member
+	InitialCluster []Member
+	// InitialClusterState "existing" has a node with no data join the
+	// running cluster of the other --initial-cluster members, asking on
+	// their peer URLs, as --join does through client URLs (etcd's way of
+	// starting a member added with MemberAdd); a node with data ignores it.
 	InitialClusterState string // "new" or "existing"
 	// Join lists client URLs of members of a running cluster: a node with
 	// no data joins that cluster through them (as a new node) instead of

@@ -113,10 +113,13 @@ func nodeIdentity(cfg Config, peerTLS *tls.Config) (id identity, joined bool, er
 		return identity{}, false, fmt.Errorf("data in %s belongs to node %d named %q, not %q (--name must not change once a node has joined)", cfg.DataDir, id.NodeID, id.Name, cfg.Name)
 	case ok:
 		return id, true, nil
-	case len(cfg.Join) == 0:
+	case len(cfg.Join) == 0 && cfg.InitialClusterState != "existing":
 		return identity{}, false, nil
 	}
 	if _, err := os.Stat(filepath.Join(cfg.DataDir, "raft")); err == nil {
+		if len(cfg.Join) == 0 {
+			return identity{}, false, nil // a member of its --initial-cluster, restarting
+		}
 		return identity{}, false, fmt.Errorf("data in %s belongs to a member of an --initial-cluster; --join is for a node with no data (start it with its --initial-cluster, or give --join a new --data-dir)", cfg.DataDir)
 	}
 	if id, err = joinCluster(cfg, peerTLS); err != nil {
@@ -134,32 +137,51 @@ const joinWait = 30 * time.Second
 
 // joinCluster asks the members at cfg.Join to admit this node and returns
 // its identity. With peer TLS it asks on their peer URLs, showing its peer
-// certificate (it learns them from the members' client URLs).
+// certificate (it learns them from the members' client URLs). Without
+// --join (--initial-cluster-state existing) it asks the other
+// --initial-cluster members on their peer URLs.
 func joinCluster(cfg Config, peerTLS *tls.Config) (identity, error) {
 	raftAddr, _ := hostPortOf(cfg.InitialAdvertisePeerURLs[0])
 	req := &tesserapb.JoinClusterRequest{Name: cfg.Name, RaftAddress: raftAddr, ClientUrls: cfg.AdvertiseClientURLs}
+	ask, urls, flag := askToJoin, cfg.Join, "--join"
+	if len(urls) == 0 {
+		flag = "--initial-cluster"
+		for _, m := range cfg.InitialCluster {
+			if m.Name != cfg.Name {
+				urls = append(urls, m.PeerURL)
+			}
+		}
+		if len(urls) == 0 {
+			return identity{}, fmt.Errorf("--initial-cluster-state existing: --initial-cluster names no member but this one (%s) to join", cfg.Name)
+		}
+		ask = func(cfg *Config, url string, req *tesserapb.JoinClusterRequest, peerTLS *tls.Config) (*tesserapb.JoinClusterResponse, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			return joinOnPeer(ctx, cfg, url, req, peerTLS)
+		}
+	}
 	deadline := time.Now().Add(joinWait)
 	var lastErr error
 	for time.Now().Before(deadline) {
-		for _, u := range cfg.Join {
-			resp, err := askToJoin(&cfg, u, req, peerTLS)
+		for _, u := range urls {
+			resp, err := ask(&cfg, u, req, peerTLS)
 			if err == nil {
 				return identity{NodeID: resp.NodeId, ClusterID: resp.ClusterId, Name: cfg.Name}, nil
 			}
 			if certificateRefused(err) {
-				return identity{}, fmt.Errorf("--join %s refused this node: %s", u, status.Convert(err).Message())
+				return identity{}, fmt.Errorf("%s %s refused this node: %s", flag, u, status.Convert(err).Message())
 			}
 			switch status.Code(err) {
 			case codes.Unimplemented:
-				return identity{}, fmt.Errorf("--join %s answers, but is not a member of a Tessera cluster: %v", u, status.Convert(err).Message())
+				return identity{}, fmt.Errorf("%s %s answers, but is not a member of a Tessera cluster: %v", flag, u, status.Convert(err).Message())
 			case codes.AlreadyExists, codes.InvalidArgument, codes.FailedPrecondition:
-				return identity{}, fmt.Errorf("--join %s refused this node: %s", u, status.Convert(err).Message())
+				return identity{}, fmt.Errorf("%s %s refused this node: %s", flag, u, status.Convert(err).Message())
 			}
-			lastErr = fmt.Errorf("--join %s: %v", u, status.Convert(err).Message())
+			lastErr = fmt.Errorf("%s %s: %v", flag, u, status.Convert(err).Message())
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	return identity{}, fmt.Errorf("no member named by --join admitted this node within %v: %w", joinWait, lastErr)
+	return identity{}, fmt.Errorf("no member named by %s admitted this node within %v: %w", flag, joinWait, lastErr)
 }
 
 func askToJoin(cfg *Config, url string, req *tesserapb.JoinClusterRequest, peerTLS *tls.Config) (*tesserapb.JoinClusterResponse, error) {

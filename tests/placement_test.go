@@ -631,3 +631,71 @@ func TestMemberAdd(t *testing.T) {
 		t.Fatalf("the removed node is still listed: %v", m)
 	}
 }
+
+// TestInitialClusterStateExisting: etcd's way of growing a cluster works
+// unchanged. MemberAdd gives the new member's peer URL an ID; the member
+// then starts with every member in --initial-cluster and
+// --initial-cluster-state existing (no --join), joins through the others'
+// peer URLs under that ID, serves, and restarts with the same flags as the
+// same node. A founding member restarted with "existing" is unaffected.
+func TestInitialClusterStateExisting(t *testing.T) {
+	c := testcluster.Start(t, 1)
+	ctx := ctxT(t)
+	cli := c.Client(c.Endpoints()...)
+	if _, err := cli.Put(ctx, "before", "1"); err != nil {
+		t.Fatal(err)
+	}
+	peer := fmt.Sprintf("http://127.0.0.1:%d", testcluster.FreePort(t))
+	added, err := cli.MemberAdd(ctx, []string{peer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := c.Nodes[0]
+	self := server.Member{Name: "n2", PeerURL: peer}
+	n2 := &testcluster.Node{Config: first.Config}
+	n2.Config.Name = self.Name
+	n2.Config.DataDir = filepath.Join(t.TempDir(), "n2")
+	n2.ClientURL = fmt.Sprintf("http://127.0.0.1:%d", testcluster.FreePort(t))
+	n2.Config.ListenClientURLs = []string{n2.ClientURL}
+	n2.Config.AdvertiseClientURLs = []string{n2.ClientURL}
+	n2.Config.ListenPeerURLs = []string{peer}
+	n2.Config.InitialAdvertisePeerURLs = []string{peer}
+	n2.Config.InitialCluster = append(slices.Clone(first.Config.InitialCluster), self)
+	n2.Config.InitialClusterState = "existing"
+	c.StartNode(n2)
+	c.Nodes = append(c.Nodes, n2)
+	t.Cleanup(func() { c.StopNode(n2) })
+
+	check := func(when string) {
+		t.Helper()
+		cli2 := c.Client(n2.ClientURL)
+		list, err := cli2.MemberList(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if list.Header.MemberId != added.Member.ID {
+			t.Fatalf("%s: the node started with the added peer URL is member %x, want %x", when, list.Header.MemberId, added.Member.ID)
+		}
+		if len(list.Members) != 2 {
+			t.Fatalf("%s: member list %v, want 2 members", when, list.Members)
+		}
+		if _, err := cli2.Put(ctx, "from-n2", when); err != nil {
+			t.Fatalf("%s: put through n2: %v", when, err)
+		}
+		get, err := cli2.Get(ctx, "before")
+		if err != nil || len(get.Kvs) != 1 {
+			t.Fatalf("%s: read through n2: %v %v", when, get, err)
+		}
+	}
+	check("joined")
+	c.StopNode(n2)
+	c.StartNode(n2)
+	check("restarted")
+
+	c.StopNode(first)
+	first.Config.InitialClusterState = "existing"
+	c.StartNode(first)
+	if _, err := c.Client(first.ClientURL).Put(ctx, "after", "1"); err != nil {
+		t.Fatalf("the founding member restarted with existing: %v", err)
+	}
+}

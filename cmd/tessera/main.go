@@ -171,6 +171,9 @@ func parseFlags(args []string, stdout, stderr io.Writer) (node.Config, error) {
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
+	if err := flagsFromEnv(fs, os.LookupEnv); err != nil {
+		return cfg, err
+	}
 	if *version {
 		fmt.Fprintf(out, "tessera: etcd API version %s\n", server.APIVersion)
 		return cfg, flag.ErrHelp
@@ -243,4 +246,26 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// flagsFromEnv sets each flag not given on the command line from its
+// environment variable, as etcd does: ETCD_ and the flag's name in capitals
+// with "_" for "-" (ETCD_INITIAL_CLUSTER for --initial-cluster), the form
+// `etcdctl member add` prints.
+func flagsFromEnv(fs *flag.FlagSet, lookup func(string) (string, bool)) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] || err != nil {
+			return
+		}
+		key := "ETCD_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := lookup(key); ok {
+			if serr := fs.Set(f.Name, v); serr != nil {
+				err = fmt.Errorf("invalid value %q for %s: %v", v, key, serr)
+			}
+		}
+	})
+	return err
 }

@@ -97,6 +97,29 @@ func TestParseFlagsCluster(t *testing.T) {
 	}
 }
 
+// TestParseFlagsFromEnv: the variables `etcdctl member add` prints set the
+// flags not given on the command line, as in etcd; a flag given wins, and
+// a bad value names its variable.
+func TestParseFlagsFromEnv(t *testing.T) {
+	t.Setenv("ETCD_NAME", "n2")
+	t.Setenv("ETCD_INITIAL_CLUSTER", "n1=http://127.0.0.1:12380,n2=http://127.0.0.1:22380")
+	t.Setenv("ETCD_INITIAL_ADVERTISE_PEER_URLS", "http://127.0.0.1:22380")
+	t.Setenv("ETCD_INITIAL_CLUSTER_STATE", "existing")
+	t.Setenv("ETCD_DATA_DIR", "from-env")
+	cfg, err := parseFlags([]string{"--data-dir=from-flag", "--listen-peer-urls=http://127.0.0.1:22380"}, io.Discard, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Name != "n2" || len(cfg.InitialCluster) != 2 || cfg.InitialClusterState != "existing" ||
+		cfg.InitialAdvertisePeerURLs[0] != "http://127.0.0.1:22380" || cfg.DataDir != "from-flag" {
+		t.Fatalf("cfg = %+v", cfg)
+	}
+	t.Setenv("ETCD_HEARTBEAT_INTERVAL", "soon")
+	if _, err := parseFlags(nil, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "ETCD_HEARTBEAT_INTERVAL") {
+		t.Fatalf("a bad ETCD_HEARTBEAT_INTERVAL: %v", err)
+	}
+}
+
 func TestParseFlagsMetrics(t *testing.T) {
 	if _, err := parseFlags([]string{"--enable-pprof"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "--listen-metrics-urls") {
 		t.Fatalf("--enable-pprof without a metrics listener: %v", err)
