@@ -364,6 +364,17 @@ func TestGrowByJoining(t *testing.T) {
 	c.StopNode(c.Nodes[0])
 	cli := c.Client(c.Endpoints()...)
 	ctx := ctxT(t)
+	// The ranges the first node led elect leaders elsewhere meanwhile; a
+	// write may be refused with "no leader" until they have (clientv3 does
+	// not retry a Put).
+	waitFor(t, 20*time.Second, "a put to every range with the first node stopped", func() bool {
+		for i := range 16 {
+			if _, err := cli.Put(ctx, fmt.Sprintf("lin/%02d", i), "after"); err != nil {
+				return false
+			}
+		}
+		return true
+	})
 	for i := range 20 {
 		if _, err := cli.Put(ctx, fmt.Sprintf("lin/%02d", i%16), "after"); err != nil {
 			t.Fatalf("a put with the first node stopped: %v", err)
