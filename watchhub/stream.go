@@ -376,6 +376,16 @@ func (s *stream) catchUpLoop() {
 		case <-s.catchUp:
 		}
 		for {
+			if !s.roomForCatchUp() {
+				// Nothing to read until the client takes what is queued:
+				// wait for it rather than poll.
+				select {
+				case <-s.ctx.Done():
+					return
+				case <-s.drained:
+				}
+				continue
+			}
 			s.hub.mu.Lock()
 			changed := s.hub.changed
 			var behind []*watcher
