@@ -83,6 +83,8 @@ const (
 	// catchUpEvents bounds the events one history read gathers (and
 	// statemachine.HistoryWindowBytes their size).
 	catchUpEvents = 1000
+	// catchUpRevisions bounds the revisions one history read spans.
+	catchUpRevisions = 4 * catchUpEvents
 	// catchUpBudgetBytes bounds the history the node's watchers have read
 	// and not yet handed to gRPC, across all streams: however many streams
 	// catch up at once, or never read, their windows hold at most this.

@@ -482,7 +482,11 @@ func (s *stream) catchUpStep(w *watcher) stepResult {
 	if !h.catchUpBytes.take(s.ctx, reserve) {
 		return stepEnded
 	}
-	events, covered, err := h.src.History(w.iv.keyBytes(), w.iv.endBytes(), from, safe, catchUpEvents)
+	// A window spans at most catchUpRevisions: each range under the watch
+	// reads its part of the window, and one with no events there would
+	// otherwise read all of its history up to safe to say so, every window.
+	to := min(safe, from+catchUpRevisions-1)
+	events, covered, err := h.src.History(w.iv.keyBytes(), w.iv.endBytes(), from, to, catchUpEvents)
 	var compacted *statemachine.CompactedError
 	switch {
 	case errors.As(err, &compacted):
