@@ -122,7 +122,7 @@ type historyScan struct {
 	fromRev, toRev int64
 	max, maxBytes  int
 	events         []*mvccpb.Event
-	bytes          int // eventBytes of events
+	bytes          int // EventBytes of events
 }
 
 func (h *historyScan) scan(r pebble.Reader, span keySpan) error {
@@ -185,14 +185,15 @@ func (h *historyScan) add(ev *mvccpb.Event) {
 		return // above a window lowered since this key's scan began
 	}
 	h.events = append(h.events, ev)
-	h.bytes += eventBytes(ev)
+	h.bytes += EventBytes(ev)
 	if len(h.events) > 2*h.max || h.bytes > 2*h.maxBytes {
 		h.trim()
 	}
 }
 
-// eventBytes is about what an event holds in memory: keys and values.
-func eventBytes(ev *mvccpb.Event) int {
+// EventBytes is about what an event holds in memory, and its encoded size:
+// keys and values, and a little for the rest.
+func EventBytes(ev *mvccpb.Event) int {
 	n := 32 + len(ev.Kv.Key) + len(ev.Kv.Value)
 	if ev.PrevKv != nil {
 		n += 32 + len(ev.PrevKv.Key) + len(ev.PrevKv.Value)
@@ -209,7 +210,7 @@ func (h *historyScan) trim() {
 	})
 	limit, size := 0, 0 // the first event past either bound
 	for limit < len(h.events) && limit < h.max {
-		if size += eventBytes(h.events[limit]); size > h.maxBytes && limit > 0 {
+		if size += EventBytes(h.events[limit]); size > h.maxBytes && limit > 0 {
 			break
 		}
 		limit++
@@ -233,6 +234,6 @@ func (h *historyScan) trim() {
 	h.toRev = cut - 1
 	h.bytes = 0
 	for _, ev := range h.events {
-		h.bytes += eventBytes(ev)
+		h.bytes += EventBytes(ev)
 	}
 }

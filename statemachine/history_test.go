@@ -71,7 +71,7 @@ func TestHistoryWindowsBoundedInBytes(t *testing.T) {
 			}
 			size := 0
 			for _, ev := range evs {
-				size += eventBytes(ev)
+				size += EventBytes(ev)
 				byMode[i] = append(byMode[i], ev.Kv.ModRevision)
 			}
 			if one := evs[0].Kv.ModRevision == evs[len(evs)-1].Kv.ModRevision; size > HistoryWindowBytes && !one {

@@ -204,7 +204,7 @@ func (h *historyScan) scanIndexUpTo(r pebble.Reader, span keySpan, limit int) (t
 		}
 		if ev != nil {
 			h.events = append(h.events, ev)
-			if h.bytes += eventBytes(ev); h.bytes > 2*h.maxBytes && !oneRevision {
+			if h.bytes += EventBytes(ev); h.bytes > 2*h.maxBytes && !oneRevision {
 				return true, nil
 			}
 		}

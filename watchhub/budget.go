@@ -51,10 +51,3 @@ func (b *byteBudget) give(n int) {
 	}
 	b.mu.Unlock()
 }
-
-// used is how much is taken.
-func (b *byteBudget) used() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.total - b.avail
-}

@@ -94,10 +94,10 @@ const (
 	// that does not read leaves inside gRPC stays small.
 	responseSplitBytes = 256 << 10
 	// maxBufferedBytes bounds the events the hub buffers for watchers (by
-	// approxSize).
+	// statemachine.EventBytes).
 	maxBufferedBytes = 64 << 20
-	// idleBufferedBytes bounds the buffer (by approxSize) while no watcher
-	// is live.
+	// idleBufferedBytes bounds the buffer (by statemachine.EventBytes)
+	// while no watcher is live.
 	idleBufferedBytes = 4 << 20
 	// maxResponseEvents bounds the events of one response (whole revisions
 	// only, so a bigger revision goes whole, or in fragments when asked).
@@ -141,7 +141,7 @@ type Hub struct {
 	// every live watcher, in revision order. Guarded by mu.
 	buf     []*mvccpb.Event
 	bufBase int64
-	// bufBytes is the approxSize of buf's events. Guarded by mu.
+	// bufBytes is the statemachine.EventBytes of buf's events. Guarded by mu.
 	bufBytes int
 	// groups holds the live (synced) watchers by interval. Guarded by mu.
 	groups map[interval]*group
@@ -264,7 +264,7 @@ func (h *Hub) insertLocked(events []*mvccpb.Event) {
 	n := len(h.buf)
 	h.buf = append(h.buf, events...)
 	for _, ev := range events {
-		h.bufBytes += approxSize(ev)
+		h.bufBytes += statemachine.EventBytes(ev)
 	}
 	if n == 0 || h.buf[n-1].Kv.ModRevision < first {
 		return
@@ -477,7 +477,7 @@ func (h *Hub) round() {
 	if over := h.bufBytes - limit; over > 0 {
 		for _, ev := range h.buf {
 			base = max(base, ev.Kv.ModRevision)
-			if over -= approxSize(ev); over <= 0 {
+			if over -= statemachine.EventBytes(ev); over <= 0 {
 				break
 			}
 		}
@@ -492,7 +492,7 @@ func (h *Hub) round() {
 		}
 		i := firstAfter(h.buf, base)
 		for _, ev := range h.buf[:i] {
-			h.bufBytes -= approxSize(ev)
+			h.bufBytes -= statemachine.EventBytes(ev)
 		}
 		clear(h.buf[:i])
 		h.buf = h.buf[i:]

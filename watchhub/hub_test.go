@@ -402,7 +402,7 @@ func TestBufferBounded(t *testing.T) {
 	n, wc := newFakeNode(t)
 	ctx := ctxT(t)
 	big := string(bytes.Repeat([]byte("v"), 1<<20))
-	const total = 100 // about 100 MiB by approxSize
+	const total = 100 // about 100 MiB by statemachine.EventBytes
 	var want []*mvccpb.Event
 	for i := range total {
 		ev := n.put(fmt.Sprintf("z%03d", i), big) // range 2; range 1 stays at floor 1

@@ -7,6 +7,8 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/tesserakv/tessera/statemachine"
 )
 
 // interval is a watch's keys in etcd's form: end nil for the single key,
@@ -155,18 +157,9 @@ func (w *watcher) responses(events []*mvccpb.Event, rev int64) []*pb.WatchRespon
 			out = w.appendChunk(out, events[start:i], events[i-1].Kv.ModRevision, size)
 			start, size = i, 0
 		}
-		size += approxSize(ev)
+		size += statemachine.EventBytes(ev)
 	}
 	return w.appendChunk(out, events[start:], rev, size)
-}
-
-// approxSize is about the encoded size of an event, cheaply.
-func approxSize(ev *mvccpb.Event) int {
-	n := 32 + len(ev.Kv.Key) + len(ev.Kv.Value)
-	if ev.PrevKv != nil {
-		n += 32 + len(ev.PrevKv.Key) + len(ev.PrevKv.Value)
-	}
-	return n
 }
 
 // appendChunk appends one response of events (whole revisions) at rev, or
