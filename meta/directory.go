@@ -57,8 +57,8 @@ func (d *Directory) Nodes(ctx context.Context) ([]*tesserapb.NodeInfo, error) {
 func (d *Directory) target(ctx context.Context, nodeID uint64) (string, error) {
 	out, err := d.meta.Read(ctx, false, func(st *tesserapb.MetaState) (any, error) {
 		for _, n := range st.Nodes {
-			if n.NodeId == nodeID && n.RaftAddress != "" {
-				return n.RaftAddress, nil
+			if n.NodeId == nodeID {
+				return PeerAddress(n), nil
 			}
 		}
 		return "", nil
@@ -69,8 +69,8 @@ func (d *Directory) target(ctx context.Context, nodeID uint64) (string, error) {
 	return out.(string), nil
 }
 
-// RaftAddress returns a registered node's Raft address as this replica
-// knows it.
+// RaftAddress returns a registered node's Raft address (its name in Raft
+// memberships, see PeerAddress) as this replica knows it.
 func (d *Directory) RaftAddress(ctx context.Context, nodeID uint64) (string, error) {
 	nodes, err := d.Nodes(ctx)
 	if err != nil {
@@ -129,6 +129,48 @@ func (d *Directory) Close() {
 		_ = cc.Close()
 		delete(d.conns, target)
 	}
+}
+
+// PeerAddress is where other nodes reach a node now: its peer address if
+// it has one, else its Raft address. A node's Raft address is what every
+// Raft membership records it under and never changes; MemberUpdate, or the
+// node itself registering after a restart on another peer URL, sets the
+// peer address, and the Raft transport dials it (ResolvePeer).
+func PeerAddress(n *tesserapb.NodeInfo) string {
+	if n.PeerAddress != "" {
+		return n.PeerAddress
+	}
+	return n.RaftAddress
+}
+
+// ResolvePeer returns the current peer address of the node whose Raft
+// address is raftAddr, as this replica knows it; raftAddr itself when no
+// registered node has it or the meta replica cannot answer yet.
+func (d *Directory) ResolvePeer(ctx context.Context, raftAddr string) string {
+	out, err := d.meta.Read(ctx, false, func(st *tesserapb.MetaState) (any, error) {
+		for _, n := range st.Nodes {
+			if n.RaftAddress == raftAddr {
+				return PeerAddress(n), nil
+			}
+		}
+		return "", nil
+	})
+	if err != nil || out.(string) == "" {
+		return raftAddr
+	}
+	return out.(string)
+}
+
+// AddressUsed reports the registered node, other than except, whose Raft or
+// peer address is addr (0: none). Raft addresses of nodes whose peer
+// address has changed stay taken: the transport resolves them to the node.
+func AddressUsed(nodes []*tesserapb.NodeInfo, addr string, except uint64) uint64 {
+	for _, n := range nodes {
+		if n.NodeId != except && (n.RaftAddress == addr || n.PeerAddress == addr) {
+			return n.NodeId
+		}
+	}
+	return 0
 }
 
 // HostPort strips the scheme of a URL ("http://127.0.0.1:2379").

@@ -80,13 +80,18 @@ func saveIdentity(dataDir string, id identity) error {
 	if err != nil {
 		return err
 	}
-	path := filepath.Join(dataDir, identityFile)
+	return writeFileDurably(filepath.Join(dataDir, identityFile), append(b, '\n'))
+}
+
+// writeFileDurably replaces path with data: written to a temporary file,
+// synced, then renamed over path.
+func writeFileDurably(path string, data []byte) error {
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write(append(b, '\n')); err != nil {
+	if _, err := f.Write(data); err != nil {
 		f.Close()
 		return err
 	}
@@ -267,7 +272,7 @@ func (i *internalService) JoinCluster(ctx context.Context, req *tesserapb.JoinCl
 				id = n.NodeId // added by MemberAdd with this peer URL
 			case n.Name == req.Name:
 				return nil, status.Errorf(codes.AlreadyExists, "tessera: a node named %q is already a member (node %d, peer %s); give the new node another --name", req.Name, n.NodeId, n.RaftAddress)
-			case n.RaftAddress == req.RaftAddress:
+			case n.RaftAddress == req.RaftAddress || n.PeerAddress == req.RaftAddress:
 				return nil, status.Errorf(codes.AlreadyExists, "tessera: peer address %s is node %d's (%s)", req.RaftAddress, n.NodeId, n.Name)
 			}
 		}
@@ -446,9 +451,9 @@ func (s *Node) AddNode(ctx context.Context, peerURLs []string) (uint64, error) {
 	highest := uint64(len(s.cfg.InitialCluster))
 	for _, n := range st.Nodes {
 		highest = max(highest, n.NodeId)
-		if n.RaftAddress == raftAddr {
-			return 0, rpctypes.ErrGRPCPeerURLExist
-		}
+	}
+	if meta.AddressUsed(st.Nodes, raftAddr, 0) != 0 {
+		return 0, rpctypes.ErrGRPCPeerURLExist
 	}
 	id, err := s.meta.AllocateNodeID(ctx, highest+1)
 	if err != nil {

@@ -52,8 +52,15 @@ type Node struct {
 	peerServerTLS, peerClientTLS *tls.Config
 	meta                         *meta.Replica
 	directory                    *meta.Directory
-	oracle                       *meta.OracleClient
-	allocator                    *meta.Allocator // hands out revisions while this node leads the meta range
+	// peerDirectory is directory once made, for the Raft transport's
+	// resolver (resolvePeer), which may run before.
+	peerDirectory atomic.Pointer[meta.Directory]
+	// raftAddr is this node's Raft address; member is what its data
+	// directory recorded at its first start, empty before (peeraddr.go).
+	raftAddr  string
+	member    memberRecord
+	oracle    *meta.OracleClient
+	allocator *meta.Allocator // hands out revisions while this node leads the meta range
 	// events counts Raft leader changes; registry holds the node's
 	// Prometheus metrics (prom.go).
 	events   *raftEvents
@@ -155,6 +162,13 @@ func New(cfg Config) (*Node, error) {
 	}
 	replicaID, _ := cfg.replicaID()
 	cid := clusterID(cfg.InitialCluster)
+	member, err := loadMember(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	if member.ClusterID != 0 {
+		cid = member.ClusterID
+	}
 	peerServerTLS, peerClientTLS, err := cfg.peerTLSConfigs()
 	if err != nil {
 		return nil, err
@@ -171,7 +185,7 @@ func New(cfg Config) (*Node, error) {
 		replicaID, cid = id.NodeID, id.ClusterID
 	}
 	s := &Node{cfg: cfg, log: cfg.Logger, replicaID: replicaID, clusterID: cid, joined: joined, identity: id, stopper: stop.New(), rangesChanged: make(chan struct{}, 1), authChanged: make(chan struct{}),
-		peerServerTLS: peerServerTLS, peerClientTLS: peerClientTLS, jwt: jwtTokens,
+		member: member, peerServerTLS: peerServerTLS, peerClientTLS: peerClientTLS, jwt: jwtTokens,
 		ranges: map[uint64]*shard.Replica{}, feeds: feeds{wanted: map[uint64]time.Time{}}, picks: map[uint64]pick{}, cache: router.NewRangeCache()}
 	s.newMetrics()
 	return s, nil
@@ -211,6 +225,7 @@ func (s *Node) Start() error {
 
 	s.meta = meta.NewReplica(s.nh, replicaID, s.metaReplicaID())
 	s.directory = meta.NewDirectory(s.meta, cfg.nodeDialOptions(s.peerClientTLS)...)
+	s.peerDirectory.Store(s.directory)
 	s.allocator = meta.NewAllocator(s.meta, s.stopper, s.metaLease())
 	allocator := s.allocator
 	// The node's stopper stops its children the newest first: the replicas,
@@ -289,6 +304,10 @@ func (s *Node) Start() error {
 func (s *Node) startRaft() error {
 	cfg := s.cfg
 	raftAddr, _ := hostPortOf(cfg.InitialAdvertisePeerURLs[0])
+	if s.member.RaftAddress != "" {
+		raftAddr = s.member.RaftAddress
+	}
+	s.raftAddr = raftAddr
 	listenAddr, _ := hostPortOf(cfg.ListenPeerURLs[0])
 	logDB := dbconfig.GetTinyMemLogDBConfig()
 	logDB.Shards = cfg.LogDBShards
@@ -303,7 +322,7 @@ func (s *Node) startRaft() error {
 	nhc.Expert.Engine = dbconfig.GetDefaultEngineConfig()
 	nhc.Expert.Engine.ExecShards = cfg.RaftStepWorkers
 	s.peerConns = transport.NewOthers()
-	s.raftNet = &transport.Factory{Log: s.log, Dial: cfg.Knobs.DialNode, Others: s.peerConns, ServerTLS: s.peerServerTLS, ClientTLS: s.peerClientTLS}
+	s.raftNet = &transport.Factory{Log: s.log, Dial: cfg.Knobs.DialNode, Resolve: s.resolvePeer, Others: s.peerConns, ServerTLS: s.peerServerTLS, ClientTLS: s.peerClientTLS}
 	nhc.Expert.TransportFactory = s.raftNet
 	nhc.RaftEventListener = s.events
 	// Dragonboat's own series (elections, dropped proposals and reads,
@@ -321,6 +340,12 @@ func (s *Node) startRaft() error {
 	}
 	if err != nil {
 		return explainNodeHostError(err, cfg)
+	}
+	if s.member.RaftAddress == "" {
+		if err := saveMember(cfg.DataDir, memberRecord{RaftAddress: raftAddr, ClusterID: s.clusterID}); err != nil {
+			nh.Close()
+			return fmt.Errorf("recording this node's Raft address in %s: %w", cfg.DataDir, err)
+		}
 	}
 	s.nh = nh
 	s.raftMembers = map[uint64]dragonboat.Target{}
@@ -340,6 +365,10 @@ func (s *Node) startRaft() error {
 		}
 	}
 	if nh.HasNodeInfo(meta.RangeID, metaID) {
+		// Restarting: Dragonboat has the members it started with and
+		// refuses others (a changed --initial-cluster, which etcd too
+		// ignores once a member has data).
+		metaMembers = nil
 		// This replica may have answered the meta leader lately: it stays
 		// out of elections for the leader's lease (see metaLease).
 		time.Sleep(s.metaLease())
@@ -377,7 +406,7 @@ func explainNodeHostError(err error, cfg Config) error {
 	msg := err.Error()
 	switch {
 	case strings.Contains(msg, "not the owner of the data directory"):
-		return fmt.Errorf("data in %s belongs to another peer address than %v (--initial-advertise-peer-urls must not change once data exists): %w", cfg.DataDir, cfg.InitialAdvertisePeerURLs, err)
+		return fmt.Errorf("data in %s belongs to another peer address than %v and does not record it (%s): start the node once with its first --initial-advertise-peer-urls, then move it with etcdctl member update: %w", cfg.DataDir, cfg.InitialAdvertisePeerURLs, memberFile, err)
 	case hardSettingsChanged(err):
 		return fmt.Errorf("data in %s was made with other --raft-step-workers or --raft-logdb-shards (they cannot change once data exists): %w", cfg.DataDir, err)
 	case strings.Contains(msg, "failed to lock data directory"):
@@ -457,12 +486,8 @@ func (s *Node) leadsHomeRange() bool {
 // registerNode records this node's addresses in the meta range's node
 // registry (like etcd's member attribute publish), retrying until it lands.
 func (s *Node) registerNode() {
-	node := &tesserapb.NodeInfo{NodeId: s.replicaID, Name: s.cfg.Name, ClientUrls: s.cfg.AdvertiseClientURLs}
-	if len(s.cfg.InitialAdvertisePeerURLs) > 0 {
-		node.RaftAddress, _ = hostPortOf(s.cfg.InitialAdvertisePeerURLs[0])
-	}
 	ctx := s.stopper.Context()
-	if err := s.directory.Register(ctx, node); err != nil && ctx.Err() == nil {
+	if err := s.directory.Register(ctx, s.nodeInfo()); err != nil && ctx.Err() == nil {
 		s.log.Warn("registering this node in the meta range failed", "err", err)
 	}
 }

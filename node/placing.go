@@ -479,7 +479,7 @@ func (i *internalService) ListNodes(ctx context.Context, req *tesserapb.ListNode
 		}
 		resp := &tesserapb.ListNodesResponse{}
 		for _, n := range st.Nodes {
-			ns := &tesserapb.NodeStatus{NodeId: n.NodeId, Name: n.Name, RaftAddress: n.RaftAddress, ClientUrls: n.ClientUrls,
+			ns := &tesserapb.NodeStatus{NodeId: n.NodeId, Name: n.Name, RaftAddress: meta.PeerAddress(n), ClientUrls: n.ClientUrls,
 				State: s.nodeState(n, beats, since, now).String(), Replicas: replicas[n.NodeId], Leaders: leaders[n.NodeId]}
 			if n.Decommissioning && ns.Replicas == 0 {
 				ns.State = "decommissioned"

@@ -105,7 +105,8 @@ func (s *Node) statusRaft() (leader, term, index uint64, err error) {
 }
 
 // MemberList answers etcd's Cluster.MemberList from the static
-// --initial-cluster and the client URLs each member has published.
+// --initial-cluster and the node registry (names, client URLs and current
+// peer URLs the members have published).
 func (s *Node) MemberList(ctx context.Context) (*pb.MemberListResponse, error) {
 	nodes, err := s.directory.Nodes(ctx)
 	if err != nil {
@@ -136,6 +137,7 @@ func (s *Node) MemberList(ctx context.Context) (*pb.MemberListResponse, error) {
 			if n, ok := registered[id]; ok {
 				// As in etcd, a member that has not published yet has no name.
 				member.Name = n.Name
+				member.PeerURLs = []string{s.peerScheme() + meta.PeerAddress(n)}
 				member.ClientURLs = n.ClientUrls
 				delete(registered, id)
 			}
@@ -145,7 +147,7 @@ func (s *Node) MemberList(ctx context.Context) (*pb.MemberListResponse, error) {
 	// Nodes that joined (and, on a node that joined, every node).
 	for _, n := range nodes {
 		if _, ok := registered[n.NodeId]; ok {
-			resp.Members = append(resp.Members, &pb.Member{ID: n.NodeId, Name: n.Name, PeerURLs: []string{s.peerScheme() + n.RaftAddress}, ClientURLs: n.ClientUrls})
+			resp.Members = append(resp.Members, &pb.Member{ID: n.NodeId, Name: n.Name, PeerURLs: []string{s.peerScheme() + meta.PeerAddress(n)}, ClientURLs: n.ClientUrls})
 		}
 	}
 	return resp, nil

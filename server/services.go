@@ -82,8 +82,7 @@ func (m *maintenance) Downgrade(context.Context, *pb.DowngradeRequest) (*pb.Down
 	return nil, status.Error(codes.Unimplemented, "tessera: downgrade is not supported")
 }
 
-// cluster serves Cluster.MemberList from the static --initial-cluster and the
-// client URLs each member has published; membership changes answer Unimplemented.
+// cluster serves etcd's Cluster service: the members are Tessera's nodes.
 type cluster struct {
 	pb.UnimplementedClusterServer
 	n *node.Node
@@ -150,10 +149,26 @@ func onMetaLeader[Req, Resp any](ctx context.Context, c *cluster, call func(pb.C
 	return here()
 }
 
-func (c *cluster) MemberUpdate(context.Context, *pb.MemberUpdateRequest) (*pb.MemberUpdateResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "tessera: a node's peer URL cannot be changed (every range's membership records it); remove the node and add it again")
+// MemberUpdate records a node's new peer URL (node.UpdateNodePeer): the
+// other nodes reach it there from now on, so it is restarted listening
+// there, as an etcd member is after `member update`.
+func (c *cluster) MemberUpdate(ctx context.Context, req *pb.MemberUpdateRequest) (*pb.MemberUpdateResponse, error) {
+	return onMetaLeader(ctx, c, pb.ClusterClient.MemberUpdate, req, func() (*pb.MemberUpdateResponse, error) {
+		if err := c.n.UpdateNodePeer(ctx, req.ID, req.PeerURLs); err != nil {
+			return nil, err
+		}
+		list, err := c.MemberList(ctx, &pb.MemberListRequest{})
+		if err != nil {
+			return nil, err
+		}
+		return &pb.MemberUpdateResponse{Header: list.Header, Members: list.Members}, nil
+	})
 }
 
-func (c *cluster) MemberPromote(context.Context, *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "tessera: learners are not implemented yet")
+// MemberPromote refuses as etcd does for a member that is not a learner:
+// Tessera has none (node.PromoteNode).
+func (c *cluster) MemberPromote(ctx context.Context, req *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
+	return onMetaLeader(ctx, c, pb.ClusterClient.MemberPromote, req, func() (*pb.MemberPromoteResponse, error) {
+		return nil, c.n.PromoteNode(ctx, req.ID)
+	})
 }

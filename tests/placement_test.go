@@ -710,3 +710,100 @@ func TestInitialClusterStateExisting(t *testing.T) {
 		t.Fatalf("the founding member restarted with existing: %v", err)
 	}
 }
+
+// A node's peer URL changes as an etcd member's does: `member update`, then
+// the node restarted listening on the new URL. The others reach it there
+// (Raft and node-to-node calls), and it keeps its ID and its replicas.
+// MemberPromote answers as etcd does for members that are not learners.
+func TestMemberUpdate(t *testing.T) {
+	c := testcluster.Start(t, 3)
+	ctx := ctxT(t)
+	cli := c.Client(c.Endpoints()...)
+	if _, err := cli.Put(ctx, "before", "1"); err != nil {
+		t.Fatal(err)
+	}
+	n3 := c.Nodes[2]
+	memberID := func(name string) uint64 {
+		t.Helper()
+		list, err := cli.MemberList(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range list.Members {
+			if m.Name == name {
+				return m.ID
+			}
+		}
+		t.Fatalf("no member named %s in %v", name, list.Members)
+		return 0
+	}
+	id3 := memberID("n3")
+	newPeer := fmt.Sprintf("http://127.0.0.1:%d", testcluster.FreePort(t))
+
+	for _, tc := range []struct {
+		what string
+		call func() error
+		want error
+	}{
+		{"update of an unknown member", func() error { _, err := cli.MemberUpdate(ctx, 0xbad, []string{newPeer}); return err }, rpctypes.ErrMemberNotFound},
+		{"update to another member's peer URL", func() error {
+			_, err := cli.MemberUpdate(ctx, id3, c.Nodes[0].Config.InitialAdvertisePeerURLs)
+			return err
+		}, rpctypes.ErrPeerURLExist},
+		{"promote of a voting member", func() error { _, err := cli.MemberPromote(ctx, id3); return err }, rpctypes.ErrMemberNotLearner},
+		{"promote of an unknown member", func() error { _, err := cli.MemberPromote(ctx, 0xbad); return err }, rpctypes.ErrMemberNotFound},
+	} {
+		if err := tc.call(); !errors.Is(rpctypes.Error(err), tc.want) {
+			t.Fatalf("%s: %v, want %v", tc.what, err, tc.want)
+		}
+	}
+
+	resp, err := cli.MemberUpdate(ctx, id3, []string{newPeer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	peerOf := func(members []*etcdserverpb.Member) []string {
+		for _, m := range members {
+			if m.ID == id3 {
+				return m.PeerURLs
+			}
+		}
+		return nil
+	}
+	if got := peerOf(resp.Members); !slices.Equal(got, []string{newPeer}) {
+		t.Fatalf("member update answered n3's peer URLs %v, want %s", got, newPeer)
+	}
+
+	c.StopNode(n3)
+	n3.Config.ListenPeerURLs = []string{newPeer}
+	n3.Config.InitialAdvertisePeerURLs = []string{newPeer}
+	c.StartNode(n3)
+
+	// Writes through the other nodes reach n3's replicas only over
+	// connections they open to its new address.
+	cli1 := c.Client(c.Nodes[0].ClientURL)
+	cli3 := c.Client(n3.ClientURL)
+	for i := range 20 {
+		if _, err := cli1.Put(ctx, fmt.Sprintf("after/%02d", i), "v"); err != nil {
+			t.Fatalf("put %d after n3 moved: %v", i, err)
+		}
+	}
+	waitFor(t, 20*time.Second, "n3 to hold the writes made after it moved", func() bool {
+		get, err := cli3.Get(ctx, "after/", clientv3.WithPrefix(), clientv3.WithSerializable(), clientv3.WithCountOnly())
+		return err == nil && get.Count == 20
+	})
+	if _, err := cli3.Put(ctx, "from-n3", "v"); err != nil {
+		t.Fatalf("put through n3 after it moved: %v", err)
+	}
+	list, err := cli3.MemberList(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if list.Header.MemberId != id3 || !slices.Equal(peerOf(list.Members), []string{newPeer}) {
+		t.Fatalf("after the restart n3 is member %x with peer URLs %v, want %x at %s", list.Header.MemberId, peerOf(list.Members), id3, newPeer)
+	}
+	b, err := os.ReadFile(filepath.Join(n3.Config.DataDir, "member.json"))
+	if old := strings.TrimPrefix(n3.Config.InitialCluster[2].PeerURL, "http://"); err != nil || !strings.Contains(string(b), `"raft_address":"`+old+`"`) {
+		t.Fatalf("n3's record %s (%v) does not keep its first peer address %s as its Raft address", b, err, old)
+	}
+}

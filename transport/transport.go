@@ -73,6 +73,10 @@ type Factory struct {
 	Log *slog.Logger
 	// Dial opens the connections to other nodes (nil: TCP with keepalive).
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// Resolve, when set, maps the address a Raft membership records a node
+	// under to where the node listens now (a node whose peer URL changed);
+	// every connection dials what it returns.
+	Resolve func(ctx context.Context, target string) string
 	// Others, when set, takes the peer port's connections that are not
 	// Raft traffic (see Others); without it they are closed.
 	Others *Others
@@ -100,6 +104,7 @@ func (f *Factory) Create(nhc config.NodeHostConfig, onBatch raftio.MessageHandle
 		onChunk:      onChunk,
 		log:          log.With("component", "transport"),
 		dial:         f.Dial,
+		resolve:      f.Resolve,
 		others:       f.Others,
 		serverTLS:    f.ServerTLS,
 		clientTLS:    f.ClientTLS,
@@ -130,6 +135,7 @@ type TCP struct {
 	onChunk      raftio.ChunkHandler
 	log          *slog.Logger
 	dial         func(ctx context.Context, addr string) (net.Conn, error) // nil: net.Dialer
+	resolve      func(ctx context.Context, target string) string          // nil: target as it is
 	others       *Others                                                  // nil: none
 	serverTLS    *tls.Config                                              // nil: plain TCP
 	clientTLS    *tls.Config
@@ -398,6 +404,9 @@ func (t *TCP) GetSnapshotConnection(ctx context.Context, target string) (raftio.
 func (t *TCP) connect(ctx context.Context, target string) (*conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
+	if t.resolve != nil {
+		target = t.resolve(ctx, target)
+	}
 	var c net.Conn
 	var err error
 	if t.dial == nil {

@@ -1549,16 +1549,22 @@ func (x *PutRangeCommand) GetRange() *RangeDescriptor {
 
 // NodeInfo is how a node is reached.
 type NodeInfo struct {
-	state       protoimpl.MessageState `protogen:"open.v1"`
-	NodeId      uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	Name        string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	RaftAddress string                 `protobuf:"bytes,3,opt,name=raft_address,json=raftAddress,proto3" json:"raft_address,omitempty"`
-	ClientUrls  []string               `protobuf:"bytes,4,rep,name=client_urls,json=clientUrls,proto3" json:"client_urls,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Name   string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// raft_address is the node's name in every Raft group's membership: the
+	// host:port of its peer URL when it first started, which never changes.
+	RaftAddress string   `protobuf:"bytes,3,opt,name=raft_address,json=raftAddress,proto3" json:"raft_address,omitempty"`
+	ClientUrls  []string `protobuf:"bytes,4,rep,name=client_urls,json=clientUrls,proto3" json:"client_urls,omitempty"`
 	// decommissioning: the node is leaving (SetDecommissioningCommand); a
 	// node registering again keeps it.
 	Decommissioning bool `protobuf:"varint,5,opt,name=decommissioning,proto3" json:"decommissioning,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// peer_address is where other nodes reach the node now (host:port of its
+	// peer URL, set by MemberUpdate or by the node registering); empty means
+	// raft_address.
+	PeerAddress   string `protobuf:"bytes,6,opt,name=peer_address,json=peerAddress,proto3" json:"peer_address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeInfo) Reset() {
@@ -1624,6 +1630,13 @@ func (x *NodeInfo) GetDecommissioning() bool {
 		return x.Decommissioning
 	}
 	return false
+}
+
+func (x *NodeInfo) GetPeerAddress() string {
+	if x != nil {
+		return x.PeerAddress
+	}
+	return ""
 }
 
 // RangeDescriptor says which keys a range holds and where its replicas live.
@@ -4351,14 +4364,15 @@ const file_tesserapb_meta_proto_rawDesc = "" +
 	"\x13RegisterNodeCommand\x12'\n" +
 	"\x04node\x18\x01 \x01(\v2\x13.tesserapb.NodeInfoR\x04node\"C\n" +
 	"\x0fPutRangeCommand\x120\n" +
-	"\x05range\x18\x01 \x01(\v2\x1a.tesserapb.RangeDescriptorR\x05range\"\xa5\x01\n" +
+	"\x05range\x18\x01 \x01(\v2\x1a.tesserapb.RangeDescriptorR\x05range\"\xc8\x01\n" +
 	"\bNodeInfo\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12!\n" +
 	"\fraft_address\x18\x03 \x01(\tR\vraftAddress\x12\x1f\n" +
 	"\vclient_urls\x18\x04 \x03(\tR\n" +
 	"clientUrls\x12(\n" +
-	"\x0fdecommissioning\x18\x05 \x01(\bR\x0fdecommissioning\"\xcf\x01\n" +
+	"\x0fdecommissioning\x18\x05 \x01(\bR\x0fdecommissioning\x12!\n" +
+	"\fpeer_address\x18\x06 \x01(\tR\vpeerAddress\"\xcf\x01\n" +
 	"\x0fRangeDescriptor\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x1b\n" +
 	"\tstart_key\x18\x02 \x01(\fR\bstartKey\x12\x17\n" +
