@@ -14,7 +14,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tesserakv/tessera/proto/tesserapb"
-	"github.com/tesserakv/tessera/shard"
 	"github.com/tesserakv/tessera/statemachine"
 )
 
@@ -319,7 +318,7 @@ func (r *Router) readSpan(ctx context.Context, rng Range, req *pb.RangeRequest, 
 			return err
 		})
 		if err != nil {
-			return rangeAnswer{}, 0, err
+			return rangeAnswer{}, 0, unreachableAsNoLeader(ctx, err)
 		}
 		return relayedAnswer(rng.RangeID(), req, resp, md, wire, states)
 	}
@@ -402,7 +401,7 @@ func (r *Router) readSpan(ctx context.Context, rng Range, req *pb.RangeRequest, 
 	if err != nil && last != nil && err == last {
 		// The leader's node stayed out of reach: to the client that is
 		// etcd's "no leader", which it retries, not a peer's dial error.
-		return rangeAnswer{}, 0, fmt.Errorf("%w: %v", shard.ErrNoLeader, status.Convert(err).Message())
+		return rangeAnswer{}, 0, noLeader(err)
 	}
 	return ans, rev, err
 }

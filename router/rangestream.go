@@ -153,7 +153,7 @@ func (r *Router) streamSpan(ctx context.Context, rng Range, req *pb.RangeRequest
 			added, count, rev, err = relayRangeStream(ctx, cc, req, chunks)
 			return err
 		})
-		return added, count, rev, err
+		return added, count, rev, unreachableAsNoLeader(ctx, err)
 	}
 	fn := func(v *statemachine.View) (any, error) {
 		// The read layer may run fn again (a leadership check after it

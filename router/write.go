@@ -124,9 +124,25 @@ func (r *Router) writeTo(ctx context.Context, rng Range, cmd *tesserapb.Command,
 		// The nodes kept naming leaders that were not (yet) ready, or the
 		// leader's node stayed unreachable: to the client that is etcd's
 		// "no leader", which it retries.
-		return nil, fmt.Errorf("%w: %v", shard.ErrNoLeader, status.Convert(err).Message())
+		return nil, noLeader(err)
 	}
 	return res, err
+}
+
+// noLeader is a forwarded request's failure as the client sees it: etcd's
+// "no leader", which clients retry, with the cause after it.
+func noLeader(err error) error {
+	return fmt.Errorf("%w: %v", shard.ErrNoLeader, status.Convert(err).Message())
+}
+
+// unreachableAsNoLeader is err, or noLeader(err) when no replica's node could
+// be reached (none answered, and the request's own deadline has not passed):
+// the client gets etcd's "no leader", not a peer's dial error.
+func unreachableAsNoLeader(ctx context.Context, err error) error {
+	if ctx.Err() == nil && (neverSent(err) || status.Code(err) == codes.Unavailable) {
+		return noLeader(err)
+	}
+	return err
 }
 
 // retryLocal runs a write on a local replica under the same policy as
