@@ -165,6 +165,11 @@ start_tessera() { # start_tessera N: the first node alone, the others --join
     args=(--name "n$i" --data-dir "$WORK/data/$name"
       --listen-client-urls "http://127.0.0.1:$client" --listen-peer-urls "http://127.0.0.1:$peer")
     if [ "$i" -gt 1 ]; then args+=(--join "$(IFS=,; echo "${clients[*]/#/http://}")"); fi
+    # TESSERA_PPROF=1: every node serves /debug/pprof on its client port + 2.
+    if [ "${TESSERA_PPROF:-}" = 1 ]; then
+      check_ports $((client + 2)) $((client + 2))
+      args+=(--listen-metrics-urls "http://127.0.0.1:$((client + 2))" --enable-pprof)
+    fi
     # shellcheck disable=SC2086 # TESSERA_FLAGS is split on purpose
     "$SERVER_START" "$name" "$TESSERA" "${args[@]}" ${TESSERA_FLAGS:-}
     wait_listening "$LAST_PID" "$client" "$name"

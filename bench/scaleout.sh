@@ -30,7 +30,7 @@
 #
 # Usage: bench/scaleout.sh [--quota F] [--duration D] [--clients N] [--conns N]
 #                          [--value-size B] [--balance-timeout S] [--out DIR]
-#                          [--clusters LIST]
+#                          [--clusters LIST] [--profile S]
 #   --quota F            fraction of a core per server process (default 0.25)
 #   --duration D         measured time per case (default 20s)
 #   --clients N          tessbench clients (default 100)
@@ -41,6 +41,10 @@
 #   --out DIR            where results go (default: $CACHE/results/scaleout-<date>)
 #   --clusters LIST      the clusters measured, in order (default
 #                        "tessera:3 etcd:3 tessera:6 etcd:5")
+#   --profile S          take an S-second CPU profile of every Tessera node
+#                        during each Tessera case, from the middle of the
+#                        measured run (profiles/ in the results; S at most
+#                        the duration less 2 s)
 # Environment:
 #   TESSERA_BENCH_CACHE      cache for the etcd build (default ~/.cache/tessera-bench)
 #   TESSERA_FLAGS            extra flags for every Tessera server (split on spaces)
@@ -57,6 +61,7 @@ VALUE_SIZE=256
 BALANCE_TIMEOUT=300
 OUT=""
 CLUSTERS="tessera:3 etcd:3 tessera:6 etcd:5"
+PROFILE=0
 ARGS="$*"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -68,6 +73,7 @@ while [ $# -gt 0 ]; do
     --balance-timeout) BALANCE_TIMEOUT="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --clusters) CLUSTERS="$2"; shift ;;
+    --profile) PROFILE="$2"; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "scaleout.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -75,6 +81,15 @@ while [ $# -gt 0 ]; do
 done
 
 usage_error() { echo "scaleout.sh: $*" >&2; exit 2; }
+go_seconds() { # go_seconds DURATION: a Go duration (20s, 1m30s, 500ms) in seconds
+  awk -v d="$1" 'BEGIN {
+    while (match(d, /^[0-9.]+(ms|s|m|h)/)) {
+      part = substr(d, 1, RLENGTH); d = substr(d, RLENGTH + 1)
+      unit = part; sub(/^[0-9.]+/, "", unit)
+      t += (part + 0) * (unit == "ms" ? 0.001 : unit == "s" ? 1 : unit == "m" ? 60 : 3600)
+    }
+    print t + 0 }'
+}
 PERIOD_US=100000
 QUOTA_US=$(awk -v q="$QUOTA" -v p=$PERIOD_US 'BEGIN { if (q + 0 > 0 && q + 0 <= 64) printf "%d", q * p; else print "bad" }')
 [[ "$QUOTA_US" =~ ^[0-9]+$ && "$QUOTA_US" -ge 1000 ]] || usage_error "--quota must be a fraction of a core of at least 0.01, got $QUOTA"
@@ -86,6 +101,10 @@ QUOTA_US=$(awk -v q="$QUOTA" -v p=$PERIOD_US 'BEGIN { if (q + 0 > 0 && q + 0 <= 
 for cluster in $CLUSTERS; do
   [[ "$cluster" =~ ^(tessera|etcd):[1-9][0-9]?$ ]] || usage_error "--clusters takes tessera:N and etcd:N, got $cluster"
 done
+[[ "$PROFILE" =~ ^[0-9]+$ ]] || usage_error "--profile takes whole seconds, got $PROFILE"
+awk -v d="$(go_seconds "$DURATION")" -v p="$PROFILE" 'BEGIN { exit !(p <= d - 2) }' || [ "$PROFILE" = 0 ] ||
+  usage_error "--profile $PROFILE does not fit in a --duration of $DURATION (at most the duration less 2 s)"
+if [ "$PROFILE" -gt 0 ]; then export TESSERA_PPROF=1; fi
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${TESSERA_BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tessera-bench}
@@ -222,10 +241,13 @@ bench() { # bench TARGET N WORKLOAD: warm up, then measure, against the running 
   mapfile -t before < <(cpu_ticks "${pids[@]}")
   m0=$(machine_ticks); t0=$(now)
   rm -f "$WORK/client.time"
+  local profiling=()
+  if [ "$PROFILE" -gt 0 ] && [ "$target" = tessera ]; then profile_nodes "$n" "$workload"; fi
   ${CLIENT_TIME[@]+"${CLIENT_TIME[@]}"} "$TESSBENCH" "${ARGV[@]}" \
     --endpoints "$ENDPOINTS" --duration "$DURATION" --seed $((RUN)) --server-pids "$SERVER_PIDS" \
     --case "$workload" --target "$target" --topology "$topo" --json >"$file" 2>"$WORK/tessbench.err" || rc=$?
   t1=$(now); m1=$(machine_ticks)
+  if [ ${#profiling[@]} -gt 0 ]; then wait "${profiling[@]}" || log "  a profile failed"; fi
   mapfile -t after < <(cpu_ticks "${pids[@]}")
   if [ $rc != 0 ]; then
     rm -f "$file"
@@ -244,6 +266,21 @@ bench() { # bench TARGET N WORKLOAD: warm up, then measure, against the running 
   machine=$(awk -v a="$m0" -v b="$m1" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.0f", 100 * (y[1] - x[1]) / (y[2] - x[2]) }')
   echo "$target|$n|$workload|$file|$caps|$client|$machine" >>"$ROWS"
   log "  $(jq -r '"\(.throughput_per_second | floor)/s, p50 \(.latency_ms.p50) ms, p99 \(.latency_ms.p99) ms, \(.errors) errors"' "$file"); node CPU % of cap: $caps; tessbench $client cores; machine $machine % busy"
+}
+
+# profile_nodes N WORKLOAD: in the background, wait until the measured run is
+# under way, then take a CPU profile of each of the N nodes at once (their
+# pprof ports, see start_tessera); their pids go in profiling.
+profile_nodes() {
+  local n=$1 workload=$2 i port delay
+  delay=$(awk -v d="$(go_seconds "$DURATION")" -v p="$PROFILE" 'BEGIN { x = (d - p) / 2; print (x < 1 ? 1 : x) }')
+  mkdir -p "$OUT/profiles"
+  for i in $(seq "$n"); do
+    port=$(( $(client_port 100 "$i") + 2 ))
+    (sleep "$delay" && curl -sf -o "$OUT/profiles/tessera-$n-$workload-n$i.pprof" \
+      "http://127.0.0.1:$port/debug/pprof/profile?seconds=$PROFILE") &
+    profiling+=($!)
+  done
 }
 
 run_cluster() { # run_cluster etcd|tessera N
