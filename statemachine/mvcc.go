@@ -40,8 +40,11 @@ type pointIter struct {
 	it *pebble.Iterator
 }
 
-// pointIterOptions bound the lookups to the data keys.
-var pointIterOptions = pebble.IterOptions{LowerBound: []byte{prefixData}, UpperBound: []byte{prefixData + 1}}
+// pointIterOptions bound the lookups to the data keys. A Put looks up its
+// key's live version, and a new key has none: the bloom filters of the last
+// level's tables (where most keys live) answer that from the block cache,
+// where by default Pebble reads an index and a data block of such a table.
+var pointIterOptions = pebble.IterOptions{LowerBound: []byte{prefixData}, UpperBound: []byte{prefixData + 1}, UseL6Filters: true}
 
 // seekVersion positions the iterator at userKey's newest version at or
 // below atRev and returns its stored value, ok false when there is none.
