@@ -223,15 +223,30 @@ func (s *Node) history(key, rangeEnd []byte, fromRev, toRev int64, maxEvents int
 		// Every part is here and complete to toRev: one read of the store.
 		return s.store.History(key, rangeEnd, fromRev, toRev, maxEvents)
 	}
+	// The parts are read at once: a watch over many ranges held elsewhere
+	// waits for the slowest node, not for the sum of them.
+	type partRead struct {
+		events []*mvccpb.Event
+		to     int64
+		err    error
+	}
+	reads := make([]partRead, len(parts))
+	var wg sync.WaitGroup
+	for i, p := range parts {
+		wg.Go(func() {
+			r := &reads[i]
+			r.events, r.to, r.err = s.partHistory(p, fromRev, toRev, maxEvents)
+		})
+	}
+	wg.Wait()
 	var all []*mvccpb.Event
 	covered := toRev
-	for _, p := range parts {
-		events, to, err := s.partHistory(p, fromRev, toRev, maxEvents)
-		if err != nil {
-			return nil, 0, err
+	for _, r := range reads {
+		if r.err != nil {
+			return nil, 0, r.err
 		}
-		covered = min(covered, to)
-		all = append(all, events...)
+		covered = min(covered, r.to)
+		all = append(all, r.events...)
 	}
 	slices.SortFunc(all, watchhub.EventOrder)
 	cut, _ := slices.BinarySearchFunc(all, covered+1, func(e *mvccpb.Event, rev int64) int { return cmp.Compare(e.Kv.ModRevision, rev) })
