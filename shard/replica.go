@@ -373,8 +373,16 @@ func (r *Replica) writeRetrying(ctx context.Context, cmd *tesserapb.Command) (*t
 	})
 }
 
+// proposalCommand is the command a proposal carries: a copy of cmd's own
+// fields, which the proposer sets (revision, leadership term), sharing its
+// operation, which nothing changes once proposed. A caller may try cmd
+// again; a deep copy would also copy every value written.
+func proposalCommand(cmd *tesserapb.Command) *tesserapb.Command {
+	return &tesserapb.Command{Revision: cmd.Revision, LeadershipTerm: cmd.LeadershipTerm, Op: cmd.Op}
+}
+
 func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesKeys bool) (res *tesserapb.Result, err error, retry bool) {
-	p := &proposal{ctx: ctx, cmd: proto.CloneOf(cmd), writesKeys: writesKeys, done: make(chan outcome, 1)}
+	p := &proposal{ctx: ctx, cmd: proposalCommand(cmd), writesKeys: writesKeys, done: make(chan outcome, 1)}
 	select {
 	case r.queue <- p:
 	case <-ctx.Done():
