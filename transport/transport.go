@@ -87,6 +87,8 @@ type Factory struct {
 
 	mu sync.Mutex
 	t  *TCP // the transport made last; guarded by mu
+
+	valid sync.Map // addresses Validate found valid
 }
 
 var _ config.TransportFactory = (*Factory)(nil)
@@ -117,7 +119,19 @@ func (f *Factory) Create(nhc config.NodeHostConfig, onBatch raftio.MessageHandle
 }
 
 // Validate implements config.TransportFactory: addresses are host:port.
-func (*Factory) Validate(addr string) bool { return config.IsValidAddress(addr) }
+// Dragonboat validates the sender's address of every message it receives,
+// and its check runs regular expressions: an address once found valid is
+// remembered (a cluster has few).
+func (f *Factory) Validate(addr string) bool {
+	if _, ok := f.valid.Load(addr); ok {
+		return true
+	}
+	if !config.IsValidAddress(addr) {
+		return false
+	}
+	f.valid.Store(addr, struct{}{})
+	return true
+}
 
 // Transport returns the transport the factory made (nil before NodeHost
 // made one).

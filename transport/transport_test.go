@@ -349,3 +349,16 @@ func TestOthersTakeWhatIsNotRaft(t *testing.T) {
 		t.Fatalf("got %+v", b)
 	}
 }
+
+// TestValidateRemembersOnlyValid: Validate answers as Dragonboat's check
+// does, the first time and again.
+func TestValidateRemembersOnlyValid(t *testing.T) {
+	f := &Factory{}
+	for range 2 {
+		for _, addr := range []string{"127.0.0.1:2380", "node-1.example:12380", "127.0.0.1", "127.0.0.1:0", "host:port", ":2380", "a:b:c"} {
+			if got, want := f.Validate(addr), config.IsValidAddress(addr); got != want {
+				t.Fatalf("Validate(%q) = %v, want %v", addr, got, want)
+			}
+		}
+	}
+}
