@@ -366,15 +366,9 @@ func (s *Node) isJoined() bool {
 // RemoveNode takes a node holding no range replica out of the cluster: out
 // of the meta range and the node registry. It runs on the meta leader.
 func (s *Node) RemoveNode(ctx context.Context, id uint64) error {
-	st, err := meta.State(ctx, s.meta, true)
+	st, node, err := s.registryEntry(ctx, id)
 	if err != nil {
-		return router.ToGRPC(err)
-	}
-	var node *tesserapb.NodeInfo
-	for _, n := range st.Nodes {
-		if n.NodeId == id {
-			node = n
-		}
+		return err
 	}
 	if node == nil {
 		return rpctypes.ErrGRPCMemberNotFound
@@ -437,12 +431,9 @@ func quorumWithout(voters map[uint64]string, without uint64, live map[uint64]boo
 // member list shows it with no name, as etcd shows an unstarted member.
 // It runs on the meta leader.
 func (s *Node) AddNode(ctx context.Context, peerURLs []string) (uint64, error) {
-	if len(peerURLs) != 1 {
-		return 0, status.Errorf(codes.InvalidArgument, "tessera: a node has one peer URL (got %d)", len(peerURLs))
-	}
-	raftAddr, err := hostPortOf(peerURLs[0])
+	raftAddr, err := onePeerAddress(peerURLs)
 	if err != nil {
-		return 0, status.Errorf(codes.InvalidArgument, "tessera: peer URL %q: %v", peerURLs[0], err)
+		return 0, err
 	}
 	st, err := meta.State(ctx, s.meta, true)
 	if err != nil {

@@ -95,22 +95,16 @@ func (s *Node) resolvePeer(ctx context.Context, raftAddr string) string {
 // from now on, so the node is restarted listening there. It runs on the
 // meta leader.
 func (s *Node) UpdateNodePeer(ctx context.Context, id uint64, peerURLs []string) error {
-	if len(peerURLs) != 1 {
-		return status.Errorf(codes.InvalidArgument, "tessera: a node has one peer URL (got %d)", len(peerURLs))
-	}
-	addr, err := hostPortOf(peerURLs[0])
+	addr, err := onePeerAddress(peerURLs)
 	if err != nil {
-		return status.Errorf(codes.InvalidArgument, "tessera: peer URL %q: %v", peerURLs[0], err)
+		return err
 	}
-	st, err := meta.State(ctx, s.meta, true)
+	st, node, err := s.registryEntry(ctx, id)
 	if err != nil {
-		return router.ToGRPC(err)
+		return err
 	}
-	var node *tesserapb.NodeInfo
-	for _, n := range st.Nodes {
-		if n.NodeId == id {
-			node = proto.Clone(n).(*tesserapb.NodeInfo)
-		}
+	if node != nil {
+		node = proto.CloneOf(node)
 	}
 	if node == nil && !s.isJoined() && id >= 1 && id <= uint64(len(s.cfg.InitialCluster)) {
 		// A member of --initial-cluster that has not started yet.
@@ -152,4 +146,32 @@ func (s *Node) PromoteNode(ctx context.Context, id uint64) error {
 		}
 	}
 	return rpctypes.ErrGRPCMemberNotFound
+}
+
+// onePeerAddress is the host:port of the one peer URL a member request
+// gives (MemberAdd, MemberUpdate).
+func onePeerAddress(peerURLs []string) (string, error) {
+	if len(peerURLs) != 1 {
+		return "", status.Errorf(codes.InvalidArgument, "tessera: a node has one peer URL (got %d)", len(peerURLs))
+	}
+	addr, err := hostPortOf(peerURLs[0])
+	if err != nil {
+		return "", status.Errorf(codes.InvalidArgument, "tessera: peer URL %q: %v", peerURLs[0], err)
+	}
+	return addr, nil
+}
+
+// registryEntry reads the meta state as the meta leader has it and returns
+// it with node id's entry in the node registry (nil: none).
+func (s *Node) registryEntry(ctx context.Context, id uint64) (*tesserapb.MetaState, *tesserapb.NodeInfo, error) {
+	st, err := meta.State(ctx, s.meta, true)
+	if err != nil {
+		return nil, nil, router.ToGRPC(err)
+	}
+	for _, n := range st.Nodes {
+		if n.NodeId == id {
+			return st, n, nil
+		}
+	}
+	return st, nil, nil
 }

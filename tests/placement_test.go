@@ -598,16 +598,7 @@ func TestMemberAdd(t *testing.T) {
 	id := added.Member.ID
 	member := func(id uint64) *etcdserverpb.Member {
 		t.Helper()
-		list, err := cli.MemberList(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range list.Members {
-			if m.ID == id {
-				return m
-			}
-		}
-		return nil
+		return memberWhere(t, cli, func(m *etcdserverpb.Member) bool { return m.ID == id })
 	}
 	if m := member(id); m == nil || m.Name != "" || len(m.ClientURLs) != 0 || !slices.Equal(m.PeerURLs, []string{peer}) {
 		t.Fatalf("member list shows the added node as %v", m)
@@ -723,21 +714,11 @@ func TestMemberUpdate(t *testing.T) {
 		t.Fatal(err)
 	}
 	n3 := c.Nodes[2]
-	memberID := func(name string) uint64 {
-		t.Helper()
-		list, err := cli.MemberList(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range list.Members {
-			if m.Name == name {
-				return m.ID
-			}
-		}
-		t.Fatalf("no member named %s in %v", name, list.Members)
-		return 0
+	m3 := memberWhere(t, cli, func(m *etcdserverpb.Member) bool { return m.Name == "n3" })
+	if m3 == nil {
+		t.Fatal("member list has no n3")
 	}
-	id3 := memberID("n3")
+	id3 := m3.ID
 	newPeer := fmt.Sprintf("http://127.0.0.1:%d", testcluster.FreePort(t))
 
 	for _, tc := range []struct {
@@ -806,4 +787,20 @@ func TestMemberUpdate(t *testing.T) {
 	if old := strings.TrimPrefix(n3.Config.InitialCluster[2].PeerURL, "http://"); err != nil || !strings.Contains(string(b), `"raft_address":"`+old+`"`) {
 		t.Fatalf("n3's record %s (%v) does not keep its first peer address %s as its Raft address", b, err, old)
 	}
+}
+
+// memberWhere returns the first member of cli's member list that match
+// accepts, nil when none does.
+func memberWhere(t *testing.T, cli *clientv3.Client, match func(*etcdserverpb.Member) bool) *etcdserverpb.Member {
+	t.Helper()
+	list, err := cli.MemberList(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range list.Members {
+		if match(m) {
+			return m
+		}
+	}
+	return nil
 }
