@@ -437,21 +437,56 @@ func (i *internalService) TransferLeader(ctx context.Context, req *tesserapb.Tra
 }
 
 // onMetaLeader runs a call on the meta range's leader: here when this node
-// leads it, else on the leader's node, once.
+// leads it, else on the leader's node (OnMetaLeader).
 func onMetaLeader[T any](ctx context.Context, s *Node, here func() (T, error), there func(context.Context, tesserapb.InternalClient) (T, error)) (T, error) {
+	return OnMetaLeader(ctx, s, s.directory.Conn, here, func(ctx context.Context, cc *grpc.ClientConn) (T, error) {
+		return there(ctx, tesserapb.NewInternalClient(cc))
+	}, status.Error(codes.Unavailable, "tessera: the meta range has no leader; retry"))
+}
+
+// metaLeaderWait bounds how long a call for the meta leader waits for one it
+// can reach: after the leader's node stops, the others elect another within
+// an election timeout or two.
+const metaLeaderWait = 5 * time.Second
+
+// OnMetaLeader runs here when this node leads the meta range, else there on
+// a connection (conn) to the leader's node, once. While the meta range has
+// no leader, or the leader's node cannot be reached so the call was never
+// sent, it waits for a leader it can reach, up to metaLeaderWait; then it
+// answers noLeader. A call that was sent is not made again (it may have
+// been carried out).
+func OnMetaLeader[T any](ctx context.Context, s *Node, conn func(context.Context, uint64) (*grpc.ClientConn, error),
+	here func() (T, error), there func(context.Context, *grpc.ClientConn) (T, error), noLeader error) (T, error) {
 	var zero T
-	leader, _, ok := s.meta.Leader()
-	switch {
-	case ok && leader == s.replicaID:
-		return here()
-	case !ok || !router.MayForward(ctx):
-		return zero, status.Error(codes.Unavailable, "tessera: the meta range has no leader; retry")
+	if !router.MayForward(ctx) {
+		if leader, _, ok := s.meta.Leader(); ok && leader == s.replicaID {
+			return here()
+		}
+		return zero, noLeader
 	}
-	cc, err := s.directory.Conn(ctx, leader)
-	if err != nil {
-		return zero, router.ToGRPC(err)
+	deadline := time.Now().Add(metaLeaderWait)
+	for {
+		if leader, _, ok := s.meta.Leader(); ok {
+			if leader == s.replicaID {
+				return here()
+			}
+			cc, err := conn(ctx, leader)
+			if err == nil {
+				resp, err := there(router.ForwardedContext(ctx), cc)
+				if err == nil || !router.DialFailed(err) {
+					return resp, err
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			return zero, noLeader
+		}
+		select {
+		case <-ctx.Done():
+			return zero, status.FromContextError(ctx.Err()).Err()
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
-	return there(router.ForwardedContext(ctx), tesserapb.NewInternalClient(cc))
 }
 
 // ListNodes serves Internal.ListNodes from the meta leader's view.

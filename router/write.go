@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -392,6 +393,15 @@ func txnIntervals(req *pb.TxnRequest) [][2][]byte {
 // leader (its tesserapb.NotLeader detail), or 0.
 func leaderHint(err error) uint64 {
 	return notLeaderOf(status.Convert(err)).GetLeaderReplicaId()
+}
+
+// DialFailed reports whether a unary call to another node failed because
+// no connection to it could be made, so nothing was sent (gRPC's
+// "transport: Error while dialing"); a call sent on a connection that broke
+// fails Unavailable too, but may have been carried out.
+func DialFailed(err error) bool {
+	st := status.Convert(err)
+	return st.Code() == codes.Unavailable && strings.Contains(st.Message(), "Error while dialing")
 }
 
 // notSentError is a forwarded write that never left this node: the stream

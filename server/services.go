@@ -132,21 +132,13 @@ func (c *cluster) MemberRemove(ctx context.Context, req *pb.MemberRemoveRequest)
 }
 
 // onMetaLeader runs here on the meta range's leader, which changes the
-// membership, and elsewhere passes the request there once.
+// membership, and elsewhere passes the request there (node.OnMetaLeader:
+// while no leader can be reached it waits for one, then answers etcd's
+// "no leader").
 func onMetaLeader[Req, Resp any](ctx context.Context, c *cluster, call func(pb.ClusterClient, context.Context, Req, ...grpc.CallOption) (Resp, error), req Req, here func() (Resp, error)) (Resp, error) {
-	var zero Resp
-	leader, ok := c.n.MetaLeader()
-	switch {
-	case !ok:
-		return zero, rpctypes.ErrGRPCNoLeader
-	case leader != c.n.ID():
-		cc, err := c.n.Conn(ctx, leader)
-		if err != nil || !router.MayForward(ctx) {
-			return zero, rpctypes.ErrGRPCNoLeader
-		}
-		return call(pb.NewClusterClient(cc), router.ForwardedContext(ctx), req)
-	}
-	return here()
+	return node.OnMetaLeader(ctx, c.n, c.n.Conn, here, func(ctx context.Context, cc *grpc.ClientConn) (Resp, error) {
+		return call(pb.NewClusterClient(cc), ctx, req)
+	}, rpctypes.ErrGRPCNoLeader)
 }
 
 // MemberUpdate records a node's new peer URL (node.UpdateNodePeer): the

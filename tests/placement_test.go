@@ -804,3 +804,24 @@ func memberWhere(t *testing.T, cli *clientv3.Client, match func(*etcdserverpb.Me
 	}
 	return nil
 }
+
+// TestMembershipCallWhileMetaLeaderStops: a Cluster call made through
+// another node right after the meta leader's node stops waits for the new
+// meta leader and is answered there, instead of failing with the stopped
+// node's dial error.
+func TestMembershipCallWhileMetaLeaderStops(t *testing.T) {
+	c := testcluster.Start(t, 3)
+	leader := c.Nodes[c.Nodes[0].Server.Testing().MetaLeader()-1]
+	var other *testcluster.Node
+	for _, n := range c.Nodes {
+		if n != leader {
+			other = n
+		}
+	}
+	cli := c.Client(other.ClientURL)
+	id := memberWhere(t, cli, func(m *etcdserverpb.Member) bool { return m.Name == other.Config.Name }).ID
+	c.StopNode(leader)
+	if _, err := cli.MemberPromote(ctxT(t), id); !errors.Is(rpctypes.Error(err), rpctypes.ErrMemberNotLearner) {
+		t.Fatalf("member promote right after the meta leader's node stopped: %v, want %v", err, rpctypes.ErrMemberNotLearner)
+	}
+}
