@@ -34,6 +34,7 @@ var errorMap = []struct {
 	{statemachine.ErrStaleLeader, rpctypes.ErrGRPCLeaderChanged},
 	{statemachine.ErrLeaseProofOld, status.Error(codes.Unavailable, "tessera: leases were revoked on the key's range while the lease was being attached to it; retry")},
 	{statemachine.ErrWrongRange, status.Error(codes.Unavailable, "tessera: the range's bounds changed (a split) while the request was routed; retry")},
+	{statemachine.ErrUnavailable, status.Error(codes.Unavailable, "tessera: the range's replica on this node is closed (moved away) or recovering from a snapshot; retry")},
 	{ErrNoRange, status.Error(codes.Unavailable, "tessera: no range holds the key on this node yet (a split is being applied); retry")},
 	{meta.ErrUnknownNode, status.Error(codes.Unavailable, "tessera: another member's address is not known here yet (it is starting); retry")},
 }

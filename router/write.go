@@ -24,13 +24,30 @@ import (
 // cache (a split).
 const maxRouteAttempts = 5
 
+// replicaGone reports whether err is a local replica that stopped before
+// the write was proposed, or whose state machine is closed to reads, while
+// this node goes on (the replica was removed from its range): the range is
+// elsewhere now.
+func (r *Router) replicaGone(err error) bool {
+	if !errors.Is(err, shard.ErrStoppedUnproposed) && !errors.Is(err, statemachine.ErrUnavailable) {
+		return false
+	}
+	select {
+	case <-r.stopper.ShouldQuiesce():
+		return false
+	default:
+		return true
+	}
+}
+
 // reroute reports whether a request that failed with err should be routed
 // again: a range answered that its bounds no longer hold the request's keys
-// (a split the cache has not caught up with). It refreshes the cache and,
+// (a split the cache has not caught up with), or a replica here stopped
+// before it proposed the request (replicaGone). It refreshes the cache and,
 // after the first retry, pauses a little longer each time, so a split still
 // being applied has time to finish.
 func (r *Router) reroute(ctx context.Context, err error, attempt int) bool {
-	if !errors.Is(err, statemachine.ErrWrongRange) || attempt >= maxRouteAttempts {
+	if !errors.Is(err, statemachine.ErrWrongRange) && !r.replicaGone(err) || attempt >= maxRouteAttempts {
 		return false
 	}
 	if attempt > 0 {

@@ -15,6 +15,11 @@ var (
 	ErrTimeout = errors.New("shard: request timed out")
 	// ErrStopped: the replica is shutting down.
 	ErrStopped = errors.New("shard: replica stopped")
+	// ErrStoppedUnproposed: the replica stopped (removed from its range,
+	// or the node stopping) before the write was proposed, so nothing
+	// changed and the write may go to the range wherever it is now. It is
+	// an ErrStopped too.
+	ErrStoppedUnproposed = fmt.Errorf("%w before the write was proposed", ErrStopped)
 	// ErrNoLeader: the range has no leader right now; retry later.
 	ErrNoLeader = errors.New("shard: no leader")
 	// ErrBusy: Raft has more requests of the range in flight than it takes;

@@ -184,7 +184,17 @@ type proposal struct {
 	writesKeys bool
 	// done receives the proposal's final outcome; buffered, 1.
 	done chan outcome
+	// state is proposalQueued until the proposer takes the proposal
+	// (proposalTaken) or its writer, the replica stopping, gives up on it
+	// first (proposalAbandoned); exactly one of them moves it on.
+	state atomic.Int32
 }
+
+const (
+	proposalQueued int32 = iota
+	proposalTaken
+	proposalAbandoned
+)
 
 // outcome is how a proposal ended: err when it was never proposed, otherwise
 // Dragonboat's result for its entry and, when the entry completed, the state
@@ -352,15 +362,20 @@ func (r *Replica) InFlight() int { return len(r.inflight) }
 func (r *Replica) ProposalsFailed() int64 { return r.failed.Load() }
 
 // take takes a slot of semaphore sem, waiting until one is free, the
-// caller gives up or the replica stops.
+// caller gives up or the replica stops (before the write was proposed).
 func (r *Replica) take(ctx context.Context, sem chan struct{}) error {
+	select {
+	case <-r.stopper.ShouldQuiesce():
+		return ErrStoppedUnproposed
+	default:
+	}
 	select {
 	case sem <- struct{}{}:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-r.stopper.ShouldQuiesce():
-		return ErrStopped
+		return ErrStoppedUnproposed
 	}
 }
 
@@ -388,7 +403,7 @@ func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesK
 	case <-ctx.Done():
 		return nil, ctx.Err(), false
 	case <-r.stopper.ShouldQuiesce():
-		return nil, ErrStopped, false
+		return nil, ErrStoppedUnproposed, false
 	}
 	var out outcome
 	select {
@@ -397,6 +412,9 @@ func (r *Replica) writeOnce(ctx context.Context, cmd *tesserapb.Command, writesK
 		// The proposal goes on; its outcome is tracked for the fence.
 		return nil, ctx.Err(), false
 	case <-r.stopper.ShouldQuiesce():
+		if p.state.CompareAndSwap(proposalQueued, proposalAbandoned) {
+			return nil, ErrStoppedUnproposed, false
+		}
 		return nil, ErrStopped, false
 	}
 	if out.err != nil {
@@ -539,6 +557,9 @@ func (r *Replica) proposeLoop() {
 func (r *Replica) proposeBatch(batch []*proposal) {
 	live := batch[:0:0]
 	for _, p := range batch {
+		if !p.state.CompareAndSwap(proposalQueued, proposalTaken) {
+			continue // its writer gave up on it as the replica stopped
+		}
 		if err := p.ctx.Err(); err != nil {
 			p.done <- outcome{err: err}
 			continue
