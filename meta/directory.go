@@ -55,9 +55,16 @@ func (d *Directory) Nodes(ctx context.Context) ([]*tesserapb.NodeInfo, error) {
 // while the node has not registered one. Every forwarded request asks, so
 // it reads the registry in place rather than copying the meta state.
 func (d *Directory) target(ctx context.Context, nodeID uint64) (string, error) {
+	return d.peerAddressOf(ctx, func(n *tesserapb.NodeInfo) bool { return n.NodeId == nodeID })
+}
+
+// peerAddressOf returns the current peer address of the first registered
+// node that match accepts, "" when none does, reading the registry in place
+// rather than copying the meta state.
+func (d *Directory) peerAddressOf(ctx context.Context, match func(*tesserapb.NodeInfo) bool) (string, error) {
 	out, err := d.meta.Read(ctx, false, func(st *tesserapb.MetaState) (any, error) {
 		for _, n := range st.Nodes {
-			if n.NodeId == nodeID {
+			if match(n) {
 				return PeerAddress(n), nil
 			}
 		}
@@ -147,18 +154,11 @@ func PeerAddress(n *tesserapb.NodeInfo) string {
 // address is raftAddr, as this replica knows it; raftAddr itself when no
 // registered node has it or the meta replica cannot answer yet.
 func (d *Directory) ResolvePeer(ctx context.Context, raftAddr string) string {
-	out, err := d.meta.Read(ctx, false, func(st *tesserapb.MetaState) (any, error) {
-		for _, n := range st.Nodes {
-			if n.RaftAddress == raftAddr {
-				return PeerAddress(n), nil
-			}
-		}
-		return "", nil
-	})
-	if err != nil || out.(string) == "" {
+	addr, err := d.peerAddressOf(ctx, func(n *tesserapb.NodeInfo) bool { return n.RaftAddress == raftAddr })
+	if err != nil || addr == "" {
 		return raftAddr
 	}
-	return out.(string)
+	return addr
 }
 
 // AddressUsed reports the registered node, other than except, whose Raft or

@@ -303,7 +303,7 @@ func (s *Node) Start() error {
 
 func (s *Node) startRaft() error {
 	cfg := s.cfg
-	raftAddr, _ := hostPortOf(cfg.InitialAdvertisePeerURLs[0])
+	raftAddr := s.advertisedPeer()
 	if s.member.RaftAddress != "" {
 		raftAddr = s.member.RaftAddress
 	}

@@ -11,7 +11,6 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/tesserakv/tessera/meta"
 	"github.com/tesserakv/tessera/proto/tesserapb"
@@ -99,12 +98,9 @@ func (s *Node) UpdateNodePeer(ctx context.Context, id uint64, peerURLs []string)
 	if err != nil {
 		return err
 	}
-	st, node, err := s.registryEntry(ctx, id)
+	st, node, err := s.registryEntry(ctx, id) // node is a copy: changing it changes nothing
 	if err != nil {
 		return err
-	}
-	if node != nil {
-		node = proto.CloneOf(node)
 	}
 	if node == nil && !s.isJoined() && id >= 1 && id <= uint64(len(s.cfg.InitialCluster)) {
 		// A member of --initial-cluster that has not started yet.
@@ -161,8 +157,8 @@ func onePeerAddress(peerURLs []string) (string, error) {
 	return addr, nil
 }
 
-// registryEntry reads the meta state as the meta leader has it and returns
-// it with node id's entry in the node registry (nil: none).
+// registryEntry reads a copy of the meta state as the meta leader has it
+// and returns it with node id's entry in the node registry (nil: none).
 func (s *Node) registryEntry(ctx context.Context, id uint64) (*tesserapb.MetaState, *tesserapb.NodeInfo, error) {
 	st, err := meta.State(ctx, s.meta, true)
 	if err != nil {
