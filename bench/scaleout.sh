@@ -3,21 +3,21 @@
 # every node has a fixed share of a CPU, beside etcd v3.7.3, on one machine.
 #
 # Every server process runs in a cgroup (v1) CPU group of its own, capped at
-# --quota of a core (cpu.cfs_period_us 100000, cpu.cfs_quota_us
-# quota × 100000); the load generator, tessbench, runs outside the caps. In
+# --quota of a core (cpu.cfs_period_us --period, default 100000 µs, and
+# cpu.cfs_quota_us quota × period); the load generator, tessbench, runs outside the caps. In
 # one run it measures the put and txn-put workloads against, in this order:
 #   - Tessera, 3 nodes, then etcd, 3 members;
 #   - Tessera, 6 nodes, then etcd, 5 members.
 # A Tessera cluster is started as deploy/local-cluster.sh does (the first
 # node alone, the others with --join); the key prefixes of both workloads
-# (p/ and t/) are then split into 12 ranges each with `tessera ctl split`,
+# (p/ and t/) are then split into --ranges ranges each (default 12) with `tessera ctl split`,
 # and the run waits until placement has spread the replicas: `tessera ctl
 # nodes --json` showing, twice in a row, every node's replica count and
 # leader count within one of every other's, with every range holding its
 # three replicas (at most --balance-timeout; past it the run goes on and
 # the report says so). Each case is a 3 s warm-up (not counted) and a run
 # of --duration; keys are random in a space of 1.2M per workload, so writes
-# spread over the 12 ranges.
+# spread over those ranges.
 #
 # Writes results.md (a Markdown table per system and topology, the
 # scale-out ratios against their targets, the servers' CPU against their
@@ -30,8 +30,13 @@
 #
 # Usage: bench/scaleout.sh [--quota F] [--duration D] [--clients N] [--conns N]
 #                          [--value-size B] [--balance-timeout S] [--out DIR]
-#                          [--clusters LIST] [--profile S]
+#                          [--clusters LIST] [--profile S] [--period US]
+#                          [--ranges N]
 #   --quota F            fraction of a core per server process (default 0.25)
+#   --ranges N           ranges each workload's prefix is split into (default 12)
+#   --period US          the caps' accounting period in µs (default 100000,
+#                        the kernel's): a process uses its quota × period of
+#                        CPU time, then waits for the next period
 #   --duration D         measured time per case (default 20s)
 #   --clients N          tessbench clients (default 100)
 #   --conns N            gRPC connections they share (default 10)
@@ -62,6 +67,8 @@ BALANCE_TIMEOUT=300
 OUT=""
 CLUSTERS="tessera:3 etcd:3 tessera:6 etcd:5"
 PROFILE=0
+PERIOD_US=100000
+RANGES=12
 ARGS="$*"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -74,6 +81,8 @@ while [ $# -gt 0 ]; do
     --out) OUT="$2"; shift ;;
     --clusters) CLUSTERS="$2"; shift ;;
     --profile) PROFILE="$2"; shift ;;
+    --period) PERIOD_US="$2"; shift ;;
+    --ranges) RANGES="$2"; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "scaleout.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -90,9 +99,10 @@ go_seconds() { # go_seconds DURATION: a Go duration (20s, 1m30s, 500ms) in secon
     }
     print t + 0 }'
 }
-PERIOD_US=100000
+[[ "$PERIOD_US" =~ ^[1-9][0-9]*$ && "$PERIOD_US" -ge 1000 && "$PERIOD_US" -le 1000000 ]] ||
+  usage_error "--period must be microseconds between 1000 and 1000000, got $PERIOD_US"
 QUOTA_US=$(awk -v q="$QUOTA" -v p=$PERIOD_US 'BEGIN { if (q + 0 > 0 && q + 0 <= 64) printf "%d", q * p; else print "bad" }')
-[[ "$QUOTA_US" =~ ^[0-9]+$ && "$QUOTA_US" -ge 1000 ]] || usage_error "--quota must be a fraction of a core of at least 0.01, got $QUOTA"
+[[ "$QUOTA_US" =~ ^[0-9]+$ && "$QUOTA_US" -ge 1000 ]] || usage_error "--quota × --period must be at least 1000 µs, got $QUOTA × $PERIOD_US"
 [[ "$DURATION" =~ ^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$ ]] || usage_error "--duration takes a Go duration such as 20s, got $DURATION"
 [[ "$CLIENTS" =~ ^[1-9][0-9]*$ ]] || usage_error "--clients must be a positive integer, got $CLIENTS"
 [[ "$CONNS" =~ ^[1-9][0-9]*$ && "$CONNS" -le "$CLIENTS" ]] || usage_error "--conns must be between 1 and --clients, got $CONNS"
@@ -101,6 +111,7 @@ QUOTA_US=$(awk -v q="$QUOTA" -v p=$PERIOD_US 'BEGIN { if (q + 0 > 0 && q + 0 <= 
 for cluster in $CLUSTERS; do
   [[ "$cluster" =~ ^(tessera|etcd):[1-9][0-9]?$ ]] || usage_error "--clusters takes tessera:N and etcd:N, got $cluster"
 done
+[[ "$RANGES" =~ ^[1-9][0-9]?$ ]] || usage_error "--ranges must be between 1 and 99, got $RANGES"
 [[ "$PROFILE" =~ ^[0-9]+$ ]] || usage_error "--profile takes whole seconds, got $PROFILE"
 awk -v d="$(go_seconds "$DURATION")" -v p="$PROFILE" 'BEGIN { exit !(p <= d - 2) }' || [ "$PROFILE" = 0 ] ||
   usage_error "--profile $PROFILE does not fit in a --duration of $DURATION (at most the duration less 2 s)"
@@ -162,7 +173,6 @@ after_stop() { rmdir "$CGROUP/$1" 2>/dev/null || log "could not remove cgroup $C
 # put writes p/ and txn-put t/ followed by 14 digits (16-byte keys), random
 # in KEY_SPACE; each prefix is cut into RANGES ranges of equal key counts.
 KEY_SPACE=1200000
-RANGES=12
 
 split_prefixes() { # split_prefixes: ENDPOINTS's cluster
   local prefix k key tries
