@@ -31,8 +31,11 @@
 # Usage: bench/scaleout.sh [--quota F] [--duration D] [--clients N] [--conns N]
 #                          [--value-size B] [--balance-timeout S] [--out DIR]
 #                          [--clusters LIST] [--profile S] [--period US]
-#                          [--ranges N]
+#                          [--ranges N] [--rate R]
 #   --quota F            fraction of a core per server process (default 0.25)
+#   --rate R             requests per second over all clients (default 0: as
+#                        fast as they go); below every cluster's capacity,
+#                        the servers' CPU compares their cost per request
 #   --ranges N           ranges each workload's prefix is split into (default 12)
 #   --period US          the caps' accounting period in µs (default 100000,
 #                        the kernel's): a process uses its quota × period of
@@ -69,6 +72,7 @@ CLUSTERS="tessera:3 etcd:3 tessera:6 etcd:5"
 PROFILE=0
 PERIOD_US=100000
 RANGES=12
+RATE=0
 ARGS="$*"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -83,6 +87,7 @@ while [ $# -gt 0 ]; do
     --profile) PROFILE="$2"; shift ;;
     --period) PERIOD_US="$2"; shift ;;
     --ranges) RANGES="$2"; shift ;;
+    --rate) RATE="$2"; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "scaleout.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -111,6 +116,7 @@ QUOTA_US=$(awk -v q="$QUOTA" -v p=$PERIOD_US 'BEGIN { if (q + 0 > 0 && q + 0 <= 
 for cluster in $CLUSTERS; do
   [[ "$cluster" =~ ^(tessera|etcd):[1-9][0-9]?$ ]] || usage_error "--clusters takes tessera:N and etcd:N, got $cluster"
 done
+[[ "$RATE" =~ ^[0-9]+$ ]] || usage_error "--rate must be whole requests per second, got $RATE"
 [[ "$RANGES" =~ ^[1-9][0-9]?$ ]] || usage_error "--ranges must be between 1 and 99, got $RANGES"
 [[ "$PROFILE" =~ ^[0-9]+$ ]] || usage_error "--profile takes whole seconds, got $PROFILE"
 awk -v d="$(go_seconds "$DURATION")" -v p="$PROFILE" 'BEGIN { exit !(p <= d - 2) }' || [ "$PROFILE" = 0 ] ||
@@ -237,6 +243,7 @@ ROWS=$WORK/rows
 RUN=0
 case_args() { # case_args WORKLOAD: sets ARGV to the tessbench flags of a case
   ARGV=("$1" --key-space "$KEY_SPACE" --value-size "$VALUE_SIZE" --clients "$CLIENTS" --conns "$CONNS")
+  if [ "$RATE" -gt 0 ]; then ARGV+=(--rate "$RATE"); fi
 }
 
 bench() { # bench TARGET N WORKLOAD: warm up, then measure, against the running cluster
@@ -335,6 +342,7 @@ ratio_line() { # ratio_line LABEL WORKLOAD TARGET_A N_A TARGET_B N_B GOAL
   echo "Run $START by \`bench/scaleout.sh $ARGS\` at Tessera $TESSERA_BUILD${TESSERA_FLAGS:+ with Tessera flags \`$TESSERA_FLAGS\`}, against etcd $ETCD_VERSION."
   echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, Linux $(uname -r), $(go version | cut -d' ' -f3)."
   echo "Every server process capped at $QUOTA of a core (cgroup v1 cpu.cfs_quota_us $QUOTA_US per $PERIOD_US µs); tessbench uncapped."
+  if [ "$RATE" -gt 0 ]; then echo "Offered load: $RATE requests per second over all clients."; fi
   echo "$CLIENTS clients over $CONNS connections, $VALUE_SIZE-byte values, random 16-byte keys in a space of $KEY_SPACE per workload, $DURATION per case after a 3 s warm-up."
   echo "Tessera: p/ and t/ split into $RANGES ranges each, 3 replicas per range."
   echo "Latency in ms. CPU % of cap: each server process's CPU over the run as a share of its cap (min–max over the processes); tessbench in cores; machine: share of all $(nproc) CPUs busy."

@@ -14,14 +14,12 @@ import (
 	"math"
 	"os"
 	"os/signal"
-	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/tesserakv/tessera/internal/cpulimit"
 	"github.com/tesserakv/tessera/internal/stop"
 	"github.com/tesserakv/tessera/internal/tlsutil"
 	"github.com/tesserakv/tessera/node"
@@ -43,7 +41,6 @@ func main() {
 	if installCrashPoints != nil {
 		installCrashPoints(&cfg)
 	}
-	tuneProcs(cfg.Logger)
 	stopTuning := tuneGC()
 	srv, err := server.Start(cfg)
 	if err != nil {
@@ -103,23 +100,6 @@ func tuneGC() (stopTuning func()) {
 	stopper := stop.New()
 	_ = stopper.Every(gcRetuneInterval, func(time.Time) { retune() })
 	return stopper.Stop
-}
-
-// tuneProcs runs the node on one P when its cgroup limits it to at most one
-// core, unless GOMAXPROCS is set in the environment. Go's own choice is never
-// below two Ps, and on a fraction of a core the second P costs the node's
-// quota more than it gives (see internal/cpulimit; docs/performance.md,
-// "Scale-out under CPU caps").
-func tuneProcs(log *slog.Logger) {
-	if os.Getenv("GOMAXPROCS") != "" {
-		return
-	}
-	cores, ok := cpulimit.Read()
-	procs := runtime.GOMAXPROCS(0)
-	if want := cpulimit.ProcsFor(cores, ok, procs); want != procs {
-		runtime.GOMAXPROCS(want)
-		log.Debug("GOMAXPROCS set from the cgroup's CPU limit", "cores", cores, "gomaxprocs", want)
-	}
 }
 
 // parseFlags turns the command line into a validated node.Config. Help and
