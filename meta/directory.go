@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/tesserakv/tessera/internal/replicaid"
 	"github.com/tesserakv/tessera/proto/tesserapb"
@@ -78,6 +80,7 @@ func (d *Directory) peerAddressOf(ctx context.Context, match func(*tesserapb.Nod
 
 // RaftAddress returns a registered node's Raft address (its name in Raft
 // memberships, see PeerAddress) as this replica knows it.
+// An unregistered node is gRPC NotFound.
 func (d *Directory) RaftAddress(ctx context.Context, nodeID uint64) (string, error) {
 	nodes, err := d.Nodes(ctx)
 	if err != nil {
@@ -88,7 +91,7 @@ func (d *Directory) RaftAddress(ctx context.Context, nodeID uint64) (string, err
 			return n.RaftAddress, nil
 		}
 	}
-	return "", fmt.Errorf("meta: node %d has no registered Raft address", nodeID)
+	return "", status.Errorf(codes.NotFound, "tessera: node %d is not registered", nodeID)
 }
 
 // Conn returns a client connection to a node, waiting briefly for a node

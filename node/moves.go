@@ -193,9 +193,9 @@ func (s *Node) addReplica(ctx context.Context, rangeID, node uint64) error {
 	if _, ok := findReplica(m.Nodes, node); ok {
 		return nil // already a voter
 	}
-	addr, err := s.raftAddress(ctx, node)
+	addr, err := s.directory.RaftAddress(ctx, node)
 	if err != nil {
-		return err
+		return router.ToGRPC(err)
 	}
 	// From now on the range may have another voter: reads here take
 	// ReadIndex rounds.
@@ -467,20 +467,6 @@ func (s *Node) handOffLeadership(ctx context.Context, rangeID, except uint64) er
 		}
 	}
 	return status.Errorf(codes.Unavailable, "tessera: range %d's leadership did not move; retry", rangeID)
-}
-
-// raftAddress is a node's Raft address from the node registry.
-func (s *Node) raftAddress(ctx context.Context, node uint64) (string, error) {
-	nodes, err := s.directory.Nodes(ctx)
-	if err != nil {
-		return "", router.ToGRPC(err)
-	}
-	for _, n := range nodes {
-		if n.NodeId == node && n.RaftAddress != "" {
-			return n.RaftAddress, nil
-		}
-	}
-	return "", status.Errorf(codes.NotFound, "tessera: node %d is not registered", node)
 }
 
 // StartReplica serves Internal.StartReplica: this node starts its new,
