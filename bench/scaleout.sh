@@ -4,14 +4,14 @@
 #
 # Every server process runs in a cgroup (v1) CPU group of its own, capped at
 # --quota of a core (cpu.cfs_period_us --period, default 100000 µs, and
-# cpu.cfs_quota_us quota × period); the load generator, tessbench, runs outside the caps. In
-# one run it measures the put and txn-put workloads against, in this order:
+# cpu.cfs_quota_us quota × period); the load generator, tessbench, runs
+# outside the caps. In one run it measures the put and txn-put workloads against, in this order:
 #   - Tessera, 3 nodes, then etcd, 3 members;
 #   - Tessera, 6 nodes, then etcd, 5 members.
 # A Tessera cluster is started as deploy/local-cluster.sh does (the first
 # node alone, the others with --join); the key prefixes of both workloads
-# (p/ and t/) are then split into --ranges ranges each (default 12) with `tessera ctl split`,
-# and the run waits until placement has spread the replicas: `tessera ctl
+# (p/ and t/) are then split into --ranges ranges each (default 12) with
+# `tessera ctl split`, and the run waits until placement has spread the replicas: `tessera ctl
 # nodes --json` showing, twice in a row, every node's replica count and
 # leader count within one of every other's, with every range holding its
 # three replicas (at most --balance-timeout; past it the run goes on and
@@ -33,13 +33,6 @@
 #                          [--clusters LIST] [--profile S] [--period US]
 #                          [--ranges N] [--rate R]
 #   --quota F            fraction of a core per server process (default 0.25)
-#   --rate R             requests per second over all clients (default 0: as
-#                        fast as they go); below every cluster's capacity,
-#                        the servers' CPU compares their cost per request
-#   --ranges N           ranges each workload's prefix is split into (default 12)
-#   --period US          the caps' accounting period in µs (default 100000,
-#                        the kernel's): a process uses its quota × period of
-#                        CPU time, then waits for the next period
 #   --duration D         measured time per case (default 20s)
 #   --clients N          tessbench clients (default 100)
 #   --conns N            gRPC connections they share (default 10)
@@ -53,6 +46,12 @@
 #                        during each Tessera case, from the middle of the
 #                        measured run (profiles/ in the results; S at most
 #                        the duration less 2 s)
+#   --period US          the caps' accounting period in µs (default 100000,
+#                        the kernel's): a process uses its quota × period of
+#                        CPU time, then waits for the next period
+#   --ranges N           ranges each workload's prefix is split into (default 12)
+#   --rate R             requests per second over all clients (default 0: as
+#                        fast as they go)
 # Environment:
 #   TESSERA_BENCH_CACHE      cache for the etcd build (default ~/.cache/tessera-bench)
 #   TESSERA_FLAGS            extra flags for every Tessera server (split on spaces)
